@@ -1,0 +1,42 @@
+"""Settings the core needs, gathered by the faces (git config, CLI flags, API args).
+
+The core never reads git config itself; git/config.py fills this record.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .chunking import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
+from .objects import DEFAULT_CONCURRENCY
+
+
+@dataclass
+class Settings:
+    cache_dir: str
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    cache_codec: str = "raw"
+    lazy: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
+    workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes < MIN_CHUNK_BYTES:
+            raise ValueError(f"chunk size {self.chunk_bytes} is below the minimum "
+                             f"{MIN_CHUNK_BYTES} bytes")
+
+
+def parse_size(text: str) -> int:
+    """'4MiB', '4M', '4194304' -> bytes (git-config style suffixes k/m/g too)."""
+    t = text.strip().lower().replace(" ", "")
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 1000, "mb": 10**6,
+             "gb": 10**9, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "b": 1, "": 1}
+    for suffix in sorted(units, key=len, reverse=True):
+        if t.endswith(suffix):
+            number = t[: len(t) - len(suffix)]
+            try:
+                return int(float(number) * units[suffix])
+            except ValueError:
+                break
+    raise ValueError(f"not a size: {text!r}")

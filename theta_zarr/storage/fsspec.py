@@ -1,0 +1,89 @@
+"""Any fsspec URL (memory://, s3://, gs://, ...): the general backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+
+from .base import BlobInfo, BlobNotFound, BlobStore, Parts, StorageError
+
+
+class FsspecStore(BlobStore):
+    """Blobs through an fsspec filesystem; a single PUT per blob is atomic on object stores."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any]):
+        self.url = url.rstrip("/")
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
+        except (ImportError, ValueError) as e:
+            raise StorageError(f"cannot open {self.describe()}: {e}") from None
+        self.root = self.root.rstrip("/")
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def _fail(self, what: str, key: str, e: BaseException) -> StorageError:
+        if isinstance(e, FileNotFoundError):
+            return BlobNotFound(f"{key} not found in {self.describe()}")
+        return StorageError(f"cannot {what} {key} in {self.describe()}: {e}")
+
+    def exists(self, key: str) -> bool:
+        try:
+            return bool(self.fs.exists(self._path(key)))
+        except Exception as e:
+            raise self._fail("check", key, e) from None
+
+    def get(self, key: str) -> bytes:
+        try:
+            return bytes(self.fs.cat_file(self._path(key)))
+        except Exception as e:
+            raise self._fail("read", key, e) from None
+
+    def put(self, key: str, parts: Parts) -> None:
+        data = b"".join(parts)
+        try:
+            self.fs.pipe_file(self._path(key), data)
+        except Exception as e:
+            raise self._fail("write", key, e) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
+        except Exception as e:
+            raise self._fail("delete", key, e) from None
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        top = self._path(prefix.rstrip("/")) if prefix else self.root
+        try:
+            found = self.fs.find(top, detail=True)
+        except FileNotFoundError:
+            return
+        except Exception as e:
+            raise self._fail("list", prefix or "/", e) from None
+        start = len(self.root) + 1
+        for path, info in sorted(found.items()):
+            path = path.lstrip("/") if not self.root.startswith("/") else path
+            key = path[start:] if path.startswith(self.root + "/") else path.split(
+                self.root.lstrip("/") + "/", 1)[-1]
+            mtime = info.get("mtime") or info.get("LastModified") or info.get("updated")
+            yield BlobInfo(key, int(info.get("size") or 0), _to_ts(mtime))
+
+
+def _to_ts(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    ts = getattr(value, "timestamp", None)
+    if callable(ts):
+        return float(ts())
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
