@@ -1,0 +1,97 @@
+"""clean and smudge: a checkpoint to its manifest and back.
+
+These are the two core operations every face shares (git's filter, the CLI,
+the Python API).  clean streams the input through a format plug-in into the
+cache; a manifest given to clean passes through unchanged (lazy checkouts put
+manifests in the working tree).  smudge makes sure the cache holds every chunk
+(asking ``fetch`` for the rest) and streams the rebuilt file out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from . import formats
+from .cache import Cache
+from .chunkreader import ChunkReader
+from .chunkwriter import ChunkWriter, TruncatedInput, WriteStats
+from .formats.base import FormatError, Source
+from .manifest import Manifest, ManifestError, looks_like_manifest
+from .objects import MissingObjectError
+from .settings import Settings
+
+#: Called with the digests the cache lacks; must put them into the cache.
+Fetcher = Callable[[set[str]], None]
+
+
+@dataclass
+class CleanResult:
+    manifest: Manifest
+    stats: WriteStats
+    passed_through: bool = False
+
+
+def open_cache(settings: Settings) -> Cache:
+    return Cache(settings.cache_dir, codec=settings.cache_codec, concurrency=settings.concurrency)
+
+
+def open_source(stream: BinaryIO, cache: Cache, name: str = "checkpoint",
+                path: str | None = None) -> Source:
+    return Source(stream, name=name, path=path, tmp_dir=cache.tmp_dir)
+
+
+def clean(source: Source, settings: Settings, cache: Cache) -> CleanResult:
+    """Read a checkpoint (or a manifest) from ``source``; store its chunks; return the manifest."""
+    name = source.name
+    if looks_like_manifest(source.head):
+        data = source.head + source.stream.read()
+        return CleanResult(Manifest.from_bytes(data, name), WriteStats(), passed_through=True)
+    fmt = formats.detect(source.head, name)
+    writer = ChunkWriter(cache, settings.chunk_bytes, settings.workers, source=name)
+    with writer:
+        try:
+            fmt_info = fmt.clean(source, writer)
+        except TruncatedInput as e:
+            raise FormatError(str(e)) from None
+        params = writer.finish()
+    return CleanResult(Manifest(fmt_info, params), writer.stats)
+
+
+def missing_chunks(manifest: Manifest, cache: Cache, names: list[str] | None = None) -> set[str]:
+    digests = {d for _, _, d in manifest.iter_chunks(names)}
+    return cache.missing(digests)
+
+
+def ensure_local(manifest: Manifest, cache: Cache, fetch: Fetcher | None,
+                 names: list[str] | None = None, source: str = "checkpoint") -> None:
+    """Make the cache hold every chunk of ``manifest`` (or of the named params)."""
+    lacking = missing_chunks(manifest, cache, names)
+    if not lacking:
+        return
+    if fetch is None:
+        first = sorted(lacking)[0]
+        raise MissingObjectError(
+            f"{source}: {len(lacking)} chunk(s) are not in the cache and no remote is "
+            f"configured (first: {first})")
+    fetch(lacking)
+
+
+def smudge(manifest: Manifest, out: BinaryIO, settings: Settings, name: str = "checkpoint",
+           cache: Cache | None = None, fetch: Fetcher | None = None,
+           ensured: bool = False) -> None:
+    """Write the checkpoint ``manifest`` describes to ``out``.
+
+    ``ensured`` says the caller already made the cache complete (ensure_local),
+    as git's filter does before it answers "success".
+    """
+    cache = cache or open_cache(settings)
+    if not ensured:
+        ensure_local(manifest, cache, fetch, source=name)
+    fmt = formats.get_format(manifest.format_name)
+    reader = ChunkReader(cache, workers=settings.workers)
+    try:
+        fmt.smudge(manifest, reader, out, tmp_dir=cache.tmp_dir)
+    except ManifestError as e:
+        raise ManifestError(f"{name}: {e}") from None

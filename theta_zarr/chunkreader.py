@@ -1,0 +1,71 @@
+"""ChunkReader: a manifest's chunks back, in order, verified, read ahead concurrently.
+
+Smudge, materialize, diff and the Python API all read parameters through this:
+the next chunks are fetched and checked in a thread pool while the current one
+is being written out, and only a bounded window is held in memory.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from .manifest import ParamEntry
+from .objects import ObjectStore
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
+                window: int | None = None) -> Iterator[R]:
+    """Results of ``fn`` in input order, computed ahead in a thread pool (bounded)."""
+    window = window or workers * 2
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-read") as pool:
+        queue: list[cf.Future] = []
+        try:
+            for item in items:
+                queue.append(pool.submit(fn, item))
+                if len(queue) >= window:
+                    yield queue.pop(0).result()
+            while queue:
+                yield queue.pop(0).result()
+        finally:
+            for fut in queue:
+                fut.cancel()
+
+
+class ChunkReader:
+    def __init__(self, store: ObjectStore, workers: int = 4):
+        self.store = store
+        self.workers = workers
+
+    def iter_entry(self, entry: ParamEntry) -> Iterator[bytes | memoryview]:
+        """The raw chunks of one parameter, in order."""
+        return self.iter_entries([entry])
+
+    def iter_entries(self, entries: Iterable[ParamEntry]) -> Iterator[bytes | memoryview]:
+        """The raw chunks of several parameters, back to back, in order."""
+        def jobs():
+            for entry in entries:
+                if entry.inline is not None:
+                    for blob in entry.inline:
+                        yield blob
+                else:
+                    yield from entry.chunks
+
+        def load(job):
+            return job if isinstance(job, bytes) else self.store.get(job)
+
+        return ordered_map(load, jobs(), self.workers)
+
+    def read_into(self, entry: ParamEntry, out: memoryview) -> None:
+        """Fill ``out`` (entry.nbytes long) with the parameter's raw bytes."""
+        out = memoryview(out).cast("B")
+        pos = 0
+        for chunk in self.iter_entry(entry):
+            out[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+        if pos != entry.nbytes:
+            raise ValueError(f"chunks hold {pos} bytes, parameter needs {entry.nbytes}")

@@ -1,0 +1,155 @@
+"""ChunkWriter: tensors in, manifest entries out; chunks hashed and stored in a thread pool.
+
+Format plug-ins hand over each tensor either as a buffer (a memory map: chunks
+are hashed straight from it, no copy) or as a stream (git's pipe: each chunk is
+read into its own buffer).  At most ``2 x workers`` chunks are in flight, so
+memory is bounded by the chunk size, not the checkpoint (invariant 5).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import chunking
+from .cache import Cache
+from .dtypes import DType
+from .manifest import ManifestError, ParamEntry, check_name
+
+
+class TruncatedInput(ValueError):
+    """The input ended before the bytes its header promised."""
+
+
+@dataclass
+class WriteStats:
+    params: int = 0
+    chunks: int = 0
+    total_bytes: int = 0
+    new_objects: int = 0
+    new_bytes: int = 0  # bytes written to the store (encoded form)
+
+
+ReadInto = Callable[[memoryview], int]
+
+
+class ChunkWriter:
+    def __init__(self, store: Cache, chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
+                 workers: int = 2, source: str = "checkpoint"):
+        self.store = store
+        self.chunk_bytes = chunk_bytes
+        self.source = source
+        self.stats = WriteStats()
+        self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-clean")
+        self._slots = threading.BoundedSemaphore(workers * 2)
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[DType, tuple[int, ...], tuple[int, ...], list]] = {}
+        self._error: BaseException | None = None
+
+    # -- input ---------------------------------------------------------------------
+    def add_buffer(self, name: str, dtype: DType, shape: tuple[int, ...],
+                   buf: memoryview) -> None:
+        """A tensor whose raw bytes are in ``buf`` (C order, little-endian)."""
+        buf = memoryview(buf).cast("B")
+        chunk_shape, spans = self._begin(name, dtype, shape, len(buf))
+        slots = self._entries[name][3]
+        for i, (off, length) in enumerate(spans):
+            self._submit(slots, i, buf[off:off + length])
+
+    def add_stream(self, name: str, dtype: DType, shape: tuple[int, ...],
+                   read_into: ReadInto) -> None:
+        """A tensor whose raw bytes are read, in order, with ``read_into(view) -> n``."""
+        nbytes = _nbytes(dtype, shape)
+        _, spans = self._begin(name, dtype, shape, nbytes)
+        slots = self._entries[name][3]
+        for i, (_, length) in enumerate(spans):
+            buf = bytearray(length)
+            view = memoryview(buf)
+            got = 0
+            while got < length:
+                n = read_into(view[got:])
+                if not n:
+                    raise TruncatedInput(
+                        f"{self.source}: truncated inside tensor {name!r} "
+                        f"(expected {length - got} more bytes)")
+                got += n
+            self._submit(slots, i, view)
+
+    def _begin(self, name: str, dtype: DType, shape: tuple[int, ...], nbytes: int):
+        check_name(name, self.source)
+        if name in self._entries:
+            raise ManifestError(f"{self.source}: parameter {name!r} appears twice")
+        shape = tuple(int(s) for s in shape)
+        if nbytes != _nbytes(dtype, shape):
+            raise ValueError(f"{self.source}: tensor {name!r} has {nbytes} bytes, "
+                             f"shape {list(shape)} of {dtype.name} needs {_nbytes(dtype, shape)}")
+        chunk_shape = chunking.chunk_shape_for(shape, dtype.itemsize, self.chunk_bytes)
+        spans = chunking.spans(shape, dtype.itemsize, chunk_shape)
+        self._entries[name] = (dtype, shape, chunk_shape, [None] * len(spans))
+        self.stats.params += 1
+        self.stats.total_bytes += nbytes
+        return chunk_shape, spans
+
+    def _submit(self, slots: list, index: int, view: memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        # A parameter that is one chunk of at most 512 bytes goes inline in the manifest.
+        if len(slots) == 1 and len(view) <= chunking.INLINE_MAX_BYTES:
+            slots[index] = bytes(view)
+            return
+        self._slots.acquire()
+        try:
+            fut = self._pool.submit(self._store_chunk, view)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(self._done)
+        slots[index] = fut
+
+    def _store_chunk(self, view: memoryview) -> str:
+        d = chunking.digest(view)
+        written = self.store.ensure(d, view)
+        with self._lock:
+            self.stats.chunks += 1
+            if written:
+                self.stats.new_objects += 1
+                self.stats.new_bytes += written
+        return d
+
+    def _done(self, fut: cf.Future) -> None:
+        self._slots.release()
+        if fut.exception() is not None and self._error is None:
+            self._error = fut.exception()
+
+    # -- output --------------------------------------------------------------------
+    def finish(self) -> dict[str, ParamEntry]:
+        """Wait for every chunk; the entries in the order the tensors came."""
+        try:
+            out = {}
+            for name, (dtype, shape, chunk_shape, slots) in self._entries.items():
+                if slots and all(isinstance(s, bytes) for s in slots):
+                    out[name] = ParamEntry(shape, dtype.name, chunk_shape, (), tuple(slots))
+                else:
+                    digests = tuple(s.result() for s in slots)
+                    out[name] = ParamEntry(shape, dtype.name, chunk_shape, digests, None)
+            return out
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _nbytes(dtype: DType, shape: tuple[int, ...]) -> int:
+    n = dtype.itemsize
+    for s in shape:
+        n *= int(s)
+    return n

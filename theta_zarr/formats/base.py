@@ -1,0 +1,122 @@
+"""What a checkpoint format plug-in implements, and the input it is given.
+
+A plug-in turns a checkpoint into tensors for a ChunkWriter (clean) and a
+manifest back into the same file (smudge).  Anything it needs to rebuild the
+file that is not a tensor goes into the manifest's ``format`` object, as JSON.
+Plug-ins are found through the entry-point group ``theta_zarr.formats``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from ..chunkreader import ChunkReader
+from ..chunkwriter import ChunkWriter
+from ..manifest import Manifest
+
+HEAD_BYTES = 64 * 1024
+
+
+class FormatError(ValueError):
+    """A checkpoint that cannot be read or rebuilt; one line naming the file."""
+
+
+class Source:
+    """A checkpoint being cleaned: a forward-only stream, its first bytes peeked.
+
+    Formats that can stream (safetensors, .npy) read it in order; formats that
+    need random access (zip-based .pt and .npz) call ``as_file()``, which gives
+    the original path when there is one, or spools the stream to a temporary
+    file next to the cache.
+    """
+
+    def __init__(self, stream: BinaryIO, name: str = "checkpoint", path: str | None = None,
+                 tmp_dir: str | None = None):
+        self.stream = stream
+        self.name = name
+        self.path = path
+        self.tmp_dir = tmp_dir
+        self.head = _read_up_to(stream, HEAD_BYTES)
+        self._pos = 0  # position inside head
+
+    def readinto(self, view: memoryview) -> int:
+        view = memoryview(view).cast("B")
+        if self._pos < len(self.head):
+            n = min(len(view), len(self.head) - self._pos)
+            view[:n] = self.head[self._pos:self._pos + n]
+            self._pos += n
+            return n
+        return self.stream.readinto(view) or 0
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.readinto(view[got:])
+            if not k:
+                raise FormatError(f"{self.name}: truncated {what} "
+                                  f"(expected {n} bytes, got {got})")
+            got += k
+        return bytes(buf)
+
+    def at_end(self) -> bool:
+        probe = bytearray(1)
+        return self.readinto(memoryview(probe)) == 0
+
+    @contextlib.contextmanager
+    def as_file(self) -> Iterator[str]:
+        """A real file path with the whole checkpoint (the original, or a spooled copy)."""
+        if self.path is not None and self._pos == 0:
+            yield self.path
+            return
+        fd, tmp = tempfile.mkstemp(prefix="spool-", dir=self.tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.head[self._pos:])
+                self._pos = len(self.head)
+                shutil.copyfileobj(self.stream, f, 1 << 20)
+            yield tmp
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _read_up_to(stream: BinaryIO, n: int) -> bytes:
+    parts = []
+    got = 0
+    while got < n:
+        b = stream.read(n - got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
+class Format(ABC):
+    """A checkpoint format plug-in."""
+
+    #: the manifest's format.name
+    name: str
+    #: file extensions, for messages and for choosing among formats that all claim the bytes
+    extensions: tuple[str, ...] = ()
+
+    @abstractmethod
+    def sniff(self, head: bytes) -> bool:
+        """True if these first bytes are this format (detection is by content)."""
+
+    @abstractmethod
+    def clean(self, source: Source, writer: ChunkWriter) -> dict[str, Any]:
+        """Feed every tensor to ``writer``; return the manifest's ``format`` object."""
+
+    @abstractmethod
+    def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
+               tmp_dir: str | None = None) -> None:
+        """Write the checkpoint ``manifest`` describes to ``out`` (forward only)."""

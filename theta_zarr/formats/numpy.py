@@ -1,0 +1,157 @@
+"""NumPy ``.npz`` archives (stored or deflated) and single ``.npy`` arrays.
+
+Each member's array is streamed out of the archive into the ChunkWriter; the
+rebuild writes the same members, in the same order, with headers and zip
+settings as ``numpy.savez`` / ``savez_compressed`` write them.  Object arrays
+(pickles) are refused.
+"""
+
+from __future__ import annotations
+
+import ast
+import tempfile
+import zipfile
+from typing import Any, BinaryIO
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from ..chunkreader import ChunkReader
+from ..chunkwriter import ChunkWriter
+from ..dtypes import DTypeError, by_name, from_numpy
+from ..manifest import Manifest, ManifestError
+from .base import Format, FormatError, Source
+from .zipinfo import first_member
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _parse_npy_header(read_exact, where: str) -> tuple[np.dtype, tuple[int, ...], bool]:
+    magic = read_exact(8)
+    if not magic.startswith(NPY_MAGIC):
+        raise FormatError(f"{where}: not a .npy array")
+    major = magic[6]
+    size_len = 2 if major == 1 else 4
+    hlen = int.from_bytes(read_exact(size_len), "little")
+    text = read_exact(hlen).decode("latin1" if major < 3 else "utf-8")
+    try:
+        d = ast.literal_eval(text)
+        dtype = npformat.descr_to_dtype(d["descr"])
+        shape = tuple(int(s) for s in d["shape"])
+        fortran = bool(d["fortran_order"])
+    except (ValueError, SyntaxError, KeyError, TypeError):
+        raise FormatError(f"{where}: bad .npy header") from None
+    if dtype.hasobject:
+        raise FormatError(f"{where}: object arrays (pickles) are not supported")
+    return dtype, shape, fortran
+
+
+def _add_npy(read_exact, readinto, writer: ChunkWriter, name: str, where: str) -> dict:
+    dtype, shape, fortran = _parse_npy_header(read_exact, where)
+    try:
+        dt = from_numpy(dtype)
+    except DTypeError as e:
+        raise FormatError(f"{where}: {e}") from None
+    # A Fortran-ordered array's bytes are the C-ordered bytes of its transpose.
+    stored_shape = tuple(reversed(shape)) if fortran else shape
+    try:
+        writer.add_stream(name, dt, stored_shape, readinto)
+    except ManifestError as e:
+        raise FormatError(str(e)) from None
+    return {"param": name, "fortran_order": fortran}
+
+
+def _write_npy(out: BinaryIO, entry, fortran: bool, reader: ChunkReader) -> None:
+    dtype = by_name(entry.dtype).numpy
+    shape = tuple(reversed(entry.shape)) if fortran else tuple(entry.shape)
+    header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": fortran, "shape": shape}
+    try:
+        npformat.write_array_header_1_0(out, header)
+    except ValueError:
+        npformat.write_array_header_2_0(out, header)
+    for chunk in reader.iter_entry(entry):
+        out.write(chunk)
+
+
+def _stream_reader(stream, where: str):
+    def read_exact(n: int) -> bytes:
+        data = stream.read(n)
+        if len(data) != n:
+            raise FormatError(f"{where}: truncated")
+        return data
+
+    return read_exact, stream.readinto
+
+
+class NpyFormat(Format):
+    name = "npy"
+    extensions = (".npy",)
+
+    def sniff(self, head: bytes) -> bool:
+        return head.startswith(NPY_MAGIC)
+
+    def clean(self, source: Source, writer: ChunkWriter) -> dict[str, Any]:
+        member = _add_npy(lambda n: source.read_exact(n, ".npy data"), source.readinto, writer,
+                          "array", source.name)
+        if not source.at_end():
+            raise FormatError(f"{source.name}: data continues past the array")
+        return {"name": self.name, "fortran_order": member["fortran_order"]}
+
+    def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
+               tmp_dir: str | None = None) -> None:
+        if list(manifest.params) != ["array"]:
+            raise ManifestError("npy manifest must hold exactly one parameter named 'array'")
+        _write_npy(out, manifest.params["array"], bool(manifest.format.get("fortran_order")),
+                   reader)
+
+
+class NpzFormat(Format):
+    name = "numpy"
+    extensions = (".npz",)
+
+    def sniff(self, head: bytes) -> bool:
+        member = first_member(head)
+        return member is not None and member.endswith(".npy")
+
+    def clean(self, source: Source, writer: ChunkWriter) -> dict[str, Any]:
+        members = []
+        compressed = False
+        with source.as_file() as path:
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    for info in zf.infolist():
+                        if not info.filename.endswith(".npy"):
+                            raise FormatError(f"{source.name}: member {info.filename!r} is not "
+                                              "a .npy array")
+                        compressed |= info.compress_type != zipfile.ZIP_STORED
+                        where = f"{source.name}:{info.filename}"
+                        with zf.open(info) as member:
+                            read_exact, readinto = _stream_reader(member, where)
+                            rec = _add_npy(read_exact, readinto, writer,
+                                           info.filename[:-4], where)
+                        members.append(rec)
+            except (zipfile.BadZipFile, EOFError) as e:
+                raise FormatError(f"{source.name}: broken zip archive ({e})") from None
+        return {"name": self.name, "compressed": compressed, "members": members}
+
+    def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
+               tmp_dir: str | None = None) -> None:
+        fmt = manifest.format
+        members = fmt.get("members")
+        if not isinstance(members, list) or sorted(m.get("param") for m in members) != sorted(
+                manifest.params):
+            members = [{"param": n, "fortran_order": False} for n in sorted(manifest.params)]
+        compression = zipfile.ZIP_DEFLATED if fmt.get("compressed") else zipfile.ZIP_STORED
+        # zipfile writes local headers it patches later, so build the archive on disk.
+        with tempfile.TemporaryFile(dir=tmp_dir) as tmp:
+            with zipfile.ZipFile(tmp, mode="w", compression=compression, allowZip64=True) as zf:
+                for m in members:
+                    with zf.open(m["param"] + ".npy", "w", force_zip64=True) as fid:
+                        _write_npy(fid, manifest.params[m["param"]],
+                                   bool(m.get("fortran_order")), reader)
+            tmp.seek(0)
+            while True:
+                block = tmp.read(1 << 20)
+                if not block:
+                    break
+                out.write(block)

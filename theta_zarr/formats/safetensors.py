@@ -1,0 +1,136 @@
+"""safetensors: streamed in from git's pipe, rebuilt byte-identically.
+
+File layout: 8-byte little-endian header length N, N bytes of JSON header
+(``{"__metadata__": {...}, name: {dtype, shape, data_offsets}}``, padded with
+spaces), then the tensors' bytes back to back.  The manifest keeps the
+metadata and the tensor order; the header text itself is kept only when the
+canonical header rebuilt from those would differ from the original.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, BinaryIO
+
+from ..chunkreader import ChunkReader
+from ..chunkwriter import ChunkWriter
+from ..dtypes import DTypeError, by_name, from_safetensors
+from ..manifest import Manifest, ManifestError
+from .base import Format, FormatError, Source
+
+MAX_HEADER = 100 * 1024 * 1024
+
+
+class SafetensorsFormat(Format):
+    name = "safetensors"
+    extensions = (".safetensors",)
+
+    def sniff(self, head: bytes) -> bool:
+        if len(head) < 10:
+            return False
+        (n,) = struct.unpack_from("<Q", head, 0)
+        return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
+
+    def clean(self, source: Source, writer: ChunkWriter) -> dict[str, Any]:
+        (n,) = struct.unpack("<Q", source.read_exact(8, "safetensors header length"))
+        if n > MAX_HEADER:
+            raise FormatError(f"{source.name}: safetensors header of {n} bytes is too large")
+        header_bytes = source.read_exact(n, "safetensors header")
+        try:
+            header = json.loads(header_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"{source.name}: safetensors header is not JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise FormatError(f"{source.name}: safetensors header is not an object")
+        metadata = header.pop("__metadata__", None)
+        if metadata is not None and not (isinstance(metadata, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+            raise FormatError(f"{source.name}: __metadata__ must map strings to strings")
+        tensors = []
+        for name, info in header.items():
+            try:
+                dtype = from_safetensors(info["dtype"])
+                shape = [int(s) for s in info["shape"]]
+                begin, end = (int(x) for x in info["data_offsets"])
+            except DTypeError as e:
+                raise FormatError(f"{source.name}: tensor {name!r}: {e}") from None
+            except (KeyError, TypeError, ValueError):
+                raise FormatError(f"{source.name}: bad header entry for {name!r}") from None
+            tensors.append((begin, end, name, dtype, shape))
+        tensors.sort(key=lambda t: (t[0], t[1]))
+        pos = 0
+        for begin, end, name, dtype, shape in tensors:
+            need = dtype.itemsize
+            for s in shape:
+                need *= s
+            if begin != pos or end - begin != need or any(s < 0 for s in shape):
+                raise FormatError(
+                    f"{source.name}: tensor {name!r} has offsets [{begin}, {end}] that do not "
+                    "tile the data (holes, overlaps or a wrong size)")
+            pos = end
+            try:
+                writer.add_stream(name, dtype, tuple(shape), source.readinto)
+            except ManifestError as e:
+                raise FormatError(str(e)) from None
+        if not source.at_end():
+            raise FormatError(f"{source.name}: data continues past the last tensor")
+        order = [t[2] for t in tensors]
+        fmt: dict[str, Any] = {"name": self.name, "order": order}
+        if metadata is not None:
+            fmt["header"] = {"__metadata__": metadata}
+        # Keep the original header only if the canonical one would differ.
+        canonical = _canonical_header(fmt, {t[2]: (t[3].name, t[4]) for t in tensors})
+        if canonical != header_bytes:
+            fmt["header_text"] = header_bytes.decode("utf-8")
+        return fmt
+
+    def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
+               tmp_dir: str | None = None) -> None:
+        fmt = manifest.format
+        order = _order(manifest)
+        geometry = {n: (manifest.params[n].dtype, list(manifest.params[n].shape)) for n in order}
+        header = _canonical_header({**fmt, "order": order}, geometry)
+        kept = fmt.get("header_text")
+        if isinstance(kept, str):
+            kept_bytes = kept.encode("utf-8")
+            canonical_header = json.loads(header)
+            try:
+                if json.loads(kept_bytes) == canonical_header:
+                    header = kept_bytes
+            except json.JSONDecodeError:
+                pass
+        out.write(struct.pack("<Q", len(header)))
+        out.write(header)
+        for chunk in reader.iter_entries(manifest.params[n] for n in order):
+            out.write(chunk)
+
+
+def _order(manifest: Manifest) -> list[str]:
+    order = manifest.format.get("order")
+    if not isinstance(order, list) or sorted(order) != sorted(manifest.params):
+        # A manifest made by a merge or by hand: tensors in name order.
+        return sorted(manifest.params)
+    return order
+
+
+def _canonical_header(fmt: dict[str, Any], geometry: dict[str, tuple[str, list[int]]]) -> bytes:
+    """The header the safetensors library writes: metadata, then tensors in data order."""
+    obj: dict[str, Any] = {}
+    meta = (fmt.get("header") or {}).get("__metadata__")
+    if meta is not None:
+        obj["__metadata__"] = dict(sorted(meta.items()))
+    pos = 0
+    for name in fmt["order"]:
+        dtype_name, shape = geometry[name]
+        dtype = by_name(dtype_name)
+        if dtype.safetensors is None:
+            raise FormatError(f"dtype {dtype_name} of {name!r} cannot be written to safetensors")
+        size = dtype.itemsize
+        for s in shape:
+            size *= s
+        obj[name] = {"dtype": dtype.safetensors, "shape": list(shape),
+                     "data_offsets": [pos, pos + size]}
+        pos += size
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return text + b" " * (-len(text) % 8)

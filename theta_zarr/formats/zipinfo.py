@@ -1,0 +1,15 @@
+"""The first member name of a zip archive, from its first local file header."""
+
+from __future__ import annotations
+
+import struct
+
+
+def first_member(head: bytes) -> str | None:
+    if len(head) < 30 or not head.startswith(b"PK\x03\x04"):
+        return None
+    (name_len,) = struct.unpack_from("<H", head, 26)
+    raw = head[30:30 + name_len]
+    if len(raw) < name_len:
+        return None
+    return raw.decode("utf-8", "replace")
