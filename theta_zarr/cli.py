@@ -1,0 +1,240 @@
+"""The ``theta-zarr`` / ``git theta-zarr`` command: one click group, thin over the core.
+
+Every command reports a failure as one line on stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .errors import USER_ERRORS, one_line
+from .git.repo import GitError
+
+
+def _fail(message: str) -> None:
+    click.echo(f"theta-zarr: {message}", err=True)
+    sys.exit(1)
+
+
+def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the core's errors into a one-line message and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (GitError, *USER_ERRORS) as e:
+            _fail(one_line(e))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="theta-zarr")
+def main() -> None:
+    """Version control for ML checkpoints: every parameter a chunked Zarr array,
+    chunks content-addressed in object storage, git holding only a manifest."""
+
+
+# -- setup ----------------------------------------------------------------------------
+def _scope_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--system", "scope", flag_value="system", help="for every user")(fn)
+    fn = click.option("--global", "scope", flag_value="global", help="for this user")(fn)
+    fn = click.option("--local", "scope", flag_value="local",
+                      help="for this repository (default inside one)")(fn)
+    return fn
+
+
+@main.command()
+@_scope_options
+@reports_errors
+def install(scope: str | None) -> None:
+    """Configure git to route tracked checkpoints through theta-zarr."""
+    from .git import install as inst
+
+    scope = scope or inst.default_scope()
+    inst.install(scope)
+    click.echo(f"theta-zarr filter installed ({scope} git config)")
+
+
+@main.command()
+@_scope_options
+@reports_errors
+def uninstall(scope: str | None) -> None:
+    """Remove theta-zarr's filter configuration from a git config scope."""
+    from .git import install as inst
+
+    scope = scope or inst.default_scope()
+    inst.uninstall(scope)
+    click.echo(f"theta-zarr filter removed ({scope} git config)")
+
+
+@main.command()
+@click.argument("patterns", nargs=-1)
+@reports_errors
+def track(patterns: tuple[str, ...]) -> None:
+    """Track files matching PATTERNS (.gitattributes); with none, list tracked patterns."""
+    from .git.attributes import track as do_track
+    from .git.attributes import tracked_patterns
+    from .git.repo import Repo
+
+    repo = Repo.discover()
+    if not patterns:
+        for p in tracked_patterns(repo.top):
+            click.echo(p)
+        return
+    added = do_track(repo.top, list(patterns))
+    for p in patterns:
+        verb = "Tracking" if any(a == p.replace(" ", "[[:space:]]") for a in added) else \
+            "Already tracking"
+        click.echo(f'{verb} "{p}"')
+
+
+@main.command()
+@click.argument("patterns", nargs=-1, required=True)
+@reports_errors
+def untrack(patterns: tuple[str, ...]) -> None:
+    """Stop tracking PATTERNS (files already committed keep their manifests)."""
+    from .git.attributes import untrack as do_untrack
+    from .git.repo import Repo
+
+    removed = do_untrack(Repo.discover().top, list(patterns))
+    for p in patterns:
+        click.echo(f'{"Untracking" if p.replace(" ", "[[:space:]]") in removed else "Not tracked:"}'
+                   f' "{p}"')
+
+
+# -- inspection -------------------------------------------------------------------------
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@main.command("ls-files")
+@click.argument("paths", nargs=-1)
+@click.option("--rev", default=None, help="a revision instead of the index")
+@click.option("--params", "show_params", is_flag=True, help="list every parameter")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@reports_errors
+def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json: bool) -> None:
+    """Tracked checkpoints: format, parameters, size, chunks, and how many are cached."""
+    from .checkpoint import open_cache
+    from .git.files import tracked_files
+    from .git.repo import Repo
+    from .manifest import looks_like_manifest
+
+    repo = Repo.discover()
+    cache = open_cache(repo.settings())
+    rel = [os.path.relpath(os.path.abspath(p), repo.top) for p in paths]
+    rows = []
+    for f in tracked_files(repo, rev, rel or None):
+        if f.manifest is None:
+            rows.append({"path": f.path, "format": None})
+            continue
+        m = f.manifest
+        digests = m.digests()
+        cached = len(digests) - len(cache.missing(digests))
+        wt = os.path.join(repo.top, f.path)
+        state = "missing"
+        if os.path.exists(wt):
+            with open(wt, "rb") as fh:
+                state = "lazy" if looks_like_manifest(fh.read(64)) else "materialized"
+        row: dict[str, Any] = {
+            "path": f.path, "format": m.format_name, "params": len(m.params),
+            "bytes": m.nbytes, "chunks": sum(len(e.chunks) for e in m.params.values()),
+            "objects": len(digests), "cached": cached, "worktree": state,
+        }
+        if show_params:
+            row["parameters"] = [
+                {"name": n, "shape": list(e.shape), "dtype": e.dtype, "bytes": e.nbytes,
+                 "chunks": len(e.chunks), "inline": e.is_inline}
+                for n, e in m.params.items()]
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        if r["format"] is None:
+            click.echo(f"{r['path']}  (not a manifest: committed before it was tracked)")
+            continue
+        click.echo(f"{r['path']}  {r['format']}  {r['params']} params  {human(r['bytes'])}  "
+                   f"{r['chunks']} chunks  {r['cached']}/{r['objects']} objects cached  "
+                   f"{r['worktree']}")
+        for p in r.get("parameters", []):
+            where = "inline" if p["inline"] else f"{p['chunks']} chunks"
+            click.echo(f"    {p['name']}  {p['dtype']}{p['shape']}  {human(p['bytes'])}  {where}")
+
+
+# -- filters ----------------------------------------------------------------------------
+@main.command("filter-process", hidden=True)
+def filter_process() -> None:
+    """git's long-running clean/smudge filter (configured by install)."""
+    from .git.filter_process import main as serve
+
+    sys.exit(serve())
+
+
+@main.command("clean")
+@click.argument("path", required=False, default="checkpoint")
+@reports_errors
+def clean_cmd(path: str) -> None:
+    """Checkpoint on stdin -> manifest on stdout (chunks go to the cache)."""
+    from . import checkpoint
+    from .git.repo import Repo
+
+    settings = Repo.discover().settings()
+    cache = checkpoint.open_cache(settings)
+    stdin = sys.stdin.buffer
+    source = checkpoint.open_source(stdin, cache, name=path)
+    out = b"" if not source.head else checkpoint.clean(source, settings, cache).manifest.to_bytes()
+    sys.stdout.buffer.write(out)
+
+
+@main.command("smudge")
+@click.argument("path", required=False, default="checkpoint")
+@reports_errors
+def smudge_cmd(path: str) -> None:
+    """Manifest on stdin -> checkpoint on stdout."""
+    from . import checkpoint
+    from .git.repo import Repo
+    from .manifest import Manifest, looks_like_manifest
+
+    settings = Repo.discover().settings()
+    data = sys.stdin.buffer.read()
+    out = sys.stdout.buffer
+    if not looks_like_manifest(data[:64]) or settings.lazy:
+        if looks_like_manifest(data[:64]):
+            Manifest.from_bytes(data, path)
+        out.write(data)
+        return
+    checkpoint.smudge(Manifest.from_bytes(data, path), out, settings, name=path)
+
+
+@main.command()
+@click.option("--size", default="64MiB", show_default=True,
+              help="approximate size of the demo model")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="build the demo repository here and keep it")
+@reports_errors
+def demo(size: str, keep: str | None) -> None:
+    """Build a throwaway repo: commit a model, a two-layer fine-tune, check the old one out."""
+    from .demo import run_demo
+    from .settings import parse_size
+
+    run_demo(parse_size(size), keep, echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()

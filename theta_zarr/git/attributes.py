@@ -1,0 +1,67 @@
+"""``track``/``untrack``: the .gitattributes lines that route files through theta-zarr."""
+
+from __future__ import annotations
+
+import os
+
+from .install import DRIVER
+
+ATTRS = f"filter={DRIVER} diff={DRIVER} merge={DRIVER} -text"
+
+
+def escape_pattern(pattern: str) -> str:
+    """gitattributes splits on whitespace: spell spaces as a bracket class (as git-lfs does)."""
+    if any(ch in pattern for ch in "\n\r\t"):
+        raise ValueError(f"pattern {pattern!r} contains a control character")
+    return pattern.replace(" ", "[[:space:]]")
+
+
+def _read(path: str) -> list[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def _write(path: str, lines: list[str]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def _is_ours(line: str) -> bool:
+    return f"filter={DRIVER}" in line.split()[1:]
+
+
+def tracked_patterns(top: str) -> list[str]:
+    return [line.split()[0] for line in _read(os.path.join(top, ".gitattributes"))
+            if line.strip() and not line.lstrip().startswith("#") and _is_ours(line)]
+
+
+def track(top: str, patterns: list[str]) -> list[str]:
+    """Add a line per new pattern; returns the patterns newly added."""
+    path = os.path.join(top, ".gitattributes")
+    lines = _read(path)
+    have = set(tracked_patterns(top))
+    added = []
+    for pattern in patterns:
+        esc = escape_pattern(pattern)
+        if esc not in have:
+            lines.append(f"{esc} {ATTRS}")
+            have.add(esc)
+            added.append(esc)
+    if added:
+        _write(path, lines)
+    return added
+
+
+def untrack(top: str, patterns: list[str]) -> list[str]:
+    path = os.path.join(top, ".gitattributes")
+    drop = {escape_pattern(p) for p in patterns}
+    lines = _read(path)
+    keep = [ln for ln in lines if not (ln.strip() and _is_ours(ln) and ln.split()[0] in drop)]
+    removed = [ln.split()[0] for ln in lines if ln not in keep]
+    if removed:
+        _write(path, keep)
+    return removed

@@ -1,0 +1,92 @@
+"""Which files git tracks through theta-zarr, and their manifests at a revision or the index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..manifest import Manifest, ManifestError, looks_like_manifest
+from .install import DRIVER
+from .repo import GitError, Repo
+
+
+@dataclass
+class TrackedFile:
+    path: str
+    blob: str
+    manifest: Manifest | None  # None: the blob is not a manifest (committed before tracking)
+
+
+def _filter_attr(repo: Repo, paths: list[str]) -> dict[str, str]:
+    if not paths:
+        return {}
+    out = repo.git("check-attr", "-z", "--stdin", "filter",
+                   input="\0".join(paths).encode() + b"\0").split(b"\0")
+    return {out[i].decode(): out[i + 2].decode() for i in range(0, len(out) - 2, 3)}
+
+
+def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
+    """(path, blob id) for every file in the index (rev None) or a revision's tree."""
+    if rev is None:
+        raw = repo.git("ls-files", "-z", "-s")
+        items = []
+        for rec in raw.split(b"\0"):
+            if rec:
+                meta, _, path = rec.decode().partition("\t")
+                mode, blob, stage = meta.split()
+                if stage in ("0", "2"):
+                    items.append((path, blob))
+        return items
+    raw = repo.git("ls-tree", "-r", "-z", "--full-tree", rev)
+    items = []
+    for rec in raw.split(b"\0"):
+        if rec:
+            meta, _, path = rec.decode().partition("\t")
+            mode, kind, blob = meta.split()
+            if kind == "blob":
+                items.append((path, blob))
+    return items
+
+
+def read_blobs(repo: Repo, blobs: list[str]) -> list[bytes]:
+    """Blob contents through one ``git cat-file --batch``."""
+    if not blobs:
+        return []
+    out = repo.git("cat-file", "--batch", input="".join(b + "\n" for b in blobs).encode())
+    result, pos = [], 0
+    for _ in blobs:
+        nl = out.index(b"\n", pos)
+        header = out[pos:nl].split()
+        if len(header) < 3:
+            raise GitError(f"cannot read blob {header[0].decode() if header else '?'}")
+        size = int(header[2])
+        result.append(out[nl + 1:nl + 1 + size])
+        pos = nl + 1 + size + 1
+    return result
+
+
+def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = None
+                  ) -> list[TrackedFile]:
+    entries = _entries(repo, rev)
+    if paths:
+        wanted = set(paths)
+        entries = [e for e in entries if e[0] in wanted]
+    attrs = _filter_attr(repo, [p for p, _ in entries])
+    ours = [(p, b) for p, b in entries if attrs.get(p) == DRIVER]
+    blobs = read_blobs(repo, [b for _, b in ours])
+    files = []
+    for (path, blob), data in zip(ours, blobs):
+        manifest = Manifest.from_bytes(data, path) if looks_like_manifest(data[:64]) else None
+        files.append(TrackedFile(path, blob, manifest))
+    return files
+
+
+def manifest_at(repo: Repo, path: str, rev: str | None = "HEAD") -> Manifest:
+    """The manifest of ``path`` at ``rev`` (None: the index)."""
+    spec = f":{path}" if rev is None else f"{rev}:{path}"
+    try:
+        data = repo.git("cat-file", "blob", spec)
+    except GitError as e:
+        raise GitError(f"{spec}: {e}") from None
+    if not looks_like_manifest(data[:64]):
+        raise ManifestError(f"{spec}: not tracked by theta-zarr (no manifest in git)")
+    return Manifest.from_bytes(data, spec)

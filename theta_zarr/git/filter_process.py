@@ -1,0 +1,133 @@
+"""git's long-running filter protocol (``filter.<driver>.process``), version 2.
+
+One process serves every clean and smudge of a git command, so Python and the
+libraries start once, not once per file.  See gitattributes(5), "Long Running
+Filter Process".  Errors are reported per file (``status=error``) with a
+one-line message on stderr; git then fails the command, because
+``filter.theta-zarr.required`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import BinaryIO
+
+from .. import checkpoint
+from ..errors import one_line
+from ..manifest import Manifest, looks_like_manifest
+from ..settings import Settings
+from .pktline import PktReader, PktWriter, ProtocolError
+from .repo import Repo
+
+CAPABILITIES = ("clean", "smudge")
+
+
+class FilterServer:
+    def __init__(self, stdin: BinaryIO, stdout: BinaryIO, settings: Settings,
+                 fetch: checkpoint.Fetcher | None = None):
+        self.reader = PktReader(stdin)
+        self.writer = PktWriter(stdout)
+        self.settings = settings
+        self.cache = checkpoint.open_cache(settings)
+        self.fetch = fetch
+
+    def handshake(self) -> None:
+        hello = self.reader.read_text_list()
+        if "git-filter-client" not in hello or "version=2" not in hello:
+            raise ProtocolError(f"unexpected filter handshake {hello!r}")
+        self.writer.text("git-filter-server", "version=2")
+        self.writer.flush()
+        offered = {c.split("=", 1)[1] for c in self.reader.read_text_list()
+                   if c.startswith("capability=")}
+        self.writer.text(*(f"capability={c}" for c in CAPABILITIES if c in offered))
+        self.writer.flush()
+
+    def serve(self) -> None:
+        self.handshake()
+        while True:
+            try:
+                headers = self.reader.read_text_list()
+            except EOFError:
+                return
+            meta = dict(h.split("=", 1) for h in headers if "=" in h)
+            command, path = meta.get("command"), meta.get("pathname", "?")
+            if command == "clean":
+                self.clean(path)
+            elif command == "smudge":
+                self.smudge(path)
+            else:
+                self.reader.content_stream().drain()
+                self._error(path, f"unsupported filter command {command!r}")
+
+    def _error(self, path: str, message: str) -> None:
+        print(f"theta-zarr: {message}" if path in message else f"theta-zarr: {path}: {message}",
+              file=sys.stderr, flush=True)
+        self.writer.text("status=error")
+        self.writer.flush()
+
+    def _reply(self, data: bytes) -> None:
+        self.writer.text("status=success")
+        self.writer.flush()
+        content = self.writer.content()
+        content.write(data)
+        content.close()
+        self.writer.flush()
+        self.writer.flush()  # empty list: status stays "success"
+
+    def clean(self, path: str) -> None:
+        content = self.reader.content_stream()
+        try:
+            source = checkpoint.open_source(content, self.cache, name=path)
+            if not source.head:  # an empty file stays empty, as git-lfs does
+                out = b""
+            else:
+                out = checkpoint.clean(source, self.settings, self.cache).manifest.to_bytes()
+        except Exception as e:  # every failure is reported for this file only
+            content.drain()
+            self._error(path, one_line(e))
+            return
+        content.drain()
+        self._reply(out)
+
+    def smudge(self, path: str) -> None:
+        data = self.reader.content_stream().read()
+        try:
+            if not looks_like_manifest(data[:64]):
+                self._reply(data)  # not ours (committed before tracking): as it is
+                return
+            manifest = Manifest.from_bytes(data, path)
+            if self.settings.lazy:
+                self._reply(data)
+                return
+            checkpoint.ensure_local(manifest, self.cache, self.fetch, source=path)
+        except Exception as e:
+            self._error(path, one_line(e))
+            return
+        self.writer.text("status=success")
+        self.writer.flush()
+        content = self.writer.content()
+        try:
+            checkpoint.smudge(manifest, content, self.settings, name=path, cache=self.cache,
+                              ensured=True)
+            content.close()
+        except Exception as e:
+            content.close()
+            self.writer.flush()
+            self._error(path, one_line(e))
+            return
+        self.writer.flush()
+        self.writer.flush()
+
+
+def main() -> int:
+    stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
+    stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
+    repo = Repo.discover()
+    server = FilterServer(stdin, stdout, repo.settings())
+    try:
+        server.serve()
+    except (ProtocolError, BrokenPipeError) as e:
+        print(f"theta-zarr: filter protocol error: {e}", file=sys.stderr)
+        return 1
+    return 0

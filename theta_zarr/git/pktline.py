@@ -1,0 +1,163 @@
+"""git's pkt-line framing: 4 hex digits of length (header included), then data.
+
+``0000`` is a flush packet.  Data packets carry at most 65516 bytes.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+MAX_DATA = 65516
+FLUSH = b"0000"
+
+
+class ProtocolError(RuntimeError):
+    pass
+
+
+class PktReader:
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+
+    def _exact(self, n: int) -> bytes:
+        data = self.stream.read(n)
+        if len(data) != n:
+            raise EOFError("git closed the filter pipe")
+        return data
+
+    def payload_size(self) -> int | None:
+        """Read one packet header: the payload size, or None for a flush packet."""
+        head = self._exact(4)
+        try:
+            size = int(head, 16)
+        except ValueError:
+            raise ProtocolError(f"bad pkt-line header {head!r}") from None
+        if size == 0:
+            return None
+        if size < 4 or size > MAX_DATA + 4:
+            raise ProtocolError(f"bad pkt-line length {size}")
+        return size - 4
+
+    def read_packet(self) -> bytes | None:
+        """One packet's payload, or None for a flush packet."""
+        size = self.payload_size()
+        return None if size is None else self._exact(size)
+
+    def read_text_list(self) -> list[str]:
+        """Text packets up to the next flush."""
+        out = []
+        while (pkt := self.read_packet()) is not None:
+            out.append(pkt.decode("utf-8").rstrip("\n"))
+        return out
+
+    def content_stream(self) -> ContentStream:
+        return ContentStream(self)
+
+
+class ContentStream:
+    """File content sent as data packets up to a flush, read as a stream."""
+
+    def __init__(self, reader: PktReader):
+        self.reader = reader
+        self.stream = reader.stream
+        self.remaining = 0
+        self.done = False
+
+    def _next_packet(self) -> bool:
+        size = self.reader.payload_size()
+        if size is None:
+            self.done = True
+            return False
+        self.remaining = size
+        return True
+
+    def readinto(self, view) -> int:
+        view = memoryview(view).cast("B")
+        while self.remaining == 0:
+            if self.done or not self._next_packet():
+                return 0
+        n = min(len(view), self.remaining)
+        got = self.stream.readinto(view[:n])
+        if not got:
+            raise EOFError("git closed the filter pipe")
+        self.remaining -= got
+        return got
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = []
+            while (b := self.read(1 << 20)):
+                parts.append(b)
+            return b"".join(parts)
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.readinto(view[got:])
+            if not k:
+                break
+            got += k
+        return bytes(buf[:got])
+
+    def drain(self) -> None:
+        """Skip whatever content is left (after an error, before replying)."""
+        while not self.done:
+            if self.remaining:
+                self.stream.read(self.remaining)
+                self.remaining = 0
+            self._next_packet()
+
+
+class PktWriter:
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+
+    def packet(self, data: bytes | memoryview) -> None:
+        self.stream.write(b"%04x" % (len(data) + 4))
+        self.stream.write(data)
+
+    def text(self, *lines: str) -> None:
+        for line in lines:
+            self.packet(line.encode("utf-8") + b"\n")
+
+    def flush(self) -> None:
+        self.stream.write(FLUSH)
+        self.stream.flush()
+
+    def content(self) -> ContentWriter:
+        return ContentWriter(self)
+
+
+class ContentWriter:
+    """A write-only file object that frames what is written as data packets."""
+
+    def __init__(self, writer: PktWriter):
+        self.writer = writer
+        self.buf = bytearray()
+        self.written = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self.buf:
+            take = min(n, MAX_DATA - len(self.buf))
+            self.buf += view[:take]
+            view = view[take:]
+            if len(self.buf) == MAX_DATA:
+                self.writer.packet(self.buf)
+                self.buf = bytearray()
+        while len(view) >= MAX_DATA:
+            self.writer.packet(view[:MAX_DATA])
+            view = view[MAX_DATA:]
+        if len(view):
+            self.buf += view
+        self.written += n
+        return n
+
+    def close(self) -> None:
+        if self.buf:
+            self.writer.packet(self.buf)
+            self.buf = bytearray()
+
+    def flush(self) -> None:
+        pass
