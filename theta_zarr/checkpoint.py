@@ -18,7 +18,12 @@ from .cache import Cache
 from .chunkreader import ChunkReader
 from .chunkwriter import ChunkWriter, TruncatedInput, WriteStats
 from .formats.base import FormatError, Source
-from .manifest import Manifest, ManifestError, looks_like_manifest
+from .manifest import (
+    Manifest,
+    ManifestError,
+    looks_like_conflicted_manifest,
+    looks_like_manifest,
+)
 from .objects import MissingObjectError
 from .settings import Settings
 
@@ -45,7 +50,7 @@ def open_source(stream: BinaryIO, cache: Cache, name: str = "checkpoint",
 def clean(source: Source, settings: Settings, cache: Cache) -> CleanResult:
     """Read a checkpoint (or a manifest) from ``source``; store its chunks; return the manifest."""
     name = source.name
-    if looks_like_manifest(source.head):
+    if looks_like_manifest(source.head) or looks_like_conflicted_manifest(source.head):
         data = source.head + source.stream.read()
         return CleanResult(Manifest.from_bytes(data, name), WriteStats(), passed_through=True)
     fmt = formats.detect(source.head, name)

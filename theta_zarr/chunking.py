@@ -39,7 +39,8 @@ def chunk_shape_for(shape: Sequence[int], itemsize: int, target: int = DEFAULT_C
     for k, extent in enumerate(shape):
         if row[k] <= target or k == len(shape) - 1:
             c = max(1, min(extent, target // max(row[k], 1)))
-            return (1,) * k + (max(c, 1),) + shape[k + 1:]
+            # zarr needs extents >= 1: a zero-length trailing axis gets extent 1
+            return (1,) * k + (max(c, 1),) + tuple(max(1, s) for s in shape[k + 1:])
     raise AssertionError("unreachable")
 
 
@@ -56,7 +57,7 @@ def is_contiguous_chunking(shape: Sequence[int], chunk_shape: Sequence[int]) -> 
         k += 1
     # axes before k are 1; axis k is anything <= extent (or 1 if extent is 0);
     # axes after k must be whole.
-    return all(chunk_shape[i] == shape[i] for i in range(k + 1, len(shape))) and (
+    return all(chunk_shape[i] == max(shape[i], 1) for i in range(k + 1, len(shape))) and (
         chunk_shape[k] <= max(shape[k], 1))
 
 

@@ -36,6 +36,11 @@ def looks_like_manifest(head: bytes) -> bool:
     return head.lstrip(b" \t\r\n").startswith(MAGIC)
 
 
+def looks_like_conflicted_manifest(head: bytes) -> bool:
+    """True for a manifest that a text merge wrapped in conflict markers."""
+    return head.lstrip().startswith(b"<<<<<<<") and MAGIC in head
+
+
 def check_digest(value: object, where: str = "manifest") -> str:
     if not isinstance(value, str) or not DIGEST_RE.fullmatch(value):
         raise ManifestError(f"{where}: invalid digest {str(value)[:80]!r}")

@@ -1,0 +1,209 @@
+"""The issue's core flow with real git: install, track, add, commit, fine-tune, checkout."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+
+from theta_zarr.demo import ModelShape, write_model
+from theta_zarr.manifest import Manifest
+
+SHAPE = ModelShape(hidden=64, layers=4, vocab=256)
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def changed_digests(before: Manifest, after: Manifest) -> set[str]:
+    old = before.digests()
+    return {d for d in after.digests() if d not in old}
+
+
+def manifest_at(repo, rev: str, path: str = "model.safetensors") -> Manifest:
+    return Manifest.from_bytes(repo.git("cat-file", "blob", f"{rev}:{path}").stdout)
+
+
+def test_install_sets_filter_and_track_writes_attributes(repo):
+    cfg = repo.out("config", "--local", "--get-regexp", "^filter\\.theta-zarr\\.")
+    assert "filter.theta-zarr.process git-theta-zarr filter-process" in cfg
+    assert "filter.theta-zarr.required true" in cfg
+    attrs = (repo.path / ".gitattributes").read_text()
+    assert "*.safetensors filter=theta-zarr diff=theta-zarr merge=theta-zarr -text" in attrs
+    listed = repo.tz("track").stdout.decode().split()
+    assert listed == ["*.safetensors", "*.pt", "*.npz"]
+    # tracking twice adds no second line
+    repo.tz("track", "*.pt")
+    assert (repo.path / ".gitattributes").read_text().count("*.pt ") == 1
+
+
+def test_commit_stores_manifest_and_chunks(repo):
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    model = repo.path / "model.safetensors"
+    write_model(str(model), SHAPE)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "base")
+    blob = repo.git("cat-file", "blob", "HEAD:model.safetensors").stdout
+    assert blob.startswith(b'{"theta_zarr": 1,')
+    m = Manifest.from_bytes(blob)
+    assert set(m.params) == {n for n, _ in SHAPE.tensors()}
+    # every stored chunk is in the cache, under objects/ab/cdef...
+    files = repo.object_files()
+    assert {f"{d[7:9]}/{d[9:]}" for d in m.digests()} == files
+    # the manifest is far smaller than the model
+    assert len(blob) < model.stat().st_size / 20
+    assert repo.out("status", "--porcelain") == ""
+
+
+def test_two_layer_finetune_writes_only_changed_chunks(repo):
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    model = repo.path / "model.safetensors"
+    write_model(str(model), SHAPE)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "base")
+    base_objects = repo.object_files()
+    tuned = SHAPE.layer_names(1) + SHAPE.layer_names(2)
+    write_model(str(model), SHAPE, tuned=tuned)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "tuned")
+    new_objects = repo.object_files() - base_objects
+    before, after = manifest_at(repo, "HEAD~1"), manifest_at(repo, "HEAD")
+    expected = changed_digests(before, after)
+    assert {f"{d[7:9]}/{d[9:]}" for d in expected} == new_objects
+    # the new chunks all belong to the tuned layers, and every tuned tensor changed
+    changed_params = {n for n in after.params if after.params[n] != before.params[n]}
+    assert changed_params == {n for n in tuned if not after.params[n].is_inline} | {
+        n for n in tuned if after.params[n].is_inline and after.params[n] != before.params[n]}
+    assert changed_params <= set(tuned)
+    assert len(changed_params) >= len(tuned) - 2  # norms at 1+noise may round to equal bf16
+
+
+def test_checkout_old_version_is_bit_exact_and_status_clean(repo):
+    model = repo.path / "model.safetensors"
+    write_model(str(model), SHAPE)
+    base_hash = sha(model)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "base")
+    write_model(str(model), SHAPE, tuned=SHAPE.layer_names(0))
+    tuned_hash = sha(model)
+    repo.git("commit", "-q", "-am", "tuned")
+    repo.git("checkout", "HEAD~1", "--", "model.safetensors")
+    assert sha(model) == base_hash
+    assert repo.out("diff", "--name-only") == ""  # worktree == index: clean(smudge(m)) == m
+    repo.git("checkout", "HEAD", "--", "model.safetensors")
+    assert sha(model) == tuned_hash
+    assert repo.out("status", "--porcelain") == ""
+    # a fresh checkout of the whole tree after deleting the file
+    model.unlink()
+    repo.git("checkout", "--", "model.safetensors")
+    assert sha(model) == tuned_hash
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "float8_e5m2", "float16",
+                                   "float32", "int8", "int64", "bool"])
+def test_dtype_round_trip_through_git(repo, dtype):
+    g = torch.Generator().manual_seed(1)
+    if dtype == "bool":
+        t = torch.rand(300, 17, generator=g) > 0.5
+    elif dtype.startswith("int"):
+        t = torch.randint(-100, 100, (300, 17), generator=g).to(getattr(torch, dtype))
+    else:
+        t = (torch.randn(300, 17, generator=g) * 3).to(getattr(torch, dtype))
+    import safetensors.torch
+
+    path = repo.path / "w.safetensors"
+    safetensors.torch.save_file({"w": t, "s": t[0, 0].clone()}, str(path))
+    original = path.read_bytes()
+    repo.git("add", "w.safetensors")
+    repo.git("commit", "-q", "-m", dtype)
+    path.unlink()
+    repo.git("checkout", "--", "w.safetensors")
+    assert path.read_bytes() == original
+    m = manifest_at(repo, "HEAD", "w.safetensors")
+    assert m.params["w"].dtype == dtype
+
+
+def test_torch_and_npz_checkpoints_round_trip(repo):
+    sd = {"model": {"w": torch.randn(64, 64), "b": torch.zeros(64)}, "step": 7}
+    torch.save(sd, repo.path / "ckpt.pt")
+    arrays = {"x": np.arange(4096, dtype=np.float32), "y": np.ones((3, 3), dtype=np.int16)}
+    np.savez(repo.path / "arrays.npz", **arrays)
+    npz_bytes = (repo.path / "arrays.npz").read_bytes()
+    repo.git("add", "ckpt.pt", "arrays.npz")
+    repo.git("commit", "-q", "-m", "pt and npz")
+    for f in ("ckpt.pt", "arrays.npz"):
+        (repo.path / f).unlink()
+    repo.git("checkout", "--", "ckpt.pt", "arrays.npz")
+    loaded = torch.load(repo.path / "ckpt.pt", weights_only=True)
+    assert loaded["step"] == 7
+    assert torch.equal(loaded["model"]["w"], sd["model"]["w"])
+    assert (repo.path / "arrays.npz").read_bytes() == npz_bytes
+    assert repo.out("status", "--porcelain") == ""
+
+
+def test_ls_files_reports_params_sizes_chunks(repo):
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    write_model(str(repo.path / "model.safetensors"), SHAPE)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "base")
+    text = repo.tz("ls-files").stdout.decode()
+    m = manifest_at(repo, "HEAD")
+    nchunks = sum(len(e.chunks) for e in m.params.values())
+    assert text.startswith("model.safetensors  safetensors  ")
+    assert f"{len(m.params)} params" in text and f"{nchunks} chunks" in text
+    assert "materialized" in text
+    rows = json.loads(repo.tz("ls-files", "--json", "--params").stdout)
+    assert rows[0]["bytes"] == m.nbytes
+    assert rows[0]["cached"] == rows[0]["objects"] == len(m.digests())
+    assert {p["name"] for p in rows[0]["parameters"]} == set(m.params)
+
+
+def test_one_filter_process_serves_many_files(repo, tmp_path):
+    """git starts the long-running filter once per command, not once per file."""
+    log = tmp_path / "starts.log"
+    wrapper = tmp_path / "filter-wrapper"
+    wrapper.write_text(f"#!/bin/sh\necho start >> {log}\nexec git-theta-zarr filter-process\n")
+    wrapper.chmod(0o755)
+    repo.git("config", "filter.theta-zarr.process", str(wrapper))
+    for i in range(5):
+        safetensors.numpy.save_file({"w": np.full((64, 64), i, np.float32)},
+                                    str(repo.path / f"m{i}.safetensors"))
+    repo.git("add", ".")
+    assert log.read_text().count("start") == 1
+
+
+def test_lazy_smudge_writes_manifest_and_clean_passes_it_through(repo):
+    write_model(str(repo.path / "model.safetensors"), SHAPE)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "base")
+    (repo.path / "model.safetensors").unlink()
+    repo.git("checkout", "--", "model.safetensors", env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+    text = (repo.path / "model.safetensors").read_bytes()
+    assert text == repo.git("cat-file", "blob", "HEAD:model.safetensors").stdout
+    assert repo.out("status", "--porcelain") == ""
+    out = repo.tz("ls-files").stdout.decode()
+    assert out.rstrip().endswith("lazy")
+    # config switch too
+    repo.git("config", "theta-zarr.lazy", "true")
+    (repo.path / "model.safetensors").unlink()
+    repo.git("checkout", "--", "model.safetensors")
+    assert (repo.path / "model.safetensors").read_bytes() == text
+
+
+def test_clean_and_smudge_single_file_commands(repo):
+    import safetensors.torch
+
+    buf = io.BytesIO()
+    path = repo.path / "x.safetensors"
+    safetensors.torch.save_file({"a": torch.randn(200, 10)}, str(path))
+    manifest = repo.tz("clean", "x.safetensors", input=path.read_bytes()).stdout
+    assert manifest.startswith(b'{"theta_zarr": 1,')
+    back = repo.tz("smudge", "x.safetensors", input=manifest).stdout
+    buf.write(back)
+    assert buf.getvalue() == path.read_bytes()

@@ -1,0 +1,96 @@
+"""The Python face: open a tracked checkpoint as Zarr, or load chosen parameters as tensors.
+
+Both read only what is asked for: ``open`` serves chunks on demand through a
+read-only Zarr store, ``load_state_dict`` reads the chunks of the parameters
+matching ``include``.  Where the manifest comes from:
+
+* ``rev="HEAD"`` (or any revision): the manifest git stores for ``path``;
+* ``rev=None``: the working-tree file: a manifest (lazy checkout) is used as it
+  is, a real checkpoint is cleaned into the cache first (streamed).
+"""
+
+from __future__ import annotations
+
+import builtins
+import fnmatch
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from . import checkpoint
+from .cache import Cache
+from .chunkreader import ChunkReader
+from .dtypes import by_name
+from .git.files import manifest_at
+from .git.repo import Repo
+from .manifest import Manifest, looks_like_manifest
+
+if TYPE_CHECKING:
+    import torch
+    import zarr
+
+
+def select(names: Iterable[str], include: Sequence[str] | str | None) -> list[str]:
+    """Names matching any glob in ``include`` (all of them when it is None)."""
+    names = list(names)
+    if include is None:
+        return names
+    globs = [include] if isinstance(include, str) else list(include)
+    return [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+
+
+def read_manifest(path: str, rev: str | None = "HEAD") -> tuple[Manifest, Repo, Cache]:
+    """The manifest of ``path`` at ``rev`` with its repository and cache."""
+    repo = Repo.discover(os.path.dirname(os.path.abspath(path)) or ".")
+    settings = repo.settings()
+    cache = checkpoint.open_cache(settings)
+    rel = os.path.relpath(os.path.abspath(path), repo.top)
+    if rev is not None:
+        return manifest_at(repo, rel, rev), repo, cache
+    with builtins.open(path, "rb") as f:
+        if looks_like_manifest(f.read(64)):
+            f.seek(0)
+            return Manifest.from_bytes(f.read(), rel), repo, cache
+        f.seek(0)
+        source = checkpoint.open_source(f, cache, name=rel, path=os.path.abspath(path))
+        return checkpoint.clean(source, settings, cache).manifest, repo, cache
+
+
+def open(path: str, rev: str | None = "HEAD") -> zarr.Group:  # noqa: A001 - the module's verb
+    """A read-only Zarr group: one array per parameter, chunks read on demand."""
+    from .zarrstore import open_group
+
+    manifest, _, cache = read_manifest(path, rev)
+    return open_group(manifest, cache)
+
+
+def load_state_dict(path: str, rev: str | None = "HEAD",
+                    include: Sequence[str] | str | None = None,
+                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Parameters of a tracked checkpoint as torch tensors (flat names, file order).
+
+    Only the chunks of the selected parameters are read.
+    """
+    manifest, repo, cache = read_manifest(path, rev)
+    return tensors_from_manifest(manifest, cache, include, device,
+                                 workers=repo.settings().workers)
+
+
+def tensors_from_manifest(manifest: Manifest, cache: Cache,
+                          include: Sequence[str] | str | None = None,
+                          device: str | torch.device = "cpu",
+                          workers: int = 4) -> dict[str, torch.Tensor]:
+    import torch
+
+    names = select(manifest.params, include)
+    checkpoint.ensure_local(manifest, cache, None, names=names)
+    reader = ChunkReader(cache, workers=workers)
+    out = {}
+    for name in names:
+        entry = manifest.params[name]
+        dtype = by_name(entry.dtype)
+        t = torch.empty(entry.shape, dtype=dtype.torch)
+        if t.numel():
+            reader.read_into(entry, t.view(-1).view(torch.uint8).numpy())
+        out[name] = t.to(device) if str(device) != "cpu" else t
+    return out
