@@ -62,7 +62,7 @@ def is_contiguous_chunking(shape: Sequence[int], chunk_shape: Sequence[int]) -> 
 
 
 def grid_shape(shape: Sequence[int], chunk_shape: Sequence[int]) -> tuple[int, ...]:
-    return tuple(math.ceil(s / c) if s else 0 for s, c in zip(shape, chunk_shape))
+    return tuple(math.ceil(s / c) if s else 0 for s, c in zip(shape, chunk_shape, strict=True))
 
 
 def chunk_count(shape: Sequence[int], chunk_shape: Sequence[int]) -> int:

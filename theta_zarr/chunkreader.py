@@ -50,8 +50,7 @@ class ChunkReader:
         def jobs():
             for entry in entries:
                 if entry.inline is not None:
-                    for blob in entry.inline:
-                        yield blob
+                    yield from entry.inline
                 else:
                     yield from entry.chunks
 

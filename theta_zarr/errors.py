@@ -25,5 +25,6 @@ def one_line(exc: BaseException) -> str:
         traceback.print_exception(exc)
     text = str(exc).strip().replace("\n", " ") or type(exc).__name__
     if not isinstance(exc, USER_ERRORS):
-        text = f"internal error ({type(exc).__name__}: {text}); set GIT_THETA_ZARR_DEBUG=1 for details"
+        text = (f"internal error ({type(exc).__name__}: {text}); "
+                "set GIT_THETA_ZARR_DEBUG=1 for details")
     return text

@@ -138,13 +138,14 @@ class ParamEntry:
         if not isinstance(raw_list, list) or len(raw_list) != len(entry_spans):
             raise ManifestError(f"{where}: inline needs {len(entry_spans)} chunks")
         blobs = []
-        for text, (_, length) in zip(raw_list, entry_spans):
+        for text, (_, length) in zip(raw_list, entry_spans, strict=True):
             try:
                 blob = base64.b64decode(text, validate=True)
             except (binascii.Error, TypeError, ValueError):
                 raise ManifestError(f"{where}: inline chunk is not base64") from None
             if len(blob) != length or length > chunking.INLINE_MAX_BYTES:
-                raise ManifestError(f"{where}: inline chunk has {len(blob)} bytes, expected {length}")
+                raise ManifestError(
+                    f"{where}: inline chunk has {len(blob)} bytes, expected {length}")
             blobs.append(blob)
         return cls(tuple(shape), dtype, tuple(chunk_shape), (), tuple(blobs))
 
@@ -186,7 +187,7 @@ class Manifest:
         ``"theta_zarr"`` comes first so a reader can tell a manifest by its first
         bytes; one line per parameter keeps git's own diffs readable.
         """
-        lines = ['{"theta_zarr": %d,' % VERSION, ' "format": %s,' % _dump(self.format)]
+        lines = [f'{{"theta_zarr": {VERSION},', f' "format": {_dump(self.format)},']
         names = sorted(self.params)
         if not names:
             lines.append(' "params": {}')

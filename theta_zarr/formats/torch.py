@@ -202,12 +202,14 @@ def _decode_tree(node: Any, tensors: dict[str, torch.Tensor],
         t = tensors[name]
         if node.get("parameter"):
             if name not in params:
-                params[name] = torch.nn.Parameter(t, requires_grad=bool(node.get("requires_grad")))
+                grad = bool(node.get("requires_grad"))
+                params[name] = torch.nn.Parameter(t, requires_grad=grad)
             return params[name]
         return t
     (tag, value), = node.items() if len(node) == 1 else (("?", None),)
     if tag in ("__dict__", "__odict__"):
-        pairs = [(_decode_tree(k, tensors, params), _decode_tree(v, tensors, params)) for k, v in value]
+        pairs = [(_decode_tree(k, tensors, params), _decode_tree(v, tensors, params))
+                 for k, v in value]
         return collections.OrderedDict(pairs) if tag == "__odict__" else dict(pairs)
     if tag == "__list__":
         return [_decode_tree(v, tensors, params) for v in value]

@@ -74,7 +74,7 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
     ours = [(p, b) for p, b in entries if attrs.get(p) == DRIVER]
     blobs = read_blobs(repo, [b for _, b in ours])
     files = []
-    for (path, blob), data in zip(ours, blobs):
+    for (path, blob), data in zip(ours, blobs, strict=True):
         manifest = Manifest.from_bytes(data, path) if looks_like_manifest(data[:64]) else None
         files.append(TrackedFile(path, blob, manifest))
     return files

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import BinaryIO
 
-from .. import checkpoint
+from .. import checkpoint, progress
 from ..errors import one_line
 from ..manifest import Manifest, looks_like_manifest
 from ..settings import Settings
@@ -78,11 +78,13 @@ class FilterServer:
     def clean(self, path: str) -> None:
         content = self.reader.content_stream()
         try:
-            source = checkpoint.open_source(content, self.cache, name=path)
-            if not source.head:  # an empty file stays empty, as git-lfs does
-                out = b""
-            else:
-                out = checkpoint.clean(source, self.settings, self.cache).manifest.to_bytes()
+            with progress.bar(_size(path), f"clean {path}") as bar:
+                source = checkpoint.open_source(progress.CountingStream(content, bar),
+                                                self.cache, name=path)
+                if not source.head:  # an empty file stays empty, as git-lfs does
+                    out = b""
+                else:
+                    out = checkpoint.clean(source, self.settings, self.cache).manifest.to_bytes()
         except Exception as e:  # every failure is reported for this file only
             content.drain()
             self._error(path, one_line(e))
@@ -108,8 +110,9 @@ class FilterServer:
         self.writer.flush()
         content = self.writer.content()
         try:
-            checkpoint.smudge(manifest, content, self.settings, name=path, cache=self.cache,
-                              ensured=True)
+            with progress.bar(manifest.nbytes, f"smudge {path}") as bar:
+                checkpoint.smudge(manifest, progress.CountingStream(content, bar), self.settings,
+                                  name=path, cache=self.cache, ensured=True)
             content.close()
         except Exception as e:
             content.close()
@@ -118,6 +121,13 @@ class FilterServer:
             return
         self.writer.flush()
         self.writer.flush()
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
 
 
 def main() -> int:
