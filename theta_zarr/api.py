@@ -18,12 +18,13 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from . import checkpoint
-from .cache import Cache
 from .chunkreader import ChunkReader
 from .dtypes import by_name
 from .git.files import manifest_at
+from .git.push import read_through
 from .git.repo import Repo
 from .manifest import Manifest, looks_like_manifest
+from .remote import ReadThrough
 
 if TYPE_CHECKING:
     import torch
@@ -39,29 +40,33 @@ def select(names: Iterable[str], include: Sequence[str] | str | None) -> list[st
     return [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
 
 
-def read_manifest(path: str, rev: str | None = "HEAD") -> tuple[Manifest, Repo, Cache]:
-    """The manifest of ``path`` at ``rev`` with its repository and cache."""
+def read_manifest(path: str, rev: str | None = "HEAD") -> tuple[Manifest, Repo, ReadThrough]:
+    """The manifest of ``path`` at ``rev``, its repository, and its objects (cache + remote)."""
     repo = Repo.discover(os.path.dirname(os.path.abspath(path)) or ".")
     settings = repo.settings()
-    cache = checkpoint.open_cache(settings)
+    objects = read_through(repo)
+    cache = objects.cache
     rel = os.path.relpath(os.path.abspath(path), repo.top)
     if rev is not None:
-        return manifest_at(repo, rel, rev), repo, cache
+        return manifest_at(repo, rel, rev), repo, objects
     with builtins.open(path, "rb") as f:
         if looks_like_manifest(f.read(64)):
             f.seek(0)
-            return Manifest.from_bytes(f.read(), rel), repo, cache
+            return Manifest.from_bytes(f.read(), rel), repo, objects
         f.seek(0)
         source = checkpoint.open_source(f, cache, name=rel, path=os.path.abspath(path))
-        return checkpoint.clean(source, settings, cache).manifest, repo, cache
+        return checkpoint.clean(source, settings, cache).manifest, repo, objects
 
 
 def open(path: str, rev: str | None = "HEAD") -> zarr.Group:  # noqa: A001 - the module's verb
-    """A read-only Zarr group: one array per parameter, chunks read on demand."""
+    """A read-only Zarr group: one array per parameter, chunks read on demand.
+
+    Chunks the cache lacks come from the repository's remote, once each.
+    """
     from .zarrstore import open_group
 
-    manifest, _, cache = read_manifest(path, rev)
-    return open_group(manifest, cache)
+    manifest, _, objects = read_manifest(path, rev)
+    return open_group(manifest, objects)
 
 
 def load_state_dict(path: str, rev: str | None = "HEAD",
@@ -69,22 +74,23 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
                     device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Parameters of a tracked checkpoint as torch tensors (flat names, file order).
 
-    Only the chunks of the selected parameters are read.
+    Only the chunks of the selected parameters are read (and fetched from the
+    remote, concurrently, when the cache lacks them).
     """
-    manifest, repo, cache = read_manifest(path, rev)
-    return tensors_from_manifest(manifest, cache, include, device,
+    manifest, repo, objects = read_manifest(path, rev)
+    return tensors_from_manifest(manifest, objects, include, device,
                                  workers=repo.settings().workers)
 
 
-def tensors_from_manifest(manifest: Manifest, cache: Cache,
+def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,
                           include: Sequence[str] | str | None = None,
                           device: str | torch.device = "cpu",
                           workers: int = 4) -> dict[str, torch.Tensor]:
     import torch
 
     names = select(manifest.params, include)
-    checkpoint.ensure_local(manifest, cache, None, names=names)
-    reader = ChunkReader(cache, workers=workers)
+    checkpoint.ensure_local(manifest, objects.cache, objects.fetch, names=names)
+    reader = ChunkReader(objects.cache, workers=workers)
     out = {}
     for name in names:
         entry = manifest.params[name]

@@ -64,6 +64,12 @@ def clean(source: Source, settings: Settings, cache: Cache) -> CleanResult:
     return CleanResult(Manifest(fmt_info, params), writer.stats)
 
 
+def select(manifest: Manifest, names: list[str]) -> Manifest:
+    """The manifest of a file holding only the named parameters (a partial materialize)."""
+    fmt = formats.get_format(manifest.format_name)
+    return Manifest(fmt.select(manifest.format, names), {n: manifest.params[n] for n in names})
+
+
 def missing_chunks(manifest: Manifest, cache: Cache, names: list[str] | None = None) -> set[str]:
     digests = {d for _, _, d in manifest.iter_chunks(names)}
     return cache.missing(digests)

@@ -60,10 +60,15 @@ def _scope_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def install(scope: str | None) -> None:
     """Configure git to route tracked checkpoints through theta-zarr."""
     from .git import install as inst
+    from .git.hooks import install_pre_push
+    from .git.repo import Repo
 
     scope = scope or inst.default_scope()
     inst.install(scope)
     click.echo(f"theta-zarr filter installed ({scope} git config)")
+    if inst.default_scope() == "local":
+        hook = install_pre_push(Repo.discover())
+        click.echo(f"pre-push hook installed ({hook})")
 
 
 @main.command()
@@ -72,10 +77,14 @@ def install(scope: str | None) -> None:
 def uninstall(scope: str | None) -> None:
     """Remove theta-zarr's filter configuration from a git config scope."""
     from .git import install as inst
+    from .git.hooks import uninstall_pre_push
+    from .git.repo import Repo
 
     scope = scope or inst.default_scope()
     inst.uninstall(scope)
     click.echo(f"theta-zarr filter removed ({scope} git config)")
+    if inst.default_scope() == "local":
+        uninstall_pre_push(Repo.discover())
 
 
 @main.command()
@@ -220,6 +229,133 @@ def smudge_cmd(path: str) -> None:
         out.write(data)
         return
     checkpoint.smudge(Manifest.from_bytes(data, path), out, settings, name=path)
+
+
+# -- remotes ----------------------------------------------------------------------------
+@main.group()
+def remote() -> None:
+    """Object-store remotes (S3, GCS, a folder, any fsspec URL)."""
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="endpoint-url, region, requester-pays, anon, project, compression, "
+                   "concurrency")
+@click.option("--shared", is_flag=True,
+              help="write to .thetazarr (commit it so clones find the remote)")
+@reports_errors
+def remote_add(name: str, url: str, options: tuple[str, ...], shared: bool) -> None:
+    """Add remote NAME at URL (credentials come from the storage library, never from here)."""
+    from .git import remotes
+    from .git.repo import Repo
+
+    remotes.add(Repo.discover(), name, url, remotes.option_pairs(options), shared)
+    click.echo(f"theta-zarr remote {name} -> {url}")
+
+
+@remote.command("list")
+@reports_errors
+def remote_list() -> None:
+    """Configured remotes with their URL and options."""
+    from .git import remotes
+    from .git.repo import Repo
+
+    for spec in remotes.configured(Repo.discover()).values():
+        opts = " ".join(f"{k}={v}" for k, v in sorted(spec.options.items()))
+        click.echo(f"{spec.name}\t{spec.url}{'  ' + opts if opts else ''}")
+
+
+@remote.command("remove")
+@click.argument("name")
+@click.option("--shared", is_flag=True, help="remove from .thetazarr")
+@reports_errors
+def remote_remove(name: str, shared: bool) -> None:
+    """Forget remote NAME (the bucket and its objects are untouched)."""
+    from .git import remotes
+    from .git.repo import Repo
+
+    if not remotes.remove(Repo.discover(), name, shared):
+        _fail(f"no remote {name!r} in {'.thetazarr' if shared else 'git config'}")
+    click.echo(f"theta-zarr remote {name} removed")
+
+
+@main.command("pre-push", hidden=True)
+@click.argument("remote_name")
+@click.argument("url", required=False)
+@reports_errors
+def pre_push_cmd(remote_name: str, url: str | None) -> None:
+    """Run by the pre-push hook: upload the chunks the pushed commits need."""
+    from .git.push import pre_push
+    from .git.repo import Repo
+
+    lines = [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
+    pre_push(Repo.discover(), remote_name, lines)
+
+
+@main.command("push")
+@click.argument("remote_name", required=False)
+@click.argument("refs", nargs=-1)
+@click.option("--all", "all_refs", is_flag=True, help="every local branch and tag")
+@reports_errors
+def push_cmd(remote_name: str | None, refs: tuple[str, ...], all_refs: bool) -> None:
+    """Upload the chunks reachable from REFS (default HEAD) that REMOTE lacks."""
+    from .git.push import push_manifests
+    from .git.remotes import manifests_in_range, require
+    from .git.repo import Repo
+
+    repo = Repo.discover()
+    spec = require(repo, remote_name)
+    include = ["--branches", "--tags"] if all_refs else list(refs or ["HEAD"])
+    manifests = manifests_in_range(repo, include, [])
+    if not manifests:
+        click.echo("theta-zarr: nothing to push (no tracked checkpoints in those commits)")
+        return
+    push_manifests(repo, spec, manifests)
+
+
+@main.command("fetch")
+@click.argument("remote_name", required=False)
+@click.argument("rev", required=False, default="HEAD")
+@click.option("--include", "include", multiple=True, metavar="GLOB",
+              help="only parameters matching GLOB (repeatable)")
+@reports_errors
+def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> None:
+    """Download into the cache the chunks of REV's checkpoints (default HEAD)."""
+    from .api import select
+    from .git.files import tracked_files
+    from .git.push import read_through
+    from .git.remotes import require
+    from .git.repo import Repo
+    from .remote import fetch_objects, open_remote
+
+    repo = Repo.discover()
+    spec = require(repo, remote_name)
+    objects = read_through(repo)
+    digests: set[str] = set()
+    for f in tracked_files(repo, rev):
+        if f.manifest is not None:
+            names = select(f.manifest.params, list(include) or None)
+            digests |= {d for _, _, d in f.manifest.iter_chunks(names)}
+    lacking = objects.cache.missing(digests)
+    stats = fetch_objects(open_remote(spec, repo.settings().concurrency), objects.cache,
+                          lacking)
+    click.echo(f"theta-zarr: {stats.summary('fetched', 'from ' + spec.url)}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--include", "include", multiple=True, metavar="GLOB",
+              help="only parameters matching GLOB; written to a separate file")
+@click.option("--output", "-o", default=None, help="where a partial selection goes")
+@reports_errors
+def materialize(paths: tuple[str, ...], include: tuple[str, ...], output: str | None) -> None:
+    """Rebuild real checkpoints from the manifests a lazy checkout left in the working tree."""
+    from .git.materialize import materialize as run
+
+    for line in run(list(paths), list(include) or None, output):
+        click.echo(line)
 
 
 @main.command()

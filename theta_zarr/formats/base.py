@@ -120,3 +120,7 @@ class Format(ABC):
     def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
                tmp_dir: str | None = None) -> None:
         """Write the checkpoint ``manifest`` describes to ``out`` (forward only)."""
+
+    def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        """The ``format`` object of a file holding only ``names`` (a partial materialize)."""
+        return fmt

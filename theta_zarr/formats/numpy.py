@@ -134,6 +134,10 @@ class NpzFormat(Format):
                 raise FormatError(f"{source.name}: broken zip archive ({e})") from None
         return {"name": self.name, "compressed": compressed, "members": members}
 
+    def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        keep = set(names)
+        return {**fmt, "members": [m for m in fmt.get("members", []) if m.get("param") in keep]}
+
     def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
                tmp_dir: str | None = None) -> None:
         fmt = manifest.format

@@ -106,6 +106,13 @@ class SafetensorsFormat(Format):
             out.write(chunk)
 
 
+    def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        keep = set(names)
+        out = {k: v for k, v in fmt.items() if k != "header_text"}
+        out["order"] = [n for n in fmt.get("order", sorted(keep)) if n in keep]
+        return out
+
+
 def _order(manifest: Manifest) -> list[str]:
     order = manifest.format.get("order")
     if not isinstance(order, list) or sorted(order) != sorted(manifest.params):

@@ -91,6 +91,12 @@ class TorchFormat(Format):
                 out.write(block)
 
 
+    def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        # A selection of a nested object is saved as a flat state dict of its tensors.
+        return {"name": self.name,
+                "tree": {"__odict__": [[n, {"__tensor__": n}] for n in names]}}
+
+
 def _tensor_from(mm: mmap.mmap, offset: int, entry) -> torch.Tensor:
     import torch
 

@@ -18,6 +18,7 @@ from ..errors import one_line
 from ..manifest import Manifest, looks_like_manifest
 from ..settings import Settings
 from .pktline import PktReader, PktWriter, ProtocolError
+from .push import read_through
 from .repo import Repo
 
 CAPABILITIES = ("clean", "smudge")
@@ -134,7 +135,9 @@ def main() -> int:
     stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
     stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
     repo = Repo.discover()
-    server = FilterServer(stdin, stdout, repo.settings())
+    settings = repo.settings()
+    server = FilterServer(stdin, stdout, settings)
+    server.fetch = read_through(repo, cache=server.cache).fetch
     try:
         server.serve()
     except (ProtocolError, BrokenPipeError) as e:

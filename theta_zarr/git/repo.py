@@ -17,8 +17,10 @@ class GitError(RuntimeError):
 
 
 def git(*args: str, cwd: str | None = None, input: bytes | None = None,
-        check: bool = True) -> bytes:
-    proc = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
+        check: bool = True, env: dict[str, str] | None = None) -> bytes:
+    full_env = {**os.environ, **env} if env else None
+    proc = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True,
+                          env=full_env)
     if check and proc.returncode != 0:
         msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise GitError(msg[-1] if msg else f"git {' '.join(args)} failed")
@@ -48,8 +50,9 @@ class Repo:
             common = os.path.normpath(os.path.join(cwd or os.getcwd(), common))
         return cls(top, git_dir, common)
 
-    def git(self, *args: str, input: bytes | None = None, check: bool = True) -> bytes:
-        return git(*args, cwd=self.top, input=input, check=check)
+    def git(self, *args: str, input: bytes | None = None, check: bool = True,
+            env: dict[str, str] | None = None) -> bytes:
+        return git(*args, cwd=self.top, input=input, check=check, env=env)
 
     def config(self) -> dict[str, str]:
         """Every ``theta-zarr.*`` key in effect (all scopes), last value wins."""

@@ -1,0 +1,159 @@
+"""Remotes as git knows them: configuration, the default remote, and what a push must carry.
+
+``theta-zarr.remote.<name>.url`` (plus non-secret options) lives in git config;
+a committed ``.thetazarr`` file (git-config syntax, like git-lfs's ``.lfsconfig``)
+gives the same keys to fresh clones.  Local config wins over ``.thetazarr``.  A
+theta remote is used for the git remote of the same name; a git remote that is
+a local path gets ``<path>/theta-zarr`` by default, so local clones need no setup.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..manifest import Manifest, looks_like_manifest
+from ..remote import RemoteError, RemoteSpec
+from .files import read_blobs
+from .install import DRIVER
+from .repo import GitError, Repo, git
+
+THETAZARR_FILE = ".thetazarr"
+PREFIX = "theta-zarr.remote."
+
+
+def _parse(records: bytes) -> dict[str, dict[str, str]]:
+    remotes: dict[str, dict[str, str]] = {}
+    for record in records.decode("utf-8", "replace").split("\0"):
+        if not record:
+            continue
+        key, _, value = record.partition("\n")
+        if not key.lower().startswith(PREFIX):
+            continue
+        name, _, option = key[len(PREFIX):].rpartition(".")
+        if name:
+            remotes.setdefault(name, {})[option.lower()] = value
+    return remotes
+
+
+def configured(repo: Repo) -> dict[str, RemoteSpec]:
+    """Every theta remote: .thetazarr first, then git config on top."""
+    merged: dict[str, dict[str, str]] = {}
+    file = os.path.join(repo.top, THETAZARR_FILE)
+    if os.path.exists(file):
+        out = git("config", "-z", "-f", file, "--get-regexp", r"^theta-zarr\.remote\.",
+                  cwd=repo.top, check=False)
+        for name, opts in _parse(out).items():
+            merged.setdefault(name, {}).update(opts)
+    out = repo.git("config", "-z", "--get-regexp", r"^theta-zarr\.remote\.", check=False)
+    for name, opts in _parse(out).items():
+        merged.setdefault(name, {}).update(opts)
+    specs = {}
+    for name, opts in merged.items():
+        url = opts.pop("url", None)
+        if url:
+            specs[name] = RemoteSpec(name, url, opts)
+    return specs
+
+
+def _git_remote_path(repo: Repo, name: str) -> str | None:
+    url = repo.git("config", "--get", f"remote.{name}.url", check=False).decode().strip()
+    if not url:
+        return None
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    if "://" in url or (":" in url.split("/")[0] and not os.path.isabs(url)):
+        return None  # ssh/https: the theta remote must be configured explicitly
+    path = url if os.path.isabs(url) else os.path.normpath(os.path.join(repo.top, url))
+    return path if os.path.isdir(path) else None
+
+
+def resolve(repo: Repo, name: str | None = None) -> RemoteSpec | None:
+    """The theta remote for a name (or the default one); None when there is none."""
+    specs = configured(repo)
+    if name is None:
+        default = repo.git("config", "--get", "theta-zarr.default-remote",
+                           check=False).decode().strip()
+        if default:
+            name = default
+        elif len(specs) == 1:
+            return next(iter(specs.values()))
+        else:
+            name = "origin"
+    if name in specs:
+        return specs[name]
+    path = _git_remote_path(repo, name)
+    if path is not None:
+        return RemoteSpec(name, os.path.join(path, "theta-zarr"))
+    return None
+
+
+def require(repo: Repo, name: str | None = None) -> RemoteSpec:
+    spec = resolve(repo, name)
+    if spec is None:
+        what = f"named {name!r}" if name else "configured"
+        raise RemoteError(f"no theta-zarr remote {what}: run "
+                          f"'git theta-zarr remote add {name or 'origin'} URL'")
+    return spec
+
+
+def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool) -> None:
+    """Record a remote in git config, or in .thetazarr when ``shared`` (to commit)."""
+    RemoteSpec(name, url, options)  # validates option names, refuses credentials
+    target = ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
+    repo.git("config", *target, f"{PREFIX}{name}.url", url)
+    for key, value in options.items():
+        repo.git("config", *target, f"{PREFIX}{name}.{key}", value)
+
+
+def remove(repo: Repo, name: str, shared: bool) -> bool:
+    """Forget a remote; False when it was not recorded there."""
+    target = ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
+    try:
+        repo.git("config", *target, "--remove-section", f"theta-zarr.remote.{name}")
+    except GitError:
+        return False
+    return True
+
+
+# -- what a push carries -------------------------------------------------------------------
+def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> list[Manifest]:
+    """Manifests of tracked files in commits reachable from ``include`` but not ``exclude``."""
+    if not include:
+        return []
+    try:
+        out = repo.git("rev-list", "--objects", *include, "--not", *exclude)
+    except GitError as e:
+        raise GitError(f"cannot list commits to push: {e}") from None
+    candidates: dict[str, str] = {}
+    for line in out.decode("utf-8", "replace").splitlines():
+        sha, _, path = line.partition(" ")
+        if path:
+            candidates.setdefault(sha, path)
+    if not candidates:
+        return []
+    paths = sorted(set(candidates.values()))
+    attr = repo.git("check-attr", "-z", "--stdin", "filter",
+                    input="\0".join(paths).encode() + b"\0").split(b"\0")
+    ours = {attr[i].decode() for i in range(0, len(attr) - 2, 3)
+            if attr[i + 2].decode() == DRIVER}
+    blobs = [sha for sha, path in candidates.items() if path in ours]
+    # trees are listed too; keep blobs only
+    kinds = repo.git("cat-file", "--batch-check=%(objectname) %(objecttype)",
+                     input="".join(b + "\n" for b in blobs).encode()).decode().split("\n")
+    blobs = [k.split()[0] for k in kinds if k.endswith(" blob")]
+    manifests = []
+    for sha, data in zip(blobs, read_blobs(repo, blobs), strict=True):
+        if looks_like_manifest(data[:64]):
+            manifests.append(Manifest.from_bytes(data, f"{candidates[sha]} ({sha[:10]})"))
+    return manifests
+
+
+def option_pairs(values: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE`` command-line options (RemoteSpec checks the names)."""
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RemoteError(f"option {item!r} is not KEY=VALUE")
+        out[key.strip().lower()] = value.strip()
+    return out

@@ -1,0 +1,209 @@
+"""Remotes: object stores in buckets or folders, and moving objects to and from them.
+
+A remote is an fsspec URL plus non-secret storage options (endpoint, region,
+requester-pays...).  Credentials never pass through here: s3fs and gcsfs find
+them in their usual places (environment, instance roles, gcloud).
+
+push: which digests a remote lacks (concurrent existence checks), then upload
+those, concurrently, with retries.  fetch: download, decode and verify each
+object before it enters the cache.  Objects go first; manifests and refs are
+written only after every object they name is in place (invariant 3).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from . import progress
+from .cache import Cache
+from .objects import MissingObjectError, ObjectError, ObjectStore, bounded_map
+from .storage import StorageError, open_store
+
+#: Option names a remote may carry in git config or .thetazarr (none is a secret).
+OPTION_NAMES = ("endpoint-url", "region", "requester-pays", "anon", "project", "compression",
+                "concurrency")
+SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+DEFAULT_REMOTE_CODEC = "zstd"
+
+
+class RemoteError(StorageError):
+    pass
+
+
+@dataclass
+class RemoteSpec:
+    name: str
+    url: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in self.options:
+            if any(word in key.lower() for word in SECRET_WORDS):
+                raise RemoteError(
+                    f"remote {self.name!r}: option {key!r} looks like a credential; theta-zarr "
+                    "never stores credentials: use the storage library's environment or config")
+            if key not in OPTION_NAMES:
+                raise RemoteError(f"remote {self.name!r}: unknown option {key!r} "
+                                  f"(known: {', '.join(OPTION_NAMES)})")
+
+    @property
+    def codec(self) -> str:
+        return self.options.get("compression", DEFAULT_REMOTE_CODEC)
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def storage_options(url: str, options: dict[str, str], concurrency: int) -> dict:
+    """fsspec keyword arguments for a URL from our option names."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    out: dict = {}
+    if protocol in ("s3", "s3a"):
+        client: dict = {}
+        if options.get("endpoint-url"):
+            client["endpoint_url"] = options["endpoint-url"]
+        if options.get("region"):
+            client["region_name"] = options["region"]
+        if client:
+            out["client_kwargs"] = client
+        if _true(options.get("requester-pays")):
+            out["requester_pays"] = True
+        if _true(options.get("anon")):
+            out["anon"] = True
+        # botocore opens 10 connections by default: match the transfer concurrency
+        out["config_kwargs"] = {"max_pool_connections": max(10, concurrency),
+                                "retries": {"max_attempts": 3, "mode": "standard"}}
+    elif protocol in ("gs", "gcs"):
+        if options.get("endpoint-url"):
+            out["endpoint_url"] = options["endpoint-url"]
+        if options.get("project"):
+            out["project"] = options["project"]
+        if _true(options.get("requester-pays")):
+            out["requester_pays"] = True
+        if _true(options.get("anon")):
+            out["token"] = "anon"
+    return out
+
+
+def open_remote(spec: RemoteSpec, concurrency: int = 16) -> ObjectStore:
+    concurrency = int(spec.options.get("concurrency", concurrency))
+    blobs = open_store(spec.url, storage_options(spec.url, spec.options, concurrency))
+    return ObjectStore(blobs, codec=spec.codec, concurrency=concurrency)
+
+
+@dataclass
+class TransferStats:
+    objects: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    skipped: int = 0  # already present at the destination
+    seconds: float = 0.0
+
+    def summary(self, verb: str, where: str) -> str:
+        mb = self.stored_bytes / 1e6
+        return (f"{verb} {self.objects} objects ({mb:.1f} MB) {where}; "
+                f"{self.skipped} already there; {self.seconds:.1f} s")
+
+
+def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: str,
+             check_destination: bool = True) -> TransferStats:
+    """Copy objects from ``src`` to ``dst``: verified on read, re-encoded for ``dst``.
+
+    With ``check_destination`` the objects ``dst`` already has are skipped
+    (concurrent existence checks), which makes an interrupted transfer
+    resumable: a re-run moves only the rest.
+    """
+    start = time.perf_counter()
+    todo = sorted(set(digests))
+    stats = TransferStats()
+    if check_destination and todo:
+        lacking = dst.missing(todo)
+        stats.skipped = len(todo) - len(lacking)
+        todo = sorted(lacking)
+
+    def move(digest: str) -> tuple[int, int]:
+        raw = src.get(digest)
+        return len(raw), dst.put(digest, raw)
+
+    with progress.bar(len(todo), desc, unit="obj") as bar:
+        for _, (raw_n, stored_n) in bounded_map(move, todo, max(src.concurrency,
+                                                                 dst.concurrency)):
+            stats.objects += 1
+            stats.raw_bytes += raw_n
+            stats.stored_bytes += stored_n
+            bar.update(1)
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str]) -> TransferStats:
+    """Upload the objects ``remote`` lacks; every one must be in the cache."""
+    digests = set(digests)
+    lacking = remote.missing(digests)
+    absent = cache.missing(lacking)
+    if absent:
+        first = sorted(absent)[0]
+        raise MissingObjectError(
+            f"{len(absent)} object(s) to push are in neither the cache nor {remote.url} "
+            f"(first: {first}); fetch them or check out the version that made them")
+    stats = transfer(cache, remote, lacking, f"push {remote.url}", check_destination=False)
+    stats.skipped = len(digests) - len(lacking)
+    return stats
+
+
+def fetch_objects(remote: ObjectStore, cache: Cache, digests: Iterable[str]) -> TransferStats:
+    """Download objects into the cache, each verified against its digest first."""
+    return transfer(remote, cache, digests, f"fetch {remote.url}")
+
+
+class ReadThrough:
+    """The cache, falling back to a remote for what it lacks (lazy reads).
+
+    Every object fetched is verified and kept in the cache, so a chunk crosses
+    the network once.  The remote is opened on first need (a checkout served
+    from the cache never imports a cloud library).  Offers the read side of
+    ObjectStore.
+    """
+
+    def __init__(self, cache: Cache, open_remote: Callable[[], ObjectStore] | None):
+        self.cache = cache
+        self._open_remote = open_remote
+        self._remote: ObjectStore | None = None
+        self._lock = threading.Lock()
+        self.concurrency = cache.concurrency
+
+    @property
+    def remote(self) -> ObjectStore | None:
+        with self._lock:
+            if self._remote is None and self._open_remote is not None:
+                self._remote = self._open_remote()
+            return self._remote
+
+    @property
+    def url(self) -> str:
+        return self.cache.url
+
+    def get(self, digest: str) -> bytes | memoryview:
+        try:
+            return self.cache.get(digest)
+        except MissingObjectError:
+            if self._open_remote is None:
+                raise
+        raw = self.remote.get(digest)
+        self.cache.put(digest, raw)
+        return raw
+
+    def fetch(self, digests: set[str]) -> None:
+        """Bring these objects into the cache (the smudge Fetcher)."""
+        if self._open_remote is None:
+            raise MissingObjectError(f"{len(digests)} chunk(s) are not in the cache and no "
+                                     f"remote is configured (first: {sorted(digests)[0]})")
+        fetch_objects(self.remote, self.cache, digests)
+
+
+__all__ = ["ObjectError", "ReadThrough", "RemoteSpec", "TransferStats", "fetch_objects",
+           "open_remote", "push_objects", "storage_options", "transfer"]
