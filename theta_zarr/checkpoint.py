@@ -47,14 +47,20 @@ def open_source(stream: BinaryIO, cache: Cache, name: str = "checkpoint",
     return Source(stream, name=name, path=path, tmp_dir=cache.tmp_dir)
 
 
-def clean(source: Source, settings: Settings, cache: Cache) -> CleanResult:
-    """Read a checkpoint (or a manifest) from ``source``; store its chunks; return the manifest."""
+def clean(source: Source, settings: Settings, cache: Cache,
+          previous: Manifest | None = None) -> CleanResult:
+    """Read a checkpoint (or a manifest) from ``source``; store its chunks; return the manifest.
+
+    ``previous`` is the manifest this file had (git's index): its parameters keep
+    their recorded chunk shapes.
+    """
     name = source.name
     if looks_like_manifest(source.head) or looks_like_conflicted_manifest(source.head):
         data = source.head + source.stream.read()
         return CleanResult(Manifest.from_bytes(data, name), WriteStats(), passed_through=True)
     fmt = formats.detect(source.head, name)
-    writer = ChunkWriter(cache, settings.chunk_bytes, settings.workers, source=name)
+    writer = ChunkWriter(cache, settings.chunk_bytes, settings.workers, source=name,
+                         previous=previous)
     with writer:
         try:
             fmt_info = fmt.clean(source, writer)

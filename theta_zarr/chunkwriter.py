@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from . import chunking
 from .cache import Cache
 from .dtypes import DType
-from .manifest import ManifestError, ParamEntry, check_name
+from .manifest import Manifest, ManifestError, ParamEntry, check_name
 
 
 class TruncatedInput(ValueError):
@@ -37,9 +37,11 @@ ReadInto = Callable[[memoryview], int]
 
 class ChunkWriter:
     def __init__(self, store: Cache, chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
-                 workers: int = 2, source: str = "checkpoint"):
+                 workers: int = 2, source: str = "checkpoint",
+                 previous: Manifest | None = None):
         self.store = store
         self.chunk_bytes = chunk_bytes
+        self.previous = previous
         self.source = source
         self.stats = WriteStats()
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-clean")
@@ -47,6 +49,7 @@ class ChunkWriter:
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[DType, tuple[int, ...], tuple[int, ...], list]] = {}
         self._error: BaseException | None = None
+        self._claimed: set[str] = set()
 
     # -- input ---------------------------------------------------------------------
     def add_buffer(self, name: str, dtype: DType, shape: tuple[int, ...],
@@ -85,12 +88,24 @@ class ChunkWriter:
         if nbytes != _nbytes(dtype, shape):
             raise ValueError(f"{self.source}: tensor {name!r} has {nbytes} bytes, "
                              f"shape {list(shape)} of {dtype.name} needs {_nbytes(dtype, shape)}")
-        chunk_shape = chunking.chunk_shape_for(shape, dtype.itemsize, self.chunk_bytes)
+        chunk_shape = self._chunk_shape(name, dtype, shape)
         spans = chunking.spans(shape, dtype.itemsize, chunk_shape)
         self._entries[name] = (dtype, shape, chunk_shape, [None] * len(spans))
         self.stats.params += 1
         self.stats.total_bytes += nbytes
         return chunk_shape, spans
+
+    def _chunk_shape(self, name: str, dtype: DType, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The chunk shape recorded for this parameter before, else the policy's.
+
+        Keeping a parameter's recorded chunking makes clean independent of the
+        machine's chunk-size setting (clean(smudge(m)) == m anywhere) and keeps
+        chunk boundaries, hence deduplication, stable across versions.
+        """
+        old = self.previous.params.get(name) if self.previous else None
+        if old is not None and old.shape == shape and old.dtype == dtype.name:
+            return old.chunk_shape
+        return chunking.chunk_shape_for(shape, dtype.itemsize, self.chunk_bytes)
 
     def _submit(self, slots: list, index: int, view: memoryview) -> None:
         if self._error is not None:
@@ -110,12 +125,16 @@ class ChunkWriter:
 
     def _store_chunk(self, view: memoryview) -> str:
         d = chunking.digest(view)
-        written = self.store.ensure(d, view)
         with self._lock:
             self.stats.chunks += 1
+            first = d not in self._claimed  # identical chunks (zeros, ties) are written once
+            self._claimed.add(d)
+        if first:
+            written = self.store.ensure(d, view)
             if written:
-                self.stats.new_objects += 1
-                self.stats.new_bytes += written
+                with self._lock:
+                    self.stats.new_objects += 1
+                    self.stats.new_bytes += written
         return d
 
     def _done(self, fut: cf.Future) -> None:

@@ -49,9 +49,12 @@ class ZstdCodec(Codec):
         self._zstd = Zstd(level=level)
 
     def encode(self, raw: memoryview) -> bytes:
-        return bytes(self._zstd.encode(raw))
+        # numcodecs cannot decode the frame it writes for empty input: empty stays empty
+        return bytes(self._zstd.encode(raw)) if len(raw) else b""
 
     def decode(self, payload: memoryview) -> bytes:
+        if not len(payload):
+            return b""
         try:
             return bytes(self._zstd.decode(payload))
         except Exception as e:  # numcodecs raises RuntimeError/ValueError on bad frames

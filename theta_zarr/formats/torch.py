@@ -14,6 +14,7 @@ import collections
 import math
 import mmap
 import pickle
+import re
 import tempfile
 import zipfile
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import DTypeError, by_name, from_torch
-from ..manifest import Manifest, ManifestError
+from ..manifest import Manifest, ManifestError, check_name
 from .base import Format, FormatError, Source
 from .zipinfo import first_member
 
@@ -120,7 +121,18 @@ class _TreeEncoder:
         self.names: set[str] = set()
 
     def _name_for(self, path: tuple) -> str:
-        base = ".".join(str(p) for p in path) or "tensor"
+        """A valid, unique parameter name for the tensor at ``path``.
+
+        The tree keeps the real keys, so the name is only a reference: characters
+        a parameter name may not hold become '_', and a name still refused
+        (``..``, ``zarr.json``) gets a ``tensor~`` prefix.
+        """
+        parts = [re.sub(r"[\x00-\x1f\x7f\\/]", "_", str(p)) or "_" for p in path]
+        base = ".".join(parts) or "tensor"
+        try:
+            check_name(base)
+        except ManifestError:
+            base = f"tensor~{base}"
         name, i = base, 1
         while name in self.names:
             name, i = f"{base}~{i}", i + 1

@@ -19,14 +19,15 @@ from ..manifest import Manifest, looks_like_manifest
 from ..settings import Settings
 from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
-from .repo import Repo
+from .repo import GitError, Repo
 
 CAPABILITIES = ("clean", "smudge")
 
 
 class FilterServer:
     def __init__(self, stdin: BinaryIO, stdout: BinaryIO, settings: Settings,
-                 fetch: checkpoint.Fetcher | None = None):
+                 fetch: checkpoint.Fetcher | None = None, repo: Repo | None = None):
+        self.repo = repo
         self.reader = PktReader(stdin)
         self.writer = PktWriter(stdout)
         self.settings = settings
@@ -85,13 +86,25 @@ class FilterServer:
                 if not source.head:  # an empty file stays empty, as git-lfs does
                     out = b""
                 else:
-                    out = checkpoint.clean(source, self.settings, self.cache).manifest.to_bytes()
+                    previous = self.previous_manifest(path)
+                    out = checkpoint.clean(source, self.settings, self.cache,
+                                           previous).manifest.to_bytes()
         except Exception as e:  # every failure is reported for this file only
             content.drain()
             self._error(path, one_line(e))
             return
         content.drain()
         self._reply(out)
+
+    def previous_manifest(self, path: str) -> Manifest | None:
+        """The manifest git's index holds for ``path``, if any (for stable chunking)."""
+        if self.repo is None:
+            return None
+        try:
+            data = self.repo.git("cat-file", "blob", f":{path}")
+            return Manifest.from_bytes(data, path) if looks_like_manifest(data[:64]) else None
+        except (GitError, ValueError):
+            return None
 
     def smudge(self, path: str) -> None:
         data = self.reader.content_stream().read()
@@ -136,7 +149,7 @@ def main() -> int:
     stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
     repo = Repo.discover()
     settings = repo.settings()
-    server = FilterServer(stdin, stdout, settings)
+    server = FilterServer(stdin, stdout, settings, repo=repo)
     server.fetch = read_through(repo, cache=server.cache).fetch
     try:
         server.serve()

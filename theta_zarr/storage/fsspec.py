@@ -15,8 +15,11 @@ class FsspecStore(BlobStore):
 
     def __init__(self, url: str, storage_options: dict[str, Any]):
         self.url = url.rstrip("/")
+        # Listings must never answer existence checks from a stale cache: another
+        # writer (a concurrent push) may have added objects since.
+        options = {"use_listings_cache": False, **storage_options}
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as e:
             raise StorageError(f"cannot open {self.describe()}: {e}") from None
         self.root = self.root.rstrip("/")

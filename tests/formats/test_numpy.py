@@ -1,0 +1,168 @@
+"""NumPy .npz (stored and deflated) and .npy: rebuilt as numpy writes them; pickles refused."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from theta_zarr import checkpoint
+from theta_zarr.formats import FormatError
+from theta_zarr.manifest import Manifest
+from theta_zarr.settings import Settings
+
+NAME = "data/arrays.npz"
+
+
+def settings(tmp_path) -> Settings:
+    return Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=4096, workers=4)
+
+
+def clean(data: bytes, tmp_path, name: str = NAME) -> Manifest:
+    s = settings(tmp_path)
+    cache = checkpoint.open_cache(s)
+    res = checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache, name=name), s, cache)
+    return Manifest.from_bytes(res.manifest.to_bytes(), name)
+
+
+def smudge(m: Manifest, tmp_path) -> bytes:
+    s = settings(tmp_path)
+    out = io.BytesIO()
+    checkpoint.smudge(m, out, s, name=NAME, cache=checkpoint.open_cache(s))
+    return out.getvalue()
+
+
+def arrays() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "weights": rng.standard_normal((60, 50)).astype("<f4"),
+        "ids": rng.integers(-(2**40), 2**40, size=(1000,), dtype="<i8"),
+        "mask": rng.integers(0, 2, size=(7, 7)).astype(bool),
+        "half": rng.standard_normal((33, 3)).astype("<f2"),
+        "scalar": np.float64(-0.0),
+        "empty": np.zeros((0, 4), dtype="<u2"),
+        "fortran": np.asfortranarray(rng.standard_normal((30, 20)).astype("<f8")),
+    }
+
+
+def npz(compressed: bool) -> bytes:
+    """What np.savez / np.savez_compressed write."""
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays())
+    return buf.getvalue()
+
+
+def check_arrays(data: bytes) -> None:
+    with np.load(io.BytesIO(data)) as back:
+        want = arrays()
+        assert list(back.keys()) == list(want)
+        for k, a in want.items():
+            b = back[k]
+            assert b.dtype == a.dtype and b.shape == a.shape, k
+            assert b.tobytes(order="A") == a.tobytes(order="A"), k
+            assert b.flags.f_contiguous == a.flags.f_contiguous or a.ndim < 2, k
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "deflated"])
+def test_npz_round_trips(compressed, tmp_path):
+    data = npz(compressed)
+    m = clean(data, tmp_path)
+    assert m.format["compressed"] is compressed
+    assert [x["param"] for x in m.format["members"]] == list(arrays())
+    assert m.params["half"].dtype == "float16"
+    out = smudge(m, tmp_path)
+    assert out == data
+    check_arrays(out)
+    assert clean(out, tmp_path).to_bytes() == m.to_bytes()
+
+
+def test_npz_members_in_any_order_and_names(tmp_path):
+    buf = io.BytesIO()
+    np.savez(buf, np.arange(3), np.ones((2, 2)), **{"z.last": np.zeros(4), "a first": np.eye(3)})
+    data = buf.getvalue()
+    out = smudge(clean(data, tmp_path), tmp_path)
+    assert out == data
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(5000, dtype="<f4").reshape(50, 100),
+    np.asfortranarray(np.arange(5000, dtype="<i2").reshape(50, 100)),
+    np.asfortranarray(np.arange(24, dtype="<f8").reshape(2, 3, 4)),
+    np.array(3.5, dtype="<f8"),
+    np.zeros((0,), dtype="<f4"),
+    np.arange(12, dtype="<c8").reshape(3, 4),
+], ids=["c-order", "fortran", "fortran-3d", "scalar", "empty", "complex"])
+def test_npy_round_trips_byte_identically(array, tmp_path):
+    buf = io.BytesIO()
+    np.save(buf, array)
+    data = buf.getvalue()
+    m = clean(data, tmp_path, name="x.npy")
+    assert m.format["name"] == "npy"
+    assert m.format["fortran_order"] == (array.flags.f_contiguous and not
+                                         array.flags.c_contiguous)
+    out = smudge(m, tmp_path)
+    assert out == data
+    back = np.load(io.BytesIO(out))
+    assert back.dtype == array.dtype and back.shape == array.shape
+    assert back.tobytes(order="A") == array.tobytes(order="A")
+    assert back.flags.f_contiguous == array.flags.f_contiguous
+
+
+def test_object_arrays_are_refused(tmp_path):
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(FormatError) as info:
+        clean(buf.getvalue(), tmp_path, name="obj.npy")
+    assert "object arrays" in str(info.value) and "obj.npy" in str(info.value)
+    buf = io.BytesIO()
+    np.savez(buf, good=np.zeros(3), bad=np.array(["x", 1], dtype=object))
+    with pytest.raises(FormatError) as info:
+        clean(buf.getvalue(), tmp_path)
+    assert "object arrays" in str(info.value) and NAME in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_big_endian_is_refused(tmp_path):
+    buf = io.BytesIO()
+    np.save(buf, np.arange(4, dtype=">f4"))
+    with pytest.raises(FormatError) as info:
+        clean(buf.getvalue(), tmp_path, name="be.npy")
+    assert "big-endian" in str(info.value) and "be.npy" in str(info.value)
+
+
+def test_bad_npy_files_are_refused(tmp_path):
+    buf = io.BytesIO()
+    np.save(buf, np.arange(1000, dtype="<f4"))
+    data = buf.getvalue()
+    for bad, fragment in [(data[:-3], "truncated"), (data + b"x", "continues past"),
+                          (data[:20], "truncated"),
+                          (data[:8] + struct.pack("<H", 10) + b"{'descr':}", "bad .npy header")]:
+        with pytest.raises(FormatError) as info:
+            clean(bad, tmp_path, name="a.npy")
+        assert fragment in str(info.value) and "a.npy" in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_npz_with_a_foreign_member_is_refused(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.npy", npy_bytes(np.zeros(3)))
+        zf.writestr("README.txt", "hello")
+    with pytest.raises(FormatError, match="README.txt"):
+        clean(buf.getvalue(), tmp_path)
+
+
+def test_broken_npz_is_refused(tmp_path):
+    data = npz(False)
+    with pytest.raises(FormatError) as info:
+        clean(data[: len(data) // 2], tmp_path)
+    assert NAME in str(info.value) and "\n" not in str(info.value)
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()

@@ -1,0 +1,240 @@
+"""Bucket remotes end to end, against a local folder and the loopback S3 and GCS servers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import servers
+from conftest import GitRepo
+
+from theta_zarr.demo import ModelShape, write_model
+from theta_zarr.manifest import Manifest
+from theta_zarr.remote import RemoteSpec, open_remote
+
+SHAPE = ModelShape(hidden=64, layers=4, vocab=256)
+
+
+@dataclass
+class RemoteCase:
+    kind: str
+    url: str
+    env: dict[str, str]
+    options: list[str]
+
+    def objects(self):
+        return open_remote(RemoteSpec("t", self.url, self._opts()))
+
+    def _opts(self) -> dict[str, str]:
+        return dict(o.split("=", 1) for o in self.options)
+
+
+@pytest.fixture(params=["local", "s3", "gcs"])
+def remote_case(request, tmp_path, monkeypatch) -> RemoteCase:
+    if request.param == "local":
+        case = RemoteCase("local", str(tmp_path / "bucket"), {}, [])
+    else:
+        backend = request.getfixturevalue(f"{request.param}_server")
+        url = backend.new_bucket() + "/models"
+        case = RemoteCase(request.param, url, dict(backend.env),
+                          [f"endpoint-url={backend.endpoint}"])
+    for k, v in case.env.items():
+        monkeypatch.setenv(k, v)
+    return case
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def setup_origin(repo, case: RemoteCase, tmp_path: Path) -> Path:
+    """A bare git remote plus the theta remote, shared through a committed .thetazarr."""
+    repo.env.update(case.env)  # credentials and emulator hosts: environment only
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    args = [a for o in case.options for a in ("-o", o)]
+    repo.tz("remote", "add", "origin", case.url, *args, "--shared")
+    repo.git("add", ".thetazarr")
+    repo.git("commit", "-q", "-m", "remote")
+    return bare
+
+
+def commit_model(repo, message: str, **kw) -> Manifest:
+    write_model(str(repo.path / "model.safetensors"), SHAPE, **kw)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", message)
+    return Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:model.safetensors").stdout)
+
+
+def clone(make_repo, bare: Path, name: str, env: dict[str, str] | None = None,
+          check: bool = True):
+    """A fresh clone by a user who ran `git theta-zarr install --global` once."""
+    c = make_repo(name)
+    c.path.rmdir()
+    parent = GitRepo(c.path.parent, c.env)
+    parent.run("git", "theta-zarr", "install", "--global")
+    c.clone_result = parent.run("git", "clone", "-q", str(bare), name, env=env, check=check)
+    return c
+
+
+def test_push_then_clone_is_bit_exact(repo, remote_case, make_repo, tmp_path):
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    bare = setup_origin(repo, remote_case, tmp_path)
+    m = commit_model(repo, "base")
+    original = sha(repo.path / "model.safetensors")
+    push = repo.git("push", "-q", "origin", "main")
+    assert b"uploaded" in push.stderr
+    assert remote_case.objects().missing(m.digests()) == set()
+    c = clone(make_repo, bare, "clone")
+    assert sha(c.path / "model.safetensors") == original
+    assert c.out("status", "--porcelain") == ""
+    # the clone's cache was filled from the bucket
+    assert c.object_files() == {f"{d[7:9]}/{d[9:]}" for d in m.digests()}
+
+
+def test_second_push_uploads_only_changed_chunks(repo, remote_case, tmp_path):
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    setup_origin(repo, remote_case, tmp_path)
+    base = commit_model(repo, "base")
+    repo.git("push", "-q", "origin", "main")
+    remote = remote_case.objects()
+    before = {d for d, _, _ in remote.iter_digests()}
+    assert before == base.digests()
+    tuned = commit_model(repo, "tuned", tuned=SHAPE.layer_names(1) + SHAPE.layer_names(2))
+    out = repo.git("push", "-q", "origin", "main").stderr.decode()
+    after = {d for d, _, _ in remote.iter_digests()}
+    new = tuned.digests() - base.digests()
+    assert new and after - before == new
+    assert f"uploaded {len(new)} objects" in out
+
+
+def test_lazy_load_fetches_exactly_one_layer(repo, remote_case, make_repo, tmp_path):
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    bare = setup_origin(repo, remote_case, tmp_path)
+    m = commit_model(repo, "base")
+    repo.git("push", "-q", "origin", "main")
+    c = clone(make_repo, bare, "lazy", env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+    assert (c.path / "model.safetensors").read_bytes().startswith(b'{"theta_zarr"')
+    assert c.object_files() == set()
+    code = ("import theta_zarr, sys; sd = theta_zarr.load_state_dict('model.safetensors', "
+            "include=['lm_head.*']); print(sorted(sd))")
+    out = c.run("python", "-c", code).stdout.decode()
+    assert "lm_head.weight" in out
+    layer = {d for n, e in m.params.items() if n.startswith("lm_head.") for d in e.chunks}
+    assert c.object_files() == {f"{d[7:9]}/{d[9:]}" for d in layer}
+    # bytes fetched equal the layer's bytes (the cache stores raw chunks)
+    fetched = sum((c.objects_dir / f).stat().st_size - len(b"TZO1\x03raw")
+                  for f in c.object_files())
+    assert fetched == sum(e.nbytes for n, e in m.params.items() if n.startswith("lm_head."))
+    # a partial materialize goes to a separate file
+    out = c.tz("materialize", "model.safetensors", "--include", "layers.1.*").stdout.decode()
+    assert "model.partial.safetensors" in out
+    assert (c.path / "model.safetensors").read_bytes().startswith(b'{"theta_zarr"')
+    import safetensors
+
+    with safetensors.safe_open(str(c.path / "model.partial.safetensors"), "np") as f:
+        assert set(f.keys()) == set(SHAPE.layer_names(1))
+    # a full materialize rebuilds the real file; git sees no change
+    c.tz("materialize")
+    assert sha(c.path / "model.safetensors") == sha(repo.path / "model.safetensors")
+    assert c.out("status", "--porcelain", "--untracked-files=no") == ""
+
+
+def test_fetch_command_prefetches_selected_params(repo, remote_case, make_repo, tmp_path):
+    bare = setup_origin(repo, remote_case, tmp_path)
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    m = commit_model(repo, "base")
+    repo.git("push", "-q", "origin", "main")
+    c = clone(make_repo, bare, "pre", env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+    c.tz("fetch", "origin", "HEAD", "--include", "embed_tokens.*")
+    want = {d for d in m.params["embed_tokens.weight"].chunks}
+    assert c.object_files() == {f"{d[7:9]}/{d[9:]}" for d in want}
+
+
+def test_corrupt_object_in_bucket_is_named_and_not_used(repo, remote_case, make_repo,
+                                                         tmp_path):
+    bare = setup_origin(repo, remote_case, tmp_path)
+    m = commit_model(repo, "base")
+    repo.git("push", "-q", "origin", "main")
+    digest = m.params["lm_head.weight"].chunks[0]
+    remote = remote_case.objects()
+    key = f"objects/{digest[7:9]}/{digest[9:]}"
+    remote.blobs.put(key, [b"TZO1\x03raw", b"\0" * 100])
+    c = clone(make_repo, bare, "c", check=False)
+    # the clone's checkout of the model fails, naming the digest and the remote
+    proc = c.clone_result
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert digest in err and "corrupt" in err
+    assert remote_case.url.split("://")[-1] in err
+    assert f"{digest[7:9]}/{digest[9:]}" not in c.object_files()
+
+
+def test_push_killed_midway_then_rerun_completes(repo, remote_case, tmp_path):
+    repo.git("config", "theta-zarr.chunk-size", "1KiB")
+    repo.git("config", "theta-zarr.concurrency", "1")
+    setup_origin(repo, remote_case, tmp_path)
+    m = commit_model(repo, "base")
+    remote = remote_case.objects()
+    # the program itself (git would leave its child running when killed)
+    proc = subprocess.Popen(["git-theta-zarr", "push", "origin"], cwd=repo.path,
+                            env=repo.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(1 for _ in remote.iter_digests()) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = {d for d, _, _ in remote.iter_digests()}
+    assert 0 < len(partial) < len(m.digests()), "the push finished before it could be killed"
+    out = repo.tz("push", "origin").stderr.decode()
+    assert f"{len(partial)} already there" in out
+    assert remote.missing(m.digests()) == set()
+
+
+def test_unreachable_server_fails_push_clearly(repo, tmp_path, make_repo):
+    """The S3 server stops mid-push: bounded retries, a clear error, git push refused."""
+    server = servers.ServerProcess("s3", ["--bucket", "dying"])
+    try:
+        env = servers.s3_backend(server.endpoint).env
+        repo.env.update(env)
+        repo.git("config", "theta-zarr.chunk-size", "1KiB")
+        repo.git("config", "theta-zarr.concurrency", "1")
+        bare = tmp_path / "origin.git"
+        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+        repo.git("remote", "add", "origin", str(bare))
+        repo.tz("remote", "add", "origin", "s3://dying/models", "-o",
+                f"endpoint-url={server.endpoint}")
+        commit_model(repo, "base")
+        proc = subprocess.Popen(["git", "push", "origin", "main"], cwd=repo.path, env=repo.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        remote = open_remote(RemoteSpec("d", "s3://dying/models",
+                                        {"endpoint-url": server.endpoint}))
+        for k, v in env.items():
+            os.environ.setdefault(k, v)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if sum(1 for _ in remote.iter_digests()) >= 3:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    text = err.decode()
+    assert "theta-zarr:" in text and "s3://dying/models" in text
+    # git refused the push: the bare remote has no branch naming missing objects
+    refs = subprocess.run(["git", "-C", str(bare), "for-each-ref"], capture_output=True)
+    assert refs.stdout == b""

@@ -1,0 +1,148 @@
+"""Blob stores: a local folder and any fsspec URL, behind one small interface."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import uuid
+
+import pytest
+
+from theta_zarr.storage import BlobNotFound, StorageError, open_store, redact_url
+from theta_zarr.storage.fsspec import FsspecStore
+from theta_zarr.storage.local import LocalStore
+
+
+@pytest.fixture(params=["local", "memory", "s3", "gcs"])
+def blobs(request, tmp_path):
+    kind = request.param
+    if kind == "local":
+        yield open_store(str(tmp_path / "root"))
+    elif kind == "memory":
+        store = open_store(f"memory://tz-test-{uuid.uuid4().hex}")
+        yield store
+        if store.fs.exists(store.root):
+            store.fs.rm(store.root, recursive=True)
+    else:
+        backend = request.getfixturevalue(f"{kind}_server")
+        yield open_store(backend.new_bucket() + "/some/prefix", backend.storage_options)
+
+
+def test_blob_round_trip(blobs):
+    assert not blobs.exists("objects/ab/cd")
+    blobs.put("objects/ab/cd", [b"hello ", memoryview(b"world")])
+    assert blobs.exists("objects/ab/cd")
+    assert blobs.get("objects/ab/cd") == b"hello world"
+    blobs.put("objects/ab/cd", [b"replaced"])
+    assert blobs.get("objects/ab/cd") == b"replaced"
+    blobs.put("objects/ab/ef", [])
+    assert blobs.get("objects/ab/ef") == b""
+    blobs.put("refs/main", [b"x"])
+    listed = [(i.key, i.size) for i in blobs.list("objects/")]
+    assert listed == [("objects/ab/cd", 8), ("objects/ab/ef", 0)]
+    assert [i.key for i in blobs.list()] == ["objects/ab/cd", "objects/ab/ef", "refs/main"]
+    assert all(i.mtime is None or i.mtime > 1e9 for i in blobs.list())
+    blobs.delete("objects/ab/cd")
+    blobs.delete("objects/ab/cd")
+    assert not blobs.exists("objects/ab/cd")
+    assert [i.key for i in blobs.list("objects")] == ["objects/ab/ef"]
+
+
+def test_missing_blob(blobs):
+    with pytest.raises(BlobNotFound) as info:
+        blobs.get("objects/00/missing")
+    assert "objects/00/missing" in str(info.value)
+    assert blobs.describe() in str(info.value)
+    assert list(blobs.list("nothing/")) == []
+
+
+def test_open_store_picks_the_class(tmp_path):
+    assert isinstance(open_store(str(tmp_path)), LocalStore)
+    s = open_store("file://" + str(tmp_path / "x"))
+    assert isinstance(s, LocalStore) and s.root == str(tmp_path / "x")
+    assert isinstance(open_store("memory://tz-x"), FsspecStore)
+    rel = open_store("relative/dir")
+    assert isinstance(rel, LocalStore) and os.path.isabs(rel.root)
+
+
+def test_unknown_protocol_is_a_storage_error():
+    with pytest.raises(StorageError, match="nosuchproto"):
+        open_store("nosuchproto://bucket/x")
+
+
+def test_redact_url():
+    assert redact_url("s3://key:secret@bucket/x") == "s3://bucket/x"
+    assert redact_url("https://user@host/path") == "https://host/path"
+    assert redact_url("/plain/path") == "/plain/path"
+    store = open_store("memory://user:hunter2@tz-redact")
+    assert "hunter2" not in store.describe()
+
+
+# -- the local folder ------------------------------------------------------------------------------
+
+def test_local_writes_are_atomic_and_read_only(tmp_path):
+    store = LocalStore(str(tmp_path / "root"))
+    for i in range(20):
+        store.put(f"objects/ab/{i:04d}", [b"x" * 1000, b"y" * i])
+    store.put("objects/ab/0000", [b"again"])  # replacing a read-only object works
+    leftovers = [p for p in (tmp_path / "root").rglob("*") if p.name.startswith(".tmp")]
+    assert leftovers == []
+    path = tmp_path / "root" / "objects" / "ab" / "0003"
+    assert path.read_bytes() == b"x" * 1000 + b"yyy"
+    assert stat.S_IMODE(path.stat().st_mode) & 0o222 == 0
+    assert (tmp_path / "root" / "objects" / "ab" / "0000").read_bytes() == b"again"
+
+
+def test_local_readers_never_see_half_a_blob(tmp_path):
+    store = LocalStore(str(tmp_path / "root"))
+    big_a, big_b = b"a" * (1 << 20), b"b" * (1 << 20)
+    store.put("k/blob", [big_a])
+    seen = set()
+    stop = threading.Event()
+
+    def read():
+        while not stop.is_set():
+            seen.add(store.get("k/blob")[::4096])
+
+    t = threading.Thread(target=read)
+    t.start()
+    try:
+        for i in range(30):
+            store.put("k/blob", [big_b if i % 2 == 0 else big_a])
+    finally:
+        stop.set()
+        t.join()
+    assert seen <= {big_a[::4096], big_b[::4096]}
+
+
+def test_local_temp_files_are_not_listed(tmp_path):
+    store = LocalStore(str(tmp_path / "root"))
+    store.put("objects/ab/cd", [b"x"])
+    (tmp_path / "root" / "objects" / "ab" / ".tmp-crashed").write_bytes(b"half")
+    assert [i.key for i in store.list("objects/")] == ["objects/ab/cd"]
+
+
+def test_local_write_failure_is_a_storage_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    store = LocalStore(str(blocker / "root"))
+    with pytest.raises(StorageError) as info:
+        store.put("objects/ab/cd", [b"data"])
+    msg = str(info.value)
+    assert "objects/ab/cd" in msg and str(blocker / "root") in msg and "\n" not in msg
+    assert not isinstance(info.value, BlobNotFound)
+    assert not store.exists("objects/ab/cd")
+    assert blocker.read_bytes() == b""
+
+
+def test_local_read_failure_is_a_storage_error(tmp_path):
+    store = LocalStore(str(tmp_path / "root"))
+    (tmp_path / "root" / "objects" / "ab" / "cd").mkdir(parents=True)  # a folder, not a blob
+    with pytest.raises(StorageError) as info:
+        store.get("objects/ab/cd")
+    assert not isinstance(info.value, BlobNotFound)
+
+
+def test_local_list_of_a_missing_root_is_empty(tmp_path):
+    assert list(LocalStore(str(tmp_path / "nothing")).list("objects/")) == []

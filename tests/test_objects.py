@@ -1,0 +1,291 @@
+"""ObjectStore over every kind of store: verified reads, whole-object writes (invariants 3, 4)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+import pytest
+
+from theta_zarr import chunking, codecs
+from theta_zarr.cache import Cache
+from theta_zarr.objects import (
+    MissingObjectError,
+    ObjectError,
+    ObjectStore,
+    bounded_map,
+    digest_of_key,
+    object_key,
+)
+from theta_zarr.storage import BlobNotFound, StorageError, open_store
+from theta_zarr.storage.local import LocalStore
+
+
+@pytest.fixture(params=["local", "memory", "s3", "gcs"])
+def store(request, tmp_path) -> ObjectStore:
+    """An empty ObjectStore on a local folder, memory://, S3 and GCS in turn."""
+    kind = request.param
+    if kind == "local":
+        yield ObjectStore(open_store(str(tmp_path / "store")), retries=0)
+    elif kind == "memory":
+        blobs = open_store(f"memory://tz-test-{uuid.uuid4().hex}/remote")
+        yield ObjectStore(blobs, retries=0)
+        if blobs.fs.exists(blobs.root):
+            blobs.fs.rm(blobs.root, recursive=True)
+    else:
+        backend = request.getfixturevalue(f"{kind}_server")
+        yield ObjectStore(open_store(backend.new_bucket(), backend.storage_options), retries=0)
+
+
+def chunk(i: int, n: int = 1000) -> tuple[str, bytes]:
+    raw = (b"%08d" % i) * (n // 8)
+    return chunking.digest(raw), raw
+
+
+def test_put_get_has_delete(store):
+    d, raw = chunk(1)
+    assert not store.has(d)
+    written = store.put(d, raw)
+    assert written == len(codecs.header("raw")) + len(raw)
+    assert store.has(d)
+    assert bytes(store.get(d)) == raw
+    assert store.blobs.exists(object_key(d))
+    store.delete(d)
+    assert not store.has(d)
+    store.delete(d)  # deleting what is gone is fine
+
+
+def test_many(store):
+    items = [chunk(i) for i in range(25)]
+    absent = [chunk(i) for i in range(100, 105)]
+    total = store.put_many(items)
+    assert total == sum(len(codecs.header("raw")) + len(raw) for _, raw in items)
+    wanted = [d for d, _ in items] + [d for d, _ in absent]
+    assert store.missing(wanted) == {d for d, _ in absent}
+    assert store.missing([]) == set()
+    got = {d: bytes(raw) for d, raw in store.get_many(d for d, _ in items)}
+    assert got == dict(items)
+    listed = {d: size for d, size, _ in store.iter_digests()}
+    assert listed == {d: len(codecs.header("raw")) + len(raw) for d, raw in items}
+
+
+def test_iter_digests_ignores_other_keys(store):
+    d, raw = chunk(7)
+    store.put(d, raw)
+    store.blobs.put("manifests/abc.json", [b"{}"])
+    store.blobs.put("refs/main", [b"x\n"])
+    store.blobs.put("objects/zz/not-a-digest", [b"x"])
+    store.blobs.put("objects/" + d[7:9] + "/" + d[9:30], [b"x"])  # too short
+    store.blobs.put("objects/" + d[7:9].upper() + "/" + d[9:], [b"x"])
+    assert [x[0] for x in store.iter_digests()] == [d]
+
+
+def test_codec_is_per_object_and_digest_is_unchanged(store):
+    d, raw = chunk(3, 64_000)
+    zstore = ObjectStore(store.blobs, codec="zstd", retries=0)
+    n = zstore.put(d, raw)
+    assert n < len(raw)  # compressed
+    assert bytes(store.blobs.get(object_key(d))).startswith(codecs.header("zstd"))
+    assert bytes(store.get(d)) == raw  # a raw-codec store reads a zstd object
+
+
+def test_put_encoded_transfers_objects_as_they_are(store, tmp_path):
+    d, raw = chunk(4, 64_000)
+    src = ObjectStore(LocalStore(str(tmp_path / "src")), codec="zstd", retries=0)
+    src.put(d, raw)
+    obj = src.get_encoded(d)
+    assert store.put_encoded(d, obj) == len(obj)
+    assert store.blobs.get(object_key(d)) == obj
+    assert bytes(store.get(d)) == raw
+
+
+@pytest.mark.parametrize("bad", [b"wrong bytes", b""])
+def test_corrupt_object_names_digest_and_store(store, bad):
+    d, raw = chunk(5)
+    store.put(d, raw)
+    store.blobs.put(object_key(d), [codecs.header("raw"), bad])  # same header, wrong content
+    with pytest.raises(ObjectError) as info:
+        store.get(d)
+    msg = str(info.value)
+    assert d in msg and store.url in msg and "corrupt" in msg
+    assert not isinstance(info.value, MissingObjectError)
+    with pytest.raises(ObjectError, match="corrupt"):
+        list(store.get_many([d]))
+
+
+def test_object_with_a_broken_header_is_corrupt(store):
+    d, raw = chunk(6)
+    store.blobs.put(object_key(d), [raw])  # no header at all
+    with pytest.raises(ObjectError) as info:
+        store.get(d)
+    assert d in str(info.value) and store.url in str(info.value)
+    store.blobs.put(object_key(d), [codecs.header("zstd"), b"garbage"])
+    with pytest.raises(ObjectError, match="corrupt"):
+        store.get(d)
+
+
+def test_missing_object_names_digest_and_store(store):
+    d, _ = chunk(8)
+    with pytest.raises(MissingObjectError) as info:
+        store.get(d)
+    assert d in str(info.value) and store.url in str(info.value)
+    with pytest.raises(MissingObjectError):
+        list(store.get_many([d]))
+
+
+@pytest.mark.parametrize("bad", [
+    "blake3:../../etc",
+    "blake3:" + "0" * 62 + "/.",
+    "blake3:" + "A" * 64,
+    "sha256:" + "0" * 64,
+    "blake3:" + "0" * 63,
+    "../../" + "0" * 64,
+    "",
+    None,
+])
+def test_malformed_digests_are_refused(tmp_path, bad):
+    store = ObjectStore(LocalStore(str(tmp_path / "s")), retries=0)
+    with pytest.raises(ObjectError, match="invalid digest"):
+        object_key(bad)
+    for op in (store.has, store.get, store.delete, lambda d: store.put(d, b"x")):
+        with pytest.raises(ObjectError, match="invalid digest"):
+            op(bad)
+    assert list(store.iter_digests()) == []
+
+
+def test_object_key_layout():
+    d = "blake3:" + "ab" + "c" * 62
+    assert object_key(d) == "objects/ab/" + "c" * 62
+    assert digest_of_key(object_key(d)) == d
+    assert digest_of_key("objects/ab/" + "c" * 61) is None
+    assert digest_of_key("objects/AB/" + "c" * 62) is None
+    assert digest_of_key("objects/ab/" + "c" * 62 + "/x") is None
+    assert digest_of_key("manifests/ab/" + "c" * 62) is None
+
+
+def test_store_url_is_redacted():
+    blobs = open_store(f"memory://user:s3cret@tz-{uuid.uuid4().hex}")
+    s = ObjectStore(blobs, retries=0)
+    assert "s3cret" not in s.url and "s3cret" not in repr(s)
+    with pytest.raises(MissingObjectError) as info:
+        s.get(chunk(1)[0])
+    assert "s3cret" not in str(info.value)
+
+
+def test_unknown_codec_is_refused():
+    with pytest.raises(codecs.CodecError):
+        ObjectStore(LocalStore("/nonexistent"), codec="lz4")
+
+
+# -- the local cache ---------------------------------------------------------------------------
+
+def test_cache_ensure_writes_once(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    d, raw = chunk(9)
+    assert cache.ensure(d, raw) > 0
+    path = tmp_path / "cache" / object_key(d)
+    before = path.stat().st_mtime_ns, path.stat().st_ino
+    assert cache.ensure(d, raw) == 0
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == before
+    assert os.path.isdir(cache.tmp_dir)
+    assert [x[0] for x in cache.iter_digests()] == [d]
+
+
+def test_write_failure_is_a_storage_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"not a folder")
+    s = ObjectStore(LocalStore(str(blocker / "store")), retries=0)
+    d, raw = chunk(10)
+    with pytest.raises(StorageError) as info:
+        s.put(d, raw)
+    assert str(blocker / "store") in str(info.value)
+    cache = Cache(str(blocker / "cache"))
+    with pytest.raises(StorageError):
+        cache.ensure(d, raw)
+
+
+class FlakyStore(LocalStore):
+    """A real local store whose first ``fail`` puts fail as a flaky network would."""
+
+    def __init__(self, root: str, fail: int):
+        super().__init__(root)
+        self.fail = fail
+        self.calls = 0
+
+    def put(self, key, parts):
+        self.calls += 1
+        if self.calls <= self.fail:
+            raise StorageError("connection reset")
+        super().put(key, parts)
+
+
+def test_transient_errors_are_retried(tmp_path):
+    blobs = FlakyStore(str(tmp_path / "s"), fail=1)
+    s = ObjectStore(blobs, retries=1)
+    d, raw = chunk(11)
+    s.put(d, raw)
+    assert blobs.calls == 2 and bytes(s.get(d)) == raw
+    blobs2 = FlakyStore(str(tmp_path / "s2"), fail=5)
+    with pytest.raises(StorageError, match="connection reset"):
+        ObjectStore(blobs2, retries=1).put(d, raw)
+    assert blobs2.calls == 2
+
+
+def test_missing_is_not_retried(tmp_path):
+    s = ObjectStore(LocalStore(str(tmp_path / "s")), retries=3)
+    t = time.monotonic()
+    with pytest.raises(MissingObjectError):
+        s.get(chunk(12)[0])
+    assert time.monotonic() - t < 0.2
+
+
+# -- bounded_map --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers,window", [(8, 3), (2, None), (4, 1), (1, 5)])
+def test_bounded_map_limits_items_in_flight(workers, window):
+    lock = threading.Lock()
+    state = {"drawn": 0, "max_drawn": 0, "running": 0, "max_running": 0}
+
+    def items():
+        for i in range(60):
+            with lock:
+                state["drawn"] += 1
+                state["max_drawn"] = max(state["max_drawn"], state["drawn"])
+            yield i
+
+    def fn(i):
+        with lock:
+            state["running"] += 1
+            state["max_running"] = max(state["max_running"], state["running"])
+        time.sleep(0.001 * (i % 3))
+        with lock:
+            state["running"] -= 1
+        return i * i
+
+    results = {}
+    for item, result in bounded_map(fn, items(), workers, window):
+        with lock:
+            state["drawn"] -= 1
+        results[item] = result
+    limit = window or workers * 2
+    assert results == {i: i * i for i in range(60)}
+    assert state["max_drawn"] <= limit
+    assert state["max_running"] <= min(workers, limit)
+    assert state["max_drawn"] == limit  # the window is actually used
+
+
+def test_bounded_map_raises_the_error():
+    def fn(i):
+        if i == 7:
+            raise ValueError("boom 7")
+        return i
+
+    with pytest.raises(ValueError, match="boom 7"):
+        list(bounded_map(fn, range(50), 4))
+
+
+def test_bounded_map_blob_not_found_is_a_key_error():
+    # callers may catch the storage error or KeyError
+    assert issubclass(BlobNotFound, KeyError) and issubclass(BlobNotFound, StorageError)
