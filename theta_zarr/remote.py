@@ -187,6 +187,10 @@ class ReadThrough:
     def url(self) -> str:
         return self.cache.url
 
+    @property
+    def has_remote(self) -> bool:
+        return self._open_remote is not None
+
     def get(self, digest: str) -> bytes | memoryview:
         try:
             return self.cache.get(digest)

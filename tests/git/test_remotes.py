@@ -238,3 +238,25 @@ def test_unreachable_server_fails_push_clearly(repo, tmp_path, make_repo):
     # git refused the push: the bare remote has no branch naming missing objects
     refs = subprocess.run(["git", "-C", str(bare), "for-each-ref"], capture_output=True)
     assert refs.stdout == b""
+
+
+@pytest.mark.parametrize("remote_case", ["local", "s3"], indirect=True)
+def test_clone_delays_smudges_and_fetches_in_one_batch(repo, remote_case, make_repo, tmp_path):
+    """With capability=delay git hands over every smudge of a checkout; one batch fetch."""
+    bare = setup_origin(repo, remote_case, tmp_path)
+    hashes = {}
+    for i in range(3):
+        name = f"m{i}.safetensors"
+        write_model(str(repo.path / name), SHAPE, seed=i)
+        hashes[name] = sha(repo.path / name)
+    repo.git("add", ".")
+    repo.git("commit", "-q", "-m", "three models")
+    repo.git("push", "-q", "origin", "main")
+    trace = tmp_path / "packets.log"
+    c = clone(make_repo, bare, "batch", env={"GIT_TRACE_PACKET": str(trace)})
+    for name, h in hashes.items():
+        assert sha(c.path / name) == h
+    log = trace.read_text(errors="replace")
+    assert log.count("status=delayed") == 3
+    assert "command=list_available_blobs" in log
+    assert c.out("status", "--porcelain") == ""

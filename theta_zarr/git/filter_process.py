@@ -21,13 +21,16 @@ from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
 from .repo import GitError, Repo
 
-CAPABILITIES = ("clean", "smudge")
+CAPABILITIES = ("clean", "smudge", "delay")
 
 
 class FilterServer:
     def __init__(self, stdin: BinaryIO, stdout: BinaryIO, settings: Settings,
                  fetch: checkpoint.Fetcher | None = None, repo: Repo | None = None):
         self.repo = repo
+        # delayed smudges (git-lfs's lesson: fetch a checkout's chunks in one batch)
+        self.delayed: dict[str, Manifest] = {}
+        self.ready: dict[str, Manifest] = {}
         self.reader = PktReader(stdin)
         self.writer = PktWriter(stdout)
         self.settings = settings
@@ -57,7 +60,9 @@ class FilterServer:
             if command == "clean":
                 self.clean(path)
             elif command == "smudge":
-                self.smudge(path)
+                self.smudge(path, can_delay=meta.get("can-delay") == "1")
+            elif command == "list_available_blobs":
+                self.list_available_blobs()
             else:
                 self.reader.content_stream().drain()
                 self._error(path, f"unsupported filter command {command!r}")
@@ -106,8 +111,32 @@ class FilterServer:
         except (GitError, ValueError):
             return None
 
-    def smudge(self, path: str) -> None:
+    def list_available_blobs(self) -> None:
+        """Fetch every delayed checkpoint's missing chunks in one concurrent batch.
+
+        (This command carries no content section.)
+        """
+        paths = sorted(self.delayed)
+        if paths and self.fetch is not None:
+            lacking: set[str] = set()
+            for manifest in self.delayed.values():
+                lacking |= checkpoint.missing_chunks(manifest, self.cache)
+            try:
+                if lacking:
+                    self.fetch(lacking)
+            except Exception as e:  # each file then reports its own missing chunks
+                print(f"theta-zarr: {one_line(e)}", file=sys.stderr, flush=True)
+        self.ready.update(self.delayed)
+        self.delayed.clear()
+        self.writer.text(*(f"pathname={p}" for p in paths))
+        self.writer.flush()
+        self.writer.text("status=success")
+        self.writer.flush()
+
+    def smudge(self, path: str, can_delay: bool = False) -> None:
         data = self.reader.content_stream().read()
+        if not data and path in self.ready:  # git asks again for a delayed file
+            data = self.ready.pop(path).to_bytes()
         try:
             if not looks_like_manifest(data[:64]):
                 self._reply(data)  # not ours (committed before tracking): as it is
@@ -115,6 +144,12 @@ class FilterServer:
             manifest = Manifest.from_bytes(data, path)
             if self.settings.lazy:
                 self._reply(data)
+                return
+            if can_delay and self.fetch is not None and \
+                    checkpoint.missing_chunks(manifest, self.cache):
+                self.delayed[path] = manifest
+                self.writer.text("status=delayed")
+                self.writer.flush()
                 return
             checkpoint.ensure_local(manifest, self.cache, self.fetch, source=path)
         except Exception as e:
@@ -150,7 +185,8 @@ def main() -> int:
     repo = Repo.discover()
     settings = repo.settings()
     server = FilterServer(stdin, stdout, settings, repo=repo)
-    server.fetch = read_through(repo, cache=server.cache).fetch
+    objects = read_through(repo, cache=server.cache)
+    server.fetch = objects.fetch if objects.has_remote else None
     try:
         server.serve()
     except (ProtocolError, BrokenPipeError) as e:
