@@ -50,6 +50,7 @@ class ChunkWriter:
         self._entries: dict[str, tuple[DType, tuple[int, ...], tuple[int, ...], list]] = {}
         self._error: BaseException | None = None
         self._claimed: set[str] = set()
+        self._buffers: dict[int, list[memoryview]] = {}
 
     # -- input ---------------------------------------------------------------------
     def add_buffer(self, name: str, dtype: DType, shape: tuple[int, ...],
@@ -68,8 +69,7 @@ class ChunkWriter:
         _, spans = self._begin(name, dtype, shape, nbytes)
         slots = self._entries[name][3]
         for i, (_, length) in enumerate(spans):
-            buf = bytearray(length)
-            view = memoryview(buf)
+            view = self._buffer(length)
             got = 0
             while got < length:
                 n = read_into(view[got:])
@@ -78,7 +78,16 @@ class ChunkWriter:
                         f"{self.source}: truncated inside tensor {name!r} "
                         f"(expected {length - got} more bytes)")
                 got += n
-            self._submit(slots, i, view)
+            self._submit(slots, i, view, pooled=True)
+
+    def _buffer(self, length: int) -> memoryview:
+        """A chunk buffer, reused once its chunk is stored: fresh memory is slow to
+        fault in, and at most ``2 x workers`` buffers are ever in use."""
+        with self._lock:
+            free = self._buffers.get(length)
+            if free:
+                return free.pop()
+        return memoryview(bytearray(length))
 
     def _begin(self, name: str, dtype: DType, shape: tuple[int, ...], nbytes: int):
         check_name(name, self.source)
@@ -107,7 +116,7 @@ class ChunkWriter:
             return old.chunk_shape
         return chunking.chunk_shape_for(shape, dtype.itemsize, self.chunk_bytes)
 
-    def _submit(self, slots: list, index: int, view: memoryview) -> None:
+    def _submit(self, slots: list, index: int, view: memoryview, pooled: bool = False) -> None:
         if self._error is not None:
             raise self._error
         # A parameter that is one chunk of at most 512 bytes goes inline in the manifest.
@@ -120,8 +129,14 @@ class ChunkWriter:
         except BaseException:
             self._slots.release()
             raise
+        if pooled:
+            fut.add_done_callback(lambda _f, v=view: self._recycle(v))
         fut.add_done_callback(self._done)
         slots[index] = fut
+
+    def _recycle(self, view: memoryview) -> None:
+        with self._lock:
+            self._buffers.setdefault(len(view), []).append(view)
 
     def _store_chunk(self, view: memoryview) -> str:
         d = chunking.digest(view)

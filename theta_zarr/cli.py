@@ -372,5 +372,14 @@ def demo(size: str, keep: str | None) -> None:
     run_demo(parse_size(size), keep, echo=click.echo)
 
 
+def _register_command_modules() -> None:
+    from .commands import diffmerge, sync
+
+    diffmerge.register(main)
+    sync.register(main)
+
+
+_register_command_modules()
+
 if __name__ == "__main__":
     main()

@@ -180,7 +180,8 @@ def _size(path: str) -> int | None:
 
 
 def main() -> int:
-    stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
+    # unbuffered: packet payloads are read straight into chunk buffers, one copy
+    stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
     stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
     repo = Repo.discover()
     settings = repo.settings()

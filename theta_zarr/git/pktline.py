@@ -20,8 +20,14 @@ class PktReader:
         self.stream = stream
 
     def _exact(self, n: int) -> bytes:
+        # the stream may be unbuffered (a raw pipe): reads can come back short
         data = self.stream.read(n)
-        if len(data) != n:
+        while data is not None and len(data) < n:
+            more = self.stream.read(n - len(data))
+            if not more:
+                break
+            data += more
+        if data is None or len(data) != n:
             raise EOFError("git closed the filter pipe")
         return data
 
@@ -103,7 +109,7 @@ class ContentStream:
         """Skip whatever content is left (after an error, before replying)."""
         while not self.done:
             if self.remaining:
-                self.stream.read(self.remaining)
+                self.reader._exact(self.remaining)
                 self.remaining = 0
             self._next_packet()
 
