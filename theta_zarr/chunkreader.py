@@ -8,6 +8,7 @@ is being written out, and only a bounded window is held in memory.
 from __future__ import annotations
 
 import concurrent.futures as cf
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -23,14 +24,14 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
     """Results of ``fn`` in input order, computed ahead in a thread pool (bounded)."""
     window = window or workers * 2
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-read") as pool:
-        queue: list[cf.Future] = []
+        queue: deque[cf.Future] = deque()
         try:
             for item in items:
                 queue.append(pool.submit(fn, item))
                 if len(queue) >= window:
-                    yield queue.pop(0).result()
+                    yield queue.popleft().result()
             while queue:
-                yield queue.pop(0).result()
+                yield queue.popleft().result()
         finally:
             for fut in queue:
                 fut.cancel()

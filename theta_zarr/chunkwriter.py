@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import chunking
 from .cache import Cache
 from .dtypes import DType
 from .manifest import Manifest, ManifestError, ParamEntry, check_name
+from .streams import ReadInto, fill
 
 
 class TruncatedInput(ValueError):
@@ -30,9 +30,6 @@ class WriteStats:
     total_bytes: int = 0
     new_objects: int = 0
     new_bytes: int = 0  # bytes written to the store (encoded form)
-
-
-ReadInto = Callable[[memoryview], int]
 
 
 class ChunkWriter:
@@ -70,14 +67,10 @@ class ChunkWriter:
         slots = self._entries[name][3]
         for i, (_, length) in enumerate(spans):
             view = self._buffer(length)
-            got = 0
-            while got < length:
-                n = read_into(view[got:])
-                if not n:
-                    raise TruncatedInput(
-                        f"{self.source}: truncated inside tensor {name!r} "
-                        f"(expected {length - got} more bytes)")
-                got += n
+            got = fill(read_into, view)
+            if got < length:
+                raise TruncatedInput(f"{self.source}: truncated inside tensor {name!r} "
+                                     f"(expected {length - got} more bytes)")
             self._submit(slots, i, view, pooled=True)
 
     def _buffer(self, length: int) -> memoryview:

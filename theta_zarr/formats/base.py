@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..manifest import Manifest
+from ..streams import fill
 
 HEAD_BYTES = 64 * 1024
 
@@ -56,14 +57,9 @@ class Source:
 
     def read_exact(self, n: int, what: str) -> bytes:
         buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self.readinto(view[got:])
-            if not k:
-                raise FormatError(f"{self.name}: truncated {what} "
-                                  f"(expected {n} bytes, got {got})")
-            got += k
+        got = fill(self.readinto, memoryview(buf))
+        if got < n:
+            raise FormatError(f"{self.name}: truncated {what} (expected {n} bytes, got {got})")
         return bytes(buf)
 
     def at_end(self) -> bool:

@@ -9,6 +9,7 @@ settings as ``numpy.savez`` / ``savez_compressed`` write them.  Object arrays
 from __future__ import annotations
 
 import ast
+import shutil
 import tempfile
 import zipfile
 from typing import Any, BinaryIO
@@ -154,8 +155,4 @@ class NpzFormat(Format):
                         _write_npy(fid, manifest.params[m["param"]],
                                    bool(m.get("fortran_order")), reader)
             tmp.seek(0)
-            while True:
-                block = tmp.read(1 << 20)
-                if not block:
-                    break
-                out.write(block)
+            shutil.copyfileobj(tmp, out, 1 << 20)

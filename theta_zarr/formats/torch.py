@@ -15,6 +15,7 @@ import math
 import mmap
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -85,11 +86,7 @@ class TorchFormat(Format):
                 finally:
                     view.release()
             saved.seek(0)
-            while True:
-                block = saved.read(1 << 20)
-                if not block:
-                    break
-                out.write(block)
+            shutil.copyfileobj(saved, out, 1 << 20)
 
 
     def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:

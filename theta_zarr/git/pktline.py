@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from ..streams import fill
+
 MAX_DATA = 65516
 FLUSH = b"0000"
 
@@ -96,13 +98,7 @@ class ContentStream:
                 parts.append(b)
             return b"".join(parts)
         buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = self.readinto(view[got:])
-            if not k:
-                break
-            got += k
+        got = fill(self.readinto, memoryview(buf))
         return bytes(buf[:got])
 
     def drain(self) -> None:
