@@ -67,8 +67,27 @@ def install(scope: str | None) -> None:
     inst.install(scope)
     click.echo(f"theta-zarr filter installed ({scope} git config)")
     if inst.default_scope() == "local":
-        hook = install_pre_push(Repo.discover())
+        repo = Repo.discover()
+        hook = install_pre_push(repo)
         click.echo(f"pre-push hook installed ({hook})")
+        lazy = _lazy_files(repo)
+        if lazy:
+            click.echo(f"{len(lazy)} tracked checkpoint(s) in the working tree are manifests "
+                       "(checked out before install): run 'git theta-zarr materialize'")
+
+
+def _lazy_files(repo: Any) -> list[str]:
+    from .git.files import tracked_files
+    from .manifest import looks_like_manifest
+
+    out = []
+    for f in tracked_files(repo):
+        path = os.path.join(repo.top, f.path)
+        if f.manifest is not None and os.path.exists(path):
+            with open(path, "rb") as fh:
+                if looks_like_manifest(fh.read(64)):
+                    out.append(f.path)
+    return out
 
 
 @main.command()

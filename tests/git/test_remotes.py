@@ -260,3 +260,20 @@ def test_clone_delays_smudges_and_fetches_in_one_batch(repo, remote_case, make_r
     assert log.count("status=delayed") == 3
     assert "command=list_available_blobs" in log
     assert c.out("status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("remote_case", ["local"], indirect=True)
+def test_clone_before_install_then_materialize(repo, remote_case, make_repo, tmp_path):
+    """Cloned before theta-zarr was installed: manifests in the tree until materialize."""
+    bare = setup_origin(repo, remote_case, tmp_path)
+    commit_model(repo, "base")
+    repo.git("push", "-q", "origin", "main")
+    c = make_repo("plain")
+    c.path.rmdir()
+    GitRepo(c.path.parent, c.env).run("git", "clone", "-q", str(bare), "plain")
+    assert (c.path / "model.safetensors").read_bytes().startswith(b'{"theta_zarr"')
+    out = c.tz("install").stdout.decode()
+    assert "run 'git theta-zarr materialize'" in out
+    c.tz("materialize")
+    assert sha(c.path / "model.safetensors") == sha(repo.path / "model.safetensors")
+    assert c.out("status", "--porcelain") == ""
