@@ -13,6 +13,15 @@ FILTER_CONFIG: dict[str, str] = {
     f"filter.{DRIVER}.smudge": "git-theta-zarr smudge -- %f",
     f"filter.{DRIVER}.required": "true",
 }
+#: The diff and merge drivers (docs/diff-merge.md).  textconv output depends only on
+#: the blob (the manifest), so git may cache it per blob id.
+DRIVER_CONFIG: dict[str, str] = {
+    f"diff.{DRIVER}.command": "git-theta-zarr diff-driver",
+    f"diff.{DRIVER}.textconv": "git-theta-zarr textconv",
+    f"diff.{DRIVER}.cachetextconv": "true",
+    f"merge.{DRIVER}.name": "theta-zarr three-way merge of checkpoint manifests",
+    f"merge.{DRIVER}.driver": "git-theta-zarr merge-driver %O %A %B %P",
+}
 SCOPES = ("local", "global", "system")
 
 
@@ -27,13 +36,15 @@ def install(scope: str, cwd: str | None = None) -> dict[str, str]:
         raise ValueError(f"unknown scope {scope!r}")
     if scope == "local" and default_scope(cwd) != "local":
         raise GitError("--local needs a git repository; run inside one or use --global")
-    for key, value in FILTER_CONFIG.items():
+    for key, value in {**FILTER_CONFIG, **DRIVER_CONFIG}.items():
         git("config", f"--{scope}", key, value, cwd=cwd)
-    return dict(FILTER_CONFIG)
+    return {**FILTER_CONFIG, **DRIVER_CONFIG}
 
 
 def uninstall(scope: str, cwd: str | None = None) -> None:
-    git("config", f"--{scope}", "--remove-section", f"filter.{DRIVER}", cwd=cwd, check=False)
+    for section in ("filter", "diff", "merge"):
+        git("config", f"--{scope}", "--remove-section", f"{section}.{DRIVER}", cwd=cwd,
+            check=False)
 
 
 def is_installed(cwd: str | None = None) -> bool:

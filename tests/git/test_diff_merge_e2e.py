@@ -1,0 +1,252 @@
+"""Diff and merge through real git: the drivers `git theta-zarr install` configures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import ml_dtypes
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from theta_zarr.demo import ModelShape, write_model
+
+SHAPE = ModelShape(hidden=64, layers=3, vocab=256)
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def commit_model(repo, message: str, **kw) -> None:
+    write_model(str(repo.path / "model.safetensors"), SHAPE, **kw)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", message)
+
+
+def to_torch(a: np.ndarray) -> torch.Tensor:
+    if a.dtype == BF16:
+        return torch.from_numpy(a.view(np.uint16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
+def save(repo, tensors: dict[str, np.ndarray], message: str) -> None:
+    save_file({k: to_torch(v) for k, v in tensors.items()}, str(repo.path / "m.safetensors"))
+    repo.git("add", "m.safetensors")
+    repo.git("commit", "-q", "-m", message)
+
+
+def load(repo, name: str) -> np.ndarray:
+    t = load_file(str(repo.path / "m.safetensors"))[name]
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.uint16).numpy().view(BF16)
+    return t.numpy()
+
+
+def conflicting_branches(repo, base: dict, ours: dict, theirs: dict) -> None:
+    save(repo, base, "base")
+    repo.git("checkout", "-q", "-b", "other")
+    save(repo, theirs, "theirs")
+    repo.git("checkout", "-q", "main")
+    save(repo, ours, "ours")
+
+
+def test_install_sets_and_uninstall_removes_drivers(repo):
+    assert repo.out("config", "diff.theta-zarr.command").strip() == "git-theta-zarr diff-driver"
+    assert "%O %A %B %P" in repo.out("config", "merge.theta-zarr.driver")
+    repo.tz("uninstall")
+    assert repo.git("config", "merge.theta-zarr.driver", check=False).returncode == 1
+    assert repo.git("config", "diff.theta-zarr.textconv", check=False).returncode == 1
+
+
+def test_git_diff_log_show_and_plot(repo, tmp_path):
+    commit_model(repo, "base")
+    commit_model(repo, "tune", tuned=SHAPE.layer_names(1))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        png = tmp_path / "change.png"
+        proc = repo.tz("diff", "HEAD~1", "HEAD", "--plot", str(png))
+        assert png.read_bytes()[:4] == b"\x89PNG" and b"8 changed parameters" in proc.stdout
+    out = repo.out("diff", "HEAD~1", "--", "model.safetensors")
+    assert "8 changed, 0 reshaped, 0 added, 0 removed, 19 unchanged" in out
+    assert "~ layers.1.attn.q_proj.weight" in out and "rel " in out
+    log = repo.out("log", "-p", "-1", "--", "model.safetensors")
+    assert "+layers.1.attn.q_proj.weight bfloat16[64, 64] 1 chunks " in log
+    assert "layers.0." not in log.split("@@")[-1].replace(" layers.0.", "")  # context only
+    show = repo.out("show", "HEAD")
+    assert "-layers.1.mlp.up_proj.weight bfloat16[256, 64]" in show
+    stat = repo.out("diff", "--stat", "HEAD~1")
+    assert "model.safetensors" in stat
+    # a working-tree checkpoint (not added) is cleaned and diffed
+    write_model(str(repo.path / "model.safetensors"), SHAPE, tuned=SHAPE.layer_names(2))
+    out = repo.out("diff", "--", "model.safetensors")
+    assert "16 changed" in out and "~ layers.2.mlp.down_proj.weight" in out
+    out = repo.tz("diff", "model.safetensors").stdout.decode()
+    assert "16 changed" in out
+
+
+def test_textconv_in_lazy_checkout_reads_no_chunk(repo):
+    commit_model(repo, "base")
+    commit_model(repo, "tune", tuned=SHAPE.layer_names(0))
+    for f in repo.objects_dir.rglob("*"):
+        if f.is_file():
+            f.unlink()
+    lazy = {"GIT_THETA_ZARR_SKIP_SMUDGE": "1"}
+    log = repo.git("log", "-p", "--", "model.safetensors", env=lazy).stdout.decode()
+    assert "+layers.0.attn.k_proj.weight bfloat16[64, 64] 1 chunks" in log
+    out = repo.tz("diff", "HEAD~1", "HEAD", "--summary-only", env=lazy).stdout.decode()
+    assert "8 changed" in out
+
+
+def test_diff_reads_only_changed_chunks(repo):
+    shape = ModelShape(hidden=64, layers=8, vocab=256)
+    write_model(str(repo.path / "model.safetensors"), shape)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "v1")
+    v1 = json.loads(repo.tz("ls-files", "--params", "--json").stdout)[0]
+    tuned = shape.layer_names(3)  # 8 of 68 parameters: ~10%
+    write_model(str(repo.path / "model.safetensors"), shape, tuned=tuned)
+    repo.git("commit", "-q", "-am", "v2")
+    repo.git("tag", "v1", "HEAD~1")
+    repo.git("tag", "v2", "HEAD")
+    # take away every object except the changed parameters' chunks: the diff still works
+    from theta_zarr.manifest import Manifest
+
+    keep = set()
+    for rev in ("v1", "v2"):
+        m = Manifest.from_bytes(repo.git("cat-file", "blob", f"{rev}:model.safetensors").stdout)
+        keep |= {d for n in tuned for d in m.params[n].chunks}
+    removed = 0
+    for f in repo.objects_dir.rglob("*"):
+        if f.is_file() and "blake3:" + f.parent.name + f.name not in keep:
+            f.unlink()
+            removed += 1
+    assert removed > 40
+    out = json.loads(repo.tz("diff", "v1", "v2", "model.safetensors", "--json").stdout)
+    (fd,) = out["files"]
+    assert fd["summary"]["changed"] == 8 and fd["summary"]["unchanged"] == len(
+        v1["parameters"]) - 8
+    changed_bytes = sum(p["bytes"] for p in v1["parameters"] if p["name"] in tuned and
+                        not p["inline"])
+    assert fd["read"]["bytes"] == 2 * changed_bytes  # old and new of each changed chunk
+    assert all(p["rel_change"] > 0 for p in fd["params"])
+
+
+def test_different_layers_merge_rebase_and_cherry_pick_bit_exact(repo, tmp_path):
+    """merge, cherry-pick and rebase all reach the merge driver: no prompt, bit-exact."""
+    commit_model(repo, "base")
+    repo.git("checkout", "-q", "-b", "tune-head")
+    commit_model(repo, "head", tuned=SHAPE.layer_names(2))
+    pick = repo.out("rev-parse", "HEAD").strip()
+    repo.git("checkout", "-q", "main")
+    commit_model(repo, "layer0", tuned=SHAPE.layer_names(0))
+    expect = tmp_path / "expect.safetensors"
+    write_model(str(expect), SHAPE, tuned=SHAPE.layer_names(0) + SHAPE.layer_names(2))
+    repo.git("checkout", "-q", "-b", "merged")
+    proc = repo.git("merge", "-q", "--no-edit", "tune-head")
+    assert b"merged 27 parameter(s)" in proc.stderr
+    assert sha(repo.path / "model.safetensors") == sha(expect)
+    assert repo.out("status", "--porcelain") == ""
+    repo.git("checkout", "-q", "-b", "picked", "main")
+    repo.git("cherry-pick", pick)
+    assert sha(repo.path / "model.safetensors") == sha(expect)
+    repo.git("checkout", "-q", "tune-head")
+    repo.git("rebase", "-q", "main")
+    assert sha(repo.path / "model.safetensors") == sha(expect)
+    assert repo.out("status", "--porcelain") == ""
+
+
+def test_chunk_level_merge_of_embedding_rows(repo):
+    repo.git("config", "theta-zarr.chunk-size", "4KiB")
+    emb = np.random.default_rng(0).standard_normal((256, 64), dtype=np.float32)  # 16 chunks
+    ours, theirs = emb.copy(), emb.copy()
+    ours[3] += 1  # chunk 0
+    theirs[200:202] *= 2  # chunk 12
+    conflicting_branches(repo, {"emb": emb}, {"emb": ours}, {"emb": theirs})
+    proc = repo.git("merge", "-q", "--no-edit", "other")
+    assert b"1 chunk by chunk" in proc.stderr
+    expect = emb.copy()
+    expect[3] += 1
+    expect[200:202] *= 2
+    assert load(repo, "emb").tobytes() == expect.tobytes()
+
+
+def test_conflict_report_then_resolve_average(repo):
+    rng = np.random.default_rng(1)
+    base = {k: rng.standard_normal((64, 32), dtype=np.float32).astype(BF16)
+            for k in ("encoder.w", "head.w")}
+    ours = {k: (v.astype(np.float32) + 0.5).astype(BF16) for k, v in base.items()}
+    theirs = {"encoder.w": (base["encoder.w"].astype(np.float32) * 3).astype(BF16),
+              "head.w": base["head.w"]}
+    conflicting_branches(repo, base, ours, theirs)
+    proc = repo.git("merge", "--no-edit", "other", check=False)
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert "1 conflicting parameter(s), not merged" in err
+    assert "encoder.w: both sides changed 1 of 1 chunk(s)" in err
+    assert "git theta-zarr resolve m.safetensors --strategy average" in err
+    assert "U" in repo.out("status", "--porcelain")
+    # git's own diff of the unmerged path does not crash
+    repo.git("diff")
+    bad = repo.tz("resolve", "m.safetensors", "--strategy", "average", "--param", "nomatch*",
+                  check=False)
+    assert bad.returncode == 1 and b"match no --param glob" in bad.stderr
+    repo.tz("resolve", "m.safetensors", "--strategy", "average", "--param", "encoder.*")
+    assert repo.out("status", "--porcelain").startswith("M ")
+    want = ((ours["encoder.w"].astype(np.float32) + theirs["encoder.w"].astype(np.float32))
+            / 2).astype(BF16)
+    assert load(repo, "encoder.w").tobytes() == want.tobytes()
+    assert load(repo, "head.w").tobytes() == ours["head.w"].tobytes()
+    repo.git("commit", "-q", "--no-edit")
+    assert repo.out("status", "--porcelain") == ""
+
+
+def test_resolve_task_arithmetic_and_config_override(repo):
+    rng = np.random.default_rng(2)
+    base = {k: rng.standard_normal((32, 40), dtype=np.float32) for k in ("a", "b")}
+    ours = {k: v + rng.standard_normal(v.shape, dtype=np.float32) * 0.1
+            for k, v in base.items()}
+    theirs = {k: v - rng.standard_normal(v.shape, dtype=np.float32) * 0.1
+              for k, v in base.items()}
+    conflicting_branches(repo, base, ours, theirs)
+    repo.git("config", "theta-zarr-merge.b.strategy", "theirs")
+    proc = repo.git("merge", "--no-edit", "other", check=False)
+    assert proc.returncode != 0 and b"  a: both sides" in proc.stderr and b"  b:" not in \
+        proc.stderr
+    repo.tz("resolve", "m.safetensors", "--strategy", "task-arithmetic", "--scale", "1.0",
+            "--param", "a")
+    b64, o64, t64 = (x["a"].astype(np.float64) for x in (base, ours, theirs))
+    want = (b64 + 1.0 * ((o64 - b64) + (t64 - b64))).astype(np.float32)
+    assert load(repo, "a").tobytes() == want.tobytes()
+    assert load(repo, "b").tobytes() == theirs["b"].tobytes()
+
+
+def test_configured_strategy_merges_without_prompt_and_thetazarr_file(repo):
+    (repo.path / ".thetazarr").write_text('[theta-zarr-merge "*"]\n\tstrategy = average\n')
+    repo.git("add", ".thetazarr")
+    base = {"w": np.ones((16, 16), np.float32)}
+    conflicting_branches(repo, base, {"w": base["w"] * 2}, {"w": base["w"] * 4})
+    repo.git("merge", "-q", "--no-edit", "other")
+    assert np.array_equal(load(repo, "w"), np.full((16, 16), 3, np.float32))
+
+
+def test_merge_with_missing_chunk_names_it(repo):
+    base = {"w": np.ones((64, 64), np.float32)}
+    theirs = {"w": base["w"] * 4}
+    conflicting_branches(repo, base, {"w": base["w"] * 2}, theirs)
+    from theta_zarr.manifest import Manifest
+
+    m = Manifest.from_bytes(repo.git("cat-file", "blob", "other:m.safetensors").stdout)
+    gone = m.params["w"].chunks[0]
+    (repo.objects_dir / gone[7:9] / gone[9:]).unlink()
+    repo.git("config", "theta-zarr-merge.*.strategy", "average")
+    proc = repo.git("merge", "--no-edit", "other", check=False)
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert f"parameter 'w': chunk 0 of theirs ({gone}) cannot be read" in err
+    assert "Traceback" not in err

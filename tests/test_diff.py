@@ -1,0 +1,108 @@
+"""Manifest diffs: digest-only summaries, statistics from the differing chunks only."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+from test_merge import BF16, CountingCache, manifest, rng_arr
+
+from theta_zarr.diff import diff, format_text, plot, summarize, textconv_lines
+from theta_zarr.remote import ReadThrough
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ReadThrough(CountingCache(str(tmp_path / "cache")), None)
+
+
+def test_summary_statuses_read_nothing(store):
+    a = manifest(store, {"same": rng_arr(0, (4, 64)), "gone": rng_arr(1, (8,)),
+                         "grow": rng_arr(2, (3,)), "edit": rng_arr(3, (64, 16))})
+    b = manifest(store, {"same": rng_arr(0, (4, 64)), "new": rng_arr(4, (2, 2)),
+                         "grow": rng_arr(2, (4,)), "edit": rng_arr(3, (64, 16)) * 2})
+    store.cache.reads.clear()
+    fd = summarize(a, b, "m.safetensors")
+    assert {p.name: p.status for p in fd.params} == {
+        "gone": "removed", "new": "added", "grow": "reshaped", "edit": "changed"}
+    assert fd.counts()["unchanged"] == 1 and store.cache.reads == []
+    edit = next(p for p in fd.params if p.name == "edit")
+    assert edit.chunks_changed == edit.chunks == 4
+
+
+def test_statistics_equal_numpy_and_read_only_changed_chunks(store):
+    x = rng_arr(0, (64, 16), BF16)  # 2 KiB in 1 KiB chunks: 2 chunks
+    y = x.copy()
+    y[40:44] = (y[40:44].astype(np.float32) * 1.5).astype(BF16)
+    a = manifest(store, {"x": x, "other": rng_arr(9, (256, 16))})
+    b = manifest(store, {"x": y, "other": rng_arr(9, (256, 16))})
+    store.cache.reads.clear()
+    fd = diff(a, b, store, "m")
+    (p,) = fd.params
+    assert p.chunks == 2 and p.chunks_changed == 1
+    changed = set(b.params["x"].chunks) - set(a.params["x"].chunks)
+    assert len(store.cache.reads) == 2 and changed <= set(store.cache.reads)
+    assert fd.read.chunks == 2 and fd.read.bytes == 2048
+    d = y.astype(np.float64) - x.astype(np.float64)
+    assert math.isclose(p.l2, float(np.linalg.norm(d)), rel_tol=1e-12)
+    assert math.isclose(p.max_abs, float(np.abs(d).max()), rel_tol=1e-12)
+    assert p.elements_changed == int(np.count_nonzero(x.view(np.uint16) != y.view(np.uint16)))
+    assert p.norm_scope == "changed-chunks"
+    norm_changed = float(np.linalg.norm(x[32:].astype(np.float64)))
+    assert math.isclose(p.rel_change, p.l2 / norm_changed, rel_tol=1e-12)
+    full = diff(a, b, store, "m", full_norm=True).params[0]
+    assert full.norm_scope == "tensor"
+    assert math.isclose(full.rel_change, p.l2 / float(np.linalg.norm(x.astype(np.float64))),
+                        rel_tol=1e-12)
+    text = "\n".join(format_text(fd))
+    assert "~ x" in text and "chunks 1/2" in text
+
+
+def test_different_chunkings_still_compare(store):
+    x = rng_arr(0, (64, 16))
+    a = manifest(store, {"x": x}, chunk_bytes=1024)
+    b = manifest(store, {"x": x + 1}, chunk_bytes=2048)
+    p = diff(a, b, store, "m").params[0]
+    assert p.chunks_changed == p.chunks == 2
+    assert p.elements_changed == x.size and math.isclose(p.max_abs, 1.0, rel_tol=1e-6)
+
+
+def test_json_is_finite_and_documented_keys(store):
+    z = np.zeros((16, 16), np.float32)
+    a, b = manifest(store, {"z": z}), manifest(store, {"z": z + 1})
+    obj = diff(a, b, store, "m").to_json()
+    text = json.dumps(obj, allow_nan=False)
+    p = json.loads(text)["params"][0]
+    assert p["rel_change"] is None  # ||A|| = 0: infinite, written as null
+    assert set(p) >= {"name", "status", "old", "new", "chunks", "chunks_changed", "numel",
+                      "elements_changed", "fraction_changed", "l2", "norm_old", "rel_change",
+                      "max_abs", "norm_scope"}
+    assert set(obj) == {"path", "format", "summary", "params", "read"}
+
+
+def test_textconv_is_stable_and_per_parameter(store):
+    m = manifest(store, {"b": rng_arr(0, (8, 64)), "a": rng_arr(1, (4,))})
+    lines = list(textconv_lines(m))
+    assert lines[0].startswith("# theta-zarr safetensors checkpoint: 2 parameters")
+    assert lines[1].startswith("a float32[4] inline ")
+    assert lines[2].startswith("b float32[8, 64] 2 chunks ")
+    assert list(textconv_lines(manifest(store, {"a": rng_arr(1, (4,)),
+                                                "b": rng_arr(0, (8, 64))}))) == lines
+
+
+def test_plot_writes_png(store, tmp_path):
+    pytest.importorskip("matplotlib")
+    x = rng_arr(0, (16, 16))
+    fd = diff(manifest(store, {"x": x}), manifest(store, {"x": x * 1.1}), store, "m")
+    out = tmp_path / "change.png"
+    assert plot([fd], str(out)) == 1
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_how(store, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"theta-zarr\[plot\]"):
+        plot([], str(tmp_path / "x.png"))

@@ -1,0 +1,244 @@
+"""Three-way merge of manifests: digest rules, chunk-level merges, strategies, plug-ins."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from theta_zarr.cache import Cache
+from theta_zarr.chunkreader import ChunkReader
+from theta_zarr.chunkwriter import ChunkWriter
+from theta_zarr.dtypes import from_numpy
+from theta_zarr.manifest import Manifest
+from theta_zarr.merge import (
+    MergeError,
+    Rule,
+    StrategyTable,
+    execute,
+    merge_format,
+    merge_manifests,
+    plan,
+)
+from theta_zarr.merges import MergeOptions, StrategyError, available, get_strategy
+from theta_zarr.remote import ReadThrough
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+class CountingCache(Cache):
+    """A real cache that counts the chunks read from it."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def get(self, digest: str):
+        self.reads.append(digest)
+        return super().get(digest)
+
+
+@pytest.fixture
+def store(tmp_path):
+    cache = CountingCache(str(tmp_path / "cache"))
+    return ReadThrough(cache, None)
+
+
+def manifest(store, tensors: dict[str, np.ndarray], chunk_bytes: int = 1024,
+             fmt: dict | None = None) -> Manifest:
+    with ChunkWriter(store.cache, chunk_bytes) as w:
+        for name, arr in tensors.items():
+            arr = np.ascontiguousarray(arr)
+            raw = memoryview(arr.view(np.uint8).reshape(-1))
+            w.add_buffer(name, from_numpy(arr.dtype), arr.shape, raw)
+        params = w.finish()
+    return Manifest(fmt or {"name": "safetensors", "order": list(tensors)}, params)
+
+
+def read(store, m: Manifest, name: str) -> np.ndarray:
+    e = m.params[name]
+    out = bytearray(e.nbytes)
+    ChunkReader(store.cache).read_into(e, memoryview(out))
+    return np.frombuffer(bytes(out), dtype=from_numpy_name(e.dtype)).reshape(e.shape)
+
+
+def from_numpy_name(name: str) -> np.dtype:
+    from theta_zarr.dtypes import by_name
+
+    return by_name(name).numpy
+
+
+def rng_arr(seed: int, shape, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32).astype(dtype)
+
+
+def table(strategy: str = "fail", **kw) -> StrategyTable:
+    return StrategyTable([Rule("*", strategy, MergeOptions(**kw))])
+
+
+def test_one_sided_and_identical_changes_merge_by_digest(store):
+    a, b, c = rng_arr(0, (8, 64)), rng_arr(1, (64,)), rng_arr(2, (4, 4))
+    base = manifest(store, {"a": a, "b": b, "c": c})
+    ours = manifest(store, {"a": a + 1, "b": b, "c": c, "new": rng_arr(3, (3,))})
+    theirs = manifest(store, {"a": a + 1, "b": b * 2})  # same change to a; c removed
+    store.cache.reads.clear()
+    merged, p = merge_manifests(base, ours, theirs, table(), store)
+    assert merged is not None and not p.conflicts
+    assert merged.params["a"] == ours.params["a"]
+    assert merged.params["b"] == theirs.params["b"]
+    assert "c" not in merged.params and "new" in merged.params
+    assert merged.format["order"] == ["a", "b", "new"]
+    assert store.cache.reads == []  # digests decided everything
+
+
+def test_chunk_level_merge_is_bit_exact(store):
+    emb = rng_arr(0, (64, 16))  # 4 KiB, 1 KiB chunks -> 4 chunks of 16 rows
+    ours_e, theirs_e = emb.copy(), emb.copy()
+    ours_e[0:3] += 1
+    theirs_e[40:42] -= 1
+    base = manifest(store, {"emb": emb})
+    ours = manifest(store, {"emb": ours_e})
+    theirs = manifest(store, {"emb": theirs_e})
+    assert len(base.params["emb"].chunks) == 4
+    merged, p = merge_manifests(base, ours, theirs, table(), store)
+    assert merged is not None and p.chunk_merged == ["emb"]
+    expect = emb.copy()
+    expect[0:3] += 1
+    expect[40:42] -= 1
+    assert read(store, merged, "emb").tobytes() == expect.tobytes()
+
+
+def test_same_chunks_conflict_with_fail(store):
+    x = rng_arr(0, (64, 16))
+    base = manifest(store, {"x": x})
+    ours = manifest(store, {"x": x + 1})
+    theirs = manifest(store, {"x": x * 3})
+    merged, p = merge_manifests(base, ours, theirs, table("fail"), store)
+    assert merged is None
+    c = p.conflicts["x"]
+    assert c.kind == "chunks" and c.chunks == [0, 1, 2, 3]
+    assert "4 of 4" in c.describe()
+    with pytest.raises(MergeError, match="strategy 'fail'"):
+        execute(p, table("fail"), store)
+
+
+@pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float16), np.dtype(np.float32)])
+def test_average_equals_numpy(store, dtype):
+    base_a = rng_arr(0, (64, 24), dtype)
+    o, t = rng_arr(1, (64, 24), dtype), rng_arr(2, (64, 24), dtype)
+    m = [manifest(store, {"w": x}) for x in (base_a, o, t)]
+    merged, _ = merge_manifests(*m, table("average"), store)
+    wide = np.float64 if dtype.itemsize >= 4 else np.float32
+    expect = ((o.astype(wide) + t.astype(wide)) / 2).astype(dtype)
+    assert read(store, merged, "w").tobytes() == expect.tobytes()
+    merged, _ = merge_manifests(*m, table("average", alpha=0.25), store)
+    expect = (wide(0.75) * o.astype(wide) + wide(0.25) * t.astype(wide)).astype(dtype)
+    assert read(store, merged, "w").tobytes() == expect.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float32)])
+def test_task_arithmetic_equals_numpy(store, dtype):
+    b, o, t = (rng_arr(i, (32, 40), dtype) for i in range(3))
+    m = [manifest(store, {"w": x}) for x in (b, o, t)]
+    merged, _ = merge_manifests(*m, table("task-arithmetic", scale=0.7), store)
+    wide = np.float64 if dtype.itemsize >= 4 else np.float32
+    bw, ow, tw = (x.astype(wide) for x in (b, o, t))
+    expect = (bw + wide(0.7) * ((ow - bw) + (tw - bw))).astype(dtype)
+    assert read(store, merged, "w").tobytes() == expect.tobytes()
+
+
+def test_strategies_read_only_conflicting_chunks(store):
+    x = rng_arr(0, (64, 16))
+    o, t = x.copy(), x.copy()
+    o[0] += 1
+    o[20] += 1
+    t[0] -= 1
+    t[50] -= 1
+    m = [manifest(store, {"x": a}) for a in (x, o, t)]
+    store.cache.reads.clear()
+    merged, p = merge_manifests(*m, table("ours"), store)
+    assert store.cache.reads == []  # takes a side by digest
+    assert p.conflicts["x"].chunks == [0]
+    merged, _ = merge_manifests(*m, table("average"), store)
+    assert len(store.cache.reads) == 2  # chunk 0 of ours and of theirs
+    got = read(store, merged, "x")
+    assert got[20].tobytes() == o[20].tobytes() and got[50].tobytes() == t[50].tobytes()
+    assert got[0].tobytes() == ((o[0].astype(np.float64) + t[0]) / 2).astype(
+        np.float32).tobytes()
+
+
+def test_integer_params_refuse_numeric_strategies(store):
+    i = np.arange(600, dtype=np.int32)
+    m = [manifest(store, {"steps": a}) for a in (i, i + 1, i + 2)]
+    with pytest.raises(MergeError, match="floating-point"):
+        merge_manifests(*m, table("average"), store)
+    merged, _ = merge_manifests(*m, table("theirs"), store)
+    assert merged.params["steps"] == m[2].params["steps"]
+
+
+def test_inline_params_merge(store):
+    v = rng_arr(0, (8,))  # 32 bytes: inline
+    m = [manifest(store, {"v": a}) for a in (v, v + 1, v + 2)]
+    assert m[0].params["v"].is_inline
+    merged, _ = merge_manifests(*m, table("average"), store)
+    expect = (((v + 1).astype(np.float64) + (v + 2)) / 2).astype(np.float32)
+    assert merged.params["v"].inline == (expect.tobytes(),)
+
+
+def test_shape_and_delete_conflicts_need_a_side(store):
+    x = rng_arr(0, (8, 8))
+    base = manifest(store, {"x": x, "y": x})
+    ours = manifest(store, {"x": rng_arr(1, (9, 8)), "y": x + 1})
+    theirs = manifest(store, {"x": x + 1})
+    p = plan(base, ours, theirs)
+    assert p.conflicts["x"].kind == "shape" and p.conflicts["y"].kind == "delete-modify"
+    with pytest.raises(MergeError, match="only ours, theirs or base"):
+        execute(p, table("average"), store)
+    merged = execute(p, table("theirs"), store)
+    assert merged.params["x"] == theirs.params["x"] and "y" not in merged.params
+
+
+def test_add_add_without_base(store):
+    m = [manifest(store, {"n": rng_arr(i, (32, 8))}) for i in (1, 2)]
+    with pytest.raises(MergeError, match="needs the base"):
+        merge_manifests(None, *m, table("task-arithmetic"), store)
+    merged, _ = merge_manifests(None, *m, table("average"), store)
+    assert merged is not None
+
+
+def test_missing_chunk_error_names_it(store, tmp_path):
+    x = rng_arr(0, (64, 16))
+    m = [manifest(store, {"x": a}) for a in (x, x + 1, x + 2)]
+    gone = m[2].params["x"].chunks[1]
+    store.cache.delete(gone)
+    with pytest.raises(MergeError, match=f"'x': chunk 1 of theirs \\({gone}\\)"):
+        merge_manifests(*m, table("average"), store)
+
+
+def test_rules_last_match_wins():
+    t = StrategyTable([Rule("*", "ours"), Rule("enc.*", "average"), Rule("enc.b", "theirs")])
+    assert t.lookup("dec.a")[0].name == "ours"
+    assert t.lookup("enc.a")[0].name == "average"
+    assert t.lookup("enc.b")[0].name == "theirs"
+    assert StrategyTable().lookup("x")[0].name == "fail"
+
+
+def test_registry_and_entry_points():
+    names = set(available())
+    assert {"fail", "ours", "theirs", "base", "average", "task-arithmetic"} <= names
+    registered = {ep.name for ep in entry_points(group="theta_zarr.merges")}
+    assert "average" in registered
+    with pytest.raises(StrategyError, match="unknown merge strategy 'ties'"):
+        get_strategy("ties")
+
+
+def test_format_merge_keeps_both_additions():
+    b = {"name": "safetensors", "order": ["a"], "header": {"__metadata__": {"v": "1"}}}
+    o = {"name": "safetensors", "order": ["a", "o"], "header": {"__metadata__": {"v": "2"}}}
+    t = {"name": "safetensors", "order": ["t", "a"], "header_text": "x"}
+    params = {n: None for n in ("a", "o", "t")}
+    out = merge_format(b, o, t, Manifest(o), Manifest(t), params)  # type: ignore[arg-type]
+    assert out["order"] == ["a", "o", "t"]
+    assert out["header"] == o["header"] and "header_text" not in out

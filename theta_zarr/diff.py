@@ -1,0 +1,315 @@
+"""Diff of two manifests: which parameters changed, and by how much.
+
+Digests are compared first, so the summary (added / removed / reshaped /
+changed, chunks changed k of n) costs no chunk read.  The numbers for a changed
+parameter read only the chunk pairs whose digests differ, one pair at a time
+through a bounded read-ahead window, fetching from the remote what the cache
+lacks; memory is bounded by the chunk size, not the model.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import blake3
+import numpy as np
+
+from .chunkreader import ordered_map
+from .dtypes import by_name
+from .manifest import Manifest, ParamEntry
+from .merge import Key, chunk_keys
+
+JSON_VERSION = 1
+_LOCK = threading.Lock()
+
+
+@dataclass
+class ParamDiff:
+    """One parameter's change.  Statistics are None when not computed (or not finite)."""
+
+    name: str
+    status: str  # "added" | "removed" | "reshaped" | "changed"
+    old: dict[str, Any] | None  # {"shape", "dtype"}
+    new: dict[str, Any] | None
+    chunks: int = 0
+    chunks_changed: int = 0
+    numel: int = 0
+    elements_changed: int | None = None
+    fraction_changed: float | None = None
+    l2: float | None = None
+    norm_old: float | None = None
+    rel_change: float | None = None
+    max_abs: float | None = None
+    norm_scope: str | None = None  # "changed-chunks" | "tensor"
+
+
+@dataclass
+class ReadStats:
+    chunks: int = 0
+    bytes: int = 0
+
+    def count(self, nbytes: int) -> None:
+        with _LOCK:
+            self.chunks += 1
+            self.bytes += nbytes
+
+
+@dataclass
+class FileDiff:
+    path: str
+    old: Manifest | None
+    new: Manifest | None
+    params: list[ParamDiff] = field(default_factory=list)
+    unchanged: int = 0
+    read: ReadStats = field(default_factory=ReadStats)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("added", "removed", "reshaped", "changed")}
+        for p in self.params:
+            out[p.status] += 1
+        out["unchanged"] = self.unchanged
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path,
+                "format": {"old": self.old.format_name if self.old else None,
+                           "new": self.new.format_name if self.new else None},
+                "summary": self.counts(),
+                "params": [_finite(asdict(p)) for p in self.params],
+                "read": asdict(self.read)}
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in d.items()}
+
+
+def _geom(e: ParamEntry) -> dict[str, Any]:
+    return {"shape": list(e.shape), "dtype": e.dtype}
+
+
+def summarize(old: Manifest | None, new: Manifest | None, path: str = "checkpoint") -> FileDiff:
+    """The digest-only diff: no chunk is read."""
+    a = old.params if old else {}
+    b = new.params if new else {}
+    out = FileDiff(path, old, new)
+    for name in [*a, *(n for n in b if n not in a)]:
+        ea, eb = a.get(name), b.get(name)
+        if ea == eb:
+            out.unchanged += 1
+        elif eb is None:
+            assert ea is not None
+            out.params.append(ParamDiff(name, "removed", _geom(ea), None))
+        elif ea is None:
+            out.params.append(ParamDiff(name, "added", None, _geom(eb)))
+        elif ea.shape != eb.shape or ea.dtype != eb.dtype:
+            out.params.append(ParamDiff(name, "reshaped", _geom(ea), _geom(eb)))
+        else:
+            ka, kb = chunk_keys(ea), chunk_keys(eb)
+            same_chunking = ea.chunk_shape == eb.chunk_shape
+            k = sum(x != y for x, y in zip(ka, kb, strict=True)) if same_chunking else len(kb)
+            out.params.append(ParamDiff(name, "changed", _geom(ea), _geom(eb), chunks=len(kb),
+                                        chunks_changed=k, numel=math.prod(eb.shape)))
+    return out
+
+
+class _Acc:
+    """Running sums over chunk pairs, in float64."""
+
+    def __init__(self) -> None:
+        self.sq_diff = 0.0
+        self.sq_old = 0.0
+        self.max_abs = 0.0
+        self.changed = 0
+
+    def add(self, a_raw: bytes | memoryview, b_raw: bytes | memoryview, dtype: np.dtype,
+            diff: bool = True) -> None:
+        a = np.frombuffer(a_raw, dtype=dtype)
+        wide = np.complex128 if dtype.kind == "c" else np.float64
+        aw = a.astype(wide)
+        self.sq_old += float(np.sum(np.abs(aw) ** 2))
+        if not diff:
+            return
+        b = np.frombuffer(b_raw, dtype=dtype)
+        bits_a = np.frombuffer(a_raw, dtype=np.uint8).reshape(-1, dtype.itemsize)
+        bits_b = np.frombuffer(b_raw, dtype=np.uint8).reshape(-1, dtype.itemsize)
+        self.changed += int(np.count_nonzero((bits_a != bits_b).any(axis=1)))
+        d = np.abs(b.astype(wide) - aw)
+        if d.size:
+            self.sq_diff += float(np.sum(d * d))
+            self.max_abs = max(self.max_abs, float(np.max(d)))
+
+
+class _Bytes:
+    """Consecutive bytes from a stream of chunks, in pieces of any size (re-chunking)."""
+
+    def __init__(self, chunks: Iterator[bytes | memoryview]):
+        self._it = chunks
+        self._buf = b""
+
+    def read(self, n: int) -> bytes:
+        parts, have = [self._buf], len(self._buf)
+        while have < n:
+            nxt = bytes(next(self._it))
+            parts.append(nxt)
+            have += len(nxt)
+        data = b"".join(parts)
+        self._buf = data[n:]
+        return data[:n]
+
+
+def compute(fd: FileDiff, objects: Any, workers: int = 4, full_norm: bool = False) -> FileDiff:
+    """Fill in the statistics of every changed parameter, reading only differing chunks.
+
+    ``full_norm`` also reads the old version's unchanged chunks of a partly changed
+    parameter, so ``rel_change`` divides by the norm of the whole tensor instead
+    of the norm of the chunks that changed.
+    """
+    assert fd.old is not None and fd.new is not None or not any(
+        p.status == "changed" for p in fd.params)
+    for p in fd.params:
+        if p.status != "changed":
+            continue
+        assert fd.old is not None and fd.new is not None
+        ea, eb = fd.old.params[p.name], fd.new.params[p.name]
+        dtype = by_name(ea.dtype).numpy
+        acc = _Acc()
+        for a_raw, b_raw, differs in _pairs(ea, eb, objects, workers, full_norm, fd.read):
+            acc.add(a_raw, b_raw, dtype, differs)
+        p.elements_changed = acc.changed
+        p.fraction_changed = acc.changed / p.numel if p.numel else 0.0
+        p.l2 = math.sqrt(acc.sq_diff)
+        p.norm_old = math.sqrt(acc.sq_old)
+        p.max_abs = acc.max_abs
+        p.rel_change = p.l2 / p.norm_old if p.norm_old else (0.0 if p.l2 == 0 else math.inf)
+        whole = full_norm or p.chunks_changed == p.chunks
+        p.norm_scope = "tensor" if whole else "changed-chunks"
+    return fd
+
+
+def _pairs(ea: ParamEntry, eb: ParamEntry, objects: Any, workers: int, full_norm: bool,
+           stats: ReadStats) -> Iterator[tuple[bytes | memoryview, bytes | memoryview, bool]]:
+    """(old chunk, new chunk, differs) for the chunks that must be read, in order."""
+    ka, kb = chunk_keys(ea), chunk_keys(eb)
+
+    def load(key: Key) -> bytes | memoryview:
+        if isinstance(key, bytes):
+            return key
+        raw = objects.get(key)
+        stats.count(len(raw))
+        return raw
+
+    if ea.chunk_shape != eb.chunk_shape:
+        # different chunk grids: stream both tensors and compare them span by span
+        old = ordered_map(load, ka, workers)
+        new = _Bytes(ordered_map(load, kb, workers))
+        for a in old:
+            yield a, new.read(len(a)), True
+        return
+    jobs = [(x, y) for x, y in zip(ka, kb, strict=True) if x != y or full_norm]
+
+    def load_pair(job: tuple[Key, Key]) -> tuple[bytes | memoryview, bytes | memoryview, bool]:
+        x, y = job
+        return (load(x), load(y), True) if x != y else (load(x), b"", False)
+
+    yield from ordered_map(load_pair, jobs, max(1, workers // 2))
+
+
+def diff(old: Manifest | None, new: Manifest | None, objects: Any, path: str = "checkpoint",
+         workers: int = 4, full_norm: bool = False, numbers: bool = True) -> FileDiff:
+    """Summary plus statistics; ``numbers=False`` stops at the digest-only summary."""
+    fd = summarize(old, new, path)
+    return compute(fd, objects, workers, full_norm) if numbers else fd
+
+
+# -- text ------------------------------------------------------------------------------
+def _shape(g: dict[str, Any] | None) -> str:
+    return "-" if g is None else f"{g['dtype']}{g['shape']}"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def format_text(fd: FileDiff) -> list[str]:
+    """Human lines: a header per file, then one line per differing parameter."""
+    c = fd.counts()
+    head = (f"{fd.path}: {c['changed']} changed, {c['reshaped']} reshaped, {c['added']} added, "
+            f"{c['removed']} removed, {c['unchanged']} unchanged")
+    if fd.read.chunks:
+        head += f"  (read {fd.read.chunks} chunks, {fd.read.bytes} bytes)"
+    lines = [head]
+    if fd.old and fd.new and fd.old.format != fd.new.format and fd.old.format_name != \
+            fd.new.format_name:
+        lines.append(f"  format {fd.old.format_name} -> {fd.new.format_name}")
+    width = max((len(p.name) for p in fd.params), default=0)
+    for p in fd.params:
+        if p.status == "added":
+            lines.append(f"  + {p.name:<{width}}  {_shape(p.new)}")
+        elif p.status == "removed":
+            lines.append(f"  - {p.name:<{width}}  {_shape(p.old)}")
+        elif p.status == "reshaped":
+            lines.append(f"  ! {p.name:<{width}}  {_shape(p.old)} -> {_shape(p.new)}")
+        else:
+            text = f"  ~ {p.name:<{width}}  {_shape(p.new)}  chunks {p.chunks_changed}/{p.chunks}"
+            if p.l2 is not None:
+                frac = "n/a" if p.fraction_changed is None else f"{p.fraction_changed:.1%}"
+                scope = "" if p.norm_scope == "tensor" else " (of changed chunks)"
+                text += (f"  |B-A| {_num(p.l2)}  rel {_num(p.rel_change)}{scope}  "
+                         f"max|B-A| {_num(p.max_abs)}  elements {frac}")
+            lines.append(text)
+    return lines
+
+
+def short_digest(entry: ParamEntry, length: int = 12) -> str:
+    """A digest of a parameter's chunk list: equal lists, equal text (for textconv)."""
+    h = blake3.blake3()
+    for key in chunk_keys(entry):
+        h.update(key if isinstance(key, bytes) else key.encode("ascii"))
+        h.update(b"\n")
+    return h.hexdigest()[:length]
+
+
+def textconv_lines(manifest: Manifest) -> Iterable[str]:
+    """The stable summary git shows for a checkpoint: one line per parameter, name order."""
+    yield (f"# theta-zarr {manifest.format_name} checkpoint: {len(manifest.params)} parameters, "
+           f"{manifest.nbytes} bytes")
+    for name in sorted(manifest.params):
+        e = manifest.params[name]
+        where = "inline" if e.is_inline else f"{len(e.chunks)} chunks"
+        yield f"{name} {e.dtype}{list(e.shape)} {where} {short_digest(e)}"
+
+
+# -- picture -----------------------------------------------------------------------------
+def plot(diffs: list[FileDiff], png: str) -> int:
+    """A bar chart of the relative change per changed parameter; returns the bar count."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'theta-zarr[plot]'") from None
+    rows = [(f"{fd.path}:{p.name}" if len(diffs) > 1 else p.name, p.rel_change or 0.0)
+            for fd in diffs for p in fd.params if p.status == "changed"]
+    height = max(2.5, 0.22 * len(rows) + 1.2)
+    fig, ax = plt.subplots(figsize=(9, height))
+    try:
+        if rows:
+            labels, values = zip(*rows, strict=True)
+            ax.barh(range(len(rows)), values, color="#3b75af")
+            ax.set_yticks(range(len(rows)), labels, fontsize=7)
+            ax.invert_yaxis()
+        else:
+            ax.text(0.5, 0.5, "no parameter values changed", ha="center", va="center")
+        ax.set_xlabel("relative change ||B - A|| / ||A||")
+        ax.set_title(", ".join(fd.path for fd in diffs) or "theta-zarr diff")
+        fig.tight_layout()
+        fig.savefig(png, dpi=100)
+    finally:
+        plt.close(fig)
+    return len(rows)

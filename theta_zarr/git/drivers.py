@@ -1,0 +1,330 @@
+"""git's side of diff and merge: the external diff command, textconv, the merge driver,
+``resolve``, and where each side of a comparison comes from.
+
+What git hands the drivers (checked by tests/git/test_diff_merge_e2e.py):
+
+* diff command and textconv: git runs the smudge filter on a blob before writing
+  it to a temp file, so a "file" may be a rebuilt checkpoint, a manifest (lazy
+  checkout) or the working-tree file itself.  The diff command also gets each
+  blob's id, so it reads the manifest from git instead of re-hashing git's temp
+  file; a working-tree checkpoint is cleaned (streamed) into the cache.
+* merge driver: the three files hold the blobs themselves (manifests), and
+  whatever is left in %A is stored as the merged blob, so it must be a manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .. import checkpoint
+from ..diff import FileDiff, diff, format_text, textconv_lines
+from ..manifest import Manifest, ManifestError, looks_like_manifest
+from ..merge import (
+    MergePlan,
+    Rule,
+    StrategyTable,
+    execute,
+    merge_manifests,
+    plan,
+    unresolved,
+)
+from ..merges import MergeOptions, get_strategy
+from .install import DRIVER
+from .push import read_through
+from .remotes import THETAZARR_FILE
+from .repo import GitError, Repo, git
+
+MERGE_SECTION = "theta-zarr-merge"
+NULL_OID = "0" * 40
+WORKTREE = object()  # a side read from the working tree
+INDEX = object()  # a side read from the index
+
+
+# -- where a manifest comes from ------------------------------------------------------
+def _blob(repo: Repo, spec: str) -> bytes | None:
+    try:
+        return repo.git("cat-file", "blob", spec)
+    except GitError:
+        return None
+
+
+def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Manifest | None:
+    """A file as a manifest: a manifest as it is, a checkpoint cleaned into the cache."""
+    if file == "/dev/null" or not os.path.exists(file):
+        return None
+    settings = repo.settings()
+    with open(file, "rb") as f:
+        head = f.read(64)
+        f.seek(0)
+        if looks_like_manifest(head):
+            return Manifest.from_bytes(f.read(), name)
+        if not head:
+            return None
+        cache = objects.cache if objects is not None else checkpoint.open_cache(settings)
+        previous = None
+        data = _blob(repo, f":{name}")
+        if data is not None and looks_like_manifest(data[:64]):
+            previous = Manifest.from_bytes(data, f":{name}")
+        source = checkpoint.open_source(f, cache, name=name, path=os.path.abspath(file))
+        return checkpoint.clean(source, settings, cache, previous).manifest
+
+
+def manifest_of(repo: Repo, path: str, side: object, objects=None) -> Manifest | None:
+    """``path`` (relative to the top) at a revision (str), the index, or the working tree."""
+    if side is WORKTREE:
+        return manifest_from_file(repo, os.path.join(repo.top, path), path, objects)
+    spec = f":{path}" if side is INDEX else f"{side}:{path}"
+    data = _blob(repo, spec)
+    if data is None:
+        return None
+    if not looks_like_manifest(data[:64]):
+        raise ManifestError(f"{spec}: not stored by theta-zarr (committed before it was tracked)")
+    return Manifest.from_bytes(data, spec)
+
+
+def tracked_by_us(repo: Repo, paths: list[str]) -> list[str]:
+    """The paths whose ``diff`` attribute is theta-zarr."""
+    if not paths:
+        return []
+    out = repo.git("check-attr", "-z", "--stdin", "diff",
+                   input="\0".join(paths).encode() + b"\0").split(b"\0")
+    return [out[i].decode() for i in range(0, len(out) - 2, 3) if out[i + 2].decode() == DRIVER]
+
+
+def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]) -> list[str]:
+    """Tracked checkpoints that differ between the two sides (git's own name-only diff)."""
+    args = ["diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv"]
+    if cached:
+        args.append("--cached")
+    out = repo.git(*args, *revs, "--", *paths)
+    return tracked_by_us(repo, [p for p in out.decode().split("\0") if p])
+
+
+# -- diff -------------------------------------------------------------------------------
+def diff_sides(repo: Repo, paths: list[str], old: object, new: object, numbers: bool = True,
+               full_norm: bool = False) -> list[FileDiff]:
+    objects = read_through(repo)
+    workers = repo.settings().workers
+    out = []
+    for path in paths:
+        a = manifest_of(repo, path, old, objects)
+        b = manifest_of(repo, path, new, objects)
+        if a is None and b is None:
+            continue
+        out.append(diff(a, b, objects, path, workers, full_norm, numbers))
+    return out
+
+
+def diff_driver(args: list[str]) -> list[str]:
+    """git's external diff: ``path old-file old-hex old-mode new-file new-hex new-mode``."""
+    if len(args) == 1:
+        return [f"{args[0]}: unmerged; finish with: git theta-zarr resolve {args[0]} "
+                "--strategy STRATEGY"]
+    if len(args) < 7:
+        raise ValueError(f"diff-driver expects 7 arguments from git, got {len(args)}")
+    path, old_file, old_hex, _, new_file, new_hex, _ = args[:7]
+    repo = Repo.discover()
+    objects = read_through(repo)
+
+    def side(file: str, hexid: str) -> Manifest | None:
+        if hexid.strip("0") and file != "/dev/null":
+            data = _blob(repo, hexid)
+            if data is not None and looks_like_manifest(data[:64]):
+                return Manifest.from_bytes(data, f"{path} ({hexid[:10]})")
+        return manifest_from_file(repo, file, path, objects)
+
+    fd = diff(side(old_file, old_hex), side(new_file, new_hex), objects, path,
+              repo.settings().workers)
+    return format_text(fd)
+
+
+def textconv(file: str) -> list[str]:
+    """git's textconv: the per-parameter summary (no chunk read)."""
+    repo = Repo.discover()
+    rel = os.path.relpath(os.path.abspath(file), repo.top)
+    # git's temp files live outside the work tree; the work-tree file keeps its path,
+    # whose index manifest then gives the recorded chunk shapes
+    name = os.path.basename(file) if rel.startswith("..") else rel
+    m = manifest_from_file(repo, file, name)
+    return [] if m is None else list(textconv_lines(m))
+
+
+# -- strategies from config -----------------------------------------------------------------
+@dataclass
+class _RuleText:
+    strategy: str | None = None
+    alpha: str | None = None
+    scale: str | None = None
+
+
+def _rules_from(out: bytes, where: str) -> dict[str, _RuleText]:
+    found: dict[str, _RuleText] = {}
+    for record in out.decode("utf-8", "replace").split("\0"):
+        if not record:
+            continue
+        key, _, value = record.partition("\n")
+        glob, _, option = key[len(MERGE_SECTION) + 1:].rpartition(".")
+        if not glob or option.lower() not in ("strategy", "alpha", "scale"):
+            raise ValueError(f"{where}: unknown merge setting {key!r} "
+                             f"(use {MERGE_SECTION}.<glob>.strategy/alpha/scale)")
+        setattr(found.setdefault(glob, _RuleText()), option.lower(), value.strip())
+    return found
+
+
+def _float(text: str | None, default: float, where: str) -> float:
+    if text is None:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{where}: not a number: {text!r}") from None
+
+
+def config_rules(repo: Repo) -> list[Rule]:
+    """``[theta-zarr-merge "<glob>"]`` sections: .thetazarr first, then git config on top."""
+    merged: dict[str, _RuleText] = {}
+    regexp = rf"^{MERGE_SECTION}\."
+    file = os.path.join(repo.top, THETAZARR_FILE)
+    if os.path.exists(file):
+        out = git("config", "-z", "-f", file, "--get-regexp", regexp, cwd=repo.top, check=False)
+        merged.update(_rules_from(out, THETAZARR_FILE))
+    out = repo.git("config", "-z", "--get-regexp", regexp, check=False)
+    for glob, text in _rules_from(out, "git config").items():
+        base = merged.pop(glob, _RuleText())
+        merged[glob] = _RuleText(text.strategy or base.strategy, text.alpha or base.alpha,
+                                 text.scale or base.scale)
+    rules = []
+    for glob, text in merged.items():
+        where = f"{MERGE_SECTION}.{glob}"
+        if not text.strategy:
+            raise ValueError(f"{where}: has no strategy")
+        get_strategy(text.strategy)
+        rules.append(Rule(glob, text.strategy, MergeOptions(
+            _float(text.alpha, 0.5, where + ".alpha"), _float(text.scale, 1.0, where + ".scale"))))
+    return rules
+
+
+# -- merge -----------------------------------------------------------------------------------
+def _read_side(file: str, what: str) -> Manifest | None:
+    with open(file, "rb") as f:
+        data = f.read()
+    if not data:
+        return None
+    return Manifest.from_bytes(data, what)
+
+
+def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
+    left = unresolved(p, table)
+    lines = [f"theta-zarr: {path}: {len(left)} conflicting parameter(s), not merged:"]
+    lines += [f"  {c.name}: {c.describe()}" for c in left]
+    lines += ["resolve with one of:",
+              f"  git theta-zarr resolve {path} --strategy average",
+              f"  git theta-zarr resolve {path} --strategy task-arithmetic --scale 1.0",
+              f"  git theta-zarr resolve {path} --strategy ours --param '{left[0].name}'",
+              f"or set a strategy per parameter: git config {MERGE_SECTION}.'<glob>'.strategy "
+              "<fail|ours|theirs|base|average|task-arithmetic>"]
+    return lines
+
+
+def summary_line(path: str, p: MergePlan, table: StrategyTable) -> str:
+    by: dict[str, int] = {}
+    for name in p.conflicts:
+        s = table.lookup(name)[0].name
+        by[s] = by.get(s, 0) + 1
+    how = "".join(f", {n} by {s}" for s, n in sorted(by.items()))
+    return (f"theta-zarr: {path}: merged {len(p.params) + len(p.conflicts)} parameter(s)"
+            f" ({len(p.chunk_merged)} chunk by chunk{how})")
+
+
+def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
+                 echo) -> int:
+    """git's merge driver: the merged manifest into %A and 0, or a report and 1."""
+    repo = Repo.discover()
+    base = _read_side(base_file, f"{path} (base)")
+    ours = _read_side(ours_file, f"{path} (ours)")
+    theirs = _read_side(theirs_file, f"{path} (theirs)")
+    if ours is None or theirs is None:
+        raise ManifestError(f"{path}: one side of the merge is empty, not a manifest")
+    table = StrategyTable(config_rules(repo))
+    objects = read_through(repo)
+    merged, p = merge_manifests(base, ours, theirs, table, objects, repo.settings().workers,
+                                path)
+    if merged is None:
+        for line in conflict_report(path, p, table):
+            echo(line)
+        return 1
+    data = merged.to_bytes()
+    tmp = ours_file + ".theta-zarr"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, ours_file)
+    echo(summary_line(path, p, table))
+    return 0
+
+
+def _stages(repo: Repo, path: str) -> dict[int, str]:
+    out = repo.git("ls-files", "-u", "-z", "--", path)
+    stages = {}
+    for rec in out.decode().split("\0"):
+        if rec:
+            meta, _, name = rec.partition("\t")
+            if name == path:
+                _, oid, stage = meta.split()
+                stages[int(stage)] = oid
+    return stages
+
+
+def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
+            scale: float | None) -> list[str]:
+    """Finish a conflicted merge of ``path``: compute, write the working tree file, stage it."""
+    repo = Repo.discover()
+    rel = os.path.relpath(os.path.abspath(path), repo.top)
+    stages = _stages(repo, rel)
+    if 2 not in stages or 3 not in stages:
+        raise ValueError(f"{rel}: not in a conflicted merge (git ls-files -u lists no "
+                         "ours/theirs stages)")
+    sides = {}
+    for n, label in ((1, "base"), (2, "ours"), (3, "theirs")):
+        data = _blob(repo, stages[n]) if n in stages else None
+        sides[label] = None if data is None else Manifest.from_bytes(data, f":{n}:{rel}")
+    get_strategy(strategy)
+    options = MergeOptions(0.5 if alpha is None else alpha, 1.0 if scale is None else scale)
+    cli_rules = [Rule(g, strategy, options) for g in (list(globs) or ["*"])]
+    table = StrategyTable([*config_rules(repo), *cli_rules])
+    p = plan(sides["base"], sides["ours"], sides["theirs"])
+    left = unresolved(p, table)
+    if left:
+        names = ", ".join(c.name for c in left[:5]) + (", ..." if len(left) > 5 else "")
+        raise ValueError(f"{rel}: {len(left)} conflicting parameter(s) match no --param glob "
+                         f"and have no configured strategy: {names}")
+    settings = repo.settings()
+    objects = read_through(repo)
+    merged = execute(p, table, objects, settings.workers, rel)
+    _write_worktree(repo, rel, merged, objects)
+    repo.git("add", "--", rel)
+    return [summary_line(rel, p, table).replace("merged", "resolved", 1) + ", staged"]
+
+
+def _write_worktree(repo: Repo, rel: str, manifest: Manifest, objects) -> None:
+    full = os.path.join(repo.top, rel)
+    settings = repo.settings()
+    lazy = settings.lazy
+    if not lazy and os.path.exists(full):
+        with open(full, "rb") as f:
+            lazy = looks_like_manifest(f.read(64))
+    fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=os.path.dirname(full) or ".")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if lazy:
+                out.write(manifest.to_bytes())
+            else:
+                checkpoint.smudge(manifest, out, settings, name=rel, cache=objects.cache,
+                                  fetch=objects.fetch)
+        os.replace(tmp, full)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
