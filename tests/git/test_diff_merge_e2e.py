@@ -250,3 +250,25 @@ def test_merge_with_missing_chunk_names_it(repo):
     err = proc.stderr.decode()
     assert f"parameter 'w': chunk 0 of theirs ({gone}) cannot be read" in err
     assert "Traceback" not in err
+
+
+def test_plain_git_log_and_diff_need_no_chunks_of_old_versions(repo):
+    """git smudges blobs before calling textconv or the diff driver; for read-only
+    commands the filter answers with the manifest, so no old version is rebuilt."""
+    commit_model(repo, "base")
+    commit_model(repo, "tune", tuned=SHAPE.layer_names(0))
+    from theta_zarr.manifest import Manifest
+
+    old = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD~1:model.safetensors").stdout)
+    new = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:model.safetensors").stdout)
+    changed = {d for n in SHAPE.layer_names(0) for d in old.params[n].chunks} | {
+        d for n in SHAPE.layer_names(0) for d in new.params[n].chunks}
+    for f in repo.objects_dir.rglob("*"):
+        if f.is_file() and "blake3:" + f.parent.name + f.name not in changed:
+            f.unlink()
+    log = repo.git("log", "-p", "--", "model.safetensors").stdout.decode()
+    assert "+layers.0.attn.k_proj.weight bfloat16[64, 64] 1 chunks" in log
+    diff = repo.git("diff", "HEAD~1", "HEAD", "--", "model.safetensors").stdout.decode()
+    assert "layers.0.attn.k_proj.weight" in diff and "changed" in diff
+    # the materialized working tree is untouched and still clean
+    assert repo.out("status", "--porcelain") == ""

@@ -172,6 +172,44 @@ class FilterServer:
         self.writer.flush()
 
 
+#: git commands that only read: they smudge blobs just to hand them to a diff driver or
+#: textconv, which work from the manifest (the blob itself), so rebuilding is waste.
+READ_ONLY_COMMANDS = frozenset({"diff", "log", "show", "whatchanged", "format-patch",
+                                "range-diff", "blame", "grep", "difftool"})
+_GIT_OPTIONS_WITH_VALUE = frozenset({"-c", "-C", "--git-dir", "--work-tree", "--namespace",
+                                     "--config-env", "--exec-path"})
+
+
+def parent_git_command() -> str | None:
+    """The subcommand of the git process that started this filter, if it can be told.
+
+    git says nothing in the filter protocol about why it smudges; on Linux the
+    process tree says it (git may start the filter through ``sh -c``).
+    """
+    pid = os.getppid()
+    for _ in range(4):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if argv and os.path.basename(argv[0]) == "git":
+            i = 1
+            while i < len(argv):
+                arg = argv[i]
+                if arg in _GIT_OPTIONS_WITH_VALUE:
+                    i += 2
+                elif arg.startswith("-"):
+                    i += 1
+                else:
+                    return arg
+            return None
+        pid = ppid
+    return None
+
+
 def _size(path: str) -> int | None:
     try:
         return os.path.getsize(path)
@@ -185,6 +223,8 @@ def main() -> int:
     stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
     repo = Repo.discover()
     settings = repo.settings()
+    if parent_git_command() in READ_ONLY_COMMANDS:
+        settings.lazy = True  # the manifest is all a diff driver or textconv needs
     server = FilterServer(stdin, stdout, settings, repo=repo)
     objects = read_through(repo, cache=server.cache)
     server.fetch = objects.fetch if objects.has_remote else None
