@@ -1,9 +1,286 @@
-"""Click commands for sync; registered on the main group by cli.py."""
+"""Click commands for cluster sync (push --ref, pull, ls, watch, import) and fsck/gc.
+
+``push`` is shared with git: ``push CKPT REMOTE --ref NAME`` (or ``--combine``)
+publishes a checkpoint without git; without ``--ref`` it is git's chunk push as
+before (``push [REMOTE] [REFS...] [--all]``).
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
 import click
+
+from ..cli import human, reports_errors
+
+_OPTION_HELP = "remote option (endpoint-url, region, anon, project, compression, concurrency)"
+
+
+def _remote_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+                      help=_OPTION_HELP)(fn)
+    return fn
+
+
+def _cache_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--chunk-size", default="4MiB", show_default=True,
+                      help="target raw chunk size")(fn)
+    fn = click.option("--cache", "cache_dir", default=None, metavar="DIR",
+                      help="object cache (default $THETA_ZARR_CACHE or ~/.cache/theta-zarr)")(fn)
+    return fn
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text or "/" in text or text.startswith(".") or os.path.exists(text)
+
+
+def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 16):
+    """A URL (with -o options) or, inside a git repository, a theta remote's name."""
+    from ..git.remotes import option_pairs, require
+    from ..git.repo import Repo
+    from ..remote import RemoteSpec
+    from ..sync import SyncRemote
+
+    if _is_url(target):
+        spec = RemoteSpec("command line", target, option_pairs(options))
+    else:
+        if options:
+            raise ValueError("-o options go with a URL, not a named remote")
+        spec = require(Repo.discover(), target)
+    return SyncRemote.open(spec, concurrency)
+
+
+def _settings(cache_dir: str | None, chunk_size: str):
+    from ..settings import Settings, parse_size
+    from ..sync import default_cache_dir
+
+    return Settings(cache_dir=default_cache_dir(cache_dir), chunk_bytes=parse_size(chunk_size))
+
+
+def _say(message: str) -> None:
+    click.echo(f"theta-zarr: {message}", err=True)
 
 
 def register(main: click.Group) -> None:
-    """Add this module's commands to the `theta-zarr` group."""
+    """Add the sync commands; ``push`` wraps git's push command already registered."""
+    git_push = main.commands.get("push")
+
+    @main.command("push")
+    @click.argument("args", nargs=-1)
+    @click.option("--ref", default=None, help="publish CKPT to REMOTE under this ref (no git)")
+    @click.option("--force", is_flag=True, help="move the ref even if it points elsewhere")
+    @click.option("--shard", is_flag=True,
+                  help="stage this file as one shard of --ref (finish with --combine)")
+    @click.option("--name", "shard_name", default=None, help="the shard's name in the set")
+    @click.option("--combine", is_flag=True, help="record the staged shards of --ref as one set")
+    @click.option("--expect", type=int, default=None, help="with --combine: shards required")
+    @click.option("--all", "all_refs", is_flag=True, help="git push: every branch and tag")
+    @_remote_options
+    @_cache_options
+    @click.pass_context
+    @reports_errors
+    def push(ctx: click.Context, args: tuple[str, ...], ref: str | None, force: bool,
+             shard: bool, shard_name: str | None, combine: bool, expect: int | None,
+             all_refs: bool, options: tuple[str, ...], cache_dir: str | None,
+             chunk_size: str) -> None:
+        """Publish CKPT (file or folder) to REMOTE under --ref, uploading only new chunks.
+
+        \b
+        theta-zarr push CKPT REMOTE --ref NAME [--force]
+        theta-zarr push SHARD REMOTE --ref NAME --shard     (one per rank, concurrently)
+        theta-zarr push REMOTE --ref NAME --combine         (after every shard)
+        git theta-zarr push [REMOTE] [REFS...] [--all]      (chunks of git commits)
+        """
+        from .. import sync
+
+        if ref is None:
+            if combine or shard or force:
+                raise ValueError("--combine, --shard and --force need --ref")
+            ctx.invoke(git_push, remote_name=args[0] if args else None,
+                       refs=tuple(args[1:]), all_refs=all_refs)
+            return
+        if combine:
+            if len(args) != 1:
+                raise ValueError("usage: theta-zarr push REMOTE --ref NAME --combine")
+            result = sync.combine(open_sync_remote(args[0], options), ref, force, expect)
+        else:
+            if len(args) != 2:
+                raise ValueError("usage: theta-zarr push CKPT REMOTE --ref NAME")
+            settings = _settings(cache_dir, chunk_size)
+            remote = open_sync_remote(args[1], options, settings.concurrency)
+            name = (shard_name or os.path.basename(os.path.normpath(args[0]))) if shard \
+                else None
+            result = sync.push(args[0], remote, ref, settings, force=force, shard=name)
+        _say(result.summary())
+
+    @main.command("pull")
+    @click.argument("remote_arg", metavar="REMOTE")
+    @click.argument("ref")
+    @click.option("--output", "-o", "output", required=True, help="file (or folder) to write")
+    @click.option("--include", multiple=True, metavar="GLOB",
+                  help="only parameters matching GLOB (repeatable)")
+    @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help=_OPTION_HELP)
+    @_cache_options
+    @reports_errors
+    def pull(remote_arg: str, ref: str, output: str, include: tuple[str, ...],
+             options: tuple[str, ...], cache_dir: str | None, chunk_size: str) -> None:
+        """Rebuild the checkpoint REF names, bit-exact, at --output."""
+        from .. import sync
+
+        start = time.perf_counter()
+        settings = _settings(cache_dir, chunk_size)
+        remote = open_sync_remote(remote_arg, options, settings.concurrency)
+        written = sync.pull(remote, ref, output, settings, list(include) or None)
+        _say(f"pulled {ref} -> {output} ({len(written)} file(s)), "
+             f"{time.perf_counter() - start:.1f} s")
+
+    @main.command("ls")
+    @click.argument("remote_arg", metavar="REMOTE")
+    @click.argument("prefix", required=False, default="")
+    @_remote_options
+    @reports_errors
+    def ls(remote_arg: str, prefix: str, options: tuple[str, ...]) -> None:
+        """Refs of REMOTE (under PREFIX): time, size, parameters, manifest digest."""
+        from .. import sync
+
+        for row in sync.ls(open_sync_remote(remote_arg, options), prefix):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.mtime)) \
+                if row.mtime else "-"
+            if row.error:
+                click.echo(f"{row.name}\t{when}\terror: {row.error}")
+                continue
+            files = f"  {row.files} files" if row.files > 1 else ""
+            click.echo(f"{row.name}\t{when}\t{human(row.nbytes)}\t{row.params} params"
+                       f"{files}\t{row.digest[:19]}")
+
+    @main.command("watch")
+    @click.argument("folder", type=click.Path(exists=True, file_okay=False))
+    @click.argument("remote_arg", metavar="REMOTE")
+    @click.option("--ref-prefix", required=True, help="ref = prefix + checkpoint name")
+    @click.option("--interval", default=30.0, show_default=True,
+                  help="seconds between scans; a checkpoint is complete once unchanged "
+                       "over one interval")
+    @click.option("--marker", default=None, metavar="GLOB",
+                  help="a folder is complete when it holds a file matching GLOB "
+                       "(not pushed)")
+    @click.option("--pattern", "patterns", multiple=True, metavar="GLOB",
+                  help="top-level checkpoint files (default *.safetensors *.pt *.pth *.bin "
+                       "*.npz *.npy)")
+    @click.option("--state", default=None, help="state file (default FOLDER/.theta-zarr-"
+                                                "watch.json)")
+    @click.option("--once", is_flag=True, help="scan twice, one interval apart, then exit")
+    @click.option("--exit-after", type=float, default=None, help="exit after SECONDS")
+    @click.option("--force", is_flag=True, help="move refs that point elsewhere")
+    @_remote_options
+    @_cache_options
+    @reports_errors
+    def watch(folder: str, remote_arg: str, ref_prefix: str, interval: float,
+              marker: str | None, patterns: tuple[str, ...], state: str | None, once: bool,
+              exit_after: float | None, force: bool, options: tuple[str, ...],
+              cache_dir: str | None, chunk_size: str) -> None:
+        """Push each checkpoint that appears in FOLDER once it is complete; SIGTERM stops."""
+        from .. import sync
+
+        settings = _settings(cache_dir, chunk_size)
+        remote = open_sync_remote(remote_arg, options, settings.concurrency)
+        opts = sync.WatchOptions(prefix=ref_prefix, interval=interval, marker=marker,
+                                 globs=patterns or sync.CHECKPOINT_GLOBS, once=once,
+                                 exit_after=exit_after, state=state, force=force)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        code = sync.Watcher(folder, remote, settings, opts, _say).run(stop)
+        _say("watch stopped" + (" (signal)" if stop.is_set() else ""))
+        sys.exit(code)
+
+    @main.command("import")
+    @click.argument("remote_arg", metavar="REMOTE")
+    @click.argument("ref")
+    @click.argument("path")
+    @_remote_options
+    @reports_errors
+    def import_cmd(remote_arg: str, ref: str, path: str, options: tuple[str, ...]) -> None:
+        """Stage REF's checkpoint as PATH in this repository (no re-hashing); then commit."""
+        from .. import sync
+        from ..git.repo import Repo
+
+        repo = Repo.discover()
+        settings = repo.settings()
+        remote = open_sync_remote(remote_arg, options, settings.concurrency)
+        for p in sync.import_ref(repo, remote, ref, path, settings):
+            click.echo(f"imported {ref} -> {p}")
+
+    @main.command("fsck")
+    @click.option("--remote", "remote_name", default=None,
+                  help="check that this remote holds every reachable object, intact")
+    @reports_errors
+    def fsck(remote_name: str | None) -> None:
+        """Find missing or corrupt objects reachable from git refs, reflogs, stashes, index."""
+        from .. import checkpoint, gc
+        from ..git.remotes import require, resolve
+        from ..git.repo import Repo
+        from ..remote import open_remote
+        from ..sync import SyncRemote
+
+        repo = Repo.discover()
+        settings = repo.settings()
+        cache = checkpoint.open_cache(settings)
+        roots = gc.Roots()
+        gc.git_roots(repo, roots)
+        problems: list[str] = []
+        if remote_name:
+            remote = SyncRemote.open(require(repo, remote_name), settings.concurrency)
+            problems += gc.remote_roots(remote, roots, young_after=0.0, strict=True)
+            problems += gc.check_objects(remote.objects, roots)
+            problems += gc.check_stored(cache, set())
+        else:
+            spec = resolve(repo)
+            fallback = open_remote(spec, settings.concurrency) if spec else None
+            problems += gc.check_objects(cache, roots, fallback)
+            problems += gc.check_stored(cache, set(roots.chunks))
+        for line in problems:
+            click.echo(line)
+        if problems:
+            _say(f"{len(problems)} problem(s) found")
+            sys.exit(1)
+        click.echo(f"ok: {len(roots.chunks)} reachable objects checked")
+
+    @main.command("gc")
+    @click.option("--remote", "remote_name", default=None,
+                  help="also collect the remote's unreachable manifests and objects")
+    @click.option("--grace", default="7d", show_default=True,
+                  help="keep anything written more recently than this (e.g. 7d, 12h, 0)")
+    @click.option("--dry-run", is_flag=True, help="print what would go, delete nothing")
+    @reports_errors
+    def gc_cmd(remote_name: str | None, grace: str, dry_run: bool) -> None:
+        """Delete unreachable objects older than --grace from the cache (and the remote)."""
+        from .. import checkpoint, gc
+        from ..git.remotes import require
+        from ..git.repo import Repo
+        from ..sync import SyncRemote
+
+        repo = Repo.discover()
+        settings = repo.settings()
+        cache = checkpoint.open_cache(settings)
+        remote = SyncRemote.open(require(repo, remote_name), settings.concurrency) \
+            if remote_name else None
+
+        def roots() -> gc.Roots:
+            r = gc.Roots()
+            gc.git_roots(repo, r)
+            return r
+
+        result = gc.collect(cache, roots, gc.parse_duration(grace), remote, dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        for sweep in result.sweeps:
+            if dry_run:
+                for key, n in sweep.keys:
+                    click.echo(f"{key}\t{n}\t{sweep.where}")
+            click.echo(f"{verb} {len(sweep.keys)} blobs ({human(sweep.nbytes)}, "
+                       f"{sweep.nbytes} bytes) from {sweep.where}")

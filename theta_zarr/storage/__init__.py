@@ -4,6 +4,16 @@
 module, as fsspec does); everything above talks only to ``BlobStore``.
 """
 
-from .base import BlobInfo, BlobNotFound, BlobStore, StorageError, open_store, redact_url
+from .base import (
+    BlobInfo,
+    BlobNotFound,
+    BlobStore,
+    ConditionalWritesUnsupported,
+    ConditionFailed,
+    StorageError,
+    open_store,
+    redact_url,
+)
 
-__all__ = ["BlobInfo", "BlobNotFound", "BlobStore", "StorageError", "open_store", "redact_url"]
+__all__ = ["BlobInfo", "BlobNotFound", "BlobStore", "ConditionFailed",
+           "ConditionalWritesUnsupported", "StorageError", "open_store", "redact_url"]

@@ -26,6 +26,14 @@ class BlobNotFound(StorageError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
+class ConditionFailed(StorageError):
+    """A conditional write lost: the blob existed (create) or had changed (compare-and-swap)."""
+
+
+class ConditionalWritesUnsupported(StorageError):
+    """The backend cannot write conditionally; refs there would not be safe, so none are made."""
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     key: str
@@ -62,6 +70,30 @@ class BlobStore(ABC):
     def describe(self) -> str:
         return redact_url(self.url)
 
+    # -- conditional writes (refs) -------------------------------------------------------
+    # Optional: only backends that the storage service itself can make atomic override
+    # these.  The defaults refuse rather than emulate with a read-then-write, which
+    # would let two racing writers both "win".
+
+    #: True where put_if/get_versioned give a real server-side guarantee.
+    conditional_writes: bool = False
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The blob's bytes and an opaque version token (ETag, generation...) read together.
+
+        Raises BlobNotFound if absent.
+        """
+        raise ConditionalWritesUnsupported(
+            f"{self.describe()} cannot read a blob with its version: refs need S3, GCS or "
+            "a local folder")
+
+    def put_if(self, key: str, data: bytes, expect: str | None) -> str:
+        """Write ``data`` only if the blob is absent (``expect`` None) or still has version
+        ``expect``; returns the new version token.  Raises ConditionFailed otherwise."""
+        raise ConditionalWritesUnsupported(
+            f"{self.describe()} has no conditional writes: refs need S3 (If-None-Match/"
+            "If-Match), GCS (ifGenerationMatch) or a local folder")
+
 
 def redact_url(url: str) -> str:
     """A URL fit for messages and logs: any user:password@ part removed."""
@@ -76,6 +108,15 @@ def open_store(url: str, storage_options: dict[str, Any] | None = None) -> BlobS
         from .local import LocalStore
 
         return LocalStore(os.path.abspath(os.path.expanduser(url)))
+    protocol = url.split("://", 1)[0].lower()
+    if protocol in ("s3", "s3a"):
+        from .s3 import S3Store
+
+        return S3Store(url, storage_options or {})
+    if protocol in ("gs", "gcs"):
+        from .gcs import GcsStore
+
+        return GcsStore(url, storage_options or {})
     from .fsspec import FsspecStore
 
     return FsspecStore(url, storage_options or {})

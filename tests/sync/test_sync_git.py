@@ -1,0 +1,171 @@
+"""import into git, fsck and gc: reachability from refs, reflogs, stashes and remote refs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sync_helpers import CHUNK, Case, env_for, model, sha, tz
+
+from theta_zarr import chunking, gc
+from theta_zarr.cache import Cache
+from theta_zarr.objects import object_key
+from theta_zarr.sync import SyncRemote
+
+
+def _local_case(tmp_path: Path) -> Case:
+    return Case("local", str(tmp_path / "bucket"), {}, [])
+
+
+def _push(case: Case, tmp_path: Path, f: Path, ref: str) -> None:
+    tz(["push", str(f), case.url, "--ref", ref, "--chunk-size", CHUNK], env_for(case, tmp_path))
+
+
+def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):
+    case = _local_case(tmp_path)
+    f = model(tmp_path / "m.safetensors", seed=3)
+    _push(case, tmp_path, f, "run7/step-3000")
+    repo.git("config", "theta-zarr.chunk-size", CHUNK)
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    repo.tz("remote", "add", "origin", case.url, "--shared")
+    out = repo.tz("import", case.url, "run7/step-3000", "model.safetensors").stdout.decode()
+    assert "model.safetensors" in out
+    assert sha(repo.path / "model.safetensors") == sha(f)
+    assert "A  model.safetensors" in repo.out("status", "--porcelain").splitlines()
+    repo.git("add", ".thetazarr")
+    repo.git("commit", "-q", "-m", "step 3000")
+    assert repo.out("status", "--porcelain") == ""
+    repo.git("push", "-q", "origin", "main")
+    clone = make_repo("clone")
+    clone.path.rmdir()
+    parent = type(repo)(tmp_path, repo.env)
+    parent.run("git", "theta-zarr", "install", "--global")
+    parent.run("git", "clone", "-q", str(bare), "clone")
+    assert sha(clone.path / "model.safetensors") == sha(f)
+
+
+def _object_path(cache_root: Path, digest: str) -> Path:
+    return cache_root / object_key(digest)
+
+
+def test_fsck_names_deleted_and_corrupt_objects(repo, tmp_path):
+    case = _local_case(tmp_path)
+    repo.git("config", "theta-zarr.chunk-size", CHUNK)
+    repo.tz("remote", "add", "origin", case.url)
+    model(repo.path / "model.safetensors")
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "m")
+    repo.tz("push", "origin")
+    assert "ok:" in repo.tz("fsck", "--remote", "origin").stdout.decode()
+    digests = sorted(SyncRemote.open(_spec(case)).objects.iter_digests())
+    gone, bad = digests[0][0], digests[1][0]
+    bucket = Path(case.url)
+    os.unlink(bucket / object_key(gone))
+    p = bucket / object_key(bad)
+    os.chmod(p, 0o644)
+    p.write_bytes(p.read_bytes()[:-1] + b"X")
+    res = repo.tz("fsck", "--remote", "origin", check=False)
+    text = res.stdout.decode()
+    assert res.returncode == 1
+    assert f"missing object {gone}" in text and f"corrupt object {bad}" in text
+    assert "model.safetensors" in text  # who needs it
+    # the cache: corrupt one object there too
+    cache_obj = repo.objects_dir.parent / object_key(bad)
+    os.chmod(cache_obj, 0o644)
+    cache_obj.write_bytes(b"junk")
+    res = repo.tz("fsck", check=False)
+    assert res.returncode == 1 and f"corrupt object {bad}" in res.stdout.decode()
+
+
+def _spec(case: Case):
+    from theta_zarr.remote import RemoteSpec
+
+    return RemoteSpec("t", case.url, {})
+
+
+def _age(root: Path, seconds: float) -> None:
+    old = time.time() - seconds
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (old, old))
+
+
+def test_gc_deletes_unreachable_old_objects_and_dry_run_says_so(repo, tmp_path):
+    case = _local_case(tmp_path)
+    repo.git("config", "theta-zarr.chunk-size", CHUNK)
+    repo.tz("remote", "add", "origin", case.url)
+    model(repo.path / "model.safetensors")
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "keep")
+    repo.tz("push", "origin")
+    # a checkpoint pushed under a remote ref, and one that nothing names any more
+    _push(case, tmp_path, model(tmp_path / "ref.safetensors", seed=7), "run7/kept")
+    _push(case, tmp_path, model(tmp_path / "gone.safetensors", seed=8), "run7/gone")
+    remote = SyncRemote.open(_spec(case))
+    gone_digests = remote.load(remote.refs.read("run7/gone").digest).digests()
+    os.unlink(Path(case.url) / "refs" / "run7" / "gone")
+    before = {d for d, _, _ in remote.objects.iter_digests()}
+    # within the grace period nothing goes
+    out = repo.tz("gc", "--remote", "origin", "--grace", "1h").stdout.decode()
+    assert "deleted 0 blobs" in out and {d for d, _, _ in remote.objects.iter_digests()} == before
+    _age(Path(case.url), 7200)
+    _age(repo.objects_dir, 7200)
+    dry = repo.tz("gc", "--remote", "origin", "--grace", "1h", "--dry-run").stdout.decode()
+    assert "would delete" in dry and object_key(sorted(gone_digests)[0]) in dry
+    assert {d for d, _, _ in remote.objects.iter_digests()} == before
+    repo.tz("gc", "--remote", "origin", "--grace", "1h")
+    after = {d for d, _, _ in remote.objects.iter_digests()}
+    assert after == before - gone_digests
+    assert "ok:" in repo.tz("fsck", "--remote", "origin").stdout.decode()
+    tz(["pull", case.url, "run7/kept", "-o", str(tmp_path / "k.safetensors")],
+       env_for(case, tmp_path))
+
+
+@settings(max_examples=4, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.sampled_from(["commit", "branch", "reset", "stash", "drop-branch"]),
+                      min_size=1, max_size=5))
+def test_gc_never_deletes_a_reachable_object(repo, tmp_path, steps):
+    """Random small histories: after gc with no grace, every reachable checkpoint rebuilds."""
+    repo.git("config", "theta-zarr.chunk-size", CHUNK)
+    seed = int(time.time() * 1000) % 100000
+    for i, step in enumerate(steps):
+        path = repo.path / "model.safetensors"
+        if step in ("commit", "stash"):
+            model(path, seed=seed + i)
+            repo.git("add", "model.safetensors")
+            if step == "commit":
+                repo.git("commit", "-q", "-m", f"c{i}")
+            else:
+                repo.git("stash", "-q")
+        elif step == "branch":
+            repo.git("checkout", "-q", "-B", f"b{i}")
+        elif step == "reset" and repo.git("rev-parse", "-q", "--verify", "HEAD~1",
+                                          check=False).returncode == 0:
+            repo.git("reset", "-q", "--hard", "HEAD~1")
+        elif step == "drop-branch":
+            repo.git("checkout", "-q", "main")
+            for b in repo.out("branch", "--format=%(refname:short)").split():
+                if b != "main":
+                    repo.git("branch", "-q", "-D", b)
+    cache = Cache(str(repo.objects_dir.parent))
+    junk = os.urandom(64)
+    junk_digest = chunking.digest(junk)
+    cache.put(junk_digest, junk)  # an object nobody names
+    _age(repo.objects_dir, 10)
+    repo.tz("gc", "--grace", "0")
+    res = repo.tz("fsck", check=False)
+    assert res.returncode == 0, res.stdout.decode()
+    roots = gc.Roots()
+    from theta_zarr.git.repo import Repo
+
+    gc.git_roots(Repo.discover(str(repo.path)), roots)
+    assert cache.missing(roots.chunks) == set()
+    assert not cache.has(junk_digest)

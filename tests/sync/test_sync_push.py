@@ -1,0 +1,123 @@
+"""push --ref / pull / ls from the command line against a folder, S3 and GCS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+from sync_helpers import CHUNK, SHAPE, case, env_for, model, sha, tz  # noqa: F401
+
+from theta_zarr import sync
+from theta_zarr.manifest import Manifest
+from theta_zarr.settings import Settings
+
+
+def test_eight_concurrent_pushes_to_one_ref_have_one_winner(case, tmp_path):  # noqa: F811
+    env = env_for(case, tmp_path)
+    files = [model(tmp_path / f"m{i}.safetensors", seed=i) for i in range(8)]
+    procs = [subprocess.Popen(
+        ["theta-zarr", "push", str(f), case.url, "--ref", "run7/step-1", "--chunk-size", CHUNK,
+         "--cache", str(tmp_path / f"cache{i}"), *case.cli_options()],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i, f in enumerate(files)]
+    results = [(p.wait(), p.stderr.read().decode()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    won = [i for i, (rc, _) in enumerate(results) if rc == 0]
+    assert len(won) == 1, results
+    for i, (rc, err) in enumerate(results):
+        if i not in won:
+            assert rc == 1 and "run7/step-1" in err and "--force" in err or \
+                "concurrently" in err, err
+    # the ref names a complete manifest, and pulling it gives the winner's bytes
+    out = tmp_path / "pulled.safetensors"
+    tz(["pull", case.url, "run7/step-1", "-o", str(out), *case.cli_options()], env)
+    assert sha(out) == sha(files[won[0]])
+    # nothing lost or half-written: every push's manifest and all its objects are there
+    remote = case.remote()
+    manifests = dict(remote.iter_manifests())
+    assert len(manifests) == 8
+    for digest in manifests:
+        target = remote.load(digest)
+        assert remote.objects.missing(target.digests()) == set()
+
+
+def test_second_push_uploads_only_changed_chunks_and_pull_is_bit_exact(case, tmp_path):  # noqa: F811
+    env = env_for(case, tmp_path)
+    base = model(tmp_path / "base.safetensors")
+    opts = ["--chunk-size", CHUNK, *case.cli_options()]
+    tz(["push", str(base), case.url, "--ref", "run7/step-1", *opts], env)
+    remote = case.remote()
+    before = {d for d, _, _ in remote.objects.iter_digests()}
+    # about 10% of the parameters change
+    tuned = [n for n, _ in SHAPE.tensors()][::10]
+    step2 = model(tmp_path / "step2.safetensors", tuned=tuned)
+    err = tz(["push", str(step2), case.url, "--ref", "run7/step-2", *opts], env).stderr.decode()
+    after = {d for d, _, _ in remote.objects.iter_digests()}
+    m1 = remote.load(remote.refs.read("run7/step-1").digest)
+    m2 = remote.load(remote.refs.read("run7/step-2").digest)
+    changed = m2.digests() - m1.digests()
+    assert changed and after - before == changed
+    assert f"({len(changed)} objects uploaded)" in err
+    assert "MB new /" in err and "MB total" in err and " s" in err
+    # pull into a fresh folder: bit-exact
+    out = tmp_path / "fresh" / "model.safetensors"
+    tz(["pull", case.url, "run7/step-2", "-o", str(out), *case.cli_options(),
+        "--cache", str(tmp_path / "fresh-cache")], env)
+    assert sha(out) == sha(step2)
+    # --include: only the selected parameters
+    part = tmp_path / "part.safetensors"
+    tz(["pull", case.url, "run7/step-2", "-o", str(part), "--include", "lm_head.*",
+        *case.cli_options()], env)
+    from safetensors import safe_open
+
+    with safe_open(str(part), "np") as f:
+        assert list(f.keys()) == ["lm_head.weight"]
+    # ls: both refs, sizes and parameter counts
+    rows = tz(["ls", case.url, "run7/", *case.cli_options()], env).stdout.decode().splitlines()
+    assert [r.split("\t")[0] for r in rows] == ["run7/step-1", "run7/step-2"]
+    assert f"{len(m1.params)} params" in rows[0]
+    assert isinstance(m1, Manifest)
+
+
+def test_sharded_directory_and_rank_pushes_with_combine(case, tmp_path):  # noqa: F811
+    env = env_for(case, tmp_path)
+    opts = ["--chunk-size", CHUNK, *case.cli_options()]
+    ckpt = tmp_path / "step-5"
+    ckpt.mkdir()
+    for r in range(4):
+        model(ckpt / f"rank-{r}.safetensors", seed=10 + r)
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "b"}}))
+    # the whole folder as one ref
+    tz(["push", str(ckpt), case.url, "--ref", "run7/step-5", *opts], env)
+    out = tmp_path / "pulled-dir"
+    tz(["pull", case.url, "run7/step-5", "-o", str(out), *case.cli_options()], env)
+    for f in ckpt.iterdir():
+        assert sha(out / f.name) == sha(f)
+    # ranks push their shards concurrently (threads here: one process per rank costs
+    # seconds of start-up on a small test machine), then one combine records the set
+    settings = Settings(cache_dir=str(tmp_path / "rank-cache"), chunk_bytes=16 << 10)
+    with ThreadPoolExecutor(5) as pool:
+        list(pool.map(lambda f: sync.push(str(f), case.remote(), "run7/step-6", settings,
+                                          shard=f.name), sorted(ckpt.iterdir())))
+    assert case.remote().refs.read("run7/step-6") is None  # nothing named before combine
+    bad = tz(["push", case.url, "--ref", "run7/step-6", "--combine", "--expect", "9",
+              *case.cli_options()], env, check=False)
+    assert bad.returncode == 1 and "expected 9" in bad.stderr.decode()
+    tz(["push", case.url, "--ref", "run7/step-6", "--combine", *case.cli_options()], env)
+    # the same files give the same set: both refs name one digest
+    remote = case.remote()
+    assert remote.refs.read("run7/step-6").digest == remote.refs.read("run7/step-5").digest
+    assert remote.staged("run7/step-6") == {}
+
+
+def test_push_errors_are_one_line(tmp_path):
+    case_env = env_for(type("C", (), {"env": {}})(), tmp_path)
+    f = model(tmp_path / "m.safetensors")
+    bad = tz(["push", str(f), str(tmp_path / "b"), "--ref", "../x"], case_env, check=False)
+    assert bad.returncode == 1 and "invalid ref name" in bad.stderr.decode()
+    assert len(bad.stderr.decode().strip().splitlines()) == 1
+    missing = tz(["pull", str(tmp_path / "b"), "nope", "-o", str(tmp_path / "o")], case_env,
+                 check=False)
+    assert missing.returncode == 1 and "no ref nope" in missing.stderr.decode()

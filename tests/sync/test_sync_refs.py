@@ -1,0 +1,101 @@
+"""Refs: conditional create and compare-and-swap on a folder, S3 and GCS; name checks."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sync_helpers import case  # noqa: F401  (fixture)
+
+from theta_zarr import refs
+from theta_zarr.refs import RefConflict, RefError, Refs, check_ref_name
+from theta_zarr.storage import ConditionalWritesUnsupported, ConditionFailed, open_store
+
+D1 = "blake3:" + "1" * 64
+D2 = "blake3:" + "2" * 64
+
+
+@pytest.mark.parametrize("name", ["", "/a", "a/", "a//b", "a/../b", "a..b", ".hidden",
+                                  "a/.x", "x.lock", "a b", "a\x01", "a:b", "a~1", "a^", "a?",
+                                  "a*", "a[", "a\\b", "a@{1}", "a."])
+def test_bad_ref_names_are_refused(name):
+    with pytest.raises(RefError):
+        check_ref_name(name)
+
+
+@pytest.mark.parametrize("name", ["main", "run7/step-3000", "a.b/c_d-e", "v1.2"])
+def test_good_ref_names(name):
+    assert check_ref_name(name) == name
+
+
+def test_create_conflict_and_compare_and_swap(case):  # noqa: F811
+    r = case.remote().refs
+    assert r.read("run/a") is None
+    assert r.set("run/a", D1) == (None, "created")
+    assert r.read("run/a").digest == D1
+    assert r.set("run/a", D1)[1] == "unchanged"
+    with pytest.raises(RefConflict, match="already exists .* use --force"):
+        r.set("run/a", D2)
+    old = r.read("run/a")
+    assert r.set("run/a", D2, force=True)[1] == "moved"
+    # a CAS against the stale value loses, and nothing is overwritten
+    with pytest.raises(RefConflict, match="moved concurrently"):
+        r._write("run/a", D1, old)
+    assert r.read("run/a").digest == D2
+    assert [n for n, _ in r.list("run/")] == ["run/a"]
+
+
+def test_racing_creates_have_one_winner(case):  # noqa: F811
+    r = case.remote().refs
+    digests = [f"blake3:{i:064x}" for i in range(8)]
+    outcome: dict[str, str] = {}
+
+    def go(d: str) -> None:
+        try:
+            Refs(r.blobs).set("race", d)
+            outcome[d] = "won"
+        except RefConflict:
+            outcome[d] = "lost"
+
+    threads = [threading.Thread(target=go, args=(d,)) for d in digests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [d for d, o in outcome.items() if o == "won"]
+    assert len(winners) == 1
+    assert r.read("race").digest == winners[0]
+
+
+def test_lost_response_is_recognised_by_write_id(case):  # noqa: F811
+    """A conditional PUT that succeeded but whose answer was lost, retried: 412, yet ours."""
+    r = case.remote().refs
+    real = r.blobs.put_if
+
+    def lost_then_retried(key, data, expect):
+        real(key, data, expect)  # the first attempt lands...
+        raise ConditionFailed("412 on the retry")  # ...the retry sees it as a conflict
+
+    r.blobs.put_if = lost_then_retried
+    try:
+        assert r.set("lost", D1) == (None, "created")
+    finally:
+        r.blobs.put_if = real
+    value = r.read("lost")
+    assert value.digest == D1 and value.write_id
+
+
+def test_backend_without_conditional_writes_makes_no_refs():
+    store = open_store("memory://tz-no-cas")
+    assert not store.conditional_writes
+    with pytest.raises(ConditionalWritesUnsupported, match="refs need"):
+        Refs(store).set("x", D1)
+
+
+def test_ref_blob_format():
+    data = refs.encode(D1, "ab" * 16)
+    assert data == f"{D1}\nwrite-id {'ab' * 16}\n".encode()
+    assert refs.decode("x", data, "t").digest == D1
+    assert refs.decode("x", D1.encode(), "t").write_id is None
+    with pytest.raises(RefError):
+        refs.decode("x", b"../../etc/passwd\n", "t")

@@ -1,0 +1,43 @@
+"""watch: pushes complete checkpoints once, survives restarts, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+from sync_helpers import Case, env_for, model, tz
+
+from theta_zarr.remote import RemoteSpec
+from theta_zarr.sync import SyncRemote
+
+
+def test_watch_pushes_complete_checkpoints_once(tmp_path):
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    env = env_for(case, tmp_path)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    model(ckpt / "step-1.safetensors", seed=1)
+    (ckpt / "step-2").mkdir()
+    model(ckpt / "step-2" / "model.safetensors", seed=2)  # no marker yet: not complete
+    args = ["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--interval", "0.3",
+            "--marker", "DONE", "--chunk-size", "16KiB", "--once"]
+    err = tz(args, env).stderr.decode()
+    remote = SyncRemote.open(RemoteSpec("t", case.url, {}))
+    assert [n for n, _ in remote.refs.list("run7/")] == ["run7/step-1"]
+    assert "created run7/step-1" in err
+    (ckpt / "step-2" / "DONE").write_text("")
+    err = tz(args, env).stderr.decode()
+    assert "run7/step-1" not in err  # the state file: nothing is pushed twice
+    assert "created run7/step-2" in err
+    assert [n for n, _ in remote.refs.list("run7/")] == ["run7/step-1", "run7/step-2"]
+    files = remote.load(remote.refs.read("run7/step-2").digest).files
+    assert list(files) == ["model.safetensors"]  # the marker is not pushed
+    # a long-running watcher stops cleanly on SIGTERM
+    proc = subprocess.Popen(["theta-zarr", *args[:-1], "--interval", "30"], env=env,
+                            stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert b"watch stopped" in proc.stderr.read()
+    proc.stderr.close()

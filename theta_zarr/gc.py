@@ -1,0 +1,245 @@
+"""Reachability, fsck and garbage collection of chunk objects, with a grace period.
+
+Roots: every manifest blob reachable in git from any ref, the reflog (stashes
+included: ``refs/stash`` and its reflog) and the index; with a remote, also its
+refs, the shards staged for a ref, and every manifest younger than the grace
+period (a push in flight has written its manifest but not yet its ref).  Digests
+are taken from manifest blobs by pattern, so even a manifest that no longer
+parses (a hand-edited or conflicted one) keeps its chunks alive.
+
+Why a concurrent push is safe:
+
+* gc records its start time T0 and never deletes an object or manifest whose
+  mtime (local) or LastModified/updated time (bucket) is after T0 - grace: an
+  object uploaded after gc started is never deleted, nor is one uploaded during
+  the grace period before it.
+* A push may instead *reuse* an old, unreachable object that is already there.
+  gc lists the remote's refs and manifests again just before it deletes and keeps
+  whatever they now name; and a push checks, after its manifest is written and
+  before its ref moves, that every object it reused still exists, uploading any
+  that vanished from its cache.  A ref therefore never names a manifest with
+  missing objects unless a deletion lands in the moment between the push's
+  re-check and its ref write while gc is also past its re-listing; ``fsck``
+  reports that case and re-running the push repairs it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .cache import Cache
+from .manifest import MAGIC, Manifest
+from .objects import MissingObjectError, ObjectError, ObjectStore, bounded_map, object_key
+from .storage import StorageError
+from .sync import FileSet, SyncRemote, digest_bytes
+
+_DIGEST_BYTES = re.compile(rb"blake3:[0-9a-f]{64}")
+MAX_MANIFEST_BLOB = 256 << 20
+
+
+def parse_duration(text: str) -> float:
+    """'7d', '12h', '30m', '45s', '2w' or plain seconds -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text.lower())
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 7d, 12h, 30m, 0)")
+    scale = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+@dataclass
+class Roots:
+    """What must be kept: chunk digests, remote manifest digests, and who needs each."""
+
+    chunks: dict[str, str] = field(default_factory=dict)  # digest -> first user (for fsck)
+    manifests: set[str] = field(default_factory=set)
+
+    def add_chunks(self, digests: Iterable[str], where: str) -> None:
+        for d in digests:
+            self.chunks.setdefault(d, where)
+
+
+# -- git side -----------------------------------------------------------------------------------
+def git_roots(repo, roots: Roots) -> None:
+    """Every manifest blob reachable from refs, reflogs (stashes) and the index."""
+    out = repo.git("rev-list", "--objects", "--all", "--reflog", "--indexed-objects")
+    paths: dict[str, str] = {}
+    for line in out.decode("utf-8", "replace").splitlines():
+        sha, _, path = line.partition(" ")
+        if path:
+            paths.setdefault(sha, path)
+    if not paths:
+        return
+    check = repo.git("cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)",
+                     input="".join(s + "\n" for s in paths).encode()).decode().splitlines()
+    blobs = [p[0] for p in (c.split() for c in check)
+             if len(p) == 3 and p[1] == "blob" and int(p[2]) <= MAX_MANIFEST_BLOB]
+    from .git.files import read_blobs
+
+    for start in range(0, len(blobs), 512):
+        group = blobs[start:start + 512]
+        for sha, data in zip(group, read_blobs(repo, group), strict=True):
+            head = data[:1024]
+            if MAGIC in head or b'"theta_zarr"' in head:
+                where = f"{paths[sha]} (git blob {sha[:10]})"
+                roots.add_chunks((d.decode() for d in _DIGEST_BYTES.findall(data)), where)
+                roots.manifests.add(digest_bytes(data))
+
+
+# -- remote side ----------------------------------------------------------------------------------
+def remote_roots(remote: SyncRemote, roots: Roots, young_after: float,
+                 strict: bool = False) -> list[str]:
+    """Refs, staged shards and young manifests of a remote; returns problems found.
+
+    ``strict`` (fsck) reports a ref whose manifest is missing or corrupt instead of
+    skipping it.
+    """
+    problems: list[str] = []
+    todo: dict[str, str] = {}
+    for name, _ in remote.refs.list():
+        value = remote.refs.read(name)
+        if value is not None:
+            todo.setdefault(value.digest, f"ref {name}")
+    for key, entry in remote.all_staged():
+        if entry.manifest is not None:
+            todo.setdefault(entry.manifest, f"staged {key}")
+        roots.add_chunks(entry.chunks, f"staged {key}")
+    for digest, info in remote.iter_manifests():
+        if info.mtime is None or info.mtime >= young_after:
+            todo.setdefault(digest, f"recent manifest {digest[:19]}")
+    seen: set[str] = set()
+    while todo:
+        digest, where = todo.popitem()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        roots.manifests.add(digest)
+        try:
+            target = remote.load(digest)
+        except (StorageError, ValueError) as e:
+            problems.append(f"{where}: {e}")
+            continue
+        if isinstance(target, FileSet):
+            for name, entry in target.files.items():
+                if entry.manifest is not None:
+                    todo.setdefault(entry.manifest, f"{where}: {name}")
+                roots.add_chunks(entry.chunks, f"{where}: {name}")
+        elif isinstance(target, Manifest):
+            roots.add_chunks(target.digests(), where)
+    return problems if strict else []
+
+
+# -- fsck -----------------------------------------------------------------------------------------
+def check_objects(store: ObjectStore, roots: Roots, fallback: ObjectStore | None = None
+                  ) -> list[str]:
+    """Read and verify every root object in ``store``; one line per missing or corrupt one.
+
+    With ``fallback`` (the remote behind a cache), an object the store lacks is
+    only reported if the fallback lacks it too.
+    """
+    def check(digest: str) -> str | None:
+        try:
+            store.get(digest)
+        except MissingObjectError:
+            if fallback is not None and fallback.has(digest):
+                return None
+            where = f"{store.url} or {fallback.url}" if fallback else store.url
+            return f"missing object {digest} ({object_key(digest)}) in {where}, " \
+                   f"needed by {roots.chunks[digest]}"
+        except ObjectError:
+            return f"corrupt object {digest} ({object_key(digest)}) in {store.url}, " \
+                   f"needed by {roots.chunks[digest]}"
+        return None
+
+    found = [msg for _, msg in bounded_map(check, sorted(roots.chunks), store.concurrency)
+             if msg]
+    return sorted(found)
+
+
+def check_stored(store: ObjectStore, skip: set[str]) -> list[str]:
+    """Verify every object present in a store (the cache) that ``skip`` has not covered."""
+    def check(digest: str) -> str | None:
+        try:
+            store.get(digest)
+        except ObjectError as e:
+            return f"corrupt object {digest} ({object_key(digest)}) in {store.url}: {e}"
+        return None
+
+    digests = [d for d, _, _ in store.iter_digests() if d not in skip]
+    return sorted(m for _, m in bounded_map(check, digests, store.concurrency) if m)
+
+
+# -- gc -------------------------------------------------------------------------------------------
+@dataclass
+class Sweep:
+    where: str
+    keys: list[tuple[str, int]] = field(default_factory=list)  # (key, stored bytes)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(n for _, n in self.keys)
+
+
+def plan_objects(store: ObjectStore, keep: set[str], cutoff: float) -> Sweep:
+    """Objects not in ``keep`` and last written before ``cutoff`` (None mtime: kept)."""
+    sweep = Sweep(store.url)
+    for digest, size, mtime in store.iter_digests():
+        if digest not in keep and mtime is not None and mtime < cutoff:
+            sweep.keys.append((object_key(digest), size))
+    return sweep
+
+
+def plan_manifests(remote: SyncRemote, keep: set[str], cutoff: float) -> Sweep:
+    sweep = Sweep(remote.url)
+    for digest, info in remote.iter_manifests():
+        if digest not in keep and info.mtime is not None and info.mtime < cutoff:
+            sweep.keys.append((remote.manifest_key(digest), info.size))
+    return sweep
+
+
+def delete(store: ObjectStore, sweep: Sweep) -> None:
+    blobs = store.blobs
+    for _ in bounded_map(lambda kv: store._retry(lambda: blobs.delete(kv[0])), sweep.keys,
+                         store.concurrency):
+        pass
+
+
+@dataclass
+class GcResult:
+    sweeps: list[Sweep]
+    start: float
+
+
+def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
+            remote: SyncRemote | None = None, dry_run: bool = False,
+            now: float | None = None) -> GcResult:
+    """Delete unreachable objects older than ``grace`` from the cache (and the remote).
+
+    ``roots_of`` gathers the git roots; the remote's roots are added here, and
+    listed again right before deleting (see the module docstring).
+    """
+    start = time.time() if now is None else now
+    cutoff = start - grace
+    roots = roots_of()
+    if remote is not None:
+        remote_roots(remote, roots, cutoff)
+    sweeps = [plan_objects(cache, set(roots.chunks), cutoff)]
+    if remote is not None:
+        sweeps.append(plan_manifests(remote, roots.manifests, cutoff))
+        sweeps.append(plan_objects(remote.objects, set(roots.chunks), cutoff))
+    if dry_run:
+        return GcResult(sweeps, start)
+    if remote is not None:
+        again = Roots()
+        remote_roots(remote, again, cutoff)
+        sweeps[1].keys = [(k, n) for k, n in sweeps[1].keys
+                          if "blake3:" + k.split("/")[-1].removesuffix(".json")
+                          not in again.manifests]
+        sweeps[2].keys = [(k, n) for k, n in sweeps[2].keys
+                          if "blake3:" + k.split("/")[1] + k.split("/")[2] not in again.chunks]
+        delete(remote.objects, sweeps[1])  # manifests before the objects they name
+        delete(remote.objects, sweeps[2])
+    delete(cache, sweeps[0])
+    return GcResult(sweeps, start)

@@ -1,0 +1,151 @@
+"""Named refs in a remote: ``<remote>/refs/<name>`` pointing at ``<remote>/manifests/``.
+
+Cluster jobs publish checkpoints without git, so the remote itself must keep
+names safe under concurrency: a ref is created only if absent and moved only if
+it still holds the value the mover read (conditional writes: S3 If-None-Match /
+If-Match, GCS ifGenerationMatch, local link(2) / flock+rename).  A backend without
+conditional writes gets no refs at all rather than a racy imitation.
+
+Ref blob format (ASCII, one item a line)::
+
+    blake3:<64 hex>          the digest of the manifest (or set) the ref names
+    write-id <32 hex>        random id of the write that put this value there
+
+The write id settles a conditional PUT whose response was lost: the client
+retries, the retry answers 412 (the first attempt had succeeded), and reading
+the ref back shows our own write id, so the write is reported as ours
+(Icechunk #2099).  Readers accept the first line alone.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .manifest import DIGEST_RE
+from .storage import BlobInfo, BlobNotFound, BlobStore, ConditionFailed, StorageError
+
+REFS_PREFIX = "refs/"
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+MAX_REF_LEN = 1024
+
+
+class RefError(StorageError):
+    """A bad ref name or ref blob; the message says which."""
+
+
+class RefConflict(RefError):
+    """The ref exists (or moved) and the caller's write lost."""
+
+
+def check_ref_name(name: str) -> str:
+    """Validate like ``git check-ref-format`` (one-level names allowed): names become keys."""
+    why = None
+    if not name or len(name) > MAX_REF_LEN:
+        why = "empty or too long"
+    elif _BAD_CHARS.search(name):
+        why = "control characters, spaces and ~^:?*[\\ are not allowed"
+    elif name.startswith("/") or name.endswith("/") or "//" in name:
+        why = "no leading, trailing or doubled '/'"
+    elif ".." in name or "@{" in name or name == "@":
+        why = "'..' and '@{' are not allowed"
+    elif name.endswith("."):
+        why = "may not end with '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        why = "components may not start with '.' or end with '.lock'"
+    if why:
+        raise RefError(f"invalid ref name {name[:80]!r}: {why}")
+    return name
+
+
+@dataclass(frozen=True)
+class RefValue:
+    digest: str
+    write_id: str | None
+    token: str  # the storage version read with it (ETag, generation, content hash)
+
+
+def encode(digest: str, write_id: str) -> bytes:
+    return f"{digest}\nwrite-id {write_id}\n".encode("ascii")
+
+
+def decode(name: str, data: bytes, token: str) -> RefValue:
+    try:
+        lines = data.decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        lines = []
+    digest = lines[0].strip() if lines else ""
+    if not DIGEST_RE.fullmatch(digest):
+        raise RefError(f"ref {name}: not a theta-zarr ref (first line must be a digest)")
+    write_id = None
+    if len(lines) > 1 and lines[1].startswith("write-id "):
+        write_id = lines[1][len("write-id "):].strip()
+    return RefValue(digest, write_id, token)
+
+
+class Refs:
+    """The refs of one remote."""
+
+    def __init__(self, blobs: BlobStore):
+        self.blobs = blobs
+
+    def _key(self, name: str) -> str:
+        return REFS_PREFIX + check_ref_name(name)
+
+    def read(self, name: str) -> RefValue | None:
+        try:
+            data, token = self.blobs.get_versioned(self._key(name))
+        except BlobNotFound:
+            return None
+        return decode(name, data, token)
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, BlobInfo]]:
+        """(name, blob info) of every ref whose name starts with ``prefix``."""
+        folder = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        for info in self.blobs.list(REFS_PREFIX + folder):
+            name = info.key[len(REFS_PREFIX):]
+            if name.startswith(prefix) and not name.rsplit("/", 1)[-1].startswith("."):
+                yield name, info
+
+    def _write(self, name: str, digest: str, expect: RefValue | None) -> RefValue:
+        """One conditional write; a 412 whose read-back shows our write id is our success."""
+        write_id = uuid.uuid4().hex
+        key = self._key(name)
+        try:
+            token = self.blobs.put_if(key, encode(digest, write_id),
+                                      None if expect is None else expect.token)
+        except ConditionFailed:
+            now = self.read(name)
+            if now is not None and (now.write_id == write_id or now.digest == digest):
+                return now  # our own retried write, or a twin writer's identical value
+            raise RefConflict(_conflict_message(name, digest, now, expect)) from None
+        return RefValue(digest, write_id, token)
+
+    def set(self, name: str, digest: str, force: bool = False) -> tuple[RefValue | None, str]:
+        """Point ``name`` at ``digest``; returns (previous value, what happened).
+
+        Without ``force`` an existing ref pointing elsewhere is an error; with it the
+        move is a compare-and-swap against the value read here, so a concurrent
+        mover makes one of the two fail instead of silently losing an update.
+        """
+        if not DIGEST_RE.fullmatch(digest):
+            raise RefError(f"invalid digest {digest[:80]!r}")
+        current = self.read(name)
+        if current is not None and current.digest == digest:
+            return current, "unchanged"
+        if current is not None and not force:
+            raise RefConflict(
+                f"ref {name} already exists in {self.blobs.describe()} and points at "
+                f"{current.digest}, not {digest}; use --force to move it")
+        self._write(name, digest, current)
+        return current, "created" if current is None else "moved"
+
+
+def _conflict_message(name: str, digest: str, now: RefValue | None,
+                      expect: RefValue | None) -> str:
+    where = f"now points at {now.digest}" if now is not None else "was deleted"
+    verb = "was created" if expect is None else "moved"
+    return (f"ref {name} {verb} concurrently by another writer ({where}); "
+            "nothing was overwritten: re-run to try again")

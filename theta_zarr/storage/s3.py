@@ -1,0 +1,69 @@
+"""S3 (and S3-compatible) buckets: the fsspec backend plus conditional writes for refs.
+
+Refs are created with ``PutObject If-None-Match: *`` and moved with
+``PutObject If-Match: <etag>``; S3 answers 412 PreconditionFailed to the loser,
+atomically (AWS since 2024; moto honours both).  The ETag read together with
+the bytes (one GetObject) is the version token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fsspec.asyn import sync
+
+from .base import BlobNotFound, ConditionFailed, StorageError
+from .fsspec import FsspecStore
+
+
+def _is_precondition_failure(e: BaseException) -> bool:
+    """s3fs maps 412 to FileExistsError (If-None-Match) or an OSError whose cause is the
+    botocore error; a CAS against a deleted key answers 404 NoSuchKey."""
+    if isinstance(e, FileExistsError):
+        return True
+    cause = e.__cause__ or e.__context__
+    code = getattr(cause, "response", {}).get("Error", {}).get("Code") if cause else None
+    return code in ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
+
+class S3Store(FsspecStore):
+    conditional_writes = True
+
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        bucket, path, _ = self.fs.split_path(self._path(key))
+        return bucket, path
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        bucket, path = self._bucket_key(key)
+
+        async def fetch() -> tuple[bytes, str]:
+            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=path)
+            body = resp["Body"]
+            try:
+                data = await body.read()
+            finally:
+                body.close()
+            return data, str(resp["ETag"])
+
+        try:
+            return sync(self.fs.loop, fetch)
+        except FileNotFoundError:
+            raise BlobNotFound(f"{key} not found in {self.describe()}") from None
+        except Exception as e:
+            raise StorageError(f"cannot read {key} in {self.describe()}: {e}") from None
+
+    def put_if(self, key: str, data: bytes, expect: str | None) -> str:
+        bucket, path = self._bucket_key(key)
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if expect is None else \
+            {"IfMatch": expect}
+        try:
+            resp = self.fs.call_s3("put_object", Bucket=bucket, Key=path, Body=data,
+                                   **condition)
+        except FileNotFoundError:
+            raise ConditionFailed(f"{key} was deleted from {self.describe()}") from None
+        except Exception as e:
+            if _is_precondition_failure(e):
+                what = "already exists" if expect is None else "changed"
+                raise ConditionFailed(f"{key} {what} in {self.describe()}") from None
+            raise StorageError(f"cannot write {key} in {self.describe()}: {e}") from None
+        return str(resp["ETag"])

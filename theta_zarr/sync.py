@@ -1,0 +1,713 @@
+"""Cluster sync: publish checkpoints to a remote under named refs, without git.
+
+A training job runs ``theta-zarr push CKPT REMOTE --ref run7/step-3000``: the
+checkpoint is cleaned into a local cache (chunks hashed once), the chunks the
+remote lacks are uploaded, then the manifest, then the ref moves (invariant 3:
+a remote never names an object it lacks).  ``pull``/``ls``/``import`` read it back.
+
+A directory (Hugging Face shards + index.json, or one file per rank) is pushed
+as a *set*: a small JSON document listing each file's manifest (checkpoints) or
+chunks (any other file), stored beside the manifests and named by a ref like a
+single checkpoint.  Ranks may push their files separately (``--shard``: each
+records ``<remote>/staging/<ref>/.parts/<file>``) and one ``--combine`` turns the
+staged files into the set and moves the ref.
+
+Remote layout::
+
+    objects/ab/cdef...           chunks (ObjectStore)
+    manifests/<64 hex>.json      manifests and sets, named by the blake3 of their bytes
+    refs/<name>                  see refs.py
+    staging/<ref>/.parts/<file>  one JSON FileEntry per staged shard (until --combine)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import blake3
+
+from . import checkpoint, chunking
+from .cache import Cache
+from .chunkreader import ordered_map
+from .formats.base import FormatError
+from .manifest import DIGEST_RE, Manifest, ManifestError, check_name, looks_like_manifest
+from .objects import ObjectStore, bounded_map
+from .refs import RefError, Refs, RefValue, check_ref_name
+from .remote import RemoteSpec, fetch_objects, open_remote, push_objects
+from .settings import Settings
+from .storage import BlobInfo, BlobNotFound, StorageError
+
+MANIFESTS_PREFIX = "manifests/"
+STAGING_PREFIX = "staging/"
+PARTS = ".parts"
+SET_VERSION = 1
+SET_MAGIC = b'{"theta_zarr_set":'
+DEFAULT_CACHE = "~/.cache/theta-zarr"
+
+
+class SyncError(StorageError):
+    """A cluster-sync operation cannot go on; the message says what and where."""
+
+
+def default_cache_dir(override: str | None = None) -> str:
+    """--cache, else $THETA_ZARR_CACHE, else ~/.cache/theta-zarr (shared by a node's jobs)."""
+    path = override or os.environ.get("THETA_ZARR_CACHE") or DEFAULT_CACHE
+    return os.path.abspath(os.path.expanduser(path))
+
+
+# -- sets: a directory of files as one ref ---------------------------------------------------
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a set: a checkpoint's manifest digest, or a plain file's chunks."""
+
+    manifest: str | None = None
+    chunks: tuple[str, ...] = ()
+    size: int = 0
+    chunk_bytes: int = 0
+
+    def to_json(self) -> dict:
+        if self.manifest is not None:
+            return {"manifest": self.manifest}
+        return {"size": self.size, "chunk_bytes": self.chunk_bytes, "chunks": list(self.chunks)}
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> FileEntry:
+        if not isinstance(obj, dict):
+            raise ManifestError(f"{where}: file entry is not an object")
+        if "manifest" in obj:
+            if set(obj) != {"manifest"}:
+                raise ManifestError(f"{where}: unknown keys beside 'manifest'")
+            return cls(manifest=_digest(obj["manifest"], where))
+        if set(obj) != {"size", "chunk_bytes", "chunks"}:
+            raise ManifestError(f"{where}: needs 'manifest' or 'size', 'chunk_bytes', 'chunks'")
+        size, cb, chunks = obj["size"], obj["chunk_bytes"], obj["chunks"]
+        if not (isinstance(size, int) and isinstance(cb, int) and size >= 0 and cb > 0
+                and isinstance(chunks, list) and len(chunks) == -(-size // cb)):
+            raise ManifestError(f"{where}: inconsistent size, chunk_bytes and chunks")
+        return cls(None, tuple(_digest(d, where) for d in chunks), size, cb)
+
+    def chunk_sizes(self) -> dict[str, int]:
+        return {d: min(self.chunk_bytes, self.size - i * self.chunk_bytes)
+                for i, d in enumerate(self.chunks)}
+
+
+def _digest(value: object, where: str) -> str:
+    if not isinstance(value, str) or not DIGEST_RE.fullmatch(value):
+        raise ManifestError(f"{where}: invalid digest {str(value)[:80]!r}")
+    return value
+
+
+@dataclass
+class FileSet:
+    files: dict[str, FileEntry] = field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        """Deterministic, like manifests: the same files give the same digest anywhere."""
+        body = {name: self.files[name].to_json() for name in sorted(self.files)}
+        files = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        # the version key first, so a reader tells a set from a manifest by its first bytes
+        return f'{{"theta_zarr_set":{SET_VERSION},"files":{files}}}\n'.encode("ascii")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str) -> FileSet:
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ManifestError(f"{source}: set is not valid JSON ({e})") from None
+        if not isinstance(obj, dict) or obj.get("theta_zarr_set") != SET_VERSION or \
+                set(obj) != {"theta_zarr_set", "files"} or not isinstance(obj["files"], dict):
+            raise ManifestError(f"{source}: not a theta-zarr set of version {SET_VERSION}")
+        return cls({check_name(n, source): FileEntry.from_json(e, f"{source}: {n[:80]}")
+                    for n, e in obj["files"].items()})
+
+
+Target = Manifest | FileSet
+
+
+def digest_bytes(data: bytes) -> str:
+    return "blake3:" + blake3.blake3(data).hexdigest()
+
+
+def chunk_sizes(manifest: Manifest) -> dict[str, int]:
+    """Raw size of every chunk object a manifest names."""
+    out: dict[str, int] = {}
+    for entry in manifest.params.values():
+        if entry.inline is None:
+            out.update((d, n) for d, (_, n) in zip(entry.chunks, entry.spans(), strict=True))
+    return out
+
+
+# -- the remote as cluster sync sees it ------------------------------------------------------
+class SyncRemote:
+    """Objects, manifests, refs and staged shards of one remote."""
+
+    def __init__(self, objects: ObjectStore):
+        self.objects = objects
+        self.blobs = objects.blobs
+        self.refs = Refs(self.blobs)
+
+    @classmethod
+    def open(cls, spec: RemoteSpec, concurrency: int = 16) -> SyncRemote:
+        return cls(open_remote(spec, concurrency))
+
+    @property
+    def url(self) -> str:
+        return self.objects.url
+
+    @staticmethod
+    def manifest_key(digest: str) -> str:
+        return f"{MANIFESTS_PREFIX}{_digest(digest, 'manifest name')[7:]}.json"
+
+    def put_manifest(self, data: bytes) -> str:
+        """Store a manifest or set under its digest (idempotent: same bytes, same key)."""
+        digest = digest_bytes(data)
+        key = self.manifest_key(digest)
+        if not self.objects._retry(lambda: self.blobs.exists(key)):
+            self.objects._retry(lambda: self.blobs.put(key, [data]))
+        return digest
+
+    def get_bytes(self, digest: str) -> bytes:
+        key = self.manifest_key(digest)
+        try:
+            data = self.objects._retry(lambda: self.blobs.get(key))
+        except BlobNotFound:
+            raise SyncError(f"manifest {digest} is missing from {self.url}") from None
+        if digest_bytes(data) != digest:
+            raise SyncError(f"manifest {digest} in {self.url} is corrupt "
+                            "(content does not match digest)")
+        return data
+
+    def load(self, digest: str) -> Target:
+        return parse_target(self.get_bytes(digest), f"{self.url} {digest[:19]}")
+
+    def resolve(self, ref: str) -> tuple[RefValue, Target]:
+        value = self.refs.read(ref)
+        if value is None:
+            raise RefError(f"no ref {ref} in {self.url}")
+        return value, self.load(value.digest)
+
+    def iter_manifests(self) -> Iterator[tuple[str, BlobInfo]]:
+        for info in self.blobs.list(MANIFESTS_PREFIX):
+            hexd = info.key[len(MANIFESTS_PREFIX):].removesuffix(".json")
+            if DIGEST_RE.fullmatch("blake3:" + hexd) and info.key.endswith(".json"):
+                yield "blake3:" + hexd, info
+
+    # -- staged shards ----------------------------------------------------------------------
+    def _staging(self, ref: str) -> str:
+        return f"{STAGING_PREFIX}{check_ref_name(ref)}/{PARTS}/"
+
+    def stage(self, ref: str, name: str, entry: FileEntry) -> None:
+        key = self._staging(ref) + check_name(name, "shard name")
+        data = json.dumps(entry.to_json(), sort_keys=True).encode()
+        self.objects._retry(lambda: self.blobs.put(key, [data]))
+
+    def staged(self, ref: str) -> dict[str, FileEntry]:
+        prefix = self._staging(ref)
+        out = {}
+        for info in self.blobs.list(prefix):
+            name = check_name(info.key[len(prefix):], "staged shard")
+            data = self.objects._retry(lambda k=info.key: self.blobs.get(k))
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                raise SyncError(f"staged shard {info.key} in {self.url} is not JSON") from None
+            out[name] = FileEntry.from_json(obj, info.key)
+        return out
+
+    def all_staged(self) -> Iterator[tuple[str, FileEntry]]:
+        """(key, entry) of every staged shard of every ref (gc treats them as roots)."""
+        for info in self.blobs.list(STAGING_PREFIX):
+            if f"/{PARTS}/" in info.key:
+                data = self.objects._retry(lambda k=info.key: self.blobs.get(k))
+                yield info.key, FileEntry.from_json(json.loads(data), info.key)
+
+    def unstage(self, ref: str, names: Iterable[str]) -> None:
+        prefix = self._staging(ref)
+        for name in names:
+            self.objects._retry(lambda n=name: self.blobs.delete(prefix + n))
+
+
+def parse_target(data: bytes, source: str) -> Target:
+    if data.lstrip().startswith(SET_MAGIC):
+        return FileSet.from_bytes(data, source)
+    if looks_like_manifest(data[:64]):
+        return Manifest.from_bytes(data, source)
+    raise ManifestError(f"{source}: neither a manifest nor a set")
+
+
+def objects_of(remote: SyncRemote, target: Target) -> tuple[set[str], set[str]]:
+    """(chunk digests, manifest digests) a target needs, following a set's members."""
+    if isinstance(target, Manifest):
+        return target.digests(), set()
+    chunks: set[str] = set()
+    manifests: set[str] = set()
+    for entry in target.files.values():
+        if entry.manifest is not None:
+            manifests.add(entry.manifest)
+            member = remote.load(entry.manifest)
+            if isinstance(member, Manifest):
+                chunks |= member.digests()
+        else:
+            chunks.update(entry.chunks)
+    return chunks, manifests
+
+
+# -- local files to cache ----------------------------------------------------------------------
+@dataclass
+class Cleaned:
+    """A local file after clean: its set entry, and what it needs on the remote."""
+
+    entry: FileEntry
+    manifest_bytes: bytes | None
+    sizes: dict[str, int]
+
+
+def clean_file(path: str, settings: Settings, cache: Cache) -> Cleaned:
+    """A checkpoint becomes a manifest; any other file is cut into plain chunks."""
+    with open(path, "rb") as f:
+        source = checkpoint.open_source(f, cache, name=os.path.basename(path),
+                                        path=os.path.abspath(path))
+        try:
+            manifest = checkpoint.clean(source, settings, cache).manifest
+        except FormatError as e:
+            if "not a checkpoint" not in str(e):
+                raise
+            manifest = None
+    if manifest is not None:
+        data = manifest.to_bytes()
+        return Cleaned(FileEntry(manifest=digest_bytes(data)), data, chunk_sizes(manifest))
+    return _store_plain(path, settings.chunk_bytes, cache)
+
+
+def _store_plain(path: str, chunk_bytes: int, cache: Cache) -> Cleaned:
+    digests, sizes = [], {}
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            d = chunking.digest(block)
+            cache.ensure(d, block)
+            digests.append(d)
+            sizes[d] = len(block)
+    size = os.path.getsize(path)
+    return Cleaned(FileEntry(None, tuple(digests), size, chunk_bytes), None, sizes)
+
+
+def list_files(folder: str, skip: Callable[[str], bool] = lambda rel: False) -> list[str]:
+    """Relative paths of the files under ``folder``, hidden ones left out, sorted."""
+    out = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(here, name), folder).replace(os.sep, "/")
+            if not name.startswith(".") and not skip(rel):
+                out.append(rel)
+    return out
+
+
+# -- push ----------------------------------------------------------------------------------------
+@dataclass
+class PushResult:
+    ref: str
+    digest: str
+    action: str
+    new_bytes: int = 0
+    total_bytes: int = 0
+    new_objects: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.action} {self.ref} -> {self.digest[:19]}: "
+                f"{self.new_bytes / 1e6:.1f} MB new / {self.total_bytes / 1e6:.1f} MB total "
+                f"({self.new_objects} objects uploaded), {self.seconds:.1f} s")
+
+
+def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned]) -> tuple[int, int, int]:
+    """Objects, then manifests; returns (new raw bytes, total raw bytes, objects uploaded).
+
+    Objects the remote already had are checked again after the manifests are in:
+    a gc running at the same time may have taken an old unreachable object this
+    push counted on, and it is put back from the cache before any ref names it.
+    """
+    sizes: dict[str, int] = {}
+    for c in cleaned:
+        sizes.update(c.sizes)
+    lacking = remote.objects.missing(sizes)
+    stats = push_objects(cache, remote.objects, lacking)
+    manifests = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
+    for _ in bounded_map(remote.put_manifest, manifests, remote.objects.concurrency):
+        pass
+    reused = set(sizes) - lacking
+    if reused:
+        vanished = remote.objects.missing(reused)
+        if vanished:
+            again = push_objects(cache, remote.objects, vanished)
+            stats.objects += again.objects
+            stats.raw_bytes += again.raw_bytes
+    return stats.raw_bytes, sum(sizes.values()), stats.objects
+
+
+def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: bool = False,
+         shard: str | None = None, skip: Callable[[str], bool] = lambda rel: False
+         ) -> PushResult:
+    """Publish a checkpoint file or directory under ``ref`` (or stage it as a shard).
+
+    ``skip`` leaves files of a directory out (watch's marker files).
+    """
+    start = time.perf_counter()
+    check_ref_name(ref)
+    cache = checkpoint.open_cache(settings)
+    if os.path.isdir(path):
+        if shard is not None:
+            raise SyncError("--shard takes one file; push a directory without --shard")
+        names = list_files(path, skip)
+        if not names:
+            raise SyncError(f"{path}: no files to push")
+        cleaned = [clean_file(os.path.join(path, n), settings, cache) for n in names]
+        target = FileSet({n: c.entry for n, c in zip(names, cleaned, strict=True)}).to_bytes()
+    elif os.path.isfile(path):
+        cleaned = [clean_file(path, settings, cache)]
+        names = [shard or os.path.basename(path)]
+        entry = cleaned[0].entry
+        target = cleaned[0].manifest_bytes if entry.manifest is not None else \
+            FileSet({names[0]: entry}).to_bytes()
+    else:
+        raise SyncError(f"{path}: no such file or directory")
+    new, total, count = _upload(remote, cache, cleaned)
+    if shard is not None:
+        remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry)
+        return PushResult(ref, cleaned[0].entry.manifest or "blake3:" + "0" * 64,
+                          f"staged {names[0]} for", new, total, count,
+                          time.perf_counter() - start)
+    digest = remote.put_manifest(target)
+    _, action = remote.refs.set(ref, digest, force=force)
+    return PushResult(ref, digest, action, new, total, count, time.perf_counter() - start)
+
+
+def combine(remote: SyncRemote, ref: str, force: bool = False,
+            expect: int | None = None) -> PushResult:
+    """Record the shards staged for ``ref`` as one set and move the ref to it."""
+    start = time.perf_counter()
+    staged = remote.staged(ref)
+    if not staged:
+        raise SyncError(f"no shards staged for {ref} in {remote.url} (push them with --shard)")
+    if expect is not None and len(staged) != expect:
+        raise SyncError(f"{len(staged)} shard(s) staged for {ref}, expected {expect}: "
+                        f"{', '.join(sorted(staged))}")
+    fileset = FileSet(staged)
+    chunks, manifests = objects_of(remote, fileset)
+    lacking = remote.objects.missing(chunks)
+    if lacking:
+        raise SyncError(f"{len(lacking)} object(s) of the staged shards are missing from "
+                        f"{remote.url} (first: {sorted(lacking)[0]}); push the shards again")
+    digest = remote.put_manifest(fileset.to_bytes())
+    _, action = remote.refs.set(ref, digest, force=force)
+    remote.unstage(ref, staged)
+    return PushResult(ref, digest, f"{action} ({len(staged)} shards)",
+                      seconds=time.perf_counter() - start)
+
+
+# -- pull / ls ------------------------------------------------------------------------------------
+def select_params(manifest: Manifest, include: list[str] | None) -> Manifest:
+    if not include:
+        return manifest
+    names = [n for n in manifest.params if any(fnmatch.fnmatchcase(n, g) for g in include)]
+    return checkpoint.select(manifest, names)
+
+
+def _write_atomic(dest: str, write: Callable[[object], None]) -> None:
+    folder = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            write(out)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a pulled file should get
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
+         include: list[str] | None = None) -> list[str]:
+    """Rebuild the checkpoint (or directory) a ref names at ``out``; bit-exact, verified."""
+    cache = checkpoint.open_cache(settings)
+    _, target = remote.resolve(ref)
+    if isinstance(target, Manifest):
+        items: list[tuple[str, Manifest | FileEntry]] = [(out, select_params(target, include))]
+    else:
+        if os.path.isfile(out):
+            raise SyncError(f"{ref} is a directory of {len(target.files)} files; "
+                            f"{out} is a file")
+        items = []
+        for name, entry in target.files.items():
+            member = remote.load(entry.manifest) if entry.manifest is not None else entry
+            if isinstance(member, FileSet):
+                raise ManifestError(f"{ref}: {name} names a set inside a set")
+            if isinstance(member, Manifest):
+                member = select_params(member, include)
+                if include and not member.params:
+                    continue
+            items.append((os.path.join(out, *name.split("/")), member))
+    needed: set[str] = set()
+    for _, item in items:
+        needed |= item.digests() if isinstance(item, Manifest) else set(item.chunks)
+    fetch_objects(remote.objects, cache, cache.missing(needed))
+    done = []
+    for dest, item in items:
+        if isinstance(item, Manifest):
+            _write_atomic(dest, lambda f, m=item, d=dest: checkpoint.smudge(
+                m, f, settings, name=d, cache=cache, ensured=True))
+        else:
+            _write_atomic(dest, lambda f, e=item: _write_plain(e, f, cache, settings.workers))
+        done.append(dest)
+    return done
+
+
+def _write_plain(entry: FileEntry, out, cache: Cache, workers: int) -> None:
+    for raw in ordered_map(cache.get, entry.chunks, workers):
+        out.write(raw)
+
+
+@dataclass
+class RefRow:
+    name: str
+    mtime: float | None
+    digest: str
+    nbytes: int
+    params: int
+    files: int
+    error: str | None = None
+
+
+def ls(remote: SyncRemote, prefix: str = "") -> list[RefRow]:
+    """Every ref under ``prefix`` with its time, size and parameter count."""
+    listed = list(remote.refs.list(prefix))
+
+    def row(item: tuple[str, BlobInfo]) -> RefRow:
+        name, info = item
+        try:
+            value, target = remote.resolve(name)
+        except (StorageError, ValueError) as e:
+            return RefRow(name, info.mtime, "?", 0, 0, 0, str(e))
+        members = [target] if isinstance(target, Manifest) else [
+            remote.load(e.manifest) if e.manifest else e for e in target.files.values()]
+        nbytes = sum(m.nbytes if isinstance(m, Manifest) else m.size for m in members)
+        params = sum(len(m.params) for m in members if isinstance(m, Manifest))
+        return RefRow(name, info.mtime, value.digest, nbytes, params, len(members))
+
+    rows = [r for _, r in bounded_map(row, listed, remote.objects.concurrency)]
+    return sorted(rows, key=lambda r: r.name)
+
+
+# -- watch ----------------------------------------------------------------------------------------
+CHECKPOINT_GLOBS = ("*.safetensors", "*.pt", "*.pth", "*.bin", "*.npz", "*.npy")
+STATE_FILE = ".theta-zarr-watch.json"
+
+
+@dataclass
+class WatchOptions:
+    prefix: str
+    interval: float = 30.0
+    marker: str | None = None
+    globs: tuple[str, ...] = CHECKPOINT_GLOBS
+    once: bool = False
+    exit_after: float | None = None
+    state: str | None = None
+    force: bool = False
+
+
+class Watcher:
+    """Push each checkpoint that appears under a folder once it is complete.
+
+    A checkpoint is a sub-folder (pushed as a set, ref = prefix + folder name) or
+    a top-level file matching ``globs`` (ref = prefix + file name without suffix).
+    Complete means: the marker file is present (folders, with ``marker``), or the
+    names, sizes and mtimes did not change between two scans ``interval`` apart.
+    What was pushed is kept in a state file, so a restarted watcher re-uploads
+    nothing; a checkpoint that changes after its push is reported, not re-pushed
+    over the ref (its ref would have to move: that needs --force).
+    """
+
+    def __init__(self, root: str, remote: SyncRemote, settings: Settings, opts: WatchOptions,
+                 echo: Callable[[str], None]):
+        self.root = os.path.abspath(root)
+        self.remote = remote
+        self.settings = settings
+        self.opts = opts
+        self.echo = echo
+        self.state_path = opts.state or os.path.join(self.root, STATE_FILE)
+        self.state: dict[str, dict] = self._load_state()
+        self.failed: dict[str, str] = {}  # ref -> signature that failed (retried on change)
+
+    def _load_state(self) -> dict[str, dict]:
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise SyncError(f"cannot read watch state {self.state_path}: {e}") from None
+        return data.get("pushed", {}) if isinstance(data, dict) else {}
+
+    def _save_state(self) -> None:
+        data = json.dumps({"pushed": self.state}, indent=1, sort_keys=True).encode()
+        _write_atomic(self.state_path, lambda f: f.write(data))
+
+    def candidates(self) -> dict[str, str]:
+        """ref -> path of every checkpoint-like entry of the folder."""
+        out = {}
+        for name in sorted(os.listdir(self.root)):
+            path = os.path.join(self.root, name)
+            if name.startswith(".") or os.path.abspath(path) == self.state_path:
+                continue
+            if os.path.isdir(path):
+                out[self.opts.prefix + name] = path
+            elif any(fnmatch.fnmatch(name, g) for g in self.opts.globs):
+                out[self.opts.prefix + os.path.splitext(name)[0]] = path
+        for ref in out:
+            check_ref_name(ref)
+        return out
+
+    def _is_marker(self, rel: str) -> bool:
+        return self.opts.marker is not None and fnmatch.fnmatch(rel.rsplit("/", 1)[-1],
+                                                               self.opts.marker)
+
+    def signature(self, path: str) -> str:
+        if os.path.isdir(path):
+            items = []
+            for rel in list_files(path):
+                st = os.stat(os.path.join(path, rel))
+                items.append((rel, st.st_size, st.st_mtime_ns))
+        else:
+            st = os.stat(path)
+            items = [("", st.st_size, st.st_mtime_ns)]
+        return blake3.blake3(json.dumps(items).encode()).hexdigest()[:32]
+
+    def _has_marker(self, path: str) -> bool:
+        return os.path.isdir(path) and any(self._is_marker(r) for r in list_files(path))
+
+    def scan(self, previous: dict[str, str], stop) -> tuple[dict[str, str], int]:
+        """One pass: push what is complete; returns (signatures seen, failures)."""
+        seen, failures = {}, 0
+        for ref, path in self.candidates().items():
+            if stop.is_set():
+                break
+            try:
+                sig = self.signature(path)
+            except FileNotFoundError:
+                continue  # removed while we looked
+            seen[ref] = sig
+            done = self.state.get(ref)
+            if done is not None:
+                if done.get("signature") != sig and self.failed.get(ref) != sig:
+                    self.echo(f"{ref}: {path} changed after it was pushed; not pushed again")
+                    self.failed[ref] = sig
+                continue
+            by_marker = self.opts.marker is not None and os.path.isdir(path)
+            complete = self._has_marker(path) if by_marker else previous.get(ref) == sig
+            if not complete:
+                continue
+            if self.failed.get(ref) == sig:
+                continue
+            try:
+                result = self._push(path, ref)
+            except (StorageError, ManifestError, FormatError, OSError, ValueError) as e:
+                self.echo(f"{ref}: push failed: {e}")
+                self.failed[ref] = sig
+                failures += 1
+                continue
+            self.state[ref] = {"signature": sig, "digest": result.digest, "path": path}
+            self._save_state()
+            self.echo(result.summary())
+        return seen, failures
+
+    def _push(self, path: str, ref: str) -> PushResult:
+        return push(path, self.remote, ref, self.settings, force=self.opts.force,
+                    skip=self._is_marker)
+
+    def run(self, stop) -> int:
+        """Scan until ``stop`` is set (SIGTERM), ``exit_after`` passes, or once; 1 on failures."""
+        started = time.monotonic()
+        previous: dict[str, str] = {}
+        failures = 0
+        passes = 0
+        while not stop.is_set():
+            previous, failed = self.scan(previous, stop)
+            failures += failed
+            passes += 1
+            if self.opts.once and passes >= 2:
+                break
+            if self.opts.exit_after is not None and \
+                    time.monotonic() - started >= self.opts.exit_after:
+                break
+            stop.wait(self.opts.interval)
+        return 1 if failures else 0
+
+
+# -- import into a git repository -----------------------------------------------------------------
+def import_ref(repo, remote: SyncRemote, ref: str, path: str, settings: Settings) -> list[str]:
+    """Stage the checkpoint a ref names as the tracked file ``path``, without re-hashing it.
+
+    The manifest goes into git as it is (hash-object + update-index --cacheinfo);
+    git itself then writes the working-tree file through the filter (checkout-index),
+    so the index records its stat data and ``git status`` is clean: the real file
+    from the cache (chunks fetched first), or the manifest on a lazy checkout.
+    A set becomes a directory: manifests for checkpoints, plain blobs for the rest.
+    """
+    from .git.install import DRIVER
+
+    _, target = remote.resolve(ref)
+    rel = os.path.relpath(os.path.abspath(path), repo.top).replace(os.sep, "/")
+    if rel.startswith("../"):
+        raise SyncError(f"{path} is outside the repository {repo.top}")
+    cache = checkpoint.open_cache(settings)
+    entries: list[tuple[str, bytes | FileEntry]] = []
+    if isinstance(target, Manifest):
+        entries.append((rel, target.to_bytes()))
+    else:
+        for name, entry in sorted(target.files.items()):
+            dest = f"{rel}/{name}" if rel != "." else name
+            if entry.manifest is not None:
+                member = remote.load(entry.manifest)
+                if not isinstance(member, Manifest):
+                    raise ManifestError(f"{ref}: {name} names a set inside a set")
+                entries.append((dest, member.to_bytes()))
+            else:
+                entries.append((dest, entry))
+    manifest_paths = [p for p, item in entries if isinstance(item, bytes)]
+    attrs = repo.git("check-attr", "-z", "--stdin", "filter",
+                     input="\0".join(manifest_paths).encode() + b"\0").split(b"\0")
+    untracked = [attrs[i].decode() for i in range(0, len(attrs) - 2, 3)
+                 if attrs[i + 2].decode() != DRIVER]
+    if untracked:
+        raise SyncError(f"{untracked[0]} is not tracked by theta-zarr; run "
+                        f"'git theta-zarr track' for it first")
+    needed: set[str] = set()
+    for _, item in entries:
+        if isinstance(item, FileEntry):
+            needed.update(item.chunks)
+        elif not settings.lazy:
+            needed |= Manifest.from_bytes(item).digests()
+    fetch_objects(remote.objects, cache, cache.missing(needed))
+    for dest, item in entries:
+        if isinstance(item, FileEntry):
+            data = b"".join(bytes(cache.get(d)) for d in item.chunks)
+        else:
+            data = item
+        sha = repo.git("hash-object", "-w", "--stdin", input=data).decode().strip()
+        repo.git("update-index", "--add", "--cacheinfo", f"100644,{sha},{dest}")
+    for dest, _ in entries:
+        full = os.path.join(repo.top, *dest.split("/"))
+        if os.path.isfile(full):
+            os.unlink(full)  # checkout-index skips a file it thinks is up to date
+    repo.git("checkout-index", "-u", "--force", "--", *[d for d, _ in entries])
+    return [d for d, _ in entries]
