@@ -12,9 +12,8 @@ matching ``include``.  Where the manifest comes from:
 from __future__ import annotations
 
 import builtins
-import fnmatch
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import checkpoint
@@ -31,13 +30,7 @@ if TYPE_CHECKING:
     import zarr
 
 
-def select(names: Iterable[str], include: Sequence[str] | str | None) -> list[str]:
-    """Names matching any glob in ``include`` (all of them when it is None)."""
-    names = list(names)
-    if include is None:
-        return names
-    globs = [include] if isinstance(include, str) else list(include)
-    return [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+select = checkpoint.match_names
 
 
 def read_manifest(path: str, rev: str | None = "HEAD") -> tuple[Manifest, Repo, ReadThrough]:

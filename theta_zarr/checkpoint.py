@@ -9,7 +9,8 @@ manifests in the working tree).  smudge makes sure the cache holds every chunk
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -68,6 +69,15 @@ def clean(source: Source, settings: Settings, cache: Cache,
             raise FormatError(str(e)) from None
         params = writer.finish()
     return CleanResult(Manifest(fmt_info, params), writer.stats)
+
+
+def match_names(names: Iterable[str], include: Sequence[str] | str | None) -> list[str]:
+    """Names matching any glob in ``include`` (all of them when it is None), in order."""
+    names = list(names)
+    if include is None:
+        return names
+    globs = [include] if isinstance(include, str) else list(include)
+    return [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
 
 
 def select(manifest: Manifest, names: list[str]) -> Manifest:

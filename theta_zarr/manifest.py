@@ -3,7 +3,10 @@
 A manifest holds content only (shapes, dtypes, chunk shapes, digests and what
 the format plug-in needs to rebuild the file), so the same checkpoint gives the
 same bytes on every machine.  Everything read is validated before use: a name
-or digest from a manifest may later become a key or a path.
+or digest from a manifest may later become a key or a path.  Validation is in
+two steps: the JSON Schema ``schema/manifest-v1.json`` (the structure), then the
+rules no schema can express (chunk counts, contiguous chunk shapes, inline
+lengths); docs/manifest.md is the normative text.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import binascii
 import json
 import math
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from . import chunking
@@ -217,9 +222,13 @@ class Manifest:
     def from_json(cls, obj: Mapping[str, Any], source: str = "manifest") -> Manifest:
         version = obj.get("theta_zarr") if isinstance(obj, Mapping) else None
         if version != VERSION or isinstance(version, bool):
+            # before the schema: a newer manifest's other fields mean nothing to us
             raise ManifestError(
                 f"{source}: unsupported manifest version {version!r} (this theta-zarr reads "
                 f"version {VERSION}; upgrade theta-zarr)")
+        check_schema(obj, source)
+        # What follows re-checks cheaply what the schema covers and adds what it cannot
+        # express: integers spelt 4.0, contiguous chunking, chunk counts, inline lengths.
         extra = set(obj) - {"theta_zarr", "format", "params"}
         if extra:
             raise ManifestError(f"{source}: unknown top-level keys {sorted(extra)}")
@@ -235,6 +244,238 @@ class Manifest:
             check_name(name, source)
             entries[name] = ParamEntry.from_json(entry, f"{source}: {name[:80]}")
         return cls(dict(fmt), entries)
+
+
+# -- the JSON Schema ------------------------------------------------------------------------
+SCHEMA_RESOURCE = "schema/manifest-v1.json"
+_validator: Any = None
+_validator_lock = threading.Lock()
+
+
+def schema() -> dict[str, Any]:
+    """The manifest v1 JSON Schema (draft 2020-12) shipped with the package."""
+    text = resources.files(__package__).joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _get_validator() -> Any:
+    """The compiled validator, built once per process on first use (jsonschema loads lazily)."""
+    global _validator
+    if _validator is None:
+        with _validator_lock:
+            if _validator is None:
+                _validator = _compile(schema())
+    return _validator
+
+
+def _compile(doc: dict[str, Any]) -> Any:
+    """A Draft 2020-12 validator for ``doc``, with fast paths for the simple subschemas.
+
+    jsonschema descends into a subschema per array item and per property (several
+    microseconds each), which for a large checkpoint's thousands of digests is too
+    slow for a filter.  Here a subschema that uses only type / enum / pattern / length
+    / bound keywords is checked by one compiled Python predicate; whatever the
+    predicate does not accept goes to jsonschema's own keyword, which decides and
+    words the error.  A predicate is never more lenient than the schema
+    (tests/test_schema.py compares the two), so the result is the schema's.
+    """
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    flat = _inline_refs(doc, doc.get("$defs", {}))
+    orig = base.VALIDATORS
+    checks: dict[int, Any] = {}
+
+    def simple(sub: Any) -> Any:
+        key = id(sub)
+        if key not in checks:
+            checks[key] = _predicate(sub)
+        return checks[key]
+
+    def items(validator, sub, instance, schema_):
+        check = simple(sub)
+        if not (check and isinstance(instance, list) and all(map(check, instance))):
+            yield from orig["items"](validator, sub, instance, schema_)
+
+    def property_names(validator, sub, instance, schema_):
+        check = simple(sub)
+        if not (check and isinstance(instance, dict) and all(map(check, instance))):
+            yield from orig["propertyNames"](validator, sub, instance, schema_)
+
+    def properties(validator, props, instance, schema_):
+        if not isinstance(instance, dict):
+            return
+        slow = {}
+        for name, sub in props.items():
+            if name in instance:
+                check = simple(sub)
+                if not (check and check(instance[name])):
+                    slow[name] = sub
+        if slow:
+            yield from orig["properties"](validator, slow, instance, schema_)
+
+    fast = jsonschema.validators.extend(base, {"items": items, "properties": properties,
+                                               "propertyNames": property_names})
+    # the validator holds ``flat``, so the ids ``checks`` is keyed by stay valid
+    return fast(flat)
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """The schema with its local ``#/$defs/...`` references replaced by their targets.
+
+    In draft 2020-12 a ``$ref`` beside other keywords applies both, as ``allOf`` does.
+    """
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        ref = node["$ref"]
+        if not ref.startswith("#/$defs/") or ref.count("/") != 2:
+            raise ValueError(f"manifest schema: unsupported $ref {ref!r}")
+        target = _inline_refs(defs[ref.rsplit("/", 1)[1]], defs)
+        rest = {k: v for k, v in node.items() if k != "$ref"}
+        return {"allOf": [target, _inline_refs(rest, defs)]} if rest else target
+    return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+
+
+_SIMPLE_KEYS = {"type", "enum", "pattern", "minLength", "maxLength", "minimum", "maximum",
+                "maxItems", "minItems", "items", "description", "title"}
+
+
+def _predicate(sub: Any) -> Any:
+    """A function deciding ``sub`` exactly, or None when ``sub`` is not simple enough."""
+    if not isinstance(sub, dict) or not set(sub) <= _SIMPLE_KEYS:
+        return None
+    kind = sub.get("type")
+    if kind == "string":
+        if "items" in sub or "enum" in sub and not all(isinstance(e, str) for e in sub["enum"]):
+            return None
+        pattern = re.compile(sub["pattern"]).search if "pattern" in sub else None
+        lo, hi = sub.get("minLength", 0), sub.get("maxLength")
+        enum = frozenset(sub["enum"]) if "enum" in sub else None
+
+        def check_str(x: Any) -> bool:
+            return (isinstance(x, str) and lo <= len(x) and (hi is None or len(x) <= hi)
+                    and (enum is None or x in enum)
+                    and (pattern is None or pattern(x) is not None))
+        return check_str
+    if kind == "integer":
+        if set(sub) - {"type", "minimum", "maximum", "description", "title"}:
+            return None
+        low, high = sub.get("minimum"), sub.get("maximum")
+
+        def check_int(x: Any) -> bool:
+            # draft 2020-12: 4.0 is an integer; a bool is not
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or (
+                    isinstance(x, float) and not x.is_integer()):
+                return False
+            return (low is None or x >= low) and (high is None or x <= high)
+        return check_int
+    if kind == "array":
+        if set(sub) - {"type", "items", "minItems", "maxItems", "description", "title"}:
+            return None
+        item = _predicate(sub["items"]) if "items" in sub else (lambda x: True)
+        if item is None:
+            return None
+        lo, hi = sub.get("minItems", 0), sub.get("maxItems")
+
+        def check_list(x: Any) -> bool:
+            return (isinstance(x, list) and lo <= len(x) and (hi is None or len(x) <= hi)
+                    and all(map(item, x)))
+        return check_list
+    return None
+
+
+def check_schema(obj: object, source: str = "manifest") -> None:
+    """Validate a parsed manifest against the schema; a failure is one ManifestError line."""
+    validator = _get_validator()
+    if validator.is_valid(obj):
+        return
+    # the shallowest error first (a bad name before its entry); "exactly one of" last
+    errors = sorted(validator.iter_errors(obj), key=lambda e: (
+        len(e.absolute_path), e.validator in ("minProperties", "maxProperties")))
+    raise ManifestError(_describe(errors[0], source))
+
+
+def json_path(path: Iterable[object]) -> str:
+    """``$.params["a.b"].chunks[1]``: names quoted (they hold dots), one line, bounded."""
+    out = "$"
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            out += f".{part}"
+        else:
+            out += f"[{json.dumps(str(part)[:80])}]"
+    return out
+
+
+def _describe(error: Any, source: str) -> str:
+    """The message for one schema error, in the words the hand-written checks always used."""
+    path = list(error.absolute_path)
+    at = f" (at {json_path(path)})"
+    schema_path = list(error.absolute_schema_path)
+    kind, value = error.validator, error.instance
+    if not path:
+        if kind == "additionalProperties":
+            extra = sorted(set(value) - {"theta_zarr", "format", "params"})
+            return f"{source}: unknown top-level keys {extra}{at}"
+        if kind == "required":
+            if "format" not in value:
+                return f"{source}: 'format' must be an object with a valid 'name'{at}"
+            return f"{source}: 'params' must be an object{at}"
+    head = path[0] if path else None
+    if head == "format":
+        if len(path) == 1 or path[1] == "name":
+            return f"{source}: 'format' must be an object with a valid 'name'{at}"
+        return f"{source}: 'format' is invalid: {_short(error.message)}{at}"
+    if head != "params":
+        return f"{source}: {_short(error.message)}{at}"
+    if len(path) == 1:
+        if "propertyNames" in schema_path:
+            if not isinstance(value, str) or not value:
+                return f"{source}: empty or non-string parameter name{at}"
+            return f"{source}: invalid parameter name {value[:80]!r}{at}"
+        return f"{source}: 'params' must be an object{at}"
+    where = f"{source}: {str(path[1])[:80]}"
+    field_ = path[2] if len(path) > 2 else None
+    if field_ is None:
+        if kind == "type":
+            return f"{where}: parameter entry is not an object{at}"
+        if kind == "additionalProperties":
+            extra = sorted(set(value) - {"shape", "dtype", "chunk_shape", "chunks", "inline"})
+            return f"{where}: unknown keys {extra}{at}"
+        if kind == "required":
+            missing = error.message.split("'")[1] if "'" in error.message else "?"
+            if missing in ("shape", "chunk_shape"):
+                minimum = 0 if missing == "shape" else 1
+                return f"{where}: {missing} must be a list of integers >= {minimum}{at}"
+            if missing == "dtype":
+                return f"{where}: unknown dtype None{at}"
+        return f"{where}: needs exactly one of 'chunks' and 'inline'{at}"
+    if field_ in ("shape", "chunk_shape"):
+        minimum = 0 if field_ == "shape" else 1
+        return f"{where}: {field_} must be a list of integers >= {minimum}{at}"
+    if field_ == "dtype":
+        return f"{where}: unknown dtype {str(value)[:40]!r}{at}"
+    if field_ == "chunks":
+        if len(path) == 3:
+            return f"{where}: chunks is not a list{at}"
+        return f"{where}: invalid digest {str(value)[:80]!r}{at}"
+    if field_ == "inline":
+        if len(path) == 3:
+            return f"{where}: inline is not a list{at}"
+        if kind == "maxLength":
+            return (f"{where}: inline chunk is longer than {chunking.INLINE_MAX_BYTES} "
+                    f"bytes{at}")
+        return f"{where}: inline chunk is not base64{at}"
+    return f"{where}: {_short(error.message)}{at}"
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _dump(obj: Any) -> str:

@@ -22,10 +22,8 @@ Remote layout::
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from .refs import RefError, Refs, RefValue, check_ref_name
 from .remote import RemoteSpec, fetch_objects, open_remote, push_objects
 from .settings import Settings
 from .storage import BlobInfo, BlobNotFound, StorageError
+from .streams import write_atomic
 
 MANIFESTS_PREFIX = "manifests/"
 STAGING_PREFIX = "staging/"
@@ -415,25 +414,7 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
 def select_params(manifest: Manifest, include: list[str] | None) -> Manifest:
     if not include:
         return manifest
-    names = [n for n in manifest.params if any(fnmatch.fnmatchcase(n, g) for g in include)]
-    return checkpoint.select(manifest, names)
-
-
-def _write_atomic(dest: str, write: Callable[[object], None]) -> None:
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a pulled file should get
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    return checkpoint.select(manifest, checkpoint.match_names(manifest.params, include))
 
 
 def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
@@ -464,10 +445,10 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
     done = []
     for dest, item in items:
         if isinstance(item, Manifest):
-            _write_atomic(dest, lambda f, m=item, d=dest: checkpoint.smudge(
+            write_atomic(dest, lambda f, m=item, d=dest: checkpoint.smudge(
                 m, f, settings, name=d, cache=cache, ensured=True))
         else:
-            _write_atomic(dest, lambda f, e=item: _write_plain(e, f, cache, settings.workers))
+            write_atomic(dest, lambda f, e=item: _write_plain(e, f, cache, settings.workers))
         done.append(dest)
     return done
 
@@ -506,208 +487,3 @@ def ls(remote: SyncRemote, prefix: str = "") -> list[RefRow]:
 
     rows = [r for _, r in bounded_map(row, listed, remote.objects.concurrency)]
     return sorted(rows, key=lambda r: r.name)
-
-
-# -- watch ----------------------------------------------------------------------------------------
-CHECKPOINT_GLOBS = ("*.safetensors", "*.pt", "*.pth", "*.bin", "*.npz", "*.npy")
-STATE_FILE = ".theta-zarr-watch.json"
-
-
-@dataclass
-class WatchOptions:
-    prefix: str
-    interval: float = 30.0
-    marker: str | None = None
-    globs: tuple[str, ...] = CHECKPOINT_GLOBS
-    once: bool = False
-    exit_after: float | None = None
-    state: str | None = None
-    force: bool = False
-
-
-class Watcher:
-    """Push each checkpoint that appears under a folder once it is complete.
-
-    A checkpoint is a sub-folder (pushed as a set, ref = prefix + folder name) or
-    a top-level file matching ``globs`` (ref = prefix + file name without suffix).
-    Complete means: the marker file is present (folders, with ``marker``), or the
-    names, sizes and mtimes did not change between two scans ``interval`` apart.
-    What was pushed is kept in a state file, so a restarted watcher re-uploads
-    nothing; a checkpoint that changes after its push is reported, not re-pushed
-    over the ref (its ref would have to move: that needs --force).
-    """
-
-    def __init__(self, root: str, remote: SyncRemote, settings: Settings, opts: WatchOptions,
-                 echo: Callable[[str], None]):
-        self.root = os.path.abspath(root)
-        self.remote = remote
-        self.settings = settings
-        self.opts = opts
-        self.echo = echo
-        self.state_path = opts.state or os.path.join(self.root, STATE_FILE)
-        self.state: dict[str, dict] = self._load_state()
-        self.failed: dict[str, str] = {}  # ref -> signature that failed (retried on change)
-
-    def _load_state(self) -> dict[str, dict]:
-        try:
-            with open(self.state_path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            raise SyncError(f"cannot read watch state {self.state_path}: {e}") from None
-        return data.get("pushed", {}) if isinstance(data, dict) else {}
-
-    def _save_state(self) -> None:
-        data = json.dumps({"pushed": self.state}, indent=1, sort_keys=True).encode()
-        _write_atomic(self.state_path, lambda f: f.write(data))
-
-    def candidates(self) -> dict[str, str]:
-        """ref -> path of every checkpoint-like entry of the folder."""
-        out = {}
-        for name in sorted(os.listdir(self.root)):
-            path = os.path.join(self.root, name)
-            if name.startswith(".") or os.path.abspath(path) == self.state_path:
-                continue
-            if os.path.isdir(path):
-                out[self.opts.prefix + name] = path
-            elif any(fnmatch.fnmatch(name, g) for g in self.opts.globs):
-                out[self.opts.prefix + os.path.splitext(name)[0]] = path
-        for ref in out:
-            check_ref_name(ref)
-        return out
-
-    def _is_marker(self, rel: str) -> bool:
-        return self.opts.marker is not None and fnmatch.fnmatch(rel.rsplit("/", 1)[-1],
-                                                               self.opts.marker)
-
-    def signature(self, path: str) -> str:
-        if os.path.isdir(path):
-            items = []
-            for rel in list_files(path):
-                st = os.stat(os.path.join(path, rel))
-                items.append((rel, st.st_size, st.st_mtime_ns))
-        else:
-            st = os.stat(path)
-            items = [("", st.st_size, st.st_mtime_ns)]
-        return blake3.blake3(json.dumps(items).encode()).hexdigest()[:32]
-
-    def _has_marker(self, path: str) -> bool:
-        return os.path.isdir(path) and any(self._is_marker(r) for r in list_files(path))
-
-    def scan(self, previous: dict[str, str], stop) -> tuple[dict[str, str], int]:
-        """One pass: push what is complete; returns (signatures seen, failures)."""
-        seen, failures = {}, 0
-        for ref, path in self.candidates().items():
-            if stop.is_set():
-                break
-            try:
-                sig = self.signature(path)
-            except FileNotFoundError:
-                continue  # removed while we looked
-            seen[ref] = sig
-            done = self.state.get(ref)
-            if done is not None:
-                if done.get("signature") != sig and self.failed.get(ref) != sig:
-                    self.echo(f"{ref}: {path} changed after it was pushed; not pushed again")
-                    self.failed[ref] = sig
-                continue
-            by_marker = self.opts.marker is not None and os.path.isdir(path)
-            complete = self._has_marker(path) if by_marker else previous.get(ref) == sig
-            if not complete:
-                continue
-            if self.failed.get(ref) == sig:
-                continue
-            try:
-                result = self._push(path, ref)
-            except (StorageError, ManifestError, FormatError, OSError, ValueError) as e:
-                self.echo(f"{ref}: push failed: {e}")
-                self.failed[ref] = sig
-                failures += 1
-                continue
-            self.state[ref] = {"signature": sig, "digest": result.digest, "path": path}
-            self._save_state()
-            self.echo(result.summary())
-        return seen, failures
-
-    def _push(self, path: str, ref: str) -> PushResult:
-        return push(path, self.remote, ref, self.settings, force=self.opts.force,
-                    skip=self._is_marker)
-
-    def run(self, stop) -> int:
-        """Scan until ``stop`` is set (SIGTERM), ``exit_after`` passes, or once; 1 on failures."""
-        started = time.monotonic()
-        previous: dict[str, str] = {}
-        failures = 0
-        passes = 0
-        while not stop.is_set():
-            previous, failed = self.scan(previous, stop)
-            failures += failed
-            passes += 1
-            if self.opts.once and passes >= 2:
-                break
-            if self.opts.exit_after is not None and \
-                    time.monotonic() - started >= self.opts.exit_after:
-                break
-            stop.wait(self.opts.interval)
-        return 1 if failures else 0
-
-
-# -- import into a git repository -----------------------------------------------------------------
-def import_ref(repo, remote: SyncRemote, ref: str, path: str, settings: Settings) -> list[str]:
-    """Stage the checkpoint a ref names as the tracked file ``path``, without re-hashing it.
-
-    The manifest goes into git as it is (hash-object + update-index --cacheinfo);
-    git itself then writes the working-tree file through the filter (checkout-index),
-    so the index records its stat data and ``git status`` is clean: the real file
-    from the cache (chunks fetched first), or the manifest on a lazy checkout.
-    A set becomes a directory: manifests for checkpoints, plain blobs for the rest.
-    """
-    from .git.install import DRIVER
-
-    _, target = remote.resolve(ref)
-    rel = os.path.relpath(os.path.abspath(path), repo.top).replace(os.sep, "/")
-    if rel.startswith("../"):
-        raise SyncError(f"{path} is outside the repository {repo.top}")
-    cache = checkpoint.open_cache(settings)
-    entries: list[tuple[str, bytes | FileEntry]] = []
-    if isinstance(target, Manifest):
-        entries.append((rel, target.to_bytes()))
-    else:
-        for name, entry in sorted(target.files.items()):
-            dest = f"{rel}/{name}" if rel != "." else name
-            if entry.manifest is not None:
-                member = remote.load(entry.manifest)
-                if not isinstance(member, Manifest):
-                    raise ManifestError(f"{ref}: {name} names a set inside a set")
-                entries.append((dest, member.to_bytes()))
-            else:
-                entries.append((dest, entry))
-    manifest_paths = [p for p, item in entries if isinstance(item, bytes)]
-    attrs = repo.git("check-attr", "-z", "--stdin", "filter",
-                     input="\0".join(manifest_paths).encode() + b"\0").split(b"\0")
-    untracked = [attrs[i].decode() for i in range(0, len(attrs) - 2, 3)
-                 if attrs[i + 2].decode() != DRIVER]
-    if untracked:
-        raise SyncError(f"{untracked[0]} is not tracked by theta-zarr; run "
-                        f"'git theta-zarr track' for it first")
-    needed: set[str] = set()
-    for _, item in entries:
-        if isinstance(item, FileEntry):
-            needed.update(item.chunks)
-        elif not settings.lazy:
-            needed |= Manifest.from_bytes(item).digests()
-    fetch_objects(remote.objects, cache, cache.missing(needed))
-    for dest, item in entries:
-        if isinstance(item, FileEntry):
-            data = b"".join(bytes(cache.get(d)) for d in item.chunks)
-        else:
-            data = item
-        sha = repo.git("hash-object", "-w", "--stdin", input=data).decode().strip()
-        repo.git("update-index", "--add", "--cacheinfo", f"100644,{sha},{dest}")
-    for dest, _ in entries:
-        full = os.path.join(repo.top, *dest.split("/"))
-        if os.path.isfile(full):
-            os.unlink(full)  # checkout-index skips a file it thinks is up to date
-    repo.git("checkout-index", "-u", "--force", "--", *[d for d, _ in entries])
-    return [d for d, _ in entries]

@@ -215,8 +215,10 @@ def test_unreachable_server_fails_push_clearly(repo, tmp_path, make_repo):
         repo.tz("remote", "add", "origin", "s3://dying/models", "-o",
                 f"endpoint-url={server.endpoint}")
         commit_model(repo, "base")
+        # stderr to a file: a pipe nobody reads while we poll could fill and block git
+        err_file = open(tmp_path / "push.err", "w+b")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(["git", "push", "origin", "main"], cwd=repo.path, env=repo.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=err_file)
         remote = open_remote(RemoteSpec("d", "s3://dying/models",
                                         {"endpoint-url": server.endpoint}))
         for k, v in env.items():
@@ -231,9 +233,11 @@ def test_unreachable_server_fails_push_clearly(repo, tmp_path, make_repo):
             time.sleep(0.05)
     finally:
         server.stop()
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
     assert proc.returncode != 0
-    text = err.decode()
+    err_file.seek(0)
+    text = err_file.read().decode()
+    err_file.close()
     assert "theta-zarr:" in text and "s3://dying/models" in text
     # git refused the push: the bare remote has no branch naming missing objects
     refs = subprocess.run(["git", "-C", str(bare), "for-each-ref"], capture_output=True)
@@ -277,3 +281,16 @@ def test_clone_before_install_then_materialize(repo, remote_case, make_repo, tmp
     c.tz("materialize")
     assert sha(c.path / "model.safetensors") == sha(repo.path / "model.safetensors")
     assert c.out("status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("remote_case", ["local"], indirect=True)
+def test_pre_push_falls_back_to_the_default_theta_remote(repo, remote_case, tmp_path):
+    """A git remote 'origin' elsewhere, the chunks in a theta remote named 'models'."""
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    repo.git("remote", "add", "origin", f"file://{bare}")
+    repo.tz("remote", "add", "models", remote_case.url)
+    repo.git("config", "theta-zarr.default-remote", "models")
+    m = commit_model(repo, "base")
+    repo.git("push", "-q", "origin", "main")
+    assert remote_case.objects().missing(m.digests()) == set()

@@ -189,13 +189,15 @@ def register(main: click.Group) -> None:
 
         settings = _settings(cache_dir, chunk_size)
         remote = open_sync_remote(remote_arg, options, settings.concurrency)
-        opts = sync.WatchOptions(prefix=ref_prefix, interval=interval, marker=marker,
+        from .. import watch
+
+        opts = watch.WatchOptions(prefix=ref_prefix, interval=interval, marker=marker,
                                  globs=patterns or sync.CHECKPOINT_GLOBS, once=once,
                                  exit_after=exit_after, state=state, force=force)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        code = sync.Watcher(folder, remote, settings, opts, _say).run(stop)
+        code = watch.Watcher(folder, remote, settings, opts, _say).run(stop)
         _say("watch stopped" + (" (signal)" if stop.is_set() else ""))
         sys.exit(code)
 
@@ -207,13 +209,14 @@ def register(main: click.Group) -> None:
     @reports_errors
     def import_cmd(remote_arg: str, ref: str, path: str, options: tuple[str, ...]) -> None:
         """Stage REF's checkpoint as PATH in this repository (no re-hashing); then commit."""
-        from .. import sync
         from ..git.repo import Repo
 
         repo = Repo.discover()
         settings = repo.settings()
         remote = open_sync_remote(remote_arg, options, settings.concurrency)
-        for p in sync.import_ref(repo, remote, ref, path, settings):
+        from ..git.import_ref import import_ref
+
+        for p in import_ref(repo, remote, ref, path, settings):
             click.echo(f"imported {ref} -> {p}")
 
     @main.command("fsck")

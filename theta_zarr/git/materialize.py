@@ -8,11 +8,11 @@ always goes to a separate file, never over the tracked one.
 from __future__ import annotations
 
 import os
-import tempfile
 
 from .. import checkpoint
 from ..api import select
 from ..manifest import Manifest, ManifestError, looks_like_manifest
+from ..streams import write_atomic
 from .files import manifest_at, tracked_files
 from .push import read_through
 from .repo import GitError, Repo
@@ -24,17 +24,8 @@ def _partial_name(path: str) -> str:
 
 
 def _write_atomic(path: str, manifest: Manifest, objects, settings) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            checkpoint.smudge(manifest, out, settings, name=path, cache=objects.cache,
-                              fetch=objects.fetch)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda out: checkpoint.smudge(manifest, out, settings, name=path,
+                                                     cache=objects.cache, fetch=objects.fetch))
 
 
 def _index_blob(repo: Repo, rel: str) -> bytes | None:

@@ -6,7 +6,7 @@ import sys
 
 from .. import checkpoint
 from ..remote import ReadThrough, TransferStats, open_remote, push_objects
-from .remotes import manifests_in_range, require, resolve
+from .remotes import for_git_remote, manifests_in_range, require, resolve
 from .repo import GitError, Repo
 
 
@@ -26,7 +26,7 @@ def pre_push(repo: Repo, remote_name: str, lines: list[str]) -> TransferStats | 
     manifests = manifests_in_range(repo, include, exclude)
     if not manifests:
         return None
-    spec = require(repo, remote_name)
+    spec = for_git_remote(repo, remote_name) or require(repo, remote_name)
     return push_manifests(repo, spec, manifests)
 
 

@@ -68,7 +68,12 @@ def _git_remote_path(repo: Repo, name: str) -> str | None:
 
 
 def resolve(repo: Repo, name: str | None = None) -> RemoteSpec | None:
-    """The theta remote for a name (or the default one); None when there is none."""
+    """The theta remote called ``name``, or the default one; None when there is none.
+
+    A name is strict: the remote of that name, or one derived from the git remote
+    of that name when it is a local path.  Without a name: ``theta-zarr.default-remote``,
+    else the only remote configured, else ``origin``.
+    """
     specs = configured(repo)
     if name is None:
         default = repo.git("config", "--get", "theta-zarr.default-remote",
@@ -85,6 +90,21 @@ def resolve(repo: Repo, name: str | None = None) -> RemoteSpec | None:
     if path is not None:
         return RemoteSpec(name, os.path.join(path, "theta-zarr"))
     return None
+
+
+def for_git_remote(repo: Repo, git_remote: str) -> RemoteSpec | None:
+    """The theta remote that receives the chunks of a ``git push`` to ``git_remote``:
+    the one of the same name, else the default one (configured before derived)."""
+    specs = configured(repo)
+    if git_remote in specs:
+        return specs[git_remote]
+    default = repo.git("config", "--get", "theta-zarr.default-remote",
+                       check=False).decode().strip()
+    if default in specs:
+        return specs[default]
+    if len(specs) == 1:
+        return next(iter(specs.values()))
+    return resolve(repo, git_remote)
 
 
 def require(repo: Repo, name: str | None = None) -> RemoteSpec:

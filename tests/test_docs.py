@@ -1,0 +1,281 @@
+"""The documentation builds, and the commands it shows are real and tested.
+
+1. ``mkdocs build --strict`` succeeds (broken links and anchors fail it).
+2. Every ``git theta-zarr ...`` / ``theta-zarr ...`` line in a docs code block names a
+   command (subcommands of groups resolved, e.g. ``remote add``) and options that exist.
+3. Every such command is run by some test (a ``.tz(...)`` call, or a call or list with
+   ``"theta-zarr"`` / ``"git-theta-zarr"`` followed by the command's words).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import pytest
+
+from theta_zarr.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+TESTS = ROOT / "tests"
+#: sources that do not count as exercising a command: this file, and the benchmarks,
+#: which are not part of the test run
+NOT_TESTS = (TESTS / "test_docs.py", TESTS / "benchmarks")
+PREFIXES = ("git theta-zarr ", "theta-zarr ", "git-theta-zarr ")
+OPERATORS = {"&&", "||", "|", ";", "&", ";;", "(", ")", "|&"}
+
+
+# -- 1. the site builds -------------------------------------------------------------------------
+
+def test_mkdocs_build_strict(tmp_path):
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed (pip install -e '.[test]')")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+         "-f", str(ROOT / "mkdocs.yml"), "-d", str(tmp_path / "site")],
+        cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_every_page_is_in_the_nav():
+    text = (ROOT / "mkdocs.yml").read_text()
+    listed = set(re.findall(r":\s*([\w./-]+\.md)\s*$", text, flags=re.M))
+    pages = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+    assert pages - listed == set(), "pages missing from mkdocs.yml's nav"
+    for required in ("diff-merge.md", "cluster-sync.md", "benchmarks.md"):
+        assert required in listed
+
+
+# -- 2. commands shown in the docs exist -------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shown:
+    page: str
+    line: int
+    text: str
+    words: tuple[str, ...]  # after the program name
+
+
+def code_block_commands() -> list[Shown]:
+    """Command lines inside fenced code blocks of every docs page."""
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        fence = None
+        pending = ""
+        start = 0
+        for number, raw in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            stripped = raw.strip()
+            marker = re.match(r"(`{3,}|~{3,})", stripped)
+            if marker and (fence is None or stripped.startswith(fence)):
+                fence = marker.group(1) if fence is None else None
+                pending = ""
+                continue
+            if fence is None:
+                continue
+            if pending:
+                line = pending + " " + stripped
+            else:
+                line, start = stripped, number
+            if line.endswith("\\"):
+                pending = line[:-1]
+                continue
+            pending = ""
+            if line.startswith("$ "):
+                line = line[2:].lstrip()
+            for prefix in PREFIXES:
+                if line.startswith(prefix):
+                    words = _shell_words(line)[len(prefix.split()):]
+                    found.append(Shown(page.name, start, line, tuple(words)))
+                    break
+    return found
+
+
+def _shell_words(line: str) -> list[str]:
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words = []
+    for token in lexer:
+        if token in OPERATORS or token[:1] in "<>":
+            break
+        words.append(token)
+    return words
+
+
+def resolve(words: tuple[str, ...] | list[str]) -> tuple[tuple[str, ...], click.Command, list[str]]:
+    """(command path, the click command, the words after it); raises LookupError."""
+    command: click.Command = cli_main
+    path: list[str] = []
+    rest = list(words)
+    while isinstance(command, click.Group):
+        if not rest or rest[0].startswith("-"):
+            raise LookupError(f"no subcommand of {' '.join(['theta-zarr', *path])!r}")
+        name = rest.pop(0)
+        sub = command.commands.get(name)
+        if sub is None:
+            raise LookupError(f"unknown command {' '.join([*path, name])!r}")
+        command, path = sub, [*path, name]
+    return tuple(path), command, rest
+
+
+def _accepts_anything(command: click.Command) -> bool:
+    """Commands that hand unknown options on (diff passes them to git diff)."""
+    if command.context_settings.get("ignore_unknown_options"):
+        return True
+    return any(isinstance(p, click.Argument) and p.type is click.UNPROCESSED
+               for p in command.params)
+
+
+def unknown_options(command: click.Command, words: list[str]) -> list[str]:
+    if _accepts_anything(command):
+        return []
+    known = {"--help", "-h"}
+    for param in command.params:
+        if isinstance(param, click.Option):
+            known.update(param.opts)
+            known.update(param.secondary_opts)
+    bad = []
+    for word in words:
+        if word == "--":
+            break
+        if word.startswith("-") and len(word) > 1 and not re.fullmatch(r"-\d[\d.]*", word):
+            name = word.split("=", 1)[0]
+            if name not in known:
+                bad.append(name)
+    return bad
+
+
+SHOWN = code_block_commands()
+
+
+def test_docs_show_commands():
+    assert len(SHOWN) >= 20, "the command extraction found suspiciously few commands"
+    pages = {s.page for s in SHOWN}
+    assert {"quickstart.md", "remotes.md", "lazy-and-api.md"} <= pages
+
+
+@pytest.mark.parametrize("shown", SHOWN, ids=[f"{s.page}:{s.line}" for s in SHOWN])
+def test_shown_command_exists(shown: Shown):
+    try:
+        path, command, rest = resolve(shown.words)
+    except LookupError as e:
+        pytest.fail(f"{shown.page}:{shown.line}: {shown.text!r}: {e}")
+    bad = unknown_options(command, rest)
+    assert not bad, (f"{shown.page}:{shown.line}: {shown.text!r}: "
+                     f"'{' '.join(path)}' has no option {', '.join(bad)}")
+
+
+def test_command_check_catches_mistakes():
+    with pytest.raises(LookupError):
+        resolve(("remote", "rename", "a", "b"))
+    with pytest.raises(LookupError):
+        resolve(("remote",))
+    with pytest.raises(LookupError):
+        resolve(("materialise",))
+    path, command, rest = resolve(("remote", "add", "origin", "s3://b", "-o", "region=x"))
+    assert path == ("remote", "add") and unknown_options(command, rest) == []
+    _, command, rest = resolve(("fetch", "origin", "--includes", "x"))
+    assert unknown_options(command, rest) == ["--includes"]
+    _, command, rest = resolve(("materialize", "--output=x", "--", "-weird-file"))
+    assert unknown_options(command, rest) == []
+
+
+# -- 3. and tested -------------------------------------------------------------------------------
+
+def _string(node: ast.AST) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _after_program(items: list[str | None]) -> list[list[str]]:
+    """The words after each 'theta-zarr' / 'git-theta-zarr' program name in a sequence."""
+    out = []
+    for i, item in enumerate(items):
+        if item in ("git-theta-zarr", "theta-zarr"):
+            words = []
+            for nxt in items[i + 1:]:
+                if nxt is None:
+                    break
+                words.append(nxt)
+            out.append(words)
+        elif item is not None:
+            for prefix in PREFIXES:
+                if item.startswith(prefix):
+                    out.append(item[len(prefix):].split())
+    return out
+
+
+def _is_tz(func: ast.AST) -> bool:
+    """A test helper that runs the program: ``repo.tz(...)`` or ``tz(...)``."""
+    return (isinstance(func, ast.Attribute) and func.attr == "tz") or (
+        isinstance(func, ast.Name) and func.id == "tz")
+
+
+def _leading_strings(nodes: list[ast.AST]) -> list[str]:
+    words = []
+    for node in nodes:
+        text = _string(node)
+        if text is None:
+            break
+        words.append(text)
+    return words
+
+
+def commands_run_by_tests() -> set[tuple[str, ...]]:
+    """Command paths the test sources run, found by reading them (not by running them)."""
+    paths: set[tuple[str, ...]] = set()
+    for source in sorted(TESTS.rglob("*.py")):
+        if any(source == skip or skip in source.parents for skip in NOT_TESTS):
+            continue
+        tree = ast.parse(source.read_text(encoding="utf-8"), str(source))
+        lists: dict[str, list[list[str]]] = {}  # name = [...] assignments, for tz(name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and isinstance(node.value, (ast.List, ast.Tuple)):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        lists.setdefault(target.id, []).append(
+                            _leading_strings(node.value.elts))
+        for node in ast.walk(tree):
+            candidates: list[list[str]] = []
+            if isinstance(node, ast.Call):
+                args = [_string(a) for a in node.args]
+                if _is_tz(node.func) and node.args:
+                    first = node.args[0]
+                    if isinstance(first, (ast.List, ast.Tuple)):  # tz(["pull", ...], env)
+                        candidates.append(_leading_strings(first.elts))
+                    elif isinstance(first, ast.Name):  # args = [...]; tz(args, env)
+                        candidates += lists.get(first.id, [])
+                    else:  # repo.tz("remote", "add", ...)
+                        candidates.append(_leading_strings(node.args))
+                candidates += _after_program(args)
+            elif isinstance(node, (ast.List, ast.Tuple)):
+                candidates += _after_program([_string(e) for e in node.elts])
+            for words in candidates:
+                try:
+                    path, _, _ = resolve(words)
+                except LookupError:
+                    continue
+                paths.add(path)
+    return paths
+
+
+def test_every_documented_command_is_exercised_by_a_test():
+    tested = commands_run_by_tests()
+    assert ("remote", "add") in tested and ("install",) in tested  # the scan works
+    missing: dict[str, list[str]] = {}
+    for shown in SHOWN:
+        try:
+            path, _, _ = resolve(shown.words)
+        except LookupError:
+            continue  # reported by test_shown_command_exists
+        if path not in tested:
+            missing.setdefault(" ".join(path), []).append(f"{shown.page}:{shown.line}")
+    assert not missing, "documented commands no test runs: " + "; ".join(
+        f"{name} (shown at {', '.join(where)})" for name, where in sorted(missing.items()))

@@ -1,0 +1,348 @@
+"""The manifest v1 JSON Schema: a valid schema, true of every manifest clean makes, false of
+broken ones, and what Manifest.from_json checks first (with its fast paths equal to it)."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import copy
+import io
+import json
+import math
+import time
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save as st_save
+
+from theta_zarr import checkpoint, chunking
+from theta_zarr import manifest as M
+from theta_zarr.demo import ModelShape, write_model
+from theta_zarr.dtypes import BY_NAME
+from theta_zarr.manifest import Manifest, ManifestError
+from theta_zarr.settings import Settings
+
+SOURCE = "models/m.safetensors"
+D1 = "blake3:" + "1" * 64
+D2 = "blake3:" + "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    return M.schema()
+
+
+@pytest.fixture(scope="module")
+def plain(schema):
+    """The schema as stock jsonschema reads it (no fast paths, $refs resolved by it)."""
+    return jsonschema.Draft202012Validator(schema)
+
+
+# -- the schema file --------------------------------------------------------------------------
+
+def test_schema_is_a_valid_draft_2020_12_schema(schema):
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_schema_ships_as_package_data():
+    from importlib import resources
+
+    text = resources.files("theta_zarr").joinpath("schema/manifest-v1.json").read_text()
+    assert json.loads(text) == M.schema()
+
+
+def test_schema_agrees_with_the_code(schema):
+    defs = schema["$defs"]
+    param = defs["param"]["properties"]
+    assert param["dtype"]["enum"] == sorted(BY_NAME)
+    assert schema["properties"]["theta_zarr"] == {
+        "description": schema["properties"]["theta_zarr"]["description"], "const": M.VERSION}
+    assert set(defs["param"]["properties"]) == {"shape", "dtype", "chunk_shape", "chunks",
+                                                "inline"}
+    assert defs["paramName"]["maxLength"] == M.MAX_NAME_LEN
+    # base64 of INLINE_MAX_BYTES bytes, padded
+    assert param["inline"]["items"]["maxLength"] == 4 * math.ceil(chunking.INLINE_MAX_BYTES / 3)
+
+
+# -- manifests made by clean validate --------------------------------------------------------
+
+def _clean(data: bytes, tmp_path, name: str) -> Manifest:
+    s = Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=4096, workers=2)
+    cache = checkpoint.open_cache(s)
+    source = checkpoint.open_source(io.BytesIO(data), cache, name=name)
+    return checkpoint.clean(source, s, cache).manifest
+
+
+def _safetensors_model(tmp_path) -> bytes:
+    path = tmp_path / "model.safetensors"
+    write_model(str(path), ModelShape(hidden=64, layers=2, vocab=128),
+                metadata={"format": "pt", "step": "3"})
+    return path.read_bytes()
+
+
+def _safetensors_odd_header() -> bytes:
+    # scalars, an empty tensor, an inline vector, and a header the library would not write
+    tensors = {"scalar": torch.tensor(3.5), "empty": torch.empty(0, 4),
+               "bias": torch.arange(8, dtype=torch.float16), "big": torch.ones(70, 33)}
+    data = st_save(tensors)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, indent=1).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+def _torch_file() -> bytes:
+    w = torch.nn.Parameter(torch.randn(40, 30))
+    obj = {"model": collections.OrderedDict(w=w, tied=w, b=torch.zeros(3, dtype=torch.bfloat16)),
+           "step": 7, "lr": 1e-3, "big": 2**60, "nan": float("nan"), "shape": torch.Size([2]),
+           "dtype": torch.float8_e4m3fn, "tags": ("a", None, True), "blob": b"\x00\x01",
+           "f8": torch.ones(100, dtype=torch.float8_e5m2)}
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _npz(compressed: bool) -> bytes:
+    buf = io.BytesIO()
+    arrays = {"a": np.arange(3000, dtype=np.int64).reshape(30, 100),
+              "f": np.asfortranarray(np.ones((20, 7), np.float32)), "s": np.array(True)}
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
+def _npy() -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.linspace(0, 1, 2000).astype(np.complex64))
+    return buf.getvalue()
+
+
+CHECKPOINTS = {
+    "safetensors-model": _safetensors_model,
+    "safetensors-odd-header": lambda tmp_path: _safetensors_odd_header(),
+    "torch": lambda tmp_path: _torch_file(),
+    "npz": lambda tmp_path: _npz(False),
+    "npz-compressed": lambda tmp_path: _npz(True),
+    "npy": lambda tmp_path: _npy(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CHECKPOINTS))
+def test_manifests_from_real_files_validate(kind, tmp_path, plain):
+    m = _clean(CHECKPOINTS[kind](tmp_path), tmp_path, f"x.{kind}")
+    obj = json.loads(m.to_bytes())
+    errors = [e.message for e in plain.iter_errors(obj)]
+    assert errors == []
+    assert M._get_validator().is_valid(obj)
+    assert Manifest.from_bytes(m.to_bytes(), SOURCE).to_bytes() == m.to_bytes()
+
+
+def test_odd_files_use_every_kind_of_entry(tmp_path):
+    m = _clean(_safetensors_odd_header(), tmp_path, "odd.safetensors")
+    assert "header_text" in m.format
+    assert m.params["scalar"].shape == () and m.params["scalar"].is_inline
+    assert m.params["empty"].chunks == () and not m.params["empty"].is_inline
+    assert m.params["bias"].is_inline
+    assert len(m.params["big"].chunks) > 1  # the last one short: 70 rows in 4096-byte chunks
+
+
+# -- broken manifests are rejected -----------------------------------------------------------
+
+def good() -> dict:
+    return {
+        "theta_zarr": 1,
+        "format": {"name": "safetensors", "order": ["w", "b"],
+                   "header": {"__metadata__": {"format": "pt"}}},
+        "params": {
+            "w": {"shape": [8, 4], "dtype": "bfloat16", "chunk_shape": [4, 4],
+                  "chunks": [D1, D2]},
+            "b": {"shape": [4], "dtype": "float32", "chunk_shape": [4],
+                  "inline": [base64.b64encode(b"\x00" * 16).decode()]},
+        },
+    }
+
+
+def _set(path: str | tuple, value):
+    """A mutation setting (or deleting) the value at a dotted path, or at a tuple of keys."""
+    def mutate(obj):
+        *parents, last = path.split(".") if isinstance(path, str) else path
+        node = obj
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        if value is _DELETE:
+            del node[last]
+        elif isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+        return obj
+    return mutate
+
+
+_DELETE = object()
+
+# (mutation, fragment of the message, JSON path in the message); the schema alone rejects each
+SCHEMA_BROKEN = {
+    "extra top-level key": (_set("remote", "s3://b"), "unknown top-level keys ['remote']", "$"),
+    "no format": (_set("format", _DELETE), "'format' must be an object", "$"),
+    "no params": (_set("params", _DELETE), "'params' must be an object", "$"),
+    "params a list": (_set("params", []), "'params' must be an object", "$.params"),
+    "format a string": (_set("format", "safetensors"), "'format' must be", "$.format"),
+    "format name upper": (_set("format.name", "Safe"), "valid 'name'", "$.format.name"),
+    "format name newline": (_set("format.name", "safetensors\n"), "valid 'name'",
+                            "$.format.name"),
+    "format name path": (_set("format.name", "../x"), "valid 'name'", "$.format.name"),
+    "safetensors order": (_set("format.order", "w,b"), "'format' is invalid",
+                          "$.format.order"),
+    "safetensors metadata": (_set("format.header.__metadata__", {"step": 3}),
+                             "'format' is invalid", "$.format.header.__metadata__.step"),
+    "name with ..": (_set(("params", "../w"), {}), "invalid parameter name '../w'", "$.params"),
+    "name with empty segment": (_set("params.a//b", {}), "invalid parameter name", "$.params"),
+    "name zarr.json": (_set(("params", "g/zarr.json"), {}), "invalid parameter name", "$.params"),
+    "name with newline": (_set("params.w\n", {}), "invalid parameter name 'w\\n'", "$.params"),
+    "empty name": (_set(("params", ""), {}), "empty or non-string parameter name", "$.params"),
+    "name too long": (_set("params." + "x" * 4097, {}), "invalid parameter name", "$.params"),
+    "entry a list": (_set("params.w", [1]), "w: parameter entry is not an object",
+                     "$.params.w"),
+    "entry extra key": (_set("params.w.url", "s3://x"), "w: unknown keys ['url']",
+                        "$.params.w"),
+    "both chunks and inline": (_set("params.w.inline", []), "needs exactly one of",
+                               "$.params.w"),
+    "neither chunks nor inline": (_set("params.w.chunks", _DELETE), "needs exactly one of",
+                                  "$.params.w"),
+    "no shape": (_set("params.w.shape", _DELETE), "w: shape must be a list", "$.params.w"),
+    "negative extent": (_set("params.w.shape.0", -8), "shape must be a list of integers >= 0",
+                        "$.params.w.shape[0]"),
+    "bool extent": (_set("params.w.shape.0", True), "shape must be", "$.params.w.shape[0]"),
+    "huge extent": (_set("params.w.shape.0", 2**53), "shape must be", "$.params.w.shape[0]"),
+    "zero chunk extent": (_set("params.w.chunk_shape.0", 0),
+                          "chunk_shape must be a list of integers >= 1",
+                          "$.params.w.chunk_shape[0]"),
+    "rank 33": (_set("params.w.shape", [1] * 33), "shape must be", "$.params.w.shape"),
+    "unknown dtype": (_set("params.w.dtype", "float128"), "unknown dtype 'float128'",
+                      "$.params.w.dtype"),
+    "digest upper case": (_set("params.w.chunks.1", "blake3:" + "A" * 64), "invalid digest",
+                          "$.params.w.chunks[1]"),
+    "digest other hash": (_set("params.w.chunks.1", "sha256:" + "a" * 64), "invalid digest",
+                          "$.params.w.chunks[1]"),
+    "digest with path": (_set("params.w.chunks.0", "blake3:../../etc/passwd"),
+                         "invalid digest", "$.params.w.chunks[0]"),
+    "digest trailing newline": (_set("params.w.chunks.0", D1 + "\n"), "invalid digest",
+                                "$.params.w.chunks[0]"),
+    "digest not a string": (_set("params.w.chunks.0", 17), "invalid digest '17'",
+                            "$.params.w.chunks[0]"),
+    "chunks a string": (_set("params.w.chunks", D1), "chunks is not a list",
+                        "$.params.w.chunks"),
+    "inline not base64": (_set("params.b.inline.0", "@@@@"), "inline chunk is not base64",
+                          "$.params.b.inline[0]"),
+    "inline unpadded": (_set("params.b.inline.0", "AAA"), "not base64",
+                        "$.params.b.inline[0]"),
+    "inline too long": (_set("params.b.inline.0", "AAAA" * 200),
+                        "inline chunk is longer than 512 bytes", "$.params.b.inline[0]"),
+}
+
+# rules the schema cannot express: rejected by the checks after it
+SEMANTIC_BROKEN = {
+    "extent written 4.0": (_set("params.w.shape.1", 4.0), "shape must be a list"),
+    "too few chunks": (_set("params.w.chunks", [D1]), "1 chunks listed, shape needs 2"),
+    "too many chunks": (_set("params.w.chunks", [D1, D2, D1]), "shape needs 2"),
+    "two split axes": (_set("params.w.chunk_shape", [4, 2]), "does not fit shape"),
+    "chunk rank": (_set("params.w.chunk_shape", [4]), "does not fit shape"),
+    "inline short": (_set("params.b.inline.0", base64.b64encode(b"\x00" * 15).decode()),
+                     "inline chunk has 15 bytes, expected 16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMA_BROKEN))
+def test_broken_manifest_is_rejected_by_the_schema(case, plain):
+    mutate, fragment, path = SCHEMA_BROKEN[case]
+    obj = mutate(good())
+    assert not plain.is_valid(obj)
+    assert not M._get_validator().is_valid(obj)
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_json(obj, SOURCE)
+    msg = str(info.value)
+    assert msg.startswith(SOURCE + ": ") and "\n" not in msg and "\r" not in msg, msg
+    assert fragment in msg, msg
+    assert msg.endswith(f"(at {path})"), msg
+
+
+@pytest.mark.parametrize("case", sorted(SEMANTIC_BROKEN))
+def test_semantic_rules_hold_after_the_schema(case, plain):
+    mutate, fragment = SEMANTIC_BROKEN[case]
+    obj = mutate(good())
+    assert plain.is_valid(obj)  # nothing a schema can say is wrong ...
+    with pytest.raises(ManifestError, match=fragment.replace(".", r"\.")):
+        Manifest.from_json(obj, SOURCE)  # ... yet the manifest is refused
+
+
+def test_good_manifest_passes(plain):
+    assert plain.is_valid(good())
+    assert Manifest.from_json(good(), SOURCE).params["w"].chunks == (D1, D2)
+
+
+def test_version_is_checked_before_the_schema():
+    obj = good()
+    obj["theta_zarr"] = 2
+    obj["params"] = "a future layout"
+    with pytest.raises(ManifestError, match="unsupported manifest version 2"):
+        Manifest.from_json(obj, SOURCE)
+
+
+def test_json_path_quotes_names_with_dots():
+    assert M.json_path(["params", "a.b", "chunks", 3]) == '$.params["a.b"].chunks[3]'
+    assert M.json_path(["params", "x\ny"]) == '$.params["x\\ny"]'
+
+
+# -- the fast paths decide exactly as the schema does ------------------------------------------
+
+def _variants():
+    values = [None, True, False, 0, 1, -1, 4.0, 4.5, 2**53, 2**53 - 1, "", "x", "4", D1,
+              D1 + "\n", D1.upper(), "AAAA", "AAA=", "AA==", "A===", "AAAA\n", [], [1], [4, 4],
+              [D1], [D1, 3], ["AAAA"], {}, {"a": 1}, "float32", "float32\n", "bfloat16"]
+    paths = ["params.w.shape", "params.w.shape.0", "params.w.chunk_shape.1", "params.w.dtype",
+             "params.w.chunks", "params.w.chunks.0", "params.b.inline", "params.b.inline.0",
+             "format.name", "format.order", "format.header", "params.w.inline", "theta_zarr"]
+    for path in paths:
+        for value in values:
+            yield path, value
+
+
+def test_fast_validator_agrees_with_stock_jsonschema(plain):
+    fast = M._get_validator()
+    disagreements = []
+    for path, value in _variants():
+        obj = _set(path, copy.deepcopy(value))(good())
+        if plain.is_valid(obj) != fast.is_valid(obj):
+            disagreements.append((path, value))
+    names = ["ok", "a/b", "a//b", "/a", "a/", ".", "..", "a/../b", "...", "zarr.json",
+             "g/zarr.json", "zarr.jsonx", "x\x7f", "x\\y", "x\ny", "x\n", "\u00e9", "x" * 4096,
+             "x" * 4097]
+    for name in names:
+        obj = good()
+        obj["params"] = {name: obj["params"]["w"]}
+        if plain.is_valid(obj) != fast.is_valid(obj):
+            disagreements.append(("name", name))
+    assert disagreements == []
+
+
+# -- speed -------------------------------------------------------------------------------------
+
+def test_validating_a_300_parameter_manifest_is_fast():
+    params = {}
+    for i in range(300):
+        params[f"layers.{i // 8}.p{i}.weight"] = {
+            "shape": [4096, 4096], "dtype": "bfloat16", "chunk_shape": [512, 4096],
+            "chunks": [chunking.digest(f"{i}-{k}".encode()) for k in range(8)]}
+    data = Manifest.from_json({"theta_zarr": 1, "format": {"name": "safetensors"},
+                               "params": params}).to_bytes()
+    Manifest.from_bytes(data)  # compiles the validator
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        Manifest.from_bytes(data)
+        best = min(best, time.perf_counter() - start)
+    assert best < 0.05, f"{best * 1000:.1f} ms to parse and validate 300 parameters"

@@ -1,0 +1,75 @@
+"""``git theta-zarr import``: stage a remote ref's checkpoint as a tracked file.
+
+No re-hashing: the manifest the ref names goes into git as it is.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import checkpoint
+from ..manifest import Manifest, ManifestError
+from ..remote import fetch_objects
+from ..settings import Settings
+from ..sync import FileEntry, SyncError, SyncRemote
+from .repo import Repo
+
+
+def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
+               settings: Settings) -> list[str]:
+    """Stage the checkpoint a ref names as the tracked file ``path``, without re-hashing it.
+
+    The manifest goes into git as it is (hash-object + update-index --cacheinfo);
+    git itself then writes the working-tree file through the filter (checkout-index),
+    so the index records its stat data and ``git status`` is clean: the real file
+    from the cache (chunks fetched first), or the manifest on a lazy checkout.
+    A set becomes a directory: manifests for checkpoints, plain blobs for the rest.
+    """
+    from .install import DRIVER
+
+    _, target = remote.resolve(ref)
+    rel = os.path.relpath(os.path.abspath(path), repo.top).replace(os.sep, "/")
+    if rel.startswith("../"):
+        raise SyncError(f"{path} is outside the repository {repo.top}")
+    cache = checkpoint.open_cache(settings)
+    entries: list[tuple[str, bytes | FileEntry]] = []
+    if isinstance(target, Manifest):
+        entries.append((rel, target.to_bytes()))
+    else:
+        for name, entry in sorted(target.files.items()):
+            dest = f"{rel}/{name}" if rel != "." else name
+            if entry.manifest is not None:
+                member = remote.load(entry.manifest)
+                if not isinstance(member, Manifest):
+                    raise ManifestError(f"{ref}: {name} names a set inside a set")
+                entries.append((dest, member.to_bytes()))
+            else:
+                entries.append((dest, entry))
+    manifest_paths = [p for p, item in entries if isinstance(item, bytes)]
+    attrs = repo.git("check-attr", "-z", "--stdin", "filter",
+                     input="\0".join(manifest_paths).encode() + b"\0").split(b"\0")
+    untracked = [attrs[i].decode() for i in range(0, len(attrs) - 2, 3)
+                 if attrs[i + 2].decode() != DRIVER]
+    if untracked:
+        raise SyncError(f"{untracked[0]} is not tracked by theta-zarr; run "
+                        f"'git theta-zarr track' for it first")
+    needed: set[str] = set()
+    for _, item in entries:
+        if isinstance(item, FileEntry):
+            needed.update(item.chunks)
+        elif not settings.lazy:
+            needed |= Manifest.from_bytes(item).digests()
+    fetch_objects(remote.objects, cache, cache.missing(needed))
+    for dest, item in entries:
+        if isinstance(item, FileEntry):
+            data = b"".join(bytes(cache.get(d)) for d in item.chunks)
+        else:
+            data = item
+        sha = repo.git("hash-object", "-w", "--stdin", input=data).decode().strip()
+        repo.git("update-index", "--add", "--cacheinfo", f"100644,{sha},{dest}")
+    for dest, _ in entries:
+        full = os.path.join(repo.top, *dest.split("/"))
+        if os.path.isfile(full):
+            os.unlink(full)  # checkout-index skips a file it thinks is up to date
+    repo.git("checkout-index", "-u", "--force", "--", *[d for d, _ in entries])
+    return [d for d, _ in entries]

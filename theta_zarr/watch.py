@@ -1,0 +1,171 @@
+"""``theta-zarr watch``: push each checkpoint that appears under a folder, once complete.
+
+A training job writes checkpoints as it goes; the watcher notices one only when
+it is complete (unchanged between two scans, or beside a marker file), pushes it
+once under ``<prefix><name>``, and records it in a state file so a restart never
+uploads it twice.  SIGTERM finishes the push in progress, then stops.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import blake3
+
+from .formats.base import FormatError
+from .manifest import ManifestError
+from .refs import check_ref_name
+from .settings import Settings
+from .storage import StorageError
+from .streams import write_atomic
+from .sync import PushResult, SyncError, SyncRemote, list_files, push
+
+CHECKPOINT_GLOBS = ("*.safetensors", "*.pt", "*.pth", "*.bin", "*.npz", "*.npy")
+STATE_FILE = ".theta-zarr-watch.json"
+
+
+@dataclass
+class WatchOptions:
+    prefix: str
+    interval: float = 30.0
+    marker: str | None = None
+    globs: tuple[str, ...] = CHECKPOINT_GLOBS
+    once: bool = False
+    exit_after: float | None = None
+    state: str | None = None
+    force: bool = False
+
+
+class Watcher:
+    """Push each checkpoint that appears under a folder once it is complete.
+
+    A checkpoint is a sub-folder (pushed as a set, ref = prefix + folder name) or
+    a top-level file matching ``globs`` (ref = prefix + file name without suffix).
+    Complete means: the marker file is present (folders, with ``marker``), or the
+    names, sizes and mtimes did not change between two scans ``interval`` apart.
+    What was pushed is kept in a state file, so a restarted watcher re-uploads
+    nothing; a checkpoint that changes after its push is reported, not re-pushed
+    over the ref (its ref would have to move: that needs --force).
+    """
+
+    def __init__(self, root: str, remote: SyncRemote, settings: Settings, opts: WatchOptions,
+                 echo: Callable[[str], None]):
+        self.root = os.path.abspath(root)
+        self.remote = remote
+        self.settings = settings
+        self.opts = opts
+        self.echo = echo
+        self.state_path = opts.state or os.path.join(self.root, STATE_FILE)
+        self.state: dict[str, dict] = self._load_state()
+        self.failed: dict[str, str] = {}  # ref -> signature that failed (retried on change)
+
+    def _load_state(self) -> dict[str, dict]:
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise SyncError(f"cannot read watch state {self.state_path}: {e}") from None
+        return data.get("pushed", {}) if isinstance(data, dict) else {}
+
+    def _save_state(self) -> None:
+        data = json.dumps({"pushed": self.state}, indent=1, sort_keys=True).encode()
+        write_atomic(self.state_path, lambda f: f.write(data))
+
+    def candidates(self) -> dict[str, str]:
+        """ref -> path of every checkpoint-like entry of the folder."""
+        out = {}
+        for name in sorted(os.listdir(self.root)):
+            path = os.path.join(self.root, name)
+            if name.startswith(".") or os.path.abspath(path) == self.state_path:
+                continue
+            if os.path.isdir(path):
+                out[self.opts.prefix + name] = path
+            elif any(fnmatch.fnmatch(name, g) for g in self.opts.globs):
+                out[self.opts.prefix + os.path.splitext(name)[0]] = path
+        for ref in out:
+            check_ref_name(ref)
+        return out
+
+    def _is_marker(self, rel: str) -> bool:
+        return self.opts.marker is not None and fnmatch.fnmatch(rel.rsplit("/", 1)[-1],
+                                                               self.opts.marker)
+
+    def signature(self, path: str) -> str:
+        if os.path.isdir(path):
+            items = []
+            for rel in list_files(path):
+                st = os.stat(os.path.join(path, rel))
+                items.append((rel, st.st_size, st.st_mtime_ns))
+        else:
+            st = os.stat(path)
+            items = [("", st.st_size, st.st_mtime_ns)]
+        return blake3.blake3(json.dumps(items).encode()).hexdigest()[:32]
+
+    def _has_marker(self, path: str) -> bool:
+        return os.path.isdir(path) and any(self._is_marker(r) for r in list_files(path))
+
+    def scan(self, previous: dict[str, str], stop) -> tuple[dict[str, str], int]:
+        """One pass: push what is complete; returns (signatures seen, failures)."""
+        seen, failures = {}, 0
+        for ref, path in self.candidates().items():
+            if stop.is_set():
+                break
+            try:
+                sig = self.signature(path)
+            except FileNotFoundError:
+                continue  # removed while we looked
+            seen[ref] = sig
+            done = self.state.get(ref)
+            if done is not None:
+                if done.get("signature") != sig and self.failed.get(ref) != sig:
+                    self.echo(f"{ref}: {path} changed after it was pushed; not pushed again")
+                    self.failed[ref] = sig
+                continue
+            by_marker = self.opts.marker is not None and os.path.isdir(path)
+            complete = self._has_marker(path) if by_marker else previous.get(ref) == sig
+            if not complete:
+                continue
+            if self.failed.get(ref) == sig:
+                continue
+            try:
+                result = self._push(path, ref)
+            except (StorageError, ManifestError, FormatError, OSError, ValueError) as e:
+                self.echo(f"{ref}: push failed: {e}")
+                self.failed[ref] = sig
+                failures += 1
+                continue
+            self.state[ref] = {"signature": sig, "digest": result.digest, "path": path}
+            self._save_state()
+            self.echo(result.summary())
+        return seen, failures
+
+    def _push(self, path: str, ref: str) -> PushResult:
+        return push(path, self.remote, ref, self.settings, force=self.opts.force,
+                    skip=self._is_marker)
+
+    def run(self, stop) -> int:
+        """Scan until ``stop`` is set (SIGTERM), ``exit_after`` passes, or once; 1 on failures."""
+        started = time.monotonic()
+        previous: dict[str, str] = {}
+        failures = 0
+        passes = 0
+        while not stop.is_set():
+            previous, failed = self.scan(previous, stop)
+            failures += failed
+            passes += 1
+            if self.opts.once and passes >= 2:
+                break
+            if self.opts.exit_after is not None and \
+                    time.monotonic() - started >= self.opts.exit_after:
+                break
+            stop.wait(self.opts.interval)
+        return 1 if failures else 0
+
+
