@@ -192,7 +192,7 @@ def register(main: click.Group) -> None:
         from .. import watch
 
         opts = watch.WatchOptions(prefix=ref_prefix, interval=interval, marker=marker,
-                                 globs=patterns or sync.CHECKPOINT_GLOBS, once=once,
+                                 globs=patterns or watch.CHECKPOINT_GLOBS, once=once,
                                  exit_after=exit_after, state=state, force=force)
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
