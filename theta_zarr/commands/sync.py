@@ -185,7 +185,6 @@ def register(main: click.Group) -> None:
               exit_after: float | None, force: bool, options: tuple[str, ...],
               cache_dir: str | None, chunk_size: str) -> None:
         """Push each checkpoint that appears in FOLDER once it is complete; SIGTERM stops."""
-        from .. import sync
 
         settings = _settings(cache_dir, chunk_size)
         remote = open_sync_remote(remote_arg, options, settings.concurrency)
