@@ -47,6 +47,17 @@ def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
     return items
 
 
+def objects_with_paths(repo: Repo, *rev_list_args: str) -> dict[str, str]:
+    """{object id: path} from ``git rev-list --objects ARGS`` (trees and blobs with a path)."""
+    out = repo.git("rev-list", "--objects", *rev_list_args)
+    found: dict[str, str] = {}
+    for line in out.decode("utf-8", "replace").splitlines():
+        sha, _, path = line.partition(" ")
+        if path:
+            found.setdefault(sha, path)
+    return found
+
+
 def read_blobs(repo: Repo, blobs: list[str]) -> list[bytes]:
     """Blob contents through one ``git cat-file --batch``."""
     if not blobs:

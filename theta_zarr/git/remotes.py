@@ -13,7 +13,7 @@ import os
 
 from ..manifest import Manifest, looks_like_manifest
 from ..remote import RemoteError, RemoteSpec
-from .files import read_blobs
+from .files import objects_with_paths, read_blobs
 from .install import DRIVER
 from .repo import GitError, Repo, git
 
@@ -141,14 +141,9 @@ def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> li
     if not include:
         return []
     try:
-        out = repo.git("rev-list", "--objects", *include, "--not", *exclude)
+        candidates = objects_with_paths(repo, *include, "--not", *exclude)
     except GitError as e:
         raise GitError(f"cannot list commits to push: {e}") from None
-    candidates: dict[str, str] = {}
-    for line in out.decode("utf-8", "replace").splitlines():
-        sha, _, path = line.partition(" ")
-        if path:
-            candidates.setdefault(sha, path)
     if not candidates:
         return []
     paths = sorted(set(candidates.values()))

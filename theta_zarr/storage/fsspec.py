@@ -27,6 +27,11 @@ class FsspecStore(BlobStore):
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
+    def _bucket_key(self, key: str) -> tuple[str, str]:
+        """(bucket, object name) of a key, for object stores' own conditional requests."""
+        bucket, path, _ = self.fs.split_path(self._path(key))
+        return bucket, path
+
     def _fail(self, what: str, key: str, e: BaseException) -> StorageError:
         if isinstance(e, FileNotFoundError):
             return BlobNotFound(f"{key} not found in {self.describe()}")

@@ -22,10 +22,6 @@ _BOUNDARY = "==theta-zarr-ref=="
 class GcsStore(FsspecStore):
     conditional_writes = True
 
-    def _bucket_key(self, key: str) -> tuple[str, str]:
-        bucket, path, _ = self.fs.split_path(self._path(key))
-        return bucket, path
-
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         bucket, path = self._bucket_key(key)
         try:

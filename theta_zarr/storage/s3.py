@@ -29,10 +29,6 @@ def _is_precondition_failure(e: BaseException) -> bool:
 class S3Store(FsspecStore):
     conditional_writes = True
 
-    def _bucket_key(self, key: str) -> tuple[str, str]:
-        bucket, path, _ = self.fs.split_path(self._path(key))
-        return bucket, path
-
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         bucket, path = self._bucket_key(key)
 
