@@ -77,17 +77,10 @@ def install(scope: str | None) -> None:
 
 
 def _lazy_files(repo: Any) -> list[str]:
-    from .git.files import tracked_files
-    from .manifest import looks_like_manifest
+    from .git.files import tracked_files, worktree_state
 
-    out = []
-    for f in tracked_files(repo):
-        path = os.path.join(repo.top, f.path)
-        if f.manifest is not None and os.path.exists(path):
-            with open(path, "rb") as fh:
-                if looks_like_manifest(fh.read(64)):
-                    out.append(f.path)
-    return out
+    return [f.path for f in tracked_files(repo)
+            if f.manifest is not None and worktree_state(repo, f.path) == "lazy"]
 
 
 @main.command()
@@ -159,9 +152,8 @@ def human(n: float) -> str:
 def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json: bool) -> None:
     """Tracked checkpoints: format, parameters, size, chunks, and how many are cached."""
     from .checkpoint import open_cache
-    from .git.files import tracked_files
+    from .git.files import tracked_files, worktree_state
     from .git.repo import Repo
-    from .manifest import looks_like_manifest
 
     repo = Repo.discover()
     cache = open_cache(repo.settings())
@@ -174,11 +166,7 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
         m = f.manifest
         digests = m.digests()
         cached = len(digests) - len(cache.missing(digests))
-        wt = os.path.join(repo.top, f.path)
-        state = "missing"
-        if os.path.exists(wt):
-            with open(wt, "rb") as fh:
-                state = "lazy" if looks_like_manifest(fh.read(64)) else "materialized"
+        state = worktree_state(repo, f.path)
         row: dict[str, Any] = {
             "path": f.path, "format": m.format_name, "params": len(m.params),
             "bytes": m.nbytes, "chunks": sum(len(e.chunks) for e in m.params.values()),

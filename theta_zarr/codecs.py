@@ -3,6 +3,9 @@
 An object is ``b"TZO1"``, one byte giving the codec name's length, the codec
 name in ASCII, then the payload.  The digest always names the *raw* bytes, so the
 codec is the writer's choice per object and never changes a manifest.
+
+``xor-delta`` objects (delta.py) name a base object and cannot be decoded alone:
+ObjectStore resolves them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from abc import ABC, abstractmethod
 from numcodecs import Zstd
 
 MAGIC = b"TZO1"
+DELTA = "xor-delta"
 
 
 class CodecError(ValueError):
@@ -68,6 +72,9 @@ def get_codec(name: str) -> Codec:
     try:
         return CODECS[name]
     except KeyError:
+        if name == DELTA:
+            raise CodecError("an xor-delta object needs its base: read it through an "
+                             "object store") from None
         raise CodecError(f"unknown storage codec {name!r}") from None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ..manifest import Manifest, ManifestError, looks_like_manifest
@@ -89,6 +90,15 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
         manifest = Manifest.from_bytes(data, path) if looks_like_manifest(data[:64]) else None
         files.append(TrackedFile(path, blob, manifest))
     return files
+
+
+def worktree_state(repo: Repo, path: str) -> str:
+    """``lazy`` (a manifest is checked out), ``materialized`` or ``missing``."""
+    full = os.path.join(repo.top, path)
+    if not os.path.exists(full):
+        return "missing"
+    with open(full, "rb") as f:
+        return "lazy" if looks_like_manifest(f.read(64)) else "materialized"
 
 
 def manifest_at(repo: Repo, path: str, rev: str | None = "HEAD") -> Manifest:
