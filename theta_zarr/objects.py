@@ -5,18 +5,27 @@ Reads are decoded and checked against the digest before anyone sees them
 (invariant 4); writes are whole objects under their digest (invariant 3).  Many
 objects move at once through a bounded thread pool, results streaming back as
 they complete, so memory stays bounded by concurrency x chunk size.
+
+An object may be an ``xor-delta`` against a base object (delta.py): ``get``
+resolves the chain through the same store (or a ``bases`` store tried first,
+such as the local cache), one chain at a time and at most ``delta.MAX_DEPTH``
+deep, verifying every base against its digest and the result against the
+object's.  Recently used bases stay in a small LRU, so the chunks of several
+versions of one parameter resolve their shared bases once.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import blake3
 
-from . import codecs
+from . import codecs, delta
 from .manifest import DIGEST_RE
 from .storage import BlobNotFound, BlobStore, StorageError
 
@@ -31,6 +40,43 @@ class ObjectError(Exception):
 
 class MissingObjectError(ObjectError):
     pass
+
+
+class MissingBaseError(ObjectError):
+    """A delta object is there but a base in its chain is not (a broken chain)."""
+
+
+#: verified raw bases kept for reuse by delta resolution, per store
+BASE_CACHE_BYTES = 64 << 20
+
+
+class _LRU:
+    """A small, thread-safe LRU of raw chunks bounded in bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: bytes | memoryview) -> None:
+        if len(value) > self.max_bytes // 4:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = bytes(value)
+            self._bytes += len(value)
+            while self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old)
 
 
 def object_key(digest: str) -> str:
@@ -92,6 +138,9 @@ class ObjectStore:
         self.codec = codec
         self.concurrency = max(1, concurrency)
         self.retries = retries
+        self._bases = _LRU(BASE_CACHE_BYTES)
+        self._base_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -127,18 +176,116 @@ class ObjectStore:
         except BlobNotFound:
             raise MissingObjectError(f"object {digest} is missing from {self.url}") from None
 
-    def get(self, digest: str) -> bytes | memoryview:
-        """The verified raw bytes of a chunk."""
-        return self.decode(digest, self.get_encoded(digest))
+    def get_head(self, digest: str, n: int = delta.PREFIX_BYTES) -> bytes:
+        """The first ``n`` bytes of an object (enough to tell its form and delta base):
+        a ranged read where the backend offers one, else the whole object."""
+        key = object_key(digest)
+        blobs = self.blobs
 
-    def decode(self, digest: str, obj: bytes | memoryview) -> bytes | memoryview:
+        def read() -> bytes:
+            fs, path = getattr(blobs, "fs", None), getattr(blobs, "_path", None)
+            if fs is not None and path is not None:
+                try:
+                    return bytes(fs.cat_file(path(key), start=0, end=n))[:n]
+                except FileNotFoundError:
+                    raise BlobNotFound(key) from None
+                except Exception:
+                    pass  # no ranged reads here: read it whole
+            elif path is not None:
+                try:
+                    with open(path(key), "rb") as f:
+                        return f.read(n)
+                except FileNotFoundError:
+                    raise BlobNotFound(key) from None
+                except OSError:
+                    pass
+            return blobs.get(key)[:n]
+
         try:
-            raw = codecs.decode(obj)
+            return self._retry(read)
+        except BlobNotFound:
+            raise MissingObjectError(f"object {digest} is missing from {self.url}") from None
+
+    def delta_header(self, digest: str) -> delta.DeltaHeader | None:
+        """The delta header of a stored object, None for a full object."""
+        try:
+            return delta.read_header(self.get_head(digest))
         except codecs.CodecError as e:
             raise ObjectError(f"object {digest} in {self.url} is corrupt ({e})") from None
+
+    def get(self, digest: str, bases: ObjectStore | None = None) -> bytes | memoryview:
+        """The verified raw bytes of a chunk, resolving delta chains.
+
+        ``bases`` is another store (the local cache) asked first for delta bases.
+        """
+        return self.decode(digest, self.get_encoded(digest), bases)
+
+    def decode(self, digest: str, obj: bytes | memoryview, bases: ObjectStore | None = None,
+               _depth: int = 0) -> bytes | memoryview:
+        try:
+            name, payload = codecs.split(obj)
+            if name == delta.NAME:
+                header, body = delta.parse(payload)
+            else:
+                raw = codecs.get_codec(name).decode(payload)
+        except codecs.CodecError as e:
+            raise ObjectError(f"object {digest} in {self.url} is corrupt ({e})") from None
+        if name == delta.NAME:
+            if _depth >= delta.MAX_DEPTH:
+                raise ObjectError(f"object {digest} in {self.url}: delta chain deeper than "
+                                  f"{delta.MAX_DEPTH} (corrupt or looping chain)")
+            base_raw = self._base(header.base, digest, bases, _depth + 1)
+            try:
+                raw = delta.apply(header, body, base_raw)
+            except codecs.CodecError as e:
+                raise ObjectError(f"object {digest} in {self.url} is corrupt ({e}; "
+                                  f"delta against base {header.base})") from None
+            if not matches(digest, raw):
+                raise ObjectError(
+                    f"object {digest} in {self.url} is corrupt (its delta against base "
+                    f"{header.base} gives content that does not match the digest)")
+            return raw
         if not matches(digest, raw):
             raise ObjectError(
                 f"object {digest} in {self.url} is corrupt (content does not match digest)")
+        return raw
+
+    def _base(self, base: str, of: str, bases: ObjectStore | None, depth: int) -> bytes:
+        """The verified raw bytes of ``of``'s delta base: LRU, then ``bases``, then here.
+        One thread resolves a given base at a time; the others wait for the LRU."""
+        raw = self._bases.get(base)
+        if raw is not None:
+            return raw
+        with self._lock:
+            lock = self._base_locks.setdefault(base, threading.Lock())
+        with lock:
+            raw = self._bases.get(base)
+            if raw is not None:
+                return raw
+            raw = None
+            if bases is not None and bases is not self:
+                try:
+                    raw = bases.get(base)
+                except ObjectError:
+                    raw = None  # corrupt or missing there: the store itself decides
+            if raw is None:
+                try:
+                    obj = self.get_encoded(base)
+                except MissingObjectError:
+                    raise MissingBaseError(
+                        f"object {of} in {self.url} is a delta against base {base}, "
+                        f"which is missing from {self.url}") from None
+                try:
+                    raw = self.decode(base, obj, bases, depth)
+                except MissingBaseError as e:
+                    raise MissingBaseError(f"{e} (needed through the chain of {of})") from None
+                except ObjectError as e:
+                    raise ObjectError(f"object {of} in {self.url} is a delta against base "
+                                      f"{base}, which cannot be read: {e}") from None
+            raw = bytes(raw)
+            self._bases.put(base, raw)
+        with self._lock:
+            self._base_locks.pop(base, None)
         return raw
 
     def put(self, digest: str, raw: bytes | memoryview) -> int:
@@ -166,7 +313,7 @@ class ObjectStore:
 
     def get_many(self, digests: Iterable[str]) -> Iterator[tuple[str, bytes | memoryview]]:
         """(digest, verified raw bytes) for each digest, concurrently, as they arrive."""
-        yield from bounded_map(self.get, digests, self.concurrency)
+        yield from bounded_map(lambda d: self.get(d), digests, self.concurrency)
 
     def put_many(self, items: Iterable[tuple[str, bytes | memoryview]]) -> int:
         total = 0
