@@ -319,7 +319,7 @@ def push_cmd(remote_name: str | None, refs: tuple[str, ...], all_refs: bool) -> 
     if not manifests:
         click.echo("theta-zarr: nothing to push (no tracked checkpoints in those commits)")
         return
-    push_manifests(repo, spec, manifests)
+    push_manifests(repo, spec, manifests, (include, []))
 
 
 @main.command("fetch")

@@ -21,6 +21,13 @@ Why a concurrent push is safe:
   missing objects unless a deletion lands in the moment between the push's
   re-check and its ref write while gc is also past its re-listing; ``fsck``
   reports that case and re-running the push repairs it.
+
+Delta objects: an ``xor-delta`` object needs its base (and the base's base...).
+Every store's keep-set is closed over delta bases: the headers of the kept
+objects present in that store are read (a ranged read of a few bytes each) and
+each base they name is kept too, transitively.  fsck reads every root object
+through its chain, so a corrupt delta, a corrupt base or a missing base is
+reported with the digests involved.
 """
 
 from __future__ import annotations
@@ -32,7 +39,14 @@ from dataclasses import dataclass, field
 
 from .cache import Cache
 from .manifest import MAGIC, Manifest
-from .objects import MissingObjectError, ObjectError, ObjectStore, bounded_map, object_key
+from .objects import (
+    MissingBaseError,
+    MissingObjectError,
+    ObjectError,
+    ObjectStore,
+    bounded_map,
+    object_key,
+)
 from .storage import StorageError
 from .sync import FileSet, SyncRemote, digest_bytes
 
@@ -131,6 +145,31 @@ def remote_roots(remote: SyncRemote, roots: Roots, young_after: float,
     return problems if strict else []
 
 
+# -- delta chains ------------------------------------------------------------------------------
+def with_bases(store: ObjectStore, digests: Iterable[str],
+               present: set[str] | None = None) -> set[str]:
+    """``digests`` plus every delta base their objects in ``store`` need, transitively.
+
+    ``present`` (the store's listing, when the caller has it) limits header reads
+    to objects that exist; an unreadable header keeps nothing more (fsck reports it).
+    """
+    keep = set(digests)
+    todo = [d for d in keep if present is None or d in present]
+
+    def base_of(digest: str) -> str | None:
+        try:
+            header = store.delta_header(digest)
+        except ObjectError:
+            return None
+        return header.base if header is not None else None
+
+    while todo:
+        found = [b for _, b in bounded_map(base_of, todo, store.concurrency) if b]
+        todo = [b for b in set(found) if b not in keep and (present is None or b in present)]
+        keep.update(found)
+    return keep
+
+
 # -- fsck -----------------------------------------------------------------------------------------
 def check_objects(store: ObjectStore, roots: Roots, fallback: ObjectStore | None = None
                   ) -> list[str]:
@@ -148,9 +187,11 @@ def check_objects(store: ObjectStore, roots: Roots, fallback: ObjectStore | None
             where = f"{store.url} or {fallback.url}" if fallback else store.url
             return f"missing object {digest} ({object_key(digest)}) in {where}, " \
                    f"needed by {roots.chunks[digest]}"
-        except ObjectError:
+        except MissingBaseError as e:
+            return f"broken delta chain: {e}; needed by {roots.chunks[digest]}"
+        except ObjectError as e:
             return f"corrupt object {digest} ({object_key(digest)}) in {store.url}, " \
-                   f"needed by {roots.chunks[digest]}"
+                   f"needed by {roots.chunks[digest]}: {e}"
         return None
 
     found = [msg for _, msg in bounded_map(check, sorted(roots.chunks), store.concurrency)
@@ -183,9 +224,12 @@ class Sweep:
 
 
 def plan_objects(store: ObjectStore, keep: set[str], cutoff: float) -> Sweep:
-    """Objects not in ``keep`` and last written before ``cutoff`` (None mtime: kept)."""
+    """Objects not in ``keep`` (closed over delta bases) and last written before
+    ``cutoff`` (None mtime: kept)."""
     sweep = Sweep(store.url)
-    for digest, size, mtime in store.iter_digests():
+    listed = list(store.iter_digests())
+    keep = with_bases(store, keep, {d for d, _, _ in listed})
+    for digest, size, mtime in listed:
         if digest not in keep and mtime is not None and mtime < cutoff:
             sweep.keys.append((object_key(digest), size))
     return sweep
@@ -237,8 +281,9 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
         sweeps[1].keys = [(k, n) for k, n in sweeps[1].keys
                           if "blake3:" + k.split("/")[-1].removesuffix(".json")
                           not in again.manifests]
+        kept = with_bases(remote.objects, again.chunks)
         sweeps[2].keys = [(k, n) for k, n in sweeps[2].keys
-                          if "blake3:" + k.split("/")[1] + k.split("/")[2] not in again.chunks]
+                          if "blake3:" + k.split("/")[1] + k.split("/")[2] not in kept]
         delete(remote.objects, sweeps[1])  # manifests before the objects they name
         delete(remote.objects, sweeps[2])
     delete(cache, sweeps[0])

@@ -139,7 +139,7 @@ class ObjectStore:
         self.concurrency = max(1, concurrency)
         self.retries = retries
         self._bases = _LRU(BASE_CACHE_BYTES)
-        self._base_locks: dict[str, threading.Lock] = {}
+        self._base_locks: dict[str, threading.RLock] = {}
         self._lock = threading.Lock()
 
     @property
@@ -257,7 +257,7 @@ class ObjectStore:
         if raw is not None:
             return raw
         with self._lock:
-            lock = self._base_locks.setdefault(base, threading.Lock())
+            lock = self._base_locks.setdefault(base, threading.RLock())
         with lock:
             raw = self._bases.get(base)
             if raw is not None:
@@ -290,8 +290,11 @@ class ObjectStore:
 
     def put(self, digest: str, raw: bytes | memoryview) -> int:
         """Store a raw chunk (encoded with this store's codec); returns bytes written."""
+        return self.put_parts(digest, codecs.encode(raw, self.codec))
+
+    def put_parts(self, digest: str, parts: list[bytes | memoryview]) -> int:
+        """Store an encoded object given as parts written in order; returns its size."""
         key = object_key(digest)
-        parts = codecs.encode(raw, self.codec)
         self._retry(lambda: self.blobs.put(key, parts))
         return sum(len(p) for p in parts)
 

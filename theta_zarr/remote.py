@@ -8,6 +8,14 @@ push: which digests a remote lacks (concurrent existence checks), then upload
 those, concurrently, with retries.  fetch: download, decode and verify each
 object before it enters the cache.  Objects go first; manifests and refs are
 written only after every object they name is in place (invariant 3).
+
+Deltas (delta.py): a push may store a chunk as an xor-delta against the same
+chunk of the parent version (``bases``, computed by the caller from manifests).
+The writer decides here, per chunk, in ``_encode_for_push``: only over a base
+the remote had before this push began, only if the delta is smaller than
+``policy.ratio`` x the plain object, and only while the chain stays within
+``policy.max_depth``.  A fetch resolves deltas, asking the cache for bases
+first, and stores raw objects in the cache.
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from . import progress
+from . import codecs, delta, progress
 from .cache import Cache
+from .delta import Base, DeltaPolicy
 from .objects import MissingObjectError, ObjectError, ObjectStore, bounded_map
 from .storage import StorageError, open_store
 
@@ -102,20 +111,30 @@ class TransferStats:
     stored_bytes: int = 0
     skipped: int = 0  # already present at the destination
     seconds: float = 0.0
+    deltas: int = 0  # objects stored as xor-deltas
+    delta_saved: int = 0  # bytes the deltas saved over plain objects
 
     def summary(self, verb: str, where: str) -> str:
         mb = self.stored_bytes / 1e6
+        extra = (f"; {self.deltas} as deltas, saving {self.delta_saved / 1e6:.1f} MB"
+                 if self.deltas else "")
         return (f"{verb} {self.objects} objects ({mb:.1f} MB) {where}; "
-                f"{self.skipped} already there; {self.seconds:.1f} s")
+                f"{self.skipped} already there{extra}; {self.seconds:.1f} s")
+
+
+Mover = Callable[[str], tuple[int, int, int]]  # digest -> (raw, stored, plain-minus-stored)
 
 
 def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: str,
-             check_destination: bool = True) -> TransferStats:
+             check_destination: bool = True, move: Mover | None = None,
+             bases: ObjectStore | None = None) -> TransferStats:
     """Copy objects from ``src`` to ``dst``: verified on read, re-encoded for ``dst``.
 
     With ``check_destination`` the objects ``dst`` already has are skipped
     (concurrent existence checks), which makes an interrupted transfer
-    resumable: a re-run moves only the rest.
+    resumable: a re-run moves only the rest.  ``move`` replaces the plain
+    read-verify-put of one object (the delta writer); ``bases`` is a store
+    asked first for delta bases while reading ``src`` (the cache, on fetch).
     """
     start = time.perf_counter()
     todo = sorted(set(digests))
@@ -125,23 +144,76 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
         stats.skipped = len(todo) - len(lacking)
         todo = sorted(lacking)
 
-    def move(digest: str) -> tuple[int, int]:
-        raw = src.get(digest)
-        return len(raw), dst.put(digest, raw)
+    def plain(digest: str) -> tuple[int, int, int]:
+        raw = src.get(digest, bases)
+        return len(raw), dst.put(digest, raw), -1
 
     with progress.bar(len(todo), desc, unit="obj") as bar:
-        for _, (raw_n, stored_n) in bounded_map(move, todo, max(src.concurrency,
-                                                                 dst.concurrency)):
+        for _, (raw_n, stored_n, saved) in bounded_map(move or plain, todo,
+                                                        max(src.concurrency, dst.concurrency)):
             stats.objects += 1
             stats.raw_bytes += raw_n
             stats.stored_bytes += stored_n
+            if saved >= 0:
+                stats.deltas += 1
+                stats.delta_saved += saved
             bar.update(1)
     stats.seconds = time.perf_counter() - start
     return stats
 
 
-def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str]) -> TransferStats:
-    """Upload the objects ``remote`` lacks; every one must be in the cache."""
+def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
+                 policy: DeltaPolicy) -> Mover:
+    """Put each object plain or as a delta, whichever the policy prefers (see module doc)."""
+    depths: dict[str, int | None] = {}
+
+    def base_depth(digest: str) -> int | None:
+        """The chain depth of a base on the remote (0: full), None when it cannot be read."""
+        if digest not in depths:
+            try:
+                header = remote.delta_header(digest)
+            except ObjectError:
+                depths[digest] = None
+            else:
+                depths[digest] = 0 if header is None else header.depth
+        return depths[digest]
+
+    def move(digest: str) -> tuple[int, int, int]:
+        raw = cache.get(digest)
+        parts = codecs.encode(raw, remote.codec)
+        plain_n = sum(len(p) for p in parts)
+        base = bases.get(digest)
+        if base is not None and len(raw):
+            obj = _try_delta(raw, base, plain_n)
+            if obj is not None:
+                depth = base_depth(base.digest)
+                if depth is not None and depth + 1 <= policy.max_depth:
+                    obj = delta.with_depth(obj, depth + 1)
+                    return len(raw), remote.put_encoded(digest, obj), plain_n - len(obj)
+        return len(raw), remote.put_parts(digest, parts), -1
+
+    def _try_delta(raw, base: Base, plain_n: int) -> bytes | None:
+        try:
+            base_raw = cache.get(base.digest)
+        except ObjectError:
+            return None  # the cache lacks the parent's chunk: no delta
+        if len(base_raw) != len(raw):
+            return None
+        obj = delta.encode(raw, base_raw, base.digest, base.elem, 1, policy.level)
+        return obj if len(obj) < policy.ratio * plain_n else None
+
+    return move
+
+
+def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
+                 bases: dict[str, Base] | None = None,
+                 policy: DeltaPolicy | None = None) -> TransferStats:
+    """Upload the objects ``remote`` lacks; every one must be in the cache.
+
+    ``bases`` maps a chunk's digest to the same chunk of its parent version
+    (delta.candidates); with a ``policy`` that is enabled, chunks whose base the
+    remote already has may be stored as xor-deltas (see the module doc).
+    """
     digests = set(digests)
     lacking = remote.missing(digests)
     absent = cache.missing(lacking)
@@ -150,14 +222,43 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str]) -> T
         raise MissingObjectError(
             f"{len(absent)} object(s) to push are in neither the cache nor {remote.url} "
             f"(first: {first}); fetch them or check out the version that made them")
-    stats = transfer(cache, remote, lacking, f"push {remote.url}", check_destination=False)
+    policy = policy or DeltaPolicy()
+    if not (bases and policy.enabled):
+        stats = transfer(cache, remote, lacking, f"push {remote.url}", check_destination=False)
+        stats.skipped = len(digests) - len(lacking)
+        return stats
+    wanted = {d: bases[d] for d in lacking if d in bases}
+    base_digests = {b.digest for b in wanted.values()}
+    have = base_digests - remote.missing(base_digests - lacking) - lacking
+    # Waves: a chunk whose base is itself being pushed waits until that base is in
+    # place, so a delta never names an object still on its way (invariant 3) and a
+    # push of several commits chains each step on the one before.
+    stats = TransferStats()
+    pending = set(lacking)
+    start = time.perf_counter()
+    while pending:
+        ready = {d for d in pending if not (d in wanted and wanted[d].digest in pending)}
+        ready = ready or set(pending)  # a cycle (a revert among the commits): all plain
+        usable = {d: wanted[d] for d in ready if d in wanted and wanted[d].digest in have}
+        move = _delta_mover(cache, remote, usable, policy) if usable else None
+        wave = transfer(cache, remote, ready, f"push {remote.url}", check_destination=False,
+                        move=move)
+        for name in ("objects", "raw_bytes", "stored_bytes", "deltas", "delta_saved"):
+            setattr(stats, name, getattr(stats, name) + getattr(wave, name))
+        have |= ready
+        pending -= ready
+    stats.seconds = time.perf_counter() - start
     stats.skipped = len(digests) - len(lacking)
     return stats
 
 
 def fetch_objects(remote: ObjectStore, cache: Cache, digests: Iterable[str]) -> TransferStats:
-    """Download objects into the cache, each verified against its digest first."""
-    return transfer(remote, cache, digests, f"fetch {remote.url}")
+    """Download objects into the cache, each verified against its digest first.
+
+    Delta objects are resolved (bases from the cache where it has them) and the
+    cache stores the raw chunk.
+    """
+    return transfer(remote, cache, digests, f"fetch {remote.url}", bases=cache)
 
 
 class ReadThrough:
@@ -197,7 +298,7 @@ class ReadThrough:
         except MissingObjectError:
             if self._open_remote is None:
                 raise
-        raw = self.remote.get(digest)
+        raw = self.remote.get(digest, self.cache)
         self.cache.put(digest, raw)
         return raw
 

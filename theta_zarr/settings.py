@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from .chunking import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
+from .delta import DEFAULT_DEPTH, DEFAULT_RATIO, DeltaPolicy
 from .objects import DEFAULT_CONCURRENCY
 
 
@@ -20,11 +21,19 @@ class Settings:
     lazy: bool = False
     concurrency: int = DEFAULT_CONCURRENCY
     workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    delta: bool = True  # theta-zarr.delta: pushes may store xor-deltas
+    delta_ratio: float = DEFAULT_RATIO  # theta-zarr.delta-ratio
+    delta_depth: int = DEFAULT_DEPTH  # theta-zarr.delta-depth
+
+    @property
+    def delta_policy(self) -> DeltaPolicy:
+        return DeltaPolicy(self.delta, self.delta_ratio, self.delta_depth)
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < MIN_CHUNK_BYTES:
             raise ValueError(f"chunk size {self.chunk_bytes} is below the minimum "
                              f"{MIN_CHUNK_BYTES} bytes")
+        self.delta_policy  # noqa: B018 - validates ratio and depth
 
 
 def parse_size(text: str) -> int:

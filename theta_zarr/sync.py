@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
-from . import checkpoint, chunking
+from . import checkpoint, chunking, delta
 from .cache import Cache
 from .chunkreader import ordered_map
 from .formats.base import FormatError
@@ -325,7 +325,9 @@ class PushResult:
                 f"({self.new_objects} objects uploaded), {self.seconds:.1f} s")
 
 
-def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned]) -> tuple[int, int, int]:
+def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
+            bases: dict[str, delta.Base] | None = None,
+            policy: delta.DeltaPolicy | None = None) -> tuple[int, int, int]:
     """Objects, then manifests; returns (new raw bytes, total raw bytes, objects uploaded).
 
     Objects the remote already had are checked again after the manifests are in:
@@ -336,7 +338,7 @@ def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned]) -> tuple[i
     for c in cleaned:
         sizes.update(c.sizes)
     lacking = remote.objects.missing(sizes)
-    stats = push_objects(cache, remote.objects, lacking)
+    stats = push_objects(cache, remote.objects, lacking, bases, policy)
     manifests = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
     for _ in bounded_map(remote.put_manifest, manifests, remote.objects.concurrency):
         pass
@@ -348,6 +350,32 @@ def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned]) -> tuple[i
             stats.objects += again.objects
             stats.raw_bytes += again.raw_bytes
     return stats.raw_bytes, sum(sizes.values()), stats.objects
+
+
+def _ref_bases(remote: SyncRemote, ref: str, names: list[str], cleaned: list[Cleaned]
+               ) -> dict[str, delta.Base]:
+    """Delta bases for a cluster push: each pushed manifest against the manifest of the
+    same file in what ``ref`` names now (nothing when the ref is new or unreadable)."""
+    try:
+        value = remote.refs.read(ref)
+        if value is None:
+            return {}
+        before = remote.load(value.digest)
+        if isinstance(before, Manifest):
+            olds = {n: before for n in names} if len(names) == 1 else {}
+        else:
+            olds = {n: remote.load(before.files[n].manifest) for n in names
+                    if n in before.files and before.files[n].manifest is not None}
+    except (StorageError, ValueError):
+        return {}
+    found: dict[str, delta.Base] = {}
+    for name, c in zip(names, cleaned, strict=True):
+        old = olds.get(name)
+        if c.manifest_bytes is not None and isinstance(old, Manifest):
+            new = Manifest.from_bytes(c.manifest_bytes, name)
+            for digest, base in delta.candidates(new, old).items():
+                found.setdefault(digest, base)
+    return found
 
 
 def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: bool = False,
@@ -376,7 +404,9 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
             FileSet({names[0]: entry}).to_bytes()
     else:
         raise SyncError(f"{path}: no such file or directory")
-    new, total, count = _upload(remote, cache, cleaned)
+    policy = settings.delta_policy
+    bases = _ref_bases(remote, ref, names, cleaned) if policy.enabled else None
+    new, total, count = _upload(remote, cache, cleaned, bases, policy)
     if shard is not None:
         remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry)
         return PushResult(ref, cleaned[0].entry.manifest or "blake3:" + "0" * 64,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from .. import checkpoint
+from .. import checkpoint, delta
+from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..remote import ReadThrough, TransferStats, open_remote, push_objects
+from .files import read_blobs
+from .install import DRIVER
 from .remotes import for_git_remote, manifests_in_range, require, resolve
 from .repo import GitError, Repo
 
@@ -27,7 +30,7 @@ def pre_push(repo: Repo, remote_name: str, lines: list[str]) -> TransferStats | 
     if not manifests:
         return None
     spec = for_git_remote(repo, remote_name) or require(repo, remote_name)
-    return push_manifests(repo, spec, manifests)
+    return push_manifests(repo, spec, manifests, (include, exclude))
 
 
 def _is_commit(repo: Repo, sha: str) -> bool:
@@ -38,12 +41,17 @@ def _is_commit(repo: Repo, sha: str) -> bool:
     return True
 
 
-def push_manifests(repo: Repo, spec, manifests) -> TransferStats:
+def push_manifests(repo: Repo, spec, manifests,
+                   commits: tuple[list[str], list[str]] | None = None) -> TransferStats:
+    """Upload the chunks of ``manifests``; ``commits`` (include, exclude) names the commit
+    range they came from, whose first-parent changes give the delta bases."""
     settings = repo.settings()
     cache = checkpoint.open_cache(settings)
     remote = open_remote(spec, settings.concurrency)
     digests = set().union(*(m.digests() for m in manifests))
-    stats = push_objects(cache, remote, digests)
+    policy = settings.delta_policy
+    bases = parent_bases(repo, *commits) if commits and policy.enabled else None
+    stats = push_objects(cache, remote, digests, bases, policy)
     print(f"theta-zarr: {stats.summary('uploaded', 'to ' + remote.url)}", file=sys.stderr)
     return stats
 
@@ -56,3 +64,43 @@ def read_through(repo: Repo, name: str | None = None, cache=None) -> ReadThrough
     if spec is None:
         return ReadThrough(cache, None)
     return ReadThrough(cache, lambda: open_remote(spec, settings.concurrency))
+
+
+def parent_bases(repo: Repo, include: list[str], exclude: list[str]) -> dict[str, delta.Base]:
+    """Delta bases for a push: each tracked manifest a commit in the range changed,
+    against the manifest of the same path in the commit's first parent."""
+    if not include:
+        return {}
+    try:
+        out = repo.git("log", "--raw", "-r", "--no-renames", "--no-abbrev", "--format=",
+                       "--diff-merges=first-parent", *include, "--not", *exclude)
+    except GitError:
+        return {}  # deltas are an optimisation: without the range, push plain objects
+    pairs: list[tuple[str, str, str]] = []
+    for line in out.decode("utf-8", "replace").splitlines():
+        meta, _, path = line.partition("\t")
+        fields = meta.split()
+        if len(fields) == 5 and fields[4] == "M" and fields[2].strip("0") and path:
+            pairs.append((fields[2], fields[3], path))
+    if not pairs:
+        return {}
+    paths = sorted({p for _, _, p in pairs})
+    attr = repo.git("check-attr", "-z", "--stdin", "filter",
+                    input="\0".join(paths).encode() + b"\0").split(b"\0")
+    ours = {attr[i].decode() for i in range(0, len(attr) - 2, 3)
+            if attr[i + 2].decode() == DRIVER}
+    pairs = [p for p in pairs if p[2] in ours]
+    shas = sorted({sha for old, new, _ in pairs for sha in (old, new)})
+    manifests: dict[str, Manifest] = {}
+    for sha, data in zip(shas, read_blobs(repo, shas), strict=True):
+        if looks_like_manifest(data[:64]):
+            try:
+                manifests[sha] = Manifest.from_bytes(data, sha[:10])
+            except ManifestError:
+                pass  # an old, unreadable version is simply no base
+    found: dict[str, delta.Base] = {}
+    for old, new, _ in pairs:
+        if old in manifests and new in manifests:
+            for digest, base in delta.candidates(manifests[new], manifests[old]).items():
+                found.setdefault(digest, base)
+    return found

@@ -78,6 +78,12 @@ class Repo:
             kwargs["cache_codec"] = cfg["theta-zarr.cache-compression"].strip() or "raw"
         if "theta-zarr.concurrency" in cfg:
             kwargs["concurrency"] = int(cfg["theta-zarr.concurrency"])
+        if "theta-zarr.delta" in cfg:
+            kwargs["delta"] = _true(cfg["theta-zarr.delta"])
+        if "theta-zarr.delta-ratio" in cfg:
+            kwargs["delta_ratio"] = float(cfg["theta-zarr.delta-ratio"])
+        if "theta-zarr.delta-depth" in cfg:
+            kwargs["delta_depth"] = int(cfg["theta-zarr.delta-depth"])
         lazy_env = os.environ.get("GIT_THETA_ZARR_SKIP_SMUDGE")
         kwargs["lazy"] = _true(lazy_env) if lazy_env else _true(cfg.get("theta-zarr.lazy", ""))
         return Settings(**kwargs)
