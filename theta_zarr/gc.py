@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .cache import Cache
-from .manifest import MAGIC, Manifest
+from .manifest import Manifest
 from .objects import (
     MissingBaseError,
     MissingObjectError,
@@ -48,7 +48,7 @@ from .objects import (
     object_key,
 )
 from .storage import StorageError
-from .sync import FileSet, SyncRemote, digest_bytes
+from .sync import FileSet, SyncRemote
 
 _DIGEST_BYTES = re.compile(rb"blake3:[0-9a-f]{64}")
 MAX_MANIFEST_BLOB = 256 << 20
@@ -73,33 +73,6 @@ class Roots:
     def add_chunks(self, digests: Iterable[str], where: str) -> None:
         for d in digests:
             self.chunks.setdefault(d, where)
-
-
-# -- git side -----------------------------------------------------------------------------------
-def git_roots(repo, roots: Roots) -> None:
-    """Every manifest blob reachable from refs, reflogs (stashes) and the index."""
-    out = repo.git("rev-list", "--objects", "--all", "--reflog", "--indexed-objects")
-    paths: dict[str, str] = {}
-    for line in out.decode("utf-8", "replace").splitlines():
-        sha, _, path = line.partition(" ")
-        if path:
-            paths.setdefault(sha, path)
-    if not paths:
-        return
-    check = repo.git("cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)",
-                     input="".join(s + "\n" for s in paths).encode()).decode().splitlines()
-    blobs = [p[0] for p in (c.split() for c in check)
-             if len(p) == 3 and p[1] == "blob" and int(p[2]) <= MAX_MANIFEST_BLOB]
-    from .git.files import read_blobs
-
-    for start in range(0, len(blobs), 512):
-        group = blobs[start:start + 512]
-        for sha, data in zip(group, read_blobs(repo, group), strict=True):
-            head = data[:1024]
-            if MAGIC in head or b'"theta_zarr"' in head:
-                where = f"{paths[sha]} (git blob {sha[:10]})"
-                roots.add_chunks((d.decode() for d in _DIGEST_BYTES.findall(data)), where)
-                roots.manifests.add(digest_bytes(data))
 
 
 # -- remote side ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from sync_helpers import CHUNK, Case, env_for, model, sha, tz
 
 from theta_zarr import chunking, gc
 from theta_zarr.cache import Cache
+from theta_zarr.git.reachability import git_roots
 from theta_zarr.objects import object_key
 from theta_zarr.sync import SyncRemote
 
@@ -166,6 +167,6 @@ def test_gc_never_deletes_a_reachable_object(repo, tmp_path, steps):
     roots = gc.Roots()
     from theta_zarr.git.repo import Repo
 
-    gc.git_roots(Repo.discover(str(repo.path)), roots)
+    git_roots(Repo.discover(str(repo.path)), roots)
     assert cache.missing(roots.chunks) == set()
     assert not cache.has(junk_digest)

@@ -225,6 +225,7 @@ def register(main: click.Group) -> None:
     def fsck(remote_name: str | None) -> None:
         """Find missing or corrupt objects reachable from git refs, reflogs, stashes, index."""
         from .. import checkpoint, gc
+        from ..git.reachability import git_roots
         from ..git.remotes import require, resolve
         from ..git.repo import Repo
         from ..remote import open_remote
@@ -234,7 +235,7 @@ def register(main: click.Group) -> None:
         settings = repo.settings()
         cache = checkpoint.open_cache(settings)
         roots = gc.Roots()
-        gc.git_roots(repo, roots)
+        git_roots(repo, roots)
         problems: list[str] = []
         if remote_name:
             remote = SyncRemote.open(require(repo, remote_name), settings.concurrency)
@@ -263,6 +264,7 @@ def register(main: click.Group) -> None:
     def gc_cmd(remote_name: str | None, grace: str, dry_run: bool) -> None:
         """Delete unreachable objects older than --grace from the cache (and the remote)."""
         from .. import checkpoint, gc
+        from ..git.reachability import git_roots
         from ..git.remotes import require
         from ..git.repo import Repo
         from ..sync import SyncRemote
@@ -275,7 +277,7 @@ def register(main: click.Group) -> None:
 
         def roots() -> gc.Roots:
             r = gc.Roots()
-            gc.git_roots(repo, r)
+            git_roots(repo, r)
             return r
 
         result = gc.collect(cache, roots, gc.parse_duration(grace), remote, dry_run)

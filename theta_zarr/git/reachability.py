@@ -1,0 +1,31 @@
+"""Reachability from git: every manifest blob any ref, reflog, stash or the index can reach.
+
+gc and fsck keep these manifests' chunks; the core gc module never runs git itself.
+"""
+
+from __future__ import annotations
+
+from ..gc import _DIGEST_BYTES, MAX_MANIFEST_BLOB, Roots
+from ..manifest import MAGIC
+from ..sync import digest_bytes
+from .files import objects_with_paths, read_blobs
+from .repo import Repo
+
+
+def git_roots(repo: Repo, roots: Roots) -> None:
+    """Every manifest blob reachable from refs, reflogs (stashes) and the index."""
+    paths = objects_with_paths(repo, "--all", "--reflog", "--indexed-objects")
+    if not paths:
+        return
+    check = repo.git("cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)",
+                     input="".join(s + "\n" for s in paths).encode()).decode().splitlines()
+    blobs = [p[0] for p in (c.split() for c in check)
+             if len(p) == 3 and p[1] == "blob" and int(p[2]) <= MAX_MANIFEST_BLOB]
+    for start in range(0, len(blobs), 512):
+        group = blobs[start:start + 512]
+        for sha, data in zip(group, read_blobs(repo, group), strict=True):
+            head = data[:1024]
+            if MAGIC in head or b'"theta_zarr"' in head:
+                where = f"{paths[sha]} (git blob {sha[:10]})"
+                roots.add_chunks((d.decode() for d in _DIGEST_BYTES.findall(data)), where)
+                roots.manifests.add(digest_bytes(data))
