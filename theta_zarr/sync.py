@@ -379,8 +379,8 @@ def _ref_bases(remote: SyncRemote, ref: str, names: list[str], cleaned: list[Cle
 
 
 def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: bool = False,
-         shard: str | None = None, skip: Callable[[str], bool] = lambda rel: False
-         ) -> PushResult:
+         shard: str | None = None, skip: Callable[[str], bool] = lambda rel: False,
+         base_ref: str | None = None) -> PushResult:
     """Publish a checkpoint file or directory under ``ref`` (or stage it as a shard).
 
     ``skip`` leaves files of a directory out (watch's marker files).
@@ -405,7 +405,9 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     else:
         raise SyncError(f"{path}: no such file or directory")
     policy = settings.delta_policy
-    bases = _ref_bases(remote, ref, names, cleaned) if policy.enabled else None
+    # delta bases: the version this one continues (``base_ref``), else what ``ref`` names now
+    base_ref = check_ref_name(base_ref) if base_ref else ref
+    bases = _ref_bases(remote, base_ref, names, cleaned) if policy.enabled else None
     new, total, count = _upload(remote, cache, cleaned, bases, policy)
     if shard is not None:
         remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry)

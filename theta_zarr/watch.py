@@ -141,14 +141,18 @@ class Watcher:
                 self.failed[ref] = sig
                 failures += 1
                 continue
-            self.state[ref] = {"signature": sig, "digest": result.digest, "path": path}
+            seq = 1 + max((e.get("seq", 0) for e in self.state.values()), default=0)
+            self.state[ref] = {"signature": sig, "digest": result.digest, "path": path,
+                               "seq": seq}
             self._save_state()
             self.echo(result.summary())
         return seen, failures
 
     def _push(self, path: str, ref: str) -> PushResult:
+        # each checkpoint continues the one pushed before it: its delta base
+        latest = max(self.state, key=lambda r: self.state[r].get("seq", 0), default=None)
         return push(path, self.remote, ref, self.settings, force=self.opts.force,
-                    skip=self._is_marker)
+                    skip=self._is_marker, base_ref=latest)
 
     def run(self, stop) -> int:
         """Scan until ``stop`` is set (SIGTERM), ``exit_after`` passes, or once; 1 on failures."""

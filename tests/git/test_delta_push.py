@@ -191,3 +191,24 @@ def test_cluster_push_stores_deltas_against_the_ref(tmp_path):
     pulled = tmp_path / "pulled.safetensors"
     run_tz(["pull", url, "run/latest", "-o", str(pulled)], tmp_path / "other-cache")
     assert sha(pulled) == sha(f)
+
+
+def test_cluster_push_of_a_new_step_deltas_against_base_ref(tmp_path):
+    """Each training step gets its own ref; --base-ref names the step it continues."""
+    url = str(tmp_path / "bucket")
+    f = tmp_path / "model.safetensors"
+    write_model(str(f), SHAPE)
+    common = ["--chunk-size", "16KiB"]
+    run_tz(["push", str(f), url, "--ref", "run/step-1", *common], tmp_path / "job-cache")
+    write_model(str(f), SHAPE, tuned=ALL, step=1e-4)
+    out = run_tz(["push", str(f), url, "--ref", "run/step-2", "--base-ref", "run/step-1",
+                  *common], tmp_path / "job-cache")
+    remote = SyncRemote.open(RemoteSpec("t", url))
+    _, step1 = remote.resolve("run/step-1")
+    _, step2 = remote.resolve("run/step-2")
+    new = step2.digests() - step1.digests()
+    forms = {codec_of(remote.objects, d) for d in new}
+    assert new and forms == {"xor-delta"}, out
+    pulled = tmp_path / "pulled.safetensors"
+    run_tz(["pull", url, "run/step-2", "-o", str(pulled)], tmp_path / "other-cache")
+    assert sha(pulled) == sha(f)

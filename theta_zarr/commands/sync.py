@@ -75,6 +75,8 @@ def register(main: click.Group) -> None:
     @click.argument("args", nargs=-1)
     @click.option("--ref", default=None, help="publish CKPT to REMOTE under this ref (no git)")
     @click.option("--force", is_flag=True, help="move the ref even if it points elsewhere")
+    @click.option("--base-ref", default=None,
+                  help="the ref this checkpoint continues (delta base; default: --ref's value)")
     @click.option("--shard", is_flag=True,
                   help="stage this file as one shard of --ref (finish with --combine)")
     @click.option("--name", "shard_name", default=None, help="the shard's name in the set")
@@ -86,7 +88,8 @@ def register(main: click.Group) -> None:
     @click.pass_context
     @reports_errors
     def push(ctx: click.Context, args: tuple[str, ...], ref: str | None, force: bool,
-             shard: bool, shard_name: str | None, combine: bool, expect: int | None,
+             base_ref: str | None, shard: bool, shard_name: str | None, combine: bool,
+             expect: int | None,
              all_refs: bool, options: tuple[str, ...], cache_dir: str | None,
              chunk_size: str) -> None:
         """Publish CKPT (file or folder) to REMOTE under --ref, uploading only new chunks.
@@ -116,7 +119,8 @@ def register(main: click.Group) -> None:
             remote = open_sync_remote(args[1], options, settings.concurrency)
             name = (shard_name or os.path.basename(os.path.normpath(args[0]))) if shard \
                 else None
-            result = sync.push(args[0], remote, ref, settings, force=force, shard=name)
+            result = sync.push(args[0], remote, ref, settings, force=force, shard=name,
+                               base_ref=base_ref)
         _say(result.summary())
 
     @main.command("pull")
