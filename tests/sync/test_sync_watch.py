@@ -41,3 +41,28 @@ def test_watch_pushes_complete_checkpoints_once(tmp_path):
     assert proc.wait(timeout=20) == 0
     assert b"watch stopped" in proc.stderr.read()
     proc.stderr.close()
+
+
+def test_watch_deltas_each_step_against_the_one_before(tmp_path):
+    from theta_zarr import codecs
+    from theta_zarr.demo import ModelShape, write_model
+    from theta_zarr.objects import object_key
+
+    shape = ModelShape(hidden=64, layers=2, vocab=256)
+    every = [n for n, _ in shape.tensors()]
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    env = env_for(case, tmp_path)
+    ckpt = tmp_path / "ckpt"
+    for step, tuned in ((1, []), (2, every)):
+        (ckpt / f"step-{step}").mkdir(parents=True)
+        write_model(str(ckpt / f"step-{step}" / "model.safetensors"), shape, tuned=tuned,
+                    step=1e-4)
+        (ckpt / f"step-{step}" / "DONE").write_text("")
+        tz(["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--marker", "DONE",
+            "--chunk-size", "16KiB", "--once"], env)
+    remote = SyncRemote.open(RemoteSpec("t", case.url, {}))
+    members = [remote.load(remote.load(remote.refs.read(f"run7/step-{s}").digest)
+                           .files["model.safetensors"].manifest) for s in (1, 2)]
+    new = members[1].digests() - members[0].digests()
+    forms = {codecs.split(remote.objects.blobs.get(object_key(d)))[0] for d in new}
+    assert new and forms == {"xor-delta"}
