@@ -261,3 +261,36 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
         delete(remote.objects, sweeps[2])
     delete(cache, sweeps[0])
     return GcResult(sweeps, start)
+
+
+# -- repack ---------------------------------------------------------------------------------------
+@dataclass
+class Repack:
+    objects: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+
+def repack(store: ObjectStore, max_depth: int, dry_run: bool = False) -> Repack:
+    """Rewrite delta objects whose chain is deeper than ``max_depth`` as full objects.
+
+    Invariant 3 allows exactly this: the same raw bytes in another storage form, one
+    atomic write under the same name, so readers at any moment see a valid object.
+    ``max_depth`` 0 rewrites every delta.  A delta over a repacked base keeps the
+    depth recorded when it was written, which only overstates its chain.
+    """
+    result = Repack()
+
+    def visit(item: tuple[str, int, float | None]) -> tuple[int, int] | None:
+        digest, size, _ = item
+        header = store.delta_header(digest)
+        if header is None or header.depth <= max_depth:
+            return None
+        return (size, 0) if dry_run else (size, store.put(digest, store.get(digest)))
+
+    for _, done in bounded_map(visit, list(store.iter_digests()), store.concurrency):
+        if done is not None:
+            result.objects += 1
+            result.bytes_before += done[0]
+            result.bytes_after += done[1]
+    return result

@@ -212,3 +212,29 @@ def test_cluster_push_of_a_new_step_deltas_against_base_ref(tmp_path):
     pulled = tmp_path / "pulled.safetensors"
     run_tz(["pull", url, "run/step-2", "-o", str(pulled)], tmp_path / "other-cache")
     assert sha(pulled) == sha(f)
+
+
+def test_gc_repack_rewrites_deep_chains_as_full_objects(repo, tmp_path, make_repo):
+    url = str(tmp_path / "bucket")
+    bare = setup(repo, url, {}, [], tmp_path)
+    commit(repo, "base")
+    manifests = [commit(repo, f"step {i}", tuned=ALL, step=1e-3 * (i + 1)) for i in range(3)]
+    repo.git("push", "-q", "origin", "main")
+    store = objects(url, [])
+
+    def depths() -> list[int]:
+        headers = [store.delta_header(m.params["lm_head.weight"].chunks[0]) for m in manifests]
+        return [0 if h is None else h.depth for h in headers]
+
+    assert depths() == [1, 2, 3]
+    dry = repo.tz("gc", "--remote", "origin", "--repack", "--repack-depth", "1",
+                  "--dry-run").stdout.decode()
+    assert "would rewrite" in dry and depths() == [1, 2, 3]
+    out = repo.tz("gc", "--remote", "origin", "--repack", "--repack-depth", "1").stdout.decode()
+    assert "rewrote" in out
+    assert depths() == [1, 0, 0]
+    assert codec_of(store, manifests[2].params["lm_head.weight"].chunks[0]) == "zstd"
+    c = clone(make_repo, bare, "after-repack")
+    assert sha(c.path / "model.safetensors") == sha(repo.path / "model.safetensors")
+    proc = repo.tz("gc", "--repack", check=False)
+    assert proc.returncode == 1 and "--repack needs --remote" in proc.stderr.decode()

@@ -264,8 +264,15 @@ def register(main: click.Group) -> None:
     @click.option("--grace", default="7d", show_default=True,
                   help="keep anything written more recently than this (e.g. 7d, 12h, 0)")
     @click.option("--dry-run", is_flag=True, help="print what would go, delete nothing")
+    @click.option("--repack", is_flag=True,
+                  help="with --remote: rewrite delta chains deeper than --repack-depth as "
+                       "full objects")
+    @click.option("--repack-depth", type=click.IntRange(0, 64), default=None,
+                  help="deepest chain kept by --repack (default: theta-zarr.delta-depth; "
+                       "0 rewrites every delta)")
     @reports_errors
-    def gc_cmd(remote_name: str | None, grace: str, dry_run: bool) -> None:
+    def gc_cmd(remote_name: str | None, grace: str, dry_run: bool, repack: bool,
+               repack_depth: int | None) -> None:
         """Delete unreachable objects older than --grace from the cache (and the remote)."""
         from .. import checkpoint, gc
         from ..git.reachability import git_roots
@@ -284,6 +291,8 @@ def register(main: click.Group) -> None:
             git_roots(repo, r)
             return r
 
+        if repack and remote is None:
+            raise ValueError("--repack needs --remote (the cache holds no deltas)")
         result = gc.collect(cache, roots, gc.parse_duration(grace), remote, dry_run)
         verb = "would delete" if dry_run else "deleted"
         for sweep in result.sweeps:
@@ -292,3 +301,10 @@ def register(main: click.Group) -> None:
                     click.echo(f"{key}\t{n}\t{sweep.where}")
             click.echo(f"{verb} {len(sweep.keys)} blobs ({human(sweep.nbytes)}, "
                        f"{sweep.nbytes} bytes) from {sweep.where}")
+        if repack:
+            depth = settings.delta_policy.max_depth if repack_depth is None else repack_depth
+            done = gc.repack(remote.objects, depth, dry_run)
+            click.echo(f"{'would rewrite' if dry_run else 'rewrote'} {done.objects} delta "
+                       f"object(s) deeper than {depth} as full objects in {remote.url} "
+                       f"({human(done.bytes_before)} -> "
+                       f"{human(done.bytes_after) if not dry_run else '?'})")
