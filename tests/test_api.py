@@ -81,8 +81,6 @@ def test_load_state_dict_from_lazy_working_tree(committed):
 
 
 def test_open_returns_zarr_group(committed):
-    zarrstore = pytest.importorskip("theta_zarr.zarrstore")
-    assert zarrstore
     repo, path, sd, _ = committed
     g = theta_zarr.open(str(path))
     arr = g["lm_head.bias"]

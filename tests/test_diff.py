@@ -94,7 +94,6 @@ def test_textconv_is_stable_and_per_parameter(store):
 
 
 def test_plot_writes_png(store, tmp_path):
-    pytest.importorskip("matplotlib")
     x = rng_arr(0, (16, 16))
     fd = diff(manifest(store, {"x": x}), manifest(store, {"x": x * 1.1}), store, "m")
     out = tmp_path / "change.png"
