@@ -23,9 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-import blake3
-
-from . import codecs, delta
+from . import chunking, codecs, delta
 from .manifest import DIGEST_RE
 from .storage import BlobNotFound, BlobStore, StorageError
 
@@ -98,7 +96,7 @@ def digest_of_key(key: str) -> str | None:
 
 def matches(digest: str, raw: bytes | memoryview) -> bool:
     """True if ``raw`` hashes to ``digest`` (blake3 releases the GIL on large inputs)."""
-    return "blake3:" + blake3.blake3(raw).hexdigest() == digest
+    return chunking.digest(raw) == digest
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,

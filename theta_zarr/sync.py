@@ -28,8 +28,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-import blake3
-
 from . import checkpoint, chunking, delta
 from .cache import Cache
 from .chunkreader import ordered_map
@@ -129,10 +127,6 @@ class FileSet:
 Target = Manifest | FileSet
 
 
-def digest_bytes(data: bytes) -> str:
-    return "blake3:" + blake3.blake3(data).hexdigest()
-
-
 def chunk_sizes(manifest: Manifest) -> dict[str, int]:
     """Raw size of every chunk object a manifest names."""
     out: dict[str, int] = {}
@@ -165,7 +159,7 @@ class SyncRemote:
 
     def put_manifest(self, data: bytes) -> str:
         """Store a manifest or set under its digest (idempotent: same bytes, same key)."""
-        digest = digest_bytes(data)
+        digest = chunking.digest(data)
         key = self.manifest_key(digest)
         if not self.objects._retry(lambda: self.blobs.exists(key)):
             self.objects._retry(lambda: self.blobs.put(key, [data]))
@@ -177,7 +171,7 @@ class SyncRemote:
             data = self.objects._retry(lambda: self.blobs.get(key))
         except BlobNotFound:
             raise SyncError(f"manifest {digest} is missing from {self.url}") from None
-        if digest_bytes(data) != digest:
+        if chunking.digest(data) != digest:
             raise SyncError(f"manifest {digest} in {self.url} is corrupt "
                             "(content does not match digest)")
         return data
@@ -280,7 +274,7 @@ def clean_file(path: str, settings: Settings, cache: Cache) -> Cleaned:
             manifest = None
     if manifest is not None:
         data = manifest.to_bytes()
-        return Cleaned(FileEntry(manifest=digest_bytes(data)), data, chunk_sizes(manifest))
+        return Cleaned(FileEntry(manifest=chunking.digest(data)), data, chunk_sizes(manifest))
     return _store_plain(path, settings.chunk_bytes, cache)
 
 

@@ -5,9 +5,9 @@ gc and fsck keep these manifests' chunks; the core gc module never runs git itse
 
 from __future__ import annotations
 
+from ..chunking import digest
 from ..gc import _DIGEST_BYTES, MAX_MANIFEST_BLOB, Roots
 from ..manifest import MAGIC
-from ..sync import digest_bytes
 from .files import objects_with_paths, read_blobs
 from .repo import Repo
 
@@ -28,4 +28,4 @@ def git_roots(repo: Repo, roots: Roots) -> None:
             if MAGIC in head or b'"theta_zarr"' in head:
                 where = f"{paths[sha]} (git blob {sha[:10]})"
                 roots.add_chunks((d.decode() for d in _DIGEST_BYTES.findall(data)), where)
-                roots.manifests.add(digest_bytes(data))
+                roots.manifests.add(digest(data))
