@@ -224,6 +224,7 @@ def test_unreachable_server_fails_push_clearly(repo, tmp_path):
         while time.monotonic() < deadline and proc.poll() is None and seen < 3:
             seen = len(backend.objects("s3://dying/models"))
             time.sleep(0.05)
+        server.proc.kill()  # abruptly: a graceful stop could finish serving the upload
     finally:
         server.stop()
     proc.wait(timeout=120)
