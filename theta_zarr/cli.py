@@ -5,7 +5,6 @@ Every command reports a failure as one line on stderr and exits non-zero.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -14,28 +13,7 @@ from typing import Any
 
 import click
 
-from .errors import USER_ERRORS, one_line
-from .git.repo import GitError
-
-
-def _fail(message: str) -> None:
-    click.echo(f"theta-zarr: {message}", err=True)
-    sys.exit(1)
-
-
-def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the core's errors into a one-line message and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (GitError, *USER_ERRORS) as e:
-            _fail(one_line(e))
-        except KeyboardInterrupt:
-            _fail("interrupted")
-
-    return wrapper
+from .commands.reporting import fail, human, reports_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -135,14 +113,6 @@ def untrack(patterns: tuple[str, ...]) -> None:
 
 
 # -- inspection -------------------------------------------------------------------------
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 @main.command("ls-files")
 @click.argument("paths", nargs=-1)
 @click.option("--rev", default=None, help="a revision instead of the index")
@@ -284,7 +254,7 @@ def remote_remove(name: str, shared: bool) -> None:
     from .git.repo import Repo
 
     if not remotes.remove(Repo.discover(), name, shared):
-        _fail(f"no remote {name!r} in {'.thetazarr' if shared else 'git config'}")
+        fail(f"no remote {name!r} in {'.thetazarr' if shared else 'git config'}")
     click.echo(f"theta-zarr remote {name} removed")
 
 

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from ..cli import _fail, reports_errors
+from .reporting import fail, reports_errors
 
 
 def _split_revs(repo, args: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -40,7 +40,7 @@ def _diff_cmd(args: tuple[str, ...], cached: bool, as_json: bool, png: str | Non
     repo = Repo.discover()
     revs, paths = _split_revs(repo, args)
     if len(revs) > 2 or (cached and len(revs) > 1):
-        _fail("diff takes at most two revisions (one with --cached)")
+        fail("diff takes at most two revisions (one with --cached)")
     rel = [os.path.relpath(os.path.abspath(p), repo.top) for p in paths]
     if len(revs) == 2:
         old, new, labels = revs[0], revs[1], revs
@@ -58,7 +58,7 @@ def _diff_cmd(args: tuple[str, ...], cached: bool, as_json: bool, png: str | Non
         try:
             n = plot(diffs, png)
         except ImportError as e:
-            _fail(str(e))
+            fail(str(e))
         click.echo(f"theta-zarr: wrote {png} ({n} changed parameters)", err=as_json)
     if as_json:
         click.echo(json.dumps({"theta_zarr_diff": JSON_VERSION, "old": labels[0],

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from ..cli import human, reports_errors
+from .reporting import human, reports_errors
 
 _OPTION_HELP = "remote option (endpoint-url, region, anon, project, compression, concurrency)"
 
