@@ -149,7 +149,8 @@ def run_demo(size: int, keep: str | None, echo: Callable[[str], None] = print) -
         file_size = write_model(model, shape)
         with open(model, "rb") as f:
             base_hash = _file_digest(f)
-        echo(f"repo: {work}")
+        echo(f"repo: {work}" if keep else
+             "repo: a temporary folder, removed at the end (--keep DIR keeps it)")
         echo(f"model: hidden={shape.hidden} layers={shape.layers} vocab={shape.vocab}, "
              f"{len(shape.tensors())} tensors, {human(file_size)} (bf16 safetensors)")
         objects = os.path.join(git("rev-parse", "--git-common-dir").strip(), "theta-zarr")

@@ -8,6 +8,14 @@ def test_demo_runs_and_is_bit_exact(repo, tmp_path):
     text = out.stdout.decode()
     assert "bit-exact: yes" in text and "working tree: clean" in text
     assert (tmp_path / "d" / ".git").is_dir()
+    assert f"repo: {tmp_path / 'd'}" in text
+
+
+def test_demo_without_keep_names_no_deleted_folder(repo):
+    out = repo.run("theta-zarr", "demo", "--size", "1MiB")
+    text = out.stdout.decode()
+    assert "bit-exact: yes" in text
+    assert "theta-zarr-demo-" not in text and "removed at the end" in text
 
 
 def test_remote_list_and_remove(repo):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 
 from sync_helpers import Case, env_for, model, tz
 
@@ -36,7 +35,9 @@ def test_watch_pushes_complete_checkpoints_once(tmp_path):
     # a long-running watcher stops cleanly on SIGTERM
     proc = subprocess.Popen(["theta-zarr", *args[:-1], "--interval", "30"], env=env,
                             stderr=subprocess.PIPE)
-    time.sleep(1.5)
+    # signal only once the watcher says it is watching (its handler is in place by then)
+    lines = iter(proc.stderr.readline, b"")
+    assert any(line.startswith(b"theta-zarr: watching ") for line in lines)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert b"watch stopped" in proc.stderr.read()
@@ -59,7 +60,7 @@ def test_watch_deltas_each_step_against_the_one_before(tmp_path):
                     step=1e-4)
         (ckpt / f"step-{step}" / "DONE").write_text("")
         tz(["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--marker", "DONE",
-            "--chunk-size", "16KiB", "--once"], env)
+            "--chunk-size", "16KiB", "--interval", "0.2", "--once"], env)
     remote = SyncRemote.open(RemoteSpec("t", case.url, {}))
     members = [remote.load(remote.load(remote.refs.read(f"run7/step-{s}").digest)
                            .files["model.safetensors"].manifest) for s in (1, 2)]

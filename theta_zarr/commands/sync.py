@@ -200,6 +200,7 @@ def register(main: click.Group) -> None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        _say(f"watching {folder} every {interval:g} s (SIGTERM or Ctrl-C stops)")
         code = watch.Watcher(folder, remote, settings, opts, _say).run(stop)
         _say("watch stopped" + (" (signal)" if stop.is_set() else ""))
         sys.exit(code)

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Manifest parse + validate benchmark (moved here from the test suite: speed is reported, never
+asserted).  Run (not collected by pytest)::
+
+    python tests/benchmarks/bench_manifest.py [--params 300] [--out docs/benchmarks.md]
+
+Builds a manifest of N bf16 parameters of 8 chunks each, then reports the best of 5 runs of
+``Manifest.from_bytes`` (parse + schema validation) against the floor measured in the same run:
+``json.loads`` of the same bytes.  Target (issue 10's former test): < 50 ms for 300 parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import time
+
+from theta_zarr import chunking
+from theta_zarr.manifest import Manifest
+
+BEGIN, END = "<!-- bench_manifest:results:begin -->", "<!-- bench_manifest:results:end -->"
+
+
+def manifest_bytes(n: int) -> bytes:
+    """A version-1 manifest of ``n`` [4096, 4096] bfloat16 parameters, 8 chunks each."""
+    params = {}
+    for i in range(n):
+        params[f"layers.{i // 8}.p{i}.weight"] = {
+            "shape": [4096, 4096], "dtype": "bfloat16", "chunk_shape": [512, 4096],
+            "chunks": [chunking.digest(f"{i}-{k}".encode()) for k in range(8)]}
+    return Manifest.from_json({"theta_zarr": 1, "format": {"name": "safetensors"},
+                               "params": params}).to_bytes()
+
+
+def best_of(fn, data: bytes, runs: int = 5) -> float:
+    """The fastest of ``runs`` calls of ``fn(data)``, in seconds."""
+    best = math.inf
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(data)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=int, default=300)
+    ap.add_argument("--out", help="a markdown file whose results block is replaced")
+    args = ap.parse_args(argv)
+    data = manifest_bytes(args.params)
+    Manifest.from_bytes(data)  # compiles the validator
+    parse = best_of(Manifest.from_bytes, data)
+    floor = best_of(json.loads, data)
+    text = (f"| parameters | manifest bytes | parse + validate | json.loads (floor) | ratio |\n"
+            f"|---|---|---|---|---|\n"
+            f"| {args.params} | {len(data):,} | {parse * 1e3:.1f} ms | {floor * 1e3:.1f} ms "
+            f"| {parse / floor:.1f}x |")
+    print(text)
+    if args.out:
+        with open(args.out) as fh:
+            doc = fh.read()
+        block = f"{BEGIN}\n{text}\n{END}"
+        if BEGIN in doc:
+            doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, doc,
+                         flags=re.S)
+        else:
+            doc = doc.rstrip() + "\n\n## Manifest parsing\n\n" + block + "\n"
+        with open(args.out, "w") as fh:
+            fh.write(doc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
