@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-import ml_dtypes
 import numpy as np
 import pytest
+from merge_helpers import BF16, make_store, manifest, read, rng_arr
 
-from theta_zarr.cache import Cache
-from theta_zarr.chunkreader import ChunkReader
-from theta_zarr.chunkwriter import ChunkWriter
-from theta_zarr.dtypes import from_numpy
 from theta_zarr.manifest import Manifest
 from theta_zarr.merge import (
     MergeError,
@@ -23,55 +19,11 @@ from theta_zarr.merge import (
     plan,
 )
 from theta_zarr.merges import MergeOptions, StrategyError, available, get_strategy
-from theta_zarr.remote import ReadThrough
-
-BF16 = np.dtype(ml_dtypes.bfloat16)
-
-
-class CountingCache(Cache):
-    """A real cache that counts the chunks read from it."""
-
-    def __init__(self, root: str):
-        super().__init__(root)
-        self.reads: list[str] = []
-
-    def get(self, digest: str):
-        self.reads.append(digest)
-        return super().get(digest)
 
 
 @pytest.fixture
 def store(tmp_path):
-    cache = CountingCache(str(tmp_path / "cache"))
-    return ReadThrough(cache, None)
-
-
-def manifest(store, tensors: dict[str, np.ndarray], chunk_bytes: int = 1024,
-             fmt: dict | None = None) -> Manifest:
-    with ChunkWriter(store.cache, chunk_bytes) as w:
-        for name, arr in tensors.items():
-            arr = np.ascontiguousarray(arr)
-            raw = memoryview(arr.view(np.uint8).reshape(-1))
-            w.add_buffer(name, from_numpy(arr.dtype), arr.shape, raw)
-        params = w.finish()
-    return Manifest(fmt or {"name": "safetensors", "order": list(tensors)}, params)
-
-
-def read(store, m: Manifest, name: str) -> np.ndarray:
-    e = m.params[name]
-    out = bytearray(e.nbytes)
-    ChunkReader(store.cache).read_into(e, memoryview(out))
-    return np.frombuffer(bytes(out), dtype=from_numpy_name(e.dtype)).reshape(e.shape)
-
-
-def from_numpy_name(name: str) -> np.dtype:
-    from theta_zarr.dtypes import by_name
-
-    return by_name(name).numpy
-
-
-def rng_arr(seed: int, shape, dtype=np.float32) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32).astype(dtype)
+    return make_store(tmp_path)
 
 
 def table(strategy: str = "fail", **kw) -> StrategyTable:
@@ -230,8 +182,10 @@ def test_registry_and_entry_points():
     assert {"fail", "ours", "theirs", "base", "average", "task-arithmetic"} <= names
     registered = {ep.name for ep in entry_points(group="theta_zarr.merges")}
     assert "average" in registered
-    with pytest.raises(StrategyError, match="unknown merge strategy 'ties'"):
-        get_strategy("ties")
+    assert {"linear", "ties", "dare", "dare_ties", "slerp", "breadcrumbs", "model_stock"} <= \
+        registered
+    with pytest.raises(StrategyError, match="unknown merge strategy 'tiez'"):
+        get_strategy("tiez")
 
 
 def test_format_merge_keeps_both_additions():

@@ -1,13 +1,15 @@
-"""Three-way merge of manifests: by parameter, then by chunk, then by strategy.
+"""Merge of manifests (three-way, or N models and a base): by parameter, then by chunk,
+then by strategy.
 
 Digests decide almost everything without reading a byte: a parameter changed on
-one side is taken from that side, the same change on both sides is taken once,
-and where both sides changed a parameter differently each chunk is merged on its
-own (a chunk changed on one side only comes from that side).  Only the chunks
-both sides changed go to a strategy (theta_zarr.merges); a numeric strategy
-reads those chunks, one at a time, widens them to the compute dtype, combines
-them and casts back with round-to-nearest-even, so the result is the same as
-numpy's on the whole tensors and memory stays bounded by the chunk size.
+one side is taken from that side, the same change on several sides is taken once,
+and where sides changed a parameter differently each chunk is merged on its own
+(a chunk changed on one side only comes from that side, bit for bit).  Only the
+chunks sides changed differently go to a strategy (theta_zarr.merges); a numeric
+strategy reads those chunks, one at a time, widens them to its compute dtype,
+combines them and casts back with round-to-nearest-even, so memory stays bounded
+by the chunk size.  A strategy that needs whole-parameter statistics streams every
+chunk of that one parameter first (:class:`theta_zarr.merges.TensorView`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from . import chunking
 from .chunkreader import ordered_map
 from .dtypes import by_name
 from .manifest import Manifest, ParamEntry
-from .merges import MergeOptions, Strategy, StrategyError, get_strategy
+from .merges import (
+    ChunkInput,
+    MergeOptions,
+    Strategy,
+    StrategyError,
+    TensorView,
+    get_strategy,
+)
 from .objects import ObjectError
 
 Key = str | bytes  # a chunk's digest, or its inline bytes
@@ -51,39 +60,47 @@ def numeric_kind(dtype: str) -> str:
     return by_name(dtype).numpy.kind
 
 
-def compute_dtype(dtype: str) -> np.dtype:
-    """float64 for 32/64-bit floats (complex128 for complex), float32 for narrower floats."""
-    np_dtype = by_name(dtype).numpy
-    if np_dtype.kind == "c":
-        return np.dtype(np.complex128)
-    if numeric_kind(dtype) == "f" and np_dtype.itemsize >= 4:
-        return np.dtype(np.float64)
-    return np.dtype(np.float32)
-
-
 @dataclass
 class ParamConflict:
-    """A parameter both sides changed in ways digests cannot reconcile."""
+    """A parameter several sides changed in ways digests cannot reconcile.
+
+    ``models`` are the sides in merge order (ours, theirs; or the models of
+    ``merge-models``), named by ``labels``.
+    """
 
     name: str
     kind: str  # "chunks" | "shape" | "delete-modify" | "add-add"
     base: ParamEntry | None
-    ours: ParamEntry | None
-    theirs: ParamEntry | None
-    chunks: list[int] = field(default_factory=list)  # both-changed chunks (kind "chunks")
+    models: list[ParamEntry | None]
+    labels: list[str]
+    chunks: list[int] = field(default_factory=list)  # chunks changed differently ("chunks")
     merged: list[Key] = field(default_factory=list)  # the chunk-level merge so far
 
+    @property
+    def ours(self) -> ParamEntry | None:
+        return self.models[0]
+
+    @property
+    def theirs(self) -> ParamEntry | None:
+        return self.models[-1]
+
     def describe(self) -> str:
+        """One line: what the sides did to this parameter."""
+        who = "both sides" if len(self.models) == 2 else f"{len(self.models)} models"
         if self.kind == "chunks":
-            n = len(self.merged)
-            return f"both sides changed {len(self.chunks)} of {n} chunk(s)"
+            return f"{who} changed {len(self.chunks)} of {len(self.merged)} chunk(s)"
         if self.kind == "delete-modify":
-            gone = "ours" if self.ours is None else "theirs"
-            return f"deleted on {gone}, changed on the other side"
+            gone = [lb for lb, m in zip(self.labels, self.models, strict=True) if m is None]
+            if len(self.models) == 2:
+                return f"deleted on {gone[0]}, changed on the other side"
+            return f"deleted in {', '.join(gone)}, changed in another model"
         if self.kind == "add-add":
-            return "added on both sides with different " + (
-                "values" if same_grid(self.ours, self.theirs) else "shapes or dtypes")
-        return f"shape/dtype/chunking differ: ours {_geom(self.ours)}, theirs {_geom(self.theirs)}"
+            alike = all(same_grid(self.models[0], m) for m in self.models)
+            return f"added on {who} with different " + (
+                "values" if alike else "shapes or dtypes")
+        geoms = ", ".join(f"{lb} {_geom(m)}" for lb, m in zip(self.labels, self.models,
+                                                                 strict=True))
+        return f"shape/dtype/chunking differ: {geoms}"
 
 
 def _geom(e: ParamEntry | None) -> str:
@@ -95,61 +112,85 @@ class MergePlan:
     """What digests alone decide: merged entries (None: removed) and the conflicts left."""
 
     base: Manifest
-    ours: Manifest
-    theirs: Manifest
+    models: list[Manifest]
+    labels: list[str]
     params: dict[str, ParamEntry | None]
     conflicts: dict[str, ParamConflict]
     chunk_merged: list[str]  # parameters merged chunk by chunk without a conflict
 
+    @property
+    def ours(self) -> Manifest:
+        return self.models[0]
 
-def _pick3(b: Any, o: Any, t: Any) -> tuple[bool, Any]:
-    """The classic three-way rule; (False, None) when both sides changed differently."""
-    if o == t:
-        return True, o
-    if o == b:
-        return True, t
-    if t == b:
-        return True, o
+    @property
+    def theirs(self) -> Manifest:
+        return self.models[-1]
+
+
+def pick(base: Any, sides: Sequence[Any]) -> tuple[bool, Any]:
+    """The three-way rule for any number of sides: the base if no side changed it, the
+    one change if every side that changed it agrees; (False, None) otherwise."""
+    changed: list[Any] = []
+    for v in sides:
+        if v != base and v not in changed:
+            changed.append(v)
+    if not changed:
+        return True, base
+    if len(changed) == 1:
+        return True, changed[0]
     return False, None
 
 
 def plan(base: Manifest | None, ours: Manifest, theirs: Manifest) -> MergePlan:
-    """Decide every parameter that digests can decide; collect the rest as conflicts."""
-    base = base or Manifest(dict(ours.format), {})
-    names = list(dict.fromkeys([*ours.params, *theirs.params, *base.params]))
+    """The three-way plan of a git merge: :func:`plan_models` of ours and theirs."""
+    return plan_models(base, [ours, theirs], ["ours", "theirs"])
+
+
+def plan_models(base: Manifest | None, models: Sequence[Manifest],
+                labels: Sequence[str]) -> MergePlan:
+    """Decide every parameter that digests can decide; collect the rest as conflicts.
+
+    A parameter (then a chunk) changed by one model, or changed alike by several,
+    takes that change; only chunks that models changed differently are left.
+    """
+    base = base or Manifest(dict(models[0].format), {})
+    names = list(dict.fromkeys([n for m in models for n in m.params] + list(base.params)))
     params: dict[str, ParamEntry | None] = {}
     conflicts: dict[str, ParamConflict] = {}
     chunk_merged = []
     for name in names:
-        b, o, t = base.params.get(name), ours.params.get(name), theirs.params.get(name)
-        ok, entry = _pick3(b, o, t)
+        b = base.params.get(name)
+        ms = [m.params.get(name) for m in models]
+        ok, entry = pick(b, ms)
         if ok:
             params[name] = entry
             continue
-        if o is None or t is None:
-            conflicts[name] = ParamConflict(name, "delete-modify", b, o, t)
+        if any(m is None for m in ms):
+            conflicts[name] = ParamConflict(name, "delete-modify", b, ms, list(labels))
             continue
-        if not same_grid(o, t):
+        first = ms[0]
+        assert first is not None
+        if not all(same_grid(first, m) for m in ms):
             kind = "add-add" if b is None else "shape"
-            conflicts[name] = ParamConflict(name, kind, b, o, t)
+            conflicts[name] = ParamConflict(name, kind, b, ms, list(labels))
             continue
-        ko, kt = chunk_keys(o), chunk_keys(t)
-        kb = chunk_keys(b) if same_grid(b, o) else (None,) * len(ko)
+        keys = [chunk_keys(m) for m in ms]  # type: ignore[arg-type]
+        kb = chunk_keys(b) if same_grid(b, first) else (None,) * len(keys[0])  # type: ignore[arg-type]
         merged: list[Key] = []
         both = []
-        for i, (cb, co, ct) in enumerate(zip(kb, ko, kt, strict=True)):
-            ok, key = _pick3(cb, co, ct)
+        for i, cb in enumerate(kb):
+            ok, key = pick(cb, [k[i] for k in keys])
             if not ok:
                 both.append(i)
-                key = co
+                key = keys[0][i]
             merged.append(key)
         if both:
             kind = "chunks" if b is not None else "add-add"
-            conflicts[name] = ParamConflict(name, kind, b, o, t, both, merged)
+            conflicts[name] = ParamConflict(name, kind, b, ms, list(labels), both, merged)
         else:
-            params[name] = _with_keys(o, merged)
+            params[name] = _with_keys(first, merged)
             chunk_merged.append(name)
-    return MergePlan(base, ours, theirs, params, conflicts, chunk_merged)
+    return MergePlan(base, list(models), list(labels), params, conflicts, chunk_merged)
 
 
 def _with_keys(like: ParamEntry, keys: Sequence[Key]) -> ParamEntry:
@@ -161,24 +202,31 @@ def _with_keys(like: ParamEntry, keys: Sequence[Key]) -> ParamEntry:
 # -- strategies per parameter --------------------------------------------------------
 @dataclass(frozen=True)
 class Rule:
+    """A glob's settings: its strategy (None: only parameters) and parameter values."""
+
     glob: str
-    strategy: str
-    options: MergeOptions = MergeOptions()
+    strategy: str | None
+    options: MergeOptions = field(default_factory=MergeOptions)
 
 
 class StrategyTable:
-    """Which strategy each parameter gets: the last rule whose glob matches; else ``fail``."""
+    """Which strategy and parameters each tensor gets, setting by setting: the strategy
+    of the last rule that names one and whose glob matches (else ``fail``), and each
+    parameter from the last matching rule that sets it."""
 
     def __init__(self, rules: Sequence[Rule] = (), default: Rule | None = None):
         self.rules = list(rules)
         self.default = default or Rule("*", "fail")
 
     def lookup(self, name: str) -> tuple[Strategy, MergeOptions]:
-        rule = self.default
+        strategy = self.default.strategy
+        options = self.default.options
         for r in self.rules:
             if fnmatch.fnmatchcase(name, r.glob):
-                rule = r
-        return get_strategy(rule.strategy), rule.options
+                strategy = r.strategy or strategy
+                options = options.over(r.options)
+        assert strategy is not None
+        return get_strategy(strategy), options
 
 
 def unresolved(p: MergePlan, table: StrategyTable) -> list[ParamConflict]:
@@ -192,6 +240,8 @@ def execute(p: MergePlan, table: StrategyTable, objects: Any, workers: int = 4,
 
     ``objects`` reads chunks (``.get``) and holds new ones (``.cache.ensure``): the
     repository's ReadThrough, which fetches what the cache lacks from the remote.
+    Raises MergeError (one line naming the parameter) when a strategy cannot apply
+    or a chunk cannot be read.
     """
     left = unresolved(p, table)
     if left:
@@ -202,7 +252,7 @@ def execute(p: MergePlan, table: StrategyTable, objects: Any, workers: int = 4,
         strategy, options = table.lookup(name)
         params[name] = _resolve(c, strategy, options, objects, workers, source)
     merged = {n: e for n, e in params.items() if e is not None}
-    fmt = merge_format(p.base.format, p.ours.format, p.theirs.format, p.ours, p.theirs, merged)
+    fmt = merge_formats(p.base.format, [m.format for m in p.models], merged)
     return Manifest(fmt, merged)
 
 
@@ -214,48 +264,62 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
             raise MergeError(f"{where}: {c.describe()}; only ours, theirs or base can resolve "
                              f"it, not {strategy.name!r}")
         return {"ours": c.ours, "theirs": c.theirs, "base": c.base}[strategy.takes]
-    assert c.ours is not None and c.theirs is not None
-    has_base = same_grid(c.base, c.ours)
+    first = c.models[0]
+    assert first is not None
+    has_base = same_grid(c.base, first)
     if strategy.takes == "base" and not has_base:
         raise MergeError(f"{where}: has no base of the same shape to take chunks from")
-    if strategy.takes is None:
-        if strategy.needs_base and not has_base:
-            raise MergeError(f"{where}: strategy {strategy.name!r} needs the base version, "
-                             "and the base has no parameter of this shape")
-        try:
-            strategy.check(c.ours.dtype, numeric_kind(c.ours.dtype))
-        except StrategyError as e:
-            raise MergeError(f"{where}: {e}") from None
     keys = list(c.merged)
-    sides = {"ours": chunk_keys(c.ours), "theirs": chunk_keys(c.theirs),
-             "base": chunk_keys(c.base) if has_base and c.base is not None else None}
     if strategy.takes is not None:
-        chosen = sides[strategy.takes]
-        assert chosen is not None
+        chosen = chunk_keys({"ours": c.ours, "theirs": c.theirs,  # type: ignore[arg-type]
+                             "base": c.base}[strategy.takes])
         for i in c.chunks:
             keys[i] = chosen[i]
-        return _with_keys(c.ours, keys)
-    dtype = by_name(c.ours.dtype).numpy
-    wide = compute_dtype(c.ours.dtype)
-    need_base = strategy.needs_base and sides["base"] is not None
+        return _with_keys(first, keys)
+    if strategy.needs_base and not has_base:
+        raise MergeError(f"{where}: strategy {strategy.name!r} needs the base version, "
+                         "and the base has no parameter of this shape")
+    try:
+        strategy.check(first.dtype, numeric_kind(first.dtype))
+        strategy.validate(options, len(c.models))
+    except StrategyError as e:
+        raise MergeError(f"{where}: {e}") from None
+    sides = [chunk_keys(m) for m in c.models]  # type: ignore[arg-type]
+    base_keys = chunk_keys(c.base) if strategy.needs_base and c.base is not None else None
+    dtype = by_name(first.dtype).numpy
+    wide = strategy.compute_dtype(first.dtype)
 
-    def read(side: str, i: int) -> np.ndarray:
-        key = sides[side][i]  # type: ignore[index]
+    def read(key: Key, i: int, label: str) -> np.ndarray:
         if isinstance(key, bytes):
             raw = key
         else:
             try:
                 raw = objects.get(key)
             except ObjectError as e:
-                raise MergeError(f"{where}: chunk {i} of {side} ({key}) cannot be read: "
+                raise MergeError(f"{where}: chunk {i} of {label} ({key}) cannot be read: "
                                  f"{e}") from None
         return np.frombuffer(raw, dtype=dtype).astype(wide)
 
+    def load(i: int) -> ChunkInput:
+        base = read(base_keys[i], i, "base") if base_keys is not None else None
+        models = [read(k[i], i, lb) for k, lb in zip(sides, c.labels, strict=True)]
+        return ChunkInput(i, base, models, base_keys[i] if base_keys is not None else None,
+                          [k[i] for k in sides])
+
+    tensor = TensorView(c.name, first.dtype, first.shape, len(keys), len(c.models),
+                        lambda items: ordered_map(load, items, workers))
+    try:
+        stats = strategy.statistics(tensor, options)
+    except StrategyError as e:
+        raise MergeError(f"{where}: {e}") from None
+
     def merge_chunk(i: int) -> Key:
-        b = read("base", i) if need_base else None
-        out = strategy.combine(b, read("ours", i), read("theirs", i), options)
+        try:
+            out = strategy.merge(load(i), options, stats)
+        except StrategyError as e:
+            raise MergeError(f"{where}: {e}") from None
         raw = np.ascontiguousarray(out.astype(wide).astype(dtype)).tobytes()
-        if c.ours.is_inline:
+        if first.is_inline:
             return raw
         d = chunking.digest(raw)
         objects.cache.ensure(d, raw)
@@ -263,30 +327,35 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
 
     for i, key in zip(c.chunks, ordered_map(merge_chunk, c.chunks, workers), strict=True):
         keys[i] = key
-    return _with_keys(c.ours, keys)
+    return _with_keys(first, keys)
 
 
 def merge_format(b: dict, o: dict, t: dict, ours: Manifest, theirs: Manifest,
                  params: dict[str, ParamEntry]) -> dict[str, Any]:
-    """The format info of the merge: three-way by key, ours where both changed a key.
+    """The format info of a three-way merge (see :func:`merge_formats`)."""
+    return merge_formats(b, [o, t], params)
+
+
+def merge_formats(b: dict, sides: Sequence[dict], params: dict[str, Any]) -> dict[str, Any]:
+    """The format info of the merge: by key as :func:`pick` decides, the first side's
+    value where sides changed a key differently.
 
     A list ``order`` (tensor order, as safetensors keeps it) is then made to name
-    exactly the merged parameters: ours's order, then theirs's additions.
+    exactly the merged parameters: the first side's order, then the others' additions.
     """
-    ok, fmt = _pick3(b, o, t)
+    ok, fmt = pick(b, sides)
     if not ok:
         fmt = {}
-        for k in dict.fromkeys([*o, *t]):
-            ok, v = _pick3(b.get(k), o.get(k), t.get(k))
-            v = v if ok else o.get(k)
+        for k in dict.fromkeys(k for side in sides for k in side):
+            ok, v = pick(b.get(k), [side.get(k) for side in sides])
+            v = v if ok else sides[0].get(k)
             if v is not None:
                 fmt[k] = v
     fmt = dict(fmt)
     order = fmt.get("order")
     if isinstance(order, list):
-        seen = dict.fromkeys(n for n in [*order, *o.get("order", []), *t.get("order", []),
-                                         *sorted(params)] if n in params)
-        fmt["order"] = list(seen)
+        named = [*order, *(n for side in sides for n in side.get("order", [])), *sorted(params)]
+        fmt["order"] = list(dict.fromkeys(n for n in named if n in params))
         if fmt["order"] != order:
             fmt.pop("header_text", None)
     return fmt
@@ -296,7 +365,15 @@ def merge_manifests(base: Manifest | None, ours: Manifest, theirs: Manifest,
                     table: StrategyTable, objects: Any, workers: int = 4,
                     source: str = "merge") -> tuple[Manifest | None, MergePlan]:
     """Plan and, unless a ``fail`` conflict remains, execute; (None, plan) when it stops."""
-    p = plan(base, ours, theirs)
+    return merge_models(base, [ours, theirs], ["ours", "theirs"], table, objects, workers,
+                        source)
+
+
+def merge_models(base: Manifest | None, models: Sequence[Manifest], labels: Sequence[str],
+                 table: StrategyTable, objects: Any, workers: int = 4,
+                 source: str = "merge") -> tuple[Manifest | None, MergePlan]:
+    """N-way: plan and, unless a ``fail`` conflict remains, execute; (None, plan) if not."""
+    p = plan_models(base, models, labels)
     if unresolved(p, table):
         return None, p
     return execute(p, table, objects, workers, source), p

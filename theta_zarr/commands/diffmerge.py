@@ -131,7 +131,8 @@ def register(main: click.Group) -> None:
     @main.command("resolve")
     @click.argument("path")
     @click.option("--strategy", "-s", required=True, metavar="STRATEGY",
-                  help="ours, theirs, base, average, task-arithmetic (or a plug-in)")
+                  help="ours, theirs, base, average, task-arithmetic, linear, ties, dare, "
+                       "dare_ties, breadcrumbs, slerp, model_stock (or a plug-in)")
     @click.option("--param", "globs", multiple=True, metavar="GLOB",
                   help="apply STRATEGY only to conflicting parameters matching GLOB "
                        "(repeatable; the rest follow git config)")
@@ -139,11 +140,44 @@ def register(main: click.Group) -> None:
                   help="average: (1-alpha)*ours + alpha*theirs (default 0.5)")
     @click.option("--scale", type=float, default=None,
                   help="task-arithmetic: base + scale*((ours-base)+(theirs-base)) (default 1)")
+    @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+                  help="a strategy parameter (weight, density, lambda, t, gamma, normalize, "
+                       "rescale...); VALUE a number, true/false, or OURS,THEIRS (repeatable)")
     @reports_errors
     def resolve_cmd(path: str, strategy: str, globs: tuple[str, ...], alpha: float | None,
-                    scale: float | None) -> None:
+                    scale: float | None, assignments: tuple[str, ...]) -> None:
         """Finish a conflicted merge of PATH: merge the conflicting chunks, write, stage."""
         from ..git.drivers import resolve
+        from ..mergeconfig import parse_assignments
 
-        for line in resolve(path, strategy, globs, alpha, scale):
+        settings = parse_assignments(list(assignments))
+        for line in resolve(path, strategy, globs, alpha, scale, settings):
             click.echo(line)
+
+    @main.command("merge-models")
+    @click.argument("config", required=False, type=click.Path(dir_okay=False))
+    @click.option("--from-commit", "from_commit", metavar="REV", default=None,
+                  help="repeat the merge recorded in REV's commit message")
+    @click.option("-m", "--message", "title", default=None,
+                  help="the commit's title (the config is appended)")
+    @reports_errors
+    def merge_models_cmd(config: str | None, from_commit: str | None,
+                         title: str | None) -> None:
+        """Merge N model revisions onto a base in one commit, by a YAML merge CONFIG.
+
+        CONFIG names merge_method, base_model (default: the models' merge base), models
+        (revisions, each with optional parameters) and parameters, per glob with
+        {filter, value} lists.  See docs/diff-merge.md.
+        """
+        from ..git.mergemodels import config_from_commit, merge_models_commit
+        from ..git.repo import Repo
+
+        if (config is None) == (from_commit is None):
+            fail("merge-models takes a CONFIG file or --from-commit REV (one of them)")
+        if from_commit is not None:
+            text, source = config_from_commit(Repo.discover(), from_commit)
+        else:
+            assert config is not None
+            with open(config, encoding="utf-8") as f:
+                text, source = f.read(), config
+        merge_models_commit(text, source, title, lambda s: click.echo(s))

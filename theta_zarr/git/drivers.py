@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from .. import checkpoint
 from ..diff import FileDiff, diff, format_text, textconv_lines
@@ -31,7 +30,8 @@ from ..merge import (
     plan,
     unresolved,
 )
-from ..merges import MergeOptions, get_strategy
+from ..mergeconfig import parse_value
+from ..merges import MergeOptions, available, get_strategy, parameter_names
 from .install import DRIVER
 from .push import read_through
 from .remotes import THETAZARR_FILE
@@ -153,57 +153,47 @@ def textconv(file: str) -> list[str]:
 
 
 # -- strategies from config -----------------------------------------------------------------
-@dataclass
-class _RuleText:
-    strategy: str | None = None
-    alpha: str | None = None
-    scale: str | None = None
-
-
-def _rules_from(out: bytes, where: str) -> dict[str, _RuleText]:
-    found: dict[str, _RuleText] = {}
+def _rules_from(out: bytes, where: str) -> dict[str, dict[str, str]]:
+    """``glob -> {setting: text}`` from ``git config -z --get-regexp`` output."""
+    found: dict[str, dict[str, str]] = {}
+    known = parameter_names()
     for record in out.decode("utf-8", "replace").split("\0"):
         if not record:
             continue
         key, _, value = record.partition("\n")
         glob, _, option = key[len(MERGE_SECTION) + 1:].rpartition(".")
-        if not glob or option.lower() not in ("strategy", "alpha", "scale"):
-            raise ValueError(f"{where}: unknown merge setting {key!r} "
-                             f"(use {MERGE_SECTION}.<glob>.strategy/alpha/scale)")
-        setattr(found.setdefault(glob, _RuleText()), option.lower(), value.strip())
+        option = option.lower()
+        if not glob or (option != "strategy" and option not in known):
+            raise ValueError(f"{where}: unknown merge setting {key!r} (use {MERGE_SECTION}."
+                             f"<glob>.strategy or one of: {', '.join(sorted(known))})")
+        found.setdefault(glob, {})[option] = value.strip()
     return found
 
 
-def _float(text: str | None, default: float, where: str) -> float:
-    if text is None:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{where}: not a number: {text!r}") from None
-
-
 def config_rules(repo: Repo) -> list[Rule]:
-    """``[theta-zarr-merge "<glob>"]`` sections: .thetazarr first, then git config on top."""
-    merged: dict[str, _RuleText] = {}
+    """``[theta-zarr-merge "<glob>"]`` sections: .thetazarr first, then git config on top.
+
+    Each section may set ``strategy`` and any strategy parameter (``alpha``, ``scale``,
+    ``weight``, ``density``, ``lambda``, ``t``, ...); a parameter's value is a number, a
+    yes/no word, or a comma list with one number per side (ours, theirs).
+    """
+    merged: dict[str, dict[str, str]] = {}
     regexp = rf"^{MERGE_SECTION}\."
     file = os.path.join(repo.top, THETAZARR_FILE)
     if os.path.exists(file):
         out = git("config", "-z", "-f", file, "--get-regexp", regexp, cwd=repo.top, check=False)
         merged.update(_rules_from(out, THETAZARR_FILE))
     out = repo.git("config", "-z", "--get-regexp", regexp, check=False)
-    for glob, text in _rules_from(out, "git config").items():
-        base = merged.pop(glob, _RuleText())
-        merged[glob] = _RuleText(text.strategy or base.strategy, text.alpha or base.alpha,
-                                 text.scale or base.scale)
+    for glob, settings in _rules_from(out, "git config").items():
+        merged[glob] = {**merged.pop(glob, {}), **settings}
     rules = []
-    for glob, text in merged.items():
+    for glob, settings in merged.items():
         where = f"{MERGE_SECTION}.{glob}"
-        if not text.strategy:
-            raise ValueError(f"{where}: has no strategy")
-        get_strategy(text.strategy)
-        rules.append(Rule(glob, text.strategy, MergeOptions(
-            _float(text.alpha, 0.5, where + ".alpha"), _float(text.scale, 1.0, where + ".scale"))))
+        strategy = settings.pop("strategy", None)
+        if strategy is not None:
+            get_strategy(strategy)
+        values = {k: parse_value(v, f"{where}.{k}") for k, v in settings.items()}
+        rules.append(Rule(glob, strategy, MergeOptions(values)))
     return rules
 
 
@@ -225,7 +215,7 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
               f"  git theta-zarr resolve {path} --strategy task-arithmetic --scale 1.0",
               f"  git theta-zarr resolve {path} --strategy ours --param '{left[0].name}'",
               f"or set a strategy per parameter: git config {MERGE_SECTION}.'<glob>'.strategy "
-              "<fail|ours|theirs|base|average|task-arithmetic>"]
+              f"<{'|'.join(sorted(available()))}>"]
     return lines
 
 
@@ -278,7 +268,7 @@ def _stages(repo: Repo, path: str) -> dict[int, str]:
 
 
 def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
-            scale: float | None) -> list[str]:
+            scale: float | None, settings: MergeOptions | None = None) -> list[str]:
     """Finish a conflicted merge of ``path``: compute, write the working tree file, stage it."""
     repo = Repo.discover()
     rel = os.path.relpath(os.path.abspath(path), repo.top)
@@ -291,7 +281,7 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
         data = _blob(repo, stages[n]) if n in stages else None
         sides[label] = None if data is None else Manifest.from_bytes(data, f":{n}:{rel}")
     get_strategy(strategy)
-    options = MergeOptions(0.5 if alpha is None else alpha, 1.0 if scale is None else scale)
+    options = (settings or MergeOptions()).over(MergeOptions(alpha=alpha, scale=scale))
     cli_rules = [Rule(g, strategy, options) for g in (list(globs) or ["*"])]
     table = StrategyTable([*config_rules(repo), *cli_rules])
     p = plan(sides["base"], sides["ours"], sides["theirs"])

@@ -1,23 +1,25 @@
-"""Merge strategies: what to do with the chunks both sides of a merge changed.
+"""Merge strategies: what to do with the chunks several sides of a merge changed.
 
-A strategy is a plug-in (entry-point group ``theta_zarr.merges``; the built-ins
-are registered there too), so a team can add, say, a TIES or SLERP merge
-without touching theta-zarr.  See docs/diff-merge.md for the contract.
+A strategy is a plug-in (entry-point group ``theta_zarr.merges``; the built-ins,
+including the model-merging methods of :mod:`.methods`, are registered there too),
+so a team can add its own merge without touching theta-zarr.  See
+docs/diff-merge.md for the contract.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from .base import MergeOptions, Strategy, StrategyError
+from .base import ChunkInput, MergeOptions, Strategy, StrategyError, TensorView
 from .builtin import BUILTINS
+from .methods import METHODS
 
 GROUP = "theta_zarr.merges"
 
 
 def available() -> dict[str, type[Strategy]]:
     """Every strategy by name: the built-ins, then installed plug-ins (which may not shadow)."""
-    found: dict[str, type[Strategy]] = dict(BUILTINS)
+    found: dict[str, type[Strategy]] = {**BUILTINS, **METHODS}
     for ep in entry_points(group=GROUP):
         if ep.name in found and ep.value.startswith("theta_zarr."):
             continue
@@ -38,4 +40,10 @@ def get_strategy(name: str) -> Strategy:
             f"unknown merge strategy {name!r} (known: {', '.join(sorted(table))})") from None
 
 
-__all__ = ["GROUP", "MergeOptions", "Strategy", "StrategyError", "available", "get_strategy"]
+def parameter_names() -> set[str]:
+    """Every parameter name some strategy reads (to catch a misspelt setting)."""
+    return {p for cls in available().values() for p in cls().parameters}
+
+
+__all__ = ["GROUP", "ChunkInput", "MergeOptions", "Strategy", "StrategyError", "TensorView",
+           "available", "get_strategy", "parameter_names"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from .base import MergeOptions, Strategy
+from .base import ChunkInput, MergeOptions, Strategy
 
 
 class Fail(Strategy):
@@ -35,6 +37,7 @@ class Average(Strategy):
     """(1 - alpha) * ours + alpha * theirs (alpha 0.5: the plain mean)."""
 
     name = "average"
+    parameters = {"alpha": 0.5}
 
     def combine(self, base: np.ndarray | None, ours: np.ndarray, theirs: np.ndarray,
                 options: MergeOptions) -> np.ndarray:
@@ -43,16 +46,21 @@ class Average(Strategy):
 
 
 class TaskArithmetic(Strategy):
-    """base + scale * ((ours - base) + (theirs - base)): add both sides' task vectors."""
+    """base + scale * ((M_1 - base) + (M_2 - base) + ...): add every side's task vector."""
 
     name = "task-arithmetic"
     needs_base = True
+    parameters = {"scale": 1.0}
+    models = (2, None)
 
-    def combine(self, base: np.ndarray | None, ours: np.ndarray, theirs: np.ndarray,
-                options: MergeOptions) -> np.ndarray:
+    def merge(self, chunk: ChunkInput, options: MergeOptions, stats: Any) -> np.ndarray:
+        base = chunk.base
         assert base is not None
-        s = ours.dtype.type(options.scale)
-        return base + s * ((ours - base) + (theirs - base))
+        taus = [m - base for m in chunk.models]
+        total = taus[0]
+        for tau in taus[1:]:
+            total = total + tau
+        return base + base.dtype.type(options.scale) * total
 
 
 BUILTINS: dict[str, type[Strategy]] = {

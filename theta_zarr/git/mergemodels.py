@@ -1,0 +1,158 @@
+"""``merge-models``: one commit that merges N revisions onto a base, by a merge config.
+
+git's octopus merge (``git merge a b c``) never calls a merge driver (it merges each
+file with ``git merge-file``, a text merge), so N-way model merging is a command of
+its own.  For every file, the three-way rule decides first, by blob id: a file that
+one model changed (or several changed alike) is taken as it is.  A theta-zarr file
+that models changed differently is merged parameter by parameter, chunk by chunk
+(:func:`theta_zarr.merge.merge_models`); any other file changed differently is an
+error.  The commit's parents are HEAD and every model not already in HEAD's history;
+its message records the config with every revision resolved to a commit id, so
+``merge-models --from-commit`` repeats the merge to the byte.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+
+from ..manifest import Manifest
+from ..merge import merge_models, pick
+from ..mergeconfig import ConfigError, load_config
+from .drivers import conflict_report, summary_line, tracked_by_us
+from .push import read_through
+from .repo import GitError, Repo
+
+MARKER = "theta-zarr merge-models config:"
+
+TreeEntry = tuple[str, str]  # (mode, blob id)
+
+
+def _commit(repo: Repo, rev: str, what: str) -> str:
+    out = repo.git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+    if not out.strip():
+        raise ConfigError(f"{what}: {rev!r} is not a commit in this repository")
+    return out.decode().strip()
+
+
+def _tree(repo: Repo, commit: str) -> dict[str, TreeEntry]:
+    out = repo.git("ls-tree", "-r", "-z", "--full-tree", commit)
+    entries = {}
+    for rec in out.decode("utf-8", "surrogateescape").split("\0"):
+        if rec:
+            meta, _, path = rec.partition("\t")
+            mode, kind, oid = meta.split()
+            if kind == "blob":
+                entries[path] = (mode, oid)
+    return entries
+
+
+def config_from_commit(repo: Repo, rev: str) -> tuple[str, str]:
+    """The merge config recorded in a merge-models commit's message, and its label."""
+    commit = _commit(repo, rev, "--from-commit")
+    message = repo.git("log", "-1", "--format=%B", commit).decode()
+    if MARKER not in message:
+        raise ConfigError(f"{rev}: its message holds no merge-models config")
+    return message.split(MARKER, 1)[1], f"{rev} (commit message)"
+
+
+def merge_models_commit(text: str, source: str, title: str | None,
+                        echo: Callable[[str], None]) -> str:
+    """Merge the config's models onto its base, commit, and check the commit out.
+
+    Returns the new commit id.  Raises ConfigError/MergeError/GitError (one line) and
+    leaves HEAD, the index and the working tree as they were when anything fails
+    before the final fast-forward.
+    """
+    repo = Repo.discover()
+    config = load_config(text, source)
+    if len(config.models) < 2:
+        raise ConfigError(f"{source}: merge-models needs at least two models")
+    head = _commit(repo, "HEAD", "HEAD")
+    if repo.git("status", "--porcelain", "--untracked-files=no").strip():
+        raise ConfigError("the working tree or index has uncommitted changes; commit or "
+                          "stash them first")
+    commits = {m.model: _commit(repo, m.model, f"{source}: model") for m in config.models}
+    if config.base is not None:
+        base = _commit(repo, config.base, f"{source}: base_model")
+    else:
+        out = repo.git("merge-base", "--octopus", *commits.values(), check=False).strip()
+        if not out:
+            raise ConfigError(f"{source}: the models share no history; set base_model")
+        base = out.decode()
+    labels = [m.model for m in config.models]
+    base_tree = _tree(repo, base)
+    trees = [_tree(repo, commits[m]) for m in labels]
+    paths = sorted({p for t in [base_tree, *trees] for p in t})
+    ours = set(tracked_by_us(repo, paths))
+    objects = read_through(repo)
+    workers = repo.settings().workers
+    table = config.table()
+    entries: dict[str, TreeEntry] = {}
+    for path in paths:
+        b, sides = base_tree.get(path), [t.get(path) for t in trees]
+        ok, entry = pick(b, sides)
+        if ok:
+            if entry is not None:
+                entries[path] = entry
+            continue
+        if path not in ours:
+            raise ConfigError(f"{path}: the models changed it differently and it is not a "
+                              "theta-zarr file; merge-models merges checkpoints only")
+        gone = [lb for lb, s in zip(labels, sides, strict=True) if s is None]
+        if gone:
+            raise ConfigError(f"{path}: deleted in {', '.join(gone)} and changed in "
+                              "another model")
+        manifests = [_manifest(repo, s[1], f"{lb}:{path}")  # type: ignore[index]
+                     for lb, s in zip(labels, sides, strict=True)]
+        base_m = _manifest(repo, b[1], f"{base[:10]}:{path}") if b is not None else None
+        merged, p = merge_models(base_m, manifests, labels, table, objects, workers, path)
+        if merged is None:
+            raise ConfigError(conflict_report(path, p, table)[0].removeprefix("theta-zarr: "))
+        oid = repo.git("hash-object", "-w", "--no-filters", "--stdin",
+                       input=merged.to_bytes()).decode().strip()
+        entries[path] = (sides[0][0], oid)  # type: ignore[index]
+        echo(summary_line(path, p, table))
+    tree = _write_tree(repo, entries)
+    parents = [head]
+    for c in commits.values():
+        if c not in parents and not _ancestor(repo, c, head):
+            parents.append(c)
+    title = title or f"Merge models {', '.join(labels)} with {config.method}"
+    message = f"{title}\n\n{MARKER}\n{config.to_text(commits, base)}"
+    args = ["commit-tree", tree]
+    for p_ in parents:
+        args += ["-p", p_]
+    new = repo.git(*args, "-F", "-", input=message.encode()).decode().strip()
+    try:
+        repo.git("merge", "--ff-only", "-q", new)
+    except GitError as e:
+        raise GitError(f"merged commit {new[:10]} was made but not checked out: {e}") from None
+    echo(f"theta-zarr: merged {len(labels)} models onto {base[:10]} with {config.method}: "
+         f"commit {new[:10]}")
+    return new
+
+
+def _ancestor(repo: Repo, commit: str, head: str) -> bool:
+    """Whether ``commit`` is in ``head``'s history."""
+    return repo.git("rev-list", "-1", f"{head}..{commit}").strip() == b""
+
+
+def _manifest(repo: Repo, oid: str, what: str) -> Manifest:
+    return Manifest.from_bytes(repo.git("cat-file", "blob", oid), what)
+
+
+def _write_tree(repo: Repo, entries: dict[str, TreeEntry]) -> str:
+    fd, index = tempfile.mkstemp(prefix="theta-zarr-index-", dir=repo.git_dir)
+    os.close(fd)
+    os.unlink(index)
+    env = {"GIT_INDEX_FILE": index}
+    try:
+        info = "".join(f"{mode} {oid}\t{path}\0" for path, (mode, oid) in entries.items())
+        repo.git("update-index", "-z", "--index-info", input=info.encode(
+            "utf-8", "surrogateescape"), env=env)
+        return repo.git("write-tree", env=env).decode().strip()
+    finally:
+        if os.path.exists(index):
+            os.unlink(index)
