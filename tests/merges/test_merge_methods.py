@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import math
 
-import blake3
 import numpy as np
 import pytest
-from merge_helpers import BF16, make_store, manifest, read, rng_arr
+from merge_helpers import (
+    BF16,
+    dare_mask,
+    f32,
+    make_store,
+    manifest,
+    read,
+    rng_arr,
+    ties_ref,
+    topk_mask,
+)
 
 from theta_zarr.merge import MergeError, Rule, StrategyTable, merge_manifests, merge_models
 from theta_zarr.merges import MergeOptions
@@ -46,43 +55,6 @@ def run(store, strategy, base, tunes, **values):
     return read(store, merged, "w")
 
 
-def f32(*xs):
-    return [x.astype(np.float32) for x in xs]
-
-
-def topk_mask(tau: np.ndarray, density: float) -> np.ndarray:
-    """TIES's trim: the top int(density * n) magnitudes (ties at the threshold kept)."""
-    if density >= 1:
-        return np.ones(tau.shape, bool)
-    k = int(density * tau.size)
-    if k == 0:
-        return np.zeros(tau.shape, bool)
-    thr = np.sort(np.abs(tau).ravel())[::-1][k - 1]
-    return np.abs(tau) >= thr
-
-
-def ties_ref(base, tunes, weights, density, lam=1.0, normalize=True, masks=None, taus=None):
-    """TIES (or, given sparsified ``taus``, any sign-consensus merge) in float32."""
-    b, *ms = f32(base, *tunes)
-    ws = [np.float32(w) for w in weights]
-    if taus is None:
-        taus = [m - b for m in ms]
-    if masks is None:
-        masks = [topk_mask(t, density) for t in taus]
-    tvs = [w * (t * mk.astype(np.float32)) for w, t, mk in zip(ws, taus, masks, strict=True)]
-    total = tvs[0]
-    for tv in tvs[1:]:
-        total = total + tv
-    sign = np.where(total >= 0, np.float32(1), np.float32(-1))
-    agree = [(np.sign(tv) == sign).astype(np.float32) for tv in tvs]
-    mixed = sum((tv * a for tv, a in zip(tvs, agree, strict=True)), np.zeros_like(b))
-    div = sum((w * a for w, a in zip(ws, agree, strict=True)), np.zeros_like(b))
-    div[div == 0] = 1
-    if normalize:
-        mixed = mixed / div
-    return b + mixed * np.float32(lam)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear(store, dtype):
     base, tunes = models(dtype)
@@ -111,13 +83,6 @@ def test_ties_three_models_per_model_density(store):
     masks = [topk_mask(t - b, d) for t, d in zip(tunes, (0.1, 0.5, 1.0), strict=True)]
     want = ties_ref(base, tunes, [1, 1, 1], None, masks=masks)
     assert got.tobytes() == want.tobytes()
-
-
-def dare_mask(base_key, model_key, n, density):
-    """The documented DARE mask: blake3(seed) read as little-endian uint32 < density*2**32."""
-    seed = b"theta-zarr dare 1\0" + base_key.encode() + b"\0" + model_key.encode()
-    u = np.frombuffer(blake3.blake3(seed).digest(length=4 * n), "<u4")
-    return u < np.uint32(int(density * 2**32))
 
 
 def dare_masks(store, base, tunes, density):

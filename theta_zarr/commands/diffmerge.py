@@ -175,7 +175,8 @@ def register(main: click.Group) -> None:
         if (config is None) == (from_commit is None):
             fail("merge-models takes a CONFIG file or --from-commit REV (one of them)")
         if from_commit is not None:
-            text, source = config_from_commit(Repo.discover(), from_commit)
+            text, source, recorded = config_from_commit(Repo.discover(), from_commit)
+            title = title or recorded
         else:
             assert config is not None
             with open(config, encoding="utf-8") as f:

@@ -48,13 +48,15 @@ def _tree(repo: Repo, commit: str) -> dict[str, TreeEntry]:
     return entries
 
 
-def config_from_commit(repo: Repo, rev: str) -> tuple[str, str]:
-    """The merge config recorded in a merge-models commit's message, and its label."""
+def config_from_commit(repo: Repo, rev: str) -> tuple[str, str, str]:
+    """The merge config recorded in a merge-models commit's message, its label, and the
+    commit's title."""
     commit = _commit(repo, rev, "--from-commit")
     message = repo.git("log", "-1", "--format=%B", commit).decode()
     if MARKER not in message:
         raise ConfigError(f"{rev}: its message holds no merge-models config")
-    return message.split(MARKER, 1)[1], f"{rev} (commit message)"
+    title = message.split("\n", 1)[0]
+    return message.split(MARKER, 1)[1], f"{rev} (commit message)", title
 
 
 def merge_models_commit(text: str, source: str, title: str | None,

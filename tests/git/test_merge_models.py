@@ -1,0 +1,221 @@
+"""Model merging through real git: a tiny bf16 transformer, fine-tuned on branches, merged
+with TIES/DARE by the merge driver, by ``resolve`` and N-way by ``merge-models``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from merge_helpers import BF16, dare_mask, f32, ties_ref
+from safetensors.torch import load_file, save_file
+
+from theta_zarr.manifest import Manifest
+
+H = 32  # hidden size: every matrix is 32x32 bf16 = 2 KiB
+
+
+def base_model() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    names = ["embed.weight"] + [f"layers.{i}.{p}.weight" for i in range(3)
+                                for p in ("attn.q", "attn.v", "mlp.up")] + ["head.weight"]
+    return {n: rng.standard_normal((H, H), dtype=np.float32).astype(BF16) for n in names}
+
+
+def tune(model: dict, layers: list[str], seed: int) -> dict:
+    """A fine-tune: small updates to the parameters of ``layers`` ("layers.0." ...)."""
+    rng = np.random.default_rng(seed)
+    out = dict(model)
+    for n, v in model.items():
+        if any(n.startswith(p) for p in layers):
+            delta = rng.standard_normal(v.shape, dtype=np.float32) * 0.05
+            out[n] = (v.astype(np.float32) + delta).astype(BF16)
+    return out
+
+
+def save(repo, tensors: dict, message: str) -> None:
+    t = {k: torch.from_numpy(v.view(np.uint16).copy()).view(torch.bfloat16)
+         for k, v in tensors.items()}
+    save_file(t, str(repo.path / "model.safetensors"))
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", message)
+
+
+def load(repo) -> dict[str, np.ndarray]:
+    return {k: v.view(torch.uint16).numpy().view(BF16)
+            for k, v in load_file(str(repo.path / "model.safetensors")).items()}
+
+
+def branches(repo, tunes: dict[str, dict]) -> dict:
+    """main holds the pretrained base; one branch per fine-tune; back on main."""
+    base = base_model()
+    save(repo, base, "pretrained")
+    for name, model in tunes.items():
+        repo.git("checkout", "-q", "-b", name, "main")
+        save(repo, model, name)
+    repo.git("checkout", "-q", "main")
+    return base
+
+
+def manifest_at(repo, rev: str) -> Manifest:
+    return Manifest.from_bytes(repo.git("cat-file", "blob", f"{rev}:model.safetensors").stdout)
+
+
+def test_disjoint_fine_tunes_merge_bit_exactly_without_arithmetic(repo):
+    base = base_model()
+    a, b = tune(base, ["layers.0."], 1), tune(base, ["layers.2.", "head."], 2)
+    branches(repo, {"task-a": a, "task-b": b})
+    repo.git("config", "theta-zarr-merge.*.strategy", "ties")
+    repo.git("checkout", "-q", "task-a")
+    proc = repo.git("merge", "--no-edit", "task-b")
+    assert b"(0 chunk by chunk)" in proc.stderr and b"by ties" not in proc.stderr
+    got = load(repo)
+    for n in base:
+        want = a[n] if n.startswith("layers.0.") else b[n]
+        assert got[n].tobytes() == want.tobytes(), n
+    m, ma, mb = (manifest_at(repo, r) for r in ("HEAD", "task-a", "task-b"))
+    assert all(m.params[n] == (ma if n.startswith("layers.0.") else mb).params[n] for n in base)
+
+
+def test_overlapping_fine_tunes_merge_with_ties_reproducibly(repo):
+    base = base_model()
+    a = tune(base, ["layers.0.", "layers.1."], 3)
+    b = tune(tune(base, ["layers.0."], 4), ["head."], 5)
+    branches(repo, {"task-a": a, "task-b": b})
+    repo.git("config", "theta-zarr-merge.*.strategy", "ties")
+    repo.git("config", "theta-zarr-merge.*.density", "0.3")
+    repo.git("config", "theta-zarr-merge.*.weight", "1.0,0.5")
+    repo.git("checkout", "-q", "-b", "merged", "task-a")
+    proc = repo.git("merge", "--no-edit", "task-b")
+    assert b"3 by ties" in proc.stderr
+    got = load(repo)
+    for n in base:
+        if n.startswith("layers.0."):
+            want = ties_ref(base[n], [a[n], b[n]], [1.0, 0.5], 0.3).astype(BF16)
+        else:
+            want = a[n] if n.startswith("layers.1.") else b[n]
+        assert got[n].tobytes() == want.tobytes(), n
+    first = repo.out("rev-parse", "HEAD:model.safetensors")
+    repo.git("reset", "-q", "--hard", "task-a")
+    repo.git("merge", "-q", "--no-edit", "task-b")
+    assert repo.out("rev-parse", "HEAD:model.safetensors") == first
+
+
+def test_resolve_with_dare_and_set(repo):
+    base = base_model()
+    a, b = tune(base, ["layers.1.mlp"], 6), tune(base, ["layers.1.mlp"], 7)
+    branches(repo, {"task-a": a, "task-b": b})
+    repo.git("checkout", "-q", "task-a")
+    proc = repo.git("merge", "--no-edit", "task-b", check=False)
+    assert proc.returncode != 0 and b"layers.1.mlp.up.weight" in proc.stderr
+    bad = repo.tz("resolve", "model.safetensors", "--strategy", "dare", "--set", "densty=0.5",
+                  check=False)
+    assert bad.returncode == 1 and b"unknown merge parameter 'densty'" in bad.stderr
+    assert b"Traceback" not in bad.stderr
+    repo.tz("resolve", "model.safetensors", "--strategy", "dare", "--set", "density=0.5")
+    n = "layers.1.mlp.up.weight"
+    (kb,), (ka,), (kt,) = (manifest_at(repo, r).params[n].chunks
+                           for r in ("main", "task-a", "task-b"))
+    bw, aw, tw = f32(base[n], a[n], b[n])
+    d = np.float32(0.5)
+    ma, mt = (dare_mask(kb, k, H * H, 0.5).reshape(H, H).astype(np.float32) for k in (ka, kt))
+    want = (bw + ((aw - bw) * ma / d + (tw - bw) * mt / d) * np.float32(1)).astype(BF16)
+    assert load(repo)[n].tobytes() == want.tobytes()
+
+
+CONFIG = """\
+merge_method: ties
+base_model: main
+models:
+  - model: task-a
+    parameters:
+      weight: 1.0
+  - model: task-b
+    parameters:
+      weight: 0.5
+  - model: task-c
+parameters:
+  density:
+    - filter: "layers.0.*"
+      value: 0.3
+    - value: 1.0
+"""
+
+
+def test_merge_models_three_fine_tunes_in_one_commit(repo):
+    base = base_model()
+    tunes = {"task-a": tune(base, ["layers.0.", "layers.1."], 8),
+             "task-b": tune(base, ["layers.0.", "head."], 9),
+             "task-c": tune(base, ["layers.0.", "layers.1.attn.q"], 10)}
+    branches(repo, tunes)
+    pretrained = repo.out("rev-parse", "main").strip()
+    (repo.path.parent / "merge.yml").write_text(CONFIG)
+    proc = repo.tz("merge-models", str(repo.path.parent / "merge.yml"))
+    assert b"merged 3 models onto" in proc.stdout
+    parents = repo.out("log", "-1", "--format=%P").split()
+    assert len(parents) == 4  # main and the three fine-tunes: an octopus merge commit
+    message = repo.out("log", "-1", "--format=%B")
+    assert "theta-zarr merge-models config:" in message and "merge_method: ties" in message
+    assert repo.out("rev-parse", "task-a") in message  # revisions recorded as commit ids
+    assert repo.out("status", "--porcelain") == ""
+    a, b, c = tunes.values()
+    got = load(repo)
+    for n in base:
+        density = 0.3 if n.startswith("layers.0.") else 1.0
+        if n.startswith(("layers.0.", "layers.1.attn.q")):
+            want = ties_ref(base[n], [a[n], b[n], c[n]], [1.0, 0.5, 1.0], density)
+            want = want.astype(BF16)
+        else:
+            want = next((m[n] for m in (a, b, c) if m[n].tobytes() != base[n].tobytes()),
+                        base[n])
+        assert got[n].tobytes() == want.tobytes(), n
+    first = repo.out("rev-parse", "HEAD^{tree}")
+    merged = repo.out("rev-parse", "HEAD").strip()
+    repo.git("reset", "-q", "--hard", pretrained)  # merge-models moved main: go back
+    repo.tz("merge-models", "--from-commit", merged)
+    assert repo.out("rev-parse", "HEAD^{tree}") == first
+    assert repo.out("log", "-1", "--format=%s") == "Merge models task-a, task-b, task-c with ties\n"
+    diff = json.loads(repo.tz("diff", pretrained, "HEAD", "--json").stdout)
+    assert diff["files"][0]["summary"]["changed"] == 7  # layers 0 and 1, head
+
+
+def test_merge_models_bad_input_is_one_line_and_changes_nothing(repo):
+    base = base_model()
+    branches(repo, {"task-a": tune(base, ["layers.0."], 1),
+                    "task-b": tune(base, ["layers.0."], 2)})
+    head = repo.out("rev-parse", "HEAD")
+    cfg = repo.path.parent / "bad.yml"
+    cases = {
+        "merge_method: ties\nmodels: [task-a, nope]\n": "'nope' is not a commit",
+        "merge_method: tiez\nmodels: [task-a, task-b]\n": "unknown merge strategy 'tiez'",
+        "merge_method: ties\nmodels: [task-a, task-b]\nparameters: {densty: 1}\n":
+            "unknown merge parameter 'densty'",
+        "merge_method: slerp\nmodels: [task-a, task-b, main]\n": "merges 2 models, not 3",
+        "merge_method: [\n": "not valid YAML",
+    }
+    for text, message in cases.items():
+        cfg.write_text(text)
+        proc = repo.tz("merge-models", str(cfg), check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and message in err, (text, err)
+        assert err.startswith("theta-zarr: ") and "Traceback" not in err
+        assert repo.out("rev-parse", "HEAD") == head
+    (repo.path / "model.safetensors").write_bytes(b"local edits")
+    cfg.write_text("merge_method: ties\nmodels: [task-a, task-b]\n")
+    proc = repo.tz("merge-models", str(cfg), check=False)
+    assert proc.returncode == 1 and b"uncommitted changes" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "1,x"])
+def test_bad_config_value_names_the_key(repo, value):
+    base = base_model()
+    branches(repo, {"task-a": tune(base, ["layers.0."], 1),
+                    "task-b": tune(base, ["layers.0."], 2)})
+    repo.git("config", "theta-zarr-merge.layers.*.density", value)
+    repo.git("config", "theta-zarr-merge.*.strategy", "ties")
+    repo.git("checkout", "-q", "task-a")
+    proc = repo.git("merge", "--no-edit", "task-b", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "theta-zarr-merge.layers.*.density: not a number" in err
+    assert "Traceback" not in err
