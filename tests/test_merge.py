@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from merge_helpers import BF16, make_store, manifest, read, rng_arr
 
-from theta_zarr.manifest import Manifest
 from theta_zarr.merge import (
     MergeError,
     Rule,
     StrategyTable,
     execute,
-    merge_format,
+    merge_formats,
     merge_manifests,
     plan,
 )
@@ -193,6 +192,6 @@ def test_format_merge_keeps_both_additions():
     o = {"name": "safetensors", "order": ["a", "o"], "header": {"__metadata__": {"v": "2"}}}
     t = {"name": "safetensors", "order": ["t", "a"], "header_text": "x"}
     params = {n: None for n in ("a", "o", "t")}
-    out = merge_format(b, o, t, Manifest(o), Manifest(t), params)  # type: ignore[arg-type]
+    out = merge_formats(b, [o, t], params)
     assert out["order"] == ["a", "o", "t"]
     assert out["header"] == o["header"] and "header_text" not in out

@@ -330,12 +330,6 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
     return _with_keys(first, keys)
 
 
-def merge_format(b: dict, o: dict, t: dict, ours: Manifest, theirs: Manifest,
-                 params: dict[str, ParamEntry]) -> dict[str, Any]:
-    """The format info of a three-way merge (see :func:`merge_formats`)."""
-    return merge_formats(b, [o, t], params)
-
-
 def merge_formats(b: dict, sides: Sequence[dict], params: dict[str, Any]) -> dict[str, Any]:
     """The format info of the merge: by key as :func:`pick` decides, the first side's
     value where sides changed a key differently.
