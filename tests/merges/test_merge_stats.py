@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from theta_zarr.merges.stats import ExactSum, magnitude_bits, select_ranks
+from theta_zarr.merges.stats import BLOCK, BlockSum, magnitude_bits, select_ranks
 
 
 def test_rank_select_equals_sort_over_chunks_with_ties_and_zeros():
@@ -32,10 +32,14 @@ def test_rank_select_equals_sort_over_chunks_with_ties_and_zeros():
                 assert bits is None
 
 
-def test_exact_sum_is_exactly_rounded_per_chunk():
-    x = np.array([1e16, 1.0, -1e16, 1.0], np.float64)
-    s = ExactSum()
+def test_block_sum_order_is_fixed_and_blocks_add_exactly():
+    x = np.zeros(3 * BLOCK, np.float64)
+    x[0], x[BLOCK], x[2 * BLOCK] = 1e16, 1.0, -1e16
+    s = BlockSum()
     s.add(x)
-    assert s.value == 2.0  # a naive float64 sum gives 0.0 or 1.0
-    s.add(np.array([0.5], np.float32))
-    assert s.value == math.fsum([2.0, 0.5])
+    assert s.value == 1.0  # block sums 1e16, 1, -1e16 add exactly (a plain sum gives 0)
+    y = np.random.default_rng(1).standard_normal(3 * BLOCK + 5)
+    s = BlockSum()
+    s.add(y)
+    blocks = [float(np.add.reduce(y[i:i + BLOCK])) for i in range(0, y.size, BLOCK)]
+    assert s.value == math.fsum(blocks)

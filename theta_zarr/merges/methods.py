@@ -20,7 +20,7 @@ import numpy as np
 
 from ..chunking import digest
 from .base import ChunkInput, MergeOptions, Strategy, StrategyError, TensorView, float32_compute
-from .stats import ExactSum, magnitude_bits, products, select_ranks
+from .stats import BlockSum, magnitude_bits, products, select_ranks
 
 DARE_SEED = b"theta-zarr dare 1\0"
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's: nearly parallel vectors fall back to linear
@@ -242,7 +242,7 @@ class Slerp(FloatMethod):
     models = (2, 2)
 
     def statistics(self, tensor: TensorView, options: MergeOptions) -> Any:
-        d, n0, n1 = ExactSum(), ExactSum(), ExactSum()
+        d, n0, n1 = BlockSum(), BlockSum(), BlockSum()
         for c in tensor.chunks():
             v0, v1 = c.models
             d.add(products(v0, v1))
@@ -272,8 +272,8 @@ class ModelStock(FloatMethod):
     def statistics(self, tensor: TensorView, options: MergeOptions) -> Any:
         n = tensor.n_models
         pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-        dots = {p: ExactSum() for p in pairs}
-        norms = [ExactSum() for _ in range(n)]
+        dots = {p: BlockSum() for p in pairs}
+        norms = [BlockSum() for _ in range(n)]
         for c in tensor.chunks():
             assert c.base is not None
             taus = [m - c.base for m in c.models]
