@@ -8,6 +8,7 @@ docs/diff-merge.md for the contract.
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import entry_points
 
 from .base import ChunkInput, MergeOptions, Strategy, StrategyError, TensorView
@@ -18,7 +19,15 @@ GROUP = "theta_zarr.merges"
 
 
 def available() -> dict[str, type[Strategy]]:
-    """Every strategy by name: the built-ins, then installed plug-ins (which may not shadow)."""
+    """Every strategy by name: the built-ins, then installed plug-ins (which may not shadow).
+
+    Entry points are read once per process (a merge looks strategies up per parameter).
+    """
+    return dict(_load())
+
+
+@functools.cache
+def _load() -> dict[str, type[Strategy]]:
     found: dict[str, type[Strategy]] = {**BUILTINS, **METHODS}
     for ep in entry_points(group=GROUP):
         if ep.name in found and ep.value.startswith("theta_zarr."):
