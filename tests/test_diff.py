@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_merge import BF16, CountingCache, manifest, rng_arr
+from merge_helpers import BF16, CountingCache, manifest, rng_arr
 
 from theta_zarr.diff import diff, format_text, plot, summarize, textconv_lines
 from theta_zarr.remote import ReadThrough
