@@ -135,54 +135,77 @@ class TaskVectors(FloatMethod):
 
     def _sparse(self, chunk: ChunkInput, i: int, tau: np.ndarray, options: MergeOptions,
                 stats: Any) -> np.ndarray:
+        """Model ``i``'s task vector with the dropped elements zeroed (in place)."""
         if self.sparsify == "random":
             density = options.get("density", 1.0, i)
             if density >= 1.0:
                 return tau
             if density <= 0.0:
-                return np.zeros_like(tau)
-            tau = tau * _dare_keep(chunk, i, density).astype(tau.dtype)
+                tau[...] = 0
+                return tau
+            tau *= _dare_keep(chunk, i, density).astype(tau.dtype)
             if options.flag("rescale", self.default_rescale):
-                tau = tau / _f(density, tau)
+                tau /= _f(density, tau)
             return tau
         if self.sparsify is None or stats is None or stats[i] is None:
             return tau
         ranks, found = stats[i]
-        bits = magnitude_bits(tau)
         if self.sparsify == "magnitude":
             lo, hi = found[0], None
         else:
             hi = found[0] if ranks[0] > 0 else None
             lo = found[1]
         if lo is None:  # keeps no element
-            return tau * _f(0.0, tau)
+            tau *= _f(0.0, tau)
+            return tau
+        bits = magnitude_bits(tau)
         keep = bits >= np.uint32(lo)
         if hi is not None:
             keep &= bits < np.uint32(hi)
-        return tau * keep.astype(tau.dtype)
+        tau *= keep.astype(tau.dtype)
+        return tau
 
     def merge(self, chunk: ChunkInput, options: MergeOptions, stats: Any) -> np.ndarray:
         base = chunk.base
         assert base is not None
-        ws = [_f(options.get("weight", 1.0, i), base)
-              for i in range(len(chunk.models))]
-        tvs = [w * self._sparse(chunk, i, m - base, options, stats)
-               for i, (w, m) in enumerate(zip(ws, chunk.models, strict=True))]
+        ws = [_f(options.get("weight", 1.0, i), base) for i in range(len(chunk.models))]
+        tvs = []
+        for i, (w, m) in enumerate(zip(ws, chunk.models, strict=True)):
+            tv = self._sparse(chunk, i, m - base, options, stats)
+            tv *= w
+            tvs.append(tv)
         if self.consensus:
-            total = _fold(tvs)
+            total = tvs[0].copy()
+            for tv in tvs[1:]:
+                total += tv
             sign = np.where(total >= 0, _f(1.0, base), _f(-1.0, base))
-            masks = [(np.sign(tv) == sign).astype(base.dtype) for tv in tvs]
-            mixed = _fold([tv * mk for tv, mk in zip(tvs, masks, strict=True)])
-            divisor = _fold([w * mk for w, mk in zip(ws, masks, strict=True)])
+            del total
+            mixed = divisor = None
+            for w, tv in zip(ws, tvs, strict=True):
+                agree = (np.sign(tv) == sign).astype(base.dtype)
+                tv *= agree
+                agree *= w
+                mixed = tv if mixed is None else _add(mixed, tv)
+                divisor = agree if divisor is None else _add(divisor, agree)
+            assert mixed is not None and divisor is not None
             divisor[divisor == 0] = 1
         else:
-            mixed = _fold(tvs)
+            mixed = tvs[0]
+            for tv in tvs[1:]:
+                mixed += tv
             divisor = _fold(ws)
             if abs(divisor) < 1e-8:
                 divisor = _f(1.0, base)
         if options.flag("normalize", self.default_normalize):
-            mixed = mixed / divisor
-        return base + mixed * _f(options.get("lambda", 1.0), base)
+            mixed /= divisor
+        mixed *= _f(options.get("lambda", 1.0), base)
+        mixed += base
+        return mixed
+
+
+def _add(acc: np.ndarray, x: np.ndarray) -> np.ndarray:
+    acc += x
+    return acc
 
 
 def _fold(xs: list[Any]) -> Any:
