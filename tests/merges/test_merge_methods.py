@@ -23,6 +23,7 @@ from merge_helpers import (
     topk_mask,
 )
 
+from theta_zarr.chunking import digest
 from theta_zarr.merge import MergeError, Rule, StrategyTable, merge_manifests, merge_models
 from theta_zarr.merges import MergeOptions
 
@@ -237,3 +238,21 @@ def test_float64_is_computed_in_float64(store):
     base, tunes = models(np.dtype(np.float64))
     got = run(store, "linear", base, tunes)
     assert got.tobytes() == ((tunes[0] + tunes[1]) / 2).tobytes()
+
+
+def test_inline_parameters(store):
+    """Tiny tensors live inline in the manifest; the methods merge them the same way."""
+    base = rng_arr(0, (16,), BF16)
+    tunes = [(base.astype(np.float32) + rng_arr(i, (16,)) * 0.1).astype(BF16) for i in (1, 2)]
+    ms = [manifest(store, {"w": x}) for x in (base, *tunes)]
+    assert ms[0].params["w"].is_inline
+    merged, _ = merge_manifests(*ms, table("ties", density=0.5), store)
+    want = ties_ref(base, tunes, [1, 1], 0.5).astype(BF16)
+    assert merged.params["w"].inline == (want.tobytes(),)
+    merged, _ = merge_manifests(*ms, table("dare", density=0.5), store)
+    b, o, t = f32(base, *tunes)
+    keys = [digest(m.params["w"].inline[0]) for m in ms]
+    mo, mt = (dare_mask(keys[0], k, 16, 0.5).astype(np.float32) for k in keys[1:])
+    d = np.float32(0.5)
+    want = (b + ((o - b) * mo / d + (t - b) * mt / d) * np.float32(1)).astype(BF16)
+    assert merged.params["w"].inline == (want.tobytes(),)
