@@ -201,6 +201,12 @@ def test_merge_models_bad_input_is_one_line_and_changes_nothing(repo):
         assert proc.returncode == 1 and message in err, (text, err)
         assert err.startswith("theta-zarr: ") and "Traceback" not in err
         assert repo.out("rev-parse", "HEAD") == head
+    for args, message in ((["merge-models"], "takes a CONFIG file or --from-commit"),
+                          (["merge-models", "missing.yml"], "missing.yml"),
+                          (["merge-models", "--from-commit", "HEAD"], "holds no merge-models")):
+        proc = repo.tz(*args, check=False)
+        assert proc.returncode == 1 and message in proc.stderr.decode(), args
+        assert b"Traceback" not in proc.stderr
     (repo.path / "model.safetensors").write_bytes(b"local edits")
     cfg.write_text("merge_method: ties\nmodels: [task-a, task-b]\n")
     proc = repo.tz("merge-models", str(cfg), check=False)
