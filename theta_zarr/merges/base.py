@@ -46,6 +46,9 @@ class MergeOptions:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MergeOptions) and self.values == other.values
 
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.values.items())))
+
     def __repr__(self) -> str:
         return f"MergeOptions({self.values!r})"
 
