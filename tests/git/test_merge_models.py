@@ -150,7 +150,11 @@ def test_merge_models_three_fine_tunes_in_one_commit(repo):
              "task-c": tune(base, ["layers.0.", "layers.1.attn.q"], 10)}
     branches(repo, tunes)
     pretrained = repo.out("rev-parse", "main").strip()
-    (repo.path.parent / "merge.yml").write_text(CONFIG)
+    (repo.path / "notes.txt").write_text("main's own change, kept by the merge\n")
+    repo.git("add", "notes.txt")
+    repo.git("commit", "-q", "-m", "notes")
+    start = repo.out("rev-parse", "HEAD").strip()
+    (repo.path.parent / "merge.yml").write_text(CONFIG.replace("main", pretrained))
     proc = repo.tz("merge-models", str(repo.path.parent / "merge.yml"))
     assert b"merged 3 models onto" in proc.stdout
     parents = repo.out("log", "-1", "--format=%P").split()
@@ -159,6 +163,7 @@ def test_merge_models_three_fine_tunes_in_one_commit(repo):
     assert "theta-zarr merge-models config:" in message and "merge_method: ties" in message
     assert repo.out("rev-parse", "task-a") in message  # revisions recorded as commit ids
     assert repo.out("status", "--porcelain") == ""
+    assert (repo.path / "notes.txt").exists()
     a, b, c = tunes.values()
     got = load(repo)
     for n in base:
@@ -172,7 +177,7 @@ def test_merge_models_three_fine_tunes_in_one_commit(repo):
         assert got[n].tobytes() == want.tobytes(), n
     first = repo.out("rev-parse", "HEAD^{tree}")
     merged = repo.out("rev-parse", "HEAD").strip()
-    repo.git("reset", "-q", "--hard", pretrained)  # merge-models moved main: go back
+    repo.git("reset", "-q", "--hard", start)  # merge-models moved main: go back
     repo.tz("merge-models", "--from-commit", merged)
     assert repo.out("rev-parse", "HEAD^{tree}") == first
     assert repo.out("log", "-1", "--format=%s") == "Merge models task-a, task-b, task-c with ties\n"

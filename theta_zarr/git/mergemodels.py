@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from typing import Any
 
 from ..manifest import Manifest
 from ..merge import merge_models, pick
@@ -84,9 +85,9 @@ def merge_models_commit(text: str, source: str, title: str | None,
             raise ConfigError(f"{source}: the models share no history; set base_model")
         base = out.decode()
     labels = [m.model for m in config.models]
-    base_tree = _tree(repo, base)
+    base_tree, head_tree = _tree(repo, base), _tree(repo, head)
     trees = [_tree(repo, commits[m]) for m in labels]
-    paths = sorted({p for t in [base_tree, *trees] for p in t})
+    paths = sorted({p for t in [base_tree, head_tree, *trees] for p in t})
     ours = set(tracked_by_us(repo, paths))
     objects = read_through(repo)
     workers = repo.settings().workers
@@ -95,27 +96,17 @@ def merge_models_commit(text: str, source: str, title: str | None,
     for path in paths:
         b, sides = base_tree.get(path), [t.get(path) for t in trees]
         ok, entry = pick(b, sides)
-        if ok:
-            if entry is not None:
-                entries[path] = entry
-            continue
-        if path not in ours:
-            raise ConfigError(f"{path}: the models changed it differently and it is not a "
-                              "theta-zarr file; merge-models merges checkpoints only")
-        gone = [lb for lb, s in zip(labels, sides, strict=True) if s is None]
-        if gone:
-            raise ConfigError(f"{path}: deleted in {', '.join(gone)} and changed in "
-                              "another model")
-        manifests = [_manifest(repo, s[1], f"{lb}:{path}")  # type: ignore[index]
-                     for lb, s in zip(labels, sides, strict=True)]
-        base_m = _manifest(repo, b[1], f"{base[:10]}:{path}") if b is not None else None
-        merged, p = merge_models(base_m, manifests, labels, table, objects, workers, path)
-        if merged is None:
-            raise ConfigError(conflict_report(path, p, table)[0].removeprefix("theta-zarr: "))
-        oid = repo.git("hash-object", "-w", "--no-filters", "--stdin",
-                       input=merged.to_bytes()).decode().strip()
-        entries[path] = (sides[0][0], oid)  # type: ignore[index]
-        echo(summary_line(path, p, table))
+        if not ok:
+            entry = _merge_file(repo, path, path in ours, labels, sides, b, base, table,
+                                objects, workers, echo)
+        mine = head_tree.get(path)
+        if mine != b and mine not in sides:  # HEAD's own change, in no model
+            if entry != b:
+                raise ConfigError(f"{path}: changed on HEAD and by the models; run "
+                                  "merge-models from a commit without its own change to it")
+            entry = mine
+        if entry is not None:
+            entries[path] = entry
     tree = _write_tree(repo, entries)
     parents = [head]
     for c in commits.values():
@@ -134,6 +125,29 @@ def merge_models_commit(text: str, source: str, title: str | None,
     echo(f"theta-zarr: merged {len(labels)} models onto {base[:10]} with {config.method}: "
          f"commit {new[:10]}")
     return new
+
+
+def _merge_file(repo: Repo, path: str, tracked: bool, labels: list[str],
+                sides: list[TreeEntry | None], b: TreeEntry | None, base: str, table: Any,
+                objects: Any, workers: int, echo: Callable[[str], None]) -> TreeEntry:
+    """A theta-zarr file the models changed differently, merged: its new tree entry."""
+    if not tracked:
+        raise ConfigError(f"{path}: the models changed it differently and it is not a "
+                          "theta-zarr file; merge-models merges checkpoints only")
+    gone = [lb for lb, s in zip(labels, sides, strict=True) if s is None]
+    if gone:
+        raise ConfigError(f"{path}: deleted in {', '.join(gone)} and changed in another model")
+    present = [s for s in sides if s is not None]
+    manifests = [_manifest(repo, s[1], f"{lb}:{path}") for lb, s in zip(labels, present,
+                                                                        strict=True)]
+    base_m = _manifest(repo, b[1], f"{base[:10]}:{path}") if b is not None else None
+    merged, p = merge_models(base_m, manifests, labels, table, objects, workers, path)
+    if merged is None:
+        raise ConfigError(conflict_report(path, p, table)[0].removeprefix("theta-zarr: "))
+    oid = repo.git("hash-object", "-w", "--no-filters", "--stdin",
+                   input=merged.to_bytes()).decode().strip()
+    echo(summary_line(path, p, table))
+    return present[0][0], oid
 
 
 def _ancestor(repo: Repo, commit: str, head: str) -> bool:
