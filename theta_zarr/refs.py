@@ -149,3 +149,19 @@ def _conflict_message(name: str, digest: str, now: RefValue | None,
     verb = "was created" if expect is None else "moved"
     return (f"ref {name} {verb} concurrently by another writer ({where}); "
             "nothing was overwritten: re-run to try again")
+
+
+def default_base_ref(refs: Refs, ref: str) -> str | None:
+    """The delta base a push to ``ref`` uses when none is named: the newest other ref
+    in ``ref``'s folder (``run7/step-2000`` for ``run7/step-3000``), by the time its
+    blob was written, ties broken by name; None when the folder holds no other ref."""
+    check_ref_name(ref)
+    folder = ref.rsplit("/", 1)[0] + "/" if "/" in ref else ""
+    best: tuple[float, str] | None = None
+    for name, info in refs.list(folder):
+        if name == ref or "/" in name[len(folder):]:
+            continue
+        key = (info.mtime or 0.0, name)
+        if best is None or key > best:
+            best = key
+    return best[1] if best else None
