@@ -64,15 +64,43 @@ def open(path: str, rev: str | None = "HEAD") -> zarr.Group:  # noqa: A001 - the
 
 def load_state_dict(path: str, rev: str | None = "HEAD",
                     include: Sequence[str] | str | None = None,
-                    device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+                    device: str | torch.device = "cpu", *, ref: str | None = None,
+                    options: dict[str, str] | None = None,
+                    cache: str | None = None) -> dict[str, torch.Tensor]:
     """Parameters of a tracked checkpoint as torch tensors (flat names, file order).
 
     Only the chunks of the selected parameters are read (and fetched from the
-    remote, concurrently, when the cache lacks them).
+    remote, concurrently, when the cache lacks them).  With ``ref``, ``path`` is a
+    remote URL (``options``: its non-secret options) and the checkpoint is the one
+    that ref names (``theta-zarr push --ref`` or a distributed save); fetched
+    chunks go to ``cache`` (default ``$THETA_ZARR_CACHE`` or ``~/.cache/theta-zarr``).
+    A distributed checkpoint's non-tensor items are left out.  Raises
+    ``RefError`` for a missing ref and ``ManifestError`` for a ref naming a set.
     """
+    if ref is not None:
+        manifest, objects = read_ref(path, ref, options, cache)
+        return tensors_from_manifest(manifest, objects, include, device)
     manifest, repo, objects = read_manifest(path, rev)
     return tensors_from_manifest(manifest, objects, include, device,
                                  workers=repo.settings().workers)
+
+
+def read_ref(url: str, ref: str, options: dict[str, str] | None = None,
+             cache: str | None = None) -> tuple[Manifest, ReadThrough]:
+    """The manifest a remote ref names (tensors only) and its objects (cache + remote)."""
+    from .cache import Cache
+    from .formats.dcp import tensor_names
+    from .manifest import ManifestError
+    from .remote import RemoteSpec
+    from .sync import SyncRemote, default_cache_dir
+
+    remote = SyncRemote.open(RemoteSpec("api", url, dict(options or {})))
+    _, target = remote.resolve(ref)
+    if not isinstance(target, Manifest):
+        raise ManifestError(f"ref {ref} in {remote.url} names a set of files; "
+                            "pull it with theta-zarr pull")
+    manifest = Manifest(target.format, {n: target.params[n] for n in tensor_names(target)})
+    return manifest, ReadThrough(Cache(default_cache_dir(cache)), lambda: remote.objects)
 
 
 def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,

@@ -163,6 +163,40 @@ def register(main: click.Group) -> None:
             click.echo(f"{row.name}\t{when}\t{human(row.nbytes)}\t{row.params} params"
                        f"{files}\t{row.digest[:19]}")
 
+    @main.command("diff-refs")
+    @click.argument("remote_arg", metavar="REMOTE")
+    @click.argument("old_ref", metavar="OLD")
+    @click.argument("new_ref", metavar="NEW")
+    @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+    @click.option("--summary-only", is_flag=True,
+                  help="digests only: what changed, no numbers, no chunk read")
+    @_remote_options
+    @reports_errors
+    def diff_refs(remote_arg: str, old_ref: str, new_ref: str, as_json: bool,
+                  summary_only: bool, options: tuple[str, ...]) -> None:
+        """Per-parameter diff of two refs (two steps of a run), reading changed chunks only."""
+        import json
+
+        from .. import diff
+        from ..manifest import Manifest, ManifestError
+
+        remote = open_sync_remote(remote_arg, options)
+        sides = []
+        for ref in (old_ref, new_ref):
+            _, target = remote.resolve(ref)
+            if not isinstance(target, Manifest):
+                raise ManifestError(f"ref {ref} names a set of files; diff-refs compares "
+                                    "single checkpoints")
+            sides.append(target)
+        fd = diff.diff(sides[0], sides[1], remote.objects, f"{old_ref}..{new_ref}",
+                       numbers=not summary_only)
+        if as_json:
+            click.echo(json.dumps({"theta_zarr_diff": diff.JSON_VERSION, "old": old_ref,
+                                   "new": new_ref, "files": [fd.to_json()]}, indent=2))
+            return
+        for line in diff.format_text(fd):
+            click.echo(line)
+
     @main.command("watch")
     @click.argument("folder", type=click.Path(exists=True, file_okay=False))
     @click.argument("remote_arg", metavar="REMOTE")

@@ -288,7 +288,14 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         data = manifest.to_bytes()
         Manifest.from_bytes(data, f"dcp save {self.ref}")  # what readers will check
         digest = self.sync.put_manifest(data)
-        _, action = self.sync.refs.set(self.ref, digest, force=self.force)
+        try:
+            _, action = self.sync.refs.set(self.ref, digest, force=self.force)
+        except RefConflict:
+            now = self.sync.refs.read(self.ref)
+            raise RefConflict(
+                f"ref {self.ref} in {self.sync.url} was published by another job while this "
+                f"save ran (it now names {now.digest if now else 'nothing'}); nothing was "
+                "overwritten: save under another ref, or pass force=True") from None
         self.result = SaveResult(self.ref, digest, action, up["objects"], up["stored"],
                                  up["raw"], manifest.nbytes, self._base_name, up["deltas"])
 

@@ -18,11 +18,13 @@ ENTRY_POINT_GROUP = "theta_zarr.formats"
 
 
 def _builtins() -> list[Format]:
+    from .dcp import DcpFormat
     from .numpy import NpyFormat, NpzFormat
     from .safetensors import SafetensorsFormat
     from .torch import TorchFormat
 
-    return [SafetensorsFormat(), TorchFormat(), NpzFormat(), NpyFormat()]
+    # dcp first: its files are safetensors files that it alone recognises
+    return [DcpFormat(), SafetensorsFormat(), TorchFormat(), NpzFormat(), NpyFormat()]
 
 
 @functools.lru_cache(maxsize=1)

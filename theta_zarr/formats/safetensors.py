@@ -33,48 +33,8 @@ class SafetensorsFormat(Format):
         return 2 <= n <= MAX_HEADER and head[8:9] == b"{"
 
     def clean(self, source: Source, writer: ChunkWriter) -> dict[str, Any]:
-        (n,) = struct.unpack("<Q", source.read_exact(8, "safetensors header length"))
-        if n > MAX_HEADER:
-            raise FormatError(f"{source.name}: safetensors header of {n} bytes is too large")
-        header_bytes = source.read_exact(n, "safetensors header")
-        try:
-            header = json.loads(header_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FormatError(f"{source.name}: safetensors header is not JSON ({e})") from None
-        if not isinstance(header, dict):
-            raise FormatError(f"{source.name}: safetensors header is not an object")
-        metadata = header.pop("__metadata__", None)
-        if metadata is not None and not (isinstance(metadata, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
-            raise FormatError(f"{source.name}: __metadata__ must map strings to strings")
-        tensors = []
-        for name, info in header.items():
-            try:
-                dtype = from_safetensors(info["dtype"])
-                shape = [int(s) for s in info["shape"]]
-                begin, end = (int(x) for x in info["data_offsets"])
-            except DTypeError as e:
-                raise FormatError(f"{source.name}: tensor {name!r}: {e}") from None
-            except (KeyError, TypeError, ValueError):
-                raise FormatError(f"{source.name}: bad header entry for {name!r}") from None
-            tensors.append((begin, end, name, dtype, shape))
-        tensors.sort(key=lambda t: (t[0], t[1]))
-        pos = 0
-        for begin, end, name, dtype, shape in tensors:
-            need = dtype.itemsize
-            for s in shape:
-                need *= s
-            if begin != pos or end - begin != need or any(s < 0 for s in shape):
-                raise FormatError(
-                    f"{source.name}: tensor {name!r} has offsets [{begin}, {end}] that do not "
-                    "tile the data (holes, overlaps or a wrong size)")
-            pos = end
-            try:
-                writer.add_stream(name, dtype, tuple(shape), source.readinto)
-            except ManifestError as e:
-                raise FormatError(str(e)) from None
-        if not source.at_end():
-            raise FormatError(f"{source.name}: data continues past the last tensor")
+        header_bytes, header, metadata = read_header(source)
+        tensors = stream_tensors(source, writer, header)
         order = [t[2] for t in tensors]
         fmt: dict[str, Any] = {"name": self.name, "order": order}
         if metadata is not None:
@@ -111,6 +71,60 @@ class SafetensorsFormat(Format):
         out = {k: v for k, v in fmt.items() if k != "header_text"}
         out["order"] = [n for n in fmt.get("order", sorted(keep)) if n in keep]
         return out
+
+
+def read_header(source: Source) -> tuple[bytes, dict[str, Any], dict[str, str] | None]:
+    """(header bytes, tensor entries, ``__metadata__``) of a safetensors stream, checked."""
+    (n,) = struct.unpack("<Q", source.read_exact(8, "safetensors header length"))
+    if n > MAX_HEADER:
+        raise FormatError(f"{source.name}: safetensors header of {n} bytes is too large")
+    header_bytes = source.read_exact(n, "safetensors header")
+    try:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{source.name}: safetensors header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{source.name}: safetensors header is not an object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise FormatError(f"{source.name}: __metadata__ must map strings to strings")
+    return header_bytes, header, metadata
+
+
+def stream_tensors(source: Source, writer: ChunkWriter, header: dict[str, Any]
+                   ) -> list[tuple[int, int, str, Any, list[int]]]:
+    """Feed every tensor of the stream to ``writer`` in data order; (begin, end, name,
+    dtype, shape) of each.  Holes, overlaps and trailing data are errors."""
+    tensors = []
+    for name, info in header.items():
+        try:
+            dtype = from_safetensors(info["dtype"])
+            shape = [int(s) for s in info["shape"]]
+            begin, end = (int(x) for x in info["data_offsets"])
+        except DTypeError as e:
+            raise FormatError(f"{source.name}: tensor {name!r}: {e}") from None
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{source.name}: bad header entry for {name!r}") from None
+        tensors.append((begin, end, name, dtype, shape))
+    tensors.sort(key=lambda t: (t[0], t[1]))
+    pos = 0
+    for begin, end, name, dtype, shape in tensors:
+        need = dtype.itemsize
+        for s in shape:
+            need *= s
+        if begin != pos or end - begin != need or any(s < 0 for s in shape):
+            raise FormatError(
+                f"{source.name}: tensor {name!r} has offsets [{begin}, {end}] that do not "
+                "tile the data (holes, overlaps or a wrong size)")
+        pos = end
+        try:
+            writer.add_stream(name, dtype, tuple(shape), source.readinto)
+        except ManifestError as e:
+            raise FormatError(str(e)) from None
+    if not source.at_end():
+        raise FormatError(f"{source.name}: data continues past the last tensor")
+    return tensors
 
 
 def _order(manifest: Manifest) -> list[str]:

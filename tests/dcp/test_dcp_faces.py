@@ -1,0 +1,143 @@
+"""A DCP ref is a ref like any other: pull (consolidated safetensors), load_state_dict,
+ls, diff-refs, import into git, fsck and gc; racing saves; unsafe items refused.
+
+Saves here run in this one process (a plain dcp.save without a process group), which
+makes the same manifests a job of any size makes; test_dcp_distributed runs real jobs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from dcp_worker import MODEL, expected
+from safetensors.torch import load_file
+from sync.sync_helpers import Case, env_for, tz
+from torch.distributed.checkpoint.api import CheckpointException
+
+import theta_zarr
+from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
+from theta_zarr.objects import object_key
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
+
+def save(case: Case, ref: str, step: int, writer_cls=ThetaZarrWriter, **kw) -> ThetaZarrWriter:
+    state = {**{n: t.clone() for n, t in expected(step).items() if n in MODEL},
+             "step": step, "opt": {"lr": 0.1 * step}}
+    writer = writer_cls(case.url, ref, chunk_size=4096, **kw)
+    dcp.save(state, storage_writer=writer)
+    return writer
+
+
+def load(case: Case, ref: str) -> dict:
+    state = {n: torch.zeros(shape, dtype=dtype) for n, (shape, dtype, _) in MODEL.items()}
+    state.update(step=-1, opt={"lr": 0.0})
+    dcp.load(state, storage_reader=ThetaZarrReader(case.url, ref))
+    return state
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> Case:
+    c = Case("local", str(tmp_path / "bucket"), {}, [])
+    save(c, "run/step-1", 1)
+    save(c, "run/step-2", 2)
+    return c
+
+
+def test_pull_writes_one_consolidated_safetensors_file(case, tmp_path):
+    env = env_for(case, tmp_path)
+    out = tmp_path / "model.safetensors"
+    tz(["pull", case.url, "run/step-2", "-o", str(out)], env)
+    got, want = load_file(str(out)), expected(2)
+    assert set(got) == set(MODEL)
+    assert all(torch.equal(got[n].view(torch.uint8), want[n].view(torch.uint8)) for n in MODEL)
+    part = tmp_path / "emb.safetensors"
+    tz(["pull", case.url, "run/step-2", "-o", str(part), "--include", "emb"], env)
+    assert set(load_file(str(part))) == {"emb"}
+
+
+def test_load_state_dict_reads_only_selected_parameters(case, tmp_path):
+    cache = tmp_path / "cache"
+    got = theta_zarr.load_state_dict(case.url, ref="run/step-2", include=["tp.*"],
+                                     cache=str(cache))
+    assert set(got) == {"tp.w"} and torch.equal(got["tp.w"], expected(2)["tp.w"])
+    _, manifest = case.remote().resolve("run/step-2")
+    fetched = {p.relative_to(cache).as_posix() for p in (cache / "objects").rglob("*")
+               if p.is_file()}
+    assert fetched == {object_key(d) for d in manifest.params["tp.w"].chunks}
+
+
+def test_ls_and_diff_refs_between_steps(case, tmp_path):
+    env = env_for(case, tmp_path)
+    listing = tz(["ls", case.url, "run/"], env).stdout.decode()
+    assert "run/step-1" in listing and "run/step-2" in listing
+    res = tz(["diff-refs", case.url, "run/step-1", "run/step-2", "--json"], env)
+    fd = json.loads(res.stdout)["files"][0]
+    changed = {p["name"]: p for p in fd["params"] if p["status"] == "changed"}
+    assert {"emb", "tp.w", "step"} <= set(changed) and "layers.0.w" not in changed
+    emb = changed["emb"]
+    assert 0 < emb["chunks_changed"] < emb["chunks"]  # only the changed rows' chunks
+    assert fd["read"]["chunks"] < sum(p["chunks"] for p in fd["params"]) * 2
+
+
+def test_import_into_git_then_fsck_and_gc_keep_every_chunk(case, repo, tmp_path):
+    repo.tz("remote", "add", "origin", case.url)
+    repo.tz("track", "*.safetensors")
+    repo.tz("import", case.url, "run/step-2", "model.safetensors")
+    repo.git("add", ".gitattributes")
+    repo.git("commit", "-q", "-m", "step 2")
+    assert repo.out("status", "--porcelain") == ""
+    got = load_file(str(repo.path / "model.safetensors"))
+    assert torch.equal(got["emb"], expected(2)["emb"])
+    # the file cleans back to the very manifest the ref names (clean(smudge(m)) == m)
+    (repo.path / "model.safetensors").touch()
+    repo.git("add", "--renormalize", ".")
+    assert repo.out("status", "--porcelain") == ""
+    blob = repo.out("show", "HEAD:model.safetensors").encode()
+    _, manifest = case.remote().resolve("run/step-2")
+    assert blob.strip() == manifest.to_bytes().strip()
+    assert "ok:" in repo.tz("fsck", "--remote", "origin").stdout.decode()
+    repo.tz("gc", "--remote", "origin", "--grace", "0")
+    for step in (1, 2):
+        state = load(case, f"run/step-{step}")
+        assert state["step"] == step and state["opt"]["lr"] == pytest.approx(0.1 * step)
+        assert torch.equal(state["emb"], expected(step)["emb"])
+
+
+class SlowWriter(ThetaZarrWriter):
+    """Another job saves the same ref while this one is about to publish."""
+
+    def finish(self, metadata, results):
+        save(Case("local", self.remote_url, {}, []), self.ref, 2)
+        super().finish(metadata, results)
+
+
+def test_racing_saves_have_one_winner_and_the_loser_says_so(tmp_path):
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    with pytest.raises(CheckpointException, match="published by another job"):
+        save(case, "run/step-3", 1, writer_cls=SlowWriter)
+    assert load(case, "run/step-3")["step"] == 2  # the winner's checkpoint, whole
+    # a save to a ref that exists fails before uploading anything
+    before = set(case.remote().objects.iter_digests())
+    with pytest.raises(CheckpointException, match="already exists"):
+        save(case, "run/step-3", 5)
+    assert set(case.remote().objects.iter_digests()) == before
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_an_item_that_needs_unpickling_code_is_refused(tmp_path, capsys):
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    dcp.save({"w": torch.ones(4), "extra": Evil()},
+             storage_writer=ThetaZarrWriter(case.url, "bad"))
+    state = {"w": torch.zeros(4), "extra": None}
+    with pytest.raises(CheckpointException, match="never unpickles"):
+        dcp.load(state, storage_reader=ThetaZarrReader(case.url, "bad"))
+    assert "pwned" not in capsys.readouterr().out

@@ -1,0 +1,130 @@
+"""dcp: a distributed checkpoint (torch.distributed.checkpoint) rebuilt as one safetensors file.
+
+A ``dcp`` manifest (written by ``theta_zarr.dcp.ThetaZarrWriter``) has one
+parameter per global tensor, plus one ``uint8`` parameter per non-tensor item
+(bytes DCP wrote with ``torch.save``).  Its file form is the consolidated
+checkpoint that DCP's ``dcp_to_torch_save`` and Hugging Face consolidation
+produce, as safetensors: every tensor whole, in name order.  The safetensors
+``__metadata__`` carries, under the key ``dcp``, what the tensors alone do not
+say (the saving job's shard layout, chunk shapes, non-tensor items in base64),
+so cleaning that file gives the same manifest back (``clean(smudge(m)) == m``)
+and ``git status`` stays clean after ``git theta-zarr import``.
+
+This module needs no torch: it only moves bytes between manifests and files.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, BinaryIO
+
+from ..chunkreader import ChunkReader
+from ..chunkwriter import ChunkWriter
+from ..dtypes import by_name
+from ..manifest import Manifest, ManifestError, ParamEntry, check_name
+from .base import Format, FormatError, Source
+from .safetensors import SafetensorsFormat, read_header, stream_tensors
+
+NAME = "dcp"
+#: the safetensors header of a consolidated DCP checkpoint starts with these bytes
+#: (sorted metadata keys: "dcp" comes before "format")
+SNIFF = b'{"__metadata__":{"dcp":'
+BYTES_DTYPE = "uint8"
+
+
+def tensor_names(manifest: Manifest) -> list[str]:
+    """The parameters of a manifest that are tensors (a dcp manifest's bytes items left out)."""
+    blobs = set(manifest.format.get("bytes", [])) if manifest.format_name == NAME else set()
+    return [n for n in manifest.params if n not in blobs]
+
+
+class DcpFormat(Format):
+    name = NAME
+    extensions = (".safetensors",)
+
+    def sniff(self, head: bytes) -> bool:
+        return len(head) > 8 + len(SNIFF) and head[8:8 + len(SNIFF)] == SNIFF
+
+    def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
+               tmp_dir: str | None = None) -> None:
+        fmt = manifest.format
+        blobs = sorted(set(fmt.get("bytes", [])) & set(manifest.params))
+        tensors = sorted(set(manifest.params) - set(blobs))
+        raw = {n: b"".join(bytes(c) for c in reader.iter_entry(manifest.params[n]))
+               for n in blobs}
+        info = {
+            "format": {k: v for k, v in fmt.items() if k != "name"},
+            "chunk_shapes": {n: list(e.chunk_shape) for n, e in manifest.params.items()},
+            "bytes": {n: base64.b64encode(raw[n]).decode("ascii") for n in blobs},
+        }
+        meta = {"dcp": json.dumps(info, sort_keys=True, separators=(",", ":")),
+                "format": "pt"}
+        flat = Manifest({"name": SafetensorsFormat.name, "order": tensors,
+                         "header": {"__metadata__": meta}},
+                        {n: manifest.params[n] for n in tensors})
+        SafetensorsFormat().smudge(flat, reader, out, tmp_dir)
+
+    def clean(self, source: Source, writer: ChunkWriter) -> dict[str, Any]:
+        _, header, metadata = read_header(source)
+        info = _info(metadata, source.name)
+        shapes = info["chunk_shapes"]
+        previous: dict[str, ParamEntry] = {}
+        for name, entry in header.items():
+            if name in shapes and isinstance(entry, dict):
+                try:
+                    previous[name] = ParamEntry(
+                        tuple(int(s) for s in entry["shape"]),
+                        _dtype_name(entry["dtype"]), tuple(int(c) for c in shapes[name]))
+                except (KeyError, TypeError, ValueError):
+                    continue  # stream_tensors reports the bad entry
+        for name, text in info["bytes"].items():
+            data = _b64(text, source.name, name)
+            if name in shapes:
+                previous[name] = ParamEntry((len(data),), BYTES_DTYPE,
+                                            tuple(int(c) for c in shapes[name]))
+        writer.previous = Manifest({"name": NAME}, previous)
+        stream_tensors(source, writer, header)
+        for name, text in sorted(info["bytes"].items()):
+            data = _b64(text, source.name, name)
+            try:
+                writer.add_buffer(check_name(name, source.name), by_name(BYTES_DTYPE),
+                                  (len(data),), memoryview(data))
+            except ManifestError as e:
+                raise FormatError(str(e)) from None
+        return {"name": NAME, **info["format"]}
+
+    def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
+        keep = set(names)
+        out = dict(fmt)
+        out["shards"] = {k: v for k, v in fmt.get("shards", {}).items() if k in keep}
+        out["bytes"] = [b for b in fmt.get("bytes", []) if b in keep]
+        if isinstance(fmt.get("planner_data"), dict):
+            out["planner_data"] = {k: v for k, v in fmt["planner_data"].items() if k in keep}
+        return out
+
+
+def _dtype_name(code: str) -> str:
+    from ..dtypes import from_safetensors
+
+    return from_safetensors(code).name
+
+
+def _info(metadata: dict[str, str] | None, where: str) -> dict[str, Any]:
+    try:
+        info = json.loads((metadata or {})["dcp"])
+    except (KeyError, json.JSONDecodeError):
+        raise FormatError(f"{where}: the 'dcp' metadata is missing or not JSON") from None
+    if not (isinstance(info, dict) and isinstance(info.get("format"), dict)
+            and isinstance(info.get("chunk_shapes"), dict)
+            and isinstance(info.get("bytes"), dict)):
+        raise FormatError(f"{where}: the 'dcp' metadata needs format, chunk_shapes, bytes")
+    return info
+
+
+def _b64(text: object, where: str, name: str) -> bytes:
+    try:
+        return base64.b64decode(str(text), validate=True)
+    except (binascii.Error, ValueError):
+        raise FormatError(f"{where}: bytes item {name[:80]!r} is not base64") from None
