@@ -89,7 +89,7 @@ def rawbin_file(mod, name="embedding.weight", shape=(50, 40)) -> bytes:
 
 def test_plugin_is_listed_and_round_trips(rawbin, tmp_path):
     assert "rawbin" in [f.name for f in all_formats()]
-    assert [f.name for f in all_formats()][:4] == ["safetensors", "torch", "numpy", "npy"]
+    assert [f.name for f in all_formats()][:5] == ["dcp", "safetensors", "torch", "numpy", "npy"]
     assert type(get_format("rawbin")).__module__ == MODULE
     data = rawbin_file(rawbin)
     assert type(detect(data[:64], "w.bin")).__name__ == "RawbinFormat"
