@@ -12,7 +12,7 @@ layout, as DTensors).  Then, in this order:
 
 1. step 1 with ``FsspecWriter`` (one file per rank into a fresh prefix),
 2. step 1 with ``ThetaZarrWriter`` (ref ``bench/step-1``),
-3. ``--changed`` of the weights get new values (every k-th tensor),
+3. ``--changed`` of the weights get new values (whole tensors, spread out),
 4. step 2 with each writer again (FsspecWriter into a new prefix, as it must to
    keep step 1; ThetaZarrWriter to ref ``bench/step-2``, delta base step 1).
 
@@ -57,12 +57,18 @@ def bucket_bytes(server: Server, url: str) -> int:
         return 0
 
 
+def changed_tensors(n: int, fraction: float) -> list[int]:
+    """Which of ``n`` weights step 2 changes: ``round(n * fraction)`` of them, spread out."""
+    k = max(1, round(n * fraction))
+    return sorted({i * n // k for i in range(k)})
+
+
 # -- one rank ------------------------------------------------------------------------------
 def rank_main(spec: dict) -> int:
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FsspecWriter
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor, Shard
 
@@ -101,8 +107,7 @@ def rank_main(spec: dict) -> int:
     fs_url, tz_url = spec["fs_url"], spec["tz_url"]
     timed("fsspec step 1", FsspecWriter(f"{fs_url}/step-1", **fs_kwargs), fs_url)
     timed("theta-zarr step 1", ThetaZarrWriter(tz_url, "bench/step-1", options=opts), tz_url)
-    every = max(1, round(1 / spec["changed"]))
-    for i in range(0, n, every):
+    for i in changed_tensors(n, spec["changed"]):
         state[f"layers.{i}.w"] = DTensor.from_local(shard(i, 2), mesh, [Shard(0)])
     timed("fsspec step 2", FsspecWriter(f"{fs_url}/step-2", **fs_kwargs), fs_url)
     timed("theta-zarr step 2", ThetaZarrWriter(tz_url, "bench/step-2", options=opts), tz_url)
@@ -139,7 +144,9 @@ def report(rows: list[dict], info: dict, world: int, changed: float) -> str:
     lines = [
         f"{world} ranks (gloo, CPU), {info['tensors']} bf16 weights of {ROWS}x{COLS} "
         f"({human(info['bytes'])}), Shard(0) as FSDP2 lays them out; step 2 changes "
-        f"{changed:.0%} of the weights; loopback S3 server; "
+        f"{len(changed_tensors(info['tensors'], changed))} of them "
+        f"({len(changed_tensors(info['tensors'], changed)) / info['tensors']:.1%}); "
+        "loopback S3 server; "
         f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d}.",
         "",

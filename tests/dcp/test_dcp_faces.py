@@ -108,6 +108,38 @@ def test_import_into_git_then_fsck_and_gc_keep_every_chunk(case, repo, tmp_path)
         assert torch.equal(state["emb"], expected(step)["emb"])
 
 
+def test_a_fine_tune_step_goes_up_as_deltas_against_the_newest_step(case):
+    state = {**{n: t.clone() for n, t in expected(2).items() if n in MODEL},
+             "step": 3, "opt": {"lr": 0.3}}
+    state["layers.0.w"] = (state["layers.0.w"] * (1 + 1e-3)).contiguous()
+    writer = ThetaZarrWriter(case.url, "run/step-3", chunk_size=4096)
+    dcp.save(state, storage_writer=writer)
+    res = writer.result
+    assert res.base_ref == "run/step-2" and res.deltas > 0
+    assert res.uploaded_bytes < 0.9 * res.uploaded_raw_bytes
+    got = load(case, "run/step-3")
+    assert torch.equal(got["layers.0.w"], state["layers.0.w"])
+
+
+def test_any_pushed_checkpoint_loads_through_dcp(case, tmp_path):
+    from safetensors.torch import save_file
+
+    f = tmp_path / "plain.safetensors"
+    save_file({"emb": expected(1)["emb"]}, str(f))
+    tz(["push", str(f), case.url, "--ref", "plain/v1"], env_for(case, tmp_path))
+    state = {"emb": torch.zeros(MODEL["emb"][0], dtype=MODEL["emb"][1])}
+    dcp.load(state, storage_reader=ThetaZarrReader(case.url, "plain/v1"))
+    assert torch.equal(state["emb"], expected(1)["emb"])
+
+
+def test_bad_refs_get_one_line_errors(case, tmp_path):
+    res = tz(["diff-refs", case.url, "run/nope", "run/step-1"], env_for(case, tmp_path),
+             check=False)
+    err = res.stderr.decode()
+    assert res.returncode == 1 and err.startswith("theta-zarr: ") and "run/nope" in err
+    assert "Traceback" not in err
+
+
 class SlowWriter(ThetaZarrWriter):
     """Another job saves the same ref while this one is about to publish."""
 

@@ -24,6 +24,10 @@ def row_shards(shape, world, axis=0):
     return out
 
 
+def region(box):
+    return tuple(slice(o, o + s) for o, s in zip(*box, strict=True))
+
+
 CASES = [
     ((4096, 512), 4, row_shards((4096, 512), 4), 1 << 20),   # FSDP rows, policy fits
     ((66, 32), 4, row_shards((66, 32), 4), 1024),            # uneven rows, small chunks
@@ -42,14 +46,14 @@ def test_every_chunk_lies_in_one_shard_and_all_tile_the_tensor(shape, world, sha
     seen: dict[int, int] = {}
     whole = np.arange(math.prod(shape), dtype=np.uint32).reshape(shape)
     for box in shards:
-        part = np.ascontiguousarray(whole[tuple(slice(o, o + s) for o, s in zip(*box))])
+        part = np.ascontiguousarray(whole[region(box)])
         raw = part.tobytes()
         for gi, off, n in layout.shard_chunks(shape, itemsize, cs, box):
             assert gi not in seen
             seen[gi] = n
             # the chunk's bytes are the global tensor's bytes of that chunk
             origin, extent = layout.chunk_box(shape, cs, gi)
-            want = whole[tuple(slice(o, o + e) for o, e in zip(origin, extent))].tobytes()
+            want = whole[region((origin, extent))].tobytes()
             assert raw[off:off + n] == want
     assert sorted(seen) == list(range(total))
     assert sum(seen.values()) == math.prod(shape) * itemsize
@@ -73,7 +77,7 @@ def test_any_box_reassembles_from_the_chunks_it_overlaps():
     hit = []
     for gi, cbox in layout.overlapping_chunks(shape, cs, box):
         hit.append(gi)
-        src = whole[tuple(slice(o, o + e) for o, e in zip(*cbox))]
+        src = whole[region(cbox)]
         layout.copy_box(src, cbox, out, box)
     assert hit == [1, 2, 3, 4]  # rows 4..19: only the chunks the box overlaps
     assert np.array_equal(out, whole[5:18, 2:6])

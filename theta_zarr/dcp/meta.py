@@ -62,11 +62,14 @@ def to_format(metadata: Metadata) -> dict[str, Any]:
 
 
 def from_manifest(manifest: Manifest, source: str) -> Metadata:
-    """DCP ``Metadata`` from a ``dcp`` manifest; a manifest of another kind is an error."""
+    """DCP ``Metadata`` from a manifest: a ``dcp`` one as saved; any other (a pushed
+    safetensors or PyTorch file) as one whole-tensor shard per parameter."""
     fmt = manifest.format
     if fmt.get("name") != FORMAT_NAME:
-        raise ManifestError(f"{source}: not a distributed checkpoint (format "
-                            f"{str(fmt.get('name'))[:40]!r}); use theta-zarr pull for it")
+        # any other checkpoint loads too: every parameter is one whole-tensor shard
+        fmt = {"name": FORMAT_NAME, "bytes": [],
+               "shards": {n: [[[0] * len(e.shape), list(e.shape)]]
+                          for n, e in manifest.params.items()}}
     shards = fmt.get("shards")
     blobs = fmt.get("bytes")
     if not isinstance(shards, dict) or not isinstance(blobs, list):
