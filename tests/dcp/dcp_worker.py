@@ -68,7 +68,7 @@ class DyingWriter(ThetaZarrWriter):
 def main() -> int:
     action, spec = sys.argv[1], json.loads(sys.argv[2])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
     mesh = init_device_mesh("cpu", (world,))
     step = spec["step"]
     if action == "save":
