@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import theta_zarr
 from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
-from theta_zarr.objects import object_key
+from theta_zarr.objects import ObjectStore, object_key
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -82,6 +82,26 @@ def test_a_load_reads_only_the_chunks_its_tensors_need(case):
     state = {"emb": torch.zeros(MODEL["emb"][0], dtype=MODEL["emb"][1])}
     dcp.load(state, storage_reader=ThetaZarrReader(case.url, "run/step-2"))
     assert torch.equal(state["emb"], expected(2)["emb"])
+
+
+def test_a_reused_object_taken_by_gc_mid_save_is_put_back(case, monkeypatch):
+    _, manifest = case.remote().resolve("run/step-2")
+    victim = manifest.params["layers.0.w"].chunks[0]
+    real_has, taken = ObjectStore.has, []
+
+    def has_then_gc(self, digest):
+        there = real_has(self, digest)
+        if there and digest == victim and not taken:
+            taken.append(digest)
+            self.delete(digest)  # a gc sweeps it right after the writer looked
+        return there
+
+    monkeypatch.setattr(ObjectStore, "has", has_then_gc)
+    save(case, "run/step-2-again", 2)
+    monkeypatch.undo()
+    assert taken and case.remote().objects.has(victim)
+    assert torch.equal(load(case, "run/step-2-again")["layers.0.w"],
+                       expected(2)["layers.0.w"])
 
 
 def test_ls_and_diff_refs_between_steps(case, tmp_path):

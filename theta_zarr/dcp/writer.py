@@ -229,6 +229,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         bases: dict[str, delta.Base] = {}
         counts = _Upload()
         claimed: set[str] = set()
+        reused: set[str] = set()
         lock = threading.Lock()
         mover = _delta_mover(chunks, objects, bases, self.policy)  # type: ignore[arg-type]
 
@@ -239,7 +240,10 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                 first = d not in claimed
                 claimed.add(d)
                 chunks.views.setdefault(d, view)
-            if first and not objects.has(d):
+            if first and objects.has(d):
+                with lock:
+                    reused.add(d)
+            elif first:
                 old = base.params.get(fqn) if base is not None else None
                 if old is not None and old.chunks and \
                         (old.shape, old.dtype, old.chunk_shape) == geometry[fqn] and \
@@ -250,6 +254,11 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
 
         digests = [(job[0], job[1], d)
                    for job, d in bounded_map(one, jobs, objects.concurrency)]
+        # An object this save counted on may have been taken meanwhile by a gc (an old,
+        # unreachable leftover of a crashed save): put it back before any ref names it.
+        for _ in bounded_map(lambda d: counts.add(*mover(d)), objects.missing(reused),
+                             objects.concurrency):
+            pass
         return {"digests": digests, "objects": counts.objects, "stored": counts.stored,
                 "raw": counts.raw, "deltas": counts.deltas, "base": base_name}
 
