@@ -67,15 +67,18 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
                     device: str | torch.device = "cpu", *, ref: str | None = None,
                     options: dict[str, str] | None = None,
                     cache: str | None = None) -> dict[str, torch.Tensor]:
-    """Parameters of a tracked checkpoint as torch tensors (flat names, file order).
+    """Tensors of a tracked checkpoint, by flat name, in file order.
 
-    Only the chunks of the selected parameters are read (and fetched from the
-    remote, concurrently, when the cache lacks them).  With ``ref``, ``path`` is a
-    remote URL (``options``: its non-secret options) and the checkpoint is the one
-    that ref names (``theta-zarr push --ref`` or a distributed save); fetched
-    chunks go to ``cache`` (default ``$THETA_ZARR_CACHE`` or ``~/.cache/theta-zarr``).
-    A distributed checkpoint's non-tensor items are left out.  Raises
-    ``RefError`` for a missing ref and ``ManifestError`` for a ref naming a set.
+    The keys are those ``torch.load`` returns for a state dict (dotted paths for
+    nested objects), tied aliases included; tensors sharing a storage in the file
+    share memory here too.  Only the chunks of the selected parameters are read
+    (and fetched from the remote, concurrently, when the cache lacks them).  With
+    ``ref``, ``path`` is a remote URL (``options``: its non-secret options) and the
+    checkpoint is the one that ref names (``theta-zarr push --ref`` or a distributed
+    save); fetched chunks go to ``cache`` (default ``$THETA_ZARR_CACHE`` or
+    ``~/.cache/theta-zarr``).  A distributed checkpoint's non-tensor items are left
+    out.  Raises ``RefError`` for a missing ref and ``ManifestError`` for a ref
+    naming a set.
     """
     if ref is not None:
         manifest, objects = read_ref(path, ref, options, cache)
@@ -109,15 +112,21 @@ def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,
                           workers: int = 4) -> dict[str, torch.Tensor]:
     import torch
 
-    names = select(manifest.params, include)
+    from . import formats
+    from .formats.torch import view_tensor
+
+    views = formats.get_format(manifest.format_name).tensors(manifest.format, manifest.params)
+    keys = select(views, include)
+    names = list(dict.fromkeys(views[k].param for k in keys))
     checkpoint.ensure_local(manifest, objects.cache, objects.fetch, names=names)
     reader = ChunkReader(objects.cache, workers=workers)
-    out = {}
+    bases = {}
     for name in names:
         entry = manifest.params[name]
         dtype = by_name(entry.dtype)
         t = torch.empty(entry.shape, dtype=dtype.torch)
         if t.numel():
             reader.read_into(entry, t.view(-1).view(torch.uint8).numpy())
-        out[name] = t.to(device) if str(device) != "cpu" else t
-    return out
+        bases[name] = t.to(device) if str(device) != "cpu" else t
+    # Tied aliases and slices of one storage share memory, as torch.load gives them.
+    return {k: view_tensor(bases[views[k].param], views[k]) for k in keys}

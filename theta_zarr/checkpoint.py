@@ -18,7 +18,8 @@ from . import formats
 from .cache import Cache
 from .chunkreader import ChunkReader
 from .chunkwriter import ChunkWriter, TruncatedInput, WriteStats
-from .formats.base import FormatError, Source
+from .formats.base import FormatError, NotWeights, Source
+from .formats.opaque import OpaqueFormat
 from .manifest import (
     Manifest,
     ManifestError,
@@ -37,6 +38,8 @@ class CleanResult:
     manifest: Manifest
     stats: WriteStats
     passed_through: bool = False
+    #: why the file was kept as opaque bytes (a face says it once, on stderr), else None
+    opaque_reason: str | None = None
 
 
 def open_cache(settings: Settings) -> Cache:
@@ -49,18 +52,38 @@ def open_source(stream: BinaryIO, cache: Cache, name: str = "checkpoint",
 
 
 def clean(source: Source, settings: Settings, cache: Cache,
-          previous: Manifest | None = None) -> CleanResult:
+          previous: Manifest | None = None, opaque: bool | None = None) -> CleanResult:
     """Read a checkpoint (or a manifest) from ``source``; store its chunks; return the manifest.
 
     ``previous`` is the manifest this file had (git's index): its parameters keep
-    their recorded chunk shapes.
+    their recorded chunk shapes.  A file no plug-in may read as weights (no format
+    claims it, or a pickle ``weights_only=True`` refuses) is kept as opaque bytes
+    when ``opaque`` is true (default: ``settings.opaque``), its ``opaque_reason``
+    saying why; otherwise it is a ``NotWeights`` error naming what was refused.
     """
     name = source.name
     if looks_like_manifest(source.head) or looks_like_conflicted_manifest(source.head):
         data = source.head + source.stream.read()
         return CleanResult(Manifest.from_bytes(data, name), WriteStats(), passed_through=True)
-    fmt = formats.detect(source.head, name)
-    writer = ChunkWriter(cache, settings.chunk_bytes, settings.workers, source=name,
+    opaque = settings.opaque if opaque is None else opaque
+    try:
+        try:
+            return _clean_with(formats.detect(source.head, name), source, settings, cache,
+                               previous)
+        except NotWeights as e:
+            if not opaque:
+                raise
+            reason = str(e).removeprefix(f"{name}: ")
+        result = _clean_with(OpaqueFormat(), source, settings, cache, previous)
+        result.opaque_reason = reason
+        return result
+    finally:
+        source.close()
+
+
+def _clean_with(fmt: formats.Format, source: Source, settings: Settings, cache: Cache,
+                previous: Manifest | None) -> CleanResult:
+    writer = ChunkWriter(cache, settings.chunk_bytes, settings.workers, source=source.name,
                          previous=previous)
     with writer:
         try:

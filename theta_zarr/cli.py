@@ -178,13 +178,19 @@ def filter_process() -> None:
 def clean_cmd(path: str) -> None:
     """Checkpoint on stdin -> manifest on stdout (chunks go to the cache)."""
     from . import checkpoint
+    from .errors import opaque_note
     from .git.repo import Repo
 
     settings = Repo.discover().settings()
     cache = checkpoint.open_cache(settings)
     stdin = sys.stdin.buffer
     source = checkpoint.open_source(stdin, cache, name=path)
-    out = b"" if not source.head else checkpoint.clean(source, settings, cache).manifest.to_bytes()
+    out = b""
+    if source.head:
+        result = checkpoint.clean(source, settings, cache)
+        if result.opaque_reason:
+            click.echo(f"theta-zarr: {path}: {opaque_note(result.opaque_reason)}", err=True)
+        out = result.manifest.to_bytes()
     sys.stdout.buffer.write(out)
 
 

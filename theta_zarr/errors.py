@@ -28,3 +28,9 @@ def one_line(exc: BaseException) -> str:
         text = (f"internal error ({type(exc).__name__}: {text}); "
                 "set GIT_THETA_ZARR_DEBUG=1 for details")
     return text
+
+
+def opaque_note(reason: str) -> str:
+    """The one line that says a file was kept as opaque bytes, and why."""
+    return (f"stored as opaque bytes, not as weights ({reason}); it is rebuilt "
+            "byte-identically (set theta-zarr.opaque=false to refuse such files)")

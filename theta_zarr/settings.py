@@ -24,6 +24,7 @@ class Settings:
     delta: bool = True  # theta-zarr.delta: pushes may store xor-deltas
     delta_ratio: float = DEFAULT_RATIO  # theta-zarr.delta-ratio
     delta_depth: int = DEFAULT_DEPTH  # theta-zarr.delta-depth
+    opaque: bool = True  # theta-zarr.opaque: keep files no plug-in reads as opaque bytes
 
     @property
     def delta_policy(self) -> DeltaPolicy:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from . import checkpoint, chunking, delta
 from .cache import Cache
 from .chunkreader import ordered_map
-from .formats.base import FormatError
+from .formats.base import NotWeights
 from .manifest import DIGEST_RE, Manifest, ManifestError, check_name, looks_like_manifest
 from .objects import ObjectStore, bounded_map
 from .refs import RefError, Refs, RefValue, check_ref_name
@@ -267,10 +267,8 @@ def clean_file(path: str, settings: Settings, cache: Cache) -> Cleaned:
         source = checkpoint.open_source(f, cache, name=os.path.basename(path),
                                         path=os.path.abspath(path))
         try:
-            manifest = checkpoint.clean(source, settings, cache).manifest
-        except FormatError as e:
-            if "not a checkpoint" not in str(e):
-                raise
+            manifest = checkpoint.clean(source, settings, cache, opaque=False).manifest
+        except NotWeights:  # a set keeps such files as plain chunks of its own
             manifest = None
     if manifest is not None:
         data = manifest.to_bytes()

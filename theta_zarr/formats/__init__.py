@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from importlib.metadata import entry_points
 
-from .base import Format, FormatError, Source
+from .base import Format, FormatError, NotWeights, Source
 
-__all__ = ["Format", "FormatError", "Source", "all_formats", "detect", "get_format"]
+__all__ = ["Format", "FormatError", "NotWeights", "Source", "all_formats", "detect", "get_format"]
 
 ENTRY_POINT_GROUP = "theta_zarr.formats"
 
@@ -20,11 +20,13 @@ ENTRY_POINT_GROUP = "theta_zarr.formats"
 def _builtins() -> list[Format]:
     from .dcp import DcpFormat
     from .numpy import NpyFormat, NpzFormat
+    from .opaque import OpaqueFormat
     from .safetensors import SafetensorsFormat
     from .torch import TorchFormat
 
     # dcp first: its files are safetensors files that it alone recognises
-    return [DcpFormat(), SafetensorsFormat(), TorchFormat(), NpzFormat(), NpyFormat()]
+    return [DcpFormat(), SafetensorsFormat(), TorchFormat(), NpzFormat(), NpyFormat(),
+            OpaqueFormat()]
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,8 +54,5 @@ def detect(head: bytes, name: str = "checkpoint") -> Format:
     for fmt in all_formats():
         if fmt.sniff(head):
             return fmt
-    if head.startswith(b"\x80") and b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19" in head[:32]:
-        raise FormatError(f"{name}: legacy (pre-1.6, non-zip) PyTorch file; re-save it with "
-                          "torch.save to the zip format")
-    kinds = ", ".join(f.name for f in all_formats())
-    raise FormatError(f"{name}: not a checkpoint theta-zarr can read (known formats: {kinds})")
+    kinds = ", ".join(f.name for f in all_formats() if f.name != "opaque")
+    raise NotWeights(f"{name}: not a checkpoint theta-zarr can read (known formats: {kinds})")

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..chunkreader import ChunkReader
@@ -26,6 +27,14 @@ HEAD_BYTES = 64 * 1024
 
 class FormatError(ValueError):
     """A checkpoint that cannot be read or rebuilt; one line naming the file."""
+
+
+class NotWeights(FormatError):
+    """A file no plug-in may read as weights: no format claims it, or its plug-in
+    refuses it unread (a pickle that needs more than ``weights_only=True``).
+
+    Unlike a broken checkpoint, such a file can still be kept as opaque bytes.
+    """
 
 
 class Source:
@@ -45,6 +54,7 @@ class Source:
         self.tmp_dir = tmp_dir
         self.head = _read_up_to(stream, HEAD_BYTES)
         self._pos = 0  # position inside head
+        self._spool: str | None = None
 
     def readinto(self, view: memoryview) -> int:
         view = memoryview(view).cast("B")
@@ -68,20 +78,31 @@ class Source:
 
     @contextlib.contextmanager
     def as_file(self) -> Iterator[str]:
-        """A real file path with the whole checkpoint (the original, or a spooled copy)."""
+        """A real file path with the whole checkpoint (the original, or a spooled copy).
+
+        A spooled copy is kept until ``close()``, so a second reader (the opaque
+        fallback after a plug-in refused the file) reads the same bytes again.
+        """
+        if self._spool is not None:
+            yield self._spool
+            return
         if self.path is not None and self._pos == 0:
             yield self.path
             return
         fd, tmp = tempfile.mkstemp(prefix="spool-", dir=self.tmp_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.head[self._pos:])
-                self._pos = len(self.head)
-                shutil.copyfileobj(self.stream, f, 1 << 20)
-            yield tmp
-        finally:
+        self._spool = tmp
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.head[self._pos:])
+            self._pos = len(self.head)
+            shutil.copyfileobj(self.stream, f, 1 << 20)
+        yield tmp
+
+    def close(self) -> None:
+        """Remove the spooled copy, if any."""
+        if self._spool is not None:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(self._spool)
+            self._spool = None
 
 
 def _read_up_to(stream: BinaryIO, n: int) -> bytes:
@@ -94,6 +115,24 @@ def _read_up_to(stream: BinaryIO, n: int) -> bytes:
         parts.append(b)
         got += len(b)
     return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class TensorView:
+    """Where a tensor lives: a parameter (its storage), and the tensor's place in it.
+
+    ``shape is None`` means the tensor is the parameter itself.  Otherwise the
+    parameter holds the whole storage (1-D; ``uint8`` bytes when ``dtype`` names an
+    element type theta-zarr has no table entry for) and the tensor is
+    ``storage[offset]`` with ``shape`` and ``stride``, counted in elements of
+    ``dtype`` (a torch dtype name).
+    """
+
+    param: str
+    dtype: str | None = None
+    offset: int = 0
+    shape: tuple[int, ...] | None = None
+    stride: tuple[int, ...] | None = None
 
 
 class Format(ABC):
@@ -120,3 +159,11 @@ class Format(ABC):
     def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
         """The ``format`` object of a file holding only ``names`` (a partial materialize)."""
         return fmt
+
+    def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
+        """Every tensor a reader of the file gets, by name (``load_state_dict``'s keys).
+
+        By default each parameter is one tensor; a plug-in whose files hold views
+        or aliases (torch: tied weights, slices of one storage) says where each is.
+        """
+        return {n: TensorView(n) for n in params}

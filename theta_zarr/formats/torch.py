@@ -1,10 +1,14 @@
-"""PyTorch ``torch.save`` files (.pt/.pth/.bin, the zip format).
+"""PyTorch ``torch.save`` files (.pt/.pth/.bin/.ckpt): the zip format and pre-1.6 pickles.
 
-Loaded only with ``torch.load(weights_only=True, mmap=True)``: a pickle that
-would run code is refused, and tensors are hashed straight from the memory map.
-The manifest's ``format.tree`` keeps the nesting of the saved object and its
-non-tensor leaves as tagged JSON, so the rebuilt file loads to equal tensors and
-an equal structure, and cleaning it again gives the same manifest.
+Loaded only with ``torch.load(weights_only=True)``: a pickle that would run code is
+refused (and ``checkpoint.clean`` then keeps the file as opaque bytes), and zip files
+are memory-mapped so tensors are hashed straight from the map.
+
+The manifest's ``format.tree`` keeps what ``torch.load`` returns: the nesting of the
+saved object, its non-tensor leaves as tagged JSON, and for each tensor the storage it
+lives in (a parameter), where in that storage it is (offset, shape, stride), and the
+device the storage was saved from.  The rebuild is tensor-identical, not
+byte-identical: ``torch.save`` writes the zip again (with a fresh serialization id).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import threading
 import zipfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -24,11 +29,14 @@ from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import DTypeError, by_name, from_torch
 from ..manifest import Manifest, ManifestError, check_name
-from .base import Format, FormatError, Source
+from .base import Format, FormatError, NotWeights, Source, TensorView
 from .zipinfo import first_member
 
 if TYPE_CHECKING:
     import torch
+
+#: the magic number that starts a pre-1.6 (non-zip) torch.save pickle
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 
 class TorchFormat(Format):
@@ -36,32 +44,29 @@ class TorchFormat(Format):
     extensions = (".pt", ".pth", ".bin", ".ckpt")
 
     def sniff(self, head: bytes) -> bool:
+        if head.startswith(LEGACY_MAGIC):
+            return True
         member = first_member(head)
         return member is not None and member.endswith("data.pkl")
 
     def clean(self, source: Source, writer: ChunkWriter) -> dict[str, Any]:
-        import torch
-
+        legacy = source.head.startswith(LEGACY_MAGIC)
+        locations: dict[int, str] = {}
         with source.as_file() as path:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except pickle.UnpicklingError as e:
-                first = str(e).strip().splitlines()[-1] if str(e).strip() else "unsafe pickle"
-                raise FormatError(f"{source.name}: refused to load: the pickle needs more than "
-                                  f"weights_only=True allows ({first[:200]})") from None
-            except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise FormatError(f"{source.name}: not a readable PyTorch file ({msg[:200]})"
-                                  ) from None
-            encoder = _TreeEncoder(writer, source.name)
+            obj = _load(path, source.name, legacy, locations)
+            encoder = _TreeEncoder(writer, source.name, locations)
             tree = encoder.encode(obj, ())
-        return {"name": self.name, "tree": tree}
+            encoder.store()
+        fmt: dict[str, Any] = {"name": self.name, "tree": tree}
+        if legacy:
+            fmt["serialization"] = "legacy"
+        return fmt
 
     def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
                tmp_dir: str | None = None) -> None:
         import torch
 
-        # Tensors are laid out in a private memory-mapped spool so torch.save can
+        # Storages are laid out in a private memory-mapped spool so torch.save can
         # stream them out without the whole checkpoint in RAM.
         names = list(manifest.params)
         offsets, total = {}, 0
@@ -69,6 +74,7 @@ class TorchFormat(Format):
             offsets[n] = total
             total += manifest.params[n].nbytes
             total += -total % 64
+        legacy = manifest.format.get("serialization") == "legacy"
         with tempfile.TemporaryFile(dir=tmp_dir) as spool, \
                 tempfile.TemporaryFile(dir=tmp_dir) as saved:
             spool.truncate(max(total, 1))
@@ -78,21 +84,127 @@ class TorchFormat(Format):
                     for n in names:
                         e = manifest.params[n]
                         reader.read_into(e, view[offsets[n]:offsets[n] + e.nbytes])
-                    tensors = {n: _tensor_from(mm, offsets[n], manifest.params[n])
-                               for n in names}
-                    obj = _decode_tree(manifest.format.get("tree"), tensors, {})
-                    torch.save(obj, saved)
-                    del tensors, obj
+                    bases = {n: _tensor_from(mm, offsets[n], manifest.params[n])
+                             for n in names}
+                    decoder = _TreeDecoder(bases)
+                    obj = decoder.decode(manifest.format.get("tree"))
+                    with _saving_locations(decoder.locations):
+                        torch.save(obj, saved, _use_new_zipfile_serialization=not legacy)
+                    del bases, obj, decoder
                 finally:
                     view.release()
             saved.seek(0)
             shutil.copyfileobj(saved, out, 1 << 20)
 
-
     def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
         # A selection of a nested object is saved as a flat state dict of its tensors.
         return {"name": self.name,
                 "tree": {"__odict__": [[n, {"__tensor__": n}] for n in names]}}
+
+    def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
+        """Every tensor ``torch.load`` returns, by dotted key path (tied aliases included)."""
+        out: dict[str, TensorView] = {}
+        for path, leaf in _leaves(fmt.get("tree"), ()):
+            key = ".".join(str(p) for p in path) or "tensor"
+            name = leaf.get("__tensor__")
+            if key not in out and name in params:
+                out[key] = _view_of_leaf(leaf)
+        return out
+
+
+def view_tensor(base: torch.Tensor, view: TensorView) -> torch.Tensor:
+    """The tensor ``view`` describes, sharing ``base``'s storage (no copy)."""
+    import torch
+
+    if view.shape is None:
+        return base
+    dtype = getattr(torch, view.dtype) if view.dtype else base.dtype
+    if not isinstance(dtype, torch.dtype):
+        raise ManifestError(f"torch tree: unknown dtype {str(view.dtype)[:40]!r}")
+    storage = base.untyped_storage()
+    need = _extent(view.offset, view.shape, view.stride) * dtype.itemsize
+    if need > storage.nbytes():
+        raise ManifestError(f"torch tree: a view of {view.param!r} reaches past its storage")
+    return torch.empty(0, dtype=dtype).set_(storage, view.offset, view.shape, view.stride)
+
+
+def _extent(offset: int, shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+    """Elements of storage a strided view reaches (0 for an empty view)."""
+    if any(s == 0 for s in shape):
+        return 0
+    return offset + 1 + sum((s - 1) * st for s, st in zip(shape, stride, strict=True))
+
+
+def _view_of_leaf(leaf: dict[str, Any]) -> TensorView:
+    v = leaf.get("view")
+    if v is None:
+        return TensorView(leaf["__tensor__"], leaf.get("dtype"))
+    try:
+        offset, shape, stride = int(v[0]), tuple(int(s) for s in v[1]), \
+            tuple(int(s) for s in v[2])
+    except (TypeError, ValueError, IndexError):
+        raise ManifestError("torch tree: bad view") from None
+    if len(shape) != len(stride) or offset < 0 or min(shape + stride, default=0) < 0:
+        raise ManifestError("torch tree: bad view")
+    return TensorView(leaf["__tensor__"], leaf.get("dtype"), offset, shape, stride)
+
+
+def _leaves(node: Any, path: tuple):
+    """(path, leaf) for every tensor leaf of a tree, in order."""
+    if not isinstance(node, dict):
+        return
+    if "__tensor__" in node:
+        yield path, node
+        return
+    if len(node) != 1:
+        return
+    (tag, value), = node.items()
+    if tag in ("__dict__", "__odict__") and isinstance(value, list):
+        for pair in value:
+            if isinstance(pair, list) and len(pair) == 2:
+                key = pair[0] if not isinstance(pair[0], dict) else _plain(pair[0])
+                yield from _leaves(pair[1], (*path, key))
+    elif tag in ("__list__", "__tuple__") and isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(v, (*path, i))
+
+
+def _plain(key: dict) -> Any:
+    (_, value), = key.items() if len(key) == 1 else ((None, key),)
+    return value
+
+
+def _load(path: str, name: str, legacy: bool, locations: dict[int, str]) -> Any:
+    """torch.load with weights_only=True, recording each storage's saved location."""
+    import torch
+
+    def remember(storage, location):
+        if storage.nbytes():
+            locations[storage.data_ptr()] = str(location)
+        return storage
+
+    try:
+        return torch.load(path, map_location=remember, weights_only=True, mmap=not legacy)
+    except pickle.UnpicklingError as e:
+        raise NotWeights(f"{name}: refused to load: the pickle needs more than "
+                           f"weights_only=True allows ({_refusal(e)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FormatError(f"{name}: not a readable PyTorch file ({msg[:200]})") from None
+
+
+def _refusal(e: Exception) -> str:
+    """What weights_only refused, in a phrase: torch's "Unsupported global: X" line."""
+    text = str(e)
+    m = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand[^\n]*|"
+                  r"Trying to [^\n]*|Unsupported class [\w.]+)", text)
+    if m:
+        return m.group(1).strip()[:200]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if "nsupported" in ln or "not allowed" in ln:
+            return ln[:200]
+    return (lines[-1] if lines else "unsafe pickle")[:200]
 
 
 def _tensor_from(mm: mmap.mmap, offset: int, entry) -> torch.Tensor:
@@ -108,14 +220,30 @@ def _tensor_from(mm: mmap.mmap, offset: int, entry) -> torch.Tensor:
     return t.reshape(entry.shape)
 
 
-class _TreeEncoder:
-    """Walks a loaded object: tensors go to the writer, the rest becomes tagged JSON."""
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(out))
 
-    def __init__(self, writer: ChunkWriter, source: str):
+
+class _TreeEncoder:
+    """Walks a loaded object: tensors are grouped by storage, the rest becomes tagged JSON.
+
+    ``encode`` builds the tree with a placeholder leaf per tensor; ``store`` then
+    decides, per storage, whether its one tensor can be the parameter itself (a plain
+    state dict) or the whole storage must be kept with each tensor as a view of it
+    (slices, non-contiguous strides, element types without a table entry).
+    """
+
+    def __init__(self, writer: ChunkWriter, source: str, locations: dict[int, str]):
         self.writer = writer
         self.source = source
-        self.seen: dict[tuple, str] = {}
+        self.locations = locations
         self.names: set[str] = set()
+        # storage key -> (first path, [(tensor, leaf)])
+        self.storages: dict[Any, tuple[tuple, list]] = {}
 
     def _name_for(self, path: tuple) -> str:
         """A valid, unique parameter name for the tensor at ``path``.
@@ -147,6 +275,8 @@ class _TreeEncoder:
             return obj if abs(obj) < 2**53 else {"__int__": str(obj)}
         if isinstance(obj, float):
             return obj if math.isfinite(obj) else {"__float__": repr(obj)}
+        if isinstance(obj, complex):
+            return {"__complex__": [repr(obj.real), repr(obj.imag)]}
         if isinstance(obj, torch.Size):
             return {"__size__": list(obj)}
         if isinstance(obj, torch.dtype):
@@ -171,79 +301,167 @@ class _TreeEncoder:
     def _tensor(self, t: torch.Tensor, path: tuple) -> dict[str, Any]:
         import torch
 
+        where = ".".join(map(str, path)) or "top level"
         if t.layout != torch.strided or t.is_quantized:
-            raise FormatError(f"{self.source}: tensor at {'.'.join(map(str, path))} is "
+            raise FormatError(f"{self.source}: tensor at {where} is "
                               f"{t.layout}{' quantized' if t.is_quantized else ''}; "
                               "only dense tensors are supported")
-        try:
-            dtype = from_torch(t.dtype)
-        except DTypeError as e:
-            raise FormatError(f"{self.source}: {e}") from None
-        leaf: dict[str, Any] = {}
+        leaf: dict[str, Any] = {"__tensor__": None}
         if isinstance(t, torch.nn.Parameter):
             leaf["parameter"] = True
             leaf["requires_grad"] = bool(t.requires_grad)
-        key = None
-        if t.numel() > 0:
-            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                   tuple(t.stride()), t.dtype)
-        if key is not None and key in self.seen:
-            return {"__tensor__": self.seen[key], **leaf}
-        name = self._name_for(path)
-        c = t.detach().contiguous()
-        raw = c.reshape(-1).view(torch.uint8).numpy() if c.numel() else b""
-        try:
-            self.writer.add_buffer(name, dtype, tuple(t.shape), memoryview(raw))
-        except ManifestError as e:
-            raise FormatError(str(e)) from None
-        if key is not None:
-            self.seen[key] = name
-        return {"__tensor__": name, **leaf}
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes()) if storage.nbytes() else ("empty", id(leaf))
+        group = self.storages.setdefault(key, (path, []))
+        group[1].append((t, leaf))
+        return leaf
+
+    def store(self) -> None:
+        """Write each storage once and fill in the leaves that refer to it."""
+        import torch
+
+        for path, members in self.storages.values():
+            first = members[0][0]
+            try:
+                dtype = from_torch(first.dtype)
+            except DTypeError:
+                dtype = None  # carried as raw bytes, the leaves name the element type
+            storage = first.untyped_storage()
+            itemsize = first.element_size()
+            views = {(t.storage_offset(), tuple(t.shape), tuple(t.stride())) for t, _ in members}
+            (offset, shape, stride), = views if len(views) == 1 else ((None, None, None),)
+            plain = (dtype is not None and offset == 0 and
+                     stride == _contiguous_strides(shape) and
+                     math.prod(shape) * itemsize == storage.nbytes())
+            name = self._name_for(path)
+            if plain:
+                pshape, pdtype = shape, dtype
+                raw = first.detach().reshape(-1).view(torch.uint8).numpy() \
+                    if first.numel() else b""
+            else:
+                whole = torch.empty(0, dtype=torch.uint8).set_(storage)
+                raw = whole.numpy() if storage.nbytes() else b""
+                if dtype is None:
+                    pshape, pdtype = (storage.nbytes(),), from_torch(torch.uint8)
+                else:
+                    pshape, pdtype = (storage.nbytes() // itemsize,), dtype
+            try:
+                self.writer.add_buffer(name, pdtype, pshape, memoryview(raw))
+            except ManifestError as e:
+                raise FormatError(str(e)) from None
+            location = self.locations.get(storage.data_ptr(), "cpu") \
+                if storage.nbytes() else "cpu"
+            for t, leaf in members:
+                leaf["__tensor__"] = name
+                if not plain:
+                    leaf["view"] = [t.storage_offset(), list(t.shape), list(t.stride())]
+                if dtype is None:
+                    leaf["dtype"] = str(t.dtype).removeprefix("torch.")
+                if location != "cpu":
+                    leaf["device"] = location
 
 
-def _decode_tree(node: Any, tensors: dict[str, torch.Tensor],
-                 params: dict[str, torch.nn.Parameter]) -> Any:
-    """The saved object back from its tagged JSON; one Parameter per name keeps ties."""
-    import torch
+class _TreeDecoder:
+    """The saved object back from its tagged JSON, storages shared as they were saved."""
 
-    if isinstance(node, list):
-        raise ManifestError("torch tree: bare list")
-    if not isinstance(node, dict):
-        return node
-    if "__tensor__" in node:
+    def __init__(self, bases: dict[str, torch.Tensor]):
+        self.bases = bases
+        self.tensors: dict[tuple, Any] = {}
+        self.locations: dict[int, str] = {}  # storage data_ptr -> saved device
+
+    def decode(self, node: Any) -> Any:
+        import torch
+
+        if isinstance(node, list):
+            raise ManifestError("torch tree: bare list")
+        if not isinstance(node, dict):
+            return node
+        if "__tensor__" in node:
+            return self._tensor(node)
+        (tag, value), = node.items() if len(node) == 1 else (("?", None),)
+        if tag in ("__dict__", "__odict__"):
+            pairs = [(self.decode(k), self.decode(v)) for k, v in value]
+            return collections.OrderedDict(pairs) if tag == "__odict__" else dict(pairs)
+        if tag == "__list__":
+            return [self.decode(v) for v in value]
+        if tag == "__tuple__":
+            return tuple(self.decode(v) for v in value)
+        if tag == "__int__":
+            return int(value)
+        if tag == "__float__":
+            return float(value)
+        if tag == "__complex__":
+            return complex(float(value[0]), float(value[1]))
+        if tag == "__size__":
+            return torch.Size(value)
+        if tag == "__dtype__":
+            dt = getattr(torch, str(value), None)
+            if not isinstance(dt, torch.dtype):
+                raise ManifestError(f"torch tree: unknown dtype {str(value)[:40]!r}")
+            return dt
+        if tag == "__device__":
+            return torch.device(value)
+        if tag == "__bytes__":
+            return base64.b64decode(value)
+        raise ManifestError(f"torch tree: unknown node {str(node)[:80]}")
+
+    def _tensor(self, node: dict[str, Any]) -> Any:
+        import torch
+
         name = node["__tensor__"]
-        if name not in tensors:
+        if name not in self.bases:
             raise ManifestError(f"torch tree names unknown tensor {str(name)[:80]!r}")
-        t = tensors[name]
+        view = _view_of_leaf(node)
+        key = (view, bool(node.get("parameter")), bool(node.get("requires_grad")))
+        if key in self.tensors:  # one object per tie, as pickle's memo gave it
+            return self.tensors[key]
+        t = view_tensor(self.bases[name], view)
+        device = node.get("device")
+        if isinstance(device, str) and device != "cpu" and t.untyped_storage().nbytes():
+            self.locations[t.untyped_storage().data_ptr()] = device
         if node.get("parameter"):
-            if name not in params:
-                grad = bool(node.get("requires_grad"))
-                params[name] = torch.nn.Parameter(t, requires_grad=grad)
-            return params[name]
+            t = torch.nn.Parameter(t, requires_grad=bool(node.get("requires_grad")))
+        self.tensors[key] = t
         return t
-    (tag, value), = node.items() if len(node) == 1 else (("?", None),)
-    if tag in ("__dict__", "__odict__"):
-        pairs = [(_decode_tree(k, tensors, params), _decode_tree(v, tensors, params))
-                 for k, v in value]
-        return collections.OrderedDict(pairs) if tag == "__odict__" else dict(pairs)
-    if tag == "__list__":
-        return [_decode_tree(v, tensors, params) for v in value]
-    if tag == "__tuple__":
-        return tuple(_decode_tree(v, tensors, params) for v in value)
-    if tag == "__int__":
-        return int(value)
-    if tag == "__float__":
-        return float(value)
-    if tag == "__size__":
-        return torch.Size(value)
-    if tag == "__dtype__":
-        dt = getattr(torch, str(value), None)
-        if not isinstance(dt, torch.dtype):
-            raise ManifestError(f"torch tree: unknown dtype {str(value)[:40]!r}")
-        return dt
-    if tag == "__device__":
-        return torch.device(value)
-    if tag == "__bytes__":
-        return base64.b64decode(value)
-    raise ManifestError(f"torch tree: unknown node {str(node)[:80]}")
 
+
+_SAVE = threading.local()
+_REGISTERED = threading.Lock()
+_registered = False
+
+
+def _tag_saved_location(storage) -> str | None:
+    """torch.save's location tagger while a rebuild runs: the device recorded at clean."""
+    locations = getattr(_SAVE, "locations", None)
+    if not locations:
+        return None
+    try:
+        return locations.get(storage.data_ptr())
+    except (RuntimeError, AttributeError):
+        return None
+
+
+class _saving_locations:
+    """Within this block, storages listed in ``locations`` are saved with that location
+    tag (``cuda:0``...) although they are in host memory here.
+
+    Uses torch.serialization.register_package, torch's public hook for location tags;
+    the tagger answers only inside this block, on this thread.
+    """
+
+    def __init__(self, locations: dict[int, str]):
+        self.locations = locations
+
+    def __enter__(self) -> None:
+        global _registered
+        import torch.serialization
+
+        with _REGISTERED:
+            if not _registered:
+                torch.serialization.register_package(-100, _tag_saved_location,
+                                                     lambda _storage, _location: None)
+                _registered = True
+        _SAVE.locations = self.locations
+
+    def __exit__(self, *exc) -> None:
+        _SAVE.locations = None

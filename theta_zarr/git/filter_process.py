@@ -14,7 +14,7 @@ import sys
 from typing import BinaryIO
 
 from .. import checkpoint, progress
-from ..errors import one_line
+from ..errors import one_line, opaque_note
 from ..manifest import Manifest, looks_like_manifest
 from ..settings import Settings
 from .pktline import PktReader, PktWriter, ProtocolError
@@ -92,8 +92,11 @@ class FilterServer:
                     out = b""
                 else:
                     previous = self.previous_manifest(path)
-                    out = checkpoint.clean(source, self.settings, self.cache,
-                                           previous).manifest.to_bytes()
+                    result = checkpoint.clean(source, self.settings, self.cache, previous)
+                    out = result.manifest.to_bytes()
+                    if result.opaque_reason:
+                        print(f"theta-zarr: {path}: {opaque_note(result.opaque_reason)}",
+                              file=sys.stderr, flush=True)
         except Exception as e:  # every failure is reported for this file only
             content.drain()
             self._error(path, one_line(e))

@@ -84,6 +84,8 @@ class Repo:
             kwargs["delta_ratio"] = float(cfg["theta-zarr.delta-ratio"])
         if "theta-zarr.delta-depth" in cfg:
             kwargs["delta_depth"] = int(cfg["theta-zarr.delta-depth"])
+        if "theta-zarr.opaque" in cfg:
+            kwargs["opaque"] = _true(cfg["theta-zarr.opaque"])
         lazy_env = os.environ.get("GIT_THETA_ZARR_SKIP_SMUDGE")
         kwargs["lazy"] = _true(lazy_env) if lazy_env else _true(cfg.get("theta-zarr.lazy", ""))
         return Settings(**kwargs)
