@@ -20,10 +20,13 @@ class DTypeError(ValueError):
 
 @dataclass(frozen=True)
 class DType:
-    name: str  # Zarr v3 data type name
+    name: str  # Zarr v3 data type name (or torch's name where Zarr has none)
     numpy: np.dtype
     torch_name: str | None  # attribute of the torch module; torch is imported only on use
     safetensors: str | None
+    #: False where ``numpy`` only carries the bytes (no NumPy type has these semantics):
+    #: such arrays are served to Zarr as ``raw_bytes`` and never inferred from NumPy
+    native: bool = True
 
     @property
     def itemsize(self) -> int:
@@ -52,13 +55,26 @@ _TABLE = [
     DType("bfloat16", np.dtype(ml_dtypes.bfloat16), "bfloat16", "BF16"),
     DType("float8_e4m3fn", np.dtype(ml_dtypes.float8_e4m3fn), "float8_e4m3fn", "F8_E4M3"),
     DType("float8_e5m2", np.dtype(ml_dtypes.float8_e5m2), "float8_e5m2", "F8_E5M2"),
+    DType("float8_e4m3fnuz", np.dtype(ml_dtypes.float8_e4m3fnuz), "float8_e4m3fnuz",
+          "F8_E4M3FNUZ"),
+    DType("float8_e5m2fnuz", np.dtype(ml_dtypes.float8_e5m2fnuz), "float8_e5m2fnuz",
+          "F8_E5M2FNUZ"),
+    DType("float8_e8m0fnu", np.dtype(ml_dtypes.float8_e8m0fnu), "float8_e8m0fnu", "F8_E8M0"),
+    # two float4_e2m1fn values packed in a byte (torch.float4_e2m1fn_x2); safetensors
+    # writes these as F4 counting 4-bit elements, which its plug-in carries as raw bytes
+    DType("float4_e2m1fn_x2", np.dtype("<u1"), "float4_e2m1fn_x2", None, native=False),
+    DType("complex32", np.dtype(ml_dtypes.complex32), "complex32", None, native=False),
     DType("complex64", np.dtype("<c8"), "complex64", "C64"),
     DType("complex128", np.dtype("<c16"), "complex128", None),
 ]
 
 BY_NAME: dict[str, DType] = {d.name: d for d in _TABLE}
 _BY_SAFETENSORS = {d.safetensors: d for d in _TABLE if d.safetensors is not None}
-_BY_NUMPY = {d.numpy: d for d in _TABLE}
+_BY_NUMPY = {d.numpy: d for d in _TABLE if d.native}
+
+#: safetensors element types narrower than a byte (bits per element): their tensors'
+#: shapes count elements, not bytes, so the safetensors plug-in keeps them as raw bytes
+SAFETENSORS_SUBBYTE = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 
 
 def by_name(name: str) -> DType:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import threading
 
 import numpy as np
 import pytest
+import safetensors
 import torch
+from hypothesis import HealthCheck, assume, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -76,7 +81,8 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
           torch.float64, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
-          torch.uint16, torch.uint32, torch.uint64, torch.bool, torch.complex64]
+          torch.uint16, torch.uint32, torch.uint64, torch.bool, torch.complex64,
+          torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.float8_e8m0fnu]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -98,6 +104,8 @@ def test_every_dtype_round_trips_byte_identically(dtype, tmp_path):
     nbytes = tensors["big"].numel() * tensors["big"].element_size()
     assert len(m.params["big"].chunks) == -(-nbytes // 4096) or nbytes < 4096
     assert m.params["vec"].is_inline and m.params["scalar"].is_inline
+    if dtype == torch.float8_e8m0fnu:  # safetensors 0.8 writes F8_E8M0 but cannot load it
+        return
     back = st_load(out)
     for k, t in tensors.items():
         assert same_bits(back[k], t), k
@@ -281,7 +289,10 @@ BAD_FILES = {
         lambda: struct.pack("<Q", 5000) + valid_file()[8:200], "truncated safetensors header"),
     "non-JSON header": (lambda: hand_written({}, b"", "{not json at all"), "not JSON"),
     "non-UTF-8 header": (lambda: struct.pack("<Q", 7) + b'{"\xff":1}', "not JSON"),
-    "unknown dtype": (lambda: _with_entry(dtype="F4"), "'F4'"),
+    "unknown dtype": (lambda: _with_entry(dtype="F9_E9"), "'F9_E9'"),
+    "sub-byte off a byte boundary": (
+        lambda: hand_written({"w": {"dtype": "F6_E2M3", "shape": [3],
+                                    "data_offsets": [0, 3]}}, b"\0" * 3), "byte boundary"),
     "missing dtype": (lambda: hand_written({"w": {"shape": [1], "data_offsets": [0, 4]}},
                                            b"\0" * 4), "bad header entry"),
     "negative shape": (lambda: _with_entry(shape=[-2000]), "w"),
@@ -290,8 +301,14 @@ BAD_FILES = {
     "path in a name": (lambda: hand_written(
         {"../../etc/x": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"\0"),
         "invalid parameter name"),
-    "huge header": (lambda: struct.pack("<Q", 2**40) + b"{" + b" " * 100, "not a checkpoint"),
 }
+
+
+def test_a_file_that_only_looks_like_safetensors_is_kept_opaque(tmp_path):
+    data = struct.pack("<Q", 2**40) + b"{" + b" " * 100  # an absurd header length
+    res = clean(data, tmp_path)
+    assert res.manifest.format_name == "opaque" and "not a checkpoint" in res.opaque_reason
+    assert smudge(res.manifest, tmp_path) == data
 
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
@@ -387,3 +404,86 @@ def test_smudge_without_the_chunks_names_the_file(tmp_path):
     with pytest.raises(MissingObjectError) as info:
         smudge(res.manifest, tmp_path / "other")
     assert NAME in str(info.value) and "\n" not in str(info.value)
+
+
+SUBBYTE = [("F4", [2, 8], 8), ("F6_E2M3", [4], 3), ("F6_E3M2", [2, 8], 12)]
+
+
+@pytest.mark.parametrize("code,shape,nbytes", SUBBYTE, ids=[c for c, _, _ in SUBBYTE])
+def test_sub_byte_dtypes_are_carried_as_raw_bytes(code, shape, nbytes, tmp_path):
+    body = os.urandom(nbytes)
+    header = {"x": {"dtype": code, "shape": shape, "data_offsets": [0, nbytes]},
+              "y": {"dtype": "F32", "shape": [2], "data_offsets": [nbytes, nbytes + 8]}}
+    data = hand_written(header, body + bytes(8), json.dumps(header, separators=(",", ":")))
+    safetensors.deserialize(data)  # the library accepts it
+    m, out = round_trip(data, tmp_path)
+    assert out == data
+    assert m.params["x"].dtype == "uint8" and m.params["x"].shape == (nbytes,)
+    assert m.format["raw"] == {"x": [code, shape]}
+
+
+def test_torch_float4_file_round_trips(tmp_path):
+    t = torch.frombuffer(bytearray(os.urandom(24)), dtype=torch.uint8).view(
+        torch.float4_e2m1fn_x2).reshape(3, 8)
+    data = st_save({"w": t, "b": torch.ones(3)})
+    assert header_of(data)["w"]["dtype"] == "F4"
+    _, out = round_trip(data, tmp_path)
+    assert out == data
+
+
+# -- every header the safetensors library accepts round-trips byte-identically ----------
+
+_ELEMENT = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U8": 1, "BOOL": 1, "F8_E8M0": 1,
+            "F8_E4M3FNUZ": 1, "C64": 8, "U16": 2}
+
+
+@st.composite
+def safetensors_files(draw) -> bytes:
+    names = draw(st.lists(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]),
+                                  min_size=1, max_size=6).filter(lambda n: n != "__metadata__"),
+                          min_size=0, max_size=4, unique=True))
+    entries, blobs, pos = [], b"", 0
+    for name in names:
+        code = draw(st.sampled_from(sorted(_ELEMENT) + ["F4"]))
+        shape = draw(st.lists(st.integers(0, 3), max_size=3))
+        if code == "F4":
+            shape = [*shape, 2 * draw(st.integers(0, 2))]
+            size = math.prod(shape) // 2
+        else:
+            size = math.prod(shape) * _ELEMENT[code]
+        info = {"dtype": code, "shape": shape, "data_offsets": [pos, pos + size]}
+        if draw(st.booleans()):  # keys the library ignores
+            info[draw(st.sampled_from(["note", "x", "quant"]))] = draw(
+                st.one_of(st.integers(), st.text(max_size=3), st.none()))
+        keys = draw(st.permutations(list(info)))
+        entries.append((name, {k: info[k] for k in keys}))
+        blobs += bytes(draw(st.binary(min_size=size, max_size=size)))
+        pos += size
+    meta = draw(st.one_of(
+        st.just("absent"), st.none(), st.just({}),
+        st.dictionaries(st.text(max_size=4), st.text(max_size=6), max_size=3)))
+    items = list(entries)
+    if meta != "absent":
+        items.insert(draw(st.integers(0, len(items))), ("__metadata__", meta))
+    items = draw(st.permutations(items))
+    spacing = draw(st.sampled_from([
+        {"separators": (",", ":")}, {}, {"indent": 1}, {"separators": (", ", " : ")}]))
+    text = json.dumps(dict(items), ensure_ascii=draw(st.booleans()), **spacing)
+    text += draw(st.sampled_from(["", " ", "\n", "   \t"]))
+    return hand_written({}, blobs, text, pad=draw(st.booleans()))
+
+
+@settings_(max_examples=60, deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=safetensors_files())
+def test_any_accepted_header_round_trips_byte_identically(data, tmp_path):
+    try:
+        safetensors.deserialize(data)
+    except Exception:  # the library refuses it: not a file to round-trip
+        assume(False)
+    try:
+        m, out = round_trip(data, tmp_path)
+    except FormatError as e:
+        assume("invalid parameter name" not in str(e))  # names theta-zarr cannot store
+        raise
+    assert out == data

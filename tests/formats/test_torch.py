@@ -6,6 +6,7 @@ import collections
 import io
 import math
 import os
+import zipfile
 
 import pytest
 import torch
@@ -196,22 +197,46 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_pickle_with_code_is_refused_and_not_run(tmp_path):
+def test_pickle_with_code_is_kept_opaque_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
     data = saved({"w": torch.zeros(3), "evil": Exploit(str(marker))})
-    with pytest.raises(FormatError) as info:
-        clean(data, tmp_path)
-    msg = str(info.value)
-    assert "weights_only" in msg and NAME in msg and "\n" not in msg
+    s = settings(tmp_path)
+    cache = checkpoint.open_cache(s)
+    result = checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache, name=NAME), s,
+                              cache)
+    assert result.manifest.format_name == "opaque"
+    assert "GLOBAL posix.system" in result.opaque_reason
+    assert smudge(result.manifest, tmp_path) == data  # the same bytes, never unpickled
     assert not marker.exists()
 
 
-def test_legacy_file_gets_the_legacy_message(tmp_path):
-    data = saved({"w": torch.zeros(3)}, _use_new_zipfile_serialization=False)
+def test_refused_pickle_names_the_refused_global_when_weights_are_required(tmp_path):
+    marker = tmp_path / "pwned"
+    data = saved({"w": torch.zeros(3), "evil": Exploit(str(marker))})
+    s = settings(tmp_path)
+    cache = checkpoint.open_cache(s)
     with pytest.raises(FormatError) as info:
-        clean(data, tmp_path)
+        checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache, name=NAME), s, cache,
+                         opaque=False)
     msg = str(info.value)
-    assert "legacy" in msg and NAME in msg and "\n" not in msg
+    assert "weights_only" in msg and NAME in msg and "\n" not in msg
+    assert "GLOBAL posix.system" in msg
+    assert not marker.exists()
+
+
+def test_legacy_file_round_trips_in_the_legacy_format(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(20, 30, generator=g)
+    obj = {"w": w, "wt": w.t(), "step": 4}
+    data = saved(obj, _use_new_zipfile_serialization=False)
+    m = clean(data, tmp_path)
+    assert m.format["serialization"] == "legacy"
+    out = smudge(m, tmp_path)
+    assert not out.startswith(b"PK")  # still a pre-1.6 file
+    assert clean(out, tmp_path).to_bytes() == m.to_bytes()
+    back = load(out)
+    assert torch.equal(back["w"], w) and torch.equal(back["wt"], w.t())
+    assert back["wt"].stride() == (1, 30) and back["step"] == 4
 
 
 def test_truncated_zip_is_refused(tmp_path):
@@ -249,3 +274,106 @@ def test_keys_that_are_zarr_paths_keep_their_nesting(tmp_path):
 def test_any_string_key_round_trips(key, tmp_path):
     _, back = round_trip({key: torch.arange(3.0)}, tmp_path)
     assert list(back) == [key] and torch.equal(back[key], torch.arange(3.0))
+
+
+def on_device(obj, device: str) -> bytes:
+    """``torch.save(obj)`` as a machine with ``device`` writes it: the same zip, with the
+    storages' location tags (``cpu``) in data.pkl replaced by ``device``."""
+    src = zipfile.ZipFile(io.BytesIO(saved(obj)))
+    out = io.BytesIO()
+    cpu = b"X\x03\x00\x00\x00cpu"
+    tag = b"X" + len(device).to_bytes(4, "little") + device.encode()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert cpu in data
+                data = data.replace(cpu, tag)
+            z.writestr(info.filename, data)
+    return out.getvalue()
+
+
+def saved_locations(data: bytes) -> list[str]:
+    found: list[str] = []
+
+    def remember(storage, location):
+        found.append(location)
+        return storage
+
+    torch.load(io.BytesIO(data), map_location=remember, weights_only=True)
+    return found
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "cuda:7"])
+def test_saved_device_is_kept(device, tmp_path):
+    data = on_device({"w": torch.randn(4, 5), "b": torch.randn(5)}, device)
+    m = clean(data, tmp_path)
+    out = smudge(m, tmp_path)
+    assert saved_locations(out) == [device, device]
+    assert clean(out, tmp_path).to_bytes() == m.to_bytes()
+    back = torch.load(io.BytesIO(out), map_location="cpu", weights_only=True)
+    ref = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    assert torch.equal(back["w"], ref["w"]) and torch.equal(back["b"], ref["b"])
+    if not torch.cuda.is_available():  # loading it as saved needs that device, as before
+        with pytest.raises(RuntimeError):
+            torch.load(io.BytesIO(out), weights_only=True)
+
+
+def test_views_of_one_storage_come_back_sharing_it(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    qkv = torch.randn(3 * 8, 16, generator=g)  # a fused projection saved as three slices
+    obj = {"q": qkv[:8], "k": qkv[8:16], "v": qkv[16:], "t": torch.randn(6, 4).t(),
+           "every_other": torch.arange(20.0)[::2], "own": torch.randn(3)}
+    m, back = round_trip(obj, tmp_path)
+    ptr = back["q"].untyped_storage().data_ptr()
+    assert back["k"].untyped_storage().data_ptr() == ptr == back["v"].untyped_storage().data_ptr()
+    assert back["q"].untyped_storage().nbytes() == qkv.untyped_storage().nbytes()
+    assert [back[k].storage_offset() for k in "qkv"] == [0, 8 * 16, 16 * 16]
+    for k, t in obj.items():
+        assert torch.equal(back[k], t) and back[k].stride() == t.stride(), k
+    assert back["every_other"].untyped_storage().nbytes() == 20 * 4
+    # the parameter holds the whole storage once; the plain tensor is its own parameter
+    assert sum(e.nbytes for e in m.params.values()) == (24 * 16 + 24 + 20 + 3) * 4
+    assert m.params["own"].shape == (3,)
+
+
+def test_alias_keys_and_views_through_tensors(tmp_path):
+    from theta_zarr.formats import get_format
+
+    w = torch.randn(10, 4)
+    qkv = torch.randn(6, 2)
+    obj = collections.OrderedDict([("wte.weight", w), ("lm_head.weight", w),
+                                   ("q", qkv[:3]), ("k", qkv[3:])])
+    m = clean(saved(obj), tmp_path)
+    views = get_format("torch").tensors(m.format, m.params)
+    assert list(views) == list(obj)
+    assert views["lm_head.weight"].param == views["wte.weight"].param == "wte.weight"
+    assert views["k"].param == "q" and views["k"].offset == 6 and views["k"].shape == (3, 2)
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
+                                   "float4_e2m1fn_x2", "uint16", "uint32", "uint64",
+                                   "complex32", "bits8", "bits16"])
+def test_every_torch_dtype_round_trips_bit_exactly(dtype, tmp_path):
+    dt = getattr(torch, dtype)
+    raw = bytearray(os.urandom(6 * 10 * dt.itemsize))
+    t = torch.frombuffer(raw, dtype=torch.uint8).view(dt).reshape(6, 10)
+    _, back = round_trip({"w": t, "col": t[:, 1:3]}, tmp_path)
+    assert back["w"].dtype == dt and back["w"].shape == (6, 10)
+    assert back["w"].view(torch.uint8).tolist() == t.view(torch.uint8).tolist()
+    assert back["col"].view(torch.uint8).tolist() == t[:, 1:3].view(torch.uint8).tolist()
+
+
+def test_zero_size_tensors_and_complex_leaves(tmp_path):
+    obj = {"empty": torch.empty(0), "rows": torch.empty(0, 7), "cols": torch.empty(3, 0),
+           "odd": torch.empty(0, 5).t(), "z": 1 + 2j, "w": torch.ones(2)}
+    _, back = round_trip(obj, tmp_path)
+    for k in ("empty", "rows", "cols", "odd"):
+        assert back[k].shape == obj[k].shape and back[k].stride() == obj[k].stride(), k
+    assert back["z"] == 1 + 2j
+
+
+def test_plain_state_dict_rebuild_is_byte_identical(tmp_path):
+    sd = torch.nn.Linear(8, 4).state_dict()
+    data = saved(sd)
+    assert smudge(clean(data, tmp_path), tmp_path) == data

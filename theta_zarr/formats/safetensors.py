@@ -10,12 +10,13 @@ canonical header rebuilt from those would differ from the original.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any, BinaryIO
 
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
-from ..dtypes import DTypeError, by_name, from_safetensors
+from ..dtypes import SAFETENSORS_SUBBYTE, DTypeError, by_name, from_safetensors
 from ..manifest import Manifest, ManifestError
 from .base import Format, FormatError, Source
 
@@ -34,11 +35,14 @@ class SafetensorsFormat(Format):
 
     def clean(self, source: Source, writer: ChunkWriter) -> dict[str, Any]:
         header_bytes, header, metadata = read_header(source)
-        tensors = stream_tensors(source, writer, header)
+        raw: dict[str, list] = {}
+        tensors = stream_tensors(source, writer, header, raw)
         order = [t[2] for t in tensors]
         fmt: dict[str, Any] = {"name": self.name, "order": order}
         if metadata is not None:
             fmt["header"] = {"__metadata__": metadata}
+        if raw:
+            fmt["raw"] = raw
         # Keep the original header only if the canonical one would differ.
         canonical = _canonical_header(fmt, {t[2]: (t[3].name, t[4]) for t in tensors})
         if canonical != header_bytes:
@@ -52,14 +56,8 @@ class SafetensorsFormat(Format):
         geometry = {n: (manifest.params[n].dtype, list(manifest.params[n].shape)) for n in order}
         header = _canonical_header({**fmt, "order": order}, geometry)
         kept = fmt.get("header_text")
-        if isinstance(kept, str):
-            kept_bytes = kept.encode("utf-8")
-            canonical_header = json.loads(header)
-            try:
-                if json.loads(kept_bytes) == canonical_header:
-                    header = kept_bytes
-            except json.JSONDecodeError:
-                pass
+        if isinstance(kept, str) and _same_tensors(kept, json.loads(header)):
+            header = kept.encode("utf-8")
         out.write(struct.pack("<Q", len(header)))
         out.write(header)
         for chunk in reader.iter_entries(manifest.params[n] for n in order):
@@ -70,6 +68,8 @@ class SafetensorsFormat(Format):
         keep = set(names)
         out = {k: v for k, v in fmt.items() if k != "header_text"}
         out["order"] = [n for n in fmt.get("order", sorted(keep)) if n in keep]
+        if isinstance(fmt.get("raw"), dict):
+            out["raw"] = {n: v for n, v in fmt["raw"].items() if n in keep}
         return out
 
 
@@ -92,27 +92,42 @@ def read_header(source: Source) -> tuple[bytes, dict[str, Any], dict[str, str] |
     return header_bytes, header, metadata
 
 
-def stream_tensors(source: Source, writer: ChunkWriter, header: dict[str, Any]
+def stream_tensors(source: Source, writer: ChunkWriter, header: dict[str, Any],
+                   raw: dict[str, list] | None = None
                    ) -> list[tuple[int, int, str, Any, list[int]]]:
     """Feed every tensor of the stream to ``writer`` in data order; (begin, end, name,
-    dtype, shape) of each.  Holes, overlaps and trailing data are errors."""
+    dtype, shape) of each.  Holes, overlaps and trailing data are errors.
+
+    A tensor of a sub-byte element type (``F4``, ``F6_*``: shapes count elements, not
+    bytes) is fed as its bytes (``uint8``, 1-D) and recorded in ``raw`` as
+    ``[code, shape]``; without ``raw`` such a tensor is an error.
+    """
     tensors = []
     for name, info in header.items():
         try:
-            dtype = from_safetensors(info["dtype"])
+            code = info["dtype"]
             shape = [int(s) for s in info["shape"]]
             begin, end = (int(x) for x in info["data_offsets"])
+            if code in SAFETENSORS_SUBBYTE and raw is not None:
+                bits = SAFETENSORS_SUBBYTE[code] * math.prod(shape)
+                if bits % 8:
+                    raise FormatError(f"{source.name}: tensor {name!r} of {code} does not "
+                                      "end on a byte boundary")
+                raw[name] = [code, shape]
+                dtype, shape = from_safetensors("U8"), [bits // 8]
+            else:
+                dtype = from_safetensors(code)
         except DTypeError as e:
             raise FormatError(f"{source.name}: tensor {name!r}: {e}") from None
+        except FormatError:
+            raise
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{source.name}: bad header entry for {name!r}") from None
         tensors.append((begin, end, name, dtype, shape))
     tensors.sort(key=lambda t: (t[0], t[1]))
     pos = 0
     for begin, end, name, dtype, shape in tensors:
-        need = dtype.itemsize
-        for s in shape:
-            need *= s
+        need = dtype.itemsize * math.prod(shape)
         if begin != pos or end - begin != need or any(s < 0 for s in shape):
             raise FormatError(
                 f"{source.name}: tensor {name!r} has offsets [{begin}, {end}] that do not "
@@ -141,17 +156,50 @@ def _canonical_header(fmt: dict[str, Any], geometry: dict[str, tuple[str, list[i
     meta = (fmt.get("header") or {}).get("__metadata__")
     if meta is not None:
         obj["__metadata__"] = dict(sorted(meta.items()))
+    raw = fmt.get("raw") if isinstance(fmt.get("raw"), dict) else {}
     pos = 0
     for name in fmt["order"]:
         dtype_name, shape = geometry[name]
         dtype = by_name(dtype_name)
-        if dtype.safetensors is None:
+        size = dtype.itemsize * math.prod(shape)
+        code = dtype.safetensors
+        if name in raw:  # packed sub-byte elements: their own code and element shape
+            try:
+                code, shape = str(raw[name][0]), [int(s) for s in raw[name][1]]
+            except (TypeError, ValueError, IndexError):
+                raise ManifestError(f"safetensors format: bad raw entry for {name!r}") from None
+            if code not in SAFETENSORS_SUBBYTE or \
+                    SAFETENSORS_SUBBYTE[code] * math.prod(shape) != 8 * size:
+                raise ManifestError(f"safetensors format: raw entry for {name!r} does not "
+                                    "match its bytes")
+        if code is None:
             raise FormatError(f"dtype {dtype_name} of {name!r} cannot be written to safetensors")
-        size = dtype.itemsize
-        for s in shape:
-            size *= s
-        obj[name] = {"dtype": dtype.safetensors, "shape": list(shape),
-                     "data_offsets": [pos, pos + size]}
+        obj[name] = {"dtype": code, "shape": list(shape), "data_offsets": [pos, pos + size]}
         pos += size
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return text + b" " * (-len(text) % 8)
+
+
+def _same_tensors(text: str, canonical: dict[str, Any]) -> bool:
+    """True if a kept header describes exactly the canonical header's tensors and metadata.
+
+    Only then is the kept text written back (it may differ in key order, spacing,
+    padding, a null or empty ``__metadata__``, or keys the safetensors library
+    ignores): a manifest edited by a merge falls back to the canonical header.
+    """
+    try:
+        kept = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(kept, dict):
+        return False
+    if (kept.get("__metadata__") or None) != (canonical.get("__metadata__") or None):
+        return False
+    names = {k for k in kept if k != "__metadata__"}
+    if names != {k for k in canonical if k != "__metadata__"}:
+        return False
+    for name in names:
+        info, want = kept[name], canonical[name]
+        if not isinstance(info, dict) or any(info.get(k) != want[k] for k in want):
+            return False
+    return True

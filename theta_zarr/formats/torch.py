@@ -156,6 +156,8 @@ def _leaves(node: Any, path: tuple):
     if "__tensor__" in node:
         yield path, node
         return
+    if len(node) == 2 and "attrs" in node and "__odict__" in node:
+        node = {"__odict__": node["__odict__"]}
     if len(node) != 1:
         return
     (tag, value), = node.items()
@@ -291,6 +293,9 @@ class _TreeEncoder:
             for k, v in obj.items():
                 key = self.encode(k, path)
                 items.append([key, self.encode(v, (*path, k))])
+            attrs = getattr(obj, "__dict__", None)
+            if attrs:  # a state dict's _metadata (module versions load_state_dict reads)
+                return {tag: items, "attrs": self.encode(dict(attrs), (*path, "__dict__"))}
             return {tag: items}
         if isinstance(obj, (list, tuple)):
             tag = "__tuple__" if isinstance(obj, tuple) else "__list__"
@@ -378,6 +383,13 @@ class _TreeDecoder:
             return node
         if "__tensor__" in node:
             return self._tensor(node)
+        if "attrs" in node and len(node) == 2 and "__odict__" in node:
+            od = self.decode({"__odict__": node["__odict__"]})
+            attrs = self.decode(node["attrs"])
+            if not isinstance(attrs, dict) or not all(isinstance(k, str) for k in attrs):
+                raise ManifestError("torch tree: bad attrs")
+            od.__dict__.update(attrs)
+            return od
         (tag, value), = node.items() if len(node) == 1 else (("?", None),)
         if tag in ("__dict__", "__odict__"):
             pairs = [(self.decode(k), self.decode(v)) for k, v in value]
