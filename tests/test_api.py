@@ -89,3 +89,41 @@ def test_open_returns_zarr_group(committed):
     assert w.dtype.name == "bfloat16"
     assert np.array_equal(w.view(np.uint16),
                           sd["encoder.layer.0.weight"].view(torch.uint16).numpy())
+
+
+class TiedLM(torch.nn.Module):
+    """GPT-2's shape in small: lm_head.weight is wte.weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte = torch.nn.Embedding(50, 8)
+        self.qkv = torch.nn.Linear(8, 24)
+        self.lm_head = torch.nn.Linear(8, 50, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+
+def test_load_state_dict_returns_tied_aliases_and_shared_views(repo):
+    torch.manual_seed(0)
+    model = TiedLM()
+    sd = model.state_dict()
+    w = sd["qkv.weight"]
+    sd.update({"q": w[:8], "k": w[8:16], "v": w[16:]})  # a fused projection's slices
+    torch.save(sd, repo.path / "model.pt")
+    repo.git("add", "model.pt")
+    repo.git("commit", "-q", "-m", "tied")
+    ref = torch.load(repo.path / "model.pt", weights_only=True)
+
+    loaded = theta_zarr.load_state_dict(str(repo.path / "model.pt"))
+    assert list(loaded) == list(ref)
+    for k, t in ref.items():
+        assert torch.equal(loaded[k], t) and loaded[k].stride() == t.stride(), k
+    assert loaded["lm_head.weight"].data_ptr() == loaded["wte.weight"].data_ptr()
+    assert loaded["k"].untyped_storage().data_ptr() == loaded["q"].untyped_storage().data_ptr()
+
+    only_head = theta_zarr.load_state_dict(str(repo.path / "model.pt"), include=["lm_head.*"])
+    assert list(only_head) == ["lm_head.weight"]
+    assert torch.equal(only_head["lm_head.weight"], ref["wte.weight"])
+
+    fresh = TiedLM()
+    fresh.load_state_dict({k: v for k, v in loaded.items() if k not in "qkv"}, strict=True)
+    assert torch.equal(fresh.lm_head.weight, ref["lm_head.weight"])

@@ -1,4 +1,4 @@
-"""bfloat16 and float8 as Zarr v3 extension data types for zarr-python 3.1.
+"""bfloat16 and the float8 types as Zarr v3 extension data types for zarr-python 3.1.
 
 Zarr-python 3.1 knows no bfloat16 or float8, yet checkpoints are full of them and
 a manifest names them by their Zarr v3 names (DESIGN.md section 3).  Registering
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from zarr.core.common import JSON, ZarrFormat
     from zarr.core.dtype.common import DTypeJSON
 
-__all__ = ["BFloat16", "Float8E4M3FN", "Float8E5M2", "EXTENSION_DTYPES", "register"]
+__all__ = ["BFloat16", "Float8E4M3FN", "Float8E5M2", "Float8E4M3FNUZ", "Float8E5M2FNUZ",
+           "Float8E8M0FNU", "EXTENSION_DTYPES", "register"]
 
 _SPECIAL = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 _UINT_OF_SIZE = {1: np.dtype("<u1"), 2: np.dtype("<u2")}
@@ -192,7 +193,35 @@ class Float8E5M2(_MLFloat):
     _zarr_v3_name: ClassVar[Literal["float8_e5m2"]] = "float8_e5m2"
 
 
-EXTENSION_DTYPES: tuple[type[_MLFloat], ...] = (BFloat16, Float8E4M3FN, Float8E5M2)
+@dataclass(frozen=True, kw_only=True)
+class Float8E4M3FNUZ(_MLFloat):
+    """float8_e4m3fnuz (one byte; no negative zero, one NaN)."""
+
+    _ml_type = ml_dtypes.float8_e4m3fnuz
+    dtype_cls = type(np.dtype(ml_dtypes.float8_e4m3fnuz))
+    _zarr_v3_name: ClassVar[Literal["float8_e4m3fnuz"]] = "float8_e4m3fnuz"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Float8E5M2FNUZ(_MLFloat):
+    """float8_e5m2fnuz (one byte; no negative zero, one NaN)."""
+
+    _ml_type = ml_dtypes.float8_e5m2fnuz
+    dtype_cls = type(np.dtype(ml_dtypes.float8_e5m2fnuz))
+    _zarr_v3_name: ClassVar[Literal["float8_e5m2fnuz"]] = "float8_e5m2fnuz"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Float8E8M0FNU(_MLFloat):
+    """float8_e8m0fnu (one byte: an exponent only, the MX block scale)."""
+
+    _ml_type = ml_dtypes.float8_e8m0fnu
+    dtype_cls = type(np.dtype(ml_dtypes.float8_e8m0fnu))
+    _zarr_v3_name: ClassVar[Literal["float8_e8m0fnu"]] = "float8_e8m0fnu"
+
+
+EXTENSION_DTYPES: tuple[type[_MLFloat], ...] = (BFloat16, Float8E4M3FN, Float8E5M2,
+                                                Float8E4M3FNUZ, Float8E5M2FNUZ, Float8E8M0FNU)
 
 
 def register() -> None:

@@ -23,6 +23,7 @@ The store is read-only: a manifest is immutable content named by its digests.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 import re
@@ -166,7 +167,7 @@ class ManifestStore(Store):
             cached = self._meta.get(node)
         if cached is not None:
             return cached
-        doc = (_array_metadata(self._arrays[node]) if node in self._arrays
+        doc = (_array_metadata(node, self._arrays[node]) if node in self._arrays
                else _group_metadata(self._manifest if node == "" else None))
         data = json.dumps(doc, indent=2, sort_keys=False, allow_nan=False).encode("utf-8")
         with self._meta_lock:
@@ -375,22 +376,33 @@ def _fill_value(dtype: str) -> Any:
     return 0
 
 
-def _array_metadata(entry: ParamEntry) -> dict[str, Any]:
+def _array_metadata(name: str, entry: ParamEntry) -> dict[str, Any]:
     bytes_codec: dict[str, Any] = {"name": "bytes"}
-    if entry.itemsize > 1:
+    native = BY_NAME[entry.dtype].native
+    if entry.itemsize > 1 and native:
         bytes_codec["configuration"] = {"endian": "little"}
+    attributes: dict[str, Any] = {"digests": len(entry.chunks), "inline": entry.inline is not None}
+    if native:
+        data_type: Any = entry.dtype
+        fill: Any = _fill_value(entry.dtype)
+    else:  # no NumPy type has these semantics: the elements' bytes, their type named
+        data_type = {"name": "raw_bytes", "configuration": {"length_bytes": entry.itemsize}}
+        fill = base64.b64encode(bytes(entry.itemsize)).decode("ascii")
+        attributes["dtype"] = entry.dtype
     return {
         "zarr_format": 3,
         "node_type": "array",
         "shape": list(entry.shape),
-        "data_type": entry.dtype,
+        "data_type": data_type,
         "chunk_grid": {"name": "regular",
                        "configuration": {"chunk_shape": _zarr_chunk_shape(entry)}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": _fill_value(entry.dtype),
+        "fill_value": fill,
         "codecs": [bytes_codec],
-        "attributes": {"theta_zarr": {"digests": len(entry.chunks),
-                                      "inline": entry.inline is not None}},
+        # one name per axis, unique to the array: stock tools (xarray) need them, and
+        # tensors' axes are unrelated, so no two arrays share a dimension
+        "dimension_names": [f"{name}.dim_{i}" for i in range(len(entry.shape))],
+        "attributes": {"theta_zarr": attributes},
     }
 
 

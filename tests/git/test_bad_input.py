@@ -42,22 +42,43 @@ def test_truncated_safetensors(repo):
     assert_rejected(repo, "model.safetensors", "truncated")
 
 
-def test_pickle_that_runs_code_is_refused(repo, tmp_path):
-    marker = tmp_path / "pwned"
-
+def evil_pickle(marker) -> bytes:
     class Evil:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
     buf = io.BytesIO()
     torch.save({"w": torch.ones(3), "evil": Evil()}, buf)
-    (repo.path / "evil.pt").write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def test_pickle_that_runs_code_is_refused_when_weights_are_required(repo, tmp_path):
+    marker = tmp_path / "pwned"
+    repo.git("config", "theta-zarr.opaque", "false")
+    (repo.path / "evil.pt").write_bytes(evil_pickle(marker))
     line = assert_rejected(repo, "evil.pt", "weights_only")
-    assert "refused" in line
+    assert "refused" in line and "GLOBAL posix.system" in line
+    assert not marker.exists()
+
+
+def test_pickle_that_runs_code_is_kept_as_bytes_never_run(repo, tmp_path):
+    marker = tmp_path / "pwned"
+    data = evil_pickle(marker)
+    (repo.path / "evil.pt").write_bytes(data)
+    proc = repo.git("add", "evil.pt")
+    ours = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("theta-zarr:")]
+    assert len(ours) == 1 and "evil.pt" in ours[0] and "opaque" in ours[0], ours
+    repo.git("commit", "-q", "-m", "evil")
+    m = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:evil.pt").stdout)
+    assert m.format_name == "opaque"
+    (repo.path / "evil.pt").unlink()
+    repo.git("checkout", "--", "evil.pt")
+    assert (repo.path / "evil.pt").read_bytes() == data
     assert not marker.exists()
 
 
 def test_non_checkpoint_under_tracked_pattern(repo):
+    repo.git("config", "theta-zarr.opaque", "false")
     (repo.path / "notes.safetensors").write_text("these are not weights\n")
     assert_rejected(repo, "notes.safetensors", "not a checkpoint")
 
@@ -121,12 +142,15 @@ def test_corrupt_chunk_in_cache_is_detected(repo):
     assert digest in err and "corrupt" in err
 
 
-def test_legacy_pickle_format_message(repo):
+def test_legacy_torch_file_is_tracked(repo):
     torch.save({"w": torch.ones(3)}, repo.path / "old.pt", _use_new_zipfile_serialization=False)
-    assert_rejected(repo, "old.pt", "legacy")
+    repo.git("add", "old.pt")
+    m = Manifest.from_bytes(repo.git("cat-file", "blob", ":old.pt").stdout)
+    assert m.format_name == "torch" and m.format["serialization"] == "legacy"
 
 
-def test_unpicklable_protocol_is_not_loaded_by_plain_pickle(repo):
-    # a raw pickle (not a torch zip) under *.pt is not a checkpoint
+def test_raw_pickle_is_not_loaded_by_plain_pickle(repo):
+    # a raw pickle (not a torch file) under *.pt is not a checkpoint: refused, or kept as bytes
+    repo.git("config", "theta-zarr.opaque", "false")
     (repo.path / "raw.pt").write_bytes(pickle.dumps({"w": [1, 2, 3]}))
     assert_rejected(repo, "raw.pt", "not a checkpoint")

@@ -25,6 +25,7 @@ from .base import Format, FormatError, Source
 from .zipinfo import first_member
 
 NPY_MAGIC = b"\x93NUMPY"
+EMPTY_ZIP = b"PK\x05\x06"  # an archive that is only its end-of-central-directory record
 
 
 def _parse_npy_header(read_exact, where: str) -> tuple[np.dtype, tuple[int, ...], bool]:
@@ -111,6 +112,8 @@ class NpzFormat(Format):
     extensions = (".npz",)
 
     def sniff(self, head: bytes) -> bool:
+        if head.startswith(EMPTY_ZIP) and len(head) == 22:  # np.savez() of no arrays
+            return True
         member = first_member(head)
         return member is not None and member.endswith(".npy")
 

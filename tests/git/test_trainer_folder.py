@@ -1,0 +1,80 @@
+"""A Hugging Face Trainer checkpoint folder is committed whole: weights as weights, the
+pickles weights_only refuses (rng_state.pth, training_args.bin) as opaque chunks."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from theta_zarr.manifest import Manifest
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+PICKLES = ("rng_state.pth", "training_args.bin")
+
+
+@pytest.fixture(scope="module")
+def trainer_folder(tmp_path_factory) -> Path:
+    """checkpoint-2/ as transformers' Trainer writes it, from a tiny random-init model."""
+    out = tmp_path_factory.mktemp("trainer")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64,
+                                     n_positions=16, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    data = [{"input_ids": torch.randint(0, 64, (8,)), "labels": torch.randint(0, 64, (8,))}
+            for _ in range(4)]
+    args = transformers.TrainingArguments(
+        output_dir=str(out), max_steps=2, save_steps=2, per_device_train_batch_size=2,
+        report_to=[], use_cpu=True, logging_steps=100)
+    transformers.Trainer(model=model, args=args, train_dataset=data).train()
+    folder = out / "checkpoint-2"
+    assert all((folder / p).exists() for p in PICKLES)
+    return folder
+
+
+def test_trainer_folder_is_added_whole_and_rebuilt_byte_identically(repo, trainer_folder):
+    repo.tz("track", "*.bin", "*.pth")
+    dest = repo.path / "checkpoint-2"
+    shutil.copytree(trainer_folder, dest)
+    proc = repo.git("add", "-A")
+    err = proc.stderr.decode()
+    for name in PICKLES:  # said once per file, naming what weights_only refused
+        lines = [ln for ln in err.splitlines() if f"checkpoint-2/{name}" in ln]
+        assert len(lines) == 1 and "opaque" in lines[0] and "GLOBAL" in lines[0], err
+    repo.git("commit", "-q", "-m", "trainer checkpoint")
+
+    for name in PICKLES:
+        m = Manifest.from_bytes(repo.git("cat-file", "blob", f"HEAD:checkpoint-2/{name}").stdout)
+        assert m.format_name == "opaque"
+        assert set(m.params) == {"bytes"} and m.params["bytes"].shape == (
+            (trainer_folder / name).stat().st_size,)
+    weights = Manifest.from_bytes(
+        repo.git("cat-file", "blob", "HEAD:checkpoint-2/model.safetensors").stdout)
+    assert weights.format_name == "safetensors"
+    optimizer = Manifest.from_bytes(
+        repo.git("cat-file", "blob", "HEAD:checkpoint-2/optimizer.pt").stdout)
+    assert optimizer.format_name == "torch"
+
+    shutil.rmtree(dest)
+    repo.git("checkout", "--", ".")
+    for f in sorted(trainer_folder.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".pth", ".json"):
+            assert filecmp.cmp(f, dest / f.name, shallow=False), f.name
+    assert repo.out("status", "--porcelain") == ""
+
+
+def test_refusing_opaque_files_names_the_refused_global(repo, trainer_folder):
+    repo.tz("track", "*.pth")
+    repo.git("config", "theta-zarr.opaque", "false")
+    shutil.copy(trainer_folder / "rng_state.pth", repo.path / "rng_state.pth")
+    proc = repo.git("add", "rng_state.pth", check=False)
+    assert proc.returncode != 0
+    ours = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("theta-zarr:")]
+    assert len(ours) == 1 and "rng_state.pth" in ours[0] and "GLOBAL" in ours[0], ours
+    assert "Traceback" not in proc.stderr.decode()
+    assert repo.out("ls-files", "rng_state.pth") == ""
