@@ -103,6 +103,17 @@ def match_names(names: Iterable[str], include: Sequence[str] | str | None) -> li
     return [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
 
 
+def matching_params(manifest: Manifest, include: Sequence[str] | str | None) -> list[str]:
+    """Parameters matching ``include`` by their own name or by the name of a tensor that
+    lives in them (a tied alias such as ``lm_head.weight``, a slice of a fused weight)."""
+    if include is None:
+        return list(manifest.params)
+    views = formats.get_format(manifest.format_name).tensors(manifest.format, manifest.params)
+    chosen = set(match_names(manifest.params, include))
+    chosen.update(views[k].param for k in match_names(views, include))
+    return [n for n in manifest.params if n in chosen]
+
+
 def select(manifest: Manifest, names: list[str]) -> Manifest:
     """The manifest of a file holding only the named parameters (a partial materialize)."""
     fmt = formats.get_format(manifest.format_name)

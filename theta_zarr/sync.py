@@ -438,7 +438,7 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
 def select_params(manifest: Manifest, include: list[str] | None) -> Manifest:
     if not include:
         return manifest
-    return checkpoint.select(manifest, checkpoint.match_names(manifest.params, include))
+    return checkpoint.select(manifest, checkpoint.matching_params(manifest, include))
 
 
 def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,

@@ -377,3 +377,19 @@ def test_plain_state_dict_rebuild_is_byte_identical(tmp_path):
     sd = torch.nn.Linear(8, 4).state_dict()
     data = saved(sd)
     assert smudge(clean(data, tmp_path), tmp_path) == data
+
+
+def test_selection_by_alias_keeps_views_and_devices(tmp_path):
+    w = torch.randn(10, 4)
+    qkv = torch.randn(6, 2)
+    obj = collections.OrderedDict([("wte.weight", w), ("lm_head.weight", w),
+                                   ("q", qkv[:3]), ("k", qkv[3:]), ("other", torch.ones(2))])
+    m = clean(on_device(obj, "cuda:1"), tmp_path)
+    picked = checkpoint.select(m, checkpoint.matching_params(m, ["lm_head.*", "k"]))
+    assert sorted(picked.params) == ["q", "wte.weight"]
+    out = smudge(picked, tmp_path)
+    back = torch.load(io.BytesIO(out), map_location="cpu", weights_only=True)
+    assert list(back) == ["wte.weight", "lm_head.weight", "q", "k"]
+    assert torch.equal(back["k"], qkv[3:]) and torch.equal(back["lm_head.weight"], w)
+    assert back["k"].untyped_storage().data_ptr() == back["q"].untyped_storage().data_ptr()
+    assert set(saved_locations(out)) == {"cuda:1"}

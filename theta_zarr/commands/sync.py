@@ -134,7 +134,14 @@ def register(main: click.Group) -> None:
     @reports_errors
     def pull(remote_arg: str, ref: str, output: str, include: tuple[str, ...],
              options: tuple[str, ...], cache_dir: str | None, chunk_size: str) -> None:
-        """Rebuild the checkpoint REF names, bit-exact, at --output."""
+        """Rebuild the checkpoint REF names at --output, every chunk verified.
+
+        safetensors, NumPy and opaque files come back byte-identical; PyTorch files
+        tensor-identical (everything torch.load returns is equal, and the bytes are the
+        original's when it was written by torch.save of the same PyTorch version).
+        --include writes a file of the matching tensors alone (with any tensor that
+        shares their storage, such as a tied alias).
+        """
         from .. import sync
 
         start = time.perf_counter()

@@ -97,9 +97,19 @@ class TorchFormat(Format):
             shutil.copyfileobj(saved, out, 1 << 20)
 
     def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
-        # A selection of a nested object is saved as a flat state dict of its tensors.
-        return {"name": self.name,
-                "tree": {"__odict__": [[n, {"__tensor__": n}] for n in names]}}
+        """A flat state dict of every tensor living in the chosen parameters (their tied
+        aliases and views included, as views, with their saved devices)."""
+        keep = set(names)
+        leaves = {}
+        for path, leaf in _leaves(fmt.get("tree"), ()):
+            key = ".".join(str(p) for p in path) or "tensor"
+            if leaf.get("__tensor__") in keep and key not in leaves:
+                leaves[key] = {k: v for k, v in leaf.items() if k not in ("parameter",
+                                                                          "requires_grad")}
+        for n in names:  # a manifest whose tree does not name a parameter (hand-made)
+            if not any(leaf["__tensor__"] == n for leaf in leaves.values()):
+                leaves.setdefault(n, {"__tensor__": n})
+        return {"name": self.name, "tree": {"__odict__": [[k, v] for k, v in leaves.items()]}}
 
     def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
         """Every tensor ``torch.load`` returns, by dotted key path (tied aliases included)."""
