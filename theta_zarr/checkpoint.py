@@ -29,6 +29,9 @@ from .manifest import (
 from .objects import MissingObjectError
 from .settings import Settings
 
+#: the first bytes of a git-lfs pointer file (git-lfs's spec, version 1)
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
+
 #: Called with the digests the cache lacks; must put them into the cache.
 Fetcher = Callable[[set[str]], None]
 
@@ -65,6 +68,10 @@ def clean(source: Source, settings: Settings, cache: Cache,
     if looks_like_manifest(source.head) or looks_like_conflicted_manifest(source.head):
         data = source.head + source.stream.read()
         return CleanResult(Manifest.from_bytes(data, name), WriteStats(), passed_through=True)
+    if source.head.startswith(LFS_POINTER):
+        # a checkout made without git-lfs: storing it would keep the pointer, not the file
+        raise FormatError(f"{name}: is a git-lfs pointer, not the file it stands for; fetch "
+                          "the file with git-lfs (git lfs pull) before adding it")
     opaque = settings.opaque if opaque is None else opaque
     try:
         try:

@@ -117,8 +117,13 @@ def test_without_the_plugin_its_manifests_are_refused(rawbin, site, tmp_path):
     assert "rawbin" not in [f.name for f in all_formats()]
     with pytest.raises(FormatError, match="no format plug-in named 'rawbin'"):
         smudge(m, tmp_path)
+    # without its plug-in the file is only bytes: kept opaque, or refused when asked
+    assert clean(rawbin_file(rawbin), tmp_path, name="w.bin").format_name == "opaque"
+    s = settings(tmp_path)
+    cache = checkpoint.open_cache(s)
     with pytest.raises(FormatError, match="not a checkpoint"):
-        clean(rawbin_file(rawbin), tmp_path, name="w.bin")
+        checkpoint.clean(checkpoint.open_source(io.BytesIO(rawbin_file(rawbin)), cache,
+                                                name="w.bin"), s, cache, opaque=False)
 
 
 def test_a_broken_plugin_is_reported(site):
@@ -168,18 +173,37 @@ def test_detection_is_by_content_not_name(tmp_path):
     assert clean(buf.getvalue(), tmp_path, name="x.npz").format_name == "npy"
 
 
-@pytest.mark.parametrize("data", [
+OTHER_FILES = [
     b"just some text\nin a file named like a checkpoint\n",
     b"",
     b"PK\x03\x04" + b"\0" * 60,  # a zip that is neither
-    b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 1\n",
-], ids=["text", "empty", "zip", "lfs-pointer"])
-def test_other_files_are_refused_naming_them(data, tmp_path):
+]
+
+
+@pytest.mark.parametrize("data", OTHER_FILES, ids=["text", "empty", "zip"])
+def test_other_files_are_kept_opaque_or_refused_naming_them(data, tmp_path):
+    m = clean(data, tmp_path, name="weights/model.safetensors")
+    assert m.format_name == "opaque" and m.params["bytes"].shape == (len(data),)
+    assert smudge(m, tmp_path) == data
+    s = settings(tmp_path)
+    cache = checkpoint.open_cache(s)
     with pytest.raises(FormatError) as info:
-        clean(data, tmp_path, name="weights/model.safetensors")
+        checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache,
+                                                name="weights/model.safetensors"),
+                         s, cache, opaque=False)
     msg = str(info.value)
     assert msg.startswith("weights/model.safetensors: not a checkpoint")
     assert "safetensors, torch, numpy" in msg and "\n" not in msg
+
+
+def test_a_git_lfs_pointer_is_never_stored_as_the_file(tmp_path):
+    data = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 +
+            b"\nsize 1\n")
+    with pytest.raises(FormatError) as info:
+        clean(data, tmp_path, name="weights/model.safetensors")
+    msg = str(info.value)
+    assert msg.startswith("weights/model.safetensors: ") and "git-lfs pointer" in msg
+    assert "\n" not in msg
 
 
 def test_zip_that_is_not_a_checkpoint_is_refused(tmp_path):
@@ -188,5 +212,9 @@ def test_zip_that_is_not_a_checkpoint_is_refused(tmp_path):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("notes.txt", "hello")
+    assert clean(buf.getvalue(), tmp_path, name="m.pt").format_name == "opaque"
+    s = settings(tmp_path)
+    cache = checkpoint.open_cache(s)
     with pytest.raises(FormatError, match="m.pt: not a checkpoint"):
-        clean(buf.getvalue(), tmp_path, name="m.pt")
+        checkpoint.clean(checkpoint.open_source(io.BytesIO(buf.getvalue()), cache, name="m.pt"),
+                         s, cache, opaque=False)
