@@ -195,3 +195,17 @@ def test_format_merge_keeps_both_additions():
     out = merge_formats(b, [o, t], params)
     assert out["order"] == ["a", "o", "t"]
     assert out["header"] == o["header"] and "header_text" not in out
+
+
+def test_opaque_files_never_mix_chunks(store):
+    base = np.zeros(4096, np.uint8)
+    ours, theirs = base.copy(), base.copy()
+    ours[0] = 1  # different chunks changed on each side
+    theirs[-1] = 2
+    fmt = {"name": "opaque"}
+    b, o, t = (manifest(store, {"bytes": a}, fmt=fmt) for a in (base, ours, theirs))
+    p = plan(b, o, t)
+    assert p.conflicts["bytes"].kind == "opaque"
+    with pytest.raises(MergeError, match="opaque file"):
+        execute(p, table("average"), store)
+    assert execute(p, table("theirs"), store).params["bytes"] == t.params["bytes"]

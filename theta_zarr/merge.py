@@ -69,7 +69,7 @@ class ParamConflict:
     """
 
     name: str
-    kind: str  # "chunks" | "shape" | "delete-modify" | "add-add"
+    kind: str  # "chunks" | "shape" | "delete-modify" | "add-add" | "opaque"
     base: ParamEntry | None
     models: list[ParamEntry | None]
     labels: list[str]
@@ -98,6 +98,8 @@ class ParamConflict:
             alike = all(same_grid(self.models[0], m) for m in self.models)
             return f"added on {who} with different " + (
                 "values" if alike else "shapes or dtypes")
+        if self.kind == "opaque":
+            return f"an opaque file (bytes, not weights) changed on {who}"
         geoms = ", ".join(f"{lb} {_geom(m)}" for lb, m in zip(self.labels, self.models,
                                                                  strict=True))
         return f"shape/dtype/chunking differ: {geoms}"
@@ -167,6 +169,11 @@ def plan_models(base: Manifest | None, models: Sequence[Manifest],
             continue
         if any(m is None for m in ms):
             conflicts[name] = ParamConflict(name, "delete-modify", b, ms, list(labels))
+            continue
+        if any(m.format_name == "opaque" for m in models):
+            # bytes of a file no plug-in reads: mixing chunks would make a file no side
+            # wrote (a broken pickle), so the whole file is one conflict
+            conflicts[name] = ParamConflict(name, "opaque", b, ms, list(labels))
             continue
         first = ms[0]
         assert first is not None
