@@ -36,6 +36,9 @@ class FilterServer:
         self.settings = settings
         self.cache = checkpoint.open_cache(settings)
         self.fetch = fetch
+        #: say which files are kept as opaque bytes (off for commands that only look)
+        self.notes = True
+        self.noted: set[str] = set()
 
     def handshake(self) -> None:
         hello = self.reader.read_text_list()
@@ -94,7 +97,8 @@ class FilterServer:
                     previous = self.previous_manifest(path)
                     result = checkpoint.clean(source, self.settings, self.cache, previous)
                     out = result.manifest.to_bytes()
-                    if result.opaque_reason:
+                    if result.opaque_reason and self.notes and path not in self.noted:
+                        self.noted.add(path)  # once per file
                         print(f"theta-zarr: {path}: {opaque_note(result.opaque_reason)}",
                               file=sys.stderr, flush=True)
         except Exception as e:  # every failure is reported for this file only
@@ -226,9 +230,11 @@ def main() -> int:
     stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
     repo = Repo.discover()
     settings = repo.settings()
-    if parent_git_command() in READ_ONLY_COMMANDS:
+    command = parent_git_command()
+    if command in READ_ONLY_COMMANDS:
         settings.lazy = True  # the manifest is all a diff driver or textconv needs
     server = FilterServer(stdin, stdout, settings, repo=repo)
+    server.notes = command not in READ_ONLY_COMMANDS | {"status"}
     objects = read_through(repo, cache=server.cache)
     server.fetch = objects.fetch if objects.has_remote else None
     try:
