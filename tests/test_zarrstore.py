@@ -36,6 +36,12 @@ ML_DTYPES = [
     ("float8_e4m3fn", ml_dtypes.float8_e4m3fn),
     ("float8_e5m2", ml_dtypes.float8_e5m2),
 ]
+#: float8 types without a negative zero or a second NaN (their fill values are plain)
+MORE_FLOAT8 = [
+    ("float8_e4m3fnuz", ml_dtypes.float8_e4m3fnuz),
+    ("float8_e5m2fnuz", ml_dtypes.float8_e5m2fnuz),
+    ("float8_e8m0fnu", ml_dtypes.float8_e8m0fnu),
+]
 
 
 def _bits(dtype: torch.dtype, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
@@ -118,7 +124,7 @@ def test_register_is_idempotent() -> None:
     assert data_type_registry.get("float8_e5m2") is zarrdtypes.Float8E5M2
 
 
-@pytest.mark.parametrize(("name", "ml"), ML_DTYPES)
+@pytest.mark.parametrize(("name", "ml"), ML_DTYPES + MORE_FLOAT8)
 def test_plain_zarr_roundtrips_ml_dtypes(name: str, ml: type) -> None:
     zarrdtypes.register()
     store = zarr.storage.MemoryStore()
@@ -136,7 +142,7 @@ def test_plain_zarr_roundtrips_ml_dtypes(name: str, ml: type) -> None:
     assert _raw_np(out) == _raw_np(values)
 
 
-@pytest.mark.parametrize(("name", "ml"), ML_DTYPES)
+@pytest.mark.parametrize(("name", "ml"), ML_DTYPES + MORE_FLOAT8)
 def test_metadata_json_naming_extension_dtype_is_readable(name: str, ml: type) -> None:
     zarrdtypes.register()
     width = np.dtype(ml).itemsize
@@ -380,3 +386,26 @@ def test_zero_extent_chunk_axis(tmp_path: Path) -> None:
     group = open_group(manifest, cache)
     assert group["w"].shape == (4, 0) and group["w"][...].shape == (4, 0)
     assert _raw_np(group["v"][...]) == _raw_torch(tensors["v"])
+
+
+def test_types_numpy_lacks_are_served_as_raw_bytes(tmp_path: Path) -> None:
+    import io
+
+    gen = torch.Generator().manual_seed(5)
+    tensors = {"fp4": _bits(torch.uint8, (4, 6), gen).view(torch.float4_e2m1fn_x2),
+               "c32": torch.randint(-2**31, 2**31 - 1, (3, 5), generator=gen,
+                                    dtype=torch.int32).view(torch.complex32)}
+    settings = Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=1024)
+    cache = checkpoint.open_cache(settings)
+    buf = io.BytesIO()
+    torch.save(tensors, buf)
+    buf.seek(0)
+    m = checkpoint.clean(checkpoint.open_source(buf, cache, name="m.pt"), settings,
+                         cache).manifest
+    group = open_group(Manifest.from_bytes(m.to_bytes()), cache)
+    for name, t in tensors.items():
+        arr = group[name]
+        assert arr.metadata.attributes["theta_zarr"]["dtype"] == str(t.dtype)[6:]
+        assert arr.shape == tuple(t.shape) and arr.dtype.itemsize == t.element_size()
+        assert arr.metadata.dimension_names == (f"{name}.dim_0", f"{name}.dim_1")
+        assert np.ascontiguousarray(arr[:]).tobytes() == _raw_torch(t.view(torch.uint8))
