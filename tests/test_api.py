@@ -127,3 +127,17 @@ def test_load_state_dict_returns_tied_aliases_and_shared_views(repo):
     fresh = TiedLM()
     fresh.load_state_dict({k: v for k, v in loaded.items() if k not in "qkv"}, strict=True)
     assert torch.equal(fresh.lm_head.weight, ref["lm_head.weight"])
+
+
+def test_materialize_include_by_alias_writes_the_tied_pair(repo):
+    torch.manual_seed(1)
+    torch.save(TiedLM().state_dict(), repo.path / "model.pt")
+    repo.git("add", "model.pt")
+    repo.git("commit", "-q", "-m", "tied")
+    ref = torch.load(repo.path / "model.pt", weights_only=True)
+    out = repo.tz("materialize", "model.pt", "--include", "lm_head.*").stdout.decode()
+    assert "model.partial.pt" in out
+    part = torch.load(repo.path / "model.partial.pt", weights_only=True)
+    assert list(part) == ["wte.weight", "lm_head.weight"]  # one storage, both its names
+    assert torch.equal(part["lm_head.weight"], ref["lm_head.weight"])
+    assert part["lm_head.weight"].data_ptr() == part["wte.weight"].data_ptr()

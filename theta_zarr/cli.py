@@ -306,7 +306,7 @@ def push_cmd(remote_name: str | None, refs: tuple[str, ...], all_refs: bool) -> 
 @reports_errors
 def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> None:
     """Download into the cache the chunks of REV's checkpoints (default HEAD)."""
-    from .api import select
+    from . import checkpoint
     from .git.files import tracked_files
     from .git.push import read_through
     from .git.remotes import require
@@ -319,7 +319,7 @@ def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> No
     digests: set[str] = set()
     for f in tracked_files(repo, rev):
         if f.manifest is not None:
-            names = select(f.manifest.params, list(include) or None)
+            names = checkpoint.matching_params(f.manifest, list(include) or None)
             digests |= {d for _, _, d in f.manifest.iter_chunks(names)}
     lacking = objects.cache.missing(digests)
     stats = fetch_objects(open_remote(spec, repo.settings().concurrency), objects.cache,

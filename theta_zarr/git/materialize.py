@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 
 from .. import checkpoint
-from ..api import select
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..streams import write_atomic
 from .files import manifest_at, tracked_files
@@ -64,7 +63,7 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None)
         else:
             manifest = manifest_at(repo, rel, None)
         if include:
-            names = select(manifest.params, include)
+            names = checkpoint.matching_params(manifest, include)
             if not names:
                 raise ManifestError(f"{rel}: no parameter matches {', '.join(include)}")
             dest = output or os.path.join(repo.top, _partial_name(rel))
