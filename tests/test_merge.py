@@ -209,3 +209,20 @@ def test_opaque_files_never_mix_chunks(store):
     with pytest.raises(MergeError, match="opaque file"):
         execute(p, table("average"), store)
     assert execute(p, table("theirs"), store).params["bytes"] == t.params["bytes"]
+
+
+def test_packed_float4_refuses_numeric_strategies(store):
+    from theta_zarr.chunkwriter import ChunkWriter
+    from theta_zarr.dtypes import by_name
+    from theta_zarr.manifest import Manifest
+
+    def fp4(values: np.ndarray) -> Manifest:
+        with ChunkWriter(store.cache, 1024) as w:
+            w.add_buffer("w", by_name("float4_e2m1fn_x2"), values.shape,
+                         memoryview(values.astype(np.uint8)))
+            return Manifest({"name": "torch"}, w.finish())
+
+    codes = np.arange(600, dtype=np.uint8)
+    m = [fp4(a) for a in (codes, codes + 1, codes + 2)]  # bytes of packed pairs, not numbers
+    with pytest.raises(MergeError, match="floating-point"):
+        merge_manifests(*m, table("average"), store)

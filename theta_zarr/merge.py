@@ -54,7 +54,10 @@ def same_grid(a: ParamEntry | None, b: ParamEntry | None) -> bool:
 
 
 def numeric_kind(dtype: str) -> str:
-    """numpy's kind letter, with ml_dtypes' bfloat16/float8 (kind 'V') counted as 'f'."""
+    """numpy's kind letter, with ml_dtypes' bfloat16/float8 (kind 'V') counted as 'f';
+    'V' (no arithmetic) for types whose NumPy form only carries bytes (float4 pairs)."""
+    if not by_name(dtype).native:
+        return "V"
     if dtype.startswith(("float", "bfloat")):
         return "f"
     return by_name(dtype).numpy.kind
