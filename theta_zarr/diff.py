@@ -9,6 +9,7 @@ lacks; memory is bounded by the chunk size, not the model.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Iterable, Iterator
@@ -48,6 +49,16 @@ class ParamDiff:
 
 
 @dataclass
+class OtherChange:
+    """A change to the file's non-tensor content (``Format.describe`` keys)."""
+
+    key: str
+    status: str  # "added" | "removed" | "changed"
+    old: Any = None  # JSON value; None when added
+    new: Any = None  # JSON value; None when removed
+
+
+@dataclass
 class ReadStats:
     chunks: int = 0
     bytes: int = 0
@@ -66,12 +77,14 @@ class FileDiff:
     params: list[ParamDiff] = field(default_factory=list)
     unchanged: int = 0
     read: ReadStats = field(default_factory=ReadStats)
+    other: list[OtherChange] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ("added", "removed", "reshaped", "changed")}
         for p in self.params:
             out[p.status] += 1
         out["unchanged"] = self.unchanged
+        out["other_changed"] = len(self.other)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +93,7 @@ class FileDiff:
                            "new": self.new.format_name if self.new else None},
                 "summary": self.counts(),
                 "params": [_finite(asdict(p)) for p in self.params],
+                "other": [asdict(o) for o in self.other],
                 "read": asdict(self.read)}
 
 
@@ -92,11 +106,40 @@ def _geom(e: ParamEntry) -> dict[str, Any]:
     return {"shape": list(e.shape), "dtype": e.dtype}
 
 
+def describe(manifest: Manifest) -> dict[str, Any]:
+    """The non-tensor content of a checkpoint, by its plug-in (generic when not installed)."""
+    from .formats import FormatError, get_format
+    from .formats.base import flatten_json
+
+    try:
+        return get_format(manifest.format_name).describe(manifest.format)
+    except FormatError:
+        return flatten_json({k: v for k, v in manifest.format.items() if k != "name"})
+
+
+def other_changes(old: Manifest, new: Manifest) -> list[OtherChange]:
+    """What changed outside the tensors: every ``describe`` key whose value differs."""
+    if old.format == new.format:
+        return []
+    a, b = describe(old), describe(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key not in b:
+            out.append(OtherChange(key, "removed", a[key], None))
+        elif key not in a:
+            out.append(OtherChange(key, "added", None, b[key]))
+        elif a[key] != b[key]:
+            out.append(OtherChange(key, "changed", a[key], b[key]))
+    return out
+
+
 def summarize(old: Manifest | None, new: Manifest | None, path: str = "checkpoint") -> FileDiff:
     """The digest-only diff: no chunk is read."""
     a = old.params if old else {}
     b = new.params if new else {}
     out = FileDiff(path, old, new)
+    if old is not None and new is not None and old.format_name == new.format_name:
+        out.other = other_changes(old, new)
     for name in [*a, *(n for n in b if n not in a)]:
         ea, eb = a.get(name), b.get(name)
         if ea == eb:
@@ -240,6 +283,8 @@ def format_text(fd: FileDiff) -> list[str]:
     c = fd.counts()
     head = (f"{fd.path}: {c['changed']} changed, {c['reshaped']} reshaped, {c['added']} added, "
             f"{c['removed']} removed, {c['unchanged']} unchanged")
+    if fd.other:
+        head += f"; {len(fd.other)} other (non-tensor) change(s)"
     if fd.read.chunks:
         head += f"  (read {fd.read.chunks} chunks, {fd.read.bytes} bytes)"
     lines = [head]
@@ -262,7 +307,24 @@ def format_text(fd: FileDiff) -> list[str]:
                 text += (f"  |B-A| {_num(p.l2)}  rel {_num(p.rel_change)}{scope}  "
                          f"max|B-A| {_num(p.max_abs)}  elements {frac}")
             lines.append(text)
+    for o in fd.other:
+        if o.status == "added":
+            lines.append(f"  * {o.key}: (none) -> {show_value(o.new)}")
+        elif o.status == "removed":
+            lines.append(f"  * {o.key}: {show_value(o.old)} -> (none)")
+        else:
+            lines.append(f"  * {o.key}: {show_value(o.old)} -> {show_value(o.new)}")
     return lines
+
+
+def show_value(value: Any, limit: int = 120) -> str:
+    """A JSON value in one short line; a long one as its size and a digest prefix."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if len(text) <= limit:
+        return text
+    kind = f"list of {len(value)}" if isinstance(value, list) else \
+        f"object of {len(value)}" if isinstance(value, dict) else f"{len(text)} characters"
+    return f"<{kind}, blake3 {blake3.blake3(text.encode()).hexdigest()[:12]}>"
 
 
 def short_digest(entry: ParamEntry, length: int = 12) -> str:
@@ -282,6 +344,8 @@ def textconv_lines(manifest: Manifest) -> Iterable[str]:
         e = manifest.params[name]
         where = "inline" if e.is_inline else f"{len(e.chunks)} chunks"
         yield f"{name} {e.dtype}{list(e.shape)} {where} {short_digest(e)}"
+    for key, value in sorted(describe(manifest).items()):
+        yield f"@ {key} = {show_value(value)}"
 
 
 # -- picture -----------------------------------------------------------------------------
