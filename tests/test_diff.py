@@ -129,5 +129,5 @@ def test_format_only_change_is_reported(store):
     b.format = {"name": "safetensors", "order": ["w"], "header": {"__metadata__": {"e": "2"}}}
     fd = summarize(a, b, "m.safetensors")
     assert fd.counts()["other_changed"] == 1 and fd.counts()["unchanged"] == 1
-    assert '  * header.__metadata__.e: "1" -> "2"' in format_text(fd)
-    assert '@ header.__metadata__.e = "2"' in list(textconv_lines(b))
+    assert '  * __metadata__.e: "1" -> "2"' in format_text(fd)
+    assert '@ __metadata__.e = "2"' in list(textconv_lines(b))
