@@ -48,6 +48,19 @@ class ParamDiff:
     norm_scope: str | None = None  # "changed-chunks" | "tensor"
 
 
+@dataclass(frozen=True)
+class Foreign:
+    """A side that is no theta-zarr manifest: a git-lfs pointer, or a file stored as it is
+    (committed before it was tracked, or not a checkpoint theta-zarr reads)."""
+
+    kind: str  # "git-lfs" | "plain"
+    text: str  # one line for people
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+Side = Manifest | Foreign | None
+
+
 @dataclass
 class OtherChange:
     """A change to the file's non-tensor content (``Format.describe`` keys)."""
@@ -78,6 +91,8 @@ class FileDiff:
     unchanged: int = 0
     read: ReadStats = field(default_factory=ReadStats)
     other: list[OtherChange] = field(default_factory=list)
+    old_foreign: Foreign | None = None
+    new_foreign: Foreign | None = None
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ("added", "removed", "reshaped", "changed")}
@@ -88,9 +103,16 @@ class FileDiff:
         return out
 
     def to_json(self) -> dict[str, Any]:
+        def fmt(m: Manifest | None, f: Foreign | None) -> str | None:
+            return m.format_name if m else f.kind if f else None
+
+        def foreign(f: Foreign | None) -> dict[str, Any] | None:
+            return None if f is None else {"kind": f.kind, "text": f.text, **f.info}
+
         return {"path": self.path,
-                "format": {"old": self.old.format_name if self.old else None,
-                           "new": self.new.format_name if self.new else None},
+                "format": {"old": fmt(self.old, self.old_foreign),
+                           "new": fmt(self.new, self.new_foreign)},
+                "foreign": {"old": foreign(self.old_foreign), "new": foreign(self.new_foreign)},
                 "summary": self.counts(),
                 "params": [_finite(asdict(p)) for p in self.params],
                 "other": [asdict(o) for o in self.other],
@@ -133,11 +155,15 @@ def other_changes(old: Manifest, new: Manifest) -> list[OtherChange]:
     return out
 
 
-def summarize(old: Manifest | None, new: Manifest | None, path: str = "checkpoint") -> FileDiff:
-    """The digest-only diff: no chunk is read."""
+def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
+    """The digest-only diff: no chunk is read.  A foreign side holds no parameters."""
+    old_foreign = old if isinstance(old, Foreign) else None
+    new_foreign = new if isinstance(new, Foreign) else None
+    old = None if isinstance(old, Foreign) else old
+    new = None if isinstance(new, Foreign) else new
     a = old.params if old else {}
     b = new.params if new else {}
-    out = FileDiff(path, old, new)
+    out = FileDiff(path, old, new, old_foreign=old_foreign, new_foreign=new_foreign)
     if old is not None and new is not None and old.format_name == new.format_name:
         out.other = other_changes(old, new)
     for name in [*a, *(n for n in b if n not in a)]:
@@ -262,7 +288,7 @@ def _pairs(ea: ParamEntry, eb: ParamEntry, objects: Any, workers: int, full_norm
     yield from ordered_map(load_pair, jobs, max(1, workers // 2))
 
 
-def diff(old: Manifest | None, new: Manifest | None, objects: Any, path: str = "checkpoint",
+def diff(old: Side, new: Side, objects: Any, path: str = "checkpoint",
          workers: int = 4, full_norm: bool = False, numbers: bool = True) -> FileDiff:
     """Summary plus statistics; ``numbers=False`` stops at the digest-only summary."""
     fd = summarize(old, new, path)
@@ -288,6 +314,9 @@ def format_text(fd: FileDiff) -> list[str]:
     if fd.read.chunks:
         head += f"  (read {fd.read.chunks} chunks, {fd.read.bytes} bytes)"
     lines = [head]
+    for label, f in (("old", fd.old_foreign), ("new", fd.new_foreign)):
+        if f is not None:
+            lines.append(f"  {label}: {f.text}")
     if fd.old and fd.new and fd.old.format != fd.new.format and fd.old.format_name != \
             fd.new.format_name:
         lines.append(f"  format {fd.old.format_name} -> {fd.new.format_name}")

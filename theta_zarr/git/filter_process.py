@@ -13,10 +13,11 @@ import os
 import sys
 from typing import BinaryIO
 
-from .. import checkpoint, progress
+from .. import checkpoint, lfs, progress
 from ..errors import one_line
 from ..manifest import Manifest, looks_like_manifest
 from ..settings import Settings
+from . import lfs as git_lfs
 from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
 from .repo import GitError, Repo
@@ -90,6 +91,8 @@ class FilterServer:
                                                 self.cache, name=path)
                 if not source.head:  # an empty file stays empty, as git-lfs does
                     out = b""
+                elif lfs.parse(source.head) is not None:
+                    out = source.head  # a git-lfs pointer stays one (git-lfs's own rule)
                 else:
                     previous = self.previous_manifest(path)
                     out = checkpoint.clean(source, self.settings, self.cache,
@@ -139,6 +142,9 @@ class FilterServer:
             data = self.ready.pop(path).to_bytes()
         try:
             if not looks_like_manifest(data[:64]):
+                if lfs.parse(data) is not None and not self.settings.lazy:
+                    self.smudge_lfs(path, data)
+                    return
                 self._reply(data)  # not ours (committed before tracking): as it is
                 return
             manifest = Manifest.from_bytes(data, path)
@@ -162,6 +168,33 @@ class FilterServer:
             with progress.bar(manifest.nbytes, f"smudge {path}") as bar:
                 checkpoint.smudge(manifest, progress.CountingStream(content, bar), self.settings,
                                   name=path, cache=self.cache, ensured=True)
+            content.close()
+        except Exception as e:
+            content.close()
+            self.writer.flush()
+            self._error(path, one_line(e))
+            return
+        self.writer.flush()
+        self.writer.flush()
+
+
+    def smudge_lfs(self, path: str, data: bytes) -> None:
+        """An LFS-era version: git-lfs rebuilds it; without git-lfs the pointer stays,
+        with a warning that says why and what to do."""
+        if not git_lfs.installed():
+            pointer = lfs.parse(data)
+            assert pointer is not None
+            print(f"theta-zarr: warning: {path}: {pointer.describe()}; git-lfs is not "
+                  f"installed, so the pointer is checked out as it is ({git_lfs.INSTALL_HINT}"
+                  ", then 'git checkout -- PATH')", file=sys.stderr, flush=True)
+            self._reply(data)
+            return
+        top = self.repo.top if self.repo is not None else os.getcwd()
+        self.writer.text("status=success")
+        self.writer.flush()
+        content = self.writer.content()
+        try:
+            git_lfs.smudge(top, path, data, content)
             content.close()
         except Exception as e:
             content.close()
