@@ -21,8 +21,10 @@ import numpy as np
 
 from .chunkreader import ordered_map
 from .dtypes import by_name
+from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
+from .shards import Model
 
 JSON_VERSION = 1
 _LOCK = threading.Lock()
@@ -93,6 +95,9 @@ class FileDiff:
     other: list[OtherChange] = field(default_factory=list)
     old_foreign: Foreign | None = None
     new_foreign: Foreign | None = None
+    #: a sharded model: the shard files of each side, and parameters whose shard changed
+    shards: dict[str, list[str] | None] | None = None
+    moved: list[dict[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ("added", "removed", "reshaped", "changed")}
@@ -100,6 +105,8 @@ class FileDiff:
             out[p.status] += 1
         out["unchanged"] = self.unchanged
         out["other_changed"] = len(self.other)
+        if self.shards is not None:
+            out["moved"] = len(self.moved)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -116,6 +123,8 @@ class FileDiff:
                 "summary": self.counts(),
                 "params": [_finite(asdict(p)) for p in self.params],
                 "other": [asdict(o) for o in self.other],
+                **({"shards": self.shards, "moved": self.moved} if self.shards is not None
+                   else {}),
                 "read": asdict(self.read)}
 
 
@@ -131,7 +140,6 @@ def _geom(e: ParamEntry) -> dict[str, Any]:
 def describe(manifest: Manifest) -> dict[str, Any]:
     """The non-tensor content of a checkpoint, by its plug-in (generic when not installed)."""
     from .formats import FormatError, get_format
-    from .formats.base import flatten_json
 
     try:
         return get_format(manifest.format_name).describe(manifest.format)
@@ -295,6 +303,40 @@ def diff(old: Side, new: Side, objects: Any, path: str = "checkpoint",
     return compute(fd, objects, workers, full_norm) if numbers else fd
 
 
+def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
+                workers: int = 4, full_norm: bool = False, numbers: bool = True) -> FileDiff:
+    """The diff of one model across all its shards: a parameter is compared with itself
+    wherever it lives, so one that only moved to another shard is unchanged (and listed
+    in ``moved``).  Non-tensor changes are those of each shard present on both sides,
+    and of the index's metadata."""
+    fd = diff(old.manifest if old else None, new.manifest if new else None, objects, path,
+              workers, full_norm, numbers)
+    fd.shards = {"old": sorted(old.shard_manifests) if old else None,
+                 "new": sorted(new.shard_manifests) if new else None}
+    if old is None or new is None:
+        return fd
+    fd.moved = [{"name": n, "from": old.shard_of[n], "to": new.shard_of[n]}
+                for n in new.manifest.params
+                if n in old.shard_of and old.shard_of[n] != new.shard_of[n]]
+    other = []
+    for shard in sorted(set(old.shard_manifests) & set(new.shard_manifests)):
+        a, b = old.shard_manifests[shard], new.shard_manifests[shard]
+        if a.format_name == b.format_name:
+            label = shard.rsplit("/", 1)[-1]
+            other += [OtherChange(f"{label}: {o.key}", o.status, o.old, o.new)
+                      for o in other_changes(a, b)]
+    ia = flatten_json(old.index.to_json()) if old.index else {}
+    ib = flatten_json(new.index.to_json()) if new.index else {}
+    if old.index and new.index:
+        for key in sorted(set(ia) | set(ib)):
+            if key.startswith("weight_map.") or ia.get(key) == ib.get(key):
+                continue
+            status = "added" if key not in ia else "removed" if key not in ib else "changed"
+            other.append(OtherChange(f"index: {key}", status, ia.get(key), ib.get(key)))
+    fd.other = other
+    return fd
+
+
 # -- text ------------------------------------------------------------------------------
 def _shape(g: dict[str, Any] | None) -> str:
     return "-" if g is None else f"{g['dtype']}{g['shape']}"
@@ -311,6 +353,8 @@ def format_text(fd: FileDiff) -> list[str]:
             f"{c['removed']} removed, {c['unchanged']} unchanged")
     if fd.other:
         head += f"; {len(fd.other)} other (non-tensor) change(s)"
+    if fd.moved:
+        head += f"; {len(fd.moved)} moved to another shard"
     if fd.read.chunks:
         head += f"  (read {fd.read.chunks} chunks, {fd.read.bytes} bytes)"
     lines = [head]
