@@ -1,0 +1,83 @@
+"""A Hugging Face sharded checkpoint (save_pretrained's shards + index) is one model:
+the API selects across shards, and diff reports per model, not per shard file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import theta_zarr
+
+CONFIG = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+              num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**CONFIG))
+
+
+@pytest.fixture
+def sharded(repo):
+    """A tiny random Llama saved in several shards and committed; (repo, model, folder)."""
+    model = tiny_llama()
+    folder = repo.path / "llama"
+    model.save_pretrained(folder, max_shard_size="8KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "tiny llama, sharded")
+    return repo, model, folder
+
+
+def test_load_state_dict_of_folder_and_index_selects_across_shards(sharded):
+    repo, model, folder = sharded
+    want = model.state_dict()
+    for target in (folder, folder / "model.safetensors.index.json"):
+        sd = theta_zarr.load_state_dict(str(target))
+        assert set(sd) == set(want)
+        assert all(torch.equal(sd[k], want[k]) for k in want)
+    picked = theta_zarr.load_state_dict(str(folder), include=["*.mlp.*", "lm_head.*"])
+    assert set(picked) == {k for k in want if ".mlp." in k or k.startswith("lm_head.")}
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len({index["weight_map"][k] for k in picked}) > 1  # really across shards
+    g = theta_zarr.open(str(folder))
+    w = want["model.layers.1.self_attn.q_proj.weight"]
+    assert (g["model.layers.1.self_attn.q_proj.weight"][...] == w.numpy()).all()
+    # the working tree (rev=None) reads the same
+    assert set(theta_zarr.load_state_dict(str(folder), rev=None, include="lm_head.*")) == \
+        {"lm_head.weight"}
+
+
+def test_a_folder_with_no_model_says_which_files_it_found(sharded):
+    repo, _, folder = sharded
+    (repo.path / "two").mkdir()
+    for name in ("a.pt", "b.pt"):
+        torch.save({"w": torch.zeros(2)}, repo.path / "two" / name)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "two files")
+    with pytest.raises(ValueError, match=r"two: cannot tell which checkpoint.*a\.pt, two/b\.pt"):
+        theta_zarr.load_state_dict(str(repo.path / "two"))
+
+
+def test_resave_that_moves_tensors_between_shards_diffs_as_one_change(sharded):
+    repo, model, folder = sharded
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight.add_(0.01)
+    model.save_pretrained(folder, max_shard_size="12KB")  # other shard boundaries
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "tune one tensor, re-shard")
+    out = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)
+    (f,) = out["files"]
+    assert f["path"] == "llama/model.safetensors.index.json"
+    s = f["summary"]
+    assert (s["changed"], s["added"], s["removed"], s["reshaped"]) == (1, 0, 0, 0)
+    assert f["params"][0]["name"] == "model.layers.1.mlp.up_proj.weight"
+    assert s["moved"] == len(f["moved"]) > 0
+    assert all(m["from"] != m["to"] for m in f["moved"])
+    text = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert "1 changed, 0 reshaped, 0 added, 0 removed" in text
+    assert "moved to another shard" in text and text.count("\n  ") == 1
