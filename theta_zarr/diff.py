@@ -303,28 +303,47 @@ def diff(old: Side, new: Side, objects: Any, path: str = "checkpoint",
     return compute(fd, objects, workers, full_norm) if numbers else fd
 
 
+def _restrict(model: Model | None, names: set[str]) -> Manifest | None:
+    if model is None:
+        return None
+    m = model.manifest
+    return Manifest(m.format, {n: e for n, e in m.params.items() if n in names})
+
+
 def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
-                workers: int = 4, full_norm: bool = False, numbers: bool = True) -> FileDiff:
+                workers: int = 4, full_norm: bool = False, numbers: bool = True,
+                files: tuple[str, ...] | None = None) -> FileDiff:
     """The diff of one model across all its shards: a parameter is compared with itself
     wherever it lives, so one that only moved to another shard is unchanged (and listed
     in ``moved``).  Non-tensor changes are those of each shard present on both sides,
-    and of the index's metadata."""
-    fd = diff(old.manifest if old else None, new.manifest if new else None, objects, path,
-              workers, full_norm, numbers)
+    and of the index's metadata.
+
+    ``files`` limits the diff to the parameters those shard files hold on either side
+    (git's external diff runs once per file, or per renamed pair).
+    """
+    a = old.manifest if old else None
+    b = new.manifest if new else None
+    if files is not None:
+        here = {n for m in (old, new) if m for n, s in m.shard_of.items() if s in files}
+        a, b = _restrict(old, here), _restrict(new, here)
+    fd = diff(a, b, objects, path, workers, full_norm, numbers)
     fd.shards = {"old": sorted(old.shard_manifests) if old else None,
                  "new": sorted(new.shard_manifests) if new else None}
     if old is None or new is None:
         return fd
+    assert a is not None and b is not None
     fd.moved = [{"name": n, "from": old.shard_of[n], "to": new.shard_of[n]}
-                for n in new.manifest.params
-                if n in old.shard_of and old.shard_of[n] != new.shard_of[n]]
+                for n in b.params if n in a.params and old.shard_of[n] != new.shard_of[n]]
     other = []
-    for shard in sorted(set(old.shard_manifests) & set(new.shard_manifests)):
-        a, b = old.shard_manifests[shard], new.shard_manifests[shard]
-        if a.format_name == b.format_name:
-            label = shard.rsplit("/", 1)[-1]
+    for name in sorted(set(old.shard_manifests) & set(new.shard_manifests)):
+        sa, sb = old.shard_manifests[name], new.shard_manifests[name]
+        if sa.format_name == sb.format_name and (files is None or name in files):
+            label = name.rsplit("/", 1)[-1]
             other += [OtherChange(f"{label}: {o.key}", o.status, o.old, o.new)
-                      for o in other_changes(a, b)]
+                      for o in other_changes(sa, sb)]
+    if files is not None:
+        fd.other = other
+        return fd
     ia = flatten_json(old.index.to_json()) if old.index else {}
     ib = flatten_json(new.index.to_json()) if new.index else {}
     if old.index and new.index:

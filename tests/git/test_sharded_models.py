@@ -81,3 +81,8 @@ def test_resave_that_moves_tensors_between_shards_diffs_as_one_change(sharded):
     text = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
     assert "1 changed, 0 reshaped, 0 added, 0 removed" in text
     assert "moved to another shard" in text and text.count("\n  ") == 1
+    # git's external diff runs per shard file but compares within the model
+    gd = repo.out("diff", "HEAD~1", "HEAD", "--", "llama")
+    assert "(in llama/model.safetensors.index.json)" in gd
+    assert "\n  + " not in gd and "\n  - " not in gd
+    assert "~ model.layers.1.mlp.up_proj.weight" in gd

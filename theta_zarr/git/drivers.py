@@ -151,6 +151,9 @@ def diff_driver(args: list[str]) -> list[str]:
     if len(args) < 7:
         raise ValueError(f"diff-driver expects 7 arguments from git, got {len(args)}")
     path, old_file, old_hex, _, new_file, new_hex, _ = args[:7]
+    # git passes "/dev/null . ." for a side that does not exist
+    old_hex = NULL_OID if old_file == "/dev/null" else old_hex
+    new_hex = NULL_OID if new_file == "/dev/null" else new_hex
     repo = Repo.discover()
     objects = read_through(repo)
 
@@ -163,8 +166,14 @@ def diff_driver(args: list[str]) -> list[str]:
                 return foreign_blob(data)
         return manifest_from_file(repo, file, path, objects)
 
-    fd = diff(side(old_file, old_hex), side(new_file, new_hex), objects, path,
-              repo.settings().workers)
+    from .models import driver_diff  # models builds on this module
+
+    workers = repo.settings().workers
+    new_path = args[7] if len(args) >= 9 else None  # a rename: new name, similarity
+    fd = driver_diff(repo, path, old_hex, new_hex, new_file == "/dev/null", objects, workers,
+                     new_path)
+    if fd is None:
+        fd = diff(side(old_file, old_hex), side(new_file, new_hex), objects, path, workers)
     return format_text(fd)
 
 

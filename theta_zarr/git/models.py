@@ -179,3 +179,71 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
         label = (b or a).label if (a or b) else key
         out.append(diff_models(a, b, objects, label, workers, full_norm, numbers))
     return out
+
+
+def blob_at(repo: Repo, path: str, side: object) -> str | None:
+    """The blob id ``path`` has at a revision or in the index (None when absent)."""
+    spec = f":{path}" if side is INDEX else f"{side}:{path}"
+    out = repo.git("rev-parse", "--verify", "--quiet", spec, check=False).decode().strip()
+    return out or None
+
+
+def side_of_blob(repo: Repo, path: str, blob: str, prefer: list[object]) -> object | None:
+    """Where ``path`` holds ``blob``: one of ``prefer`` (revisions or INDEX), HEAD, the
+    index, or else the newest commit of any ref that has it there.
+
+    git's external diff is given blob ids, not revisions; the revision of a blob is what
+    tells which index and shards of its model sat next to it.
+    """
+    for side in [*prefer, "HEAD", INDEX]:
+        if blob_at(repo, path, side) == blob:
+            return side
+    out = repo.git("log", "--all", "--format=%H", f"--find-object={blob}", "--", path,
+                   check=False).decode().split()
+    return next((c for c in out if blob_at(repo, path, c) == blob), None)
+
+
+def _parent(repo: Repo, side: object) -> object | None:
+    if side is INDEX:
+        return "HEAD"
+    out = repo.git("rev-parse", "--verify", "--quiet", f"{side}^", check=False).decode()
+    return out.strip() or None
+
+
+def driver_diff(repo: Repo, path: str, old_hex: str, new_hex: str, deleted: bool, objects,
+                workers: int, new_path: str | None = None) -> FileDiff | None:
+    """git's external diff of one shard, compared within its model; None when ``path``
+    is no shard of a sharded model, or a side is the working tree (cleaning every other
+    shard once per file would cost too much: ``git theta-zarr diff`` covers that).
+
+    A shard added or deleted by a re-save has one side only; the other side of its
+    model is then the parent of the commit that added it, or the commit that deleted it.
+    ``new_path`` is the new name of a file git saw renamed (shards renumbered).
+    """
+    new_path = new_path or path
+    has_old, has_new = bool(old_hex.strip("0")), bool(new_hex.strip("0"))
+    if not has_new and not deleted:
+        return None  # the working tree
+    new = side_of_blob(repo, new_path, new_hex, []) if has_new else None
+    old = None
+    if has_old:
+        old = side_of_blob(repo, path, old_hex, [f"{new}^"] if isinstance(new, str) else [])
+        if old is None:
+            return None
+    if not has_new:
+        out = repo.git("log", "--all", "--format=%H", "--diff-filter=D", "--", path,
+                       check=False).decode().split()
+        new = next((c for c in out if blob_at(repo, path, f"{c}^") == old_hex), None)
+    elif not has_old:
+        old = _parent(repo, new)
+    if new is None or old is None:
+        return None
+    memo: dict[tuple[str, object], list[Index]] = {}
+    key = model_keys(repo, path, old, memo) or model_keys(repo, new_path, new, memo)
+    if key is None:
+        return None
+    a, b = open_side(repo, key, old, objects), open_side(repo, key, new, objects)
+    fd = diff_models(a, b, objects, path, workers, files=(path, new_path))
+    name = path if new_path == path else f"{path} => {new_path}"
+    fd.path = f"{name} (in {(b or a).label if (a or b) else key})"
+    return fd
