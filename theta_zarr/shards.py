@@ -133,9 +133,17 @@ def combine(index: Index, shards: Mapping[str, Manifest]) -> Model:
                  shard_of, index, dict(shards))
 
 
-def restrict_index(index: Index, kept: Mapping[str, list[str]]) -> dict[str, Any]:
-    """The index of a partial copy: ``kept`` maps each written shard (its file name as the
-    index spells it) to the tensors written there; nothing else is named."""
-    keep = {(n, s) for s, names in kept.items() for n in names}
-    weight_map = {n: s for n, s in index.weight_map.items() if (n, s) in keep}
-    return {**index.extra, "metadata": index.metadata, "weight_map": weight_map}
+def restrict_index(index: Index, kept: Mapping[str, Manifest]) -> bytes:
+    """The index of a partial copy, as transformers writes one (sorted, indented).
+
+    ``kept`` maps each shard written (its file name as the index spells it) to the
+    manifest written there; the weight map names exactly those tensors in those shards,
+    and ``metadata.total_size``, when present, is their size in bytes.
+    """
+    weight_map = {n: s for n, s in index.weight_map.items()
+                  if s in kept and n in kept[s].params}
+    metadata = dict(index.metadata)
+    if "total_size" in metadata:
+        metadata["total_size"] = sum(kept[s].params[n].nbytes for n, s in weight_map.items())
+    obj = {**index.extra, "metadata": metadata, "weight_map": weight_map}
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
