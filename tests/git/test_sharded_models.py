@@ -78,3 +78,23 @@ def test_resave_that_moves_tensors_between_shards_diffs_as_one_change(sharded):
     assert "(in llama/model.safetensors.index.json)" in gd
     assert "\n  + " not in gd and "\n  - " not in gd
     assert "~ model.layers.1.mlp.up_proj.weight" in gd
+
+
+def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded):
+    from transformers import LlamaForCausalLM
+
+    repo, model, folder = sharded
+    proc = repo.tz("materialize", "llama", "--include", "model.*", "--include", "lm_head.*",
+                   "-o", str(repo.path / "copy"))
+    assert b"shard(s) -> copy" in proc.stdout
+    index = json.loads((repo.path / "copy" / "model.safetensors.index.json").read_text())
+    written = sorted(p.name for p in (repo.path / "copy").glob("*.safetensors"))
+    assert sorted(set(index["weight_map"].values())) == written
+    again = LlamaForCausalLM.from_pretrained(repo.path / "copy")  # config.json came along
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+    # a narrower selection drops the shards that hold none of it
+    repo.tz("materialize", "llama/model.safetensors.index.json", "--include", "lm_head.*")
+    part = repo.path / "llama.partial"
+    index = json.loads((part / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == {"lm_head.weight"}
+    assert [p.name for p in part.glob("*.safetensors")] == [index["weight_map"]["lm_head.weight"]]
