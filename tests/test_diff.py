@@ -80,7 +80,7 @@ def test_json_is_finite_and_documented_keys(store):
     assert set(p) >= {"name", "status", "old", "new", "chunks", "chunks_changed", "numel",
                       "elements_changed", "fraction_changed", "l2", "norm_old", "rel_change",
                       "max_abs", "norm_scope"}
-    assert set(obj) == {"path", "format", "summary", "params", "other", "read"}
+    assert set(obj) == {"path", "format", "summary", "params", "other", "foreign", "read"}
 
 
 def test_textconv_is_stable_and_per_parameter(store):
