@@ -98,3 +98,32 @@ def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded)
     index = json.loads((part / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == {"lm_head.weight"}
     assert [p.name for p in part.glob("*.safetensors")] == [index["weight_map"]["lm_head.weight"]]
+
+
+def _bin_shards(repo, sd: dict, plan: dict[str, list[str]]) -> None:
+    folder = repo.path / "bert"
+    folder.mkdir(exist_ok=True)
+    for f, names in plan.items():
+        torch.save({n: sd[n] for n in names}, folder / f)
+    index = {"metadata": {"total_size": 0}, "weight_map": {n: f for f, ns in plan.items()
+                                                           for n in ns}}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+def test_pytorch_bin_index_and_bad_indexes(repo):
+    repo.tz("track", "*.bin")
+    sd = {f"enc.{i}.w": torch.full((4, 4), float(i)) for i in range(4)}
+    _bin_shards(repo, sd, {"pytorch_model-00001-of-00002.bin": ["enc.0.w", "enc.1.w"],
+                           "pytorch_model-00002-of-00002.bin": ["enc.2.w", "enc.3.w"]})
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "bin shards")
+    got = theta_zarr.load_state_dict(str(repo.path / "bert"), include=["enc.[13].w"])
+    assert set(got) == {"enc.1.w", "enc.3.w"} and torch.equal(got["enc.3.w"], sd["enc.3.w"])
+    index = repo.path / "bert" / "pytorch_model.bin.index.json"
+    for weight_map, message in (
+            ({"enc.0.w": "../pytorch_model-00001-of-00002.bin"}, "invalid shard file name"),
+            ({"enc.0.w": "missing.bin"}, "json: shard bert/missing.bin: not a theta-zarr"),
+            ({"enc.9.w": "pytorch_model-00001-of-00002.bin"}, "'enc.9.w' is not in shard")):
+        index.write_text(json.dumps({"weight_map": weight_map}))
+        with pytest.raises(ValueError, match=message):
+            theta_zarr.load_state_dict(str(index), rev=None)

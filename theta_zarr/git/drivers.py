@@ -170,8 +170,11 @@ def diff_driver(args: list[str]) -> list[str]:
 
     workers = repo.settings().workers
     new_path = args[7] if len(args) >= 9 else None  # a rename: new name, similarity
-    fd = driver_diff(repo, path, old_hex, new_hex, new_file == "/dev/null", objects, workers,
-                     new_path)
+    try:
+        fd = driver_diff(repo, path, old_hex, new_hex, new_file == "/dev/null", objects,
+                         workers, new_path)
+    except (ManifestError, GitError):
+        fd = None  # a broken index on either side: the file on its own, as git sees it
     if fd is None:
         fd = diff(side(old_file, old_hex), side(new_file, new_hex), objects, path, workers)
     return format_text(fd)

@@ -88,7 +88,12 @@ def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
         index = load_index(repo, path, side)
         if index is None:
             raise ManifestError(f"{path}: no such index at {_side_name(side)}")
-        shards = {s: _manifest(repo, s, side, objects) for s in index.shards}
+        shards = {}
+        for s in index.shards:
+            try:
+                shards[s] = _manifest(repo, s, side, objects)
+            except ManifestError as e:
+                raise ManifestError(f"{path}: shard {e}") from None
         return combine(index, shards)
     names = list_folder(repo, path, side)
     if names is None:
