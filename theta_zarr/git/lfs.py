@@ -14,13 +14,13 @@ import tempfile
 from typing import BinaryIO
 
 from ..lfs import parse
-from .repo import GitError, Repo
+from .repo import Repo
 
 #: what the messages tell a user who lacks git-lfs
 INSTALL_HINT = "install git-lfs (https://git-lfs.com) and run 'git lfs install'"
 
 
-class LfsError(GitError):
+class LfsError(ValueError):
     """git-lfs is missing or failed; the message says which file and why."""
 
 

@@ -28,9 +28,13 @@ from . import lfs as git_lfs
 from .attributes import ATTRS, escape_pattern
 from .files import read_blobs
 from .install import DRIVER
-from .repo import GitError, Repo
+from .repo import Repo
 
 Echo = Callable[[str], None]
+
+
+class MigrateError(ValueError):
+    """Migration cannot start or finish; the repository is left as it was."""
 
 
 def rewrite_attributes(text: str, patterns: list[str]) -> str:
@@ -51,14 +55,14 @@ def _require_clean(repo: Repo) -> None:
     dirty = repo.git("status", "--porcelain", "--untracked-files=no").decode().strip()
     if dirty:
         first = dirty.splitlines()[0][3:]
-        raise GitError(f"the working tree has uncommitted changes ({first} ...): commit or "
+        raise MigrateError(f"the working tree has uncommitted changes ({first} ...): commit or "
                        "stash them before migrating")
 
 
 def _patterns(repo: Repo, include: list[str] | None) -> list[str]:
     patterns = list(include or git_lfs.routed_patterns(repo.top))
     if not patterns:
-        raise GitError("no pattern of .gitattributes is routed to git-lfs (filter=lfs); "
+        raise MigrateError("no pattern of .gitattributes is routed to git-lfs (filter=lfs); "
                        "name the files with --include PATTERN")
     return patterns
 
@@ -181,7 +185,7 @@ def migrate_history(repo: Repo, include: list[str] | None, refs: list[str],
     for ref in refs:
         name = repo.git("rev-parse", "--symbolic-full-name", ref).decode().strip()
         if not name.startswith("refs/"):
-            raise GitError(f"{ref}: not a branch or tag name (history is rewritten on refs)")
+            raise MigrateError(f"{ref}: not a branch or tag name (history is rewritten on refs)")
         full_refs.append(name)
     stream = repo.git("fast-export", "--no-data", "--signed-tags=strip",
                       "--tag-of-filtered-object=rewrite", "--reencode=no", *full_refs)
@@ -214,7 +218,7 @@ def migrate_history(repo: Repo, include: list[str] | None, refs: list[str],
                           input=bytes(out), capture_output=True)
     if proc.returncode != 0:
         msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise GitError(f"git fast-import failed: {msg[-1] if msg else proc.returncode}")
+        raise MigrateError(f"git fast-import failed: {msg[-1] if msg else proc.returncode}")
     head = repo.git("symbolic-ref", "-q", "HEAD", check=False).decode().strip()
     if head in full_refs:
         repo.git("reset", "-q", "--hard", "HEAD")
