@@ -60,8 +60,17 @@ def test_track_warns_and_lfs_versions_still_check_out(lfs_repo):
     (r.path / "model.safetensors").unlink()
     r.git("checkout", "-q", "HEAD~2", "--", "model.safetensors")
     assert (r.path / "model.safetensors").read_bytes() == versions[0]
-    r.git("checkout", "-q", "HEAD", "--", "model.safetensors")
+    r.git("checkout", "-q", "HEAD~2")  # a whole LFS-era commit: clean, switchable
+    assert (r.path / "model.safetensors").read_bytes() == versions[0]
+    assert r.out("status", "--porcelain") == ""
+    r.git("checkout", "-q", "main")
     assert (r.path / "model.safetensors").read_bytes() == versions[1]
+    assert r.out("status", "--porcelain") == ""
+    # new content under the pattern is stored by theta-zarr from now on
+    save_file({"w": torch.full((16, 16), 7.0)}, r.path / "model.safetensors")
+    r.git("commit", "-q", "-am", "tuned")
+    assert r.git("cat-file", "blob", "HEAD:model.safetensors").stdout.startswith(
+        b'{"theta_zarr"')
 
 
 @needs_lfs

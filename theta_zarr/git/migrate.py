@@ -27,6 +27,7 @@ from ..streams import write_atomic
 from . import lfs as git_lfs
 from .attributes import ATTRS, escape_pattern
 from .files import read_blobs
+from .filter_process import CONVERT_LFS_ENV
 from .install import DRIVER
 from .repo import Repo
 
@@ -120,7 +121,8 @@ def migrate_tree(repo: Repo, include: list[str] | None, message: str | None,
             repo.top, p, t, out))
     with open(attrs, "w", encoding="utf-8") as f:
         f.write(rewrite_attributes(text, patterns))
-    repo.git("add", "--renormalize", "--", ".gitattributes", *sorted(pointers))
+    repo.git("add", "--renormalize", "--", ".gitattributes", *sorted(pointers),
+             env={CONVERT_LFS_ENV: "1"})
     for path in sorted(pointers):
         echo(f"theta-zarr: {path}: git-lfs -> theta-zarr")
     if commit:
