@@ -119,3 +119,23 @@ def test_migrate_without_lfs_patterns_says_so(repo):
     assert proc.returncode == 1
     assert proc.stderr.decode().startswith("theta-zarr: no pattern of .gitattributes is routed")
     assert b"Traceback" not in proc.stderr
+
+
+def test_diffs_across_a_file_committed_before_tracking_never_die(make_repo):
+    r = make_repo("pre")
+    r.git("init", "-q", "-b", "main")
+    (r.path / "model.bin").write_bytes(b"\x00\x01 not a checkpoint" * 10)
+    r.git("add", "-A")
+    r.git("commit", "-q", "-m", "raw bytes")
+    r.tz("install")
+    r.tz("track", "*.bin")
+    torch.save({"w": torch.ones(3)}, r.path / "model.bin")
+    r.git("add", "-A")
+    r.git("commit", "-q", "-m", "a real checkpoint")
+    d = r.out("diff", "HEAD~1", "HEAD", "--", "model.bin")
+    assert "old: not stored by theta-zarr (190 bytes" in d and "+ w" in d
+    log = r.out("log", "-p", "--", "model.bin")
+    assert "-# not a checkpoint theta-zarr reads (190 bytes" in log
+    assert "+w float32[3] inline" in log
+    js = r.tz("diff", "--json", "HEAD~1", "HEAD").stdout.decode()
+    assert '"kind": "plain"' in js

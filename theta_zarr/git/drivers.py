@@ -162,8 +162,8 @@ def diff_driver(args: list[str]) -> list[str]:
             data = _blob(repo, hexid)
             if data is not None and looks_like_manifest(data[:64]):
                 return Manifest.from_bytes(data, f"{path} ({hexid[:10]})")
-            if data is not None and lfs.parse(data) is not None:
-                return foreign_blob(data)
+            if data is not None:
+                return foreign_blob(data)  # a git-lfs pointer, or a file stored as it is
         return manifest_from_file(repo, file, path, objects)
 
     from .models import driver_diff  # models builds on this module
