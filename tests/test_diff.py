@@ -80,7 +80,7 @@ def test_json_is_finite_and_documented_keys(store):
     assert set(p) >= {"name", "status", "old", "new", "chunks", "chunks_changed", "numel",
                       "elements_changed", "fraction_changed", "l2", "norm_old", "rel_change",
                       "max_abs", "norm_scope"}
-    assert set(obj) == {"path", "format", "summary", "params", "read"}
+    assert set(obj) == {"path", "format", "summary", "params", "other", "foreign", "read"}
 
 
 def test_textconv_is_stable_and_per_parameter(store):
@@ -105,3 +105,29 @@ def test_plot_without_matplotlib_says_how(store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"theta-zarr\[plot\]"):
         plot([], str(tmp_path / "x.png"))
+
+
+def test_torch_describe_lists_non_tensor_leaves_and_aliases():
+    from theta_zarr.formats import get_format
+
+    tree = {"__dict__": [
+        ["model", {"__odict__": [["w", {"__tensor__": "model.w"}],
+                                 ["head", {"__tensor__": "model.w"}]]}],
+        ["step", 7], ["opt", {"__dict__": [["betas", {"__tuple__": [0.9, 0.99]}],
+                                           ["state", {"__dict__": []}]]}],
+        ["big", {"__int__": "123456789012345678901"}]]}
+    described = get_format("torch").describe({"name": "torch", "tree": tree})
+    assert described == {"model.head": {"tensor": "model.w"}, "step": 7,
+                         "opt.betas.0": 0.9, "opt.betas.1": 0.99, "opt.state": {},
+                         "big": {"__int__": "123456789012345678901"}}
+
+
+def test_format_only_change_is_reported(store):
+    a = manifest(store, {"w": rng_arr(0, (4,))})
+    b = manifest(store, {"w": rng_arr(0, (4,))})
+    a.format = {"name": "safetensors", "order": ["w"], "header": {"__metadata__": {"e": "1"}}}
+    b.format = {"name": "safetensors", "order": ["w"], "header": {"__metadata__": {"e": "2"}}}
+    fd = summarize(a, b, "m.safetensors")
+    assert fd.counts()["other_changed"] == 1 and fd.counts()["unchanged"] == 1
+    assert '  * __metadata__.e: "1" -> "2"' in format_text(fd)
+    assert '@ __metadata__.e = "2"' in list(textconv_lines(b))

@@ -19,11 +19,14 @@ from typing import TYPE_CHECKING
 from . import checkpoint
 from .chunkreader import ChunkReader
 from .dtypes import by_name
+from .git.drivers import WORKTREE
 from .git.files import manifest_at
+from .git.models import open_model
 from .git.push import read_through
 from .git.repo import Repo
 from .manifest import Manifest, looks_like_manifest
 from .remote import ReadThrough
+from .shards import is_index_name
 
 if TYPE_CHECKING:
     import torch
@@ -33,13 +36,31 @@ if TYPE_CHECKING:
 select = checkpoint.match_names
 
 
+def _is_model(repo: Repo, rel: str, path: str, rev: str | None) -> bool:
+    """A folder or a sharded checkpoint's index, rather than one checkpoint file."""
+    if is_index_name(rel) or rel == ".":
+        return True
+    if rev is None:
+        return os.path.isdir(path)
+    kind = repo.git("cat-file", "-t", f"{rev}:{rel}", check=False).strip()
+    return kind == b"tree"
+
+
 def read_manifest(path: str, rev: str | None = "HEAD") -> tuple[Manifest, Repo, ReadThrough]:
-    """The manifest of ``path`` at ``rev``, its repository, and its objects (cache + remote)."""
-    repo = Repo.discover(os.path.dirname(os.path.abspath(path)) or ".")
+    """The manifest of ``path`` at ``rev``, its repository, and its objects (cache + remote).
+
+    ``path`` may be a model folder or a sharded checkpoint's ``*.index.json``: the
+    manifest then holds every parameter of every shard (see theta_zarr.shards).
+    """
+    start = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    repo = Repo.discover(start or ".")
     settings = repo.settings()
     objects = read_through(repo)
     cache = objects.cache
     rel = os.path.relpath(os.path.abspath(path), repo.top)
+    if _is_model(repo, rel, path, rev):
+        side = WORKTREE if rev is None else rev
+        return open_model(repo, rel.replace(os.sep, "/"), side, objects).manifest, repo, objects
     if rev is not None:
         return manifest_at(repo, rel, rev), repo, objects
     with builtins.open(path, "rb") as f:
@@ -53,6 +74,9 @@ def read_manifest(path: str, rev: str | None = "HEAD") -> tuple[Manifest, Repo, 
 
 def open(path: str, rev: str | None = "HEAD") -> zarr.Group:  # noqa: A001 - the module's verb
     """A read-only Zarr group: one array per parameter, chunks read on demand.
+
+    ``path`` is a checkpoint file, a model folder or a sharded checkpoint's index
+    (every shard's parameters in one group).
 
     Chunks the cache lacks come from the repository's remote, once each.
     """
@@ -69,16 +93,19 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
                     cache: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a tracked checkpoint, by flat name, in file order.
 
-    The keys are those ``torch.load`` returns for a state dict (dotted paths for
-    nested objects), tied aliases included; tensors sharing a storage in the file
-    share memory here too.  Only the chunks of the selected parameters are read
-    (and fetched from the remote, concurrently, when the cache lacks them).  With
-    ``ref``, ``path`` is a remote URL (``options``: its non-secret options) and the
-    checkpoint is the one that ref names (``theta-zarr push --ref`` or a distributed
-    save); fetched chunks go to ``cache`` (default ``$THETA_ZARR_CACHE`` or
-    ``~/.cache/theta-zarr``).  A distributed checkpoint's non-tensor items are left
-    out.  Raises ``RefError`` for a missing ref and ``ManifestError`` for a ref
-    naming a set.
+    ``path`` is a tracked checkpoint file, or a model: a folder (resolved as
+    transformers does: model.safetensors, model.safetensors.index.json,
+    pytorch_model.bin, pytorch_model.bin.index.json, ...) or a ``*.index.json``,
+    whose shards are read as one state dict; ``include`` then selects across shards.
+    Only the chunks of the selected parameters are read (and fetched from the
+    remote, concurrently, when the cache lacks them).  With ``ref``, ``path`` is a
+    remote URL (``options``: its non-secret options) and the checkpoint is the one
+    that ref names (``theta-zarr push --ref`` or a distributed save); fetched
+    chunks go to ``cache`` (default ``$THETA_ZARR_CACHE`` or ``~/.cache/theta-zarr``).
+    The keys are those ``torch.load`` returns for a state dict (dotted paths for nested
+    objects), tied aliases included; tensors sharing a storage in the file share memory
+    here too.  A distributed checkpoint's non-tensor items are left out.  Raises
+    ``RefError`` for a missing ref and ``ManifestError`` for a ref naming a set.
     """
     if ref is not None:
         manifest, objects = read_ref(path, ref, options, cache)

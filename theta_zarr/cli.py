@@ -82,8 +82,9 @@ def uninstall(scope: str | None) -> None:
 @reports_errors
 def track(patterns: tuple[str, ...]) -> None:
     """Track files matching PATTERNS (.gitattributes); with none, list tracked patterns."""
+    from .git import lfs as git_lfs
+    from .git.attributes import escape_pattern, tracked_patterns
     from .git.attributes import track as do_track
-    from .git.attributes import tracked_patterns
     from .git.repo import Repo
 
     repo = Repo.discover()
@@ -91,11 +92,20 @@ def track(patterns: tuple[str, ...]) -> None:
         for p in tracked_patterns(repo.top):
             click.echo(p)
         return
+    was_lfs = git_lfs.lfs_files(repo)
     added = do_track(repo.top, list(patterns))
     for p in patterns:
         verb = "Tracking" if any(a == p.replace(" ", "[[:space:]]") for a in added) else \
             "Already tracking"
         click.echo(f'{verb} "{p}"')
+    still = set(git_lfs.lfs_files(repo, was_lfs))
+    taken = [p for p in was_lfs if p not in still]
+    routed = [p for p in patterns if escape_pattern(p) in git_lfs.routed_patterns(repo.top)]
+    if taken or routed:
+        click.echo(f"theta-zarr: {git_lfs.takeover_warning(list(patterns), taken)}"
+                   if taken else f"theta-zarr: warning: {', '.join(routed)} also routed to "
+                   "git-lfs in .gitattributes; theta-zarr's line comes later and wins for "
+                   "new commits; see docs/migrate-from-lfs.md", err=True)
 
 
 @main.command()
@@ -177,7 +187,7 @@ def filter_process() -> None:
 @reports_errors
 def clean_cmd(path: str) -> None:
     """Checkpoint on stdin -> manifest on stdout (chunks go to the cache)."""
-    from . import checkpoint
+    from . import checkpoint, lfs
     from .errors import opaque_note
     from .git.repo import Repo
 
@@ -185,8 +195,9 @@ def clean_cmd(path: str) -> None:
     cache = checkpoint.open_cache(settings)
     stdin = sys.stdin.buffer
     source = checkpoint.open_source(stdin, cache, name=path)
-    out = b""
-    if source.head:
+    if not source.head or lfs.parse(source.head) is not None:
+        out = source.head  # empty stays empty; a git-lfs pointer stays a pointer
+    else:
         result = checkpoint.clean(source, settings, cache)
         if result.opaque_reason:
             click.echo(f"theta-zarr: {path}: {opaque_note(result.opaque_reason)}", err=True)
@@ -198,14 +209,19 @@ def clean_cmd(path: str) -> None:
 @click.argument("path", required=False, default="checkpoint")
 @reports_errors
 def smudge_cmd(path: str) -> None:
-    """Manifest on stdin -> checkpoint on stdout."""
-    from . import checkpoint
+    """Manifest on stdin -> checkpoint on stdout (a git-lfs pointer: through git-lfs)."""
+    from . import checkpoint, lfs
+    from .git import lfs as git_lfs
     from .git.repo import Repo
     from .manifest import Manifest, looks_like_manifest
 
-    settings = Repo.discover().settings()
+    repo = Repo.discover()
+    settings = repo.settings()
     data = sys.stdin.buffer.read()
     out = sys.stdout.buffer
+    if lfs.parse(data) is not None and not settings.lazy and git_lfs.installed():
+        git_lfs.smudge(repo.top, path, data, out)
+        return
     if not looks_like_manifest(data[:64]) or settings.lazy:
         if looks_like_manifest(data[:64]):
             Manifest.from_bytes(data, path)
@@ -356,9 +372,10 @@ def demo(size: str, keep: str | None) -> None:
 
 
 def _register_command_modules() -> None:
-    from .commands import diffmerge, sync
+    from .commands import diffmerge, migrate, sync
 
     diffmerge.register(main)
+    migrate.register(main)
     sync.register(main)
 
 

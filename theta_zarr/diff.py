@@ -9,6 +9,7 @@ lacks; memory is bounded by the chunk size, not the model.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Iterable, Iterator
@@ -20,8 +21,10 @@ import numpy as np
 
 from .chunkreader import ordered_map
 from .dtypes import by_name
+from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
+from .shards import Model
 
 JSON_VERSION = 1
 _LOCK = threading.Lock()
@@ -47,6 +50,29 @@ class ParamDiff:
     norm_scope: str | None = None  # "changed-chunks" | "tensor"
 
 
+@dataclass(frozen=True)
+class Foreign:
+    """A side that is no theta-zarr manifest: a git-lfs pointer, or a file stored as it is
+    (committed before it was tracked, or not a checkpoint theta-zarr reads)."""
+
+    kind: str  # "git-lfs" | "plain"
+    text: str  # one line for people
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+Side = Manifest | Foreign | None
+
+
+@dataclass
+class OtherChange:
+    """A change to the file's non-tensor content (``Format.describe`` keys)."""
+
+    key: str
+    status: str  # "added" | "removed" | "changed"
+    old: Any = None  # JSON value; None when added
+    new: Any = None  # JSON value; None when removed
+
+
 @dataclass
 class ReadStats:
     chunks: int = 0
@@ -66,20 +92,39 @@ class FileDiff:
     params: list[ParamDiff] = field(default_factory=list)
     unchanged: int = 0
     read: ReadStats = field(default_factory=ReadStats)
+    other: list[OtherChange] = field(default_factory=list)
+    old_foreign: Foreign | None = None
+    new_foreign: Foreign | None = None
+    #: a sharded model: the shard files of each side, and parameters whose shard changed
+    shards: dict[str, list[str] | None] | None = None
+    moved: list[dict[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ("added", "removed", "reshaped", "changed")}
         for p in self.params:
             out[p.status] += 1
         out["unchanged"] = self.unchanged
+        out["other_changed"] = len(self.other)
+        if self.shards is not None:
+            out["moved"] = len(self.moved)
         return out
 
     def to_json(self) -> dict[str, Any]:
+        def fmt(m: Manifest | None, f: Foreign | None) -> str | None:
+            return m.format_name if m else f.kind if f else None
+
+        def foreign(f: Foreign | None) -> dict[str, Any] | None:
+            return None if f is None else {"kind": f.kind, "text": f.text, **f.info}
+
         return {"path": self.path,
-                "format": {"old": self.old.format_name if self.old else None,
-                           "new": self.new.format_name if self.new else None},
+                "format": {"old": fmt(self.old, self.old_foreign),
+                           "new": fmt(self.new, self.new_foreign)},
+                "foreign": {"old": foreign(self.old_foreign), "new": foreign(self.new_foreign)},
                 "summary": self.counts(),
                 "params": [_finite(asdict(p)) for p in self.params],
+                "other": [asdict(o) for o in self.other],
+                **({"shards": self.shards, "moved": self.moved} if self.shards is not None
+                   else {}),
                 "read": asdict(self.read)}
 
 
@@ -92,11 +137,43 @@ def _geom(e: ParamEntry) -> dict[str, Any]:
     return {"shape": list(e.shape), "dtype": e.dtype}
 
 
-def summarize(old: Manifest | None, new: Manifest | None, path: str = "checkpoint") -> FileDiff:
-    """The digest-only diff: no chunk is read."""
+def describe(manifest: Manifest) -> dict[str, Any]:
+    """The non-tensor content of a checkpoint, by its plug-in (generic when not installed)."""
+    from .formats import FormatError, get_format
+
+    try:
+        return get_format(manifest.format_name).describe(manifest.format)
+    except FormatError:
+        return flatten_json({k: v for k, v in manifest.format.items() if k != "name"})
+
+
+def other_changes(old: Manifest, new: Manifest) -> list[OtherChange]:
+    """What changed outside the tensors: every ``describe`` key whose value differs."""
+    if old.format == new.format:
+        return []
+    a, b = describe(old), describe(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key not in b:
+            out.append(OtherChange(key, "removed", a[key], None))
+        elif key not in a:
+            out.append(OtherChange(key, "added", None, b[key]))
+        elif a[key] != b[key]:
+            out.append(OtherChange(key, "changed", a[key], b[key]))
+    return out
+
+
+def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
+    """The digest-only diff: no chunk is read.  A foreign side holds no parameters."""
+    old_foreign = old if isinstance(old, Foreign) else None
+    new_foreign = new if isinstance(new, Foreign) else None
+    old = None if isinstance(old, Foreign) else old
+    new = None if isinstance(new, Foreign) else new
     a = old.params if old else {}
     b = new.params if new else {}
-    out = FileDiff(path, old, new)
+    out = FileDiff(path, old, new, old_foreign=old_foreign, new_foreign=new_foreign)
+    if old is not None and new is not None and old.format_name == new.format_name:
+        out.other = other_changes(old, new)
     for name in [*a, *(n for n in b if n not in a)]:
         ea, eb = a.get(name), b.get(name)
         if ea == eb:
@@ -219,11 +296,64 @@ def _pairs(ea: ParamEntry, eb: ParamEntry, objects: Any, workers: int, full_norm
     yield from ordered_map(load_pair, jobs, max(1, workers // 2))
 
 
-def diff(old: Manifest | None, new: Manifest | None, objects: Any, path: str = "checkpoint",
+def diff(old: Side, new: Side, objects: Any, path: str = "checkpoint",
          workers: int = 4, full_norm: bool = False, numbers: bool = True) -> FileDiff:
     """Summary plus statistics; ``numbers=False`` stops at the digest-only summary."""
     fd = summarize(old, new, path)
     return compute(fd, objects, workers, full_norm) if numbers else fd
+
+
+def _restrict(model: Model | None, names: set[str]) -> Manifest | None:
+    if model is None:
+        return None
+    m = model.manifest
+    return Manifest(m.format, {n: e for n, e in m.params.items() if n in names})
+
+
+def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
+                workers: int = 4, full_norm: bool = False, numbers: bool = True,
+                files: tuple[str, ...] | None = None) -> FileDiff:
+    """The diff of one model across all its shards: a parameter is compared with itself
+    wherever it lives, so one that only moved to another shard is unchanged (and listed
+    in ``moved``).  Non-tensor changes are those of each shard present on both sides,
+    and of the index's metadata.
+
+    ``files`` limits the diff to the parameters those shard files hold on either side
+    (git's external diff runs once per file, or per renamed pair).
+    """
+    a = old.manifest if old else None
+    b = new.manifest if new else None
+    if files is not None:
+        here = {n for m in (old, new) if m for n, s in m.shard_of.items() if s in files}
+        a, b = _restrict(old, here), _restrict(new, here)
+    fd = diff(a, b, objects, path, workers, full_norm, numbers)
+    fd.shards = {"old": sorted(old.shard_manifests) if old else None,
+                 "new": sorted(new.shard_manifests) if new else None}
+    if old is None or new is None:
+        return fd
+    assert a is not None and b is not None
+    fd.moved = [{"name": n, "from": old.shard_of[n], "to": new.shard_of[n]}
+                for n in b.params if n in a.params and old.shard_of[n] != new.shard_of[n]]
+    other = []
+    for name in sorted(set(old.shard_manifests) & set(new.shard_manifests)):
+        sa, sb = old.shard_manifests[name], new.shard_manifests[name]
+        if sa.format_name == sb.format_name and (files is None or name in files):
+            label = name.rsplit("/", 1)[-1]
+            other += [OtherChange(f"{label}: {o.key}", o.status, o.old, o.new)
+                      for o in other_changes(sa, sb)]
+    if files is not None:
+        fd.other = other
+        return fd
+    ia = flatten_json(old.index.to_json()) if old.index else {}
+    ib = flatten_json(new.index.to_json()) if new.index else {}
+    if old.index and new.index:
+        for key in sorted(set(ia) | set(ib)):
+            if key.startswith("weight_map.") or ia.get(key) == ib.get(key):
+                continue
+            status = "added" if key not in ia else "removed" if key not in ib else "changed"
+            other.append(OtherChange(f"index: {key}", status, ia.get(key), ib.get(key)))
+    fd.other = other
+    return fd
 
 
 # -- text ------------------------------------------------------------------------------
@@ -240,9 +370,16 @@ def format_text(fd: FileDiff) -> list[str]:
     c = fd.counts()
     head = (f"{fd.path}: {c['changed']} changed, {c['reshaped']} reshaped, {c['added']} added, "
             f"{c['removed']} removed, {c['unchanged']} unchanged")
+    if fd.other:
+        head += f"; {len(fd.other)} other (non-tensor) change(s)"
+    if fd.moved:
+        head += f"; {len(fd.moved)} moved to another shard"
     if fd.read.chunks:
         head += f"  (read {fd.read.chunks} chunks, {fd.read.bytes} bytes)"
     lines = [head]
+    for label, f in (("old", fd.old_foreign), ("new", fd.new_foreign)):
+        if f is not None:
+            lines.append(f"  {label}: {f.text}")
     if fd.old and fd.new and fd.old.format != fd.new.format and fd.old.format_name != \
             fd.new.format_name:
         lines.append(f"  format {fd.old.format_name} -> {fd.new.format_name}")
@@ -262,7 +399,24 @@ def format_text(fd: FileDiff) -> list[str]:
                 text += (f"  |B-A| {_num(p.l2)}  rel {_num(p.rel_change)}{scope}  "
                          f"max|B-A| {_num(p.max_abs)}  elements {frac}")
             lines.append(text)
+    for o in fd.other:
+        if o.status == "added":
+            lines.append(f"  * {o.key}: (none) -> {show_value(o.new)}")
+        elif o.status == "removed":
+            lines.append(f"  * {o.key}: {show_value(o.old)} -> (none)")
+        else:
+            lines.append(f"  * {o.key}: {show_value(o.old)} -> {show_value(o.new)}")
     return lines
+
+
+def show_value(value: Any, limit: int = 120) -> str:
+    """A JSON value in one short line; a long one as its size and a digest prefix."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if len(text) <= limit:
+        return text
+    kind = f"list of {len(value)}" if isinstance(value, list) else \
+        f"object of {len(value)}" if isinstance(value, dict) else f"{len(text)} characters"
+    return f"<{kind}, blake3 {blake3.blake3(text.encode()).hexdigest()[:12]}>"
 
 
 def short_digest(entry: ParamEntry, length: int = 12) -> str:
@@ -282,6 +436,8 @@ def textconv_lines(manifest: Manifest) -> Iterable[str]:
         e = manifest.params[name]
         where = "inline" if e.is_inline else f"{len(e.chunks)} chunks"
         yield f"{name} {e.dtype}{list(e.shape)} {where} {short_digest(e)}"
+    for key, value in sorted(describe(manifest).items()):
+        yield f"@ {key} = {show_value(value)}"
 
 
 # -- picture -----------------------------------------------------------------------------

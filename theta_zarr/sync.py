@@ -27,8 +27,9 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from . import checkpoint, chunking, delta
+from . import checkpoint, chunking, delta, shards
 from .cache import Cache
 from .chunkreader import ordered_map
 from .formats.base import NotWeights
@@ -447,7 +448,7 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
     cache = checkpoint.open_cache(settings)
     _, target = remote.resolve(ref)
     if isinstance(target, Manifest):
-        items: list[tuple[str, Manifest | FileEntry]] = [(out, select_params(target, include))]
+        items: list[tuple[str, Any]] = [(out, select_params(target, include))]
     else:
         if os.path.isfile(out):
             raise SyncError(f"{ref} is a directory of {len(target.files)} files; "
@@ -466,15 +467,44 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
     for _, item in items:
         needed |= item.digests() if isinstance(item, Manifest) else set(item.chunks)
     fetch_objects(remote.objects, cache, cache.missing(needed))
+    if include and not isinstance(target, Manifest):
+        items = _restrict_indexes(items, out, cache)
     done = []
     for dest, item in items:
-        if isinstance(item, Manifest):
+        if isinstance(item, bytes):
+            write_atomic(dest, lambda f, b=item: f.write(b))
+        elif isinstance(item, Manifest):
             write_atomic(dest, lambda f, m=item, d=dest: checkpoint.smudge(
                 m, f, settings, name=d, cache=cache, ensured=True))
         else:
             write_atomic(dest, lambda f, e=item: _write_plain(e, f, cache, settings.workers))
         done.append(dest)
     return done
+
+
+def _restrict_indexes(items: list[tuple[str, Any]], out: str, cache: Cache
+                      ) -> list[tuple[str, Any]]:
+    """A partial pull of a sharded set: each ``*.index.json`` names exactly the tensors and
+    shards written next to it (see theta_zarr.shards)."""
+    written = {dest: item for dest, item in items if isinstance(item, Manifest)}
+    result: list[tuple[str, Any]] = []
+    for dest, item in items:
+        if isinstance(item, FileEntry) and shards.is_index_name(dest):
+            data = b"".join(bytes(cache.get(d)) for d in item.chunks)
+            rel = os.path.relpath(dest, out)
+            try:
+                index = shards.parse_index(data, rel)
+            except ManifestError:
+                result.append((dest, item))  # not a weight-map index: copied as it is
+                continue
+            folder = os.path.dirname(dest)
+            kept = {s: written[os.path.join(folder, *s.split("/"))]
+                    for s in set(index.weight_map.values())
+                    if os.path.join(folder, *s.split("/")) in written}
+            result.append((dest, shards.restrict_index(index, kept)))
+        else:
+            result.append((dest, item))
+    return result
 
 
 def _write_plain(entry: FileEntry, out, cache: Cache, workers: int) -> None:

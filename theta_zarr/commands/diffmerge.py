@@ -34,7 +34,7 @@ def _split_revs(repo, args: tuple[str, ...]) -> tuple[list[str], list[str]]:
 def _diff_cmd(args: tuple[str, ...], cached: bool, as_json: bool, png: str | None,
               full_norm: bool, summary_only: bool) -> None:
     from ..diff import JSON_VERSION, format_text, plot
-    from ..git import drivers
+    from ..git import drivers, models
     from ..git.repo import Repo
 
     repo = Repo.discover()
@@ -52,8 +52,11 @@ def _diff_cmd(args: tuple[str, ...], cached: bool, as_json: bool, png: str | Non
     else:
         old, new, labels = drivers.INDEX, drivers.WORKTREE, ["index", "worktree"]
     targets = drivers.changed_paths(repo, revs, cached, rel)
-    diffs = drivers.diff_sides(repo, targets, old, new, numbers=not summary_only,
+    groups, singles = models.group_by_model(repo, targets, old, new)
+    diffs = models.diff_groups(repo, groups, old, new, numbers=not summary_only,
                                full_norm=full_norm)
+    diffs += drivers.diff_sides(repo, singles, old, new, numbers=not summary_only,
+                                full_norm=full_norm)
     if png:
         try:
             n = plot(diffs, png)

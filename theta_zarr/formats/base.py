@@ -167,3 +167,26 @@ class Format(ABC):
         or aliases (torch: tied weights, slices of one storage) says where each is.
         """
         return {n: TensorView(n) for n in params}
+
+    def describe(self, fmt: dict[str, Any]) -> dict[str, Any]:
+        """The file's non-tensor content as flat ``{key: JSON value}`` pairs, for people.
+
+        Diffs and textconv compare these, so a change git sees that touches no tensor
+        (a training step, metadata) is shown.  The default flattens the ``format``
+        object's nested objects into dotted keys; a plug-in whose ``format`` is not
+        readable that way overrides this.
+        """
+        return flatten_json({k: v for k, v in fmt.items() if k != "name"})
+
+
+def flatten_json(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [2]}`` -> ``{"a.b": 1, "c": [2]}``: objects become dotted keys.
+
+    Lists, scalars and empty objects are leaves; the top level of a non-object is ``""``.
+    """
+    if not isinstance(obj, dict) or (not obj and prefix):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        out.update(flatten_json(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out

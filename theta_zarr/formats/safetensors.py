@@ -18,7 +18,7 @@ from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import SAFETENSORS_SUBBYTE, DTypeError, by_name, from_safetensors
 from ..manifest import Manifest, ManifestError
-from .base import Format, FormatError, Source
+from .base import Format, FormatError, Source, flatten_json
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -70,6 +70,17 @@ class SafetensorsFormat(Format):
         out["order"] = [n for n in fmt.get("order", sorted(keep)) if n in keep]
         if isinstance(fmt.get("raw"), dict):
             out["raw"] = {n: v for n, v in fmt["raw"].items() if n in keep}
+        return out
+
+    def describe(self, fmt: dict[str, Any]) -> dict[str, Any]:
+        """``__metadata__.KEY`` per metadata entry, and ``header_text`` when the original
+        header text is kept (it differs from the canonical one); the tensor order follows
+        the tensors and is left out."""
+        meta = (fmt.get("header") or {}).get("__metadata__")
+        out: dict[str, Any] = {} if meta is None else \
+            flatten_json({"__metadata__": meta}) if meta else {"__metadata__": {}}
+        out.update(flatten_json({k: v for k, v in fmt.items()
+                                 if k not in ("name", "order", "header")}))
         return out
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import json
 import math
 import mmap
 import pickle
@@ -29,7 +30,7 @@ from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import DTypeError, by_name, from_torch
 from ..manifest import Manifest, ManifestError, check_name
-from .base import Format, FormatError, NotWeights, Source, TensorView
+from .base import Format, FormatError, NotWeights, Source, TensorView, flatten_json
 from .zipinfo import first_member
 
 if TYPE_CHECKING:
@@ -217,6 +218,43 @@ def _refusal(e: Exception) -> str:
         if "nsupported" in ln or "not allowed" in ln:
             return ln[:200]
     return (lines[-1] if lines else "unsafe pickle")[:200]
+
+    def describe(self, fmt: dict[str, Any]) -> dict[str, Any]:
+        """Non-tensor leaves of the saved object by key path (``step``,
+        ``scheduler.last_epoch``); a tensor leaf only when it is not plainly the parameter
+        of its own path (a tied alias, a storage detail)."""
+        out: dict[str, Any] = {}
+        _describe_tree(fmt.get("tree"), (), out)
+        out.update(flatten_json({k: v for k, v in fmt.items() if k not in ("name", "tree")}))
+        return out
+
+
+def _describe_tree(node: Any, path: tuple[str, ...], out: dict[str, Any]) -> None:
+    key = ".".join(path) or "(top level)"
+    if not isinstance(node, dict) or len(node) != 1 and "__tensor__" not in node:
+        out[key] = node
+        return
+    if "__tensor__" in node:
+        extra = {k: v for k, v in node.items() if k != "__tensor__"}
+        if node["__tensor__"] != key or extra:
+            out[key] = {"tensor": node["__tensor__"], **extra}
+        return
+    (tag, value), = node.items()
+    if tag in ("__dict__", "__odict__") and isinstance(value, list) and value:
+        for pair in value:
+            k = pair[0] if isinstance(pair, list) and len(pair) == 2 else pair
+            shown = k if isinstance(k, str) else json.dumps(k, sort_keys=True)
+            _describe_tree(pair[1] if isinstance(pair, list) and len(pair) == 2 else None,
+                           (*path, shown), out)
+    elif tag in ("__list__", "__tuple__") and isinstance(value, list) and value:
+        for i, v in enumerate(value):
+            _describe_tree(v, (*path, str(i)), out)
+    elif tag in ("__dict__", "__odict__") and value == []:
+        out[key] = {}
+    elif tag in ("__list__", "__tuple__") and value == []:
+        out[key] = []
+    else:
+        out[key] = node
 
 
 def _tensor_from(mm: mmap.mmap, offset: int, entry) -> torch.Tensor:

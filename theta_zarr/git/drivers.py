@@ -18,8 +18,10 @@ import os
 import tempfile
 from collections.abc import Iterable
 
-from .. import checkpoint
-from ..diff import FileDiff, diff, format_text, textconv_lines
+from .. import checkpoint, lfs
+from ..diff import FileDiff, Foreign, Side, diff, format_text, textconv_lines
+from ..errors import one_line
+from ..formats.base import FormatError
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..merge import (
     MergePlan,
@@ -51,8 +53,21 @@ def _blob(repo: Repo, spec: str) -> bytes | None:
         return None
 
 
-def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Manifest | None:
-    """A file as a manifest: a manifest as it is, a checkpoint cleaned into the cache."""
+def foreign_blob(data: bytes) -> Foreign:
+    """A stored blob that is no manifest: a git-lfs pointer, or a file kept as it is."""
+    pointer = lfs.parse(data)
+    if pointer is not None:
+        return Foreign("git-lfs", pointer.describe(), pointer.to_json())
+    return Foreign("plain", f"not stored by theta-zarr ({len(data)} bytes, committed before "
+                   "it was tracked)", {"size": len(data)})
+
+
+def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Side:
+    """A file as a manifest: a manifest as it is, a checkpoint cleaned into the cache.
+
+    A git-lfs pointer, or a file no format plug-in reads, is described instead
+    (a diff shows what it can, it never stops git's diff or log).
+    """
     if file == "/dev/null" or not os.path.exists(file):
         return None
     settings = repo.settings()
@@ -63,16 +78,26 @@ def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Manife
             return Manifest.from_bytes(f.read(), name)
         if not head:
             return None
+        if lfs.looks_like_pointer(head):
+            data = f.read(lfs.MAX_POINTER)
+            if lfs.parse(data) is not None:
+                return foreign_blob(data)
+            f.seek(0)
         cache = objects.cache if objects is not None else checkpoint.open_cache(settings)
         previous = None
         data = _blob(repo, f":{name}")
         if data is not None and looks_like_manifest(data[:64]):
             previous = Manifest.from_bytes(data, f":{name}")
         source = checkpoint.open_source(f, cache, name=name, path=os.path.abspath(file))
-        return checkpoint.clean(source, settings, cache, previous).manifest
+        try:
+            return checkpoint.clean(source, settings, cache, previous).manifest
+        except FormatError as e:
+            size = os.path.getsize(file)
+            return Foreign("plain", f"not a checkpoint theta-zarr reads ({size} bytes: "
+                           f"{one_line(e)})", {"size": size})
 
 
-def manifest_of(repo: Repo, path: str, side: object, objects=None) -> Manifest | None:
+def manifest_of(repo: Repo, path: str, side: object, objects=None) -> Side:
     """``path`` (relative to the top) at a revision (str), the index, or the working tree."""
     if side is WORKTREE:
         return manifest_from_file(repo, os.path.join(repo.top, path), path, objects)
@@ -81,7 +106,7 @@ def manifest_of(repo: Repo, path: str, side: object, objects=None) -> Manifest |
     if data is None:
         return None
     if not looks_like_manifest(data[:64]):
-        raise ManifestError(f"{spec}: not stored by theta-zarr (committed before it was tracked)")
+        return foreign_blob(data)
     return Manifest.from_bytes(data, spec)
 
 
@@ -126,18 +151,32 @@ def diff_driver(args: list[str]) -> list[str]:
     if len(args) < 7:
         raise ValueError(f"diff-driver expects 7 arguments from git, got {len(args)}")
     path, old_file, old_hex, _, new_file, new_hex, _ = args[:7]
+    # git passes "/dev/null . ." for a side that does not exist
+    old_hex = NULL_OID if old_file == "/dev/null" else old_hex
+    new_hex = NULL_OID if new_file == "/dev/null" else new_hex
     repo = Repo.discover()
     objects = read_through(repo)
 
-    def side(file: str, hexid: str) -> Manifest | None:
+    def side(file: str, hexid: str) -> Side:
         if hexid.strip("0") and file != "/dev/null":
             data = _blob(repo, hexid)
             if data is not None and looks_like_manifest(data[:64]):
                 return Manifest.from_bytes(data, f"{path} ({hexid[:10]})")
+            if data is not None:
+                return foreign_blob(data)  # a git-lfs pointer, or a file stored as it is
         return manifest_from_file(repo, file, path, objects)
 
-    fd = diff(side(old_file, old_hex), side(new_file, new_hex), objects, path,
-              repo.settings().workers)
+    from .models import driver_diff  # models builds on this module
+
+    workers = repo.settings().workers
+    new_path = args[7] if len(args) >= 9 else None  # a rename: new name, similarity
+    try:
+        fd = driver_diff(repo, path, old_hex, new_hex, new_file == "/dev/null", objects,
+                         workers, new_path)
+    except (ManifestError, GitError):
+        fd = None  # a broken index on either side: the file on its own, as git sees it
+    if fd is None:
+        fd = diff(side(old_file, old_hex), side(new_file, new_hex), objects, path, workers)
     return format_text(fd)
 
 
@@ -149,6 +188,8 @@ def textconv(file: str) -> list[str]:
     # whose index manifest then gives the recorded chunk shapes
     name = os.path.basename(file) if rel.startswith("..") else rel
     m = manifest_from_file(repo, file, name)
+    if isinstance(m, Foreign):
+        return [f"# {m.text}"]
     return [] if m is None else list(textconv_lines(m))
 
 

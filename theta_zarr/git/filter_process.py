@@ -9,19 +9,24 @@ one-line message on stderr; git then fails the command, because
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import tempfile
 from typing import BinaryIO
 
-from .. import checkpoint, progress
+from .. import checkpoint, lfs, progress
 from ..errors import one_line, opaque_note
 from ..manifest import Manifest, looks_like_manifest
 from ..settings import Settings
+from . import lfs as git_lfs
 from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
 from .repo import GitError, Repo
 
 CAPABILITIES = ("clean", "smudge", "delay")
+#: set to 1 by ``migrate``: clean converts a file the index holds as a git-lfs pointer
+CONVERT_LFS_ENV = "GIT_THETA_ZARR_CONVERT_LFS"
 
 
 class FilterServer:
@@ -93,14 +98,21 @@ class FilterServer:
                                                 self.cache, name=path)
                 if not source.head:  # an empty file stays empty, as git-lfs does
                     out = b""
+                elif lfs.parse(source.head) is not None:
+                    out = source.head  # a git-lfs pointer stays one (git-lfs's own rule)
                 else:
-                    previous = self.previous_manifest(path)
-                    result = checkpoint.clean(source, self.settings, self.cache, previous)
-                    out = result.manifest.to_bytes()
-                    if result.opaque_reason and self.notes and path not in self.noted:
-                        self.noted.add(path)  # once per file
-                        print(f"theta-zarr: {path}: {opaque_note(result.opaque_reason)}",
-                              file=sys.stderr, flush=True)
+                    blob = self.index_blob(path)
+                    pointer = lfs.parse(blob) if blob is not None else None
+                    if pointer is not None and os.environ.get(CONVERT_LFS_ENV) != "1":
+                        out = self.clean_lfs_era(source, path, pointer, blob)
+                    else:
+                        previous = _as_manifest(blob, path)
+                        result = checkpoint.clean(source, self.settings, self.cache, previous)
+                        out = result.manifest.to_bytes()
+                        if result.opaque_reason and self.notes and path not in self.noted:
+                            self.noted.add(path)  # once per file
+                            print(f"theta-zarr: {path}: {opaque_note(result.opaque_reason)}",
+                                  file=sys.stderr, flush=True)
         except Exception as e:  # every failure is reported for this file only
             content.drain()
             self._error(path, one_line(e))
@@ -108,15 +120,31 @@ class FilterServer:
         content.drain()
         self._reply(out)
 
-    def previous_manifest(self, path: str) -> Manifest | None:
-        """The manifest git's index holds for ``path``, if any (for stable chunking)."""
+    def index_blob(self, path: str) -> bytes | None:
+        """What git's index holds for ``path`` (its manifest keeps chunk shapes stable)."""
         if self.repo is None:
             return None
         try:
-            data = self.repo.git("cat-file", "blob", f":{path}")
-            return Manifest.from_bytes(data, path) if looks_like_manifest(data[:64]) else None
-        except (GitError, ValueError):
+            return self.repo.git("cat-file", "blob", f":{path}")
+        except GitError:
             return None
+
+    def clean_lfs_era(self, source, path: str, pointer: lfs.LfsPointer, blob: bytes) -> bytes:
+        """A file the index holds as a git-lfs pointer: the same content keeps the pointer
+        (a checkout of an LFS-era commit leaves ``git status`` clean); changed content is
+        stored by theta-zarr.  ``git theta-zarr migrate`` converts unchanged files too."""
+        with tempfile.TemporaryFile(dir=self.cache.tmp_dir) as spool:
+            h, size = hashlib.sha256(), 0
+            view = memoryview(bytearray(1 << 20))
+            while n := source.readinto(view):
+                h.update(view[:n])
+                spool.write(view[:n])
+                size += n
+            if size == pointer.size and h.hexdigest() == pointer.oid:
+                return blob
+            spool.seek(0)
+            again = checkpoint.open_source(spool, self.cache, name=path)
+            return checkpoint.clean(again, self.settings, self.cache).manifest.to_bytes()
 
     def list_available_blobs(self) -> None:
         """Fetch every delayed checkpoint's missing chunks in one concurrent batch.
@@ -146,6 +174,9 @@ class FilterServer:
             data = self.ready.pop(path).to_bytes()
         try:
             if not looks_like_manifest(data[:64]):
+                if lfs.parse(data) is not None and not self.settings.lazy:
+                    self.smudge_lfs(path, data)
+                    return
                 self._reply(data)  # not ours (committed before tracking): as it is
                 return
             manifest = Manifest.from_bytes(data, path)
@@ -177,6 +208,42 @@ class FilterServer:
             return
         self.writer.flush()
         self.writer.flush()
+
+
+    def smudge_lfs(self, path: str, data: bytes) -> None:
+        """An LFS-era version: git-lfs rebuilds it; without git-lfs the pointer stays,
+        with a warning that says why and what to do."""
+        if not git_lfs.installed():
+            pointer = lfs.parse(data)
+            assert pointer is not None
+            print(f"theta-zarr: warning: {path}: {pointer.describe()}; git-lfs is not "
+                  f"installed, so the pointer is checked out as it is ({git_lfs.INSTALL_HINT}"
+                  ", then 'git checkout -- PATH')", file=sys.stderr, flush=True)
+            self._reply(data)
+            return
+        top = self.repo.top if self.repo is not None else os.getcwd()
+        self.writer.text("status=success")
+        self.writer.flush()
+        content = self.writer.content()
+        try:
+            git_lfs.smudge(top, path, data, content)
+            content.close()
+        except Exception as e:
+            content.close()
+            self.writer.flush()
+            self._error(path, one_line(e))
+            return
+        self.writer.flush()
+        self.writer.flush()
+
+
+def _as_manifest(blob: bytes | None, path: str) -> Manifest | None:
+    if blob is None or not looks_like_manifest(blob[:64]):
+        return None
+    try:
+        return Manifest.from_bytes(blob, path)
+    except ValueError:
+        return None
 
 
 #: git commands that only read: they smudge blobs just to hand them to a diff driver or

@@ -8,11 +8,15 @@ always goes to a separate file, never over the tracked one.
 from __future__ import annotations
 
 import os
+import posixpath
 
 from .. import checkpoint
 from ..manifest import Manifest, ManifestError, looks_like_manifest
+from ..shards import Model, is_index_name, restrict_index
 from ..streams import write_atomic
+from .drivers import INDEX, tracked_by_us
 from .files import manifest_at, tracked_files
+from .models import list_folder, open_model
 from .push import read_through
 from .repo import GitError, Repo
 
@@ -34,6 +38,45 @@ def _index_blob(repo: Repo, rel: str) -> bytes | None:
         return None
 
 
+def _model_at(repo: Repo, rel: str, objects) -> Model | None:
+    """The sharded model ``rel`` names (a folder or an index), as git's index holds it."""
+    full = os.path.join(repo.top, rel)
+    if not (is_index_name(rel) or os.path.isdir(full)):
+        return None
+    model = open_model(repo, "" if rel == "." else rel.replace(os.sep, "/"), INDEX, objects)
+    return model if model.index is not None else None
+
+
+def _partial_model(repo: Repo, model: Model, include: list[str], output: str | None,
+                   objects, settings) -> str:
+    """The selected tensors of a sharded model as a folder a loader can use: the shards
+    that hold any, an index naming exactly those, and the folder's other files."""
+    assert model.index is not None
+    names = set(checkpoint.matching_params(model.manifest, include))
+    if not names:
+        raise ManifestError(f"{model.label}: no parameter matches {', '.join(include)}")
+    folder = posixpath.dirname(model.index.path)
+    dest = output or os.path.join(repo.top, (folder or "model") + ".partial")
+    kept = {}
+    for shard, manifest in sorted(model.shard_manifests.items()):
+        these = [n for n in manifest.params if n in names and model.shard_of[n] == shard]
+        if these:
+            name = posixpath.relpath(shard, folder) if folder else shard
+            kept[name] = checkpoint.select(manifest, these)
+            _write_atomic(os.path.join(dest, *name.split("/")), kept[name], objects, settings)
+    index_name = posixpath.basename(model.index.path)
+    data = restrict_index(model.index, kept)
+    write_atomic(os.path.join(dest, index_name), lambda f: f.write(data))
+    others = [n for n in list_folder(repo, folder, INDEX) or [] if n != index_name]
+    plain = set(others) - set(tracked_by_us(repo, [posixpath.join(folder, n) for n in others]))
+    for n in sorted(plain - {posixpath.basename(s) for s in model.shard_manifests}):
+        blob = _index_blob(repo, posixpath.join(folder, n))
+        if blob is not None and not is_index_name(n):
+            write_atomic(os.path.join(dest, n), lambda f, b=blob: f.write(b))
+    return (f"{model.label}: {len(names)} of {len(model.manifest.params)} parameters in "
+            f"{len(kept)} shard(s) -> {os.path.relpath(dest)}")
+
+
 def materialize(paths: list[str], include: list[str] | None, output: str | None) -> list[str]:
     repo = Repo.discover()
     settings = repo.settings()
@@ -45,7 +88,16 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None)
     if output and len(targets) != 1:
         raise ValueError("--output needs exactly one PATH")
     done = []
+    expanded = []
     for rel in targets:
+        model = _model_at(repo, rel, objects)
+        if model is not None and include:
+            done.append(_partial_model(repo, model, include, output, objects, settings))
+        elif model is not None:
+            expanded += sorted(model.shard_manifests)
+        else:
+            expanded.append(rel)
+    for rel in expanded:
         full = os.path.join(repo.top, rel)
         text = None
         if os.path.exists(full):

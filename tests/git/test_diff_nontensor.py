@@ -1,0 +1,62 @@
+"""A change git sees that touches no tensor shows in every diff view."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import save_file
+
+
+def _views(repo, *revs: str) -> dict[str, str]:
+    return {
+        "theta-zarr diff": repo.tz("diff", *revs).stdout.decode(),
+        "git diff": repo.out("diff", *revs),
+        "textconv": repo.out("diff", "--no-ext-diff", *revs),
+    }
+
+
+def test_torch_step_and_scheduler_change_is_shown(repo):
+    path = repo.path / "ckpt.pt"
+    w = torch.arange(64, dtype=torch.float32).reshape(8, 8)
+    torch.save({"model": {"w": w}, "step": 5, "scheduler": {"last_epoch": 5, "lr": [0.1]}},
+               path)
+    repo.git("add", "ckpt.pt")
+    repo.git("commit", "-q", "-m", "step 5")
+    torch.save({"model": {"w": w}, "step": 6, "scheduler": {"last_epoch": 6, "lr": [0.1]}},
+               path)
+    assert repo.out("status", "--short").strip() == "M ckpt.pt"
+    views = _views(repo)
+    assert "0 changed" in views["theta-zarr diff"] and "2 other" in views["theta-zarr diff"]
+    for name in ("theta-zarr diff", "git diff"):
+        assert "* step: 5 -> 6" in views[name], name
+        assert "* scheduler.last_epoch: 5 -> 6" in views[name], name
+        assert "lr" not in views[name]  # unchanged leaves are not listed
+    assert "-@ step = 5\n+@ step = 6" in views["textconv"]
+    out = json.loads(repo.tz("diff", "--json").stdout)
+    (f,) = out["files"]
+    assert f["summary"]["other_changed"] == 2 and f["summary"]["changed"] == 0
+    assert {(o["key"], o["old"], o["new"]) for o in f["other"]} == {
+        ("step", 5, 6), ("scheduler.last_epoch", 5, 6)}
+    repo.git("commit", "-q", "-am", "step 6")
+    log = repo.out("log", "-p", "-1", "--format=%s")
+    assert "-@ step = 5" in log and "+@ step = 6" in log
+
+
+def test_safetensors_metadata_change_is_shown(repo):
+    path = repo.path / "m.safetensors"
+    sd = {"w": torch.ones(4, 4)}
+    save_file(sd, path, metadata={"format": "pt", "epoch": "1"})
+    repo.git("add", "m.safetensors")
+    repo.git("commit", "-q", "-m", "epoch 1")
+    save_file(sd, path, metadata={"format": "pt", "epoch": "2", "note": "tuned"})
+    repo.git("commit", "-q", "-am", "epoch 2")
+    views = _views(repo, "HEAD~1", "HEAD")
+    for name in ("theta-zarr diff", "git diff"):
+        assert '* __metadata__.epoch: "1" -> "2"' in views[name], name
+        assert '* __metadata__.note: (none) -> "tuned"' in views[name], name
+    assert '+@ __metadata__.note = "tuned"' in views["textconv"]
+    # the header bytes changed too (the library keeps metadata in insertion order)
+    summary = repo.tz("diff", "HEAD~1", "HEAD", "--summary-only").stdout.decode()
+    assert "0 changed, 0 reshaped, 0 added, 0 removed, 1 unchanged; 3 other" in summary
+    assert "* header_text: " in summary

@@ -1,0 +1,141 @@
+"""Moving a repository off git-lfs: track warns, old versions still check out, diffs never
+die across the migration, and ``migrate`` converts the tree or rewrites history."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from theta_zarr import lfs
+
+needs_lfs = pytest.mark.skipif(shutil.which("git-lfs") is None,
+                               reason="git-lfs is not installed (apt-get install git-lfs)")
+
+POINTER = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"ab" * 32
+           + b"\nsize 1234\n")
+
+
+def test_pointer_parsing_follows_the_spec():
+    p = lfs.parse(POINTER)
+    assert p == lfs.LfsPointer("ab" * 32, 1234) and p.to_bytes() == POINTER
+    ext = POINTER.replace(b"\noid", b"\next-0-foo sha256:" + b"cd" * 32 + b"\noid")
+    assert lfs.parse(ext) == p
+    for bad in (POINTER[:-1], POINTER.replace(b"size 1234", b"size -1"),
+                POINTER.replace(b"sha256:ab", b"sha1:ab"), POINTER + b"x" * 1024,
+                POINTER.replace(b"spec/v1", b"spec/v9"), b'{"theta_zarr": 1}'):
+        assert lfs.parse(bad) is None
+
+
+@pytest.fixture
+def lfs_repo(make_repo):
+    """A repository whose *.safetensors were committed through git-lfs (two versions)."""
+    r = make_repo("lfs")
+    r.git("init", "-q", "-b", "main")
+    r.git("lfs", "install", "--local")
+    r.git("lfs", "track", "*.safetensors")
+    versions = []
+    for i in range(2):
+        save_file({"w": torch.full((16, 16), float(i)), "b": torch.arange(8.0) + i},
+                  r.path / "model.safetensors", metadata={"format": "pt"})
+        versions.append((r.path / "model.safetensors").read_bytes())
+        r.git("add", "-A")
+        r.git("commit", "-q", "-m", f"v{i} via lfs")
+    assert lfs.parse(r.git("cat-file", "blob", "HEAD:model.safetensors").stdout)
+    r.tz("install")
+    return r, versions
+
+
+@needs_lfs
+def test_track_warns_and_lfs_versions_still_check_out(lfs_repo):
+    r, versions = lfs_repo
+    proc = r.tz("track", "*.safetensors")
+    err = proc.stderr.decode()
+    assert "stored by git-lfs" in err and "model.safetensors" in err
+    assert "git theta-zarr migrate --include '*.safetensors'" in err
+    # an LFS-era version checks out as the real file (handed to git-lfs), not pointer text
+    r.git("commit", "-q", "-m", "track with theta-zarr", "--", ".gitattributes")
+    (r.path / "model.safetensors").unlink()
+    r.git("checkout", "-q", "HEAD~2", "--", "model.safetensors")
+    assert (r.path / "model.safetensors").read_bytes() == versions[0]
+    r.git("checkout", "-q", "HEAD~2")  # a whole LFS-era commit: clean, switchable
+    assert (r.path / "model.safetensors").read_bytes() == versions[0]
+    assert r.out("status", "--porcelain") == ""
+    r.git("checkout", "-q", "main")
+    assert (r.path / "model.safetensors").read_bytes() == versions[1]
+    assert r.out("status", "--porcelain") == ""
+    # new content under the pattern is stored by theta-zarr from now on
+    save_file({"w": torch.full((16, 16), 7.0)}, r.path / "model.safetensors")
+    r.git("commit", "-q", "-am", "tuned")
+    assert r.git("cat-file", "blob", "HEAD:model.safetensors").stdout.startswith(
+        b'{"theta_zarr"')
+
+
+@needs_lfs
+def test_migrate_current_tree_then_diff_and_log_across_it(lfs_repo):
+    r, versions = lfs_repo
+    proc = r.tz("migrate")
+    assert b"1 file(s) moved from git-lfs to theta-zarr and committed" in proc.stdout
+    blob = r.git("cat-file", "blob", "HEAD:model.safetensors").stdout
+    assert blob.startswith(b'{"theta_zarr"')
+    attrs = r.git("cat-file", "blob", "HEAD:.gitattributes").stdout.decode()
+    assert "filter=lfs" not in attrs and "filter=theta-zarr" in attrs
+    assert r.out("status", "--porcelain") == ""
+    assert (r.path / "model.safetensors").read_bytes() == versions[1]
+    # the migration commit: old side an LFS pointer, shown as such in every view
+    d = r.out("diff", "HEAD~1", "HEAD", "--", "model.safetensors")
+    assert "old: stored by git-lfs, oid sha256:" in d and "2 added" in d
+    tz = r.tz("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert f"size {len(versions[1])} bytes" in tz
+    log = r.out("log", "-p", "--", "model.safetensors")
+    assert "-# stored by git-lfs, oid sha256:" in log and "+w float32[16, 16]" in log
+    # the older LFS commits still check out as real files
+    r.git("checkout", "-q", "HEAD~2")
+    assert (r.path / "model.safetensors").read_bytes() == versions[0]
+
+
+@needs_lfs
+def test_migrate_rewrites_history_of_named_refs(lfs_repo):
+    r, versions = lfs_repo
+    r.git("branch", "keep")  # not named: left as it was
+    proc = r.tz("migrate", "--ref", "main")
+    assert b"2 git-lfs version(s) converted" in proc.stdout
+    for rev, want in (("main~1", versions[0]), ("main", versions[1])):
+        blob = r.git("cat-file", "blob", f"{rev}:model.safetensors").stdout
+        assert blob.startswith(b'{"theta_zarr"'), rev
+        assert "filter=theta-zarr" in r.out("show", f"{rev}:.gitattributes")
+        r.git("checkout", "-q", rev)
+        got = load_file(r.path / "model.safetensors")
+        assert (r.path / "model.safetensors").read_bytes() == want
+        assert got["w"][0, 0].item() == float(rev == "main")
+    assert r.out("log", "--format=%s", "main") == "v1 via lfs\nv0 via lfs\n"
+    assert lfs.parse(r.git("cat-file", "blob", "keep:model.safetensors").stdout)
+
+
+def test_migrate_without_lfs_patterns_says_so(repo):
+    proc = repo.tz("migrate", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().startswith("theta-zarr: no pattern of .gitattributes is routed")
+    assert b"Traceback" not in proc.stderr
+
+
+def test_diffs_across_a_file_committed_before_tracking_never_die(make_repo):
+    r = make_repo("pre")
+    r.git("init", "-q", "-b", "main")
+    (r.path / "model.bin").write_bytes(b"\x00\x01 not a checkpoint" * 10)
+    r.git("add", "-A")
+    r.git("commit", "-q", "-m", "raw bytes")
+    r.tz("install")
+    r.tz("track", "*.bin")
+    torch.save({"w": torch.ones(3)}, r.path / "model.bin")
+    r.git("add", "-A")
+    r.git("commit", "-q", "-m", "a real checkpoint")
+    d = r.out("diff", "HEAD~1", "HEAD", "--", "model.bin")
+    assert "old: not stored by theta-zarr (190 bytes" in d and "+ w" in d
+    log = r.out("log", "-p", "--", "model.bin")
+    assert "-# not a checkpoint theta-zarr reads (190 bytes" in log
+    assert "+w float32[3] inline" in log
+    js = r.tz("diff", "--json", "HEAD~1", "HEAD").stdout.decode()
+    assert '"kind": "plain"' in js

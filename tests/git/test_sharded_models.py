@@ -1,0 +1,129 @@
+"""A Hugging Face sharded checkpoint (save_pretrained's shards + index) is one model:
+the API selects across shards, and diff reports per model, not per shard file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hf_models import tiny_llama
+
+import theta_zarr
+
+
+@pytest.fixture
+def sharded(repo):
+    """A tiny random Llama saved in several shards and committed; (repo, model, folder)."""
+    model = tiny_llama()
+    folder = repo.path / "llama"
+    model.save_pretrained(folder, max_shard_size="8KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "tiny llama, sharded")
+    return repo, model, folder
+
+
+def test_load_state_dict_of_folder_and_index_selects_across_shards(sharded):
+    repo, model, folder = sharded
+    want = model.state_dict()
+    for target in (folder, folder / "model.safetensors.index.json"):
+        sd = theta_zarr.load_state_dict(str(target))
+        assert set(sd) == set(want)
+        assert all(torch.equal(sd[k], want[k]) for k in want)
+    picked = theta_zarr.load_state_dict(str(folder), include=["*.mlp.*", "lm_head.*"])
+    assert set(picked) == {k for k in want if ".mlp." in k or k.startswith("lm_head.")}
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len({index["weight_map"][k] for k in picked}) > 1  # really across shards
+    g = theta_zarr.open(str(folder))
+    w = want["model.layers.1.self_attn.q_proj.weight"]
+    assert (g["model.layers.1.self_attn.q_proj.weight"][...] == w.numpy()).all()
+    # the working tree (rev=None) reads the same
+    assert set(theta_zarr.load_state_dict(str(folder), rev=None, include="lm_head.*")) == \
+        {"lm_head.weight"}
+
+
+def test_a_folder_with_no_model_says_which_files_it_found(sharded):
+    repo, _, folder = sharded
+    (repo.path / "two").mkdir()
+    for name in ("a.pt", "b.pt"):
+        torch.save({"w": torch.zeros(2)}, repo.path / "two" / name)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "two files")
+    with pytest.raises(ValueError, match=r"two: cannot tell which checkpoint.*a\.pt, two/b\.pt"):
+        theta_zarr.load_state_dict(str(repo.path / "two"))
+
+
+def test_resave_that_moves_tensors_between_shards_diffs_as_one_change(sharded):
+    repo, model, folder = sharded
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight.add_(0.01)
+    model.save_pretrained(folder, max_shard_size="12KB")  # other shard boundaries
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "tune one tensor, re-shard")
+    out = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)
+    (f,) = out["files"]
+    assert f["path"] == "llama/model.safetensors.index.json"
+    s = f["summary"]
+    assert (s["changed"], s["added"], s["removed"], s["reshaped"]) == (1, 0, 0, 0)
+    assert f["params"][0]["name"] == "model.layers.1.mlp.up_proj.weight"
+    assert s["moved"] == len(f["moved"]) > 0
+    assert all(m["from"] != m["to"] for m in f["moved"])
+    text = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert "1 changed, 0 reshaped, 0 added, 0 removed" in text
+    assert "moved to another shard" in text and text.count("\n  ") == 1
+    # git's external diff runs per shard file but compares within the model
+    gd = repo.out("diff", "HEAD~1", "HEAD", "--", "llama")
+    assert "(in llama/model.safetensors.index.json)" in gd
+    assert "\n  + " not in gd and "\n  - " not in gd
+    assert "~ model.layers.1.mlp.up_proj.weight" in gd
+
+
+def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded):
+    from transformers import LlamaForCausalLM
+
+    repo, model, folder = sharded
+    proc = repo.tz("materialize", "llama", "--include", "model.*", "--include", "lm_head.*",
+                   "-o", str(repo.path / "copy"))
+    assert b"shard(s) -> copy" in proc.stdout
+    index = json.loads((repo.path / "copy" / "model.safetensors.index.json").read_text())
+    written = sorted(p.name for p in (repo.path / "copy").glob("*.safetensors"))
+    assert sorted(set(index["weight_map"].values())) == written
+    again = LlamaForCausalLM.from_pretrained(repo.path / "copy")  # config.json came along
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in model.state_dict().items())
+    # a narrower selection drops the shards that hold none of it
+    repo.tz("materialize", "llama/model.safetensors.index.json", "--include", "lm_head.*")
+    part = repo.path / "llama.partial"
+    index = json.loads((part / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == {"lm_head.weight"}
+    assert [p.name for p in part.glob("*.safetensors")] == [index["weight_map"]["lm_head.weight"]]
+
+
+def _bin_shards(repo, sd: dict, plan: dict[str, list[str]]) -> None:
+    folder = repo.path / "bert"
+    folder.mkdir(exist_ok=True)
+    for f, names in plan.items():
+        torch.save({n: sd[n] for n in names}, folder / f)
+    index = {"metadata": {"total_size": 0}, "weight_map": {n: f for f, ns in plan.items()
+                                                           for n in ns}}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+
+
+def test_pytorch_bin_index_and_bad_indexes(repo):
+    repo.tz("track", "*.bin")
+    sd = {f"enc.{i}.w": torch.full((4, 4), float(i)) for i in range(4)}
+    _bin_shards(repo, sd, {"pytorch_model-00001-of-00002.bin": ["enc.0.w", "enc.1.w"],
+                           "pytorch_model-00002-of-00002.bin": ["enc.2.w", "enc.3.w"]})
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "bin shards")
+    got = theta_zarr.load_state_dict(str(repo.path / "bert"), include=["enc.[13].w"])
+    assert set(got) == {"enc.1.w", "enc.3.w"} and torch.equal(got["enc.3.w"], sd["enc.3.w"])
+    index = repo.path / "bert" / "pytorch_model.bin.index.json"
+    for weight_map, message in (
+            ({"enc.0.w": "../pytorch_model-00001-of-00002.bin"}, "invalid shard file name"),
+            ({"enc.0.w": "missing.bin"}, "json: shard bert/missing.bin: not a theta-zarr"),
+            ({"enc.9.w": "pytorch_model-00001-of-00002.bin"}, "'enc.9.w' is not in shard")):
+        index.write_text(json.dumps({"weight_map": weight_map}))
+        with pytest.raises(ValueError, match=message):
+            theta_zarr.load_state_dict(str(index), rev=None)

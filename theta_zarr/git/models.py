@@ -1,0 +1,254 @@
+"""Sharded models in a repository: find a model's index and shards at a revision, the
+index or the working tree, and group a diff's files by the model they belong to."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from ..diff import FileDiff, diff_models
+from ..manifest import Manifest, ManifestError
+from ..shards import (
+    INDEX_SUFFIX,
+    WEIGHT_FILES,
+    Index,
+    Model,
+    combine,
+    is_index_name,
+    model_key,
+    parse_index,
+    single,
+)
+from .drivers import INDEX, WORKTREE, manifest_of
+from .push import read_through
+from .repo import GitError, Repo
+
+
+def read_file(repo: Repo, path: str, side: object) -> bytes | None:
+    """A plain file's bytes at ``side`` (a revision, INDEX or WORKTREE), None if absent."""
+    if side is WORKTREE:
+        full = os.path.join(repo.top, path)
+        if not os.path.isfile(full):
+            return None
+        with open(full, "rb") as f:
+            return f.read()
+    spec = f":{path}" if side is INDEX else f"{side}:{path}"
+    try:
+        return repo.git("cat-file", "blob", spec)
+    except GitError:
+        return None
+
+
+def list_folder(repo: Repo, folder: str, side: object) -> list[str] | None:
+    """Names of the files directly in ``folder`` at ``side``; None when it is no folder."""
+    if side is WORKTREE:
+        full = os.path.join(repo.top, folder)
+        if not os.path.isdir(full):
+            return None
+        return sorted(n for n in os.listdir(full) if os.path.isfile(os.path.join(full, n)))
+    prefix = f"{folder}/" if folder else ""
+    if side is INDEX:
+        out = repo.git("ls-files", "-z", "--", prefix or ".").decode().split("\0")
+        names = [p[len(prefix):] for p in out if p]
+        found = sorted(n for n in names if "/" not in n)
+        return found if found or any(names) else None
+    kind = repo.git("cat-file", "-t", f"{side}:{folder}", check=False).decode().strip()
+    if kind != "tree":
+        return None
+    out = repo.git("ls-tree", "-z", f"{side}:{folder}")
+    names = []
+    for rec in out.decode().split("\0"):
+        meta, _, name = rec.partition("\t")
+        if name and meta.split()[1] == "blob":
+            names.append(name)
+    return sorted(names)
+
+
+def load_index(repo: Repo, path: str, side: object) -> Index | None:
+    data = read_file(repo, path, side)
+    return None if data is None else parse_index(data, path)
+
+
+def _manifest(repo: Repo, path: str, side: object, objects) -> Manifest:
+    m = manifest_of(repo, path, side, objects)
+    if not isinstance(m, Manifest):
+        what = "missing" if m is None else m.text
+        raise ManifestError(f"{path}: not a theta-zarr checkpoint ({what})")
+    return m
+
+
+def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
+    """The model at ``path``: an index file, a folder holding one, or one checkpoint file.
+
+    A folder is resolved as transformers does (WEIGHT_FILES in order), else by its one
+    ``*.index.json`` or its one tracked checkpoint.
+    """
+    path = "" if path in (".", "") else path.rstrip("/")
+    if is_index_name(path):
+        index = load_index(repo, path, side)
+        if index is None:
+            raise ManifestError(f"{path}: no such index at {_side_name(side)}")
+        shards = {}
+        for s in index.shards:
+            try:
+                shards[s] = _manifest(repo, s, side, objects)
+            except ManifestError as e:
+                raise ManifestError(f"{path}: shard {e}") from None
+        return combine(index, shards)
+    names = list_folder(repo, path, side)
+    if names is None:
+        return single(path, _manifest(repo, path, side, objects))
+    chosen = next((n for n in WEIGHT_FILES if n in names), None)
+    if chosen is None:
+        indexes = [n for n in names if n.endswith(INDEX_SUFFIX)]
+        tracked = _tracked(repo, [posixpath.join(path, n) for n in names])
+        candidates = indexes or tracked
+        if len(candidates) != 1:
+            found = ", ".join(candidates) or "none"
+            raise ManifestError(f"{path or '.'}: cannot tell which checkpoint is the model "
+                                f"(candidates: {found}); name the file or its index")
+        chosen = posixpath.basename(candidates[0])
+    return open_model(repo, posixpath.join(path, chosen), side, objects)
+
+
+def _tracked(repo: Repo, paths: list[str]) -> list[str]:
+    from .drivers import tracked_by_us
+
+    return tracked_by_us(repo, paths)
+
+
+def _side_name(side: object) -> str:
+    return "the working tree" if side is WORKTREE else "the index" if side is INDEX else \
+        str(side)
+
+
+def model_keys(repo: Repo, path: str, side: object,
+               memo: dict[tuple[str, object], list[Index]]) -> str | None:
+    """The model a tracked file belongs to at ``side``: the one-file name of the index in
+    its folder that names it as a shard, or its own name when such an index exists for it
+    on this side (a model that is one file here); None for a file of no sharded model."""
+    folder = posixpath.dirname(path)
+    key = (folder, side)
+    if key not in memo:
+        names = list_folder(repo, folder, side) or []
+        found = []
+        for n in names:
+            if n.endswith(INDEX_SUFFIX):
+                try:
+                    idx = load_index(repo, posixpath.join(folder, n), side)
+                except ManifestError:
+                    continue
+                if idx is not None:
+                    found.append(idx)
+        memo[key] = found
+    for idx in memo[key]:
+        if path in idx.shards:
+            return model_key(idx.path)
+        if model_key(idx.path) == path:
+            return path
+    return None
+
+
+def group_by_model(repo: Repo, paths: list[str], old: object, new: object
+                   ) -> tuple[dict[str, list[str]], list[str]]:
+    """Split a diff's changed tracked files into models (key -> files) and single files."""
+    memo: dict[tuple[str, object], list[Index]] = {}
+    models: dict[str, list[str]] = {}
+    rest = []
+    for path in paths:
+        key = model_keys(repo, path, old, memo) or model_keys(repo, path, new, memo)
+        if key is None:
+            rest.append(path)
+        else:
+            models.setdefault(key, []).append(path)
+    return models, rest
+
+
+def open_side(repo: Repo, key: str, side: object, objects) -> Model | None:
+    """The model ``key`` at ``side``: its index and shards, or its one file; None if absent."""
+    index_path = key + INDEX_SUFFIX
+    if read_file(repo, index_path, side) is not None:
+        return open_model(repo, index_path, side, objects)
+    m = manifest_of(repo, key, side, objects)
+    return single(key, m) if isinstance(m, Manifest) else None
+
+
+def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: object,
+                numbers: bool = True, full_norm: bool = False) -> list[FileDiff]:
+    """One diff per model, over all its shards on each side."""
+    objects = read_through(repo)
+    workers = repo.settings().workers
+    out = []
+    for key in sorted(groups):
+        a, b = open_side(repo, key, old, objects), open_side(repo, key, new, objects)
+        label = (b or a).label if (a or b) else key
+        out.append(diff_models(a, b, objects, label, workers, full_norm, numbers))
+    return out
+
+
+def blob_at(repo: Repo, path: str, side: object) -> str | None:
+    """The blob id ``path`` has at a revision or in the index (None when absent)."""
+    spec = f":{path}" if side is INDEX else f"{side}:{path}"
+    out = repo.git("rev-parse", "--verify", "--quiet", spec, check=False).decode().strip()
+    return out or None
+
+
+def side_of_blob(repo: Repo, path: str, blob: str, prefer: list[object]) -> object | None:
+    """Where ``path`` holds ``blob``: one of ``prefer`` (revisions or INDEX), HEAD, the
+    index, or else the newest commit of any ref that has it there.
+
+    git's external diff is given blob ids, not revisions; the revision of a blob is what
+    tells which index and shards of its model sat next to it.
+    """
+    for side in [*prefer, "HEAD", INDEX]:
+        if blob_at(repo, path, side) == blob:
+            return side
+    out = repo.git("log", "--all", "--format=%H", f"--find-object={blob}", "--", path,
+                   check=False).decode().split()
+    return next((c for c in out if blob_at(repo, path, c) == blob), None)
+
+
+def _parent(repo: Repo, side: object) -> object | None:
+    if side is INDEX:
+        return "HEAD"
+    out = repo.git("rev-parse", "--verify", "--quiet", f"{side}^", check=False).decode()
+    return out.strip() or None
+
+
+def driver_diff(repo: Repo, path: str, old_hex: str, new_hex: str, deleted: bool, objects,
+                workers: int, new_path: str | None = None) -> FileDiff | None:
+    """git's external diff of one shard, compared within its model; None when ``path``
+    is no shard of a sharded model, or a side is the working tree (cleaning every other
+    shard once per file would cost too much: ``git theta-zarr diff`` covers that).
+
+    A shard added or deleted by a re-save has one side only; the other side of its
+    model is then the parent of the commit that added it, or the commit that deleted it.
+    ``new_path`` is the new name of a file git saw renamed (shards renumbered).
+    """
+    new_path = new_path or path
+    has_old, has_new = bool(old_hex.strip("0")), bool(new_hex.strip("0"))
+    if not has_new and not deleted:
+        return None  # the working tree
+    new = side_of_blob(repo, new_path, new_hex, []) if has_new else None
+    old = None
+    if has_old:
+        old = side_of_blob(repo, path, old_hex, [f"{new}^"] if isinstance(new, str) else [])
+        if old is None:
+            return None
+    if not has_new:
+        out = repo.git("log", "--all", "--format=%H", "--diff-filter=D", "--", path,
+                       check=False).decode().split()
+        new = next((c for c in out if blob_at(repo, path, f"{c}^") == old_hex), None)
+    elif not has_old:
+        old = _parent(repo, new)
+    if new is None or old is None:
+        return None
+    memo: dict[tuple[str, object], list[Index]] = {}
+    key = model_keys(repo, path, old, memo) or model_keys(repo, new_path, new, memo)
+    if key is None:
+        return None
+    a, b = open_side(repo, key, old, objects), open_side(repo, key, new, objects)
+    fd = diff_models(a, b, objects, path, workers, files=(path, new_path))
+    name = path if new_path == path else f"{path} => {new_path}"
+    fd.path = f"{name} (in {(b or a).label if (a or b) else key})"
+    return fd

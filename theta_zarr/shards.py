@@ -1,0 +1,149 @@
+"""Sharded checkpoints: several files and an index that together are one model.
+
+Hugging Face ``save_pretrained`` splits a large model into shards
+(``model-00001-of-00004.safetensors`` ...) next to an index,
+``model.safetensors.index.json`` (or ``pytorch_model.bin.index.json``):
+``{"metadata": {...}, "weight_map": {tensor name: shard file name}}``, the shard
+names relative to the index's folder.  Here a model is the union of its shards'
+manifests, each tensor taken from the shard the weight map names, so the API can
+select across shards and a diff can tell a tensor that only moved between shards
+from one that changed.  Everything read from an index is validated before use:
+its names become parameter names and its shard names become paths.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .manifest import Manifest, ManifestError, check_name
+
+INDEX_SUFFIX = ".index.json"
+#: what transformers' from_pretrained looks for in a folder, in its order of preference
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json", "adapter_model.safetensors",
+                "adapter_model.bin")
+
+
+def is_index_name(path: str) -> bool:
+    """True for a file name an index may have (``*.index.json``)."""
+    return posixpath.basename(path).endswith(INDEX_SUFFIX)
+
+
+def model_key(index_path: str) -> str:
+    """The model an index describes, named by its one-file form: ``d/model.safetensors``.
+
+    transformers writes ``model.safetensors`` when the model fits one shard and
+    ``model.safetensors.index.json`` plus shards otherwise; both are the same model.
+    """
+    return index_path[:-len(INDEX_SUFFIX)]
+
+
+def check_shard_name(name: object, where: str) -> str:
+    """A shard file named by an index: a relative path inside the index's folder."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or \
+            any(ord(c) < 32 or ord(c) == 127 for c in name) or \
+            any(part in ("", ".", "..") for part in name.split("/")):
+        raise ManifestError(f"{where}: invalid shard file name {str(name)[:80]!r}")
+    return name
+
+
+@dataclass
+class Index:
+    """A parsed index: its ``metadata`` and ``weight_map`` (tensor -> shard file name)."""
+
+    path: str
+    weight_map: dict[str, str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # other top-level keys, kept
+
+    @property
+    def shards(self) -> list[str]:
+        """Shard paths relative to the repository top, sorted."""
+        folder = posixpath.dirname(self.path)
+        return sorted({posixpath.join(folder, s) for s in self.weight_map.values()})
+
+    def shard_path(self, shard: str) -> str:
+        return posixpath.join(posixpath.dirname(self.path), shard)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.extra, "metadata": self.metadata, "weight_map": self.weight_map}
+
+
+def parse_index(data: bytes, path: str) -> Index:
+    """An index file's bytes, validated.  Raises ManifestError naming ``path``."""
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path}: index is not JSON ({e})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
+        raise ManifestError(f"{path}: not a sharded-checkpoint index (no 'weight_map' object)")
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ManifestError(f"{path}: 'metadata' is not an object")
+    weight_map = {check_name(k, path): check_shard_name(v, path)
+                  for k, v in obj["weight_map"].items()}
+    extra = {k: v for k, v in obj.items() if k not in ("metadata", "weight_map")}
+    return Index(path, weight_map, metadata, extra)
+
+
+@dataclass
+class Model:
+    """One model: its parameters from every shard, and which shard holds each."""
+
+    key: str  # the one-file name (``d/model.safetensors``)
+    manifest: Manifest  # every parameter, in weight-map order; format: the shards' format
+    shard_of: dict[str, str]  # parameter -> shard path (relative to the repository top)
+    index: Index | None = None  # None: the model is one file
+    shard_manifests: dict[str, Manifest] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.index.path if self.index is not None else self.key
+
+
+def single(key: str, manifest: Manifest) -> Model:
+    """A model stored as one file."""
+    return Model(key, manifest, dict.fromkeys(manifest.params, key), None, {key: manifest})
+
+
+def combine(index: Index, shards: Mapping[str, Manifest]) -> Model:
+    """The model an index and its shards' manifests (by shard path) make.
+
+    Raises ManifestError when a shard is missing or lacks a tensor the index puts in it.
+    """
+    params = {}
+    shard_of = {}
+    names = set()
+    for name, shard in index.weight_map.items():
+        path = index.shard_path(shard)
+        m = shards.get(path)
+        if m is None:
+            raise ManifestError(f"{index.path}: shard {shard} is not a tracked checkpoint")
+        if name not in m.params:
+            raise ManifestError(f"{index.path}: {name!r} is not in shard {shard}")
+        params[name] = m.params[name]
+        shard_of[name] = path
+        names.add(m.format_name)
+    fmt = names.pop() if len(names) == 1 else "mixed"
+    return Model(model_key(index.path), Manifest({"name": fmt, "sharded": True}, params),
+                 shard_of, index, dict(shards))
+
+
+def restrict_index(index: Index, kept: Mapping[str, Manifest]) -> bytes:
+    """The index of a partial copy, as transformers writes one (sorted, indented).
+
+    ``kept`` maps each shard written (its file name as the index spells it) to the
+    manifest written there; the weight map names exactly those tensors in those shards,
+    and ``metadata.total_size``, when present, is their size in bytes.
+    """
+    weight_map = {n: s for n, s in index.weight_map.items()
+                  if s in kept and n in kept[s].params}
+    metadata = dict(index.metadata)
+    if "total_size" in metadata:
+        metadata["total_size"] = sum(kept[s].params[n].nbytes for n, s in weight_map.items())
+    obj = {**index.extra, "metadata": metadata, "weight_map": weight_map}
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
