@@ -338,7 +338,8 @@ def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> No
             names = checkpoint.matching_params(f.manifest, list(include) or None)
             digests |= {d for _, _, d in f.manifest.iter_chunks(names)}
     lacking = objects.cache.missing(digests)
-    stats = fetch_objects(open_remote(spec, repo.settings().concurrency), objects.cache,
+    stats = fetch_objects(open_remote(spec, repo.settings().concurrency, need="read"),
+                          objects.cache,
                           lacking)
     click.echo(f"theta-zarr: {stats.summary('fetched', 'from ' + spec.url)}")
 

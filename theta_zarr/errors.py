@@ -10,20 +10,29 @@ from .dtypes import DTypeError
 from .formats.base import FormatError
 from .manifest import ManifestError
 from .objects import ObjectError
+from .redact import redact
 from .storage import StorageError
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a revision, a path, a config value, an option).
+
+    The message names the input and where it came from; no traceback is needed.
+    """
 
 #: Errors whose message is complete for a user: no traceback needed.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ManifestError, FormatError, ObjectError, StorageError, DTypeError, CodecError, OSError,
-    ValueError,
+    UserError, ManifestError, FormatError, ObjectError, StorageError, DTypeError, CodecError,
+    OSError, ValueError,
 )
 
 
 def one_line(exc: BaseException) -> str:
-    """A one-line message; the traceback too when GIT_THETA_ZARR_DEBUG is set."""
+    """A one-line message with secrets redacted (redact.py); the traceback too when
+    GIT_THETA_ZARR_DEBUG is set."""
     if os.environ.get("GIT_THETA_ZARR_DEBUG"):
         traceback.print_exception(exc)
-    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    text = redact(str(exc).strip().replace("\n", " ")) or type(exc).__name__
     if not isinstance(exc, USER_ERRORS):
         text = (f"internal error ({type(exc).__name__}: {text}); "
                 "set GIT_THETA_ZARR_DEBUG=1 for details")

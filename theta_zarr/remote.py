@@ -29,7 +29,8 @@ from . import codecs, delta, progress
 from .cache import Cache
 from .delta import Base, DeltaPolicy
 from .objects import MissingObjectError, ObjectError, ObjectStore, bounded_map
-from .storage import StorageError, open_store
+from .redact import has_userinfo
+from .storage import StorageError, check_url, credential_hint, open_store
 
 #: Option names a remote may carry in git config or .thetazarr (none is a secret).
 OPTION_NAMES = ("endpoint-url", "region", "requester-pays", "anon", "project", "compression",
@@ -49,7 +50,16 @@ class RemoteSpec:
     options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for key in self.options:
+        try:
+            self.url = check_url(self.url)
+        except StorageError as e:
+            raise RemoteError(f"remote {self.name!r}: {e}") from None
+        for key, value in self.options.items():
+            if has_userinfo(value):
+                raise RemoteError(
+                    f"remote {self.name!r}: option {key!r} holds credentials (user:password@); "
+                    f"theta-zarr never stores credentials: put them in "
+                    f"{credential_hint(self.url)}")
             if any(word in key.lower() for word in SECRET_WORDS):
                 raise RemoteError(
                     f"remote {self.name!r}: option {key!r} looks like a credential; theta-zarr "
@@ -98,9 +108,18 @@ def storage_options(url: str, options: dict[str, str], concurrency: int) -> dict
     return out
 
 
-def open_remote(spec: RemoteSpec, concurrency: int = 16) -> ObjectStore:
-    concurrency = int(spec.options.get("concurrency", concurrency))
+def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
+                ) -> ObjectStore:
+    """The object store of a remote.  ``need`` ("read" or "write") first checks that its
+    bucket or folder exists (raises storage.RootMissing: "bucket X does not exist")."""
+    try:
+        concurrency = int(spec.options.get("concurrency", concurrency))
+    except ValueError:
+        raise RemoteError(f"remote {spec.name!r}: option concurrency="
+                          f"{spec.options['concurrency']!r} is not a whole number") from None
     blobs = open_store(spec.url, storage_options(spec.url, spec.options, concurrency))
+    if need is not None:
+        blobs.check_root(for_write=need == "write")
     return ObjectStore(blobs, codec=spec.codec, concurrency=concurrency)
 
 

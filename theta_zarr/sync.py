@@ -147,8 +147,10 @@ class SyncRemote:
         self.refs = Refs(self.blobs)
 
     @classmethod
-    def open(cls, spec: RemoteSpec, concurrency: int = 16) -> SyncRemote:
-        return cls(open_remote(spec, concurrency))
+    def open(cls, spec: RemoteSpec, concurrency: int = 16, need: str | None = "read"
+             ) -> SyncRemote:
+        """Open a remote; ``need`` ("read", "write", None) checks its bucket or folder first."""
+        return cls(open_remote(spec, concurrency, need))
 
     @property
     def url(self) -> str:

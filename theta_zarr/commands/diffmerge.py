@@ -10,37 +10,96 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import NoReturn
 
 import click
 
 from .reporting import fail, reports_errors
 
 
-def _split_revs(repo, args: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """git diff's argument rule: revisions first (at most two), then paths; ``--`` splits."""
-    if "--" in args:
-        i = args.index("--")
-        return list(args[:i]), list(args[i + 1:])
+class _RawArgsCommand(click.Command):
+    """A command that keeps its raw arguments (``ctx.meta["raw_args"]``): click drops the
+    ``--`` separator, and git's rule for revisions and paths needs to know where it was."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["raw_args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _ambiguous(arg: str, why: str) -> NoReturn:
+    fail(f"fatal: ambiguous argument '{arg}': {why}", code=128)
+
+
+def split_revs(repo, args: list[str], after_dashes: list[str] | None) -> tuple[list[str],
+                                                                                list[str]]:
+    """git diff's rule (git-rev-parse(1), "ambiguous argument"): revisions first, then paths.
+
+    With ``--`` (``after_dashes`` not None) everything before it is a revision and must
+    resolve.  Without it, each argument is a revision until one is not, and from there each
+    must be an existing path; an argument that is both, or neither, is ambiguous (exit
+    128, as git).  ``A..B`` is two revisions, ``A...B`` their merge base and B.
+    """
     revs: list[str] = []
     rest = list(args)
-    while rest and len(revs) < 2 and not os.path.exists(rest[0]):
-        ok = repo.git("rev-parse", "--verify", "--quiet", f"{rest[0]}^{{commit}}", check=False)
-        if not ok.strip():
+    while rest:
+        arg = rest[0]
+        names = _range(repo, arg)
+        if names is None:
             break
-        revs.append(rest.pop(0))
+        if after_dashes is None and os.path.exists(arg):
+            _ambiguous(arg, "both revision and filename; use '--' to separate paths from "
+                            "revisions, like this: 'git theta-zarr diff [REV...] -- [PATH...]'")
+        revs += names
+        rest.pop(0)
+    if after_dashes is not None:
+        if rest:
+            _ambiguous(rest[0], "unknown revision or path not in the working tree")
+        return revs, after_dashes
+    for arg in rest:
+        if not os.path.exists(arg):
+            _ambiguous(arg, "unknown revision or path not in the working tree. Use '--' to "
+                            "separate paths from revisions, like this: 'git theta-zarr diff "
+                            "[REV...] -- [PATH...]'")
     return revs, rest
 
 
-def _diff_cmd(args: tuple[str, ...], cached: bool, as_json: bool, png: str | None,
-              full_norm: bool, summary_only: bool) -> None:
+def _range(repo, arg: str) -> list[str] | None:
+    """The revisions an argument names (one, or two for a range), None when it names none."""
+    def commit(rev: str) -> str | None:
+        out = repo.git("rev-parse", "--verify", "--quiet", "--end-of-options",
+                       f"{rev or 'HEAD'}^{{commit}}", check=False).strip()
+        return out.decode() if out else None
+
+    if arg.startswith("-"):
+        return None
+    for sep in ("...", ".."):
+        if sep in arg:
+            a, b = arg.split(sep, 1)
+            ca, cb = commit(a), commit(b)
+            if ca is None or cb is None:
+                return None
+            if sep == "...":
+                ca = repo.git("merge-base", ca, cb).decode().strip()
+            return [ca, b or "HEAD"]
+    return [arg] if commit(arg) is not None else None
+
+
+def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool,
+              png: str | None, full_norm: bool, summary_only: bool, mode: str | None,
+              exit_code: bool) -> None:
     from ..diff import JSON_VERSION, format_text, plot
     from ..git import drivers, models
     from ..git.repo import Repo
 
     repo = Repo.discover()
-    revs, paths = _split_revs(repo, args)
+    after = raw[raw.index("--") + 1:] if "--" in raw else None
+    before = list(args[: len(args) - len(after)]) if after is not None else list(args)
+    unknown = [a for a in before if a.startswith("-") and a != "-"]
+    if unknown:
+        fail(f"unknown option '{unknown[0]}' (see 'git theta-zarr diff --help')", code=129)
+    revs, paths = split_revs(repo, before, after)
     if len(revs) > 2 or (cached and len(revs) > 1):
-        fail("diff takes at most two revisions (one with --cached)")
+        fail("diff takes at most two revisions (one with --cached)", code=129)
     rel = [os.path.relpath(os.path.abspath(p), repo.top) for p in paths]
     if len(revs) == 2:
         old, new, labels = revs[0], revs[1], revs
@@ -52,11 +111,11 @@ def _diff_cmd(args: tuple[str, ...], cached: bool, as_json: bool, png: str | Non
     else:
         old, new, labels = drivers.INDEX, drivers.WORKTREE, ["index", "worktree"]
     targets = drivers.changed_paths(repo, revs, cached, rel)
+    numbers = not summary_only and mode is None
     groups, singles = models.group_by_model(repo, targets, old, new)
-    diffs = models.diff_groups(repo, groups, old, new, numbers=not summary_only,
-                               full_norm=full_norm)
-    diffs += drivers.diff_sides(repo, singles, old, new, numbers=not summary_only,
-                                full_norm=full_norm)
+    diffs = models.diff_groups(repo, groups, old, new, numbers=numbers, full_norm=full_norm)
+    diffs += drivers.diff_sides(repo, singles, old, new, numbers=numbers, full_norm=full_norm)
+    changed = [d for d in diffs if d.params]
     if png:
         try:
             n = plot(diffs, png)
@@ -67,16 +126,43 @@ def _diff_cmd(args: tuple[str, ...], cached: bool, as_json: bool, png: str | Non
         click.echo(json.dumps({"theta_zarr_diff": JSON_VERSION, "old": labels[0],
                                "new": labels[1], "files": [d.to_json() for d in diffs]},
                               indent=2))
-        return
-    for d in diffs:
-        for line in format_text(d):
+    elif mode == "name-only":
+        for d in changed:
+            click.echo(d.path)
+    elif mode == "stat":
+        for line in stat_lines(changed):
             click.echo(line)
+    else:
+        for d in diffs:
+            for line in format_text(d):
+                click.echo(line)
+    if exit_code and changed:
+        sys.exit(1)
+
+
+def stat_lines(diffs: list) -> list[str]:
+    """``--stat``: one line per changed file (parameters added, removed, reshaped, changed,
+    like git's +/- columns), then a total line."""
+    if not diffs:
+        return []
+    width = max(len(d.path) for d in diffs)
+    lines, total = [], {"added": 0, "removed": 0, "reshaped": 0, "changed": 0}
+    for d in diffs:
+        c = d.counts()
+        parts = [f"{c[k]} {k}" for k in total if c[k]]
+        for k in total:
+            total[k] += c[k]
+        lines.append(f" {d.path.ljust(width)} | {', '.join(parts)}")
+    summary = ", ".join(f"{v} {k}" for k, v in total.items() if v)
+    lines.append(f" {len(diffs)} checkpoint(s) changed: {summary} parameter(s)")
+    return lines
 
 
 def register(main: click.Group) -> None:
     """Add this module's commands to the `theta-zarr` group."""
 
-    @main.command("diff", context_settings={"ignore_unknown_options": True})
+    @main.command("diff", cls=_RawArgsCommand,
+                  context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     @click.option("--cached", "--staged", "cached", is_flag=True,
                   help="compare a revision (default HEAD) with the index")
@@ -88,16 +174,25 @@ def register(main: click.Group) -> None:
                        "chunks too)")
     @click.option("--summary-only", is_flag=True,
                   help="digests only: what changed, no numbers, no chunk read")
+    @click.option("--stat", "mode", flag_value="stat",
+                  help="one line per changed checkpoint: how many parameters changed")
+    @click.option("--name-only", "mode", flag_value="name-only",
+                  help="only the paths of changed checkpoints")
+    @click.option("--exit-code", is_flag=True,
+                  help="exit 1 when there are differences, 0 when there are none")
+    @click.pass_context
     @reports_errors
-    def diff_cmd(args: tuple[str, ...], cached: bool, as_json: bool, png: str | None,
-                 full_norm: bool, summary_only: bool) -> None:
+    def diff_cmd(ctx: click.Context, args: tuple[str, ...], cached: bool, as_json: bool,
+                 png: str | None, full_norm: bool, summary_only: bool, mode: str | None,
+                 exit_code: bool) -> None:
         """Per-parameter diff: [REV [REV]] [--] [PATH...], as git diff takes them.
 
         Added, removed, reshaped and changed parameters; for changed ones the chunks
         that differ, ||B-A||, ||B-A||/||A||, max|B-A| and the fraction of elements
         changed, computed from the differing chunks only.
         """
-        _diff_cmd(args, cached, as_json, png, full_norm, summary_only)
+        _diff_cmd(args, ctx.meta.get("raw_args", []), cached, as_json, png, full_norm,
+                  summary_only, mode, exit_code)
 
     @main.command("diff-driver", hidden=True, context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)

@@ -6,6 +6,7 @@ cli.py and every module of commands/ import from here, so no command module impo
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -14,12 +15,14 @@ import click
 
 from ..errors import USER_ERRORS, one_line
 from ..git.repo import GitError
+from ..redact import redact
 
 
-def fail(message: str) -> NoReturn:
-    """Print ``theta-zarr: MESSAGE`` on stderr and exit with status 1."""
-    click.echo(f"theta-zarr: {message}", err=True)
-    sys.exit(1)
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``theta-zarr: MESSAGE`` on stderr and exit with status ``code`` (1; git's own
+    128 for a bad revision and 129 for a usage error where a command mirrors git)."""
+    click.echo(f"theta-zarr: {redact(message)}", err=True)
+    sys.exit(code)
 
 
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -28,7 +31,13 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return result
+        except BrokenPipeError:
+            # the reader went away (``... | head``): stop quietly, as git does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except (GitError, *USER_ERRORS) as e:
             fail(one_line(e))
         except KeyboardInterrupt:

@@ -40,8 +40,10 @@ def _is_url(text: str) -> bool:
     return "://" in text or "/" in text or text.startswith(".") or os.path.exists(text)
 
 
-def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 16):
-    """A URL (with -o options) or, inside a git repository, a theta remote's name."""
+def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 16,
+                     need: str = "read"):
+    """A URL (with --remote-option pairs) or, inside a git repository, a theta remote's name;
+    ``need`` ("read" or "write") checks that its bucket or folder exists."""
     from ..git.remotes import option_pairs, require
     from ..git.repo import Repo
     from ..remote import RemoteSpec
@@ -51,9 +53,9 @@ def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 1
         spec = RemoteSpec("command line", target, option_pairs(options))
     else:
         if options:
-            raise ValueError("-o options go with a URL, not a named remote")
+            raise ValueError("--remote-option goes with a URL, not a named remote")
         spec = require(Repo.discover(), target)
-    return SyncRemote.open(spec, concurrency)
+    return SyncRemote.open(spec, concurrency, need)
 
 
 def _settings(cache_dir: str | None, chunk_size: str):

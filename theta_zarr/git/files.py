@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from .install import DRIVER
-from .repo import GitError, Repo
+from .repo import GitError, GitInputError, Repo
 
 
 @dataclass
@@ -37,7 +37,7 @@ def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
                 if stage in ("0", "2"):
                     items.append((path, blob))
         return items
-    raw = repo.git("ls-tree", "-r", "-z", "--full-tree", rev)
+    raw = repo.git("ls-tree", "-r", "-z", "--full-tree", repo.commit(rev))
     items = []
     for rec in raw.split(b"\0"):
         if rec:
@@ -104,10 +104,12 @@ def worktree_state(repo: Repo, path: str) -> str:
 def manifest_at(repo: Repo, path: str, rev: str | None = "HEAD") -> Manifest:
     """The manifest of ``path`` at ``rev`` (None: the index)."""
     spec = f":{path}" if rev is None else f"{rev}:{path}"
+    commit = repo.commit(rev) if rev is not None else None
     try:
-        data = repo.git("cat-file", "blob", spec)
-    except GitError as e:
-        raise GitError(f"{spec}: {e}") from None
+        data = repo.git("cat-file", "blob", spec if commit is None else f"{commit}:{path}")
+    except GitError:
+        where = "the index (not a tracked file)" if rev is None else f"revision {rev}"
+        raise GitInputError(f"{path}: no such file in {where}") from None
     if not looks_like_manifest(data[:64]):
         raise ManifestError(f"{spec}: not tracked by theta-zarr (no manifest in git)")
     return Manifest.from_bytes(data, spec)

@@ -20,6 +20,7 @@ from ..errors import one_line, opaque_note
 from ..manifest import Manifest, looks_like_manifest
 from ..settings import Settings
 from . import lfs as git_lfs
+from .hooks import ensure_pre_push
 from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
 from .repo import GitError, Repo
@@ -30,16 +31,21 @@ CONVERT_LFS_ENV = "GIT_THETA_ZARR_CONVERT_LFS"
 
 
 class FilterServer:
-    def __init__(self, stdin: BinaryIO, stdout: BinaryIO, settings: Settings,
-                 fetch: checkpoint.Fetcher | None = None, repo: Repo | None = None):
+    """One filter process.  ``broken``: a start-up failure (a bad config value...), then
+    reported as a one-line error for every file git asks about, instead of a crash."""
+
+    def __init__(self, stdin: BinaryIO, stdout: BinaryIO, settings: Settings | None,
+                 fetch: checkpoint.Fetcher | None = None, repo: Repo | None = None,
+                 broken: str | None = None):
         self.repo = repo
+        self.broken = broken
         # delayed smudges (git-lfs's lesson: fetch a checkout's chunks in one batch)
         self.delayed: dict[str, Manifest] = {}
         self.ready: dict[str, Manifest] = {}
         self.reader = PktReader(stdin)
         self.writer = PktWriter(stdout)
         self.settings = settings
-        self.cache = checkpoint.open_cache(settings)
+        self.cache = checkpoint.open_cache(settings) if settings is not None else None
         self.fetch = fetch
         #: say which files are kept as opaque bytes (off for commands that only look)
         self.notes = True
@@ -65,7 +71,10 @@ class FilterServer:
                 return
             meta = dict(h.split("=", 1) for h in headers if "=" in h)
             command, path = meta.get("command"), meta.get("pathname", "?")
-            if command == "clean":
+            if self.broken is not None and command in ("clean", "smudge"):
+                self.reader.content_stream().drain()
+                self._error(path, self.broken)
+            elif command == "clean":
                 self.clean(path)
             elif command == "smudge":
                 self.smudge(path, can_delay=meta.get("can-delay") == "1")
@@ -291,22 +300,45 @@ def _size(path: str) -> int | None:
         return None
 
 
+def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
+    """The server for this repository (bare ones too: ``git archive`` on a server smudges,
+    with the remote from the committed ``.thetazarr``).  A failure to start (a bad
+    ``theta-zarr.*`` value, a bad remote URL) gives a server that reports it per file."""
+    try:
+        repo = Repo.discover(bare_ok=True)
+        settings = repo.settings()
+        command = parent_git_command()
+        if command in READ_ONLY_COMMANDS:
+            settings.lazy = True  # the manifest is all a diff driver or textconv needs
+        server = FilterServer(stdin, stdout, settings, repo=repo)
+        server.notes = command not in READ_ONLY_COMMANDS | {"status"}
+        objects = read_through(repo, cache=server.cache)
+        server.fetch = objects.fetch if objects.has_remote else None
+    except Exception as e:
+        return FilterServer(stdin, stdout, None, broken=one_line(e))
+    try:
+        installed = ensure_pre_push(repo)
+    except (OSError, GitError) as e:
+        print(f"theta-zarr: cannot install the pre-push hook ({one_line(e)}); pushes will "
+              "not upload chunks: run 'git theta-zarr install'", file=sys.stderr, flush=True)
+    else:
+        if installed:
+            print(f"theta-zarr: installed the pre-push hook ({installed}) so that git push "
+                  "uploads chunks", file=sys.stderr, flush=True)
+    return server
+
+
 def main() -> int:
     # unbuffered: packet payloads are read straight into chunk buffers, one copy
     stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
     stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
-    repo = Repo.discover()
-    settings = repo.settings()
-    command = parent_git_command()
-    if command in READ_ONLY_COMMANDS:
-        settings.lazy = True  # the manifest is all a diff driver or textconv needs
-    server = FilterServer(stdin, stdout, settings, repo=repo)
-    server.notes = command not in READ_ONLY_COMMANDS | {"status"}
-    objects = read_through(repo, cache=server.cache)
-    server.fetch = objects.fetch if objects.has_remote else None
+    server = _start(stdin, stdout)
     try:
         server.serve()
     except (ProtocolError, BrokenPipeError) as e:
         print(f"theta-zarr: filter protocol error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # never a traceback into git's output
+        print(f"theta-zarr: {one_line(e)}", file=sys.stderr)
         return 1
     return 0

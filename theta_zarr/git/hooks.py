@@ -1,8 +1,13 @@
 """The pre-push hook: upload chunks before git pushes the commits that name them.
 
-Installed where git looks for hooks (``core.hooksPath`` honoured).  A hook that
-is already there (git-lfs's, a team's own) is kept beside ours and run after
-it with the same arguments and input, so installing never silences anyone.
+Installed where git looks for hooks (``core.hooksPath`` honoured) by ``install`` and,
+like git-lfs, by the filter itself the first time it runs in a repository that lacks
+it (a clone or ``git init`` after ``install --global``).  A hook that is already there
+(git-lfs's, a team's own, a hook manager's dispatcher) is kept beside ours as
+``pre-push.theta-zarr-chained`` and run after ours with the same input, arguments
+and *name*: a shell script is sourced with ``$0`` set to the path git ran
+(``.../pre-push``), so dispatchers that pick a script by ``$(basename "$0")`` (husky)
+still find theirs.  Installing never silences anyone.
 """
 
 from __future__ import annotations
@@ -10,58 +15,89 @@ from __future__ import annotations
 import os
 import stat
 
+from .install import executable
 from .repo import Repo
 
 MARKER = "# theta-zarr pre-push hook"
 CHAINED_SUFFIX = ".theta-zarr-chained"
 
-HOOK = f"""#!/bin/sh
-{MARKER}: uploads the chunks of pushed checkpoints, then runs the hook
-# that was here before (kept as pre-push{CHAINED_SUFFIX}), if any.
-command -v git-theta-zarr >/dev/null 2>&1 || {{
-  echo >&2 "theta-zarr: git-theta-zarr is not on PATH; install theta-zarr or remove $0"
+HOOK = """#!/bin/sh
+{marker}: uploads the chunks of pushed checkpoints, then runs the hook
+# that was here before (kept as pre-push{suffix}), if any, under this hook's name.
+tz={exe}
+command -v "$tz" >/dev/null 2>&1 || {{
+  echo >&2 "theta-zarr: $tz is not found (not on PATH, or its environment was removed);" \\
+    "install theta-zarr there, or run 'git theta-zarr install' again from where it is"
   exit 2
 }}
 input=$(cat)
-printf '%s\\n' "$input" | git-theta-zarr pre-push "$@" || exit $?
-chained="$0{CHAINED_SUFFIX}"
-if [ -x "$chained" ]; then
+printf '%s\\n' "$input" | "$tz" pre-push "$@" || exit $?
+chained="$0{suffix}"
+[ -x "$chained" ] || exit 0
+# the shell a chained script runs under (none: not a shell script, run it as it is)
+shell_of() {{
+  IFS= read -r line < "$1" || line=
+  case "$line" in '#!'*) ;; *) echo sh; return 0;; esac
+  set -f; set -- ${{line#??}}; set +f
+  [ "${{1##*/}}" = env ] && shift
+  case "${{1##*/}}" in sh|bash|dash|zsh|ksh|ash|mksh) echo "$1";; *) return 1;; esac
+}}
+if sh_=$(shell_of "$chained"); then
+  printf '%s\\n' "$input" | "$sh_" -c 'f=$1; shift; . "$f"' "$0" "$chained" "$@" || exit $?
+else
   printf '%s\\n' "$input" | "$chained" "$@" || exit $?
 fi
 exit 0
 """
 
 
+def hook_text(exe: str | None = None) -> str:
+    """The hook script, starting theta-zarr as ``exe`` (default: how this one was started)."""
+    return HOOK.format(marker=MARKER, suffix=CHAINED_SUFFIX, exe=exe or executable())
+
+
 def hooks_dir(repo: Repo) -> str:
+    """Where git runs this repository's hooks from (``core.hooksPath`` honoured)."""
     path = repo.git("rev-parse", "--git-path", "hooks").decode().strip()
     return path if os.path.isabs(path) else os.path.join(repo.top, path)
 
 
-def install_pre_push(repo: Repo) -> str:
+def _is_ours(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return MARKER in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def install_pre_push(repo: Repo, exe: str | None = None) -> str:
     """Write our hook; an existing foreign hook is kept and chained.  Returns the path."""
     folder = hooks_dir(repo)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "pre-push")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            current = f.read()
-        if MARKER not in current:
-            os.replace(path, path + CHAINED_SUFFIX)
+    if os.path.lexists(path) and not _is_ours(path):
+        # a hook manager that rewrote pre-push over ours: its new hook is the one to chain
+        os.replace(path, path + CHAINED_SUFFIX)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(HOOK)
+        f.write(hook_text(exe))
     os.chmod(tmp, os.stat(tmp).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     os.replace(tmp, path)
     return path
 
 
+def ensure_pre_push(repo: Repo) -> str | None:
+    """Install the hook when this work tree lacks it (git-lfs installs its hooks from
+    its filter the same way); returns the path when it was installed now."""
+    if repo.bare or _is_ours(os.path.join(hooks_dir(repo), "pre-push")):
+        return None
+    return install_pre_push(repo)
+
+
 def uninstall_pre_push(repo: Repo) -> None:
     """Remove our hook and put back the one it chained, if any."""
     path = os.path.join(hooks_dir(repo), "pre-push")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            ours = MARKER in f.read()
-        if ours:
-            os.unlink(path)
-            if os.path.exists(path + CHAINED_SUFFIX):
-                os.replace(path + CHAINED_SUFFIX, path)
+    if _is_ours(path):
+        os.unlink(path)
+        if os.path.lexists(path + CHAINED_SUFFIX):
+            os.replace(path + CHAINED_SUFFIX, path)

@@ -1,28 +1,56 @@
-"""``git theta-zarr install/uninstall``: the filter configuration, in one git config scope."""
+"""``git theta-zarr install/uninstall``: the filter configuration, in one git config scope.
+
+git runs the filter (``required``) for every checkout: a filter that cannot start
+fails the checkout and leaves no working file.  So when theta-zarr runs from a
+virtual environment, install records the absolute path of that environment's
+``git-theta-zarr`` (as pre-commit does for its hooks); a system-wide install records
+the bare name, found on ``PATH``.
+"""
 
 from __future__ import annotations
 
-from .repo import GitError, git
+import os
+import shlex
+import sys
+import sysconfig
+
+from .repo import GitInputError, git
 
 DRIVER = "theta-zarr"
-#: What install sets.  One long-running process serves every file of a git
-#: command; clean/smudge are the one-file fallbacks for tools that lack it.
-FILTER_CONFIG: dict[str, str] = {
-    f"filter.{DRIVER}.process": "git-theta-zarr filter-process",
-    f"filter.{DRIVER}.clean": "git-theta-zarr clean -- %f",
-    f"filter.{DRIVER}.smudge": "git-theta-zarr smudge -- %f",
-    f"filter.{DRIVER}.required": "true",
-}
-#: The diff and merge drivers (docs/diff-merge.md).  textconv output depends only on
-#: the blob (the manifest), so git may cache it per blob id.
-DRIVER_CONFIG: dict[str, str] = {
-    f"diff.{DRIVER}.command": "git-theta-zarr diff-driver",
-    f"diff.{DRIVER}.textconv": "git-theta-zarr textconv",
-    f"diff.{DRIVER}.cachetextconv": "true",
-    f"merge.{DRIVER}.name": "theta-zarr three-way merge of checkpoint manifests",
-    f"merge.{DRIVER}.driver": "git-theta-zarr merge-driver %O %A %B %P",
-}
+EXE_NAME = "git-theta-zarr"
 SCOPES = ("local", "global", "system")
+
+
+def executable() -> str:
+    """How git should start theta-zarr: the absolute, shell-quoted path of this virtual
+    environment's ``git-theta-zarr`` when running from one, else the bare name."""
+    if sys.prefix == sys.base_prefix:
+        return EXE_NAME
+    path = os.path.join(sysconfig.get_path("scripts"), EXE_NAME)
+    return shlex.quote(path) if os.access(path, os.X_OK) else EXE_NAME
+
+
+def filter_config(exe: str = EXE_NAME) -> dict[str, str]:
+    """What install sets for the filter.  One long-running process serves every file of a
+    git command; clean/smudge are the one-file fallbacks for tools that lack it."""
+    return {
+        f"filter.{DRIVER}.process": f"{exe} filter-process",
+        f"filter.{DRIVER}.clean": f"{exe} clean -- %f",
+        f"filter.{DRIVER}.smudge": f"{exe} smudge -- %f",
+        f"filter.{DRIVER}.required": "true",
+    }
+
+
+def driver_config(exe: str = EXE_NAME) -> dict[str, str]:
+    """The diff and merge drivers (docs/diff-merge.md).  textconv output depends only on
+    the blob (the manifest), so git may cache it per blob id."""
+    return {
+        f"diff.{DRIVER}.command": f"{exe} diff-driver",
+        f"diff.{DRIVER}.textconv": f"{exe} textconv",
+        f"diff.{DRIVER}.cachetextconv": "true",
+        f"merge.{DRIVER}.name": "theta-zarr three-way merge of checkpoint manifests",
+        f"merge.{DRIVER}.driver": f"{exe} merge-driver %O %A %B %P",
+    }
 
 
 def default_scope(cwd: str | None = None) -> str:
@@ -31,22 +59,30 @@ def default_scope(cwd: str | None = None) -> str:
     return "local" if inside == b"true" else "global"
 
 
-def install(scope: str, cwd: str | None = None) -> dict[str, str]:
+def install(scope: str, cwd: str | None = None, exe: str | None = None) -> dict[str, str]:
+    """Set the filter and driver config in ``scope``; returns what was set."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
     if scope == "local" and default_scope(cwd) != "local":
-        raise GitError("--local needs a git repository; run inside one or use --global")
-    for key, value in {**FILTER_CONFIG, **DRIVER_CONFIG}.items():
+        raise GitInputError("--local needs a git repository; run inside one or use --global")
+    values = {**filter_config(exe or executable()), **driver_config(exe or executable())}
+    for key, value in values.items():
         git("config", f"--{scope}", key, value, cwd=cwd)
-    return {**FILTER_CONFIG, **DRIVER_CONFIG}
+    return values
 
 
 def uninstall(scope: str, cwd: str | None = None) -> None:
+    """Remove the filter, diff and merge sections from ``scope``."""
     for section in ("filter", "diff", "merge"):
         git("config", f"--{scope}", "--remove-section", f"{section}.{DRIVER}", cwd=cwd,
             check=False)
 
 
-def is_installed(cwd: str | None = None) -> bool:
-    out = git("config", "--get", f"filter.{DRIVER}.process", cwd=cwd, check=False)
-    return bool(out.strip())
+def configured_executable(cwd: str | None = None) -> str | None:
+    """The command the filter config starts (``filter.theta-zarr.process`` minus its verb),
+    None when theta-zarr is not installed in any scope."""
+    out = git("config", "--get", f"filter.{DRIVER}.process", cwd=cwd, check=False).decode()
+    out = out.strip()
+    if not out:
+        return None
+    return out[: -len(" filter-process")] if out.endswith(" filter-process") else EXE_NAME

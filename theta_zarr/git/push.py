@@ -47,7 +47,7 @@ def push_manifests(repo: Repo, spec, manifests,
     range they came from, whose first-parent changes give the delta bases."""
     settings = repo.settings()
     cache = checkpoint.open_cache(settings)
-    remote = open_remote(spec, settings.concurrency)
+    remote = open_remote(spec, settings.concurrency, need="write")
     digests = set().union(*(m.digests() for m in manifests))
     policy = settings.delta_policy
     bases = parent_bases(repo, *commits) if commits and policy.enabled else None

@@ -36,11 +36,17 @@ def _parse(records: bytes) -> dict[str, dict[str, str]]:
 
 
 def configured(repo: Repo) -> dict[str, RemoteSpec]:
-    """Every theta remote: .thetazarr first, then git config on top."""
+    """Every theta remote: .thetazarr first, then git config on top.
+
+    A bare repository (a server running ``git archive``) has no working file: its
+    ``.thetazarr`` is read from HEAD's tree.
+    """
     merged: dict[str, dict[str, str]] = {}
     file = os.path.join(repo.top, THETAZARR_FILE)
-    if os.path.exists(file):
-        out = git("config", "-z", "-f", file, "--get-regexp", r"^theta-zarr\.remote\.",
+    source = ["--blob", f"HEAD:{THETAZARR_FILE}"] if repo.bare else \
+        (["-f", file] if os.path.exists(file) else None)
+    if source:
+        out = git("config", "-z", *source, "--get-regexp", r"^theta-zarr\.remote\.",
                   cwd=repo.top, check=False)
         for name, opts in _parse(out).items():
             merged.setdefault(name, {}).update(opts)
@@ -140,6 +146,9 @@ def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> li
     """Manifests of tracked files in commits reachable from ``include`` but not ``exclude``."""
     if not include:
         return []
+    for rev in include:
+        if not rev.startswith("-"):
+            repo.commit(rev)  # a misspelt revision is the user's, named as such
     try:
         candidates = objects_with_paths(repo, *include, "--not", *exclude)
     except GitError as e:

@@ -7,24 +7,78 @@ import subprocess
 from dataclasses import dataclass
 
 from ..cache import default_cache_dir
+from ..chunking import MIN_CHUNK_BYTES
+from ..codecs import CODECS
+from ..errors import UserError
 from ..settings import Settings, parse_size
 
 CONFIG_PREFIX = "theta-zarr."
+_OUR_PREFIX = "theta-zarr: "
 
 
 class GitError(RuntimeError):
-    """A git command failed; the message is git's own first line."""
+    """A git command failed unexpectedly (a bug, or git itself broke); git's last line."""
+
+
+class GitInputError(GitError, UserError):
+    """git refused the user's input: not a repository, an unknown revision or path, or a
+    theta-zarr filter that reported its own one-line error during the git command."""
 
 
 def git(*args: str, cwd: str | None = None, input: bytes | None = None,
         check: bool = True, env: dict[str, str] | None = None) -> bytes:
+    """Run git; with ``check``, a failure raises GitError (GitInputError when theta-zarr's
+    filter, run by this git command, already said what went wrong: its lines are kept)."""
     full_env = {**os.environ, **env} if env else None
     proc = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True,
                           env=full_env)
     if check and proc.returncode != 0:
         msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        ours = [m[len(_OUR_PREFIX):] for m in msg if m.startswith(_OUR_PREFIX)]
+        if ours:
+            raise GitInputError("; ".join(dict.fromkeys(ours)))
         raise GitError(msg[-1] if msg else f"git {' '.join(args)} failed")
     return proc.stdout
+
+
+def _config_int(key: str, value: str, low: int, high: int) -> int:
+    try:
+        n = int(value.strip())
+    except ValueError:
+        raise UserError(f"git config {key} = {value!r} is not a whole number") from None
+    if not low <= n <= high:
+        raise UserError(f"git config {key} = {n} is out of range ({low}..{high})")
+    return n
+
+
+def _config_value(key: str, value: str) -> object:
+    """One ``theta-zarr.*`` value checked, or UserError naming the key and the value."""
+    if key == "theta-zarr.chunk-size":
+        try:
+            n = parse_size(value)
+        except ValueError:
+            raise UserError(f"git config {key} = {value!r} is not a size "
+                            "(e.g. 4MiB, 512k)") from None
+        if n < MIN_CHUNK_BYTES:
+            raise UserError(f"git config {key} = {value!r} is below the minimum "
+                            f"{MIN_CHUNK_BYTES} bytes")
+        return n
+    if key == "theta-zarr.cache-compression":
+        codec = value.strip() or "raw"
+        if codec not in CODECS:
+            raise UserError(f"git config {key} = {value!r} is not one of "
+                            f"{', '.join(sorted(CODECS))}")
+        return codec
+    if key == "theta-zarr.concurrency":
+        return _config_int(key, value, 1, 1024)
+    if key == "theta-zarr.delta-depth":
+        return _config_int(key, value, 0, 64)
+    if key == "theta-zarr.delta-ratio":
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"git config {key} = {value!r} is not a number") from None
+    raise AssertionError(key)
 
 
 def _true(value: str) -> bool:
@@ -33,22 +87,35 @@ def _true(value: str) -> bool:
 
 @dataclass
 class Repo:
-    top: str  # working tree root
+    top: str  # working tree root (a bare repository: its git dir)
     git_dir: str
     common_dir: str
+    bare: bool = False
 
     @classmethod
-    def discover(cls, cwd: str | None = None) -> Repo:
-        try:
-            out = git("rev-parse", "--show-toplevel", "--absolute-git-dir", "--git-common-dir",
-                      cwd=cwd).decode().splitlines()
-        except GitError:
-            raise GitError("not inside a git repository (run this from a git work tree)"
-                           ) from None
-        top, git_dir, common = out[0], out[1], out[2]
+    def discover(cls, cwd: str | None = None, bare_ok: bool = False) -> Repo:
+        """The repository around ``cwd``; GitInputError outside one (or in a bare one,
+        unless ``bare_ok``: the filter serves ``git archive`` on servers)."""
+        out = git("rev-parse", "--is-bare-repository", "--absolute-git-dir", "--git-common-dir",
+                  "--show-toplevel", cwd=cwd, check=False).decode().splitlines()
+        bare = len(out) >= 3 and out[0] == "true"
+        if len(out) < 4 and not (bare and bare_ok):
+            where = "a bare repository" if bare else "a git repository"
+            raise GitInputError(f"not inside {'a work tree' if bare else where} "
+                                f"({os.path.abspath(cwd or os.getcwd())}): run this from a git "
+                                "work tree")
+        git_dir, common = out[1], out[2]
         if not os.path.isabs(common):
             common = os.path.normpath(os.path.join(cwd or os.getcwd(), common))
-        return cls(top, git_dir, common)
+        return cls(git_dir if bare else out[3], git_dir, common, bare)
+
+    def commit(self, rev: str) -> str:
+        """The commit id ``rev`` names; GitInputError (as git words it) when none."""
+        out = self.git("rev-parse", "--verify", "--quiet", "--end-of-options",
+                       f"{rev}^{{commit}}", check=False).strip()
+        if not out:
+            raise GitInputError(f"unknown revision {rev!r} (not a commit in {self.top})")
+        return out.decode()
 
     def git(self, *args: str, input: bytes | None = None, check: bool = True,
             env: dict[str, str] | None = None) -> bytes:
@@ -72,20 +139,18 @@ class Repo:
             if not os.path.isabs(cache):
                 cache = os.path.join(self.top, cache)
         kwargs: dict = {"cache_dir": cache or default_cache_dir(self.common_dir)}
-        if "theta-zarr.chunk-size" in cfg:
-            kwargs["chunk_bytes"] = parse_size(cfg["theta-zarr.chunk-size"])
-        if "theta-zarr.cache-compression" in cfg:
-            kwargs["cache_codec"] = cfg["theta-zarr.cache-compression"].strip() or "raw"
-        if "theta-zarr.concurrency" in cfg:
-            kwargs["concurrency"] = int(cfg["theta-zarr.concurrency"])
+        for key, field in (("chunk-size", "chunk_bytes"), ("cache-compression", "cache_codec"),
+                           ("concurrency", "concurrency"), ("delta-ratio", "delta_ratio"),
+                           ("delta-depth", "delta_depth")):
+            if CONFIG_PREFIX + key in cfg:
+                kwargs[field] = _config_value(CONFIG_PREFIX + key, cfg[CONFIG_PREFIX + key])
         if "theta-zarr.delta" in cfg:
             kwargs["delta"] = _true(cfg["theta-zarr.delta"])
-        if "theta-zarr.delta-ratio" in cfg:
-            kwargs["delta_ratio"] = float(cfg["theta-zarr.delta-ratio"])
-        if "theta-zarr.delta-depth" in cfg:
-            kwargs["delta_depth"] = int(cfg["theta-zarr.delta-depth"])
         if "theta-zarr.opaque" in cfg:
             kwargs["opaque"] = _true(cfg["theta-zarr.opaque"])
         lazy_env = os.environ.get("GIT_THETA_ZARR_SKIP_SMUDGE")
         kwargs["lazy"] = _true(lazy_env) if lazy_env else _true(cfg.get("theta-zarr.lazy", ""))
-        return Settings(**kwargs)
+        try:
+            return Settings(**kwargs)
+        except ValueError as e:
+            raise UserError(f"git config theta-zarr.*: {e}") from None

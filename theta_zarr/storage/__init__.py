@@ -1,19 +1,21 @@
 """Blob stores: named immutable-or-conditional byte blobs under one root URL.
 
-``open_store(url)`` picks the class for the URL's protocol (one protocol per
+``open_store(url)`` (open.py) picks the class for the URL's protocol (one protocol per
 module, as fsspec does); everything above talks only to ``BlobStore``.
 """
 
+from ..redact import redact as redact_url
 from .base import (
     BlobInfo,
     BlobNotFound,
     BlobStore,
     ConditionalWritesUnsupported,
     ConditionFailed,
+    RootMissing,
     StorageError,
-    open_store,
-    redact_url,
 )
+from .open import BadURL, check_url, credential_hint, open_store
 
-__all__ = ["BlobInfo", "BlobNotFound", "BlobStore", "ConditionFailed",
-           "ConditionalWritesUnsupported", "StorageError", "open_store", "redact_url"]
+__all__ = ["BadURL", "BlobInfo", "BlobNotFound", "BlobStore", "ConditionFailed",
+           "ConditionalWritesUnsupported", "RootMissing", "StorageError", "check_url",
+           "credential_hint", "open_store", "redact_url"]

@@ -7,12 +7,11 @@ from their event loop, so the requests overlap on the wire).
 
 from __future__ import annotations
 
-import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from ..redact import redact
 
 
 class StorageError(OSError):
@@ -24,6 +23,10 @@ class BlobNotFound(StorageError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "not found"
+
+
+class RootMissing(StorageError):
+    """The remote's bucket or folder does not exist (a typo, or not created yet)."""
 
 
 class ConditionFailed(StorageError):
@@ -68,7 +71,15 @@ class BlobStore(ABC):
         """Every blob whose key starts with ``prefix`` (a folder-like prefix)."""
 
     def describe(self) -> str:
-        return redact_url(self.url)
+        return redact(self.url)
+
+    def check_root(self, for_write: bool = False) -> None:
+        """Raise RootMissing when the bucket or folder under this store does not exist.
+
+        Stores that cannot tell (memory://, other fsspec protocols) accept every root.
+        ``for_write``: a writer may create what is missing below an existing root.
+        """
+        return None
 
     # -- conditional writes (refs) -------------------------------------------------------
     # Optional: only backends that the storage service itself can make atomic override
@@ -93,30 +104,3 @@ class BlobStore(ABC):
         raise ConditionalWritesUnsupported(
             f"{self.describe()} has no conditional writes: refs need S3 (If-None-Match/"
             "If-Match), GCS (ifGenerationMatch) or a local folder")
-
-
-def redact_url(url: str) -> str:
-    """A URL fit for messages and logs: any user:password@ part removed."""
-    return re.sub(r"(//)[^/@]*@", r"\1", url)
-
-
-def open_store(url: str, storage_options: dict[str, Any] | None = None) -> BlobStore:
-    """The BlobStore for a URL: a local path or file:// URL, or any fsspec URL."""
-    if url.startswith("file://"):
-        url = url[len("file://"):]
-    if "://" not in url:
-        from .local import LocalStore
-
-        return LocalStore(os.path.abspath(os.path.expanduser(url)))
-    protocol = url.split("://", 1)[0].lower()
-    if protocol in ("s3", "s3a"):
-        from .s3 import S3Store
-
-        return S3Store(url, storage_options or {})
-    if protocol in ("gs", "gcs"):
-        from .gcs import GcsStore
-
-        return GcsStore(url, storage_options or {})
-    from .fsspec import FsspecStore
-
-    return FsspecStore(url, storage_options or {})

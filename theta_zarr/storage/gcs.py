@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from .base import BlobNotFound, ConditionFailed, StorageError
+from .base import BlobNotFound, ConditionFailed, RootMissing, StorageError
 from .fsspec import FsspecStore
 
 _BOUNDARY = "==theta-zarr-ref=="
@@ -21,6 +21,15 @@ _BOUNDARY = "==theta-zarr-ref=="
 
 class GcsStore(FsspecStore):
     conditional_writes = True
+
+    def check_root(self, for_write: bool = False) -> None:
+        bucket = self._bucket_key("x")[0]
+        try:
+            self.fs.call("GET", "b/{}", bucket, json_out=True)
+        except FileNotFoundError:
+            raise RootMissing(f"bucket {bucket} does not exist ({self.describe()})") from None
+        except Exception:
+            return  # no permission to ask (a public bucket): try the data
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         bucket, path = self._bucket_key(key)

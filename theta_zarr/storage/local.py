@@ -11,7 +11,15 @@ from collections.abc import Iterator
 
 import blake3
 
-from .base import BlobInfo, BlobNotFound, BlobStore, ConditionFailed, Parts, StorageError
+from .base import (
+    BlobInfo,
+    BlobNotFound,
+    BlobStore,
+    ConditionFailed,
+    Parts,
+    RootMissing,
+    StorageError,
+)
 
 
 class LocalStore(BlobStore):
@@ -25,6 +33,17 @@ class LocalStore(BlobStore):
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
+
+    def check_root(self, for_write: bool = False) -> None:
+        """A reader needs the folder; a writer creates it, but only inside an existing
+        folder (an unmounted share must not become a folder on the local disk)."""
+        if os.path.isdir(self.root):
+            return
+        parent = os.path.dirname(self.root)
+        if for_write and os.path.isdir(parent):
+            return
+        raise RootMissing(f"folder {self.root} does not exist" +
+                          ("" if not for_write else f" (nor does {parent})"))
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))

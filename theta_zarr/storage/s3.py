@@ -12,7 +12,7 @@ from typing import Any
 
 from fsspec.asyn import sync
 
-from .base import BlobNotFound, ConditionFailed, StorageError
+from .base import BlobNotFound, ConditionFailed, RootMissing, StorageError
 from .fsspec import FsspecStore
 
 
@@ -28,6 +28,15 @@ def _is_precondition_failure(e: BaseException) -> bool:
 
 class S3Store(FsspecStore):
     conditional_writes = True
+
+    def check_root(self, for_write: bool = False) -> None:
+        bucket = self._bucket_key("x")[0]
+        try:
+            self.fs.call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:
+            raise RootMissing(f"bucket {bucket} does not exist ({self.describe()})") from None
+        except Exception:
+            return  # no permission to ask (a public or requester-pays bucket): try the data
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         bucket, path = self._bucket_key(key)

@@ -1,0 +1,101 @@
+"""From a URL to a store: which URLs are well formed, and which BlobStore class serves one.
+
+Kept out of base.py so that the interface never imports its own implementations: this
+module sits above base.py and the backends, and everything else imports it from
+``theta_zarr.storage``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import fsspec
+
+from ..redact import has_userinfo, mask_userinfo
+from .base import BlobStore, StorageError
+
+#: Protocols whose first path segment is a bucket (a bucket name is required).
+BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs"})
+_SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*):(?P<rest>.*)$", re.DOTALL)
+#: Where each protocol's storage library looks for credentials (docs/remotes.md).
+CREDENTIAL_HINTS = {
+    "s3": "the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE), "
+          "~/.aws/credentials or an instance role",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS, 'gcloud auth application-default login' or "
+          "the instance's service account",
+}
+
+
+class BadURL(StorageError, ValueError):
+    """A remote URL that cannot name a store: the message says what is wrong and the fix."""
+
+
+def _protocol(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def credential_hint(url: str) -> str:
+    """Where the storage library for ``url`` finds credentials (one phrase)."""
+    protocol = {"s3a": "s3", "gcs": "gs"}.get(_protocol(url), _protocol(url))
+    return CREDENTIAL_HINTS.get(protocol, "the storage library's environment or config "
+                                          "(for http(s): ~/.netrc)")
+
+
+def check_url(url: str) -> str:
+    """Validate a remote URL's form; return it stripped.
+
+    A URL is a local path, ``file://PATH`` or ``SCHEME://...`` with a protocol fsspec
+    knows (``fsspec.available_protocols()``); bucket protocols (s3, gs) need a bucket.
+    Refused, with a one-line reason: credentials in the URL (``user:pw@``), a scheme
+    followed by one slash (``s3:/bucket``, which would otherwise be a relative folder),
+    an unknown scheme (``s4://``).  Raises :class:`BadURL`.
+    """
+    url = url.strip()
+    if not url:
+        raise BadURL("empty remote URL")
+    if has_userinfo(url):
+        raise BadURL(f"remote URL {mask_userinfo(url)!r} holds credentials (user:password@); "
+                     f"theta-zarr never stores credentials: remove them from the URL and put "
+                     f"them in {credential_hint(url)}")
+    m = _SCHEME.match(url)
+    if m is None or os.path.isabs(url):
+        return url  # a local folder
+    scheme, rest = m.group("scheme").lower(), m.group("rest")
+    if not rest.startswith("//"):
+        if scheme in fsspec.available_protocols():
+            raise BadURL(f"remote URL {url!r} has {scheme}: without '//'; did you mean "
+                         f"'{scheme}://{rest.lstrip('/')}'?")
+        raise BadURL(f"remote URL {url!r} looks like a URL with a scheme '{scheme}:'; for "
+                     f"a local folder write ./{url}")
+    if scheme != "file" and scheme not in fsspec.available_protocols():
+        raise BadURL(f"unknown URL scheme '{scheme}' in {url!r} (use s3://, gs://, a local "
+                     f"folder, or another protocol fsspec knows)")
+    if scheme in BUCKET_PROTOCOLS:
+        bucket = rest[2:].split("/", 1)[0]
+        if not bucket or any(c.isspace() for c in bucket):
+            raise BadURL(f"remote URL {url!r} names no bucket ({scheme}://BUCKET/PREFIX)")
+    return url
+
+
+def open_store(url: str, storage_options: dict[str, Any] | None = None) -> BlobStore:
+    """The BlobStore for a URL: a local path or file:// URL, or any fsspec URL."""
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    if "://" not in url:
+        from .local import LocalStore
+
+        return LocalStore(os.path.abspath(os.path.expanduser(url)))
+    protocol = _protocol(url)
+    if protocol in ("s3", "s3a"):
+        from .s3 import S3Store
+
+        return S3Store(url, storage_options or {})
+    if protocol in ("gs", "gcs"):
+        from .gcs import GcsStore
+
+        return GcsStore(url, storage_options or {})
+    from .fsspec import FsspecStore
+
+    return FsspecStore(url, storage_options or {})
