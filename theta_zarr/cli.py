@@ -13,7 +13,9 @@ from typing import Any
 
 import click
 
+from .commands.options import check_output, remote_options
 from .commands.reporting import fail, human, reports_errors
+from .redact import redact
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,21 +39,28 @@ def _scope_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @reports_errors
 def install(scope: str | None) -> None:
     """Configure git to route tracked checkpoints through theta-zarr."""
+    from .commands.manpages import ensure_installed
     from .git import install as inst
     from .git.hooks import install_pre_push
     from .git.repo import Repo
 
     scope = scope or inst.default_scope()
-    inst.install(scope)
-    click.echo(f"theta-zarr filter installed ({scope} git config)")
+    ensure_installed()  # `git theta-zarr --help` is `man git-theta-zarr`
+    exe = inst.executable()
+    inst.install(scope, exe=exe)
+    click.echo(f"theta-zarr filter installed ({scope} git config)" +
+               (f", starting {exe}" if exe != inst.EXE_NAME else ""))
     if inst.default_scope() == "local":
         repo = Repo.discover()
-        hook = install_pre_push(repo)
+        hook = install_pre_push(repo, exe)
         click.echo(f"pre-push hook installed ({hook})")
         lazy = _lazy_files(repo)
         if lazy:
             click.echo(f"{len(lazy)} tracked checkpoint(s) in the working tree are manifests "
                        "(checked out before install): run 'git theta-zarr materialize'")
+    else:
+        click.echo("each repository gets its pre-push hook the first time the filter runs "
+                   "in it (a clone's checkout, a first 'git add')")
 
 
 def _lazy_files(repo: Any) -> list[str]:
@@ -239,9 +248,7 @@ def remote() -> None:
 @remote.command("add")
 @click.argument("name")
 @click.argument("url")
-@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
-              help="endpoint-url, region, requester-pays, anon, project, compression, "
-                   "concurrency")
+@remote_options
 @click.option("--shared", is_flag=True,
               help="write to .thetazarr (commit it so clones find the remote)")
 @reports_errors
@@ -250,8 +257,8 @@ def remote_add(name: str, url: str, options: tuple[str, ...], shared: bool) -> N
     from .git import remotes
     from .git.repo import Repo
 
-    remotes.add(Repo.discover(), name, url, remotes.option_pairs(options), shared)
-    click.echo(f"theta-zarr remote {name} -> {url}")
+    spec = remotes.add(Repo.discover(), name, url, remotes.option_pairs(options), shared)
+    click.echo(f"theta-zarr remote {name} -> {redact(spec.url)}")
 
 
 @remote.command("list")
@@ -263,7 +270,7 @@ def remote_list() -> None:
 
     for spec in remotes.configured(Repo.discover()).values():
         opts = " ".join(f"{k}={v}" for k, v in sorted(spec.options.items()))
-        click.echo(f"{spec.name}\t{spec.url}{'  ' + opts if opts else ''}")
+        click.echo(redact(f"{spec.name}\t{spec.url}{'  ' + opts if opts else ''}"))
 
 
 @remote.command("remove")
@@ -299,7 +306,8 @@ def pre_push_cmd(remote_name: str, url: str | None) -> None:
 @click.option("--all", "all_refs", is_flag=True, help="every local branch and tag")
 @reports_errors
 def push_cmd(remote_name: str | None, refs: tuple[str, ...], all_refs: bool) -> None:
-    """Upload the chunks reachable from REFS (default HEAD) that REMOTE lacks."""
+    """Upload the chunks of git commits: those reachable from REFS (default HEAD) that
+    REMOTE lacks.  (To publish a checkpoint without git: 'theta-zarr publish'.)"""
     from .git.push import push_manifests
     from .git.remotes import manifests_in_range, require
     from .git.repo import Repo
@@ -339,9 +347,8 @@ def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> No
             digests |= {d for _, _, d in f.manifest.iter_chunks(names)}
     lacking = objects.cache.missing(digests)
     stats = fetch_objects(open_remote(spec, repo.settings().concurrency, need="read"),
-                          objects.cache,
-                          lacking)
-    click.echo(f"theta-zarr: {stats.summary('fetched', 'from ' + spec.url)}")
+                          objects.cache, lacking)
+    click.echo(f"theta-zarr: {stats.summary('fetched', f'from {spec.name} ({redact(spec.url)})')}")
 
 
 @main.command()
@@ -354,6 +361,7 @@ def materialize(paths: tuple[str, ...], include: tuple[str, ...], output: str | 
     """Rebuild real checkpoints from the manifests a lazy checkout left in the working tree."""
     from .git.materialize import materialize as run
 
+    check_output(output)
     for line in run(list(paths), list(include) or None, output):
         click.echo(line)
 
@@ -370,6 +378,24 @@ def demo(size: str, keep: str | None) -> None:
     from .settings import parse_size
 
     run_demo(parse_size(size), keep, echo=click.echo)
+
+
+@main.command("help")
+@click.argument("command", nargs=-1)
+@click.pass_context
+def help_cmd(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """Show help for COMMAND (a subcommand too: 'help remote add'), or list commands."""
+    group: click.Command = main
+    names = []
+    for name in command:
+        sub = group.get_command(ctx, name) if isinstance(group, click.Group) else None
+        if sub is None:
+            fail(f"no such command: {' '.join([*names, name])} "
+                 "(see 'git theta-zarr help')", code=1)
+        names.append(name)
+        group = sub
+    info = " ".join(["git theta-zarr", *names])
+    click.echo(group.get_help(click.Context(group, info_name=info)))
 
 
 def _register_command_modules() -> None:

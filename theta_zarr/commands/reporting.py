@@ -42,6 +42,8 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(one_line(e))
         except KeyboardInterrupt:
             fail("interrupted")
+        except Exception as e:  # a bug: still one line ("internal error ..."), no traceback
+            fail(one_line(e))
 
     return wrapper
 

@@ -1,8 +1,8 @@
-"""Click commands for cluster sync (push --ref, pull, ls, watch, import) and fsck/gc.
+"""Click commands for cluster sync (publish, combine, pull, ls, watch, import) and fsck/gc.
 
-``push`` is shared with git: ``push CKPT REMOTE --ref NAME`` (or ``--combine``)
-publishes a checkpoint without git; without ``--ref`` it is git's chunk push as
-before (``push [REMOTE] [REFS...] [--all]``).
+``publish CKPT REMOTE --ref NAME`` publishes a checkpoint without git, ``combine``
+records staged shards; ``push`` is git's chunk push only (``push [REMOTE] [REFS...]``),
+and still forwards the old ``push ... --ref`` spellings here for one release.
 """
 
 from __future__ import annotations
@@ -17,15 +17,8 @@ from typing import Any
 
 import click
 
+from .options import REMOTE_OPTION_HELP, check_output, remote_options, say
 from .reporting import human, reports_errors
-
-_OPTION_HELP = "remote option (endpoint-url, region, anon, project, compression, concurrency)"
-
-
-def _remote_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
-                      help=_OPTION_HELP)(fn)
-    return fn
 
 
 def _cache_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,65 +58,100 @@ def _settings(cache_dir: str | None, chunk_size: str):
     return Settings(cache_dir=default_cache_dir(cache_dir), chunk_bytes=parse_size(chunk_size))
 
 
-def _say(message: str) -> None:
-    click.echo(f"theta-zarr: {message}", err=True)
-
-
 def register(main: click.Group) -> None:
     """Add the sync commands; ``push`` wraps git's push command already registered."""
-    git_push = main.commands.get("push")
+    git_push = main.commands["push"]
 
-    @main.command("push")
-    @click.argument("args", nargs=-1)
-    @click.option("--ref", default=None, help="publish CKPT to REMOTE under this ref (no git)")
+    @main.command("publish")
+    @click.argument("path", metavar="CKPT")
+    @click.argument("remote_arg", metavar="REMOTE")
+    @click.option("--ref", required=True, help="the ref to create or move")
     @click.option("--force", is_flag=True, help="move the ref even if it points elsewhere")
     @click.option("--base-ref", default=None,
                   help="the ref this checkpoint continues (delta base; default: --ref's value)")
     @click.option("--shard", is_flag=True,
-                  help="stage this file as one shard of --ref (finish with --combine)")
+                  help="stage this file as one shard of --ref (finish with 'combine')")
     @click.option("--name", "shard_name", default=None, help="the shard's name in the set")
-    @click.option("--combine", is_flag=True, help="record the staged shards of --ref as one set")
-    @click.option("--expect", type=int, default=None, help="with --combine: shards required")
-    @click.option("--all", "all_refs", is_flag=True, help="git push: every branch and tag")
-    @_remote_options
+    @remote_options
     @_cache_options
-    @click.pass_context
     @reports_errors
-    def push(ctx: click.Context, args: tuple[str, ...], ref: str | None, force: bool,
-             base_ref: str | None, shard: bool, shard_name: str | None, combine: bool,
-             expect: int | None,
-             all_refs: bool, options: tuple[str, ...], cache_dir: str | None,
-             chunk_size: str) -> None:
+    def publish(path: str, remote_arg: str, ref: str, force: bool, base_ref: str | None,
+                shard: bool, shard_name: str | None, options: tuple[str, ...],
+                cache_dir: str | None, chunk_size: str) -> None:
         """Publish CKPT (file or folder) to REMOTE under --ref, uploading only new chunks.
 
-        \b
-        theta-zarr push CKPT REMOTE --ref NAME [--force]
-        theta-zarr push SHARD REMOTE --ref NAME --shard     (one per rank, concurrently)
-        theta-zarr push REMOTE --ref NAME --combine         (after every shard)
-        git theta-zarr push [REMOTE] [REFS...] [--all]      (chunks of git commits)
+        With --shard, each rank publishes its own file concurrently; 'theta-zarr combine'
+        then records the staged shards as one set.  No git needed.
         """
         from .. import sync
 
+        settings = _settings(cache_dir, chunk_size)
+        remote = open_sync_remote(remote_arg, options, settings.concurrency, need="write")
+        name = (shard_name or os.path.basename(os.path.normpath(path))) if shard else None
+        result = sync.push(path, remote, ref, settings, force=force, shard=name,
+                           base_ref=base_ref)
+        say(result.summary())
+
+    @main.command("combine")
+    @click.argument("remote_arg", metavar="REMOTE")
+    @click.option("--ref", required=True, help="the ref whose staged shards form the set")
+    @click.option("--force", is_flag=True, help="move the ref even if it points elsewhere")
+    @click.option("--expect", type=int, default=None, help="shards required")
+    @remote_options
+    @reports_errors
+    def combine(remote_arg: str, ref: str, force: bool, expect: int | None,
+                options: tuple[str, ...]) -> None:
+        """Record the shards staged for --ref (by 'publish --shard') as one set."""
+        from .. import sync
+
+        result = sync.combine(open_sync_remote(remote_arg, options, need="write"), ref, force,
+                              expect)
+        say(result.summary())
+
+    @main.command("push", help=git_push.help, short_help=git_push.short_help)
+    @click.argument("args", nargs=-1, metavar="[REMOTE] [REFS]...")
+    @click.option("--all", "all_refs", is_flag=True, help="every local branch and tag")
+    @click.option("--ref", default=None, hidden=True)
+    @click.option("--force", is_flag=True, hidden=True)
+    @click.option("--base-ref", default=None, hidden=True)
+    @click.option("--shard", is_flag=True, hidden=True)
+    @click.option("--name", "shard_name", default=None, hidden=True)
+    @click.option("--combine", "combine_", is_flag=True, hidden=True)
+    @click.option("--expect", type=int, default=None, hidden=True)
+    @click.option("--remote-option", "--option", "-o", "options", multiple=True, hidden=True)
+    @click.option("--chunk-size", default="4MiB", hidden=True)
+    @click.option("--cache", "cache_dir", default=None, hidden=True)
+    @click.pass_context
+    @reports_errors
+    def push(ctx: click.Context, args: tuple[str, ...], all_refs: bool, ref: str | None,
+             force: bool, base_ref: str | None, shard: bool, shard_name: str | None,
+             combine_: bool, expect: int | None, options: tuple[str, ...],
+             cache_dir: str | None, chunk_size: str) -> None:
+        # The cluster push moved to `publish` and `combine`; `push --ref` still works for
+        # one release, with a warning.
         if ref is None:
-            if combine or shard or force:
-                raise ValueError("--combine, --shard and --force need --ref")
+            if combine_ or shard or force or options:
+                raise ValueError("--combine, --shard, --force and remote options belong to "
+                                 "'theta-zarr publish' / 'theta-zarr combine'")
             ctx.invoke(git_push, remote_name=args[0] if args else None,
                        refs=tuple(args[1:]), all_refs=all_refs)
             return
-        if combine:
+        extra = [f"--remote-option {o}" for o in options]
+        if combine_:
             if len(args) != 1:
-                raise ValueError("usage: theta-zarr push REMOTE --ref NAME --combine")
-            result = sync.combine(open_sync_remote(args[0], options), ref, force, expect)
-        else:
-            if len(args) != 2:
-                raise ValueError("usage: theta-zarr push CKPT REMOTE --ref NAME")
-            settings = _settings(cache_dir, chunk_size)
-            remote = open_sync_remote(args[1], options, settings.concurrency)
-            name = (shard_name or os.path.basename(os.path.normpath(args[0]))) if shard \
-                else None
-            result = sync.push(args[0], remote, ref, settings, force=force, shard=name,
-                               base_ref=base_ref)
-        _say(result.summary())
+                raise ValueError("usage: theta-zarr combine REMOTE --ref NAME")
+            say(f"warning: 'push --combine' is deprecated; use 'theta-zarr combine "
+                f"{' '.join([*args, '--ref', ref, *extra])}'")
+            ctx.invoke(combine, remote_arg=args[0], ref=ref, force=force, expect=expect,
+                       options=options)
+            return
+        if len(args) != 2:
+            raise ValueError("usage: theta-zarr publish CKPT REMOTE --ref NAME")
+        say(f"warning: 'push CKPT REMOTE --ref' is deprecated; use 'theta-zarr publish "
+            f"{' '.join([*args, '--ref', ref, *extra])}'")
+        ctx.invoke(publish, path=args[0], remote_arg=args[1], ref=ref, force=force,
+                   base_ref=base_ref, shard=shard, shard_name=shard_name, options=options,
+                   cache_dir=cache_dir, chunk_size=chunk_size)
 
     @main.command("pull")
     @click.argument("remote_arg", metavar="REMOTE")
@@ -131,7 +159,8 @@ def register(main: click.Group) -> None:
     @click.option("--output", "-o", "output", required=True, help="file (or folder) to write")
     @click.option("--include", multiple=True, metavar="GLOB",
                   help="only parameters matching GLOB (repeatable)")
-    @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help=_OPTION_HELP)
+    @click.option("--remote-option", "--option", "options", multiple=True, metavar="KEY=VALUE",
+                  help=REMOTE_OPTION_HELP)
     @_cache_options
     @reports_errors
     def pull(remote_arg: str, ref: str, output: str, include: tuple[str, ...],
@@ -146,17 +175,18 @@ def register(main: click.Group) -> None:
         """
         from .. import sync
 
+        check_output(output)
         start = time.perf_counter()
         settings = _settings(cache_dir, chunk_size)
         remote = open_sync_remote(remote_arg, options, settings.concurrency)
         written = sync.pull(remote, ref, output, settings, list(include) or None)
-        _say(f"pulled {ref} -> {output} ({len(written)} file(s)), "
+        say(f"pulled {ref} -> {output} ({len(written)} file(s)), "
              f"{time.perf_counter() - start:.1f} s")
 
     @main.command("ls")
     @click.argument("remote_arg", metavar="REMOTE")
     @click.argument("prefix", required=False, default="")
-    @_remote_options
+    @remote_options
     @reports_errors
     def ls(remote_arg: str, prefix: str, options: tuple[str, ...]) -> None:
         """Refs of REMOTE (under PREFIX): time, size, parameters, manifest digest."""
@@ -224,7 +254,7 @@ def register(main: click.Group) -> None:
     @click.option("--once", is_flag=True, help="scan twice, one interval apart, then exit")
     @click.option("--exit-after", type=float, default=None, help="exit after SECONDS")
     @click.option("--force", is_flag=True, help="move refs that point elsewhere")
-    @_remote_options
+    @remote_options
     @_cache_options
     @reports_errors
     def watch(folder: str, remote_arg: str, ref_prefix: str, interval: float,
@@ -234,7 +264,7 @@ def register(main: click.Group) -> None:
         """Push each checkpoint that appears in FOLDER once it is complete; SIGTERM stops."""
 
         settings = _settings(cache_dir, chunk_size)
-        remote = open_sync_remote(remote_arg, options, settings.concurrency)
+        remote = open_sync_remote(remote_arg, options, settings.concurrency, need="write")
         from .. import watch
 
         opts = watch.WatchOptions(prefix=ref_prefix, interval=interval, marker=marker,
@@ -243,16 +273,16 @@ def register(main: click.Group) -> None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        _say(f"watching {folder} every {interval:g} s (SIGTERM or Ctrl-C stops)")
-        code = watch.Watcher(folder, remote, settings, opts, _say).run(stop)
-        _say("watch stopped" + (" (signal)" if stop.is_set() else ""))
+        say(f"watching {folder} every {interval:g} s (SIGTERM or Ctrl-C stops)")
+        code = watch.Watcher(folder, remote, settings, opts, say).run(stop)
+        say("watch stopped" + (" (signal)" if stop.is_set() else ""))
         sys.exit(code)
 
     @main.command("import")
     @click.argument("remote_arg", metavar="REMOTE")
     @click.argument("ref")
     @click.argument("path")
-    @_remote_options
+    @remote_options
     @reports_errors
     def import_cmd(remote_arg: str, ref: str, path: str, options: tuple[str, ...]) -> None:
         """Stage REF's checkpoint as PATH in this repository (no re-hashing); then commit."""
@@ -298,7 +328,7 @@ def register(main: click.Group) -> None:
         for line in problems:
             click.echo(line)
         if problems:
-            _say(f"{len(problems)} problem(s) found")
+            say(f"{len(problems)} problem(s) found")
             sys.exit(1)
         click.echo(f"ok: {len(roots.chunks)} reachable objects checked")
 
@@ -314,12 +344,16 @@ def register(main: click.Group) -> None:
     @click.option("--repack-depth", type=click.IntRange(0, 64), default=None,
                   help="deepest chain kept by --repack (default: theta-zarr.delta-depth; "
                        "0 rewrites every delta)")
+    @click.option("--ignore-stale-refs", is_flag=True,
+                  help="with --remote: collect even though git remotes that push there have "
+                       "refs this clone has not fetched")
     @reports_errors
     def gc_cmd(remote_name: str | None, grace: str, dry_run: bool, repack: bool,
-               repack_depth: int | None) -> None:
+               repack_depth: int | None, ignore_stale_refs: bool) -> None:
         """Delete unreachable objects older than --grace from the cache (and the remote)."""
         from .. import checkpoint, gc
-        from ..git.reachability import git_roots
+        from ..errors import UserError
+        from ..git.reachability import git_roots, stale_views
         from ..git.remotes import require
         from ..git.repo import Repo
         from ..sync import SyncRemote
@@ -327,8 +361,17 @@ def register(main: click.Group) -> None:
         repo = Repo.discover()
         settings = repo.settings()
         cache = checkpoint.open_cache(settings)
-        remote = SyncRemote.open(require(repo, remote_name), settings.concurrency) \
-            if remote_name else None
+        spec = require(repo, remote_name) if remote_name else None
+        if spec is not None:
+            stale = stale_views(repo, spec)
+            if stale and not ignore_stale_refs:
+                raise UserError(f"gc --remote {remote_name}: this clone's view is older than "
+                                f"the remote's ({stale[0]}); objects other clones pushed "
+                                "would look unreachable. Fetch first, or pass "
+                                "--ignore-stale-refs")
+            for line in stale:
+                say(f"warning: {line}")
+        remote = SyncRemote.open(spec, settings.concurrency) if spec else None
 
         def roots() -> gc.Roots:
             r = gc.Roots()

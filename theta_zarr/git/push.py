@@ -6,7 +6,7 @@ import sys
 
 from .. import checkpoint, delta
 from ..manifest import Manifest, ManifestError, looks_like_manifest
-from ..remote import ReadThrough, TransferStats, open_remote, push_objects
+from ..remote import ReadThrough, RemoteSpec, TransferStats, open_remote, push_objects
 from .files import read_blobs
 from .install import DRIVER
 from .remotes import for_git_remote, manifests_in_range, require, resolve
@@ -29,8 +29,10 @@ def pre_push(repo: Repo, remote_name: str, lines: list[str]) -> TransferStats | 
     manifests = manifests_in_range(repo, include, exclude)
     if not manifests:
         return None
-    spec = for_git_remote(repo, remote_name) or require(repo, remote_name)
-    return push_manifests(repo, spec, manifests, (include, exclude))
+    found = for_git_remote(repo, remote_name)
+    spec, why = found if found is not None else (require(repo, remote_name), "")
+    return push_manifests(repo, spec, manifests, (include, exclude),
+                          f"git remote {remote_name!r} -> {why}" if why else "")
 
 
 def _is_commit(repo: Repo, sha: str) -> bool:
@@ -41,10 +43,12 @@ def _is_commit(repo: Repo, sha: str) -> bool:
     return True
 
 
-def push_manifests(repo: Repo, spec, manifests,
-                   commits: tuple[list[str], list[str]] | None = None) -> TransferStats:
+def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
+                   commits: tuple[list[str], list[str]] | None = None, why: str = ""
+                   ) -> TransferStats:
     """Upload the chunks of ``manifests``; ``commits`` (include, exclude) names the commit
-    range they came from, whose first-parent changes give the delta bases."""
+    range they came from, whose first-parent changes give the delta bases.  The summary
+    line names the remote (and ``why`` it was chosen) on every push."""
     settings = repo.settings()
     cache = checkpoint.open_cache(settings)
     remote = open_remote(spec, settings.concurrency, need="write")
@@ -52,7 +56,8 @@ def push_manifests(repo: Repo, spec, manifests,
     policy = settings.delta_policy
     bases = parent_bases(repo, *commits) if commits and policy.enabled else None
     stats = push_objects(cache, remote, digests, bases, policy)
-    print(f"theta-zarr: {stats.summary('uploaded', 'to ' + remote.url)}", file=sys.stderr)
+    where = f"to {spec.name} ({remote.url}{'; ' + why if why else ''})"
+    print(f"theta-zarr: {stats.summary('uploaded', where)}", file=sys.stderr)
     return stats
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 from ..chunking import digest
 from ..gc import _DIGEST_BYTES, MAX_MANIFEST_BLOB, Roots
 from ..manifest import MAGIC
+from ..remote import RemoteSpec
 from .files import objects_with_paths, read_blobs
-from .repo import Repo
+from .remotes import feeding_git_remotes
+from .repo import GitError, Repo
 
 
 def git_roots(repo: Repo, roots: Roots) -> None:
@@ -29,3 +31,32 @@ def git_roots(repo: Repo, roots: Roots) -> None:
                 where = f"{paths[sha]} (git blob {sha[:10]})"
                 roots.add_chunks((d.decode() for d in _DIGEST_BYTES.findall(data)), where)
                 roots.manifests.add(digest(data))
+
+
+def stale_views(repo: Repo, spec: RemoteSpec) -> list[str]:
+    """Why this clone's view of the git remotes that push to ``spec`` may be older than
+    the remotes themselves: one line per git remote whose branches or tags (``git
+    ls-remote``) differ from what this repository has fetched, or that cannot be listed.
+
+    gc --remote keeps what this repository can reach; commits another clone pushed
+    (and the objects they name) are only known after a fetch.
+    """
+    problems = []
+    for name in feeding_git_remotes(repo, spec):
+        try:
+            listed = repo.git("ls-remote", "--heads", "--tags", name).decode().splitlines()
+        except GitError as e:
+            problems.append(f"cannot list the refs of git remote {name!r} ({e})")
+            continue
+        for line in listed:
+            sha, _, ref = line.partition("\t")
+            if ref.endswith("^{}"):
+                continue
+            local = (f"refs/remotes/{name}/{ref[len('refs/heads/'):]}"
+                     if ref.startswith("refs/heads/") else ref)
+            have = repo.git("rev-parse", "--verify", "--quiet", local, check=False)
+            if have.decode().strip() != sha:
+                problems.append(f"git remote {name!r}: {ref} has moved since the last fetch "
+                                f"(run 'git fetch {name}')")
+                break
+    return problems

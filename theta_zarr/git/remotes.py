@@ -98,19 +98,38 @@ def resolve(repo: Repo, name: str | None = None) -> RemoteSpec | None:
     return None
 
 
-def for_git_remote(repo: Repo, git_remote: str) -> RemoteSpec | None:
-    """The theta remote that receives the chunks of a ``git push`` to ``git_remote``:
-    the one of the same name, else the default one (configured before derived)."""
+def for_git_remote(repo: Repo, git_remote: str) -> tuple[RemoteSpec, str] | None:
+    """The theta remote that receives the chunks of a ``git push`` to ``git_remote``, and
+    why it is that one (shown on the push line, so where chunks go never surprises):
+
+    1. the theta remote of the same name;
+    2. ``theta-zarr.default-remote``;
+    3. ``<path>/theta-zarr`` when the git remote is a local path (an unrelated folder
+       remote added later never takes its pushes);
+    4. the only theta remote configured.
+    """
     specs = configured(repo)
     if git_remote in specs:
-        return specs[git_remote]
+        return specs[git_remote], f"theta remote {git_remote!r}"
     default = repo.git("config", "--get", "theta-zarr.default-remote",
                        check=False).decode().strip()
     if default in specs:
-        return specs[default]
+        return specs[default], f"theta remote {default!r}: theta-zarr.default-remote"
+    path = _git_remote_path(repo, git_remote)
+    if path is not None:
+        return (RemoteSpec(git_remote, os.path.join(path, "theta-zarr")),
+                f"next to git remote {git_remote!r}")
     if len(specs) == 1:
-        return next(iter(specs.values()))
-    return resolve(repo, git_remote)
+        spec = next(iter(specs.values()))
+        return spec, f"theta remote {spec.name!r}: the only one configured"
+    return None
+
+
+def feeding_git_remotes(repo: Repo, spec: RemoteSpec) -> list[str]:
+    """The git remotes whose pushes send chunks to ``spec`` (same URL)."""
+    names = repo.git("remote").decode().split()
+    return [n for n in names
+            if (found := for_git_remote(repo, n)) is not None and found[0].url == spec.url]
 
 
 def require(repo: Repo, name: str | None = None) -> RemoteSpec:
@@ -122,13 +141,18 @@ def require(repo: Repo, name: str | None = None) -> RemoteSpec:
     return spec
 
 
-def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool) -> None:
-    """Record a remote in git config, or in .thetazarr when ``shared`` (to commit)."""
-    RemoteSpec(name, url, options)  # validates option names, refuses credentials
+def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
+        ) -> RemoteSpec:
+    """Record a remote in git config, or in .thetazarr when ``shared`` (to commit).
+
+    The URL and options are checked first (RemoteSpec: form, protocol, no credentials).
+    """
+    spec = RemoteSpec(name, url, options)
     target = ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
-    repo.git("config", *target, f"{PREFIX}{name}.url", url)
+    repo.git("config", *target, f"{PREFIX}{name}.url", spec.url)
     for key, value in options.items():
         repo.git("config", *target, f"{PREFIX}{name}.{key}", value)
+    return spec
 
 
 def remove(repo: Repo, name: str, shared: bool) -> bool:
