@@ -180,7 +180,8 @@ def test_command_check_catches_mistakes():
         resolve(("remote",))
     with pytest.raises(LookupError):
         resolve(("materialise",))
-    path, command, rest = resolve(("remote", "add", "origin", "s3://b", "-o", "region=x"))
+    path, command, rest = resolve(("remote", "add", "origin", "s3://b", "--remote-option",
+                                   "region=x"))
     assert path == ("remote", "add") and unknown_options(command, rest) == []
     _, command, rest = resolve(("fetch", "origin", "--includes", "x"))
     assert unknown_options(command, rest) == ["--includes"]

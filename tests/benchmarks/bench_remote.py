@@ -300,15 +300,15 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
         git.run(["git-theta-zarr", "install"])
         git.run(["git-theta-zarr", "track", "*.safetensors"])
         url_z, url_r = server.url(buckets["zstd"]), server.url(buckets["raw"])
-        git.run(["git-theta-zarr", "remote", "add", "origin", url_z, "-o",
+        git.run(["git-theta-zarr", "remote", "add", "origin", url_z, "--remote-option",
                  f"endpoint-url={server.endpoint}", "--shared"])
         bare_z, bare_r = os.path.join(work, f"{kind}-z.git"), os.path.join(work, f"{kind}-r.git")
         for b in (bare_z, bare_r):
             Git(work, env)("init", "-q", "--bare", "-b", "main", b)
         git("remote", "add", "origin", bare_z)
         git("remote", "add", "rawo", bare_r)
-        git.run(["git-theta-zarr", "remote", "add", "rawo", url_r, "-o",
-                 f"endpoint-url={server.endpoint}", "-o", "compression=raw"])
+        git.run(["git-theta-zarr", "remote", "add", "rawo", url_r, "--remote-option",
+                 f"endpoint-url={server.endpoint}", "--remote-option", "compression=raw"])
         shutil.copyfile(model, os.path.join(src_dir, MODEL))
         log(f"[{kind}] git add + commit")
         git("add", ".gitattributes", ".thetazarr", MODEL)

@@ -19,7 +19,7 @@ def test_demo_without_keep_names_no_deleted_folder(repo):
 
 
 def test_remote_list_and_remove(repo):
-    repo.tz("remote", "add", "origin", "s3://b/models", "-o", "region=eu-west-1")
+    repo.tz("remote", "add", "origin", "s3://b/models", "--remote-option", "region=eu-west-1")
     repo.tz("remote", "add", "team", "gs://c/m", "--shared")
     listed = repo.tz("remote", "list").stdout.decode().splitlines()
     assert "origin\ts3://b/models  region=eu-west-1" in listed

@@ -49,7 +49,7 @@ def setup(repo, url, env, options, tmp_path) -> Path:
     bare = tmp_path / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
     repo.git("remote", "add", "origin", str(bare))
-    repo.tz("remote", "add", "origin", url, *[a for o in options for a in ("-o", o)],
+    repo.tz("remote", "add", "origin", url, *[a for o in options for a in ("--remote-option", o)],
             "--shared")
     repo.git("add", ".thetazarr")
     repo.git("commit", "-q", "-m", "remote")
@@ -180,7 +180,7 @@ def test_cluster_push_stores_deltas_against_the_ref(tmp_path):
     url = str(tmp_path / "bucket")
     f = tmp_path / "model.safetensors"
     write_model(str(f), SHAPE)
-    push = ["push", str(f), url, "--ref", "run/latest", "--chunk-size", "16KiB"]
+    push = ["publish", str(f), url, "--ref", "run/latest", "--chunk-size", "16KiB"]
     run_tz(push, tmp_path / "job-cache")
     write_model(str(f), SHAPE, tuned=ALL, step=1e-4)
     out = run_tz([*push, "--force"], tmp_path / "job-cache")
@@ -199,9 +199,9 @@ def test_cluster_push_of_a_new_step_deltas_against_base_ref(tmp_path):
     f = tmp_path / "model.safetensors"
     write_model(str(f), SHAPE)
     common = ["--chunk-size", "16KiB"]
-    run_tz(["push", str(f), url, "--ref", "run/step-1", *common], tmp_path / "job-cache")
+    run_tz(["publish", str(f), url, "--ref", "run/step-1", *common], tmp_path / "job-cache")
     write_model(str(f), SHAPE, tuned=ALL, step=1e-4)
-    out = run_tz(["push", str(f), url, "--ref", "run/step-2", "--base-ref", "run/step-1",
+    out = run_tz(["publish", str(f), url, "--ref", "run/step-2", "--base-ref", "run/step-1",
                   *common], tmp_path / "job-cache")
     remote = SyncRemote.open(RemoteSpec("t", url))
     _, step1 = remote.resolve("run/step-1")

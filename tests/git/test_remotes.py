@@ -59,7 +59,7 @@ def setup_origin(repo, case: RemoteCase, tmp_path: Path) -> Path:
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
                    env=repo.env)
     repo.git("remote", "add", "origin", str(bare))
-    args = [a for o in case.options for a in ("-o", o)]
+    args = [a for o in case.options for a in ("--remote-option", o)]
     repo.tz("remote", "add", "origin", case.url, *args, "--shared")
     repo.git("add", ".thetazarr")
     repo.git("commit", "-q", "-m", "remote")
@@ -211,7 +211,7 @@ def test_unreachable_server_fails_push_clearly(repo, tmp_path):
         bare = tmp_path / "origin.git"
         subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
         repo.git("remote", "add", "origin", str(bare))
-        repo.tz("remote", "add", "origin", "s3://dying/models", "-o",
+        repo.tz("remote", "add", "origin", "s3://dying/models", "--remote-option",
                 f"endpoint-url={server.endpoint}")
         commit_model(repo, "base")
         # stderr to a file: a pipe nobody reads while we poll could fill and block git

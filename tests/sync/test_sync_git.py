@@ -23,7 +23,7 @@ def _local_case(tmp_path: Path) -> Case:
 
 
 def _push(case: Case, tmp_path: Path, f: Path, ref: str) -> None:
-    tz(["push", str(f), case.url, "--ref", ref, "--chunk-size", CHUNK], env_for(case, tmp_path))
+    tz(["publish", str(f), case.url, "--ref", ref, "--chunk-size", CHUNK], env_for(case, tmp_path))
 
 
 def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):

@@ -17,7 +17,7 @@ def test_eight_concurrent_pushes_to_one_ref_have_one_winner(case, tmp_path):  # 
     env = env_for(case, tmp_path)
     files = [model(tmp_path / f"m{i}.safetensors", seed=i) for i in range(8)]
     procs = [subprocess.Popen(
-        ["theta-zarr", "push", str(f), case.url, "--ref", "run7/step-1", "--chunk-size", CHUNK,
+        ["theta-zarr", "publish", str(f), case.url, "--ref", "run7/step-1", "--chunk-size", CHUNK,
          "--cache", str(tmp_path / f"cache{i}"), *case.cli_options()],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i, f in enumerate(files)]
     results = [(p.wait(), p.stderr.read().decode()) for p in procs]
@@ -47,13 +47,13 @@ def test_second_push_uploads_only_changed_chunks_and_pull_is_bit_exact(case, tmp
     env = env_for(case, tmp_path)
     base = model(tmp_path / "base.safetensors")
     opts = ["--chunk-size", CHUNK, *case.cli_options()]
-    tz(["push", str(base), case.url, "--ref", "run7/step-1", *opts], env)
+    tz(["publish", str(base), case.url, "--ref", "run7/step-1", *opts], env)
     remote = case.remote()
     before = {d for d, _, _ in remote.objects.iter_digests()}
     # about 10% of the parameters change
     tuned = [n for n, _ in SHAPE.tensors()][::10]
     step2 = model(tmp_path / "step2.safetensors", tuned=tuned)
-    err = tz(["push", str(step2), case.url, "--ref", "run7/step-2", *opts], env).stderr.decode()
+    err = tz(["publish", str(step2), case.url, "--ref", "run7/step-2", *opts], env).stderr.decode()
     after = {d for d, _, _ in remote.objects.iter_digests()}
     m1 = remote.load(remote.refs.read("run7/step-1").digest)
     m2 = remote.load(remote.refs.read("run7/step-2").digest)
@@ -90,7 +90,7 @@ def test_sharded_directory_and_rank_pushes_with_combine(case, tmp_path):  # noqa
         model(ckpt / f"rank-{r}.safetensors", seed=10 + r)
     (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "b"}}))
     # the whole folder as one ref
-    tz(["push", str(ckpt), case.url, "--ref", "run7/step-5", *opts], env)
+    tz(["publish", str(ckpt), case.url, "--ref", "run7/step-5", *opts], env)
     out = tmp_path / "pulled-dir"
     tz(["pull", case.url, "run7/step-5", "-o", str(out), *case.cli_options()], env)
     for f in ckpt.iterdir():
@@ -102,10 +102,10 @@ def test_sharded_directory_and_rank_pushes_with_combine(case, tmp_path):  # noqa
         list(pool.map(lambda f: sync.push(str(f), case.remote(), "run7/step-6", settings,
                                           shard=f.name), sorted(ckpt.iterdir())))
     assert case.remote().refs.read("run7/step-6") is None  # nothing named before combine
-    bad = tz(["push", case.url, "--ref", "run7/step-6", "--combine", "--expect", "9",
+    bad = tz(["combine", case.url, "--ref", "run7/step-6", "--expect", "9",
               *case.cli_options()], env, check=False)
     assert bad.returncode == 1 and "expected 9" in bad.stderr.decode()
-    tz(["push", case.url, "--ref", "run7/step-6", "--combine", *case.cli_options()], env)
+    tz(["combine", case.url, "--ref", "run7/step-6", *case.cli_options()], env)
     # the same files give the same set: both refs name one digest
     remote = case.remote()
     assert remote.refs.read("run7/step-6").digest == remote.refs.read("run7/step-5").digest
@@ -115,7 +115,7 @@ def test_sharded_directory_and_rank_pushes_with_combine(case, tmp_path):  # noqa
 def test_push_errors_are_one_line(tmp_path):
     case_env = env_for(type("C", (), {"env": {}})(), tmp_path)
     f = model(tmp_path / "m.safetensors")
-    bad = tz(["push", str(f), str(tmp_path / "b"), "--ref", "../x"], case_env, check=False)
+    bad = tz(["publish", str(f), str(tmp_path / "b"), "--ref", "../x"], case_env, check=False)
     assert bad.returncode == 1 and "invalid ref name" in bad.stderr.decode()
     assert len(bad.stderr.decode().strip().splitlines()) == 1
     missing = tz(["pull", str(tmp_path / "b"), "nope", "-o", str(tmp_path / "o")], case_env,

@@ -92,6 +92,7 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
     from ..git.repo import Repo
 
     repo = Repo.discover()
+    repo.settings()  # a bad theta-zarr.* value is reported before anything is compared
     after = raw[raw.index("--") + 1:] if "--" in raw else None
     before = list(args[: len(args) - len(after)]) if after is not None else list(args)
     unknown = [a for a in before if a.startswith("-") and a != "-"]

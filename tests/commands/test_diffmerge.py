@@ -1,0 +1,76 @@
+"""`git theta-zarr diff` reads arguments as `git diff` does; a closed pipe ends it quietly."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from theta_zarr.demo import ModelShape, write_model
+from theta_zarr.git.repo import Repo
+
+SHAPE = ModelShape(hidden=32, layers=2, vocab=64)
+
+
+@pytest.fixture
+def two_commits(repo):
+    write_model(str(repo.path / "m.safetensors"), SHAPE)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "v1")
+    write_model(str(repo.path / "m.safetensors"), SHAPE, tuned=["layers.0.*"])
+    repo.git("commit", "-q", "-am", "v2")
+    return repo
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (("HEAD~1", "HAED"), 128, "ambiguous argument 'HAED': unknown revision"),
+    (("HEAD~1", "--", "HAED"), 0, None),  # a path after --: nothing there, no difference
+    (("--", "HEAD"), 0, None),
+    (("HAED", "--"), 128, "ambiguous argument 'HAED'"),
+    (("--bogus", "HEAD~1"), 129, "unknown option '--bogus'"),
+    (("HEAD", "HEAD~1", "HEAD~1"), 129, "at most two revisions"),
+])
+def test_arguments_as_git_diff_reads_them(two_commits, args, code, words):
+    proc = two_commits.tz("diff", *args, check=False)
+    assert proc.returncode == code, proc.stderr.decode()
+    if words:
+        assert words in proc.stderr.decode()
+        assert proc.stderr.decode().count("\n") == 1 and not proc.stdout
+
+
+def test_revision_that_is_also_a_file_is_ambiguous(two_commits):
+    (two_commits.path / "HEAD").write_text("x")
+    proc = two_commits.tz("diff", "HEAD", check=False)
+    assert proc.returncode == 128 and "both revision and filename" in proc.stderr.decode()
+
+
+def test_exit_code_stat_name_only_and_ranges(two_commits):
+    r = two_commits
+    assert r.tz("diff", "--exit-code", "HEAD~1", "HEAD", check=False).returncode == 1
+    assert r.tz("diff", "--exit-code", "HEAD", "HEAD", check=False).returncode == 0
+    assert r.tz("diff", "--name-only", "HEAD~1..HEAD").stdout.decode() == "m.safetensors\n"
+    stat = r.tz("diff", "--stat", "HEAD~1", "HEAD", "--", "m.safetensors").stdout.decode()
+    first, total = stat.splitlines()
+    assert first.startswith(" m.safetensors | ") and "changed" in first
+    assert total.startswith(" 1 checkpoint(s) changed:")
+    full = r.tz("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert r.tz("diff", "HEAD~1...HEAD").stdout.decode() == full  # merge base is HEAD~1
+
+
+def test_closed_pipe_is_not_an_error(two_commits):
+    """`git theta-zarr diff | head` must not end with "Broken pipe"."""
+    proc = subprocess.Popen(["git-theta-zarr", "diff", "HEAD~1", "HEAD", "--json"],
+                            cwd=two_commits.path, env=two_commits.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first write
+    err = proc.stderr.read().decode()
+    proc.wait()
+    assert "Broken pipe" not in err and "BrokenPipeError" not in err and "Traceback" not in err
+    assert proc.returncode == 141
+
+
+def test_revision_check_names_the_repository(two_commits):
+    repo = Repo.discover(str(two_commits.path))
+    assert repo.commit("HEAD") == two_commits.out("rev-parse", "HEAD").strip()
+    with pytest.raises(Exception, match="unknown revision 'HAED'"):
+        repo.commit("HAED")

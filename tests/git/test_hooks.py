@@ -1,0 +1,122 @@
+"""The pre-push hook: installed wherever the filter runs, chaining other hooks under their name."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+from conftest import GitRepo
+from test_remotes import SHAPE, sha
+
+from theta_zarr.demo import write_model
+from theta_zarr.manifest import Manifest
+from theta_zarr.remote import RemoteSpec, open_remote
+
+
+def _bare(tmp_path: Path, env: dict[str, str], name: str = "origin.git") -> Path:
+    bare = tmp_path / name
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True, env=env)
+    return bare
+
+
+def test_repository_made_after_a_global_install_pushes_its_chunks(make_repo, tmp_path):
+    """git init (or clone) after `install --global`: the first `git add` installs the hook,
+    so the very first `git push` uploads the chunks and a clone is bit-exact."""
+    w = make_repo("w")
+    w.run("git", "theta-zarr", "install", "--global")
+    w.git("init", "-q", "-b", "main")
+    w.tz("track", "*.safetensors")
+    bare = _bare(tmp_path, w.env)
+    w.git("remote", "add", "origin", str(bare))
+    write_model(str(w.path / "m.safetensors"), SHAPE)
+    added = w.git("add", "-A")
+    hook = w.path / ".git" / "hooks" / "pre-push"
+    assert hook.exists() and "installed the pre-push hook" in added.stderr.decode()
+    w.git("commit", "-q", "-m", "first")
+    pushed = w.git("push", "-q", "origin", "main").stderr.decode()
+    assert "uploaded" in pushed and "next to git remote 'origin'" in pushed
+    m = Manifest.from_bytes(w.git("cat-file", "blob", "HEAD:m.safetensors").stdout)
+    store = open_remote(RemoteSpec("o", str(bare / "theta-zarr")))
+    assert store.missing(m.digests()) == set()
+    c = make_repo("c")
+    c.path.rmdir()
+    GitRepo(tmp_path, w.env).git("clone", "-q", str(bare), "c")
+    assert sha(c.path / "m.safetensors") == sha(w.path / "m.safetensors")
+    assert (c.path / ".git" / "hooks" / "pre-push").exists()  # the clone's checkout did it
+
+
+HUSKY_HELPER = """#!/bin/sh
+name=$(basename "$0")
+script="$(dirname "$(dirname "$0")")/$name"
+[ -f "$script" ] || exit 0
+sh -e "$script" "$@"
+"""
+
+
+def test_name_dispatching_hook_manager_keeps_running(repo, tmp_path):
+    """A husky-style dispatcher (core.hooksPath, runs the script named after $0) still runs
+    the team's pre-push with git's arguments and input, and can still block the push."""
+    hooks = repo.path / ".hooks"
+    (hooks / "_").mkdir(parents=True)
+    (hooks / "_" / "h").write_text(HUSKY_HELPER)
+    dispatcher = hooks / "_" / "pre-push"
+    dispatcher.write_text('#!/usr/bin/env sh\n. "$(dirname "$0")/h"\n')
+    dispatcher.chmod(0o755)
+    log = tmp_path / "team.log"
+    (hooks / "pre-push").write_text(f'echo "$1 $2" > {log}\ncat >> {log}\n'
+                                    f'[ -e {tmp_path / "allow"} ]\n')
+    repo.git("config", "core.hooksPath", ".hooks/_")
+    bare = _bare(tmp_path, repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    repo.tz("install")
+    assert "theta-zarr pre-push hook" in dispatcher.read_text()
+    write_model(str(repo.path / "m.safetensors"), SHAPE)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "m")
+    blocked = repo.git("push", "-q", "origin", "main", check=False)
+    assert blocked.returncode != 0
+    assert repo.git("ls-remote", str(bare), "main").stdout == b""
+    first = log.read_text().splitlines()
+    assert first[0] == f"origin {bare}" and first[1].startswith("refs/heads/main ")
+    (tmp_path / "allow").touch()
+    repo.git("push", "-q", "origin", "main")
+    assert repo.git("ls-remote", str(bare), "main").stdout
+
+
+def test_chained_program_hook_gets_arguments_and_input(repo, tmp_path):
+    """A hook that is not a shell script runs as itself, with git's arguments and input."""
+    hook = repo.path / ".git" / "hooks" / "pre-push"
+    log = tmp_path / "py.log"
+    hook.write_text(f"#!{shutil.which('python3') or 'python3'}\nimport sys\n"
+                    f"open({str(log)!r}, 'w').write(' '.join(sys.argv[1:]) + '|' + "
+                    "sys.stdin.read())\n")
+    hook.chmod(0o755)
+    repo.tz("install")
+    bare = _bare(tmp_path, repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    repo.git("push", "-q", "origin", "main")
+    args, _, stdin = log.read_text().partition("|")
+    assert args == f"origin {bare}" and stdin.startswith("refs/heads/main ")
+
+
+def test_checkout_works_without_theta_zarr_on_path(repo, make_repo, tmp_path):
+    """install records this environment's executable, so a shell whose PATH lacks it
+    (another virtual environment active) still checks out real files."""
+    scripts = sysconfig.get_path("scripts")
+    process = repo.out("config", "filter.theta-zarr.process")
+    assert process.startswith(os.path.join(scripts, "git-theta-zarr"))
+    write_model(str(repo.path / "m.safetensors"), SHAPE)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "m")
+    bare = _bare(tmp_path, repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    repo.git("push", "-q", "origin", "main")
+    git_dir = os.path.dirname(shutil.which("git"))
+    env = {**repo.env, "PATH": os.pathsep.join([git_dir, "/usr/bin", "/bin"])}
+    parent = GitRepo(tmp_path, env)
+    parent.run(os.path.join(scripts, "git-theta-zarr"), "install", "--global")
+    parent.git("clone", "-q", str(bare), "elsewhere")
+    assert sha(tmp_path / "elsewhere" / "m.safetensors") == sha(repo.path / "m.safetensors")

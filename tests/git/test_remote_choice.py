@@ -1,0 +1,68 @@
+"""Where chunks go never surprises: the push line names the remote, gc sees current refs."""
+
+from __future__ import annotations
+
+import subprocess
+
+from conftest import GitRepo
+from test_remotes import SHAPE
+
+from theta_zarr.demo import write_model
+from theta_zarr.manifest import Manifest
+from theta_zarr.remote import RemoteSpec, open_remote
+
+
+def _commit(r: GitRepo, seed: int) -> Manifest:
+    write_model(str(r.path / "m.safetensors"), SHAPE, seed=seed)
+    r.git("add", "-A")
+    r.git("commit", "-q", "-m", f"seed {seed}")
+    return Manifest.from_bytes(r.git("cat-file", "blob", "HEAD:m.safetensors").stdout)
+
+
+def test_unrelated_folder_remote_does_not_take_origins_pushes(repo, tmp_path):
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    repo.tz("remote", "add", "backup", str(tmp_path / "backup"))
+    m = _commit(repo, 0)
+    err = repo.git("push", "-q", "origin", "main").stderr.decode()
+    assert f"to origin ({bare / 'theta-zarr'}; git remote 'origin' -> next to git remote" in err
+    assert open_remote(RemoteSpec("o", str(bare / "theta-zarr"))).missing(m.digests()) == set()
+    assert not (tmp_path / "backup").exists()
+
+
+def test_push_line_says_when_the_only_theta_remote_is_used(repo, tmp_path):
+    repo.git("remote", "add", "origin", "https://git.example.invalid/team/models.git")
+    repo.tz("remote", "add", "models", str(tmp_path / "models"))
+    _commit(repo, 0)
+    err = repo.tz("push").stderr.decode()
+    assert "to models (" in err
+    hook_err = repo.run("git-theta-zarr", "pre-push", "origin", "https://x.invalid/r.git",
+                        input=(f"refs/heads/main {repo.out('rev-parse', 'HEAD').strip()} "
+                               f"refs/heads/main {'0' * 40}\n").encode()).stderr.decode()
+    assert "git remote 'origin' -> theta remote 'models': the only one configured" in hook_err
+
+
+def test_gc_remote_refuses_a_stale_view_of_the_git_remote(repo, make_repo, tmp_path):
+    """Clone B pushed commits A has not fetched: A's gc --remote must not collect B's chunks."""
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    _commit(repo, 0)
+    repo.git("push", "-q", "origin", "main")
+    b = make_repo("b")
+    b.path.rmdir()
+    GitRepo(tmp_path, repo.env).git("clone", "-q", str(bare), "b")
+    theirs = _commit(b, 1)
+    b.git("push", "-q", "origin", "main")
+    store = open_remote(RemoteSpec("o", str(bare / "theta-zarr")))
+    proc = repo.tz("gc", "--remote", "origin", "--grace", "0", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "has moved since the last fetch" in err
+    assert "git fetch origin" in err and "Traceback" not in err
+    assert store.missing(theirs.digests()) == set()
+    repo.git("fetch", "-q", "origin")
+    repo.tz("gc", "--remote", "origin", "--grace", "0")
+    assert store.missing(theirs.digests()) == set()

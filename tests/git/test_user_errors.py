@@ -1,0 +1,135 @@
+"""A user's mistake gets one `theta-zarr:` line about the user's input: never a traceback,
+never "internal error" (which docs/troubleshooting.md reserves for bugs)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+
+import pytest
+from conftest import GitRepo, _env
+from test_remotes import SHAPE, sha
+
+from theta_zarr.demo import write_model
+from theta_zarr.manifest import Manifest
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """Non-zero exit, a `theta-zarr:` line naming ``words``, no traceback, not a bug."""
+    err = proc.stderr.decode()
+    assert proc.returncode != 0, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    ours = [line for line in err.splitlines() if line.startswith("theta-zarr: ")]
+    assert ours and all(w in ours[0] for w in words), err
+    return ours[0]
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory) -> GitRepo:
+    """A repository with one committed checkpoint pushed to a folder remote."""
+    tmp = tmp_path_factory.mktemp("pushed")
+    env = _env()
+    env["HOME"] = str(tmp / "home")
+    (tmp / "home").mkdir()
+    r = GitRepo(tmp / "repo", env)
+    r.path.mkdir()
+    r.git("init", "-q", "-b", "main")
+    r.tz("install")
+    r.tz("track", "*.safetensors")
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "o.git")],
+                   check=True, env=env)
+    r.git("remote", "add", "origin", str(tmp / "o.git"))
+    r.tz("remote", "add", "origin", str(tmp / "bucket"), "--shared")
+    write_model(str(r.path / "m.safetensors"), SHAPE)
+    r.git("add", "-A")
+    r.git("commit", "-q", "-m", "m")
+    r.git("push", "-q", "origin", "main")
+    return r
+
+
+#: Every command that reads theta-zarr's settings, and the two filter directions.
+COMMANDS = [("tz", "ls-files"), ("tz", "fetch"), ("tz", "push", "origin"),
+            ("tz", "materialize"), ("tz", "diff"), ("tz", "gc"), ("tz", "fsck"),
+            ("git", "add", "new.safetensors"), ("git", "checkout", "--", "m.safetensors")]
+
+
+@pytest.mark.parametrize("key, value", [("chunk-size", "100"), ("concurrency", "abc"),
+                                        ("cache-compression", "lz4"), ("delta-depth", "x")])
+def test_bad_config_value_is_one_line_from_every_command(pushed, key, value):
+    r = pushed
+    write_model(str(r.path / "new.safetensors"), SHAPE, seed=1)
+    (r.path / "m.safetensors").write_bytes(b"")  # diff has a change; checkout rewrites it
+    r.git("config", f"theta-zarr.{key}", value)
+    try:
+        for kind, *args in COMMANDS:
+            proc = (r.tz if kind == "tz" else r.git)(*args, check=False)
+            line = assert_user_error(proc, f"theta-zarr.{key}", repr(value))
+            assert "\n" not in line
+    finally:
+        r.git("config", "--unset", f"theta-zarr.{key}")
+        (r.path / "new.safetensors").unlink()
+        r.git("checkout", "--", "m.safetensors")
+
+
+@pytest.mark.parametrize("args", [("ls-files", "--rev", "HAED"), ("fetch", "origin", "HAED"),
+                                  ("push", "origin", "HAED")])
+def test_misspelt_revision_is_named(pushed, args):
+    assert_user_error(pushed.tz(*args, check=False), "unknown revision 'HAED'")
+
+
+def test_paths_that_are_not_tracked_files(pushed):
+    assert_user_error(pushed.tz("materialize", "nope.safetensors", check=False),
+                      "nope.safetensors", "no such file")
+
+
+def test_outside_a_repository(tmp_path, git_env):
+    proc = subprocess.run(["git-theta-zarr", "ls-files"], cwd=tmp_path, env=git_env,
+                          capture_output=True)
+    assert_user_error(proc, "not inside a git repository")
+
+
+def test_materialize_names_the_missing_object(pushed, make_repo, tmp_path):
+    """A lazy clone whose remote lost an object: materialize says which one, as checkout does."""
+    m = Manifest.from_bytes(pushed.git("cat-file", "blob", "HEAD:m.safetensors").stdout)
+    bucket = pushed.path.parent / "bucket"
+    gone = sorted(m.digests())[0]
+    obj = bucket / "objects" / gone[7:9] / gone[9:]
+    data = obj.read_bytes()
+    obj.chmod(0o644)
+    obj.unlink()
+    try:
+        lazy = make_repo("lazy")
+        lazy.env.update(pushed.env)
+        GitRepo(tmp_path, pushed.env).git("clone", "-q", str(pushed.path.parent / "o.git"),
+                                          str(lazy.path), env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+        assert_user_error(lazy.tz("materialize", "m.safetensors", check=False), gone)
+    finally:
+        obj.write_bytes(data)
+
+
+def test_diff_of_a_truncated_working_file_names_the_cause(pushed):
+    path = pushed.path / "m.safetensors"
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) // 2])
+    try:
+        assert_user_error(pushed.tz("diff", check=False), "m.safetensors", "truncated")
+    finally:
+        path.write_bytes(original)
+
+
+def test_git_archive_in_a_bare_repository(pushed, tmp_path):
+    """A server or CI mirror with a global install: the filter serves smudge from the
+    remote named in the committed .thetazarr, no traceback, no hung-up pipe."""
+    pushed.git("add", ".thetazarr")
+    pushed.git("commit", "-q", "-m", "remote")
+    pushed.git("push", "-q", "origin", "main")
+    env = {**pushed.env, "HOME": str(tmp_path)}
+    server = GitRepo(tmp_path, env)
+    server.tz("install", "--global")
+    server.git("clone", "-q", "--bare", str(pushed.path.parent / "o.git"), "mirror.git")
+    out = GitRepo(tmp_path / "mirror.git", env).git("archive", "HEAD")
+    with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+        member = tar.extractfile("m.safetensors").read()
+    assert member == (pushed.path / "m.safetensors").read_bytes()
+    assert sha(pushed.path / "m.safetensors")  # the working file is intact

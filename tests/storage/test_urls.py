@@ -1,0 +1,59 @@
+"""Remote URLs: malformed ones refused at once, missing buckets and folders named."""
+
+from __future__ import annotations
+
+import pytest
+
+from theta_zarr.remote import RemoteError, RemoteSpec, open_remote
+from theta_zarr.storage import BadURL, RootMissing, check_url, open_store
+
+
+@pytest.mark.parametrize("url, words", [
+    ("s3:/demo/models", "did you mean 's3://demo/models'"),
+    ("gs:bucket/x", "did you mean 'gs://bucket/x'"),
+    ("s4://bucket/x", "unknown URL scheme 's4'"),
+    ("s3:///models", "names no bucket"),
+    ("https://user:S3cretPw@host.example/b", "holds credentials"),
+    ("s3://AKID:S3cretKey@bucket/p", "AWS_ACCESS_KEY_ID"),
+    ("weird:thing", "for a local folder write ./weird:thing"),
+    ("   ", "empty remote URL"),
+])
+def test_bad_urls_are_refused_with_the_fix(url, words):
+    with pytest.raises(BadURL) as info:
+        check_url(url)
+    assert words in str(info.value)
+    assert "S3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/models", "gs://b", "/abs/folder", "rel/folder",
+                                 "file:///abs/x", "memory://tz-x", "./a:b"])
+def test_good_urls_pass(url):
+    assert check_url(url) == url
+
+
+def test_remote_spec_refuses_credentials_in_options_too():
+    with pytest.raises(RemoteError, match="holds credentials") as info:
+        RemoteSpec("o", "s3://b/m", {"endpoint-url": "https://K:S3cret@minio.example"})
+    assert "S3cret" not in str(info.value)
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(RootMissing, match="does not exist"):
+        open_store(str(tmp_path / "nope")).check_root()
+    open_store(str(tmp_path / "new")).check_root(for_write=True)  # created on first write
+    with pytest.raises(RootMissing, match="does not exist"):
+        open_store(str(tmp_path / "a" / "b")).check_root(for_write=True)
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_missing_bucket_is_named(kind, request, monkeypatch):
+    backend = request.getfixturevalue(f"{kind}_server")
+    for k, v in backend.env.items():
+        monkeypatch.setenv(k, v)
+    scheme = "s3" if kind == "s3" else "gs"
+    spec = RemoteSpec("t", f"{scheme}://no-such-bucket-tz/models",
+                      {"endpoint-url": backend.endpoint})
+    with pytest.raises(RootMissing, match="bucket no-such-bucket-tz does not exist"):
+        open_remote(spec, need="read")
+    real = RemoteSpec("t", backend.new_bucket() + "/models", {"endpoint-url": backend.endpoint})
+    open_remote(real, need="write")  # an existing bucket passes

@@ -1,0 +1,40 @@
+"""redact: no URL's userinfo and no signed-query credential is ever printed."""
+
+from __future__ import annotations
+
+import pytest
+
+from theta_zarr.errors import one_line
+from theta_zarr.redact import has_userinfo, mask_userinfo, redact
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("s3://AKID:S3cret@bucket/x", "s3://bucket/x"),
+    ("https://user@host/path", "https://host/path"),
+    ("see 'https://u:p@h.example/a' and gs://k@b/c", "see 'https://h.example/a' and gs://b/c"),
+    ("GET https://b.s3.amazonaws.com/k?X-Amz-Credential=AKID%2F2026&X-Amz-Signature=ab12&x=1",
+     "GET https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&x=1"),
+    ("https://storage.example/o?alt=media&access_token=ya29.tok",
+     "https://storage.example/o?alt=media&access_token=***"),
+    ("/plain/path/with@sign", "/plain/path/with@sign"),
+    ("s3://bucket/prefix", "s3://bucket/prefix"),
+])
+def test_redact(text, expected):
+    assert redact(text) == expected
+
+
+def test_userinfo_helpers():
+    assert has_userinfo("s3://K:S@bucket/x") and not has_userinfo("s3://bucket/x")
+    assert not has_userinfo("/folder/a@b")
+    assert mask_userinfo("https://u:pw@host/x") == "https://***@host/x"
+
+
+def test_every_error_message_is_redacted():
+    """Errors from any layer (botocore's included) go through one_line before printing."""
+    err = OSError("Could not connect to the endpoint URL: "
+                  "'https://AKIDEXAMPLE:S3cretKey@minio.internal:9000/bucket'")
+    line = one_line(err)
+    assert "S3cretKey" not in line and "AKIDEXAMPLE" not in line
+    assert "https://minio.internal:9000/bucket" in line
+    bug = one_line(KeyError("s3://K:S3cret@b/x"))
+    assert bug.startswith("internal error") and "S3cret" not in bug
