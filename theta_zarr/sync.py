@@ -147,7 +147,7 @@ class SyncRemote:
         self.refs = Refs(self.blobs)
 
     @classmethod
-    def open(cls, spec: RemoteSpec, concurrency: int = 16, need: str | None = "read"
+    def open(cls, spec: RemoteSpec, concurrency: int = 16, need: str | None = None
              ) -> SyncRemote:
         """Open a remote; ``need`` ("read", "write", None) checks its bucket or folder first."""
         return cls(open_remote(spec, concurrency, need))

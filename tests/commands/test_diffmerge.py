@@ -17,7 +17,7 @@ def two_commits(repo):
     write_model(str(repo.path / "m.safetensors"), SHAPE)
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", "v1")
-    write_model(str(repo.path / "m.safetensors"), SHAPE, tuned=["layers.0.*"])
+    write_model(str(repo.path / "m.safetensors"), SHAPE, seed=1)
     repo.git("commit", "-q", "-am", "v2")
     return repo
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import sysconfig
 
 import numpy as np
 import pytest
@@ -32,7 +34,9 @@ def manifest_at(repo, rev: str, path: str = "model.safetensors") -> Manifest:
 
 def test_install_sets_filter_and_track_writes_attributes(repo):
     cfg = repo.out("config", "--local", "--get-regexp", "^filter\\.theta-zarr\\.")
-    assert "filter.theta-zarr.process git-theta-zarr filter-process" in cfg
+    # run from a virtual environment, install names its executable by path (troubleshooting)
+    exe = os.path.join(sysconfig.get_path("scripts"), "git-theta-zarr")
+    assert f"filter.theta-zarr.process {exe} filter-process" in cfg
     assert "filter.theta-zarr.required true" in cfg
     attrs = (repo.path / ".gitattributes").read_text()
     assert "*.safetensors filter=theta-zarr diff=theta-zarr merge=theta-zarr -text" in attrs

@@ -54,6 +54,7 @@ def test_gc_remote_refuses_a_stale_view_of_the_git_remote(repo, make_repo, tmp_p
     repo.git("push", "-q", "origin", "main")
     b = make_repo("b")
     b.path.rmdir()
+    GitRepo(tmp_path, repo.env).run("git", "theta-zarr", "install", "--global")
     GitRepo(tmp_path, repo.env).git("clone", "-q", str(bare), "b")
     theirs = _commit(b, 1)
     b.git("push", "-q", "origin", "main")

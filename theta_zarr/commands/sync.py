@@ -316,7 +316,8 @@ def register(main: click.Group) -> None:
         git_roots(repo, roots)
         problems: list[str] = []
         if remote_name:
-            remote = SyncRemote.open(require(repo, remote_name), settings.concurrency)
+            remote = SyncRemote.open(require(repo, remote_name), settings.concurrency,
+                                     need="read")
             problems += gc.remote_roots(remote, roots, young_after=0.0, strict=True)
             problems += gc.check_objects(remote.objects, roots)
             problems += gc.check_stored(cache, set())
@@ -371,7 +372,7 @@ def register(main: click.Group) -> None:
                                 "--ignore-stale-refs")
             for line in stale:
                 say(f"warning: {line}")
-        remote = SyncRemote.open(spec, settings.concurrency) if spec else None
+        remote = SyncRemote.open(spec, settings.concurrency, need="read") if spec else None
 
         def roots() -> gc.Roots:
             r = gc.Roots()

@@ -16,9 +16,10 @@ from ..shards import Model, is_index_name, restrict_index
 from ..streams import write_atomic
 from .drivers import INDEX, tracked_by_us
 from .files import manifest_at, tracked_files
+from .install import configured_executable
 from .models import list_folder, open_model
 from .push import read_through
-from .repo import GitError, Repo
+from .repo import GitError, GitInputError, Repo
 
 
 def _partial_name(path: str) -> str:
@@ -79,6 +80,9 @@ def _partial_model(repo: Repo, model: Model, include: list[str], output: str | N
 
 def materialize(paths: list[str], include: list[str] | None, output: str | None) -> list[str]:
     repo = Repo.discover()
+    if configured_executable(repo.top) is None:
+        raise GitInputError("theta-zarr is not installed for this repository (git would "
+                            "write manifests, not checkpoints): run 'git theta-zarr install'")
     settings = repo.settings()
     objects = read_through(repo)
     if paths:
