@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from theta_zarr.storage import BlobNotFound, StorageError, open_store, redact_url
+from theta_zarr.storage import BlobNotFound, StorageError, open_store
 from theta_zarr.storage.fsspec import FsspecStore
 from theta_zarr.storage.local import LocalStore
 
@@ -69,14 +69,6 @@ def test_open_store_picks_the_class(tmp_path):
 def test_unknown_protocol_is_a_storage_error():
     with pytest.raises(StorageError, match="nosuchproto"):
         open_store("nosuchproto://bucket/x")
-
-
-def test_redact_url():
-    assert redact_url("s3://key:secret@bucket/x") == "s3://bucket/x"
-    assert redact_url("https://user@host/path") == "https://host/path"
-    assert redact_url("/plain/path") == "/plain/path"
-    store = open_store("memory://user:hunter2@tz-redact")
-    assert "hunter2" not in store.describe()
 
 
 # -- the local folder ------------------------------------------------------------------------------

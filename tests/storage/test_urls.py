@@ -57,3 +57,22 @@ def test_missing_bucket_is_named(kind, request, monkeypatch):
         open_remote(spec, need="read")
     real = RemoteSpec("t", backend.new_bucket() + "/models", {"endpoint-url": backend.endpoint})
     open_remote(real, need="write")  # an existing bucket passes
+
+
+def test_commands_name_a_missing_folder(tmp_path, git_env):
+    """ls and pull used to answer nothing (exit 0) or "missing ref"; publish into a folder
+    whose parent is missing (an unmounted share) used to create it on the local disk."""
+    import subprocess
+
+    ckpt = tmp_path / "c.npy"
+    ckpt.write_bytes(b"\x93NUMPY")  # never read: the remote is refused first
+    missing = tmp_path / "unmounted" / "share"
+    for args in (["ls", str(missing)], ["pull", str(missing), "r", "-o", str(tmp_path / "o")],
+                 ["publish", str(ckpt), str(missing), "--ref", "r"],
+                 ["publish", str(ckpt), "s3:/demo/models", "--ref", "r"]):
+        proc = subprocess.run(["theta-zarr", *args], env=git_env, cwd=tmp_path,
+                              capture_output=True)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err.startswith("theta-zarr: ") and err.count("\n") == 1
+        assert "does not exist" in err or "did you mean 's3://demo/models'" in err, err
+    assert not (tmp_path / "unmounted").exists() and not (tmp_path / "s3:").exists()

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from ..redact import redact
 from .options import REMOTE_OPTION_HELP, check_output, remote_options, say
 from .reporting import human, reports_errors
 
@@ -196,7 +197,7 @@ def register(main: click.Group) -> None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.mtime)) \
                 if row.mtime else "-"
             if row.error:
-                click.echo(f"{row.name}\t{when}\terror: {row.error}")
+                click.echo(f"{row.name}\t{when}\terror: {redact(row.error)}")
                 continue
             files = f"  {row.files} files" if row.files > 1 else ""
             click.echo(f"{row.name}\t{when}\t{human(row.nbytes)}\t{row.params} params"

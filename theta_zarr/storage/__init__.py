@@ -4,7 +4,6 @@
 module, as fsspec does); everything above talks only to ``BlobStore``.
 """
 
-from ..redact import redact as redact_url
 from .base import (
     BlobInfo,
     BlobNotFound,
@@ -18,4 +17,4 @@ from .open import BadURL, check_url, credential_hint, open_store
 
 __all__ = ["BadURL", "BlobInfo", "BlobNotFound", "BlobStore", "ConditionFailed",
            "ConditionalWritesUnsupported", "RootMissing", "StorageError", "check_url",
-           "credential_hint", "open_store", "redact_url"]
+           "credential_hint", "open_store"]
