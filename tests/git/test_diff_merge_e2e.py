@@ -54,7 +54,8 @@ def conflicting_branches(repo, base: dict, ours: dict, theirs: dict) -> None:
 
 
 def test_install_sets_and_uninstall_removes_drivers(repo):
-    assert repo.out("config", "diff.theta-zarr.command").strip() == "git-theta-zarr diff-driver"
+    assert repo.out("config", "diff.theta-zarr.command").strip().endswith(
+        "git-theta-zarr diff-driver")
     assert "%O %A %B %P" in repo.out("config", "merge.theta-zarr.driver")
     repo.tz("uninstall")
     assert repo.git("config", "merge.theta-zarr.driver", check=False).returncode == 1

@@ -118,6 +118,7 @@ def test_push_errors_are_one_line(tmp_path):
     bad = tz(["publish", str(f), str(tmp_path / "b"), "--ref", "../x"], case_env, check=False)
     assert bad.returncode == 1 and "invalid ref name" in bad.stderr.decode()
     assert len(bad.stderr.decode().strip().splitlines()) == 1
+    (tmp_path / "b").mkdir()  # a missing folder is its own error (tests/storage/test_urls.py)
     missing = tz(["pull", str(tmp_path / "b"), "nope", "-o", str(tmp_path / "o")], case_env,
                  check=False)
     assert missing.returncode == 1 and "no ref nope" in missing.stderr.decode()
