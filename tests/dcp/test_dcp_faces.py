@@ -159,7 +159,7 @@ def test_any_pushed_checkpoint_loads_through_dcp(case, tmp_path):
 
     f = tmp_path / "plain.safetensors"
     save_file({"emb": expected(1)["emb"]}, str(f))
-    tz(["push", str(f), case.url, "--ref", "plain/v1"], env_for(case, tmp_path))
+    tz(["publish", str(f), case.url, "--ref", "plain/v1"], env_for(case, tmp_path))
     state = {"emb": torch.zeros(MODEL["emb"][0], dtype=MODEL["emb"][1])}
     dcp.load(state, storage_reader=ThetaZarrReader(case.url, "plain/v1"))
     assert torch.equal(state["emb"], expected(1)["emb"])

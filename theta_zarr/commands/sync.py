@@ -210,7 +210,7 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
     @click.option("--summary-only", is_flag=True,
                   help="digests only: what changed, no numbers, no chunk read")
-    @_remote_options
+    @remote_options
     @reports_errors
     def diff_refs(remote_arg: str, old_ref: str, new_ref: str, as_json: bool,
                   summary_only: bool, options: tuple[str, ...]) -> None:
