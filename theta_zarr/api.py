@@ -100,7 +100,7 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
     Only the chunks of the selected parameters are read (and fetched from the
     remote, concurrently, when the cache lacks them).  With ``ref``, ``path`` is a
     remote URL (``options``: its non-secret options) and the checkpoint is the one
-    that ref names (``theta-zarr push --ref`` or a distributed save); fetched
+    that ref names (``theta-zarr publish`` or a distributed save); fetched
     chunks go to ``cache`` (default ``$THETA_ZARR_CACHE`` or ``~/.cache/theta-zarr``).
     The keys are those ``torch.load`` returns for a state dict (dotted paths for nested
     objects), tied aliases included; tensors sharing a storage in the file share memory

@@ -1,6 +1,6 @@
 """Cluster sync: publish checkpoints to a remote under named refs, without git.
 
-A training job runs ``theta-zarr push CKPT REMOTE --ref run7/step-3000``: the
+A training job runs ``theta-zarr publish CKPT REMOTE --ref run7/step-3000``: the
 checkpoint is cleaned into a local cache (chunks hashed once), the chunks the
 remote lacks are uploaded, then the manifest, then the ref moves (invariant 3:
 a remote never names an object it lacks).  ``pull``/``ls``/``import`` read it back.
