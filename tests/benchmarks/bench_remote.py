@@ -12,7 +12,7 @@ the loopback object-storage server(s) itself (``backends/s3/serve``, and with
 
 1. push: ``git push`` to a bare repository whose theta remote is a bucket (the
    pre-push hook checks and uploads the objects), with the remote's default codec
-   (zstd) and with ``-o compression=raw``; baseline: the same encoded objects
+   (zstd) and with ``--remote-option compression=raw``; baseline: the same encoded objects
    (read from the cache / zstd-encoded beforehand, held in memory) written by
    fsspec's async API with the same concurrency (``asyncio`` + a semaphore), into a
    fresh bucket;

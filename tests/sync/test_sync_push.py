@@ -1,4 +1,4 @@
-"""push --ref / pull / ls from the command line against a folder, S3 and GCS."""
+"""publish / pull / ls from the command line against a folder, S3 and GCS."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def test_pull_include_of_sharded_folder_rewrites_the_index(request, tmp_path, mo
     model = tiny_llama()
     src = tmp_path / "llama"
     model.save_pretrained(src, max_shard_size="8KB")
-    tz(["push", str(src), case.url, "--ref", "llama/v1"], env)
+    tz(["publish", str(src), case.url, "--ref", "llama/v1"], env)
     out = tmp_path / "pulled"
     tz(["pull", case.url, "llama/v1", "-o", str(out), "--include", "*.mlp.*"], env)
     index = json.loads((out / "model.safetensors.index.json").read_text())
