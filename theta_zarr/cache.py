@@ -8,9 +8,11 @@ an unchanged chunk is never re-encoded or re-written.
 
 from __future__ import annotations
 
+import mmap
 import os
 
-from .objects import ObjectStore
+from . import codecs
+from .objects import MissingObjectError, ObjectError, ObjectStore, matches, object_key
 from .storage.local import LocalStore
 
 
@@ -32,6 +34,67 @@ class Cache(ObjectStore):
         if self.has(digest):
             return 0
         return self.put(digest, raw)
+
+
+    def copy_to(self, digest: str, fd: int, offset: int, length: int) -> None:
+        """Put the chunk's raw bytes (``length`` of them) at ``offset`` of the open file ``fd``.
+
+        A ``raw`` object is hashed from a memory map of the cache file, then copied
+        file to file by the kernel (``copy_file_range``), so the bytes never pass
+        through a Python buffer; any other storage form (zstd, xor-delta) is decoded
+        and verified by ``get``.  Raises MissingObjectError or ObjectError (corrupt:
+        content or length does not match the digest), before anything is written.
+        """
+        path = os.path.join(self.root, *object_key(digest).split("/"))
+        try:
+            src = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise MissingObjectError(f"object {digest} is missing from {self.url}") from None
+        try:
+            head = os.pread(src, 5 + 255, 0)
+            try:
+                name, payload = codecs.split(head)
+            except codecs.CodecError:
+                name, payload = "", memoryview(b"")
+            start = len(head) - len(payload)
+            if name != "raw" or os.fstat(src).st_size - start != length or not length:
+                raw = self.get(digest)
+                if len(raw) != length:
+                    raise ObjectError(f"object {digest} in {self.url} holds {len(raw)} bytes, "
+                                      f"the manifest says {length}")
+                _pwrite_all(fd, memoryview(raw), offset)
+                return
+            with mmap.mmap(src, 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    if not matches(digest, view[start:]):
+                        raise ObjectError(f"object {digest} in {self.url} is corrupt "
+                                          "(content does not match digest)")
+                    try:
+                        _copy_range(src, start, fd, offset, length)
+                    except OSError:  # no copy_file_range here (or across these files)
+                        _pwrite_all(fd, view[start:], offset)
+                finally:
+                    view.release()
+        finally:
+            os.close(src)
+
+
+def _copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> None:
+    while length:
+        n = os.copy_file_range(src, dst, length, src_offset, dst_offset)
+        if n <= 0:
+            raise OSError("copy_file_range made no progress")
+        src_offset += n
+        dst_offset += n
+        length -= n
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
 
 
 def default_cache_dir(git_common_dir: str) -> str:

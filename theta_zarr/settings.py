@@ -12,6 +12,8 @@ from .chunking import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
 from .delta import DEFAULT_DEPTH, DEFAULT_RATIO, DeltaPolicy
 from .objects import DEFAULT_CONCURRENCY
 
+DIRECT_CHECKOUT_BYTES = 64 << 20
+
 
 @dataclass
 class Settings:
@@ -25,6 +27,9 @@ class Settings:
     delta_ratio: float = DEFAULT_RATIO  # theta-zarr.delta-ratio
     delta_depth: int = DEFAULT_DEPTH  # theta-zarr.delta-depth
     opaque: bool = True  # theta-zarr.opaque: keep files no plug-in reads as opaque bytes
+    #: theta-zarr.direct-checkout: files this large or larger are written into the working
+    #: tree by theta-zarr itself, not through git's pipe (None: never)
+    direct_checkout: int | None = DIRECT_CHECKOUT_BYTES
 
     @property
     def delta_policy(self) -> DeltaPolicy:

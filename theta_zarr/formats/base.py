@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
-from ..manifest import Manifest
+from ..manifest import Manifest, ParamEntry
 from ..streams import fill
 
 HEAD_BYTES = 64 * 1024
@@ -179,6 +179,17 @@ class Format(ABC):
         return flatten_json({k: v for k, v in fmt.items() if k != "name"})
 
 
+    def layout(self, manifest: Manifest) -> list[bytes | ParamEntry] | None:
+        """The rebuilt file as segments in file order, or None (the default).
+
+        A segment is literal bytes (headers) or a parameter, whose raw bytes (its
+        chunks back to back) sit there.  A format that gives a layout can be written
+        straight from the cache, each chunk copied to its offset (``filewriter``);
+        one that does not (zip files) is written through ``smudge``.
+        """
+        return None
+
+
 def flatten_json(obj: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}, "c": [2]}`` -> ``{"a.b": 1, "c": [2]}``: objects become dotted keys.
 
@@ -190,3 +201,17 @@ def flatten_json(obj: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in obj.items():
         out.update(flatten_json(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
+
+
+def write_layout(segments: list[bytes | ParamEntry], reader: ChunkReader, out: BinaryIO) -> None:
+    """Stream a ``layout`` to ``out`` in order, reading each run of parameters ahead."""
+    run: list[ParamEntry] = []
+    for seg in [*segments, b""]:
+        if isinstance(seg, ParamEntry):
+            run.append(seg)
+            continue
+        for chunk in reader.iter_entries(run):
+            out.write(chunk)
+        run = []
+        if seg:
+            out.write(seg)

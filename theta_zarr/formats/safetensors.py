@@ -17,8 +17,8 @@ from typing import Any, BinaryIO
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import SAFETENSORS_SUBBYTE, DTypeError, by_name, from_safetensors
-from ..manifest import Manifest, ManifestError
-from .base import Format, FormatError, Source, flatten_json
+from ..manifest import Manifest, ManifestError, ParamEntry
+from .base import Format, FormatError, Source, flatten_json, write_layout
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -49,8 +49,8 @@ class SafetensorsFormat(Format):
             fmt["header_text"] = header_bytes.decode("utf-8")
         return fmt
 
-    def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
-               tmp_dir: str | None = None) -> None:
+    def layout(self, manifest: Manifest) -> list[bytes | ParamEntry]:
+        """8-byte header length and header, then every tensor's bytes in data order."""
         fmt = manifest.format
         order = _order(manifest)
         geometry = {n: (manifest.params[n].dtype, list(manifest.params[n].shape)) for n in order}
@@ -58,11 +58,11 @@ class SafetensorsFormat(Format):
         kept = fmt.get("header_text")
         if isinstance(kept, str) and _same_tensors(kept, json.loads(header)):
             header = kept.encode("utf-8")
-        out.write(struct.pack("<Q", len(header)))
-        out.write(header)
-        for chunk in reader.iter_entries(manifest.params[n] for n in order):
-            out.write(chunk)
+        return [struct.pack("<Q", len(header)) + header, *(manifest.params[n] for n in order)]
 
+    def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
+               tmp_dir: str | None = None) -> None:
+        write_layout(self.layout(manifest), reader, out)
 
     def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
         keep = set(names)

@@ -20,12 +20,14 @@ from ..errors import one_line, opaque_note
 from ..manifest import Manifest, looks_like_manifest
 from ..settings import Settings
 from . import lfs as git_lfs
+from .direct import WORKTREE_COMMANDS, Pending, checkout_through_git, index_of, write_files
+from .filter_start import handshake
 from .hooks import ensure_pre_push
+from .index import GitIndex, IndexUnsupported
 from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
 from .repo import GitError, Repo
 
-CAPABILITIES = ("clean", "smudge", "delay")
 #: set to 1 by ``migrate``: clean converts a file the index holds as a git-lfs pointer
 CONVERT_LFS_ENV = "GIT_THETA_ZARR_CONVERT_LFS"
 
@@ -36,9 +38,14 @@ class FilterServer:
 
     def __init__(self, stdin: BinaryIO, stdout: BinaryIO, settings: Settings | None,
                  fetch: checkpoint.Fetcher | None = None, repo: Repo | None = None,
-                 broken: str | None = None):
+                 broken: str | None = None, direct: bool = False):
         self.repo = repo
         self.broken = broken
+        # files answered with their manifest, to be written directly when git is done
+        self.direct = direct and repo is not None and settings is not None and \
+            settings.direct_checkout is not None
+        self.index: GitIndex | None = None
+        self.pending: dict[str, Pending] = {}
         # delayed smudges (git-lfs's lesson: fetch a checkout's chunks in one batch)
         self.delayed: dict[str, Manifest] = {}
         self.ready: dict[str, Manifest] = {}
@@ -52,18 +59,11 @@ class FilterServer:
         self.noted: set[str] = set()
 
     def handshake(self) -> None:
-        hello = self.reader.read_text_list()
-        if "git-filter-client" not in hello or "version=2" not in hello:
-            raise ProtocolError(f"unexpected filter handshake {hello!r}")
-        self.writer.text("git-filter-server", "version=2")
-        self.writer.flush()
-        offered = {c.split("=", 1)[1] for c in self.reader.read_text_list()
-                   if c.startswith("capability=")}
-        self.writer.text(*(f"capability={c}" for c in CAPABILITIES if c in offered))
-        self.writer.flush()
+        handshake(self.reader, self.writer)
 
-    def serve(self) -> None:
-        self.handshake()
+    def serve(self, handshake: bool = True) -> None:
+        if handshake:
+            self.handshake()
         while True:
             try:
                 headers = self.reader.read_text_list()
@@ -199,6 +199,10 @@ class FilterServer:
                 self.writer.flush()
                 return
             checkpoint.ensure_local(manifest, self.cache, self.fetch, source=path)
+            if self._direct(path, manifest):
+                self.pending[path] = Pending(path, data, manifest)
+                self._reply(data)  # git writes the manifest; finish() writes the file
+                return
         except Exception as e:
             self._error(path, one_line(e))
             return
@@ -244,6 +248,35 @@ class FilterServer:
             return
         self.writer.flush()
         self.writer.flush()
+
+    def _direct(self, path: str, manifest: Manifest) -> bool:
+        """Should this file skip git's pipe (large enough, and the index can take it)?"""
+        if not self.direct or manifest.nbytes < (self.settings.direct_checkout or 0):
+            return False
+        if self.index is None:
+            try:
+                self.index = index_of(self.repo)
+                self.index.check()
+            except (IndexUnsupported, GitError, OSError):
+                self.direct = False
+                return False
+        return True
+
+    def finish(self) -> None:
+        """git has closed the pipe (its index is written): write the pending files.
+
+        Should the index refuse a direct write after all, git writes them through
+        its pipe (``checkout-index``), as it would have.
+        """
+        if not self.pending:
+            return
+        files = list(self.pending.values())
+        self.pending.clear()
+        try:
+            write_files(self.repo, files, self.cache, self.settings.workers, self.index)
+        except IndexUnsupported:
+            for p in files:
+                checkout_through_git(self.repo, p.path, p.data)
 
 
 def _as_manifest(blob: bytes | None, path: str) -> Manifest | None:
@@ -310,7 +343,9 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
         command = parent_git_command()
         if command in READ_ONLY_COMMANDS:
             settings.lazy = True  # the manifest is all a diff driver or textconv needs
-        server = FilterServer(stdin, stdout, settings, repo=repo)
+        direct = (command in WORKTREE_COMMANDS and not repo.bare
+                  and "GIT_INDEX_FILE" not in os.environ)
+        server = FilterServer(stdin, stdout, settings, repo=repo, direct=direct)
         server.notes = command not in READ_ONLY_COMMANDS | {"status"}
         objects = read_through(repo, cache=server.cache)
         server.fetch = objects.fetch if objects.has_remote else None
@@ -328,17 +363,28 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
     return server
 
 
-def main() -> int:
+def main(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
+    """Serve git until it closes the pipe, then write the files kept for a direct write.
+
+    ``stdin``/``stdout`` are given when the caller already did the handshake
+    (``git.filter_start``, which answers git before these modules are imported).
+    """
+    greet = stdin is None
     # unbuffered: packet payloads are read straight into chunk buffers, one copy
-    stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
-    stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
+    stdin = stdin or os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+    stdout = stdout or os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
     server = _start(stdin, stdout)
     try:
-        server.serve()
+        server.serve(handshake=greet)
     except (ProtocolError, BrokenPipeError) as e:
         print(f"theta-zarr: filter protocol error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # never a traceback into git's output
+        print(f"theta-zarr: {one_line(e)}", file=sys.stderr)
+        return 1
+    try:
+        server.finish()
+    except Exception as e:
         print(f"theta-zarr: {one_line(e)}", file=sys.stderr)
         return 1
     return 0

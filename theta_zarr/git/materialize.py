@@ -14,8 +14,10 @@ from .. import checkpoint
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..shards import Model, is_index_name, restrict_index
 from ..streams import write_atomic
+from .direct import Pending, checkout_through_git, write_files
 from .drivers import INDEX, tracked_by_us
 from .files import manifest_at, tracked_files
+from .index import IndexUnsupported
 from .install import configured_executable
 from .models import list_folder, open_model
 from .push import read_through
@@ -127,18 +129,14 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None)
             done.append(f"{rel}: {len(names)} of {len(manifest.params)} parameters -> "
                         f"{os.path.relpath(dest)}")
         elif output is None and text is not None and text == _index_blob(repo, rel):
-            # Let git write it, so the index records the real file's stat data
-            # and `git status` stays clean (git trusts a size change over content).
-            # git skips an up-to-date file, so the manifest goes first; on failure
-            # it is put back.
-            os.unlink(full)
+            # Written straight from the cache, its stat data recorded in the index, so
+            # `git status` stays clean; git's own pipe only where the index refuses.
+            checkpoint.ensure_local(manifest, objects.cache, objects.fetch, source=rel)
             try:
-                repo.git("-c", "theta-zarr.lazy=false", "checkout-index", "-u", "--force",
-                         "--", rel, env={"GIT_THETA_ZARR_SKIP_SMUDGE": "0"})
-            except BaseException:
-                with open(full, "wb") as f:
-                    f.write(text)
-                raise
+                write_files(repo, [Pending(rel, text, manifest)], objects.cache,
+                            settings.workers)
+            except IndexUnsupported:
+                checkout_through_git(repo, rel, text)
             done.append(f"{rel}: materialized ({len(manifest.params)} parameters)")
         else:
             _write_atomic(output or full, manifest, objects, settings)

@@ -148,6 +148,10 @@ class Repo:
             kwargs["delta"] = _true(cfg["theta-zarr.delta"])
         if "theta-zarr.opaque" in cfg:
             kwargs["opaque"] = _true(cfg["theta-zarr.opaque"])
+        if "theta-zarr.direct-checkout" in cfg:
+            value = cfg["theta-zarr.direct-checkout"].strip().lower()
+            kwargs["direct_checkout"] = (None if value in ("off", "false", "no", "never", "")
+                                         else parse_size(value))
         lazy_env = os.environ.get("GIT_THETA_ZARR_SKIP_SMUDGE")
         kwargs["lazy"] = _true(lazy_env) if lazy_env else _true(cfg.get("theta-zarr.lazy", ""))
         try:

@@ -1,0 +1,247 @@
+"""Checkpoints written into the working tree by theta-zarr itself, not through git's pipe.
+
+With ``theta-zarr.direct-checkout`` at 1 byte every checkpoint takes the direct path.
+After every git workflow the file must be the real checkpoint, ``git status`` clean,
+and the first ``git status`` must start no filter (the index holds the file's stat data,
+not racily clean): through git's pipe the file and the index are written in the same
+second, and that first status re-cleans the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from theta_zarr.demo import ModelShape, write_model
+
+SHAPE = ModelShape(hidden=64, layers=3, vocab=256)
+MODEL = "model.safetensors"
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def commit_model(repo, message: str, **kw) -> str:
+    write_model(str(repo.path / MODEL), SHAPE, **kw)
+    repo.git("add", MODEL)
+    repo.git("commit", "-q", "-m", message)
+    return sha(repo.path / MODEL)
+
+
+def assert_clean_without_filter(repo, cwd=None) -> None:
+    """The first status is clean and starts no filter process."""
+    proc = repo.run("git", *(["-C", str(cwd)] if cwd else []), "status", "--porcelain",
+                    env={"GIT_TRACE": "1"})
+    assert proc.stdout == b""
+    assert b"filter-process" not in proc.stderr, proc.stderr.decode()
+
+
+@pytest.fixture
+def direct(repo):
+    repo.git("config", "theta-zarr.direct-checkout", "1")
+    return repo
+
+
+def test_checkout_path_writes_file_and_index(direct):
+    h = commit_model(direct, "base")
+    (direct.path / MODEL).unlink()
+    direct.git("checkout", "--", MODEL)
+    assert sha(direct.path / MODEL) == h
+    assert_clean_without_filter(direct)
+    debug = direct.out("ls-files", "--debug", MODEL)
+    assert f"size: {(direct.path / MODEL).stat().st_size}" in debug
+    # git still stores the manifest, byte for byte what clean gives
+    blob = direct.git("cat-file", "blob", f":{MODEL}").stdout
+    assert blob.startswith(b'{"theta_zarr":')
+    assert direct.git("hash-object", MODEL).stdout == direct.git("rev-parse", f":{MODEL}").stdout
+    direct.git("fsck", "--no-progress")
+
+
+def test_switch_between_commits(direct):
+    h1 = commit_model(direct, "base")
+    direct.git("switch", "-q", "-c", "tune")
+    h2 = commit_model(direct, "tune", tuned=SHAPE.layer_names(1))
+    direct.git("switch", "-q", "main")
+    assert sha(direct.path / MODEL) == h1
+    assert_clean_without_filter(direct)
+    direct.git("checkout", "-q", "tune")
+    assert sha(direct.path / MODEL) == h2
+    assert_clean_without_filter(direct)
+
+
+def test_reset_hard_and_stash(direct):
+    h1 = commit_model(direct, "base")
+    write_model(str(direct.path / MODEL), SHAPE, tuned=SHAPE.layer_names(0))
+    h2 = sha(direct.path / MODEL)
+    direct.git("stash", "-q")
+    assert sha(direct.path / MODEL) == h1
+    assert_clean_without_filter(direct)
+    direct.git("stash", "pop", "-q")
+    assert sha(direct.path / MODEL) == h2
+    direct.git("reset", "-q", "--hard")
+    assert sha(direct.path / MODEL) == h1
+    assert_clean_without_filter(direct)
+
+
+def test_merge_rebase_cherry_pick(direct):
+    commit_model(direct, "base")
+    direct.git("checkout", "-q", "-b", "feature")
+    h_tuned = commit_model(direct, "tune layer 2", tuned=SHAPE.layer_names(2))
+    tuned = direct.out("rev-parse", "HEAD").strip()
+    direct.git("checkout", "-q", "main")
+    (direct.path / "README").write_text("x\n")
+    direct.git("add", "README")
+    direct.git("commit", "-q", "-m", "readme")
+    direct.git("cherry-pick", tuned)
+    assert sha(direct.path / MODEL) == h_tuned
+    assert_clean_without_filter(direct)
+    direct.git("reset", "-q", "--hard", "HEAD~1")
+    direct.git("merge", "-q", "--no-edit", "feature")
+    assert sha(direct.path / MODEL) == h_tuned
+    assert_clean_without_filter(direct)
+    direct.git("checkout", "-q", "feature")
+    direct.git("rebase", "-q", "main")
+    assert sha(direct.path / MODEL) == h_tuned
+    assert_clean_without_filter(direct)
+
+
+def test_bisect(direct):
+    hashes = [commit_model(direct, f"step {i}", tuned=SHAPE.layer_names(i % 3), seed=i)
+              for i in range(4)]
+    first = direct.out("rev-list", "--max-parents=0", "HEAD").strip()
+    direct.git("bisect", "start", "HEAD", first)
+    assert sha(direct.path / MODEL) in hashes
+    assert_clean_without_filter(direct)
+    direct.git("bisect", "reset")
+    assert sha(direct.path / MODEL) == hashes[-1]
+
+
+def test_worktree_and_sparse_checkout(direct, tmp_path):
+    h = commit_model(direct, "base")
+    wt = tmp_path / "wt"
+    direct.git("worktree", "add", "-q", str(wt), "HEAD")
+    assert sha(wt / MODEL) == h
+    assert_clean_without_filter(direct, cwd=wt)
+    os.makedirs(direct.path / "sub")
+    write_model(str(direct.path / "sub" / MODEL), SHAPE, seed=5)
+    direct.git("add", "sub")
+    direct.git("commit", "-q", "-m", "sub")
+    h_sub = sha(direct.path / "sub" / MODEL)
+    direct.git("sparse-checkout", "set", "--no-cone", "/*.safetensors", "/.gitattributes")
+    assert not (direct.path / "sub").exists()
+    direct.git("sparse-checkout", "disable")
+    assert sha(direct.path / "sub" / MODEL) == h_sub
+    assert_clean_without_filter(direct)
+
+
+def test_clone_with_global_install(direct, make_repo, git_env):
+    h = commit_model(direct, "base")
+    other = make_repo("global")
+    other.tz("install", "--global")
+    other.git("config", "--global", "theta-zarr.direct-checkout", "1")
+    # the clone has no cache: chunks come from the first repository's cache as a remote
+    other.git("config", "--global", "theta-zarr.remote.origin.url",
+              str(direct.path / ".git" / "theta-zarr"))
+    other.git("clone", "-q", str(direct.path), "clone")
+    clone = other.path / "clone"
+    assert sha(clone / MODEL) == h
+    assert_clean_without_filter(other, cwd=clone)
+
+
+def test_small_files_and_archives_keep_the_pipe(repo):
+    """Below the threshold (default 64 MiB), and for commands that do not write the
+    working tree, git gets the file itself."""
+    h = commit_model(repo, "base")
+    (repo.path / MODEL).unlink()
+    repo.git("checkout", "--", MODEL)
+    assert sha(repo.path / MODEL) == h
+    repo.git("config", "theta-zarr.direct-checkout", "1")
+    out = repo.git("cat-file", "--filters", f"HEAD:{MODEL}").stdout
+    assert hashlib.sha256(out).hexdigest() == h
+
+
+def test_materialize_writes_directly(direct):
+    h = commit_model(direct, "base")
+    (direct.path / MODEL).unlink()
+    direct.git("-c", "theta-zarr.lazy=true", "checkout", "--", MODEL)
+    assert (direct.path / MODEL).read_bytes().startswith(b'{"theta_zarr":')
+    direct.tz("materialize", MODEL)
+    assert sha(direct.path / MODEL) == h
+    assert_clean_without_filter(direct)
+
+
+def test_split_index_falls_back_to_the_pipe(direct):
+    h = commit_model(direct, "base")
+    direct.git("update-index", "--split-index")
+    (direct.path / MODEL).unlink()
+    direct.git("checkout", "--", MODEL)
+    assert sha(direct.path / MODEL) == h
+    assert direct.out("status", "--porcelain") == ""
+
+
+def test_memory_limited_git_checks_out_larger_file(repo):
+    """git itself, limited to 64 MiB of address space, checks out a 96 MiB checkpoint."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    save_file({f"l.{i}": rng.standard_normal((1024, 1024), dtype=np.float32)
+               for i in range(24)}, str(repo.path / MODEL))
+    h = sha(repo.path / MODEL)
+    repo.git("add", MODEL)
+    repo.git("commit", "-q", "-m", "big")
+    (repo.path / MODEL).unlink()
+    # the limit is for git: the filter it starts raises its own soft limit again
+    repo.git("config", "filter.theta-zarr.process",
+             "sh -c 'ulimit -S -v unlimited && exec git-theta-zarr filter-process'")
+    limited = ["prlimit", f"--as={64 << 20}:unlimited", "git"]
+    piped = repo.run(*limited, "-c", "theta-zarr.direct-checkout=off", "checkout", "--", MODEL,
+                     check=False)
+    assert piped.returncode != 0  # through the pipe git needs the file's size in memory
+    (repo.path / MODEL).unlink(missing_ok=True)
+    repo.run(*limited, "checkout", "--", MODEL)  # default threshold: 64 MiB
+    assert sha(repo.path / MODEL) == h
+    assert repo.out("status", "--porcelain") == ""
+
+
+def test_kill_mid_write_leaves_old_or_new_file(repo):
+    """SIGKILL while materialize writes: the manifest or the checkpoint, never a torn file."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    save_file({f"l.{i}": rng.standard_normal((512, 1024), dtype=np.float32)
+               for i in range(16)}, str(repo.path / MODEL))
+    h = sha(repo.path / MODEL)
+    repo.git("add", MODEL)
+    repo.git("commit", "-q", "-m", "big")
+    repo.git("config", "theta-zarr.direct-checkout", "1")
+    tmp = repo.path / ".git" / "theta-zarr" / "tmp"
+    for _ in range(3):
+        (repo.path / MODEL).unlink()
+        repo.git("-c", "theta-zarr.lazy=true", "checkout", "--", MODEL)
+        manifest = (repo.path / MODEL).read_bytes()
+        proc = subprocess.Popen(["git", "theta-zarr", "materialize", MODEL], cwd=repo.path,
+                                env=repo.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            if tmp.exists() and any(p.name.startswith(".theta-zarr-") for p in tmp.iterdir()):
+                break
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        data = (repo.path / MODEL).read_bytes()
+        assert data == manifest or hashlib.sha256(data).hexdigest() == h
+        # git tells the truth: either file cleans to the committed manifest
+        assert repo.out("status", "--porcelain") == ""
+        assert repo.git("diff", "--quiet", check=False).returncode == 0
+    (repo.path / ".git" / "index.lock").unlink(missing_ok=True)
+    repo.tz("materialize", MODEL)
+    assert sha(repo.path / MODEL) == h

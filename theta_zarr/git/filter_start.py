@@ -1,0 +1,48 @@
+"""The filter process's first moments: answer git's handshake before anything heavy loads.
+
+git waits for the handshake before it goes on, in every command that may run a
+filter (status, add, checkout, diff...), so this module imports only the pkt-line
+framing; the core (numpy, the format plug-ins, the stores) loads after git has
+its answer, while git is still preparing the first file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .pktline import PktReader, PktWriter, ProtocolError
+
+CAPABILITIES = ("clean", "smudge", "delay")
+
+
+def handshake(reader: PktReader, writer: PktWriter) -> None:
+    """git's filter protocol version 2 welcome and capability exchange.
+
+    Raises ProtocolError on anything but ``git-filter-client`` / ``version=2``.
+    """
+    hello = reader.read_text_list()
+    if "git-filter-client" not in hello or "version=2" not in hello:
+        raise ProtocolError(f"unexpected filter handshake {hello!r}")
+    writer.text("git-filter-server", "version=2")
+    writer.flush()
+    offered = {c.split("=", 1)[1] for c in reader.read_text_list()
+               if c.startswith("capability=")}
+    writer.text(*(f"capability={c}" for c in CAPABILITIES if c in offered))
+    writer.flush()
+
+
+def main() -> int:
+    """``git-theta-zarr filter-process``: handshake, then serve (filter_process.main)."""
+    # unbuffered: packet payloads are read straight into chunk buffers, one copy
+    stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
+    stdout = os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
+    try:
+        handshake(PktReader(stdin), PktWriter(stdout))
+        stdout.flush()
+    except (ProtocolError, EOFError, BrokenPipeError) as e:
+        print(f"theta-zarr: filter protocol error: {e}", file=sys.stderr)
+        return 1
+    from .filter_process import main as serve
+
+    return serve(stdin, stdout)
