@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 import re
@@ -30,6 +31,7 @@ MAGIC = b'{"theta_zarr":'
 DIGEST_RE = re.compile(r"blake3:[0-9a-f]{64}")
 _FORMAT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MAX_NAME_LEN = 4096
+_BAD_NAME_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 class ManifestError(ValueError):
@@ -58,8 +60,7 @@ def check_name(name: object, where: str = "manifest") -> str:
         raise ManifestError(f"{where}: empty or non-string parameter name")
     bad = (
         len(name) > MAX_NAME_LEN
-        or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
-        or "\\" in name
+        or _BAD_NAME_CHAR.search(name) is not None
         or name.startswith("/")
         or name.endswith("/")
         or any(part in ("", ".", "..") for part in name.split("/"))
@@ -125,9 +126,8 @@ class ParamEntry:
         dtype = obj.get("dtype")
         if dtype not in BY_NAME:
             raise ManifestError(f"{where}: unknown dtype {str(dtype)[:40]!r}")
-        if not chunking.is_contiguous_chunking(shape, chunk_shape):
+        if not _contiguous(tuple(shape), tuple(chunk_shape)):
             raise ManifestError(f"{where}: chunk_shape {chunk_shape} does not fit shape {shape}")
-        entry_spans = chunking.spans(shape, BY_NAME[dtype].itemsize, chunk_shape)
         if ("chunks" in obj) == ("inline" in obj):
             raise ManifestError(f"{where}: needs exactly one of 'chunks' and 'inline'")
         if "chunks" in obj:
@@ -135,10 +135,11 @@ class ParamEntry:
             if not isinstance(chunks, list):
                 raise ManifestError(f"{where}: chunks is not a list")
             digests = tuple(check_digest(d, where) for d in chunks)
-            if len(digests) != len(entry_spans):
-                raise ManifestError(
-                    f"{where}: {len(digests)} chunks listed, shape needs {len(entry_spans)}")
+            need = _chunk_count(tuple(shape), tuple(chunk_shape))
+            if len(digests) != need:
+                raise ManifestError(f"{where}: {len(digests)} chunks listed, shape needs {need}")
             return cls(tuple(shape), dtype, tuple(chunk_shape), digests, None)
+        entry_spans = chunking.spans(shape, BY_NAME[dtype].itemsize, chunk_shape)
         raw_list = obj["inline"]
         if not isinstance(raw_list, list) or len(raw_list) != len(entry_spans):
             raise ManifestError(f"{where}: inline needs {len(entry_spans)} chunks")
@@ -155,9 +156,36 @@ class ParamEntry:
         return cls(tuple(shape), dtype, tuple(chunk_shape), (), tuple(blobs))
 
 
+# A large checkpoint repeats a few geometries many times (every expert of every layer):
+# the per-geometry checks are remembered.
+@functools.lru_cache(maxsize=4096)
+def _contiguous(shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> bool:
+    return chunking.is_contiguous_chunking(shape, chunk_shape)
+
+
+@functools.lru_cache(maxsize=4096)
+def _chunk_count(shape: tuple[int, ...], chunk_shape: tuple[int, ...]) -> int:
+    return chunking.chunk_count(shape, chunk_shape) if shape else 1
+
+
+def _fast_entry(obj: Any) -> ParamEntry | None:
+    """The entry of a schema-valid ``obj`` with digests, if every semantic check passes;
+    None sends it to ``ParamEntry.from_json``, which decides and words the error."""
+    chunks = obj.get("chunks")
+    if type(chunks) is not list or len(obj) != 4:
+        return None
+    shape, chunk_shape = tuple(obj["shape"]), tuple(obj["chunk_shape"])
+    for v in shape + chunk_shape:
+        if type(v) is not int:  # the schema takes 4.0 for an integer; a manifest may not
+            return None
+    if not _contiguous(shape, chunk_shape) or len(chunks) != _chunk_count(shape, chunk_shape):
+        return None
+    return ParamEntry(shape, obj["dtype"], chunk_shape, tuple(chunks), None)
+
+
 def _int_list(value: object, where: str, minimum: int) -> list[int]:
     if not isinstance(value, list) or len(value) > 32 or not all(
-            isinstance(v, int) and not isinstance(v, bool) and minimum <= v < 2**53 for v in value):
+            type(v) is int and minimum <= v < 2**53 for v in value):
         raise ManifestError(f"{where} must be a list of integers >= {minimum}")
     return list(value)
 
@@ -241,8 +269,12 @@ class Manifest:
             raise ManifestError(f"{source}: 'params' must be an object")
         entries = {}
         for name, entry in params.items():
-            check_name(name, source)
-            entries[name] = ParamEntry.from_json(entry, f"{source}: {name[:80]}")
+            # the schema checked names, types, digests; what is left is per geometry
+            fast = _fast_entry(entry)
+            if fast is None:
+                check_name(name, source)
+                fast = ParamEntry.from_json(entry, f"{source}: {name[:80]}")
+            entries[name] = fast
         return cls(dict(fmt), entries)
 
 
@@ -387,9 +419,66 @@ def _predicate(sub: Any) -> Any:
     return None
 
 
+_params_check: Any = None
+
+
+def _get_params_check() -> Any:
+    """A predicate deciding the schema's ``params`` object in one pass, or None."""
+    global _params_check
+    if _params_check is None:
+        flat = _inline_refs(schema(), schema().get("$defs", {}))
+        sub = flat["properties"]["params"]
+        entry = _object_predicate(sub.get("additionalProperties"))
+        name = _predicate(sub.get("propertyNames"))
+        if set(sub) - {"type", "propertyNames", "additionalProperties", "description"} or \
+                sub.get("type") != "object" or entry is None or name is None:
+            _params_check = False
+        else:
+            def check(params: Any) -> bool:
+                return (isinstance(params, dict) and all(map(name, params))
+                        and all(map(entry, params.values())))
+            _params_check = check
+    return _params_check
+
+
+def _object_predicate(sub: Any) -> Any:
+    """A function deciding an object subschema exactly (required, min/maxProperties, no
+    additional properties, simple properties), or None when it uses anything else."""
+    if not isinstance(sub, dict) or sub.get("type") != "object" or \
+            sub.get("additionalProperties") is not False or set(sub) - {
+                "type", "required", "minProperties", "maxProperties", "additionalProperties",
+                "properties", "description", "title"}:
+        return None
+    props = {k: _predicate(v) for k, v in sub.get("properties", {}).items()}
+    if any(v is None for v in props.values()):
+        return None
+    required = tuple(sub.get("required", ()))
+    lo, hi = sub.get("minProperties", 0), sub.get("maxProperties")
+
+    def check(x: Any) -> bool:
+        if not isinstance(x, dict) or len(x) < lo or (hi is not None and len(x) > hi):
+            return False
+        for key, value in x.items():
+            test = props.get(key)
+            if test is None or not test(value):
+                return False
+        return all(k in x for k in required)
+    return check
+
+
 def check_schema(obj: object, source: str = "manifest") -> None:
-    """Validate a parsed manifest against the schema; a failure is one ManifestError line."""
+    """Validate a parsed manifest against the schema; a failure is one ManifestError line.
+
+    The ``params`` object (the bulk of a large manifest: one entry per parameter) is
+    decided by one predicate compiled from the schema's own subschemas; the rest, and
+    any manifest that predicate does not accept, goes through jsonschema, which decides
+    and words the error.  tests/test_schema.py checks that the two agree.
+    """
     validator = _get_validator()
+    params_check = _get_params_check()
+    if params_check and isinstance(obj, dict) and "params" in obj and \
+            params_check(obj["params"]) and validator.is_valid({**obj, "params": {}}):
+        return
     if validator.is_valid(obj):
         return
     # the shallowest error first (a bad name before its entry); "exactly one of" last
