@@ -41,6 +41,7 @@ from ..filewriter import write_checkpoint
 from ..manifest import Manifest
 from .index import GitIndex, IndexUnsupported, Stat, blob_id
 from .repo import Repo
+from .statcache import StatCache
 
 #: git commands that smudge into the working tree (the parent of the filter process).
 #: Anything else (archive, cat-file --filters, checkout-index --temp/--prefix, or a
@@ -135,7 +136,9 @@ def write_files(repo: Repo, files: list[Pending], cache: Cache, workers: int,
             os.rename(tmp, full)
             mtime = (time.time_ns() // 1_000_000_000) * 1_000_000_000 - 1
             os.utime(full, ns=(mtime, mtime))
-            written[path] = Stat.of(os.lstat(full))
+            st = os.lstat(full)
+            written[path] = Stat.of(st)
+            StatCache(repo.git_dir).put(path, st, p.data)  # a later clean is a lookup
         # A file whose entry is not its manifest (``stash pop`` leaves changes unstaged)
         # is written too; its entry keeps stat data that tell git to look at it.
         recorded = {path: st for path, st in written.items() if path in marked}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 import tempfile
 from typing import BinaryIO
@@ -27,6 +28,7 @@ from .index import GitIndex, IndexUnsupported
 from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
 from .repo import GitError, Repo
+from .statcache import StatCache, stat_key
 
 #: set to 1 by ``migrate``: clean converts a file the index holds as a git-lfs pointer
 CONVERT_LFS_ENV = "GIT_THETA_ZARR_CONVERT_LFS"
@@ -46,6 +48,9 @@ class FilterServer:
             settings.direct_checkout is not None
         self.index: GitIndex | None = None
         self.pending: dict[str, Pending] = {}
+        # clean's content is the working-tree file (not hash-object --stdin, apply...)
+        self.clean_reads_worktree = False
+        self.stat_cache = StatCache(repo.git_dir) if repo is not None else None
         # delayed smudges (git-lfs's lesson: fetch a checkout's chunks in one batch)
         self.delayed: dict[str, Manifest] = {}
         self.ready: dict[str, Manifest] = {}
@@ -101,6 +106,20 @@ class FilterServer:
 
     def clean(self, path: str) -> None:
         content = self.reader.content_stream()
+        before = self._worktree_stat(path)
+        if os.environ.get(CONVERT_LFS_ENV) == "1":
+            before = None  # migrate: the index's pointer decides, not a record
+        if before is not None and self.stat_cache is not None:
+            cached = self.stat_cache.get(path, before)
+            if cached is not None:  # the file theta-zarr last cleaned or wrote: no re-hash
+                content.drain()
+                if content.count == before.st_size and \
+                        stat_key(before) == stat_key(self._worktree_stat(path) or before):
+                    self._reply(cached)
+                else:
+                    self._error(path, "changed while git was reading it; run the command "
+                                      "again")
+                return
         try:
             with progress.bar(_size(path), f"clean {path}") as bar:
                 source = checkpoint.open_source(progress.CountingStream(content, bar),
@@ -127,7 +146,22 @@ class FilterServer:
             self._error(path, one_line(e))
             return
         content.drain()
+        if looks_like_manifest(out[:64]) and before is not None and \
+                self.stat_cache is not None and content.count == before.st_size:
+            after = self._worktree_stat(path)
+            if after is not None and stat_key(after) == stat_key(before):
+                self.stat_cache.put(path, before, out)
         self._reply(out)
+
+    def _worktree_stat(self, path: str) -> os.stat_result | None:
+        """The stat of the working-tree file git is cleaning, when git reads that file."""
+        if self.repo is None or not self.clean_reads_worktree:
+            return None
+        try:
+            st = os.stat(os.path.join(self.repo.top, path))
+        except OSError:
+            return None
+        return st if stat.S_ISREG(st.st_mode) else None
 
     def index_blob(self, path: str) -> bytes | None:
         """What git's index holds for ``path`` (its manifest keeps chunk shapes stable)."""
@@ -287,6 +321,10 @@ def _as_manifest(blob: bytes | None, path: str) -> Manifest | None:
     except ValueError:
         return None
 
+#: git commands whose clean reads the working-tree file named by ``pathname`` (not
+#: ``hash-object --stdin --path``, ``apply`` or ``am``, which clean other content).
+CLEANS_WORKTREE = frozenset({"add", "commit", "status", "diff", "stash", "update-index", "rm",
+                             "mv", "checkout", "switch", "restore", "reset"})
 
 #: git commands that only read: they smudge blobs just to hand them to a diff driver or
 #: textconv, which work from the manifest (the blob itself), so rebuilding is waste.
@@ -347,6 +385,7 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
                   and "GIT_INDEX_FILE" not in os.environ)
         server = FilterServer(stdin, stdout, settings, repo=repo, direct=direct)
         server.notes = command not in READ_ONLY_COMMANDS | {"status"}
+        server.clean_reads_worktree = command in CLEANS_WORKTREE and not repo.bare
         objects = read_through(repo, cache=server.cache)
         server.fetch = objects.fetch if objects.has_remote else None
     except Exception as e:

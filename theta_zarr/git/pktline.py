@@ -70,6 +70,7 @@ class ContentStream:
         self.stream = reader.stream
         self.remaining = 0
         self.done = False
+        self.count = 0  # content bytes read so far
 
     def _next_packet(self) -> bool:
         size = self.reader.payload_size()
@@ -89,6 +90,7 @@ class ContentStream:
         if not got:
             raise EOFError("git closed the filter pipe")
         self.remaining -= got
+        self.count += got
         return got
 
     def read(self, n: int = -1) -> bytes:
@@ -101,13 +103,13 @@ class ContentStream:
         got = fill(self.readinto, memoryview(buf))
         return bytes(buf[:got])
 
-    def drain(self) -> None:
-        """Skip whatever content is left (after an error, before replying)."""
-        while not self.done:
-            if self.remaining:
-                self.reader._exact(self.remaining)
-                self.remaining = 0
-            self._next_packet()
+    def drain(self) -> int:
+        """Skip whatever content is left, into one reused buffer; returns the bytes skipped."""
+        buf = memoryview(bytearray(MAX_DATA))
+        skipped = 0
+        while (n := self.readinto(buf)):
+            skipped += n
+        return skipped
 
 
 class PktWriter:

@@ -1,0 +1,65 @@
+"""clean answers a file whose stat is the one theta-zarr last cleaned or wrote from its record,
+without re-hashing (git pipes it anyway whenever its index entry does not vouch for it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from theta_zarr.demo import ModelShape, write_model
+
+SHAPE = ModelShape(hidden=64, layers=2, vocab=128)
+MODEL = "model.safetensors"
+
+
+def forget_stat(repo) -> None:
+    """Make git compare the file's content on the next status (stat data zeroed)."""
+    blob = repo.out("rev-parse", f":{MODEL}").strip()
+    repo.git("update-index", "--index-info", input=f"100644 {blob}\t{MODEL}\n".encode())
+    assert "size: 0" in repo.out("ls-files", "--debug", MODEL)
+
+
+def test_unchanged_file_is_not_rehashed(repo):
+    write_model(str(repo.path / MODEL), SHAPE)
+    repo.git("add", MODEL)
+    repo.git("commit", "-q", "-m", "m")
+    shutil.rmtree(repo.objects_dir)  # a real clean would store the chunks again
+    forget_stat(repo)
+    assert repo.out("status", "--porcelain") == ""
+    assert not repo.objects_dir.exists()
+    # touched: the stat differs, so the file is cleaned (and its chunks stored) again
+    st = os.stat(repo.path / MODEL)
+    os.utime(repo.path / MODEL, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    forget_stat(repo)
+    assert repo.out("status", "--porcelain") == ""
+    assert repo.object_files()
+
+
+def test_changed_file_is_cleaned_and_other_content_is_not_answered_from_the_record(repo):
+    write_model(str(repo.path / MODEL), SHAPE)
+    repo.git("add", MODEL)
+    repo.git("commit", "-q", "-m", "m")
+    blob = repo.out("rev-parse", f":{MODEL}").strip()
+    write_model(str(repo.path.parent / "other.safetensors"), SHAPE,
+                tuned=SHAPE.layer_names(0))
+    other = (repo.path.parent / "other.safetensors").read_bytes()
+    # hash-object --stdin --path pipes other content under this path: cleaned for real
+    proc = repo.git("hash-object", "--stdin", f"--path={MODEL}", input=other)
+    assert proc.stdout.decode().strip() != blob
+    write_model(str(repo.path / MODEL), SHAPE, tuned=SHAPE.layer_names(1))
+    assert repo.out("status", "--porcelain").strip() == f"M {MODEL}"
+    repo.git("add", MODEL)
+    assert repo.out("rev-parse", f":{MODEL}").strip() != blob
+
+
+def test_direct_write_is_recorded(repo):
+    repo.git("config", "theta-zarr.direct-checkout", "1")
+    write_model(str(repo.path / MODEL), SHAPE)
+    repo.git("add", MODEL)
+    repo.git("commit", "-q", "-m", "m")
+    (repo.path / MODEL).unlink()
+    repo.git("checkout", "--", MODEL)
+    shutil.rmtree(repo.objects_dir)
+    forget_stat(repo)
+    assert repo.out("status", "--porcelain") == ""
+    assert not repo.objects_dir.exists()

@@ -1,0 +1,64 @@
+"""What theta-zarr last cleaned or wrote at a working-tree path, keyed by the file's stat.
+
+git pipes a tracked file through clean again whenever its index entry does not
+vouch for it (racily clean after ``git add``, a refreshed index, ``git add`` of a
+file git already has).  When the file's stat (device, inode, size, mtime and
+ctime in nanoseconds) is the one recorded when theta-zarr last cleaned or wrote
+it, the recorded manifest is the answer: the pipe is drained, nothing re-hashed.
+This is git's own trust in stat data, one level down.  Records live in
+``<git-dir>/theta-zarr/stat/`` (one file per path, per worktree), written
+atomically; a record is only used after its manifest parses and validates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+
+from ..manifest import Manifest, ManifestError, looks_like_manifest
+
+
+def stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class StatCache:
+    def __init__(self, git_dir: str):
+        self.root = os.path.join(git_dir, "theta-zarr", "stat")
+
+    def _file(self, path: str) -> str:
+        return os.path.join(self.root, hashlib.sha256(path.encode("utf-8")).hexdigest())
+
+    def get(self, path: str, st: os.stat_result) -> bytes | None:
+        """The manifest recorded for ``path`` if ``st`` is the recorded stat, else None."""
+        try:
+            with open(self._file(path), "rb") as f:
+                head = json.loads(f.readline())
+                if head.get("path") != path or head.get("stat") != stat_key(st):
+                    return None
+                data = f.read()
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not looks_like_manifest(data[:64]):
+            return None
+        try:
+            Manifest.from_bytes(data, path)
+        except ManifestError:
+            return None
+        return data
+
+    def put(self, path: str, st: os.stat_result, manifest: bytes) -> None:
+        """Record ``manifest`` for ``path`` at stat ``st`` (best effort: a cache)."""
+        head = json.dumps({"path": path, "stat": stat_key(st)}).encode() + b"\n"
+        with contextlib.suppress(OSError):
+            os.makedirs(self.root, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(head + manifest)
+                os.replace(tmp, self._file(path))
+            except OSError:
+                os.unlink(tmp)
