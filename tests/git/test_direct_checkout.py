@@ -227,7 +227,8 @@ def test_kill_mid_write_leaves_old_or_new_file(repo):
         (repo.path / MODEL).unlink()
         repo.git("-c", "theta-zarr.lazy=true", "checkout", "--", MODEL)
         manifest = (repo.path / MODEL).read_bytes()
-        proc = subprocess.Popen(["git", "theta-zarr", "materialize", MODEL], cwd=repo.path,
+        # git-theta-zarr itself: `git theta-zarr` would run it as a child the kill misses
+        proc = subprocess.Popen(["git-theta-zarr", "materialize", MODEL], cwd=repo.path,
                                 env=repo.env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
