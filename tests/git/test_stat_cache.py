@@ -63,3 +63,26 @@ def test_direct_write_is_recorded(repo):
     forget_stat(repo)
     assert repo.out("status", "--porcelain") == ""
     assert not repo.objects_dir.exists()
+
+
+def test_large_files_cleaned_from_the_file_give_the_pipes_manifest(repo):
+    """Above theta-zarr.direct-checkout, clean reads the working-tree file while a thread
+    drains git's pipe: the manifests are the ones the pipe gives (safetensors and .pt)."""
+    import torch
+
+    write_model(str(repo.path / MODEL), SHAPE)
+    torch.save({"w": torch.arange(3000, dtype=torch.float32).reshape(30, 100),
+                "step": 7}, repo.path / "opt.pt")
+    blobs = {}
+    for threshold in ("off", "1"):
+        repo.git("config", "theta-zarr.direct-checkout", threshold)
+        for name in (MODEL, "opt.pt"):
+            shutil.rmtree(repo.objects_dir, ignore_errors=True)
+            shutil.rmtree(repo.path / ".git" / "theta-zarr" / "stat", ignore_errors=True)
+            repo.git("rm", "-q", "--cached", "--ignore-unmatch", name)
+            repo.git("add", name)
+            assert repo.object_files()  # really cleaned: chunks stored
+            blobs.setdefault(name, set()).add(repo.out("rev-parse", f":{name}").strip())
+    assert all(len(v) == 1 for v in blobs.values()), blobs
+    repo.git("commit", "-q", "-m", "both")
+    assert repo.out("status", "--porcelain") == ""

@@ -14,6 +14,7 @@ import os
 import stat
 import sys
 import tempfile
+import threading
 from typing import BinaryIO
 
 from .. import checkpoint, lfs, progress
@@ -120,27 +121,15 @@ class FilterServer:
                     self._error(path, "changed while git was reading it; run the command "
                                       "again")
                 return
+        if before is not None and self.settings.direct_checkout is not None and \
+                before.st_size >= self.settings.direct_checkout:
+            self._clean_from_file(path, content, before)
+            return
         try:
             with progress.bar(_size(path), f"clean {path}") as bar:
                 source = checkpoint.open_source(progress.CountingStream(content, bar),
                                                 self.cache, name=path)
-                if not source.head:  # an empty file stays empty, as git-lfs does
-                    out = b""
-                elif lfs.parse(source.head) is not None:
-                    out = source.head  # a git-lfs pointer stays one (git-lfs's own rule)
-                else:
-                    blob = self.index_blob(path)
-                    pointer = lfs.parse(blob) if blob is not None else None
-                    if pointer is not None and os.environ.get(CONVERT_LFS_ENV) != "1":
-                        out = self.clean_lfs_era(source, path, pointer, blob)
-                    else:
-                        previous = _as_manifest(blob, path)
-                        result = checkpoint.clean(source, self.settings, self.cache, previous)
-                        out = result.manifest.to_bytes()
-                        if result.opaque_reason and self.notes and path not in self.noted:
-                            self.noted.add(path)  # once per file
-                            print(f"theta-zarr: {path}: {opaque_note(result.opaque_reason)}",
-                                  file=sys.stderr, flush=True)
+                out = self._clean_source(source, path)
         except Exception as e:  # every failure is reported for this file only
             content.drain()
             self._error(path, one_line(e))
@@ -152,6 +141,54 @@ class FilterServer:
             if after is not None and stat_key(after) == stat_key(before):
                 self.stat_cache.put(path, before, out)
         self._reply(out)
+
+    def _clean_source(self, source, path: str) -> bytes:
+        """The blob for a file being cleaned (a manifest, or what stays as it is)."""
+        if not source.head:  # an empty file stays empty, as git-lfs does
+            return b""
+        if lfs.parse(source.head) is not None:
+            return source.head  # a git-lfs pointer stays one (git-lfs's own rule)
+        blob = self.index_blob(path)
+        pointer = lfs.parse(blob) if blob is not None else None
+        if pointer is not None and os.environ.get(CONVERT_LFS_ENV) != "1":
+            return self.clean_lfs_era(source, path, pointer, blob)
+        result = checkpoint.clean(source, self.settings, self.cache, _as_manifest(blob, path))
+        if result.opaque_reason and self.notes and path not in self.noted:
+            self.noted.add(path)  # once per file
+            print(f"theta-zarr: {path}: {opaque_note(result.opaque_reason)}",
+                  file=sys.stderr, flush=True)
+        return result.manifest.to_bytes()
+
+    def _clean_from_file(self, path: str, content, before: os.stat_result) -> None:
+        """Clean a large working-tree file from the file itself while a thread drains
+        git's pipe of the same bytes: hashing does not wait on the pipe, and formats that
+        need random access read the file in place instead of a spooled copy.  The answer
+        stands only if git sent as many bytes as the file holds and its stat did not move.
+        """
+        full = os.path.join(self.repo.top, path)
+        drainer = threading.Thread(target=content.drain, name="tz-drain", daemon=True)
+        drainer.start()
+        error: Exception | None = None
+        out = b""
+        try:
+            with open(full, "rb", buffering=0) as f, \
+                    progress.bar(before.st_size, f"clean {path}") as bar:
+                source = checkpoint.open_source(progress.CountingStream(f, bar), self.cache,
+                                                name=path, path=full)
+                out = self._clean_source(source, path)
+        except Exception as e:  # reported once git's content is drained
+            error = e
+        drainer.join()
+        after = self._worktree_stat(path)
+        if error is not None:
+            self._error(path, one_line(error))
+        elif content.count != before.st_size or after is None or \
+                stat_key(after) != stat_key(before):
+            self._error(path, "changed while git was reading it; run the command again")
+        else:
+            if looks_like_manifest(out[:64]) and self.stat_cache is not None:
+                self.stat_cache.put(path, before, out)
+            self._reply(out)
 
     def _worktree_stat(self, path: str) -> os.stat_result | None:
         """The stat of the working-tree file git is cleaning, when git reads that file."""
