@@ -81,11 +81,14 @@ def warm(path: str) -> None:
 
 
 def cp_time(src: str, tmp: str) -> float:
-    warm(src)
-    dest = os.path.join(tmp, "cp.out")
-    t = run("cp", src, dest, cwd=tmp)
-    os.unlink(dest)
-    return t
+    """The best of three ``cp`` runs (a shared disk is noisy)."""
+    best = float("inf")
+    for _ in range(3):
+        warm(src)
+        dest = os.path.join(tmp, "cp.out")
+        best = min(best, run("cp", src, dest, cwd=tmp))
+        os.unlink(dest)
+    return best
 
 
 def floor_hash(path: str, workers: int) -> float:
