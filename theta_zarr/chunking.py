@@ -69,6 +69,32 @@ def chunk_count(shape: Sequence[int], chunk_shape: Sequence[int]) -> int:
     return math.prod(grid_shape(shape, chunk_shape))
 
 
+def _split_axis(shape: Sequence[int], chunk_shape: Sequence[int]) -> int:
+    k = 0
+    while k < len(shape) - 1 and chunk_shape[k] == 1:
+        k += 1
+    return k
+
+
+def span_length(shape: Sequence[int], itemsize: int, chunk_shape: Sequence[int],
+                index: int) -> int:
+    """The raw byte length of chunk ``index`` (C order over the grid), computed directly.
+
+    Equal to ``spans(...)[index][1]`` without building the list; the last chunk along
+    the split axis may be short.
+    """
+    if not shape:
+        return itemsize
+    k = _split_axis(shape, chunk_shape)
+    row = itemsize * math.prod(shape[k + 1:])
+    c = chunk_shape[k]
+    per = math.ceil(shape[k] / c) if shape[k] else 0
+    if per == 0:
+        raise IndexError(f"chunk {index} of an empty tensor")
+    start = (index % per) * c
+    return min(c, shape[k] - start) * row
+
+
 def spans(shape: Sequence[int], itemsize: int, chunk_shape: Sequence[int]
           ) -> list[tuple[int, int]]:
     """(offset, length) in bytes of each chunk, in C order over the chunk grid."""
@@ -82,9 +108,7 @@ def iter_spans(shape: Sequence[int], itemsize: int, chunk_shape: Sequence[int]
         return
     if math.prod(shape) == 0:
         return
-    k = 0
-    while k < len(shape) - 1 and chunk_shape[k] == 1:
-        k += 1
+    k = _split_axis(shape, chunk_shape)
     row = itemsize * math.prod(shape[k + 1:])
     block = row * shape[k]
     c = chunk_shape[k]

@@ -47,16 +47,24 @@ class ChunkReader:
         return self.iter_entries([entry])
 
     def iter_entries(self, entries: Iterable[ParamEntry]) -> Iterator[bytes | memoryview]:
-        """The raw chunks of several parameters, back to back, in order."""
+        """The raw chunks of several parameters, back to back, in order.
+
+        Every chunk's length is checked against the entry's dtype x chunk shape before
+        it is handed out (ManifestError otherwise): a manifest whose dtype or shape was
+        edited without its chunks never yields a byte.
+        """
         def jobs():
             for entry in entries:
-                if entry.inline is not None:
-                    yield from entry.inline
-                else:
-                    yield from entry.chunks
+                items = entry.inline if entry.inline is not None else entry.chunks
+                for index, item in enumerate(items):
+                    yield entry, index, item
 
         def load(job):
-            return job if isinstance(job, bytes) else self.store.get(job)
+            entry, index, item = job
+            raw = item if isinstance(item, bytes) else self.store.get(item)
+            where = "inline chunk" if isinstance(item, bytes) else f"object {item}"
+            entry.check_chunk(index, raw, where)
+            return raw
 
         return ordered_map(load, jobs(), self.workers)
 

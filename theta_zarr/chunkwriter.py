@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from . import chunking
 from .cache import Cache
 from .dtypes import DType
-from .manifest import Manifest, ManifestError, ParamEntry, check_name
+from .manifest import (
+    Manifest,
+    ManifestError,
+    ParamEntry,
+    check_geometry,
+    check_name,
+    check_shape,
+)
 from .streams import ReadInto, fill
 
 
@@ -54,24 +61,24 @@ class ChunkWriter:
                    buf: memoryview) -> None:
         """A tensor whose raw bytes are in ``buf`` (C order, little-endian)."""
         buf = memoryview(buf).cast("B")
-        chunk_shape, spans = self._begin(name, dtype, shape, len(buf))
+        spans, count = self._begin(name, dtype, shape, len(buf))
         slots = self._entries[name][3]
-        for i, (off, length) in enumerate(spans):
-            self._submit(slots, i, buf[off:off + length])
+        for off, length in spans:
+            self._submit(slots, count, buf[off:off + length])
 
     def add_stream(self, name: str, dtype: DType, shape: tuple[int, ...],
                    read_into: ReadInto) -> None:
         """A tensor whose raw bytes are read, in order, with ``read_into(view) -> n``."""
         nbytes = _nbytes(dtype, shape)
-        _, spans = self._begin(name, dtype, shape, nbytes)
+        spans, count = self._begin(name, dtype, shape, nbytes)
         slots = self._entries[name][3]
-        for i, (_, length) in enumerate(spans):
+        for _, length in spans:
             view = self._buffer(length)
             got = fill(read_into, view)
             if got < length:
                 raise TruncatedInput(f"{self.source}: truncated inside tensor {name!r} "
                                      f"(expected {length - got} more bytes)")
-            self._submit(slots, i, view, pooled=True)
+            self._submit(slots, count, view, pooled=True)
 
     def _buffer(self, length: int) -> memoryview:
         """A chunk buffer, reused once its chunk is stored: fresh memory is slow to
@@ -87,15 +94,19 @@ class ChunkWriter:
         if name in self._entries:
             raise ManifestError(f"{self.source}: parameter {name!r} appears twice")
         shape = tuple(int(s) for s in shape)
+        where = f"{self.source}: tensor {name[:80]!r}"
+        # the limits smudge applies, checked before anything is built per chunk
+        check_shape(shape, dtype.itemsize, where)
         if nbytes != _nbytes(dtype, shape):
             raise ValueError(f"{self.source}: tensor {name!r} has {nbytes} bytes, "
                              f"shape {list(shape)} of {dtype.name} needs {_nbytes(dtype, shape)}")
         chunk_shape = self._chunk_shape(name, dtype, shape)
-        spans = chunking.spans(shape, dtype.itemsize, chunk_shape)
-        self._entries[name] = (dtype, shape, chunk_shape, [None] * len(spans))
+        count = check_geometry(shape, chunk_shape, dtype.itemsize, where)
+        self._entries[name] = (dtype, shape, chunk_shape, [])
         self.stats.params += 1
         self.stats.total_bytes += nbytes
-        return chunk_shape, spans
+        # spans are generated as the data comes: a truncated stream stops after one chunk
+        return chunking.iter_spans(shape, dtype.itemsize, chunk_shape), count
 
     def _chunk_shape(self, name: str, dtype: DType, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The chunk shape recorded for this parameter before, else the policy's.
@@ -109,12 +120,13 @@ class ChunkWriter:
             return old.chunk_shape
         return chunking.chunk_shape_for(shape, dtype.itemsize, self.chunk_bytes)
 
-    def _submit(self, slots: list, index: int, view: memoryview, pooled: bool = False) -> None:
+    def _submit(self, slots: list, count: int, view: memoryview, pooled: bool = False) -> None:
+        """Hash and store one chunk (appended to ``slots``) of a parameter of ``count``."""
         if self._error is not None:
             raise self._error
         # A parameter that is one chunk of at most 512 bytes goes inline in the manifest.
-        if len(slots) == 1 and len(view) <= chunking.INLINE_MAX_BYTES:
-            slots[index] = bytes(view)
+        if count == 1 and len(view) <= chunking.INLINE_MAX_BYTES:
+            slots.append(bytes(view))
             return
         self._slots.acquire()
         try:
@@ -125,7 +137,7 @@ class ChunkWriter:
         if pooled:
             fut.add_done_callback(lambda _f, v=view: self._recycle(v))
         fut.add_done_callback(self._done)
-        slots[index] = fut
+        slots.append(fut)
 
     def _recycle(self, view: memoryview) -> None:
         with self._lock:
@@ -146,9 +158,14 @@ class ChunkWriter:
         return d
 
     def _done(self, fut: cf.Future) -> None:
+        # a future cancelled by close() has no exception to ask for: asking raises
+        # CancelledError inside the callback, which concurrent.futures prints as a traceback
         self._slots.release()
-        if fut.exception() is not None and self._error is None:
-            self._error = fut.exception()
+        if fut.cancelled():
+            return
+        error = fut.exception()
+        if error is not None and self._error is None:
+            self._error = error
 
     # -- output --------------------------------------------------------------------
     def finish(self) -> dict[str, ParamEntry]:

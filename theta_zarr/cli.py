@@ -222,12 +222,14 @@ def smudge_cmd(path: str) -> None:
     from . import checkpoint, lfs
     from .git import lfs as git_lfs
     from .git.repo import Repo
-    from .manifest import Manifest, looks_like_manifest
+    from .manifest import Manifest, looks_like_conflicted_manifest, looks_like_manifest
 
     repo = Repo.discover()
     settings = repo.settings()
     data = sys.stdin.buffer.read()
     out = sys.stdout.buffer
+    if looks_like_conflicted_manifest(data[:4096]):
+        Manifest.from_bytes(data, path)  # raises: conflict markers, one line
     if lfs.parse(data) is not None and not settings.lazy and git_lfs.installed():
         git_lfs.smudge(repo.top, path, data, out)
         return

@@ -22,7 +22,7 @@ import numpy as np
 from .chunkreader import ordered_map
 from .dtypes import by_name
 from .formats.base import flatten_json
-from .manifest import Manifest, ParamEntry
+from .manifest import Manifest, ManifestError, ParamEntry
 from .merge import Key, chunk_keys
 from .shards import Model
 
@@ -271,13 +271,20 @@ def compute(fd: FileDiff, objects: Any, workers: int = 4, full_norm: bool = Fals
 def _pairs(ea: ParamEntry, eb: ParamEntry, objects: Any, workers: int, full_norm: bool,
            stats: ReadStats) -> Iterator[tuple[bytes | memoryview, bytes | memoryview, bool]]:
     """(old chunk, new chunk, differs) for the chunks that must be read, in order."""
-    ka, kb = chunk_keys(ea), chunk_keys(eb)
+    # each key with its chunk's size: a chunk of another size (an edited dtype or
+    # shape) is an error, never numbers computed over the wrong bytes
+    ka = [(k, ea.chunk_nbytes(i)) for i, k in enumerate(chunk_keys(ea))]
+    kb = [(k, eb.chunk_nbytes(i)) for i, k in enumerate(chunk_keys(eb))]
 
-    def load(key: Key) -> bytes | memoryview:
-        if isinstance(key, bytes):
-            return key
-        raw = objects.get(key)
-        stats.count(len(raw))
+    def load(job: tuple[Key, int]) -> bytes | memoryview:
+        key, need = job
+        raw = key if isinstance(key, bytes) else objects.get(key)
+        if len(raw) != need:
+            what = "an inline chunk" if isinstance(key, bytes) else f"object {key}"
+            raise ManifestError(f"{what} holds {len(raw)} bytes where the manifest's dtype "
+                                f"and chunk shape need {need}")
+        if not isinstance(key, bytes):
+            stats.count(len(raw))
         return raw
 
     if ea.chunk_shape != eb.chunk_shape:
@@ -289,7 +296,8 @@ def _pairs(ea: ParamEntry, eb: ParamEntry, objects: Any, workers: int, full_norm
         return
     jobs = [(x, y) for x, y in zip(ka, kb, strict=True) if x != y or full_norm]
 
-    def load_pair(job: tuple[Key, Key]) -> tuple[bytes | memoryview, bytes | memoryview, bool]:
+    def load_pair(job: tuple[tuple[Key, int], tuple[Key, int]]
+                  ) -> tuple[bytes | memoryview, bytes | memoryview, bool]:
         x, y = job
         return (load(x), load(y), True) if x != y else (load(x), b"", False)
 

@@ -18,7 +18,7 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -32,6 +32,13 @@ DIGEST_RE = re.compile(r"blake3:[0-9a-f]{64}")
 _FORMAT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MAX_NAME_LEN = 4096
 _BAD_NAME_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")
+#: Largest dimension, and largest parameter in bytes, any reader accepts: integers JSON
+#: carries exactly (2**53), and far above any real tensor.  Clean refuses what smudge would.
+MAX_EXTENT = 2**53 - 1
+MAX_PARAM_BYTES = 2**53 - 1
+MAX_NDIM = 32
+#: JSON nesting deeper than this is refused before parsing (a manifest needs 4 levels).
+MAX_JSON_DEPTH = 64
 
 
 class ManifestError(ValueError):
@@ -46,6 +53,73 @@ def looks_like_manifest(head: bytes) -> bool:
 def looks_like_conflicted_manifest(head: bytes) -> bool:
     """True for a manifest that a text merge wrapped in conflict markers."""
     return head.lstrip().startswith(b"<<<<<<<") and MAGIC in head
+
+
+def check_geometry(shape: Sequence[int], chunk_shape: Sequence[int], itemsize: int,
+                   where: str) -> int:
+    """Check a parameter's geometry arithmetically; returns its number of chunks.
+
+    Nothing is built per chunk, so a hostile shape such as ``[2**40, 2**40]`` costs
+    nothing: at most ``MAX_NDIM`` axes, extents at most ``MAX_EXTENT``, at most
+    ``MAX_PARAM_BYTES`` bytes, and a contiguous chunk shape (chunking.py).
+    Raises ManifestError naming ``where``.
+    """
+    check_shape(shape, itemsize, where)
+    if not chunking.is_contiguous_chunking(shape, chunk_shape):
+        raise ManifestError(f"{where}: chunk_shape {list(chunk_shape)} does not fit shape "
+                            f"{list(shape)}")
+    return chunking.chunk_count(shape, chunk_shape) if shape else 1
+
+
+def check_shape(shape: Sequence[int], itemsize: int, where: str) -> int:
+    """Check a tensor shape against the limits every reader applies; returns its bytes.
+
+    Raises ManifestError naming ``where`` (see ``check_geometry``).
+    """
+    if len(shape) > MAX_NDIM or any(not 0 <= s <= MAX_EXTENT for s in shape):
+        raise ManifestError(f"{where}: shape {list(shape)[:8]} is out of range "
+                            f"(at most {MAX_NDIM} axes of at most {MAX_EXTENT})")
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > MAX_PARAM_BYTES:
+        raise ManifestError(f"{where}: shape {list(shape)} holds {nbytes} bytes, more than "
+                            f"the {MAX_PARAM_BYTES} a parameter may have")
+    return nbytes
+
+
+def json_depth_ok(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if the brackets of ``data`` (JSON) nest at most ``limit`` deep.
+
+    A cheap scan before ``json.loads``, whose recursion a few kilobytes of ``[[[[``
+    would exhaust; brackets inside strings count too, which only overestimates.
+    """
+    depth = 0
+    for m in _BRACKETS.finditer(data):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return False
+        else:
+            depth -= 1
+    return True
+
+
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def loads_json(data: bytes, source: str, what: str = "manifest") -> Any:
+    """Parse JSON from untrusted bytes: one ManifestError line for anything wrong.
+
+    Covers invalid UTF-8, invalid JSON and nesting deeper than ``MAX_JSON_DEPTH``
+    (refused before parsing).
+    """
+    if not json_depth_ok(data):
+        raise ManifestError(f"{source}: {what} is nested more than {MAX_JSON_DEPTH} levels "
+                            "deep (not a theta-zarr file)")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        detail = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise ManifestError(f"{source}: {what} is not valid JSON ({detail})") from None
 
 
 def check_digest(value: object, where: str = "manifest") -> str:
@@ -97,6 +171,20 @@ class ParamEntry:
     def spans(self) -> list[tuple[int, int]]:
         return chunking.spans(self.shape, self.itemsize, self.chunk_shape)
 
+    def chunk_nbytes(self, index: int) -> int:
+        """Raw bytes chunk ``index`` must hold: dtype size x its part of the chunk shape."""
+        return chunking.span_length(self.shape, self.itemsize, self.chunk_shape, index)
+
+    def check_chunk(self, index: int, raw: bytes | memoryview, where: str) -> None:
+        """Raise ManifestError unless ``raw`` has the length this entry says chunk
+        ``index`` has (a dtype or shape edited without its chunks)."""
+        need = self.chunk_nbytes(index)
+        if len(raw) != need:
+            raise ManifestError(
+                f"{where}: chunk {index} holds {len(raw)} bytes but dtype {self.dtype} x "
+                f"chunk shape {list(self.chunk_shape)} needs {need} (the manifest's dtype or "
+                "shape does not match its chunks)")
+
     @property
     def is_inline(self) -> bool:
         return self.inline is not None
@@ -126,23 +214,25 @@ class ParamEntry:
         dtype = obj.get("dtype")
         if dtype not in BY_NAME:
             raise ManifestError(f"{where}: unknown dtype {str(dtype)[:40]!r}")
+        check_shape(shape, BY_NAME[dtype].itemsize, where)
         if not _contiguous(tuple(shape), tuple(chunk_shape)):
             raise ManifestError(f"{where}: chunk_shape {chunk_shape} does not fit shape {shape}")
+        count = _chunk_count(tuple(shape), tuple(chunk_shape))
         if ("chunks" in obj) == ("inline" in obj):
             raise ManifestError(f"{where}: needs exactly one of 'chunks' and 'inline'")
         if "chunks" in obj:
             chunks = obj["chunks"]
             if not isinstance(chunks, list):
                 raise ManifestError(f"{where}: chunks is not a list")
+            if len(chunks) != count:
+                raise ManifestError(f"{where}: {len(chunks)} chunks listed, shape needs {count} "
+                                    f"(shape {shape}, chunk_shape {chunk_shape})")
             digests = tuple(check_digest(d, where) for d in chunks)
-            need = _chunk_count(tuple(shape), tuple(chunk_shape))
-            if len(digests) != need:
-                raise ManifestError(f"{where}: {len(digests)} chunks listed, shape needs {need}")
             return cls(tuple(shape), dtype, tuple(chunk_shape), digests, None)
-        entry_spans = chunking.spans(shape, BY_NAME[dtype].itemsize, chunk_shape)
         raw_list = obj["inline"]
-        if not isinstance(raw_list, list) or len(raw_list) != len(entry_spans):
-            raise ManifestError(f"{where}: inline needs {len(entry_spans)} chunks")
+        if not isinstance(raw_list, list) or len(raw_list) != count:
+            raise ManifestError(f"{where}: inline needs {count} chunks")
+        entry_spans = chunking.spans(shape, BY_NAME[dtype].itemsize, chunk_shape)
         blobs = []
         for text, (_, length) in zip(raw_list, entry_spans, strict=True):
             try:
@@ -180,6 +270,8 @@ def _fast_entry(obj: Any) -> ParamEntry | None:
             return None
     if not _contiguous(shape, chunk_shape) or len(chunks) != _chunk_count(shape, chunk_shape):
         return None
+    if math.prod(shape) * BY_NAME[obj["dtype"]].itemsize > MAX_PARAM_BYTES:
+        return None  # from_json words the error
     return ParamEntry(shape, obj["dtype"], chunk_shape, tuple(chunks), None)
 
 
@@ -240,11 +332,7 @@ class Manifest:
             raise ManifestError(f"{source}: has merge conflict markers; resolve the merge first")
         if not looks_like_manifest(data[:64]):
             raise ManifestError(f"{source}: not a theta-zarr manifest")
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ManifestError(f"{source}: manifest is not valid JSON ({e})") from None
-        return cls.from_json(obj, source)
+        return cls.from_json(loads_json(data, source), source)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], source: str = "manifest") -> Manifest:

@@ -186,12 +186,13 @@ class ManifestStore(Store):
                 raw = self._objects.get(digest)
             except ObjectError as e:
                 raise type(e)(f"parameter {name!r} chunk {index}: {e}") from None
+        try:
+            entry.check_chunk(index, raw, f"parameter {name!r}")
+        except ManifestError as e:
+            raise ObjectError(str(e)) from None
         full = _full_chunk_nbytes(entry)
         if len(raw) == full:
             return raw
-        if len(raw) > full:
-            raise ObjectError(f"parameter {name!r} chunk {index} holds {len(raw)} bytes, "
-                              f"more than a full chunk ({full})")
         padded = bytearray(full)  # zeros: the fill value of every dtype here
         padded[: len(raw)] = raw
         return padded

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from .. import checkpoint, lfs, progress
 from ..errors import one_line, opaque_note
-from ..manifest import Manifest, looks_like_manifest
+from ..manifest import Manifest, looks_like_conflicted_manifest, looks_like_manifest
 from ..settings import Settings
 from . import lfs as git_lfs
 from .direct import WORKTREE_COMMANDS, Pending, checkout_through_git, index_of, write_files
@@ -253,6 +253,8 @@ class FilterServer:
         if not data and path in self.ready:  # git asks again for a delayed file
             data = self.ready.pop(path).to_bytes()
         try:
+            if looks_like_conflicted_manifest(data[:4096]):
+                Manifest.from_bytes(data, path)  # raises: conflict markers, one line
             if not looks_like_manifest(data[:64]):
                 if lfs.parse(data) is not None and not self.settings.lazy:
                     self.smudge_lfs(path, data)
