@@ -7,20 +7,23 @@ period (a push in flight has written its manifest but not yet its ref).  Digests
 are taken from manifest blobs by pattern, so even a manifest that no longer
 parses (a hand-edited or conflicted one) keeps its chunks alive.
 
-Why a concurrent push is safe:
+Why a concurrent push is safe (docs/reliability.md has the interleavings tested):
 
-* gc records its start time T0 and never deletes an object or manifest whose
-  mtime (local) or LastModified/updated time (bucket) is after T0 - grace: an
-  object uploaded after gc started is never deleted, nor is one uploaded during
-  the grace period before it.
-* A push may instead *reuse* an old, unreachable object that is already there.
-  gc lists the remote's refs and manifests again just before it deletes and keeps
-  whatever they now name; and a push checks, after its manifest is written and
-  before its ref moves, that every object it reused still exists, uploading any
-  that vanished from its cache.  A ref therefore never names a manifest with
-  missing objects unless a deletion lands in the moment between the push's
-  re-check and its ref write while gc is also past its re-listing; ``fsck``
-  reports that case and re-running the push repairs it.
+* gc never deletes an object or manifest whose mtime (local) or LastModified /
+  updated time (bucket) is after T0 - grace, T0 being gc's start.
+* gc does not delete the remote's garbage outright: it first *moves* it to
+  ``trash/<gc id>/`` (a rename, or a server-side copy and delete), then lists the
+  remote's refs, staged shards and young manifests again, moves back whatever they
+  now name (closed over delta bases), and only then empties its trash.  A ref
+  written before that second listing therefore gets its objects back.
+* A push checks, *after* its ref moved, that every object and manifest the ref
+  names is in place, and uploads again from its cache whatever is not.  A ref
+  written after gc's second listing is written after gc's moves to the trash, so
+  that check sees every object gc took and puts it back.
+* Between the two, once both have finished, no ref names a missing object; while
+  they run, a reader may briefly miss an object that a push is putting back.  A
+  gc killed with objects in its trash leaves them there: the next gc moves every
+  leftover trash entry back before it plans.
 
 Delta objects: an ``xor-delta`` object needs its base (and the base's base...).
 Every store's keep-set is closed over delta bases: the headers of the kept
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -47,8 +51,8 @@ from .objects import (
     bounded_map,
     object_key,
 )
-from .storage import StorageError
-from .sync import FileSet, SyncRemote
+from .storage import BlobNotFound, BlobStore, StorageError
+from .sync import FileSet, SyncRemote, Target, parse_target
 
 _DIGEST_BYTES = re.compile(rb"blake3:[0-9a-f]{64}")
 MAX_MANIFEST_BLOB = 256 << 20
@@ -69,6 +73,12 @@ class Roots:
 
     chunks: dict[str, str] = field(default_factory=dict)  # digest -> first user (for fsck)
     manifests: set[str] = field(default_factory=set)
+    #: manifest digest -> who needs it, for manifests that could not be read or parsed
+    unreadable: dict[str, str] = field(default_factory=dict)
+    #: problems found while walking (a git manifest that does not parse, for fsck)
+    problems: list[str] = field(default_factory=list)
+    #: True when an unreadable ref made every manifest of the remote a root
+    partial: bool = False
 
     def add_chunks(self, digests: Iterable[str], where: str) -> None:
         for d in digests:
@@ -76,26 +86,61 @@ class Roots:
 
 
 # -- remote side ----------------------------------------------------------------------------------
+def _names_in(remote: SyncRemote, digest: str) -> tuple[Target | None, set[str], str | None]:
+    """(parsed target, digests named, problem) of a remote manifest or set.
+
+    A manifest that does not parse still names the digests its bytes hold (gc keeps
+    them); a missing or corrupt one names nothing and is the problem.
+    """
+    try:
+        data = remote.get_bytes(digest)
+    except StorageError as e:
+        return None, set(), str(e)
+    try:
+        return parse_target(data, f"{remote.url} {digest[:19]}"), set(), None
+    except ValueError as e:
+        named = {d.decode() for d in _DIGEST_BYTES.findall(data)}
+        return None, named, str(e)
+
+
 def remote_roots(remote: SyncRemote, roots: Roots, young_after: float,
                  strict: bool = False) -> list[str]:
     """Refs, staged shards and young manifests of a remote; returns problems found.
 
-    ``strict`` (fsck) reports a ref whose manifest is missing or corrupt instead of
-    skipping it.
+    A ref or staged shard that cannot be read does not stop the walk: it is a
+    problem, and since it could name anything, every manifest on the remote
+    becomes a root (gc then deletes only what no manifest names; it never decides
+    on a partial view).  ``strict`` (fsck) also reports a ref whose manifest is
+    missing or corrupt; gc ignores those (nothing to keep), and keeps the digests
+    a manifest that does not parse still holds.
     """
     problems: list[str] = []
     todo: dict[str, str] = {}
+    unreadable = False
     for name, _ in remote.refs.list():
-        value = remote.refs.read(name)
+        try:
+            value = remote.refs.read(name)
+        except (StorageError, ValueError) as e:
+            problems.append(f"unreadable ref {name[:80]!r} in {remote.url}: {e}")
+            unreadable = True
+            continue
         if value is not None:
             todo.setdefault(value.digest, f"ref {name}")
-    for key, entry in remote.all_staged():
+    try:
+        staged = list(remote.all_staged())
+    except (StorageError, ValueError) as e:
+        problems.append(f"unreadable staged shard in {remote.url}: {e}")
+        unreadable, staged = True, []
+    for key, entry in staged:
         if entry.manifest is not None:
             todo.setdefault(entry.manifest, f"staged {key}")
         roots.add_chunks(entry.chunks, f"staged {key}")
     for digest, info in remote.iter_manifests():
-        if info.mtime is None or info.mtime >= young_after:
-            todo.setdefault(digest, f"recent manifest {digest[:19]}")
+        if unreadable or info.mtime is None or info.mtime >= young_after:
+            what = "manifest kept for an unreadable ref" if unreadable else "recent manifest"
+            todo.setdefault(digest, f"{what} {digest[:19]}")
+    if unreadable:
+        roots.partial = True
     seen: set[str] = set()
     while todo:
         digest, where = todo.popitem()
@@ -103,10 +148,12 @@ def remote_roots(remote: SyncRemote, roots: Roots, young_after: float,
             continue
         seen.add(digest)
         roots.manifests.add(digest)
-        try:
-            target = remote.load(digest)
-        except (StorageError, ValueError) as e:
-            problems.append(f"{where}: {e}")
+        target, named, problem = _names_in(remote, digest)
+        if problem is not None:
+            roots.unreadable[digest] = where
+            if strict:
+                problems.append(f"{where}: {problem}")
+            roots.add_chunks(named, where)
             continue
         if isinstance(target, FileSet):
             for name, entry in target.files.items():
@@ -115,7 +162,7 @@ def remote_roots(remote: SyncRemote, roots: Roots, young_after: float,
                 roots.add_chunks(entry.chunks, f"{where}: {name}")
         elif isinstance(target, Manifest):
             roots.add_chunks(target.digests(), where)
-    return problems if strict else []
+    return problems if strict else [p for p in problems if p.startswith("unreadable")]
 
 
 # -- delta chains ------------------------------------------------------------------------------
@@ -197,11 +244,15 @@ class Sweep:
 
 
 def plan_objects(store: ObjectStore, keep: set[str], cutoff: float) -> Sweep:
-    """Objects not in ``keep`` (closed over delta bases) and last written before
-    ``cutoff`` (None mtime: kept)."""
+    """Objects not in ``keep`` and last written before ``cutoff`` (None mtime: kept).
+
+    The keep-set is closed over delta bases, counting young objects as kept too: a
+    delta written during the grace period keeps the old base it was made against.
+    """
     sweep = Sweep(store.url)
     listed = list(store.iter_digests())
-    keep = with_bases(store, keep, {d for d, _, _ in listed})
+    young = {d for d, _, mtime in listed if mtime is None or mtime >= cutoff}
+    keep = with_bases(store, keep | young, {d for d, _, _ in listed})
     for digest, size, mtime in listed:
         if digest not in keep and mtime is not None and mtime < cutoff:
             sweep.keys.append((object_key(digest), size))
@@ -216,6 +267,14 @@ def plan_manifests(remote: SyncRemote, keep: set[str], cutoff: float) -> Sweep:
     return sweep
 
 
+def plan_debris(blobs: BlobStore, cutoff: float, where: str) -> Sweep:
+    """Temporary files killed writers left (``.tmp-*``), last written before ``cutoff``."""
+    sweep = Sweep(f"{where} (temporary files)")
+    sweep.keys = [(i.key, i.size) for i in blobs.debris()
+                  if i.mtime is not None and i.mtime < cutoff]
+    return sweep
+
+
 def delete(store: ObjectStore, sweep: Sweep) -> None:
     blobs = store.blobs
     for _ in bounded_map(lambda kv: store._retry(lambda: blobs.delete(kv[0])), sweep.keys,
@@ -223,44 +282,156 @@ def delete(store: ObjectStore, sweep: Sweep) -> None:
         pass
 
 
+def delete_debris(blobs: BlobStore, sweep: Sweep) -> None:
+    """Remove what is safe to remove now; a lock file in use stays (and leaves the sweep)."""
+    sweep.keys = [(k, n) for k, n in sweep.keys if blobs.delete_debris(k)]
+
+
+# -- the remote's trash ---------------------------------------------------------------------
+TRASH_PREFIX = "trash/"
+
+
+def _digest_of(key: str) -> str:
+    """The digest an ``objects/..`` or ``manifests/<hex>.json`` key names."""
+    if key.startswith("objects/"):
+        return "blake3:" + key.split("/")[1] + key.split("/")[2]
+    return "blake3:" + key.split("/")[-1].removesuffix(".json")
+
+
+class Trash:
+    """One gc run's trash on a remote: ``trash/<id>/<original key>``."""
+
+    def __init__(self, remote: SyncRemote, run_id: str):
+        self.remote = remote
+        self.store = remote.objects
+        self.prefix = f"{TRASH_PREFIX}{run_id}/"
+        self.keys: dict[str, str] = {}  # digest -> original key, of what is in here
+
+    def _each(self, fn: Callable[[str], object], keys: Iterable[str]) -> None:
+        for _ in bounded_map(lambda k: self.store._retry(lambda: fn(k)), list(keys),
+                             self.store.concurrency):
+            pass
+
+    def take(self, keys: Iterable[str]) -> None:
+        """Move these keys into the trash (a key already gone is skipped)."""
+        def one(key: str) -> None:
+            try:
+                self.store.blobs.move(key, self.prefix + key)
+            except BlobNotFound:
+                return
+            self.keys[_digest_of(key)] = key
+
+        self._each(one, keys)
+
+    def give_back(self, digests: Iterable[str]) -> set[str]:
+        """Move these digests' blobs back where they were; returns the digests moved."""
+        todo = [d for d in set(digests) if d in self.keys]
+
+        def one(digest: str) -> None:
+            key = self.keys[digest]
+            try:
+                self.store.blobs.move(self.prefix + key, key)
+            except BlobNotFound:
+                pass
+
+        self._each(one, todo)
+        for d in todo:
+            self.keys.pop(d, None)
+        return set(todo)
+
+    def empty(self) -> None:
+        self._each(self.store.blobs.delete, [self.prefix + k for k in self.keys.values()])
+        self.keys.clear()
+
+
+def restore_leftovers(remote: SyncRemote) -> int:
+    """Move everything an earlier, interrupted gc left in the trash back into place."""
+    blobs = remote.blobs
+    moved = 0
+    for info in list(blobs.list(TRASH_PREFIX)):
+        parts = info.key.split("/", 2)
+        if len(parts) != 3 or not (parts[2].startswith("objects/")
+                                   or parts[2].startswith("manifests/")):
+            continue
+        try:
+            remote.objects._retry(lambda k=info.key, o=parts[2]: blobs.move(k, o))
+            moved += 1
+        except BlobNotFound:
+            pass
+    return moved
+
+
+def _relist_and_restore(remote: SyncRemote, trash: Trash, cutoff: float) -> Roots:
+    """List the remote's roots again and move back from ``trash`` whatever they name,
+    manifests first (a ref may name a trashed set whose members were trashed too),
+    then objects and, transitively, their delta bases."""
+    while True:
+        again = Roots()
+        remote_roots(remote, again, cutoff)
+        if not trash.give_back(again.unreadable):
+            break
+    needed = set(again.chunks)
+    while True:
+        back = trash.give_back(needed)
+        if not back:
+            break
+        needed = with_bases(remote.objects, back) - back
+    return again
+
+
 @dataclass
 class GcResult:
     sweeps: list[Sweep]
     start: float
+    problems: list[str] = field(default_factory=list)
+    restored: int = 0  # objects and manifests moved back from the trash
 
 
 def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
             remote: SyncRemote | None = None, dry_run: bool = False,
-            now: float | None = None) -> GcResult:
+            now: float | None = None, hook: Callable[[str], None] | None = None) -> GcResult:
     """Delete unreachable objects older than ``grace`` from the cache (and the remote).
 
-    ``roots_of`` gathers the git roots; the remote's roots are added here, and
-    listed again right before deleting (see the module docstring).
+    ``roots_of`` gathers the git roots; the remote's roots are added here.  On the
+    remote, garbage goes through a trash (see the module docstring).  ``hook`` is
+    called with ``"planned"``, ``"trashed"`` and ``"restored"`` between the steps
+    (tests interleave pushes there).  Temporary files older than ``grace`` go too.
     """
     start = time.time() if now is None else now
     cutoff = start - grace
+    step = hook or (lambda name: None)
+    problems: list[str] = []
+    restored = 0
+    if remote is not None and not dry_run:
+        restored += restore_leftovers(remote)
     roots = roots_of()
     if remote is not None:
-        remote_roots(remote, roots, cutoff)
-    sweeps = [plan_objects(cache, set(roots.chunks), cutoff)]
+        problems += remote_roots(remote, roots, cutoff)
+    sweeps = [plan_objects(cache, set(roots.chunks), cutoff),
+              plan_debris(cache.blobs, cutoff, cache.url)]
     if remote is not None:
         sweeps.append(plan_manifests(remote, roots.manifests, cutoff))
         sweeps.append(plan_objects(remote.objects, set(roots.chunks), cutoff))
+        sweeps.append(plan_debris(remote.blobs, cutoff, remote.url))
+    step("planned")
     if dry_run:
-        return GcResult(sweeps, start)
+        return GcResult(sweeps, start, problems)
     if remote is not None:
-        again = Roots()
-        remote_roots(remote, again, cutoff)
-        sweeps[1].keys = [(k, n) for k, n in sweeps[1].keys
-                          if "blake3:" + k.split("/")[-1].removesuffix(".json")
-                          not in again.manifests]
-        kept = with_bases(remote.objects, again.chunks)
-        sweeps[2].keys = [(k, n) for k, n in sweeps[2].keys
-                          if "blake3:" + k.split("/")[1] + k.split("/")[2] not in kept]
-        delete(remote.objects, sweeps[1])  # manifests before the objects they name
-        delete(remote.objects, sweeps[2])
+        trash = Trash(remote, f"{int(start)}-{uuid.uuid4().hex[:12]}")
+        trash.take(k for k, _ in sweeps[2].keys)  # manifests before the objects they name
+        trash.take(k for k, _ in sweeps[3].keys)
+        step("trashed")
+        _relist_and_restore(remote, trash, cutoff)
+        step("restored")
+        gone = set(trash.keys.values())
+        restored += len(sweeps[2].keys) + len(sweeps[3].keys) - len(gone)
+        for sweep in sweeps[2:4]:
+            sweep.keys = [(k, n) for k, n in sweep.keys if k in gone]
+        trash.empty()
+        delete_debris(remote.blobs, sweeps[4])
     delete(cache, sweeps[0])
-    return GcResult(sweeps, start)
+    delete_debris(cache.blobs, sweeps[1])
+    return GcResult(sweeps, start, problems, restored)
 
 
 # -- repack ---------------------------------------------------------------------------------------

@@ -33,7 +33,14 @@ from . import checkpoint, chunking, delta, shards
 from .cache import Cache
 from .chunkreader import ordered_map
 from .formats.base import NotWeights
-from .manifest import DIGEST_RE, Manifest, ManifestError, check_name, looks_like_manifest
+from .manifest import (
+    DIGEST_RE,
+    Manifest,
+    ManifestError,
+    check_name,
+    loads_json,
+    looks_like_manifest,
+)
 from .objects import ObjectStore, bounded_map
 from .refs import RefError, Refs, RefValue, check_ref_name
 from .remote import RemoteSpec, fetch_objects, open_remote, push_objects
@@ -114,10 +121,7 @@ class FileSet:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str) -> FileSet:
-        try:
-            obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ManifestError(f"{source}: set is not valid JSON ({e})") from None
+        obj = loads_json(data, source, "set")
         if not isinstance(obj, dict) or obj.get("theta_zarr_set") != SET_VERSION or \
                 set(obj) != {"theta_zarr_set", "files"} or not isinstance(obj["files"], dict):
             raise ManifestError(f"{source}: not a theta-zarr set of version {SET_VERSION}")
@@ -209,10 +213,7 @@ class SyncRemote:
         for info in self.blobs.list(prefix):
             name = check_name(info.key[len(prefix):], "staged shard")
             data = self.objects._retry(lambda k=info.key: self.blobs.get(k))
-            try:
-                obj = json.loads(data)
-            except ValueError:
-                raise SyncError(f"staged shard {info.key} in {self.url} is not JSON") from None
+            obj = loads_json(data, f"{self.url} {info.key}", "staged shard")
             out[name] = FileEntry.from_json(obj, info.key)
         return out
 
@@ -221,7 +222,8 @@ class SyncRemote:
         for info in self.blobs.list(STAGING_PREFIX):
             if f"/{PARTS}/" in info.key:
                 data = self.objects._retry(lambda k=info.key: self.blobs.get(k))
-                yield info.key, FileEntry.from_json(json.loads(data), info.key)
+                obj = loads_json(data, f"{self.url} {info.key}", "staged shard")
+                yield info.key, FileEntry.from_json(obj, info.key)
 
     def unstage(self, ref: str, names: Iterable[str]) -> None:
         prefix = self._staging(ref)
@@ -325,9 +327,8 @@ def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
             policy: delta.DeltaPolicy | None = None) -> tuple[int, int, int]:
     """Objects, then manifests; returns (new raw bytes, total raw bytes, objects uploaded).
 
-    Objects the remote already had are checked again after the manifests are in:
-    a gc running at the same time may have taken an old unreachable object this
-    push counted on, and it is put back from the cache before any ref names it.
+    Objects the remote already has are reused; ``settle`` checks them again once the
+    ref names them.
     """
     sizes: dict[str, int] = {}
     for c in cleaned:
@@ -337,14 +338,31 @@ def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
     manifests = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
     for _ in bounded_map(remote.put_manifest, manifests, remote.objects.concurrency):
         pass
-    reused = set(sizes) - lacking
-    if reused:
-        vanished = remote.objects.missing(reused)
-        if vanished:
-            again = push_objects(cache, remote.objects, vanished)
-            stats.objects += again.objects
-            stats.raw_bytes += again.raw_bytes
     return stats.raw_bytes, sum(sizes.values()), stats.objects
+
+
+def settle(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
+           documents: list[bytes]) -> int:
+    """After the ref moved: put back any object or manifest it names that is missing.
+
+    A gc running at the same time may have taken an old, unreachable object this push
+    reused (or, with a short grace, one it uploaded) after the push saw it; gc
+    gives back what refs name only if the ref was there when it listed them again,
+    so the push checks once more *after* its ref write (docs/reliability.md).
+    Returns the number of blobs put back.
+    """
+    digests: set[str] = set()
+    for c in cleaned:
+        digests.update(c.sizes)
+    vanished = remote.objects.missing(digests)
+    if vanished:
+        push_objects(cache, remote.objects, vanished)
+    docs = [d for d in documents if d is not None]
+    gone = [d for d in docs if not remote.objects._retry(
+        lambda d=d: remote.blobs.exists(remote.manifest_key(chunking.digest(d))))]
+    for data in gone:
+        remote.put_manifest(data)
+    return len(vanished) + len(gone)
 
 
 def _ref_bases(remote: SyncRemote, ref: str, names: list[str], cleaned: list[Cleaned]
@@ -404,13 +422,16 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     base_ref = check_ref_name(base_ref) if base_ref else ref
     bases = _ref_bases(remote, base_ref, names, cleaned) if policy.enabled else None
     new, total, count = _upload(remote, cache, cleaned, bases, policy)
+    documents = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
     if shard is not None:
         remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry)
+        settle(remote, cache, cleaned, documents)
         return PushResult(ref, cleaned[0].entry.manifest or "blake3:" + "0" * 64,
                           f"staged {names[0]} for", new, total, count,
                           time.perf_counter() - start)
     digest = remote.put_manifest(target)
     _, action = remote.refs.set(ref, digest, force=force)
+    settle(remote, cache, cleaned, [*documents, target])
     return PushResult(ref, digest, action, new, total, count, time.perf_counter() - start)
 
 

@@ -89,7 +89,7 @@ class Source:
         if self.path is not None and self._pos == 0:
             yield self.path
             return
-        fd, tmp = tempfile.mkstemp(prefix="spool-", dir=self.tmp_dir)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-spool-", dir=self.tmp_dir)
         self._spool = tmp
         with os.fdopen(fd, "wb") as f:
             f.write(self.head[self._pos:])

@@ -81,6 +81,25 @@ class BlobStore(ABC):
         """
         return None
 
+    def move(self, src: str, dst: str) -> None:
+        """Move a blob to another key (gc's trash); raises BlobNotFound if ``src`` is absent.
+
+        The default copies then deletes; backends override it with a rename or a
+        server-side copy.  Readers of ``dst`` never see half a blob.
+        """
+        data = self.get(src)
+        self.put(dst, [data])
+        self.delete(src)
+
+    def debris(self) -> Iterator[BlobInfo]:
+        """Temporary files killed writers left behind (``.tmp-*``); none on object stores,
+        whose single PUTs leave nothing half-written.  Never listed by ``list``."""
+        return iter(())
+
+    def delete_debris(self, key: str) -> bool:
+        """Remove one debris file if that is safe now; True if removed."""
+        return False
+
     # -- conditional writes (refs) -------------------------------------------------------
     # Optional: only backends that the storage service itself can make atomic override
     # these.  The defaults refuse rather than emulate with a read-then-write, which

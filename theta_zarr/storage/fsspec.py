@@ -64,6 +64,14 @@ class FsspecStore(BlobStore):
         except Exception as e:
             raise self._fail("delete", key, e) from None
 
+    def move(self, src: str, dst: str) -> None:
+        """A server-side copy (S3 CopyObject, GCS rewrite), then a delete of ``src``."""
+        try:
+            self.fs.copy(self._path(src), self._path(dst))
+        except Exception as e:
+            raise self._fail("move", src, e) from None
+        self.delete(src)
+
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         top = self._path(prefix.rstrip("/")) if prefix else self.root
         try:

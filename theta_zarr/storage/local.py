@@ -21,6 +21,10 @@ from .base import (
     StorageError,
 )
 
+#: Names of temporary files (never listed as blobs; gc removes old ones) and lock files.
+TMP_PREFIX = ".tmp-"
+LOCK_PREFIX = ".tmp-lock."
+
 
 class LocalStore(BlobStore):
     """Blobs as files; writes go to a temporary name in the same folder, then link/rename."""
@@ -62,9 +66,10 @@ class LocalStore(BlobStore):
         folder = os.path.dirname(path)
         try:
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
         except OSError as e:
-            raise StorageError(f"cannot write {key} to {self.describe()}: {e.strerror}") from None
+            raise StorageError(f"cannot write {key} to {self.describe()}: "
+                               f"{_strerror(e)}") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 for part in parts:
@@ -76,9 +81,8 @@ class LocalStore(BlobStore):
                 os.unlink(tmp)
             except OSError:
                 pass
-            hint = " (disk full)" if e.errno == errno.ENOSPC else ""
             raise StorageError(
-                f"cannot write {key} to {self.describe()}: {e.strerror}{hint}") from None
+                f"cannot write {key} to {self.describe()}: {_strerror(e)}") from None
 
     def delete(self, key: str) -> None:
         try:
@@ -87,16 +91,60 @@ class LocalStore(BlobStore):
             pass
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        return self._walk(prefix, temporary=False)
+
+    def _walk(self, prefix: str, temporary: bool) -> Iterator[BlobInfo]:
         top = self._path(prefix.rstrip("/")) if prefix else self.root
         for folder, dirs, files in os.walk(top):
             dirs.sort()
             rel = os.path.relpath(folder, self.root).replace(os.sep, "/")
             for name in sorted(files):
-                if name.startswith(".tmp-"):
+                if name.startswith(TMP_PREFIX) != temporary:
                     continue
-                st = os.stat(os.path.join(folder, name))
+                try:
+                    st = os.stat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue  # renamed or removed while we looked
                 key = name if rel == "." else f"{rel}/{name}"
                 yield BlobInfo(key, st.st_size, st.st_mtime)
+
+    def move(self, src: str, dst: str) -> None:
+        """rename(2): atomic on one file system."""
+        target = self._path(dst)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(self._path(src), target)
+        except FileNotFoundError:
+            raise BlobNotFound(f"{src} not found in {self.describe()}") from None
+        except OSError as e:
+            raise StorageError(f"cannot move {src} in {self.describe()}: {e.strerror}") from None
+
+    def debris(self) -> Iterator[BlobInfo]:
+        """Every ``.tmp-*`` file: partial writes of killed writers, and ref lock files."""
+        return self._walk("", temporary=True)
+
+    def delete_debris(self, key: str) -> bool:
+        """Unlink a temporary file; a ref's lock file only while nobody holds it (taken
+        here without waiting, and lockers re-check the inode they locked, see _lock)."""
+        path = self._path(key)
+        if not os.path.basename(path).startswith(LOCK_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return True
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # in use: a ref is being moved right now
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return True
+        finally:
+            os.close(fd)
 
     # -- conditional writes --------------------------------------------------------------
     # The version token is the blake3 of the content: a blob is only ever replaced
@@ -112,15 +160,20 @@ class LocalStore(BlobStore):
         lock file, then rename over the old file."""
         path = self._path(key)
         folder = os.path.dirname(path)
+        tmp = None
         try:
             os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            raise StorageError(f"cannot write {key} to {self.describe()}: {e.strerror}") from None
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise StorageError(f"cannot write {key} to {self.describe()}: "
+                               f"{_strerror(e)}") from None
         try:
             if expect is None:
                 try:
@@ -140,7 +193,8 @@ class LocalStore(BlobStore):
         except OSError as e:
             if isinstance(e, StorageError):
                 raise
-            raise StorageError(f"cannot write {key} to {self.describe()}: {e.strerror}") from None
+            raise StorageError(f"cannot write {key} to {self.describe()}: "
+                               f"{_strerror(e)}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -148,13 +202,31 @@ class LocalStore(BlobStore):
 
     @contextlib.contextmanager
     def _lock(self, path: str) -> Iterator[None]:
+        """An exclusive flock(2) on the ref's sidecar lock file.  gc may unlink an idle
+        lock file, so after locking, the file must still be the one at that name;
+        otherwise lock the new one."""
         folder, name = os.path.split(path)
-        fd = os.open(os.path.join(folder, f".tmp-lock.{name}"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
+        lock_path = os.path.join(folder, f"{LOCK_PREFIX}{name}")
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
             yield
         finally:
             os.close(fd)
+
+
+def _strerror(e: OSError) -> str:
+    """The OS's words, with "disk full" said plainly for ENOSPC (and quota)."""
+    text = e.strerror or str(e)
+    return f"disk full ({text})" if e.errno in (errno.ENOSPC, errno.EDQUOT) else text
 
 
 def _token(data: bytes) -> str:

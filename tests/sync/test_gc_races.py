@@ -1,0 +1,140 @@
+"""gc against concurrent pushes, interleaved deterministically at every step boundary.
+
+Each test makes a checkpoint's objects unreachable (its ref is deleted), then runs a
+gc with ``--grace 0`` and a push of the same checkpoint, which reuses those objects,
+with one of them stopped between two of its steps while the other runs whole.  In
+every order, once both are done, no ref names a missing object or manifest.
+(Random-timing trials against the S3 server: tests/benchmarks/bench_gc_race.py.)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sync_helpers import SHAPE, Case, make_case
+from sync_helpers import case as case  # noqa: F401  (fixture)
+
+from theta_zarr import gc, sync
+from theta_zarr.cache import Cache
+from theta_zarr.demo import write_model
+from theta_zarr.settings import Settings, parse_size
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=parse_size("16KiB"),
+                    workers=2, concurrency=4)
+
+
+def dangling(remote: sync.SyncRemote) -> list[str]:
+    """Every problem of the remote's refs: a missing or corrupt manifest or object."""
+    roots = gc.Roots()
+    problems = gc.remote_roots(remote, roots, young_after=0.0, strict=True)
+    return problems + gc.check_objects(remote.objects, roots)
+
+
+@pytest.fixture
+def orphaned(tmp_path):
+    """(checkpoint path, settings): pushed once under ``old``, then ``old`` deleted."""
+    def make(case: Case):
+        remote = case.remote()
+        ckpt = tmp_path / "model.safetensors"
+        write_model(str(ckpt), SHAPE, seed=1)
+        settings = _settings(tmp_path)
+        sync.push(str(ckpt), remote, "old", settings)
+        remote.blobs.delete("refs/old")
+        return remote, ckpt, settings
+    return make
+
+
+def _gc(remote: sync.SyncRemote, settings: Settings, hook=None) -> gc.GcResult:
+    cache = Cache(str(tmp_cache(settings)))
+    return gc.collect(cache, gc.Roots, grace=0.0, remote=remote, now=time.time() + 5,
+                      hook=hook)
+
+
+def tmp_cache(settings: Settings) -> Path:
+    return Path(settings.cache_dir).parent / "gc-cache"
+
+
+@pytest.mark.parametrize("step", ["planned", "trashed", "restored"])
+def test_a_whole_push_between_two_gc_steps(orphaned, tmp_path, step):
+    remote, ckpt, settings = orphaned(Case("local", str(tmp_path / "bucket"), {}, []))
+    pushed = []
+
+    def hook(name: str) -> None:
+        if name == step:
+            pushed.append(sync.push(str(ckpt), remote, "new", settings))
+
+    result = _gc(remote, settings, hook)
+    assert pushed and remote.refs.read("new") is not None
+    assert dangling(remote) == []
+    if step == "planned":  # gc had planned to delete exactly what the push reused
+        assert result.restored > 0
+
+
+def test_a_whole_gc_just_before_the_push_moves_its_ref(orphaned, tmp_path, monkeypatch):
+    remote, ckpt, settings = orphaned(Case("local", str(tmp_path / "bucket"), {}, []))
+    real_set = remote.refs.set
+    swept = []
+
+    def set_after_gc(name, digest, force=False):
+        swept.append(_gc(remote, settings))  # takes every object the push just reused
+        return real_set(name, digest, force)
+
+    monkeypatch.setattr(remote.refs, "set", set_after_gc)
+    sync.push(str(ckpt), remote, "new", settings)
+    assert sum(len(s.keys) for s in swept[0].sweeps[2:4]) > 0
+    assert dangling(remote) == []
+
+
+def test_the_ref_moves_while_gc_holds_the_objects_in_its_trash(orphaned, request, tmp_path,
+                                                               monkeypatch):
+    """The push checked its objects before gc started and moves its ref between gc's
+    move to the trash and its second listing: gc must give the objects back."""
+    case = make_case("s3", request, tmp_path, monkeypatch)
+    remote, ckpt, settings = orphaned(case)
+    real_set = remote.refs.set
+    order = []
+
+    def set_inside_gc(name, digest, force=False):
+        out = []
+
+        def hook(step: str) -> None:
+            if step == "trashed":
+                out.append(real_set(name, digest, force))
+                order.append("ref moved")
+
+        result = _gc(remote, settings, hook)
+        order.append(f"gc gave back {result.restored}")
+        return out[0]
+
+    monkeypatch.setattr(remote.refs, "set", set_inside_gc)
+    sync.push(str(ckpt), remote, "new", settings)
+    assert order[0] == "ref moved" and order[1] != "gc gave back 0"
+    assert dangling(remote) == []
+
+
+def test_gc_moves_back_what_an_interrupted_gc_left_in_its_trash(orphaned, tmp_path):
+    remote, ckpt, settings = orphaned(Case("local", str(tmp_path / "bucket"), {}, []))
+    sync.push(str(ckpt), remote, "new", settings)
+    victims = [k for k in (i.key for i in remote.blobs.list("objects/"))][:3]
+    trash = gc.Trash(remote, "killed-run")
+    trash.take(victims)  # a gc killed here: reachable objects sit in its trash
+    assert dangling(remote) != []
+    _gc(remote, settings)
+    assert dangling(remote) == []
+    assert list(remote.blobs.list(gc.TRASH_PREFIX)) == []
+
+
+def test_race_on_every_backend(orphaned, case):  # noqa: F811
+    remote, ckpt, settings = orphaned(case)
+
+    def hook(name: str) -> None:
+        if name == "planned":
+            sync.push(str(ckpt), remote, "new", settings)
+
+    _gc(remote, settings, hook)
+    assert dangling(remote) == []
+    assert list(remote.blobs.list(gc.TRASH_PREFIX)) == []
