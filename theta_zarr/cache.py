@@ -12,8 +12,26 @@ import mmap
 import os
 
 from . import codecs
-from .objects import MissingObjectError, ObjectError, ObjectStore, matches, object_key
+from .objects import (
+    MissingBaseError,
+    MissingObjectError,
+    ObjectError,
+    ObjectStore,
+    matches,
+    object_key,
+)
+from .storage import StorageError
 from .storage.local import LocalStore
+
+QUARANTINE = "quarantine"
+
+
+class QuarantinedError(ObjectError):
+    """A cache object failed verification and was moved aside; a good copy can replace it."""
+
+    def __init__(self, message: str, digest: str = ""):
+        super().__init__(message)
+        self.digest = digest
 
 
 class Cache(ObjectStore):
@@ -30,10 +48,42 @@ class Cache(ObjectStore):
         return path
 
     def ensure(self, digest: str, raw: bytes | memoryview) -> int:
-        """Store a chunk unless present; returns the bytes newly written (0 if present)."""
-        if self.has(digest):
-            return 0
-        return self.put(digest, raw)
+        """Store a chunk unless present; returns the bytes newly written (0 if present).
+
+        A present object of the wrong size (a truncated write, cut by a full disk or a
+        crash) is rewritten from ``raw``; with the raw codec the size says it all, so
+        an unchanged chunk still costs only a stat.
+        """
+        path = os.path.join(self.root, *object_key(digest).split("/"))
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return self.put(digest, raw)
+        if self.codec == "raw" and size != len(codecs.header("raw")) + len(raw):
+            self.quarantine(digest)
+            return self.put(digest, raw)
+        return 0
+
+    def get(self, digest: str, bases: ObjectStore | None = None) -> bytes | memoryview:
+        """The verified raw chunk; a corrupt object is moved to quarantine first
+        (QuarantinedError says where), so the next write or fetch replaces it."""
+        try:
+            return super().get(digest, bases)
+        except (MissingObjectError, MissingBaseError):
+            raise
+        except ObjectError as e:
+            where = self.quarantine(digest)
+            raise QuarantinedError(f"{e}; moved it to {where}", digest) from None
+
+    def quarantine(self, digest: str) -> str:
+        """Move an object out of the store into ``<cache>/quarantine/``; returns where."""
+        key = object_key(digest)
+        dest = f"{QUARANTINE}/{digest[7:]}"
+        try:
+            self.blobs.move(key, dest)
+        except StorageError:
+            pass  # already moved by another reader
+        return os.path.join(self.root, QUARANTINE)
 
 
     def copy_to(self, digest: str, fd: int, offset: int, length: int) -> None:
@@ -68,8 +118,10 @@ class Cache(ObjectStore):
                 view = memoryview(mm)
                 try:
                     if not matches(digest, view[start:]):
-                        raise ObjectError(f"object {digest} in {self.url} is corrupt "
-                                          "(content does not match digest)")
+                        where = self.quarantine(digest)
+                        raise QuarantinedError(f"object {digest} in {self.url} is corrupt "
+                                               "(content does not match digest); moved it "
+                                               f"to {where}", digest)
                     try:
                         _copy_range(src, start, fd, offset, length)
                     except OSError:  # no copy_file_range here (or across these files)

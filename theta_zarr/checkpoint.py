@@ -10,12 +10,13 @@ manifests in the working tree).  smudge makes sure the cache holds every chunk
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import formats
-from .cache import Cache
+from .cache import Cache, QuarantinedError
 from .chunkreader import ChunkReader
 from .chunkwriter import ChunkWriter, TruncatedInput, WriteStats
 from .formats.base import FormatError, NotWeights, Source
@@ -26,8 +27,10 @@ from .manifest import (
     looks_like_conflicted_manifest,
     looks_like_manifest,
 )
-from .objects import MissingObjectError
+from .objects import MissingObjectError, ObjectError
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: the first bytes of a git-lfs pointer file (git-lfs's spec, version 1)
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
@@ -146,6 +149,29 @@ def ensure_local(manifest: Manifest, cache: Cache, fetch: Fetcher | None,
     fetch(lacking)
 
 
+class Healing:
+    """The cache as a reader sees it: a corrupt object is quarantined (cache.py), fetched
+    again through ``fetch`` when there is a remote, and the repair is logged."""
+
+    def __init__(self, cache: Cache, fetch: Fetcher | None):
+        self.cache = cache
+        self.fetch = fetch
+        self.concurrency = cache.concurrency
+
+    def get(self, digest: str) -> bytes | memoryview:
+        """The verified raw chunk; raises ObjectError when no good copy can be had."""
+        try:
+            return self.cache.get(digest)
+        except QuarantinedError as e:
+            if self.fetch is None:
+                raise ObjectError(f"{e}; no remote to fetch a good copy from: clean the file "
+                                  "again (git add --renormalize PATH) to rewrite it") from None
+            message = str(e)
+        self.fetch({digest})
+        log.warning("%s; fetched a good copy again", message)
+        return self.cache.get(digest)
+
+
 def smudge(manifest: Manifest, out: BinaryIO, settings: Settings, name: str = "checkpoint",
            cache: Cache | None = None, fetch: Fetcher | None = None,
            ensured: bool = False) -> None:
@@ -158,7 +184,7 @@ def smudge(manifest: Manifest, out: BinaryIO, settings: Settings, name: str = "c
     if not ensured:
         ensure_local(manifest, cache, fetch, source=name)
     fmt = formats.get_format(manifest.format_name)
-    reader = ChunkReader(cache, workers=settings.workers)
+    reader = ChunkReader(Healing(cache, fetch), workers=settings.workers)
     try:
         fmt.smudge(manifest, reader, out, tmp_dir=cache.tmp_dir)
     except ManifestError as e:

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .commands.options import check_output, remote_options
-from .commands.reporting import fail, human, reports_errors
+from .commands.reporting import fail, human, reports_errors, setup_logging
 from .redact import redact
 
 
@@ -23,6 +23,7 @@ from .redact import redact
 def main() -> None:
     """Version control for ML checkpoints: every parameter a chunked Zarr array,
     chunks content-addressed in object storage, git holding only a manifest."""
+    setup_logging()
 
 
 # -- setup ----------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from .manifest import DIGEST_RE
 from .storage import BlobNotFound, BlobStore, StorageError
 
 DEFAULT_CONCURRENCY = 16
+#: seconds one storage operation may spend, retries of every layer included
+DEFAULT_RETRY_TIMEOUT = 60.0
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -130,12 +132,17 @@ class ObjectStore:
     """has / get / put of many digests over one BlobStore, concurrent and verified."""
 
     def __init__(self, blobs: BlobStore, codec: str = "raw",
-                 concurrency: int = DEFAULT_CONCURRENCY, retries: int = 4):
+                 concurrency: int = DEFAULT_CONCURRENCY, retries: int = 4,
+                 retry_timeout: float = DEFAULT_RETRY_TIMEOUT):
         codecs.get_codec(codec)
         self.blobs = blobs
         self.codec = codec
         self.concurrency = max(1, concurrency)
         self.retries = retries
+        self.retry_timeout = retry_timeout
+        if hasattr(blobs, "timeout"):
+            blobs.timeout = retry_timeout  # one call, the library's retries included
+        self._down: str | None = None
         self._bases = _LRU(BASE_CACHE_BYTES)
         self._base_locks: dict[str, threading.RLock] = {}
         self._lock = threading.Lock()
@@ -149,14 +156,33 @@ class ObjectStore:
 
     # -- retries: transient storage errors are retried with backoff ------------
     def _retry(self, fn: Callable[[], R]) -> R:
+        """Run one storage call, retrying StorageErrors with backoff within a budget.
+
+        The budget, ``retry_timeout`` seconds, bounds one operation across every
+        layer: the storage library's own retries run inside each call, which the
+        store bounds by the same number, and no retry starts past the budget.  Once
+        an operation has used its whole budget the store counts as down: every later
+        call fails at once with the same message, so an outage costs one budget, not
+        one per object.
+        """
+        if self._down is not None:
+            raise StorageError(self._down)
+        deadline = time.monotonic() + self.retry_timeout
         delay = 0.2
         for attempt in range(self.retries + 1):
             try:
                 return fn()
             except BlobNotFound:
                 raise
-            except StorageError:
-                if attempt == self.retries:
+            except StorageError as e:
+                if self._down is not None:
+                    raise StorageError(self._down) from None
+                out_of_time = time.monotonic() + delay > deadline
+                if attempt == self.retries or out_of_time:
+                    if out_of_time:
+                        self._down = (f"{e} (gave up after {self.retry_timeout:g} s of "
+                                      "retries; see retry-timeout in docs/configuration.md)")
+                        raise StorageError(self._down) from None
                     raise
                 time.sleep(delay)
                 delay *= 2

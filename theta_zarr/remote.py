@@ -20,23 +20,36 @@ first, and stores raw objects in the cache.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from . import codecs, delta, progress
-from .cache import Cache
+from .cache import Cache, QuarantinedError
 from .delta import Base, DeltaPolicy
-from .objects import MissingObjectError, ObjectError, ObjectStore, bounded_map
+from .objects import (
+    DEFAULT_RETRY_TIMEOUT,
+    MissingObjectError,
+    ObjectError,
+    ObjectStore,
+    bounded_map,
+)
 from .redact import has_userinfo
 from .storage import StorageError, check_url, credential_hint, open_store
 
 #: Option names a remote may carry in git config or .thetazarr (none is a secret).
 OPTION_NAMES = ("endpoint-url", "region", "requester-pays", "anon", "project", "compression",
-                "concurrency")
+                "concurrency", "retry-timeout")
+#: environment variable that sets the retry budget of every remote (seconds)
+RETRY_TIMEOUT_ENV = "THETA_ZARR_RETRY_TIMEOUT"
 SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 DEFAULT_REMOTE_CODEC = "zstd"
+
+
+log = logging.getLogger(__name__)
 
 
 class RemoteError(StorageError):
@@ -95,7 +108,8 @@ def storage_options(url: str, options: dict[str, str], concurrency: int) -> dict
             out["anon"] = True
         # botocore opens 10 connections by default: match the transfer concurrency
         out["config_kwargs"] = {"max_pool_connections": max(10, concurrency),
-                                "retries": {"max_attempts": 3, "mode": "standard"}}
+                                "retries": {"max_attempts": 3, "mode": "standard"},
+                                "connect_timeout": 10}
     elif protocol in ("gs", "gcs"):
         if options.get("endpoint-url"):
             out["endpoint_url"] = options["endpoint-url"]
@@ -106,6 +120,21 @@ def storage_options(url: str, options: dict[str, str], concurrency: int) -> dict
         if _true(options.get("anon")):
             out["token"] = "anon"
     return out
+
+
+def retry_timeout(spec: RemoteSpec) -> float:
+    """The remote's retry budget in seconds: its ``retry-timeout`` option, else
+    $THETA_ZARR_RETRY_TIMEOUT, else 60."""
+    text = spec.options.get("retry-timeout") or os.environ.get(RETRY_TIMEOUT_ENV) or \
+        str(DEFAULT_RETRY_TIMEOUT)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise RemoteError(f"remote {spec.name!r}: retry-timeout must be a number of seconds "
+                          f"between 0 and 86400, not {text[:40]!r}")
+    return value
 
 
 def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
@@ -120,7 +149,8 @@ def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
     blobs = open_store(spec.url, storage_options(spec.url, spec.options, concurrency))
     if need is not None:
         blobs.check_root(for_write=need == "write")
-    return ObjectStore(blobs, codec=spec.codec, concurrency=concurrency)
+    return ObjectStore(blobs, codec=spec.codec, concurrency=concurrency,
+                       retry_timeout=retry_timeout(spec))
 
 
 @dataclass
@@ -314,11 +344,14 @@ class ReadThrough:
     def get(self, digest: str) -> bytes | memoryview:
         try:
             return self.cache.get(digest)
-        except MissingObjectError:
+        except (MissingObjectError, QuarantinedError) as e:
             if self._open_remote is None:
                 raise
+            corrupt = str(e) if isinstance(e, QuarantinedError) else None
         raw = self.remote.get(digest, self.cache)
         self.cache.put(digest, raw)
+        if corrupt:
+            log.warning("%s; fetched a good copy from %s", corrupt, self.remote.url)
         return raw
 
     def fetch(self, digests: set[str]) -> None:

@@ -314,8 +314,8 @@ def register(main: click.Group) -> None:
         settings = repo.settings()
         cache = checkpoint.open_cache(settings)
         roots = gc.Roots()
-        git_roots(repo, roots)
-        problems: list[str] = []
+        git_roots(repo, roots, parse=True)
+        problems: list[str] = list(roots.problems)
         if remote_name:
             remote = SyncRemote.open(require(repo, remote_name), settings.concurrency,
                                      need="read")
@@ -383,6 +383,11 @@ def register(main: click.Group) -> None:
         if repack and remote is None:
             raise ValueError("--repack needs --remote (the cache holds no deltas)")
         result = gc.collect(cache, roots, gc.parse_duration(grace), remote, dry_run)
+        for problem in result.problems:
+            _say(f"warning: {problem}; every manifest on the remote is kept")
+        if result.restored:
+            _say(f"{result.restored} blob(s) a concurrent push or an interrupted gc needed "
+                 "were moved back from gc's trash")
         verb = "would delete" if dry_run else "deleted"
         for sweep in result.sweeps:
             if dry_run:

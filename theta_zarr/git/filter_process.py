@@ -285,7 +285,8 @@ class FilterServer:
         try:
             with progress.bar(manifest.nbytes, f"smudge {path}") as bar:
                 checkpoint.smudge(manifest, progress.CountingStream(content, bar), self.settings,
-                                  name=path, cache=self.cache, ensured=True)
+                                  name=path, cache=self.cache, fetch=self.fetch,
+                                  ensured=True)
             content.close()
         except Exception as e:
             content.close()

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 from ..chunking import digest
 from ..gc import _DIGEST_BYTES, MAX_MANIFEST_BLOB, Roots
-from ..manifest import MAGIC
+from ..manifest import MAGIC, Manifest, ManifestError
 from ..remote import RemoteSpec
 from .files import objects_with_paths, read_blobs
 from .remotes import feeding_git_remotes
 from .repo import GitError, Repo
 
 
-def git_roots(repo: Repo, roots: Roots) -> None:
-    """Every manifest blob reachable from refs, reflogs (stashes) and the index."""
+def git_roots(repo: Repo, roots: Roots, parse: bool = False) -> None:
+    """Every manifest blob reachable from refs, reflogs (stashes) and the index.
+
+    Digests are taken by pattern, so even a manifest that does not parse keeps its
+    chunks; with ``parse`` (fsck) each blob is also parsed and validated, and one
+    that a checkout would refuse is recorded in ``roots.problems``.
+    """
     paths = objects_with_paths(repo, "--all", "--reflog", "--indexed-objects")
     if not paths:
         return
@@ -29,6 +34,11 @@ def git_roots(repo: Repo, roots: Roots) -> None:
             head = data[:1024]
             if MAGIC in head or b'"theta_zarr"' in head:
                 where = f"{paths[sha]} (git blob {sha[:10]})"
+                if parse:
+                    try:
+                        Manifest.from_bytes(data, where)
+                    except ManifestError as e:
+                        roots.problems.append(f"unusable manifest {e}")
                 roots.add_chunks((d.decode() for d in _DIGEST_BYTES.findall(data)), where)
                 roots.manifests.add(digest(data))
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
+from fsspec.exceptions import FSTimeoutError
 
 from .base import BlobInfo, BlobNotFound, BlobStore, Parts, StorageError
 
@@ -23,6 +25,9 @@ class FsspecStore(BlobStore):
         except (ImportError, ValueError) as e:
             raise StorageError(f"cannot open {self.describe()}: {e}") from None
         self.root = self.root.rstrip("/")
+        #: seconds one call may take, the storage library's own retries included (None:
+        #: no bound); the object layer sets it to its retry budget
+        self.timeout: float | None = None
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
@@ -33,32 +38,30 @@ class FsspecStore(BlobStore):
         return bucket, path
 
     def _fail(self, what: str, key: str, e: BaseException) -> StorageError:
-        if isinstance(e, FileNotFoundError):
-            return BlobNotFound(f"{key} not found in {self.describe()}")
-        return StorageError(f"cannot {what} {key} in {self.describe()}: {e}")
+        return fail(self, what, key, e)
 
     def exists(self, key: str) -> bool:
         try:
-            return bool(self.fs.exists(self._path(key)))
+            return bool(self.fs.exists(self._path(key), timeout=self.timeout))
         except Exception as e:
             raise self._fail("check", key, e) from None
 
     def get(self, key: str) -> bytes:
         try:
-            return bytes(self.fs.cat_file(self._path(key)))
+            return bytes(self.fs.cat_file(self._path(key), timeout=self.timeout))
         except Exception as e:
             raise self._fail("read", key, e) from None
 
     def put(self, key: str, parts: Parts) -> None:
         data = b"".join(parts)
         try:
-            self.fs.pipe_file(self._path(key), data)
+            self.fs.pipe_file(self._path(key), data, timeout=self.timeout)
         except Exception as e:
             raise self._fail("write", key, e) from None
 
     def delete(self, key: str) -> None:
         try:
-            self.fs.rm_file(self._path(key))
+            self.fs.rm_file(self._path(key), timeout=self.timeout)
         except FileNotFoundError:
             pass
         except Exception as e:
@@ -67,7 +70,7 @@ class FsspecStore(BlobStore):
     def move(self, src: str, dst: str) -> None:
         """A server-side copy (S3 CopyObject, GCS rewrite), then a delete of ``src``."""
         try:
-            self.fs.copy(self._path(src), self._path(dst))
+            self.fs.copy(self._path(src), self._path(dst), timeout=self.timeout)
         except Exception as e:
             raise self._fail("move", src, e) from None
         self.delete(src)
@@ -75,7 +78,7 @@ class FsspecStore(BlobStore):
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         top = self._path(prefix.rstrip("/")) if prefix else self.root
         try:
-            found = self.fs.find(top, detail=True)
+            found = self.fs.find(top, detail=True, timeout=self.timeout)
         except FileNotFoundError:
             return
         except Exception as e:
@@ -87,6 +90,18 @@ class FsspecStore(BlobStore):
                 self.root.lstrip("/") + "/", 1)[-1]
             mtime = info.get("mtime") or info.get("LastModified") or info.get("updated")
             yield BlobInfo(key, int(info.get("size") or 0), _to_ts(mtime))
+
+
+def fail(store: BlobStore, what: str, key: str, e: BaseException) -> StorageError:
+    """One StorageError line for a failed call: not found, no answer in time, or the
+    library's own words."""
+    if isinstance(e, FileNotFoundError):
+        return BlobNotFound(f"{key} not found in {store.describe()}")
+    if isinstance(e, (FSTimeoutError, asyncio.TimeoutError)):
+        return StorageError(f"cannot {what} {key} in {store.describe()}: no answer within "
+                            f"{getattr(store, 'timeout', None) or '?'} s")
+    text = " ".join(str(e).split()) or type(e).__name__
+    return StorageError(f"cannot {what} {key} in {store.describe()}: {text}")
 
 
 def _to_ts(value: object) -> float | None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 
-from .base import BlobNotFound, ConditionFailed, RootMissing, StorageError
-from .fsspec import FsspecStore
+from .base import ConditionFailed, RootMissing
+from .fsspec import FsspecStore, fail
 
 _BOUNDARY = "==theta-zarr-ref=="
 
@@ -34,14 +34,13 @@ class GcsStore(FsspecStore):
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         bucket, path = self._bucket_key(key)
         try:
-            meta = self.fs.call("GET", "b/{}/o/{}", bucket, path, json_out=True)
+            meta = self.fs.call("GET", "b/{}/o/{}", bucket, path, json_out=True,
+                                timeout=self.timeout)
             generation = str(meta["generation"])
             _, data = self.fs.call("GET", "b/{}/o/{}", bucket, path, alt="media",
-                                   generation=generation)
-        except FileNotFoundError:
-            raise BlobNotFound(f"{key} not found in {self.describe()}") from None
+                                   generation=generation, timeout=self.timeout)
         except Exception as e:
-            raise StorageError(f"cannot read {key} in {self.describe()}: {e}") from None
+            raise fail(self, "read", key, e) from None
         return bytes(data), generation
 
     def put_if(self, key: str, data: bytes, expect: str | None) -> str:
@@ -55,10 +54,10 @@ class GcsStore(FsspecStore):
             out = self.fs.call(
                 "POST", url, uploadType="multipart", ifGenerationMatch=expect or "0",
                 headers={"Content-Type": f'multipart/related; boundary="{_BOUNDARY}"'},
-                data=body, json_out=True)
+                data=body, json_out=True, timeout=self.timeout)
         except FileExistsError:  # gcsfs maps every 412 to FileExistsError
             what = "already exists" if expect is None else "changed"
             raise ConditionFailed(f"{key} {what} in {self.describe()}") from None
         except Exception as e:
-            raise StorageError(f"cannot write {key} in {self.describe()}: {e}") from None
+            raise fail(self, "write", key, e) from None
         return str(out["generation"])

@@ -12,8 +12,8 @@ from typing import Any
 
 from fsspec.asyn import sync
 
-from .base import BlobNotFound, ConditionFailed, RootMissing, StorageError
-from .fsspec import FsspecStore
+from .base import ConditionFailed, RootMissing
+from .fsspec import FsspecStore, fail
 
 
 def _is_precondition_failure(e: BaseException) -> bool:
@@ -51,11 +51,9 @@ class S3Store(FsspecStore):
             return data, str(resp["ETag"])
 
         try:
-            return sync(self.fs.loop, fetch)
-        except FileNotFoundError:
-            raise BlobNotFound(f"{key} not found in {self.describe()}") from None
+            return sync(self.fs.loop, fetch, timeout=self.timeout)
         except Exception as e:
-            raise StorageError(f"cannot read {key} in {self.describe()}: {e}") from None
+            raise fail(self, "read", key, e) from None
 
     def put_if(self, key: str, data: bytes, expect: str | None) -> str:
         bucket, path = self._bucket_key(key)
@@ -63,12 +61,12 @@ class S3Store(FsspecStore):
             {"IfMatch": expect}
         try:
             resp = self.fs.call_s3("put_object", Bucket=bucket, Key=path, Body=data,
-                                   **condition)
+                                   timeout=self.timeout, **condition)
         except FileNotFoundError:
             raise ConditionFailed(f"{key} was deleted from {self.describe()}") from None
         except Exception as e:
             if _is_precondition_failure(e):
                 what = "already exists" if expect is None else "changed"
                 raise ConditionFailed(f"{key} {what} in {self.describe()}") from None
-            raise StorageError(f"cannot write {key} in {self.describe()}: {e}") from None
+            raise fail(self, "write", key, e) from None
         return str(resp["ETag"])
