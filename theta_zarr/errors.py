@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import traceback
 
@@ -33,6 +34,12 @@ def one_line(exc: BaseException) -> str:
     if os.environ.get("GIT_THETA_ZARR_DEBUG"):
         traceback.print_exception(exc)
     text = redact(str(exc).strip().replace("\n", " ")) or type(exc).__name__
+    if type(exc) in (OSError, PermissionError, FileNotFoundError) and exc.filename:
+        where = redact(str(exc.filename))
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            text = f"cannot write {where}: disk full"
+        else:
+            text = f"{where}: {exc.strerror}"
     if not isinstance(exc, USER_ERRORS):
         text = (f"internal error ({type(exc).__name__}: {text}); "
                 "set GIT_THETA_ZARR_DEBUG=1 for details")

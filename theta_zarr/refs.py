@@ -20,6 +20,7 @@ the ref back shows our own write id, so the write is reported as ours
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,16 @@ from .storage import BlobInfo, BlobNotFound, BlobStore, ConditionFailed, Storage
 
 REFS_PREFIX = "refs/"
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
-MAX_REF_LEN = 1024
+#: Bytes (UTF-8) a whole ref name and one of its components may have.  A component
+#: becomes a file name in a folder remote (NAME_MAX is 255 bytes on every common file
+#: system); the whole name appears in keys such as ``staging/<ref>/.parts/<file>``
+#: under a bucket prefix, and S3 and GCS keys end at 1024 bytes.
+MAX_REF_BYTES = 512
+MAX_COMPONENT_BYTES = 255
+#: Unicode categories refused: controls, format characters (bidirectional overrides,
+#: zero-width joiners), separators, private use, surrogates, unassigned code points.
+#: Each makes a name display as something it is not.
+_INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp", "Zs"}
 
 
 class RefError(StorageError):
@@ -41,12 +51,35 @@ class RefConflict(RefError):
 
 
 def check_ref_name(name: str) -> str:
-    """Validate like ``git check-ref-format`` (one-level names allowed): names become keys."""
+    """The one rule set for ref names, applied before anything is uploaded.
+
+    git's ``check-ref-format`` rules (one-level names allowed), plus: UTF-8 in NFC
+    form; no invisible or look-alike characters (Unicode categories in
+    ``_INVISIBLE``); at most ``MAX_REF_BYTES`` bytes, each '/'-separated component
+    at most ``MAX_COMPONENT_BYTES`` (limits every backend accepts).  Returns the
+    name; raises RefError naming the rule broken.
+    """
     why = None
-    if not name or len(name) > MAX_REF_LEN:
-        why = "empty or too long"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = b""
+        why = "not valid Unicode"
+    bad = next((ch for ch in name if unicodedata.category(ch) in _INVISIBLE
+                and ch != " " and not _BAD_CHARS.match(ch)), None)
+    if why:
+        pass
+    elif not name:
+        why = "empty"
+    elif len(encoded) > MAX_REF_BYTES:
+        why = f"{len(encoded)} bytes long; at most {MAX_REF_BYTES} (UTF-8)"
     elif _BAD_CHARS.search(name):
         why = "control characters, spaces and ~^:?*[\\ are not allowed"
+    elif bad is not None:
+        why = (f"invisible or look-alike character U+{ord(bad):04X} "
+               f"({unicodedata.name(bad, 'unnamed')}) is not allowed")
+    elif unicodedata.normalize("NFC", name) != name:
+        why = "not in Unicode NFC form (the same name could be spelt two ways)"
     elif name.startswith("/") or name.endswith("/") or "//" in name:
         why = "no leading, trailing or doubled '/'"
     elif ".." in name or "@{" in name or name == "@":
@@ -55,8 +88,15 @@ def check_ref_name(name: str) -> str:
         why = "may not end with '.'"
     elif any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
         why = "components may not start with '.' or end with '.lock'"
+    else:
+        long = next((p for p in name.split("/") if len(p.encode()) > MAX_COMPONENT_BYTES),
+                    None)
+        if long is not None:
+            why = (f"a component is {len(long.encode())} bytes long; at most "
+                   f"{MAX_COMPONENT_BYTES}")
     if why:
-        raise RefError(f"invalid ref name {name[:80]!r}: {why}")
+        shown = name[:80].encode("unicode_escape").decode("ascii")
+        raise RefError(f"invalid ref name '{shown}': {why}")
     return name
 
 

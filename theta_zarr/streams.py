@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 ReadInto = Callable[[memoryview], int]
@@ -28,16 +29,31 @@ def write_atomic(dest: str, write: Callable[[BinaryIO], object]) -> None:
     """Write a file through ``write(f)`` under a temporary name, then rename it into place:
     readers never see half a file, and a failure leaves the old one as it was."""
     folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
+    with named(dest):
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as out:
-            write(out)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a pulled file should get
-        os.replace(tmp, dest)
+        with named(dest):
+            with os.fdopen(fd, "wb") as out:
+                write(out)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a pulled file gets
+            os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def named(path: str) -> Iterator[None]:
+    """Give an OSError raised without a file name (a ``write`` that hit a full disk says
+    only "[Errno 28] No space left on device") the path being written, so the one-line
+    message says where."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None and type(e) in (OSError,):
+            raise OSError(e.errno, e.strerror or str(e), path) from None
         raise

@@ -266,14 +266,17 @@ class Cleaned:
     sizes: dict[str, int]
 
 
-def clean_file(path: str, settings: Settings, cache: Cache) -> Cleaned:
-    """A checkpoint becomes a manifest; any other file is cut into plain chunks."""
+def clean_file(path: str, settings: Settings, cache: Cache, plain: bool = True) -> Cleaned:
+    """A checkpoint becomes a manifest; any other file is cut into plain chunks
+    (with ``plain`` False, it is refused: FormatError)."""
     with open(path, "rb") as f:
         source = checkpoint.open_source(f, cache, name=os.path.basename(path),
                                         path=os.path.abspath(path))
         try:
             manifest = checkpoint.clean(source, settings, cache, opaque=False).manifest
         except NotWeights:  # a set keeps such files as plain chunks of its own
+            if not plain:
+                raise
             manifest = None
     if manifest is not None:
         data = manifest.to_bytes()
@@ -293,16 +296,39 @@ def _store_plain(path: str, chunk_bytes: int, cache: Cache) -> Cleaned:
     return Cleaned(FileEntry(None, tuple(digests), size, chunk_bytes), None, sizes)
 
 
+def inside(folder: str, path: str) -> bool:
+    """True if ``path``, every symbolic link resolved, lies within ``folder`` (resolved)."""
+    root = os.path.realpath(folder)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
 def list_files(folder: str, skip: Callable[[str], bool] = lambda rel: False) -> list[str]:
-    """Relative paths of the files under ``folder``, hidden ones left out, sorted."""
+    """Relative paths of the files under ``folder``, hidden ones left out, sorted.
+
+    Symbolic links are never followed out of ``folder``: a link to a file outside it
+    (``~/.aws/credentials``, ``/etc/shadow``) or a link to a folder is refused with
+    a SyncError naming it, rather than uploaded or silently left out.
+    """
     out = []
     for here, dirs, files in os.walk(folder):
+        for d in dirs:
+            if not d.startswith(".") and os.path.islink(os.path.join(here, d)):
+                raise SyncError(_link_message(folder, os.path.join(here, d), "a folder"))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            rel = os.path.relpath(os.path.join(here, name), folder).replace(os.sep, "/")
-            if not name.startswith(".") and not skip(rel):
-                out.append(rel)
+            full = os.path.join(here, name)
+            rel = os.path.relpath(full, folder).replace(os.sep, "/")
+            if name.startswith(".") or skip(rel):
+                continue
+            if os.path.islink(full) and not inside(folder, full):
+                raise SyncError(_link_message(folder, full, "a file outside it"))
+            out.append(rel)
     return out
+
+
+def _link_message(folder: str, link: str, what: str) -> str:
+    return (f"{link}: a symbolic link to {what} ({os.readlink(link)}); theta-zarr never "
+            f"follows links out of the folder it pushes ({folder}): copy the file in instead")
 
 
 # -- push ----------------------------------------------------------------------------------------
@@ -410,7 +436,9 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
         cleaned = [clean_file(os.path.join(path, n), settings, cache) for n in names]
         target = FileSet({n: c.entry for n, c in zip(names, cleaned, strict=True)}).to_bytes()
     elif os.path.isfile(path):
-        cleaned = [clean_file(path, settings, cache)]
+        # one file must be a checkpoint (a shard may be any file of a set): other files
+        # travel inside a pushed folder
+        cleaned = [clean_file(path, settings, cache, plain=shard is not None)]
         names = [shard or os.path.basename(path)]
         entry = cleaned[0].entry
         target = cleaned[0].manifest_bytes if entry.manifest is not None else \

@@ -23,7 +23,7 @@ from .refs import check_ref_name
 from .settings import Settings
 from .storage import StorageError
 from .streams import write_atomic
-from .sync import PushResult, SyncError, SyncRemote, list_files, push
+from .sync import PushResult, SyncError, SyncRemote, inside, list_files, push
 
 CHECKPOINT_GLOBS = ("*.safetensors", "*.pt", "*.pth", "*.bin", "*.npz", "*.npy")
 STATE_FILE = ".theta-zarr-watch.json"
@@ -84,6 +84,12 @@ class Watcher:
         for name in sorted(os.listdir(self.root)):
             path = os.path.join(self.root, name)
             if name.startswith(".") or os.path.abspath(path) == self.state_path:
+                continue
+            if os.path.islink(path) and not inside(self.root, path):
+                if self.failed.get(name) != "link":
+                    self.echo(f"{path}: a symbolic link out of {self.root}; not pushed "
+                              "(theta-zarr never follows links out of the watched folder)")
+                    self.failed[name] = "link"
                 continue
             if os.path.isdir(path):
                 out[self.opts.prefix + name] = path

@@ -19,7 +19,7 @@ import click
 
 from ..redact import redact
 from .options import REMOTE_OPTION_HELP, check_output, remote_options, say
-from .reporting import human, reports_errors
+from .reporting import fail, human, reports_errors
 
 
 def _cache_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,6 +59,21 @@ def _settings(cache_dir: str | None, chunk_size: str):
     return Settings(cache_dir=default_cache_dir(cache_dir), chunk_bytes=parse_size(chunk_size))
 
 
+def _ref_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: a ref name checked by refs.check_ref_name before the command
+    does anything (nothing is cleaned or uploaded for a name a backend would refuse)."""
+    from ..refs import RefError, check_ref_name
+
+    if value is None:
+        return None
+    probe = value + "x" if param.name == "ref_prefix" else value  # a prefix of names
+    try:
+        check_ref_name(probe)
+    except RefError as e:
+        fail(f"{param.opts[0] if param.opts[0].startswith('-') else param.name.upper()}: {e}")
+    return value
+
+
 def register(main: click.Group) -> None:
     """Add the sync commands; ``push`` wraps git's push command already registered."""
     git_push = main.commands["push"]
@@ -66,9 +81,10 @@ def register(main: click.Group) -> None:
     @main.command("publish")
     @click.argument("path", metavar="CKPT")
     @click.argument("remote_arg", metavar="REMOTE")
-    @click.option("--ref", required=True, help="the ref to create or move")
+    @click.option("--ref", required=True, callback=_ref_name,
+                  help="the ref to create or move")
     @click.option("--force", is_flag=True, help="move the ref even if it points elsewhere")
-    @click.option("--base-ref", default=None,
+    @click.option("--base-ref", default=None, callback=_ref_name,
                   help="the ref this checkpoint continues (delta base; default: --ref's value)")
     @click.option("--shard", is_flag=True,
                   help="stage this file as one shard of --ref (finish with 'combine')")
@@ -156,7 +172,7 @@ def register(main: click.Group) -> None:
 
     @main.command("pull")
     @click.argument("remote_arg", metavar="REMOTE")
-    @click.argument("ref")
+    @click.argument("ref", callback=_ref_name)
     @click.option("--output", "-o", "output", required=True, help="file (or folder) to write")
     @click.option("--include", multiple=True, metavar="GLOB",
                   help="only parameters matching GLOB (repeatable)")
@@ -240,7 +256,8 @@ def register(main: click.Group) -> None:
     @main.command("watch")
     @click.argument("folder", type=click.Path(exists=True, file_okay=False))
     @click.argument("remote_arg", metavar="REMOTE")
-    @click.option("--ref-prefix", required=True, help="ref = prefix + checkpoint name")
+    @click.option("--ref-prefix", required=True, callback=_ref_name,
+                  help="ref = prefix + checkpoint name")
     @click.option("--interval", default=30.0, show_default=True,
                   help="seconds between scans; a checkpoint is complete once unchanged "
                        "over one interval")
@@ -281,7 +298,7 @@ def register(main: click.Group) -> None:
 
     @main.command("import")
     @click.argument("remote_arg", metavar="REMOTE")
-    @click.argument("ref")
+    @click.argument("ref", callback=_ref_name)
     @click.argument("path")
     @remote_options
     @reports_errors
@@ -384,9 +401,9 @@ def register(main: click.Group) -> None:
             raise ValueError("--repack needs --remote (the cache holds no deltas)")
         result = gc.collect(cache, roots, gc.parse_duration(grace), remote, dry_run)
         for problem in result.problems:
-            _say(f"warning: {problem}; every manifest on the remote is kept")
+            say(f"warning: {problem}; every manifest on the remote is kept")
         if result.restored:
-            _say(f"{result.restored} blob(s) a concurrent push or an interrupted gc needed "
+            say(f"{result.restored} blob(s) a concurrent push or an interrupted gc needed "
                  "were moved back from gc's trash")
         verb = "would delete" if dry_run else "deleted"
         for sweep in result.sweeps:

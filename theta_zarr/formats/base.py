@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..manifest import Manifest, ParamEntry
-from ..streams import fill
+from ..streams import fill, named
 
 HEAD_BYTES = 64 * 1024
 
@@ -91,7 +91,7 @@ class Source:
             return
         fd, tmp = tempfile.mkstemp(prefix=".tmp-spool-", dir=self.tmp_dir)
         self._spool = tmp
-        with os.fdopen(fd, "wb") as f:
+        with named(tmp), os.fdopen(fd, "wb") as f:
             f.write(self.head[self._pos:])
             self._pos = len(self.head)
             shutil.copyfileobj(self.stream, f, 1 << 20)

@@ -1,0 +1,184 @@
+"""Faults through git: hostile checkpoints and hand-edited manifests, a corrupt cache,
+fsck over manifests that cannot be checked out, materialize without install.
+
+Manifests are committed with ``git hash-object --no-filters`` (as an attacker or a
+bad merge would), then checked out: every case must end in one ``theta-zarr:`` line,
+a non-zero exit and no traceback, and never in a file that cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import safetensors.numpy
+
+from theta_zarr.manifest import Manifest
+
+
+def commit_blob(repo, path: str, data: bytes) -> None:
+    """Commit ``data`` as the blob of ``path`` without running any filter."""
+    sha = repo.git("hash-object", "-w", "--no-filters", "--stdin", input=data).stdout
+    repo.git("update-index", "--add", "--cacheinfo", f"100644,{sha.decode().strip()},{path}")
+    repo.git("commit", "-q", "-m", f"hand-made {path}")
+
+
+def assert_one_line(proc, *fragments: str) -> str:
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert "Traceback" not in err and "internal error" not in err, err
+    ours = [line for line in err.splitlines() if line.startswith("theta-zarr:")]
+    assert len(ours) == 1, err
+    for fragment in fragments:
+        assert fragment in ours[0], ours[0]
+    return ours[0]
+
+
+def checkout_fresh(repo, path: str):
+    (repo.path / path).unlink(missing_ok=True)
+    return repo.git("checkout", "--", path, check=False)
+
+
+def small_model(repo, name: str = "m.safetensors") -> Manifest:
+    safetensors.numpy.save_file({"w": np.arange(5000, dtype=np.float32),
+                                 "b": np.ones(4, dtype=np.float32)}, str(repo.path / name))
+    repo.git("add", name)
+    repo.git("commit", "-q", "-m", name)
+    return Manifest.from_bytes(repo.git("cat-file", "blob", f"HEAD:{name}").stdout)
+
+
+def edited(manifest: Manifest, name: str, **changes) -> bytes:
+    obj = json.loads(manifest.to_bytes())
+    obj["params"][name].update(changes)
+    return json.dumps(obj).encode()
+
+
+# -- item 2: memory bombs from a few bytes ---------------------------------------------------
+def test_a_tiny_header_declaring_an_enormous_tensor_is_refused_before_any_work(repo):
+    header = json.dumps({"w": {"dtype": "U8", "shape": [2**40, 2**40],
+                               "data_offsets": [0, 2**80]}}).encode()
+    (repo.path / "bomb.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    assert_one_line(repo.git("add", "bomb.safetensors", check=False), "bomb.safetensors",
+                    "bytes")
+
+
+def test_clean_refuses_a_shape_smudge_would_refuse(repo):
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2**62, 4, 0],
+                               "data_offsets": [0, 0]}}).encode()
+    header += b" " * (-len(header) % 8)
+    (repo.path / "z.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    assert_one_line(repo.git("add", "z.safetensors", check=False), "out of range")
+
+
+def test_a_manifest_whose_shape_needs_a_billion_chunks_fails_in_one_line(repo):
+    m = small_model(repo)
+    one = m.params["w"].chunks[0]
+    commit_blob(repo, "m.safetensors", edited(m, "w", shape=[2**30, 1], chunk_shape=[1, 1],
+                                              chunks=[one]))
+    for proc in (checkout_fresh(repo, "m.safetensors"),
+                 repo.tz("ls-files", check=False),
+                 repo.tz("diff", "HEAD~1", "HEAD", check=False)):
+        assert_one_line(proc, "1 chunks listed, shape needs 1073741824")
+
+
+# -- item 3: manifests that disagree with their chunks ----------------------------------------
+def test_a_dtype_edited_without_its_chunks_never_checks_out(repo):
+    m = small_model(repo)
+    commit_blob(repo, "m.safetensors", edited(m, "w", dtype="float64"))
+    line = assert_one_line(checkout_fresh(repo, "m.safetensors"), "float64", "holds")
+    assert "chunk 0" in line
+    assert not (repo.path / "m.safetensors").exists() or \
+        (repo.path / "m.safetensors").stat().st_size == 0
+
+
+def test_the_zarr_view_refuses_chunks_of_the_wrong_size(repo):
+    import pytest
+    import zarr
+
+    from theta_zarr.cache import Cache
+    from theta_zarr.objects import ObjectError
+    from theta_zarr.zarrstore import ManifestStore
+
+    m = small_model(repo)
+    bad = Manifest.from_bytes(edited(m, "w", dtype="float64"))
+    group = zarr.open_group(ManifestStore(bad, Cache(str(repo.objects_dir.parent))), mode="r")
+    with pytest.raises(ObjectError, match="holds 20000 bytes"):
+        group["w"][:]
+
+
+def test_a_committed_conflict_marked_manifest_does_not_check_out_as_text(repo):
+    m = small_model(repo)
+    text = m.to_bytes()
+    commit_blob(repo, "m.safetensors",
+                b"<<<<<<< ours\n" + text + b"=======\n" + text + b">>>>>>> theirs\n")
+    assert_one_line(checkout_fresh(repo, "m.safetensors"), "conflict")
+
+
+def test_fsck_parses_every_manifest_it_walks(repo):
+    m = small_model(repo)
+    commit_blob(repo, "m.safetensors", edited(m, "w", shape=[7, 7]))
+    proc = repo.tz("fsck", check=False)
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    assert "unusable manifest" in out and "m.safetensors" in out
+
+
+# -- item 4: deeply nested JSON ---------------------------------------------------------------
+def test_a_hundred_thousand_levels_of_nesting_is_one_line(repo):
+    deep = b'{"theta_zarr": 1, "format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    commit_blob(repo, "deep.safetensors", deep)
+    assert_one_line(checkout_fresh(repo, "deep.safetensors"), "nested")
+    assert_one_line(repo.tz("ls-files", check=False), "nested")
+
+
+# -- item 5: a corrupt object in the cache is repaired ---------------------------------------
+def _corrupt(repo, digest: str) -> None:
+    obj = repo.objects_dir / digest[7:9] / digest[9:]
+    data = bytearray(obj.read_bytes())
+    data[-1] ^= 0xFF
+    os.chmod(obj, 0o644)
+    obj.write_bytes(bytes(data))
+
+
+def test_corrupt_cache_object_is_quarantined_then_rewritten_by_clean(repo):
+    m = small_model(repo)
+    original = (repo.path / "m.safetensors").read_bytes()
+    digest = m.params["w"].chunks[0]
+    _corrupt(repo, digest)
+    line = assert_one_line(checkout_fresh(repo, "m.safetensors"), digest, "quarantine")
+    assert "renormalize" in line
+    assert (repo.objects_dir.parent / "quarantine" / digest[7:]).exists()
+    # cleaning the same bytes again writes the object back
+    (repo.path / "m.safetensors").write_bytes(original)
+    repo.git("add", "--renormalize", "m.safetensors")
+    assert checkout_fresh(repo, "m.safetensors").returncode == 0
+    assert (repo.path / "m.safetensors").read_bytes() == original
+
+
+def test_corrupt_cache_object_is_fetched_again_from_the_remote(repo, tmp_path):
+    bucket = tmp_path / "bucket"
+    repo.tz("remote", "add", "origin", str(bucket))
+    m = small_model(repo)
+    original = (repo.path / "m.safetensors").read_bytes()
+    repo.tz("push", "origin")
+    _corrupt(repo, m.params["w"].chunks[0])
+    proc = checkout_fresh(repo, "m.safetensors")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "fetched a good copy" in proc.stderr.decode()
+    assert (repo.path / "m.safetensors").read_bytes() == original
+    assert repo.tz("fsck").returncode == 0
+
+
+# -- item 11: materialize checks its result ---------------------------------------------------
+def test_materialize_in_a_clone_without_install_says_so(repo, make_repo, tmp_path):
+    small_model(repo)
+    bare = tmp_path / "origin.git"
+    repo.git("clone", "-q", "--bare", str(repo.path), str(bare))
+    clone = make_repo("plain")
+    clone.git("clone", "-q", str(bare), ".")
+    assert (clone.path / "m.safetensors").read_bytes().startswith(b'{"theta_zarr"')
+    line = assert_one_line(clone.tz("materialize", check=False), "install")
+    assert "m.safetensors" in line
+    assert "materialized" not in clone.tz("materialize", check=False).stdout.decode()
