@@ -314,3 +314,31 @@ def test_bad_params_is_refused(params):
 
 def test_entry_that_is_not_an_object_is_refused():
     assert_one_line_error(with_param([1, 2]), "not an object")  # type: ignore[arg-type]
+
+
+def test_a_shape_needing_a_billion_chunks_is_refused_arithmetically():
+    entry = good_entry()
+    entry.update(shape=[2**30, 1], chunk_shape=[1, 1], chunks=[D1])
+    assert_one_line_error(with_param(entry), "1 chunks listed, shape needs 1073741824")
+
+
+def test_a_parameter_larger_than_any_reader_accepts_is_refused():
+    entry = good_entry()
+    entry.update(shape=[2**40, 2**40], chunk_shape=[1, 2**40], chunks=[D1])
+    assert_one_line_error(with_param(entry), "more than")
+
+
+@pytest.mark.parametrize("depth", [65, 100_000])
+def test_deep_nesting_is_one_line_not_a_recursion_error(depth):
+    data = b'{"theta_zarr": 1, "format": ' + b"[" * depth + b"]" * depth + b"}"
+    assert_one_line_error(data, "nested more than 64 levels")
+
+
+def test_chunk_sizes_are_checked_against_dtype_and_chunk_shape():
+    from theta_zarr.manifest import ParamEntry
+
+    entry = ParamEntry((10, 4), "float32", (3, 4), (D1,) * 4)
+    assert [entry.chunk_nbytes(i) for i in range(4)] == [48, 48, 48, 16]
+    entry.check_chunk(3, b"x" * 16, "t")
+    with pytest.raises(ManifestError, match="chunk 0 holds 24 bytes .* needs 48"):
+        entry.check_chunk(0, b"x" * 24, "t")

@@ -301,3 +301,57 @@ def test_bounded_map_raises_the_error():
 def test_bounded_map_blob_not_found_is_a_key_error():
     # callers may catch the storage error or KeyError
     assert issubclass(BlobNotFound, KeyError) and issubclass(BlobNotFound, StorageError)
+
+
+class _Down(LocalStore):
+    """A store whose every call fails, as a dead server's would; counts the calls."""
+
+    def __init__(self, root: str):
+        super().__init__(root)
+        self.calls = 0
+
+    def exists(self, key: str) -> bool:
+        self.calls += 1
+        raise StorageError(f"cannot check {key} in {self.describe()}: connection refused")
+
+
+def test_an_outage_costs_one_retry_budget_then_every_call_fails_at_once(tmp_path):
+    blobs = _Down(str(tmp_path))
+    store = ObjectStore(blobs, retries=50, retry_timeout=0.5)
+    digest = chunking.digest(b"x")
+    with pytest.raises(StorageError, match="gave up after 0.5 s"):
+        store.has(digest)
+    first = blobs.calls
+    assert 1 < first < 50  # retried, but the budget ended it, not the retry count
+    with pytest.raises(StorageError, match="gave up after 0.5 s"):
+        store.missing([chunking.digest(bytes([i])) for i in range(20)])
+    assert blobs.calls == first  # the store counts as down: no more calls
+
+
+def test_a_corrupt_cache_object_is_moved_to_quarantine(tmp_path):
+    from theta_zarr.cache import QuarantinedError
+
+    cache = Cache(str(tmp_path / "cache"))
+    raw = b"a chunk of bytes" * 100
+    digest = chunking.digest(raw)
+    cache.put(digest, raw)
+    path = tmp_path / "cache" / object_key(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    with pytest.raises(QuarantinedError, match="quarantine"):
+        cache.get(digest)
+    assert not cache.has(digest)
+    assert (tmp_path / "cache" / "quarantine" / digest[7:]).exists()
+    assert cache.ensure(digest, raw) > 0 and cache.get(digest) == raw
+
+
+def test_ensure_rewrites_a_truncated_object(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    raw = bytes(range(256)) * 8
+    digest = chunking.digest(raw)
+    cache.put(digest, raw)
+    path = tmp_path / "cache" / object_key(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(path.read_bytes()[:100])  # a write cut short by a full disk
+    assert cache.ensure(digest, raw) > 0
+    assert cache.get(digest) == raw

@@ -57,8 +57,8 @@ class Cache(ObjectStore):
         path = os.path.join(self.root, *object_key(digest).split("/"))
         try:
             size = os.stat(path).st_size
-        except FileNotFoundError:
-            return self.put(digest, raw)
+        except OSError:
+            return self.put(digest, raw)  # absent (or unreachable: put says why)
         if self.codec == "raw" and size != len(codecs.header("raw")) + len(raw):
             self.quarantine(digest)
             return self.put(digest, raw)

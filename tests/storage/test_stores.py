@@ -138,3 +138,56 @@ def test_local_read_failure_is_a_storage_error(tmp_path):
 
 def test_local_list_of_a_missing_root_is_empty(tmp_path):
     assert list(LocalStore(str(tmp_path / "nothing")).list("objects/")) == []
+
+
+def test_a_ref_write_that_hits_a_full_disk_says_so_and_leaves_no_temp_file(tmp_path,
+                                                                           monkeypatch):
+    import errno
+
+    store = LocalStore(str(tmp_path))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageError, match="disk full") as info:
+        store.put_if("refs/a", b"x", None)
+    assert "refs/a" in str(info.value)
+    assert list(store.debris()) == [] and not (tmp_path / "refs" / "a").exists()
+
+
+def test_write_atomic_names_the_path_when_the_disk_is_full(tmp_path):
+    import errno
+
+    from theta_zarr.errors import one_line
+    from theta_zarr.streams import write_atomic
+
+    def write(out):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    dest = tmp_path / "out" / "model.safetensors"
+    with pytest.raises(OSError) as info:
+        write_atomic(str(dest), write)
+    assert one_line(info.value) == f"cannot write {dest}: disk full"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_lock_file_removed_by_gc_is_not_locked_twice(tmp_path):
+    """A locker that got the lock on a file gc unlinked locks the new file instead."""
+    store = LocalStore(str(tmp_path))
+    store.put_if("refs/a", b"1", None)
+    token = store.get_versioned("refs/a")[1]
+    lock = tmp_path / "refs" / ".tmp-lock.a"
+    store.put_if("refs/a", b"2", token)
+    assert lock.exists()
+    assert store.delete_debris("refs/.tmp-lock.a") and not lock.exists()
+    store.put_if("refs/a", b"3", store.get_versioned("refs/a")[1])
+    assert store.get("refs/a") == b"3" and lock.exists()
+
+
+def test_move_is_atomic_and_reports_a_missing_source(blobs):
+    blobs.put("objects/ab/cd", [b"data"])
+    blobs.move("objects/ab/cd", "trash/run/objects/ab/cd")
+    assert not blobs.exists("objects/ab/cd") and blobs.get("trash/run/objects/ab/cd") == b"data"
+    with pytest.raises(BlobNotFound):
+        blobs.move("objects/ab/cd", "trash/x")

@@ -29,6 +29,13 @@ class FsspecStore(BlobStore):
         #: no bound); the object layer sets it to its retry budget
         self.timeout: float | None = None
 
+    @property
+    def _bound(self) -> dict[str, Any]:
+        """The per-call time bound, for async filesystems (whose calls accept one)."""
+        if self.timeout and getattr(self.fs, "async_impl", False):
+            return {"timeout": self.timeout}
+        return {}
+
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
@@ -42,26 +49,26 @@ class FsspecStore(BlobStore):
 
     def exists(self, key: str) -> bool:
         try:
-            return bool(self.fs.exists(self._path(key), timeout=self.timeout))
+            return bool(self.fs.exists(self._path(key), **self._bound))
         except Exception as e:
             raise self._fail("check", key, e) from None
 
     def get(self, key: str) -> bytes:
         try:
-            return bytes(self.fs.cat_file(self._path(key), timeout=self.timeout))
+            return bytes(self.fs.cat_file(self._path(key), **self._bound))
         except Exception as e:
             raise self._fail("read", key, e) from None
 
     def put(self, key: str, parts: Parts) -> None:
         data = b"".join(parts)
         try:
-            self.fs.pipe_file(self._path(key), data, timeout=self.timeout)
+            self.fs.pipe_file(self._path(key), data, **self._bound)
         except Exception as e:
             raise self._fail("write", key, e) from None
 
     def delete(self, key: str) -> None:
         try:
-            self.fs.rm_file(self._path(key), timeout=self.timeout)
+            self.fs.rm_file(self._path(key), **self._bound)
         except FileNotFoundError:
             pass
         except Exception as e:
@@ -70,7 +77,7 @@ class FsspecStore(BlobStore):
     def move(self, src: str, dst: str) -> None:
         """A server-side copy (S3 CopyObject, GCS rewrite), then a delete of ``src``."""
         try:
-            self.fs.copy(self._path(src), self._path(dst), timeout=self.timeout)
+            self.fs.copy(self._path(src), self._path(dst), **self._bound)
         except Exception as e:
             raise self._fail("move", src, e) from None
         self.delete(src)
@@ -78,7 +85,7 @@ class FsspecStore(BlobStore):
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         top = self._path(prefix.rstrip("/")) if prefix else self.root
         try:
-            found = self.fs.find(top, detail=True, timeout=self.timeout)
+            found = self.fs.find(top, detail=True, **self._bound)
         except FileNotFoundError:
             return
         except Exception as e:

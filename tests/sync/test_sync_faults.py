@@ -1,0 +1,183 @@
+"""Cluster-sync faults: symlinks out of a pushed folder, ref names checked before any
+upload, unreadable refs under fsck and gc, and the debris of killed writers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from sync_helpers import CHUNK, Case, env_for, model, tz
+
+from theta_zarr.refs import RefError, check_ref_name
+from theta_zarr.storage.local import LocalStore
+
+
+def _case(tmp_path: Path) -> Case:
+    return Case("local", str(tmp_path / "bucket"), {}, [])
+
+
+def _one_line(proc, *fragments: str) -> str:
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("theta-zarr:")]
+    assert len(lines) == 1, err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+def _uploaded(case: Case) -> list[str]:
+    root = Path(case.url)
+    return [str(p) for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+# -- item 8: symlinks ---------------------------------------------------------------------------
+def test_a_link_out_of_the_pushed_folder_is_refused_and_nothing_uploaded(tmp_path):
+    case = _case(tmp_path)
+    secret = tmp_path / "credentials"
+    secret.write_text("aws_secret_access_key = hunter2\n")
+    ckpt = tmp_path / "step-1"
+    ckpt.mkdir()
+    model(ckpt / "model.safetensors")
+    (ckpt / "notes").symlink_to(secret)
+    proc = tz(["push", str(ckpt), case.url, "--ref", "r/1", "--chunk-size", CHUNK],
+              env_for(case, tmp_path), check=False)
+    _one_line(proc, "notes", "symbolic link")
+    assert _uploaded(case) == []
+
+
+def test_a_link_inside_the_folder_is_pushed_as_its_content(tmp_path):
+    case = _case(tmp_path)
+    ckpt = tmp_path / "step-1"
+    ckpt.mkdir()
+    model(ckpt / "model.safetensors")
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "alias.json").symlink_to("config.json")
+    env = env_for(case, tmp_path)
+    tz(["push", str(ckpt), case.url, "--ref", "r/1", "--chunk-size", CHUNK], env)
+    tz(["pull", case.url, "r/1", "-o", str(tmp_path / "out")], env)
+    assert (tmp_path / "out" / "alias.json").read_text() == "{}"
+    assert not (tmp_path / "out" / "alias.json").is_symlink()
+
+
+def test_a_single_non_checkpoint_file_is_refused(tmp_path):
+    case = _case(tmp_path)
+    target = tmp_path / "passwd"
+    target.write_text("root:x:0:0::/root:/bin/sh\n")
+    link = tmp_path / "model.safetensors"
+    link.symlink_to(target)
+    proc = tz(["push", str(link), case.url, "--ref", "r/1"], env_for(case, tmp_path),
+              check=False)
+    _one_line(proc, "not a checkpoint")
+    assert _uploaded(case) == []
+
+
+def test_watch_skips_a_link_out_of_its_folder(tmp_path):
+    case = _case(tmp_path)
+    watched = tmp_path / "ckpts"
+    watched.mkdir()
+    outside = model(tmp_path / "elsewhere.safetensors")
+    (watched / "step-1.safetensors").symlink_to(outside)
+    proc = tz(["watch", str(watched), case.url, "--ref-prefix", "run/", "--interval", "0",
+               "--once", "--chunk-size", CHUNK], env_for(case, tmp_path), check=False)
+    assert "symbolic link" in proc.stderr.decode()
+    assert _uploaded(case) == []
+
+
+# -- item 13: ref names ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["run/" + "x" * 300, "run/\u202egnp.exe", "a\u200bb",
+                                  "run/\u00a0step", "cafe\u0301", "r/" + "a/" * 300 + "b"])
+def test_names_no_backend_or_reader_can_trust_are_refused(name):
+    with pytest.raises(RefError):
+        check_ref_name(name)
+
+
+@pytest.mark.parametrize("args", [["--ref"], ["--base-ref"]])
+def test_a_bad_ref_fails_before_anything_is_uploaded(tmp_path, args):
+    case = _case(tmp_path)
+    f = model(tmp_path / "m.safetensors")
+    extra = ["--ref", "ok"] if args == ["--base-ref"] else []
+    proc = tz(["push", str(f), case.url, *args, "run/" + "x" * 300, *extra],
+              env_for(case, tmp_path), check=False)
+    _one_line(proc, "300 bytes long")
+    assert _uploaded(case) == []
+    assert not (tmp_path / "job-cache").exists()  # refused before clean, too
+
+
+# -- item 7: one unreadable ref ----------------------------------------------------------------
+@pytest.fixture
+def shared(repo, tmp_path):
+    """A repository with a folder remote holding refs ``good`` and ``gone`` (deleted),
+    plus a garbage ref and a key with a space in its name."""
+    case = _case(tmp_path)
+    env = env_for(case, tmp_path)
+    tz(["push", str(model(tmp_path / "a.safetensors", seed=1)), case.url, "--ref", "good",
+        "--chunk-size", CHUNK], env)
+    tz(["push", str(model(tmp_path / "b.safetensors", seed=2)), case.url, "--ref", "gone",
+        "--chunk-size", CHUNK], env)
+    refs = Path(case.url) / "refs"
+    (refs / "gone").unlink()
+    (refs / "garbage").write_bytes(b"\x00\xff not a digest")
+    (refs / "has space").write_bytes((refs / "good").read_bytes())
+    repo.tz("remote", "add", "shared", case.url)
+    return case
+
+
+def test_fsck_reports_every_unreadable_ref_and_goes_on(repo, shared):
+    victim = next(p for p in (Path(shared.url) / "objects").rglob("*") if p.is_file())
+    os.chmod(victim, 0o644)
+    victim.unlink()  # a real problem after the bad refs
+    proc = repo.tz("fsck", "--remote", "shared", check=False)
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    assert "garbage" in out and "has space" in out
+    assert "missing object" in out  # found after the unreadable refs
+
+
+def test_gc_keeps_every_manifest_when_a_ref_cannot_be_read(repo, shared):
+    before = {p for p in Path(shared.url).rglob("*") if p.is_file()}
+    proc = repo.tz("gc", "--remote", "shared", "--grace", "0")
+    assert "unreadable ref" in proc.stderr.decode()
+    after = {p for p in Path(shared.url).rglob("*") if p.is_file()}
+    # the manifest of the deleted ref "gone" is kept (an unreadable ref might name it)
+    assert {p for p in before if "manifests" in p.parts} <= after
+
+
+# -- item 6: debris of killed writers ------------------------------------------------------------
+def test_gc_removes_old_temporary_files_and_keeps_young_ones_and_held_locks(repo, tmp_path):
+    import fcntl
+
+    case = _case(tmp_path)
+    tz(["push", str(model(tmp_path / "a.safetensors")), case.url, "--ref", "r",
+        "--chunk-size", CHUNK], env_for(case, tmp_path))
+    root = Path(case.url)
+    old = time.time() - 7200
+    debris = [root / "objects" / "ab" / ".tmp-killed1", root / "refs" / ".tmp-killed2",
+              root / "manifests" / ".tmp-killed3", root / "refs" / ".tmp-lock.idle"]
+    for p in debris:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"partial")
+        os.utime(p, (old, old))
+    young = root / "refs" / ".tmp-inflight"
+    young.write_bytes(b"")
+    held = root / "refs" / ".tmp-lock.busy"
+    held.write_bytes(b"")
+    os.utime(held, (old, old))
+    repo.tz("remote", "add", "shared", case.url)
+    cache_debris = repo.objects_dir.parent / "tmp" / ".tmp-spool-killed"
+    cache_debris.parent.mkdir(parents=True, exist_ok=True)
+    cache_debris.write_bytes(b"spool")
+    os.utime(cache_debris, (old, old))
+    fd = os.open(held, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        repo.tz("gc", "--remote", "shared", "--grace", "1h")
+    finally:
+        os.close(fd)
+    assert not any(p.exists() for p in debris) and not cache_debris.exists()
+    assert young.exists() and held.exists()
+    assert [i.key for i in LocalStore(case.url).debris()] == ["refs/.tmp-inflight",
+                                                              "refs/.tmp-lock.busy"]
