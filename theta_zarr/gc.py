@@ -361,16 +361,20 @@ def restore_leftovers(remote: SyncRemote) -> int:
     return moved
 
 
-def _relist_and_restore(remote: SyncRemote, trash: Trash, cutoff: float) -> Roots:
+def _relist_and_restore(remote: SyncRemote, trash: Trash, cutoff: float,
+                        first: Roots) -> Roots:
     """List the remote's roots again and move back from ``trash`` whatever they name,
     manifests first (a ref may name a trashed set whose members were trashed too),
-    then objects and, transitively, their delta bases."""
+    then objects and, transitively, their delta bases.  Roots that ``first`` (the
+    planning listing) had were closed over their bases when gc planned; new ones (a
+    delta a push wrote since) are closed here."""
     while True:
         again = Roots()
         remote_roots(remote, again, cutoff)
         if not trash.give_back(again.unreadable):
             break
-    needed = set(again.chunks)
+    new = set(again.chunks) - set(first.chunks)
+    needed = set(again.chunks) | with_bases(remote.objects, new)
     while True:
         back = trash.give_back(needed)
         if not back:
@@ -421,7 +425,7 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
         trash.take(k for k, _ in sweeps[2].keys)  # manifests before the objects they name
         trash.take(k for k, _ in sweeps[3].keys)
         step("trashed")
-        _relist_and_restore(remote, trash, cutoff)
+        _relist_and_restore(remote, trash, cutoff, roots)
         step("restored")
         gone = set(trash.keys.values())
         restored += len(sweeps[2].keys) + len(sweeps[3].keys) - len(gone)

@@ -162,6 +162,7 @@ class TransferStats:
     seconds: float = 0.0
     deltas: int = 0  # objects stored as xor-deltas
     delta_saved: int = 0  # bytes the deltas saved over plain objects
+    bases_used: set[str] = field(default_factory=set)  # delta bases the deltas stored need
 
     def summary(self, verb: str, where: str) -> str:
         mb = self.stored_bytes / 1e6
@@ -212,7 +213,7 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
 
 
 def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
-                 policy: DeltaPolicy) -> Mover:
+                 policy: DeltaPolicy, used: set[str]) -> Mover:
     """Put each object plain or as a delta, whichever the policy prefers (see module doc)."""
     depths: dict[str, int | None] = {}
 
@@ -238,6 +239,7 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
                 depth = base_depth(base.digest)
                 if depth is not None and depth + 1 <= policy.max_depth:
                     obj = delta.with_depth(obj, depth + 1)
+                    used.add(base.digest)
                     return len(raw), remote.put_encoded(digest, obj), plain_n - len(obj)
         return len(raw), remote.put_parts(digest, parts), -1
 
@@ -289,7 +291,8 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
         ready = {d for d in pending if not (d in wanted and wanted[d].digest in pending)}
         ready = ready or set(pending)  # a cycle (a revert among the commits): all plain
         usable = {d: wanted[d] for d in ready if d in wanted and wanted[d].digest in have}
-        move = _delta_mover(cache, remote, usable, policy) if usable else None
+        move = _delta_mover(cache, remote, usable, policy, stats.bases_used) if usable \
+            else None
         wave = transfer(cache, remote, ready, f"push {remote.url}", check_destination=False,
                         move=move)
         for name in ("objects", "raw_bytes", "stored_bytes", "deltas", "delta_saved"):

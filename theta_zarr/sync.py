@@ -350,8 +350,9 @@ class PushResult:
 
 def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
             bases: dict[str, delta.Base] | None = None,
-            policy: delta.DeltaPolicy | None = None) -> tuple[int, int, int]:
-    """Objects, then manifests; returns (new raw bytes, total raw bytes, objects uploaded).
+            policy: delta.DeltaPolicy | None = None) -> tuple[int, int, int, set[str]]:
+    """Objects, then manifests; returns (new raw bytes, total raw bytes, objects uploaded,
+    delta bases the uploaded deltas need).
 
     Objects the remote already has are reused; ``settle`` checks them again once the
     ref names them.
@@ -364,20 +365,21 @@ def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
     manifests = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
     for _ in bounded_map(remote.put_manifest, manifests, remote.objects.concurrency):
         pass
-    return stats.raw_bytes, sum(sizes.values()), stats.objects
+    return stats.raw_bytes, sum(sizes.values()), stats.objects, stats.bases_used
 
 
 def settle(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
-           documents: list[bytes]) -> int:
+           documents: list[bytes], bases: set[str] = frozenset()) -> int:
     """After the ref moved: put back any object or manifest it names that is missing.
 
     A gc running at the same time may have taken an old, unreachable object this push
     reused (or, with a short grace, one it uploaded) after the push saw it; gc
     gives back what refs name only if the ref was there when it listed them again,
     so the push checks once more *after* its ref write (docs/reliability.md).
-    Returns the number of blobs put back.
+    ``bases`` are the delta bases this push's deltas need (each in the cache: the
+    delta was made from it).  Returns the number of blobs put back.
     """
-    digests: set[str] = set()
+    digests: set[str] = set(bases)
     for c in cleaned:
         digests.update(c.sizes)
     vanished = remote.objects.missing(digests)
@@ -449,17 +451,17 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     # delta bases: the version this one continues (``base_ref``), else what ``ref`` names now
     base_ref = check_ref_name(base_ref) if base_ref else ref
     bases = _ref_bases(remote, base_ref, names, cleaned) if policy.enabled else None
-    new, total, count = _upload(remote, cache, cleaned, bases, policy)
+    new, total, count, used = _upload(remote, cache, cleaned, bases, policy)
     documents = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
     if shard is not None:
         remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry)
-        settle(remote, cache, cleaned, documents)
+        settle(remote, cache, cleaned, documents, used)
         return PushResult(ref, cleaned[0].entry.manifest or "blake3:" + "0" * 64,
                           f"staged {names[0]} for", new, total, count,
                           time.perf_counter() - start)
     digest = remote.put_manifest(target)
     _, action = remote.refs.set(ref, digest, force=force)
-    settle(remote, cache, cleaned, [*documents, target])
+    settle(remote, cache, cleaned, [*documents, target], used)
     return PushResult(ref, digest, action, new, total, count, time.perf_counter() - start)
 
 

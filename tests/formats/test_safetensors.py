@@ -293,6 +293,9 @@ BAD_FILES = {
     "sub-byte off a byte boundary": (
         lambda: hand_written({"w": {"dtype": "F6_E2M3", "shape": [3],
                                     "data_offsets": [0, 3]}}, b"\0" * 3), "byte boundary"),
+    "deeply nested header": (
+        lambda: (lambda h: struct.pack("<Q", len(h)) + h)(
+            b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested more than 64"),
     "missing dtype": (lambda: hand_written({"w": {"shape": [1], "data_offsets": [0, 4]}},
                                            b"\0" * 4), "bad header entry"),
     "negative shape": (lambda: _with_entry(shape=[-2000]), "w"),

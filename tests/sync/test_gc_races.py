@@ -138,3 +138,79 @@ def test_race_on_every_backend(orphaned, case):  # noqa: F811
     _gc(remote, settings, hook)
     assert dangling(remote) == []
     assert list(remote.blobs.list(gc.TRASH_PREFIX)) == []
+
+
+def test_a_delta_pushed_during_gc_keeps_the_base_gc_had_planned_to_delete(tmp_path):
+    """The push stores its chunks as deltas over the old version's chunks, which gc
+    planned to delete; gc must give the bases back along with the refs' objects."""
+    remote = Case("local", str(tmp_path / "bucket"), {}, []).remote()
+    settings = _settings(tmp_path)
+    v1, v2 = tmp_path / "v1.safetensors", tmp_path / "v2.safetensors"
+    write_model(str(v1), SHAPE, seed=1)
+    write_model(str(v2), SHAPE, seed=1, tuned=[n for n, _ in SHAPE.tensors()], step=1e-3)
+    sync.push(str(v1), remote, "old", settings)
+    old_ref = remote.blobs.get("refs/old")
+    remote.blobs.delete("refs/old")  # v1 is garbage now
+    deltas = []
+
+    def hook(name: str) -> None:
+        if name == "planned":  # a push that continues v1 starts after gc planned
+            remote.blobs.put("refs/old", [old_ref])
+            sync.push(str(v2), remote, "new", settings, base_ref="old")
+            remote.blobs.delete("refs/old")
+            new = sync.Manifest.from_bytes(remote.get_bytes(remote.refs.read("new").digest))
+            deltas.extend(d for d in new.digests() if remote.objects.delta_header(d))
+
+    _gc(remote, settings, hook)
+    assert deltas, "the push stored no delta: nothing tested"
+    assert dangling(remote) == []
+
+
+def test_a_delta_base_gc_takes_after_the_push_checked_it_is_put_back(tmp_path, monkeypatch):
+    """gc plans; the push finds its delta base present and uploads deltas over it; gc
+    moves the base to its trash and lists refs again; only then does the push's ref
+    move.  The push's own re-check must cover the bases its deltas need."""
+    import threading
+
+    remote = Case("local", str(tmp_path / "bucket"), {}, []).remote()
+    settings = _settings(tmp_path)
+    v1, v2 = tmp_path / "v1.safetensors", tmp_path / "v2.safetensors"
+    write_model(str(v1), SHAPE, seed=1)
+    write_model(str(v2), SHAPE, seed=1, tuned=[n for n, _ in SHAPE.tensors()], step=1e-3)
+    sync.push(str(v1), remote, "old", settings)
+    old_ref = remote.blobs.get("refs/old")
+    remote.blobs.delete("refs/old")  # v1, and so every delta base, is garbage
+    real_set = remote.refs.set
+    at_set, go = threading.Event(), threading.Event()
+
+    def paused_set(name, digest, force=False):
+        remote.blobs.delete("refs/old")
+        at_set.set()
+        go.wait()
+        return real_set(name, digest, force)
+
+    monkeypatch.setattr(remote.refs, "set", paused_set)
+    errors = []
+
+    def push() -> None:
+        try:
+            sync.push(str(v2), remote, "new", settings, base_ref="old")
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    pusher = threading.Thread(target=push)
+
+    def hook(step: str) -> None:
+        if step == "planned":  # the push continues v1: its ref is there while it starts
+            remote.blobs.put("refs/old", [old_ref])
+            pusher.start()
+            at_set.wait()
+        elif step == "restored":
+            go.set()
+            pusher.join()
+
+    _gc(remote, settings, hook)
+    assert not errors, errors
+    new = sync.Manifest.from_bytes(remote.get_bytes(remote.refs.read("new").digest))
+    assert any(remote.objects.delta_header(d) for d in new.digests())
+    assert dangling(remote) == []

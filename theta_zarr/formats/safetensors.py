@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import SAFETENSORS_SUBBYTE, DTypeError, by_name, from_safetensors
-from ..manifest import Manifest, ManifestError, ParamEntry
+from ..manifest import MAX_JSON_DEPTH, Manifest, ManifestError, ParamEntry, json_depth_ok
 from .base import Format, FormatError, Source, flatten_json, write_layout
 
 MAX_HEADER = 100 * 1024 * 1024
@@ -90,6 +90,9 @@ def read_header(source: Source) -> tuple[bytes, dict[str, Any], dict[str, str] |
     if n > MAX_HEADER:
         raise FormatError(f"{source.name}: safetensors header of {n} bytes is too large")
     header_bytes = source.read_exact(n, "safetensors header")
+    if not json_depth_ok(header_bytes):
+        raise FormatError(f"{source.name}: safetensors header is nested more than "
+                          f"{MAX_JSON_DEPTH} levels deep")
     try:
         header = json.loads(header_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
