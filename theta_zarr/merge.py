@@ -308,10 +308,10 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
             except ObjectError as e:
                 raise MergeError(f"{where}: chunk {i} of {label} ({key}) cannot be read: "
                                  f"{e}") from None
-        if len(raw) != c.ours.chunk_nbytes(i):
-            raise MergeError(f"{where}: chunk {i} of {side} holds {len(raw)} bytes where "
-                             f"dtype {c.ours.dtype} x chunk shape {list(c.ours.chunk_shape)} "
-                             f"needs {c.ours.chunk_nbytes(i)}")
+        if len(raw) != first.chunk_nbytes(i):
+            raise MergeError(f"{where}: chunk {i} of {label} holds {len(raw)} bytes where "
+                             f"dtype {first.dtype} x chunk shape {list(first.chunk_shape)} "
+                             f"needs {first.chunk_nbytes(i)}")
         return np.frombuffer(raw, dtype=dtype).astype(wide)
 
     def load(i: int) -> ChunkInput:

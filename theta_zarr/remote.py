@@ -213,8 +213,10 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
 
 
 def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
-                 policy: DeltaPolicy, used: set[str]) -> Mover:
-    """Put each object plain or as a delta, whichever the policy prefers (see module doc)."""
+                 policy: DeltaPolicy, used: set[str] | None = None) -> Mover:
+    """Put each object plain or as a delta, whichever the policy prefers (see module doc);
+    the base of each delta written is added to ``used``."""
+    used = set() if used is None else used
     depths: dict[str, int | None] = {}
 
     def base_depth(digest: str) -> int | None:
