@@ -43,7 +43,7 @@ def test_a_link_out_of_the_pushed_folder_is_refused_and_nothing_uploaded(tmp_pat
     ckpt.mkdir()
     model(ckpt / "model.safetensors")
     (ckpt / "notes").symlink_to(secret)
-    proc = tz(["push", str(ckpt), case.url, "--ref", "r/1", "--chunk-size", CHUNK],
+    proc = tz(["publish", str(ckpt), case.url, "--ref", "r/1", "--chunk-size", CHUNK],
               env_for(case, tmp_path), check=False)
     _one_line(proc, "notes", "symbolic link")
     assert _uploaded(case) == []
@@ -57,7 +57,7 @@ def test_a_link_inside_the_folder_is_pushed_as_its_content(tmp_path):
     (ckpt / "config.json").write_text("{}")
     (ckpt / "alias.json").symlink_to("config.json")
     env = env_for(case, tmp_path)
-    tz(["push", str(ckpt), case.url, "--ref", "r/1", "--chunk-size", CHUNK], env)
+    tz(["publish", str(ckpt), case.url, "--ref", "r/1", "--chunk-size", CHUNK], env)
     tz(["pull", case.url, "r/1", "-o", str(tmp_path / "out")], env)
     assert (tmp_path / "out" / "alias.json").read_text() == "{}"
     assert not (tmp_path / "out" / "alias.json").is_symlink()
@@ -69,7 +69,7 @@ def test_a_single_non_checkpoint_file_is_refused(tmp_path):
     target.write_text("root:x:0:0::/root:/bin/sh\n")
     link = tmp_path / "model.safetensors"
     link.symlink_to(target)
-    proc = tz(["push", str(link), case.url, "--ref", "r/1"], env_for(case, tmp_path),
+    proc = tz(["publish", str(link), case.url, "--ref", "r/1"], env_for(case, tmp_path),
               check=False)
     _one_line(proc, "not a checkpoint")
     assert _uploaded(case) == []
@@ -100,7 +100,7 @@ def test_a_bad_ref_fails_before_anything_is_uploaded(tmp_path, args):
     case = _case(tmp_path)
     f = model(tmp_path / "m.safetensors")
     extra = ["--ref", "ok"] if args == ["--base-ref"] else []
-    proc = tz(["push", str(f), case.url, *args, "run/" + "x" * 300, *extra],
+    proc = tz(["publish", str(f), case.url, *args, "run/" + "x" * 300, *extra],
               env_for(case, tmp_path), check=False)
     _one_line(proc, "300 bytes long")
     assert _uploaded(case) == []
@@ -114,9 +114,9 @@ def shared(repo, tmp_path):
     plus a garbage ref and a key with a space in its name."""
     case = _case(tmp_path)
     env = env_for(case, tmp_path)
-    tz(["push", str(model(tmp_path / "a.safetensors", seed=1)), case.url, "--ref", "good",
+    tz(["publish", str(model(tmp_path / "a.safetensors", seed=1)), case.url, "--ref", "good",
         "--chunk-size", CHUNK], env)
-    tz(["push", str(model(tmp_path / "b.safetensors", seed=2)), case.url, "--ref", "gone",
+    tz(["publish", str(model(tmp_path / "b.safetensors", seed=2)), case.url, "--ref", "gone",
         "--chunk-size", CHUNK], env)
     refs = Path(case.url) / "refs"
     (refs / "gone").unlink()
@@ -151,7 +151,7 @@ def test_gc_removes_old_temporary_files_and_keeps_young_ones_and_held_locks(repo
     import fcntl
 
     case = _case(tmp_path)
-    tz(["push", str(model(tmp_path / "a.safetensors")), case.url, "--ref", "r",
+    tz(["publish", str(model(tmp_path / "a.safetensors")), case.url, "--ref", "r",
         "--chunk-size", CHUNK], env_for(case, tmp_path))
     root = Path(case.url)
     old = time.time() - 7200
