@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .manifest import DIGEST_RE
@@ -58,6 +58,42 @@ def check_ref_name(name: str) -> str:
     if why:
         raise RefError(f"invalid ref name {name[:80]!r}: {why}")
     return name
+
+
+def ref_folder(name: str) -> str:
+    """The folder of a ref name: ``run7/step-2000`` -> ``run7/``, ``latest`` -> ``""``."""
+    return name.rsplit("/", 1)[0] + "/" if "/" in name else ""
+
+
+def _natural(name: str) -> tuple:
+    """A sort key that orders ``step-999`` before ``step-1000``."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def default_base_ref(refs: Iterable[tuple[str, object]], new_ref: str) -> str | None:
+    """The delta base of a push to ``new_ref`` when none is named: the newest ref in the
+    same folder (``run7/step-2000`` continues ``run7/step-1000``).
+
+    ``refs`` is the remote's refs as (name, when) pairs, ``when`` being a BlobInfo (as
+    ``Refs.list`` yields), a modification time in seconds, or None when unknown; refs
+    of other folders, subfolders included, are ignored.  A ``new_ref`` that exists
+    already is its own base (a forced move continues what the ref named).  Otherwise
+    the newest by modification time wins, ties and unknown times broken by natural
+    name order (``step-1000`` after ``step-999``).  Returns None when the folder holds
+    no other ref.
+    """
+    folder = ref_folder(new_ref)
+    best: tuple | None = None
+    for name, when in refs:
+        if name == new_ref:
+            return new_ref
+        if ref_folder(name) != folder:
+            continue
+        mtime = getattr(when, "mtime", when)
+        key = (mtime if isinstance(mtime, (int, float)) else float("-inf"), _natural(name))
+        if best is None or key > best[0]:
+            best = (key, name)
+    return None if best is None else best[1]
 
 
 @dataclass(frozen=True)
@@ -103,11 +139,16 @@ class Refs:
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, BlobInfo]]:
         """(name, blob info) of every ref whose name starts with ``prefix``."""
-        folder = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        folder = ref_folder(prefix)
         for info in self.blobs.list(REFS_PREFIX + folder):
             name = info.key[len(REFS_PREFIX):]
             if name.startswith(prefix) and not name.rsplit("/", 1)[-1].startswith("."):
                 yield name, info
+
+    def default_base(self, new_ref: str) -> str | None:
+        """:func:`default_base_ref` over this remote's refs in ``new_ref``'s folder."""
+        check_ref_name(new_ref)
+        return default_base_ref(self.list(ref_folder(new_ref)), new_ref)
 
     def _write(self, name: str, digest: str, expect: RefValue | None) -> RefValue:
         """One conditional write; a 412 whose read-back shows our write id is our success."""
