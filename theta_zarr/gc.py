@@ -286,7 +286,10 @@ def repack(store: ObjectStore, max_depth: int, dry_run: bool = False) -> Repack:
         header = store.delta_header(digest)
         if header is None or header.depth <= max_depth:
             return None
-        return (size, 0) if dry_run else (size, store.put(digest, store.get(digest)))
+        if dry_run:
+            return size, 0
+        # the delta's element size is its dtype's item size: the store's auto codec uses it
+        return size, store.put(digest, store.get(digest), header.elem)
 
     for _, done in bounded_map(visit, list(store.iter_digests()), store.concurrency):
         if done is not None:
