@@ -144,3 +144,12 @@ def test_writer_names_are_checked():
         codecs.check_writer("lz4")
     with pytest.raises(CodecError, match="needs its base"):
         codecs.get_codec("int-delta")
+
+
+def test_remote_compression_option_defaults_to_auto_and_is_checked():
+    from theta_zarr.remote import RemoteError, RemoteSpec
+
+    assert RemoteSpec("r", "/tmp/x").codec == "auto"
+    assert RemoteSpec("r", "/tmp/x", {"compression": "blosc"}).codec == "blosc"
+    with pytest.raises(RemoteError, match="unknown compression 'lz4'.*auto"):
+        RemoteSpec("r", "/tmp/x", {"compression": "lz4"})

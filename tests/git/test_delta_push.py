@@ -1,5 +1,5 @@
 """Delta pushes end to end: a full bf16 "optimizer step" pushed by git and by cluster push
-is stored as xor-deltas, a fresh clone (or pull) rebuilds it bit-exactly, gc keeps the
+is stored as deltas, a fresh clone (or pull) rebuilds it bit-exactly, gc keeps the
 chains whole and fsck names a broken one."""
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def test_gc_keeps_chains_and_fsck_names_a_broken_one(repo, tmp_path):
     remaining = {d for d, _, _ in store.iter_digests()}
     assert step.digests() <= remaining
     bases = {store.delta_header(d).base for d in step.digests()
-             if codec_of(store, d) == "xor-delta"}
+             if codec_of(store, d) == "int-delta"}
     assert bases and bases <= remaining and bases <= base.digests()
     assert "ok:" in repo.tz("fsck", "--remote", "origin").stdout.decode()
     gone = sorted(bases)[0]
@@ -187,7 +187,7 @@ def test_cluster_push_stores_deltas_against_the_ref(tmp_path):
     remote = SyncRemote.open(RemoteSpec("t", url))
     _, target = remote.resolve("run/latest")
     forms = {codec_of(remote.objects, d) for d in target.digests()}
-    assert "xor-delta" in forms, out
+    assert "int-delta" in forms, out
     pulled = tmp_path / "pulled.safetensors"
     run_tz(["pull", url, "run/latest", "-o", str(pulled)], tmp_path / "other-cache")
     assert sha(pulled) == sha(f)
@@ -208,7 +208,7 @@ def test_cluster_push_of_a_new_step_deltas_against_base_ref(tmp_path):
     _, step2 = remote.resolve("run/step-2")
     new = step2.digests() - step1.digests()
     forms = {codec_of(remote.objects, d) for d in new}
-    assert new and forms == {"xor-delta"}, out
+    assert new and forms == {"int-delta"}, out
     pulled = tmp_path / "pulled.safetensors"
     run_tz(["pull", url, "run/step-2", "-o", str(pulled)], tmp_path / "other-cache")
     assert sha(pulled) == sha(f)
