@@ -153,3 +153,11 @@ def test_remote_compression_option_defaults_to_auto_and_is_checked():
     assert RemoteSpec("r", "/tmp/x", {"compression": "blosc"}).codec == "blosc"
     with pytest.raises(RemoteError, match="unknown compression 'lz4'.*auto"):
         RemoteSpec("r", "/tmp/x", {"compression": "lz4"})
+
+
+def test_blosc_runs_in_the_calling_thread_without_a_global_lock():
+    """numcodecs' default shares one Blosc context behind a lock between threads: the
+    writer's thread pool could then encode on one core only."""
+    import numcodecs.blosc
+
+    assert numcodecs.blosc.use_threads is False

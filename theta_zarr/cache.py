@@ -29,11 +29,12 @@ class Cache(ObjectStore):
         os.makedirs(path, exist_ok=True)
         return path
 
-    def ensure(self, digest: str, raw: bytes | memoryview) -> int:
-        """Store a chunk unless present; returns the bytes newly written (0 if present)."""
+    def ensure(self, digest: str, raw: bytes | memoryview, elem: int = 1) -> int:
+        """Store a chunk unless present; returns the bytes newly written (0 if present).
+        ``elem`` is the item size of the chunk's dtype (for the ``auto`` codec)."""
         if self.has(digest):
             return 0
-        return self.put(digest, raw)
+        return self.put(digest, raw, elem)
 
 
     def copy_to(self, digest: str, fd: int, offset: int, length: int) -> None:

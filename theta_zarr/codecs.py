@@ -43,9 +43,11 @@ BLOSC_BLOCK = 1 << 20
 MAX_RAW = _blosc.MAX_BUFFERSIZE
 BLOSC_HEADER = struct.Struct("<4B3I")
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-# one process-wide setting: Blosc compresses in the calling thread (a context per
-# call, the GIL released), so theta-zarr's own thread pool keeps every core busy
-Blosc.use_threads = False
+# one process-wide setting of numcodecs: Blosc compresses in the calling thread (a
+# context per call, the GIL released, no global lock), so theta-zarr's own thread pool
+# keeps every core busy; with its default, calls from the main thread would share one
+# global Blosc context behind a lock
+_blosc.use_threads = False
 
 
 class CodecError(ValueError):
