@@ -258,7 +258,10 @@ def test_push_writes_deltas_only_over_bases_the_remote_has(tmp_path):
     assert remote.delta_header(v[1]).base == v[0]
     assert remote.delta_header(v[2]) == delta.DeltaHeader(v[1], 2, 2, delta.INT)
     fresh = Cache(str(tmp_path / "fresh"))
-    fetch_objects(store_at(tmp_path / "remote"), fresh, v)
+    got = fetch_objects(store_at(tmp_path / "remote"), fresh, v)
+    # the fetch line counts the bytes read (two deltas and a full object), then raw
+    assert got.raw_bytes == 3 * len(fresh.get(v[0])) and got.read_bytes < got.raw_bytes
+    assert f"{got.read_bytes / 1e6:.1f} MB read -> " in got.summary("fetched", "from r")
     for d in v:
         assert codecs.split(fresh.get_encoded(d))[0] == "raw"  # the cache keeps raw objects
         assert chunking.digest(bytes(fresh.get(d))) == d

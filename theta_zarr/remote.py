@@ -147,11 +147,12 @@ class TransferStats:
     delta_saved: int = 0  # bytes the deltas saved over plain objects
     delta_raw: int = 0  # raw bytes of the chunks stored as deltas
     delta_stored: int = 0  # bytes of those delta objects
+    read_bytes: int = 0  # bytes of the objects as read from the source (a fetch's wire)
 
     def add(self, other: TransferStats) -> None:
         """Add another transfer's counts (not its time or skips) to these."""
         for name in ("objects", "raw_bytes", "stored_bytes", "deltas", "delta_saved",
-                     "delta_raw", "delta_stored"):
+                     "delta_raw", "delta_stored", "read_bytes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def wire(self) -> str:
@@ -169,7 +170,11 @@ class TransferStats:
         return f"{_mb(self.raw_bytes)} MB raw -> {_mb(self.stored_bytes)} MB{split}"
 
     def summary(self, verb: str, where: str) -> str:
-        return (f"{verb} {self.objects} objects {where}: {self.wire()}; "
+        """The push line (``verb`` 'uploaded': raw -> as sent) or, for 'fetched', the
+        bytes read (delta bases fetched on the way not counted) -> raw."""
+        moved = (f"{_mb(self.read_bytes)} MB read -> {_mb(self.raw_bytes)} MB raw"
+                 if verb == "fetched" else self.wire())
+        return (f"{verb} {self.objects} objects {where}: {moved}; "
                 f"{self.skipped} already there; {self.seconds:.1f} s")
 
 
@@ -177,7 +182,8 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f}"
 
 
-Mover = Callable[[str], tuple[int, int, int]]  # digest -> (raw, stored, plain-minus-stored)
+# digest -> (raw bytes, bytes stored, plain minus stored or -1 if not a delta, bytes read)
+Mover = Callable[[str], tuple[int, int, int, int]]
 Elems = Callable[[str], int]  # digest -> item size in bytes of its dtype (1 if unknown)
 
 
@@ -205,16 +211,18 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
         stats.skipped = len(todo) - len(lacking)
         todo = sorted(lacking)
 
-    def plain(digest: str) -> tuple[int, int, int]:
-        raw = src.get(digest, bases)
-        return len(raw), dst.put(digest, raw, elems(digest) if elems else 1), -1
+    def plain(digest: str) -> tuple[int, int, int, int]:
+        obj = src.get_encoded(digest)
+        raw = src.decode(digest, obj, bases)
+        return len(raw), dst.put(digest, raw, elems(digest) if elems else 1), -1, len(obj)
 
     with progress.bar(len(todo), desc, unit="obj") as bar:
-        for _, (raw_n, stored_n, saved) in bounded_map(move or plain, todo,
+        for _, (raw_n, stored_n, saved, read_n) in bounded_map(move or plain, todo,
                                                         max(src.concurrency, dst.concurrency)):
             stats.objects += 1
             stats.raw_bytes += raw_n
             stats.stored_bytes += stored_n
+            stats.read_bytes += read_n
             if saved >= 0:
                 stats.deltas += 1
                 stats.delta_saved += saved
@@ -241,7 +249,7 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
                 depths[digest] = 0 if header is None else header.depth
         return depths[digest]
 
-    def move(digest: str) -> tuple[int, int, int]:
+    def move(digest: str) -> tuple[int, int, int, int]:
         raw = cache.get(digest)
         base = bases.get(digest)
         parts = codecs.encode(raw, remote.codec, base.elem if base else elems(digest))
@@ -252,8 +260,9 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
                 depth = base_depth(base.digest)
                 if depth is not None and depth + 1 <= policy.max_depth:
                     obj = delta.with_depth(obj, depth + 1)
-                    return len(raw), remote.put_encoded(digest, obj), plain_n - len(obj)
-        return len(raw), remote.put_parts(digest, parts), -1
+                    return (len(raw), remote.put_encoded(digest, obj), plain_n - len(obj),
+                            len(raw))
+        return len(raw), remote.put_parts(digest, parts), -1, len(raw)
 
     def _try_delta(raw, base: Base, plain_n: int) -> bytes | None:
         try:
