@@ -281,8 +281,12 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
 def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
                  bases: dict[str, Base] | None = None,
                  policy: DeltaPolicy | None = None,
-                 elems: dict[str, int] | None = None) -> TransferStats:
+                 elems: dict[str, int] | None = None,
+                 checked: bool = False) -> TransferStats:
     """Upload the objects ``remote`` lacks; every one must be in the cache.
+
+    ``checked`` says the caller has just asked the remote and ``digests`` are all
+    lacking there: the existence checks are not repeated (one request per object saved).
 
     ``bases`` maps a chunk's digest to the same chunk of its parent version
     (delta.candidates); with a ``policy`` that is enabled, chunks whose base the
@@ -292,7 +296,7 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
     Raises MissingObjectError when an object is in neither the cache nor the remote.
     """
     digests = set(digests)
-    lacking = remote.missing(digests)
+    lacking = set(digests) if checked else remote.missing(digests)
     absent = cache.missing(lacking)
     if absent:
         first = sorted(absent)[0]

@@ -349,7 +349,7 @@ def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
         sizes.update(c.sizes)
         elems.update(c.elems)
     lacking = remote.objects.missing(sizes)
-    stats = push_objects(cache, remote.objects, lacking, bases, policy, elems)
+    stats = push_objects(cache, remote.objects, lacking, bases, policy, elems, checked=True)
     manifests = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
     for _ in bounded_map(remote.put_manifest, manifests, remote.objects.concurrency):
         pass
