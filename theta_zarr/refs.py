@@ -70,32 +70,6 @@ def _natural(name: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
-def default_base_ref(refs: Iterable[tuple[str, object]], new_ref: str) -> str | None:
-    """The delta base of a push to ``new_ref`` when none is named: the newest ref in the
-    same folder (``run7/step-2000`` continues ``run7/step-1000``).
-
-    ``refs`` is the remote's refs as (name, when) pairs, ``when`` being a BlobInfo (as
-    ``Refs.list`` yields), a modification time in seconds, or None when unknown; refs
-    of other folders, subfolders included, are ignored.  A ``new_ref`` that exists
-    already is its own base (a forced move continues what the ref named).  Otherwise
-    the newest by modification time wins, ties and unknown times broken by natural
-    name order (``step-1000`` after ``step-999``).  Returns None when the folder holds
-    no other ref.
-    """
-    folder = ref_folder(new_ref)
-    best: tuple | None = None
-    for name, when in refs:
-        if name == new_ref:
-            return new_ref
-        if ref_folder(name) != folder:
-            continue
-        mtime = getattr(when, "mtime", when)
-        key = (mtime if isinstance(mtime, (int, float)) else float("-inf"), _natural(name))
-        if best is None or key > best[0]:
-            best = (key, name)
-    return None if best is None else best[1]
-
-
 @dataclass(frozen=True)
 class RefValue:
     digest: str
@@ -145,11 +119,6 @@ class Refs:
             if name.startswith(prefix) and not name.rsplit("/", 1)[-1].startswith("."):
                 yield name, info
 
-    def default_base(self, new_ref: str) -> str | None:
-        """:func:`default_base_ref` over this remote's refs in ``new_ref``'s folder."""
-        check_ref_name(new_ref)
-        return default_base_ref(self.list(ref_folder(new_ref)), new_ref)
-
     def _write(self, name: str, digest: str, expect: RefValue | None) -> RefValue:
         """One conditional write; a 412 whose read-back shows our write id is our success."""
         write_id = uuid.uuid4().hex
@@ -192,17 +161,28 @@ def _conflict_message(name: str, digest: str, now: RefValue | None,
             "nothing was overwritten: re-run to try again")
 
 
-def default_base_ref(refs: Refs, ref: str) -> str | None:
-    """The delta base a push to ``ref`` uses when none is named: the newest other ref
-    in ``ref``'s folder (``run7/step-2000`` for ``run7/step-3000``), by the time its
-    blob was written, ties broken by name; None when the folder holds no other ref."""
+def default_base_ref(refs: Refs | Iterable[tuple[str, object]], ref: str) -> str | None:
+    """The delta base a push to ``ref`` uses when none is named: the newest other ref in
+    ``ref``'s folder (``run7/step-2000`` for ``run7/step-3000``); None when the folder
+    holds no other ref.
+
+    ``refs`` is a remote's Refs (its folder is listed) or (name, when) pairs, ``when``
+    being a BlobInfo as ``Refs.list`` yields, a modification time in seconds, or None.
+    Refs of other folders, subfolders included, and ``ref`` itself are ignored (a
+    caller moving an existing ref decides whether it continues itself).  Newest is by
+    the time the store last wrote the ref; ties and unknown times are broken by
+    natural name order (``step-1000`` after ``step-999``).  Raises RefError for an
+    invalid ``ref``.
+    """
     check_ref_name(ref)
-    folder = ref.rsplit("/", 1)[0] + "/" if "/" in ref else ""
-    best: tuple[float, str] | None = None
-    for name, info in refs.list(folder):
-        if name == ref or "/" in name[len(folder):]:
+    folder = ref_folder(ref)
+    pairs = refs.list(folder) if isinstance(refs, Refs) else refs
+    best: tuple | None = None
+    for name, when in pairs:
+        if name == ref or ref_folder(name) != folder:
             continue
-        key = (info.mtime or 0.0, name)
-        if best is None or key > best:
-            best = key
-    return best[1] if best else None
+        mtime = getattr(when, "mtime", when)
+        key = (mtime if isinstance(mtime, (int, float)) else float("-inf"), _natural(name))
+        if best is None or key > best[0]:
+            best = (key, name)
+    return None if best is None else best[1]

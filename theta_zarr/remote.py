@@ -234,9 +234,14 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
 
 
 def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
-                 policy: DeltaPolicy, elems: Elems) -> Mover:
-    """Put each object plain or as a delta, whichever the policy prefers (see module doc)."""
+                 policy: DeltaPolicy, elems: Elems | None = None) -> Mover:
+    """Put each object plain or as a delta, whichever the policy prefers (see module doc).
+
+    ``cache`` is anything with ``get(digest)`` giving verified raw bytes; ``elems`` gives
+    a chunk's item size for the remote's ``auto`` codec (1 when None).
+    """
     depths: dict[str, int | None] = {}
+    elems = elems or (lambda digest: 1)
 
     def base_depth(digest: str) -> int | None:
         """The chain depth of a base on the remote (0: full), None when it cannot be read."""

@@ -35,7 +35,7 @@ from .chunkreader import ordered_map
 from .formats.base import NotWeights
 from .manifest import DIGEST_RE, Manifest, ManifestError, check_name, looks_like_manifest
 from .objects import ObjectStore, bounded_map
-from .refs import RefError, Refs, RefValue, check_ref_name
+from .refs import RefError, Refs, RefValue, check_ref_name, default_base_ref
 from .remote import RemoteSpec, TransferStats, fetch_objects, open_remote, push_objects
 from .settings import Settings
 from .storage import BlobInfo, BlobNotFound, StorageError
@@ -434,9 +434,13 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
 
 
 def _default_base(remote: SyncRemote, ref: str) -> str | None:
-    """refs.default_base_ref over the remote's refs (None when they cannot be listed)."""
+    """``ref`` itself when it exists (a forced move continues what it named), else
+    refs.default_base_ref: the newest other ref in its folder (None when the refs
+    cannot be read)."""
     try:
-        return remote.refs.default_base(ref)
+        if remote.refs.read(ref) is not None:
+            return ref
+        return default_base_ref(remote.refs, ref)
     except StorageError:
         return None
 

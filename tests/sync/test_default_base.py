@@ -3,11 +3,12 @@ of its folder, says so, and reports the bytes sent; ls shows what each ref store
 
 from __future__ import annotations
 
+import pytest
 from sync_helpers import CHUNK, SHAPE, Case, env_for, model, sha, tz
 
 from theta_zarr import codecs, delta, sync
 from theta_zarr.demo import write_model
-from theta_zarr.refs import default_base_ref
+from theta_zarr.refs import RefError, default_base_ref
 from theta_zarr.storage import BlobInfo
 
 
@@ -15,7 +16,7 @@ def test_default_base_ref_is_the_newest_ref_of_the_same_folder():
     refs = [("run7/step-1000", 100.0), ("run7/step-2000", 200.0), ("run8/step-9000", 900.0),
             ("run7/eval/step-5000", 950.0), ("latest", 999.0)]
     assert default_base_ref(refs, "run7/step-3000") == "run7/step-2000"
-    assert default_base_ref(refs, "run7/step-2000") == "run7/step-2000"  # exists: itself
+    assert default_base_ref(refs, "run7/step-2000") == "run7/step-1000"  # another ref
     assert default_base_ref(refs, "run9/step-1") is None
     assert default_base_ref(refs, "best") == "latest"  # the top level is a folder too
     assert default_base_ref(refs, "run7/eval/step-6000") == "run7/eval/step-5000"
@@ -28,6 +29,8 @@ def test_default_base_ref_is_the_newest_ref_of_the_same_folder():
     # Refs.list's (name, BlobInfo) pairs
     infos = [("r/a", BlobInfo("refs/r/a", 80, 300.0)), ("r/b", BlobInfo("refs/r/b", 80, 100.0))]
     assert default_base_ref(infos, "r/c") == "r/a"
+    with pytest.raises(RefError):
+        default_base_ref(refs, "run7/bad..name")
 
 
 def test_dense_step_goes_as_deltas_over_the_previous_step_without_base_ref(tmp_path):

@@ -73,7 +73,9 @@ class _Upload:
     deltas: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, raw: int, stored: int, saved: int) -> None:
+    def add(self, raw: int, stored: int, saved: int, read: int = 0) -> None:
+        """One object moved: raw bytes, bytes stored, bytes a delta saved (-1: none),
+        bytes read (unused here)."""
         with self.lock:
             self.objects += 1
             self.raw += raw
@@ -231,7 +233,9 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         claimed: set[str] = set()
         reused: set[str] = set()
         lock = threading.Lock()
-        mover = _delta_mover(chunks, objects, bases, self.policy)  # type: ignore[arg-type]
+        itemsizes: dict[str, int] = {}  # for the remote's auto codec (chosen by dtype)
+        mover = _delta_mover(chunks, objects, bases, self.policy,  # type: ignore[arg-type]
+                             lambda d: itemsizes.get(d, 1))
 
         def one(job: tuple[str, int, memoryview]) -> str:
             fqn, gi, view = job
@@ -240,6 +244,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                 first = d not in claimed
                 claimed.add(d)
                 chunks.views.setdefault(d, view)
+                itemsizes.setdefault(d, by_name(geometry[fqn][1]).itemsize)
             if first and objects.has(d):
                 with lock:
                     reused.add(d)
