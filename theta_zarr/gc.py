@@ -22,7 +22,7 @@ Why a concurrent push is safe:
   re-check and its ref write while gc is also past its re-listing; ``fsck``
   reports that case and re-running the push repairs it.
 
-Delta objects: an ``xor-delta`` object needs its base (and the base's base...).
+Delta objects (``xor-delta``, ``int-delta``) need their base (and its base...).
 Every store's keep-set is closed over delta bases: the headers of the kept
 objects present in that store are read (a ranged read of a few bytes each) and
 each base they name is kept too, transitively.  fsck reads every root object

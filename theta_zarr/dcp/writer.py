@@ -8,7 +8,7 @@ The calls DCP makes, and what each does here:
    A ref that exists already fails the save here, before any upload.
 2. ``write_data`` (every rank, concurrently): hash the chunks of its own shards
    straight from the tensors' memory, ask the remote which it lacks, upload
-   those (plain, or as xor-deltas against the same chunk of the base step),
+   those (plain, or as deltas against the same chunk of the base step),
    concurrently.  Nothing is written to local disk.
 3. ``finish`` (coordinator): one manifest (DCP's metadata plus every chunk
    digest of every shard), then the ref moves by conditional write: of two
@@ -105,7 +105,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
     bases; default: the newest other ref under ``ref``'s folder); ``force``: move
     a ref that already names another checkpoint (compare-and-swap);
     ``chunk_size``: target raw chunk bytes; ``delta``: store changed chunks as
-    xor-deltas where that pays.  ``dcp.save(..., checkpoint_id=NAME)`` overrides ``ref``.
+    deltas where that pays.  ``dcp.save(..., checkpoint_id=NAME)`` overrides ``ref``.
     """
 
     def __init__(self, remote: str, ref: str, *, base_ref: str | None = None,
