@@ -38,13 +38,13 @@ def test_dense_step_goes_as_deltas_over_the_previous_step_without_base_ref(tmp_p
     env = env_for(case, tmp_path)
     opts = ["--chunk-size", CHUNK]
     first = model(tmp_path / "step-1000.safetensors")
-    err = tz(["push", str(first), case.url, "--ref", "run7/step-1000", *opts], env
+    err = tz(["publish", str(first), case.url, "--ref", "run7/step-1000", *opts], env
              ).stderr.decode()
     assert "no delta base" in err and "MB raw -> " in err
     # a dense fine-tune step: every tensor moves by about 1e-3 relative
     second = tmp_path / "step-2000.safetensors"
     write_model(str(second), SHAPE, tuned=[n for n, _ in SHAPE.tensors()], step=1e-3)
-    err = tz(["push", str(second), case.url, "--ref", "run7/step-2000", *opts], env
+    err = tz(["publish", str(second), case.url, "--ref", "run7/step-2000", *opts], env
              ).stderr.decode()
     assert "delta base run7/step-1000" in err, err
     assert " deltas " in err and " full " not in err, err  # every changed chunk a delta
@@ -63,7 +63,7 @@ def test_dense_step_goes_as_deltas_over_the_previous_step_without_base_ref(tmp_p
         str(tmp_path / "fresh-cache")], env)
     assert sha(out) == sha(second)
     # another folder: no base
-    err = tz(["push", str(second), case.url, "--ref", "run8/step-1", *opts], env
+    err = tz(["publish", str(second), case.url, "--ref", "run8/step-1", *opts], env
              ).stderr.decode()
     assert "no delta base" in err
     # ls: raw and stored size per ref; the delta step stores a fraction of the first
