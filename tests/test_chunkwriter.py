@@ -21,9 +21,9 @@ class _Blocking(Cache):
         super().__init__(root)
         self.release = threading.Event()
 
-    def ensure(self, digest, raw):
+    def ensure(self, digest, raw, elem=1):
         self.release.wait()
-        return super().ensure(digest, raw)
+        return super().ensure(digest, raw, elem)
 
 
 def test_cancelled_chunks_leave_no_callback_traceback(tmp_path, caplog):

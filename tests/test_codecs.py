@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import ml_dtypes
+import numpy as np
 import pytest
 
 from theta_zarr import chunking, codecs
@@ -12,7 +14,7 @@ from theta_zarr.codecs import CodecError
 PAYLOADS = [b"x", os.urandom(5000), b"\x00" * 100_000, bytes(range(256)) * 64]
 
 
-@pytest.mark.parametrize("codec", ["raw", "zstd"])
+@pytest.mark.parametrize("codec", ["raw", "zstd", "blosc"])
 @pytest.mark.parametrize("raw", PAYLOADS, ids=lambda b: f"{len(b)}B")
 def test_round_trip(codec, raw):
     obj = codecs.encode_bytes(raw, codec)
@@ -26,6 +28,8 @@ def test_round_trip(codec, raw):
 @pytest.mark.parametrize("codec", [
     "raw",
     "zstd",
+    "blosc",
+    "auto",
 ])
 def test_round_trip_empty(codec):
     assert bytes(codecs.decode(codecs.encode_bytes(b"", codec))) == b""
@@ -46,7 +50,7 @@ def test_zstd_compresses_redundant_data():
 def test_digest_does_not_depend_on_codec():
     raw = os.urandom(3000)
     d = chunking.digest(raw)
-    for codec in ("raw", "zstd"):
+    for codec in ("raw", "zstd", "blosc"):
         assert chunking.digest(codecs.decode(codecs.encode_bytes(raw, codec))) == d
     assert codecs.encode_bytes(raw, "raw") != codecs.encode_bytes(raw, "zstd")
 
@@ -82,3 +86,78 @@ def test_unknown_codec_for_encode():
         codecs.encode(b"x", "gzip")
     with pytest.raises(CodecError):
         codecs.get_codec("gzip")
+
+
+# -- blosc and the auto policy ------------------------------------------------------------
+def weights(dtype, n: int = 1 << 16) -> np.ndarray:
+    """Gaussian weights (std 0.02, as initialised transformer layers) in ``dtype``."""
+    return (np.random.default_rng(3).standard_normal(n) * 0.02).astype(np.float32).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16, np.float64,
+                                   ml_dtypes.float8_e4m3fn, np.int8, np.int32, np.bool_])
+@pytest.mark.parametrize("elem_hint", ["dtype", "1", "3"])
+def test_blosc_and_auto_are_bit_exact_for_any_dtype_and_hint(dtype, elem_hint):
+    arr = weights(dtype)
+    arr.view(np.uint8)[:8] = [0xFF, 0x7F, 0xC0, 0x7F, 0x00, 0x80, 0x01, 0x00]  # NaN, -0...
+    raw = arr.tobytes()
+    elem = arr.itemsize if elem_hint == "dtype" else int(elem_hint)
+    for codec in ("blosc", "auto"):
+        obj = codecs.encode_bytes(raw, codec, elem)
+        assert bytes(codecs.decode(obj)) == raw
+        assert bytes(codecs.decode(codecs.encode_bytes(raw[:-1], codec, elem))) == raw[:-1]
+
+
+def test_auto_picks_the_codec_by_dtype_and_falls_back_where_it_does_not_pay():
+    def picked(raw, elem):
+        return codecs.split(codecs.encode_bytes(raw, "auto", elem))[0]
+
+    # chunk-sized (2 MiB, 4 MiB): Blosc's 1 MiB blocks keep each byte plane apart
+    bf16 = weights(ml_dtypes.bfloat16, 1 << 20).tobytes()
+    fp32 = weights(np.float32, 1 << 20).tobytes()
+    assert picked(bf16, 2) == "blosc" and picked(fp32, 4) == "blosc"
+    assert picked(b"\x00" * 4096, 1) == "zstd"  # bytes: no shuffle to do
+    assert picked(os.urandom(1 << 16), 2) == "raw"  # nothing pays: stored as it is
+    assert picked(os.urandom(1 << 16), 1) == "raw"
+    # byte-shuffled floats beat zstd of the same bytes: the reason for the codec
+    for raw, elem, gain in ((bf16, 2, 1.10), (fp32, 4, 1.05)):
+        assert len(codecs.encode_bytes(raw, "zstd")) > gain * len(
+            codecs.encode_bytes(raw, "auto", elem))
+
+
+def test_blosc_frames_that_lie_about_their_sizes_are_refused():
+    obj = codecs.encode_bytes(weights(np.float32).tobytes(), "blosc", 4)
+    head = len(codecs.header("blosc"))
+    with pytest.raises(CodecError, match="truncated"):
+        codecs.decode(obj[:head + 8])
+    with pytest.raises(CodecError, match="claims"):
+        codecs.decode(obj[:-1])
+    frame = bytearray(obj[head:])
+    frame[4:8] = (1 << 31).to_bytes(4, "little")  # claims 2 GiB of raw bytes
+    with pytest.raises(CodecError, match="claims"):
+        codecs.decode(codecs.header("blosc") + bytes(frame))
+
+
+def test_writer_names_are_checked():
+    assert codecs.check_writer("auto") == "auto" and codecs.check_writer("blosc") == "blosc"
+    with pytest.raises(CodecError, match="unknown storage codec 'lz4'"):
+        codecs.check_writer("lz4")
+    with pytest.raises(CodecError, match="needs its base"):
+        codecs.get_codec("int-delta")
+
+
+def test_remote_compression_option_defaults_to_auto_and_is_checked():
+    from theta_zarr.remote import RemoteError, RemoteSpec
+
+    assert RemoteSpec("r", "/tmp/x").codec == "auto"
+    assert RemoteSpec("r", "/tmp/x", {"compression": "blosc"}).codec == "blosc"
+    with pytest.raises(RemoteError, match="unknown compression 'lz4'.*auto"):
+        RemoteSpec("r", "/tmp/x", {"compression": "lz4"})
+
+
+def test_blosc_runs_in_the_calling_thread_without_a_global_lock():
+    """numcodecs' default shares one Blosc context behind a lock between threads: the
+    writer's thread pool could then encode on one core only."""
+    import numcodecs.blosc
+
+    assert numcodecs.blosc.use_threads is False

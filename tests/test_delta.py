@@ -1,5 +1,6 @@
-"""xor-delta objects: bit-exact in every dtype, resolved and verified by every reader,
-written only where they pay, chains bounded, kept alive by gc and checked by fsck."""
+"""Delta objects (xor-delta, int-delta): bit-exact in every dtype, resolved and verified
+by every reader, written only where they pay, chains bounded, kept alive by gc and
+checked by fsck."""
 
 from __future__ import annotations
 
@@ -75,13 +76,15 @@ CASES = [(dt, label, old, new) for dt in FLOATS + INTS for label, old, new in pa
 def test_bit_exact_in_every_dtype(dtype, label, old, new):
     base_raw, raw = old.tobytes(), new.tobytes()
     base_d = chunking.digest(base_raw)
-    for elem in (1, np.dtype(dtype).itemsize, 3):
-        obj = delta.encode(raw, base_raw, base_d, elem)
-        name, payload = codecs.split(obj)
-        assert name == "xor-delta"
-        header, body = delta.parse(payload)
-        assert header.base == base_d and header.depth == 1
-        assert delta.apply(header, body, base_raw) == raw
+    for form in delta.NAMES:
+        for elem in (1, np.dtype(dtype).itemsize, 3):
+            obj = delta.encode(raw, base_raw, base_d, elem, form=form)
+            name, payload = codecs.split(obj)
+            # int-delta takes whole 1/2/4/8-byte elements; anything else is xor-delta
+            assert name == (form if elem in delta.INT_ELEMS else "xor-delta")
+            header, body = delta.parse(payload, name)
+            assert header.base == base_d and header.depth == 1 and header.form == name
+            assert delta.apply(header, body, base_raw) == raw
 
 
 def test_odd_lengths_and_empty():
@@ -92,6 +95,42 @@ def test_odd_lengths_and_empty():
         assert delta.apply(header, body, b) == a
     obj = delta.encode(b"", b"", chunking.digest(b""), 1)
     assert delta.apply(*delta.parse(codecs.split(obj)[1]), b"") == b""
+    for n in (1, 3, 1001):  # lengths 2 does not divide fall back to xor-delta
+        a, b = os.urandom(n), os.urandom(n)
+        obj = delta.encode(a, b, chunking.digest(b), 2, form=delta.INT)
+        name, payload = codecs.split(obj)
+        assert name == ("xor-delta" if n % 2 else "int-delta")
+        assert delta.apply(*delta.parse(payload, name), b) == a
+    obj = delta.encode(b"", b"", chunking.digest(b""), 2, form=delta.INT)
+    assert delta.apply(*delta.parse(codecs.split(obj)[1], delta.INT), b"") == b""
+
+
+@pytest.mark.parametrize("dtype,elem", [(ml_dtypes.bfloat16, 2), (np.float32, 4)])
+def test_int_delta_beats_xor_delta_on_a_fine_tune_step(dtype, elem):
+    """The writer's form: a 1e-3 step costs fewer bytes as int-delta than as xor-delta,
+    and well under zstd of the XOR (the old reference point)."""
+    old = (RNG.standard_normal(1 << 18) * 0.02).astype(np.float32).astype(dtype)
+    new = nudge(old, 1e-3)
+    base_d = chunking.digest(old.tobytes())
+    xor_obj = delta.encode(new.tobytes(), old.tobytes(), base_d, elem)
+    int_obj = delta.encode(new.tobytes(), old.tobytes(), base_d, elem, form=delta.INT)
+    zstd_xor = codecs.encode_bytes(delta.xor(new.tobytes(), old.tobytes()), "zstd")
+    assert len(int_obj) < len(xor_obj)
+    assert len(int_obj) <= 0.8 * len(zstd_xor)
+    assert delta.best_form(elem) == delta.INT and delta.best_form(3) == delta.NAME
+
+
+def test_corrupt_int_delta_body_is_an_error_not_data():
+    old = np.arange(4096, dtype=np.float32)
+    new = old + 1
+    base_d = chunking.digest(old.tobytes())
+    obj = delta.encode(new.tobytes(), old.tobytes(), base_d, 4, form=delta.INT)
+    header, body = delta.parse(codecs.split(obj)[1], delta.INT)
+    for bad in (bytes(body[:10]), bytes(body[:-5]), bytes(body) + b"x"):
+        with pytest.raises(codecs.CodecError):
+            delta.apply(header, bad, old.tobytes())
+    with pytest.raises(codecs.CodecError, match="int-delta"):
+        delta.apply(header, body, old.tobytes()[:-4])  # base of another length
 
 
 def test_delta_of_small_bf16_step_is_much_smaller_than_zstd():
@@ -217,9 +256,12 @@ def test_push_writes_deltas_only_over_bases_the_remote_has(tmp_path):
     stats = push_objects(cache, remote, [v[1], v[2]], bases)
     assert stats.deltas == 2 and stats.delta_saved > 0
     assert remote.delta_header(v[1]).base == v[0]
-    assert remote.delta_header(v[2]) == delta.DeltaHeader(v[1], 2, 2)
+    assert remote.delta_header(v[2]) == delta.DeltaHeader(v[1], 2, 2, delta.INT)
     fresh = Cache(str(tmp_path / "fresh"))
-    fetch_objects(store_at(tmp_path / "remote"), fresh, v)
+    got = fetch_objects(store_at(tmp_path / "remote"), fresh, v)
+    # the fetch line counts the bytes read (two deltas and a full object), then raw
+    assert got.raw_bytes == 3 * len(fresh.get(v[0])) and got.read_bytes < got.raw_bytes
+    assert f"{got.read_bytes / 1e6:.1f} MB read -> " in got.summary("fetched", "from r")
     for d in v:
         assert codecs.split(fresh.get_encoded(d))[0] == "raw"  # the cache keeps raw objects
         assert chunking.digest(bytes(fresh.get(d))) == d

@@ -122,6 +122,25 @@ def test_torch_describe_lists_non_tensor_leaves_and_aliases():
                          "big": {"__int__": "123456789012345678901"}}
 
 
+def test_torch_describe_follows_views_devices_and_state_dict_attrs():
+    from theta_zarr.formats import get_format
+
+    tree = {"__dict__": [
+        ["model", {"__odict__": [["qkv", {"__tensor__": "model.qkv"}],
+                                 ["q", {"__tensor__": "model.qkv", "view": [0, [2], [1]]}],
+                                 ["b", {"__tensor__": "model.b", "device": "cuda:1"}]],
+                   "attrs": {"__dict__": [["_metadata", {"__odict__": [
+                       ["", {"__dict__": [["version", 1]]}]]}]]}}],
+        ["state", {"__dict__": [[0, {"__dict__": [["m", {"__tensor__": "state.0.m"}]]}]]}],
+        ["z", {"__complex__": ["1.0", "2.0"]}]]}
+    described = get_format("torch").describe({"name": "torch", "tree": tree})
+    assert described == {
+        "model.q": {"tensor": "model.qkv", "view": [0, [2], [1]]},
+        "model.b": {"tensor": "model.b", "device": "cuda:1"},
+        "model.(attrs)._metadata..version": 1,
+        "z": {"__complex__": ["1.0", "2.0"]}}
+
+
 def test_format_only_change_is_reported(store):
     a = manifest(store, {"w": rng_arr(0, (4,))})
     b = manifest(store, {"w": rng_arr(0, (4,))})

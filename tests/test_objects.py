@@ -355,3 +355,20 @@ def test_ensure_rewrites_a_truncated_object(tmp_path):
     path.write_bytes(path.read_bytes()[:100])  # a write cut short by a full disk
     assert cache.ensure(digest, raw) > 0
     assert cache.get(digest) == raw
+
+
+def test_a_cache_configured_auto_chooses_by_dtype_and_raw_stays_the_default(tmp_path):
+    from theta_zarr import checkpoint
+    from theta_zarr.demo import ModelShape, write_model
+    from theta_zarr.settings import Settings
+    from theta_zarr.sync import clean_file
+
+    path = tmp_path / "m.safetensors"
+    write_model(str(path), ModelShape(hidden=64, layers=1, vocab=128))
+    for codec, expected in (("raw", {"raw"}), ("auto", {"blosc"})):
+        settings = Settings(cache_dir=str(tmp_path / codec), chunk_bytes=8192,
+                            cache_codec=codec)
+        cache = checkpoint.open_cache(settings)
+        cleaned = clean_file(str(path), settings, cache)
+        assert {codecs.split(cache.get_encoded(d))[0] for d in cleaned.sizes} == expected
+        assert all(chunking.digest(cache.get(d)) == d for d in cleaned.sizes)

@@ -142,7 +142,7 @@ def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,
     from . import formats
     from .formats.torch import view_tensor
 
-    views = formats.get_format(manifest.format_name).tensors(manifest.format, manifest.params)
+    views = formats.tensor_views(manifest)
     keys = select(views, include)
     names = list(dict.fromkeys(views[k].param for k in keys))
     checkpoint.ensure_local(manifest, objects.cache, objects.fetch, names=names)

@@ -47,10 +47,11 @@ class Cache(ObjectStore):
         os.makedirs(path, exist_ok=True)
         return path
 
-    def ensure(self, digest: str, raw: bytes | memoryview) -> int:
+    def ensure(self, digest: str, raw: bytes | memoryview, elem: int = 1) -> int:
         """Store a chunk unless present; returns the bytes newly written (0 if present).
 
-        A present object of the wrong size (a truncated write, cut by a full disk or a
+        ``elem`` is the item size of the chunk's dtype (for the ``auto`` codec).  A
+        present object of the wrong size (a truncated write, cut by a full disk or a
         crash) is rewritten from ``raw``; with the raw codec the size says it all, so
         an unchanged chunk still costs only a stat.
         """
@@ -58,10 +59,10 @@ class Cache(ObjectStore):
         try:
             size = os.stat(path).st_size
         except OSError:
-            return self.put(digest, raw)  # absent (or unreachable: put says why)
+            return self.put(digest, raw, elem)  # absent (or unreachable: put says why)
         if self.codec == "raw" and size != len(codecs.header("raw")) + len(raw):
             self.quarantine(digest)
-            return self.put(digest, raw)
+            return self.put(digest, raw, elem)
         return 0
 
     def get(self, digest: str, bases: ObjectStore | None = None) -> bytes | memoryview:

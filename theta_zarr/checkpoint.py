@@ -118,7 +118,7 @@ def matching_params(manifest: Manifest, include: Sequence[str] | str | None) -> 
     lives in them (a tied alias such as ``lm_head.weight``, a slice of a fused weight)."""
     if include is None:
         return list(manifest.params)
-    views = formats.get_format(manifest.format_name).tensors(manifest.format, manifest.params)
+    views = formats.tensor_views(manifest)
     chosen = set(match_names(manifest.params, include))
     chosen.update(views[k].param for k in match_names(views, include))
     return [n for n in manifest.params if n in chosen]

@@ -64,7 +64,7 @@ class ChunkWriter:
         spans, count = self._begin(name, dtype, shape, len(buf))
         slots = self._entries[name][3]
         for off, length in spans:
-            self._submit(slots, count, buf[off:off + length])
+            self._submit(slots, count, buf[off:off + length], elem=dtype.itemsize)
 
     def add_stream(self, name: str, dtype: DType, shape: tuple[int, ...],
                    read_into: ReadInto) -> None:
@@ -78,7 +78,7 @@ class ChunkWriter:
             if got < length:
                 raise TruncatedInput(f"{self.source}: truncated inside tensor {name!r} "
                                      f"(expected {length - got} more bytes)")
-            self._submit(slots, count, view, pooled=True)
+            self._submit(slots, count, view, pooled=True, elem=dtype.itemsize)
 
     def _buffer(self, length: int) -> memoryview:
         """A chunk buffer, reused once its chunk is stored: fresh memory is slow to
@@ -120,8 +120,10 @@ class ChunkWriter:
             return old.chunk_shape
         return chunking.chunk_shape_for(shape, dtype.itemsize, self.chunk_bytes)
 
-    def _submit(self, slots: list, count: int, view: memoryview, pooled: bool = False) -> None:
-        """Hash and store one chunk (appended to ``slots``) of a parameter of ``count``."""
+    def _submit(self, slots: list, count: int, view: memoryview, pooled: bool = False,
+                elem: int = 1) -> None:
+        """Hash and store one chunk (appended to ``slots``) of a parameter of ``count``;
+        ``elem`` is the item size of the chunk's dtype."""
         if self._error is not None:
             raise self._error
         # A parameter that is one chunk of at most 512 bytes goes inline in the manifest.
@@ -130,7 +132,7 @@ class ChunkWriter:
             return
         self._slots.acquire()
         try:
-            fut = self._pool.submit(self._store_chunk, view)
+            fut = self._pool.submit(self._store_chunk, view, elem)
         except BaseException:
             self._slots.release()
             raise
@@ -143,14 +145,16 @@ class ChunkWriter:
         with self._lock:
             self._buffers.setdefault(len(view), []).append(view)
 
-    def _store_chunk(self, view: memoryview) -> str:
+    def _store_chunk(self, view: memoryview, elem: int = 1) -> str:
+        """Hash a chunk and store it unless the store has it; ``elem`` (the dtype's item
+        size) lets a store configured with the ``auto`` codec choose by dtype."""
         d = chunking.digest(view)
         with self._lock:
             self.stats.chunks += 1
             first = d not in self._claimed  # identical chunks (zeros, ties) are written once
             self._claimed.add(d)
         if first:
-            written = self.store.ensure(d, view)
+            written = self.store.ensure(d, view, elem)
             if written:
                 with self._lock:
                     self.stats.new_objects += 1

@@ -4,18 +4,50 @@ An object is ``b"TZO1"``, one byte giving the codec name's length, the codec
 name in ASCII, then the payload.  The digest always names the *raw* bytes, so the
 codec is the writer's choice per object and never changes a manifest.
 
-``xor-delta`` objects (delta.py) name a base object and cannot be decoded alone:
-ObjectStore resolves them.
+Codecs (names as written in the header):
+
+- ``raw``: the chunk itself (the local cache's default: checkouts at disk speed);
+- ``zstd``: zstd level 1 of the chunk;
+- ``blosc``: a Blosc frame (c-blosc 1.x through numcodecs): the chunk byte-shuffled
+  by its dtype's item size (all first bytes of the elements, then all second bytes,
+  ...), so the exponent bytes of floats sit together, then zstd level 1.  Blosc
+  frames carry their own sizes and filter settings, so decoding needs no side
+  information.
+
+``auto`` is not a codec but the remotes' writer policy (:func:`choose`): ``blosc``
+for item sizes of 2 bytes and more (bf16, fp16, fp32...), ``zstd`` for bytes and
+fp8, and ``raw`` whenever the encoded form would not be smaller.  Measured choice
+and figures: docs/benchmarks.md.
+
+``xor-delta`` and ``int-delta`` objects (delta.py) name a base object and cannot
+be decoded alone: ObjectStore resolves them.
 """
 
 from __future__ import annotations
 
+import struct
 from abc import ABC, abstractmethod
 
-from numcodecs import Zstd
+import numpy as np
+from numcodecs import Blosc, Zstd
+from numcodecs import blosc as _blosc
 
 MAGIC = b"TZO1"
-DELTA = "xor-delta"
+DELTAS = ("xor-delta", "int-delta")
+DELTA = DELTAS[0]
+AUTO = "auto"
+#: Blosc block size: 1 MiB blocks compress the shuffled planes of a 4 MiB chunk best
+#: (docs/benchmarks.md), still several blocks per chunk
+BLOSC_BLOCK = 1 << 20
+#: the largest raw chunk a Blosc frame may claim (Blosc's own limit is 2 GiB)
+MAX_RAW = _blosc.MAX_BUFFERSIZE
+BLOSC_HEADER = struct.Struct("<4B3I")
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+# one process-wide setting of numcodecs: Blosc compresses in the calling thread (a
+# context per call, the GIL released, no global lock), so theta-zarr's own thread pool
+# keeps every core busy; with its default, calls from the main thread would share one
+# global Blosc context behind a lock
+_blosc.use_threads = False
 
 
 class CodecError(ValueError):
@@ -26,7 +58,8 @@ class Codec(ABC):
     name: str
 
     @abstractmethod
-    def encode(self, raw: memoryview) -> bytes | memoryview: ...
+    def encode(self, raw: memoryview, elem: int = 1) -> bytes | memoryview:
+        """The payload for ``raw``; ``elem`` is the dtype's item size in bytes (a hint)."""
 
     @abstractmethod
     def decode(self, payload: memoryview) -> bytes | memoryview: ...
@@ -37,7 +70,7 @@ class RawCodec(Codec):
 
     name = "raw"
 
-    def encode(self, raw: memoryview) -> memoryview:
+    def encode(self, raw: memoryview, elem: int = 1) -> memoryview:
         return raw
 
     def decode(self, payload: memoryview) -> memoryview:
@@ -45,14 +78,14 @@ class RawCodec(Codec):
 
 
 class ZstdCodec(Codec):
-    """zstd at a low level: for remotes, where bytes cost more than CPU."""
+    """zstd at a low level: bytes that byte-shuffling cannot help (int8, fp8, files)."""
 
     name = "zstd"
 
     def __init__(self, level: int = 1):
         self._zstd = Zstd(level=level)
 
-    def encode(self, raw: memoryview) -> bytes:
+    def encode(self, raw: memoryview, elem: int = 1) -> bytes:
         # numcodecs cannot decode the frame it writes for empty input: empty stays empty
         return bytes(self._zstd.encode(raw)) if len(raw) else b""
 
@@ -65,17 +98,75 @@ class ZstdCodec(Codec):
             raise CodecError(f"zstd payload does not decode ({e})") from None
 
 
-CODECS: dict[str, Codec] = {c.name: c for c in (RawCodec(), ZstdCodec())}
+def typed(data: bytes | memoryview | np.ndarray, elem: int) -> np.ndarray:
+    """``data`` as a 1-d array of unsigned ints of ``elem`` bytes (bytes when it does not
+    divide or ``elem`` is not 1, 2, 4 or 8): Blosc takes its shuffle width from it."""
+    a = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    a = a.reshape(-1).view(np.uint8)
+    if elem in _UINT and elem > 1 and a.size % elem == 0:
+        return a.view(_UINT[elem])
+    return a
+
+
+def blosc_encode(data: bytes | memoryview | np.ndarray, elem: int,
+                 shuffle: int = Blosc.SHUFFLE) -> bytes:
+    """A Blosc frame of ``data`` (zstd level 1, 1 MiB blocks, ``shuffle`` by ``elem``)."""
+    arr = typed(data, elem)
+    return bytes(Blosc(cname="zstd", clevel=1, shuffle=shuffle, blocksize=BLOSC_BLOCK)
+                 .encode(arr))
+
+
+def blosc_decode(payload: bytes | memoryview, what: str = "blosc") -> bytes:
+    """The bytes of a Blosc frame, after checking its header against the payload's size
+    (a hostile frame cannot make the reader allocate more than it says, or over 2 GiB)."""
+    view = memoryview(payload)
+    if len(view) < BLOSC_HEADER.size:
+        raise CodecError(f"{what} payload is truncated")
+    # c-blosc 1.x frame header: version, lz version, flags, typesize, then uint32 LE
+    # nbytes (raw), blocksize, cbytes (the frame, header included)
+    _, _, _, _, nbytes, _, cbytes = BLOSC_HEADER.unpack_from(view)
+    if cbytes != len(view) or not 0 <= nbytes <= MAX_RAW:
+        raise CodecError(f"{what} frame header claims {cbytes} bytes compressed and "
+                         f"{nbytes} raw, the payload has {len(view)}")
+    try:
+        return bytes(_blosc.decompress(view))
+    except Exception as e:  # numcodecs raises RuntimeError on bad frames
+        raise CodecError(f"{what} payload does not decode ({e})") from None
+
+
+class BloscCodec(Codec):
+    """Byte-shuffle by the dtype's item size, then zstd level 1 (c-blosc via numcodecs)."""
+
+    name = "blosc"
+
+    def encode(self, raw: memoryview, elem: int = 1) -> bytes:
+        return blosc_encode(raw, elem) if len(raw) else b""
+
+    def decode(self, payload: memoryview) -> bytes:
+        return blosc_decode(payload) if len(payload) else b""
+
+
+CODECS: dict[str, Codec] = {c.name: c for c in (RawCodec(), ZstdCodec(), BloscCodec())}
+#: names a writer may be configured with (``theta-zarr.cache-compression``, remote
+#: ``compression``): the codecs, and ``auto``
+WRITER_NAMES = (*CODECS, AUTO)
 
 
 def get_codec(name: str) -> Codec:
     try:
         return CODECS[name]
     except KeyError:
-        if name == DELTA:
-            raise CodecError("an xor-delta object needs its base: read it through an "
+        if name in DELTAS:
+            raise CodecError(f"an {name} object needs its base: read it through an "
                              "object store") from None
         raise CodecError(f"unknown storage codec {name!r}") from None
+
+
+def check_writer(name: str) -> str:
+    """``name`` if a writer may use it (a codec or ``auto``), else CodecError."""
+    if name != AUTO:
+        get_codec(name)
+    return name
 
 
 def header(codec: str) -> bytes:
@@ -83,14 +174,36 @@ def header(codec: str) -> bytes:
     return MAGIC + bytes([len(name)]) + name
 
 
-def encode(raw: bytes | memoryview, codec: str = "raw") -> list[bytes | memoryview]:
-    """The object for a raw chunk, as parts to write in order (no copy for raw)."""
+def choose(raw: memoryview, elem: int) -> tuple[str, bytes | memoryview]:
+    """The ``auto`` policy: (codec name, payload) for one chunk of item size ``elem``."""
+    if not len(raw):
+        return "raw", raw
+    name = "blosc" if elem > 1 else "zstd"
+    payload = CODECS[name].encode(raw, elem)
+    if len(payload) >= len(raw):
+        return "raw", raw  # does not pay (random bytes, already compressed data)
+    return name, payload
+
+
+def encode(raw: bytes | memoryview, codec: str = "raw", elem: int = 1
+           ) -> list[bytes | memoryview]:
+    """The object for a raw chunk, as parts to write in order (no copy for raw).
+
+    ``codec`` is a codec name or ``auto`` (:func:`choose`); ``elem`` is the item size
+    in bytes of the chunk's dtype (1 when unknown).
+    """
+    view = memoryview(raw)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    if codec == AUTO:
+        name, payload = choose(view, elem)
+        return [header(name), payload]
     c = get_codec(codec)
-    return [header(c.name), c.encode(memoryview(raw))]
+    return [header(c.name), c.encode(view, elem)]
 
 
-def encode_bytes(raw: bytes | memoryview, codec: str = "raw") -> bytes:
-    return b"".join(encode(raw, codec))
+def encode_bytes(raw: bytes | memoryview, codec: str = "raw", elem: int = 1) -> bytes:
+    return b"".join(encode(raw, codec, elem))
 
 
 def split(obj: bytes | memoryview) -> tuple[str, memoryview]:

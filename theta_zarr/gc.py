@@ -25,7 +25,7 @@ Why a concurrent push is safe (docs/reliability.md has the interleavings tested)
   gc killed with objects in its trash leaves them there: the next gc moves every
   leftover trash entry back before it plans.
 
-Delta objects: an ``xor-delta`` object needs its base (and the base's base...).
+Delta objects (``xor-delta``, ``int-delta``) need their base (and its base...).
 Every store's keep-set is closed over delta bases: the headers of the kept
 objects present in that store are read (a ranged read of a few bytes each) and
 each base they name is kept too, transitively.  fsck reads every root object
@@ -461,7 +461,10 @@ def repack(store: ObjectStore, max_depth: int, dry_run: bool = False) -> Repack:
         header = store.delta_header(digest)
         if header is None or header.depth <= max_depth:
             return None
-        return (size, 0) if dry_run else (size, store.put(digest, store.get(digest)))
+        if dry_run:
+            return size, 0
+        # the delta's element size is its dtype's item size: the store's auto codec uses it
+        return size, store.put(digest, store.get(digest), header.elem)
 
     for _, done in bounded_map(visit, list(store.iter_digests()), store.concurrency):
         if done is not None:

@@ -296,6 +296,17 @@ class Manifest:
     def digests(self) -> set[str]:
         return {d for entry in self.params.values() for d in entry.chunks}
 
+    def itemsizes(self) -> dict[str, int]:
+        """{chunk digest: item size in bytes of its parameter's dtype}: what a writer
+        choosing a codec by dtype needs (a digest shared by two dtypes gets the wider)."""
+        out: dict[str, int] = {}
+        for entry in self.params.values():
+            n = entry.itemsize
+            for d in entry.chunks:
+                if out.get(d, 0) < n:
+                    out[d] = n
+        return out
+
     def iter_chunks(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, int, str]]:
         """(param, chunk index, digest) for every stored (non-inline) chunk."""
         for name in self.params if names is None else names:

@@ -6,10 +6,10 @@ Reads are decoded and checked against the digest before anyone sees them
 objects move at once through a bounded thread pool, results streaming back as
 they complete, so memory stays bounded by concurrency x chunk size.
 
-An object may be an ``xor-delta`` against a base object (delta.py): ``get``
-resolves the chain through the same store (or a ``bases`` store tried first,
-such as the local cache), one chain at a time and at most ``delta.MAX_DEPTH``
-deep, verifying every base against its digest and the result against the
+An object may be a delta (``xor-delta`` or ``int-delta``) against a base object
+(delta.py): ``get`` resolves the chain through the same store (or a ``bases`` store
+tried first, such as the local cache), one chain at a time and at most
+``delta.MAX_DEPTH`` deep, verifying every base against its digest and the result against the
 object's.  Recently used bases stay in a small LRU, so the chunks of several
 versions of one parameter resolve their shared bases once.
 """
@@ -134,7 +134,7 @@ class ObjectStore:
     def __init__(self, blobs: BlobStore, codec: str = "raw",
                  concurrency: int = DEFAULT_CONCURRENCY, retries: int = 4,
                  retry_timeout: float = DEFAULT_RETRY_TIMEOUT):
-        codecs.get_codec(codec)
+        codecs.check_writer(codec)
         self.blobs = blobs
         self.codec = codec
         self.concurrency = max(1, concurrency)
@@ -248,13 +248,13 @@ class ObjectStore:
                _depth: int = 0) -> bytes | memoryview:
         try:
             name, payload = codecs.split(obj)
-            if name == delta.NAME:
-                header, body = delta.parse(payload)
+            if name in delta.NAMES:
+                header, body = delta.parse(payload, name)
             else:
                 raw = codecs.get_codec(name).decode(payload)
         except codecs.CodecError as e:
             raise ObjectError(f"object {digest} in {self.url} is corrupt ({e})") from None
-        if name == delta.NAME:
+        if name in delta.NAMES:
             if _depth >= delta.MAX_DEPTH:
                 raise ObjectError(f"object {digest} in {self.url}: delta chain deeper than "
                                   f"{delta.MAX_DEPTH} (corrupt or looping chain)")
@@ -312,9 +312,10 @@ class ObjectStore:
             self._base_locks.pop(base, None)
         return raw
 
-    def put(self, digest: str, raw: bytes | memoryview) -> int:
-        """Store a raw chunk (encoded with this store's codec); returns bytes written."""
-        return self.put_parts(digest, codecs.encode(raw, self.codec))
+    def put(self, digest: str, raw: bytes | memoryview, elem: int = 1) -> int:
+        """Store a raw chunk (encoded with this store's codec, or chosen by ``auto`` from
+        ``elem``, the item size in bytes of its dtype); returns bytes written."""
+        return self.put_parts(digest, codecs.encode(raw, self.codec, elem))
 
     def put_parts(self, digest: str, parts: list[bytes | memoryview]) -> int:
         """Store an encoded object given as parts written in order; returns its size."""

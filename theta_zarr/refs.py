@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .manifest import DIGEST_RE
@@ -100,6 +100,16 @@ def check_ref_name(name: str) -> str:
     return name
 
 
+def ref_folder(name: str) -> str:
+    """The folder of a ref name: ``run7/step-2000`` -> ``run7/``, ``latest`` -> ``""``."""
+    return name.rsplit("/", 1)[0] + "/" if "/" in name else ""
+
+
+def _natural(name: str) -> tuple:
+    """A sort key that orders ``step-999`` before ``step-1000``."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
 @dataclass(frozen=True)
 class RefValue:
     digest: str
@@ -143,7 +153,7 @@ class Refs:
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, BlobInfo]]:
         """(name, blob info) of every ref whose name starts with ``prefix``."""
-        folder = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        folder = ref_folder(prefix)
         for info in self.blobs.list(REFS_PREFIX + folder):
             name = info.key[len(REFS_PREFIX):]
             if name.startswith(prefix) and not name.rsplit("/", 1)[-1].startswith("."):
@@ -191,17 +201,28 @@ def _conflict_message(name: str, digest: str, now: RefValue | None,
             "nothing was overwritten: re-run to try again")
 
 
-def default_base_ref(refs: Refs, ref: str) -> str | None:
-    """The delta base a push to ``ref`` uses when none is named: the newest other ref
-    in ``ref``'s folder (``run7/step-2000`` for ``run7/step-3000``), by the time its
-    blob was written, ties broken by name; None when the folder holds no other ref."""
+def default_base_ref(refs: Refs | Iterable[tuple[str, object]], ref: str) -> str | None:
+    """The delta base a push to ``ref`` uses when none is named: the newest other ref in
+    ``ref``'s folder (``run7/step-2000`` for ``run7/step-3000``); None when the folder
+    holds no other ref.
+
+    ``refs`` is a remote's Refs (its folder is listed) or (name, when) pairs, ``when``
+    being a BlobInfo as ``Refs.list`` yields, a modification time in seconds, or None.
+    Refs of other folders, subfolders included, and ``ref`` itself are ignored (a
+    caller moving an existing ref decides whether it continues itself).  Newest is by
+    the time the store last wrote the ref; ties and unknown times are broken by
+    natural name order (``step-1000`` after ``step-999``).  Raises RefError for an
+    invalid ``ref``.
+    """
     check_ref_name(ref)
-    folder = ref.rsplit("/", 1)[0] + "/" if "/" in ref else ""
-    best: tuple[float, str] | None = None
-    for name, info in refs.list(folder):
-        if name == ref or "/" in name[len(folder):]:
+    folder = ref_folder(ref)
+    pairs = refs.list(folder) if isinstance(refs, Refs) else refs
+    best: tuple | None = None
+    for name, when in pairs:
+        if name == ref or ref_folder(name) != folder:
             continue
-        key = (info.mtime or 0.0, name)
-        if best is None or key > best:
-            best = key
-    return best[1] if best else None
+        mtime = getattr(when, "mtime", when)
+        key = (mtime if isinstance(mtime, (int, float)) else float("-inf"), _natural(name))
+        if best is None or key > best[0]:
+            best = (key, name)
+    return None if best is None else best[1]

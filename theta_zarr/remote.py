@@ -9,9 +9,13 @@ those, concurrently, with retries.  fetch: download, decode and verify each
 object before it enters the cache.  Objects go first; manifests and refs are
 written only after every object they name is in place (invariant 3).
 
-Deltas (delta.py): a push may store a chunk as an xor-delta against the same
-chunk of the parent version (``bases``, computed by the caller from manifests).
-The writer decides here, per chunk, in ``_encode_for_push``: only over a base
+Codecs: a remote's ``compression`` is ``auto`` unless configured, so each object is
+encoded by its dtype's item size (codecs.choose); the local cache stays raw.
+
+Deltas (delta.py): a push may store a chunk as a delta (int-delta where the item
+size allows, else xor-delta) against the same chunk of the parent version
+(``bases``, computed by the caller from manifests).  The writer decides here,
+per chunk, in ``_delta_mover``: only over a base
 the remote had before this push began, only if the delta is smaller than
 ``policy.ratio`` x the plain object, and only while the chain stays within
 ``policy.max_depth``.  A fetch resolves deltas, asking the cache for bases
@@ -46,7 +50,9 @@ OPTION_NAMES = ("endpoint-url", "region", "requester-pays", "anon", "project", "
 #: environment variable that sets the retry budget of every remote (seconds)
 RETRY_TIMEOUT_ENV = "THETA_ZARR_RETRY_TIMEOUT"
 SECRET_WORDS = ("key", "secret", "token", "password", "credential")
-DEFAULT_REMOTE_CODEC = "zstd"
+#: remotes pick a codec per object by dtype (codecs.choose): blosc for floats, zstd for
+#: bytes, raw where neither pays
+DEFAULT_REMOTE_CODEC = codecs.AUTO
 
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,10 @@ class RemoteSpec:
             if key not in OPTION_NAMES:
                 raise RemoteError(f"remote {self.name!r}: unknown option {key!r} "
                                   f"(known: {', '.join(OPTION_NAMES)})")
+        codec = self.options.get("compression")
+        if codec is not None and codec not in codecs.WRITER_NAMES:
+            raise RemoteError(f"remote {self.name!r}: unknown compression {codec!r} "
+                              f"(known: {', '.join(codecs.WRITER_NAMES)})")
 
     @property
     def codec(self) -> str:
@@ -155,36 +165,75 @@ def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
 
 @dataclass
 class TransferStats:
+    """What one transfer moved: raw bytes, and bytes as stored at the destination
+    (on a push, what went over the wire), in total and for the delta objects."""
+
     objects: int = 0
     raw_bytes: int = 0
     stored_bytes: int = 0
     skipped: int = 0  # already present at the destination
     seconds: float = 0.0
-    deltas: int = 0  # objects stored as xor-deltas
+    deltas: int = 0  # objects stored as deltas
     delta_saved: int = 0  # bytes the deltas saved over plain objects
     bases_used: set[str] = field(default_factory=set)  # delta bases the deltas stored need
+    delta_raw: int = 0  # raw bytes of the chunks stored as deltas
+    delta_stored: int = 0  # bytes of those delta objects
+    read_bytes: int = 0  # bytes of the objects as read from the source (a fetch's wire)
+
+    def add(self, other: TransferStats) -> None:
+        """Add another transfer's counts (not its time or skips) and delta bases used to these."""
+        for name in ("objects", "raw_bytes", "stored_bytes", "deltas", "delta_saved",
+                     "delta_raw", "delta_stored", "read_bytes"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.bases_used |= other.bases_used
+
+    def wire(self) -> str:
+        """'R MB raw -> S MB (D deltas R1 -> S1 MB, F full R2 -> S2 MB)': raw bytes, the
+        bytes as stored, and how they split between delta and full objects."""
+        full = self.objects - self.deltas
+        parts = []
+        if self.deltas:
+            parts.append(f"{self.deltas} delta{'s' * (self.deltas != 1)} "
+                         f"{_mb(self.delta_raw)} -> {_mb(self.delta_stored)} MB")
+        if full:
+            parts.append(f"{full} full {_mb(self.raw_bytes - self.delta_raw)} -> "
+                         f"{_mb(self.stored_bytes - self.delta_stored)} MB")
+        split = f" ({', '.join(parts)})" if parts else ""
+        return f"{_mb(self.raw_bytes)} MB raw -> {_mb(self.stored_bytes)} MB{split}"
 
     def summary(self, verb: str, where: str) -> str:
-        mb = self.stored_bytes / 1e6
-        extra = (f"; {self.deltas} as deltas, saving {self.delta_saved / 1e6:.1f} MB"
-                 if self.deltas else "")
-        return (f"{verb} {self.objects} objects ({mb:.1f} MB) {where}; "
-                f"{self.skipped} already there{extra}; {self.seconds:.1f} s")
+        """The push line (``verb`` 'uploaded': raw -> as sent) or, for 'fetched', the
+        bytes read (delta bases fetched on the way not counted) -> raw."""
+        moved = (f"{_mb(self.read_bytes)} MB read -> {_mb(self.raw_bytes)} MB raw"
+                 if verb == "fetched" else self.wire())
+        return (f"{verb} {self.objects} objects {where}: {moved}; "
+                f"{self.skipped} already there; {self.seconds:.1f} s")
 
 
-Mover = Callable[[str], tuple[int, int, int]]  # digest -> (raw, stored, plain-minus-stored)
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f}"
+
+
+# digest -> (raw bytes, bytes stored, plain minus stored or -1 if not a delta, bytes read)
+Mover = Callable[[str], tuple[int, int, int, int]]
+Elems = Callable[[str], int]  # digest -> item size in bytes of its dtype (1 if unknown)
 
 
 def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: str,
              check_destination: bool = True, move: Mover | None = None,
-             bases: ObjectStore | None = None) -> TransferStats:
+             bases: ObjectStore | None = None, elems: Elems | None = None) -> TransferStats:
     """Copy objects from ``src`` to ``dst``: verified on read, re-encoded for ``dst``.
 
     With ``check_destination`` the objects ``dst`` already has are skipped
     (concurrent existence checks), which makes an interrupted transfer
     resumable: a re-run moves only the rest.  ``move`` replaces the plain
     read-verify-put of one object (the delta writer); ``bases`` is a store
-    asked first for delta bases while reading ``src`` (the cache, on fetch).
+    asked first for delta bases while reading ``src`` (the cache, on fetch);
+    ``elems`` gives each chunk's item size, for ``dst``'s ``auto`` codec.
+
+    Reading, decoding, encoding and writing of one object all run in one worker
+    of a pool of ``max(src, dst concurrency)`` threads: the codecs release the GIL,
+    so encoding runs on every core while other workers' requests are in flight.
     """
     start = time.perf_counter()
     todo = sorted(set(digests))
@@ -194,30 +243,40 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
         stats.skipped = len(todo) - len(lacking)
         todo = sorted(lacking)
 
-    def plain(digest: str) -> tuple[int, int, int]:
-        raw = src.get(digest, bases)
-        return len(raw), dst.put(digest, raw), -1
+    def plain(digest: str) -> tuple[int, int, int, int]:
+        obj = src.get_encoded(digest)
+        raw = src.decode(digest, obj, bases)
+        return len(raw), dst.put(digest, raw, elems(digest) if elems else 1), -1, len(obj)
 
     with progress.bar(len(todo), desc, unit="obj") as bar:
-        for _, (raw_n, stored_n, saved) in bounded_map(move or plain, todo,
+        for _, (raw_n, stored_n, saved, read_n) in bounded_map(move or plain, todo,
                                                         max(src.concurrency, dst.concurrency)):
             stats.objects += 1
             stats.raw_bytes += raw_n
             stats.stored_bytes += stored_n
+            stats.read_bytes += read_n
             if saved >= 0:
                 stats.deltas += 1
                 stats.delta_saved += saved
+                stats.delta_raw += raw_n
+                stats.delta_stored += stored_n
             bar.update(1)
     stats.seconds = time.perf_counter() - start
     return stats
 
 
 def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
-                 policy: DeltaPolicy, used: set[str] | None = None) -> Mover:
-    """Put each object plain or as a delta, whichever the policy prefers (see module doc);
-    the base of each delta written is added to ``used``."""
+                 policy: DeltaPolicy, elems: Elems | None = None,
+                 used: set[str] | None = None) -> Mover:
+    """Put each object plain or as a delta, whichever the policy prefers (see module doc).
+
+    ``cache`` is anything with ``get(digest)`` giving verified raw bytes; ``elems`` gives
+    a chunk's item size for the remote's ``auto`` codec (1 when None); the base of each
+    delta written is added to ``used``.
+    """
     used = set() if used is None else used
     depths: dict[str, int | None] = {}
+    elems = elems or (lambda digest: 1)
 
     def base_depth(digest: str) -> int | None:
         """The chain depth of a base on the remote (0: full), None when it cannot be read."""
@@ -230,11 +289,11 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
                 depths[digest] = 0 if header is None else header.depth
         return depths[digest]
 
-    def move(digest: str) -> tuple[int, int, int]:
+    def move(digest: str) -> tuple[int, int, int, int]:
         raw = cache.get(digest)
-        parts = codecs.encode(raw, remote.codec)
-        plain_n = sum(len(p) for p in parts)
         base = bases.get(digest)
+        parts = codecs.encode(raw, remote.codec, base.elem if base else elems(digest))
+        plain_n = sum(len(p) for p in parts)
         if base is not None and len(raw):
             obj = _try_delta(raw, base, plain_n)
             if obj is not None:
@@ -242,8 +301,9 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
                 if depth is not None and depth + 1 <= policy.max_depth:
                     obj = delta.with_depth(obj, depth + 1)
                     used.add(base.digest)
-                    return len(raw), remote.put_encoded(digest, obj), plain_n - len(obj)
-        return len(raw), remote.put_parts(digest, parts), -1
+                    return (len(raw), remote.put_encoded(digest, obj), plain_n - len(obj),
+                            len(raw))
+        return len(raw), remote.put_parts(digest, parts), -1, len(raw)
 
     def _try_delta(raw, base: Base, plain_n: int) -> bytes | None:
         try:
@@ -252,7 +312,8 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
             return None  # the cache lacks the parent's chunk: no delta
         if len(base_raw) != len(raw):
             return None
-        obj = delta.encode(raw, base_raw, base.digest, base.elem, 1, policy.level)
+        obj = delta.encode(raw, base_raw, base.digest, base.elem, 1, policy.level,
+                           delta.best_form(base.elem))
         return obj if len(obj) < policy.ratio * plain_n else None
 
     return move
@@ -260,15 +321,23 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
 
 def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
                  bases: dict[str, Base] | None = None,
-                 policy: DeltaPolicy | None = None) -> TransferStats:
+                 policy: DeltaPolicy | None = None,
+                 elems: dict[str, int] | None = None,
+                 checked: bool = False) -> TransferStats:
     """Upload the objects ``remote`` lacks; every one must be in the cache.
+
+    ``checked`` says the caller has just asked the remote and ``digests`` are all
+    lacking there: the existence checks are not repeated (one request per object saved).
 
     ``bases`` maps a chunk's digest to the same chunk of its parent version
     (delta.candidates); with a ``policy`` that is enabled, chunks whose base the
-    remote already has may be stored as xor-deltas (see the module doc).
+    remote already has may be stored as deltas (see the module doc).  ``elems``
+    maps digests to their dtype's item size (Manifest.itemsizes), which the
+    remote's ``auto`` codec chooses by; a digest it lacks counts as bytes.
+    Raises MissingObjectError when an object is in neither the cache nor the remote.
     """
     digests = set(digests)
-    lacking = remote.missing(digests)
+    lacking = set(digests) if checked else remote.missing(digests)
     absent = cache.missing(lacking)
     if absent:
         first = sorted(absent)[0]
@@ -276,8 +345,14 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
             f"{len(absent)} object(s) to push are in neither the cache nor {remote.url} "
             f"(first: {first}); fetch them or check out the version that made them")
     policy = policy or DeltaPolicy()
+    sizes = elems or {}
+
+    def elem(digest: str) -> int:
+        return sizes.get(digest, 1)
+
     if not (bases and policy.enabled):
-        stats = transfer(cache, remote, lacking, f"push {remote.url}", check_destination=False)
+        stats = transfer(cache, remote, lacking, f"push {remote.url}", check_destination=False,
+                         elems=elem)
         stats.skipped = len(digests) - len(lacking)
         return stats
     wanted = {d: bases[d] for d in lacking if d in bases}
@@ -293,12 +368,11 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
         ready = {d for d in pending if not (d in wanted and wanted[d].digest in pending)}
         ready = ready or set(pending)  # a cycle (a revert among the commits): all plain
         usable = {d: wanted[d] for d in ready if d in wanted and wanted[d].digest in have}
-        move = _delta_mover(cache, remote, usable, policy, stats.bases_used) if usable \
-            else None
+        move = _delta_mover(cache, remote, usable, policy, elem, stats.bases_used) \
+            if usable else None
         wave = transfer(cache, remote, ready, f"push {remote.url}", check_destination=False,
-                        move=move)
-        for name in ("objects", "raw_bytes", "stored_bytes", "deltas", "delta_saved"):
-            setattr(stats, name, getattr(stats, name) + getattr(wave, name))
+                        move=move, elems=elem)
+        stats.add(wave)
         have |= ready
         pending -= ready
     stats.seconds = time.perf_counter() - start

@@ -23,7 +23,7 @@ class Settings:
     lazy: bool = False
     concurrency: int = DEFAULT_CONCURRENCY
     workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
-    delta: bool = True  # theta-zarr.delta: pushes may store xor-deltas
+    delta: bool = True  # theta-zarr.delta: pushes may store deltas
     delta_ratio: float = DEFAULT_RATIO  # theta-zarr.delta-ratio
     delta_depth: int = DEFAULT_DEPTH  # theta-zarr.delta-depth
     opaque: bool = True  # theta-zarr.opaque: keep files no plug-in reads as opaque bytes

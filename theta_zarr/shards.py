@@ -113,23 +113,44 @@ def single(key: str, manifest: Manifest) -> Model:
 def combine(index: Index, shards: Mapping[str, Manifest]) -> Model:
     """The model an index and its shards' manifests (by shard path) make.
 
-    Raises ManifestError when a shard is missing or lacks a tensor the index puts in it.
+    The weight map names tensors as a loader sees them (``load_state_dict``'s keys),
+    which need not be parameters: in a PyTorch shard a tied alias (``lm_head.weight``)
+    or a slice of a fused weight lives in another tensor's storage.  Each key is
+    looked up among its shard's tensors; the model holds the parameters they live
+    in, and lists every key in ``format.tensors`` (``formats.tensor_views`` reads it).
+
+    Raises ManifestError when a shard is missing, lacks a tensor the index puts in it,
+    or when two shards hold a parameter of the same name.
     """
+    from .formats import FormatError, tensor_views, view_json
+
     params = {}
-    shard_of = {}
+    shard_of: dict[str, str] = {}
+    tensors = {}
     names = set()
-    for name, shard in index.weight_map.items():
+    views_of = {}
+    for key, shard in index.weight_map.items():
         path = index.shard_path(shard)
         m = shards.get(path)
         if m is None:
             raise ManifestError(f"{index.path}: shard {shard} is not a tracked checkpoint")
-        if name not in m.params:
-            raise ManifestError(f"{index.path}: {name!r} is not in shard {shard}")
-        params[name] = m.params[name]
-        shard_of[name] = path
+        if path not in views_of:
+            try:
+                views_of[path] = tensor_views(m)
+            except FormatError as e:
+                raise ManifestError(f"{index.path}: shard {shard}: {e}") from None
+        view = views_of[path].get(key)
+        if view is None or view.param not in m.params:
+            raise ManifestError(f"{index.path}: {key!r} is not in shard {shard}")
+        if shard_of.setdefault(view.param, path) != path:
+            raise ManifestError(f"{index.path}: shards {posixpath.basename(shard_of[view.param])}"
+                                f" and {shard} both hold a parameter {view.param!r}")
+        params[view.param] = m.params[view.param]
+        tensors[key] = view_json(view)
         names.add(m.format_name)
     fmt = names.pop() if len(names) == 1 else "mixed"
-    return Model(model_key(index.path), Manifest({"name": fmt, "sharded": True}, params),
+    return Model(model_key(index.path),
+                 Manifest({"name": fmt, "sharded": True, "tensors": tensors}, params),
                  shard_of, index, dict(shards))
 
 
@@ -137,13 +158,18 @@ def restrict_index(index: Index, kept: Mapping[str, Manifest]) -> bytes:
     """The index of a partial copy, as transformers writes one (sorted, indented).
 
     ``kept`` maps each shard written (its file name as the index spells it) to the
-    manifest written there; the weight map names exactly those tensors in those shards,
-    and ``metadata.total_size``, when present, is their size in bytes.
+    manifest written there; the weight map names exactly the tensors a loader finds
+    in those files (tied aliases included), and ``metadata.total_size``, when present,
+    is the size in bytes of their storages, each counted once (as huggingface_hub's
+    ``split_torch_state_dict_into_shards`` counts it).
     """
-    weight_map = {n: s for n, s in index.weight_map.items()
-                  if s in kept and n in kept[s].params}
+    from .formats import tensor_views
+
+    views = {s: tensor_views(m) for s, m in kept.items()}
+    weight_map = {n: s for n, s in index.weight_map.items() if s in kept and n in views[s]}
     metadata = dict(index.metadata)
     if "total_size" in metadata:
-        metadata["total_size"] = sum(kept[s].params[n].nbytes for n, s in weight_map.items())
+        stored = {(s, views[s][n].param) for n, s in weight_map.items()}
+        metadata["total_size"] = sum(kept[s].params[p].nbytes for s, p in stored)
     obj = {**index.extra, "metadata": metadata, "weight_map": weight_map}
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")

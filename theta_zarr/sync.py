@@ -42,8 +42,8 @@ from .manifest import (
     looks_like_manifest,
 )
 from .objects import ObjectStore, bounded_map
-from .refs import RefError, Refs, RefValue, check_ref_name
-from .remote import RemoteSpec, fetch_objects, open_remote, push_objects
+from .refs import RefError, Refs, RefValue, check_ref_name, default_base_ref
+from .remote import RemoteSpec, TransferStats, fetch_objects, open_remote, push_objects
 from .settings import Settings
 from .storage import BlobInfo, BlobNotFound, StorageError
 from .streams import write_atomic
@@ -264,6 +264,7 @@ class Cleaned:
     entry: FileEntry
     manifest_bytes: bytes | None
     sizes: dict[str, int]
+    elems: dict[str, int] = field(default_factory=dict)  # chunk digest -> dtype item size
 
 
 def clean_file(path: str, settings: Settings, cache: Cache, plain: bool = True) -> Cleaned:
@@ -280,7 +281,8 @@ def clean_file(path: str, settings: Settings, cache: Cache, plain: bool = True) 
             manifest = None
     if manifest is not None:
         data = manifest.to_bytes()
-        return Cleaned(FileEntry(manifest=chunking.digest(data)), data, chunk_sizes(manifest))
+        return Cleaned(FileEntry(manifest=chunking.digest(data)), data, chunk_sizes(manifest),
+                       manifest.itemsizes())
     return _store_plain(path, settings.chunk_bytes, cache)
 
 
@@ -334,38 +336,52 @@ def _link_message(folder: str, link: str, what: str) -> str:
 # -- push ----------------------------------------------------------------------------------------
 @dataclass
 class PushResult:
+    """One cluster push: the ref, what moved (``stats``: raw bytes and bytes over the
+    wire, delta or full), the checkpoint's raw size and the delta base ref used."""
+
     ref: str
     digest: str
     action: str
-    new_bytes: int = 0
+    stats: TransferStats = field(default_factory=TransferStats)
     total_bytes: int = 0
-    new_objects: int = 0
     seconds: float = 0.0
+    base: str | None = None  # the ref whose version gave the delta bases
+
+    @property
+    def new_bytes(self) -> int:
+        return self.stats.raw_bytes
+
+    @property
+    def new_objects(self) -> int:
+        return self.stats.objects
 
     def summary(self) -> str:
+        base = f"; delta base {self.base}" if self.base else "; no delta base"
         return (f"{self.action} {self.ref} -> {self.digest[:19]}: "
-                f"{self.new_bytes / 1e6:.1f} MB new / {self.total_bytes / 1e6:.1f} MB total "
-                f"({self.new_objects} objects uploaded), {self.seconds:.1f} s")
+                f"{self.stats.objects} objects sent, {self.stats.wire()}; "
+                f"{self.total_bytes / 1e6:.1f} MB total{base}; {self.seconds:.1f} s")
 
 
 def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
             bases: dict[str, delta.Base] | None = None,
-            policy: delta.DeltaPolicy | None = None) -> tuple[int, int, int, set[str]]:
-    """Objects, then manifests; returns (new raw bytes, total raw bytes, objects uploaded,
-    delta bases the uploaded deltas need).
+            policy: delta.DeltaPolicy | None = None) -> tuple[TransferStats, int]:
+    """Objects, then manifests; returns (what was sent, total raw bytes); what was sent
+    includes the delta bases the uploaded deltas need (``bases_used``).
 
     Objects the remote already has are reused; ``settle`` checks them again once the
     ref names them.
     """
     sizes: dict[str, int] = {}
+    elems: dict[str, int] = {}
     for c in cleaned:
         sizes.update(c.sizes)
+        elems.update(c.elems)
     lacking = remote.objects.missing(sizes)
-    stats = push_objects(cache, remote.objects, lacking, bases, policy)
+    stats = push_objects(cache, remote.objects, lacking, bases, policy, elems, checked=True)
     manifests = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
     for _ in bounded_map(remote.put_manifest, manifests, remote.objects.concurrency):
         pass
-    return stats.raw_bytes, sum(sizes.values()), stats.objects, stats.bases_used
+    return stats, sum(sizes.values())
 
 
 def settle(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
@@ -380,11 +396,13 @@ def settle(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
     delta was made from it).  Returns the number of blobs put back.
     """
     digests: set[str] = set(bases)
+    elems: dict[str, int] = {}
     for c in cleaned:
         digests.update(c.sizes)
+        elems.update(c.elems)
     vanished = remote.objects.missing(digests)
     if vanished:
-        push_objects(cache, remote.objects, vanished)
+        push_objects(cache, remote.objects, vanished, elems=elems)
     docs = [d for d in documents if d is not None]
     gone = [d for d in docs if not remote.objects._retry(
         lambda d=d: remote.blobs.exists(remote.manifest_key(chunking.digest(d))))]
@@ -424,7 +442,9 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
          base_ref: str | None = None) -> PushResult:
     """Publish a checkpoint file or directory under ``ref`` (or stage it as a shard).
 
-    ``skip`` leaves files of a directory out (watch's marker files).
+    ``skip`` leaves files of a directory out (watch's marker files).  Delta bases come
+    from ``base_ref``'s version or, when it is None, from ``refs.default_base_ref``:
+    ``ref`` itself if it exists, else the newest ref in its folder.
     """
     start = time.perf_counter()
     check_ref_name(ref)
@@ -448,21 +468,36 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     else:
         raise SyncError(f"{path}: no such file or directory")
     policy = settings.delta_policy
-    # delta bases: the version this one continues (``base_ref``), else what ``ref`` names now
-    base_ref = check_ref_name(base_ref) if base_ref else ref
-    bases = _ref_bases(remote, base_ref, names, cleaned) if policy.enabled else None
-    new, total, count, used = _upload(remote, cache, cleaned, bases, policy)
+    # delta bases: the version this one continues (``base_ref``), else the default
+    bases = None
+    if policy.enabled:
+        base_ref = check_ref_name(base_ref) if base_ref else _default_base(remote, ref)
+        bases = _ref_bases(remote, base_ref, names, cleaned) if base_ref else None
+    stats, total = _upload(remote, cache, cleaned, bases, policy)
     documents = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
     if shard is not None:
         remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry)
-        settle(remote, cache, cleaned, documents, used)
+        settle(remote, cache, cleaned, documents, stats.bases_used)
         return PushResult(ref, cleaned[0].entry.manifest or "blake3:" + "0" * 64,
-                          f"staged {names[0]} for", new, total, count,
-                          time.perf_counter() - start)
+                          f"staged {names[0]} for", stats, total,
+                          time.perf_counter() - start, base_ref)
     digest = remote.put_manifest(target)
     _, action = remote.refs.set(ref, digest, force=force)
-    settle(remote, cache, cleaned, [*documents, target], used)
-    return PushResult(ref, digest, action, new, total, count, time.perf_counter() - start)
+    settle(remote, cache, cleaned, [*documents, target], stats.bases_used)
+    return PushResult(ref, digest, action, stats, total, time.perf_counter() - start,
+                      base_ref)
+
+
+def _default_base(remote: SyncRemote, ref: str) -> str | None:
+    """``ref`` itself when it exists (a forced move continues what it named), else
+    refs.default_base_ref: the newest other ref in its folder (None when the refs
+    cannot be read)."""
+    try:
+        if remote.refs.read(ref) is not None:
+            return ref
+        return default_base_ref(remote.refs, ref)
+    except StorageError:
+        return None
 
 
 def combine(remote: SyncRemote, ref: str, force: bool = False,
@@ -567,6 +602,10 @@ def _write_plain(entry: FileEntry, out, cache: Cache, workers: int) -> None:
 
 @dataclass
 class RefRow:
+    """One line of ``ls``: ``nbytes`` is the checkpoint's raw size, ``stored`` what its
+    distinct chunk objects take on the remote as stored (compressed, or as deltas:
+    a chunk shared with other refs counts in each)."""
+
     name: str
     mtime: float | None
     digest: str
@@ -574,11 +613,17 @@ class RefRow:
     params: int
     files: int
     error: str | None = None
+    stored: int = 0
 
 
 def ls(remote: SyncRemote, prefix: str = "") -> list[RefRow]:
-    """Every ref under ``prefix`` with its time, size and parameter count."""
+    """Every ref under ``prefix`` with its time, raw and stored size and parameter count.
+
+    Stored sizes come from one listing of the remote's objects (a request per
+    thousand objects on S3 and GCS), not one request per chunk.
+    """
     listed = list(remote.refs.list(prefix))
+    stored = {d: n for d, n, _ in remote.objects.iter_digests()} if listed else {}
 
     def row(item: tuple[str, BlobInfo]) -> RefRow:
         name, info = item
@@ -590,7 +635,11 @@ def ls(remote: SyncRemote, prefix: str = "") -> list[RefRow]:
             remote.load(e.manifest) if e.manifest else e for e in target.files.values()]
         nbytes = sum(m.nbytes if isinstance(m, Manifest) else m.size for m in members)
         params = sum(len(m.params) for m in members if isinstance(m, Manifest))
-        return RefRow(name, info.mtime, value.digest, nbytes, params, len(members))
+        chunks: set[str] = set()
+        for m in members:
+            chunks |= m.digests() if isinstance(m, Manifest) else set(m.chunks)
+        return RefRow(name, info.mtime, value.digest, nbytes, params, len(members),
+                      stored=sum(stored.get(d, 0) for d in chunks))
 
     rows = [r for _, r in bounded_map(row, listed, remote.objects.concurrency)]
     return sorted(rows, key=lambda r: r.name)

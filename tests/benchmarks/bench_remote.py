@@ -12,8 +12,8 @@ the loopback object-storage server(s) itself (``backends/s3/serve``, and with
 
 1. push: ``git push`` to a bare repository whose theta remote is a bucket (the
    pre-push hook checks and uploads the objects), with the remote's default codec
-   (zstd) and with ``--remote-option compression=raw``; baseline: the same encoded objects
-   (read from the cache / zstd-encoded beforehand, held in memory) written by
+   (``auto``: blosc for the bf16 chunks) and with ``--remote-option compression=raw``; baseline: the
+   same encoded objects (read from the cache / encoded beforehand, held in memory) written by
    fsspec's async API with the same concurrency (``asyncio`` + a semaphore), into a
    fresh bucket;
 2. pull: a fresh ``git clone`` (filter installed ``--global`` in a temporary HOME)
@@ -288,7 +288,7 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
                 concurrency: int, keep: bool) -> Result:
     res = Result(kind)
     tag = uuid.uuid4().hex[:12]
-    buckets = {name: f"tz-{name}-{tag}" for name in ("zstd", "raw", "basez", "baser")}
+    buckets = {name: f"tz-{name}-{tag}" for name in ("auto", "raw", "basez", "baser")}
     server = Server(kind, list(buckets.values()), work)
     try:
         env = {**base_env, **server.env}
@@ -299,7 +299,7 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
         git("init", "-q", "-b", "main")
         git.run(["git-theta-zarr", "install"])
         git.run(["git-theta-zarr", "track", "*.safetensors"])
-        url_z, url_r = server.url(buckets["zstd"]), server.url(buckets["raw"])
+        url_z, url_r = server.url(buckets["auto"]), server.url(buckets["raw"])
         git.run(["git-theta-zarr", "remote", "add", "origin", url_z, "--remote-option",
                  f"endpoint-url={server.endpoint}", "--shared"])
         bare_z, bare_r = os.path.join(work, f"{kind}-z.git"), os.path.join(work, f"{kind}-r.git")
@@ -322,22 +322,22 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
             with open(os.path.join(cache, *k.split("/")), "rb") as f:
                 raw_objs[k] = f.read()
         raw_bytes = sum(len(codecs.decode(v)) for v in raw_objs.values())
-        log(f"[{kind}] zstd-encoding {len(keys)} objects for the baseline")
+        log(f"[{kind}] encoding {len(keys)} objects (auto codec) for the baseline")
         t = time.perf_counter()
         with cf.ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
-            encoded = pool.map(lambda v: codecs.encode_bytes(codecs.decode(v), "zstd"),
+            encoded = pool.map(lambda v: codecs.encode_bytes(codecs.decode(v), "auto", 2),
                                raw_objs.values())
             z_objs = dict(zip(keys, encoded, strict=True))
         t_encode = time.perf_counter() - t
         z_bytes = sum(len(v) for v in z_objs.values())
         r_bytes = sum(len(v) for v in raw_objs.values())
-        res.diag.append((f"zstd-1 encode of all {len(keys)} chunks, {os.cpu_count()} threads, "
+        res.diag.append((f"blosc encode of all {len(keys)} chunks, {os.cpu_count()} threads, "
                          "no I/O", f"{t_encode:.2f} s ({mibs(raw_bytes, t_encode)})"))
 
         # 1. push: baseline then theta-zarr, per codec
         pushes = {}
         for codec, objs, bare_remote, url, base_bucket, nbytes in (
-                ("zstd", z_objs, "origin", url_z, buckets["basez"], z_bytes),
+                ("auto", z_objs, "origin", url_z, buckets["basez"], z_bytes),
                 ("raw", raw_objs, "rawo", url_r, buckets["baser"], r_bytes)):
             base_url = server.url(base_bucket)
             log(f"[{kind}] raw put, {codec} objects ({human(nbytes)})")
@@ -358,18 +358,18 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
             summary = [ln for ln in err.splitlines() if "uploaded" in ln]
             if summary:
                 res.diag.append((f"pre-push report, {codec}", summary[-1].strip()))
-        for codec in ("zstd", "raw"):
+        for codec in ("auto", "raw"):
             sb = pushes[codec][1]
             res.rows.append(Row(f"bytes uploaded, {codec} (objects in the bucket)",
                                 f"{human(sb)}", f"file size: {human(file_size)}",
                                 sb / file_size, f"{sb / file_size:.3f}x", "", None))
 
         # 2. pull: fresh clones by a user who ran `install --global` (in HOME)
-        for codec, url in (("zstd", url_z), ("raw", url_r)):
+        for codec, url in (("auto", url_z), ("raw", url_r)):
             log(f"[{kind}] raw get, {codec} objects")
             t_base, got = raw_get(server, url, keys, concurrency)
             dest = os.path.join(work, f"{kind}-clone-{codec}")
-            extra = [] if codec == "zstd" else ["-c", f"theta-zarr.remote.origin.url={url}"]
+            extra = [] if codec == "auto" else ["-c", f"theta-zarr.remote.origin.url={url}"]
             log(f"[{kind}] git clone, {codec} bucket")
             t_clone, _ = Git(work, env).timed("clone", "-q", *extra, bare_z, dest)
             cache_n, _ = dir_bytes(os.path.join(dest, ".git", "theta-zarr", "objects"))
@@ -429,7 +429,7 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
                             f"the layer: {human(layer_bytes)} ({len(layer_digests)} chunks)",
                             entered / layer_bytes, f"{entered / layer_bytes:.3f}x", "equal",
                             entered == layer_bytes and got_digests == layer_digests))
-        res.rows.append(Row("lazy load: bytes fetched from the bucket (zstd objects)",
+        res.rows.append(Row("lazy load: bytes fetched from the bucket (auto objects)",
                             human(fetched_stored), f"the layer: {human(layer_bytes)}",
                             fetched_stored / layer_bytes, f"{fetched_stored / layer_bytes:.3f}x",
                             "", None))

@@ -135,7 +135,7 @@ def test_diffs_across_a_file_committed_before_tracking_never_die(make_repo):
     d = r.out("diff", "HEAD~1", "HEAD", "--", "model.bin")
     assert "old: not stored by theta-zarr (190 bytes" in d and "+ w" in d
     log = r.out("log", "-p", "--", "model.bin")
-    assert "-# not a checkpoint theta-zarr reads (190 bytes" in log
+    assert "-# not stored by theta-zarr (190 bytes, committed before it was tracked)" in log
     assert "+w float32[3] inline" in log
     js = r.tz("diff", "--json", "HEAD~1", "HEAD").stdout.decode()
     assert '"kind": "plain"' in js

@@ -127,3 +127,64 @@ def test_pytorch_bin_index_and_bad_indexes(repo):
         index.write_text(json.dumps({"weight_map": weight_map}))
         with pytest.raises(ValueError, match=message):
             theta_zarr.load_state_dict(str(index), rev=None)
+
+
+def _tied_bin_model(repo) -> dict:
+    """A .bin sharded model whose shards hold tensors that are no parameter of their own:
+    a tied alias (lm_head.weight is embed.weight) and two slices of one fused weight."""
+    repo.tz("track", "*.bin")
+    qkv = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    embed = torch.full((3, 4), 2.0)
+    sd = {"attn.q": qkv[:2], "attn.k": qkv[2:4], "mlp.w": torch.ones(4, 4),
+          "embed.weight": embed, "lm_head.weight": embed}
+    _bin_shards(repo, sd, {"pytorch_model-00001-of-00002.bin": ["attn.q", "attn.k", "mlp.w"],
+                           "pytorch_model-00002-of-00002.bin": ["embed.weight",
+                                                                "lm_head.weight"]})
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "bin shards with a tied head and a fused weight")
+    return sd
+
+
+def test_bin_shards_with_tied_aliases_and_views_are_one_model(repo):
+    sd = _tied_bin_model(repo)
+    got = theta_zarr.load_state_dict(str(repo.path / "bert"))
+    assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+    assert got["lm_head.weight"].data_ptr() == got["embed.weight"].data_ptr()
+    assert got["attn.k"].untyped_storage().data_ptr() == \
+        got["attn.q"].untyped_storage().data_ptr()
+    picked = theta_zarr.load_state_dict(str(repo.path / "bert"), include=["lm_head.*",
+                                                                           "attn.k"])
+    assert set(picked) == {"lm_head.weight", "attn.k"}
+    assert torch.equal(picked["lm_head.weight"], sd["embed.weight"])
+    assert torch.equal(picked["attn.k"], sd["attn.k"])
+
+
+def test_materialize_include_of_a_tied_alias_in_bin_shards(repo):
+    sd = _tied_bin_model(repo)
+    proc = repo.tz("materialize", "bert", "--include", "lm_head.*")
+    assert b"1 of 3 parameters in 1 shard(s)" in proc.stdout
+    part = repo.path / "bert.partial"
+    index = json.loads((part / "pytorch_model.bin.index.json").read_text())
+    # the shard written holds the alias and the tensor it ties to; the index names both
+    assert index["weight_map"] == {"embed.weight": "pytorch_model-00002-of-00002.bin",
+                                   "lm_head.weight": "pytorch_model-00002-of-00002.bin"}
+    assert index["metadata"]["total_size"] == 3 * 4 * 4  # one storage, counted once
+    loaded = torch.load(part / "pytorch_model-00002-of-00002.bin", weights_only=True)
+    assert torch.equal(loaded["lm_head.weight"], sd["lm_head.weight"])
+    assert loaded["lm_head.weight"].data_ptr() == loaded["embed.weight"].data_ptr()
+
+
+def test_bin_reshard_moving_a_tied_storage_diffs_as_moved(repo):
+    sd = _tied_bin_model(repo)
+    sd["mlp.w"] = sd["mlp.w"] * 3
+    _bin_shards(repo, sd, {"pytorch_model-00001-of-00002.bin": ["attn.q", "attn.k"],
+                           "pytorch_model-00002-of-00002.bin": ["mlp.w", "embed.weight",
+                                                                "lm_head.weight"]})
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "re-shard, change mlp.w")
+    out = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)
+    (f,) = out["files"]
+    s = f["summary"]
+    assert (s["changed"], s["added"], s["removed"]) == (1, 0, 0)
+    assert f["params"][0]["name"] == "mlp.w"
+    assert [m["name"] for m in f["moved"]] == ["mlp.w"]

@@ -59,8 +59,9 @@ def test_second_push_uploads_only_changed_chunks_and_pull_is_bit_exact(case, tmp
     m2 = remote.load(remote.refs.read("run7/step-2").digest)
     changed = m2.digests() - m1.digests()
     assert changed and after - before == changed
-    assert f"({len(changed)} objects uploaded)" in err
-    assert "MB new /" in err and "MB total" in err and " s" in err
+    assert f": {len(changed)} objects sent, " in err
+    assert "MB raw -> " in err and "MB total" in err and " s" in err
+    assert "delta base run7/step-1" in err  # the newest ref in the folder
     # pull into a fresh folder: bit-exact
     out = tmp_path / "fresh" / "model.safetensors"
     tz(["pull", case.url, "run7/step-2", "-o", str(out), *case.cli_options(),

@@ -27,7 +27,8 @@ def test_watch_pushes_complete_checkpoints_once(tmp_path):
     assert "created run7/step-1" in err
     (ckpt / "step-2" / "DONE").write_text("")
     err = tz(args, env).stderr.decode()
-    assert "run7/step-1" not in err  # the state file: nothing is pushed twice
+    assert "created run7/step-1" not in err  # the state file: nothing is pushed twice
+    assert "delta base run7/step-1" in err  # step-2 continues step-1
     assert "created run7/step-2" in err
     assert [n for n, _ in remote.refs.list("run7/")] == ["run7/step-1", "run7/step-2"]
     files = remote.load(remote.refs.read("run7/step-2").digest).files
@@ -66,4 +67,4 @@ def test_watch_deltas_each_step_against_the_one_before(tmp_path):
                            .files["model.safetensors"].manifest) for s in (1, 2)]
     new = members[1].digests() - members[0].digests()
     forms = {codecs.split(remote.objects.blobs.get(object_key(d)))[0] for d in new}
-    assert new and forms == {"xor-delta"}
+    assert new and forms == {"int-delta"}

@@ -85,7 +85,8 @@ def register(main: click.Group) -> None:
                   help="the ref to create or move")
     @click.option("--force", is_flag=True, help="move the ref even if it points elsewhere")
     @click.option("--base-ref", default=None, callback=_ref_name,
-                  help="the ref this checkpoint continues (delta base; default: --ref's value)")
+                  help="the ref this checkpoint continues (delta base; default: --ref if it "
+                       "exists, else the newest ref in --ref's folder)")
     @click.option("--shard", is_flag=True,
                   help="stage this file as one shard of --ref (finish with 'combine')")
     @click.option("--name", "shard_name", default=None, help="the shard's name in the set")
@@ -206,7 +207,7 @@ def register(main: click.Group) -> None:
     @remote_options
     @reports_errors
     def ls(remote_arg: str, prefix: str, options: tuple[str, ...]) -> None:
-        """Refs of REMOTE (under PREFIX): time, size, parameters, manifest digest."""
+        """Refs of REMOTE (under PREFIX): time, raw size, stored size, parameters, digest."""
         from .. import sync
 
         for row in sync.ls(open_sync_remote(remote_arg, options), prefix):
@@ -216,7 +217,8 @@ def register(main: click.Group) -> None:
                 click.echo(f"{row.name}\t{when}\terror: {redact(row.error)}")
                 continue
             files = f"  {row.files} files" if row.files > 1 else ""
-            click.echo(f"{row.name}\t{when}\t{human(row.nbytes)}\t{row.params} params"
+            click.echo(f"{row.name}\t{when}\t{human(row.nbytes)}\t"
+                       f"{human(row.stored)} stored\t{row.params} params"
                        f"{files}\t{row.digest[:19]}")
 
     @main.command("diff-refs")

@@ -8,7 +8,7 @@ The calls DCP makes, and what each does here:
    A ref that exists already fails the save here, before any upload.
 2. ``write_data`` (every rank, concurrently): hash the chunks of its own shards
    straight from the tensors' memory, ask the remote which it lacks, upload
-   those (plain, or as xor-deltas against the same chunk of the base step),
+   those (plain, or as deltas against the same chunk of the base step),
    concurrently.  Nothing is written to local disk.
 3. ``finish`` (coordinator): one manifest (DCP's metadata plus every chunk
    digest of every shard), then the ref moves by conditional write: of two
@@ -73,7 +73,9 @@ class _Upload:
     deltas: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, raw: int, stored: int, saved: int) -> None:
+    def add(self, raw: int, stored: int, saved: int, read: int = 0) -> None:
+        """One object moved: raw bytes, bytes stored, bytes a delta saved (-1: none),
+        bytes read (unused here)."""
         with self.lock:
             self.objects += 1
             self.raw += raw
@@ -103,7 +105,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
     bases; default: the newest other ref under ``ref``'s folder); ``force``: move
     a ref that already names another checkpoint (compare-and-swap);
     ``chunk_size``: target raw chunk bytes; ``delta``: store changed chunks as
-    xor-deltas where that pays.  ``dcp.save(..., checkpoint_id=NAME)`` overrides ``ref``.
+    deltas where that pays.  ``dcp.save(..., checkpoint_id=NAME)`` overrides ``ref``.
     """
 
     def __init__(self, remote: str, ref: str, *, base_ref: str | None = None,
@@ -231,7 +233,9 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         claimed: set[str] = set()
         reused: set[str] = set()
         lock = threading.Lock()
-        mover = _delta_mover(chunks, objects, bases, self.policy)  # type: ignore[arg-type]
+        itemsizes: dict[str, int] = {}  # for the remote's auto codec (chosen by dtype)
+        mover = _delta_mover(chunks, objects, bases, self.policy,  # type: ignore[arg-type]
+                             lambda d: itemsizes.get(d, 1))
 
         def one(job: tuple[str, int, memoryview]) -> str:
             fqn, gi, view = job
@@ -240,6 +244,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                 first = d not in claimed
                 claimed.add(d)
                 chunks.views.setdefault(d, view)
+                itemsizes.setdefault(d, by_name(geometry[fqn][1]).itemsize)
             if first and objects.has(d):
                 with lock:
                     reused.add(d)

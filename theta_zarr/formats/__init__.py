@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import functools
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
-from .base import Format, FormatError, NotWeights, Source
+from .base import Format, FormatError, NotWeights, Source, TensorView
 
-__all__ = ["Format", "FormatError", "NotWeights", "Source", "all_formats", "detect", "get_format"]
+if TYPE_CHECKING:
+    from ..manifest import Manifest
+
+__all__ = ["Format", "FormatError", "NotWeights", "Source", "TensorView", "all_formats",
+           "detect", "get_format", "tensor_views", "view_json"]
 
 ENTRY_POINT_GROUP = "theta_zarr.formats"
 
@@ -56,3 +61,34 @@ def detect(head: bytes, name: str = "checkpoint") -> Format:
             return fmt
     kinds = ", ".join(f.name for f in all_formats() if f.name != "opaque")
     raise NotWeights(f"{name}: not a checkpoint theta-zarr can read (known formats: {kinds})")
+
+
+def view_json(view: TensorView) -> dict[str, Any]:
+    """A TensorView as JSON: ``{"param": P}``, plus ``dtype`` and ``view``
+    (``[offset, shape, stride]``, in elements) when the tensor is not the whole parameter."""
+    out: dict[str, Any] = {"param": view.param}
+    if view.dtype is not None:
+        out["dtype"] = view.dtype
+    if view.shape is not None:
+        out["view"] = [view.offset, list(view.shape), list(view.stride or ())]
+    return out
+
+
+def tensor_views(manifest: Manifest) -> dict[str, TensorView]:
+    """Every tensor a reader of ``manifest`` gets, by key (``load_state_dict``'s keys).
+
+    A checkpoint file asks its plug-in (``Format.tensors``: tied aliases and views of
+    one storage included).  A sharded model (``theta_zarr.shards.combine``) lists its
+    tensors itself in ``format.tensors``, as ``view_json`` writes them, because its
+    shards' plug-in data (a torch tree per shard) does not combine into one.
+    Raises FormatError when the plug-in is not installed.
+    """
+    fmt = manifest.format
+    if fmt.get("sharded"):
+        out = {}
+        for key, v in (fmt.get("tensors") or {}).items():
+            view = v.get("view")
+            out[key] = TensorView(v["param"], v.get("dtype")) if view is None else \
+                TensorView(v["param"], v.get("dtype"), view[0], tuple(view[1]), tuple(view[2]))
+        return out
+    return get_format(manifest.format_name).tensors(fmt, manifest.params)

@@ -122,6 +122,15 @@ class TorchFormat(Format):
                 out[key] = _view_of_leaf(leaf)
         return out
 
+    def describe(self, fmt: dict[str, Any]) -> dict[str, Any]:
+        """Non-tensor leaves of the saved object by key path (``step``,
+        ``scheduler.last_epoch``); a tensor leaf only when it is not plainly the parameter
+        of its own path (a tied alias, a storage detail)."""
+        out: dict[str, Any] = {}
+        _describe_tree(fmt.get("tree"), (), out)
+        out.update(flatten_json({k: v for k, v in fmt.items() if k not in ("name", "tree")}))
+        return out
+
 
 def view_tensor(base: torch.Tensor, view: TensorView) -> torch.Tensor:
     """The tensor ``view`` describes, sharing ``base``'s storage (no copy)."""
@@ -219,33 +228,34 @@ def _refusal(e: Exception) -> str:
             return ln[:200]
     return (lines[-1] if lines else "unsafe pickle")[:200]
 
-    def describe(self, fmt: dict[str, Any]) -> dict[str, Any]:
-        """Non-tensor leaves of the saved object by key path (``step``,
-        ``scheduler.last_epoch``); a tensor leaf only when it is not plainly the parameter
-        of its own path (a tied alias, a storage detail)."""
-        out: dict[str, Any] = {}
-        _describe_tree(fmt.get("tree"), (), out)
-        out.update(flatten_json({k: v for k, v in fmt.items() if k not in ("name", "tree")}))
-        return out
-
-
 def _describe_tree(node: Any, path: tuple[str, ...], out: dict[str, Any]) -> None:
+    """Fill ``out`` with the describable leaves of a ``format.tree`` node at ``path``.
+
+    Keys are the dotted key paths ``tensors`` uses (so a plain state dict's tensors,
+    whose parameter is named by their own path, are left out); a state dict's
+    attributes (``_metadata``) are listed under ``<path>.(attrs)``.
+    """
     key = ".".join(path) or "(top level)"
-    if not isinstance(node, dict) or len(node) != 1 and "__tensor__" not in node:
+    if not isinstance(node, dict):
         out[key] = node
         return
     if "__tensor__" in node:
         extra = {k: v for k, v in node.items() if k != "__tensor__"}
-        if node["__tensor__"] != key or extra:
+        if node["__tensor__"] != (".".join(path) or "tensor") or extra:
             out[key] = {"tensor": node["__tensor__"], **extra}
         return
-    (tag, value), = node.items()
+    if len(node) == 2 and "attrs" in node and "__odict__" in node:
+        _describe_tree({"__odict__": node["__odict__"]}, path, out)
+        _describe_tree(node["attrs"], (*path, "(attrs)"), out)
+        return
+    (tag, value), = node.items() if len(node) == 1 else ((None, None),)
     if tag in ("__dict__", "__odict__") and isinstance(value, list) and value:
         for pair in value:
-            k = pair[0] if isinstance(pair, list) and len(pair) == 2 else pair
-            shown = k if isinstance(k, str) else json.dumps(k, sort_keys=True)
-            _describe_tree(pair[1] if isinstance(pair, list) and len(pair) == 2 else None,
-                           (*path, shown), out)
+            if isinstance(pair, list) and len(pair) == 2:
+                k = _plain(pair[0]) if isinstance(pair[0], dict) else pair[0]
+                _describe_tree(pair[1], (*path, str(k)), out)
+            else:  # not a [key, value] pair: shown as it is (a hand-edited tree)
+                out[".".join((*path, json.dumps(pair, sort_keys=True)))] = None
     elif tag in ("__list__", "__tuple__") and isinstance(value, list) and value:
         for i, v in enumerate(value):
             _describe_tree(v, (*path, str(i)), out)

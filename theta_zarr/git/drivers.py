@@ -53,13 +53,18 @@ def _blob(repo: Repo, spec: str) -> bytes | None:
         return None
 
 
-def foreign_blob(data: bytes) -> Foreign:
-    """A stored blob that is no manifest: a git-lfs pointer, or a file kept as it is."""
-    pointer = lfs.parse(data)
+def foreign_blob(data: bytes, size: int | None = None) -> Foreign:
+    """A stored blob that is no manifest: a git-lfs pointer, or a file kept as it is.
+
+    ``data`` is the blob, or its first bytes (at least ``lfs.MAX_POINTER`` of them)
+    when ``size`` gives its full length.
+    """
+    size = len(data) if size is None else size
+    pointer = lfs.parse(data) if size == len(data) else None
     if pointer is not None:
         return Foreign("git-lfs", pointer.describe(), pointer.to_json())
-    return Foreign("plain", f"not stored by theta-zarr ({len(data)} bytes, committed before "
-                   "it was tracked)", {"size": len(data)})
+    return Foreign("plain", f"not stored by theta-zarr ({size} bytes, committed before "
+                   "it was tracked)", {"size": size})
 
 
 def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Side:
@@ -187,6 +192,14 @@ def textconv(file: str) -> list[str]:
     # git's temp files live outside the work tree; the work-tree file keeps its path,
     # whose index manifest then gives the recorded chunk shapes
     name = os.path.basename(file) if rel.startswith("..") else rel
+    if rel.startswith(".."):
+        # git's copy of a stored blob: one that is no manifest was stored as it is
+        # (a git-lfs pointer, a file committed before it was tracked); it is
+        # described, never cleaned, as the diff driver does
+        with open(file, "rb") as f:
+            head = f.read(lfs.MAX_POINTER)
+        if head and not looks_like_manifest(head[:64]):
+            return [f"# {foreign_blob(head, os.path.getsize(file)).text}"]
     m = manifest_from_file(repo, file, name)
     if isinstance(m, Foreign):
         return [f"# {m.text}"]

@@ -53,9 +53,12 @@ def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
     cache = checkpoint.open_cache(settings)
     remote = open_remote(spec, settings.concurrency, need="write")
     digests = set().union(*(m.digests() for m in manifests))
+    elems: dict[str, int] = {}
+    for m in manifests:
+        elems.update(m.itemsizes())
     policy = settings.delta_policy
     bases = parent_bases(repo, *commits) if commits and policy.enabled else None
-    stats = push_objects(cache, remote, digests, bases, policy)
+    stats = push_objects(cache, remote, digests, bases, policy, elems)
     where = f"to {spec.name} ({remote.url}{'; ' + why if why else ''})"
     print(f"theta-zarr: {stats.summary('uploaded', where)}", file=sys.stderr)
     return stats

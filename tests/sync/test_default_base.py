@@ -1,0 +1,75 @@
+"""Deltas by default for cluster jobs: a push without --base-ref continues the newest ref
+of its folder, says so, and reports the bytes sent; ls shows what each ref stores."""
+
+from __future__ import annotations
+
+import pytest
+from sync_helpers import CHUNK, SHAPE, Case, env_for, model, sha, tz
+
+from theta_zarr import codecs, delta, sync
+from theta_zarr.demo import write_model
+from theta_zarr.refs import RefError, default_base_ref
+from theta_zarr.storage import BlobInfo
+
+
+def test_default_base_ref_is_the_newest_ref_of_the_same_folder():
+    refs = [("run7/step-1000", 100.0), ("run7/step-2000", 200.0), ("run8/step-9000", 900.0),
+            ("run7/eval/step-5000", 950.0), ("latest", 999.0)]
+    assert default_base_ref(refs, "run7/step-3000") == "run7/step-2000"
+    assert default_base_ref(refs, "run7/step-2000") == "run7/step-1000"  # another ref
+    assert default_base_ref(refs, "run9/step-1") is None
+    assert default_base_ref(refs, "best") == "latest"  # the top level is a folder too
+    assert default_base_ref(refs, "run7/eval/step-6000") == "run7/eval/step-5000"
+    assert default_base_ref([], "run7/step-1") is None
+    # equal or unknown times: natural name order (step-1000 after step-999)
+    assert default_base_ref([("r/step-1000", None), ("r/step-999", None)],
+                            "r/step-2000") == "r/step-1000"
+    assert default_base_ref([("r/step-1000", 5.0), ("r/step-999", 5.0)], "r/x") == "r/step-1000"
+    assert default_base_ref([("r/old", 1.0), ("r/zzz", None)], "r/x") == "r/old"
+    # Refs.list's (name, BlobInfo) pairs
+    infos = [("r/a", BlobInfo("refs/r/a", 80, 300.0)), ("r/b", BlobInfo("refs/r/b", 80, 100.0))]
+    assert default_base_ref(infos, "r/c") == "r/a"
+    with pytest.raises(RefError):
+        default_base_ref(refs, "run7/bad..name")
+
+
+def test_dense_step_goes_as_deltas_over_the_previous_step_without_base_ref(tmp_path):
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    env = env_for(case, tmp_path)
+    opts = ["--chunk-size", CHUNK]
+    first = model(tmp_path / "step-1000.safetensors")
+    err = tz(["publish", str(first), case.url, "--ref", "run7/step-1000", *opts], env
+             ).stderr.decode()
+    assert "no delta base" in err and "MB raw -> " in err
+    # a dense fine-tune step: every tensor moves by about 1e-3 relative
+    second = tmp_path / "step-2000.safetensors"
+    write_model(str(second), SHAPE, tuned=[n for n, _ in SHAPE.tensors()], step=1e-3)
+    err = tz(["publish", str(second), case.url, "--ref", "run7/step-2000", *opts], env
+             ).stderr.decode()
+    assert "delta base run7/step-1000" in err, err
+    assert " deltas " in err and " full " not in err, err  # every changed chunk a delta
+    remote = case.remote()
+    m1 = remote.load(remote.refs.read("run7/step-1000").digest)
+    m2 = remote.load(remote.refs.read("run7/step-2000").digest)
+    changed = m2.digests() - m1.digests()
+    assert changed
+    forms = {remote.objects.delta_header(d).form for d in changed}
+    assert forms == {delta.INT}
+    # full objects of the first push: chosen by dtype (bf16 -> blosc)
+    heads = {codecs.split(remote.objects.get_encoded(d))[0] for d in m1.digests()}
+    assert heads == {"blosc"}
+    out = tmp_path / "fresh" / "model.safetensors"
+    tz(["pull", case.url, "run7/step-2000", "-o", str(out), "--cache",
+        str(tmp_path / "fresh-cache")], env)
+    assert sha(out) == sha(second)
+    # another folder: no base
+    err = tz(["publish", str(second), case.url, "--ref", "run8/step-1", *opts], env
+             ).stderr.decode()
+    assert "no delta base" in err
+    # ls: raw and stored size per ref; the delta step stores a fraction of the first
+    rows = {r.name: r for r in sync.ls(remote, "run7/")}
+    assert rows["run7/step-2000"].nbytes == rows["run7/step-1000"].nbytes
+    assert 0 < rows["run7/step-2000"].stored < 0.5 * rows["run7/step-1000"].stored
+    assert rows["run7/step-1000"].stored < rows["run7/step-1000"].nbytes
+    lines = tz(["ls", case.url, "run7/"], env).stdout.decode().splitlines()
+    assert len(lines) == 2 and all("stored" in line.split("\t")[3] for line in lines)
