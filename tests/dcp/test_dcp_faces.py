@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 import theta_zarr
 from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
 from theta_zarr.objects import ObjectStore, object_key
+from theta_zarr.refs import Refs
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -102,6 +103,53 @@ def test_a_reused_object_taken_by_gc_mid_save_is_put_back(case, monkeypatch):
     assert taken and case.remote().objects.has(victim)
     assert torch.equal(load(case, "run/step-2-again")["layers.0.w"],
                        expected(2)["layers.0.w"])
+
+
+def _gc_as_the_ref_moves(monkeypatch, root: str, victim: str, forget: bool = False) -> list:
+    """Refs.set deletes ``victim`` first: a gc sweeping it after every rank's check;
+    ``forget`` also drops the coordinator's chunks (as if another rank held it)."""
+    real_set, taken = Refs.set, []
+
+    def set_after_gc(self, name, digest, force=False):
+        if not taken:
+            taken.append(victim)
+            (Path(root) / object_key(victim)).unlink()
+            if forget:
+                for writer in writers:
+                    writer._held = None
+        return real_set(self, name, digest, force)
+
+    writers: list[ThetaZarrWriter] = []
+    monkeypatch.setattr(Refs, "set", set_after_gc)
+    return writers
+
+
+def test_an_object_taken_by_gc_before_the_ref_moves_is_put_back(case, monkeypatch):
+    _, manifest = case.remote().resolve("run/step-2")
+    victim = manifest.params["layers.0.w"].chunks[0]
+    _gc_as_the_ref_moves(monkeypatch, case.url, victim)
+    save(case, "run/step-2-again", 2)
+    monkeypatch.undo()
+    assert case.remote().objects.has(victim)
+    assert torch.equal(load(case, "run/step-2-again")["layers.0.w"],
+                       expected(2)["layers.0.w"])
+
+
+def test_an_object_only_another_rank_held_fails_the_save_clearly(case, monkeypatch):
+    _, manifest = case.remote().resolve("run/step-2")
+    victim = manifest.params["layers.0.w"].chunks[0]
+    writers = _gc_as_the_ref_moves(monkeypatch, case.url, victim, forget=True)
+    state = {**{n: t.clone() for n, t in expected(2).items() if n in MODEL},
+             "step": 2, "opt": {"lr": 0.2}}
+    writer = ThetaZarrWriter(case.url, "run/step-2-again", chunk_size=4096)
+    writers.append(writer)
+    with pytest.raises(CheckpointException, match="concurrent gc removed"):
+        dcp.save(state, storage_writer=writer)
+    monkeypatch.undo()
+    assert not case.remote().objects.has(victim)
+    again = ThetaZarrWriter(case.url, "run/step-2-again", chunk_size=4096, force=True)
+    dcp.save(state, storage_writer=again)  # what the error says to do
+    assert case.remote().objects.has(victim)
 
 
 def test_ls_and_diff_refs_between_steps(case, tmp_path):

@@ -17,6 +17,14 @@ The calls DCP makes, and what each does here:
 A rank that dies before ``finish`` leaves the ref where it was; the chunks
 already uploaded are unreferenced (gc's grace period keeps them a while, and
 the next save skips the ones it needs).
+
+A gc running during the save may take an old, unreachable object a rank reused
+(or a delta base) after the rank saw it.  Each rank checks its reused objects
+again at the end of ``write_data``; after the ref moves, the coordinator checks
+every object the manifest names and every delta base the ranks used, and puts
+back those it holds (its own rank's chunks, kept until ``finish``).  One that
+only another rank held fails the save with a one-line error saying to save
+again (see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ class _Chunks:
     def __init__(self, remote: DcpRemote):
         self.remote = remote
         self.views: dict[str, memoryview] = {}
+        self.itemsizes: dict[str, int] = {}  # digest -> its dtype's item size
 
     def get(self, digest: str) -> bytes | memoryview:
         view = self.views.get(digest)
@@ -122,6 +131,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         self.result: SaveResult | None = None
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._base_name: str | None = None
+        self._held: _Chunks | None = None  # the coordinator's chunks, until finish
 
     # -- StorageWriter ----------------------------------------------------------------------
     def reset(self, checkpoint_id: Any = None) -> None:
@@ -129,6 +139,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         if checkpoint_id:
             self.ref = check_ref_name(str(checkpoint_id))
         self.result = None
+        self._held = None
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.is_coordinator = is_coordinator
@@ -218,6 +229,8 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                 data["uploaded"] = stats
             out.append(WriteResult(index=index, size_in_bytes=nbytes, storage_data=data))
         del keep
+        if self.is_coordinator:
+            self._held = chunks  # for finish's check after the ref moves
         fut: torch.futures.Future = torch.futures.Future()
         fut.set_result(out)
         return fut
@@ -234,8 +247,10 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         reused: set[str] = set()
         lock = threading.Lock()
         itemsizes: dict[str, int] = {}  # for the remote's auto codec (chosen by dtype)
+        used: set[str] = set()  # delta bases the deltas written need
         mover = _delta_mover(chunks, objects, bases, self.policy,  # type: ignore[arg-type]
-                             lambda d: itemsizes.get(d, 1))
+                             lambda d: itemsizes.get(d, 1), used)
+        chunks.itemsizes = itemsizes
 
         def one(job: tuple[str, int, memoryview]) -> str:
             fqn, gi, view = job
@@ -265,7 +280,8 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                              objects.concurrency):
             pass
         return {"digests": digests, "objects": counts.objects, "stored": counts.stored,
-                "raw": counts.raw, "deltas": counts.deltas, "base": base_name}
+                "raw": counts.raw, "deltas": counts.deltas, "base": base_name,
+                "bases_used": sorted(used)}
 
     def _manifest_of(self, name: str | None) -> Manifest | None:
         """The manifest a base ref names (None when there is none or it is unreadable:
@@ -283,6 +299,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         """One manifest, then the ref (conditional write); sets ``self.result``."""
         by_fqn: dict[str, list[WriteResult]] = {}
         up = {"objects": 0, "stored": 0, "raw": 0, "deltas": 0}
+        bases_used: set[str] = set()
         for rank_results in results:
             for wr in rank_results:
                 by_fqn.setdefault(wr.index.fqn, []).append(wr)
@@ -290,6 +307,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                 if stats:
                     for k in up:
                         up[k] += stats[k]
+                    bases_used.update(stats.get("bases_used", ()))
         params: dict[str, ParamEntry] = {}
         for fqn, md in metadata.state_dict_metadata.items():
             check_name(fqn, "state dict")
@@ -310,8 +328,28 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                 f"ref {self.ref} in {self.sync.url} was published by another job while this "
                 f"save ran (it now names {now.digest if now else 'nothing'}); nothing was "
                 "overwritten: save under another ref, or pass force=True") from None
+        self._settle(manifest, bases_used)
         self.result = SaveResult(self.ref, digest, action, up["objects"], up["stored"],
                                  up["raw"], manifest.nbytes, self._base_name, up["deltas"])
+
+    def _settle(self, manifest: Manifest, bases_used: set[str]) -> None:
+        """After the ref moved: put back any object it names (or any delta base a rank
+        used) that a concurrent gc took.  Only the coordinator's own chunks can be put
+        back here; raises SyncError naming the ref when another rank's is gone."""
+        held, self._held = self._held, None
+        vanished = self.objects.missing(manifest.digests() | bases_used)
+        if not vanished:
+            return
+        views = held.views if held is not None else {}
+        sizes = held.itemsizes if held is not None else {}
+        for d in sorted(vanished & views.keys()):
+            self.objects.put(d, views[d], sizes.get(d, 1))
+        lost = sorted(vanished - views.keys())
+        if lost:
+            raise SyncError(
+                f"ref {self.ref} in {self.sync.url} names {len(lost)} object(s) a concurrent "
+                f"gc removed while this save ran (first: {lost[0]}); save again with "
+                "force=True to upload them")
 
     def _tensor_entry(self, fqn: str, md: TensorStorageMetadata,
                       got: list[WriteResult]) -> ParamEntry:
