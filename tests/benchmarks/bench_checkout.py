@@ -39,6 +39,7 @@ import time
 
 import blake3
 import numpy as np
+from report import write_section
 
 from theta_zarr import chunking
 from theta_zarr.demo import scripts_path_env, shape_for_size, write_model
@@ -46,8 +47,6 @@ from theta_zarr.manifest import Manifest, ParamEntry
 from theta_zarr.settings import Settings, parse_size
 
 MODEL = "model.safetensors"
-BEGIN = "<!-- bench_checkout:results:begin -->"
-END = "<!-- bench_checkout:results:end -->"
 ENV = {**scripts_path_env(), "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "b",
        "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
 rows: list[tuple[str, str, str, str]] = []
@@ -296,22 +295,14 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [BEGIN, f"Run {stamp} on {os.cpu_count()} CPUs, {platform.release()}, "
+    lines = [f"Run {stamp} on {os.cpu_count()} CPUs, {platform.release()}, "
              f"{subprocess.run(['git', '--version'], capture_output=True).stdout.decode().strip()}"
              f"; command: `python tests/benchmarks/bench_checkout.py --sizes {args.sizes}`.",
              "", "| measurement | value | floor / baseline | ratio |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    lines.append(END)
     text = "\n".join(lines)
     if args.out:
-        with open(args.out) as f:
-            doc = f.read()
-        if BEGIN in doc:
-            doc = doc[:doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
-        else:
-            doc += "\n" + text + "\n"
-        with open(args.out, "w") as f:
-            f.write(doc)
+        write_section(args.out, "bench_checkout", text)
     else:
         print(text)
 

@@ -52,13 +52,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from numcodecs import Shuffle, Zstd  # noqa: E402
+from report import write_section  # noqa: E402
 
 from theta_zarr import chunking, codecs, delta  # noqa: E402
 from theta_zarr.demo import shape_for_size  # noqa: E402
 from theta_zarr.settings import parse_size  # noqa: E402
 
-BEGIN = "<!-- bench_codecs:results:begin -->"
-END = "<!-- bench_codecs:results:end -->"
 CHUNK = 4 << 20
 TARGETS = {"bf16 weights": 1.50, "fp32 weights": 1.20}
 
@@ -336,17 +335,6 @@ def run(size: int, steps: list[float], weights_file: str | None, command: str) -
     return "\n".join(lines)
 
 
-def write_section(path: str, text: str) -> None:
-    doc = Path(path).read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    Path(path).write_text(doc)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="64MiB", help="fp32 size of the synthetic model")
@@ -359,7 +347,7 @@ def main() -> None:
                args.weights, command.strip())
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, "bench_codecs", text)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 
 import blake3
+from report import write_section
 
 from theta_zarr import codecs
 from theta_zarr.demo import dir_bytes, scripts_path_env, shape_for_size, tensor_bytes, write_model
@@ -52,8 +53,6 @@ from theta_zarr.settings import Settings, parse_size
 
 BLOCK = 4 << 20
 MODEL = "model.safetensors"
-BEGIN = "<!-- bench_core:results:begin -->"
-END = "<!-- bench_core:results:end -->"
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -756,26 +755,6 @@ def render(results: list[SizeResult], threads: int, argv: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: str, body: str) -> None:
-    block = f"{BEGIN}\n{body}\n{END}"
-    if os.path.exists(path):
-        with open(path) as f:
-            text = f.read()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            text = head + block + rest.split(END, 1)[1]
-            with open(path, "w") as f:
-                f.write(text)
-            return
-    text = ("# Benchmarks\n\n"
-            "Produced by `tests/benchmarks/bench_core.py`; the part between the markers is "
-            "rewritten by each run.\n\n## Results\n\n" + block + "\n\n## How to rerun\n\n"
-            "```\npython tests/benchmarks/bench_core.py --size 1GiB --big 4GiB "
-            "--out docs/benchmarks.md\n```\n")
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -807,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     body = render(results, threads, argv)
     print(body)
     if args.out:
-        write_doc(args.out, body)
+        write_section(args.out, "bench_core", body, "Results")
         log(f"wrote {args.out}")
     return 0
 

@@ -35,11 +35,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import write_section
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_remote import S3_ENV, Server, human, raw_fs  # noqa: E402
 
-BEGIN = "<!-- bench_dcp:results:begin -->"
-END = "<!-- bench_dcp:results:end -->"
 ROWS, COLS = 1024, 4096  # one weight: 8 MiB of bf16
 
 
@@ -170,17 +170,6 @@ def report(rows: list[dict], info: dict, world: int, changed: float) -> str:
     return "\n".join(lines + ["", "; ".join(verdicts) + "."])
 
 
-def write_doc(path: str, body: str) -> None:
-    text = Path(path).read_text()
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    Path(path).write_text(text)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="1GiB")
@@ -196,7 +185,7 @@ def main() -> int:
     body = report(rows, info, args.world, args.changed)
     print(body)
     if args.out:
-        write_doc(args.out, body)
+        write_section(args.out, "bench_dcp", body)
     return 0
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
+from report import write_section  # noqa: E402
+
 from theta_zarr import delta  # noqa: E402
 from theta_zarr.cache import Cache  # noqa: E402
 from theta_zarr.demo import shape_for_size, write_model  # noqa: E402
@@ -44,8 +46,6 @@ from theta_zarr.settings import Settings, parse_size  # noqa: E402
 from theta_zarr.storage import open_store  # noqa: E402
 from theta_zarr.sync import clean_file  # noqa: E402
 
-BEGIN = "<!-- bench_delta:results:begin -->"
-END = "<!-- bench_delta:results:end -->"
 TARGET = 0.25  # at least 25% fewer bytes than plain zstd at the 1e-4 step
 
 
@@ -181,17 +181,6 @@ def report(command, shape, file_size, base_stats, t_base, rows) -> str:
     return "\n".join(lines)
 
 
-def write_out(path: str, text: str) -> None:
-    doc = Path(path).read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## Delta pushes (bench_delta)\n\n" + block + "\n"
-    Path(path).write_text(doc)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="1GiB")
@@ -210,7 +199,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print(text)
     if args.out:
-        write_out(args.out, text)
+        write_section(args.out, "bench_delta", text, "Delta pushes (bench_delta)")
 
 
 if __name__ == "__main__":

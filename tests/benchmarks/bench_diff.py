@@ -20,7 +20,6 @@ import contextlib
 import datetime as _dt
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -29,14 +28,14 @@ import tempfile
 import threading
 import time
 
+from report import write_section
+
 from theta_zarr import objects
 from theta_zarr.chunking import digest
 from theta_zarr.demo import shape_for_size, write_model
 from theta_zarr.diff import format_text, summarize, textconv_lines
 from theta_zarr.manifest import Manifest, ParamEntry
 from theta_zarr.settings import parse_size
-
-BEGIN, END = "<!-- bench_diff:results:begin -->", "<!-- bench_diff:results:end -->"
 
 
 def _env() -> dict[str, str]:
@@ -198,18 +197,6 @@ def report(r: dict, s: dict, argv: list[str]) -> str:
     ])
 
 
-def write_out(path: str, text: str) -> None:
-    body = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in body:
-        body = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, body,
-                      flags=re.S)
-    else:
-        body = body.rstrip("\n") + "\n\n## Diff (bench_diff.py)\n\n" + block + "\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(body)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -228,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(r, s, argv)
     print(text)
     if args.out:
-        write_out(args.out, text)
+        write_section(args.out, "bench_diff", text, "Diff (bench_diff.py)")
     return 0
 
 

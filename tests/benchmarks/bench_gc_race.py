@@ -32,15 +32,13 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 import servers  # noqa: E402
+from report import write_section  # noqa: E402
 
 from theta_zarr import gc, sync  # noqa: E402
 from theta_zarr.cache import Cache  # noqa: E402
 from theta_zarr.demo import ModelShape, write_model  # noqa: E402
 from theta_zarr.remote import RemoteSpec  # noqa: E402
 from theta_zarr.settings import Settings  # noqa: E402
-
-BEGIN = "<!-- bench_gc_race:results:begin -->"
-END = "<!-- bench_gc_race:results:end -->"
 
 
 def problems(remote: sync.SyncRemote) -> list[str]:
@@ -132,10 +130,7 @@ def main() -> int:
     ])
     print(text)
     if args.out and not args.without_fix:
-        path = Path(args.out)
-        doc = path.read_text()
-        a, b = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-        path.write_text(doc[:a] + "\n" + text + "\n" + doc[b:])
+        write_section(args.out, "bench_gc_race", text)
     return 1 if bad else 0
 
 

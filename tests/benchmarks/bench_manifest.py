@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import time
+
+from report import write_section
 
 from theta_zarr import chunking
 from theta_zarr.manifest import Manifest
-
-BEGIN, END = "<!-- bench_manifest:results:begin -->", "<!-- bench_manifest:results:end -->"
 
 
 def manifest_bytes(n: int) -> bytes:
@@ -59,16 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {parse / floor:.1f}x |")
     print(text)
     if args.out:
-        with open(args.out) as fh:
-            doc = fh.read()
-        block = f"{BEGIN}\n{text}\n{END}"
-        if BEGIN in doc:
-            doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, doc,
-                         flags=re.S)
-        else:
-            doc = doc.rstrip() + "\n\n## Manifest parsing\n\n" + block + "\n"
-        with open(args.out, "w") as fh:
-            fh.write(doc)
+        write_section(args.out, "bench_manifest", text, "Manifest parsing")
     return 0
 
 

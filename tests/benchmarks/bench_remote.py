@@ -50,14 +50,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "model.safetensors"
 LOAD: list[str] = []
-BEGIN = "<!-- bench_remote:results:begin -->"
-END = "<!-- bench_remote:results:end -->"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 GCS_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "FSSPEC_GS_TOKEN": "anon",
            "GCSFS_DEFAULT_PROJECT": "test", "NO_GCE_CHECK": "true"}
 # gcsfs reads this once, at import: set before anything imports it
 os.environ.update({k: v for k, v in GCS_ENV.items() if k == "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"})
+
+from report import write_section  # noqa: E402
 
 from theta_zarr import codecs  # noqa: E402
 from theta_zarr.demo import dir_bytes, scripts_path_env, shape_for_size, write_model  # noqa: E402
@@ -493,19 +493,6 @@ def render(results: list[Result], argv: list[str], file_size: int, shape, concur
     return "\n".join(lines)
 
 
-def write_doc(path: str, body: str) -> None:
-    """Replace our marked section, or append it at the end (other sections untouched)."""
-    block = f"{BEGIN}\n{body}\n{END}"
-    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n## Remotes (bench_remote.py)\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -549,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     body = render(results, argv, file_size, shape, concurrency)
     print(body)
     if args.out:
-        write_doc(args.out, body)
+        write_section(args.out, "bench_remote", body, "Remotes (bench_remote.py)")
         log(f"wrote {args.out}")
     return 0
 
