@@ -279,14 +279,23 @@ class FilterServer:
         except Exception as e:
             self._error(path, one_line(e))
             return
-        self.writer.text("status=success")
-        self.writer.flush()
-        content = self.writer.content()
-        try:
+        def write(content) -> None:
             with progress.bar(manifest.nbytes, f"smudge {path}") as bar:
                 checkpoint.smudge(manifest, progress.CountingStream(content, bar), self.settings,
                                   name=path, cache=self.cache, fetch=self.fetch,
                                   ensured=True)
+
+        self._stream_reply(path, write)
+
+    def _stream_reply(self, path: str, write) -> None:
+        """Answer git with content streamed by ``write(stream)``: status, content, final
+        flush; a failure part-way becomes git's error status for ``path`` (filter protocol:
+        an empty list after the content, then ``status=error``)."""
+        self.writer.text("status=success")
+        self.writer.flush()
+        content = self.writer.content()
+        try:
+            write(content)
             content.close()
         except Exception as e:
             content.close()
@@ -295,7 +304,6 @@ class FilterServer:
             return
         self.writer.flush()
         self.writer.flush()
-
 
     def smudge_lfs(self, path: str, data: bytes) -> None:
         """An LFS-era version: git-lfs rebuilds it; without git-lfs the pointer stays,
@@ -309,19 +317,7 @@ class FilterServer:
             self._reply(data)
             return
         top = self.repo.top if self.repo is not None else os.getcwd()
-        self.writer.text("status=success")
-        self.writer.flush()
-        content = self.writer.content()
-        try:
-            git_lfs.smudge(top, path, data, content)
-            content.close()
-        except Exception as e:
-            content.close()
-            self.writer.flush()
-            self._error(path, one_line(e))
-            return
-        self.writer.flush()
-        self.writer.flush()
+        self._stream_reply(path, lambda content: git_lfs.smudge(top, path, data, content))
 
     def _direct(self, path: str, manifest: Manifest) -> bool:
         """Should this file skip git's pipe (large enough, and the index can take it)?"""
