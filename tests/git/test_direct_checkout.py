@@ -185,17 +185,23 @@ def test_split_index_falls_back_to_the_pipe(direct):
     assert direct.out("status", "--porcelain") == ""
 
 
-def test_memory_limited_git_checks_out_larger_file(repo):
-    """git itself, limited to 64 MiB of address space, checks out a 96 MiB checkpoint."""
+def commit_float32_model(repo, layers: int, rows: int, seed: int) -> str:
+    """Commit MODEL as ``layers`` random float32 [rows, 1024] tensors; its sha256."""
     import numpy as np
     from safetensors.numpy import save_file
 
-    rng = np.random.default_rng(0)
-    save_file({f"l.{i}": rng.standard_normal((1024, 1024), dtype=np.float32)
-               for i in range(24)}, str(repo.path / MODEL))
+    rng = np.random.default_rng(seed)
+    save_file({f"l.{i}": rng.standard_normal((rows, 1024), dtype=np.float32)
+               for i in range(layers)}, str(repo.path / MODEL))
     h = sha(repo.path / MODEL)
     repo.git("add", MODEL)
     repo.git("commit", "-q", "-m", "big")
+    return h
+
+
+def test_memory_limited_git_checks_out_larger_file(repo):
+    """git itself, limited to 64 MiB of address space, checks out a 96 MiB checkpoint."""
+    h = commit_float32_model(repo, layers=24, rows=1024, seed=0)
     (repo.path / MODEL).unlink()
     # the limit is for git: the filter it starts raises its own soft limit again
     repo.git("config", "filter.theta-zarr.process",
@@ -212,15 +218,7 @@ def test_memory_limited_git_checks_out_larger_file(repo):
 
 def test_kill_mid_write_leaves_old_or_new_file(repo):
     """SIGKILL while materialize writes: the manifest or the checkpoint, never a torn file."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(1)
-    save_file({f"l.{i}": rng.standard_normal((512, 1024), dtype=np.float32)
-               for i in range(16)}, str(repo.path / MODEL))
-    h = sha(repo.path / MODEL)
-    repo.git("add", MODEL)
-    repo.git("commit", "-q", "-m", "big")
+    h = commit_float32_model(repo, layers=16, rows=512, seed=1)
     repo.git("config", "theta-zarr.direct-checkout", "1")
     tmp = repo.path / ".git" / "theta-zarr" / "tmp"
     for _ in range(3):

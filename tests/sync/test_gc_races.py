@@ -140,16 +140,22 @@ def test_race_on_every_backend(orphaned, case):  # noqa: F811
     assert list(remote.blobs.list(gc.TRASH_PREFIX)) == []
 
 
-def test_a_delta_pushed_during_gc_keeps_the_base_gc_had_planned_to_delete(tmp_path):
-    """The push stores its chunks as deltas over the old version's chunks, which gc
-    planned to delete; gc must give the bases back along with the refs' objects."""
+def _old_version_and_its_fine_tune(tmp_path):
+    """A folder remote holding v1 under ref "old", and v2 on disk (every tensor nudged by
+    1e-3, so its push stores deltas over v1's chunks): (remote, settings, v2, old ref blob)."""
     remote = Case("local", str(tmp_path / "bucket"), {}, []).remote()
     settings = _settings(tmp_path)
     v1, v2 = tmp_path / "v1.safetensors", tmp_path / "v2.safetensors"
     write_model(str(v1), SHAPE, seed=1)
     write_model(str(v2), SHAPE, seed=1, tuned=[n for n, _ in SHAPE.tensors()], step=1e-3)
     sync.push(str(v1), remote, "old", settings)
-    old_ref = remote.blobs.get("refs/old")
+    return remote, settings, v2, remote.blobs.get("refs/old")
+
+
+def test_a_delta_pushed_during_gc_keeps_the_base_gc_had_planned_to_delete(tmp_path):
+    """The push stores its chunks as deltas over the old version's chunks, which gc
+    planned to delete; gc must give the bases back along with the refs' objects."""
+    remote, settings, v2, old_ref = _old_version_and_its_fine_tune(tmp_path)
     remote.blobs.delete("refs/old")  # v1 is garbage now
     deltas = []
 
@@ -172,13 +178,7 @@ def test_a_delta_base_gc_takes_after_the_push_checked_it_is_put_back(tmp_path, m
     move.  The push's own re-check must cover the bases its deltas need."""
     import threading
 
-    remote = Case("local", str(tmp_path / "bucket"), {}, []).remote()
-    settings = _settings(tmp_path)
-    v1, v2 = tmp_path / "v1.safetensors", tmp_path / "v2.safetensors"
-    write_model(str(v1), SHAPE, seed=1)
-    write_model(str(v2), SHAPE, seed=1, tuned=[n for n, _ in SHAPE.tensors()], step=1e-3)
-    sync.push(str(v1), remote, "old", settings)
-    old_ref = remote.blobs.get("refs/old")
+    remote, settings, v2, old_ref = _old_version_and_its_fine_tune(tmp_path)
     remote.blobs.delete("refs/old")  # v1, and so every delta base, is garbage
     real_set = remote.refs.set
     at_set, go = threading.Event(), threading.Event()
