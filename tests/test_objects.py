@@ -365,7 +365,7 @@ def test_a_cache_configured_auto_chooses_by_dtype_and_raw_stays_the_default(tmp_
 
     path = tmp_path / "m.safetensors"
     write_model(str(path), ModelShape(hidden=64, layers=1, vocab=128))
-    for codec, expected in (("raw", {"raw"}), ("auto", {"blosc"})):
+    for codec, expected in (("raw", {"raw"}), ("auto", {"expsplit"})):
         settings = Settings(cache_dir=str(tmp_path / codec), chunk_bytes=8192,
                             cache_codec=codec)
         cache = checkpoint.open_cache(settings)

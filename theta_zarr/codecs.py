@@ -13,11 +13,24 @@ Codecs (names as written in the header):
   ...), so the exponent bytes of floats sit together, then zstd level 1.  Blosc
   frames carry their own sizes and filter settings, so decoding needs no side
   information.
+- ``expsplit``: for 2- and 4-byte elements (bfloat16, float32): each element is
+  rotated left by one bit, so a float's sign moves to its lowest bit and its 8
+  exponent bits fill the top byte; the top bytes are entropy-coded by zstd set to
+  code literals only (``min_match`` 7, a 64-entry hash table: the exponent plane of
+  weights has no long repeats, and the matches zstd level 1 finds cost more bits than
+  Huffman-coding the same bytes); the sign and mantissa bytes follow as they are,
+  being close to random.  This is the exponent extraction of ZipNN (Hershcovitch et
+  al., "ZipNN: Lossless Compression for AI Models", 2024, section 4), with zstd's
+  Huffman coder (through python-zstandard, whose parameters numcodecs does not expose)
+  in place of ZipNN's own.  Payload: uint32 LE length of the zstd frame, the frame
+  (its header records the plane's size), then the other ``elem - 1`` bytes of each
+  element, element after element.
 
-``auto`` is not a codec but the remotes' writer policy (:func:`choose`): ``blosc``
-for item sizes of 2 bytes and more (bf16, fp16, fp32...), ``zstd`` for bytes and
-fp8, and ``raw`` whenever the encoded form would not be smaller.  Measured choice
-and figures: docs/benchmarks.md.
+``auto`` is not a codec but the remotes' writer policy (:func:`choose`):
+``expsplit`` for item sizes 2 and 4 (bf16, fp16, fp32) unless ``blosc`` does better
+on that chunk, ``blosc`` for 8 and 16, ``zstd`` for bytes and fp8, and ``raw``
+whenever the encoded form would not be smaller.  Measured choice and figures:
+docs/benchmarks.md.
 
 ``xor-delta`` and ``int-delta`` objects (delta.py) name a base object and cannot
 be decoded alone: ObjectStore resolves them.
@@ -26,9 +39,11 @@ be decoded alone: ObjectStore resolves them.
 from __future__ import annotations
 
 import struct
+import threading
 from abc import ABC, abstractmethod
 
 import numpy as np
+import zstandard
 from numcodecs import Blosc, Zstd
 from numcodecs import blosc as _blosc
 
@@ -146,10 +161,85 @@ class BloscCodec(Codec):
         return blosc_decode(payload) if len(payload) else b""
 
 
-CODECS: dict[str, Codec] = {c.name: c for c in (RawCodec(), ZstdCodec(), BloscCodec())}
+class ExponentSplitCodec(Codec):
+    """Exponent bytes apart and entropy-coded, sign and mantissa bytes raw (module doc).
+
+    Applies to chunks of 2- or 4-byte elements; anything else raises CodecError."""
+
+    name = "expsplit"
+    ELEMS = (2, 4)
+    _LENGTH = struct.Struct("<I")
+
+    def __init__(self) -> None:
+        self._local = threading.local()  # python-zstandard objects are not thread-safe
+
+    def _coders(self) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+        coders = getattr(self._local, "coders", None)
+        if coders is None:
+            params = zstandard.ZstdCompressionParameters(
+                compression_level=1, strategy=zstandard.STRATEGY_FAST, min_match=7,
+                hash_log=6, search_log=1, write_content_size=True)
+            coders = self._local.coders = (zstandard.ZstdCompressor(compression_params=params),
+                                           zstandard.ZstdDecompressor())
+        return coders
+
+    def encode(self, raw: memoryview, elem: int = 1) -> bytes:
+        if elem not in self.ELEMS or len(raw) % elem:
+            raise CodecError(f"expsplit needs 2- or 4-byte elements, not {elem}")
+        words = typed(raw, elem)
+        top = np.array(8 * elem - 9, words.dtype)
+        exponents = (words >> top).astype(np.uint8)  # sign dropped: it is the low bit below
+        rotated = words << np.array(1, words.dtype)
+        rotated |= words >> top + np.array(8, words.dtype)
+        planes = rotated.view(np.uint8).reshape(-1, elem)  # little-endian: top byte last
+        rest = np.empty((len(words), elem - 1), np.uint8)
+        for k in range(elem - 1):  # column by column: numpy copies these fastest
+            rest[:, k] = planes[:, k]
+        frame = self._coders()[0].compress(exponents.data)
+        return b"".join((self._LENGTH.pack(len(frame)), frame, rest.data))
+
+    def decode(self, payload: memoryview) -> memoryview:
+        view = memoryview(payload)
+        for elem in self.ELEMS:  # the frame's content size tells the element size
+            if len(view) < self._LENGTH.size:
+                break
+            (flen,) = self._LENGTH.unpack_from(view)
+            frame = view[self._LENGTH.size:self._LENGTH.size + flen]
+            rest = view[self._LENGTH.size + flen:]
+            if len(frame) != flen:
+                break
+            try:
+                n = zstandard.frame_content_size(frame)
+            except zstandard.ZstdError:
+                break
+            if n < 0 or n * elem > MAX_RAW or len(rest) != n * (elem - 1):
+                continue
+            try:
+                exponents = np.frombuffer(self._coders()[1].decompress(frame, max_output_size=n),
+                                          np.uint8)
+            except zstandard.ZstdError as e:
+                raise CodecError(f"expsplit payload does not decode ({e})") from None
+            if exponents.size != n:
+                break
+            out = np.empty((n, elem), np.uint8)
+            out[:, elem - 1] = exponents
+            planes = np.frombuffer(rest, np.uint8).reshape(n, elem - 1)
+            for k in range(elem - 1):
+                out[:, k] = planes[:, k]
+            words = out.view(_UINT[elem]).reshape(-1)
+            sign = words << np.array(8 * elem - 1, words.dtype)
+            words >>= np.array(1, words.dtype)
+            words |= sign
+            return memoryview(out.reshape(-1))
+        raise CodecError("expsplit payload is truncated or its sizes disagree")
+
+
+CODECS: dict[str, Codec] = {c.name: c for c in (RawCodec(), ZstdCodec(), BloscCodec(),
+                                                ExponentSplitCodec())}
 #: names a writer may be configured with (``theta-zarr.cache-compression``, remote
-#: ``compression``): the codecs, and ``auto``
-WRITER_NAMES = (*CODECS, AUTO)
+#: ``compression``): the codecs that apply to any chunk, and ``auto`` (which alone picks
+#: ``expsplit``, where the chunk's item size allows it)
+WRITER_NAMES = (*(n for n in CODECS if n != ExponentSplitCodec.name), AUTO)
 
 
 def get_codec(name: str) -> Codec:
@@ -164,8 +254,10 @@ def get_codec(name: str) -> Codec:
 
 def check_writer(name: str) -> str:
     """``name`` if a writer may use it (a codec or ``auto``), else CodecError."""
-    if name != AUTO:
-        get_codec(name)
+    if name not in WRITER_NAMES:
+        get_codec(name)  # the reason: unknown, or a delta
+        raise CodecError(f"storage codec {name!r} is chosen by 'auto' only "
+                         f"(configure one of {', '.join(WRITER_NAMES)})")
     return name
 
 
@@ -178,8 +270,18 @@ def choose(raw: memoryview, elem: int) -> tuple[str, bytes | memoryview]:
     """The ``auto`` policy: (codec name, payload) for one chunk of item size ``elem``."""
     if not len(raw):
         return "raw", raw
-    name = "blosc" if elem > 1 else "zstd"
-    payload = CODECS[name].encode(raw, elem)
+    if elem in ExponentSplitCodec.ELEMS and len(raw) % elem == 0:
+        name, payload = "expsplit", CODECS["expsplit"].encode(raw, elem)
+        frame = int.from_bytes(payload[:4], "little")
+        # Weights' exponents cost 2 to 3 bits each; under one bit, or no gain overall,
+        # the chunk is not float weights (integers, masks) and byte-shuffling may do better
+        if frame * 8 < len(raw) // elem or len(payload) * 1.05 > len(raw):
+            other = CODECS["blosc"].encode(raw, elem)
+            if len(other) < len(payload):
+                name, payload = "blosc", other
+    else:
+        name = "blosc" if elem > 1 else "zstd"
+        payload = CODECS[name].encode(raw, elem)
     if len(payload) >= len(raw):
         return "raw", raw  # does not pay (random bytes, already compressed data)
     return name, payload

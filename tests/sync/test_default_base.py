@@ -55,9 +55,9 @@ def test_dense_step_goes_as_deltas_over_the_previous_step_without_base_ref(tmp_p
     assert changed
     forms = {remote.objects.delta_header(d).form for d in changed}
     assert forms == {delta.INT}
-    # full objects of the first push: chosen by dtype (bf16 -> blosc)
+    # full objects of the first push: chosen by dtype (bf16 -> expsplit)
     heads = {codecs.split(remote.objects.get_encoded(d))[0] for d in m1.digests()}
-    assert heads == {"blosc"}
+    assert heads == {"expsplit"}
     out = tmp_path / "fresh" / "model.safetensors"
     tz(["pull", case.url, "run7/step-2000", "-o", str(out), "--cache",
         str(tmp_path / "fresh-cache")], env)
