@@ -50,8 +50,8 @@ OPTION_NAMES = ("endpoint-url", "region", "requester-pays", "anon", "project", "
 #: environment variable that sets the retry budget of every remote (seconds)
 RETRY_TIMEOUT_ENV = "THETA_ZARR_RETRY_TIMEOUT"
 SECRET_WORDS = ("key", "secret", "token", "password", "credential")
-#: remotes pick a codec per object by dtype (codecs.choose): blosc for floats, zstd for
-#: bytes, raw where neither pays
+#: remotes pick a codec per object by dtype (codecs.choose): expsplit for bf16/fp16/fp32,
+#: blosc for other multi-byte items, zstd for bytes, raw where none pays
 DEFAULT_REMOTE_CODEC = codecs.AUTO
 
 
