@@ -1,15 +1,17 @@
-"""ChunkWriter: limits checked before any chunk is built; stopping mid-way is quiet."""
+"""ChunkWriter: limits checked before any chunk is built; stopping mid-way is quiet;
+small chunks go to the pool in batches."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
+import numpy as np
 import pytest
 
 from theta_zarr import chunking
 from theta_zarr.cache import Cache
-from theta_zarr.chunkwriter import ChunkWriter, TruncatedInput
+from theta_zarr.chunkwriter import BATCH_CHUNKS, SMALL_CHUNK, ChunkWriter, TruncatedInput
 from theta_zarr.dtypes import by_name
 from theta_zarr.manifest import ManifestError
 
@@ -28,10 +30,11 @@ class _Blocking(Cache):
 
 def test_cancelled_chunks_leave_no_callback_traceback(tmp_path, caplog):
     store = _Blocking(str(tmp_path))
-    writer = ChunkWriter(store, chunk_bytes=1024, workers=1)
+    size = SMALL_CHUNK + 1  # a task per chunk (smaller ones go in batches)
+    writer = ChunkWriter(store, chunk_bytes=size, workers=1)
     slots: list = []
     for i in range(2):  # one running (blocked in the cache), one queued behind it
-        writer._submit(slots, 2, memoryview(bytes([i]) * 1024))
+        writer._submit(slots, 2, memoryview(bytes([i]) * size))
     with caplog.at_level(logging.ERROR):
         writer._pool.shutdown(wait=False, cancel_futures=True)  # what close() does on error
         store.release.set()
@@ -68,3 +71,55 @@ def test_span_length_matches_the_spans():
         spans = chunking.spans(shape, 2, chunk)
         assert [chunking.span_length(shape, 2, chunk, i) for i in range(len(spans))] == \
             [n for _, n in spans]
+
+
+def test_small_chunks_are_stored_in_batches_with_the_same_result(tmp_path):
+    """10^4 tiny tensors: every chunk stored and named in order, a few pool tasks."""
+    rng = np.random.default_rng(0)
+    tensors = {f"expert.{i}.w": rng.integers(0, 255, 600 + i % 7, dtype=np.uint8)
+               for i in range(3000)}
+    tensors["dup"] = tensors["expert.0.w"].copy()  # identical chunk: written once
+    store = Cache(str(tmp_path / "cache"))
+    writer = ChunkWriter(store, chunk_bytes=4096, workers=2)
+    submitted = []
+    submit = writer._pool.submit
+    writer._pool.submit = lambda *a: submitted.append(a) or submit(*a)
+    half = len(tensors) // 2
+    for i, (name, arr) in enumerate(tensors.items()):
+        if i < half:
+            writer.add_buffer(name, by_name("uint8"), arr.shape, memoryview(arr))
+        else:
+            data = memoryview(arr.tobytes())
+            writer.add_stream(name, by_name("uint8"), arr.shape, _reader(data))
+    entries = writer.finish()
+    assert list(entries) == list(tensors)
+    for name, arr in tensors.items():
+        (d,) = entries[name].chunks
+        assert d == chunking.digest(arr.tobytes())
+        assert bytes(store.get(d)) == arr.tobytes()
+    assert entries["dup"].chunks == entries["expert.0.w"].chunks
+    assert writer.stats.new_objects == len(tensors) - 1
+    assert len(submitted) <= len(tensors) // BATCH_CHUNKS + 2
+
+
+def test_an_error_inside_a_batch_fails_the_writer(tmp_path):
+    class Failing(Cache):
+        def ensure(self, digest, raw, elem=1):
+            raise OSError("disk on fire")
+
+    writer = ChunkWriter(Failing(str(tmp_path)), chunk_bytes=4096, workers=1)
+    arr = np.arange(1000, dtype=np.uint8)
+    writer.add_buffer("w", by_name("uint8"), arr.shape, memoryview(arr))
+    with pytest.raises(OSError, match="disk on fire"):
+        writer.finish()
+
+
+def _reader(data: memoryview):
+    pos = [0]
+
+    def read_into(view):
+        n = min(len(view), len(data) - pos[0])
+        view[:n] = data[pos[0]:pos[0] + n]
+        pos[0] += n
+        return n
+    return read_into

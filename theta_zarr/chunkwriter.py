@@ -2,8 +2,11 @@
 
 Format plug-ins hand over each tensor either as a buffer (a memory map: chunks
 are hashed straight from it, no copy) or as a stream (git's pipe: each chunk is
-read into its own buffer).  At most ``2 x workers`` chunks are in flight, so
-memory is bounded by the chunk size, not the checkpoint (invariant 5).
+read into its own buffer).  At most ``2 x workers`` tasks are in flight, so
+memory is bounded by the chunk size, not the checkpoint (invariant 5).  Chunks of
+at most ``SMALL_CHUNK`` bytes (the biases, norms and experts of a checkpoint with
+10^4 to 10^5 tensors) go to the pool in batches of up to ``BATCH_BYTES`` or
+``BATCH_CHUNKS``: one task per chunk would cost more than hashing and storing it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from .manifest import (
     check_shape,
 )
 from .streams import ReadInto, fill
+
+#: chunks of at most this many bytes are stored in batches (one pool task per batch)
+SMALL_CHUNK = 64 << 10
+BATCH_BYTES = 1 << 20
+BATCH_CHUNKS = 256
 
 
 class TruncatedInput(ValueError):
@@ -55,6 +63,9 @@ class ChunkWriter:
         self._error: BaseException | None = None
         self._claimed: set[str] = set()
         self._buffers: dict[int, list[memoryview]] = {}
+        self._batch: list[tuple[memoryview, int, bool]] = []  # (chunk, elem, pooled)
+        self._batch_slots: list[tuple[list, int]] = []  # where each batched digest goes
+        self._batch_bytes = 0
 
     # -- input ---------------------------------------------------------------------
     def add_buffer(self, name: str, dtype: DType, shape: tuple[int, ...],
@@ -130,6 +141,14 @@ class ChunkWriter:
         if count == 1 and len(view) <= chunking.INLINE_MAX_BYTES:
             slots.append(bytes(view))
             return
+        if len(view) <= SMALL_CHUNK:
+            self._batch.append((view, elem, pooled))
+            self._batch_slots.append((slots, len(slots)))
+            slots.append(None)  # filled when the batch is done
+            self._batch_bytes += len(view)
+            if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_CHUNKS:
+                self._flush_batch()
+            return
         self._slots.acquire()
         try:
             fut = self._pool.submit(self._store_chunk, view, elem)
@@ -140,6 +159,30 @@ class ChunkWriter:
             fut.add_done_callback(lambda _f, v=view: self._recycle(v))
         fut.add_done_callback(self._done)
         slots.append(fut)
+
+    def _flush_batch(self) -> None:
+        """Send the pending small chunks to the pool as one task."""
+        if not self._batch:
+            return
+        batch, places = self._batch, self._batch_slots
+        self._batch, self._batch_slots, self._batch_bytes = [], [], 0
+        self._slots.acquire()
+        try:
+            fut = self._pool.submit(self._store_batch, batch)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(self._done)
+        for i, (slots, index) in enumerate(places):
+            slots[index] = _Batched(fut, i)
+
+    def _store_batch(self, batch: list[tuple[memoryview, int, bool]]) -> list[str]:
+        try:
+            return [self._store_chunk(view, elem) for view, elem, _ in batch]
+        finally:
+            for view, _, pooled in batch:
+                if pooled:
+                    self._recycle(view)
 
     def _recycle(self, view: memoryview) -> None:
         with self._lock:
@@ -175,6 +218,7 @@ class ChunkWriter:
     def finish(self) -> dict[str, ParamEntry]:
         """Wait for every chunk; the entries in the order the tensors came."""
         try:
+            self._flush_batch()
             out = {}
             for name, (dtype, shape, chunk_shape, slots) in self._entries.items():
                 if slots and all(isinstance(s, bytes) for s in slots):
@@ -194,6 +238,18 @@ class ChunkWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Batched:
+    """A chunk's place in a batch: ``result()`` is its digest once the batch is stored."""
+
+    __slots__ = ("future", "index")
+
+    def __init__(self, future: cf.Future, index: int):
+        self.future, self.index = future, index
+
+    def result(self) -> str:
+        return self.future.result()[self.index]
 
 
 def _nbytes(dtype: DType, shape: tuple[int, ...]) -> int:
