@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from .manifest import ParamEntry
-from .objects import ObjectStore
+from .objects import ObjectStore, batched
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -47,7 +47,8 @@ class ChunkReader:
         return self.iter_entries([entry])
 
     def iter_entries(self, entries: Iterable[ParamEntry]) -> Iterator[bytes | memoryview]:
-        """The raw chunks of several parameters, back to back, in order.
+        """The raw chunks of several parameters, back to back, in order (small chunks
+        read in batches, one pool task each).
 
         Every chunk's length is checked against the entry's dtype x chunk shape before
         it is handed out (ManifestError otherwise): a manifest whose dtype or shape was
@@ -59,14 +60,21 @@ class ChunkReader:
                 for index, item in enumerate(items):
                     yield entry, index, item
 
-        def load(job):
-            entry, index, item = job
-            raw = item if isinstance(item, bytes) else self.store.get(item)
-            where = "inline chunk" if isinstance(item, bytes) else f"object {item}"
-            entry.check_chunk(index, raw, where)
-            return raw
+        def load(batch):
+            out = []
+            for entry, index, item in batch:
+                raw = item if isinstance(item, bytes) else self.store.get(item)
+                where = "inline chunk" if isinstance(item, bytes) else f"object {item}"
+                entry.check_chunk(index, raw, where)
+                out.append(raw)
+            return out
 
-        return ordered_map(load, jobs(), self.workers)
+        def size_of(job) -> int:  # about: the entry's bytes over its chunks
+            entry, _, _ = job
+            return entry.nbytes // max(1, len(entry.inline or entry.chunks))
+
+        for raws in ordered_map(load, batched(jobs(), size_of), self.workers):
+            yield from raws
 
     def read_into(self, entry: ParamEntry, out: memoryview) -> None:
         """Fill ``out`` (entry.nbytes long) with the parameter's raw bytes."""

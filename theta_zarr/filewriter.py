@@ -10,13 +10,12 @@ formats stream through their own ``smudge`` into the same file.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 from . import formats
 from .cache import Cache
 from .chunkreader import ChunkReader
 from .manifest import Manifest, ManifestError, ParamEntry
-from .objects import bounded_map
+from .objects import batched, bounded_map
 
 #: (offset in the file, literal bytes or (digest, length))
 Job = tuple[int, bytes | tuple[str, int]]
@@ -66,16 +65,17 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
         raise ManifestError(f"{name}: {e}") from None
     os.ftruncate(fd, size)
 
-    def run(job: Job) -> None:
-        offset, what = job
-        if isinstance(what, bytes):
-            os.pwrite(fd, what, offset)
-        else:
-            cache.copy_to(what[0], fd, offset, what[1])
+    def run(batch: list[Job]) -> None:
+        for offset, what in batch:
+            if isinstance(what, bytes):
+                os.pwrite(fd, what, offset)
+            else:
+                cache.copy_to(what[0], fd, offset, what[1])
 
-    def items() -> Iterator[Job]:
-        yield from jobs
+    def size_of(job: Job) -> int:
+        what = job[1]
+        return len(what) if isinstance(what, bytes) else what[1]
 
-    for _ in bounded_map(run, items(), max(1, workers)):
+    for _ in bounded_map(run, batched(jobs, size_of), max(1, workers)):
         pass
     return size

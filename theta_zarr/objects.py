@@ -101,6 +101,28 @@ def matches(digest: str, raw: bytes | memoryview) -> bool:
     return chunking.digest(raw) == digest
 
 
+#: a thread-pool task covers at least this many bytes of small chunks (or BATCH_ITEMS of
+#: them): one task per 1 KiB chunk costs more than reading it (10^5-tensor checkpoints)
+BATCH_BYTES = 1 << 20
+BATCH_ITEMS = 256
+
+
+def batched(items: Iterable[T], size_of: Callable[[T], int], max_bytes: int = BATCH_BYTES,
+            max_items: int = BATCH_ITEMS) -> Iterator[list[T]]:
+    """Consecutive ``items`` in lists of at least ``max_bytes`` (by ``size_of``) or
+    ``max_items`` items, the last one shorter; a large item is a list of its own."""
+    batch: list[T] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += size_of(item)
+        if size >= max_bytes or len(batch) >= max_items:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
                 window: int | None = None) -> Iterator[tuple[T, R]]:
     """Apply ``fn`` in a thread pool, yielding (item, result) as each completes.
