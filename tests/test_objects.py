@@ -345,6 +345,38 @@ def test_a_corrupt_cache_object_is_moved_to_quarantine(tmp_path):
     assert cache.ensure(digest, raw) > 0 and cache.get(digest) == raw
 
 
+@pytest.mark.parametrize("size", [1000, 200_000], ids=["small", "large"])
+def test_copy_to_writes_verified_chunks_and_refuses_corrupt_or_short_ones(tmp_path, size):
+    """Both paths of copy_to (one read for small objects, memory map + copy_file_range
+    for large ones): the bytes land at the offset; corruption writes nothing."""
+    from theta_zarr.cache import QuarantinedError
+
+    cache = Cache(str(tmp_path / "cache"))
+    raw = os.urandom(size)
+    digest = chunking.digest(raw)
+    cache.put(digest, raw)
+    target = tmp_path / "out.bin"
+    with open(target, "wb+") as f:
+        cache.copy_to(digest, f.fileno(), 7, size)
+    assert target.read_bytes() == b"\0" * 7 + raw
+    assert cache.missing([digest, chunking.digest(b"other")]) == {chunking.digest(b"other")}
+    path = tmp_path / "cache" / object_key(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    with open(tmp_path / "out2.bin", "wb+") as f:
+        with pytest.raises(QuarantinedError, match="corrupt"):
+            cache.copy_to(digest, f.fileno(), 0, size)
+        assert os.fstat(f.fileno()).st_size == 0
+    assert cache.missing([digest]) == {digest}
+    cache.put(digest, raw)
+    os.chmod(path, 0o644)
+    path.write_bytes(path.read_bytes()[:-10])  # cut short
+    with open(tmp_path / "out3.bin", "wb+") as f:
+        with pytest.raises(ObjectError):
+            cache.copy_to(digest, f.fileno(), 0, size)
+        assert os.fstat(f.fileno()).st_size == 0
+
+
 def test_ensure_rewrites_a_truncated_object(tmp_path):
     cache = Cache(str(tmp_path / "cache"))
     raw = bytes(range(256)) * 8
