@@ -207,4 +207,5 @@ def test_blosc_runs_in_the_calling_thread_without_a_global_lock():
     writer's thread pool could then encode on one core only."""
     import numcodecs.blosc
 
+    codecs.encode_bytes(b"\0" * 4096, "blosc", 4)  # loads and configures numcodecs
     assert numcodecs.blosc.use_threads is False

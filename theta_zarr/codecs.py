@@ -38,14 +38,13 @@ be decoded alone: ObjectStore resolves them.
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from abc import ABC, abstractmethod
 
 import numpy as np
 import zstandard
-from numcodecs import Blosc, Zstd
-from numcodecs import blosc as _blosc
 
 MAGIC = b"TZO1"
 DELTAS = ("xor-delta", "int-delta")
@@ -54,15 +53,34 @@ AUTO = "auto"
 #: Blosc block size: 1 MiB blocks compress the shuffled planes of a 4 MiB chunk best
 #: (docs/benchmarks.md), still several blocks per chunk
 BLOSC_BLOCK = 1 << 20
-#: the largest raw chunk a Blosc frame may claim (Blosc's own limit is 2 GiB)
-MAX_RAW = _blosc.MAX_BUFFERSIZE
+#: the largest raw chunk a Blosc frame may claim (c-blosc's BLOSC_MAX_BUFFERSIZE: 2 GiB
+#: less its 16-byte overhead)
+MAX_RAW = 2**31 - 1 - 16
 BLOSC_HEADER = struct.Struct("<4B3I")
+#: c-blosc's shuffle filters (blosc.h)
+NOSHUFFLE, SHUFFLE, BITSHUFFLE = 0, 1, 2
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-# one process-wide setting of numcodecs: Blosc compresses in the calling thread (a
-# context per call, the GIL released, no global lock), so theta-zarr's own thread pool
-# keeps every core busy; with its default, calls from the main thread would share one
-# global Blosc context behind a lock
-_blosc.use_threads = False
+
+
+@functools.lru_cache(maxsize=1)
+def numcodecs_blosc():
+    """numcodecs' blosc module, loaded on first use (a checkout from a ``raw`` cache never
+    needs it), with one process-wide setting: Blosc compresses in the calling thread (a
+    context per call, the GIL released, no global lock), so theta-zarr's own thread pool
+    keeps every core busy; with its default, calls from the main thread would share one
+    global Blosc context behind a lock."""
+    from numcodecs import blosc
+
+    blosc.use_threads = False
+    return blosc
+
+
+@functools.lru_cache(maxsize=8)
+def numcodecs_zstd(level: int):
+    """A numcodecs Zstd codec of ``level``, loaded on first use."""
+    from numcodecs import Zstd
+
+    return Zstd(level=level)
 
 
 class CodecError(ValueError):
@@ -98,17 +116,17 @@ class ZstdCodec(Codec):
     name = "zstd"
 
     def __init__(self, level: int = 1):
-        self._zstd = Zstd(level=level)
+        self.level = level
 
     def encode(self, raw: memoryview, elem: int = 1) -> bytes:
         # numcodecs cannot decode the frame it writes for empty input: empty stays empty
-        return bytes(self._zstd.encode(raw)) if len(raw) else b""
+        return bytes(numcodecs_zstd(self.level).encode(raw)) if len(raw) else b""
 
     def decode(self, payload: memoryview) -> bytes:
         if not len(payload):
             return b""
         try:
-            return bytes(self._zstd.decode(payload))
+            return bytes(numcodecs_zstd(self.level).decode(payload))
         except Exception as e:  # numcodecs raises RuntimeError/ValueError on bad frames
             raise CodecError(f"zstd payload does not decode ({e})") from None
 
@@ -124,9 +142,12 @@ def typed(data: bytes | memoryview | np.ndarray, elem: int) -> np.ndarray:
 
 
 def blosc_encode(data: bytes | memoryview | np.ndarray, elem: int,
-                 shuffle: int = Blosc.SHUFFLE) -> bytes:
+                 shuffle: int = SHUFFLE) -> bytes:
     """A Blosc frame of ``data`` (zstd level 1, 1 MiB blocks, ``shuffle`` by ``elem``)."""
     arr = typed(data, elem)
+    from numcodecs import Blosc
+
+    numcodecs_blosc()
     return bytes(Blosc(cname="zstd", clevel=1, shuffle=shuffle, blocksize=BLOSC_BLOCK)
                  .encode(arr))
 
@@ -144,7 +165,7 @@ def blosc_decode(payload: bytes | memoryview, what: str = "blosc") -> bytes:
         raise CodecError(f"{what} frame header claims {cbytes} bytes compressed and "
                          f"{nbytes} raw, the payload has {len(view)}")
     try:
-        return bytes(_blosc.decompress(view))
+        return bytes(numcodecs_blosc().decompress(view))
     except Exception as e:  # numcodecs raises RuntimeError on bad frames
         raise CodecError(f"{what} payload does not decode ({e})") from None
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numcodecs import Zstd
 
 from . import codecs
 from .codecs import CodecError
@@ -60,8 +59,8 @@ MAX_ELEM = 16
 INT_ELEMS = (1, 2, 4, 8)
 # int-delta bodies: bit-shuffle suits narrow items (bf16's changed bits sit in a few
 # bit planes), byte-shuffle wide ones (measured, docs/benchmarks.md)
-_INT_SHUFFLE = {1: codecs.Blosc.BITSHUFFLE, 2: codecs.Blosc.BITSHUFFLE,
-                4: codecs.Blosc.SHUFFLE, 8: codecs.Blosc.SHUFFLE}
+_INT_SHUFFLE = {1: codecs.BITSHUFFLE, 2: codecs.BITSHUFFLE,
+                4: codecs.SHUFFLE, 8: codecs.SHUFFLE}
 
 
 @dataclass(frozen=True)
@@ -94,10 +93,6 @@ class Base:
 
     digest: str
     elem: int = 1
-
-
-def _zstd(level: int) -> Zstd:
-    return Zstd(level=level)
 
 
 def xor(raw: bytes | memoryview, base: bytes | memoryview) -> np.ndarray:
@@ -165,7 +160,7 @@ def encode(raw: bytes | memoryview, base_raw: bytes | memoryview, base_digest: s
         head = codecs.header(INT)
     else:
         diff = shuffle(xor(raw, base_raw), elem)
-        body = bytes(_zstd(level).encode(diff)) if diff.size else b""
+        body = bytes(codecs.numcodecs_zstd(level).encode(diff)) if diff.size else b""
         head = HEADER
     return b"".join((head, _digest_bytes(base_digest), bytes([elem, depth]), body))
 
@@ -222,7 +217,7 @@ def apply(header: DeltaHeader, body: bytes | memoryview, base_raw: bytes | memor
         zz = np.frombuffer(codecs.blosc_decode(body, "int-delta"), dtype=np.uint8)
         return unzigzag_add(zz, base_raw, header.elem)
     try:
-        diff = np.frombuffer(bytes(_zstd(1).decode(body)), dtype=np.uint8)
+        diff = np.frombuffer(bytes(codecs.numcodecs_zstd(1).decode(body)), dtype=np.uint8)
     except Exception as e:  # numcodecs raises RuntimeError/ValueError on bad frames
         raise CodecError(f"xor-delta payload does not decode ({e})") from None
     if diff.size != base.size:

@@ -35,8 +35,13 @@ def _builtins() -> list[Format]:
 
 
 @functools.lru_cache(maxsize=1)
+def _builtin_formats() -> dict[str, Format]:
+    return {f.name: f for f in _builtins()}
+
+
+@functools.lru_cache(maxsize=1)
 def all_formats() -> tuple[Format, ...]:
-    found: dict[str, Format] = {f.name: f for f in _builtins()}
+    found: dict[str, Format] = dict(_builtin_formats())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             cls = ep.load()
@@ -48,6 +53,9 @@ def all_formats() -> tuple[Format, ...]:
 
 
 def get_format(name: str) -> Format:
+    builtin = _builtin_formats().get(name)  # built-ins win: no entry-point scan for them
+    if builtin is not None:
+        return builtin
     for fmt in all_formats():
         if fmt.name == name:
             return fmt

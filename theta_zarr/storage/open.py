@@ -11,8 +11,6 @@ import os
 import re
 from typing import Any
 
-import fsspec
-
 from ..redact import has_userinfo, mask_userinfo
 from .base import BlobStore, StorageError
 
@@ -62,6 +60,8 @@ def check_url(url: str) -> str:
     m = _SCHEME.match(url)
     if m is None or os.path.isabs(url):
         return url  # a local folder
+    import fsspec  # here, not at the top: a local folder (and a checkout) never needs it
+
     scheme, rest = m.group("scheme").lower(), m.group("rest")
     if not rest.startswith("//"):
         if scheme in fsspec.available_protocols():
