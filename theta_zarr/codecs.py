@@ -219,48 +219,57 @@ class ExponentSplitCodec(Codec):
         frame = self._coders()[0].compress(exponents.data)
         return b"".join((self._LENGTH.pack(len(frame)), frame, rest.data))
 
-    def decode(self, payload: memoryview) -> memoryview:
+    def _parts(self, payload: memoryview) -> tuple[memoryview, memoryview, int, int]:
+        """(exponent frame, other bytes, element count, element size) of a payload; the
+        frame's header gives the count, the other bytes' length then the element size.
+        Raises CodecError when the sizes disagree (checked before anything is allocated)."""
         view = memoryview(payload)
-        for elem in self.ELEMS:  # the frame's content size tells the element size
-            if len(view) < self._LENGTH.size:
-                break
+        if len(view) >= self._LENGTH.size:
             (flen,) = self._LENGTH.unpack_from(view)
             frame = view[self._LENGTH.size:self._LENGTH.size + flen]
             rest = view[self._LENGTH.size + flen:]
-            if len(frame) != flen:
-                break
             try:
-                n = zstandard.frame_content_size(frame)
+                n = zstandard.frame_content_size(frame) if len(frame) == flen else -1
             except zstandard.ZstdError:
-                break
-            if n < 0 or n * elem > MAX_RAW or len(rest) != n * (elem - 1):
-                continue
-            try:
-                exponents = np.frombuffer(self._coders()[1].decompress(frame, max_output_size=n),
-                                          np.uint8)
-            except zstandard.ZstdError as e:
-                raise CodecError(f"expsplit payload does not decode ({e})") from None
-            if exponents.size != n:
-                break
-            out = np.empty((n, elem), np.uint8)
-            out[:, elem - 1] = exponents
-            planes = np.frombuffer(rest, np.uint8).reshape(n, elem - 1)
-            for k in range(elem - 1):
-                out[:, k] = planes[:, k]
-            words = out.view(_UINT[elem]).reshape(-1)
-            sign = words << np.array(8 * elem - 1, words.dtype)
-            words >>= np.array(1, words.dtype)
-            words |= sign
-            return memoryview(out.reshape(-1))
+                n = -1
+            for elem in self.ELEMS:
+                if n >= 0 and n * elem <= MAX_RAW and len(rest) == n * (elem - 1):
+                    return frame, rest, n, elem
         raise CodecError("expsplit payload is truncated or its sizes disagree")
 
+    def exponent_bytes(self, payload: bytes | memoryview) -> int:
+        """The size of an encoded payload's exponent frame (what the weights' exponents
+        cost: 2 to 3 bits per element for trained or initialised weights)."""
+        return self._LENGTH.unpack_from(payload)[0]
 
+    def decode(self, payload: memoryview) -> memoryview:
+        frame, rest, n, elem = self._parts(payload)
+        try:
+            exponents = np.frombuffer(self._coders()[1].decompress(frame, max_output_size=n),
+                                      np.uint8)
+        except zstandard.ZstdError as e:
+            raise CodecError(f"expsplit payload does not decode ({e})") from None
+        if exponents.size != n:
+            raise CodecError("expsplit payload is truncated or its sizes disagree")
+        out = np.empty((n, elem), np.uint8)
+        out[:, elem - 1] = exponents
+        planes = np.frombuffer(rest, np.uint8).reshape(n, elem - 1)
+        for k in range(elem - 1):
+            out[:, k] = planes[:, k]
+        words = out.view(_UINT[elem]).reshape(-1)
+        sign = words << np.array(8 * elem - 1, words.dtype)
+        words >>= np.array(1, words.dtype)
+        words |= sign
+        return memoryview(out.reshape(-1))
+
+
+EXPSPLIT = ExponentSplitCodec()
 CODECS: dict[str, Codec] = {c.name: c for c in (RawCodec(), ZstdCodec(), BloscCodec(),
-                                                ExponentSplitCodec())}
+                                                EXPSPLIT)}
 #: names a writer may be configured with (``theta-zarr.cache-compression``, remote
 #: ``compression``): the codecs that apply to any chunk, and ``auto`` (which alone picks
 #: ``expsplit``, where the chunk's item size allows it)
-WRITER_NAMES = (*(n for n in CODECS if n != ExponentSplitCodec.name), AUTO)
+WRITER_NAMES = (*(n for n in CODECS if n != EXPSPLIT.name), AUTO)
 
 
 def get_codec(name: str) -> Codec:
@@ -291,12 +300,12 @@ def choose(raw: memoryview, elem: int) -> tuple[str, bytes | memoryview]:
     """The ``auto`` policy: (codec name, payload) for one chunk of item size ``elem``."""
     if not len(raw):
         return "raw", raw
-    if elem in ExponentSplitCodec.ELEMS and len(raw) % elem == 0:
-        name, payload = "expsplit", CODECS["expsplit"].encode(raw, elem)
-        frame = int.from_bytes(payload[:4], "little")
+    if elem in EXPSPLIT.ELEMS and len(raw) % elem == 0:
+        name, payload = EXPSPLIT.name, EXPSPLIT.encode(raw, elem)
         # Weights' exponents cost 2 to 3 bits each; under one bit, or no gain overall,
         # the chunk is not float weights (integers, masks) and byte-shuffling may do better
-        if frame * 8 < len(raw) // elem or len(payload) * 1.05 > len(raw):
+        if EXPSPLIT.exponent_bytes(payload) * 8 < len(raw) // elem or \
+                len(payload) * 1.05 > len(raw):
             other = CODECS["blosc"].encode(raw, elem)
             if len(other) < len(payload):
                 name, payload = "blosc", other
