@@ -115,18 +115,9 @@ class Cache(ObjectStore):
         except FileNotFoundError:
             raise MissingObjectError(f"object {digest} is missing from {self.url}") from None
         try:
-            if length <= SMALL_OBJECT:  # one read, hashed and written from memory
-                whole = memoryview(os.pread(src, len(RAW_HEADER) + length + 1, 0))
-                if whole[:len(RAW_HEADER)] == RAW_HEADER and \
-                        len(whole) == len(RAW_HEADER) + length:
-                    if not matches(digest, whole[len(RAW_HEADER):]):
-                        where = self.quarantine(digest)
-                        raise QuarantinedError(f"object {digest} in {self.url} is corrupt "
-                                               "(content does not match digest); moved it "
-                                               f"to {where}", digest)
-                    _pwrite_all(fd, whole[len(RAW_HEADER):], offset)
-                    return
-            head = os.pread(src, 5 + 255, 0)
+            # a small object is read whole at once; of a large one, enough for its header
+            small = length <= SMALL_OBJECT
+            head = os.pread(src, len(RAW_HEADER) + length + 1 if small else 5 + 255, 0)
             try:
                 name, payload = codecs.split(head)
             except codecs.CodecError:
@@ -139,14 +130,14 @@ class Cache(ObjectStore):
                                       f"the manifest says {length}")
                 _pwrite_all(fd, memoryview(raw), offset)
                 return
+            if small:  # hashed and written from memory: no map, no copy_file_range set-up
+                self._verify(digest, payload)
+                _pwrite_all(fd, payload, offset)
+                return
             with mmap.mmap(src, 0, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
                 try:
-                    if not matches(digest, view[start:]):
-                        where = self.quarantine(digest)
-                        raise QuarantinedError(f"object {digest} in {self.url} is corrupt "
-                                               "(content does not match digest); moved it "
-                                               f"to {where}", digest)
+                    self._verify(digest, view[start:])
                     try:
                         _copy_range(src, start, fd, offset, length)
                     except OSError:  # no copy_file_range here (or across these files)
@@ -155,6 +146,15 @@ class Cache(ObjectStore):
                     view.release()
         finally:
             os.close(src)
+
+    def _verify(self, digest: str, raw: bytes | memoryview) -> None:
+        """QuarantinedError (the object moved aside) unless ``raw`` hashes to ``digest``."""
+        ok = matches(digest, raw)
+        del raw  # the error's traceback must not hold a view of a memory map being closed
+        if not ok:
+            where = self.quarantine(digest)
+            raise QuarantinedError(f"object {digest} in {self.url} is corrupt (content does "
+                                   f"not match digest); moved it to {where}", digest)
 
 
 def _copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int) -> None:
