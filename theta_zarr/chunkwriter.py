@@ -63,8 +63,8 @@ class ChunkWriter:
         self._error: BaseException | None = None
         self._claimed: set[str] = set()
         self._buffers: dict[int, list[memoryview]] = {}
-        self._batch: list[tuple[memoryview, int, bool]] = []  # (chunk, elem, pooled)
-        self._batch_slots: list[tuple[list, int]] = []  # where each batched digest goes
+        # small chunks waiting for a task: (chunk, elem, pooled, its parameter's slots, index)
+        self._batch: list[tuple[memoryview, int, bool, list, int]] = []
         self._batch_bytes = 0
 
     # -- input ---------------------------------------------------------------------
@@ -142,9 +142,8 @@ class ChunkWriter:
             slots.append(bytes(view))
             return
         if len(view) <= SMALL_CHUNK:
-            self._batch.append((view, elem, pooled))
-            self._batch_slots.append((slots, len(slots)))
-            slots.append(None)  # filled when the batch is done
+            self._batch.append((view, elem, pooled, slots, len(slots)))
+            slots.append(None)  # filled when the batch is submitted
             self._batch_bytes += len(view)
             if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_CHUNKS:
                 self._flush_batch()
@@ -164,8 +163,7 @@ class ChunkWriter:
         """Send the pending small chunks to the pool as one task."""
         if not self._batch:
             return
-        batch, places = self._batch, self._batch_slots
-        self._batch, self._batch_slots, self._batch_bytes = [], [], 0
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
         self._slots.acquire()
         try:
             fut = self._pool.submit(self._store_batch, batch)
@@ -173,14 +171,14 @@ class ChunkWriter:
             self._slots.release()
             raise
         fut.add_done_callback(self._done)
-        for i, (slots, index) in enumerate(places):
+        for i, (_, _, _, slots, index) in enumerate(batch):
             slots[index] = _Batched(fut, i)
 
-    def _store_batch(self, batch: list[tuple[memoryview, int, bool]]) -> list[str]:
+    def _store_batch(self, batch: list[tuple[memoryview, int, bool, list, int]]) -> list[str]:
         try:
-            return [self._store_chunk(view, elem) for view, elem, _ in batch]
+            return [self._store_chunk(view, elem) for view, elem, *_ in batch]
         finally:
-            for view, _, pooled in batch:
+            for view, _, pooled, *_ in batch:
                 if pooled:
                     self._recycle(view)
 

@@ -73,7 +73,7 @@ class LocalStore(BlobStore):
         folder = os.path.dirname(path)
         tmp = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-"
                                    f"{next(_tmp_names)}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL  # not inherited by children (PEP 446)
         try:
             try:
                 fd = os.open(tmp, flags, 0o444)
