@@ -422,7 +422,7 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
         server = FilterServer(stdin, stdout, settings, repo=repo, direct=direct)
         server.notes = command not in READ_ONLY_COMMANDS | {"status"}
         server.clean_reads_worktree = command in CLEANS_WORKTREE and not repo.bare
-        objects = read_through(repo, cache=server.cache)
+        objects = read_through(repo, cache=server.cache, settings=settings)
         server.fetch = objects.fetch if objects.has_remote else None
     except Exception as e:
         return FilterServer(stdin, stdout, None, broken=one_line(e))

@@ -7,6 +7,7 @@ import sys
 from .. import checkpoint, delta
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..remote import ReadThrough, RemoteSpec, TransferStats, open_remote, push_objects
+from ..settings import Settings
 from .files import read_blobs
 from .install import DRIVER
 from .remotes import for_git_remote, manifests_in_range, require, resolve
@@ -64,9 +65,13 @@ def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
     return stats
 
 
-def read_through(repo: Repo, name: str | None = None, cache=None) -> ReadThrough:
-    """The cache backed by the default (or named) remote, for smudge and the API."""
-    settings = repo.settings()
+def read_through(repo: Repo, name: str | None = None, cache=None,
+                 settings: Settings | None = None) -> ReadThrough:
+    """The cache backed by the default (or named) remote, for smudge and the API.
+
+    ``settings``: the repository's, when the caller has read them already (each read is
+    a ``git config`` process, and the filter starts in every git command)."""
+    settings = settings or repo.settings()
     cache = cache or checkpoint.open_cache(settings)
     spec = resolve(repo, name)
     if spec is None:
