@@ -1,7 +1,9 @@
-"""Shared fixtures: real git repositories in temporary folders, with theta-zarr installed."""
+"""Shared fixtures: real git repositories in temporary folders, with theta-zarr installed;
+and the helpers the git tests share (file digests, committing a demo model)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -13,6 +15,25 @@ import pytest
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 pytest_plugins = ["servers"]
+
+MODEL = "model.safetensors"
+
+
+def file_sha(path) -> str:
+    """sha256 (hex) of a file's bytes: checked-out checkpoints are compared bit for bit."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def commit_checkpoint(repo: GitRepo, message: str, *, shape, name: str = MODEL, **kw) -> str:
+    """Write the demo model of ``shape`` (``theta_zarr.demo.write_model``; ``kw`` such as
+    ``tuned``/``seed`` go to it) to ``name`` in ``repo``, add and commit it; returns the
+    file's sha256."""
+    from theta_zarr.demo import write_model
+
+    write_model(str(repo.path / name), shape, **kw)
+    repo.git("add", name)
+    repo.git("commit", "-q", "-m", message)
+    return file_sha(repo.path / name)
 
 
 def _env() -> dict[str, str]:

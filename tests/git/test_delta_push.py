@@ -4,14 +4,13 @@ chains whole and fsck names a broken one."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import GitRepo
+from conftest import GitRepo, file_sha
 
 from theta_zarr import codecs
 from theta_zarr.demo import ModelShape, write_model
@@ -37,10 +36,6 @@ def remote_url(request, tmp_path, monkeypatch) -> tuple[str, dict[str, str], lis
 
 def objects(url: str, options: list[str]):
     return open_remote(RemoteSpec("t", url, dict(o.split("=", 1) for o in options)))
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def setup(repo, url, env, options, tmp_path) -> Path:
@@ -93,9 +88,9 @@ def test_optimizer_step_is_pushed_as_deltas_and_clones_bit_exact(repo, remote_ur
     stored = sum(len(store.get_encoded(d)) for d in new)
     plain = sum(len(store.get_encoded(d)) for d in base.digests())
     assert stored < 0.5 * plain
-    original = sha(repo.path / "model.safetensors")
+    original = file_sha(repo.path / "model.safetensors")
     c = clone(make_repo, bare, "clone")
-    assert sha(c.path / "model.safetensors") == original
+    assert file_sha(c.path / "model.safetensors") == original
     assert c.out("status", "--porcelain") == ""
     # the clone's cache holds raw objects
     for d in list(new)[:5]:
@@ -104,7 +99,7 @@ def test_optimizer_step_is_pushed_as_deltas_and_clones_bit_exact(repo, remote_ur
     # and the older version, too, from its full objects
     c.git("checkout", "-q", "HEAD~1", "--", "model.safetensors")
     c.git("checkout", "-q", "HEAD", "--", "model.safetensors")
-    assert sha(c.path / "model.safetensors") == original
+    assert file_sha(c.path / "model.safetensors") == original
 
 
 def test_several_steps_in_one_push_chain_and_respect_depth(repo, tmp_path, make_repo):
@@ -124,7 +119,7 @@ def test_several_steps_in_one_push_chain_and_respect_depth(repo, tmp_path, make_
         depths.append(0 if header is None else header.depth)
     assert digest and depths == [1, 2, 0, 1]
     c = clone(make_repo, bare, "clone")
-    assert sha(c.path / "model.safetensors") == sha(repo.path / "model.safetensors")
+    assert file_sha(c.path / "model.safetensors") == file_sha(repo.path / "model.safetensors")
 
 
 def test_delta_off_pushes_plain_objects(repo, tmp_path):
@@ -190,7 +185,7 @@ def test_cluster_push_stores_deltas_against_the_ref(tmp_path):
     assert "int-delta" in forms, out
     pulled = tmp_path / "pulled.safetensors"
     run_tz(["pull", url, "run/latest", "-o", str(pulled)], tmp_path / "other-cache")
-    assert sha(pulled) == sha(f)
+    assert file_sha(pulled) == file_sha(f)
 
 
 def test_cluster_push_of_a_new_step_deltas_against_base_ref(tmp_path):
@@ -211,7 +206,7 @@ def test_cluster_push_of_a_new_step_deltas_against_base_ref(tmp_path):
     assert new and forms == {"int-delta"}, out
     pulled = tmp_path / "pulled.safetensors"
     run_tz(["pull", url, "run/step-2", "-o", str(pulled)], tmp_path / "other-cache")
-    assert sha(pulled) == sha(f)
+    assert file_sha(pulled) == file_sha(f)
 
 
 def test_gc_repack_rewrites_deep_chains_as_full_objects(repo, tmp_path, make_repo):
@@ -235,6 +230,6 @@ def test_gc_repack_rewrites_deep_chains_as_full_objects(repo, tmp_path, make_rep
     assert depths() == [1, 0, 0]
     assert codec_of(store, manifests[2].params["lm_head.weight"].chunks[0]) == "expsplit"
     c = clone(make_repo, bare, "after-repack")
-    assert sha(c.path / "model.safetensors") == sha(repo.path / "model.safetensors")
+    assert file_sha(c.path / "model.safetensors") == file_sha(repo.path / "model.safetensors")
     proc = repo.tz("gc", "--repack", check=False)
     assert proc.returncode == 1 and "--repack needs --remote" in proc.stderr.decode()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 
 import ml_dtypes
 import numpy as np
 import torch
+from conftest import commit_checkpoint, file_sha
 from safetensors.torch import load_file, save_file
 
 from theta_zarr.demo import ModelShape, write_model
@@ -16,14 +17,7 @@ SHAPE = ModelShape(hidden=64, layers=3, vocab=256)
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
-def sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def commit_model(repo, message: str, **kw) -> None:
-    write_model(str(repo.path / "model.safetensors"), SHAPE, **kw)
-    repo.git("add", "model.safetensors")
-    repo.git("commit", "-q", "-m", message)
+commit_model = functools.partial(commit_checkpoint, shape=SHAPE)
 
 
 def to_torch(a: np.ndarray) -> torch.Tensor:
@@ -151,14 +145,14 @@ def test_different_layers_merge_rebase_and_cherry_pick_bit_exact(repo, tmp_path)
     repo.git("checkout", "-q", "-b", "merged")
     proc = repo.git("merge", "-q", "--no-edit", "tune-head")
     assert b"merged 27 parameter(s)" in proc.stderr
-    assert sha(repo.path / "model.safetensors") == sha(expect)
+    assert file_sha(repo.path / "model.safetensors") == file_sha(expect)
     assert repo.out("status", "--porcelain") == ""
     repo.git("checkout", "-q", "-b", "picked", "main")
     repo.git("cherry-pick", pick)
-    assert sha(repo.path / "model.safetensors") == sha(expect)
+    assert file_sha(repo.path / "model.safetensors") == file_sha(expect)
     repo.git("checkout", "-q", "tune-head")
     repo.git("rebase", "-q", "main")
-    assert sha(repo.path / "model.safetensors") == sha(expect)
+    assert file_sha(repo.path / "model.safetensors") == file_sha(expect)
     assert repo.out("status", "--porcelain") == ""
 
 

@@ -9,6 +9,7 @@ second, and that first status re-cleans the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
@@ -16,22 +17,14 @@ import subprocess
 import time
 
 import pytest
+from conftest import MODEL, commit_checkpoint, file_sha
 
 from theta_zarr.demo import ModelShape, write_model
 
 SHAPE = ModelShape(hidden=64, layers=3, vocab=256)
-MODEL = "model.safetensors"
 
 
-def sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def commit_model(repo, message: str, **kw) -> str:
-    write_model(str(repo.path / MODEL), SHAPE, **kw)
-    repo.git("add", MODEL)
-    repo.git("commit", "-q", "-m", message)
-    return sha(repo.path / MODEL)
+commit_model = functools.partial(commit_checkpoint, shape=SHAPE)
 
 
 def assert_clean_without_filter(repo, cwd=None) -> None:
@@ -52,7 +45,7 @@ def test_checkout_path_writes_file_and_index(direct):
     h = commit_model(direct, "base")
     (direct.path / MODEL).unlink()
     direct.git("checkout", "--", MODEL)
-    assert sha(direct.path / MODEL) == h
+    assert file_sha(direct.path / MODEL) == h
     assert_clean_without_filter(direct)
     debug = direct.out("ls-files", "--debug", MODEL)
     assert f"size: {(direct.path / MODEL).stat().st_size}" in debug
@@ -68,24 +61,24 @@ def test_switch_between_commits(direct):
     direct.git("switch", "-q", "-c", "tune")
     h2 = commit_model(direct, "tune", tuned=SHAPE.layer_names(1))
     direct.git("switch", "-q", "main")
-    assert sha(direct.path / MODEL) == h1
+    assert file_sha(direct.path / MODEL) == h1
     assert_clean_without_filter(direct)
     direct.git("checkout", "-q", "tune")
-    assert sha(direct.path / MODEL) == h2
+    assert file_sha(direct.path / MODEL) == h2
     assert_clean_without_filter(direct)
 
 
 def test_reset_hard_and_stash(direct):
     h1 = commit_model(direct, "base")
     write_model(str(direct.path / MODEL), SHAPE, tuned=SHAPE.layer_names(0))
-    h2 = sha(direct.path / MODEL)
+    h2 = file_sha(direct.path / MODEL)
     direct.git("stash", "-q")
-    assert sha(direct.path / MODEL) == h1
+    assert file_sha(direct.path / MODEL) == h1
     assert_clean_without_filter(direct)
     direct.git("stash", "pop", "-q")
-    assert sha(direct.path / MODEL) == h2
+    assert file_sha(direct.path / MODEL) == h2
     direct.git("reset", "-q", "--hard")
-    assert sha(direct.path / MODEL) == h1
+    assert file_sha(direct.path / MODEL) == h1
     assert_clean_without_filter(direct)
 
 
@@ -99,15 +92,15 @@ def test_merge_rebase_cherry_pick(direct):
     direct.git("add", "README")
     direct.git("commit", "-q", "-m", "readme")
     direct.git("cherry-pick", tuned)
-    assert sha(direct.path / MODEL) == h_tuned
+    assert file_sha(direct.path / MODEL) == h_tuned
     assert_clean_without_filter(direct)
     direct.git("reset", "-q", "--hard", "HEAD~1")
     direct.git("merge", "-q", "--no-edit", "feature")
-    assert sha(direct.path / MODEL) == h_tuned
+    assert file_sha(direct.path / MODEL) == h_tuned
     assert_clean_without_filter(direct)
     direct.git("checkout", "-q", "feature")
     direct.git("rebase", "-q", "main")
-    assert sha(direct.path / MODEL) == h_tuned
+    assert file_sha(direct.path / MODEL) == h_tuned
     assert_clean_without_filter(direct)
 
 
@@ -116,27 +109,27 @@ def test_bisect(direct):
               for i in range(4)]
     first = direct.out("rev-list", "--max-parents=0", "HEAD").strip()
     direct.git("bisect", "start", "HEAD", first)
-    assert sha(direct.path / MODEL) in hashes
+    assert file_sha(direct.path / MODEL) in hashes
     assert_clean_without_filter(direct)
     direct.git("bisect", "reset")
-    assert sha(direct.path / MODEL) == hashes[-1]
+    assert file_sha(direct.path / MODEL) == hashes[-1]
 
 
 def test_worktree_and_sparse_checkout(direct, tmp_path):
     h = commit_model(direct, "base")
     wt = tmp_path / "wt"
     direct.git("worktree", "add", "-q", str(wt), "HEAD")
-    assert sha(wt / MODEL) == h
+    assert file_sha(wt / MODEL) == h
     assert_clean_without_filter(direct, cwd=wt)
     os.makedirs(direct.path / "sub")
     write_model(str(direct.path / "sub" / MODEL), SHAPE, seed=5)
     direct.git("add", "sub")
     direct.git("commit", "-q", "-m", "sub")
-    h_sub = sha(direct.path / "sub" / MODEL)
+    h_sub = file_sha(direct.path / "sub" / MODEL)
     direct.git("sparse-checkout", "set", "--no-cone", "/*.safetensors", "/.gitattributes")
     assert not (direct.path / "sub").exists()
     direct.git("sparse-checkout", "disable")
-    assert sha(direct.path / "sub" / MODEL) == h_sub
+    assert file_sha(direct.path / "sub" / MODEL) == h_sub
     assert_clean_without_filter(direct)
 
 
@@ -150,7 +143,7 @@ def test_clone_with_global_install(direct, make_repo, git_env):
               str(direct.path / ".git" / "theta-zarr"))
     other.git("clone", "-q", str(direct.path), "clone")
     clone = other.path / "clone"
-    assert sha(clone / MODEL) == h
+    assert file_sha(clone / MODEL) == h
     assert_clean_without_filter(other, cwd=clone)
 
 
@@ -160,7 +153,7 @@ def test_small_files_and_archives_keep_the_pipe(repo):
     h = commit_model(repo, "base")
     (repo.path / MODEL).unlink()
     repo.git("checkout", "--", MODEL)
-    assert sha(repo.path / MODEL) == h
+    assert file_sha(repo.path / MODEL) == h
     repo.git("config", "theta-zarr.direct-checkout", "1")
     out = repo.git("cat-file", "--filters", f"HEAD:{MODEL}").stdout
     assert hashlib.sha256(out).hexdigest() == h
@@ -172,7 +165,7 @@ def test_materialize_writes_directly(direct):
     direct.git("-c", "theta-zarr.lazy=true", "checkout", "--", MODEL)
     assert (direct.path / MODEL).read_bytes().startswith(b'{"theta_zarr":')
     direct.tz("materialize", MODEL)
-    assert sha(direct.path / MODEL) == h
+    assert file_sha(direct.path / MODEL) == h
     assert_clean_without_filter(direct)
 
 
@@ -181,7 +174,7 @@ def test_split_index_falls_back_to_the_pipe(direct):
     direct.git("update-index", "--split-index")
     (direct.path / MODEL).unlink()
     direct.git("checkout", "--", MODEL)
-    assert sha(direct.path / MODEL) == h
+    assert file_sha(direct.path / MODEL) == h
     assert direct.out("status", "--porcelain") == ""
 
 
@@ -193,7 +186,7 @@ def commit_float32_model(repo, layers: int, rows: int, seed: int) -> str:
     rng = np.random.default_rng(seed)
     save_file({f"l.{i}": rng.standard_normal((rows, 1024), dtype=np.float32)
                for i in range(layers)}, str(repo.path / MODEL))
-    h = sha(repo.path / MODEL)
+    h = file_sha(repo.path / MODEL)
     repo.git("add", MODEL)
     repo.git("commit", "-q", "-m", "big")
     return h
@@ -212,7 +205,7 @@ def test_memory_limited_git_checks_out_larger_file(repo):
     assert piped.returncode != 0  # through the pipe git needs the file's size in memory
     (repo.path / MODEL).unlink(missing_ok=True)
     repo.run(*limited, "checkout", "--", MODEL)  # default threshold: 64 MiB
-    assert sha(repo.path / MODEL) == h
+    assert file_sha(repo.path / MODEL) == h
     assert repo.out("status", "--porcelain") == ""
 
 
@@ -243,4 +236,4 @@ def test_kill_mid_write_leaves_old_or_new_file(repo):
         assert repo.git("diff", "--quiet", check=False).returncode == 0
     (repo.path / ".git" / "index.lock").unlink(missing_ok=True)
     repo.tz("materialize", MODEL)
-    assert sha(repo.path / MODEL) == h
+    assert file_sha(repo.path / MODEL) == h

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -12,15 +11,12 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import torch
+from conftest import file_sha
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.manifest import Manifest
 
 SHAPE = ModelShape(hidden=64, layers=4, vocab=256)
-
-
-def sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def changed_digests(before: Manifest, after: Manifest) -> set[str]:
@@ -91,22 +87,22 @@ def test_two_layer_finetune_writes_only_changed_chunks(repo):
 def test_checkout_old_version_is_bit_exact_and_status_clean(repo):
     model = repo.path / "model.safetensors"
     write_model(str(model), SHAPE)
-    base_hash = sha(model)
+    base_hash = file_sha(model)
     repo.git("add", "model.safetensors")
     repo.git("commit", "-q", "-m", "base")
     write_model(str(model), SHAPE, tuned=SHAPE.layer_names(0))
-    tuned_hash = sha(model)
+    tuned_hash = file_sha(model)
     repo.git("commit", "-q", "-am", "tuned")
     repo.git("checkout", "HEAD~1", "--", "model.safetensors")
-    assert sha(model) == base_hash
+    assert file_sha(model) == base_hash
     assert repo.out("diff", "--name-only") == ""  # worktree == index: clean(smudge(m)) == m
     repo.git("checkout", "HEAD", "--", "model.safetensors")
-    assert sha(model) == tuned_hash
+    assert file_sha(model) == tuned_hash
     assert repo.out("status", "--porcelain") == ""
     # a fresh checkout of the whole tree after deleting the file
     model.unlink()
     repo.git("checkout", "--", "model.safetensors")
-    assert sha(model) == tuned_hash
+    assert file_sha(model) == tuned_hash
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn", "float8_e5m2", "float16",

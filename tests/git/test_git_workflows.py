@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
+import functools
+
+from conftest import commit_checkpoint, file_sha
 
 from theta_zarr.demo import ModelShape, write_model
 
 SHAPE = ModelShape(hidden=64, layers=3, vocab=256)
 
 
-def digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def commit_model(repo, message: str, **kw) -> str:
-    write_model(str(repo.path / "model.safetensors"), SHAPE, **kw)
-    repo.git("add", "model.safetensors")
-    repo.git("commit", "-q", "-m", message)
-    return digest(repo.path / "model.safetensors")
+commit_model = functools.partial(commit_checkpoint, shape=SHAPE)
 
 
 def test_worktree_shares_cache_and_checks_out(repo, tmp_path):
     h = commit_model(repo, "base")
     wt = tmp_path / "wt"
     repo.git("worktree", "add", "-q", str(wt), "HEAD")
-    assert digest(wt / "model.safetensors") == h
+    assert file_sha(wt / "model.safetensors") == h
     # the linked worktree uses the same cache: no second objects folder
     assert not list(wt.glob(".git/theta-zarr"))
     assert (repo.path / ".git" / "theta-zarr" / "objects").is_dir()
@@ -35,12 +29,12 @@ def test_worktree_shares_cache_and_checks_out(repo, tmp_path):
 def test_stash_and_pop(repo):
     h1 = commit_model(repo, "base")
     write_model(str(repo.path / "model.safetensors"), SHAPE, tuned=SHAPE.layer_names(1))
-    h2 = digest(repo.path / "model.safetensors")
+    h2 = file_sha(repo.path / "model.safetensors")
     repo.git("stash", "-q")
-    assert digest(repo.path / "model.safetensors") == h1
+    assert file_sha(repo.path / "model.safetensors") == h1
     assert repo.out("status", "--porcelain") == ""
     repo.git("stash", "pop", "-q")
-    assert digest(repo.path / "model.safetensors") == h2
+    assert file_sha(repo.path / "model.safetensors") == h2
 
 
 def test_rebase_over_checkpoint_changes(repo):
@@ -53,7 +47,7 @@ def test_rebase_over_checkpoint_changes(repo):
     h_main = commit_model(repo, "tune layer 0", tuned=SHAPE.layer_names(0))
     repo.git("checkout", "-q", "feature")
     repo.git("rebase", "-q", "main")
-    assert digest(repo.path / "model.safetensors") == h_main
+    assert file_sha(repo.path / "model.safetensors") == h_main
     assert (repo.path / "notes.txt").exists()
     assert repo.out("status", "--porcelain") == ""
 
@@ -68,7 +62,7 @@ def test_cherry_pick_checkpoint_commit(repo):
     repo.git("add", "README")
     repo.git("commit", "-q", "-m", "readme")
     repo.git("cherry-pick", tuned_commit)
-    assert digest(repo.path / "model.safetensors") == h_tuned
+    assert file_sha(repo.path / "model.safetensors") == h_tuned
     assert repo.out("status", "--porcelain") == ""
 
 
@@ -84,4 +78,4 @@ def test_clone_with_shared_cache_config(repo, make_repo, tmp_path):
     other.git("config", "theta-zarr.cache", str(shared))
     other.git("fetch", "-q", str(repo.path), "main")
     other.git("checkout", "-q", "FETCH_HEAD")
-    assert digest(other.path / "model.safetensors") == h
+    assert file_sha(other.path / "model.safetensors") == h

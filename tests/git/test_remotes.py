@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import signal
 import subprocess
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import servers
-from conftest import GitRepo
+from conftest import GitRepo, commit_checkpoint, file_sha
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.manifest import Manifest
@@ -48,10 +47,6 @@ def remote_case(request, tmp_path, monkeypatch) -> RemoteCase:
     return case
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def setup_origin(repo, case: RemoteCase, tmp_path: Path) -> Path:
     """A bare git remote plus the theta remote, shared through a committed .thetazarr."""
     repo.env.update(case.env)  # credentials and emulator hosts: environment only
@@ -67,9 +62,7 @@ def setup_origin(repo, case: RemoteCase, tmp_path: Path) -> Path:
 
 
 def commit_model(repo, message: str, **kw) -> Manifest:
-    write_model(str(repo.path / "model.safetensors"), SHAPE, **kw)
-    repo.git("add", "model.safetensors")
-    repo.git("commit", "-q", "-m", message)
+    commit_checkpoint(repo, message, shape=SHAPE, **kw)
     return Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:model.safetensors").stdout)
 
 
@@ -88,12 +81,12 @@ def test_push_then_clone_is_bit_exact(repo, remote_case, make_repo, tmp_path):
     repo.git("config", "theta-zarr.chunk-size", "16KiB")
     bare = setup_origin(repo, remote_case, tmp_path)
     m = commit_model(repo, "base")
-    original = sha(repo.path / "model.safetensors")
+    original = file_sha(repo.path / "model.safetensors")
     push = repo.git("push", "-q", "origin", "main")
     assert b"uploaded" in push.stderr
     assert remote_case.objects().missing(m.digests()) == set()
     c = clone(make_repo, bare, "clone")
-    assert sha(c.path / "model.safetensors") == original
+    assert file_sha(c.path / "model.safetensors") == original
     assert c.out("status", "--porcelain") == ""
     # the clone's cache was filled from the bucket
     assert c.object_files() == {f"{d[7:9]}/{d[9:]}" for d in m.digests()}
@@ -143,7 +136,7 @@ def test_lazy_load_fetches_exactly_one_layer(repo, remote_case, make_repo, tmp_p
         assert set(f.keys()) == set(SHAPE.layer_names(1))
     # a full materialize rebuilds the real file; git sees no change
     c.tz("materialize")
-    assert sha(c.path / "model.safetensors") == sha(repo.path / "model.safetensors")
+    assert file_sha(c.path / "model.safetensors") == file_sha(repo.path / "model.safetensors")
     assert c.out("status", "--porcelain", "--untracked-files=no") == ""
 
 
@@ -255,14 +248,14 @@ def test_clone_delays_smudges_and_fetches_in_one_batch(repo, remote_case, make_r
     for i in range(3):
         name = f"m{i}.safetensors"
         write_model(str(repo.path / name), SHAPE, seed=i)
-        hashes[name] = sha(repo.path / name)
+        hashes[name] = file_sha(repo.path / name)
     repo.git("add", ".")
     repo.git("commit", "-q", "-m", "three models")
     repo.git("push", "-q", "origin", "main")
     trace = tmp_path / "packets.log"
     c = clone(make_repo, bare, "batch", env={"GIT_TRACE_PACKET": str(trace)})
     for name, h in hashes.items():
-        assert sha(c.path / name) == h
+        assert file_sha(c.path / name) == h
     log = trace.read_text(errors="replace")
     assert log.count("status=delayed") == 3
     assert "command=list_available_blobs" in log
@@ -282,7 +275,7 @@ def test_clone_before_install_then_materialize(repo, remote_case, make_repo, tmp
     out = c.tz("install").stdout.decode()
     assert "run 'git theta-zarr materialize'" in out
     c.tz("materialize")
-    assert sha(c.path / "model.safetensors") == sha(repo.path / "model.safetensors")
+    assert file_sha(c.path / "model.safetensors") == file_sha(repo.path / "model.safetensors")
     assert c.out("status", "--porcelain") == ""
 
 

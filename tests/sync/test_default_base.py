@@ -4,7 +4,8 @@ of its folder, says so, and reports the bytes sent; ls shows what each ref store
 from __future__ import annotations
 
 import pytest
-from sync_helpers import CHUNK, SHAPE, Case, env_for, model, sha, tz
+from conftest import file_sha
+from sync_helpers import CHUNK, SHAPE, Case, env_for, model, tz
 
 from theta_zarr import codecs, delta, sync
 from theta_zarr.demo import write_model
@@ -61,7 +62,7 @@ def test_dense_step_goes_as_deltas_over_the_previous_step_without_base_ref(tmp_p
     out = tmp_path / "fresh" / "model.safetensors"
     tz(["pull", case.url, "run7/step-2000", "-o", str(out), "--cache",
         str(tmp_path / "fresh-cache")], env)
-    assert sha(out) == sha(second)
+    assert file_sha(out) == file_sha(second)
     # another folder: no base
     err = tz(["publish", str(second), case.url, "--ref", "run8/step-1", *opts], env
              ).stderr.decode()

@@ -7,9 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from conftest import file_sha
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sync_helpers import CHUNK, Case, env_for, model, sha, tz
+from sync_helpers import CHUNK, Case, env_for, model, tz
 
 from theta_zarr import chunking, gc
 from theta_zarr.cache import Cache
@@ -38,7 +39,7 @@ def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):
     repo.tz("remote", "add", "origin", case.url, "--shared")
     out = repo.tz("import", case.url, "run7/step-3000", "model.safetensors").stdout.decode()
     assert "model.safetensors" in out
-    assert sha(repo.path / "model.safetensors") == sha(f)
+    assert file_sha(repo.path / "model.safetensors") == file_sha(f)
     assert "A  model.safetensors" in repo.out("status", "--porcelain").splitlines()
     repo.git("add", ".thetazarr")
     repo.git("commit", "-q", "-m", "step 3000")
@@ -49,7 +50,7 @@ def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):
     parent = type(repo)(tmp_path, repo.env)
     parent.run("git", "theta-zarr", "install", "--global")
     parent.run("git", "clone", "-q", str(bare), "clone")
-    assert sha(clone.path / "model.safetensors") == sha(f)
+    assert file_sha(clone.path / "model.safetensors") == file_sha(f)
 
 
 def _object_path(cache_root: Path, digest: str) -> Path:

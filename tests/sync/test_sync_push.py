@@ -6,7 +6,8 @@ import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from sync_helpers import CHUNK, SHAPE, case, env_for, model, sha, tz  # noqa: F401
+from conftest import file_sha
+from sync_helpers import CHUNK, SHAPE, case, env_for, model, tz  # noqa: F401
 
 from theta_zarr import sync
 from theta_zarr.manifest import Manifest
@@ -33,7 +34,7 @@ def test_eight_concurrent_pushes_to_one_ref_have_one_winner(case, tmp_path):  # 
     # the ref names a complete manifest, and pulling it gives the winner's bytes
     out = tmp_path / "pulled.safetensors"
     tz(["pull", case.url, "run7/step-1", "-o", str(out), *case.cli_options()], env)
-    assert sha(out) == sha(files[won[0]])
+    assert file_sha(out) == file_sha(files[won[0]])
     # nothing lost or half-written: every push's manifest and all its objects are there
     remote = case.remote()
     manifests = dict(remote.iter_manifests())
@@ -66,7 +67,7 @@ def test_second_push_uploads_only_changed_chunks_and_pull_is_bit_exact(case, tmp
     out = tmp_path / "fresh" / "model.safetensors"
     tz(["pull", case.url, "run7/step-2", "-o", str(out), *case.cli_options(),
         "--cache", str(tmp_path / "fresh-cache")], env)
-    assert sha(out) == sha(step2)
+    assert file_sha(out) == file_sha(step2)
     # --include: only the selected parameters
     part = tmp_path / "part.safetensors"
     tz(["pull", case.url, "run7/step-2", "-o", str(part), "--include", "lm_head.*",
@@ -95,7 +96,7 @@ def test_sharded_directory_and_rank_pushes_with_combine(case, tmp_path):  # noqa
     out = tmp_path / "pulled-dir"
     tz(["pull", case.url, "run7/step-5", "-o", str(out), *case.cli_options()], env)
     for f in ckpt.iterdir():
-        assert sha(out / f.name) == sha(f)
+        assert file_sha(out / f.name) == file_sha(f)
     # ranks push their shards concurrently (threads here: one process per rank costs
     # seconds of start-up on a small test machine), then one combine records the set
     settings = Settings(cache_dir=str(tmp_path / "rank-cache"), chunk_bytes=16 << 10)
