@@ -117,9 +117,8 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
 
 def read_ref(url: str, ref: str, options: dict[str, str] | None = None,
              cache: str | None = None) -> tuple[Manifest, ReadThrough]:
-    """The manifest a remote ref names (tensors only) and its objects (cache + remote)."""
+    """The manifest a remote ref names and its objects (cache + remote)."""
     from .cache import Cache
-    from .formats.dcp import tensor_names
     from .manifest import ManifestError
     from .remote import RemoteSpec
     from .sync import SyncRemote, default_cache_dir
@@ -129,8 +128,7 @@ def read_ref(url: str, ref: str, options: dict[str, str] | None = None,
     if not isinstance(target, Manifest):
         raise ManifestError(f"ref {ref} in {remote.url} names a set of files; "
                             "pull it with theta-zarr pull")
-    manifest = Manifest(target.format, {n: target.params[n] for n in tensor_names(target)})
-    return manifest, ReadThrough(Cache(default_cache_dir(cache)), lambda: remote.objects)
+    return target, ReadThrough(Cache(default_cache_dir(cache)), lambda: remote.objects)
 
 
 def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,

@@ -24,7 +24,7 @@ from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import by_name
 from ..manifest import Manifest, ManifestError, ParamEntry, check_name
-from .base import Format, FormatError, Source
+from .base import Format, FormatError, Source, TensorView
 from .safetensors import SafetensorsFormat, read_header, stream_tensors
 
 NAME = "dcp"
@@ -32,12 +32,6 @@ NAME = "dcp"
 #: (sorted metadata keys: "dcp" comes before "format")
 SNIFF = b'{"__metadata__":{"dcp":'
 BYTES_DTYPE = "uint8"
-
-
-def tensor_names(manifest: Manifest) -> list[str]:
-    """The parameters of a manifest that are tensors (a dcp manifest's bytes items left out)."""
-    blobs = set(manifest.format.get("bytes", [])) if manifest.format_name == NAME else set()
-    return [n for n in manifest.params if n not in blobs]
 
 
 class DcpFormat(Format):
@@ -94,6 +88,12 @@ class DcpFormat(Format):
             except ManifestError as e:
                 raise FormatError(str(e)) from None
         return {"name": NAME, **info["format"]}
+
+    def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
+        """The tensors only: the bytes items (pickled non-tensor state) are no tensors for
+        ``load_state_dict``, however the manifest is read (a ref, a file in git)."""
+        blobs = set(fmt.get("bytes", []))
+        return {n: TensorView(n) for n in params if n not in blobs}
 
     def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
         keep = set(names)
