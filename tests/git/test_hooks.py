@@ -8,8 +8,8 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-from conftest import GitRepo
-from test_remotes import SHAPE, sha
+from conftest import GitRepo, file_sha
+from test_remotes import SHAPE
 
 from theta_zarr.demo import write_model
 from theta_zarr.manifest import Manifest
@@ -44,7 +44,7 @@ def test_repository_made_after_a_global_install_pushes_its_chunks(make_repo, tmp
     c = make_repo("c")
     c.path.rmdir()
     GitRepo(tmp_path, w.env).git("clone", "-q", str(bare), "c")
-    assert sha(c.path / "m.safetensors") == sha(w.path / "m.safetensors")
+    assert file_sha(c.path / "m.safetensors") == file_sha(w.path / "m.safetensors")
     assert (c.path / ".git" / "hooks" / "pre-push").exists()  # the clone's checkout did it
 
 
@@ -119,4 +119,5 @@ def test_checkout_works_without_theta_zarr_on_path(repo, make_repo, tmp_path):
     parent = GitRepo(tmp_path, env)
     parent.run(os.path.join(scripts, "git-theta-zarr"), "install", "--global")
     parent.git("clone", "-q", str(bare), "elsewhere")
-    assert sha(tmp_path / "elsewhere" / "m.safetensors") == sha(repo.path / "m.safetensors")
+    assert file_sha(tmp_path / "elsewhere" / "m.safetensors") == \
+        file_sha(repo.path / "m.safetensors")

@@ -8,8 +8,8 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import GitRepo, _env
-from test_remotes import SHAPE, sha
+from conftest import GitRepo, _env, file_sha
+from test_remotes import SHAPE
 
 from theta_zarr.demo import write_model
 from theta_zarr.manifest import Manifest
@@ -133,4 +133,4 @@ def test_git_archive_in_a_bare_repository(pushed, tmp_path):
     with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
         member = tar.extractfile("m.safetensors").read()
     assert member == (pushed.path / "m.safetensors").read_bytes()
-    assert sha(pushed.path / "m.safetensors")  # the working file is intact
+    assert file_sha(pushed.path / "m.safetensors")  # the working file is intact
