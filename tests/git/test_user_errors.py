@@ -55,7 +55,8 @@ COMMANDS = [("tz", "ls-files"), ("tz", "fetch"), ("tz", "push", "origin"),
 
 
 @pytest.mark.parametrize("key, value", [("chunk-size", "100"), ("concurrency", "abc"),
-                                        ("cache-compression", "lz4"), ("delta-depth", "x")])
+                                        ("cache-compression", "lz4"), ("delta-depth", "x"),
+                                        ("direct-checkout", "banana")])
 def test_bad_config_value_is_one_line_from_every_command(pushed, key, value):
     r = pushed
     write_model(str(r.path / "new.safetensors"), SHAPE, seed=1)

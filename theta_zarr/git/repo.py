@@ -53,6 +53,14 @@ def _config_int(key: str, value: str, low: int, high: int) -> int:
 
 def _config_value(key: str, value: str) -> object:
     """One ``theta-zarr.*`` value checked, or UserError naming the key and the value."""
+    if key == "theta-zarr.direct-checkout":
+        if value.strip().lower() in ("off", "false", "no", "never", ""):
+            return None
+        try:
+            return parse_size(value)
+        except ValueError:
+            raise UserError(f"git config {key} = {value!r} is not a size (e.g. 64MiB) "
+                            "or off") from None
     if key == "theta-zarr.chunk-size":
         try:
             n = parse_size(value)
@@ -149,9 +157,8 @@ class Repo:
         if "theta-zarr.opaque" in cfg:
             kwargs["opaque"] = _true(cfg["theta-zarr.opaque"])
         if "theta-zarr.direct-checkout" in cfg:
-            value = cfg["theta-zarr.direct-checkout"].strip().lower()
-            kwargs["direct_checkout"] = (None if value in ("off", "false", "no", "never", "")
-                                         else parse_size(value))
+            kwargs["direct_checkout"] = _config_value("theta-zarr.direct-checkout",
+                                                      cfg["theta-zarr.direct-checkout"])
         lazy_env = os.environ.get("GIT_THETA_ZARR_SKIP_SMUDGE")
         kwargs["lazy"] = _true(lazy_env) if lazy_env else _true(cfg.get("theta-zarr.lazy", ""))
         try:
