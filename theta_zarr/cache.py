@@ -23,6 +23,7 @@ from .objects import (
 )
 from .storage import StorageError
 from .storage.local import LocalStore
+from .streams import pwrite_all
 
 QUARANTINE = "quarantine"
 RAW_HEADER = codecs.header("raw")
@@ -128,11 +129,11 @@ class Cache(ObjectStore):
                 if len(raw) != length:
                     raise ObjectError(f"object {digest} in {self.url} holds {len(raw)} bytes, "
                                       f"the manifest says {length}")
-                _pwrite_all(fd, memoryview(raw), offset)
+                pwrite_all(fd, memoryview(raw), offset)
                 return
             if small:  # hashed and written from memory: no map, no copy_file_range set-up
                 self._verify(digest, payload)
-                _pwrite_all(fd, payload, offset)
+                pwrite_all(fd, payload, offset)
                 return
             with mmap.mmap(src, 0, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
@@ -141,7 +142,7 @@ class Cache(ObjectStore):
                     try:
                         _copy_range(src, start, fd, offset, length)
                     except OSError:  # no copy_file_range here (or across these files)
-                        _pwrite_all(fd, view[start:], offset)
+                        pwrite_all(fd, view[start:], offset)
                 finally:
                     view.release()
         finally:
@@ -165,13 +166,6 @@ def _copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: in
         src_offset += n
         dst_offset += n
         length -= n
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while len(data):
-        n = os.pwrite(fd, data, offset)
-        data = data[n:]
-        offset += n
 
 
 def default_cache_dir(git_common_dir: str) -> str:

@@ -16,6 +16,7 @@ from .cache import Cache
 from .chunkreader import ChunkReader
 from .manifest import Manifest, ManifestError, ParamEntry
 from .objects import batched, bounded_map
+from .streams import pwrite_all
 
 #: (offset in the file, literal bytes or (digest, length))
 Job = tuple[int, bytes | tuple[str, int]]
@@ -68,7 +69,7 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
     def run(batch: list[Job]) -> None:
         for offset, what in batch:
             if isinstance(what, bytes):
-                os.pwrite(fd, what, offset)
+                pwrite_all(fd, what, offset)
             else:
                 cache.copy_to(what[0], fd, offset, what[1])
 

@@ -25,6 +25,17 @@ def fill(read_into: ReadInto, view: memoryview) -> int:
     return got
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd``: ``pwrite`` may write less than asked
+    (a signal, a nearly full disk), and the rest must not be left as the zeros of a
+    pre-sized file."""
+    view = memoryview(data)
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
 def write_atomic(dest: str, write: Callable[[BinaryIO], object]) -> None:
     """Write a file through ``write(f)`` under a temporary name, then rename it into place:
     readers never see half a file, and a failure leaves the old one as it was."""
