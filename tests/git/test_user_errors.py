@@ -56,7 +56,8 @@ COMMANDS = [("tz", "ls-files"), ("tz", "fetch"), ("tz", "push", "origin"),
 
 @pytest.mark.parametrize("key, value", [("chunk-size", "100"), ("concurrency", "abc"),
                                         ("cache-compression", "lz4"), ("delta-depth", "x"),
-                                        ("direct-checkout", "banana")])
+                                        ("direct-checkout", "banana"),
+                                        ("cache-compression", "expsplit")])
 def test_bad_config_value_is_one_line_from_every_command(pushed, key, value):
     r = pushed
     write_model(str(r.path / "new.safetensors"), SHAPE, seed=1)
@@ -71,6 +72,13 @@ def test_bad_config_value_is_one_line_from_every_command(pushed, key, value):
         r.git("config", "--unset", f"theta-zarr.{key}")
         (r.path / "new.safetensors").unlink()
         r.git("checkout", "--", "m.safetensors")
+
+
+def test_cache_compression_takes_every_writer_name_the_docs_list(repo):
+    """``auto`` (docs/configuration.md) is a writer policy, not a codec: it is accepted."""
+    for value in ("raw", "zstd", "blosc", "auto"):
+        repo.git("config", "theta-zarr.cache-compression", value)
+        assert repo.tz("ls-files").returncode == 0
 
 
 @pytest.mark.parametrize("args", [("ls-files", "--rev", "HAED"), ("fetch", "origin", "HAED"),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..cache import default_cache_dir
 from ..chunking import MIN_CHUNK_BYTES
-from ..codecs import CODECS
+from ..codecs import WRITER_NAMES
 from ..errors import UserError
 from ..settings import Settings, parse_size
 
@@ -73,9 +73,9 @@ def _config_value(key: str, value: str) -> object:
         return n
     if key == "theta-zarr.cache-compression":
         codec = value.strip() or "raw"
-        if codec not in CODECS:
+        if codec not in WRITER_NAMES:  # what a writer may be configured with (codecs.py)
             raise UserError(f"git config {key} = {value!r} is not one of "
-                            f"{', '.join(sorted(CODECS))}")
+                            f"{', '.join(WRITER_NAMES)}")
         return codec
     if key == "theta-zarr.concurrency":
         return _config_int(key, value, 1, 1024)
