@@ -66,7 +66,7 @@ class Cache(ObjectStore):
             size = os.stat(path).st_size
         except OSError:
             return self.put(digest, raw, elem)  # absent (or unreachable: put says why)
-        if self.codec == "raw" and size != len(codecs.header("raw")) + len(raw):
+        if self.codec == "raw" and size != len(RAW_HEADER) + len(raw):
             self.quarantine(digest)
             return self.put(digest, raw, elem)
         return 0
