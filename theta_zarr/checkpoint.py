@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from . import formats
+from . import formats, lfs
 from .cache import Cache, QuarantinedError
 from .chunkreader import ChunkReader
 from .chunkwriter import ChunkWriter, TruncatedInput, WriteStats
@@ -31,9 +31,6 @@ from .objects import MissingObjectError, ObjectError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: the first bytes of a git-lfs pointer file (git-lfs's spec, version 1)
-LFS_POINTER = b"version https://git-lfs.github.com/spec/v1\n"
 
 #: Called with the digests the cache lacks; must put them into the cache.
 Fetcher = Callable[[set[str]], None]
@@ -71,7 +68,7 @@ def clean(source: Source, settings: Settings, cache: Cache,
     if looks_like_manifest(source.head) or looks_like_conflicted_manifest(source.head):
         data = source.head + source.stream.read()
         return CleanResult(Manifest.from_bytes(data, name), WriteStats(), passed_through=True)
-    if source.head.startswith(LFS_POINTER):
+    if lfs.looks_like_pointer(source.head):
         # a checkout made without git-lfs: storing it would keep the pointer, not the file
         raise FormatError(f"{name}: is a git-lfs pointer, not the file it stands for; fetch "
                           "the file with git-lfs (git lfs pull) before adding it")

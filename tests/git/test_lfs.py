@@ -3,19 +3,34 @@ die across the migration, and ``migrate`` converts the tree or rewrites history.
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from theta_zarr import lfs
+from theta_zarr import checkpoint, lfs
+from theta_zarr.formats import FormatError
+from theta_zarr.settings import Settings
 
 needs_lfs = pytest.mark.skipif(shutil.which("git-lfs") is None,
                                reason="git-lfs is not installed (apt-get install git-lfs)")
 
 POINTER = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"ab" * 32
            + b"\nsize 1234\n")
+
+
+@pytest.mark.parametrize("pointer", [POINTER, POINTER.replace(
+    b"git-lfs.github.com", b"hawser.github.com")], ids=["git-lfs", "hawser"])
+def test_adding_a_pointer_instead_of_its_file_is_refused(tmp_path, pointer):
+    """A checkout made without git-lfs holds pointers: storing one would keep the pointer,
+    not the weights, so clean says to fetch the file first (both spec URLs)."""
+    settings = Settings(cache_dir=str(tmp_path / "cache"))
+    cache = checkpoint.open_cache(settings)
+    source = checkpoint.open_source(io.BytesIO(pointer), cache, name="model.safetensors")
+    with pytest.raises(FormatError, match="model.safetensors: is a git-lfs pointer.*git lfs pull"):
+        checkpoint.clean(source, settings, cache)
 
 
 def test_pointer_parsing_follows_the_spec():
