@@ -38,3 +38,16 @@ def test_every_error_message_is_redacted():
     assert "https://minio.internal:9000/bucket" in line
     bug = one_line(KeyError("s3://K:S3cret@b/x"))
     assert bug.startswith("internal error") and "S3cret" not in bug
+
+
+def test_progress_and_warning_lines_are_redacted_like_failures(capsys):
+    """``say`` (push summaries, warnings) and ``fail`` print through the same redaction."""
+    from theta_zarr.commands.reporting import fail, say
+
+    url = "https://u:S3cret@host/x?X-Amz-Signature=ab12"
+    say(f"pushed to {url}")
+    with pytest.raises(SystemExit):
+        fail(f"cannot reach {url}")
+    err = capsys.readouterr().err
+    assert "S3cret" not in err and "ab12" not in err
+    assert err.count("https://host/x?X-Amz-Signature=***") == 2

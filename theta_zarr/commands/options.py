@@ -16,14 +16,10 @@ from typing import Any
 import click
 
 from ..remote import OPTION_NAMES
+from .reporting import say
 
 REMOTE_OPTION_HELP = ("a remote's storage option, repeatable: " + ", ".join(OPTION_NAMES))
 _OPTION_PAIR = re.compile(rf"^\s*({'|'.join(map(re.escape, OPTION_NAMES))})\s*=", re.I)
-
-
-def say(message: str) -> None:
-    """``theta-zarr: MESSAGE`` on stderr (progress and warnings, not failures)."""
-    click.echo(f"theta-zarr: {message}", err=True)
 
 
 def remote_options(fn: Callable[..., Any]) -> Callable[..., Any]:

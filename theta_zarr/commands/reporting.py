@@ -19,6 +19,12 @@ from ..git.repo import GitError
 from ..redact import redact
 
 
+def say(message: str) -> None:
+    """``theta-zarr: MESSAGE`` on stderr (progress and warnings, not failures); secrets
+    in URLs redacted, as ``fail`` does."""
+    click.echo(f"theta-zarr: {redact(message)}", err=True)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``theta-zarr: MESSAGE`` on stderr and exit with status ``code`` (1; git's own
     128 for a bad revision and 129 for a usage error where a command mirrors git)."""

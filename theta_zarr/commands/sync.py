@@ -18,8 +18,8 @@ from typing import Any
 import click
 
 from ..redact import redact
-from .options import REMOTE_OPTION_HELP, check_output, remote_options, say
-from .reporting import fail, human, reports_errors
+from .options import REMOTE_OPTION_HELP, check_output, remote_options
+from .reporting import fail, human, reports_errors, say
 
 
 def _cache_options(fn: Callable[..., Any]) -> Callable[..., Any]:
