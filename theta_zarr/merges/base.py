@@ -34,8 +34,8 @@ class MergeOptions:
     """The numeric parameters of a merge (mergekit's names: ``weight``, ``density``, ...).
 
     A value is a float, or a tuple with one float per model (``ours``, ``theirs`` in a
-    three-way merge; the listed models in ``merge-models``).  ``alpha`` and ``scale``
-    are the parameters of ``average`` and ``task-arithmetic``.
+    three-way merge; the listed models in ``merge-models``).  A strategy reads them with
+    ``Strategy.param``, which supplies its own defaults.
     """
 
     def __init__(self, values: Mapping[str, Value] | None = None, /,
@@ -70,20 +70,6 @@ class MergeOptions:
                 raise StrategyError(f"{name!r} has {len(v)} value(s), one per model is needed")
             return float(v[model])
         return float(v)
-
-    def flag(self, name: str, default: bool) -> bool:
-        """A yes/no parameter (``normalize``, ``rescale``): any non-zero number is yes."""
-        return self.get(name, 1.0 if default else 0.0) != 0.0
-
-    @property
-    def alpha(self) -> float:
-        """average: the weight of theirs (default 0.5)."""
-        return self.get("alpha", 0.5)
-
-    @property
-    def scale(self) -> float:
-        """task-arithmetic: the scale of the summed task vectors (default 1)."""
-        return self.get("scale", 1.0)
 
 
 @dataclass(frozen=True)
@@ -135,6 +121,15 @@ class Strategy:
     per_model: frozenset[str] = frozenset()
     #: how many models it merges: (at least, at most or None)
     models: tuple[int, int | None] = (2, 2)
+
+    def param(self, options: MergeOptions, name: str, model: int | None = None) -> float:
+        """Parameter ``name`` (one of ``parameters``, whose value is its default), for
+        model number ``model`` when it may differ per model."""
+        return options.get(name, self.parameters[name], model)
+
+    def flag(self, options: MergeOptions, name: str) -> bool:
+        """A yes/no parameter (``normalize``, ``rescale``): any non-zero number is yes."""
+        return self.param(options, name) != 0.0
 
     def check(self, dtype: str, numeric_kind: str) -> None:
         """Refuse a parameter this strategy cannot combine (``numeric_kind``: numpy's kind)."""

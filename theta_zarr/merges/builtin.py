@@ -41,7 +41,7 @@ class Average(Strategy):
 
     def combine(self, base: np.ndarray | None, ours: np.ndarray, theirs: np.ndarray,
                 options: MergeOptions) -> np.ndarray:
-        a = ours.dtype.type(options.alpha)
+        a = ours.dtype.type(self.param(options, "alpha"))
         return (ours.dtype.type(1) - a) * ours + a * theirs
 
 
@@ -60,7 +60,7 @@ class TaskArithmetic(Strategy):
         total = taus[0]
         for tau in taus[1:]:
             total = total + tau
-        return base + base.dtype.type(options.scale) * total
+        return base + base.dtype.type(self.param(options, "scale")) * total
 
 
 BUILTINS: dict[str, type[Strategy]] = {

@@ -12,6 +12,7 @@ parameter (magnitude ranks, norms, angles) are streamed from every chunk of it.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -55,13 +56,13 @@ class Linear(FloatMethod):
 
     def merge(self, chunk: ChunkInput, options: MergeOptions, stats: Any) -> np.ndarray:
         ms = chunk.models
-        ws = [_f(options.get("weight", 1.0, i), ms[0]) for i in range(len(ms))]
+        ws = [_f(self.param(options, "weight", i), ms[0]) for i in range(len(ms))]
         out = ws[0] * ms[0]
         total = ws[0]
         for w, m in zip(ws[1:], ms[1:], strict=True):
             out = out + w * m
             total = total + w
-        if options.flag("normalize", True):
+        if self.flag(options, "normalize"):
             if total == 0:
                 raise StrategyError("linear: the weights sum to 0; set normalize to false")
             out = out / total
@@ -91,8 +92,9 @@ class TaskVectors(FloatMethod):
     default_normalize = False
     default_rescale = False
 
-    @property
+    @functools.cached_property
     def parameters(self) -> dict[str, float]:  # type: ignore[override]
+        """Built once per strategy object from its sparsification (read per chunk)."""
         p = {"weight": 1.0, "lambda": 1.0, "normalize": float(self.default_normalize)}
         if self.sparsify:
             p["density"] = 1.0
@@ -106,13 +108,13 @@ class TaskVectors(FloatMethod):
 
     def _ranks(self, n: int, options: MergeOptions, i: int) -> list[int]:
         """The magnitude ranks (1 = largest) that bound what model ``i`` keeps."""
-        density = options.get("density", 1.0, i)
+        density = self.param(options, "density", i)
         if density >= 1.0:
             return []
         keep = int(density * n)
         if self.sparsify == "magnitude":
             return [keep]
-        top = int(options.get("gamma", 0.01, i) * n)
+        top = int(self.param(options, "gamma", i) * n)
         if keep + top > n:
             top = n - keep
         return [top, top + keep]
@@ -137,14 +139,14 @@ class TaskVectors(FloatMethod):
                 stats: Any) -> np.ndarray:
         """Model ``i``'s task vector with the dropped elements zeroed (in place)."""
         if self.sparsify == "random":
-            density = options.get("density", 1.0, i)
+            density = self.param(options, "density", i)
             if density >= 1.0:
                 return tau
             if density <= 0.0:
                 tau[...] = 0
                 return tau
             tau *= _dare_keep(chunk, i, density).astype(tau.dtype)
-            if options.flag("rescale", self.default_rescale):
+            if self.flag(options, "rescale"):
                 tau /= _f(density, tau)
             return tau
         if self.sparsify is None or stats is None or stats[i] is None:
@@ -168,7 +170,7 @@ class TaskVectors(FloatMethod):
     def merge(self, chunk: ChunkInput, options: MergeOptions, stats: Any) -> np.ndarray:
         base = chunk.base
         assert base is not None
-        ws = [_f(options.get("weight", 1.0, i), base) for i in range(len(chunk.models))]
+        ws = [_f(self.param(options, "weight", i), base) for i in range(len(chunk.models))]
         tvs = []
         for i, (w, m) in enumerate(zip(ws, chunk.models, strict=True)):
             tv = self._sparse(chunk, i, m - base, options, stats)
@@ -196,9 +198,9 @@ class TaskVectors(FloatMethod):
             divisor = _fold(ws)
             if abs(divisor) < 1e-8:
                 divisor = _f(1.0, base)
-        if options.flag("normalize", self.default_normalize):
+        if self.flag(options, "normalize"):
             mixed /= divisor
-        mixed *= _f(options.get("lambda", 1.0), base)
+        mixed *= _f(self.param(options, "lambda"), base)
         mixed += base
         return mixed
 
@@ -271,7 +273,7 @@ class Slerp(FloatMethod):
             d.add(products(v0, v1))
             n0.add(products(v0, v0))
             n1.add(products(v1, v1))
-        t = options.get("t", 0.5)
+        t = self.param(options, "t")
         norm0, norm1 = math.sqrt(n0.value), math.sqrt(n1.value)
         cos = d.value / ((norm0 if norm0 > NORM_EPS else 1.0)
                          * (norm1 if norm1 > NORM_EPS else 1.0))
