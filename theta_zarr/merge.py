@@ -87,6 +87,10 @@ class ParamConflict:
     def theirs(self) -> ParamEntry | None:
         return self.models[-1]
 
+    def side(self, takes: str) -> ParamEntry | None:
+        """The entry a ``takes`` strategy picks: ``"ours"``, ``"theirs"`` or ``"base"``."""
+        return {"ours": self.ours, "theirs": self.theirs, "base": self.base}[takes]
+
     def describe(self) -> str:
         """One line: what the sides did to this parameter."""
         who = "both sides" if len(self.models) == 2 else f"{len(self.models)} models"
@@ -163,6 +167,9 @@ def plan_models(base: Manifest | None, models: Sequence[Manifest],
     params: dict[str, ParamEntry | None] = {}
     conflicts: dict[str, ParamConflict] = {}
     chunk_merged = []
+    # bytes of a file no plug-in reads: mixing chunks would make a file no side wrote (a
+    # broken pickle), so the whole file is one conflict
+    opaque = any(m.format_name == "opaque" for m in models)
     for name in names:
         b = base.params.get(name)
         ms = [m.params.get(name) for m in models]
@@ -173,9 +180,7 @@ def plan_models(base: Manifest | None, models: Sequence[Manifest],
         if any(m is None for m in ms):
             conflicts[name] = ParamConflict(name, "delete-modify", b, ms, list(labels))
             continue
-        if any(m.format_name == "opaque" for m in models):
-            # bytes of a file no plug-in reads: mixing chunks would make a file no side
-            # wrote (a broken pickle), so the whole file is one conflict
+        if opaque:
             conflicts[name] = ParamConflict(name, "opaque", b, ms, list(labels))
             continue
         first = ms[0]
@@ -273,7 +278,7 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
         if strategy.takes is None:
             raise MergeError(f"{where}: {c.describe()}; only ours, theirs or base can resolve "
                              f"it, not {strategy.name!r}")
-        return {"ours": c.ours, "theirs": c.theirs, "base": c.base}[strategy.takes]
+        return c.side(strategy.takes)
     first = c.models[0]
     assert first is not None
     has_base = same_grid(c.base, first)
@@ -281,8 +286,7 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
         raise MergeError(f"{where}: has no base of the same shape to take chunks from")
     keys = list(c.merged)
     if strategy.takes is not None:
-        chosen = chunk_keys({"ours": c.ours, "theirs": c.theirs,  # type: ignore[arg-type]
-                             "base": c.base}[strategy.takes])
+        chosen = chunk_keys(c.side(strategy.takes))  # type: ignore[arg-type]
         for i in c.chunks:
             keys[i] = chosen[i]
         return _with_keys(first, keys)
