@@ -85,6 +85,19 @@ def test_git_diff_log_show_and_plot(repo, tmp_path):
     assert "16 changed" in out
 
 
+def test_git_diff_of_old_versions_of_a_single_file_never_searches_history(repo, tmp_path):
+    """git's external diff gets blob ids; for a file that cannot be a shard (no index
+    beside it, now or in any commit) the driver says so before it looks for the blobs'
+    commits with ``git log --find-object``, which walks the whole history per file."""
+    for step in range(3):
+        commit_model(repo, f"step {step}", tuned=SHAPE.layer_names(step))
+    trace = tmp_path / "trace"  # a file: the driver's own git calls are traced there too
+    proc = repo.git("diff", "HEAD~2", "HEAD~1", "--", "model.safetensors",
+                    env={"GIT_TRACE": str(trace)})
+    assert "16 changed" in proc.stdout.decode()  # layer 0's and layer 1's tuning
+    assert "diff-driver" in trace.read_text() and "--find-object" not in trace.read_text()
+
+
 def test_textconv_in_lazy_checkout_reads_no_chunk(repo):
     commit_model(repo, "base")
     commit_model(repo, "tune", tuned=SHAPE.layer_names(0))

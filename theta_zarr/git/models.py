@@ -215,6 +215,19 @@ def _parent(repo: Repo, side: object) -> object | None:
     return out.strip() or None
 
 
+def _ever_indexed(repo: Repo, path: str) -> bool:
+    """Whether ``path``'s folder holds a ``*.index.json`` in the index or held one in any
+    commit (``git log --all``): what ``model_keys`` can find on any side ``side_of_blob``
+    can locate, asked before the (costly) search of history for a blob."""
+    folder = posixpath.dirname(path)
+    escaped = "".join("\\" + c if c in "*?[\\" else c for c in folder)
+    spec = f":(glob){escaped + '/' if folder else ''}*{INDEX_SUFFIX}"
+    if repo.git("ls-files", "-z", "--", spec, check=False).strip(b"\0"):
+        return True
+    return bool(repo.git("log", "--all", "-1", "--format=%H", "--", spec,
+                         check=False).strip())
+
+
 def driver_diff(repo: Repo, path: str, old_hex: str, new_hex: str, deleted: bool, objects,
                 workers: int, new_path: str | None = None) -> FileDiff | None:
     """git's external diff of one shard, compared within its model; None when ``path``
@@ -229,6 +242,8 @@ def driver_diff(repo: Repo, path: str, old_hex: str, new_hex: str, deleted: bool
     has_old, has_new = bool(old_hex.strip("0")), bool(new_hex.strip("0"))
     if not has_new and not deleted:
         return None  # the working tree
+    if not any(_ever_indexed(repo, p) for p in {path, new_path}):
+        return None  # no index ever sat beside it: a file of its own, found in two calls
     new = side_of_blob(repo, new_path, new_hex, []) if has_new else None
     old = None
     if has_old:
