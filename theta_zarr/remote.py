@@ -157,10 +157,11 @@ def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
         raise RemoteError(f"remote {spec.name!r}: option concurrency="
                           f"{spec.options['concurrency']!r} is not a whole number") from None
     blobs = open_store(spec.url, storage_options(spec.url, spec.options, concurrency))
+    store = ObjectStore(blobs, codec=spec.codec, concurrency=concurrency,
+                        retry_timeout=retry_timeout(spec))  # bounds every call, this one too
     if need is not None:
         blobs.check_root(for_write=need == "write")
-    return ObjectStore(blobs, codec=spec.codec, concurrency=concurrency,
-                       retry_timeout=retry_timeout(spec))
+    return store
 
 
 @dataclass

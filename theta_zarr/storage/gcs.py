@@ -25,7 +25,7 @@ class GcsStore(FsspecStore):
     def check_root(self, for_write: bool = False) -> None:
         bucket = self._bucket_key("x")[0]
         try:
-            self.fs.call("GET", "b/{}", bucket, json_out=True)
+            self.fs.call("GET", "b/{}", bucket, json_out=True, timeout=self.timeout)
         except FileNotFoundError:
             raise RootMissing(f"bucket {bucket} does not exist ({self.describe()})") from None
         except Exception:

@@ -32,7 +32,7 @@ class S3Store(FsspecStore):
     def check_root(self, for_write: bool = False) -> None:
         bucket = self._bucket_key("x")[0]
         try:
-            self.fs.call_s3("head_bucket", Bucket=bucket)
+            self.fs.call_s3("head_bucket", Bucket=bucket, timeout=self.timeout)
         except FileNotFoundError:
             raise RootMissing(f"bucket {bucket} does not exist ({self.describe()})") from None
         except Exception:
