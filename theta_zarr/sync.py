@@ -362,29 +362,40 @@ class PushResult:
                 f"{self.total_bytes / 1e6:.1f} MB total{base}; {self.seconds:.1f} s")
 
 
-def _upload(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
-            bases: dict[str, delta.Base] | None = None,
-            policy: delta.DeltaPolicy | None = None) -> tuple[TransferStats, int]:
-    """Objects, then manifests; returns (what was sent, total raw bytes); what was sent
-    includes the delta bases the uploaded deltas need (``bases_used``).
-
-    Objects the remote already has are reused; ``settle`` checks them again once the
-    ref names them.
-    """
+def _needs(cleaned: list[Cleaned]) -> tuple[dict[str, int], dict[str, int], list[bytes]]:
+    """What a push's cleaned files need on the remote: (raw size of each chunk, dtype
+    item size of each chunk, the manifests' bytes)."""
     sizes: dict[str, int] = {}
     elems: dict[str, int] = {}
     for c in cleaned:
         sizes.update(c.sizes)
         elems.update(c.elems)
+    return sizes, elems, [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
+
+
+def _put_manifests(remote: SyncRemote, documents: Iterable[bytes]) -> None:
+    """Store each manifest or set concurrently (put_manifest skips those already there)."""
+    for _ in bounded_map(remote.put_manifest, documents, remote.objects.concurrency):
+        pass
+
+
+def _upload(remote: SyncRemote, cache: Cache, sizes: dict[str, int], elems: dict[str, int],
+            manifests: list[bytes], bases: dict[str, delta.Base] | None = None,
+            policy: delta.DeltaPolicy | None = None) -> TransferStats:
+    """Objects (``sizes``: digest -> raw size; ``elems``: digest -> dtype item size),
+    then ``manifests``; returns what was sent, which includes the delta bases the
+    uploaded deltas need (``bases_used``).
+
+    Objects the remote already has are reused; ``settle`` checks them again once the
+    ref names them.
+    """
     lacking = remote.objects.missing(sizes)
     stats = push_objects(cache, remote.objects, lacking, bases, policy, elems, checked=True)
-    manifests = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
-    for _ in bounded_map(remote.put_manifest, manifests, remote.objects.concurrency):
-        pass
-    return stats, sum(sizes.values())
+    _put_manifests(remote, manifests)
+    return stats
 
 
-def settle(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
+def settle(remote: SyncRemote, cache: Cache, sizes: dict[str, int], elems: dict[str, int],
            documents: list[bytes], bases: set[str] = frozenset()) -> int:
     """After the ref moved: put back any object or manifest it names that is missing.
 
@@ -392,23 +403,16 @@ def settle(remote: SyncRemote, cache: Cache, cleaned: list[Cleaned],
     reused (or, with a short grace, one it uploaded) after the push saw it; gc
     gives back what refs name only if the ref was there when it listed them again,
     so the push checks once more *after* its ref write (docs/reliability.md).
+    ``sizes`` and ``elems`` are the push's chunks as ``_upload`` took them;
     ``bases`` are the delta bases this push's deltas need (each in the cache: the
-    delta was made from it).  Returns the number of blobs put back.
+    delta was made from it).  Returns the number of objects put back (manifests
+    are put back too, by put_manifest's own check, and not counted).
     """
-    digests: set[str] = set(bases)
-    elems: dict[str, int] = {}
-    for c in cleaned:
-        digests.update(c.sizes)
-        elems.update(c.elems)
-    vanished = remote.objects.missing(digests)
+    vanished = remote.objects.missing(set(bases) | set(sizes))
     if vanished:
-        push_objects(cache, remote.objects, vanished, elems=elems)
-    docs = [d for d in documents if d is not None]
-    gone = [d for d in docs if not remote.objects._retry(
-        lambda d=d: remote.blobs.exists(remote.manifest_key(chunking.digest(d))))]
-    for data in gone:
-        remote.put_manifest(data)
-    return len(vanished) + len(gone)
+        push_objects(cache, remote.objects, vanished, elems=elems, checked=True)
+    _put_manifests(remote, documents)
+    return len(vanished)
 
 
 def _ref_bases(remote: SyncRemote, ref: str, names: list[str], cleaned: list[Cleaned]
@@ -473,17 +477,18 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     if policy.enabled:
         base_ref = check_ref_name(base_ref) if base_ref else _default_base(remote, ref)
         bases = _ref_bases(remote, base_ref, names, cleaned) if base_ref else None
-    stats, total = _upload(remote, cache, cleaned, bases, policy)
-    documents = [c.manifest_bytes for c in cleaned if c.manifest_bytes is not None]
+    sizes, elems, documents = _needs(cleaned)
+    stats = _upload(remote, cache, sizes, elems, documents, bases, policy)
+    total = sum(sizes.values())
     if shard is not None:
         remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry)
-        settle(remote, cache, cleaned, documents, stats.bases_used)
+        settle(remote, cache, sizes, elems, documents, stats.bases_used)
         return PushResult(ref, cleaned[0].entry.manifest or "blake3:" + "0" * 64,
                           f"staged {names[0]} for", stats, total,
                           time.perf_counter() - start, base_ref)
     digest = remote.put_manifest(target)
     _, action = remote.refs.set(ref, digest, force=force)
-    settle(remote, cache, cleaned, [*documents, target], stats.bases_used)
+    settle(remote, cache, sizes, elems, [*documents, target], stats.bases_used)
     return PushResult(ref, digest, action, stats, total, time.perf_counter() - start,
                       base_ref)
 
