@@ -415,14 +415,14 @@ def settle(remote: SyncRemote, cache: Cache, sizes: dict[str, int], elems: dict[
     return len(vanished)
 
 
-def _ref_bases(remote: SyncRemote, ref: str, names: list[str], cleaned: list[Cleaned]
-               ) -> dict[str, delta.Base]:
+def _ref_bases(remote: SyncRemote, value: RefValue | None, names: list[str],
+               cleaned: list[Cleaned]) -> dict[str, delta.Base]:
     """Delta bases for a cluster push: each pushed manifest against the manifest of the
-    same file in what ``ref`` names now (nothing when the ref is new or unreadable)."""
+    same file in ``value``, what the base ref names now (nothing when the ref is new or
+    unreadable: ``value`` None, or what it names cannot be read)."""
+    if value is None:
+        return {}
     try:
-        value = remote.refs.read(ref)
-        if value is None:
-            return {}
         before = remote.load(value.digest)
         if isinstance(before, Manifest):
             olds = {n: before for n in names} if len(names) == 1 else {}
@@ -475,8 +475,11 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     # delta bases: the version this one continues (``base_ref``), else the default
     bases = None
     if policy.enabled:
-        base_ref = check_ref_name(base_ref) if base_ref else _default_base(remote, ref)
-        bases = _ref_bases(remote, base_ref, names, cleaned) if base_ref else None
+        if base_ref:
+            base_ref, value = check_ref_name(base_ref), _read_ref(remote, base_ref)
+        else:
+            base_ref, value = _default_base(remote, ref)
+        bases = _ref_bases(remote, value, names, cleaned) if base_ref else None
     sizes, elems, documents = _needs(cleaned)
     stats = _upload(remote, cache, sizes, elems, documents, bases, policy)
     total = sum(sizes.values())
@@ -493,16 +496,27 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
                       base_ref)
 
 
-def _default_base(remote: SyncRemote, ref: str) -> str | None:
-    """``ref`` itself when it exists (a forced move continues what it named), else
-    refs.default_base_ref: the newest other ref in its folder (None when the refs
-    cannot be read)."""
+def _read_ref(remote: SyncRemote, ref: str) -> RefValue | None:
+    """What ``ref`` names now; None when it does not exist or cannot be read."""
     try:
-        if remote.refs.read(ref) is not None:
-            return ref
-        return default_base_ref(remote.refs, ref)
-    except StorageError:
+        return remote.refs.read(ref)
+    except (StorageError, ValueError):
         return None
+
+
+def _default_base(remote: SyncRemote, ref: str) -> tuple[str | None, RefValue | None]:
+    """(name, value) of the delta base ref: ``ref`` itself when it exists (a forced
+    move continues what it named), else refs.default_base_ref, the newest other ref in
+    its folder (name None when the refs cannot be read).  The value is None when that
+    ref cannot be read; ``ref`` itself is read once."""
+    try:
+        value = remote.refs.read(ref)
+        if value is not None:
+            return ref, value
+        other = default_base_ref(remote.refs, ref)
+    except StorageError:
+        return None, None
+    return other, _read_ref(remote, other) if other else None
 
 
 def combine(remote: SyncRemote, ref: str, force: bool = False,
