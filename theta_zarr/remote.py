@@ -28,8 +28,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from . import codecs, delta, progress
 from .cache import Cache, QuarantinedError
@@ -217,12 +218,15 @@ def _mb(n: int) -> str:
 
 # digest -> (raw bytes, bytes stored, plain minus stored or -1 if not a delta, bytes read)
 Mover = Callable[[str], tuple[int, int, int, int]]
-Elems = Callable[[str], int]  # digest -> item size in bytes of its dtype (1 if unknown)
+#: digest -> item size in bytes of its dtype; a digest it lacks counts as bytes (1),
+#: applied where a chunk is encoded (``elems.get(digest, 1)``)
+Elems = Mapping[str, int]
+NO_ELEMS: Elems = MappingProxyType({})
 
 
 def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: str,
              check_destination: bool = True, move: Mover | None = None,
-             bases: ObjectStore | None = None, elems: Elems | None = None) -> TransferStats:
+             bases: ObjectStore | None = None, elems: Elems = NO_ELEMS) -> TransferStats:
     """Copy objects from ``src`` to ``dst``: verified on read, re-encoded for ``dst``.
 
     With ``check_destination`` the objects ``dst`` already has are skipped
@@ -247,7 +251,7 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
     def plain(digest: str) -> tuple[int, int, int, int]:
         obj = src.get_encoded(digest)
         raw = src.decode(digest, obj, bases)
-        return len(raw), dst.put(digest, raw, elems(digest) if elems else 1), -1, len(obj)
+        return len(raw), dst.put(digest, raw, elems.get(digest, 1)), -1, len(obj)
 
     with progress.bar(len(todo), desc, unit="obj") as bar:
         for _, (raw_n, stored_n, saved, read_n) in bounded_map(move or plain, todo,
@@ -267,17 +271,16 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
 
 
 def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
-                 policy: DeltaPolicy, elems: Elems | None = None,
+                 policy: DeltaPolicy, elems: Elems = NO_ELEMS,
                  used: set[str] | None = None) -> Mover:
     """Put each object plain or as a delta, whichever the policy prefers (see module doc).
 
     ``cache`` is anything with ``get(digest)`` giving verified raw bytes; ``elems`` gives
-    a chunk's item size for the remote's ``auto`` codec (1 when None); the base of each
+    a chunk's item size for the remote's ``auto`` codec (1 when it lacks one); the base of each
     delta written is added to ``used``.
     """
     used = set() if used is None else used
     depths: dict[str, int | None] = {}
-    elems = elems or (lambda digest: 1)
 
     def base_depth(digest: str) -> int | None:
         """The chain depth of a base on the remote (0: full), None when it cannot be read."""
@@ -293,7 +296,7 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
     def move(digest: str) -> tuple[int, int, int, int]:
         raw = cache.get(digest)
         base = bases.get(digest)
-        parts = codecs.encode(raw, remote.codec, base.elem if base else elems(digest))
+        parts = codecs.encode(raw, remote.codec, base.elem if base else elems.get(digest, 1))
         plain_n = sum(len(p) for p in parts)
         if base is not None and len(raw):
             obj = _try_delta(raw, base, plain_n)
@@ -323,7 +326,7 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
 def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
                  bases: dict[str, Base] | None = None,
                  policy: DeltaPolicy | None = None,
-                 elems: dict[str, int] | None = None,
+                 elems: Elems = NO_ELEMS,
                  checked: bool = False) -> TransferStats:
     """Upload the objects ``remote`` lacks; every one must be in the cache.
 
@@ -346,14 +349,9 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
             f"{len(absent)} object(s) to push are in neither the cache nor {remote.url} "
             f"(first: {first}); fetch them or check out the version that made them")
     policy = policy or DeltaPolicy()
-    sizes = elems or {}
-
-    def elem(digest: str) -> int:
-        return sizes.get(digest, 1)
-
     if not (bases and policy.enabled):
         stats = transfer(cache, remote, lacking, f"push {remote.url}", check_destination=False,
-                         elems=elem)
+                         elems=elems)
         stats.skipped = len(digests) - len(lacking)
         return stats
     wanted = {d: bases[d] for d in lacking if d in bases}
@@ -369,10 +367,10 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
         ready = {d for d in pending if not (d in wanted and wanted[d].digest in pending)}
         ready = ready or set(pending)  # a cycle (a revert among the commits): all plain
         usable = {d: wanted[d] for d in ready if d in wanted and wanted[d].digest in have}
-        move = _delta_mover(cache, remote, usable, policy, elem, stats.bases_used) \
+        move = _delta_mover(cache, remote, usable, policy, elems, stats.bases_used) \
             if usable else None
         wave = transfer(cache, remote, ready, f"push {remote.url}", check_destination=False,
-                        move=move, elems=elem)
+                        move=move, elems=elems)
         stats.add(wave)
         have |= ready
         pending -= ready

@@ -249,7 +249,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         itemsizes: dict[str, int] = {}  # for the remote's auto codec (chosen by dtype)
         used: set[str] = set()  # delta bases the deltas written need
         mover = _delta_mover(chunks, objects, bases, self.policy,  # type: ignore[arg-type]
-                             lambda d: itemsizes.get(d, 1), used)
+                             itemsizes, used)
         chunks.itemsizes = itemsizes
 
         def one(job: tuple[str, int, memoryview]) -> str:
