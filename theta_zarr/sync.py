@@ -347,14 +347,6 @@ class PushResult:
     seconds: float = 0.0
     base: str | None = None  # the ref whose version gave the delta bases
 
-    @property
-    def new_bytes(self) -> int:
-        return self.stats.raw_bytes
-
-    @property
-    def new_objects(self) -> int:
-        return self.stats.objects
-
     def summary(self) -> str:
         base = f"; delta base {self.base}" if self.base else "; no delta base"
         return (f"{self.action} {self.ref} -> {self.digest[:19]}: "
