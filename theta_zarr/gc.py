@@ -77,8 +77,6 @@ class Roots:
     unreadable: dict[str, str] = field(default_factory=dict)
     #: problems found while walking (a git manifest that does not parse, for fsck)
     problems: list[str] = field(default_factory=list)
-    #: True when an unreadable ref made every manifest of the remote a root
-    partial: bool = False
 
     def add_chunks(self, digests: Iterable[str], where: str) -> None:
         for d in digests:
@@ -139,8 +137,6 @@ def remote_roots(remote: SyncRemote, roots: Roots, young_after: float,
         if unreadable or info.mtime is None or info.mtime >= young_after:
             what = "manifest kept for an unreadable ref" if unreadable else "recent manifest"
             todo.setdefault(digest, f"{what} {digest[:19]}")
-    if unreadable:
-        roots.partial = True
     seen: set[str] = set()
     while todo:
         digest, where = todo.popitem()
@@ -162,7 +158,7 @@ def remote_roots(remote: SyncRemote, roots: Roots, young_after: float,
                 roots.add_chunks(entry.chunks, f"{where}: {name}")
         elif isinstance(target, Manifest):
             roots.add_chunks(target.digests(), where)
-    return problems if strict else [p for p in problems if p.startswith("unreadable")]
+    return problems
 
 
 # -- delta chains ------------------------------------------------------------------------------
@@ -302,7 +298,6 @@ class Trash:
     """One gc run's trash on a remote: ``trash/<id>/<original key>``."""
 
     def __init__(self, remote: SyncRemote, run_id: str):
-        self.remote = remote
         self.store = remote.objects
         self.prefix = f"{TRASH_PREFIX}{run_id}/"
         self.keys: dict[str, str] = {}  # digest -> original key, of what is in here
