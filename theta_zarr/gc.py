@@ -49,10 +49,11 @@ from .objects import (
     ObjectError,
     ObjectStore,
     bounded_map,
+    digest_of_key,
     object_key,
 )
 from .storage import BlobNotFound, BlobStore, StorageError
-from .sync import FileSet, SyncRemote, Target, parse_target
+from .sync import MANIFESTS_PREFIX, FileSet, SyncRemote, Target, parse_target
 
 _DIGEST_BYTES = re.compile(rb"blake3:[0-9a-f]{64}")
 MAX_MANIFEST_BLOB = 256 << 20
@@ -289,9 +290,9 @@ TRASH_PREFIX = "trash/"
 
 def _digest_of(key: str) -> str:
     """The digest an ``objects/..`` or ``manifests/<hex>.json`` key names."""
-    if key.startswith("objects/"):
-        return "blake3:" + key.split("/")[1] + key.split("/")[2]
-    return "blake3:" + key.split("/")[-1].removesuffix(".json")
+    if key.startswith(MANIFESTS_PREFIX):
+        return "blake3:" + key.split("/")[-1].removesuffix(".json")
+    return digest_of_key(key) or key
 
 
 class Trash:
