@@ -40,6 +40,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .cache import Cache
 from .manifest import Manifest
@@ -57,6 +58,8 @@ from .sync import MANIFESTS_PREFIX, FileSet, SyncRemote, Target, parse_target
 
 _DIGEST_BYTES = re.compile(rb"blake3:[0-9a-f]{64}")
 MAX_MANIFEST_BLOB = 256 << 20
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def parse_duration(text: str) -> float:
@@ -272,11 +275,16 @@ def plan_debris(blobs: BlobStore, cutoff: float, where: str) -> Sweep:
     return sweep
 
 
+def _each(store: ObjectStore, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``fn(item)`` for every item, ``store.concurrency`` at a time, each call retried
+    by ``store._retry``; the results in the order the calls finish.  The first error
+    left after the retries is raised once the calls in flight stop."""
+    return [r for _, r in bounded_map(lambda item: store._retry(lambda: fn(item)), list(items),
+                                      store.concurrency)]
+
+
 def delete(store: ObjectStore, sweep: Sweep) -> None:
-    blobs = store.blobs
-    for _ in bounded_map(lambda kv: store._retry(lambda: blobs.delete(kv[0])), sweep.keys,
-                         store.concurrency):
-        pass
+    _each(store, lambda kv: store.blobs.delete(kv[0]), sweep.keys)
 
 
 def delete_debris(blobs: BlobStore, sweep: Sweep) -> None:
@@ -303,11 +311,6 @@ class Trash:
         self.prefix = f"{TRASH_PREFIX}{run_id}/"
         self.keys: dict[str, str] = {}  # digest -> original key, of what is in here
 
-    def _each(self, fn: Callable[[str], object], keys: Iterable[str]) -> None:
-        for _ in bounded_map(lambda k: self.store._retry(lambda: fn(k)), list(keys),
-                             self.store.concurrency):
-            pass
-
     def take(self, keys: Iterable[str]) -> None:
         """Move these keys into the trash (a key already gone is skipped)."""
         def one(key: str) -> None:
@@ -317,7 +320,7 @@ class Trash:
                 return
             self.keys[_digest_of(key)] = key
 
-        self._each(one, keys)
+        _each(self.store, one, keys)
 
     def give_back(self, digests: Iterable[str]) -> set[str]:
         """Move these digests' blobs back where they were; returns the digests moved."""
@@ -330,31 +333,35 @@ class Trash:
             except BlobNotFound:
                 pass
 
-        self._each(one, todo)
+        _each(self.store, one, todo)
         for d in todo:
             self.keys.pop(d, None)
         return set(todo)
 
     def empty(self) -> None:
-        self._each(self.store.blobs.delete, [self.prefix + k for k in self.keys.values()])
+        _each(self.store, self.store.blobs.delete,
+              [self.prefix + k for k in self.keys.values()])
         self.keys.clear()
 
 
 def restore_leftovers(remote: SyncRemote) -> int:
     """Move everything an earlier, interrupted gc left in the trash back into place."""
     blobs = remote.blobs
-    moved = 0
+    todo = []
     for info in list(blobs.list(TRASH_PREFIX)):
         parts = info.key.split("/", 2)
-        if len(parts) != 3 or not (parts[2].startswith("objects/")
-                                   or parts[2].startswith("manifests/")):
-            continue
+        if len(parts) == 3 and (parts[2].startswith("objects/")
+                                or parts[2].startswith("manifests/")):
+            todo.append((info.key, parts[2]))
+
+    def one(item: tuple[str, str]) -> bool:
         try:
-            remote.objects._retry(lambda k=info.key, o=parts[2]: blobs.move(k, o))
-            moved += 1
+            blobs.move(*item)
         except BlobNotFound:
-            pass
-    return moved
+            return False
+        return True
+
+    return sum(_each(remote.objects, one, todo))
 
 
 def _relist_and_restore(remote: SyncRemote, trash: Trash, cutoff: float,
