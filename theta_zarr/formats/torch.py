@@ -102,21 +102,20 @@ class TorchFormat(Format):
         aliases and views included, as views, with their saved devices)."""
         keep = set(names)
         leaves = {}
-        for path, leaf in _leaves(fmt.get("tree"), ()):
-            key = ".".join(str(p) for p in path) or "tensor"
+        for key, leaf in _keyed_leaves(fmt.get("tree")):
             if leaf.get("__tensor__") in keep and key not in leaves:
                 leaves[key] = {k: v for k, v in leaf.items() if k not in ("parameter",
                                                                           "requires_grad")}
+        covered = {leaf["__tensor__"] for leaf in leaves.values()}
         for n in names:  # a manifest whose tree does not name a parameter (hand-made)
-            if not any(leaf["__tensor__"] == n for leaf in leaves.values()):
+            if n not in covered:
                 leaves.setdefault(n, {"__tensor__": n})
         return {"name": self.name, "tree": {"__odict__": [[k, v] for k, v in leaves.items()]}}
 
     def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
         """Every tensor ``torch.load`` returns, by dotted key path (tied aliases included)."""
         out: dict[str, TensorView] = {}
-        for path, leaf in _leaves(fmt.get("tree"), ()):
-            key = ".".join(str(p) for p in path) or "tensor"
+        for key, leaf in _keyed_leaves(fmt.get("tree")):
             name = leaf.get("__tensor__")
             if key not in out and name in params:
                 out[key] = _view_of_leaf(leaf)
@@ -176,8 +175,9 @@ def _leaves(node: Any, path: tuple):
     if "__tensor__" in node:
         yield path, node
         return
-    if len(node) == 2 and "attrs" in node and "__odict__" in node:
-        node = {"__odict__": node["__odict__"]}
+    with_attrs = _split_attrs(node)
+    if with_attrs:
+        node = with_attrs[0]
     if len(node) != 1:
         return
     (tag, value), = node.items()
@@ -189,6 +189,22 @@ def _leaves(node: Any, path: tuple):
     elif tag in ("__list__", "__tuple__") and isinstance(value, list):
         for i, v in enumerate(value):
             yield from _leaves(v, (*path, i))
+
+
+def _keyed_leaves(tree: Any):
+    """(key, leaf) for every tensor leaf of a tree, in order; the key is the dotted key
+    path ``torch.load``'s object reaches it by (``"tensor"`` for a bare tensor)."""
+    for path, leaf in _leaves(tree, ()):
+        yield ".".join(str(p) for p in path) or "tensor", leaf
+
+
+def _split_attrs(node: dict) -> tuple[dict, Any] | None:
+    """A state dict saved with attributes (``{"__odict__": pairs, "attrs": tree}``, see
+    ``_TreeEncoder.encode``) as its plain ``{"__odict__": pairs}`` node and its attrs
+    tree; None for any other node."""
+    if len(node) == 2 and "attrs" in node and "__odict__" in node:
+        return {"__odict__": node["__odict__"]}, node["attrs"]
+    return None
 
 
 def _plain(key: dict) -> Any:
@@ -244,9 +260,10 @@ def _describe_tree(node: Any, path: tuple[str, ...], out: dict[str, Any]) -> Non
         if node["__tensor__"] != (".".join(path) or "tensor") or extra:
             out[key] = {"tensor": node["__tensor__"], **extra}
         return
-    if len(node) == 2 and "attrs" in node and "__odict__" in node:
-        _describe_tree({"__odict__": node["__odict__"]}, path, out)
-        _describe_tree(node["attrs"], (*path, "(attrs)"), out)
+    with_attrs = _split_attrs(node)
+    if with_attrs:
+        _describe_tree(with_attrs[0], path, out)
+        _describe_tree(with_attrs[1], (*path, "(attrs)"), out)
         return
     (tag, value), = node.items() if len(node) == 1 else ((None, None),)
     if tag in ("__dict__", "__odict__") and isinstance(value, list) and value:
@@ -441,9 +458,10 @@ class _TreeDecoder:
             return node
         if "__tensor__" in node:
             return self._tensor(node)
-        if "attrs" in node and len(node) == 2 and "__odict__" in node:
-            od = self.decode({"__odict__": node["__odict__"]})
-            attrs = self.decode(node["attrs"])
+        with_attrs = _split_attrs(node)
+        if with_attrs:
+            od = self.decode(with_attrs[0])
+            attrs = self.decode(with_attrs[1])
             if not isinstance(attrs, dict) or not all(isinstance(k, str) for k in attrs):
                 raise ManifestError("torch tree: bad attrs")
             od.__dict__.update(attrs)
