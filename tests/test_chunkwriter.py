@@ -13,7 +13,7 @@ from theta_zarr import chunking
 from theta_zarr.cache import Cache
 from theta_zarr.chunkwriter import BATCH_CHUNKS, SMALL_CHUNK, ChunkWriter, TruncatedInput
 from theta_zarr.dtypes import by_name
-from theta_zarr.manifest import ManifestError
+from theta_zarr.manifest import Manifest, ManifestError, ParamEntry
 
 
 class _Blocking(Cache):
@@ -123,3 +123,23 @@ def _reader(data: memoryview):
         pos[0] += n
         return n
     return read_into
+
+
+def test_recorded_chunk_shapes_win_over_previous_and_the_policy(tmp_path):
+    """``chunk_shapes`` (a format's own record) beats ``previous``; ``previous`` still
+    serves the names it does not list; the rest get the policy's shape."""
+    arr = np.arange(64, dtype=np.float32).reshape(8, 8)
+    previous = Manifest({"name": "safetensors"}, {
+        "a": ParamEntry((8, 8), "float32", (4, 8)),
+        "b": ParamEntry((8, 8), "float32", (4, 8)),
+    })
+    writer = ChunkWriter(Cache(str(tmp_path / "cache")), chunk_bytes=1 << 20,
+                         previous=previous, chunk_shapes={"a": (2, 8)})
+    for name in ("a", "b", "c"):
+        writer.add_buffer(name, by_name("float32"), arr.shape, memoryview(arr))
+    entries = writer.finish()
+    writer.close()
+    assert entries["a"].chunk_shape == (2, 8)
+    assert entries["b"].chunk_shape == (4, 8)
+    assert entries["c"].chunk_shape == (8, 8)
+    assert entries["a"].chunks != entries["b"].chunks

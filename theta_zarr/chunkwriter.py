@@ -50,10 +50,14 @@ class WriteStats:
 class ChunkWriter:
     def __init__(self, store: Cache, chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
                  workers: int = 2, source: str = "checkpoint",
-                 previous: Manifest | None = None):
+                 previous: Manifest | None = None,
+                 chunk_shapes: dict[str, tuple[int, ...]] | None = None):
         self.store = store
         self.chunk_bytes = chunk_bytes
         self.previous = previous
+        # chunk shapes a format recorded in the file itself, by parameter name: they win
+        # over ``previous`` and the policy (see ``_chunk_shape``)
+        self.chunk_shapes: dict[str, tuple[int, ...]] = dict(chunk_shapes or {})
         self.source = source
         self.stats = WriteStats()
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-clean")
@@ -120,12 +124,17 @@ class ChunkWriter:
         return chunking.iter_spans(shape, dtype.itemsize, chunk_shape), count
 
     def _chunk_shape(self, name: str, dtype: DType, shape: tuple[int, ...]) -> tuple[int, ...]:
-        """The chunk shape recorded for this parameter before, else the policy's.
+        """The chunk shape recorded for this parameter (in ``chunk_shapes``, else in
+        ``previous`` for the same shape and dtype), else the policy's.
 
         Keeping a parameter's recorded chunking makes clean independent of the
         machine's chunk-size setting (clean(smudge(m)) == m anywhere) and keeps
-        chunk boundaries, hence deduplication, stable across versions.
+        chunk boundaries, hence deduplication, stable across versions. A shape from
+        ``chunk_shapes`` is checked against the tensor by ``_begin`` like any other.
         """
+        recorded = self.chunk_shapes.get(name)
+        if recorded is not None:
+            return recorded
         old = self.previous.params.get(name) if self.previous else None
         if old is not None and old.shape == shape and old.dtype == dtype.name:
             return old.chunk_shape

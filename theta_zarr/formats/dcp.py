@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import by_name
-from ..manifest import Manifest, ManifestError, ParamEntry, check_name
+from ..manifest import Manifest, ManifestError, check_name
 from .base import Format, FormatError, Source, TensorView
 from .safetensors import SafetensorsFormat, read_header, stream_tensors
 
@@ -64,24 +64,20 @@ class DcpFormat(Format):
         _, header, metadata = read_header(source)
         info = _info(metadata, source.name)
         shapes = info["chunk_shapes"]
-        previous: dict[str, ParamEntry] = {}
+        blobs = {name: _b64(text, source.name, name) for name, text in info["bytes"].items()}
+        recorded: dict[str, tuple[int, ...]] = {}
         for name, entry in header.items():
             if name in shapes and isinstance(entry, dict):
                 try:
-                    previous[name] = ParamEntry(
-                        tuple(int(s) for s in entry["shape"]),
-                        _dtype_name(entry["dtype"]), tuple(int(c) for c in shapes[name]))
-                except (KeyError, TypeError, ValueError):
-                    continue  # stream_tensors reports the bad entry
-        for name, text in info["bytes"].items():
-            data = _b64(text, source.name, name)
+                    recorded[name] = tuple(int(c) for c in shapes[name])
+                except (TypeError, ValueError):
+                    continue  # the policy chunks it
+        for name in blobs:
             if name in shapes:
-                previous[name] = ParamEntry((len(data),), BYTES_DTYPE,
-                                            tuple(int(c) for c in shapes[name]))
-        writer.previous = Manifest({"name": NAME}, previous)
+                recorded[name] = tuple(int(c) for c in shapes[name])
+        writer.chunk_shapes.update(recorded)
         stream_tensors(source, writer, header)
-        for name, text in sorted(info["bytes"].items()):
-            data = _b64(text, source.name, name)
+        for name, data in sorted(blobs.items()):
             try:
                 writer.add_buffer(check_name(name, source.name), by_name(BYTES_DTYPE),
                                   (len(data),), memoryview(data))
@@ -103,12 +99,6 @@ class DcpFormat(Format):
         if isinstance(fmt.get("planner_data"), dict):
             out["planner_data"] = {k: v for k, v in fmt["planner_data"].items() if k in keep}
         return out
-
-
-def _dtype_name(code: str) -> str:
-    from ..dtypes import from_safetensors
-
-    return from_safetensors(code).name
 
 
 def _info(metadata: dict[str, str] | None, where: str) -> dict[str, Any]:
