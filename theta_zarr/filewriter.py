@@ -1,6 +1,6 @@
 """Write a checkpoint file straight from the cache: no pipe, no buffer the file's size.
 
-For formats that give a ``layout`` (safetensors), the file is sized first
+For formats that give a ``layout`` (safetensors, opaque files), the file is sized first
 (``ftruncate``), then every chunk is copied to its offset by the kernel
 (``copy_file_range``) after its digest is checked, in a thread pool, so writing
 runs at the speed of the disk with memory bounded by chunk size x workers.  Other

@@ -16,8 +16,8 @@ from typing import Any, BinaryIO
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import by_name
-from ..manifest import Manifest, ManifestError
-from .base import Format, Source
+from ..manifest import Manifest, ManifestError, ParamEntry
+from .base import Format, Source, write_layout
 
 PARAM = "bytes"
 
@@ -36,14 +36,21 @@ class OpaqueFormat(Format):
             writer.add_stream(PARAM, u8, (size,), f.readinto)
         return {"name": self.name}
 
-    def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
-               tmp_dir: str | None = None) -> None:
+    def layout(self, manifest: Manifest) -> list[bytes | ParamEntry]:
+        """The file is its one ``bytes`` parameter's raw bytes.
+
+        Raises ManifestError unless the manifest holds exactly one 1-D ``uint8``
+        parameter named ``bytes``.
+        """
         entry = manifest.params.get(PARAM)
         if list(manifest.params) != [PARAM] or entry.dtype != "uint8" or len(entry.shape) != 1:
             raise ManifestError(f"an opaque manifest holds exactly one 1-D uint8 "
                                 f"parameter named {PARAM!r}")
-        for chunk in reader.iter_entry(entry):
-            out.write(chunk)
+        return [entry]
+
+    def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
+               tmp_dir: str | None = None) -> None:
+        write_layout(self.layout(manifest), reader, out)
 
     def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict:
         return {}  # bytes, not weights: load_state_dict finds no tensors here
