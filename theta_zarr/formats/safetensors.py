@@ -44,7 +44,7 @@ class SafetensorsFormat(Format):
         if raw:
             fmt["raw"] = raw
         # Keep the original header only if the canonical one would differ.
-        canonical = _canonical_header(fmt, {t[2]: (t[3].name, t[4]) for t in tensors})
+        _, canonical = _canonical_header(fmt, {t[2]: (t[3].name, t[4]) for t in tensors})
         if canonical != header_bytes:
             fmt["header_text"] = header_bytes.decode("utf-8")
         return fmt
@@ -54,9 +54,9 @@ class SafetensorsFormat(Format):
         fmt = manifest.format
         order = _order(manifest)
         geometry = {n: (manifest.params[n].dtype, list(manifest.params[n].shape)) for n in order}
-        header = _canonical_header({**fmt, "order": order}, geometry)
+        canonical, header = _canonical_header({**fmt, "order": order}, geometry)
         kept = fmt.get("header_text")
-        if isinstance(kept, str) and _same_tensors(kept, json.loads(header)):
+        if isinstance(kept, str) and _same_tensors(kept, canonical):
             header = kept.encode("utf-8")
         return [struct.pack("<Q", len(header)) + header, *(manifest.params[n] for n in order)]
 
@@ -164,8 +164,14 @@ def _order(manifest: Manifest) -> list[str]:
     return order
 
 
-def _canonical_header(fmt: dict[str, Any], geometry: dict[str, tuple[str, list[int]]]) -> bytes:
-    """The header the safetensors library writes: metadata, then tensors in data order."""
+def _canonical_header(fmt: dict[str, Any], geometry: dict[str, tuple[str, list[int]]]
+                      ) -> tuple[dict[str, Any], bytes]:
+    """The header the safetensors library writes: metadata, then tensors in data order.
+
+    Returns it as a JSON object and as the bytes written (compact JSON, space-padded to
+    a multiple of 8 bytes).  Raises ManifestError (a bad ``raw`` entry) and FormatError
+    (a dtype safetensors cannot hold).
+    """
     obj: dict[str, Any] = {}
     meta = (fmt.get("header") or {}).get("__metadata__")
     if meta is not None:
@@ -191,7 +197,7 @@ def _canonical_header(fmt: dict[str, Any], geometry: dict[str, tuple[str, list[i
         obj[name] = {"dtype": code, "shape": list(shape), "data_offsets": [pos, pos + size]}
         pos += size
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return text + b" " * (-len(text) % 8)
+    return obj, text + b" " * (-len(text) % 8)
 
 
 def _same_tensors(text: str, canonical: dict[str, Any]) -> bool:
