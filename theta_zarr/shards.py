@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .manifest import Manifest, ManifestError, check_name
@@ -171,5 +171,5 @@ def restrict_index(index: Index, kept: Mapping[str, Manifest]) -> bytes:
     if "total_size" in metadata:
         stored = {(s, views[s][n].param) for n, s in weight_map.items()}
         metadata["total_size"] = sum(kept[s].params[p].nbytes for s, p in stored)
-    obj = {**index.extra, "metadata": metadata, "weight_map": weight_map}
+    obj = replace(index, weight_map=weight_map, metadata=metadata).to_json()
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")
