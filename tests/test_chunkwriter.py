@@ -11,9 +11,10 @@ import pytest
 
 from theta_zarr import chunking
 from theta_zarr.cache import Cache
-from theta_zarr.chunkwriter import BATCH_CHUNKS, SMALL_CHUNK, ChunkWriter, TruncatedInput
+from theta_zarr.chunkwriter import SMALL_CHUNK, ChunkWriter, TruncatedInput
 from theta_zarr.dtypes import by_name
 from theta_zarr.manifest import Manifest, ManifestError, ParamEntry
+from theta_zarr.objects import BATCH_ITEMS
 
 
 class _Blocking(Cache):
@@ -99,7 +100,7 @@ def test_small_chunks_are_stored_in_batches_with_the_same_result(tmp_path):
         assert bytes(store.get(d)) == arr.tobytes()
     assert entries["dup"].chunks == entries["expert.0.w"].chunks
     assert writer.stats.new_objects == len(tensors) - 1
-    assert len(submitted) <= len(tensors) // BATCH_CHUNKS + 2
+    assert len(submitted) <= len(tensors) // BATCH_ITEMS + 2
 
 
 def test_an_error_inside_a_batch_fails_the_writer(tmp_path):

@@ -6,7 +6,7 @@ read into its own buffer).  At most ``2 x workers`` tasks are in flight, so
 memory is bounded by the chunk size, not the checkpoint (invariant 5).  Chunks of
 at most ``SMALL_CHUNK`` bytes (the biases, norms and experts of a checkpoint with
 10^4 to 10^5 tensors) go to the pool in batches of up to ``BATCH_BYTES`` or
-``BATCH_CHUNKS``: one task per chunk would cost more than hashing and storing it.
+``BATCH_ITEMS``: one task per chunk would cost more than hashing and storing it.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from .manifest import (
     Manifest,
     ManifestError,
     ParamEntry,
-    check_geometry,
+    check_chunking,
     check_name,
     check_shape,
 )
+from .objects import BATCH_BYTES, BATCH_ITEMS
 from .streams import ReadInto, fill
 
-#: chunks of at most this many bytes are stored in batches (one pool task per batch)
+#: chunks of at most this many bytes are stored in batches (one pool task per batch, of
+#: objects.BATCH_BYTES or BATCH_ITEMS chunks, as the readers batch them)
 SMALL_CHUNK = 64 << 10
-BATCH_BYTES = 1 << 20
-BATCH_CHUNKS = 256
 
 
 class TruncatedInput(ValueError):
@@ -116,7 +116,7 @@ class ChunkWriter:
             raise ValueError(f"{self.source}: tensor {name!r} has {nbytes} bytes, "
                              f"shape {list(shape)} of {dtype.name} needs {_nbytes(dtype, shape)}")
         chunk_shape = self._chunk_shape(name, dtype, shape)
-        count = check_geometry(shape, chunk_shape, dtype.itemsize, where)
+        count = check_chunking(shape, chunk_shape, where)
         self._entries[name] = (dtype, shape, chunk_shape, [])
         self.stats.params += 1
         self.stats.total_bytes += nbytes
@@ -154,7 +154,7 @@ class ChunkWriter:
             self._batch.append((view, elem, pooled, slots, len(slots)))
             slots.append(None)  # filled when the batch is submitted
             self._batch_bytes += len(view)
-            if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_CHUNKS:
+            if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_ITEMS:
                 self._flush_batch()
             return
         self._slots.acquire()

@@ -55,16 +55,9 @@ def looks_like_conflicted_manifest(head: bytes) -> bool:
     return head.lstrip().startswith(b"<<<<<<<") and MAGIC in head
 
 
-def check_geometry(shape: Sequence[int], chunk_shape: Sequence[int], itemsize: int,
-                   where: str) -> int:
-    """Check a parameter's geometry arithmetically; returns its number of chunks.
-
-    Nothing is built per chunk, so a hostile shape such as ``[2**40, 2**40]`` costs
-    nothing: at most ``MAX_NDIM`` axes, extents at most ``MAX_EXTENT``, at most
-    ``MAX_PARAM_BYTES`` bytes, and a contiguous chunk shape (chunking.py).
-    Raises ManifestError naming ``where``.
-    """
-    check_shape(shape, itemsize, where)
+def check_chunking(shape: Sequence[int], chunk_shape: Sequence[int], where: str) -> int:
+    """The number of chunks of a shape already checked (``check_shape``); ManifestError
+    naming ``where`` unless the chunk shape is contiguous for it (chunking.py)."""
     if not chunking.is_contiguous_chunking(shape, chunk_shape):
         raise ManifestError(f"{where}: chunk_shape {list(chunk_shape)} does not fit shape "
                             f"{list(shape)}")
@@ -74,7 +67,10 @@ def check_geometry(shape: Sequence[int], chunk_shape: Sequence[int], itemsize: i
 def check_shape(shape: Sequence[int], itemsize: int, where: str) -> int:
     """Check a tensor shape against the limits every reader applies; returns its bytes.
 
-    Raises ManifestError naming ``where`` (see ``check_geometry``).
+    Arithmetic only: nothing is built per element or chunk, so a hostile shape such as
+    ``[2**40, 2**40]`` costs nothing (at most ``MAX_NDIM`` axes, extents at most
+    ``MAX_EXTENT``, at most ``MAX_PARAM_BYTES`` bytes).  Raises ManifestError naming
+    ``where``; ``check_chunking`` then checks a chunk shape for it.
     """
     if len(shape) > MAX_NDIM or any(not 0 <= s <= MAX_EXTENT for s in shape):
         raise ManifestError(f"{where}: shape {list(shape)[:8]} is out of range "
