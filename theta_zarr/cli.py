@@ -102,21 +102,30 @@ def track(patterns: tuple[str, ...]) -> None:
         for p in tracked_patterns(repo.top):
             click.echo(p)
         return
+    lfs_routed = set(git_lfs.routed_patterns(repo.top))  # before our lines are added
     was_lfs = git_lfs.lfs_files(repo)
-    added = do_track(repo.top, list(patterns))
+    added = set(do_track(repo.top, list(patterns)))
     for p in patterns:
-        verb = "Tracking" if any(a == p.replace(" ", "[[:space:]]") for a in added) else \
-            "Already tracking"
+        verb = "Tracking" if escape_pattern(p) in added else "Already tracking"
         click.echo(f'{verb} "{p}"')
     still = set(git_lfs.lfs_files(repo, was_lfs))
     taken = [p for p in was_lfs if p not in still]
-    routed = [p for p in patterns if escape_pattern(p) in git_lfs.routed_patterns(repo.top)]
-    if taken or routed:
-        click.echo(f"theta-zarr: {git_lfs.takeover_warning(list(patterns), taken)}"
-                   if taken else f"theta-zarr: warning: {', '.join(routed)} also routed to "
-                   "git-lfs in .gitattributes; theta-zarr's line comes later and wins for "
-                   "new commits; see docs/migrate-from-lfs.md", err=True)
-
+    if taken:
+        click.echo(f"theta-zarr: {git_lfs.takeover_warning(list(patterns), taken)}", err=True)
+        return
+    routed = [p for p in patterns if escape_pattern(p) in lfs_routed]
+    now_ours = [p for p in routed if escape_pattern(p) in added]
+    still_lfs = [p for p in routed if escape_pattern(p) not in added]
+    if now_ours:
+        click.echo(f"theta-zarr: warning: {', '.join(now_ours)} was routed to git-lfs in "
+                   ".gitattributes; theta-zarr's line now comes later and wins for new commits "
+                   "(files git-lfs stored stay pointers until migrated); see "
+                   "docs/migrate-from-lfs.md", err=True)
+    if still_lfs:
+        click.echo(f"theta-zarr: warning: {', '.join(still_lfs)} is routed to git-lfs by a "
+                   "later .gitattributes line, which wins over theta-zarr's: remove that line "
+                   "to store these files with theta-zarr; see docs/migrate-from-lfs.md",
+                   err=True)
 
 @main.command()
 @click.argument("patterns", nargs=-1, required=True)

@@ -129,6 +129,26 @@ def test_migrate_rewrites_history_of_named_refs(lfs_repo):
     assert lfs.parse(r.git("cat-file", "blob", "keep:model.safetensors").stdout)
 
 
+def test_track_warns_about_a_pattern_git_lfs_already_routes(repo):
+    """No file yet under the pattern: the warning comes from .gitattributes itself, and says
+    which line wins (ours when just added after the lfs line; lfs when its line is later)."""
+    attrs = repo.path / ".gitattributes"
+    attrs.write_text(attrs.read_text() + "my[[:space:]]model.bin filter=lfs diff=lfs merge=lfs"
+                     " -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n")
+    proc = repo.tz("track", "my model.bin", "*.pt", "*.gguf")
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert 'Tracking "my model.bin"' in out and 'Already tracking "*.pt"' in out
+    assert 'Tracking "*.gguf"' in out
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(ln.startswith("theta-zarr: warning: ") for ln in lines)
+    assert "my model.bin was routed to git-lfs" in lines[0] and "now comes later" in lines[0]
+    assert "*.pt is routed to git-lfs by a later .gitattributes line" in lines[1]
+    assert "*.gguf" not in err
+    assert attrs.read_text().splitlines()[-2].startswith("my[[:space:]]model.bin filter=theta-zarr")
+    again = repo.tz("track", "*.gguf")
+    assert again.stderr == b""
+
+
 def test_migrate_without_lfs_patterns_says_so(repo):
     proc = repo.tz("migrate", check=False)
     assert proc.returncode == 1
