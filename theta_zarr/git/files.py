@@ -17,14 +17,6 @@ class TrackedFile:
     manifest: Manifest | None  # None: the blob is not a manifest (committed before tracking)
 
 
-def _filter_attr(repo: Repo, paths: list[str]) -> dict[str, str]:
-    if not paths:
-        return {}
-    out = repo.git("check-attr", "-z", "--stdin", "filter",
-                   input="\0".join(paths).encode() + b"\0").split(b"\0")
-    return {out[i].decode(): out[i + 2].decode() for i in range(0, len(out) - 2, 3)}
-
-
 def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
     """(path, blob id) for every file in the index (rev None) or a revision's tree."""
     if rev is None:
@@ -82,7 +74,7 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
     if paths:
         wanted = set(paths)
         entries = [e for e in entries if e[0] in wanted]
-    attrs = _filter_attr(repo, [p for p, _ in entries])
+    attrs = repo.attribute([p for p, _ in entries], "filter")
     ours = [(p, b) for p, b in entries if attrs.get(p) == DRIVER]
     blobs = read_blobs(repo, [b for _, b in ours])
     files = []

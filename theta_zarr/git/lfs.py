@@ -90,11 +90,7 @@ def lfs_files(repo: Repo, paths: list[str] | None = None) -> list[str]:
     """Index paths (all, or ``paths``) whose ``filter`` attribute is ``lfs`` right now."""
     if paths is None:
         paths = [p for p in repo.git("ls-files", "-z").decode().split("\0") if p]
-    if not paths:
-        return []
-    out = repo.git("check-attr", "-z", "--stdin", "filter",
-                   input="\0".join(paths).encode() + b"\0").split(b"\0")
-    return [out[i].decode() for i in range(0, len(out) - 2, 3) if out[i + 2] == b"lfs"]
+    return [p for p, value in repo.attribute(paths, "filter").items() if value == "lfs"]
 
 
 def takeover_warning(patterns: list[str], taken: list[str]) -> str:

@@ -76,12 +76,10 @@ def _matching(repo: Repo, paths: list[str], patterns: list[str]) -> set[str]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("".join(f"{escape_pattern(p)} theta-zarr-migrate\n" for p in patterns))
-        out = repo.git("-c", f"core.attributesFile={attrs}", "check-attr", "-z", "--stdin",
-                       "theta-zarr-migrate", input="\0".join(paths).encode() + b"\0")
+        values = repo.attribute(paths, "theta-zarr-migrate", attributes_file=attrs)
     finally:
         os.unlink(attrs)
-    rec = out.split(b"\0")
-    return {rec[i].decode() for i in range(0, len(rec) - 2, 3) if rec[i + 2] == b"set"}
+    return {p for p, value in values.items() if value == "set"}
 
 
 def _same_content(path: str, pointer: LfsPointer) -> bool:

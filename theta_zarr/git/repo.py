@@ -125,6 +125,18 @@ class Repo:
             raise GitInputError(f"unknown revision {rev!r} (not a commit in {self.top})")
         return out.decode()
 
+    def attribute(self, paths: list[str], name: str,
+                  attributes_file: str | None = None) -> dict[str, str]:
+        """Each path's value of gitattribute ``name`` by git's own matching (``git check-attr``):
+        the value, or ``set``/``unset``/``unspecified``; ``attributes_file`` adds a file of
+        attribute lines (as ``core.attributesFile``)."""
+        if not paths:
+            return {}
+        extra = ("-c", f"core.attributesFile={attributes_file}") if attributes_file else ()
+        out = self.git(*extra, "check-attr", "-z", "--stdin", name,
+                       input="\0".join(paths).encode() + b"\0").split(b"\0")
+        return {out[i].decode(): out[i + 2].decode() for i in range(0, len(out) - 2, 3)}
+
     def git(self, *args: str, input: bytes | None = None, check: bool = True,
             env: dict[str, str] | None = None) -> bytes:
         return git(*args, cwd=self.top, input=input, check=check, env=env)
