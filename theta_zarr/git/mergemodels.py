@@ -23,7 +23,7 @@ from ..merge import merge_models, pick
 from ..mergeconfig import ConfigError, load_config
 from .drivers import conflict_report, summary_line, tracked_by_us
 from .push import read_through
-from .repo import GitError, Repo
+from .repo import GitError, GitInputError, Repo
 
 MARKER = "theta-zarr merge-models config:"
 
@@ -31,10 +31,10 @@ TreeEntry = tuple[str, str]  # (mode, blob id)
 
 
 def _commit(repo: Repo, rev: str, what: str) -> str:
-    out = repo.git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
-    if not out.strip():
-        raise ConfigError(f"{what}: {rev!r} is not a commit in this repository")
-    return out.decode().strip()
+    try:
+        return repo.commit(rev)
+    except GitInputError:
+        raise ConfigError(f"{what}: {rev!r} is not a commit in this repository") from None
 
 
 def _tree(repo: Repo, commit: str) -> dict[str, TreeEntry]:
@@ -73,7 +73,7 @@ def merge_models_commit(text: str, source: str, title: str | None,
     if len(config.models) < 2:
         raise ConfigError(f"{source}: merge-models needs at least two models")
     head = _commit(repo, "HEAD", "HEAD")
-    if repo.git("status", "--porcelain", "--untracked-files=no").strip():
+    if repo.first_change() is not None:
         raise ConfigError("the working tree or index has uncommitted changes; commit or "
                           "stash them first")
     commits = {m.model: _commit(repo, m.model, f"{source}: model") for m in config.models}

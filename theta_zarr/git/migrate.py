@@ -53,9 +53,8 @@ def rewrite_attributes(text: str, patterns: list[str]) -> str:
 
 
 def _require_clean(repo: Repo) -> None:
-    dirty = repo.git("status", "--porcelain", "--untracked-files=no").decode().strip()
-    if dirty:
-        first = dirty.splitlines()[0][3:]
+    first = repo.first_change()
+    if first is not None:
         raise MigrateError(f"the working tree has uncommitted changes ({first} ...): commit or "
                        "stash them before migrating")
 

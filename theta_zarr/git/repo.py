@@ -137,6 +137,15 @@ class Repo:
                        input="\0".join(paths).encode() + b"\0").split(b"\0")
         return {out[i].decode(): out[i + 2].decode() for i in range(0, len(out) - 2, 3)}
 
+    def first_change(self) -> str | None:
+        """The first path whose tracked content differs from HEAD (index or work tree; new
+        untracked files do not count), or None when the tree is clean."""
+        for line in self.git("status", "--porcelain", "--untracked-files=no").decode(
+                "utf-8", "replace").splitlines():
+            if line.strip():
+                return line[3:]
+        return None
+
     def git(self, *args: str, input: bytes | None = None, check: bool = True,
             env: dict[str, str] | None = None) -> bytes:
         return git(*args, cwd=self.top, input=input, check=check, env=env)
