@@ -100,7 +100,8 @@ def migrate_tree(repo: Repo, include: list[str] | None, message: str | None,
                repo.git("ls-files", "-z", "-s").split(b"\0") if rec]
     blobs = {path: meta.split()[1] for meta, path in entries}
     candidates = sorted(_matching(repo, list(blobs), patterns))
-    small = [p for p in candidates if _blob_size(repo, blobs[p]) < 1024]
+    sizes = _blob_sizes(repo, [blobs[p] for p in candidates])
+    small = [p for p in candidates if sizes[blobs[p]] < 1024]
     pointers = {p: ptr for p, data in zip(small, read_blobs(repo, [blobs[p] for p in small]),
                                           strict=True) if (ptr := parse(data)) is not None}
     attrs = os.path.join(repo.top, ".gitattributes")
@@ -128,8 +129,13 @@ def migrate_tree(repo: Repo, include: list[str] | None, message: str | None,
     return len(pointers)
 
 
-def _blob_size(repo: Repo, blob: str) -> int:
-    return int(repo.git("cat-file", "-s", blob).strip())
+def _blob_sizes(repo: Repo, blobs: list[str]) -> dict[str, int]:
+    """Each blob's size in bytes, from one ``git cat-file --batch-check``."""
+    if not blobs:
+        return {}
+    out = repo.git("cat-file", "--batch-check=%(objectname) %(objectsize)",
+                   input="".join(b + "\n" for b in blobs).encode()).decode().splitlines()
+    return {name: int(size) for name, size in (line.split() for line in out)}
 
 
 class _Converter:
