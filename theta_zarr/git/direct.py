@@ -62,12 +62,6 @@ class Pending:
     manifest: Manifest
 
 
-def index_of(repo: Repo) -> GitIndex:
-    path = repo.git("rev-parse", "--git-path", "index").decode().strip()
-    fmt = repo.git("rev-parse", "--show-object-format", check=False).decode().strip() or "sha1"
-    return GitIndex(path if os.path.isabs(path) else os.path.join(repo.top, path), fmt)
-
-
 def _tmp_dir_for(cache: Cache, target_dir: str) -> str:
     """The cache's scratch folder when it is on the target's file system (a leftover
     from a kill stays out of ``git status``), else the target's own folder."""
@@ -98,7 +92,7 @@ def write_files(repo: Repo, files: list[Pending], cache: Cache, workers: int,
     rewritten safely; chunk errors (MissingObjectError, ObjectError) leave every
     file as it was.
     """
-    index = index or index_of(repo)
+    index = index or GitIndex(repo.index_path, repo.object_format)
     built: dict[str, tuple[Pending, str]] = {}
     try:
         for p in files:

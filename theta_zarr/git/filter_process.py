@@ -22,7 +22,7 @@ from ..errors import one_line, opaque_note
 from ..manifest import Manifest, looks_like_conflicted_manifest, looks_like_manifest
 from ..settings import Settings
 from . import lfs as git_lfs
-from .direct import WORKTREE_COMMANDS, Pending, checkout_through_git, index_of, write_files
+from .direct import WORKTREE_COMMANDS, Pending, checkout_through_git, write_files
 from .filter_start import handshake
 from .hooks import ensure_pre_push
 from .index import GitIndex, IndexUnsupported
@@ -325,7 +325,7 @@ class FilterServer:
             return False
         if self.index is None:
             try:
-                self.index = index_of(self.repo)
+                self.index = GitIndex(self.repo.index_path, self.repo.object_format)
                 self.index.check()
             except (IndexUnsupported, GitError, OSError):
                 self.direct = False

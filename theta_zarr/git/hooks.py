@@ -56,12 +56,6 @@ def hook_text(exe: str | None = None) -> str:
     return HOOK.format(marker=MARKER, suffix=CHAINED_SUFFIX, exe=exe or executable())
 
 
-def hooks_dir(repo: Repo) -> str:
-    """Where git runs this repository's hooks from (``core.hooksPath`` honoured)."""
-    path = repo.git("rev-parse", "--git-path", "hooks").decode().strip()
-    return path if os.path.isabs(path) else os.path.join(repo.top, path)
-
-
 def _is_ours(path: str) -> bool:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -72,7 +66,7 @@ def _is_ours(path: str) -> bool:
 
 def install_pre_push(repo: Repo, exe: str | None = None) -> str:
     """Write our hook; an existing foreign hook is kept and chained.  Returns the path."""
-    folder = hooks_dir(repo)
+    folder = repo.hooks_dir
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "pre-push")
     if os.path.lexists(path) and not _is_ours(path):
@@ -89,14 +83,14 @@ def install_pre_push(repo: Repo, exe: str | None = None) -> str:
 def ensure_pre_push(repo: Repo) -> str | None:
     """Install the hook when this work tree lacks it (git-lfs installs its hooks from
     its filter the same way); returns the path when it was installed now."""
-    if repo.bare or _is_ours(os.path.join(hooks_dir(repo), "pre-push")):
+    if repo.bare or _is_ours(os.path.join(repo.hooks_dir, "pre-push")):
         return None
     return install_pre_push(repo)
 
 
 def uninstall_pre_push(repo: Repo) -> None:
     """Remove our hook and put back the one it chained, if any."""
-    path = os.path.join(hooks_dir(repo), "pre-push")
+    path = os.path.join(repo.hooks_dir, "pre-push")
     if _is_ours(path):
         os.unlink(path)
         if os.path.lexists(path + CHAINED_SUFFIX):

@@ -99,23 +99,31 @@ class Repo:
     git_dir: str
     common_dir: str
     bare: bool = False
+    hooks_dir: str = ""  # where git runs hooks from (core.hooksPath honoured), absolute
+    index_path: str = ""  # this work tree's index file, absolute
+    object_format: str = "sha1"  # the object ids' hash: sha1 or sha256
 
     @classmethod
     def discover(cls, cwd: str | None = None, bare_ok: bool = False) -> Repo:
         """The repository around ``cwd``; GitInputError outside one (or in a bare one,
-        unless ``bare_ok``: the filter serves ``git archive`` on servers)."""
+        unless ``bare_ok``: the filter serves ``git archive`` on servers).
+
+        One ``git rev-parse`` answers everything (it runs in every git command through the
+        filter); the paths it prints relative are relative to ``cwd``."""
         out = git("rev-parse", "--is-bare-repository", "--absolute-git-dir", "--git-common-dir",
+                  "--git-path", "hooks", "--git-path", "index", "--show-object-format",
                   "--show-toplevel", cwd=cwd, check=False).decode().splitlines()
-        bare = len(out) >= 3 and out[0] == "true"
-        if len(out) < 4 and not (bare and bare_ok):
+        bare = len(out) >= 6 and out[0] == "true"
+        if len(out) < 7 and not (bare and bare_ok):
             where = "a bare repository" if bare else "a git repository"
             raise GitInputError(f"not inside {'a work tree' if bare else where} "
                                 f"({os.path.abspath(cwd or os.getcwd())}): run this from a git "
                                 "work tree")
-        git_dir, common = out[1], out[2]
-        if not os.path.isabs(common):
-            common = os.path.normpath(os.path.join(cwd or os.getcwd(), common))
-        return cls(git_dir if bare else out[3], git_dir, common, bare)
+        here = cwd or os.getcwd()
+        git_dir, common, hooks, index = out[1], *(
+            os.path.normpath(os.path.join(here, p)) for p in out[2:5])
+        return cls(git_dir if bare else out[6], git_dir, common, bare, hooks, index,
+                   out[5] or "sha1")
 
     def commit(self, rev: str) -> str:
         """The commit id ``rev`` names; GitInputError (as git words it) when none."""
