@@ -196,7 +196,7 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
 @main.command("filter-process", hidden=True)
 def filter_process() -> None:
     """git's long-running clean/smudge filter (configured by install)."""
-    from .git.filter_process import main as serve
+    from .git.filter_start import main as serve
 
     sys.exit(serve())
 

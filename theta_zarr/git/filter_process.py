@@ -23,7 +23,6 @@ from ..manifest import Manifest, looks_like_conflicted_manifest, looks_like_mani
 from ..settings import Settings
 from . import lfs as git_lfs
 from .direct import WORKTREE_COMMANDS, Pending, checkout_through_git, write_files
-from .filter_start import handshake
 from .hooks import ensure_pre_push
 from .index import GitIndex, IndexUnsupported
 from .pktline import PktReader, PktWriter, ProtocolError
@@ -64,12 +63,8 @@ class FilterServer:
         self.notes = True
         self.noted: set[str] = set()
 
-    def handshake(self) -> None:
-        handshake(self.reader, self.writer)
-
-    def serve(self, handshake: bool = True) -> None:
-        if handshake:
-            self.handshake()
+    def serve(self) -> None:
+        """Answer git's requests until it closes the pipe (the handshake is done)."""
         while True:
             try:
                 headers = self.reader.read_text_list()
@@ -438,19 +433,15 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
     return server
 
 
-def main(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
+def main(stdin: BinaryIO, stdout: BinaryIO) -> int:
     """Serve git until it closes the pipe, then write the files kept for a direct write.
 
-    ``stdin``/``stdout`` are given when the caller already did the handshake
-    (``git.filter_start``, which answers git before these modules are imported).
+    ``stdin``/``stdout`` come from ``git.filter_start``, which opened them and answered
+    git's handshake before these modules were imported.
     """
-    greet = stdin is None
-    # unbuffered: packet payloads are read straight into chunk buffers, one copy
-    stdin = stdin or os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
-    stdout = stdout or os.fdopen(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
     server = _start(stdin, stdout)
     try:
-        server.serve(handshake=greet)
+        server.serve()
     except (ProtocolError, BrokenPipeError) as e:
         print(f"theta-zarr: filter protocol error: {e}", file=sys.stderr)
         return 1
