@@ -109,6 +109,17 @@ class FileDiff:
             out["moved"] = len(self.moved)
         return out
 
+    def has_changes(self) -> bool:
+        """True when the text output reports any difference for this file: a parameter,
+        a non-tensor change, a parameter moved between shards, an lfs/plain side or a
+        format change; ``--name-only``, ``--stat`` and ``--exit-code`` count exactly these."""
+        if self.params or self.other or self.moved:
+            return True
+        if self.old_foreign is not None or self.new_foreign is not None:
+            return True
+        return bool(self.old and self.new and self.old.format != self.new.format
+                    and self.old.format_name != self.new.format_name)
+
     def to_json(self) -> dict[str, Any]:
         def fmt(m: Manifest | None, f: Foreign | None) -> str | None:
             return m.format_name if m else f.kind if f else None

@@ -60,3 +60,17 @@ def test_safetensors_metadata_change_is_shown(repo):
     summary = repo.tz("diff", "HEAD~1", "HEAD", "--summary-only").stdout.decode()
     assert "0 changed, 0 reshaped, 0 added, 0 removed, 1 unchanged; 3 other" in summary
     assert "* header_text: " in summary
+
+
+def test_nontensor_change_counts_for_name_only_stat_and_exit_code(repo):
+    path = repo.path / "ckpt.pt"
+    w = torch.ones(4, 4)
+    torch.save({"model": {"w": w}, "step": 1}, path)
+    repo.git("add", "ckpt.pt")
+    repo.git("commit", "-q", "-m", "step 1")
+    torch.save({"model": {"w": w}, "step": 2}, path)
+    assert repo.tz("diff", "--name-only").stdout.decode().split() == ["ckpt.pt"]
+    assert repo.tz("diff", "--stat").stdout.decode().startswith(" ckpt.pt")
+    assert repo.tz("diff", "--exit-code", check=False).returncode == 1
+    repo.git("checkout", "--", "ckpt.pt")
+    assert repo.tz("diff", "--exit-code", check=False).returncode == 0

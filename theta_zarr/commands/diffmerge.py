@@ -116,7 +116,7 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
     groups, singles = models.group_by_model(repo, targets, old, new)
     diffs = models.diff_groups(repo, groups, old, new, numbers=numbers, full_norm=full_norm)
     diffs += drivers.diff_sides(repo, singles, old, new, numbers=numbers, full_norm=full_norm)
-    changed = [d for d in diffs if d.params]
+    changed = [d for d in diffs if d.has_changes()]
     if png:
         try:
             n = plot(diffs, png)
