@@ -89,10 +89,11 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
               exit_code: bool) -> None:
     from ..diff import JSON_VERSION, format_text, plot
     from ..git import drivers, models
+    from ..git.push import read_through
     from ..git.repo import Repo
 
     repo = Repo.discover()
-    repo.settings()  # a bad theta-zarr.* value is reported before anything is compared
+    settings = repo.settings()  # a bad theta-zarr.* value is reported before anything is compared
     after = raw[raw.index("--") + 1:] if "--" in raw else None
     before = list(args[: len(args) - len(after)]) if after is not None else list(args)
     unknown = [a for a in before if a.startswith("-") and a != "-"]
@@ -114,8 +115,11 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
     targets = drivers.changed_paths(repo, revs, cached, rel)
     numbers = not summary_only and mode is None
     groups, singles = models.group_by_model(repo, targets, old, new)
-    diffs = models.diff_groups(repo, groups, old, new, numbers=numbers, full_norm=full_norm)
-    diffs += drivers.diff_sides(repo, singles, old, new, numbers=numbers, full_norm=full_norm)
+    objects = read_through(repo, settings=settings) if groups or singles else None
+    kw = {"numbers": numbers, "full_norm": full_norm, "objects": objects,
+          "workers": settings.workers}
+    diffs = models.diff_groups(repo, groups, old, new, **kw)
+    diffs += drivers.diff_sides(repo, singles, old, new, **kw)
     changed = [d for d in diffs if d.has_changes()]
     if png:
         try:

@@ -34,6 +34,7 @@ from ..merge import (
 )
 from ..mergeconfig import parse_value
 from ..merges import MergeOptions, available, get_strategy, parameter_names
+from ..remote import ReadThrough
 from .install import DRIVER
 from .push import read_through
 from .remotes import THETAZARR_FILE
@@ -135,9 +136,16 @@ def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]) -
 
 # -- diff -------------------------------------------------------------------------------
 def diff_sides(repo: Repo, paths: list[str], old: object, new: object, numbers: bool = True,
-               full_norm: bool = False) -> list[FileDiff]:
-    objects = read_through(repo)
-    workers = repo.settings().workers
+               full_norm: bool = False, objects: ReadThrough | None = None,
+               workers: int | None = None) -> list[FileDiff]:
+    if not paths:
+        return []
+    if objects is None or workers is None:
+        settings = repo.settings()
+        if objects is None:
+            objects = read_through(repo, settings=settings)
+        if workers is None:
+            workers = settings.workers
     out = []
     for path in paths:
         a = manifest_of(repo, path, old, objects)

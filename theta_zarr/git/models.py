@@ -8,6 +8,7 @@ import posixpath
 
 from ..diff import FileDiff, diff_models
 from ..manifest import Manifest, ManifestError
+from ..remote import ReadThrough
 from ..shards import (
     INDEX_SUFFIX,
     WEIGHT_FILES,
@@ -174,10 +175,17 @@ def open_side(repo: Repo, key: str, side: object, objects) -> Model | None:
 
 
 def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: object,
-                numbers: bool = True, full_norm: bool = False) -> list[FileDiff]:
+                numbers: bool = True, full_norm: bool = False,
+                objects: ReadThrough | None = None, workers: int | None = None) -> list[FileDiff]:
     """One diff per model, over all its shards on each side."""
-    objects = read_through(repo)
-    workers = repo.settings().workers
+    if not groups:
+        return []
+    if objects is None or workers is None:
+        settings = repo.settings()
+        if objects is None:
+            objects = read_through(repo, settings=settings)
+        if workers is None:
+            workers = settings.workers
     out = []
     for key in sorted(groups):
         a, b = open_side(repo, key, old, objects), open_side(repo, key, new, objects)
