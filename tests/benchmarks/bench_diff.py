@@ -80,6 +80,7 @@ class ReadCounter:
 
 def bench_bytes_read(size: int, tmp: str) -> dict:
     from theta_zarr.git import drivers
+    from theta_zarr.git.push import read_through
     from theta_zarr.git.repo import Repo
 
     repo_dir = os.path.join(tmp, "repo")
@@ -116,7 +117,9 @@ def bench_bytes_read(size: int, tmp: str) -> dict:
     try:
         t = time.perf_counter()
         with counter.active():
-            (fd,) = drivers.diff_sides(repo, ["model.safetensors"], "HEAD~1", "HEAD")
+            (fd,) = drivers.diff_sides(repo, ["model.safetensors"], "HEAD~1", "HEAD",
+                                       objects=read_through(repo),
+                                       workers=repo.settings().workers)
         seconds = time.perf_counter() - t
     finally:
         os.chdir(cwd)

@@ -115,11 +115,12 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
     targets = drivers.changed_paths(repo, revs, cached, rel)
     numbers = not summary_only and mode is None
     groups, singles = models.group_by_model(repo, targets, old, new)
-    objects = read_through(repo, settings=settings) if groups or singles else None
-    kw = {"numbers": numbers, "full_norm": full_norm, "objects": objects,
-          "workers": settings.workers}
-    diffs = models.diff_groups(repo, groups, old, new, **kw)
-    diffs += drivers.diff_sides(repo, singles, old, new, **kw)
+    diffs = []
+    if groups or singles:
+        kw = {"numbers": numbers, "full_norm": full_norm, "workers": settings.workers,
+              "objects": read_through(repo, settings=settings)}
+        diffs = models.diff_groups(repo, groups, old, new, **kw)
+        diffs += drivers.diff_sides(repo, singles, old, new, **kw)
     changed = [d for d in diffs if d.has_changes()]
     if png:
         try:

@@ -136,16 +136,10 @@ def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]) -
 
 # -- diff -------------------------------------------------------------------------------
 def diff_sides(repo: Repo, paths: list[str], old: object, new: object, numbers: bool = True,
-               full_norm: bool = False, objects: ReadThrough | None = None,
-               workers: int | None = None) -> list[FileDiff]:
+               full_norm: bool = False, *, objects: ReadThrough, workers: int
+               ) -> list[FileDiff]:
     if not paths:
         return []
-    if objects is None or workers is None:
-        settings = repo.settings()
-        if objects is None:
-            objects = read_through(repo, settings=settings)
-        if workers is None:
-            workers = settings.workers
     out = []
     for path in paths:
         a = manifest_of(repo, path, old, objects)

@@ -21,7 +21,6 @@ from ..shards import (
     single,
 )
 from .drivers import INDEX, WORKTREE, manifest_of
-from .push import read_through
 from .repo import GitError, Repo
 
 
@@ -175,17 +174,11 @@ def open_side(repo: Repo, key: str, side: object, objects) -> Model | None:
 
 
 def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: object,
-                numbers: bool = True, full_norm: bool = False,
-                objects: ReadThrough | None = None, workers: int | None = None) -> list[FileDiff]:
+                numbers: bool = True, full_norm: bool = False, *, objects: ReadThrough,
+                workers: int) -> list[FileDiff]:
     """One diff per model, over all its shards on each side."""
     if not groups:
         return []
-    if objects is None or workers is None:
-        settings = repo.settings()
-        if objects is None:
-            objects = read_through(repo, settings=settings)
-        if workers is None:
-            workers = settings.workers
     out = []
     for key in sorted(groups):
         a, b = open_side(repo, key, old, objects), open_side(repo, key, new, objects)
