@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -11,6 +12,7 @@ import pytest
 from merge_helpers import BF16, CountingCache, manifest, rng_arr
 
 from theta_zarr.diff import diff, format_text, plot, summarize, textconv_lines
+from theta_zarr.manifest import ManifestError
 from theta_zarr.remote import ReadThrough
 
 
@@ -59,6 +61,21 @@ def test_statistics_equal_numpy_and_read_only_changed_chunks(store):
                         rel_tol=1e-12)
     text = "\n".join(format_text(fd))
     assert "~ x" in text and "chunks 1/2" in text
+
+
+@pytest.mark.parametrize("regrid", [False, True], ids=["same-grid", "other-grid"])
+def test_a_chunk_of_another_size_than_the_manifest_says_is_refused(store, regrid):
+    """A dtype edited without its chunks (float32 bytes, float16 claimed) gives an error
+    naming the object, never statistics over the wrong bytes (both comparison paths)."""
+    x = rng_arr(0, (64, 16))
+    a, b = manifest(store, {"x": x}), manifest(store, {"x": x * 2})
+    for m in (a, b):
+        m.params["x"] = dataclasses.replace(m.params["x"], dtype="float16")
+    if regrid:
+        b.params["x"] = dataclasses.replace(b.params["x"], chunk_shape=(32, 16),
+                                            chunks=b.params["x"].chunks[:2])
+    with pytest.raises(ManifestError, match="object blake3:.*: chunk 0 holds 1024 bytes"):
+        diff(a, b, store, "m.safetensors")
 
 
 def test_different_chunkings_still_compare(store):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from importlib.metadata import entry_points
 
 import numpy as np
@@ -225,4 +226,15 @@ def test_packed_float4_refuses_numeric_strategies(store):
     codes = np.arange(600, dtype=np.uint8)
     m = [fp4(a) for a in (codes, codes + 1, codes + 2)]  # bytes of packed pairs, not numbers
     with pytest.raises(MergeError, match="floating-point"):
+        merge_manifests(*m, table("average"), store)
+
+
+def test_a_chunk_of_another_size_than_the_manifest_says_is_refused(store):
+    """A dtype edited without its chunks (float32 bytes, float16 claimed) is an error
+    naming the side and chunk, never a merge computed over the wrong bytes."""
+    x = rng_arr(0, (64, 16))
+    m = [manifest(store, {"x": a}) for a in (x, x + 1, x + 2)]
+    for side in m:
+        side.params["x"] = dataclasses.replace(side.params["x"], dtype="float16")
+    with pytest.raises(MergeError, match="'x': ours: chunk 0 holds 1024 bytes .* needs 512"):
         merge_manifests(*m, table("average"), store)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 from .chunkreader import ordered_map
 from .dtypes import by_name
 from .formats.base import flatten_json
-from .manifest import Manifest, ManifestError, ParamEntry
+from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
 from .shards import Model
 
@@ -282,35 +282,36 @@ def compute(fd: FileDiff, objects: Any, workers: int = 4, full_norm: bool = Fals
 def _pairs(ea: ParamEntry, eb: ParamEntry, objects: Any, workers: int, full_norm: bool,
            stats: ReadStats) -> Iterator[tuple[bytes | memoryview, bytes | memoryview, bool]]:
     """(old chunk, new chunk, differs) for the chunks that must be read, in order."""
-    # each key with its chunk's size: a chunk of another size (an edited dtype or
-    # shape) is an error, never numbers computed over the wrong bytes
-    ka = [(k, ea.chunk_nbytes(i)) for i, k in enumerate(chunk_keys(ea))]
-    kb = [(k, eb.chunk_nbytes(i)) for i, k in enumerate(chunk_keys(eb))]
+    # each key with its chunk's index: a chunk of another size than its entry says (an
+    # edited dtype or shape) is an error, never numbers computed over the wrong bytes
+    ka = list(enumerate(chunk_keys(ea)))
+    kb = list(enumerate(chunk_keys(eb)))
 
-    def load(job: tuple[Key, int]) -> bytes | memoryview:
-        key, need = job
-        raw = key if isinstance(key, bytes) else objects.get(key)
-        if len(raw) != need:
-            what = "an inline chunk" if isinstance(key, bytes) else f"object {key}"
-            raise ManifestError(f"{what} holds {len(raw)} bytes where the manifest's dtype "
-                                f"and chunk shape need {need}")
-        if not isinstance(key, bytes):
-            stats.count(len(raw))
-        return raw
+    def loader(entry: ParamEntry) -> Callable[[tuple[int, Key]], bytes | memoryview]:
+        def load(job: tuple[int, Key]) -> bytes | memoryview:
+            i, key = job
+            raw = key if isinstance(key, bytes) else objects.get(key)
+            entry.check_chunk(i, raw, "an inline chunk" if isinstance(key, bytes)
+                              else f"object {key}")
+            if not isinstance(key, bytes):
+                stats.count(len(raw))
+            return raw
+        return load
 
+    load_a, load_b = loader(ea), loader(eb)
     if ea.chunk_shape != eb.chunk_shape:
         # different chunk grids: stream both tensors and compare them span by span
-        old = ordered_map(load, ka, workers)
-        new = _Bytes(ordered_map(load, kb, workers))
+        old = ordered_map(load_a, ka, workers)
+        new = _Bytes(ordered_map(load_b, kb, workers))
         for a in old:
             yield a, new.read(len(a)), True
         return
     jobs = [(x, y) for x, y in zip(ka, kb, strict=True) if x != y or full_norm]
 
-    def load_pair(job: tuple[tuple[Key, int], tuple[Key, int]]
+    def load_pair(job: tuple[tuple[int, Key], tuple[int, Key]]
                   ) -> tuple[bytes | memoryview, bytes | memoryview, bool]:
         x, y = job
-        return (load(x), load(y), True) if x != y else (load(x), b"", False)
+        return (load_a(x), load_b(y), True) if x != y else (load_a(x), b"", False)
 
     yield from ordered_map(load_pair, jobs, max(1, workers // 2))
 

@@ -24,7 +24,7 @@ import numpy as np
 from . import chunking
 from .chunkreader import ordered_map
 from .dtypes import by_name
-from .manifest import Manifest, ParamEntry
+from .manifest import Manifest, ManifestError, ParamEntry
 from .merges import (
     ChunkInput,
     MergeOptions,
@@ -312,10 +312,10 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
             except ObjectError as e:
                 raise MergeError(f"{where}: chunk {i} of {label} ({key}) cannot be read: "
                                  f"{e}") from None
-        if len(raw) != first.chunk_nbytes(i):
-            raise MergeError(f"{where}: chunk {i} of {label} holds {len(raw)} bytes where "
-                             f"dtype {first.dtype} x chunk shape {list(first.chunk_shape)} "
-                             f"needs {first.chunk_nbytes(i)}")
+        try:
+            first.check_chunk(i, raw, f"{where}: {label}")
+        except ManifestError as e:
+            raise MergeError(str(e)) from None
         return np.frombuffer(raw, dtype=dtype).astype(wide)
 
     def load(i: int) -> ChunkInput:
