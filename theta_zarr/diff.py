@@ -385,6 +385,13 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3g}"
 
 
+def json_document(diffs: Iterable[FileDiff], old: str, new: str) -> dict[str, Any]:
+    """The ``--json`` output of a diff between ``old`` and ``new`` (revisions or refs):
+    ``{"theta_zarr_diff": JSON_VERSION, "old", "new", "files": [FileDiff.to_json()]}``."""
+    return {"theta_zarr_diff": JSON_VERSION, "old": old, "new": new,
+            "files": [d.to_json() for d in diffs]}
+
+
 def format_text(fd: FileDiff) -> list[str]:
     """Human lines: a header per file, then one line per differing parameter."""
     c = fd.counts()

@@ -87,7 +87,7 @@ def _range(repo, arg: str) -> list[str] | None:
 def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool,
               png: str | None, full_norm: bool, summary_only: bool, mode: str | None,
               exit_code: bool) -> None:
-    from ..diff import JSON_VERSION, format_text, plot
+    from ..diff import format_text, json_document, plot
     from ..git import drivers, models
     from ..git.push import read_through
     from ..git.repo import Repo
@@ -129,9 +129,7 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
             fail(str(e))
         click.echo(f"theta-zarr: wrote {png} ({n} changed parameters)", err=as_json)
     if as_json:
-        click.echo(json.dumps({"theta_zarr_diff": JSON_VERSION, "old": labels[0],
-                               "new": labels[1], "files": [d.to_json() for d in diffs]},
-                              indent=2))
+        click.echo(json.dumps(json_document(diffs, labels[0], labels[1]), indent=2))
     elif mode == "name-only":
         for d in changed:
             click.echo(d.path)

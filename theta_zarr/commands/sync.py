@@ -249,8 +249,7 @@ def register(main: click.Group) -> None:
         fd = diff.diff(sides[0], sides[1], remote.objects, f"{old_ref}..{new_ref}",
                        numbers=not summary_only)
         if as_json:
-            click.echo(json.dumps({"theta_zarr_diff": diff.JSON_VERSION, "old": old_ref,
-                                   "new": new_ref, "files": [fd.to_json()]}, indent=2))
+            click.echo(json.dumps(diff.json_document([fd], old_ref, new_ref), indent=2))
             return
         for line in diff.format_text(fd):
             click.echo(line)
