@@ -157,7 +157,9 @@ def test_ls_and_diff_refs_between_steps(case, tmp_path):
     listing = tz(["ls", case.url, "run/"], env).stdout.decode()
     assert "run/step-1" in listing and "run/step-2" in listing
     res = tz(["diff-refs", case.url, "run/step-1", "run/step-2", "--json"], env)
-    fd = json.loads(res.stdout)["files"][0]
+    doc = json.loads(res.stdout)
+    assert (doc["theta_zarr_diff"], doc["old"], doc["new"]) == (1, "run/step-1", "run/step-2")
+    fd = doc["files"][0]
     changed = {p["name"]: p for p in fd["params"] if p["status"] == "changed"}
     assert {"emb", "tp.w", "step"} <= set(changed) and "layers.0.w" not in changed
     emb = changed["emb"]

@@ -136,6 +136,8 @@ def test_diff_reads_only_changed_chunks(repo):
             removed += 1
     assert removed > 40
     out = json.loads(repo.tz("diff", "v1", "v2", "model.safetensors", "--json").stdout)
+    assert {k: out[k] for k in ("theta_zarr_diff", "old", "new")} == {
+        "theta_zarr_diff": 1, "old": "v1", "new": "v2"}  # the documented envelope
     (fd,) = out["files"]
     assert fd["summary"]["changed"] == 8 and fd["summary"]["unchanged"] == len(
         v1["parameters"]) - 8
