@@ -162,15 +162,19 @@ def other_changes(old: Manifest, new: Manifest) -> list[OtherChange]:
     """What changed outside the tensors: every ``describe`` key whose value differs."""
     if old.format == new.format:
         return []
-    a, b = describe(old), describe(new)
+    return _changes(describe(old), describe(new))
+
+
+def _changes(a: dict[str, Any], b: dict[str, Any], prefix: str = "",
+             skip: str | None = None) -> list[OtherChange]:
+    """Each key of two flat JSON dicts whose value differs (added, removed or changed),
+    in key order, named ``prefix + key``; keys starting with ``skip`` are left out."""
     out = []
     for key in sorted(set(a) | set(b)):
-        if key not in b:
-            out.append(OtherChange(key, "removed", a[key], None))
-        elif key not in a:
-            out.append(OtherChange(key, "added", None, b[key]))
-        elif a[key] != b[key]:
-            out.append(OtherChange(key, "changed", a[key], b[key]))
+        if (skip and key.startswith(skip)) or (key in a and key in b and a[key] == b[key]):
+            continue
+        status = "added" if key not in a else "removed" if key not in b else "changed"
+        out.append(OtherChange(prefix + key, status, a.get(key), b.get(key)))
     return out
 
 
@@ -364,14 +368,9 @@ def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
     if files is not None:
         fd.other = other
         return fd
-    ia = flatten_json(old.index.to_json()) if old.index else {}
-    ib = flatten_json(new.index.to_json()) if new.index else {}
     if old.index and new.index:
-        for key in sorted(set(ia) | set(ib)):
-            if key.startswith("weight_map.") or ia.get(key) == ib.get(key):
-                continue
-            status = "added" if key not in ia else "removed" if key not in ib else "changed"
-            other.append(OtherChange(f"index: {key}", status, ia.get(key), ib.get(key)))
+        other += _changes(flatten_json(old.index.to_json()), flatten_json(new.index.to_json()),
+                          "index: ", skip="weight_map.")
     fd.other = other
     return fd
 
