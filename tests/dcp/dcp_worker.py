@@ -97,6 +97,9 @@ def main() -> int:
         if bad:
             print(f"rank {rank}: not bit-exact: {bad}", file=sys.stderr)
             return 1
+    # every rank is done before any tears its connections down: a rank that exits while
+    # a peer's gloo threads still talk to it can make that peer abort at exit
+    dist.barrier()
     dist.destroy_process_group()
     return 0
 
