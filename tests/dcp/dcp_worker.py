@@ -10,9 +10,11 @@ sharded across ranks (FSDP2's Shard(0), one uneven), columns sharded
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import json
 import os
 import sys
+import threading
 
 import torch
 import torch.distributed as dist
@@ -66,6 +68,7 @@ class DyingWriter(ThetaZarrWriter):
 
 
 def main() -> int:
+    faulthandler.enable()  # a rank that aborts (SIGABRT) prints every thread's stack
     action, spec = sys.argv[1], json.loads(sys.argv[2])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
@@ -97,12 +100,25 @@ def main() -> int:
         if bad:
             print(f"rank {rank}: not bit-exact: {bad}", file=sys.stderr)
             return 1
-    # every rank is done before any tears its connections down: a rank that exits while
-    # a peer's gloo threads still talk to it can make that peer abort at exit
+    # every rank is done before any tears its connections down
     dist.barrier()
     dist.destroy_process_group()
+    # theta-zarr's thread pools are all shut down: only the main thread and fsspec's event
+    # loop threads (daemons) may be left
+    left = [t.name for t in threading.enumerate() if t is not threading.main_thread()
+            and not t.name.startswith(("fsspecIO", "asyncio_"))]
+    if left:
+        print(f"rank {rank}: threads still running: {left}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leave without the interpreter's teardown: with every rank done and no thread of ours
+    # left (checked above), the C++ static destructors of torch's native threads (gloo,
+    # the TCP store) at exit intermittently abort a rank ("terminate called without an
+    # active exception") on a loaded machine, which is no result of the job.
+    os._exit(code)
