@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
 
+import msgspec
 import numpy as np
 import pytest
 from merge_helpers import BF16, CountingCache, manifest, rng_arr
@@ -70,9 +70,9 @@ def test_a_chunk_of_another_size_than_the_manifest_says_is_refused(store, regrid
     x = rng_arr(0, (64, 16))
     a, b = manifest(store, {"x": x}), manifest(store, {"x": x * 2})
     for m in (a, b):
-        m.params["x"] = dataclasses.replace(m.params["x"], dtype="float16")
+        m.params["x"] = msgspec.structs.replace(m.params["x"], dtype="float16")
     if regrid:
-        b.params["x"] = dataclasses.replace(b.params["x"], chunk_shape=(32, 16),
+        b.params["x"] = msgspec.structs.replace(b.params["x"], chunk_shape=(32, 16),
                                             chunks=b.params["x"].chunks[:2])
     with pytest.raises(ManifestError, match="object blake3:.*: chunk 0 holds 1024 bytes"):
         diff(a, b, store, "m.safetensors")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from importlib.metadata import entry_points
 
+import msgspec
 import numpy as np
 import pytest
 from merge_helpers import BF16, make_store, manifest, read, rng_arr
@@ -235,6 +235,6 @@ def test_a_chunk_of_another_size_than_the_manifest_says_is_refused(store):
     x = rng_arr(0, (64, 16))
     m = [manifest(store, {"x": a}) for a in (x, x + 1, x + 2)]
     for side in m:
-        side.params["x"] = dataclasses.replace(side.params["x"], dtype="float16")
+        side.params["x"] = msgspec.structs.replace(side.params["x"], dtype="float16")
     with pytest.raises(MergeError, match="'x': ours: chunk 0 holds 1024 bytes .* needs 512"):
         merge_manifests(*m, table("average"), store)

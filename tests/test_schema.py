@@ -9,8 +9,11 @@ import copy
 import io
 import json
 import math
+import random
+import typing
 
 import jsonschema
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -137,6 +140,7 @@ def test_manifests_from_real_files_validate(kind, tmp_path, plain):
     assert errors == []
     assert M._get_validator().is_valid(obj)
     assert Manifest.from_bytes(m.to_bytes(), SOURCE).to_bytes() == m.to_bytes()
+    assert M._decode_typed(m.to_bytes()) == m  # a manifest clean writes takes the fast lane
 
 
 def test_odd_files_use_every_kind_of_entry(tmp_path):
@@ -296,7 +300,7 @@ def test_json_path_quotes_names_with_dots():
     assert M.json_path(["params", "x\ny"]) == '$.params["x\\ny"]'
 
 
-# -- the fast paths decide exactly as the schema does ------------------------------------------
+# -- variants of a good manifest, one value changed ----------------------------------------------
 
 def _variants():
     values = [None, True, False, 0, 1, -1, 4.0, 4.5, 2**53, 2**53 - 1, "", "x", "4", D1,
@@ -308,32 +312,6 @@ def _variants():
     for path in paths:
         for value in values:
             yield path, value
-
-
-def test_fast_validator_agrees_with_stock_jsonschema(plain):
-    fast = M._get_validator()
-    disagreements = []
-    for path, value in _variants():
-        obj = _set(path, copy.deepcopy(value))(good())
-        if plain.is_valid(obj) != fast.is_valid(obj):
-            disagreements.append((path, value))
-    names = ["ok", "a/b", "a//b", "/a", "a/", ".", "..", "a/../b", "...", "zarr.json",
-             "g/zarr.json", "zarr.jsonx", "x\x7f", "x\\y", "x\ny", "x\n", "\u00e9", "x" * 4096,
-             "x" * 4097]
-    for name in names:
-        obj = good()
-        obj["params"] = {name: obj["params"]["w"]}
-        if plain.is_valid(obj) != fast.is_valid(obj):
-            disagreements.append(("name", name))
-    assert disagreements == []
-
-
-def _schema_accepts(obj) -> bool:
-    try:
-        M.check_schema(obj)
-    except ManifestError:
-        return False
-    return True
 
 
 def _variant_objects():
@@ -349,31 +327,6 @@ def _variant_objects():
         yield obj
 
 
-def test_params_predicate_agrees_with_stock_jsonschema(plain):
-    """check_schema decides ``params`` with one predicate built from the schema: the
-    verdict is the schema's for every variant (and the predicate is really used)."""
-    assert M._get_params_check()
-    disagreements = [obj for obj in _variant_objects()
-                     if plain.is_valid(obj) != _schema_accepts(obj)]
-    assert disagreements == []
-
-
-def test_fast_entries_equal_the_full_checks(plain):
-    """An entry the fast lane builds is the one ParamEntry.from_json builds; one it refuses
-    goes to from_json, which words the error."""
-    seen = 0
-    for obj in _variant_objects():
-        if not plain.is_valid(obj):
-            continue
-        for name, entry in obj["params"].items():
-            fast = M._fast_entry(entry)
-            if fast is None:
-                continue
-            seen += 1
-            assert fast == M.ParamEntry.from_json(entry, name)
-    assert seen
-
-
 def test_large_manifest_round_trips_through_the_fast_lane():
     params = {f"layers.{i // 64}.experts.{i % 64}.w": M.ParamEntry(
         (8, 16), "bfloat16", (8, 16), (chunking.digest(str(i).encode()),))
@@ -381,3 +334,135 @@ def test_large_manifest_round_trips_through_the_fast_lane():
     params["odd"] = M.ParamEntry((3,), "float32", (3,), (), (b"\0" * 12,))
     manifest = Manifest({"name": "safetensors"}, params)
     assert Manifest.from_bytes(manifest.to_bytes()) == manifest
+
+
+# -- the typed fast lane of from_bytes decides as the schema does ----------------------------
+
+def _bytes(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_typed_lane_spells_the_schema(schema):
+    """The msgspec types carry the schema's own patterns, enum and built-in format keys."""
+    defs = schema["$defs"]
+    assert M.DIGEST_PATTERN == defs["param"]["properties"]["chunks"]["items"]["pattern"]
+    assert M.NAME_PATTERN == defs["paramName"]["pattern"]
+    assert M.FORMAT_NAME_PATTERN == defs["format"]["properties"]["name"]["pattern"]
+    assert list(typing.get_args(M.DTypeName)) == defs["param"]["properties"]["dtype"]["enum"]
+    typed = {}
+    for rule in defs["format"]["allOf"]:
+        name = rule["if"]["properties"]["name"]["const"]
+        keys = {k for k, v in rule["then"]["properties"].items() if set(v) != {"description"}}
+        typed[name] = keys, set(rule["then"].get("required", ()))
+    for name, (keys, required) in typed.items():
+        if not keys:
+            assert name not in M.FORMAT_TYPES  # nothing to check (opaque)
+            continue
+        info = msgspec.inspect.type_info(M.FORMAT_TYPES[name])
+        assert {f.encode_name for f in info.fields} == keys, name
+        assert {f.encode_name for f in info.fields if f.required} == required, name
+
+
+def _format_variants():
+    dcp = {"name": "dcp", "shards": {"w": [[[0, 0], [4, 4]]]}, "bytes": ["opt"],
+           "planner_data": {"w": ["model", "w", 0]}, "version": "1.0.0"}
+    formats = [
+        {"name": "safetensors", "order": ["w"], "header": {"__metadata__": {"a": "b"}, "x": 1},
+         "header_text": "{}", "raw": {"w": ["F4", [2, 3]]}},
+        {"name": "torch", "tree": {"__dict__": [["w", {"__tensor__": "w"}]]},
+         "serialization": "legacy"},
+        {"name": "numpy", "compressed": True,
+         "members": [{"param": "w", "fortran_order": False, "extra": 1}]},
+        {"name": "npy", "fortran_order": True}, dcp, {"name": "opaque"},
+        {"name": "plugin-x", "anything": [1, {"deep": None}]}]
+    values = [None, True, 0, -1, 4.0, "x", [], ["x"], [1], {}, {"a": 1}, {"a": "b"},
+              [[[0], [1]]], [["F4", [2]]], [["F4", [-2]]], {"w": [[[0, 0], [4, 4]]]},
+              {"w": [[[0], [4], [5]]]}, {"w": ["F4", [2, 3], 1]}, {"w": ["x", 1]},
+              {"w": [1, "a", True]}, [{"param": 3}], [{"fortran_order": True}], "legacy",
+              "Legacy"]
+    for fmt in formats:
+        yield fmt
+        for key in [k for k in fmt if k != "name"] + ["order", "members", "shards", "bytes"]:
+            for value in values:
+                yield {**copy.deepcopy(fmt), key: copy.deepcopy(value)}
+            yield {k: v for k, v in fmt.items() if k != key}
+        yield {**fmt, "header": {"__metadata__": {"a": 1}}}
+        yield {**fmt, "header": {"__metadata__": {"a": "b"}}}
+
+
+def _typed_cases():
+    for obj in _variant_objects():
+        yield obj
+    for fmt in _format_variants():
+        obj = good()
+        obj["format"] = fmt
+        yield obj
+    for case in (*SCHEMA_BROKEN.values(), *SEMANTIC_BROKEN.values()):
+        yield case[0](good())
+    # an empty tensor has no chunks: "chunks": [] and "inline": [] must not both pass
+    empty = {"shape": [0, 4], "dtype": "float32", "chunk_shape": [1, 4]}
+    for keys in ({"chunks": []}, {"inline": []}, {"chunks": [], "inline": []}, {}):
+        obj = good()
+        obj["params"]["e"] = {**empty, **keys}
+        yield obj
+    alphabet = "AQw+/=\n-_ "
+    rng = random.Random(7)
+    for _ in range(300):  # base64 spellings: the schema's pattern, not msgspec's, is the rule
+        text = "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 2, 3, 4, 8, 24])))
+        obj = good()
+        obj["params"]["b"] = {"shape": [len(text) // 4 * 3], "dtype": "uint8",
+                              "chunk_shape": [max(1, len(text) // 4 * 3)], "inline": [text]}
+        yield obj
+
+
+def _accepted(obj) -> bool:
+    try:
+        Manifest.from_json(obj, SOURCE)
+    except ManifestError:
+        return False
+    return True
+
+
+def test_typed_lane_is_never_more_lenient(plain):
+    """Every manifest the fast lane accepts, the schema and the semantic rules accept,
+    into the same Manifest; and it takes most valid ones (it is really used)."""
+    lenient, taken, valid = [], 0, 0
+    for obj in _typed_cases():
+        fast = M._decode_typed(_bytes(obj))
+        ok = plain.is_valid(obj) and _accepted(obj)
+        valid += ok
+        if fast is not None:
+            taken += 1
+            if not ok or fast != Manifest.from_json(obj, SOURCE):
+                lenient.append(obj)
+    assert lenient == []
+    assert taken > valid * 0.9
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMA_BROKEN) + sorted(SEMANTIC_BROKEN))
+def test_from_bytes_words_errors_as_from_json(case):
+    """A manifest the fast lane refuses reaches the checks that word the error."""
+    mutate = (SCHEMA_BROKEN.get(case) or SEMANTIC_BROKEN[case])[0]
+    obj = mutate(good())
+    with pytest.raises(ManifestError) as expected:
+        Manifest.from_json(obj, SOURCE)
+    with pytest.raises(ManifestError) as got:
+        Manifest.from_bytes(_bytes(obj), SOURCE)
+    assert str(got.value) == str(expected.value)
+
+
+def test_json_depth_check_counts_brackets():
+    def reference(data: bytes, limit: int) -> bool:
+        depth = 0
+        for c in data:
+            depth += (c in b"[{") - (c in b"]}")
+            if depth > limit:
+                return False
+        return True
+    rng = random.Random(3)
+    for _ in range(500):
+        data = bytes(rng.choice(b'[]{}" a') for _ in range(rng.randrange(0, 200)))
+        limit = rng.randrange(1, 12)
+        assert M.json_depth_ok(data, limit) == reference(data, limit), (data, limit)
+    assert not M.json_depth_ok(b"[" * 65 + b"]" * 65)
+    assert M.json_depth_ok(b"[" * 64 + b"]" * 64)
