@@ -70,6 +70,10 @@ class ChunkWriter:
         # small chunks waiting for a task: (chunk, elem, pooled, its parameter's slots, index)
         self._batch: list[tuple[memoryview, int, bool, list, int]] = []
         self._batch_bytes = 0
+        # per geometry, checked once (an MoE checkpoint repeats a few shapes 10^4 times):
+        # (shape, item size) -> the policy's chunk shape; (that, chunk shape) -> chunk count
+        self._policy: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
+        self._counts: dict[tuple[tuple[tuple[int, ...], int], tuple[int, ...]], int] = {}
 
     # -- input ---------------------------------------------------------------------
     def add_buffer(self, name: str, dtype: DType, shape: tuple[int, ...],
@@ -109,14 +113,20 @@ class ChunkWriter:
         if name in self._entries:
             raise ManifestError(f"{self.source}: parameter {name!r} appears twice")
         shape = tuple(int(s) for s in shape)
-        where = f"{self.source}: tensor {name[:80]!r}"
-        # the limits smudge applies, checked before anything is built per chunk
-        check_shape(shape, dtype.itemsize, where)
+        geometry = (shape, dtype.itemsize)
+        if geometry not in self._policy:
+            # the limits smudge applies, checked before anything is built per chunk
+            check_shape(shape, dtype.itemsize, f"{self.source}: tensor {name[:80]!r}")
+            self._policy[geometry] = chunking.chunk_shape_for(shape, dtype.itemsize,
+                                                              self.chunk_bytes)
         if nbytes != _nbytes(dtype, shape):
             raise ValueError(f"{self.source}: tensor {name!r} has {nbytes} bytes, "
                              f"shape {list(shape)} of {dtype.name} needs {_nbytes(dtype, shape)}")
-        chunk_shape = self._chunk_shape(name, dtype, shape)
-        count = check_chunking(shape, chunk_shape, where)
+        chunk_shape = tuple(self._chunk_shape(name, dtype, shape))
+        count = self._counts.get((geometry, chunk_shape))
+        if count is None:
+            count = check_chunking(shape, chunk_shape, f"{self.source}: tensor {name[:80]!r}")
+            self._counts[(geometry, chunk_shape)] = count
         self._entries[name] = (dtype, shape, chunk_shape, [])
         self.stats.params += 1
         self.stats.total_bytes += nbytes
@@ -138,7 +148,7 @@ class ChunkWriter:
         old = self.previous.params.get(name) if self.previous else None
         if old is not None and old.shape == shape and old.dtype == dtype.name:
             return old.chunk_shape
-        return chunking.chunk_shape_for(shape, dtype.itemsize, self.chunk_bytes)
+        return self._policy[(shape, dtype.itemsize)]
 
     def _submit(self, slots: list, count: int, view: memoryview, pooled: bool = False,
                 elem: int = 1) -> None:
