@@ -94,12 +94,14 @@ class Cache(ObjectStore):
 
 
     def _object_path(self, digest: str) -> str:
-        return os.path.join(self.root, *object_key(digest).split("/"))
+        # keys use "/", which every platform's file calls take
+        return f"{self.root}/{object_key(digest)}"
 
     def missing(self, digests: Iterable[str]) -> set[str]:
         """Which of these digests the cache lacks: one ``stat`` each, in this thread (a
         thread-pool task per digest would cost ten times the ``stat``)."""
-        return {d for d in set(digests) if not os.path.exists(self._object_path(d))}
+        path, exists = self._object_path, os.path.exists
+        return {d for d in set(digests) if not exists(path(d))}
 
     def copy_to(self, digest: str, fd: int, offset: int, length: int) -> None:
         """Put the chunk's raw bytes (``length`` of them) at ``offset`` of the open file ``fd``.

@@ -39,7 +39,8 @@ class LocalStore(BlobStore):
         self.url = root
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.root, *key.split("/"))
+        # keys use "/", which every platform's file calls take
+        return f"{self.root}/{key}"
 
     def check_root(self, for_write: bool = False) -> None:
         """A reader needs the folder; a writer creates it, but only inside an existing
