@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 
 import blake3
-from report import write_section
+from report import human, rate, write_section
 
 from theta_zarr import codecs
 from theta_zarr.demo import dir_bytes, scripts_path_env, shape_for_size, tensor_bytes, write_model
@@ -56,18 +56,6 @@ MODEL = "model.safetensors"
 
 
 # -- small helpers ------------------------------------------------------------------------
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
-def rate(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / seconds / 2**20:,.0f} MiB/s"
-
-
 def warm(*paths: str) -> None:
     """Read files (or every file under folders) once, so timed steps see a warm page cache."""
     buf = bytearray(BLOCK)

@@ -57,7 +57,7 @@ GCS_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "FSSPEC_GS_TOKEN": "ano
 # gcsfs reads this once, at import: set before anything imports it
 os.environ.update({k: v for k, v in GCS_ENV.items() if k == "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"})
 
-from report import write_section  # noqa: E402
+from report import human, rate, write_section  # noqa: E402
 
 from theta_zarr import codecs  # noqa: E402
 from theta_zarr.demo import dir_bytes, scripts_path_env, shape_for_size, write_model  # noqa: E402
@@ -65,18 +65,6 @@ from theta_zarr.manifest import Manifest  # noqa: E402
 from theta_zarr.objects import DEFAULT_CONCURRENCY, object_key  # noqa: E402
 from theta_zarr.remote import storage_options  # noqa: E402
 from theta_zarr.settings import parse_size  # noqa: E402
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
-def mibs(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / seconds / 2**20:,.0f} MiB/s"
 
 
 def file_digest(path: str) -> str:
@@ -274,8 +262,8 @@ class Result:
 def throughput_row(what: str, nbytes: int, t: float, base_what: str, base_t: float,
                    target: float = 0.8) -> Row:
     r = base_t / t  # throughput ratio over the same bytes
-    return Row(what, f"{t:.2f} s ({mibs(nbytes, t)})",
-               f"{base_what}: {base_t:.2f} s ({mibs(nbytes, base_t)})", r, f"{r:.0%}",
+    return Row(what, f"{t:.2f} s ({rate(nbytes, t)})",
+               f"{base_what}: {base_t:.2f} s ({rate(nbytes, base_t)})", r, f"{r:.0%}",
                f">= {target:.0%} of raw", r >= target)
 
 
@@ -332,7 +320,7 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
         z_bytes = sum(len(v) for v in z_objs.values())
         r_bytes = sum(len(v) for v in raw_objs.values())
         res.diag.append((f"blosc encode of all {len(keys)} chunks, {os.cpu_count()} threads, "
-                         "no I/O", f"{t_encode:.2f} s ({mibs(raw_bytes, t_encode)})"))
+                         "no I/O", f"{t_encode:.2f} s ({rate(raw_bytes, t_encode)})"))
 
         # 1. push: baseline then theta-zarr, per codec
         pushes = {}

@@ -1,4 +1,5 @@
-"""The one way every benchmark script writes its results into a markdown page.
+"""What the benchmark scripts share: how they write results into a markdown page, and
+how they print sizes and rates.
 
 Each script owns a block between ``<!-- NAME:results:begin -->`` and
 ``<!-- NAME:results:end -->`` in docs/benchmarks.md; a run replaces its own block and
@@ -33,3 +34,17 @@ def write_section(path: str | Path, name: str, body: str, heading: str | None = 
         title = f"## {heading}\n\n" if heading else ""
         doc = doc.rstrip("\n") + "\n\n" + title + block + "\n"
     path.write_text(doc, encoding="utf-8")
+
+
+def human(n: float) -> str:
+    """``n`` bytes in the largest binary unit under 1024 of it: ``512 B``, ``1.50 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def rate(nbytes: int, seconds: float) -> str:
+    """A throughput in MiB/s."""
+    return f"{nbytes / seconds / 2**20:,.0f} MiB/s"

@@ -106,7 +106,8 @@ def test_hand_edited_manifest_with_path_or_bad_digest(repo):
     assert_rejected(repo, "m.safetensors", "conflict")
 
 
-def test_missing_chunk_on_checkout_names_it(repo):
+def _commit_one_chunk(repo):
+    """Commit a one-chunk checkpoint; its chunk's digest and cache object's path."""
     safetensors.numpy.save_file({"w": np.arange(5000, dtype=np.float32)},
                                 str(repo.path / "m.safetensors"))
     repo.git("add", "m.safetensors")
@@ -114,6 +115,11 @@ def test_missing_chunk_on_checkout_names_it(repo):
     digest = Manifest.from_bytes(
         repo.git("cat-file", "blob", "HEAD:m.safetensors").stdout).params["w"].chunks[0]
     obj = repo.objects_dir / digest[7:9] / digest[9:]
+    return digest, obj
+
+
+def test_missing_chunk_on_checkout_names_it(repo):
+    digest, obj = _commit_one_chunk(repo)
     obj.unlink()
     (repo.path / "m.safetensors").unlink()
     proc = repo.git("checkout", "--", "m.safetensors", check=False)
@@ -124,13 +130,7 @@ def test_missing_chunk_on_checkout_names_it(repo):
 
 
 def test_corrupt_chunk_in_cache_is_detected(repo):
-    safetensors.numpy.save_file({"w": np.arange(5000, dtype=np.float32)},
-                                str(repo.path / "m.safetensors"))
-    repo.git("add", "m.safetensors")
-    repo.git("commit", "-q", "-m", "m")
-    digest = Manifest.from_bytes(
-        repo.git("cat-file", "blob", "HEAD:m.safetensors").stdout).params["w"].chunks[0]
-    obj = repo.objects_dir / digest[7:9] / digest[9:]
+    digest, obj = _commit_one_chunk(repo)
     data = bytearray(obj.read_bytes())
     data[-1] ^= 0xFF
     os.chmod(obj, 0o644)
