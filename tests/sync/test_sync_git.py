@@ -57,14 +57,20 @@ def _object_path(cache_root: Path, digest: str) -> Path:
     return cache_root / object_key(digest)
 
 
-def test_fsck_names_deleted_and_corrupt_objects(repo, tmp_path):
+def _pushed_model(repo, tmp_path: Path, message: str):
+    """A folder remote ``origin`` holding one committed and pushed model; its case."""
     case = _local_case(tmp_path)
     repo.git("config", "theta-zarr.chunk-size", CHUNK)
     repo.tz("remote", "add", "origin", case.url)
     model(repo.path / "model.safetensors")
     repo.git("add", "model.safetensors")
-    repo.git("commit", "-q", "-m", "m")
+    repo.git("commit", "-q", "-m", message)
     repo.tz("push", "origin")
+    return case
+
+
+def test_fsck_names_deleted_and_corrupt_objects(repo, tmp_path):
+    case = _pushed_model(repo, tmp_path, "m")
     assert "ok:" in repo.tz("fsck", "--remote", "origin").stdout.decode()
     digests = sorted(SyncRemote.open(_spec(case)).objects.iter_digests())
     gone, bad = digests[0][0], digests[1][0]
@@ -100,13 +106,7 @@ def _age(root: Path, seconds: float) -> None:
 
 
 def test_gc_deletes_unreachable_old_objects_and_dry_run_says_so(repo, tmp_path):
-    case = _local_case(tmp_path)
-    repo.git("config", "theta-zarr.chunk-size", CHUNK)
-    repo.tz("remote", "add", "origin", case.url)
-    model(repo.path / "model.safetensors")
-    repo.git("add", "model.safetensors")
-    repo.git("commit", "-q", "-m", "keep")
-    repo.tz("push", "origin")
+    case = _pushed_model(repo, tmp_path, "keep")
     # a checkpoint pushed under a remote ref, and one that nothing names any more
     _push(case, tmp_path, model(tmp_path / "ref.safetensors", seed=7), "run7/kept")
     _push(case, tmp_path, model(tmp_path / "gone.safetensors", seed=8), "run7/gone")
