@@ -155,6 +155,12 @@ def test_garbage_is_refused(data):
     b'{"theta_zarr": 1, "format": ',
     b'{"theta_zarr": 1,\n "format": {"name": "x"},\n "params": {}\n}\n}',
     b'{"theta_zarr": 1, "format": {"name": "x"}, "params": {"a": \xff}}',
+    # not JSON numbers, and nothing a manifest could be written back with
+    b'{"theta_zarr": 1, "format": {"name": "x", "v": NaN}, "params": {}}',
+    b'{"theta_zarr": 1, "format": {"name": "x", "v": -Infinity}, "params": {}}',
+    b'{"theta_zarr": 1, "format": {"name": "x", "v": 1e400}, "params": {}}',
+    # an integer Python will not convert (over 4,300 digits)
+    b'{"theta_zarr": 1, "format": {"name": "x", "v": 1' + b"0" * 4300 + b'}, "params": {}}',
 ])
 def test_non_json_is_refused(data):
     assert_one_line_error(data, "not valid JSON")

@@ -100,7 +100,7 @@ def check_shape(shape: Sequence[int], itemsize: int, where: str) -> int:
     return nbytes
 
 
-def json_depth_ok(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+def json_depth_ok(data: bytes | bytearray | memoryview, limit: int = MAX_JSON_DEPTH) -> bool:
     """True if the brackets of ``data`` (JSON) nest at most ``limit`` deep.
 
     A cheap scan before parsing, whose recursion a few kilobytes of ``[[[[`` would
@@ -108,7 +108,7 @@ def json_depth_ok(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     are picked out in C (``bytes.translate``) and summed with numpy: about 20 ms for a
     17 MiB manifest.
     """
-    brackets = data.translate(None, _NOT_BRACKETS)
+    brackets = bytes(data).translate(None, _NOT_BRACKETS)
     if len(brackets) <= limit:
         return True
     depth = np.cumsum(_BRACKET_STEP[np.frombuffer(brackets, np.uint8)], dtype=np.int64)
@@ -122,20 +122,38 @@ _BRACKET_STEP[[ord("["), ord("{")]] = 1
 _BRACKET_STEP[[ord("]"), ord("}")]] = -1
 
 
-def loads_json(data: bytes, source: str, what: str = "manifest") -> Any:
+def loads_json(data: bytes | bytearray | memoryview, source: str, what: str = "manifest"
+               ) -> Any:
     """Parse JSON from untrusted bytes: one ManifestError line for anything wrong.
 
-    Covers invalid UTF-8, invalid JSON and nesting deeper than ``MAX_JSON_DEPTH``
-    (refused before parsing).
+    Covers invalid UTF-8, invalid JSON (``NaN`` and ``Infinity`` included), integers
+    too long for Python to convert (over 4,300 digits) and nesting deeper than
+    ``MAX_JSON_DEPTH`` (refused before parsing).
     """
     if not json_depth_ok(data):
         raise ManifestError(f"{source}: {what} is nested more than {MAX_JSON_DEPTH} levels "
                             "deep (not a theta-zarr file)")
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        detail = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        return json.loads(bytes(data).decode("utf-8"), parse_constant=_no_constant,
+                          parse_float=_finite_float)
+    except (ValueError, RecursionError) as e:  # incl. JSONDecodeError, UnicodeDecodeError
+        detail = "nested too deeply" if isinstance(e, RecursionError) else _short(str(e))
         raise ManifestError(f"{source}: {what} is not valid JSON ({detail})") from None
+
+
+def _no_constant(name: str) -> Any:
+    """``NaN`` and ``Infinity`` are not JSON (RFC 8259), and no manifest could be written
+    back with them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; ``1e400`` (infinite as a float) is
+    refused for the same reason as ``Infinity``."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of range")
+    return value
 
 
 def check_digest(value: object, where: str = "manifest") -> str:
