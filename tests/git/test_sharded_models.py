@@ -188,3 +188,55 @@ def test_bin_reshard_moving_a_tied_storage_diffs_as_moved(repo):
     assert (s["changed"], s["added"], s["removed"]) == (1, 0, 0)
     assert f["params"][0]["name"] == "mlp.w"
     assert [m["name"] for m in f["moved"]] == ["mlp.w"]
+
+
+def _tune_and_commit(repo, model, folder, message: str) -> None:
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight.add_(0.01)
+    model.save_pretrained(folder, max_shard_size="8KB")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", message)
+
+
+def test_a_tracked_index_is_read_from_its_chunks(repo):
+    """``track '*.index.json'`` stores the index as opaque chunks: the model is still
+    one model to diff and to load, at every revision."""
+    repo.tz("track", "*.index.json")
+    model = tiny_llama()
+    folder = repo.path / "llama"
+    model.save_pretrained(folder, max_shard_size="8KB")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "sharded, index tracked")
+    blob = repo.git("cat-file", "blob", "HEAD:llama/model.safetensors.index.json").stdout
+    assert blob.startswith(b'{"theta_zarr"')  # the index really is a manifest in git
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _tune_and_commit(repo, model, folder, "tune one tensor")
+    out = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)
+    (f,) = out["files"]
+    assert f["path"] == "llama/model.safetensors.index.json"
+    assert (f["summary"]["changed"], f["summary"]["added"]) == (1, 0)
+    assert f["params"][0]["name"] == "model.layers.1.mlp.up_proj.weight"
+    old = theta_zarr.load_state_dict(str(folder), rev="HEAD~1")
+    assert set(old) == set(before) and all(torch.equal(old[k], before[k]) for k in before)
+
+
+def test_a_model_whose_old_shards_theta_zarr_did_not_store_diffs_file_by_file(repo):
+    """Shards committed before the pattern was tracked are no theta-zarr model on that
+    side: the diff goes file by file (as for any such file) instead of failing."""
+    repo.tz("untrack", "*.safetensors")
+    model = tiny_llama()
+    folder = repo.path / "llama"
+    model.save_pretrained(folder, max_shard_size="8KB")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "plain blobs")
+    repo.tz("track", "*.safetensors")
+    repo.git("add", "--renormalize", ".")
+    repo.git("commit", "-q", "-m", "tracked now")
+    proc = repo.tz("diff", "HEAD~1", "HEAD")
+    text = proc.stdout.decode()
+    shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    assert [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")] \
+        == [f"llama/{s}" for s in shards]
+    assert text.count("committed before it was tracked") == len(shards)
+    out = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)
+    assert sum(f["summary"]["added"] for f in out["files"]) == len(model.state_dict())

@@ -3,11 +3,13 @@ index or the working tree, and group a diff's files by the model they belong to.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 
+from .. import checkpoint
 from ..diff import FileDiff, diff_models
-from ..manifest import Manifest, ManifestError
+from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..remote import ReadThrough
 from ..shards import (
     INDEX_SUFFIX,
@@ -20,7 +22,7 @@ from ..shards import (
     parse_index,
     single,
 )
-from .drivers import INDEX, WORKTREE, manifest_of
+from .drivers import INDEX, WORKTREE, diff_sides, manifest_of
 from .repo import GitError, Repo
 
 
@@ -64,16 +66,45 @@ def list_folder(repo: Repo, folder: str, side: object) -> list[str] | None:
     return sorted(names)
 
 
-def load_index(repo: Repo, path: str, side: object) -> Index | None:
+def load_index(repo: Repo, path: str, side: object, objects=None) -> Index | None:
+    """The sharded-checkpoint index at ``path`` on ``side``, None if absent.
+
+    An index under a pattern theta-zarr tracks is stored as a manifest (opaque bytes):
+    its text is rebuilt from its chunks first, with ``objects`` (a ReadThrough; the
+    repository's cache and remote when None).  Raises ManifestError for a file that is
+    no index.
+    """
     data = read_file(repo, path, side)
-    return None if data is None else parse_index(data, path)
+    if data is None:
+        return None
+    if looks_like_manifest(data[:64]):
+        data = _rebuilt(repo, Manifest.from_bytes(data, f"{path} ({_side_name(side)})"),
+                        path, objects)
+    return parse_index(data, path)
+
+
+def _rebuilt(repo: Repo, manifest: Manifest, path: str, objects=None) -> bytes:
+    """The bytes of a small tracked file (an index) from its manifest."""
+    if objects is None:
+        from .push import read_through
+
+        objects = read_through(repo)
+    out = io.BytesIO()
+    checkpoint.smudge(manifest, out, repo.settings(), name=path, cache=objects.cache,
+                      fetch=objects.fetch)
+    return out.getvalue()
+
+
+class ForeignShard(ManifestError):
+    """A shard of a model that theta-zarr does not store on this side (missing, a
+    git-lfs pointer, a file committed before it was tracked)."""
 
 
 def _manifest(repo: Repo, path: str, side: object, objects) -> Manifest:
     m = manifest_of(repo, path, side, objects)
     if not isinstance(m, Manifest):
         what = "missing" if m is None else m.text
-        raise ManifestError(f"{path}: not a theta-zarr checkpoint ({what})")
+        raise ForeignShard(f"{path}: not a theta-zarr checkpoint ({what})")
     return m
 
 
@@ -85,7 +116,7 @@ def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
     """
     path = "" if path in (".", "") else path.rstrip("/")
     if is_index_name(path):
-        index = load_index(repo, path, side)
+        index = load_index(repo, path, side, objects)
         if index is None:
             raise ManifestError(f"{path}: no such index at {_side_name(side)}")
         shards = {}
@@ -93,7 +124,7 @@ def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
             try:
                 shards[s] = _manifest(repo, s, side, objects)
             except ManifestError as e:
-                raise ManifestError(f"{path}: shard {e}") from None
+                raise type(e)(f"{path}: shard {e}") from None
         return combine(index, shards)
     names = list_folder(repo, path, side)
     if names is None:
@@ -181,7 +212,14 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
         return []
     out = []
     for key in sorted(groups):
-        a, b = open_side(repo, key, old, objects), open_side(repo, key, new, objects)
+        try:
+            a, b = open_side(repo, key, old, objects), open_side(repo, key, new, objects)
+        except ForeignShard:
+            # a side theta-zarr does not store whole (git-lfs shards, shards committed
+            # before tracking): file by file, as for any file not stored by theta-zarr
+            out.extend(diff_sides(repo, sorted(groups[key]), old, new, numbers, full_norm,
+                                  objects=objects, workers=workers))
+            continue
         label = (b or a).label if (a or b) else key
         out.append(diff_models(a, b, objects, label, workers, full_norm, numbers))
     return out
