@@ -14,11 +14,11 @@ from typing import Any
 import click
 
 from .commands.options import check_output, remote_options
-from .commands.reporting import fail, human, reports_errors, setup_logging
+from .commands.reporting import OneLineGroup, fail, human, reports_errors, setup_logging
 from .redact import redact
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="theta-zarr")
 def main() -> None:
     """Version control for ML checkpoints: every parameter a chunked Zarr array,

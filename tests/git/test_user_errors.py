@@ -92,6 +92,21 @@ def test_paths_that_are_not_tracked_files(pushed):
                       "nope.safetensors", "no such file")
 
 
+@pytest.mark.parametrize("args, words", [
+    (("trak", "*.pt"), ["No such command 'trak'", "'track'", "(see 'git theta-zarr --help')"]),
+    (("ls-files", "--parms"), ["No such option '--parms'", "'--params'",
+                               "(see 'git theta-zarr ls-files --help')"]),
+    (("remote", "add"), ["Missing argument", "(see 'git theta-zarr remote add --help')"]),
+    (("gc", "--repack-depth", "99"), ["--repack-depth", "(see 'git theta-zarr gc --help')"]),
+])
+def test_usage_mistakes_are_one_line_with_gits_status(pushed, args, words):
+    """A mistyped command, option or value: one line naming the help, status 129 (git's)."""
+    proc = pushed.tz(*args, check=False)
+    line = assert_user_error(proc, *words)
+    assert proc.returncode == 129
+    assert proc.stderr.decode().strip() == line  # nothing but that line: no usage block
+
+
 def test_outside_a_repository(tmp_path, git_env):
     proc = subprocess.run(["git-theta-zarr", "ls-files"], cwd=tmp_path, env=git_env,
                           capture_output=True)

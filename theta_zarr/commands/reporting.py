@@ -32,6 +32,31 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+class OneLineGroup(click.Group):
+    """The command group: a usage mistake (unknown command or option, a bad value) is one
+    ``theta-zarr:`` line naming the help to read, exit status 129 as git's own commands
+    give, instead of click's usage block and status 2."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            path = e.ctx.command_path if e.ctx is not None else "git theta-zarr"
+            if path.startswith("git-theta-zarr"):  # as git ran it for `git theta-zarr ...`
+                path = "git theta-zarr" + path[len("git-theta-zarr"):]
+            where = f" (see '{path} --help')"
+            fail(" ".join(e.format_message().split()) + where, code=129)
+        except click.ClickException as e:
+            fail(" ".join(e.format_message().split()), code=e.exit_code)
+        except click.Abort:
+            fail("aborted", code=130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the core's errors into a one-line message and exit status 1."""
 
