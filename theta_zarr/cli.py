@@ -160,7 +160,7 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
     rows = []
     for f in tracked_files(repo, rev, rel or None):
         if f.manifest is None:
-            rows.append({"path": f.path, "format": None})
+            rows.append({"path": f.path, "format": None, "bytes": f.size})
             continue
         m = f.manifest
         digests = m.digests()
@@ -182,7 +182,9 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
         return
     for r in rows:
         if r["format"] is None:
-            click.echo(f"{r['path']}  (not a manifest: committed before it was tracked)")
+            why = "empty file, kept as it is" if r["bytes"] == 0 else \
+                f"not a manifest: {human(r['bytes'])} committed before it was tracked"
+            click.echo(f"{r['path']}  ({why})")
             continue
         click.echo(f"{r['path']}  {r['format']}  {r['params']} params  {human(r['bytes'])}  "
                    f"{r['chunks']} chunks  {r['cached']}/{r['objects']} objects cached  "

@@ -207,3 +207,18 @@ def test_clean_and_smudge_single_file_commands(repo):
     back = repo.tz("smudge", "x.safetensors", input=manifest).stdout
     buf.write(back)
     assert buf.getvalue() == path.read_bytes()
+
+
+def test_an_empty_tracked_file_stays_empty_and_is_named_so(repo):
+    """clean keeps an empty file empty (as git-lfs does); ls-files and diff call it that,
+    not a file committed before it was tracked."""
+    (repo.path / "empty.safetensors").write_bytes(b"")
+    repo.git("add", "empty.safetensors")
+    repo.git("commit", "-q", "-m", "empty")
+    assert repo.git("cat-file", "-s", "HEAD:empty.safetensors").stdout.strip() == b"0"
+    listed = repo.tz("ls-files").stdout.decode()
+    assert "empty.safetensors  (empty file, kept as it is)" in listed
+    assert json.loads(repo.tz("ls-files", "--json").stdout) == [
+        {"path": "empty.safetensors", "format": None, "bytes": 0}]
+    text = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert "an empty file (kept as it is)" in text and "before it was tracked" not in text

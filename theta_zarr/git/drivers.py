@@ -64,6 +64,8 @@ def foreign_blob(data: bytes, size: int | None = None) -> Foreign:
     pointer = lfs.parse(data) if size == len(data) else None
     if pointer is not None:
         return Foreign("git-lfs", pointer.describe(), pointer.to_json())
+    if size == 0:  # clean keeps an empty file empty, as git-lfs does
+        return Foreign("plain", "an empty file (kept as it is)", {"size": 0})
     return Foreign("plain", f"not stored by theta-zarr ({size} bytes, committed before "
                    "it was tracked)", {"size": size})
 

@@ -15,6 +15,7 @@ class TrackedFile:
     path: str
     blob: str
     manifest: Manifest | None  # None: the blob is not a manifest (committed before tracking)
+    size: int = 0  # the blob's size in bytes
 
 
 def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
@@ -80,7 +81,7 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
     files = []
     for (path, blob), data in zip(ours, blobs, strict=True):
         manifest = Manifest.from_bytes(data, path) if looks_like_manifest(data[:64]) else None
-        files.append(TrackedFile(path, blob, manifest))
+        files.append(TrackedFile(path, blob, manifest, len(data)))
     return files
 
 
