@@ -14,6 +14,7 @@ its names become parameter names and its shard names become paths.
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -161,15 +162,19 @@ def restrict_index(index: Index, kept: Mapping[str, Manifest]) -> bytes:
     manifest written there; the weight map names exactly the tensors a loader finds
     in those files (tied aliases included), and ``metadata.total_size``, when present,
     is the size in bytes of their storages, each counted once (as huggingface_hub's
-    ``split_torch_state_dict_into_shards`` counts it).
+    ``split_torch_state_dict_into_shards`` counts it); ``metadata.total_parameters``
+    (transformers 5), when present, their element count, each counted once.
     """
     from .formats import tensor_views
 
     views = {s: tensor_views(m) for s, m in kept.items()}
     weight_map = {n: s for n, s in index.weight_map.items() if s in kept and n in views[s]}
     metadata = dict(index.metadata)
+    stored = {(s, views[s][n].param) for n, s in weight_map.items()}
     if "total_size" in metadata:
-        stored = {(s, views[s][n].param) for n, s in weight_map.items()}
         metadata["total_size"] = sum(kept[s].params[p].nbytes for s, p in stored)
+    if "total_parameters" in metadata:  # transformers: num_parameters(), ties once
+        metadata["total_parameters"] = sum(math.prod(kept[s].params[p].shape)
+                                           for s, p in stored)
     obj = replace(index, weight_map=weight_map, metadata=metadata).to_json()
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8")

@@ -98,6 +98,10 @@ def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded)
     index = json.loads((part / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == {"lm_head.weight"}
     assert [p.name for p in part.glob("*.safetensors")] == [index["weight_map"]["lm_head.weight"]]
+    # the totals describe the partial copy, not the whole model (transformers 5 writes both)
+    lm_head = model.lm_head.weight
+    assert index["metadata"]["total_parameters"] == lm_head.numel()
+    assert index["metadata"]["total_size"] == lm_head.numel() * lm_head.element_size()
 
 
 def _bin_shards(repo, sd: dict, plan: dict[str, list[str]]) -> None:
