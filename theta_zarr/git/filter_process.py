@@ -147,9 +147,11 @@ class FilterServer:
         pointer = lfs.parse(blob) if blob is not None else None
         if pointer is not None and os.environ.get(CONVERT_LFS_ENV) != "1":
             return self.clean_lfs_era(source, path, pointer, blob)
-        result = checkpoint.clean(source, self.settings, self.cache, _as_manifest(blob, path))
-        if result.opaque_reason and self.notes and path not in self.noted:
-            self.noted.add(path)  # once per file
+        previous = _as_manifest(blob, path)
+        result = checkpoint.clean(source, self.settings, self.cache, previous)
+        if result.opaque_reason and self.notes and path not in self.noted and not (
+                previous is not None and previous.format_name == "opaque"):
+            self.noted.add(path)  # once per file, and not again once git stores it so
             print(f"theta-zarr: {path}: {opaque_note(result.opaque_reason)}",
                   file=sys.stderr, flush=True)
         return result.manifest.to_bytes()
