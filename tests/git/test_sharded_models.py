@@ -80,7 +80,7 @@ def test_resave_that_moves_tensors_between_shards_diffs_as_one_change(sharded):
     assert "~ model.layers.1.mlp.up_proj.weight" in gd
 
 
-def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded):
+def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded, tmp_path):
     from transformers import LlamaForCausalLM
 
     repo, model, folder = sharded
@@ -102,6 +102,10 @@ def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded)
     lm_head = model.lm_head.weight
     assert index["metadata"]["total_parameters"] == lm_head.numel()
     assert index["metadata"]["total_size"] == lm_head.numel() * lm_head.element_size()
+    # a copy outside the current folder is named as typed: absolute, not ../../elsewhere
+    out = repo.tz("materialize", "llama", "--include", "lm_head.*", "-o",
+                  str(tmp_path / "elsewhere")).stdout.decode()
+    assert out.rstrip().endswith(f"-> {tmp_path / 'elsewhere'}"), out
 
 
 def _bin_shards(repo, sd: dict, plan: dict[str, list[str]]) -> None:

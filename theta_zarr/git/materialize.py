@@ -77,7 +77,7 @@ def _partial_model(repo: Repo, model: Model, include: list[str], output: str | N
         if blob is not None and not is_index_name(n):
             write_atomic(os.path.join(dest, n), lambda f, b=blob: f.write(b))
     return (f"{model.label}: {len(names)} of {len(model.manifest.params)} parameters in "
-            f"{len(kept)} shard(s) -> {os.path.relpath(dest)}")
+            f"{len(kept)} shard(s) -> {_shown(dest)}")
 
 
 def materialize(paths: list[str], include: list[str] | None, output: str | None) -> list[str]:
@@ -127,7 +127,7 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None)
             dest = output or os.path.join(repo.top, _partial_name(rel))
             _write_atomic(dest, checkpoint.select(manifest, names), objects, settings)
             done.append(f"{rel}: {len(names)} of {len(manifest.params)} parameters -> "
-                        f"{os.path.relpath(dest)}")
+                        f"{_shown(dest)}")
         elif output is None and text is not None and text == _index_blob(repo, rel):
             # Written straight from the cache, its stat data recorded in the index, so
             # `git status` stays clean; git's own pipe only where the index refuses.
@@ -142,3 +142,11 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None)
             _write_atomic(output or full, manifest, objects, settings)
             done.append(f"{rel}: materialized ({len(manifest.params)} parameters)")
     return done
+
+
+def _shown(path: str) -> str:
+    """A written path as the user would type it: relative when inside the current folder,
+    else absolute (``-o /tmp/x`` from the repository is ``/tmp/x``, not ``../../x``)."""
+    rel = os.path.relpath(path)
+    outside = rel == os.pardir or rel.startswith(os.pardir + os.sep)
+    return os.path.abspath(path) if outside else rel
