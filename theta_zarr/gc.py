@@ -57,7 +57,6 @@ from .storage import BlobNotFound, BlobStore, StorageError
 from .sync import MANIFESTS_PREFIX, FileSet, SyncRemote, Target, parse_target
 
 _DIGEST_BYTES = re.compile(rb"blake3:[0-9a-f]{64}")
-MAX_MANIFEST_BLOB = 256 << 20
 T = TypeVar("T")
 R = TypeVar("R")
 

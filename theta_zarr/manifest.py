@@ -57,6 +57,9 @@ MAX_PARAM_BYTES = 2**53 - 1
 MAX_NDIM = 32
 #: JSON nesting deeper than this is refused before parsing (a manifest needs 4 levels).
 MAX_JSON_DEPTH = 64
+#: No manifest is larger (about 1.5 million parameters of 8 chunks); a blob beyond it is
+#: not read into memory to see whether it is one (a checkpoint committed before tracking).
+MAX_MANIFEST_BLOB = 256 << 20
 
 
 class ManifestError(ValueError):

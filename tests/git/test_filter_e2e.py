@@ -222,3 +222,31 @@ def test_an_empty_tracked_file_stays_empty_and_is_named_so(repo):
         {"path": "empty.safetensors", "format": None, "bytes": 0}]
     text = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
     assert "an empty file (kept as it is)" in text and "before it was tracked" not in text
+
+
+def test_a_large_blob_that_is_no_manifest_is_not_read_to_find_out(repo, monkeypatch):
+    """A tracked path holding a checkpoint committed before it was tracked: ls-files
+    (tracked_files) learns its size without reading it whole; smaller blobs are read."""
+    from theta_zarr.git import files
+    from theta_zarr.git.repo import Repo
+
+    repo.tz("untrack", "*.safetensors")
+    (repo.path / "old.safetensors").write_bytes(b"\x07" * 50_000)
+    write_model(str(repo.path / "model.safetensors"), SHAPE)
+    repo.git("add", "old.safetensors", ".gitattributes")
+    repo.git("commit", "-q", "-m", "plain")
+    repo.tz("track", "*.safetensors")
+    repo.git("add", ".gitattributes", "model.safetensors")  # old.safetensors stays plain
+    repo.git("commit", "-q", "-m", "tracked")
+    monkeypatch.chdir(repo.path)
+    for key, value in repo.env.items():  # the test's git settings, in this process
+        monkeypatch.setenv(key, value)
+    r = Repo.discover(str(repo.path))
+    shas = [repo.out("rev-parse", f"HEAD:{n}").strip()
+            for n in ("old.safetensors", "model.safetensors")]
+    assert files.read_blobs(r, shas, limit=49_999)[0] is None
+    assert files.read_blobs(r, shas, limit=50_000)[0] == b"\x07" * 50_000
+    monkeypatch.setattr(files, "MAX_MANIFEST_BLOB", 20_000)  # above the manifest's size
+    got = {f.path: f for f in files.tracked_files(r)}
+    assert got["old.safetensors"].manifest is None and got["old.safetensors"].size == 50_000
+    assert got["model.safetensors"].manifest is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..manifest import Manifest, ManifestError, looks_like_manifest
+from ..manifest import MAX_MANIFEST_BLOB, Manifest, ManifestError, looks_like_manifest
 from .install import DRIVER
 from .repo import GitError, GitInputError, Repo
 
@@ -52,21 +52,42 @@ def objects_with_paths(repo: Repo, *rev_list_args: str) -> dict[str, str]:
     return found
 
 
-def read_blobs(repo: Repo, blobs: list[str]) -> list[bytes]:
-    """Blob contents through one ``git cat-file --batch``."""
+def blob_sizes(repo: Repo, blobs: list[str]) -> list[int]:
+    """Each blob's size in bytes, through one ``git cat-file --batch-check``."""
     if not blobs:
         return []
-    out = repo.git("cat-file", "--batch", input="".join(b + "\n" for b in blobs).encode())
-    result, pos = [], 0
-    for _ in blobs:
-        nl = out.index(b"\n", pos)
-        header = out[pos:nl].split()
-        if len(header) < 3:
-            raise GitError(f"cannot read blob {header[0].decode() if header else '?'}")
-        size = int(header[2])
-        result.append(out[nl + 1:nl + 1 + size])
-        pos = nl + 1 + size + 1
-    return result
+    out = repo.git("cat-file", "--batch-check=%(objectsize)",
+                   input="".join(b + "\n" for b in blobs).encode()).split()
+    if len(out) != len(blobs) or not all(v.isdigit() for v in out):
+        raise GitError(f"cannot read the size of {len(blobs)} blob(s)")
+    return [int(v) for v in out]
+
+
+def read_blobs(repo: Repo, blobs: list[str], limit: int | None = None
+               ) -> list[bytes | None]:
+    """Blob contents through one ``git cat-file --batch``.
+
+    With ``limit``, a blob of more than ``limit`` bytes is not read (None in its place):
+    memory stays flat when a tracked path holds a checkpoint committed before it was
+    tracked, and no manifest is that large (``MAX_MANIFEST_BLOB``).
+    """
+    if not blobs:
+        return []
+    wanted = blobs if limit is None else [
+        b for b, n in zip(blobs, blob_sizes(repo, blobs), strict=True) if n <= limit]
+    found: dict[str, bytes] = {}
+    if wanted:
+        out = repo.git("cat-file", "--batch", input="".join(b + "\n" for b in wanted).encode())
+        pos = 0
+        for blob in wanted:
+            nl = out.index(b"\n", pos)
+            header = out[pos:nl].split()
+            if len(header) < 3:
+                raise GitError(f"cannot read blob {header[0].decode() if header else '?'}")
+            size = int(header[2])
+            found[blob] = out[nl + 1:nl + 1 + size]
+            pos = nl + 1 + size + 1
+    return [found.get(b) for b in blobs]
 
 
 def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = None
@@ -77,11 +98,14 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
         entries = [e for e in entries if e[0] in wanted]
     attrs = repo.attribute([p for p, _ in entries], "filter")
     ours = [(p, b) for p, b in entries if attrs.get(p) == DRIVER]
-    blobs = read_blobs(repo, [b for _, b in ours])
+    shas = [b for _, b in ours]
+    sizes = blob_sizes(repo, shas)
+    blobs = read_blobs(repo, shas, limit=MAX_MANIFEST_BLOB)
     files = []
-    for (path, blob), data in zip(ours, blobs, strict=True):
-        manifest = Manifest.from_bytes(data, path) if looks_like_manifest(data[:64]) else None
-        files.append(TrackedFile(path, blob, manifest, len(data)))
+    for (path, blob), data, size in zip(ours, blobs, sizes, strict=True):
+        manifest = Manifest.from_bytes(data, path) \
+            if data is not None and looks_like_manifest(data[:64]) else None
+        files.append(TrackedFile(path, blob, manifest, size))
     return files
 
 

@@ -6,8 +6,8 @@ gc and fsck keep these manifests' chunks; the core gc module never runs git itse
 from __future__ import annotations
 
 from ..chunking import digest
-from ..gc import _DIGEST_BYTES, MAX_MANIFEST_BLOB, Roots
-from ..manifest import MAGIC, Manifest, ManifestError
+from ..gc import _DIGEST_BYTES, Roots
+from ..manifest import MAGIC, MAX_MANIFEST_BLOB, Manifest, ManifestError
 from ..remote import RemoteSpec
 from .files import objects_with_paths, read_blobs
 from .remotes import feeding_git_remotes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from ..manifest import Manifest, looks_like_manifest
+from ..manifest import MAX_MANIFEST_BLOB, Manifest, looks_like_manifest
 from ..remote import RemoteError, RemoteSpec
 from .files import objects_with_paths, read_blobs
 from .install import DRIVER
@@ -190,8 +190,8 @@ def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> li
                      input="".join(b + "\n" for b in blobs).encode()).decode().split("\n")
     blobs = [k.split()[0] for k in kinds if k.endswith(" blob")]
     manifests = []
-    for sha, data in zip(blobs, read_blobs(repo, blobs), strict=True):
-        if looks_like_manifest(data[:64]):
+    for sha, data in zip(blobs, read_blobs(repo, blobs, limit=MAX_MANIFEST_BLOB), strict=True):
+        if data is not None and looks_like_manifest(data[:64]):
             manifests.append(Manifest.from_bytes(data, f"{candidates[sha]} ({sha[:10]})"))
     return manifests
 
