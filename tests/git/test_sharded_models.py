@@ -12,16 +12,23 @@ from hf_models import tiny_llama
 import theta_zarr
 
 
-@pytest.fixture
-def sharded(repo):
-    """A tiny random Llama saved in several shards and committed; (repo, model, folder)."""
+def _commit_sharded(repo, message: str):
+    """A tiny random Llama saved in several shards in ``llama/``, added and committed;
+    (model, folder)."""
     model = tiny_llama()
     folder = repo.path / "llama"
     model.save_pretrained(folder, max_shard_size="8KB")
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2
     repo.git("add", "-A")
-    repo.git("commit", "-q", "-m", "tiny llama, sharded")
+    repo.git("commit", "-q", "-m", message)
+    return model, folder
+
+
+@pytest.fixture
+def sharded(repo):
+    """A tiny random Llama saved in several shards and committed; (repo, model, folder)."""
+    model, folder = _commit_sharded(repo, "tiny llama, sharded")
     return repo, model, folder
 
 
@@ -210,11 +217,7 @@ def test_a_tracked_index_is_read_from_its_chunks(repo):
     """``track '*.index.json'`` stores the index as opaque chunks: the model is still
     one model to diff and to load, at every revision."""
     repo.tz("track", "*.index.json")
-    model = tiny_llama()
-    folder = repo.path / "llama"
-    model.save_pretrained(folder, max_shard_size="8KB")
-    repo.git("add", "-A")
-    repo.git("commit", "-q", "-m", "sharded, index tracked")
+    model, folder = _commit_sharded(repo, "sharded, index tracked")
     blob = repo.git("cat-file", "blob", "HEAD:llama/model.safetensors.index.json").stdout
     assert blob.startswith(b'{"theta_zarr"')  # the index really is a manifest in git
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -232,11 +235,7 @@ def test_a_model_whose_old_shards_theta_zarr_did_not_store_diffs_file_by_file(re
     """Shards committed before the pattern was tracked are no theta-zarr model on that
     side: the diff goes file by file (as for any such file) instead of failing."""
     repo.tz("untrack", "*.safetensors")
-    model = tiny_llama()
-    folder = repo.path / "llama"
-    model.save_pretrained(folder, max_shard_size="8KB")
-    repo.git("add", "-A")
-    repo.git("commit", "-q", "-m", "plain blobs")
+    model, folder = _commit_sharded(repo, "plain blobs")
     repo.tz("track", "*.safetensors")
     repo.git("add", "--renormalize", ".")
     repo.git("commit", "-q", "-m", "tracked now")
