@@ -20,21 +20,27 @@ R = TypeVar("R")
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
-                window: int | None = None) -> Iterator[R]:
-    """Results of ``fn`` in input order, computed ahead in a thread pool (bounded)."""
+                window: int | None = None, pool: cf.Executor | None = None) -> Iterator[R]:
+    """Results of ``fn`` in input order, computed ahead in a thread pool (bounded to
+    ``window`` in flight).  ``pool``: an executor the caller keeps across many calls (a
+    pool per call would start threads for every one of 10^5 small parameters); else one
+    of ``workers`` threads for this call."""
     window = window or workers * 2
-    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-read") as pool:
-        queue: deque[cf.Future] = deque()
-        try:
-            for item in items:
-                queue.append(pool.submit(fn, item))
-                if len(queue) >= window:
-                    yield queue.popleft().result()
-            while queue:
+    if pool is None:
+        with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-read") as own:
+            yield from ordered_map(fn, items, workers, window, own)
+        return
+    queue: deque[cf.Future] = deque()
+    try:
+        for item in items:
+            queue.append(pool.submit(fn, item))
+            if len(queue) >= window:
                 yield queue.popleft().result()
-        finally:
-            for fut in queue:
-                fut.cancel()
+        while queue:
+            yield queue.popleft().result()
+    finally:
+        for fut in queue:
+            fut.cancel()
 
 
 class ChunkReader:

@@ -9,10 +9,11 @@ lacks; memory is bounded by the chunk size, not the model.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -259,19 +260,51 @@ def compute(fd: FileDiff, objects: Any, workers: int = 4, full_norm: bool = Fals
 
     ``full_norm`` also reads the old version's unchanged chunks of a partly changed
     parameter, so ``rel_change`` divides by the norm of the whole tensor instead
-    of the norm of the chunks that changed.
+    of the norm of the chunks that changed.  Chunk pairs of all parameters go through
+    one pool in one ordered stream, so a checkpoint of 10^5 one-chunk parameters reads
+    ahead across parameters instead of waiting on each.
     """
-    assert fd.old is not None and fd.new is not None or not any(
-        p.status == "changed" for p in fd.params)
-    for p in fd.params:
-        if p.status != "changed":
-            continue
-        assert fd.old is not None and fd.new is not None
-        ea, eb = fd.old.params[p.name], fd.new.params[p.name]
-        dtype = by_name(ea.dtype).numpy
-        acc = _Acc()
-        for a_raw, b_raw, differs in _pairs(ea, eb, objects, workers, full_norm, fd.read):
-            acc.add(a_raw, b_raw, dtype, differs)
+    changed = [p for p in fd.params if p.status == "changed"]
+    if not changed:
+        return fd
+    assert fd.old is not None and fd.new is not None
+    entries = [(fd.old.params[p.name], fd.new.params[p.name]) for p in changed]
+    dtypes = [by_name(ea.dtype).numpy for ea, _ in entries]
+    accs = [_Acc() for _ in changed]
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-read") as pool:
+        aligned = []
+        for k, (ea, eb) in enumerate(entries):
+            if ea.chunk_shape == eb.chunk_shape:
+                aligned.append(k)
+                continue
+            # different chunk grids: stream both tensors and compare them span by span
+            old = ordered_map(lambda job, e=ea: _load(e, job, objects, fd.read),
+                              list(enumerate(chunk_keys(ea))), workers, pool=pool)
+            new = _Bytes(ordered_map(lambda job, e=eb: _load(e, job, objects, fd.read),
+                                     list(enumerate(chunk_keys(eb))), workers, pool=pool))
+            for a in old:
+                accs[k].add(a, new.read(len(a)), dtypes[k], True)
+
+        def jobs() -> Iterator[tuple[int, tuple[int, Key], tuple[int, Key]]]:
+            for k in aligned:
+                ea, eb = entries[k]
+                for x, y in zip(enumerate(chunk_keys(ea)), enumerate(chunk_keys(eb)),
+                                strict=True):
+                    if x != y or full_norm:
+                        yield k, x, y
+
+        def load_pair(job: tuple[int, tuple[int, Key], tuple[int, Key]]
+                      ) -> tuple[int, bytes | memoryview, bytes | memoryview, bool]:
+            k, x, y = job
+            ea, eb = entries[k]
+            a = _load(ea, x, objects, fd.read)
+            return (k, a, _load(eb, y, objects, fd.read), True) if x != y else \
+                (k, a, b"", False)
+
+        for k, a, b, differs in ordered_map(load_pair, jobs(), max(1, workers // 2),
+                                            pool=pool):
+            accs[k].add(a, b, dtypes[k], differs)
+    for p, acc in zip(changed, accs, strict=True):
         p.elements_changed = acc.changed
         p.fraction_changed = acc.changed / p.numel if p.numel else 0.0
         p.l2 = math.sqrt(acc.sq_diff)
@@ -283,41 +316,17 @@ def compute(fd: FileDiff, objects: Any, workers: int = 4, full_norm: bool = Fals
     return fd
 
 
-def _pairs(ea: ParamEntry, eb: ParamEntry, objects: Any, workers: int, full_norm: bool,
-           stats: ReadStats) -> Iterator[tuple[bytes | memoryview, bytes | memoryview, bool]]:
-    """(old chunk, new chunk, differs) for the chunks that must be read, in order."""
-    # each key with its chunk's index: a chunk of another size than its entry says (an
-    # edited dtype or shape) is an error, never numbers computed over the wrong bytes
-    ka = list(enumerate(chunk_keys(ea)))
-    kb = list(enumerate(chunk_keys(eb)))
-
-    def loader(entry: ParamEntry) -> Callable[[tuple[int, Key]], bytes | memoryview]:
-        def load(job: tuple[int, Key]) -> bytes | memoryview:
-            i, key = job
-            raw = key if isinstance(key, bytes) else objects.get(key)
-            entry.check_chunk(i, raw, "an inline chunk" if isinstance(key, bytes)
-                              else f"object {key}")
-            if not isinstance(key, bytes):
-                stats.count(len(raw))
-            return raw
-        return load
-
-    load_a, load_b = loader(ea), loader(eb)
-    if ea.chunk_shape != eb.chunk_shape:
-        # different chunk grids: stream both tensors and compare them span by span
-        old = ordered_map(load_a, ka, workers)
-        new = _Bytes(ordered_map(load_b, kb, workers))
-        for a in old:
-            yield a, new.read(len(a)), True
-        return
-    jobs = [(x, y) for x, y in zip(ka, kb, strict=True) if x != y or full_norm]
-
-    def load_pair(job: tuple[tuple[int, Key], tuple[int, Key]]
-                  ) -> tuple[bytes | memoryview, bytes | memoryview, bool]:
-        x, y = job
-        return (load_a(x), load_b(y), True) if x != y else (load_a(x), b"", False)
-
-    yield from ordered_map(load_pair, jobs, max(1, workers // 2))
+def _load(entry: ParamEntry, job: tuple[int, Key], objects: Any, stats: ReadStats
+          ) -> bytes | memoryview:
+    """Chunk ``job`` = (index, key) of ``entry``: inline bytes or the verified object,
+    its length checked against the entry (a chunk of another size than its entry says,
+    an edited dtype or shape, is an error, never numbers computed over the wrong bytes)."""
+    i, key = job
+    raw = key if isinstance(key, bytes) else objects.get(key)
+    entry.check_chunk(i, raw, "an inline chunk" if isinstance(key, bytes) else f"object {key}")
+    if not isinstance(key, bytes):
+        stats.count(len(raw))
+    return raw
 
 
 def diff(old: Side, new: Side, objects: Any, path: str = "checkpoint",
