@@ -8,6 +8,7 @@ is being written out, and only a bounded window is held in memory.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
@@ -54,7 +55,7 @@ class ChunkReader:
 
     def iter_entries(self, entries: Iterable[ParamEntry]) -> Iterator[bytes | memoryview]:
         """The raw chunks of several parameters, back to back, in order (small chunks
-        read in batches, one pool task each).
+        read in batches, one pool task each; a single batch is read in this thread).
 
         Every chunk's length is checked against the entry's dtype x chunk shape before
         it is handed out (ManifestError otherwise): a manifest whose dtype or shape was
@@ -79,7 +80,12 @@ class ChunkReader:
             entry, _, _ = job
             return entry.nbytes // max(1, len(entry.inline or entry.chunks))
 
-        for raws in ordered_map(load, batched(jobs(), size_of), self.workers):
+        batches = batched(jobs(), size_of)
+        first, second = next(batches, None), next(batches, None)
+        if second is None:  # one task (a small parameter): no pool to start
+            yield from load(first) if first is not None else ()
+            return
+        for raws in ordered_map(load, itertools.chain((first, second), batches), self.workers):
             yield from raws
 
     def read_into(self, entry: ParamEntry, out: memoryview) -> None:
