@@ -25,11 +25,16 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
     """Results of ``fn`` in input order, computed ahead in a thread pool (bounded to
     ``window`` in flight).  ``pool``: an executor the caller keeps across many calls (a
     pool per call would start threads for every one of 10^5 small parameters); else one
-    of ``workers`` threads for this call."""
+    of ``workers`` threads for this call, or none when there is a single item."""
     window = window or workers * 2
     if pool is None:
+        it = iter(items)
+        head = list(itertools.islice(it, 2))
+        if len(head) < 2:  # one task (a small parameter): this thread, no pool to start
+            yield from map(fn, head)
+            return
         with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-read") as own:
-            yield from ordered_map(fn, items, workers, window, own)
+            yield from ordered_map(fn, itertools.chain(head, it), workers, window, own)
         return
     queue: deque[cf.Future] = deque()
     try:
@@ -55,7 +60,7 @@ class ChunkReader:
 
     def iter_entries(self, entries: Iterable[ParamEntry]) -> Iterator[bytes | memoryview]:
         """The raw chunks of several parameters, back to back, in order (small chunks
-        read in batches, one pool task each; a single batch is read in this thread).
+        read in batches, one pool task each).
 
         Every chunk's length is checked against the entry's dtype x chunk shape before
         it is handed out (ManifestError otherwise): a manifest whose dtype or shape was
@@ -80,12 +85,7 @@ class ChunkReader:
             entry, _, _ = job
             return entry.nbytes // max(1, len(entry.inline or entry.chunks))
 
-        batches = batched(jobs(), size_of)
-        first, second = next(batches, None), next(batches, None)
-        if second is None:  # one task (a small parameter): no pool to start
-            yield from load(first) if first is not None else ()
-            return
-        for raws in ordered_map(load, itertools.chain((first, second), batches), self.workers):
+        for raws in ordered_map(load, batched(jobs(), size_of), self.workers):
             yield from raws
 
     def read_into(self, entry: ParamEntry, out: memoryview) -> None:
