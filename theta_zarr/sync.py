@@ -542,16 +542,30 @@ def select_params(manifest: Manifest, include: list[str] | None) -> Manifest:
 
 
 def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
-         include: list[str] | None = None) -> list[str]:
-    """Rebuild the checkpoint (or directory) a ref names at ``out``; bit-exact, verified."""
+         include: list[str] | None = None, force: bool = False) -> list[str]:
+    """Rebuild the checkpoint (or directory) a ref names at ``out``; bit-exact, verified.
+
+    Refuses (SyncError), before anything is fetched, an ``out`` that exists (a file) or
+    is a folder that is not empty, unless ``force`` (then the files the ref names are
+    overwritten, others left as they are), as ``git clone`` and ``dvc get`` refuse;
+    and an ``include`` that matches no parameter.
+    """
     cache = checkpoint.open_cache(settings)
     _, target = remote.resolve(ref)
     if isinstance(target, Manifest):
+        if os.path.lexists(out) and not force:
+            raise SyncError(f"{out} already exists; pull to a new path, or --force to "
+                            "overwrite it")
         items: list[tuple[str, Any]] = [(out, select_params(target, include))]
+        selected = bool(items[0][1].params)
     else:
         if os.path.isfile(out):
             raise SyncError(f"{ref} is a directory of {len(target.files)} files; "
                             f"{out} is a file")
+        if os.path.isdir(out) and os.listdir(out) and not force:
+            raise SyncError(f"{out} is not an empty folder; pull into a new folder, or "
+                            "--force to overwrite the files the ref names")
+        selected = False
         items = []
         for name, entry in target.files.items():
             member = remote.load(entry.manifest) if entry.manifest is not None else entry
@@ -561,7 +575,10 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
                 member = select_params(member, include)
                 if include and not member.params:
                     continue
+                selected = selected or bool(member.params)
             items.append((os.path.join(out, *name.split("/")), member))
+    if include and not selected:
+        raise SyncError(f"{ref}: no parameter matches {', '.join(include)}")
     needed: set[str] = set()
     for _, item in items:
         needed |= item.digests() if isinstance(item, Manifest) else set(item.chunks)

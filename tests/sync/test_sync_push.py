@@ -7,7 +7,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 from conftest import file_sha
-from sync_helpers import CHUNK, SHAPE, case, env_for, model, tz  # noqa: F401
+from sync_helpers import CHUNK, SHAPE, case, env_for, make_case, model, tz  # noqa: F401
 
 from theta_zarr import sync
 from theta_zarr.manifest import Manifest
@@ -124,3 +124,39 @@ def test_push_errors_are_one_line(tmp_path):
     missing = tz(["pull", str(tmp_path / "b"), "nope", "-o", str(tmp_path / "o")], case_env,
                  check=False)
     assert missing.returncode == 1 and "no ref nope" in missing.stderr.decode()
+
+
+def test_pull_never_writes_over_what_is_there_unless_forced(request, tmp_path, monkeypatch):
+    """An existing file, or a folder that is not empty, is refused before anything is
+    fetched (as git clone refuses), and so is an --include that matches nothing."""
+    local = make_case("local", request, tmp_path, monkeypatch)
+    env = env_for(local, tmp_path)
+    one = model(tmp_path / "one.safetensors")
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    model(folder / "model.safetensors", seed=1)
+    (folder / "config.json").write_text("{}")
+    tz(["publish", str(one), local.url, "--ref", "run7/file"], env)
+    tz(["publish", str(folder), local.url, "--ref", "run7/folder"], env)
+
+    mine = tmp_path / "mine.safetensors"
+    mine.write_bytes(b"my notes")
+    proc = tz(["pull", local.url, "run7/file", "-o", str(mine)], env, check=False)
+    assert proc.returncode == 1 and "already exists" in proc.stderr.decode()
+    assert mine.read_bytes() == b"my notes"
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "model.safetensors").write_bytes(b"my notes")
+    proc = tz(["pull", local.url, "run7/folder", "-o", str(busy)], env, check=False)
+    assert proc.returncode == 1 and "not an empty folder" in proc.stderr.decode()
+    assert (busy / "model.safetensors").read_bytes() == b"my notes"
+    for ref, out in (("run7/file", tmp_path / "x.safetensors"), ("run7/folder", tmp_path / "x")):
+        proc = tz(["pull", local.url, ref, "-o", str(out), "--include", "nomatch*"], env,
+                  check=False)
+        assert proc.returncode == 1 and "no parameter matches nomatch*" in proc.stderr.decode()
+        assert not out.exists()
+    # --force writes over: the ref's bytes, exactly
+    tz(["pull", local.url, "run7/file", "-o", str(mine), "--force"], env)
+    assert file_sha(mine) == file_sha(one)
+    tz(["pull", local.url, "run7/folder", "-o", str(busy), "--force"], env)
+    assert file_sha(busy / "model.safetensors") == file_sha(folder / "model.safetensors")

@@ -177,11 +177,13 @@ def register(main: click.Group) -> None:
     @click.option("--output", "-o", "output", required=True, help="file (or folder) to write")
     @click.option("--include", multiple=True, metavar="GLOB",
                   help="only parameters matching GLOB (repeatable)")
+    @click.option("--force", is_flag=True,
+                  help="write over an existing file, or into a folder that is not empty")
     @click.option("--remote-option", "--option", "options", multiple=True, metavar="KEY=VALUE",
                   help=REMOTE_OPTION_HELP)
     @_cache_options
     @reports_errors
-    def pull(remote_arg: str, ref: str, output: str, include: tuple[str, ...],
+    def pull(remote_arg: str, ref: str, output: str, include: tuple[str, ...], force: bool,
              options: tuple[str, ...], cache_dir: str | None, chunk_size: str) -> None:
         """Rebuild the checkpoint REF names at --output, every chunk verified.
 
@@ -189,7 +191,8 @@ def register(main: click.Group) -> None:
         tensor-identical (everything torch.load returns is equal, and the bytes are the
         original's when it was written by torch.save of the same PyTorch version).
         --include writes a file of the matching tensors alone (with any tensor that
-        shares their storage, such as a tied alias).
+        shares their storage, such as a tied alias). An existing --output file, or a
+        folder that is not empty, is refused unless --force.
         """
         from .. import sync
 
@@ -197,7 +200,7 @@ def register(main: click.Group) -> None:
         start = time.perf_counter()
         settings = _settings(cache_dir, chunk_size)
         remote = open_sync_remote(remote_arg, options, settings.concurrency)
-        written = sync.pull(remote, ref, output, settings, list(include) or None)
+        written = sync.pull(remote, ref, output, settings, list(include) or None, force)
         say(f"pulled {ref} -> {output} ({len(written)} file(s)), "
              f"{time.perf_counter() - start:.1f} s")
 
