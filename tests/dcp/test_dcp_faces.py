@@ -259,3 +259,16 @@ def test_an_item_that_needs_unpickling_code_is_refused(tmp_path, capsys):
     with pytest.raises(CheckpointException, match="never unpickles"):
         dcp.load(state, storage_reader=ThetaZarrReader(case.url, "bad"))
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_a_save_to_a_folder_that_is_not_there_fails_and_creates_nothing(tmp_path):
+    """A node whose shared folder is not mounted: the save fails naming the folder, and
+    no folder appears on the local disk (where the other ranks would never see it)."""
+    missing = tmp_path / "mnt" / "share"
+    with pytest.raises(CheckpointException, match="does not exist"):
+        save(Case("local", str(missing / "models"), {}, []), "run/step-1", 1)
+    assert not (tmp_path / "mnt").exists()
+    # a folder inside an existing one is created, as publish creates it
+    (tmp_path / "mnt").mkdir()
+    save(Case("local", str(tmp_path / "mnt" / "models"), {}, []), "run/step-1", 1)
+    assert (tmp_path / "mnt" / "models" / "refs").is_dir()

@@ -14,8 +14,12 @@ class DcpRemote:
     """A remote URL and its options; ``sync`` / ``objects`` open it lazily.
 
     The opened store is not pickled with the writer or reader (DCP may hand them
-    to another process for an asynchronous save); each process opens its own.
+    to another process for an asynchronous save); each process opens its own, and
+    first checks that its bucket or folder exists (``need``: "write" or "read"), so a
+    node whose share is not mounted fails its save instead of writing to local disk.
     """
+
+    need: str = "read"
 
     def __init__(self, remote: str, options: dict[str, str] | None, concurrency: int) -> None:
         self.remote_url = str(remote)
@@ -28,7 +32,7 @@ class DcpRemote:
     def sync(self) -> SyncRemote:
         with self._open_lock:
             if self._sync is None:
-                self._sync = SyncRemote.open(self.spec, self.concurrency)
+                self._sync = SyncRemote.open(self.spec, self.concurrency, need=self.need)
             return self._sync
 
     @property

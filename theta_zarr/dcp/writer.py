@@ -117,6 +117,8 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
     deltas where that pays.  ``dcp.save(..., checkpoint_id=NAME)`` overrides ``ref``.
     """
 
+    need = "write"  # the bucket or folder must exist (a folder is never created)
+
     def __init__(self, remote: str, ref: str, *, base_ref: str | None = None,
                  force: bool = False, options: dict[str, str] | None = None,
                  chunk_size: int = chunking.DEFAULT_CHUNK_BYTES, concurrency: int = 16,
