@@ -7,7 +7,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 from conftest import file_sha
-from sync_helpers import CHUNK, SHAPE, case, env_for, make_case, model, tz  # noqa: F401
+from sync_helpers import CHUNK, SHAPE, Case, case, env_for, make_case, model, tz  # noqa: F401
 
 from theta_zarr import sync
 from theta_zarr.manifest import Manifest
@@ -160,3 +160,30 @@ def test_pull_never_writes_over_what_is_there_unless_forced(request, tmp_path, m
     assert file_sha(mine) == file_sha(one)
     tz(["pull", local.url, "run7/folder", "-o", str(busy), "--force"], env)
     assert file_sha(busy / "model.safetensors") == file_sha(folder / "model.safetensors")
+
+
+def test_ctrl_c_is_one_line_and_status_130(tmp_path):
+    """SIGINT while a publish waits on the network: `theta-zarr: interrupted`, status 130
+    (128 + SIGINT, as git and the shell report it), no traceback."""
+    import signal
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(120)
+        env = {**env_for(Case("s3", "", {}, []), tmp_path), "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        proc = subprocess.Popen(
+            ["theta-zarr", "publish", str(model(tmp_path / "m.safetensors")), "s3://b/m",
+             "--ref", "run/step-1", "--remote-option",
+             f"endpoint-url=http://127.0.0.1:{server.getsockname()[1]}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        conn, _ = server.accept()  # the command is inside its work, waiting on us
+        try:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=120)
+        finally:
+            conn.close()
+    assert proc.returncode == 130, err
+    assert err.decode().strip().splitlines() == ["theta-zarr: interrupted"], err

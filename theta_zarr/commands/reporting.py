@@ -73,7 +73,7 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (GitError, *USER_ERRORS) as e:
             fail(one_line(e))
         except KeyboardInterrupt:
-            fail("interrupted")
+            fail("interrupted", code=130)  # 128 + SIGINT, as git and the shell report it
         except Exception as e:  # a bug: still one line ("internal error ..."), no traceback
             fail(one_line(e))
 
