@@ -107,6 +107,13 @@ def test_usage_mistakes_are_one_line_with_gits_status(pushed, args, words):
     assert proc.stderr.decode().strip() == line  # nothing but that line: no usage block
 
 
+@pytest.mark.parametrize("command", ["fsck", "gc"])
+def test_a_url_given_to_remote_says_it_takes_a_name(pushed, command):
+    proc = pushed.tz(command, "--remote", "s3://team/models", check=False)
+    assert_user_error(proc, "takes the name of a theta remote", "not a URL",
+                      "remote add NAME s3://team/models")
+
+
 def test_outside_a_repository(tmp_path, git_env):
     proc = subprocess.run(["git-theta-zarr", "ls-files"], cwd=tmp_path, env=git_env,
                           capture_output=True)

@@ -134,6 +134,10 @@ def feeding_git_remotes(repo: Repo, spec: RemoteSpec) -> list[str]:
 
 def require(repo: Repo, name: str | None = None) -> RemoteSpec:
     spec = resolve(repo, name)
+    if spec is None and name and ("://" in name or name.startswith(("/", "."))):
+        raise RemoteError(f"--remote takes the name of a theta remote of this repository, "
+                          f"not a URL ({name}): run 'git theta-zarr remote add NAME {name}' "
+                          "and pass NAME")
     if spec is None:
         what = f"named {name!r}" if name else "configured"
         raise RemoteError(f"no theta-zarr remote {what}: run "
