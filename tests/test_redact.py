@@ -51,3 +51,40 @@ def test_progress_and_warning_lines_are_redacted_like_failures(capsys):
     err = capsys.readouterr().err
     assert "S3cret" not in err and "ab12" not in err
     assert err.count("https://host/x?X-Amz-Signature=***") == 2
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("'Authorization': 'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261130/us-east-1/s3/"
+     "aws4_request, SignedHeaders=host;x-amz-date, Signature=0f1e2d3c'", "AKIDEXAMPLE"),
+    ("'Authorization': 'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/x, Signature=0f1e2d3c'",
+     "0f1e2d3c"),
+    ("{'Authorization': 'Bearer ya29.a0AfH6SMBx-secret'}", "ya29.a0AfH6SMBx-secret"),
+    ("'X-Amz-Security-Token': 'FwoGZXIvYXdzEXAMPLETOKEN'", "FwoGZXIvYXdzEXAMPLETOKEN"),
+])
+def test_credentials_in_request_headers_are_masked(text, secret):
+    """The storage libraries' debug logs print request headers."""
+    assert secret not in redact(text)
+
+
+def test_debug_logs_of_the_storage_libraries_are_redacted(monkeypatch, capfd):
+    """GIT_THETA_ZARR_DEBUG turns botocore's loggers on; what they print is redacted."""
+    import logging
+
+    from theta_zarr.commands.reporting import setup_logging
+
+    monkeypatch.setenv("GIT_THETA_ZARR_DEBUG", "1")
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    try:
+        setup_logging()
+        logging.getLogger("botocore.endpoint").debug(
+            "Sending http request: <AWSPreparedRequest headers={'Authorization': "
+            "'AWS4-HMAC-SHA256 Credential=%s/20261130/us-east-1/s3/aws4_request, "
+            "Signature=%s'}>", "AKIDEXAMPLE", "0f1e2d3c")
+    finally:
+        root.handlers[:], root.level = before
+        monkeypatch.delenv("GIT_THETA_ZARR_DEBUG")
+        setup_logging()  # the libraries' loggers quiet again
+    err = capfd.readouterr().err
+    assert "Sending http request" in err and "Credential=***" in err
+    assert "AKIDEXAMPLE" not in err and "0f1e2d3c" not in err

@@ -4,7 +4,9 @@ Every message a user reads (errors from any layer, botocore's and aiohttp's incl
 remote listings, push summaries) passes through :func:`redact` before it is printed.
 A URL's ``user:password@`` part is dropped and the values of query parameters that
 carry credentials (``X-Amz-Signature``, ``X-Amz-Credential``, ``token``...) become
-``***``.  Plain paths and bucket URLs pass through unchanged.
+``***``, as do credentials in request headers (SigV4 ``Credential=`` / ``Signature=``,
+``Bearer`` tokens), which the storage libraries' debug logs print.  Plain paths and
+bucket URLs pass through unchanged.
 """
 
 from __future__ import annotations
@@ -20,14 +22,26 @@ _SECRET_QUERY = re.compile(
     r"[^&\s'\"<>]*", re.IGNORECASE)
 
 
+#: credentials in request headers as the storage libraries' debug logs print them: SigV4's
+#: ``Credential=AKID/date/...`` and ``Signature=...``, OAuth ``Bearer`` tokens, session tokens
+_SECRET_HEADER = re.compile(
+    r"(?P<key>\b(?:Credential|Signature)=|\bBearer\s+|(?:X-Amz-Security-Token|"
+    r"x-goog-iam-authorization-token)['\"]?\s*[:=]\s*['\"]?)[^,&\s'\"<>]+", re.IGNORECASE)
+
+
 def redact(text: str) -> str:
-    """``text`` with every URL's userinfo removed and credential query values masked.
+    """``text`` with every URL's userinfo removed and credential values masked (signed
+    URLs' query parameters, and the credential parts of request headers).
 
     >>> redact("cannot read s3://AKID:secret@bucket/x?X-Amz-Signature=abc&a=1")
     'cannot read s3://bucket/x?X-Amz-Signature=***&a=1'
+    >>> redact("'Authorization': 'AWS4-HMAC-SHA256 Credential=AKID/20261130/us-east-1/s3/"
+    ...        "aws4_request, SignedHeaders=host, Signature=f00d'")
+    "'Authorization': 'AWS4-HMAC-SHA256 Credential=***, SignedHeaders=host, Signature=***'"
     """
     text = _USERINFO.sub(lambda m: m.group("scheme"), text)
-    return _SECRET_QUERY.sub(lambda m: m.group("key") + "***", text)
+    text = _SECRET_QUERY.sub(lambda m: m.group("key") + "***", text)
+    return _SECRET_HEADER.sub(lambda m: m.group("key") + "***", text)
 
 
 def mask_userinfo(url: str) -> str:

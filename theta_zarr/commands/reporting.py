@@ -95,16 +95,29 @@ def setup_logging() -> None:
     if not any(getattr(h, "_theta_zarr", False) for h in ours.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("theta-zarr: %(message)s"))
+        handler.addFilter(_redacting)
         handler._theta_zarr = True  # type: ignore[attr-defined]
         ours.addHandler(handler)
     ours.setLevel(logging.DEBUG if debug else logging.INFO)
     ours.propagate = False
-    if debug:
-        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+    root = logging.getLogger()
+    if debug and not any(getattr(h, "_theta_zarr", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
+        handler.addFilter(_redacting)  # botocore logs request headers at DEBUG
+        handler._theta_zarr = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(logging.DEBUG)
     for name in LIBRARY_LOGGERS:
         lib = logging.getLogger(name)
         lib.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
         lib.propagate = debug
+
+
+def _redacting(record: logging.LogRecord) -> bool:
+    """A handler filter: the record's message with credentials masked (``redact``)."""
+    record.msg, record.args = redact(record.getMessage()), None
+    return True
 
 
 def human(n: float) -> str:
