@@ -188,8 +188,9 @@ def register(main: click.Group) -> None:
         """Rebuild the checkpoint REF names at --output, every chunk verified.
 
         safetensors, NumPy and opaque files come back byte-identical; PyTorch files
-        tensor-identical (everything torch.load returns is equal, and the bytes are the
-        original's when it was written by torch.save of the same PyTorch version).
+        tensor-identical (everything torch.load returns is equal; the bytes are the
+        original's when torch.save of the same PyTorch version wrote it to a file
+        object, and otherwise differ in the zip's folder name, e.g. extra/ for extra.pt).
         --include writes a file of the matching tensors alone (with any tensor that
         shares their storage, such as a tied alias). An existing --output file, or a
         folder that is not empty, is refused unless --force.
