@@ -244,8 +244,9 @@ def test_a_large_blob_that_is_no_manifest_is_not_read_to_find_out(repo, monkeypa
     r = Repo.discover(str(repo.path))
     shas = [repo.out("rev-parse", f"HEAD:{n}").strip()
             for n in ("old.safetensors", "model.safetensors")]
-    assert files.read_blobs(r, shas, limit=49_999)[0] is None
-    assert files.read_blobs(r, shas, limit=50_000)[0] == b"\x07" * 50_000
+    assert files.small_blobs(r, shas, limit=49_999) == [shas[1]]
+    assert files.small_blobs(r, shas, limit=50_000) == shas
+    assert files.object_info(r, shas)[0] == ("blob", 50_000)
     monkeypatch.setattr(files, "MAX_MANIFEST_BLOB", 20_000)  # above the manifest's size
     got = {f.path: f for f in files.tracked_files(r)}
     assert got["old.safetensors"].manifest is None and got["old.safetensors"].size == 50_000

@@ -52,42 +52,45 @@ def objects_with_paths(repo: Repo, *rev_list_args: str) -> dict[str, str]:
     return found
 
 
-def blob_sizes(repo: Repo, blobs: list[str]) -> list[int]:
-    """Each blob's size in bytes, through one ``git cat-file --batch-check``."""
+def object_info(repo: Repo, objects: list[str]) -> list[tuple[str, int]]:
+    """(type, size in bytes) of each object id through one ``git cat-file --batch-check``;
+    ("missing", 0) for an id git does not have."""
+    if not objects:
+        return []
+    out = repo.git("cat-file", "--batch-check=%(objecttype) %(objectsize)",
+                   input="".join(o + "\n" for o in objects).encode()).decode().splitlines()
+    if len(out) != len(objects):
+        raise GitError(f"cannot read the type and size of {len(objects)} object(s)")
+    info = []
+    for line in out:
+        kind, _, size = line.partition(" ")
+        info.append((kind, int(size)) if size.isdigit() else ("missing", 0))
+    return info
+
+
+def small_blobs(repo: Repo, objects: list[str], limit: int = MAX_MANIFEST_BLOB) -> list[str]:
+    """The ids among ``objects`` that are blobs of at most ``limit`` bytes: those worth
+    reading to see whether they are manifests (none is larger), so memory stays flat when
+    a tracked path holds a checkpoint committed before it was tracked."""
+    return [o for o, (kind, size) in zip(objects, object_info(repo, objects), strict=True)
+            if kind == "blob" and size <= limit]
+
+
+def read_blobs(repo: Repo, blobs: list[str]) -> list[bytes]:
+    """Blob contents through one ``git cat-file --batch`` (``small_blobs`` picks which)."""
     if not blobs:
         return []
-    out = repo.git("cat-file", "--batch-check=%(objectsize)",
-                   input="".join(b + "\n" for b in blobs).encode()).split()
-    if len(out) != len(blobs) or not all(v.isdigit() for v in out):
-        raise GitError(f"cannot read the size of {len(blobs)} blob(s)")
-    return [int(v) for v in out]
-
-
-def read_blobs(repo: Repo, blobs: list[str], limit: int | None = None
-               ) -> list[bytes | None]:
-    """Blob contents through one ``git cat-file --batch``.
-
-    With ``limit``, a blob of more than ``limit`` bytes is not read (None in its place):
-    memory stays flat when a tracked path holds a checkpoint committed before it was
-    tracked, and no manifest is that large (``MAX_MANIFEST_BLOB``).
-    """
-    if not blobs:
-        return []
-    wanted = blobs if limit is None else [
-        b for b, n in zip(blobs, blob_sizes(repo, blobs), strict=True) if n <= limit]
-    found: dict[str, bytes] = {}
-    if wanted:
-        out = repo.git("cat-file", "--batch", input="".join(b + "\n" for b in wanted).encode())
-        pos = 0
-        for blob in wanted:
-            nl = out.index(b"\n", pos)
-            header = out[pos:nl].split()
-            if len(header) < 3:
-                raise GitError(f"cannot read blob {header[0].decode() if header else '?'}")
-            size = int(header[2])
-            found[blob] = out[nl + 1:nl + 1 + size]
-            pos = nl + 1 + size + 1
-    return [found.get(b) for b in blobs]
+    out = repo.git("cat-file", "--batch", input="".join(b + "\n" for b in blobs).encode())
+    result, pos = [], 0
+    for _ in blobs:
+        nl = out.index(b"\n", pos)
+        header = out[pos:nl].split()
+        if len(header) < 3:
+            raise GitError(f"cannot read blob {header[0].decode() if header else '?'}")
+        size = int(header[2])
+        result.append(out[nl + 1:nl + 1 + size])
+        pos = nl + 1 + size + 1
+    return result
 
 
 def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = None
@@ -98,13 +101,13 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
         entries = [e for e in entries if e[0] in wanted]
     attrs = repo.attribute([p for p, _ in entries], "filter")
     ours = [(p, b) for p, b in entries if attrs.get(p) == DRIVER]
-    shas = [b for _, b in ours]
-    sizes = blob_sizes(repo, shas)
-    blobs = read_blobs(repo, shas, limit=MAX_MANIFEST_BLOB)
+    sizes = [size for _, size in object_info(repo, [b for _, b in ours])]
+    small = [b for (_, b), size in zip(ours, sizes, strict=True) if size <= MAX_MANIFEST_BLOB]
+    data = dict(zip(small, read_blobs(repo, small), strict=True))
     files = []
-    for (path, blob), data, size in zip(ours, blobs, sizes, strict=True):
-        manifest = Manifest.from_bytes(data, path) \
-            if data is not None and looks_like_manifest(data[:64]) else None
+    for (path, blob), size in zip(ours, sizes, strict=True):
+        head = data.get(blob, b"")
+        manifest = Manifest.from_bytes(head, path) if looks_like_manifest(head[:64]) else None
         files.append(TrackedFile(path, blob, manifest, size))
     return files
 

@@ -26,7 +26,7 @@ from ..manifest import looks_like_manifest
 from ..streams import write_atomic
 from . import lfs as git_lfs
 from .attributes import ATTRS, escape_pattern
-from .files import read_blobs
+from .files import read_blobs, small_blobs
 from .filter_process import CONVERT_LFS_ENV
 from .install import DRIVER
 from .repo import Repo
@@ -100,8 +100,8 @@ def migrate_tree(repo: Repo, include: list[str] | None, message: str | None,
                repo.git("ls-files", "-z", "-s").split(b"\0") if rec]
     blobs = {path: meta.split()[1] for meta, path in entries}
     candidates = sorted(_matching(repo, list(blobs), patterns))
-    sizes = _blob_sizes(repo, [blobs[p] for p in candidates])
-    small = [p for p in candidates if sizes[blobs[p]] < 1024]
+    pointer_sized = set(small_blobs(repo, [blobs[p] for p in candidates], limit=1023))
+    small = [p for p in candidates if blobs[p] in pointer_sized]
     pointers = {p: ptr for p, data in zip(small, read_blobs(repo, [blobs[p] for p in small]),
                                           strict=True) if (ptr := parse(data)) is not None}
     attrs = os.path.join(repo.top, ".gitattributes")
@@ -127,15 +127,6 @@ def migrate_tree(repo: Repo, include: list[str] | None, message: str | None,
         msg = message or f"Move {', '.join(patterns)} from git-lfs to theta-zarr"
         repo.git("commit", "-q", "-m", msg)
     return len(pointers)
-
-
-def _blob_sizes(repo: Repo, blobs: list[str]) -> dict[str, int]:
-    """Each blob's size in bytes, from one ``git cat-file --batch-check``."""
-    if not blobs:
-        return {}
-    out = repo.git("cat-file", "--batch-check=%(objectname) %(objectsize)",
-                   input="".join(b + "\n" for b in blobs).encode()).decode().splitlines()
-    return {name: int(size) for name, size in (line.split() for line in out)}
 
 
 class _Converter:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 from .. import checkpoint, delta
-from ..manifest import MAX_MANIFEST_BLOB, Manifest, ManifestError, looks_like_manifest
+from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..remote import ReadThrough, RemoteSpec, TransferStats, open_remote, push_objects
 from ..settings import Settings
-from .files import read_blobs
+from .files import read_blobs, small_blobs
 from .install import DRIVER
 from .remotes import for_git_remote, manifests_in_range, require, resolve
 from .repo import GitError, Repo
@@ -105,8 +105,9 @@ def parent_bases(repo: Repo, include: list[str], exclude: list[str]) -> dict[str
     pairs = [p for p in pairs if p[2] in ours]
     shas = sorted({sha for old, new, _ in pairs for sha in (old, new)})
     manifests: dict[str, Manifest] = {}
-    for sha, data in zip(shas, read_blobs(repo, shas, limit=MAX_MANIFEST_BLOB), strict=True):
-        if data is not None and looks_like_manifest(data[:64]):
+    shas = small_blobs(repo, shas)
+    for sha, data in zip(shas, read_blobs(repo, shas), strict=True):
+        if looks_like_manifest(data[:64]):
             try:
                 manifests[sha] = Manifest.from_bytes(data, sha[:10])
             except ManifestError:

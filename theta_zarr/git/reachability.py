@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from ..chunking import digest
 from ..gc import _DIGEST_BYTES, Roots
-from ..manifest import MAGIC, MAX_MANIFEST_BLOB, Manifest, ManifestError
+from ..manifest import MAGIC, Manifest, ManifestError
 from ..remote import RemoteSpec
-from .files import objects_with_paths, read_blobs
+from .files import objects_with_paths, read_blobs, small_blobs
 from .remotes import feeding_git_remotes
 from .repo import GitError, Repo
 
@@ -24,10 +24,7 @@ def git_roots(repo: Repo, roots: Roots, parse: bool = False) -> None:
     paths = objects_with_paths(repo, "--all", "--reflog", "--indexed-objects")
     if not paths:
         return
-    check = repo.git("cat-file", "--batch-check=%(objectname) %(objecttype) %(objectsize)",
-                     input="".join(s + "\n" for s in paths).encode()).decode().splitlines()
-    blobs = [p[0] for p in (c.split() for c in check)
-             if len(p) == 3 and p[1] == "blob" and int(p[2]) <= MAX_MANIFEST_BLOB]
+    blobs = small_blobs(repo, list(paths))
     for start in range(0, len(blobs), 512):
         group = blobs[start:start + 512]
         for sha, data in zip(group, read_blobs(repo, group), strict=True):

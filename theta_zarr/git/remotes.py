@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 
-from ..manifest import MAX_MANIFEST_BLOB, Manifest, looks_like_manifest
+from ..manifest import Manifest, looks_like_manifest
 from ..remote import RemoteError, RemoteSpec
-from .files import objects_with_paths, read_blobs
+from .files import objects_with_paths, read_blobs, small_blobs
 from .install import DRIVER
 from .repo import GitError, Repo, git
 
@@ -188,14 +188,11 @@ def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> li
                     input="\0".join(paths).encode() + b"\0").split(b"\0")
     ours = {attr[i].decode() for i in range(0, len(attr) - 2, 3)
             if attr[i + 2].decode() == DRIVER}
-    blobs = [sha for sha, path in candidates.items() if path in ours]
-    # trees are listed too; keep blobs only
-    kinds = repo.git("cat-file", "--batch-check=%(objectname) %(objecttype)",
-                     input="".join(b + "\n" for b in blobs).encode()).decode().split("\n")
-    blobs = [k.split()[0] for k in kinds if k.endswith(" blob")]
+    # trees are listed too: blobs only, and none larger than a manifest can be
+    blobs = small_blobs(repo, [sha for sha, path in candidates.items() if path in ours])
     manifests = []
-    for sha, data in zip(blobs, read_blobs(repo, blobs, limit=MAX_MANIFEST_BLOB), strict=True):
-        if data is not None and looks_like_manifest(data[:64]):
+    for sha, data in zip(blobs, read_blobs(repo, blobs), strict=True):
+        if looks_like_manifest(data[:64]):
             manifests.append(Manifest.from_bytes(data, f"{candidates[sha]} ({sha[:10]})"))
     return manifests
 
