@@ -92,26 +92,27 @@ def setup_logging() -> None:
     at DEBUG, with tracebacks)."""
     debug = bool(os.environ.get("GIT_THETA_ZARR_DEBUG"))
     ours = logging.getLogger("theta_zarr")
-    if not any(getattr(h, "_theta_zarr", False) for h in ours.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("theta-zarr: %(message)s"))
-        handler.addFilter(_redacting)
-        handler._theta_zarr = True  # type: ignore[attr-defined]
-        ours.addHandler(handler)
+    _add_handler(ours, "theta-zarr: %(message)s")
     ours.setLevel(logging.DEBUG if debug else logging.INFO)
     ours.propagate = False
-    root = logging.getLogger()
-    if debug and not any(getattr(h, "_theta_zarr", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))
-        handler.addFilter(_redacting)  # botocore logs request headers at DEBUG
-        handler._theta_zarr = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.setLevel(logging.DEBUG)
+    if debug:  # botocore logs request headers at DEBUG: redacted like everything else
+        _add_handler(logging.getLogger(), logging.BASIC_FORMAT)
+        logging.getLogger().setLevel(logging.DEBUG)
     for name in LIBRARY_LOGGERS:
         lib = logging.getLogger(name)
         lib.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
         lib.propagate = debug
+
+
+def _add_handler(logger: logging.Logger, fmt: str) -> None:
+    """Give ``logger`` one stderr handler of ours (once), formatting with ``fmt`` and
+    redacting every message."""
+    if not any(getattr(h, "_theta_zarr", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(fmt))
+        handler.addFilter(_redacting)
+        handler._theta_zarr = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
 
 
 def _redacting(record: logging.LogRecord) -> bool:
