@@ -237,3 +237,17 @@ def test_kill_mid_write_leaves_old_or_new_file(repo):
     (repo.path / ".git" / "index.lock").unlink(missing_ok=True)
     repo.tz("materialize", MODEL)
     assert file_sha(repo.path / MODEL) == h
+
+
+def test_a_checkout_the_cache_serves_looks_up_no_remote(direct, tmp_path):
+    """The filter starts in every git command: the remote is looked up only when a chunk
+    is missing, so a checkout served from the cache runs no ``git config`` for it."""
+    h = commit_model(direct, "base")
+    direct.git("theta-zarr", "remote", "add", "store", str(tmp_path / "store"))
+    (direct.path / MODEL).unlink()
+    log = tmp_path / "trace.log"  # a file: the filter's own git commands trace there too
+    direct.git("checkout", "--", MODEL, env={"GIT_TRACE": str(log)})
+    trace = log.read_text()
+    assert "filter-process" in trace and "rev-parse" in trace
+    assert "theta-zarr\\.remote" not in trace and "default-remote" not in trace, trace
+    assert file_sha(direct.path / MODEL) == h

@@ -8,7 +8,6 @@ an install.
 from __future__ import annotations
 
 import functools
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 from .base import Format, FormatError, NotWeights, Source, TensorView
@@ -41,6 +40,8 @@ def _builtin_formats() -> dict[str, Format]:
 
 @functools.lru_cache(maxsize=1)
 def all_formats() -> tuple[Format, ...]:
+    from importlib.metadata import entry_points  # 10 ms: only when a plug-in is looked for
+
     found: dict[str, Format] = dict(_builtin_formats())
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:

@@ -15,6 +15,7 @@ import stat
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 from .. import checkpoint, lfs, progress
@@ -39,8 +40,8 @@ class FilterServer:
     reported as a one-line error for every file git asks about, instead of a crash."""
 
     def __init__(self, stdin: BinaryIO, stdout: BinaryIO, settings: Settings | None,
-                 fetch: checkpoint.Fetcher | None = None, repo: Repo | None = None,
-                 broken: str | None = None, direct: bool = False):
+                 find_fetch: Callable[[], checkpoint.Fetcher | None] | None = None,
+                 repo: Repo | None = None, broken: str | None = None, direct: bool = False):
         self.repo = repo
         self.broken = broken
         # files answered with their manifest, to be written directly when git is done
@@ -58,10 +59,24 @@ class FilterServer:
         self.writer = PktWriter(stdout)
         self.settings = settings
         self.cache = checkpoint.open_cache(settings) if settings is not None else None
-        self.fetch = fetch
+        # the remote is looked up on first need: a checkout the cache serves starts no
+        # ``git config`` for it (the filter starts in every git command)
+        self._find_fetch = find_fetch
+        self._fetch: checkpoint.Fetcher | None = None
         #: say which files are kept as opaque bytes (off for commands that only look)
         self.notes = True
         self.noted: set[str] = set()
+
+    @property
+    def fetch(self) -> checkpoint.Fetcher | None:
+        """What fetches chunks from the repository's remote, or None without one.
+
+        Raises what looking the remote up raises (a bad remote setting), on every use,
+        so that each file reports it."""
+        if self._find_fetch is not None:
+            self._fetch = self._find_fetch()
+            self._find_fetch = None
+        return self._fetch
 
     def serve(self) -> None:
         """Answer git's requests until it closes the pipe (the handshake is done)."""
@@ -262,13 +277,13 @@ class FilterServer:
             if self.settings.lazy:
                 self._reply(data)
                 return
-            if can_delay and self.fetch is not None and \
-                    checkpoint.missing_chunks(manifest, self.cache):
-                self.delayed[path] = manifest
-                self.writer.text("status=delayed")
-                self.writer.flush()
-                return
-            checkpoint.ensure_local(manifest, self.cache, self.fetch, source=path)
+            if checkpoint.missing_chunks(manifest, self.cache):
+                if can_delay and self.fetch is not None:
+                    self.delayed[path] = manifest
+                    self.writer.text("status=delayed")
+                    self.writer.flush()
+                    return
+                checkpoint.ensure_local(manifest, self.cache, self.fetch, source=path)
             if self._direct(path, manifest):
                 self.pending[path] = Pending(path, data, manifest)
                 self._reply(data)  # git writes the manifest; finish() writes the file
@@ -407,7 +422,8 @@ def _size(path: str) -> int | None:
 def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
     """The server for this repository (bare ones too: ``git archive`` on a server smudges,
     with the remote from the committed ``.thetazarr``).  A failure to start (a bad
-    ``theta-zarr.*`` value, a bad remote URL) gives a server that reports it per file."""
+    ``theta-zarr.*`` value) gives a server that reports it per file; the remote is looked
+    up when a file first needs it, and a bad one is reported by each file that does."""
     try:
         repo = Repo.discover(bare_ok=True)
         settings = repo.settings()
@@ -416,11 +432,14 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
             settings.lazy = True  # the manifest is all a diff driver or textconv needs
         direct = (command in WORKTREE_COMMANDS and not repo.bare
                   and "GIT_INDEX_FILE" not in os.environ)
-        server = FilterServer(stdin, stdout, settings, repo=repo, direct=direct)
+
+        def find_fetch() -> checkpoint.Fetcher | None:
+            objects = read_through(repo, cache=server.cache, settings=settings)
+            return objects.fetch if objects.has_remote else None
+
+        server = FilterServer(stdin, stdout, settings, find_fetch, repo=repo, direct=direct)
         server.notes = command not in READ_ONLY_COMMANDS | {"status"}
         server.clean_reads_worktree = command in CLEANS_WORKTREE and not repo.bare
-        objects = read_through(repo, cache=server.cache, settings=settings)
-        server.fetch = objects.fetch if objects.has_remote else None
     except Exception as e:
         return FilterServer(stdin, stdout, None, broken=one_line(e))
     try:
