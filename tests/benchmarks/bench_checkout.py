@@ -9,7 +9,8 @@ For each size, in one run, on a bf16 safetensors file from ``theta_zarr.demo`` w
 page cache before every timed step:
 
 1. ``rm`` + ``git checkout -- f`` with direct checkout (the default above 64 MiB) and
-   through git's pipe (``theta-zarr.direct-checkout=off``), against ``cp`` of the same file;
+   through git's pipe (``theta-zarr.direct-checkout=off``), against ``cp`` of the same file
+   (each the best of three), and against git-lfs's checkout of it where git-lfs is installed;
 2. ``git switch`` between two commits that differ by one layer, against ``cp``;
 3. peak RSS of git with its children, and of the filter process alone (GNU time);
 4. whether the first ``git status`` after each checkout starts the filter (racy re-clean);
@@ -91,6 +92,33 @@ def cp_time(src: str, tmp: str) -> float:
     return best
 
 
+def checkout_time(repo: str, name: str) -> tuple[float, int]:
+    """The best of three ``rm`` + ``git checkout -- name`` runs, as ``cp`` is measured,
+    and the highest peak RSS of git with its children among them."""
+    best, peak = float("inf"), 0
+    for _ in range(3):
+        os.unlink(os.path.join(repo, name))
+        os.sync()
+        t, rss = timed_rss(["git", "checkout", "--", name], cwd=repo)
+        best, peak = min(best, t), max(peak, rss)
+    return best, peak
+
+
+def lfs_checkout_time(tmp: str, src: str) -> float:
+    """``checkout_time`` of the same file tracked by git-lfs (its local store warm)."""
+    repo = os.path.join(tmp, "lfs")
+    subprocess.run(["git", "init", "-q", "-b", "main", repo], env=ENV, check=True)
+    run("git", "lfs", "install", "--local", cwd=repo)
+    run("git", "lfs", "track", "*.safetensors", cwd=repo)
+    shutil.copyfile(src, os.path.join(repo, MODEL))
+    run("git", "add", ".gitattributes", MODEL, cwd=repo)
+    run("git", "commit", "-q", "-m", "lfs", cwd=repo)
+    try:
+        return checkout_time(repo, MODEL)[0]
+    finally:
+        shutil.rmtree(repo)
+
+
 def floor_hash(path: str, workers: int) -> float:
     warm(path)
     start = time.perf_counter()
@@ -154,8 +182,7 @@ def bench_size(size: int, tmp: str, workers: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for mode, cfg in (("direct", "64MiB"), ("pipe", "off")):
         run("git", "config", "theta-zarr.direct-checkout", cfg, cwd=repo)
-        os.unlink(path)
-        t, rss = timed_rss(["git", "checkout", "--", MODEL], cwd=repo)
+        t, rss = checkout_time(repo, MODEL)
         assert subprocess.run(["cmp", "-s", src, path]).returncode == 0
         racy, t_status = status_runs_filter(repo)
         row(f"{label}: checkout -- f ({mode})", f"{t:.2f} s", f"cp {cp:.2f} s",
@@ -165,6 +192,11 @@ def bench_size(size: int, tmp: str, workers: int) -> dict[str, float]:
         row(f"{label}: first status after checkout ({mode})",
             f"{t_status:.2f} s", "filter started" if racy else "no filter", "")
         out[f"checkout_{mode}"] = t
+    if shutil.which("git-lfs"):
+        t_lfs = lfs_checkout_time(tmp, src)
+        row(f"{label}: checkout -- f (git-lfs)", f"{t_lfs:.2f} s",
+            f"direct {out['checkout_direct']:.2f} s",
+            f"{t_lfs / out['checkout_direct']:.1f}x faster")
     run("git", "config", "theta-zarr.direct-checkout", "64MiB", cwd=repo)
     # switch between commits that differ by one layer
     run("git", "switch", "-q", "-c", "tuned", cwd=repo)
