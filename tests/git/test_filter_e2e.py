@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import subprocess
 import sysconfig
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 from conftest import file_sha
 
 from theta_zarr.demo import ModelShape, write_model
+from theta_zarr.git.filter_start import PIPE_BYTES
 from theta_zarr.manifest import Manifest
 
 SHAPE = ModelShape(hidden=64, layers=4, vocab=256)
@@ -251,3 +254,28 @@ def test_a_large_blob_that_is_no_manifest_is_not_read_to_find_out(repo, monkeypa
     got = {f.path: f for f in files.tracked_files(r)}
     assert got["old.safetensors"].manifest is None and got["old.safetensors"].size == 50_000
     assert got["model.safetensors"].manifest is not None
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux only")
+def test_the_filter_widens_the_pipes_to_and_from_git(repo):
+    """A 64 KiB pipe holds one pkt-line: git and the filter would wake each other per
+    packet.  The filter asks for 1 MiB on both pipes before the handshake."""
+    def pkt(text: str) -> bytes:
+        return b"%04x" % (len(text) + 5) + text.encode() + b"\n"
+
+    p = subprocess.Popen(["git-theta-zarr", "filter-process"], cwd=repo.path,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=repo.env)
+    try:
+        p.stdin.write(pkt("git-filter-client") + pkt("version=2") + b"0000" +
+                      pkt("capability=clean") + pkt("capability=smudge") + b"0000")
+        p.stdin.flush()
+        got = b""
+        while got.count(b"0000") < 2:
+            got += p.stdout.read1(4096)
+        assert pkt("git-filter-server") in got
+        assert fcntl.fcntl(p.stdin.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+        assert fcntl.fcntl(p.stdout.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+    finally:
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
+        p.stdout.close()
