@@ -7,14 +7,37 @@ click or the commands.  Everything else is the click group in ``cli``.
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def main() -> None:
     if sys.argv[1:] == ["filter-process"]:
         from .git.filter_start import main as filter_main
 
-        sys.exit(filter_main())
+        _leave(filter_main())
     from .cli import main as cli_main
 
     cli_main()
+
+
+def _leave(code: int) -> NoReturn:
+    """End the filter process without the interpreter's teardown.
+
+    git waits for its filter to end in every command that starts it; tearing down the
+    modules and idle thread pools took about 17 ms of a 150 ms ``git checkout`` of a
+    small file here.  By the time the filter returns, every file it writes is written
+    and closed and every pool's work is done; only buffered output is left to flush.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # git closed the pipe: nothing more can reach it
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    os._exit(code)

@@ -279,3 +279,13 @@ def test_the_filter_widens_the_pipes_to_and_from_git(repo):
         p.stdin.close()
         assert p.wait(timeout=60) == 0
         p.stdout.close()
+
+
+def test_a_filter_that_ends_on_a_protocol_error_says_so_and_exits_1(repo):
+    """The filter leaves without the interpreter's teardown: its last words and exit
+    status must still reach git."""
+    proc = subprocess.run(["git-theta-zarr", "filter-process"], cwd=repo.path, env=repo.env,
+                          input=b"zzzz", capture_output=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().startswith("theta-zarr: filter protocol error: bad pkt-line")
+    assert b"Traceback" not in proc.stderr
