@@ -17,6 +17,7 @@ from conftest import file_sha
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.git.filter_start import PIPE_BYTES
+from theta_zarr.git.pktline import PktReader, PktWriter
 from theta_zarr.manifest import Manifest
 
 SHAPE = ModelShape(hidden=64, layers=4, vocab=256)
@@ -260,19 +261,18 @@ def test_a_large_blob_that_is_no_manifest_is_not_read_to_find_out(repo, monkeypa
 def test_the_filter_widens_the_pipes_to_and_from_git(repo):
     """A 64 KiB pipe holds one pkt-line: git and the filter would wake each other per
     packet.  The filter asks for 1 MiB on both pipes before the handshake."""
-    def pkt(text: str) -> bytes:
-        return b"%04x" % (len(text) + 5) + text.encode() + b"\n"
-
     p = subprocess.Popen(["git-theta-zarr", "filter-process"], cwd=repo.path,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=repo.env)
     try:
-        p.stdin.write(pkt("git-filter-client") + pkt("version=2") + b"0000" +
-                      pkt("capability=clean") + pkt("capability=smudge") + b"0000")
+        git = PktWriter(p.stdin)  # git's side of the handshake
+        git.text("git-filter-client", "version=2")
+        git.flush()
+        git.text("capability=clean", "capability=smudge")
+        git.flush()
         p.stdin.flush()
-        got = b""
-        while got.count(b"0000") < 2:
-            got += p.stdout.read1(4096)
-        assert pkt("git-filter-server") in got
+        answer = PktReader(p.stdout)
+        assert answer.read_text_list() == ["git-filter-server", "version=2"]
+        assert answer.read_text_list() == ["capability=clean", "capability=smudge"]
         assert fcntl.fcntl(p.stdin.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
         assert fcntl.fcntl(p.stdout.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
     finally:
