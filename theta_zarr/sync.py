@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import checkpoint, chunking, delta, shards
+from . import checkpoint, chunking, delta, formats, shards
 from .cache import Cache
 from .chunkreader import ordered_map
-from .formats.base import NotWeights
+from .formats.base import FormatError, NotWeights
 from .manifest import (
     DIGEST_RE,
     Manifest,
@@ -644,6 +644,16 @@ class RefRow:
     stored: int = 0
 
 
+def _tensor_count(manifest: Manifest) -> int:
+    """The tensors a reader gets (``load_state_dict``'s keys): a DCP checkpoint's
+    non-tensor items (step, optimizer scalars) are parameters of its manifest but no
+    tensors; a manifest of a plug-in not installed here counts its parameters."""
+    try:
+        return len(formats.tensor_views(manifest))
+    except FormatError:
+        return len(manifest.params)
+
+
 def ls(remote: SyncRemote, prefix: str = "") -> list[RefRow]:
     """Every ref under ``prefix`` with its time, raw and stored size and parameter count.
 
@@ -662,7 +672,7 @@ def ls(remote: SyncRemote, prefix: str = "") -> list[RefRow]:
         members = [target] if isinstance(target, Manifest) else [
             remote.load(e.manifest) if e.manifest else e for e in target.files.values()]
         nbytes = sum(m.nbytes if isinstance(m, Manifest) else m.size for m in members)
-        params = sum(len(m.params) for m in members if isinstance(m, Manifest))
+        params = sum(_tensor_count(m) for m in members if isinstance(m, Manifest))
         chunks: set[str] = set()
         for m in members:
             chunks |= m.digests() if isinstance(m, Manifest) else set(m.chunks)

@@ -156,6 +156,9 @@ def test_ls_and_diff_refs_between_steps(case, tmp_path):
     env = env_for(case, tmp_path)
     listing = tz(["ls", case.url, "run/"], env).stdout.decode()
     assert "run/step-1" in listing and "run/step-2" in listing
+    # the tensors a reader gets, not the step and optimizer items stored beside them
+    rows = [line.split("\t") for line in listing.splitlines()]
+    assert {r[0]: r[4] for r in rows}["run/step-1"] == f"{len(MODEL)} params"
     res = tz(["diff-refs", case.url, "run/step-1", "run/step-2", "--json"], env)
     doc = json.loads(res.stdout)
     assert (doc["theta_zarr_diff"], doc["old"], doc["new"]) == (1, "run/step-1", "run/step-2")
