@@ -187,3 +187,35 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path):
             conn.close()
     assert proc.returncode == 130, err
     assert err.decode().strip().splitlines() == ["theta-zarr: interrupted"], err
+
+
+def test_diff_refs_compares_two_folders_file_by_file(case, tmp_path):  # noqa: F811
+    env = env_for(case, tmp_path)
+    opts = ["--chunk-size", CHUNK, *case.cli_options()]
+    one, two = tmp_path / "step-1", tmp_path / "step-2"
+    for folder in (one, two):
+        folder.mkdir()
+        model(folder / "rank-0.safetensors", seed=1)
+    model(one / "rank-1.safetensors", seed=2)
+    model(two / "rank-1.safetensors", seed=3)  # every tensor differs
+    model(two / "rank-2.safetensors", seed=4)  # a new shard
+    (one / "notes.txt").write_text("a")
+    (two / "notes.txt").write_text("bb")
+    for folder in (one, two):
+        tz(["publish", str(folder), case.url, "--ref", f"run9/{folder.name}", *opts], env)
+    doc = json.loads(tz(["diff-refs", case.url, "run9/step-1", "run9/step-2", "--json",
+                         *case.cli_options()], env).stdout)
+    files = {f["path"]: f for f in doc["files"]}
+    assert sorted(files) == ["notes.txt", "rank-1.safetensors", "rank-2.safetensors"]
+    assert {p["status"] for p in files["rank-1.safetensors"]["params"]} == {"changed"}
+    assert {p["status"] for p in files["rank-2.safetensors"]["params"]} == {"added"}
+    assert files["notes.txt"]["foreign"]["new"]["size"] == 2
+    text = tz(["diff-refs", case.url, "run9/step-1", "run9/step-2", *case.cli_options()],
+              env).stdout.decode()
+    assert "rank-0" not in text and "notes.txt" in text
+    # a checkpoint against a set: one line, status 1
+    tz(["publish", str(one / "rank-0.safetensors"), case.url, "--ref", "run9/one", *opts], env)
+    bad = tz(["diff-refs", case.url, "run9/one", "run9/step-1", *case.cli_options()], env,
+             check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.decode().startswith("theta-zarr: ref run9/one names one checkpoint")

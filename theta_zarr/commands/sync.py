@@ -13,13 +13,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..redact import redact
 from .options import REMOTE_OPTION_HELP, check_output, remote_options
 from .reporting import fail, human, reports_errors, say
+
+if TYPE_CHECKING:
+    from ..diff import Side
+    from ..sync import FileEntry, SyncRemote, Target
 
 
 def _cache_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -236,27 +240,25 @@ def register(main: click.Group) -> None:
     @reports_errors
     def diff_refs(remote_arg: str, old_ref: str, new_ref: str, as_json: bool,
                   summary_only: bool, options: tuple[str, ...]) -> None:
-        """Per-parameter diff of two refs (two steps of a run), reading changed chunks only."""
+        """Per-parameter diff of two refs (two steps of a run), reading changed chunks only.
+
+        Two refs that each name a set of files (a published folder, a combined set of
+        shards) are compared file by file, like ``git diff`` of two commits: each file
+        that differs, by its name in the set."""
         import json
 
         from .. import diff
-        from ..manifest import Manifest, ManifestError
 
         remote = open_sync_remote(remote_arg, options)
-        sides = []
-        for ref in (old_ref, new_ref):
-            _, target = remote.resolve(ref)
-            if not isinstance(target, Manifest):
-                raise ManifestError(f"ref {ref} names a set of files; diff-refs compares "
-                                    "single checkpoints")
-            sides.append(target)
-        fd = diff.diff(sides[0], sides[1], remote.objects, f"{old_ref}..{new_ref}",
-                       numbers=not summary_only)
+        old, new = (remote.resolve(ref)[1] for ref in (old_ref, new_ref))
+        fds = [diff.diff(a, b, remote.objects, path, numbers=not summary_only)
+               for path, a, b in _ref_sides(remote, old_ref, old, new_ref, new)]
         if as_json:
-            click.echo(json.dumps(diff.json_document([fd], old_ref, new_ref), indent=2))
+            click.echo(json.dumps(diff.json_document(fds, old_ref, new_ref), indent=2))
             return
-        for line in diff.format_text(fd):
-            click.echo(line)
+        for fd in fds:
+            for line in diff.format_text(fd):
+                click.echo(line)
 
     @main.command("watch")
     @click.argument("folder", type=click.Path(exists=True, file_okay=False))
@@ -424,3 +426,32 @@ def register(main: click.Group) -> None:
                        f"object(s) deeper than {depth} as full objects in {remote.url} "
                        f"({human(done.bytes_before)} -> "
                        f"{human(done.bytes_after) if not dry_run else '?'})")
+
+
+def _ref_sides(remote: SyncRemote, old_ref: str, old: Target, new_ref: str,
+               new: Target) -> list[tuple[str, Side, Side]]:
+    """(path, old side, new side) of what two refs' targets hold: one pair for two
+    checkpoints, one per differing file for two sets of files (``diff.Side``: a
+    manifest, a plain file as ``diff.Foreign``, or None where a set lacks the file).
+    Raises ManifestError when one ref names a checkpoint and the other a set."""
+    from ..diff import Foreign
+    from ..manifest import Manifest, ManifestError
+
+    if isinstance(old, Manifest) and isinstance(new, Manifest):
+        return [(f"{old_ref}..{new_ref}", old, new)]
+    if isinstance(old, Manifest) or isinstance(new, Manifest):
+        one, many = (old_ref, new_ref) if isinstance(old, Manifest) else (new_ref, old_ref)
+        raise ManifestError(f"ref {one} names one checkpoint and ref {many} a set of files; "
+                            "diff-refs compares two checkpoints or two sets")
+
+    def side(entry: FileEntry | None) -> Side:
+        if entry is None:
+            return None
+        if entry.manifest:
+            return remote.load(entry.manifest)
+        return Foreign("plain", f"a file stored as it is ({entry.size} bytes)",
+                       {"size": entry.size, "chunks": list(entry.chunks)})
+
+    return [(name, side(old.files.get(name)), side(new.files.get(name)))
+            for name in sorted(old.files.keys() | new.files.keys())
+            if old.files.get(name) != new.files.get(name)]
