@@ -120,11 +120,7 @@ def manifest_of(repo: Repo, path: str, side: object, objects=None) -> Side:
 
 def tracked_by_us(repo: Repo, paths: list[str]) -> list[str]:
     """The paths whose ``diff`` attribute is theta-zarr."""
-    if not paths:
-        return []
-    out = repo.git("check-attr", "-z", "--stdin", "diff",
-                   input="\0".join(paths).encode() + b"\0").split(b"\0")
-    return [out[i].decode() for i in range(0, len(out) - 2, 3) if out[i + 2].decode() == DRIVER]
+    return [p for p, value in repo.attribute(paths, "diff").items() if value == DRIVER]
 
 
 def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]) -> list[str]:

@@ -46,10 +46,8 @@ def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
             else:
                 entries.append((dest, entry))
     manifest_paths = [p for p, item in entries if isinstance(item, bytes)]
-    attrs = repo.git("check-attr", "-z", "--stdin", "filter",
-                     input="\0".join(manifest_paths).encode() + b"\0").split(b"\0")
-    untracked = [attrs[i].decode() for i in range(0, len(attrs) - 2, 3)
-                 if attrs[i + 2].decode() != DRIVER]
+    untracked = [p for p, value in repo.attribute(manifest_paths, "filter").items()
+                 if value != DRIVER]
     if untracked:
         raise SyncError(f"{untracked[0]} is not tracked by theta-zarr; run "
                         f"'git theta-zarr track' for it first")

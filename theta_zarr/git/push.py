@@ -97,15 +97,10 @@ def parent_bases(repo: Repo, include: list[str], exclude: list[str]) -> dict[str
             pairs.append((fields[2], fields[3], path))
     if not pairs:
         return {}
-    paths = sorted({p for _, _, p in pairs})
-    attr = repo.git("check-attr", "-z", "--stdin", "filter",
-                    input="\0".join(paths).encode() + b"\0").split(b"\0")
-    ours = {attr[i].decode() for i in range(0, len(attr) - 2, 3)
-            if attr[i + 2].decode() == DRIVER}
-    pairs = [p for p in pairs if p[2] in ours]
-    shas = sorted({sha for old, new, _ in pairs for sha in (old, new)})
+    attrs = repo.attribute(sorted({p for _, _, p in pairs}), "filter")
+    pairs = [p for p in pairs if attrs.get(p[2]) == DRIVER]
+    shas = small_blobs(repo, sorted({sha for old, new, _ in pairs for sha in (old, new)}))
     manifests: dict[str, Manifest] = {}
-    shas = small_blobs(repo, shas)
     for sha, data in zip(shas, read_blobs(repo, shas), strict=True):
         if looks_like_manifest(data[:64]):
             try:

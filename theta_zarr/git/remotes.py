@@ -183,11 +183,8 @@ def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> li
         raise GitError(f"cannot list commits to push: {e}") from None
     if not candidates:
         return []
-    paths = sorted(set(candidates.values()))
-    attr = repo.git("check-attr", "-z", "--stdin", "filter",
-                    input="\0".join(paths).encode() + b"\0").split(b"\0")
-    ours = {attr[i].decode() for i in range(0, len(attr) - 2, 3)
-            if attr[i + 2].decode() == DRIVER}
+    attrs = repo.attribute(sorted(set(candidates.values())), "filter")
+    ours = {p for p, value in attrs.items() if value == DRIVER}
     # trees are listed too: blobs only, and none larger than a manifest can be
     blobs = small_blobs(repo, [sha for sha, path in candidates.items() if path in ours])
     manifests = []
