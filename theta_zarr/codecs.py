@@ -42,9 +42,12 @@ import functools
 import struct
 import threading
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
-import numpy as np
 import zstandard
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAGIC = b"TZO1"
 DELTAS = ("xor-delta", "int-delta")
@@ -59,7 +62,6 @@ MAX_RAW = 2**31 - 1 - 16
 BLOSC_HEADER = struct.Struct("<4B3I")
 #: c-blosc's shuffle filters (blosc.h)
 NOSHUFFLE, SHUFFLE, BITSHUFFLE = 0, 1, 2
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,10 +136,12 @@ class ZstdCodec(Codec):
 def typed(data: bytes | memoryview | np.ndarray, elem: int) -> np.ndarray:
     """``data`` as a 1-d array of unsigned ints of ``elem`` bytes (bytes when it does not
     divide or ``elem`` is not 1, 2, 4 or 8): Blosc takes its shuffle width from it."""
+    import numpy as np  # here, not at import: a checkout from a raw cache never needs it
+
     a = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
     a = a.reshape(-1).view(np.uint8)
-    if elem in _UINT and elem > 1 and a.size % elem == 0:
-        return a.view(_UINT[elem])
+    if elem in (2, 4, 8) and a.size % elem == 0:
+        return a.view(f"<u{elem}")
     return a
 
 
@@ -207,6 +211,8 @@ class ExponentSplitCodec(Codec):
     def encode(self, raw: memoryview, elem: int = 1) -> bytes:
         if elem not in self.ELEMS or len(raw) % elem:
             raise CodecError(f"expsplit needs 2- or 4-byte elements, not {elem}")
+        import numpy as np
+
         words = typed(raw, elem)
         top = np.array(8 * elem - 9, words.dtype)
         exponents = (words >> top).astype(np.uint8)  # sign dropped: it is the low bit below
@@ -243,6 +249,8 @@ class ExponentSplitCodec(Codec):
         return self._LENGTH.unpack_from(payload)[0]
 
     def decode(self, payload: memoryview) -> memoryview:
+        import numpy as np
+
         frame, rest, n, elem = self._parts(payload)
         try:
             exponents = np.frombuffer(self._coders()[1].decompress(frame, max_output_size=n),
@@ -256,7 +264,7 @@ class ExponentSplitCodec(Codec):
         planes = np.frombuffer(rest, np.uint8).reshape(n, elem - 1)
         for k in range(elem - 1):
             out[:, k] = planes[:, k]
-        words = out.view(_UINT[elem]).reshape(-1)
+        words = out.view(f"<u{elem}").reshape(-1)
         sign = words << np.array(8 * elem - 1, words.dtype)
         words >>= np.array(1, words.dtype)
         words |= sign

@@ -35,11 +35,13 @@ base the destination already has.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from . import codecs
 from .codecs import CodecError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NAME = "xor-delta"
 INT = "int-delta"
@@ -96,6 +98,8 @@ class Base:
 
 
 def xor(raw: bytes | memoryview, base: bytes | memoryview) -> np.ndarray:
+    import numpy as np
+
     a = np.frombuffer(raw, dtype=np.uint8)
     b = np.frombuffer(base, dtype=np.uint8)
     if a.shape != b.shape:
@@ -107,12 +111,16 @@ def xor(raw: bytes | memoryview, base: bytes | memoryview) -> np.ndarray:
 
 
 def shuffle(data: np.ndarray, elem: int) -> np.ndarray:
+    import numpy as np
+
     if elem <= 1 or data.size % elem:
         return data
     return np.ascontiguousarray(data.reshape(-1, elem).T).reshape(-1)
 
 
 def unshuffle(data: np.ndarray, elem: int) -> np.ndarray:
+    import numpy as np
+
     if elem <= 1 or data.size % elem:
         return data
     return np.ascontiguousarray(data.reshape(elem, -1).T).reshape(-1)
@@ -136,6 +144,8 @@ def zigzag_diff(raw: bytes | memoryview, base_raw: bytes | memoryview, elem: int
 
 def unzigzag_add(zz: np.ndarray, base_raw: bytes | memoryview, elem: int) -> bytes:
     """base + unzigzag(zz), the inverse of :func:`zigzag_diff`."""
+    import numpy as np
+
     b = codecs.typed(base_raw, elem)
     z = codecs.typed(zz, elem)
     if z.shape != b.shape:
@@ -205,6 +215,8 @@ def apply(header: DeltaHeader, body: bytes | memoryview, base_raw: bytes | memor
           ) -> bytes:
     """The raw chunk from a delta's body and its base (to be checked against its digest):
     unshuffle(unzstd(body)) XOR base, or base + unzigzag(blosc body)."""
+    import numpy as np
+
     base = np.frombuffer(base_raw, dtype=np.uint8)
     if not len(body):
         if base.size:

@@ -4,14 +4,21 @@ One table maps each Zarr name to its NumPy dtype (ml_dtypes supplies bfloat16 an
 float8), its torch dtype and its safetensors code, so every layer translates
 through the same place and bytes are never cast: a tensor's raw little-endian
 bytes are what is hashed, stored and rebuilt.
+
+NumPy and ml_dtypes are imported when a NumPy dtype is first asked for: clean and
+smudge of a safetensors file need only names and item sizes, and the filter process
+git starts in every ``status``, ``add`` and ``checkout`` would otherwise spend about
+40 ms importing them.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import ml_dtypes
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class DTypeError(ValueError):
@@ -21,16 +28,25 @@ class DTypeError(ValueError):
 @dataclass(frozen=True)
 class DType:
     name: str  # Zarr v3 data type name (or torch's name where Zarr has none)
-    numpy: np.dtype
+    #: NumPy's type string (``"<f4"``), or the name of an ml_dtypes type (``"bfloat16"``)
+    spec: str
+    itemsize: int  # bytes per element
     torch_name: str | None  # attribute of the torch module; torch is imported only on use
     safetensors: str | None
     #: False where ``numpy`` only carries the bytes (no NumPy type has these semantics):
     #: such arrays are served to Zarr as ``raw_bytes`` and never inferred from NumPy
     native: bool = True
 
-    @property
-    def itemsize(self) -> int:
-        return self.numpy.itemsize
+    @functools.cached_property
+    def numpy(self) -> np.dtype:
+        """The NumPy dtype (imports NumPy, and ml_dtypes for the types it supplies)."""
+        import numpy as np
+
+        if self.spec[0] in "<|":
+            return np.dtype(self.spec)
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, self.spec))
 
     @property
     def torch(self):  # -> torch.dtype | None
@@ -40,37 +56,34 @@ class DType:
 
 
 _TABLE = [
-    DType("bool", np.dtype(np.bool_), "bool", "BOOL"),
-    DType("int8", np.dtype("<i1"), "int8", "I8"),
-    DType("int16", np.dtype("<i2"), "int16", "I16"),
-    DType("int32", np.dtype("<i4"), "int32", "I32"),
-    DType("int64", np.dtype("<i8"), "int64", "I64"),
-    DType("uint8", np.dtype("<u1"), "uint8", "U8"),
-    DType("uint16", np.dtype("<u2"), "uint16", "U16"),
-    DType("uint32", np.dtype("<u4"), "uint32", "U32"),
-    DType("uint64", np.dtype("<u8"), "uint64", "U64"),
-    DType("float16", np.dtype("<f2"), "float16", "F16"),
-    DType("float32", np.dtype("<f4"), "float32", "F32"),
-    DType("float64", np.dtype("<f8"), "float64", "F64"),
-    DType("bfloat16", np.dtype(ml_dtypes.bfloat16), "bfloat16", "BF16"),
-    DType("float8_e4m3fn", np.dtype(ml_dtypes.float8_e4m3fn), "float8_e4m3fn", "F8_E4M3"),
-    DType("float8_e5m2", np.dtype(ml_dtypes.float8_e5m2), "float8_e5m2", "F8_E5M2"),
-    DType("float8_e4m3fnuz", np.dtype(ml_dtypes.float8_e4m3fnuz), "float8_e4m3fnuz",
-          "F8_E4M3FNUZ"),
-    DType("float8_e5m2fnuz", np.dtype(ml_dtypes.float8_e5m2fnuz), "float8_e5m2fnuz",
-          "F8_E5M2FNUZ"),
-    DType("float8_e8m0fnu", np.dtype(ml_dtypes.float8_e8m0fnu), "float8_e8m0fnu", "F8_E8M0"),
+    DType("bool", "|b1", 1, "bool", "BOOL"),
+    DType("int8", "|i1", 1, "int8", "I8"),
+    DType("int16", "<i2", 2, "int16", "I16"),
+    DType("int32", "<i4", 4, "int32", "I32"),
+    DType("int64", "<i8", 8, "int64", "I64"),
+    DType("uint8", "|u1", 1, "uint8", "U8"),
+    DType("uint16", "<u2", 2, "uint16", "U16"),
+    DType("uint32", "<u4", 4, "uint32", "U32"),
+    DType("uint64", "<u8", 8, "uint64", "U64"),
+    DType("float16", "<f2", 2, "float16", "F16"),
+    DType("float32", "<f4", 4, "float32", "F32"),
+    DType("float64", "<f8", 8, "float64", "F64"),
+    DType("bfloat16", "bfloat16", 2, "bfloat16", "BF16"),
+    DType("float8_e4m3fn", "float8_e4m3fn", 1, "float8_e4m3fn", "F8_E4M3"),
+    DType("float8_e5m2", "float8_e5m2", 1, "float8_e5m2", "F8_E5M2"),
+    DType("float8_e4m3fnuz", "float8_e4m3fnuz", 1, "float8_e4m3fnuz", "F8_E4M3FNUZ"),
+    DType("float8_e5m2fnuz", "float8_e5m2fnuz", 1, "float8_e5m2fnuz", "F8_E5M2FNUZ"),
+    DType("float8_e8m0fnu", "float8_e8m0fnu", 1, "float8_e8m0fnu", "F8_E8M0"),
     # two float4_e2m1fn values packed in a byte (torch.float4_e2m1fn_x2); safetensors
     # writes these as F4 counting 4-bit elements, which its plug-in carries as raw bytes
-    DType("float4_e2m1fn_x2", np.dtype("<u1"), "float4_e2m1fn_x2", None, native=False),
-    DType("complex32", np.dtype(ml_dtypes.complex32), "complex32", None, native=False),
-    DType("complex64", np.dtype("<c8"), "complex64", "C64"),
-    DType("complex128", np.dtype("<c16"), "complex128", None),
+    DType("float4_e2m1fn_x2", "|u1", 1, "float4_e2m1fn_x2", None, native=False),
+    DType("complex32", "complex32", 4, "complex32", None, native=False),
+    DType("complex64", "<c8", 8, "complex64", "C64"),
+    DType("complex128", "<c16", 16, "complex128", None),
 ]
 
 BY_NAME: dict[str, DType] = {d.name: d for d in _TABLE}
 _BY_SAFETENSORS = {d.safetensors: d for d in _TABLE if d.safetensors is not None}
-_BY_NUMPY = {d.numpy: d for d in _TABLE if d.native}
 
 #: safetensors element types narrower than a byte (bits per element): their tensors'
 #: shapes count elements, not bytes, so the safetensors plug-in keeps them as raw bytes
@@ -100,12 +113,19 @@ def from_safetensors(code: str) -> DType:
         raise DTypeError(f"unsupported safetensors dtype {code!r}") from None
 
 
+@functools.cache
+def _by_numpy() -> dict[np.dtype, DType]:
+    return {d.numpy: d for d in _TABLE if d.native}
+
+
 def from_numpy(dtype: np.dtype) -> DType:
+    import numpy as np
+
     dt = np.dtype(dtype)
     if dt.byteorder == ">":
         raise DTypeError(f"big-endian dtype {dt} is not supported; store little-endian data")
     dt = dt.newbyteorder("<") if dt.byteorder == "=" and dt.itemsize > 1 else dt
     try:
-        return _BY_NUMPY[dt]
+        return _by_numpy()[dt]
     except KeyError:
         raise DTypeError(f"unsupported numpy dtype {dt}") from None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import itertools
 import json
 import math
 import re
@@ -33,7 +34,6 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 import msgspec
-import numpy as np
 
 from . import chunking
 from .dtypes import BY_NAME
@@ -108,21 +108,19 @@ def json_depth_ok(data: bytes | bytearray | memoryview, limit: int = MAX_JSON_DE
 
     A cheap scan before parsing, whose recursion a few kilobytes of ``[[[[`` would
     exhaust; brackets inside strings count too, which only overestimates.  The brackets
-    are picked out in C (``bytes.translate``) and summed with numpy: about 20 ms for a
-    17 MiB manifest.
+    are picked out in C (``bytes.translate``) and their running sum taken by
+    ``itertools.accumulate``: about 35 ms for the million brackets of a 17 MiB manifest,
+    and no NumPy import (35-70 ms) in the filter git starts for every ``status``.
     """
     brackets = bytes(data).translate(None, _NOT_BRACKETS)
     if len(brackets) <= limit:
         return True
-    depth = np.cumsum(_BRACKET_STEP[np.frombuffer(brackets, np.uint8)], dtype=np.int64)
-    return int(depth.max()) <= limit
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets))) <= limit
 
 
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 #: +1 for an opening bracket, -1 for a closing one, by byte value
-_BRACKET_STEP = np.zeros(256, np.int8)
-_BRACKET_STEP[[ord("["), ord("{")]] = 1
-_BRACKET_STEP[[ord("]"), ord("}")]] = -1
+_BRACKET_STEP = [1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256)]
 
 
 def loads_json(data: bytes | bytearray | memoryview, source: str, what: str = "manifest"

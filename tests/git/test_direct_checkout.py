@@ -251,3 +251,23 @@ def test_a_checkout_the_cache_serves_looks_up_no_remote(direct, tmp_path):
     assert "filter-process" in trace and "rev-parse" in trace
     assert "theta-zarr\\.remote" not in trace and "default-remote" not in trace, trace
     assert file_sha(direct.path / MODEL) == h
+
+
+def test_add_and_checkout_of_safetensors_import_no_numpy(direct):
+    """The filter starts in every git command: clean and smudge of a safetensors file
+    (direct write included) need names and item sizes only, not NumPy or ml_dtypes
+    (35-70 ms of imports).  Python reports every import it makes on stderr under
+    ``PYTHONPROFILEIMPORTTIME``, and git passes the filter's stderr through."""
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    write_model(direct.path / MODEL, SHAPE, seed=3)
+    added = direct.git("add", MODEL, env=env).stderr.decode()
+    direct.git("commit", "-q", "-m", "v")
+    h = file_sha(direct.path / MODEL)
+    (direct.path / MODEL).unlink()
+    checked_out = direct.git("checkout", "--", MODEL, env=env).stderr.decode()
+    assert file_sha(direct.path / MODEL) == h
+    for stderr in (added, checked_out):
+        imported = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "theta_zarr.filewriter" in imported  # the filter's imports are reported
+        assert not {"numpy", "ml_dtypes"} & imported

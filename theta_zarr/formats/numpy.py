@@ -12,10 +12,7 @@ import ast
 import shutil
 import tempfile
 import zipfile
-from typing import Any, BinaryIO
-
-import numpy as np
-from numpy.lib import format as npformat
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
@@ -23,6 +20,9 @@ from ..dtypes import DTypeError, by_name, from_numpy
 from ..manifest import Manifest, ManifestError
 from .base import Format, FormatError, Source
 from .zipinfo import first_member
+
+if TYPE_CHECKING:
+    import numpy as np
 
 NPY_MAGIC = b"\x93NUMPY"
 EMPTY_ZIP = b"PK\x05\x06"  # an archive that is only its end-of-central-directory record
@@ -36,6 +36,8 @@ def _parse_npy_header(read_exact, where: str) -> tuple[np.dtype, tuple[int, ...]
     size_len = 2 if major == 1 else 4
     hlen = int.from_bytes(read_exact(size_len), "little")
     text = read_exact(hlen).decode("latin1" if major < 3 else "utf-8")
+    from numpy.lib import format as npformat  # here: the plug-in loads with every format
+
     try:
         d = ast.literal_eval(text)
         dtype = npformat.descr_to_dtype(d["descr"])
@@ -64,6 +66,8 @@ def _add_npy(read_exact, readinto, writer: ChunkWriter, name: str, where: str) -
 
 
 def _write_npy(out: BinaryIO, entry, fortran: bool, reader: ChunkReader) -> None:
+    from numpy.lib import format as npformat
+
     dtype = by_name(entry.dtype).numpy
     shape = tuple(reversed(entry.shape)) if fortran else tuple(entry.shape)
     header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": fortran, "shape": shape}
