@@ -347,7 +347,7 @@ def test_a_corrupt_cache_object_is_moved_to_quarantine(tmp_path):
 
 @pytest.mark.parametrize("size", [1000, 200_000], ids=["small", "large"])
 def test_copy_to_writes_verified_chunks_and_refuses_corrupt_or_short_ones(tmp_path, size):
-    """Both paths of copy_to (one read for small objects, memory map + copy_file_range
+    """Both paths of copy_to (one read for small objects, memory map + pwrite
     for large ones): the bytes land at the offset; corruption writes nothing."""
     from theta_zarr.cache import QuarantinedError
 
