@@ -24,6 +24,7 @@ first, and stores raw objects in the cache.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -54,6 +55,8 @@ SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 #: remotes pick a codec per object by dtype (codecs.choose): expsplit for bf16/fp16/fp32,
 #: blosc for other multi-byte items, zstd for bytes, raw where none pays
 DEFAULT_REMOTE_CODEC = codecs.AUTO
+#: threads that decode, verify and store fetched objects (one per core, as Settings.workers)
+CPU_WORKERS = max(2, os.cpu_count() or 2)
 
 
 log = logging.getLogger(__name__)
@@ -250,12 +253,25 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
 
     def plain(digest: str) -> tuple[int, int, int, int]:
         obj = src.get_encoded(digest)
+        return store((digest, obj))
+
+    def store(fetched: tuple[str, bytes]) -> tuple[int, int, int, int]:
+        digest, obj = fetched
         raw = src.decode(digest, obj, bases)
         return len(raw), dst.put(digest, raw, elems.get(digest, 1)), -1, len(obj)
 
-    with progress.bar(len(todo), desc, unit="obj") as bar:
-        for _, (raw_n, stored_n, saved, read_n) in bounded_map(move or plain, todo,
-                                                        max(src.concurrency, dst.concurrency)):
+    with progress.bar(len(todo), desc, unit="obj") as bar, contextlib.ExitStack() as stack:
+        if move is None and isinstance(dst, Cache):
+            # A fetch: ``src.concurrency`` requests in flight, while decoding, hashing and
+            # writing run in one thread per core.  Decoding in every request's thread put 16
+            # decoders on 2 cores here, and they cost twice the CPU time (cache and
+            # allocator contention).
+            gets = stack.enter_context(contextlib.closing(
+                bounded_map(src.get_encoded, todo, src.concurrency)))
+            results = bounded_map(store, gets, CPU_WORKERS)
+        else:
+            results = bounded_map(move or plain, todo, max(src.concurrency, dst.concurrency))
+        for _, (raw_n, stored_n, saved, read_n) in results:
             stats.objects += 1
             stats.raw_bytes += raw_n
             stats.stored_bytes += stored_n
