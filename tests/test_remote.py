@@ -6,48 +6,79 @@ import os
 import threading
 import time
 
-from theta_zarr import chunking
+from theta_zarr import chunking, codecs
 from theta_zarr import remote as remote_module
 from theta_zarr.cache import Cache
 from theta_zarr.objects import ObjectStore
-from theta_zarr.remote import fetch_objects
+from theta_zarr.remote import fetch_objects, push_objects
 from theta_zarr.storage import open_store
 
 
-def test_fetch_keeps_requests_in_flight_and_decodes_one_thread_per_core(tmp_path, monkeypatch):
-    """A fetch keeps the remote's ``concurrency`` requests in flight while decoding,
-    verifying and storing run in at most one thread per core: 16 decoders on 2 cores
-    cost twice the CPU time.  The reads meet at a barrier that only that many requests
-    in flight can pass; the decoders count how many run at once."""
-    remote = ObjectStore(open_store(str(tmp_path / "remote")), codec="zstd", concurrency=8,
-                         retries=0)
-    raws = [os.urandom(1000) * 50 for _ in range(40)]
+class Overlap:
+    """Counts how many calls of a method run at once (``most``); ``barrier`` makes the
+    wrapped calls wait until that many are in flight (BrokenBarrierError otherwise)."""
+
+    def __init__(self, fn, barrier: threading.Barrier | None = None):
+        self.fn, self.barrier = fn, barrier
+        self.lock, self.now, self.most = threading.Lock(), 0, 0
+
+    def __call__(self, *args, **kwargs):
+        if self.barrier is not None:
+            self.barrier.wait()
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.01)  # give other calls the chance to overlap
+            return self.fn(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def chunks_on(store: ObjectStore, n: int = 40) -> tuple[list[bytes], list[str]]:
+    raws = [os.urandom(1000) * 50 for _ in range(n)]
     digests = [chunking.digest(r) for r in raws]
     for d, r in zip(digests, raws, strict=True):
-        remote.put(d, r)
-    barrier = threading.Barrier(remote.concurrency, timeout=20)
-    get_encoded, decode = remote.get_encoded, remote.decode
-    lock, decoding, most = threading.Lock(), [0], [0]
+        store.put(d, r)
+    return raws, digests
 
-    def get_at_barrier(digest: str) -> bytes:
-        barrier.wait()  # BrokenBarrierError: fewer requests in flight than the remote allows
-        return get_encoded(digest)
 
-    def counted_decode(*args, **kwargs):
-        with lock:
-            decoding[0] += 1
-            most[0] = max(most[0], decoding[0])
-        try:
-            time.sleep(0.01)  # give other decoders the chance to overlap
-            return decode(*args, **kwargs)
-        finally:
-            with lock:
-                decoding[0] -= 1
+def remote_at(path) -> ObjectStore:
+    return ObjectStore(open_store(str(path)), codec="zstd", concurrency=8, retries=0)
 
-    monkeypatch.setattr(remote, "get_encoded", get_at_barrier)
-    monkeypatch.setattr(remote, "decode", counted_decode)
+
+def test_fetch_keeps_requests_in_flight_and_decodes_one_thread_per_core(tmp_path, monkeypatch):
+    """A fetch keeps the remote's ``concurrency`` requests in flight (they meet at a
+    barrier only that many can pass) while decoding, verifying and storing run in at most
+    one thread per core: 16 decoders on 2 cores cost twice the CPU time."""
+    remote = remote_at(tmp_path / "remote")
+    raws, digests = chunks_on(remote)
+    gets = Overlap(remote.get_encoded, threading.Barrier(remote.concurrency, timeout=20))
+    decodes = Overlap(remote.decode)
+    monkeypatch.setattr(remote, "get_encoded", gets)
+    monkeypatch.setattr(remote, "decode", decodes)
     cache = Cache(str(tmp_path / "cache"))
     stats = fetch_objects(remote, cache, digests)
     assert stats.objects == len(digests) and stats.raw_bytes == sum(map(len, raws))
     assert [cache.get(d) for d in digests] == raws
-    assert 1 <= most[0] <= remote_module.CPU_WORKERS < remote.concurrency
+    assert gets.most == remote.concurrency
+    assert 1 <= decodes.most <= remote_module.CPU_WORKERS < remote.concurrency
+
+
+def test_push_encodes_one_thread_per_core_and_keeps_uploads_in_flight(tmp_path, monkeypatch):
+    """The mirror of the fetch: reading and encoding run in at most one thread per core,
+    uploads in the remote's pool of ``concurrency``."""
+    cache = Cache(str(tmp_path / "cache"))
+    raws, digests = chunks_on(cache)
+    remote = remote_at(tmp_path / "remote")
+    puts = Overlap(remote.put_parts, threading.Barrier(remote.concurrency, timeout=20))
+    encodes = Overlap(codecs.encode)
+    monkeypatch.setattr(remote, "put_parts", puts)
+    monkeypatch.setattr(remote_module.codecs, "encode", encodes)
+    stats = push_objects(cache, remote, digests)
+    assert stats.objects == len(digests) and stats.raw_bytes == sum(map(len, raws))
+    assert stats.stored_bytes == sum(len(remote.get_encoded(d)) for d in digests)
+    assert [remote.get(d) for d in digests] == raws
+    assert puts.most == remote.concurrency
+    assert 1 <= encodes.most <= remote_module.CPU_WORKERS < remote.concurrency

@@ -15,7 +15,7 @@ encoded by its dtype's item size (codecs.choose); the local cache stays raw.
 Deltas (delta.py): a push may store a chunk as a delta (int-delta where the item
 size allows, else xor-delta) against the same chunk of the parent version
 (``bases``, computed by the caller from manifests).  The writer decides here,
-per chunk, in ``_delta_mover``: only over a base
+per chunk, in ``_delta_encoder``: only over a base
 the remote had before this push began, only if the delta is smaller than
 ``policy.ratio`` x the plain object, and only while the chain stays within
 ``policy.max_depth``.  A fetch resolves deltas, asking the cache for bases
@@ -219,8 +219,9 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f}"
 
 
-# digest -> (raw bytes, bytes stored, plain minus stored or -1 if not a delta, bytes read)
-Mover = Callable[[str], tuple[int, int, int, int]]
+#: digest -> (the object to store, as parts written in order; its raw bytes; plain size
+#: minus stored size, or -1 if it is not a delta): the CPU side of a push
+Encoder = Callable[[str], tuple[list[bytes | memoryview], int, int]]
 #: digest -> item size in bytes of its dtype; a digest it lacks counts as bytes (1),
 #: applied where a chunk is encoded (``elems.get(digest, 1)``)
 Elems = Mapping[str, int]
@@ -228,20 +229,22 @@ NO_ELEMS: Elems = MappingProxyType({})
 
 
 def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: str,
-             check_destination: bool = True, move: Mover | None = None,
+             check_destination: bool = True, encoder: Encoder | None = None,
              bases: ObjectStore | None = None, elems: Elems = NO_ELEMS) -> TransferStats:
     """Copy objects from ``src`` to ``dst``: verified on read, re-encoded for ``dst``.
 
     With ``check_destination`` the objects ``dst`` already has are skipped
     (concurrent existence checks), which makes an interrupted transfer
-    resumable: a re-run moves only the rest.  ``move`` replaces the plain
-    read-verify-put of one object (the delta writer); ``bases`` is a store
+    resumable: a re-run moves only the rest.  ``encoder`` replaces the plain
+    read-verify-encode of one object (the delta writer); ``bases`` is a store
     asked first for delta bases while reading ``src`` (the cache, on fetch);
     ``elems`` gives each chunk's item size, for ``dst``'s ``auto`` codec.
 
-    Reading, decoding, encoding and writing of one object all run in one worker
-    of a pool of ``max(src, dst concurrency)`` threads: the codecs release the GIL,
-    so encoding runs on every core while other workers' requests are in flight.
+    The remote side keeps its ``concurrency`` requests in flight in a pool of its own,
+    while reading, decoding, verifying and encoding run in one thread per core
+    (``CPU_WORKERS``): the codecs release the GIL, so every core works while requests
+    wait on the network.  Running codecs in every request's thread put 16 of them on
+    2 cores here, and they took twice the CPU time (cache and allocator contention).
     """
     start = time.perf_counter()
     todo = sorted(set(digests))
@@ -251,9 +254,14 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
         stats.skipped = len(todo) - len(lacking)
         todo = sorted(lacking)
 
-    def plain(digest: str) -> tuple[int, int, int, int]:
-        obj = src.get_encoded(digest)
-        return store((digest, obj))
+    def encode(digest: str) -> tuple[list[bytes | memoryview], int, int]:
+        raw = src.get(digest, bases)
+        return codecs.encode(raw, dst.codec, elems.get(digest, 1)), len(raw), -1
+
+    def send(encoded: tuple[str, tuple[list[bytes | memoryview], int, int]]
+             ) -> tuple[int, int, int, int]:
+        digest, (parts, raw_n, saved) = encoded
+        return raw_n, dst.put_parts(digest, parts), saved, raw_n
 
     def store(fetched: tuple[str, bytes]) -> tuple[int, int, int, int]:
         digest, obj = fetched
@@ -261,16 +269,14 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
         return len(raw), dst.put(digest, raw, elems.get(digest, 1)), -1, len(obj)
 
     with progress.bar(len(todo), desc, unit="obj") as bar, contextlib.ExitStack() as stack:
-        if move is None and isinstance(dst, Cache):
-            # A fetch: ``src.concurrency`` requests in flight, while decoding, hashing and
-            # writing run in one thread per core.  Decoding in every request's thread put 16
-            # decoders on 2 cores here, and they cost twice the CPU time (cache and
-            # allocator contention).
-            gets = stack.enter_context(contextlib.closing(
+        if isinstance(dst, Cache):  # a fetch: requests first, then the cores
+            fetched = stack.enter_context(contextlib.closing(
                 bounded_map(src.get_encoded, todo, src.concurrency)))
-            results = bounded_map(store, gets, CPU_WORKERS)
-        else:
-            results = bounded_map(move or plain, todo, max(src.concurrency, dst.concurrency))
+            results = bounded_map(store, fetched, CPU_WORKERS)
+        else:  # a push: the cores first, then requests
+            encoded = stack.enter_context(contextlib.closing(
+                bounded_map(encoder or encode, todo, CPU_WORKERS)))
+            results = bounded_map(send, encoded, dst.concurrency)
         for _, (raw_n, stored_n, saved, read_n) in results:
             stats.objects += 1
             stats.raw_bytes += raw_n
@@ -286,10 +292,10 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
     return stats
 
 
-def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
+def _delta_encoder(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
                  policy: DeltaPolicy, elems: Elems = NO_ELEMS,
-                 used: set[str] | None = None) -> Mover:
-    """Put each object plain or as a delta, whichever the policy prefers (see module doc).
+                 used: set[str] | None = None) -> Encoder:
+    """Encode each object plain or as a delta, whichever the policy prefers (see module doc).
 
     ``cache`` is anything with ``get(digest)`` giving verified raw bytes; ``elems`` gives
     a chunk's item size for the remote's ``auto`` codec (1 when it lacks one); the base of each
@@ -309,7 +315,7 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
                 depths[digest] = 0 if header is None else header.depth
         return depths[digest]
 
-    def move(digest: str) -> tuple[int, int, int, int]:
+    def encode(digest: str) -> tuple[list[bytes | memoryview], int, int]:
         raw = cache.get(digest)
         base = bases.get(digest)
         parts = codecs.encode(raw, remote.codec, base.elem if base else elems.get(digest, 1))
@@ -321,9 +327,8 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
                 if depth is not None and depth + 1 <= policy.max_depth:
                     obj = delta.with_depth(obj, depth + 1)
                     used.add(base.digest)
-                    return (len(raw), remote.put_encoded(digest, obj), plain_n - len(obj),
-                            len(raw))
-        return len(raw), remote.put_parts(digest, parts), -1, len(raw)
+                    return [obj], len(raw), plain_n - len(obj)
+        return parts, len(raw), -1
 
     def _try_delta(raw, base: Base, plain_n: int) -> bytes | None:
         try:
@@ -336,7 +341,7 @@ def _delta_mover(cache: Cache, remote: ObjectStore, bases: dict[str, Base],
                            delta.best_form(base.elem))
         return obj if len(obj) < policy.ratio * plain_n else None
 
-    return move
+    return encode
 
 
 def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
@@ -383,10 +388,10 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
         ready = {d for d in pending if not (d in wanted and wanted[d].digest in pending)}
         ready = ready or set(pending)  # a cycle (a revert among the commits): all plain
         usable = {d: wanted[d] for d in ready if d in wanted and wanted[d].digest in have}
-        move = _delta_mover(cache, remote, usable, policy, elems, stats.bases_used) \
+        encoder = _delta_encoder(cache, remote, usable, policy, elems, stats.bases_used) \
             if usable else None
         wave = transfer(cache, remote, ready, f"push {remote.url}", check_destination=False,
-                        move=move, elems=elems)
+                        encoder=encoder, elems=elems)
         stats.add(wave)
         have |= ready
         pending -= ready

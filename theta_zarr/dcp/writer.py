@@ -47,7 +47,7 @@ from ..dtypes import by_name, from_torch
 from ..manifest import Manifest, ManifestError, ParamEntry, check_name
 from ..objects import ObjectError, bounded_map
 from ..refs import RefConflict, check_ref_name, default_base_ref
-from ..remote import _delta_mover
+from ..remote import _delta_encoder
 from ..sync import SyncError
 from . import layout
 from .meta import to_format
@@ -81,9 +81,8 @@ class _Upload:
     deltas: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, raw: int, stored: int, saved: int, read: int = 0) -> None:
-        """One object moved: raw bytes, bytes stored, bytes a delta saved (-1: none),
-        bytes read (unused here)."""
+    def add(self, raw: int, stored: int, saved: int) -> None:
+        """One object moved: raw bytes, bytes stored, bytes a delta saved (-1: none)."""
         with self.lock:
             self.objects += 1
             self.raw += raw
@@ -250,9 +249,13 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         lock = threading.Lock()
         itemsizes: dict[str, int] = {}  # for the remote's auto codec (chosen by dtype)
         used: set[str] = set()  # delta bases the deltas written need
-        mover = _delta_mover(chunks, objects, bases, self.policy,  # type: ignore[arg-type]
-                             itemsizes, used)
+        encode = _delta_encoder(chunks, objects, bases, self.policy,  # type: ignore[arg-type]
+                              itemsizes, used)
         chunks.itemsizes = itemsizes
+
+        def put(d: str) -> None:
+            parts, raw_n, saved = encode(d)
+            counts.add(raw_n, objects.put_parts(d, parts), saved)
 
         def one(job: tuple[str, int, memoryview]) -> str:
             fqn, gi, view = job
@@ -271,15 +274,14 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                         (old.shape, old.dtype, old.chunk_shape) == geometry[fqn] and \
                         old.chunks[gi] != d:
                     bases[d] = delta.Base(old.chunks[gi], by_name(old.dtype).itemsize)
-                counts.add(*mover(d))
+                put(d)
             return d
 
         digests = [(job[0], job[1], d)
                    for job, d in bounded_map(one, jobs, objects.concurrency)]
         # An object this save counted on may have been taken meanwhile by a gc (an old,
         # unreachable leftover of a crashed save): put it back before any ref names it.
-        for _ in bounded_map(lambda d: counts.add(*mover(d)), objects.missing(reused),
-                             objects.concurrency):
+        for _ in bounded_map(put, objects.missing(reused), objects.concurrency):
             pass
         return {"digests": digests, "objects": counts.objects, "stored": counts.stored,
                 "raw": counts.raw, "deltas": counts.deltas, "base": base_name,
