@@ -12,10 +12,10 @@ the loopback object-storage server(s) itself (``backends/s3/serve``, and with
 
 1. push: ``git push`` to a bare repository whose theta remote is a bucket (the
    pre-push hook checks and uploads the objects), with the remote's default codec
-   (``auto``: blosc for the bf16 chunks) and with ``--remote-option compression=raw``; baseline: the
-   same encoded objects (read from the cache / encoded beforehand, held in memory) written by
-   fsspec's async API with the same concurrency (``asyncio`` + a semaphore), into a
-   fresh bucket;
+   (``auto``: expsplit for the bf16 chunks) and with ``--remote-option compression=raw``;
+   baseline: the same encoded objects (read from the cache / encoded beforehand, held in
+   memory) written by fsspec's async API with the same concurrency (``asyncio`` + a
+   semaphore), into a fresh bucket;
 2. pull: a fresh ``git clone`` (filter installed ``--global`` in a temporary HOME)
    whose checkout fetches every chunk from the bucket, against a raw concurrent
    fsspec get of the same objects into memory; diagnostic: ``git theta-zarr fetch``
@@ -319,7 +319,7 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
         t_encode = time.perf_counter() - t
         z_bytes = sum(len(v) for v in z_objs.values())
         r_bytes = sum(len(v) for v in raw_objs.values())
-        res.diag.append((f"blosc encode of all {len(keys)} chunks, {os.cpu_count()} threads, "
+        res.diag.append((f"auto-codec encode of all {len(keys)} chunks, {os.cpu_count()} threads, "
                          "no I/O", f"{t_encode:.2f} s ({rate(raw_bytes, t_encode)})"))
 
         # 1. push: baseline then theta-zarr, per codec
