@@ -348,3 +348,13 @@ def test_chunk_sizes_are_checked_against_dtype_and_chunk_shape():
     entry.check_chunk(3, b"x" * 16, "t")
     with pytest.raises(ManifestError, match="chunk 0 holds 24 bytes .* needs 48"):
         entry.check_chunk(0, b"x" * 24, "t")
+
+
+@pytest.mark.parametrize("shape,chunk_shape", [
+    ((), ()), ((0,), (1,)), ((3, 0), (3, 1)), ((5,), (5,)), ((1, 1, 7), (1, 1, 7)),
+    ((8, 4), (4, 4)), ((2, 3, 4), (1, 3, 4)), ((2, 3), (2, 3)), ((1,), (1,))])
+def test_entry_spans_are_the_chunk_grids(shape, chunk_shape):
+    """ParamEntry.spans answers a one-chunk tensor without walking the grid: the same
+    spans as chunking.spans for every geometry."""
+    entry = ParamEntry(shape, "bfloat16", chunk_shape)
+    assert entry.spans() == chunking.spans(shape, 2, chunk_shape)

@@ -231,6 +231,9 @@ class ParamEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return chunking.chunk_count(self.shape, self.chunk_shape) if self.shape else 1
 
     def spans(self) -> list[tuple[int, int]]:
+        """(offset, length) in bytes of each chunk in the parameter's raw bytes (C order)."""
+        if self.shape == self.chunk_shape and all(self.shape):  # one chunk: most tensors
+            return [(0, self.nbytes)]
         return chunking.spans(self.shape, self.itemsize, self.chunk_shape)
 
     def chunk_nbytes(self, index: int) -> int:
