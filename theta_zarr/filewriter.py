@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 
 from . import formats
-from .cache import Cache
+from .cache import SMALL_OBJECT, Cache
 from .chunkreader import ChunkReader
 from .manifest import Manifest, ManifestError, ParamEntry
 from .objects import batched, bounded_map
@@ -118,6 +118,10 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
         what = job[1]
         return len(what) if isinstance(what, bytes) else what[1]
 
+    if size < len(jobs) * SMALL_OBJECT:
+        # Mostly small chunks: their copies are Python work under the GIL, and threads only
+        # pass it back and forth (10^5 tensors of 1 KiB: 2.1 s on two threads, 1.6 s on one)
+        workers = 1
     for _ in bounded_map(run, batched(jobs, size_of), max(1, workers)):
         pass
     return size
