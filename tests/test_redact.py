@@ -70,7 +70,7 @@ def test_debug_logs_of_the_storage_libraries_are_redacted(monkeypatch, capfd):
     """GIT_THETA_ZARR_DEBUG turns botocore's loggers on; what they print is redacted."""
     import logging
 
-    from theta_zarr.commands.reporting import setup_logging
+    from theta_zarr.logs import setup_logging
 
     monkeypatch.setenv("GIT_THETA_ZARR_DEBUG", "1")
     root = logging.getLogger()

@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from .commands.options import check_output, remote_options
-from .commands.reporting import OneLineGroup, fail, human, reports_errors, setup_logging
+from .commands.reporting import OneLineGroup, fail, human, reports_errors
+from .logs import setup_logging
 from .redact import redact
 
 

@@ -13,6 +13,7 @@ import os
 import struct
 
 import numpy as np
+import pytest
 import safetensors.numpy
 
 from theta_zarr.manifest import Manifest
@@ -157,7 +158,10 @@ def test_corrupt_cache_object_is_quarantined_then_rewritten_by_clean(repo):
     assert (repo.path / "m.safetensors").read_bytes() == original
 
 
-def test_corrupt_cache_object_is_fetched_again_from_the_remote(repo, tmp_path):
+@pytest.mark.parametrize("direct", ["off", "1"], ids=["pipe", "direct"])
+def test_corrupt_cache_object_is_fetched_again_from_the_remote(repo, tmp_path, direct):
+    """Through git's pipe and in a direct write (after git is done) alike."""
+    repo.git("config", "theta-zarr.direct-checkout", direct)
     bucket = tmp_path / "bucket"
     repo.tz("remote", "add", "origin", str(bucket))
     m = small_model(repo)
@@ -166,9 +170,36 @@ def test_corrupt_cache_object_is_fetched_again_from_the_remote(repo, tmp_path):
     _corrupt(repo, m.params["w"].chunks[0])
     proc = checkout_fresh(repo, "m.safetensors")
     assert proc.returncode == 0, proc.stderr.decode()
-    assert "fetched a good copy" in proc.stderr.decode()
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith("theta-zarr: object ") and line.endswith("fetched a good copy again")
     assert (repo.path / "m.safetensors").read_bytes() == original
     assert repo.tz("fsck").returncode == 0
+
+
+def test_corrupt_cache_object_without_a_remote_leaves_a_direct_write_lazy(repo):
+    """A direct write happens after git is done, so git cannot fail the checkout: the file
+    stays its manifest (a lazy file, which git status rightly calls clean), and one line
+    says which object, which file and what to do."""
+    repo.git("config", "theta-zarr.direct-checkout", "1")
+    m = small_model(repo)
+    original = (repo.path / "m.safetensors").read_bytes()
+    digest = m.params["w"].chunks[0]
+    _corrupt(repo, digest)
+    proc = checkout_fresh(repo, "m.safetensors")
+    [line] = proc.stderr.decode().splitlines()
+    for fragment in (digest, "quarantine", "no remote", "lazy files): m.safetensors",
+                     "materialize"):
+        assert fragment in line, line
+    assert line.startswith("theta-zarr: ")
+    assert (repo.path / "m.safetensors").read_bytes() == repo.git(
+        "cat-file", "blob", "HEAD:m.safetensors").stdout
+    assert "lazy" in repo.tz("ls-files").stdout.decode()
+    assert repo.out("status", "--porcelain") == ""
+    # the chunk restored (the original file cleaned again), materialize writes the file
+    (repo.path / "orig.safetensors").write_bytes(original)
+    repo.git("add", "orig.safetensors")
+    repo.tz("materialize", "m.safetensors")
+    assert (repo.path / "m.safetensors").read_bytes() == original
 
 
 # -- item 11: materialize checks its result ---------------------------------------------------

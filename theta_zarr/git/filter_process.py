@@ -10,6 +10,7 @@ one-line message on stderr; git then fails the command, because
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 import sys
@@ -19,8 +20,11 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from .. import checkpoint, lfs, progress
+from ..cache import QuarantinedError
 from ..errors import one_line, opaque_note
+from ..logs import setup_logging
 from ..manifest import Manifest, looks_like_conflicted_manifest, looks_like_manifest
+from ..objects import ObjectError
 from ..settings import Settings
 from . import lfs as git_lfs
 from .direct import WORKTREE_COMMANDS, Pending, checkout_through_git, write_files
@@ -33,6 +37,10 @@ from .statcache import StatCache, stat_key
 
 #: set to 1 by ``migrate``: clean converts a file the index holds as a git-lfs pointer
 CONVERT_LFS_ENV = "GIT_THETA_ZARR_CONVERT_LFS"
+#: rounds of "fetch a good copy of the corrupt objects found, write again" in a direct write
+REPAIRS = 3
+
+log = logging.getLogger(__name__)
 
 
 class FilterServer:
@@ -354,11 +362,27 @@ class FilterServer:
             return
         files = list(self.pending.values())
         self.pending.clear()
-        try:
-            write_files(self.repo, files, self.cache, self.settings.workers, self.index)
-        except IndexUnsupported:
-            for p in files:
-                checkout_through_git(self.repo, p.path, p.data)
+        for attempt in range(REPAIRS + 1):
+            try:
+                write_files(self.repo, files, self.cache, self.settings.workers, self.index)
+                return
+            except IndexUnsupported:
+                for p in files:
+                    checkout_through_git(self.repo, p.path, p.data)
+                return
+            except QuarantinedError as e:
+                # a corrupt cache object, moved aside: a good copy from the remote, then the
+                # files again (each attempt finds at least one more bad object)
+                if self.fetch is None or attempt == REPAIRS:
+                    why = "no remote to fetch a good copy from" if self.fetch is None else \
+                        "the remote had no good copy either"
+                    raise ObjectError(
+                        f"{e}; {why}: left as manifests (lazy files): "
+                        f"{', '.join(p.path for p in files)}; restore the chunk, then run "
+                        "'git theta-zarr materialize'") from None
+                for p in files:
+                    checkpoint.ensure_local(p.manifest, self.cache, self.fetch, source=p.path)
+                log.warning("%s; fetched a good copy again", e)
 
 
 def _as_manifest(blob: bytes | None, path: str) -> Manifest | None:
@@ -424,6 +448,7 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
     with the remote from the committed ``.thetazarr``).  A failure to start (a bad
     ``theta-zarr.*`` value) gives a server that reports it per file; the remote is looked
     up when a file first needs it, and a bad one is reported by each file that does."""
+    setup_logging()  # a repaired object is a ``theta-zarr:`` line; libraries stay quiet
     try:
         repo = Repo.discover(bare_ok=True)
         settings = repo.settings()
