@@ -6,6 +6,7 @@ import fcntl
 import io
 import json
 import os
+import signal
 import subprocess
 import sysconfig
 
@@ -289,3 +290,25 @@ def test_a_filter_that_ends_on_a_protocol_error_says_so_and_exits_1(repo):
     assert proc.returncode == 1
     assert proc.stderr.decode().startswith("theta-zarr: filter protocol error: bad pkt-line")
     assert b"Traceback" not in proc.stderr
+
+
+def test_ctrl_c_ends_the_filter_with_one_line_and_status_130(repo):
+    """A terminal's Ctrl-C reaches git's filter too: one line, exit 130, no traceback (it
+    printed a KeyboardInterrupt traceback, and could leave its threads waiting forever)."""
+    p = subprocess.Popen(["git-theta-zarr", "filter-process"], cwd=repo.path,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=repo.env)
+    git = PktWriter(p.stdin)
+    git.text("git-filter-client", "version=2")
+    git.flush()
+    git.text("capability=clean", "capability=smudge")
+    git.flush()
+    p.stdin.flush()
+    answer = PktReader(p.stdout)
+    assert answer.read_text_list() == ["git-filter-server", "version=2"]
+    assert answer.read_text_list() == ["capability=clean", "capability=smudge"]
+    p.send_signal(signal.SIGINT)  # the filter now waits for git's first command
+    assert p.wait(timeout=60) == 130
+    assert p.stderr.read().decode() == "theta-zarr: interrupted\n"
+    for f in (p.stdin, p.stdout, p.stderr):
+        f.close()

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .. import checkpoint, lfs, progress
+from .. import checkpoint, interrupts, lfs, progress
 from ..cache import QuarantinedError
 from ..errors import one_line, opaque_note
 from ..logs import setup_logging
@@ -362,6 +362,8 @@ class FilterServer:
             return
         files = list(self.pending.values())
         self.pending.clear()
+        interrupts.install(lambda: "; files not written yet stay lazy (run 'git theta-zarr "
+                           f"materialize'): {', '.join(p.path for p in files)}")
         for attempt in range(REPAIRS + 1):
             try:
                 write_files(self.repo, files, self.cache, self.settings.workers, self.index)

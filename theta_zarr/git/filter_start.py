@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import interrupts
 from .pktline import PktReader, PktWriter, ProtocolError
 
 CAPABILITIES = ("clean", "smudge", "delay")
@@ -60,6 +61,7 @@ def widen_pipes(fds: tuple[int, ...] = (0, 1)) -> None:
 
 def main() -> int:
     """``git-theta-zarr filter-process``: handshake, then serve (filter_process.main)."""
+    interrupts.install()  # Ctrl-C: one line and exit 130, as a kill would (never a hang)
     widen_pipes((sys.stdin.fileno(), sys.stdout.fileno()))
     # unbuffered: packet payloads are read straight into chunk buffers, one copy
     stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)

@@ -27,6 +27,8 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 
+from .. import interrupts
+
 LOCK_WAIT_S = 5.0
 
 
@@ -97,7 +99,8 @@ class GitIndex:
                         f"{lock} exists: another git command is running") from None
                 time.sleep(0.02)
         try:
-            yield fd
+            with interrupts.deferred():  # Ctrl-C waits until the lock is gone
+                yield fd
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)

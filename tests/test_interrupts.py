@@ -1,0 +1,93 @@
+"""Ctrl-C in a kill-safe process: one line, exit 130, never a hang (theta_zarr.interrupts).
+
+Each case runs in its own Python process that sends itself SIGINT at a chosen point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def run_python(code: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
+                          capture_output=True, timeout=60)
+
+
+def test_sigint_in_a_thread_pool_ends_the_process_with_one_line():
+    """Python's KeyboardInterrupt, raised inside ThreadPoolExecutor.submit while it holds
+    the pool's lock, left the filter's threads waiting forever.  Installed, SIGINT ends
+    the process at once, whatever the main thread was doing."""
+    proc = run_python("""
+        import os, signal, time
+        from theta_zarr import interrupts
+        from theta_zarr.objects import bounded_map
+        interrupts.install(lambda: "; left: a.safetensors")
+        def work(i):
+            if i == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            return i
+        for _ in bounded_map(work, range(10_000), 4):
+            pass
+        print("finished")
+    """)
+    assert proc.returncode == 130
+    assert proc.stdout == b""
+    assert proc.stderr.decode() == "theta-zarr: interrupted; left: a.safetensors\n"
+
+
+def test_sigint_inside_a_deferred_section_ends_the_process_after_it():
+    proc = run_python("""
+        import os, signal, sys
+        from theta_zarr import interrupts
+        interrupts.install()
+        with interrupts.deferred():
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                print("inner done", flush=True)
+            print("outer done", flush=True)
+        print("after", flush=True)
+    """)
+    assert proc.returncode == 130
+    assert proc.stdout.decode().splitlines() == ["inner done", "outer done"]
+    assert proc.stderr.decode() == "theta-zarr: interrupted\n"
+
+
+def test_without_install_sigint_stays_a_keyboard_interrupt():
+    """The CLI and library users keep Python's behaviour (the CLI reports it in one line)."""
+    proc = run_python("""
+        import os, signal
+        from theta_zarr import interrupts
+        try:
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(10**6):
+                    pass
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt")
+    """)
+    assert proc.returncode == 0 and proc.stdout == b"KeyboardInterrupt\n"
+
+
+def test_sigint_while_the_index_lock_is_held_removes_the_lock_first(repo):
+    """A Ctrl-C during a direct write's index update: the update finishes and git's lock
+    is gone before the process ends (a left ``index.lock`` stops every later git command)."""
+    (repo.path / "a.txt").write_text("a\n")
+    repo.git("add", "a.txt")
+    proc = run_python("""
+        import dataclasses, os, signal
+        from theta_zarr import interrupts
+        from theta_zarr.git.index import GitIndex
+        interrupts.install()
+        def mark(entry):
+            os.kill(os.getpid(), signal.SIGINT)
+            return dataclasses.replace(entry.stat, size=0)
+        GitIndex(".git/index").update(["a.txt"], mark)
+        print("unreachable")
+    """, cwd=repo.path)
+    assert proc.returncode == 130 and proc.stdout == b""
+    assert proc.stderr.decode() == "theta-zarr: interrupted\n"
+    assert not (repo.path / ".git" / "index.lock").exists()
+    assert "size: 0" in repo.out("ls-files", "--debug", "a.txt")  # the update was written
+    repo.git("status")

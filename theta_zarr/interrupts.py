@@ -1,0 +1,73 @@
+"""Ctrl-C in a process whose every step is kill-safe: end at once, with one line.
+
+A terminal's Ctrl-C sends SIGINT to git and to the filter process git started alike.
+Python's default turns it into a KeyboardInterrupt wherever the main thread happens to
+be: a traceback on the user's terminal, and, raised inside
+``ThreadPoolExecutor.submit`` while it holds the pool's lock, a filter whose threads
+wait on that lock forever (so git waits too).  The filter's steps are designed to
+survive a kill (docs/design.md, "Direct checkout"), so once :func:`install` is called,
+SIGINT ends the process as a kill would (``os._exit(130)``, 128 + SIGINT as git and the
+shell report it) after one ``theta-zarr: interrupted`` line; only inside
+:func:`deferred` (git's index lock held) it waits until the section is over, so no
+``index.lock`` is left behind.  Without :func:`install` (the CLI, library use)
+:func:`deferred` does nothing and Ctrl-C is a KeyboardInterrupt as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+_lock = threading.RLock()  # the handler runs in the main thread, perhaps inside deferred
+_depth = 0  # deferred sections open, in any thread
+_pending = False  # SIGINT arrived inside one
+_note: Callable[[], str] | None = None  # what the line adds (files left lazy...)
+_installed = False
+
+
+def install(note: Callable[[], str] | None = None) -> None:
+    """End this process on SIGINT (main thread only, as Python requires); ``note()`` gives
+    text appended to the ``theta-zarr: interrupted`` line, read when the signal comes."""
+    global _note, _installed
+    _note = note
+    signal.signal(signal.SIGINT, _on_sigint)
+    _installed = True
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A section SIGINT must not cut short (git's index lock held): the process ends as
+    soon as the outermost section is left, if SIGINT came meanwhile."""
+    global _depth
+    with _lock:
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            leave = _installed and _pending and _depth == 0
+        if leave:
+            _leave()
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    global _pending
+    with _lock:
+        if _depth:
+            _pending = True
+            return
+    _leave()
+
+
+def _leave() -> None:
+    extra = ""
+    if _note is not None:
+        with contextlib.suppress(Exception):
+            extra = _note()
+    with contextlib.suppress(OSError):
+        os.write(2, f"theta-zarr: interrupted{extra}\n".encode("utf-8", "replace"))
+    os._exit(128 + signal.SIGINT)
