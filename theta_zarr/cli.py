@@ -370,14 +370,17 @@ def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> No
 @click.argument("paths", nargs=-1)
 @click.option("--include", "include", multiple=True, metavar="GLOB",
               help="only parameters matching GLOB; written to a separate file")
-@click.option("--output", "-o", default=None, help="where a partial selection goes")
+@click.option("--output", "-o", default=None,
+              help="where a partial selection goes (a new path)")
+@click.option("--force", is_flag=True, help="overwrite an existing --output")
 @reports_errors
-def materialize(paths: tuple[str, ...], include: tuple[str, ...], output: str | None) -> None:
+def materialize(paths: tuple[str, ...], include: tuple[str, ...], output: str | None,
+                force: bool) -> None:
     """Rebuild real checkpoints from the manifests a lazy checkout left in the working tree."""
     from .git.materialize import materialize as run
 
     check_output(output)
-    for line in run(list(paths), list(include) or None, output):
+    for line in run(list(paths), list(include) or None, output, force):
         click.echo(line)
 
 

@@ -213,3 +213,22 @@ def test_materialize_in_a_clone_without_install_says_so(repo, make_repo, tmp_pat
     assert_one_line(clone.tz("materialize", check=False), "install")
     assert (clone.path / "m.safetensors").read_bytes().startswith(b'{"theta_zarr"')
     assert "materialized" not in clone.tz("materialize", check=False).stdout.decode()
+
+
+def test_materialize_output_is_a_new_path_unless_forced(repo, tmp_path):
+    """``-o`` names a new file, as ``pull``'s OUT does: an existing file (the user's notes)
+    is not overwritten without --force, and a folder is refused in one line."""
+    small_model(repo)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    assert_one_line(repo.tz("materialize", "m.safetensors", "--include", "w", "-o",
+                            str(notes), check=False), "already exists", "--force")
+    assert notes.read_text() == "my notes\n"
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    line = assert_one_line(repo.tz("materialize", "m.safetensors", "--include", "w", "-o",
+                                   str(folder), check=False), "is a folder")
+    assert ".theta-zarr-" not in line  # no temporary name in the message
+    repo.tz("materialize", "m.safetensors", "--include", "w", "-o", str(notes), "--force")
+    sd = safetensors.numpy.load_file(str(notes))
+    assert list(sd) == ["w"] and (sd["w"] == np.arange(5000, dtype=np.float32)).all()

@@ -80,7 +80,28 @@ def _partial_model(repo: Repo, model: Model, include: list[str], output: str | N
             f"{len(kept)} shard(s) -> {_shown(dest)}")
 
 
-def materialize(paths: list[str], include: list[str] | None, output: str | None) -> list[str]:
+def _check_output(output: str, folder: bool, force: bool) -> None:
+    """Refuse an ``--output`` that exists (unless ``force``) or is the wrong kind, as
+    ``pull`` does: a partial selection is one file, or a folder for a sharded model."""
+    if os.path.isdir(output) and not folder:
+        raise ValueError(f"{_shown(output)} is a folder; give the file to write")
+    if os.path.lexists(output) and folder and not os.path.isdir(output):
+        raise ValueError(f"{_shown(output)} is a file; a sharded model's selection is a "
+                         "folder")
+    if folder and os.path.isdir(output) and os.listdir(output) and not force:
+        raise ValueError(f"{_shown(output)} is not an empty folder; give a new one, or "
+                         "--force to overwrite the files it would hold")
+    if not folder and os.path.lexists(output) and not force:
+        raise ValueError(f"{_shown(output)} already exists; give a new path, or --force "
+                         "to overwrite it")
+
+
+def materialize(paths: list[str], include: list[str] | None, output: str | None,
+                force: bool = False) -> list[str]:
+    """Rebuild the checkpoints at ``paths`` (every tracked one when empty) from their
+    manifests; with ``include``, only the matching parameters, into ``output`` or a
+    ``.partial`` copy.  Returns one line per path.  Raises ValueError (an existing
+    ``output`` without ``force``, a pattern that matches nothing) and the core's errors."""
     repo = Repo.discover()
     if configured_executable(repo.top) is None:
         raise GitInputError("theta-zarr is not installed for this repository (git would "
@@ -98,6 +119,8 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None)
     for rel in targets:
         model = _model_at(repo, rel, objects)
         if model is not None and include:
+            if output:
+                _check_output(output, folder=True, force=force)
             done.append(_partial_model(repo, model, include, output, objects, settings))
         elif model is not None:
             expanded += sorted(model.shard_manifests)
@@ -124,6 +147,8 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None)
             names = checkpoint.matching_params(manifest, include)
             if not names:
                 raise ManifestError(f"{rel}: no parameter matches {', '.join(include)}")
+            if output:
+                _check_output(output, folder=False, force=force)
             dest = output or os.path.join(repo.top, _partial_name(rel))
             _write_atomic(dest, checkpoint.select(manifest, names), objects, settings)
             done.append(f"{rel}: {len(names)} of {len(manifest.params)} parameters -> "
@@ -139,6 +164,8 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None)
                 checkout_through_git(repo, rel, text)
             done.append(f"{rel}: materialized ({len(manifest.params)} parameters)")
         else:
+            if output:
+                _check_output(output, folder=False, force=force)
             _write_atomic(output or full, manifest, objects, settings)
             done.append(f"{rel}: materialized ({len(manifest.params)} parameters)")
     return done
