@@ -186,11 +186,36 @@ class Refs:
         if current is not None and current.digest == digest:
             return current, "unchanged"
         if current is not None and not force:
-            raise RefConflict(
-                f"ref {name} already exists in {self.blobs.describe()} and points at "
-                f"{current.digest}, not {digest}; use --force to move it")
+            raise self._taken(name, current, digest)
         self._write(name, digest, current)
         return current, "created" if current is None else "moved"
+
+    def check_free(self, name: str, digest: str) -> RefValue | None:
+        """What ``set`` without force would refuse, checked before anything is uploaded:
+        RefConflict when ``name`` exists and names another digest.  Returns its value
+        (None: it does not exist).  ``set`` checks again, so a writer racing this one
+        still loses there."""
+        current = self.read(name)
+        if current is not None and current.digest != digest:
+            raise self._taken(name, current, digest)
+        return current
+
+    def _taken(self, name: str, current: RefValue, digest: str) -> RefConflict:
+        return RefConflict(f"ref {name} already exists in {self.blobs.describe()} and points "
+                           f"at {current.digest}, not {digest}; use --force to move it")
+
+    def base_of(self, ref: str, base_ref: str | None, force: bool) -> str | None:
+        """The delta base of a push to ``ref``: ``base_ref`` when given (RefError when it
+        does not exist), else ``ref`` itself when it exists and ``force`` moves it (the
+        new version continues what it named), else :func:`default_base_ref`."""
+        if base_ref:
+            check_ref_name(base_ref)
+            if self.read(base_ref) is None:
+                raise RefError(f"base ref {base_ref} does not exist in {self.blobs.describe()}")
+            return base_ref
+        if force and self.read(ref) is not None:
+            return ref
+        return default_base_ref(self, ref)
 
 
 def _conflict_message(name: str, digest: str, now: RefValue | None,

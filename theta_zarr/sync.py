@@ -42,7 +42,7 @@ from .manifest import (
     looks_like_manifest,
 )
 from .objects import ObjectStore, bounded_map
-from .refs import RefError, Refs, RefValue, check_ref_name, default_base_ref
+from .refs import RefError, Refs, RefValue, check_ref_name
 from .remote import RemoteSpec, TransferStats, fetch_objects, open_remote, push_objects
 from .settings import Settings
 from .storage import BlobInfo, BlobNotFound, StorageError
@@ -439,8 +439,10 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     """Publish a checkpoint file or directory under ``ref`` (or stage it as a shard).
 
     ``skip`` leaves files of a directory out (watch's marker files).  Delta bases come
-    from ``base_ref``'s version or, when it is None, from ``refs.default_base_ref``:
-    ``ref`` itself if it exists, else the newest ref in its folder.
+    from ``base_ref``'s version (RefError when it does not exist) or, when it is None,
+    from ``Refs.base_of``: ``ref`` itself when ``force`` moves it, else the newest ref in
+    its folder.  A ref that exists and names another version is refused (RefConflict)
+    before anything is uploaded, unless ``force``.
     """
     start = time.perf_counter()
     check_ref_name(ref)
@@ -463,15 +465,21 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
             FileSet({names[0]: entry}).to_bytes()
     else:
         raise SyncError(f"{path}: no such file or directory")
+    if shard is None and not force:  # a taken ref fails before anything is uploaded
+        remote.refs.check_free(ref, chunking.digest(target))
+    # delta bases: the version this one continues (``base_ref``, which must exist), else
+    # the default (Refs.base_of); a default that cannot be read is no base, not a failure
+    if base_ref:
+        base_ref = remote.refs.base_of(ref, base_ref, force)
+    else:
+        try:
+            base_ref = remote.refs.base_of(ref, None, force or shard is not None)
+        except StorageError:
+            base_ref = None
     policy = settings.delta_policy
-    # delta bases: the version this one continues (``base_ref``), else the default
     bases = None
-    if policy.enabled:
-        if base_ref:
-            base_ref, value = check_ref_name(base_ref), _read_ref(remote, base_ref)
-        else:
-            base_ref, value = _default_base(remote, ref)
-        bases = _ref_bases(remote, value, names, cleaned) if base_ref else None
+    if policy.enabled and base_ref:
+        bases = _ref_bases(remote, _read_ref(remote, base_ref), names, cleaned)
     sizes, elems, documents = _needs(cleaned)
     stats = _upload(remote, cache, sizes, elems, documents, bases, policy)
     total = sum(sizes.values())
@@ -494,21 +502,6 @@ def _read_ref(remote: SyncRemote, ref: str) -> RefValue | None:
         return remote.refs.read(ref)
     except (StorageError, ValueError):
         return None
-
-
-def _default_base(remote: SyncRemote, ref: str) -> tuple[str | None, RefValue | None]:
-    """(name, value) of the delta base ref: ``ref`` itself when it exists (a forced
-    move continues what it named), else refs.default_base_ref, the newest other ref in
-    its folder (name None when the refs cannot be read).  The value is None when that
-    ref cannot be read; ``ref`` itself is read once."""
-    try:
-        value = remote.refs.read(ref)
-        if value is not None:
-            return ref, value
-        other = default_base_ref(remote.refs, ref)
-    except StorageError:
-        return None, None
-    return other, _read_ref(remote, other) if other else None
 
 
 def combine(remote: SyncRemote, ref: str, force: bool = False,

@@ -275,3 +275,14 @@ def test_a_save_to_a_folder_that_is_not_there_fails_and_creates_nothing(tmp_path
     (tmp_path / "mnt").mkdir()
     save(Case("local", str(tmp_path / "mnt" / "models"), {}, []), "run/step-1", 1)
     assert (tmp_path / "mnt" / "models" / "refs").is_dir()
+
+
+def test_a_base_ref_that_does_not_exist_fails_the_save_and_a_forced_move_continues_itself(
+        case):
+    """As publish: a mistyped base is refused, not taken as "no base"; a forced move of an
+    existing ref deltas against what that ref named (not the newest other ref)."""
+    with pytest.raises(CheckpointException, match="base ref run/step-l does not exist"):
+        save(case, "run/step-3", 3, base_ref="run/step-l")
+    assert case.remote().refs.read("run/step-3") is None
+    writer = save(case, "run/step-1", 3, force=True)
+    assert writer.result is not None and writer.result.base_ref == "run/step-1"

@@ -107,6 +107,28 @@ def test_a_bad_ref_fails_before_anything_is_uploaded(tmp_path, args):
     assert not (tmp_path / "job-cache").exists()  # refused before clean, too
 
 
+def test_a_base_ref_that_does_not_exist_or_a_taken_ref_fail_before_any_upload(tmp_path):
+    """A mistyped --base-ref was taken as "no base" while the summary named it; a publish
+    to a ref that names another version uploaded its objects before the ref refused."""
+    case = _case(tmp_path)
+    env = env_for(case, tmp_path)
+    tz(["publish", str(model(tmp_path / "a.safetensors", seed=1)), case.url, "--ref",
+        "run/step-1", "--chunk-size", CHUNK], env)
+    before = sorted(_uploaded(case))
+    b = model(tmp_path / "b.safetensors", seed=2)
+    _one_line(tz(["publish", str(b), case.url, "--ref", "run/step-2", "--base-ref",
+                  "run/step-l", "--chunk-size", CHUNK], env, check=False),
+              "base ref run/step-l does not exist")
+    assert sorted(_uploaded(case)) == before
+    _one_line(tz(["publish", str(b), case.url, "--ref", "run/step-1", "--chunk-size", CHUNK],
+                 env, check=False), "run/step-1 already exists", "--force")
+    assert sorted(_uploaded(case)) == before
+    # with the right base, the same step goes up as deltas over it and names it
+    err = tz(["publish", str(b), case.url, "--ref", "run/step-2", "--base-ref", "run/step-1",
+              "--chunk-size", CHUNK], env).stderr.decode()
+    assert "delta base run/step-1" in err
+
+
 # -- item 7: one unreadable ref ----------------------------------------------------------------
 @pytest.fixture
 def shared(repo, tmp_path):

@@ -46,7 +46,7 @@ from .. import chunking, delta
 from ..dtypes import by_name, from_torch
 from ..manifest import Manifest, ManifestError, ParamEntry, check_name
 from ..objects import ObjectError, bounded_map
-from ..refs import RefConflict, check_ref_name, default_base_ref
+from ..refs import RefConflict, check_ref_name
 from ..remote import _delta_encoder
 from ..sync import SyncError
 from . import layout
@@ -110,7 +110,8 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
     ``remote``: a remote URL (``s3://bucket/prefix``, ``gs://…``, a folder);
     ``options``: its non-secret options (``endpoint-url``, ``region``, …, as for
     ``theta-zarr push -o``); ``base_ref``: the step this one continues (delta
-    bases; default: the newest other ref under ``ref``'s folder); ``force``: move
+    bases; it must exist; default, as ``publish``: ``ref`` itself when ``force`` moves
+    it, else the newest other ref under ``ref``'s folder, ``Refs.base_of``); ``force``: move
     a ref that already names another checkpoint (compare-and-swap);
     ``chunk_size``: target raw chunk bytes; ``delta``: store changed chunks as
     deltas where that pays.  ``dcp.save(..., checkpoint_id=NAME)`` overrides ``ref``.
@@ -168,7 +169,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         self._shapes = {fqn: layout.chunk_shape_for_shards(shape, itemsize, boxes[fqn],
                                                            self.chunk_bytes)
                         for fqn, (shape, itemsize) in geometry.items()}
-        self._base_name = self.base_ref or default_base_ref(self.sync.refs, self.ref)
+        self._base_name = self.sync.refs.base_of(self.ref, self.base_ref, self.force)
         out = []
         for plan in plans:
             mine = {i.index.fqn: self._shapes[i.index.fqn] for i in plan.items
