@@ -356,10 +356,14 @@ def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> No
     spec = require(repo, remote_name)
     objects = read_through(repo)
     digests: set[str] = set()
+    matched = False
     for f in tracked_files(repo, rev):
         if f.manifest is not None:
             names = checkpoint.matching_params(f.manifest, list(include) or None)
+            matched = matched or bool(names)
             digests |= {d for _, _, d in f.manifest.iter_chunks(names)}
+    if include and not matched:  # as pull and materialize refuse it
+        fail(f"no parameter of {rev}'s checkpoints matches {', '.join(include)}")
     lacking = objects.cache.missing(digests)
     stats = fetch_objects(open_remote(spec, repo.settings().concurrency, need="read"),
                           objects.cache, lacking)

@@ -232,3 +232,26 @@ def test_materialize_output_is_a_new_path_unless_forced(repo, tmp_path):
     repo.tz("materialize", "m.safetensors", "--include", "w", "-o", str(notes), "--force")
     sd = safetensors.numpy.load_file(str(notes))
     assert list(sd) == ["w"] and (sd["w"] == np.arange(5000, dtype=np.float32)).all()
+
+
+def test_a_chunk_missing_from_the_remote_too_is_one_line(repo, tmp_path):
+    """The batch fetch of delayed files failed first and said so, then the file's own
+    fetch said it again with its path: the same error twice."""
+    repo.tz("remote", "add", "origin", str(tmp_path / "bucket"))
+    m = small_model(repo)
+    repo.tz("push", "origin")
+    digest = m.params["w"].chunks[0]
+    for root in (repo.objects_dir, tmp_path / "bucket" / "objects"):
+        (root / digest[7:9] / digest[9:]).unlink()
+    assert_one_line(checkout_fresh(repo, "m.safetensors"), "m.safetensors", digest,
+                    "is missing")
+
+
+def test_fetch_with_an_include_that_matches_nothing_is_refused(repo, tmp_path):
+    repo.tz("remote", "add", "origin", str(tmp_path / "bucket"))
+    small_model(repo)
+    repo.tz("push", "origin")
+    assert_one_line(repo.tz("fetch", "origin", "HEAD", "--include", "zzz*", check=False),
+                    "no parameter", "zzz*")
+    assert "fetched 0 objects" in repo.tz("fetch", "origin", "HEAD", "--include",
+                                          "w").stdout.decode()

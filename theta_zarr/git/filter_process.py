@@ -259,8 +259,8 @@ class FilterServer:
             try:
                 if lacking:
                     self.fetch(lacking)
-            except Exception as e:  # each file then reports its own missing chunks
-                print(f"theta-zarr: {one_line(e)}", file=sys.stderr, flush=True)
+            except Exception as e:  # each file then fetches again and reports what it lacks,
+                log.debug("batch fetch failed: %s", one_line(e))  # naming itself: said once
         self.ready.update(self.delayed)
         self.delayed.clear()
         self.writer.text(*(f"pathname={p}" for p in paths))
