@@ -44,6 +44,7 @@ from .objects import (
     bounded_map,
 )
 from .redact import has_userinfo
+from .settings import DEFAULT_WORKERS
 from .storage import StorageError, check_url, credential_hint, open_store
 
 #: Option names a remote may carry in git config or .thetazarr (none is a secret).
@@ -55,8 +56,8 @@ SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 #: remotes pick a codec per object by dtype (codecs.choose): expsplit for bf16/fp16/fp32,
 #: blosc for other multi-byte items, zstd for bytes, raw where none pays
 DEFAULT_REMOTE_CODEC = codecs.AUTO
-#: threads that decode, verify and store fetched objects (one per core, as Settings.workers)
-CPU_WORKERS = max(2, os.cpu_count() or 2)
+#: threads that read, decode, verify and encode in a transfer (one per core)
+CPU_WORKERS = DEFAULT_WORKERS
 
 
 log = logging.getLogger(__name__)

@@ -6,13 +6,17 @@ The core never reads git config itself; git/config.py fills this record.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .chunking import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
 from .delta import DEFAULT_DEPTH, DEFAULT_RATIO, DeltaPolicy
 from .objects import DEFAULT_CONCURRENCY
 
 DIRECT_CHECKOUT_BYTES = 64 << 20
+
+
+#: threads for CPU work (hashing, codecs, copies): one per core, at least two
+DEFAULT_WORKERS = max(2, os.cpu_count() or 2)
 
 
 @dataclass
@@ -22,7 +26,7 @@ class Settings:
     cache_codec: str = "raw"
     lazy: bool = False
     concurrency: int = DEFAULT_CONCURRENCY
-    workers: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    workers: int = DEFAULT_WORKERS
     delta: bool = True  # theta-zarr.delta: pushes may store deltas
     delta_ratio: float = DEFAULT_RATIO  # theta-zarr.delta-ratio
     delta_depth: int = DEFAULT_DEPTH  # theta-zarr.delta-depth

@@ -258,28 +258,34 @@ def test_a_large_blob_that_is_no_manifest_is_not_read_to_find_out(repo, monkeypa
     assert got["model.safetensors"].manifest is not None
 
 
+def started_filter(repo) -> subprocess.Popen:
+    """``git-theta-zarr filter-process`` in ``repo``, after git's side of the handshake."""
+    p = subprocess.Popen(["git-theta-zarr", "filter-process"], cwd=repo.path,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=repo.env)
+    git = PktWriter(p.stdin)
+    git.text("git-filter-client", "version=2")
+    git.flush()
+    git.text("capability=clean", "capability=smudge")
+    git.flush()
+    p.stdin.flush()
+    answer = PktReader(p.stdout)
+    assert answer.read_text_list() == ["git-filter-server", "version=2"]
+    assert answer.read_text_list() == ["capability=clean", "capability=smudge"]
+    return p
+
+
 @pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="Linux only")
 def test_the_filter_widens_the_pipes_to_and_from_git(repo):
     """A 64 KiB pipe holds one pkt-line: git and the filter would wake each other per
     packet.  The filter asks for 1 MiB on both pipes before the handshake."""
-    p = subprocess.Popen(["git-theta-zarr", "filter-process"], cwd=repo.path,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=repo.env)
-    try:
-        git = PktWriter(p.stdin)  # git's side of the handshake
-        git.text("git-filter-client", "version=2")
-        git.flush()
-        git.text("capability=clean", "capability=smudge")
-        git.flush()
-        p.stdin.flush()
-        answer = PktReader(p.stdout)
-        assert answer.read_text_list() == ["git-filter-server", "version=2"]
-        assert answer.read_text_list() == ["capability=clean", "capability=smudge"]
-        assert fcntl.fcntl(p.stdin.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
-        assert fcntl.fcntl(p.stdout.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
-    finally:
-        p.stdin.close()
-        assert p.wait(timeout=60) == 0
-        p.stdout.close()
+    p = started_filter(repo)
+    assert fcntl.fcntl(p.stdin.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+    assert fcntl.fcntl(p.stdout.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+    p.stdin.close()
+    assert p.wait(timeout=60) == 0
+    p.stdout.close()
+    p.stderr.close()
 
 
 def test_a_filter_that_ends_on_a_protocol_error_says_so_and_exits_1(repo):
@@ -295,18 +301,7 @@ def test_a_filter_that_ends_on_a_protocol_error_says_so_and_exits_1(repo):
 def test_ctrl_c_ends_the_filter_with_one_line_and_status_130(repo):
     """A terminal's Ctrl-C reaches git's filter too: one line, exit 130, no traceback (it
     printed a KeyboardInterrupt traceback, and could leave its threads waiting forever)."""
-    p = subprocess.Popen(["git-theta-zarr", "filter-process"], cwd=repo.path,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=repo.env)
-    git = PktWriter(p.stdin)
-    git.text("git-filter-client", "version=2")
-    git.flush()
-    git.text("capability=clean", "capability=smudge")
-    git.flush()
-    p.stdin.flush()
-    answer = PktReader(p.stdout)
-    assert answer.read_text_list() == ["git-filter-server", "version=2"]
-    assert answer.read_text_list() == ["capability=clean", "capability=smudge"]
+    p = started_filter(repo)
     p.send_signal(signal.SIGINT)  # the filter now waits for git's first command
     assert p.wait(timeout=60) == 130
     assert p.stderr.read().decode() == "theta-zarr: interrupted\n"
