@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 from . import checkpoint
 from .chunkreader import ChunkReader
 from .dtypes import by_name
-from .git.drivers import WORKTREE
 from .git.files import manifest_at
 from .git.models import open_model
 from .git.push import read_through
 from .git.repo import Repo
+from .git.sides import WORKTREE
 from .manifest import Manifest, looks_like_manifest
 from .remote import ReadThrough
 from .shards import is_index_name

@@ -22,6 +22,7 @@ import numpy as np
 
 from .chunkreader import ordered_map
 from .dtypes import by_name
+from .foreign import Foreign, Side
 from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
@@ -51,17 +52,6 @@ class ParamDiff:
     norm_scope: str | None = None  # "changed-chunks" | "tensor"
 
 
-@dataclass(frozen=True)
-class Foreign:
-    """A side that is no theta-zarr manifest: a git-lfs pointer, or a file stored as it is
-    (committed before it was tracked, or not a checkpoint theta-zarr reads)."""
-
-    kind: str  # "git-lfs" | "plain"
-    text: str  # one line for people
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-Side = Manifest | Foreign | None
 
 
 @dataclass

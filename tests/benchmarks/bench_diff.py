@@ -79,7 +79,7 @@ class ReadCounter:
 
 
 def bench_bytes_read(size: int, tmp: str) -> dict:
-    from theta_zarr.git import drivers
+    from theta_zarr.git import drivers, sides
     from theta_zarr.git.push import read_through
     from theta_zarr.git.repo import Repo
 
@@ -98,8 +98,8 @@ def bench_bytes_read(size: int, tmp: str) -> dict:
     write_model(path, shape, tuned=tuned)
     git(repo_dir, "commit", "-q", "-am", "v2")
     repo = Repo.discover(repo_dir)
-    old = drivers.manifest_of(repo, "model.safetensors", "HEAD~1")
-    new = drivers.manifest_of(repo, "model.safetensors", "HEAD")
+    old = sides.manifest_of(repo, "model.safetensors", "HEAD~1")
+    new = sides.manifest_of(repo, "model.safetensors", "HEAD")
     assert old and new
     stored = {}
     for m in (old, new):

@@ -257,11 +257,12 @@ def test_a_checkout_the_cache_serves_looks_up_no_remote(direct, tmp_path):
     assert file_sha(direct.path / MODEL) == h
 
 
-def test_add_and_checkout_of_safetensors_import_no_numpy(direct):
+def test_add_checkout_and_materialize_of_safetensors_import_no_numpy(direct):
     """The filter starts in every git command: clean and smudge of a safetensors file
     (direct write included) need names and item sizes only, not NumPy or ml_dtypes
-    (35-70 ms of imports).  Python reports every import it makes on stderr under
-    ``PYTHONPROFILEIMPORTTIME``, and git passes the filter's stderr through."""
+    (35-70 ms of imports); materialize loads no diff or merge machinery either.  Python
+    reports every import it makes on stderr under ``PYTHONPROFILEIMPORTTIME``, and git
+    passes the filter's stderr through."""
     env = {"PYTHONPROFILEIMPORTTIME": "1"}
     write_model(direct.path / MODEL, SHAPE, seed=3)
     added = direct.git("add", MODEL, env=env).stderr.decode()
@@ -270,8 +271,12 @@ def test_add_and_checkout_of_safetensors_import_no_numpy(direct):
     (direct.path / MODEL).unlink()
     checked_out = direct.git("checkout", "--", MODEL, env=env).stderr.decode()
     assert file_sha(direct.path / MODEL) == h
-    for stderr in (added, checked_out):
+    (direct.path / MODEL).unlink()
+    direct.git("-c", "theta-zarr.lazy=true", "checkout", "--", MODEL)
+    materialized = direct.tz("materialize", MODEL, env=env).stderr.decode()
+    assert file_sha(direct.path / MODEL) == h
+    for stderr in (added, checked_out, materialized):
         imported = {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines()
                     if line.startswith("import time:")}
         assert "theta_zarr.filewriter" in imported  # the filter's imports are reported
-        assert not {"numpy", "ml_dtypes"} & imported
+        assert not {"numpy", "ml_dtypes", "theta_zarr.diff"} & imported

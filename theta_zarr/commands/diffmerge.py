@@ -88,7 +88,7 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
               png: str | None, full_norm: bool, summary_only: bool, mode: str | None,
               exit_code: bool) -> None:
     from ..diff import format_text, json_document, plot
-    from ..git import drivers, models
+    from ..git import drivers, models, sides
     from ..git.push import read_through
     from ..git.repo import Repo
 
@@ -107,11 +107,11 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
         old, new, labels = revs[0], revs[1], revs
     elif cached:
         old = revs[0] if revs else "HEAD"
-        new, labels = drivers.INDEX, [old, "index"]
+        new, labels = sides.INDEX, [old, "index"]
     elif revs:
-        old, new, labels = revs[0], drivers.WORKTREE, [revs[0], "worktree"]
+        old, new, labels = revs[0], sides.WORKTREE, [revs[0], "worktree"]
     else:
-        old, new, labels = drivers.INDEX, drivers.WORKTREE, ["index", "worktree"]
+        old, new, labels = sides.INDEX, sides.WORKTREE, ["index", "worktree"]
     targets = drivers.changed_paths(repo, revs, cached, rel)
     numbers = not summary_only and mode is None
     groups, singles = models.group_by_model(repo, targets, old, new)

@@ -22,7 +22,7 @@ from .options import REMOTE_OPTION_HELP, check_output, remote_options
 from .reporting import fail, human, reports_errors, say
 
 if TYPE_CHECKING:
-    from ..diff import Side
+    from ..foreign import Side
     from ..sync import FileEntry, SyncRemote, Target
 
 
@@ -434,7 +434,7 @@ def _ref_sides(remote: SyncRemote, old_ref: str, old: Target, new_ref: str,
     checkpoints, one per differing file for two sets of files (``diff.Side``: a
     manifest, a plain file as ``diff.Foreign``, or None where a set lacks the file).
     Raises ManifestError when one ref names a checkpoint and the other a set."""
-    from ..diff import Foreign
+    from ..foreign import Foreign
     from ..manifest import Manifest, ManifestError
 
     if isinstance(old, Manifest) and isinstance(new, Manifest):

@@ -19,9 +19,8 @@ import tempfile
 from collections.abc import Iterable
 
 from .. import checkpoint, lfs
-from ..diff import FileDiff, Foreign, Side, diff, format_text, textconv_lines
-from ..errors import one_line
-from ..formats.base import FormatError
+from ..diff import FileDiff, diff, format_text, textconv_lines
+from ..foreign import Foreign, Side
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..merge import (
     MergePlan,
@@ -35,92 +34,19 @@ from ..merge import (
 from ..mergeconfig import parse_value
 from ..merges import MergeOptions, available, get_strategy, parameter_names
 from ..remote import ReadThrough
-from .install import DRIVER
 from .push import read_through
 from .remotes import THETAZARR_FILE
 from .repo import GitError, Repo, git
+from .sides import (
+    blob_of,
+    foreign_blob,
+    manifest_from_file,
+    manifest_of,
+    tracked_by_us,
+)
 
 MERGE_SECTION = "theta-zarr-merge"
 NULL_OID = "0" * 40
-WORKTREE = object()  # a side read from the working tree
-INDEX = object()  # a side read from the index
-
-
-# -- where a manifest comes from ------------------------------------------------------
-def _blob(repo: Repo, spec: str) -> bytes | None:
-    try:
-        return repo.git("cat-file", "blob", spec)
-    except GitError:
-        return None
-
-
-def foreign_blob(data: bytes, size: int | None = None) -> Foreign:
-    """A stored blob that is no manifest: a git-lfs pointer, or a file kept as it is.
-
-    ``data`` is the blob, or its first bytes (at least ``lfs.MAX_POINTER`` of them)
-    when ``size`` gives its full length.
-    """
-    size = len(data) if size is None else size
-    pointer = lfs.parse(data) if size == len(data) else None
-    if pointer is not None:
-        return Foreign("git-lfs", pointer.describe(), pointer.to_json())
-    if size == 0:  # clean keeps an empty file empty, as git-lfs does
-        return Foreign("plain", "an empty file (kept as it is)", {"size": 0})
-    return Foreign("plain", f"not stored by theta-zarr ({size} bytes, committed before "
-                   "it was tracked)", {"size": size})
-
-
-def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Side:
-    """A file as a manifest: a manifest as it is, a checkpoint cleaned into the cache.
-
-    A git-lfs pointer, or a file no format plug-in reads, is described instead
-    (a diff shows what it can, it never stops git's diff or log).
-    """
-    if file == "/dev/null" or not os.path.exists(file):
-        return None
-    settings = repo.settings()
-    with open(file, "rb") as f:
-        head = f.read(64)
-        f.seek(0)
-        if looks_like_manifest(head):
-            return Manifest.from_bytes(f.read(), name)
-        if not head:
-            return None
-        if lfs.looks_like_pointer(head):
-            data = f.read(lfs.MAX_POINTER)
-            if lfs.parse(data) is not None:
-                return foreign_blob(data)
-            f.seek(0)
-        cache = objects.cache if objects is not None else checkpoint.open_cache(settings)
-        previous = None
-        data = _blob(repo, f":{name}")
-        if data is not None and looks_like_manifest(data[:64]):
-            previous = Manifest.from_bytes(data, f":{name}")
-        source = checkpoint.open_source(f, cache, name=name, path=os.path.abspath(file))
-        try:
-            return checkpoint.clean(source, settings, cache, previous).manifest
-        except FormatError as e:
-            size = os.path.getsize(file)
-            return Foreign("plain", f"not a checkpoint theta-zarr reads ({size} bytes: "
-                           f"{one_line(e)})", {"size": size})
-
-
-def manifest_of(repo: Repo, path: str, side: object, objects=None) -> Side:
-    """``path`` (relative to the top) at a revision (str), the index, or the working tree."""
-    if side is WORKTREE:
-        return manifest_from_file(repo, os.path.join(repo.top, path), path, objects)
-    spec = f":{path}" if side is INDEX else f"{side}:{path}"
-    data = _blob(repo, spec)
-    if data is None:
-        return None
-    if not looks_like_manifest(data[:64]):
-        return foreign_blob(data)
-    return Manifest.from_bytes(data, spec)
-
-
-def tracked_by_us(repo: Repo, paths: list[str]) -> list[str]:
-    """The paths whose ``diff`` attribute is theta-zarr."""
-    return [p for p, value in repo.attribute(paths, "diff").items() if value == DRIVER]
 
 
 def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]) -> list[str]:
@@ -164,7 +90,7 @@ def diff_driver(args: list[str]) -> list[str]:
 
     def side(file: str, hexid: str) -> Side:
         if hexid.strip("0") and file != "/dev/null":
-            data = _blob(repo, hexid)
+            data = blob_of(repo, hexid)
             if data is not None and looks_like_manifest(data[:64]):
                 return Manifest.from_bytes(data, f"{path} ({hexid[:10]})")
             if data is not None:
@@ -332,7 +258,7 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
                          "ours/theirs stages)")
     sides = {}
     for n, label in ((1, "base"), (2, "ours"), (3, "theirs")):
-        data = _blob(repo, stages[n]) if n in stages else None
+        data = blob_of(repo, stages[n]) if n in stages else None
         sides[label] = None if data is None else Manifest.from_bytes(data, f":{n}:{rel}")
     get_strategy(strategy)
     options = (settings or MergeOptions()).over(MergeOptions(alpha=alpha, scale=scale))

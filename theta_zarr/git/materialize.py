@@ -15,13 +15,13 @@ from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..shards import Model, is_index_name, restrict_index
 from ..streams import write_atomic
 from .direct import Pending, checkout_through_git, write_files
-from .drivers import INDEX, tracked_by_us
 from .files import manifest_at, tracked_files
 from .index import IndexUnsupported
 from .install import configured_executable
 from .models import list_folder, open_model
 from .push import read_through
 from .repo import GitError, GitInputError, Repo
+from .sides import INDEX, tracked_by_us
 
 
 def _partial_name(path: str) -> str:

@@ -21,9 +21,10 @@ from typing import Any
 from ..manifest import Manifest
 from ..merge import merge_models, pick
 from ..mergeconfig import ConfigError, load_config
-from .drivers import conflict_report, summary_line, tracked_by_us
+from .drivers import conflict_report, summary_line
 from .push import read_through
 from .repo import GitError, GitInputError, Repo
+from .sides import tracked_by_us
 
 MARKER = "theta-zarr merge-models config:"
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+from typing import TYPE_CHECKING
 
 from .. import checkpoint
-from ..diff import FileDiff, diff_models
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..remote import ReadThrough
 from ..shards import (
@@ -22,8 +22,11 @@ from ..shards import (
     parse_index,
     single,
 )
-from .drivers import INDEX, WORKTREE, diff_sides, manifest_of
 from .repo import GitError, Repo
+from .sides import INDEX, WORKTREE, manifest_of, tracked_by_us
+
+if TYPE_CHECKING:
+    from ..diff import FileDiff
 
 
 def read_file(repo: Repo, path: str, side: object) -> bytes | None:
@@ -132,7 +135,7 @@ def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
     chosen = next((n for n in WEIGHT_FILES if n in names), None)
     if chosen is None:
         indexes = [n for n in names if n.endswith(INDEX_SUFFIX)]
-        tracked = _tracked(repo, [posixpath.join(path, n) for n in names])
+        tracked = tracked_by_us(repo, [posixpath.join(path, n) for n in names])
         candidates = indexes or tracked
         if len(candidates) != 1:
             found = ", ".join(candidates) or "none"
@@ -140,12 +143,6 @@ def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
                                 f"(candidates: {found}); name the file or its index")
         chosen = posixpath.basename(candidates[0])
     return open_model(repo, posixpath.join(path, chosen), side, objects)
-
-
-def _tracked(repo: Repo, paths: list[str]) -> list[str]:
-    from .drivers import tracked_by_us
-
-    return tracked_by_us(repo, paths)
 
 
 def _side_name(side: object) -> str:
@@ -210,6 +207,9 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
     """One diff per model, over all its shards on each side."""
     if not groups:
         return []
+    from ..diff import diff_models  # here: opening models (materialize) needs no diffs
+    from .drivers import diff_sides
+
     out = []
     for key in sorted(groups):
         try:
@@ -277,6 +277,8 @@ def driver_diff(repo: Repo, path: str, old_hex: str, new_hex: str, deleted: bool
     model is then the parent of the commit that added it, or the commit that deleted it.
     ``new_path`` is the new name of a file git saw renamed (shards renumbered).
     """
+    from ..diff import diff_models
+
     new_path = new_path or path
     has_old, has_new = bool(old_hex.strip("0")), bool(new_hex.strip("0"))
     if not has_new and not deleted:
