@@ -157,6 +157,8 @@ class Watcher:
     def _push(self, path: str, ref: str) -> PushResult:
         # each checkpoint continues the one pushed before it: its delta base
         latest = max(self.state, key=lambda r: self.state[r].get("seq", 0), default=None)
+        if latest is not None and self.remote.refs.read(latest) is None:
+            latest = None  # gone from the remote since (or another remote): the default base
         return push(path, self.remote, ref, self.settings, force=self.opts.force,
                     skip=self._is_marker, base_ref=latest)
 

@@ -68,3 +68,20 @@ def test_watch_deltas_each_step_against_the_one_before(tmp_path):
     new = members[1].digests() - members[0].digests()
     forms = {codecs.split(remote.objects.blobs.get(object_key(d)))[0] for d in new}
     assert new and forms == {"int-delta"}
+
+
+def test_watch_pushes_on_when_its_last_ref_is_gone_from_the_remote(tmp_path):
+    """The ref watch pushed last is its next delta base; if it was deleted since, the
+    next step is pushed with the default base instead of failing on a missing base."""
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    env = env_for(case, tmp_path)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    model(ckpt / "step-1.safetensors", seed=1)
+    args = ["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--interval", "0.3",
+            "--chunk-size", "16KiB", "--once"]
+    tz(args, env)
+    (tmp_path / "bucket" / "refs" / "run7" / "step-1").unlink()  # deleted by hand
+    model(ckpt / "step-2.safetensors", seed=2)
+    err = tz(args, env).stderr.decode()
+    assert "push failed" not in err and "created run7/step-2" in err, err
