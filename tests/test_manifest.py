@@ -245,7 +245,7 @@ def test_inline_chunk_not_base64_is_refused():
 @pytest.mark.parametrize("name", [
     "../escape", "a/../b", "a/./b", "/abs", "trailing/", "a//b", "with\nnewline", "tab\tname",
     "nul\x00", "del\x7f", "back\\slash", "zarr.json", "deep/zarr.json", ".", "..", "",
-    "x" * 5000,
+    "x" * 5000, "lone\ud800surrogate", "low\udfff",
 ])
 def test_bad_names_are_refused(name):
     msg = assert_one_line_error(with_param(good_entry(), name))
@@ -254,7 +254,8 @@ def test_bad_names_are_refused(name):
         check_name(name)
 
 
-@pytest.mark.parametrize("name", ["encoder.layer.0.weight", "a/b/c", "model.\u00e9", "w~1"])
+@pytest.mark.parametrize("name", ["encoder.layer.0.weight", "a/b/c", "model.\u00e9", "w~1",
+                                  "emoji.\U0001f600"])
 def test_good_names_are_accepted(name):
     assert check_name(name) == name
     assert name in Manifest.from_bytes(with_param(good_entry(), name), SOURCE).params

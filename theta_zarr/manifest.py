@@ -49,7 +49,10 @@ FORMAT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}(?![\s\S])"
 DIGEST_RE = re.compile(r"blake3:[0-9a-f]{64}")
 _FORMAT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MAX_NAME_LEN = 4096
-_BAD_NAME_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")
+#: control characters, backslash, and lone surrogates (no UTF-8 text holds them: they would
+#: fail as Zarr keys, file names and output; the schema's pattern cannot say so portably,
+#: since an ECMA regex sees an emoji as two surrogates)
+_BAD_NAME_CHAR = re.compile(r"[\x00-\x1f\x7f\\\ud800-\udfff]")
 #: Largest dimension, and largest parameter in bytes, any reader accepts: integers JSON
 #: carries exactly (2**53), and far above any real tensor.  Clean refuses what smudge would.
 MAX_EXTENT = 2**53 - 1
@@ -164,7 +167,7 @@ def check_digest(value: object, where: str = "manifest") -> str:
 
 
 def check_name(name: object, where: str = "manifest") -> str:
-    """Parameter names: printable, no path tricks (they become Zarr keys)."""
+    """Parameter names: printable Unicode text, no path tricks (they become Zarr keys)."""
     if not isinstance(name, str) or not name:
         raise ManifestError(f"{where}: empty or non-string parameter name")
     bad = (
