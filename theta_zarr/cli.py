@@ -312,7 +312,7 @@ def pre_push_cmd(remote_name: str, url: str | None) -> None:
     from .git.repo import Repo
 
     lines = [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
-    pre_push(Repo.discover(), remote_name, lines)
+    pre_push(Repo.discover(), remote_name, lines, url)
 
 
 @main.command("push")

@@ -32,6 +32,28 @@ def test_unrelated_folder_remote_does_not_take_origins_pushes(repo, tmp_path):
     assert not (tmp_path / "backup").exists()
 
 
+def test_a_push_to_an_unnamed_path_or_file_url_sends_chunks_next_to_it(repo, tmp_path):
+    """``git push ../bare.git main`` names no git remote: git gives the hook the URL as the
+    remote's name.  The chunks go next to that path, as for a named remote that is a path;
+    a URL no theta remote serves is one line saying what to do, not a --remote error."""
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=repo.env)
+    m = _commit(repo, 0)
+    for target in (str(bare), f"file://{bare}"):
+        repo.git("push", "-q", target, "main")
+        got = open_remote(RemoteSpec("o", str(bare / "theta-zarr"))).missing(m.digests())
+        assert got == set()
+        _commit(repo, len(target))
+    url = "https://git.example.invalid/r.git"  # what git hands the hook for such a push
+    proc = repo.run("git-theta-zarr", "pre-push", url, url, check=False,
+                    input=(f"refs/heads/main {repo.out('rev-parse', 'HEAD').strip()} "
+                           f"refs/heads/main {'0' * 40}\n").encode())
+    lines = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("theta-zarr:")]
+    assert proc.returncode != 0 and len(lines) == 1
+    assert "no theta-zarr remote takes its chunks" in lines[0] and "--remote" not in lines[0]
+
+
 def test_push_line_says_when_the_only_theta_remote_is_used(repo, tmp_path):
     repo.git("remote", "add", "origin", "https://git.example.invalid/team/models.git")
     repo.tz("remote", "add", "models", str(tmp_path / "models"))

@@ -6,7 +6,14 @@ import sys
 
 from .. import checkpoint, delta
 from ..manifest import Manifest, ManifestError, looks_like_manifest
-from ..remote import ReadThrough, RemoteSpec, TransferStats, open_remote, push_objects
+from ..remote import (
+    ReadThrough,
+    RemoteError,
+    RemoteSpec,
+    TransferStats,
+    open_remote,
+    push_objects,
+)
 from ..settings import Settings
 from .files import read_blobs, small_blobs
 from .install import DRIVER
@@ -14,8 +21,10 @@ from .remotes import for_git_remote, manifests_in_range, require, resolve
 from .repo import GitError, Repo
 
 
-def pre_push(repo: Repo, remote_name: str, lines: list[str]) -> TransferStats | None:
-    """Upload what the pushed commits need; git passes ``<lref> <lsha> <rref> <rsha>`` lines."""
+def pre_push(repo: Repo, remote_name: str, lines: list[str], url: str | None = None
+             ) -> TransferStats | None:
+    """Upload what the pushed commits need; git passes ``<lref> <lsha> <rref> <rsha>`` lines,
+    and the remote's name (its URL for an unnamed remote) and ``url``."""
     include, exclude = [], [f"--remotes={remote_name}"]
     for line in lines:
         parts = line.split()
@@ -30,7 +39,11 @@ def pre_push(repo: Repo, remote_name: str, lines: list[str]) -> TransferStats | 
     manifests = manifests_in_range(repo, include, exclude)
     if not manifests:
         return None
-    found = for_git_remote(repo, remote_name)
+    found = for_git_remote(repo, remote_name, url)
+    if found is None and remote_name not in repo.git("remote").decode().split():
+        raise RemoteError(f"git push to {url or remote_name}: no theta-zarr remote takes its "
+                          "chunks: run 'git theta-zarr remote add NAME URL' and push to a git "
+                          "remote of that NAME, or set theta-zarr.default-remote")
     spec, why = found if found is not None else (require(repo, remote_name), "")
     return push_manifests(repo, spec, manifests, (include, exclude),
                           f"git remote {remote_name!r} -> {why}" if why else "")

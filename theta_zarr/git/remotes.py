@@ -61,8 +61,11 @@ def configured(repo: Repo) -> dict[str, RemoteSpec]:
     return specs
 
 
-def _git_remote_path(repo: Repo, name: str) -> str | None:
-    url = repo.git("config", "--get", f"remote.{name}.url", check=False).decode().strip()
+def _git_remote_path(repo: Repo, name: str, url: str | None = None) -> str | None:
+    """The folder a git remote is, when it is a local path (``../bare.git``, ``file://``);
+    ``url`` is used when ``name`` is no configured remote (``git push ../bare.git``)."""
+    url = repo.git("config", "--get", f"remote.{name}.url", check=False).decode().strip() \
+        or url
     if not url:
         return None
     if url.startswith("file://"):
@@ -98,9 +101,11 @@ def resolve(repo: Repo, name: str | None = None) -> RemoteSpec | None:
     return None
 
 
-def for_git_remote(repo: Repo, git_remote: str) -> tuple[RemoteSpec, str] | None:
-    """The theta remote that receives the chunks of a ``git push`` to ``git_remote``, and
-    why it is that one (shown on the push line, so where chunks go never surprises):
+def for_git_remote(repo: Repo, git_remote: str, url: str | None = None
+                   ) -> tuple[RemoteSpec, str] | None:
+    """The theta remote that receives the chunks of a ``git push`` to ``git_remote`` (its
+    name, or its URL for a push to an unnamed remote; ``url`` is the URL git pushes to),
+    and why it is that one (shown on the push line, so where chunks go never surprises):
 
     1. the theta remote of the same name;
     2. ``theta-zarr.default-remote``;
@@ -115,7 +120,7 @@ def for_git_remote(repo: Repo, git_remote: str) -> tuple[RemoteSpec, str] | None
                        check=False).decode().strip()
     if default in specs:
         return specs[default], f"theta remote {default!r}: theta-zarr.default-remote"
-    path = _git_remote_path(repo, git_remote)
+    path = _git_remote_path(repo, git_remote, url)
     if path is not None:
         return (RemoteSpec(git_remote, os.path.join(path, "theta-zarr")),
                 f"next to git remote {git_remote!r}")
