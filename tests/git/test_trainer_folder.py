@@ -74,6 +74,17 @@ def test_trainer_folder_is_added_whole_and_rebuilt_byte_identically(repo, traine
             assert filecmp.cmp(f, dest / f.name, shallow=False), f.name
     assert repo.out("status", "--porcelain") == ""
 
+    # lazily checked out, the folder materializes whole (it said "Is a directory")
+    shutil.rmtree(dest)
+    repo.git("-c", "theta-zarr.lazy=true", "checkout", "--", ".")
+    assert (dest / "model.safetensors").read_bytes().startswith(b'{"theta_zarr"')
+    out = repo.tz("materialize", "checkpoint-2/").stdout.decode()
+    assert "checkpoint-2/model.safetensors: materialized" in out
+    for f in sorted(trainer_folder.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".pth", ".json"):
+            assert filecmp.cmp(f, dest / f.name, shallow=False), f.name
+    assert repo.out("status", "--porcelain") == ""
+
 
 def test_refusing_opaque_files_names_the_refused_global(repo, trainer_folder):
     repo.tz("track", "*.pth")
