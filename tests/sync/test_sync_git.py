@@ -53,6 +53,31 @@ def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):
     assert file_sha(clone.path / "model.safetensors") == file_sha(f)
 
 
+def test_import_of_a_folder_stores_plain_members_as_git_add_would(repo, tmp_path):
+    """A published folder's other files (a pickle such as ``rng_state.pth``) went into git
+    as raw bytes even where theta-zarr tracks their path, so the file cleaned to another
+    blob and ``git status`` was never clean."""
+    case = _local_case(tmp_path)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    model(ckpt / "model.safetensors", seed=1)
+    (ckpt / "rng_state.pth").write_bytes(b"PK\x03\x04 not a checkpoint theta-zarr reads")
+    (ckpt / "notes.txt").write_text("lr 3e-4\n")
+    tz(["publish", str(ckpt), case.url, "--ref", "run/ck1", "--chunk-size", CHUNK],
+       env_for(case, tmp_path))
+    repo.tz("track", "*.pth")
+    repo.git("add", ".gitattributes")
+    repo.git("commit", "-q", "-m", "attrs")
+    repo.tz("import", case.url, "run/ck1", "ck1")
+    repo.git("commit", "-q", "-m", "import")
+    assert repo.out("status", "--porcelain") == ""
+    blob = repo.git("cat-file", "blob", "HEAD:ck1/rng_state.pth").stdout
+    assert blob.startswith(b'{"theta_zarr"')  # an opaque manifest, as git add stores it
+    assert repo.git("cat-file", "blob", "HEAD:ck1/notes.txt").stdout == b"lr 3e-4\n"
+    for name in ("model.safetensors", "rng_state.pth", "notes.txt"):
+        assert file_sha(repo.path / "ck1" / name) == file_sha(ckpt / name)
+
+
 def _object_path(cache_root: Path, digest: str) -> Path:
     return cache_root / object_key(digest)
 

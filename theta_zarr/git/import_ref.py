@@ -23,7 +23,8 @@ def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
     git itself then writes the working-tree file through the filter (checkout-index),
     so the index records its stat data and ``git status`` is clean: the real file
     from the cache (chunks fetched first), or the manifest on a lazy checkout.
-    A set becomes a directory: manifests for checkpoints, plain blobs for the rest.
+    A set becomes a directory: manifests for checkpoints; the other files as ``git add``
+    would store them at their paths (through the filters their attributes name).
     """
     from .install import DRIVER
 
@@ -60,11 +61,14 @@ def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
     fetch_objects(remote.objects, cache, cache.missing(needed))
     for dest, item in entries:
         if isinstance(item, FileEntry):
+            # a plain member is stored as ``git add`` would store it: through the filters
+            # its path has (theta-zarr's opaque manifest for a tracked pickle, a git-lfs
+            # pointer, or the bytes), so the file cleans back to the same blob
             data = b"".join(bytes(cache.get(d)) for d in item.chunks)
+            sha = repo.git("hash-object", "-w", "--stdin", "--path", dest, input=data)
         else:
-            data = item
-        sha = repo.git("hash-object", "-w", "--stdin", input=data).decode().strip()
-        repo.git("update-index", "--add", "--cacheinfo", f"100644,{sha},{dest}")
+            sha = repo.git("hash-object", "-w", "--stdin", input=item)
+        repo.git("update-index", "--add", "--cacheinfo", f"100644,{sha.decode().strip()},{dest}")
     for dest, _ in entries:
         full = os.path.join(repo.top, *dest.split("/"))
         if os.path.isfile(full):
