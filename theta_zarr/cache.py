@@ -50,7 +50,11 @@ class Cache(ObjectStore):
     @property
     def tmp_dir(self) -> str:
         path = os.path.join(self.root, "tmp")
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot use {self.root} as the cache ({e.strerror}; set by "
+                               "theta-zarr.cache or THETA_ZARR_CACHE)") from None
         return path
 
     def ensure(self, digest: str, raw: bytes | memoryview, elem: int = 1) -> int:

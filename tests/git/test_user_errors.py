@@ -57,7 +57,8 @@ COMMANDS = [("tz", "ls-files"), ("tz", "fetch"), ("tz", "push", "origin"),
 @pytest.mark.parametrize("key, value", [("chunk-size", "100"), ("concurrency", "abc"),
                                         ("cache-compression", "lz4"), ("delta-depth", "x"),
                                         ("direct-checkout", "banana"),
-                                        ("cache-compression", "expsplit")])
+                                        ("cache-compression", "expsplit"),
+                                        ("delta-depth", "0"), ("delta-ratio", "5")])
 def test_bad_config_value_is_one_line_from_every_command(pushed, key, value):
     r = pushed
     write_model(str(r.path / "new.safetensors"), SHAPE, seed=1)
@@ -165,3 +166,22 @@ def test_git_archive_in_a_bare_repository(pushed, tmp_path):
         member = tar.extractfile("m.safetensors").read()
     assert member == (pushed.path / "m.safetensors").read_bytes()
     assert file_sha(pushed.path / "m.safetensors")  # the working file is intact
+
+
+def test_uninstall_local_outside_a_repository_is_refused(tmp_path, git_env):
+    """As install --local: it said "filter removed" and changed nothing."""
+    proc = subprocess.run(["git-theta-zarr", "uninstall", "--local"], cwd=tmp_path,
+                          env=git_env, capture_output=True)
+    assert proc.returncode != 0
+    assert proc.stderr.decode().strip() == ("theta-zarr: --local needs a git repository; run "
+                                            "inside one or use --global")
+    assert b"removed" not in proc.stdout
+
+
+def test_a_cache_folder_that_cannot_be_made_names_the_setting(repo, tmp_path):
+    (tmp_path / "afile").write_text("")
+    repo.git("config", "theta-zarr.cache", str(tmp_path / "afile" / "cache"))
+    write_model(str(repo.path / "new.safetensors"), SHAPE, seed=1)
+    proc = repo.git("add", "new.safetensors", check=False)
+    line = assert_user_error(proc, "cannot use", "as the cache", "theta-zarr.cache")
+    assert "Errno" not in line

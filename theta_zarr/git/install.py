@@ -72,7 +72,10 @@ def install(scope: str, cwd: str | None = None, exe: str | None = None) -> dict[
 
 
 def uninstall(scope: str, cwd: str | None = None) -> None:
-    """Remove the filter, diff and merge sections from ``scope``."""
+    """Remove the filter, diff and merge sections from ``scope``.  GitInputError for
+    ``local`` outside a repository, as ``install`` refuses it."""
+    if scope == "local" and default_scope(cwd) != "local":
+        raise GitInputError("--local needs a git repository; run inside one or use --global")
     for section in ("filter", "diff", "merge"):
         git("config", f"--{scope}", "--remove-section", f"{section}.{DRIVER}", cwd=cwd,
             check=False)

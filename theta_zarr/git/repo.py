@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..cache import default_cache_dir
 from ..chunking import MIN_CHUNK_BYTES
 from ..codecs import WRITER_NAMES
+from ..delta import MAX_DEPTH
 from ..errors import UserError
 from ..settings import Settings, parse_size
 
@@ -47,7 +48,7 @@ def _config_int(key: str, value: str, low: int, high: int) -> int:
     except ValueError:
         raise UserError(f"git config {key} = {value!r} is not a whole number") from None
     if not low <= n <= high:
-        raise UserError(f"git config {key} = {n} is out of range ({low}..{high})")
+        raise UserError(f"git config {key} = {value.strip()!r} is out of range ({low}..{high})")
     return n
 
 
@@ -80,12 +81,16 @@ def _config_value(key: str, value: str) -> object:
     if key == "theta-zarr.concurrency":
         return _config_int(key, value, 1, 1024)
     if key == "theta-zarr.delta-depth":
-        return _config_int(key, value, 0, 64)
+        return _config_int(key, value, 1, MAX_DEPTH)
     if key == "theta-zarr.delta-ratio":
         try:
-            return float(value)
+            ratio = float(value)
         except ValueError:
             raise UserError(f"git config {key} = {value!r} is not a number") from None
+        if not 0 < ratio <= 1:
+            raise UserError(f"git config {key} = {value.strip()!r} is out of range (a "
+                            "fraction above 0, at most 1)")
+        return ratio
     raise AssertionError(key)
 
 
