@@ -185,3 +185,12 @@ def test_a_cache_folder_that_cannot_be_made_names_the_setting(repo, tmp_path):
     proc = repo.git("add", "new.safetensors", check=False)
     line = assert_user_error(proc, "cannot use", "as the cache", "theta-zarr.cache")
     assert "Errno" not in line
+
+
+def test_a_thetazarr_file_git_cannot_parse_is_one_line_not_no_remote(repo):
+    """It was read as "no remote": remote list printed nothing, fetch said to add one."""
+    (repo.path / ".thetazarr").write_text('[theta-zarr "remote.origin"\n\turl = /srv/x\n')
+    for args in (("remote", "list"), ("fetch",), ("push", "origin")):
+        line = assert_user_error(repo.tz(*args, check=False), ".thetazarr cannot be read",
+                                 "bad config line")
+        assert "no theta-zarr remote" not in line

@@ -43,11 +43,14 @@ def configured(repo: Repo) -> dict[str, RemoteSpec]:
     """
     merged: dict[str, dict[str, str]] = {}
     file = os.path.join(repo.top, THETAZARR_FILE)
-    source = ["--blob", f"HEAD:{THETAZARR_FILE}"] if repo.bare else \
-        (["-f", file] if os.path.exists(file) else None)
+    source = ["--blob", f"HEAD:{THETAZARR_FILE}"] if repo.bare and _in_head(repo) else \
+        (["-f", file] if not repo.bare and os.path.exists(file) else None)
     if source:
-        out = git("config", "-z", *source, "--get-regexp", r"^theta-zarr\.remote\.",
-                  cwd=repo.top, check=False)
+        try:  # every key (_parse keeps the remotes'): a file git cannot parse is an error
+            out = git("config", "-z", *source, "--list", cwd=repo.top)
+        except GitError as e:
+            raise RemoteError(f"{THETAZARR_FILE} cannot be read ("
+                              f"{str(e).removeprefix('fatal: ')}): fix it or remove it") from None
         for name, opts in _parse(out).items():
             merged.setdefault(name, {}).update(opts)
     out = repo.git("config", "-z", "--get-regexp", r"^theta-zarr\.remote\.", check=False)
@@ -59,6 +62,14 @@ def configured(repo: Repo) -> dict[str, RemoteSpec]:
         if url:
             specs[name] = RemoteSpec(name, url, opts)
     return specs
+
+
+def _in_head(repo: Repo) -> bool:
+    try:
+        repo.git("cat-file", "-e", f"HEAD:{THETAZARR_FILE}")
+    except GitError:
+        return False
+    return True
 
 
 def _git_remote_path(repo: Repo, name: str, url: str | None = None) -> str | None:
