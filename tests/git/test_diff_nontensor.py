@@ -77,7 +77,9 @@ def test_nontensor_change_counts_for_name_only_stat_and_exit_code(repo):
     repo.git("commit", "-q", "-m", "step 1")
     torch.save({"model": {"w": w}, "step": 2}, path)
     assert repo.tz("diff", "--name-only").stdout.decode().split() == ["ckpt.pt"]
-    assert repo.tz("diff", "--stat").stdout.decode().startswith(" ckpt.pt")
+    # --stat says what changed (it printed "ckpt.pt | " and ": parameter(s)")
+    assert repo.tz("diff", "--stat").stdout.decode().splitlines() == [
+        " ckpt.pt | 1 other (non-tensor)", " 1 checkpoint(s) changed: 1 other (non-tensor)"]
     assert repo.tz("diff", "--exit-code", check=False).returncode == 1
     repo.git("checkout", "--", "ckpt.pt")
     assert repo.tz("diff", "--exit-code", check=False).returncode == 0

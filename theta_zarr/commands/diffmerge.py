@@ -146,20 +146,33 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
 
 def stat_lines(diffs: list) -> list[str]:
     """``--stat``: one line per changed file (parameters added, removed, reshaped, changed,
-    like git's +/- columns), then a total line."""
+    like git's +/- columns; then parameters moved to another shard, non-tensor changes, a
+    side that is no manifest or a format change), then a total line."""
     if not diffs:
         return []
     width = max(len(d.path) for d in diffs)
-    lines, total = [], {"added": 0, "removed": 0, "reshaped": 0, "changed": 0}
+    keys = ("added", "removed", "reshaped", "changed", "moved", "other_changed")
+    lines, total = [], dict.fromkeys(keys, 0)
     for d in diffs:
         c = d.counts()
-        parts = [f"{c[k]} {k}" for k in total if c[k]]
-        for k in total:
-            total[k] += c[k]
+        parts = [_stat_part(k, c[k]) for k in keys if c.get(k)]
+        for k in keys:
+            total[k] += c.get(k, 0)
+        if not parts:  # an lfs / plain side, or another format: has_changes says why
+            parts = ["not both theta-zarr manifests" if d.old_foreign or d.new_foreign
+                     else "format changed"]
         lines.append(f" {d.path.ljust(width)} | {', '.join(parts)}")
-    summary = ", ".join(f"{v} {k}" for k, v in total.items() if v)
-    lines.append(f" {len(diffs)} checkpoint(s) changed: {summary} parameter(s)")
+    summary = ", ".join(_stat_part(k, v) for k, v in total.items() if v)
+    lines.append(f" {len(diffs)} checkpoint(s) changed" + (f": {summary}" if summary else ""))
     return lines
+
+
+def _stat_part(key: str, n: int) -> str:
+    if key == "other_changed":
+        return f"{n} other (non-tensor)"
+    if key == "moved":
+        return f"{n} moved to another shard"
+    return f"{n} {key}"
 
 
 def register(main: click.Group) -> None:
