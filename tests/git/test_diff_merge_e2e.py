@@ -186,6 +186,21 @@ def test_chunk_level_merge_of_embedding_rows(repo):
     assert load(repo, "emb").tobytes() == expect.tobytes()
 
 
+def test_a_dtype_conflict_is_hinted_with_the_strategies_that_resolve_it(repo):
+    """A tensor cast to bf16 on one side and changed on the other can only take a side:
+    the report suggested averaging it, which fails."""
+    rng = np.random.default_rng(2)
+    base = {"a": rng.standard_normal((64, 64), dtype=np.float32)}
+    conflicting_branches(repo, base, {"a": base["a"].astype(BF16)}, {"a": base["a"] + 1})
+    proc = repo.git("merge", "--no-edit", "other", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "shape/dtype/chunking differ" in err
+    assert "resolve m.safetensors --strategy ours --param 'a'" in err
+    assert "--strategy average" not in err and "task-arithmetic --scale" not in err
+    repo.tz("resolve", "m.safetensors", "--strategy", "theirs", "--param", "a")
+    assert load(repo, "a").tobytes() == (base["a"] + 1).tobytes()
+
+
 def test_conflict_report_then_resolve_average(repo):
     rng = np.random.default_rng(1)
     base = {k: rng.standard_normal((64, 32), dtype=np.float32).astype(BF16)

@@ -190,12 +190,22 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
     left = unresolved(p, table)
     lines = [f"theta-zarr: {path}: {len(left)} conflicting parameter(s), not merged:"]
     lines += [f"  {c.name}: {c.describe()}" for c in left]
-    lines += ["resolve with one of:",
-              f"  git theta-zarr resolve {path} --strategy average",
-              f"  git theta-zarr resolve {path} --strategy task-arithmetic --scale 1.0",
-              f"  git theta-zarr resolve {path} --strategy ours --param '{left[0].name}'",
-              f"or set a strategy per parameter: git config {MERGE_SECTION}.'<glob>'.strategy "
-              f"<{'|'.join(sorted(available()))}>"]
+    # a conflict over shape, dtype or presence takes one side; only values can be combined
+    whole = [c for c in left if c.kind != "chunks" and not (c.kind == "add-add" and c.merged)]
+    lines.append("resolve with one of:")
+    if whole:
+        lines += [f"  git theta-zarr resolve {path} --strategy ours --param '{c.name}'   "
+                  "(or theirs, or base: its shape, dtype or presence differ)" for c in whole[:3]]
+        if len(left) > len(whole):
+            value = next(c for c in left if c not in whole)
+            lines.append(f"  git theta-zarr resolve {path} --strategy average --param "
+                         f"'{value.name}'")
+    else:
+        lines += [f"  git theta-zarr resolve {path} --strategy average",
+                  f"  git theta-zarr resolve {path} --strategy task-arithmetic --scale 1.0",
+                  f"  git theta-zarr resolve {path} --strategy ours --param '{left[0].name}'"]
+    lines.append(f"or set a strategy per parameter: git config {MERGE_SECTION}.'<glob>'.strategy "
+                 f"<{'|'.join(sorted(available()))}>")
     return lines
 
 
