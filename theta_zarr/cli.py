@@ -157,9 +157,15 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
 
     repo = Repo.discover()
     cache = open_cache(repo.settings())
-    rel = [os.path.relpath(os.path.abspath(p), repo.top) for p in paths]
+    # as git ls-files: paths may be folders, and in a subfolder only its files are listed
+    rel = [os.path.relpath(os.path.abspath(p), repo.top).replace(os.sep, "/").rstrip("/")
+           for p in paths or ["."]]
+    files = tracked_files(repo, rev, rel)
+    for p, r in zip(paths, rel, strict=False):
+        if r != "." and not any(f.path == r or f.path.startswith(r + "/") for f in files):
+            fail(f"{p}: no file theta-zarr tracks matches it")
     rows = []
-    for f in tracked_files(repo, rev, rel or None):
+    for f in files:
         if f.manifest is None:
             rows.append({"path": f.path, "format": None, "bytes": f.size})
             continue

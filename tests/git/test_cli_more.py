@@ -1,6 +1,10 @@
-"""Commands the docs show that no other test runs: demo, untrack, uninstall, remote list/remove."""
+"""Commands the docs show that no other test runs: demo, untrack, uninstall, remote list/remove,
+ls-files with folders."""
 
 from __future__ import annotations
+
+import numpy as np
+import safetensors.numpy
 
 
 def test_demo_runs_and_is_bit_exact(repo, tmp_path):
@@ -40,3 +44,21 @@ def test_untrack_and_uninstall(repo):
     repo.tz("uninstall")
     assert repo.git("config", "--get", "filter.theta-zarr.process", check=False).returncode == 1
     assert not hook.exists()
+
+
+def test_ls_files_takes_folders_and_lists_the_current_folder(repo):
+    """As git ls-files: a folder lists the files under it, a subfolder's files are what a
+    plain ls-files there lists, and a path no tracked file matches is an error."""
+    (repo.path / "ckpt").mkdir()
+    for rel in ("top.safetensors", "ckpt/model.safetensors"):
+        safetensors.numpy.save_file({"w": np.ones(8, np.float32)}, str(repo.path / rel))
+    repo.git("add", "-A")
+    listed = {ln.split()[0] for ln in repo.tz("ls-files", "ckpt").stdout.decode().splitlines()}
+    assert listed == {"ckpt/model.safetensors"}
+    here = repo.run("git", "-C", "ckpt", "theta-zarr", "ls-files").stdout.decode()
+    assert [ln.split()[0] for ln in here.splitlines()] == ["ckpt/model.safetensors"]
+    assert len(repo.tz("ls-files").stdout.decode().splitlines()) == 2
+    proc = repo.tz("ls-files", "nosuch.safetensors", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == ("theta-zarr: nosuch.safetensors: no file theta-zarr "
+                                    "tracks matches it\n")
