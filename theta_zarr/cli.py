@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from .commands.options import check_output, remote_options
-from .commands.reporting import OneLineGroup, fail, human, reports_errors
+from .commands.reporting import OneLineGroup, fail, human, reports_errors, say
 from .logs import setup_logging
 from .redact import redact
 
@@ -278,8 +278,17 @@ def remote_add(name: str, url: str, options: tuple[str, ...], shared: bool) -> N
     from .git import remotes
     from .git.repo import Repo
 
-    spec = remotes.add(Repo.discover(), name, url, remotes.option_pairs(options), shared)
+    repo = Repo.discover()
+    spec = remotes.add(repo, name, url, remotes.option_pairs(options), shared)
     click.echo(f"theta-zarr remote {name} -> {redact(spec.url)}")
+    # git push uploads the chunks of the commits it sends, as git-lfs does: commits the git
+    # remote already has would never reach the new store, and every clone would fail
+    pushed = [g for g in remotes.feeding_git_remotes(repo, spec)
+              if repo.git("for-each-ref", "--count=1", f"refs/remotes/{g}/").strip()]
+    if pushed:
+        say(f"git remote {pushed[0]!r} already has commits, whose chunks 'git push' will "
+            f"not send again: run 'git theta-zarr push {name} --all' to copy them to "
+            f"{redact(spec.url)}")
 
 
 @remote.command("list")

@@ -89,3 +89,20 @@ def test_gc_remote_refuses_a_stale_view_of_the_git_remote(repo, make_repo, tmp_p
     repo.git("fetch", "-q", "origin")
     repo.tz("gc", "--remote", "origin", "--grace", "0")
     assert store.missing(theirs.digests()) == set()
+
+
+def test_a_new_theta_remote_for_a_git_remote_with_commits_says_to_copy_them(repo, tmp_path):
+    """git push sends the chunks of the commits it pushes, as git-lfs does: commits the
+    git remote already had never reached the new store, silently, and clones failed."""
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    m = _commit(repo, 0)
+    repo.git("push", "-q", "origin", "main")
+    store = tmp_path / "store"
+    err = repo.tz("remote", "add", "origin", str(store)).stderr.decode()
+    assert "run 'git theta-zarr push origin --all'" in err, err
+    repo.tz("push", "origin", "--all")
+    assert open_remote(RemoteSpec("s", str(store))).missing(m.digests()) == set()
+    assert "--all" not in repo.tz("remote", "add", "backup", str(tmp_path / "b")).stderr.decode()
