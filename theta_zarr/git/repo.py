@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..cache import default_cache_dir
 from ..chunking import MIN_CHUNK_BYTES
 from ..codecs import WRITER_NAMES
-from ..delta import MAX_DEPTH
+from ..delta import DeltaPolicy
 from ..errors import UserError
 from ..settings import Settings, parse_size
 
@@ -42,12 +42,12 @@ def git(*args: str, cwd: str | None = None, input: bytes | None = None,
     return proc.stdout
 
 
-def _config_int(key: str, value: str, low: int, high: int) -> int:
+def _config_int(key: str, value: str, low: int | None = None, high: int | None = None) -> int:
     try:
         n = int(value.strip())
     except ValueError:
         raise UserError(f"git config {key} = {value!r} is not a whole number") from None
-    if not low <= n <= high:
+    if low is not None and high is not None and not low <= n <= high:
         raise UserError(f"git config {key} = {value.strip()!r} is out of range ({low}..{high})")
     return n
 
@@ -81,17 +81,24 @@ def _config_value(key: str, value: str) -> object:
     if key == "theta-zarr.concurrency":
         return _config_int(key, value, 1, 1024)
     if key == "theta-zarr.delta-depth":
-        return _config_int(key, value, 1, MAX_DEPTH)
+        return _delta_bound(key, value, "max_depth", _config_int(key, value))
     if key == "theta-zarr.delta-ratio":
         try:
             ratio = float(value)
         except ValueError:
             raise UserError(f"git config {key} = {value!r} is not a number") from None
-        if not 0 < ratio <= 1:
-            raise UserError(f"git config {key} = {value.strip()!r} is out of range (a "
-                            "fraction above 0, at most 1)")
-        return ratio
+        return _delta_bound(key, value, "ratio", ratio)
     raise AssertionError(key)
+
+
+def _delta_bound(key: str, value: str, field: str, n: float) -> float:
+    """``n`` if DeltaPolicy (which holds the bounds) takes it as ``field``, else UserError
+    naming the key and the value."""
+    try:
+        DeltaPolicy(**{field: n})
+    except ValueError as e:
+        raise UserError(f"git config {key} = {value.strip()!r} is out of range ({e})") from None
+    return n
 
 
 def _true(value: str) -> bool:
