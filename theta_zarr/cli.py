@@ -152,17 +152,17 @@ def untrack(patterns: tuple[str, ...]) -> None:
 def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json: bool) -> None:
     """Tracked checkpoints: format, parameters, size, chunks, and how many are cached."""
     from .checkpoint import open_cache
-    from .git.files import tracked_files, worktree_state
+    from .git.files import matches, tracked_files, worktree_state
     from .git.repo import Repo
 
     repo = Repo.discover()
     cache = open_cache(repo.settings())
     # as git ls-files: paths may be folders, and in a subfolder only its files are listed
-    rel = [os.path.relpath(os.path.abspath(p), repo.top).replace(os.sep, "/").rstrip("/")
+    rel = [os.path.relpath(os.path.abspath(p), repo.top).replace(os.sep, "/")
            for p in paths or ["."]]
     files = tracked_files(repo, rev, rel)
     for p, r in zip(paths, rel, strict=False):
-        if r != "." and not any(f.path == r or f.path.startswith(r + "/") for f in files):
+        if r != "." and not any(matches(f.path, r) for f in files):
             fail(f"{p}: no file theta-zarr tracks matches it")
     rows = []
     for f in files:

@@ -93,19 +93,20 @@ def read_blobs(repo: Repo, blobs: list[str]) -> list[bytes]:
     return result
 
 
+def matches(path: str, spec: str) -> bool:
+    """``path`` is ``spec`` or lies under the folder ``spec`` (both relative to the top,
+    ``/``-separated; ``.`` is the top), as git's pathspecs match."""
+    spec = spec.rstrip("/")
+    return spec in (".", "") or path == spec or path.startswith(spec + "/")
+
+
 def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = None
                   ) -> list[TrackedFile]:
     """The files theta-zarr tracks in the index (or at ``rev``), each with its manifest
-    when its blob is one; ``paths`` (relative to the top, ``/``-separated) keeps those
-    files and the files under those folders, as git's pathspecs do."""
+    when its blob is one; ``paths`` keeps those :func:`matches` (files, folders)."""
     entries = _entries(repo, rev)
     if paths:
-        wanted = {p.rstrip("/") for p in paths}
-        if "." in wanted or "" in wanted:
-            wanted = set()  # the top: everything
-        entries = [e for e in entries
-                   if not wanted or e[0] in wanted or any(e[0].startswith(w + "/")
-                                                          for w in wanted)]
+        entries = [e for e in entries if any(matches(e[0], p) for p in paths)]
     attrs = repo.attribute([p for p, _ in entries], "filter")
     ours = [(p, b) for p, b in entries if attrs.get(p) == DRIVER]
     sizes = [size for _, size in object_info(repo, [b for _, b in ours])]

@@ -125,9 +125,8 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
         elif model is not None:
             expanded += sorted(model.shard_manifests)
         elif os.path.isdir(os.path.join(repo.top, rel)):  # a folder (a Trainer checkpoint-N/)
-            under = "" if rel == "." else rel.replace(os.sep, "/").rstrip("/") + "/"
-            found = [f.path for f in tracked_files(repo)
-                     if f.manifest is not None and f.path.startswith(under)]
+            found = [f.path for f in tracked_files(repo, None, [rel.replace(os.sep, "/")])
+                     if f.manifest is not None]
             if not found:
                 raise ValueError(f"{rel}: no checkpoint theta-zarr stores in this folder")
             expanded += found
