@@ -40,7 +40,7 @@ def pre_push(repo: Repo, remote_name: str, lines: list[str], url: str | None = N
     if not manifests:
         return None
     found = for_git_remote(repo, remote_name, url)
-    if found is None and remote_name not in repo.git("remote").decode().split():
+    if found is None and remote_name == url:  # githooks(5): an unnamed remote's name is its URL
         raise RemoteError(f"git push to {url or remote_name}: no theta-zarr remote takes its "
                           "chunks: run 'git theta-zarr remote add NAME URL' and push to a git "
                           "remote of that NAME, or set theta-zarr.default-remote")
