@@ -19,20 +19,38 @@ def forget_stat(repo) -> None:
     assert "size: 0" in repo.out("ls-files", "--debug", MODEL)
 
 
+ANSWERED = f"{MODEL}: answered from its stat record"
+DEBUG = {"GIT_THETA_ZARR_DEBUG": "1"}
+
+
 def test_unchanged_file_is_not_rehashed(repo):
     write_model(str(repo.path / MODEL), SHAPE)
     repo.git("add", MODEL)
     repo.git("commit", "-q", "-m", "m")
-    shutil.rmtree(repo.objects_dir)  # a real clean would store the chunks again
     forget_stat(repo)
-    assert repo.out("status", "--porcelain") == ""
-    assert not repo.objects_dir.exists()
-    # touched: the stat differs, so the file is cleaned (and its chunks stored) again
+    proc = repo.git("status", "--porcelain", env=DEBUG)
+    assert proc.stdout == b"" and ANSWERED in proc.stderr.decode()
+    # touched: the stat differs, so the file is cleaned again
     st = os.stat(repo.path / MODEL)
     os.utime(repo.path / MODEL, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     forget_stat(repo)
-    assert repo.out("status", "--porcelain") == ""
-    assert repo.object_files()
+    proc = repo.git("status", "--porcelain", env=DEBUG)
+    assert proc.stdout == b"" and ANSWERED not in proc.stderr.decode()
+
+
+def test_record_is_not_trusted_once_the_cache_lost_a_chunk(repo):
+    """A deleted (or collected) cache: answering from the record would commit a manifest
+    whose chunks exist nowhere; the file is cleaned again, which stores them."""
+    write_model(str(repo.path / MODEL), SHAPE)
+    repo.git("add", MODEL)
+    repo.git("commit", "-q", "-m", "m")
+    stored = repo.object_files()
+    shutil.rmtree(repo.objects_dir)
+    forget_stat(repo)
+    proc = repo.git("status", "--porcelain", env=DEBUG)
+    assert proc.stdout == b"" and ANSWERED not in proc.stderr.decode()
+    assert stored and repo.object_files() == stored
+    repo.git("theta-zarr", "fsck")
 
 
 def test_changed_file_is_cleaned_and_other_content_is_not_answered_from_the_record(repo):
@@ -59,10 +77,9 @@ def test_direct_write_is_recorded(repo):
     repo.git("commit", "-q", "-m", "m")
     (repo.path / MODEL).unlink()
     repo.git("checkout", "--", MODEL)
-    shutil.rmtree(repo.objects_dir)
     forget_stat(repo)
-    assert repo.out("status", "--porcelain") == ""
-    assert not repo.objects_dir.exists()
+    proc = repo.git("status", "--porcelain", env=DEBUG)
+    assert proc.stdout == b"" and ANSWERED in proc.stderr.decode()
 
 
 def test_large_files_cleaned_from_the_file_give_the_pipes_manifest(repo):

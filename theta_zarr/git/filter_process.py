@@ -130,11 +130,14 @@ class FilterServer:
             before = None  # migrate: the index's pointer decides, not a record
         if before is not None and self.stat_cache is not None:
             cached = self.stat_cache.get(path, before)
-            if cached is not None:  # the file theta-zarr last cleaned or wrote: no re-hash
+            # the file theta-zarr last cleaned or wrote: no re-hash, unless the cache lost
+            # a chunk since (deleted, gc'd): then the clean below stores it again
+            if cached is not None and not checkpoint.missing_chunks(cached[1], self.cache):
+                log.debug("%s: answered from its stat record, not hashed again", path)
                 content.drain()
                 if content.count == before.st_size and \
                         stat_key(before) == stat_key(self._worktree_stat(path) or before):
-                    self._reply(cached)
+                    self._reply(cached[0])
                 else:
                     self._error(path, "changed while git was reading it; run the command "
                                       "again")

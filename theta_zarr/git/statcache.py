@@ -7,7 +7,9 @@ ctime in nanoseconds) is the one recorded when theta-zarr last cleaned or wrote
 it, the recorded manifest is the answer: the pipe is drained, nothing re-hashed.
 This is git's own trust in stat data, one level down.  Records live in
 ``<git-dir>/theta-zarr/stat/`` (one file per path, per worktree), written
-atomically; a record is only used after its manifest parses and validates.
+atomically; a record is only used after its manifest parses and validates, and
+only while the cache holds every chunk it names (a deleted or collected cache gets
+them back from the clean that follows).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ class StatCache:
     def _file(self, path: str) -> str:
         return os.path.join(self.root, hashlib.sha256(path.encode("utf-8")).hexdigest())
 
-    def get(self, path: str, st: os.stat_result) -> bytes | None:
-        """The manifest recorded for ``path`` if ``st`` is the recorded stat, else None."""
+    def get(self, path: str, st: os.stat_result) -> tuple[bytes, Manifest] | None:
+        """The manifest recorded for ``path`` (its bytes, parsed) if ``st`` is the recorded
+        stat, else None."""
         try:
             with open(self._file(path), "rb") as f:
                 head = json.loads(f.readline())
@@ -45,10 +48,9 @@ class StatCache:
         if not looks_like_manifest(data[:64]):
             return None
         try:
-            Manifest.from_bytes(data, path)
+            return data, Manifest.from_bytes(data, path)
         except ManifestError:
             return None
-        return data
 
     def put(self, path: str, st: os.stat_result, manifest: bytes) -> None:
         """Record ``manifest`` for ``path`` at stat ``st`` (best effort: a cache)."""
