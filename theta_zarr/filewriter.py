@@ -1,9 +1,9 @@
 """Write a checkpoint file straight from the cache: no pipe, no buffer the file's size.
 
 For formats that give a ``layout`` (safetensors, opaque files), the file's blocks are
-allocated first (``fallocate``), then every chunk is copied to its offset by the kernel
-(``copy_file_range``) after its digest is checked, in a thread pool, so writing
-runs at the speed of the disk with memory bounded by chunk size x workers.  Other
+allocated first (``fallocate``), then every chunk is written to its offset from a memory
+map of its cache object (``Cache.copy_to``: the map its digest check read), in a thread
+pool, so writing runs at the speed of the disk with memory bounded by chunk size x workers.  Other
 formats stream through their own ``smudge`` into the same file.
 """
 
