@@ -158,6 +158,25 @@ def test_corrupt_cache_object_is_quarantined_then_rewritten_by_clean(repo):
     assert (repo.path / "m.safetensors").read_bytes() == original
 
 
+@pytest.mark.parametrize("fault", ["corrupt", "missing"])
+def test_a_bad_chunk_of_a_torch_file_is_one_line(repo, fault):
+    """A .pt file is rebuilt on a memory map: the error's traceback held views of it, and
+    closing the map raised BufferError, reported as an internal error instead."""
+    import torch
+
+    torch.save({"a": torch.randn(64, 256), "b": torch.randn(64, 256)}, repo.path / "opt.pt")
+    repo.git("-c", "theta-zarr.chunk-size=16KiB", "add", "opt.pt")
+    repo.git("commit", "-q", "-m", "opt")
+    m = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:opt.pt").stdout)
+    digest = m.params[sorted(m.params)[-1]].chunks[-1]
+    if fault == "corrupt":
+        _corrupt(repo, digest)
+        assert_one_line(checkout_fresh(repo, "opt.pt"), "opt.pt", digest, "quarantine")
+    else:
+        (repo.objects_dir / digest[7:9] / digest[9:]).unlink()
+        assert_one_line(checkout_fresh(repo, "opt.pt"), "opt.pt", "not in the cache")
+
+
 @pytest.mark.parametrize("direct", ["off", "1"], ids=["pipe", "direct"])
 def test_corrupt_cache_object_is_fetched_again_from_the_remote(repo, tmp_path, direct):
     """Through git's pipe and in a direct write (after git is done) alike."""

@@ -65,8 +65,6 @@ class TorchFormat(Format):
 
     def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
                tmp_dir: str | None = None) -> None:
-        import torch
-
         # Storages are laid out in a private memory-mapped spool so torch.save can
         # stream them out without the whole checkpoint in RAM.
         names = list(manifest.params)
@@ -80,20 +78,9 @@ class TorchFormat(Format):
                 tempfile.TemporaryFile(dir=tmp_dir) as saved:
             spool.truncate(max(total, 1))
             with mmap.mmap(spool.fileno(), max(total, 1)) as mm:
-                view = memoryview(mm)
-                try:
-                    for n in names:
-                        e = manifest.params[n]
-                        reader.read_into(e, view[offsets[n]:offsets[n] + e.nbytes])
-                    bases = {n: _tensor_from(mm, offsets[n], manifest.params[n])
-                             for n in names}
-                    decoder = _TreeDecoder(bases)
-                    obj = decoder.decode(manifest.format.get("tree"))
-                    with _saving_locations(decoder.locations):
-                        torch.save(obj, saved, _use_new_zipfile_serialization=not legacy)
-                    del bases, obj, decoder
-                finally:
-                    view.release()
+                failed = _save_from_map(mm, manifest, offsets, reader, saved, legacy)
+            if failed is not None:  # raised once the map is closed
+                raise failed
             saved.seek(0)
             shutil.copyfileobj(saved, out, 1 << 20)
 
@@ -282,6 +269,37 @@ def _describe_tree(node: Any, path: tuple[str, ...], out: dict[str, Any]) -> Non
         out[key] = []
     else:
         out[key] = node
+
+
+def _save_from_map(mm: mmap.mmap, manifest: Manifest, offsets: dict[str, int],
+                   reader: ChunkReader, saved: BinaryIO, legacy: bool) -> Exception | None:
+    """Read every parameter into its place in ``mm``, then ``torch.save`` the tree built
+    on those bytes into ``saved``.  Returns the exception that stopped it (a corrupt or
+    missing chunk, ...) instead of raising it: its traceback holds views and tensors of the
+    map, and a map with views alive cannot close (BufferError would replace the error)."""
+    import torch
+
+    view = memoryview(mm)
+    try:
+        for n, e in manifest.params.items():
+            reader.read_into(e, view[offsets[n]:offsets[n] + e.nbytes])
+        bases = {n: _tensor_from(mm, offsets[n], e) for n, e in manifest.params.items()}
+        decoder = _TreeDecoder(bases)
+        obj = decoder.decode(manifest.format.get("tree"))
+        with _saving_locations(decoder.locations):
+            torch.save(obj, saved, _use_new_zipfile_serialization=not legacy)
+    except Exception as e:
+        chain: list[BaseException] = []
+        link: BaseException | None = e
+        while link is not None and link not in chain:
+            chain.append(link)
+            link = link.__cause__ or link.__context__
+        for link in chain:  # every traceback in the chain: their frames hold the views
+            link.__traceback__ = None
+        return e
+    finally:
+        view.release()
+    return None
 
 
 def _tensor_from(mm: mmap.mmap, offset: int, entry) -> torch.Tensor:
