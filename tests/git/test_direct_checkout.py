@@ -68,6 +68,20 @@ def test_switch_between_commits(direct):
     assert_clean_without_filter(direct)
 
 
+def test_restore_without_an_index_writes_the_file(direct):
+    """git's own hint after a failed clone is ``git restore --source=HEAD :/``, which runs
+    with no index file (and writes none): the file is written, not left as its manifest."""
+    h = commit_model(direct, "base")
+    (direct.path / MODEL).unlink()
+    (direct.path / ".git" / "index").unlink()
+    proc = direct.git("restore", "--source=HEAD", ":/")
+    assert proc.stderr == b""
+    assert file_sha(direct.path / MODEL) == h
+    assert not (direct.path / ".git" / "index").exists()
+    direct.git("reset", "-q")
+    assert direct.out("status", "--porcelain") == ""
+
+
 def test_reset_hard_and_stash(direct):
     h1 = commit_model(direct, "base")
     write_model(str(direct.path / MODEL), SHAPE, tuned=SHAPE.layer_names(0))

@@ -57,6 +57,7 @@ class FilterServer:
             settings.direct_checkout is not None
         self.index: GitIndex | None = None
         self.pending: dict[str, Pending] = {}
+        self.unwritten: list[str] = []  # direct writes not done (finish failed part-way)
         # clean's content is the working-tree file (not hash-object --stdin, apply...)
         self.clean_reads_worktree = False
         self.stat_cache = StatCache(repo.git_dir) if repo is not None else None
@@ -359,35 +360,35 @@ class FilterServer:
         """git has closed the pipe (its index is written): write the pending files.
 
         Should the index refuse a direct write after all, git writes them through
-        its pipe (``checkout-index``), as it would have.
+        its pipe (``checkout-index``), as it would have.  Any other failure leaves the
+        files as git wrote them (their manifests: lazy files), and ``unwritten`` names them.
         """
         if not self.pending:
             return
         files = list(self.pending.values())
         self.pending.clear()
+        self.unwritten = [p.path for p in files]
         interrupts.install(lambda: "; files not written yet stay lazy (run 'git theta-zarr "
-                           f"materialize'): {', '.join(p.path for p in files)}")
+                           f"materialize'): {', '.join(self.unwritten)}")
         for attempt in range(REPAIRS + 1):
             try:
                 write_files(self.repo, files, self.cache, self.settings.workers, self.index)
-                return
+                break
             except IndexUnsupported:
                 for p in files:
                     checkout_through_git(self.repo, p.path, p.data)
-                return
+                break
             except QuarantinedError as e:
                 # a corrupt cache object, moved aside: a good copy from the remote, then the
                 # files again (each attempt finds at least one more bad object)
                 if self.fetch is None or attempt == REPAIRS:
                     why = "no remote to fetch a good copy from" if self.fetch is None else \
                         "the remote had no good copy either"
-                    raise ObjectError(
-                        f"{e}; {why}: left as manifests (lazy files): "
-                        f"{', '.join(p.path for p in files)}; restore the chunk, then run "
-                        "'git theta-zarr materialize'") from None
+                    raise ObjectError(f"{e}; {why}; restore the chunk") from None
                 for p in files:
                     checkpoint.ensure_local(p.manifest, self.cache, self.fetch, source=p.path)
                 log.warning("%s; fetched a good copy again", e)
+        self.unwritten = []
 
 
 def _as_manifest(blob: bytes | None, path: str) -> Manifest | None:
@@ -502,6 +503,8 @@ def main(stdin: BinaryIO, stdout: BinaryIO) -> int:
     try:
         server.finish()
     except Exception as e:
-        print(f"theta-zarr: {one_line(e)}", file=sys.stderr)
+        lazy = f"; left as manifests (lazy files): {', '.join(server.unwritten)}; then run " \
+               "'git theta-zarr materialize'" if server.unwritten else ""
+        print(f"theta-zarr: {one_line(e)}{lazy}", file=sys.stderr)
         return 1
     return 0

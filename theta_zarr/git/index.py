@@ -147,11 +147,16 @@ class GitIndex:
     def update(self, paths: list[str], fn: Update, wait_s: float = LOCK_WAIT_S) -> dict[str, Stat]:
         """Under ``index.lock``, call ``fn`` for each stage-0 entry among ``paths``; record
         the stat data it returns.  Returns {path: recorded stat}.  Raises IndexUnsupported
-        (nothing changed) when the index cannot be rewritten safely."""
+        (nothing changed) when the index cannot be rewritten safely.  Without an index
+        file (git wrote none: ``rm .git/index; git restore …``) there is no entry to update.
+        """
         wanted = {p.encode("utf-8") for p in paths}
         with self._locked(wait_s) as fd:
-            with open(self.path, "rb") as f:
-                version, entries, _, extensions, trailer = self._parse(f.read())
+            try:
+                with open(self.path, "rb") as f:
+                    version, entries, _, extensions, trailer = self._parse(f.read())
+            except FileNotFoundError:
+                version, entries, extensions, trailer = 2, [], b"", b""
             done: dict[str, Stat] = {}
             for i, e in enumerate(entries):
                 if e.name not in wanted or e.flags & 0x3000:  # stage bits: conflicts are left alone
