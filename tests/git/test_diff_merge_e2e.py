@@ -85,6 +85,20 @@ def test_git_diff_log_show_and_plot(repo, tmp_path):
     assert "16 changed" in out
 
 
+def test_git_diff_into_a_closed_pipe_stops_quietly(repo):
+    """``git diff | head``: git reports a driver's non-zero exit as "external diff died";
+    the driver stops quietly instead, as ``git theta-zarr diff | head`` does (141)."""
+    for name in ("a.safetensors", "b.safetensors"):
+        commit_model(repo, "base", name=name)
+    for name in ("a.safetensors", "b.safetensors"):
+        commit_model(repo, "tune", name=name, tuned=SHAPE.layer_names(1))
+    for cmd, status in (("git diff HEAD~2", 0), ("git theta-zarr diff HEAD~2", 141)):
+        proc = repo.run("bash", "-c", f"{cmd} | head -c 1 >/dev/null; "
+                                      "echo ${PIPESTATUS[0]}")
+        assert proc.stderr == b"", proc.stderr.decode()
+        assert int(proc.stdout) == status
+
+
 def test_git_diff_of_old_versions_of_a_single_file_never_searches_history(repo, tmp_path):
     """git's external diff gets blob ids; for a file that cannot be a shard (no index
     beside it, now or in any commit) the driver says so before it looks for the blobs'

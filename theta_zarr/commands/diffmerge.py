@@ -213,7 +213,7 @@ def register(main: click.Group) -> None:
 
     @main.command("diff-driver", hidden=True, context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    @reports_errors
+    @reports_errors(broken_pipe=0)
     def diff_driver_cmd(args: tuple[str, ...]) -> None:
         """git's external diff command (diff.theta-zarr.command)."""
         from ..git.drivers import diff_driver

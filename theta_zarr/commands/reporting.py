@@ -56,8 +56,16 @@ class OneLineGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the core's errors into a one-line message and exit status 1."""
+def reports_errors(fn: Callable[..., Any] | None = None, *, broken_pipe: int = 141
+                   ) -> Any:
+    """Turn the core's errors into a one-line message and exit status 1.
+
+    A reader that went away (``... | head``) ends the command quietly with status
+    ``broken_pipe``: 141 (128 + SIGPIPE) as git's own commands, 0 for a command git runs
+    as its external diff, since git reports any other status as "external diff died".
+    """
+    if fn is None:
+        return functools.partial(reports_errors, broken_pipe=broken_pipe)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +76,7 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:
             # the reader went away (``... | head``): stop quietly, as git does
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(141)
+            sys.exit(broken_pipe)
         except (GitError, *USER_ERRORS) as e:
             fail(one_line(e))
         except KeyboardInterrupt:
