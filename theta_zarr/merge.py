@@ -87,6 +87,12 @@ class ParamConflict:
     def theirs(self) -> ParamEntry | None:
         return self.models[-1]
 
+    @property
+    def whole(self) -> bool:
+        """Only a whole side settles it: shape, dtype or presence differ, or an opaque file
+        (values changed on a common grid can also be combined, chunk by chunk)."""
+        return self.kind != "chunks" and not (self.kind == "add-add" and self.merged)
+
     def side(self, takes: str) -> ParamEntry | None:
         """The entry a ``takes`` strategy picks: ``"ours"``, ``"theirs"`` or ``"base"``."""
         return {"ours": self.ours, "theirs": self.theirs, "base": self.base}[takes]
@@ -271,30 +277,52 @@ def execute(p: MergePlan, table: StrategyTable, objects: Any, workers: int = 4,
     return Manifest(fmt, merged)
 
 
-def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, objects: Any,
-             workers: int, source: str) -> ParamEntry | None:
-    where = f"{source}: parameter {c.name!r}"
-    if c.kind != "chunks" and not (c.kind == "add-add" and c.merged):
+def refusal(c: ParamConflict, strategy: Strategy) -> str | None:
+    """Why ``strategy`` cannot resolve the conflict ``c`` (None: it can, given valid options).
+
+    A conflict over shape, dtype or presence (or an opaque file) takes one side; a value
+    strategy needs a dtype it computes in, and the base when it uses one.  The merge and
+    the conflict report's suggestions both ask this.
+    """
+    if c.whole:
         if strategy.takes is None:
-            raise MergeError(f"{where}: {c.describe()}; only ours, theirs or base can resolve "
-                             f"it, not {strategy.name!r}")
-        return c.side(strategy.takes)
+            return f"{c.describe()}; only ours, theirs or base can resolve it, not " \
+                   f"{strategy.name!r}"
+        return None
     first = c.models[0]
     assert first is not None
     has_base = same_grid(c.base, first)
     if strategy.takes == "base" and not has_base:
-        raise MergeError(f"{where}: has no base of the same shape to take chunks from")
+        return "has no base of the same shape to take chunks from"
+    if strategy.takes is not None:
+        return None
+    if strategy.needs_base and not has_base:
+        return f"strategy {strategy.name!r} needs the base version, and the base has no " \
+               "parameter of this shape"
+    try:
+        strategy.check(first.dtype, numeric_kind(first.dtype))
+    except StrategyError as e:
+        return str(e)
+    return None
+
+
+def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, objects: Any,
+             workers: int, source: str) -> ParamEntry | None:
+    where = f"{source}: parameter {c.name!r}"
+    why = refusal(c, strategy)
+    if why is not None:
+        raise MergeError(f"{where}: {why}")
+    if c.whole:
+        return c.side(strategy.takes)  # type: ignore[arg-type]
+    first = c.models[0]
+    assert first is not None
     keys = list(c.merged)
     if strategy.takes is not None:
         chosen = chunk_keys(c.side(strategy.takes))  # type: ignore[arg-type]
         for i in c.chunks:
             keys[i] = chosen[i]
         return _with_keys(first, keys)
-    if strategy.needs_base and not has_base:
-        raise MergeError(f"{where}: strategy {strategy.name!r} needs the base version, "
-                         "and the base has no parameter of this shape")
     try:
-        strategy.check(first.dtype, numeric_kind(first.dtype))
         strategy.validate(options, len(c.models))
     except StrategyError as e:
         raise MergeError(f"{where}: {e}") from None

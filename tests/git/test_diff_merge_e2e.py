@@ -215,6 +215,33 @@ def test_a_dtype_conflict_is_hinted_with_the_strategies_that_resolve_it(repo):
     assert load(repo, "a").tobytes() == (base["a"] + 1).tobytes()
 
 
+def test_integer_and_added_conflicts_are_hinted_with_what_resolves_them(repo):
+    """Integer values cannot be averaged and a tensor added on both sides has no base for
+    task arithmetic: the report suggested both, and each then failed."""
+    w = np.zeros((8, 8), dtype=np.float32)
+    conflicting_branches(repo, {"w": w}, {"w": w, "step": np.array([1, 2, 3])},
+                         {"w": w, "step": np.array([4, 5, 6])})
+    proc = repo.git("merge", "--no-edit", "other", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0
+    assert "--strategy ours --param 'step'   (or theirs, or base: int64 values cannot be " \
+           "averaged)" in err
+    assert "--strategy average" not in err and "task-arithmetic" not in err.split(
+        "or set a strategy")[0]
+    repo.tz("resolve", "m.safetensors", "--strategy", "theirs", "--param", "step")
+    assert load(repo, "step").tolist() == [4, 5, 6]
+    repo.git("commit", "-q", "--no-edit")
+    repo.git("branch", "-q", "-D", "other")
+    # float values added on both sides: average works, task arithmetic (no base) is not offered
+    conflicting_branches(repo, {"w": w}, {"w": w, "new": np.ones(4, np.float32)},
+                         {"w": w, "new": np.full(4, 3, np.float32)})
+    err = repo.git("merge", "--no-edit", "other", check=False).stderr.decode()
+    hint = err.split("resolve with one of:")[1].split("or set a strategy")[0]
+    assert "--strategy average" in hint and "task-arithmetic" not in hint
+    repo.tz("resolve", "m.safetensors", "--strategy", "average")
+    assert load(repo, "new").tolist() == [2.0] * 4
+
+
 def test_conflict_report_then_resolve_average(repo):
     rng = np.random.default_rng(1)
     base = {k: rng.standard_normal((64, 32), dtype=np.float32).astype(BF16)

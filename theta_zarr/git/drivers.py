@@ -24,11 +24,13 @@ from ..foreign import Foreign, Side
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..merge import (
     MergePlan,
+    ParamConflict,
     Rule,
     StrategyTable,
     execute,
     merge_manifests,
     plan,
+    refusal,
     unresolved,
 )
 from ..mergeconfig import parse_value
@@ -190,23 +192,33 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
     left = unresolved(p, table)
     lines = [f"theta-zarr: {path}: {len(left)} conflicting parameter(s), not merged:"]
     lines += [f"  {c.name}: {c.describe()}" for c in left]
-    # a conflict over shape, dtype or presence takes one side; only values can be combined
-    whole = [c for c in left if c.kind != "chunks" and not (c.kind == "add-add" and c.merged)]
+    # suggest only what can settle these conflicts (merge.refusal): a conflict over shape,
+    # dtype or presence, or over integer values, takes one side; float values also combine
+    average, arithmetic = get_strategy("average"), get_strategy("task-arithmetic")
+    values = [c for c in left if refusal(c, average) is None]
     lines.append("resolve with one of:")
-    if whole:
-        lines += [f"  git theta-zarr resolve {path} --strategy ours --param '{c.name}'   "
-                  "(or theirs, or base: its shape, dtype or presence differ)" for c in whole[:3]]
-        if len(left) > len(whole):
-            value = next(c for c in left if c not in whole)
-            lines.append(f"  git theta-zarr resolve {path} --strategy average --param "
-                         f"'{value.name}'")
+    if len(values) == len(left):
+        lines.append(f"  git theta-zarr resolve {path} --strategy average")
+        if all(refusal(c, arithmetic) is None for c in left):
+            lines.append(f"  git theta-zarr resolve {path} --strategy task-arithmetic "
+                         "--scale 1.0")
+        lines.append(f"  git theta-zarr resolve {path} --strategy ours --param '{left[0].name}'")
     else:
-        lines += [f"  git theta-zarr resolve {path} --strategy average",
-                  f"  git theta-zarr resolve {path} --strategy task-arithmetic --scale 1.0",
-                  f"  git theta-zarr resolve {path} --strategy ours --param '{left[0].name}'"]
+        sides = [c for c in left if c not in values]
+        lines += [f"  git theta-zarr resolve {path} --strategy ours --param '{c.name}'   "
+                  f"(or theirs, or base: {_one_side_only(c)})" for c in sides[:3]]
+        if values:
+            lines.append(f"  git theta-zarr resolve {path} --strategy average --param "
+                         f"'{values[0].name}'")
     lines.append(f"or set a strategy per parameter: git config {MERGE_SECTION}.'<glob>'.strategy "
                  f"<{'|'.join(sorted(available()))}>")
     return lines
+
+
+def _one_side_only(c: ParamConflict) -> str:
+    """Why only one side can settle ``c`` (whole, or values average cannot combine)."""
+    return "its shape, dtype or presence differ" if c.whole else \
+        f"{c.models[0].dtype} values cannot be averaged"
 
 
 def summary_line(path: str, p: MergePlan, table: StrategyTable) -> str:
