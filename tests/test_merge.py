@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from merge_helpers import BF16, make_store, manifest, read, rng_arr
 
+from theta_zarr.manifest import Manifest
 from theta_zarr.merge import (
     MergeError,
     Rule,
@@ -196,6 +197,29 @@ def test_format_merge_keeps_both_additions():
     out = merge_formats(b, [o, t], params)
     assert out["order"] == ["a", "o", "t"]
     assert out["header"] == o["header"] and "header_text" not in out
+
+
+def test_a_non_tensor_value_changed_differently_is_a_conflict(store, caplog):
+    """It used to merge silently to ours (the whole tree, dropping theirs's other changes)."""
+    w = rng_arr(0, (8,))
+
+    def side(lr: float, step: int) -> Manifest:
+        fmt = {"name": "torch", "tree": {"__dict__": [["w", {"__tensor__": "w"}], ["lr", lr],
+                                                      ["step", step]]}}
+        return manifest(store, {"w": w}, fmt=fmt)
+
+    base, ours, theirs = side(0.1, 1), side(0.3, 1), side(0.2, 7)
+    merged, p = merge_manifests(base, ours, theirs, table(), store)
+    assert merged is None and list(p.conflicts) == ["lr"]
+    assert p.conflicts["lr"].describe() == \
+        "a non-tensor value changed differently: ours 0.3, theirs 0.2, base 0.1"
+    values = {"theirs": (0.2, 7), "base": (0.1, 7), "ours": (0.3, 7), "average": (0.3, 7)}
+    for strategy, (lr, step) in values.items():
+        pairs = execute(p, table(strategy), store).format["tree"]["__dict__"]
+        assert pairs[1:] == [["lr", lr], ["step", step]], strategy
+    # a value strategy combines tensors only: ours's value, said in a line
+    assert "lr a non-tensor value changed differently" in caplog.text
+    assert "kept ours's (strategy 'average' combines tensors only)" in caplog.text
 
 
 def test_opaque_files_never_mix_chunks(store):

@@ -15,6 +15,8 @@ chunk of that one parameter first (:class:`theta_zarr.merges.TensorView`).
 from __future__ import annotations
 
 import fnmatch
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +27,7 @@ from . import chunking
 from .chunkreader import ordered_map
 from .dtypes import by_name
 from .manifest import Manifest, ManifestError, ParamEntry
+from .mergeinfo import ABSENT, InfoConflict, merge_info, pick, set_at
 from .merges import (
     ChunkInput,
     MergeOptions,
@@ -36,6 +39,8 @@ from .merges import (
 from .objects import ObjectError
 
 Key = str | bytes  # a chunk's digest, or its inline bytes
+
+log = logging.getLogger(__name__)
 
 
 class MergeError(ValueError):
@@ -72,12 +77,13 @@ class ParamConflict:
     """
 
     name: str
-    kind: str  # "chunks" | "shape" | "delete-modify" | "add-add" | "opaque"
+    kind: str  # "chunks" | "shape" | "delete-modify" | "add-add" | "opaque" | "info"
     base: ParamEntry | None
     models: list[ParamEntry | None]
     labels: list[str]
     chunks: list[int] = field(default_factory=list)  # chunks changed differently ("chunks")
     merged: list[Key] = field(default_factory=list)  # the chunk-level merge so far
+    info: InfoConflict | None = None  # a non-tensor value ("info"): its values
 
     @property
     def ours(self) -> ParamEntry | None:
@@ -113,9 +119,19 @@ class ParamConflict:
                 "values" if alike else "shapes or dtypes")
         if self.kind == "opaque":
             return f"an opaque file (bytes, not weights) changed on {who}"
+        if self.info is not None:
+            values = ", ".join(f"{lb} {_short(v)}" for lb, v in zip(self.labels, self.info.sides,
+                                                                     strict=True))
+            return f"a non-tensor value changed differently: {values}, base " \
+                   f"{_short(self.info.base)}"
         geoms = ", ".join(f"{lb} {_geom(m)}" for lb, m in zip(self.labels, self.models,
                                                                  strict=True))
         return f"shape/dtype/chunking differ: {geoms}"
+
+
+def _short(value: Any) -> str:
+    text = "(absent)" if value is ABSENT else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _geom(e: ParamEntry | None) -> str:
@@ -140,20 +156,6 @@ class MergePlan:
     @property
     def theirs(self) -> Manifest:
         return self.models[-1]
-
-
-def pick(base: Any, sides: Sequence[Any]) -> tuple[bool, Any]:
-    """The three-way rule for any number of sides: the base if no side changed it, the
-    one change if every side that changed it agrees; (False, None) otherwise."""
-    changed: list[Any] = []
-    for v in sides:
-        if v != base and v not in changed:
-            changed.append(v)
-    if not changed:
-        return True, base
-    if len(changed) == 1:
-        return True, changed[0]
-    return False, None
 
 
 def plan(base: Manifest | None, ours: Manifest, theirs: Manifest) -> MergePlan:
@@ -211,6 +213,10 @@ def plan_models(base: Manifest | None, models: Sequence[Manifest],
         else:
             params[name] = _with_keys(first, merged)
             chunk_merged.append(name)
+    for info in _merge_info(base.format, [m.format for m in models])[1]:
+        key = info.name if info.name not in conflicts else f"{info.name} (format info)"
+        conflicts[key] = ParamConflict(key, "info", None, [None] * len(models), list(labels),
+                                       info=info)
     return MergePlan(base, list(models), list(labels), params, conflicts, chunk_merged)
 
 
@@ -269,11 +275,19 @@ def execute(p: MergePlan, table: StrategyTable, objects: Any, workers: int = 4,
         raise MergeError(f"{source}: {len(left)} conflicting parameter(s) have strategy 'fail' "
                          f"(first: {left[0].name})")
     params = dict(p.params)
+    resolved: dict[tuple, Any] = {}
     for name, c in p.conflicts.items():
         strategy, options = table.lookup(name)
-        params[name] = _resolve(c, strategy, options, objects, workers, source)
+        if c.info is None:
+            params[name] = _resolve(c, strategy, options, objects, workers, source)
+        elif strategy.takes is not None:
+            resolved[c.info.path] = c.info.base if strategy.takes == "base" else \
+                c.info.sides[0 if strategy.takes == "ours" else -1]
+        else:  # a value strategy for the tensors (merge-models, a '*' rule): ours, said so
+            log.warning("%s: %s %s; kept %s's (strategy %r combines tensors only)", source,
+                        name, c.describe(), c.labels[0], strategy.name)
     merged = {n: e for n, e in params.items() if e is not None}
-    fmt = merge_formats(p.base.format, [m.format for m in p.models], merged)
+    fmt = merge_formats(p.base.format, [m.format for m in p.models], merged, resolved)
     return Manifest(fmt, merged)
 
 
@@ -376,23 +390,38 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
     return _with_keys(first, keys)
 
 
-def merge_formats(b: dict, sides: Sequence[dict], params: dict[str, Any]) -> dict[str, Any]:
-    """The format info of the merge: by key as :func:`pick` decides, the first side's
-    value where sides changed a key differently.
+#: format keys that follow the tensors (safetensors' order and kept header text): merged
+#: apart, never a conflict of their own
+DERIVED = ("order", "header_text")
+
+
+def _merge_info(b: dict, sides: Sequence[dict]) -> tuple[dict, list[InfoConflict]]:
+    """The format info without its DERIVED keys, merged (mergeinfo.merge_info)."""
+    def strip(fmt: dict) -> dict:
+        return {k: v for k, v in fmt.items() if k not in DERIVED}
+
+    return merge_info(strip(b), [strip(s) for s in sides])
+
+
+def merge_formats(b: dict, sides: Sequence[dict], params: dict[str, Any],
+                  resolved: dict[tuple, Any] | None = None) -> dict[str, Any]:
+    """The format info of the merge: key by key down to the leaves (mergeinfo), with
+    ``resolved`` values (by key path) where sides changed a leaf differently, else the
+    first side's.
 
     A list ``order`` (tensor order, as safetensors keeps it) is then made to name
-    exactly the merged parameters: the first side's order, then the others' additions.
+    exactly the merged parameters: the first side's order, then the others' additions;
+    a kept ``header_text`` stays only if the sides agree on it and the order holds.
     """
-    ok, fmt = pick(b, sides)
-    if not ok:
-        fmt = {}
-        for k in dict.fromkeys(k for side in sides for k in side):
-            ok, v = pick(b.get(k), [side.get(k) for side in sides])
-            v = v if ok else sides[0].get(k)
-            if v is not None:
-                fmt[k] = v
+    fmt = _merge_info(b, sides)[0]
+    for path, value in (resolved or {}).items():
+        fmt = set_at(fmt, path, value)
     fmt = dict(fmt)
-    order = fmt.get("order")
+    ok, text = pick(b.get("header_text", ABSENT), [s.get("header_text", ABSENT) for s in sides])
+    if ok and text is not ABSENT:
+        fmt["header_text"] = text
+    ok, order = pick(b.get("order", ABSENT), [s.get("order", ABSENT) for s in sides])
+    order = order if ok else sides[0].get("order", ABSENT)
     if isinstance(order, list):
         named = [*order, *(n for side in sides for n in side.get("order", [])), *sorted(params)]
         fmt["order"] = list(dict.fromkeys(n for n in named if n in params))

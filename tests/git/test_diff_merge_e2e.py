@@ -242,6 +242,42 @@ def test_integer_and_added_conflicts_are_hinted_with_what_resolves_them(repo):
     assert load(repo, "new").tolist() == [2.0] * 4
 
 
+def test_non_tensor_values_of_a_torch_file_merge_leaf_by_leaf(repo):
+    """Both sides' changes to different non-tensor leaves survive (theirs's used to be
+    dropped with the whole tree whenever ours changed any leaf); a leaf changed
+    differently stops the merge, and resolve settles it by its key path."""
+    def save_pt(lr: float, groups: list, message: str, **extra) -> None:
+        torch.save({"w": torch.zeros(4), "lr": lr, "param_groups": groups, **extra},
+                   repo.path / "x.pt")
+        repo.git("add", "x.pt")
+        repo.git("commit", "-q", "-m", message)
+
+    save_pt(0.1, [{"lr": 0.1, "m": 1}], "base")
+    repo.git("checkout", "-q", "-b", "other")
+    save_pt(0.2, [{"lr": 0.1, "m": 1}], "theirs", new=torch.ones(3))
+    repo.git("checkout", "-q", "main")
+    save_pt(0.1, [{"lr": 0.1, "m": 2}], "ours")
+    repo.git("merge", "-q", "--no-edit", "other")
+    merged = torch.load(repo.path / "x.pt", weights_only=True)
+    assert merged["lr"] == 0.2 and merged["param_groups"] == [{"lr": 0.1, "m": 2}]
+    assert merged["new"].tolist() == [1.0] * 3
+    # the same leaf changed differently on both sides: a conflict, named by its path
+    repo.git("checkout", "-q", "other")
+    save_pt(0.2, [{"lr": 0.5, "m": 1}], "theirs again", new=torch.ones(3))
+    repo.git("checkout", "-q", "main")
+    save_pt(0.2, [{"lr": 0.7, "m": 2}], "ours again", new=torch.ones(3))
+    proc = repo.git("merge", "--no-edit", "other", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0
+    assert "param_groups.0.lr: a non-tensor value changed differently: ours 0.7, theirs " \
+           "0.5, base 0.1" in err
+    assert "--strategy ours --param 'param_groups.0.lr'" in err
+    repo.tz("resolve", "x.pt", "--strategy", "theirs", "--param", "param_groups.*")
+    repo.git("commit", "-q", "--no-edit")
+    assert torch.load(repo.path / "x.pt", weights_only=True)["param_groups"] == \
+        [{"lr": 0.5, "m": 2}]
+
+
 def test_conflict_report_then_resolve_average(repo):
     rng = np.random.default_rng(1)
     base = {k: rng.standard_normal((64, 32), dtype=np.float32).astype(BF16)

@@ -217,6 +217,8 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
 
 def _one_side_only(c: ParamConflict) -> str:
     """Why only one side can settle ``c`` (whole, or values average cannot combine)."""
+    if c.info is not None:
+        return "a non-tensor value"
     return "its shape, dtype or presence differ" if c.whole else \
         f"{c.models[0].dtype} values cannot be averaged"
 
@@ -227,8 +229,10 @@ def summary_line(path: str, p: MergePlan, table: StrategyTable) -> str:
         s = table.lookup(name)[0].name
         by[s] = by.get(s, 0) + 1
     how = "".join(f", {n} by {s}" for s, n in sorted(by.items()))
-    return (f"theta-zarr: {path}: merged {len(p.params) + len(p.conflicts)} parameter(s)"
-            f" ({len(p.chunk_merged)} chunk by chunk{how})")
+    values = sum(c.info is not None for c in p.conflicts.values())
+    also = f" and {values} conflicting non-tensor value(s)" if values else ""
+    return (f"theta-zarr: {path}: merged {len(p.params) + len(p.conflicts) - values} "
+            f"parameter(s){also} ({len(p.chunk_merged)} chunk by chunk{how})")
 
 
 def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
