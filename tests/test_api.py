@@ -8,7 +8,7 @@ import safetensors.torch
 import torch
 
 import theta_zarr
-from theta_zarr.manifest import Manifest
+from theta_zarr.manifest import Manifest, ManifestError
 
 
 @pytest.fixture
@@ -54,6 +54,8 @@ def test_load_state_dict_include_reads_only_selected_chunks(committed):
     assert torch.equal(loaded["lm_head.weight"], sd["lm_head.weight"])
     with pytest.raises(Exception, match="not in the cache"):
         theta_zarr.load_state_dict(str(path), include="encoder.*")
+    with pytest.raises(ManifestError, match="no parameter matches lm_haed.*, x"):
+        theta_zarr.load_state_dict(str(path), include=["lm_haed.*", "x"])
 
 
 def test_load_state_dict_at_older_revision(committed):

@@ -24,7 +24,7 @@ from .git.models import open_model
 from .git.push import read_through
 from .git.repo import Repo
 from .git.sides import WORKTREE
-from .manifest import Manifest, looks_like_manifest
+from .manifest import Manifest, ManifestError, looks_like_manifest
 from .remote import ReadThrough
 from .shards import is_index_name
 
@@ -105,7 +105,8 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
     The keys are those ``torch.load`` returns for a state dict (dotted paths for nested
     objects), tied aliases included; tensors sharing a storage in the file share memory
     here too.  A distributed checkpoint's non-tensor items are left out.  Raises
-    ``RefError`` for a missing ref and ``ManifestError`` for a ref naming a set.
+    ``RefError`` for a missing ref, and ``ManifestError`` for a ref naming a set or an
+    ``include`` that matches no parameter (as ``materialize --include`` refuses it).
     """
     if ref is not None:
         manifest, objects = read_ref(path, ref, options, cache)
@@ -142,6 +143,9 @@ def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,
 
     views = formats.tensor_views(manifest)
     keys = select(views, include)
+    if include is not None and not keys:  # a typo must not look like an empty checkpoint
+        globs = [include] if isinstance(include, str) else list(include)
+        raise ManifestError(f"no parameter matches {', '.join(globs)}")
     names = list(dict.fromkeys(views[k].param for k in keys))
     checkpoint.ensure_local(manifest, objects.cache, objects.fetch, names=names)
     reader = ChunkReader(objects.cache, workers=workers)
