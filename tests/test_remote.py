@@ -82,3 +82,27 @@ def test_push_encodes_one_thread_per_core_and_keeps_uploads_in_flight(tmp_path, 
     assert [remote.get(d) for d in digests] == raws
     assert puts.most == remote.concurrency
     assert 1 <= encodes.most <= remote_module.CPU_WORKERS < remote.concurrency
+
+
+def test_an_endpoint_that_does_not_answer_is_an_outage_from_the_first_call(monkeypatch):
+    """Opening a remote asks whether its bucket exists; no answer used to count as "no
+    permission to ask" and the first transfer spent a second retry budget."""
+    import socket
+
+    from theta_zarr.remote import RemoteSpec, open_remote
+    from theta_zarr.storage import StorageError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    for scheme in ("s3", "gs"):
+        spec = RemoteSpec("origin", f"{scheme}://bucket/models", {
+            "endpoint-url": f"http://127.0.0.1:{port}", "retry-timeout": "1"})
+        try:
+            open_remote(spec, need="write")
+        except StorageError as e:
+            assert "cannot reach bucket bucket" in str(e) and "gave up after 1 s" in str(e)
+        else:
+            raise AssertionError(f"{scheme}: opened a remote whose endpoint does not answer")

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from . import chunking, codecs, delta
 from .manifest import DIGEST_RE
-from .storage import BlobNotFound, BlobStore, StorageError
+from .storage import BlobNotFound, BlobStore, RootMissing, StorageError
 
 DEFAULT_CONCURRENCY = 16
 #: seconds one storage operation may spend, retries of every layer included
@@ -194,7 +194,7 @@ class ObjectStore:
         for attempt in range(self.retries + 1):
             try:
                 return fn()
-            except BlobNotFound:
+            except (BlobNotFound, RootMissing):
                 raise
             except StorageError as e:
                 if self._down is not None:
@@ -209,6 +209,12 @@ class ObjectStore:
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def check_root(self, for_write: bool = False) -> None:
+        """The backend's ``check_root`` (RootMissing: no such bucket or folder), within the
+        retry budget: an endpoint that does not answer counts as the outage it is, so the
+        operations that follow fail at once instead of spending a budget again."""
+        self._retry(lambda: self.blobs.check_root(for_write=for_write))
 
     # -- single objects ---------------------------------------------------------
     def has(self, digest: str) -> bool:

@@ -165,7 +165,7 @@ def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
     store = ObjectStore(blobs, codec=spec.codec, concurrency=concurrency,
                         retry_timeout=retry_timeout(spec))  # bounds every call, this one too
     if need is not None:
-        blobs.check_root(for_write=need == "write")
+        store.check_root(for_write=need == "write")
     return store
 
 

@@ -111,6 +111,18 @@ def fail(store: BlobStore, what: str, key: str, e: BaseException) -> StorageErro
     return StorageError(f"cannot {what} {key} in {store.describe()}: {text}")
 
 
+#: exception class names (anywhere in the class's MRO) that mean the endpoint did not
+#: answer: the built-in ConnectionError (refused, reset), botocore's ConnectionError
+#: (EndpointConnectionError, ConnectTimeoutError) and aiohttp's connector errors
+_NO_ANSWER = frozenset({"ConnectionError", "TimeoutError", "ClientConnectorError"})
+
+
+def unreachable(e: BaseException) -> bool:
+    """True if ``e`` says the endpoint gave no answer (not a refusal such as 403)."""
+    return isinstance(e, (FSTimeoutError, asyncio.TimeoutError)) or \
+        any(c.__name__ in _NO_ANSWER for c in type(e).__mro__)
+
+
 def _to_ts(value: object) -> float | None:
     if value is None:
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from .base import ConditionFailed, RootMissing
-from .fsspec import FsspecStore, fail
+from .fsspec import FsspecStore, fail, unreachable
 
 _BOUNDARY = "==theta-zarr-ref=="
 
@@ -28,7 +28,9 @@ class GcsStore(FsspecStore):
             self.fs.call("GET", "b/{}", bucket, json_out=True, timeout=self.timeout)
         except FileNotFoundError:
             raise RootMissing(f"bucket {bucket} does not exist ({self.describe()})") from None
-        except Exception:
+        except Exception as e:
+            if unreachable(e):  # an outage, which the caller's retry budget bounds
+                raise fail(self, "reach", f"bucket {bucket}", e) from None
             return  # no permission to ask (a public bucket): try the data
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:

@@ -13,7 +13,7 @@ from typing import Any
 from fsspec.asyn import sync
 
 from .base import ConditionFailed, RootMissing
-from .fsspec import FsspecStore, fail
+from .fsspec import FsspecStore, fail, unreachable
 
 
 def _is_precondition_failure(e: BaseException) -> bool:
@@ -35,7 +35,9 @@ class S3Store(FsspecStore):
             self.fs.call_s3("head_bucket", Bucket=bucket, timeout=self.timeout)
         except FileNotFoundError:
             raise RootMissing(f"bucket {bucket} does not exist ({self.describe()})") from None
-        except Exception:
+        except Exception as e:
+            if unreachable(e):  # an outage, which the caller's retry budget bounds
+                raise fail(self, "reach", f"bucket {bucket}", e) from None
             return  # no permission to ask (a public or requester-pays bucket): try the data
 
     def get_versioned(self, key: str) -> tuple[bytes, str]:
