@@ -218,7 +218,7 @@ def test_a_non_tensor_value_changed_differently_is_a_conflict(store, caplog):
         pairs = execute(p, table(strategy), store).format["tree"]["__dict__"]
         assert pairs[1:] == [["lr", lr], ["step", step]], strategy
     # a value strategy combines tensors only: ours's value, said in a line
-    assert "lr a non-tensor value changed differently" in caplog.text
+    assert "lr: a non-tensor value changed differently" in caplog.text
     assert "kept ours's (strategy 'average' combines tensors only)" in caplog.text
 
 

@@ -284,7 +284,7 @@ def execute(p: MergePlan, table: StrategyTable, objects: Any, workers: int = 4,
             resolved[c.info.path] = c.info.base if strategy.takes == "base" else \
                 c.info.sides[0 if strategy.takes == "ours" else -1]
         else:  # a value strategy for the tensors (merge-models, a '*' rule): ours, said so
-            log.warning("%s: %s %s; kept %s's (strategy %r combines tensors only)", source,
+            log.warning("%s: %s: %s; kept %s's (strategy %r combines tensors only)", source,
                         name, c.describe(), c.labels[0], strategy.name)
     merged = {n: e for n, e in params.items() if e is not None}
     fmt = merge_formats(p.base.format, [m.format for m in p.models], merged, resolved)
