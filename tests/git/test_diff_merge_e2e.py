@@ -269,6 +269,7 @@ def test_non_tensor_values_of_a_torch_file_merge_leaf_by_leaf(repo):
     proc = repo.git("merge", "--no-edit", "other", check=False)
     err = proc.stderr.decode()
     assert proc.returncode != 0
+    assert "x.pt: 1 conflicting non-tensor value(s), not merged:" in err
     assert "param_groups.0.lr: a non-tensor value changed differently: ours 0.7, theirs " \
            "0.5, base 0.1" in err
     assert "--strategy ours --param 'param_groups.0.lr'" in err

@@ -190,7 +190,10 @@ def _read_side(file: str, what: str) -> Manifest | None:
 
 def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
     left = unresolved(p, table)
-    lines = [f"theta-zarr: {path}: {len(left)} conflicting parameter(s), not merged:"]
+    values = sum(c.info is not None for c in left)
+    what = [f"{len(left) - values} conflicting parameter(s)"] if len(left) > values else []
+    what += [f"{values} conflicting non-tensor value(s)"] if values else []
+    lines = [f"theta-zarr: {path}: {' and '.join(what)}, not merged:"]
     lines += [f"  {c.name}: {c.describe()}" for c in left]
     # suggest only what can settle these conflicts (merge.refusal): a conflict over shape,
     # dtype or presence, or over integer values, takes one side; float values also combine
