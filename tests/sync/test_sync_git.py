@@ -53,6 +53,36 @@ def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):
     assert file_sha(clone.path / "model.safetensors") == file_sha(f)
 
 
+def test_import_refuses_to_overwrite_local_content_git_does_not_have(repo, tmp_path):
+    """An untracked file, a modified tracked one, or a file where the set's folder must go:
+    refused before anything is staged, unless --force; a clean tracked file is replaced."""
+    case = _local_case(tmp_path)
+    _push(case, tmp_path, model(tmp_path / "m.safetensors", seed=3), "run/a")
+    _push(case, tmp_path, model(tmp_path / "n.safetensors", seed=4), "run/b")
+    target = repo.path / "model.safetensors"
+    mine = model(tmp_path / "mine.safetensors", seed=5).read_bytes()
+    target.write_bytes(mine)  # never added
+    proc = repo.tz("import", case.url, "run/a", "model.safetensors", check=False)
+    assert proc.returncode == 1 and b"model.safetensors: local content git does not have" \
+        in proc.stderr
+    assert target.read_bytes() == mine and repo.out("status", "--porcelain") == \
+        "?? model.safetensors\n"
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "mine")
+    target.write_bytes(model(tmp_path / "edit.safetensors", seed=6).read_bytes())  # modified
+    assert repo.tz("import", case.url, "run/a", "model.safetensors", check=False).returncode == 1
+    repo.git("checkout", "--", "model.safetensors")  # clean again: git has it, so replaced
+    repo.tz("import", case.url, "run/a", "model.safetensors")
+    assert file_sha(target) == file_sha(tmp_path / "m.safetensors")
+    target.write_bytes(mine)
+    repo.tz("import", case.url, "run/b", "model.safetensors", "--force")
+    assert file_sha(target) == file_sha(tmp_path / "n.safetensors")
+    (repo.path / "out").write_bytes(b"notes")  # a file where a folder must go
+    proc = repo.tz("import", case.url, "run/a", "out/model.safetensors", check=False)
+    assert proc.returncode == 1 and b"out: local content" in proc.stderr
+    assert (repo.path / "out").read_bytes() == b"notes"
+
+
 def test_import_of_a_folder_stores_plain_members_as_git_add_would(repo, tmp_path):
     """A published folder's other files (a pickle such as ``rng_state.pth``) went into git
     as raw bytes even where theta-zarr tracks their path, so the file cleaned to another

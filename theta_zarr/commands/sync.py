@@ -307,9 +307,13 @@ def register(main: click.Group) -> None:
     @click.argument("remote_arg", metavar="REMOTE")
     @click.argument("ref", callback=_ref_name)
     @click.argument("path")
+    @click.option("--force", is_flag=True,
+                  help="overwrite local content at PATH that git does not have (untracked "
+                       "or modified files)")
     @remote_options
     @reports_errors
-    def import_cmd(remote_arg: str, ref: str, path: str, options: tuple[str, ...]) -> None:
+    def import_cmd(remote_arg: str, ref: str, path: str, force: bool,
+                   options: tuple[str, ...]) -> None:
         """Stage REF's checkpoint as PATH in this repository (no re-hashing); then commit."""
         from ..git.repo import Repo
 
@@ -318,7 +322,7 @@ def register(main: click.Group) -> None:
         remote = open_sync_remote(remote_arg, options, settings.concurrency)
         from ..git.import_ref import import_ref
 
-        for p in import_ref(repo, remote, ref, path, settings):
+        for p in import_ref(repo, remote, ref, path, settings, force=force):
             click.echo(f"imported {ref} -> {p}")
 
     @main.command("fsck")

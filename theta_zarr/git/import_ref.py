@@ -15,8 +15,31 @@ from ..sync import FileEntry, SyncError, SyncRemote
 from .repo import Repo
 
 
+def _would_overwrite(repo: Repo, dests: list[str]) -> list[str]:
+    """Paths among ``dests`` (or their folders) whose working-tree content git does not
+    have: an untracked file, a tracked file with changes, a file where a folder must go."""
+    lose: list[str] = []
+    present: list[str] = []
+    for dest in dests:
+        parts = dest.split("/")
+        for i in range(1, len(parts)):  # a folder on the way that is a file
+            above = os.path.join(repo.top, *parts[:i])
+            if os.path.lexists(above) and not os.path.isdir(above):
+                lose.append("/".join(parts[:i]))
+        if os.path.lexists(os.path.join(repo.top, *parts)):
+            present.append(dest)
+    if present:
+        tracked = set(repo.git("ls-files", "-z", "--", *present).decode().split("\0"))
+        lose += [d for d in present if d not in tracked]
+        known = [d for d in present if d in tracked]
+        if known:
+            changed = repo.git("diff", "--name-only", "-z", "--", *known).decode()
+            lose += [d for d in changed.split("\0") if d]
+    return sorted(set(lose))
+
+
 def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
-               settings: Settings) -> list[str]:
+               settings: Settings, force: bool = False) -> list[str]:
     """Stage the checkpoint a ref names as the tracked file ``path``, without re-hashing it.
 
     The manifest goes into git as it is (hash-object + update-index --cacheinfo);
@@ -25,6 +48,9 @@ def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
     from the cache (chunks fetched first), or the manifest on a lazy checkout.
     A set becomes a directory: manifests for checkpoints; the other files as ``git add``
     would store them at their paths (through the filters their attributes name).
+    Refuses (SyncError), before anything is fetched or staged, to overwrite a file whose
+    content git does not have (untracked, or modified) unless ``force``, as
+    ``git checkout`` refuses to lose local changes.
     """
     from .install import DRIVER
 
@@ -46,6 +72,11 @@ def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
                 entries.append((dest, member.to_bytes()))
             else:
                 entries.append((dest, entry))
+    lose = [] if force else _would_overwrite(repo, [d for d, _ in entries])
+    if lose:
+        more = f" (and {len(lose) - 1} more)" if len(lose) > 1 else ""
+        raise SyncError(f"{lose[0]}{more}: local content git does not have (untracked or "
+                        "modified) would be overwritten; commit or move it, or --force")
     manifest_paths = [p for p, item in entries if isinstance(item, bytes)]
     untracked = [p for p, value in repo.attribute(manifest_paths, "filter").items()
                  if value != DRIVER]
