@@ -395,8 +395,12 @@ class GcResult:
 
 def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
             remote: SyncRemote | None = None, dry_run: bool = False,
-            now: float | None = None, hook: Callable[[str], None] | None = None) -> GcResult:
+            now: float | None = None, hook: Callable[[str], None] | None = None,
+            keep_cache: bool = False) -> GcResult:
     """Delete unreachable objects older than ``grace`` from the cache (and the remote).
+
+    ``keep_cache``: leave the cache as it is (one other repositories share, whose
+    chunks look unreachable from this one); only the remote is collected.
 
     ``roots_of`` gathers the git roots; the remote's roots are added here.  On the
     remote, garbage goes through a trash (see the module docstring).  ``hook`` is
@@ -413,8 +417,9 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
     roots = roots_of()
     if remote is not None:
         problems += remote_roots(remote, roots, cutoff)
-    sweeps = [plan_objects(cache, set(roots.chunks), cutoff),
-              plan_debris(cache.blobs, cutoff, cache.url)]
+    sweeps = [Sweep(cache.url), Sweep(f"{cache.url} (temporary files)")] if keep_cache else \
+        [plan_objects(cache, set(roots.chunks), cutoff), plan_debris(cache.blobs, cutoff,
+                                                                     cache.url)]
     if remote is not None:
         sweeps.append(plan_manifests(remote, roots.manifests, cutoff))
         sweeps.append(plan_objects(remote.objects, set(roots.chunks), cutoff))

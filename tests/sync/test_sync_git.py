@@ -185,6 +185,37 @@ def test_gc_deletes_unreachable_old_objects_and_dry_run_says_so(repo, tmp_path):
        env_for(case, tmp_path))
 
 
+def test_gc_leaves_a_shared_cache_unless_told(repo, make_repo, tmp_path):
+    """Two repositories on one theta-zarr.cache: gc in one saw the other's unpushed
+    commit's chunks as unreachable and deleted them."""
+    shared = tmp_path / "shared-cache"
+    other = make_repo("other")
+    other.git("init", "-q", "-b", "main")
+    other.tz("install")
+    other.tz("track", "*.safetensors")
+    for r in (repo, other):
+        r.git("config", "theta-zarr.cache", str(shared))
+    f = model(tmp_path / "m.safetensors", seed=3)
+    (other.path / "model.safetensors").write_bytes(f.read_bytes())
+    other.git("add", "model.safetensors")
+    other.git("commit", "-q", "-m", "unpushed")
+    chunks = {p for p in shared.rglob("*") if p.is_file()}
+    assert chunks
+    proc = repo.tz("gc", "--grace", "0", check=False)
+    assert proc.returncode == 1 and b"--shared-cache" in proc.stderr
+    case = _local_case(tmp_path)
+    Path(case.url).mkdir()
+    repo.tz("remote", "add", "origin", case.url)
+    out = repo.tz("gc", "--remote", "origin", "--grace", "0")
+    assert b"left as it is" in out.stderr
+    assert {p for p in shared.rglob("*") if p.is_file()} >= chunks
+    (other.path / "model.safetensors").unlink()
+    other.git("checkout", "--", "model.safetensors")
+    assert file_sha(other.path / "model.safetensors") == file_sha(f)
+    repo.tz("gc", "--grace", "0", "--shared-cache")  # told: this repository's view decides
+    assert not chunks & {p for p in shared.rglob("*") if p.is_file()}
+
+
 @settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.sampled_from(["commit", "branch", "reset", "stash", "drop-branch"]),

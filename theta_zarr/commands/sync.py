@@ -377,11 +377,15 @@ def register(main: click.Group) -> None:
     @click.option("--ignore-stale-refs", is_flag=True,
                   help="with --remote: collect even though git remotes that push there have "
                        "refs this clone has not fetched")
+    @click.option("--shared-cache", is_flag=True,
+                  help="collect a cache set by theta-zarr.cache or THETA_ZARR_CACHE too, "
+                       "although other repositories may need what this one does not")
     @reports_errors
     def gc_cmd(remote_name: str | None, grace: str, dry_run: bool, repack: bool,
-               repack_depth: int | None, ignore_stale_refs: bool) -> None:
+               repack_depth: int | None, ignore_stale_refs: bool, shared_cache: bool) -> None:
         """Delete unreachable objects older than --grace from the cache (and the remote)."""
         from .. import checkpoint, gc
+        from ..cache import default_cache_dir as own_cache_dir
         from ..errors import UserError
         from ..git.reachability import git_roots, stale_views
         from ..git.remotes import require
@@ -410,7 +414,20 @@ def register(main: click.Group) -> None:
 
         if repack and remote is None:
             raise ValueError("--repack needs --remote (the cache holds no deltas)")
-        result = gc.collect(cache, roots, gc.parse_duration(grace), remote, dry_run)
+        # a cache of its own is <git-common-dir>/theta-zarr; one set elsewhere may be shared
+        # by other repositories, whose chunks (unpushed commits) look unreachable from here
+        own = os.path.realpath(own_cache_dir(repo.common_dir))
+        keep_cache = os.path.realpath(cache.root) != own and not shared_cache
+        if keep_cache and remote is None:
+            raise UserError(f"gc: the cache {cache.root} is set by theta-zarr.cache or "
+                            "THETA_ZARR_CACHE, and other repositories using it may need "
+                            "chunks this one does not (unpushed commits); collect it with "
+                            "--shared-cache once none does, or give each its own cache")
+        if keep_cache:
+            say(f"the cache {cache.root} may be shared (theta-zarr.cache): left as it is; "
+                "--shared-cache collects it too")
+        result = gc.collect(cache, roots, gc.parse_duration(grace), remote, dry_run,
+                            keep_cache=keep_cache)
         for problem in result.problems:
             say(f"warning: {problem}; every manifest on the remote is kept")
         if result.restored:
