@@ -45,7 +45,13 @@ from .objects import ObjectStore, bounded_map
 from .refs import RefError, Refs, RefValue, check_ref_name
 from .remote import RemoteSpec, TransferStats, fetch_objects, open_remote, push_objects
 from .settings import Settings
-from .storage import BlobInfo, BlobNotFound, StorageError
+from .storage import (
+    BlobInfo,
+    BlobNotFound,
+    ConditionalWritesUnsupported,
+    ConditionFailed,
+    StorageError,
+)
 from .streams import write_atomic
 
 MANIFESTS_PREFIX = "manifests/"
@@ -202,10 +208,37 @@ class SyncRemote:
     def _staging(self, ref: str) -> str:
         return f"{STAGING_PREFIX}{check_ref_name(ref)}/{PARTS}/"
 
-    def stage(self, ref: str, name: str, entry: FileEntry) -> None:
-        key = self._staging(ref) + check_name(name, "shard name")
-        data = json.dumps(entry.to_json(), sort_keys=True).encode()
-        self.objects._retry(lambda: self.blobs.put(key, [data]))
+    def _stage_key_data(self, ref: str, name: str, entry: FileEntry) -> tuple[str, bytes]:
+        return (self._staging(ref) + check_name(name, "shard name"),
+                json.dumps(entry.to_json(), sort_keys=True).encode())
+
+    def check_stage_free(self, ref: str, name: str, entry: FileEntry) -> None:
+        """SyncError if another shard of ``ref`` is staged under ``name`` with other
+        content (two ranks' files of one name would make one of them vanish)."""
+        key, data = self._stage_key_data(ref, name, entry)
+        try:
+            now = self.objects._retry(lambda: self.blobs.get(key))
+        except BlobNotFound:
+            return
+        if bytes(now) != data:
+            raise SyncError(f"{ref}: a shard named {name!r} is already staged with other "
+                            "content (another rank's file of the same name?); give each "
+                            "rank's file its own name (--name NAME), or --force to replace it")
+
+    def stage(self, ref: str, name: str, entry: FileEntry, force: bool = False) -> None:
+        """Stage one shard of ``ref`` under ``name``: created only if absent (or holding
+        the same entry, a retried publish) unless ``force``; SyncError otherwise."""
+        key, data = self._stage_key_data(ref, name, entry)
+        if force:
+            self.objects._retry(lambda: self.blobs.put(key, [data]))
+            return
+        try:
+            self.blobs.put_if(key, data, None)
+        except ConditionFailed:
+            self.check_stage_free(ref, name, entry)  # the same entry: a retry, fine
+        except ConditionalWritesUnsupported:
+            self.check_stage_free(ref, name, entry)
+            self.objects._retry(lambda: self.blobs.put(key, [data]))
 
     def staged(self, ref: str) -> dict[str, FileEntry]:
         prefix = self._staging(ref)
@@ -467,6 +500,8 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
         raise SyncError(f"{path}: no such file or directory")
     if shard is None and not force:  # a taken ref fails before anything is uploaded
         remote.refs.check_free(ref, chunking.digest(target))
+    elif not force:  # so does a shard name another rank's file holds
+        remote.check_stage_free(ref, names[0], cleaned[0].entry)
     # delta bases: the version this one continues (``base_ref``, which must exist), else
     # the default (Refs.base_of); a default that cannot be read is no base, not a failure
     if base_ref:
@@ -484,7 +519,7 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     stats = _upload(remote, cache, sizes, elems, documents, bases, policy)
     total = sum(sizes.values())
     if shard is not None:
-        remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry)
+        remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry, force)
         settle(remote, cache, sizes, elems, documents, stats.bases_used)
         return PushResult(ref, cleaned[0].entry.manifest or "blake3:" + "0" * 64,
                           f"staged {names[0]} for", stats, total,

@@ -113,6 +113,18 @@ def test_sharded_directory_and_rank_pushes_with_combine(case, tmp_path):  # noqa
     remote = case.remote()
     assert remote.refs.read("run7/step-6").digest == remote.refs.read("run7/step-5").digest
     assert remote.staged("run7/step-6") == {}
+    # two ranks' files of one name: the second is refused (it silently replaced the
+    # first, and combine recorded a set without it); the same file again is a retry
+    for seed, code in ((20, 0), (20, 0), (21, 1)):
+        (tmp_path / f"seed-{seed}").mkdir(exist_ok=True)
+        f = model(tmp_path / f"seed-{seed}" / "model.safetensors", seed=seed)
+        proc = tz(["publish", str(f), case.url, "--ref", "run7/step-7", "--shard", *opts],
+                  env, check=False)
+        assert proc.returncode == code, proc.stderr.decode()
+    assert "already staged with other content" in proc.stderr.decode()
+    staged = case.remote().staged("run7/step-7")["model.safetensors"]
+    tz(["publish", str(f), case.url, "--ref", "run7/step-7", "--shard", "--force", *opts], env)
+    assert case.remote().staged("run7/step-7")["model.safetensors"] != staged
 
 
 def test_push_errors_are_one_line(tmp_path):
