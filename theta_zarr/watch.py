@@ -19,7 +19,7 @@ import blake3
 
 from .formats.base import FormatError
 from .manifest import ManifestError
-from .refs import check_ref_name
+from .refs import RefError, check_ref_name
 from .settings import Settings
 from .storage import StorageError
 from .streams import write_atomic
@@ -78,9 +78,10 @@ class Watcher:
         data = json.dumps({"pushed": self.state}, indent=1, sort_keys=True).encode()
         write_atomic(self.state_path, lambda f: f.write(data))
 
-    def candidates(self) -> dict[str, str]:
-        """ref -> path of every checkpoint-like entry of the folder."""
-        out = {}
+    def candidates(self) -> tuple[dict[str, str], int]:
+        """ref -> path of every checkpoint-like entry of the folder, and how many entries
+        were newly found to make no valid ref name (reported once each, skipped)."""
+        out, bad = {}, 0
         for name in sorted(os.listdir(self.root)):
             path = os.path.join(self.root, name)
             if name.startswith(".") or os.path.abspath(path) == self.state_path:
@@ -95,9 +96,16 @@ class Watcher:
                 out[self.opts.prefix + name] = path
             elif any(fnmatch.fnmatch(name, g) for g in self.opts.globs):
                 out[self.opts.prefix + os.path.splitext(name)[0]] = path
-        for ref in out:
-            check_ref_name(ref)
-        return out
+        for ref, path in list(out.items()):  # a name no ref can take: said once, skipped
+            try:
+                check_ref_name(ref)
+            except RefError as e:
+                del out[ref]
+                if self.failed.get(path) != "name":
+                    self.echo(f"{path}: not pushed: {e}; rename it (the others go on)")
+                    self.failed[path] = "name"
+                    bad += 1
+        return out, bad
 
     def _is_marker(self, rel: str) -> bool:
         return self.opts.marker is not None and fnmatch.fnmatch(rel.rsplit("/", 1)[-1],
@@ -119,8 +127,9 @@ class Watcher:
 
     def scan(self, previous: dict[str, str], stop) -> tuple[dict[str, str], int]:
         """One pass: push what is complete; returns (signatures seen, failures)."""
-        seen, failures = {}, 0
-        for ref, path in self.candidates().items():
+        seen = {}
+        found, failures = self.candidates()
+        for ref, path in found.items():
             if stop.is_set():
                 break
             try:

@@ -45,6 +45,23 @@ def test_watch_pushes_complete_checkpoints_once(tmp_path):
     proc.stderr.close()
 
 
+def test_a_name_no_ref_can_take_is_skipped_and_the_rest_pushed(tmp_path):
+    """It used to stop the watcher (exit 1) before anything was pushed."""
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    env = env_for(case, tmp_path)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    model(ckpt / "model copy.safetensors", seed=1)
+    model(ckpt / "step-1.safetensors", seed=2)
+    proc = tz(["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--interval", "0.3",
+               "--chunk-size", "16KiB", "--once"], env, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1  # something was not pushed, and the exit status says so
+    assert err.count("model copy.safetensors: not pushed: invalid ref name") == 1
+    remote = SyncRemote.open(RemoteSpec("t", case.url, {}))
+    assert [n for n, _ in remote.refs.list("run7/")] == ["run7/step-1"]
+
+
 def test_watch_deltas_each_step_against_the_one_before(tmp_path):
     from theta_zarr import codecs
     from theta_zarr.demo import ModelShape, write_model
