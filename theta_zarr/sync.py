@@ -581,6 +581,9 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
     cache = checkpoint.open_cache(settings)
     _, target = remote.resolve(ref)
     if isinstance(target, Manifest):
+        if os.path.isdir(out):  # --force does not make a folder a file
+            raise SyncError(f"{out} is a folder, and {ref} is one checkpoint file: give a "
+                            f"file path (e.g. {os.path.join(out, 'model.safetensors')})")
         if os.path.lexists(out) and not force:
             raise SyncError(f"{out} already exists; pull to a new path, or --force to "
                             "overwrite it")
@@ -607,6 +610,7 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
             items.append((os.path.join(out, *name.split("/")), member))
     if include and not selected:
         raise SyncError(f"{ref}: no parameter matches {', '.join(include)}")
+    _check_paths([dest for dest, _ in items], out)
     needed: set[str] = set()
     for _, item in items:
         needed |= item.digests() if isinstance(item, Manifest) else set(item.chunks)
@@ -624,6 +628,19 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
             write_atomic(dest, lambda f, e=item: _write_plain(e, f, cache, settings.workers))
         done.append(dest)
     return done
+
+
+def _check_paths(dests: list[str], out: str) -> None:
+    """SyncError, before anything is written, where a file must go and a folder is, or a
+    folder must go and a file is (a half-written pull otherwise)."""
+    for dest in dests:
+        if os.path.isdir(dest):
+            raise SyncError(f"{dest} is a folder; the ref has a file there")
+        folder = os.path.dirname(dest)
+        while folder and len(folder) >= len(out):
+            if os.path.lexists(folder) and not os.path.isdir(folder):
+                raise SyncError(f"{folder} is a file; the ref has a folder there")
+            folder = os.path.dirname(folder)
 
 
 def _restrict_indexes(items: list[tuple[str, Any]], out: str, cache: Cache

@@ -173,6 +173,19 @@ def test_pull_never_writes_over_what_is_there_unless_forced(request, tmp_path, m
     assert file_sha(mine) == file_sha(one)
     tz(["pull", local.url, "run7/folder", "-o", str(busy), "--force"], env)
     assert file_sha(busy / "model.safetensors") == file_sha(folder / "model.safetensors")
+    # where a file and a folder clash, one line before anything is written, --force or
+    # not (they gave a raw errno naming a temporary file, after part of a set was written)
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    (clash / "model.safetensors").mkdir()
+    for ref, force, said in (
+            ("run7/file", [], "clash is a folder, and run7/file is one checkpoint file"),
+            ("run7/file", ["--force"], "clash is a folder, and run7/file is one checkpoint"),
+            ("run7/folder", ["--force"], "model.safetensors is a folder; the ref has a file")):
+        proc = tz(["pull", local.url, ref, "-o", str(clash), *force], env, check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and said in err and "Errno" not in err, err
+    assert sorted(p.name for p in clash.iterdir()) == ["model.safetensors"]
 
 
 def test_ctrl_c_is_one_line_and_status_130(tmp_path):
