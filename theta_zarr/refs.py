@@ -187,6 +187,8 @@ class Refs:
             return current, "unchanged"
         if current is not None and not force:
             raise self._taken(name, current, digest)
+        if current is None:
+            self._check_no_clash(name)
         self._write(name, digest, current)
         return current, "created" if current is None else "moved"
 
@@ -198,7 +200,24 @@ class Refs:
         current = self.read(name)
         if current is not None and current.digest != digest:
             raise self._taken(name, current, digest)
+        if current is None:
+            self._check_no_clash(name)
         return current
+
+    def _check_no_clash(self, name: str) -> None:
+        """RefError when a new ref ``name`` would be a folder of an existing ref, or an
+        existing ref a folder of it (``run7`` and ``run7/step-1``): git's rule for refs,
+        kept on every backend so a remote copied between them holds the same refs (a
+        folder remote cannot hold both)."""
+        parts = name.split("/")
+        clash = next((a for a in ("/".join(parts[:i]) for i in range(1, len(parts)))
+                      if self.read(a) is not None), None)
+        if clash is None:
+            clash = next((n for n, _ in self.list(name + "/")), None)
+        if clash is not None:
+            raise RefError(f"ref {name} cannot be created in {self.blobs.describe()}: ref "
+                           f"{clash} exists (a name is either a ref or a folder of refs, "
+                           "as in git)")
 
     def _taken(self, name: str, current: RefValue, digest: str) -> RefConflict:
         return RefConflict(f"ref {name} already exists in {self.blobs.describe()} and points "

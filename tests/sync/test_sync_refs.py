@@ -45,6 +45,22 @@ def test_create_conflict_and_compare_and_swap(case):  # noqa: F811
     assert [n for n, _ in r.list("run/")] == ["run/a"]
 
 
+def test_a_name_is_either_a_ref_or_a_folder_of_refs_on_every_backend(case):  # noqa: F811
+    """git's rule: a folder remote cannot hold ``run7`` beside ``run7/step-1`` (it gave raw
+    "Is a directory" errors) and an object store could; now no backend takes both."""
+    r = case.remote().refs
+    r.set("run7/step-1", D1)
+    for name in ("run7", "run7/step-1/eval"):
+        with pytest.raises(RefError, match=f"ref {name} cannot be created .* ref run7/step-1 "
+                                           "exists"):
+            r.check_free(name, D1)
+        with pytest.raises(RefError, match="run7/step-1 exists"):
+            r.set(name, D1, force=True)
+        assert r.read(name) is None  # not a ref, whatever the folder remote holds there
+    assert [n for n, _ in r.list("run7")] == ["run7/step-1"]
+    assert r.set("run7/step-2", D2)[1] == "created"  # siblings are fine
+
+
 def test_racing_creates_have_one_winner(case):  # noqa: F811
     r = case.remote().refs
     digests = [f"blake3:{i:064x}" for i in range(8)]

@@ -60,7 +60,9 @@ class LocalStore(BlobStore):
         try:
             with open(self._path(key), "rb") as f:
                 return f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            # a folder of blobs at the key, or a blob where a folder of the key would be:
+            # no blob here, as an object store says for a key that is only a prefix
             raise BlobNotFound(f"{key} not found in {self.describe()}") from None
         except OSError as e:
             raise StorageError(f"cannot read {key} from {self.describe()}: {e.strerror}") from None
