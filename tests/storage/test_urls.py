@@ -16,6 +16,7 @@ from theta_zarr.storage import BadURL, RootMissing, check_url, open_store
     ("https://user:S3cretPw@host.example/b", "holds credentials"),
     ("s3://AKID:S3cretKey@bucket/p", "AWS_ACCESS_KEY_ID"),
     ("weird:thing", "for a local folder write ./weird:thing"),
+    ("file:relative", "did you mean the folder 'relative' (or file:///ABSOLUTE/PATH)?"),
     ("   ", "empty remote URL"),
 ])
 def test_bad_urls_are_refused_with_the_fix(url, words):
@@ -76,3 +77,15 @@ def test_commands_name_a_missing_folder(tmp_path, git_env):
         assert proc.returncode == 1 and err.startswith("theta-zarr: ") and err.count("\n") == 1
         assert "does not exist" in err or "did you mean 's3://demo/models'" in err, err
     assert not (tmp_path / "unmounted").exists() and not (tmp_path / "s3:").exists()
+    # a URL with no '//' is a URL, not a theta remote's name (it was looked up as one);
+    # a file where the remote folder should be is named as such
+    (tmp_path / "notafolder").write_bytes(b"")
+    for args, said in ((["ls", "file:relative"], "did you mean the folder 'relative'"),
+                       (["publish", str(ckpt), "file:relative", "--ref", "r"],
+                        "did you mean the folder 'relative'"),
+                       (["publish", str(ckpt), str(tmp_path / "notafolder"), "--ref", "r"],
+                        "notafolder is a file, not a folder")):
+        proc = subprocess.run(["theta-zarr", *args], env=git_env, cwd=tmp_path,
+                              capture_output=True)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and said in err and err.count("\n") == 1, err

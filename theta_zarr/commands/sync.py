@@ -8,6 +8,7 @@ and still forwards the old ``push ... --ref`` spellings here for one release.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -35,7 +36,10 @@ def _cache_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _is_url(text: str) -> bool:
-    return "://" in text or "/" in text or text.startswith(".") or os.path.exists(text)
+    """A URL or a folder, rather than a theta remote's name: a scheme (``file:relative``
+    too, which the URL check then explains), a path, or something that exists."""
+    return "/" in text or text.startswith(".") or os.path.exists(text) or \
+        re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", text) is not None
 
 
 def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 16,

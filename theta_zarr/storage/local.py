@@ -47,6 +47,8 @@ class LocalStore(BlobStore):
         folder (an unmounted share must not become a folder on the local disk)."""
         if os.path.isdir(self.root):
             return
+        if os.path.lexists(self.root):
+            raise RootMissing(f"{self.root} is a file, not a folder")
         parent = os.path.dirname(self.root)
         if for_write and os.path.isdir(parent):
             return

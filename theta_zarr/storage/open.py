@@ -64,6 +64,9 @@ def check_url(url: str) -> str:
 
     scheme, rest = m.group("scheme").lower(), m.group("rest")
     if not rest.startswith("//"):
+        if scheme == "file":  # file://relative would name a host: point at the folder
+            raise BadURL(f"remote URL {url!r} has file: without '//'; did you mean the "
+                         f"folder '{rest}' (or file:///ABSOLUTE/PATH)?")
         if scheme in fsspec.available_protocols():
             raise BadURL(f"remote URL {url!r} has {scheme}: without '//'; did you mean "
                          f"'{scheme}://{rest.lstrip('/')}'?")
