@@ -28,6 +28,9 @@ from .manifest import DIGEST_RE
 from .storage import BlobNotFound, BlobStore, RootMissing, StorageError
 
 DEFAULT_CONCURRENCY = 16
+#: the most requests in flight one remote may be given (theta-zarr.concurrency, the
+#: remote option ``concurrency``)
+MAX_CONCURRENCY = 1024
 #: seconds one storage operation may spend, retries of every layer included
 DEFAULT_RETRY_TIMEOUT = 60.0
 T = TypeVar("T")

@@ -38,6 +38,7 @@ from .cache import Cache, QuarantinedError
 from .delta import Base, DeltaPolicy
 from .objects import (
     DEFAULT_RETRY_TIMEOUT,
+    MAX_CONCURRENCY,
     MissingObjectError,
     ObjectError,
     ObjectStore,
@@ -91,6 +92,11 @@ class RemoteSpec:
             if key not in OPTION_NAMES:
                 raise RemoteError(f"remote {self.name!r}: unknown option {key!r} "
                                   f"(known: {', '.join(OPTION_NAMES)})")
+        text = self.options.get("concurrency")
+        if text is not None and not (text.strip().isdigit() and
+                                     1 <= int(text) <= MAX_CONCURRENCY):
+            raise RemoteError(f"remote {self.name!r}: option concurrency={text!r} must be a "
+                              f"whole number from 1 to {MAX_CONCURRENCY}")
         codec = self.options.get("compression")
         if codec is not None and codec not in codecs.WRITER_NAMES:
             raise RemoteError(f"remote {self.name!r}: unknown compression {codec!r} "
@@ -156,11 +162,7 @@ def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
                 ) -> ObjectStore:
     """The object store of a remote.  ``need`` ("read" or "write") first checks that its
     bucket or folder exists (raises storage.RootMissing: "bucket X does not exist")."""
-    try:
-        concurrency = int(spec.options.get("concurrency", concurrency))
-    except ValueError:
-        raise RemoteError(f"remote {spec.name!r}: option concurrency="
-                          f"{spec.options['concurrency']!r} is not a whole number") from None
+    concurrency = int(spec.options.get("concurrency", concurrency))  # checked by RemoteSpec
     blobs = open_store(spec.url, storage_options(spec.url, spec.options, concurrency))
     store = ObjectStore(blobs, codec=spec.codec, concurrency=concurrency,
                         retry_timeout=retry_timeout(spec))  # bounds every call, this one too

@@ -38,6 +38,18 @@ def test_remote_spec_refuses_credentials_in_options_too():
     assert "S3cret" not in str(info.value)
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "100000", "abc", ""])
+def test_remote_option_concurrency_is_range_checked(value):
+    """As theta-zarr.concurrency is (1..1024); low values were raised to 1 silently and
+    100000 became the size of a thread pool and of the S3 connection pool."""
+    from theta_zarr.remote import RemoteError, RemoteSpec
+
+    with pytest.raises(RemoteError, match=f"option concurrency={value!r} must be a whole "
+                                          "number from 1 to 1024"):
+        RemoteSpec("origin", "s3://bucket/m", {"concurrency": value})
+    assert RemoteSpec("origin", "s3://bucket/m", {"concurrency": "64"}).options
+
+
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(RootMissing, match="does not exist"):
         open_store(str(tmp_path / "nope")).check_root()

@@ -11,6 +11,7 @@ from ..chunking import MIN_CHUNK_BYTES
 from ..codecs import WRITER_NAMES
 from ..delta import DeltaPolicy
 from ..errors import UserError
+from ..objects import MAX_CONCURRENCY
 from ..settings import Settings, parse_size
 
 CONFIG_PREFIX = "theta-zarr."
@@ -79,7 +80,7 @@ def _config_value(key: str, value: str) -> object:
                             f"{', '.join(WRITER_NAMES)}")
         return codec
     if key == "theta-zarr.concurrency":
-        return _config_int(key, value, 1, 1024)
+        return _config_int(key, value, 1, MAX_CONCURRENCY)
     if key == "theta-zarr.delta-depth":
         return _delta_bound(key, value, "max_depth", _config_int(key, value))
     if key == "theta-zarr.delta-ratio":
