@@ -248,7 +248,7 @@ def plan_objects(store: ObjectStore, keep: set[str], cutoff: float) -> Sweep:
     The keep-set is closed over delta bases, counting young objects as kept too: a
     delta written during the grace period keeps the old base it was made against.
     """
-    sweep = Sweep(store.url)
+    sweep = Sweep(f"{store.url} (objects)")
     listed = list(store.iter_digests())
     young = {d for d, _, mtime in listed if mtime is None or mtime >= cutoff}
     keep = with_bases(store, keep | young, {d for d, _, _ in listed})
@@ -259,7 +259,7 @@ def plan_objects(store: ObjectStore, keep: set[str], cutoff: float) -> Sweep:
 
 
 def plan_manifests(remote: SyncRemote, keep: set[str], cutoff: float) -> Sweep:
-    sweep = Sweep(remote.url)
+    sweep = Sweep(f"{remote.url} (manifests)")
     for digest, info in remote.iter_manifests():
         if digest not in keep and info.mtime is not None and info.mtime < cutoff:
             sweep.keys.append((remote.manifest_key(digest), info.size))
@@ -417,9 +417,11 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
     roots = roots_of()
     if remote is not None:
         problems += remote_roots(remote, roots, cutoff)
-    sweeps = [Sweep(cache.url), Sweep(f"{cache.url} (temporary files)")] if keep_cache else \
-        [plan_objects(cache, set(roots.chunks), cutoff), plan_debris(cache.blobs, cutoff,
-                                                                     cache.url)]
+    if keep_cache:
+        sweeps = [Sweep(f"{cache.url} (objects)"), Sweep(f"{cache.url} (temporary files)")]
+    else:
+        sweeps = [plan_objects(cache, set(roots.chunks), cutoff),
+                  plan_debris(cache.blobs, cutoff, cache.url)]
     if remote is not None:
         sweeps.append(plan_manifests(remote, roots.manifests, cutoff))
         sweeps.append(plan_objects(remote.objects, set(roots.chunks), cutoff))
