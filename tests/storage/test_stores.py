@@ -128,12 +128,32 @@ def test_local_write_failure_is_a_storage_error(tmp_path):
     assert blocker.read_bytes() == b""
 
 
-def test_local_read_failure_is_a_storage_error(tmp_path):
+def test_local_read_failure_is_a_storage_error(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
     store = LocalStore(str(tmp_path / "root"))
-    (tmp_path / "root" / "objects" / "ab" / "cd").mkdir(parents=True)  # a folder, not a blob
-    with pytest.raises(StorageError) as info:
+    (tmp_path / "root" / "objects" / "ab").mkdir(parents=True)
+    (tmp_path / "root" / "objects" / "ab" / "cd").write_bytes(b"x")
+
+    def failing_open(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    with pytest.raises(StorageError, match="Input/output error") as info:
         store.get("objects/ab/cd")
     assert not isinstance(info.value, BlobNotFound)
+
+
+def test_a_local_key_that_is_a_folder_or_under_a_file_is_absent(tmp_path):
+    """As an object store answers for a key that is only a prefix (refs ``run7`` beside
+    ``run7/step-1``): not found, not a read failure."""
+    store = LocalStore(str(tmp_path / "root"))
+    (tmp_path / "root" / "refs" / "run7").mkdir(parents=True)
+    (tmp_path / "root" / "refs" / "run7" / "step-1").write_bytes(b"x")
+    for key in ("refs/run7", "refs/run7/step-1/eval"):
+        with pytest.raises(BlobNotFound):
+            store.get(key)
 
 
 def test_local_list_of_a_missing_root_is_empty(tmp_path):
