@@ -143,3 +143,25 @@ def test_materialize_include_by_alias_writes_the_tied_pair(repo):
     assert list(part) == ["wte.weight", "lm_head.weight"]  # one storage, both its names
     assert torch.equal(part["lm_head.weight"], ref["lm_head.weight"])
     assert part["lm_head.weight"].data_ptr() == part["wte.weight"].data_ptr()
+
+
+def test_fortran_ordered_arrays_read_back_as_np_load_gives_them(repo):
+    """They are stored as their C-ordered transpose; the API and the Zarr view returned
+    that transpose (shape (4, 3) for a (3, 4) array) with no error."""
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.standard_normal((40, 30, 3)))
+    b = np.asfortranarray(np.arange(12, dtype=np.int16).reshape(3, 4))
+    np.save(repo.path / "f.npy", a)
+    np.savez(repo.path / "z.npz", b=b, c=np.arange(5.0))
+    repo.git("config", "theta-zarr.chunk-size", "4KiB")  # several chunks along each axis
+    repo.tz("track", "*.npy")
+    repo.git("add", ".gitattributes", "f.npy", "z.npz")
+    repo.git("commit", "-q", "-m", "arrays")
+    for path, name, want in ((repo.path / "f.npy", "array", a), (repo.path / "z.npz", "b", b)):
+        loaded = theta_zarr.load_state_dict(str(path))[name]
+        assert loaded.shape == want.shape and np.array_equal(loaded.numpy(), want)
+        arr = theta_zarr.open(str(path))[name]
+        assert arr.shape == want.shape
+        assert np.array_equal(arr[...], want)
+        assert np.array_equal(arr[1:3, 2:], want[1:3, 2:])  # chunk keys map both ways
+    assert np.array_equal(theta_zarr.open(str(repo.path / "z.npz"))["c"][...], np.arange(5.0))

@@ -73,6 +73,9 @@ class ManifestStore(Store):
         self._manifest = manifest
         self._objects = objects
         self._arrays: dict[str, ParamEntry] = dict(manifest.params)
+        # arrays a reader gets as the transpose of what is stored (Fortran-ordered .npy):
+        # served with their own shape and a transpose codec, chunk coordinates reversed
+        self._transposed = _transposed(manifest)
         self._groups, self._children = _hierarchy(self._arrays)
         self._meta: dict[str, bytes] = {}
         self._meta_lock = threading.Lock()
@@ -156,7 +159,10 @@ class ManifestStore(Store):
             entry = self._arrays.get(name)
             if entry is None:
                 continue
-            index = _linear_index(entry, parts[p + 1:])
+            coords = parts[p + 1:]
+            if name in self._transposed:
+                coords = coords[::-1]
+            index = _linear_index(entry, coords)
             return None if index is None else (name, entry, index)
         return None
 
@@ -167,7 +173,8 @@ class ManifestStore(Store):
             cached = self._meta.get(node)
         if cached is not None:
             return cached
-        doc = (_array_metadata(node, self._arrays[node]) if node in self._arrays
+        doc = (_array_metadata(node, self._arrays[node], node in self._transposed)
+               if node in self._arrays
                else _group_metadata(self._manifest if node == "" else None))
         data = json.dumps(doc, indent=2, sort_keys=False, allow_nan=False).encode("utf-8")
         with self._meta_lock:
@@ -246,7 +253,7 @@ class ManifestStore(Store):
                 continue
             if (base + _META).startswith(prefix):
                 yield base + _META
-            for key in _chunk_keys(name, self._arrays[name]):
+            for key in _chunk_keys(name, self._arrays[name], name in self._transposed):
                 if key.startswith(prefix):
                     yield key
 
@@ -274,11 +281,15 @@ class ManifestStore(Store):
         for p, part in enumerate(parts):
             if part != "c":
                 continue
-            entry = self._arrays.get("/".join(parts[:p]))
+            name = "/".join(parts[:p])
+            entry = self._arrays.get(name)
             if entry is None:
                 continue
-            given, grid = parts[p + 1:], _grid(entry)
-            if len(given) >= len(grid) or _linear_index(entry, given, partial=True) is None:
+            given = parts[p + 1:]
+            grid = _grid(entry)[::-1] if name in self._transposed else _grid(entry)
+            if len(given) >= len(grid) or not all(
+                    _INDEX_RE.fullmatch(t) and int(t) < g
+                    for t, g in zip(given, grid[:len(given)], strict=True)):
                 return []
             return [str(i) for i in range(grid[len(given)])]
         return []
@@ -332,15 +343,12 @@ def _full_chunk_nbytes(entry: ParamEntry) -> int:
     return math.prod(_zarr_chunk_shape(entry)) * entry.itemsize
 
 
-def _linear_index(entry: ParamEntry, indices: list[str], partial: bool = False) -> int | None:
-    """The C-order position of chunk (i, j, ...) in the grid, or None if out of it.
-
-    With ``partial``, a leading part of the coordinates is checked (a chunk directory).
-    """
+def _linear_index(entry: ParamEntry, indices: list[str]) -> int | None:
+    """The C-order position of chunk (i, j, ...) in the grid, or None if out of it."""
     if not entry.shape:
         return 0 if not indices else None
     grid = _grid(entry)
-    if len(indices) > len(grid) or (len(indices) < len(grid) and not partial):
+    if len(indices) != len(grid):
         return None
     index = 0
     for text, extent in zip(indices, grid[:len(indices)], strict=True):
@@ -353,7 +361,7 @@ def _linear_index(entry: ParamEntry, indices: list[str], partial: bool = False) 
     return index
 
 
-def _chunk_keys(name: str, entry: ParamEntry) -> Iterator[str]:
+def _chunk_keys(name: str, entry: ParamEntry, transposed: bool = False) -> Iterator[str]:
     if not entry.shape:
         yield f"{name}/c"
         return
@@ -365,7 +373,7 @@ def _chunk_keys(name: str, entry: ParamEntry) -> Iterator[str]:
         for extent in reversed(grid):
             rest, i = divmod(rest, extent)
             coords.append(str(i))
-        yield f"{name}/c/" + "/".join(reversed(coords))
+        yield f"{name}/c/" + "/".join(coords if transposed else reversed(coords))
 
 
 def _fill_value(dtype: str) -> Any:
@@ -377,7 +385,29 @@ def _fill_value(dtype: str) -> Any:
     return 0
 
 
-def _array_metadata(name: str, entry: ParamEntry) -> dict[str, Any]:
+def _transposed(manifest: Manifest) -> set[str]:
+    """Parameters a reader gets as the transpose of the stored array (their format's
+    tensor view has the reversed shape and Fortran strides)."""
+    from .formats import tensor_views
+    from .formats.base import FormatError
+
+    try:
+        views = tensor_views(manifest)
+    except (FormatError, ValueError, KeyError):
+        return set()
+    out = set()
+    for key, view in views.items():
+        entry = manifest.params.get(view.param)
+        if entry is None or key != view.param or view.shape is None or view.dtype or \
+                view.offset or len(entry.shape) < 2 or view.shape != tuple(entry.shape)[::-1]:
+            continue
+        strides = [math.prod(view.shape[:i]) for i in range(len(view.shape))]
+        if list(view.stride or ()) == strides:
+            out.add(key)
+    return out
+
+
+def _array_metadata(name: str, entry: ParamEntry, transposed: bool = False) -> dict[str, Any]:
     bytes_codec: dict[str, Any] = {"name": "bytes"}
     native = BY_NAME[entry.dtype].native
     if entry.itemsize > 1 and native:
@@ -390,16 +420,20 @@ def _array_metadata(name: str, entry: ParamEntry) -> dict[str, Any]:
         data_type = {"name": "raw_bytes", "configuration": {"length_bytes": entry.itemsize}}
         fill = base64.b64encode(bytes(entry.itemsize)).decode("ascii")
         attributes["dtype"] = entry.dtype
+    shape, chunk_shape, codecs = list(entry.shape), _zarr_chunk_shape(entry), [bytes_codec]
+    if transposed:  # stored as the C-ordered transpose (a Fortran-ordered .npy)
+        shape, chunk_shape = shape[::-1], chunk_shape[::-1]
+        order = list(range(len(shape)))[::-1]
+        codecs = [{"name": "transpose", "configuration": {"order": order}}, bytes_codec]
     return {
         "zarr_format": 3,
         "node_type": "array",
-        "shape": list(entry.shape),
+        "shape": shape,
         "data_type": data_type,
-        "chunk_grid": {"name": "regular",
-                       "configuration": {"chunk_shape": _zarr_chunk_shape(entry)}},
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk_shape}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": fill,
-        "codecs": [bytes_codec],
+        "codecs": codecs,
         # one name per axis, unique to the array: stock tools (xarray) need them, and
         # tensors' axes are unrelated, so no two arrays share a dimension
         "dimension_names": [f"{name}.dim_{i}" for i in range(len(entry.shape))],

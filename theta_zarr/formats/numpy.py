@@ -18,7 +18,7 @@ from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import DTypeError, by_name, from_numpy
 from ..manifest import Manifest, ManifestError
-from .base import Format, FormatError, Source
+from .base import Format, FormatError, Source, TensorView
 from .zipinfo import first_member
 
 if TYPE_CHECKING:
@@ -89,6 +89,20 @@ def _stream_reader(stream, where: str):
     return read_exact, stream.readinto
 
 
+def _array_view(name: str, entry, fortran: bool) -> TensorView:
+    """How a reader gets the array stored as parameter ``name``: a Fortran-ordered array
+    is stored as its C-ordered transpose, so it is read back with its own shape and
+    Fortran strides (what ``np.load`` returns), as a view of those bytes."""
+    if not fortran or len(entry.shape) < 2:
+        return TensorView(name)
+    shape = tuple(reversed(entry.shape))
+    stride, step = [], 1
+    for extent in shape:
+        stride.append(step)
+        step *= extent
+    return TensorView(name, None, 0, shape, tuple(stride))
+
+
 class NpyFormat(Format):
     name = "npy"
     extensions = (".npy",)
@@ -109,6 +123,9 @@ class NpyFormat(Format):
             raise ManifestError("npy manifest must hold exactly one parameter named 'array'")
         _write_npy(out, manifest.params["array"], bool(manifest.format.get("fortran_order")),
                    reader)
+
+    def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
+        return {n: _array_view(n, e, bool(fmt.get("fortran_order"))) for n, e in params.items()}
 
 
 class NpzFormat(Format):
@@ -145,6 +162,11 @@ class NpzFormat(Format):
     def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
         keep = set(names)
         return {**fmt, "members": [m for m in fmt.get("members", []) if m.get("param") in keep]}
+
+    def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
+        fortran = {m.get("param"): bool(m.get("fortran_order")) for m in fmt.get("members", [])
+                   if isinstance(m, dict)}
+        return {n: _array_view(n, e, fortran.get(n, False)) for n, e in params.items()}
 
     def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
                tmp_dir: str | None = None) -> None:
