@@ -106,3 +106,35 @@ def test_a_new_theta_remote_for_a_git_remote_with_commits_says_to_copy_them(repo
     repo.tz("push", "origin", "--all")
     assert open_remote(RemoteSpec("s", str(store))).missing(m.digests()) == set()
     assert "--all" not in repo.tz("remote", "add", "backup", str(tmp_path / "b")).stderr.decode()
+
+
+def test_a_checkout_older_than_thetazarr_finds_the_remote_it_named(repo, make_repo, tmp_path):
+    """The quickstart order (model first, then a shared remote in .thetazarr): a clone's
+    checkout of the older commit removed .thetazarr before the filter looked for the
+    remote, which then fell back to the git remote's folder and found nothing."""
+    store = tmp_path / "store"
+    store.mkdir()
+    write_model(str(repo.path / "m.safetensors"), SHAPE, seed=5, tuned=SHAPE.layer_names(0))
+    repo.git("add", "m.safetensors")
+    repo.git("commit", "-q", "-m", "first")  # no chunk of it is in the later version
+    first = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:m.safetensors").stdout)
+    later = _commit(repo, 1)
+    assert not first.digests() & later.digests() - {None}
+    repo.tz("remote", "add", "team", str(store), "--shared")
+    repo.git("add", ".thetazarr")
+    repo.git("commit", "-q", "-m", "theta remote")
+    repo.tz("push", "team")
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=repo.env)
+    repo.git("push", "-q", "--no-verify", str(bare), "main")  # no chunks next to it
+    b = make_repo("b")
+    b.path.rmdir()
+    GitRepo(tmp_path, repo.env).run("git", "theta-zarr", "install", "--global")
+    GitRepo(tmp_path, repo.env).git("clone", "-q", str(bare), "b")
+    b.git("checkout", "-q", "HEAD~2")
+    assert not (b.path / "m.safetensors").read_bytes().startswith(b'{"theta_zarr"')
+    assert b.out("hash-object", "m.safetensors") == b.out("rev-parse", "HEAD:m.safetensors")
+    assert Manifest.from_bytes(b.git("cat-file", "blob", "HEAD:m.safetensors").stdout) == first
+    assert b.out("status", "--porcelain") == ""
+    assert not (b.path / ".thetazarr").exists()

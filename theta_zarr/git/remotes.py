@@ -39,12 +39,18 @@ def configured(repo: Repo) -> dict[str, RemoteSpec]:
     """Every theta remote: .thetazarr first, then git config on top.
 
     A bare repository (a server running ``git archive``) has no working file: its
-    ``.thetazarr`` is read from HEAD's tree.
+    ``.thetazarr`` is read from HEAD's tree.  So is a working tree's while it lacks the
+    file: a checkout of a commit older than ``.thetazarr`` removes it before the filter
+    asks for the remote, and git's index and HEAD still hold it then.
     """
     merged: dict[str, dict[str, str]] = {}
     file = os.path.join(repo.top, THETAZARR_FILE)
-    source = ["--blob", f"HEAD:{THETAZARR_FILE}"] if repo.bare and _in_head(repo) else \
-        (["-f", file] if not repo.bare and os.path.exists(file) else None)
+    if not repo.bare and os.path.exists(file):
+        source: list[str] | None = ["-f", file]
+    else:
+        source = next((["--blob", spec] for spec in
+                       ([] if repo.bare else [f":{THETAZARR_FILE}"]) + [f"HEAD:{THETAZARR_FILE}"]
+                       if _has_blob(repo, spec)), None)
     if source:
         try:  # every key (_parse keeps the remotes'): a file git cannot parse is an error
             out = git("config", "-z", *source, "--list", cwd=repo.top)
@@ -64,9 +70,9 @@ def configured(repo: Repo) -> dict[str, RemoteSpec]:
     return specs
 
 
-def _in_head(repo: Repo) -> bool:
+def _has_blob(repo: Repo, spec: str) -> bool:
     try:
-        repo.git("cat-file", "-e", f"HEAD:{THETAZARR_FILE}")
+        repo.git("cat-file", "-e", spec)
     except GitError:
         return False
     return True
