@@ -165,3 +165,18 @@ def test_fortran_ordered_arrays_read_back_as_np_load_gives_them(repo):
         assert np.array_equal(arr[...], want)
         assert np.array_equal(arr[1:3, 2:], want[1:3, 2:])  # chunk keys map both ways
     assert np.array_equal(theta_zarr.open(str(repo.path / "z.npz"))["c"][...], np.arange(5.0))
+
+
+def test_paths_through_a_linked_folder_name_the_tracked_file(committed, tmp_path):
+    """A home or scratch folder reached through a symbolic link: git takes such a path,
+    and the API, ls-files and materialize refused it ("no such file in revision HEAD")."""
+    repo, path, sd, _ = committed
+    link = tmp_path / "link"
+    link.symlink_to(repo.path.parent)
+    via = link / repo.path.name / "model.safetensors"
+    loaded = theta_zarr.load_state_dict(str(via), include="lm_head.bias")
+    assert torch.equal(loaded["lm_head.bias"], sd["lm_head.bias"])
+    assert "model.safetensors" in repo.tz("ls-files", str(via)).stdout.decode()
+    out = tmp_path / "part.safetensors"
+    repo.tz("materialize", str(via), "--include", "lm_head.*", "-o", str(out))
+    assert set(safetensors.torch.load_file(str(out))) == {"lm_head.weight", "lm_head.bias"}

@@ -57,7 +57,7 @@ def read_manifest(path: str, rev: str | None = "HEAD") -> tuple[Manifest, Repo, 
     settings = repo.settings()
     objects = read_through(repo)
     cache = objects.cache
-    rel = os.path.relpath(os.path.abspath(path), repo.top)
+    rel = repo.relative(path)
     if _is_model(repo, rel, path, rev):
         side = WORKTREE if rev is None else rev
         return open_model(repo, rel.replace(os.sep, "/"), side, objects).manifest, repo, objects

@@ -158,7 +158,7 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
     repo = Repo.discover()
     cache = open_cache(repo.settings())
     # as git ls-files: paths may be folders, and in a subfolder only its files are listed
-    rel = [os.path.relpath(os.path.abspath(p), repo.top).replace(os.sep, "/")
+    rel = [repo.relative(p).replace(os.sep, "/")
            for p in paths or ["."]]
     files = tracked_files(repo, rev, rel)
     for p, r in zip(paths, rel, strict=False):

@@ -116,7 +116,7 @@ def diff_driver(args: list[str]) -> list[str]:
 def textconv(file: str) -> list[str]:
     """git's textconv: the per-parameter summary (no chunk read)."""
     repo = Repo.discover()
-    rel = os.path.relpath(os.path.abspath(file), repo.top)
+    rel = repo.relative(file)
     # git's temp files live outside the work tree; the work-tree file keeps its path,
     # whose index manifest then gives the recorded chunk shapes
     name = os.path.basename(file) if rel.startswith("..") else rel
@@ -280,7 +280,7 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
             scale: float | None, settings: MergeOptions | None = None) -> list[str]:
     """Finish a conflicted merge of ``path``: compute, write the working tree file, stage it."""
     repo = Repo.discover()
-    rel = os.path.relpath(os.path.abspath(path), repo.top)
+    rel = repo.relative(path)
     stages = _stages(repo, rel)
     if 2 not in stages or 3 not in stages:
         raise ValueError(f"{rel}: not in a conflicted merge (git ls-files -u lists no "

@@ -55,7 +55,7 @@ def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
     from .install import DRIVER
 
     _, target = remote.resolve(ref)
-    rel = os.path.relpath(os.path.abspath(path), repo.top).replace(os.sep, "/")
+    rel = repo.relative(path).replace(os.sep, "/")
     if rel.startswith("../"):
         raise SyncError(f"{path} is outside the repository {repo.top}")
     cache = checkpoint.open_cache(settings)
