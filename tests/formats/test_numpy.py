@@ -11,6 +11,7 @@ import pytest
 
 from theta_zarr import checkpoint
 from theta_zarr.formats import FormatError
+from theta_zarr.formats.base import NotWeights
 from theta_zarr.manifest import Manifest
 from theta_zarr.settings import Settings
 
@@ -111,26 +112,37 @@ def test_npy_round_trips_byte_identically(array, tmp_path):
     assert back.flags.f_contiguous == array.flags.f_contiguous
 
 
-def test_object_arrays_are_refused(tmp_path):
+def refused(data: bytes, tmp_path, name: str = NAME) -> str:
+    """The reason a file is not weights: refused with theta-zarr.opaque=false, and kept
+    as opaque bytes by default."""
+    s = settings(tmp_path)
+    cache = checkpoint.open_cache(s)
+    with pytest.raises(NotWeights) as info:
+        checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache, name=name), s, cache,
+                         opaque=False)
+    assert clean(data, tmp_path, name).format_name == "opaque"
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_object_arrays_are_not_weights(tmp_path):
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
-    with pytest.raises(FormatError) as info:
-        clean(buf.getvalue(), tmp_path, name="obj.npy")
-    assert "object arrays" in str(info.value) and "obj.npy" in str(info.value)
+    reason = refused(buf.getvalue(), tmp_path, name="obj.npy")
+    assert "object arrays" in reason and "obj.npy" in reason
     buf = io.BytesIO()
     np.savez(buf, good=np.zeros(3), bad=np.array(["x", 1], dtype=object))
-    with pytest.raises(FormatError) as info:
-        clean(buf.getvalue(), tmp_path)
-    assert "object arrays" in str(info.value) and NAME in str(info.value)
-    assert "\n" not in str(info.value)
+    reason = refused(buf.getvalue(), tmp_path)
+    assert "object arrays" in reason and NAME in reason
 
 
-def test_big_endian_is_refused(tmp_path):
-    buf = io.BytesIO()
-    np.save(buf, np.arange(4, dtype=">f4"))
-    with pytest.raises(FormatError) as info:
-        clean(buf.getvalue(), tmp_path, name="be.npy")
-    assert "big-endian" in str(info.value) and "be.npy" in str(info.value)
+def test_big_endian_and_strings_are_not_weights(tmp_path):
+    for array, words in ((np.arange(4, dtype=">f4"), "big-endian"),
+                         (np.array(["cat", "dog"]), "unsupported numpy dtype <U3")):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        reason = refused(buf.getvalue(), tmp_path, name="a.npy")
+        assert words in reason and "a.npy" in reason
 
 
 def test_bad_npy_files_are_refused(tmp_path):

@@ -96,3 +96,35 @@ def test_refusing_opaque_files_names_the_refused_global(repo, trainer_folder):
     assert len(ours) == 1 and "rng_state.pth" in ours[0] and "GLOBAL" in ours[0], ours
     assert "Traceback" not in proc.stderr.decode()
     assert repo.out("ls-files", "rng_state.pth") == ""
+
+
+@pytest.mark.parametrize("direct", ["off", "1"], ids=["pipe", "from-file"])
+def test_numpy_files_that_are_not_weights_are_kept_as_opaque_bytes(repo, tmp_path, direct):
+    """Strings, dates, big-endian and object arrays: valid numpy files under a tracked
+    pattern, refused at git add (or, for .npy, refused after the header was read, which
+    the opaque copy then lacked)."""
+    import numpy as np
+
+    repo.git("config", "theta-zarr.direct-checkout", direct)  # clean from the pipe or file
+    repo.tz("track", "*.npy")
+    arrays = {"labels.npy": np.array(["cat", "dog"] * 500),
+              "times.npy": np.arange("2026-01-01", "2026-04-01", dtype="datetime64[D]"),
+              "be.npy": np.arange(1000, dtype=">f4"),
+              "obj.npy": np.array([{"a": 1}, None], dtype=object)}
+    for name, a in arrays.items():
+        np.save(repo.path / name, a, allow_pickle=True)
+    np.savez(repo.path / "mixed.npz", w=np.arange(5000.0), names=np.array(["x", "y"]))
+    files = [*arrays, "mixed.npz"]
+    want = {f: (repo.path / f).read_bytes() for f in files}
+    proc = repo.git("add", ".gitattributes", *files)
+    notes = [ln for ln in proc.stderr.decode().splitlines() if "stored as opaque bytes" in ln]
+    assert len(notes) == len(files)
+    repo.git("commit", "-q", "-m", "arrays")
+    for f in files:
+        (repo.path / f).unlink()
+    repo.git("checkout", "--", *files)
+    assert {f: (repo.path / f).read_bytes() for f in files} == want
+    assert repo.out("status", "--porcelain") == ""
+    repo.git("config", "theta-zarr.opaque", "false")
+    np.save(repo.path / "more.npy", np.array(["x"]))
+    assert repo.git("add", "more.npy", check=False).returncode != 0

@@ -54,6 +54,7 @@ class Source:
         self.tmp_dir = tmp_dir
         self.head = _read_up_to(stream, HEAD_BYTES)
         self._pos = 0  # position inside head
+        self._streamed = False  # read past head: the bytes before the stream's are gone
         self._spool: str | None = None
 
     def readinto(self, view: memoryview) -> int:
@@ -63,6 +64,7 @@ class Source:
             view[:n] = self.head[self._pos:self._pos + n]
             self._pos += n
             return n
+        self._streamed = True
         return self.stream.readinto(view) or 0
 
     def read_exact(self, n: int, what: str) -> bytes:
@@ -81,11 +83,15 @@ class Source:
         """A real file path with the whole checkpoint (the original, or a spooled copy).
 
         A spooled copy is kept until ``close()``, so a second reader (the opaque
-        fallback after a plug-in refused the file) reads the same bytes again.
+        fallback after a plug-in refused the file) reads the same bytes again; so does one
+        after a plug-in that read no further than ``head`` (a ``.npy`` header naming a
+        dtype that is not weights): the copy starts at the first byte.
         """
         if self._spool is not None:
             yield self._spool
             return
+        if not self._streamed:
+            self._pos = 0
         if self.path is not None and self._pos == 0:
             yield self.path
             return

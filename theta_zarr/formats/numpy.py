@@ -18,7 +18,7 @@ from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import DTypeError, by_name, from_numpy
 from ..manifest import Manifest, ManifestError
-from .base import Format, FormatError, Source, TensorView
+from .base import Format, FormatError, NotWeights, Source, TensorView
 from .zipinfo import first_member
 
 if TYPE_CHECKING:
@@ -45,8 +45,8 @@ def _parse_npy_header(read_exact, where: str) -> tuple[np.dtype, tuple[int, ...]
         fortran = bool(d["fortran_order"])
     except (ValueError, SyntaxError, KeyError, TypeError):
         raise FormatError(f"{where}: bad .npy header") from None
-    if dtype.hasobject:
-        raise FormatError(f"{where}: object arrays (pickles) are not supported")
+    if dtype.hasobject:  # never unpickled; kept as opaque bytes where that is allowed
+        raise NotWeights(f"{where}: object arrays (pickles) are not supported")
     return dtype, shape, fortran
 
 
@@ -54,8 +54,8 @@ def _add_npy(read_exact, readinto, writer: ChunkWriter, name: str, where: str) -
     dtype, shape, fortran = _parse_npy_header(read_exact, where)
     try:
         dt = from_numpy(dtype)
-    except DTypeError as e:
-        raise FormatError(f"{where}: {e}") from None
+    except DTypeError as e:  # strings, dates, big-endian: a valid array, not weights
+        raise NotWeights(f"{where}: {e}") from None
     # A Fortran-ordered array's bytes are the C-ordered bytes of its transpose.
     stored_shape = tuple(reversed(shape)) if fortran else shape
     try:
