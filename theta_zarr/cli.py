@@ -257,7 +257,12 @@ def smudge_cmd(path: str) -> None:
             Manifest.from_bytes(data, path)
         out.write(data)
         return
-    checkpoint.smudge(Manifest.from_bytes(data, path), out, settings, name=path)
+    from .git.push import read_through
+
+    objects = read_through(repo, settings=settings)  # chunks the cache lacks: the remote's
+    checkpoint.smudge(Manifest.from_bytes(data, path), out, settings, name=path,
+                      cache=objects.cache,
+                      fetch=objects.fetch if objects.has_remote else None)
 
 
 # -- remotes ----------------------------------------------------------------------------

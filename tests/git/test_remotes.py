@@ -140,6 +140,18 @@ def test_lazy_load_fetches_exactly_one_layer(repo, remote_case, make_repo, tmp_p
     assert c.out("status", "--porcelain", "--untracked-files=no") == ""
 
 
+def test_smudge_command_fetches_what_the_cache_lacks(repo, remote_case, make_repo, tmp_path):
+    """``git show REV:file | git theta-zarr smudge file`` gives the real bytes in a lazy
+    clone; it said "no remote is configured" while one was."""
+    bare = setup_origin(repo, remote_case, tmp_path)
+    commit_model(repo, "base")
+    repo.git("push", "-q", "origin", "main")
+    c = clone(make_repo, bare, "show", env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+    manifest = c.git("show", "HEAD:model.safetensors").stdout
+    out = c.tz("smudge", "model.safetensors", input=manifest).stdout
+    assert out == (repo.path / "model.safetensors").read_bytes()
+
+
 def test_fetch_command_prefetches_selected_params(repo, remote_case, make_repo, tmp_path):
     bare = setup_origin(repo, remote_case, tmp_path)
     repo.git("config", "theta-zarr.chunk-size", "16KiB")
