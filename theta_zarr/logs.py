@@ -21,8 +21,8 @@ LIBRARY_LOGGERS = ("gcsfs", "s3fs", "fsspec", "botocore", "aiobotocore", "boto3"
 
 def setup_logging() -> None:
     """theta-zarr's own notices go to stderr as ``theta-zarr: ...`` lines; the storage
-    libraries' loggers stay quiet unless GIT_THETA_ZARR_DEBUG is set (then everything,
-    at DEBUG, with tracebacks)."""
+    libraries' loggers and every library's Python warnings stay quiet unless
+    GIT_THETA_ZARR_DEBUG is set (then everything, at DEBUG, with tracebacks)."""
     debug = bool(os.environ.get("GIT_THETA_ZARR_DEBUG"))
     ours = logging.getLogger("theta_zarr")
     _add_handler(ours, "theta-zarr: %(message)s")
@@ -35,6 +35,12 @@ def setup_logging() -> None:
         lib = logging.getLogger(name)
         lib.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
         lib.propagate = debug
+    # the libraries' warnings (torch: "ComplexHalf support is experimental") go the same
+    # way: through the "py.warnings" logger, shown only when debugging
+    logging.captureWarnings(True)
+    warned = logging.getLogger("py.warnings")
+    warned.setLevel(logging.DEBUG if debug else logging.CRITICAL + 1)
+    warned.propagate = debug
 
 
 def _add_handler(logger: logging.Logger, fmt: str) -> None:

@@ -307,3 +307,18 @@ def test_ctrl_c_ends_the_filter_with_one_line_and_status_130(repo):
     assert p.stderr.read().decode() == "theta-zarr: interrupted\n"
     for f in (p.stdin, p.stdout, p.stderr):
         f.close()
+
+
+def test_library_warnings_never_reach_git_output(repo):
+    """torch warns on complex32 ("ComplexHalf support is experimental"); its two lines
+    reached the user through git add and git checkout."""
+    t = torch.zeros(4, 4, dtype=torch.complex32)
+    torch.save({"z": t}, repo.path / "c.pt")
+    proc = repo.git("add", "c.pt")
+    assert b"Warning" not in proc.stderr, proc.stderr.decode()
+    repo.git("commit", "-q", "-m", "c")
+    (repo.path / "c.pt").unlink()
+    proc = repo.git("checkout", "--", "c.pt")
+    assert b"Warning" not in proc.stderr, proc.stderr.decode()
+    assert torch.equal(torch.load(repo.path / "c.pt", weights_only=True)["z"].view(torch.uint8),
+                       t.view(torch.uint8))
