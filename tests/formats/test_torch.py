@@ -393,3 +393,14 @@ def test_selection_by_alias_keeps_views_and_devices(tmp_path):
     assert torch.equal(back["k"], qkv[3:]) and torch.equal(back["lm_head.weight"], w)
     assert back["k"].untyped_storage().data_ptr() == back["q"].untyped_storage().data_ptr()
     assert set(saved_locations(out)) == {"cuda:1"}
+
+
+def test_a_plain_tensor_keeps_requires_grad(tmp_path):
+    """Only nn.Parameter kept the flag; a plain tensor saved with requires_grad came back
+    without it (and git status stayed clean)."""
+    w = torch.randn(3).requires_grad_()
+    obj = {"w": w, "frozen": torch.randn(2), "p": torch.nn.Parameter(torch.randn(2))}
+    _, back = round_trip(obj, tmp_path)
+    assert back["w"].requires_grad and not isinstance(back["w"], torch.nn.Parameter)
+    assert not back["frozen"].requires_grad and back["p"].requires_grad
+    assert same_bits(back["w"].detach(), w.detach())

@@ -408,6 +408,8 @@ class _TreeEncoder:
         if isinstance(t, torch.nn.Parameter):
             leaf["parameter"] = True
             leaf["requires_grad"] = bool(t.requires_grad)
+        elif t.requires_grad:  # a plain tensor saved with it (torch.load keeps it)
+            leaf["requires_grad"] = True
         storage = t.untyped_storage()
         key = (storage.data_ptr(), storage.nbytes()) if storage.nbytes() else ("empty", id(leaf))
         group = self.storages.setdefault(key, (path, []))
@@ -527,6 +529,8 @@ class _TreeDecoder:
             self.locations[t.untyped_storage().data_ptr()] = device
         if node.get("parameter"):
             t = torch.nn.Parameter(t, requires_grad=bool(node.get("requires_grad")))
+        elif node.get("requires_grad"):
+            t.requires_grad_(True)
         self.tensors[key] = t
         return t
 
