@@ -112,6 +112,23 @@ def test_npy_round_trips_byte_identically(array, tmp_path):
     assert back.flags.f_contiguous == array.flags.f_contiguous
 
 
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_every_npy_format_version_round_trips_byte_identically(version, tmp_path):
+    """They came back as version 1.0 (and git status stayed clean)."""
+    a = np.asfortranarray(np.arange(12, dtype="<f4").reshape(3, 4))
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a, version=version)
+    m = clean(buf.getvalue(), tmp_path, name="v.npy")
+    assert smudge(m, tmp_path) == buf.getvalue()
+    one = buf.getvalue()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.npy", one)
+    out = smudge(clean(buf.getvalue(), tmp_path), tmp_path)
+    with zipfile.ZipFile(io.BytesIO(out)) as zf:
+        assert zf.read("a.npy") == one  # an .npz member keeps its version too
+
+
 def refused(data: bytes, tmp_path, name: str = NAME) -> str:
     """The reason a file is not weights: refused with theta-zarr.opaque=false, and kept
     as opaque bytes by default."""

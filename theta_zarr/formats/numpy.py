@@ -9,6 +9,7 @@ settings as ``numpy.savez`` / ``savez_compressed`` write them.  Object arrays
 from __future__ import annotations
 
 import ast
+import io
 import shutil
 import tempfile
 import zipfile
@@ -28,7 +29,9 @@ NPY_MAGIC = b"\x93NUMPY"
 EMPTY_ZIP = b"PK\x05\x06"  # an archive that is only its end-of-central-directory record
 
 
-def _parse_npy_header(read_exact, where: str) -> tuple[np.dtype, tuple[int, ...], bool]:
+def _parse_npy_header(read_exact, where: str
+                      ) -> tuple[np.dtype, tuple[int, ...], bool, tuple[int, int]]:
+    """(dtype, shape, Fortran order, format version) of a .npy header (NEP 1)."""
     magic = read_exact(8)
     if not magic.startswith(NPY_MAGIC):
         raise FormatError(f"{where}: not a .npy array")
@@ -47,11 +50,11 @@ def _parse_npy_header(read_exact, where: str) -> tuple[np.dtype, tuple[int, ...]
         raise FormatError(f"{where}: bad .npy header") from None
     if dtype.hasobject:  # never unpickled; kept as opaque bytes where that is allowed
         raise NotWeights(f"{where}: object arrays (pickles) are not supported")
-    return dtype, shape, fortran
+    return dtype, shape, fortran, (major, magic[7])
 
 
 def _add_npy(read_exact, readinto, writer: ChunkWriter, name: str, where: str) -> dict:
-    dtype, shape, fortran = _parse_npy_header(read_exact, where)
+    dtype, shape, fortran, version = _parse_npy_header(read_exact, where)
     try:
         dt = from_numpy(dtype)
     except DTypeError as e:  # strings, dates, big-endian: a valid array, not weights
@@ -62,19 +65,35 @@ def _add_npy(read_exact, readinto, writer: ChunkWriter, name: str, where: str) -
         writer.add_stream(name, dt, stored_shape, readinto)
     except ManifestError as e:
         raise FormatError(str(e)) from None
-    return {"param": name, "fortran_order": fortran}
+    rec: dict[str, Any] = {"param": name, "fortran_order": fortran}
+    if version != (1, 0):  # written again in the same version, so the bytes are the same
+        rec["version"] = list(version)
+    return rec
 
 
-def _write_npy(out: BinaryIO, entry, fortran: bool, reader: ChunkReader) -> None:
+def _write_npy(out: BinaryIO, entry, fortran: bool, reader: ChunkReader,
+               version: Any = None) -> None:
+    """The .npy file of ``entry``: its header in ``version`` (the file's own, [2, 0] or
+    [3, 0]; else 1.0, or 2.0 when the header needs it, as ``np.save`` chooses), then
+    the data."""
     from numpy.lib import format as npformat
 
     dtype = by_name(entry.dtype).numpy
     shape = tuple(reversed(entry.shape)) if fortran else tuple(entry.shape)
     header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": fortran, "shape": shape}
-    try:
-        npformat.write_array_header_1_0(out, header)
-    except ValueError:
-        npformat.write_array_header_2_0(out, header)
+    if version in ([2, 0], [3, 0]):
+        # 3.0 is 2.0 with a UTF-8 header; the headers of the dtypes stored as weights are
+        # ASCII, so only the version byte differs (numpy has no public 3.0 writer)
+        buf = io.BytesIO()
+        npformat.write_array_header_2_0(buf, header)
+        data = bytearray(buf.getvalue())
+        data[6] = version[0]
+        out.write(bytes(data))
+    else:
+        try:
+            npformat.write_array_header_1_0(out, header)
+        except ValueError:
+            npformat.write_array_header_2_0(out, header)
     for chunk in reader.iter_entry(entry):
         out.write(chunk)
 
@@ -115,14 +134,17 @@ class NpyFormat(Format):
                           "array", source.name)
         if not source.at_end():
             raise FormatError(f"{source.name}: data continues past the array")
-        return {"name": self.name, "fortran_order": member["fortran_order"]}
+        fmt = {"name": self.name, "fortran_order": member["fortran_order"]}
+        if "version" in member:
+            fmt["version"] = member["version"]
+        return fmt
 
     def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
                tmp_dir: str | None = None) -> None:
         if list(manifest.params) != ["array"]:
             raise ManifestError("npy manifest must hold exactly one parameter named 'array'")
         _write_npy(out, manifest.params["array"], bool(manifest.format.get("fortran_order")),
-                   reader)
+                   reader, manifest.format.get("version"))
 
     def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
         return {n: _array_view(n, e, bool(fmt.get("fortran_order"))) for n, e in params.items()}
@@ -182,6 +204,6 @@ class NpzFormat(Format):
                 for m in members:
                     with zf.open(m["param"] + ".npy", "w", force_zip64=True) as fid:
                         _write_npy(fid, manifest.params[m["param"]],
-                                   bool(m.get("fortran_order")), reader)
+                                   bool(m.get("fortran_order")), reader, m.get("version"))
             tmp.seek(0)
             shutil.copyfileobj(tmp, out, 1 << 20)
