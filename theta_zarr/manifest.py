@@ -438,9 +438,13 @@ class _TorchFormat(msgspec.Struct):
     serialization: Literal["legacy"] | msgspec.UnsetType = msgspec.UNSET
 
 
+_NpyVersion = tuple[Literal[2, 3], Literal[0]]  # the .npy format version when not 1.0
+
+
 class _NumpyMember(msgspec.Struct):
     param: str
     fortran_order: bool | msgspec.UnsetType = msgspec.UNSET
+    version: _NpyVersion | msgspec.UnsetType = msgspec.UNSET
 
 
 class _NumpyFormat(msgspec.Struct):
@@ -450,6 +454,7 @@ class _NumpyFormat(msgspec.Struct):
 
 class _NpyFormat(msgspec.Struct):
     fortran_order: bool | msgspec.UnsetType = msgspec.UNSET
+    version: _NpyVersion | msgspec.UnsetType = msgspec.UNSET
 
 
 _Offsets = list[Annotated[int, msgspec.Meta(ge=0)]]
