@@ -74,6 +74,16 @@ def looks_like_manifest(head: bytes) -> bool:
     return head.lstrip(b" \t\r\n").startswith(MAGIC)
 
 
+#: the first line of a checkpoint's textconv summary (``diff.textconv_lines``)
+SUMMARY_RE = re.compile(rb"# theta-zarr [\w.-]+ checkpoint: \d+ parameters, \d+ bytes\n")
+
+
+def looks_like_summary(head: bytes) -> bool:
+    """True for the textconv summary of a checkpoint, which ``git blame FILE`` hands to
+    clean as the working-tree file's content (blame.c: textconv, then convert_to_git)."""
+    return SUMMARY_RE.match(head) is not None
+
+
 def looks_like_conflicted_manifest(head: bytes) -> bool:
     """True for a manifest that a text merge wrapped in conflict markers."""
     return head.lstrip().startswith(b"<<<<<<<") and MAGIC in head

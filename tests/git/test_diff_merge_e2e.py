@@ -99,6 +99,18 @@ def test_git_diff_into_a_closed_pipe_stops_quietly(repo):
         assert int(proc.stdout) == status
 
 
+def test_git_blame_of_the_working_tree_file_matches_blame_of_head(repo):
+    """git blame FILE cleans the working tree's textconv summary; it was stored as an opaque
+    file, so every line read "Not Committed Yet" and showed an opaque manifest."""
+    commit_model(repo, "base")
+    commit_model(repo, "tune", tuned=SHAPE.layer_names(1))
+    head = repo.out("blame", "-s", "HEAD", "--", "model.safetensors")
+    assert repo.out("blame", "-s", "--", "model.safetensors") == head
+    assert "Not Committed" not in head and "layers.1.attn.q_proj.weight" in head
+    tuned = [ln for ln in head.splitlines() if "layers.1." in ln]
+    assert len({ln.split()[0] for ln in tuned}) == 1  # all from the tuning commit
+
+
 def test_git_diff_of_old_versions_of_a_single_file_never_searches_history(repo, tmp_path):
     """git's external diff gets blob ids; for a file that cannot be a shard (no index
     beside it, now or in any commit) the driver says so before it looks for the blobs'

@@ -23,7 +23,12 @@ from .. import checkpoint, interrupts, lfs, progress
 from ..cache import QuarantinedError
 from ..errors import one_line, opaque_note
 from ..logs import setup_logging
-from ..manifest import Manifest, looks_like_conflicted_manifest, looks_like_manifest
+from ..manifest import (
+    Manifest,
+    looks_like_conflicted_manifest,
+    looks_like_manifest,
+    looks_like_summary,
+)
 from ..objects import ObjectError
 from ..settings import Settings
 from . import lfs as git_lfs
@@ -170,6 +175,11 @@ class FilterServer:
             return b""
         if lfs.parse(source.head) is not None:
             return source.head  # a git-lfs pointer stays one (git-lfs's own rule)
+        if looks_like_summary(source.head):
+            # git blame FILE cleans the working tree's textconv summary: kept as text, it
+            # compares line by line with the committed versions' summaries
+            with source.as_file() as full, open(full, "rb") as f:
+                return f.read()
         blob = self.index_blob(path)
         pointer = lfs.parse(blob) if blob is not None else None
         if pointer is not None and os.environ.get(CONVERT_LFS_ENV) != "1":
