@@ -66,3 +66,14 @@ def test_dask_computes_over_chunks(committed):
     ds = xr.open_zarr(group.store, consolidated=False)
     mean = ds["head.weight"].astype("float64").mean().compute()
     assert float(mean) == pytest.approx(float(sd["head.weight"].double().mean()))
+
+
+def test_the_documented_example_runs_on_a_bf16_parameter(committed):
+    """docs/lazy-and-api.md: its xarray line failed on bf16 (xarray's mean refuses
+    extension dtypes); it now casts first."""
+    repo, sd = committed
+    ds = xr.open_zarr(theta_zarr.open(str(repo.path / "model.safetensors")).store,
+                      consolidated=False)
+    assert ds["embed.weight"].dtype == np.dtype(ml_dtypes.bfloat16)
+    mean = ds["embed.weight"].astype("float32").mean().compute()
+    assert float(mean) == pytest.approx(float(sd["embed.weight"].float().mean()), rel=1e-4)
