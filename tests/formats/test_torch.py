@@ -404,3 +404,15 @@ def test_a_plain_tensor_keeps_requires_grad(tmp_path):
     assert back["w"].requires_grad and not isinstance(back["w"], torch.nn.Parameter)
     assert not back["frozen"].requires_grad and back["p"].requires_grad
     assert same_bits(back["w"].detach(), w.detach())
+
+
+def test_a_key_longer_than_a_parameter_name_may_be_round_trips(tmp_path):
+    """git add refused it ("invalid parameter name 'tensor~kkkk…'", a name the user never
+    wrote); the parameter's name is now cut and made unique, the tree keeps the key."""
+    long_a, long_b = "k" * 5000, "k" * 4999 + "j"
+    obj = {long_a: torch.randn(3), long_b: torch.randn(2), "w": torch.ones(1)}
+    m, back = round_trip(obj, tmp_path)
+    assert set(back) == set(obj)
+    for k, t in obj.items():
+        assert same_bits(back[k], t)
+    assert len(m.params) == 3 and all(len(n) <= 4096 for n in m.params)

@@ -26,10 +26,11 @@ import threading
 import zipfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .. import chunking
 from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import DTypeError, by_name, from_torch
-from ..manifest import Manifest, ManifestError, check_name
+from ..manifest import MAX_NAME_LEN, Manifest, ManifestError, check_name
 from .base import Format, FormatError, NotWeights, Source, TensorView, flatten_json
 from .zipinfo import first_member
 
@@ -344,11 +345,14 @@ class _TreeEncoder:
         """A valid, unique parameter name for the tensor at ``path``.
 
         The tree keeps the real keys, so the name is only a reference: characters
-        a parameter name may not hold become '_', and a name still refused
-        (``..``, ``zarr.json``) gets a ``tensor~`` prefix.
+        a parameter name may not hold become '_', a name longer than a parameter name
+        may be is cut (its blake3 keeps it unique), and a name still refused (``..``,
+        ``zarr.json``) gets a ``tensor~`` prefix.
         """
         parts = [re.sub(r"[\x00-\x1f\x7f\\/]", "_", str(p)) or "_" for p in path]
         base = ".".join(parts) or "tensor"
+        if len(base) > MAX_NAME_LEN - 200:  # room for the prefix and a ~N suffix
+            base = f"{base[:MAX_NAME_LEN - 300]}~{chunking.digest(base.encode())[7:39]}"
         try:
             check_name(base)
         except ManifestError:
