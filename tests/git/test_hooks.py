@@ -121,3 +121,45 @@ def test_checkout_works_without_theta_zarr_on_path(repo, make_repo, tmp_path):
     parent.git("clone", "-q", str(bare), "elsewhere")
     assert file_sha(tmp_path / "elsewhere" / "m.safetensors") == \
         file_sha(repo.path / "m.safetensors")
+
+
+def _push_refused(repo, tmp_path, hook_body: bytes | None = None, program: str | None = None):
+    """Install over a pre-push hook (a script, or a copy of a program), push; returns
+    whether git refused the push."""
+    hook = repo.path / ".git" / "hooks" / "pre-push"
+    if program is not None:
+        shutil.copy(shutil.which(program), hook)
+    else:
+        hook.write_bytes(hook_body)
+    hook.chmod(0o755)
+    repo.tz("install")
+    bare = _bare(tmp_path, repo.env, f"{program or 'script'}.git")
+    return repo.git("push", "-q", str(bare), "main", check=False).returncode != 0
+
+
+def test_chained_script_keeps_the_flags_of_its_interpreter_line(repo, tmp_path):
+    """#!/bin/sh -e: the hook's failing command stops it, as when git runs it; sourced
+    without the -e, it went on to exit 0 and the push it meant to block went through."""
+    assert _push_refused(repo, tmp_path, b"#!/bin/sh -e\nfalse\nexit 0\n")
+
+
+def test_chained_program_without_a_shebang_runs_as_it_is(repo, tmp_path):
+    """A compiled hook (no #! line) was sourced as shell: every push failed with a syntax
+    error and the hook never ran."""
+    assert not _push_refused(repo, tmp_path, program="true")
+    assert _push_refused(repo, tmp_path, program="false")
+
+
+def test_a_hook_that_replaces_ours_keeps_the_one_chained_before(repo, tmp_path):
+    """A hook manager writes its pre-push over ours: the filter installs ours again and
+    chains the new hook; the hook chained before was overwritten and lost."""
+    hooks = repo.path / ".git" / "hooks"
+    (hooks / "pre-push").write_text("#!/bin/sh\necho first\n")
+    repo.tz("install")
+    (hooks / "pre-push").write_text("#!/bin/sh\necho second\n")  # a hook manager
+    write_model(str(repo.path / "m.safetensors"), SHAPE)
+    proc = repo.git("add", "m.safetensors")  # the filter puts ours back
+    assert "the hook it replaced is kept as" in proc.stderr.decode()
+    assert "theta-zarr pre-push hook" in (hooks / "pre-push").read_text()
+    assert (hooks / "pre-push.theta-zarr-chained").read_text().endswith("echo second\n")
+    assert (hooks / "pre-push.theta-zarr-chained.old").read_text().endswith("echo first\n")

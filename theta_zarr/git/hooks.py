@@ -5,15 +5,19 @@ like git-lfs, by the filter itself the first time it runs in a repository that l
 it (a clone or ``git init`` after ``install --global``).  A hook that is already there
 (git-lfs's, a team's own, a hook manager's dispatcher) is kept beside ours as
 ``pre-push.theta-zarr-chained`` and run after ours with the same input, arguments
-and *name*: a shell script is sourced with ``$0`` set to the path git ran
+and *name*: a shell script is sourced, by the shell and flags of its ``#!`` line
+(``#!/bin/sh -e`` keeps errexit), with ``$0`` set to the path git ran
 (``.../pre-push``), so dispatchers that pick a script by ``$(basename "$0")`` (husky)
-still find theirs.  Installing never silences anyone.
+still find theirs; anything else (a program, a script without ``#!``) runs as it is,
+as git would run it.  Installing never silences anyone: a hook chained before is kept
+when another replaces ours.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import sys
 
 from .install import executable
 from .repo import Repo
@@ -34,16 +38,18 @@ input=$(cat)
 printf '%s\\n' "$input" | "$tz" pre-push "$@" || exit $?
 chained="$0{suffix}"
 [ -x "$chained" ] || exit 0
-# the shell a chained script runs under (none: not a shell script, run it as it is)
+# the shell a chained script runs under, with the flags of its #! line (-e: errexit);
+# none: not a shell script (a program, a script without #!), so it runs as it is
 shell_of() {{
   IFS= read -r line < "$1" || line=
-  case "$line" in '#!'*) ;; *) echo sh; return 0;; esac
+  case "$line" in '#!'*) ;; *) return 1;; esac
   set -f; set -- ${{line#??}}; set +f
   [ "${{1##*/}}" = env ] && shift
-  case "${{1##*/}}" in sh|bash|dash|zsh|ksh|ash|mksh) echo "$1";; *) return 1;; esac
+  case "${{1##*/}}" in sh|bash|dash|zsh|ksh|ash|mksh) echo "$*";; *) return 1;; esac
 }}
 if sh_=$(shell_of "$chained"); then
-  printf '%s\\n' "$input" | "$sh_" -c 'f=$1; shift; . "$f"' "$0" "$chained" "$@" || exit $?
+  # the interpreter and its flags, split as the kernel splits a #! line
+  printf '%s\\n' "$input" | $sh_ -c 'f=$1; shift; . "$f"' "$0" "$chained" "$@" || exit $?
 else
   printf '%s\\n' "$input" | "$chained" "$@" || exit $?
 fi
@@ -70,14 +76,30 @@ def install_pre_push(repo: Repo, exe: str | None = None) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "pre-push")
     if os.path.lexists(path) and not _is_ours(path):
-        # a hook manager that rewrote pre-push over ours: its new hook is the one to chain
-        os.replace(path, path + CHAINED_SUFFIX)
+        # a hook manager that rewrote pre-push over ours: its new hook is the one to chain;
+        # one chained before is kept beside it, never lost
+        chained = path + CHAINED_SUFFIX
+        if os.path.lexists(chained):
+            kept = _free_name(chained + ".old")
+            os.replace(chained, kept)
+            print(f"theta-zarr: {path} was replaced by another hook, which now runs after "
+                  f"theta-zarr's; the hook it replaced is kept as {kept} (it no longer runs)",
+                  file=sys.stderr)
+        os.replace(path, chained)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(hook_text(exe))
     os.chmod(tmp, os.stat(tmp).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     os.replace(tmp, path)
     return path
+
+
+def _free_name(path: str) -> str:
+    """``path``, or ``path.N`` for the first N that names nothing."""
+    name, n = path, 1
+    while os.path.lexists(name):
+        name, n = f"{path}.{n}", n + 1
+    return name
 
 
 def ensure_pre_push(repo: Repo) -> str | None:
