@@ -35,6 +35,19 @@ def test_remote_list_and_remove(repo):
     assert proc.returncode == 1 and "no remote 'origin' in git config" in proc.stderr.decode()
 
 
+def test_track_refuses_what_a_gitattributes_line_cannot_say(repo):
+    """An empty pattern wrote a line git reads as the pattern 'filter=theta-zarr'; a
+    negative one is ignored by git, which warned in every later command."""
+    before = (repo.path / ".gitattributes").read_bytes()
+    for pattern, words in (("", "an empty pattern"), ("  ", "an empty pattern"),
+                           ("!*.pt", "negative patterns"), ("#x.pt", "a comment"),
+                           ("a\tb", "control character")):
+        proc = repo.tz("track", "*.npy", pattern, check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err.startswith("theta-zarr: ") and words in err, err
+        assert (repo.path / ".gitattributes").read_bytes() == before  # not even *.npy
+
+
 def test_untrack_and_uninstall(repo):
     out = repo.tz("untrack", "*.pt").stdout.decode()
     assert 'Untracking "*.pt"' in out

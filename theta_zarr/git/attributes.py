@@ -10,9 +10,22 @@ ATTRS = f"filter={DRIVER} diff={DRIVER} merge={DRIVER} -text"
 
 
 def escape_pattern(pattern: str) -> str:
-    """gitattributes splits on whitespace: spell spaces as a bracket class (as git-lfs does)."""
+    """gitattributes splits on whitespace: spell spaces as a bracket class (as git-lfs does).
+
+    Raises ValueError for what a .gitattributes line cannot say (gitattributes(5)): an
+    empty pattern, a control character, a negative pattern (git ignores them, with a
+    warning in every later command) and a leading ``#`` (a comment).
+    """
     if any(ch in pattern for ch in "\n\r\t"):
         raise ValueError(f"pattern {pattern!r} contains a control character")
+    if not pattern.strip():
+        raise ValueError("an empty pattern names no file")
+    if pattern.startswith("!"):
+        raise ValueError(f"pattern {pattern!r}: git ignores negative patterns in "
+                         ".gitattributes; untrack the pattern, or track narrower ones")
+    if pattern.startswith("#"):
+        raise ValueError(f"pattern {pattern!r} would be a comment in .gitattributes; "
+                         f"write '\\{pattern}' for a name that starts with #")
     return pattern.replace(" ", "[[:space:]]")
 
 
