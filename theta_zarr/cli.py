@@ -5,6 +5,7 @@ Every command reports a failure as one line on stderr and exits non-zero.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -29,11 +30,22 @@ def main() -> None:
 
 # -- setup ----------------------------------------------------------------------------
 def _scope_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--system", "scope", flag_value="system", help="for every user")(fn)
-    fn = click.option("--global", "scope", flag_value="global", help="for this user")(fn)
-    fn = click.option("--local", "scope", flag_value="local",
-                      help="for this repository (default inside one)")(fn)
-    return fn
+    """--system / --global / --local, passed on as ``scope`` (None: the default); two of
+    them are a usage error, as git config refuses two locations (a second one used to
+    win silently)."""
+    @functools.wraps(fn)
+    def command(scope_system: bool, scope_global: bool, scope_local: bool, **kw: Any) -> Any:
+        chosen = [name for name, on in (("system", scope_system), ("global", scope_global),
+                                        ("local", scope_local)) if on]
+        if len(chosen) > 1:
+            raise click.UsageError(f"--{' and --'.join(chosen)} cannot be combined: "
+                                   "give one scope")
+        return fn(chosen[0] if chosen else None, **kw)
+
+    for flag, help in (("local", "for this repository (default inside one)"),
+                       ("global", "for this user"), ("system", "for every user")):
+        command = click.option(f"--{flag}", f"scope_{flag}", is_flag=True, help=help)(command)
+    return command
 
 
 @main.command()

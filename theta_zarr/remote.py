@@ -146,15 +146,16 @@ def storage_options(url: str, options: dict[str, str], concurrency: int) -> dict
 def retry_timeout(spec: RemoteSpec) -> float:
     """The remote's retry budget in seconds: its ``retry-timeout`` option, else
     $THETA_ZARR_RETRY_TIMEOUT, else 60."""
-    text = spec.options.get("retry-timeout") or os.environ.get(RETRY_TIMEOUT_ENV) or \
-        str(DEFAULT_RETRY_TIMEOUT)
+    own = spec.options.get("retry-timeout")
+    text = own or os.environ.get(RETRY_TIMEOUT_ENV) or str(DEFAULT_RETRY_TIMEOUT)
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not 0 < value <= 86400:
-        raise RemoteError(f"remote {spec.name!r}: retry-timeout must be a number of seconds "
-                          f"between 0 and 86400, not {text[:40]!r}")
+        where = f"remote {spec.name!r}: retry-timeout" if own else RETRY_TIMEOUT_ENV
+        raise RemoteError(f"{where} must be a number of seconds between 0 and 86400, not "
+                          f"{text[:40]!r}")
     return value
 
 

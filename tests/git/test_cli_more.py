@@ -48,6 +48,19 @@ def test_track_refuses_what_a_gitattributes_line_cannot_say(repo):
         assert (repo.path / ".gitattributes").read_bytes() == before  # not even *.npy
 
 
+def test_two_install_scopes_are_a_usage_error(repo, tmp_path):
+    """install --global --system wrote the system config only, and said nothing."""
+    env = {"GIT_CONFIG_SYSTEM": str(tmp_path / "system"), "GIT_CONFIG_NOSYSTEM": "0",
+           "GIT_CONFIG_GLOBAL": str(tmp_path / "global")}
+    for cmd in ("install", "uninstall"):
+        proc = repo.tz(cmd, "--global", "--system", check=False, env=env)
+        assert proc.returncode == 129
+        assert b"--system and --global cannot be combined" in proc.stderr
+    assert not (tmp_path / "system").exists() and not (tmp_path / "global").exists()
+    repo.tz("install", "--global", env=env)
+    assert b"theta-zarr" in (tmp_path / "global").read_bytes()
+
+
 def test_untrack_and_uninstall(repo):
     out = repo.tz("untrack", "*.pt").stdout.decode()
     assert 'Untracking "*.pt"' in out

@@ -101,3 +101,15 @@ def test_commands_name_a_missing_folder(tmp_path, git_env):
                               capture_output=True)
         err = proc.stderr.decode()
         assert proc.returncode == 1 and said in err and err.count("\n") == 1, err
+
+
+def test_a_bad_retry_budget_names_where_it_was_set(monkeypatch):
+    """From THETA_ZARR_RETRY_TIMEOUT, the message named a remote option nobody set."""
+    from theta_zarr.remote import RemoteError, RemoteSpec, retry_timeout
+
+    monkeypatch.setenv("THETA_ZARR_RETRY_TIMEOUT", "abc")
+    with pytest.raises(RemoteError, match="^THETA_ZARR_RETRY_TIMEOUT must be a number"):
+        retry_timeout(RemoteSpec("origin", "s3://b/m"))
+    with pytest.raises(RemoteError, match="^remote 'origin': retry-timeout must be a number"):
+        retry_timeout(RemoteSpec("origin", "s3://b/m", {"retry-timeout": "-1"}))
+    assert retry_timeout(RemoteSpec("origin", "s3://b/m", {"retry-timeout": "5"})) == 5.0
