@@ -42,8 +42,8 @@ def _scope_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                                    "give one scope")
         return fn(chosen[0] if chosen else None, **kw)
 
-    for flag, help in (("local", "for this repository (default inside one)"),
-                       ("global", "for this user"), ("system", "for every user")):
+    for flag, help in (("system", "for every user"), ("global", "for this user"),
+                       ("local", "for this repository (default inside one)")):
         command = click.option(f"--{flag}", f"scope_{flag}", is_flag=True, help=help)(command)
     return command
 
