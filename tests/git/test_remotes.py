@@ -193,9 +193,13 @@ def test_push_killed_midway_then_rerun_completes(repo, remote_case, tmp_path):
                             env=repo.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
+        # counted while it is stopped: a push to a folder can otherwise finish while the
+        # listing runs, leaving nothing to kill midway
+        proc.send_signal(signal.SIGSTOP)
         if sum(1 for _ in remote.iter_digests()) >= 5:
             break
-        time.sleep(0.05)
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = {d for d, _, _ in remote.iter_digests()}
