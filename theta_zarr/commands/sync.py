@@ -8,7 +8,6 @@ and still forwards the old ``push ... --ref`` spellings here for one release.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
@@ -38,8 +37,9 @@ def _cache_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _is_url(text: str) -> bool:
     """A URL or a folder, rather than a theta remote's name: a scheme (``file:relative``
     too, which the URL check then explains), a path, or something that exists."""
-    return "/" in text or text.startswith(".") or os.path.exists(text) or \
-        re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", text) is not None
+    from ..storage import has_scheme
+
+    return "/" in text or text.startswith(".") or os.path.exists(text) or has_scheme(text)
 
 
 def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 16,

@@ -41,6 +41,12 @@ def credential_hint(url: str) -> str:
                                           "(for http(s): ~/.netrc)")
 
 
+def has_scheme(text: str) -> bool:
+    """True if ``text`` starts like a URL (``SCHEME:``), ``//`` or not (``file:relative``,
+    which :func:`check_url` then explains), rather than a path or a remote's name."""
+    return _SCHEME.match(text) is not None
+
+
 def check_url(url: str) -> str:
     """Validate a remote URL's form; return it stripped.
 
