@@ -395,16 +395,8 @@ def _transposed(manifest: Manifest) -> set[str]:
         views = tensor_views(manifest)
     except (FormatError, ValueError, KeyError):
         return set()
-    out = set()
-    for key, view in views.items():
-        entry = manifest.params.get(view.param)
-        if entry is None or key != view.param or view.shape is None or view.dtype or \
-                view.offset or len(entry.shape) < 2 or view.shape != tuple(entry.shape)[::-1]:
-            continue
-        strides = [math.prod(view.shape[:i]) for i in range(len(view.shape))]
-        if list(view.stride or ()) == strides:
-            out.add(key)
-    return out
+    return {key for key, view in views.items() if key == view.param and
+            key in manifest.params and view.is_transpose_of(tuple(manifest.params[key].shape))}
 
 
 def _array_metadata(name: str, entry: ParamEntry, transposed: bool = False) -> dict[str, Any]:

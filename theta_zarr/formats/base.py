@@ -9,6 +9,7 @@ Plug-ins are found through the entry-point group ``theta_zarr.formats``.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -139,6 +140,18 @@ class TensorView:
     offset: int = 0
     shape: tuple[int, ...] | None = None
     stride: tuple[int, ...] | None = None
+
+    @classmethod
+    def transpose_of(cls, param: str, stored: tuple[int, ...]) -> TensorView:
+        """The whole parameter ``param`` of shape ``stored``, read as its transpose: the
+        reversed shape with Fortran strides (a Fortran-ordered array stored as its
+        C-ordered transpose)."""
+        shape = tuple(reversed(stored))
+        return cls(param, None, 0, shape, tuple(math.prod(shape[:i]) for i in range(len(shape))))
+
+    def is_transpose_of(self, stored: tuple[int, ...]) -> bool:
+        """True if this view reads a whole parameter of shape ``stored`` as its transpose."""
+        return len(stored) >= 2 and self == TensorView.transpose_of(self.param, stored)
 
 
 class Format(ABC):

@@ -114,12 +114,7 @@ def _array_view(name: str, entry, fortran: bool) -> TensorView:
     Fortran strides (what ``np.load`` returns), as a view of those bytes."""
     if not fortran or len(entry.shape) < 2:
         return TensorView(name)
-    shape = tuple(reversed(entry.shape))
-    stride, step = [], 1
-    for extent in shape:
-        stride.append(step)
-        step *= extent
-    return TensorView(name, None, 0, shape, tuple(stride))
+    return TensorView.transpose_of(name, tuple(entry.shape))
 
 
 class NpyFormat(Format):
