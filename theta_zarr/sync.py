@@ -331,6 +331,17 @@ def _store_plain(path: str, chunk_bytes: int, cache: Cache) -> Cleaned:
     return Cleaned(FileEntry(None, tuple(digests), size, chunk_bytes), None, sizes)
 
 
+def file_in_the_way(top: str, rel: str) -> str | None:
+    """The first folder on the way to ``top``/``rel`` (``rel`` '/'-separated) that exists
+    as something other than a folder, relative to ``top``; None when there is none."""
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        above = os.path.join(top, *parts[:i])
+        if os.path.lexists(above) and not os.path.isdir(above):
+            return "/".join(parts[:i])
+    return None
+
+
 def inside(folder: str, path: str) -> bool:
     """True if ``path``, every symbolic link resolved, lies within ``folder`` (resolved)."""
     root = os.path.realpath(folder)
@@ -636,11 +647,11 @@ def _check_paths(dests: list[str], out: str) -> None:
     for dest in dests:
         if os.path.isdir(dest):
             raise SyncError(f"{dest} is a folder; the ref has a file there")
-        folder = os.path.dirname(dest)
-        while folder and len(folder) >= len(out):
-            if os.path.lexists(folder) and not os.path.isdir(folder):
-                raise SyncError(f"{folder} is a file; the ref has a folder there")
-            folder = os.path.dirname(folder)
+        rel = os.path.relpath(dest, out).replace(os.sep, "/")
+        blocking = file_in_the_way(out, rel)
+        if blocking is not None:
+            raise SyncError(f"{os.path.join(out, blocking)} is a file; the ref has a folder "
+                            "there")
 
 
 def _restrict_indexes(items: list[tuple[str, Any]], out: str, cache: Cache

@@ -11,7 +11,7 @@ from .. import checkpoint
 from ..manifest import Manifest, ManifestError
 from ..remote import fetch_objects
 from ..settings import Settings
-from ..sync import FileEntry, SyncError, SyncRemote
+from ..sync import FileEntry, SyncError, SyncRemote, file_in_the_way
 from .repo import Repo
 
 
@@ -21,12 +21,10 @@ def _would_overwrite(repo: Repo, dests: list[str]) -> list[str]:
     lose: list[str] = []
     present: list[str] = []
     for dest in dests:
-        parts = dest.split("/")
-        for i in range(1, len(parts)):  # a folder on the way that is a file
-            above = os.path.join(repo.top, *parts[:i])
-            if os.path.lexists(above) and not os.path.isdir(above):
-                lose.append("/".join(parts[:i]))
-        if os.path.lexists(os.path.join(repo.top, *parts)):
+        blocking = file_in_the_way(repo.top, dest)
+        if blocking is not None:
+            lose.append(blocking)
+        if os.path.lexists(os.path.join(repo.top, *dest.split("/"))):
             present.append(dest)
     if present:
         tracked = set(repo.git("ls-files", "-z", "--", *present).decode().split("\0"))
