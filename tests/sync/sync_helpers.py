@@ -36,9 +36,14 @@ class Case:
         return [a for o in self.options for a in ("--option", o)]
 
 
+def local_case(tmp_path: Path) -> Case:
+    """A folder remote at ``tmp_path/bucket``."""
+    return Case("local", str(tmp_path / "bucket"), {}, [])
+
+
 def make_case(kind: str, request, tmp_path: Path, monkeypatch) -> Case:
     if kind == "local":
-        case = Case("local", str(tmp_path / "bucket"), {}, [])
+        case = local_case(tmp_path)
     else:
         backend = request.getfixturevalue(f"{kind}_server")
         case = Case(kind, backend.new_bucket() + "/team", dict(backend.env),

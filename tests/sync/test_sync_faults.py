@@ -8,14 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from sync_helpers import CHUNK, Case, env_for, model, tz
+from sync_helpers import CHUNK, Case, env_for, local_case, model, tz
 
 from theta_zarr.refs import RefError, check_ref_name
 from theta_zarr.storage.local import LocalStore
-
-
-def _case(tmp_path: Path) -> Case:
-    return Case("local", str(tmp_path / "bucket"), {}, [])
 
 
 def _one_line(proc, *fragments: str) -> str:
@@ -36,7 +32,7 @@ def _uploaded(case: Case) -> list[str]:
 
 # -- item 8: symlinks ---------------------------------------------------------------------------
 def test_a_link_out_of_the_pushed_folder_is_refused_and_nothing_uploaded(tmp_path):
-    case = _case(tmp_path)
+    case = local_case(tmp_path)
     secret = tmp_path / "credentials"
     secret.write_text("aws_secret_access_key = hunter2\n")
     ckpt = tmp_path / "step-1"
@@ -50,7 +46,7 @@ def test_a_link_out_of_the_pushed_folder_is_refused_and_nothing_uploaded(tmp_pat
 
 
 def test_a_link_inside_the_folder_is_pushed_as_its_content(tmp_path):
-    case = _case(tmp_path)
+    case = local_case(tmp_path)
     ckpt = tmp_path / "step-1"
     ckpt.mkdir()
     model(ckpt / "model.safetensors")
@@ -64,7 +60,7 @@ def test_a_link_inside_the_folder_is_pushed_as_its_content(tmp_path):
 
 
 def test_a_single_non_checkpoint_file_is_refused(tmp_path):
-    case = _case(tmp_path)
+    case = local_case(tmp_path)
     target = tmp_path / "passwd"
     target.write_text("root:x:0:0::/root:/bin/sh\n")
     link = tmp_path / "model.safetensors"
@@ -76,7 +72,7 @@ def test_a_single_non_checkpoint_file_is_refused(tmp_path):
 
 
 def test_watch_skips_a_link_out_of_its_folder(tmp_path):
-    case = _case(tmp_path)
+    case = local_case(tmp_path)
     watched = tmp_path / "ckpts"
     watched.mkdir()
     outside = model(tmp_path / "elsewhere.safetensors")
@@ -97,7 +93,7 @@ def test_names_no_backend_or_reader_can_trust_are_refused(name):
 
 @pytest.mark.parametrize("args", [["--ref"], ["--base-ref"]])
 def test_a_bad_ref_fails_before_anything_is_uploaded(tmp_path, args):
-    case = _case(tmp_path)
+    case = local_case(tmp_path)
     f = model(tmp_path / "m.safetensors")
     extra = ["--ref", "ok"] if args == ["--base-ref"] else []
     proc = tz(["publish", str(f), case.url, *args, "run/" + "x" * 300, *extra],
@@ -110,7 +106,7 @@ def test_a_bad_ref_fails_before_anything_is_uploaded(tmp_path, args):
 def test_a_base_ref_that_does_not_exist_or_a_taken_ref_fail_before_any_upload(tmp_path):
     """A mistyped --base-ref was taken as "no base" while the summary named it; a publish
     to a ref that names another version uploaded its objects before the ref refused."""
-    case = _case(tmp_path)
+    case = local_case(tmp_path)
     env = env_for(case, tmp_path)
     tz(["publish", str(model(tmp_path / "a.safetensors", seed=1)), case.url, "--ref",
         "run/step-1", "--chunk-size", CHUNK], env)
@@ -134,7 +130,7 @@ def test_a_base_ref_that_does_not_exist_or_a_taken_ref_fail_before_any_upload(tm
 def shared(repo, tmp_path):
     """A repository with a folder remote holding refs ``good`` and ``gone`` (deleted),
     plus a garbage ref and a key with a space in its name."""
-    case = _case(tmp_path)
+    case = local_case(tmp_path)
     env = env_for(case, tmp_path)
     tz(["publish", str(model(tmp_path / "a.safetensors", seed=1)), case.url, "--ref", "good",
         "--chunk-size", CHUNK], env)
@@ -172,7 +168,7 @@ def test_gc_keeps_every_manifest_when_a_ref_cannot_be_read(repo, shared):
 def test_gc_removes_old_temporary_files_and_keeps_young_ones_and_held_locks(repo, tmp_path):
     import fcntl
 
-    case = _case(tmp_path)
+    case = local_case(tmp_path)
     tz(["publish", str(model(tmp_path / "a.safetensors")), case.url, "--ref", "r",
         "--chunk-size", CHUNK], env_for(case, tmp_path))
     root = Path(case.url)

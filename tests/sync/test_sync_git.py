@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import file_sha
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sync_helpers import CHUNK, Case, env_for, model, tz
+from sync_helpers import CHUNK, Case, env_for, local_case, model, tz
 
 from theta_zarr import chunking, gc
 from theta_zarr.cache import Cache
@@ -19,16 +19,12 @@ from theta_zarr.objects import object_key
 from theta_zarr.sync import SyncRemote
 
 
-def _local_case(tmp_path: Path) -> Case:
-    return Case("local", str(tmp_path / "bucket"), {}, [])
-
-
 def _push(case: Case, tmp_path: Path, f: Path, ref: str) -> None:
     tz(["publish", str(f), case.url, "--ref", ref, "--chunk-size", CHUNK], env_for(case, tmp_path))
 
 
 def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):
-    case = _local_case(tmp_path)
+    case = local_case(tmp_path)
     f = model(tmp_path / "m.safetensors", seed=3)
     _push(case, tmp_path, f, "run7/step-3000")
     repo.git("config", "theta-zarr.chunk-size", CHUNK)
@@ -56,7 +52,7 @@ def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):
 def test_import_refuses_to_overwrite_local_content_git_does_not_have(repo, tmp_path):
     """An untracked file, a modified tracked one, or a file where the set's folder must go:
     refused before anything is staged, unless --force; a clean tracked file is replaced."""
-    case = _local_case(tmp_path)
+    case = local_case(tmp_path)
     _push(case, tmp_path, model(tmp_path / "m.safetensors", seed=3), "run/a")
     _push(case, tmp_path, model(tmp_path / "n.safetensors", seed=4), "run/b")
     target = repo.path / "model.safetensors"
@@ -87,7 +83,7 @@ def test_import_of_a_folder_stores_plain_members_as_git_add_would(repo, tmp_path
     """A published folder's other files (a pickle such as ``rng_state.pth``) went into git
     as raw bytes even where theta-zarr tracks their path, so the file cleaned to another
     blob and ``git status`` was never clean."""
-    case = _local_case(tmp_path)
+    case = local_case(tmp_path)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     model(ckpt / "model.safetensors", seed=1)
@@ -114,7 +110,7 @@ def _object_path(cache_root: Path, digest: str) -> Path:
 
 def _pushed_model(repo, tmp_path: Path, message: str):
     """A folder remote ``origin`` holding one committed and pushed model; its case."""
-    case = _local_case(tmp_path)
+    case = local_case(tmp_path)
     repo.git("config", "theta-zarr.chunk-size", CHUNK)
     repo.tz("remote", "add", "origin", case.url)
     model(repo.path / "model.safetensors")
@@ -203,7 +199,7 @@ def test_gc_leaves_a_shared_cache_unless_told(repo, make_repo, tmp_path):
     assert chunks
     proc = repo.tz("gc", "--grace", "0", check=False)
     assert proc.returncode == 1 and b"--shared-cache" in proc.stderr
-    case = _local_case(tmp_path)
+    case = local_case(tmp_path)
     Path(case.url).mkdir()
     repo.tz("remote", "add", "origin", case.url)
     out = repo.tz("gc", "--remote", "origin", "--grace", "0")

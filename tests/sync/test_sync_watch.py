@@ -5,17 +5,22 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from sync_helpers import Case, env_for, model, tz
+from sync_helpers import env_for, local_case, model, tz
 
 from theta_zarr.remote import RemoteSpec
 from theta_zarr.sync import SyncRemote
 
 
-def test_watch_pushes_complete_checkpoints_once(tmp_path):
-    case = Case("local", str(tmp_path / "bucket"), {}, [])
-    env = env_for(case, tmp_path)
+def _watched(tmp_path):
+    """(a folder remote, the CLI's environment, an empty folder to watch)."""
+    case = local_case(tmp_path)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
+    return case, env_for(case, tmp_path), ckpt
+
+
+def test_watch_pushes_complete_checkpoints_once(tmp_path):
+    case, env, ckpt = _watched(tmp_path)
     model(ckpt / "step-1.safetensors", seed=1)
     (ckpt / "step-2").mkdir()
     model(ckpt / "step-2" / "model.safetensors", seed=2)  # no marker yet: not complete
@@ -47,10 +52,7 @@ def test_watch_pushes_complete_checkpoints_once(tmp_path):
 
 def test_a_name_no_ref_can_take_is_skipped_and_the_rest_pushed(tmp_path):
     """It used to stop the watcher (exit 1) before anything was pushed."""
-    case = Case("local", str(tmp_path / "bucket"), {}, [])
-    env = env_for(case, tmp_path)
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
+    case, env, ckpt = _watched(tmp_path)
     model(ckpt / "model copy.safetensors", seed=1)
     model(ckpt / "step-1.safetensors", seed=2)
     proc = tz(["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--interval", "0.3",
@@ -69,11 +71,9 @@ def test_watch_deltas_each_step_against_the_one_before(tmp_path):
 
     shape = ModelShape(hidden=64, layers=2, vocab=256)
     every = [n for n, _ in shape.tensors()]
-    case = Case("local", str(tmp_path / "bucket"), {}, [])
-    env = env_for(case, tmp_path)
-    ckpt = tmp_path / "ckpt"
+    case, env, ckpt = _watched(tmp_path)
     for step, tuned in ((1, []), (2, every)):
-        (ckpt / f"step-{step}").mkdir(parents=True)
+        (ckpt / f"step-{step}").mkdir()
         write_model(str(ckpt / f"step-{step}" / "model.safetensors"), shape, tuned=tuned,
                     step=1e-4)
         (ckpt / f"step-{step}" / "DONE").write_text("")
@@ -90,10 +90,7 @@ def test_watch_deltas_each_step_against_the_one_before(tmp_path):
 def test_watch_pushes_on_when_its_last_ref_is_gone_from_the_remote(tmp_path):
     """The ref watch pushed last is its next delta base; if it was deleted since, the
     next step is pushed with the default base instead of failing on a missing base."""
-    case = Case("local", str(tmp_path / "bucket"), {}, [])
-    env = env_for(case, tmp_path)
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
+    case, env, ckpt = _watched(tmp_path)
     model(ckpt / "step-1.safetensors", seed=1)
     args = ["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--interval", "0.3",
             "--chunk-size", "16KiB", "--once"]
