@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from theta_zarr import chunking, codecs
+from theta_zarr import chunking, codecs, objects
 from theta_zarr.cache import Cache
 from theta_zarr.objects import (
     MissingObjectError,
@@ -69,6 +69,47 @@ def test_many(store):
     assert got == dict(items)
     listed = {d: size for d, size, _ in store.iter_digests()}
     assert listed == {d: len(codecs.header("raw")) + len(raw) for d, raw in items}
+
+
+@pytest.mark.parametrize("lists", [True, False], ids=["listing", "one-by-one"])
+def test_missing_many_by_listing_or_one_by_one_agree(object_store, monkeypatch, lists):
+    """Existence of many objects on an object store is answered by one listing (a small
+    store) or object by object (a store too large to list); both give the same answer."""
+    store = ObjectStore(open_store(object_store.new_bucket(), object_store.storage_options),
+                        retries=0)
+    items = [chunk(i) for i in range(40)]
+    absent = [chunk(i) for i in range(100, 140)]
+    store.put_many(items)
+    if not lists:
+        monkeypatch.setattr(objects, "LIST_MAX_OBJECTS", -1)
+    asked = []
+    exists = store.blobs.exists
+    monkeypatch.setattr(store.blobs, "exists", lambda key: asked.append(key) or exists(key))
+    wanted = [d for d, _ in items + absent]
+    assert store.missing(wanted) == {d for d, _ in absent}
+    assert len(asked) == (0 if lists else len(wanted))
+    # below LIST_MIN_CHECKS the objects are always asked one by one
+    asked.clear()
+    assert store.missing(wanted[:3] + [absent[0][0]]) == {absent[0][0]}
+    assert len(asked) == 4
+
+
+def test_a_local_store_is_never_listed_for_existence(tmp_path, monkeypatch):
+    store = ObjectStore(open_store(str(tmp_path / "store")), retries=0)
+    items = [chunk(i) for i in range(40)]
+    store.put_many(items)
+    monkeypatch.setattr(store.blobs, "list", lambda prefix="": pytest.fail("listed"))
+    assert store.missing([d for d, _ in items] + [chunk(99)[0]]) == {chunk(99)[0]}
+
+
+def test_an_object_store_key_with_keys_under_it_is_not_a_blob(object_store):
+    """S3 and GCS have no folders: ``exists`` asks for the blob itself (one request),
+    so a prefix with blobs under it is absent, as on a local folder store."""
+    blobs = open_store(object_store.new_bucket(), object_store.storage_options)
+    blobs.put("objects/ab/cdef", [b"x"])
+    assert blobs.exists("objects/ab/cdef")
+    assert not blobs.exists("objects/ab")
+    assert not blobs.exists("objects/ab/cd")
 
 
 def test_iter_digests_ignores_other_keys(store):

@@ -28,6 +28,11 @@ from .manifest import DIGEST_RE
 from .storage import BlobNotFound, BlobStore, RootMissing, StorageError
 
 DEFAULT_CONCURRENCY = 16
+#: existence checks of fewer objects than this are always asked one by one
+LIST_MIN_CHECKS = 32
+#: a store estimated to hold more objects than this is never listed whole to answer
+#: existence (the listing's entries are held in memory while it runs)
+LIST_MAX_OBJECTS = 100_000
 #: the most requests in flight one remote may be given (theta-zarr.concurrency, the
 #: remote option ``concurrency``)
 MAX_CONCURRENCY = 1024
@@ -366,9 +371,32 @@ class ObjectStore:
 
     # -- many objects at once -----------------------------------------------------
     def missing(self, digests: Iterable[str]) -> set[str]:
-        """Which of these digests the store lacks (concurrent existence checks)."""
+        """Which of these digests the store lacks.
+
+        Asked object by object (concurrent existence checks), or, on an object store
+        where that costs more requests than listing every object it holds, by one
+        listing: the size of the store is estimated from one of the 256 key prefixes
+        (digests are uniform), as DVC does before it chooses between querying and
+        traversing a remote (dvc-data, ``HashFileDB.oids_exist``).  A first push of
+        351 chunks to an empty bucket then costs two listings instead of 351 requests.
+        """
         todo = sorted(set(digests))
+        if self._lists_cheaper(len(todo)):
+            wanted = set(todo)
+
+            def scan() -> set[str]:
+                return {d for d, _, _ in self.iter_digests() if d in wanted}
+            return wanted - self._retry(scan)
         return {d for d, present in bounded_map(self.has, todo, self.concurrency) if not present}
+
+    def _lists_cheaper(self, n: int) -> bool:
+        """True when listing the store's objects costs fewer requests than ``n`` checks."""
+        page = self.blobs.list_page
+        if page is None or n < LIST_MIN_CHECKS:
+            return False
+        sample = self._retry(lambda: sum(1 for _ in self.blobs.list("objects/00/")))
+        estimate = sample * 256
+        return estimate <= LIST_MAX_OBJECTS and 2 * (estimate // page + 1) <= n
 
     def get_many(self, digests: Iterable[str]) -> Iterator[tuple[str, bytes | memoryview]]:
         """(digest, verified raw bytes) for each digest, concurrently, as they arrive."""

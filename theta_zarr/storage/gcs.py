@@ -21,6 +21,20 @@ _BOUNDARY = "==theta-zarr-ref=="
 
 class GcsStore(FsspecStore):
     conditional_writes = True
+    list_page = 1000  # objects.list's maxResults
+
+    def exists(self, key: str) -> bool:
+        """One metadata GET.  gcsfs's ``exists`` races it with a listing of the key as a
+        folder, two requests per check; a key here names a blob, never a folder."""
+        bucket, path = self._bucket_key(key)
+        try:
+            self.fs.call("GET", "b/{}/o/{}", bucket, path, json_out=True,
+                         timeout=self.timeout)
+        except FileNotFoundError:
+            return False
+        except Exception as e:
+            raise fail(self, "check", key, e) from None
+        return True
 
     def check_root(self, for_write: bool = False) -> None:
         bucket = self._bucket_key("x")[0]

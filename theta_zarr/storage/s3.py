@@ -28,6 +28,20 @@ def _is_precondition_failure(e: BaseException) -> bool:
 
 class S3Store(FsspecStore):
     conditional_writes = True
+    list_page = 1000  # ListObjectsV2's MaxKeys
+
+    def exists(self, key: str) -> bool:
+        """One HeadObject.  s3fs's ``exists`` follows a 404 with a ListObjectsV2 (the key
+        might be a "directory"), which doubles the requests of an existence check; a
+        key here names a blob, never a folder."""
+        bucket, path = self._bucket_key(key)
+        try:
+            self.fs.call_s3("head_object", Bucket=bucket, Key=path, timeout=self.timeout)
+        except FileNotFoundError:
+            return False
+        except Exception as e:
+            raise fail(self, "check", key, e) from None
+        return True
 
     def check_root(self, for_write: bool = False) -> None:
         bucket = self._bucket_key("x")[0]
