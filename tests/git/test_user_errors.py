@@ -121,6 +121,14 @@ def test_outside_a_repository(tmp_path, git_env):
     assert_user_error(proc, "not inside a git repository")
 
 
+def test_inside_the_git_folder_says_so(pushed):
+    """git itself says "this operation must be run in a work tree" there."""
+    proc = subprocess.run(["git-theta-zarr", "ls-files"], cwd=pushed.path / ".git",
+                          env=pushed.env, capture_output=True)
+    assert_user_error(proc, "not inside a work tree", "is in the git folder",
+                      str(pushed.path / ".git"))
+
+
 def test_materialize_names_the_missing_object(pushed, make_repo, tmp_path):
     """A lazy clone whose remote lost an object: materialize says which one, as checkout does."""
     m = Manifest.from_bytes(pushed.git("cat-file", "blob", "HEAD:m.safetensors").stdout)

@@ -128,10 +128,12 @@ class Repo:
                   "--show-toplevel", cwd=cwd, check=False).decode().splitlines()
         bare = len(out) >= 6 and out[0] == "true"
         if len(out) < 7 and not (bare and bare_ok):
-            where = "a bare repository" if bare else "a git repository"
-            raise GitInputError(f"not inside {'a work tree' if bare else where} "
-                                f"({os.path.abspath(cwd or os.getcwd())}): run this from a git "
-                                "work tree")
+            here = os.path.abspath(cwd or os.getcwd())
+            if len(out) >= 6 and not bare:  # git answered, but has no work tree here
+                raise GitInputError(f"not inside a work tree ({here} is in the git folder "
+                                    f"{out[1]}): run this from the work tree around it")
+            raise GitInputError(f"not inside {'a work tree' if bare else 'a git repository'} "
+                                f"({here}): run this from a git work tree")
         here = cwd or os.getcwd()
         git_dir, common, hooks, index = out[1], *(
             os.path.normpath(os.path.join(here, p)) for p in out[2:5])
