@@ -121,6 +121,14 @@ def test_outside_a_repository(tmp_path, git_env):
     assert_user_error(proc, "not inside a git repository")
 
 
+def test_remote_add_refuses_a_file_but_takes_a_folder_not_made_yet(pushed, tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    proc = pushed.tz("remote", "add", "f", str(tmp_path / "weights.bin"), check=False)
+    assert_user_error(proc, "weights.bin is a file, not a folder")
+    assert "theta-zarr.remote.f" not in pushed.git("config", "--list").stdout.decode()
+    pushed.tz("remote", "add", "later", str(tmp_path / "not-yet"))
+
+
 def test_inside_the_git_folder_says_so(pushed):
     """git itself says "this operation must be run in a work tree" there."""
     proc = subprocess.run(["git-theta-zarr", "ls-files"], cwd=pushed.path / ".git",

@@ -13,6 +13,8 @@ import os
 
 from ..manifest import Manifest, looks_like_manifest
 from ..remote import RemoteError, RemoteSpec
+from ..storage import open_store
+from ..storage.local import LocalStore
 from .files import objects_with_paths, read_blobs, small_blobs
 from .install import DRIVER
 from .repo import GitError, Repo, git
@@ -174,6 +176,11 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
     The URL and options are checked first (RemoteSpec: form, protocol, no credentials).
     """
     spec = RemoteSpec(name, url, options)
+    blobs = open_store(spec.url)
+    if isinstance(blobs, LocalStore) and os.path.lexists(blobs.root) and \
+            not os.path.isdir(blobs.root):  # a folder not made yet is fine: push makes it
+        raise RemoteError(f"remote {name!r}: {blobs.root} is a file, not a folder; a folder "
+                          "remote is a folder that holds objects/, manifests/ and refs/")
     target = ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
     repo.git("config", *target, f"{PREFIX}{name}.url", spec.url)
     for key, value in options.items():
