@@ -452,12 +452,12 @@ def settle(remote: SyncRemote, cache: Cache, sizes: dict[str, int], elems: dict[
 
 
 def _ref_bases(remote: SyncRemote, value: RefValue | None, names: list[str],
-               cleaned: list[Cleaned]) -> dict[str, delta.Base]:
+               cleaned: list[Cleaned]) -> dict[str, delta.Base] | None:
     """Delta bases for a cluster push: each pushed manifest against the manifest of the
     same file in ``value``, what the base ref names now (nothing when the ref is new or
-    unreadable: ``value`` None, or what it names cannot be read)."""
+    unreadable: ``value`` None, or what it names cannot be read: None)."""
     if value is None:
-        return {}
+        return None
     try:
         before = remote.load(value.digest)
         if isinstance(before, Manifest):
@@ -466,7 +466,7 @@ def _ref_bases(remote: SyncRemote, value: RefValue | None, names: list[str],
             olds = {n: remote.load(before.files[n].manifest) for n in names
                     if n in before.files and before.files[n].manifest is not None}
     except (StorageError, ValueError):
-        return {}
+        return None
     found: dict[str, delta.Base] = {}
     for name, c in zip(names, cleaned, strict=True):
         old = olds.get(name)
@@ -526,6 +526,8 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     bases = None
     if policy.enabled and base_ref:
         bases = _ref_bases(remote, _read_ref(remote, base_ref), names, cleaned)
+        if bases is None:  # the push line must not claim a base it could not read
+            base_ref = f"{base_ref} (unreadable: no deltas)"
     sizes, elems, documents = _needs(cleaned)
     stats = _upload(remote, cache, sizes, elems, documents, bases, policy)
     total = sum(sizes.values())

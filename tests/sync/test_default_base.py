@@ -74,3 +74,24 @@ def test_dense_step_goes_as_deltas_over_the_previous_step_without_base_ref(tmp_p
     assert rows["run7/step-1000"].stored < rows["run7/step-1000"].nbytes
     lines = tz(["ls", case.url, "run7/"], env).stdout.decode().splitlines()
     assert len(lines) == 2 and all("stored" in line.split("\t")[3] for line in lines)
+
+
+def test_a_default_base_whose_version_is_unreadable_is_not_claimed(tmp_path):
+    """The newest ref of the folder names a manifest the bucket lost: the push still
+    succeeds, as full objects, and its line does not claim deltas over that ref."""
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    env = env_for(case, tmp_path)
+    opts = ["--chunk-size", CHUNK]
+    tz(["publish", str(model(tmp_path / "a.safetensors")), case.url, "--ref", "run7/step-1",
+        *opts], env)
+    remote = case.remote()
+    gone = remote.refs.read("run7/step-1").digest
+    for info in list(remote.blobs.list("manifests/")):
+        if gone[7:] in info.key:
+            remote.blobs.delete(info.key)
+    second = tmp_path / "b.safetensors"
+    write_model(str(second), SHAPE, tuned=[n for n, _ in SHAPE.tensors()], step=1e-3)
+    err = tz(["publish", str(second), case.url, "--ref", "run7/step-2", *opts], env
+             ).stderr.decode()
+    assert "delta base run7/step-1 (unreadable: no deltas)" in err, err
+    assert " deltas " not in err, err
