@@ -322,3 +322,26 @@ def test_library_warnings_never_reach_git_output(repo):
     assert b"Warning" not in proc.stderr, proc.stderr.decode()
     assert torch.equal(torch.load(repo.path / "c.pt", weights_only=True)["z"].view(torch.uint8),
                        t.view(torch.uint8))
+
+
+def test_git_going_away_in_the_middle_of_a_file_is_one_plain_line(repo, tmp_path):
+    """git killed while it sends a file to clean: the filter says so and exits 1; it is
+    not one of our bugs ("internal error")."""
+    src = tmp_path / "m.safetensors"
+    safetensors.numpy.save_file({"w": np.ones((512, 1024), np.float32)}, str(src))
+    data = src.read_bytes()
+    p = started_filter(repo)
+    git = PktWriter(p.stdin)
+    git.text("command=clean")
+    git.text("pathname=m.safetensors")
+    git.flush()
+    content = git.content()
+    content.write(data[: 1 << 20])  # half the file, then git dies
+    content.close()
+    p.stdin.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 1
+    p.stdout.close()
+    p.stderr.close()
+    assert err.strip() == ("theta-zarr: git closed the filter pipe in the middle of a request "
+                           "(git was stopped); the file it was sending was not recorded"), err

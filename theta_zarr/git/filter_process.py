@@ -504,6 +504,10 @@ def main(stdin: BinaryIO, stdout: BinaryIO) -> int:
     server = _start(stdin, stdout)
     try:
         server.serve()
+    except EOFError:  # git went away in the middle of a request: killed, or interrupted
+        print("theta-zarr: git closed the filter pipe in the middle of a request (git was "
+              "stopped); the file it was sending was not recorded", file=sys.stderr)
+        return 1
     except (ProtocolError, BrokenPipeError) as e:
         print(f"theta-zarr: filter protocol error: {e}", file=sys.stderr)
         return 1
