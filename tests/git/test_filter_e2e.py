@@ -309,6 +309,26 @@ def test_ctrl_c_ends_the_filter_with_one_line_and_status_130(repo):
         f.close()
 
 
+def test_ctrl_c_in_the_middle_of_a_checkout_says_how_to_restore_a_file(repo):
+    """git removes the old file before it asks for the new one: a Ctrl-C in between
+    leaves it absent (git's own checkout does too); the line says how to get it back."""
+    p = started_filter(repo)
+    git = PktWriter(p.stdin)
+    git.text("command=smudge", "pathname=m.safetensors")
+    git.flush()
+    git.flush()  # empty content: an opaque answer, the filter now serves the next one
+    p.stdin.flush()
+    answer = PktReader(p.stdout)
+    assert answer.read_text_list() == ["status=success"]
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=60) == 130
+    err = p.stderr.read().decode()
+    assert err.startswith("theta-zarr: interrupted; git's checkout stopped part way"), err
+    assert "'git restore PATH'" in err
+    for f in (p.stdin, p.stdout, p.stderr):
+        f.close()
+
+
 def test_library_warnings_never_reach_git_output(repo):
     """torch warns on complex32 ("ComplexHalf support is experimental"); its two lines
     reached the user through git add and git checkout."""

@@ -63,6 +63,7 @@ class FilterServer:
         self.index: GitIndex | None = None
         self.pending: dict[str, Pending] = {}
         self.unwritten: list[str] = []  # direct writes not done (finish failed part-way)
+        self.smudged = False  # a smudge came: Ctrl-C then says how to restore a file
         # clean's content is the working-tree file (not hash-object --stdin, apply...)
         self.clean_reads_worktree = False
         self.stat_cache = StatCache(repo.git_dir) if repo is not None else None
@@ -283,6 +284,11 @@ class FilterServer:
         self.writer.flush()
 
     def smudge(self, path: str, can_delay: bool = False) -> None:
+        if not self.smudged:  # git removes a file before it asks for the new one
+            self.smudged = True
+            interrupts.install(lambda: "; git's checkout stopped part way: 'git status' shows "
+                               "what it left, and 'git restore PATH' puts back a file it "
+                               "removed")
         data = self.reader.content_stream().read()
         if not data and path in self.ready:  # git asks again for a delayed file
             data = self.ready.pop(path).to_bytes()
