@@ -48,6 +48,36 @@ def test_repository_made_after_a_global_install_pushes_its_chunks(make_repo, tmp
     assert (c.path / ".git" / "hooks" / "pre-push").exists()  # the clone's checkout did it
 
 
+def test_a_committed_hooks_folder_is_not_edited_by_the_filter(make_repo, tmp_path):
+    """core.hooksPath=.githooks, committed for a team: git add must not rewrite the team's
+    hook (git status showed changes nobody made); it warns, and an explicit install
+    writes there."""
+    w = make_repo("w")
+    w.run("git", "theta-zarr", "install", "--global")
+    w.git("init", "-q", "-b", "main")
+    (w.path / ".githooks").mkdir()
+    team = w.path / ".githooks" / "pre-push"
+    team.write_text("#!/bin/sh\necho team-hook >&2\n")
+    team.chmod(0o755)
+    w.git("config", "core.hooksPath", ".githooks")
+    w.tz("track", "*.safetensors")
+    w.git("add", "-A")
+    w.git("commit", "-q", "-m", "team hooks")
+    write_model(str(w.path / "m.safetensors"), SHAPE)
+    added = w.git("add", "-A").stderr.decode()
+    assert "part of the work tree, so theta-zarr does not edit it" in added, added
+    assert "git theta-zarr install" in added
+    w.git("commit", "-q", "-m", "m")
+    assert w.git("status", "--porcelain").stdout == b""
+    assert team.read_text() == "#!/bin/sh\necho team-hook >&2\n"
+    w.tz("install")
+    assert "theta-zarr pre-push hook" in team.read_text()
+    bare = _bare(tmp_path, w.env)
+    w.git("remote", "add", "origin", str(bare))
+    pushed = w.git("push", "-q", "origin", "main").stderr.decode()
+    assert "uploaded" in pushed and "team-hook" in pushed
+
+
 HUSKY_HELPER = """#!/bin/sh
 name=$(basename "$0")
 script="$(dirname "$(dirname "$0")")/$name"

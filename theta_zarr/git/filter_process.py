@@ -33,7 +33,7 @@ from ..objects import ObjectError
 from ..settings import Settings
 from . import lfs as git_lfs
 from .direct import WORKTREE_COMMANDS, Pending, checkout_through_git, write_files
-from .hooks import ensure_pre_push
+from .hooks import CommittedHooks, ensure_pre_push
 from .index import GitIndex, IndexUnsupported
 from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
@@ -491,6 +491,9 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
         return FilterServer(stdin, stdout, None, broken=one_line(e))
     try:
         installed = ensure_pre_push(repo)
+    except CommittedHooks as e:
+        if server.notes:
+            print(f"theta-zarr: warning: {e}", file=sys.stderr, flush=True)
     except (OSError, GitError) as e:
         print(f"theta-zarr: cannot install the pre-push hook ({one_line(e)}); pushes will "
               "not upload chunks: run 'git theta-zarr install'", file=sys.stderr, flush=True)

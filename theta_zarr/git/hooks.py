@@ -102,11 +102,35 @@ def _free_name(path: str) -> str:
     return name
 
 
+class CommittedHooks(Exception):
+    """The hooks folder is part of the work tree (``core.hooksPath=.githooks``, committed
+    for a team): the filter does not edit it; the message says what to do."""
+
+
+def _in_work_tree(repo: Repo, folder: str) -> bool:
+    def under(path: str, top: str) -> bool:
+        return os.path.commonpath([path, top]) == top
+    real = os.path.realpath(folder)
+    return under(real, os.path.realpath(repo.top)) and not any(
+        under(real, os.path.realpath(d)) for d in (repo.git_dir, repo.common_dir))
+
+
 def ensure_pre_push(repo: Repo) -> str | None:
     """Install the hook when this work tree lacks it (git-lfs installs its hooks from
-    its filter the same way); returns the path when it was installed now."""
-    if repo.bare or _is_ours(os.path.join(repo.hooks_dir, "pre-push")):
+    its filter the same way); returns the path when it was installed now.
+
+    Raises CommittedHooks, and edits nothing, when the hooks folder lies in the work tree
+    (a team's committed ``core.hooksPath``): a filter run by ``git add`` or ``git status``
+    must not change tracked files; ``git theta-zarr install``, asked for, writes there."""
+    path = os.path.join(repo.hooks_dir, "pre-push")
+    if repo.bare or _is_ours(path):
         return None
+    if _in_work_tree(repo, repo.hooks_dir):
+        raise CommittedHooks(
+            f"the hooks folder {os.path.relpath(repo.hooks_dir, repo.top)} (core.hooksPath) "
+            "is part of the work tree, so theta-zarr does not edit it: 'git push' uploads no "
+            "chunks until its pre-push runs theta-zarr's; 'git theta-zarr install' writes "
+            "it there (chaining the hook that is there)")
     return install_pre_push(repo)
 
 
