@@ -138,3 +138,26 @@ def test_a_checkout_older_than_thetazarr_finds_the_remote_it_named(repo, make_re
     assert Manifest.from_bytes(b.git("cat-file", "blob", "HEAD:m.safetensors").stdout) == first
     assert b.out("status", "--porcelain") == ""
     assert not (b.path / ".thetazarr").exists()
+
+
+def test_a_clone_of_a_local_work_tree_reads_and_pushes_its_object_cache(repo, make_repo,
+                                                                         tmp_path):
+    """``git clone ~/proj ~/proj2``: the chunks are in proj's own cache (.git/theta-zarr);
+    they were looked for in proj/theta-zarr (the clone's checkout failed), and a push from
+    the clone dropped them there, an untracked folder in proj's work tree."""
+    m = _commit(repo, 0)
+    repo.run("git", "theta-zarr", "install", "--global")  # the clone gets the filter
+    clone = make_repo("proj2")
+    clone.path.rmdir()
+    GitRepo(tmp_path, repo.env).git("clone", "-q", str(repo.path), "proj2")
+    assert (clone.path / "m.safetensors").read_bytes() == \
+        (repo.path / "m.safetensors").read_bytes()
+    m2 = _commit(clone, 1)
+    repo.git("config", "receive.denyCurrentBranch", "updateInstead")
+    err = clone.git("push", "-q", "origin", "main").stderr.decode()
+    assert f"({repo.path / '.git' / 'theta-zarr'};" in err, err
+    assert not (repo.path / "theta-zarr").exists()
+    assert repo.git("status", "--porcelain").stdout == b""
+    cache = open_remote(RemoteSpec("c", str(repo.path / ".git" / "theta-zarr")))
+    assert cache.missing(m.digests() | m2.digests()) == set()
+    assert Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:m.safetensors").stdout) == m2

@@ -4,7 +4,8 @@
 a committed ``.thetazarr`` file (git-config syntax, like git-lfs's ``.lfsconfig``)
 gives the same keys to fresh clones.  Local config wins over ``.thetazarr``.  A
 theta remote is used for the git remote of the same name; a git remote that is
-a local path gets ``<path>/theta-zarr`` by default, so local clones need no setup.
+a local repository gets its object cache (``<git-common-dir>/theta-zarr``: ``<path>/theta-zarr``
+for a bare one) by default, so local clones need no setup.
 """
 
 from __future__ import annotations
@@ -95,6 +96,31 @@ def _git_remote_path(repo: Repo, name: str, url: str | None = None) -> str | Non
     return path if os.path.isdir(path) else None
 
 
+def _beside(path: str) -> str:
+    """The folder remote of a git remote that is the local repository at ``path``: its
+    object cache, ``<git-common-dir>/theta-zarr``, as git-lfs serves a local remote from
+    its own store.  A bare repository is its own git dir; a work tree has ``.git`` (a
+    folder, or a ``gitdir:`` file for a linked work tree or a submodule)."""
+    dot_git = os.path.join(path, ".git")
+    git_dir = path
+    if os.path.isdir(dot_git):
+        git_dir = dot_git
+    elif os.path.isfile(dot_git):
+        try:
+            with open(dot_git, encoding="utf-8") as f:
+                line = f.readline().strip()
+        except OSError:
+            line = ""
+        if line.startswith("gitdir:"):
+            git_dir = os.path.join(path, line[len("gitdir:"):].strip())
+            try:
+                with open(os.path.join(git_dir, "commondir"), encoding="utf-8") as f:
+                    git_dir = os.path.join(git_dir, f.readline().strip())
+            except OSError:
+                pass  # no commondir: the git dir is its own common dir
+    return os.path.normpath(os.path.join(git_dir, "theta-zarr"))
+
+
 def resolve(repo: Repo, name: str | None = None) -> RemoteSpec | None:
     """The theta remote called ``name``, or the default one; None when there is none.
 
@@ -116,7 +142,7 @@ def resolve(repo: Repo, name: str | None = None) -> RemoteSpec | None:
         return specs[name]
     path = _git_remote_path(repo, name)
     if path is not None:
-        return RemoteSpec(name, os.path.join(path, "theta-zarr"))
+        return RemoteSpec(name, _beside(path))
     return None
 
 
@@ -128,7 +154,7 @@ def for_git_remote(repo: Repo, git_remote: str, url: str | None = None
 
     1. the theta remote of the same name;
     2. ``theta-zarr.default-remote``;
-    3. ``<path>/theta-zarr`` when the git remote is a local path (an unrelated folder
+    3. the object cache of the git remote when it is a local repository (an unrelated folder
        remote added later never takes its pushes);
     4. the only theta remote configured.
     """
@@ -141,8 +167,7 @@ def for_git_remote(repo: Repo, git_remote: str, url: str | None = None
         return specs[default], f"theta remote {default!r}: theta-zarr.default-remote"
     path = _git_remote_path(repo, git_remote, url)
     if path is not None:
-        return (RemoteSpec(git_remote, os.path.join(path, "theta-zarr")),
-                f"next to git remote {git_remote!r}")
+        return (RemoteSpec(git_remote, _beside(path)), f"next to git remote {git_remote!r}")
     if len(specs) == 1:
         spec = next(iter(specs.values()))
         return spec, f"theta remote {spec.name!r}: the only one configured"
