@@ -15,7 +15,14 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 
+#: set by git for the commands it runs in a submodule (``checkout --recurse-submodules``);
+#: a git command we start then dies with "doesn't support --super-prefix", so it is not
+#: passed on (git-lfs drops it for the same reason)
+SUPER_PREFIX_ENV = "GIT_INTERNAL_SUPER_PREFIX"
+
+
 def main() -> None:
+    os.environ.pop(SUPER_PREFIX_ENV, None)
     if sys.argv[1:] == ["filter-process"]:
         from .git.filter_start import main as filter_main
 

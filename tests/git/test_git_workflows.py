@@ -79,3 +79,34 @@ def test_clone_with_shared_cache_config(repo, make_repo, tmp_path):
     other.git("fetch", "-q", str(repo.path), "main")
     other.git("checkout", "-q", "FETCH_HEAD")
     assert file_sha(other.path / "model.safetensors") == h
+
+
+def test_checkout_recurse_submodules_removes_and_recreates_a_checkpoint_submodule(
+        make_repo, tmp_path):
+    """git runs the filter of a submodule's commands with GIT_INTERNAL_SUPER_PREFIX set;
+    every git command theta-zarr started then died ("rev-parse doesn't support
+    --super-prefix"), and the submodule was left with every file staged as deleted."""
+    models = make_repo("models")
+    models.run("git", "theta-zarr", "install", "--global")
+    models.git("config", "--global", "protocol.file.allow", "always")
+    models.git("init", "-q", "-b", "main")
+    models.tz("track", "*.safetensors")
+    models.git("add", ".gitattributes")
+    h = commit_model(models, "model")
+    bare = tmp_path / "models.git"
+    models.run("git", "clone", "-q", "--bare", str(models.path), str(bare))
+    models.run("cp", "-r", str(models.path / ".git" / "theta-zarr"), str(bare / "theta-zarr"))
+    top = make_repo("super")
+    top.git("init", "-q", "-b", "main")
+    (top.path / "f").write_text("x\n")
+    top.git("add", "f")
+    top.git("commit", "-q", "-m", "s0")
+    top.git("tag", "nosub")
+    top.git("submodule", "-q", "add", f"file://{bare}", "models")
+    top.git("commit", "-q", "-m", "add models")
+    assert file_sha(top.path / "models" / "model.safetensors") == h
+    top.git("checkout", "-q", "--recurse-submodules", "nosub")
+    assert not (top.path / "models" / "model.safetensors").exists()
+    top.git("checkout", "-q", "--recurse-submodules", "main")
+    assert file_sha(top.path / "models" / "model.safetensors") == h
+    assert top.run("git", "-C", "models", "status", "--porcelain").stdout == b""
