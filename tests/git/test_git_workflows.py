@@ -110,3 +110,21 @@ def test_checkout_recurse_submodules_removes_and_recreates_a_checkpoint_submodul
     top.git("checkout", "-q", "--recurse-submodules", "main")
     assert file_sha(top.path / "models" / "model.safetensors") == h
     assert top.run("git", "-C", "models", "status", "--porcelain").stdout == b""
+
+
+def test_a_shared_repository_shares_the_cache_with_its_group(make_repo):
+    """core.sharedRepository=group: git makes .git/objects group-writable; the cache's
+    folders were 0755, so another member of the group could not git add a checkpoint."""
+    r = make_repo("shared")
+    r.git("init", "-q", "--shared=group", "-b", "main")
+    r.tz("install")
+    r.tz("track", "*.safetensors")
+    write_model(str(r.path / "model.safetensors"), SHAPE)
+    r.run("sh", "-c", "umask 022 && git add model.safetensors && git commit -q -m m")
+    cache = r.path / ".git" / "theta-zarr"
+    folders = [cache, *(p for p in cache.rglob("*") if p.is_dir())]
+    assert len(folders) > 3
+    closed = [str(p) for p in folders if not p.stat().st_mode & 0o020]
+    assert closed == []
+    files = [p for p in (cache / "objects").rglob("*") if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o040 for p in files)

@@ -43,6 +43,33 @@ def git(*args: str, cwd: str | None = None, input: bytes | None = None,
     return proc.stdout
 
 
+def share_as_git_does(value: str) -> None:
+    """Honour ``core.sharedRepository`` for what theta-zarr creates (cache folders and
+    objects, the stat record, temporary files), as git does for ``.git/objects``: ``group``
+    (``true``, ``1``) makes them group-writable, ``all`` (``world``, ``everybody``, ``2``)
+    world-readable too, an octal mode (``0660``) gives those permissions (folders get
+    ``x`` where they get ``r``).  The process umask is narrowed, so every file and folder
+    created afterwards follows; folders inherit the group from setgid parents (git sets
+    that bit on ``.git``'s folders in a shared repository).  Source: git-config(1),
+    core.sharedRepository."""
+    v = value.strip().lower()
+    if v in ("", "false", "umask", "0", "no", "off"):
+        return
+    old = os.umask(0)
+    if v in ("group", "true", "1", "yes", "on"):
+        new = old & ~0o070
+    elif v in ("all", "world", "everybody", "2"):
+        new = old & ~0o074
+    else:
+        try:
+            mode = int(v, 8) & 0o777
+        except ValueError:
+            new = old  # git itself refuses the value; nothing to follow
+        else:
+            new = 0o777 & ~(mode | (mode & 0o444) >> 2)
+    os.umask(new)
+
+
 def _config_int(key: str, value: str, low: int | None = None, high: int | None = None) -> int:
     try:
         n = int(value.strip())
@@ -184,8 +211,10 @@ class Repo:
         return git(*args, cwd=self.top, input=input, check=check, env=env)
 
     def config(self) -> dict[str, str]:
-        """Every ``theta-zarr.*`` key in effect (all scopes), last value wins."""
-        out = self.git("config", "-z", "--get-regexp", r"^theta-zarr\.", check=False)
+        """Every ``theta-zarr.*`` key in effect (all scopes), and ``core.sharedrepository``;
+        last value wins."""
+        out = self.git("config", "-z", "--get-regexp",
+                       r"^(theta-zarr\.|core\.sharedrepository$)", check=False)
         values: dict[str, str] = {}
         for record in out.decode("utf-8", "replace").split("\0"):
             if record:
@@ -195,6 +224,7 @@ class Repo:
 
     def settings(self) -> Settings:
         cfg = self.config()
+        share_as_git_does(cfg.get("core.sharedrepository", ""))
         cache = cfg.get("theta-zarr.cache")
         if cache:
             cache = os.path.expanduser(cache)
