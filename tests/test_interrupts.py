@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def run_python(code: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
@@ -91,3 +93,24 @@ def test_sigint_while_the_index_lock_is_held_removes_the_lock_first(repo):
     assert not (repo.path / ".git" / "index.lock").exists()
     assert "size: 0" in repo.out("ls-files", "--debug", "a.txt")  # the update was written
     repo.git("status")
+
+
+@pytest.mark.parametrize("argv", [["ls-files"], ["filter-process"]])
+def test_ctrl_c_while_the_modules_load_is_one_line(argv):
+    """SIGINT lands while the CLI (or the filter) is being imported: it printed a
+    KeyboardInterrupt traceback from launch.py."""
+    code = textwrap.dedent(f"""
+        import builtins, sys
+        real = builtins.__import__
+        def interrupted(name, *args, **kw):
+            if name in ("cli", "git.filter_start"):
+                raise KeyboardInterrupt
+            return real(name, *args, **kw)
+        builtins.__import__ = interrupted
+        from theta_zarr.launch import main
+        sys.argv = ["git-theta-zarr", *{argv!r}]
+        main()
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert proc.returncode == 130
+    assert proc.stderr == b"theta-zarr: interrupted\n"

@@ -23,12 +23,16 @@ SUPER_PREFIX_ENV = "GIT_INTERNAL_SUPER_PREFIX"
 
 def main() -> None:
     os.environ.pop(SUPER_PREFIX_ENV, None)
+    try:  # a Ctrl-C while the modules load: one line, as everywhere else
+        if sys.argv[1:] == ["filter-process"]:
+            from .git.filter_start import main as filter_main
+        else:
+            from .cli import main as cli_main
+    except KeyboardInterrupt:
+        print("theta-zarr: interrupted", file=sys.stderr)
+        _leave(130)
     if sys.argv[1:] == ["filter-process"]:
-        from .git.filter_start import main as filter_main
-
         _leave(filter_main())
-    from .cli import main as cli_main
-
     cli_main()
 
 
