@@ -63,6 +63,52 @@ def test_statistics_equal_numpy_and_read_only_changed_chunks(store):
     assert "~ x" in text and "chunks 1/2" in text
 
 
+def _typed(store, arrays: dict[str, tuple[str, np.ndarray]]):
+    """A manifest of raw arrays under theta-zarr dtype names (complex32 has no NumPy type)."""
+    from theta_zarr.chunkwriter import ChunkWriter
+    from theta_zarr.dtypes import by_name
+    from theta_zarr.manifest import Manifest
+
+    with ChunkWriter(store.cache, 1024) as w:
+        for name, (dtype, arr) in arrays.items():
+            dt = by_name(dtype)
+            raw = memoryview(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
+            w.add_buffer(name, dt, (len(raw) // dt.itemsize,), raw)
+        params = w.finish()
+    return Manifest({"name": "safetensors", "order": list(arrays)}, params)
+
+
+def test_statistics_of_non_finite_integer_and_complex32_tensors_are_exact(store):
+    """Unchanged inf/NaN made every statistic NaN or 0; int64 differences were taken in
+    float64 (2**62 -> 2**62 + 1 was 0); complex32 lost its imaginary part."""
+    f = np.array([1.0, np.inf, 3.0, np.nan], np.float32)
+    f2 = f.copy()
+    f2[0] += 1
+    big = np.array([2**62, 5], np.int64)
+    big2 = np.array([2**62 + 1, 5], np.int64)
+    wide = np.array([-(2**63)], np.int64)
+    wide2 = np.array([2**63 - 1], np.int64)
+    u = np.array([0, 2**64 - 1], np.uint64)
+    u2 = np.array([2**64 - 1, 0], np.uint64)
+    c = np.array([1, 1, 2, 2], np.float16)  # complex32 1+1j, 2+2j as float16 halves
+    c2 = np.array([1, 2, 2, 2], np.float16)  # imaginary part of the first + 1
+    to_nan = np.array([1.0, 2.0], np.float32)
+    to_nan2 = np.array([np.nan, 2.0], np.float32)
+    a = _typed(store, {"f": ("float32", f), "i": ("int64", big), "w": ("int64", wide),
+                       "u": ("uint64", u),
+                       "c": ("complex32", c), "n": ("float32", to_nan)})
+    b = _typed(store, {"f": ("float32", f2), "i": ("int64", big2), "w": ("int64", wide2),
+                       "u": ("uint64", u2),
+                       "c": ("complex32", c2), "n": ("float32", to_nan2)})
+    got = {p.name: p for p in diff(a, b, store, "m").params}
+    assert (got["f"].max_abs, got["f"].l2, got["f"].elements_changed) == (1.0, 1.0, 1)
+    assert (got["i"].max_abs, got["i"].l2, got["i"].elements_changed) == (1.0, 1.0, 1)
+    assert got["w"].max_abs == float(2**64 - 1)
+    assert got["u"].max_abs == float(2**64 - 1)
+    assert (got["c"].max_abs, got["c"].l2, got["c"].elements_changed) == (1.0, 1.0, 1)
+    assert got["n"].max_abs == math.inf and got["n"].elements_changed == 1
+
+
 @pytest.mark.parametrize("regrid", [False, True], ids=["same-grid", "other-grid"])
 def test_a_chunk_of_another_size_than_the_manifest_says_is_refused(store, regrid):
     """A dtype edited without its chunks (float32 bytes, float16 claimed) gives an error

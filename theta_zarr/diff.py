@@ -21,7 +21,7 @@ import blake3
 import numpy as np
 
 from .chunkreader import ordered_map
-from .dtypes import by_name
+from .dtypes import DType, by_name
 from .foreign import Foreign, Side
 from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
@@ -209,22 +209,56 @@ class _Acc:
         self.max_abs = 0.0
         self.changed = 0
 
-    def add(self, a_raw: bytes | memoryview, b_raw: bytes | memoryview, dtype: np.dtype,
+    def add(self, a_raw: bytes | memoryview, b_raw: bytes | memoryview, dtype: DType,
             diff: bool = True) -> None:
-        a = np.frombuffer(a_raw, dtype=dtype)
-        wide = np.complex128 if dtype.kind == "c" else np.float64
-        aw = a.astype(wide)
+        """Add one chunk pair of ``dtype`` (``diff`` False: ``b_raw`` is the same chunk)."""
+        aw = _values(a_raw, dtype)
         self.sq_old += float(np.sum(np.abs(aw) ** 2))
         if not diff:
             return
-        b = np.frombuffer(b_raw, dtype=dtype)
-        bits_a = np.frombuffer(a_raw, dtype=np.uint8).reshape(-1, dtype.itemsize)
-        bits_b = np.frombuffer(b_raw, dtype=np.uint8).reshape(-1, dtype.itemsize)
-        self.changed += int(np.count_nonzero((bits_a != bits_b).any(axis=1)))
-        d = np.abs(b.astype(wide) - aw)
-        if d.size:
-            self.sq_diff += float(np.sum(d * d))
-            self.max_abs = max(self.max_abs, float(np.max(d)))
+        size = dtype.itemsize
+        bits_a = np.frombuffer(a_raw, dtype=np.uint8).reshape(-1, size)
+        bits_b = np.frombuffer(b_raw, dtype=np.uint8).reshape(-1, size)
+        moved = (bits_a != bits_b).any(axis=1)
+        self.changed += int(np.count_nonzero(moved))
+        if not moved.any():
+            return
+        npd = dtype.numpy
+        if npd.kind in "iu":  # exact: |b - a| in unsigned arithmetic of the same width
+            a = np.frombuffer(a_raw, dtype=npd)[moved]
+            b = np.frombuffer(b_raw, dtype=npd)[moved]
+            ua, ub = a.view(f"u{size}"), b.view(f"u{size}")
+            d = np.where(b >= a, ub - ua, ua - ub)
+            self.max_abs = max(self.max_abs, float(int(d.max())))
+            self.sq_diff += float(np.sum(d.astype(np.float64) ** 2))
+            return
+        bw = _values(b_raw, dtype)
+        if len(bw) != len(moved):  # packed (two float4 values a byte): compare all
+            d = np.abs(bw - aw)
+        else:
+            d = np.abs(bw[moved] - aw[moved])
+        # a change to or from inf or NaN is unbounded (inf - inf, NaN - x are NaN)
+        d[np.isnan(d)] = np.inf
+        self.sq_diff += float(np.sum(d * d))
+        self.max_abs = max(self.max_abs, float(np.max(d)))
+
+
+def _values(raw: bytes | memoryview, dtype: DType) -> np.ndarray:
+    """The elements as float64 (complex128 for complex types), for norms and differences.
+
+    complex32 (torch's ``chalf``) is two float16 halves; ``float4_e2m1fn_x2`` packs two
+    float4 values a byte (low nibble first, as torch and the OCP MX spec pack them)."""
+    if dtype.name == "complex32":
+        return np.frombuffer(raw, dtype=np.float16).astype(np.float64).view(np.complex128)
+    if dtype.name == "float4_e2m1fn_x2":
+        import ml_dtypes
+
+        packed = np.frombuffer(raw, dtype=np.uint8)
+        nibbles = np.stack([packed & 0xF, packed >> 4], axis=-1).ravel()
+        return nibbles.view(ml_dtypes.float4_e2m1fn).astype(np.float64)
+    npd = dtype.numpy
+    return np.frombuffer(raw, dtype=npd).astype(
+        np.complex128 if npd.kind == "c" else np.float64)
 
 
 class _Bytes:
@@ -259,7 +293,7 @@ def compute(fd: FileDiff, objects: Any, workers: int = 4, full_norm: bool = Fals
         return fd
     assert fd.old is not None and fd.new is not None
     entries = [(fd.old.params[p.name], fd.new.params[p.name]) for p in changed]
-    dtypes = [by_name(ea.dtype).numpy for ea, _ in entries]
+    dtypes = [by_name(ea.dtype) for ea, _ in entries]
     accs = [_Acc() for _ in changed]
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-read") as pool:
         aligned = []
