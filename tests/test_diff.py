@@ -213,3 +213,25 @@ def test_format_only_change_is_reported(store):
     assert fd.counts()["other_changed"] == 1 and fd.counts()["unchanged"] == 1
     assert '  * __metadata__.e: "1" -> "2"' in format_text(fd)
     assert '@ __metadata__.e = "2"' in list(textconv_lines(b))
+
+
+def test_a_file_that_only_reorders_its_tensors_is_a_change(store):
+    """Same tensors, data in another order: another file (git sees it), but the diff said
+    nothing changed and --exit-code exited 0."""
+    a = manifest(store, {"a": rng_arr(0, (4,)), "b": rng_arr(1, (4,))})
+    b = manifest(store, {"b": rng_arr(1, (4,)), "a": rng_arr(0, (4,))})
+    fd = summarize(a, b, "m.safetensors")
+    assert fd.counts()["unchanged"] == 2 and fd.counts()["other_changed"] == 1
+    assert '  * (order of the tensors in the file): "a at 0" -> "b at 0"' in format_text(fd)
+
+
+def test_a_layout_change_the_plug_in_does_not_describe_is_still_a_change(store, monkeypatch):
+    import theta_zarr.diff as diff_module
+
+    monkeypatch.setattr(diff_module, "describe", lambda m: {})
+    a = manifest(store, {"a": rng_arr(0, (4,))})
+    b = manifest(store, {"a": rng_arr(0, (4,))},
+                 fmt={"name": "safetensors", "order": ["a"], "padding": 8})
+    fd = summarize(a, b, "m.safetensors")
+    assert fd.counts()["other_changed"] == 1
+    assert "  * (file layout) changed (same tensors, same values)" in format_text(fd)

@@ -149,11 +149,27 @@ def describe(manifest: Manifest) -> dict[str, Any]:
         return flatten_json({k: v for k, v in manifest.format.items() if k != "name"})
 
 
+#: the names under which a reordering of the tensors' data, and a change of the file's
+#: layout the format plug-in does not describe, are reported
+ORDER_KEY = "(order of the tensors in the file)"
+LAYOUT_KEY = "(file layout)"
+
+
 def other_changes(old: Manifest, new: Manifest) -> list[OtherChange]:
     """What changed outside the tensors: every ``describe`` key whose value differs."""
     if old.format == new.format:
         return []
-    return _changes(describe(old), describe(new))
+    out = _changes(describe(old), describe(new))
+    # the order of the tensors' data in the file: left out of describe (it follows the
+    # tensors), but a file that only reorders them is another file, which git sees
+    a, b = old.format.get("order"), new.format.get("order")
+    if isinstance(a, list) and isinstance(b, list) and a != b and sorted(map(str, a)) == \
+            sorted(map(str, b)):
+        i = next(k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+        out.append(OtherChange(ORDER_KEY, "changed", f"{a[i]} at {i}", f"{b[i]} at {i}"))
+    if not out:  # something the plug-in does not describe: still a change, said as one
+        out.append(OtherChange(LAYOUT_KEY, "changed", None, None))
+    return out
 
 
 def _changes(a: dict[str, Any], b: dict[str, Any], prefix: str = "",
@@ -463,6 +479,8 @@ def format_text(fd: FileDiff) -> list[str]:
             lines.append(f"  * {o.key}: (none) -> {show_value(o.new)}")
         elif o.status == "removed":
             lines.append(f"  * {o.key}: {show_value(o.old)} -> (none)")
+        elif o.key == LAYOUT_KEY:
+            lines.append(f"  * {o.key} changed (same tensors, same values)")
         else:
             lines.append(f"  * {o.key}: {show_value(o.old)} -> {show_value(o.new)}")
     return lines
