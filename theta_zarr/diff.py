@@ -414,10 +414,8 @@ def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
             label = name.rsplit("/", 1)[-1]
             other += [OtherChange(f"{label}: {o.key}", o.status, o.old, o.new)
                       for o in other_changes(sa, sb)]
-    if files is not None:
-        fd.other = other
-        return fd
-    if old.index and new.index:
+    if old.index and new.index and (files is None or old.index.path in files or
+                                    new.index.path in files):  # the index's own diff
         other += _changes(flatten_json(old.index.to_json()), flatten_json(new.index.to_json()),
                           "index: ", skip="weight_map.")
     fd.other = other

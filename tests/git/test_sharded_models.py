@@ -231,6 +231,25 @@ def test_a_tracked_index_is_read_from_its_chunks(repo):
     assert set(old) == set(before) and all(torch.equal(old[k], before[k]) for k in before)
 
 
+def test_a_tracked_index_that_changes_is_reported_once_with_the_model(repo):
+    """A vocab resize changes a tensor and the tracked index's total_size: the index was
+    reported a second time, as an opaque file of bytes with numbers of its JSON text."""
+    repo.tz("track", "*.index.json")
+    model, folder = _commit_sharded(repo, "sharded, index tracked")
+    model.resize_token_embeddings(model.config.vocab_size + 8)
+    model.save_pretrained(folder, max_shard_size="8KB")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "resize")
+    names = repo.tz("diff", "--name-only", "HEAD~1", "HEAD").stdout.decode().split()
+    assert names == ["llama/model.safetensors.index.json"]
+    (f,) = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)["files"]
+    assert all(p["name"] != "bytes" for p in f["params"])
+    assert any(o["key"] == "index: metadata.total_size" for o in f["other"])
+    # git's own diff runs the driver once per file: the index's turn shows its metadata
+    gd = repo.git("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert "index: metadata.total_size" in gd, gd
+
+
 def test_a_model_whose_old_shards_theta_zarr_did_not_store_diffs_file_by_file(repo):
     """Shards committed before the pattern was tracked are no theta-zarr model on that
     side: the diff goes file by file (as for any such file) instead of failing."""

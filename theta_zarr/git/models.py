@@ -153,8 +153,9 @@ def _side_name(side: object) -> str:
 def model_keys(repo: Repo, path: str, side: object,
                memo: dict[tuple[str, object], list[Index]]) -> str | None:
     """The model a tracked file belongs to at ``side``: the one-file name of the index in
-    its folder that names it as a shard, or its own name when such an index exists for it
-    on this side (a model that is one file here); None for a file of no sharded model."""
+    its folder that names it as a shard (or the index itself, when it is tracked too), or
+    its own name when such an index exists for it on this side (a model that is one file
+    here); None for a file of no sharded model."""
     folder = posixpath.dirname(path)
     key = (folder, side)
     if key not in memo:
@@ -170,7 +171,7 @@ def model_keys(repo: Repo, path: str, side: object,
                     found.append(idx)
         memo[key] = found
     for idx in memo[key]:
-        if path in idx.shards:
+        if path in idx.shards or path == idx.path:  # a shard, or the index (tracked too)
             return model_key(idx.path)
         if model_key(idx.path) == path:
             return path
