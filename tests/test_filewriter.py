@@ -60,3 +60,7 @@ def test_a_full_disk_fails_before_any_chunk_is_written(tmp_path, monkeypatch):
     assert e.value.errno == errno.ENOSPC
     assert calls == [(0, 0, len(data))]
     assert path.stat().st_size == 0
+    # the line a user sees names the file and says disk full (it was a bare errno)
+    from theta_zarr.errors import one_line
+
+    assert one_line(e.value) == "cannot write rng_state.pth: disk full"

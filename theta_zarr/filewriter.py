@@ -105,7 +105,10 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
         jobs, size = _jobs(segments)
     except ManifestError as e:
         raise ManifestError(f"{name}: {e}") from None
-    allocate(fd, size)
+    try:
+        allocate(fd, size)
+    except OSError as e:  # the file's name, so the line says what did not fit (disk full)
+        raise OSError(e.errno, e.strerror, e.filename or name) from None
 
     def run(batch: list[Job]) -> None:
         for offset, what in batch:
@@ -122,6 +125,11 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
         # Mostly small chunks: their copies are Python work under the GIL, and threads only
         # pass it back and forth (10^5 tensors of 1 KiB: 2.1 s on two threads, 1.6 s on one)
         workers = 1
-    for _ in bounded_map(run, batched(jobs, size_of), max(1, workers)):
-        pass
+    try:
+        for _ in bounded_map(run, batched(jobs, size_of), max(1, workers)):
+            pass
+    except OSError as e:
+        if e.filename or not e.errno:
+            raise
+        raise OSError(e.errno, e.strerror, name) from None
     return size
