@@ -445,3 +445,28 @@ def test_a_cache_configured_auto_chooses_by_dtype_and_raw_stays_the_default(tmp_
         cleaned = clean_file(str(path), settings, cache)
         assert {codecs.split(cache.get_encoded(d))[0] for d in cleaned.sizes} == expected
         assert all(chunking.digest(cache.get(d)) == d for d in cleaned.sizes)
+
+
+def test_a_read_only_cache_still_serves_reads_with_scratch_files_elsewhere(tmp_path,
+                                                                           monkeypatch):
+    """A team's pre-filled cache on a read-only mount (objects/ only, no tmp/): a
+    checkout failed with "cannot use CACHE as the cache" although it only reads."""
+    import errno as errno_
+    import tempfile
+
+    cache = Cache(str(tmp_path / "cache"))
+    d, raw = chunk(3)
+    cache.put(d, raw)
+    real = os.makedirs
+
+    def read_only(path, *args, **kw):
+        if str(path).startswith((str(tmp_path / "cache"), str(tmp_path / "nowhere"))):
+            raise OSError(errno_.EROFS, "Read-only file system", path)
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    assert cache.tmp_dir == tempfile.gettempdir()
+    assert bytes(cache.get(d)) == raw
+    gone = Cache(str(tmp_path / "nowhere" / "cache"))
+    with pytest.raises(StorageError, match="cannot use .* as the cache"):
+        print(gone.tmp_dir)

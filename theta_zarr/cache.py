@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import tempfile
 from collections.abc import Iterable
 
 from . import codecs
@@ -49,12 +50,17 @@ class Cache(ObjectStore):
 
     @property
     def tmp_dir(self) -> str:
+        """The folder for spooled files: ``<cache>/tmp``, or the system's temporary folder
+        when the cache cannot be written (a team's pre-filled cache on a read-only mount
+        still serves checkouts, which only read it)."""
         path = os.path.join(self.root, "tmp")
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
-            raise StorageError(f"cannot use {self.root} as the cache ({e.strerror}; set by "
-                               "theta-zarr.cache or THETA_ZARR_CACHE)") from None
+            if not os.path.isdir(self.root):
+                raise StorageError(f"cannot use {self.root} as the cache ({e.strerror}; set "
+                                   "by theta-zarr.cache or THETA_ZARR_CACHE)") from None
+            return tempfile.gettempdir()
         return path
 
     def ensure(self, digest: str, raw: bytes | memoryview, elem: int = 1) -> int:
