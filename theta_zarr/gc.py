@@ -341,6 +341,7 @@ class Trash:
         _each(self.store, self.store.blobs.delete,
               [self.prefix + k for k in self.keys.values()])
         self.keys.clear()
+        self.store.blobs.prune(self.prefix)  # a folder remote keeps no empty folders
 
 
 def restore_leftovers(remote: SyncRemote) -> int:
@@ -360,7 +361,9 @@ def restore_leftovers(remote: SyncRemote) -> int:
             return False
         return True
 
-    return sum(_each(remote.objects, one, todo))
+    moved = sum(_each(remote.objects, one, todo))
+    blobs.prune(TRASH_PREFIX)
+    return moved
 
 
 def _relist_and_restore(remote: SyncRemote, trash: Trash, cutoff: float,

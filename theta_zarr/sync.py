@@ -262,6 +262,7 @@ class SyncRemote:
         prefix = self._staging(ref)
         for name in names:
             self.objects._retry(lambda n=name: self.blobs.delete(prefix + n))
+        self.blobs.prune(STAGING_PREFIX)  # a folder remote keeps no empty folders
 
 
 def parse_target(data: bytes, source: str) -> Target:

@@ -126,6 +126,15 @@ def test_gc_moves_back_what_an_interrupted_gc_left_in_its_trash(orphaned, tmp_pa
     _gc(remote, settings)
     assert dangling(remote) == []
     assert list(remote.blobs.list(gc.TRASH_PREFIX)) == []
+    assert not (tmp_path / "bucket" / "trash").exists()  # no empty folders left either
+
+
+def test_a_gc_that_deletes_garbage_leaves_no_empty_trash_folders(orphaned, tmp_path):
+    remote, _, settings = orphaned(Case("local", str(tmp_path / "bucket"), {}, []))
+    assert list(remote.blobs.list("objects/")) != []
+    _gc(remote, settings)
+    assert list(remote.blobs.list("objects/")) == []  # every object was garbage
+    assert not any((tmp_path / "bucket" / "trash").rglob("*"))
 
 
 def test_race_on_every_backend(orphaned, case):  # noqa: F811

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from conftest import file_sha
 from sync_helpers import CHUNK, SHAPE, Case, case, env_for, make_case, model, tz  # noqa: F401
@@ -113,6 +114,8 @@ def test_sharded_directory_and_rank_pushes_with_combine(case, tmp_path):  # noqa
     remote = case.remote()
     assert remote.refs.read("run7/step-6").digest == remote.refs.read("run7/step-5").digest
     assert remote.staged("run7/step-6") == {}
+    if case.kind == "local":  # no empty staging/run7/step-6/.parts/ folders left behind
+        assert not (Path(case.url) / "staging").exists()
     # two ranks' files of one name: the second is refused (it silently replaced the
     # first, and combine recorded a set without it); the same file again is a retry
     for seed, code in ((20, 0), (20, 0), (21, 1)):

@@ -96,6 +96,11 @@ class BlobStore(ABC):
         self.put(dst, [data])
         self.delete(src)
 
+    def prune(self, prefix: str) -> None:
+        """Remove the folders left empty under ``prefix`` (and ``prefix`` itself when empty);
+        object stores have no folders, so there is nothing to do there."""
+        return None
+
     def debris(self) -> Iterator[BlobInfo]:
         """Temporary files killed writers left behind (``.tmp-*``); none on object stores,
         whose single PUTs leave nothing half-written.  Never listed by ``list``."""

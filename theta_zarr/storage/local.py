@@ -80,11 +80,14 @@ class LocalStore(BlobStore):
                                    f"{next(_tmp_names)}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL  # not inherited by children (PEP 446)
         try:
-            try:
-                fd = os.open(tmp, flags, 0o444)
-            except FileNotFoundError:
-                os.makedirs(folder, exist_ok=True)
-                fd = os.open(tmp, flags, 0o444)
+            for attempt in range(3):  # a prune may remove a folder just made: make it again
+                try:
+                    fd = os.open(tmp, flags, 0o444)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
+                    os.makedirs(folder, exist_ok=True)
         except OSError as e:
             raise StorageError(f"cannot write {key} to {self.describe()}: "
                                f"{_strerror(e)}") from None
@@ -114,6 +117,15 @@ class LocalStore(BlobStore):
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         return self._walk(prefix, temporary=False)
+
+    def prune(self, prefix: str) -> None:
+        """rmdir(2) every empty folder under ``prefix``, deepest first: a folder that is not
+        empty (or gains a file meanwhile) stays, and a writer that finds its folder gone
+        makes it again (``put``)."""
+        top = self._path(prefix.rstrip("/"))
+        for folder, _, _ in os.walk(top, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
     def _walk(self, prefix: str, temporary: bool) -> Iterator[BlobInfo]:
         top = self._path(prefix.rstrip("/")) if prefix else self.root
@@ -184,8 +196,14 @@ class LocalStore(BlobStore):
         folder = os.path.dirname(path)
         tmp = None
         try:
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+            for attempt in range(3):  # a prune may remove a folder just made: make it again
+                os.makedirs(folder, exist_ok=True)
+                try:
+                    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
