@@ -174,3 +174,32 @@ def test_diffs_across_a_file_committed_before_tracking_never_die(make_repo):
     assert "+w float32[3] inline" in log
     js = r.tz("diff", "--json", "HEAD~1", "HEAD").stdout.decode()
     assert '"kind": "plain"' in js
+
+
+@needs_lfs
+def test_a_clone_using_git_lfs_and_theta_zarr_uploads_both_on_push(make_repo, tmp_path):
+    """Both installed user-wide: in a clone theta-zarr's filter wrote pre-push first, so
+    git-lfs found a foreign hook and installed none; pushes uploaded no LFS objects."""
+    a = make_repo("a")
+    a.git("lfs", "install")
+    a.run("git", "theta-zarr", "install", "--global")
+    a.git("init", "-q", "-b", "main")
+    a.git("lfs", "track", "*.bin")
+    a.tz("track", "*.safetensors")
+    (a.path / "one.bin").write_bytes(b"1" * 1000)
+    save_file({"w": torch.zeros(64)}, a.path / "m.safetensors")
+    a.git("add", "-A")
+    a.git("commit", "-q", "-m", "one")
+    bare = tmp_path / "remote.git"
+    a.git("init", "-q", "--bare", "-b", "main", str(bare))
+    a.git("remote", "add", "origin", str(bare))
+    a.git("push", "-q", "origin", "main")
+    a.git("clone", "-q", str(bare), str(tmp_path / "b"))
+    b = type(a)(tmp_path / "b", a.env)
+    hooks = tmp_path / "b" / ".git" / "hooks"
+    assert "git lfs pre-push" in (hooks / "pre-push.theta-zarr-chained").read_text()
+    (b.path / "two.bin").write_bytes(b"2" * 1000)
+    b.git("add", "two.bin")
+    b.git("commit", "-q", "-m", "two")
+    b.git("push", "-q", "origin", "main")
+    assert len([p for p in (bare / "lfs" / "objects").rglob("*") if p.is_file()]) == 2

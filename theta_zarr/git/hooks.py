@@ -86,12 +86,37 @@ def install_pre_push(repo: Repo, exe: str | None = None) -> str:
                   f"theta-zarr's; the hook it replaced is kept as {kept} (it no longer runs)",
                   file=sys.stderr)
         os.replace(path, chained)
+    elif not os.path.lexists(path) and not os.path.lexists(path + CHAINED_SUFFIX) and \
+            _uses_git_lfs(repo):
+        # git-lfs installs its hooks only where none is there: whichever filter runs first
+        # in a clone, its pre-push must run too, or LFS files are never uploaded
+        _write_hook(path + CHAINED_SUFFIX, LFS_PRE_PUSH)
+    _write_hook(path, hook_text(exe))
+    return path
+
+
+#: git-lfs's own pre-push hook (``git lfs install`` writes the same), chained behind ours
+#: where git-lfs is configured and would otherwise find our hook and install none
+LFS_PRE_PUSH = """#!/bin/sh
+command -v git-lfs >/dev/null 2>&1 || { printf >&2 "\n%s\n\n" "This repository is \
+configured for Git LFS but 'git-lfs' was not found on your path. If you no longer wish to \
+use Git LFS, remove this hook by deleting the '.git/hooks/pre-push' file."; exit 2; }
+git lfs pre-push "$@"
+"""
+
+
+def _uses_git_lfs(repo: Repo) -> bool:
+    """git-lfs's filter is configured for this repository (``git lfs install``, any scope)."""
+    return bool(repo.git("config", "--get", "filter.lfs.process", check=False).strip() or
+                repo.git("config", "--get", "filter.lfs.clean", check=False).strip())
+
+
+def _write_hook(path: str, text: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(hook_text(exe))
+        f.write(text)
     os.chmod(tmp, os.stat(tmp).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     os.replace(tmp, path)
-    return path
 
 
 def _free_name(path: str) -> str:
