@@ -115,6 +115,7 @@ def track(patterns: tuple[str, ...]) -> None:
         for p in tracked_patterns(repo.top):
             click.echo(p)
         return
+    patterns = tuple(from_top(repo, p) for p in patterns)
     lfs_routed = set(git_lfs.routed_patterns(repo.top))  # before our lines are added
     was_lfs = git_lfs.lfs_files(repo)
     added = set(do_track(repo.top, list(patterns)))
@@ -140,6 +141,18 @@ def track(patterns: tuple[str, ...]) -> None:
                    "to store these files with theta-zarr; see docs/migrate-from-lfs.md",
                    err=True)
 
+def from_top(repo, pattern: str) -> str:
+    """A pattern given in a subfolder, as the top-level .gitattributes must say it: one with
+    a ``/`` is relative to the current folder (as git-lfs's ``track`` takes it), so the
+    folder is put in front; one without matches at every depth and stays as it is."""
+    import os
+
+    here = os.path.relpath(os.path.realpath(os.getcwd()), os.path.realpath(repo.top))
+    if "/" not in pattern.rstrip("/") or here in (".", "") or here.startswith(".."):
+        return pattern
+    return f"{here.replace(os.sep, '/')}/{pattern.lstrip('/')}"
+
+
 @main.command()
 @click.argument("patterns", nargs=-1, required=True)
 @reports_errors
@@ -148,7 +161,9 @@ def untrack(patterns: tuple[str, ...]) -> None:
     from .git.attributes import untrack as do_untrack
     from .git.repo import Repo
 
-    removed = do_untrack(Repo.discover().top, list(patterns))
+    repo = Repo.discover()
+    patterns = tuple(from_top(repo, p) for p in patterns)
+    removed = do_untrack(repo.top, list(patterns))
     for p in patterns:
         click.echo(f'{"Untracking" if p.replace(" ", "[[:space:]]") in removed else "Not tracked:"}'
                    f' "{p}"')

@@ -3,6 +3,9 @@ ls-files with folders."""
 
 from __future__ import annotations
 
+import functools
+import subprocess
+
 import numpy as np
 import safetensors.numpy
 
@@ -88,3 +91,19 @@ def test_ls_files_takes_folders_and_lists_the_current_folder(repo):
     assert proc.returncode == 1
     assert proc.stderr.decode() == ("theta-zarr: nosuch.safetensors: no file theta-zarr "
                                     "tracks matches it\n")
+
+
+def test_track_in_a_subfolder_writes_the_pattern_from_the_top(repo):
+    """``track 'ckpt/*.safetensors'`` run in exp1/: the pattern went to the top-level
+    .gitattributes unchanged, so exp1/ckpt/m.safetensors was committed raw, silently."""
+    sub = repo.path / "exp1"
+    (sub / "ckpt").mkdir(parents=True)
+    run = functools.partial(subprocess.run, cwd=sub, env=repo.env, capture_output=True,
+                            check=True)
+    out = run(["git", "theta-zarr", "track", "ckpt/*.safetensors", "*.pt"]).stdout.decode()
+    assert 'Tracking "exp1/ckpt/*.safetensors"' in out and 'Tracking "*.pt"' in out
+    attrs = run(["git", "check-attr", "filter", "ckpt/m.safetensors", "x/y.pt"]).stdout
+    assert attrs.decode().splitlines() == ["ckpt/m.safetensors: filter: theta-zarr",
+                                           "x/y.pt: filter: theta-zarr"]
+    out = run(["git", "theta-zarr", "untrack", "ckpt/*.safetensors"]).stdout.decode()
+    assert 'Untracking "exp1/ckpt/*.safetensors"' in out
