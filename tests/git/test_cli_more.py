@@ -100,10 +100,10 @@ def test_track_in_a_subfolder_writes_the_pattern_from_the_top(repo):
     (sub / "ckpt").mkdir(parents=True)
     run = functools.partial(subprocess.run, cwd=sub, env=repo.env, capture_output=True,
                             check=True)
-    out = run(["git", "theta-zarr", "track", "ckpt/*.safetensors", "*.pt"]).stdout.decode()
-    assert 'Tracking "exp1/ckpt/*.safetensors"' in out and 'Tracking "*.pt"' in out
-    attrs = run(["git", "check-attr", "filter", "ckpt/m.safetensors", "x/y.pt"]).stdout
+    out = run(["git", "theta-zarr", "track", "ckpt/*.safetensors", "*.ckpt"]).stdout.decode()
+    assert 'Tracking "exp1/ckpt/*.safetensors"' in out and 'Tracking "*.ckpt"' in out
+    attrs = run(["git", "check-attr", "filter", "ckpt/m.safetensors", "x/y.ckpt"]).stdout
     assert attrs.decode().splitlines() == ["ckpt/m.safetensors: filter: theta-zarr",
-                                           "x/y.pt: filter: theta-zarr"]
+                                           "x/y.ckpt: filter: theta-zarr"]
     out = run(["git", "theta-zarr", "untrack", "ckpt/*.safetensors"]).stdout.decode()
     assert 'Untracking "exp1/ckpt/*.safetensors"' in out
