@@ -234,6 +234,15 @@ def test_materialize_in_a_clone_without_install_says_so(repo, make_repo, tmp_pat
     assert "materialized" not in clone.tz("materialize", check=False).stdout.decode()
 
 
+def test_materialize_of_a_file_theta_zarr_does_not_track_is_refused(repo):
+    """It said "README: already materialized" and exited 0."""
+    small_model(repo)
+    (repo.path / "README").write_text("notes\n")
+    assert_one_line(repo.tz("materialize", "README", check=False),
+                    "README: no file theta-zarr tracks matches it")
+    assert "already materialized" in repo.tz("materialize", "m.safetensors").stdout.decode()
+
+
 def test_materialize_output_is_a_new_path_unless_forced(repo, tmp_path):
     """``-o`` names a new file, as ``pull``'s OUT does: an existing file (the user's notes)
     is not overwritten without --force, and a folder is refused in one line."""

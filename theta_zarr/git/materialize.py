@@ -17,7 +17,7 @@ from ..streams import write_atomic
 from .direct import Pending, checkout_through_git, write_files
 from .files import manifest_at, tracked_files
 from .index import IndexUnsupported
-from .install import configured_executable
+from .install import DRIVER, configured_executable
 from .models import list_folder, open_model
 from .push import read_through
 from .repo import GitError, GitInputError, Repo
@@ -144,6 +144,8 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
                     manifest = Manifest.from_bytes(text, rel)
                 elif include:
                     manifest = manifest_at(repo, rel, None)
+                elif repo.attribute([rel], "filter").get(rel) != DRIVER:
+                    raise ValueError(f"{rel}: no file theta-zarr tracks matches it")
                 else:
                     done.append(f"{rel}: already materialized")
                     continue
