@@ -78,6 +78,37 @@ def test_a_committed_hooks_folder_is_not_edited_by_the_filter(make_repo, tmp_pat
     assert "uploaded" in pushed and "team-hook" in pushed
 
 
+def test_an_ignored_hooks_folder_in_the_work_tree_gets_the_hook(make_repo, tmp_path):
+    """husky's .husky/_ (gitignored, written by husky itself): the filter installs there as
+    anywhere else; husky writing its dispatcher again is chained again, nothing piles up."""
+    w = make_repo("w")
+    w.run("git", "theta-zarr", "install", "--global")
+    w.git("init", "-q", "-b", "main")
+    husky = w.path / ".husky" / "_"
+    husky.mkdir(parents=True)
+    (husky / ".gitignore").write_text("*\n")
+    dispatcher = "#!/bin/sh\necho husky-ran >&2\n"
+    (husky / "pre-push").write_text(dispatcher)
+    (husky / "pre-push").chmod(0o755)
+    w.git("config", "core.hooksPath", ".husky/_")
+    w.tz("track", "*.safetensors")
+    write_model(str(w.path / "m.safetensors"), SHAPE)
+    added = w.git("add", "-A").stderr.decode()
+    assert "installed the pre-push hook" in added and "does not edit" not in added
+    w.git("commit", "-q", "-m", "m")
+    model = w.path / "m.safetensors"
+    for k in range(2):  # husky's install writes its dispatcher again; the next filter run
+        (husky / "pre-push").write_text(dispatcher)
+        os.utime(model, (model.stat().st_atime, model.stat().st_mtime + 10 + k))
+        w.git("add", "-A")  # (a touched file: git starts the filter)
+    assert "theta-zarr pre-push hook" in (husky / "pre-push").read_text()
+    assert not list(husky.glob("*.old*"))
+    bare = _bare(tmp_path, w.env)
+    w.git("remote", "add", "origin", str(bare))
+    pushed = w.git("push", "-q", "origin", "main").stderr.decode()
+    assert "uploaded" in pushed and "husky-ran" in pushed
+
+
 HUSKY_HELPER = """#!/bin/sh
 name=$(basename "$0")
 script="$(dirname "$(dirname "$0")")/$name"

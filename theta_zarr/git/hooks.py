@@ -79,7 +79,7 @@ def install_pre_push(repo: Repo, exe: str | None = None) -> str:
         # a hook manager that rewrote pre-push over ours: its new hook is the one to chain;
         # one chained before is kept beside it, never lost
         chained = path + CHAINED_SUFFIX
-        if os.path.lexists(chained):
+        if os.path.lexists(chained) and not _same_file(chained, path):
             kept = _free_name(chained + ".old")
             os.replace(chained, kept)
             print(f"theta-zarr: {path} was replaced by another hook, which now runs after "
@@ -119,6 +119,15 @@ def _write_hook(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Same bytes (a hook manager that wrote its dispatcher again: nothing to keep)."""
+    try:
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            return fa.read() == fb.read()
+    except OSError:
+        return False
+
+
 def _free_name(path: str) -> str:
     """``path``, or ``path.N`` for the first N that names nothing."""
     name, n = path, 1
@@ -132,25 +141,29 @@ class CommittedHooks(Exception):
     for a team): the filter does not edit it; the message says what to do."""
 
 
-def _in_work_tree(repo: Repo, folder: str) -> bool:
+def _committed(repo: Repo, folder: str) -> bool:
+    """``folder`` lies in the work tree and git tracks files in it (a team's ``.githooks``);
+    an ignored folder there (husky's ``.husky/_``, which it writes itself) is not."""
     def under(path: str, top: str) -> bool:
         return os.path.commonpath([path, top]) == top
-    real = os.path.realpath(folder)
-    return under(real, os.path.realpath(repo.top)) and not any(
-        under(real, os.path.realpath(d)) for d in (repo.git_dir, repo.common_dir))
+    real, top = os.path.realpath(folder), os.path.realpath(repo.top)
+    if not under(real, top) or any(under(real, os.path.realpath(d))
+                                   for d in (repo.git_dir, repo.common_dir)):
+        return False
+    return bool(repo.git("ls-files", "-z", "--", os.path.relpath(real, top), check=False))
 
 
 def ensure_pre_push(repo: Repo) -> str | None:
     """Install the hook when this work tree lacks it (git-lfs installs its hooks from
     its filter the same way); returns the path when it was installed now.
 
-    Raises CommittedHooks, and edits nothing, when the hooks folder lies in the work tree
+    Raises CommittedHooks, and edits nothing, when the hooks folder holds files git tracks
     (a team's committed ``core.hooksPath``): a filter run by ``git add`` or ``git status``
     must not change tracked files; ``git theta-zarr install``, asked for, writes there."""
     path = os.path.join(repo.hooks_dir, "pre-push")
     if repo.bare or _is_ours(path):
         return None
-    if _in_work_tree(repo, repo.hooks_dir):
+    if _committed(repo, repo.hooks_dir):
         raise CommittedHooks(
             f"the hooks folder {os.path.relpath(repo.hooks_dir, repo.top)} (core.hooksPath) "
             "is part of the work tree, so theta-zarr does not edit it: 'git push' uploads no "
