@@ -161,3 +161,19 @@ def test_a_clone_of_a_local_work_tree_reads_and_pushes_its_object_cache(repo, ma
     cache = open_remote(RemoteSpec("c", str(repo.path / ".git" / "theta-zarr")))
     assert cache.missing(m.digests() | m2.digests()) == set()
     assert Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:m.safetensors").stdout) == m2
+
+
+def test_a_tag_of_a_tree_or_a_blob_is_pushed(repo, tmp_path):
+    """``git push origin HEAD^{tree}:refs/tags/t``: the hook refused ("not a commit")."""
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    m = _commit(repo, 0)
+    repo.git("push", "-q", "origin", "HEAD^{tree}:refs/tags/tree")
+    repo.git("push", "-q", "origin", "HEAD:m.safetensors:refs/tags/blob")
+    tags = repo.git("ls-remote", "--tags", str(bare)).stdout.decode()
+    assert "refs/tags/tree" in tags and "refs/tags/blob" in tags
+    assert open_remote(RemoteSpec("o", str(bare / "theta-zarr"))).missing(m.digests()) == set()
+    bad = repo.git("push", "-q", "origin", "nosuchrev:refs/tags/x", check=False)
+    assert bad.returncode != 0

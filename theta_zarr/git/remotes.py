@@ -229,8 +229,11 @@ def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> li
     if not include:
         return []
     for rev in include:
-        if not rev.startswith("-"):
-            repo.commit(rev)  # a misspelt revision is the user's, named as such
+        if not rev.startswith("-") and not repo.git(
+                "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{tree}}",
+                check=False).strip() and not _has_blob(repo, rev):
+            repo.commit(rev)  # a misspelt revision is the user's, named as such (a tag of
+            # a tree or a blob is pushed as git pushes it: its objects are listed below)
     try:
         candidates = objects_with_paths(repo, *include, "--not", *exclude)
     except GitError as e:
