@@ -26,6 +26,18 @@ def test_worktree_shares_cache_and_checks_out(repo, tmp_path):
     assert status == b""
 
 
+def test_worktrees_share_a_cache_set_by_a_relative_path(repo, tmp_path):
+    """theta-zarr.cache=.tzcache was resolved from each linked worktree's own top: an empty
+    cache, and git worktree add failed ("not in the cache")."""
+    repo.git("config", "theta-zarr.cache", ".tzcache")
+    h = commit_model(repo, "base")
+    assert (repo.path / ".tzcache" / "objects").is_dir()
+    wt = tmp_path / "wt"
+    repo.git("worktree", "add", "-q", str(wt), "HEAD")
+    assert file_sha(wt / "model.safetensors") == h
+    assert not (wt / ".tzcache").exists()
+
+
 def test_stash_and_pop(repo):
     h1 = commit_model(repo, "base")
     write_model(str(repo.path / "model.safetensors"), SHAPE, tuned=SHAPE.layer_names(1))

@@ -228,8 +228,10 @@ class Repo:
         cache = cfg.get("theta-zarr.cache")
         if cache:
             cache = os.path.expanduser(cache)
-            if not os.path.isabs(cache):
-                cache = os.path.join(self.top, cache)
+            if not os.path.isabs(cache):  # from the main work tree: linked ones share it
+                main = os.path.dirname(self.common_dir) \
+                    if os.path.basename(self.common_dir) == ".git" else self.top
+                cache = os.path.join(main, cache)
         kwargs: dict = {"cache_dir": cache or default_cache_dir(self.common_dir)}
         for key, field in (("chunk-size", "chunk_bytes"), ("cache-compression", "cache_codec"),
                            ("concurrency", "concurrency"), ("delta-ratio", "delta_ratio"),
