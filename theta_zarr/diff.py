@@ -427,6 +427,12 @@ def _shape(g: dict[str, Any] | None) -> str:
     return "-" if g is None else f"{g['dtype']}{g['shape']}"
 
 
+def _percent(f: float) -> str:
+    """A fraction as a percentage: one decimal, or two significant digits below 0.1%, so
+    5 elements of 50,000 read 0.01%, not 0.0%."""
+    return f"{f:.1%}" if f == 0 or f >= 0.001 else f"{f * 100:.2g}%"
+
+
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3g}"
 
@@ -467,7 +473,7 @@ def format_text(fd: FileDiff) -> list[str]:
         else:
             text = f"  ~ {p.name:<{width}}  {_shape(p.new)}  chunks {p.chunks_changed}/{p.chunks}"
             if p.l2 is not None:
-                frac = "n/a" if p.fraction_changed is None else f"{p.fraction_changed:.1%}"
+                frac = "n/a" if p.fraction_changed is None else _percent(p.fraction_changed)
                 scope = "" if p.norm_scope == "tensor" else " (of changed chunks)"
                 text += (f"  |B-A| {_num(p.l2)}  rel {_num(p.rel_change)}{scope}  "
                          f"max|B-A| {_num(p.max_abs)}  elements {frac}")

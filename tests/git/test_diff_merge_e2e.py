@@ -85,6 +85,25 @@ def test_git_diff_log_show_and_plot(repo, tmp_path):
     assert "16 changed" in out
 
 
+def test_git_diff_of_a_renamed_checkpoint_names_both_paths(repo):
+    """git passes the driver the new name of a renamed file: it was dropped, and five
+    changed elements of 50,000 read "elements 0.0%"."""
+    a = np.arange(50_000, dtype=np.float32)
+    save_file({"a": torch.from_numpy(a), "b": torch.ones(50_000)},
+              str(repo.path / "model.safetensors"))
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "one")
+    a[:5] += 1
+    save_file({"a": torch.from_numpy(a), "b": torch.ones(50_000)},
+              str(repo.path / "renamed.safetensors"))
+    repo.git("rm", "-q", "model.safetensors")
+    repo.git("add", "renamed.safetensors")
+    repo.git("commit", "-q", "-m", "rename and tweak")
+    out = repo.git("diff", "-M", "HEAD~1", "HEAD").stdout.decode()
+    assert out.startswith("model.safetensors => renamed.safetensors: 1 changed"), out
+    assert "elements 0.01%" in out
+
+
 def test_git_diff_into_a_closed_pipe_stops_quietly(repo):
     """``git diff | head``: git reports a driver's non-zero exit as "external diff died";
     the driver stops quietly instead, as ``git theta-zarr diff | head`` does (141)."""

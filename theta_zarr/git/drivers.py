@@ -109,7 +109,8 @@ def diff_driver(args: list[str]) -> list[str]:
     except (ManifestError, GitError):
         fd = None  # a broken index on either side: the file on its own, as git sees it
     if fd is None:
-        fd = diff(side(old_file, old_hex), side(new_file, new_hex), objects, path, workers)
+        label = path if new_path in (None, path) else f"{path} => {new_path}"
+        fd = diff(side(old_file, old_hex), side(new_file, new_hex), objects, label, workers)
     return format_text(fd)
 
 
