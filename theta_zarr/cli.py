@@ -55,7 +55,7 @@ def install(scope: str | None) -> None:
     """Configure git to route tracked checkpoints through theta-zarr."""
     from .commands.manpages import ensure_installed
     from .git import install as inst
-    from .git.hooks import install_pre_push
+    from .git.hooks import install_hooks
     from .git.repo import Repo
 
     scope = scope or inst.default_scope()
@@ -66,15 +66,16 @@ def install(scope: str | None) -> None:
                (f", starting {exe}" if exe != inst.EXE_NAME else ""))
     if inst.default_scope() == "local":
         repo = Repo.discover()
-        hook = install_pre_push(repo, exe)
-        click.echo(f"pre-push hook installed ({hook})")
+        hooks = install_hooks(repo, exe)
+        click.echo(f"hooks installed ({', '.join(os.path.basename(h) for h in hooks)} in "
+                   f"{os.path.dirname(hooks[0])})")
         lazy = _lazy_files(repo)
         if lazy:
             click.echo(f"{len(lazy)} tracked checkpoint(s) in the working tree are manifests "
                        "(checked out before install): run 'git theta-zarr materialize'")
     else:
-        click.echo("each repository gets its pre-push hook the first time the filter runs "
-                   "in it (a clone's checkout, a first 'git add')")
+        click.echo("each repository gets its hooks the first time the filter runs in it "
+                   "(a clone's checkout, a first 'git add')")
 
 
 def _lazy_files(repo: Any) -> list[str]:
@@ -90,14 +91,14 @@ def _lazy_files(repo: Any) -> list[str]:
 def uninstall(scope: str | None) -> None:
     """Remove theta-zarr's filter configuration from a git config scope."""
     from .git import install as inst
-    from .git.hooks import uninstall_pre_push
+    from .git.hooks import uninstall_hooks
     from .git.repo import Repo
 
     scope = scope or inst.default_scope()
     inst.uninstall(scope)
     click.echo(f"theta-zarr filter removed ({scope} git config)")
     if inst.default_scope() == "local":
-        uninstall_pre_push(Repo.discover())
+        uninstall_hooks(Repo.discover())
 
 
 @main.command()
@@ -360,6 +361,26 @@ def pre_push_cmd(remote_name: str, url: str | None) -> None:
 
     lines = [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
     pre_push(Repo.discover(), remote_name, lines, url)
+
+
+def _finish_pending(args: tuple[str, ...]) -> None:
+    """Run by the post-checkout, post-merge and post-rewrite hooks (git's index is written,
+    git has not exited): write the checkpoints the filter left for a direct write, so the
+    hooks that run next, and the user, see them (git/pending.py)."""
+    from .errors import one_line
+    from .git import pending
+    from .git.repo import Repo
+
+    try:
+        pending.finish(Repo.discover())
+    except Exception as e:  # the filter tries again when git exits, and reports then
+        click.echo(f"theta-zarr: {one_line(e)}; the filter writes these files when git "
+                   "exits", err=True)
+
+
+for _hook in ("post-checkout", "post-merge", "post-rewrite"):
+    main.command(_hook, hidden=True, context_settings={"ignore_unknown_options": True})(
+        click.argument("args", nargs=-1)(reports_errors(_finish_pending)))
 
 
 @main.command("push")

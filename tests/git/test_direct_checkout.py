@@ -294,3 +294,50 @@ def test_add_checkout_and_materialize_of_safetensors_import_no_numpy(direct):
                     if line.startswith("import time:")}
         assert "theta_zarr.filewriter" in imported  # the filter's imports are reported
         assert not {"numpy", "ml_dtypes", "theta_zarr.diff"} & imported
+
+
+USER_HOOK = """#!/bin/sh
+python3 - <<'PY' >> "{log}"
+import hashlib, sys
+data = open("{model}", "rb").read()
+print("{name}", "manifest" if data.startswith(b'{{"theta_zarr"') else
+      hashlib.sha256(data).hexdigest())
+PY
+"""
+
+
+@pytest.mark.parametrize("name", ["post-checkout", "post-merge"])
+def test_the_users_hooks_see_the_checked_out_checkpoint(direct, tmp_path, name):
+    """git runs post-checkout / post-merge before it exits, and the filter wrote the real
+    file only at git's exit: a user's hook (tests after a checkout) read the manifest."""
+    h1 = commit_model(direct, "base")
+    direct.git("branch", "old")
+    h2 = commit_model(direct, "tuned", tuned=SHAPE.layer_names(1))
+    log = tmp_path / "hook.log"
+    hook = direct.path / ".git" / "hooks" / name
+    hook.write_text(USER_HOOK.format(log=log, model=MODEL, name=name))
+    hook.chmod(0o755)
+    if name == "post-checkout":
+        direct.git("checkout", "-q", "old")
+        want = h1
+    else:
+        direct.git("checkout", "-q", "old")
+        direct.git("merge", "-q", "--ff-only", "main")
+        want = h2
+    assert log.read_text().splitlines()[-1] == f"{name} {want}"
+    assert "theta-zarr post-checkout hook" in (
+        direct.path / ".git" / "hooks" / "post-checkout").read_text()  # ours, chaining
+    assert_clean_without_filter(direct)
+    assert not os.listdir(direct.path / ".git" / "theta-zarr" / "pending")
+
+
+def test_a_record_left_by_a_killed_filter_is_dropped(direct):
+    """A pending record whose filter no longer runs names files nobody should write now."""
+    commit_model(direct, "base")
+    pending = direct.path / ".git" / "theta-zarr" / "pending"
+    pending.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (pending / str(dead.pid)).write_text('{"path": "model.safetensors", "blob": "00"}\n')
+    direct.run("git-theta-zarr", "post-checkout", "0", "0", "1")
+    assert not (pending / str(dead.pid)).exists()

@@ -34,7 +34,7 @@ def test_repository_made_after_a_global_install_pushes_its_chunks(make_repo, tmp
     write_model(str(w.path / "m.safetensors"), SHAPE)
     added = w.git("add", "-A")
     hook = w.path / ".git" / "hooks" / "pre-push"
-    assert hook.exists() and "installed the pre-push hook" in added.stderr.decode()
+    assert hook.exists() and "installed the hooks pre-push, post-checkout" in added.stderr.decode()
     w.git("commit", "-q", "-m", "first")
     pushed = w.git("push", "-q", "origin", "main").stderr.decode()
     assert "uploaded" in pushed and "next to git remote 'origin'" in pushed
@@ -94,7 +94,7 @@ def test_an_ignored_hooks_folder_in_the_work_tree_gets_the_hook(make_repo, tmp_p
     w.tz("track", "*.safetensors")
     write_model(str(w.path / "m.safetensors"), SHAPE)
     added = w.git("add", "-A").stderr.decode()
-    assert "installed the pre-push hook" in added and "does not edit" not in added
+    assert "installed the hooks pre-push" in added and "does not edit" not in added
     w.git("commit", "-q", "-m", "m")
     model = w.path / "m.safetensors"
     for k in range(2):  # husky's install writes its dispatcher again; the next filter run

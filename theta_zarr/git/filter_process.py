@@ -33,8 +33,9 @@ from ..objects import ObjectError
 from ..settings import Settings
 from . import lfs as git_lfs
 from .direct import WORKTREE_COMMANDS, Pending, checkout_through_git, write_files
-from .hooks import CommittedHooks, ensure_pre_push
+from .hooks import CommittedHooks, ensure_hooks
 from .index import GitIndex, IndexUnsupported
+from .pending import Record
 from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
 from .repo import GitError, Repo
@@ -64,6 +65,7 @@ class FilterServer:
         self.pending: dict[str, Pending] = {}
         self.unwritten: list[str] = []  # direct writes not done (finish failed part-way)
         self.smudged = False  # a smudge came: Ctrl-C then says how to restore a file
+        self.record: Record | None = None  # the pending direct writes, for git's hooks
         # clean's content is the working-tree file (not hash-object --stdin, apply...)
         self.clean_reads_worktree = False
         self.stat_cache = StatCache(repo.git_dir) if repo is not None else None
@@ -314,6 +316,7 @@ class FilterServer:
                 checkpoint.ensure_local(manifest, self.cache, self.fetch, source=path)
             if self._direct(path, manifest):
                 self.pending[path] = Pending(path, data, manifest)
+                self._record().add(path, data)  # git's post-checkout hook may write it
                 self._reply(data)  # git writes the manifest; finish() writes the file
                 return
         except Exception as e:
@@ -383,6 +386,18 @@ class FilterServer:
             return
         files = list(self.pending.values())
         self.pending.clear()
+        try:
+            self._write_pending(files)
+        finally:
+            self._record().remove()
+
+    def _record(self) -> Record:
+        if self.record is None:
+            assert self.repo is not None
+            self.record = Record(self.repo.git_dir, self.repo.object_format)
+        return self.record
+
+    def _write_pending(self, files: list[Pending]) -> None:
         self.unwritten = [p.path for p in files]
         interrupts.install(lambda: "; files not written yet stay lazy (run 'git theta-zarr "
                            f"materialize'): {', '.join(self.unwritten)}")
@@ -490,17 +505,18 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
     except Exception as e:
         return FilterServer(stdin, stdout, None, broken=one_line(e))
     try:
-        installed = ensure_pre_push(repo)
+        installed = ensure_hooks(repo)
     except CommittedHooks as e:
         if server.notes:
             print(f"theta-zarr: warning: {e}", file=sys.stderr, flush=True)
     except (OSError, GitError) as e:
-        print(f"theta-zarr: cannot install the pre-push hook ({one_line(e)}); pushes will "
-              "not upload chunks: run 'git theta-zarr install'", file=sys.stderr, flush=True)
+        print(f"theta-zarr: cannot install the hooks ({one_line(e)}); pushes will not upload "
+              "chunks: run 'git theta-zarr install'", file=sys.stderr, flush=True)
     else:
         if installed:
-            print(f"theta-zarr: installed the pre-push hook ({installed}) so that git push "
-                  "uploads chunks", file=sys.stderr, flush=True)
+            print(f"theta-zarr: installed the hooks {', '.join(installed)} in "
+                  f"{repo.hooks_dir} (git push uploads chunks; checkouts are complete when "
+                  "git's own hooks run)", file=sys.stderr, flush=True)
     return server
 
 

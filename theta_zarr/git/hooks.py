@@ -1,13 +1,15 @@
-"""The pre-push hook: upload chunks before git pushes the commits that name them.
+"""git hooks: pre-push uploads chunks before git pushes the commits that name them;
+post-checkout, post-merge and post-rewrite write the checkpoints a checkout left for a
+direct write before the hooks that follow run (git/pending.py).
 
 Installed where git looks for hooks (``core.hooksPath`` honoured) by ``install`` and,
 like git-lfs, by the filter itself the first time it runs in a repository that lacks
-it (a clone or ``git init`` after ``install --global``).  A hook that is already there
+them (a clone or ``git init`` after ``install --global``).  A hook that is already there
 (git-lfs's, a team's own, a hook manager's dispatcher) is kept beside ours as
-``pre-push.theta-zarr-chained`` and run after ours with the same input, arguments
+``<name>.theta-zarr-chained`` and run after ours with the same input, arguments
 and *name*: a shell script is sourced, by the shell and flags of its ``#!`` line
 (``#!/bin/sh -e`` keeps errexit), with ``$0`` set to the path git ran
-(``.../pre-push``), so dispatchers that pick a script by ``$(basename "$0")`` (husky)
+(``.../<name>``), so dispatchers that pick a script by ``$(basename "$0")`` (husky)
 still find theirs; anything else (a program, a script without ``#!``) runs as it is,
 as git would run it.  Installing never silences anyone: a hook chained before is kept
 when another replaces ours.
@@ -22,12 +24,27 @@ import sys
 from .install import executable
 from .repo import Repo
 
-MARKER = "# theta-zarr pre-push hook"
 CHAINED_SUFFIX = ".theta-zarr-chained"
 
+#: the hooks theta-zarr installs, and what each does before the hook it chains
+HOOKS = {
+    "pre-push": "uploads the chunks of pushed checkpoints",
+    # git runs these after it has written its index and before it exits: the filter's
+    # direct writes would otherwise wait for git's exit, and the user's own hook (or a
+    # post-checkout test) would read manifests (see git/pending.py)
+    "post-checkout": "writes the checkpoints this checkout left for a direct write",
+    "post-merge": "writes the checkpoints this merge left for a direct write",
+    "post-rewrite": "writes the checkpoints this rebase left for a direct write",
+}
+
+
+def marker(name: str) -> str:
+    return f"# theta-zarr {name} hook"
+
+
 HOOK = """#!/bin/sh
-{marker}: uploads the chunks of pushed checkpoints, then runs the hook
-# that was here before (kept as pre-push{suffix}), if any, under this hook's name.
+{marker}: {what}, then runs the hook
+# that was here before (kept as {name}{suffix}), if any, under this hook's name.
 tz={exe}
 command -v "$tz" >/dev/null 2>&1 || {{
   echo >&2 "theta-zarr: $tz is not found (not on PATH, or its environment was removed);" \\
@@ -35,7 +52,7 @@ command -v "$tz" >/dev/null 2>&1 || {{
   exit 2
 }}
 input=$(cat)
-printf '%s\\n' "$input" | "$tz" pre-push "$@" || exit $?
+{run}
 chained="$0{suffix}"
 [ -x "$chained" ] || exit 0
 # the shell a chained script runs under, with the flags of its #! line (-e: errexit);
@@ -57,26 +74,39 @@ exit 0
 """
 
 
-def hook_text(exe: str | None = None) -> str:
-    """The hook script, starting theta-zarr as ``exe`` (default: how this one was started)."""
-    return HOOK.format(marker=MARKER, suffix=CHAINED_SUFFIX, exe=exe or executable())
+def hook_text(name: str = "pre-push", exe: str | None = None) -> str:
+    """The hook script ``name``, starting theta-zarr as ``exe`` (default: how this one was
+    started)."""
+    run = RUN_PRE_PUSH if name == "pre-push" else RUN_AFTER_CHECKOUT.format(name=name)
+    return HOOK.format(marker=marker(name), what=HOOKS[name], name=name, run=run,
+                       suffix=CHAINED_SUFFIX, exe=exe or executable())
 
 
-def _is_ours(path: str) -> bool:
+RUN_PRE_PUSH = """printf '%s\\n' "$input" | "$tz" pre-push "$@" || exit $?"""
+#: theta-zarr starts only when a filter left files for a direct write (a record exists):
+#: a checkout of small files pays one ``git rev-parse``, not Python's start-up
+RUN_AFTER_CHECKOUT = """gd=$(git rev-parse --git-dir 2>/dev/null) || gd=
+if [ -n "$gd" ] && [ -n "$(ls -A "$gd/theta-zarr/pending" 2>/dev/null)" ]; then
+  "$tz" {name} "$@" </dev/null || exit $?
+fi"""
+
+
+def _is_ours(path: str, name: str) -> bool:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            return MARKER in f.read()
+            return marker(name) in f.read()
     except FileNotFoundError:
         return False
 
 
-def install_pre_push(repo: Repo, exe: str | None = None) -> str:
-    """Write our hook; an existing foreign hook is kept and chained.  Returns the path."""
+def install_hook(repo: Repo, name: str, exe: str | None = None) -> str:
+    """Write our hook ``name``; an existing foreign hook is kept and chained.  Returns the
+    path."""
     folder = repo.hooks_dir
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "pre-push")
-    if os.path.lexists(path) and not _is_ours(path):
-        # a hook manager that rewrote pre-push over ours: its new hook is the one to chain;
+    path = os.path.join(folder, name)
+    if os.path.lexists(path) and not _is_ours(path, name):
+        # a hook manager that rewrote the hook over ours: its new hook is the one to chain;
         # one chained before is kept beside it, never lost
         chained = path + CHAINED_SUFFIX
         if os.path.lexists(chained) and not _same_file(chained, path):
@@ -86,22 +116,29 @@ def install_pre_push(repo: Repo, exe: str | None = None) -> str:
                   f"theta-zarr's; the hook it replaced is kept as {kept} (it no longer runs)",
                   file=sys.stderr)
         os.replace(path, chained)
-    elif not os.path.lexists(path) and not os.path.lexists(path + CHAINED_SUFFIX) and \
-            _uses_git_lfs(repo):
+    elif name in LFS_HOOKS and not os.path.lexists(path) and \
+            not os.path.lexists(path + CHAINED_SUFFIX) and _uses_git_lfs(repo):
         # git-lfs installs its hooks only where none is there: whichever filter runs first
-        # in a clone, its pre-push must run too, or LFS files are never uploaded
-        _write_hook(path + CHAINED_SUFFIX, LFS_PRE_PUSH)
-    _write_hook(path, hook_text(exe))
+        # in a clone, its hooks must run too, or LFS files are never uploaded
+        _write_hook(path + CHAINED_SUFFIX, LFS_HOOK.format(name=name))
+    _write_hook(path, hook_text(name, exe))
     return path
 
 
-#: git-lfs's own pre-push hook (``git lfs install`` writes the same), chained behind ours
-#: where git-lfs is configured and would otherwise find our hook and install none
-LFS_PRE_PUSH = """#!/bin/sh
-command -v git-lfs >/dev/null 2>&1 || { printf >&2 "\n%s\n\n" "This repository is \
-configured for Git LFS but 'git-lfs' was not found on your path. If you no longer wish to \
-use Git LFS, remove this hook by deleting the '.git/hooks/pre-push' file."; exit 2; }
-git lfs pre-push "$@"
+def install_hooks(repo: Repo, exe: str | None = None) -> list[str]:
+    """Every hook of ``HOOKS`` (install_hook); returns their paths."""
+    return [install_hook(repo, name, exe) for name in HOOKS]
+
+
+#: the hooks git-lfs installs that theta-zarr also has, and git-lfs's own text for them
+#: (``git lfs install`` writes the same): chained behind ours where git-lfs is configured
+#: and would otherwise find our hook and install none
+LFS_HOOKS = ("pre-push", "post-checkout", "post-merge")
+LFS_HOOK = """#!/bin/sh
+command -v git-lfs >/dev/null 2>&1 || {{ printf >&2 "\\n%s\\n\\n" "This repository is \\
+configured for Git LFS but 'git-lfs' was not found on your path. If you no longer wish to \\
+use Git LFS, remove this hook by deleting the '.git/hooks/{name}' file."; exit 2; }}
+git lfs {name} "$@"
 """
 
 
@@ -153,29 +190,34 @@ def _committed(repo: Repo, folder: str) -> bool:
     return bool(repo.git("ls-files", "-z", "--", os.path.relpath(real, top), check=False))
 
 
-def ensure_pre_push(repo: Repo) -> str | None:
-    """Install the hook when this work tree lacks it (git-lfs installs its hooks from
-    its filter the same way); returns the path when it was installed now.
+def ensure_hooks(repo: Repo) -> list[str]:
+    """Install the hooks this work tree lacks (git-lfs installs its hooks from its filter
+    the same way); returns the names of those installed now.
 
     Raises CommittedHooks, and edits nothing, when the hooks folder holds files git tracks
     (a team's committed ``core.hooksPath``): a filter run by ``git add`` or ``git status``
     must not change tracked files; ``git theta-zarr install``, asked for, writes there."""
-    path = os.path.join(repo.hooks_dir, "pre-push")
-    if repo.bare or _is_ours(path):
-        return None
+    if repo.bare:
+        return []
+    lacking = [n for n in HOOKS if not _is_ours(os.path.join(repo.hooks_dir, n), n)]
+    if not lacking:
+        return []
     if _committed(repo, repo.hooks_dir):
         raise CommittedHooks(
             f"the hooks folder {os.path.relpath(repo.hooks_dir, repo.top)} (core.hooksPath) "
             "is part of the work tree, so theta-zarr does not edit it: 'git push' uploads no "
             "chunks until its pre-push runs theta-zarr's; 'git theta-zarr install' writes "
-            "it there (chaining the hook that is there)")
-    return install_pre_push(repo)
+            "the hooks there (chaining those that are there)")
+    for name in lacking:
+        install_hook(repo, name)
+    return lacking
 
 
-def uninstall_pre_push(repo: Repo) -> None:
-    """Remove our hook and put back the one it chained, if any."""
-    path = os.path.join(repo.hooks_dir, "pre-push")
-    if _is_ours(path):
-        os.unlink(path)
-        if os.path.lexists(path + CHAINED_SUFFIX):
-            os.replace(path + CHAINED_SUFFIX, path)
+def uninstall_hooks(repo: Repo) -> None:
+    """Remove our hooks and put back the ones they chained, if any."""
+    for name in HOOKS:
+        path = os.path.join(repo.hooks_dir, name)
+        if _is_ours(path, name):
+            os.unlink(path)
+            if os.path.lexists(path + CHAINED_SUFFIX):
+                os.replace(path + CHAINED_SUFFIX, path)

@@ -1,0 +1,139 @@
+"""Direct writes a filter process has still to do, recorded so git's hooks can do them.
+
+The filter answers the smudge of a large checkpoint with its manifest and writes the real
+file itself once git is done with its index (git/direct.py).  The filter learns that only
+when git closes the pipe, at its exit; but git runs its ``post-checkout``, ``post-merge``
+and ``post-rewrite`` hooks before it exits, with its index already written, so a user's
+hook (tests run after a checkout, a DVC-style post-checkout) read manifests.
+
+So each direct write is also recorded in ``<git-dir>/theta-zarr/pending/<filter pid>``
+(one JSON line per file: path and the manifest's blob id), and theta-zarr's own hook of
+each of those names (installed by git/hooks.py, run before the hook it chains) writes them
+first, under git's index lock as the filter would (:func:`finish`).  At its exit the filter
+finds those files written and leaves them (``write_files`` skips a file that no longer
+holds its manifest), then removes its record.  A record whose filter no longer runs (a
+kill) is stale and removed unread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..manifest import Manifest, looks_like_manifest
+from .direct import Pending, write_files
+from .index import blob_id
+from .repo import Repo
+
+#: a manifest larger than this is not read back from the work tree (a checkpoint is there)
+MAX_MANIFEST = 256 << 20
+
+
+def record_dir(git_dir: str) -> str:
+    return os.path.join(git_dir, "theta-zarr", "pending")
+
+
+class Record:
+    """This filter process's record of the files it left for a direct write."""
+
+    def __init__(self, git_dir: str, object_format: str = "sha1"):
+        self.path = os.path.join(record_dir(git_dir), str(os.getpid()))
+        self.object_format = object_format
+
+    def add(self, path: str, manifest_bytes: bytes) -> None:
+        """Record one file (appended: one line, written whole)."""
+        line = json.dumps({"path": path,
+                           "blob": blob_id(manifest_bytes, self.object_format)}) + "\n"
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read(repo: Repo, record: str) -> list[Pending]:
+    """The files of one record that still hold the manifest it names."""
+    out = []
+    try:
+        with open(record, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            item = json.loads(line)
+            path, blob = str(item["path"]), str(item["blob"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+        full = os.path.join(repo.top, path)
+        try:
+            if os.path.getsize(full) > MAX_MANIFEST:
+                continue
+            with open(full, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        if looks_like_manifest(data[:64]) and blob_id(data, repo.object_format) == blob:
+            out.append(Pending(path, data, Manifest.from_bytes(data, path)))
+    return out
+
+
+def finish(repo: Repo) -> list[str]:
+    """Write every checkpoint the running filter processes of this work tree left for a
+    direct write; returns the paths written.  Raises what ``write_files`` raises (the
+    files then stay as they are, and the filter tries again at its exit)."""
+    folder = record_dir(repo.git_dir)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    files: dict[str, Pending] = {}
+    done = []
+    for name in names:
+        record = os.path.join(folder, name)
+        if not name.isdigit() or not _alive(int(name)):
+            try:
+                os.unlink(record)
+            except OSError:
+                pass
+            continue
+        for p in _read(repo, record):
+            files[p.path] = p
+        done.append(record)
+    if not files:
+        return []
+    from .. import checkpoint
+    from .push import read_through
+
+    settings = repo.settings()
+    cache = checkpoint.open_cache(settings)
+    objects = None
+    for p in files.values():
+        if checkpoint.missing_chunks(p.manifest, cache):
+            objects = objects or read_through(repo, cache=cache, settings=settings)
+            checkpoint.ensure_local(p.manifest, cache, objects.fetch if objects.has_remote
+                                    else None, source=p.path)
+    written = write_files(repo, list(files.values()), cache, settings.workers)
+    for record in done:
+        try:
+            os.unlink(record)
+        except OSError:
+            pass
+    return written
