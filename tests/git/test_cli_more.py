@@ -68,11 +68,12 @@ def test_untrack_and_uninstall(repo):
     out = repo.tz("untrack", "*.pt").stdout.decode()
     assert 'Untracking "*.pt"' in out
     assert "*.pt" not in repo.tz("track").stdout.decode().split()
-    hook = repo.path / ".git" / "hooks" / "pre-push"
-    assert hook.exists()
+    hooks = repo.path / ".git" / "hooks"
+    names = ("pre-push", "post-checkout", "post-merge", "post-rewrite")
+    assert all((hooks / n).exists() for n in names)
     repo.tz("uninstall")
     assert repo.git("config", "--get", "filter.theta-zarr.process", check=False).returncode == 1
-    assert not hook.exists()
+    assert not any((hooks / n).exists() for n in names)
 
 
 def test_ls_files_takes_folders_and_lists_the_current_folder(repo):
