@@ -230,3 +230,39 @@ def test_bad_config_value_names_the_key(repo, value):
     err = proc.stderr.decode()
     assert proc.returncode != 0 and "theta-zarr-merge.layers.*.density: not a number" in err
     assert "Traceback" not in err
+
+
+def test_merge_models_takes_a_side_for_integer_buffers_by_the_merge_rules(repo):
+    """BatchNorm's num_batches_tracked (int64) differs between fine-tunes: no merge method
+    computes on it, and merge-models refused every such model (its config has one method
+    for every tensor, and the repository's merge rules were not read)."""
+    base = base_model()
+    tunes = {"task-a": tune(base, ["layers.0."], 1), "task-b": tune(base, ["layers.1."], 2)}
+
+    def with_counter(model: dict, n: int) -> dict:
+        t = {k: torch.from_numpy(v.view(np.uint16).copy()).view(torch.bfloat16)
+             for k, v in model.items()}
+        return {**t, "bn.num_batches_tracked": torch.tensor(n, dtype=torch.int64)}
+
+    def save_counted(model: dict, n: int, message: str) -> None:
+        save_file(with_counter(model, n), str(repo.path / "model.safetensors"))
+        repo.git("add", "model.safetensors")
+        repo.git("commit", "-q", "-m", message)
+
+    save_counted(base, 0, "pretrained")
+    for i, (name, model) in enumerate(tunes.items()):
+        repo.git("checkout", "-q", "-b", name, "main")
+        save_counted(model, 100 + i, name)
+    repo.git("checkout", "-q", "main")
+    cfg = repo.path.parent / "merge.yml"
+    cfg.write_text("merge_method: ties\nmodels: [task-a, task-b]\nparameters: {density: 1}\n")
+    proc = repo.tz("merge-models", str(cfg), check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "git config theta-zarr-merge.'GLOB'.strategy base" in err
+    repo.git("config", "theta-zarr-merge.*num_batches_tracked.strategy", "theirs")
+    repo.tz("merge-models", str(cfg))
+    got = load_file(str(repo.path / "model.safetensors"))
+    assert int(got["bn.num_batches_tracked"]) == 101  # the last model's
+    a, b = tunes.values()
+    assert got["layers.0.attn.q.weight"].view(torch.uint16).numpy().tobytes() == \
+        a["layers.0.attn.q.weight"].tobytes()

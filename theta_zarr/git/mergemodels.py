@@ -13,15 +13,17 @@ its message records the config with every revision resolved to a commit id, so
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from ..manifest import Manifest
-from ..merge import merge_models, pick
+from ..merge import MergeError, Rule, StrategyTable, merge_models, pick
 from ..mergeconfig import ConfigError, load_config
-from .drivers import conflict_report, summary_line
+from ..merges import MergeOptions, Strategy, get_strategy
+from .drivers import config_rules, conflict_report, summary_line
 from .push import read_through
 from .repo import GitError, GitInputError, Repo
 from .sides import tracked_by_us
@@ -92,7 +94,7 @@ def merge_models_commit(text: str, source: str, title: str | None,
     ours = set(tracked_by_us(repo, paths))
     objects = read_through(repo)
     workers = repo.settings().workers
-    table = config.table()
+    table = RulesFirst(config_rules(repo), config.table())
     entries: dict[str, TreeEntry] = {}
     for path in paths:
         b, sides = base_tree.get(path), [t.get(path) for t in trees]
@@ -142,13 +144,40 @@ def _merge_file(repo: Repo, path: str, tracked: bool, labels: list[str],
     manifests = [_manifest(repo, s[1], f"{lb}:{path}") for lb, s in zip(labels, present,
                                                                         strict=True)]
     base_m = _manifest(repo, b[1], f"{base[:10]}:{path}") if b is not None else None
-    merged, p = merge_models(base_m, manifests, labels, table, objects, workers, path)
+    try:
+        merged, p = merge_models(base_m, manifests, labels, table, objects, workers, path)
+    except MergeError as e:
+        if "ours, theirs or base" not in str(e):
+            raise
+        raise MergeError(f"{e}; merge-models takes a side by the repository's merge rules: "
+                         "git config theta-zarr-merge.'GLOB'.strategy base (or ours: the "
+                         "first model, theirs: the last)") from None
     if merged is None:
         raise ConfigError(conflict_report(path, p, table)[0].removeprefix("theta-zarr: "))
     oid = repo.git("hash-object", "-w", "--no-filters", "--stdin",
                    input=merged.to_bytes()).decode().strip()
     echo(summary_line(path, p, table))
     return present[0][0], oid
+
+
+class RulesFirst(StrategyTable):
+    """The merge config's method for every tensor, except where a repository merge rule
+    (``theta-zarr-merge.<glob>.strategy``, as the merge driver reads them) names a strategy:
+    a BatchNorm counter (``*num_batches_tracked``, int64) takes ``base`` or ``ours`` while
+    the weights are merged with TIES."""
+
+    def __init__(self, rules: list[Rule], config_table: StrategyTable):
+        super().__init__([r for r in rules if r.strategy is not None])
+        self.config_table = config_table
+
+    def lookup(self, name: str) -> tuple[Strategy, MergeOptions]:
+        matching = [r for r in self.rules if fnmatch.fnmatchcase(name, r.glob)]
+        if not matching:
+            return self.config_table.lookup(name)
+        options = MergeOptions()
+        for r in matching:
+            options = options.over(r.options)
+        return get_strategy(matching[-1].strategy), options  # type: ignore[arg-type]
 
 
 def _ancestor(repo: Repo, commit: str, head: str) -> bool:
