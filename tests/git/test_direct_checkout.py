@@ -341,3 +341,21 @@ def test_a_record_left_by_a_killed_filter_is_dropped(direct):
     (pending / str(dead.pid)).write_text('{"path": "model.safetensors", "blob": "00"}\n')
     direct.run("git-theta-zarr", "post-checkout", "0", "0", "1")
     assert not (pending / str(dead.pid)).exists()
+
+
+def test_an_eol_crlf_line_after_the_track_line_still_checks_out_clean(direct):
+    """``* text=auto eol=crlf`` after the track line overrides ``-text``: git converts the
+    manifest to CRLF before the smudge filter sees it; the direct write then never matched
+    the index's blob, and the file stayed " M" for good (a checkout of another branch was
+    refused)."""
+    with open(direct.path / ".gitattributes", "a") as f:
+        f.write("* text=auto eol=crlf\n")
+    direct.git("add", ".gitattributes")
+    h1 = commit_model(direct, "base")
+    h2 = commit_model(direct, "tuned", tuned=SHAPE.layer_names(1))
+    direct.git("checkout", "-q", "HEAD~1")
+    assert file_sha(direct.path / MODEL) == h1
+    assert direct.out("status", "--porcelain") == ""
+    direct.git("checkout", "-q", "main")
+    assert file_sha(direct.path / MODEL) == h2
+    assert direct.out("status", "--porcelain") == ""

@@ -58,8 +58,14 @@ class Pending:
     """A file git holds as its manifest until theta-zarr writes the real one."""
 
     path: str  # relative to the work tree's top, '/'-separated (git's pathname)
-    data: bytes  # the manifest bytes git wrote there (its blob)
+    data: bytes  # the manifest's bytes as git stores them (its blob)
     manifest: Manifest
+
+    def __post_init__(self) -> None:
+        # git converts a text file's line ends for the work tree *before* the smudge
+        # filter (a later ``* text=auto eol=crlf`` line overrides ``-text``): the manifest
+        # then arrives, and is written, with CRLF; the blob has LF (a manifest never has CR)
+        self.data = self.data.replace(b"\r\n", b"\n")
 
 
 def _tmp_dir_for(cache: Cache, target_dir: str) -> str:
@@ -72,12 +78,16 @@ def _tmp_dir_for(cache: Cache, target_dir: str) -> str:
 
 
 def _holds(full: str, data: bytes) -> bool:
+    """The file holds the manifest ``data`` as git wrote it: as it is, or with CRLF line
+    ends (a later ``* text=auto eol=crlf`` line overrides ``-text``: git converts the
+    manifest's text, while a checkpoint, binary, is left alone)."""
+    crlf = data.replace(b"\n", b"\r\n")
     try:
         st = os.lstat(full)
-        if not stat_.S_ISREG(st.st_mode) or st.st_size != len(data):
+        if not stat_.S_ISREG(st.st_mode) or st.st_size not in (len(data), len(crlf)):
             return False
         with open(full, "rb") as f:
-            return f.read() == data
+            return f.read() in (data, crlf)
     except OSError:
         return False
 

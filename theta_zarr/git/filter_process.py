@@ -316,7 +316,7 @@ class FilterServer:
                 checkpoint.ensure_local(manifest, self.cache, self.fetch, source=path)
             if self._direct(path, manifest):
                 self.pending[path] = Pending(path, data, manifest)
-                self._record().add(path, data)  # git's post-checkout hook may write it
+                self._record().add(path, self.pending[path].data)  # git's hooks may write it
                 self._reply(data)  # git writes the manifest; finish() writes the file
                 return
         except Exception as e:

@@ -90,8 +90,11 @@ def _read(repo: Repo, record: str) -> list[Pending]:
                 data = f.read()
         except OSError:
             continue
-        if looks_like_manifest(data[:64]) and blob_id(data, repo.object_format) == blob:
-            out.append(Pending(path, data, Manifest.from_bytes(data, path)))
+        if not looks_like_manifest(data[:64]):
+            continue
+        p = Pending(path, data, Manifest.from_bytes(data, path))  # LF, as git stores it
+        if blob_id(p.data, repo.object_format) == blob:
+            out.append(p)
     return out
 
 
