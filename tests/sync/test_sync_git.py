@@ -143,6 +143,23 @@ def test_fsck_names_deleted_and_corrupt_objects(repo, tmp_path):
     assert res.returncode == 1 and f"corrupt object {bad}" in res.stdout.decode()
 
 
+def test_fsck_says_when_the_remote_behind_the_cache_cannot_be_reached(repo, tmp_path):
+    """An object the cache lacks is looked up on the remote; a remote that is gone was
+    silent, and every such object was "missing in cache or remote"."""
+    case = _pushed_model(repo, tmp_path, "m")
+    repo.tz("remote", "add", "origin", case.url)
+    cached = sorted(repo.objects_dir.rglob("*"))
+    victim = next(p for p in cached if p.is_file())
+    os.chmod(victim, 0o644)
+    victim.unlink()
+    assert "ok:" in repo.tz("fsck").stdout.decode()  # the remote has it
+    os.rename(case.url, case.url + ".moved")
+    res = repo.tz("fsck", check=False)
+    assert res.returncode == 1
+    err = res.stderr.decode()
+    assert "cannot reach remote 'origin'" in err and "reported as missing" in err, err
+
+
 def _spec(case: Case):
     from theta_zarr.remote import RemoteSpec
 

@@ -336,10 +336,12 @@ def register(main: click.Group) -> None:
     def fsck(remote_name: str | None) -> None:
         """Find missing or corrupt objects reachable from git refs, reflogs, stashes, index."""
         from .. import checkpoint, gc
+        from ..errors import one_line
         from ..git.reachability import git_roots
         from ..git.remotes import require, resolve
         from ..git.repo import Repo
         from ..remote import open_remote
+        from ..storage import StorageError
         from ..sync import SyncRemote
 
         repo = Repo.discover()
@@ -357,6 +359,13 @@ def register(main: click.Group) -> None:
         else:
             spec = resolve(repo)
             fallback = open_remote(spec, settings.concurrency) if spec else None
+            if fallback is not None:
+                try:
+                    fallback.check_root()
+                except StorageError as e:  # what the cache lacks cannot be looked up there
+                    say(f"cannot reach remote {spec.name!r} ({one_line(e)}): objects the "
+                        "cache lacks are reported as missing")
+                    fallback = None
             problems += gc.check_objects(cache, roots, fallback)
             problems += gc.check_stored(cache, set(roots.chunks))
         for line in problems:
