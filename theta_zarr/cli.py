@@ -367,15 +367,10 @@ def _finish_pending(args: tuple[str, ...]) -> None:
     """Run by the post-checkout, post-merge and post-rewrite hooks (git's index is written,
     git has not exited): write the checkpoints the filter left for a direct write, so the
     hooks that run next, and the user, see them (git/pending.py)."""
-    from .errors import one_line
     from .git import pending
     from .git.repo import Repo
 
-    try:
-        pending.finish(Repo.discover())
-    except Exception as e:  # the filter tries again when git exits, and reports then
-        click.echo(f"theta-zarr: {one_line(e)}; the filter writes these files when git "
-                   "exits", err=True)
+    pending.finish(Repo.discover())  # a failure: one line naming the files left lazy
 
 
 for _hook in ("post-checkout", "post-merge", "post-rewrite"):

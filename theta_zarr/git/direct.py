@@ -30,18 +30,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import stat as stat_
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
-from ..cache import Cache
+from .. import checkpoint
+from ..cache import Cache, QuarantinedError
 from ..filewriter import write_checkpoint
 from ..manifest import Manifest
+from ..objects import ObjectError
 from .index import GitIndex, IndexUnsupported, Stat, blob_id
 from .repo import Repo
 from .statcache import StatCache
+
+log = logging.getLogger(__name__)
+
+#: how many times a direct write fetches good copies of corrupt cache objects and tries again
+REPAIRS = 3
 
 #: git commands that smudge into the working tree (the parent of the filter process).
 #: Anything else (archive, cat-file --filters, checkout-index --temp/--prefix, or a
@@ -183,3 +192,37 @@ def checkout_through_git(repo: Repo, path: str, data: bytes) -> None:
         with open(full, "wb") as f:
             f.write(data)
         raise
+
+
+def write_repairing(repo: Repo, files: list[Pending], cache: Cache, workers: int,
+                    find_fetch: Callable[[], checkpoint.Fetcher | None],
+                    index: GitIndex | None = None) -> None:
+    """``write_files``; where the index cannot be rewritten safely, git writes the files
+    through its pipe (``checkout-index``), as it would have; a corrupt cache object (moved
+    aside) is fetched again from the remote (``find_fetch()``, asked only then: a checkout
+    the cache serves looks up no remote) and the files written again (each attempt finds
+    at least one more bad object).  Raises ObjectError when no good copy can be had, and
+    what ``write_files`` raises otherwise."""
+    for attempt in range(REPAIRS + 1):
+        try:
+            write_files(repo, files, cache, workers, index)
+            return
+        except IndexUnsupported:
+            for p in files:
+                checkout_through_git(repo, p.path, p.data)
+            return
+        except QuarantinedError as e:
+            fetch = find_fetch()
+            if fetch is None or attempt == REPAIRS:
+                why = "no remote to fetch a good copy from" if fetch is None else \
+                    "the remote had no good copy either"
+                raise ObjectError(f"{e}; {why}; restore the chunk") from None
+            for p in files:
+                checkpoint.ensure_local(p.manifest, cache, fetch, source=p.path)
+            log.warning("%s; fetched a good copy again", e)
+
+
+def lazy_note(paths: list[str]) -> str:
+    """What a failed direct write adds to its error line."""
+    return f"; left as manifests (lazy files): {', '.join(paths)}; then run " \
+        "'git theta-zarr materialize'" if paths else ""

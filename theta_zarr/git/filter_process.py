@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from .. import checkpoint, interrupts, lfs, progress
-from ..cache import QuarantinedError
 from ..errors import one_line, opaque_note
 from ..logs import setup_logging
 from ..manifest import (
@@ -29,10 +28,9 @@ from ..manifest import (
     looks_like_manifest,
     looks_like_summary,
 )
-from ..objects import ObjectError
 from ..settings import Settings
 from . import lfs as git_lfs
-from .direct import WORKTREE_COMMANDS, Pending, checkout_through_git, write_files
+from .direct import WORKTREE_COMMANDS, Pending, lazy_note, write_repairing
 from .hooks import CommittedHooks, ensure_hooks
 from .index import GitIndex, IndexUnsupported
 from .pending import Record
@@ -43,9 +41,6 @@ from .statcache import StatCache, stat_key
 
 #: set to 1 by ``migrate``: clean converts a file the index holds as a git-lfs pointer
 CONVERT_LFS_ENV = "GIT_THETA_ZARR_CONVERT_LFS"
-#: rounds of "fetch a good copy of the corrupt objects found, write again" in a direct write
-REPAIRS = 3
-
 log = logging.getLogger(__name__)
 
 
@@ -398,27 +393,15 @@ class FilterServer:
         return self.record
 
     def _write_pending(self, files: list[Pending]) -> None:
+        # files git's post-checkout (post-merge, post-rewrite) hook took over are the
+        # hook's: it removed them from the record, and reported any failure
+        recorded = self._record().paths()
+        files = [p for p in files if p.path in recorded]
         self.unwritten = [p.path for p in files]
         interrupts.install(lambda: "; files not written yet stay lazy (run 'git theta-zarr "
                            f"materialize'): {', '.join(self.unwritten)}")
-        for attempt in range(REPAIRS + 1):
-            try:
-                write_files(self.repo, files, self.cache, self.settings.workers, self.index)
-                break
-            except IndexUnsupported:
-                for p in files:
-                    checkout_through_git(self.repo, p.path, p.data)
-                break
-            except QuarantinedError as e:
-                # a corrupt cache object, moved aside: a good copy from the remote, then the
-                # files again (each attempt finds at least one more bad object)
-                if self.fetch is None or attempt == REPAIRS:
-                    why = "no remote to fetch a good copy from" if self.fetch is None else \
-                        "the remote had no good copy either"
-                    raise ObjectError(f"{e}; {why}; restore the chunk") from None
-                for p in files:
-                    checkpoint.ensure_local(p.manifest, self.cache, self.fetch, source=p.path)
-                log.warning("%s; fetched a good copy again", e)
+        write_repairing(self.repo, files, self.cache, self.settings.workers,
+                        lambda: self.fetch, self.index)
         self.unwritten = []
 
 
@@ -542,8 +525,6 @@ def main(stdin: BinaryIO, stdout: BinaryIO) -> int:
     try:
         server.finish()
     except Exception as e:
-        lazy = f"; left as manifests (lazy files): {', '.join(server.unwritten)}; then run " \
-               "'git theta-zarr materialize'" if server.unwritten else ""
-        print(f"theta-zarr: {one_line(e)}{lazy}", file=sys.stderr)
+        print(f"theta-zarr: {one_line(e)}{lazy_note(server.unwritten)}", file=sys.stderr)
         return 1
     return 0

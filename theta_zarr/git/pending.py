@@ -17,11 +17,13 @@ kill) is stale and removed unread.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 
 from ..manifest import Manifest, looks_like_manifest
-from .direct import Pending, write_files
+from .direct import Pending, lazy_note, write_repairing
 from .index import blob_id
 from .repo import Repo
 
@@ -50,6 +52,20 @@ class Record:
             os.write(fd, line.encode())
         finally:
             os.close(fd)
+
+    def paths(self) -> set[str]:
+        """The paths recorded and not yet taken over by a hook (none once it removed the
+        record)."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return set()
+        out = set()
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                out.add(str(json.loads(line)["path"]))
+        return out
 
     def remove(self) -> None:
         try:
@@ -100,43 +116,41 @@ def _read(repo: Repo, record: str) -> list[Pending]:
 
 def finish(repo: Repo) -> list[str]:
     """Write every checkpoint the running filter processes of this work tree left for a
-    direct write; returns the paths written.  Raises what ``write_files`` raises (the
-    files then stay as they are, and the filter tries again at its exit)."""
+    direct write; returns the paths written.  Each record read is removed, written or not:
+    its files are this hook's now, and a failure is reported here, in one line naming the
+    files left lazy (ValueError), not again by the filter."""
     folder = record_dir(repo.git_dir)
     try:
         names = sorted(os.listdir(folder))
     except OSError:
         return []
     files: dict[str, Pending] = {}
-    done = []
     for name in names:
         record = os.path.join(folder, name)
-        if not name.isdigit() or not _alive(int(name)):
-            try:
-                os.unlink(record)
-            except OSError:
-                pass
-            continue
-        for p in _read(repo, record):
-            files[p.path] = p
-        done.append(record)
+        if name.isdigit() and _alive(int(name)):
+            for p in _read(repo, record):
+                files[p.path] = p
+        with contextlib.suppress(OSError):
+            os.unlink(record)  # taken (or stale: its filter no longer runs)
     if not files:
         return []
     from .. import checkpoint
+    from ..errors import one_line
     from .push import read_through
 
-    settings = repo.settings()
-    cache = checkpoint.open_cache(settings)
-    objects = None
-    for p in files.values():
-        if checkpoint.missing_chunks(p.manifest, cache):
-            objects = objects or read_through(repo, cache=cache, settings=settings)
-            checkpoint.ensure_local(p.manifest, cache, objects.fetch if objects.has_remote
-                                    else None, source=p.path)
-    written = write_files(repo, list(files.values()), cache, settings.workers)
-    for record in done:
-        try:
-            os.unlink(record)
-        except OSError:
-            pass
-    return written
+    try:
+        settings = repo.settings()
+        cache = checkpoint.open_cache(settings)
+
+        @functools.cache
+        def find_fetch() -> checkpoint.Fetcher | None:  # the remote only when needed
+            objects = read_through(repo, cache=cache, settings=settings)
+            return objects.fetch if objects.has_remote else None
+
+        for p in files.values():
+            if checkpoint.missing_chunks(p.manifest, cache):
+                checkpoint.ensure_local(p.manifest, cache, find_fetch(), source=p.path)
+        write_repairing(repo, list(files.values()), cache, settings.workers, find_fetch)
+    except Exception as e:
+        raise ValueError(f"{one_line(e)}{lazy_note(sorted(files))}") from None
+    return sorted(files)
