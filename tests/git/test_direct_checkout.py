@@ -359,3 +359,29 @@ def test_an_eol_crlf_line_after_the_track_line_still_checks_out_clean(direct):
     direct.git("checkout", "-q", "main")
     assert file_sha(direct.path / MODEL) == h2
     assert direct.out("status", "--porcelain") == ""
+
+
+def test_the_hook_asks_the_running_filter_to_write_no_second_process(direct, tmp_path):
+    """theta-zarr's post-checkout hook signals the filter process git still runs (it is
+    idle while git runs hooks) instead of starting theta-zarr again (0.2 s of start-up on
+    every large checkout): the hook's own theta-zarr never starts, yet the user's hook
+    that follows sees the checkpoint."""
+    from theta_zarr.git.hooks import hook_text
+
+    h1 = commit_model(direct, "base")
+    direct.git("branch", "old")
+    commit_model(direct, "tuned", tuned=SHAPE.layer_names(1))
+    started = tmp_path / "started.log"
+    wrapper = tmp_path / "tz-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {started}\nexec git-theta-zarr "$@"\n')
+    wrapper.chmod(0o755)
+    hooks = direct.path / ".git" / "hooks"
+    (hooks / "post-checkout").write_text(hook_text("post-checkout", str(wrapper)))
+    log = tmp_path / "hook.log"
+    user = hooks / "post-checkout.theta-zarr-chained"
+    user.write_text(USER_HOOK.format(log=log, model=MODEL, name="post-checkout"))
+    user.chmod(0o755)
+    direct.git("checkout", "-q", "old")
+    assert log.read_text().splitlines()[-1] == f"post-checkout {h1}"
+    assert not started.exists()  # the filter wrote the file, on the hook's signal
+    assert_clean_without_filter(direct)

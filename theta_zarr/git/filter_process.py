@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -386,6 +387,18 @@ class FilterServer:
         finally:
             self._record().remove()
 
+    def on_hook(self, signum: int, frame: object) -> None:
+        """SIGUSR1 from theta-zarr's post-checkout (post-merge, post-rewrite) hook: git has
+        written its index and waits for its hooks, so the pending files are written now,
+        and the record removed (the hook waits for that).  git sends no request meanwhile:
+        this process is idle, blocked reading the pipe.  A failure is said here, once."""
+        try:
+            self.finish()
+        except Exception as e:
+            print(f"theta-zarr: {one_line(e)}{lazy_note(self.unwritten)}", file=sys.stderr,
+                  flush=True)
+            self.unwritten = []
+
     def _record(self) -> Record:
         if self.record is None:
             assert self.repo is not None
@@ -511,6 +524,8 @@ def main(stdin: BinaryIO, stdout: BinaryIO) -> int:
     """
     server = _start(stdin, stdout)
     try:
+        if server.direct and hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, server.on_hook)
         server.serve()
     except EOFError:  # git went away in the middle of a request: killed, or interrupted
         print("theta-zarr: git closed the filter pipe in the middle of a request (git was "

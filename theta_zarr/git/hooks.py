@@ -83,12 +83,23 @@ def hook_text(name: str = "pre-push", exe: str | None = None) -> str:
 
 
 RUN_PRE_PUSH = """printf '%s\\n' "$input" | "$tz" pre-push "$@" || exit $?"""
-#: theta-zarr starts only when a filter left files for a direct write (a record exists):
-#: a checkout of small files pays one ``git rev-parse``, not Python's start-up
+#: Only where a filter left files for a direct write (a record exists): its filter process,
+#: still running and idle while git runs hooks, is asked to write them now (SIGUSR1, once
+#: /proc shows the pid is a theta-zarr filter) and the hook waits until the record is gone:
+#: a few milliseconds, not Python's start-up.  Without /proc (or for a record whose filter
+#: is gone), ``git-theta-zarr {name}`` writes them itself (git/pending.py).
 RUN_AFTER_CHECKOUT = """gd=$(git rev-parse --git-dir 2>/dev/null) || gd=
-if [ -n "$gd" ] && [ -n "$(ls -A "$gd/theta-zarr/pending" 2>/dev/null)" ]; then
-  "$tz" {name} "$@" </dev/null || exit $?
-fi"""
+for rec in "$gd"/theta-zarr/pending/*; do
+  [ -n "$gd" ] && [ -f "$rec" ] || continue
+  pid=${{rec##*/}}
+  if [ -r "/proc/$pid/cmdline" ] && tr '\\000' ' ' < "/proc/$pid/cmdline" 2>/dev/null |
+      grep -q 'theta-zarr.* filter-process' && kill -USR1 "$pid" 2>/dev/null; then
+    while [ -f "$rec" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.01 2>/dev/null || sleep 1; done
+  else
+    "$tz" {name} "$@" </dev/null || exit $?
+    break
+  fi
+done"""
 
 
 def _is_ours(path: str, name: str) -> bool:
