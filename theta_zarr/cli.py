@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from .commands.options import check_output, remote_options
-from .commands.reporting import OneLineGroup, fail, human, reports_errors, say
+from .commands.reporting import OneLineGroup, fail, human, quote_path, reports_errors, say
 from .logs import setup_logging
 from .redact import redact
 
@@ -219,9 +219,10 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
         if r["format"] is None:
             why = "empty file, kept as it is" if r["bytes"] == 0 else \
                 f"not a manifest: {human(r['bytes'])} committed before it was tracked"
-            click.echo(f"{r['path']}  ({why})")
+            click.echo(f"{quote_path(r['path'])}  ({why})")
             continue
-        click.echo(f"{r['path']}  {r['format']}  {r['params']} params  {human(r['bytes'])}  "
+        click.echo(f"{quote_path(r['path'])}  {r['format']}  {r['params']} params  "
+                   f"{human(r['bytes'])}  "
                    f"{r['chunks']} chunks  {r['cached']}/{r['objects']} objects cached  "
                    f"{r['worktree']}")
         for p in r.get("parameters", []):

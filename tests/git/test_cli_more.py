@@ -108,3 +108,20 @@ def test_track_in_a_subfolder_writes_the_pattern_from_the_top(repo):
                                            "x/y.ckpt: filter: theta-zarr"]
     out = run(["git", "theta-zarr", "untrack", "ckpt/*.safetensors"]).stdout.decode()
     assert 'Untracking "exp1/ckpt/*.safetensors"' in out
+
+
+def test_ls_files_quotes_a_path_with_a_newline_as_git_does(repo):
+    """One line per file: a name with a newline was printed raw, over two lines."""
+    name = "run\n1.safetensors"
+    safetensors.numpy.save_file({"w": np.zeros(8, np.float32)}, str(repo.path / name))
+    repo.git("add", "-A")
+    lines = repo.tz("ls-files").stdout.decode().splitlines()
+    assert any(ln.startswith('"run\\n1.safetensors"  safetensors') for ln in lines), lines
+    assert repo.git("ls-files").stdout.decode().count('"run\\n1.safetensors"') == 1
+
+
+def test_quote_path_follows_git():
+    from theta_zarr.commands.reporting import quote_path
+
+    assert quote_path("plain é.pt") == "plain é.pt"
+    assert quote_path('a"b\\c\t\x01.pt') == '"a\\"b\\\\c\\t\\001.pt"'

@@ -87,6 +87,21 @@ def reports_errors(fn: Callable[..., Any] | None = None, *, broken_pipe: int = 1
     return wrapper
 
 
+_C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
+              "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+
+
+def quote_path(path: str) -> str:
+    """A path as git lists it (``quote_c_style``): in double quotes with C escapes when it
+    holds a control character, a double quote or a backslash, so one line is one path;
+    other paths, non-ASCII ones included, as they are."""
+    if not any(c in _C_ESCAPES or ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return path
+    body = "".join(_C_ESCAPES.get(c) or (f"\\{ord(c):03o}" if ord(c) < 0x20 or ord(c) == 0x7F
+                                         else c) for c in path)
+    return f'"{body}"'
+
+
 def human(n: float) -> str:
     """A byte count for people: ``512 B``, ``1.5 KiB``, ``3.2 GiB`` (binary units)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
