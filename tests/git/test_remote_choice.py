@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from conftest import GitRepo
 from test_remotes import SHAPE
@@ -10,6 +11,15 @@ from test_remotes import SHAPE
 from theta_zarr.demo import write_model
 from theta_zarr.manifest import Manifest
 from theta_zarr.remote import RemoteSpec, open_remote
+
+
+def _origin(repo: GitRepo, tmp_path) -> Path:
+    """A bare repository at tmp_path/origin.git, added to ``repo`` as git remote origin."""
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
+                   env=repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    return bare
 
 
 def _commit(r: GitRepo, seed: int) -> Manifest:
@@ -20,10 +30,7 @@ def _commit(r: GitRepo, seed: int) -> Manifest:
 
 
 def test_unrelated_folder_remote_does_not_take_origins_pushes(repo, tmp_path):
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
-                   env=repo.env)
-    repo.git("remote", "add", "origin", str(bare))
+    bare = _origin(repo, tmp_path)
     repo.tz("remote", "add", "backup", str(tmp_path / "backup"))
     m = _commit(repo, 0)
     err = repo.git("push", "-q", "origin", "main").stderr.decode()
@@ -68,10 +75,7 @@ def test_push_line_says_when_the_only_theta_remote_is_used(repo, tmp_path):
 
 def test_gc_remote_refuses_a_stale_view_of_the_git_remote(repo, make_repo, tmp_path):
     """Clone B pushed commits A has not fetched: A's gc --remote must not collect B's chunks."""
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
-                   env=repo.env)
-    repo.git("remote", "add", "origin", str(bare))
+    bare = _origin(repo, tmp_path)
     _commit(repo, 0)
     repo.git("push", "-q", "origin", "main")
     b = make_repo("b")
@@ -94,10 +98,7 @@ def test_gc_remote_refuses_a_stale_view_of_the_git_remote(repo, make_repo, tmp_p
 def test_a_new_theta_remote_for_a_git_remote_with_commits_says_to_copy_them(repo, tmp_path):
     """git push sends the chunks of the commits it pushes, as git-lfs does: commits the
     git remote already had never reached the new store, silently, and clones failed."""
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
-                   env=repo.env)
-    repo.git("remote", "add", "origin", str(bare))
+    _origin(repo, tmp_path)
     m = _commit(repo, 0)
     repo.git("push", "-q", "origin", "main")
     store = tmp_path / "store"
@@ -165,10 +166,7 @@ def test_a_clone_of_a_local_work_tree_reads_and_pushes_its_object_cache(repo, ma
 
 def test_a_tag_of_a_tree_or_a_blob_is_pushed(repo, tmp_path):
     """``git push origin HEAD^{tree}:refs/tags/t``: the hook refused ("not a commit")."""
-    bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
-                   env=repo.env)
-    repo.git("remote", "add", "origin", str(bare))
+    bare = _origin(repo, tmp_path)
     m = _commit(repo, 0)
     repo.git("push", "-q", "origin", "HEAD^{tree}:refs/tags/tree")
     repo.git("push", "-q", "origin", "HEAD:m.safetensors:refs/tags/blob")
