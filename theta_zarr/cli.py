@@ -207,9 +207,13 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
             "objects": len(digests), "cached": cached, "worktree": state,
         }
         if show_params:
+            from .formats import transposed
+
+            flipped = transposed(m)  # shapes as a reader gets them (Fortran-ordered .npy)
             row["parameters"] = [
-                {"name": n, "shape": list(e.shape), "dtype": e.dtype, "bytes": e.nbytes,
-                 "chunks": len(e.chunks), "inline": e.is_inline}
+                {"name": n, "shape": list(e.shape)[::-1] if n in flipped else list(e.shape),
+                 "dtype": e.dtype, "bytes": e.nbytes, "chunks": len(e.chunks),
+                 "inline": e.is_inline}
                 for n, e in m.params.items()]
         rows.append(row)
     if as_json:

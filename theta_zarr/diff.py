@@ -23,6 +23,7 @@ import numpy as np
 from .chunkreader import ordered_map
 from .dtypes import DType, by_name
 from .foreign import Foreign, Side
+from .formats import transposed
 from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
@@ -50,6 +51,9 @@ class ParamDiff:
     rel_change: float | None = None
     max_abs: float | None = None
     norm_scope: str | None = None  # "changed-chunks" | "tensor"
+    #: the same values may be stored in the other order (a .npy saved C-ordered, then in
+    #: Fortran order): shapes are the reader's; values are not compared element by element
+    relaid: bool = False
 
 
 
@@ -135,8 +139,10 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
             for k, v in d.items()}
 
 
-def _geom(e: ParamEntry) -> dict[str, Any]:
-    return {"shape": list(e.shape), "dtype": e.dtype}
+def _geom(e: ParamEntry, transposed: bool = False) -> dict[str, Any]:
+    """Shape and dtype as a reader gets them (a transposed parameter: reversed)."""
+    shape = list(e.shape)
+    return {"shape": shape[::-1] if transposed else shape, "dtype": e.dtype}
 
 
 def describe(manifest: Manifest) -> dict[str, Any]:
@@ -196,22 +202,30 @@ def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
     out = FileDiff(path, old, new, old_foreign=old_foreign, new_foreign=new_foreign)
     if old is not None and new is not None and old.format_name == new.format_name:
         out.other = other_changes(old, new)
+    ta, tb = transposed(old), transposed(new)
     for name in [*a, *(n for n in b if n not in a)]:
         ea, eb = a.get(name), b.get(name)
         if ea == eb:
             out.unchanged += 1
         elif eb is None:
             assert ea is not None
-            out.params.append(ParamDiff(name, "removed", _geom(ea), None))
+            out.params.append(ParamDiff(name, "removed", _geom(ea, name in ta), None))
         elif ea is None:
-            out.params.append(ParamDiff(name, "added", None, _geom(eb)))
-        elif ea.shape != eb.shape or ea.dtype != eb.dtype:
-            out.params.append(ParamDiff(name, "reshaped", _geom(ea), _geom(eb)))
+            out.params.append(ParamDiff(name, "added", None, _geom(eb, name in tb)))
+        elif _geom(ea, name in ta) != _geom(eb, name in tb):
+            out.params.append(ParamDiff(name, "reshaped", _geom(ea, name in ta),
+                                        _geom(eb, name in tb)))
+        elif (name in ta) != (name in tb):  # the same shape, stored in the other order
+            n = len(chunk_keys(eb))
+            out.params.append(ParamDiff(name, "changed", _geom(ea, name in ta),
+                                        _geom(eb, name in tb), chunks=n, chunks_changed=n,
+                                        numel=math.prod(eb.shape), relaid=True))
         else:
             ka, kb = chunk_keys(ea), chunk_keys(eb)
             same_chunking = ea.chunk_shape == eb.chunk_shape
             k = sum(x != y for x, y in zip(ka, kb, strict=True)) if same_chunking else len(kb)
-            out.params.append(ParamDiff(name, "changed", _geom(ea), _geom(eb), chunks=len(kb),
+            out.params.append(ParamDiff(name, "changed", _geom(ea, name in ta),
+                                        _geom(eb, name in tb), chunks=len(kb),
                                         chunks_changed=k, numel=math.prod(eb.shape)))
     return out
 
@@ -304,7 +318,7 @@ def compute(fd: FileDiff, objects: Any, workers: int = 4, full_norm: bool = Fals
     one pool in one ordered stream, so a checkpoint of 10^5 one-chunk parameters reads
     ahead across parameters instead of waiting on each.
     """
-    changed = [p for p in fd.params if p.status == "changed"]
+    changed = [p for p in fd.params if p.status == "changed" and not p.relaid]
     if not changed:
         return fd
     assert fd.old is not None and fd.new is not None
@@ -472,7 +486,9 @@ def format_text(fd: FileDiff) -> list[str]:
             lines.append(f"  ! {p.name:<{width}}  {_shape(p.old)} -> {_shape(p.new)}")
         else:
             text = f"  ~ {p.name:<{width}}  {_shape(p.new)}  chunks {p.chunks_changed}/{p.chunks}"
-            if p.l2 is not None:
+            if p.relaid:
+                text += "  stored in the other order now (C <-> Fortran); values not compared"
+            elif p.l2 is not None:
                 frac = "n/a" if p.fraction_changed is None else _percent(p.fraction_changed)
                 scope = "" if p.norm_scope == "tensor" else " (of changed chunks)"
                 text += (f"  |B-A| {_num(p.l2)}  rel {_num(p.rel_change)}{scope}  "
@@ -513,10 +529,11 @@ def textconv_lines(manifest: Manifest) -> Iterable[str]:
     """The stable summary git shows for a checkpoint: one line per parameter, name order."""
     yield (f"# theta-zarr {manifest.format_name} checkpoint: {len(manifest.params)} parameters, "
            f"{manifest.nbytes} bytes")
+    flipped = transposed(manifest)  # shapes as a reader gets them
     for name in sorted(manifest.params):
         e = manifest.params[name]
         where = "inline" if e.is_inline else f"{len(e.chunks)} chunks"
-        yield f"{name} {e.dtype}{list(e.shape)} {where} {short_digest(e)}"
+        yield f"{name} {_shape(_geom(e, name in flipped))} {where} {short_digest(e)}"
     for key, value in sorted(describe(manifest).items()):
         yield f"@ {key} = {show_value(value)}"
 

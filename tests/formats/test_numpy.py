@@ -195,3 +195,29 @@ def npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)
     return buf.getvalue()
+
+
+def test_a_fortran_ordered_array_is_described_by_its_own_shape(tmp_path):
+    """Stored as its C-ordered transpose, a Fortran-ordered array was shown as reversed
+    (5, 3) by diff, ls-files and textconv; the same values saved C-ordered, then
+    Fortran-ordered, diffed as "reshaped"."""
+    from theta_zarr.diff import diff, format_text, textconv_lines
+    from theta_zarr.remote import ReadThrough
+
+    a = np.arange(15, dtype="<f4").reshape(3, 5)
+    buf_c, buf_f = io.BytesIO(), io.BytesIO()
+    np.save(buf_c, a)
+    np.save(buf_f, np.asfortranarray(a))
+    mc = clean(buf_c.getvalue(), tmp_path, name="a.npy")
+    mf = clean(buf_f.getvalue(), tmp_path, name="a.npy")
+    assert tuple(mf.params["array"].shape) == (5, 3)  # as stored
+    assert "array float32[3, 5]" in "\n".join(textconv_lines(mf))
+    store = ReadThrough(checkpoint.open_cache(settings(tmp_path)), None)
+    fd = diff(mc, mf, store, "a.npy")
+    (p,) = fd.params
+    assert (p.status, p.old["shape"], p.new["shape"], p.relaid) == ("changed", [3, 5], [3, 5],
+                                                                    True)
+    assert p.l2 is None  # not compared in the wrong element order
+    text = "\n".join(format_text(fd))
+    assert "stored in the other order now (C <-> Fortran)" in text
+    assert "fortran_order: false -> true" in text

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..manifest import Manifest
 
 __all__ = ["Format", "FormatError", "NotWeights", "Source", "TensorView", "all_formats",
-           "detect", "get_format", "tensor_views", "view_json"]
+           "detect", "get_format", "tensor_views", "transposed", "view_json"]
 
 ENTRY_POINT_GROUP = "theta_zarr.formats"
 
@@ -101,3 +101,19 @@ def tensor_views(manifest: Manifest) -> dict[str, TensorView]:
                 TensorView(v["param"], v.get("dtype"), view[0], tuple(view[1]), tuple(view[2]))
         return out
     return get_format(manifest.format_name).tensors(fmt, manifest.params)
+
+
+def transposed(m: Manifest | None) -> set[str]:
+    """Parameters the file holds transposed (a Fortran-ordered ``.npy`` array is stored as
+    its C-ordered transpose; a reader gets the reversed shape), as its plug-in says
+    (``Format.tensors``; plug-ins that keep the default have none)."""
+    if m is None:
+        return set()
+    try:
+        fmt = get_format(m.format_name)
+    except FormatError:
+        return set()
+    if type(fmt).tensors is Format.tensors:
+        return set()
+    return {n for n, v in fmt.tensors(m.format, m.params).items()
+            if n in m.params and v.is_transpose_of(tuple(m.params[n].shape))}
