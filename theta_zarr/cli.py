@@ -369,7 +369,7 @@ def pre_push_cmd(remote_name: str, url: str | None) -> None:
 
 
 def _finish_pending(args: tuple[str, ...]) -> None:
-    """Run by the post-checkout, post-merge and post-rewrite hooks (git's index is written,
+    """Run by the post-checkout and post-merge hooks (git's index is written,
     git has not exited): write the checkpoints the filter left for a direct write, so the
     hooks that run next, and the user, see them (git/pending.py)."""
     from .git import pending
@@ -378,7 +378,7 @@ def _finish_pending(args: tuple[str, ...]) -> None:
     pending.finish(Repo.discover())  # a failure: one line naming the files left lazy
 
 
-for _hook in ("post-checkout", "post-merge", "post-rewrite"):
+for _hook in ("post-checkout", "post-merge"):
     main.command(_hook, hidden=True, context_settings={"ignore_unknown_options": True})(
         click.argument("args", nargs=-1)(reports_errors(_finish_pending)))
 

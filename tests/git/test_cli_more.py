@@ -69,7 +69,7 @@ def test_untrack_and_uninstall(repo):
     assert 'Untracking "*.pt"' in out
     assert "*.pt" not in repo.tz("track").stdout.decode().split()
     hooks = repo.path / ".git" / "hooks"
-    names = ("pre-push", "post-checkout", "post-merge", "post-rewrite")
+    names = ("pre-push", "post-checkout", "post-merge")
     assert all((hooks / n).exists() for n in names)
     repo.tz("uninstall")
     assert repo.git("config", "--get", "filter.theta-zarr.process", check=False).returncode == 1

@@ -385,3 +385,72 @@ def test_the_hook_asks_the_running_filter_to_write_no_second_process(direct, tmp
     assert log.read_text().splitlines()[-1] == f"post-checkout {h1}"
     assert not started.exists()  # the filter wrote the file, on the hook's signal
     assert_clean_without_filter(direct)
+
+
+@pytest.mark.parametrize("changes", ["topic", "main"])
+def test_a_rebase_over_a_changed_checkpoint_completes_clean(direct, changes):
+    """rebase runs post-checkout when it has checked out <onto> and goes on with the index
+    it holds in memory: the hook's write behind its back made the next pick refuse the
+    file as a local change, or left the stale entry behind (` M` for good)."""
+    commit_model(direct, "base")
+    direct.git("checkout", "-q", "-b", "topic")
+    if changes == "topic":
+        h = commit_model(direct, "topic tunes", tuned=SHAPE.layer_names(1))
+    else:
+        (direct.path / "notes.txt").write_text("notes\n")
+        direct.git("add", "notes.txt")
+        direct.git("commit", "-q", "-m", "topic: notes")
+    direct.git("checkout", "-q", "main")
+    if changes == "main":
+        h = commit_model(direct, "main tunes", tuned=SHAPE.layer_names(2))
+    else:
+        (direct.path / "README").write_text("x\n")
+        direct.git("add", "README")
+        direct.git("commit", "-q", "-m", "main: readme")
+    direct.git("checkout", "-q", "topic")
+    direct.git("rebase", "-q", "main")
+    assert file_sha(direct.path / MODEL) == h
+    assert direct.out("status", "--porcelain") == ""
+    direct.git("checkout", "-q", "main~1")  # not refused as a local change
+
+
+def test_a_record_whose_pid_is_another_work_trees_filter_is_not_signalled(direct,
+                                                                          make_repo):
+    """A stale record whose pid now names another repository's theta-zarr filter: the
+    hook signalled it (and SIGUSR1 killed a filter with nothing to write)."""
+    commit_model(direct, "base")
+    other = make_repo("other")
+    other.git("init", "-q", "-b", "main")
+    proc = subprocess.Popen(["git-theta-zarr", "filter-process"], cwd=other.path,
+                            env=other.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        pending = direct.path / ".git" / "theta-zarr" / "pending"
+        pending.mkdir(parents=True, exist_ok=True)
+        (pending / str(proc.pid)).write_text('{"path": "model.safetensors", "blob": "0"}\n')
+        direct.git("checkout", "-q", "-b", "x")  # runs post-checkout
+        assert proc.poll() is None  # still alive: not signalled
+        assert not (pending / str(proc.pid)).exists()  # dropped as stale
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_record_of_a_filter_killed_but_not_yet_reaped_does_not_hang_the_hook(direct):
+    """git reaps its filter only at exit: a filter killed meanwhile is a zombie, which
+    `kill -0` still finds; the hook waited for its record forever."""
+    commit_model(direct, "base")
+    proc = subprocess.Popen(["git-theta-zarr", "filter-process"], cwd=direct.path,
+                            env=direct.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        proc.send_signal(signal.SIGKILL)
+        time.sleep(0.5)  # dead, not reaped: a zombie (the pid stays ours until wait())
+        pending = direct.path / ".git" / "theta-zarr" / "pending"
+        pending.mkdir(parents=True, exist_ok=True)
+        (pending / str(proc.pid)).write_text('{"path": "model.safetensors", "blob": "0"}\n')
+        done = subprocess.run(["git", "checkout", "-q", "-b", "x"], cwd=direct.path,
+                              env=direct.env, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+    finally:
+        proc.communicate()

@@ -203,3 +203,16 @@ def test_a_clone_using_git_lfs_and_theta_zarr_uploads_both_on_push(make_repo, tm
     b.git("commit", "-q", "-m", "two")
     b.git("push", "-q", "origin", "main")
     assert len([p for p in (bare / "lfs" / "objects").rglob("*") if p.is_file()]) == 2
+
+
+@needs_lfs
+def test_a_repository_without_lfs_files_does_not_chain_git_lfs_hooks(make_repo):
+    """git-lfs configured for the user (or the machine) but no file routed to it: its
+    post-checkout and post-merge hooks cost every checkout about 30 ms for nothing."""
+    r = make_repo("plain")
+    r.git("lfs", "install")
+    r.git("init", "-q", "-b", "main")
+    r.tz("install")
+    hooks = r.path / ".git" / "hooks"
+    assert (hooks / "post-checkout").exists()
+    assert not list(hooks.glob("*.theta-zarr-chained"))

@@ -388,7 +388,7 @@ class FilterServer:
             self._record().remove()
 
     def on_hook(self, signum: int, frame: object) -> None:
-        """SIGUSR1 from theta-zarr's post-checkout (post-merge, post-rewrite) hook: git has
+        """SIGUSR1 from theta-zarr's post-checkout (post-merge) hook: git has
         written its index and waits for its hooks, so the pending files are written now,
         and the record removed (the hook waits for that).  git sends no request meanwhile:
         this process is idle, blocked reading the pipe.  A failure is said here, once."""
@@ -406,7 +406,7 @@ class FilterServer:
         return self.record
 
     def _write_pending(self, files: list[Pending]) -> None:
-        # files git's post-checkout (post-merge, post-rewrite) hook took over are the
+        # files git's post-checkout (post-merge) hook took over are the
         # hook's: it removed them from the record, and reported any failure
         recorded = self._record().paths()
         files = [p for p in files if p.path in recorded]
@@ -524,7 +524,7 @@ def main(stdin: BinaryIO, stdout: BinaryIO) -> int:
     """
     server = _start(stdin, stdout)
     try:
-        if server.direct and hasattr(signal, "SIGUSR1"):
+        if hasattr(signal, "SIGUSR1"):  # even with nothing to write: never a kill
             signal.signal(signal.SIGUSR1, server.on_hook)
         server.serve()
     except EOFError:  # git went away in the middle of a request: killed, or interrupted

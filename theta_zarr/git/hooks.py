@@ -1,6 +1,6 @@
 """git hooks: pre-push uploads chunks before git pushes the commits that name them;
-post-checkout, post-merge and post-rewrite write the checkpoints a checkout left for a
-direct write before the hooks that follow run (git/pending.py).
+post-checkout and post-merge write the checkpoints a checkout left for a direct write
+before the hooks that follow run (git/pending.py).
 
 Installed where git looks for hooks (``core.hooksPath`` honoured) by ``install`` and,
 like git-lfs, by the filter itself the first time it runs in a repository that lacks
@@ -31,10 +31,12 @@ HOOKS = {
     "pre-push": "uploads the chunks of pushed checkpoints",
     # git runs these after it has written its index and before it exits: the filter's
     # direct writes would otherwise wait for git's exit, and the user's own hook (or a
-    # post-checkout test) would read manifests (see git/pending.py)
+    # post-checkout test) would read manifests (see git/pending.py).  Not during a rebase:
+    # it runs post-checkout when it has checked out <onto>, then goes on with the index it
+    # holds in memory, which a write behind its back makes stale (its next pick refused
+    # the file as a local change)
     "post-checkout": "writes the checkpoints this checkout left for a direct write",
     "post-merge": "writes the checkpoints this merge left for a direct write",
-    "post-rewrite": "writes the checkpoints this rebase left for a direct write",
 }
 
 
@@ -89,12 +91,19 @@ RUN_PRE_PUSH = """printf '%s\\n' "$input" | "$tz" pre-push "$@" || exit $?"""
 #: a few milliseconds, not Python's start-up.  Without /proc (or for a record whose filter
 #: is gone), ``git-theta-zarr {name}`` writes them itself (git/pending.py).
 RUN_AFTER_CHECKOUT = """gd=$(git rev-parse --git-dir 2>/dev/null) || gd=
+[ -d "$gd/rebase-merge" ] || [ -d "$gd/rebase-apply" ] && gd=
+here=$(pwd -P)
 for rec in "$gd"/theta-zarr/pending/*; do
   [ -n "$gd" ] && [ -f "$rec" ] || continue
   pid=${{rec##*/}}
+  # the pid must still be a theta-zarr filter of this work tree (not a reused pid)
   if [ -r "/proc/$pid/cmdline" ] && tr '\\000' ' ' < "/proc/$pid/cmdline" 2>/dev/null |
-      grep -q 'theta-zarr.* filter-process' && kill -USR1 "$pid" 2>/dev/null; then
-    while [ -f "$rec" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.01 2>/dev/null || sleep 1; done
+      grep -q 'theta-zarr.* filter-process' &&
+      [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$here" ] &&
+      kill -USR1 "$pid" 2>/dev/null; then
+    # until the record is gone, or the filter is (killed: git has not reaped it yet)
+    while [ -f "$rec" ] && ! grep -qs '^State:[[:space:]]*[ZX]' "/proc/$pid/status" &&
+        kill -0 "$pid" 2>/dev/null; do sleep 0.01 2>/dev/null || sleep 1; done
   else
     "$tz" {name} "$@" </dev/null || exit $?
     break
@@ -154,9 +163,14 @@ git lfs {name} "$@"
 
 
 def _uses_git_lfs(repo: Repo) -> bool:
-    """git-lfs's filter is configured for this repository (``git lfs install``, any scope)."""
-    return bool(repo.git("config", "--get", "filter.lfs.process", check=False).strip() or
-                repo.git("config", "--get", "filter.lfs.clean", check=False).strip())
+    """git-lfs's filter is configured (``git lfs install``, any scope) and this work tree
+    routes files to it (.gitattributes): a repository without LFS files does not pay for
+    git-lfs's hooks on every checkout."""
+    from .lfs import routed_patterns
+
+    configured = repo.git("config", "--get", "filter.lfs.process", check=False).strip() or \
+        repo.git("config", "--get", "filter.lfs.clean", check=False).strip()
+    return bool(configured) and bool(routed_patterns(repo.top))
 
 
 def _write_hook(path: str, text: str) -> None:

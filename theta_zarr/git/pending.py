@@ -2,17 +2,20 @@
 
 The filter answers the smudge of a large checkpoint with its manifest and writes the real
 file itself once git is done with its index (git/direct.py).  The filter learns that only
-when git closes the pipe, at its exit; but git runs its ``post-checkout``, ``post-merge``
-and ``post-rewrite`` hooks before it exits, with its index already written, so a user's
-hook (tests run after a checkout, a DVC-style post-checkout) read manifests.
+when git closes the pipe, at its exit; but git runs its ``post-checkout`` and
+``post-merge`` hooks before it exits, with its index already written, so a user's hook
+(tests run after a checkout, a DVC-style post-checkout) read manifests.
 
 So each direct write is also recorded in ``<git-dir>/theta-zarr/pending/<filter pid>``
 (one JSON line per file: path and the manifest's blob id), and theta-zarr's own hook of
-each of those names (installed by git/hooks.py, run before the hook it chains) writes them
-first, under git's index lock as the filter would (:func:`finish`).  At its exit the filter
-finds those files written and leaves them (``write_files`` skips a file that no longer
-holds its manifest), then removes its record.  A record whose filter no longer runs (a
-kill) is stale and removed unread.
+each of those names (installed by git/hooks.py, run before the hook it chains) has them
+written first: it signals the filter (``SIGUSR1``; idle while git runs hooks), which
+writes them and removes its record, and waits for that.  Where it cannot tell that the
+pid is a theta-zarr filter (no ``/proc``), ``git-theta-zarr post-checkout`` writes them
+itself, under git's index lock as the filter would (:func:`finish`), and removes the
+record: the files are then the hook's, and the filter at its exit writes only what its
+record still lists.  A record whose filter no longer runs (a kill) is stale and removed
+unread.
 """
 
 from __future__ import annotations
@@ -56,16 +59,7 @@ class Record:
     def paths(self) -> set[str]:
         """The paths recorded and not yet taken over by a hook (none once it removed the
         record)."""
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return set()
-        out = set()
-        for line in lines:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                out.add(str(json.loads(line)["path"]))
-        return out
+        return {path for path, _ in _entries(self.path)}
 
     def remove(self) -> None:
         try:
@@ -84,29 +78,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _read(repo: Repo, record: str) -> list[Pending]:
-    """The files of one record that still hold the manifest it names."""
-    out = []
+def _entries(record: str) -> list[tuple[str, str]]:
+    """(path, manifest blob id) of each line of a record; a line cut short by a kill, or a
+    path that is not a plain relative one, is skipped."""
     try:
         with open(record, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except OSError:
         return []
+    out = []
     for line in lines:
         try:
             item = json.loads(line)
             path, blob = str(item["path"]), str(item["blob"])
         except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a kill
+            continue
+        if path and not os.path.isabs(path) and ".." not in path.split("/"):
+            out.append((path, blob))
+    return out
+
+
+def _read(repo: Repo, record: str) -> list[Pending]:
+    """The files of one record that still hold the manifest it names."""
+    out = []
+    for path, blob in _entries(record):
         full = os.path.join(repo.top, path)
         try:
             if os.path.getsize(full) > MAX_MANIFEST:
                 continue
             with open(full, "rb") as f:
+                if not looks_like_manifest(f.read(64)):
+                    continue  # the checkpoint is there already
+                f.seek(0)
                 data = f.read()
         except OSError:
-            continue
-        if not looks_like_manifest(data[:64]):
             continue
         p = Pending(path, data, Manifest.from_bytes(data, path))  # LF, as git stores it
         if blob_id(p.data, repo.object_format) == blob:
