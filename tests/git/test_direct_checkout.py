@@ -392,21 +392,19 @@ def test_a_rebase_over_a_changed_checkpoint_completes_clean(direct, changes):
     """rebase runs post-checkout when it has checked out <onto> and goes on with the index
     it holds in memory: the hook's write behind its back made the next pick refuse the
     file as a local change, or left the stale entry behind (` M` for good)."""
+    def change(branch: str, note: str) -> str | None:
+        """On ``branch``: a fine-tune if it is the side that changes the checkpoint, else a
+        text file; the checkpoint's sha256, or None."""
+        direct.git("checkout", "-q", *(["-b"] if branch == "topic" else []), branch)
+        if changes == branch:
+            return commit_model(direct, f"{branch} tunes", tuned=SHAPE.layer_names(1))
+        (direct.path / note).write_text("x\n")
+        direct.git("add", note)
+        direct.git("commit", "-q", "-m", note)
+        return None
+
     commit_model(direct, "base")
-    direct.git("checkout", "-q", "-b", "topic")
-    if changes == "topic":
-        h = commit_model(direct, "topic tunes", tuned=SHAPE.layer_names(1))
-    else:
-        (direct.path / "notes.txt").write_text("notes\n")
-        direct.git("add", "notes.txt")
-        direct.git("commit", "-q", "-m", "topic: notes")
-    direct.git("checkout", "-q", "main")
-    if changes == "main":
-        h = commit_model(direct, "main tunes", tuned=SHAPE.layer_names(2))
-    else:
-        (direct.path / "README").write_text("x\n")
-        direct.git("add", "README")
-        direct.git("commit", "-q", "-m", "main: readme")
+    h = next(x for x in [change("topic", "notes.txt"), change("main", "README")] if x)
     direct.git("checkout", "-q", "topic")
     direct.git("rebase", "-q", "main")
     assert file_sha(direct.path / MODEL) == h
