@@ -9,7 +9,8 @@ import itertools
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import blake3
 
@@ -27,6 +28,22 @@ from .base import (
 TMP_PREFIX = ".tmp-"
 _tmp_names = itertools.count()  # next() is atomic under the GIL
 LOCK_PREFIX = ".tmp-lock."
+
+
+T = TypeVar("T")
+
+
+def _in_folder(folder: str, create: Callable[[], T]) -> T:
+    """``create()`` a file in ``folder``, making the folder where it is missing; a prune
+    may remove a folder just made (it removes empty ones), so it is made again, twice."""
+    for attempt in range(3):
+        try:
+            return create()
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+            os.makedirs(folder, exist_ok=True)
+    raise AssertionError("unreachable")
 
 
 class LocalStore(BlobStore):
@@ -80,14 +97,7 @@ class LocalStore(BlobStore):
                                    f"{next(_tmp_names)}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL  # not inherited by children (PEP 446)
         try:
-            for attempt in range(3):  # a prune may remove a folder just made: make it again
-                try:
-                    fd = os.open(tmp, flags, 0o444)
-                    break
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise
-                    os.makedirs(folder, exist_ok=True)
+            fd = _in_folder(folder, lambda: os.open(tmp, flags, 0o444))
         except OSError as e:
             raise StorageError(f"cannot write {key} to {self.describe()}: "
                                f"{_strerror(e)}") from None
@@ -196,14 +206,7 @@ class LocalStore(BlobStore):
         folder = os.path.dirname(path)
         tmp = None
         try:
-            for attempt in range(3):  # a prune may remove a folder just made: make it again
-                os.makedirs(folder, exist_ok=True)
-                try:
-                    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
-                    break
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise
+            fd, tmp = _in_folder(folder, lambda: tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder))
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
