@@ -53,7 +53,7 @@ def configured(repo: Repo) -> dict[str, RemoteSpec]:
     else:
         source = next((["--blob", spec] for spec in
                        ([] if repo.bare else [f":{THETAZARR_FILE}"]) + [f"HEAD:{THETAZARR_FILE}"]
-                       if _has_blob(repo, spec)), None)
+                       if _has_object(repo, spec)), None)
     if source:
         try:  # every key (_parse keeps the remotes'): a file git cannot parse is an error
             out = git("config", "-z", *source, "--list", cwd=repo.top)
@@ -73,7 +73,8 @@ def configured(repo: Repo) -> dict[str, RemoteSpec]:
     return specs
 
 
-def _has_blob(repo: Repo, spec: str) -> bool:
+def _has_object(repo: Repo, spec: str) -> bool:
+    """git has the object ``spec`` names (``cat-file -e``: a blob, tree, commit or tag)."""
     try:
         repo.git("cat-file", "-e", spec)
     except GitError:
@@ -229,11 +230,10 @@ def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> li
     if not include:
         return []
     for rev in include:
-        if not rev.startswith("-") and not repo.git(
-                "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{tree}}",
-                check=False).strip() and not _has_blob(repo, rev):
-            repo.commit(rev)  # a misspelt revision is the user's, named as such (a tag of
-            # a tree or a blob is pushed as git pushes it: its objects are listed below)
+        # any object git has is pushed as git pushes it (a tag of a tree or a blob too: its
+        # objects are listed below); a misspelt revision is the user's, named as such
+        if not rev.startswith("-") and not _has_object(repo, rev):
+            repo.commit(rev)
     try:
         candidates = objects_with_paths(repo, *include, "--not", *exclude)
     except GitError as e:
