@@ -22,7 +22,7 @@ from typing import Any
 from ..manifest import Manifest
 from ..merge import MergeError, Rule, StrategyTable, merge_models, pick
 from ..mergeconfig import ConfigError, load_config
-from ..merges import MergeOptions, Strategy, get_strategy
+from ..merges import MergeOptions, Strategy
 from .drivers import config_rules, conflict_report, summary_line
 from .push import read_through
 from .repo import GitError, GitInputError, Repo
@@ -171,13 +171,9 @@ class RulesFirst(StrategyTable):
         self.config_table = config_table
 
     def lookup(self, name: str) -> tuple[Strategy, MergeOptions]:
-        matching = [r for r in self.rules if fnmatch.fnmatchcase(name, r.glob)]
-        if not matching:
+        if not any(fnmatch.fnmatchcase(name, r.glob) for r in self.rules):
             return self.config_table.lookup(name)
-        options = MergeOptions()
-        for r in matching:
-            options = options.over(r.options)
-        return get_strategy(matching[-1].strategy), options  # type: ignore[arg-type]
+        return super().lookup(name)  # a rule with a strategy matches: the rules decide
 
 
 def _ancestor(repo: Repo, commit: str, head: str) -> bool:
