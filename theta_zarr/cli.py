@@ -146,8 +146,6 @@ def from_top(repo, pattern: str) -> str:
     """A pattern given in a subfolder, as the top-level .gitattributes must say it: one with
     a ``/`` is relative to the current folder (as git-lfs's ``track`` takes it), so the
     folder is put in front; one without matches at every depth and stays as it is."""
-    import os
-
     here = os.path.relpath(os.path.realpath(os.getcwd()), os.path.realpath(repo.top))
     if "/" not in pattern.rstrip("/") or here in (".", "") or here.startswith(".."):
         return pattern
