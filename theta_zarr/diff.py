@@ -212,20 +212,17 @@ def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
             out.params.append(ParamDiff(name, "removed", _geom(ea, name in ta), None))
         elif ea is None:
             out.params.append(ParamDiff(name, "added", None, _geom(eb, name in tb)))
-        elif _geom(ea, name in ta) != _geom(eb, name in tb):
-            out.params.append(ParamDiff(name, "reshaped", _geom(ea, name in ta),
-                                        _geom(eb, name in tb)))
+        elif (ga := _geom(ea, name in ta)) != (gb := _geom(eb, name in tb)):
+            out.params.append(ParamDiff(name, "reshaped", ga, gb))
         elif (name in ta) != (name in tb):  # the same shape, stored in the other order
             n = len(chunk_keys(eb))
-            out.params.append(ParamDiff(name, "changed", _geom(ea, name in ta),
-                                        _geom(eb, name in tb), chunks=n, chunks_changed=n,
+            out.params.append(ParamDiff(name, "changed", ga, gb, chunks=n, chunks_changed=n,
                                         numel=math.prod(eb.shape), relaid=True))
         else:
             ka, kb = chunk_keys(ea), chunk_keys(eb)
             same_chunking = ea.chunk_shape == eb.chunk_shape
             k = sum(x != y for x, y in zip(ka, kb, strict=True)) if same_chunking else len(kb)
-            out.params.append(ParamDiff(name, "changed", _geom(ea, name in ta),
-                                        _geom(eb, name in tb), chunks=len(kb),
+            out.params.append(ParamDiff(name, "changed", ga, gb, chunks=len(kb),
                                         chunks_changed=k, numel=math.prod(eb.shape)))
     return out
 
