@@ -416,7 +416,7 @@ def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> No
     from .git.push import read_through
     from .git.remotes import require
     from .git.repo import Repo
-    from .remote import fetch_objects, open_remote
+    from .remote import TransferStats, fetch_objects, open_remote
 
     repo = Repo.discover()
     spec = require(repo, remote_name)
@@ -431,8 +431,12 @@ def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> No
     if include and not matched:  # as pull and materialize refuse it
         fail(f"no parameter of {rev}'s checkpoints matches {', '.join(include)}")
     lacking = objects.cache.missing(digests)
-    stats = fetch_objects(open_remote(spec, repo.settings().concurrency, need="read"),
-                          objects.cache, lacking)
+    if lacking:
+        stats = fetch_objects(open_remote(spec, repo.settings().concurrency, need="read"),
+                              objects.cache, lacking)
+    else:  # as git-lfs: the remote is not asked (nor its library imported) for nothing
+        stats = TransferStats()
+    stats.skipped = len(digests) - len(lacking)
     click.echo(f"theta-zarr: {stats.summary('fetched', f'from {spec.name} ({redact(spec.url)})')}")
 
 

@@ -163,6 +163,21 @@ def test_fetch_command_prefetches_selected_params(repo, remote_case, make_repo, 
     assert c.object_files() == {f"{d[7:9]}/{d[9:]}" for d in want}
 
 
+def test_fetch_of_what_the_cache_holds_does_not_ask_the_remote(repo, make_repo, tmp_path):
+    """As git-lfs: objects already in the cache are not fetched, and with none lacking the
+    remote is not opened at all (a remote that is gone does not fail the fetch)."""
+    case = RemoteCase("local", str(tmp_path / "bucket"), {}, [])
+    bare = setup_origin(repo, case, tmp_path)
+    m = commit_model(repo, "base")
+    repo.git("push", "-q", "origin", "main")
+    c = clone(make_repo, bare, "again", env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+    first = c.tz("fetch").stdout.decode()
+    assert f"fetched {len(m.digests())} objects" in first
+    (tmp_path / "bucket").rename(tmp_path / "gone")
+    again = c.tz("fetch").stdout.decode()
+    assert "fetched 0 objects" in again and f"{len(m.digests())} already there" in again
+
+
 def test_corrupt_object_in_bucket_is_named_and_not_used(repo, remote_case, make_repo,
                                                          tmp_path):
     bare = setup_origin(repo, remote_case, tmp_path)
