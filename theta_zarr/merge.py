@@ -44,7 +44,16 @@ log = logging.getLogger(__name__)
 
 
 class MergeError(ValueError):
-    """A merge that cannot be computed (a missing chunk, a strategy that cannot apply)."""
+    """A merge that cannot be computed (a missing chunk, a strategy that cannot apply).
+
+    ``side_resolves``: the strategy asked for refused the parameter (an integer counter,
+    a shape change, no base to subtract), which taking a side (ours) would merge;
+    callers that choose strategies themselves say how to pick a side.
+    """
+
+    def __init__(self, message: str, side_resolves: bool = False):
+        super().__init__(message)
+        self.side_resolves = side_resolves
 
 
 def chunk_keys(entry: ParamEntry) -> tuple[Key, ...]:
@@ -325,7 +334,7 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
     where = f"{source}: parameter {c.name!r}"
     why = refusal(c, strategy)
     if why is not None:
-        raise MergeError(f"{where}: {why}")
+        raise MergeError(f"{where}: {why}", side_resolves=True)  # ours takes any parameter
     if c.whole:
         return c.side(strategy.takes)  # type: ignore[arg-type]
     first = c.models[0]

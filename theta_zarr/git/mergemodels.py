@@ -147,7 +147,7 @@ def _merge_file(repo: Repo, path: str, tracked: bool, labels: list[str],
     try:
         merged, p = merge_models(base_m, manifests, labels, table, objects, workers, path)
     except MergeError as e:
-        if "ours, theirs or base" not in str(e):
+        if not e.side_resolves:
             raise
         raise MergeError(f"{e}; merge-models takes a side by the repository's merge rules: "
                          "git config theta-zarr-merge.'GLOB'.strategy base (or ours: the "
