@@ -93,6 +93,16 @@ def test_paths_that_are_not_tracked_files(pushed):
                       "nope.safetensors", "no such file")
 
 
+@pytest.mark.parametrize("args", [("materialize", "/etc/passwd"), ("materialize", ".."),
+                                  ("diff", "HEAD", "--", "../other.safetensors"),
+                                  ("resolve", "-s", "ours", "/etc/passwd")])
+def test_a_path_outside_the_repository_is_named(pushed, args):
+    """git refuses such a path ("outside repository"); it reached the user as an internal
+    error carrying git's own fatal line."""
+    assert_user_error(pushed.tz(*args, check=False), args[-1], "outside the repository",
+                      str(pushed.path))
+
+
 @pytest.mark.parametrize("args, words", [
     (("trak", "*.pt"), ["No such command 'trak'", "'track'", "(see 'git theta-zarr --help')"]),
     (("ls-files", "--parms"), ["No such option '--parms'", "'--params'",

@@ -102,7 +102,7 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
     revs, paths = split_revs(repo, before, after)
     if len(revs) > 2 or (cached and len(revs) > 1):
         fail("diff takes at most two revisions (one with --cached)", code=129)
-    rel = [repo.relative(p) for p in paths]
+    rel = [repo.relative(p, inside=True) for p in paths]
     if len(revs) == 2:
         old, new, labels = revs[0], revs[1], revs
     elif cached:

@@ -281,7 +281,7 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
             scale: float | None, settings: MergeOptions | None = None) -> list[str]:
     """Finish a conflicted merge of ``path``: compute, write the working tree file, stage it."""
     repo = Repo.discover()
-    rel = repo.relative(path)
+    rel = repo.relative(path, inside=True)
     stages = _stages(repo, rel)
     if 2 not in stages or 3 not in stages:
         raise ValueError(f"{rel}: not in a conflicted merge (git ls-files -u lists no "

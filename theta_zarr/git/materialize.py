@@ -109,7 +109,7 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
     settings = repo.settings()
     objects = read_through(repo)
     if paths:
-        targets = [repo.relative(p) for p in paths]
+        targets = [repo.relative(p, inside=True) for p in paths]
     else:
         targets = [f.path for f in tracked_files(repo) if f.manifest is not None]
     if output and len(targets) != 1:

@@ -167,15 +167,19 @@ class Repo:
         return cls(git_dir if bare else out[6], git_dir, common, bare, hooks, index,
                    out[5] or "sha1")
 
-    def relative(self, path: str) -> str:
+    def relative(self, path: str, inside: bool = False) -> str:
         """``path`` (absolute, or relative to the current folder) relative to the top of the
         work tree, as git takes it: symbolic links among its folders resolved (a home or
         scratch folder reached through a link), the last component kept as it is (a
-        tracked link).  May start with ``..`` (outside the work tree)."""
+        tracked link).  May start with ``..`` (outside the work tree), unless ``inside``:
+        then such a path is a GitInputError naming it, as git refuses it."""
         full = os.path.abspath(path)
         real = os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full)) \
             if os.path.islink(full) else os.path.realpath(full)
-        return os.path.relpath(real, os.path.realpath(self.top))
+        rel = os.path.relpath(real, os.path.realpath(self.top))
+        if inside and (rel == os.pardir or rel.startswith(os.pardir + os.sep)):
+            raise GitInputError(f"{path}: outside the repository ({self.top})")
+        return rel
 
     def commit(self, rev: str) -> str:
         """The commit id ``rev`` names; GitInputError (as git words it) when none."""
