@@ -341,6 +341,26 @@ def test_deep_nesting_is_one_line_not_a_recursion_error(depth):
     assert_one_line_error(data, "nested more than 64 levels")
 
 
+@pytest.mark.parametrize("old, new, key", [
+    # the second "w" overwrote "b": the rebuilt file lacked a tensor, and exit 0
+    ('"b":', '"w":', "w"),
+    # a field given twice: a reviewer reads one dtype, the reader used the other
+    ('"dtype":"bfloat16"', '"dtype":"float16","dtype":"bfloat16"', "dtype"),
+    # the same, with an escaped key, which the fast lane cannot count
+    ('"dtype":"bfloat16"', '"dtype":"float16","dt\\u0079pe":"bfloat16"', "dtype"),
+])
+def test_a_key_given_twice_is_refused(old, new, key):
+    data = sample().to_bytes().decode()
+    assert old in data
+    assert_one_line_error(data.replace(old, new, 1).encode(), f"the key '{key}' twice")
+
+
+def test_the_fast_lane_still_takes_what_the_writer_writes():
+    from theta_zarr.manifest import _decode_typed
+
+    assert _decode_typed(sample().to_bytes()) == sample()
+
+
 def test_chunk_sizes_are_checked_against_dtype_and_chunk_shape():
     from theta_zarr.manifest import ParamEntry
 

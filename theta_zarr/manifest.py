@@ -149,10 +149,29 @@ def loads_json(data: bytes | bytearray | memoryview, source: str, what: str = "m
                             "deep (not a theta-zarr file)")
     try:
         return json.loads(bytes(data).decode("utf-8"), parse_constant=_no_constant,
-                          parse_float=_finite_float)
+                          parse_float=_finite_float, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise ManifestError(f"{source}: {what} has the key {e.key!r} twice in one object "
+                            "(a hand edit or a bad merge?)") from None
     except (ValueError, RecursionError) as e:  # incl. JSONDecodeError, UnicodeDecodeError
         detail = "nested too deeply" if isinstance(e, RecursionError) else _short(str(e))
         raise ManifestError(f"{source}: {what} is not valid JSON ({detail})") from None
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: ``json`` keeps the last of two equal keys,
+    so a hand-edited manifest naming one parameter twice silently lost the other one."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
 
 
 def _no_constant(name: str) -> Any:
@@ -501,6 +520,23 @@ def _geometry(shape: tuple[int, ...], chunk_shape: tuple[int, ...], dtype: str) 
         return -1
 
 
+def _keys_unique(data: bytes, params: int) -> bool:
+    """True if no parameter, and no field of one, is named twice in ``data``.
+
+    msgspec keeps the last of two equal keys, as ``json`` does; ``loads_json`` refuses
+    them.  Without ``\\u`` escapes the params object spells its keys literally and lies
+    after the first ``"params"`` of the text, so each key occurring there as often as there
+    are parameters proves none is repeated; a count that differs (the same words in a
+    format section written after it, an escape) only sends the manifest down the slow lane.
+    """
+    start = data.find(b'"params"')
+    if start < 0 or b"\\u" in data:
+        return False
+    keys = (b'"chunk_shape"', b'"dtype"', b'"shape"')
+    return all(data.count(key, start) == params for key in keys) \
+        and data.count(b'"chunks"', start) + data.count(b'"inline"', start) == params
+
+
 def _decode_typed(data: bytes) -> Manifest | None:
     """The manifest in ``data`` if it is valid, decided in one typed pass; None for
     anything else, which ``Manifest.from_json`` then decides and words.
@@ -515,6 +551,8 @@ def _decode_typed(data: bytes) -> Manifest | None:
         _typed_decoder = msgspec.json.Decoder(_TypedManifest)
     try:
         typed = _typed_decoder.decode(data)
+        if not _keys_unique(data, len(typed.params)):
+            return None
         name = typed.format.get("name")
         if type(name) is not str or not _FORMAT_NAME_RE.fullmatch(name):
             return None
