@@ -164,6 +164,23 @@ def test_plot_writes_png(store, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_writes_the_path_given_or_names_why_not(store, tmp_path):
+    """matplotlib appended ".png" to a name without an extension (and to a folder's name)
+    while the command said it wrote the name given."""
+    fd = diff(manifest(store, {"x": rng_arr(0, (4,))}), manifest(store, {"x": rng_arr(1, (4,))}),
+              store, "m")
+    plot([fd], str(tmp_path / "change"))
+    assert (tmp_path / "change").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plot([fd], str(tmp_path / "change.SVG"))
+    assert b"<svg" in (tmp_path / "change.SVG").read_bytes()[:400]
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match="folder: is a folder"):
+        plot([fd], str(tmp_path / "folder"))
+    with pytest.raises(ValueError, match=r"change\.xyz: --plot cannot write a '\.xyz' image"):
+        plot([fd], str(tmp_path / "change.xyz"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["change", "change.SVG", "folder"]
+
+
 def test_plot_without_matplotlib_says_how(store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"theta-zarr\[plot\]"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import math
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -545,11 +546,20 @@ def plot(diffs: list[FileDiff], png: str) -> int:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'theta-zarr[plot]'") from None
+    if os.path.isdir(png):
+        raise ValueError(f"{png}: is a folder; --plot takes the image file to write")
+    # the format by the name's extension, PNG without one; written to exactly that path
+    # (matplotlib appends ".png" to a name without an extension, which was then reported
+    # as written under the name given)
+    fmt = os.path.splitext(png)[1][1:].lower() or "png"
     rows = [(f"{fd.path}:{p.name}" if len(diffs) > 1 else p.name, p.rel_change or 0.0)
             for fd in diffs for p in fd.params if p.status == "changed"]
     height = max(2.5, 0.22 * len(rows) + 1.2)
     fig, ax = plt.subplots(figsize=(9, height))
     try:
+        if fmt not in fig.canvas.get_supported_filetypes():
+            raise ValueError(f"{png}: --plot cannot write a '.{fmt}' image (known: "
+                             f"{', '.join(sorted(fig.canvas.get_supported_filetypes()))})")
         if rows:
             labels, values = zip(*rows, strict=True)
             ax.barh(range(len(rows)), values, color="#3b75af")
@@ -560,7 +570,8 @@ def plot(diffs: list[FileDiff], png: str) -> int:
         ax.set_xlabel("relative change ||B - A|| / ||A||")
         ax.set_title(", ".join(fd.path for fd in diffs) or "theta-zarr diff")
         fig.tight_layout()
-        fig.savefig(png, dpi=100)
+        with open(png, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=100)
     finally:
         plt.close(fig)
     return len(rows)
