@@ -109,6 +109,7 @@ def track(patterns: tuple[str, ...]) -> None:
     from .git import lfs as git_lfs
     from .git.attributes import escape_pattern, tracked_patterns
     from .git.attributes import track as do_track
+    from .git.install import configured_executable
     from .git.repo import Repo
 
     repo = Repo.discover()
@@ -123,6 +124,11 @@ def track(patterns: tuple[str, ...]) -> None:
     for p in patterns:
         verb = "Tracking" if escape_pattern(p) in added else "Already tracking"
         click.echo(f'{verb} "{p}"')
+    if configured_executable(repo.top) is None:
+        # git skips a filter it has no command for: the file would go into git as it is
+        click.echo("theta-zarr: warning: the theta-zarr filter is not installed for this "
+                   "repository, so 'git add' would store these files in git as they are: "
+                   "run 'git theta-zarr install' first", err=True)
     still = set(git_lfs.lfs_files(repo, was_lfs))
     taken = [p for p in was_lfs if p not in still]
     if taken:

@@ -51,6 +51,20 @@ def test_track_refuses_what_a_gitattributes_line_cannot_say(repo):
         assert (repo.path / ".gitattributes").read_bytes() == before  # not even *.npy
 
 
+def test_track_without_the_filter_installed_warns(make_repo):
+    """git skips a filter it has no command for: 'git add' then stored the checkpoint in
+    git as it is, after a track that said only 'Tracking'."""
+    r = make_repo("plain")
+    r.git("init", "-q", "-b", "main")
+    proc = r.tz("track", "*.safetensors")
+    assert proc.stdout.decode() == 'Tracking "*.safetensors"\n'
+    err = proc.stderr.decode()
+    assert err.startswith("theta-zarr: warning: the theta-zarr filter is not installed") \
+        and "git theta-zarr install" in err and err.count("\n") == 1, err
+    r.tz("install")
+    assert r.tz("track", "*.pt").stderr == b""
+
+
 def test_two_install_scopes_are_a_usage_error(repo, tmp_path):
     """install --global --system wrote the system config only, and said nothing."""
     env = {"GIT_CONFIG_SYSTEM": str(tmp_path / "system"), "GIT_CONFIG_NOSYSTEM": "0",
