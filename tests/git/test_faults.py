@@ -262,6 +262,24 @@ def test_materialize_output_is_a_new_path_unless_forced(repo, tmp_path):
     assert list(sd) == ["w"] and (sd["w"] == np.arange(5000, dtype=np.float32)).all()
 
 
+def test_materialize_output_without_include_writes_the_whole_file_there(repo, tmp_path):
+    """Of a lazy file it wrote OUT and said "m.safetensors: materialized"; of a
+    materialized one it said "already materialized" and wrote nothing."""
+    small_model(repo)
+    original = (repo.path / "m.safetensors").read_bytes()
+    for lazy in (False, True):
+        if lazy:
+            (repo.path / "m.safetensors").unlink()
+            repo.git("checkout", "--", "m.safetensors", env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+        before = (repo.path / "m.safetensors").read_bytes()
+        out = tmp_path / f"copy-{lazy}.safetensors"
+        line = repo.tz("materialize", "m.safetensors", "-o", str(out)).stdout.decode()
+        assert line == f"m.safetensors: 2 parameters -> {out}\n"
+        assert out.read_bytes() == original
+        assert (repo.path / "m.safetensors").read_bytes() == before  # left as it was
+    assert repo.out("status", "--porcelain") == ""
+
+
 def test_a_chunk_missing_from_the_remote_too_is_one_line(repo, tmp_path):
     """The batch fetch of delayed files failed first and said so, then the file's own
     fetch said it again with its path: the same error twice."""

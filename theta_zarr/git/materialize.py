@@ -132,6 +132,10 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
             expanded += found
         else:
             expanded.append(rel)
+    if output and not include and len(expanded) > 1:
+        raise ValueError(f"--output without --include writes one checkpoint file, and "
+                         f"{targets[0]} holds {len(expanded)}; materialize it in place, or "
+                         "select tensors with --include")
     for rel in expanded:
         full = os.path.join(repo.top, rel)
         text = None
@@ -142,7 +146,7 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
                     f.seek(0)
                     text = f.read()
                     manifest = Manifest.from_bytes(text, rel)
-                elif include:
+                elif include or output:  # a copy elsewhere: from the index's manifest
                     manifest = manifest_at(repo, rel, None)
                 elif repo.attribute([rel], "filter").get(rel) != DRIVER:
                     raise ValueError(f"{rel}: no file theta-zarr tracks matches it")
@@ -175,7 +179,8 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
             if output:
                 _check_output(output, folder=False, force=force)
             _write_atomic(output or full, manifest, objects, settings)
-            done.append(f"{rel}: materialized ({len(manifest.params)} parameters)")
+            done.append(f"{rel}: {len(manifest.params)} parameters -> {_shown(output)}"
+                        if output else f"{rel}: materialized ({len(manifest.params)} parameters)")
     return done
 
 
