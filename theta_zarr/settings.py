@@ -5,6 +5,7 @@ The core never reads git config itself; git/config.py fills this record.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -53,9 +54,12 @@ def parse_size(text: str) -> int:
              "gb": 10**9, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "b": 1, "": 1}
     for suffix in sorted(units, key=len, reverse=True):
         if t.endswith(suffix):
-            number = t[: len(t) - len(suffix)]
             try:
-                return int(float(number) * units[suffix])
+                number = float(t[: len(t) - len(suffix)])
             except ValueError:
                 break
+            # 'inf' and 'nan' parse as floats; no size is infinite or negative
+            if not math.isfinite(number) or number < 0:
+                break
+            return int(number * units[suffix])
     raise ValueError(f"not a size: {text!r}")
