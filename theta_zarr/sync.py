@@ -131,8 +131,27 @@ class FileSet:
         if not isinstance(obj, dict) or obj.get("theta_zarr_set") != SET_VERSION or \
                 set(obj) != {"theta_zarr_set", "files"} or not isinstance(obj["files"], dict):
             raise ManifestError(f"{source}: not a theta-zarr set of version {SET_VERSION}")
-        return cls({check_name(n, source): FileEntry.from_json(e, f"{source}: {n[:80]}")
-                    for n, e in obj["files"].items()})
+        files = {check_name(n, source): FileEntry.from_json(e, f"{source}: {n[:80]}")
+                 for n, e in obj["files"].items()}
+        check_file_names(files, source)
+        return cls(files)
+
+
+def check_file_names(names: Iterable[str], source: str) -> None:
+    """The names of a set must make a folder ``pull`` can write: no ``.git`` folder (a set
+    pulled into a work tree would write git's own config and hooks; publish never reads
+    dot-folders) and no name that is also another one's folder (``sub`` and
+    ``sub/x.safetensors``), which failed half-way with a raw errno."""
+    names = set(names)
+    for name in sorted(names):
+        parts = name.split("/")
+        if any(part.lower() == ".git" for part in parts):
+            raise ManifestError(f"{source}: file name {name!r} has a '.git' component (git's "
+                                "own folder, never written by pull)")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in names:
+                raise ManifestError(f"{source}: {'/'.join(parts[:i])!r} is both a file and "
+                                    f"the folder of {name!r}")
 
 
 Target = Manifest | FileSet
@@ -563,6 +582,7 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
     if expect is not None and len(staged) != expect:
         raise SyncError(f"{len(staged)} shard(s) staged for {ref}, expected {expect}: "
                         f"{', '.join(sorted(staged))}")
+    check_file_names(staged, f"shards staged for {ref} in {remote.url}")
     fileset = FileSet(staged)
     chunks, manifests = objects_of(remote, fileset)
     lacking = remote.objects.missing(chunks)

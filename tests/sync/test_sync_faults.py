@@ -3,10 +3,12 @@ upload, unreadable refs under fsck and gc, and the debris of killed writers."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
 
+import blake3
 import pytest
 from sync_helpers import CHUNK, Case, env_for, local_case, model, tz
 
@@ -43,6 +45,35 @@ def test_a_link_out_of_the_pushed_folder_is_refused_and_nothing_uploaded(tmp_pat
               env_for(case, tmp_path), check=False)
     _one_line(proc, "notes", "symbolic link")
     assert _uploaded(case) == []
+
+
+@pytest.mark.parametrize("name, words", [
+    (".git/config", ["'.git/config'", "'.git' component"]),
+    ("sub/.GIT/hooks/pre-commit", ["'.git' component"]),
+    ("sub", ["'sub' is both a file and the folder of 'sub/model.safetensors'"]),
+])
+def test_a_set_naming_a_git_folder_or_a_file_that_is_a_folder_is_refused(tmp_path, name, words):
+    """A hand-made set pulled into a work tree wrote .git/config (git runs what its
+    core.fsmonitor names); a file named like another one's folder failed half-way with a
+    raw "Is a directory" naming a temporary file."""
+    case = local_case(tmp_path)
+    ckpt = tmp_path / "step-1"
+    (ckpt / "sub").mkdir(parents=True)
+    model(ckpt / "sub" / "model.safetensors")
+    (ckpt / "config.json").write_text("{}")
+    env = env_for(case, tmp_path)
+    tz(["publish", str(ckpt), case.url, "--ref", "r/1", "--chunk-size", CHUNK], env)
+    ref = Path(case.url) / "refs" / "r" / "1"
+    first, rest = ref.read_text().split("\n", 1)
+    obj = json.loads((Path(case.url) / "manifests" / f"{first[7:]}.json").read_bytes())
+    obj["files"][name] = obj["files"].pop("config.json")
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    digest = blake3.blake3(data).hexdigest()
+    (Path(case.url) / "manifests" / f"{digest}.json").write_bytes(data)
+    ref.write_text(f"blake3:{digest}\n{rest}")
+    _one_line(tz(["pull", case.url, "r/1", "-o", str(tmp_path / "out")], env, check=False),
+              *words)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
 
 
 def test_a_link_inside_the_folder_is_pushed_as_its_content(tmp_path):
