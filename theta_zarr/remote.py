@@ -101,6 +101,8 @@ class RemoteSpec:
         if codec is not None and codec not in codecs.WRITER_NAMES:
             raise RemoteError(f"remote {self.name!r}: unknown compression {codec!r} "
                               f"(known: {', '.join(codecs.WRITER_NAMES)})")
+        if self.options.get("retry-timeout"):
+            retry_timeout(self)  # checked here, so 'remote add' refuses what push would
 
     @property
     def codec(self) -> str:
@@ -154,8 +156,8 @@ def retry_timeout(spec: RemoteSpec) -> float:
         value = -1.0
     if not 0 < value <= 86400:
         where = f"remote {spec.name!r}: retry-timeout" if own else RETRY_TIMEOUT_ENV
-        raise RemoteError(f"{where} must be a number of seconds between 0 and 86400, not "
-                          f"{text[:40]!r}")
+        raise RemoteError(f"{where} must be a number of seconds above 0 and at most 86400, "
+                          f"not {text[:40]!r}")
     return value
 
 

@@ -131,6 +131,24 @@ def test_outside_a_repository(tmp_path, git_env):
     assert_user_error(proc, "not inside a git repository")
 
 
+@pytest.mark.parametrize("name, option, words", [
+    ("", None, ["remote name", "empty"]),
+    ("my remote", None, ["remote name", "'my remote'", "spaces"]),
+    ("a\nb", None, ["remote name", "control characters"]),
+    ("r", "retry-timeout=-1", ["remote 'r': retry-timeout", "not '-1'"]),
+    ("r", "retry-timeout=inf", ["remote 'r': retry-timeout", "not 'inf'"]),
+])
+def test_remote_add_refuses_what_later_commands_could_not_use(pushed, tmp_path, name, option,
+                                                             words):
+    """A name with a newline was an internal error; an empty one or one with a space was
+    recorded (git names no remote so); a retry-timeout every push then refused was taken."""
+    before = pushed.git("config", "--list").stdout
+    args = ["remote", "add", name, str(tmp_path / "bucket")]
+    proc = pushed.tz(*args, *(["--remote-option", option] if option else []), check=False)
+    assert_user_error(proc, *words)
+    assert pushed.git("config", "--list").stdout == before
+
+
 def test_remote_add_refuses_a_file_but_takes_a_folder_not_made_yet(pushed, tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     proc = pushed.tz("remote", "add", "f", str(tmp_path / "weights.bin"), check=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from ..manifest import Manifest, looks_like_manifest
+from ..refs import RefError, check_ref_name
 from ..remote import RemoteError, RemoteSpec
 from ..storage import open_store
 from ..storage.local import LocalStore
@@ -201,6 +202,10 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
 
     The URL and options are checked first (RemoteSpec: form, protocol, no credentials).
     """
+    try:
+        check_ref_name(name)  # git's rule for remote names: a ref refs/remotes/NAME/… is valid
+    except RefError as e:
+        raise RemoteError(f"remote name: {e} (name it like the git remote it serves)") from None
     spec = RemoteSpec(name, url, options)
     blobs = open_store(spec.url)
     if isinstance(blobs, LocalStore) and os.path.lexists(blobs.root) and \
