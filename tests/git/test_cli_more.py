@@ -7,6 +7,7 @@ import functools
 import subprocess
 
 import numpy as np
+import pytest
 import safetensors.numpy
 
 
@@ -49,6 +50,21 @@ def test_track_refuses_what_a_gitattributes_line_cannot_say(repo):
         err = proc.stderr.decode()
         assert proc.returncode == 1 and err.startswith("theta-zarr: ") and words in err, err
         assert (repo.path / ".gitattributes").read_bytes() == before  # not even *.npy
+
+
+@pytest.mark.parametrize("pattern, name", [
+    ("*", ".gitattributes"), ("*.*", ".gitattributes"), (".git*", ".gitattributes"),
+    (".thetazarr", ".thetazarr")])
+def test_track_refuses_a_pattern_matching_gitattributes(repo, pattern, name):
+    """track '*' routed .gitattributes itself through the filter: git stored it as a
+    manifest, and a clone checked out every file, .gitattributes too, as manifest text."""
+    before = (repo.path / ".gitattributes").read_bytes()
+    proc = repo.tz("track", "*.npy", pattern, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.startswith(f"theta-zarr: pattern '{pattern}' matches "
+                                                   f"{name}"), err
+    assert (repo.path / ".gitattributes").read_bytes() == before  # not even *.npy
+    assert "Tracking" in repo.tz("track", "models/*", "a b.pt").stdout.decode()
 
 
 def test_track_without_the_filter_installed_warns(make_repo):

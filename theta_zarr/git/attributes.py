@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from .install import DRIVER
+from .repo import git
 
 ATTRS = f"filter={DRIVER} diff={DRIVER} merge={DRIVER} -text"
 
@@ -52,11 +54,39 @@ def tracked_patterns(top: str) -> list[str]:
             if line.strip() and not line.lstrip().startswith("#") and _is_ours(line)]
 
 
+#: files git (and theta-zarr) read from the work tree as text: routed through the filter,
+#: a clone would check out their manifests, and every attribute with them
+FORBIDDEN = (".gitattributes", ".thetazarr")
+
+
+def check_not_forbidden(patterns: list[str]) -> None:
+    """ValueError if a pattern matches .gitattributes or .thetazarr, by git's own matching
+    (``git check-attr`` in an empty repository holding only these lines), as git-lfs's
+    ``track`` refuses them."""
+    with tempfile.TemporaryDirectory(prefix="theta-zarr-track-") as tmp:
+        git("init", "-q", tmp)
+        for pattern in patterns:
+            with open(os.path.join(tmp, ".gitattributes"), "w", encoding="utf-8") as f:
+                f.write(f"{pattern} filter={DRIVER}\n")
+            out = git("check-attr", "-z", "filter", "--", *FORBIDDEN, cwd=tmp).split(b"\0")
+            hit = [out[i].decode() for i in range(0, len(out) - 2, 3)
+                   if out[i + 2].decode() == DRIVER]
+            if hit:
+                raise ValueError(f"pattern {unescape(pattern)!r} matches {hit[0]}, which must "
+                                 "stay plain text in git: track narrower patterns "
+                                 "(such as '*.safetensors')")
+
+
+def unescape(pattern: str) -> str:
+    return pattern.replace("[[:space:]]", " ")
+
+
 def track(top: str, patterns: list[str]) -> list[str]:
     """Add a line per new pattern; returns the patterns newly added."""
     path = os.path.join(top, ".gitattributes")
     lines = _read(path)
     have = set(tracked_patterns(top))
+    check_not_forbidden([escape_pattern(p) for p in patterns])
     added = []
     for pattern in patterns:
         esc = escape_pattern(pattern)
