@@ -79,6 +79,20 @@ def test_import_refuses_to_overwrite_local_content_git_does_not_have(repo, tmp_p
     assert (repo.path / "out").read_bytes() == b"notes"
 
 
+def test_import_into_a_git_folder_is_one_line(repo, tmp_path):
+    """git's update-index refuses a .git path: that reached the user as an internal error."""
+    case = local_case(tmp_path)
+    _push(case, tmp_path, model(tmp_path / "m.safetensors", seed=3), "run/a")
+    config = (repo.path / ".git" / "config").read_bytes()
+    for path in (".git/m.safetensors", "sub/.GIT/m.safetensors", ".git/config"):
+        proc = repo.tz("import", case.url, "run/a", path, "--force", check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err == f"theta-zarr: {path}: a path inside a .git " \
+            "folder, where git stores no file; give a path in the work tree\n", err
+    assert (repo.path / ".git" / "config").read_bytes() == config
+    assert repo.out("status", "--porcelain") == ""
+
+
 def test_import_of_a_folder_stores_plain_members_as_git_add_would(repo, tmp_path):
     """A published folder's other files (a pickle such as ``rng_state.pth``) went into git
     as raw bytes even where theta-zarr tracks their path, so the file cleaned to another

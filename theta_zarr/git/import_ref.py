@@ -70,6 +70,10 @@ def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
                 entries.append((dest, member.to_bytes()))
             else:
                 entries.append((dest, entry))
+    inside_git = [d for d, _ in entries if ".git" in d.lower().split("/")]
+    if inside_git:
+        raise SyncError(f"{inside_git[0]}: a path inside a .git folder, where git stores no "
+                        "file; give a path in the work tree")
     lose = [] if force else _would_overwrite(repo, [d for d, _ in entries])
     if lose:
         more = f" (and {len(lose) - 1} more)" if len(lose) > 1 else ""
