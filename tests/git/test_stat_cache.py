@@ -53,6 +53,21 @@ def test_record_is_not_trusted_once_the_cache_lost_a_chunk(repo):
     repo.git("theta-zarr", "fsck")
 
 
+def test_a_damaged_record_is_no_record(repo):
+    """A record of nested brackets stopped the filter with an internal error
+    (RecursionError), and git status with it; garbage and a line without end are no
+    record either: the file is cleaned again."""
+    write_model(str(repo.path / MODEL), SHAPE)
+    repo.git("add", MODEL)
+    repo.git("commit", "-q", "-m", "m")
+    (record,) = (repo.path / ".git" / "theta-zarr" / "stat").iterdir()
+    for damage in (b"[" * 100_000, b"x" * 5_000_000, b'{"path": 1}\n', b"\xff\xfe"):
+        record.write_bytes(damage)
+        forget_stat(repo)
+        proc = repo.git("status", "--porcelain", env=DEBUG)
+        assert proc.stdout == b"" and ANSWERED not in proc.stderr.decode()
+
+
 def test_changed_file_is_cleaned_and_other_content_is_not_answered_from_the_record(repo):
     write_model(str(repo.path / MODEL), SHAPE)
     repo.git("add", MODEL)

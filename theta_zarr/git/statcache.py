@@ -27,6 +27,10 @@ def stat_key(st: os.stat_result) -> list[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+#: longest first line of a record read: the path (at most 4096 bytes) and the stat numbers
+MAX_HEAD = 1 << 16
+
+
 class StatCache:
     def __init__(self, git_dir: str):
         self.root = os.path.join(git_dir, "theta-zarr", "stat")
@@ -39,11 +43,12 @@ class StatCache:
         stat, else None."""
         try:
             with open(self._file(path), "rb") as f:
-                head = json.loads(f.readline())
+                # a damaged record (garbage, a line without end, deep nesting) is no record
+                head = json.loads(f.readline(MAX_HEAD))
                 if head.get("path") != path or head.get("stat") != stat_key(st):
                     return None
                 data = f.read()
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             return None
         if not looks_like_manifest(data[:64]):
             return None
