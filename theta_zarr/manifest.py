@@ -146,7 +146,7 @@ def loads_json(data: bytes | bytearray | memoryview, source: str, what: str = "m
     """
     if not json_depth_ok(data):
         raise ManifestError(f"{source}: {what} is nested more than {MAX_JSON_DEPTH} levels "
-                            "deep (not a theta-zarr file)")
+                            "deep (no theta-zarr file or checkpoint index nests so)")
     try:
         return json.loads(bytes(data).decode("utf-8"), parse_constant=_no_constant,
                           parse_float=_finite_float, object_pairs_hook=_unique_keys)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .manifest import Manifest, ManifestError, check_name
+from .manifest import Manifest, ManifestError, check_name, loads_json
 
 INDEX_SUFFIX = ".index.json"
 #: what transformers' from_pretrained looks for in a folder, in its order of preference
@@ -76,10 +76,8 @@ class Index:
 
 def parse_index(data: bytes, path: str) -> Index:
     """An index file's bytes, validated.  Raises ManifestError naming ``path``."""
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"{path}: index is not JSON ({e})") from None
+    # invalid UTF-8 or JSON, deep nesting (a RecursionError), a key given twice: one line
+    obj = loads_json(data, path, "index")
     if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
         raise ManifestError(f"{path}: not a sharded-checkpoint index (no 'weight_map' object)")
     metadata = obj.get("metadata") or {}

@@ -142,6 +142,15 @@ def test_pytorch_bin_index_and_bad_indexes(repo):
         index.write_text(json.dumps({"weight_map": weight_map}))
         with pytest.raises(ValueError, match=message):
             theta_zarr.load_state_dict(str(index), rev=None)
+    # deep nesting was a RecursionError (an internal error from materialize and diff); a
+    # shard named twice for one tensor kept the last silently
+    for text, message in (('{"weight_map": ' + "[" * 10_000 + "]" * 10_000 + "}",
+                           "index is nested more than 64 levels"),
+                          ('{"weight_map": {"enc.0.w": "a.bin", "enc.0.w": "b.bin"}}',
+                           "index has the key 'enc.0.w' twice")):
+        index.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            theta_zarr.load_state_dict(str(index), rev=None)
 
 
 def _tied_bin_model(repo) -> dict:
