@@ -70,9 +70,16 @@ class Watcher:
                 data = json.load(f)
         except FileNotFoundError:
             return {}
+        except RecursionError:
+            raise SyncError(f"cannot read watch state {self.state_path}: nested too "
+                            "deeply") from None
         except (OSError, ValueError) as e:
             raise SyncError(f"cannot read watch state {self.state_path}: {e}") from None
-        return data.get("pushed", {}) if isinstance(data, dict) else {}
+        pushed = data.get("pushed", {}) if isinstance(data, dict) else {}
+        if not isinstance(pushed, dict) or not all(isinstance(v, dict) for v in pushed.values()):
+            raise SyncError(f"cannot read watch state {self.state_path}: 'pushed' is not an "
+                            "object of objects")
+        return pushed
 
     def _save_state(self) -> None:
         data = json.dumps({"pushed": self.state}, indent=1, sort_keys=True).encode()

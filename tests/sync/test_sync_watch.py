@@ -50,6 +50,22 @@ def test_watch_pushes_complete_checkpoints_once(tmp_path):
     proc.stderr.close()
 
 
+def test_a_damaged_state_file_is_one_line(tmp_path):
+    """Deep nesting was an internal error (RecursionError); a 'pushed' list failed later,
+    inside the loop, as an internal error too."""
+    from theta_zarr.watch import STATE_FILE
+
+    case, env, ckpt = _watched(tmp_path)
+    model(ckpt / "step-1.safetensors", seed=1)
+    for text in ("[" * 100_000, '{"pushed": [1, 2]}', '{"pushed": {"r": 3}}'):
+        (ckpt / STATE_FILE).write_text(text)
+        proc = tz(["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--once"], env,
+                  check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and "internal error" not in err, err
+        assert err.splitlines()[-1].startswith("theta-zarr: cannot read watch state"), err
+
+
 def test_a_name_no_ref_can_take_is_skipped_and_the_rest_pushed(tmp_path):
     """It used to stop the watcher (exit 1) before anything was pushed."""
     case, env, ckpt = _watched(tmp_path)

@@ -91,7 +91,7 @@ def _entries(record: str) -> list[tuple[str, str]]:
         try:
             item = json.loads(line)
             path, blob = str(item["path"]), str(item["blob"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             continue
         if path and not os.path.isabs(path) and ".." not in path.split("/"):
             out.append((path, blob))
