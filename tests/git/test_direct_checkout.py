@@ -343,6 +343,17 @@ def test_a_record_left_by_a_killed_filter_is_dropped(direct):
     assert not (pending / str(dead.pid)).exists()
 
 
+def test_record_lines_that_are_no_entry_are_skipped(tmp_path):
+    """A line nested 100,000 deep raised a RecursionError out of the hook (an internal
+    error); it is skipped like a line cut short by a kill."""
+    from theta_zarr.git.pending import _entries
+
+    record = tmp_path / "123"
+    record.write_text("[" * 100_000 + "\n" + '{"path": "m.safetensors", "blob": "ab"}\n'
+                      + '{"path": "../x", "blob": "ab"}\n[1]\n{"path": "cut')
+    assert _entries(str(record)) == [("m.safetensors", "ab")]
+
+
 def test_an_eol_crlf_line_after_the_track_line_still_checks_out_clean(direct):
     """``* text=auto eol=crlf`` after the track line overrides ``-text``: git converts the
     manifest to CRLF before the smudge filter sees it; the direct write then never matched
