@@ -6,6 +6,7 @@ import collections
 import io
 import math
 import os
+import re
 import zipfile
 
 import pytest
@@ -416,3 +417,32 @@ def test_a_key_longer_than_a_parameter_name_may_be_round_trips(tmp_path):
     for k, t in obj.items():
         assert same_bits(back[k], t)
     assert len(m.params) == 3 and all(len(n) <= 4096 for n in m.params)
+
+
+@pytest.mark.parametrize("leaf, words", [
+    ({"__device__": "bogus:99"}, "bad node {'__device__': 'bogus:99'}"),
+    ({"__size__": "x"}, "bad node {'__size__': 'x'}"),
+    ({"__complex__": [1]}, "bad node {'__complex__': [1]}"),
+    ({"__dict__": [[{"__list__": [1]}, 2]]}, "bad node {'__dict__'"),
+    ({"__dict__": "pairs"}, "bad node {'__dict__': 'pairs'}"),
+    ({"__tensor__": "w", "view": [0, [2**40, 2**40], [0, 0]]}, "more elements than a tensor"),
+])
+def test_a_hand_edited_tree_node_is_one_line(leaf, words, tmp_path):
+    """A device string torch rejects, a Size of strings, a list as a dict key, a view of
+    2^80 elements: internal errors (RuntimeError, TypeError, IndexError) at checkout."""
+    m = clean(saved({"w": torch.ones(4), "step": 3}), tmp_path)
+    m.format["tree"]["__dict__"][1][1] = leaf
+    edited = Manifest.from_bytes(m.to_bytes(), NAME)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        smudge(edited, tmp_path)
+
+
+def test_the_api_refuses_a_tree_naming_an_unknown_tensor(tmp_path):
+    """The checkout refused it; the API's tensors left the leaf out silently."""
+    from theta_zarr.formats import get_format
+    from theta_zarr.manifest import ManifestError
+
+    m = clean(saved({"w": torch.ones(4), "v": torch.zeros(4)}), tmp_path)
+    m.format["tree"]["__dict__"][1][1]["__tensor__"] = "nope"
+    with pytest.raises(ManifestError, match="unknown tensor 'nope'"):
+        get_format("torch").tensors(m.format, m.params)

@@ -105,7 +105,10 @@ class TorchFormat(Format):
         out: dict[str, TensorView] = {}
         for key, leaf in _keyed_leaves(fmt.get("tree")):
             name = leaf.get("__tensor__")
-            if key not in out and name in params:
+            if not isinstance(name, str) or name not in params:
+                # as the checkout refuses it: the tensor was silently left out
+                raise ManifestError(f"torch tree names unknown tensor {str(name)[:80]!r}")
+            if key not in out:
                 out[key] = _view_of_leaf(leaf)
         return out
 
@@ -132,6 +135,9 @@ def view_tensor(base: torch.Tensor, view: TensorView) -> torch.Tensor:
     need = _extent(view.offset, view.shape, view.stride) * dtype.itemsize
     if need > storage.nbytes():
         raise ManifestError(f"torch tree: a view of {view.param!r} reaches past its storage")
+    if math.prod(view.shape) >= 2**63:  # torch counts elements in int64
+        raise ManifestError(f"torch tree: a view of {view.param!r} has more elements than "
+                            "a tensor can")
     return torch.empty(0, dtype=dtype).set_(storage, view.offset, view.shape, view.stride)
 
 
@@ -474,6 +480,17 @@ class _TreeDecoder:
         self.locations: dict[int, str] = {}  # storage data_ptr -> saved device
 
     def decode(self, node: Any) -> Any:
+        """The object a tree node stands for; ManifestError, one line, for a node no
+        theta-zarr writes (a hand edit: a device string torch rejects, a pair of one)."""
+        try:
+            return self._decode(node)
+        except ManifestError:
+            raise
+        except (TypeError, ValueError, IndexError, KeyError, RuntimeError, OverflowError) as e:
+            raise ManifestError(f"torch tree: bad node {str(node)[:80]} "
+                                f"({type(e).__name__}: {str(e)[:120]})") from None
+
+    def _decode(self, node: Any) -> Any:
         import torch
 
         if isinstance(node, list):
