@@ -212,6 +212,8 @@ def load_config(text: str, source: str) -> ModelMergeConfig:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{source}: not valid YAML{at}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a mapping with merge_method and models")
     known = {"merge_method", "method", "models", "base_model", "base", "parameters", "dtype"}

@@ -198,9 +198,13 @@ def test_merge_models_bad_input_is_one_line_and_changes_nothing(repo):
             "unknown merge parameter 'densty'",
         "merge_method: slerp\nmodels: [task-a, task-b, main]\n": "merges 2 models, not 3",
         "merge_method: [\n": "not valid YAML",
+        # PyYAML composes recursively: a RecursionError, reported as an internal error
+        "a: " + "[" * 100_000: "not valid YAML (nested too deeply)",
+        # an encoding error that named neither the file nor what it is
+        "\udcff\udcfemerge_method: ties\n": "bad.yml: not a YAML merge config (not UTF-8",
     }
     for text, message in cases.items():
-        cfg.write_text(text)
+        cfg.write_bytes(text.encode("utf-8", "surrogateescape"))
         proc = repo.tz("merge-models", str(cfg), check=False)
         err = proc.stderr.decode()
         assert proc.returncode == 1 and message in err, (text, err)

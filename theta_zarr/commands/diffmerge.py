@@ -294,6 +294,11 @@ def register(main: click.Group) -> None:
             title = title or recorded
         else:
             assert config is not None
-            with open(config, encoding="utf-8") as f:
-                text, source = f.read(), config
+            with open(config, "rb") as f:
+                data, source = f.read(), config
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                fail(f"{config}: not a YAML merge config (not UTF-8 text: {e.reason} at byte "
+                     f"{e.start})")
         merge_models_commit(text, source, title, lambda s: click.echo(s))
