@@ -93,6 +93,12 @@ def test_paths_that_are_not_tracked_files(pushed):
                       "nope.safetensors", "no such file")
 
 
+@pytest.mark.parametrize("args", [("materialize", ""), ("diff", "HEAD", "--", "")])
+def test_an_empty_path_names_no_file(pushed, args):
+    """materialize '' (an unset shell variable) materialized every tracked checkpoint."""
+    assert_user_error(pushed.tz(*args, check=False), "an empty path names no file")
+
+
 @pytest.mark.parametrize("args", [("materialize", "/etc/passwd"), ("materialize", ".."),
                                   ("diff", "HEAD", "--", "../other.safetensors"),
                                   ("resolve", "-s", "ours", "/etc/passwd")])

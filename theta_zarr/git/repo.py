@@ -172,7 +172,10 @@ class Repo:
         work tree, as git takes it: symbolic links among its folders resolved (a home or
         scratch folder reached through a link), the last component kept as it is (a
         tracked link).  May start with ``..`` (outside the work tree), unless ``inside``:
-        then such a path is a GitInputError naming it, as git refuses it."""
+        then such a path, or an empty one, is a GitInputError naming it, as git refuses it."""
+        if inside and not path:  # '' is the current folder to abspath, every file to us
+            raise GitInputError("an empty path names no file (git: empty string is not a "
+                                "valid pathspec)")
         full = os.path.abspath(path)
         real = os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full)) \
             if os.path.islink(full) else os.path.realpath(full)
