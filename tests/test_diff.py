@@ -242,6 +242,31 @@ def test_a_file_that_only_reorders_its_tensors_is_a_change(store):
     assert '  * (order of the tensors in the file): "a at 0" -> "b at 0"' in format_text(fd)
 
 
+def test_an_added_or_reshaped_tensor_is_no_layout_change(store):
+    """The format's order list and a torch file's tree follow the tensors: adding one or
+    reshaping one changed them, and the diff added "(file layout) changed (same tensors,
+    same values)", a non-tensor change that was not there."""
+    a = manifest(store, {"a": rng_arr(0, (4,)), "b": rng_arr(1, (4,))})
+    b = manifest(store, {"a": rng_arr(0, (4,)), "b": rng_arr(1, (4,)), "c": rng_arr(2, (2,))})
+    fd = summarize(a, b, "m.safetensors")
+    assert fd.counts()["added"] == 1 and fd.other == []
+    def torch_file(tensors):
+        leaves = [[n, {"__tensor__": n}] for n in tensors]
+        return manifest(store, tensors, fmt={"name": "torch", "tree": {"__dict__": leaves}})
+
+    a = torch_file({"a": rng_arr(0, (4,)), "b": rng_arr(1, (4,))})
+    b = torch_file({"b": rng_arr(1, (2, 2))})
+    fd = summarize(a, b, "m.pt")
+    assert fd.counts()["reshaped"] == fd.counts()["removed"] == 1 and fd.other == []
+
+
+def test_a_reorder_beside_an_added_tensor_is_still_reported(store):
+    a = manifest(store, {"a": rng_arr(0, (4,)), "b": rng_arr(1, (4,))})
+    b = manifest(store, {"c": rng_arr(2, (2,)), "b": rng_arr(1, (4,)), "a": rng_arr(0, (4,))})
+    fd = summarize(a, b, "m.safetensors")
+    assert '  * (order of the tensors in the file): "a at 0" -> "b at 0"' in format_text(fd)
+
+
 def test_a_layout_change_the_plug_in_does_not_describe_is_still_a_change(store, monkeypatch):
     import theta_zarr.diff as diff_module
 

@@ -168,15 +168,36 @@ def other_changes(old: Manifest, new: Manifest) -> list[OtherChange]:
         return []
     out = _changes(describe(old), describe(new))
     # the order of the tensors' data in the file: left out of describe (it follows the
-    # tensors), but a file that only reorders them is another file, which git sees
+    # tensors), but a file that only reorders them is another file, which git sees; a
+    # tensor added or removed is no reordering of the others
     a, b = old.format.get("order"), new.format.get("order")
-    if isinstance(a, list) and isinstance(b, list) and a != b and sorted(map(str, a)) == \
-            sorted(map(str, b)):
-        i = next(k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
-        out.append(OtherChange(ORDER_KEY, "changed", f"{a[i]} at {i}", f"{b[i]} at {i}"))
-    if not out:  # something the plug-in does not describe: still a change, said as one
+    if isinstance(a, list) and isinstance(b, list):
+        both = set(map(str, a)) & set(map(str, b))
+        a, b = [n for n in a if str(n) in both], [n for n in b if str(n) in both]
+        if a != b:
+            i = next(k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+            out.append(OtherChange(ORDER_KEY, "changed", f"{a[i]} at {i}", f"{b[i]} at {i}"))
+    if not out and not _follows_the_tensors(old, new):
+        # something the plug-in does not describe: still a change, said as one
         out.append(OtherChange(LAYOUT_KEY, "changed", None, None))
     return out
+
+
+def _follows_the_tensors(old: Manifest, new: Manifest) -> bool:
+    """Whether two formats differ only as their tensors do: some tensor was added, removed
+    or reshaped, and the formats restricted to the tensors alike on both sides (as a
+    partial materialize would write them) are equal."""
+    from .formats import FormatError, get_format
+
+    alike = [n for n, e in old.params.items()
+             if n in new.params and _geom(e) == _geom(new.params[n])]
+    if len(alike) == len(old.params) == len(new.params):
+        return False
+    try:
+        plugin = get_format(old.format_name)
+    except FormatError:
+        return False
+    return plugin.select(old.format, alike) == plugin.select(new.format, alike)
 
 
 def _changes(a: dict[str, Any], b: dict[str, Any], prefix: str = "",
@@ -497,8 +518,9 @@ def format_text(fd: FileDiff) -> list[str]:
             lines.append(f"  * {o.key}: (none) -> {show_value(o.new)}")
         elif o.status == "removed":
             lines.append(f"  * {o.key}: {show_value(o.old)} -> (none)")
-        elif o.key == LAYOUT_KEY:
-            lines.append(f"  * {o.key} changed (same tensors, same values)")
+        elif o.key.endswith(LAYOUT_KEY):  # a shard's is "NAME: (file layout)"
+            same = "" if fd.params else " (same tensors, same values)"
+            lines.append(f"  * {o.key} changed{same}")
         else:
             lines.append(f"  * {o.key}: {show_value(o.old)} -> {show_value(o.new)}")
     return lines

@@ -87,6 +87,33 @@ def test_resave_that_moves_tensors_between_shards_diffs_as_one_change(sharded):
     assert "~ model.layers.1.mlp.up_proj.weight" in gd
 
 
+def test_tensors_moved_between_shards_of_the_same_names_are_no_layout_change(repo):
+    """A re-save that keeps the shard files' names but moves tensors between them (as
+    save_pretrained does after a fine-tune) printed "SHARD: (file layout): null -> null"
+    for every shard, as a non-tensor change."""
+    from safetensors.torch import save_file
+
+    folder = repo.path / "m"
+    folder.mkdir()
+
+    def save(shards, tuned=0.0):
+        for shard, names in shards.items():
+            save_file({n: torch.full((4,), 1.0 + (tuned if n == "c" else 0.0)) for n in names},
+                      folder / shard)
+        weight_map = {n: shard for shard, names in shards.items() for n in names}
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map}))
+        repo.git("add", "-A")
+        repo.git("commit", "-q", "-m", "save")
+
+    save({"model-1.safetensors": ["a", "b"], "model-2.safetensors": ["c"]})
+    save({"model-1.safetensors": ["a"], "model-2.safetensors": ["b", "c"]}, tuned=1.0)
+    text = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert "1 changed, 0 reshaped, 0 added, 0 removed, 2 unchanged; 1 moved to another shard" \
+        in text
+    assert "file layout" not in text and "other (non-tensor)" not in text
+
+
 def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded, tmp_path):
     from transformers import LlamaForCausalLM
 
