@@ -86,6 +86,38 @@ def test_trainer_folder_is_added_whole_and_rebuilt_byte_identically(repo, traine
     assert repo.out("status", "--porcelain") == ""
 
 
+def test_materialize_include_of_a_trainer_folder_selects_from_the_files_that_match(
+        repo, trainer_folder):
+    """--include on checkpoint-2/ selects model weights: the optimizer's state holds no such
+    name, and materialize wrote model.partial.safetensors, then failed on optimizer.pt
+    without naming what it had written; a glob nothing matches writes nothing."""
+    from safetensors.torch import load_file
+
+    repo.tz("track", "*.bin", "*.pth")
+    dest = repo.path / "checkpoint-2"
+    shutil.copytree(trainer_folder, dest)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "trainer checkpoint")
+    out = repo.tz("materialize", "checkpoint-2/", "--include", "transformer.h.0.*").stdout
+    assert out.decode().splitlines() == [
+        "checkpoint-2/model.safetensors: 12 of 16 parameters -> "
+        "checkpoint-2/model.partial.safetensors"]
+    assert all(k.startswith("transformer.h.0.")
+               for k in load_file(dest / "model.partial.safetensors"))
+    (dest / "model.partial.safetensors").unlink()
+    for args in (["checkpoint-2/", "--include", "nothing.*"],
+                 ["checkpoint-2/model.safetensors", "checkpoint-2/optimizer.pt",
+                  "--include", "transformer.*"]):
+        proc = repo.tz("materialize", *args, check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err.startswith("theta-zarr: ") and \
+            "no parameter matches" in err and err.count("\n") == 1, err
+        assert not (dest / "model.partial.safetensors").exists()
+    proc = repo.tz("materialize", "checkpoint-2/", "--include", "*", "-o", "one.pt", check=False)
+    assert proc.returncode == 1 and "takes one checkpoint" in proc.stderr.decode()
+    assert not (repo.path / "one.pt").exists()
+
+
 def test_refusing_opaque_files_names_the_refused_global(repo, trainer_folder):
     repo.tz("track", "*.pth")
     repo.git("config", "theta-zarr.opaque", "false")

@@ -96,6 +96,13 @@ def _check_output(output: str, folder: bool, force: bool) -> None:
                          "to overwrite it")
 
 
+def _one_file(output: str, rels: list[str]) -> None:
+    """Refuse to write several checkpoints (a folder's) to the one ``--output`` file."""
+    if len(rels) > 1:
+        raise ValueError(f"--output {_shown(output)} takes one checkpoint, and the PATH "
+                         f"holds {len(rels)}: {', '.join(rels)}")
+
+
 def materialize(paths: list[str], include: list[str] | None, output: str | None,
                 force: bool = False) -> list[str]:
     """Rebuild the checkpoints at ``paths`` (every tracked one when empty) from their
@@ -115,7 +122,7 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
     if output and len(targets) != 1:
         raise ValueError("--output needs exactly one PATH")
     done = []
-    expanded = []
+    expanded: list[tuple[str, bool]] = []  # (path, whether PATH named this very file)
     for rel in targets:
         model = _model_at(repo, rel, objects)
         if model is not None and include:
@@ -123,20 +130,17 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
                 _check_output(output, folder=True, force=force)
             done.append(_partial_model(repo, model, include, output, objects, settings))
         elif model is not None:
-            expanded += sorted(model.shard_manifests)
+            expanded += [(shard, False) for shard in sorted(model.shard_manifests)]
         elif os.path.isdir(os.path.join(repo.top, rel)):  # a folder (a Trainer checkpoint-N/)
             found = [f.path for f in tracked_files(repo, None, [rel.replace(os.sep, "/")])
                      if f.manifest is not None]
             if not found:
                 raise ValueError(f"{rel}: no checkpoint theta-zarr stores in this folder")
-            expanded += found
+            expanded += [(f, False) for f in found]
         else:
-            expanded.append(rel)
-    if output and not include and len(expanded) > 1:
-        raise ValueError(f"--output without --include writes one checkpoint file, and "
-                         f"{targets[0]} holds {len(expanded)}; materialize it in place, or "
-                         "select tensors with --include")
-    for rel in expanded:
+            expanded.append((rel, bool(paths)))
+    jobs = []
+    for rel, named in expanded:
         full = os.path.join(repo.top, rel)
         text = None
         if os.path.exists(full):
@@ -155,17 +159,34 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
                     continue
         else:
             manifest = manifest_at(repo, rel, None)
-        if include:
+        jobs.append((rel, named, text, manifest))
+    if include:
+        # every selection is checked before anything is written: a file PATH names must
+        # match, a file of a folder (or of the whole repository) may not, one of them must
+        chosen = []
+        for rel, named, _, manifest in jobs:
             names = checkpoint.matching_params(manifest, include)
-            if not names:
+            if not names and named:
                 raise ManifestError(f"{rel}: no parameter matches {', '.join(include)}")
-            if output:
-                _check_output(output, folder=False, force=force)
+            if names:
+                chosen.append((rel, manifest, names))
+        if not chosen and jobs:
+            where = ", ".join(paths) if paths else "any tracked checkpoint"
+            raise ManifestError(f"{where}: no parameter matches {', '.join(include)}")
+        if output and chosen:
+            _one_file(output, [rel for rel, _, _ in chosen])
+            _check_output(output, folder=False, force=force)
+        for rel, manifest, names in chosen:
             dest = output or os.path.join(repo.top, _partial_name(rel))
             _write_atomic(dest, checkpoint.select(manifest, names), objects, settings)
             done.append(f"{rel}: {len(names)} of {len(manifest.params)} parameters -> "
                         f"{_shown(dest)}")
-        elif output is None and text is not None and text == _index_blob(repo, rel):
+        return done
+    if output and jobs:
+        _one_file(output, [rel for rel, _, _, _ in jobs])
+    for rel, _, text, manifest in jobs:
+        full = os.path.join(repo.top, rel)
+        if output is None and text is not None and text == _index_blob(repo, rel):
             # Written straight from the cache, its stat data recorded in the index, so
             # `git status` stays clean; git's own pipe only where the index refuses.
             checkpoint.ensure_local(manifest, objects.cache, objects.fetch, source=rel)
