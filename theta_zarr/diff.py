@@ -13,6 +13,7 @@ import concurrent.futures as cf
 import json
 import math
 import os
+import posixpath
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -416,6 +417,12 @@ def _restrict(model: Model | None, names: set[str]) -> Manifest | None:
     return Manifest(m.format, {n: e for n, e in m.params.items() if n in names})
 
 
+def _in_folder(model: Model, shard: str) -> str:
+    """A shard's name inside its model's folder (a one-file model's: the file's name)."""
+    folder = posixpath.dirname(model.index.path if model.index else shard)
+    return posixpath.relpath(shard, folder) if folder else shard
+
+
 def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
                 workers: int = 4, full_norm: bool = False, numbers: bool = True,
                 files: tuple[str, ...] | None = None) -> FileDiff:
@@ -438,13 +445,21 @@ def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
     if old is None or new is None:
         return fd
     assert a is not None and b is not None
+    # shards are compared by their names inside the model's folder: a renamed folder
+    # (`git mv llama llama-v2`) moves no tensor to another shard
     fd.moved = [{"name": n, "from": old.shard_of[n], "to": new.shard_of[n]}
-                for n in b.params if n in a.params and old.shard_of[n] != new.shard_of[n]]
+                for n in b.params if n in a.params and
+                _in_folder(old, old.shard_of[n]) != _in_folder(new, new.shard_of[n])]
     other = []
-    for name in sorted(set(old.shard_manifests) & set(new.shard_manifests)):
-        sa, sb = old.shard_manifests[name], new.shard_manifests[name]
-        if sa.format_name == sb.format_name and (files is None or name in files):
-            label = name.rsplit("/", 1)[-1]
+    new_shards = {_in_folder(new, s): s for s in new.shard_manifests}
+    for name in sorted(old.shard_manifests):
+        new_name = new_shards.get(_in_folder(old, name))
+        if new_name is None:
+            continue
+        sa, sb = old.shard_manifests[name], new.shard_manifests[new_name]
+        if sa.format_name == sb.format_name and (files is None or name in files or
+                                                 new_name in files):
+            label = new_name.rsplit("/", 1)[-1]
             other += [OtherChange(f"{label}: {o.key}", o.status, o.old, o.new)
                       for o in other_changes(sa, sb)]
     if old.index and new.index and (files is None or old.index.path in files or

@@ -114,6 +114,24 @@ def test_tensors_moved_between_shards_of_the_same_names_are_no_layout_change(rep
     assert "file layout" not in text and "other (non-tensor)" not in text
 
 
+def test_git_diff_of_a_renamed_model_folder_finds_each_shard_in_the_new_folder(sharded):
+    """`git mv llama llama-v2`: git's rename detection hands each shard's pair to the diff
+    driver, which looked the new side up in the old folder's model and printed every
+    tensor of the shard as removed."""
+    repo, _, folder = sharded
+    repo.git("mv", "llama", "llama-v2")
+    repo.git("commit", "-q", "-m", "rename the model folder")
+    out = repo.out("diff", "-M", "HEAD~1", "HEAD")
+    shards = sorted(p.name for p in (repo.path / "llama-v2").glob("model-*.safetensors"))
+    heads = [ln for ln in out.splitlines() if " (in llama/" in ln]
+    assert len(heads) == len(shards) > 2, out
+    both = "(in llama/model.safetensors.index.json => llama-v2/model.safetensors.index.json)"
+    for ln in heads:
+        assert both in ln and ": 0 changed, 0 reshaped, 0 added, 0 removed, " in ln
+        assert "moved to another shard" not in ln
+    assert "\n  - " not in out
+
+
 def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded, tmp_path):
     from transformers import LlamaForCausalLM
 

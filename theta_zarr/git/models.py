@@ -301,11 +301,15 @@ def driver_diff(repo: Repo, path: str, old_hex: str, new_hex: str, deleted: bool
     if new is None or old is None:
         return None
     memo: dict[tuple[str, object], list[Index]] = {}
-    key = model_keys(repo, path, old, memo) or model_keys(repo, new_path, new, memo)
-    if key is None:
+    # each side's own model: a renamed folder (`git mv llama llama-v2`) holds its shards
+    # under the other model's name on the new side
+    old_key, new_key = model_keys(repo, path, old, memo), model_keys(repo, new_path, new, memo)
+    if old_key is None and new_key is None:
         return None
-    a, b = open_side(repo, key, old, objects), open_side(repo, key, new, objects)
+    a = open_side(repo, old_key or new_key, old, objects)
+    b = open_side(repo, new_key or old_key, new, objects)
     fd = diff_models(a, b, objects, path, workers, files=(path, new_path))
     name = path if new_path == path else f"{path} => {new_path}"
-    fd.path = f"{name} (in {(b or a).label if (a or b) else key})"
+    labels = dict.fromkeys(m.label for m in (a, b) if m) or {old_key or new_key: None}
+    fd.path = f"{name} (in {' => '.join(labels)})"
     return fd
