@@ -177,6 +177,11 @@ def test_merge_models_three_fine_tunes_in_one_commit(repo):
         assert got[n].tobytes() == want.tobytes(), n
     first = repo.out("rev-parse", "HEAD^{tree}")
     merged = repo.out("rev-parse", "HEAD").strip()
+    # the docs' next step, on the merge itself: HEAD already holds it (it was refused as
+    # "changed on HEAD and by the models"), and no empty commit is made
+    proc = repo.tz("merge-models", "--from-commit", "HEAD")
+    assert b"already holds this merge; nothing to commit" in proc.stdout
+    assert repo.out("rev-parse", "HEAD").strip() == merged
     repo.git("reset", "-q", "--hard", start)  # merge-models moved main: go back
     repo.tz("merge-models", "--from-commit", merged)
     assert repo.out("rev-parse", "HEAD^{tree}") == first

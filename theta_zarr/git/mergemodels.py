@@ -103,18 +103,22 @@ def merge_models_commit(text: str, source: str, title: str | None,
             entry = _merge_file(repo, path, path in ours, labels, sides, b, base, table,
                                 objects, workers, echo)
         mine = head_tree.get(path)
-        if mine != b and mine not in sides:  # HEAD's own change, in no model
+        if mine != b and mine not in sides and mine != entry:  # HEAD's own, in no model
             if entry != b:
                 raise ConfigError(f"{path}: changed on HEAD and by the models; run "
                                   "merge-models from a commit without its own change to it")
             entry = mine
         if entry is not None:
             entries[path] = entry
-    tree = _write_tree(repo, entries)
     parents = [head]
     for c in commits.values():
         if c not in parents and not _ancestor(repo, c, head):
             parents.append(c)
+    if parents == [head] and entries == head_tree:
+        # every model is in HEAD's history and HEAD holds the merge (--from-commit HEAD)
+        echo(f"theta-zarr: HEAD ({head[:10]}) already holds this merge; nothing to commit")
+        return head
+    tree = _write_tree(repo, entries)
     title = title or f"Merge models {', '.join(labels)} with {config.method}"
     message = f"{title}\n\n{MARKER}\n{config.to_text(commits, base)}"
     args = ["commit-tree", tree]
