@@ -199,7 +199,8 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
     rows = []
     for f in files:
         if f.manifest is None:
-            rows.append({"path": f.path, "format": None, "bytes": f.size})
+            rows.append({"path": f.path, "format": None, "bytes": f.size,
+                         **({"lfs": f.lfs.to_json()} if f.lfs else {})})
             continue
         m = f.manifest
         digests = m.digests()
@@ -225,8 +226,10 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
         return
     for r in rows:
         if r["format"] is None:
+            lfs_ = r.get("lfs")
             why = "empty file, kept as it is" if r["bytes"] == 0 else \
-                f"not a manifest: {human(r['bytes'])} committed before it was tracked"
+                f"stored by git-lfs, oid {lfs_['oid']}, size {human(lfs_['size'])}" if lfs_ \
+                else f"not a manifest: {human(r['bytes'])} committed before it was tracked"
             click.echo(f"{quote_path(r['path'])}  ({why})")
             continue
         click.echo(f"{quote_path(r['path'])}  {r['format']}  {r['params']} params  "

@@ -3,15 +3,19 @@ die across the migration, and ``migrate`` converts the tree or rewrites history.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import theta_zarr
 from theta_zarr import checkpoint, lfs
 from theta_zarr.formats import FormatError
+from theta_zarr.manifest import ManifestError
 from theta_zarr.settings import Settings
 
 needs_lfs = pytest.mark.skipif(shutil.which("git-lfs") is None,
@@ -106,6 +110,16 @@ def test_migrate_current_tree_then_diff_and_log_across_it(lfs_repo):
     assert f"size {len(versions[1])} bytes" in tz
     log = r.out("log", "-p", "--", "model.safetensors")
     assert "-# stored by git-lfs, oid sha256:" in log and "+w float32[16, 16]" in log
+    # ls-files and the API name an LFS-era version for what it is (they said "committed
+    # before it was tracked" and "not tracked by theta-zarr")
+    oid = hashlib.sha256(versions[1]).hexdigest()
+    listed = r.tz("ls-files", "--rev", "HEAD~1").stdout.decode()
+    assert listed.startswith(f"model.safetensors  (stored by git-lfs, oid sha256:{oid}, size ")
+    (row,) = json.loads(r.tz("ls-files", "--json", "--rev", "HEAD~1").stdout)
+    assert row["lfs"] == {"oid": f"sha256:{oid}", "size": len(versions[1])}
+    with pytest.raises(ManifestError, match=rf"HEAD~1:model.safetensors: stored by git-lfs, "
+                                            rf"oid sha256:{oid}, .*git theta-zarr migrate"):
+        theta_zarr.load_state_dict(str(r.path / "model.safetensors"), rev="HEAD~1")
     # the older LFS commits still check out as real files
     r.git("checkout", "-q", "HEAD~2")
     assert (r.path / "model.safetensors").read_bytes() == versions[0]

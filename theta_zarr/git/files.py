@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .. import lfs
 from ..manifest import MAX_MANIFEST_BLOB, Manifest, ManifestError, looks_like_manifest
 from .install import DRIVER
 from .repo import GitError, GitInputError, Repo
@@ -16,6 +17,7 @@ class TrackedFile:
     blob: str
     manifest: Manifest | None  # None: the blob is not a manifest (committed before tracking)
     size: int = 0  # the blob's size in bytes
+    lfs: lfs.LfsPointer | None = None  # the git-lfs pointer the blob is, if it is one
 
 
 def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
@@ -116,7 +118,8 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
     for (path, blob), size in zip(ours, sizes, strict=True):
         head = data.get(blob, b"")
         manifest = Manifest.from_bytes(head, path) if looks_like_manifest(head[:64]) else None
-        files.append(TrackedFile(path, blob, manifest, size))
+        pointer = lfs.parse(head) if manifest is None else None
+        files.append(TrackedFile(path, blob, manifest, size, pointer))
     return files
 
 
@@ -139,5 +142,9 @@ def manifest_at(repo: Repo, path: str, rev: str | None = "HEAD") -> Manifest:
         where = "the index (not a tracked file)" if rev is None else f"revision {rev}"
         raise GitInputError(f"{path}: no such file in {where}") from None
     if not looks_like_manifest(data[:64]):
+        pointer = lfs.parse(data)
+        if pointer is not None:  # an LFS-era version (migrate-from-lfs.md)
+            raise ManifestError(f"{spec}: {pointer.describe()}, not by theta-zarr "
+                                "('git theta-zarr migrate' converts it)")
         raise ManifestError(f"{spec}: not tracked by theta-zarr (no manifest in git)")
     return Manifest.from_bytes(data, spec)
