@@ -132,6 +132,28 @@ def test_git_diff_of_a_renamed_model_folder_finds_each_shard_in_the_new_folder(s
     assert "\n  - " not in out
 
 
+def test_a_model_cast_to_bf16_that_fits_one_file_diffs_as_that_file(sharded):
+    """save_pretrained of the model in bf16 writes one model.safetensors, deletes the shards
+    and leaves the index, which names them still. transformers loads model.safetensors;
+    the diff took the index as the model, met its missing shards and went file by file
+    (every tensor removed from the shards and added to model.safetensors)."""
+    repo, model, folder = sharded
+    model.to(torch.bfloat16).save_pretrained(folder, max_shard_size="1MB")
+    assert (folder / "model.safetensors").exists()
+    assert (folder / "model.safetensors.index.json").exists()  # left behind
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "bf16, one file")
+    out = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)
+    (f,) = out["files"]
+    assert f["path"] == "llama/model.safetensors"
+    n = len(model.state_dict())
+    assert f["summary"]["reshaped"] == f["summary"]["moved"] == n
+    assert all(p["new"]["dtype"] == "bfloat16" for p in f["params"])
+    gd = repo.out("diff", "HEAD~1", "HEAD", "--", "llama")
+    assert "\n  - " not in gd and "\n  + " not in gd, gd
+    assert theta_zarr.load_state_dict(str(folder))["lm_head.weight"].dtype == torch.bfloat16
+
+
 def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded, tmp_path):
     from transformers import LlamaForCausalLM
 

@@ -194,12 +194,16 @@ def group_by_model(repo: Repo, paths: list[str], old: object, new: object
 
 
 def open_side(repo: Repo, key: str, side: object, objects) -> Model | None:
-    """The model ``key`` at ``side``: its index and shards, or its one file; None if absent."""
+    """The model ``key`` at ``side``: its one file, else its index and shards; None if
+    absent.  The one file comes first, as transformers loads it: a re-save that fits one
+    file (a model cast to bf16) deletes the shards but leaves their index behind."""
+    m = manifest_of(repo, key, side, objects)
+    if isinstance(m, Manifest):
+        return single(key, m)
     index_path = key + INDEX_SUFFIX
     if read_file(repo, index_path, side) is not None:
         return open_model(repo, index_path, side, objects)
-    m = manifest_of(repo, key, side, objects)
-    return single(key, m) if isinstance(m, Manifest) else None
+    return None
 
 
 def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: object,
