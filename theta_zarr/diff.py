@@ -95,6 +95,7 @@ class FileDiff:
     #: a sharded model: the shard files of each side, and parameters whose shard changed
     shards: dict[str, list[str] | None] | None = None
     moved: list[dict[str, str]] = field(default_factory=list)
+    renamed: bool = False  # a file git saw renamed (``path`` is ``OLD => NEW``)
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ("added", "removed", "reshaped", "changed")}
@@ -108,9 +109,10 @@ class FileDiff:
 
     def has_changes(self) -> bool:
         """True when the text output reports any difference for this file: a parameter,
-        a non-tensor change, a parameter moved between shards, an lfs/plain side or a
-        format change; ``--name-only``, ``--stat`` and ``--exit-code`` count exactly these."""
-        if self.params or self.other or self.moved:
+        a non-tensor change, a parameter moved between shards, an lfs/plain side, a
+        format change or a new name; ``--name-only``, ``--stat`` and ``--exit-code`` count
+        exactly these."""
+        if self.params or self.other or self.moved or self.renamed:
             return True
         if self.old_foreign is not None or self.new_foreign is not None:
             return True

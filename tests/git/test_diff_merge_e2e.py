@@ -102,6 +102,19 @@ def test_git_diff_of_a_renamed_checkpoint_names_both_paths(repo):
     out = repo.git("diff", "-M", "HEAD~1", "HEAD").stdout.decode()
     assert out.startswith("model.safetensors => renamed.safetensors: 1 changed"), out
     assert "elements 0.01%" in out
+    # git theta-zarr diff follows the rename as git diff does (it listed every parameter
+    # removed from the old name and added to the new one), unless diff.renames is off
+    tz = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert tz.startswith("model.safetensors => renamed.safetensors: 1 changed, 0 reshaped, "
+                         "0 added, 0 removed, 1 unchanged"), tz
+    repo.git("mv", "renamed.safetensors", "again.safetensors")
+    repo.git("commit", "-q", "-m", "rename only")
+    stat = repo.tz("diff", "--stat", "HEAD~1", "HEAD").stdout.decode()
+    assert stat.startswith(" renamed.safetensors => again.safetensors | renamed\n"), stat
+    assert repo.tz("diff", "--exit-code", "HEAD~1", "HEAD", check=False).returncode == 1
+    off = repo.git("-c", "diff.renames=false", "theta-zarr", "diff", "--stat", "HEAD~1",
+                   "HEAD").stdout.decode()
+    assert "2 added" in off and "2 removed" in off, off
 
 
 def test_git_diff_into_a_closed_pipe_stops_quietly(repo):

@@ -120,7 +120,8 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
         kw = {"numbers": numbers, "full_norm": full_norm, "workers": settings.workers,
               "objects": read_through(repo, settings=settings)}
         diffs = models.diff_groups(repo, groups, old, new, **kw)
-        diffs += drivers.diff_sides(repo, singles, old, new, **kw)
+        renamed = drivers.renamed_paths(repo, revs, cached, rel) if len(singles) > 1 else {}
+        diffs += drivers.diff_sides(repo, singles, old, new, renamed=renamed, **kw)
     changed = [d for d in diffs if d.has_changes()]
     if png:
         try:
@@ -158,9 +159,10 @@ def stat_lines(diffs: list) -> list[str]:
         parts = [_stat_part(k, c[k]) for k in keys if c.get(k)]
         for k in keys:
             total[k] += c.get(k, 0)
-        if not parts:  # an lfs / plain side, or another format: has_changes says why
+        if not parts:  # an lfs / plain side, another format or name: has_changes says why
             parts = ["not both theta-zarr manifests" if d.old_foreign or d.new_foreign
-                     else "format changed"]
+                     else "format changed" if d.old and d.new and
+                     d.old.format_name != d.new.format_name else "renamed"]
         lines.append(f" {d.path.ljust(width)} | {', '.join(parts)}")
     summary = ", ".join(_stat_part(k, v) for k, v in total.items() if v)
     lines.append(f" {len(diffs)} checkpoint(s) changed" + (f": {summary}" if summary else ""))

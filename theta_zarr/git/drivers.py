@@ -60,19 +60,50 @@ def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]) -
     return tracked_by_us(repo, [p for p in out.decode().split("\0") if p])
 
 
+def renamed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]
+                  ) -> dict[str, str]:
+    """Old name -> new name of each tracked checkpoint git sees renamed, by git's own
+    rename detection (``diff.renames``, as ``git diff`` shows it: a file converted from
+    ``pytorch_model.bin`` to ``model.safetensors`` keeps its chunks, so its manifest)."""
+    args = ["diff", "--name-status", "-z", "--no-ext-diff", "--no-textconv"]
+    if cached:
+        args.append("--cached")
+    fields = repo.git(*args, *revs, "--", *paths).decode().split("\0")
+    pairs, i = {}, 0
+    while i < len(fields) and fields[i]:
+        status = fields[i]
+        if status[:1] in ("R", "C"):
+            if status[:1] == "R":
+                pairs[fields[i + 1]] = fields[i + 2]
+            i += 3
+        else:
+            i += 2
+    ours = set(tracked_by_us(repo, [*pairs, *pairs.values()]))
+    return {a: b for a, b in pairs.items() if a in ours and b in ours}
+
+
 # -- diff -------------------------------------------------------------------------------
 def diff_sides(repo: Repo, paths: list[str], old: object, new: object, numbers: bool = True,
-               full_norm: bool = False, *, objects: ReadThrough, workers: int
-               ) -> list[FileDiff]:
+               full_norm: bool = False, *, objects: ReadThrough, workers: int,
+               renamed: dict[str, str] | None = None) -> list[FileDiff]:
+    """One diff per path; a path ``renamed`` maps to its new name (both among ``paths``)
+    is compared with the file under that name, as ``OLD => NEW``."""
     if not paths:
         return []
+    renamed = {a: b for a, b in (renamed or {}).items() if a in paths and b in paths}
     out = []
     for path in paths:
+        if path in renamed.values():
+            continue  # compared under its old name
+        new_path = renamed.get(path, path)
         a = manifest_of(repo, path, old, objects)
-        b = manifest_of(repo, path, new, objects)
+        b = manifest_of(repo, new_path, new, objects)
         if a is None and b is None:
             continue
-        out.append(diff(a, b, objects, path, workers, full_norm, numbers))
+        label = path if new_path == path else f"{path} => {new_path}"
+        fd = diff(a, b, objects, label, workers, full_norm, numbers)
+        fd.renamed = new_path != path
+        out.append(fd)
     return out
 
 
