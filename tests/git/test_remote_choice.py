@@ -175,3 +175,24 @@ def test_a_tag_of_a_tree_or_a_blob_is_pushed(repo, tmp_path):
     assert open_remote(RemoteSpec("o", str(bare / "theta-zarr"))).missing(m.digests()) == set()
     bad = repo.git("push", "-q", "origin", "nosuchrev:refs/tags/x", check=False)
     assert bad.returncode != 0
+
+
+def test_a_relative_folder_remote_is_one_folder_wherever_it_is_used(repo, tmp_path):
+    """A folder remote added by a relative path, typed in a subfolder, is recorded relative
+    to the top of the work tree and used from there by every command: it was kept as typed
+    and opened relative to the current folder, so a push from the subfolder, the pre-push
+    hook (run at the top) and ``ls`` each used another folder."""
+    (repo.path / "sub").mkdir()
+    sub = GitRepo(repo.path / "sub", repo.env)
+    sub.tz("remote", "add", "origin", "../../store")
+    assert repo.out("config", "theta-zarr.remote.origin.url").strip() == "../store"
+    m = _commit(repo, 0)
+    sub.tz("push", "origin")
+    store = tmp_path / "store"
+    assert open_remote(RemoteSpec("o", str(store))).missing(m.digests()) == set()
+    repo.tz("ls", "origin")
+    _origin(repo, tmp_path)
+    m = _commit(repo, 1)
+    repo.git("push", "-q", "origin", "main")
+    assert open_remote(RemoteSpec("o", str(store))).missing(m.digests()) == set()
+    assert not (tmp_path.parent / "store").exists() and not (repo.path / "store").exists()

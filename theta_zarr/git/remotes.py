@@ -70,8 +70,22 @@ def configured(repo: Repo) -> dict[str, RemoteSpec]:
     for name, opts in merged.items():
         url = opts.pop("url", None)
         if url:
-            specs[name] = RemoteSpec(name, url, opts)
+            specs[name] = RemoteSpec(name, _from_top(repo, url), opts)
     return specs
+
+
+def _is_relative_folder(url: str) -> bool:
+    """A folder URL written relative to some folder (``../store``), not absolute, ``~`` or
+    a URL with a scheme (check_url has refused ``file:relative`` and ``s3:/x``)."""
+    return "://" not in url and not os.path.isabs(url) and not url.startswith("~")
+
+
+def _from_top(repo: Repo, url: str) -> str:
+    """A configured URL as a store opens it: a relative folder is relative to the top of the
+    work tree (a bare repository's folder), as git takes a relative remote URL, wherever
+    the command runs (the filter and the hooks run at the top, a user anywhere)."""
+    url = url.strip()
+    return os.path.normpath(os.path.join(repo.top, url)) if _is_relative_folder(url) else url
 
 
 def _has_object(repo: Repo, spec: str) -> bool:
@@ -201,19 +215,25 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
     """Record a remote in git config, or in .thetazarr when ``shared`` (to commit).
 
     The URL and options are checked first (RemoteSpec: form, protocol, no credentials).
+    A relative folder is recorded relative to the top of the work tree (where every
+    command resolves it), whichever folder it was typed in; the spec returned has it
+    absolute.
     """
     try:
         check_ref_name(name)  # git's rule for remote names: a ref refs/remotes/NAME/… is valid
     except RefError as e:
         raise RemoteError(f"remote name: {e} (name it like the git remote it serves)") from None
     spec = RemoteSpec(name, url, options)
+    # a relative folder typed here is recorded relative to the top
+    stored = repo.relative(spec.url) if _is_relative_folder(spec.url) else spec.url
+    spec = RemoteSpec(name, _from_top(repo, stored), options)
     blobs = open_store(spec.url)
     if isinstance(blobs, LocalStore) and os.path.lexists(blobs.root) and \
             not os.path.isdir(blobs.root):  # a folder not made yet is fine: push makes it
         raise RemoteError(f"remote {name!r}: {blobs.root} is a file, not a folder; a folder "
                           "remote is a folder that holds objects/, manifests/ and refs/")
     target = ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
-    repo.git("config", *target, f"{PREFIX}{name}.url", spec.url)
+    repo.git("config", *target, f"{PREFIX}{name}.url", stored)
     for key, value in options.items():
         repo.git("config", *target, f"{PREFIX}{name}.{key}", value)
     return spec
