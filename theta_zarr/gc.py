@@ -194,22 +194,23 @@ def check_objects(store: ObjectStore, roots: Roots, fallback: ObjectStore | None
                   ) -> list[str]:
     """Read and verify every root object in ``store``; one line per missing or corrupt one.
 
-    With ``fallback`` (the remote behind a cache), an object the store lacks is
-    only reported if the fallback lacks it too.
+    With ``fallback`` (the remote behind a cache), an object the store lacks is read and
+    verified there instead (not kept), and reported missing only if the fallback lacks it
+    too: what a checkout would fetch is checked, not only listed.
     """
-    def check(digest: str) -> str | None:
+    def check(digest: str, where: ObjectStore = store) -> str | None:
         try:
-            store.get(digest)
-        except MissingObjectError:
-            if fallback is not None and fallback.has(digest):
-                return None
-            where = f"{store.url} or {fallback.url}" if fallback else store.url
-            return f"missing object {digest} ({object_key(digest)}) in {where}, " \
-                   f"needed by {roots.chunks[digest]}"
+            where.get(digest, store if where is not store else None)
         except MissingBaseError as e:
             return f"broken delta chain: {e}; needed by {roots.chunks[digest]}"
+        except MissingObjectError:
+            if where is store and fallback is not None:
+                return check(digest, fallback)
+            at = f"{store.url} or {fallback.url}" if fallback else store.url
+            return f"missing object {digest} ({object_key(digest)}) in {at}, " \
+                   f"needed by {roots.chunks[digest]}"
         except ObjectError as e:
-            return f"corrupt object {digest} ({object_key(digest)}) in {store.url}, " \
+            return f"corrupt object {digest} ({object_key(digest)}) in {where.url}, " \
                    f"needed by {roots.chunks[digest]}: {e}"
         return None
 

@@ -174,6 +174,27 @@ def test_fsck_says_when_the_remote_behind_the_cache_cannot_be_reached(repo, tmp_
     assert "cannot reach remote 'origin'" in err and "reported as missing" in err, err
 
 
+def test_fsck_reads_and_verifies_on_the_remote_what_the_cache_lacks(repo, tmp_path):
+    """An object the cache lacks is read from the remote behind it and verified, as a
+    checkout would; only its existence was checked, and fsck said "ok" for objects the
+    remote held corrupt, which no checkout could use."""
+    case = _pushed_model(repo, tmp_path, "m")
+    for p in sorted(repo.objects_dir.rglob("*")):
+        if p.is_file():
+            os.chmod(p, 0o644)
+            p.unlink()
+    assert "ok:" in repo.tz("fsck").stdout.decode()
+    bad = sorted(SyncRemote.open(_spec(case)).objects.iter_digests())[0][0]
+    p = Path(case.url) / object_key(bad)
+    os.chmod(p, 0o644)
+    p.write_bytes(p.read_bytes()[:-1] + b"X")
+    res = repo.tz("fsck", check=False)
+    text = res.stdout.decode()
+    assert res.returncode == 1
+    assert f"corrupt object {bad}" in text and f"in {case.url}" in text, text
+    assert not any(p.is_file() for p in repo.objects_dir.rglob("*"))  # nothing was kept
+
+
 def _spec(case: Case):
     from theta_zarr.remote import RemoteSpec
 
