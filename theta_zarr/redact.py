@@ -44,6 +44,22 @@ def redact(text: str) -> str:
     return _SECRET_HEADER.sub(lambda m: m.group("key") + "***", text)
 
 
+def credential_part(url: str) -> str | None:
+    """Which part of ``url`` carries credentials, as a message names it (``user:password@``,
+    or a signed URL's or token's query parameter: ``query parameter X-Amz-Signature``);
+    None when none does."""
+    if has_userinfo(url):
+        return "user:password@"
+    found = _SECRET_QUERY.search(url)
+    return f"query parameter {found.group('key')[1:-1]}" if found else None
+
+
+def mask_credentials(url: str) -> str:
+    """``url`` with its userinfo shown as ``***@`` and credential query values as ``***``
+    (to say where the credentials were, without them)."""
+    return _SECRET_QUERY.sub(lambda m: m.group("key") + "***", mask_userinfo(url))
+
+
 def mask_userinfo(url: str) -> str:
     """``url`` with its userinfo shown as ``***@`` (to say where the credentials were)."""
     return _USERINFO.sub(lambda m: m.group("scheme") + "***@", url)

@@ -44,7 +44,7 @@ from .objects import (
     ObjectStore,
     bounded_map,
 )
-from .redact import has_userinfo
+from .redact import credential_part
 from .settings import DEFAULT_WORKERS
 from .storage import StorageError, check_url, credential_hint, open_store
 
@@ -80,9 +80,10 @@ class RemoteSpec:
         except StorageError as e:
             raise RemoteError(f"remote {self.name!r}: {e}") from None
         for key, value in self.options.items():
-            if has_userinfo(value):
+            part = credential_part(value)
+            if part:
                 raise RemoteError(
-                    f"remote {self.name!r}: option {key!r} holds credentials (user:password@); "
+                    f"remote {self.name!r}: option {key!r} holds credentials ({part}); "
                     f"theta-zarr never stores credentials: put them in "
                     f"{credential_hint(self.url)}")
             if any(word in key.lower() for word in SECRET_WORDS):

@@ -15,6 +15,10 @@ from theta_zarr.storage import BadURL, RootMissing, check_url, open_store
     ("s3:///models", "names no bucket"),
     ("https://user:S3cretPw@host.example/b", "holds credentials"),
     ("s3://AKID:S3cretKey@bucket/p", "AWS_ACCESS_KEY_ID"),
+    ("https://host.example/m?X-Amz-Credential=AKID&X-Amz-Signature=S3cretSig",
+     "'https://host.example/m?X-Amz-Credential=***&X-Amz-Signature=***' holds credentials "
+     "(query parameter X-Amz-Credential)"),
+    ("gs://bucket/m?access_token=S3cretTok", "holds credentials (query parameter access_token)"),
     ("weird:thing", "for a local folder write ./weird:thing"),
     ("file:relative", "did you mean the folder 'relative' (or file:///ABSOLUTE/PATH)?"),
     ("   ", "empty remote URL"),
@@ -36,6 +40,20 @@ def test_remote_spec_refuses_credentials_in_options_too():
     with pytest.raises(RemoteError, match="holds credentials") as info:
         RemoteSpec("o", "s3://b/m", {"endpoint-url": "https://K:S3cret@minio.example"})
     assert "S3cret" not in str(info.value)
+    with pytest.raises(RemoteError, match=r"holds credentials \(query parameter sig\)") as info:
+        RemoteSpec("o", "s3://b/m", {"endpoint-url": "https://minio.example/?sig=S3cret"})
+    assert "S3cret" not in str(info.value)
+
+
+def test_remote_add_never_records_a_signed_urls_credentials(repo):
+    """A signed URL's query credentials were recorded in .git/config (``user:pw@`` was
+    refused, ``?X-Amz-Signature=`` was not); refused alike, nothing written."""
+    url = "https://host.example/m?X-Amz-Credential=AKID&X-Amz-Signature=S3cretSig"
+    proc = repo.tz("remote", "add", "x", url, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.startswith("theta-zarr: ") and err.count("\n") == 1
+    assert "S3cretSig" not in err and "holds credentials" in err
+    assert "S3cretSig" not in (repo.path / ".git" / "config").read_text()
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "100000", "abc", ""])

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Any
 
-from ..redact import has_userinfo, mask_userinfo
+from ..redact import credential_part, mask_credentials
 from .base import BlobStore, StorageError
 
 #: Protocols whose first path segment is a bucket (a bucket name is required).
@@ -52,15 +52,17 @@ def check_url(url: str) -> str:
 
     A URL is a local path, ``file://PATH`` or ``SCHEME://...`` with a protocol fsspec
     knows (``fsspec.available_protocols()``); bucket protocols (s3, gs) need a bucket.
-    Refused, with a one-line reason: credentials in the URL (``user:pw@``), a scheme
+    Refused, with a one-line reason: credentials in the URL (``user:pw@``, or a signed
+    URL's or token's query parameter such as ``X-Amz-Signature=``), a scheme
     followed by one slash (``s3:/bucket``, which would otherwise be a relative folder),
     an unknown scheme (``s4://``).  Raises :class:`BadURL`.
     """
     url = url.strip()
     if not url:
         raise BadURL("empty remote URL")
-    if has_userinfo(url):
-        raise BadURL(f"remote URL {mask_userinfo(url)!r} holds credentials (user:password@); "
+    part = credential_part(url)
+    if part:
+        raise BadURL(f"remote URL {mask_credentials(url)!r} holds credentials ({part}); "
                      f"theta-zarr never stores credentials: remove them from the URL and put "
                      f"them in {credential_hint(url)}")
     m = _SCHEME.match(url)
