@@ -18,6 +18,9 @@ from theta_zarr.redact import has_userinfo, mask_userinfo, redact
      "https://storage.example/o?alt=media&access_token=***"),
     ("/plain/path/with@sign", "/plain/path/with@sign"),
     ("s3://bucket/prefix", "s3://bucket/prefix"),
+    ("remote URL 's3://***@bucket/m' holds credentials", "remote URL 's3://***@bucket/m' holds "
+     "credentials"),
+    ("s3://***:S3cret@bucket/m", "s3://bucket/m"),
 ])
 def test_redact(text, expected):
     assert redact(text) == expected
@@ -38,6 +41,18 @@ def test_every_error_message_is_redacted():
     assert "https://minio.internal:9000/bucket" in line
     bug = one_line(KeyError("s3://K:S3cret@b/x"))
     assert bug.startswith("internal error") and "S3cret" not in bug
+
+
+def test_a_refused_url_is_shown_with_its_credentials_masked(tmp_path, git_env):
+    """The refusal names where the credentials were, as docs/remotes.md shows it: the
+    printed line dropped the mask with the userinfo (``s3://bucket/m`` holds credentials)."""
+    import subprocess
+
+    proc = subprocess.run(["theta-zarr", "ls", "s3://AKID:S3cret@bucket/m"], cwd=tmp_path,
+                          env=git_env, capture_output=True)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "S3cret" not in err and "AKID" not in err
+    assert "remote URL 's3://***@bucket/m' holds credentials" in err, err
 
 
 def test_progress_and_warning_lines_are_redacted_like_failures(capsys):

@@ -2,7 +2,8 @@
 
 Every message a user reads (errors from any layer, botocore's and aiohttp's included,
 remote listings, push summaries) passes through :func:`redact` before it is printed.
-A URL's ``user:password@`` part is dropped and the values of query parameters that
+A URL's ``user:password@`` part is dropped (the mask ``***@`` that an error puts there
+to say where credentials were is kept) and the values of query parameters that
 carry credentials (``X-Amz-Signature``, ``X-Amz-Credential``, ``token``...) become
 ``***``, as do credentials in request headers (SigV4 ``Credential=`` / ``Signature=``,
 ``Bearer`` tokens), which the storage libraries' debug logs print.  Plain paths and
@@ -15,6 +16,9 @@ import re
 
 #: scheme://userinfo@  (userinfo: anything up to '@' without '/', whitespace or quotes)
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/@\s'\"<>]*@")
+#: the same, except the mask ``***@`` that says where credentials were (mask_userinfo)
+_UNMASKED_USERINFO = re.compile(
+    r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?!\*\*\*@)[^/@\s'\"<>]*@")
 #: query parameters whose values are credentials (AWS and GCS signed URLs, OAuth tokens)
 _SECRET_QUERY = re.compile(
     r"(?P<key>[?&](?:X-Amz-(?:Signature|Credential|Security-Token)|X-Goog-(?:Signature|"
@@ -39,7 +43,7 @@ def redact(text: str) -> str:
     ...        "aws4_request, SignedHeaders=host, Signature=f00d'")
     "'Authorization': 'AWS4-HMAC-SHA256 Credential=***, SignedHeaders=host, Signature=***'"
     """
-    text = _USERINFO.sub(lambda m: m.group("scheme"), text)
+    text = _UNMASKED_USERINFO.sub(lambda m: m.group("scheme"), text)
     text = _SECRET_QUERY.sub(lambda m: m.group("key") + "***", text)
     return _SECRET_HEADER.sub(lambda m: m.group("key") + "***", text)
 
