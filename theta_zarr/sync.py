@@ -190,10 +190,18 @@ class SyncRemote:
         return f"{MANIFESTS_PREFIX}{_digest(digest, 'manifest name')[7:]}.json"
 
     def put_manifest(self, data: bytes) -> str:
-        """Store a manifest or set under its digest (idempotent: same bytes, same key)."""
+        """Store a manifest or set under its digest (idempotent: same bytes, same key).
+
+        One already there is read back (a manifest is small) and written again unless it
+        holds these bytes: a copy damaged on the remote is repaired, never named by a
+        new ref that nobody could pull."""
         digest = chunking.digest(data)
         key = self.manifest_key(digest)
-        if not self.objects._retry(lambda: self.blobs.exists(key)):
+        try:
+            there = self.objects._retry(lambda: self.blobs.get(key))
+        except BlobNotFound:
+            there = None
+        if there is None or bytes(there) != data:
             self.objects._retry(lambda: self.blobs.put(key, [data]))
         return digest
 
@@ -430,7 +438,8 @@ def _needs(cleaned: list[Cleaned]) -> tuple[dict[str, int], dict[str, int], list
 
 
 def _put_manifests(remote: SyncRemote, documents: Iterable[bytes]) -> None:
-    """Store each manifest or set concurrently (put_manifest skips those already there)."""
+    """Store each manifest or set concurrently (put_manifest skips those already there
+    intact)."""
     for _ in bounded_map(remote.put_manifest, documents, remote.objects.concurrency):
         pass
 

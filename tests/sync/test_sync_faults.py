@@ -156,6 +156,23 @@ def test_a_base_ref_that_does_not_exist_or_a_taken_ref_fail_before_any_upload(tm
     assert "delta base run/step-1" in err
 
 
+def test_a_publish_repairs_a_damaged_copy_of_its_manifest_on_the_remote(tmp_path):
+    """A manifest already on the remote was trusted by its name: a damaged copy stayed, the
+    new ref named a checkpoint nobody could pull, and publishing again never repaired it."""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    f = model(tmp_path / "a.safetensors", seed=1)
+    tz(["publish", str(f), case.url, "--ref", "run/step-1", "--chunk-size", CHUNK], env)
+    [stored] = (Path(case.url) / "manifests").iterdir()
+    good = stored.read_bytes()
+    os.chmod(stored, 0o644)
+    stored.write_bytes(good[:-20])
+    tz(["publish", str(f), case.url, "--ref", "run/copy", "--chunk-size", CHUNK], env)
+    assert stored.read_bytes() == good
+    tz(["pull", case.url, "run/copy", "-o", str(tmp_path / "out.safetensors")], env)
+    assert (tmp_path / "out.safetensors").read_bytes() == f.read_bytes()
+
+
 # -- item 7: one unreadable ref ----------------------------------------------------------------
 @pytest.fixture
 def shared(repo, tmp_path):
