@@ -13,6 +13,9 @@ from theta_zarr.storage import BadURL, RootMissing, check_url, open_store
     ("gs:bucket/x", "did you mean 'gs://bucket/x'"),
     ("s4://bucket/x", "unknown URL scheme 's4'"),
     ("s3:///models", "names no bucket"),
+    ("s3://demo//models", "empty folder name ('//') after its bucket; did you mean "
+     "'s3://demo/models'?"),
+    ("gs://b/team//run7/", "did you mean 'gs://b/team/run7'?"),
     ("https://user:S3cretPw@host.example/b", "holds credentials"),
     ("s3://AKID:S3cretKey@bucket/p", "AWS_ACCESS_KEY_ID"),
     ("https://host.example/m?X-Amz-Credential=AKID&X-Amz-Signature=S3cretSig",
@@ -30,7 +33,8 @@ def test_bad_urls_are_refused_with_the_fix(url, words):
     assert "S3cret" not in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/models", "gs://b", "/abs/folder", "rel/folder",
+@pytest.mark.parametrize("url", ["s3://bucket/models", "s3://bucket/models/", "gs://b",
+                                 "gs://b/", "/abs/folder", "rel/folder",
                                  "file:///abs/x", "memory://tz-x", "./a:b"])
 def test_good_urls_pass(url):
     assert check_url(url) == url

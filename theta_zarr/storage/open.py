@@ -55,7 +55,8 @@ def check_url(url: str) -> str:
     Refused, with a one-line reason: credentials in the URL (``user:pw@``, or a signed
     URL's or token's query parameter such as ``X-Amz-Signature=``), a scheme
     followed by one slash (``s3:/bucket``, which would otherwise be a relative folder),
-    an unknown scheme (``s4://``).  Raises :class:`BadURL`.
+    an unknown scheme (``s4://``), an empty folder name in a bucket's prefix
+    (``s3://bucket//models``, whose keys would start with ``/``).  Raises :class:`BadURL`.
     """
     url = url.strip()
     if not url:
@@ -84,9 +85,13 @@ def check_url(url: str) -> str:
         raise BadURL(f"unknown URL scheme '{scheme}' in {url!r} (use s3://, gs://, a local "
                      f"folder, or another protocol fsspec knows)")
     if scheme in BUCKET_PROTOCOLS:
-        bucket = rest[2:].split("/", 1)[0]
+        bucket, _, prefix = rest[2:].partition("/")
         if not bucket or any(c.isspace() for c in bucket):
             raise BadURL(f"remote URL {url!r} names no bucket ({scheme}://BUCKET/PREFIX)")
+        if "//" in "/" + prefix.rstrip("/"):  # keys would start '/' or hold '//'
+            fixed = "/".join(p for p in prefix.split("/") if p)
+            raise BadURL(f"remote URL {url!r} has an empty folder name ('//') after its "
+                         f"bucket; did you mean '{scheme}://{bucket}/{fixed}'?")
     return url
 
 
