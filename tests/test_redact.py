@@ -75,6 +75,10 @@ def test_progress_and_warning_lines_are_redacted_like_failures(capsys):
      "0f1e2d3c"),
     ("{'Authorization': 'Bearer ya29.a0AfH6SMBx-secret'}", "ya29.a0AfH6SMBx-secret"),
     ("'X-Amz-Security-Token': 'FwoGZXIvYXdzEXAMPLETOKEN'", "FwoGZXIvYXdzEXAMPLETOKEN"),
+    # botocore's request log prints header values as bytes: the b'' prefix let the token by
+    ("headers={'X-Amz-Date': b'20261201T135135Z', 'X-Amz-Security-Token': "
+     "b'FwoGZXIvYXdzEXAMPLETOKEN', 'X-Amz-Content-SHA256': b'UNSIGNED-PAYLOAD'}",
+     "FwoGZXIvYXdzEXAMPLETOKEN"),
 ])
 def test_credentials_in_request_headers_are_masked(text, secret):
     """The storage libraries' debug logs print request headers."""

@@ -28,9 +28,11 @@ _SECRET_QUERY = re.compile(
 
 #: credentials in request headers as the storage libraries' debug logs print them: SigV4's
 #: ``Credential=AKID/date/...`` and ``Signature=...``, OAuth ``Bearer`` tokens, session tokens
+#: (botocore prints header values as bytes: ``'X-Amz-Security-Token': b'...'``)
 _SECRET_HEADER = re.compile(
     r"(?P<key>\b(?:Credential|Signature)=|\bBearer\s+|(?:X-Amz-Security-Token|"
-    r"x-goog-iam-authorization-token)['\"]?\s*[:=]\s*['\"]?)[^,&\s'\"<>]+", re.IGNORECASE)
+    r"x-goog-iam-authorization-token)['\"]?\s*[:=]\s*(?:b?['\"])?)[^,&\s'\"<>]+",
+    re.IGNORECASE)
 
 
 def redact(text: str) -> str:
