@@ -218,6 +218,11 @@ class ObjectStore:
                 delay *= 2
         raise AssertionError("unreachable")
 
+    def revive(self) -> None:
+        """Forget an outage: the next call is tried again, with a whole budget (a
+        long-running caller, such as ``watch``, starting its next round of work)."""
+        self._down = None
+
     def check_root(self, for_write: bool = False) -> None:
         """The backend's ``check_root`` (RootMissing: no such bucket or folder), within the
         retry budget: an endpoint that does not answer counts as the outage it is, so the

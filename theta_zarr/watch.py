@@ -63,6 +63,8 @@ class Watcher:
         self.state_path = opts.state or os.path.join(self.root, STATE_FILE)
         self.state: dict[str, dict] = self._load_state()
         self.failed: dict[str, str] = {}  # ref -> signature that failed (retried on change)
+        #: ref -> the storage error (an outage) its last push met: pushed again next scan
+        self.retrying: dict[str, str] = {}
 
     def _load_state(self) -> dict[str, dict]:
         try:
@@ -136,6 +138,7 @@ class Watcher:
         """One pass: push what is complete; returns (signatures seen, failures)."""
         seen = {}
         found, failures = self.candidates()
+        self.remote.objects.revive()  # an outage during the last scan may be over
         for ref, path in found.items():
             if stop.is_set():
                 break
@@ -159,10 +162,17 @@ class Watcher:
             try:
                 result = self._push(path, ref)
             except (StorageError, ManifestError, FormatError, OSError, ValueError) as e:
+                if _outage(e):  # the storage did not answer: try again at the next scan
+                    if ref not in self.retrying:  # said once per outage, not every scan
+                        self.echo(f"{ref}: push failed: {e}; trying again every scan")
+                    self.retrying[ref] = str(e)
+                    continue
                 self.echo(f"{ref}: push failed: {e}")
+                self.retrying.pop(ref, None)
                 self.failed[ref] = sig
                 failures += 1
                 continue
+            self.retrying.pop(ref, None)
             seq = 1 + max((e.get("seq", 0) for e in self.state.values()), default=0)
             self.state[ref] = {"signature": sig, "digest": result.digest, "path": path,
                                "seq": seq}
@@ -194,6 +204,14 @@ class Watcher:
                     time.monotonic() - started >= self.opts.exit_after:
                 break
             stop.wait(self.opts.interval)
-        return 1 if failures else 0
+        for ref, error in sorted(self.retrying.items()):
+            self.echo(f"{ref}: not pushed ({error})")
+        return 1 if failures or self.retrying else 0
+
+
+def _outage(e: BaseException) -> bool:
+    """A storage call that failed for want of an answer (a timeout, a refused connection,
+    a server error), not a ref, manifest or file the user must fix: worth pushing again."""
+    return type(e) is StorageError
 
 

@@ -115,3 +115,49 @@ def test_watch_pushes_on_when_its_last_ref_is_gone_from_the_remote(tmp_path):
     model(ckpt / "step-2.safetensors", seed=2)
     err = tz(args, env).stderr.decode()
     assert "push failed" not in err and "created run7/step-2" in err, err
+
+
+def test_a_push_an_outage_stopped_is_pushed_once_the_storage_answers(tmp_path):
+    """An outage used to end the watcher's usefulness: the checkpoint it met was skipped
+    until it changed, and the remote, counted as down for good, failed every later
+    push at once with the old message, though the server was back."""
+    import threading
+
+    from theta_zarr.objects import ObjectStore
+    from theta_zarr.settings import Settings
+    from theta_zarr.storage import StorageError
+    from theta_zarr.storage.local import LocalStore
+    from theta_zarr.watch import Watcher, WatchOptions
+
+    class Flaky(LocalStore):
+        down = False
+
+        def put(self, key, chunks):
+            if self.down and key.startswith("objects/"):
+                raise StorageError(f"cannot write {key} in {self.describe()}: no answer")
+            return super().put(key, chunks)
+
+    blobs = Flaky(str(tmp_path / "bucket"))
+    remote = SyncRemote(ObjectStore(blobs, retry_timeout=0.3))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    model(ckpt / "step-1.safetensors", seed=1)
+    said: list[str] = []
+    watcher = Watcher(str(ckpt), remote,
+                      Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=16 << 10),
+                      WatchOptions(prefix="run7/", interval=0), said.append)
+    stop = threading.Event()
+    seen, _ = watcher.scan({}, stop)
+    blobs.down = True
+    for _ in range(3):  # the outage lasts a few scans: said once, tried each time
+        seen, failures = watcher.scan(seen, stop)
+        assert failures == 0
+    assert sum("step-1: push failed" in s for s in said) == 1, said
+    assert "trying again" in said[-1]
+    blobs.down = False
+    model(ckpt / "step-2.safetensors", seed=2)
+    seen, _ = watcher.scan(seen, stop)  # step-1 again; step-2 seen for the first time
+    seen, _ = watcher.scan(seen, stop)
+    assert [n for n, _ in remote.refs.list("run7/")] == ["run7/step-1", "run7/step-2"]
+    stop.set()
+    assert watcher.run(stop) == 0  # nothing left to retry: a clean exit
