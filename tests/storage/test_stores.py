@@ -211,3 +211,23 @@ def test_move_is_atomic_and_reports_a_missing_source(blobs):
     assert not blobs.exists("objects/ab/cd") and blobs.get("trash/run/objects/ab/cd") == b"data"
     with pytest.raises(BlobNotFound):
         blobs.move("objects/ab/cd", "trash/x")
+
+
+@pytest.mark.parametrize("url, where", [("s3://b/m", "AWS_ACCESS_KEY_ID"),
+                                        ("gs://b/m", "GOOGLE_APPLICATION_CREDENTIALS")])
+def test_no_credentials_at_all_says_where_the_library_looks(url, where):
+    """botocore's "Unable to locate credentials" (google-auth's "default credentials were
+    not found") was passed on alone, with nothing on where credentials go."""
+    from botocore.exceptions import NoCredentialsError
+    from google.auth.exceptions import DefaultCredentialsError
+
+    from theta_zarr.storage.fsspec import fail
+
+    class Store:
+        def describe(self) -> str:
+            return url
+
+    e = NoCredentialsError() if url.startswith("s3") else DefaultCredentialsError("none found")
+    err = str(fail(Store(), "read", "refs/run7/step-1", e))
+    assert err.startswith(f"cannot read refs/run7/step-1 in {url}: {e}")
+    assert where in err, err

@@ -108,7 +108,17 @@ def fail(store: BlobStore, what: str, key: str, e: BaseException) -> StorageErro
         return StorageError(f"cannot {what} {key} in {store.describe()}: no answer within "
                             f"{getattr(store, 'timeout', None) or '?'} s")
     text = " ".join(str(e).split()) or type(e).__name__
+    if any(c.__name__ in _NO_CREDENTIALS for c in type(e).__mro__):
+        from .open import credential_hint  # here: open.py imports the backends
+
+        text += f" (theta-zarr takes none itself: the storage library looks in " \
+                f"{credential_hint(store.describe())})"
     return StorageError(f"cannot {what} {key} in {store.describe()}: {text}")
+
+
+#: exception class names that mean the storage library found no credentials at all:
+#: botocore's ("Unable to locate credentials") and google-auth's (no default credentials)
+_NO_CREDENTIALS = frozenset({"NoCredentialsError", "DefaultCredentialsError"})
 
 
 #: exception class names (anywhere in the class's MRO) that mean the endpoint did not
