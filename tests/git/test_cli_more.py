@@ -39,6 +39,19 @@ def test_remote_list_and_remove(repo):
     assert proc.returncode == 1 and "no remote 'origin' in git config" in proc.stderr.decode()
 
 
+def test_remote_add_of_a_bucket_opens_no_storage_library(repo):
+    """Recording a bucket remote asks nothing of the bucket: opening gcsfs looked for
+    credentials on the network (16 s waiting for a cloud metadata server that was not
+    there).  Python lists every import under ``PYTHONPROFILEIMPORTTIME``."""
+    env = {"PYTHONPROFILEIMPORTTIME": "1"}
+    for name, url in (("origin", "s3://b/models"), ("team", "gs://c/m")):
+        err = repo.tz("remote", "add", name, url, env=env).stderr.decode()
+        imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines()
+                    if line.startswith("import time:")}
+        assert "theta_zarr.git.remotes" in imported  # the import log is there
+        assert not {"s3fs", "gcsfs"} & {m.split(".")[0] for m in imported}, url
+
+
 def test_track_refuses_what_a_gitattributes_line_cannot_say(repo):
     """An empty pattern wrote a line git reads as the pattern 'filter=theta-zarr'; a
     negative one is ignored by git, which warned in every later command."""

@@ -227,7 +227,10 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
     # a relative folder typed here is recorded relative to the top
     stored = repo.relative(spec.url) if _is_relative_folder(spec.url) else spec.url
     spec = RemoteSpec(name, _from_top(repo, stored), options)
-    blobs = open_store(spec.url)
+    # only a folder is looked at: opening a bucket's filesystem may ask the network for
+    # credentials (gcsfs waited 16 s for a cloud metadata server that is not there)
+    blobs = open_store(spec.url) if spec.url.startswith("file://") or \
+        "://" not in spec.url else None
     if isinstance(blobs, LocalStore) and os.path.lexists(blobs.root) and \
             not os.path.isdir(blobs.root):  # a folder not made yet is fine: push makes it
         raise RemoteError(f"remote {name!r}: {blobs.root} is a file, not a folder; a folder "
