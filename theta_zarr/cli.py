@@ -151,11 +151,18 @@ def track(patterns: tuple[str, ...]) -> None:
 def from_top(repo, pattern: str) -> str:
     """A pattern given in a subfolder, as the top-level .gitattributes must say it: one with
     a ``/`` is relative to the current folder (as git-lfs's ``track`` takes it), so the
-    folder is put in front; one without matches at every depth and stays as it is."""
+    folder is put in front (``..`` taken back: ``../*.pt`` in ``sub`` is ``/*.pt``, the
+    top's files); one without matches at every depth and stays as it is."""
+    import posixpath
+
     here = os.path.relpath(os.path.realpath(os.getcwd()), os.path.realpath(repo.top))
     if "/" not in pattern.rstrip("/") or here in (".", "") or here.startswith(".."):
         return pattern
-    return f"{here.replace(os.sep, '/')}/{pattern.lstrip('/')}"
+    joined = f"{here.replace(os.sep, '/')}/{pattern.lstrip('/')}"
+    if ".." not in pattern.split("/"):
+        return joined
+    up = posixpath.normpath(joined) + ("/" if pattern.endswith("/") else "")
+    return up if "/" in up.rstrip("/") or up.startswith("..") else f"/{up}"
 
 
 @main.command()

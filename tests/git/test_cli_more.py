@@ -153,6 +153,26 @@ def test_track_in_a_subfolder_writes_the_pattern_from_the_top(repo):
     assert 'Untracking "exp1/ckpt/*.safetensors"' in out
 
 
+def test_track_takes_dotdot_back_and_refuses_patterns_that_match_no_file(repo):
+    """``track '../*.pt'`` in a subfolder was written as ``exp1/../*.pt``, and ``track
+    'ckpt/'`` as it is: git matches neither to any file (gitattributes(5): a folder's
+    attributes do not reach its files), so the checkpoints were committed raw, silently."""
+    sub = repo.path / "exp1"
+    sub.mkdir()
+    run = functools.partial(subprocess.run, cwd=sub, env=repo.env, capture_output=True)
+    out = run(["git", "theta-zarr", "track", "../*.tzx"], check=True).stdout.decode()
+    assert 'Tracking "/*.tzx"' in out  # the top's .tzx files, as '../*.tzx' says from exp1/
+    attrs = run(["git", "check-attr", "filter", "../m.tzx", "m.tzx"], check=True).stdout
+    assert attrs.decode().splitlines() == ["../m.tzx: filter: theta-zarr",
+                                           "m.tzx: filter: unspecified"]
+    before = (repo.path / ".gitattributes").read_bytes()
+    for pattern, words in (("ckpt/", "track 'ckpt/**'"), ("../../*.pt", "above the top")):
+        proc = run(["git", "theta-zarr", "track", "*.bin", pattern])
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err.startswith("theta-zarr: ") and words in err, err
+    assert (repo.path / ".gitattributes").read_bytes() == before  # not even *.bin
+
+
 def test_ls_files_quotes_a_path_with_a_newline_as_git_does(repo):
     """One line per file: a name with a newline was printed raw, over two lines."""
     name = "run\n1.safetensors"

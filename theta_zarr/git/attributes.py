@@ -81,11 +81,27 @@ def unescape(pattern: str) -> str:
     return pattern.replace("[[:space:]]", " ")
 
 
+def check_matches_files(pattern: str) -> None:
+    """ValueError for a pattern of the top-level .gitattributes that can match no file:
+    one ending in ``/`` (gitattributes(5): a folder's attributes do not reach the files
+    in it, ``dir/**`` does) or one with a ``..`` component (git matches paths inside the
+    work tree and never resolves ``..``)."""
+    if pattern.endswith("/"):
+        raise ValueError(f"pattern {pattern!r} names a folder, and git gives a folder's "
+                         f"attributes to none of its files: track '{pattern}**'")
+    if ".." in pattern.split("/"):
+        raise ValueError(f"pattern {pattern!r} reaches above the top of the work tree, "
+                         "where git tracks no file")
+
+
 def track(top: str, patterns: list[str]) -> list[str]:
-    """Add a line per new pattern; returns the patterns newly added."""
+    """Add a line per new pattern; returns the patterns newly added.  Raises ValueError
+    for a pattern a .gitattributes line cannot say or that can match no file."""
     path = os.path.join(top, ".gitattributes")
     lines = _read(path)
     have = set(tracked_patterns(top))
+    for pattern in patterns:
+        check_matches_files(pattern)
     check_not_forbidden([escape_pattern(p) for p in patterns])
     added = []
     for pattern in patterns:
