@@ -124,6 +124,13 @@ def test_usage_mistakes_are_one_line_with_gits_status(pushed, args, words):
     assert proc.stderr.decode().strip() == line  # nothing but that line: no usage block
 
 
+def test_resolve_names_a_misspelt_strategy_before_anything_else(pushed):
+    """``resolve -s avrage`` on a file in no conflict said only 'not in a conflicted
+    merge': the misspelling surfaced after the user had set up the merge again."""
+    assert_user_error(pushed.tz("resolve", "model.safetensors", "-s", "avrage", check=False),
+                      "unknown merge strategy 'avrage'", "average")
+
+
 @pytest.mark.parametrize("command", ["fsck", "gc"])
 def test_a_url_given_to_remote_says_it_takes_a_name(pushed, command):
     proc = pushed.tz(command, "--remote", "s3://team/models", check=False)
