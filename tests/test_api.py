@@ -8,6 +8,7 @@ import safetensors.torch
 import torch
 
 import theta_zarr
+from theta_zarr.git.repo import GitInputError
 from theta_zarr.manifest import Manifest, ManifestError
 
 
@@ -80,6 +81,19 @@ def test_load_state_dict_from_lazy_working_tree(committed):
     assert path.read_bytes().startswith(b'{"theta_zarr"')
     loaded = theta_zarr.load_state_dict(str(path), rev=None, include=["scale"])
     assert loaded["scale"].item() == 0.5
+
+
+def test_working_tree_file_theta_zarr_does_not_track_is_refused(committed):
+    repo, path, sd, _ = committed
+    (repo.path / "notes.txt").write_text("hi\n")
+    safetensors.torch.save_file(sd, str(repo.path / "weights.bin"))  # no track line
+    for name in ("notes.txt", "weights.bin"):
+        with pytest.raises(ManifestError, match=f"{name}: not tracked by theta-zarr"):
+            theta_zarr.load_state_dict(str(repo.path / name), rev=None)
+        with pytest.raises(ManifestError, match=f"{name}: not tracked by theta-zarr"):
+            theta_zarr.open(str(repo.path / name), rev=None)
+    with pytest.raises(GitInputError, match="gone.safetensors: no such file in the working tree"):
+        theta_zarr.load_state_dict(str(repo.path / "gone.safetensors"), rev=None)
 
 
 def test_open_returns_zarr_group(committed):

@@ -20,9 +20,10 @@ from . import checkpoint
 from .chunkreader import ChunkReader
 from .dtypes import by_name
 from .git.files import manifest_at
+from .git.install import DRIVER
 from .git.models import open_model
 from .git.push import read_through
-from .git.repo import Repo
+from .git.repo import GitInputError, Repo
 from .git.sides import WORKTREE
 from .manifest import Manifest, ManifestError, looks_like_manifest
 from .remote import ReadThrough
@@ -63,6 +64,11 @@ def read_manifest(path: str, rev: str | None = "HEAD") -> tuple[Manifest, Repo, 
         return open_model(repo, rel.replace(os.sep, "/"), side, objects).manifest, repo, objects
     if rev is not None:
         return manifest_at(repo, rel, rev), repo, objects
+    if not os.path.isfile(path):
+        raise GitInputError(f"{rel}: no such file in the working tree")
+    if repo.attribute([rel], "filter").get(rel) != DRIVER:  # as manifest_at refuses it
+        raise ManifestError(f"{rel}: not tracked by theta-zarr "
+                            f"(no filter={DRIVER} for it in .gitattributes)")
     with builtins.open(path, "rb") as f:
         if looks_like_manifest(f.read(64)):
             f.seek(0)
