@@ -10,6 +10,7 @@ import torch
 import theta_zarr
 from theta_zarr.git.repo import GitInputError
 from theta_zarr.manifest import Manifest, ManifestError
+from theta_zarr.objects import MissingObjectError
 
 
 @pytest.fixture
@@ -94,6 +95,18 @@ def test_working_tree_file_theta_zarr_does_not_track_is_refused(committed):
             theta_zarr.open(str(repo.path / name), rev=None)
     with pytest.raises(GitInputError, match="gone.safetensors: no such file in the working tree"):
         theta_zarr.load_state_dict(str(repo.path / "gone.safetensors"), rev=None)
+
+
+def test_chunks_missing_with_no_remote_name_the_file(committed, monkeypatch):
+    repo, path, sd, manifest = committed
+    monkeypatch.chdir(repo.path)  # the message names the path as given
+    for d in manifest.digests():
+        (repo.objects_dir / d[7:9] / d[9:]).unlink(missing_ok=True)
+    with pytest.raises(MissingObjectError, match=r"^model.safetensors: \d+ chunk\(s\) are not in"):
+        theta_zarr.load_state_dict("model.safetensors", include="lm_head.*")
+    proc = repo.tz("materialize", "model.safetensors", "--include", "lm_head.*", check=False)
+    assert proc.returncode != 0
+    assert "model.partial.safetensors: " in proc.stderr.decode(), proc.stderr
 
 
 def test_open_returns_zarr_group(committed):

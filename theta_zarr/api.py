@@ -116,10 +116,11 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
     """
     if ref is not None:
         manifest, objects = read_ref(path, ref, options, cache)
-        return tensors_from_manifest(manifest, objects, include, device)
+        return tensors_from_manifest(manifest, objects, include, device,
+                                     source=f"ref {ref} in {path}")
     manifest, repo, objects = read_manifest(path, rev)
     return tensors_from_manifest(manifest, objects, include, device,
-                                 workers=repo.settings().workers)
+                                 workers=repo.settings().workers, source=os.fspath(path))
 
 
 def read_ref(url: str, ref: str, options: dict[str, str] | None = None,
@@ -141,7 +142,8 @@ def read_ref(url: str, ref: str, options: dict[str, str] | None = None,
 def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,
                           include: Sequence[str] | str | None = None,
                           device: str | torch.device = "cpu",
-                          workers: int = 4) -> dict[str, torch.Tensor]:
+                          workers: int = 4, source: str = "checkpoint"
+                          ) -> dict[str, torch.Tensor]:
     import torch
 
     from . import formats
@@ -153,7 +155,8 @@ def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,
         globs = [include] if isinstance(include, str) else list(include)
         raise ManifestError(f"no parameter matches {', '.join(globs) or 'an empty include'}")
     names = list(dict.fromkeys(views[k].param for k in keys))
-    checkpoint.ensure_local(manifest, objects.cache, objects.fetch, names=names)
+    checkpoint.ensure_local(manifest, objects.cache, objects.fetcher, names=names,
+                            source=source)
     reader = ChunkReader(objects.cache, workers=workers)
     bases = {}
     for name in names:

@@ -309,7 +309,7 @@ def smudge_cmd(path: str) -> None:
     objects = read_through(repo, settings=settings)  # chunks the cache lacks: the remote's
     checkpoint.smudge(Manifest.from_bytes(data, path), out, settings, name=path,
                       cache=objects.cache,
-                      fetch=objects.fetch if objects.has_remote else None)
+                      fetch=objects.fetcher)
 
 
 # -- remotes ----------------------------------------------------------------------------

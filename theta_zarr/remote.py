@@ -447,6 +447,12 @@ class ReadThrough:
     def has_remote(self) -> bool:
         return self._open_remote is not None
 
+    @property
+    def fetcher(self) -> Callable[[set[str]], None] | None:
+        """``fetch``, or None without a remote: ``checkpoint.ensure_local`` then says which
+        file lacks chunks rather than only how many."""
+        return self.fetch if self._open_remote is not None else None
+
     def get(self, digest: str) -> bytes | memoryview:
         try:
             return self.cache.get(digest)

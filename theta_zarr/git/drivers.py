@@ -353,7 +353,7 @@ def _write_worktree(repo: Repo, rel: str, manifest: Manifest, objects) -> None:
                 out.write(manifest.to_bytes())
             else:
                 checkpoint.smudge(manifest, out, settings, name=rel, cache=objects.cache,
-                                  fetch=objects.fetch)
+                                  fetch=objects.fetcher)
         os.replace(tmp, full)
     except BaseException:
         if os.path.exists(tmp):

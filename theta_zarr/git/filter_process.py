@@ -493,7 +493,7 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
 
         def find_fetch() -> checkpoint.Fetcher | None:
             objects = read_through(repo, cache=server.cache, settings=settings)
-            return objects.fetch if objects.has_remote else None
+            return objects.fetcher
 
         server = FilterServer(stdin, stdout, settings, find_fetch, repo=repo, direct=direct)
         server.notes = command not in READ_ONLY_COMMANDS | {"status"}

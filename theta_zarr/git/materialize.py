@@ -31,7 +31,7 @@ def _partial_name(path: str) -> str:
 
 def _write_atomic(path: str, manifest: Manifest, objects, settings) -> None:
     write_atomic(path, lambda out: checkpoint.smudge(manifest, out, settings, name=path,
-                                                     cache=objects.cache, fetch=objects.fetch))
+                                                     cache=objects.cache, fetch=objects.fetcher))
 
 
 def _index_blob(repo: Repo, rel: str) -> bytes | None:
@@ -189,7 +189,7 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
         if output is None and text is not None and text == _index_blob(repo, rel):
             # Written straight from the cache, its stat data recorded in the index, so
             # `git status` stays clean; git's own pipe only where the index refuses.
-            checkpoint.ensure_local(manifest, objects.cache, objects.fetch, source=rel)
+            checkpoint.ensure_local(manifest, objects.cache, objects.fetcher, source=rel)
             try:
                 write_files(repo, [Pending(rel, text, manifest)], objects.cache,
                             settings.workers)

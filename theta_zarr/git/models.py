@@ -94,7 +94,7 @@ def _rebuilt(repo: Repo, manifest: Manifest, path: str, objects=None) -> bytes:
         objects = read_through(repo)
     out = io.BytesIO()
     checkpoint.smudge(manifest, out, repo.settings(), name=path, cache=objects.cache,
-                      fetch=objects.fetch)
+                      fetch=objects.fetcher)
     return out.getvalue()
 
 

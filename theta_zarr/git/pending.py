@@ -150,7 +150,7 @@ def finish(repo: Repo) -> list[str]:
         @functools.cache
         def find_fetch() -> checkpoint.Fetcher | None:  # the remote only when needed
             objects = read_through(repo, cache=cache, settings=settings)
-            return objects.fetch if objects.has_remote else None
+            return objects.fetcher
 
         for p in files.values():
             if checkpoint.missing_chunks(p.manifest, cache):
