@@ -11,6 +11,7 @@ import theta_zarr
 from theta_zarr.git.repo import GitInputError
 from theta_zarr.manifest import Manifest, ManifestError
 from theta_zarr.objects import MissingObjectError
+from theta_zarr.remote import RemoteError
 
 
 @pytest.fixture
@@ -207,3 +208,10 @@ def test_paths_through_a_linked_folder_name_the_tracked_file(committed, tmp_path
     out = tmp_path / "part.safetensors"
     repo.tz("materialize", str(via), "--include", "lm_head.*", "-o", str(out))
     assert set(safetensors.torch.load_file(str(out))) == {"lm_head.weight", "lm_head.bias"}
+
+
+def test_a_remote_ref_read_names_the_call_not_an_internal_remote_name(tmp_path):
+    with pytest.raises(RemoteError, match=r"^remote 'load_state_dict': unknown option 'foo'"):
+        theta_zarr.load_state_dict(str(tmp_path), ref="run/step-1", options={"foo": "x"})
+    with pytest.raises(RemoteError, match=r"^remote 'load_state_dict': unknown URL scheme"):
+        theta_zarr.load_state_dict("s4://bucket/models", ref="run/step-1")

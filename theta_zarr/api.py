@@ -131,7 +131,7 @@ def read_ref(url: str, ref: str, options: dict[str, str] | None = None,
     from .remote import RemoteSpec
     from .sync import SyncRemote, default_cache_dir
 
-    remote = SyncRemote.open(RemoteSpec("api", url, dict(options or {})))
+    remote = SyncRemote.open(RemoteSpec("load_state_dict", url, dict(options or {})))
     _, target = remote.resolve(ref)
     if not isinstance(target, Manifest):
         raise ManifestError(f"ref {ref} in {remote.url} names a set of files; "
