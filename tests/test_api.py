@@ -215,3 +215,9 @@ def test_a_remote_ref_read_names_the_call_not_an_internal_remote_name(tmp_path):
         theta_zarr.load_state_dict(str(tmp_path), ref="run/step-1", options={"foo": "x"})
     with pytest.raises(RemoteError, match=r"^remote 'load_state_dict': unknown URL scheme"):
         theta_zarr.load_state_dict("s4://bucket/models", ref="run/step-1")
+
+
+@pytest.mark.parametrize("rev", ["v1", None])
+def test_a_revision_with_a_remote_ref_is_refused_not_ignored(tmp_path, rev):
+    with pytest.raises(ValueError, match="rev=.* and ref='run/step-1' exclude each other"):
+        theta_zarr.load_state_dict(str(tmp_path), ref="run/step-1", rev=rev)

@@ -111,10 +111,14 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
     The keys are those ``torch.load`` returns for a state dict (dotted paths for nested
     objects), tied aliases included; tensors sharing a storage in the file share memory
     here too.  A distributed checkpoint's non-tensor items are left out.  Raises
-    ``RefError`` for a missing ref, and ``ManifestError`` for a ref naming a set or an
+    ``ValueError`` for ``ref`` with a ``rev`` other than the default, ``RefError``
+    for a missing ref, and ``ManifestError`` for a ref naming a set or an
     ``include`` that matches no parameter (as ``materialize --include`` refuses it).
     """
     if ref is not None:
+        if rev != "HEAD":  # a remote ref is not in any git history: rev would be ignored
+            raise ValueError(f"load_state_dict: rev={rev!r} and ref={ref!r} exclude each other "
+                             "(ref reads a remote, rev a git repository)")
         manifest, objects = read_ref(path, ref, options, cache)
         return tensors_from_manifest(manifest, objects, include, device,
                                      source=f"ref {ref} in {path}")
