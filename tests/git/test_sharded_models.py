@@ -10,6 +10,7 @@ import torch
 from hf_models import tiny_llama
 
 import theta_zarr
+from theta_zarr.manifest import ManifestError
 
 
 def _commit_sharded(repo, message: str):
@@ -60,6 +61,21 @@ def test_a_folder_with_no_model_says_which_files_it_found(sharded):
     repo.git("commit", "-q", "-m", "two files")
     with pytest.raises(ValueError, match=r"two: cannot tell which checkpoint.*a\.pt, two/b\.pt"):
         theta_zarr.load_state_dict(str(repo.path / "two"))
+
+
+def test_a_folder_with_no_checkpoint_says_so_and_where(sharded):
+    repo, _, _ = sharded
+    (repo.path / "cfg").mkdir()
+    (repo.path / "cfg" / "config.json").write_text("{}")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "config only")
+    with pytest.raises(ManifestError, match=r"^cfg: holds no tracked checkpoint or index at HEAD;"):
+        theta_zarr.load_state_dict(str(repo.path / "cfg"))
+    with pytest.raises(ManifestError, match=r"^cfg: holds no tracked .* in the working tree;"):
+        theta_zarr.open(str(repo.path / "cfg"), rev=None)
+    index = str(repo.path / "cfg" / "model.safetensors.index.json")
+    with pytest.raises(ManifestError, match=r"index.json: no such index in the working tree$"):
+        theta_zarr.load_state_dict(index, rev=None)
 
 
 def test_resave_that_moves_tensors_between_shards_diffs_as_one_change(sharded):

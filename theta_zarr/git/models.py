@@ -121,7 +121,7 @@ def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
     if is_index_name(path):
         index = load_index(repo, path, side, objects)
         if index is None:
-            raise ManifestError(f"{path}: no such index at {_side_name(side)}")
+            raise ManifestError(f"{path}: no such index {_where(side)}")
         shards = {}
         for s in index.shards:
             try:
@@ -137,12 +137,20 @@ def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
         indexes = [n for n in names if n.endswith(INDEX_SUFFIX)]
         tracked = tracked_by_us(repo, [posixpath.join(path, n) for n in names])
         candidates = indexes or tracked
+        if not candidates:
+            raise ManifestError(f"{path or '.'}: holds no tracked checkpoint or index "
+                                f"{_where(side)}; name the file or its index")
         if len(candidates) != 1:
-            found = ", ".join(candidates) or "none"
+            found = ", ".join(candidates)
             raise ManifestError(f"{path or '.'}: cannot tell which checkpoint is the model "
                                 f"(candidates: {found}); name the file or its index")
         chosen = posixpath.basename(candidates[0])
     return open_model(repo, posixpath.join(path, chosen), side, objects)
+
+
+def _where(side: object) -> str:
+    """``in the working tree``, ``in the index`` or ``at REV``, for messages."""
+    return f"at {side}" if side is not WORKTREE and side is not INDEX else f"in {_side_name(side)}"
 
 
 def _side_name(side: object) -> str:
