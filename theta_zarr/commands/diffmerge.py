@@ -112,7 +112,7 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
         old, new, labels = revs[0], sides.WORKTREE, [revs[0], "worktree"]
     else:
         old, new, labels = sides.INDEX, sides.WORKTREE, ["index", "worktree"]
-    targets = drivers.changed_paths(repo, revs, cached, rel)
+    targets, renamed = drivers.changed_paths(repo, revs, cached, rel)
     numbers = not summary_only and mode is None
     groups, singles = models.group_by_model(repo, targets, old, new)
     diffs = []
@@ -120,7 +120,6 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
         kw = {"numbers": numbers, "full_norm": full_norm, "workers": settings.workers,
               "objects": read_through(repo, settings=settings)}
         diffs = models.diff_groups(repo, groups, old, new, **kw)
-        renamed = drivers.renamed_paths(repo, revs, cached, rel) if len(singles) > 1 else {}
         diffs += drivers.diff_sides(repo, singles, old, new, renamed=renamed, **kw)
     changed = [d for d in diffs if d.has_changes()]
     if png:

@@ -51,35 +51,32 @@ MERGE_SECTION = "theta-zarr-merge"
 NULL_OID = "0" * 40
 
 
-def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]) -> list[str]:
-    """Tracked checkpoints that differ between the two sides (git's own name-only diff)."""
-    args = ["diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--no-textconv"]
-    if cached:
-        args.append("--cached")
-    out = repo.git(*args, *revs, "--", *paths)
-    return tracked_by_us(repo, [p for p in out.decode().split("\0") if p])
-
-
-def renamed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]
-                  ) -> dict[str, str]:
-    """Old name -> new name of each tracked checkpoint git sees renamed, by git's own
+def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]
+                  ) -> tuple[list[str], dict[str, str]]:
+    """Tracked checkpoints that differ between the two sides, in path order, and old name
+    -> new name of those git sees renamed: one name-status diff by git, with git's own
     rename detection (``diff.renames``, as ``git diff`` shows it: a file converted from
-    ``pytorch_model.bin`` to ``model.safetensors`` keeps its chunks, so its manifest)."""
+    ``pytorch_model.bin`` to ``model.safetensors`` keeps its chunks, so its manifest).
+    A rename's two names both differ (one side each); a copy's source does not."""
     args = ["diff", "--name-status", "-z", "--no-ext-diff", "--no-textconv"]
     if cached:
         args.append("--cached")
     fields = repo.git(*args, *revs, "--", *paths).decode().split("\0")
-    pairs, i = {}, 0
+    changed, pairs, i = set(), {}, 0
     while i < len(fields) and fields[i]:
         status = fields[i]
         if status[:1] in ("R", "C"):
             if status[:1] == "R":
                 pairs[fields[i + 1]] = fields[i + 2]
+                changed.add(fields[i + 1])
+            changed.add(fields[i + 2])
             i += 3
         else:
+            changed.add(fields[i + 1])
             i += 2
-    ours = set(tracked_by_us(repo, [*pairs, *pairs.values()]))
-    return {a: b for a, b in pairs.items() if a in ours and b in ours}
+    ours = tracked_by_us(repo, sorted(changed))
+    tracked = set(ours)
+    return ours, {a: b for a, b in pairs.items() if a in tracked and b in tracked}
 
 
 # -- diff -------------------------------------------------------------------------------
