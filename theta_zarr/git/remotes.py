@@ -15,7 +15,7 @@ import os
 from ..manifest import Manifest, looks_like_manifest
 from ..refs import RefError, check_ref_name
 from ..remote import RemoteError, RemoteSpec
-from ..storage import open_store
+from ..storage import is_folder, open_store
 from ..storage.local import LocalStore
 from .files import objects_with_paths, read_blobs, small_blobs
 from .install import DRIVER
@@ -229,8 +229,7 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
     spec = RemoteSpec(name, _from_top(repo, stored), options)
     # only a folder is looked at: opening a bucket's filesystem may ask the network for
     # credentials (gcsfs waited 16 s for a cloud metadata server that is not there)
-    blobs = open_store(spec.url) if spec.url.startswith("file://") or \
-        "://" not in spec.url else None
+    blobs = open_store(spec.url) if is_folder(spec.url) else None
     if isinstance(blobs, LocalStore) and os.path.lexists(blobs.root) and \
             not os.path.isdir(blobs.root):  # a folder not made yet is fine: push makes it
         raise RemoteError(f"remote {name!r}: {blobs.root} is a file, not a folder; a folder "

@@ -13,8 +13,8 @@ from .base import (
     RootMissing,
     StorageError,
 )
-from .open import BadURL, check_url, credential_hint, has_scheme, open_store
+from .open import BadURL, check_url, credential_hint, has_scheme, is_folder, open_store
 
 __all__ = ["BadURL", "BlobInfo", "BlobNotFound", "BlobStore", "ConditionFailed",
            "ConditionalWritesUnsupported", "RootMissing", "StorageError", "check_url",
-           "credential_hint", "has_scheme", "open_store"]
+           "credential_hint", "has_scheme", "is_folder", "open_store"]

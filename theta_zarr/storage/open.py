@@ -95,11 +95,17 @@ def check_url(url: str) -> str:
     return url
 
 
+def is_folder(url: str) -> bool:
+    """True for a URL :func:`open_store` opens as a local folder (a path or ``file://``):
+    looking at it asks no storage library, and so no network, for anything."""
+    return url.startswith("file://") or "://" not in url
+
+
 def open_store(url: str, storage_options: dict[str, Any] | None = None) -> BlobStore:
     """The BlobStore for a URL: a local path or file:// URL, or any fsspec URL."""
     if url.startswith("file://"):
         url = url[len("file://"):]
-    if "://" not in url:
+    if is_folder(url):
         from .local import LocalStore
 
         return LocalStore(os.path.abspath(os.path.expanduser(url)))
