@@ -348,17 +348,33 @@ def test_deep_nesting_is_one_line_not_a_recursion_error(depth):
     ('"dtype":"bfloat16"', '"dtype":"float16","dtype":"bfloat16"', "dtype"),
     # the same, with an escaped key, which the fast lane cannot count
     ('"dtype":"bfloat16"', '"dtype":"float16","dt\\u0079pe":"bfloat16"', "dtype"),
+    # in the format section: the rebuilt file's metadata or format would differ by parser
+    ('"name":"safetensors"', '"name":"torch","name":"safetensors"', "name"),
+    ('"z":"1"', '"a":"0","z":"1"', "a"),
+    # at the top level: an empty params object first, the real one after it
+    ('"params": ', '"params": {}, "params": ', "params"),
+    ('"format": ', '"format": {"name": "npy"}, "format": ', "format"),
+    ('"theta_zarr": 1', '"theta_zarr": 1, "theta_zarr": 1', "theta_zarr"),
 ])
 def test_a_key_given_twice_is_refused(old, new, key):
+    from theta_zarr.manifest import _decode_typed
+
     data = sample().to_bytes().decode()
     assert old in data
-    assert_one_line_error(data.replace(old, new, 1).encode(), f"the key '{key}' twice")
+    bad = data.replace(old, new, 1).encode()
+    assert _decode_typed(bad) is None  # both lanes refuse it, not only the exact one
+    assert_one_line_error(bad, f"the key '{key}' twice")
 
 
 def test_the_fast_lane_still_takes_what_the_writer_writes():
     from theta_zarr.manifest import _decode_typed
 
     assert _decode_typed(sample().to_bytes()) == sample()
+    # transformers writes {"format": "pt"} into every safetensors file's metadata; the
+    # word "format" in the format section must not send each such manifest down the slow lane
+    hf = Manifest({"name": "safetensors", "header": {"__metadata__": {"format": "pt"}}},
+                  sample().params)
+    assert _decode_typed(hf.to_bytes()) == hf
 
 
 def test_chunk_sizes_are_checked_against_dtype_and_chunk_shape():

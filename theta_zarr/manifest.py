@@ -502,11 +502,15 @@ FORMAT_TYPES: dict[str, type] = {"safetensors": _SafetensorsFormat, "torch": _To
 
 class _TypedManifest(msgspec.Struct, forbid_unknown_fields=True):
     theta_zarr: Literal[1]  # type: ignore[valid-type]
-    format: dict[str, Any]
-    params: dict[ParamName, ParamEntry]
+    format: msgspec.Raw
+    params: msgspec.Raw
+
+
+_TypedParams = dict[ParamName, ParamEntry]
 
 
 _typed_decoder: Any = None
+_params_decoder: Any = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -520,21 +524,28 @@ def _geometry(shape: tuple[int, ...], chunk_shape: tuple[int, ...], dtype: str) 
         return -1
 
 
-def _keys_unique(data: bytes, params: int) -> bool:
-    """True if no parameter, and no field of one, is named twice in ``data``.
+_TOP_KEYS = (b'"theta_zarr"', b'"format"', b'"params"')
+_ENTRY_KEYS = (b'"chunk_shape"', b'"dtype"', b'"shape"')
+
+
+def _keys_unique(data: bytes, fmt: bytes, params: bytes, count: int) -> bool:
+    """True if no key is named twice in one object of ``data``, proved by counting.
 
     msgspec keeps the last of two equal keys, as ``json`` does; ``loads_json`` refuses
-    them.  Without ``\\u`` escapes the params object spells its keys literally and lies
-    after the first ``"params"`` of the text, so each key occurring there as often as there
-    are parameters proves none is repeated; a count that differs (the same words in a
-    format section written after it, an escape) only sends the manifest down the slow lane.
+    them, and the two lanes must agree.  ``fmt`` and ``params`` are the text of the
+    last ``format`` and ``params`` values.  Without ``\\u`` escapes a key is spelled
+    literally, so: each top-level key occurs once outside those two values (a repeated
+    key, and the value it brought, would add to the count), and each entry field occurs in
+    ``params`` once per parameter.  A count that differs (a parameter or a metadata key
+    spelled like one of these words) only sends the manifest down the exact lane.
+    The format section is checked by ``loads_json`` itself.
     """
-    start = data.find(b'"params"')
-    if start < 0 or b"\\u" in data:
+    if b"\\u" in data:
         return False
-    keys = (b'"chunk_shape"', b'"dtype"', b'"shape"')
-    return all(data.count(key, start) == params for key in keys) \
-        and data.count(b'"chunks"', start) + data.count(b'"inline"', start) == params
+    if any(data.count(key) - fmt.count(key) - params.count(key) != 1 for key in _TOP_KEYS):
+        return False
+    return all(params.count(key) == count for key in _ENTRY_KEYS) \
+        and params.count(b'"chunks"') + params.count(b'"inline"') == count
 
 
 def _decode_typed(data: bytes) -> Manifest | None:
@@ -542,25 +553,30 @@ def _decode_typed(data: bytes) -> Manifest | None:
     anything else, which ``Manifest.from_json`` then decides and words.
 
     Never more lenient than the schema plus the semantic rules: msgspec refuses what the
-    types above refuse (4.0 for an integer, NaN, unpadded base64, unknown keys), and the
+    types above refuse (4.0 for an integer, NaN, unpadded base64, unknown keys), the
+    format section goes through ``loads_json`` (which refuses a repeated key), and the
     loop below adds the rules no schema states.  tests/test_schema.py compares it with
     stock jsonschema on a corpus of broken manifests.
     """
-    global _typed_decoder
+    global _typed_decoder, _params_decoder
     if _typed_decoder is None:
         _typed_decoder = msgspec.json.Decoder(_TypedManifest)
+        _params_decoder = msgspec.json.Decoder(_TypedParams)
     try:
         typed = _typed_decoder.decode(data)
-        if not _keys_unique(data, len(typed.params)):
+        params = _params_decoder.decode(typed.params)
+        fmt_text, params_text = bytes(typed.format), bytes(typed.params)
+        if not _keys_unique(data, fmt_text, params_text, len(params)):
             return None
-        name = typed.format.get("name")
+        fmt = loads_json(fmt_text, "manifest")
+        name = fmt.get("name") if type(fmt) is dict else None
         if type(name) is not str or not _FORMAT_NAME_RE.fullmatch(name):
             return None
         if name in FORMAT_TYPES:
-            msgspec.convert(typed.format, FORMAT_TYPES[name])
-    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
+            msgspec.convert(fmt, FORMAT_TYPES[name])
+    except (msgspec.DecodeError, RecursionError, ManifestError):  # ValidationError too
         return None
-    for entry in typed.params.values():
+    for entry in params.values():
         count = _geometry(entry.shape, entry.chunk_shape, entry.dtype)
         if entry.inline is None:
             if entry.chunks is NO_CHUNKS or len(entry.chunks) != count:
@@ -569,7 +585,7 @@ def _decode_typed(data: bytes) -> Manifest | None:
                 len(blob) != length
                 for blob, (_, length) in zip(entry.inline, entry.spans(), strict=True)):
             return None
-    return Manifest(typed.format, typed.params)
+    return Manifest(fmt, params)
 
 
 # -- the JSON Schema ------------------------------------------------------------------------
