@@ -170,6 +170,7 @@ def from_top(repo, pattern: str) -> str:
 @reports_errors
 def untrack(patterns: tuple[str, ...]) -> None:
     """Stop tracking PATTERNS (files already committed keep their manifests)."""
+    from .git.attributes import escape_pattern
     from .git.attributes import untrack as do_untrack
     from .git.repo import Repo
 
@@ -177,8 +178,7 @@ def untrack(patterns: tuple[str, ...]) -> None:
     patterns = tuple(from_top(repo, p) for p in patterns)
     removed = do_untrack(repo.top, list(patterns))
     for p in patterns:
-        click.echo(f'{"Untracking" if p.replace(" ", "[[:space:]]") in removed else "Not tracked:"}'
-                   f' "{p}"')
+        click.echo(f'{"Untracking" if escape_pattern(p) in removed else "Not tracked:"} "{p}"')
 
 
 # -- inspection -------------------------------------------------------------------------

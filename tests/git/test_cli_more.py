@@ -114,6 +114,10 @@ def test_untrack_and_uninstall(repo):
     hooks = repo.path / ".git" / "hooks"
     names = ("pre-push", "post-checkout", "post-merge")
     assert all((hooks / n).exists() for n in names)
+    # a pattern with a space is written as git-lfs writes it, and said as the user typed it
+    repo.tz("track", "my run/*.pt")
+    assert 'Untracking "my run/*.pt"' in repo.tz("untrack", "my run/*.pt").stdout.decode()
+    assert "space" not in (repo.path / ".gitattributes").read_text()
     repo.tz("uninstall")
     assert repo.git("config", "--get", "filter.theta-zarr.process", check=False).returncode == 1
     assert not any((hooks / n).exists() for n in names)
