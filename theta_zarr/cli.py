@@ -15,9 +15,10 @@ from typing import Any
 import click
 
 from .commands.options import check_output, remote_options
-from .commands.reporting import OneLineGroup, fail, human, quote_path, reports_errors, say
+from .commands.reporting import OneLineGroup, fail, quote_path, reports_errors, say
 from .logs import setup_logging
 from .redact import redact
+from .wording import counted, human
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -239,12 +240,12 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
                 else f"not a manifest: {human(r['bytes'])} committed before it was tracked"
             click.echo(f"{quote_path(r['path'])}  ({why})")
             continue
-        click.echo(f"{quote_path(r['path'])}  {r['format']}  {r['params']} params  "
-                   f"{human(r['bytes'])}  "
-                   f"{r['chunks']} chunks  {r['cached']}/{r['objects']} objects cached  "
+        click.echo(f"{quote_path(r['path'])}  {r['format']}  {counted(r['params'], 'param')}  "
+                   f"{human(r['bytes'])}  {counted(r['chunks'], 'chunk')}  "
+                   f"{r['cached']}/{counted(r['objects'], 'object')} cached  "
                    f"{r['worktree']}")
         for p in r.get("parameters", []):
-            where = "inline" if p["inline"] else f"{p['chunks']} chunks"
+            where = "inline" if p["inline"] else counted(p["chunks"], "chunk")
             click.echo(f"    {p['name']}  {p['dtype']}{p['shape']}  {human(p['bytes'])}  {where}")
 
 

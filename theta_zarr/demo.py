@@ -119,7 +119,7 @@ def dir_bytes(path: str) -> tuple[int, int]:
 
 
 def run_demo(size: int, keep: str | None, echo: Callable[[str], None] = print) -> None:
-    from .commands.reporting import human
+    from .wording import human
 
     work = keep or tempfile.mkdtemp(prefix="theta-zarr-demo-")
     os.makedirs(work, exist_ok=True)

@@ -30,6 +30,7 @@ from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
 from .shards import Model
+from .wording import counted
 
 JSON_VERSION = 1
 _LOCK = threading.Lock()
@@ -504,7 +505,7 @@ def format_text(fd: FileDiff) -> list[str]:
     if fd.moved:
         head += f"; {len(fd.moved)} moved to another shard"
     if fd.read.chunks:
-        head += f"  (read {fd.read.chunks} chunks, {fd.read.bytes} bytes)"
+        head += f"  (read {counted(fd.read.chunks, 'chunk')}, {counted(fd.read.bytes, 'byte')})"
     lines = [head]
     for label, f in (("old", fd.old_foreign), ("new", fd.new_foreign)):
         if f is not None:
@@ -569,7 +570,7 @@ def textconv_lines(manifest: Manifest) -> Iterable[str]:
     flipped = transposed(manifest)  # shapes as a reader gets them
     for name in sorted(manifest.params):
         e = manifest.params[name]
-        where = "inline" if e.is_inline else f"{len(e.chunks)} chunks"
+        where = "inline" if e.is_inline else counted(len(e.chunks), "chunk")
         yield f"{name} {_shape(_geom(e, name in flipped))} {where} {short_digest(e)}"
     for key, value in sorted(describe(manifest).items()):
         yield f"@ {key} = {show_value(value)}"

@@ -47,6 +47,7 @@ from .objects import (
 from .redact import credential_part
 from .settings import DEFAULT_WORKERS
 from .storage import StorageError, check_url, credential_hint, open_store
+from .wording import counted
 
 #: Option names a remote may carry in git config or .thetazarr (none is a secret).
 OPTION_NAMES = ("endpoint-url", "region", "requester-pays", "anon", "project", "compression",
@@ -205,7 +206,7 @@ class TransferStats:
         full = self.objects - self.deltas
         parts = []
         if self.deltas:
-            parts.append(f"{self.deltas} delta{'s' * (self.deltas != 1)} "
+            parts.append(f"{counted(self.deltas, 'delta')} "
                          f"{_mb(self.delta_raw)} -> {_mb(self.delta_stored)} MB")
         if full:
             parts.append(f"{full} full {_mb(self.raw_bytes - self.delta_raw)} -> "
@@ -218,7 +219,7 @@ class TransferStats:
         bytes read (delta bases fetched on the way not counted) -> raw."""
         moved = (f"{_mb(self.read_bytes)} MB read -> {_mb(self.raw_bytes)} MB raw"
                  if verb == "fetched" else self.wire())
-        return (f"{verb} {self.objects} objects {where}: {moved}; "
+        return (f"{verb} {counted(self.objects, 'object')} {where}: {moved}; "
                 f"{self.skipped} already there; {self.seconds:.1f} s")
 
 

@@ -53,6 +53,7 @@ from .storage import (
     StorageError,
 )
 from .streams import write_atomic
+from .wording import counted
 
 MANIFESTS_PREFIX = "manifests/"
 STAGING_PREFIX = "staging/"
@@ -422,7 +423,7 @@ class PushResult:
     def summary(self) -> str:
         base = f"; delta base {self.base}" if self.base else "; no delta base"
         return (f"{self.action} {self.ref} -> {self.digest[:19]}: "
-                f"{self.stats.objects} objects sent, {self.stats.wire()}; "
+                f"{counted(self.stats.objects, 'object')} sent, {self.stats.wire()}; "
                 f"{self.total_bytes / 1e6:.1f} MB total{base}; {self.seconds:.1f} s")
 
 

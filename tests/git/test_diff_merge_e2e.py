@@ -71,7 +71,7 @@ def test_git_diff_log_show_and_plot(repo, tmp_path):
     assert "8 changed, 0 reshaped, 0 added, 0 removed, 19 unchanged" in out
     assert "~ layers.1.attn.q_proj.weight" in out and "rel " in out
     log = repo.out("log", "-p", "-1", "--", "model.safetensors")
-    assert "+layers.1.attn.q_proj.weight bfloat16[64, 64] 1 chunks " in log
+    assert "+layers.1.attn.q_proj.weight bfloat16[64, 64] 1 chunk " in log
     assert "layers.0." not in log.split("@@")[-1].replace(" layers.0.", "")  # context only
     show = repo.out("show", "HEAD")
     assert "-layers.1.mlp.up_proj.weight bfloat16[256, 64]" in show
@@ -164,7 +164,7 @@ def test_textconv_in_lazy_checkout_reads_no_chunk(repo):
             f.unlink()
     lazy = {"GIT_THETA_ZARR_SKIP_SMUDGE": "1"}
     log = repo.git("log", "-p", "--", "model.safetensors", env=lazy).stdout.decode()
-    assert "+layers.0.attn.k_proj.weight bfloat16[64, 64] 1 chunks" in log
+    assert "+layers.0.attn.k_proj.weight bfloat16[64, 64] 1 chunk" in log
     out = repo.tz("diff", "HEAD~1", "HEAD", "--summary-only", env=lazy).stdout.decode()
     assert "8 changed" in out
 
@@ -414,7 +414,7 @@ def test_plain_git_log_and_diff_need_no_chunks_of_old_versions(repo):
         if f.is_file() and "blake3:" + f.parent.name + f.name not in changed:
             f.unlink()
     log = repo.git("log", "-p", "--", "model.safetensors").stdout.decode()
-    assert "+layers.0.attn.k_proj.weight bfloat16[64, 64] 1 chunks" in log
+    assert "+layers.0.attn.k_proj.weight bfloat16[64, 64] 1 chunk" in log
     diff = repo.git("diff", "HEAD~1", "HEAD", "--", "model.safetensors").stdout.decode()
     assert "layers.0.attn.k_proj.weight" in diff and "changed" in diff
     # the materialized working tree is untouched and still clean

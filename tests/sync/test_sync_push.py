@@ -13,6 +13,7 @@ from sync_helpers import CHUNK, SHAPE, Case, case, env_for, make_case, model, tz
 from theta_zarr import sync
 from theta_zarr.manifest import Manifest
 from theta_zarr.settings import Settings
+from theta_zarr.wording import counted
 
 
 def test_eight_concurrent_pushes_to_one_ref_have_one_winner(case, tmp_path):  # noqa: F811
@@ -62,7 +63,7 @@ def test_second_push_uploads_only_changed_chunks_and_pull_is_bit_exact(case, tmp
     m2 = remote.load(remote.refs.read("run7/step-2").digest)
     changed = m2.digests() - m1.digests()
     assert changed and after - before == changed
-    assert f": {len(changed)} objects sent, " in err
+    assert f": {counted(len(changed), 'object')} sent, " in err
     assert "MB raw -> " in err and "MB total" in err and " s" in err
     assert "delta base run7/step-1" in err  # the newest ref in the folder
     # pull into a fresh folder: bit-exact

@@ -1,4 +1,5 @@
-"""What every command shares for talking to the user: one-line failures and human sizes.
+"""What every command shares for talking to the user: one-line failures, paths quoted
+as git quotes them.
 
 cli.py and every module of commands/ import from here, so no command module imports cli.py.
 """
@@ -100,12 +101,3 @@ def quote_path(path: str) -> str:
     body = "".join(_C_ESCAPES.get(c) or (f"\\{ord(c):03o}" if ord(c) < 0x20 or ord(c) == 0x7F
                                          else c) for c in path)
     return f'"{body}"'
-
-
-def human(n: float) -> str:
-    """A byte count for people: ``512 B``, ``1.5 KiB``, ``3.2 GiB`` (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")

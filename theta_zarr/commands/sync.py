@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..redact import redact
+from ..wording import human
 from .options import REMOTE_OPTION_HELP, check_output, remote_options
-from .reporting import fail, human, reports_errors, say
+from .reporting import fail, reports_errors, say
 
 if TYPE_CHECKING:
     from ..foreign import Side

@@ -14,6 +14,7 @@ from .. import checkpoint
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..shards import Model, is_index_name, restrict_index
 from ..streams import write_atomic
+from ..wording import counted
 from .direct import Pending, checkout_through_git, write_files
 from .files import manifest_at, tracked_files
 from .index import IndexUnsupported
@@ -76,8 +77,8 @@ def _partial_model(repo: Repo, model: Model, include: list[str], output: str | N
         blob = _index_blob(repo, posixpath.join(folder, n))
         if blob is not None and not is_index_name(n):
             write_atomic(os.path.join(dest, n), lambda f, b=blob: f.write(b))
-    return (f"{model.label}: {len(names)} of {len(model.manifest.params)} parameters in "
-            f"{len(kept)} shard(s) -> {_shown(dest)}")
+    return (f"{model.label}: {len(names)} of {counted(len(model.manifest.params), 'parameter')}"
+            f" in {counted(len(kept), 'shard')} -> {_shown(dest)}")
 
 
 def _check_output(output: str, folder: bool, force: bool) -> None:
@@ -179,7 +180,7 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
         for rel, manifest, names in chosen:
             dest = output or os.path.join(repo.top, _partial_name(rel))
             _write_atomic(dest, checkpoint.select(manifest, names), objects, settings)
-            done.append(f"{rel}: {len(names)} of {len(manifest.params)} parameters -> "
+            done.append(f"{rel}: {len(names)} of {counted(len(manifest.params), 'parameter')} -> "
                         f"{_shown(dest)}")
         return done
     if output and jobs:
@@ -195,13 +196,14 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
                             settings.workers)
             except IndexUnsupported:
                 checkout_through_git(repo, rel, text)
-            done.append(f"{rel}: materialized ({len(manifest.params)} parameters)")
+            done.append(f"{rel}: materialized ({counted(len(manifest.params), 'parameter')})")
         else:
             if output:
                 _check_output(output, folder=False, force=force)
             _write_atomic(output or full, manifest, objects, settings)
-            done.append(f"{rel}: {len(manifest.params)} parameters -> {_shown(output)}"
-                        if output else f"{rel}: materialized ({len(manifest.params)} parameters)")
+            params = counted(len(manifest.params), "parameter")
+            done.append(f"{rel}: {params} -> {_shown(output)}" if output
+                        else f"{rel}: materialized ({params})")
     return done
 
 
