@@ -43,8 +43,10 @@ def changed_chunk_bytes(remote, old_ref: str, new_ref: str) -> int:
     return sum(n for d, n in sizes.items() if d not in old.digests())
 
 
+# more ranks than cores (4) saved once; three ranks load two's rows unevenly; every rank is
+# a process importing torch, so each backend gets the one world pair it adds most with
 @pytest.mark.parametrize("kind,save_world,load_world", [
-    ("local", 4, 2), ("s3", 2, 4), ("gcs", 4, 2)])
+    ("local", 4, 2), ("s3", 2, 4), ("gcs", 2, 3)])
 def test_save_two_steps_then_reshard(kind, save_world, load_world, request, tmp_path,
                                      monkeypatch):
     case = make_case(kind, request, tmp_path, monkeypatch)
