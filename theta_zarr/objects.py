@@ -17,6 +17,7 @@ versions of one parameter resolve their shared bases once.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -44,6 +45,21 @@ R = TypeVar("R")
 
 class ObjectError(Exception):
     """A missing or corrupt object; the message names the digest and the store."""
+
+    #: the object a transfer was reading when this was raised (a delta chain's tip, not
+    #: the base that failed), so a caller can name the file that needs it; None if unknown
+    digest: str | None = None
+
+
+@contextlib.contextmanager
+def reading(digest: str) -> Iterator[None]:
+    """Marks an ObjectError raised inside as met while reading ``digest``."""
+    try:
+        yield
+    except ObjectError as e:
+        if e.digest is None:
+            e.digest = digest
+        raise
 
 
 class MissingObjectError(ObjectError):

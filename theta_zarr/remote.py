@@ -43,6 +43,7 @@ from .objects import (
     ObjectError,
     ObjectStore,
     bounded_map,
+    reading,
 )
 from .redact import credential_part
 from .settings import DEFAULT_WORKERS
@@ -263,8 +264,13 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
         todo = sorted(lacking)
 
     def encode(digest: str) -> tuple[list[bytes | memoryview], int, int]:
-        raw = src.get(digest, bases)
+        with reading(digest):
+            raw = src.get(digest, bases)
         return codecs.encode(raw, dst.codec, elems.get(digest, 1)), len(raw), -1
+
+    def get_encoded(digest: str) -> bytes:
+        with reading(digest):
+            return src.get_encoded(digest)
 
     def send(encoded: tuple[str, tuple[list[bytes | memoryview], int, int]]
              ) -> tuple[int, int, int, int]:
@@ -273,13 +279,14 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
 
     def store(fetched: tuple[str, bytes]) -> tuple[int, int, int, int]:
         digest, obj = fetched
-        raw = src.decode(digest, obj, bases)
+        with reading(digest):
+            raw = src.decode(digest, obj, bases)
         return len(raw), dst.put(digest, raw, elems.get(digest, 1)), -1, len(obj)
 
     with progress.bar(len(todo), desc, unit="obj") as bar, contextlib.ExitStack() as stack:
         if isinstance(dst, Cache):  # a fetch: requests first, then the cores
             fetched = stack.enter_context(contextlib.closing(
-                bounded_map(src.get_encoded, todo, src.concurrency)))
+                bounded_map(get_encoded, todo, src.concurrency)))
             results = bounded_map(store, fetched, CPU_WORKERS)
         else:  # a push: the cores first, then requests
             encoded = stack.enter_context(contextlib.closing(

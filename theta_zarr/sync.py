@@ -41,7 +41,7 @@ from .manifest import (
     loads_json,
     looks_like_manifest,
 )
-from .objects import ObjectStore, bounded_map
+from .objects import ObjectError, ObjectStore, bounded_map
 from .refs import RefError, Refs, RefValue, check_ref_name
 from .remote import RemoteSpec, TransferStats, fetch_objects, open_remote, push_objects
 from .settings import Settings
@@ -655,10 +655,17 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
     if include and not selected:
         raise SyncError(f"{ref}: no parameter matches {', '.join(include)}")
     _check_paths([dest for dest, _ in items], out)
-    needed: set[str] = set()
-    for _, item in items:
-        needed |= item.digests() if isinstance(item, Manifest) else set(item.chunks)
-    fetch_objects(remote.objects, cache, cache.missing(needed))
+    needs = {dest: item.digests() if isinstance(item, Manifest) else set(item.chunks)
+             for dest, item in items if not isinstance(item, bytes)}
+    try:
+        fetch_objects(remote.objects, cache, cache.missing(set().union(*needs.values())))
+    except ObjectError as e:
+        users = [dest for dest, digests in needs.items() if e.digest in digests]
+        if not users:
+            raise
+        more = f" and {len(users) - 3} more" if len(users) > 3 else ""
+        raise ObjectError(f"{e}; needed by {', '.join(users[:3])}{more}; nothing was "
+                          "written") from None
     if include and not isinstance(target, Manifest):
         items = _restrict_indexes(items, out, cache)
     done = []

@@ -12,6 +12,7 @@ import blake3
 import pytest
 from sync_helpers import CHUNK, Case, env_for, local_case, model, tz
 
+from theta_zarr.objects import object_key
 from theta_zarr.refs import RefError, check_ref_name
 from theta_zarr.storage.local import LocalStore
 
@@ -171,6 +172,30 @@ def test_a_publish_repairs_a_damaged_copy_of_its_manifest_on_the_remote(tmp_path
     assert stored.read_bytes() == good
     tz(["pull", case.url, "run/copy", "-o", str(tmp_path / "out.safetensors")], env)
     assert (tmp_path / "out.safetensors").read_bytes() == f.read_bytes()
+
+
+def test_a_pull_meeting_a_corrupt_object_names_the_file_that_needs_it(tmp_path):
+    """The line named the object and the remote only: with a folder of files the user
+    could not tell which one the remote could not give back."""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    model(folder / "a.safetensors", seed=1)
+    model(folder / "b.safetensors", seed=2)
+    tz(["publish", str(folder), case.url, "--ref", "run/step-1", "--chunk-size", CHUNK], env)
+    remote = case.remote()
+    _, files = remote.resolve("run/step-1")
+    digest = min(remote.load(files.files["b.safetensors"].manifest).digests())
+    obj = Path(case.url) / object_key(digest)
+    os.chmod(obj, 0o644)
+    obj.write_bytes(obj.read_bytes()[:-1] + bytes([obj.read_bytes()[-1] ^ 1]))
+    out = tmp_path / "out"
+    proc = tz(["pull", case.url, "run/step-1", "-o", str(out)],
+              env_for(case, tmp_path, THETA_ZARR_CACHE=str(tmp_path / "fresh-cache")), check=False)
+    _one_line(proc, f"object {digest}", "is corrupt", f"needed by {out / 'b.safetensors'}",
+              "nothing was written")
+    assert not out.exists()
 
 
 # -- item 7: one unreadable ref ----------------------------------------------------------------
