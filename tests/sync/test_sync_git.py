@@ -264,6 +264,41 @@ def test_gc_leaves_a_shared_cache_unless_told(repo, make_repo, tmp_path):
     assert not chunks & {p for p in shared.rglob("*") if p.is_file()}
 
 
+def test_gc_keeps_what_git_replace_hides_and_what_it_puts_in_place(repo, tmp_path):
+    """A commit hidden by ``git replace`` is still on its branch, and git's own gc and
+    push walk past replacements: gc walked through them, deleted the hidden commit's
+    chunks, and its checkpoint was lost once the replacement went."""
+    repo.git("config", "theta-zarr.chunk-size", CHUNK)
+    path = repo.path / "model.safetensors"
+    for seed in (1, 2, 3):
+        model(path, seed=seed)
+        repo.git("add", "model.safetensors")
+        repo.git("commit", "-q", "-m", f"v{seed}")
+    hidden = file_sha(model(tmp_path / "v2.safetensors", seed=2))
+    # HEAD~1 replaced by a commit with HEAD's tree; a blob replaced by another manifest
+    tree = repo.out("rev-parse", "HEAD^{tree}").strip()
+    other = repo.out("commit-tree", tree, "-p", "HEAD~2", "-m", "replacement").strip()
+    repo.git("replace", "HEAD~1", other)
+    model(tmp_path / "v9.safetensors", seed=9)
+    (repo.path / "v9.safetensors").write_bytes((tmp_path / "v9.safetensors").read_bytes())
+    repo.git("add", "v9.safetensors")
+    nine = repo.out("rev-parse", ":v9.safetensors").strip()
+    repo.git("rm", "-q", "--cached", "v9.safetensors")
+    (repo.path / "v9.safetensors").unlink()
+    repo.git("replace", repo.out("rev-parse", "HEAD~2:model.safetensors").strip(), nine)
+    _age(repo.objects_dir, 10)
+    repo.tz("gc", "--grace", "0")
+    assert repo.tz("fsck").returncode == 0
+    # with the replacements in place (the v9 manifest stands for v1's) ...
+    repo.git("checkout", "-q", "HEAD~2", "--", "model.safetensors")
+    assert file_sha(path) == file_sha(tmp_path / "v9.safetensors")
+    # ... and without them
+    for ref in repo.out("replace", "-l").split():
+        repo.git("replace", "-d", ref)
+    repo.git("checkout", "-q", "HEAD~1", "--", "model.safetensors")
+    assert file_sha(path) == hidden
+
+
 @settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.sampled_from(["commit", "branch", "reset", "stash", "drop-branch"]),

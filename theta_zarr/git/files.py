@@ -43,23 +43,31 @@ def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
     return items
 
 
-def objects_with_paths(repo: Repo, *rev_list_args: str) -> dict[str, str]:
-    """{object id: path} from ``git rev-list --objects ARGS`` (trees and blobs with a path)."""
-    out = repo.git("rev-list", "--objects", *rev_list_args)
+def objects_with_paths(repo: Repo, *rev_list_args: str, unnamed: bool = False
+                       ) -> dict[str, str]:
+    """{object id: path} from ``git rev-list --objects ARGS`` (trees and blobs with a path;
+    with ``unnamed``, every object, those without a path (commits, root trees, a blob a
+    tag or a replace ref names) mapped to ``""``).
+
+    History is walked as git's own gc and push walk it, without ``git replace``
+    replacements: the commits they hide are still on their branches (and pushed), and
+    the replacements are listed through their ``refs/replace/`` refs."""
+    out = repo.git("--no-replace-objects", "rev-list", "--objects", *rev_list_args)
     found: dict[str, str] = {}
     for line in out.decode("utf-8", "replace").splitlines():
         sha, _, path = line.partition(" ")
-        if path:
+        if path or unnamed:
             found.setdefault(sha, path)
     return found
 
 
 def object_info(repo: Repo, objects: list[str]) -> list[tuple[str, int]]:
     """(type, size in bytes) of each object id through one ``git cat-file --batch-check``;
-    ("missing", 0) for an id git does not have."""
+    ("missing", 0) for an id git does not have.  An id names its own content, never
+    what ``git replace`` puts in its place (as for :func:`read_blobs`)."""
     if not objects:
         return []
-    out = repo.git("cat-file", "--batch-check=%(objecttype) %(objectsize)",
+    out = repo.git("--no-replace-objects", "cat-file", "--batch-check=%(objecttype) %(objectsize)",
                    input="".join(o + "\n" for o in objects).encode()).decode().splitlines()
     if len(out) != len(objects):
         raise GitError(f"cannot read the type and size of {len(objects)} object(s)")
@@ -79,10 +87,12 @@ def small_blobs(repo: Repo, objects: list[str], limit: int = MAX_MANIFEST_BLOB) 
 
 
 def read_blobs(repo: Repo, blobs: list[str]) -> list[bytes]:
-    """Blob contents through one ``git cat-file --batch`` (``small_blobs`` picks which)."""
+    """Blob contents through one ``git cat-file --batch`` (``small_blobs`` picks which): each
+    id's own content, not a ``git replace`` replacement's (listed on its own)."""
     if not blobs:
         return []
-    out = repo.git("cat-file", "--batch", input="".join(b + "\n" for b in blobs).encode())
+    out = repo.git("--no-replace-objects", "cat-file", "--batch",
+                   input="".join(b + "\n" for b in blobs).encode())
     result, pos = [], 0
     for _ in blobs:
         nl = out.index(b"\n", pos)

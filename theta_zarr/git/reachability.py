@@ -15,13 +15,14 @@ from .repo import GitError, Repo
 
 
 def git_roots(repo: Repo, roots: Roots, parse: bool = False) -> None:
-    """Every manifest blob reachable from refs, reflogs (stashes) and the index.
+    """Every manifest blob reachable from refs, reflogs (stashes) and the index, the
+    commits ``git replace`` hides and their replacements alike.
 
     Digests are taken by pattern, so even a manifest that does not parse keeps its
     chunks; with ``parse`` (fsck) each blob is also parsed and validated, and one
     that a checkout would refuse is recorded in ``roots.problems``.
     """
-    paths = objects_with_paths(repo, "--all", "--reflog", "--indexed-objects")
+    paths = objects_with_paths(repo, "--all", "--reflog", "--indexed-objects", unnamed=True)
     if not paths:
         return
     blobs = small_blobs(repo, list(paths))
@@ -30,7 +31,7 @@ def git_roots(repo: Repo, roots: Roots, parse: bool = False) -> None:
         for sha, data in zip(group, read_blobs(repo, group), strict=True):
             head = data[:1024]
             if MAGIC in head or b'"theta_zarr"' in head:
-                where = f"{paths[sha]} (git blob {sha[:10]})"
+                where = f"{paths[sha] or 'a blob a ref names'} (git blob {sha[:10]})"
                 if parse:
                     try:
                         Manifest.from_bytes(data, where)
