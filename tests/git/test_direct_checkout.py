@@ -20,6 +20,7 @@ import pytest
 from conftest import MODEL, commit_checkpoint, file_sha
 
 from theta_zarr.demo import ModelShape, write_model
+from theta_zarr.git.direct import SPOOL_PREFIX
 
 SHAPE = ModelShape(hidden=64, layers=3, vocab=256)
 
@@ -242,7 +243,7 @@ def test_kill_mid_write_leaves_old_or_new_file(repo):
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while proc.poll() is None and time.monotonic() < deadline:
-            if tmp.exists() and any(p.name.startswith(".theta-zarr-") for p in tmp.iterdir()):
+            if tmp.exists() and any(p.name.startswith(SPOOL_PREFIX) for p in tmp.iterdir()):
                 break
             time.sleep(0.0005)
         proc.send_signal(signal.SIGKILL)
@@ -255,6 +256,14 @@ def test_kill_mid_write_leaves_old_or_new_file(repo):
     (repo.path / ".git" / "index.lock").unlink(missing_ok=True)
     repo.tz("materialize", MODEL)
     assert file_sha(repo.path / MODEL) == h
+    # the killed writers' file-sized spools go with gc once the grace period is over
+    spools = [p for p in tmp.iterdir() if p.name.startswith(SPOOL_PREFIX)]
+    assert spools
+    old = time.time() - 7200
+    for p in spools:
+        os.utime(p, (old, old))
+    repo.tz("gc", "--grace", "1h")
+    assert not any(p.name.startswith(SPOOL_PREFIX) for p in tmp.iterdir())
 
 
 def test_a_checkout_the_cache_serves_looks_up_no_remote(direct, tmp_path):

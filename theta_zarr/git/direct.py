@@ -43,6 +43,7 @@ from ..cache import Cache, QuarantinedError
 from ..filewriter import write_checkpoint
 from ..manifest import Manifest
 from ..objects import ObjectError
+from ..storage.local import TMP_PREFIX
 from .index import GitIndex, IndexUnsupported, Stat, blob_id
 from .repo import Repo
 from .statcache import StatCache
@@ -75,6 +76,11 @@ class Pending:
         # filter (a later ``* text=auto eol=crlf`` line overrides ``-text``): the manifest
         # then arrives, and is written, with CRLF; the blob has LF (a manifest never has CR)
         self.data = self.data.replace(b"\r\n", b"\n")
+
+
+#: the file being built: a temporary file by the name gc knows, so the one a killed
+#: checkout leaves in the cache's ``tmp/`` goes with the next gc after the grace period
+SPOOL_PREFIX = f"{TMP_PREFIX}checkout-"
 
 
 def _tmp_dir_for(cache: Cache, target_dir: str) -> str:
@@ -118,7 +124,7 @@ def write_files(repo: Repo, files: list[Pending], cache: Cache, workers: int,
             full = os.path.join(repo.top, p.path)
             if not _holds(full, p.data):
                 continue
-            fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=_tmp_dir_for(
+            fd, tmp = tempfile.mkstemp(prefix=SPOOL_PREFIX, dir=_tmp_dir_for(
                 cache, os.path.dirname(full)))
             built[p.path] = (p, tmp)
             try:
