@@ -4,6 +4,7 @@ Each case runs in its own Python process that sends itself SIGINT at a chosen po
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -93,6 +94,33 @@ def test_sigint_while_the_index_lock_is_held_removes_the_lock_first(repo):
     assert not (repo.path / ".git" / "index.lock").exists()
     assert "size: 0" in repo.out("ls-files", "--debug", "a.txt")  # the update was written
     repo.git("status")
+
+
+@pytest.mark.parametrize("name, word", [("SIGTERM", "terminated (SIGTERM)"),
+                                        ("SIGHUP", "hung up (SIGHUP)")])
+def test_sigterm_and_sighup_while_the_index_lock_is_held_remove_the_lock_first(repo, name,
+                                                                             word):
+    """A CI job's timeout (SIGTERM) or a closed terminal (SIGHUP) during a direct write's
+    index update ended the filter on the spot, and the ``index.lock`` it left stopped every
+    later git command; they are now handled as Ctrl-C is, with their own exit status."""
+    (repo.path / "a.txt").write_text("a\n")
+    repo.git("add", "a.txt")
+    proc = run_python(f"""
+        import dataclasses, os, signal
+        from theta_zarr import interrupts
+        from theta_zarr.git.index import GitIndex
+        interrupts.install(lambda: "; left: a.safetensors")
+        def mark(entry):
+            os.kill(os.getpid(), signal.{name})
+            return dataclasses.replace(entry.stat, size=0)
+        GitIndex(".git/index").update(["a.txt"], mark)
+        print("unreachable")
+    """, cwd=repo.path)
+    assert proc.returncode == 128 + getattr(signal, name) and proc.stdout == b""
+    assert proc.stderr.decode() == f"theta-zarr: {word}; left: a.safetensors\n"
+    assert not (repo.path / ".git" / "index.lock").exists()
+    assert "size: 0" in repo.out("ls-files", "--debug", "a.txt")
+    repo.git("add", "a.txt")
 
 
 @pytest.mark.parametrize("argv", [["ls-files"], ["filter-process"]])

@@ -1,4 +1,5 @@
-"""Ctrl-C in a process whose every step is kill-safe: end at once, with one line.
+"""Ctrl-C (or SIGTERM, SIGHUP) in a process whose every step is kill-safe: end at once,
+with one line.
 
 A terminal's Ctrl-C sends SIGINT to git and to the filter process git started alike.
 Python's default turns it into a KeyboardInterrupt wherever the main thread happens to
@@ -9,8 +10,11 @@ survive a kill (docs/design.md, "Direct checkout"), so once :func:`install` is c
 SIGINT ends the process as a kill would (``os._exit(130)``, 128 + SIGINT as git and the
 shell report it) after one ``theta-zarr: interrupted`` line; only inside
 :func:`deferred` (git's index lock held) it waits until the section is over, so no
-``index.lock`` is left behind.  Without :func:`install` (the CLI, library use)
-:func:`deferred` does nothing and Ctrl-C is a KeyboardInterrupt as usual.
+``index.lock`` is left behind.  SIGTERM (a CI job's timeout, ``timeout``, a service
+manager) and SIGHUP (the terminal closed) are handled the same way, with exit status
+128 + the signal's number: by default they end the process on the spot, lock or not, and
+a left ``index.lock`` stops every later git command.  Without :func:`install` (the CLI,
+library use) :func:`deferred` does nothing and Ctrl-C is a KeyboardInterrupt as usual.
 """
 
 from __future__ import annotations
@@ -23,24 +27,29 @@ from collections.abc import Callable, Iterator
 
 _lock = threading.RLock()  # the handler runs in the main thread, perhaps inside deferred
 _depth = 0  # deferred sections open, in any thread
-_pending = False  # SIGINT arrived inside one
+_pending = 0  # the signal that arrived inside one (0: none)
 _note: Callable[[], str] | None = None  # what the line adds (files left lazy...)
 _installed = False
+#: the signals that end the process through :func:`_leave`, and the line's word for each
+SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)",
+           signal.SIGHUP: "hung up (SIGHUP)"}
 
 
 def install(note: Callable[[], str] | None = None) -> None:
-    """End this process on SIGINT (main thread only, as Python requires); ``note()`` gives
-    text appended to the ``theta-zarr: interrupted`` line, read when the signal comes."""
+    """End this process on SIGINT, SIGTERM and SIGHUP (main thread only, as Python
+    requires); ``note()`` gives text appended to the ``theta-zarr: interrupted`` line,
+    read when the signal comes."""
     global _note, _installed
     _note = note
-    signal.signal(signal.SIGINT, _on_sigint)
+    for signum in SIGNALS:
+        signal.signal(signum, _on_signal)
     _installed = True
 
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """A section SIGINT must not cut short (git's index lock held): the process ends as
-    soon as the outermost section is left, if SIGINT came meanwhile."""
+    """A section a signal must not cut short (git's index lock held): the process ends as
+    soon as the outermost section is left, if one came meanwhile."""
     global _depth
     with _lock:
         _depth += 1
@@ -51,23 +60,24 @@ def deferred() -> Iterator[None]:
             _depth -= 1
             leave = _installed and _pending and _depth == 0
         if leave:
-            _leave()
+            _leave(_pending)
 
 
-def _on_sigint(signum: int, frame: object) -> None:
+def _on_signal(signum: int, frame: object) -> None:
     global _pending
     with _lock:
         if _depth:
-            _pending = True
+            _pending = _pending or signum
             return
-    _leave()
+    _leave(signum)
 
 
-def _leave() -> None:
+def _leave(signum: int) -> None:
     extra = ""
     if _note is not None:
         with contextlib.suppress(Exception):
             extra = _note()
+    word = SIGNALS.get(signum, "interrupted")
     with contextlib.suppress(OSError):
-        os.write(2, f"theta-zarr: interrupted{extra}\n".encode("utf-8", "replace"))
-    os._exit(128 + signal.SIGINT)
+        os.write(2, f"theta-zarr: {word}{extra}\n".encode("utf-8", "replace"))
+    os._exit(128 + signum)
