@@ -95,6 +95,28 @@ def test_gc_remote_refuses_a_stale_view_of_the_git_remote(repo, make_repo, tmp_p
     assert store.missing(theirs.digests()) == set()
 
 
+def test_gc_remote_refuses_in_a_shallow_clone(repo, make_repo, tmp_path):
+    """A CI job's ``git clone --depth 1`` sees one commit: its gc --remote deleted the
+    chunks of every older commit from the shared remote."""
+    bare = _origin(repo, tmp_path)
+    first = _commit(repo, 0)
+    _commit(repo, 1)
+    repo.git("push", "-q", "origin", "main")
+    shallow = make_repo("shallow")
+    shallow.path.rmdir()
+    GitRepo(tmp_path, repo.env).run("git", "theta-zarr", "install", "--global")
+    GitRepo(tmp_path, repo.env).git("clone", "-q", "--depth", "1", f"file://{bare}", "shallow")
+    store = open_remote(RemoteSpec("o", str(bare / "theta-zarr")))
+    proc = shallow.tz("gc", "--remote", "origin", "--grace", "0", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and len(err.splitlines()) == 1
+    assert "shallow" in err and "git fetch --unshallow" in err
+    assert store.missing(first.digests()) == set()
+    shallow.git("fetch", "-q", "--unshallow")
+    shallow.tz("gc", "--remote", "origin", "--grace", "0")
+    assert store.missing(first.digests()) == set()
+
+
 def test_a_new_theta_remote_for_a_git_remote_with_commits_says_to_copy_them(repo, tmp_path):
     """git push sends the chunks of the commits it pushes, as git-lfs does: commits the
     git remote already had never reached the new store, silently, and clones failed."""

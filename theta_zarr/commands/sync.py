@@ -401,7 +401,7 @@ def register(main: click.Group) -> None:
         from .. import checkpoint, gc
         from ..cache import default_cache_dir as own_cache_dir
         from ..errors import UserError
-        from ..git.reachability import git_roots, stale_views
+        from ..git.reachability import git_roots, is_shallow, stale_views
         from ..git.remotes import require
         from ..git.repo import Repo
         from ..sync import SyncRemote
@@ -410,6 +410,11 @@ def register(main: click.Group) -> None:
         settings = repo.settings()
         cache = checkpoint.open_cache(settings)
         spec = require(repo, remote_name) if remote_name else None
+        if spec is not None and is_shallow(repo):
+            raise UserError(f"gc --remote {remote_name}: this clone is shallow (git clone "
+                            "--depth): the objects of every commit before its boundary "
+                            "would look unreachable and be deleted from the remote. Run "
+                            "'git fetch --unshallow' first, or gc from a full clone")
         if spec is not None:
             stale = stale_views(repo, spec)
             if stale and not ignore_stale_refs:

@@ -41,6 +41,12 @@ def git_roots(repo: Repo, roots: Roots, parse: bool = False) -> None:
                 roots.manifests.add(digest(data))
 
 
+def is_shallow(repo: Repo) -> bool:
+    """A shallow clone (``git clone --depth``, CI's default checkout): history stops at its
+    boundary, so what older commits need cannot be seen from here."""
+    return repo.git("rev-parse", "--is-shallow-repository").strip() == b"true"
+
+
 def stale_views(repo: Repo, spec: RemoteSpec) -> list[str]:
     """Why this clone's view of the git remotes that push to ``spec`` may be older than
     the remotes themselves: one line per git remote whose branches or tags (``git
