@@ -118,3 +118,28 @@ def test_large_files_cleaned_from_the_file_give_the_pipes_manifest(repo):
     assert all(len(v) == 1 for v in blobs.values()), blobs
     repo.git("commit", "-q", "-m", "both")
     assert repo.out("status", "--porcelain") == ""
+
+
+def test_gc_removes_the_records_no_file_answers_and_keeps_the_others(repo):
+    """A Trainer writes checkpoint-500/, checkpoint-1000/, ... and deletes the older ones:
+    every path kept its record (as large as its manifest) for good, gc or not."""
+    for step in (500, 1000, 1500):
+        os.makedirs(repo.path / f"checkpoint-{step}")
+        write_model(str(repo.path / f"checkpoint-{step}" / MODEL), SHAPE, seed=step)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "three checkpoints")
+    records = repo.path / ".git" / "theta-zarr" / "stat"
+    assert len(os.listdir(records)) == 3
+    repo.git("rm", "-rq", "checkpoint-500")
+    shutil.copy(repo.path / "checkpoint-1500" / MODEL, repo.path / "checkpoint-1000" / MODEL)
+    assert "would delete 2 stale stat record(s)" in repo.tz("gc", "--dry-run").stdout.decode()
+    assert len(os.listdir(records)) == 3
+    assert "deleted 2 stale stat record(s)" in repo.tz("gc").stdout.decode()
+    assert len(os.listdir(records)) == 1
+    # the record left still answers
+    repo.git("update-index", "--index-info", input=(
+        f"100644 {repo.out('rev-parse', ':checkpoint-1500/' + MODEL).strip()}\t"
+        f"checkpoint-1500/{MODEL}\n").encode())
+    proc = repo.git("status", "--porcelain", "--", "checkpoint-1500", env=DEBUG)
+    assert proc.stdout == b""
+    assert f"checkpoint-1500/{MODEL}: answered from its stat record" in proc.stderr.decode()

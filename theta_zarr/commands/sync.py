@@ -404,6 +404,7 @@ def register(main: click.Group) -> None:
         from ..git.reachability import git_roots, is_shallow, stale_views
         from ..git.remotes import require
         from ..git.repo import Repo
+        from ..git.statcache import StatCache
         from ..sync import SyncRemote
 
         repo = Repo.discover()
@@ -447,6 +448,7 @@ def register(main: click.Group) -> None:
                 "--shared-cache collects it too")
         result = gc.collect(cache, roots, gc.parse_duration(grace), remote, dry_run,
                             keep_cache=keep_cache)
+        stale = StatCache(repo.git_dir).prune(repo.top, dry_run)
         for problem in result.problems:
             say(f"warning: {problem}; every manifest on the remote is kept")
         if result.restored:
@@ -459,6 +461,9 @@ def register(main: click.Group) -> None:
                     click.echo(f"{key}\t{n}\t{sweep.where}")
             click.echo(f"{verb} {len(sweep.keys)} blobs ({human(sweep.nbytes)}, "
                        f"{sweep.nbytes} bytes) from {sweep.where}")
+        if stale:
+            click.echo(f"{verb} {stale} stale stat record(s) (of files gone or changed) from "
+                       f"{StatCache(repo.git_dir).root}")
         if repack:
             depth = settings.delta_policy.max_depth if repack_depth is None else repack_depth
             done = gc.repack(remote.objects, depth, dry_run)

@@ -69,3 +69,30 @@ class StatCache:
                 os.replace(tmp, self._file(path))
             except OSError:
                 os.unlink(tmp)
+
+    def prune(self, top: str, dry_run: bool = False) -> int:
+        """Remove the records no file answers any more (its path gone, or its stat moved
+        on: a record is only used at the stat it names), as gc does; returns how many.
+        A path a Trainer's checkpoint folder held once would otherwise keep its record,
+        the size of its manifest, for good."""
+        try:
+            names = [n for n in os.listdir(self.root) if not n.startswith(".")]
+        except OSError:
+            return 0
+        stale = 0
+        for name in names:
+            record = os.path.join(self.root, name)
+            try:
+                with open(record, "rb") as f:
+                    head = json.loads(f.readline(MAX_HEAD))
+                path = head["path"]
+                if self._file(path) == record and \
+                        head.get("stat") == stat_key(os.lstat(os.path.join(top, path))):
+                    continue
+            except (OSError, ValueError, LookupError, TypeError, RecursionError):
+                pass  # a damaged record, or its file gone: no file answers it
+            stale += 1
+            if not dry_run:
+                with contextlib.suppress(OSError):
+                    os.unlink(record)
+        return stale
