@@ -140,3 +140,22 @@ def test_a_shared_repository_shares_the_cache_with_its_group(make_repo):
     assert closed == []
     files = [p for p in (cache / "objects").rglob("*") if p.is_file()]
     assert files and all(p.stat().st_mode & 0o040 for p in files)
+
+
+def test_a_boolean_key_without_a_value_is_true_as_git_takes_it(repo):
+    """``[theta-zarr] lazy`` (no ``= value``) is true to git (``git config --bool``): it was
+    read as false, so checkouts stayed full and a remote's ``anon`` stayed signed."""
+    from theta_zarr.git.remotes import configured
+    from theta_zarr.git.repo import Repo
+
+    with open(repo.path / ".git" / "config", "a") as f:
+        f.write('[theta-zarr]\n\tlazy\n\topaque\n[theta-zarr "remote.pub"]\n'
+                "\turl = /tmp/nowhere\n\tanon\n")
+    assert repo.out("config", "--bool", "theta-zarr.lazy").strip() == "true"
+    settings = Repo.discover(str(repo.path)).settings()
+    assert settings.lazy and settings.opaque
+    assert configured(Repo.discover(str(repo.path)))["pub"].options["anon"] == "true"
+    commit_model(repo, "m")
+    (repo.path / "model.safetensors").unlink()
+    repo.git("checkout", "--", "model.safetensors")
+    assert (repo.path / "model.safetensors").read_bytes().startswith(b'{"theta_zarr"')

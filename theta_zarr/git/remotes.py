@@ -23,6 +23,8 @@ from .repo import GitError, Repo, git
 
 THETAZARR_FILE = ".thetazarr"
 PREFIX = "theta-zarr.remote."
+#: boolean options: git takes one written without ``= value`` (``anon``) as true
+BOOLEAN_OPTIONS = frozenset({"anon", "requester-pays"})
 
 
 def _parse(records: bytes) -> dict[str, dict[str, str]]:
@@ -30,12 +32,14 @@ def _parse(records: bytes) -> dict[str, dict[str, str]]:
     for record in records.decode("utf-8", "replace").split("\0"):
         if not record:
             continue
-        key, _, value = record.partition("\n")
+        key, sep, value = record.partition("\n")
         if not key.lower().startswith(PREFIX):
             continue
         name, _, option = key[len(PREFIX):].rpartition(".")
+        option = option.lower()
         if name:
-            remotes.setdefault(name, {})[option.lower()] = value
+            remotes.setdefault(name, {})[option] = \
+                value if sep or option not in BOOLEAN_OPTIONS else "true"
     return remotes
 
 

@@ -15,6 +15,8 @@ from ..objects import MAX_CONCURRENCY
 from ..settings import Settings, parse_size
 
 CONFIG_PREFIX = "theta-zarr."
+#: boolean keys: git takes one written without ``= value`` (``[theta-zarr] lazy``) as true
+BOOLEAN_KEYS = frozenset({"theta-zarr.lazy", "theta-zarr.opaque", "theta-zarr.delta"})
 _OUR_PREFIX = "theta-zarr: "
 
 
@@ -225,8 +227,9 @@ class Repo:
         values: dict[str, str] = {}
         for record in out.decode("utf-8", "replace").split("\0"):
             if record:
-                key, _, value = record.partition("\n")
-                values[key.lower()] = value
+                key, sep, value = record.partition("\n")
+                key = key.lower()
+                values[key] = value if sep or key not in BOOLEAN_KEYS else "true"
         return values
 
     def settings(self) -> Settings:
