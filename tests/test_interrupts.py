@@ -123,6 +123,30 @@ def test_sigterm_and_sighup_while_the_index_lock_is_held_remove_the_lock_first(r
     repo.git("add", "a.txt")
 
 
+def test_sigterm_reaching_a_cli_command_inside_the_index_lock_removes_the_lock(repo):
+    """``git theta-zarr materialize`` (or the post-checkout hook) killed by SIGTERM while
+    it updated git's index left ``index.lock``; Ctrl-C there stays a KeyboardInterrupt."""
+    (repo.path / "a.txt").write_text("a\n")
+    repo.git("add", "a.txt")
+    proc = run_python("""
+        import dataclasses, os, signal, sys
+        import theta_zarr.cli
+        from theta_zarr.git.index import GitIndex
+        from theta_zarr.launch import main
+        def mark(entry):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return dataclasses.replace(entry.stat, size=0)
+        theta_zarr.cli.main = lambda: GitIndex(".git/index").update(["a.txt"], mark)
+        sys.argv = ["git-theta-zarr", "materialize"]
+        main()
+        print("unreachable")
+    """, cwd=repo.path)
+    assert proc.returncode == 143 and proc.stdout == b""
+    assert proc.stderr.decode() == "theta-zarr: terminated (SIGTERM)\n"
+    assert not (repo.path / ".git" / "index.lock").exists()
+    repo.git("add", "a.txt")
+
+
 @pytest.mark.parametrize("argv", [["ls-files"], ["filter-process"]])
 def test_ctrl_c_while_the_modules_load_is_one_line(argv):
     """SIGINT lands while the CLI (or the filter) is being imported: it printed a

@@ -13,8 +13,9 @@ shell report it) after one ``theta-zarr: interrupted`` line; only inside
 ``index.lock`` is left behind.  SIGTERM (a CI job's timeout, ``timeout``, a service
 manager) and SIGHUP (the terminal closed) are handled the same way, with exit status
 128 + the signal's number: by default they end the process on the spot, lock or not, and
-a left ``index.lock`` stops every later git command.  Without :func:`install` (the CLI,
-library use) :func:`deferred` does nothing and Ctrl-C is a KeyboardInterrupt as usual.
+a left ``index.lock`` stops every later git command; the CLI installs those two only.
+Without :func:`install` (library use) :func:`deferred` does nothing and Ctrl-C is a
+KeyboardInterrupt as usual.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 _lock = threading.RLock()  # the handler runs in the main thread, perhaps inside deferred
 _depth = 0  # deferred sections open, in any thread
@@ -35,13 +36,15 @@ SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)",
            signal.SIGHUP: "hung up (SIGHUP)"}
 
 
-def install(note: Callable[[], str] | None = None) -> None:
-    """End this process on SIGINT, SIGTERM and SIGHUP (main thread only, as Python
-    requires); ``note()`` gives text appended to the ``theta-zarr: interrupted`` line,
-    read when the signal comes."""
+def install(note: Callable[[], str] | None = None,
+            signals: Iterable[int] = tuple(SIGNALS)) -> None:
+    """End this process on ``signals`` (SIGINT, SIGTERM and SIGHUP; main thread only, as
+    Python requires); ``note()`` gives text appended to the ``theta-zarr: interrupted``
+    line, read when the signal comes.  The CLI passes SIGTERM and SIGHUP only: Ctrl-C
+    stays a KeyboardInterrupt there, which unwinds (and unlocks) as it goes."""
     global _note, _installed
     _note = note
-    for signum in SIGNALS:
+    for signum in signals:
         signal.signal(signum, _on_signal)
     _installed = True
 

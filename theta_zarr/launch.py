@@ -33,6 +33,12 @@ def main() -> None:
         _leave(130)
     if sys.argv[1:] == ["filter-process"]:
         _leave(filter_main())
+    import signal
+
+    from . import interrupts
+
+    # a kill (a job's timeout) or a closed terminal waits while git's index lock is held
+    interrupts.install(signals=(signal.SIGTERM, signal.SIGHUP))
     cli_main()
 
 
