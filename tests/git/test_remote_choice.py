@@ -95,6 +95,37 @@ def test_gc_remote_refuses_a_stale_view_of_the_git_remote(repo, make_repo, tmp_p
     assert store.missing(theirs.digests()) == set()
 
 
+def test_gc_remote_in_narrow_clones_names_the_fetch_that_helps(repo, make_repo, tmp_path):
+    """A ``--no-tags`` clone was refused for good over a tag on a commit it has, and a
+    single-branch clone was told to run 'git fetch origin', which never fetches the
+    other branch: the only way on was --ignore-stale-refs, which deletes its chunks."""
+    bare = _origin(repo, tmp_path)
+    _commit(repo, 0)
+    repo.git("tag", "v0")
+    repo.git("push", "-q", "origin", "main", "v0")
+    repo.git("checkout", "-q", "-b", "feature")
+    feature = _commit(repo, 1)
+    repo.git("push", "-q", "origin", "feature")
+    GitRepo(tmp_path, repo.env).run("git", "theta-zarr", "install", "--global")
+    store = open_remote(RemoteSpec("o", str(bare / "theta-zarr")))
+    no_tags = make_repo("no-tags")
+    no_tags.path.rmdir()
+    GitRepo(tmp_path, repo.env).git("clone", "-q", "--no-tags", str(bare), "no-tags")
+    assert no_tags.out("tag") == ""
+    no_tags.tz("gc", "--remote", "origin", "--grace", "0")  # v0's commit is on main
+    assert store.missing(feature.digests()) == set()
+    narrow = make_repo("narrow")
+    narrow.path.rmdir()
+    GitRepo(tmp_path, repo.env).git("clone", "-q", "--single-branch", "-b", "main",
+                                    str(bare), "narrow")
+    proc = narrow.tz("gc", "--remote", "origin", "--grace", "0", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "refs/heads/feature is not fetched into this clone" in err
+    narrow.git("fetch", "-q", "origin", "--tags", "+refs/heads/*:refs/remotes/origin/*")
+    narrow.tz("gc", "--remote", "origin", "--grace", "0")
+    assert store.missing(feature.digests()) == set()
+
+
 def test_gc_remote_refuses_in_a_shallow_clone(repo, make_repo, tmp_path):
     """A CI job's ``git clone --depth 1`` sees one commit: its gc --remote deleted the
     chunks of every older commit from the shared remote."""

@@ -53,7 +53,9 @@ def stale_views(repo: Repo, spec: RemoteSpec) -> list[str]:
     ls-remote``) differ from what this repository has fetched, or that cannot be listed.
 
     gc --remote keeps what this repository can reach; commits another clone pushed
-    (and the objects they name) are only known after a fetch.
+    (and the objects they name) are only known after a fetch.  A remote ref whose
+    history this repository's refs already reach is no problem, whatever this clone
+    names it (a tag a ``--no-tags`` clone never fetched, a branch merged into one it has).
     """
     problems = []
     for name in feeding_git_remotes(repo, spec):
@@ -69,8 +71,22 @@ def stale_views(repo: Repo, spec: RemoteSpec) -> list[str]:
             local = (f"refs/remotes/{name}/{ref[len('refs/heads/'):]}"
                      if ref.startswith("refs/heads/") else ref)
             have = repo.git("rev-parse", "--verify", "--quiet", local, check=False)
-            if have.decode().strip() != sha:
-                problems.append(f"git remote {name!r}: {ref} has moved since the last fetch "
-                                f"(run 'git fetch {name}')")
-                break
+            if have.decode().strip() == sha or _reached(repo, sha):
+                continue
+            if have.strip():
+                why = f"{ref} has moved since the last fetch (run 'git fetch {name}')"
+            else:  # a single-branch or --no-tags clone: a plain fetch never takes it
+                why = (f"{ref} is not fetched into this clone (run 'git fetch {name} "
+                       f"--tags +refs/heads/*:refs/remotes/{name}/*')")
+            problems.append(f"git remote {name!r}: {why}")
+            break
     return problems
+
+
+def _reached(repo: Repo, sha: str) -> bool:
+    """This repository has commit ``sha`` and its refs (and reflogs) reach all of its
+    history: gc keeps what it needs."""
+    if not repo.git("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}", check=False):
+        return False
+    return repo.git("--no-replace-objects", "rev-list", "-n", "1", sha, "--not", "--all",
+                    "--reflog", check=False).strip() == b""
