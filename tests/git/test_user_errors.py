@@ -251,3 +251,11 @@ def test_a_thetazarr_file_git_cannot_parse_is_one_line_not_no_remote(repo):
         line = assert_user_error(repo.tz(*args, check=False), ".thetazarr cannot be read",
                                  "bad config line")
         assert "no theta-zarr remote" not in line
+
+
+@pytest.mark.parametrize("value", ["1y", "7 days", "-1d"])
+def test_a_bad_gc_grace_names_the_option(repo, value):
+    """It said only "not a duration: '1y'", and a repository on a shared cache was first
+    told about the cache, whatever the option held."""
+    repo.git("config", "theta-zarr.cache", str(repo.path / ".." / "shared-cache"))
+    assert_user_error(repo.tz("gc", "--grace", value, check=False), "--grace:", repr(value))

@@ -407,6 +407,10 @@ def register(main: click.Group) -> None:
         from ..git.statcache import StatCache
         from ..sync import SyncRemote
 
+        try:
+            grace_s = gc.parse_duration(grace)
+        except ValueError as e:
+            raise UserError(f"--grace: {e}") from None
         repo = Repo.discover()
         settings = repo.settings()
         cache = checkpoint.open_cache(settings)
@@ -446,7 +450,7 @@ def register(main: click.Group) -> None:
         if keep_cache:
             say(f"the cache {cache.root} may be shared (theta-zarr.cache): left as it is; "
                 "--shared-cache collects it too")
-        result = gc.collect(cache, roots, gc.parse_duration(grace), remote, dry_run,
+        result = gc.collect(cache, roots, grace_s, remote, dry_run,
                             keep_cache=keep_cache)
         stale = StatCache(repo.git_dir).prune(repo.top, dry_run)
         for problem in result.problems:
