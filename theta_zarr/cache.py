@@ -8,9 +8,11 @@ an unchanged chunk is never re-encoded or re-written.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 
 from . import codecs
@@ -31,6 +33,9 @@ RAW_HEADER = codecs.header("raw")
 #: raw objects up to this size are copied out with one read and one write (no memory
 #: map: for a 1 KiB chunk its set-up costs more than the copy)
 SMALL_OBJECT = 64 << 10
+#: seconds after which an object found again by a clean is given a new mtime (one
+#: ``utime`` per object an hour at most: an unchanged chunk still costs about a stat)
+FRESHEN_AFTER = 3600.0
 
 
 class QuarantinedError(ObjectError):
@@ -66,6 +71,10 @@ class Cache(ObjectStore):
     def ensure(self, digest: str, raw: bytes | memoryview, elem: int = 1) -> int:
         """Store a chunk unless present; returns the bytes newly written (0 if present).
 
+        A present object older than ``FRESHEN_AFTER`` gets a new mtime, as git freshens a
+        loose object it would write again: gc keeps what was written within its grace
+        period, and the manifest naming it is new (not yet in any ref or index gc reads).
+
         ``elem`` is the item size of the chunk's dtype (for the ``auto`` codec).  A
         present object of the wrong size (a truncated write, cut by a full disk or a
         crash) is rewritten from ``raw``; with the raw codec the size says it all, so
@@ -73,13 +82,23 @@ class Cache(ObjectStore):
         """
         path = self._object_path(digest)
         try:
-            size = os.stat(path).st_size
+            st = os.stat(path)
         except OSError:
             return self.put(digest, raw, elem)  # absent (or unreachable: put says why)
-        if self.codec == "raw" and size != len(RAW_HEADER) + len(raw):
+        if self.codec == "raw" and st.st_size != len(RAW_HEADER) + len(raw):
             self.quarantine(digest)
             return self.put(digest, raw, elem)
+        _freshen(path, st.st_mtime)
         return 0
+
+    def freshen(self, digests: Iterable[str]) -> None:
+        """Give these objects a new mtime where theirs is older than ``FRESHEN_AFTER``, as
+        ``ensure`` does: for a manifest answered without storing its chunks again (a clean
+        answered from its stat record)."""
+        for digest in set(digests):
+            path = self._object_path(digest)
+            with contextlib.suppress(OSError):
+                _freshen(path, os.stat(path).st_mtime)
 
     def get(self, digest: str, bases: ObjectStore | None = None) -> bytes | memoryview:
         """The verified raw chunk; a corrupt object is moved to quarantine first
@@ -179,6 +198,12 @@ class Cache(ObjectStore):
             where = self.quarantine(digest)
             raise QuarantinedError(f"object {digest} in {self.url} is corrupt (content does "
                                    f"not match digest); moved it to {where}", digest)
+
+
+def _freshen(path: str, mtime: float) -> None:
+    if time.time() - mtime > FRESHEN_AFTER:
+        with contextlib.suppress(OSError):  # a read-only or another user's object
+            os.utime(path)
 
 
 def default_cache_dir(git_common_dir: str) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import file_sha
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -297,6 +299,33 @@ def test_gc_keeps_what_git_replace_hides_and_what_it_puts_in_place(repo, tmp_pat
         repo.git("replace", "-d", ref)
     repo.git("checkout", "-q", "HEAD~1", "--", "model.safetensors")
     assert file_sha(path) == hidden
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_gc_keeps_old_chunks_a_new_clean_found_again(repo, tmp_path, record):
+    """git freshens a loose object it would write again, so its gc keeps what was just
+    written; a clean that found its chunks already in the cache (garbage of an abandoned
+    commit, older than the grace period) left them old, and a gc before the manifest
+    reached the index (a script's GIT_INDEX_FILE, a long ``git add``) deleted them."""
+    repo.git("config", "theta-zarr.chunk-size", CHUNK)
+    path = repo.path / "model.safetensors"
+    model(path, seed=5)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "abandoned")
+    repo.git("reset", "-q", "--soft", "HEAD~1")
+    repo.git("rm", "-q", "--cached", "model.safetensors")
+    repo.git("reflog", "expire", "--expire=now", "--all")
+    _age(repo.objects_dir, 30 * 86400)
+    if not record:  # hashed again (no stat record answers), its chunks found in the cache
+        shutil.rmtree(repo.path / ".git" / "theta-zarr" / "stat")
+    env = {"GIT_INDEX_FILE": str(repo.path / ".git" / "script-index")}
+    repo.git("add", "model.safetensors", env=env)
+    repo.tz("gc")  # the default grace: 7 days
+    repo.git("commit", "-q", "-m", "from a script", env=env)
+    repo.git("reset", "-q", "--hard")
+    path.unlink()
+    repo.git("checkout", "--", "model.safetensors")
+    assert repo.tz("fsck").returncode == 0
 
 
 @settings(max_examples=4, deadline=None,

@@ -139,6 +139,7 @@ class FilterServer:
             # a chunk since (deleted, gc'd): then the clean below stores it again
             if cached is not None and not checkpoint.missing_chunks(cached[1], self.cache):
                 log.debug("%s: answered from its stat record, not hashed again", path)
+                self.cache.freshen(cached[1].digests())  # as a clean storing them would
                 content.drain()
                 if content.count == before.st_size and \
                         stat_key(before) == stat_key(self._worktree_stat(path) or before):
