@@ -147,6 +147,20 @@ def test_sigterm_reaching_a_cli_command_inside_the_index_lock_removes_the_lock(r
     repo.git("add", "a.txt")
 
 
+def test_a_signal_ignored_at_start_stays_ignored():
+    """``nohup git checkout ...``: SIGHUP is ignored on purpose, and must not end the
+    filter once the terminal closes."""
+    proc = run_python("""
+        import os, signal
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        from theta_zarr import interrupts
+        interrupts.install()
+        os.kill(os.getpid(), signal.SIGHUP)
+        print("still here")
+    """)
+    assert proc.returncode == 0 and proc.stdout == b"still here\n"
+
+
 @pytest.mark.parametrize("argv", [["ls-files"], ["filter-process"]])
 def test_ctrl_c_while_the_modules_load_is_one_line(argv):
     """SIGINT lands while the CLI (or the filter) is being imported: it printed a

@@ -45,7 +45,10 @@ def install(note: Callable[[], str] | None = None,
     global _note, _installed
     _note = note
     for signum in signals:
-        signal.signal(signum, _on_signal)
+        # one ignored when the process started stays ignored (``nohup``, a background job
+        # of a script), as Python leaves an ignored SIGINT
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _on_signal)
     _installed = True
 
 
