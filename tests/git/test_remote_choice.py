@@ -95,6 +95,21 @@ def test_gc_remote_refuses_a_stale_view_of_the_git_remote(repo, make_repo, tmp_p
     assert store.missing(theirs.digests()) == set()
 
 
+def test_push_uploads_the_commits_git_replace_hides(repo, tmp_path):
+    """git push sends the real commits (replace refs stay local); the pre-push hook walked
+    through the replacement and uploaded its chunks, not those of the commit it hid."""
+    bare = _origin(repo, tmp_path)
+    _commit(repo, 0)
+    hidden = _commit(repo, 1)
+    _commit(repo, 2)
+    tree = repo.out("rev-parse", "HEAD^{tree}").strip()
+    repo.git("replace", "HEAD~1", repo.out("commit-tree", tree, "-p", "HEAD~2", "-m",
+                                           "replacement").strip())
+    repo.git("push", "-q", "origin", "main")
+    store = open_remote(RemoteSpec("o", str(bare / "theta-zarr")))
+    assert store.missing(hidden.digests()) == set()
+
+
 def test_gc_remote_in_narrow_clones_names_the_fetch_that_helps(repo, make_repo, tmp_path):
     """A ``--no-tags`` clone was refused for good over a tag on a commit it has, and a
     single-branch clone was told to run 'git fetch origin', which never fetches the
