@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import checkpoint
@@ -260,6 +261,46 @@ def side_of_blob(repo: Repo, path: str, blob: str, prefer: list[object]) -> obje
     return next((c for c in out if blob_at(repo, path, c) == blob), None)
 
 
+def merge_bases(repo: Repo) -> list[str]:
+    """The merge bases of HEAD and each commit ``git merge`` is merging (git names them
+    to merge drivers in ``GITHEAD_<id>`` variables); none outside a ``git merge``."""
+    out = []
+    for var in os.environ:
+        if var.startswith("GITHEAD_"):
+            found = repo.git("merge-base", "--all", "HEAD", var[len("GITHEAD_"):], check=False)
+            out += found.decode().split()
+    return out
+
+
+def moved_names(base: Manifest, sides: Sequence[Manifest]) -> list[str]:
+    """Parameters every side holds and ``base`` lacks (``with_moved_base`` looks them up)."""
+    return [n for n in sides[0].params
+            if n not in base.params and all(n in s.params for s in sides[1:])]
+
+
+def with_moved_base(repo: Repo, path: str, base: Manifest, sides: Sequence[Manifest],
+                    rev: object | None, objects=None) -> Manifest:
+    """``base`` (shard ``path`` at ``rev``) with the base version of every parameter each
+    side holds in ``path`` but ``base`` lacks: a re-save (``save_pretrained``) moved it
+    there from another shard of the model at ``rev``.  Without it such a parameter looked
+    added on every side, and a value strategy combined the sides with no base (one side's
+    fine-tune averaged with the other's untouched copy).  ``base`` as it is when ``path``
+    is no shard at ``rev`` or ``rev`` is None."""
+    moved = moved_names(base, sides)
+    if not moved or rev is None:
+        return base
+    key = model_keys(repo, path, rev, {})
+    if key is None or key == path:
+        return base
+    try:
+        model = open_side(repo, key, rev, objects)
+    except ManifestError:
+        return base
+    found = {n: model.manifest.params[n] for n in moved
+             if model is not None and n in model.manifest.params}
+    return Manifest(base.format, {**base.params, **found}) if found else base
+
+
 def _parent(repo: Repo, side: object) -> object | None:
     if side is INDEX:
         return "HEAD"
@@ -267,7 +308,7 @@ def _parent(repo: Repo, side: object) -> object | None:
     return out.strip() or None
 
 
-def _ever_indexed(repo: Repo, path: str) -> bool:
+def ever_indexed(repo: Repo, path: str) -> bool:
     """Whether ``path``'s folder holds a ``*.index.json`` in the index or held one in any
     commit (``git log --all``): what ``model_keys`` can find on any side ``side_of_blob``
     can locate, asked before the (costly) search of history for a blob."""
@@ -296,7 +337,7 @@ def driver_diff(repo: Repo, path: str, old_hex: str, new_hex: str, deleted: bool
     has_old, has_new = bool(old_hex.strip("0")), bool(new_hex.strip("0"))
     if not has_new and not deleted:
         return None  # the working tree
-    if not any(_ever_indexed(repo, p) for p in {path, new_path}):
+    if not any(ever_indexed(repo, p) for p in {path, new_path}):
         return None  # no index ever sat beside it: a file of its own, found in two calls
     new = side_of_blob(repo, new_path, new_hex, []) if has_new else None
     old = None
