@@ -286,6 +286,39 @@ def test_integer_and_added_conflicts_are_hinted_with_what_resolves_them(repo):
     assert load(repo, "new").tolist() == [2.0] * 4
 
 
+def test_every_hint_for_several_conflicts_finishes_the_merge(repo):
+    """With several conflicting parameters each '--param' hint named one of them, and
+    resolve then stopped on the others; an integer beside floats had no working hint, and
+    a hint without --param replaced a strategy the configuration had given."""
+    import shlex
+
+    def tensors(v: float) -> dict:
+        return {"w1": np.full((4, 4), v, np.float32), "w2": np.full((4, 4), v, np.float32),
+                "step": np.array([int(v)])}
+
+    conflicting_branches(repo, tensors(0), tensors(2), tensors(1))
+    configured = ["-c", "theta-zarr-merge.step.strategy=theirs"]
+    for extra in ([], configured):
+        repo.git("reset", "-q", "--hard", "main")
+        err = repo.git(*extra, "merge", "--no-edit", "other", check=False).stderr.decode()
+        hints = [line.split("   (")[0].strip() for line in
+                 err.split("resolve with one of:")[1].split("or set a strategy")[0].splitlines()
+                 if line.strip()]
+        assert len(hints) == (2 if not extra else 3), err
+        for hint in hints:
+            repo.git("merge", "--abort", check=False)
+            repo.git("reset", "-q", "--hard", "main")
+            repo.git(*extra, "merge", "--no-edit", "other", check=False)
+            args = shlex.split(hint)
+            assert args[0] == "git", hint
+            proc = repo.git(*extra, *args[1:], check=False)
+            assert proc.returncode == 0, (hint, proc.stderr.decode())
+            assert not repo.out("ls-files", "-u"), hint
+            if extra:
+                assert load(repo, "step").tolist() == [1], hint  # the configured rule kept
+    repo.git("merge", "--abort", check=False)
+
+
 def test_non_tensor_values_of_a_torch_file_merge_leaf_by_leaf(repo):
     """Both sides' changes to different non-tensor leaves survive (theirs's used to be
     dropped with the whole tree whenever ours changed any leaf); a leaf changed

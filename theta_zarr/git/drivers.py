@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
+from glob import escape
 
 from .. import checkpoint, lfs
 from ..diff import FileDiff, diff, format_text, textconv_lines
@@ -224,27 +225,38 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
     what += [f"{values} conflicting non-tensor value(s)"] if values else []
     lines = [f"theta-zarr: {path}: {' and '.join(what)}, not merged:"]
     lines += [f"  {c.name}: {c.describe()}" for c in left]
-    # suggest only what can settle these conflicts (merge.refusal): a conflict over shape,
-    # dtype or presence, or over integer values, takes one side; float values also combine
+    # suggest only what can settle these conflicts (merge.refusal), each a whole command:
+    # resolve stops on a conflict its --param globs miss, and its strategy without --param
+    # also replaces the configured one of the conflicts the configuration settled
     average, arithmetic = get_strategy("average"), get_strategy("task-arithmetic")
     values = [c for c in left if refusal(c, average) is None]
+    sides = [c for c in left if c not in values]
+    scope = _params(left) if len(left) == 1 or len(left) < len(p.conflicts) else ""
+    resolve = f"git theta-zarr resolve {path} --strategy"
     lines.append("resolve with one of:")
-    if len(values) == len(left):
-        lines.append(f"  git theta-zarr resolve {path} --strategy average")
+    if not sides:
+        lines.append(f"  {resolve} average{scope}")
         if all(refusal(c, arithmetic) is None for c in left):
-            lines.append(f"  git theta-zarr resolve {path} --strategy task-arithmetic "
-                         "--scale 1.0")
-        lines.append(f"  git theta-zarr resolve {path} --strategy ours --param '{left[0].name}'")
+            lines.append(f"  {resolve} task-arithmetic --scale 1.0{scope}")
+        lines.append(f"  {resolve} ours{scope}")
     else:
-        sides = [c for c in left if c not in values]
-        lines += [f"  git theta-zarr resolve {path} --strategy ours --param '{c.name}'   "
-                  f"(or theirs, or base: {_one_side_only(c)})" for c in sides[:3]]
+        why = _one_side_only(sides[0]) if len(left) == 1 else \
+            "every conflicting parameter from one side"
+        lines.append(f"  {resolve} ours{scope}   (or theirs, or base: {why})")
         if values:
-            lines.append(f"  git theta-zarr resolve {path} --strategy average --param "
-                         f"'{values[0].name}'")
+            rules = "".join(f" -c '{MERGE_SECTION}.{escape(c.name)}.strategy=ours'"
+                            for c in sides)
+            lines.append(f"  git{rules} theta-zarr resolve {path} --strategy average"
+                         f"{_params(values)}   (or theirs, or base, for "
+                         f"{', '.join(c.name for c in sides)}: {_one_side_only(sides[0])})")
     lines.append(f"or set a strategy per parameter: git config {MERGE_SECTION}.'<glob>'.strategy "
                  f"<{'|'.join(sorted(available()))}>")
     return lines
+
+
+def _params(conflicts: list[ParamConflict]) -> str:
+    """``--param`` options naming exactly these conflicts."""
+    return "".join(f" --param '{escape(c.name)}'" for c in conflicts)
 
 
 def _one_side_only(c: ParamConflict) -> str:
