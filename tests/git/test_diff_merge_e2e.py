@@ -319,6 +319,19 @@ def test_every_hint_for_several_conflicts_finishes_the_merge(repo):
     repo.git("merge", "--abort", check=False)
 
 
+def test_a_misspelt_strategy_in_the_merge_rules_is_named_by_its_key(repo):
+    """A bad value of a merge rule was named by its key (``theta-zarr-merge.*.density: not a
+    number``), a misspelt strategy only by itself: nothing said which rule, or where."""
+    w = np.zeros((4, 4), np.float32)
+    conflicting_branches(repo, {"w": w}, {"w": w + 2}, {"w": w + 1})
+    repo.git("config", "theta-zarr-merge.w*.strategy", "avrage")
+    want = "theta-zarr: theta-zarr-merge.w*.strategy: unknown merge strategy 'avrage'"
+    proc = repo.git("merge", "--no-edit", "other", check=False)
+    assert proc.returncode != 0 and want in proc.stderr.decode()
+    proc = repo.tz("resolve", "m.safetensors", "-s", "average", check=False)
+    assert proc.returncode != 0 and proc.stderr.decode().startswith(want)
+
+
 def test_non_tensor_values_of_a_torch_file_merge_leaf_by_leaf(repo):
     """Both sides' changes to different non-tensor leaves survive (theirs's used to be
     dropped with the whole tree whenever ours changed any leaf); a leaf changed

@@ -35,7 +35,13 @@ from ..merge import (
     unresolved,
 )
 from ..mergeconfig import parse_value
-from ..merges import MergeOptions, available, get_strategy, parameter_names
+from ..merges import (
+    MergeOptions,
+    StrategyError,
+    available,
+    get_strategy,
+    parameter_names,
+)
 from ..remote import ReadThrough
 from .push import read_through
 from .remotes import THETAZARR_FILE
@@ -203,7 +209,10 @@ def config_rules(repo: Repo) -> list[Rule]:
         where = f"{MERGE_SECTION}.{glob}"
         strategy = settings.pop("strategy", None)
         if strategy is not None:
-            get_strategy(strategy)
+            try:
+                get_strategy(strategy)
+            except StrategyError as e:
+                raise ValueError(f"{where}.strategy: {e}") from None
         values = {k: parse_value(v, f"{where}.{k}") for k, v in settings.items()}
         rules.append(Rule(glob, strategy, MergeOptions(values)))
     return rules
