@@ -65,6 +65,13 @@ def test_config_lookup_per_tensor_and_per_model():
      "'filter' must be a glob"),
     ("merge_method: ties\nmodels: [a, b]\nparameters: {density: {x: 1}}\n",
      "expected a number"),
+    # parameters the method does not read were ignored: mergekit's task_arithmetic weighs
+    # its models, theta-zarr's task-arithmetic added them unweighted
+    ("merge_method: task-arithmetic\nmodels: [{model: a, parameters: {weight: 0.3}}, b]\n",
+     "models[0].parameters: strategy 'task-arithmetic' does not read 'weight' "
+     "(its parameters: scale)"),
+    ("merge_method: slerp\nmodels: [a, b]\nparameters: {density: 0.5, lambda: 2}\n",
+     "parameters: strategy 'slerp' does not read 'density', 'lambda'"),
 ])
 def test_config_errors_name_file_and_key(text, message):
     with pytest.raises(ConfigError) as e:

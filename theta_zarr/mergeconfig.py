@@ -228,7 +228,7 @@ def load_config(text: str, source: str) -> ModelMergeConfig:
     if not isinstance(method, str):
         raise ConfigError(f"{source}: merge_method is missing")
     try:
-        get_strategy(method)
+        strategy = get_strategy(method)
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
     raw_models = doc.get("models")
@@ -247,5 +247,12 @@ def load_config(text: str, source: str) -> ModelMergeConfig:
     base = doc.get("base_model", doc.get("base"))
     if base is not None and not isinstance(base, str):
         raise ConfigError(f"{source}: base_model must be a revision")
-    return ModelMergeConfig(method, models, base, _params(doc.get("parameters"),
-                                                          f"{source}: parameters"), source)
+    params = _params(doc.get("parameters"), f"{source}: parameters")
+    for where, given in [(f"{source}: parameters", params),
+                         *((f"{source}: models[{i}].parameters", m.parameters)
+                           for i, m in enumerate(models))]:
+        try:
+            strategy.check_names(given)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return ModelMergeConfig(method, models, base, params, source)

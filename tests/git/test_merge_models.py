@@ -113,6 +113,11 @@ def test_resolve_with_dare_and_set(repo):
                   check=False)
     assert bad.returncode == 1 and b"unknown merge parameter 'densty'" in bad.stderr
     assert b"Traceback" not in bad.stderr
+    # a parameter the strategy does not read was ignored: the merge went on without it
+    for args in (["--set", "alpha=0.3"], ["--alpha", "0.3"]):
+        bad = repo.tz("resolve", "model.safetensors", "--strategy", "dare", *args, check=False)
+        assert bad.returncode == 1 and b"strategy 'dare' does not read 'alpha'" in bad.stderr
+    assert repo.out("ls-files", "-u")  # still conflicted
     repo.tz("resolve", "model.safetensors", "--strategy", "dare", "--set", "density=0.5")
     n = "layers.1.mlp.up.weight"
     (kb,), (ka,), (kt,) = (manifest_at(repo, r).params[n].chunks

@@ -343,7 +343,10 @@ def _stages(repo: Repo, path: str) -> dict[int, str]:
 def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
             scale: float | None, settings: MergeOptions | None = None) -> list[str]:
     """Finish a conflicted merge of ``path``: compute, write the working tree file, stage it."""
-    get_strategy(strategy)  # a misspelt strategy is named first, as git checks its options
+    options = (settings or MergeOptions()).over(MergeOptions(alpha=alpha, scale=scale))
+    # a misspelt strategy, or a parameter it would ignore, is named first, as git checks
+    # its options
+    get_strategy(strategy).check_names(options.values)
     repo = Repo.discover()
     rel = repo.relative(path, inside=True)
     stages = _stages(repo, rel)
@@ -354,7 +357,6 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
     for n, label in ((1, "base"), (2, "ours"), (3, "theirs")):
         data = blob_of(repo, stages[n]) if n in stages else None
         sides[label] = None if data is None else Manifest.from_bytes(data, f":{n}:{rel}")
-    options = (settings or MergeOptions()).over(MergeOptions(alpha=alpha, scale=scale))
     cli_rules = [Rule(g, strategy, options) for g in (list(globs) or ["*"])]
     table = StrategyTable([*config_rules(repo), *cli_rules])
     p = plan(sides["base"], sides["ours"], sides["theirs"])

@@ -15,7 +15,7 @@ as the strategy asks, one chunk at a time: memory stays bounded by the chunk siz
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +158,15 @@ class Strategy:
                     raise StrategyError(f"{self.name}: {name!r} must be a finite number")
                 if name in UNIT_INTERVAL and not 0.0 <= x <= 1.0:
                     raise StrategyError(f"{self.name}: {name!r} must be in [0, 1], not {x}")
+
+    def check_names(self, names: Iterable[str]) -> None:
+        """Refuse parameters this strategy does not read (StrategyError, one line): given
+        for it by name (``--set``, a ``merge-models`` config), they would be ignored."""
+        unread = sorted(set(names) - set(self.parameters))
+        if unread:
+            reads = ", ".join(sorted(self.parameters)) or "none"
+            raise StrategyError(f"strategy {self.name!r} does not read "
+                                f"{', '.join(map(repr, unread))} (its parameters: {reads})")
 
     def compute_dtype(self, dtype: str) -> np.dtype:
         """float64 for 32/64-bit floats (complex128 for complex), float32 for narrower."""
