@@ -57,6 +57,18 @@ def test_exit_code_stat_name_only_and_ranges(two_commits):
     assert r.tz("diff", "HEAD~1...HEAD").stdout.decode() == full  # merge base is HEAD~1
 
 
+def test_a_symmetric_range_of_histories_that_never_met_is_gits_error(two_commits):
+    """``A...B`` with no merge base (an orphan branch) was an internal error carrying git's
+    merge-base failure; git diff says ``fatal: A...B: no merge base`` with status 128."""
+    r = two_commits
+    r.git("checkout", "-q", "--orphan", "fresh")
+    r.git("commit", "-q", "-m", "orphan")
+    proc = r.tz("diff", "main...fresh", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 128 and not proc.stdout
+    assert err == "theta-zarr: fatal: main...fresh: no merge base\n"
+
+
 def test_closed_pipe_is_not_an_error(two_commits):
     """`git theta-zarr diff | head` must not end with "Broken pipe"."""
     proc = subprocess.Popen(["git-theta-zarr", "diff", "HEAD~1", "HEAD", "--json"],

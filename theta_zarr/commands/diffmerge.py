@@ -79,7 +79,9 @@ def _range(repo, arg: str) -> list[str] | None:
             if ca is None or cb is None:
                 return None
             if sep == "...":
-                ca = repo.git("merge-base", ca, cb).decode().strip()
+                ca = repo.git("merge-base", ca, cb, check=False).decode().strip()
+                if not ca:  # histories that never met (an orphan branch), as git says it
+                    fail(f"fatal: {arg}: no merge base", code=128)
             return [ca, b or "HEAD"]
     return [arg] if commit(arg) is not None else None
 
