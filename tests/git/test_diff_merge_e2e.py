@@ -332,6 +332,17 @@ def test_a_misspelt_strategy_in_the_merge_rules_is_named_by_its_key(repo):
     assert proc.returncode != 0 and proc.stderr.decode().startswith(want)
 
 
+def test_the_merge_summary_counts_the_parameters_of_the_merged_file(repo):
+    """A tensor one side removed was counted among the parameters merged: "merged 2
+    parameter(s)" for a file of one."""
+    w = np.zeros((4, 4), np.float32)
+    conflicting_branches(repo, {"w": w, "x": w}, {"w": w + 2}, {"w": w + 1, "x": w})
+    proc = repo.git("-c", "theta-zarr-merge.*.strategy=average", "merge", "--no-edit", "other")
+    assert b"m.safetensors: merged 1 parameter(s) (0 chunk by chunk, 1 by average)" \
+        in proc.stderr
+    assert set(load_file(repo.path / "m.safetensors")) == {"w"}
+
+
 def test_non_tensor_values_of_a_torch_file_merge_leaf_by_leaf(repo):
     """Both sides' changes to different non-tensor leaves survive (theirs's used to be
     dropped with the whole tree whenever ours changed any leaf); a leaf changed

@@ -276,7 +276,8 @@ def _one_side_only(c: ParamConflict) -> str:
         f"{c.models[0].dtype} values cannot be averaged"
 
 
-def summary_line(path: str, p: MergePlan, table: StrategyTable) -> str:
+def summary_line(path: str, p: MergePlan, table: StrategyTable, merged: Manifest) -> str:
+    """One line: how many parameters the merged file holds, and how they were merged."""
     by: dict[str, int] = {}
     for name in p.conflicts:
         s = table.lookup(name)[0].name
@@ -284,7 +285,7 @@ def summary_line(path: str, p: MergePlan, table: StrategyTable) -> str:
     how = "".join(f", {n} by {s}" for s, n in sorted(by.items()))
     values = sum(c.info is not None for c in p.conflicts.values())
     also = f" and {values} conflicting non-tensor value(s)" if values else ""
-    return (f"theta-zarr: {path}: merged {len(p.params) + len(p.conflicts) - values} "
+    return (f"theta-zarr: {path}: merged {len(merged.params)} "
             f"parameter(s){also} ({len(p.chunk_merged)} chunk by chunk{how})")
 
 
@@ -324,7 +325,7 @@ def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, ours_file)
-    echo(summary_line(path, p, table))
+    echo(summary_line(path, p, table, merged))
     return 0
 
 
@@ -370,7 +371,7 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
     merged = execute(p, table, objects, settings.workers, rel)
     _write_worktree(repo, rel, merged, objects)
     repo.git("add", "--", rel)
-    return [summary_line(rel, p, table).replace("merged", "resolved", 1) + ", staged"]
+    return [summary_line(rel, p, table, merged).replace("merged", "resolved", 1) + ", staged"]
 
 
 def _write_worktree(repo: Repo, rel: str, manifest: Manifest, objects) -> None:

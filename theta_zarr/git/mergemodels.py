@@ -163,7 +163,7 @@ def _merge_file(repo: Repo, path: str, tracked: bool, labels: list[str],
         raise ConfigError(conflict_report(path, p, table)[0].removeprefix("theta-zarr: "))
     oid = repo.git("hash-object", "-w", "--no-filters", "--stdin",
                    input=merged.to_bytes()).decode().strip()
-    echo(summary_line(path, p, table))
+    echo(summary_line(path, p, table, merged))
     return present[0][0], oid
 
 
