@@ -157,8 +157,9 @@ def test_a_merge_finds_the_base_of_tensors_a_re_save_moved_to_another_shard(repo
     save(resaved, {"a": 1.0, "c": 1.0}, "theirs")
     repo.git("checkout", "-q", "main")
     save(resaved, {"a": 3.0, "b": 2.0, "c": 3.0}, "ours")
+    ours, base = repo.out("rev-parse", "HEAD").strip(), repo.out("rev-parse", "HEAD~1").strip()
     for strategy in ("average", "ties"):
-        repo.git("reset", "-q", "--hard", "main")
+        repo.git("reset", "-q", "--hard", ours)
         repo.git("-c", f"theta-zarr-merge.*.strategy={strategy}", "merge", "-q",
                  "--no-edit", "other")
         sd = {**load_file(folder / "model-1.safetensors"),
@@ -166,6 +167,12 @@ def test_a_merge_finds_the_base_of_tensors_a_re_save_moved_to_another_shard(repo
         assert sd["b"].tolist() == [3.0] * 8, strategy  # ours's, the only change
         # both tuned: 1 + (3 + 1) / 2, the mean (average) and the disjoint mean (TIES)
         assert sd["a"].tolist() == [3.0] * 8 and sd["c"].tolist() == [3.0] * 8, strategy
+    # merge-models reads the base the same way
+    repo.git("checkout", "-q", "-b", "soup", base)
+    config = repo.path.parent / "soup.yml"
+    config.write_text(f"merge_method: linear\nmodels: [{ours}, other]\n")
+    repo.tz("merge-models", str(config))
+    assert load_file(folder / "model-1.safetensors")["b"].tolist() == [3.0] * 8
 
 
 def test_git_diff_of_a_renamed_model_folder_finds_each_shard_in_the_new_folder(sharded):
