@@ -296,8 +296,9 @@ def with_moved_base(repo: Repo, path: str, base: Manifest, sides: Sequence[Manif
         model = open_side(repo, key, rev, objects)
     except ManifestError:
         return base
-    found = {n: model.manifest.params[n] for n in moved
-             if model is not None and n in model.manifest.params}
+    if model is None:
+        return base
+    found = {n: model.manifest.params[n] for n in moved if n in model.manifest.params}
     return Manifest(base.format, {**base.params, **found}) if found else base
 
 
