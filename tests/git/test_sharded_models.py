@@ -131,17 +131,25 @@ def test_tensors_moved_between_shards_of_the_same_names_are_no_layout_change(rep
     assert "file layout" not in text and "other (non-tensor)" not in text
 
 
-def test_a_merge_finds_the_base_of_tensors_a_re_save_moved_to_another_shard(repo):
+@pytest.mark.parametrize("resaved", [
+    {"model-1.safetensors": ["a", "b"], "model-2.safetensors": ["c"]},
+    # a shard file the base did not have: no base version of the file at all
+    {"model-1.safetensors": ["a"], "model-2.safetensors": ["c"], "model-3.safetensors": ["b"]},
+])
+def test_a_merge_finds_the_base_of_tensors_a_re_save_moved_to_another_shard(repo, resaved):
     """Both fine-tunes were re-saved with another shard layout than the base: 'b' moved
-    from model-2 to model-1, and only ours changed it.  The merge of model-1 saw 'b' added
-    on both sides: an 'average' rule averaged ours's 'b' with theirs's untouched copy, and
-    TIES refused it for want of a base.  Its base is read from the base's other shard."""
+    from model-2 to another shard, and only ours changed it.  The merge of that shard saw
+    'b' added on both sides: an 'average' rule averaged ours's 'b' with theirs's untouched
+    copy, and TIES refused it for want of a base.  Its base is read from the base's other
+    shard."""
     from safetensors.torch import load_file, save_file
 
     folder = repo.path / "m"
     folder.mkdir()
 
     def save(shards, tuned, message):
+        for old in folder.glob("model-*.safetensors"):
+            old.unlink()
         for shard, names in shards.items():
             save_file({n: torch.full((8,), 1.0 + tuned.get(n, 0.0)) for n in names},
                       folder / shard)
@@ -151,7 +159,6 @@ def test_a_merge_finds_the_base_of_tensors_a_re_save_moved_to_another_shard(repo
         repo.git("add", "-A")
         repo.git("commit", "-q", "-m", message)
 
-    resaved = {"model-1.safetensors": ["a", "b"], "model-2.safetensors": ["c"]}
     save({"model-1.safetensors": ["a"], "model-2.safetensors": ["b", "c"]}, {}, "base")
     repo.git("checkout", "-q", "-b", "other")
     save(resaved, {"a": 1.0, "c": 1.0}, "theirs")
@@ -162,8 +169,7 @@ def test_a_merge_finds_the_base_of_tensors_a_re_save_moved_to_another_shard(repo
         repo.git("reset", "-q", "--hard", ours)
         repo.git("-c", f"theta-zarr-merge.*.strategy={strategy}", "merge", "-q",
                  "--no-edit", "other")
-        sd = {**load_file(folder / "model-1.safetensors"),
-              **load_file(folder / "model-2.safetensors")}
+        sd = {k: v for shard in resaved for k, v in load_file(folder / shard).items()}
         assert sd["b"].tolist() == [3.0] * 8, strategy  # ours's, the only change
         # both tuned: 1 + (3 + 1) / 2, the mean (average) and the disjoint mean (TIES)
         assert sd["a"].tolist() == [3.0] * 8 and sd["c"].tolist() == [3.0] * 8, strategy
@@ -172,7 +178,8 @@ def test_a_merge_finds_the_base_of_tensors_a_re_save_moved_to_another_shard(repo
     config = repo.path.parent / "soup.yml"
     config.write_text(f"merge_method: linear\nmodels: [{ours}, other]\n")
     repo.tz("merge-models", str(config))
-    assert load_file(folder / "model-1.safetensors")["b"].tolist() == [3.0] * 8
+    b_shard = next(shard for shard, names in resaved.items() if "b" in names)
+    assert load_file(folder / b_shard)["b"].tolist() == [3.0] * 8
 
 
 def test_git_diff_of_a_renamed_model_folder_finds_each_shard_in_the_new_folder(sharded):

@@ -308,12 +308,17 @@ def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
         raise ManifestError(f"{path}: one side of the merge is empty, not a manifest")
     table = StrategyTable(config_rules(repo))
     objects = read_through(repo)
-    if base is not None and moved_names(base, [ours, theirs]) and ever_indexed(repo, path):
-        # a shard a re-save filled with tensors of another shard: their base is there
-        blob = repo.git("hash-object", "--no-filters", "--",
-                        os.path.abspath(base_file)).decode().strip()
-        rev = side_of_blob(repo, path, blob, merge_bases(repo))
-        base = with_moved_base(repo, path, base, [ours, theirs], rev, objects)
+    shard = base or Manifest(dict(ours.format), {})
+    if moved_names(shard, [ours, theirs]) and ever_indexed(repo, path):
+        # a shard a re-save filled with tensors of another shard: their base is there, in
+        # the revision holding this base (a shard file new on both sides: the merge base)
+        if base is None:
+            rev = next(iter(merge_bases(repo)), None)
+        else:
+            blob = repo.git("hash-object", "--no-filters", "--",
+                            os.path.abspath(base_file)).decode().strip()
+            rev = side_of_blob(repo, path, blob, merge_bases(repo))
+        base = with_moved_base(repo, path, shard, [ours, theirs], rev, objects)
     merged, p = merge_manifests(base, ours, theirs, table, objects, repo.settings().workers,
                                 path)
     if merged is None:

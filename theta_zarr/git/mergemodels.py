@@ -24,7 +24,7 @@ from ..merge import MergeError, Rule, StrategyTable, merge_models, pick
 from ..mergeconfig import ConfigError, load_config
 from ..merges import MergeOptions, Strategy
 from .drivers import config_rules, conflict_report, summary_line
-from .models import with_moved_base
+from .models import moved_names, with_moved_base
 from .push import read_through
 from .repo import GitError, GitInputError, Repo
 from .sides import tracked_by_us
@@ -149,8 +149,9 @@ def _merge_file(repo: Repo, path: str, tracked: bool, labels: list[str],
     manifests = [_manifest(repo, s[1], f"{lb}:{path}") for lb, s in zip(labels, present,
                                                                         strict=True)]
     base_m = _manifest(repo, b[1], f"{base[:10]}:{path}") if b is not None else None
-    if base_m is not None:  # a shard a re-save filled with tensors of another shard
-        base_m = with_moved_base(repo, path, base_m, manifests, base, objects)
+    shard = base_m or Manifest(dict(manifests[0].format), {})
+    if moved_names(shard, manifests):  # a shard a re-save filled with another's tensors
+        base_m = with_moved_base(repo, path, shard, manifests, base, objects, labels[0])
     try:
         merged, p = merge_models(base_m, manifests, labels, table, objects, workers, path)
     except MergeError as e:
