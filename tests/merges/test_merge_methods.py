@@ -68,6 +68,23 @@ def test_linear(store, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_task_arithmetic_weighs_each_task_vector(store, dtype):
+    """mergekit's task_arithmetic: B + lambda * sum(w_i * tau_i); the built-in
+    task-arithmetic is the case of unit weights."""
+    base, tunes = models(dtype)
+    b, o, t = f32(base, *tunes)
+    w1, w2, lam = np.float32(0.3), np.float32(0.9), np.float32(1.5)
+    got = run(store, "task_arithmetic", base, tunes, weight=(0.3, 0.9), **{"lambda": 1.5})
+    want = ((o - b) * w1 + (t - b) * w2) * lam + b
+    assert got.tobytes() == want.astype(dtype).tobytes()
+    got = run(store, "task_arithmetic", base, tunes, weight=(0.3, 0.9), normalize=1.0)
+    want = ((o - b) * w1 + (t - b) * w2) / (w1 + w2) + b
+    assert got.tobytes() == want.astype(dtype).tobytes()
+    unit = run(store, "task_arithmetic", base, tunes)
+    assert np.allclose(f32(unit), f32(run(store, "task-arithmetic", base, tunes)), atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_ties(store, dtype):
     base, tunes = models(dtype)
     got = run(store, "ties", base, tunes, density=0.2, weight=(1.0, 0.5), **{"lambda": 1.5})

@@ -217,6 +217,14 @@ def _fold(xs: list[Any]) -> Any:
     return out
 
 
+class WeightedTaskArithmetic(TaskVectors):
+    """mergekit's ``task_arithmetic``: base + lambda * sum(w_i * (M_i - base)), every
+    element of every task vector kept (Ilharco et al., "Editing models with task
+    arithmetic", ICLR 2023); ``task-arithmetic`` is the same with all weights 1."""
+
+    name = "task_arithmetic"
+
+
 class Ties(TaskVectors):
     """TIES: keep each task vector's top-``density`` magnitudes, elect signs, disjoint mean."""
 
@@ -322,4 +330,5 @@ class ModelStock(FloatMethod):
 
 
 METHODS: dict[str, type[Strategy]] = {cls.name: cls for cls in (
-    Linear, Ties, Dare, DareLinear, DareTies, Breadcrumbs, BreadcrumbsTies, Slerp, ModelStock)}
+    Linear, WeightedTaskArithmetic, Ties, Dare, DareLinear, DareTies, Breadcrumbs,
+    BreadcrumbsTies, Slerp, ModelStock)}
