@@ -233,3 +233,7 @@ def test_gc_repack_rewrites_deep_chains_as_full_objects(repo, tmp_path, make_rep
     assert file_sha(c.path / "model.safetensors") == file_sha(repo.path / "model.safetensors")
     proc = repo.tz("gc", "--repack", check=False)
     assert proc.returncode == 1 and "--repack needs --remote" in proc.stderr.decode()
+    # a depth without --repack was ignored: the user thought the chains were rewritten
+    proc = repo.tz("gc", "--remote", "origin", "--repack-depth", "0", check=False)
+    assert proc.returncode == 1 and "give --repack too" in proc.stderr.decode()
+    assert depths() == [1, 0, 0]

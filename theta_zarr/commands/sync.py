@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..redact import redact
-from ..wording import human
+from ..wording import counted, human
 from .options import REMOTE_OPTION_HELP, check_output, remote_options
 from .reporting import fail, reports_errors, say
 
@@ -411,6 +411,8 @@ def register(main: click.Group) -> None:
             grace_s = gc.parse_duration(grace)
         except ValueError as e:
             raise UserError(f"--grace: {e}") from None
+        if repack_depth is not None and not repack:
+            raise UserError("--repack-depth is the depth --repack keeps: give --repack too")
         repo = Repo.discover()
         settings = repo.settings()
         cache = checkpoint.open_cache(settings)
@@ -463,7 +465,7 @@ def register(main: click.Group) -> None:
             if dry_run:
                 for key, n in sweep.keys:
                     click.echo(f"{key}\t{n}\t{sweep.where}")
-            click.echo(f"{verb} {len(sweep.keys)} blobs ({human(sweep.nbytes)}, "
+            click.echo(f"{verb} {counted(len(sweep.keys), 'blob')} ({human(sweep.nbytes)}, "
                        f"{sweep.nbytes} bytes) from {sweep.where}")
         if stale:
             click.echo(f"{verb} {stale} stale stat record(s) (of files gone or changed) from "
