@@ -57,7 +57,7 @@ def reading(digest: str) -> Iterator[None]:
     try:
         yield
     except ObjectError as e:
-        if e.digest is None:
+        if not e.digest:
             e.digest = digest
         raise
 
