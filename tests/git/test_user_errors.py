@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import GitRepo, _env, file_sha
+from conftest import GitRepo, _env, commit_checkpoint, file_sha
 from test_remotes import SHAPE
 
 from theta_zarr.demo import write_model
@@ -242,6 +242,18 @@ def test_a_cache_folder_that_cannot_be_made_names_the_setting(repo, tmp_path):
     proc = repo.git("add", "new.safetensors", check=False)
     line = assert_user_error(proc, "cannot use", "as the cache", "theta-zarr.cache")
     assert "Errno" not in line
+
+
+def test_a_cache_set_to_a_file_is_named_by_every_command(repo, tmp_path):
+    """fsck listed every object as missing "in" the file, ls-files counted none cached."""
+    commit_checkpoint(repo, "base", shape=SHAPE)
+    (tmp_path / "afile").write_text("")
+    repo.git("config", "theta-zarr.cache", str(tmp_path / "afile"))
+    for args in (("fsck",), ("ls-files",)):
+        assert_user_error(repo.tz(*args, check=False), "as the cache: it is a file",
+                          "theta-zarr.cache")
+    write_model(str(repo.path / "new.safetensors"), SHAPE, seed=1)
+    assert_user_error(repo.git("add", "new.safetensors", check=False), "it is a file")
 
 
 def test_a_thetazarr_file_git_cannot_parse_is_one_line_not_no_remote(repo):
