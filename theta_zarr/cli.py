@@ -96,8 +96,11 @@ def uninstall(scope: str | None) -> None:
     from .git.repo import Repo
 
     scope = scope or inst.default_scope()
-    inst.uninstall(scope)
-    click.echo(f"theta-zarr filter removed ({scope} git config)")
+    if inst.uninstall(scope):
+        click.echo(f"theta-zarr filter removed ({scope} git config)")
+    else:
+        click.echo(f"theta-zarr filter was not installed in the {scope} git config: "
+                   "nothing to remove there")
     if inst.default_scope() == "local":
         uninstall_hooks(Repo.discover())
 

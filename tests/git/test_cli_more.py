@@ -118,9 +118,12 @@ def test_untrack_and_uninstall(repo):
     repo.tz("track", "my run/*.pt")
     assert 'Untracking "my run/*.pt"' in repo.tz("untrack", "my run/*.pt").stdout.decode()
     assert "space" not in (repo.path / ".gitattributes").read_text()
-    repo.tz("uninstall")
+    assert b"filter removed" in repo.tz("uninstall").stdout
     assert repo.git("config", "--get", "filter.theta-zarr.process", check=False).returncode == 1
     assert not any((hooks / n).exists() for n in names)
+    # again: nothing was there to remove, and it says so rather than "removed"
+    again = repo.tz("uninstall").stdout.decode()
+    assert "was not installed in the local git config" in again and "removed" not in again
 
 
 def test_ls_files_takes_folders_and_lists_the_current_folder(repo):

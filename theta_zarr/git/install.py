@@ -71,14 +71,17 @@ def install(scope: str, cwd: str | None = None, exe: str | None = None) -> dict[
     return values
 
 
-def uninstall(scope: str, cwd: str | None = None) -> None:
-    """Remove the filter, diff and merge sections from ``scope``.  GitInputError for
-    ``local`` outside a repository, as ``install`` refuses it."""
+def uninstall(scope: str, cwd: str | None = None) -> bool:
+    """Remove the filter, diff and merge sections from ``scope``; False if it had none.
+    GitInputError for ``local`` outside a repository, as ``install`` refuses it."""
     if scope == "local" and default_scope(cwd) != "local":
         raise GitInputError("--local needs a git repository; run inside one or use --global")
+    found = git("config", f"--{scope}", "--get-regexp", rf"^(filter|diff|merge)\.{DRIVER}\.",
+                cwd=cwd, check=False)
     for section in ("filter", "diff", "merge"):
         git("config", f"--{scope}", "--remove-section", f"{section}.{DRIVER}", cwd=cwd,
             check=False)
+    return bool(found.strip())
 
 
 def configured_executable(cwd: str | None = None) -> str | None:
