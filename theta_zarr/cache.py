@@ -112,13 +112,16 @@ class Cache(ObjectStore):
             raise QuarantinedError(f"{e}; moved it to {where}", digest) from None
 
     def quarantine(self, digest: str) -> str:
-        """Move an object out of the store into ``<cache>/quarantine/``; returns where."""
+        """Move an object out of the store into ``<cache>/quarantine/``; returns where.
+        It is dated by the move (``gc`` deletes it once older than its grace period)."""
         key = object_key(digest)
         dest = f"{QUARANTINE}/{digest[7:]}"
         try:
             self.blobs.move(key, dest)
         except StorageError:
             pass  # already moved by another reader
+        with contextlib.suppress(OSError):
+            os.utime(os.path.join(self.root, dest))
         return os.path.join(self.root, QUARANTINE)
 
 

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .cache import Cache
+from .cache import QUARANTINE, Cache
 from .manifest import Manifest
 from .objects import (
     MissingBaseError,
@@ -275,6 +275,15 @@ def plan_debris(blobs: BlobStore, cutoff: float, where: str) -> Sweep:
     return sweep
 
 
+def plan_quarantine(cache: Cache, cutoff: float) -> Sweep:
+    """Corrupt objects reads moved to ``<cache>/quarantine/`` before ``cutoff`` (a good
+    copy replaced each; kept for a grace period to look into, then they only take room)."""
+    sweep = Sweep(f"{cache.url} (quarantined objects)")
+    sweep.keys = [(i.key, i.size) for i in cache.blobs.list(f"{QUARANTINE}/")
+                  if i.mtime is not None and i.mtime < cutoff]
+    return sweep
+
+
 def _each(store: ObjectStore, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``fn(item)`` for every item, ``store.concurrency`` at a time, each call retried
     by ``store._retry``; the results in the order the calls finish.  The first error
@@ -423,13 +432,17 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
         problems += remote_roots(remote, roots, cutoff)
     if keep_cache:
         sweeps = [Sweep(f"{cache.url} (objects)"), Sweep(f"{cache.url} (temporary files)")]
+        quarantined = Sweep(f"{cache.url} (quarantined objects)")
     else:
         sweeps = [plan_objects(cache, set(roots.chunks), cutoff),
                   plan_debris(cache.blobs, cutoff, cache.url)]
+        quarantined = plan_quarantine(cache, cutoff)
     if remote is not None:
         sweeps.append(plan_manifests(remote, roots.manifests, cutoff))
         sweeps.append(plan_objects(remote.objects, set(roots.chunks), cutoff))
         sweeps.append(plan_debris(remote.blobs, cutoff, remote.url))
+    if quarantined.keys:  # listed only where there are some (they are rare)
+        sweeps.append(quarantined)
     step("planned")
     if dry_run:
         return GcResult(sweeps, start, problems)
@@ -448,6 +461,7 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
         delete_debris(remote.blobs, sweeps[4])
     delete(cache, sweeps[0])
     delete_debris(cache.blobs, sweeps[1])
+    delete(cache, quarantined)
     return GcResult(sweeps, start, problems, restored)
 
 

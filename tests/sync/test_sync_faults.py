@@ -12,6 +12,7 @@ import blake3
 import pytest
 from sync_helpers import CHUNK, Case, env_for, local_case, model, tz
 
+from theta_zarr.cache import Cache, QuarantinedError
 from theta_zarr.objects import object_key
 from theta_zarr.refs import RefError, check_ref_name
 from theta_zarr.storage.local import LocalStore
@@ -272,3 +273,27 @@ def test_gc_removes_old_temporary_files_and_keeps_young_ones_and_held_locks(repo
     assert young.exists() and held.exists()
     assert [i.key for i in LocalStore(case.url).debris()] == ["refs/.tmp-inflight",
                                                               "refs/.tmp-lock.busy"]
+
+
+def test_gc_empties_the_quarantine_after_the_grace_period(repo):
+    """A corrupt object a read moved aside stayed in <cache>/quarantine/ for good."""
+    model(repo.path / "m.safetensors")
+    repo.git("add", "m.safetensors")
+    repo.git("commit", "-q", "-m", "base")
+    cache = Cache(str(repo.objects_dir.parent))
+    digest = min(d for d, _, _ in cache.iter_digests())
+    path = Path(cache.root) / object_key(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(QuarantinedError):
+        cache.get(digest)
+    [moved] = (Path(cache.root) / "quarantine").iterdir()
+    assert time.time() - moved.stat().st_mtime < 600  # dated by the move, not the write
+    repo.tz("gc", "--grace", "1h")
+    assert moved.exists()  # young: kept to look into
+    old = time.time() - 7200
+    os.utime(moved, (old, old))
+    out = repo.tz("gc", "--grace", "1h", "--dry-run").stdout.decode()
+    assert "(quarantined objects)" in out and moved.exists()
+    assert "(quarantined objects)" in repo.tz("gc", "--grace", "1h").stdout.decode()
+    assert not moved.exists()
