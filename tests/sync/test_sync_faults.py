@@ -285,13 +285,13 @@ def test_gc_empties_the_quarantine_after_the_grace_period(repo):
     path = Path(cache.root) / object_key(digest)
     os.chmod(path, 0o644)
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    old = time.time() - 7200
+    os.utime(path, (old, old))  # written two hours ago, moved aside now
     with pytest.raises(QuarantinedError):
         cache.get(digest)
     [moved] = (Path(cache.root) / "quarantine").iterdir()
-    assert time.time() - moved.stat().st_mtime < 600  # dated by the move, not the write
     repo.tz("gc", "--grace", "1h")
-    assert moved.exists()  # young: kept to look into
-    old = time.time() - 7200
+    assert moved.exists()  # dated by the move, not the write: kept to look into
     os.utime(moved, (old, old))
     out = repo.tz("gc", "--grace", "1h", "--dry-run").stdout.decode()
     assert "(quarantined objects)" in out and moved.exists()
