@@ -50,7 +50,12 @@ class Cache(ObjectStore):
     """An ObjectStore on a local folder, plus a scratch area for spooled files."""
 
     def __init__(self, root: str, codec: str = "raw", concurrency: int = 16):
+        """StorageError (one line) where ``root`` is a file: every object would otherwise
+        read as missing from it."""
         self.root = os.path.abspath(root)
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise StorageError(f"cannot use {self.root} as the cache: it is a file, not a "
+                               "folder (set by theta-zarr.cache or THETA_ZARR_CACHE)")
         super().__init__(LocalStore(self.root), codec=codec, concurrency=concurrency, retries=0)
 
     @property

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -30,7 +29,6 @@ from .manifest import (
 )
 from .objects import MissingObjectError, ObjectError
 from .settings import Settings
-from .storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +46,6 @@ class CleanResult:
 
 
 def open_cache(settings: Settings) -> Cache:
-    """The local object cache at ``settings.cache_dir``.  StorageError (one line) where
-    that path is a file: every object would otherwise read as missing from it."""
-    if os.path.exists(settings.cache_dir) and not os.path.isdir(settings.cache_dir):
-        raise StorageError(f"cannot use {settings.cache_dir} as the cache: it is a file, not "
-                           "a folder (set by theta-zarr.cache or THETA_ZARR_CACHE)")
     return Cache(settings.cache_dir, codec=settings.cache_codec, concurrency=settings.concurrency)
 
 
