@@ -41,10 +41,6 @@ FRESHEN_AFTER = 3600.0
 class QuarantinedError(ObjectError):
     """A cache object failed verification and was moved aside; a good copy can replace it."""
 
-    def __init__(self, message: str, digest: str = ""):
-        super().__init__(message)
-        self.digest = digest
-
 
 class Cache(ObjectStore):
     """An ObjectStore on a local folder, plus a scratch area for spooled files."""

@@ -44,11 +44,16 @@ R = TypeVar("R")
 
 
 class ObjectError(Exception):
-    """A missing or corrupt object; the message names the digest and the store."""
+    """A missing or corrupt object; the message names the digest and the store.
 
-    #: the object a transfer was reading when this was raised (a delta chain's tip, not
-    #: the base that failed), so a caller can name the file that needs it; None if unknown
-    digest: str | None = None
+    ``digest``: the object it is about, where the raiser knows it, or the one a transfer
+    was reading (a delta chain's tip, not the base that failed: see :func:`reading`), so
+    a caller can name the file that needs it; None if unknown.
+    """
+
+    def __init__(self, message: str, digest: str | None = None):
+        super().__init__(message)
+        self.digest = digest
 
 
 @contextlib.contextmanager
@@ -57,7 +62,7 @@ def reading(digest: str) -> Iterator[None]:
     try:
         yield
     except ObjectError as e:
-        if not e.digest:
+        if e.digest is None:
             e.digest = digest
         raise
 
