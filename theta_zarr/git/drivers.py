@@ -45,7 +45,7 @@ from ..merges import (
 from ..remote import ReadThrough
 from .push import read_through
 from .remotes import THETAZARR_FILE
-from .repo import GitError, Repo, git
+from .repo import GitError, Repo, config_records, git
 from .sides import (
     blob_of,
     foreign_blob,
@@ -175,16 +175,13 @@ def _rules_from(out: bytes, where: str) -> dict[str, dict[str, str]]:
     """``glob -> {setting: text}`` from ``git config -z --get-regexp`` output."""
     found: dict[str, dict[str, str]] = {}
     known = parameter_names()
-    for record in out.decode("utf-8", "replace").split("\0"):
-        if not record:
-            continue
-        key, _, value = record.partition("\n")
+    for key, value in config_records(out):
         glob, _, option = key[len(MERGE_SECTION) + 1:].rpartition(".")
         option = option.lower()
         if not glob or (option != "strategy" and option not in known):
             raise ValueError(f"{where}: unknown merge setting {key!r} (use {MERGE_SECTION}."
                              f"<glob>.strategy or one of: {', '.join(sorted(known))})")
-        found.setdefault(glob, {})[option] = value.strip()
+        found.setdefault(glob, {})[option] = (value or "").strip()
     return found
 
 

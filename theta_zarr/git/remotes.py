@@ -19,7 +19,7 @@ from ..storage import is_folder, open_store
 from ..storage.local import LocalStore
 from .files import objects_with_paths, read_blobs, small_blobs
 from .install import DRIVER
-from .repo import GitError, Repo, git
+from .repo import GitError, Repo, config_records, git
 
 THETAZARR_FILE = ".thetazarr"
 PREFIX = "theta-zarr.remote."
@@ -29,17 +29,14 @@ BOOLEAN_OPTIONS = frozenset({"anon", "requester-pays"})
 
 def _parse(records: bytes) -> dict[str, dict[str, str]]:
     remotes: dict[str, dict[str, str]] = {}
-    for record in records.decode("utf-8", "replace").split("\0"):
-        if not record:
-            continue
-        key, sep, value = record.partition("\n")
+    for key, value in config_records(records):
         if not key.lower().startswith(PREFIX):
             continue
         name, _, option = key[len(PREFIX):].rpartition(".")
         option = option.lower()
         if name:
             remotes.setdefault(name, {})[option] = \
-                value if sep or option not in BOOLEAN_OPTIONS else "true"
+                value if value is not None or option not in BOOLEAN_OPTIONS else "true"
     return remotes
 
 

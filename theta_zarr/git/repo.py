@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..cache import default_cache_dir
@@ -27,6 +28,15 @@ class GitError(RuntimeError):
 class GitInputError(GitError, UserError):
     """git refused the user's input: not a repository, an unknown revision or path, or a
     theta-zarr filter that reported its own one-line error during the git command."""
+
+
+def config_records(out: bytes) -> Iterator[tuple[str, str | None]]:
+    """(key, value) of each record of ``git config -z`` output; value None for a key
+    written without ``= value`` (git reads it as true where a boolean is wanted)."""
+    for record in out.decode("utf-8", "replace").split("\0"):
+        if record:
+            key, sep, value = record.partition("\n")
+            yield key, value if sep else None
 
 
 def git(*args: str, cwd: str | None = None, input: bytes | None = None,
@@ -225,11 +235,9 @@ class Repo:
         out = self.git("config", "-z", "--get-regexp",
                        r"^(theta-zarr\.|core\.sharedrepository$)", check=False)
         values: dict[str, str] = {}
-        for record in out.decode("utf-8", "replace").split("\0"):
-            if record:
-                key, sep, value = record.partition("\n")
-                key = key.lower()
-                values[key] = value if sep or key not in BOOLEAN_KEYS else "true"
+        for key, value in config_records(out):
+            key = key.lower()
+            values[key] = value if value is not None or key not in BOOLEAN_KEYS else "true"
         return values
 
     def settings(self) -> Settings:
