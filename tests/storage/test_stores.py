@@ -231,3 +231,20 @@ def test_no_credentials_at_all_says_where_the_library_looks(url, where):
     err = str(fail(Store(), "read", "refs/run7/step-1", e))
     assert err.startswith(f"cannot read refs/run7/step-1 in {url}: {e}")
     assert where in err, err
+
+
+def test_an_s3_read_is_one_get_object(s3_server, monkeypatch):
+    """s3fs's ``cat_file`` asks HeadObject for the size before the GetObject unless told
+    to read in one request: a fetch of N chunks must cost N requests, not 2N."""
+    store = open_store(s3_server.new_bucket() + "/p", s3_server.storage_options)
+    store.put("objects/ab/cd", [b"x" * 100_000])
+    calls: list[str] = []
+    real = store.fs._call_s3
+
+    async def counting(method, *args, **kwargs):
+        calls.append(method)
+        return await real(method, *args, **kwargs)
+
+    monkeypatch.setattr(store.fs, "_call_s3", counting)
+    assert store.get("objects/ab/cd") == b"x" * 100_000
+    assert calls == ["get_object"]

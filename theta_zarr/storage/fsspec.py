@@ -15,6 +15,10 @@ from .base import BlobInfo, BlobNotFound, BlobStore, Parts, StorageError
 class FsspecStore(BlobStore):
     """Blobs through an fsspec filesystem; a single PUT per blob is atomic on object stores."""
 
+    #: keyword arguments of every whole-blob read (``cat_file``), for a backend whose
+    #: library needs telling how to read one blob in one request
+    _read_options: dict[str, Any] = {}
+
     def __init__(self, url: str, storage_options: dict[str, Any]):
         self.url = url.rstrip("/")
         # Listings must never answer existence checks from a stale cache: another
@@ -55,7 +59,7 @@ class FsspecStore(BlobStore):
 
     def get(self, key: str) -> bytes:
         try:
-            return bytes(self.fs.cat_file(self._path(key), **self._bound))
+            return bytes(self.fs.cat_file(self._path(key), **self._read_options, **self._bound))
         except Exception as e:
             raise self._fail("read", key, e) from None
 

@@ -29,6 +29,10 @@ def _is_precondition_failure(e: BaseException) -> bool:
 class S3Store(FsspecStore):
     conditional_writes = True
     list_page = 1000  # ListObjectsV2's MaxKeys
+    #: one GetObject per read: left at its default, s3fs's ``cat_file`` first sends a
+    #: HeadObject for the size (to split a blob above its 50 MB block size into ranged
+    #: reads), which doubles the requests of a fetch of chunk-sized objects
+    _read_options = {"max_concurrency": 1}
 
     def exists(self, key: str) -> bool:
         """One HeadObject.  s3fs's ``exists`` follows a 404 with a ListObjectsV2 (the key
