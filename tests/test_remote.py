@@ -6,10 +6,12 @@ import os
 import threading
 import time
 
+import pytest
+
 from theta_zarr import chunking, codecs
 from theta_zarr import remote as remote_module
 from theta_zarr.cache import Cache
-from theta_zarr.objects import ObjectStore
+from theta_zarr.objects import ObjectError, ObjectStore, object_key
 from theta_zarr.remote import fetch_objects, push_objects
 from theta_zarr.storage import open_store
 
@@ -106,3 +108,29 @@ def test_an_endpoint_that_does_not_answer_is_an_outage_from_the_first_call(monke
             assert "cannot reach bucket bucket" in str(e) and "gave up after 1 s" in str(e)
         else:
             raise AssertionError(f"{scheme}: opened a remote whose endpoint does not answer")
+
+
+def test_s3_reads_skip_botocores_response_crc_and_still_refuse_a_corrupt_object(
+        s3_server, monkeypatch):
+    """Every chunk read is checked against its blake3 digest, so botocore's CRC32 of each
+    response (CPU a fetch spends twice) is not asked for; a damaged object is still
+    refused, by the digest."""
+    from botocore.httpchecksum import Crc32Checksum
+
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    spec = remote_module.RemoteSpec("origin", s3_server.new_bucket() + "/m",
+                                    {"endpoint-url": s3_server.endpoint})
+    remote = remote_module.open_remote(spec, 4)
+    raw = os.urandom(200_000)
+    digest = chunking.digest(raw)
+    remote.put(digest, raw)
+    crcs: list[int] = []
+    real = Crc32Checksum.update
+    monkeypatch.setattr(Crc32Checksum, "update",
+                        lambda self, chunk: (crcs.append(len(chunk)), real(self, chunk))[1])
+    assert bytes(remote.get(digest)) == raw
+    assert crcs == []
+    remote.blobs.put(object_key(digest), [codecs.header("raw"), raw[:-1] + b"?"])
+    with pytest.raises(ObjectError, match="corrupt"):
+        remote.get(digest)

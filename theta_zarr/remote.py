@@ -132,10 +132,14 @@ def storage_options(url: str, options: dict[str, str], concurrency: int) -> dict
             out["requester_pays"] = True
         if _true(options.get("anon")):
             out["anon"] = True
-        # botocore opens 10 connections by default: match the transfer concurrency
+        # botocore opens 10 connections by default: match the transfer concurrency.
+        # Every object and manifest read is checked against its blake3 digest (a ref is a
+        # digest, checked by its form and by what it names), so botocore's CRC32 of each
+        # response is not asked for; uploads keep theirs, a write's only check in transit.
         out["config_kwargs"] = {"max_pool_connections": max(10, concurrency),
                                 "retries": {"max_attempts": 3, "mode": "standard"},
-                                "connect_timeout": 10}
+                                "connect_timeout": 10,
+                                "response_checksum_validation": "when_required"}
     elif protocol in ("gs", "gcs"):
         if options.get("endpoint-url"):
             out["endpoint_url"] = options["endpoint-url"]
