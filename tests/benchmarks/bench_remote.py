@@ -37,6 +37,7 @@ import datetime as _dt
 import os
 import platform
 import queue
+import resource
 import shutil
 import subprocess
 import sys
@@ -380,9 +381,15 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
             lazy = os.path.join(work, f"{kind}-fetch-{codec}")
             Git(work, env)("clone", "-q", *extra, bare_z, lazy,
                            env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             Git(lazy, env).run(["git-theta-zarr", "fetch", "origin", "HEAD"])
             t_fetch = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            res.diag.append((f"fetch only, {codec}: CPU time of the command, page faults",
+                             f"{after.ru_utime - before.ru_utime:.2f} s user, "
+                             f"{after.ru_stime - before.ru_stime:.2f} s system, "
+                             f"{after.ru_minflt - before.ru_minflt:,} minor faults"))
             res.rows.append(throughput_row(f"fetch only, {codec} (`git theta-zarr fetch` in a "
                                            "lazy clone)", raw_bytes, t_fetch,
                                            f"raw get of the {codec} objects", t_base))
