@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .. import checkpoint, interrupts, lfs, progress
+from .. import checkpoint, interrupts, lfs, malloc, progress
 from ..errors import one_line, opaque_note
 from ..logs import setup_logging
 from ..manifest import (
@@ -89,6 +89,8 @@ class FilterServer:
         if self._find_fetch is not None:
             self._fetch = self._find_fetch()
             self._find_fetch = None
+            if self._fetch is not None:  # transfers ahead: a few MB allocated per object
+                malloc.reuse_freed_memory()
         return self._fetch
 
     def serve(self) -> None:
