@@ -483,7 +483,7 @@ def materialize(paths: tuple[str, ...], include: tuple[str, ...], output: str | 
 @click.option("--size", default="64MiB", show_default=True,
               help="approximate size of the demo model")
 @click.option("--keep", type=click.Path(file_okay=False), default=None,
-              help="build the demo repository here and keep it")
+              help="build the demo repository in this new or empty folder and keep it")
 @reports_errors
 def demo(size: str, keep: str | None) -> None:
     """Build a throwaway repo: commit a model, a two-layer fine-tune, check the old one out."""

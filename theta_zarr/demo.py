@@ -119,8 +119,15 @@ def dir_bytes(path: str) -> tuple[int, int]:
 
 
 def run_demo(size: int, keep: str | None, echo: Callable[[str], None] = print) -> None:
+    """The walk-through, in a temporary folder or in ``keep``, which must be new or empty:
+    the demo runs ``git init`` there, sets the repository's user, overwrites
+    ``model.safetensors`` and commits, which must never happen to a project's own folder."""
+    from .errors import UserError
     from .wording import human
 
+    if keep and os.path.lexists(keep) and (not os.path.isdir(keep) or os.listdir(keep)):
+        raise UserError(f"--keep {keep}: not an empty folder; the demo builds its own "
+                        "repository there, so give a new or empty folder")
     work = keep or tempfile.mkdtemp(prefix="theta-zarr-demo-")
     os.makedirs(work, exist_ok=True)
     env = scripts_path_env()

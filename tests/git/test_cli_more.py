@@ -19,6 +19,18 @@ def test_demo_runs_and_is_bit_exact(repo, tmp_path):
     assert f"repo: {tmp_path / 'd'}" in text
 
 
+def test_demo_keep_refuses_a_folder_that_is_not_empty(repo):
+    """--keep in a project's own folder would commit the demo model into it."""
+    (repo.path / "model.safetensors").write_bytes(b"my weights")
+    proc = repo.run("theta-zarr", "demo", "--size", "1MiB", "--keep", str(repo.path),
+                    check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"theta-zarr: --keep {repo.path}: not an empty folder")
+    assert (repo.path / "model.safetensors").read_bytes() == b"my weights"
+    assert repo.out("rev-list", "--count", "--all").strip() == "1"  # the fixture's commit
+
+
 def test_demo_without_keep_names_no_deleted_folder(repo):
     out = repo.run("theta-zarr", "demo", "--size", "1MiB")
     text = out.stdout.decode()
