@@ -854,6 +854,12 @@ def test_remote_url_output(request, fixture: str, scheme: str, roots: dict) -> N
     )
 
 
+def test_gcs_remote_prefixes_output_names_every_key_space(gcs: Module) -> None:
+    output = gcs.outputs["remote_prefixes"]
+    assert gcs.eval(output["value"], {"prefix": "team/llm"}) == [
+        f"team/llm/{space}/" for space in remote_key_spaces()]
+
+
 @pytest.mark.parametrize("fixture", ["s3", "gcs"])
 def test_prefix_validation(request, fixture: str) -> None:
     module: Module = request.getfixturevalue(fixture)
@@ -1065,15 +1071,26 @@ def _policy_grants(s3: Module, doc_name: str, **variables: Any) -> dict[str, set
     return grants
 
 
+def remote_key_spaces() -> tuple[str, ...]:
+    """Every key space theta-zarr reads or writes on a remote, from the code that writes
+    them: a policy missing one denies the commands that use it (``publish --shard`` and
+    ``combine`` write ``staging/``, ``gc --remote`` moves its garbage through ``trash/``)."""
+    from theta_zarr import gc, objects, refs, sync
+
+    spaces = (objects.object_key("blake3:" + "0" * 64).split("/")[0] + "/",
+              sync.MANIFESTS_PREFIX, refs.REFS_PREFIX, sync.STAGING_PREFIX, gc.TRASH_PREFIX)
+    return tuple(space.rstrip("/") for space in spaces)
+
+
 def _remote_arns(prefix: str) -> set[str]:
     key_prefix = f"{prefix}/" if prefix else ""
     arn = S3_BUCKET_ATTRS["this"]["arn"]
-    return {f"{arn}/{key_prefix}{space}/*" for space in ("objects", "manifests", "refs")}
+    return {f"{arn}/{key_prefix}{space}/*" for space in remote_key_spaces()}
 
 
 def _remote_list_prefixes(prefix: str) -> set[str]:
     key_prefix = f"{prefix}/" if prefix else ""
-    return {f"ListBucket:{key_prefix}{space}/*" for space in ("objects", "manifests", "refs")}
+    return {f"ListBucket:{key_prefix}{space}/*" for space in remote_key_spaces()}
 
 
 @pytest.mark.parametrize("prefix", ["", "team/llm"])

@@ -5,12 +5,11 @@ locals {
   bucket_url = "gs://${google_storage_bucket.this.name}"
   remote_url = var.prefix == "" ? local.bucket_url : "${local.bucket_url}/${var.prefix}"
 
-  # The three key spaces of a theta-zarr remote. Bucket-level IAM on GCS is
-  # bucket-wide, so give each remote its own bucket when access must differ.
+  # The key spaces of a theta-zarr remote (chunk objects, manifests, refs, shards
+  # staged until 'combine', gc's trash). Bucket-level IAM on GCS is bucket-wide,
+  # so give each remote its own bucket when access must differ.
   remote_prefixes = [
-    "${local.key_prefix}objects/",
-    "${local.key_prefix}manifests/",
-    "${local.key_prefix}refs/",
+    for space in ["objects", "manifests", "refs", "staging", "trash"] : "${local.key_prefix}${space}/"
   ]
 
   # Predefined roles: objectUser can get, list, create, overwrite and delete

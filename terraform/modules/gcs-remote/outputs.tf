@@ -19,7 +19,7 @@ output "prefix" {
 }
 
 output "remote_prefixes" {
-  description = "The object name prefixes the remote uses (objects/, manifests/, refs/ below the prefix)."
+  description = "The object name prefixes the remote uses (objects/, manifests/, refs/, staging/, trash/ below the prefix)."
   value       = local.remote_prefixes
 }
 

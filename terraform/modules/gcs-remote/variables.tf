@@ -51,7 +51,7 @@ variable "storage_class" {
 }
 
 variable "prefix" {
-  description = "Object name prefix inside the bucket under which the remote lives (objects/, manifests/ and refs/ are created below it). Empty string means the bucket root. No leading or trailing slash."
+  description = "Object name prefix inside the bucket under which the remote lives (objects/, manifests/, refs/, staging/ and trash/ are created below it). Empty string means the bucket root. No leading or trailing slash."
   type        = string
   default     = ""
   nullable    = false

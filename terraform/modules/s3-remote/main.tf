@@ -9,20 +9,18 @@ locals {
 
   use_kms = var.kms_key_arn != null
 
-  # The three key spaces of a theta-zarr remote. Every IAM grant below is
-  # limited to these, so other data that shares the bucket stays out of reach.
+  # The key spaces of a theta-zarr remote: chunk objects, manifests, refs,
+  # shards staged by 'publish --shard' until 'combine', and the trash 'gc --remote'
+  # deletes through. Every IAM grant below is limited to these, so other data
+  # that shares the bucket stays out of reach.
+  remote_key_spaces = ["objects", "manifests", "refs", "staging", "trash"]
+
   remote_object_arns = [
-    "${aws_s3_bucket.this.arn}/${local.key_prefix}objects/*",
-    "${aws_s3_bucket.this.arn}/${local.key_prefix}manifests/*",
-    "${aws_s3_bucket.this.arn}/${local.key_prefix}refs/*",
+    for space in local.remote_key_spaces : "${aws_s3_bucket.this.arn}/${local.key_prefix}${space}/*"
   ]
 
   # Values of s3:prefix that ListObjectsV2 may be called with.
-  remote_list_prefixes = [
-    "${local.key_prefix}objects/*",
-    "${local.key_prefix}manifests/*",
-    "${local.key_prefix}refs/*",
-  ]
+  remote_list_prefixes = [for space in local.remote_key_spaces : "${local.key_prefix}${space}/*"]
 
   read_write_object_actions = [
     "s3:GetObject",
@@ -289,7 +287,7 @@ data "aws_iam_policy_document" "read_only" {
 resource "aws_iam_policy" "read_write" {
   name        = "${local.iam_name}-read-write"
   path        = var.iam_path
-  description = "theta-zarr remote ${local.remote_url}: read, write and delete objects/, manifests/ and refs/."
+  description = "theta-zarr remote ${local.remote_url}: read, write and delete objects/, manifests/, refs/, staging/ and trash/."
   policy      = data.aws_iam_policy_document.read_write.json
 
   tags = var.tags
@@ -298,7 +296,7 @@ resource "aws_iam_policy" "read_write" {
 resource "aws_iam_policy" "read_only" {
   name        = "${local.iam_name}-read-only"
   path        = var.iam_path
-  description = "theta-zarr remote ${local.remote_url}: read objects/, manifests/ and refs/."
+  description = "theta-zarr remote ${local.remote_url}: read objects/, manifests/, refs/, staging/ and trash/."
   policy      = data.aws_iam_policy_document.read_only.json
 
   tags = var.tags

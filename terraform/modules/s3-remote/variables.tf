@@ -19,7 +19,7 @@ variable "bucket_name" {
 }
 
 variable "prefix" {
-  description = "Key prefix inside the bucket under which the remote lives (objects/, manifests/ and refs/ are created below it). Empty string means the bucket root. No leading or trailing slash."
+  description = "Key prefix inside the bucket under which the remote lives (objects/, manifests/, refs/, staging/ and trash/ are created below it). Empty string means the bucket root. No leading or trailing slash."
   type        = string
   default     = ""
   nullable    = false
