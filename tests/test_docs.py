@@ -5,6 +5,8 @@
    command (subcommands of groups resolved, e.g. ``remote add``) and options that exist.
 3. Every such command is run by some test (a ``.tz(...)`` call, or a call or list with
    ``"theta-zarr"`` / ``"git-theta-zarr"`` followed by the command's words).
+4. Lines a reader copies whose result depends on more than the command (the repository's
+   settings, its branches) work as shown, in the setting their page describes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import click
 import pytest
+from conftest import commit_checkpoint, file_sha
 
 from theta_zarr.cli import main as cli_main
 
@@ -280,3 +283,28 @@ def test_every_documented_command_is_exercised_by_a_test():
             missing.setdefault(" ".join(path), []).append(f"{shown.page}:{shown.line}")
     assert not missing, "documented commands no test runs: " + "; ".join(
         f"{name} (shown at {', '.join(where)})" for name, where in sorted(missing.items()))
+
+
+# -- 4. lines that work as shown -----------------------------------------------------------------
+
+def shown_line(page: str, start: str) -> str:
+    """The one line of ``page`` that starts with ``start`` (a line of a code block)."""
+    lines = [raw.strip() for raw in (DOCS / page).read_text(encoding="utf-8").splitlines()
+             if raw.strip().startswith(start)]
+    assert len(lines) == 1, f"{page}: {len(lines)} lines start with {start!r}"
+    return lines[0]
+
+
+def test_an_old_version_as_a_file_in_a_lazy_checkout(repo):
+    """lazy-and-api.md's ``git show REV:PATH | git theta-zarr smudge PATH`` line, run in the
+    lazy checkout that page sets up: it wrote the manifest there, not the checkpoint."""
+    from theta_zarr.demo import ModelShape
+
+    line = shown_line("lazy-and-api.md", "git show HEAD~3:model.safetensors |")
+    shape = ModelShape(hidden=32, layers=1, vocab=32)
+    first = commit_checkpoint(repo, "v0", shape=shape, seed=0)
+    for seed in (1, 2, 3):
+        commit_checkpoint(repo, f"v{seed}", shape=shape, seed=seed)
+    repo.git("config", "theta-zarr.lazy", "true")
+    repo.run("bash", "-c", line)
+    assert file_sha(repo.path / "old.safetensors") == first

@@ -288,7 +288,9 @@ def clean_cmd(path: str) -> None:
 @click.argument("path", required=False, default="checkpoint")
 @reports_errors
 def smudge_cmd(path: str) -> None:
-    """Manifest on stdin -> checkpoint on stdout (a git-lfs pointer: through git-lfs)."""
+    """Manifest on stdin -> checkpoint on stdout (a git-lfs pointer: through git-lfs).
+    Under lazy checkout (theta-zarr.lazy) the manifest passes through as it is;
+    GIT_THETA_ZARR_SKIP_SMUDGE=0 turns that off for one command."""
     from . import checkpoint, lfs
     from .git import lfs as git_lfs
     from .git.repo import Repo
