@@ -510,7 +510,8 @@ def help_cmd(ctx: click.Context, command: tuple[str, ...]) -> None:
         names.append(name)
         group = sub
     info = " ".join(["git theta-zarr", *names])
-    click.echo(group.get_help(click.Context(group, info_name=info)))
+    # main's context settings (-h as well as --help), as 'COMMAND --help' shows them
+    click.echo(group.get_help(click.Context(group, info_name=info, **main.context_settings)))
 
 
 def _register_command_modules() -> None:

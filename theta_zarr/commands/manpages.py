@@ -40,16 +40,21 @@ def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]
 
 
 def render(main: click.Group, version: str) -> str:
-    """The whole man page (roff source) for ``git theta-zarr`` and every visible command."""
+    """The whole man page (roff source) for ``git theta-zarr`` and every visible command.
+
+    NAME is the group's first paragraph, whole (its first line stops mid-sentence), and
+    each command's options are listed as ``--help`` lists them: with the group's
+    ``help_option_names`` (``-h, --help``), which a bare context would not have."""
+    summary = " ".join((main.help or "").split("\n\n")[0].split())
     parts = [f'.TH GIT-THETA-ZARR 1 "" "theta-zarr {version}" "theta-zarr manual"',
-             ".SH NAME", "git-theta-zarr \\- " + _roff((main.help or "").split("\n")[0]),
+             ".SH NAME", "git-theta-zarr \\- " + _roff(summary),
              ".SH SYNOPSIS", ".B git theta-zarr", "\\fICOMMAND\\fR [\\fIARGS\\fR]...",
              ".br", ".B theta-zarr", "\\fICOMMAND\\fR [\\fIARGS\\fR]...",
              ".SH DESCRIPTION", _roff(" ".join((main.help or "").split())),
              "Every command also takes \\fB--help\\fR; \\fBgit theta-zarr help\\fR "
              "\\fICOMMAND\\fR prints the same.", ".SH COMMANDS"]
     for path, cmd in _commands(main, "theta-zarr"):
-        ctx = click.Context(cmd, info_name=path)
+        ctx = click.Context(cmd, info_name=path, **main.context_settings)
         usage = f"{path} {' '.join(cmd.collect_usage_pieces(ctx))}".strip()
         parts += [".SS " + _roff(usage),
                   _roff(" ".join((cmd.help or "").replace("\b", "").split()))]
