@@ -308,3 +308,36 @@ def test_an_old_version_as_a_file_in_a_lazy_checkout(repo):
     repo.git("config", "theta-zarr.lazy", "true")
     repo.run("bash", "-c", line)
     assert file_sha(repo.path / "old.safetensors") == first
+
+
+def shell_blocks(page: str, section: str) -> list[str]:
+    """The ```bash blocks of one ``## section`` of ``page``, in order."""
+    text = (DOCS / page).read_text(encoding="utf-8").split(f"\n## {section}\n", 1)[1]
+    return re.findall(r"^```bash\n(.*?)^```", text.split("\n## ", 1)[0], flags=re.M | re.S)
+
+
+def test_quickstart_first_repository_runs_as_shown(tmp_path, git_env):
+    """The quickstart's first repository, fine-tune and way back, line by line, with git's
+    defaults (no init.defaultBranch): it checked out 'main' from a repository git had made
+    with 'master'.  Only the training scripts are stand-ins."""
+    from theta_zarr.demo import ModelShape
+
+    shape = ModelShape(hidden=32, layers=2, vocab=32)
+    write = ("python -c 'import sys; from theta_zarr.demo import ModelShape, write_model; "
+             f"write_model(sys.argv[1], ModelShape{(shape.hidden, shape.layers, shape.vocab)}, "
+             "tuned=sys.argv[2:])' model.safetensors")
+    stand_ins = {"python train.py --out model.safetensors": write,
+                 "python finetune.py model.safetensors": f"{write} {shape.layer_names(0)[0]}"}
+    lines = []
+    for section in ("A first repository", "Fine-tune, commit, go back"):
+        for block in shell_blocks("quickstart.md", section):
+            for line in block.splitlines():
+                command = line.split("  #", 1)[0].strip()
+                lines.append(stand_ins.get(command, command))
+    assert any(line.startswith("git checkout main -- ") for line in lines)
+    proc = subprocess.run(["bash", "-e", "-c", "\n".join(lines)], cwd=tmp_path, env=git_env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path / "models",
+                            env=git_env, capture_output=True, text=True, check=True)
+    assert status.stdout == ""
