@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -154,6 +156,29 @@ def test_textconv_is_stable_and_per_parameter(store):
     assert lines[2].startswith("b float32[8, 64] 2 chunks ")
     assert list(textconv_lines(manifest(store, {"a": rng_arr(1, (4,)),
                                                 "b": rng_arr(0, (8, 64))}))) == lines
+
+
+def test_the_documented_textconv_output_is_what_textconv_prints(store):
+    """diff-merge.md's textconv example, rebuilt from what its lines name (each tensor's
+    name, dtype and shape; the metadata entry): every line but the header and the hashes
+    is printed as shown.  It showed '1 chunks' where textconv says '1 chunk'."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "diff-merge.md").read_text()
+    block = page.split("## textconv output\n\n```\n", 1)[1].split("```", 1)[0]
+    shown = block.splitlines()[1:]
+    tensors, metadata = {}, {}
+    for line in shown:
+        if line.startswith("@ __metadata__."):
+            key, value = line[len("@ __metadata__."):].split(" = ")
+            metadata[key] = json.loads(value)
+        else:
+            name, dtype, shape = re.match(r"(\S+) (\w+)\[([\d, ]*)\] ", line).groups()
+            tensors[name] = rng_arr(0, tuple(int(n) for n in shape.split(",")),
+                                    BF16 if dtype == "bfloat16" else np.dtype(dtype))
+    fmt = {"name": "safetensors", "order": list(tensors),
+           "header": {"__metadata__": metadata}}
+    printed = list(textconv_lines(manifest(store, tensors, chunk_bytes=4 << 20, fmt=fmt)))[1:]
+    hashless = re.compile(r" [0-9a-f]{12}$")
+    assert [hashless.sub("", x) for x in printed] == [hashless.sub("", x) for x in shown]
 
 
 def test_plot_writes_png(store, tmp_path):
