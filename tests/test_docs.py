@@ -341,3 +341,45 @@ def test_quickstart_first_repository_runs_as_shown(tmp_path, git_env):
     status = subprocess.run(["git", "status", "--porcelain"], cwd=tmp_path / "models",
                             env=git_env, capture_output=True, text=True, check=True)
     assert status.stdout == ""
+
+
+TRANSFER_LINE = re.compile(r"theta-zarr: (?:uploaded|fetched) [^|`\n]*")
+
+
+def transfer_line_again(line: str) -> str:
+    """``line``, a push or fetch summary shown in the docs, printed again by
+    ``TransferStats.summary`` from the numbers it shows ('' if it does not parse)."""
+    from theta_zarr.remote import TransferStats
+
+    m = re.fullmatch(r"theta-zarr: (uploaded|fetched) (\d+) objects? (.+?\)): (.+); "
+                     r"(\d+) already there; ([\d.]+) s", line)
+    if m is None:
+        return ""
+    verb, objects, where, moved, skipped, seconds = m.groups()
+    stats = TransferStats(int(objects), skipped=int(skipped), seconds=float(seconds))
+    mb = lambda text: round(float(text) * 1e6)  # noqa: E731
+    if verb == "fetched":
+        numbers = re.fullmatch(r"([\d.]+) MB read -> ([\d.]+) MB raw", moved)
+        if numbers is None:
+            return ""
+        stats.read_bytes, stats.raw_bytes = map(mb, numbers.groups())
+    else:
+        numbers = re.fullmatch(r"([\d.]+) MB raw -> ([\d.]+) MB(?: \((.*)\))?", moved)
+        if numbers is None:
+            return ""
+        stats.raw_bytes, stats.stored_bytes = mb(numbers[1]), mb(numbers[2])
+        for part in re.findall(r"\d+ deltas? [\d.]+ -> [\d.]+ MB", numbers[3] or ""):
+            count, raw, stored = re.findall(r"[\d.]+", part)
+            stats.deltas, stats.delta_raw, stats.delta_stored = int(count), mb(raw), mb(stored)
+    return f"theta-zarr: {stats.summary(verb, where)}"
+
+
+def test_transfer_lines_shown_are_what_push_and_fetch_print():
+    """Every push or fetch summary a page shows, printed again from its own numbers: one
+    showed an older layout ('uploaded 3 objects (1.2 MB) to models (…); …')."""
+    shown = [(page.name, line) for page in sorted(DOCS.rglob("*.md"))
+             for line in TRANSFER_LINE.findall(page.read_text(encoding="utf-8"))
+             if "…" not in line]
+    assert len(shown) >= 3
+    for page, line in shown:
+        assert transfer_line_again(line.strip()) == line.strip(), page
