@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,8 +230,11 @@ def test_materialize_in_a_clone_without_install_says_so(repo, make_repo, tmp_pat
     clone = make_repo("plain")
     clone.git("clone", "-q", str(bare), ".")
     assert (clone.path / "m.safetensors").read_bytes().startswith(b'{"theta_zarr"')
-    assert_one_line(clone.tz("materialize", check=False), "install")
+    line = assert_one_line(clone.tz("materialize", check=False), "install")
     assert (clone.path / "m.safetensors").read_bytes().startswith(b'{"theta_zarr"')
+    # the line docs/troubleshooting.md tells the reader to look for
+    page = (Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md").read_text()
+    assert f"| `{line.removeprefix('theta-zarr: ')}` |" in page
     assert "materialized" not in clone.tz("materialize", check=False).stdout.decode()
 
 
