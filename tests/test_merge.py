@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -19,7 +22,14 @@ from theta_zarr.merge import (
     merge_manifests,
     plan,
 )
-from theta_zarr.merges import MergeOptions, StrategyError, available, get_strategy
+from theta_zarr.merges import (
+    BUILTINS,
+    METHODS,
+    MergeOptions,
+    StrategyError,
+    available,
+    get_strategy,
+)
 
 
 @pytest.fixture
@@ -187,6 +197,22 @@ def test_registry_and_entry_points():
         registered
     with pytest.raises(StrategyError, match="unknown merge strategy 'tiez'"):
         get_strategy("tiez")
+
+
+def test_every_built_in_strategy_is_registered_and_listed():
+    """pyproject.toml registers every built-in strategy in the entry-point group, as
+    plugins.md says, and plugins.md lists each; task_arithmetic was missing from both."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    registered = project["entry-points"]["theta_zarr.merges"]
+    assert set(registered) == set(BUILTINS) | set(METHODS)
+    for name, target in registered.items():
+        module, cls = target.split(":")
+        assert getattr(importlib.import_module(module), cls).name == name
+    page = (root / "docs" / "plugins.md").read_text()
+    listed = page.split("Built-in:", 1)[1].split(". A strategy", 1)[0]
+    assert set(re.findall(r"`([\w-]+)`", listed)) == set(registered)
 
 
 def test_format_merge_keeps_both_additions():
