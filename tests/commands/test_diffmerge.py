@@ -86,3 +86,16 @@ def test_revision_check_names_the_repository(two_commits):
     assert repo.commit("HEAD") == two_commits.out("rev-parse", "HEAD").strip()
     with pytest.raises(Exception, match="unknown revision 'HAED'"):
         repo.commit("HAED")
+
+
+def test_resolve_help_names_every_built_in_strategy():
+    """--strategy's help lists the built-ins a conflict can be resolved with (all but
+    'fail'); it left out task_arithmetic, dare_linear and breadcrumbs_ties."""
+    from click.testing import CliRunner
+
+    from theta_zarr.cli import main
+    from theta_zarr.merges import BUILTINS, METHODS
+
+    text = " ".join(CliRunner().invoke(main, ["resolve", "--help"]).output.split())
+    listed = text.split("-s, --strategy STRATEGY ", 1)[1].split(" (or a plug-in)", 1)[0]
+    assert set(listed.split(", ")) == (set(BUILTINS) | set(METHODS)) - {"fail"}

@@ -249,8 +249,9 @@ def register(main: click.Group) -> None:
     @main.command("resolve")
     @click.argument("path")
     @click.option("--strategy", "-s", required=True, metavar="STRATEGY",
-                  help="ours, theirs, base, average, task-arithmetic, linear, ties, dare, "
-                       "dare_ties, breadcrumbs, slerp, model_stock (or a plug-in)")
+                  help="ours, theirs, base, average, task-arithmetic, linear, "
+                       "task_arithmetic, ties, dare, dare_linear, dare_ties, breadcrumbs, "
+                       "breadcrumbs_ties, slerp, model_stock (or a plug-in)")
     @click.option("--param", "globs", multiple=True, metavar="GLOB",
                   help="apply STRATEGY only to conflicting parameters matching GLOB "
                        "(repeatable; the rest follow git config)")
