@@ -467,8 +467,8 @@ def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> No
 @click.option("--include", "include", multiple=True, metavar="GLOB",
               help="only parameters matching GLOB; written to a separate file")
 @click.option("--output", "-o", default=None,
-              help="write the checkpoint (or the --include selection) to this new path "
-                   "instead, leaving the tracked file as it is")
+              help="write the checkpoint the one PATH names (or its --include selection) "
+                   "to this new path instead, leaving the tracked file as it is")
 @click.option("--force", is_flag=True, help="overwrite an existing --output")
 @reports_errors
 def materialize(paths: tuple[str, ...], include: tuple[str, ...], output: str | None,

@@ -264,6 +264,12 @@ def test_materialize_output_is_a_new_path_unless_forced(repo, tmp_path):
     repo.tz("materialize", "m.safetensors", "--include", "w", "-o", str(notes), "--force")
     sd = safetensors.numpy.load_file(str(notes))
     assert list(sd) == ["w"] and (sd["w"] == np.arange(5000, dtype=np.float32)).all()
+    # -o with no PATH, although the repository tracks one checkpoint: what it writes must
+    # not change when a second one is committed
+    for args in ((), ("--include", "w")):
+        assert_one_line(repo.tz("materialize", *args, "-o", str(tmp_path / "x"), check=False),
+                        "--output needs exactly one PATH")
+    assert not (tmp_path / "x").exists()
 
 
 def test_materialize_output_without_include_writes_the_whole_file_there(repo, tmp_path):

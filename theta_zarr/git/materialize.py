@@ -114,14 +114,14 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
     if configured_executable(repo.top) is None:
         raise GitInputError("theta-zarr is not installed for this repository (git would "
                             "write manifests, not checkpoints): run 'git theta-zarr install'")
+    if output and len(paths) != 1:  # named, never inferred from the tracked files
+        raise ValueError("--output needs exactly one PATH")
     settings = repo.settings()
     objects = read_through(repo)
     if paths:
         targets = [repo.relative(p, inside=True) for p in paths]
     else:
         targets = [f.path for f in tracked_files(repo) if f.manifest is not None]
-    if output and len(targets) != 1:
-        raise ValueError("--output needs exactly one PATH")
     done = []
     expanded: list[tuple[str, bool]] = []  # (path, whether PATH named this very file)
     for rel in targets:
