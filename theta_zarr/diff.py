@@ -217,8 +217,25 @@ def _changes(a: dict[str, Any], b: dict[str, Any], prefix: str = "",
     return out
 
 
+def _non_tensors(manifest: Manifest | None) -> dict[str, str]:
+    """The parameters ``Format.non_tensors`` names (pickled items of a distributed
+    checkpoint), each as the diff shows it: its size and a digest prefix."""
+    from .formats import FormatError, get_format
+
+    if manifest is None:
+        return {}
+    try:
+        names = get_format(manifest.format_name).non_tensors(manifest.format)
+    except FormatError:
+        return {}
+    return {n: f"{manifest.params[n].nbytes} bytes, {short_digest(manifest.params[n])}"
+            for n in names if n in manifest.params}
+
+
 def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
-    """The digest-only diff: no chunk is read.  A foreign side holds no parameters."""
+    """The digest-only diff: no chunk is read.  A foreign side holds no parameters.
+    Parameters a format says hold no tensor (``Format.non_tensors``) are non-tensor
+    content: a change to one is listed in ``other``, never compared as numbers."""
     old_foreign = old if isinstance(old, Foreign) else None
     new_foreign = new if isinstance(new, Foreign) else None
     old = None if isinstance(old, Foreign) else old
@@ -229,8 +246,12 @@ def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
     if old is not None and new is not None and old.format_name == new.format_name:
         out.other = other_changes(old, new)
     ta, tb = transposed(old), transposed(new)
+    blobs_a, blobs_b = _non_tensors(old), _non_tensors(new)
+    out.other += _changes(blobs_a, blobs_b)
     for name in [*a, *(n for n in b if n not in a)]:
         ea, eb = a.get(name), b.get(name)
+        if name in blobs_a or name in blobs_b:
+            continue
         if ea == eb:
             out.unchanged += 1
         elif eb is None:

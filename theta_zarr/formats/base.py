@@ -197,6 +197,13 @@ class Format(ABC):
         """
         return flatten_json({k: v for k, v in fmt.items() if k != "name"})
 
+    def non_tensors(self, fmt: dict[str, Any]) -> list[str]:
+        """Parameters that hold non-tensor content as bytes, not a tensor (a distributed
+        checkpoint's pickled step and optimizer settings).  Diffs list a change to one
+        as non-tensor content, by its size and digest, instead of comparing numbers.
+        None by default."""
+        return []
+
 
     def layout(self, manifest: Manifest) -> list[bytes | ParamEntry] | None:
         """The rebuilt file as segments in file order, or None (the default).

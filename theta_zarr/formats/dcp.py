@@ -88,8 +88,11 @@ class DcpFormat(Format):
     def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
         """The tensors only: the bytes items (pickled non-tensor state) are no tensors for
         ``load_state_dict``, however the manifest is read (a ref, a file in git)."""
-        blobs = set(fmt.get("bytes", []))
+        blobs = set(self.non_tensors(fmt))
         return {n: TensorView(n) for n in params if n not in blobs}
+
+    def non_tensors(self, fmt: dict[str, Any]) -> list[str]:
+        return [str(n) for n in fmt.get("bytes", [])]
 
     def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
         keep = set(names)
