@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
@@ -21,6 +22,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import theta_zarr
 from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
+from theta_zarr.dcp import writer as writer_module
 from theta_zarr.objects import ObjectStore, object_key
 from theta_zarr.refs import Refs
 
@@ -261,12 +263,23 @@ class Evil:
         return (print, ("pwned",))
 
 
-def test_an_item_that_needs_unpickling_code_is_refused(tmp_path, capsys):
+def test_an_item_that_needs_unpickling_code_is_refused(tmp_path, capsys, monkeypatch):
+    """The reader refuses such an item (a bucket another tool wrote); the writer refuses
+    it at save time, naming the global, rather than leave a step no job can resume from
+    (a numpy scalar step counter is the usual one)."""
     case = Case("local", str(tmp_path / "bucket"), {}, [])
+    for extra, name in ((Evil(), "GLOBAL print"),
+                        (np.int64(3), "numpy._core.multiarray.scalar")):
+        with pytest.raises(CheckpointException, match=f"item 'extra' does not load back "
+                                                      f"with weights_only=True .*{name}"):
+            dcp.save({"w": torch.ones(4), "extra": extra},
+                     storage_writer=ThetaZarrWriter(case.url, "bad"))
+        assert case.remote().refs.read("bad") is None
+    monkeypatch.setattr(writer_module, "unsafe_reason", lambda data: None)
     dcp.save({"w": torch.ones(4), "extra": Evil()},
              storage_writer=ThetaZarrWriter(case.url, "bad"))
     state = {"w": torch.zeros(4), "extra": None}
-    with pytest.raises(CheckpointException, match="never unpickles"):
+    with pytest.raises(CheckpointException, match="GLOBAL print.*never unpickles"):
         dcp.load(state, storage_reader=ThetaZarrReader(case.url, "bad"))
     assert "pwned" not in capsys.readouterr().out
 

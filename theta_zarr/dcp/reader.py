@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 
 from ..dtypes import by_name
+from ..formats.torch import refusal
 from ..manifest import Manifest, ManifestError, ParamEntry
 from ..objects import bounded_map
 from ..refs import RefError, check_ref_name
@@ -34,7 +35,21 @@ from .remotes import DcpRemote
 
 
 class DcpLoadError(ValueError):
-    """A checkpoint item that cannot be loaded safely; the message names it and the ref."""
+    """A checkpoint item that cannot be loaded safely; the message names it and the ref.
+
+    A save raises it too, before the rank holding such an item uploads anything.
+    """
+
+
+def unsafe_reason(data: bytes) -> str | None:
+    """Why ``torch.load(weights_only=True)`` refuses a non-tensor item's bytes (torch's
+    "Unsupported global: GLOBAL numpy…" phrase), or None when it loads.  Honours the
+    classes the process allowed with ``torch.serialization.add_safe_globals``."""
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as e:  # an UnpicklingError names the global it refused
+        return refusal(e)
+    return None
 
 
 class ThetaZarrReader(DcpRemote, StorageReader):
@@ -124,13 +139,12 @@ class ThetaZarrReader(DcpRemote, StorageReader):
         fqn = item.storage_index.fqn
         if item.type == LoadItemType.BYTE_IO:
             data = b"".join(bytes(buf[i]) for i in sorted(buf))
-            try:
-                torch.load(io.BytesIO(data), weights_only=True)
-            except Exception as e:  # an UnpicklingError names the global it refused
+            reason = unsafe_reason(data)
+            if reason is not None:
                 raise DcpLoadError(
                     f"{where}: item {fqn[:80]!r} does not load with weights_only=True "
-                    f"({str(e).splitlines()[0][:200]}); theta-zarr never unpickles code"
-                ) from None
+                    f"({reason}); theta-zarr never unpickles code: allow the class with "
+                    "torch.serialization.add_safe_globals if you trust this checkpoint")
             planner.load_bytes(item, io.BytesIO(data))
             return
         entry = self._manifest().params[fqn]

@@ -51,6 +51,7 @@ from ..remote import _delta_encoder
 from ..sync import SyncError
 from . import layout
 from .meta import to_format
+from .reader import DcpLoadError, unsafe_reason
 from .remotes import DcpRemote
 
 BYTES_DTYPE = "uint8"
@@ -190,6 +191,13 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
             fqn = item.index.fqn
             if item.type == WriteItemType.BYTE_IO:
                 data = planner.resolve_data(item).getvalue()
+                reason = unsafe_reason(data)
+                if reason is not None:  # the reader would refuse it: fail now, not at resume
+                    raise DcpLoadError(
+                        f"dcp save {self.ref}: item {fqn[:80]!r} does not load back with "
+                        f"weights_only=True ({reason}), so ThetaZarrReader would refuse it; "
+                        "save a plain value (int(x), x.tolist(), a tensor), or allow the "
+                        "class with torch.serialization.add_safe_globals")
                 raw = memoryview(data)
                 if len(raw) <= chunking.INLINE_MAX_BYTES:
                     results.append((item.index, len(raw), {"raw": bytes(raw)}))

@@ -219,13 +219,13 @@ def _load(path: str, name: str, legacy: bool, locations: dict[int, str]) -> Any:
         return torch.load(path, map_location=remember, weights_only=True, mmap=not legacy)
     except pickle.UnpicklingError as e:
         raise NotWeights(f"{name}: refused to load: the pickle needs more than "
-                           f"weights_only=True allows ({_refusal(e)})") from None
+                           f"weights_only=True allows ({refusal(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FormatError(f"{name}: not a readable PyTorch file ({msg[:200]})") from None
 
 
-def _refusal(e: Exception) -> str:
+def refusal(e: Exception) -> str:
     """What weights_only refused, in a phrase: torch's "Unsupported global: X" line."""
     text = str(e)
     m = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand[^\n]*|"
