@@ -25,6 +25,7 @@ from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
 from theta_zarr.dcp import writer as writer_module
 from theta_zarr.objects import ObjectStore, object_key
 from theta_zarr.refs import Refs
+from theta_zarr.sync import SyncRemote
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -236,6 +237,29 @@ def test_bad_refs_get_one_line_errors(case, tmp_path):
     err = res.stderr.decode()
     assert res.returncode == 1 and err.startswith("theta-zarr: ") and "run/nope" in err
     assert "Traceback" not in err
+
+
+def test_a_failed_metadata_read_is_not_retried_as_rank_local_metadata(case, monkeypatch):
+    """A ref has no per-rank metadata: DCP must not retry a failed read with ``rank=``.
+    A rank whose retry succeeded planned without collectives while the others waited
+    for its plan (a hang until the process group timed out)."""
+    with pytest.raises(CheckpointException, match="no ref run/nope") as bad_ref:
+        dcp.load({"emb": torch.zeros(MODEL["emb"][0], dtype=MODEL["emb"][1])},
+                 storage_reader=ThetaZarrReader(case.url, "run/nope"))
+    assert "rank local" not in str(bad_ref.value)
+    real, calls = SyncRemote.resolve, []
+
+    def fails_once(self, ref):
+        calls.append(ref)
+        if len(calls) == 1:
+            raise OSError("storage hiccup")
+        return real(self, ref)
+
+    monkeypatch.setattr(SyncRemote, "resolve", fails_once)
+    with pytest.raises(CheckpointException, match="storage hiccup"):
+        dcp.load({"emb": torch.zeros(MODEL["emb"][0], dtype=MODEL["emb"][1])},
+                 storage_reader=ThetaZarrReader(case.url, "run/step-2"))
+    assert calls == ["run/step-2"]
 
 
 class SlowWriter(ThetaZarrWriter):

@@ -80,7 +80,13 @@ class ThetaZarrReader(DcpRemote, StorageReader):
             self.manifest = target
         return self.manifest
 
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+    def read_metadata(self) -> Metadata:  # type: ignore[override]
+        """The checkpoint's metadata, from the ref's manifest.
+
+        No ``rank`` keyword: a ref has one global metadata and no per-rank copy.  DCP
+        retries a failed read as "rank local metadata" when the reader takes keywords,
+        and a rank whose retry succeeds plans alone while the others wait for it.
+        """
         return from_manifest(self._manifest(), f"{self.sync.url} ref {self.ref}")
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,
