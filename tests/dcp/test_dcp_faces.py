@@ -282,6 +282,17 @@ def test_racing_saves_have_one_winner_and_the_loser_says_so(tmp_path):
     assert set(case.remote().objects.iter_digests()) == before
 
 
+def test_a_name_no_manifest_can_hold_fails_the_save_before_any_upload(tmp_path):
+    """A non-tensor item's name is checked while planning, as a tensor's is; it was
+    checked in finish, after every chunk had gone up."""
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    for state in ({"w": torch.randn(100, 100), "bad\nkey": 5},
+                  {"bad\nkey": torch.randn(100, 100)}):
+        with pytest.raises(CheckpointException, match="invalid parameter name"):
+            dcp.save(state, storage_writer=ThetaZarrWriter(case.url, "run/step-1"))
+        assert not list(case.remote().objects.iter_digests())
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))

@@ -151,7 +151,8 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        """Chunk shapes from the global layout, and the base step; refuses a taken ref."""
+        """Chunk shapes from the global layout, and the base step; refuses a taken ref
+        or a name no manifest can hold."""
         current = self.sync.refs.read(self.ref)
         if current is not None and not self.force:
             raise RefConflict(f"ref {self.ref} already exists in {self.sync.url} and points "
@@ -160,10 +161,10 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         geometry: dict[str, tuple[tuple[int, ...], int]] = {}
         for plan in plans:
             for item in plan.items:
+                fqn = check_name(item.index.fqn, "state dict")  # every item, before uploads
                 if item.tensor_data is None:
                     continue
                 td = item.tensor_data
-                fqn = check_name(item.index.fqn, "state dict")
                 geometry[fqn] = (tuple(td.size), from_torch(td.properties.dtype).itemsize)
                 boxes.setdefault(fqn, []).append((tuple(td.chunk.offsets),
                                                   tuple(td.chunk.sizes)))
