@@ -262,6 +262,24 @@ def test_a_failed_metadata_read_is_not_retried_as_rank_local_metadata(case, monk
     assert calls == ["run/step-2"]
 
 
+def test_a_reader_and_a_writer_used_again_start_afresh(tmp_path):
+    """An eval job reloading "run/latest" with one reader, which the training job moves
+    with one forced writer: each load reads the ref as it is then (the first manifest
+    was kept for the reader's life), and a failed save leaves no earlier result."""
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    writer = ThetaZarrWriter(case.url, "run/latest", force=True)
+    reader = ThetaZarrReader(case.url, "run/latest")
+    for step in range(3):
+        dcp.save({"w": torch.full((4,), float(step)), "step": step}, storage_writer=writer)
+        assert writer.result is not None and writer.result.action in ("created", "moved")
+        state = {"w": torch.zeros(4), "step": -1}
+        dcp.load(state, storage_reader=reader)
+        assert state["step"] == step and torch.equal(state["w"], torch.full((4,), float(step)))
+    with pytest.raises(CheckpointException):
+        dcp.save({"w": torch.ones(4), "step": np.int64(3)}, storage_writer=writer)
+    assert writer.result is None
+
+
 class SlowWriter(ThetaZarrWriter):
     """Another job saves the same ref while this one is about to publish."""
 

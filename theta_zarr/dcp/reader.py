@@ -56,8 +56,9 @@ class ThetaZarrReader(DcpRemote, StorageReader):
     """A DCP ``StorageReader`` for the checkpoint ``ref`` names in ``remote``.
 
     ``options`` are the remote's non-secret options; ``dcp.load(...,
-    checkpoint_id=NAME)`` overrides ``ref``.  Every rank reads the ref once and
-    then only the chunks it needs.
+    checkpoint_id=NAME)`` overrides ``ref``.  Every rank reads the ref once per load
+    (a reader used again loads what the ref names then) and then only the chunks it
+    needs.
     """
 
     def __init__(self, remote: str, ref: str, *, options: dict[str, str] | None = None,
@@ -86,7 +87,9 @@ class ThetaZarrReader(DcpRemote, StorageReader):
         No ``rank`` keyword: a ref has one global metadata and no per-rank copy.  DCP
         retries a failed read as "rank local metadata" when the reader takes keywords,
         and a rank whose retry succeeds plans alone while the others wait for it.
+        Each load begins here, so the ref is read again: it may have moved since.
         """
+        self.manifest = None
         return from_manifest(self._manifest(), f"{self.sync.url} ref {self.ref}")
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any,

@@ -145,7 +145,11 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         self._held = None
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        """Every save begins here (``reset`` only runs with a ``checkpoint_id``): a writer
+        used again keeps nothing of its last save."""
         self.is_coordinator = is_coordinator
+        self.result = None
+        self._held = None
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         return plan
