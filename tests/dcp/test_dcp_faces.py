@@ -7,6 +7,7 @@ makes the same manifests a job of any size makes; test_dcp_distributed runs real
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -278,6 +279,36 @@ def test_a_reader_and_a_writer_used_again_start_afresh(tmp_path):
     with pytest.raises(CheckpointException):
         dcp.save({"w": torch.ones(4), "step": np.int64(3)}, storage_writer=writer)
     assert writer.result is None
+
+
+class CoordinatorRead(ThetaZarrReader):
+    """A rank whose coordinator read the ref as naming ``digest`` (it moved between the
+    two ranks' reads)."""
+
+    digest_seen_by_rank0 = ""
+
+    def prepare_global_plan(self, plans):
+        return [dataclasses.replace(p, storage_data=self.digest_seen_by_rank0)
+                for p in super().prepare_global_plan(plans)]
+
+
+def test_every_rank_loads_the_checkpoint_the_coordinator_read(case):
+    """Each rank reads the ref on its own: one that read another checkpoint than rank 0
+    loads rank 0's (a moved "latest" mixed two steps' shards into one tensor), or, when
+    the plan made for its own does not fit, the load fails saying so."""
+    refs = case.remote().refs
+    CoordinatorRead.digest_seen_by_rank0 = refs.read("run/step-1").digest
+    got = {n: torch.zeros(shape, dtype=dtype) for n, (shape, dtype, _) in MODEL.items()}
+    got["step"] = -1
+    dcp.load(got, storage_reader=CoordinatorRead(case.url, "run/step-2"))
+    assert got["step"] == 1
+    assert all(torch.equal(got[n], expected(1)[n]) for n in MODEL)
+    dcp.save({"emb": torch.zeros(3)}, storage_writer=ThetaZarrWriter(case.url, "run/other"))
+    CoordinatorRead.digest_seen_by_rank0 = refs.read("run/other").digest
+    with pytest.raises(CheckpointException, match="ref run/step-2 moved while this job "
+                                                  "loaded it.*load again"):
+        dcp.load({"emb": torch.zeros(MODEL["emb"][0], dtype=MODEL["emb"][1])},
+                 storage_reader=CoordinatorRead(case.url, "run/step-2"))
 
 
 class SlowWriter(ThetaZarrWriter):

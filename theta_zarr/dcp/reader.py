@@ -15,6 +15,7 @@ pickle), before the planner sees it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from typing import Any
 
@@ -66,6 +67,7 @@ class ThetaZarrReader(DcpRemote, StorageReader):
         DcpRemote.__init__(self, remote, options, concurrency)
         self.ref = check_ref_name(ref)
         self.manifest: Manifest | None = None
+        self.digest: str | None = None  # the manifest's, as this rank read the ref
 
     def reset(self, checkpoint_id: Any = None) -> None:
         if checkpoint_id:
@@ -74,12 +76,30 @@ class ThetaZarrReader(DcpRemote, StorageReader):
 
     def _manifest(self) -> Manifest:
         if self.manifest is None:
-            _, target = self.sync.resolve(self.ref)
+            value, target = self.sync.resolve(self.ref)
             if not isinstance(target, Manifest):
                 raise RefError(f"ref {self.ref} in {self.sync.url} names a set of files, "
                                "not a distributed checkpoint")
-            self.manifest = target
+            self.manifest, self.digest = target, value.digest
         return self.manifest
+
+    def _coordinators(self, digest: str | None) -> Manifest:
+        """The checkpoint the coordinator read (``digest``), which every rank loads.
+
+        Each rank read the ref on its own, and it may have moved in between (training
+        moving ``run7/latest``): a rank that read another checkpoint takes the
+        coordinator's if it is laid out alike (its plan still fits), else the load fails.
+        """
+        mine = self._manifest()
+        if digest is None or digest == self.digest:
+            return mine
+        theirs = self.sync.load(digest)
+        if not isinstance(theirs, Manifest) or not _same_layout(mine, theirs):
+            raise DcpLoadError(f"{self.sync.url} ref {self.ref} moved while this job loaded "
+                               f"it (rank 0 read {digest}, this rank {self.digest}); "
+                               "load again")
+        self.manifest, self.digest = theirs, digest
+        return theirs
 
     def read_metadata(self) -> Metadata:  # type: ignore[override]
         """The checkpoint's metadata, from the ref's manifest.
@@ -100,11 +120,12 @@ class ThetaZarrReader(DcpRemote, StorageReader):
         return plan
 
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
-        return plans
+        """Every rank's plan carries the coordinator's manifest digest (read_data)."""
+        return [dataclasses.replace(plan, storage_data=self.digest) for plan in plans]
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> torch.futures.Future[None]:
         """Fetch the chunks the plan's boxes overlap, concurrently; fill the tensors."""
-        manifest = self._manifest()
+        manifest = self._coordinators(plan.storage_data)
         where = f"{self.sync.url} ref {self.ref}"
         jobs: list[tuple[int, int]] = []  # (read item number, global chunk index)
         pending: dict[int, int] = {}
@@ -166,6 +187,12 @@ class ThetaZarrReader(DcpRemote, StorageReader):
                                f"planner expects {list(target.size())}")
         target.copy_(tensor)
         planner.commit_tensor(item, target)
+
+
+def _same_layout(a: Manifest, b: Manifest) -> bool:
+    """Two DCP manifests a load plan fits alike: same items, shards, shapes and dtypes."""
+    return a.format == b.format and {n: (e.shape, e.dtype) for n, e in a.params.items()} \
+        == {n: (e.shape, e.dtype) for n, e in b.params.items()}
 
 
 def _entry(manifest: Manifest, fqn: str, where: str) -> ParamEntry:
