@@ -18,7 +18,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from dcp_worker import MODEL, expected
 from safetensors.torch import load_file
-from sync.sync_helpers import Case, env_for, tz
+from sync.sync_helpers import Case, env_for, make_case, tz
 from torch.distributed.checkpoint.api import CheckpointException
 
 import theta_zarr
@@ -155,6 +155,24 @@ def test_an_object_only_another_rank_held_fails_the_save_clearly(case, monkeypat
     again = ThetaZarrWriter(case.url, "run/step-2-again", chunk_size=4096, force=True)
     dcp.save(state, storage_writer=again)  # what the error says to do
     assert case.remote().objects.has(victim)
+
+
+def test_a_save_asks_the_bucket_once_which_chunks_it_lacks(request, tmp_path, monkeypatch):
+    """As publish: every chunk is hashed first, then one listing (where it costs fewer
+    requests) says which are missing; a save sent one existence request per chunk."""
+    case = make_case("s3", request, tmp_path, monkeypatch)
+    asked: list[str] = []
+    real_has = ObjectStore.has
+    monkeypatch.setattr(ObjectStore, "has", lambda self, d: asked.append(d) or real_has(self, d))
+    state = {f"layers.{i}.norm.weight": torch.randn(256) for i in range(64)}
+    for ref, sent in (("run/step-1", 64), ("run/step-2", 0)):
+        writer = ThetaZarrWriter(case.url, ref, options=case.opts())
+        dcp.save(state, storage_writer=writer)
+        assert writer.result is not None and writer.result.uploaded_objects == sent
+    assert asked == []
+    got = {n: torch.zeros(256) for n in state}
+    dcp.load(got, storage_reader=ThetaZarrReader(case.url, "run/step-2", options=case.opts()))
+    assert all(torch.equal(got[n], state[n]) for n in state)
 
 
 def test_ls_and_diff_refs_between_steps(case, tmp_path):
