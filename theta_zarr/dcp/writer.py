@@ -201,8 +201,8 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                     raise DcpLoadError(
                         f"dcp save {self.ref}: item {fqn[:80]!r} does not load back with "
                         f"weights_only=True ({reason}), so ThetaZarrReader would refuse it; "
-                        "save a plain value (int(x), x.tolist(), a tensor), or allow the "
-                        "class with torch.serialization.add_safe_globals")
+                        "save a plain value (int(x), x.tolist(), bytes, a tensor), "
+                        "or allow the class with torch.serialization.add_safe_globals")
                 raw = memoryview(data)
                 if len(raw) <= chunking.INLINE_MAX_BYTES:
                     results.append((item.index, len(raw), {"raw": bytes(raw)}))
@@ -280,7 +280,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         # Hash every chunk, then ask the remote once which it lacks (one listing where
         # that costs fewer requests than a check per chunk, as publish does).
         first: dict[str, tuple[str, int]] = {}  # digest -> where it first occurs
-        digests = []
+        digests: list[tuple[str, int, str]] = []
         for (fqn, gi, view), d in bounded_map(lambda job: chunking.digest(job[2]), jobs,
                                               objects.concurrency):
             digests.append((fqn, gi, d))
