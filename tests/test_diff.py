@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from merge_helpers import BF16, CountingCache, manifest, rng_arr
+from helpers import BF16, CountingCache, manifest, rng_arr
 
 from theta_zarr.diff import diff, format_text, plot, summarize, textconv_lines
 from theta_zarr.manifest import ManifestError

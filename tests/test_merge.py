@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from merge_helpers import BF16, make_store, manifest, read, rng_arr
+from helpers import BF16, make_store, manifest, read, rng_arr
 
 from theta_zarr.manifest import Manifest
 from theta_zarr.merge import (

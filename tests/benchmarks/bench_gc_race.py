@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-import servers  # noqa: E402
+from helpers import ServerProcess, s3_backend  # noqa: E402
 from report import write_section  # noqa: E402
 
 from theta_zarr import gc, sync  # noqa: E402
@@ -92,8 +92,8 @@ def main() -> int:
         gc.Trash.give_back = lambda self, digests: set()
         sync.settle = lambda *a, **k: 0
     rng = random.Random(args.seed)
-    server = servers.ServerProcess("s3", ["--bucket", "race"])
-    backend = servers.s3_backend(server.endpoint)
+    server = ServerProcess("s3", ["--bucket", "race"])
+    backend = s3_backend(server.endpoint)
     import os
 
     os.environ.update(backend.env)

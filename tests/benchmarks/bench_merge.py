@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from merge_helpers import BF16, make_store, manifest  # noqa: E402
+from helpers import BF16, make_store, manifest  # noqa: E402
 
 from theta_zarr.chunking import digest  # noqa: E402
 from theta_zarr.merge import Rule, StrategyTable, merge_manifests  # noqa: E402

@@ -1,4 +1,4 @@
-"""One rank of a torch.distributed job in the DCP tests (gloo, CPU), started by dcp_helpers.
+"""One rank of a torch.distributed job in the DCP tests (gloo, CPU), started by helpers.run_job.
 
     python dcp_worker.py save|load SPEC_JSON     (env RANK, WORLD_SIZE, MASTER_ADDR/PORT)
 

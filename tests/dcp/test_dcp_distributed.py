@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from dcp_helpers import check, result, run_job, stored_objects
 from dcp_worker import MODEL, expected
-from sync.sync_helpers import make_case
+from helpers import check_ranks, make_case, run_job, save_result, stored_objects
 
 from theta_zarr.dcp import ThetaZarrReader
 from theta_zarr.manifest import Manifest
@@ -50,10 +49,10 @@ def changed_chunk_bytes(remote, old_ref: str, new_ref: str) -> int:
 def test_save_two_steps_then_reshard(kind, save_world, load_world, request, tmp_path,
                                      monkeypatch):
     case = make_case(kind, request, tmp_path, monkeypatch)
-    check(run_job("save", save_world, case, tmp_path, "run7/step-1", 1))
+    check_ranks(run_job("save", save_world, case, tmp_path, "run7/step-1", 1))
     before = stored_objects(case)
     # step 2 (about 10% of the bytes changed); on the folder remote as an async save
-    check(run_job("save", save_world, case, tmp_path, "run7/step-2", 2,
+    check_ranks(run_job("save", save_world, case, tmp_path, "run7/step-2", 2,
                   **({"async": True} if kind == "local" else {})))
     after = stored_objects(case)
     remote = case.remote()
@@ -61,10 +60,10 @@ def test_save_two_steps_then_reshard(kind, save_world, load_world, request, tmp_
     changed = changed_chunk_bytes(remote, "run7/step-1", "run7/step-2")
     assert 0 < changed < 0.2 * remote.resolve("run7/step-2")[1].nbytes
     assert uploaded <= 1.1 * changed, (uploaded, changed)
-    res = result(tmp_path, "run7/step-2", save_world)
+    res = save_result(tmp_path, "run7/step-2", save_world)
     assert res["action"] == "created" and res["base_ref"] == "run7/step-1"
     # a different world size, then one process without a process group: bit-exact
-    check(run_job("load", load_world, case, tmp_path, "run7/step-2", 2))
+    check_ranks(run_job("load", load_world, case, tmp_path, "run7/step-2", 2))
     assert bit_exact(load_here(case, "run7/step-2"), 2)
     assert bit_exact(load_here(case, "run7/step-1"), 1)
 
@@ -72,12 +71,12 @@ def test_save_two_steps_then_reshard(kind, save_world, load_world, request, tmp_
 def test_rank_killed_mid_save_leaves_ref_then_next_save_completes(request, tmp_path,
                                                                   monkeypatch):
     case = make_case("local", request, tmp_path, monkeypatch)
-    check(run_job("save", 2, case, tmp_path, "run/step-1", 1))
+    check_ranks(run_job("save", 2, case, tmp_path, "run/step-1", 1))
     first = case.remote().refs.read("run/step-1").digest
     procs = run_job("save", 2, case, tmp_path, "run/step-2", 2, die_rank=1)
     assert procs[1].returncode == 17 and procs[0].returncode != 0
     refs = case.remote().refs
     assert refs.read("run/step-2") is None
     assert refs.read("run/step-1").digest == first
-    check(run_job("save", 2, case, tmp_path, "run/step-2", 2))
+    check_ranks(run_job("save", 2, case, tmp_path, "run/step-2", 2))
     assert bit_exact(load_here(case, "run/step-2"), 2)

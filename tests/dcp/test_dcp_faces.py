@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from dcp_worker import MODEL, expected
+from helpers import Case, env_for, make_case, tz
 from safetensors.torch import load_file
-from sync.sync_helpers import Case, env_for, make_case, tz
 from torch.distributed.checkpoint.api import CheckpointException
 
 import theta_zarr

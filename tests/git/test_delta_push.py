@@ -10,7 +10,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import GitRepo, file_sha
+from helpers import GitRepo, file_sha
 
 from theta_zarr import codecs
 from theta_zarr.demo import ModelShape, write_model

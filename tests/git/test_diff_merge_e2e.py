@@ -8,7 +8,7 @@ import json
 import ml_dtypes
 import numpy as np
 import torch
-from conftest import commit_checkpoint, file_sha
+from helpers import commit_checkpoint, file_sha
 from safetensors.torch import load_file, save_file
 
 from theta_zarr.demo import ModelShape, write_model

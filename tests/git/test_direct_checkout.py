@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import MODEL, commit_checkpoint, file_sha
+from helpers import MODEL, commit_checkpoint, file_sha
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.git.direct import SPOOL_PREFIX

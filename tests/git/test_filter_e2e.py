@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import torch
-from conftest import file_sha
+from helpers import file_sha
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.git.filter_start import PIPE_BYTES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from conftest import commit_checkpoint, file_sha
+from helpers import commit_checkpoint, file_sha
 
 from theta_zarr.demo import ModelShape, write_model
 

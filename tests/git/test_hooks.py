@@ -8,7 +8,7 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-from conftest import GitRepo, file_sha
+from helpers import GitRepo, file_sha
 from test_remotes import SHAPE
 
 from theta_zarr.demo import write_model

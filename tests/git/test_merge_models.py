@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from merge_helpers import BF16, dare_mask, f32, ties_ref
+from helpers import BF16, dare_mask, f32, ties_ref
 from safetensors.torch import load_file, save_file
 
 from theta_zarr.manifest import Manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import GitRepo
+from helpers import GitRepo
 from test_remotes import SHAPE
 
 from theta_zarr.demo import write_model

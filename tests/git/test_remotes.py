@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import servers
-from conftest import GitRepo, commit_checkpoint, file_sha
+from helpers import GitRepo, ServerProcess, commit_checkpoint, file_sha, gcs_backend, s3_backend
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.manifest import Manifest
@@ -229,10 +228,10 @@ def test_unreachable_server_fails_push_clearly(repo, tmp_path, kind):
     """The server stops mid-push: retries bounded by the retry budget across every layer
     (theta-zarr's and the storage library's), one clear line, no library logging, git
     push refused."""
-    server = servers.ServerProcess(kind, ["--bucket", "dying"])
+    server = ServerProcess(kind, ["--bucket", "dying"])
     scheme = "s3" if kind == "s3" else "gs"
     try:
-        backend = (servers.s3_backend if kind == "s3" else servers.gcs_backend)(server.endpoint)
+        backend = (s3_backend if kind == "s3" else gcs_backend)(server.endpoint)
         repo.env.update(backend.env)
         repo.env["THETA_ZARR_RETRY_TIMEOUT"] = "5"
         repo.git("config", "theta-zarr.chunk-size", "1KiB")

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from hf_models import tiny_llama
+from helpers import tiny_llama
 
 import theta_zarr
 from theta_zarr.manifest import ManifestError

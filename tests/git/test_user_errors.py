@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import GitRepo, _env, commit_checkpoint, file_sha
+from helpers import GitRepo, commit_checkpoint, file_sha, isolated_git_env
 from test_remotes import SHAPE
 
 from theta_zarr.demo import write_model
@@ -29,7 +29,7 @@ def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> str:
 def pushed(tmp_path_factory) -> GitRepo:
     """A repository with one committed checkpoint pushed to a folder remote."""
     tmp = tmp_path_factory.mktemp("pushed")
-    env = _env()
+    env = isolated_git_env()
     env["HOME"] = str(tmp / "home")
     (tmp / "home").mkdir()
     r = GitRepo(tmp / "repo", env)

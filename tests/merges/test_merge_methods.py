@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from merge_helpers import (
+from helpers import (
     BF16,
     dare_mask,
     f32,

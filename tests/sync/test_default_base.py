@@ -4,8 +4,7 @@ of its folder, says so, and reports the bytes sent; ls shows what each ref store
 from __future__ import annotations
 
 import pytest
-from conftest import file_sha
-from sync_helpers import CHUNK, SHAPE, Case, env_for, model, tz
+from helpers import CHUNK, SHAPE, Case, env_for, file_sha, model, tz
 
 from theta_zarr import codecs, delta, sync
 from theta_zarr.demo import write_model

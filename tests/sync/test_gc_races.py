@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sync_helpers import SHAPE, Case, make_case
-from sync_helpers import case as case  # noqa: F401  (fixture)
+from helpers import SHAPE, Case, make_case
 
 from theta_zarr import gc, sync
 from theta_zarr.cache import Cache

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import blake3
 import pytest
-from sync_helpers import CHUNK, Case, env_for, local_case, model, tz
+from helpers import CHUNK, Case, env_for, local_case, model, tz
 
 from theta_zarr.cache import Cache, QuarantinedError
 from theta_zarr.objects import object_key

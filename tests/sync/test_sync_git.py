@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import file_sha
+from helpers import CHUNK, Case, env_for, file_sha, local_case, model, tz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sync_helpers import CHUNK, Case, env_for, local_case, model, tz
 
 from theta_zarr import chunking, gc
 from theta_zarr.cache import Cache

@@ -7,8 +7,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import file_sha
-from sync_helpers import CHUNK, SHAPE, Case, case, env_for, make_case, model, tz  # noqa: F401
+from helpers import CHUNK, SHAPE, Case, env_for, file_sha, make_case, model, tz
 
 from theta_zarr import sync
 from theta_zarr.manifest import Manifest

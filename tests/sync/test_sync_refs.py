@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sync_helpers import case  # noqa: F401  (fixture)
 
 from theta_zarr import refs
 from theta_zarr.refs import RefConflict, RefError, Refs, check_ref_name

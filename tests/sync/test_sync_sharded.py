@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import torch
-from hf_models import tiny_llama
+from helpers import env_for, make_case, tiny_llama, tz
 from safetensors.torch import load_file
-from sync_helpers import env_for, make_case, tz
 
 
 def test_pull_include_of_sharded_folder_rewrites_the_index(request, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from sync_helpers import env_for, local_case, model, tz
+from helpers import env_for, local_case, model, tz
 
 from theta_zarr.remote import RemoteSpec
 from theta_zarr.sync import SyncRemote
