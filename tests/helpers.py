@@ -8,8 +8,9 @@ Git repositories
     ``MODEL``), ``manifest_at``, ``cached_object_path``.
 Checkpoint files in and out of the cache
     ``settings``, ``clean``, ``clean_manifest``, ``smudge``; ``same_bits`` (torch
-    tensors), ``npz``; ``to_torch``, ``commit_tensors``, ``read_tensors`` (safetensors
-    of numpy arrays, bf16 as ``BF16``); ``tiny_llama`` (a transformers model).
+    tensors); the bytes of files: ``npz``, ``npy``, ``torch_saved``; ``to_torch``,
+    ``commit_tensors``, ``read_tensors`` (safetensors of numpy arrays, bf16 as
+    ``BF16``); ``tiny_llama`` (a transformers model).
 Merges
     ``CountingCache``, ``make_store``, ``manifest``, ``read``, ``rng_arr``, ``table``;
     numpy references of the merge methods: ``f32``, ``topk_mask``, ``ties_ref``,
@@ -194,13 +195,14 @@ def settings(tmp_path: Path, *, chunk_bytes: int = 4096, workers: int = 4) -> Se
 
 
 def clean(data: bytes | BinaryIO, tmp_path: Path, name: str, *, path: str | None = None,
-          **kw) -> checkpoint.CleanResult:
+          opaque: bool | None = None, **kw) -> checkpoint.CleanResult:
     """Clean the checkpoint ``data`` (bytes or a stream) named ``name`` into the cache of
-    ``settings(tmp_path, **kw)``."""
+    ``settings(tmp_path, **kw)``; ``opaque=False`` refuses files that are not weights."""
     s = settings(tmp_path, **kw)
     cache = checkpoint.open_cache(s)
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
-    return checkpoint.clean(checkpoint.open_source(stream, cache, name=name, path=path), s, cache)
+    return checkpoint.clean(checkpoint.open_source(stream, cache, name=name, path=path), s, cache,
+                            opaque=opaque)
 
 
 def clean_manifest(data: bytes | BinaryIO, tmp_path: Path, name: str, *,
@@ -234,6 +236,22 @@ def npz(arrays: dict[str, np.ndarray], *, compressed: bool = False) -> bytes:
     """What np.savez (or np.savez_compressed) writes for ``arrays``."""
     buf = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
+def npy(array: np.ndarray) -> bytes:
+    """What np.save writes for ``array``."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def torch_saved(obj: Any, **kw) -> bytes:
+    """What torch.save writes for ``obj`` (``kw`` go to it)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf, **kw)
     return buf.getvalue()
 
 

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from formats.test_plugins import clean, settings
+from helpers import clean_manifest, settings
 
 from theta_zarr import checkpoint, filewriter
 
@@ -46,7 +46,7 @@ def test_a_file_system_without_fallocate_gets_a_sparse_file(code, tmp_path, monk
 
 def test_a_full_disk_fails_before_any_chunk_is_written(tmp_path, monkeypatch):
     data = b"not a checkpoint\n" + np.random.default_rng(0).bytes(20_000)
-    m = clean(data, tmp_path, name="rng_state.pth")
+    m = clean_manifest(data, tmp_path, name="rng_state.pth")
     fake, calls = _failing_fallocate(errno.ENOSPC)
     monkeypatch.setattr(filewriter, "_FALLOCATE", fake)
     path = tmp_path / "out.bin"

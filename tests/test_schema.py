@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import collections
 import copy
-import io
 import json
 import math
 import random
@@ -17,14 +16,14 @@ import msgspec
 import numpy as np
 import pytest
 import torch
+from helpers import clean, npy, npz, torch_saved
 from safetensors.torch import save as st_save
 
-from theta_zarr import checkpoint, chunking
+from theta_zarr import chunking
 from theta_zarr import manifest as M
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.dtypes import BY_NAME
 from theta_zarr.manifest import Manifest, ManifestError
-from theta_zarr.settings import Settings
 
 SOURCE = "models/m.safetensors"
 D1 = "blake3:" + "1" * 64
@@ -71,13 +70,6 @@ def test_schema_agrees_with_the_code(schema):
 
 # -- manifests made by clean validate --------------------------------------------------------
 
-def _clean(data: bytes, tmp_path, name: str) -> Manifest:
-    s = Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=4096, workers=2)
-    cache = checkpoint.open_cache(s)
-    source = checkpoint.open_source(io.BytesIO(data), cache, name=name)
-    return checkpoint.clean(source, s, cache).manifest
-
-
 def _safetensors_model(tmp_path) -> bytes:
     path = tmp_path / "model.safetensors"
     write_model(str(path), ModelShape(hidden=64, layers=2, vocab=128),
@@ -103,23 +95,17 @@ def _torch_file() -> bytes:
            "step": 7, "lr": 1e-3, "big": 2**60, "nan": float("nan"), "shape": torch.Size([2]),
            "dtype": torch.float8_e4m3fn, "tags": ("a", None, True), "blob": b"\x00\x01",
            "f8": torch.ones(100, dtype=torch.float8_e5m2)}
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+    return torch_saved(obj)
 
 
 def _npz(compressed: bool) -> bytes:
-    buf = io.BytesIO()
     arrays = {"a": np.arange(3000, dtype=np.int64).reshape(30, 100),
               "f": np.asfortranarray(np.ones((20, 7), np.float32)), "s": np.array(True)}
-    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
-    return buf.getvalue()
+    return npz(arrays, compressed=compressed)
 
 
 def _npy() -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.linspace(0, 1, 2000).astype(np.complex64))
-    return buf.getvalue()
+    return npy(np.linspace(0, 1, 2000).astype(np.complex64))
 
 
 CHECKPOINTS = {
@@ -134,7 +120,7 @@ CHECKPOINTS = {
 
 @pytest.mark.parametrize("kind", sorted(CHECKPOINTS))
 def test_manifests_from_real_files_validate(kind, tmp_path, plain):
-    m = _clean(CHECKPOINTS[kind](tmp_path), tmp_path, f"x.{kind}")
+    m = clean(CHECKPOINTS[kind](tmp_path), tmp_path, f"x.{kind}", workers=2).manifest
     obj = json.loads(m.to_bytes())
     errors = [e.message for e in plain.iter_errors(obj)]
     assert errors == []
@@ -144,7 +130,7 @@ def test_manifests_from_real_files_validate(kind, tmp_path, plain):
 
 
 def test_odd_files_use_every_kind_of_entry(tmp_path):
-    m = _clean(_safetensors_odd_header(), tmp_path, "odd.safetensors")
+    m = clean(_safetensors_odd_header(), tmp_path, "odd.safetensors", workers=2).manifest
     assert "header_text" in m.format
     assert m.params["scalar"].shape == () and m.params["scalar"].is_inline
     assert m.params["empty"].chunks == () and not m.params["empty"].is_inline

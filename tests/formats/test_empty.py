@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers import npy, npz, torch_saved
 from safetensors.numpy import save as np_st_save
 from safetensors.torch import save as st_save
 
@@ -18,36 +19,12 @@ from theta_zarr.settings import Settings
 NAME = "empty-checkpoint"
 
 
-def npz(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def npz_compressed(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
-
-
-def npy(array) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-def pt(obj, **kw) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf, **kw)
-    return buf.getvalue()
-
-
 CASES = {
     # format name, file bytes
-    "npz with no arrays": ("numpy", lambda: npz()),
-    "compressed npz with no arrays": ("numpy", lambda: npz_compressed()),
-    "npz of zero-size arrays": ("numpy", lambda: npz(a=np.empty((0,), np.float32),
-                                                    b=np.empty((3, 0), np.int8))),
+    "npz with no arrays": ("numpy", lambda: npz({})),
+    "compressed npz with no arrays": ("numpy", lambda: npz({}, compressed=True)),
+    "npz of zero-size arrays": ("numpy", lambda: npz({"a": np.empty((0,), np.float32),
+                                                     "b": np.empty((3, 0), np.int8)})),
     "npy of a zero-size array": ("npy", lambda: npy(np.empty((0, 4), np.float16))),
     "safetensors with no tensors": ("safetensors", lambda: st_save({})),
     "safetensors with only metadata": (
@@ -55,13 +32,13 @@ CASES = {
     "safetensors of zero-size tensors": (
         "safetensors", lambda: np_st_save({"a": np.empty((0, 2), np.float32),
                                            "b": np.empty((0,), np.int64)})),
-    "torch empty dict": ("torch", lambda: pt({})),
-    "torch metadata only": ("torch", lambda: pt({"step": 3, "lr": [1e-3], "name": "run"})),
-    "torch empty state dict": ("torch", lambda: pt(collections.OrderedDict())),
-    "torch zero-size tensors": ("torch", lambda: pt({"a": torch.empty(0),
+    "torch empty dict": ("torch", lambda: torch_saved({})),
+    "torch metadata only": ("torch", lambda: torch_saved({"step": 3, "lr": [1e-3], "name": "run"})),
+    "torch empty state dict": ("torch", lambda: torch_saved(collections.OrderedDict())),
+    "torch zero-size tensors": ("torch", lambda: torch_saved({"a": torch.empty(0),
                                                      "b": torch.empty(2, 0, 3)})),
     "legacy torch metadata only": (
-        "torch", lambda: pt({"step": 1}, _use_new_zipfile_serialization=False)),
+        "torch", lambda: torch_saved({"step": 1}, _use_new_zipfile_serialization=False)),
 }
 
 

@@ -6,34 +6,27 @@ import io
 import struct
 import zipfile
 
+import helpers
 import numpy as np
 import pytest
+from helpers import npz, settings
 
 from theta_zarr import checkpoint
 from theta_zarr.formats import FormatError
 from theta_zarr.formats.base import NotWeights
 from theta_zarr.manifest import Manifest
-from theta_zarr.settings import Settings
 
 NAME = "data/arrays.npz"
 
 
-def settings(tmp_path) -> Settings:
-    return Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=4096, workers=4)
-
-
 def clean(data: bytes, tmp_path, name: str = NAME) -> Manifest:
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
-    res = checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache, name=name), s, cache)
-    return Manifest.from_bytes(res.manifest.to_bytes(), name)
+    """``helpers.clean_manifest``, of a file named ``NAME`` unless told."""
+    return helpers.clean_manifest(data, tmp_path, name)
 
 
 def smudge(m: Manifest, tmp_path) -> bytes:
-    s = settings(tmp_path)
-    out = io.BytesIO()
-    checkpoint.smudge(m, out, s, name=NAME, cache=checkpoint.open_cache(s))
-    return out.getvalue()
+    """``helpers.smudge`` of a file named ``NAME``."""
+    return helpers.smudge(m, tmp_path, NAME)
 
 
 def arrays() -> dict[str, np.ndarray]:
@@ -49,13 +42,6 @@ def arrays() -> dict[str, np.ndarray]:
     }
 
 
-def npz(compressed: bool) -> bytes:
-    """What np.savez / np.savez_compressed write."""
-    buf = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buf, **arrays())
-    return buf.getvalue()
-
-
 def check_arrays(data: bytes) -> None:
     with np.load(io.BytesIO(data)) as back:
         want = arrays()
@@ -69,7 +55,7 @@ def check_arrays(data: bytes) -> None:
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["stored", "deflated"])
 def test_npz_round_trips(compressed, tmp_path):
-    data = npz(compressed)
+    data = npz(arrays(), compressed=compressed)
     m = clean(data, tmp_path)
     assert m.format["compressed"] is compressed
     assert [x["param"] for x in m.format["members"]] == list(arrays())
@@ -132,11 +118,8 @@ def test_every_npy_format_version_round_trips_byte_identically(version, tmp_path
 def refused(data: bytes, tmp_path, name: str = NAME) -> str:
     """The reason a file is not weights: refused with theta-zarr.opaque=false, and kept
     as opaque bytes by default."""
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
     with pytest.raises(NotWeights) as info:
-        checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache, name=name), s, cache,
-                         opaque=False)
+        helpers.clean(data, tmp_path, name, opaque=False)
     assert clean(data, tmp_path, name).format_name == "opaque"
     assert "\n" not in str(info.value)
     return str(info.value)
@@ -185,7 +168,7 @@ def test_npz_with_a_foreign_member_is_refused(tmp_path):
 
 
 def test_broken_npz_is_refused(tmp_path):
-    data = npz(False)
+    data = npz(arrays())
     with pytest.raises(FormatError) as info:
         clean(data[: len(data) // 2], tmp_path)
     assert NAME in str(info.value) and "\n" not in str(info.value)

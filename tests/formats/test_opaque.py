@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from test_plugins import clean, settings, smudge
+from helpers import clean_manifest, settings, smudge
 
 from theta_zarr import checkpoint
 from theta_zarr.filewriter import write_checkpoint
@@ -17,7 +17,7 @@ from theta_zarr.manifest import Manifest, ManifestError, ParamEntry
 @pytest.mark.parametrize("size", [0, 300, 10_000], ids=["empty", "inline", "chunks"])
 def test_the_direct_writer_rebuilds_the_same_bytes_as_smudge(size, tmp_path):
     data = b"not a checkpoint\n" + np.random.default_rng(size).bytes(size)
-    m = clean(data, tmp_path, name="rng_state.pth")
+    m = clean_manifest(data, tmp_path, name="rng_state.pth")
     assert m.format_name == "opaque"
     assert get_format("opaque").layout(m) == [m.params["bytes"]]
     assert smudge(m, tmp_path) == data

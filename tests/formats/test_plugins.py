@@ -11,33 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import clean, clean_manifest, smudge
 from safetensors.torch import save as st_save
 
-from theta_zarr import checkpoint, formats
+from theta_zarr import formats
 from theta_zarr.formats import FormatError, all_formats, detect, get_format
-from theta_zarr.manifest import Manifest
-from theta_zarr.settings import Settings
 
 PLUGIN_DIR = Path(__file__).parent / "example_plugin"
 MODULE = "theta_zarr_rawbin"
-
-
-def settings(tmp_path) -> Settings:
-    return Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=4096, workers=4)
-
-
-def clean(data: bytes, tmp_path, name: str) -> Manifest:
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
-    res = checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache, name=name), s, cache)
-    return Manifest.from_bytes(res.manifest.to_bytes(), name)
-
-
-def smudge(m: Manifest, tmp_path) -> bytes:
-    s = settings(tmp_path)
-    out = io.BytesIO()
-    checkpoint.smudge(m, out, s, cache=checkpoint.open_cache(s))
-    return out.getvalue()
 
 
 def entry_points_txt() -> str:
@@ -93,24 +74,24 @@ def test_plugin_is_listed_and_round_trips(rawbin, tmp_path):
     assert type(get_format("rawbin")).__module__ == MODULE
     data = rawbin_file(rawbin)
     assert type(detect(data[:64], "w.bin")).__name__ == "RawbinFormat"
-    m = clean(data, tmp_path, name="w.bin")
+    m = clean_manifest(data, tmp_path, name="w.bin")
     assert m.format == {"name": "rawbin"}
     entry = m.params["embedding.weight"]
     assert entry.shape == (50, 40) and entry.dtype == "float32" and len(entry.chunks) == 2
     assert smudge(m, tmp_path) == data
-    assert clean(smudge(m, tmp_path), tmp_path, name="w.bin").to_bytes() == m.to_bytes()
+    assert clean_manifest(smudge(m, tmp_path), tmp_path, name="w.bin").to_bytes() == m.to_bytes()
 
 
 def test_plugin_errors_are_format_errors(rawbin, tmp_path):
     data = rawbin_file(rawbin)
     with pytest.raises(FormatError, match="w.bin: truncated"):
-        clean(data[:-1], tmp_path, name="w.bin")
+        clean_manifest(data[:-1], tmp_path, name="w.bin")
     with pytest.raises(FormatError, match="continues past"):
-        clean(data + b"\0", tmp_path, name="w.bin")
+        clean_manifest(data + b"\0", tmp_path, name="w.bin")
 
 
 def test_without_the_plugin_its_manifests_are_refused(rawbin, site, tmp_path):
-    m = clean(rawbin_file(rawbin), tmp_path, name="w.bin")
+    m = clean_manifest(rawbin_file(rawbin), tmp_path, name="w.bin")
     shutil.rmtree(next(site.glob("*.dist-info")))
     importlib.invalidate_caches()
     all_formats.cache_clear()
@@ -118,12 +99,9 @@ def test_without_the_plugin_its_manifests_are_refused(rawbin, site, tmp_path):
     with pytest.raises(FormatError, match="no format plug-in named 'rawbin'"):
         smudge(m, tmp_path)
     # without its plug-in the file is only bytes: kept opaque, or refused when asked
-    assert clean(rawbin_file(rawbin), tmp_path, name="w.bin").format_name == "opaque"
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
+    assert clean_manifest(rawbin_file(rawbin), tmp_path, name="w.bin").format_name == "opaque"
     with pytest.raises(FormatError, match="not a checkpoint"):
-        checkpoint.clean(checkpoint.open_source(io.BytesIO(rawbin_file(rawbin)), cache,
-                                                name="w.bin"), s, cache, opaque=False)
+        clean(rawbin_file(rawbin), tmp_path, "w.bin", opaque=False)
 
 
 def test_a_broken_plugin_is_reported(site):
@@ -156,21 +134,21 @@ def test_the_builtins_are_registered_as_entry_points():
 
 def test_detection_is_by_content_not_name(tmp_path):
     st = st_save({"w": torch.arange(10.0)})
-    m = clean(st, tmp_path, name="x.pt")
+    m = clean_manifest(st, tmp_path, name="x.pt")
     assert m.format_name == "safetensors"
     assert smudge(m, tmp_path) == st
 
     buf = io.BytesIO()
     torch.save({"w": torch.arange(10.0)}, buf)
-    assert clean(buf.getvalue(), tmp_path, name="x.safetensors").format_name == "torch"
+    assert clean_manifest(buf.getvalue(), tmp_path, name="x.safetensors").format_name == "torch"
 
     buf = io.BytesIO()
     np.savez(buf, w=np.arange(10.0))
-    assert clean(buf.getvalue(), tmp_path, name="x.pt").format_name == "numpy"
+    assert clean_manifest(buf.getvalue(), tmp_path, name="x.pt").format_name == "numpy"
 
     buf = io.BytesIO()
     np.save(buf, np.arange(10.0))
-    assert clean(buf.getvalue(), tmp_path, name="x.npz").format_name == "npy"
+    assert clean_manifest(buf.getvalue(), tmp_path, name="x.npz").format_name == "npy"
 
 
 OTHER_FILES = [
@@ -182,15 +160,11 @@ OTHER_FILES = [
 
 @pytest.mark.parametrize("data", OTHER_FILES, ids=["text", "empty", "zip"])
 def test_other_files_are_kept_opaque_or_refused_naming_them(data, tmp_path):
-    m = clean(data, tmp_path, name="weights/model.safetensors")
+    m = clean_manifest(data, tmp_path, name="weights/model.safetensors")
     assert m.format_name == "opaque" and m.params["bytes"].shape == (len(data),)
     assert smudge(m, tmp_path) == data
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
     with pytest.raises(FormatError) as info:
-        checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache,
-                                                name="weights/model.safetensors"),
-                         s, cache, opaque=False)
+        clean(data, tmp_path, "weights/model.safetensors", opaque=False)
     msg = str(info.value)
     assert msg.startswith("weights/model.safetensors: not a checkpoint")
     assert "safetensors, torch, numpy" in msg and "\n" not in msg
@@ -200,7 +174,7 @@ def test_a_git_lfs_pointer_is_never_stored_as_the_file(tmp_path):
     data = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 +
             b"\nsize 1\n")
     with pytest.raises(FormatError) as info:
-        clean(data, tmp_path, name="weights/model.safetensors")
+        clean_manifest(data, tmp_path, name="weights/model.safetensors")
     msg = str(info.value)
     assert msg.startswith("weights/model.safetensors: ") and "git-lfs pointer" in msg
     assert "\n" not in msg
@@ -212,9 +186,6 @@ def test_zip_that_is_not_a_checkpoint_is_refused(tmp_path):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("notes.txt", "hello")
-    assert clean(buf.getvalue(), tmp_path, name="m.pt").format_name == "opaque"
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
+    assert clean_manifest(buf.getvalue(), tmp_path, name="m.pt").format_name == "opaque"
     with pytest.raises(FormatError, match="m.pt: not a checkpoint"):
-        checkpoint.clean(checkpoint.open_source(io.BytesIO(buf.getvalue()), cache, name="m.pt"),
-                         s, cache, opaque=False)
+        clean(buf.getvalue(), tmp_path, "m.pt", opaque=False)

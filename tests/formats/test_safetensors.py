@@ -9,10 +9,12 @@ import os
 import struct
 import threading
 
+import helpers
 import numpy as np
 import pytest
 import safetensors
 import torch
+from helpers import same_bits
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
@@ -28,22 +30,14 @@ from theta_zarr.settings import Settings
 NAME = "models/m.safetensors"
 
 
-def settings(tmp_path) -> Settings:
-    return Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=4096, workers=4)
-
-
 def clean(data_or_stream, tmp_path, name: str = NAME) -> checkpoint.CleanResult:
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
-    stream = io.BytesIO(data_or_stream) if isinstance(data_or_stream, bytes) else data_or_stream
-    return checkpoint.clean(checkpoint.open_source(stream, cache, name=name), s, cache)
+    """``helpers.clean``, of a file named ``NAME`` unless told."""
+    return helpers.clean(data_or_stream, tmp_path, name)
 
 
 def smudge(manifest: Manifest, tmp_path) -> bytes:
-    s = settings(tmp_path)
-    out = io.BytesIO()
-    checkpoint.smudge(manifest, out, s, name=NAME, cache=checkpoint.open_cache(s))
-    return out.getvalue()
+    """``helpers.smudge`` of a file named ``NAME``."""
+    return helpers.smudge(manifest, tmp_path, NAME)
 
 
 def round_trip(data: bytes, tmp_path) -> tuple[Manifest, bytes]:
@@ -70,13 +64,6 @@ def random_tensor(dtype: torch.dtype, shape, rng: np.random.Generator) -> torch.
         flat[2] = float("-inf")
         flat[3] = 0.0
     return t
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and \
-        a.contiguous().view(-1).view(torch.uint8).tolist() == \
-        b.contiguous().view(-1).view(torch.uint8).tolist() if a.numel() else \
-        (a.dtype == b.dtype and a.shape == b.shape)
 
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,

@@ -9,40 +9,26 @@ import os
 import re
 import zipfile
 
+import helpers
 import pytest
 import torch
+from helpers import same_bits, torch_saved
 
 from theta_zarr import checkpoint
 from theta_zarr.formats import FormatError
 from theta_zarr.manifest import Manifest
-from theta_zarr.settings import Settings
 
 NAME = "runs/step-300.pt"
 
 
-def settings(tmp_path) -> Settings:
-    return Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=4096, workers=4)
-
-
-def saved(obj, **kw) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf, **kw)
-    return buf.getvalue()
-
-
 def clean(data: bytes, tmp_path, name: str = NAME, path: str | None = None) -> Manifest:
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
-    src = checkpoint.open_source(io.BytesIO(data), cache, name=name, path=path)
-    text = checkpoint.clean(src, s, cache).manifest.to_bytes()
-    return Manifest.from_bytes(text, name)
+    """``helpers.clean_manifest``, of a file named ``NAME`` unless told."""
+    return helpers.clean_manifest(data, tmp_path, name, path=path)
 
 
 def smudge(m: Manifest, tmp_path) -> bytes:
-    s = settings(tmp_path)
-    out = io.BytesIO()
-    checkpoint.smudge(m, out, s, name=NAME, cache=checkpoint.open_cache(s))
-    return out.getvalue()
+    """``helpers.smudge`` of a file named ``NAME``."""
+    return helpers.smudge(m, tmp_path, NAME)
 
 
 def load(data: bytes):
@@ -50,20 +36,11 @@ def load(data: bytes):
 
 
 def round_trip(obj, tmp_path):
-    m = clean(saved(obj), tmp_path)
+    m = clean(torch_saved(obj), tmp_path)
     out = smudge(m, tmp_path)
     # cleaning the rebuilt file gives the same manifest, byte for byte (git status is clean)
     assert clean(out, tmp_path).to_bytes() == m.to_bytes()
     return m, load(out)
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.numel() == 0:
-        return True
-    return torch.equal(a.contiguous().view(-1).view(torch.uint8),
-                       b.contiguous().view(-1).view(torch.uint8))
 
 
 def test_nested_structure_and_leaves(tmp_path):
@@ -174,7 +151,7 @@ def test_module_state_dict_round_trip(tmp_path):
 
 def test_rebuilt_file_is_stable(tmp_path):
     obj = {"w": torch.randn(100, 100, dtype=torch.bfloat16), "step": 3}
-    m = clean(saved(obj), tmp_path)
+    m = clean(torch_saved(obj), tmp_path)
     first = smudge(m, tmp_path)
     assert smudge(m, tmp_path) == first  # smudge is deterministic
     assert clean(first, tmp_path).to_bytes() == m.to_bytes()
@@ -200,11 +177,8 @@ class Exploit:
 
 def test_pickle_with_code_is_kept_opaque_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
-    data = saved({"w": torch.zeros(3), "evil": Exploit(str(marker))})
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
-    result = checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache, name=NAME), s,
-                              cache)
+    data = torch_saved({"w": torch.zeros(3), "evil": Exploit(str(marker))})
+    result = helpers.clean(data, tmp_path, NAME)
     assert result.manifest.format_name == "opaque"
     assert "GLOBAL posix.system" in result.opaque_reason
     assert smudge(result.manifest, tmp_path) == data  # the same bytes, never unpickled
@@ -213,12 +187,9 @@ def test_pickle_with_code_is_kept_opaque_and_never_run(tmp_path):
 
 def test_refused_pickle_names_the_refused_global_when_weights_are_required(tmp_path):
     marker = tmp_path / "pwned"
-    data = saved({"w": torch.zeros(3), "evil": Exploit(str(marker))})
-    s = settings(tmp_path)
-    cache = checkpoint.open_cache(s)
+    data = torch_saved({"w": torch.zeros(3), "evil": Exploit(str(marker))})
     with pytest.raises(FormatError) as info:
-        checkpoint.clean(checkpoint.open_source(io.BytesIO(data), cache, name=NAME), s, cache,
-                         opaque=False)
+        helpers.clean(data, tmp_path, NAME, opaque=False)
     msg = str(info.value)
     assert "weights_only" in msg and NAME in msg and "\n" not in msg
     assert "GLOBAL posix.system" in msg
@@ -229,7 +200,7 @@ def test_legacy_file_round_trips_in_the_legacy_format(tmp_path):
     g = torch.Generator().manual_seed(1)
     w = torch.randn(20, 30, generator=g)
     obj = {"w": w, "wt": w.t(), "step": 4}
-    data = saved(obj, _use_new_zipfile_serialization=False)
+    data = torch_saved(obj, _use_new_zipfile_serialization=False)
     m = clean(data, tmp_path)
     assert m.format["serialization"] == "legacy"
     out = smudge(m, tmp_path)
@@ -241,14 +212,14 @@ def test_legacy_file_round_trips_in_the_legacy_format(tmp_path):
 
 
 def test_truncated_zip_is_refused(tmp_path):
-    data = saved({"w": torch.randn(100, 100)})
+    data = torch_saved({"w": torch.randn(100, 100)})
     with pytest.raises(FormatError) as info:
         clean(data[: len(data) // 2], tmp_path)
     assert NAME in str(info.value) and "\n" not in str(info.value)
 
 
 def test_unsupported_leaf_is_refused(tmp_path):
-    data = saved({"w": torch.zeros(2), "s": {1, 2}})  # a set loads under weights_only
+    data = torch_saved({"w": torch.zeros(2), "s": {1, 2}})  # a set loads under weights_only
     try:
         load(data)
     except Exception:
@@ -258,7 +229,7 @@ def test_unsupported_leaf_is_refused(tmp_path):
 
 
 def test_sparse_tensor_is_refused(tmp_path):
-    data = saved({"w": torch.eye(4).to_sparse()})
+    data = torch_saved({"w": torch.eye(4).to_sparse()})
     with pytest.raises(FormatError) as info:
         clean(data, tmp_path)
     assert NAME in str(info.value)
@@ -280,7 +251,7 @@ def test_any_string_key_round_trips(key, tmp_path):
 def on_device(obj, device: str) -> bytes:
     """``torch.save(obj)`` as a machine with ``device`` writes it: the same zip, with the
     storages' location tags (``cpu``) in data.pkl replaced by ``device``."""
-    src = zipfile.ZipFile(io.BytesIO(saved(obj)))
+    src = zipfile.ZipFile(io.BytesIO(torch_saved(obj)))
     out = io.BytesIO()
     cpu = b"X\x03\x00\x00\x00cpu"
     tag = b"X" + len(device).to_bytes(4, "little") + device.encode()
@@ -345,7 +316,7 @@ def test_alias_keys_and_views_through_tensors(tmp_path):
     qkv = torch.randn(6, 2)
     obj = collections.OrderedDict([("wte.weight", w), ("lm_head.weight", w),
                                    ("q", qkv[:3]), ("k", qkv[3:])])
-    m = clean(saved(obj), tmp_path)
+    m = clean(torch_saved(obj), tmp_path)
     views = get_format("torch").tensors(m.format, m.params)
     assert list(views) == list(obj)
     assert views["lm_head.weight"].param == views["wte.weight"].param == "wte.weight"
@@ -376,7 +347,7 @@ def test_zero_size_tensors_and_complex_leaves(tmp_path):
 
 def test_plain_state_dict_rebuild_is_byte_identical(tmp_path):
     sd = torch.nn.Linear(8, 4).state_dict()
-    data = saved(sd)
+    data = torch_saved(sd)
     assert smudge(clean(data, tmp_path), tmp_path) == data
 
 
@@ -430,7 +401,7 @@ def test_a_key_longer_than_a_parameter_name_may_be_round_trips(tmp_path):
 def test_a_hand_edited_tree_node_is_one_line(leaf, words, tmp_path):
     """A device string torch rejects, a Size of strings, a list as a dict key, a view of
     2^80 elements: internal errors (RuntimeError, TypeError, IndexError) at checkout."""
-    m = clean(saved({"w": torch.ones(4), "step": 3}), tmp_path)
+    m = clean(torch_saved({"w": torch.ones(4), "step": 3}), tmp_path)
     m.format["tree"]["__dict__"][1][1] = leaf
     edited = Manifest.from_bytes(m.to_bytes(), NAME)
     with pytest.raises(ValueError, match=re.escape(words)):
@@ -442,7 +413,7 @@ def test_the_api_refuses_a_tree_naming_an_unknown_tensor(tmp_path):
     from theta_zarr.formats import get_format
     from theta_zarr.manifest import ManifestError
 
-    m = clean(saved({"w": torch.ones(4), "v": torch.zeros(4)}), tmp_path)
+    m = clean(torch_saved({"w": torch.ones(4), "v": torch.zeros(4)}), tmp_path)
     m.format["tree"]["__dict__"][1][1]["__tensor__"] = "nope"
     with pytest.raises(ManifestError, match="unknown tensor 'nope'"):
         get_format("torch").tensors(m.format, m.params)
