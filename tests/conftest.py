@@ -1,5 +1,5 @@
-"""Shared fixtures: real git repositories in temporary folders, with theta-zarr installed.
-The plain helpers they use are in ``helpers``."""
+"""Shared fixtures: real git repositories in temporary folders, with theta-zarr installed;
+a chunk store that counts reads.  The plain helpers they use are in ``helpers``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import GitRepo, isolated_git_env
+from helpers import GitRepo, isolated_git_env, make_store
+
+from theta_zarr.remote import ReadThrough
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
@@ -58,3 +60,9 @@ def make_repo(tmp_path: Path, git_env: dict[str, str]):
 
     return make
 
+
+@pytest.fixture
+def store(tmp_path: Path) -> ReadThrough:
+    """A ReadThrough over a CountingCache in ``tmp_path`` (no remote): the merge and diff
+    tests' chunk store.  (test_objects has a ``store`` of its own, an ObjectStore.)"""
+    return make_store(tmp_path)

@@ -11,16 +11,10 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from helpers import BF16, CountingCache, manifest, rng_arr
+from helpers import BF16, manifest, rng_arr
 
 from theta_zarr.diff import diff, format_text, plot, summarize, textconv_lines
 from theta_zarr.manifest import ManifestError
-from theta_zarr.remote import ReadThrough
-
-
-@pytest.fixture
-def store(tmp_path):
-    return ReadThrough(CountingCache(str(tmp_path / "cache")), None)
 
 
 def test_summary_statuses_read_nothing(store):

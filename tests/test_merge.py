@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from helpers import BF16, make_store, manifest, read, rng_arr
+from helpers import BF16, manifest, read, rng_arr, table
 
 from theta_zarr.manifest import Manifest
 from theta_zarr.merge import (
@@ -25,20 +25,10 @@ from theta_zarr.merge import (
 from theta_zarr.merges import (
     BUILTINS,
     METHODS,
-    MergeOptions,
     StrategyError,
     available,
     get_strategy,
 )
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path)
-
-
-def table(strategy: str = "fail", **kw) -> StrategyTable:
-    return StrategyTable([Rule("*", strategy, MergeOptions(**kw))])
 
 
 def test_one_sided_and_identical_changes_merge_by_digest(store):

@@ -15,29 +15,19 @@ from helpers import (
     BF16,
     dare_mask,
     f32,
-    make_store,
     manifest,
     read,
     rng_arr,
+    table,
     ties_ref,
     topk_mask,
 )
 
 from theta_zarr.chunking import digest
-from theta_zarr.merge import MergeError, Rule, StrategyTable, merge_manifests, merge_models
-from theta_zarr.merges import MergeOptions
+from theta_zarr.merge import MergeError, merge_manifests, merge_models
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float16), BF16]
 SHAPE = (48, 32)  # 6 KiB in float32: 6 chunks; 3 in 16-bit dtypes
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path)
-
-
-def table(strategy: str, **values) -> StrategyTable:
-    return StrategyTable([Rule("*", strategy, MergeOptions(values))])
 
 
 def models(dtype, n=2, seed=0):
