@@ -5,7 +5,7 @@
 Git repositories
     ``GitRepo`` (a real repository driven through the CLI), ``isolated_git_env``,
     ``init_bare``, ``clone``, ``file_sha``, ``commit_checkpoint`` (the demo model,
-    ``MODEL``), ``manifest_at``, ``cached_object_path``.
+    ``MODEL``, ``REMOTE_SHAPE``), ``manifest_at``, ``cached_object_path``.
 Checkpoint files in and out of the cache
     ``settings``, ``clean``, ``clean_manifest``, ``smudge``; ``same_bits`` (torch
     tensors); the bytes of files: ``npz``, ``npy``, ``torch_saved``; ``to_torch``,
@@ -81,6 +81,8 @@ BF16 = np.dtype(ml_dtypes.bfloat16)
 
 #: the file name the git tests commit checkpoints under
 MODEL = "model.safetensors"
+#: the demo model the git remote tests commit and push
+REMOTE_SHAPE = ModelShape(hidden=64, layers=4, vocab=256)
 
 
 def isolated_git_env() -> dict[str, str]:

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from helpers import manifest_at
 
 import theta_zarr
 from theta_zarr.git.repo import GitInputError
-from theta_zarr.manifest import Manifest, ManifestError
+from theta_zarr.manifest import ManifestError
 from theta_zarr.objects import MissingObjectError
 from theta_zarr.remote import RemoteError
 
@@ -29,7 +30,7 @@ def committed(repo):
     safetensors.torch.save_file(sd, str(path))
     repo.git("add", "model.safetensors")
     repo.git("commit", "-q", "-m", "base")
-    manifest = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:model.safetensors").stdout)
+    manifest = manifest_at(repo, "HEAD")
     return repo, path, sd, manifest
 
 

@@ -18,6 +18,7 @@ import pytest
 import safetensors.torch
 import torch
 import zarr
+from helpers import cached_object_path
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.dtype import data_type_registry
@@ -98,11 +99,6 @@ def _raw_torch(t: torch.Tensor) -> bytes:
 
 def _raw_np(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a).reshape(-1).view(np.uint8).tobytes()
-
-
-def _object_path(cache: Cache, digest: str) -> Path:
-    hexd = digest.removeprefix("blake3:")
-    return Path(cache.root) / "objects" / hexd[:2] / hexd[2:]
 
 
 def _run(coro):
@@ -283,7 +279,7 @@ def test_writes_are_refused(cleaned) -> None:
 def test_corrupt_object_is_an_error_naming_the_digest(cleaned) -> None:
     tensors, manifest, cache = cleaned
     digest = manifest.params["short"].chunks[1]
-    path = _object_path(cache, digest)
+    path = cached_object_path(cache.root, digest)
     os.chmod(path, 0o644)
     path.write_bytes(b"TZO1\x03raw" + b"\x00" * (12 * 20 * 4))
     group = open_group(manifest, cache)
@@ -297,7 +293,7 @@ def test_corrupt_object_is_an_error_naming_the_digest(cleaned) -> None:
 def test_missing_object_is_an_error_not_zeros(cleaned) -> None:
     _, manifest, cache = cleaned
     digest = manifest.params["f8_e4m3fn"].chunks[0]
-    _object_path(cache, digest).unlink()
+    cached_object_path(cache.root, digest).unlink()
     group = open_group(manifest, cache)
     with pytest.raises(MissingObjectError, match=digest):
         group["f8_e4m3fn"][0]

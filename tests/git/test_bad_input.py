@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import safetensors.numpy
 import torch
+from helpers import manifest_at
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.manifest import Manifest
@@ -69,7 +70,7 @@ def test_pickle_that_runs_code_is_kept_as_bytes_never_run(repo, tmp_path):
     ours = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("theta-zarr:")]
     assert len(ours) == 1 and "evil.pt" in ours[0] and "opaque" in ours[0], ours
     repo.git("commit", "-q", "-m", "evil")
-    m = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:evil.pt").stdout)
+    m = manifest_at(repo, "HEAD", "evil.pt")
     assert m.format_name == "opaque"
     (repo.path / "evil.pt").unlink()
     repo.git("checkout", "--", "evil.pt")

@@ -10,7 +10,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from helpers import GitRepo, file_sha
+from helpers import clone, file_sha, init_bare, manifest_at
 
 from theta_zarr import codecs
 from theta_zarr.demo import ModelShape, write_model
@@ -42,7 +42,7 @@ def setup(repo, url, env, options, tmp_path) -> Path:
     repo.env.update(env)
     repo.git("config", "theta-zarr.chunk-size", "16KiB")
     bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    init_bare(bare)
     repo.git("remote", "add", "origin", str(bare))
     repo.tz("remote", "add", "origin", url, *[a for o in options for a in ("--remote-option", o)],
             "--shared")
@@ -55,20 +55,11 @@ def commit(repo, message: str, **kw) -> Manifest:
     write_model(str(repo.path / "model.safetensors"), SHAPE, **kw)
     repo.git("add", "model.safetensors")
     repo.git("commit", "-q", "-m", message)
-    return Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:model.safetensors").stdout)
+    return manifest_at(repo, "HEAD")
 
 
 def codec_of(store, digest: str) -> str:
     return codecs.split(store.get_encoded(digest))[0]
-
-
-def clone(make_repo, bare: Path, name: str):
-    c = make_repo(name)
-    c.path.rmdir()
-    parent = GitRepo(c.path.parent, c.env)
-    parent.run("git", "theta-zarr", "install", "--global")
-    parent.run("git", "clone", "-q", str(bare), name)
-    return c
 
 
 def test_optimizer_step_is_pushed_as_deltas_and_clones_bit_exact(repo, remote_url, make_repo,

@@ -5,46 +5,26 @@ from __future__ import annotations
 import functools
 import json
 
-import ml_dtypes
 import numpy as np
 import torch
-from helpers import commit_checkpoint, file_sha
+from helpers import BF16, commit_checkpoint, commit_tensors, file_sha, manifest_at, read_tensors
 from safetensors.torch import load_file, save_file
 
 from theta_zarr.demo import ModelShape, write_model
 
 SHAPE = ModelShape(hidden=64, layers=3, vocab=256)
-BF16 = np.dtype(ml_dtypes.bfloat16)
+M = "m.safetensors"  # the file the merge tests commit
 
 
 commit_model = functools.partial(commit_checkpoint, shape=SHAPE)
 
 
-def to_torch(a: np.ndarray) -> torch.Tensor:
-    if a.dtype == BF16:
-        return torch.from_numpy(a.view(np.uint16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-
-def save(repo, tensors: dict[str, np.ndarray], message: str) -> None:
-    save_file({k: to_torch(v) for k, v in tensors.items()}, str(repo.path / "m.safetensors"))
-    repo.git("add", "m.safetensors")
-    repo.git("commit", "-q", "-m", message)
-
-
-def load(repo, name: str) -> np.ndarray:
-    t = load_file(str(repo.path / "m.safetensors"))[name]
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.uint16).numpy().view(BF16)
-    return t.numpy()
-
-
 def conflicting_branches(repo, base: dict, ours: dict, theirs: dict) -> None:
-    save(repo, base, "base")
+    commit_tensors(repo, base, "base", M)
     repo.git("checkout", "-q", "-b", "other")
-    save(repo, theirs, "theirs")
+    commit_tensors(repo, theirs, "theirs", M)
     repo.git("checkout", "-q", "main")
-    save(repo, ours, "ours")
+    commit_tensors(repo, ours, "ours", M)
 
 
 def test_install_sets_and_uninstall_removes_drivers(repo):
@@ -181,11 +161,9 @@ def test_diff_reads_only_changed_chunks(repo):
     repo.git("tag", "v1", "HEAD~1")
     repo.git("tag", "v2", "HEAD")
     # take away every object except the changed parameters' chunks: the diff still works
-    from theta_zarr.manifest import Manifest
-
     keep = set()
     for rev in ("v1", "v2"):
-        m = Manifest.from_bytes(repo.git("cat-file", "blob", f"{rev}:model.safetensors").stdout)
+        m = manifest_at(repo, rev)
         keep |= {d for n in tuned for d in m.params[n].chunks}
     removed = 0
     for f in repo.objects_dir.rglob("*"):
@@ -241,7 +219,7 @@ def test_chunk_level_merge_of_embedding_rows(repo):
     expect = emb.copy()
     expect[3] += 1
     expect[200:202] *= 2
-    assert load(repo, "emb").tobytes() == expect.tobytes()
+    assert read_tensors(repo.path / M)["emb"].tobytes() == expect.tobytes()
 
 
 def test_a_dtype_conflict_is_hinted_with_the_strategies_that_resolve_it(repo):
@@ -256,7 +234,7 @@ def test_a_dtype_conflict_is_hinted_with_the_strategies_that_resolve_it(repo):
     assert "resolve m.safetensors --strategy ours --param 'a'" in err
     assert "--strategy average" not in err and "task-arithmetic --scale" not in err
     repo.tz("resolve", "m.safetensors", "--strategy", "theirs", "--param", "a")
-    assert load(repo, "a").tobytes() == (base["a"] + 1).tobytes()
+    assert read_tensors(repo.path / M)["a"].tobytes() == (base["a"] + 1).tobytes()
 
 
 def test_integer_and_added_conflicts_are_hinted_with_what_resolves_them(repo):
@@ -273,7 +251,7 @@ def test_integer_and_added_conflicts_are_hinted_with_what_resolves_them(repo):
     assert "--strategy average" not in err and "task-arithmetic" not in err.split(
         "or set a strategy")[0]
     repo.tz("resolve", "m.safetensors", "--strategy", "theirs", "--param", "step")
-    assert load(repo, "step").tolist() == [4, 5, 6]
+    assert read_tensors(repo.path / M)["step"].tolist() == [4, 5, 6]
     repo.git("commit", "-q", "--no-edit")
     repo.git("branch", "-q", "-D", "other")
     # float values added on both sides: average works, task arithmetic (no base) is not offered
@@ -283,7 +261,7 @@ def test_integer_and_added_conflicts_are_hinted_with_what_resolves_them(repo):
     hint = err.split("resolve with one of:")[1].split("or set a strategy")[0]
     assert "--strategy average" in hint and "task-arithmetic" not in hint
     repo.tz("resolve", "m.safetensors", "--strategy", "average")
-    assert load(repo, "new").tolist() == [2.0] * 4
+    assert read_tensors(repo.path / M)["new"].tolist() == [2.0] * 4
 
 
 def test_every_hint_for_several_conflicts_finishes_the_merge(repo):
@@ -315,7 +293,8 @@ def test_every_hint_for_several_conflicts_finishes_the_merge(repo):
             assert proc.returncode == 0, (hint, proc.stderr.decode())
             assert not repo.out("ls-files", "-u"), hint
             if extra:
-                assert load(repo, "step").tolist() == [1], hint  # the configured rule kept
+                # the configured rule kept
+                assert read_tensors(repo.path / M)["step"].tolist() == [1], hint
     repo.git("merge", "--abort", check=False)
 
 
@@ -404,8 +383,8 @@ def test_conflict_report_then_resolve_average(repo):
     assert repo.out("status", "--porcelain").startswith("M ")
     want = ((ours["encoder.w"].astype(np.float32) + theirs["encoder.w"].astype(np.float32))
             / 2).astype(BF16)
-    assert load(repo, "encoder.w").tobytes() == want.tobytes()
-    assert load(repo, "head.w").tobytes() == ours["head.w"].tobytes()
+    assert read_tensors(repo.path / M)["encoder.w"].tobytes() == want.tobytes()
+    assert read_tensors(repo.path / M)["head.w"].tobytes() == ours["head.w"].tobytes()
     repo.git("commit", "-q", "--no-edit")
     assert repo.out("status", "--porcelain") == ""
 
@@ -426,8 +405,8 @@ def test_resolve_task_arithmetic_and_config_override(repo):
             "--param", "a")
     b64, o64, t64 = (x["a"].astype(np.float64) for x in (base, ours, theirs))
     want = (b64 + 1.0 * ((o64 - b64) + (t64 - b64))).astype(np.float32)
-    assert load(repo, "a").tobytes() == want.tobytes()
-    assert load(repo, "b").tobytes() == theirs["b"].tobytes()
+    assert read_tensors(repo.path / M)["a"].tobytes() == want.tobytes()
+    assert read_tensors(repo.path / M)["b"].tobytes() == theirs["b"].tobytes()
 
 
 def test_configured_strategy_merges_without_prompt_and_thetazarr_file(repo):
@@ -436,16 +415,14 @@ def test_configured_strategy_merges_without_prompt_and_thetazarr_file(repo):
     base = {"w": np.ones((16, 16), np.float32)}
     conflicting_branches(repo, base, {"w": base["w"] * 2}, {"w": base["w"] * 4})
     repo.git("merge", "-q", "--no-edit", "other")
-    assert np.array_equal(load(repo, "w"), np.full((16, 16), 3, np.float32))
+    assert np.array_equal(read_tensors(repo.path / M)["w"], np.full((16, 16), 3, np.float32))
 
 
 def test_merge_with_missing_chunk_names_it(repo):
     base = {"w": np.ones((64, 64), np.float32)}
     theirs = {"w": base["w"] * 4}
     conflicting_branches(repo, base, {"w": base["w"] * 2}, theirs)
-    from theta_zarr.manifest import Manifest
-
-    m = Manifest.from_bytes(repo.git("cat-file", "blob", "other:m.safetensors").stdout)
+    m = manifest_at(repo, "other", "m.safetensors")
     gone = m.params["w"].chunks[0]
     (repo.objects_dir / gone[7:9] / gone[9:]).unlink()
     repo.git("config", "theta-zarr-merge.*.strategy", "average")
@@ -461,10 +438,8 @@ def test_plain_git_log_and_diff_need_no_chunks_of_old_versions(repo):
     commands the filter answers with the manifest, so no old version is rebuilt."""
     commit_model(repo, "base")
     commit_model(repo, "tune", tuned=SHAPE.layer_names(0))
-    from theta_zarr.manifest import Manifest
-
-    old = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD~1:model.safetensors").stdout)
-    new = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:model.safetensors").stdout)
+    old = manifest_at(repo, "HEAD~1")
+    new = manifest_at(repo, "HEAD")
     changed = {d for n in SHAPE.layer_names(0) for d in old.params[n].chunks} | {
         d for n in SHAPE.layer_names(0) for d in new.params[n].chunks}
     for f in repo.objects_dir.rglob("*"):

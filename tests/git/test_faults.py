@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
+from helpers import manifest_at
 
 from theta_zarr.manifest import Manifest
 
@@ -48,7 +49,7 @@ def small_model(repo, name: str = "m.safetensors") -> Manifest:
                                  "b": np.ones(4, dtype=np.float32)}, str(repo.path / name))
     repo.git("add", name)
     repo.git("commit", "-q", "-m", name)
-    return Manifest.from_bytes(repo.git("cat-file", "blob", f"HEAD:{name}").stdout)
+    return manifest_at(repo, "HEAD", name)
 
 
 def edited(manifest: Manifest, name: str, **changes) -> bytes:
@@ -168,7 +169,7 @@ def test_a_bad_chunk_of_a_torch_file_is_one_line(repo, fault):
     torch.save({"a": torch.randn(64, 256), "b": torch.randn(64, 256)}, repo.path / "opt.pt")
     repo.git("-c", "theta-zarr.chunk-size=16KiB", "add", "opt.pt")
     repo.git("commit", "-q", "-m", "opt")
-    m = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:opt.pt").stdout)
+    m = manifest_at(repo, "HEAD", "opt.pt")
     digest = m.params[sorted(m.params)[-1]].chunks[-1]
     if fault == "corrupt":
         _corrupt(repo, digest)

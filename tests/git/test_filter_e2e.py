@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import torch
-from helpers import file_sha
+from helpers import file_sha, manifest_at
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.git.filter_start import PIPE_BYTES
@@ -27,10 +27,6 @@ SHAPE = ModelShape(hidden=64, layers=4, vocab=256)
 def changed_digests(before: Manifest, after: Manifest) -> set[str]:
     old = before.digests()
     return {d for d in after.digests() if d not in old}
-
-
-def manifest_at(repo, rev: str, path: str = "model.safetensors") -> Manifest:
-    return Manifest.from_bytes(repo.git("cat-file", "blob", f"{rev}:{path}").stdout)
 
 
 def test_install_sets_filter_and_track_writes_attributes(repo):

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sysconfig
 from pathlib import Path
 
-from helpers import GitRepo, file_sha
-from test_remotes import SHAPE
+from helpers import REMOTE_SHAPE, GitRepo, file_sha, init_bare, manifest_at
 
 from theta_zarr.demo import write_model
-from theta_zarr.manifest import Manifest
 from theta_zarr.remote import RemoteSpec, open_remote
 
 
 def _bare(tmp_path: Path, env: dict[str, str], name: str = "origin.git") -> Path:
     bare = tmp_path / name
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True, env=env)
+    init_bare(bare, env)
     return bare
 
 
@@ -31,14 +28,14 @@ def test_repository_made_after_a_global_install_pushes_its_chunks(make_repo, tmp
     w.tz("track", "*.safetensors")
     bare = _bare(tmp_path, w.env)
     w.git("remote", "add", "origin", str(bare))
-    write_model(str(w.path / "m.safetensors"), SHAPE)
+    write_model(str(w.path / "m.safetensors"), REMOTE_SHAPE)
     added = w.git("add", "-A")
     hook = w.path / ".git" / "hooks" / "pre-push"
     assert hook.exists() and "installed the hooks pre-push, post-checkout" in added.stderr.decode()
     w.git("commit", "-q", "-m", "first")
     pushed = w.git("push", "-q", "origin", "main").stderr.decode()
     assert "uploaded" in pushed and "next to git remote 'origin'" in pushed
-    m = Manifest.from_bytes(w.git("cat-file", "blob", "HEAD:m.safetensors").stdout)
+    m = manifest_at(w, "HEAD", "m.safetensors")
     store = open_remote(RemoteSpec("o", str(bare / "theta-zarr")))
     assert store.missing(m.digests()) == set()
     c = make_repo("c")
@@ -63,7 +60,7 @@ def test_a_committed_hooks_folder_is_not_edited_by_the_filter(make_repo, tmp_pat
     w.tz("track", "*.safetensors")
     w.git("add", "-A")
     w.git("commit", "-q", "-m", "team hooks")
-    write_model(str(w.path / "m.safetensors"), SHAPE)
+    write_model(str(w.path / "m.safetensors"), REMOTE_SHAPE)
     added = w.git("add", "-A").stderr.decode()
     assert "part of the work tree, so theta-zarr does not edit it" in added, added
     assert "git theta-zarr install" in added
@@ -92,7 +89,7 @@ def test_an_ignored_hooks_folder_in_the_work_tree_gets_the_hook(make_repo, tmp_p
     (husky / "pre-push").chmod(0o755)
     w.git("config", "core.hooksPath", ".husky/_")
     w.tz("track", "*.safetensors")
-    write_model(str(w.path / "m.safetensors"), SHAPE)
+    write_model(str(w.path / "m.safetensors"), REMOTE_SHAPE)
     added = w.git("add", "-A").stderr.decode()
     assert "installed the hooks pre-push" in added and "does not edit" not in added
     w.git("commit", "-q", "-m", "m")
@@ -134,7 +131,7 @@ def test_name_dispatching_hook_manager_keeps_running(repo, tmp_path):
     repo.git("remote", "add", "origin", str(bare))
     repo.tz("install")
     assert "theta-zarr pre-push hook" in dispatcher.read_text()
-    write_model(str(repo.path / "m.safetensors"), SHAPE)
+    write_model(str(repo.path / "m.safetensors"), REMOTE_SHAPE)
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", "m")
     blocked = repo.git("push", "-q", "origin", "main", check=False)
@@ -169,7 +166,7 @@ def test_checkout_works_without_theta_zarr_on_path(repo, make_repo, tmp_path):
     scripts = sysconfig.get_path("scripts")
     process = repo.out("config", "filter.theta-zarr.process")
     assert process.startswith(os.path.join(scripts, "git-theta-zarr"))
-    write_model(str(repo.path / "m.safetensors"), SHAPE)
+    write_model(str(repo.path / "m.safetensors"), REMOTE_SHAPE)
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", "m")
     bare = _bare(tmp_path, repo.env)
@@ -218,7 +215,7 @@ def test_a_hook_that_replaces_ours_keeps_the_one_chained_before(repo, tmp_path):
     (hooks / "pre-push").write_text("#!/bin/sh\necho first\n")
     repo.tz("install")
     (hooks / "pre-push").write_text("#!/bin/sh\necho second\n")  # a hook manager
-    write_model(str(repo.path / "m.safetensors"), SHAPE)
+    write_model(str(repo.path / "m.safetensors"), REMOTE_SHAPE)
     proc = repo.git("add", "m.safetensors")  # the filter puts ours back
     assert "the hook it replaced is kept as" in proc.stderr.decode()
     assert "theta-zarr pre-push hook" in (hooks / "pre-push").read_text()

@@ -8,10 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import BF16, dare_mask, f32, ties_ref
+from helpers import BF16, MODEL, commit_tensors, dare_mask, f32, manifest_at, read_tensors, ties_ref
 from safetensors.torch import load_file, save_file
-
-from theta_zarr.manifest import Manifest
 
 H = 32  # hidden size: every matrix is 32x32 bf16 = 2 KiB
 
@@ -34,32 +32,15 @@ def tune(model: dict, layers: list[str], seed: int) -> dict:
     return out
 
 
-def save(repo, tensors: dict, message: str) -> None:
-    t = {k: torch.from_numpy(v.view(np.uint16).copy()).view(torch.bfloat16)
-         for k, v in tensors.items()}
-    save_file(t, str(repo.path / "model.safetensors"))
-    repo.git("add", "model.safetensors")
-    repo.git("commit", "-q", "-m", message)
-
-
-def load(repo) -> dict[str, np.ndarray]:
-    return {k: v.view(torch.uint16).numpy().view(BF16)
-            for k, v in load_file(str(repo.path / "model.safetensors")).items()}
-
-
 def branches(repo, tunes: dict[str, dict]) -> dict:
     """main holds the pretrained base; one branch per fine-tune; back on main."""
     base = base_model()
-    save(repo, base, "pretrained")
+    commit_tensors(repo, base, "pretrained")
     for name, model in tunes.items():
         repo.git("checkout", "-q", "-b", name, "main")
-        save(repo, model, name)
+        commit_tensors(repo, model, name)
     repo.git("checkout", "-q", "main")
     return base
-
-
-def manifest_at(repo, rev: str) -> Manifest:
-    return Manifest.from_bytes(repo.git("cat-file", "blob", f"{rev}:model.safetensors").stdout)
 
 
 def test_disjoint_fine_tunes_merge_bit_exactly_without_arithmetic(repo):
@@ -70,7 +51,7 @@ def test_disjoint_fine_tunes_merge_bit_exactly_without_arithmetic(repo):
     repo.git("checkout", "-q", "task-a")
     proc = repo.git("merge", "--no-edit", "task-b")
     assert b"(0 chunk by chunk)" in proc.stderr and b"by ties" not in proc.stderr
-    got = load(repo)
+    got = read_tensors(repo.path / MODEL)
     for n in base:
         want = a[n] if n.startswith("layers.0.") else b[n]
         assert got[n].tobytes() == want.tobytes(), n
@@ -89,7 +70,7 @@ def test_overlapping_fine_tunes_merge_with_ties_reproducibly(repo):
     repo.git("checkout", "-q", "-b", "merged", "task-a")
     proc = repo.git("merge", "--no-edit", "task-b")
     assert b"3 by ties" in proc.stderr
-    got = load(repo)
+    got = read_tensors(repo.path / MODEL)
     for n in base:
         if n.startswith("layers.0."):
             want = ties_ref(base[n], [a[n], b[n]], [1.0, 0.5], 0.3).astype(BF16)
@@ -126,7 +107,7 @@ def test_resolve_with_dare_and_set(repo):
     d = np.float32(0.5)
     ma, mt = (dare_mask(kb, k, H * H, 0.5).reshape(H, H).astype(np.float32) for k in (ka, kt))
     want = (bw + ((aw - bw) * ma / d + (tw - bw) * mt / d) * np.float32(1)).astype(BF16)
-    assert load(repo)[n].tobytes() == want.tobytes()
+    assert read_tensors(repo.path / MODEL)[n].tobytes() == want.tobytes()
 
 
 CONFIG = """\
@@ -170,7 +151,7 @@ def test_merge_models_three_fine_tunes_in_one_commit(repo):
     assert repo.out("status", "--porcelain") == ""
     assert (repo.path / "notes.txt").exists()
     a, b, c = tunes.values()
-    got = load(repo)
+    got = read_tensors(repo.path / MODEL)
     for n in base:
         density = 0.3 if n.startswith("layers.0.") else 1.0
         if n.startswith(("layers.0.", "layers.1.attn.q")):

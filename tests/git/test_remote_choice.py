@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from helpers import GitRepo
-from test_remotes import SHAPE
+from helpers import REMOTE_SHAPE, GitRepo, init_bare, manifest_at
 
 from theta_zarr.demo import write_model
 from theta_zarr.manifest import Manifest
@@ -16,17 +14,16 @@ from theta_zarr.remote import RemoteSpec, open_remote
 def _origin(repo: GitRepo, tmp_path) -> Path:
     """A bare repository at tmp_path/origin.git, added to ``repo`` as git remote origin."""
     bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
-                   env=repo.env)
+    init_bare(bare, repo.env)
     repo.git("remote", "add", "origin", str(bare))
     return bare
 
 
 def _commit(r: GitRepo, seed: int) -> Manifest:
-    write_model(str(r.path / "m.safetensors"), SHAPE, seed=seed)
+    write_model(str(r.path / "m.safetensors"), REMOTE_SHAPE, seed=seed)
     r.git("add", "-A")
     r.git("commit", "-q", "-m", f"seed {seed}")
-    return Manifest.from_bytes(r.git("cat-file", "blob", "HEAD:m.safetensors").stdout)
+    return manifest_at(r, "HEAD", "m.safetensors")
 
 
 def test_unrelated_folder_remote_does_not_take_origins_pushes(repo, tmp_path):
@@ -44,8 +41,7 @@ def test_a_push_to_an_unnamed_path_or_file_url_sends_chunks_next_to_it(repo, tmp
     remote's name.  The chunks go next to that path, as for a named remote that is a path;
     a URL no theta remote serves is one line saying what to do, not a --remote error."""
     bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
-                   env=repo.env)
+    init_bare(bare, repo.env)
     m = _commit(repo, 0)
     for target in (str(bare), f"file://{bare}"):
         repo.git("push", "-q", target, "main")
@@ -183,10 +179,11 @@ def test_a_checkout_older_than_thetazarr_finds_the_remote_it_named(repo, make_re
     remote, which then fell back to the git remote's folder and found nothing."""
     store = tmp_path / "store"
     store.mkdir()
-    write_model(str(repo.path / "m.safetensors"), SHAPE, seed=5, tuned=SHAPE.layer_names(0))
+    write_model(str(repo.path / "m.safetensors"), REMOTE_SHAPE, seed=5,
+                tuned=REMOTE_SHAPE.layer_names(0))
     repo.git("add", "m.safetensors")
     repo.git("commit", "-q", "-m", "first")  # no chunk of it is in the later version
-    first = Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:m.safetensors").stdout)
+    first = manifest_at(repo, "HEAD", "m.safetensors")
     later = _commit(repo, 1)
     assert not first.digests() & later.digests() - {None}
     repo.tz("remote", "add", "team", str(store), "--shared")
@@ -194,8 +191,7 @@ def test_a_checkout_older_than_thetazarr_finds_the_remote_it_named(repo, make_re
     repo.git("commit", "-q", "-m", "theta remote")
     repo.tz("push", "team")
     bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
-                   env=repo.env)
+    init_bare(bare, repo.env)
     repo.git("push", "-q", "--no-verify", str(bare), "main")  # no chunks next to it
     b = make_repo("b")
     b.path.rmdir()
@@ -204,7 +200,7 @@ def test_a_checkout_older_than_thetazarr_finds_the_remote_it_named(repo, make_re
     b.git("checkout", "-q", "HEAD~2")
     assert not (b.path / "m.safetensors").read_bytes().startswith(b'{"theta_zarr"')
     assert b.out("hash-object", "m.safetensors") == b.out("rev-parse", "HEAD:m.safetensors")
-    assert Manifest.from_bytes(b.git("cat-file", "blob", "HEAD:m.safetensors").stdout) == first
+    assert manifest_at(b, "HEAD", "m.safetensors") == first
     assert b.out("status", "--porcelain") == ""
     assert not (b.path / ".thetazarr").exists()
 
@@ -229,7 +225,7 @@ def test_a_clone_of_a_local_work_tree_reads_and_pushes_its_object_cache(repo, ma
     assert repo.git("status", "--porcelain").stdout == b""
     cache = open_remote(RemoteSpec("c", str(repo.path / ".git" / "theta-zarr")))
     assert cache.missing(m.digests() | m2.digests()) == set()
-    assert Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:m.safetensors").stdout) == m2
+    assert manifest_at(repo, "HEAD", "m.safetensors") == m2
 
 
 def test_a_tag_of_a_tree_or_a_blob_is_pushed(repo, tmp_path):

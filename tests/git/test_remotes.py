@@ -9,13 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import GitRepo, ServerProcess, commit_checkpoint, file_sha, gcs_backend, s3_backend
+from helpers import (
+    REMOTE_SHAPE,
+    GitRepo,
+    ServerProcess,
+    clone,
+    commit_checkpoint,
+    file_sha,
+    gcs_backend,
+    init_bare,
+    manifest_at,
+    s3_backend,
+)
 
-from theta_zarr.demo import ModelShape, write_model
+from theta_zarr.demo import write_model
 from theta_zarr.manifest import Manifest
 from theta_zarr.remote import RemoteSpec, open_remote
-
-SHAPE = ModelShape(hidden=64, layers=4, vocab=256)
 
 
 @dataclass
@@ -50,8 +59,7 @@ def setup_origin(repo, case: RemoteCase, tmp_path: Path) -> Path:
     """A bare git remote plus the theta remote, shared through a committed .thetazarr."""
     repo.env.update(case.env)  # credentials and emulator hosts: environment only
     bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
-                   env=repo.env)
+    init_bare(bare, repo.env)
     repo.git("remote", "add", "origin", str(bare))
     args = [a for o in case.options for a in ("--remote-option", o)]
     repo.tz("remote", "add", "origin", case.url, *args, "--shared")
@@ -61,19 +69,8 @@ def setup_origin(repo, case: RemoteCase, tmp_path: Path) -> Path:
 
 
 def commit_model(repo, message: str, **kw) -> Manifest:
-    commit_checkpoint(repo, message, shape=SHAPE, **kw)
-    return Manifest.from_bytes(repo.git("cat-file", "blob", "HEAD:model.safetensors").stdout)
-
-
-def clone(make_repo, bare: Path, name: str, env: dict[str, str] | None = None,
-          check: bool = True):
-    """A fresh clone by a user who ran `git theta-zarr install --global` once."""
-    c = make_repo(name)
-    c.path.rmdir()
-    parent = GitRepo(c.path.parent, c.env)
-    parent.run("git", "theta-zarr", "install", "--global")
-    c.clone_result = parent.run("git", "clone", "-q", str(bare), name, env=env, check=check)
-    return c
+    commit_checkpoint(repo, message, shape=REMOTE_SHAPE, **kw)
+    return manifest_at(repo, "HEAD")
 
 
 def test_push_then_clone_is_bit_exact(repo, remote_case, make_repo, tmp_path):
@@ -99,7 +96,8 @@ def test_second_push_uploads_only_changed_chunks(repo, remote_case, tmp_path):
     remote = remote_case.objects()
     before = {d for d, _, _ in remote.iter_digests()}
     assert before == base.digests()
-    tuned = commit_model(repo, "tuned", tuned=SHAPE.layer_names(1) + SHAPE.layer_names(2))
+    tuned = commit_model(repo, "tuned",
+                         tuned=REMOTE_SHAPE.layer_names(1) + REMOTE_SHAPE.layer_names(2))
     out = repo.git("push", "-q", "origin", "main").stderr.decode()
     after = {d for d, _, _ in remote.iter_digests()}
     new = tuned.digests() - base.digests()
@@ -132,7 +130,7 @@ def test_lazy_load_fetches_exactly_one_layer(repo, remote_case, make_repo, tmp_p
     import safetensors
 
     with safetensors.safe_open(str(c.path / "model.partial.safetensors"), "np") as f:
-        assert set(f.keys()) == set(SHAPE.layer_names(1))
+        assert set(f.keys()) == set(REMOTE_SHAPE.layer_names(1))
     # a full materialize rebuilds the real file; git sees no change
     c.tz("materialize")
     assert file_sha(c.path / "model.safetensors") == file_sha(repo.path / "model.safetensors")
@@ -237,7 +235,7 @@ def test_unreachable_server_fails_push_clearly(repo, tmp_path, kind):
         repo.git("config", "theta-zarr.chunk-size", "1KiB")
         repo.git("config", "theta-zarr.concurrency", "1")
         bare = tmp_path / "origin.git"
-        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+        init_bare(bare)
         repo.git("remote", "add", "origin", str(bare))
         repo.tz("remote", "add", "origin", f"{scheme}://dying/models", "--remote-option",
                 f"endpoint-url={server.endpoint}")
@@ -277,7 +275,7 @@ def test_clone_delays_smudges_and_fetches_in_one_batch(repo, remote_case, make_r
     hashes = {}
     for i in range(3):
         name = f"m{i}.safetensors"
-        write_model(str(repo.path / name), SHAPE, seed=i)
+        write_model(str(repo.path / name), REMOTE_SHAPE, seed=i)
         hashes[name] = file_sha(repo.path / name)
     repo.git("add", ".")
     repo.git("commit", "-q", "-m", "three models")
@@ -313,7 +311,7 @@ def test_clone_before_install_then_materialize(repo, remote_case, make_repo, tmp
 def test_pre_push_falls_back_to_the_default_theta_remote(repo, remote_case, tmp_path):
     """A git remote 'origin' elsewhere, the chunks in a theta remote named 'models'."""
     bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    init_bare(bare)
     repo.git("remote", "add", "origin", f"file://{bare}")
     repo.tz("remote", "add", "models", remote_case.url)
     repo.git("config", "theta-zarr.default-remote", "models")

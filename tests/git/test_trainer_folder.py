@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import manifest_at
 
 from theta_zarr.manifest import Manifest
 
@@ -56,7 +57,7 @@ def test_trainer_folder_is_added_whole_and_rebuilt_byte_identically(repo, traine
     assert repo.out("status", "--porcelain") == ""
 
     for name in PICKLES:
-        m = Manifest.from_bytes(repo.git("cat-file", "blob", f"HEAD:checkpoint-2/{name}").stdout)
+        m = manifest_at(repo, "HEAD", f"checkpoint-2/{name}")
         assert m.format_name == "opaque"
         assert set(m.params) == {"bytes"} and m.params["bytes"].shape == (
             (trainer_folder / name).stat().st_size,)

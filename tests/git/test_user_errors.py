@@ -8,11 +8,17 @@ import subprocess
 import tarfile
 
 import pytest
-from helpers import GitRepo, commit_checkpoint, file_sha, isolated_git_env
-from test_remotes import SHAPE
+from helpers import (
+    REMOTE_SHAPE,
+    GitRepo,
+    commit_checkpoint,
+    file_sha,
+    init_bare,
+    isolated_git_env,
+    manifest_at,
+)
 
 from theta_zarr.demo import write_model
-from theta_zarr.manifest import Manifest
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> str:
@@ -37,11 +43,10 @@ def pushed(tmp_path_factory) -> GitRepo:
     r.git("init", "-q", "-b", "main")
     r.tz("install")
     r.tz("track", "*.safetensors")
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(tmp / "o.git")],
-                   check=True, env=env)
+    init_bare(tmp / "o.git", env)
     r.git("remote", "add", "origin", str(tmp / "o.git"))
     r.tz("remote", "add", "origin", str(tmp / "bucket"), "--shared")
-    write_model(str(r.path / "m.safetensors"), SHAPE)
+    write_model(str(r.path / "m.safetensors"), REMOTE_SHAPE)
     r.git("add", "-A")
     r.git("commit", "-q", "-m", "m")
     r.git("push", "-q", "origin", "main")
@@ -61,7 +66,7 @@ COMMANDS = [("tz", "ls-files"), ("tz", "fetch"), ("tz", "push", "origin"),
                                         ("delta-depth", "0"), ("delta-ratio", "5")])
 def test_bad_config_value_is_one_line_from_every_command(pushed, key, value):
     r = pushed
-    write_model(str(r.path / "new.safetensors"), SHAPE, seed=1)
+    write_model(str(r.path / "new.safetensors"), REMOTE_SHAPE, seed=1)
     (r.path / "m.safetensors").write_bytes(b"")  # diff has a change; checkout rewrites it
     r.git("config", f"theta-zarr.{key}", value)
     try:
@@ -180,7 +185,7 @@ def test_inside_the_git_folder_says_so(pushed):
 
 def test_materialize_names_the_missing_object(pushed, make_repo, tmp_path):
     """A lazy clone whose remote lost an object: materialize says which one, as checkout does."""
-    m = Manifest.from_bytes(pushed.git("cat-file", "blob", "HEAD:m.safetensors").stdout)
+    m = manifest_at(pushed, "HEAD", "m.safetensors")
     bucket = pushed.path.parent / "bucket"
     gone = sorted(m.digests())[0]
     obj = bucket / "objects" / gone[7:9] / gone[9:]
@@ -238,7 +243,7 @@ def test_uninstall_local_outside_a_repository_is_refused(tmp_path, git_env):
 def test_a_cache_folder_that_cannot_be_made_names_the_setting(repo, tmp_path):
     (tmp_path / "afile").write_text("")
     repo.git("config", "theta-zarr.cache", str(tmp_path / "afile" / "cache"))
-    write_model(str(repo.path / "new.safetensors"), SHAPE, seed=1)
+    write_model(str(repo.path / "new.safetensors"), REMOTE_SHAPE, seed=1)
     proc = repo.git("add", "new.safetensors", check=False)
     line = assert_user_error(proc, "cannot use", "as the cache", "theta-zarr.cache")
     assert "Errno" not in line
@@ -246,13 +251,13 @@ def test_a_cache_folder_that_cannot_be_made_names_the_setting(repo, tmp_path):
 
 def test_a_cache_set_to_a_file_is_named_by_every_command(repo, tmp_path):
     """fsck listed every object as missing "in" the file, ls-files counted none cached."""
-    commit_checkpoint(repo, "base", shape=SHAPE)
+    commit_checkpoint(repo, "base", shape=REMOTE_SHAPE)
     (tmp_path / "afile").write_text("")
     repo.git("config", "theta-zarr.cache", str(tmp_path / "afile"))
     for args in (("fsck",), ("ls-files",)):
         assert_user_error(repo.tz(*args, check=False), "as the cache: it is a file",
                           "theta-zarr.cache")
-    write_model(str(repo.path / "new.safetensors"), SHAPE, seed=1)
+    write_model(str(repo.path / "new.safetensors"), REMOTE_SHAPE, seed=1)
     assert_user_error(repo.git("add", "new.safetensors", check=False), "it is a file")
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from helpers import CHUNK, Case, env_for, file_sha, local_case, model, tz
+from helpers import CHUNK, Case, env_for, file_sha, init_bare, local_case, model, tz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,8 +29,7 @@ def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):
     _push(case, tmp_path, f, "run7/step-3000")
     repo.git("config", "theta-zarr.chunk-size", CHUNK)
     bare = tmp_path / "origin.git"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True,
-                   env=repo.env)
+    init_bare(bare, repo.env)
     repo.git("remote", "add", "origin", str(bare))
     repo.tz("remote", "add", "origin", case.url, "--shared")
     out = repo.tz("import", case.url, "run7/step-3000", "model.safetensors").stdout.decode()
@@ -117,10 +115,6 @@ def test_import_of_a_folder_stores_plain_members_as_git_add_would(repo, tmp_path
     assert repo.git("cat-file", "blob", "HEAD:ck1/notes.txt").stdout == b"lr 3e-4\n"
     for name in ("model.safetensors", "rng_state.pth", "notes.txt"):
         assert file_sha(repo.path / "ck1" / name) == file_sha(ckpt / name)
-
-
-def _object_path(cache_root: Path, digest: str) -> Path:
-    return cache_root / object_key(digest)
 
 
 def _pushed_model(repo, tmp_path: Path, message: str):
