@@ -62,8 +62,8 @@ from theta_zarr.dtypes import by_name, from_numpy
 from theta_zarr.manifest import Manifest
 from theta_zarr.merge import Rule, StrategyTable
 from theta_zarr.merges import MergeOptions
-from theta_zarr.objects import object_key
-from theta_zarr.remote import ReadThrough, RemoteSpec
+from theta_zarr.objects import ObjectStore, object_key
+from theta_zarr.remote import ReadThrough, RemoteSpec, open_remote
 from theta_zarr.settings import Settings
 from theta_zarr.sync import SyncRemote
 
@@ -609,8 +609,8 @@ CHUNK = "16KiB"
 
 @dataclass
 class Case:
-    """A remote the sync tests run against: ``kind`` (local, s3, gcs), its ``url``, the
-    environment that reaches it and its ``key=value`` options."""
+    """A remote the sync and git remote tests run against: ``kind`` (local, s3, gcs), its
+    ``url``, the environment that reaches it and its ``key=value`` options."""
 
     kind: str
     url: str
@@ -625,6 +625,10 @@ class Case:
         """The remote, opened in this process."""
         return SyncRemote.open(RemoteSpec("t", self.url, self.opts()))
 
+    def objects(self) -> ObjectStore:
+        """The remote's object store, opened in this process."""
+        return open_remote(RemoteSpec("t", self.url, self.opts()))
+
     def cli_options(self) -> list[str]:
         """The options as ``--option key=value`` arguments."""
         return [a for o in self.options for a in ("--option", o)]
@@ -635,14 +639,15 @@ def local_case(tmp_path: Path) -> Case:
     return Case("local", str(tmp_path / "bucket"), {}, [])
 
 
-def make_case(kind: str, request, tmp_path: Path, monkeypatch) -> Case:
-    """The ``kind`` remote (a folder, or a new bucket on the S3 or GCS server, started
-    through ``request``), its environment set in this process through ``monkeypatch``."""
+def make_case(kind: str, request, tmp_path: Path, monkeypatch, prefix: str = "team") -> Case:
+    """The ``kind`` remote (a folder, or ``prefix`` in a new bucket on the S3 or GCS server,
+    started through ``request``), its environment set in this process through
+    ``monkeypatch``."""
     if kind == "local":
         case = local_case(tmp_path)
     else:
         backend = request.getfixturevalue(f"{kind}_server")
-        case = Case(kind, backend.new_bucket() + "/team", dict(backend.env),
+        case = Case(kind, f"{backend.new_bucket()}/{prefix}", dict(backend.env),
                     [f"endpoint-url={backend.endpoint}"])
     for k, v in case.env.items():
         monkeypatch.setenv(k, v)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers import (
     REMOTE_SHAPE,
+    Case,
     GitRepo,
     ServerProcess,
     clone,
@@ -18,44 +18,23 @@ from helpers import (
     file_sha,
     gcs_backend,
     init_bare,
+    local_case,
+    make_case,
     manifest_at,
     s3_backend,
 )
 
 from theta_zarr.demo import write_model
 from theta_zarr.manifest import Manifest
-from theta_zarr.remote import RemoteSpec, open_remote
-
-
-@dataclass
-class RemoteCase:
-    kind: str
-    url: str
-    env: dict[str, str]
-    options: list[str]
-
-    def objects(self):
-        return open_remote(RemoteSpec("t", self.url, self._opts()))
-
-    def _opts(self) -> dict[str, str]:
-        return dict(o.split("=", 1) for o in self.options)
 
 
 @pytest.fixture(params=["local", "s3", "gcs"])
-def remote_case(request, tmp_path, monkeypatch) -> RemoteCase:
-    if request.param == "local":
-        case = RemoteCase("local", str(tmp_path / "bucket"), {}, [])
-    else:
-        backend = request.getfixturevalue(f"{request.param}_server")
-        url = backend.new_bucket() + "/models"
-        case = RemoteCase(request.param, url, dict(backend.env),
-                          [f"endpoint-url={backend.endpoint}"])
-    for k, v in case.env.items():
-        monkeypatch.setenv(k, v)
-    return case
+def remote_case(request, tmp_path, monkeypatch) -> Case:
+    """Each remote in turn: a folder, ``models`` in a bucket on the S3 and GCS servers."""
+    return make_case(request.param, request, tmp_path, monkeypatch, prefix="models")
 
 
-def setup_origin(repo, case: RemoteCase, tmp_path: Path) -> Path:
+def setup_origin(repo, case: Case, tmp_path: Path) -> Path:
     """A bare git remote plus the theta remote, shared through a committed .thetazarr."""
     repo.env.update(case.env)  # credentials and emulator hosts: environment only
     bare = tmp_path / "origin.git"
@@ -163,7 +142,7 @@ def test_fetch_command_prefetches_selected_params(repo, remote_case, make_repo, 
 def test_fetch_of_what_the_cache_holds_does_not_ask_the_remote(repo, make_repo, tmp_path):
     """As git-lfs: objects already in the cache are not fetched, and with none lacking the
     remote is not opened at all (a remote that is gone does not fail the fetch)."""
-    case = RemoteCase("local", str(tmp_path / "bucket"), {}, [])
+    case = local_case(tmp_path)
     bare = setup_origin(repo, case, tmp_path)
     m = commit_model(repo, "base")
     repo.git("push", "-q", "origin", "main")
