@@ -18,9 +18,9 @@ Merges
 Object-storage servers (moto S3, fake-gcs-server)
     ``Backend``, ``ServerProcess``, ``s3_backend``, ``gcs_backend``,
     ``unique_bucket_name``.
-Cluster sync (``theta-zarr`` outside git)
-    ``SHAPE``, ``CHUNK``, ``Case``, ``local_case``, ``make_case``, ``env_for``, ``tz``,
-    ``model``.
+Cluster sync (``theta-zarr`` outside git) and bucket remotes
+    ``Case`` (a folder, S3 or GCS remote), ``local_case``, ``make_case``; ``SHAPE``,
+    ``CHUNK``, ``env_for``, ``tz``, ``model``.
 torch.distributed checkpoints
     ``run_job`` (``dcp/dcp_worker.py`` as N ranks), ``check_ranks``, ``save_result``,
     ``stored_objects``, ``free_port``.
@@ -152,8 +152,8 @@ def init_bare(path: Path, env: dict[str, str] | None = None) -> Path:
     return path
 
 
-def clone(make_repo, bare: Path, name: str, env: dict[str, str] | None = None,
-          check: bool = True) -> GitRepo:
+def clone(make_repo: Callable[[str], GitRepo], bare: Path, name: str,
+          env: dict[str, str] | None = None, check: bool = True) -> GitRepo:
     """A fresh clone of ``bare`` by a user who ran `git theta-zarr install --global` once
     (``make_repo`` is the fixture); git's result is ``.clone_result``."""
     c = make_repo(name)
@@ -164,12 +164,13 @@ def clone(make_repo, bare: Path, name: str, env: dict[str, str] | None = None,
     return c
 
 
-def file_sha(path) -> str:
+def file_sha(path: Path | str) -> str:
     """sha256 (hex) of a file's bytes: checked-out checkpoints are compared bit for bit."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def commit_checkpoint(repo: GitRepo, message: str, *, shape, name: str = MODEL, **kw) -> str:
+def commit_checkpoint(repo: GitRepo, message: str, *, shape: ModelShape, name: str = MODEL,
+                      **kw) -> str:
     """Write the demo model of ``shape`` (``theta_zarr.demo.write_model``; ``kw`` such as
     ``tuned``/``seed`` go to it) to ``name`` in ``repo``, add and commit it; returns the
     file's sha256."""
@@ -339,7 +340,7 @@ def read(store: ReadThrough, m: Manifest, name: str) -> np.ndarray:
     return np.frombuffer(bytes(out), dtype=by_name(e.dtype).numpy).reshape(e.shape)
 
 
-def rng_arr(seed: int, shape, dtype=np.float32) -> np.ndarray:
+def rng_arr(seed: int, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
     """Standard normal numbers (drawn in float32) in ``dtype``."""
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32).astype(dtype)
 
@@ -367,8 +368,11 @@ def topk_mask(tau: np.ndarray, density: float) -> np.ndarray:
     return np.abs(tau) >= thr
 
 
-def ties_ref(base, tunes, weights, density, lam=1.0, normalize=True, masks=None, taus=None):
-    """TIES (or, given sparsified ``taus``, any sign-consensus merge) in float32."""
+def ties_ref(base: np.ndarray, tunes: list[np.ndarray], weights: list[float], density: float,
+             lam: float = 1.0, normalize: bool = True, masks: list[np.ndarray] | None = None,
+             taus: list[np.ndarray] | None = None) -> np.ndarray:
+    """TIES (or, given sparsified ``taus``, any sign-consensus merge) in float32; the
+    merged tensor, of ``base``'s shape."""
     b, *ms = f32(base, *tunes)
     ws = [np.float32(w) for w in weights]
     if taus is None:
