@@ -21,6 +21,8 @@ Object-storage servers (moto S3, fake-gcs-server)
 Cluster sync (``theta-zarr`` outside git) and bucket remotes
     ``Case`` (a folder, S3 or GCS remote), ``local_case``, ``make_case``; ``SHAPE``,
     ``CHUNK``, ``env_for``, ``tz``, ``model``.
+Processes
+    ``run_python`` (a snippet in a fresh interpreter: signals, exit paths).
 torch.distributed checkpoints
     ``run_job`` (``dcp/dcp_worker.py`` as N ranks), ``check_ranks``, ``save_result``,
     ``stored_objects``, ``free_port``.
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import textwrap
 import threading
 import urllib.error
 import urllib.parse
@@ -162,6 +165,13 @@ def clone(make_repo: Callable[[str], GitRepo], bare: Path, name: str,
     parent.run("git", "theta-zarr", "install", "--global")
     c.clone_result = parent.run("git", "clone", "-q", str(bare), name, env=env, check=check)
     return c
+
+
+def run_python(code: str, cwd: Path | str | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` (dedented) with this interpreter in a process of its own; its output is
+    captured, and a hang ends in TimeoutExpired after 60 s."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
+                          capture_output=True, timeout=60)
 
 
 def file_sha(path: Path | str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import commit_checkpoint, file_sha
+from helpers import commit_checkpoint, file_sha
 
 from theta_zarr.cli import main as cli_main
 

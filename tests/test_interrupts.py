@@ -10,11 +10,7 @@ import sys
 import textwrap
 
 import pytest
-
-
-def run_python(code: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
-                          capture_output=True, timeout=60)
+from helpers import run_python
 
 
 def test_sigint_in_a_thread_pool_ends_the_process_with_one_line():

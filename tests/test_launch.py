@@ -4,7 +4,7 @@ is waited for."""
 
 from __future__ import annotations
 
-from test_interrupts import run_python
+from helpers import run_python
 
 
 def test_a_command_ends_with_its_status_its_output_and_the_exit_functions_run(tmp_path):
