@@ -476,6 +476,8 @@ def materialize(paths: tuple[str, ...], include: tuple[str, ...], output: str | 
     """Rebuild real checkpoints from the manifests a lazy checkout left in the working tree."""
     from .git.materialize import materialize as run
 
+    if output and len(paths) != 1:  # a usage mistake, as the docs say
+        raise click.UsageError("--output needs exactly one PATH")
     check_output(output)
     for line in run(list(paths), list(include) or None, output, force):
         click.echo(line)
@@ -498,6 +500,7 @@ def demo(size: str, keep: str | None) -> None:
 @main.command("help")
 @click.argument("command", nargs=-1)
 @click.pass_context
+@reports_errors
 def help_cmd(ctx: click.Context, command: tuple[str, ...]) -> None:
     """Show help for COMMAND (a subcommand too: 'help remote add'), or list commands."""
     group: click.Command = main

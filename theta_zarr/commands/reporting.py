@@ -42,19 +42,51 @@ class OneLineGroup(click.Group):
              **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
         try:
-            code = super().main(args, prog_name, complete_var, False, **extra)
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+            sys.stdout.flush()  # --version, -h: click printed them itself
+        except click.exceptions.NoArgsIsHelpError as e:  # `theta-zarr` alone: the help
+            click.echo(e.ctx.get_help(), err=True)
+            sys.exit(129)
         except click.UsageError as e:
-            path = e.ctx.command_path if e.ctx is not None else "git theta-zarr"
-            if path.startswith("git-theta-zarr"):  # as git ran it for `git theta-zarr ...`
-                path = "git theta-zarr" + path[len("git-theta-zarr"):]
-            where = f" (see '{path} --help')"
+            where = f" (see '{self._command_path(e.ctx, argv)} --help')"
             fail(" ".join(e.format_message().split()) + where, code=129)
         except click.ClickException as e:
             fail(" ".join(e.format_message().split()), code=e.exit_code)
         except click.Abort:
             fail("aborted", code=130)
+        except BrokenPipeError:  # `theta-zarr --version | true`, as the commands do
+            quiet_stdout()
+            sys.exit(141)
+        except OSError as e:  # a full disk under --version or -h, as the commands say it
+            fail(one_line(e))
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _command_path(self, ctx: click.Context | None, argv: list[str]) -> str:
+        """The command a usage mistake is about, as the user typed it (``git theta-zarr
+        pull``): click gives no context for an option missing its value, so the command
+        names are then taken from the front of ``argv``."""
+        if ctx is not None:
+            path = ctx.command_path
+        else:
+            names, group = [], self
+            for arg in argv:
+                sub = group.commands.get(arg) if isinstance(group, click.Group) else None
+                if sub is None:
+                    break
+                names.append(arg)
+                group = sub
+            path = " ".join([os.path.basename(sys.argv[0]) or "theta-zarr", *names])
+        if path.startswith("git-theta-zarr"):  # as git ran it for `git theta-zarr ...`
+            path = "git theta-zarr" + path[len("git-theta-zarr"):]
+        return path
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null: its reader went away, and what is still buffered must
+    not fail again when the process ends."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def reports_errors(fn: Callable[..., Any] | None = None, *, broken_pipe: int = 141
@@ -76,8 +108,10 @@ def reports_errors(fn: Callable[..., Any] | None = None, *, broken_pipe: int = 1
             return result
         except BrokenPipeError:
             # the reader went away (``... | head``): stop quietly, as git does
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            quiet_stdout()
             sys.exit(broken_pipe)
+        except click.ClickException:
+            raise  # a usage mistake found by the command itself: the group reports it
         except (GitError, *USER_ERRORS) as e:
             fail(one_line(e))
         except KeyboardInterrupt:
