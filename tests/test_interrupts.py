@@ -176,3 +176,27 @@ def test_ctrl_c_while_the_modules_load_is_one_line(argv):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert proc.returncode == 130
     assert proc.stderr == b"theta-zarr: interrupted\n"
+
+
+def test_sigterm_removes_what_an_open_block_would_have_cleaned_up(tmp_path):
+    """``theta-zarr pull -o OUT`` killed by a job's timeout left its partial temporary file
+    next to OUT for good (Ctrl-C removed it), and ``demo`` its temporary repository."""
+    out = tmp_path / "model.safetensors"
+    work = tmp_path / "theta-zarr-demo-x"
+    proc = run_python(f"""
+        import os, signal
+        from theta_zarr import interrupts
+        from theta_zarr.streams import write_atomic
+        interrupts.install(signals=(signal.SIGTERM,))
+        os.makedirs({str(work / "repo")!r})
+        def partial(f):
+            f.write(b"half a checkpoint")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGTERM)
+        with interrupts.removed_on_signal({str(work)!r}):
+            write_atomic({str(out)!r}, partial)
+        print("unreachable")
+    """)
+    assert proc.returncode == 143 and proc.stdout == b""
+    assert proc.stderr.decode() == "theta-zarr: terminated (SIGTERM)\n"
+    assert list(tmp_path.iterdir()) == []

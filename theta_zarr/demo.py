@@ -8,6 +8,7 @@ and the benchmarks all build their models here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import interrupts
 
 BLOCK_ELEMS = 1 << 22
 
@@ -145,58 +148,61 @@ def run_demo(size: int, keep: str | None, echo: Callable[[str], None] = print) -
             raise RuntimeError(f"git theta-zarr {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
 
-    try:
-        git("init", "-q", "-b", "main")
-        git("config", "user.name", "theta-zarr demo")
-        git("config", "user.email", "demo@theta-zarr.invalid")
-        tz("install")
-        tz("track", "*.safetensors")
-        shape = shape_for_size(size)
-        model = os.path.join(work, "model.safetensors")
-        file_size = write_model(model, shape)
-        with open(model, "rb") as f:
-            base_hash = _file_digest(f)
-        echo(f"repo: {work}" if keep else
-             "repo: a temporary folder, removed at the end (--keep DIR keeps it)")
-        echo(f"model: hidden={shape.hidden} layers={shape.layers} vocab={shape.vocab}, "
-             f"{len(shape.tensors())} tensors, {human(file_size)} (bf16 safetensors)")
-        objects = os.path.join(git("rev-parse", "--git-common-dir").strip(), "theta-zarr")
-        objects = os.path.join(work, objects) if not os.path.isabs(objects) else objects
+    # a SIGTERM (a job's timeout) ends the process at once: the folder goes then too
+    removal = interrupts.removed_on_signal(work) if keep is None else contextlib.nullcontext()
+    with removal:
+        try:
+            git("init", "-q", "-b", "main")
+            git("config", "user.name", "theta-zarr demo")
+            git("config", "user.email", "demo@theta-zarr.invalid")
+            tz("install")
+            tz("track", "*.safetensors")
+            shape = shape_for_size(size)
+            model = os.path.join(work, "model.safetensors")
+            file_size = write_model(model, shape)
+            with open(model, "rb") as f:
+                base_hash = _file_digest(f)
+            echo(f"repo: {work}" if keep else
+                 "repo: a temporary folder, removed at the end (--keep DIR keeps it)")
+            echo(f"model: hidden={shape.hidden} layers={shape.layers} vocab={shape.vocab}, "
+                 f"{len(shape.tensors())} tensors, {human(file_size)} (bf16 safetensors)")
+            objects = os.path.join(git("rev-parse", "--git-common-dir").strip(), "theta-zarr")
+            objects = os.path.join(work, objects) if not os.path.isabs(objects) else objects
 
-        t = time.perf_counter()
-        git("add", ".gitattributes", "model.safetensors")
-        git("commit", "-q", "-m", "base model")
-        t_base = time.perf_counter() - t
-        n1, b1 = dir_bytes(os.path.join(objects, "objects"))
-        echo(f"commit base:  {t_base:6.2f} s  stored {n1} objects, {human(b1)}")
+            t = time.perf_counter()
+            git("add", ".gitattributes", "model.safetensors")
+            git("commit", "-q", "-m", "base model")
+            t_base = time.perf_counter() - t
+            n1, b1 = dir_bytes(os.path.join(objects, "objects"))
+            echo(f"commit base:  {t_base:6.2f} s  stored {n1} objects, {human(b1)}")
 
-        tuned = shape.layer_names(0) + shape.layer_names(shape.layers - 1)
-        write_model(model, shape, tuned=tuned)
-        t = time.perf_counter()
-        git("add", "model.safetensors")
-        git("commit", "-q", "-m", "fine-tune first and last layer")
-        t_tune = time.perf_counter() - t
-        n2, b2 = dir_bytes(os.path.join(objects, "objects"))
-        echo(f"commit tuned: {t_tune:6.2f} s  new {n2 - n1} objects, {human(b2 - b1)} "
-             f"(the two tuned layers hold {human(tensor_bytes(shape, tuned))})")
-        blob = git("cat-file", "-s", "HEAD:model.safetensors").strip()
-        echo(f"git stores a {blob}-byte manifest per version instead of {human(file_size)}")
+            tuned = shape.layer_names(0) + shape.layer_names(shape.layers - 1)
+            write_model(model, shape, tuned=tuned)
+            t = time.perf_counter()
+            git("add", "model.safetensors")
+            git("commit", "-q", "-m", "fine-tune first and last layer")
+            t_tune = time.perf_counter() - t
+            n2, b2 = dir_bytes(os.path.join(objects, "objects"))
+            echo(f"commit tuned: {t_tune:6.2f} s  new {n2 - n1} objects, {human(b2 - b1)} "
+                 f"(the two tuned layers hold {human(tensor_bytes(shape, tuned))})")
+            blob = git("cat-file", "-s", "HEAD:model.safetensors").strip()
+            echo(f"git stores a {blob}-byte manifest per version instead of {human(file_size)}")
 
-        t = time.perf_counter()
-        git("checkout", "HEAD~1", "--", "model.safetensors")
-        t_co = time.perf_counter() - t
-        with open(model, "rb") as f:
-            same = _file_digest(f) == base_hash
-        # The working tree must match the index exactly: clean(smudge(m)) == m.
-        unstaged = git("diff", "--name-only").strip()
-        echo(f"checkout HEAD~1: {t_co:6.2f} s  bit-exact: {'yes' if same else 'NO'}  "
-             f"working tree: {'clean' if unstaged == '' else 'MODIFIED ' + unstaged}")
-        if not same or unstaged:
-            raise RuntimeError("the checked-out model differs from the committed one")
-        echo(tz("ls-files").rstrip())
-    finally:
-        if keep is None:
-            shutil.rmtree(work, ignore_errors=True)
+            t = time.perf_counter()
+            git("checkout", "HEAD~1", "--", "model.safetensors")
+            t_co = time.perf_counter() - t
+            with open(model, "rb") as f:
+                same = _file_digest(f) == base_hash
+            # The working tree must match the index exactly: clean(smudge(m)) == m.
+            unstaged = git("diff", "--name-only").strip()
+            echo(f"checkout HEAD~1: {t_co:6.2f} s  bit-exact: {'yes' if same else 'NO'}  "
+                 f"working tree: {'clean' if unstaged == '' else 'MODIFIED ' + unstaged}")
+            if not same or unstaged:
+                raise RuntimeError("the checked-out model differs from the committed one")
+            echo(tz("ls-files").rstrip())
+        finally:
+            if keep is None:
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def _file_digest(f) -> str:

@@ -14,20 +14,24 @@ shell report it) after one ``theta-zarr: interrupted`` line; only inside
 manager) and SIGHUP (the terminal closed) are handled the same way, with exit status
 128 + the signal's number: by default they end the process on the spot, lock or not, and
 a left ``index.lock`` stops every later git command; the CLI installs those two only.
-Without :func:`install` (library use) :func:`deferred` does nothing and Ctrl-C is a
-KeyboardInterrupt as usual.
+What a :func:`removed_on_signal` block has open (a temporary file next to a pulled file,
+the demo's repository) is removed before the process ends, as the block's own cleanup
+would on Ctrl-C. Without :func:`install` (library use) :func:`deferred` does nothing and
+Ctrl-C is a KeyboardInterrupt as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
 _lock = threading.RLock()  # the handler runs in the main thread, perhaps inside deferred
 _depth = 0  # deferred sections open, in any thread
+_litter: dict[int, str] = {}  # what removed_on_signal blocks have open: removed on a signal
 _pending = 0  # the signal that arrived inside one (0: none)
 _note: Callable[[], str] | None = None  # what the line adds (files left lazy...)
 _installed = False
@@ -78,7 +82,31 @@ def _on_signal(signum: int, frame: object) -> None:
     _leave(signum)
 
 
+@contextlib.contextmanager
+def removed_on_signal(path: str) -> Iterator[None]:
+    """While the block runs, a signal that ends the process removes ``path`` first (a
+    file, or a folder and what it holds): the temporary file or folder the block's own
+    cleanup would remove on an error or a Ctrl-C, which a SIGTERM (a job's timeout) would
+    otherwise leave behind, next to the user's files."""
+    token = object()
+    _litter[id(token)] = path
+    try:
+        yield
+    finally:
+        _litter.pop(id(token), None)
+
+
+def _remove_litter() -> None:
+    for path in list(_litter.values()):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 def _leave(signum: int) -> None:
+    _remove_litter()
     extra = ""
     if _note is not None:
         with contextlib.suppress(Exception):

@@ -4,7 +4,8 @@ without the CLI.
 git starts ``git-theta-zarr filter-process`` in every command that may clean or
 smudge; it goes straight to the handshake (``git.filter_start``) without loading
 click or the commands.  Everything else is the click group in ``cli``, with SIGTERM and
-SIGHUP handled as Ctrl-C (``interrupts``) and the same quick exit as the filter's.
+SIGHUP ending it in one line once git's index lock is free (``interrupts``), and the same
+quick exit as the filter's.
 """
 
 from __future__ import annotations

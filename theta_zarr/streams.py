@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from . import interrupts
+
 ReadInto = Callable[[memoryview], int]
 
 
@@ -44,7 +46,7 @@ def write_atomic(dest: str, write: Callable[[BinaryIO], object]) -> None:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
     try:
-        with named(dest):
+        with named(dest), interrupts.removed_on_signal(tmp):
             with os.fdopen(fd, "wb") as out:
                 write(out)
             umask = os.umask(0)
