@@ -229,6 +229,19 @@ def test_fsck_reports_every_unreadable_ref_and_goes_on(repo, shared):
     assert "missing object" in out  # found after the unreadable refs
 
 
+def test_ls_lists_every_ref_and_fails_when_one_cannot_be_read(repo, shared, tmp_path):
+    """``ls`` exited 0 with a row reading "error: ... not a theta-zarr ref": a job picking
+    the newest ref to resume from took the listing for good."""
+    env = env_for(shared, tmp_path)
+    proc = tz(["ls", shared.url], env, check=False)
+    rows = proc.stdout.decode().splitlines()
+    assert [r.split("\t")[0] for r in rows] == ["garbage", "good", "has space"]
+    assert ["error: " in r for r in rows] == [True, False, True]
+    _one_line(proc, "2 refs of 3 could not be read", "'error:'")
+    assert proc.returncode == 1
+    assert tz(["ls", shared.url, "good"], env).returncode == 0
+
+
 def test_gc_keeps_every_manifest_when_a_ref_cannot_be_read(repo, shared):
     before = {p for p in Path(shared.url).rglob("*") if p.is_file()}
     proc = repo.tz("gc", "--remote", "shared", "--grace", "0")

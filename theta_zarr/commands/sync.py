@@ -223,7 +223,8 @@ def register(main: click.Group) -> None:
         """Refs of REMOTE (under PREFIX): time, raw size, stored size, parameters, digest."""
         from .. import sync
 
-        for row in sync.ls(open_sync_remote(remote_arg, options), prefix):
+        rows = sync.ls(open_sync_remote(remote_arg, options), prefix)
+        for row in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.mtime)) \
                 if row.mtime else "-"
             if row.error:
@@ -233,6 +234,11 @@ def register(main: click.Group) -> None:
             click.echo(f"{row.name}\t{when}\t{human(row.nbytes)}\t"
                        f"{human(row.stored)} stored\t{row.params} params"
                        f"{files}\t{row.digest[:19]}")
+        bad = sum(1 for row in rows if row.error)
+        if bad:  # every ref is listed, but a script must not take a broken one for the newest
+            sys.stdout.flush()
+            fail(f"{counted(bad, 'ref')} of {len(rows)} could not be read: the rows "
+                 "marked 'error:'")
 
     @main.command("diff-refs")
     @click.argument("remote_arg", metavar="REMOTE")
