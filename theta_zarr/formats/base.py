@@ -204,7 +204,6 @@ class Format(ABC):
         None by default."""
         return []
 
-
     def layout(self, manifest: Manifest) -> list[bytes | ParamEntry] | None:
         """The rebuilt file as segments in file order, or None (the default).
 
