@@ -15,7 +15,14 @@ from typing import Any
 import click
 
 from .commands.options import check_output, remote_options
-from .commands.reporting import OneLineGroup, fail, quote_path, reports_errors, say
+from .commands.reporting import (
+    OneLineGroup,
+    fail,
+    leading_commands,
+    quote_path,
+    reports_errors,
+    say,
+)
 from .logs import setup_logging
 from .redact import redact
 from .wording import counted, human
@@ -499,19 +506,13 @@ def demo(size: str, keep: str | None) -> None:
 
 @main.command("help")
 @click.argument("command", nargs=-1)
-@click.pass_context
 @reports_errors
-def help_cmd(ctx: click.Context, command: tuple[str, ...]) -> None:
+def help_cmd(command: tuple[str, ...]) -> None:
     """Show help for COMMAND (a subcommand too: 'help remote add'), or list commands."""
-    group: click.Command = main
-    names = []
-    for name in command:
-        sub = group.get_command(ctx, name) if isinstance(group, click.Group) else None
-        if sub is None:
-            fail(f"no such command: {' '.join([*names, name])} "
-                 "(see 'git theta-zarr help')", code=1)
-        names.append(name)
-        group = sub
+    names, group = leading_commands(main, command)
+    if len(names) < len(command):
+        fail(f"no such command: {' '.join(command[:len(names) + 1])} "
+             "(see 'git theta-zarr help')", code=1)
     info = " ".join(["git theta-zarr", *names])
     # main's context settings (-h as well as --help), as 'COMMAND --help' shows them
     click.echo(group.get_help(click.Context(group, info_name=info, **main.context_settings)))

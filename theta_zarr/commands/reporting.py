@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 import click
@@ -70,17 +70,25 @@ class OneLineGroup(click.Group):
         if ctx is not None:
             path = ctx.command_path
         else:
-            names, group = [], self
-            for arg in argv:
-                sub = group.commands.get(arg) if isinstance(group, click.Group) else None
-                if sub is None:
-                    break
-                names.append(arg)
-                group = sub
+            names = leading_commands(self, argv)[0]
             path = " ".join([os.path.basename(sys.argv[0]) or "theta-zarr", *names])
         if path.startswith("git-theta-zarr"):  # as git ran it for `git theta-zarr ...`
             path = "git theta-zarr" + path[len("git-theta-zarr"):]
         return path
+
+
+def leading_commands(group: click.Command, words: Iterable[str]
+                     ) -> tuple[list[str], click.Command]:
+    """The words at the front of ``words`` that name commands nested in ``group``, and
+    the command the last of them names (``group`` itself when none does)."""
+    names: list[str] = []
+    for word in words:
+        sub = group.commands.get(word) if isinstance(group, click.Group) else None
+        if sub is None:
+            break
+        names.append(word)
+        group = sub
+    return names, group
 
 
 def quiet_stdout() -> None:

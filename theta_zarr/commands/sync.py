@@ -460,7 +460,8 @@ def register(main: click.Group) -> None:
                 "--shared-cache collects it too")
         result = gc.collect(cache, roots, grace_s, remote, dry_run,
                             keep_cache=keep_cache)
-        stale = StatCache(repo.git_dir).prune(repo.top, dry_run)
+        stat_records = StatCache(repo.git_dir)
+        stale = stat_records.prune(repo.top, dry_run)
         for problem in result.problems:
             say(f"warning: {problem}; every manifest on the remote is kept")
         if result.restored:
@@ -475,7 +476,7 @@ def register(main: click.Group) -> None:
                        f"{sweep.nbytes} bytes) from {sweep.where}")
         if stale:
             click.echo(f"{verb} {stale} stale stat record(s) (of files gone or changed) from "
-                       f"{StatCache(repo.git_dir).root}")
+                       f"{stat_records.root}")
         if repack:
             depth = settings.delta_policy.max_depth if repack_depth is None else repack_depth
             done = gc.repack(remote.objects, depth, dry_run)
