@@ -306,7 +306,8 @@ def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
     table = StrategyTable(config_rules(repo))
     objects = read_through(repo)
     shard = base or Manifest(dict(ours.format), {})
-    if moved_names(shard, [ours, theirs]) and ever_indexed(repo, path):
+    moved = moved_names(shard, [ours, theirs])
+    if moved and ever_indexed(repo, path):
         # a shard a re-save filled with tensors of another shard: their base is there, in
         # the revision holding this base (a shard file new on both sides: the merge base)
         if base is None:
@@ -315,7 +316,7 @@ def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
             blob = repo.git("hash-object", "--no-filters", "--",
                             os.path.abspath(base_file)).decode().strip()
             rev = side_of_blob(repo, path, blob, merge_bases(repo))
-        base = with_moved_base(repo, path, shard, [ours, theirs], rev, objects)
+        base = with_moved_base(repo, path, shard, moved, rev, objects)
     merged, p = merge_manifests(base, ours, theirs, table, objects, repo.settings().workers,
                                 path)
     if merged is None:

@@ -150,8 +150,9 @@ def _merge_file(repo: Repo, path: str, tracked: bool, labels: list[str],
                                                                         strict=True)]
     base_m = _manifest(repo, b[1], f"{base[:10]}:{path}") if b is not None else None
     shard = base_m or Manifest(dict(manifests[0].format), {})
-    if moved_names(shard, manifests):  # a shard a re-save filled with another's tensors
-        base_m = with_moved_base(repo, path, shard, manifests, base, objects, labels[0])
+    moved = moved_names(shard, manifests)
+    if moved:  # a shard a re-save filled with another's tensors
+        base_m = with_moved_base(repo, path, shard, moved, base, objects, labels[0])
     try:
         merged, p = merge_models(base_m, manifests, labels, table, objects, workers, path)
     except MergeError as e:

@@ -278,17 +278,17 @@ def moved_names(base: Manifest, sides: Sequence[Manifest]) -> list[str]:
             if n not in base.params and all(n in s.params for s in sides[1:])]
 
 
-def with_moved_base(repo: Repo, path: str, base: Manifest, sides: Sequence[Manifest],
+def with_moved_base(repo: Repo, path: str, base: Manifest, moved: list[str],
                     rev: object | None, objects=None, holder: object = "HEAD") -> Manifest:
-    """``base`` (shard ``path`` at ``rev``) with the base version of every parameter each
-    side holds in ``path`` but ``base`` lacks: a re-save (``save_pretrained``) moved it
-    there from another shard of the model at ``rev``.  Without it such a parameter looked
-    added on every side, and a value strategy combined the sides with no base (one side's
-    fine-tune averaged with the other's untouched copy).  ``base`` as it is when ``path``
-    is no shard of a model at ``rev`` or ``rev`` is None.  A shard file the re-save
-    added has an empty ``base`` (the sides' format, as a plan without a base takes), and
-    its model is found on ``holder``, a side that holds it (ours)."""
-    moved = moved_names(base, sides)
+    """``base`` (shard ``path`` at ``rev``) with the base version of each parameter in
+    ``moved`` (:func:`moved_names`: every side holds it in ``path``, ``base`` lacks it): a
+    re-save (``save_pretrained``) moved it there from another shard of the model at
+    ``rev``.  Without it such a parameter looked added on every side, and a value
+    strategy combined the sides with no base (one side's fine-tune averaged with the
+    other's untouched copy).  ``base`` as it is when ``path`` is no shard of a model at
+    ``rev`` or ``rev`` is None.  A shard file the re-save added has an empty ``base``
+    (the sides' format, as a plan without a base takes), and its model is found on
+    ``holder``, a side that holds it (ours)."""
     if not moved or rev is None:
         return base
     key = model_keys(repo, path, rev, {}) or model_keys(repo, path, holder, {})
