@@ -36,13 +36,11 @@ import concurrent.futures as cf
 import datetime as _dt
 import os
 import platform
-import queue
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -51,13 +49,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "model.safetensors"
 LOAD: list[str] = []
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-          "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-GCS_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "FSSPEC_GS_TOKEN": "anon",
-           "GCSFS_DEFAULT_PROJECT": "test", "NO_GCE_CHECK": "true"}
 # gcsfs reads this once, at import: set before anything imports it
-os.environ.update({k: v for k, v in GCS_ENV.items() if k == "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"})
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+from helpers import ServerProcess, gcs_backend, s3_backend  # noqa: E402
 from report import human, rate, write_section  # noqa: E402
 
 from theta_zarr import codecs  # noqa: E402
@@ -88,32 +84,15 @@ def log(msg: str) -> None:
 
 
 # -- servers ------------------------------------------------------------------------------
-class Server:
-    """``backends/<kind>/serve`` as a subprocess; the endpoint is its first stdout line."""
+class Server(ServerProcess):
+    """``backends/<kind>/serve`` holding ``buckets``, started as the tests start it, with the
+    environment that reaches it (the tests' ``Backend``)."""
 
-    def __init__(self, kind: str, buckets: list[str], tmp: str):
+    def __init__(self, kind: str, buckets: list[str]):
+        super().__init__(kind, [arg for b in buckets for arg in ("--bucket", b)])
         self.kind = kind
-        self.scheme = "s3" if kind == "s3" else "gs"
-        self._err = open(os.path.join(tmp, f"{kind}-server.log"), "wb")
-        args = [sys.executable, str(REPO_ROOT / "backends" / kind / "serve"), "--port", "0"]
-        for b in buckets:
-            args += ["--bucket", b]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._err, text=True)
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()),
-                         daemon=True).start()
-        try:
-            line = lines.get(timeout=120).strip()
-        except queue.Empty:
-            line = ""
-        if not line.startswith("http"):
-            self.stop()
-            raise RuntimeError(f"backends/{kind}/serve printed no endpoint (got {line!r}); "
-                               f"see {self._err.name}")
-        self.endpoint = line
-        self.env = dict(S3_ENV) if kind == "s3" else {**GCS_ENV,
-                                                      "STORAGE_EMULATOR_HOST": line}
+        backend = (s3_backend if kind == "s3" else gcs_backend)(self.endpoint)
+        self.scheme, self.env = backend.scheme, dict(backend.env)
 
     def url(self, bucket: str, prefix: str = "models") -> str:
         return f"{self.scheme}://{bucket}/{prefix}"
@@ -128,18 +107,6 @@ class Server:
         except OSError:
             pass
         return 0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self._err.close()
 
 
 def raw_fs(server: Server, url: str, concurrency: int = DEFAULT_CONCURRENCY):
@@ -281,7 +248,7 @@ def run_backend(kind: str, model: str, file_size: int, shape, work: str, base_en
     res = Result(kind)
     tag = uuid.uuid4().hex[:12]
     buckets = {name: f"tz-{name}-{tag}" for name in ("auto", "raw", "basez", "baser")}
-    server = Server(kind, list(buckets.values()), work)
+    server = Server(kind, list(buckets.values()))
     try:
         env = {**base_env, **server.env}
         os.environ.update(server.env)
