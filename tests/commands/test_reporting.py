@@ -29,11 +29,13 @@ def test_help_and_version_to_a_full_disk_is_one_line(repo, args):
     assert proc.stderr.decode() == "theta-zarr: [Errno 28] No space left on device\n"
 
 
-def test_help_into_a_closed_pipe_ends_quietly_with_141(repo):
+@pytest.mark.parametrize("args", [["help", "ls"], ["--version"], ["-h"], ["ls", "-h"],
+                                  ["remote", "add", "-h"]])
+def test_help_into_a_closed_pipe_ends_quietly_with_141(repo, args):
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = run_to(repo, write, "help", "ls")
+        proc = run_to(repo, write, *args)
     finally:
         os.close(write)
     assert (proc.returncode, proc.stderr) == (141, b"")

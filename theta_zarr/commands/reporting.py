@@ -32,6 +32,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+class StdoutClosed(Exception):
+    """stdout's reader went away while click parsed or ran a command (not an ``OSError``,
+    which click's main would turn into a silent exit 1)."""
+
+
 class OneLineGroup(click.Group):
     """The command group: a usage mistake (unknown command or option, a bad value) is one
     ``theta-zarr:`` line naming the help to read, exit status 129 as git's own commands
@@ -56,12 +61,26 @@ class OneLineGroup(click.Group):
             fail(" ".join(e.format_message().split()), code=e.exit_code)
         except click.Abort:
             fail("aborted", code=130)
-        except BrokenPipeError:  # `theta-zarr --version | true`, as the commands do
+        except (BrokenPipeError, StdoutClosed):  # `theta-zarr --version | true`, as git
             quiet_stdout()
             sys.exit(141)
         except OSError as e:  # a full disk under --version or -h, as the commands say it
             fail(one_line(e))
         sys.exit(code if isinstance(code, int) else 0)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        # --version and -h print while their option is parsed, inside click's own main,
+        # which turns a closed stdout into a silent exit 1
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError as e:
+            raise StdoutClosed from e
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:  # a subcommand's -h, parsed here
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise StdoutClosed from e
 
     def _command_path(self, ctx: click.Context | None, argv: list[str]) -> str:
         """The command a usage mistake is about, as the user typed it (``git theta-zarr
