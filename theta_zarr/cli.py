@@ -387,12 +387,16 @@ def remote_remove(name: str, shared: bool) -> None:
 @click.argument("url", required=False)
 @reports_errors
 def pre_push_cmd(remote_name: str, url: str | None) -> None:
-    """Run by the pre-push hook: upload the chunks the pushed commits need."""
+    """Run by the pre-push hook: upload the chunks the pushed commits need (nothing under
+    ``git push --dry-run``, which runs the hook too: the process tree tells)."""
+    from .git.parent import parent_git, push_is_dry_run
     from .git.push import pre_push
     from .git.repo import Repo
 
     lines = [ln for ln in sys.stdin.read().splitlines() if ln.strip()]
-    pre_push(Repo.discover(), remote_name, lines, url)
+    git = parent_git()
+    dry_run = git is not None and git[0] == "push" and push_is_dry_run(git[1])
+    pre_push(Repo.discover(), remote_name, lines, url, dry_run=dry_run)
 
 
 def _finish_pending(args: tuple[str, ...]) -> None:
@@ -414,10 +418,14 @@ for _hook in ("post-checkout", "post-merge"):
 @click.argument("remote_name", required=False)
 @click.argument("refs", nargs=-1)
 @click.option("--all", "all_refs", is_flag=True, help="every local branch and tag")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="say how many chunks REMOTE lacks and their size; upload nothing")
 @reports_errors
-def push_cmd(remote_name: str | None, refs: tuple[str, ...], all_refs: bool) -> None:
+def push_cmd(remote_name: str | None, refs: tuple[str, ...], all_refs: bool,
+             dry_run: bool) -> None:
     """Upload the chunks of git commits: those reachable from REFS (default HEAD) that
-    REMOTE lacks.  (To publish a checkpoint without git: 'theta-zarr publish'.)"""
+    REMOTE lacks.  (To publish a checkpoint without git: 'theta-zarr publish'.)
+    'git push --dry-run' uploads nothing either."""
     from .git.push import push_manifests
     from .git.remotes import manifests_in_range, require
     from .git.repo import Repo
@@ -429,7 +437,7 @@ def push_cmd(remote_name: str | None, refs: tuple[str, ...], all_refs: bool) -> 
     if not manifests:
         click.echo("theta-zarr: nothing to push (no tracked checkpoints in those commits)")
         return
-    push_manifests(repo, spec, manifests, (include, []))
+    push_manifests(repo, spec, manifests, (include, []), dry_run=dry_run)
 
 
 @main.command("fetch")

@@ -297,3 +297,20 @@ def test_pre_push_falls_back_to_the_default_theta_remote(repo, remote_case, tmp_
     m = commit_model(repo, "base")
     repo.git("push", "-q", "origin", "main")
     assert remote_case.objects().missing(m.digests()) == set()
+
+
+@pytest.mark.parametrize("how", [("git", "push", "--dry-run"), ("git", "push", "-fn"),
+                                 ("git", "push", "--dry"), ("tz", "push", "-n")])
+def test_a_dry_run_push_says_what_it_would_upload_and_uploads_nothing(repo, tmp_path, how):
+    case = local_case(tmp_path)
+    bare = setup_origin(repo, case, tmp_path)
+    m = commit_model(repo, "base")
+    tool, *args = how
+    run = repo.git if tool == "git" else repo.tz
+    out = run(*args, "origin", *(["main"] if tool == "git" else [])).stderr.decode()
+    assert f"dry run: would upload {len(m.digests())} objects to origin" in out
+    assert "nothing uploaded" in out
+    assert case.objects().missing(m.digests()) == m.digests()
+    assert repo.git("ls-remote", str(bare)).stdout == b""  # git's own dry run, too
+    repo.git("push", "-q", "origin", "main")  # the real push uploads them all
+    assert case.objects().missing(m.digests()) == set()

@@ -138,6 +138,8 @@ def register(main: click.Group) -> None:
     @main.command("push", help=git_push.help, short_help=git_push.short_help)
     @click.argument("args", nargs=-1, metavar="[REMOTE] [REFS]...")
     @click.option("--all", "all_refs", is_flag=True, help="every local branch and tag")
+    @click.option("-n", "--dry-run", is_flag=True,
+                  help="say how many chunks REMOTE lacks and their size; upload nothing")
     @click.option("--ref", default=None, hidden=True)
     @click.option("--force", is_flag=True, hidden=True)
     @click.option("--base-ref", default=None, hidden=True)
@@ -150,7 +152,8 @@ def register(main: click.Group) -> None:
     @click.option("--cache", "cache_dir", default=None, hidden=True)
     @click.pass_context
     @reports_errors
-    def push(ctx: click.Context, args: tuple[str, ...], all_refs: bool, ref: str | None,
+    def push(ctx: click.Context, args: tuple[str, ...], all_refs: bool, dry_run: bool,
+             ref: str | None,
              force: bool, base_ref: str | None, shard: bool, shard_name: str | None,
              combine_: bool, expect: int | None, options: tuple[str, ...],
              cache_dir: str | None, chunk_size: str) -> None:
@@ -161,8 +164,11 @@ def register(main: click.Group) -> None:
                 raise ValueError("--combine, --shard, --force and remote options belong to "
                                  "'theta-zarr publish' / 'theta-zarr combine'")
             ctx.invoke(git_push, remote_name=args[0] if args else None,
-                       refs=tuple(args[1:]), all_refs=all_refs)
+                       refs=tuple(args[1:]), all_refs=all_refs, dry_run=dry_run)
             return
+        if dry_run:
+            raise ValueError("--dry-run is for the chunks of git commits; 'push --ref' "
+                             "moved to 'theta-zarr publish'")
         extra = [f"--remote-option {o}" for o in options]
         if combine_:
             if len(args) != 1:

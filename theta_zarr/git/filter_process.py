@@ -34,6 +34,7 @@ from . import lfs as git_lfs
 from .direct import WORKTREE_COMMANDS, Pending, lazy_note, write_repairing
 from .hooks import CommittedHooks, ensure_hooks
 from .index import GitIndex, IndexUnsupported
+from .parent import parent_git
 from .pending import Record
 from .pktline import PktReader, PktWriter, ProtocolError
 from .push import read_through
@@ -438,38 +439,13 @@ CLEANS_WORKTREE = frozenset({"add", "commit", "status", "diff", "stash", "update
 #: textconv, which work from the manifest (the blob itself), so rebuilding is waste.
 READ_ONLY_COMMANDS = frozenset({"diff", "log", "show", "whatchanged", "format-patch",
                                 "range-diff", "blame", "grep", "difftool"})
-_GIT_OPTIONS_WITH_VALUE = frozenset({"-c", "-C", "--git-dir", "--work-tree", "--namespace",
-                                     "--config-env", "--exec-path"})
 
 
 def parent_git_command() -> str | None:
-    """The subcommand of the git process that started this filter, if it can be told.
-
-    git says nothing in the filter protocol about why it smudges; on Linux the
-    process tree says it (git may start the filter through ``sh -c``).
-    """
-    pid = os.getppid()
-    for _ in range(4):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return None
-        if argv and os.path.basename(argv[0]) == "git":
-            i = 1
-            while i < len(argv):
-                arg = argv[i]
-                if arg in _GIT_OPTIONS_WITH_VALUE:
-                    i += 2
-                elif arg.startswith("-"):
-                    i += 1
-                else:
-                    return arg
-            return None
-        pid = ppid
-    return None
+    """The subcommand of the git process that started this filter, if it can be told
+    (git may start the filter through ``sh -c``)."""
+    found = parent_git()
+    return found[0] if found else None
 
 
 def _size(path: str) -> int | None:

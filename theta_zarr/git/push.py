@@ -15,16 +15,19 @@ from ..remote import (
     push_objects,
 )
 from ..settings import Settings
+from ..wording import counted
 from .files import read_blobs, small_blobs
 from .install import DRIVER
 from .remotes import for_git_remote, manifests_in_range, require, resolve
 from .repo import GitError, Repo
 
 
-def pre_push(repo: Repo, remote_name: str, lines: list[str], url: str | None = None
-             ) -> TransferStats | None:
+def pre_push(repo: Repo, remote_name: str, lines: list[str], url: str | None = None,
+             dry_run: bool = False) -> TransferStats | None:
     """Upload what the pushed commits need; git passes ``<lref> <lsha> <rref> <rsha>`` lines,
-    and the remote's name (its URL for an unnamed remote) and ``url``."""
+    and the remote's name (its URL for an unnamed remote) and ``url``.  ``dry_run`` (the
+    hook's ``git push`` was given ``-n``/``--dry-run``): say what would be uploaded, upload
+    nothing."""
     include, exclude = [], [f"--remotes={remote_name}"]
     for line in lines:
         parts = line.split()
@@ -46,7 +49,7 @@ def pre_push(repo: Repo, remote_name: str, lines: list[str], url: str | None = N
                           "remote of that NAME, or set theta-zarr.default-remote")
     spec, why = found if found is not None else (require(repo, remote_name), "")
     return push_manifests(repo, spec, manifests, (include, exclude),
-                          f"git remote {remote_name!r} -> {why}" if why else "")
+                          f"git remote {remote_name!r} -> {why}" if why else "", dry_run)
 
 
 def _is_commit(repo: Repo, sha: str) -> bool:
@@ -58,24 +61,48 @@ def _is_commit(repo: Repo, sha: str) -> bool:
 
 
 def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
-                   commits: tuple[list[str], list[str]] | None = None, why: str = ""
-                   ) -> TransferStats:
+                   commits: tuple[list[str], list[str]] | None = None, why: str = "",
+                   dry_run: bool = False) -> TransferStats | None:
     """Upload the chunks of ``manifests``; ``commits`` (include, exclude) names the commit
     range they came from, whose first-parent changes give the delta bases.  The summary
-    line names the remote (and ``why`` it was chosen) on every push."""
+    line names the remote (and ``why`` it was chosen) on every push.  ``dry_run``: check the
+    remote as a push does, ask it which chunks it lacks and say so; returns None then.
+
+    Raises MissingObjectError when a chunk to upload is in neither the cache nor the
+    remote (a dry run says so in its line instead)."""
     settings = repo.settings()
     cache = checkpoint.open_cache(settings)
     remote = open_remote(spec, settings.concurrency, need="write")
     digests = set().union(*(m.digests() for m in manifests))
+    where = f"to {spec.name} ({remote.url}{'; ' + why if why else ''})"
+    if dry_run:
+        print(f"theta-zarr: {_dry_run_line(cache, remote, manifests, digests, where)}",
+              file=sys.stderr)
+        return None
     elems: dict[str, int] = {}
     for m in manifests:
         elems.update(m.itemsizes())
     policy = settings.delta_policy
     bases = parent_bases(repo, *commits) if commits and policy.enabled else None
     stats = push_objects(cache, remote, digests, bases, policy, elems)
-    where = f"to {spec.name} ({remote.url}{'; ' + why if why else ''})"
     print(f"theta-zarr: {stats.summary('uploaded', where)}", file=sys.stderr)
     return stats
+
+
+def _dry_run_line(cache, remote, manifests: list[Manifest], digests: set[str],
+                  where: str) -> str:
+    """What a push would upload: objects the remote lacks and their raw size."""
+    lacking = remote.missing(digests)
+    sizes = {d: m.params[name].chunk_nbytes(i)
+             for m in manifests for name, i, d in m.iter_chunks() if d in lacking}
+    absent = cache.missing(lacking)
+    line = (f"dry run: would upload {counted(len(lacking), 'object')} {where}: "
+            f"{sum(sizes.values()) / 1e6:.1f} MB raw; {len(digests) - len(lacking)} "
+            "already there; nothing uploaded")
+    if absent:
+        line += (f"; {len(absent)} of them are in neither the cache nor the remote (first: "
+                 f"{sorted(absent)[0]}), so the push would fail")
+    return line
 
 
 def read_through(repo: Repo, name: str | None = None, cache=None,
