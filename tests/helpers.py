@@ -22,7 +22,8 @@ Cluster sync (``theta-zarr`` outside git) and bucket remotes
     ``Case`` (a folder, S3 or GCS remote), ``local_case``, ``make_case``; ``SHAPE``,
     ``CHUNK``, ``env_for``, ``tz``, ``model``.
 Processes
-    ``run_python`` (a snippet in a fresh interpreter: signals, exit paths).
+    ``run_python`` (a snippet in a fresh interpreter: signals, exit paths), ``on_terminal``
+    (a command on a pseudo-terminal: progress bars).
 torch.distributed checkpoints
     ``run_job`` (``dcp/dcp_worker.py`` as N ranks), ``check_ranks``, ``save_result``,
     ``stored_objects``, ``free_port``.
@@ -172,6 +173,36 @@ def run_python(code: str, cwd: Path | str | None = None) -> subprocess.Completed
     captured, and a hang ends in TimeoutExpired after 60 s."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd,
                           capture_output=True, timeout=60)
+
+
+def on_terminal(args: list[str], cwd: Path, env: dict[str, str], columns: int = 100
+                ) -> tuple[int, str]:
+    """Run ``args`` with stdout and stderr on a new pseudo-terminal ``columns`` wide (as in
+    an interactive shell: progress bars show); returns its exit status and everything it
+    wrote there, carriage returns kept.  A hang ends in TimeoutExpired after 120 s."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave)
+    os.close(slave)
+    out = bytearray()
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        os.close(master)
+    return proc.wait(timeout=120), out.decode("utf-8", "replace")
 
 
 def file_sha(path: Path | str) -> str:

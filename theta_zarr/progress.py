@@ -13,16 +13,32 @@ MIN_BYTES = 64 << 20
 
 @contextlib.contextmanager
 def bar(total: int | None, desc: str, unit: str = "B") -> Iterator[Any]:
-    """A tqdm bar on stderr when it is a terminal and the work is large, else a no-op."""
+    """A tqdm bar on stderr when it is a terminal and the work is large, else a no-op.
+
+    ``total``: bytes when ``unit`` is "B" (shown in KiB/MiB/GiB; no bar below
+    ``MIN_BYTES``), else a count of ``unit`` (objects), shown as whole numbers."""
     show = sys.stderr.isatty() and (total is None or total >= MIN_BYTES or unit != "B")
     if not show:
         yield _Null()
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024,
+    with tqdm(total=total, desc=shorten(desc), unit=unit, unit_scale=unit == "B", unit_divisor=1024,
               leave=False, file=sys.stderr, dynamic_ncols=True) as t:
         yield t
+
+
+#: the longest description a bar gets: the rest of a line is the bar and its figures
+MAX_DESC = 40
+
+
+def shorten(desc: str, width: int = MAX_DESC) -> str:
+    """``desc`` cut in the middle to ``width`` characters ("push s3://bu…/models"): a long
+    bucket URL or path left no room for the figures on an 80-column terminal."""
+    if len(desc) <= width:
+        return desc
+    head = (width - 1) // 2
+    return desc[:head] + "…" + desc[len(desc) - (width - 1 - head):]
 
 
 class _Null:
