@@ -29,9 +29,24 @@ def test_push_shows_a_bar_of_whole_objects_on_a_terminal_and_none_in_a_pipe(repo
     assert "\r" not in piped and "obj/s" not in piped
 
 
-def test_git_add_of_a_large_file_shows_the_clean_bar_through_git(repo):
-    save_file({"w": np.zeros((17, 1 << 20), np.float32)}, str(repo.path / "big.safetensors"))
-    code, out = on_terminal(["git", "add", "big.safetensors"], repo.path, repo.env)
-    assert code == 0, out
-    assert "clean big.safetensors" in out and "/68.0M" in out  # 68 MiB, in bytes
-    assert repo.git("add", "--renormalize", "big.safetensors").stderr == b""  # piped: quiet
+def test_a_large_file_shows_bars_through_git_and_in_materialize(repo):
+    """add (the clean), a direct checkout (the filter writes the file once git is done)
+    and materialize, each 68 MiB: a bar of bytes on a terminal, nothing in a pipe."""
+    big = repo.path / "big.safetensors"
+    save_file({"w": np.zeros((17, 1 << 20), np.float32)}, str(big))
+    steps = [(["git", "add", "big.safetensors"], "clean big.safetensors"),
+             (["git", "checkout", "--", "big.safetensors"], "write big.safetensors"),
+             (["git", "theta-zarr", "materialize", "big.safetensors"],
+              "write big.safetensors")]
+    for args, desc in steps:
+        if args[1] == "checkout":
+            big.unlink()
+        if args[2] == "materialize":
+            big.unlink()
+            repo.git("-c", "theta-zarr.lazy=true", "checkout", "--", "big.safetensors")
+        code, out = on_terminal(args, repo.path, repo.env)
+        assert code == 0, out
+        assert f"{desc}:" in out and "/68.0M" in out, (args, out)  # 68 MiB, in bytes
+    big.unlink()
+    assert repo.git("checkout", "--", "big.safetensors").stderr == b""  # piped: quiet
+    assert big.stat().st_size > 68 << 20

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from . import formats
+from . import formats, progress
 from .cache import SMALL_OBJECT, Cache
 from .chunkreader import ChunkReader
 from .manifest import Manifest, ManifestError, ParamEntry
@@ -98,19 +98,22 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
     try:
         segments = fmt.layout(manifest)
         if segments is None:
-            with os.fdopen(os.dup(fd), "wb", buffering=1 << 20) as out:
-                fmt.smudge(manifest, ChunkReader(cache, workers=workers), out,
-                           tmp_dir=cache.tmp_dir)
+            with os.fdopen(os.dup(fd), "wb", buffering=1 << 20) as out, \
+                    progress.bar(manifest.nbytes, f"write {name}") as bar:
+                fmt.smudge(manifest, ChunkReader(cache, workers=workers),
+                           progress.CountingStream(out, bar), tmp_dir=cache.tmp_dir)
             return os.fstat(fd).st_size
         jobs, size = _jobs(segments)
     except ManifestError as e:
         raise ManifestError(f"{name}: {e}") from None
-    def run(batch: list[Job]) -> None:
+
+    def run(batch: list[Job]) -> int:
         for offset, what in batch:
             if isinstance(what, bytes):
                 pwrite_all(fd, what, offset)
             else:
                 cache.copy_to(what[0], fd, offset, what[1])
+        return sum(size_of(job) for job in batch)
 
     def size_of(job: Job) -> int:
         what = job[1]
@@ -122,8 +125,9 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
         workers = 1
     try:
         allocate(fd, size)
-        for _ in bounded_map(run, batched(jobs, size_of), max(1, workers)):
-            pass
+        with progress.bar(size, f"write {name}") as bar:
+            for _, written in bounded_map(run, batched(jobs, size_of), max(1, workers)):
+                bar.update(written)
     except OSError as e:  # the file's name, so the line says what did not fit (disk full)
         if e.filename or not e.errno:
             raise
