@@ -27,6 +27,10 @@ def test_push_shows_a_bar_of_whole_objects_on_a_terminal_and_none_in_a_pipe(repo
     piped = repo.tz("push", "piped").stderr.decode()
     assert f"uploaded {total} objects" in piped
     assert "\r" not in piped and "obj/s" not in piped
+    code, out = on_terminal(["git", "theta-zarr", "fsck"], repo.path, repo.env, 80)
+    assert code == 0, out
+    checked = int(re.search(r"ok: (\d+) reachable objects checked", out).group(1))
+    assert checked in {int(t) for _, t in FRAME.findall(out)}, out
 
 
 def test_a_large_file_shows_bars_through_git_and_in_materialize(repo):

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from . import progress
 from .cache import QUARANTINE, Cache
 from .manifest import Manifest
 from .objects import (
@@ -214,9 +215,7 @@ def check_objects(store: ObjectStore, roots: Roots, fallback: ObjectStore | None
                    f"needed by {roots.chunks[digest]}: {e}"
         return None
 
-    found = [msg for _, msg in bounded_map(check, sorted(roots.chunks), store.concurrency)
-             if msg]
-    return sorted(found)
+    return _checked(check, sorted(roots.chunks), store)
 
 
 def check_stored(store: ObjectStore, skip: set[str]) -> list[str]:
@@ -229,7 +228,20 @@ def check_stored(store: ObjectStore, skip: set[str]) -> list[str]:
         return None
 
     digests = [d for d, _, _ in store.iter_digests() if d not in skip]
-    return sorted(m for _, m in bounded_map(check, digests, store.concurrency) if m)
+    return _checked(check, digests, store)
+
+
+def _checked(check: Callable[[str], str | None], digests: list[str], store: ObjectStore
+             ) -> list[str]:
+    """The sorted messages of ``check`` over ``digests``, concurrently, with a bar of
+    objects on a terminal."""
+    found = []
+    with progress.bar(len(digests), f"check {store.url}", unit="obj") as bar:
+        for _, msg in bounded_map(check, digests, store.concurrency):
+            bar.update()
+            if msg:
+                found.append(msg)
+    return sorted(found)
 
 
 # -- gc -------------------------------------------------------------------------------------------
