@@ -211,4 +211,10 @@ def _freshen(path: str, mtime: float) -> None:
 
 
 def default_cache_dir(git_common_dir: str) -> str:
+    """A repository's own cache folder: ``<git-common-dir>/theta-zarr``, made absolute.
+
+    Shared by every worktree of the repository (the common dir, not a worktree's git
+    dir), unless git config ``theta-zarr.cache`` names another (``Repo.settings``).  The
+    cluster-sync commands, which have no repository, use ``sync.default_cache_dir``.
+    """
     return os.path.join(os.path.abspath(git_common_dir), "theta-zarr")

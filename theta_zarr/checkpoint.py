@@ -38,6 +38,12 @@ Fetcher = Callable[[set[str]], None]
 
 @dataclass
 class CleanResult:
+    """What ``clean`` made of one input: its manifest and what storing its chunks cost.
+
+    ``stats`` counts the chunks hashed and the objects newly written to the cache (all
+    zero when ``passed_through``: the input was already a manifest, stored as it was).
+    """
+
     manifest: Manifest
     stats: WriteStats
     passed_through: bool = False
@@ -46,11 +52,19 @@ class CleanResult:
 
 
 def open_cache(settings: Settings) -> Cache:
+    """The cache ``settings`` name (``cache_dir``), writing new objects with
+    ``cache_codec`` and ``concurrency`` requests at a time."""
     return Cache(settings.cache_dir, codec=settings.cache_codec, concurrency=settings.concurrency)
 
 
 def open_source(stream: BinaryIO, cache: Cache, name: str = "checkpoint",
                 path: str | None = None) -> Source:
+    """``stream`` as a ``clean`` input; its first bytes are read (peeked) at once.
+
+    ``name`` says which file in errors; ``path`` is the file on disk when there is one
+    (formats that need random access then open it, instead of spooling the stream to a
+    temporary file in the cache's ``tmp`` folder: ``Source.as_file``).
+    """
     return Source(stream, name=name, path=path, tmp_dir=cache.tmp_dir)
 
 
@@ -128,6 +142,8 @@ def select(manifest: Manifest, names: list[str]) -> Manifest:
 
 
 def missing_chunks(manifest: Manifest, cache: Cache, names: list[str] | None = None) -> set[str]:
+    """The digests of the stored (non-inline) chunks of ``manifest``, or of the parameters
+    ``names``, that ``cache`` lacks (existence checks only: nothing is read)."""
     digests = {d for _, _, d in manifest.iter_chunks(names)}
     return cache.missing(digests)
 

@@ -62,10 +62,14 @@ def is_contiguous_chunking(shape: Sequence[int], chunk_shape: Sequence[int]) -> 
 
 
 def grid_shape(shape: Sequence[int], chunk_shape: Sequence[int]) -> tuple[int, ...]:
+    """The number of chunks along each axis: ``ceil(shape / chunk_shape)``, 0 on an axis
+    of extent 0 (Zarr v3's regular chunk grid).  ValueError when the ranks differ."""
     return tuple(math.ceil(s / c) if s else 0 for s, c in zip(shape, chunk_shape, strict=True))
 
 
 def chunk_count(shape: Sequence[int], chunk_shape: Sequence[int]) -> int:
+    """The number of chunks in the grid: the product of ``grid_shape`` (1 for a scalar's
+    empty shape, 0 when any axis has extent 0)."""
     return math.prod(grid_shape(shape, chunk_shape))
 
 
@@ -103,6 +107,13 @@ def spans(shape: Sequence[int], itemsize: int, chunk_shape: Sequence[int]
 
 def iter_spans(shape: Sequence[int], itemsize: int, chunk_shape: Sequence[int]
                ) -> Iterator[tuple[int, int]]:
+    """(offset, length) in bytes of each chunk, in C order over the chunk grid, made as
+    they are asked for (``spans`` without the list).
+
+    ``chunk_shape`` must be contiguous for ``shape`` (``is_contiguous_chunking``); the
+    last chunk along the split axis may be short.  A scalar is one span of ``itemsize``
+    bytes; a tensor with an axis of extent 0 has none.
+    """
     if not shape:
         yield (0, itemsize)
         return

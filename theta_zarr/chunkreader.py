@@ -50,6 +50,15 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
 
 
 class ChunkReader:
+    """Reads parameters' raw chunks from ``store``, verified, with ``workers`` threads
+    reading ahead.
+
+    ``store`` is anything with ``get(digest)`` returning verified raw bytes (an
+    ObjectStore, a Cache, or checkpoint.Healing, which fetches a good copy of a corrupt
+    cache object again); the errors its ``get`` raises pass through.  At most
+    ``2 x workers`` reads are in flight, so memory is bounded by the chunk size.
+    """
+
     def __init__(self, store: ObjectStore, workers: int = 4):
         self.store = store
         self.workers = workers

@@ -40,6 +40,10 @@ class TruncatedInput(ValueError):
 
 @dataclass
 class WriteStats:
+    """What a ``ChunkWriter`` stored: ``params`` tensors of ``total_bytes`` raw bytes in
+    all; ``chunks`` stored (non-inline) chunks hashed, repeats included; ``new_objects``
+    objects the store lacked and got, ``new_bytes`` bytes written for them (encoded)."""
+
     params: int = 0
     chunks: int = 0
     total_bytes: int = 0
@@ -48,6 +52,20 @@ class WriteStats:
 
 
 class ChunkWriter:
+    """Tensors in, manifest entries out: each tensor is cut into chunks, hashed, and the
+    chunks ``store`` lacks are written, in a pool of ``workers`` threads (module doc).
+
+    Chunk shapes: ``chunk_shapes`` (recorded in the file itself) first, else the one the
+    parameter has in ``previous`` (same shape and dtype), else ``chunking.chunk_shape_for``
+    with ``chunk_bytes`` (bytes, raw).  A parameter that is one chunk of at most
+    ``chunking.INLINE_MAX_BYTES`` goes inline.  ``source`` names the file in errors.
+    ``add_buffer`` / ``add_stream`` raise ManifestError for a bad or repeated name, a
+    shape out of range or a recorded chunk shape that does not fit, ValueError for a
+    buffer of the wrong length, TruncatedInput for a stream that ends early, and the
+    first error a storing thread met.  Use it as a context manager: ``finish`` or leaving
+    the block stops the pool.
+    """
+
     def __init__(self, store: Cache, chunk_bytes: int = chunking.DEFAULT_CHUNK_BYTES,
                  workers: int = 2, source: str = "checkpoint",
                  previous: Manifest | None = None,
@@ -248,6 +266,7 @@ class ChunkWriter:
             self.close()
 
     def close(self) -> None:
+        """Stop the pool: wait for the running tasks, cancel those not started."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> ChunkWriter:

@@ -90,6 +90,14 @@ class CodecError(ValueError):
 
 
 class Codec(ABC):
+    """A storage codec: how one chunk's raw bytes become an object's payload and back.
+
+    ``name`` is what the object header records (ASCII, at most 255 bytes: ``header``);
+    one instance of each lives in ``CODECS``.  ``decode(encode(raw, elem))`` gives ``raw``'s
+    bytes back exactly, and a payload decodes without ``elem`` (it carries what it needs);
+    no codec checks the digest (the object store does).
+    """
+
     name: str
 
     @abstractmethod
@@ -97,7 +105,9 @@ class Codec(ABC):
         """The payload for ``raw``; ``elem`` is the dtype's item size in bytes (a hint)."""
 
     @abstractmethod
-    def decode(self, payload: memoryview) -> bytes | memoryview: ...
+    def decode(self, payload: memoryview) -> bytes | memoryview:
+        """The raw chunk a payload of this codec holds; CodecError when it cannot be
+        decoded."""
 
 
 class RawCodec(Codec):
@@ -281,6 +291,11 @@ WRITER_NAMES = (*(n for n in CODECS if n != EXPSPLIT.name), AUTO)
 
 
 def get_codec(name: str) -> Codec:
+    """The codec an object header names.
+
+    Raises CodecError for a delta codec (``xor-delta``, ``int-delta``: the object needs its
+    base, which only an ObjectStore resolves) and for any unknown name.
+    """
     try:
         return CODECS[name]
     except KeyError:
@@ -300,6 +315,8 @@ def check_writer(name: str) -> str:
 
 
 def header(codec: str) -> bytes:
+    """An object's header for ``codec``: ``b"TZO1"``, one byte giving the name's length,
+    then the name in ASCII (module doc).  The name is not checked against ``CODECS``."""
     name = codec.encode("ascii")
     return MAGIC + bytes([len(name)]) + name
 
@@ -343,6 +360,8 @@ def encode(raw: bytes | memoryview, codec: str = "raw", elem: int = 1
 
 
 def encode_bytes(raw: bytes | memoryview, codec: str = "raw", elem: int = 1) -> bytes:
+    """``encode``'s parts joined into one object (a copy, even for ``raw``); CodecError
+    for an unknown codec or a delta."""
     return b"".join(encode(raw, codec, elem))
 
 

@@ -83,6 +83,14 @@ class DeltaPolicy:
 
 @dataclass(frozen=True)
 class DeltaHeader:
+    """What a delta object's payload says before its body (module doc, ``parse``).
+
+    ``base``: the digest of the base's raw bytes (``blake3:<64 hex>``); ``elem``: the
+    chunk dtype's item size in bytes, 1 to ``MAX_ELEM`` (one of ``INT_ELEMS`` for
+    int-delta); ``depth``: the chain length, 1 over a full object, at least 1; ``form``:
+    ``xor-delta`` or ``int-delta``.
+    """
+
     base: str  # digest of the base's raw bytes
     elem: int  # element size
     depth: int  # 1 over a full base
@@ -98,6 +106,11 @@ class Base:
 
 
 def xor(raw: bytes | memoryview, base: bytes | memoryview) -> np.ndarray:
+    """``raw XOR base`` byte by byte: a 1-d uint8 array of their common length.
+
+    Its own inverse: ``xor(xor(raw, base), base)`` is ``raw``.  Raises CodecError when the
+    lengths differ.
+    """
     import numpy as np
 
     a = np.frombuffer(raw, dtype=np.uint8)
@@ -111,6 +124,11 @@ def xor(raw: bytes | memoryview, base: bytes | memoryview) -> np.ndarray:
 
 
 def shuffle(data: np.ndarray, elem: int) -> np.ndarray:
+    """Byte-shuffle a 1-d uint8 array by item size ``elem``: every element's first byte,
+    then every second byte, and so on (Blosc's shuffle filter; ``unshuffle`` undoes it).
+
+    ``data`` is returned unchanged when ``elem`` is 1 or does not divide its length.
+    """
     import numpy as np
 
     if elem <= 1 or data.size % elem:
@@ -119,6 +137,8 @@ def shuffle(data: np.ndarray, elem: int) -> np.ndarray:
 
 
 def unshuffle(data: np.ndarray, elem: int) -> np.ndarray:
+    """The inverse of ``shuffle``: the elements' bytes back in order (1-d uint8); ``data``
+    unchanged when ``elem`` is 1 or does not divide its length."""
     import numpy as np
 
     if elem <= 1 or data.size % elem:

@@ -27,6 +27,17 @@ class DTypeError(ValueError):
 
 @dataclass(frozen=True)
 class DType:
+    """One data type theta-zarr stores bit-exactly, under all the names it goes by.
+
+    ``name`` is the manifest's dtype (the Zarr v3 data-type registry's name; torch's
+    name where Zarr has none, e.g. bfloat16, the float8 types, complex32, which
+    theta-zarr registers as Zarr extension data types: zarrdtypes.py); ``itemsize`` is
+    in bytes; ``safetensors`` is the ``dtype`` code of the safetensors header
+    (huggingface/safetensors format spec), None where that format has none.  Every
+    instance lives in the module's table: ``by_name``, ``from_torch``,
+    ``from_safetensors`` and ``from_numpy`` look it up.
+    """
+
     name: str  # Zarr v3 data type name (or torch's name where Zarr has none)
     #: NumPy's type string (``"<f4"``), or the name of an ml_dtypes type (``"bfloat16"``)
     spec: str
@@ -50,6 +61,7 @@ class DType:
 
     @property
     def torch(self):  # -> torch.dtype | None
+        """The ``torch.dtype`` (imports torch), or None where this torch has no such type."""
         import torch
 
         return getattr(torch, self.torch_name, None) if self.torch_name else None
@@ -91,6 +103,7 @@ SAFETENSORS_SUBBYTE = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
 
 
 def by_name(name: str) -> DType:
+    """The DType of a manifest dtype name (``"bfloat16"``); DTypeError for any other."""
     try:
         return BY_NAME[name]
     except KeyError:
@@ -107,6 +120,10 @@ def from_torch(dtype) -> DType:
 
 
 def from_safetensors(code: str) -> DType:
+    """The DType of a safetensors header's ``dtype`` code (``"BF16"``, ``"F8_E4M3"``: the
+    huggingface/safetensors format spec); DTypeError for a code with no bit-exact DType
+    here (the sub-byte types of ``SAFETENSORS_SUBBYTE`` among them: their plug-in keeps
+    them as raw bytes)."""
     try:
         return _BY_SAFETENSORS[code]
     except KeyError:
@@ -119,6 +136,12 @@ def _by_numpy() -> dict[np.dtype, DType]:
 
 
 def from_numpy(dtype: np.dtype) -> DType:
+    """The DType of a NumPy dtype (anything ``np.dtype()`` takes, ml_dtypes' included).
+
+    Native byte order counts as little-endian.  Raises DTypeError for a big-endian dtype
+    (bytes are never swapped) and for one no stored type matches (strings, objects,
+    structured dtypes); the ``native=False`` types are never inferred from NumPy.
+    """
     import numpy as np
 
     dt = np.dtype(dtype)

@@ -190,6 +190,8 @@ def _finite_float(text: str) -> float:
 
 
 def check_digest(value: object, where: str = "manifest") -> str:
+    """``value`` if it is a digest (``blake3:`` and 64 lowercase hex digits), else
+    ManifestError naming ``where``: a digest from a manifest becomes an object's path."""
     if not isinstance(value, str) or not DIGEST_RE.fullmatch(value):
         raise ManifestError(f"{where}: invalid digest {str(value)[:80]!r}")
     return value

@@ -68,7 +68,8 @@ def reading(digest: str) -> Iterator[None]:
 
 
 class MissingObjectError(ObjectError):
-    pass
+    """An object that is not in the store asked (nor, for a push or a read-through, in the
+    cache): the message names it, or how many and the first, and where it was looked for."""
 
 
 class MissingBaseError(ObjectError):

@@ -1,6 +1,6 @@
 """Settings the core needs, gathered by the faces (git config, CLI flags, API args).
 
-The core never reads git config itself; git/config.py fills this record.
+The core never reads git config itself; git/repo.py (``Repo.settings``) fills this record.
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ DEFAULT_WORKERS = max(2, os.cpu_count() or 2)
 
 @dataclass
 class Settings:
+    """What the core needs to know, filled by a face (``Repo.settings`` from git config,
+    the CLI from flags, the API from arguments).
+
+    ``cache_dir``: the cache folder; ``chunk_bytes``: the target raw chunk size in bytes
+    (at least ``MIN_CHUNK_BYTES``, else ValueError); ``cache_codec``: the cache's storage
+    codec (codecs.py); ``lazy``: smudge writes manifests; ``concurrency``: storage
+    requests in flight; ``workers``: threads for CPU work; the delta fields make
+    ``delta_policy`` (ValueError for a ratio outside (0, 1] or a depth outside 1 to 64).
+    """
+
     cache_dir: str
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     cache_codec: str = "raw"
@@ -38,6 +48,7 @@ class Settings:
 
     @property
     def delta_policy(self) -> DeltaPolicy:
+        """The DeltaPolicy pushes follow (``delta``, ``delta_ratio``, ``delta_depth``)."""
         return DeltaPolicy(self.delta, self.delta_ratio, self.delta_depth)
 
     def __post_init__(self) -> None:
