@@ -112,16 +112,27 @@ def _natural(name: str) -> tuple:
 
 @dataclass(frozen=True)
 class RefValue:
+    """A ref as read or written: the digest it names (a manifest's or a set's), the id of
+    the write that put it there (None for a ref of the first line alone), and ``token``,
+    the storage version it was read at, which a conditional move must still find."""
+
     digest: str
     write_id: str | None
     token: str  # the storage version read with it (ETag, generation, content hash)
 
 
 def encode(digest: str, write_id: str) -> bytes:
+    """A ref blob: ``digest`` and ``write-id <write_id>``, one a line, in ASCII (module
+    doc); neither is checked here."""
     return f"{digest}\nwrite-id {write_id}\n".encode("ascii")
 
 
 def decode(name: str, data: bytes, token: str) -> RefValue:
+    """The RefValue of the blob ``data`` of ref ``name``, read at storage version ``token``.
+
+    The first line must be a digest; a second ``write-id`` line is optional, anything
+    after it ignored.  Raises RefError naming the ref otherwise (not ASCII, no digest).
+    """
     try:
         lines = data.decode("ascii").splitlines()
     except UnicodeDecodeError:

@@ -67,11 +67,22 @@ log = logging.getLogger(__name__)
 
 
 class RemoteError(StorageError):
-    pass
+    """A remote that cannot be used as configured: a bad URL or option, a bad retry budget,
+    no such remote, a ``.thetazarr`` that cannot be read; the one-line message says which."""
 
 
 @dataclass
 class RemoteSpec:
+    """A remote as configured: its ``name`` (git config, ``.thetazarr``, or a label such as
+    ``load_state_dict``), its ``url`` (stored stripped, checked by ``check_url``) and its
+    non-secret ``options`` (names in ``OPTION_NAMES``).
+
+    Construction raises RemoteError naming the remote for a bad URL, an option holding or
+    looking like a credential, an unknown option, ``concurrency`` outside 1 to
+    ``MAX_CONCURRENCY``, an unknown ``compression`` (``codecs.WRITER_NAMES``) or a bad
+    ``retry-timeout``: a spec that exists is one every command accepts.
+    """
+
     name: str
     url: str
     options: dict[str, str] = field(default_factory=dict)
@@ -109,6 +120,8 @@ class RemoteSpec:
 
     @property
     def codec(self) -> str:
+        """The codec name objects are written to this remote with (``compression``, else
+        ``auto``: ``codecs.choose`` per chunk)."""
         return self.options.get("compression", DEFAULT_REMOTE_CODEC)
 
 

@@ -39,6 +39,10 @@ class ConditionalWritesUnsupported(StorageError):
 
 @dataclass(frozen=True)
 class BlobInfo:
+    """One blob as a listing gives it: its ``key`` relative to the store's root, its
+    ``size`` in bytes, and its modification time ``mtime`` in seconds since the epoch
+    (None where the backend reports none)."""
+
     key: str
     size: int
     mtime: float | None = None

@@ -20,6 +20,13 @@ _BOUNDARY = "==theta-zarr-ref=="
 
 
 class GcsStore(FsspecStore):
+    """A Google Cloud Storage bucket (``gs://bucket/prefix``) through gcsfs, with the
+    conditional writes refs need (module doc); a blob's version token is its generation.
+
+    Credentials come from gcsfs's usual places only.  Storage failures are StorageError
+    lines naming the key and the store; a lost conditional write is ConditionFailed.
+    """
+
     conditional_writes = True
     list_page = 1000  # objects.list's maxResults
 

@@ -27,6 +27,15 @@ def _is_precondition_failure(e: BaseException) -> bool:
 
 
 class S3Store(FsspecStore):
+    """An S3 or S3-compatible bucket (``s3://bucket/prefix``) through s3fs, with the
+    conditional writes refs need (module doc); a blob's version token is its ETag.
+
+    Credentials come from botocore's usual places only (environment, config files,
+    instance roles).  Storage failures are StorageError lines naming the key and the
+    store; a lost conditional write, or a move of a ref deleted meanwhile, is
+    ConditionFailed.
+    """
+
     conditional_writes = True
     list_page = 1000  # ListObjectsV2's MaxKeys
     #: one GetObject per read: left at its default, s3fs's ``cat_file`` first sends a
