@@ -40,6 +40,13 @@ def _builtin_formats() -> dict[str, Format]:
 
 @functools.lru_cache(maxsize=1)
 def all_formats() -> tuple[Format, ...]:
+    """Every format plug-in, in detection order: the built-ins (``dcp`` before
+    ``safetensors``), then those of the ``theta_zarr.formats`` entry points (an entry
+    point is a Format class or instance; a name already taken keeps its first holder).
+
+    Computed once per process.  Raises FormatError naming the plug-in when an entry point
+    fails to load.
+    """
     from importlib.metadata import entry_points  # 10 ms: only when a plug-in is looked for
 
     found: dict[str, Format] = dict(_builtin_formats())
@@ -54,6 +61,8 @@ def all_formats() -> tuple[Format, ...]:
 
 
 def get_format(name: str) -> Format:
+    """The plug-in a manifest's ``format.name`` names (built-ins without scanning entry
+    points); FormatError when none of that name is installed (or ``all_formats`` fails)."""
     builtin = _builtin_formats().get(name)  # built-ins win: no entry-point scan for them
     if builtin is not None:
         return builtin

@@ -35,6 +35,14 @@ BYTES_DTYPE = "uint8"
 
 
 class DcpFormat(Format):
+    """A distributed checkpoint's manifest, whose file form is one consolidated
+    safetensors file with the ``dcp`` metadata key (module doc).
+
+    Claims only safetensors files whose sorted ``__metadata__`` starts with ``dcp``
+    (``SNIFF``).  Clean raises FormatError when that metadata is missing, is not JSON,
+    lacks ``format``, ``chunk_shapes`` or ``bytes``, or holds an item that is not base64.
+    """
+
     name = NAME
     extensions = (".safetensors",)
 

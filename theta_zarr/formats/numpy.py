@@ -118,6 +118,16 @@ def _array_view(name: str, entry, fortran: bool) -> TensorView:
 
 
 class NpyFormat(Format):
+    """A single ``.npy`` array (NumPy's NPY format, ``numpy.lib.format``, versions 1.0 to
+    3.0), stored as one parameter named ``array``.
+
+    A Fortran-ordered array is stored as the C-ordered transpose of its shape, so its
+    bytes are the file's; the rebuild writes the header in the file's own version.
+    Clean raises FormatError for a bad or truncated header or data past the array, and
+    NotWeights for object arrays (pickles) and dtypes theta-zarr cannot store (strings,
+    big-endian), which ``checkpoint.clean`` then keeps as opaque bytes.
+    """
+
     name = "npy"
     extensions = (".npy",)
 
@@ -146,6 +156,16 @@ class NpyFormat(Format):
 
 
 class NpzFormat(Format):
+    """A NumPy ``.npz`` archive (``numpy.savez`` / ``savez_compressed``: a zip of ``.npy``
+    members), one parameter per member, named after it without ``.npy``.
+
+    The format info records the members' order, their Fortran order and header versions,
+    and whether the archive was deflated; the rebuild writes them again as ``numpy.savez``
+    does, so an archive numpy wrote comes back byte-identical.  Clean raises
+    FormatError for a member that is not ``.npy`` or a broken archive, and what
+    ``NpyFormat`` raises for each member.
+    """
+
     name = "numpy"
     extensions = (".npz",)
 

@@ -23,6 +23,9 @@ PARAM = "bytes"
 
 
 class OpaqueFormat(Format):
+    """Any file as its bytes: one 1-D ``uint8`` parameter named ``bytes``, rebuilt byte
+    for byte (module doc).  Never detected by content; it has no tensors to load."""
+
     name = "opaque"
 
     def sniff(self, head: bytes) -> bool:

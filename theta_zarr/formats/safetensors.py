@@ -24,6 +24,17 @@ MAX_HEADER = 100 * 1024 * 1024
 
 
 class SafetensorsFormat(Format):
+    """A safetensors file (the huggingface/safetensors format spec), streamed in and
+    rebuilt byte-identically (module doc).
+
+    Claims files whose 8-byte little-endian header length is 2 to ``MAX_HEADER`` bytes
+    (100 MiB) and whose header starts with ``{``.  Clean raises FormatError for a header
+    that is too large, too deeply nested, not a JSON object, whose ``__metadata__`` does
+    not map strings to strings, or whose entries name an unknown dtype or do not tile the
+    data (holes, overlaps, wrong sizes, trailing bytes).  Sub-byte types (``F4``,
+    ``F6_*``) are stored as their bytes and recorded in ``format.raw``.
+    """
+
     name = "safetensors"
     extensions = (".safetensors",)
 

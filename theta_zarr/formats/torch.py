@@ -42,6 +42,17 @@ LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
 
 
 class TorchFormat(Format):
+    """A ``torch.save`` file: the zip format (``<folder>/data.pkl`` plus one record per
+    storage) or a pre-1.6 pickle (``LEGACY_MAGIC``), read with
+    ``torch.load(weights_only=True)`` only (PyTorch's serialization semantics note).
+
+    One parameter per storage; ``format.tree`` keeps the nesting, the non-tensor leaves
+    and each tensor's view of its storage (module doc).  The rebuild is tensor-identical,
+    not byte-identical.  Clean raises NotWeights for a pickle ``weights_only`` refuses
+    (``checkpoint.clean`` then keeps it as opaque bytes) and FormatError for a file
+    torch cannot read.
+    """
+
     name = "torch"
     extensions = (".pt", ".pth", ".bin", ".ckpt")
 
