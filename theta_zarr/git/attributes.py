@@ -50,6 +50,10 @@ def _is_ours(line: str) -> bool:
 
 
 def tracked_patterns(top: str) -> list[str]:
+    """The patterns of the lines of ``top``'s .gitattributes that set ``filter=theta-zarr``,
+    in file order, spelled as the file spells them (spaces as ``[[:space:]]``); [] without
+    the file.  Only the top-level file is read, and comment lines are skipped
+    (gitattributes(5))."""
     return [line.split()[0] for line in _read(os.path.join(top, ".gitattributes"))
             if line.strip() and not line.lstrip().startswith("#") and _is_ours(line)]
 
@@ -78,6 +82,7 @@ def check_not_forbidden(patterns: list[str]) -> None:
 
 
 def unescape(pattern: str) -> str:
+    """A pattern as ``escape_pattern`` was given it: ``[[:space:]]`` back to a space."""
     return pattern.replace("[[:space:]]", " ")
 
 
@@ -116,6 +121,14 @@ def track(top: str, patterns: list[str]) -> list[str]:
 
 
 def untrack(top: str, patterns: list[str]) -> list[str]:
+    """Remove theta-zarr's lines for ``patterns`` from ``top``'s .gitattributes; returns the
+    patterns of the lines removed (escaped, as in the file).
+
+    Only lines setting ``filter=theta-zarr`` whose pattern is exactly one of ``patterns``
+    (after ``escape_pattern``) go; other lines, git-lfs's among them, stay.  The file is
+    rewritten (temp file, then rename) only when a line goes.  Raises ValueError, from
+    ``escape_pattern``, for a pattern no .gitattributes line can say.
+    """
     path = os.path.join(top, ".gitattributes")
     drop = {escape_pattern(p) for p in patterns}
     lines = _read(path)

@@ -225,6 +225,12 @@ def _read_side(file: str, what: str) -> Manifest | None:
 
 
 def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
+    """What the merge driver prints for the conflicts of ``p`` that ``table`` leaves
+    unresolved (its strategy ``fail``): a ``theta-zarr: PATH: ...`` line counting them,
+    one line per conflict, then ``git theta-zarr resolve`` commands that can settle all of
+    them (only strategies ``merge.refusal`` accepts for each), and how to configure a
+    strategy per parameter.  Lines without newlines; the first one alone is a summary.
+    """
     left = unresolved(p, table)
     values = sum(c.info is not None for c in left)
     what = [f"{len(left) - values} conflicting parameter(s)"] if len(left) > values else []

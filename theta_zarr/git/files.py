@@ -13,6 +13,13 @@ from .repo import GitError, GitInputError, Repo
 
 @dataclass
 class TrackedFile:
+    """One file git routes through theta-zarr's filter, in the index or a revision's tree.
+
+    ``path``: relative to the top of the work tree, ``/``-separated; ``blob``: the id (hex)
+    of the blob git stores for it; ``manifest``: that blob read as a manifest, None when
+    it is none (a file committed before it was tracked, or a git-lfs pointer: ``lfs``).
+    """
+
     path: str
     blob: str
     manifest: Manifest | None  # None: the blob is not a manifest (committed before tracking)

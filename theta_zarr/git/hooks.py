@@ -41,6 +41,8 @@ HOOKS = {
 
 
 def marker(name: str) -> str:
+    """The comment line that marks hook ``name`` as theta-zarr's own: install and uninstall
+    recognise (and never chain) a hook holding it."""
     return f"# theta-zarr {name} hook"
 
 

@@ -35,6 +35,9 @@ MAX_MANIFEST = 256 << 20
 
 
 def record_dir(git_dir: str) -> str:
+    """The folder of the pending-write records (``<git-dir>/theta-zarr/pending``), one file
+    per filter process named by its pid; ``git_dir`` is the work tree's own git dir (a
+    linked worktree has its own), not the common one."""
     return os.path.join(git_dir, "theta-zarr", "pending")
 
 

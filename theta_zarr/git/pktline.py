@@ -14,10 +14,18 @@ FLUSH = b"0000"
 
 
 class ProtocolError(RuntimeError):
-    pass
+    """git spoke something other than the pkt-line filter protocol (a bad length header,
+    an unexpected handshake); the filter reports it in one line and ends."""
 
 
 class PktReader:
+    """Reads pkt-lines (gitprotocol-common(5)) from git's end of the filter pipe.
+
+    ``stream`` may be unbuffered; short reads are retried.  Raises EOFError when git
+    closes the pipe mid-packet (or before one), ProtocolError for a header that is not
+    4 hex digits or a length outside 4 to ``MAX_DATA + 4``.
+    """
+
     def __init__(self, stream: BinaryIO):
         self.stream = stream
 
@@ -59,6 +67,7 @@ class PktReader:
         return out
 
     def content_stream(self) -> ContentStream:
+        """The data packets up to the next flush, as a readable stream (a file's content)."""
         return ContentStream(self)
 
 
@@ -113,22 +122,31 @@ class ContentStream:
 
 
 class PktWriter:
+    """Writes pkt-lines (gitprotocol-common(5)) to git's end of the filter pipe; nothing
+    reaches git before ``flush``, unless ``stream`` is unbuffered."""
+
     def __init__(self, stream: BinaryIO):
         self.stream = stream
 
     def packet(self, data: bytes | memoryview) -> None:
+        """One data packet: its length header, then ``data`` (at most ``MAX_DATA`` bytes:
+        the caller splits, as ContentWriter does; not checked here)."""
         self.stream.write(b"%04x" % (len(data) + 4))
         self.stream.write(data)
 
     def text(self, *lines: str) -> None:
+        """One text packet per line: UTF-8, ending in a newline (``status=success``)."""
         for line in lines:
             self.packet(line.encode("utf-8") + b"\n")
 
     def flush(self) -> None:
+        """A flush packet (``0000``), then the stream flushed, so git sees it all."""
         self.stream.write(FLUSH)
         self.stream.flush()
 
     def content(self) -> ContentWriter:
+        """A file object that frames what is written into data packets; its ``close``
+        sends what is left (the flush packet ending the content is the caller's)."""
         return ContentWriter(self)
 
 

@@ -199,6 +199,12 @@ def feeding_git_remotes(repo: Repo, spec: RemoteSpec) -> list[str]:
 
 
 def require(repo: Repo, name: str | None = None) -> RemoteSpec:
+    """The theta remote ``resolve`` finds for ``name`` (None: the default one).
+
+    Raises RemoteError when there is none, saying how to add one; a ``name`` that looks
+    like a URL or a path (``--remote s3://...``) gets its own message, since ``--remote``
+    takes names only.  Errors a configured remote's spec raises (RemoteSpec) pass through.
+    """
     spec = resolve(repo, name)
     if spec is None and name and ("://" in name or name.startswith(("/", "."))):
         raise RemoteError(f"--remote takes the name of a theta remote of this repository, "

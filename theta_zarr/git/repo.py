@@ -147,6 +147,14 @@ def _true(value: str) -> bool:
 
 @dataclass
 class Repo:
+    """A git repository as theta-zarr's git face sees it, from one ``git rev-parse``
+    (``discover``): absolute paths of its work tree's top, its git dir (a linked
+    worktree's own), its common dir (shared by all worktrees: the cache, the stat
+    records), its hooks folder and index file, and its object format.
+
+    Every git command it runs (``git``) runs at ``top``.
+    """
+
     top: str  # working tree root (a bare repository: its git dir)
     git_dir: str
     common_dir: str
@@ -227,6 +235,8 @@ class Repo:
 
     def git(self, *args: str, input: bytes | None = None, check: bool = True,
             env: dict[str, str] | None = None) -> bytes:
+        """``git ARGS`` run at the top of the work tree; its stdout (the module's ``git``:
+        GitError, or GitInputError, when it fails and ``check`` is set)."""
         return git(*args, cwd=self.top, input=input, check=check, env=env)
 
     def config(self) -> dict[str, str]:
@@ -241,6 +251,11 @@ class Repo:
         return values
 
     def settings(self) -> Settings:
+        """The core's Settings from this repository's git config (``theta-zarr.*``, all
+        scopes), each value checked; a relative ``theta-zarr.cache`` is taken from the main
+        work tree.  Also applies ``core.sharedRepository`` to the process umask
+        (``share_as_git_does``).  Raises UserError naming the key and the value for a
+        value out of range or of the wrong kind."""
         cfg = self.config()
         share_as_git_does(cfg.get("core.sharedrepository", ""))
         cache = cfg.get("theta-zarr.cache")

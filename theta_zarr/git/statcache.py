@@ -24,6 +24,8 @@ from ..manifest import Manifest, ManifestError, looks_like_manifest
 
 
 def stat_key(st: os.stat_result) -> list[int]:
+    """What a record compares: [device, inode, size in bytes, mtime, ctime], the times in
+    nanoseconds (the stat data git's index keeps, gitformat-index(5), at full precision)."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -32,6 +34,14 @@ MAX_HEAD = 1 << 16
 
 
 class StatCache:
+    """The stat records of one worktree, under ``<git_dir>/theta-zarr/stat/`` (the
+    worktree's own git dir): one file per path (named by the SHA-256 of the path), holding
+    a JSON line with the path and its ``stat_key``, then the manifest's bytes.
+
+    Only a cache: a record that is damaged, names another path or stat, or holds no valid
+    manifest reads as no record, and a failed write is ignored.
+    """
+
     def __init__(self, git_dir: str):
         self.root = os.path.join(git_dir, "theta-zarr", "stat")
 
