@@ -17,11 +17,20 @@ class Fail(Strategy):
 
 
 class Ours(Strategy):
+    """Take our side's chunk, by digest, wherever both sides changed it differently (no
+    bytes read, any dtype), as ``git merge -X ours`` takes our hunk; for a parameter whose
+    shape, dtype or presence differ, our whole parameter."""
+
     name = "ours"
     takes = "ours"
 
 
 class Theirs(Strategy):
+    """Take their side's chunk, by digest, wherever both sides changed it differently (no
+    bytes read, any dtype), as ``git merge -X theirs`` takes their hunk; for a parameter
+    whose shape, dtype or presence differ, their whole parameter.  In ``merge-models``,
+    the last model listed."""
+
     name = "theirs"
     takes = "theirs"
 

@@ -243,6 +243,9 @@ class DareLinear(TaskVectors):
 
 
 class Dare(DareLinear):
+    """``dare``: another name for ``dare_linear`` (DARE: Yu et al., "Language Models are
+    Super Mario", ICML 2024), same parameters and defaults (``rescale`` on)."""
+
     name = "dare"
 
 
@@ -263,6 +266,10 @@ class Breadcrumbs(TaskVectors):
 
 
 class BreadcrumbsTies(Breadcrumbs):
+    """Model breadcrumbs' sparsification (Davari & Belilovsky, ECCV 2024), then TIES's
+    sign election and disjoint mean (Yadav et al., NeurIPS 2023): mergekit's
+    ``breadcrumbs_ties``, with its defaults (``normalize`` off)."""
+
     name = "breadcrumbs_ties"
     consensus = True
 
