@@ -73,10 +73,14 @@ class OtherChange:
 
 @dataclass
 class ReadStats:
+    """What a diff read for its numbers: stored chunks (inline ones cost nothing) and their
+    raw bytes (decoded, not as stored or transferred).  Thread-safe: reader threads count."""
+
     chunks: int = 0
     bytes: int = 0
 
     def count(self, nbytes: int) -> None:
+        """Count one chunk of ``nbytes`` raw bytes."""
         with _LOCK:
             self.chunks += 1
             self.bytes += nbytes
@@ -84,6 +88,15 @@ class ReadStats:
 
 @dataclass
 class FileDiff:
+    """The diff of one tracked file between two sides (``summarize``, then ``compute``).
+
+    ``old`` / ``new``: each side's manifest, None where the file is absent or is no
+    manifest (then ``old_foreign`` / ``new_foreign`` say what it is: a git-lfs pointer, a
+    plain file); ``params``: the parameters added, removed, reshaped or changed, with
+    their numbers once computed; ``unchanged``: how many parameters have the same digests;
+    ``other``: changes of non-tensor content; ``read``: what computing the numbers read.
+    """
+
     path: str
     old: Manifest | None
     new: Manifest | None
@@ -99,6 +112,8 @@ class FileDiff:
     renamed: bool = False  # a file git saw renamed (``path`` is ``OLD => NEW``)
 
     def counts(self) -> dict[str, int]:
+        """Parameters by status (``added``, ``removed``, ``reshaped``, ``changed``,
+        ``unchanged``), ``other_changed``, and ``moved`` for a sharded model."""
         out = {s: 0 for s in ("added", "removed", "reshaped", "changed")}
         for p in self.params:
             out[p.status] += 1
@@ -121,6 +136,8 @@ class FileDiff:
                     and self.old.format_name != self.new.format_name)
 
     def to_json(self) -> dict[str, Any]:
+        """This file in the ``files`` list of ``diff --json`` (``diff.to_json``); numbers
+        that are not finite become null."""
         def fmt(m: Manifest | None, f: Foreign | None) -> str | None:
             return m.format_name if m else f.kind if f else None
 

@@ -247,11 +247,16 @@ def _checked(check: Callable[[str], str | None], digests: list[str], store: Obje
 # -- gc -------------------------------------------------------------------------------------------
 @dataclass
 class Sweep:
+    """What gc removes (or, in a dry run, would remove) from one place: ``where`` names it
+    for people (a URL and what is swept there), ``keys`` are the blob keys relative to the
+    store's root with their stored (encoded) sizes in bytes."""
+
     where: str
     keys: list[tuple[str, int]] = field(default_factory=list)  # (key, stored bytes)
 
     @property
     def nbytes(self) -> int:
+        """The stored bytes of all the keys."""
         return sum(n for _, n in self.keys)
 
 
@@ -272,6 +277,8 @@ def plan_objects(store: ObjectStore, keep: set[str], cutoff: float) -> Sweep:
 
 
 def plan_manifests(remote: SyncRemote, keep: set[str], cutoff: float) -> Sweep:
+    """The remote's manifests (and sets) not in ``keep`` (digests) and last written before
+    ``cutoff`` (seconds since the epoch; a manifest with no mtime is kept)."""
     sweep = Sweep(f"{remote.url} (manifests)")
     for digest, info in remote.iter_manifests():
         if digest not in keep and info.mtime is not None and info.mtime < cutoff:
@@ -305,6 +312,9 @@ def _each(store: ObjectStore, fn: Callable[[T], R], items: Iterable[T]) -> list[
 
 
 def delete(store: ObjectStore, sweep: Sweep) -> None:
+    """Delete every key of ``sweep`` from ``store``'s blobs, ``store.concurrency`` at a
+    time, each retried within the store's retry budget; a key already gone is no error.
+    The first StorageError left after the retries is raised."""
     _each(store, lambda kv: store.blobs.delete(kv[0]), sweep.keys)
 
 
@@ -412,6 +422,14 @@ def _relist_and_restore(remote: SyncRemote, trash: Trash, cutoff: float,
 
 @dataclass
 class GcResult:
+    """What ``collect`` did: a Sweep per place (cache objects, cache temporary files, then,
+    with a remote, its manifests, objects and temporary files, and last any quarantined
+    cache objects), each holding only what was removed (or would be, in a dry run);
+    ``start``: when gc started (seconds since the epoch; the grace period counts back from
+    it); ``problems``: the remote's refs or staged shards that could not be read (every
+    manifest there was then kept: ``remote_roots``); ``restored``: objects and
+    manifests moved back from the trash because a concurrent push needed them."""
+
     sweeps: list[Sweep]
     start: float
     problems: list[str] = field(default_factory=list)
@@ -480,6 +498,9 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
 # -- repack ---------------------------------------------------------------------------------------
 @dataclass
 class Repack:
+    """What ``repack`` rewrote: ``objects`` delta objects made full, their stored bytes
+    before and after (``bytes_after`` is 0 in a dry run, which writes nothing)."""
+
     objects: int = 0
     bytes_before: int = 0
     bytes_after: int = 0

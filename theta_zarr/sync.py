@@ -117,6 +117,14 @@ def _digest(value: object, where: str) -> str:
 
 @dataclass
 class FileSet:
+    """A directory published as one ref: ``files`` maps each file's path in it (``/``-
+    separated, checked by ``check_name`` and ``check_file_names``) to its FileEntry.
+
+    Stored in the remote's ``manifests/`` like a manifest, as deterministic JSON that
+    starts with ``{"theta_zarr_set":`` (``to_bytes``), so a reader tells the two apart by
+    their first bytes (``parse_target``).
+    """
+
     files: dict[str, FileEntry] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
@@ -128,6 +136,8 @@ class FileSet:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str) -> FileSet:
+        """The set ``to_bytes`` wrote; ManifestError naming ``source`` for anything else (not
+        JSON, another version, extra keys, a bad entry, digest or file name)."""
         obj = loads_json(data, source, "set")
         if not isinstance(obj, dict) or obj.get("theta_zarr_set") != SET_VERSION or \
                 set(obj) != {"theta_zarr_set", "files"} or not isinstance(obj["files"], dict):
@@ -294,6 +304,9 @@ class SyncRemote:
 
 
 def parse_target(data: bytes, source: str) -> Target:
+    """What a ref names, from its blob in ``manifests/``: a FileSet or a Manifest, told by
+    the first bytes and validated; ManifestError naming ``source`` when it is neither or
+    does not validate."""
     if data.lstrip().startswith(SET_MAGIC):
         return FileSet.from_bytes(data, source)
     if looks_like_manifest(data[:64]):
@@ -608,6 +621,10 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
 
 # -- pull / ls ------------------------------------------------------------------------------------
 def select_params(manifest: Manifest, include: list[str] | None) -> Manifest:
+    """The manifest of a file holding only the parameters matching a glob of ``include``
+    (by their own name or a tensor living in them: ``checkpoint.matching_params``), which
+    may hold none; ``manifest`` itself when ``include`` is empty or None.  FormatError when
+    the format's plug-in is not installed."""
     if not include:
         return manifest
     return checkpoint.select(manifest, checkpoint.matching_params(manifest, include))

@@ -31,6 +31,14 @@ STATE_FILE = ".theta-zarr-watch.json"
 
 @dataclass
 class WatchOptions:
+    """How ``theta-zarr watch`` runs (its flags): ``prefix`` goes before each checkpoint's
+    name to make its ref; ``interval``: seconds between scans (a checkpoint is complete
+    once unchanged over one); ``marker``: a glob whose file marks a folder complete;
+    ``globs``: which top-level files are checkpoints; ``once``: two scans, then exit;
+    ``exit_after``: seconds after which to stop (None: never); ``state``: the state file
+    (None: ``FOLDER/.theta-zarr-watch.json``); ``force``: move refs that point elsewhere.
+    """
+
     prefix: str
     interval: float = 30.0
     marker: str | None = None
