@@ -148,6 +148,17 @@ def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,
                           device: str | torch.device = "cpu",
                           workers: int = 4, source: str = "checkpoint"
                           ) -> dict[str, torch.Tensor]:
+    """The tensors of ``manifest`` matching ``include``, by flat name, in file order.
+
+    What ``load_state_dict`` returns once it has the manifest: keys and aliasing as
+    there (tied aliases and slices of one stored parameter share memory); each tensor
+    has the parameter's shape and its own dtype (bytes are never cast) and lives on
+    ``device``.  Only the selected parameters' chunks are read, the missing ones fetched
+    first through ``objects``; ``workers`` threads read ahead; ``source`` names the
+    checkpoint in errors.  Raises ManifestError when ``include`` is given and matches no
+    parameter, MissingObjectError when chunks the cache lacks have no remote to come from,
+    and ObjectError (QuarantinedError) for a corrupt cached chunk.
+    """
     import torch
 
     from . import formats

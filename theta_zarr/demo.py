@@ -31,11 +31,16 @@ BLOCK_ELEMS = 1 << 22
 
 @dataclass(frozen=True)
 class ModelShape:
+    """The shape of a synthetic decoder-only transformer (Llama-like names): ``hidden``
+    width, ``layers`` blocks of four ``hidden x hidden`` attention projections, an MLP of
+    width ``4 x hidden`` and two norms, and a ``vocab``-row embedding and LM head."""
+
     hidden: int
     layers: int
     vocab: int
 
     def tensors(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, shape) of every tensor, in file order."""
         h, v = self.hidden, self.vocab
         out: list[tuple[str, tuple[int, ...]]] = [("embed_tokens.weight", (v, h))]
         for i in range(self.layers):
@@ -49,6 +54,7 @@ class ModelShape:
         return out
 
     def layer_names(self, i: int) -> list[str]:
+        """The names of block ``i``'s tensors (``layers.{i}.*``), in file order."""
         return [n for n, _ in self.tensors() if n.startswith(f"layers.{i}.")]
 
 
@@ -99,6 +105,8 @@ def write_model(path: str, shape: ModelShape, seed: int = 0, tuned: Iterable[str
 
 
 def tensor_bytes(shape: ModelShape, names: Iterable[str]) -> int:
+    """The bytes of the named tensors of ``shape`` in bf16 (2 bytes an element), headers
+    not counted; KeyError for a name the shape lacks."""
     dims = dict(shape.tensors())
     return sum(math.prod(dims[n]) * 2 for n in names)
 
@@ -112,6 +120,8 @@ def scripts_path_env() -> dict[str, str]:
 
 
 def dir_bytes(path: str) -> tuple[int, int]:
+    """(files, bytes) of everything under ``path`` (an object store, a cache), leaving out
+    the ``.tmp-*`` files of writes in progress; (0, 0) when ``path`` does not exist."""
     files = total = 0
     for folder, _, names in os.walk(path):
         for n in names:

@@ -410,6 +410,9 @@ class _Plan:
 
 
 def delta_policy(enabled: bool) -> delta.DeltaPolicy:
+    """The DeltaPolicy a distributed save writes with: ``enabled`` (the writer's ``delta``)
+    and the defaults (``delta.DEFAULT_RATIO``, ``DEFAULT_DEPTH``); a save reads no git
+    config, so ``theta-zarr.delta-ratio`` and ``delta-depth`` do not apply to it."""
     return delta.DeltaPolicy(enabled=enabled)
 
 
