@@ -41,7 +41,7 @@ class CleanResult:
     """What ``clean`` made of one input: its manifest and what storing its chunks cost.
 
     ``stats`` counts the chunks hashed and the objects newly written to the cache (all
-    zero when ``passed_through``: the input was already a manifest, stored as it was).
+    zero when ``passed_through``: the input was already a manifest, given back as it is).
     """
 
     manifest: Manifest

@@ -80,7 +80,7 @@ class RemoteSpec:
     Construction raises RemoteError naming the remote for a bad URL, an option holding or
     looking like a credential, an unknown option, ``concurrency`` outside 1 to
     ``MAX_CONCURRENCY``, an unknown ``compression`` (``codecs.WRITER_NAMES``) or a bad
-    ``retry-timeout``: a spec that exists is one every command accepts.
+    ``retry-timeout``, so ``remote add`` refuses what a later push would.
     """
 
     name: str

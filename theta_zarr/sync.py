@@ -117,8 +117,8 @@ def _digest(value: object, where: str) -> str:
 
 @dataclass
 class FileSet:
-    """A directory published as one ref: ``files`` maps each file's path in it (``/``-
-    separated, checked by ``check_name`` and ``check_file_names``) to its FileEntry.
+    """A directory published as one ref: ``files`` maps each file's ``/``-separated path in
+    it (checked by ``check_name`` and ``check_file_names``) to its FileEntry.
 
     Stored in the remote's ``manifests/`` like a manifest, as deterministic JSON that
     starts with ``{"theta_zarr_set":`` (``to_bytes``), so a reader tells the two apart by

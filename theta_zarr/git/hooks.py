@@ -41,8 +41,8 @@ HOOKS = {
 
 
 def marker(name: str) -> str:
-    """The comment line that marks hook ``name`` as theta-zarr's own: install and uninstall
-    recognise (and never chain) a hook holding it."""
+    """The comment line that marks hook ``name`` as theta-zarr's own: a hook file holding
+    it is replaced by install (never chained) and removed by uninstall."""
     return f"# theta-zarr {name} hook"
 
 

@@ -149,8 +149,8 @@ def _true(value: str) -> bool:
 class Repo:
     """A git repository as theta-zarr's git face sees it, from one ``git rev-parse``
     (``discover``): absolute paths of its work tree's top, its git dir (a linked
-    worktree's own), its common dir (shared by all worktrees: the cache, the stat
-    records), its hooks folder and index file, and its object format.
+    worktree's own: the stat records, the pending writes), its common dir (shared by all
+    worktrees: the cache), its hooks folder and index file, and its object format.
 
     Every git command it runs (``git``) runs at ``top``.
     """
