@@ -14,6 +14,7 @@ the fork that checkov ships); ``_norm_body`` maps all of them onto one shape.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -1383,3 +1384,103 @@ def test_examples_use_the_modules(name: str) -> None:
     )
     assert url == "URL"
     assert (path / "terraform.tfvars.example").is_file()
+
+
+def policy_json(module: Module, doc_name: str, env: Env) -> dict:
+    """An aws_iam_policy_document as the IAM policy JSON it renders to."""
+    out = []
+    for stmt in statements(module.data_source("aws_iam_policy_document", doc_name), env):
+        rendered = {
+            "Effect": effect(stmt, env),
+            "Action": stmt_eval(stmt, "actions", env),
+            "Resource": stmt_eval(stmt, "resources", env),
+        }
+        for cond in stmt.get("condition", []):
+            test, variable = stmt_eval(cond, "test", env), stmt_eval(cond, "variable", env)
+            rendered.setdefault("Condition", {}).setdefault(test, {})[variable] = stmt_eval(
+                cond, "values", env
+            )
+        out.append(rendered)
+    return {"Version": "2012-10-17", "Statement": out}
+
+
+def _moto_auth(endpoint: str, after: str) -> None:
+    """Make the moto server check every request against IAM (``after`` = "0") or none
+    ("inf")."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth",
+        data=after.encode(),
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
+@pytest.mark.parametrize("prefix", ["", "team/llm"])
+def test_s3_policies_let_the_client_use_every_key_space(s3: Module, s3_server, prefix) -> None:
+    """The module's read-write and read-only policies, applied by the S3 server to the
+    client's own requests: every key space lists (empty too: gc's trash/, fsck's
+    staging/, a new remote's refs/), the writer writes refs conditionally and moves
+    objects through the trash, the reader reads and cannot write."""
+    boto3 = pytest.importorskip("boto3")
+    from theta_zarr.storage import ConditionFailed, StorageError, open_store
+
+    bucket = s3_server.new_bucket().removeprefix("s3://")
+    admin = s3_server.storage_options
+    client = {
+        "endpoint_url": s3_server.endpoint,
+        "region_name": admin["client_kwargs"]["region_name"],
+        "aws_access_key_id": admin["key"],
+        "aws_secret_access_key": admin["secret"],
+    }
+    iam = boto3.client("iam", **client)
+    attrs = {
+        "this": {
+            **S3_BUCKET_ATTRS["this"],
+            "id": bucket,
+            "bucket": bucket,
+            "arn": f"arn:aws:s3:::{bucket}",
+        }
+    }
+    env = s3.env({"prefix": prefix, "bucket_name": bucket}, aws_s3_bucket=attrs)
+    stores = {}
+    for access in ("read_write", "read_only"):
+        user = f"{bucket}-{access}"
+        iam.create_user(UserName=user)
+        iam.put_user_policy(
+            UserName=user,
+            PolicyName=access,
+            PolicyDocument=json.dumps(policy_json(s3, access, env)),
+        )
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        options = {
+            **admin,
+            "key": key["AccessKeyId"],
+            "secret": key["SecretAccessKey"],
+            "skip_instance_cache": True,
+        }
+        stores[access] = open_store(s3_server.url(bucket, prefix), options)
+    writer, reader = stores["read_write"], stores["read_only"]
+    chunk = "objects/ab/" + "c" * 62
+    _moto_auth(s3_server.endpoint, "0")
+    try:
+        for space in remote_key_spaces():
+            for store in (writer, reader):
+                assert list(store.list(f"{space}/")) == [], space
+        writer.put(chunk, [b"chunk"])
+        writer.put_if("refs/main", b"one", None)
+        with pytest.raises(ConditionFailed):
+            writer.put_if("refs/main", b"two", None)
+        writer.move(chunk, f"trash/run/{chunk}")
+        assert [i.key for i in reader.list("trash/")] == [f"trash/run/{chunk}"]
+        assert reader.get(f"trash/run/{chunk}") == b"chunk"
+        assert reader.get_versioned("refs/main")[0] == b"one"
+        with pytest.raises(StorageError):
+            reader.put("refs/other", [b"x"])
+        writer.delete(f"trash/run/{chunk}")
+        assert list(reader.list("trash/")) == []
+    finally:
+        _moto_auth(s3_server.endpoint, "inf")

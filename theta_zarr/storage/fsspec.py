@@ -86,10 +86,15 @@ class FsspecStore(BlobStore):
             raise self._fail("move", src, e) from None
         self.delete(src)
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+    def _find(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """{path: info} of every blob under the folder-like ``prefix`` (the library's
+        ``find``); raises FileNotFoundError where the library says it is absent."""
         top = self._path(prefix.rstrip("/")) if prefix else self.root
+        return self.fs.find(top, detail=True, **self._bound)
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         try:
-            found = self.fs.find(top, detail=True, **self._bound)
+            found = self._find(prefix)
         except FileNotFoundError:
             return
         except Exception as e:

@@ -67,6 +67,22 @@ class S3Store(FsspecStore):
                 raise fail(self, "reach", f"bucket {bucket}", e) from None
             return  # no permission to ask (a public or requester-pays bucket): try the data
 
+    def _find(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """ListObjectsV2 requests for the keys under ``prefix`` and nothing else.
+
+        s3fs's ``find`` of a folder that holds nothing then asks for the folder's own
+        key (a HeadObject of ``trash``, ``refs``), which an IAM policy that grants only
+        the remote's key spaces (``trash/*``, terraform/modules/s3-remote) answers 403:
+        every listing of an empty key space failed, so ``gc --remote`` (its trash/),
+        ``fsck --remote`` (staging/) and ``ls`` of a new remote failed with
+        "Forbidden".  Given the listing's prefix as ``prefix``, ``find`` lists only.
+        """
+        bucket, key = self._bucket_key(prefix.rstrip("/"))
+        key = key.strip("/")
+        if not key:  # the bucket itself: one listing, no fallback either
+            return self.fs.find(bucket, detail=True, **self._bound)
+        return self.fs.find(bucket, prefix=key + "/", detail=True, **self._bound)
+
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         bucket, path = self._bucket_key(key)
 
