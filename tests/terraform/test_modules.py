@@ -1484,3 +1484,47 @@ def test_s3_policies_let_the_client_use_every_key_space(s3: Module, s3_server, p
         assert list(reader.list("trash/")) == []
     finally:
         _moto_auth(s3_server.endpoint, "inf")
+
+
+def _blocks(body: dict, label: str, env: Env) -> list[tuple[dict, Env]]:
+    """The ``label`` blocks of a body for the given inputs: (block, scope) pairs, static
+    ones and those a ``dynamic`` block makes."""
+    out = [(block, env) for block in body.get(label, [])]
+    for dyn in body.get("dynamic", []):
+        if label in dyn:
+            for item in evaluate(dyn[label]["for_each"], env):
+                scope = dict(env)
+                scope[label] = {"value": item, "key": item}
+                out.append((dyn[label]["content"][0], scope))
+    return out
+
+
+@pytest.mark.parametrize("versioning", [True, False])
+def test_noncurrent_versions_expire_whether_versioning_is_on_or_was_on(
+    s3: Module, gcs: Module, versioning: bool
+) -> None:
+    """Turning enable_versioning back to false suspends versioning; the versions kept
+    until then, and every object gc --remote deletes afterwards, are noncurrent
+    versions that only this rule removes, so it must not go with the setting."""
+    lifecycle = s3.resource("aws_s3_bucket_lifecycle_configuration", "this")
+    env = s3_env(s3, enable_versioning=versioning, noncurrent_version_expiration_days=9)
+    expiring = []
+    for rule, scope in _blocks(lifecycle, "rule", env):
+        if "noncurrent_version_expiration" not in rule:
+            continue
+        assert evaluate(rule["status"], scope) == "Enabled"
+        (flt,) = rule["filter"]
+        assert evaluate(flt.get("prefix", ""), scope) == "" and not flt.get("and")
+        (expire,) = rule["noncurrent_version_expiration"]
+        expiring.append(evaluate(expire["noncurrent_days"], scope))
+    assert expiring == [9], "S3: noncurrent versions never expire"
+
+    env = gcs.env({"enable_versioning": versioning, "noncurrent_version_expiration_days": 9})
+    expiring = []
+    for rule, scope in _blocks(_gcs_bucket(gcs), "lifecycle_rule", env):
+        (action,) = rule["action"]
+        (condition,) = rule["condition"]
+        if evaluate(action["type"], scope) == "Delete":
+            assert evaluate(condition["with_state"], scope) == "ARCHIVED"
+            expiring.append(evaluate(condition["days_since_noncurrent_time"], scope))
+    assert expiring == [9], "GCS: noncurrent versions never expire"

@@ -88,18 +88,17 @@ resource "google_storage_bucket" "this" {
     }
   }
 
-  dynamic "lifecycle_rule" {
-    for_each = var.enable_versioning ? [var.noncurrent_version_expiration_days] : []
+  # Kept whether or not versioning is on now: a bucket whose versioning was enabled
+  # once and then turned off still holds the noncurrent versions, which nothing else
+  # would ever delete. On a bucket that was never versioned the rule matches nothing.
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = var.noncurrent_version_expiration_days
+      with_state                 = "ARCHIVED"
+    }
 
-    content {
-      condition {
-        days_since_noncurrent_time = lifecycle_rule.value
-        with_state                 = "ARCHIVED"
-      }
-
-      action {
-        type = "Delete"
-      }
+    action {
+      type = "Delete"
     }
   }
 

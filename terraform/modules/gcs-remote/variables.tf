@@ -88,7 +88,7 @@ variable "enable_versioning" {
 }
 
 variable "noncurrent_version_expiration_days" {
-  description = "When versioning is enabled, delete noncurrent object versions this many days after they become noncurrent."
+  description = "Delete noncurrent object versions this many days after they become noncurrent. The rule stays when enable_versioning is turned back to false, so the versions kept while it was on (and those of objects deleted since) still expire."
   type        = number
   default     = 30
   nullable    = false

@@ -106,22 +106,22 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
     }
   }
 
-  dynamic "rule" {
-    for_each = var.enable_versioning ? [var.noncurrent_version_expiration_days] : []
+  # Kept whether or not versioning is on now: a bucket whose versioning was enabled
+  # once and then suspended (enable_versioning back to false) still holds the old
+  # versions, and every object gc --remote deletes later stays as a noncurrent
+  # version. On a bucket that was never versioned the rule matches nothing.
+  rule {
+    id     = "expire-noncurrent-versions"
+    status = "Enabled"
 
-    content {
-      id     = "expire-noncurrent-versions"
-      status = "Enabled"
+    filter {}
 
-      filter {}
+    noncurrent_version_expiration {
+      noncurrent_days = var.noncurrent_version_expiration_days
+    }
 
-      noncurrent_version_expiration {
-        noncurrent_days = rule.value
-      }
-
-      expiration {
-        expired_object_delete_marker = true
-      }
+    expiration {
+      expired_object_delete_marker = true
     }
   }
 
