@@ -1528,3 +1528,19 @@ def test_noncurrent_versions_expire_whether_versioning_is_on_or_was_on(
             assert evaluate(condition["with_state"], scope) == "ARCHIVED"
             expiring.append(evaluate(condition["days_since_noncurrent_time"], scope))
     assert expiring == [9], "GCS: noncurrent versions never expire"
+
+
+def test_documented_remote_add_reads_the_output_from_the_terraform_folder() -> None:
+    """``git theta-zarr remote add`` configures the repository of the folder it runs in:
+    a bare ``$(terraform output ...)`` there means running it in the Terraform folder,
+    which registered the remote in the repository holding the Terraform code."""
+    docs = [TERRAFORM / "README.md", REPO_ROOT / "docs" / "terraform.md"]
+    docs += [path / "README.md" for path in MODULES.values()]
+    found = 0
+    for doc in docs:
+        text = doc.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            if "remote add" in line and "terraform" in line and "output" in line:
+                found += 1
+                assert "terraform -chdir=" in line, f"{doc.name}: {line.strip()}"
+    assert found == len(docs)
