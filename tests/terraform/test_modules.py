@@ -894,7 +894,7 @@ def test_bucket_name_validation(request, fixture: str) -> None:
 
 
 def test_s3_bucket_name_reserved_forms(s3: Module) -> None:
-    for bad in ("xn--abc", "abc-s3alias", "abc--ol-s3", "under_score"):
+    for bad in ("xn--abc", "abc-s3alias", "abc--ol-s3", "abc--table-s3", "under_score"):
         assert not s3.validations_pass("bucket_name", bad), bad
 
 

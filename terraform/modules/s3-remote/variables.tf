@@ -8,8 +8,8 @@ variable "bucket_name" {
   }
 
   validation {
-    condition     = !can(regex("\\.\\.|\\.-|-\\.|^xn--|^sthree-|^amzn-s3-demo-|-s3alias$|--ol-s3$|--x-s3$|\\.mrap$", var.bucket_name))
-    error_message = "The bucket_name must not contain '..', '.-' or '-.', nor use a prefix or suffix reserved by S3 (xn--, sthree-, amzn-s3-demo-, -s3alias, --ol-s3, --x-s3, .mrap)."
+    condition     = !can(regex("\\.\\.|\\.-|-\\.|^xn--|^sthree-|^amzn-s3-demo-|-s3alias$|--ol-s3$|--x-s3$|--table-s3$|\\.mrap$", var.bucket_name))
+    error_message = "The bucket_name must not contain '..', '.-' or '-.', nor use a prefix or suffix reserved by S3 (xn--, sthree-, amzn-s3-demo-, -s3alias, --ol-s3, --x-s3, --table-s3, .mrap)."
   }
 
   validation {
