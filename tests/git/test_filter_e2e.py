@@ -361,3 +361,26 @@ def test_git_going_away_in_the_middle_of_a_file_is_one_plain_line(repo, tmp_path
     p.stderr.close()
     assert err.strip() == ("theta-zarr: git closed the filter pipe in the middle of a request "
                            "(git was stopped); the file it was sending was not recorded"), err
+
+
+def test_a_file_name_that_is_not_utf8_goes_through_every_command(repo):
+    """git paths are bytes: a Latin-1 name (``\\xe9t\\xe9.safetensors``) once stopped the
+    filter at its header line, and with it every other file of the ``git add``."""
+    name = b"\xe9t\xe9.safetensors"
+    path = os.path.join(os.fsencode(repo.path), name)
+    safetensors.numpy.save_file({"w": np.arange(12, dtype=np.float32)}, os.fsdecode(path))
+    safetensors.numpy.save_file({"w": np.ones(3, np.float32)}, str(repo.path / "ok.safetensors"))
+    before = file_sha(os.fsdecode(path))
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "latin-1 name")
+    shown = repo.git("show", b"HEAD:" + name).stdout  # the manifest, not the file
+    assert Manifest.from_bytes(shown).params["w"].shape == (12,)
+    listed = repo.tz("ls-files").stdout.decode()
+    assert '"\\351t\\351.safetensors"  safetensors  1 param' in listed  # as git quotes it
+    safetensors.numpy.save_file({"w": np.arange(12, dtype=np.float32) * 2}, os.fsdecode(path))
+    diff = repo.tz("diff").stdout
+    assert name + b": 1 changed" in diff
+    os.unlink(path)
+    repo.git("checkout", "--", ".")
+    assert file_sha(os.fsdecode(path)) == before
+    assert repo.git("status", "--porcelain").stdout == b""

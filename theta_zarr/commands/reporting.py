@@ -156,9 +156,22 @@ _C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
 def quote_path(path: str) -> str:
     """A path as git lists it (``quote_c_style``): in double quotes with C escapes when it
     holds a control character, a double quote or a backslash, so one line is one path;
-    other paths, non-ASCII ones included, as they are."""
-    if not any(c in _C_ESCAPES or ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    other paths, non-ASCII ones included, as they are.  A byte that is not UTF-8 (a
+    surrogate escape of ``os.fsdecode``) is written in octal, as git writes it
+    (``"\\351t\\351.npy"``), so the line can be printed in any locale."""
+    if not any(c in _C_ESCAPES or _octal(c) is not None for c in path):
         return path
-    body = "".join(_C_ESCAPES.get(c) or (f"\\{ord(c):03o}" if ord(c) < 0x20 or ord(c) == 0x7F
-                                         else c) for c in path)
+    body = "".join(_C_ESCAPES.get(c) or (c if _octal(c) is None else f"\\{_octal(c):03o}")
+                   for c in path)
     return f'"{body}"'
+
+
+def _octal(c: str) -> int | None:
+    """The byte a character of a path is written as in octal: a control character, DEL,
+    or an undecodable byte (surrogate escapes U+DC80..U+DCFF); None for the rest."""
+    n = ord(c)
+    if n < 0x20 or n == 0x7F:
+        return n
+    if 0xDC80 <= n <= 0xDCFF:
+        return n - 0xDC00
+    return None

@@ -73,7 +73,7 @@ def check_not_forbidden(patterns: list[str]) -> None:
             with open(os.path.join(tmp, ".gitattributes"), "w", encoding="utf-8") as f:
                 f.write(f"{pattern} filter={DRIVER}\n")
             out = git("check-attr", "-z", "filter", "--", *FORBIDDEN, cwd=tmp).split(b"\0")
-            hit = [out[i].decode() for i in range(0, len(out) - 2, 3)
+            hit = [os.fsdecode(out[i]) for i in range(0, len(out) - 2, 3)
                    if out[i + 2].decode() == DRIVER]
             if hit:
                 raise ValueError(f"pattern {unescape(pattern)!r} matches {hit[0]}, which must "

@@ -68,7 +68,7 @@ def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]
     args = ["diff", "--name-status", "-z", "--no-ext-diff", "--no-textconv"]
     if cached:
         args.append("--cached")
-    fields = repo.git(*args, *revs, "--", *paths).decode().split("\0")
+    fields = os.fsdecode(repo.git(*args, *revs, "--", *paths)).split("\0")
     changed, pairs, i = set(), {}, 0
     while i < len(fields) and fields[i]:
         status = fields[i]
@@ -341,7 +341,7 @@ def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
 def _stages(repo: Repo, path: str) -> dict[int, str]:
     out = repo.git("ls-files", "-u", "-z", "--", path)
     stages = {}
-    for rec in out.decode().split("\0"):
+    for rec in os.fsdecode(out).split("\0"):
         if rec:
             meta, _, name = rec.partition("\t")
             if name == path:

@@ -34,7 +34,7 @@ def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
         items = []
         for rec in raw.split(b"\0"):
             if rec:
-                meta, _, path = rec.decode().partition("\t")
+                meta, _, path = os.fsdecode(rec).partition("\t")
                 mode, blob, stage = meta.split()
                 if stage in ("0", "2"):
                     items.append((path, blob))
@@ -43,7 +43,7 @@ def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
     items = []
     for rec in raw.split(b"\0"):
         if rec:
-            meta, _, path = rec.decode().partition("\t")
+            meta, _, path = os.fsdecode(rec).partition("\t")
             mode, kind, blob = meta.split()
             if kind == "blob":
                 items.append((path, blob))

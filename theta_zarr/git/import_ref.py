@@ -27,11 +27,11 @@ def _would_overwrite(repo: Repo, dests: list[str]) -> list[str]:
         if os.path.lexists(os.path.join(repo.top, *dest.split("/"))):
             present.append(dest)
     if present:
-        tracked = set(repo.git("ls-files", "-z", "--", *present).decode().split("\0"))
+        tracked = set(os.fsdecode(repo.git("ls-files", "-z", "--", *present)).split("\0"))
         lose += [d for d in present if d not in tracked]
         known = [d for d in present if d in tracked]
         if known:
-            changed = repo.git("diff", "--name-only", "-z", "--", *known).decode()
+            changed = os.fsdecode(repo.git("diff", "--name-only", "-z", "--", *known))
             lose += [d for d in changed.split("\0") if d]
     return sorted(set(lose))
 

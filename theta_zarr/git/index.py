@@ -150,7 +150,7 @@ class GitIndex:
         (nothing changed) when the index cannot be rewritten safely.  Without an index
         file (git wrote none: ``rm .git/index; git restore …``) there is no entry to update.
         """
-        wanted = {p.encode("utf-8") for p in paths}
+        wanted = {os.fsencode(p) for p in paths}
         with self._locked(wait_s) as fd:
             try:
                 with open(self.path, "rb") as f:
@@ -161,7 +161,7 @@ class GitIndex:
             for i, e in enumerate(entries):
                 if e.name not in wanted or e.flags & 0x3000:  # stage bits: conflicts are left alone
                     continue
-                path = e.name.decode("utf-8")
+                path = os.fsdecode(e.name)
                 blob = e.sha.decode("ascii") if isinstance(e.sha, bytes) else str(e.sha)
                 old = Stat(tuple(e.ctime), tuple(e.mtime), e.dev, e.ino, e.uid, e.gid, e.size)
                 new = fn(Entry(path, blob, old))

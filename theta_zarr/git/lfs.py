@@ -89,7 +89,7 @@ def routed_patterns(top: str) -> list[str]:
 def lfs_files(repo: Repo, paths: list[str] | None = None) -> list[str]:
     """Index paths (all, or ``paths``) whose ``filter`` attribute is ``lfs`` right now."""
     if paths is None:
-        paths = [p for p in repo.git("ls-files", "-z").decode().split("\0") if p]
+        paths = [p for p in os.fsdecode(repo.git("ls-files", "-z")).split("\0") if p]
     return [p for p, value in repo.attribute(paths, "filter").items() if value == "lfs"]
 
 

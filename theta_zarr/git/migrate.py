@@ -96,7 +96,7 @@ def migrate_tree(repo: Repo, include: list[str] | None, message: str | None,
     """Convert the current tree's LFS files under the patterns; returns how many."""
     _require_clean(repo)
     patterns = _patterns(repo, include)
-    entries = [rec.decode().split("\t", 1) for rec in
+    entries = [os.fsdecode(rec).split("\t", 1) for rec in
                repo.git("ls-files", "-z", "-s").split(b"\0") if rec]
     blobs = {path: meta.split()[1] for meta, path in entries}
     candidates = sorted(_matching(repo, list(blobs), patterns))

@@ -54,7 +54,7 @@ def list_folder(repo: Repo, folder: str, side: object) -> list[str] | None:
         return sorted(n for n in os.listdir(full) if os.path.isfile(os.path.join(full, n)))
     prefix = f"{folder}/" if folder else ""
     if side is INDEX:
-        out = repo.git("ls-files", "-z", "--", prefix or ".").decode().split("\0")
+        out = os.fsdecode(repo.git("ls-files", "-z", "--", prefix or ".")).split("\0")
         names = [p[len(prefix):] for p in out if p]
         found = sorted(n for n in names if "/" not in n)
         return found if found or any(names) else None
@@ -63,7 +63,7 @@ def list_folder(repo: Repo, folder: str, side: object) -> list[str] | None:
         return None
     out = repo.git("ls-tree", "-z", f"{side}:{folder}")
     names = []
-    for rec in out.decode().split("\0"):
+    for rec in os.fsdecode(out).split("\0"):
         meta, _, name = rec.partition("\t")
         if name and meta.split()[1] == "blob":
             names.append(name)

@@ -60,10 +60,12 @@ class PktReader:
         return None if size is None else self._exact(size)
 
     def read_text_list(self) -> list[str]:
-        """Text packets up to the next flush."""
+        """Text packets up to the next flush.  A path git sends is bytes, not always UTF-8:
+        those bytes come back as ``os.fsdecode`` gives them (surrogate escapes), so the
+        path opens the same file and goes back to git unchanged."""
         out = []
         while (pkt := self.read_packet()) is not None:
-            out.append(pkt.decode("utf-8").rstrip("\n"))
+            out.append(pkt.decode("utf-8", "surrogateescape").rstrip("\n"))
         return out
 
     def content_stream(self) -> ContentStream:
@@ -137,7 +139,7 @@ class PktWriter:
     def text(self, *lines: str) -> None:
         """One text packet per line: UTF-8, ending in a newline (``status=success``)."""
         for line in lines:
-            self.packet(line.encode("utf-8") + b"\n")
+            self.packet(line.encode("utf-8", "surrogateescape") + b"\n")
 
     def flush(self) -> None:
         """A flush packet (``0000``), then the stream flushed, so git sees it all."""

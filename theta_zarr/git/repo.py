@@ -221,8 +221,8 @@ class Repo:
             return {}
         extra = ("-c", f"core.attributesFile={attributes_file}") if attributes_file else ()
         out = self.git(*extra, "check-attr", "-z", "--stdin", name,
-                       input="\0".join(paths).encode() + b"\0").split(b"\0")
-        return {out[i].decode(): out[i + 2].decode() for i in range(0, len(out) - 2, 3)}
+                       input=b"".join(os.fsencode(p) + b"\0" for p in paths)).split(b"\0")
+        return {os.fsdecode(out[i]): out[i + 2].decode() for i in range(0, len(out) - 2, 3)}
 
     def first_change(self) -> str | None:
         """The first path whose tracked content differs from HEAD (index or work tree; new

@@ -46,7 +46,7 @@ class StatCache:
         self.root = os.path.join(git_dir, "theta-zarr", "stat")
 
     def _file(self, path: str) -> str:
-        return os.path.join(self.root, hashlib.sha256(path.encode("utf-8")).hexdigest())
+        return os.path.join(self.root, hashlib.sha256(os.fsencode(path)).hexdigest())
 
     def get(self, path: str, st: os.stat_result) -> tuple[bytes, Manifest] | None:
         """The manifest recorded for ``path`` (its bytes, parsed) if ``st`` is the recorded
