@@ -151,7 +151,10 @@ def test_bad_npy_files_are_refused(tmp_path):
     data = buf.getvalue()
     for bad, fragment in [(data[:-3], "truncated"), (data + b"x", "continues past"),
                           (data[:20], "truncated"),
-                          (data[:8] + struct.pack("<H", 10) + b"{'descr':}", "bad .npy header")]:
+                          (data[:8] + struct.pack("<H", 10) + b"{'descr':}", "bad .npy header"),
+                          # a version-3 header (UTF-8) that is not UTF-8
+                          (b"\x93NUMPY\x03\x00" + struct.pack("<I", 4) + b"\xff\xfe{}",
+                           "bad .npy header")]:
         with pytest.raises(FormatError) as info:
             clean(bad, tmp_path, name="a.npy")
         assert fragment in str(info.value) and "a.npy" in str(info.value)

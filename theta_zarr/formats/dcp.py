@@ -74,15 +74,13 @@ class DcpFormat(Format):
         shapes = info["chunk_shapes"]
         blobs = {name: _b64(text, source.name, name) for name, text in info["bytes"].items()}
         recorded: dict[str, tuple[int, ...]] = {}
-        for name, entry in header.items():
-            if name in shapes and isinstance(entry, dict):
+        named = [n for n, entry in header.items() if isinstance(entry, dict)] + list(blobs)
+        for name in named:
+            if name in shapes:
                 try:
                     recorded[name] = tuple(int(c) for c in shapes[name])
                 except (TypeError, ValueError):
-                    continue  # the policy chunks it
-        for name in blobs:
-            if name in shapes:
-                recorded[name] = tuple(int(c) for c in shapes[name])
+                    continue  # not a shape: the policy chunks it
         writer.chunk_shapes.update(recorded)
         stream_tensors(source, writer, header)
         for name, data in sorted(blobs.items()):
@@ -91,7 +89,7 @@ class DcpFormat(Format):
                                   (len(data),), memoryview(data))
             except ManifestError as e:
                 raise FormatError(str(e)) from None
-        return {"name": NAME, **info["format"]}
+        return {**info["format"], "name": NAME}  # the file's metadata names no other format
 
     def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
         """The tensors only: the bytes items (pickled non-tensor state) are no tensors for
@@ -115,7 +113,7 @@ class DcpFormat(Format):
 def _info(metadata: dict[str, str] | None, where: str) -> dict[str, Any]:
     try:
         info = json.loads((metadata or {})["dcp"])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError):
         raise FormatError(f"{where}: the 'dcp' metadata is missing or not JSON") from None
     if not (isinstance(info, dict) and isinstance(info.get("format"), dict)
             and isinstance(info.get("chunk_shapes"), dict)

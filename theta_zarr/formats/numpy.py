@@ -38,11 +38,11 @@ def _parse_npy_header(read_exact, where: str
     major = magic[6]
     size_len = 2 if major == 1 else 4
     hlen = int.from_bytes(read_exact(size_len), "little")
-    text = read_exact(hlen).decode("latin1" if major < 3 else "utf-8")
+    head = read_exact(hlen)
     from numpy.lib import format as npformat  # here: the plug-in loads with every format
 
     try:
-        d = ast.literal_eval(text)
+        d = ast.literal_eval(head.decode("latin1" if major < 3 else "utf-8"))
         dtype = npformat.descr_to_dtype(d["descr"])
         shape = tuple(int(s) for s in d["shape"])
         fortran = bool(d["fortran_order"])
