@@ -98,7 +98,9 @@ class Watcher:
     def candidates(self) -> tuple[dict[str, str], int]:
         """ref -> path of every checkpoint-like entry of the folder, and how many entries
         were newly found to make no valid ref name (reported once each, skipped)."""
-        out, bad = {}, 0
+        out: dict[str, str] = {}
+        clashes: dict[str, list[str]] = {}
+        bad = 0
         for name in sorted(os.listdir(self.root)):
             path = os.path.join(self.root, name)
             if name.startswith(".") or os.path.abspath(path) == self.state_path:
@@ -110,9 +112,21 @@ class Watcher:
                     self.failed[name] = "link"
                 continue
             if os.path.isdir(path):
-                out[self.opts.prefix + name] = path
+                ref = self.opts.prefix + name
             elif any(fnmatch.fnmatch(name, g) for g in self.opts.globs):
-                out[self.opts.prefix + os.path.splitext(name)[0]] = path
+                ref = self.opts.prefix + os.path.splitext(name)[0]
+            else:
+                continue
+            if ref in out:  # step-1.pt beside step-1.safetensors, or beside folder step-1
+                clashes.setdefault(ref, [out[ref]]).append(path)
+            out[ref] = path
+        for ref, paths in clashes.items():  # which one the ref means is the user's call
+            del out[ref]
+            if self.failed.get(ref) != "clash":
+                self.echo(f"{' and '.join(paths)}: not pushed: all would be ref {ref!r}; "
+                          "rename all but one (the others go on)")
+                self.failed[ref] = "clash"
+                bad += 1
         for ref, path in list(out.items()):  # a name no ref can take: said once, skipped
             try:
                 check_ref_name(ref)

@@ -15,7 +15,9 @@ from helpers import CHUNK, Case, env_for, local_case, model, tz
 from theta_zarr.cache import Cache, QuarantinedError
 from theta_zarr.objects import object_key
 from theta_zarr.refs import RefError, check_ref_name
+from theta_zarr.remote import RemoteSpec
 from theta_zarr.storage.local import LocalStore
+from theta_zarr.sync import SyncRemote
 
 
 def _one_line(proc, *fragments: str) -> str:
@@ -310,3 +312,33 @@ def test_gc_empties_the_quarantine_after_the_grace_period(repo):
     assert "(quarantined objects)" in out and moved.exists()
     assert "(quarantined objects)" in repo.tz("gc", "--grace", "1h").stdout.decode()
     assert not moved.exists()
+
+
+def test_watch_names_files_that_would_share_a_ref_and_pushes_neither(tmp_path):
+    """step-1.pt beside step-1.safetensors: both are ref run/step-1; one silently
+    replaced the other and was never pushed."""
+    case = local_case(tmp_path)
+    watched = tmp_path / "ckpts"
+    watched.mkdir()
+    model(watched / "step-1.safetensors", seed=1)
+    model(watched / "step-1.bin", seed=2)
+    model(watched / "step-2.safetensors", seed=3)
+    proc = tz(["watch", str(watched), case.url, "--ref-prefix", "run/", "--interval", "0",
+               "--once", "--chunk-size", CHUNK, "--pattern", "*.safetensors",
+               "--pattern", "*.bin"], env_for(case, tmp_path), check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1
+    assert "step-1.bin and " in err and "step-1.safetensors: not pushed: all would be ref " \
+        "'run/step-1'" in err
+    assert err.count("would be ref") == 1  # said once, not at every scan
+    remote = SyncRemote.open(RemoteSpec("t", case.url, {}))
+    assert [n for n, _ in remote.refs.list("run/")] == ["run/step-2"]  # the others go on
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e12"])
+def test_watch_refuses_an_interval_that_is_no_pause(tmp_path, value):
+    case = local_case(tmp_path)
+    proc = tz(["watch", str(tmp_path), case.url, "--ref-prefix", "run/", "--interval", value,
+               "--exit-after", "5"], env_for(case, tmp_path), check=False)
+    _one_line(proc, "not between 0 and a year of seconds")
+    assert proc.returncode == 129

@@ -83,6 +83,26 @@ def _ref_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return value
 
 
+class _Seconds(click.ParamType):
+    """A duration in seconds: a finite number from 0 to a year (a negative or NaN
+    interval made ``watch`` scan without pause; an infinite one failed in the wait)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0 <= seconds <= 365 * 86400:  # NaN fails too
+            self.fail(f"{value!r} is not between 0 and a year of seconds", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
+
+
 def register(main: click.Group) -> None:
     """Add the sync commands; ``push`` wraps git's push command already registered."""
     git_push = main.commands["push"]
@@ -282,7 +302,7 @@ def register(main: click.Group) -> None:
     @click.argument("remote_arg", metavar="REMOTE")
     @click.option("--ref-prefix", required=True, callback=_ref_name,
                   help="ref = prefix + checkpoint name")
-    @click.option("--interval", default=30.0, show_default=True,
+    @click.option("--interval", default=30.0, show_default=True, type=SECONDS,
                   help="seconds between scans; a checkpoint is complete once unchanged "
                        "over one interval")
     @click.option("--marker", default=None, metavar="GLOB",
@@ -294,7 +314,7 @@ def register(main: click.Group) -> None:
     @click.option("--state", default=None, help="state file (default FOLDER/.theta-zarr-"
                                                 "watch.json)")
     @click.option("--once", is_flag=True, help="scan twice, one interval apart, then exit")
-    @click.option("--exit-after", type=float, default=None, help="exit after SECONDS")
+    @click.option("--exit-after", type=SECONDS, default=None, help="exit after SECONDS")
     @click.option("--force", is_flag=True, help="move refs that point elsewhere")
     @remote_options
     @_cache_options
