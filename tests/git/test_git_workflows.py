@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 
-from helpers import commit_checkpoint, file_sha
+import pytest
+from helpers import commit_checkpoint, file_sha, run_python
 
 from theta_zarr.demo import ModelShape, write_model
 
@@ -140,6 +141,24 @@ def test_a_shared_repository_shares_the_cache_with_its_group(make_repo):
     assert closed == []
     files = [p for p in (cache / "objects").rglob("*") if p.is_file()]
     assert files and all(p.stat().st_mode & 0o040 for p in files)
+
+
+@pytest.mark.parametrize("value, folder, file", [("all", 0o775, 0o664),
+                                                  ("group", 0o770, 0o660),
+                                                  ("0640", 0o750, 0o640)])
+def test_shared_repository_modes_let_readers_into_folders(tmp_path, value, folder, file):
+    """core.sharedRepository=all under umask 077 made folders others could read but not
+    enter (0774): git gives ``x`` wherever it gives ``r``."""
+    proc = run_python(f"""
+        import os
+        from theta_zarr.git.repo import share_as_git_does
+        os.umask(0o077)
+        share_as_git_does({value!r})
+        os.mkdir("d")
+        open("f", "w").close()
+        print(oct(os.stat("d").st_mode & 0o777), oct(os.stat("f").st_mode & 0o777))
+        """, cwd=tmp_path)
+    assert proc.stdout.decode().split() == [oct(folder), oct(file)], proc.stderr
 
 
 def test_a_boolean_key_without_a_value_is_true_as_git_takes_it(repo):

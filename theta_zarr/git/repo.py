@@ -71,7 +71,7 @@ def share_as_git_does(value: str) -> None:
     if v in ("group", "true", "1", "yes", "on"):
         new = old & ~0o070
     elif v in ("all", "world", "everybody", "2"):
-        new = old & ~0o074
+        new = old & ~0o075  # others: read, and enter folders (files are made without x)
     else:
         try:
             mode = int(v, 8) & 0o777
