@@ -254,6 +254,9 @@ def test_merge_models_takes_a_side_for_integer_buffers_by_the_merge_rules(repo):
     proc = repo.tz("merge-models", str(cfg), check=False)
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "git config theta-zarr-merge.'GLOB'.strategy base" in err
+    repo.git("config", "theta-zarr-merge.*num_batches_tracked.strategy", "fail")
+    err = repo.tz("merge-models", str(cfg), check=False).stderr.decode()
+    assert "1 conflicting parameter(s), not merged: bn.num_batches_tracked: " in err, err
     repo.git("config", "theta-zarr-merge.*num_batches_tracked.strategy", "theirs")
     repo.tz("merge-models", str(cfg))
     got = load_file(str(repo.path / "model.safetensors"))

@@ -161,8 +161,12 @@ def _merge_file(repo: Repo, path: str, tracked: bool, labels: list[str],
         raise MergeError(f"{e}; merge-models takes a side by the repository's merge rules: "
                          "git config theta-zarr-merge.'GLOB'.strategy base (or ours: the "
                          "first model, theirs: the last)") from None
-    if merged is None:
-        raise ConfigError(conflict_report(path, p, table)[0].removeprefix("theta-zarr: "))
+    if merged is None:  # a merge rule said fail: the conflicts, named
+        report = conflict_report(path, p, table)
+        items = [ln.strip() for ln in report[1:report.index("resolve with one of:")]]
+        more = f"; and {len(items) - 3} more" if len(items) > 3 else ""
+        raise ConfigError(f"{report[0].removeprefix('theta-zarr: ')} {'; '.join(items[:3])}"
+                          f"{more} (a merge rule theta-zarr-merge.GLOB.strategy says fail)")
     oid = repo.git("hash-object", "-w", "--no-filters", "--stdin",
                    input=merged.to_bytes()).decode().strip()
     echo(summary_line(path, p, table, merged))
