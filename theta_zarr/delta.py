@@ -212,7 +212,7 @@ def parse(payload: bytes | memoryview, form: str = NAME) -> tuple[DeltaHeader, m
     """(header, body) of a delta object's payload (after the TZO1 header naming ``form``)."""
     view = memoryview(payload)
     if len(view) < DIGEST_BYTES + 2:
-        raise CodecError("xor-delta header is truncated")
+        raise CodecError(f"{form} header is truncated")
     base = "blake3:" + bytes(view[:DIGEST_BYTES]).hex()
     elem, depth = view[DIGEST_BYTES], view[DIGEST_BYTES + 1]
     if not 1 <= elem <= MAX_ELEM or depth < 1:
