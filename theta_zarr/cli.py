@@ -202,7 +202,7 @@ def untrack(patterns: tuple[str, ...]) -> None:
 def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json: bool) -> None:
     """Tracked checkpoints: format, parameters, size, chunks, and how many are cached."""
     from .checkpoint import open_cache
-    from .git.files import matches, tracked_files, worktree_state
+    from .git.files import matches, outside_sparse_checkout, tracked_files, worktree_state
     from .git.repo import Repo
 
     repo = Repo.discover()
@@ -214,6 +214,7 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
     for p, r in zip(paths, rel, strict=False):
         if r != "." and not any(matches(f.path, r) for f in files):
             fail(f"{p}: no file theta-zarr tracks matches it")
+    sparse = outside_sparse_checkout(repo) if files else set()
     rows = []
     for f in files:
         if f.manifest is None:
@@ -223,7 +224,7 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
         m = f.manifest
         digests = m.digests()
         cached = len(digests) - len(cache.missing(digests))
-        state = worktree_state(repo, f.path)
+        state = worktree_state(repo, f.path, sparse)
         row: dict[str, Any] = {
             "path": f.path, "format": m.format_name, "params": len(m.params),
             "bytes": m.nbytes, "chunks": sum(len(e.chunks) for e in m.params.values()),

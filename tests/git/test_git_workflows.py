@@ -178,3 +178,29 @@ def test_a_boolean_key_without_a_value_is_true_as_git_takes_it(repo):
     (repo.path / "model.safetensors").unlink()
     repo.git("checkout", "--", "model.safetensors")
     assert (repo.path / "model.safetensors").read_bytes().startswith(b'{"theta_zarr"')
+
+
+def test_materialize_leaves_a_sparse_checkouts_other_files_out(repo, tmp_path):
+    """A sparse checkout (``git sparse-checkout set a``) keeps ``b/`` out of the work tree;
+    ``materialize`` fetched and wrote ``b/``'s checkpoints too, and cleared their
+    skip-worktree bit, as ``git checkout -- .`` never does."""
+    (repo.path / "a").mkdir()
+    (repo.path / "b").mkdir()
+    write_model(str(repo.path / "a" / "x.safetensors"), SHAPE)
+    commit_model(repo, "two", name="b/y.safetensors", seed=1)
+    repo.git("sparse-checkout", "set", "a")
+    assert not (repo.path / "b").exists()
+    repo.tz("materialize")
+    assert not (repo.path / "b").exists()
+    assert repo.out("ls-files", "-t", "b/y.safetensors").startswith("S ")
+    listed = repo.out("theta-zarr", "ls-files").splitlines()
+    assert listed[-1].startswith("b/y.safetensors  safetensors") and listed[-1].endswith("sparse")
+    proc = repo.tz("materialize", "b/y.safetensors", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.startswith("theta-zarr: b/y.safetensors: outside the "
+                                                   "sparse checkout"), err
+    assert "git sparse-checkout add b" in err and "Traceback" not in err
+    assert not (repo.path / "b").exists()
+    out = tmp_path / "y.safetensors"
+    repo.tz("materialize", "b/y.safetensors", "-o", str(out))
+    assert out.stat().st_size > 0 and not (repo.path / "b").exists()

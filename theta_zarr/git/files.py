@@ -140,9 +140,23 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
     return files
 
 
-def worktree_state(repo: Repo, path: str) -> str:
-    """``lazy`` (a manifest is checked out), ``materialized`` or ``missing``."""
+def outside_sparse_checkout(repo: Repo) -> set[str]:
+    """The index's paths git keeps out of the work tree (the skip-worktree bit, as a
+    sparse checkout sets it for files outside its cone) that are absent there: git checks
+    none of them out, and neither does ``materialize``.  A skip-worktree file that is
+    present (the bit set by hand, to keep local edits) is not among them."""
+    out = repo.git("ls-files", "-z", "-t")
+    hidden = (rec[2:].decode() for rec in out.split(b"\0") if rec.startswith(b"S "))
+    return {p for p in hidden if not os.path.lexists(os.path.join(repo.top, p))}
+
+
+def worktree_state(repo: Repo, path: str, sparse: set[str] | frozenset[str] = frozenset()
+                   ) -> str:
+    """``lazy`` (a manifest is checked out), ``materialized``, ``sparse`` (``path`` is in
+    ``sparse``, from :func:`outside_sparse_checkout`) or ``missing``."""
     full = os.path.join(repo.top, path)
+    if path in sparse:
+        return "sparse"
     if not os.path.exists(full):
         return "missing"
     with open(full, "rb") as f:

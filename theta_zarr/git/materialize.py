@@ -16,7 +16,7 @@ from ..shards import Model, is_index_name, restrict_index
 from ..streams import write_atomic
 from ..wording import counted
 from .direct import Pending, checkout_through_git, write_files
-from .files import manifest_at, tracked_files
+from .files import manifest_at, outside_sparse_checkout, tracked_files
 from .index import IndexUnsupported
 from .install import DRIVER, configured_executable
 from .models import list_folder, open_model
@@ -104,6 +104,26 @@ def _one_file(output: str, rels: list[str]) -> None:
                          f"holds {len(rels)}: {', '.join(rels)}")
 
 
+def _in_sparse_checkout(repo: Repo, expanded: list[tuple[str, bool]], output: str | None,
+                        named: bool) -> list[tuple[str, bool]]:
+    """``expanded`` without the files a sparse checkout keeps out of the work tree, as
+    ``git checkout -- .`` leaves them out; a file PATH names there (or, where PATHs were
+    ``named``, every file they expand to) is a GitInputError, as git says no pathspec
+    matches it, unless ``output`` writes it elsewhere."""
+    sparse = outside_sparse_checkout(repo) if expanded else set()
+    for rel, this in expanded:
+        if this and rel in sparse and not output:
+            folder = posixpath.dirname(rel.replace(os.sep, "/")) or "."
+            raise GitInputError(f"{rel}: outside the sparse checkout (git checks out no file "
+                                f"there): 'git sparse-checkout add {folder}' first, or "
+                                "write it elsewhere with --output")
+    kept = [(rel, this) for rel, this in expanded if rel not in sparse or (this and output)]
+    if named and expanded and not kept:
+        raise GitInputError(f"{expanded[0][0]}: outside the sparse checkout (git checks out "
+                            "no file there): 'git sparse-checkout add' its folder first")
+    return kept
+
+
 def materialize(paths: list[str], include: list[str] | None, output: str | None,
                 force: bool = False) -> list[str]:
     """Rebuild the checkpoints at ``paths`` (every tracked one when empty) from their
@@ -140,6 +160,7 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
             expanded += [(f, False) for f in found]
         else:
             expanded.append((rel, bool(paths)))
+    expanded = _in_sparse_checkout(repo, expanded, output, bool(paths))
     jobs = []
     for rel, named in expanded:
         full = os.path.join(repo.top, rel)
