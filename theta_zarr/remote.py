@@ -46,7 +46,7 @@ from .objects import (
     reading,
 )
 from .redact import credential_part
-from .settings import DEFAULT_WORKERS
+from .settings import DEFAULT_WORKERS, parse_bool
 from .storage import StorageError, check_url, credential_hint, open_store
 from .wording import counted
 
@@ -55,6 +55,9 @@ OPTION_NAMES = ("endpoint-url", "region", "requester-pays", "anon", "project", "
                 "concurrency", "retry-timeout")
 #: environment variable that sets the retry budget of every remote (seconds)
 RETRY_TIMEOUT_ENV = "THETA_ZARR_RETRY_TIMEOUT"
+#: boolean options: git takes one written without ``= value`` (``anon``) as true, and
+#: refuses a value that is no boolean (``ture``), as they are refused here
+BOOLEAN_OPTIONS = ("requester-pays", "anon")
 SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 #: remotes pick a codec per object by dtype (codecs.choose): expsplit for bf16/fp16/fp32,
 #: blosc for other multi-byte items, zstd for bytes, raw where none pays
@@ -115,6 +118,14 @@ class RemoteSpec:
         if codec is not None and codec not in codecs.WRITER_NAMES:
             raise RemoteError(f"remote {self.name!r}: unknown compression {codec!r} "
                               f"(known: {', '.join(codecs.WRITER_NAMES)})")
+        for key in BOOLEAN_OPTIONS:
+            if key in self.options:
+                try:
+                    parse_bool(self.options[key])
+                except ValueError:
+                    raise RemoteError(f"remote {self.name!r}: option {key}="
+                                      f"{self.options[key]!r} is not a boolean (true/false, "
+                                      "yes/no, on/off, 1/0)") from None
         if self.options.get("retry-timeout"):
             retry_timeout(self)  # checked here, so 'remote add' refuses what push would
 
@@ -126,7 +137,8 @@ class RemoteSpec:
 
 
 def _true(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+    """A boolean option as git reads it (RemoteSpec has refused one that is not)."""
+    return parse_bool(value or "")
 
 
 def storage_options(url: str, options: dict[str, str], concurrency: int) -> dict:

@@ -74,3 +74,21 @@ def parse_size(text: str) -> int:
                 break
             return int(number * units[suffix])
     raise ValueError(f"not a size: {text!r}")
+
+
+#: the words git reads as booleans (``git config --bool``), case-insensitively
+BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False,
+                 "off": False, "": False}
+
+
+def parse_bool(text: str) -> bool:
+    """A git-config boolean as ``git config --bool`` reads it: ``true``/``yes``/``on`` or a
+    whole number other than 0; ``false``/``no``/``off``, ``0`` or nothing.  Anything else
+    (``ture``, ``maybe``) is a ValueError, as git says "bad boolean config value"."""
+    t = text.strip().lower()
+    if t in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[t]
+    try:
+        return int(t) != 0
+    except ValueError:
+        raise ValueError(f"not a boolean: {text!r} (true/false, yes/no, on/off, 1/0)") from None

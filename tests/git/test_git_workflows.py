@@ -180,6 +180,25 @@ def test_a_boolean_key_without_a_value_is_true_as_git_takes_it(repo):
     assert (repo.path / "model.safetensors").read_bytes().startswith(b'{"theta_zarr"')
 
 
+
+def test_a_boolean_key_git_would_refuse_is_one_line(repo, tmp_path):
+    """``theta-zarr.lazy ture`` (or ``opaque``, ``delta``, a remote's ``anon``) was read as
+    false with no word, where git says "bad boolean config value": a checkout meant to be
+    lazy fetched and wrote every checkpoint, requests meant to be unsigned were signed."""
+    repo.git("config", "theta-zarr.lazy", "ture")
+    proc = repo.tz("ls-files", check=False)
+    assert proc.returncode == 1 and proc.stderr.decode().splitlines() == [
+        "theta-zarr: git config theta-zarr.lazy = 'ture' is not a boolean (true/false, "
+        "yes/no, on/off, 1/0)"]
+    write_model(str(repo.path / "m.safetensors"), SHAPE)
+    proc = repo.git("add", "m.safetensors", check=False)
+    assert proc.returncode != 0 and b"theta-zarr.lazy = 'ture' is not a boolean" in proc.stderr
+    assert b"Traceback" not in proc.stderr and b"internal error" not in proc.stderr
+    proc = repo.tz("remote", "add", "pub", str(tmp_path / "store"), "--remote-option",
+                   "anon=ture", check=False)
+    assert proc.returncode == 1 and b"option anon='ture' is not a boolean" in proc.stderr
+    assert "theta-zarr.remote.pub" not in repo.out("config", "--list")
+
 def test_materialize_leaves_a_sparse_checkouts_other_files_out(repo, tmp_path):
     """A sparse checkout (``git sparse-checkout set a``) keeps ``b/`` out of the work tree;
     ``materialize`` fetched and wrote ``b/``'s checkpoints too, and cleared their

@@ -14,7 +14,7 @@ import os
 
 from ..manifest import Manifest, looks_like_manifest
 from ..refs import RefError, check_ref_name
-from ..remote import RemoteError, RemoteSpec
+from ..remote import BOOLEAN_OPTIONS, RemoteError, RemoteSpec
 from ..storage import is_folder, open_store
 from ..storage.local import LocalStore
 from .files import objects_with_paths, read_blobs, small_blobs
@@ -23,8 +23,6 @@ from .repo import GitError, Repo, config_records, git
 
 THETAZARR_FILE = ".thetazarr"
 PREFIX = "theta-zarr.remote."
-#: boolean options: git takes one written without ``= value`` (``anon``) as true
-BOOLEAN_OPTIONS = frozenset({"anon", "requester-pays"})
 
 
 def _parse(records: bytes) -> dict[str, dict[str, str]]:

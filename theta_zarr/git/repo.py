@@ -13,7 +13,7 @@ from ..codecs import WRITER_NAMES
 from ..delta import DeltaPolicy
 from ..errors import UserError
 from ..objects import MAX_CONCURRENCY
-from ..settings import Settings, parse_size
+from ..settings import Settings, parse_bool, parse_size
 
 CONFIG_PREFIX = "theta-zarr."
 #: boolean keys: git takes one written without ``= value`` (``[theta-zarr] lazy``) as true
@@ -145,6 +145,16 @@ def _true(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _config_bool(key: str, value: str) -> bool:
+    """A boolean key's value as git reads it; UserError naming the key and the value for
+    anything git would call a bad boolean (a misspelt ``ture`` was silently false)."""
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise UserError(f"git config {key} = {value!r} is not a boolean (true/false, yes/no, "
+                        "on/off, 1/0)") from None
+
+
 @dataclass
 class Repo:
     """A git repository as theta-zarr's git face sees it, from one ``git rev-parse``
@@ -271,15 +281,15 @@ class Repo:
                            ("delta-depth", "delta_depth")):
             if CONFIG_PREFIX + key in cfg:
                 kwargs[field] = _config_value(CONFIG_PREFIX + key, cfg[CONFIG_PREFIX + key])
-        if "theta-zarr.delta" in cfg:
-            kwargs["delta"] = _true(cfg["theta-zarr.delta"])
-        if "theta-zarr.opaque" in cfg:
-            kwargs["opaque"] = _true(cfg["theta-zarr.opaque"])
+        for key in ("delta", "opaque"):
+            if CONFIG_PREFIX + key in cfg:
+                kwargs[key] = _config_bool(CONFIG_PREFIX + key, cfg[CONFIG_PREFIX + key])
         if "theta-zarr.direct-checkout" in cfg:
             kwargs["direct_checkout"] = _config_value("theta-zarr.direct-checkout",
                                                       cfg["theta-zarr.direct-checkout"])
         lazy_env = os.environ.get("GIT_THETA_ZARR_SKIP_SMUDGE")
-        kwargs["lazy"] = _true(lazy_env) if lazy_env else _true(cfg.get("theta-zarr.lazy", ""))
+        kwargs["lazy"] = _true(lazy_env) if lazy_env else \
+            _config_bool("theta-zarr.lazy", cfg.get("theta-zarr.lazy", ""))
         try:
             return Settings(**kwargs)
         except ValueError as e:
