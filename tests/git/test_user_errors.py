@@ -276,3 +276,20 @@ def test_a_bad_gc_grace_names_the_option(repo, value):
     told about the cache, whatever the option held."""
     repo.git("config", "theta-zarr.cache", str(repo.path / ".." / "shared-cache"))
     assert_user_error(repo.tz("gc", "--grace", value, check=False), "--grace:", repr(value))
+
+
+def test_a_folder_where_a_tracked_file_belongs_is_named_not_errno(repo):
+    """``rm m.safetensors; mkdir m.safetensors`` (a save_pretrained folder written over
+    the file's name): ls-files, diff and materialize printed a raw ``[Errno 21] Is a
+    directory``; git status calls the file deleted, and so do they now."""
+    commit_checkpoint(repo, "m", shape=REMOTE_SHAPE, name="m.safetensors")
+    (repo.path / "m.safetensors").unlink()
+    (repo.path / "m.safetensors").mkdir()
+    (repo.path / "m.safetensors" / "notes.txt").write_text("mine")
+    assert repo.out("theta-zarr", "ls-files").rstrip().endswith("  missing")
+    diff = repo.tz("diff", check=False)
+    assert diff.returncode == 0 and b"removed" in diff.stdout, diff.stderr
+    for args in (("materialize",), ("materialize", "m.safetensors")):
+        line = assert_user_error(repo.tz(*args, check=False), "m.safetensors: a folder stands")
+        assert "Errno" not in line
+    assert (repo.path / "m.safetensors" / "notes.txt").read_text() == "mine"

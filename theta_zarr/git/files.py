@@ -153,11 +153,12 @@ def outside_sparse_checkout(repo: Repo) -> set[str]:
 def worktree_state(repo: Repo, path: str, sparse: set[str] | frozenset[str] = frozenset()
                    ) -> str:
     """``lazy`` (a manifest is checked out), ``materialized``, ``sparse`` (``path`` is in
-    ``sparse``, from :func:`outside_sparse_checkout`) or ``missing``."""
+    ``sparse``, from :func:`outside_sparse_checkout`) or ``missing`` (also where a folder
+    stands in its place, which ``git status`` shows as deleted)."""
     full = os.path.join(repo.top, path)
     if path in sparse:
         return "sparse"
-    if not os.path.exists(full):
+    if not os.path.isfile(full):
         return "missing"
     with open(full, "rb") as f:
         return "lazy" if looks_like_manifest(f.read(64)) else "materialized"

@@ -165,7 +165,10 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
     for rel, named in expanded:
         full = os.path.join(repo.top, rel)
         text = None
-        if os.path.exists(full):
+        if os.path.isdir(full) and not (include or output):  # git status: deleted
+            raise GitInputError(f"{rel}: a folder stands where this tracked file belongs; "
+                                "move it away, then materialize the file")
+        if os.path.isfile(full):
             with open(full, "rb") as f:
                 data = f.read(64)
                 if looks_like_manifest(data):

@@ -52,8 +52,8 @@ def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Side:
     A git-lfs pointer, or a file no format plug-in reads, is described instead
     (a diff shows what it can, it never stops git's diff or log).
     """
-    if file == "/dev/null" or not os.path.exists(file):
-        return None
+    if file == "/dev/null" or not os.path.isfile(file):  # a folder in its place: deleted,
+        return None                                       # as git diff and status say
     settings = repo.settings()
     with open(file, "rb") as f:
         head = f.read(64)
