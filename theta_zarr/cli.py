@@ -202,7 +202,13 @@ def untrack(patterns: tuple[str, ...]) -> None:
 def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json: bool) -> None:
     """Tracked checkpoints: format, parameters, size, chunks, and how many are cached."""
     from .checkpoint import open_cache
-    from .git.files import matches, outside_sparse_checkout, tracked_files, worktree_state
+    from .git.files import (
+        link_description,
+        matches,
+        outside_sparse_checkout,
+        tracked_files,
+        worktree_state,
+    )
     from .git.repo import Repo
 
     repo = Repo.discover()
@@ -219,7 +225,8 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
     for f in files:
         if f.manifest is None:
             rows.append({"path": f.path, "format": None, "bytes": f.size,
-                         **({"lfs": f.lfs.to_json()} if f.lfs else {})})
+                         **({"lfs": f.lfs.to_json()} if f.lfs else {}),
+                         **({"link": f.link} if f.link is not None else {})})
             continue
         m = f.manifest
         digests = m.digests()
@@ -246,7 +253,8 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
     for r in rows:
         if r["format"] is None:
             lfs_ = r.get("lfs")
-            why = "empty file, kept as it is" if r["bytes"] == 0 else \
+            why = link_description(r["link"]) if "link" in r else \
+                "empty file, kept as it is" if r["bytes"] == 0 else \
                 f"stored by git-lfs, oid {lfs_['oid']}, size {human(lfs_['size'])}" if lfs_ \
                 else f"not a manifest: {human(r['bytes'])} committed before it was tracked"
             click.echo(f"{quote_path(r['path'])}  ({why})")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import torch
-from helpers import file_sha, manifest_at
+from helpers import file_sha, manifest_at, run_python
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.git.filter_start import PIPE_BYTES
@@ -224,6 +224,25 @@ def test_an_empty_tracked_file_stays_empty_and_is_named_so(repo):
     text = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
     assert "an empty file (kept as it is)" in text and "before it was tracked" not in text
 
+
+
+def test_a_symbolic_link_under_a_tracked_pattern_is_named_as_one(repo, tmp_path):
+    """``ln -s ~/.cache/huggingface/.../model.safetensors .``: git stores the link (no
+    filter runs on it), so no chunk is stored and a clone gets the link; ls-files and the
+    API said the file was "committed before it was tracked"."""
+    write_model(str(tmp_path / "elsewhere.safetensors"), SHAPE)
+    os.symlink(tmp_path / "elsewhere.safetensors", repo.path / "model.safetensors")
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "link")
+    listed = repo.out("theta-zarr", "ls-files")
+    assert listed == (f"model.safetensors  (a symbolic link to {tmp_path}/elsewhere.safetensors:"
+                      " git stores the link, not the checkpoint it points to; copy the file in "
+                      "its place to store it)\n")
+    assert json.loads(repo.tz("ls-files", "--json", "--rev", "HEAD").stdout)[0]["link"] == \
+        f"{tmp_path}/elsewhere.safetensors"
+    proc = run_python("import theta_zarr; theta_zarr.load_state_dict('model.safetensors')",
+                      cwd=repo.path)
+    assert b"HEAD:model.safetensors: a symbolic link to" in proc.stderr
 
 def test_a_large_blob_that_is_no_manifest_is_not_read_to_find_out(repo, monkeypatch):
     """A tracked path holding a checkpoint committed before it was tracked: ls-files

@@ -25,10 +25,15 @@ class TrackedFile:
     manifest: Manifest | None  # None: the blob is not a manifest (committed before tracking)
     size: int = 0  # the blob's size in bytes
     lfs: lfs.LfsPointer | None = None  # the git-lfs pointer the blob is, if it is one
+    link: str | None = None  # where it points, when git stores a symbolic link here
 
 
-def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
-    """(path, blob id) for every file in the index (rev None) or a revision's tree."""
+#: git's mode of a symbolic link: its blob is the link's target, and no filter sees it
+LINK_MODE = "120000"
+
+
+def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str, str]]:
+    """(path, blob id, mode) for every file in the index (rev None) or a revision's tree."""
     if rev is None:
         raw = repo.git("ls-files", "-z", "-s")
         items = []
@@ -37,7 +42,7 @@ def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
                 meta, _, path = os.fsdecode(rec).partition("\t")
                 mode, blob, stage = meta.split()
                 if stage in ("0", "2"):
-                    items.append((path, blob))
+                    items.append((path, blob, mode))
         return items
     raw = repo.git("ls-tree", "-r", "-z", "--full-tree", repo.commit(rev))
     items = []
@@ -46,7 +51,7 @@ def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str]]:
             meta, _, path = os.fsdecode(rec).partition("\t")
             mode, kind, blob = meta.split()
             if kind == "blob":
-                items.append((path, blob))
+                items.append((path, blob, mode))
     return items
 
 
@@ -126,14 +131,18 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
     entries = _entries(repo, rev)
     if paths:
         entries = [e for e in entries if any(matches(e[0], p) for p in paths)]
-    attrs = repo.attribute([p for p, _ in entries], "filter")
-    ours = [(p, b) for p, b in entries if attrs.get(p) == DRIVER]
-    sizes = [size for _, size in object_info(repo, [b for _, b in ours])]
-    small = [b for (_, b), size in zip(ours, sizes, strict=True) if size <= MAX_MANIFEST_BLOB]
+    attrs = repo.attribute([p for p, _, _ in entries], "filter")
+    ours = [(p, b, m) for p, b, m in entries if attrs.get(p) == DRIVER]
+    sizes = [size for _, size in object_info(repo, [b for _, b, _ in ours])]
+    small = [b for (_, b, _), size in zip(ours, sizes, strict=True) if size <= MAX_MANIFEST_BLOB]
     data = dict(zip(small, read_blobs(repo, small), strict=True))
     files = []
-    for (path, blob), size in zip(ours, sizes, strict=True):
+    for (path, blob, mode), size in zip(ours, sizes, strict=True):
         head = data.get(blob, b"")
+        if mode == LINK_MODE:
+            files.append(TrackedFile(path, blob, None, size,
+                                     link=head.decode("utf-8", "replace")))
+            continue
         manifest = Manifest.from_bytes(head, path) if looks_like_manifest(head[:64]) else None
         pointer = lfs.parse(head) if manifest is None else None
         files.append(TrackedFile(path, blob, manifest, size, pointer))
@@ -148,6 +157,15 @@ def outside_sparse_checkout(repo: Repo) -> set[str]:
     out = repo.git("ls-files", "-z", "-t")
     hidden = (rec[2:].decode() for rec in out.split(b"\0") if rec.startswith(b"S "))
     return {p for p in hidden if not os.path.lexists(os.path.join(repo.top, p))}
+
+
+def link_description(target: bytes | str) -> str:
+    """What a symbolic link under a tracked pattern is: git stores the link itself (its
+    target's path), never runs a filter on it, and a clone gets the link, not the file."""
+    if isinstance(target, bytes):
+        target = target.decode("utf-8", "replace")
+    return (f"a symbolic link to {target}: git stores the link, not the checkpoint it "
+            "points to; copy the file in its place to store it")
 
 
 def worktree_state(repo: Repo, path: str, sparse: set[str] | frozenset[str] = frozenset()
@@ -178,5 +196,9 @@ def manifest_at(repo: Repo, path: str, rev: str | None = "HEAD") -> Manifest:
         if pointer is not None:  # an LFS-era version (migrate-from-lfs.md)
             raise ManifestError(f"{spec}: {pointer.describe()}, not by theta-zarr "
                                 "('git theta-zarr migrate' converts it)")
+        listed = repo.git("ls-files", "-s", "--", path) if commit is None else \
+            repo.git("ls-tree", commit, "--", path)
+        if listed.startswith(LINK_MODE.encode() + b" "):
+            raise ManifestError(f"{spec}: {link_description(data)}")
         raise ManifestError(f"{spec}: not tracked by theta-zarr (no manifest in git)")
     return Manifest.from_bytes(data, spec)
