@@ -293,3 +293,23 @@ def test_a_folder_where_a_tracked_file_belongs_is_named_not_errno(repo):
         line = assert_user_error(repo.tz(*args, check=False), "m.safetensors: a folder stands")
         assert "Errno" not in line
     assert (repo.path / "m.safetensors" / "notes.txt").read_text() == "mine"
+
+
+def test_paths_from_outside_the_work_tree_are_taken_from_its_top(repo, tmp_path):
+    """``GIT_DIR=... GIT_WORK_TREE=... git theta-zarr ls-files`` from another folder (a
+    script, a dotfiles manager): git works from the top of the work tree, so its paths are
+    relative to it; ls-files listed nothing and exited 0, and materialize said a path
+    of the repository was outside it."""
+    (repo.path / "sub").mkdir()
+    commit_checkpoint(repo, "m", shape=REMOTE_SHAPE, name="sub/m.safetensors")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    outside = GitRepo(elsewhere, {**repo.env, "GIT_DIR": str(repo.path / ".git"),
+                                  "GIT_WORK_TREE": str(repo.path)})
+    for args in ((), ("sub",), ("sub/m.safetensors",)):
+        listed = outside.tz("ls-files", *args).stdout.decode()
+        assert listed.startswith("sub/m.safetensors  safetensors"), (args, listed)
+    (repo.path / "sub" / "m.safetensors").unlink()
+    assert outside.tz("materialize", "sub/m.safetensors").stdout.decode() == \
+        "sub/m.safetensors: materialized (35 parameters)\n"
+    assert repo.out("status", "--porcelain") == ""

@@ -155,6 +155,12 @@ def _config_bool(key: str, value: str) -> bool:
                         "on/off, 1/0)") from None
 
 
+def _outside(path: str, top: str) -> bool:
+    """``path`` (absolute) is not ``top`` nor under it."""
+    rel = os.path.relpath(path, top)
+    return rel == os.pardir or rel.startswith(os.pardir + os.sep)
+
+
 @dataclass
 class Repo:
     """A git repository as theta-zarr's git face sees it, from one ``git rev-parse``
@@ -207,10 +213,15 @@ class Repo:
             raise GitInputError("an empty path names no file (git: empty string is not a "
                                 "valid pathspec)")
         full = os.path.abspath(path)
+        if not os.path.isabs(path) and _outside(os.path.realpath(os.getcwd()),
+                                                os.path.realpath(self.top)):
+            # run outside its work tree (GIT_DIR and GIT_WORK_TREE, core.worktree), git
+            # works from the top: its paths are relative to it, '.' is the whole tree
+            full = os.path.normpath(os.path.join(self.top, path))
         real = os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full)) \
             if os.path.islink(full) else os.path.realpath(full)
         rel = os.path.relpath(real, os.path.realpath(self.top))
-        if inside and (rel == os.pardir or rel.startswith(os.pardir + os.sep)):
+        if inside and _outside(real, os.path.realpath(self.top)):
             raise GitInputError(f"{path}: outside the repository ({self.top})")
         return rel
 
