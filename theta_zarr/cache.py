@@ -38,6 +38,11 @@ SMALL_OBJECT = 64 << 10
 FRESHEN_AFTER = 3600.0
 
 
+#: the way out of a cache folder that cannot be one; the folder is the default one as often
+#: as one the settings chose, so neither is claimed
+_CHOOSE = "move that away, or choose another folder with theta-zarr.cache or THETA_ZARR_CACHE"
+
+
 class QuarantinedError(ObjectError):
     """A cache object failed verification and was moved aside; a good copy can replace it."""
 
@@ -51,7 +56,7 @@ class Cache(ObjectStore):
         self.root = os.path.abspath(root)
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise StorageError(f"cannot use {self.root} as the cache: it is a file, not a "
-                               "folder (set by theta-zarr.cache or THETA_ZARR_CACHE)")
+                               f"folder ({_CHOOSE})")
         super().__init__(LocalStore(self.root), codec=codec, concurrency=concurrency, retries=0)
 
     @property
@@ -64,8 +69,8 @@ class Cache(ObjectStore):
             os.makedirs(path, exist_ok=True)
         except OSError as e:
             if not os.path.isdir(self.root):
-                raise StorageError(f"cannot use {self.root} as the cache ({e.strerror}; set "
-                                   "by theta-zarr.cache or THETA_ZARR_CACHE)") from None
+                raise StorageError(f"cannot use {self.root} as the cache ({e.strerror}; "
+                                   f"{_CHOOSE})") from None
             return tempfile.gettempdir()
         return path
 

@@ -261,6 +261,14 @@ def test_a_cache_set_to_a_file_is_named_by_every_command(repo, tmp_path):
     assert_user_error(repo.git("add", "new.safetensors", check=False), "it is a file")
 
 
+
+def test_a_file_where_the_default_cache_belongs_blames_no_setting(repo):
+    """``.git/theta-zarr`` a file (no setting chose it): the line said the cache was "set
+    by theta-zarr.cache or THETA_ZARR_CACHE", and users looked for a setting not there."""
+    (repo.path / ".git" / "theta-zarr").write_text("")
+    line = assert_user_error(repo.tz("ls-files", check=False), "/.git/theta-zarr as the cache")
+    assert "set by" not in line and "choose another folder with theta-zarr.cache" in line
+
 def test_a_thetazarr_file_git_cannot_parse_is_one_line_not_no_remote(repo):
     """It was read as "no remote": remote list printed nothing, fetch said to add one."""
     (repo.path / ".thetazarr").write_text('[theta-zarr "remote.origin"\n\turl = /srv/x\n')
