@@ -278,6 +278,16 @@ def test_a_thetazarr_file_git_cannot_parse_is_one_line_not_no_remote(repo):
         assert "no theta-zarr remote" not in line
 
 
+
+@pytest.mark.parametrize("lines", ["\turi = /srv/store\n", "\turl =\n\tregion = eu-west-1\n"])
+def test_a_remote_without_its_url_is_named_not_no_remote(repo, lines):
+    """``.thetazarr`` naming remote origin with ``uri =`` (a typo) or an empty ``url``:
+    push and fetch said "no theta-zarr remote configured" while the file named one."""
+    (repo.path / ".thetazarr").write_text('[theta-zarr "remote.origin"]\n' + lines)
+    for args in (("push", "origin"), ("fetch",)):
+        line = assert_user_error(repo.tz(*args, check=False), "remote 'origin' has no url")
+        assert ("keys given: uri" in line) == ("uri" in lines), line
+
 @pytest.mark.parametrize("value", ["1y", "7 days", "-1d"])
 def test_a_bad_gc_grace_names_the_option(repo, value):
     """It said only "not a duration: '1y'", and a repository on a shared cache was first

@@ -39,7 +39,24 @@ def _parse(records: bytes) -> dict[str, dict[str, str]]:
 
 
 def configured(repo: Repo) -> dict[str, RemoteSpec]:
-    """Every theta remote: .thetazarr first, then git config on top.
+    """Every theta remote with a URL (:func:`merged_options`)."""
+    specs = {}
+    for name, opts in merged_options(repo).items():
+        url = opts.pop("url", None)
+        if url:
+            specs[name] = RemoteSpec(name, _from_top(repo, url), opts)
+    return specs
+
+
+def without_url(repo: Repo) -> dict[str, list[str]]:
+    """The remotes named in .thetazarr or git config that have no URL, or an empty one
+    (a misspelt ``uri =``, a ``url`` left blank), each with the keys given for it."""
+    return {name: sorted(opts) for name, opts in merged_options(repo).items()
+            if not (opts.get("url") or "").strip()}
+
+
+def merged_options(repo: Repo) -> dict[str, dict[str, str]]:
+    """Every theta remote's keys: .thetazarr first, then git config on top.
 
     A bare repository (a server running ``git archive``) has no working file: its
     ``.thetazarr`` is read from HEAD's tree.  So is a working tree's while it lacks the
@@ -65,12 +82,7 @@ def configured(repo: Repo) -> dict[str, RemoteSpec]:
     out = repo.git("config", "-z", "--get-regexp", r"^theta-zarr\.remote\.", check=False)
     for name, opts in _parse(out).items():
         merged.setdefault(name, {}).update(opts)
-    specs = {}
-    for name, opts in merged.items():
-        url = opts.pop("url", None)
-        if url:
-            specs[name] = RemoteSpec(name, _from_top(repo, url), opts)
-    return specs
+    return merged
 
 
 def _is_relative_folder(url: str) -> bool:
@@ -209,6 +221,14 @@ def require(repo: Repo, name: str | None = None) -> RemoteSpec:
                           f"not a URL ({name}): run 'git theta-zarr remote add NAME {name}' "
                           "and pass NAME")
     if spec is None:
+        broken = without_url(repo)
+        meant = name if name in broken else None if name else next(iter(sorted(broken)), None)
+        if meant is not None:  # named, but unusable: say why, not that there is none
+            keys = ", ".join(broken[meant]) or "none"
+            raise RemoteError(f"remote {meant!r} has no url (theta-zarr.remote.{meant}.url "
+                              f"is missing or empty in .thetazarr and git config; keys given: "
+                              f"{keys}): run 'git theta-zarr remote add {meant} URL', or fix "
+                              "the key")
         what = f"named {name!r}" if name else "configured"
         raise RemoteError(f"no theta-zarr remote {what}: run "
                           f"'git theta-zarr remote add {name or 'origin'} URL'")
