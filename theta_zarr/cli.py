@@ -69,9 +69,16 @@ def install(scope: str | None) -> None:
     scope = scope or inst.default_scope()
     ensure_installed()  # `git theta-zarr --help` is `man git-theta-zarr`
     exe = inst.executable()
-    inst.install(scope, exe=exe)
+    values = inst.install(scope, exe=exe)
     click.echo(f"theta-zarr filter installed ({scope} git config)" +
                (f", starting {exe}" if exe != inst.EXE_NAME else ""))
+    over = inst.overridden(values)
+    if over:
+        where, key, value = over[0]
+        click.echo(f"theta-zarr: warning: the {where} git config sets {key} = {value!r}, and "
+                   f"git uses that here, not the {scope} one just written: run 'git theta-zarr "
+                   f"install --{where}' to update it, or 'git theta-zarr uninstall --{where}'",
+                   err=True)
     if inst.default_scope() == "local":
         repo = Repo.discover()
         hooks = install_hooks(repo, exe)

@@ -119,6 +119,21 @@ def test_two_install_scopes_are_a_usage_error(repo, tmp_path):
     assert b"theta-zarr" in (tmp_path / "global").read_bytes()
 
 
+
+def test_install_global_says_a_local_setting_wins_over_it(repo, tmp_path):
+    """The repository's local config names a removed environment's program (installed from
+    an old venv); ``install --global`` from the new one said "installed" and every
+    ``git add`` still failed with the old path, as git reads the local value first."""
+    env = {"GIT_CONFIG_GLOBAL": str(tmp_path / "global")}
+    repo.git("config", "filter.theta-zarr.process", "/gone/venv/bin/git-theta-zarr filter-process")
+    err = repo.tz("install", "--global", env=env).stderr.decode()
+    assert err == ("theta-zarr: warning: the local git config sets filter.theta-zarr.process = "
+                   "'/gone/venv/bin/git-theta-zarr filter-process', and git uses that here, not "
+                   "the global one just written: run 'git theta-zarr install --local' to update "
+                   "it, or 'git theta-zarr uninstall --local'\n")
+    repo.tz("install", env=env)
+    assert repo.tz("install", "--global", env=env).stderr == b""
+
 def test_untrack_and_uninstall(repo):
     out = repo.tz("untrack", "*.pt").stdout.decode()
     assert 'Untracking "*.pt"' in out

@@ -71,6 +71,21 @@ def install(scope: str, cwd: str | None = None, exe: str | None = None) -> dict[
     return values
 
 
+def overridden(values: dict[str, str], cwd: str | None = None) -> list[tuple[str, str, str]]:
+    """(scope, key, value) for each key of ``values`` that git reads from another scope with
+    another value (a repository's local config, say, naming a removed environment's
+    program, over the global one just installed): git uses that one here, not ours."""
+    out = git("config", "--show-scope", "-z", "--get-regexp",
+              rf"^(filter|diff|merge)\.{DRIVER}\.", cwd=cwd, check=False)
+    effective: dict[str, tuple[str, str]] = {}  # the last value of each key wins
+    fields = out.decode("utf-8", "replace").split("\0")  # SCOPE NUL KEY NEWLINE VALUE NUL
+    for scope, entry in zip(fields[::2], fields[1::2], strict=False):
+        key, _, value = entry.partition("\n")
+        effective[key.lower()] = (scope, value)
+    return [(scope, key, value) for key, (scope, value) in effective.items()
+            if key in values and values[key] != value and scope in SCOPES]  # not a `-c`
+
+
 def uninstall(scope: str, cwd: str | None = None) -> bool:
     """Remove the filter, diff and merge sections from ``scope``; False if it had none.
     GitInputError for ``local`` outside a repository, as ``install`` refuses it."""
