@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from theta_zarr.remote import RemoteError, RemoteSpec, open_remote
@@ -39,6 +40,25 @@ def test_bad_urls_are_refused_with_the_fix(url, words):
 def test_good_urls_pass(url):
     assert check_url(url) == url
 
+
+
+@pytest.mark.parametrize("url, same", [("S3://bucket/Models", "s3://bucket/Models"),
+                                       ("Gs://b", "gs://b"),
+                                       ("FILE:///abs/X", "file:///abs/X")])
+def test_a_scheme_in_capitals_is_the_scheme(url, same):
+    """``S3://bucket/models`` passed ``remote add`` and every push then failed with
+    fsspec's ``Protocol not known: S3``; a scheme is case-insensitive (RFC 3986)."""
+    assert check_url(url) == same
+
+
+def test_a_folder_remote_given_as_a_capital_file_url_is_pushed_to(repo, tmp_path):
+    repo.tz("remote", "add", "origin", f"FILE://{tmp_path}/store")
+    assert repo.out("config", "theta-zarr.remote.origin.url") == f"file://{tmp_path}/store\n"
+    np.savez(repo.path / "m.npz", w=np.ones((64, 64), np.float32))
+    repo.git("add", "m.npz")
+    repo.git("commit", "-q", "-m", "m")
+    repo.tz("push", "origin")
+    assert (tmp_path / "store" / "objects").is_dir()
 
 def test_remote_spec_refuses_credentials_in_options_too():
     with pytest.raises(RemoteError, match="holds credentials") as info:

@@ -56,7 +56,8 @@ def check_url(url: str) -> str:
     URL's or token's query parameter such as ``X-Amz-Signature=``), a scheme
     followed by one slash (``s3:/bucket``, which would otherwise be a relative folder),
     an unknown scheme (``s4://``), an empty folder name in a bucket's prefix
-    (``s3://bucket//models``, whose keys would start with ``/``).  Raises :class:`BadURL`.
+    (``s3://bucket//models``, whose keys would start with ``/``).  A scheme is returned
+    in lower case (``S3://b`` is ``s3://b``).  Raises :class:`BadURL`.
     """
     url = url.strip()
     if not url:
@@ -92,7 +93,7 @@ def check_url(url: str) -> str:
             fixed = "/".join(p for p in prefix.split("/") if p)
             raise BadURL(f"remote URL {url!r} has an empty folder name ('//') after its "
                          f"bucket; did you mean '{scheme}://{bucket}/{fixed}'?")
-    return url
+    return scheme + ":" + rest  # a scheme is case-insensitive (RFC 3986), fsspec's are lower
 
 
 def is_folder(url: str) -> bool:
