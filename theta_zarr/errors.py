@@ -34,7 +34,9 @@ def one_line(exc: BaseException) -> str:
     if os.environ.get("GIT_THETA_ZARR_DEBUG"):
         traceback.print_exception(exc)
     text = redact(str(exc).strip().replace("\n", " ")) or type(exc).__name__
-    if type(exc) in (OSError, PermissionError, FileNotFoundError) and exc.filename:
+    # a file system error naming its path (IsADirectoryError, FileExistsError and the other
+    # subclasses too: they read "[Errno 21] Is a directory: '…'" before)
+    if isinstance(exc, OSError) and not isinstance(exc, StorageError) and exc.filename:
         where = redact(str(exc.filename))
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             text = f"cannot write {where}: disk full"

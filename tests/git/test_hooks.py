@@ -221,3 +221,29 @@ def test_a_hook_that_replaces_ours_keeps_the_one_chained_before(repo, tmp_path):
     assert "theta-zarr pre-push hook" in (hooks / "pre-push").read_text()
     assert (hooks / "pre-push.theta-zarr-chained").read_text().endswith("echo second\n")
     assert (hooks / "pre-push.theta-zarr-chained.old").read_text().endswith("echo first\n")
+
+
+def test_a_file_where_the_hooks_folder_belongs_is_one_line(repo):
+    """``.git/hooks`` a file, or ``pre-push`` a folder: install printed raw
+    ``[Errno 17] File exists: '…/hooks'`` / ``[Errno 21] Is a directory``."""
+    hooks = repo.path / ".git" / "hooks"
+    shutil.rmtree(hooks)
+    hooks.write_text("")
+    proc = repo.tz("install", check=False)
+    assert proc.returncode == 1 and proc.stderr.decode() == (
+        f"theta-zarr: {hooks} is a file, not a folder: git runs its hooks from that folder; "
+        "move the file away\n")
+    hooks.unlink()
+    (hooks / "pre-push").mkdir(parents=True)
+    proc = repo.tz("install", check=False)
+    assert proc.returncode == 1 and proc.stderr.decode() == (
+        f"theta-zarr: {hooks / 'pre-push'} is a folder, not a hook: move it away\n")
+
+
+def test_a_file_system_error_of_any_kind_names_its_path_without_errno():
+    from theta_zarr.errors import one_line
+
+    for exc in (IsADirectoryError(21, "Is a directory", "/r/m.safetensors"),
+                FileExistsError(17, "File exists", "/r/.git/hooks"),
+                NotADirectoryError(20, "Not a directory", "/r/a/b")):
+        assert one_line(exc) == f"{exc.filename}: {exc.strerror}"

@@ -22,7 +22,7 @@ import stat
 import sys
 
 from .install import executable
-from .repo import Repo
+from .repo import GitInputError, Repo
 
 CHAINED_SUFFIX = ".theta-zarr-chained"
 
@@ -125,8 +125,13 @@ def install_hook(repo: Repo, name: str, exe: str | None = None) -> str:
     """Write our hook ``name``; an existing foreign hook is kept and chained.  Returns the
     path."""
     folder = repo.hooks_dir
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise GitInputError(f"{folder} is a file, not a folder: git runs its hooks from "
+                            "that folder; move the file away")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name)
+    if os.path.isdir(path):
+        raise GitInputError(f"{path} is a folder, not a hook: move it away")
     if os.path.lexists(path) and not _is_ours(path, name):
         # a hook manager that rewrote the hook over ours: its new hook is the one to chain;
         # one chained before is kept beside it, never lost
