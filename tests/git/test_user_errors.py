@@ -93,6 +93,15 @@ def test_misspelt_revision_is_named(pushed, args):
     assert_user_error(pushed.tz(*args, check=False), "unknown revision 'HAED'")
 
 
+
+@pytest.mark.parametrize("args", [("push", "orgin"), ("fetch", "orign")])
+def test_a_misspelt_remote_name_is_answered_with_the_one_meant(pushed, args):
+    """It said to run 'git theta-zarr remote add orgin URL': a second remote under the
+    typo, whose pushes would go nowhere the team reads."""
+    line = assert_user_error(pushed.tz(*args, check=False), f"remote named {args[1]!r}",
+                             "did you mean 'origin'?")
+    assert "remote add" not in line
+
 def test_paths_that_are_not_tracked_files(pushed):
     assert_user_error(pushed.tz("materialize", "nope.safetensors", check=False),
                       "nope.safetensors", "no such file")

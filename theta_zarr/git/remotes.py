@@ -10,6 +10,7 @@ for a bare one) by default, so local clones need no setup.
 
 from __future__ import annotations
 
+import difflib
 import os
 
 from ..manifest import Manifest, looks_like_manifest
@@ -230,6 +231,10 @@ def require(repo: Repo, name: str | None = None) -> RemoteSpec:
                               f"{keys}): run 'git theta-zarr remote add {meant} URL', or fix "
                               "the key")
         what = f"named {name!r}" if name else "configured"
+        close = difflib.get_close_matches(name, configured(repo), n=1) if name else []
+        if close:  # a misspelt name: adding a remote of that name is not the fix
+            raise RemoteError(f"no theta-zarr remote {what}; did you mean {close[0]!r}? "
+                              "('git theta-zarr remote list' lists them)")
         raise RemoteError(f"no theta-zarr remote {what}: run "
                           f"'git theta-zarr remote add {name or 'origin'} URL'")
     return spec
