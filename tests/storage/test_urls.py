@@ -98,6 +98,10 @@ def test_missing_folder_is_named(tmp_path):
     open_store(str(tmp_path / "new")).check_root(for_write=True)  # created on first write
     with pytest.raises(RootMissing, match="does not exist"):
         open_store(str(tmp_path / "a" / "b")).check_root(for_write=True)
+    # a file where the parent folder belongs was called missing ("nor does .../afile")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(RootMissing, match=r"/afile is a file, not a folder\)$"):
+        open_store(str(tmp_path / "afile" / "store")).check_root(for_write=True)
 
 
 @pytest.mark.parametrize("kind", ["s3", "gcs"])

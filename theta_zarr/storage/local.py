@@ -69,8 +69,9 @@ class LocalStore(BlobStore):
         parent = os.path.dirname(self.root)
         if for_write and os.path.isdir(parent):
             return
-        raise RootMissing(f"folder {self.root} does not exist" +
-                          ("" if not for_write else f" (nor does {parent})"))
+        why = "" if not for_write else f" ({parent} is a file, not a folder)" \
+            if os.path.lexists(parent) else f" (nor does {parent})"
+        raise RootMissing(f"folder {self.root} does not exist{why}")
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))
