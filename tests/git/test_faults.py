@@ -239,6 +239,21 @@ def test_materialize_in_a_clone_without_install_says_so(repo, make_repo, tmp_pat
     assert "materialized" not in clone.tz("materialize", check=False).stdout.decode()
 
 
+
+def test_materialize_while_the_index_is_locked_is_one_line(repo):
+    """A ``.git/index.lock`` left by a killed git (or held by a running one): materialize
+    waited, fell back to git's pipe, which needs the lock too, and said ``internal error
+    (GitError: remove the file manually to continue.)``."""
+    small_model(repo)
+    (repo.path / "m.safetensors").unlink()
+    repo.git("-c", "theta-zarr.lazy=true", "checkout", "--", "m.safetensors")
+    lock = repo.path / ".git" / "index.lock"
+    lock.write_bytes(b"")
+    line = assert_one_line(repo.tz("materialize", check=False),
+                           "m.safetensors: not materialized:", f"{lock} exists")
+    assert "remove it" in line and lock.exists()
+    assert (repo.path / "m.safetensors").read_bytes().startswith(b'{"theta_zarr"')
+
 def test_materialize_of_a_file_theta_zarr_does_not_track_is_refused(repo):
     """It said "README: already materialized" and exited 0."""
     small_model(repo)

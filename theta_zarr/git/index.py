@@ -36,6 +36,11 @@ class IndexUnsupported(RuntimeError):
     """The index cannot be rewritten safely here (format, extension or lock)."""
 
 
+class IndexLocked(IndexUnsupported):
+    """``index.lock`` stayed there while we waited: another git command holds it (or one
+    that was killed left it).  git's own pipe cannot write the file either then."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Stat:
     """What git keeps of a file's stat(2), as git truncates it (32 bits each)."""
@@ -95,7 +100,7 @@ class GitIndex:
                 break
             except FileExistsError:
                 if time.monotonic() >= deadline:
-                    raise IndexUnsupported(
+                    raise IndexLocked(
                         f"{lock} exists: another git command is running") from None
                 time.sleep(0.02)
         try:

@@ -17,7 +17,7 @@ from ..streams import write_atomic
 from ..wording import counted
 from .direct import Pending, checkout_through_git, write_files
 from .files import manifest_at, outside_sparse_checkout, tracked_files
-from .index import IndexUnsupported
+from .index import IndexLocked, IndexUnsupported
 from .install import DRIVER, configured_executable
 from .models import list_folder, open_model
 from .push import read_through
@@ -218,6 +218,10 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
             try:
                 write_files(repo, [Pending(rel, text, manifest)], objects.cache,
                             settings.workers)
+            except IndexLocked as e:  # git's pipe needs the lock too: say so, as git does
+                raise GitInputError(f"{rel}: not materialized: {e} (run this again once it "
+                                    "has finished; if none is running, one that was killed "
+                                    "left the file: remove it)") from None
             except IndexUnsupported:
                 checkout_through_git(repo, rel, text)
             done.append(f"{rel}: materialized ({counted(len(manifest.params), 'parameter')})")
