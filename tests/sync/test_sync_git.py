@@ -92,6 +92,21 @@ def test_import_into_a_git_folder_is_one_line(repo, tmp_path):
     assert repo.out("status", "--porcelain") == ""
 
 
+
+def test_import_while_the_index_is_locked_is_one_line(repo, tmp_path):
+    """A ``.git/index.lock`` left by a killed git: git's update-index refused, and the user
+    saw ``internal error (GitError: remove the file manually to continue.)``."""
+    case = local_case(tmp_path)
+    _push(case, tmp_path, model(tmp_path / "m.safetensors", seed=3), "run/a")
+    lock = repo.path / ".git" / "index.lock"
+    lock.write_bytes(b"")
+    proc = repo.tz("import", case.url, "run/a", "m.safetensors", check=False)
+    assert proc.returncode == 1 and proc.stderr.decode() == (
+        f"theta-zarr: {lock} exists: another git command is running in this repository (if "
+        "none is, one that was killed left the file: remove it)\n")
+    lock.unlink()
+    assert repo.out("status", "--porcelain") == ""
+
 def test_import_of_a_folder_stores_plain_members_as_git_add_would(repo, tmp_path):
     """A published folder's other files (a pickle such as ``rng_state.pth``) went into git
     as raw bytes even where theta-zarr tracks their path, so the file cleaned to another

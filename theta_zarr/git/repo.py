@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ def config_records(out: bytes) -> Iterator[tuple[str, str | None]]:
             yield key, value if sep else None
 
 
+#: git's line when a lock file it needs is there ("Unable to create '…/index.lock': File
+#: exists.")
+_LOCKED = re.compile(r"Unable to create '(.+\.lock)': File exists")
+
+
 def git(*args: str, cwd: str | None = None, input: bytes | None = None,
         check: bool = True, env: dict[str, str] | None = None) -> bytes:
     """Run git; with ``check``, a failure raises GitError (GitInputError when theta-zarr's
@@ -51,6 +57,11 @@ def git(*args: str, cwd: str | None = None, input: bytes | None = None,
         ours = [m[len(_OUR_PREFIX):] for m in msg if m.startswith(_OUR_PREFIX)]
         if ours:
             raise GitInputError("; ".join(dict.fromkeys(ours)))
+        locked = next((m for m in map(_LOCKED.search, msg) if m), None)
+        if locked:  # git's last line is only "remove the file manually to continue."
+            raise GitInputError(f"{locked.group(1)} exists: another git command is running "
+                                "in this repository (if none is, one that was killed left "
+                                "the file: remove it)")
         raise GitError(msg[-1] if msg else f"git {' '.join(args)} failed")
     return proc.stdout
 
