@@ -97,10 +97,16 @@ def test_misspelt_revision_is_named(pushed, args):
 @pytest.mark.parametrize("args", [("push", "orgin"), ("fetch", "orign")])
 def test_a_misspelt_remote_name_is_answered_with_the_one_meant(pushed, args):
     """It said to run 'git theta-zarr remote add orgin URL': a second remote under the
-    typo, whose pushes would go nowhere the team reads."""
+    typo, whose pushes would go nowhere the team reads; given by theta-zarr.default-remote,
+    it said no remote was configured at all."""
     line = assert_user_error(pushed.tz(*args, check=False), f"remote named {args[1]!r}",
                              "did you mean 'origin'?")
     assert "remote add" not in line
+    # the name came from theta-zarr.default-remote: it said "no theta-zarr remote configured"
+    line = assert_user_error(pushed.git("-c", f"theta-zarr.default-remote={args[1]}",
+                                        "theta-zarr", args[0], check=False),
+                             f"git config theta-zarr.default-remote = {args[1]!r} names no "
+                             "theta-zarr remote; did you mean 'origin'?")
 
 def test_paths_that_are_not_tracked_files(pushed):
     assert_user_error(pushed.tz("materialize", "nope.safetensors", check=False),

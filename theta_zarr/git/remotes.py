@@ -221,6 +221,14 @@ def require(repo: Repo, name: str | None = None) -> RemoteSpec:
         raise RemoteError(f"--remote takes the name of a theta remote of this repository, "
                           f"not a URL ({name}): run 'git theta-zarr remote add NAME {name}' "
                           "and pass NAME")
+    default = "" if name or spec is not None else repo.git(
+        "config", "--get", "theta-zarr.default-remote", check=False).decode().strip()
+    if default:  # the setting chose the name: say so, not that none is configured
+        close = difflib.get_close_matches(default, configured(repo), n=1)
+        raise RemoteError(f"git config theta-zarr.default-remote = {default!r} names no "
+                          "theta-zarr remote" + (f"; did you mean {close[0]!r}?" if close else
+                                                 f": run 'git theta-zarr remote add {default} "
+                                                 "URL', or fix the setting"))
     if spec is None:
         broken = without_url(repo)
         meant = name if name in broken else None if name else next(iter(sorted(broken)), None)
