@@ -110,6 +110,9 @@ class FileDiff:
     shards: dict[str, list[str] | None] | None = None
     moved: list[dict[str, str]] = field(default_factory=list)
     renamed: bool = False  # a file git saw renamed (``path`` is ``OLD => NEW``)
+    #: a path the index holds as a conflicted merge (stages 1-3, no stage 0): no side is
+    #: read, the text says how to finish the merge
+    unmerged: bool = False
 
     def counts(self) -> dict[str, int]:
         """Parameters by status (``added``, ``removed``, ``reshaped``, ``changed``,
@@ -126,9 +129,9 @@ class FileDiff:
     def has_changes(self) -> bool:
         """True when the text output reports any difference for this file: a parameter,
         a non-tensor change, a parameter moved between shards, an lfs/plain side, a
-        format change or a new name; ``--name-only``, ``--stat`` and ``--exit-code`` count
-        exactly these."""
-        if self.params or self.other or self.moved or self.renamed:
+        format change, a new name, a file added or deleted, or an unmerged path;
+        ``--name-only``, ``--stat`` and ``--exit-code`` count exactly these."""
+        if self.params or self.other or self.moved or self.renamed or self.unmerged:
             return True
         if self.old_foreign is not None or self.new_foreign is not None:
             return True
@@ -153,6 +156,7 @@ class FileDiff:
                 "other": [asdict(o) for o in self.other],
                 **({"shards": self.shards, "moved": self.moved} if self.shards is not None
                    else {}),
+                **({"unmerged": True} if self.unmerged else {}),
                 "read": asdict(self.read)}
 
 
@@ -535,6 +539,8 @@ def json_document(diffs: Iterable[FileDiff], old: str, new: str) -> dict[str, An
 
 def format_text(fd: FileDiff) -> list[str]:
     """Human lines: a header per file, then one line per differing parameter."""
+    if fd.unmerged:
+        return [unmerged_line(fd.path)]
     c = fd.counts()
     head = (f"{fd.path}: {c['changed']} changed, {c['reshaped']} reshaped, {c['added']} added, "
             f"{c['removed']} removed, {c['unchanged']} unchanged")
@@ -580,6 +586,12 @@ def format_text(fd: FileDiff) -> list[str]:
         else:
             lines.append(f"  * {o.key}: {show_value(o.old)} -> {show_value(o.new)}")
     return lines
+
+
+def unmerged_line(path: str) -> str:
+    """What a diff says of a path left conflicted by a merge (no side to compare)."""
+    return (f"{path}: unmerged; finish with: git theta-zarr resolve {path} "
+            "--strategy STRATEGY")
 
 
 def show_value(value: Any, limit: int = 120) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
+import numpy as np
 import pytest
+from helpers import commit_tensors
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.git.repo import Repo
@@ -99,3 +102,27 @@ def test_resolve_help_names_every_built_in_strategy():
     text = " ".join(CliRunner().invoke(main, ["resolve", "--help"]).output.split())
     listed = text.split("-s, --strategy STRATEGY ", 1)[1].split(" (or a plug-in)", 1)[0]
     assert set(listed.split(", ")) == (set(BUILTINS) | set(METHODS)) - {"fail"}
+
+
+def test_a_conflicted_path_is_unmerged_not_added_or_removed(repo):
+    """During a conflicted merge the index holds stages 1-3 and no stage 0: the diff of
+    the index with the working tree said every parameter was added, ``--cached`` that
+    every one was removed.  Both say ``unmerged`` as git does, and count it as changed."""
+    base = {"a": np.zeros((8, 8), np.float32), "b": np.ones(300, np.float32)}
+    commit_tensors(repo, base, "base")
+    repo.git("checkout", "-q", "-b", "other")
+    commit_tensors(repo, {**base, "a": base["a"] + 1}, "other")
+    repo.git("checkout", "-q", "main")
+    commit_tensors(repo, {**base, "a": base["a"] + 2}, "ours")
+    assert repo.git("merge", "other", "-m", "m", check=False).returncode == 1
+    line = ("model.safetensors: unmerged; finish with: git theta-zarr resolve "
+            "model.safetensors --strategy STRATEGY\n")
+    for cached in ([], ["--cached"]):
+        assert repo.tz("diff", *cached).stdout.decode() == line
+        assert repo.tz("diff", "--name-only", *cached).stdout.decode() == "model.safetensors\n"
+        stat = repo.tz("diff", "--stat", *cached).stdout.decode()
+        assert stat.splitlines()[0] == " model.safetensors | Unmerged"
+        assert repo.tz("diff", "--exit-code", *cached, check=False).returncode == 1
+        doc = json.loads(repo.tz("diff", "--json", *cached).stdout)
+        assert doc["files"][0]["unmerged"] is True and doc["files"][0]["params"] == []
+    assert repo.tz("diff", "HEAD").stdout.decode() == ""  # ours is in the working tree

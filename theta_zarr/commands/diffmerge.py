@@ -89,7 +89,7 @@ def _range(repo, arg: str) -> list[str] | None:
 def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool,
               png: str | None, full_norm: bool, summary_only: bool, mode: str | None,
               exit_code: bool) -> None:
-    from ..diff import format_text, json_document, plot
+    from ..diff import FileDiff, format_text, json_document, plot
     from ..git import drivers, models, sides
     from ..git.push import read_through
     from ..git.repo import Repo
@@ -115,6 +115,10 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
     else:
         old, new, labels = sides.INDEX, sides.WORKTREE, ["index", "worktree"]
     targets, renamed = drivers.changed_paths(repo, revs, cached, rel)
+    # a conflicted path has no index side to compare: said as git says it, never read
+    # as a file added (or deleted) whole
+    unmerged = drivers.unmerged_paths(repo, rel) if sides.INDEX in (old, new) else []
+    targets = [t for t in targets if t not in unmerged]
     numbers = not summary_only and mode is None
     groups, singles = models.group_by_model(repo, targets, old, new)
     diffs = []
@@ -123,6 +127,7 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
               "objects": read_through(repo, settings=settings)}
         diffs = models.diff_groups(repo, groups, old, new, **kw)
         diffs += drivers.diff_sides(repo, singles, old, new, renamed=renamed, **kw)
+    diffs += [FileDiff(p, None, None, unmerged=True) for p in unmerged]
     changed = [d for d in diffs if d.has_changes()]
     if png:
         try:
@@ -161,7 +166,8 @@ def stat_lines(diffs: list) -> list[str]:
         for k in keys:
             total[k] += c.get(k, 0)
         if not parts:  # an lfs / plain side, another format or name: has_changes says why
-            parts = ["not both theta-zarr manifests" if d.old_foreign or d.new_foreign
+            parts = ["Unmerged" if d.unmerged
+                     else "not both theta-zarr manifests" if d.old_foreign or d.new_foreign
                      else "format changed" if d.old and d.new and
                      d.old.format_name != d.new.format_name else "renamed"]
         lines.append(f" {d.path.ljust(width)} | {', '.join(parts)}")

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from glob import escape
 
 from .. import checkpoint, lfs
-from ..diff import FileDiff, diff, format_text, textconv_lines
+from ..diff import FileDiff, diff, format_text, textconv_lines, unmerged_line
 from ..foreign import Foreign, Side
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 from ..merge import (
@@ -56,6 +56,13 @@ from .sides import (
 
 MERGE_SECTION = "theta-zarr-merge"
 NULL_OID = "0" * 40
+
+
+def unmerged_paths(repo: Repo, paths: list[str]) -> list[str]:
+    """Tracked checkpoints (under ``paths``) the index holds as a conflicted merge."""
+    out = repo.git("ls-files", "-u", "-z", "--", *paths).decode().split("\0")
+    names = sorted({rec.partition("\t")[2] for rec in out if rec})
+    return tracked_by_us(repo, names)
 
 
 def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]
@@ -114,8 +121,7 @@ def diff_sides(repo: Repo, paths: list[str], old: object, new: object, numbers: 
 def diff_driver(args: list[str]) -> list[str]:
     """git's external diff: ``path old-file old-hex old-mode new-file new-hex new-mode``."""
     if len(args) == 1:
-        return [f"{args[0]}: unmerged; finish with: git theta-zarr resolve {args[0]} "
-                "--strategy STRATEGY"]
+        return [unmerged_line(args[0])]
     if len(args) < 7:
         raise ValueError(f"diff-driver expects 7 arguments from git, got {len(args)}")
     path, old_file, old_hex, _, new_file, new_hex, _ = args[:7]
