@@ -135,6 +135,8 @@ class FileDiff:
             return True
         if self.old_foreign is not None or self.new_foreign is not None:
             return True
+        if (self.old is None) != (self.new is None):  # a file added or deleted
+            return True
         return bool(self.old and self.new and self.old.format != self.new.format
                     and self.old.format_name != self.new.format_name)
 
@@ -266,6 +268,11 @@ def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
     out = FileDiff(path, old, new, old_foreign=old_foreign, new_foreign=new_foreign)
     if old is not None and new is not None and old.format_name == new.format_name:
         out.other = other_changes(old, new)
+    elif (old is None) != (new is None) and (old_foreign or new_foreign) is None:
+        # a file added or deleted: its non-tensor content (a step, a learning rate, format
+        # metadata) comes or goes with it, as its tensors are added or removed
+        there = describe(old or new)  # type: ignore[arg-type]
+        out.other = _changes({}, there) if old is None else _changes(there, {})
     ta, tb = transposed(old), transposed(new)
     blobs_a, blobs_b = _non_tensors(old), _non_tensors(new)
     out.other += _changes(blobs_a, blobs_b)
@@ -488,6 +495,7 @@ def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
     fd.shards = {"old": sorted(old.shard_manifests) if old else None,
                  "new": sorted(new.shard_manifests) if new else None}
     if old is None or new is None:
+        fd.other = []  # a model added or deleted: its shards' tensors say it
         return fd
     assert a is not None and b is not None
     # shards are compared by their names inside the model's folder: a renamed folder
@@ -554,6 +562,10 @@ def format_text(fd: FileDiff) -> list[str]:
     for label, f in (("old", fd.old_foreign), ("new", fd.new_foreign)):
         if f is not None:
             lines.append(f"  {label}: {f.text}")
+    if fd.old is None and fd.old_foreign is None and fd.shards is None:
+        lines.append(f"  new file ({fd.new.format_name if fd.new else fd.new_foreign.kind})")
+    elif fd.new is None and fd.new_foreign is None and fd.shards is None:
+        lines.append(f"  deleted file ({fd.old.format_name if fd.old else fd.old_foreign.kind})")
     if fd.old and fd.new and fd.old.format != fd.new.format and fd.old.format_name != \
             fd.new.format_name:
         lines.append(f"  format {fd.old.format_name} -> {fd.new.format_name}")

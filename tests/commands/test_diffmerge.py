@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import commit_tensors
+from helpers import commit_tensors, torch_saved
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.git.repo import Repo
@@ -126,3 +126,25 @@ def test_a_conflicted_path_is_unmerged_not_added_or_removed(repo):
         doc = json.loads(repo.tz("diff", "--json", *cached).stdout)
         assert doc["files"][0]["unmerged"] is True and doc["files"][0]["params"] == []
     assert repo.tz("diff", "HEAD").stdout.decode() == ""  # ours is in the working tree
+
+
+def test_a_file_added_or_deleted_is_a_change_even_without_tensors(repo):
+    """A new ``.pt`` holding only a step and a learning rate (or an empty checkpoint) was
+    no change: ``--exit-code`` exited 0, ``--stat`` and ``--name-only`` left it out, and
+    the text never said the file was new.  Now it is a new (or deleted) file with its
+    non-tensor content added (or removed)."""
+    (repo.path / "sched.pt").write_bytes(torch_saved({"step": 7, "lr": 0.1}))
+    repo.git("add", "sched.pt")
+
+    def check(words: str, other: list[str]) -> None:
+        assert repo.tz("diff", "--cached").stdout.decode().splitlines()[1:] == [
+            f"  {words} (torch)", *other]
+        assert repo.tz("diff", "--cached", "--exit-code", check=False).returncode == 1
+        assert repo.tz("diff", "--cached", "--name-only").stdout.decode() == "sched.pt\n"
+        stat = repo.tz("diff", "--cached", "--stat").stdout.decode().splitlines()[0]
+        assert stat == f" sched.pt | {words}, 2 other (non-tensor)"
+
+    check("new file", ["  * lr: (none) -> 0.1", "  * step: (none) -> 7"])
+    repo.git("commit", "-q", "-m", "sched")
+    repo.git("rm", "-q", "--cached", "sched.pt")
+    check("deleted file", ["  * lr: 0.1 -> (none)", "  * step: 7 -> (none)"])

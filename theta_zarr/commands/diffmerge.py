@@ -163,6 +163,10 @@ def stat_lines(diffs: list) -> list[str]:
     for d in diffs:
         c = d.counts()
         parts = [_stat_part(k, c[k]) for k in keys if c.get(k)]
+        if d.shards is None and not d.unmerged and (d.old is None) != (d.new is None):
+            absent = d.old_foreign is None if d.old is None else d.new_foreign is None
+            if absent:  # a file added or deleted (not one side on git-lfs)
+                parts.insert(0, "new file" if d.old is None else "deleted file")
         for k in keys:
             total[k] += c.get(k, 0)
         if not parts:  # an lfs / plain side, another format or name: has_changes says why
