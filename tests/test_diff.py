@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from helpers import BF16, manifest, rng_arr
+from helpers import BF16, clean_manifest, manifest, rng_arr
 
 from theta_zarr.diff import diff, format_text, plot, summarize, textconv_lines
 from theta_zarr.manifest import ManifestError
@@ -277,6 +277,23 @@ def test_an_added_or_reshaped_tensor_is_no_layout_change(store):
     b = torch_file({"b": rng_arr(1, (2, 2))})
     fd = summarize(a, b, "m.pt")
     assert fd.counts()["reshaped"] == fd.counts()["removed"] == 1 and fd.other == []
+
+
+def test_a_tensor_cast_to_another_dtype_is_no_reordering_of_the_file(tmp_path):
+    """safetensors lays tensors out by dtype, then name: one tensor cast to bf16 moves to
+    the end of the file.  The diff listed it reshaped and also invented a non-tensor
+    change, ``(order of the tensors in the file): "l0 at 0" -> "l1 at 0"``."""
+    import torch
+    from safetensors.torch import save
+
+    tensors = {f"l{i}": torch.full((8, 8), float(i)) for i in range(3)}
+    a = clean_manifest(save(tensors), tmp_path, "m.safetensors")
+    b = clean_manifest(save({**tensors, "l0": tensors["l0"].to(torch.bfloat16)}), tmp_path,
+                       "m.safetensors")
+    assert a.format["order"][0] == "l0" and b.format["order"][-1] == "l0"
+    fd = summarize(a, b, "m.safetensors")
+    assert fd.counts()["reshaped"] == 1 and fd.other == []
+    assert format_text(fd)[1:] == ["  ! l0  float32[8, 8] -> bfloat16[8, 8]"]
 
 
 def test_a_reorder_beside_an_added_tensor_is_still_reported(store):

@@ -196,10 +196,13 @@ def other_changes(old: Manifest, new: Manifest) -> list[OtherChange]:
     out = _changes(describe(old), describe(new))
     # the order of the tensors' data in the file: left out of describe (it follows the
     # tensors), but a file that only reorders them is another file, which git sees; a
-    # tensor added or removed is no reordering of the others
+    # tensor added, removed or reshaped is no reordering of the others (safetensors lays
+    # tensors out by dtype first, so one cast to bf16 moves to the end of the file)
     a, b = old.format.get("order"), new.format.get("order")
     if isinstance(a, list) and isinstance(b, list):
-        both = set(map(str, a)) & set(map(str, b))
+        alike = {n for n, e in old.params.items()
+                 if n in new.params and _geom(e) == _geom(new.params[n])}
+        both = set(map(str, a)) & set(map(str, b)) & alike
         a, b = [n for n in a if str(n) in both], [n for n in b if str(n) in both]
         if a != b:
             i = next(k for k, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
