@@ -389,6 +389,35 @@ def test_conflict_report_then_resolve_average(repo):
     assert repo.out("status", "--porcelain") == ""
 
 
+def test_resolve_settles_a_file_one_side_deleted(repo):
+    """A modify/delete conflict: git's diff said "finish with: git theta-zarr resolve", and
+    resolve answered "not in a conflicted merge (git ls-files -u lists no ours/theirs
+    stages)" though it lists two.  ``ours``/``theirs``/``base`` now take that side's file
+    whole (a deletion with ``git rm``); a value strategy is refused in one line."""
+    base = {"w": np.zeros(300, np.float32)}
+    commit_tensors(repo, base, "base", M)
+    repo.git("checkout", "-q", "-b", "other")
+    commit_tensors(repo, {"w": np.ones(300, np.float32)}, "theirs", M)
+    repo.git("checkout", "-q", "main")
+    repo.git("rm", "-q", M)
+    repo.git("commit", "-q", "-m", "deleted")
+    for strategy, kept in (("theirs", True), ("ours", False)):
+        assert repo.git("merge", "--no-edit", "other", check=False).returncode == 1
+        bad = repo.tz("resolve", M, "--strategy", "average", check=False)
+        err = bad.stderr.decode()
+        assert bad.returncode == 1 and err.count("\n") == 1
+        assert "deleted by ours and changed by theirs" in err and "git rm" in err
+        repo.tz("resolve", M, "--strategy", strategy)
+        assert repo.out("ls-files", "-u") == ""
+        assert (repo.path / M).exists() == kept
+        if kept:
+            assert read_tensors(repo.path / M)["w"].tolist() == [1.0] * 300
+        repo.git("commit", "-q", "--no-edit")
+        assert repo.out("status", "--porcelain") == ""
+        assert (M in repo.out("ls-files")) == kept
+        repo.git("reset", "-q", "--hard", "HEAD~1")
+
+
 def test_resolve_task_arithmetic_and_config_override(repo):
     rng = np.random.default_rng(2)
     base = {k: rng.standard_normal((32, 40), dtype=np.float32) for k in ("a", "b")}

@@ -366,9 +366,11 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
     repo = Repo.discover()
     rel = repo.relative(path, inside=True)
     stages = _stages(repo, rel)
-    if 2 not in stages or 3 not in stages:
+    if not stages:
         raise ValueError(f"{rel}: not in a conflicted merge (git ls-files -u lists no "
-                         "ours/theirs stages)")
+                         "stages for it)")
+    if 2 not in stages or 3 not in stages:
+        return _resolve_whole_file(repo, rel, stages, strategy, list(globs))
     sides = {}
     for n, label in ((1, "base"), (2, "ours"), (3, "theirs")):
         data = blob_of(repo, stages[n]) if n in stages else None
@@ -387,6 +389,33 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
     _write_worktree(repo, rel, merged, objects)
     repo.git("add", "--", rel)
     return [summary_line(rel, p, table, merged).replace("merged", "resolved", 1) + ", staged"]
+
+
+def _resolve_whole_file(repo: Repo, rel: str, stages: dict[int, str], strategy: str,
+                        globs: list[str]) -> list[str]:
+    """Finish a conflict git left because one side deleted the file (modify/delete): no
+    parameter can be merged, so the file is taken whole from the side ``strategy`` names,
+    ``ours``, ``theirs`` or ``base``, and written and staged, or deleted with ``git rm``
+    where that side has no file."""
+    gone = "ours" if 2 not in stages else "theirs"
+    kept = "theirs" if gone == "ours" else "ours"
+    what = f"{rel}: deleted by {gone} and changed by {kept}"
+    if strategy not in ("ours", "theirs", "base") or globs:
+        raise ValueError(f"{what}: a whole-file conflict that only --strategy ours, theirs or "
+                         f"base settles, with no --param (or: git add {rel} to keep the file, "
+                         f"git rm {rel} to delete it)")
+    stage = {"base": 1, "ours": 2, "theirs": 3}[strategy]
+    if stage not in stages:
+        repo.git("rm", "-q", "--force", "--ignore-unmatch", "--", rel)
+        return [f"theta-zarr: {what}: resolved by deleting it ({strategy}), staged"]
+    data = blob_of(repo, stages[stage])
+    if data is None or not looks_like_manifest(data[:64]):
+        raise ValueError(f"{what}: its {strategy} version (:{stage}:{rel}) is not stored by "
+                         f"theta-zarr: keep the file with git add {rel}, or git rm {rel}")
+    objects = read_through(repo)
+    _write_worktree(repo, rel, Manifest.from_bytes(data, f":{stage}:{rel}"), objects)
+    repo.git("add", "--", rel)
+    return [f"theta-zarr: {what}: resolved with the {strategy} version, staged"]
 
 
 def _write_worktree(repo: Repo, rel: str, manifest: Manifest, objects) -> None:
