@@ -51,6 +51,9 @@ def test_exit_code_stat_name_only_and_ranges(two_commits):
     r = two_commits
     assert r.tz("diff", "--exit-code", "HEAD~1", "HEAD", check=False).returncode == 1
     assert r.tz("diff", "--exit-code", "HEAD", "HEAD", check=False).returncode == 0
+    quiet = r.tz("diff", "--quiet", "HEAD~1", "HEAD", check=False)  # as git diff --quiet
+    assert quiet.returncode == 1 and quiet.stdout == quiet.stderr == b""
+    assert r.tz("diff", "--quiet", "HEAD", "HEAD", check=False).returncode == 0
     assert r.tz("diff", "--name-only", "HEAD~1..HEAD").stdout.decode() == "m.safetensors\n"
     stat = r.tz("diff", "--stat", "HEAD~1", "HEAD", "--", "m.safetensors").stdout.decode()
     first, total = stat.splitlines()

@@ -135,7 +135,9 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
         except ImportError as e:
             fail(str(e))
         click.echo(f"theta-zarr: wrote {png} ({n} changed parameters)", err=as_json)
-    if as_json:
+    if mode == "quiet":  # git diff --quiet: no output, --exit-code
+        exit_code = True
+    elif as_json:
         click.echo(json.dumps(json_document(diffs, labels[0], labels[1]), indent=2))
     elif mode == "name-only":
         for d in changed:
@@ -210,6 +212,8 @@ def register(main: click.Group) -> None:
                   help="only the paths of changed checkpoints")
     @click.option("--exit-code", is_flag=True,
                   help="exit 1 when there are differences, 0 when there are none")
+    @click.option("--quiet", "mode", flag_value="quiet",
+                  help="no output, no chunk read; implies --exit-code")
     @click.pass_context
     @reports_errors
     def diff_cmd(ctx: click.Context, args: tuple[str, ...], cached: bool, as_json: bool,
