@@ -296,6 +296,24 @@ def test_a_tensor_cast_to_another_dtype_is_no_reordering_of_the_file(tmp_path):
     assert format_text(fd)[1:] == ["  ! l0  float32[8, 8] -> bfloat16[8, 8]"]
 
 
+def test_a_renamed_parameter_is_paired_with_its_old_name(tmp_path):
+    """A parameter renamed with its values kept (``fc.weight`` -> ``proj.weight``) was a
+    removal and an unrelated addition; git pairs a renamed file with its old name, so the
+    added one now names the removed one whose values it holds (digests only).  A new
+    parameter with other values is not paired."""
+    import torch
+    from safetensors.torch import save
+
+    w, b = torch.arange(256.0).reshape(16, 16), torch.ones(4)
+    a = clean_manifest(save({"fc.weight": w, "fc.bias": b}), tmp_path, "m.safetensors")
+    m = clean_manifest(save({"proj.weight": w, "proj.bias": b * 2}), tmp_path, "m.safetensors")
+    fd = summarize(a, m, "m.safetensors")
+    assert {p.name: p.same_as for p in fd.params if p.status == "added"} == {
+        "proj.weight": "fc.weight", "proj.bias": None}
+    assert "  + proj.weight  float32[16, 16]  same values as removed fc.weight" in format_text(fd)
+    assert {p["name"]: p["same_as"] for p in fd.to_json()["params"]}["proj.weight"] == "fc.weight"
+
+
 def test_a_reorder_beside_an_added_tensor_is_still_reported(store):
     a = manifest(store, {"a": rng_arr(0, (4,)), "b": rng_arr(1, (4,))})
     b = manifest(store, {"c": rng_arr(2, (2,)), "b": rng_arr(1, (4,)), "a": rng_arr(0, (4,))})

@@ -57,6 +57,9 @@ class ParamDiff:
     #: the same values may be stored in the other order (a .npy saved C-ordered, then in
     #: Fortran order): shapes are the reader's; values are not compared element by element
     relaid: bool = False
+    #: an added parameter holding exactly the values of a removed one (a renamed
+    #: parameter): the removed one's name
+    same_as: str | None = None
 
 
 
@@ -302,7 +305,28 @@ def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
             k = sum(x != y for x, y in zip(ka, kb, strict=True)) if same_chunking else len(kb)
             out.params.append(ParamDiff(name, "changed", ga, gb, chunks=len(kb),
                                         chunks_changed=k, numel=math.prod(eb.shape)))
+    _pair_renames(out.params, a, b, ta, tb)
     return out
+
+
+def _pair_renames(params: list[ParamDiff], a: dict[str, ParamEntry], b: dict[str, ParamEntry],
+                  ta: set[str], tb: set[str]) -> None:
+    """Mark each added parameter whose shape, dtype, chunking and chunks equal a removed
+    one's (the same values under a new name) with that name, by digests only."""
+    def key(e: ParamEntry, flipped: bool) -> tuple:
+        return (tuple(e.shape), e.dtype, tuple(e.chunk_shape), flipped, chunk_keys(e))
+
+    gone: dict[tuple, list[str]] = {}
+    for p in params:
+        if p.status == "removed":
+            gone.setdefault(key(a[p.name], p.name in ta), []).append(p.name)
+    if not gone:
+        return
+    for p in params:
+        if p.status == "added":
+            names = gone.get(key(b[p.name], p.name in tb))
+            if names:
+                p.same_as = names.pop(0)
 
 
 class _Acc:
@@ -575,7 +599,8 @@ def format_text(fd: FileDiff) -> list[str]:
     width = max((len(p.name) for p in fd.params), default=0)
     for p in fd.params:
         if p.status == "added":
-            lines.append(f"  + {p.name:<{width}}  {_shape(p.new)}")
+            same = f"  same values as removed {p.same_as}" if p.same_as else ""
+            lines.append(f"  + {p.name:<{width}}  {_shape(p.new)}{same}")
         elif p.status == "removed":
             lines.append(f"  - {p.name:<{width}}  {_shape(p.old)}")
         elif p.status == "reshaped":
