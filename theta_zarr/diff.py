@@ -274,6 +274,11 @@ def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
     out = FileDiff(path, old, new, old_foreign=old_foreign, new_foreign=new_foreign)
     if old is not None and new is not None and old.format_name == new.format_name:
         out.other = other_changes(old, new)
+    elif old is not None and new is not None:
+        # another format (pytorch_model.bin converted to model.safetensors): what one
+        # format held besides the tensors (a tied alias, a step) and the other does not
+        # is said, as its tensors are; the tensors' layout is the format's own
+        out.other = _changes(describe(old), describe(new))
     elif (old is None) != (new is None) and (old_foreign or new_foreign) is None:
         # a file added or deleted: its non-tensor content (a step, a learning rate, format
         # metadata) comes or goes with it, as its tensors are added or removed

@@ -83,3 +83,29 @@ def test_nontensor_change_counts_for_name_only_stat_and_exit_code(repo):
     assert repo.tz("diff", "--exit-code", check=False).returncode == 1
     repo.git("checkout", "--", "ckpt.pt")
     assert repo.tz("diff", "--exit-code", check=False).returncode == 0
+
+
+def test_a_tied_alias_lost_converting_bin_to_safetensors_is_shown(repo):
+    """``pytorch_model.bin`` with a tied ``lm_head.weight`` converted to
+    ``model.safetensors``, which cannot hold the alias: the diff said only ``format torch
+    -> safetensors`` with every tensor unchanged, though a key the old file loaded with
+    is gone.  Non-tensor content is now compared across formats too."""
+    repo.tz("track", "*.bin")
+    w = torch.arange(4096, dtype=torch.float32).reshape(64, 64)
+    torch.save({"embed.weight": w, "lm_head.weight": w}, repo.path / "pytorch_model.bin")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "bin")
+    save_file({"embed.weight": w}, str(repo.path / "model.safetensors"),
+              metadata={"format": "pt"})
+    repo.git("rm", "-q", "pytorch_model.bin")
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "convert")
+    views = _views(repo, "HEAD~1", "HEAD")
+    for name in ("theta-zarr diff", "git diff"):
+        text = views[name]
+        assert text.startswith("pytorch_model.bin => model.safetensors: 0 changed"), text
+        assert "  format torch -> safetensors\n" in text
+        assert '  * lm_head.weight: {"tensor":"embed.weight"} -> (none)\n' in text, name
+        assert '  * __metadata__.format: (none) -> "pt"\n' in text, name
+    stat = repo.tz("diff", "--stat", "HEAD~1", "HEAD").stdout.decode().splitlines()[0]
+    assert stat == " pytorch_model.bin => model.safetensors | format changed, 2 other (non-tensor)"

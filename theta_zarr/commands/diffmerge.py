@@ -165,6 +165,8 @@ def stat_lines(diffs: list) -> list[str]:
     for d in diffs:
         c = d.counts()
         parts = [_stat_part(k, c[k]) for k in keys if c.get(k)]
+        if d.old and d.new and d.old.format_name != d.new.format_name and parts:
+            parts.insert(0, "format changed")  # said alone below when nothing else is
         if d.shards is None and not d.unmerged and (d.old is None) != (d.new is None):
             absent = d.old_foreign is None if d.old is None else d.new_foreign is None
             if absent:  # a file added or deleted (not one side on git-lfs)
