@@ -82,16 +82,19 @@ class Cache(ObjectStore):
         period, and the manifest naming it is new (not yet in any ref or index gc reads).
 
         ``elem`` is the item size of the chunk's dtype (for the ``auto`` codec).  A
-        present object of the wrong size (a truncated write, cut by a full disk or a
+        present raw object of the wrong size (a truncated write, cut by a full disk or a
         crash) is rewritten from ``raw``; with the raw codec the size says it all, so
-        an unchanged chunk still costs only a stat.
+        an unchanged chunk still costs only a stat.  An object of another storage form
+        (zstd, blosc: written by a repository sharing this cache with another
+        ``cache-compression``, or before this one's changed) is a good object, kept.
         """
         path = self._object_path(digest)
         try:
             st = os.stat(path)
         except OSError:
             return self.put(digest, raw, elem)  # absent (or unreachable: put says why)
-        if self.codec == "raw" and st.st_size != len(RAW_HEADER) + len(raw):
+        if self.codec == "raw" and st.st_size != len(RAW_HEADER) + len(raw) and \
+                _raw_form(path):
             self.quarantine(digest)
             return self.put(digest, raw, elem)
         _freshen(path, st.st_mtime)
@@ -207,6 +210,22 @@ class Cache(ObjectStore):
             where = self.quarantine(digest)
             raise QuarantinedError(f"object {digest} in {self.url} is corrupt (content does "
                                    f"not match digest); moved it to {where}", digest)
+
+
+def _raw_form(path: str) -> bool:
+    """The object at ``path`` is stored raw, or has no readable header: its size alone
+    tells whether it is whole.  An object in another storage form (zstd, blosc, ...) is
+    not judged by its size (a reader verifies it, as any object, before use)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(5 + 255)
+    except OSError:
+        return True
+    try:
+        name, _ = codecs.split(head)
+    except codecs.CodecError:
+        return True
+    return name == "raw"
 
 
 def _freshen(path: str, mtime: float) -> None:

@@ -94,6 +94,36 @@ def test_clone_with_shared_cache_config(repo, make_repo, tmp_path):
     assert file_sha(other.path / "model.safetensors") == h
 
 
+def test_a_shared_cache_keeps_objects_another_repository_stored_compressed(
+        repo, make_repo, tmp_path):
+    """Two repositories share a cache, one with cache-compression=zstd.  A git add in the
+    raw one took each zstd object for a truncated raw one (its size is not a raw
+    object's), moved every healthy object to quarantine/ and wrote it again: the cache
+    grew by the checkpoint's size each time, and a checkout in the other repository could
+    find the object gone in between."""
+    shared = tmp_path / "shared-cache"
+    repo.git("config", "theta-zarr.cache", str(shared))
+    repo.git("config", "theta-zarr.cache-compression", "zstd")
+    h = commit_model(repo, "base")
+    objects = {p: p.stat().st_ino for p in (shared / "objects").rglob("*") if p.is_file()}
+    assert objects
+    other = make_repo("other")
+    other.git("init", "-q", "-b", "main")
+    other.tz("install")
+    other.tz("track", "*.safetensors")
+    other.git("config", "theta-zarr.cache", str(shared))
+    (other.path / "model.safetensors").write_bytes((repo.path / "model.safetensors").read_bytes())
+    other.git("add", "model.safetensors")
+    other.git("commit", "-q", "-m", "same model")
+    assert not (shared / "quarantine").exists()
+    assert {p: p.stat().st_ino for p in objects} == objects  # not written again
+    for r in (repo, other):
+        (r.path / "model.safetensors").unlink()
+        r.git("checkout", "--", "model.safetensors")
+        assert file_sha(r.path / "model.safetensors") == h
+    assert other.tz("fsck").returncode == 0
+
+
 def test_checkout_recurse_submodules_removes_and_recreates_a_checkpoint_submodule(
         make_repo, tmp_path):
     """git runs the filter of a submodule's commands with GIT_INTERNAL_SUPER_PREFIX set;
