@@ -418,6 +418,22 @@ def test_copy_to_writes_verified_chunks_and_refuses_corrupt_or_short_ones(tmp_pa
         assert os.fstat(f.fileno()).st_size == 0
 
 
+def test_gc_deletes_an_old_object_only_if_no_clean_freshened_it_since(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    (d1, raw1), (d2, raw2) = chunk(1), chunk(2)
+    for d, raw in ((d1, raw1), (d2, raw2)):
+        cache.put(d, raw)
+        old = time.time() - 30 * 86400
+        os.utime(tmp_path / "cache" / object_key(d), (old, old))
+    cutoff = time.time() - 7 * 86400
+    assert cache.ensure(d1, raw1) == 0  # a clean found it again: a new mtime
+    assert not cache.delete_unused(d1, cutoff)
+    assert cache.delete_unused(d2, cutoff)
+    assert cache.missing([d1, d2]) == {d2}
+    assert cache.freshen([d1, d2]) == {d2}  # a stat record naming d2 no longer answers
+    assert [p.name for p in (tmp_path / "cache").rglob(".tmp-*")] == []
+
+
 def test_ensure_rewrites_a_truncated_object(tmp_path):
     cache = Cache(str(tmp_path / "cache"))
     raw = bytes(range(256)) * 8

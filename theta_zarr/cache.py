@@ -25,7 +25,7 @@ from .objects import (
     object_key,
 )
 from .storage import StorageError
-from .storage.local import LocalStore
+from .storage.local import TMP_PREFIX, LocalStore
 from .streams import pwrite_all
 
 QUARANTINE = "quarantine"
@@ -97,17 +97,55 @@ class Cache(ObjectStore):
                 _raw_form(path):
             self.quarantine(digest)
             return self.put(digest, raw, elem)
-        _freshen(path, st.st_mtime)
+        if not _freshen(path, st.st_mtime):  # gc took it between the stat and the utime
+            return self.put(digest, raw, elem)
         return 0
 
-    def freshen(self, digests: Iterable[str]) -> None:
+    def freshen(self, digests: Iterable[str]) -> set[str]:
         """Give these objects a new mtime where theirs is older than ``FRESHEN_AFTER``, as
         ``ensure`` does: for a manifest answered without storing its chunks again (a clean
-        answered from its stat record)."""
+        answered from its stat record).  Returns the digests not present (deleted, or
+        taken by a gc running now): the caller must store them again."""
+        gone = set()
         for digest in set(digests):
             path = self._object_path(digest)
-            with contextlib.suppress(OSError):
-                _freshen(path, os.stat(path).st_mtime)
+            try:
+                mtime = os.stat(path).st_mtime
+            except OSError:  # as ``missing`` counts it
+                gone.add(digest)
+                continue
+            if not _freshen(path, mtime):
+                gone.add(digest)
+        return gone
+
+    def delete_unused(self, digest: str, cutoff: float) -> bool:
+        """Delete an object gc found unreachable and last written before ``cutoff``, unless
+        a clean has used it since; True if it was deleted.
+
+        A clean that finds the object gives it a new mtime (``ensure``), but gc listed the
+        mtimes earlier: the object is first renamed aside (atomic), then its mtime read
+        again, and it goes back where it was if a clean freshened it meanwhile.  A clean
+        whose ``utime`` comes after the rename finds the object gone and writes it again.
+        So an add running while gc deletes does not commit a chunk gc then removes (a clean
+        freshens only objects older than ``FRESHEN_AFTER``: a grace period shorter than
+        that leaves younger garbage unprotected, as ``--grace 0`` does new objects)."""
+        path = self._object_path(digest)
+        aside = os.path.join(os.path.dirname(path),
+                             f"{TMP_PREFIX}gc-{os.getpid()}-{digest[9:]}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            used = os.stat(aside).st_mtime >= cutoff
+        except FileNotFoundError:
+            return False
+        if used:
+            os.replace(aside, path)  # a copy a clean wrote meanwhile holds the same bytes
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+        return True
 
     def get(self, digest: str, bases: ObjectStore | None = None) -> bytes | memoryview:
         """The verified raw chunk; a corrupt object is moved to quarantine first
@@ -228,10 +266,17 @@ def _raw_form(path: str) -> bool:
     return name == "raw"
 
 
-def _freshen(path: str, mtime: float) -> None:
+def _freshen(path: str, mtime: float) -> bool:
+    """A new mtime for the object at ``path`` if its own is older than ``FRESHEN_AFTER``;
+    False if the object is gone (a gc removed it after the caller's ``stat``)."""
     if time.time() - mtime > FRESHEN_AFTER:
-        with contextlib.suppress(OSError):  # a read-only or another user's object
+        try:
             os.utime(path)
+        except FileNotFoundError:
+            return False
+        except OSError:  # a read-only or another user's object
+            pass
+    return True
 
 
 def default_cache_dir(git_common_dir: str) -> str:

@@ -318,6 +318,17 @@ def delete(store: ObjectStore, sweep: Sweep) -> None:
     _each(store, lambda kv: store.blobs.delete(kv[0]), sweep.keys)
 
 
+def delete_unused(cache: Cache, sweep: Sweep, cutoff: float) -> None:
+    """Delete the cache objects of ``sweep`` unless a clean used one since gc listed it
+    (``Cache.delete_unused``); what was kept leaves the sweep."""
+    def one(item: tuple[str, int]) -> bool:
+        digest = digest_of_key(item[0])
+        return digest is not None and cache.delete_unused(digest, cutoff)
+
+    sweep.keys = [item for item, gone in bounded_map(one, list(sweep.keys), cache.concurrency)
+                  if gone]
+
+
 def delete_debris(blobs: BlobStore, sweep: Sweep) -> None:
     """Remove what is safe to remove now; a lock file in use stays (and leaves the sweep)."""
     sweep.keys = [(k, n) for k, n in sweep.keys if blobs.delete_debris(k)]
@@ -489,7 +500,7 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
             sweep.keys = [(k, n) for k, n in sweep.keys if k in gone]
         trash.empty()
         delete_debris(remote.blobs, sweeps[4])
-    delete(cache, sweeps[0])
+    delete_unused(cache, sweeps[0], cutoff)
     delete_debris(cache.blobs, sweeps[1])
     delete(cache, quarantined)
     return GcResult(sweeps, start, problems, restored)

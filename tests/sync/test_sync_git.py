@@ -336,6 +336,46 @@ def test_gc_keeps_old_chunks_a_new_clean_found_again(repo, tmp_path, record):
     assert repo.tz("fsck").returncode == 0
 
 
+@pytest.mark.parametrize("record", [True, False])
+def test_an_add_while_gc_deletes_keeps_the_old_chunks_it_found(repo, record):
+    """gc lists the cache, then deletes.  A git add in between (another terminal) found
+    the chunks of an abandoned commit, older than the grace period, and freshened them,
+    but gc went by the mtimes it had listed: the commit made a moment later named chunks
+    that existed nowhere.  gc now moves each object aside and reads its mtime again first."""
+    from theta_zarr.git.repo import Repo
+
+    repo.git("config", "theta-zarr.chunk-size", CHUNK)
+    path = repo.path / "model.safetensors"
+    model(path, seed=7)
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "abandoned")
+    repo.git("reset", "-q", "--soft", "HEAD~1")
+    repo.git("rm", "-q", "--cached", "model.safetensors")
+    repo.git("reflog", "expire", "--expire=now", "--all")
+    _age(repo.objects_dir, 30 * 86400)
+    if not record:  # hashed again (no stat record answers), its chunks found in the cache
+        shutil.rmtree(repo.path / ".git" / "theta-zarr" / "stat")
+    git_repo = Repo.discover(str(repo.path))
+    cache = Cache(str(repo.objects_dir.parent))
+
+    def roots() -> gc.Roots:
+        r = gc.Roots()
+        git_roots(git_repo, r)
+        return r
+
+    def add_meanwhile(step: str) -> None:
+        if step == "planned":
+            repo.git("add", "model.safetensors")
+            repo.git("commit", "-q", "-m", "again")
+
+    result = gc.collect(cache, roots, grace=7 * 86400, hook=add_meanwhile)
+    assert result.sweeps[0].keys == []  # listed, then kept: nothing reported deleted
+    path.unlink()
+    repo.git("checkout", "--", "model.safetensors")
+    assert repo.tz("fsck").returncode == 0
+    assert not [p for p in repo.objects_dir.rglob(".tmp-*")]
+
+
 @settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.sampled_from(["commit", "branch", "reset", "stash", "drop-branch"]),

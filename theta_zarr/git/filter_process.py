@@ -139,10 +139,10 @@ class FilterServer:
         if before is not None and self.stat_cache is not None:
             cached = self.stat_cache.get(path, before)
             # the file theta-zarr last cleaned or wrote: no re-hash, unless the cache lost
-            # a chunk since (deleted, gc'd): then the clean below stores it again
-            if cached is not None and not checkpoint.missing_chunks(cached[1], self.cache):
+            # a chunk since (deleted, gc'd, or taken by a gc running now): then the clean
+            # below stores it again.  The chunks found get a new mtime, as a clean gives them
+            if cached is not None and not self.cache.freshen(cached[1].digests()):
                 log.debug("%s: answered from its stat record, not hashed again", path)
-                self.cache.freshen(cached[1].digests())  # as a clean storing them would
                 content.drain()
                 if content.count == before.st_size and \
                         stat_key(before) == stat_key(self._worktree_stat(path) or before):
