@@ -20,6 +20,9 @@ Why a concurrent push is safe (docs/reliability.md has the interleavings tested)
   names is in place, and uploads again from its cache whatever is not.  A ref
   written after gc's second listing is written after gc's moves to the trash, so
   that check sees every object gc took and puts it back.
+* A ``git push`` moves a git branch, which the remote's refs do not show: the git
+  face passes ``moved``, which lists the git remotes' refs again after the second
+  listing; when a push landed since gc planned, everything goes back from the trash.
 * Between the two, once both have finished, no ref names a missing object; while
   they run, a reader may briefly miss an object that a push is putting back.  A
   gc killed with objects in its trash leaves them there: the next gc moves every
@@ -445,12 +448,15 @@ class GcResult:
     start: float
     problems: list[str] = field(default_factory=list)
     restored: int = 0  # objects and manifests moved back from the trash
+    #: why nothing was deleted from the remote after all (a git push landed meanwhile)
+    aborted: str | None = None
 
 
 def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
             remote: SyncRemote | None = None, dry_run: bool = False,
             now: float | None = None, hook: Callable[[str], None] | None = None,
-            keep_cache: bool = False) -> GcResult:
+            keep_cache: bool = False, moved: Callable[[], str | None] | None = None
+            ) -> GcResult:
     """Delete unreachable objects older than ``grace`` from the cache (and the remote).
 
     ``keep_cache``: leave the cache as it is (one other repositories share, whose
@@ -460,12 +466,18 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
     remote, garbage goes through a trash (see the module docstring).  ``hook`` is
     called with ``"planned"``, ``"trashed"`` and ``"restored"`` between the steps
     (tests interleave pushes there).  Temporary files older than ``grace`` go too.
+
+    ``moved`` is asked once the remote's garbage is in the trash and its roots were
+    listed again: a reason (a git push landed since gc planned: its commits, which this
+    clone cannot see, may reuse that garbage) puts everything back, and nothing is
+    deleted from the remote (``GcResult.aborted`` says why).
     """
     start = time.time() if now is None else now
     cutoff = start - grace
     step = hook or (lambda name: None)
     problems: list[str] = []
     restored = 0
+    aborted = None
     if remote is not None and not dry_run:
         restored += restore_leftovers(remote)
     roots = roots_of()
@@ -493,9 +505,13 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
         trash.take(k for k, _ in sweeps[3].keys)
         step("trashed")
         _relist_and_restore(remote, trash, cutoff, roots)
+        aborted = moved() if moved is not None else None
+        if aborted is not None:
+            trash.give_back(list(trash.keys))
         step("restored")
         gone = set(trash.keys.values())
-        restored += len(sweeps[2].keys) + len(sweeps[3].keys) - len(gone)
+        if aborted is None:
+            restored += len(sweeps[2].keys) + len(sweeps[3].keys) - len(gone)
         for sweep in sweeps[2:4]:
             sweep.keys = [(k, n) for k, n in sweep.keys if k in gone]
         trash.empty()
@@ -503,7 +519,7 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
     delete_unused(cache, sweeps[0], cutoff)
     delete_debris(cache.blobs, sweeps[1])
     delete(cache, quarantined)
-    return GcResult(sweeps, start, problems, restored)
+    return GcResult(sweeps, start, problems, restored, aborted)
 
 
 # -- repack ---------------------------------------------------------------------------------------

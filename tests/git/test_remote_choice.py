@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
-from helpers import REMOTE_SHAPE, GitRepo, init_bare, manifest_at
+from helpers import REMOTE_SHAPE, GitRepo, clone, init_bare, manifest_at
 
 from theta_zarr.demo import write_model
 from theta_zarr.manifest import Manifest
@@ -157,6 +159,52 @@ def test_gc_remote_refuses_in_a_shallow_clone(repo, make_repo, tmp_path):
     shallow.git("fetch", "-q", "--unshallow")
     shallow.tz("gc", "--remote", "origin", "--grace", "0")
     assert store.missing(first.digests()) == set()
+
+
+def test_gc_remote_deletes_nothing_when_a_git_push_lands_meanwhile(repo, make_repo, tmp_path):
+    """Clone B pushes a commit whose chunks are on the remote but unreachable (a deleted
+    branch's, older than the grace period) while gc --remote runs in clone A: B's pre-push
+    found them there and uploaded nothing, and gc, which listed only the remote's theta
+    refs again, deleted them; the pushed branch named chunks the remote no longer had.
+    gc now lists the git remote's refs again before it deletes, and puts everything back
+    when a push landed (wired here as the command wires it)."""
+    from theta_zarr import checkpoint, gc
+    from theta_zarr.git.reachability import git_roots, heads_moved, remote_heads
+    from theta_zarr.git.remotes import require
+    from theta_zarr.git.repo import Repo
+    from theta_zarr.sync import SyncRemote
+
+    bare = _origin(repo, tmp_path)
+    _commit(repo, 0)
+    repo.git("push", "-q", "origin", "main")
+    other = clone(make_repo, bare, "other")
+    repo.git("checkout", "-q", "-b", "exp")
+    m = _commit(repo, 1)
+    repo.git("push", "-q", "origin", "exp")
+    repo.git("push", "-q", "origin", ":exp")  # the branch is deleted: its chunks are garbage
+    old = time.time() - 30 * 86400
+    for p in (bare / "theta-zarr").rglob("*"):
+        os.utime(p, (old, old))
+    store = open_remote(RemoteSpec("o", str(bare / "theta-zarr")))
+    gc_repo = Repo.discover(str(other.path))
+    spec = require(gc_repo, "origin")
+    heads = remote_heads(gc_repo, spec)
+
+    def roots() -> gc.Roots:
+        r = gc.Roots()
+        git_roots(gc_repo, r)
+        return r
+
+    def push_meanwhile(step: str) -> None:
+        if step == "planned":  # the pre-push finds every chunk there: nothing uploaded
+            repo.git("push", "-q", "origin", "exp:refs/heads/exp2")
+
+    result = gc.collect(checkpoint.open_cache(gc_repo.settings()), roots, 7 * 86400,
+                        SyncRemote.open(spec, 4, need="read"), hook=push_meanwhile,
+                        moved=lambda: heads_moved(heads, remote_heads(gc_repo, spec)))
+    assert result.aborted is not None and "'origin' changed" in result.aborted
+    assert store.missing(m.digests()) == set()
+    assert not list((bare / "theta-zarr").glob("trash/*"))
 
 
 def test_a_new_theta_remote_for_a_git_remote_with_commits_says_to_copy_them(repo, tmp_path):

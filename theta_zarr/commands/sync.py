@@ -433,7 +433,13 @@ def register(main: click.Group) -> None:
         from .. import checkpoint, gc
         from ..cache import default_cache_dir as own_cache_dir
         from ..errors import UserError
-        from ..git.reachability import git_roots, is_shallow, stale_views
+        from ..git.reachability import (
+            git_roots,
+            heads_moved,
+            is_shallow,
+            remote_heads,
+            stale_views,
+        )
         from ..git.remotes import require
         from ..git.repo import Repo
         from ..git.statcache import StatCache
@@ -454,8 +460,10 @@ def register(main: click.Group) -> None:
                             "--depth): the objects of every commit before its boundary "
                             "would look unreachable and be deleted from the remote. Run "
                             "'git fetch --unshallow' first, or gc from a full clone")
+        # the git remotes' refs as gc plans: a push that lands while gc deletes is seen
+        heads = remote_heads(repo, spec) if spec is not None else {}
         if spec is not None:
-            stale = stale_views(repo, spec)
+            stale = stale_views(repo, spec, heads)
             if stale and not ignore_stale_refs:
                 raise UserError(f"gc --remote {remote_name}: this clone's view is older than "
                                 f"the remote's ({stale[0]}); objects other clones pushed "
@@ -484,8 +492,11 @@ def register(main: click.Group) -> None:
         if keep_cache:
             say(f"the cache {cache.root} may be shared (theta-zarr.cache): left as it is; "
                 "--shared-cache collects it too")
+        def moved() -> str | None:
+            return heads_moved(heads, remote_heads(repo, spec)) if spec is not None else None
+
         result = gc.collect(cache, roots, grace_s, remote, dry_run,
-                            keep_cache=keep_cache)
+                            keep_cache=keep_cache, moved=moved)
         stat_records = StatCache(repo.git_dir)
         stale = stat_records.prune(repo.top, dry_run)
         for problem in result.problems:
@@ -493,6 +504,9 @@ def register(main: click.Group) -> None:
         if result.restored:
             say(f"{result.restored} blob(s) a concurrent push or an interrupted gc needed "
                  "were moved back from gc's trash")
+        if result.aborted is not None and remote is not None:
+            say(f"warning: {result.aborted}: its commits may need what gc found unreachable, "
+                f"so nothing was deleted from {remote.url}; run 'git fetch' and gc again")
         verb = "would delete" if dry_run else "deleted"
         for sweep in result.sweeps:
             if dry_run:

@@ -47,10 +47,40 @@ def is_shallow(repo: Repo) -> bool:
     return repo.git("rev-parse", "--is-shallow-repository").strip() == b"true"
 
 
-def stale_views(repo: Repo, spec: RemoteSpec) -> list[str]:
+def remote_heads(repo: Repo, spec: RemoteSpec) -> dict[str, str | GitError]:
+    """``git ls-remote --heads --tags`` of each git remote whose pushes send chunks to
+    ``spec``: its output, or the error listing it.  gc takes this before it plans and
+    again once its garbage is in the trash: a difference is a git push that landed
+    meanwhile, whose commits may reuse that garbage (its pre-push found it there)."""
+    heads: dict[str, str | GitError] = {}
+    for name in feeding_git_remotes(repo, spec):
+        try:
+            heads[name] = repo.git("ls-remote", "--heads", "--tags", name).decode()
+        except GitError as e:
+            heads[name] = e
+    return heads
+
+
+def heads_moved(before: dict[str, str | GitError], after: dict[str, str | GitError]
+                ) -> str | None:
+    """Why the git remotes' refs (``remote_heads``) differ between two listings, or None."""
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        if isinstance(old, GitError) and isinstance(new, GitError):
+            continue  # never listed (gc went on with --ignore-stale-refs): nothing to compare
+        if isinstance(new, GitError):
+            return f"cannot list the refs of git remote {name!r} again ({new})"
+        if old != new:
+            return f"git remote {name!r} changed while gc ran (a push landed)"
+    return None
+
+
+def stale_views(repo: Repo, spec: RemoteSpec,
+                heads: dict[str, str | GitError] | None = None) -> list[str]:
     """Why this clone's view of the git remotes that push to ``spec`` may be older than
     the remotes themselves: one line per git remote whose branches or tags (``git
-    ls-remote``) differ from what this repository has fetched, or that cannot be listed.
+    ls-remote``, or ``heads`` from ``remote_heads``) differ from what this repository has
+    fetched, or that cannot be listed.
 
     gc --remote keeps what this repository can reach; commits another clone pushed
     (and the objects they name) are only known after a fetch.  A remote ref whose
@@ -58,12 +88,11 @@ def stale_views(repo: Repo, spec: RemoteSpec) -> list[str]:
     names it (a tag a ``--no-tags`` clone never fetched, a branch merged into one it has).
     """
     problems = []
-    for name in feeding_git_remotes(repo, spec):
-        try:
-            listed = repo.git("ls-remote", "--heads", "--tags", name).decode().splitlines()
-        except GitError as e:
-            problems.append(f"cannot list the refs of git remote {name!r} ({e})")
+    for name, output in (heads if heads is not None else remote_heads(repo, spec)).items():
+        if isinstance(output, GitError):
+            problems.append(f"cannot list the refs of git remote {name!r} ({output})")
             continue
+        listed = output.splitlines()
         for line in listed:
             sha, _, ref = line.partition("\t")
             if ref.endswith("^{}"):
