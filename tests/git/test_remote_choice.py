@@ -161,19 +161,9 @@ def test_gc_remote_refuses_in_a_shallow_clone(repo, make_repo, tmp_path):
     assert store.missing(first.digests()) == set()
 
 
-def test_gc_remote_deletes_nothing_when_a_git_push_lands_meanwhile(repo, make_repo, tmp_path):
-    """Clone B pushes a commit whose chunks are on the remote but unreachable (a deleted
-    branch's, older than the grace period) while gc --remote runs in clone A: B's pre-push
-    found them there and uploaded nothing, and gc, which listed only the remote's theta
-    refs again, deleted them; the pushed branch named chunks the remote no longer had.
-    gc now lists the git remote's refs again before it deletes, and puts everything back
-    when a push landed (wired here as the command wires it)."""
-    from theta_zarr import checkpoint, gc
-    from theta_zarr.git.reachability import git_roots, heads_moved, remote_heads
-    from theta_zarr.git.remotes import require
-    from theta_zarr.git.repo import Repo
-    from theta_zarr.sync import SyncRemote
-
+def _garbage_pushed_by(repo: GitRepo, make_repo, tmp_path) -> tuple[GitRepo, Manifest, Path]:
+    """(another clone, a manifest, its remote store): ``repo`` pushed the manifest's
+    chunks on branch exp, then deleted the branch; they are 30 days old garbage there."""
     bare = _origin(repo, tmp_path)
     _commit(repo, 0)
     repo.git("push", "-q", "origin", "main")
@@ -185,8 +175,18 @@ def test_gc_remote_deletes_nothing_when_a_git_push_lands_meanwhile(repo, make_re
     old = time.time() - 30 * 86400
     for p in (bare / "theta-zarr").rglob("*"):
         os.utime(p, (old, old))
-    store = open_remote(RemoteSpec("o", str(bare / "theta-zarr")))
-    gc_repo = Repo.discover(str(other.path))
+    return other, m, bare / "theta-zarr"
+
+
+def _gc_remote(clone_: GitRepo, hook=None):
+    """gc --remote origin (grace 7d) in ``clone_``, wired as the command wires it."""
+    from theta_zarr import checkpoint, gc
+    from theta_zarr.git.reachability import git_roots, heads_moved, remote_heads
+    from theta_zarr.git.remotes import require
+    from theta_zarr.git.repo import Repo
+    from theta_zarr.sync import SyncRemote
+
+    gc_repo = Repo.discover(str(clone_.path))
     spec = require(gc_repo, "origin")
     heads = remote_heads(gc_repo, spec)
 
@@ -195,16 +195,55 @@ def test_gc_remote_deletes_nothing_when_a_git_push_lands_meanwhile(repo, make_re
         git_roots(gc_repo, r)
         return r
 
+    return gc.collect(checkpoint.open_cache(gc_repo.settings()), roots, 7 * 86400,
+                      SyncRemote.open(spec, 4, need="read"), hook=hook,
+                      moved=lambda: heads_moved(heads, remote_heads(gc_repo, spec)))
+
+
+def test_gc_remote_deletes_nothing_when_a_git_push_lands_meanwhile(repo, make_repo, tmp_path):
+    """Clone B pushes a commit whose chunks are on the remote but unreachable (a deleted
+    branch's, older than the grace period) while gc --remote runs in clone A: B's pre-push
+    found them there and uploaded nothing, and gc, which listed only the remote's theta
+    refs again, deleted them; the pushed branch named chunks the remote no longer had.
+    gc now lists the git remote's refs again before it deletes, and puts everything back
+    when a push landed."""
+    other, m, store_path = _garbage_pushed_by(repo, make_repo, tmp_path)
+
     def push_meanwhile(step: str) -> None:
         if step == "planned":  # the pre-push finds every chunk there: nothing uploaded
             repo.git("push", "-q", "origin", "exp:refs/heads/exp2")
 
-    result = gc.collect(checkpoint.open_cache(gc_repo.settings()), roots, 7 * 86400,
-                        SyncRemote.open(spec, 4, need="read"), hook=push_meanwhile,
-                        moved=lambda: heads_moved(heads, remote_heads(gc_repo, spec)))
+    result = _gc_remote(other, push_meanwhile)
     assert result.aborted is not None and "'origin' changed" in result.aborted
-    assert store.missing(m.digests()) == set()
-    assert not list((bare / "theta-zarr").glob("trash/*"))
+    assert open_remote(RemoteSpec("o", str(store_path))).missing(m.digests()) == set()
+    assert not list(store_path.glob("trash/*"))
+
+
+def test_a_pre_push_puts_back_what_a_gc_took_while_it_uploaded(repo, make_repo, tmp_path,
+                                                               monkeypatch):
+    """The pre-push found old garbage on the remote and reused it; a whole gc --remote ran
+    while it uploaded the rest (git moves the branch only after the hook, so gc could not
+    see the commit) and deleted what it reused.  The hook now checks once more at its end
+    and uploads again, from the cache, what is gone."""
+    from theta_zarr.git import push
+    from theta_zarr.git.remotes import require
+    from theta_zarr.git.repo import Repo
+
+    other, m, store_path = _garbage_pushed_by(repo, make_repo, tmp_path)
+    real = push.push_objects
+    swept = []
+
+    def gc_while_uploading(*args, **kw):
+        stats = real(*args, **kw)
+        if not swept:
+            swept.append(_gc_remote(other))  # takes what the push found there
+        return stats
+
+    monkeypatch.setattr(push, "push_objects", gc_while_uploading)
+    pusher = Repo.discover(str(repo.path))
+    push.push_manifests(pusher, require(pusher, "origin"), [m])
+    assert swept and sum(len(s.keys) for s in swept[0].sweeps[2:4]) > 0
+    assert open_remote(RemoteSpec("o", str(store_path))).missing(m.digests()) == set()
 
 
 def test_a_new_theta_remote_for_a_git_remote_with_commits_says_to_copy_them(repo, tmp_path):

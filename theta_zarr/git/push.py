@@ -85,6 +85,12 @@ def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
     policy = settings.delta_policy
     bases = parent_bases(repo, *commits) if commits and policy.enabled else None
     stats = push_objects(cache, remote, digests, bases, policy, elems)
+    # A gc --remote elsewhere may have taken an old, unreachable object this push found
+    # there (it sees the commits only once git moves the branch, after this hook): check
+    # once more, as late as the hook can, and put back from the cache what is gone.
+    vanished = remote.missing(digests | stats.bases_used)
+    if vanished:
+        push_objects(cache, remote, vanished, elems=elems, checked=True)
     print(f"theta-zarr: {stats.summary('uploaded', where)}", file=sys.stderr)
     return stats
 
