@@ -417,3 +417,36 @@ def test_the_api_refuses_a_tree_naming_an_unknown_tensor(tmp_path):
     m.format["tree"]["__dict__"][1][1]["__tensor__"] = "nope"
     with pytest.raises(ManifestError, match="unknown tensor 'nope'"):
         get_format("torch").tensors(m.format, m.params)
+
+
+def test_a_file_rewritten_while_it_is_cleaned_is_one_line_not_sigbus(tmp_path):
+    """A trainer's torch.save to the path a clean (git add, publish) reads truncates it
+    first.  Storages were hashed straight from torch.load's memory map, and a read past
+    the new end of the file killed the process with SIGBUS ("Bus error" through git, no
+    line); the storages are now read with pread, which reads short instead."""
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.arange(64 * 1024, dtype=torch.float32)}, path)
+    proc = helpers.run_python(f"""
+        import os
+        from theta_zarr import checkpoint
+        from theta_zarr.formats import torch as tf
+        from theta_zarr.formats.base import FormatError
+        from theta_zarr.settings import Settings
+        from theta_zarr.sync import clean_file
+
+        real = tf._load
+        def load_then_rewrite(path, *args):
+            obj = real(path, *args)
+            os.truncate(path, 1000)  # torch.save of the next step opens it with O_TRUNC
+            return obj
+        tf._load = load_then_rewrite
+        settings = Settings(cache_dir={str(tmp_path / "cache")!r}, chunk_bytes=65536)
+        try:
+            clean_file({str(path)!r}, settings, checkpoint.open_cache(settings))
+        except FormatError as e:
+            print(e)
+    """)
+    assert proc.returncode == 0, proc.stderr.decode()[-300:]
+    assert proc.stdout.decode().strip() == (
+        "model.pt: the file changed while it was read (another process writing it?); "
+        "try again once it is complete")

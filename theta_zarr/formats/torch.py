@@ -2,7 +2,11 @@
 
 Loaded only with ``torch.load(weights_only=True)``: a pickle that would run code is
 refused (and ``checkpoint.clean`` then keeps the file as opaque bytes), and zip files
-are memory-mapped so tensors are hashed straight from the map.
+are memory-mapped so no tensor is read into memory whole.  Each storage's bytes are then
+read from the file with ``pread`` into the writer's chunk buffers, not hashed from the
+map: a file another process rewrites meanwhile (a trainer's ``torch.save`` to the same
+path) must neither end the process with SIGBUS (its map cut short by the truncation)
+nor store an object whose bytes changed between its hash and its write.
 
 The manifest's ``format.tree`` keeps what ``torch.load`` returns: the nesting of the
 saved object, its non-tensor leaves as tagged JSON, and for each tensor the storage it
@@ -18,9 +22,11 @@ import collections
 import json
 import math
 import mmap
+import os
 import pickle
 import re
 import shutil
+import struct
 import tempfile
 import threading
 import zipfile
@@ -28,9 +34,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import chunking
 from ..chunkreader import ChunkReader
-from ..chunkwriter import ChunkWriter
+from ..chunkwriter import ChunkWriter, TruncatedInput
 from ..dtypes import DTypeError, by_name, from_torch
 from ..manifest import MAX_NAME_LEN, Manifest, ManifestError, check_name
+from ..streams import ReadInto
 from .base import Format, FormatError, NotWeights, Source, TensorView, flatten_json
 from .zipinfo import first_member
 
@@ -66,10 +73,28 @@ class TorchFormat(Format):
         legacy = source.head.startswith(LEGACY_MAGIC)
         locations: dict[int, str] = {}
         with source.as_file() as path:
-            obj = _load(path, source.name, legacy, locations)
-            encoder = _TreeEncoder(writer, source.name, locations)
-            tree = encoder.encode(obj, ())
-            encoder.store()
+            if legacy:  # read into memory whole by torch.load: no map to read around
+                obj = _load(path, source.name, legacy, locations)
+                encoder = _TreeEncoder(writer, source.name, locations)
+                tree = encoder.encode(obj, ())
+                encoder.store()
+            else:
+                with open(path, "rb", buffering=0) as f:
+                    before = os.fstat(f.fileno())
+                    offsets = _data_offsets(f)  # read before torch maps the file
+                    try:
+                        obj = _load(path, source.name, legacy, locations)
+                    except FormatError:
+                        if _changed(f.fileno(), before):  # torn by a writer, not broken
+                            raise FormatError(f"{source.name}: {CHANGED}") from None
+                        raise
+                    encoder = _TreeEncoder(writer, source.name, locations)
+                    tree = encoder.encode(obj, ())
+                    base = _map_base(offsets, encoder.spans())
+                    if base is None and _changed(f.fileno(), before):
+                        raise FormatError(f"{source.name}: {CHANGED}")
+                    encoder.read_from(f.fileno(), base)
+                    encoder.store()
         fmt: dict[str, Any] = {"name": self.name, "tree": tree}
         if legacy:
             fmt["serialization"] = "legacy"
@@ -236,6 +261,65 @@ def _load(path: str, name: str, legacy: bool, locations: dict[int, str]) -> Any:
         raise FormatError(f"{name}: not a readable PyTorch file ({msg[:200]})") from None
 
 
+#: what a clean says of a file that changed under it
+CHANGED = ("the file changed while it was read (another process writing it?); try again "
+           "once it is complete")
+
+
+def _data_offsets(f: BinaryIO) -> dict[int, int]:
+    """{file offset: size} of the zip's ``data/`` records stored uncompressed (the storages
+    ``torch.load(mmap=True)`` maps); empty where the zip cannot be read."""
+    offsets: dict[int, int] = {}
+    try:
+        with zipfile.ZipFile(f) as zf:
+            for info in zf.infolist():
+                if "/data/" not in info.filename or info.compress_type != zipfile.ZIP_STORED:
+                    continue
+                head = os.pread(f.fileno(), 30, info.header_offset)
+                if len(head) < 30 or not head.startswith(b"PK\x03\x04"):
+                    return {}
+                name_len, extra_len = struct.unpack_from("<HH", head, 26)
+                offsets[info.header_offset + 30 + name_len + extra_len] = info.file_size
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return {}
+    return offsets
+
+
+def _map_base(offsets: dict[int, int], spans: dict[int, int]) -> int | None:
+    """The address ``torch.load(mmap=True)`` mapped the file at: each storage (``spans``:
+    {data_ptr: nbytes}) is its ``data/`` record at ``base + the record's offset``
+    (``offsets``, from ``_data_offsets``).  None where they do not line up."""
+    if not spans or not offsets:
+        return None
+    base = min(spans) - min(offsets)
+    if any(offsets.get(ptr - base, -1) < n for ptr, n in spans.items()):
+        return None
+    return base
+
+
+def _changed(fd: int, before: os.stat_result) -> bool:
+    st = os.fstat(fd)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != \
+        (before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+
+
+def _pread_stream(fd: int, start: int, nbytes: int) -> ReadInto:
+    """``read_into`` over bytes ``start`` to ``start + nbytes`` of the file ``fd``; a file
+    cut short meanwhile reads short (the writer then says it is truncated)."""
+    pos, end = start, start + nbytes
+
+    def read_into(view: memoryview) -> int:
+        nonlocal pos
+        want = min(len(view), end - pos)
+        if want <= 0:
+            return 0
+        got = os.preadv(fd, [view[:want]], pos)
+        pos += got
+        return got
+
+    return read_into
+
+
 def refusal(e: Exception) -> str:
     """What weights_only refused, in a phrase: torch's "Unsupported global: X" line."""
     text = str(e)
@@ -357,6 +441,16 @@ class _TreeEncoder:
         self.names: set[str] = set()
         # storage key -> (first path, [(tensor, leaf)])
         self.storages: dict[Any, tuple[tuple, list]] = {}
+        self.fd: int | None = None  # the file, read with pread at data_ptr - base
+        self.base = 0
+
+    def spans(self) -> dict[int, int]:
+        """{data_ptr: nbytes} of every non-empty storage found by ``encode``."""
+        return {k[0]: k[1] for k in self.storages if k[0] != "empty"}
+
+    def read_from(self, fd: int, base: int | None) -> None:
+        """Read storages from the file ``fd`` mapped at ``base`` (None: from the map)."""
+        self.fd, self.base = (fd, base) if base is not None else (None, 0)
 
     def _name_for(self, path: tuple) -> str:
         """A valid, unique parameter name for the tensor at ``path``.
@@ -467,9 +561,15 @@ class _TreeEncoder:
                 else:
                     pshape, pdtype = (storage.nbytes() // itemsize,), dtype
             try:
-                self.writer.add_buffer(name, pdtype, pshape, memoryview(raw))
+                if self.fd is not None and storage.nbytes():
+                    self.writer.add_stream(name, pdtype, pshape, _pread_stream(
+                        self.fd, storage.data_ptr() - self.base, storage.nbytes()))
+                else:
+                    self.writer.add_buffer(name, pdtype, pshape, memoryview(raw))
             except ManifestError as e:
                 raise FormatError(str(e)) from None
+            except TruncatedInput:
+                raise FormatError(f"{self.source}: {CHANGED}") from None
             location = self.locations.get(storage.data_ptr(), "cpu") \
                 if storage.nbytes() else "cpu"
             for t, leaf in members:
