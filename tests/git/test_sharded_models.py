@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -248,6 +249,38 @@ def test_materialize_include_of_sharded_folder_writes_a_loadable_folder(sharded,
     out = repo.tz("materialize", "llama", "--include", "lm_head.*", "-o",
                   str(tmp_path / "elsewhere")).stdout.decode()
     assert out.rstrip().endswith(f"-> {tmp_path / 'elsewhere'}"), out
+
+
+def test_materialize_of_a_model_folder_writes_every_tracked_file_under_it(repo):
+    """A lazy Hub-style folder: shards and their index, tokenizer.json, an adapter/.
+    `materialize llama/` wrote the shards only (the folder was taken as its model) and left
+    tokenizer.json and the adapter as manifests, which no loader can read."""
+    from safetensors.torch import save_file
+
+    repo.tz("track", "tokenizer.json")
+    folder = repo.path / "llama"
+    (folder / "adapter").mkdir(parents=True)
+    weight_map = {}
+    for i, name in enumerate(("model.embed_tokens.weight", "lm_head.weight")):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({name: torch.full((8, 8), float(i))}, folder / shard)
+        weight_map[name] = shard
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+    save_file({"lora_A.weight": torch.ones(4, 8)}, folder / "adapter" / "adapter_model.safetensors")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "model, tokenizer and adapter")
+    tracked = repo.out("ls-files", "llama").split()
+    want = {name: (repo.path / name).read_bytes() for name in tracked}
+    shutil.rmtree(folder)
+    repo.git("-c", "theta-zarr.lazy=true", "checkout", "--", ".")
+    assert (folder / "tokenizer.json").read_bytes().startswith(b'{"theta_zarr"')
+    out = repo.tz("materialize", "llama/").stdout.decode()
+    assert "llama/tokenizer.json: materialized" in out
+    assert "llama/adapter/adapter_model.safetensors: materialized" in out
+    assert {name: (repo.path / name).read_bytes() for name in tracked} == want
+    assert repo.out("status", "--porcelain") == ""
 
 
 def _bin_shards(repo, sd: dict, plan: dict[str, list[str]]) -> None:

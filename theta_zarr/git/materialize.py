@@ -145,14 +145,17 @@ def materialize(paths: list[str], include: list[str] | None, output: str | None,
     done = []
     expanded: list[tuple[str, bool]] = []  # (path, whether PATH named this very file)
     for rel in targets:
-        model = _model_at(repo, rel, objects)
+        folder = os.path.isdir(os.path.join(repo.top, rel))
+        # a folder is every tracked file under it (a model's shards, its tokenizer, an
+        # adapter beside it); its model decides only which shards a selection reads
+        model = _model_at(repo, rel, objects) if include or not folder else None
         if model is not None and include:
             if output:
                 _check_output(output, folder=True, force=force)
             done.append(_partial_model(repo, model, include, output, objects, settings))
         elif model is not None:
             expanded += [(shard, False) for shard in sorted(model.shard_manifests)]
-        elif os.path.isdir(os.path.join(repo.top, rel)):  # a folder (a Trainer checkpoint-N/)
+        elif folder:  # a model folder, a Trainer checkpoint-N/
             found = [f.path for f in tracked_files(repo, None, [rel.replace(os.sep, "/")])
                      if f.manifest is not None]
             if not found:
