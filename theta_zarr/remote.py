@@ -219,6 +219,8 @@ class TransferStats:
     deltas: int = 0  # objects stored as deltas
     delta_saved: int = 0  # bytes the deltas saved over plain objects
     bases_used: set[str] = field(default_factory=set)  # delta bases the deltas stored need
+    #: a push's objects that were at the destination already (not sent)
+    present: set[str] = field(default_factory=set)
     delta_raw: int = 0  # raw bytes of the chunks stored as deltas
     delta_stored: int = 0  # bytes of those delta objects
     read_bytes: int = 0  # bytes of the objects as read from the source (a fetch's wire)
@@ -418,6 +420,7 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
         stats = transfer(cache, remote, lacking, f"push {remote.url}", check_destination=False,
                          elems=elems)
         stats.skipped = len(digests) - len(lacking)
+        stats.present = digests - lacking
         return stats
     wanted = {d: bases[d] for d in lacking if d in bases}
     base_digests = {b.digest for b in wanted.values()}
@@ -441,6 +444,7 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
         pending -= ready
     stats.seconds = time.perf_counter() - start
     stats.skipped = len(digests) - len(lacking)
+    stats.present = digests - lacking
     return stats
 
 

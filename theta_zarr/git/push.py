@@ -87,8 +87,9 @@ def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
     stats = push_objects(cache, remote, digests, bases, policy, elems)
     # A gc --remote elsewhere may have taken an old, unreachable object this push found
     # there (it sees the commits only once git moves the branch, after this hook): check
-    # once more, as late as the hook can, and put back from the cache what is gone.
-    vanished = remote.missing(digests | stats.bases_used)
+    # once more, as late as the hook can, and put back from the cache what is gone.  The
+    # objects this push sent are new, inside gc's grace period: only the others are asked.
+    vanished = remote.missing(stats.present | (stats.bases_used - digests))
     if vanished:
         push_objects(cache, remote, vanished, elems=elems, checked=True)
     print(f"theta-zarr: {stats.summary('uploaded', where)}", file=sys.stderr)
