@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 from theta_zarr.demo import ModelShape, write_model
 
@@ -132,10 +133,16 @@ def test_gc_removes_the_records_no_file_answers_and_keeps_the_others(repo):
     assert len(os.listdir(records)) == 3
     repo.git("rm", "-rq", "checkpoint-500")
     shutil.copy(repo.path / "checkpoint-1500" / MODEL, repo.path / "checkpoint-1000" / MODEL)
-    assert "would delete 2 stale stat record(s)" in repo.tz("gc", "--dry-run").stdout.decode()
-    assert len(os.listdir(records)) == 3
-    assert "deleted 2 stale stat record(s)" in repo.tz("gc").stdout.decode()
-    assert len(os.listdir(records)) == 1
+    # a record write a kill interrupted two hours ago, and one in progress now
+    (records / ".tmp-killed").write_bytes(b'{"path": "checkpoint-500/m')
+    os.utime(records / ".tmp-killed", (time.time() - 7200,) * 2)
+    (records / ".tmp-writing").write_bytes(b"")
+    assert "would delete 3 stale stat record(s)" in repo.tz("gc", "--dry-run").stdout.decode()
+    assert len(os.listdir(records)) == 5
+    assert "deleted 3 stale stat record(s)" in repo.tz("gc").stdout.decode()
+    assert sorted(os.listdir(records)) == sorted([".tmp-writing", *(
+        n for n in os.listdir(records) if not n.startswith("."))])
+    assert len(os.listdir(records)) == 2
     # the record left still answers
     repo.git("update-index", "--index-info", input=(
         f"100644 {repo.out('rev-parse', ':checkpoint-1500/' + MODEL).strip()}\t"

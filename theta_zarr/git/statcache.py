@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 
 from ..manifest import Manifest, ManifestError, looks_like_manifest
 
@@ -28,6 +29,9 @@ def stat_key(st: os.stat_result) -> list[int]:
     nanoseconds (the stat data git's index keeps, gitformat-index(5), at full precision)."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
+
+#: age after which a temporary file of an interrupted record write is removed, seconds
+LEFT_BEHIND_S = 3600
 
 #: longest first line of a record read: the path (at most 4096 bytes) and the stat numbers
 MAX_HEAD = 1 << 16
@@ -84,14 +88,18 @@ class StatCache:
         """Remove the records no file answers any more (its path gone, or its stat moved
         on: a record is only used at the stat it names), as gc does; returns how many.
         A path a Trainer's checkpoint folder held once would otherwise keep its record,
-        the size of its manifest, for good."""
+        the size of its manifest, for good.  A temporary file an interrupted write left
+        (``.tmp-*``) goes too once it is an hour old (a write in progress is younger)."""
         try:
-            names = [n for n in os.listdir(self.root) if not n.startswith(".")]
+            names = os.listdir(self.root)
         except OSError:
             return 0
         stale = 0
         for name in names:
             record = os.path.join(self.root, name)
+            if name.startswith("."):
+                if not name.startswith(".tmp-") or not _older(record, LEFT_BEHIND_S):
+                    continue
             try:
                 with open(record, "rb") as f:
                     head = json.loads(f.readline(MAX_HEAD))
@@ -106,3 +114,11 @@ class StatCache:
                 with contextlib.suppress(OSError):
                     os.unlink(record)
         return stale
+
+
+def _older(path: str, seconds: float) -> bool:
+    """Whether ``path`` was last modified more than ``seconds`` ago (False if it is gone)."""
+    try:
+        return time.time() - os.lstat(path).st_mtime > seconds
+    except OSError:
+        return False
