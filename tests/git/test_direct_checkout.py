@@ -350,6 +350,15 @@ def test_a_record_left_by_a_killed_filter_is_dropped(direct):
     (pending / str(dead.pid)).write_text('{"path": "model.safetensors", "blob": "00"}\n')
     direct.run("git-theta-zarr", "post-checkout", "0", "0", "1")
     assert not (pending / str(dead.pid)).exists()
+    # a file the killed filter left as its manifest is named, with what finishes it
+    (direct.path / "model.safetensors").unlink()
+    direct.git("-c", "theta-zarr.lazy=true", "checkout", "--", "model.safetensors")
+    blob = direct.out("rev-parse", ":model.safetensors").strip()
+    (pending / str(dead.pid)).write_text(f'{{"path": "model.safetensors", "blob": "{blob}"}}\n')
+    err = direct.run("git-theta-zarr", "post-checkout", "0", "0", "1").stderr.decode()
+    assert "an earlier checkout was stopped before it wrote these files; left as manifests " \
+        "(lazy files): model.safetensors; then run 'git theta-zarr materialize'" in err
+    assert not (pending / str(dead.pid)).exists()
 
 
 def test_record_lines_that_are_no_entry_are_skipped(tmp_path):

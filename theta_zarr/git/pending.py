@@ -14,8 +14,9 @@ writes them and removes its record, and waits for that.  Where it cannot tell th
 pid is a theta-zarr filter (no ``/proc``), ``git-theta-zarr post-checkout`` writes them
 itself, under git's index lock as the filter would (:func:`finish`), and removes the
 record: the files are then the hook's, and the filter at its exit writes only what its
-record still lists.  A record whose filter no longer runs (a kill) is stale and removed
-unread.
+record still lists.  A record whose filter no longer runs (a kill) is stale: removed, its
+files not written (nobody asked for them now), and those still holding their manifests
+named, with 'git theta-zarr materialize' to finish them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import functools
 import json
 import os
+import sys
 
 from ..manifest import Manifest, looks_like_manifest
 from .direct import Pending, lazy_note, write_repairing
@@ -133,17 +135,24 @@ def finish(repo: Repo) -> list[str]:
     except OSError:
         return []
     files: dict[str, Pending] = {}
+    orphans: set[str] = set()
     for name in names:
         record = os.path.join(folder, name)
         if name.isdigit() and _alive(int(name)):
             for p in _read(repo, record):
                 files[p.path] = p
+        elif name.isdigit():  # its filter was killed before it wrote these: said, not written
+            orphans.update(p.path for p in _read(repo, record))
         with contextlib.suppress(OSError):
             os.unlink(record)  # taken (or stale: its filter no longer runs)
+    from ..errors import one_line
+
+    if orphans - set(files):
+        print(f"theta-zarr: an earlier checkout was stopped before it wrote these files"
+              f"{lazy_note(sorted(orphans - set(files)))}", file=sys.stderr)
     if not files:
         return []
     from .. import checkpoint
-    from ..errors import one_line
     from .push import read_through
 
     try:
