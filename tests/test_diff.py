@@ -11,9 +11,9 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from helpers import BF16, clean_manifest, manifest, rng_arr
+from helpers import BF16, clean_manifest, manifest, rng_arr, torch_saved
 
-from theta_zarr.diff import diff, format_text, plot, summarize, textconv_lines
+from theta_zarr.diff import describe, diff, format_text, plot, summarize, textconv_lines
 from theta_zarr.manifest import ManifestError
 
 
@@ -312,6 +312,27 @@ def test_a_renamed_parameter_is_paired_with_its_old_name(tmp_path):
         "proj.weight": "fc.weight", "proj.bias": None}
     assert "  + proj.weight  float32[16, 16]  same values as removed fc.weight" in format_text(fd)
     assert {p["name"]: p["same_as"] for p in fd.to_json()["params"]}["proj.weight"] == "fc.weight"
+
+
+def test_module_versions_are_left_out_against_another_format_or_no_file(tmp_path):
+    """A state dict saved from a module carries ``_metadata`` (one version per module).
+    Diffed against its safetensors conversion, or deleted, it listed one
+    ``(attrs)._metadata.<module>.version: 1 -> (none)`` line per module, burying the tied
+    alias the conversion lost.  Those attributes are left out there; the alias stays."""
+    import torch
+    from safetensors.torch import save
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    state = net.state_dict()
+    state["head.weight"] = state["0.weight"]  # tied
+    bin_ = clean_manifest(torch_saved(state), tmp_path, "pytorch_model.bin")
+    assert any("(attrs)" in k for k in describe(bin_))  # kept within the format
+    st = clean_manifest(save({k: v for k, v in state.items() if k != "head.weight"}), tmp_path,
+                        "model.safetensors")
+    fd = summarize(bin_, st, "m")
+    assert [(o.key, o.status) for o in fd.other] == [("head.weight", "removed")]
+    gone = summarize(bin_, None, "pytorch_model.bin")
+    assert [(o.key, o.status) for o in gone.other] == [("head.weight", "removed")]
 
 
 def test_a_reorder_beside_an_added_tensor_is_still_reported(store):

@@ -216,6 +216,15 @@ def other_changes(old: Manifest, new: Manifest) -> list[OtherChange]:
     return out
 
 
+def _keys(described: dict[str, Any]) -> dict[str, Any]:
+    """Non-tensor content compared with a file of another format or with no file: without
+    the attributes of a PyTorch object (``(attrs)`` entries: a state dict's ``_metadata``,
+    one module version per module), which no other format holds and no loader reads as
+    a key; listed one by one they buried the values that matter (a step, a tied alias)."""
+    return {k: v for k, v in described.items()
+            if not (k.startswith("(attrs)") or ".(attrs)" in k)}
+
+
 def _follows_the_tensors(old: Manifest, new: Manifest) -> bool:
     """Whether two formats differ only as their tensors do: some tensor was added, removed
     or reshaped, and the formats restricted to the tensors alike on both sides (as a
@@ -278,11 +287,11 @@ def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
         # another format (pytorch_model.bin converted to model.safetensors): what one
         # format held besides the tensors (a tied alias, a step) and the other does not
         # is said, as its tensors are; the tensors' layout is the format's own
-        out.other = _changes(describe(old), describe(new))
+        out.other = _changes(_keys(describe(old)), _keys(describe(new)))
     elif (old is None) != (new is None) and (old_foreign or new_foreign) is None:
         # a file added or deleted: its non-tensor content (a step, a learning rate, format
         # metadata) comes or goes with it, as its tensors are added or removed
-        there = describe(old or new)  # type: ignore[arg-type]
+        there = _keys(describe(old or new))  # type: ignore[arg-type]
         out.other = _changes({}, there) if old is None else _changes(there, {})
     ta, tb = transposed(old), transposed(new)
     blobs_a, blobs_b = _non_tensors(old), _non_tensors(new)
