@@ -89,6 +89,9 @@ class RemoteSpec:
     name: str
     url: str
     options: dict[str, str] = field(default_factory=dict)
+    #: option names whose value came from a committed file (``.thetazarr``), not from the
+    #: user's own configuration: whoever wrote the repository chose them
+    committed: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         try:
@@ -139,6 +142,27 @@ class RemoteSpec:
 def _true(value: str | None) -> bool:
     """A boolean option as git reads it (RemoteSpec has refused one that is not)."""
     return parse_bool(value or "")
+
+
+def check_trusted(spec: RemoteSpec) -> None:
+    """Refuse an ``endpoint-url`` a committed ``.thetazarr`` chose for a GCS remote.
+
+    gcsfs sends the user's Google access token (a bearer token: whoever receives it can
+    use it) to the endpoint, so a repository that names one could collect the token of
+    everyone who clones and pushes.  S3 requests are signed for their host (SigV4: the
+    secret never leaves), so an S3 endpoint from the file is taken, as git-lfs takes
+    ``lfs.url`` from ``.lfsconfig``.  Anonymous remotes send no token.  Raises RemoteError
+    saying how to accept the endpoint from the user's own git config.
+    """
+    protocol = spec.url.split("://", 1)[0].lower() if "://" in spec.url else "file"
+    endpoint = spec.options.get("endpoint-url")
+    if protocol in ("gs", "gcs") and endpoint and "endpoint-url" in spec.committed \
+            and not _true(spec.options.get("anon")):
+        raise RemoteError(
+            f"remote {spec.name!r}: endpoint-url {endpoint} comes from the committed "
+            ".thetazarr, and a GCS remote sends your Google access token there; if you "
+            f"trust it, set it in your own config: git config theta-zarr.remote.{spec.name}"
+            f".endpoint-url {endpoint}")
 
 
 def storage_options(url: str, options: dict[str, str], concurrency: int) -> dict:
@@ -199,6 +223,7 @@ def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
     bucket or folder exists (raises storage.RootMissing: "bucket X does not exist")."""
     concurrency = int(spec.options.get("concurrency", concurrency))  # checked by RemoteSpec
     blobs = open_store(spec.url, storage_options(spec.url, spec.options, concurrency))
+    check_trusted(spec)
     store = ObjectStore(blobs, codec=spec.codec, concurrency=concurrency,
                         retry_timeout=retry_timeout(spec))  # bounds every call, this one too
     if need is not None:

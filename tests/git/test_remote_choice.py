@@ -347,3 +347,26 @@ def test_a_relative_folder_remote_is_one_folder_wherever_it_is_used(repo, tmp_pa
     repo.git("push", "-q", "origin", "main")
     assert open_remote(RemoteSpec("o", str(store))).missing(m.digests()) == set()
     assert not (tmp_path.parent / "store").exists() and not (repo.path / "store").exists()
+
+
+def test_a_committed_endpoint_for_a_gcs_remote_needs_the_users_own_config(repo, tmp_path,
+                                                                        gcs_server):
+    """A .thetazarr naming a GCS remote's endpoint-url would send every pusher's Google
+    access token (a bearer token) to whatever host the repository chose."""
+    repo.env.update(gcs_server.env)
+    bucket = gcs_server.new_bucket()
+    _origin(repo, tmp_path)
+    (repo.path / ".thetazarr").write_text(
+        f'[theta-zarr "remote.origin"]\n\turl = {bucket}/m\n'
+        f"\tendpoint-url = {gcs_server.endpoint}\n")
+    m = _commit(repo, 0)
+    proc = repo.git("push", "-q", "origin", "main", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "endpoint-url " + gcs_server.endpoint in err
+    assert "comes from the committed .thetazarr" in err and "Traceback" not in err
+    assert repo.git("ls-remote", str(tmp_path / "origin.git")).stdout == b""  # not pushed
+    # the user's own config vouches for it: the push goes through
+    repo.git("config", "theta-zarr.remote.origin.endpoint-url", gcs_server.endpoint)
+    repo.git("push", "-q", "origin", "main")
+    spec = RemoteSpec("o", f"{bucket}/m", {"endpoint-url": gcs_server.endpoint})
+    assert open_remote(spec).missing(m.digests()) == set()

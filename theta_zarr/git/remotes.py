@@ -42,10 +42,12 @@ def _parse(records: bytes) -> dict[str, dict[str, str]]:
 def configured(repo: Repo) -> dict[str, RemoteSpec]:
     """Every theta remote with a URL (:func:`merged_options`)."""
     specs = {}
-    for name, opts in merged_options(repo).items():
+    committed: dict[str, set[str]] = {}
+    for name, opts in merged_options(repo, committed).items():
         url = opts.pop("url", None)
         if url:
-            specs[name] = RemoteSpec(name, _from_top(repo, url), opts)
+            specs[name] = RemoteSpec(name, _from_top(repo, url), opts,
+                                     frozenset(committed.get(name, ())))
     return specs
 
 
@@ -56,8 +58,11 @@ def without_url(repo: Repo) -> dict[str, list[str]]:
             if not (opts.get("url") or "").strip()}
 
 
-def merged_options(repo: Repo) -> dict[str, dict[str, str]]:
-    """Every theta remote's keys: .thetazarr first, then git config on top.
+def merged_options(repo: Repo, committed: dict[str, set[str]] | None = None
+                   ) -> dict[str, dict[str, str]]:
+    """Every theta remote's keys: .thetazarr first, then git config on top.  ``committed``,
+    when given, is filled with each remote's keys whose value is the file's (git config
+    did not set them).
 
     A bare repository (a server running ``git archive``) has no working file: its
     ``.thetazarr`` is read from HEAD's tree.  So is a working tree's while it lacks the
@@ -80,9 +85,13 @@ def merged_options(repo: Repo) -> dict[str, dict[str, str]]:
                               f"{str(e).removeprefix('fatal: ')}): fix it or remove it") from None
         for name, opts in _parse(out).items():
             merged.setdefault(name, {}).update(opts)
+            if committed is not None:
+                committed.setdefault(name, set()).update(opts)
     out = repo.git("config", "-z", "--get-regexp", r"^theta-zarr\.remote\.", check=False)
     for name, opts in _parse(out).items():
         merged.setdefault(name, {}).update(opts)
+        if committed is not None:
+            committed.get(name, set()).difference_update(opts)
     return merged
 
 
