@@ -116,7 +116,23 @@ def uninstall(scope: str | None) -> None:
         click.echo(f"theta-zarr filter was not installed in the {scope} git config: "
                    "nothing to remove there")
     if inst.default_scope() == "local":
-        uninstall_hooks(Repo.discover())
+        repo = Repo.discover()
+        uninstall_hooks(repo)
+        _say_patterns_left(repo)
+
+
+def _say_patterns_left(repo: Any) -> None:
+    """After the last filter setting is gone, say that ``.gitattributes`` still routes
+    patterns to it: git skips a filter it has no command for, and commits those files as
+    they are (whole checkpoints into git), without a word."""
+    from .git.attributes import tracked_patterns
+    from .git.install import configured_executable
+
+    patterns = tracked_patterns(repo.top)
+    if patterns and configured_executable(repo.top) is None:
+        click.echo(f"note: .gitattributes still tracks {', '.join(patterns)}; without the "
+                   "filter git now commits those files whole: 'git theta-zarr untrack "
+                   "PATTERN' stops tracking them, 'git theta-zarr install' restores the filter")
 
 
 @main.command()
