@@ -150,3 +150,29 @@ def test_gc_removes_the_records_no_file_answers_and_keeps_the_others(repo):
     proc = repo.git("status", "--porcelain", "--", "checkpoint-1500", env=DEBUG)
     assert proc.stdout == b""
     assert f"checkpoint-1500/{MODEL}: answered from its stat record" in proc.stderr.decode()
+
+
+def test_a_file_stamped_within_a_clock_tick_of_its_read_gets_no_record(repo):
+    """File systems stamp mtimes from a coarse clock: a rewrite of the same size within
+    one tick of the clean (a Trainer saving again) keeps inode, size, mtime and ctime, and
+    a record made then answered the old manifest for the new bytes (git's racy-git
+    problem). A file stamped within 100 ms of the read gets no record; an older one does."""
+    from theta_zarr.git.statcache import StatCache
+
+    path = repo.path / MODEL
+    write_model(str(path), SHAPE)
+    soon = time.time_ns() + 2 * 10**9  # stamped as the clean begins to read, or after
+    os.utime(path, ns=(soon, soon))
+    repo.git("add", MODEL)
+    repo.git("commit", "-q", "-m", "m")
+    records = StatCache(str(repo.path / ".git"))
+    assert records.get(MODEL, os.stat(path)) is None
+    forget_stat(repo)
+    proc = repo.git("status", "--porcelain", env=DEBUG)
+    assert proc.stdout == b"" and ANSWERED not in proc.stderr.decode()  # hashed again
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(old, old))
+    repo.git("add", MODEL)
+    assert records.get(MODEL, os.stat(path)) is not None
+    forget_stat(repo)
+    assert ANSWERED in repo.git("status", "--porcelain", env=DEBUG).stderr.decode()

@@ -17,6 +17,7 @@ import stat
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -133,6 +134,7 @@ class FilterServer:
 
     def clean(self, path: str) -> None:
         content = self.reader.content_stream()
+        read_from = time.time_ns()  # before the stat: a record needs an mtime older than this
         before = self._worktree_stat(path)
         if os.environ.get(CONVERT_LFS_ENV) == "1":
             before = None  # migrate: the index's pointer decides, not a record
@@ -153,7 +155,7 @@ class FilterServer:
                 return
         if before is not None and self.settings.direct_checkout is not None and \
                 before.st_size >= self.settings.direct_checkout:
-            self._clean_from_file(path, content, before)
+            self._clean_from_file(path, content, before, read_from)
             return
         try:
             with progress.bar(_size(path), f"clean {path}") as bar:
@@ -169,7 +171,7 @@ class FilterServer:
                 self.stat_cache is not None and content.count == before.st_size:
             after = self._worktree_stat(path)
             if after is not None and stat_key(after) == stat_key(before):
-                self.stat_cache.put(path, before, out)
+                self.stat_cache.put(path, before, out, read_from)
         self._reply(out)
 
     def _clean_source(self, source, path: str) -> bytes:
@@ -196,7 +198,8 @@ class FilterServer:
                   file=sys.stderr, flush=True)
         return result.manifest.to_bytes()
 
-    def _clean_from_file(self, path: str, content, before: os.stat_result) -> None:
+    def _clean_from_file(self, path: str, content, before: os.stat_result,
+                         read_from: int) -> None:
         """Clean a large working-tree file from the file itself while a thread drains
         git's pipe of the same bytes: hashing does not wait on the pipe, and formats that
         need random access read the file in place instead of a spooled copy.  The answer
@@ -224,7 +227,7 @@ class FilterServer:
             self._error(path, "changed while git was reading it; run the command again")
         else:
             if looks_like_manifest(out[:64]) and self.stat_cache is not None:
-                self.stat_cache.put(path, before, out)
+                self.stat_cache.put(path, before, out, read_from)
             self._reply(out)
 
     def _worktree_stat(self, path: str) -> os.stat_result | None:

@@ -71,8 +71,22 @@ class StatCache:
         except ManifestError:
             return None
 
-    def put(self, path: str, st: os.stat_result, manifest: bytes) -> None:
-        """Record ``manifest`` for ``path`` at stat ``st`` (best effort: a cache)."""
+    def remove(self, path: str) -> None:
+        """Forget ``path``'s record, if there is one."""
+        with contextlib.suppress(OSError):
+            os.unlink(self._file(path))
+
+    def put(self, path: str, st: os.stat_result, manifest: bytes,
+            read_from_ns: int | None = None) -> None:
+        """Record ``manifest`` for ``path`` at stat ``st`` (best effort: a cache).
+
+        ``read_from_ns``: when the clean that made ``manifest`` began reading the file
+        (``time.time_ns()``); a file modified too shortly before then (:func:`racy`) gets
+        no record, as git trusts no racily clean index entry.  None: theta-zarr wrote the
+        file itself and stamped it in the past (git/direct.py)."""
+        if read_from_ns is not None and racy(st, read_from_ns):
+            self.remove(path)
+            return
         head = json.dumps({"path": path, "stat": stat_key(st)}).encode() + b"\n"
         with contextlib.suppress(OSError):
             os.makedirs(self.root, exist_ok=True)
@@ -114,6 +128,24 @@ class StatCache:
                 with contextlib.suppress(OSError):
                     os.unlink(record)
         return stale
+
+
+#: how long before a clean began reading a file its mtime must lie for the manifest to be
+#: recorded, in nanoseconds.  File systems stamp times from a coarse clock (a jiffy, 1 to
+#: 10 ms, on Linux), so a rewrite of the same size just after the read began can keep the
+#: file's inode, size, mtime and ctime, and a record would then answer the old manifest
+#: for new bytes: git's "racy git" problem (git's Documentation/technical/racy-git.txt)
+RACY_NS = 100_000_000
+#: the same where stamps are whole seconds (FAT keeps 2 s, HFS+ and some network file
+#: systems 1 s), told by an mtime with no sub-second part
+RACY_WHOLE_SECONDS_NS = 2_000_000_000
+
+
+def racy(st: os.stat_result, read_from_ns: int) -> bool:
+    """Whether a file of stat ``st`` may have changed within its mtime's clock tick after
+    a read that began at ``read_from_ns`` (``time.time_ns()``): its record is not kept."""
+    margin = RACY_WHOLE_SECONDS_NS if st.st_mtime_ns % 1_000_000_000 == 0 else RACY_NS
+    return st.st_mtime_ns > read_from_ns - margin
 
 
 def _older(path: str, seconds: float) -> bool:
