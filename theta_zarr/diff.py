@@ -507,7 +507,15 @@ def _restrict(model: Model | None, names: set[str]) -> Manifest | None:
     if model is None:
         return None
     m = model.manifest
-    return Manifest(m.format, {n: e for n, e in m.params.items() if n in names})
+    params = {n: e for n, e in m.params.items() if n in names}
+    if len(params) == len(m.params) or m.format.get("sharded"):
+        return Manifest(m.format, params)
+    # a one-file model's plug-in data describes every tensor of the file (a PyTorch tree
+    # names each one): the part kept is described as a sharded model lists its tensors
+    from .formats import tensor_views, view_json
+
+    tensors = {k: view_json(v) for k, v in tensor_views(m).items() if v.param in params}
+    return Manifest({"name": m.format_name, "sharded": True, "tensors": tensors}, params)
 
 
 def _in_folder(model: Model, shard: str) -> str:

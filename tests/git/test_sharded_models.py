@@ -443,3 +443,45 @@ def test_a_model_whose_old_shards_theta_zarr_did_not_store_diffs_file_by_file(re
     assert text.count("committed before it was tracked") == len(shards)
     out = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)
     assert sum(f["summary"]["added"] for f in out["files"]) == len(model.state_dict())
+
+
+def test_bin_shards_converted_to_safetensors_shards_diff_as_one_model(repo):
+    """The Hub's conversion to safetensors: `pytorch_model.bin` shards (or the one file)
+    replaced by `model.safetensors` shards of the same tensors.  Both diffs listed every
+    tensor as removed from one model and added to another; now it is one model whose
+    tensors moved, with its format change."""
+    from safetensors.torch import save_file
+
+    repo.tz("track", "*.bin")
+    sd = {f"enc.{i}.w": torch.full((4, 4), float(i)) for i in range(3)}
+    _bin_shards(repo, sd, {"pytorch_model-00001-of-00002.bin": ["enc.0.w", "enc.1.w"],
+                           "pytorch_model-00002-of-00002.bin": ["enc.2.w"]})
+    (repo.path / "one").mkdir()
+    torch.save(sd, repo.path / "one" / "pytorch_model.bin")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "bin")
+    repo.git("rm", "-q", "-r", "bert", "one")
+    weight_map = {n: f"model-0000{i // 2 + 1}-of-00002.safetensors" for i, n in enumerate(sd)}
+    for folder in ("bert", "one"):
+        (repo.path / folder).mkdir()
+        for shard in set(weight_map.values()):
+            save_file({n: sd[n] for n, s in weight_map.items() if s == shard},
+                      repo.path / folder / shard)
+        (repo.path / folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map}))
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "converted to safetensors")
+
+    text = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert "bert/pytorch_model.bin.index.json => bert/model.safetensors.index.json: " \
+           "0 changed, 0 reshaped, 0 added, 0 removed, 3 unchanged" in text
+    assert "one/pytorch_model.bin => one/model.safetensors.index.json: " \
+           "0 changed, 0 reshaped, 0 added, 0 removed, 3 unchanged" in text
+    assert text.count("format torch -> safetensors") == 2
+    assert " added," not in text.replace(" 0 added,", "")
+    # git's diff driver, once per file, compares each file within the converted model
+    lines = [line for line in repo.out("diff", "HEAD~1", "HEAD").splitlines()
+             if line.startswith(("bert/", "one/"))]
+    assert {f for line in lines for f in ("bert/", "one/") if line.startswith(f)} == \
+        {"bert/", "one/"}, lines
+    assert all(" 0 added, 0 removed, " in line and "=> " in line for line in lines), lines

@@ -187,9 +187,46 @@ def model_keys(repo: Repo, path: str, side: object,
     return None
 
 
+#: transformers' two names for a folder's weights (each one file, or an index and shards)
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def counterpart(key: str) -> str | None:
+    """The other format's name for the weights of ``key``'s folder (``d/model.safetensors``
+    for ``d/pytorch_model.bin`` and back); None for a key that is neither."""
+    folder, name = posixpath.split(key)
+    if name not in WEIGHT_NAMES:
+        return None
+    return posixpath.join(folder, WEIGHT_NAMES[1 - WEIGHT_NAMES.index(name)])
+
+
+def converted(repo: Repo, keys: Sequence[str], old: object, new: object) -> dict[str, str]:
+    """Models among ``keys`` whose weights changed format in their folder: the old side's
+    key -> the new side's key, where a folder's weights are ``pytorch_model.bin`` (or its
+    shards) only on one side and ``model.safetensors`` (or its shards) only on the other:
+    the Hub's conversion to safetensors, one model whose tensors stayed."""
+    listed: dict[tuple[str, object], list[str]] = {}
+
+    def present(key: str, side: object) -> bool:
+        folder, name = posixpath.split(key)
+        if (folder, side) not in listed:
+            listed[folder, side] = list_folder(repo, folder, side) or []
+        return name in listed[folder, side] or name + INDEX_SUFFIX in listed[folder, side]
+
+    pairs = {}
+    for key in keys:
+        other = counterpart(key)
+        if other is not None and other in keys and present(key, old) and not present(key, new) and \
+                present(other, new) and not present(other, old):
+            pairs[key] = other
+    return pairs
+
+
 def group_by_model(repo: Repo, paths: list[str], old: object, new: object
                    ) -> tuple[dict[str, list[str]], list[str]]:
-    """Split a diff's changed tracked files into models (key -> files) and single files."""
+    """Split a diff's changed tracked files into models (key -> files) and single files.
+    A one-file ``pytorch_model.bin`` or ``model.safetensors`` whose folder's model changed
+    format (see ``converted``) joins that model's files."""
     memo: dict[tuple[str, object], list[Index]] = {}
     models: dict[str, list[str]] = {}
     rest = []
@@ -199,6 +236,13 @@ def group_by_model(repo: Repo, paths: list[str], old: object, new: object
             rest.append(path)
         else:
             models.setdefault(key, []).append(path)
+    loose = [p for p in rest if posixpath.basename(p) in WEIGHT_NAMES]
+    if models and loose:
+        for a, b in converted(repo, [*models, *loose], old, new).items():
+            for key in (a, b):
+                if key in loose:
+                    rest.remove(key)
+                    models[key] = [key]
     return models, rest
 
 
@@ -225,16 +269,25 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
     from .drivers import diff_sides
 
     out = []
+    # a folder's weights converted (`pytorch_model.bin` shards to `model.safetensors`
+    # ones): one model, each tensor compared with itself across the two formats
+    pairs = converted(repo, list(groups), old, new)
     for key in sorted(groups):
+        if key in pairs.values():
+            continue  # diffed with its other side's key
+        new_key = pairs.get(key, key)
+        files = sorted(groups[key] + (groups[new_key] if new_key != key else []))
         try:
-            a, b = open_side(repo, key, old, objects), open_side(repo, key, new, objects)
+            a, b = open_side(repo, key, old, objects), open_side(repo, new_key, new, objects)
         except ForeignShard:
             # a side theta-zarr does not store whole (git-lfs shards, shards committed
             # before tracking): file by file, as for any file not stored by theta-zarr
-            out.extend(diff_sides(repo, sorted(groups[key]), old, new, numbers, full_norm,
+            out.extend(diff_sides(repo, files, old, new, numbers, full_norm,
                                   objects=objects, workers=workers))
             continue
         label = (b or a).label if (a or b) else key
+        if a and b and new_key != key:  # as git names a rename: OLD => NEW
+            label = f"{a.label} => {b.label}"
         out.append(diff_models(a, b, objects, label, workers, full_norm, numbers))
     return out
 
@@ -360,12 +413,24 @@ def driver_diff(repo: Repo, path: str, old_hex: str, new_hex: str, deleted: bool
     # each side's own model: a renamed folder (`git mv llama llama-v2`) holds its shards
     # under the other model's name on the new side
     old_key, new_key = model_keys(repo, path, old, memo), model_keys(repo, new_path, new, memo)
-    if old_key is None and new_key is None:
+    lone = old_key is None and new_key is None
+    if lone and (counterpart(path) is None or new_path != path):
         return None
-    a = open_side(repo, old_key or new_key, old, objects)
-    b = open_side(repo, new_key or old_key, new, objects)
+    old_key = old_key or new_key or path
+    new_key = new_key or old_key
+    # a shard of weights converted to the other format (or the one file they were in):
+    # its model's other side is the folder's weights under their other name
+    keys = [k for k in {old_key, new_key} for k in (k, counterpart(k)) if k]
+    pairs = converted(repo, keys, old, new)
+    for was, now in pairs.items():
+        if now == new_key or was == old_key:
+            old_key, new_key = was, now
+    if lone and not pairs:
+        return None
+    a = open_side(repo, old_key, old, objects)
+    b = open_side(repo, new_key, new, objects)
     fd = diff_models(a, b, objects, path, workers, files=(path, new_path))
     name = path if new_path == path else f"{path} => {new_path}"
-    labels = dict.fromkeys(m.label for m in (a, b) if m) or {old_key or new_key: None}
+    labels = dict.fromkeys(m.label for m in (a, b) if m) or {old_key: None}
     fd.path = f"{name} (in {' => '.join(labels)})"
     return fd
