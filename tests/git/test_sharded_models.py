@@ -485,3 +485,26 @@ def test_bin_shards_converted_to_safetensors_shards_diff_as_one_model(repo):
     assert {f for line in lines for f in ("bert/", "one/") if line.startswith(f)} == \
         {"bert/", "one/"}, lines
     assert all(" 0 added, 0 removed, " in line and "=> " in line for line in lines), lines
+
+
+def test_the_index_path_a_model_is_reported_under_selects_that_model(repo):
+    """`diff A B -- llama/model.safetensors.index.json`, the path the diff names the model
+    by, printed nothing and exited 0: the index is no tracked file, and the path selected
+    none of the shards."""
+    from safetensors.torch import save_file
+
+    folder = repo.path / "llama"
+    folder.mkdir()
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    for value in (1.0, 2.0):
+        for name, shard in weight_map.items():
+            save_file({name: torch.full((8, 8), value if name == "a" else 1.0)}, folder / shard)
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map}))
+        repo.git("add", "-A")
+        repo.git("commit", "-q", "-m", f"a = {value}")
+    whole = repo.tz("diff", "--stat", "HEAD~1", "HEAD").stdout.decode()
+    assert whole.startswith(" llama/model.safetensors.index.json | 1 changed"), whole
+    picked = repo.tz("diff", "--stat", "HEAD~1", "HEAD", "--",
+                     "llama/model.safetensors.index.json").stdout.decode()
+    assert picked == whole

@@ -114,6 +114,8 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
         old, new, labels = revs[0], sides.WORKTREE, [revs[0], "worktree"]
     else:
         old, new, labels = sides.INDEX, sides.WORKTREE, ["index", "worktree"]
+    # a model is reported under its index's path: that path selects its shards too
+    rel = models.with_shards(repo, rel, [old, new])
     targets, renamed = drivers.changed_paths(repo, revs, cached, rel)
     # a conflicted path has no index side to compare: said as git says it, never read
     # as a file added (or deleted) whole

@@ -246,6 +246,26 @@ def group_by_model(repo: Repo, paths: list[str], old: object, new: object
     return models, rest
 
 
+def with_shards(repo: Repo, paths: list[str], sides: Sequence[object]) -> list[str]:
+    """``paths`` (git pathspecs) and the shards each ``*.index.json`` among them names on
+    any of ``sides``, as literal pathspecs: a diff reports a sharded model under its
+    index's path, so that path selects the model's files (an index that cannot be read
+    adds nothing)."""
+    out = list(paths)
+    for path in paths:
+        if not is_index_name(path):
+            continue
+        for side in sides:
+            try:
+                index = load_index(repo, path, side)
+            except ManifestError:
+                continue
+            if index is not None:
+                out += [f":(literal){s}" for s in index.shards
+                        if f":(literal){s}" not in out]
+    return out
+
+
 def open_side(repo: Repo, key: str, side: object, objects) -> Model | None:
     """The model ``key`` at ``side``: its one file, else its index and shards; None if
     absent.  The one file comes first, as transformers loads it: a re-save that fits one
