@@ -60,6 +60,10 @@ def test_load_state_dict_include_reads_only_selected_chunks(committed):
         theta_zarr.load_state_dict(str(path), include="encoder.*")
     with pytest.raises(ManifestError, match="no parameter matches lm_haed.*, x"):
         theta_zarr.load_state_dict(str(path), include=["lm_haed.*", "x"])
+    # the file is named, as materialize --include names it
+    with pytest.raises(ManifestError) as e:
+        theta_zarr.load_state_dict(str(path), include="lm_haed.*")
+    assert str(e.value) == f"{path}: no parameter matches lm_haed.*"
 
 
 def test_load_state_dict_at_older_revision(committed):

@@ -168,7 +168,8 @@ def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,
     keys = select(views, include)
     if include is not None and not keys:  # a typo must not look like an empty checkpoint
         globs = [include] if isinstance(include, str) else list(include)
-        raise ManifestError(f"no parameter matches {', '.join(globs) or 'an empty include'}")
+        raise ManifestError(f"{source}: no parameter matches "
+                            f"{', '.join(globs) or 'an empty include'}")
     names = list(dict.fromkeys(views[k].param for k in keys))
     checkpoint.ensure_local(manifest, objects.cache, objects.fetcher, names=names,
                             source=source)
