@@ -176,6 +176,31 @@ def test_merge_models_three_fine_tunes_in_one_commit(repo):
     assert diff["files"][0]["summary"]["changed"] == 7  # layers 0 and 1, head
 
 
+def test_merge_models_on_the_pretrained_commit_of_a_fine_tune_and_its_continuation(repo):
+    """task-b continued from task-a, and merge-models runs on main (the pretrained commit):
+    the models' merge base is task-a, HEAD is behind it and made no change of its own.
+    It was refused with "changed on HEAD and by the models"."""
+    base = base_model()
+    commit_tensors(repo, base, "pretrained")
+    repo.git("checkout", "-q", "-b", "task-a")
+    a = tune(base, ["layers.0."], 8)
+    commit_tensors(repo, a, "task-a")
+    repo.git("checkout", "-q", "-b", "task-b")
+    b = tune(a, ["layers.1."], 9)
+    commit_tensors(repo, b, "task-b")
+    repo.git("checkout", "-q", "main")
+    config = repo.path.parent / "merge.yml"
+    config.write_text("merge_method: linear\nmodels:\n  - model: task-a\n  - model: task-b\n")
+    proc = repo.tz("merge-models", str(config))
+    assert b"merged 2 models onto" in proc.stdout
+    got = read_tensors(repo.path / MODEL)
+    assert all(got[n].tobytes() == b[n].tobytes() for n in b)  # only task-b changed task-a
+    # task-a is reached through task-b: no parent of its own
+    assert repo.out("log", "-1", "--format=%P").split() == [
+        repo.out("rev-parse", r).strip() for r in ("main~1", "task-b")]
+    assert repo.out("status", "--porcelain") == ""
+
+
 def test_merge_models_bad_input_is_one_line_and_changes_nothing(repo):
     base = base_model()
     branches(repo, {"task-a": tune(base, ["layers.0."], 1),

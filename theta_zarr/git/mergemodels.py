@@ -89,6 +89,9 @@ def merge_models_commit(text: str, source: str, title: str | None,
             raise ConfigError(f"{source}: the models share no history; set base_model")
         base = out.decode()
     labels = [m.model for m in config.models]
+    # HEAD in the base's history (on the pretrained commit, one model continued from
+    # another) made no change of its own: it is only behind the base
+    behind = _ancestor(repo, head, base)
     base_tree, head_tree = _tree(repo, base), _tree(repo, head)
     trees = [_tree(repo, commits[m]) for m in labels]
     paths = sorted({p for t in [base_tree, head_tree, *trees] for p in t})
@@ -103,7 +106,7 @@ def merge_models_commit(text: str, source: str, title: str | None,
         if not ok:
             entry = _merge_file(repo, path, path in ours, labels, sides, b, base, table,
                                 objects, workers, echo)
-        mine = head_tree.get(path)
+        mine = b if behind else head_tree.get(path)
         if mine != b and mine not in sides and mine != entry:  # HEAD's own, in no model
             if entry != b:
                 raise ConfigError(f"{path}: changed on HEAD and by the models; run "
@@ -113,8 +116,9 @@ def merge_models_commit(text: str, source: str, title: str | None,
             entries[path] = entry
     parents = [head]
     for c in commits.values():
-        if c not in parents and not _ancestor(repo, c, head):
-            parents.append(c)
+        if c not in parents and not _ancestor(repo, c, head) and \
+                not any(o != c and _ancestor(repo, c, o) for o in commits.values()):
+            parents.append(c)  # a model in another's history is reached through it
     if parents == [head] and entries == head_tree:
         # every model is in HEAD's history and HEAD holds the merge (--from-commit HEAD)
         echo(f"theta-zarr: HEAD ({head[:10]}) already holds this merge; nothing to commit")
