@@ -151,13 +151,16 @@ def check_trusted(spec: RemoteSpec) -> None:
     use it) to the endpoint, so a repository that names one could collect the token of
     everyone who clones and pushes.  S3 requests are signed for their host (SigV4: the
     secret never leaves), so an S3 endpoint from the file is taken, as git-lfs takes
-    ``lfs.url`` from ``.lfsconfig``.  Anonymous remotes send no token.  Raises RemoteError
-    saying how to accept the endpoint from the user's own git config.
+    ``lfs.url`` from ``.lfsconfig``.  Anonymous remotes send no token, and the endpoint
+    the user's own environment names (``STORAGE_EMULATOR_HOST``, where gcsfs sends the
+    token anyway) is no new destination.  Raises RemoteError saying how to accept the
+    endpoint from the user's own git config.
     """
     protocol = spec.url.split("://", 1)[0].lower() if "://" in spec.url else "file"
     endpoint = spec.options.get("endpoint-url")
+    own = os.environ.get("STORAGE_EMULATOR_HOST", "").rstrip("/")
     if protocol in ("gs", "gcs") and endpoint and "endpoint-url" in spec.committed \
-            and not _true(spec.options.get("anon")):
+            and not _true(spec.options.get("anon")) and endpoint.rstrip("/") != own:
         raise RemoteError(
             f"remote {spec.name!r}: endpoint-url {endpoint} comes from the committed "
             ".thetazarr, and a GCS remote sends your Google access token there; if you "

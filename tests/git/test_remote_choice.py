@@ -354,6 +354,7 @@ def test_a_committed_endpoint_for_a_gcs_remote_needs_the_users_own_config(repo, 
     """A .thetazarr naming a GCS remote's endpoint-url would send every pusher's Google
     access token (a bearer token) to whatever host the repository chose."""
     repo.env.update(gcs_server.env)
+    del repo.env["STORAGE_EMULATOR_HOST"]  # the user's own environment names no endpoint
     bucket = gcs_server.new_bucket()
     _origin(repo, tmp_path)
     (repo.path / ".thetazarr").write_text(
@@ -370,3 +371,8 @@ def test_a_committed_endpoint_for_a_gcs_remote_needs_the_users_own_config(repo, 
     repo.git("push", "-q", "origin", "main")
     spec = RemoteSpec("o", f"{bucket}/m", {"endpoint-url": gcs_server.endpoint})
     assert open_remote(spec).missing(m.digests()) == set()
+    # whoever adds such a remote to .thetazarr vouches for it in their own config too
+    repo.tz("remote", "add", "mirror", "gs://b/m", "--remote-option",
+            "endpoint-url=http://gcs.example:4443", "--shared")
+    assert repo.out("config", "--local", "theta-zarr.remote.mirror.endpoint-url").strip() == \
+        "http://gcs.example:4443"

@@ -285,6 +285,9 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
     repo.git("config", *target, f"{PREFIX}{name}.url", stored)
     for key, value in options.items():
         repo.git("config", *target, f"{PREFIX}{name}.{key}", value)
+    if shared and spec.url.startswith(("gs://", "gcs://")) and options.get("endpoint-url"):
+        # who typed it vouches for it; others who clone must (remote.check_trusted)
+        repo.git("config", "--local", f"{PREFIX}{name}.endpoint-url", options["endpoint-url"])
     return spec
 
 
