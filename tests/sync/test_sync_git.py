@@ -309,15 +309,13 @@ def test_gc_keeps_what_git_replace_hides_and_what_it_puts_in_place(repo, tmp_pat
     assert file_sha(path) == hidden
 
 
-@pytest.mark.parametrize("record", [True, False])
-def test_gc_keeps_old_chunks_a_new_clean_found_again(repo, tmp_path, record):
-    """git freshens a loose object it would write again, so its gc keeps what was just
-    written; a clean that found its chunks already in the cache (garbage of an abandoned
-    commit, older than the grace period) left them old, and a gc before the manifest
-    reached the index (a script's GIT_INDEX_FILE, a long ``git add``) deleted them."""
+def _abandoned_in_cache(repo, record: bool, seed: int) -> Path:
+    """A model whose commit was abandoned: its chunks are in the cache, 30 days old and
+    unreachable, the file still in the work tree (its stat record kept when ``record``).
+    Returns the file's path."""
     repo.git("config", "theta-zarr.chunk-size", CHUNK)
     path = repo.path / "model.safetensors"
-    model(path, seed=5)
+    model(path, seed=seed)
     repo.git("add", "model.safetensors")
     repo.git("commit", "-q", "-m", "abandoned")
     repo.git("reset", "-q", "--soft", "HEAD~1")
@@ -326,6 +324,16 @@ def test_gc_keeps_old_chunks_a_new_clean_found_again(repo, tmp_path, record):
     _age(repo.objects_dir, 30 * 86400)
     if not record:  # hashed again (no stat record answers), its chunks found in the cache
         shutil.rmtree(repo.path / ".git" / "theta-zarr" / "stat")
+    return path
+
+
+@pytest.mark.parametrize("record", [True, False])
+def test_gc_keeps_old_chunks_a_new_clean_found_again(repo, tmp_path, record):
+    """git freshens a loose object it would write again, so its gc keeps what was just
+    written; a clean that found its chunks already in the cache (garbage of an abandoned
+    commit, older than the grace period) left them old, and a gc before the manifest
+    reached the index (a script's GIT_INDEX_FILE, a long ``git add``) deleted them."""
+    path = _abandoned_in_cache(repo, record, seed=5)
     env = {"GIT_INDEX_FILE": str(repo.path / ".git" / "script-index")}
     repo.git("add", "model.safetensors", env=env)
     repo.tz("gc")  # the default grace: 7 days
@@ -344,17 +352,7 @@ def test_an_add_while_gc_deletes_keeps_the_old_chunks_it_found(repo, record):
     that existed nowhere.  gc now moves each object aside and reads its mtime again first."""
     from theta_zarr.git.repo import Repo
 
-    repo.git("config", "theta-zarr.chunk-size", CHUNK)
-    path = repo.path / "model.safetensors"
-    model(path, seed=7)
-    repo.git("add", "model.safetensors")
-    repo.git("commit", "-q", "-m", "abandoned")
-    repo.git("reset", "-q", "--soft", "HEAD~1")
-    repo.git("rm", "-q", "--cached", "model.safetensors")
-    repo.git("reflog", "expire", "--expire=now", "--all")
-    _age(repo.objects_dir, 30 * 86400)
-    if not record:  # hashed again (no stat record answers), its chunks found in the cache
-        shutil.rmtree(repo.path / ".git" / "theta-zarr" / "stat")
+    path = _abandoned_in_cache(repo, record, seed=7)
     git_repo = Repo.discover(str(repo.path))
     cache = Cache(str(repo.objects_dir.parent))
 
