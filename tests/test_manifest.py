@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from helpers import run_python
 
 from theta_zarr import chunking
 from theta_zarr.manifest import (
@@ -395,3 +396,42 @@ def test_entry_spans_are_the_chunk_grids(shape, chunk_shape):
     spans as chunking.spans for every geometry."""
     entry = ParamEntry(shape, "bfloat16", chunk_shape)
     assert entry.spans() == chunking.spans(shape, 2, chunk_shape)
+
+
+def test_threads_decoding_their_first_manifests_together_all_succeed(tmp_path):
+    """``ls`` of several refs decodes their manifests in threads: the second thread saw
+    the first decoder made and the second still None ('NoneType' object has no attribute
+    'decode', an internal error).  The second decoder's construction is slowed here so
+    that the threads meet in that window every time."""
+    m = Manifest({"name": "opaque", "size": 3}, {})
+    (tmp_path / "m.json").write_bytes(m.to_bytes())
+    proc = run_python("""
+        import threading, time
+        import msgspec
+        from theta_zarr import manifest
+        real = msgspec.json.Decoder
+
+        def slow(kind, *a, **kw):
+            if kind is manifest._TypedParams:
+                time.sleep(0.3)
+            return real(kind, *a, **kw)
+
+        msgspec.json.Decoder = slow
+        data = open("m.json", "rb").read()
+        errors = []
+
+        def read():
+            try:
+                manifest.Manifest.from_bytes(data)
+            except Exception as e:
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=read) for _ in range(2)]
+        for t in threads:
+            t.start()
+            time.sleep(0.1)
+        for t in threads:
+            t.join()
+        print(errors)
+        """, cwd=tmp_path)
+    assert proc.stdout.decode().strip() == "[]", (proc.stdout, proc.stderr)

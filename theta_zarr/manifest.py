@@ -511,8 +511,12 @@ class _TypedManifest(msgspec.Struct, forbid_unknown_fields=True):
 _TypedParams = dict[ParamName, ParamEntry]
 
 
-_typed_decoder: Any = None
-_params_decoder: Any = None
+@functools.cache
+def _decoders() -> tuple[Any, Any]:
+    """msgspec's decoders of a manifest and of its params, made on first use, both at
+    once: threads decoding their first manifests together (``ls`` of several refs) saw one
+    made and the other still None when they were two globals set one after the other."""
+    return msgspec.json.Decoder(_TypedManifest), msgspec.json.Decoder(_TypedParams)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -560,13 +564,10 @@ def _decode_typed(data: bytes) -> Manifest | None:
     loop below adds the rules no schema states.  tests/test_schema.py compares it with
     stock jsonschema on a corpus of broken manifests.
     """
-    global _typed_decoder, _params_decoder
-    if _typed_decoder is None:
-        _typed_decoder = msgspec.json.Decoder(_TypedManifest)
-        _params_decoder = msgspec.json.Decoder(_TypedParams)
+    typed_decoder, params_decoder = _decoders()
     try:
-        typed = _typed_decoder.decode(data)
-        params = _params_decoder.decode(typed.params)
+        typed = typed_decoder.decode(data)
+        params = params_decoder.decode(typed.params)
         fmt_text, params_text = bytes(typed.format), bytes(typed.params)
         if not _keys_unique(data, fmt_text, params_text, len(params)):
             return None
