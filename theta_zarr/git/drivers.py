@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from glob import escape
 
 from .. import checkpoint, lfs
@@ -58,11 +58,19 @@ MERGE_SECTION = "theta-zarr-merge"
 NULL_OID = "0" * 40
 
 
+def _unmerged(repo: Repo, paths: list[str]) -> Iterator[tuple[str, int, str]]:
+    """(path, stage, blob id) of every conflicted index entry under ``paths``
+    (``git ls-files -u``); paths as ``os.fsdecode`` gives git's bytes."""
+    for rec in os.fsdecode(repo.git("ls-files", "-u", "-z", "--", *paths)).split("\0"):
+        if rec:
+            meta, _, name = rec.partition("\t")
+            _, oid, stage = meta.split()
+            yield name, int(stage), oid
+
+
 def unmerged_paths(repo: Repo, paths: list[str]) -> list[str]:
     """Tracked checkpoints (under ``paths``) the index holds as a conflicted merge."""
-    out = repo.git("ls-files", "-u", "-z", "--", *paths).decode().split("\0")
-    names = sorted({rec.partition("\t")[2] for rec in out if rec})
-    return tracked_by_us(repo, names)
+    return tracked_by_us(repo, sorted({name for name, _, _ in _unmerged(repo, paths)}))
 
 
 def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]
@@ -345,15 +353,7 @@ def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
 
 
 def _stages(repo: Repo, path: str) -> dict[int, str]:
-    out = repo.git("ls-files", "-u", "-z", "--", path)
-    stages = {}
-    for rec in os.fsdecode(out).split("\0"):
-        if rec:
-            meta, _, name = rec.partition("\t")
-            if name == path:
-                _, oid, stage = meta.split()
-                stages[int(stage)] = oid
-    return stages
+    return {stage: oid for name, stage, oid in _unmerged(repo, [path]) if name == path}
 
 
 def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,

@@ -155,7 +155,7 @@ def outside_sparse_checkout(repo: Repo) -> set[str]:
     none of them out, and neither does ``materialize``.  A skip-worktree file that is
     present (the bit set by hand, to keep local edits) is not among them."""
     out = repo.git("ls-files", "-z", "-t")
-    hidden = (rec[2:].decode() for rec in out.split(b"\0") if rec.startswith(b"S "))
+    hidden = (os.fsdecode(rec[2:]) for rec in out.split(b"\0") if rec.startswith(b"S "))
     return {p for p in hidden if not os.path.lexists(os.path.join(repo.top, p))}
 
 
