@@ -122,12 +122,12 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
     unmerged = drivers.unmerged_paths(repo, rel) if sides.INDEX in (old, new) else []
     targets = [t for t in targets if t not in unmerged]
     numbers = not summary_only and mode is None
-    groups, singles = models.group_by_model(repo, targets, old, new)
+    groups, singles, pairs = models.group_by_model(repo, targets, old, new)
     diffs = []
     if groups or singles:
         kw = {"numbers": numbers, "full_norm": full_norm, "workers": settings.workers,
               "objects": read_through(repo, settings=settings)}
-        diffs = models.diff_groups(repo, groups, old, new, **kw)
+        diffs = models.diff_groups(repo, groups, old, new, pairs=pairs, **kw)
         diffs += drivers.diff_sides(repo, singles, old, new, renamed=renamed, **kw)
     diffs += [FileDiff(p, None, None, unmerged=True) for p in unmerged]
     changed = [d for d in diffs if d.has_changes()]

@@ -223,10 +223,11 @@ def converted(repo: Repo, keys: Sequence[str], old: object, new: object) -> dict
 
 
 def group_by_model(repo: Repo, paths: list[str], old: object, new: object
-                   ) -> tuple[dict[str, list[str]], list[str]]:
-    """Split a diff's changed tracked files into models (key -> files) and single files.
-    A one-file ``pytorch_model.bin`` or ``model.safetensors`` whose folder's model changed
-    format (see ``converted``) joins that model's files."""
+                   ) -> tuple[dict[str, list[str]], list[str], dict[str, str]]:
+    """Split a diff's changed tracked files into models (key -> files) and single files,
+    and say which models changed format in their folder (``converted``: old key -> new
+    key, for ``diff_groups``).  A one-file ``pytorch_model.bin`` or ``model.safetensors``
+    whose folder's model changed format joins that model's files."""
     memo: dict[tuple[str, object], list[Index]] = {}
     models: dict[str, list[str]] = {}
     rest = []
@@ -237,13 +238,13 @@ def group_by_model(repo: Repo, paths: list[str], old: object, new: object
         else:
             models.setdefault(key, []).append(path)
     loose = [p for p in rest if posixpath.basename(p) in WEIGHT_NAMES]
-    if models and loose:
-        for a, b in converted(repo, [*models, *loose], old, new).items():
-            for key in (a, b):
-                if key in loose:
-                    rest.remove(key)
-                    models[key] = [key]
-    return models, rest
+    pairs = converted(repo, [*models, *loose], old, new) if models else {}
+    for a, b in pairs.items():
+        for key in (a, b):
+            if key in loose:
+                rest.remove(key)
+                models[key] = [key]
+    return models, rest, pairs
 
 
 def with_shards(repo: Repo, paths: list[str], sides: Sequence[object]) -> list[str]:
@@ -281,8 +282,9 @@ def open_side(repo: Repo, key: str, side: object, objects) -> Model | None:
 
 def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: object,
                 numbers: bool = True, full_norm: bool = False, *, objects: ReadThrough,
-                workers: int) -> list[FileDiff]:
-    """One diff per model, over all its shards on each side."""
+                workers: int, pairs: dict[str, str] | None = None) -> list[FileDiff]:
+    """One diff per model, over all its shards on each side; ``pairs`` (from
+    ``group_by_model``): models that changed format, diffed old key against new key."""
     if not groups:
         return []
     from ..diff import diff_models  # here: opening models (materialize) needs no diffs
@@ -291,7 +293,7 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
     out = []
     # a folder's weights converted (`pytorch_model.bin` shards to `model.safetensors`
     # ones): one model, each tensor compared with itself across the two formats
-    pairs = converted(repo, list(groups), old, new)
+    pairs = pairs or {}
     for key in sorted(groups):
         if key in pairs.values():
             continue  # diffed with its other side's key
