@@ -31,8 +31,9 @@ def main() -> None:
 
     ``filter-process`` alone: git's long-running filter (``git.filter_start.main``), its
     exit status as the process's.  Anything else: the click command group (``cli.main``)
-    with SIGTERM and SIGHUP handled by ``interrupts``; the exit status is click's (2 for a
-    usage error), 130 after Ctrl-C.  ``GIT_INTERNAL_SUPER_PREFIX`` is dropped first.
+    with SIGTERM and SIGHUP handled by ``interrupts``; the exit status is the group's (129
+    for a usage mistake, as git's own commands), 130 after Ctrl-C.
+    ``GIT_INTERNAL_SUPER_PREFIX`` is dropped first.
     """
     os.environ.pop(SUPER_PREFIX_ENV, None)
     try:  # a Ctrl-C while the modules load: one line, as everywhere else
