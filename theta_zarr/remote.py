@@ -225,8 +225,8 @@ def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
     """The object store of a remote.  ``need`` ("read" or "write") first checks that its
     bucket or folder exists (raises storage.RootMissing: "bucket X does not exist")."""
     concurrency = int(spec.options.get("concurrency", concurrency))  # checked by RemoteSpec
+    check_trusted(spec)  # before the storage library is set up for that endpoint
     blobs = open_store(spec.url, storage_options(spec.url, spec.options, concurrency))
-    check_trusted(spec)
     store = ObjectStore(blobs, codec=spec.codec, concurrency=concurrency,
                         retry_timeout=retry_timeout(spec))  # bounds every call, this one too
     if need is not None:
