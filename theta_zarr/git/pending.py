@@ -145,14 +145,13 @@ def finish(repo: Repo) -> list[str]:
             orphans.update(p.path for p in _read(repo, record))
         with contextlib.suppress(OSError):
             os.unlink(record)  # taken (or stale: its filter no longer runs)
-    from ..errors import one_line
-
     if orphans - set(files):
         print(f"theta-zarr: an earlier checkout was stopped before it wrote these files"
               f"{lazy_note(sorted(orphans - set(files)))}", file=sys.stderr)
     if not files:
         return []
     from .. import checkpoint
+    from ..errors import one_line
     from .push import read_through
 
     try:
