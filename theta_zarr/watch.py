@@ -97,7 +97,8 @@ class Watcher:
 
     def candidates(self) -> tuple[dict[str, str], int]:
         """ref -> path of every checkpoint-like entry of the folder, and how many entries
-        were newly found to make no valid ref name (reported once each, skipped)."""
+        (or sets of entries sharing one ref) were newly found to make no valid ref name or
+        the same ref as another (reported once each, skipped)."""
         out: dict[str, str] = {}
         clashes: dict[str, list[str]] = {}
         bad = 0

@@ -173,8 +173,8 @@ def register(main: click.Group) -> None:
     @click.pass_context
     @reports_errors
     def push(ctx: click.Context, args: tuple[str, ...], all_refs: bool, dry_run: bool,
-             ref: str | None,
-             force: bool, base_ref: str | None, shard: bool, shard_name: str | None,
+             ref: str | None, force: bool, base_ref: str | None, shard: bool,
+             shard_name: str | None,
              combine_: bool, expect: int | None, options: tuple[str, ...],
              cache_dir: str | None, chunk_size: str) -> None:
         # The cluster push moved to `publish` and `combine`; `push --ref` still works for
