@@ -152,8 +152,13 @@ def _delta_bound(key: str, value: str, field: str, n: float) -> float:
     return n
 
 
-def _true(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes", "on")
+def _env_true(value: str) -> bool:
+    """An environment switch (``GIT_THETA_ZARR_SKIP_SMUDGE``), read as git-lfs reads
+    ``GIT_LFS_SKIP_SMUDGE``: a git boolean, and anything that is not one is off."""
+    try:
+        return parse_bool(value)
+    except ValueError:
+        return False
 
 
 def _config_bool(key: str, value: str) -> bool:
@@ -310,7 +315,7 @@ class Repo:
             kwargs["direct_checkout"] = _config_value("theta-zarr.direct-checkout",
                                                       cfg["theta-zarr.direct-checkout"])
         lazy_env = os.environ.get("GIT_THETA_ZARR_SKIP_SMUDGE")
-        kwargs["lazy"] = _true(lazy_env) if lazy_env else \
+        kwargs["lazy"] = _env_true(lazy_env) if lazy_env else \
             _config_bool("theta-zarr.lazy", cfg.get("theta-zarr.lazy", ""))
         try:
             return Settings(**kwargs)
