@@ -524,6 +524,26 @@ def _in_folder(model: Model, shard: str) -> str:
     return posixpath.relpath(shard, folder) if folder else shard
 
 
+#: weight files' extensions, dropped from a shard's name to pair it across formats
+_WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _shard_key(model: Model, shard: str) -> str:
+    """A shard's name in its folder, the same in either format of a model converted by
+    the Hub's naming: ``pytorch_model.bin`` is ``model.safetensors``,
+    ``pytorch_model-00001-of-00002.bin`` is ``model-00001-of-00002.safetensors``, and
+    ``diffusion_pytorch_model.bin`` is ``diffusion_pytorch_model.safetensors``."""
+    name = _in_folder(model, shard)
+    for ext in _WEIGHT_EXTENSIONS:
+        if name.endswith(ext):
+            name = name[:-len(ext)]
+            break
+    head, _, tail = name.rpartition("/")
+    if tail.startswith("pytorch_model"):
+        tail = tail[len("pytorch_"):]
+    return f"{head}/{tail}" if head else tail
+
+
 def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
                 workers: int = 4, full_norm: bool = False, numbers: bool = True,
                 files: tuple[str, ...] | None = None) -> FileDiff:
@@ -549,21 +569,25 @@ def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,
     assert a is not None and b is not None
     # shards are compared by their names inside the model's folder: a renamed folder
     # (`git mv llama llama-v2`) moves no tensor to another shard
+    # a shard converted to the other format (pytorch_model.bin to model.safetensors) is
+    # the same shard: its tensors did not move
     fd.moved = [{"name": n, "from": old.shard_of[n], "to": new.shard_of[n]}
                 for n in b.params if n in a.params and
-                _in_folder(old, old.shard_of[n]) != _in_folder(new, new.shard_of[n])]
+                _shard_key(old, old.shard_of[n]) != _shard_key(new, new.shard_of[n])]
     other = []
-    new_shards = {_in_folder(new, s): s for s in new.shard_manifests}
+    new_shards = {_shard_key(new, s): s for s in new.shard_manifests}
+    one_file = old.index is None and new.index is None
     for name in sorted(old.shard_manifests):
-        new_name = new_shards.get(_in_folder(old, name))
-        if new_name is None:
+        new_name = new_shards.get(_shard_key(old, name))
+        if new_name is None or not (files is None or name in files or new_name in files):
             continue
         sa, sb = old.shard_manifests[name], new.shard_manifests[new_name]
-        if sa.format_name == sb.format_name and (files is None or name in files or
-                                                 new_name in files):
-            label = new_name.rsplit("/", 1)[-1]
-            other += [OtherChange(f"{label}: {o.key}", o.status, o.old, o.new)
-                      for o in other_changes(sa, sb)]
+        # another format: what one held besides its tensors (a tied alias, the format
+        # metadata) and the other does not, as ``summarize`` says it for a file
+        changes = other_changes(sa, sb) if sa.format_name == sb.format_name else \
+            _changes(_keys(describe(sa)), _keys(describe(sb)))
+        label = "" if one_file else new_name.rsplit("/", 1)[-1] + ": "
+        other += [OtherChange(f"{label}{o.key}", o.status, o.old, o.new) for o in changes]
     if old.index and new.index and (files is None or old.index.path in files or
                                     new.index.path in files):  # the index's own diff
         other += _changes(flatten_json(old.index.to_json()), flatten_json(new.index.to_json()),

@@ -449,7 +449,10 @@ def test_bin_shards_converted_to_safetensors_shards_diff_as_one_model(repo):
     """The Hub's conversion to safetensors: `pytorch_model.bin` shards (or the one file)
     replaced by `model.safetensors` shards of the same tensors.  Both diffs listed every
     tensor as removed from one model and added to another; now it is one model whose
-    tensors moved, with its format change."""
+    tensors moved, with its format change.  A one-file model converted and fine-tuned at
+    once (git pairs no rename) was a deleted and a new file, and once paired, every tensor
+    "moved to another shard"; now it is the same file in the other format (diffusers'
+    names too)."""
     from safetensors.torch import save_file
 
     repo.tz("track", "*.bin")
@@ -458,9 +461,21 @@ def test_bin_shards_converted_to_safetensors_shards_diff_as_one_model(repo):
                            "pytorch_model-00002-of-00002.bin": ["enc.2.w"]})
     (repo.path / "one").mkdir()
     torch.save(sd, repo.path / "one" / "pytorch_model.bin")
+    single = {f"h.{i}.w": torch.randn(64, 64, generator=torch.Generator().manual_seed(i))
+              for i in range(6)}
+    for folder, name in (("single", "pytorch_model.bin"),
+                         ("unet", "diffusion_pytorch_model.bin")):
+        (repo.path / folder).mkdir()
+        torch.save(single, repo.path / folder / name)
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", "bin")
-    repo.git("rm", "-q", "-r", "bert", "one")
+    repo.git("rm", "-q", "-r", "bert", "one", "single", "unet")
+    # converted and fine-tuned at once: every tensor changed, so git pairs no rename
+    for folder, name in (("single", "model.safetensors"),
+                         ("unet", "diffusion_pytorch_model.safetensors")):
+        (repo.path / folder).mkdir()
+        save_file({n: t + 1 for n, t in single.items()}, repo.path / folder / name,
+                  metadata={"format": "pt"})
     weight_map = {n: f"model-0000{i // 2 + 1}-of-00002.safetensors" for i, n in enumerate(sd)}
     for folder in ("bert", "one"):
         (repo.path / folder).mkdir()
@@ -477,7 +492,15 @@ def test_bin_shards_converted_to_safetensors_shards_diff_as_one_model(repo):
            "0 changed, 0 reshaped, 0 added, 0 removed, 3 unchanged" in text
     assert "one/pytorch_model.bin => one/model.safetensors.index.json: " \
            "0 changed, 0 reshaped, 0 added, 0 removed, 3 unchanged" in text
-    assert text.count("format torch -> safetensors") == 2
+    assert text.count("format torch -> safetensors") == 4
+    # a one-file model converted: the same file in the other format, no tensor "moved"
+    # (both were listed as a deleted and a new file when git paired no rename)
+    assert "single/pytorch_model.bin => single/model.safetensors: 6 changed, 0 reshaped, " \
+           "0 added, 0 removed, 0 unchanged; 1 other (non-tensor) change(s)" in text
+    assert "unet/diffusion_pytorch_model.bin => unet/diffusion_pytorch_model.safetensors: " \
+           "6 changed, 0 reshaped, 0 added, 0 removed, 0 unchanged; 1 other" in text
+    assert text.count('  * __metadata__.format: (none) -> "pt"\n') == 2
+    assert "R" not in repo.out("diff", "--name-status", "HEAD~1", "HEAD", "--", "single", "unet")
     assert " added," not in text.replace(" 0 added,", "")
     # git's diff driver, once per file, compares each file within the converted model
     lines = [line for line in repo.out("diff", "HEAD~1", "HEAD").splitlines()

@@ -188,16 +188,22 @@ def model_keys(repo: Repo, path: str, side: object,
 
 
 #: transformers' two names for a folder's weights (each one file, or an index and shards)
-WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+#: a folder's weights by the Hub's names, each safetensors name with its PyTorch one
+#: (transformers, diffusers, PEFT): the file or, with ``.index.json``, the shards' index
+_CONVERSIONS = (("model.safetensors", "pytorch_model.bin"),
+                ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+                ("adapter_model.safetensors", "adapter_model.bin"))
+_COUNTERPARTS = {a: b for pair in _CONVERSIONS for a, b in (pair, pair[::-1])}
+WEIGHT_NAMES = tuple(_COUNTERPARTS)
 
 
 def counterpart(key: str) -> str | None:
     """The other format's name for the weights of ``key``'s folder (``d/model.safetensors``
-    for ``d/pytorch_model.bin`` and back); None for a key that is neither."""
+    for ``d/pytorch_model.bin`` and back, ``_CONVERSIONS``); None for a key that is none
+    of them."""
     folder, name = posixpath.split(key)
-    if name not in WEIGHT_NAMES:
-        return None
-    return posixpath.join(folder, WEIGHT_NAMES[1 - WEIGHT_NAMES.index(name)])
+    other = _COUNTERPARTS.get(name)
+    return None if other is None else posixpath.join(folder, other)
 
 
 def converted(repo: Repo, keys: Sequence[str], old: object, new: object) -> dict[str, str]:
@@ -238,7 +244,7 @@ def group_by_model(repo: Repo, paths: list[str], old: object, new: object
         else:
             models.setdefault(key, []).append(path)
     loose = [p for p in rest if posixpath.basename(p) in WEIGHT_NAMES]
-    pairs = converted(repo, [*models, *loose], old, new) if models else {}
+    pairs = converted(repo, [*models, *loose], old, new) if models or len(loose) > 1 else {}
     for a, b in pairs.items():
         for key in (a, b):
             if key in loose:
