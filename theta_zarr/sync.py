@@ -414,6 +414,30 @@ def list_files(folder: str, skip: Callable[[str], bool] = lambda rel: False) -> 
     return out
 
 
+def check_set_names(folder: str, names: list[str]) -> None:
+    """Refuse, with a SyncError naming the file, a folder whose files a set cannot hold
+    under their names: a name that is not UTF-8 (a Latin-1 ``\xe9``), or that holds a
+    control character or a backslash.  ``pull`` reads a set only with names that are
+    printable UTF-8 text (``check_name``), so such a folder was published whole and its
+    ref could then never be pulled, listed or imported."""
+    for name in names:
+        try:
+            check_name(name, "file name")
+        except ManifestError:
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            why = ("is not UTF-8" if any(0xDC80 <= ord(c) <= 0xDCFF for c in name) else
+                   "holds a control character" if any(ord(c) < 0x20 or ord(c) == 0x7F
+                                                      for c in name) else
+                   "holds a backslash" if "\\" in name else "cannot be a name in a set")
+            raise SyncError(f"{os.path.join(folder, shown)}: its name {why}, and a published "
+                            "set names its files by UTF-8 text: rename it (nothing was "
+                            "uploaded)") from None
+    try:
+        check_file_names(names, folder)
+    except ManifestError as e:
+        raise SyncError(str(e)) from None
+
+
 def _link_message(folder: str, link: str, what: str) -> str:
     return (f"{link}: a symbolic link to {what} ({os.readlink(link)}); theta-zarr never "
             f"follows links out of the folder it pushes ({folder}): copy the file in instead")
@@ -540,6 +564,7 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
         names = list_files(path, skip)
         if not names:
             raise SyncError(f"{path}: no files to push")
+        check_set_names(path, names)  # before anything is cleaned or uploaded
         cleaned = [clean_file(os.path.join(path, n), settings, cache) for n in names]
         target = FileSet({n: c.entry for n, c in zip(names, cleaned, strict=True)}).to_bytes()
     elif os.path.isfile(path):

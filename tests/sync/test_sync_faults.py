@@ -51,6 +51,27 @@ def test_a_link_out_of_the_pushed_folder_is_refused_and_nothing_uploaded(tmp_pat
     assert _uploaded(case) == []
 
 
+def test_a_folder_with_a_file_name_no_set_can_hold_is_refused_before_upload(tmp_path):
+    """A file in a published folder whose name is not UTF-8 (or holds a control
+    character) was published with the rest; pull, ls and import then
+    refused the ref ("invalid parameter name"), so the upload could never be read."""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    for i, (bad, words) in enumerate((
+            (b"d\xe9j\xe0/notes.txt", ["d\\xe9j\\xe0/notes.txt", "not UTF-8"]),
+            (b"a\tb.txt", ["control character"]))):
+        ckpt = tmp_path / f"step-{i}"
+        model(ckpt.mkdir() or ckpt / "model.safetensors")
+        full = os.path.join(os.fsencode(ckpt), bad)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(b"{}")
+        proc = tz(["publish", str(ckpt), case.url, "--ref", "r/1", "--chunk-size", CHUNK],
+                  env, check=False)
+        _one_line(proc, "rename it", *words)
+        assert _uploaded(case) == []
+
+
 @pytest.mark.parametrize("name, words", [
     (".git/config", ["'.git/config'", "'.git' component"]),
     ("sub/.GIT/hooks/pre-commit", ["'.git' component"]),
