@@ -223,10 +223,15 @@ class Watcher:
             passes += 1
             if self.opts.once and passes >= 2:
                 break
-            if self.opts.exit_after is not None and \
-                    time.monotonic() - started >= self.opts.exit_after:
-                break
-            stop.wait(self.opts.interval)
+            pause = self.opts.interval
+            if self.opts.exit_after is not None:
+                left = started + self.opts.exit_after - time.monotonic()
+                if left <= pause:
+                    # the run ends first: no scan sooner than one interval after the
+                    # last, which could take a file still being written for complete
+                    stop.wait(max(left, 0.0))
+                    break
+            stop.wait(pause)
         for ref, error in sorted(self.retrying.items()):
             self.echo(f"{ref}: not pushed ({error})")
         return 1 if failures or self.retrying else 0

@@ -50,6 +50,17 @@ def test_watch_pushes_complete_checkpoints_once(tmp_path):
     proc.stderr.close()
 
 
+def test_exit_after_ends_the_run_within_a_long_interval(tmp_path):
+    """--exit-after 0.2 with --interval 3600 slept the whole interval before it looked at
+    the bound again: the run lasted an hour.  (A hang fails by the timeout.)"""
+    case, env, ckpt = _watched(tmp_path)
+    proc = subprocess.run(["theta-zarr", "watch", str(ckpt), case.url, "--ref-prefix", "r/",
+                           "--interval", "3600", "--exit-after", "0.2"], env=env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.decode().splitlines()[-1] == "theta-zarr: watch stopped"
+
+
 def test_a_damaged_state_file_is_one_line(tmp_path):
     """Deep nesting was an internal error (RecursionError); a 'pushed' list failed later,
     inside the loop, as an internal error too."""
