@@ -379,8 +379,11 @@ def test_conflict_report_then_resolve_average(repo):
     bad = repo.tz("resolve", "m.safetensors", "--strategy", "average", "--param", "nomatch*",
                   check=False)
     assert bad.returncode == 1 and b"match no --param glob" in bad.stderr
+    (repo.path / M).chmod(0o640)
     repo.tz("resolve", "m.safetensors", "--strategy", "average", "--param", "encoder.*")
     assert repo.out("status", "--porcelain").startswith("M ")
+    # the file keeps its mode: it was rewritten with mkstemp's 0600
+    assert (repo.path / M).stat().st_mode & 0o777 == 0o640
     want = ((ours["encoder.w"].astype(np.float32) + theirs["encoder.w"].astype(np.float32))
             / 2).astype(BF16)
     assert read_tensors(repo.path / M)["encoder.w"].tobytes() == want.tobytes()

@@ -15,6 +15,7 @@ What git hands the drivers (checked by tests/git/test_diff_merge_e2e.py):
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from glob import escape
@@ -425,6 +426,12 @@ def _write_worktree(repo: Repo, rel: str, manifest: Manifest, objects) -> None:
     if not lazy and os.path.exists(full):
         with open(full, "rb") as f:
             lazy = looks_like_manifest(f.read(64))
+    try:  # the file keeps its mode (git's 0644 or 0755 under the umask), not mkstemp's 0600
+        mode = stat.S_IMODE(os.lstat(full).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=os.path.dirname(full) or ".")
     try:
         with os.fdopen(fd, "wb") as out:
@@ -433,6 +440,7 @@ def _write_worktree(repo: Repo, rel: str, manifest: Manifest, objects) -> None:
             else:
                 checkpoint.smudge(manifest, out, settings, name=rel, cache=objects.cache,
                                   fetch=objects.fetcher)
+        os.chmod(tmp, mode)
         os.replace(tmp, full)
     except BaseException:
         if os.path.exists(tmp):
