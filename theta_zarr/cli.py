@@ -376,8 +376,14 @@ def remote_add(name: str, url: str, options: tuple[str, ...], shared: bool) -> N
     from .git.repo import Repo
 
     repo = Repo.discover()
+    before = remotes.recorded(repo, name, shared)
     spec = remotes.add(repo, name, url, remotes.option_pairs(options), shared)
-    click.echo(f"theta-zarr remote {name} -> {redact(spec.url)}")
+    replaces = ""
+    if before:  # said, so a typo'd re-add of an existing name never goes unnoticed
+        old = " ".join([before.get("url", "(no url)")] +
+                       [f"{k}={v}" for k, v in sorted(before.items()) if k != "url"])
+        replaces = f" (replaces {old})"
+    click.echo(redact(f"theta-zarr remote {name} -> {spec.url}{replaces}"))
     # git push uploads the chunks of the commits it sends, as git-lfs does: commits the git
     # remote already has would never reach the new store, and every clone would fail
     pushed = [g for g in remotes.feeding_git_remotes(repo, spec)

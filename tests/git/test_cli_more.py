@@ -44,6 +44,12 @@ def test_remote_list_and_remove(repo):
     listed = repo.tz("remote", "list").stdout.decode().splitlines()
     assert "origin\ts3://b/models  region=eu-west-1" in listed
     assert "team\tgs://c/m" in listed
+    # adding a name again replaces that remote whole, and says so: the old region (an
+    # endpoint-url alike) was kept for the new URL
+    out = repo.tz("remote", "add", "origin", "s3://prod/models").stdout.decode()
+    assert out == "theta-zarr remote origin -> s3://prod/models " \
+                  "(replaces s3://b/models region=eu-west-1)\n"
+    assert "origin\ts3://prod/models" in repo.tz("remote", "list").stdout.decode().splitlines()
     repo.tz("remote", "remove", "origin")
     repo.tz("remote", "remove", "team", "--shared")
     assert repo.tz("remote", "list").stdout.decode() == ""

@@ -282,13 +282,39 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
         raise RemoteError(f"remote {name!r}: {blobs.root} is a file, not a folder; a folder "
                           "remote is a folder that holds objects/, manifests/ and refs/")
     target = ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
+    # a remote of that name there is replaced whole, never merged key by key: its old
+    # options (an endpoint-url above all) would otherwise apply to the new URL
+    replaced = recorded(repo, name, shared)
+    if replaced:
+        repo.git("config", *target, "--remove-section", f"theta-zarr.remote.{name}")
     repo.git("config", *target, f"{PREFIX}{name}.url", stored)
     for key, value in options.items():
         repo.git("config", *target, f"{PREFIX}{name}.{key}", value)
+    vouched = f"{PREFIX}{name}.endpoint-url"
     if shared and spec.url.startswith(("gs://", "gcs://")) and options.get("endpoint-url"):
         # who typed it vouches for it; others who clone must (remote.check_trusted)
-        repo.git("config", "--local", f"{PREFIX}{name}.endpoint-url", options["endpoint-url"])
+        repo.git("config", "--local", vouched, options["endpoint-url"])
+    elif shared and replaced.get("endpoint-url") and repo.git(
+            "config", "--local", "--get", vouched, check=False).decode().strip() == \
+            replaced["endpoint-url"]:
+        # the word this command gave for the endpoint it removes goes with it
+        repo.git("config", "--local", "--unset-all", vouched)
     return spec
+
+
+def recorded(repo: Repo, name: str, shared: bool) -> dict[str, str]:
+    """The keys remote ``name`` has in the repository's own git config (in ``.thetazarr``
+    when ``shared``), as written there; empty when it has none there."""
+    if shared:
+        file = os.path.join(repo.top, THETAZARR_FILE)
+        if not os.path.exists(file):
+            return {}
+        target = ["-f", file]
+    else:
+        target = ["--local"]
+    out = repo.git("config", "-z", *target, "--get-regexp", r"^theta-zarr\.remote\.",
+                   check=False)
+    return _parse(out).get(name, {})
 
 
 def remove(repo: Repo, name: str, shared: bool) -> bool:
