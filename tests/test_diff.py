@@ -181,6 +181,11 @@ def test_plot_writes_png(store, tmp_path):
     out = tmp_path / "change.png"
     assert plot([fd], str(out)) == 1
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a name that is not UTF-8 (os.fsdecode's surrogates) in the title and the labels
+    # crashed matplotlib: "internal error (TypeError: set_text() ...)"
+    odd = diff(manifest(store, {"x": x}), manifest(store, {"x": x * 2}), store,
+               "\udce9t\udce9 a\tb.safetensors")
+    assert plot([fd, odd], str(tmp_path / "odd.png")) == 2
 
 
 def test_plot_writes_the_path_given_or_names_why_not(store, tmp_path):

@@ -30,7 +30,7 @@ from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
 from .shards import Model
-from .wording import counted
+from .wording import counted, quote_path, shell_word
 
 JSON_VERSION = 1
 _LOCK = threading.Lock()
@@ -676,7 +676,7 @@ def format_text(fd: FileDiff) -> list[str]:
 
 def unmerged_line(path: str) -> str:
     """What a diff says of a path left conflicted by a merge (no side to compare)."""
-    return (f"{path}: unmerged; finish with: git theta-zarr resolve {path} "
+    return (f"{path}: unmerged; finish with: git theta-zarr resolve {shell_word(path)} "
             "--strategy STRATEGY")
 
 
@@ -728,8 +728,8 @@ def plot(diffs: list[FileDiff], png: str) -> int:
     # (matplotlib appends ".png" to a name without an extension, which was then reported
     # as written under the name given)
     fmt = os.path.splitext(png)[1][1:].lower() or "png"
-    rows = [(f"{fd.path}:{p.name}" if len(diffs) > 1 else p.name, p.rel_change or 0.0)
-            for fd in diffs for p in fd.params if p.status == "changed"]
+    rows = [(f"{quote_path(fd.path)}:{p.name}" if len(diffs) > 1 else p.name,
+             p.rel_change or 0.0) for fd in diffs for p in fd.params if p.status == "changed"]
     height = max(2.5, 0.22 * len(rows) + 1.2)
     fig, ax = plt.subplots(figsize=(9, height))
     try:
@@ -744,7 +744,7 @@ def plot(diffs: list[FileDiff], png: str) -> int:
         else:
             ax.text(0.5, 0.5, "no parameter values changed", ha="center", va="center")
         ax.set_xlabel("relative change ||B - A|| / ||A||")
-        ax.set_title(", ".join(fd.path for fd in diffs) or "theta-zarr diff")
+        ax.set_title(", ".join(quote_path(fd.path) for fd in diffs) or "theta-zarr diff")
         fig.tight_layout()
         with open(png, "wb") as f:
             fig.savefig(f, format=fmt, dpi=100)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
     """``1 chunk``, ``2 chunks``, ``0 chunks``: ``n`` and the noun, plural unless ``n`` is 1
@@ -16,3 +18,43 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+_C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
+              "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+
+
+def quote_path(path: str) -> str:
+    """A path as git lists it (``quote_c_style``): in double quotes with C escapes when it
+    holds a control character, a double quote or a backslash, so one line is one path;
+    other paths, non-ASCII ones included, as they are.  A byte that is not UTF-8 (a
+    surrogate escape of ``os.fsdecode``) is written in octal, as git writes it
+    (``"\\351t\\351.npy"``), so the line can be printed in any locale."""
+    if not any(c in _C_ESCAPES or _octal(c) is not None for c in path):
+        return path
+    body = "".join(_C_ESCAPES.get(c) or (c if _octal(c) is None else f"\\{_octal(c):03o}")
+                   for c in path)
+    return f'"{body}"'
+
+
+def _octal(c: str) -> int | None:
+    """The byte a character of a path is written as in octal: a control character, DEL,
+    or an undecodable byte (surrogate escapes U+DC80..U+DCFF); None for the rest."""
+    n = ord(c)
+    if n < 0x20 or n == 0x7F:
+        return n
+    if 0xDC80 <= n <= 0xDCFF:
+        return n - 0xDC00
+    return None
+
+
+def shell_word(path: str) -> str:
+    """``path`` as one word a shell reads back as that path, for a command a message
+    suggests (``git theta-zarr resolve 'my model.safetensors' ...``): ``shlex.quote``, or
+    bash's ``$'...'`` with octal escapes for a control character or a byte that is not
+    UTF-8, which no plain quoting can carry."""
+    if not any(_octal(c) is not None for c in path):
+        return shlex.quote(path)
+    body = "".join(f"\\{_octal(c):03o}" if _octal(c) is not None else
+                   "\\" + c if c in "\\'" else c for c in path)
+    return f"$'{body}'"

@@ -131,6 +131,17 @@ def test_a_conflicted_path_is_unmerged_not_added_or_removed(repo):
     assert repo.tz("diff", "HEAD").stdout.decode() == ""  # ours is in the working tree
 
 
+def test_stat_lines_quote_paths_as_git_does():
+    """--stat printed a name's raw bytes (a tab, a newline, a Latin-1 byte) where git
+    writes "caf\\351.pt"; the column is as wide as the quoted names."""
+    from theta_zarr.commands.diffmerge import stat_lines
+    from theta_zarr.diff import FileDiff
+
+    lines = stat_lines([FileDiff("caf\udce9.pt", None, None, unmerged=True),
+                        FileDiff("a\nb.pt", None, None, unmerged=True)])
+    assert lines[:2] == [' "caf\\351.pt" | Unmerged', ' "a\\nb.pt"    | Unmerged']
+
+
 def test_a_file_added_or_deleted_is_a_change_even_without_tensors(repo):
     """A new ``.pt`` holding only a step and a learning rate (or an empty checkpoint) was
     no change: ``--exit-code`` exited 0, ``--stat`` and ``--name-only`` left it out, and

@@ -4,6 +4,7 @@ ls-files with folders."""
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 
 import numpy as np
@@ -231,3 +232,16 @@ def test_quote_path_follows_git():
 
     assert quote_path("plain é.pt") == "plain é.pt"
     assert quote_path('a"b\\c\t\x01.pt') == '"a\\"b\\\\c\\t\\001.pt"'
+
+
+def test_a_suggested_command_quotes_its_path_for_the_shell():
+    """"finish with: git theta-zarr resolve my model.safetensors" ran resolve on two
+    paths when pasted; a name that is not UTF-8 could not be pasted at all."""
+    from theta_zarr.diff import unmerged_line
+    from theta_zarr.wording import shell_word
+
+    assert unmerged_line("my model.pt").endswith("resolve 'my model.pt' --strategy STRATEGY")
+    for path in ("plain.pt", "my model.pt", "it's.pt", "\udce9t\udce9 a\tb.pt"):
+        echoed = subprocess.run(["bash", "-c", f"printf %s {shell_word(path)}"],
+                                capture_output=True, check=True).stdout
+        assert echoed == os.fsencode(path), path

@@ -399,6 +399,9 @@ def test_a_file_name_that_is_not_utf8_goes_through_every_command(repo):
     safetensors.numpy.save_file({"w": np.arange(12, dtype=np.float32) * 2}, os.fsdecode(path))
     diff = repo.tz("diff").stdout
     assert name + b": 1 changed" in diff
+    # --name-only quotes it as git does (it printed the raw byte, and a newline in a
+    # name split one path over two lines)
+    assert repo.tz("diff", "--name-only").stdout == repo.git("diff", "--name-only").stdout
     os.unlink(path)
     repo.git("checkout", "--", ".")
     assert file_sha(os.fsdecode(path)) == before

@@ -17,6 +17,7 @@ import click
 from ..errors import USER_ERRORS, one_line
 from ..git.repo import GitError
 from ..redact import redact
+from ..wording import quote_path as quote_path  # lists' paths, as git writes them
 
 
 def say(message: str) -> None:
@@ -149,29 +150,3 @@ def reports_errors(fn: Callable[..., Any] | None = None, *, broken_pipe: int = 1
     return wrapper
 
 
-_C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
-              "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
-
-
-def quote_path(path: str) -> str:
-    """A path as git lists it (``quote_c_style``): in double quotes with C escapes when it
-    holds a control character, a double quote or a backslash, so one line is one path;
-    other paths, non-ASCII ones included, as they are.  A byte that is not UTF-8 (a
-    surrogate escape of ``os.fsdecode``) is written in octal, as git writes it
-    (``"\\351t\\351.npy"``), so the line can be printed in any locale."""
-    if not any(c in _C_ESCAPES or _octal(c) is not None for c in path):
-        return path
-    body = "".join(_C_ESCAPES.get(c) or (c if _octal(c) is None else f"\\{_octal(c):03o}")
-                   for c in path)
-    return f'"{body}"'
-
-
-def _octal(c: str) -> int | None:
-    """The byte a character of a path is written as in octal: a control character, DEL,
-    or an undecodable byte (surrogate escapes U+DC80..U+DCFF); None for the rest."""
-    n = ord(c)
-    if n < 0x20 or n == 0x7F:
-        return n
-    if 0xDC80 <= n <= 0xDCFF:
-        return n - 0xDC00
-    return None

@@ -44,6 +44,7 @@ from ..merges import (
     parameter_names,
 )
 from ..remote import ReadThrough
+from ..wording import shell_word
 from .push import read_through
 from .remotes import THETAZARR_FILE
 from .repo import GitError, Repo, config_records, git
@@ -259,7 +260,7 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
     values = [c for c in left if refusal(c, average) is None]
     sides = [c for c in left if c not in values]
     scope = _params(left) if len(left) == 1 or len(left) < len(p.conflicts) else ""
-    resolve = f"git theta-zarr resolve {path} --strategy"
+    resolve = f"git theta-zarr resolve {shell_word(path)} --strategy"
     lines.append("resolve with one of:")
     if not sides:
         lines.append(f"  {resolve} average{scope}")
@@ -273,7 +274,7 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
         if values:
             rules = "".join(f" -c '{MERGE_SECTION}.{escape(c.name)}.strategy=ours'"
                             for c in sides)
-            lines.append(f"  git{rules} theta-zarr resolve {path} --strategy average"
+            lines.append(f"  git{rules} theta-zarr resolve {shell_word(path)} --strategy average"
                          f"{_params(values)}   (or theirs, or base, for "
                          f"{', '.join(c.name for c in sides)}: {_one_side_only(sides[0])})")
     lines.append(f"or set a strategy per parameter: git config {MERGE_SECTION}.'<glob>'.strategy "
