@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import time
 
 import pytest
 from helpers import commit_checkpoint, file_sha, run_python
@@ -163,6 +165,8 @@ def test_a_shared_repository_shares_the_cache_with_its_group(make_repo):
     r.tz("install")
     r.tz("track", "*.safetensors")
     write_model(str(r.path / "model.safetensors"), SHAPE)
+    old = time.time() - 60  # not racily clean: the add keeps a stat record of it
+    os.utime(r.path / "model.safetensors", (old, old))
     r.run("sh", "-c", "umask 022 && git add model.safetensors && git commit -q -m m")
     cache = r.path / ".git" / "theta-zarr"
     folders = [cache, *(p for p in cache.rglob("*") if p.is_dir())]
@@ -171,6 +175,10 @@ def test_a_shared_repository_shares_the_cache_with_its_group(make_repo):
     assert closed == []
     files = [p for p in (cache / "objects").rglob("*") if p.is_file()]
     assert files and all(p.stat().st_mode & 0o040 for p in files)
+    # the stat records too: they were 0600 (mkstemp), so another member's git status
+    # could not read them and hashed every checkpoint again
+    records = list((cache / "stat").iterdir())
+    assert records and all(p.stat().st_mode & 0o060 == 0o060 for p in records)
 
 
 @pytest.mark.parametrize("value, folder, file", [("all", 0o775, 0o664),

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 
 from ..manifest import Manifest, ManifestError, looks_like_manifest
@@ -90,7 +89,10 @@ class StatCache:
         head = json.dumps({"path": path, "stat": stat_key(st)}).encode() + b"\n"
         with contextlib.suppress(OSError):
             os.makedirs(self.root, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+            # made 0666 less the umask, as git makes its files (core.sharedRepository
+            # narrows it): mkstemp's 0600 kept the group's git status from reading it
+            tmp = os.path.join(self.root, f".tmp-{os.getpid()}-{os.urandom(6).hex()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(head + manifest)
