@@ -113,6 +113,8 @@ class FileDiff:
     shards: dict[str, list[str] | None] | None = None
     moved: list[dict[str, str]] = field(default_factory=list)
     renamed: bool = False  # a file git saw renamed (``path`` is ``OLD => NEW``)
+    #: a rename's two paths (OLD, NEW): ``--name-only`` lists NEW, as git does
+    names: tuple[str, str] | None = None
     #: a path the index holds as a conflicted merge (stages 1-3, no stage 0): no side is
     #: read, the text says how to finish the merge
     unmerged: bool = False

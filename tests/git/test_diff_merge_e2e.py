@@ -91,6 +91,8 @@ def test_git_diff_of_a_renamed_checkpoint_names_both_paths(repo):
     repo.git("commit", "-q", "-m", "rename only")
     stat = repo.tz("diff", "--stat", "HEAD~1", "HEAD").stdout.decode()
     assert stat.startswith(" renamed.safetensors => again.safetensors | renamed\n"), stat
+    # --name-only lists a rename's new path, as git does (it printed "OLD => NEW")
+    assert repo.tz("diff", "--name-only", "HEAD~1", "HEAD").stdout == b"again.safetensors\n"
     assert repo.tz("diff", "--exit-code", "HEAD~1", "HEAD", check=False).returncode == 1
     off = repo.git("-c", "diff.renames=false", "theta-zarr", "diff", "--stat", "HEAD~1",
                    "HEAD").stdout.decode()

@@ -141,9 +141,9 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
         exit_code = True
     elif as_json:
         click.echo(json.dumps(json_document(diffs, labels[0], labels[1]), indent=2))
-    elif mode == "name-only":  # one line a path, quoted as git quotes it
+    elif mode == "name-only":  # one line a path (a rename's new one), quoted as git does
         for d in changed:
-            click.echo(quote_path(d.path))
+            click.echo(quote_path(d.names[1] if d.names else d.path))
     elif mode == "stat":
         for line in stat_lines(changed):
             click.echo(line)
@@ -161,7 +161,9 @@ def stat_lines(diffs: list) -> list[str]:
     side that is no manifest or a format change), then a total line."""
     if not diffs:
         return []
-    width = max(len(quote_path(d.path)) for d in diffs)
+    shown = {id(d): " => ".join(map(quote_path, d.names)) if d.names else quote_path(d.path)
+             for d in diffs}  # a rename as git shows it: each side quoted on its own
+    width = max(len(text) for text in shown.values())
     keys = ("added", "removed", "reshaped", "changed", "moved", "other_changed")
     lines, total = [], dict.fromkeys(keys, 0)
     for d in diffs:
@@ -180,7 +182,7 @@ def stat_lines(diffs: list) -> list[str]:
                      else "not both theta-zarr manifests" if d.old_foreign or d.new_foreign
                      else "format changed" if d.old and d.new and
                      d.old.format_name != d.new.format_name else "renamed"]
-        lines.append(f" {quote_path(d.path).ljust(width)} | {', '.join(parts)}")
+        lines.append(f" {shown[id(d)].ljust(width)} | {', '.join(parts)}")
     summary = ", ".join(_stat_part(k, v) for k, v in total.items() if v)
     lines.append(f" {len(diffs)} checkpoint(s) changed" + (f": {summary}" if summary else ""))
     return lines

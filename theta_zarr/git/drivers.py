@@ -124,6 +124,7 @@ def diff_sides(repo: Repo, paths: list[str], old: object, new: object, numbers: 
         label = path if new_path == path else f"{path} => {new_path}"
         fd = diff(a, b, objects, label, workers, full_norm, numbers)
         fd.renamed = new_path != path
+        fd.names = (path, new_path) if fd.renamed else None
         out.append(fd)
     return out
 

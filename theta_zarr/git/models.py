@@ -316,7 +316,10 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
         label = (b or a).label if (a or b) else key
         if a and b and new_key != key:  # as git names a rename: OLD => NEW
             label = f"{a.label} => {b.label}"
-        out.append(diff_models(a, b, objects, label, workers, full_norm, numbers))
+        fd = diff_models(a, b, objects, label, workers, full_norm, numbers)
+        if a and b and new_key != key:
+            fd.names = (a.label, b.label)
+        out.append(fd)
     return out
 
 
