@@ -41,3 +41,18 @@ def test_old_cluster_push_spelling_forwards_with_a_warning(repo, tmp_path):
     pulled = tmp_path / "p.safetensors"
     repo.run("theta-zarr", "pull", str(tmp_path / "bucket"), "run/1", "--output", str(pulled))
     assert pulled.read_bytes() == ckpt.read_bytes()
+
+
+def test_pull_lists_no_chunk_size_it_would_ignore():
+    """pull writes files and chunks nothing, yet its help listed --chunk-size ("target raw
+    chunk size"), which it ignored; the option is still accepted, unlisted."""
+    from click.testing import CliRunner
+
+    from theta_zarr.cli import main
+
+    runner = CliRunner()
+    assert "--chunk-size" not in runner.invoke(main, ["pull", "--help"]).output
+    assert "--chunk-size" in runner.invoke(main, ["publish", "--help"]).output
+    assert "--chunk-size" in runner.invoke(main, ["watch", "--help"]).output
+    parsed = runner.invoke(main, ["pull", "--chunk-size", "1MiB", "--help"])
+    assert parsed.exit_code == 0, parsed.output

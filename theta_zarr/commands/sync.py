@@ -7,6 +7,7 @@ and still forwards the old ``push ... --ref`` spellings here for one release.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
     from ..sync import FileEntry, SyncRemote, Target
 
 
-def _cache_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--chunk-size", default="4MiB", show_default=True,
+def _cache_options(fn: Callable[..., Any], cleans: bool = True) -> Callable[..., Any]:
+    """--cache, and --chunk-size for a command that cleans (``cleans``): pull writes files
+    and chunks nothing, so there the option is accepted but not listed."""
+    fn = click.option("--chunk-size", default="4MiB", show_default=True, hidden=not cleans,
                       help="target raw chunk size")(fn)
     fn = click.option("--cache", "cache_dir", default=None, metavar="DIR",
                       help="object cache (default $THETA_ZARR_CACHE or ~/.cache/theta-zarr)")(fn)
@@ -216,7 +219,7 @@ def register(main: click.Group) -> None:
                   help="write over an existing file, or into a folder that is not empty")
     @click.option("--remote-option", "--option", "options", multiple=True, metavar="KEY=VALUE",
                   help=REMOTE_OPTION_HELP)
-    @_cache_options
+    @functools.partial(_cache_options, cleans=False)
     @reports_errors
     def pull(remote_arg: str, ref: str, output: str, include: tuple[str, ...], force: bool,
              options: tuple[str, ...], cache_dir: str | None, chunk_size: str) -> None:
