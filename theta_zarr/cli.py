@@ -469,7 +469,7 @@ def push_cmd(remote_name: str | None, refs: tuple[str, ...], all_refs: bool,
     from .git.repo import Repo
 
     repo = Repo.discover()
-    spec = require(repo, remote_name)
+    spec = require(repo, remote_name, "REMOTE")
     include = ["--branches", "--tags"] if all_refs else list(refs or ["HEAD"])
     manifests = manifests_in_range(repo, include, [])
     if not manifests:
@@ -494,7 +494,7 @@ def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> No
     from .remote import TransferStats, fetch_objects, open_remote
 
     repo = Repo.discover()
-    spec = require(repo, remote_name)
+    spec = require(repo, remote_name, "REMOTE")
     objects = read_through(repo)
     digests: set[str] = set()
     matched = False

@@ -151,11 +151,14 @@ def test_resolve_names_a_misspelt_strategy_before_anything_else(pushed):
                       "unknown merge strategy 'avrage'", "average")
 
 
-@pytest.mark.parametrize("command", ["fsck", "gc"])
-def test_a_url_given_to_remote_says_it_takes_a_name(pushed, command):
-    proc = pushed.tz(command, "--remote", "s3://team/models", check=False)
+@pytest.mark.parametrize("args", [["fsck", "--remote"], ["gc", "--remote"], ["push"]])
+def test_a_url_given_to_remote_says_it_takes_a_name(pushed, args):
+    """push's REMOTE is its first argument: the line said '--remote takes ...'."""
+    proc = pushed.tz(*args, "s3://team/models", check=False)
     assert_user_error(proc, "takes the name of a theta remote", "not a URL",
                       "remote add NAME s3://team/models")
+    said = args[1] if len(args) > 1 else "REMOTE"
+    assert f"theta-zarr: {said} takes the name" in proc.stderr.decode()
 
 
 def test_outside_a_repository(tmp_path, git_env):

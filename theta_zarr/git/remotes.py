@@ -218,16 +218,17 @@ def feeding_git_remotes(repo: Repo, spec: RemoteSpec) -> list[str]:
             if (found := for_git_remote(repo, n)) is not None and found[0].url == spec.url]
 
 
-def require(repo: Repo, name: str | None = None) -> RemoteSpec:
+def require(repo: Repo, name: str | None = None, given_as: str = "--remote") -> RemoteSpec:
     """The theta remote ``resolve`` finds for ``name`` (None: the default one).
 
     Raises RemoteError when there is none, saying how to add one; a ``name`` that looks
-    like a URL or a path (``--remote s3://...``) gets its own message, since ``--remote``
+    like a URL or a path (``--remote s3://...``) gets its own message, since the argument
+    (``given_as``: ``--remote``, or ``REMOTE`` for push's and fetch's first argument)
     takes names only.  Errors a configured remote's spec raises (RemoteSpec) pass through.
     """
     spec = resolve(repo, name)
     if spec is None and name and ("://" in name or name.startswith(("/", "."))):
-        raise RemoteError(f"--remote takes the name of a theta remote of this repository, "
+        raise RemoteError(f"{given_as} takes the name of a theta remote of this repository, "
                           f"not a URL ({name}): run 'git theta-zarr remote add NAME {name}' "
                           "and pass NAME")
     default = "" if name or spec is not None else repo.git(
