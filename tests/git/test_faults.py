@@ -126,6 +126,10 @@ def test_fsck_parses_every_manifest_it_walks(repo):
     assert proc.returncode == 1
     out = proc.stdout.decode()
     assert "unusable manifest" in out and "m.safetensors" in out
+    # a path with a tab is named as git lists it, one line a problem
+    commit_blob(repo, "a\tb.safetensors", edited(m, "w", shape=[7, 7]))
+    out = repo.tz("fsck", check=False).stdout.decode()
+    assert 'unusable manifest "a\\tb.safetensors" (git blob' in out, out
 
 
 # -- item 4: deeply nested JSON ---------------------------------------------------------------

@@ -9,6 +9,7 @@ from ..chunking import digest
 from ..gc import _DIGEST_BYTES, Roots
 from ..manifest import MAGIC, Manifest, ManifestError
 from ..remote import RemoteSpec
+from ..wording import quote_path
 from .files import objects_with_paths, read_blobs, small_blobs
 from .remotes import feeding_git_remotes
 from .repo import GitError, Repo
@@ -31,7 +32,9 @@ def git_roots(repo: Repo, roots: Roots, parse: bool = False) -> None:
         for sha, data in zip(group, read_blobs(repo, group), strict=True):
             head = data[:1024]
             if MAGIC in head or b'"theta_zarr"' in head:
-                where = f"{paths[sha] or 'a blob a ref names'} (git blob {sha[:10]})"
+                # a path as git lists it: a tab, newline or non-UTF-8 byte quoted
+                name = quote_path(paths[sha]) if paths[sha] else "a blob a ref names"
+                where = f"{name} (git blob {sha[:10]})"
                 if parse:
                     try:
                         Manifest.from_bytes(data, where)
