@@ -20,13 +20,14 @@ from dcp_worker import MODEL, expected
 from helpers import Case, env_for, make_case, tz
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 import theta_zarr
 from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
 from theta_zarr.dcp import writer as writer_module
 from theta_zarr.objects import ObjectStore, object_key
 from theta_zarr.refs import Refs
-from theta_zarr.sync import SyncRemote
+from theta_zarr.sync import SyncError, SyncRemote
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -408,3 +409,41 @@ def test_a_base_ref_that_does_not_exist_fails_the_save_and_a_forced_move_continu
     assert case.remote().refs.read("run/step-3") is None
     writer = save(case, "run/step-1", 3, force=True)
     assert writer.result is not None and writer.result.base_ref == "run/step-1"
+
+
+def _plans(writers: list[ThetaZarrWriter]) -> list:
+    """The local plans DCP gathers from a job whose rank r saves with ``writers[r]``: rank
+    r holding rows r of a two-row tensor, as a sharded model does."""
+    plans = []
+    for rank, writer in enumerate(writers):
+        planner = DefaultSavePlanner()
+        planner.set_up_planner({f"rows.{rank}": torch.full((64, 64), float(rank)),
+                                "step": 7}, is_coordinator=rank == 0)
+        writer.set_up_storage_writer(rank == 0)
+        plans.append(writer.prepare_local_plan(planner.create_local_plan()))
+    return plans
+
+
+def test_ranks_whose_writers_disagree_fail_the_save_before_any_upload(tmp_path):
+    """A rank computing another step number (or given another bucket) made a save where
+    only rank 0's ref moved, holding the other ranks' chunks, and nothing said so; with
+    another remote, rank 0's ref named objects its bucket lacked."""
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    other = tmp_path / "other"
+    other.mkdir()
+    for rank1, what in ((ThetaZarrWriter(case.url, "run/step-2"),
+                         r"ref differs \(rank 0: run/step-1; rank 1: run/step-2\)"),
+                        (ThetaZarrWriter(str(other), "run/step-1"), "remote differs"),
+                        (ThetaZarrWriter(case.url, "run/step-1", force=True),
+                         r"force differs \(rank 0: False; rank 1: True\)")):
+        coordinator = ThetaZarrWriter(case.url, "run/step-1")
+        with pytest.raises(SyncError, match=f"dcp save run/step-1: the ranks' "
+                                            f"ThetaZarrWriter {what}.*nothing was uploaded"):
+            coordinator.prepare_global_plan(_plans([coordinator, rank1]))
+    assert not (tmp_path / "bucket" / "objects").exists()
+    assert not (other / "objects").exists()
+    # ranks that differ only in how they transfer (concurrency) save together
+    writers = [ThetaZarrWriter(case.url, "run/step-1"),
+               ThetaZarrWriter(case.url, "run/step-1", options={"concurrency": "4"})]
+    plans = writers[0].prepare_global_plan(_plans(writers))
+    assert [sorted(p.storage_data.shapes) for p in plans] == [["rows.0"], ["rows.1"]]

@@ -5,7 +5,9 @@ The calls DCP makes, and what each does here:
 1. ``prepare_global_plan`` (coordinator): from every rank's write items (the
    global shard layout) pick each tensor's chunk shape (layout.py) so that no
    chunk straddles two shards, and send every rank the shapes of its tensors.
-   A ref that exists already fails the save here, before any upload.
+   A ref that exists already fails the save here, before any upload, and so do
+   ranks whose writers were given another ref, remote, base, force or chunk size
+   (each rank's plan carries them: ``prepare_local_plan``).
 2. ``write_data`` (every rank, concurrently): hash the chunks of its own shards
    straight from the tensors' memory, ask the remote which it lacks, upload
    those (plain, or as deltas against the same chunk of the base step),
@@ -151,12 +153,22 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         self.result = None
         self._held = None
 
+    def _intent(self) -> _Intent:
+        where = tuple(sorted((k, v) for k, v in self.spec.options.items()
+                             if k not in _PER_RANK_OPTIONS))
+        return _Intent(self.spec.url, where, self.ref,
+                       self.base_ref, self.force, self.chunk_bytes, self.policy.enabled)
+
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
-        return plan
+        """Each rank's plan carries what its writer was told (remote, ref, base_ref, force,
+        chunk size), for the coordinator to check that every rank saves the same step."""
+        return dataclasses.replace(plan, storage_data=self._intent())
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        """Chunk shapes from the global layout, and the base step; refuses a taken ref
-        or a name no manifest can hold."""
+        """Chunk shapes from the global layout, and the base step; refuses ranks that
+        disagree on the ref (or remote, base_ref, force, chunk size), a taken ref, or a
+        name no manifest can hold."""
+        _check_ranks_agree(self._intent(), [p.storage_data for p in plans])
         current = self.sync.refs.read(self.ref)
         if current is not None and not self.force:
             raise RefConflict(f"ref {self.ref} already exists in {self.sync.url} and points "
@@ -399,6 +411,57 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
         return False  # never chosen implicitly: pass storage_writer=ThetaZarrWriter(...)
+
+
+@dataclass(frozen=True)
+class _Intent:
+    """What one rank's writer was told: every rank of a save must agree on it."""
+
+    remote: str
+    options: tuple[tuple[str, str], ...]
+    ref: str
+    base_ref: str | None
+    force: bool
+    chunk_bytes: int
+    delta: bool
+
+
+#: remote options that only tune one rank's transfers (ranks may differ in them)
+_PER_RANK_OPTIONS = frozenset({"concurrency", "retry-timeout"})
+
+_INTENT_WORDS = {"remote": "remote", "options": "remote options", "ref": "ref",
+                 "base_ref": "base_ref", "force": "force", "chunk_bytes": "chunk_size",
+                 "delta": "delta"}
+
+
+def _check_ranks_agree(mine: _Intent, theirs: list[Any]) -> None:
+    """SyncError naming what differs, and on which ranks, when the ranks' writers were not
+    told the same thing (a rank computing another step number, another bucket, ...).
+
+    Only the coordinator's ref would move, with other ranks' chunks in it (or, for another
+    remote, naming objects its bucket lacks): a checkpoint no rank meant to save."""
+    for field_name, word in _INTENT_WORDS.items():
+        values: dict[Any, list[int]] = {}
+        for rank, intent in enumerate(theirs):
+            value = getattr(intent if isinstance(intent, _Intent) else mine, field_name)
+            values.setdefault(value, []).append(rank)
+        if len(values) > 1:
+            parts = "; ".join(f"{_ranks(r)}: {_show(v)}" for v, r in values.items())
+            raise SyncError(f"dcp save {mine.ref}: the ranks' ThetaZarrWriter {word} "
+                            f"differs ({parts}); every rank must save the same checkpoint "
+                            "with the same arguments; nothing was uploaded")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    return str(dict(value)) if isinstance(value, tuple) else str(value)
+
+
+def _ranks(ranks: list[int]) -> str:
+    shown = ", ".join(map(str, ranks[:4])) + (f" and {len(ranks) - 4} more"
+                                              if len(ranks) > 4 else "")
+    return f"rank {shown}" if len(ranks) == 1 else f"ranks {shown}"
 
 
 @dataclass(frozen=True)
