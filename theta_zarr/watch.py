@@ -2,8 +2,9 @@
 
 A training job writes checkpoints as it goes; the watcher notices one only when
 it is complete (unchanged between two scans, or beside a marker file), pushes it
-once under ``<prefix><name>``, and records it in a state file so a restart never
-uploads it twice.  SIGTERM finishes the push in progress, then stops.
+once under ``<prefix><name>``, and records it (and the remote) in a state file so a
+restart never uploads it twice; the same folder watched into another remote is pushed
+there too.  SIGTERM finishes the push in progress, then stops.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Watcher:
         self.failed: dict[str, str] = {}  # ref -> signature that failed (retried on change)
         #: ref -> the storage error (an outage) its last push met: pushed again next scan
         self.retrying: dict[str, str] = {}
+        #: refs whose record names no remote and whose ref here does not hold its digest
+        self._unverified: set[str] = set()
 
     def _load_state(self) -> dict[str, dict]:
         try:
@@ -170,7 +173,7 @@ class Watcher:
             except FileNotFoundError:
                 continue  # removed while we looked
             seen[ref] = sig
-            done = self.state.get(ref)
+            done = self._pushed_here(ref)
             if done is not None:
                 if done.get("signature") != sig and self.failed.get(ref) != sig:
                     self.echo(f"{ref}: {path} changed after it was pushed; not pushed again")
@@ -198,14 +201,35 @@ class Watcher:
             self.retrying.pop(ref, None)
             seq = 1 + max((e.get("seq", 0) for e in self.state.values()), default=0)
             self.state[ref] = {"signature": sig, "digest": result.digest, "path": path,
-                               "seq": seq}
+                               "seq": seq, "remote": self.remote.url}
             self._save_state()
             self.echo(result.summary())
         return seen, failures
 
+    def _pushed_here(self, ref: str) -> dict | None:
+        """The state's record of ``ref`` when it was pushed to this watcher's remote; None
+        when it was not pushed, or pushed to another remote (the same folder watched into
+        a new bucket is pushed there too).  A record from before records named their
+        remote counts when this remote's ref names the digest it recorded."""
+        entry = self.state.get(ref)
+        if entry is None:
+            return None
+        where = entry.get("remote")
+        if where is None and ref not in self._unverified:
+            try:
+                value = self.remote.refs.read(ref)
+            except (StorageError, RefError):
+                value = None
+            if value is not None and value.digest == entry.get("digest"):
+                entry["remote"] = where = self.remote.url
+            else:
+                self._unverified.add(ref)
+        return entry if where == self.remote.url else None
+
     def _push(self, path: str, ref: str) -> PushResult:
-        # each checkpoint continues the one pushed before it: its delta base
-        latest = max(self.state, key=lambda r: self.state[r].get("seq", 0), default=None)
+        # each checkpoint continues the one pushed before it (to this remote): its delta base
+        here = [r for r in self.state if self.state[r].get("remote") == self.remote.url]
+        latest = max(here, key=lambda r: self.state[r].get("seq", 0), default=None)
         if latest is not None and self.remote.refs.read(latest) is None:
             latest = None  # gone from the remote since (or another remote): the default base
         return push(path, self.remote, ref, self.settings, force=self.opts.force,

@@ -172,3 +172,40 @@ def test_a_push_an_outage_stopped_is_pushed_once_the_storage_answers(tmp_path):
     assert [n for n, _ in remote.refs.list("run7/")] == ["run7/step-1", "run7/step-2"]
     stop.set()
     assert watcher.run(stop) == 0  # nothing left to retry: a clean exit
+
+
+
+def test_the_same_folder_watched_into_another_remote_is_pushed_there(tmp_path):
+    """The state file said "pushed" whatever the remote: watching the folder into a new
+    bucket pushed nothing and exited 0.  A record from before records named their remote
+    counts only where the remote's ref holds its digest."""
+    import json
+    import threading
+
+    from helpers import settings
+
+    from theta_zarr.watch import STATE_FILE, Watcher, WatchOptions
+
+    case, _, ckpt = _watched(tmp_path)
+    said: list[str] = []
+
+    def watch(url: str) -> SyncRemote:
+        remote = SyncRemote.open(RemoteSpec("t", url, {}), need="write")
+        opts = WatchOptions(prefix="run7/", interval=0.05, once=True)
+        assert Watcher(str(ckpt), remote, settings(tmp_path), opts, said.append).run(
+            threading.Event()) == 0
+        return remote
+
+    model(ckpt / "step-1.safetensors", seed=1)
+    watch(case.url)
+    said.clear()
+    other = watch(str(tmp_path / "other"))
+    assert [n for n, _ in other.refs.list("run7/")] == ["run7/step-1"], said
+    # a state file of an older release: no remote in its records
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    assert state["pushed"]["run7/step-1"].pop("remote") == other.url
+    (ckpt / STATE_FILE).write_text(json.dumps(state))
+    model(ckpt / "step-2.safetensors", seed=2)
+    said.clear()
+    watch(case.url)
+    assert [line.split(" ->")[0] for line in said] == ["created run7/step-2"], said
