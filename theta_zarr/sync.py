@@ -260,8 +260,11 @@ class SyncRemote:
             return
         if bytes(now) != data:
             raise SyncError(f"{ref}: a shard named {name!r} is already staged with other "
-                            "content (another rank's file of the same name?); give each "
-                            "rank's file its own name (--name NAME), or --force to replace it")
+                            "content (another rank's file of the same name, or one an "
+                            "earlier attempt of the job staged?); give each rank's file its "
+                            "own name (--name NAME), drop an earlier attempt's shards with "
+                            f"'theta-zarr combine REMOTE --ref {ref} --abort', or --force to "
+                            "replace it")
 
     def stage(self, ref: str, name: str, entry: FileEntry, force: bool = False) -> None:
         """Stage one shard of ``ref`` under ``name``: created only if absent (or holding
@@ -628,8 +631,11 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
     if not staged:
         raise SyncError(f"no shards staged for {ref} in {remote.url} (push them with --shard)")
     if expect is not None and len(staged) != expect:
+        hint = "" if len(staged) < expect else (
+            f" (shards an earlier attempt staged? 'combine --ref {ref} --abort' drops every "
+            "staged shard; then publish them again)")
         raise SyncError(f"{len(staged)} shard(s) staged for {ref}, expected {expect}: "
-                        f"{', '.join(sorted(staged))}")
+                        f"{', '.join(sorted(staged))}{hint}")
     check_file_names(staged, f"shards staged for {ref} in {remote.url}")
     fileset = FileSet(staged)
     chunks, manifests = objects_of(remote, fileset)
@@ -642,6 +648,18 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
     remote.unstage(ref, staged)
     return PushResult(ref, digest, f"{action} ({len(staged)} shards)",
                       seconds=time.perf_counter() - start)
+
+
+def abort_combine(remote: SyncRemote, ref: str) -> list[str]:
+    """Drop every shard staged for ``ref`` (an attempt that died before ``combine``), the
+    ref itself untouched; the names dropped, sorted (none: nothing was staged).  Their
+    chunks stay on the remote, unreferenced, until gc's grace period has passed."""
+    prefix = remote._staging(ref)
+    # by key, unread: a damaged staged entry (which combine refuses) is dropped too
+    names = sorted(info.key[len(prefix):] for info in remote.blobs.list(prefix))
+    if names:
+        remote.unstage(ref, names)
+    return names
 
 
 # -- pull / ls ------------------------------------------------------------------------------------

@@ -7,11 +7,13 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from helpers import CHUNK, SHAPE, Case, env_for, file_sha, make_case, model, tz
+import pytest
+from helpers import CHUNK, SHAPE, Case, env_for, file_sha, local_case, make_case, model, tz
 
 from theta_zarr import sync
 from theta_zarr.manifest import Manifest
 from theta_zarr.settings import Settings
+from theta_zarr.sync import SyncError
 from theta_zarr.wording import counted
 
 
@@ -248,3 +250,40 @@ def test_diff_refs_compares_two_folders_file_by_file(case, tmp_path):  # noqa: F
              check=False)
     assert bad.returncode == 1
     assert bad.stderr.decode().startswith("theta-zarr: ref run9/one names one checkpoint")
+
+
+def test_combine_abort_drops_a_dead_attempts_staged_shards(tmp_path):
+    """Three ranks staged run7/step-6 and the job died before combine; the restarted job
+    has two.  The dead attempt's shards could not be removed: rank 0's new file was
+    refused, combine --expect 2 refused for good, and combine without it would have put
+    rank-2's stale file in the set (gc keeps staged shards as roots forever)."""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    settings = Settings(cache_dir=str(tmp_path / "rank-cache"), chunk_bytes=16 << 10)
+    ref = "run7/step-6"
+
+    def stage(attempt: int, ranks: int, **kw) -> None:
+        for r in range(ranks):
+            f = model(tmp_path / f"a{attempt}" / f"rank-{r}.safetensors", seed=10 * attempt + r)
+            sync.push(str(f), case.remote(), ref, settings, shard=f.name, **kw)
+
+    (tmp_path / "a1").mkdir()
+    (tmp_path / "a2").mkdir()
+    stage(1, 3)
+    with pytest.raises(SyncError, match=f"earlier attempt .*combine REMOTE --ref {ref} --abort"):
+        stage(2, 2)
+    stage(2, 2, force=True)
+    with pytest.raises(SyncError, match=f"3 shard.*expected 2.*'combine --ref {ref} --abort'"):
+        sync.combine(case.remote(), ref, expect=2)
+    bad = tz(["combine", case.url, "--ref", ref, "--abort", "--expect", "2"], env, check=False)
+    assert bad.returncode == 129 and "takes neither --force nor --expect" in bad.stderr.decode()
+    err = tz(["combine", case.url, "--ref", ref, "--abort"], env).stderr.decode()
+    assert err == (f"theta-zarr: dropped 3 shard(s) staged for {ref}: rank-0.safetensors, "
+                   "rank-1.safetensors, rank-2.safetensors\n")
+    assert case.remote().staged(ref) == {} and not (Path(case.url) / "staging").exists()
+    assert case.remote().refs.read(ref) is None
+    stage(2, 2)  # the restarted job's shards now stage, and combine records them alone
+    sync.combine(case.remote(), ref, expect=2)
+    assert sorted(case.remote().resolve(ref)[1].files) == ["rank-0.safetensors",
+                                                          "rank-1.safetensors"]
+    assert sync.abort_combine(case.remote(), ref) == []  # nothing staged: nothing to drop

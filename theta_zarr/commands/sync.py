@@ -147,15 +147,29 @@ def register(main: click.Group) -> None:
     @click.option("--ref", required=True, help="the ref whose staged shards form the set")
     @click.option("--force", is_flag=True, help="move the ref even if it points elsewhere")
     @click.option("--expect", type=int, default=None, help="shards required")
+    @click.option("--abort", is_flag=True,
+                  help="drop every shard staged for --ref (an attempt that died before "
+                       "combine) and record nothing")
     @remote_options
     @reports_errors
-    def combine(remote_arg: str, ref: str, force: bool, expect: int | None,
+    def combine(remote_arg: str, ref: str, force: bool, expect: int | None, abort: bool,
                 options: tuple[str, ...]) -> None:
-        """Record the shards staged for --ref (by 'publish --shard') as one set."""
+        """Record the shards staged for --ref (by 'publish --shard') as one set.
+
+        With --abort, drop them instead: a job restarted after a rank died before
+        combine starts its ref afresh (the ref itself is left as it is)."""
         from .. import sync
 
-        result = sync.combine(open_sync_remote(remote_arg, options, need="write"), ref, force,
-                              expect)
+        if abort and (force or expect is not None):
+            raise click.UsageError("--abort records no set: it takes neither --force nor "
+                                   "--expect")
+        remote = open_sync_remote(remote_arg, options, need="write")
+        if abort:
+            names = sync.abort_combine(remote, ref)
+            say(f"dropped {len(names)} shard(s) staged for {ref}: {', '.join(names)}"
+                if names else f"no shards staged for {ref} in {remote.url}: nothing to drop")
+            return
+        result = sync.combine(remote, ref, force, expect)
         say(result.summary())
 
     @main.command("push", help=git_push.help, short_help=git_push.short_help)
