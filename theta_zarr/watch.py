@@ -34,7 +34,8 @@ STATE_FILE = ".theta-zarr-watch.json"
 class WatchOptions:
     """How ``theta-zarr watch`` runs (its flags): ``prefix`` goes before each checkpoint's
     name to make its ref; ``interval``: seconds between scans (a checkpoint is complete
-    once unchanged over one); ``marker``: a glob whose file marks a folder complete;
+    once unchanged over one); ``marker``: a glob whose file marks a folder complete
+    (pushed with it unless empty);
     ``globs``: which top-level files are checkpoints; ``once``: two scans, then exit;
     ``exit_after``: seconds after which to stop (None: never); ``state``: the state file
     (None: ``FOLDER/.theta-zarr-watch.json``); ``force``: move refs that point elsewhere.
@@ -232,8 +233,16 @@ class Watcher:
         latest = max(here, key=lambda r: self.state[r].get("seq", 0), default=None)
         if latest is not None and self.remote.refs.read(latest) is None:
             latest = None  # gone from the remote since (or another remote): the default base
+        def sentinel(rel: str) -> bool:  # an empty marker (DONE) is no part of the checkpoint
+            if not self._is_marker(rel):
+                return False
+            try:
+                return os.path.getsize(os.path.join(path, rel)) == 0
+            except OSError:
+                return False
+
         return push(path, self.remote, ref, self.settings, force=self.opts.force,
-                    skip=self._is_marker, base_ref=latest)
+                    skip=sentinel, base_ref=latest)
 
     def run(self, stop) -> int:
         """Scan until ``stop`` is set (SIGTERM), ``exit_after`` passes, or once; 1 on failures."""

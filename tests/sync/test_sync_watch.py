@@ -209,3 +209,28 @@ def test_the_same_folder_watched_into_another_remote_is_pushed_there(tmp_path):
     said.clear()
     watch(case.url)
     assert [line.split(" ->")[0] for line in said] == ["created run7/step-2"], said
+
+
+def test_a_marker_with_content_is_part_of_the_checkpoint(tmp_path):
+    """The Trainer writes trainer_state.json last, the natural --marker; markers were never
+    pushed, so the ref lacked it and a resume from the pulled folder restarted at step 0.
+    An empty marker (a DONE sentinel) is still left out."""
+    import threading
+
+    from helpers import settings
+
+    from theta_zarr.watch import Watcher, WatchOptions
+
+    case, _, ckpt = _watched(tmp_path)
+    for step, state in ((500, '{"global_step": 500}'), (1000, "")):
+        (ckpt / f"checkpoint-{step}").mkdir()
+        model(ckpt / f"checkpoint-{step}" / "model.safetensors", seed=step)
+        (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    remote = SyncRemote.open(RemoteSpec("t", case.url, {}), need="write")
+    opts = WatchOptions(prefix="run7/", marker="trainer_state.json", interval=0.05, once=True)
+    said: list[str] = []
+    assert Watcher(str(ckpt), remote, settings(tmp_path), opts, said.append).run(
+        threading.Event()) == 0, said
+    files = {s: sorted(remote.resolve(f"run7/checkpoint-{s}")[1].files) for s in (500, 1000)}
+    assert files == {500: ["model.safetensors", "trainer_state.json"],
+                     1000: ["model.safetensors"]}

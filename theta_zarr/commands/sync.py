@@ -324,7 +324,7 @@ def register(main: click.Group) -> None:
                        "over one interval")
     @click.option("--marker", default=None, metavar="GLOB",
                   help="a folder is complete when it holds a file matching GLOB "
-                       "(not pushed)")
+                       "(pushed with it, unless empty: a DONE sentinel)")
     @click.option("--pattern", "patterns", multiple=True, metavar="GLOB",
                   help="top-level checkpoint files (default *.safetensors *.pt *.pth *.bin "
                        "*.npz *.npy)")
