@@ -105,8 +105,9 @@ def ref_folder(name: str) -> str:
     return name.rsplit("/", 1)[0] + "/" if "/" in name else ""
 
 
-def _natural(name: str) -> tuple:
-    """A sort key that orders ``step-999`` before ``step-1000``."""
+def natural_key(name: str) -> tuple:
+    """A sort key that orders ``step-999`` before ``step-1000`` (digit runs by value): the
+    order of ``ls`` and of the default delta base's ties."""
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
@@ -277,7 +278,8 @@ def default_base_ref(refs: Refs | Iterable[tuple[str, object]], ref: str) -> str
         if name == ref or ref_folder(name) != folder:
             continue
         mtime = getattr(when, "mtime", when)
-        key = (mtime if isinstance(mtime, (int, float)) else float("-inf"), _natural(name))
+        when = mtime if isinstance(mtime, (int, float)) else float("-inf")
+        key = (when, natural_key(name))
         if best is None or key > best[0]:
             best = (key, name)
     return None if best is None else best[1]

@@ -42,7 +42,7 @@ from .manifest import (
     looks_like_manifest,
 )
 from .objects import ObjectError, ObjectStore, bounded_map
-from .refs import RefError, Refs, RefValue, check_ref_name
+from .refs import RefError, Refs, RefValue, check_ref_name, natural_key
 from .remote import RemoteSpec, TransferStats, fetch_objects, open_remote, push_objects
 from .settings import Settings
 from .storage import (
@@ -811,7 +811,9 @@ def _tensor_count(manifest: Manifest) -> int:
 
 
 def ls(remote: SyncRemote, prefix: str = "") -> list[RefRow]:
-    """Every ref under ``prefix`` with its time, raw and stored size and parameter count.
+    """Every ref under ``prefix`` with its time, raw and stored size and parameter count,
+    in natural name order (``run7/step-999`` before ``run7/step-1000``: a run's last row is
+    its latest step).
 
     Stored sizes come from one listing of the remote's objects (a request per
     thousand objects on S3 and GCS), not one request per chunk.
@@ -836,4 +838,4 @@ def ls(remote: SyncRemote, prefix: str = "") -> list[RefRow]:
                       stored=sum(stored.get(d, 0) for d in chunks))
 
     rows = [r for _, r in bounded_map(row, listed, remote.objects.concurrency)]
-    return sorted(rows, key=lambda r: r.name)
+    return sorted(rows, key=lambda r: natural_key(r.name))  # step-999 before step-1000

@@ -94,3 +94,21 @@ def test_a_default_base_whose_version_is_unreadable_is_not_claimed(tmp_path):
              ).stderr.decode()
     assert "delta base run7/step-1 (unreadable: no deltas)" in err, err
     assert " deltas " not in err, err
+
+
+def test_ls_lists_a_runs_steps_in_natural_order(tmp_path):
+    """Names were sorted as strings: run7/step-10 came before run7/step-2, and the last row
+    (`ls REMOTE run7/ | tail -1`, the step to resume from) was step-9, not step-10."""
+    case = Case("local", str(tmp_path / "bucket"), {}, [])
+    env = env_for(case, tmp_path)
+    tz(["publish", str(model(tmp_path / "a.safetensors")), case.url, "--ref", "run7/step-1",
+        "--chunk-size", CHUNK], env)
+    remote = case.remote()
+    digest = remote.refs.read("run7/step-1").digest
+    for step in (10, 2, 9, 100):
+        remote.refs.set(f"run7/step-{step}", digest)
+    remote.refs.set("run7/latest", digest)
+    rows = tz(["ls", case.url, "run7/"], env).stdout.decode().splitlines()
+    assert [r.split("\t")[0] for r in rows] == [
+        "run7/latest", "run7/step-1", "run7/step-2", "run7/step-9", "run7/step-10",
+        "run7/step-100"]

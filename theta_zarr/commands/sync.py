@@ -263,7 +263,9 @@ def register(main: click.Group) -> None:
     @remote_options
     @reports_errors
     def ls(remote_arg: str, prefix: str, options: tuple[str, ...]) -> None:
-        """Refs of REMOTE (under PREFIX): time, raw size, stored size, parameters, digest."""
+        """Refs of REMOTE (under PREFIX): time, raw size, stored size, parameters, digest.
+
+        Rows are in natural name order: run7/step-999 before run7/step-1000."""
         from .. import sync
 
         rows = sync.ls(open_sync_remote(remote_arg, options), prefix)
