@@ -450,3 +450,21 @@ def test_a_file_rewritten_while_it_is_cleaned_is_one_line_not_sigbus(tmp_path):
     assert proc.stdout.decode().strip() == (
         "model.pt: the file changed while it was read (another process writing it?); "
         "try again once it is complete")
+
+
+def test_a_distcp_file_is_kept_as_opaque_bytes_not_refused(tmp_path):
+    """DCP's FileSystemWriter writes each item with torch.save, back to back: the file
+    starts like a torch.save zip that torch cannot read.  Publishing such a folder (a job
+    saving with DCP to local disk, watched into a bucket) failed on `__0_0.distcp: not a
+    readable PyTorch file`.  A file whose name says PyTorch is still a broken checkpoint."""
+    records = []
+    for item in (torch.randn(64, 64), 5):  # what FileSystemWriter writes for {"w": .., "step": 5}
+        buf = io.BytesIO()
+        torch.save(item, buf)
+        records.append(buf.getvalue())
+    data = b"".join(records)
+    result = helpers.clean(data, tmp_path, "__0_0.distcp")
+    assert "torch cannot read it" in result.opaque_reason
+    assert helpers.smudge(result.manifest, tmp_path) == data
+    with pytest.raises(FormatError, match="model.pt: not a readable PyTorch file"):
+        helpers.clean(data, tmp_path, "model.pt")

@@ -258,6 +258,12 @@ def _load(path: str, name: str, legacy: bool, locations: dict[int, str]) -> Any:
                            f"weights_only=True allows ({refusal(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not name.lower().endswith(TorchFormat.extensions):
+            # only its first bytes look like torch.save's (DCP's .distcp files are records
+            # of torch.save back to back): another format, kept as opaque bytes; a file
+            # whose name says PyTorch (a truncated model.pt) is a broken checkpoint
+            raise NotWeights(f"{name}: starts like a PyTorch file, but torch cannot read "
+                             f"it ({msg[:200]})") from None
         raise FormatError(f"{name}: not a readable PyTorch file ({msg[:200]})") from None
 
 
