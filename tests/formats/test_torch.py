@@ -218,6 +218,32 @@ def test_truncated_zip_is_refused(tmp_path):
     assert NAME in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_distributed_checkpoint_data_file_is_kept_opaque(tmp_path):
+    """A ``.distcp`` file (accelerate's ``pytorch_model_fsdp_0/__0_0.distcp``) is one
+    ``torch.save`` archive per item, one after another: it starts like a PyTorch file but
+    torch.load cannot read it.  It used to be refused as a damaged PyTorch file, failing
+    ``git add`` of the folder; it is kept as opaque bytes, byte-identically, since DCP's
+    ``.metadata`` points at offsets inside it.  The file is built as DCP's
+    ``FileSystemWriter`` writes one (``torch.save`` of each item, back to back), without
+    the 3 s import of torch.distributed.checkpoint."""
+    items = [5, torch.randn(64, 64), torch.randn(64)]  # "step" (bytes item), two tensors
+    data = b"".join(torch_saved(item) for item in items)
+    file = tmp_path / "__0_0.distcp"
+    file.write_bytes(data)
+    name = "pytorch_model_fsdp_0/__0_0.distcp"
+    for path in (None, str(file)):  # the filter's stream, a file on disk
+        result = helpers.clean(data, tmp_path, name, path=path)
+        assert result.manifest.format_name == "opaque"
+        assert "several zip archives" in result.opaque_reason
+        assert helpers.smudge(result.manifest, tmp_path, name) == data
+    with pytest.raises(FormatError) as info:
+        helpers.clean(data, tmp_path, name, opaque=False)
+    assert name in str(info.value) and "\n" not in str(info.value)
+    # a file cut short is still a damaged file, not opaque bytes
+    with pytest.raises(FormatError, match="not a readable PyTorch file"):
+        helpers.clean(data[:len(data) // 2], tmp_path, name)
+
+
 def test_unsupported_leaf_is_refused(tmp_path):
     data = torch_saved({"w": torch.zeros(2), "s": {1, 2}})  # a set loads under weights_only
     try:

@@ -87,6 +87,8 @@ class TorchFormat(Format):
                     except FormatError:
                         if _changed(f.fileno(), before):  # torn by a writer, not broken
                             raise FormatError(f"{source.name}: {CHANGED}") from None
+                        if _archive_after_start(f):
+                            raise NotWeights(f"{source.name}: {CONCATENATED}") from None
                         raise
                     encoder = _TreeEncoder(writer, source.name, locations)
                     tree = encoder.encode(obj, ())
@@ -267,6 +269,10 @@ def _load(path: str, name: str, legacy: bool, locations: dict[int, str]) -> Any:
         raise FormatError(f"{name}: not a readable PyTorch file ({msg[:200]})") from None
 
 
+#: what a clean says of a file that is several archives one after another
+CONCATENATED = ("holds several zip archives one after another (a torch.distributed."
+                "checkpoint .distcp file?), not one torch.save file")
+
 #: what a clean says of a file that changed under it
 CHANGED = ("the file changed while it was read (another process writing it?); try again "
            "once it is complete")
@@ -289,6 +295,20 @@ def _data_offsets(f: BinaryIO) -> dict[int, int]:
     except (OSError, zipfile.BadZipFile, ValueError, EOFError):
         return {}
     return offsets
+
+
+def _archive_after_start(f: BinaryIO) -> bool:
+    """Whether the zip archive ``zipfile`` finds from the file's end starts after offset 0
+    while the file starts with a zip member of its own: several archives written one after
+    another, as torch.distributed.checkpoint writes a ``.distcp`` file (a ``torch.save``
+    per item), which ``torch.load`` cannot read.  False where no archive can be read (a
+    truncated or damaged file)."""
+    try:
+        with zipfile.ZipFile(f) as zf:
+            starts = [info.header_offset for info in zf.infolist()]
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return False
+    return bool(starts) and min(starts) > 0 and os.pread(f.fileno(), 4, 0) == b"PK\x03\x04"
 
 
 def _map_base(offsets: dict[int, int], spans: dict[int, int]) -> int | None:
