@@ -261,6 +261,18 @@ def test_sparse_tensor_is_refused(tmp_path):
     assert NAME in str(info.value)
 
 
+def test_a_meta_tensor_is_refused_in_one_line(tmp_path):
+    """A state dict saved from a model built on the meta device (``init_empty_weights``)
+    holds tensors with a shape and no data; its clean ended in ``internal error
+    (TypeError: can't convert meta device type tensor to numpy …)``."""
+    data = torch_saved({"w": torch.ones(8, 8), "model": {"m": torch.empty(64, 64, device="meta")}})
+    with pytest.raises(FormatError) as info:
+        clean(data, tmp_path)
+    msg = str(info.value)
+    assert msg.startswith(NAME) and "model.m" in msg and "meta device" in msg
+    assert "\n" not in msg
+
+
 def test_keys_that_are_zarr_paths_keep_their_nesting(tmp_path):
     obj = {"enc/layer_0/kernel": torch.ones(3), "": torch.zeros(2)}
     m, back = round_trip(obj, tmp_path)

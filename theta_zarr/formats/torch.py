@@ -545,6 +545,10 @@ class _TreeEncoder:
             raise FormatError(f"{self.source}: tensor at {where} is "
                               f"{t.layout}{' quantized' if t.is_quantized else ''}; "
                               "only dense tensors are supported")
+        if t.is_meta:  # shape and dtype only: torch.load gives no bytes to store
+            raise FormatError(f"{self.source}: tensor at {where} is on the meta device "
+                              "(it holds no data: saved before its weights were loaded?); "
+                              "only tensors with data are supported")
         leaf: dict[str, Any] = {"__tensor__": None}
         if isinstance(t, torch.nn.Parameter):
             leaf["parameter"] = True
