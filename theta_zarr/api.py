@@ -101,7 +101,9 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
 
     ``path`` is a tracked checkpoint file, or a model: a folder (resolved as
     transformers does: model.safetensors, model.safetensors.index.json,
-    pytorch_model.bin, pytorch_model.bin.index.json, ...) or a ``*.index.json``,
+    pytorch_model.bin, pytorch_model.bin.index.json, ..., then diffusers'
+    diffusion_pytorch_model.*) or an index (``*.index.json``, a variant's
+    ``*.index.fp16.json``),
     whose shards are read as one state dict; ``include`` then selects across shards.
     Only the chunks of the selected parameters are read (and fetched from the
     remote, concurrently, when the cache lacks them).  With ``ref``, ``path`` is a

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,24 +24,58 @@ from typing import Any
 from .manifest import Manifest, ManifestError, check_name, loads_json
 
 INDEX_SUFFIX = ".index.json"
-#: what transformers' from_pretrained looks for in a folder, in its order of preference
+#: an index's file name: ``NAME.index.json``, or ``NAME.index.VARIANT.json`` for a variant
+#: (``save_pretrained(variant="fp16")`` writes ``model.safetensors.index.fp16.json``)
+_INDEX_NAME = re.compile(r"(?P<name>.+)\.index(?:\.(?P<variant>[^./]+))?\.json")
+#: what transformers' from_pretrained looks for in a folder, in its order of preference,
+#: then what diffusers' looks for in a pipeline component's folder (``unet/``, ``vae/``)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json", "adapter_model.safetensors",
-                "adapter_model.bin")
+                "adapter_model.bin", "diffusion_pytorch_model.safetensors",
+                "diffusion_pytorch_model.safetensors.index.json",
+                "diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json")
 
 
 def is_index_name(path: str) -> bool:
-    """True for a file name an index may have (``*.index.json``)."""
-    return posixpath.basename(path).endswith(INDEX_SUFFIX)
+    """True for a file name an index may have (``*.index.json``, or ``*.index.V.json`` for
+    a variant V: ``model.safetensors.index.fp16.json``)."""
+    return _INDEX_NAME.fullmatch(posixpath.basename(path)) is not None
+
+
+def _with_variant(name: str, variant: str | None) -> str:
+    """``name`` with ``variant`` put before its last extension, as transformers' and
+    diffusers' ``_add_variant`` do (``model.safetensors`` -> ``model.fp16.safetensors``)."""
+    if not variant:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}.{variant}.{ext}" if dot else f"{name}.{variant}"
 
 
 def model_key(index_path: str) -> str:
-    """The model an index describes, named by its one-file form: ``d/model.safetensors``.
+    """The model an index describes, named by its one-file form: ``d/model.safetensors``
+    (``d/model.fp16.safetensors`` for ``d/model.safetensors.index.fp16.json``).
 
     transformers writes ``model.safetensors`` when the model fits one shard and
     ``model.safetensors.index.json`` plus shards otherwise; both are the same model.
     """
-    return index_path[:-len(INDEX_SUFFIX)]
+    folder, base = posixpath.split(index_path)
+    match = _INDEX_NAME.fullmatch(base)
+    if match is None:
+        return index_path[:-len(INDEX_SUFFIX)]
+    return posixpath.join(folder, _with_variant(match["name"], match["variant"]))
+
+
+def index_paths(key: str) -> list[str]:
+    """The index names a model of one-file name ``key`` may have (``model_key``'s
+    inverses): ``KEY.index.json``, and for a name with a variant before its extension
+    (``d/model.fp16.safetensors``) ``d/model.safetensors.index.fp16.json``."""
+    out = [key + INDEX_SUFFIX]
+    folder, base = posixpath.split(key)
+    parts = base.split(".")
+    if len(parts) >= 3 and all(parts):
+        plain = ".".join(parts[:-2] + parts[-1:])
+        out.append(posixpath.join(folder, f"{plain}.index.{parts[-2]}.json"))
+    return out
 
 
 def check_shard_name(name: object, where: str) -> str:

@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 from helpers import tiny_llama
+from safetensors.torch import save_file
 
 import theta_zarr
 from theta_zarr.manifest import ManifestError
@@ -531,3 +532,43 @@ def test_the_index_path_a_model_is_reported_under_selects_that_model(repo):
     picked = repo.tz("diff", "--stat", "HEAD~1", "HEAD", "--",
                      "llama/model.safetensors.index.json").stdout.decode()
     assert picked == whole
+
+
+def test_a_variant_index_and_a_diffusers_folder_are_one_model(repo):
+    """``save_pretrained(variant="fp16")`` names its index
+    ``model.safetensors.index.fp16.json``, which was not taken for an index: the folder
+    was "cannot tell which checkpoint is the model" (each shard a candidate), the index
+    "not tracked by theta-zarr", and a re-save diffed shard by shard.  A diffusers
+    component folder (``unet/``: ``diffusion_pytorch_model.safetensors`` beside its
+    ``.fp16`` variant) resolves to the file diffusers loads."""
+    model = tiny_llama().half()
+    folder = repo.path / "llama"
+    model.save_pretrained(folder, max_shard_size="4KB", variant="fp16")
+    index = folder / "model.safetensors.index.fp16.json"
+    assert index.exists() and len(set(json.loads(index.read_text())["weight_map"].values())) > 2
+    unet = {"conv_in.weight": torch.randn(8, 4, 3, 3)}
+    (repo.path / "unet").mkdir()
+    save_file(unet, repo.path / "unet" / "diffusion_pytorch_model.safetensors")
+    save_file({k: v.half() for k, v in unet.items()},
+              repo.path / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "fp16 variant, unet")
+    want = model.state_dict()
+    for target in (folder, index):
+        sd = theta_zarr.load_state_dict(str(target))
+        assert set(sd) == set(want) and all(torch.equal(sd[k], want[k]) for k in want)
+    got = theta_zarr.load_state_dict(str(repo.path / "unet"))
+    assert got["conv_in.weight"].dtype == torch.float32
+    assert torch.equal(got["conv_in.weight"], unet["conv_in.weight"])
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight.add_(0.01)
+    model.save_pretrained(folder, max_shard_size="6KB", variant="fp16")  # re-shard
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "tune one tensor, re-shard")
+    (f,) = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)["files"]
+    assert f["path"] == "llama/model.safetensors.index.fp16.json"
+    s = f["summary"]
+    assert (s["changed"], s["added"], s["removed"], s["moved"] > 0) == (1, 0, 0, True)
+    gd = repo.out("diff", "HEAD~1", "HEAD", "--", "llama")
+    assert "(in llama/model.safetensors.index.fp16.json)" in gd
+    assert "\n  + " not in gd and "\n  - " not in gd

@@ -18,6 +18,7 @@ from ..shards import (
     Index,
     Model,
     combine,
+    index_paths,
     is_index_name,
     model_key,
     parse_index,
@@ -135,7 +136,7 @@ def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
         return single(path, _manifest(repo, path, side, objects))
     chosen = next((n for n in WEIGHT_FILES if n in names), None)
     if chosen is None:
-        indexes = [n for n in names if n.endswith(INDEX_SUFFIX)]
+        indexes = [n for n in names if is_index_name(n)]
         tracked = tracked_by_us(repo, [posixpath.join(path, n) for n in names])
         candidates = indexes or tracked
         if not candidates:
@@ -171,7 +172,7 @@ def model_keys(repo: Repo, path: str, side: object,
         names = list_folder(repo, folder, side) or []
         found = []
         for n in names:
-            if n.endswith(INDEX_SUFFIX):
+            if is_index_name(n):
                 try:
                     idx = load_index(repo, posixpath.join(folder, n), side)
                 except ManifestError:
@@ -217,7 +218,8 @@ def converted(repo: Repo, keys: Sequence[str], old: object, new: object) -> dict
         folder, name = posixpath.split(key)
         if (folder, side) not in listed:
             listed[folder, side] = list_folder(repo, folder, side) or []
-        return name in listed[folder, side] or name + INDEX_SUFFIX in listed[folder, side]
+        return name in listed[folder, side] or \
+            any(posixpath.basename(i) in listed[folder, side] for i in index_paths(key))
 
     pairs = {}
     for key in keys:
@@ -280,9 +282,9 @@ def open_side(repo: Repo, key: str, side: object, objects) -> Model | None:
     m = manifest_of(repo, key, side, objects)
     if isinstance(m, Manifest):
         return single(key, m)
-    index_path = key + INDEX_SUFFIX
-    if read_file(repo, index_path, side) is not None:
-        return open_model(repo, index_path, side, objects)
+    for index_path in index_paths(key):
+        if read_file(repo, index_path, side) is not None:
+            return open_model(repo, index_path, side, objects)
     return None
 
 
@@ -401,10 +403,11 @@ def ever_indexed(repo: Repo, path: str) -> bool:
     can locate, asked before the (costly) search of history for a blob."""
     folder = posixpath.dirname(path)
     escaped = "".join("\\" + c if c in "*?[\\" else c for c in folder)
-    spec = f":(glob){escaped + '/' if folder else ''}*{INDEX_SUFFIX}"
-    if repo.git("ls-files", "-z", "--", spec, check=False).strip(b"\0"):
+    specs = [f":(glob){escaped + '/' if folder else ''}*{INDEX_SUFFIX}",
+             f":(glob){escaped + '/' if folder else ''}*.index.*.json"]  # variants
+    if repo.git("ls-files", "-z", "--", *specs, check=False).strip(b"\0"):
         return True
-    return bool(repo.git("log", "--all", "-1", "--format=%H", "--", spec,
+    return bool(repo.git("log", "--all", "-1", "--format=%H", "--", *specs,
                          check=False).strip())
 
 
