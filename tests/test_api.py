@@ -81,6 +81,29 @@ def test_load_state_dict_at_older_revision(committed):
     assert torch.equal(wt["lm_head.bias"], tuned["lm_head.bias"])
 
 
+def test_a_revision_of_a_folder_the_working_tree_no_longer_has(committed):
+    """A checkpoint read at an older revision from a folder since deleted (a run's
+    ``runs/step-100/``): the repository is found from the nearest folder that exists.
+    It was a bare ``FileNotFoundError`` naming the missing folder."""
+    repo, path, sd, _ = committed
+    (repo.path / "runs" / "step-100").mkdir(parents=True)
+    repo.git("mv", "model.safetensors", "runs/step-100/model.safetensors")
+    repo.git("commit", "-q", "-m", "moved into a run folder")
+    repo.git("rm", "-q", "-r", "runs")
+    repo.git("commit", "-q", "-m", "run deleted")
+    old = repo.path / "runs" / "step-100" / "model.safetensors"
+    assert not old.parent.exists()
+    loaded = theta_zarr.load_state_dict(str(old), rev="HEAD~1", include="lm_head.bias")
+    assert torch.equal(loaded["lm_head.bias"], sd["lm_head.bias"])
+    g = theta_zarr.open(str(old), rev="HEAD~1")
+    assert g["scale"][...] == 0.5
+    with pytest.raises(GitInputError, match="runs/step-100/model.safetensors: no such file in "
+                                            "revision HEAD"):
+        theta_zarr.load_state_dict(str(old))
+    with pytest.raises(GitInputError, match="no such file in the working tree"):
+        theta_zarr.load_state_dict(str(old), rev=None)
+
+
 def test_load_state_dict_from_lazy_working_tree(committed):
     repo, path, sd, _ = committed
     path.unlink()

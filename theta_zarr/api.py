@@ -53,8 +53,11 @@ def read_manifest(path: str, rev: str | None = "HEAD") -> tuple[Manifest, Repo, 
     ``path`` may be a model folder or a sharded checkpoint's ``*.index.json``: the
     manifest then holds every parameter of every shard (see theta_zarr.shards).
     """
-    start = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    repo = Repo.discover(start or ".")
+    start = os.path.abspath(path)
+    while not os.path.isdir(start) and os.path.dirname(start) != start:
+        # a revision's file may live in a folder the working tree no longer has
+        start = os.path.dirname(start)
+    repo = Repo.discover(start)
     settings = repo.settings()
     objects = read_through(repo)
     cache = objects.cache
