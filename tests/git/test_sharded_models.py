@@ -200,6 +200,14 @@ def test_git_diff_of_a_renamed_model_folder_finds_each_shard_in_the_new_folder(s
         assert both in ln and ": 0 changed, 0 reshaped, 0 added, 0 removed, " in ln
         assert "moved to another shard" not in ln
     assert "\n  - " not in out
+    # `git theta-zarr diff` pairs the two models by git's renames of their shards: it
+    # reported every tensor of the old folder's model removed and all of the new added
+    model = "llama/model.safetensors.index.json => llama-v2/model.safetensors.index.json"
+    out = repo.tz("diff", "HEAD~1", "HEAD").stdout.decode()
+    assert out.startswith(f"{model}: 0 changed, 0 reshaped, 0 added, 0 removed, "), out
+    assert len(out.splitlines()) == 1, out
+    stat = repo.tz("diff", "--stat", "HEAD~1", "HEAD").stdout.decode().splitlines()
+    assert stat == [f" {model} | renamed", " 1 checkpoint(s) changed"], stat
 
 
 def test_a_model_cast_to_bf16_that_fits_one_file_diffs_as_that_file(sharded):

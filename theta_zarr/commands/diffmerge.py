@@ -122,7 +122,7 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
     unmerged = drivers.unmerged_paths(repo, rel) if sides.INDEX in (old, new) else []
     targets = [t for t in targets if t not in unmerged]
     numbers = not summary_only and mode is None
-    groups, singles, pairs = models.group_by_model(repo, targets, old, new)
+    groups, singles, pairs = models.group_by_model(repo, targets, old, new, renamed)
     diffs = []
     if groups or singles:
         kw = {"numbers": numbers, "full_norm": full_norm, "workers": settings.workers,

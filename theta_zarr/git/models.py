@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .. import checkpoint
@@ -212,15 +212,7 @@ def converted(repo: Repo, keys: Sequence[str], old: object, new: object) -> dict
     key -> the new side's key, where a folder's weights are ``pytorch_model.bin`` (or its
     shards) only on one side and ``model.safetensors`` (or its shards) only on the other:
     the Hub's conversion to safetensors, one model whose tensors stayed."""
-    listed: dict[tuple[str, object], list[str]] = {}
-
-    def present(key: str, side: object) -> bool:
-        folder, name = posixpath.split(key)
-        if (folder, side) not in listed:
-            listed[folder, side] = list_folder(repo, folder, side) or []
-        return name in listed[folder, side] or \
-            any(posixpath.basename(i) in listed[folder, side] for i in index_paths(key))
-
+    present = _presence(repo)
     pairs = {}
     for key in keys:
         other = counterpart(key)
@@ -230,11 +222,51 @@ def converted(repo: Repo, keys: Sequence[str], old: object, new: object) -> dict
     return pairs
 
 
-def group_by_model(repo: Repo, paths: list[str], old: object, new: object
+def _presence(repo: Repo) -> Callable[[str, object], bool]:
+    """``present(key, side)``: whether the model ``key`` (its one file, or its index) is
+    at ``side``; folders are listed once each."""
+    listed: dict[tuple[str, object], list[str]] = {}
+
+    def present(key: str, side: object) -> bool:
+        folder, name = posixpath.split(key)
+        if (folder, side) not in listed:
+            listed[folder, side] = list_folder(repo, folder, side) or []
+        return name in listed[folder, side] or \
+            any(posixpath.basename(i) in listed[folder, side] for i in index_paths(key))
+
+    return present
+
+
+def moved_models(repo: Repo, groups: dict[str, list[str]], renamed: dict[str, str],
+                 old: object, new: object) -> dict[str, str]:
+    """Models whose folder git saw renamed (``git mv llama llama-v2``): the old side's key
+    -> the new side's key, where git paired shard files of the one (``renamed``: old name
+    -> new name) with shard files of the other, and each key is a model on its own side
+    only.  Where the shards of one model went to several, the one that took most wins."""
+    where = {f: key for key, files in groups.items() for f in files}
+    votes: dict[str, dict[str, int]] = {}
+    for a, b in renamed.items():
+        was, now = where.get(a), where.get(b)
+        if was is not None and now is not None and was != now:
+            votes.setdefault(was, {}).setdefault(now, 0)
+            votes[was][now] += 1
+    present = _presence(repo)
+    pairs: dict[str, str] = {}
+    for was, counted in sorted(votes.items()):
+        now = max(sorted(counted), key=counted.__getitem__)
+        if now in pairs.values() or present(was, new) or present(now, old):
+            continue  # still a model under its old name, or there before: two models
+        pairs[was] = now
+    return pairs
+
+
+def group_by_model(repo: Repo, paths: list[str], old: object, new: object,
+                   renamed: dict[str, str] | None = None
                    ) -> tuple[dict[str, list[str]], list[str], dict[str, str]]:
     """Split a diff's changed tracked files into models (key -> files) and single files,
-    and say which models changed format in their folder (``converted``: old key -> new
-    key, for ``diff_groups``).  A one-file ``pytorch_model.bin`` or ``model.safetensors``
+    and say which models changed format in their folder (``converted``) or moved to
+    another folder (``moved_models``, from git's ``renamed`` files): old key -> new key,
+    for ``diff_groups``.  A one-file ``pytorch_model.bin`` or ``model.safetensors``
     whose folder's model changed format joins that model's files."""
     memo: dict[tuple[str, object], list[Index]] = {}
     models: dict[str, list[str]] = {}
@@ -252,6 +284,10 @@ def group_by_model(repo: Repo, paths: list[str], old: object, new: object
             if key in loose:
                 rest.remove(key)
                 models[key] = [key]
+    if renamed and models:
+        moved = moved_models(repo, models, renamed, old, new)
+        pairs.update({a: b for a, b in moved.items()
+                      if a not in pairs and b not in pairs.values()})
     return models, rest, pairs
 
 
@@ -292,7 +328,8 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
                 numbers: bool = True, full_norm: bool = False, *, objects: ReadThrough,
                 workers: int, pairs: dict[str, str] | None = None) -> list[FileDiff]:
     """One diff per model, over all its shards on each side; ``pairs`` (from
-    ``group_by_model``): models that changed format, diffed old key against new key."""
+    ``group_by_model``): models that changed format or folder, diffed old key against
+    new key."""
     if not groups:
         return []
     from ..diff import diff_models  # here: opening models (materialize) needs no diffs
@@ -321,6 +358,7 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
         fd = diff_models(a, b, objects, label, workers, full_norm, numbers)
         if a and b and new_key != key:
             fd.names = (a.label, b.label)
+        fd.renamed = bool(a and b and new_key != key)
         out.append(fd)
     return out
 
