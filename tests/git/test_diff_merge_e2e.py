@@ -394,6 +394,36 @@ def test_conflict_report_then_resolve_average(repo):
     assert repo.out("status", "--porcelain") == ""
 
 
+def test_merge_and_rebase_x_ours_or_theirs_settle_conflicting_parameters(repo):
+    """git hands a merge driver no ``-X``: ``git merge -X theirs`` stopped on every
+    parameter both sides changed, as if no option had been given.  The driver reads it
+    from git's command line: the conflicting parameters take that side, the others merge
+    as always, and a configured strategy still wins."""
+    rng = np.random.default_rng(2)
+    base = {k: rng.standard_normal((16, 8), dtype=np.float32) for k in ("a", "b", "c")}
+    ours = {**base, "a": base["a"] + 1, "b": base["b"] + 1}
+    theirs = {**base, "a": base["a"] * 3, "c": base["c"] * 3}
+    conflicting_branches(repo, base, ours, theirs)
+    proc = repo.git("merge", "--no-edit", "-X", "theirs", "other")
+    assert "1 by theirs" in proc.stderr.decode()
+    got = read_tensors(repo.path / M)
+    assert [got[k].tobytes() for k in "abc"] == \
+        [theirs["a"].tobytes(), ours["b"].tobytes(), theirs["c"].tobytes()]
+    # rebase: "ours" is the branch rebased onto, as for git's hunks
+    repo.git("reset", "-q", "--hard", "HEAD~1")
+    repo.git("checkout", "-q", "other")
+    repo.git("rebase", "-Xours", "main")
+    got = read_tensors(repo.path / M)
+    assert [got[k].tobytes() for k in "abc"] == \
+        [ours["a"].tobytes(), ours["b"].tobytes(), theirs["c"].tobytes()]
+    assert repo.out("status", "--porcelain") == ""
+    # a configured strategy settles its parameters whatever -X says
+    repo.git("reset", "-q", "--hard", "ORIG_HEAD")
+    repo.git("config", "theta-zarr-merge.a.strategy", "ours")
+    repo.git("merge", "--no-edit", "-X", "theirs", "main")
+    assert read_tensors(repo.path / M)["a"].tobytes() == theirs["a"].tobytes()
+
+
 def test_resolve_settles_a_file_one_side_deleted(repo):
     """A modify/delete conflict: git's diff said "finish with: git theta-zarr resolve", and
     resolve answered "not in a conflicted merge (git ls-files -u lists no ours/theirs

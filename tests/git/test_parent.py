@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from theta_zarr.git.parent import _subcommand, push_is_dry_run
+from theta_zarr.git.parent import _subcommand, push_is_dry_run, strategy_option
 
 
 @pytest.mark.parametrize("args, dry", [
@@ -28,3 +28,21 @@ def test_subcommand_skips_git_options_and_their_values():
     assert _subcommand(["-C", "push", "-c", "a=b", "--no-pager", "push", "-n"]) == \
         ("push", ["-n"])
     assert _subcommand(["--version"]) is None
+
+
+@pytest.mark.parametrize("command, favor", [
+    (("merge", ["-X", "theirs", "side"]), "theirs"),
+    (("merge", ["-Xours", "side"]), "ours"),
+    (("rebase", ["--strategy-option=theirs", "main"]), "theirs"),
+    (("pull", ["--strategy-opt", "ours"]), "ours"),  # an abbreviation git takes
+    (("cherry-pick", ["-x", "-Xtheirs", "abc"]), "theirs"),
+    (("rebase", ["-i", "-X", "theirs", "-X", "ours"]), "ours"),  # the last one wins
+    (("merge", ["-X", "patience", "side"]), None),
+    (("merge", ["-m", "-Xtheirs", "side"]), None),  # -m's value
+    (("merge", ["--message", "-Xtheirs", "side"]), None),
+    (("merge", ["side", "--", "-Xtheirs"]), None),
+    (("stash", ["pop"]), None),
+    (None, None),
+])
+def test_strategy_option_reads_git_merge_x_as_git_parses_it(command, favor):
+    assert strategy_option(command) == favor

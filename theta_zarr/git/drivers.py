@@ -45,6 +45,7 @@ from ..merges import (
 )
 from ..remote import ReadThrough
 from ..wording import shell_word
+from .parent import parent_git, strategy_option
 from .push import read_through
 from .remotes import THETAZARR_FILE
 from .repo import GitError, Repo, config_records, git
@@ -326,7 +327,10 @@ def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
     theirs = _read_side(theirs_file, f"{path} (theirs)")
     if ours is None or theirs is None:
         raise ManifestError(f"{path}: one side of the merge is empty, not a manifest")
-    table = StrategyTable(config_rules(repo))
+    # `git merge -X ours|theirs` (rebase, cherry-pick, revert, pull too) settles the
+    # conflicts no configured strategy settles, as git settles conflicting hunks with it
+    favor = strategy_option(parent_git())
+    table = StrategyTable(config_rules(repo), Rule("*", favor) if favor else None)
     objects = read_through(repo)
     shard = base or Manifest(dict(ours.format), {})
     moved = moved_names(shard, [ours, theirs])
