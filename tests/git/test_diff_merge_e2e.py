@@ -97,6 +97,10 @@ def test_git_diff_of_a_renamed_checkpoint_names_both_paths(repo):
     off = repo.git("-c", "diff.renames=false", "theta-zarr", "diff", "--stat", "HEAD~1",
                    "HEAD").stdout.decode()
     assert "2 added" in off and "2 removed" in off, off
+    # a mode change is said as git says it: the driver's summary alone hid it
+    (repo.path / "again.safetensors").chmod(0o755)
+    out = repo.git("diff").stdout.decode().splitlines()
+    assert out[1:3] == ["  old mode 100644", "  new mode 100755"], out
 
 
 def test_git_diff_into_a_closed_pipe_stops_quietly(repo):

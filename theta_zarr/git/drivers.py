@@ -136,7 +136,7 @@ def diff_driver(args: list[str]) -> list[str]:
         return [unmerged_line(args[0])]
     if len(args) < 7:
         raise ValueError(f"diff-driver expects 7 arguments from git, got {len(args)}")
-    path, old_file, old_hex, _, new_file, new_hex, _ = args[:7]
+    path, old_file, old_hex, old_mode, new_file, new_hex, new_mode = args[:7]
     # git passes "/dev/null . ." for a side that does not exist
     old_hex = NULL_OID if old_file == "/dev/null" else old_hex
     new_hex = NULL_OID if new_file == "/dev/null" else new_hex
@@ -164,7 +164,11 @@ def diff_driver(args: list[str]) -> list[str]:
     if fd is None:
         label = path if new_path in (None, path) else f"{path} => {new_path}"
         fd = diff(side(old_file, old_hex), side(new_file, new_hex), objects, label, workers)
-    return format_text(fd)
+    lines = format_text(fd)
+    if "." not in (old_mode, new_mode) and old_mode != new_mode:
+        # a mode change (chmod +x) is git's to show: said as git's own diff says it
+        lines[1:1] = [f"  old mode {old_mode}", f"  new mode {new_mode}"]
+    return lines
 
 
 def textconv(file: str) -> list[str]:
