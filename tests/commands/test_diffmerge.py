@@ -162,3 +162,15 @@ def test_a_file_added_or_deleted_is_a_change_even_without_tensors(repo):
     repo.git("commit", "-q", "-m", "sched")
     repo.git("rm", "-q", "--cached", "sched.pt")
     check("deleted file", ["  * lr: 0.1 -> (none)", "  * step: 7 -> (none)"])
+
+
+def test_a_file_added_with_intent_to_add_is_a_new_file(repo):
+    """``git add -N`` records an empty blob that git's diffs take as no file yet: the
+    diff of the working tree called the new checkpoint's old side "an empty file (kept
+    as it is)", where ``git diff`` says it is new."""
+    (repo.path / "sched.pt").write_bytes(torch_saved({"step": 7}))
+    repo.git("add", "-N", "sched.pt")
+    out = repo.tz("diff").stdout.decode().splitlines()
+    assert out[1:] == ["  new file (torch)", "  * step: (none) -> 7"], out
+    assert repo.tz("diff", "--stat").stdout.decode().splitlines()[0] == \
+        " sched.pt | new file, 1 other (non-tensor)"

@@ -87,11 +87,19 @@ def manifest_of(repo: Repo, path: str, side: object, objects=None) -> Side:
         return manifest_from_file(repo, os.path.join(repo.top, path), path, objects)
     spec = f":{path}" if side is INDEX else f"{side}:{path}"
     data = blob_of(repo, spec)
-    if data is None:
-        return None
+    if data is None or (not data and side is INDEX and intent_to_add(repo, path)):
+        return None  # absent; or only announced by `git add -N`, a new file as git says
     if not looks_like_manifest(data[:64]):
         return foreign_blob(data)
     return Manifest.from_bytes(data, spec)
+
+
+def intent_to_add(repo: Repo, path: str) -> bool:
+    """Whether the index entry of ``path`` only records ``git add -N`` (an empty blob
+    that git's diffs take as no file yet, the working-tree file as added)."""
+    out = repo.git("diff", "--name-only", "-z", "--diff-filter=A", "--no-ext-diff",
+                   "--no-textconv", "--", f":(literal){path}", check=False)
+    return os.fsencode(path) in out.split(b"\0")
 
 
 def tracked_by_us(repo: Repo, paths: list[str]) -> list[str]:
