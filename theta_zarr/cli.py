@@ -480,31 +480,44 @@ def push_cmd(remote_name: str | None, refs: tuple[str, ...], all_refs: bool,
 
 @main.command("fetch")
 @click.argument("remote_name", required=False)
-@click.argument("rev", required=False, default="HEAD")
+@click.argument("rev", required=False)
 @click.option("--include", "include", multiple=True, metavar="GLOB",
               help="only parameters matching GLOB (repeatable)")
+@click.option("--all", "all_refs", is_flag=True,
+              help="the checkpoints of every commit of every local branch and tag (what "
+                   "'push --all', or a first push to another remote, uploads)")
 @reports_errors
-def fetch_cmd(remote_name: str | None, rev: str, include: tuple[str, ...]) -> None:
-    """Download into the cache the chunks of REV's checkpoints (default HEAD)."""
+def fetch_cmd(remote_name: str | None, rev: str | None, include: tuple[str, ...],
+              all_refs: bool) -> None:
+    """Download into the cache the chunks of REV's checkpoints (default HEAD), or with
+    --all those of the whole history, as 'git lfs fetch --all'."""
     from . import checkpoint
     from .git.files import tracked_files
     from .git.push import read_through
-    from .git.remotes import require
+    from .git.remotes import manifests_in_range, require
     from .git.repo import Repo
     from .remote import TransferStats, fetch_objects, open_remote
 
+    if all_refs and rev is not None:
+        fail("give REV or --all, not both", code=129)
     repo = Repo.discover()
     spec = require(repo, remote_name, "REMOTE")
     objects = read_through(repo)
+    if all_refs:
+        where = "the history's"
+        manifests = manifests_in_range(repo, ["--branches", "--tags"], [])
+    else:
+        where = f"{rev or 'HEAD'}'s"
+        manifests = [f.manifest for f in tracked_files(repo, rev or "HEAD")
+                     if f.manifest is not None]
     digests: set[str] = set()
     matched = False
-    for f in tracked_files(repo, rev):
-        if f.manifest is not None:
-            names = checkpoint.matching_params(f.manifest, list(include) or None)
-            matched = matched or bool(names)
-            digests |= {d for _, _, d in f.manifest.iter_chunks(names)}
+    for m in manifests:
+        names = checkpoint.matching_params(m, list(include) or None)
+        matched = matched or bool(names)
+        digests |= {d for _, _, d in m.iter_chunks(names)}
     if include and not matched:  # as pull and materialize refuse it
-        fail(f"no parameter of {rev}'s checkpoints matches {', '.join(include)}")
+        fail(f"no parameter of {where} checkpoints matches {', '.join(include)}")
     lacking = objects.cache.missing(digests)
     if lacking:
         stats = fetch_objects(open_remote(spec, repo.settings().concurrency, need="read"),

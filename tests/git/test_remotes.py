@@ -154,6 +154,29 @@ def test_fetch_of_what_the_cache_holds_does_not_ask_the_remote(repo, make_repo, 
     assert "fetched 0 objects" in again and f"{len(m.digests())} already there" in again
 
 
+def test_a_clone_fetches_the_history_for_a_first_push_to_another_remote(repo, make_repo,
+                                                                       tmp_path):
+    """A clone's cache holds what it checked out; its first push to a mirror needs the
+    older commits' chunks too.  The push said "fetch them", and fetch took one revision
+    only: ``fetch --all`` gets the whole history's, as ``git lfs fetch --all`` does."""
+    case = local_case(tmp_path)
+    bare = setup_origin(repo, case, tmp_path)
+    old = commit_model(repo, "base")
+    commit_model(repo, "tuned", seed=1)
+    repo.git("push", "-q", "origin", "main")
+    c = clone(make_repo, bare, "c")
+    c.tz("remote", "add", "mirror", str(tmp_path / "mirror-store"))
+    c.git("remote", "add", "mirror", str(init_bare(tmp_path / "mirror.git", c.env)))
+    stuck = c.git("push", "-q", "mirror", "main", check=False)
+    assert stuck.returncode != 0, stuck
+    assert "('git theta-zarr fetch --all origin')" in stuck.stderr.decode()
+    assert c.tz("fetch", "--all", "origin", "HEAD", check=False).returncode == 129
+    c.tz("fetch", "--all", "origin")
+    c.git("push", "-q", "mirror", "main")
+    mirror = Case("mirror", str(tmp_path / "mirror-store"), {}, [])
+    assert mirror.objects().missing(old.digests()) == set()
+
+
 def test_corrupt_object_in_bucket_is_named_and_not_used(repo, remote_case, make_repo,
                                                          tmp_path):
     bare = setup_origin(repo, remote_case, tmp_path)

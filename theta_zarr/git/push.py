@@ -18,7 +18,7 @@ from ..settings import Settings
 from ..wording import counted
 from .files import read_blobs, small_blobs
 from .install import DRIVER
-from .remotes import for_git_remote, manifests_in_range, require, resolve
+from .remotes import configured, for_git_remote, manifests_in_range, require, resolve
 from .repo import GitError, Repo
 
 
@@ -84,7 +84,15 @@ def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
         elems.update(m.itemsizes())
     policy = settings.delta_policy
     bases = parent_bases(repo, *commits) if commits and policy.enabled else None
-    stats = push_objects(cache, remote, digests, bases, policy, elems)
+    # a clone's cache holds the chunks of what it checked out: a first push to another
+    # remote (or push --all) also needs the older commits' chunks, from the remote it
+    # cloned from, as `git lfs fetch --all` gets git-lfs's
+    others = sorted(n for n in configured(repo) if n != spec.name)
+    fix = (f"fetch them from a remote that has them ('git theta-zarr fetch --all "
+           f"{others[0]}') or check out the version that made them" if others else
+           "fetch them ('git theta-zarr fetch --all REMOTE') or check out the version "
+           "that made them")
+    stats = push_objects(cache, remote, digests, bases, policy, elems, fix=fix)
     # A gc --remote elsewhere may have taken an old, unreachable object this push found
     # there (it sees the commits only once git moves the branch, after this hook): check
     # once more, as late as the hook can, and put back from the cache what is gone.  The
