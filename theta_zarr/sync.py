@@ -394,7 +394,11 @@ def inside(folder: str, path: str) -> bool:
 
 
 def list_files(folder: str, skip: Callable[[str], bool] = lambda rel: False) -> list[str]:
-    """Relative paths of the files under ``folder``, hidden ones left out, sorted.
+    """Relative paths of the files under ``folder``, sorted; hidden folders (``.git``,
+    ``.cache``) and git's own files (``.git``, ``.gitattributes``, ``.gitignore``, …: a
+    Hub snapshot's ``*.safetensors filter=lfs`` would take effect in the repository a set is
+    imported or pulled into) are left out, other hidden files kept (DCP's ``.metadata`` is
+    what makes its folder loadable).
 
     Symbolic links are never followed out of ``folder``: a link to a file outside it
     (``~/.aws/credentials``, ``/etc/shadow``) or a link to a folder is refused with
@@ -409,7 +413,7 @@ def list_files(folder: str, skip: Callable[[str], bool] = lambda rel: False) -> 
         for name in sorted(files):
             full = os.path.join(here, name)
             rel = os.path.relpath(full, folder).replace(os.sep, "/")
-            if name.startswith(".") or skip(rel):
+            if name.lower().startswith(".git") or skip(rel):
                 continue
             if os.path.islink(full) and not inside(folder, full):
                 raise SyncError(_link_message(folder, full, "a file outside it"))

@@ -287,3 +287,27 @@ def test_combine_abort_drops_a_dead_attempts_staged_shards(tmp_path):
     assert sorted(case.remote().resolve(ref)[1].files) == ["rank-0.safetensors",
                                                           "rank-1.safetensors"]
     assert sync.abort_combine(case.remote(), ref) == []  # nothing staged: nothing to drop
+
+
+
+def test_a_dcp_folder_saved_to_disk_round_trips_with_its_hidden_metadata(tmp_path):
+    """A job saving with DCP's FileSystemWriter (`.metadata` beside `__0_0.distcp`), its
+    folder published (or watched) into a bucket: `.metadata`, which makes the folder
+    loadable, was left out with every hidden file, and the pulled step could not be
+    loaded.  Hidden folders (a `.cache/` of the Hub, `.git/`) and git's own files (a
+    worktree's `.git`, a Hub snapshot's `.gitattributes` naming `filter=lfs`) stay out."""
+    case = local_case(tmp_path)
+    settings = Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=16 << 10)
+    step = tmp_path / "ckpt" / "step-5"
+    (step / ".cache" / "huggingface").mkdir(parents=True)
+    (step / ".cache" / "huggingface" / "x.lock").write_text("")
+    (step / ".git").write_text("gitdir: ../.git/worktrees/step-5\n")
+    (step / ".gitattributes").write_text("*.safetensors filter=lfs diff=lfs merge=lfs -text\n")
+    (step / ".metadata").write_bytes(b"\x80\x04metadata" * 50)
+    (step / "__0_0.distcp").write_bytes(bytes(range(256)) * 100)
+    sync.push(str(step), case.remote(), "run7/step-5", settings)
+    out = tmp_path / "pulled"
+    written = sync.pull(case.remote(), "run7/step-5", str(out), settings)
+    assert sorted(written) == [str(out / ".metadata"), str(out / "__0_0.distcp")]
+    for name in (".metadata", "__0_0.distcp"):
+        assert file_sha(out / name) == file_sha(step / name)
