@@ -317,21 +317,25 @@ def parse_target(data: bytes, source: str) -> Target:
     raise ManifestError(f"{source}: neither a manifest nor a set")
 
 
-def objects_of(remote: SyncRemote, target: Target) -> tuple[set[str], set[str]]:
-    """(chunk digests, manifest digests) a target needs, following a set's members."""
+def objects_of(remote: SyncRemote, target: Target) -> tuple[set[str], set[str], int]:
+    """(chunk digests, manifest digests) a target needs, following a set's members, and
+    its raw size in bytes (every file's, as rebuilt)."""
     if isinstance(target, Manifest):
-        return target.digests(), set()
+        return target.digests(), set(), target.nbytes
     chunks: set[str] = set()
     manifests: set[str] = set()
+    total = 0
     for entry in target.files.values():
         if entry.manifest is not None:
             manifests.add(entry.manifest)
             member = remote.load(entry.manifest)
             if isinstance(member, Manifest):
                 chunks |= member.digests()
+                total += member.nbytes
         else:
             chunks.update(entry.chunks)
-    return chunks, manifests
+            total += entry.size
+    return chunks, manifests, total
 
 
 # -- local files to cache ----------------------------------------------------------------------
@@ -642,7 +646,7 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
                         f"{', '.join(sorted(staged))}{hint}")
     check_file_names(staged, f"shards staged for {ref} in {remote.url}")
     fileset = FileSet(staged)
-    chunks, manifests = objects_of(remote, fileset)
+    chunks, manifests, total = objects_of(remote, fileset)
     lacking = remote.objects.missing(chunks)
     if lacking:
         raise SyncError(f"{len(lacking)} object(s) of the staged shards are missing from "
@@ -650,7 +654,7 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
     digest = remote.put_manifest(fileset.to_bytes())
     _, action = remote.refs.set(ref, digest, force=force)
     remote.unstage(ref, staged)
-    return PushResult(ref, digest, f"{action} ({len(staged)} shards)",
+    return PushResult(ref, digest, f"{action} ({len(staged)} shards)", total_bytes=total,
                       seconds=time.perf_counter() - start)
 
 

@@ -283,7 +283,11 @@ def test_combine_abort_drops_a_dead_attempts_staged_shards(tmp_path):
     assert case.remote().staged(ref) == {} and not (Path(case.url) / "staging").exists()
     assert case.remote().refs.read(ref) is None
     stage(2, 2)  # the restarted job's shards now stage, and combine records them alone
-    sync.combine(case.remote(), ref, expect=2)
+    result = sync.combine(case.remote(), ref, expect=2)
+    # its line gives the set's raw size, as ls does (it said "0.0 MB total")
+    (row,) = sync.ls(case.remote(), ref)
+    assert result.total_bytes == row.nbytes > 0
+    assert f"{row.nbytes / 1e6:.1f} MB total" in result.summary()
     assert sorted(case.remote().resolve(ref)[1].files) == ["rank-0.safetensors",
                                                           "rank-1.safetensors"]
     assert sync.abort_combine(case.remote(), ref) == []  # nothing staged: nothing to drop
