@@ -253,8 +253,12 @@ def _conflict_message(name: str, digest: str, now: RefValue | None,
                       expect: RefValue | None) -> str:
     where = f"now points at {now.digest}" if now is not None else "was deleted"
     verb = "was created" if expect is None else "moved"
+    # a re-run finds a ref another writer created and refuses it without --force; after
+    # a lost compare-and-swap (a --force run) it compares against the new value
+    again = "re-run with --force to replace it" if expect is None and now is not None else \
+        "re-run to try again"
     return (f"ref {name} {verb} concurrently by another writer ({where}); "
-            "nothing was overwritten: re-run to try again")
+            f"nothing was overwritten: {again}")
 
 
 def default_base_ref(refs: Refs | Iterable[tuple[str, object]], ref: str) -> str | None:

@@ -41,6 +41,12 @@ def test_create_conflict_and_compare_and_swap(case):  # noqa: F811
     with pytest.raises(RefConflict, match="moved concurrently"):
         r._write("run/a", D1, old)
     assert r.read("run/a").digest == D2
+    # a create that another writer's create beat: a plain re-run would be refused, so the
+    # message says to re-run with --force (it said "re-run to try again")
+    with pytest.raises(RefConflict, match="was created concurrently .* nothing was "
+                                          "overwritten: re-run with --force to replace it"):
+        r._write("run/a", D1, None)
+    assert r.read("run/a").digest == D2
     assert [n for n, _ in r.list("run/")] == ["run/a"]
 
 
