@@ -402,6 +402,10 @@ def test_a_file_name_that_is_not_utf8_goes_through_every_command(repo):
     # --name-only quotes it as git does (it printed the raw byte, and a newline in a
     # name split one path over two lines)
     assert repo.tz("diff", "--name-only").stdout == repo.git("diff", "--name-only").stdout
+    # an error about it names it as git does, printable in any locale (it said \udce9)
+    bad = repo.tz("resolve", os.fsdecode(name), "--strategy", "ours", check=False)
+    assert bad.returncode != 0
+    assert bad.stderr.startswith(b'theta-zarr: "\\351t\\351.safetensors": not in a conflicted')
     os.unlink(path)
     repo.git("checkout", "--", ".")
     assert file_sha(os.fsdecode(path)) == before

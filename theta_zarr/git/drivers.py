@@ -44,7 +44,7 @@ from ..merges import (
     parameter_names,
 )
 from ..remote import ReadThrough
-from ..wording import shell_word
+from ..wording import quote_path, shell_word
 from .parent import parent_git, strategy_option
 from .push import read_through
 from .remotes import THETAZARR_FILE
@@ -378,8 +378,8 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
     rel = repo.relative(path, inside=True)
     stages = _stages(repo, rel)
     if not stages:
-        raise ValueError(f"{rel}: not in a conflicted merge (git ls-files -u lists no "
-                         "stages for it)")
+        raise ValueError(f"{quote_path(rel)}: not in a conflicted merge (git ls-files -u "
+                         "lists no stages for it)")
     if 2 not in stages or 3 not in stages:
         return _resolve_whole_file(repo, rel, stages, strategy, list(globs))
     sides = {}
