@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 
 import pytest
@@ -123,6 +124,20 @@ def test_migrate_current_tree_then_diff_and_log_across_it(lfs_repo):
     # the older LFS commits still check out as real files
     r.git("checkout", "-q", "HEAD~2")
     assert (r.path / "model.safetensors").read_bytes() == versions[0]
+
+
+@needs_lfs
+def test_migrate_names_a_path_that_is_not_utf8_as_git_quotes_it(lfs_repo):
+    """Its lines printed such a name as ``\\udce9``; git writes the byte in octal."""
+    r, _ = lfs_repo
+    odd = os.path.join(os.fsencode(r.path), b"\xe9.safetensors")
+    save_file({"w": torch.ones(4)}, os.fsdecode(odd))
+    r.git("add", "-A")
+    r.git("commit", "-q", "-m", "another")
+    proc = r.tz("migrate")
+    out = proc.stdout + proc.stderr
+    assert b'theta-zarr: "\\351.safetensors": git-lfs -> theta-zarr\n' in out, out
+    assert r.git("cat-file", "blob", b"HEAD:\xe9.safetensors").stdout.startswith(b'{"theta_zarr"')
 
 
 @needs_lfs

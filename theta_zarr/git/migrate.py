@@ -24,6 +24,7 @@ from .. import checkpoint
 from ..lfs import LfsPointer, parse
 from ..manifest import looks_like_manifest
 from ..streams import write_atomic
+from ..wording import quote_path
 from . import lfs as git_lfs
 from .attributes import ATTRS, escape_pattern
 from .files import read_blobs, small_blobs
@@ -114,7 +115,8 @@ def migrate_tree(repo: Repo, include: list[str] | None, message: str | None,
             pointer_text = f.read(1024)
         if parse(pointer_text) != pointer:
             pointer_text = pointer.to_bytes()
-        echo(f"theta-zarr: {path}: fetching its content through git-lfs ({pointer.size} bytes)")
+        echo(f"theta-zarr: {quote_path(path)}: fetching its content through git-lfs "
+             f"({pointer.size} bytes)")
         write_atomic(full, lambda out, p=path, t=pointer_text: git_lfs.smudge(
             repo.top, p, t, out))
     with open(attrs, "w", encoding="utf-8") as f:
@@ -122,7 +124,7 @@ def migrate_tree(repo: Repo, include: list[str] | None, message: str | None,
     repo.git("add", "--renormalize", "--", ".gitattributes", *sorted(pointers),
              env={CONVERT_LFS_ENV: "1"})
     for path in sorted(pointers):
-        echo(f"theta-zarr: {path}: git-lfs -> theta-zarr")
+        echo(f"theta-zarr: {quote_path(path)}: git-lfs -> theta-zarr")
     if commit:
         msg = message or f"Move {', '.join(patterns)} from git-lfs to theta-zarr"
         repo.git("commit", "-q", "-m", msg)
@@ -165,7 +167,7 @@ class _Converter:
             manifest = checkpoint.clean(source, self.settings, self.cache).manifest
         self.done[blob] = self._write_blob(manifest.to_bytes())
         self.converted += 1
-        self.echo(f"theta-zarr: {path} ({blob[:10]}): git-lfs -> theta-zarr")
+        self.echo(f"theta-zarr: {quote_path(path)} ({blob[:10]}): git-lfs -> theta-zarr")
         return self.done[blob]
 
 
