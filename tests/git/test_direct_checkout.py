@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from helpers import MODEL, commit_checkpoint, file_sha
+from helpers import MODEL, cached_object_path, commit_checkpoint, file_sha, manifest_at
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.git.direct import SPOOL_PREFIX
@@ -67,6 +67,35 @@ def test_switch_between_commits(direct):
     direct.git("checkout", "-q", "tune")
     assert file_sha(direct.path / MODEL) == h2
     assert_clean_without_filter(direct)
+
+
+def test_a_checkout_that_fails_on_one_file_writes_the_others_without_the_index(direct):
+    """A smudge that fails (a chunk nowhere to be had) makes git die holding index.lock
+    while it waits for the filter: the files kept for a direct write waited 5 s for that
+    lock, stayed manifests, and the line blamed "another git command" and told the user to
+    remove the lock.  They are written as git's pipe would have written them, the index
+    left to git (which writes none)."""
+    for name, seed in (("a.safetensors", 0), ("b.safetensors", 1)):
+        write_model(str(direct.path / name), SHAPE, seed=seed)
+    direct.git("add", "-A")
+    direct.git("commit", "-q", "-m", "one")
+    want = {}
+    for name, seed in (("a.safetensors", 2), ("b.safetensors", 3)):
+        write_model(str(direct.path / name), SHAPE, seed=seed)
+        want[name] = file_sha(direct.path / name)
+    direct.git("commit", "-q", "-am", "two")
+    gone = manifest_at(direct, "HEAD", "b.safetensors").digests() - \
+        manifest_at(direct, "HEAD~1", "b.safetensors").digests()
+    direct.git("checkout", "-q", "HEAD~1")
+    for d in gone:  # b's new chunks: in no cache and on no remote
+        cached_object_path(direct.objects_dir.parent, d).unlink()
+    proc = direct.git("checkout", "-q", "main", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "b.safetensors" in err and "index.lock" not in err, err
+    assert file_sha(direct.path / "a.safetensors") == want["a.safetensors"]
+    assert not (direct.path / ".git" / "index.lock").exists()
+    assert direct.out("status", "--porcelain").splitlines() == [" M a.safetensors",
+                                                                " D b.safetensors"]
 
 
 def test_restore_without_an_index_writes_the_file(direct):

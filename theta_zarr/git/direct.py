@@ -108,14 +108,15 @@ def _holds(full: str, data: bytes) -> bool:
 
 
 def write_files(repo: Repo, files: list[Pending], cache: Cache, workers: int,
-                index: GitIndex | None = None) -> list[str]:
+                index: GitIndex | None = None, touch_index: bool = True) -> list[str]:
     """Replace each working-tree manifest in ``files`` by its checkpoint; record stat data.
 
     Every chunk must be in ``cache``.  Returns the paths written.  A file that no
     longer holds its manifest, or whose index entry moved on, is left alone.
     Raises IndexUnsupported before touching anything when the index cannot be
     rewritten safely; chunk errors (MissingObjectError, ObjectError) leave every
-    file as it was.
+    file as it was.  Without ``touch_index`` (a git command that failed keeps its old
+    index, whose entries are not these manifests) steps 2 and 4 are skipped.
     """
     index = index or GitIndex(repo.index_path, repo.object_format)
     built: dict[str, tuple[Pending, str]] = {}
@@ -143,7 +144,7 @@ def write_files(repo: Repo, files: list[Pending], cache: Cache, workers: int,
                 return None
             return dataclasses.replace(entry.stat, size=0)
 
-        marked = index.update(sorted(built), mark)
+        marked = index.update(sorted(built), mark) if touch_index else {}
         written: dict[str, Stat] = {}
         for path in sorted(built):  # step 3
             p, tmp = built[path]
@@ -202,16 +203,16 @@ def checkout_through_git(repo: Repo, path: str, data: bytes) -> None:
 
 def write_repairing(repo: Repo, files: list[Pending], cache: Cache, workers: int,
                     find_fetch: Callable[[], checkpoint.Fetcher | None],
-                    index: GitIndex | None = None) -> None:
+                    index: GitIndex | None = None, touch_index: bool = True) -> None:
     """``write_files``; where the index cannot be rewritten safely, git writes the files
     through its pipe (``checkout-index``), as it would have; a corrupt cache object (moved
     aside) is fetched again from the remote (``find_fetch()``, asked only then: a checkout
     the cache serves looks up no remote) and the files written again (each attempt finds
     at least one more bad object).  Raises ObjectError when no good copy can be had, and
-    what ``write_files`` raises otherwise."""
+    what ``write_files`` raises otherwise; ``touch_index`` as for ``write_files``."""
     for attempt in range(REPAIRS + 1):
         try:
-            write_files(repo, files, cache, workers, index)
+            write_files(repo, files, cache, workers, index, touch_index)
             return
         except IndexUnsupported:
             for p in files:

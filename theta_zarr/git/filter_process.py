@@ -63,6 +63,10 @@ class FilterServer:
         self.pending: dict[str, Pending] = {}
         self.unwritten: list[str] = []  # direct writes not done (finish failed part-way)
         self.smudged = False  # a smudge came: Ctrl-C then says how to restore a file
+        # a smudge answered with an error: git (the filter is required) dies holding its
+        # index lock, waits for this process to end and writes no index
+        self.smudge_failed = False
+        self._in_smudge = False
         self.record: Record | None = None  # the pending direct writes, for git's hooks
         # clean's content is the working-tree file (not hash-object --stdin, apply...)
         self.clean_reads_worktree = False
@@ -110,7 +114,11 @@ class FilterServer:
             elif command == "clean":
                 self.clean(path)
             elif command == "smudge":
-                self.smudge(path, can_delay=meta.get("can-delay") == "1")
+                self._in_smudge = True
+                try:
+                    self.smudge(path, can_delay=meta.get("can-delay") == "1")
+                finally:
+                    self._in_smudge = False
             elif command == "list_available_blobs":
                 self.list_available_blobs()
             else:
@@ -118,6 +126,7 @@ class FilterServer:
                 self._error(path, f"unsupported filter command {command!r}")
 
     def _error(self, path: str, message: str) -> None:
+        self.smudge_failed = self.smudge_failed or self._in_smudge
         print(f"theta-zarr: {message}" if path in message else f"theta-zarr: {path}: {message}",
               file=sys.stderr, flush=True)
         self.writer.text("status=error")
@@ -384,6 +393,9 @@ class FilterServer:
         Should the index refuse a direct write after all, git writes them through
         its pipe (``checkout-index``), as it would have.  Any other failure leaves the
         files as git wrote them (their manifests: lazy files), and ``unwritten`` names them.
+        After a smudge failed, git is dying instead: it holds ``index.lock`` until this
+        process ends and writes no index, so the files are written without touching the
+        index, as git's pipe would have written them before the failure.
         """
         if not self.pending:
             return
@@ -421,7 +433,7 @@ class FilterServer:
         interrupts.install(lambda: "; files not written yet stay lazy (run 'git theta-zarr "
                            f"materialize'): {', '.join(self.unwritten)}")
         write_repairing(self.repo, files, self.cache, self.settings.workers,
-                        lambda: self.fetch, self.index)
+                        lambda: self.fetch, self.index, touch_index=not self.smudge_failed)
         self.unwritten = []
 
 
