@@ -239,9 +239,15 @@ def test_a_distributed_checkpoint_data_file_is_kept_opaque(tmp_path):
     with pytest.raises(FormatError) as info:
         helpers.clean(data, tmp_path, name, opaque=False)
     assert name in str(info.value) and "\n" not in str(info.value)
-    # a file cut short is still a damaged file, not opaque bytes
-    with pytest.raises(FormatError, match="not a readable PyTorch file"):
-        helpers.clean(data[:len(data) // 2], tmp_path, name)
+    # cut short, it is no longer several archives: still opaque bytes, as any file torch
+    # cannot read whose name says no PyTorch; the same bytes named model.pt are a damaged
+    # checkpoint, refused
+    cut = data[:len(data) // 2]
+    result = helpers.clean(cut, tmp_path, name)
+    assert "starts like a PyTorch file, but torch cannot read it" in result.opaque_reason
+    assert helpers.smudge(result.manifest, tmp_path, name) == cut
+    with pytest.raises(FormatError, match="model.pt: not a readable PyTorch file"):
+        helpers.clean(cut, tmp_path, "model.pt")
 
 
 def test_unsupported_leaf_is_refused(tmp_path):
@@ -488,21 +494,3 @@ def test_a_file_rewritten_while_it_is_cleaned_is_one_line_not_sigbus(tmp_path):
     assert proc.stdout.decode().strip() == (
         "model.pt: the file changed while it was read (another process writing it?); "
         "try again once it is complete")
-
-
-def test_a_distcp_file_is_kept_as_opaque_bytes_not_refused(tmp_path):
-    """DCP's FileSystemWriter writes each item with torch.save, back to back: the file
-    starts like a torch.save zip that torch cannot read.  Publishing such a folder (a job
-    saving with DCP to local disk, watched into a bucket) failed on `__0_0.distcp: not a
-    readable PyTorch file`.  A file whose name says PyTorch is still a broken checkpoint."""
-    records = []
-    for item in (torch.randn(64, 64), 5):  # what FileSystemWriter writes for {"w": .., "step": 5}
-        buf = io.BytesIO()
-        torch.save(item, buf)
-        records.append(buf.getvalue())
-    data = b"".join(records)
-    result = helpers.clean(data, tmp_path, "__0_0.distcp")
-    assert "torch cannot read it" in result.opaque_reason
-    assert helpers.smudge(result.manifest, tmp_path) == data
-    with pytest.raises(FormatError, match="model.pt: not a readable PyTorch file"):
-        helpers.clean(data, tmp_path, "model.pt")
