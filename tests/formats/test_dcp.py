@@ -55,3 +55,24 @@ def test_metadata_nested_too_deep_is_one_format_error(tmp_path):
     with pytest.raises(FormatError) as e:
         helpers.clean_manifest(consolidated("[" * 100_000), tmp_path, "c.safetensors")
     assert "c.safetensors" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", [{}, {"shards": {"w": "x"}, "bytes": ["opt"]},
+                                 {"shards": {}, "bytes": "opt"}])
+def test_metadata_whose_format_readers_refuse_is_refused_when_added(tmp_path, fmt):
+    """A ``dcp`` metadata key that is JSON with the three fields but a format no reader
+    accepts (a safetensors file of someone else's with a ``dcp`` key): the clean gave a
+    manifest, ``git add`` committed it, and every checkout then failed with ``'format'
+    must be an object with a valid 'name'``.  It is refused at the clean, in one line
+    saying the key is theta-zarr's."""
+    with pytest.raises(FormatError) as e:
+        helpers.clean(consolidated(info(format=fmt)), tmp_path, "c.safetensors")
+    msg = str(e.value)
+    assert msg.startswith("c.safetensors: the 'dcp' metadata") and "\n" not in msg
+    assert "rename it" in msg
+
+
+def test_a_dcp_key_that_is_not_json_says_whose_key_it_is(tmp_path):
+    with pytest.raises(FormatError) as e:
+        helpers.clean(consolidated("v2"), tmp_path, "c.safetensors")
+    assert "not JSON" in str(e.value) and "rename it" in str(e.value)

@@ -32,6 +32,9 @@ NAME = "dcp"
 #: (sorted metadata keys: "dcp" comes before "format")
 SNIFF = b'{"__metadata__":{"dcp":'
 BYTES_DTYPE = "uint8"
+#: what an error about the ``dcp`` metadata adds: whose key it is, and the way out
+RESERVED = ("the first safetensors metadata key 'dcp' marks the file form of a distributed "
+            "checkpoint theta-zarr wrote (a 'dcp' key of your own: rename it)")
 
 
 class DcpFormat(Format):
@@ -89,7 +92,14 @@ class DcpFormat(Format):
                                   (len(data),), memoryview(data))
             except ManifestError as e:
                 raise FormatError(str(e)) from None
-        return {**info["format"], "name": NAME}  # the file's metadata names no other format
+        fmt = {**info["format"], "name": NAME}  # the file's metadata names no other format
+        try:  # what readers check: a manifest they refuse would commit a file none can check out
+            Manifest.from_json({"theta_zarr": 1, "format": fmt, "params": {}}, source.name)
+        except ManifestError:
+            raise FormatError(f"{source.name}: the 'dcp' metadata's format does not fit the "
+                              "manifest schema (shards, bytes, planner_data, version); "
+                              f"{RESERVED}") from None
+        return fmt
 
     def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
         """The tensors only: the bytes items (pickled non-tensor state) are no tensors for
@@ -114,11 +124,13 @@ def _info(metadata: dict[str, str] | None, where: str) -> dict[str, Any]:
     try:
         info = json.loads((metadata or {})["dcp"])
     except (KeyError, TypeError, json.JSONDecodeError, RecursionError):
-        raise FormatError(f"{where}: the 'dcp' metadata is missing or not JSON") from None
+        raise FormatError(f"{where}: the 'dcp' metadata is missing or not JSON; "
+                          f"{RESERVED}") from None
     if not (isinstance(info, dict) and isinstance(info.get("format"), dict)
             and isinstance(info.get("chunk_shapes"), dict)
             and isinstance(info.get("bytes"), dict)):
-        raise FormatError(f"{where}: the 'dcp' metadata needs format, chunk_shapes, bytes")
+        raise FormatError(f"{where}: the 'dcp' metadata needs format, chunk_shapes, bytes; "
+                          f"{RESERVED}")
     return info
 
 
