@@ -9,6 +9,7 @@ import torch
 from helpers import manifest_at
 
 import theta_zarr
+from theta_zarr.formats import transposed
 from theta_zarr.git.repo import GitInputError
 from theta_zarr.manifest import ManifestError
 from theta_zarr.objects import MissingObjectError
@@ -102,6 +103,25 @@ def test_a_revision_of_a_folder_the_working_tree_no_longer_has(committed):
         theta_zarr.load_state_dict(str(old))
     with pytest.raises(GitInputError, match="no such file in the working tree"):
         theta_zarr.load_state_dict(str(old), rev=None)
+
+
+def test_two_tensors_of_one_flat_key_are_refused_not_one_dropped(repo):
+    """A PyTorch file whose key paths flatten to one key (``"a.b"`` beside
+    ``{"a": {"b": ...}}``, ``0`` beside ``"0"``): ``load_state_dict`` returned one of the
+    two tensors and dropped the other without a word.  It says so, naming the file; the
+    same tensor under both keys is no clash, and diffs of such a file still work."""
+    path = repo.path / "clash.pt"
+    torch.save({"a.b": torch.ones(4), "a": {"b": torch.zeros(4)}, 0: torch.ones(2),
+                "0": torch.zeros(2)}, path)
+    t = torch.arange(3.0)
+    torch.save({"x.y": t, "x": {"y": t}}, repo.path / "same.pt")
+    repo.git("add", "clash.pt", "same.pt")
+    repo.git("commit", "-q", "-m", "clashing keys")
+    with pytest.raises(ManifestError, match=r"clash\.pt: two tensors have the key 'a\.b'"):
+        theta_zarr.load_state_dict(str(path))
+    assert torch.equal(theta_zarr.load_state_dict(str(repo.path / "same.pt"))["x.y"], t)
+    # what a diff asks of the file's tensors (the transposed ones) is still answered
+    assert transposed(manifest_at(repo, "HEAD", "clash.pt")) == set()
 
 
 def test_load_state_dict_from_lazy_working_tree(committed):

@@ -169,7 +169,10 @@ def tensors_from_manifest(manifest: Manifest, objects: ReadThrough,
     from . import formats
     from .formats.torch import view_tensor
 
-    views = formats.tensor_views(manifest)
+    try:
+        views = formats.tensor_views(manifest)
+    except formats.FormatError as e:
+        raise ManifestError(f"{source}: {e}") from None
     keys = select(views, include)
     if include is not None and not keys:  # a typo must not look like an empty checkpoint
         globs = [include] if isinstance(include, str) else list(include)

@@ -139,15 +139,24 @@ class TorchFormat(Format):
         return {"name": self.name, "tree": {"__odict__": [[k, v] for k, v in leaves.items()]}}
 
     def tensors(self, fmt: dict[str, Any], params: dict[str, Any]) -> dict[str, TensorView]:
-        """Every tensor ``torch.load`` returns, by dotted key path (tied aliases included)."""
+        """Every tensor ``torch.load`` returns, by dotted key path (tied aliases included).
+
+        Raises FormatError when two different tensors have one dotted key path (``"a.b"``
+        beside ``{"a": {"b": ...}}``, ``0`` beside ``"0"``): a flat dict cannot hold both,
+        and keeping one would drop the other without a word.
+        """
         out: dict[str, TensorView] = {}
         for key, leaf in _keyed_leaves(fmt.get("tree")):
             name = leaf.get("__tensor__")
             if not isinstance(name, str) or name not in params:
                 # as the checkout refuses it: the tensor was silently left out
                 raise ManifestError(f"torch tree names unknown tensor {str(name)[:80]!r}")
-            if key not in out:
-                out[key] = _view_of_leaf(leaf)
+            view = _view_of_leaf(leaf)
+            seen = out.setdefault(key, view)
+            if seen != view:
+                raise FormatError(f"two tensors have the key {key[:80]!r} (a dotted key "
+                                  "beside a nested one, or 0 beside '0'), which flat names "
+                                  "cannot tell apart; read the file with torch.load")
         return out
 
     def describe(self, fmt: dict[str, Any]) -> dict[str, Any]:
