@@ -250,6 +250,16 @@ def test_a_distributed_checkpoint_data_file_is_kept_opaque(tmp_path):
         helpers.clean(cut, tmp_path, "model.pt")
 
 
+def test_a_damaged_record_says_what_failed_without_torchs_advice_cut_short(tmp_path):
+    """The reason is torch's first sentence; it was 200 characters of torch's message,
+    its advice cut mid-word (``... there is a high likelihood that your checkpoint f)``)."""
+    plain = torch_saved({"w": torch.randn(100, 100)})
+    with pytest.raises(FormatError, match="not a readable PyTorch file") as info:
+        clean(plain[:100] + bytes(1000) + plain[1100:], tmp_path)
+    msg = str(info.value)
+    assert "If you are seeing this error" not in msg and msg.endswith(")") and len(msg) < 250
+
+
 def test_unsupported_leaf_is_refused(tmp_path):
     data = torch_saved({"w": torch.zeros(2), "s": {1, 2}})  # a set loads under weights_only
     try:

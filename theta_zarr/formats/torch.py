@@ -269,6 +269,7 @@ def _load(path: str, name: str, legacy: bool, locations: dict[int, str]) -> Any:
                            f"weights_only=True allows ({refusal(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = msg.split(". ", 1)[0]  # what failed; torch's advice after it was cut mid-word
         if not name.lower().endswith(TorchFormat.extensions):
             # only its first bytes look like torch.save's (DCP's .distcp files are records
             # of torch.save back to back): another format, kept as opaque bytes; a file
