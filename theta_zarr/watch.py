@@ -233,6 +233,7 @@ class Watcher:
         latest = max(here, key=lambda r: self.state[r].get("seq", 0), default=None)
         if latest is not None and self.remote.refs.read(latest) is None:
             latest = None  # gone from the remote since (or another remote): the default base
+
         def sentinel(rel: str) -> bool:  # an empty marker (DONE) is no part of the checkpoint
             if not self._is_marker(rel):
                 return False
