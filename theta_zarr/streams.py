@@ -38,9 +38,11 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
-def write_atomic(dest: str, write: Callable[[BinaryIO], object]) -> None:
+def write_atomic(dest: str, write: Callable[[BinaryIO], object],
+                 mode: int | None = None) -> None:
     """Write a file through ``write(f)`` under a temporary name, then rename it into place:
-    readers never see half a file, and a failure leaves the old one as it was."""
+    readers never see half a file, and a failure leaves the old one as it was.  ``mode``:
+    the file's permission bits (None: 0666 less the umask, as a new file gets)."""
     folder = os.path.dirname(os.path.abspath(dest))
     with named(dest):
         os.makedirs(folder, exist_ok=True)
@@ -49,9 +51,11 @@ def write_atomic(dest: str, write: Callable[[BinaryIO], object]) -> None:
         with named(dest), interrupts.removed_on_signal(tmp):
             with os.fdopen(fd, "wb") as out:
                 write(out)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a pulled file gets
+            if mode is None:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask
+            os.chmod(tmp, mode)  # mkstemp's 0600 is not what a pulled file gets
             os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):

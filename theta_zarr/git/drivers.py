@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator
 from glob import escape
 
@@ -44,6 +43,7 @@ from ..merges import (
     parameter_names,
 )
 from ..remote import ReadThrough
+from ..streams import write_atomic
 from ..wording import quote_path, shell_word
 from .parent import parent_git, strategy_option
 from .push import read_through
@@ -437,22 +437,15 @@ def _write_worktree(repo: Repo, rel: str, manifest: Manifest, objects) -> None:
         with open(full, "rb") as f:
             lazy = looks_like_manifest(f.read(64))
     try:  # the file keeps its mode (git's 0644 or 0755 under the umask), not mkstemp's 0600
-        mode = stat.S_IMODE(os.lstat(full).st_mode)
+        mode: int | None = stat.S_IMODE(os.lstat(full).st_mode)
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=os.path.dirname(full) or ".")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if lazy:
-                out.write(manifest.to_bytes())
-            else:
-                checkpoint.smudge(manifest, out, settings, name=rel, cache=objects.cache,
-                                  fetch=objects.fetcher)
-        os.chmod(tmp, mode)
-        os.replace(tmp, full)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        mode = None  # a new file's
+
+    def write(out) -> None:
+        if lazy:
+            out.write(manifest.to_bytes())
+        else:
+            checkpoint.smudge(manifest, out, settings, name=rel, cache=objects.cache,
+                              fetch=objects.fetcher)
+
+    write_atomic(full, write, mode)
