@@ -188,7 +188,6 @@ def model_keys(repo: Repo, path: str, side: object,
     return None
 
 
-#: transformers' two names for a folder's weights (each one file, or an index and shards)
 #: a folder's weights by the Hub's names, each safetensors name with its PyTorch one
 #: (transformers, diffusers, PEFT): the file or, with ``.index.json``, the shards' index
 _CONVERSIONS = (("model.safetensors", "pytorch_model.bin"),
@@ -352,13 +351,12 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
             out.extend(diff_sides(repo, files, old, new, numbers, full_norm,
                                   objects=objects, workers=workers))
             continue
-        label = (b or a).label if (a or b) else key
-        if a and b and new_key != key:  # as git names a rename: OLD => NEW
-            label = f"{a.label} => {b.label}"
+        renamed = bool(a and b and new_key != key)
+        # as git names a rename: OLD => NEW
+        label = f"{a.label} => {b.label}" if renamed else (b or a).label if (a or b) else key
         fd = diff_models(a, b, objects, label, workers, full_norm, numbers)
-        if a and b and new_key != key:
-            fd.names = (a.label, b.label)
-        fd.renamed = bool(a and b and new_key != key)
+        fd.renamed = renamed
+        fd.names = (a.label, b.label) if renamed else None
         out.append(fd)
     return out
 
