@@ -19,13 +19,12 @@ from .commands.reporting import (
     OneLineGroup,
     fail,
     leading_commands,
-    quote_path,
     reports_errors,
     say,
 )
 from .logs import setup_logging
 from .redact import redact
-from .wording import counted, human
+from .wording import counted, human, quote_path
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})

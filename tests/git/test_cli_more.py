@@ -228,7 +228,7 @@ def test_ls_files_quotes_a_path_with_a_newline_as_git_does(repo):
 
 
 def test_quote_path_follows_git():
-    from theta_zarr.commands.reporting import quote_path
+    from theta_zarr.wording import quote_path
 
     assert quote_path("plain é.pt") == "plain é.pt"
     assert quote_path('a"b\\c\t\x01.pt') == '"a\\"b\\\\c\\t\\001.pt"'

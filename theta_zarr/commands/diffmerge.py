@@ -14,7 +14,8 @@ from typing import NoReturn
 
 import click
 
-from .reporting import fail, quote_path, reports_errors
+from ..wording import quote_path
+from .reporting import fail, reports_errors
 
 
 class _RawArgsCommand(click.Command):

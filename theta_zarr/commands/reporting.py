@@ -17,7 +17,6 @@ import click
 from ..errors import USER_ERRORS, one_line
 from ..git.repo import GitError
 from ..redact import redact
-from ..wording import quote_path as quote_path  # lists' paths, as git writes them
 
 
 def say(message: str) -> None:
