@@ -375,8 +375,7 @@ def remote_add(name: str, url: str, options: tuple[str, ...], shared: bool) -> N
     from .git.repo import Repo
 
     repo = Repo.discover()
-    before = remotes.recorded(repo, name, shared)
-    spec = remotes.add(repo, name, url, remotes.option_pairs(options), shared)
+    spec, before = remotes.add(repo, name, url, remotes.option_pairs(options), shared)
     replaces = ""
     if before:  # said, so a typo'd re-add of an existing name never goes unnoticed
         old = " ".join([before.get("url", "(no url)")] +

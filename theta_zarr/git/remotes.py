@@ -259,8 +259,9 @@ def require(repo: Repo, name: str | None = None, given_as: str = "--remote") -> 
 
 
 def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
-        ) -> RemoteSpec:
-    """Record a remote in git config, or in .thetazarr when ``shared`` (to commit).
+        ) -> tuple[RemoteSpec, dict[str, str]]:
+    """Record a remote in git config, or in .thetazarr when ``shared`` (to commit); returns
+    its spec and the keys of the remote of that name it replaced there (empty: none).
 
     The URL and options are checked first (RemoteSpec: form, protocol, no credentials).
     A relative folder is recorded relative to the top of the work tree (where every
@@ -282,10 +283,10 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
             not os.path.isdir(blobs.root):  # a folder not made yet is fine: push makes it
         raise RemoteError(f"remote {name!r}: {blobs.root} is a file, not a folder; a folder "
                           "remote is a folder that holds objects/, manifests/ and refs/")
-    target = ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
+    target = _config_target(repo, shared)
     # a remote of that name there is replaced whole, never merged key by key: its old
     # options (an endpoint-url above all) would otherwise apply to the new URL
-    replaced = recorded(repo, name, shared)
+    replaced = _recorded(repo, name, shared)
     if replaced:
         repo.git("config", *target, "--remove-section", f"theta-zarr.remote.{name}")
     repo.git("config", *target, f"{PREFIX}{name}.url", stored)
@@ -300,29 +301,30 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
             replaced["endpoint-url"]:
         # the word this command gave for the endpoint it removes goes with it
         repo.git("config", "--local", "--unset-all", vouched)
-    return spec
+    return spec, replaced
 
 
-def recorded(repo: Repo, name: str, shared: bool) -> dict[str, str]:
+def _config_target(repo: Repo, shared: bool) -> list[str]:
+    """git config's file options for where remotes are recorded: ``.thetazarr`` when
+    ``shared``, else the repository's own config."""
+    return ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
+
+
+def _recorded(repo: Repo, name: str, shared: bool) -> dict[str, str]:
     """The keys remote ``name`` has in the repository's own git config (in ``.thetazarr``
     when ``shared``), as written there; empty when it has none there."""
-    if shared:
-        file = os.path.join(repo.top, THETAZARR_FILE)
-        if not os.path.exists(file):
-            return {}
-        target = ["-f", file]
-    else:
-        target = ["--local"]
-    out = repo.git("config", "-z", *target, "--get-regexp", r"^theta-zarr\.remote\.",
-                   check=False)
+    if shared and not os.path.exists(os.path.join(repo.top, THETAZARR_FILE)):
+        return {}
+    out = repo.git("config", "-z", *_config_target(repo, shared), "--get-regexp",
+                   r"^theta-zarr\.remote\.", check=False)
     return _parse(out).get(name, {})
 
 
 def remove(repo: Repo, name: str, shared: bool) -> bool:
     """Forget a remote; False when it was not recorded there."""
-    target = ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
     try:
-        repo.git("config", *target, "--remove-section", f"theta-zarr.remote.{name}")
+        repo.git("config", *_config_target(repo, shared), "--remove-section",
+                 f"theta-zarr.remote.{name}")
     except GitError:
         return False
     return True
