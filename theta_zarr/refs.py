@@ -282,8 +282,7 @@ def default_base_ref(refs: Refs | Iterable[tuple[str, object]], ref: str) -> str
         if name == ref or ref_folder(name) != folder:
             continue
         mtime = getattr(when, "mtime", when)
-        when = mtime if isinstance(mtime, (int, float)) else float("-inf")
-        key = (when, natural_key(name))
+        key = (mtime if isinstance(mtime, (int, float)) else float("-inf"), natural_key(name))
         if best is None or key > best[0]:
             best = (key, name)
     return None if best is None else best[1]
