@@ -729,8 +729,10 @@ def model(path: Path, seed: int = 0, tuned: list[str] | None = None) -> Path:
 
 # -- torch.distributed checkpoints -------------------------------------------------------
 
-#: one rank of a job: ``python dcp_worker.py save|load SPEC_JSON``
+#: the DCP tests' job launcher: ``python dcp_worker.py``, one job a line on stdin
 WORKER = Path(__file__).resolve().parent / "dcp" / "dcp_worker.py"
+#: this test process's launcher (started on first use; it ends when this process does)
+_launcher: list[subprocess.Popen] = []
 
 
 def free_port() -> int:
@@ -742,24 +744,29 @@ def free_port() -> int:
 
 def run_job(action: str, world: int, case: Case, tmp_path: Path, ref: str, step: int,
             **extra) -> list[subprocess.CompletedProcess]:
-    """Run ``dcp_worker.py ACTION`` as ``world`` ranks (like torchrun); their results."""
-    out = tmp_path / f"{action}-{ref.replace('/', '_')}-{world}.json"
+    """Run ``dcp_worker.py``'s ``action`` as ``world`` ranks (real processes in one gloo
+    process group, as torchrun starts them); each rank's exit code, stdout and stderr."""
+    if not _launcher or _launcher[0].poll() is not None:
+        _launcher[:] = [subprocess.Popen(
+            [sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})]
+    launcher = _launcher[0]
+    name = f"{action}-{ref.replace('/', '_')}-{world}"
+    logs = tmp_path / name
     spec = {"url": case.url, "options": case.opts(), "ref": ref, "step": step,
-            "out": str(out), **extra}
-    port = str(free_port())
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, **case.env, "RANK": str(rank), "WORLD_SIZE": str(world),
-               "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-               "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), action, json.dumps(spec)],
-                                      env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE))
-    done = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=300)
-        done.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
-    return done
+            "out": str(tmp_path / f"{name}.json"), "logs": str(logs), **extra}
+    env = {**case.env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    launcher.stdin.write(json.dumps({"action": action, "world": world, "spec": spec,
+                                     "env": env}).encode() + b"\n")
+    launcher.stdin.flush()
+    answer = launcher.stdout.readline()
+    if not answer:
+        raise AssertionError(f"the job launcher exited {launcher.wait()}")
+    return [subprocess.CompletedProcess(
+                [str(WORKER), action, f"rank {rank}"], code,
+                Path(f"{logs}.rank{rank}.out").read_bytes(),
+                Path(f"{logs}.rank{rank}.err").read_bytes())
+            for rank, code in enumerate(json.loads(answer))]
 
 
 def check_ranks(procs: list[subprocess.CompletedProcess]) -> None:

@@ -1,6 +1,14 @@
-"""One rank of a torch.distributed job in the DCP tests (gloo, CPU), started by helpers.run_job.
+"""The torch.distributed jobs of the DCP tests (gloo, CPU), launched for helpers.run_job.
 
-    python dcp_worker.py save|load SPEC_JSON     (env RANK, WORLD_SIZE, MASTER_ADDR/PORT)
+    python dcp_worker.py      (reads one job a line on stdin, answers one line each)
+
+A job is ``{"action": "save"|"load", "world": N, "spec": {...}, "env": {...}}``.  The
+launcher imports torch once and forks N ranks for each job (multiprocessing's "fork" start
+method, which ``torch.multiprocessing.start_processes`` offers too): each rank is its own
+process with its own gloo process group, the job's environment plus RANK / WORLD_SIZE /
+LOCAL_RANK, and its stdout and stderr in ``SPEC["logs"]``-named files.  The answer is
+every rank's exit code, a JSON list.  The launcher itself never touches torch.distributed,
+and forking spares every rank the seconds of CPU that importing torch costs.
 
 The model is a few tiny tensors laid out as a training job lays them out: rows
 sharded across ranks (FSDP2's Shard(0), one uneven), columns sharded
@@ -12,9 +20,11 @@ from __future__ import annotations
 import datetime
 import faulthandler
 import json
+import multiprocessing
 import os
 import sys
 import threading
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -67,9 +77,9 @@ class DyingWriter(ThetaZarrWriter):
         return super().write_data(plan, planner)
 
 
-def main() -> int:
+def main(action: str, spec: dict) -> int:
+    """One rank's job; its exit code."""
     faulthandler.enable()  # a rank that aborts (SIGABRT) prints every thread's stack
-    action, spec = sys.argv[1], json.loads(sys.argv[2])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=300))
     mesh = init_device_mesh("cpu", (world,))
@@ -113,8 +123,18 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    code = main()
+def rank_main(action: str, spec: dict, rank: int, world: int, logs: str) -> None:
+    """A forked rank: its environment and output files, then ``main``."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    for fd, suffix in ((1, "out"), (2, "err")):
+        out = os.open(f"{logs}.rank{rank}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(out, fd)
+        os.close(out)
+    try:
+        code = main(action, spec)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     # Leave without the interpreter's teardown: with every rank done and no thread of ours
@@ -122,3 +142,30 @@ if __name__ == "__main__":
     # the TCP store) at exit intermittently abort a rank ("terminate called without an
     # active exception") on a loaded machine, which is no result of the job.
     os._exit(code)
+
+
+def launch(action: str, world: int, spec: dict, env: dict) -> list:
+    """Fork ``world`` ranks of one job and wait for them; their exit codes (None: killed
+    after 300 s)."""
+    os.environ.update(env)
+    fork = multiprocessing.get_context("fork")
+    ranks = [fork.Process(target=rank_main, args=(action, spec, rank, world, spec["logs"]))
+             for rank in range(world)]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(300)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+    return [p.exitcode for p in ranks]
+
+
+if __name__ == "__main__":
+    base = dict(os.environ)
+    for line in sys.stdin:
+        job = json.loads(line)
+        os.environ.clear()
+        os.environ.update(base)
+        codes = launch(job["action"], job["world"], job["spec"], job["env"])
+        print(json.dumps(codes), flush=True)
