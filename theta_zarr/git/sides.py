@@ -8,6 +8,7 @@ the API) do not load the diff and merge machinery.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from .. import checkpoint, lfs
@@ -17,6 +18,9 @@ from ..formats.base import FormatError
 from ..manifest import Manifest, looks_like_manifest
 from .install import DRIVER
 from .repo import GitError, Repo
+from .statcache import StatCache
+
+log = logging.getLogger(__name__)
 
 WORKTREE = object()  # a side read from the working tree
 INDEX = object()  # a side read from the index
@@ -50,11 +54,21 @@ def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Side:
     """A file as a manifest: a manifest as it is, a checkpoint cleaned into the cache.
 
     A git-lfs pointer, or a file no format plug-in reads, is described instead
-    (a diff shows what it can, it never stops git's diff or log).
+    (a diff shows what it can, it never stops git's diff or log).  The working-tree file
+    of ``name`` is answered from its stat record when it has one (what git's clean last
+    answered for it, :mod:`.statcache`): the git command a diff runs first has just
+    cleaned it, and the file is not read and hashed a second time.
     """
     if file == "/dev/null" or not os.path.isfile(file):  # a folder in its place: deleted,
         return None                                       # as git diff and status say
     settings = repo.settings()
+    worktree = os.path.abspath(file) == os.path.abspath(os.path.join(repo.top, name))
+    cache = objects.cache if objects is not None else checkpoint.open_cache(settings)
+    if worktree:
+        recorded = StatCache(repo.git_dir).get(name, os.stat(file))
+        if recorded is not None and not cache.freshen(recorded[1].digests()):
+            log.debug("%s: answered from its stat record, not hashed again", name)
+            return recorded[1]
     with open(file, "rb") as f:
         head = f.read(64)
         f.seek(0)
@@ -67,7 +81,6 @@ def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Side:
             if lfs.parse(data) is not None:
                 return foreign_blob(data)
             f.seek(0)
-        cache = objects.cache if objects is not None else checkpoint.open_cache(settings)
         previous = None
         data = blob_of(repo, f":{name}")
         if data is not None and looks_like_manifest(data[:64]):
