@@ -576,10 +576,11 @@ def help_cmd(command: tuple[str, ...]) -> None:
 
 
 def _register_command_modules() -> None:
-    from .commands import diffmerge, migrate, sync
+    from .commands import diffmerge, migrate, nodecache, sync
 
     diffmerge.register(main)
     migrate.register(main)
+    nodecache.register(main)
     sync.register(main)
 
 

@@ -522,6 +522,50 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
     return GcResult(sweeps, start, problems, restored, aborted)
 
 
+# -- a node cache: no roots, trimmed by age and size ------------------------------------------
+def plan_prune(cache: Cache, cutoff: float, max_bytes: int | None = None) -> Sweep:
+    """Objects of a cache that no repository owns (the node cache of ``publish``, ``watch``
+    and ``pull``) to delete: every one last written before ``cutoff`` (seconds since the
+    epoch; a clean that finds an object renews its mtime, as git freshens its objects),
+    or with ``max_bytes``, only the least recently written ones beyond the newest
+    ``max_bytes`` stored bytes, the way a least-recently-used cache (pip's, Hugging Face's
+    hub cache) is trimmed.  An object written since ``cutoff`` is kept either way (a job
+    may be cleaning or uploading it now), and so is every delta base a kept object needs.
+    """
+    sweep = Sweep(f"{cache.url} (objects)")
+    listed = sorted(cache.iter_digests(), key=lambda item: item[2] or float("inf"),
+                    reverse=True)  # newest first; no mtime: kept, as plan_objects keeps it
+    keep: set[str] = set()
+    held = 0
+    for digest, size, mtime in listed:
+        young = mtime is None or mtime >= cutoff
+        if young or (max_bytes is not None and held + size <= max_bytes):
+            keep.add(digest)
+            held += size
+        elif max_bytes is not None:
+            max_bytes = held  # past the budget: nothing older is kept
+    keep = with_bases(cache, keep, {d for d, _, _ in listed})
+    sweep.keys = [(object_key(d), n) for d, n, _ in listed if d not in keep]
+    return sweep
+
+
+def prune(cache: Cache, cutoff: float, max_bytes: int | None = None,
+          dry_run: bool = False) -> list[Sweep]:
+    """Trim a node cache (``plan_prune``), with its temporary files and quarantined objects
+    last written before ``cutoff``; the Sweeps of what was removed (or would be).
+
+    An object a clean renews while it is being deleted stays (``Cache.delete_unused``).
+    Raises StorageError where the cache cannot be listed or an object deleted.
+    """
+    sweeps = [plan_prune(cache, cutoff, max_bytes), plan_debris(cache.blobs, cutoff, cache.url)]
+    quarantined = plan_quarantine(cache, cutoff)
+    if not dry_run:
+        delete_unused(cache, sweeps[0], cutoff)
+        delete_debris(cache.blobs, sweeps[1])
+        delete(cache, quarantined)
+    return sweeps + ([quarantined] if quarantined.keys else [])  # listed where there are any
+
+
 # -- repack ---------------------------------------------------------------------------------------
 @dataclass
 class Repack:
