@@ -50,8 +50,8 @@ def register(main: click.Group) -> None:
         """Delete the node cache's least recently written objects: all those older than
         --older-than, or with --max-size only as many as keep it within that size.
 
-        Chunks a clean finds again are renewed, so what goes is what no recent publish,
-        watch or pull used.  Every chunk a publish reported done is on its remote: a pull
+        Chunks a clean finds again are renewed, so what goes is what no recent publish or
+        watch cleaned and no recent pull fetched.  Every chunk a publish reported done is on its remote: a pull
         fetches again what a later job needs.
         """
         import time
