@@ -51,8 +51,8 @@ def register(main: click.Group) -> None:
         --older-than, or with --max-size only as many as keep it within that size.
 
         Chunks a clean finds again are renewed, so what goes is what no recent publish or
-        watch cleaned and no recent pull fetched.  Every chunk a publish reported done is on its remote: a pull
-        fetches again what a later job needs.
+        watch cleaned and no recent pull fetched.  Every chunk a publish reported done is
+        on its remote: a pull fetches again what a later job needs.
         """
         import time
 
