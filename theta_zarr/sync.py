@@ -22,8 +22,10 @@ Remote layout::
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -818,15 +820,26 @@ def _tensor_count(manifest: Manifest) -> int:
         return len(manifest.params)
 
 
-def ls(remote: SyncRemote, prefix: str = "") -> list[RefRow]:
-    """Every ref under ``prefix`` with its time, raw and stored size and parameter count,
-    in natural name order (``run7/step-999`` before ``run7/step-1000``: a run's last row is
-    its latest step).
+def ref_matches(name: str, pattern: str) -> bool:
+    """Whether ``pattern`` selects ref ``name``, as ``git for-each-ref`` matches its
+    patterns: a glob (``*``, ``?``, ``[``) matches the whole name; otherwise the pattern
+    matches the name completely or from its beginning up to a slash (``run7`` selects
+    ``run7`` and ``run7/step-1``, not ``run70/step-1``).  An empty pattern selects all."""
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return not pattern or name == pattern or name.startswith(pattern.rstrip("/") + "/")
+
+
+def ls(remote: SyncRemote, pattern: str = "") -> list[RefRow]:
+    """Every ref ``pattern`` selects (``ref_matches``) with its time, raw and stored size
+    and parameter count, in natural name order (``run7/step-999`` before
+    ``run7/step-1000``: a run's last row is its latest step).
 
     Stored sizes come from one listing of the remote's objects (a request per
     thousand objects on S3 and GCS), not one request per chunk.
     """
-    listed = list(remote.refs.list(prefix))
+    literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]  # listed: refs under this prefix
+    listed = [item for item in remote.refs.list(literal) if ref_matches(item[0], pattern)]
     stored = {d: n for d, n, _ in remote.objects.iter_digests()} if listed else {}
 
     def row(item: tuple[str, BlobInfo]) -> RefRow:

@@ -259,16 +259,19 @@ def register(main: click.Group) -> None:
 
     @main.command("ls")
     @click.argument("remote_arg", metavar="REMOTE")
-    @click.argument("prefix", required=False, default="")
+    @click.argument("pattern", required=False, default="")
     @remote_options
     @reports_errors
-    def ls(remote_arg: str, prefix: str, options: tuple[str, ...]) -> None:
-        """Refs of REMOTE (under PREFIX): time, raw size, stored size, parameters, digest.
+    def ls(remote_arg: str, pattern: str, options: tuple[str, ...]) -> None:
+        """Refs of REMOTE (those PATTERN selects): time, raw size, stored size, parameters,
+        digest.
 
-        Rows are in natural name order: run7/step-999 before run7/step-1000."""
+        PATTERN selects as git for-each-ref's patterns do: run7 lists run7 and run7/...
+        (not run70/...), a glob such as 'run7/step-1*' matches whole names.  Rows are in
+        natural name order: run7/step-999 before run7/step-1000."""
         from .. import sync
 
-        rows = sync.ls(open_sync_remote(remote_arg, options), prefix)
+        rows = sync.ls(open_sync_remote(remote_arg, options), pattern)
         for row in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.mtime)) \
                 if row.mtime else "-"
