@@ -58,5 +58,9 @@ def test_prune_refuses_a_repository_cache_and_what_is_no_cache(repo, tmp_path):
                   check=False)
         lines = proc.stderr.decode().splitlines()
         assert proc.returncode == 1 and len(lines) == 1 and says in lines[0], lines
+    # no cache yet (no job ran on this node): nothing to do, and nothing is made
+    out = tz(["cache", "prune", "--cache", str(tmp_path / "none")], env).stdout.decode()
+    assert out == f"no cache at {tmp_path / 'none'}: nothing to prune\n"
+    assert not (tmp_path / "none").exists()
     bad = tz(["cache", "prune", "--older-than", "soon"], env, check=False)
     assert bad.returncode == 1 and "--older-than: not a duration" in bad.stderr.decode()

@@ -72,6 +72,9 @@ def register(main: click.Group) -> None:
         except ValueError as e:
             raise UserError(f"--max-size: {e}") from None
         root = default_cache_dir(cache_dir)
+        if not os.path.exists(root) or (os.path.isdir(root) and not os.listdir(root)):
+            click.echo(f"no cache at {root}: nothing to prune")  # as uv's cache prune says
+            return
         if not os.path.isdir(os.path.join(root, "objects")):
             raise UserError(f"cache prune: {root} is no theta-zarr cache (it has no "
                             "objects/ folder)")
