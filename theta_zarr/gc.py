@@ -537,13 +537,13 @@ def plan_prune(cache: Cache, cutoff: float, max_bytes: int | None = None) -> Swe
                     reverse=True)  # newest first; no mtime: kept, as plan_objects keeps it
     keep: set[str] = set()
     held = 0
+    within = max_bytes is not None  # still within the budget: older objects may stay
     for digest, size, mtime in listed:
-        young = mtime is None or mtime >= cutoff
-        if young or (max_bytes is not None and held + size <= max_bytes):
+        if within and mtime is not None and mtime < cutoff:
+            within = held + size <= max_bytes  # the first that does not fit ends it
+        if mtime is None or mtime >= cutoff or within:
             keep.add(digest)
             held += size
-        elif max_bytes is not None:
-            max_bytes = held  # past the budget: nothing older is kept
     keep = with_bases(cache, keep, {d for d, _, _ in listed})
     sweep.keys = [(object_key(d), n) for d, n, _ in listed if d not in keep]
     return sweep
