@@ -423,8 +423,8 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
                  policy: DeltaPolicy | None = None,
                  elems: Elems = NO_ELEMS,
                  checked: bool = False,
-                 fix: str = "fetch them or check out the version that made them"
-                 ) -> TransferStats:
+                 fix: str | Callable[[], str] =
+                 "fetch them or check out the version that made them") -> TransferStats:
     """Upload the objects ``remote`` lacks; every one must be in the cache.
 
     ``checked`` says the caller has just asked the remote and ``digests`` are all
@@ -436,7 +436,8 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
     maps digests to their dtype's item size (Manifest.itemsizes), which the
     remote's ``auto`` codec chooses by; a digest it lacks counts as bytes.
     Raises MissingObjectError when an object is in neither the cache nor the remote;
-    its line ends with ``fix``, what the caller's user can do about it.
+    its line ends with ``fix`` (or what ``fix()`` says, asked only then), what the
+    caller's user can do about it.
     """
     digests = set(digests)
     lacking = set(digests) if checked else remote.missing(digests)
@@ -445,7 +446,7 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
         first = sorted(absent)[0]
         raise MissingObjectError(
             f"{len(absent)} object(s) to push are in neither the cache nor {remote.url} "
-            f"(first: {first}); {fix}")
+            f"(first: {first}); {fix() if callable(fix) else fix}")
     policy = policy or DeltaPolicy()
     if not (bases and policy.enabled):
         stats = transfer(cache, remote, lacking, f"push {remote.url}", check_destination=False,

@@ -87,11 +87,13 @@ def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
     # a clone's cache holds the chunks of what it checked out: a first push to another
     # remote (or push --all) also needs the older commits' chunks, from the remote it
     # cloned from, as `git lfs fetch --all` gets git-lfs's
-    others = sorted(n for n in configured(repo) if n != spec.name)
-    fix = (f"fetch them from a remote that has them ('git theta-zarr fetch --all "
-           f"{others[0]}') or check out the version that made them" if others else
-           "fetch them ('git theta-zarr fetch --all REMOTE') or check out the version "
-           "that made them")
+    def fix() -> str:  # asked only when chunks are missing: it reads the remotes' config
+        others = sorted(n for n in configured(repo) if n != spec.name)
+        return (f"fetch them from a remote that has them ('git theta-zarr fetch --all "
+                f"{others[0]}') or check out the version that made them" if others else
+                "fetch them ('git theta-zarr fetch --all REMOTE') or check out the version "
+                "that made them")
+
     stats = push_objects(cache, remote, digests, bases, policy, elems, fix=fix)
     # A gc --remote elsewhere may have taken an old, unreachable object this push found
     # there (it sees the commits only once git moves the branch, after this hook): check
