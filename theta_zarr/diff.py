@@ -29,7 +29,7 @@ from .formats import transposed
 from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
-from .shards import Model
+from .shards import Model, format_free_name
 from .wording import counted, quote_path, shell_word
 
 JSON_VERSION = 1
@@ -526,24 +526,10 @@ def _in_folder(model: Model, shard: str) -> str:
     return posixpath.relpath(shard, folder) if folder else shard
 
 
-#: weight files' extensions, dropped from a shard's name to pair it across formats
-_WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
-
-
 def _shard_key(model: Model, shard: str) -> str:
-    """A shard's name in its folder, the same in either format of a model converted by
-    the Hub's naming: ``pytorch_model.bin`` is ``model.safetensors``,
-    ``pytorch_model-00001-of-00002.bin`` is ``model-00001-of-00002.safetensors``, and
-    ``diffusion_pytorch_model.bin`` is ``diffusion_pytorch_model.safetensors``."""
-    name = _in_folder(model, shard)
-    for ext in _WEIGHT_EXTENSIONS:
-        if name.endswith(ext):
-            name = name[:-len(ext)]
-            break
-    head, _, tail = name.rpartition("/")
-    if tail.startswith("pytorch_model"):
-        tail = tail[len("pytorch_"):]
-    return f"{head}/{tail}" if head else tail
+    """A shard's name in its folder, the same in either format of a model the Hub
+    converted (``shards.format_free_name``)."""
+    return format_free_name(_in_folder(model, shard))
 
 
 def diff_models(old: Model | None, new: Model | None, objects: Any, path: str,

@@ -36,6 +36,44 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "diffusion_pytorch_model.bin", "diffusion_pytorch_model.bin.index.json")
 
 
+#: a folder's weights by the Hub's names, each safetensors name with its PyTorch one
+#: (transformers, diffusers, PEFT): the file or, with ``.index.json``, the shards' index
+CONVERSIONS = (("model.safetensors", "pytorch_model.bin"),
+               ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
+               ("adapter_model.safetensors", "adapter_model.bin"))
+_COUNTERPARTS = {a: b for pair in CONVERSIONS for a, b in (pair, pair[::-1])}
+#: the single-file weights of ``CONVERSIONS``, either format
+WEIGHT_NAMES = tuple(_COUNTERPARTS)
+#: weight files' extensions, dropped from a shard's name to pair it across formats
+_WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def counterpart(key: str) -> str | None:
+    """The other format's name for the weights of ``key``'s folder (``d/model.safetensors``
+    for ``d/pytorch_model.bin`` and back, ``CONVERSIONS``); None for a key that is none
+    of them."""
+    folder, name = posixpath.split(key)
+    other = _COUNTERPARTS.get(name)
+    return None if other is None else posixpath.join(folder, other)
+
+
+def format_free_name(name: str) -> str:
+    """A weight file's name (a path inside its model's folder) with its format taken out,
+    the same in either format of a model converted by the Hub's naming:
+    ``pytorch_model.bin`` and ``model.safetensors`` are ``model``,
+    ``pytorch_model-00001-of-00002.bin`` and ``model-00001-of-00002.safetensors`` are
+    ``model-00001-of-00002``, and ``diffusion_pytorch_model.bin`` and ``.safetensors`` are
+    ``diffusion_pytorch_model``."""
+    for ext in _WEIGHT_EXTENSIONS:
+        if name.endswith(ext):
+            name = name[:-len(ext)]
+            break
+    head, _, tail = name.rpartition("/")
+    if tail.startswith("pytorch_model"):
+        tail = tail[len("pytorch_"):]
+    return f"{head}/{tail}" if head else tail
+
+
 def is_index_name(path: str) -> bool:
     """True for a file name an index may have (``*.index.json``, or ``*.index.V.json`` for
     a variant V: ``model.safetensors.index.fp16.json``)."""

@@ -15,9 +15,11 @@ from ..remote import ReadThrough
 from ..shards import (
     INDEX_SUFFIX,
     WEIGHT_FILES,
+    WEIGHT_NAMES,
     Index,
     Model,
     combine,
+    counterpart,
     index_paths,
     is_index_name,
     model_key,
@@ -186,24 +188,6 @@ def model_keys(repo: Repo, path: str, side: object,
         if model_key(idx.path) == path:
             return path
     return None
-
-
-#: a folder's weights by the Hub's names, each safetensors name with its PyTorch one
-#: (transformers, diffusers, PEFT): the file or, with ``.index.json``, the shards' index
-_CONVERSIONS = (("model.safetensors", "pytorch_model.bin"),
-                ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"),
-                ("adapter_model.safetensors", "adapter_model.bin"))
-_COUNTERPARTS = {a: b for pair in _CONVERSIONS for a, b in (pair, pair[::-1])}
-WEIGHT_NAMES = tuple(_COUNTERPARTS)
-
-
-def counterpart(key: str) -> str | None:
-    """The other format's name for the weights of ``key``'s folder (``d/model.safetensors``
-    for ``d/pytorch_model.bin`` and back, ``_CONVERSIONS``); None for a key that is none
-    of them."""
-    folder, name = posixpath.split(key)
-    other = _COUNTERPARTS.get(name)
-    return None if other is None else posixpath.join(folder, other)
 
 
 def converted(repo: Repo, keys: Sequence[str], old: object, new: object) -> dict[str, str]:
