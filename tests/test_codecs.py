@@ -7,6 +7,7 @@ import os
 import ml_dtypes
 import numpy as np
 import pytest
+import zstandard
 
 from theta_zarr import chunking, codecs
 from theta_zarr.codecs import CodecError
@@ -183,6 +184,41 @@ def test_blosc_frames_that_lie_about_their_sizes_are_refused():
     frame[4:8] = (1 << 31).to_bytes(4, "little")  # claims 2 GiB of raw bytes
     with pytest.raises(CodecError, match="claims"):
         codecs.decode(codecs.header("blosc") + bytes(frame))
+
+
+def _zstd_without_size(n: int) -> bytes:
+    """A zstd frame of ``n`` zero bytes whose header does not declare its size (as
+    streaming compressors write it): a few KB that expand to ``n``."""
+    co = zstandard.ZstdCompressor(level=1, write_content_size=False).compressobj()
+    return co.compress(bytes(n)) + co.flush()
+
+
+def test_a_decompression_bomb_is_refused_before_it_expands():
+    """A few KB of zstd from a hostile remote decoded whole into gigabytes of memory
+    before the digest check could refuse them: decoding now stops at its limit."""
+    bomb = _zstd_without_size(8 << 20)
+    assert len(bomb) < 1 << 12
+    with pytest.raises(codecs.TooLarge, match="more than 1048576 bytes"):
+        codecs.decode(codecs.header("zstd") + bomb, limit=1 << 20)
+    # the same bytes decode within a limit that holds them, and several frames too
+    assert len(codecs.decode(codecs.header("zstd") + bomb + bomb, limit=16 << 20)) == 16 << 20
+    good = codecs.encode_bytes(bytes(1000) + b"x", "zstd")
+    with pytest.raises(codecs.TooLarge):  # a frame declaring its size is judged by it
+        codecs.decode(good, limit=1000)
+    assert bytes(codecs.decode(good, limit=1001)) == bytes(1000) + b"x"
+    with pytest.raises(codecs.TooLarge):  # a size frame followed by a bomb
+        codecs.decode(good + bomb, limit=1 << 20)
+    header = bytearray(zstandard.ZstdCompressor().compress(b"x" * 300))
+    forged = bytes(header[:4]) + bytes([0xE0]) + (1 << 40).to_bytes(8, "little") + \
+        bytes(header[7:])  # declares 1 TiB: refused, nothing allocated
+    with pytest.raises(codecs.TooLarge):
+        codecs.decode(codecs.header("zstd") + forged)
+    for name, elem in (("blosc", 4), ("auto", 2)):
+        obj = codecs.encode_bytes(weights(ml_dtypes.bfloat16, 2048).tobytes(), name, elem)
+        assert codecs.split(obj)[0] == {"auto": "expsplit"}.get(name, name)
+        with pytest.raises(codecs.TooLarge):
+            codecs.decode(obj, limit=4095)
+        assert len(codecs.decode(obj, limit=4096)) == 4096
 
 
 def test_writer_names_are_checked():

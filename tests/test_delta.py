@@ -10,6 +10,7 @@ import time
 import ml_dtypes
 import numpy as np
 import pytest
+import zstandard
 
 from theta_zarr import chunking, codecs, delta, gc
 from theta_zarr.cache import Cache
@@ -131,6 +132,18 @@ def test_corrupt_int_delta_body_is_an_error_not_data():
             delta.apply(header, bad, old.tobytes())
     with pytest.raises(codecs.CodecError, match="int-delta"):
         delta.apply(header, body, old.tobytes()[:-4])  # base of another length
+
+
+def test_a_delta_body_decodes_to_its_bases_size_at_most():
+    """An xor-delta body is zstd: a few KB without a declared size expanded whole before
+    its length was compared with the base's.  It now stops at the base's size."""
+    old = np.arange(4096, dtype=np.float32)
+    obj = delta.encode((old + 1).tobytes(), old.tobytes(), chunking.digest(old.tobytes()), 4)
+    header, _ = delta.parse(codecs.split(obj)[1])
+    co = zstandard.ZstdCompressor(level=1, write_content_size=False).compressobj()
+    bomb = co.compress(bytes(8 << 20)) + co.flush()
+    with pytest.raises(codecs.TooLarge, match=f"more than {old.nbytes} bytes"):
+        delta.apply(header, bomb, old.tobytes())
 
 
 def test_delta_of_small_bf16_step_is_much_smaller_than_zstd():

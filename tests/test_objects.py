@@ -8,6 +8,7 @@ import time
 import uuid
 
 import pytest
+import zstandard
 
 from theta_zarr import chunking, codecs, objects
 from theta_zarr.cache import Cache
@@ -284,6 +285,21 @@ class CountingStore(LocalStore):
     def get(self, key):
         self.gets += 1
         return super().get(key)
+
+
+def test_a_manifests_size_never_lifts_the_decoding_bound(tmp_path, monkeypatch):
+    """A hostile manifest can give a chunk any size (one chunk of 2^40 bytes): the size
+    it gives bounds decoding only below ``MAX_RAW``, which bounds it always."""
+    monkeypatch.setattr(codecs, "MAX_RAW", 1 << 20)  # instead of 2 GiB, to keep it cheap
+    co = zstandard.ZstdCompressor(level=1, write_content_size=False).compressobj()
+    bomb = codecs.header("zstd") + co.compress(bytes(4 << 20)) + co.flush()
+    store = ObjectStore(LocalStore(str(tmp_path / "s")))
+    digest = chunk(1)[0]
+    with pytest.raises(ObjectError, match=r"is corrupt \(zstd payload decodes to more "
+                                          r"than 1048576 bytes"):
+        store.decode(digest, bomb, size=1 << 40)
+    with pytest.raises(ObjectError, match="more than the 4096 bytes its manifest gives"):
+        store.decode(digest, bomb, size=4096)
 
 
 def test_missing_is_not_retried(tmp_path):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from . import formats, lfs
 from .cache import Cache, QuarantinedError
@@ -32,8 +32,12 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Called with the digests the cache lacks; must put them into the cache.
-Fetcher = Callable[[set[str]], None]
+class Fetcher(Protocol):
+    """Puts the digests the cache lacks into the cache.  ``sizes`` gives their raw sizes
+    (digest -> bytes, from the manifests naming them), which bound what decoding each
+    fetched object may allocate; a digest it lacks may decode to ``codecs.MAX_RAW``."""
+
+    def __call__(self, digests: set[str], sizes: Mapping[str, int] = ..., /) -> None: ...
 
 
 @dataclass
@@ -159,7 +163,7 @@ def ensure_local(manifest: Manifest, cache: Cache, fetch: Fetcher | None,
         raise MissingObjectError(
             f"{source}: {len(lacking)} chunk(s) are not in the cache and no remote is "
             f"configured (first: {first})")
-    fetch(lacking)
+    fetch(lacking, manifest.chunk_sizes())
 
 
 class Healing:

@@ -509,17 +509,19 @@ def fetch_cmd(remote_name: str | None, rev: str | None, include: tuple[str, ...]
         manifests = [f.manifest for f in tracked_files(repo, rev or "HEAD")
                      if f.manifest is not None]
     digests: set[str] = set()
+    sizes: dict[str, int] = {}
     matched = False
     for m in manifests:
         names = checkpoint.matching_params(m, list(include) or None)
         matched = matched or bool(names)
         digests |= {d for _, _, d in m.iter_chunks(names)}
+        sizes.update(m.chunk_sizes())
     if include and not matched:  # as pull and materialize refuse it
         fail(f"no parameter of {where} checkpoints matches {', '.join(include)}")
     lacking = objects.cache.missing(digests)
     if lacking:
         stats = fetch_objects(open_remote(spec, repo.settings().concurrency, need="read"),
-                              objects.cache, lacking)
+                              objects.cache, lacking, sizes)
     else:  # as git-lfs: the remote is not asked (nor its library imported) for nothing
         stats = TransferStats()
     stats.skipped = len(digests) - len(lacking)

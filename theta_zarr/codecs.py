@@ -34,6 +34,13 @@ docs/benchmarks.md.
 
 ``xor-delta`` and ``int-delta`` objects (delta.py) name a base object and cannot
 be decoded alone: ObjectStore resolves them.
+
+Objects come from remotes and caches others write, so decoding is bounded: every
+``decode`` takes ``limit``, the most raw bytes the chunk may hold (its size from the
+manifest where the reader knows it, else ``MAX_RAW``), and refuses a payload that
+would decode to more before that memory is used (a few KB of zstd can expand to
+gigabytes); ``raw`` expands nothing and takes no limit.  Writers store a chunk over
+``MAX_RAW`` raw, so every object theta-zarr writes decodes within that default.
 """
 
 from __future__ import annotations
@@ -57,8 +64,11 @@ AUTO = "auto"
 #: (docs/benchmarks.md), still several blocks per chunk
 BLOSC_BLOCK = 1 << 20
 #: the largest raw chunk a Blosc frame may claim (c-blosc's BLOSC_MAX_BUFFERSIZE: 2 GiB
-#: less its 16-byte overhead)
+#: less its 16-byte overhead), and the most any encoded object may decode to: a larger
+#: chunk is stored raw
 MAX_RAW = 2**31 - 1 - 16
+#: zstd output is read in pieces of this size when a frame does not declare its size
+_ZSTD_PIECE = 1 << 22
 BLOSC_HEADER = struct.Struct("<4B3I")
 #: c-blosc's shuffle filters (blosc.h)
 NOSHUFFLE, SHUFFLE, BITSHUFFLE = 0, 1, 2
@@ -105,9 +115,11 @@ class Codec(ABC):
         """The payload for ``raw``; ``elem`` is the dtype's item size in bytes (a hint)."""
 
     @abstractmethod
-    def decode(self, payload: memoryview) -> bytes | memoryview:
+    def decode(self, payload: memoryview, limit: int = MAX_RAW
+               ) -> bytes | bytearray | memoryview:
         """The raw chunk a payload of this codec holds; CodecError when it cannot be
-        decoded."""
+        decoded, or would decode to more than ``limit`` bytes (checked before that
+        much is allocated)."""
 
 
 class RawCodec(Codec):
@@ -118,8 +130,50 @@ class RawCodec(Codec):
     def encode(self, raw: memoryview, elem: int = 1) -> memoryview:
         return raw
 
-    def decode(self, payload: memoryview) -> memoryview:
-        return payload
+    def decode(self, payload: memoryview, limit: int = MAX_RAW) -> memoryview:
+        return payload  # nothing expands: the bytes are already read (no limit applies)
+
+
+class TooLarge(CodecError):
+    """A payload decodes (or says it decodes) to more than the reader allows."""
+
+    def __init__(self, what: str, n: int, limit: int):
+        super().__init__(f"{what} payload decodes to more than {limit} bytes (at least {n})")
+        self.limit = limit
+
+
+def zstd_decode(payload: bytes | memoryview, limit: int, what: str = "zstd"
+                ) -> bytes | bytearray:
+    """The bytes of one or more zstd frames, at most ``limit`` of them: a frame that
+    declares its size is checked before anything is allocated, one that does not is
+    read in pieces and refused as soon as it passes ``limit`` (a decompression bomb
+    costs ``limit`` bytes at most, not what it expands to).  CodecError otherwise."""
+    view = memoryview(payload)
+    out: list[bytes] = []
+    total = 0
+    try:
+        while len(view):
+            n = zstandard.frame_content_size(view)
+            if n < 0:  # no size in the header: stream what is left, bounded
+                rest = bytearray(b"".join(out))
+                reader = zstandard.ZstdDecompressor().stream_reader(
+                    view, read_across_frames=True)
+                while piece := reader.read(min(_ZSTD_PIECE, limit - len(rest) + 1)):
+                    rest += piece
+                    if len(rest) > limit:
+                        raise TooLarge(what, len(rest), limit)
+                return bytes(rest) if len(rest) <= _ZSTD_PIECE else rest
+            if total + n > limit:
+                raise TooLarge(what, total + n, limit)
+            frame = zstandard.ZstdDecompressor().decompressobj()
+            out.append(frame.decompress(view))  # zstd holds a frame to its declared size
+            if not frame.eof:
+                raise CodecError(f"{what} payload is truncated")
+            total += n
+            view = view[len(view) - len(frame.unused_data):]
+    except zstandard.ZstdError as e:
+        raise CodecError(f"{what} payload does not decode ({e})") from None
+    return out[0] if len(out) == 1 else b"".join(out)
 
 
 class ZstdCodec(Codec):
@@ -134,13 +188,8 @@ class ZstdCodec(Codec):
         # numcodecs cannot decode the frame it writes for empty input: empty stays empty
         return bytes(numcodecs_zstd(self.level).encode(raw)) if len(raw) else b""
 
-    def decode(self, payload: memoryview) -> bytes:
-        if not len(payload):
-            return b""
-        try:
-            return bytes(numcodecs_zstd(self.level).decode(payload))
-        except Exception as e:  # numcodecs raises RuntimeError/ValueError on bad frames
-            raise CodecError(f"zstd payload does not decode ({e})") from None
+    def decode(self, payload: memoryview, limit: int = MAX_RAW) -> bytes | bytearray:
+        return zstd_decode(payload, limit) if len(payload) else b""
 
 
 def typed(data: bytes | memoryview | np.ndarray, elem: int) -> np.ndarray:
@@ -166,9 +215,11 @@ def blosc_encode(data: bytes | memoryview | np.ndarray, elem: int,
                  .encode(arr))
 
 
-def blosc_decode(payload: bytes | memoryview, what: str = "blosc") -> bytes:
+def blosc_decode(payload: bytes | memoryview, what: str = "blosc", limit: int = MAX_RAW
+                 ) -> bytes:
     """The bytes of a Blosc frame, after checking its header against the payload's size
-    (a hostile frame cannot make the reader allocate more than it says, or over 2 GiB)."""
+    (a hostile frame cannot make the reader allocate more than it says, or over
+    ``limit``)."""
     view = memoryview(payload)
     if len(view) < BLOSC_HEADER.size:
         raise CodecError(f"{what} payload is truncated")
@@ -178,6 +229,8 @@ def blosc_decode(payload: bytes | memoryview, what: str = "blosc") -> bytes:
     if cbytes != len(view) or not 0 <= nbytes <= MAX_RAW:
         raise CodecError(f"{what} frame header claims {cbytes} bytes compressed and "
                          f"{nbytes} raw, the payload has {len(view)}")
+    if nbytes > limit:
+        raise TooLarge(what, nbytes, limit)
     try:
         return bytes(numcodecs_blosc().decompress(view))
     except Exception as e:  # numcodecs raises RuntimeError on bad frames
@@ -192,8 +245,8 @@ class BloscCodec(Codec):
     def encode(self, raw: memoryview, elem: int = 1) -> bytes:
         return blosc_encode(raw, elem) if len(raw) else b""
 
-    def decode(self, payload: memoryview) -> bytes:
-        return blosc_decode(payload) if len(payload) else b""
+    def decode(self, payload: memoryview, limit: int = MAX_RAW) -> bytes:
+        return blosc_decode(payload, limit=limit) if len(payload) else b""
 
 
 class ExponentSplitCodec(Codec):
@@ -258,10 +311,12 @@ class ExponentSplitCodec(Codec):
         cost: 2 to 3 bits per element for trained or initialised weights)."""
         return self._LENGTH.unpack_from(payload)[0]
 
-    def decode(self, payload: memoryview) -> memoryview:
+    def decode(self, payload: memoryview, limit: int = MAX_RAW) -> memoryview:
         import numpy as np
 
         frame, rest, n, elem = self._parts(payload)
+        if n * elem > limit:
+            raise TooLarge("expsplit", n * elem, limit)
         try:
             exponents = np.frombuffer(self._coders()[1].decompress(frame, max_output_size=n),
                                       np.uint8)
@@ -352,6 +407,8 @@ def encode(raw: bytes | memoryview, codec: str = "raw", elem: int = 1
     view = memoryview(raw)
     if view.ndim != 1 or view.format != "B":
         view = view.cast("B")
+    if len(view) > MAX_RAW and codec != "raw":
+        codec = "raw"  # no encoded object decodes to more than MAX_RAW (module doc)
     if codec == AUTO:
         name, payload = choose(view, elem)
         return [header(name), payload]
@@ -380,7 +437,8 @@ def split(obj: bytes | memoryview) -> tuple[str, memoryview]:
     return name, view[5 + n:]
 
 
-def decode(obj: bytes | memoryview) -> bytes | memoryview:
-    """The raw chunk bytes of an object (to be checked against its digest by the caller)."""
+def decode(obj: bytes | memoryview, limit: int = MAX_RAW) -> bytes | bytearray | memoryview:
+    """The raw chunk bytes of an object (to be checked against its digest by the caller),
+    at most ``limit`` of them (else CodecError)."""
     name, payload = split(obj)
-    return get_codec(name).decode(payload)
+    return get_codec(name).decode(payload, limit)

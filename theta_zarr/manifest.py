@@ -364,6 +364,16 @@ class Manifest:
     def digests(self) -> set[str]:
         return {d for entry in self.params.values() for d in entry.chunks}
 
+    def chunk_sizes(self) -> dict[str, int]:
+        """{chunk digest: raw size in bytes} of every stored (non-inline) chunk: what its
+        object must decode to (a reader refuses an object that would decode to more)."""
+        out: dict[str, int] = {}
+        for entry in self.params.values():
+            if entry.chunks:
+                out.update((d, n) for d, (_, n) in zip(entry.chunks, entry.spans(),
+                                                        strict=True))
+        return out
+
     def itemsizes(self) -> dict[str, int]:
         """{chunk digest: item size in bytes of its parameter's dtype}: what a writer
         choosing a codec by dtype needs (a digest shared by two dtypes gets the wider)."""

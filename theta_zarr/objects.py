@@ -300,21 +300,40 @@ class ObjectStore:
         except codecs.CodecError as e:
             raise ObjectError(f"object {digest} in {self.url} is corrupt ({e})") from None
 
-    def get(self, digest: str, bases: ObjectStore | None = None) -> bytes | memoryview:
+    def get(self, digest: str, bases: ObjectStore | None = None, size: int | None = None
+            ) -> bytes | memoryview:
         """The verified raw bytes of a chunk, resolving delta chains.
 
-        ``bases`` is another store (the local cache) asked first for delta bases.
+        ``bases`` is another store (the local cache) asked first for delta bases;
+        ``size``, where the caller knows it (from a manifest), is the chunk's raw size:
+        an object that would decode to more is refused before more is allocated (see
+        :meth:`decode`).
         """
-        return self.decode(digest, self.get_encoded(digest), bases)
+        return self.decode(digest, self.get_encoded(digest), bases, size=size)
 
     def decode(self, digest: str, obj: bytes | memoryview, bases: ObjectStore | None = None,
-               _depth: int = 0) -> bytes | memoryview:
+               _depth: int = 0, size: int | None = None) -> bytes | memoryview:
+        """The verified raw bytes of an encoded object read from this store (``get``).
+
+        Decoding never produces more than ``size`` bytes when given, and never more than
+        ``codecs.MAX_RAW`` (the manifest giving ``size`` may be hostile too): a few KB of
+        zstd from a hostile remote could otherwise expand to gigabytes in memory before
+        the digest check refuses them.
+        """
+        limit = codecs.MAX_RAW if size is None else min(size, codecs.MAX_RAW)
         try:
             name, payload = codecs.split(obj)
             if name in delta.NAMES:
                 header, body = delta.parse(payload, name)
             else:
-                raw = codecs.get_codec(name).decode(payload)
+                raw = codecs.get_codec(name).decode(payload, limit)
+        except codecs.TooLarge as e:
+            if size is None or size > limit:
+                raise ObjectError(f"object {digest} in {self.url} is corrupt ({e})") from None
+            raise ObjectError(f"object {digest} in {self.url} decodes to more than the {size} "
+                              f"bytes its manifest gives the chunk; refused before decoding "
+                              f"it (a corrupt object, or a manifest edited without its "
+                              f"chunks)") from None
         except codecs.CodecError as e:
             raise ObjectError(f"object {digest} in {self.url} is corrupt ({e})") from None
         if name in delta.NAMES:
@@ -322,6 +341,10 @@ class ObjectStore:
                 raise ObjectError(f"object {digest} in {self.url}: delta chain deeper than "
                                   f"{delta.MAX_DEPTH} (corrupt or looping chain)")
             base_raw = self._base(header.base, digest, bases, _depth + 1)
+            if size is not None and len(base_raw) != size:
+                raise ObjectError(f"object {digest} in {self.url} is a delta against base "
+                                  f"{header.base} of {len(base_raw)} bytes, and its manifest "
+                                  f"gives the chunk {size}")
             try:
                 raw = delta.apply(header, body, base_raw)
             except codecs.CodecError as e:

@@ -294,11 +294,16 @@ Encoder = Callable[[str], tuple[list[bytes | memoryview], int, int]]
 #: applied where a chunk is encoded (``elems.get(digest, 1)``)
 Elems = Mapping[str, int]
 NO_ELEMS: Elems = MappingProxyType({})
+#: digest -> raw size in bytes of the chunk (from its manifest): a fetched object must
+#: decode to exactly that, and decoding stops past it (``ObjectStore.decode``)
+Sizes = Mapping[str, int]
+NO_SIZES: Sizes = MappingProxyType({})
 
 
 def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: str,
              check_destination: bool = True, encoder: Encoder | None = None,
-             bases: ObjectStore | None = None, elems: Elems = NO_ELEMS) -> TransferStats:
+             bases: ObjectStore | None = None, elems: Elems = NO_ELEMS,
+             sizes: Sizes = NO_SIZES) -> TransferStats:
     """Copy objects from ``src`` to ``dst``: verified on read, re-encoded for ``dst``.
 
     With ``check_destination`` the objects ``dst`` already has are skipped
@@ -306,7 +311,9 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
     resumable: a re-run moves only the rest.  ``encoder`` replaces the plain
     read-verify-encode of one object (the delta writer); ``bases`` is a store
     asked first for delta bases while reading ``src`` (the cache, on fetch);
-    ``elems`` gives each chunk's item size, for ``dst``'s ``auto`` codec.
+    ``elems`` gives each chunk's item size, for ``dst``'s ``auto`` codec; ``sizes`` each
+    chunk's raw size where its manifest is known, which bounds what decoding an object
+    fetched from ``src`` may allocate.
 
     The remote side keeps its ``concurrency`` requests in flight in a pool of its own,
     while reading, decoding, verifying and encoding run in one thread per core
@@ -339,7 +346,7 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
     def store(fetched: tuple[str, bytes]) -> tuple[int, int, int, int]:
         digest, obj = fetched
         with reading(digest):
-            raw = src.decode(digest, obj, bases)
+            raw = src.decode(digest, obj, bases, size=sizes.get(digest))
         return len(raw), dst.put(digest, raw, elems.get(digest, 1)), -1, len(obj)
 
     with progress.bar(len(todo), desc, unit="obj") as bar, contextlib.ExitStack() as stack:
@@ -480,13 +487,16 @@ def push_objects(cache: Cache, remote: ObjectStore, digests: Iterable[str],
     return stats
 
 
-def fetch_objects(remote: ObjectStore, cache: Cache, digests: Iterable[str]) -> TransferStats:
+def fetch_objects(remote: ObjectStore, cache: Cache, digests: Iterable[str],
+                  sizes: Sizes = NO_SIZES) -> TransferStats:
     """Download objects into the cache, each verified against its digest first.
 
     Delta objects are resolved (bases from the cache where it has them) and the
-    cache stores the raw chunk.
+    cache stores the raw chunk.  ``sizes`` (digest -> raw size, from the manifests
+    that name them) bounds what decoding each object may allocate; an object it does
+    not name may decode to at most ``codecs.MAX_RAW`` bytes.
     """
-    return transfer(remote, cache, digests, f"fetch {remote.url}", bases=cache)
+    return transfer(remote, cache, digests, f"fetch {remote.url}", bases=cache, sizes=sizes)
 
 
 class ReadThrough:
@@ -521,7 +531,7 @@ class ReadThrough:
         return self._open_remote is not None
 
     @property
-    def fetcher(self) -> Callable[[set[str]], None] | None:
+    def fetcher(self) -> Callable[[set[str], Sizes], None] | None:
         """``fetch``, or None without a remote: ``checkpoint.ensure_local`` then says which
         file lacks chunks rather than only how many."""
         return self.fetch if self._open_remote is not None else None
@@ -539,12 +549,13 @@ class ReadThrough:
             log.warning("%s; fetched a good copy from %s", corrupt, self.remote.url)
         return raw
 
-    def fetch(self, digests: set[str]) -> None:
-        """Bring these objects into the cache (the smudge Fetcher)."""
+    def fetch(self, digests: set[str], sizes: Sizes = NO_SIZES) -> None:
+        """Bring these objects into the cache (the smudge Fetcher); ``sizes`` as for
+        ``fetch_objects``."""
         if self._open_remote is None:
             raise MissingObjectError(f"{len(digests)} chunk(s) are not in the cache and no "
                                      f"remote is configured (first: {sorted(digests)[0]})")
-        fetch_objects(self.remote, self.cache, digests)
+        fetch_objects(self.remote, self.cache, digests, sizes)
 
 
 __all__ = ["ObjectError", "ReadThrough", "RemoteSpec", "TransferStats", "fetch_objects",

@@ -172,11 +172,7 @@ Target = Manifest | FileSet
 
 def chunk_sizes(manifest: Manifest) -> dict[str, int]:
     """Raw size of every chunk object a manifest names."""
-    out: dict[str, int] = {}
-    for entry in manifest.params.values():
-        if entry.inline is None:
-            out.update((d, n) for d, (_, n) in zip(entry.chunks, entry.spans(), strict=True))
-    return out
+    return manifest.chunk_sizes()
 
 
 # -- the remote as cluster sync sees it ------------------------------------------------------
@@ -727,8 +723,13 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
     _check_paths([dest for dest, _ in items], out)
     needs = {dest: item.digests() if isinstance(item, Manifest) else set(item.chunks)
              for dest, item in items if not isinstance(item, bytes)}
+    sizes: dict[str, int] = {}
+    for _, item in items:
+        if not isinstance(item, bytes):
+            sizes.update(item.chunk_sizes())
     try:
-        fetch_objects(remote.objects, cache, cache.missing(set().union(*needs.values())))
+        fetch_objects(remote.objects, cache, cache.missing(set().union(*needs.values())),
+                      sizes)
     except ObjectError as e:
         users = [dest for dest, digests in needs.items() if e.digest in digests]
         if not users:

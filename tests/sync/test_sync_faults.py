@@ -10,8 +10,10 @@ from pathlib import Path
 
 import blake3
 import pytest
+import zstandard
 from helpers import CHUNK, Case, env_for, local_case, model, tz
 
+from theta_zarr import codecs
 from theta_zarr.cache import Cache, QuarantinedError
 from theta_zarr.objects import object_key
 from theta_zarr.refs import RefError, check_ref_name
@@ -219,6 +221,31 @@ def test_a_pull_meeting_a_corrupt_object_names_the_file_that_needs_it(tmp_path):
               env_for(case, tmp_path, THETA_ZARR_CACHE=str(tmp_path / "fresh-cache")), check=False)
     _one_line(proc, f"object {digest}", "is corrupt", f"needed by {out / 'b.safetensors'}",
               "nothing was written")
+    assert not out.exists()
+
+
+def test_a_decompression_bomb_on_the_remote_is_refused_at_the_chunks_size(tmp_path):
+    """A compromised remote put, at a chunk's name, 5 KB of zstd whose header declares no
+    size and which expands to 64 MiB: pull (and every fetch) decoded it whole before the
+    digest check, so a bucket of such objects took a node's memory.  Decoding now stops
+    at the size the manifest gives the chunk."""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    model(tmp_path / "m.safetensors", seed=1)
+    tz(["publish", str(tmp_path / "m.safetensors"), case.url, "--ref", "run/step-1",
+        "--chunk-size", CHUNK], env)
+    remote = case.remote()
+    manifest = remote.resolve("run/step-1")[1]
+    digest, size = max(manifest.chunk_sizes().items(), key=lambda kv: kv[1])
+    obj = Path(case.url) / object_key(digest)
+    os.chmod(obj, 0o644)
+    co = zstandard.ZstdCompressor(level=1, write_content_size=False).compressobj()
+    obj.write_bytes(codecs.header("zstd") + co.compress(bytes(64 << 20)) + co.flush())
+    out = tmp_path / "out.safetensors"
+    proc = tz(["pull", case.url, "run/step-1", "-o", str(out)],
+              env_for(case, tmp_path, THETA_ZARR_CACHE=str(tmp_path / "fresh-cache")), check=False)
+    _one_line(proc, f"object {digest}", f"decodes to more than the {size} bytes its manifest "
+              "gives the chunk", f"needed by {out}", "nothing was written")
     assert not out.exists()
 
 

@@ -283,11 +283,13 @@ class FilterServer:
         paths = sorted(self.delayed)
         if paths and self.fetch is not None:
             lacking: set[str] = set()
+            sizes: dict[str, int] = {}
             for manifest in self.delayed.values():
                 lacking |= checkpoint.missing_chunks(manifest, self.cache)
+                sizes.update(manifest.chunk_sizes())
             try:
                 if lacking:
-                    self.fetch(lacking)
+                    self.fetch(lacking, sizes)
             except Exception as e:  # each file then fetches again and reports what it lacks,
                 log.debug("batch fetch failed: %s", one_line(e))  # naming itself: said once
         self.ready.update(self.delayed)

@@ -85,13 +85,13 @@ def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
     if untracked:
         raise SyncError(f"{untracked[0]} is not tracked by theta-zarr; run "
                         f"'git theta-zarr track' for it first")
-    needed: set[str] = set()
+    sizes: dict[str, int] = {}
     for _, item in entries:
         if isinstance(item, FileEntry):
-            needed.update(item.chunks)
+            sizes.update(item.chunk_sizes())
         elif not settings.lazy:
-            needed |= Manifest.from_bytes(item).digests()
-    fetch_objects(remote.objects, cache, cache.missing(needed))
+            sizes.update(Manifest.from_bytes(item).chunk_sizes())
+    fetch_objects(remote.objects, cache, cache.missing(sizes), sizes)
     for dest, item in entries:
         if isinstance(item, FileEntry):
             # a plain member is stored as ``git add`` would store it: through the filters
