@@ -199,7 +199,7 @@ class Cache(ObjectStore):
         """
         path = self._object_path(digest)
         try:
-            src = os.open(path, os.O_RDONLY)
+            src = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
         except FileNotFoundError:
             raise MissingObjectError(f"object {digest} is missing from {self.url}") from None
         try:

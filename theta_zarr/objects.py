@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from . import chunking, codecs, delta
 from .manifest import DIGEST_RE
-from .storage import BlobNotFound, BlobStore, RootMissing, StorageError
+from .storage import BlobNotFound, BlobStore, NotABlob, RootMissing, StorageError
 
 DEFAULT_CONCURRENCY = 16
 #: existence checks of fewer objects than this are always asked one by one
@@ -224,7 +224,7 @@ class ObjectStore:
         for attempt in range(self.retries + 1):
             try:
                 return fn()
-            except (BlobNotFound, RootMissing):
+            except (BlobNotFound, RootMissing, NotABlob):
                 raise
             except StorageError as e:
                 if self._down is not None:
@@ -278,15 +278,7 @@ class ObjectStore:
                     raise BlobNotFound(key) from None
                 except Exception:
                     pass  # no ranged reads here: read it whole
-            elif path is not None:
-                try:
-                    with open(path(key), "rb") as f:
-                        return f.read(n)
-                except FileNotFoundError:
-                    raise BlobNotFound(key) from None
-                except OSError:
-                    pass
-            return blobs.get(key)[:n]
+            return blobs.read_head(key, n)
 
         try:
             return self._retry(read)

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 
-from theta_zarr.storage import BlobNotFound, StorageError, open_store
+from theta_zarr.objects import ObjectStore, object_key
+from theta_zarr.storage import BlobNotFound, NotABlob, StorageError, open_store
 from theta_zarr.storage.fsspec import FsspecStore
 from theta_zarr.storage.local import LocalStore
 
@@ -154,6 +155,24 @@ def test_a_local_key_that_is_a_folder_or_under_a_file_is_absent(tmp_path):
     for key in ("refs/run7", "refs/run7/step-1/eval"):
         with pytest.raises(BlobNotFound):
             store.get(key)
+
+
+def test_a_local_key_that_is_a_device_is_refused_at_once_not_read(tmp_path):
+    """A link to /dev/zero at an object's name (a shared folder remote) was read until
+    the memory ran out; it is refused before a byte is read, and not retried."""
+    store = LocalStore(str(tmp_path / "root"))
+    digest = "blake3:" + "ab" * 32
+    path = tmp_path / "root" / object_key(digest)
+    path.parent.mkdir(parents=True)
+    path.symlink_to("/dev/zero")
+    for read in (lambda: store.get(object_key(digest)),
+                 lambda: store.read_head(object_key(digest), 8),
+                 lambda: ObjectStore(store, retry_timeout=60).get(digest)):
+        with pytest.raises(NotABlob, match="it is a device, not a file; remove it"):
+            read()
+    path.unlink()
+    path.write_bytes(b"0123456789")
+    assert store.read_head(object_key(digest), 4) == b"0123"
 
 
 def test_local_list_of_a_missing_root_is_empty(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -247,6 +248,28 @@ def test_a_decompression_bomb_on_the_remote_is_refused_at_the_chunks_size(tmp_pa
     _one_line(proc, f"object {digest}", f"decodes to more than the {size} bytes its manifest "
               "gives the chunk", f"needed by {out}", "nothing was written")
     assert not out.exists()
+
+
+def test_a_fifo_or_a_device_in_a_folder_remote_is_refused_not_read(tmp_path):
+    """On a shared folder remote, a FIFO at a ref's name hung `ls` for good, and a link
+    to /dev/zero at a ref's or an object's name read until the memory ran out
+    (`internal error (MemoryError)`).  Only regular files are blobs now (objects:
+    tests/storage/test_stores.py)."""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    model(tmp_path / "m.safetensors", seed=1)
+    tz(["publish", str(tmp_path / "m.safetensors"), case.url, "--ref", "run/a",
+        "--chunk-size", CHUNK], env)
+    refs = Path(case.url) / "refs" / "run"
+    os.mkfifo(refs / "fifo")
+    (refs / "zero").symlink_to("/dev/zero")
+    proc = subprocess.run(["theta-zarr", "ls", case.url], env=env, capture_output=True,
+                          timeout=120)  # a hang guard only: it hung for good
+    assert proc.returncode == 1, proc.stderr
+    rows = proc.stdout.decode().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("run/a\t") and "blake3:" in rows[0], rows
+    assert "error: cannot read refs/run/fifo" in rows[1] and "a FIFO (named pipe)" in rows[1]
+    assert "error: cannot read refs/run/zero" in rows[2] and "a device, not a file" in rows[2]
 
 
 # -- item 7: one unreadable ref ----------------------------------------------------------------

@@ -10,11 +10,12 @@ from .base import (
     BlobStore,
     ConditionalWritesUnsupported,
     ConditionFailed,
+    NotABlob,
     RootMissing,
     StorageError,
 )
 from .open import BadURL, check_url, credential_hint, has_scheme, is_folder, open_store
 
 __all__ = ["BadURL", "BlobInfo", "BlobNotFound", "BlobStore", "ConditionFailed",
-           "ConditionalWritesUnsupported", "RootMissing", "StorageError", "check_url",
+           "ConditionalWritesUnsupported", "NotABlob", "RootMissing", "StorageError", "check_url",
            "credential_hint", "has_scheme", "is_folder", "open_store"]

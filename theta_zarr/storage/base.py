@@ -25,6 +25,11 @@ class BlobNotFound(StorageError, KeyError):
         return str(self.args[0]) if self.args else "not found"
 
 
+class NotABlob(StorageError):
+    """The key holds what no blob can be (on a folder remote: a FIFO, a device, a socket,
+    or a link to one): it is refused as it is, since retrying cannot change it."""
+
+
 class RootMissing(StorageError):
     """The remote's bucket or folder does not exist (a typo, or not created yet)."""
 
@@ -62,6 +67,11 @@ class BlobStore(ABC):
     @abstractmethod
     def get(self, key: str) -> bytes:
         """The blob's bytes; raises BlobNotFound if absent."""
+
+    def read_head(self, key: str, n: int) -> bytes:
+        """The first ``n`` bytes of the blob (fewer if it is shorter); raises BlobNotFound
+        if absent.  The default reads the whole blob; a folder reads only the head."""
+        return self.get(key)[:n]
 
     @abstractmethod
     def put(self, key: str, parts: Parts) -> None:

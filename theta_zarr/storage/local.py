@@ -7,6 +7,7 @@ import errno
 import fcntl
 import itertools
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from .base import (
     BlobNotFound,
     BlobStore,
     ConditionFailed,
+    NotABlob,
     Parts,
     RootMissing,
     StorageError,
@@ -77,13 +79,31 @@ class LocalStore(BlobStore):
         return os.path.exists(self._path(key))
 
     def get(self, key: str) -> bytes:
+        return self._read(key, -1)
+
+    def read_head(self, key: str, n: int) -> bytes:
+        """The first ``n`` bytes of the blob (fewer if it is shorter)."""
+        return self._read(key, n)
+
+    def _read(self, key: str, n: int) -> bytes:
+        """``n`` bytes of the blob (all with -1).  Only a regular file is a blob: a FIFO
+        or a link to ``/dev/zero`` that whoever shares the folder put at a key would hang
+        the reader or fill its memory, so it is refused (NotABlob) before a byte is read."""
         try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
+            # O_NONBLOCK: opening a FIFO that no one writes must not block
+            with open(self._path(key), "rb",
+                      opener=lambda path, flags: os.open(path, flags | os.O_NONBLOCK)) as f:
+                mode = os.fstat(f.fileno()).st_mode
+                if not stat.S_ISREG(mode):
+                    raise NotABlob(f"cannot read {key} from {self.describe()}: it is "
+                                   f"{_kind(mode)}, not a file; remove it from the folder")
+                return f.read(n)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             # a folder of blobs at the key, or a blob where a folder of the key would be:
             # no blob here, as an object store says for a key that is only a prefix
             raise BlobNotFound(f"{key} not found in {self.describe()}") from None
+        except StorageError:
+            raise
         except OSError as e:
             raise StorageError(f"cannot read {key} from {self.describe()}: {e.strerror}") from None
 
@@ -265,6 +285,15 @@ class LocalStore(BlobStore):
             yield
         finally:
             os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    for test, words in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a device"),
+                        (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return "not a regular file"
 
 
 def _strerror(e: OSError) -> str:
