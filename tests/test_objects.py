@@ -282,9 +282,9 @@ class CountingStore(LocalStore):
         super().__init__(root)
         self.gets = 0
 
-    def get(self, key):
+    def get(self, key, max_bytes=None):
         self.gets += 1
-        return super().get(key)
+        return super().get(key, max_bytes)
 
 
 def test_a_manifests_size_never_lifts_the_decoding_bound(tmp_path, monkeypatch):

@@ -134,6 +134,14 @@ class RawCodec(Codec):
         return payload  # nothing expands: the bytes are already read (no limit applies)
 
 
+def encoded_bound(raw_size: int) -> int:
+    """The most bytes an object of a chunk of ``raw_size`` raw bytes can take, in any
+    storage form theta-zarr writes (a header, then at worst zstd's own bound: a 1/256
+    growth plus a block's overhead; a delta adds its base's digest): what a reader may
+    fetch before it judges the object."""
+    return 5 + 255 + 34 + raw_size + (raw_size >> 7) + (1 << 16)
+
+
 class TooLarge(CodecError):
     """A payload decodes (or says it decodes) to more than the reader allows."""
 

@@ -26,7 +26,14 @@ from typing import TypeVar
 
 from . import chunking, codecs, delta
 from .manifest import DIGEST_RE
-from .storage import BlobNotFound, BlobStore, NotABlob, RootMissing, StorageError
+from .storage import (
+    BlobNotFound,
+    BlobStore,
+    BlobTooLarge,
+    NotABlob,
+    RootMissing,
+    StorageError,
+)
 
 DEFAULT_CONCURRENCY = 16
 #: existence checks of fewer objects than this are always asked one by one
@@ -256,10 +263,19 @@ class ObjectStore:
         key = object_key(digest)
         return self._retry(lambda: self.blobs.exists(key))
 
-    def get_encoded(self, digest: str) -> bytes:
+    def get_encoded(self, digest: str, size: int | None = None) -> bytes:
+        """The stored object as it is.  ``size``, where the caller knows the chunk's raw
+        size (from a manifest), bounds what is read: an object larger than any storage
+        form of that chunk takes is corrupt (ObjectError), found before it is read whole
+        (a sparse file of a terabyte in a folder remote costs nothing to make)."""
         key = object_key(digest)
+        bound = None if size is None else codecs.encoded_bound(size)
         try:
-            return self._retry(lambda: self.blobs.get(key))
+            return self._retry(lambda: self.blobs.get(key, bound))
+        except BlobTooLarge as e:
+            raise ObjectError(f"object {digest} in {self.url} is corrupt ({e.holds}, more "
+                              f"than the {bound} any storage form of its chunk takes)",
+                              digest) from None
         except BlobNotFound:
             raise MissingObjectError(f"object {digest} is missing from {self.url}") from None
 
@@ -301,7 +317,7 @@ class ObjectStore:
         an object that would decode to more is refused before more is allocated (see
         :meth:`decode`).
         """
-        return self.decode(digest, self.get_encoded(digest), bases, size=size)
+        return self.decode(digest, self.get_encoded(digest, size), bases, size=size)
 
     def decode(self, digest: str, obj: bytes | memoryview, bases: ObjectStore | None = None,
                _depth: int = 0, size: int | None = None) -> bytes | memoryview:

@@ -36,6 +36,9 @@ _BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 #: under a bucket prefix, and S3 and GCS keys end at 1024 bytes.
 MAX_REF_BYTES = 512
 MAX_COMPONENT_BYTES = 255
+#: the most bytes a ref file may hold (it holds two short lines): a larger one is refused
+#: before it is read whole
+MAX_REF_FILE = 4096
 #: Unicode categories refused: controls, format characters (bidirectional overrides,
 #: zero-width joiners), separators, private use, surrogates, unassigned code points.
 #: Each makes a name display as something it is not.
@@ -158,7 +161,7 @@ class Refs:
 
     def read(self, name: str) -> RefValue | None:
         try:
-            data, token = self.blobs.get_versioned(self._key(name))
+            data, token = self.blobs.get_versioned(self._key(name), MAX_REF_FILE)
         except BlobNotFound:
             return None
         return decode(name, data, token)

@@ -336,7 +336,7 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
 
     def get_encoded(digest: str) -> bytes:
         with reading(digest):
-            return src.get_encoded(digest)
+            return src.get_encoded(digest, sizes.get(digest))
 
     def send(encoded: tuple[str, tuple[list[bytes | memoryview], int, int]]
              ) -> tuple[int, int, int, int]:

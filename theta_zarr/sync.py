@@ -37,6 +37,7 @@ from .chunkreader import ordered_map
 from .formats.base import FormatError, NotWeights
 from .manifest import (
     DIGEST_RE,
+    MAX_MANIFEST_BLOB,
     Manifest,
     ManifestError,
     check_name,
@@ -50,6 +51,7 @@ from .settings import Settings
 from .storage import (
     BlobInfo,
     BlobNotFound,
+    BlobTooLarge,
     ConditionalWritesUnsupported,
     ConditionFailed,
     StorageError,
@@ -207,8 +209,8 @@ class SyncRemote:
         digest = chunking.digest(data)
         key = self.manifest_key(digest)
         try:
-            there = self.objects._retry(lambda: self.blobs.get(key))
-        except BlobNotFound:
+            there = self.objects._retry(lambda: self.blobs.get(key, len(data)))
+        except (BlobNotFound, BlobTooLarge):  # a larger copy is damaged: written again
             there = None
         if there is None or bytes(there) != data:
             self.objects._retry(lambda: self.blobs.put(key, [data]))
@@ -217,7 +219,7 @@ class SyncRemote:
     def get_bytes(self, digest: str) -> bytes:
         key = self.manifest_key(digest)
         try:
-            data = self.objects._retry(lambda: self.blobs.get(key))
+            data = self.objects._retry(lambda: self.blobs.get(key, MAX_MANIFEST_BLOB))
         except BlobNotFound:
             raise SyncError(f"manifest {digest} is missing from {self.url}") from None
         if chunking.digest(data) != digest:
@@ -253,7 +255,7 @@ class SyncRemote:
         content (two ranks' files of one name would make one of them vanish)."""
         key, data = self._stage_key_data(ref, name, entry)
         try:
-            now = self.objects._retry(lambda: self.blobs.get(key))
+            now = self.objects._retry(lambda: self.blobs.get(key, MAX_MANIFEST_BLOB))
         except BlobNotFound:
             return
         if bytes(now) != data:
@@ -284,7 +286,7 @@ class SyncRemote:
         out = {}
         for info in self.blobs.list(prefix):
             name = check_name(info.key[len(prefix):], "staged shard")
-            data = self.objects._retry(lambda k=info.key: self.blobs.get(k))
+            data = self.objects._retry(lambda k=info.key: self.blobs.get(k, MAX_MANIFEST_BLOB))
             obj = loads_json(data, f"{self.url} {info.key}", "staged shard")
             out[name] = FileEntry.from_json(obj, info.key)
         return out
@@ -293,7 +295,8 @@ class SyncRemote:
         """(key, entry) of every staged shard of every ref (gc treats them as roots)."""
         for info in self.blobs.list(STAGING_PREFIX):
             if f"/{PARTS}/" in info.key:
-                data = self.objects._retry(lambda k=info.key: self.blobs.get(k))
+                data = self.objects._retry(
+                    lambda k=info.key: self.blobs.get(k, MAX_MANIFEST_BLOB))
                 obj = loads_json(data, f"{self.url} {info.key}", "staged shard")
                 yield info.key, FileEntry.from_json(obj, info.key)
 

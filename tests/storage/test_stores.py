@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from theta_zarr.objects import ObjectStore, object_key
-from theta_zarr.storage import BlobNotFound, NotABlob, StorageError, open_store
+from theta_zarr.storage import BlobNotFound, BlobTooLarge, NotABlob, StorageError, open_store
 from theta_zarr.storage.fsspec import FsspecStore
 from theta_zarr.storage.local import LocalStore
 
@@ -48,6 +48,23 @@ def test_blob_round_trip(blobs):
     blobs.delete("objects/ab/cd")
     assert not blobs.exists("objects/ab/cd")
     assert [i.key for i in blobs.list("objects")] == ["objects/ab/ef"]
+
+
+def test_a_blob_over_the_readers_bound_is_refused_before_it_is_read(blobs):
+    """A ref, a manifest or an object of a known chunk has a most size; a folder remote's
+    sparse file of 100 GB at such a key was read whole (`internal error (MemoryError)`).
+    Every backend refuses a larger blob (a ranged read of one byte more, or its size)."""
+    blobs.put("refs/run/a", [b"x" * 5000])
+    blobs.put("refs/run/empty", [])
+    with pytest.raises(BlobTooLarge, match="refs/run/a .*more than the 4096 it may"):
+        blobs.get("refs/run/a", 4096)
+    assert blobs.get("refs/run/a", 5000) == b"x" * 5000
+    assert blobs.get("refs/run/empty", 10) == b""
+    if blobs.conditional_writes:
+        with pytest.raises(BlobTooLarge, match="refs/run/a .*more than the 4096 it may"):
+            blobs.get_versioned("refs/run/a", 4096)
+        assert blobs.get_versioned("refs/run/a", 5000)[0] == b"x" * 5000
+        assert blobs.get_versioned("refs/run/empty", 10)[0] == b""
 
 
 def test_missing_blob(blobs):

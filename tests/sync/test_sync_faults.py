@@ -250,11 +250,13 @@ def test_a_decompression_bomb_on_the_remote_is_refused_at_the_chunks_size(tmp_pa
     assert not out.exists()
 
 
-def test_a_fifo_or_a_device_in_a_folder_remote_is_refused_not_read(tmp_path):
+def test_a_fifo_a_device_or_a_sparse_file_in_a_folder_remote_is_refused_not_read(
+        tmp_path):
     """On a shared folder remote, a FIFO at a ref's name hung `ls` for good, and a link
-    to /dev/zero at a ref's or an object's name read until the memory ran out
-    (`internal error (MemoryError)`).  Only regular files are blobs now (objects:
-    tests/storage/test_stores.py)."""
+    to /dev/zero, or a sparse file of 100 GB, at a ref's or an object's name was read
+    until the memory ran out (`internal error (MemoryError)`).  Only regular files are
+    blobs now, and a ref or an object of a known chunk has a most size (devices at
+    objects: tests/storage/test_stores.py)."""
     case = local_case(tmp_path)
     env = env_for(case, tmp_path)
     model(tmp_path / "m.safetensors", seed=1)
@@ -263,13 +265,26 @@ def test_a_fifo_or_a_device_in_a_folder_remote_is_refused_not_read(tmp_path):
     refs = Path(case.url) / "refs" / "run"
     os.mkfifo(refs / "fifo")
     (refs / "zero").symlink_to("/dev/zero")
+    with open(refs / "zz", "wb") as f:
+        f.truncate(100 << 30)  # sparse: costs no disk
+    digest = max(case.remote().resolve("run/a")[1].digests())
+    obj = Path(case.url) / object_key(digest)
+    os.chmod(obj, 0o644)
+    os.truncate(obj, 100 << 30)
     proc = subprocess.run(["theta-zarr", "ls", case.url], env=env, capture_output=True,
                           timeout=120)  # a hang guard only: it hung for good
     assert proc.returncode == 1, proc.stderr
     rows = proc.stdout.decode().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("run/a\t") and "blake3:" in rows[0], rows
+    assert len(rows) == 4 and rows[0].startswith("run/a\t") and "blake3:" in rows[0], rows
     assert "error: cannot read refs/run/fifo" in rows[1] and "a FIFO (named pipe)" in rows[1]
     assert "error: cannot read refs/run/zero" in rows[2] and "a device, not a file" in rows[2]
+    assert "error: cannot read refs/run/zz" in rows[3] and \
+        f"it holds {100 << 30} bytes, more than the 4096 it may" in rows[3]
+    out = tmp_path / "out.safetensors"
+    proc = tz(["pull", case.url, "run/a", "-o", str(out)],
+              env_for(case, tmp_path, THETA_ZARR_CACHE=str(tmp_path / "c2")), check=False)
+    _one_line(proc, f"object {digest}", f"is corrupt (it holds {100 << 30} bytes, more than",
+              f"needed by {out}", "nothing was written")
 
 
 # -- item 7: one unreadable ref ----------------------------------------------------------------

@@ -8,6 +8,7 @@ from .base import (
     BlobInfo,
     BlobNotFound,
     BlobStore,
+    BlobTooLarge,
     ConditionalWritesUnsupported,
     ConditionFailed,
     NotABlob,
@@ -16,6 +17,6 @@ from .base import (
 )
 from .open import BadURL, check_url, credential_hint, has_scheme, is_folder, open_store
 
-__all__ = ["BadURL", "BlobInfo", "BlobNotFound", "BlobStore", "ConditionFailed",
+__all__ = ["BadURL", "BlobInfo", "BlobNotFound", "BlobStore", "BlobTooLarge", "ConditionFailed",
            "ConditionalWritesUnsupported", "NotABlob", "RootMissing", "StorageError", "check_url",
            "credential_hint", "has_scheme", "is_folder", "open_store"]

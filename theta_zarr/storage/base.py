@@ -30,6 +30,22 @@ class NotABlob(StorageError):
     or a link to one): it is refused as it is, since retrying cannot change it."""
 
 
+class BlobTooLarge(NotABlob):
+    """The blob holds more bytes than any blob of its kind may (a ref, a manifest, an
+    object of a known chunk): refused before it is read whole, and not retried."""
+
+    holds = "it holds more"  #: the words for its size ("it holds 12 bytes")
+
+
+def too_large(store: str, key: str, max_bytes: int, n: int | None = None) -> BlobTooLarge:
+    """The one-line refusal of a blob over ``max_bytes`` (``n``: its size, if known)."""
+    holds = f"it holds {n} bytes" if n is not None else "it holds more"
+    e = BlobTooLarge(f"cannot read {key} from {store}: {holds}, more than the "
+                     f"{max_bytes} it may (a damaged or hostile blob)")
+    e.holds = holds
+    return e
+
+
 class RootMissing(StorageError):
     """The remote's bucket or folder does not exist (a typo, or not created yet)."""
 
@@ -65,8 +81,9 @@ class BlobStore(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def get(self, key: str) -> bytes:
-        """The blob's bytes; raises BlobNotFound if absent."""
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The blob's bytes; raises BlobNotFound if absent, and BlobTooLarge (before it is
+        read whole) if it holds more than ``max_bytes``."""
 
     def read_head(self, key: str, n: int) -> bytes:
         """The first ``n`` bytes of the blob (fewer if it is shorter); raises BlobNotFound
@@ -132,10 +149,10 @@ class BlobStore(ABC):
     #: True where put_if/get_versioned give a real server-side guarantee.
     conditional_writes: bool = False
 
-    def get_versioned(self, key: str) -> tuple[bytes, str]:
+    def get_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         """The blob's bytes and an opaque version token (ETag, generation...) read together.
 
-        Raises BlobNotFound if absent.
+        Raises BlobNotFound if absent, BlobTooLarge if it holds more than ``max_bytes``.
         """
         raise ConditionalWritesUnsupported(
             f"{self.describe()} cannot read a blob with its version: refs need S3, GCS or "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 from fsspec.exceptions import FSTimeoutError
 
-from .base import BlobInfo, BlobNotFound, BlobStore, Parts, StorageError
+from .base import BlobInfo, BlobNotFound, BlobStore, Parts, StorageError, too_large
 
 
 class FsspecStore(BlobStore):
@@ -57,11 +58,19 @@ class FsspecStore(BlobStore):
         except Exception as e:
             raise self._fail("check", key, e) from None
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        # with a bound: a ranged read of one byte more than allowed (still one request)
+        ranged = {} if max_bytes is None else {"start": 0, "end": max_bytes + 1}
         try:
-            return bytes(self.fs.cat_file(self._path(key), **self._read_options, **self._bound))
+            data = bytes(self.fs.cat_file(self._path(key), **ranged, **self._read_options,
+                                          **self._bound))
         except Exception as e:
+            if ranged and _unsatisfiable(e):
+                return b""  # a range from byte 0 fails only on an empty blob
             raise self._fail("read", key, e) from None
+        if max_bytes is not None and len(data) > max_bytes:
+            raise too_large(self.describe(), key, max_bytes)
+        return data
 
     def put(self, key: str, parts: Parts) -> None:
         data = b"".join(parts)
@@ -106,6 +115,13 @@ class FsspecStore(BlobStore):
                 self.root.lstrip("/") + "/", 1)[-1]
             mtime = info.get("mtime") or info.get("LastModified") or info.get("updated")
             yield BlobInfo(key, int(info.get("size") or 0), _to_ts(mtime))
+
+
+def _unsatisfiable(e: BaseException) -> bool:
+    """True if ``e`` is a 416 answer to a ranged read (gcsfs: HttpError code 416; s3fs:
+    InvalidRange, raised as EINVAL "The requested range is not satisfiable")."""
+    return getattr(e, "code", None) == 416 or (
+        isinstance(e, OSError) and e.errno == errno.EINVAL and "range" in str(e).lower())
 
 
 def fail(store: BlobStore, what: str, key: str, e: BaseException) -> StorageError:

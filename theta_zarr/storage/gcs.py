@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from .base import ConditionFailed, RootMissing
+from .base import ConditionFailed, RootMissing, StorageError, too_large
 from .fsspec import FsspecStore, fail, unreachable
 
 _BOUNDARY = "==theta-zarr-ref=="
@@ -54,16 +54,23 @@ class GcsStore(FsspecStore):
                 raise fail(self, "reach", f"bucket {bucket}", e) from None
             return  # no permission to ask (a public bucket): try the data
 
-    def get_versioned(self, key: str) -> tuple[bytes, str]:
+    def get_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         bucket, path = self._bucket_key(key)
         try:
             meta = self.fs.call("GET", "b/{}/o/{}", bucket, path, json_out=True,
                                 timeout=self.timeout)
             generation = str(meta["generation"])
+            size = int(meta.get("size", -1))
+            if max_bytes is not None and size > max_bytes:  # refused before it is read
+                raise too_large(self.describe(), key, max_bytes, size)
             _, data = self.fs.call("GET", "b/{}/o/{}", bucket, path, alt="media",
                                    generation=generation, timeout=self.timeout)
+        except StorageError:
+            raise
         except Exception as e:
             raise fail(self, "read", key, e) from None
+        if max_bytes is not None and len(data) > max_bytes:  # it grew between the calls
+            raise too_large(self.describe(), key, max_bytes)
         return bytes(data), generation
 
     def put_if(self, key: str, data: bytes, expect: str | None) -> str:

@@ -24,6 +24,7 @@ from .base import (
     Parts,
     RootMissing,
     StorageError,
+    too_large,
 )
 
 #: Names of temporary files (never listed as blobs; gc removes old ones) and lock files.
@@ -78,17 +79,19 @@ class LocalStore(BlobStore):
     def exists(self, key: str) -> bool:
         return os.path.exists(self._path(key))
 
-    def get(self, key: str) -> bytes:
-        return self._read(key, -1)
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
+        return self._read(key, -1, max_bytes)
 
     def read_head(self, key: str, n: int) -> bytes:
         """The first ``n`` bytes of the blob (fewer if it is shorter)."""
         return self._read(key, n)
 
-    def _read(self, key: str, n: int) -> bytes:
+    def _read(self, key: str, n: int, max_bytes: int | None = None) -> bytes:
         """``n`` bytes of the blob (all with -1).  Only a regular file is a blob: a FIFO
         or a link to ``/dev/zero`` that whoever shares the folder put at a key would hang
-        the reader or fill its memory, so it is refused (NotABlob) before a byte is read."""
+        the reader or fill its memory, so it is refused (NotABlob) before a byte is read;
+        so is one of more than ``max_bytes`` (a sparse file of a terabyte costs nothing
+        to make)."""
         try:
             # O_NONBLOCK: opening a FIFO that no one writes must not block
             with open(self._path(key), "rb",
@@ -97,7 +100,16 @@ class LocalStore(BlobStore):
                 if not stat.S_ISREG(mode):
                     raise NotABlob(f"cannot read {key} from {self.describe()}: it is "
                                    f"{_kind(mode)}, not a file; remove it from the folder")
-                return f.read(n)
+                if max_bytes is not None:
+                    size = os.fstat(f.fileno()).st_size
+                    if size > max_bytes:
+                        raise too_large(self.describe(), key, max_bytes, size)
+                    # read at most one byte more than allowed: the file may grow meanwhile
+                    n = max_bytes + 1 if n < 0 else min(n, max_bytes + 1)
+                data = f.read(n)
+                if max_bytes is not None and len(data) > max_bytes:
+                    raise too_large(self.describe(), key, max_bytes)
+                return data
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             # a folder of blobs at the key, or a blob where a folder of the key would be:
             # no blob here, as an object store says for a key that is only a prefix
@@ -215,8 +227,8 @@ class LocalStore(BlobStore):
     # The version token is the blake3 of the content: a blob is only ever replaced
     # whole (rename), so the bytes read and their token always belong together.
 
-    def get_versioned(self, key: str) -> tuple[bytes, str]:
-        data = self.get(key)
+    def get_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        data = self.get(key, max_bytes)
         return data, _token(data)
 
     def put_if(self, key: str, data: bytes, expect: str | None) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from fsspec.asyn import sync
 
-from .base import ConditionFailed, RootMissing
+from .base import ConditionFailed, RootMissing, too_large
 from .fsspec import FsspecStore, fail, unreachable
 
 
@@ -83,22 +83,28 @@ class S3Store(FsspecStore):
             return self.fs.find(bucket, detail=True, **self._bound)
         return self.fs.find(bucket, prefix=key + "/", detail=True, **self._bound)
 
-    def get_versioned(self, key: str) -> tuple[bytes, str]:
+    def get_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         bucket, path = self._bucket_key(key)
 
-        async def fetch() -> tuple[bytes, str]:
+        async def fetch() -> tuple[bytes, str, int]:
             resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=path)
             body = resp["Body"]
+            size = int(resp.get("ContentLength", -1))
             try:
-                data = await body.read()
+                if max_bytes is not None and size > max_bytes:
+                    return b"", "", size  # not read: the refusal needs no byte of it
+                data = await (body.read() if max_bytes is None else body.read(max_bytes + 1))
             finally:
                 body.close()
-            return data, str(resp["ETag"])
+            return data, str(resp["ETag"]), size
 
         try:
-            return sync(self.fs.loop, fetch, timeout=self.timeout)
+            data, etag, size = sync(self.fs.loop, fetch, timeout=self.timeout)
         except Exception as e:
             raise fail(self, "read", key, e) from None
+        if max_bytes is not None and (size > max_bytes or len(data) > max_bytes):
+            raise too_large(self.describe(), key, max_bytes, size if size >= 0 else None)
+        return data, etag
 
     def put_if(self, key: str, data: bytes, expect: str | None) -> str:
         bucket, path = self._bucket_key(key)
