@@ -292,6 +292,27 @@ def test_a_checkout_older_than_thetazarr_finds_the_remote_it_named(repo, make_re
     assert not (b.path / ".thetazarr").exists()
 
 
+def test_a_thetazarr_that_is_a_symbolic_link_is_neither_read_nor_written(repo, tmp_path):
+    """A committed `.thetazarr -> ../../.gitconfig` (any file outside the repository) had
+    that file's remote keys read as the repository's, and `remote add --shared` wrote
+    into it; git does not follow a symlinked .gitattributes either."""
+    outside = tmp_path / "outside.gitconfig"
+    text = '[user]\n\tname = me\n[theta-zarr "remote.far"]\n\turl = /srv/far\n'
+    outside.write_text(text)
+    (repo.path / ".thetazarr").symlink_to(outside)
+    repo.git("add", ".thetazarr")
+    repo.git("commit", "-q", "-m", "link")
+    proc = repo.tz("remote", "add", "origin", str(tmp_path / "store"), "--shared", check=False)
+    assert proc.returncode == 1 and outside.read_text() == text
+    assert proc.stderr.decode().splitlines() == [
+        f"theta-zarr: .thetazarr is a symbolic link (to {outside}); theta-zarr does not "
+        "write through it: replace it with a file"]
+    listed = repo.tz("remote", "list")
+    assert "far" not in listed.stdout.decode()
+    assert "theta-zarr: .thetazarr is a symbolic link; not following it" in \
+        listed.stderr.decode()
+
+
 def test_a_clone_of_a_local_work_tree_reads_and_pushes_its_object_cache(repo, make_repo,
                                                                          tmp_path):
     """``git clone ~/proj ~/proj2``: the chunks are in proj's own cache (.git/theta-zarr);

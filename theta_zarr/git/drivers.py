@@ -47,7 +47,7 @@ from ..streams import write_atomic
 from ..wording import quote_path, shell_word
 from .parent import parent_git, strategy_option
 from .push import read_through
-from .remotes import THETAZARR_FILE
+from .remotes import THETAZARR_FILE, thetazarr_path
 from .repo import GitError, Repo, config_records, git
 from .sides import (
     blob_of,
@@ -216,8 +216,8 @@ def config_rules(repo: Repo) -> list[Rule]:
     """
     merged: dict[str, dict[str, str]] = {}
     regexp = rf"^{MERGE_SECTION}\."
-    file = os.path.join(repo.top, THETAZARR_FILE)
-    if os.path.exists(file):
+    file = thetazarr_path(repo)
+    if file is not None:
         out = git("config", "-z", "-f", file, "--get-regexp", regexp, cwd=repo.top, check=False)
         merged.update(_rules_from(out, THETAZARR_FILE))
     out = repo.git("config", "-z", "--get-regexp", regexp, check=False)

@@ -11,6 +11,7 @@ for a bare one) by default, so local clones need no setup.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 
 from ..manifest import Manifest, looks_like_manifest
@@ -24,6 +25,36 @@ from .repo import GitError, Repo, config_records, git
 
 THETAZARR_FILE = ".thetazarr"
 PREFIX = "theta-zarr.remote."
+
+log = logging.getLogger(__name__)
+_warned_link: set[str] = set()
+
+
+def thetazarr_path(repo: Repo) -> str | None:
+    """The working tree's ``.thetazarr``, or None where there is none to read.
+
+    A symbolic link there is not followed (warned once): a committed link to
+    ``~/.gitconfig`` or any file outside the repository would have its keys read as the
+    repository's, and ``remote add --shared`` write into it, as git does not follow a
+    symlinked ``.gitattributes`` either.
+    """
+    path = os.path.join(repo.top, THETAZARR_FILE)
+    if os.path.islink(path):
+        if path not in _warned_link:
+            _warned_link.add(path)
+            log.warning("%s is a symbolic link; not following it (make it a file to use it)",
+                        THETAZARR_FILE)
+        return None
+    return path if os.path.exists(path) else None
+
+
+def _writable_thetazarr(repo: Repo) -> str:
+    """The ``.thetazarr`` a command writes: RemoteError where it is a symbolic link."""
+    path = os.path.join(repo.top, THETAZARR_FILE)
+    if os.path.islink(path):
+        raise RemoteError(f"{THETAZARR_FILE} is a symbolic link (to {os.readlink(path)}); "
+                          "theta-zarr does not write through it: replace it with a file")
+    return path
 
 
 def _parse(records: bytes) -> dict[str, dict[str, str]]:
@@ -70,9 +101,11 @@ def merged_options(repo: Repo, committed: dict[str, set[str]] | None = None
     asks for the remote, and git's index and HEAD still hold it then.
     """
     merged: dict[str, dict[str, str]] = {}
-    file = os.path.join(repo.top, THETAZARR_FILE)
-    if not repo.bare and os.path.exists(file):
+    file = None if repo.bare else thetazarr_path(repo)
+    if file is not None:
         source: list[str] | None = ["-f", file]
+    elif not repo.bare and os.path.islink(os.path.join(repo.top, THETAZARR_FILE)):
+        source = None  # the index and HEAD hold the link, not a file to read
     else:
         source = next((["--blob", spec] for spec in
                        ([] if repo.bare else [f":{THETAZARR_FILE}"]) + [f"HEAD:{THETAZARR_FILE}"]
@@ -307,13 +340,13 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
 def _config_target(repo: Repo, shared: bool) -> list[str]:
     """git config's file options for where remotes are recorded: ``.thetazarr`` when
     ``shared``, else the repository's own config."""
-    return ["-f", os.path.join(repo.top, THETAZARR_FILE)] if shared else ["--local"]
+    return ["-f", _writable_thetazarr(repo)] if shared else ["--local"]
 
 
 def _recorded(repo: Repo, name: str, shared: bool) -> dict[str, str]:
     """The keys remote ``name`` has in the repository's own git config (in ``.thetazarr``
     when ``shared``), as written there; empty when it has none there."""
-    if shared and not os.path.exists(os.path.join(repo.top, THETAZARR_FILE)):
+    if shared and not os.path.lexists(os.path.join(repo.top, THETAZARR_FILE)):
         return {}
     out = repo.git("config", "-z", *_config_target(repo, shared), "--get-regexp",
                    r"^theta-zarr\.remote\.", check=False)
