@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from theta_zarr.wording import counted, human
+from theta_zarr.wording import counted, human, shell_word, show_name
 
 
 @pytest.mark.parametrize("n, noun, plural, said", [
@@ -22,3 +22,16 @@ def test_counted_is_singular_only_for_one(n, noun, plural, said):
 ])
 def test_human_uses_binary_units(n, said):
     assert human(n) == said
+
+
+def test_names_never_carry_controls_or_format_characters_to_a_terminal():
+    """C1 controls (U+009B is CSI to 8-bit terminals), bidi overrides, zero-width and
+    line separators in a name are shown as escapes; a backslash is doubled so the
+    escapes cannot be forged; other Unicode stays as it is."""
+    assert show_name("model.layers.0.weight") == "model.layers.0.weight"
+    assert show_name("caf\u00e9/\u4e2d\u6587") == "caf\u00e9/\u4e2d\u6587"
+    assert show_name("w\u009b31m\u202eX\u200b\u2028\x1b") == \
+        "w\\u009b31m\\u202eX\\u200b\\u2028\\u001b"
+    assert show_name("a\\u0041") == "a\\\\u0041"
+    assert shell_word("w\u009b\u202eX") == "$'w\\u009b\\u202eX'"
+    assert shell_word("my model") == "'my model'"

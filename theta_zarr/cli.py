@@ -24,7 +24,7 @@ from .commands.reporting import (
 )
 from .logs import setup_logging
 from .redact import redact
-from .wording import counted, human, quote_path
+from .wording import counted, human, quote_path, show_name
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -287,7 +287,8 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
                    f"{r['worktree']}")
         for p in r.get("parameters", []):
             where = "inline" if p["inline"] else counted(p["chunks"], "chunk")
-            click.echo(f"    {p['name']}  {p['dtype']}{p['shape']}  {human(p['bytes'])}  {where}")
+            click.echo(f"    {show_name(p['name'])}  {p['dtype']}{p['shape']}  "
+                       f"{human(p['bytes'])}  {where}")
 
 
 # -- filters ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
 from .shards import Model, format_free_name
-from .wording import counted, quote_path, shell_word
+from .wording import counted, quote_path, shell_word, show_name
 
 JSON_VERSION = 1
 _LOCK = threading.Lock()
@@ -630,17 +630,19 @@ def format_text(fd: FileDiff) -> list[str]:
     if fd.old and fd.new and fd.old.format != fd.new.format and fd.old.format_name != \
             fd.new.format_name:
         lines.append(f"  format {fd.old.format_name} -> {fd.new.format_name}")
-    width = max((len(p.name) for p in fd.params), default=0)
+    names = {p.name: show_name(p.name) for p in fd.params}
+    width = max((len(n) for n in names.values()), default=0)
     for p in fd.params:
+        name = names[p.name]
         if p.status == "added":
-            same = f"  same values as removed {p.same_as}" if p.same_as else ""
-            lines.append(f"  + {p.name:<{width}}  {_shape(p.new)}{same}")
+            same = f"  same values as removed {show_name(p.same_as)}" if p.same_as else ""
+            lines.append(f"  + {name:<{width}}  {_shape(p.new)}{same}")
         elif p.status == "removed":
-            lines.append(f"  - {p.name:<{width}}  {_shape(p.old)}")
+            lines.append(f"  - {name:<{width}}  {_shape(p.old)}")
         elif p.status == "reshaped":
-            lines.append(f"  ! {p.name:<{width}}  {_shape(p.old)} -> {_shape(p.new)}")
+            lines.append(f"  ! {name:<{width}}  {_shape(p.old)} -> {_shape(p.new)}")
         else:
-            text = f"  ~ {p.name:<{width}}  {_shape(p.new)}  chunks {p.chunks_changed}/{p.chunks}"
+            text = f"  ~ {name:<{width}}  {_shape(p.new)}  chunks {p.chunks_changed}/{p.chunks}"
             if p.relaid:
                 text += "  stored in the other order now (C <-> Fortran); values not compared"
             elif p.l2 is not None:
@@ -650,15 +652,16 @@ def format_text(fd: FileDiff) -> list[str]:
                          f"max|B-A| {_num(p.max_abs)}  elements {frac}")
             lines.append(text)
     for o in fd.other:
+        key = show_name(o.key)
         if o.status == "added":
-            lines.append(f"  * {o.key}: (none) -> {show_value(o.new)}")
+            lines.append(f"  * {key}: (none) -> {show_value(o.new)}")
         elif o.status == "removed":
-            lines.append(f"  * {o.key}: {show_value(o.old)} -> (none)")
+            lines.append(f"  * {key}: {show_value(o.old)} -> (none)")
         elif o.key.endswith(LAYOUT_KEY):  # a shard's is "NAME: (file layout)"
             same = "" if fd.params else " (same tensors, same values)"
-            lines.append(f"  * {o.key} changed{same}")
+            lines.append(f"  * {key} changed{same}")
         else:
-            lines.append(f"  * {o.key}: {show_value(o.old)} -> {show_value(o.new)}")
+            lines.append(f"  * {key}: {show_value(o.old)} -> {show_value(o.new)}")
     return lines
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import unicodedata
 
 
 def counted(n: int, noun: str, plural: str | None = None) -> str:
@@ -48,13 +49,33 @@ def _octal(c: str) -> int | None:
     return None
 
 
+#: categories of characters a name is never printed with raw: controls (C0, DEL and C1,
+#: whose CSI U+009B starts terminal escapes), format characters (bidirectional overrides
+#: and isolates, zero-width ones) and line or paragraph separators
+_UNPRINTED = {"Cc", "Cf", "Zl", "Zp"}
+
+
+def show_name(name: str) -> str:
+    """A parameter name or key as a line shows it: each control, format or separator
+    character as ``\\uXXXX`` (a backslash as ``\\\\``), the rest as it is.  Names come
+    from checkpoints and manifests others commit: a raw U+009B (CSI) or U+202E
+    (right-to-left override) would drive the terminal or make a diff line read as
+    another name."""
+    if not any(c == "\\" or unicodedata.category(c) in _UNPRINTED for c in name):
+        return name
+    return "".join("\\\\" if c == "\\" else f"\\u{ord(c):04x}"
+                   if unicodedata.category(c) in _UNPRINTED else c for c in name)
+
+
 def shell_word(path: str) -> str:
     """``path`` as one word a shell reads back as that path, for a command a message
     suggests (``git theta-zarr resolve 'my model.safetensors' ...``): ``shlex.quote``, or
     bash's ``$'...'`` with octal escapes for a control character or a byte that is not
-    UTF-8, which no plain quoting can carry."""
-    if not any(_octal(c) is not None for c in path):
+    UTF-8, which no plain quoting can carry; a C1 control or a format character (a bidi
+    override) as ``\\uXXXX`` there too, so the suggestion never prints it raw."""
+    if not any(_octal(c) is not None or unicodedata.category(c) in _UNPRINTED for c in path):
         return shlex.quote(path)
     body = "".join(f"\\{_octal(c):03o}" if _octal(c) is not None else
+                   f"\\u{ord(c):04x}" if unicodedata.category(c) in _UNPRINTED else
                    "\\" + c if c in "\\'" else c for c in path)
     return f"$'{body}'"

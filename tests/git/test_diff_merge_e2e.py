@@ -270,6 +270,27 @@ def test_integer_and_added_conflicts_are_hinted_with_what_resolves_them(repo):
     assert read_tensors(repo.path / M)["new"].tolist() == [2.0] * 4
 
 
+def test_a_name_holding_terminal_controls_is_never_printed_raw(repo):
+    """A tensor named with a C1 control (U+009B, CSI to 8-bit terminals) and a bidi
+    override (U+202E), as a hostile collaborator can commit it, was printed raw by
+    `git diff`, `git theta-zarr diff`, `ls-files --params` and a merge's conflict list
+    and hints: it could drive the terminal or make the line read as another name."""
+    evil = "w\u009b31m\u202eX"
+    shown = "w\\u009b31m\\u202eX"
+    w = np.zeros(4, np.float32)
+    conflicting_branches(repo, {"a": w, evil: w}, {"a": w, evil: w + 1}, {"a": w, evil: w + 2})
+    # `git diff`'s driver and `git theta-zarr diff` print through one function
+    outputs = [repo.out("diff", "HEAD~1", "HEAD"), repo.tz("ls-files", "--params").stdout]
+    merge = repo.git("merge", "--no-edit", "other", check=False)
+    assert merge.returncode != 0
+    outputs.append(merge.stderr)
+    for out in outputs:
+        text = out if isinstance(out, str) else out.decode()
+        assert "\u009b" not in text and "\u202e" not in text, text
+        assert shown in text, text
+    assert f"--param $'{shown}'" in merge.stderr.decode()
+
+
 def test_every_hint_for_several_conflicts_finishes_the_merge(repo):
     """With several conflicting parameters each '--param' hint named one of them, and
     resolve then stopped on the others; an integer beside floats had no working hint, and

@@ -44,7 +44,7 @@ from ..merges import (
 )
 from ..remote import ReadThrough
 from ..streams import write_atomic
-from ..wording import quote_path, shell_word
+from ..wording import quote_path, shell_word, show_name
 from .parent import parent_git, strategy_option
 from .push import read_through
 from .remotes import THETAZARR_FILE, thetazarr_path
@@ -258,7 +258,7 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
     what = [f"{len(left) - values} conflicting parameter(s)"] if len(left) > values else []
     what += [f"{values} conflicting non-tensor value(s)"] if values else []
     lines = [f"theta-zarr: {path}: {' and '.join(what)}, not merged:"]
-    lines += [f"  {c.name}: {c.describe()}" for c in left]
+    lines += [f"  {show_name(c.name)}: {c.describe()}" for c in left]
     # suggest only what can settle these conflicts (merge.refusal), each a whole command:
     # resolve stops on a conflict its --param globs miss, and its strategy without --param
     # also replaces the configured one of the conflicts the configuration settled
@@ -278,11 +278,12 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
             "every conflicting parameter from one side"
         lines.append(f"  {resolve} ours{scope}   (or theirs, or base: {why})")
         if values:
-            rules = "".join(f" -c '{MERGE_SECTION}.{escape(c.name)}.strategy=ours'"
+            rules = "".join(f" -c {_word(f'{MERGE_SECTION}.{escape(c.name)}.strategy=ours')}"
                             for c in sides)
             lines.append(f"  git{rules} theta-zarr resolve {shell_word(path)} --strategy average"
                          f"{_params(values)}   (or theirs, or base, for "
-                         f"{', '.join(c.name for c in sides)}: {_one_side_only(sides[0])})")
+                         f"{', '.join(show_name(c.name) for c in sides)}: "
+                         f"{_one_side_only(sides[0])})")
     lines.append(f"or set a strategy per parameter: git config {MERGE_SECTION}.'<glob>'.strategy "
                  f"<{'|'.join(sorted(available()))}>")
     return lines
@@ -290,7 +291,13 @@ def conflict_report(path: str, p: MergePlan, table: StrategyTable) -> list[str]:
 
 def _params(conflicts: list[ParamConflict]) -> str:
     """``--param`` options naming exactly these conflicts."""
-    return "".join(f" --param '{escape(c.name)}'" for c in conflicts)
+    return "".join(f" --param {_word(escape(c.name))}" for c in conflicts)
+
+
+def _word(text: str) -> str:
+    """``text`` in single quotes for a suggested command, or as ``shell_word`` gives it
+    where it holds a quote, a control or a format character (never printed raw)."""
+    return f"'{text}'" if show_name(text) == text and "'" not in text else shell_word(text)
 
 
 def _one_side_only(c: ParamConflict) -> str:
@@ -391,7 +398,7 @@ def resolve(path: str, strategy: str, globs: Iterable[str], alpha: float | None,
     p = plan(sides["base"], sides["ours"], sides["theirs"])
     left = unresolved(p, table)
     if left:
-        names = ", ".join(c.name for c in left[:5]) + (", ..." if len(left) > 5 else "")
+        names = ", ".join(show_name(c.name) for c in left[:5]) + (", ..." if len(left) > 5 else "")
         raise ValueError(f"{rel}: {len(left)} conflicting parameter(s) match no --param glob "
                          f"and have no configured strategy: {names}")
     settings = repo.settings()
