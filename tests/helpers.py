@@ -22,6 +22,7 @@ Cluster sync (``theta-zarr`` outside git) and bucket remotes
     ``Case`` (a folder, S3 or GCS remote), ``local_case``, ``make_case``; ``SHAPE``,
     ``CHUNK``, ``env_for``, ``tz``, ``model``.
 Processes
+    ``permissions_held`` (a prefix under which file modes hold, for root too),
     ``run_python`` (a snippet in a fresh interpreter: signals, exit paths), ``on_terminal``
     (a command on a pseudo-terminal: progress bars).
 torch.distributed checkpoints
@@ -36,6 +37,7 @@ import io
 import json
 import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -166,6 +168,17 @@ def clone(make_repo: Callable[[str], GitRepo], bare: Path, name: str,
     parent.run("git", "theta-zarr", "install", "--global")
     c.clone_result = parent.run("git", "clone", "-q", str(bare), name, env=env, check=check)
     return c
+
+
+def permissions_held() -> list[str]:
+    """A command prefix under which file permissions hold (a folder of mode 0555 refuses a
+    new file): nothing for a user, ``setpriv`` without the overriding capabilities for
+    root, which ignores file modes.  Skips the test where neither is possible."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file modes do not hold")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
 def run_python(code: str, cwd: Path | str | None = None) -> subprocess.CompletedProcess:
@@ -711,10 +724,12 @@ def env_for(case: Case, tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def tz(args: list[str], env: dict[str, str], check: bool = True, cwd: Path | None = None
-       ) -> subprocess.CompletedProcess:
-    """``theta-zarr ARGS``; with ``check``, a non-zero exit fails the test."""
-    proc = subprocess.run(["theta-zarr", *args], env=env, capture_output=True, cwd=cwd)
+def tz(args: list[str], env: dict[str, str], check: bool = True, cwd: Path | None = None,
+       prefix: list[str] | tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``theta-zarr ARGS`` (after ``prefix``: ``permissions_held()``); with ``check``, a
+    non-zero exit fails the test."""
+    proc = subprocess.run([*prefix, "theta-zarr", *args], env=env, capture_output=True,
+                          cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"theta-zarr {' '.join(args)} exited {proc.returncode}\n"
                              f"{proc.stderr.decode()}")

@@ -46,9 +46,14 @@ def write_atomic(dest: str, write: Callable[[BinaryIO], object],
     folder = os.path.dirname(os.path.abspath(dest))
     with named(dest):
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
+        except OSError as e:  # names its random temporary file, which says nothing to a user
+            if e.errno is None:
+                raise
+            raise OSError(e.errno, e.strerror, dest) from None
     try:
-        with named(dest), interrupts.removed_on_signal(tmp):
+        with named(dest, tmp), interrupts.removed_on_signal(tmp):
             with os.fdopen(fd, "wb") as out:
                 write(out)
             if mode is None:
@@ -64,13 +69,15 @@ def write_atomic(dest: str, write: Callable[[BinaryIO], object],
 
 
 @contextlib.contextmanager
-def named(path: str) -> Iterator[None]:
+def named(path: str, *stand_ins: str) -> Iterator[None]:
     """Give an OSError raised without a file name (a ``write`` that hit a full disk says
     only "[Errno 28] No space left on device") the path being written, so the one-line
-    message says where."""
+    message says where.  An error naming one of ``stand_ins`` (the temporary file written
+    in ``path``'s place) names ``path`` instead: a random name says nothing to a user."""
     try:
         yield
     except OSError as e:
-        if e.filename is None and e.errno is not None and type(e) in (OSError,):
+        if e.errno is not None and (e.filename is None and type(e) in (OSError,)
+                                    or e.filename is not None and e.filename in stand_ins):
             raise OSError(e.errno, e.strerror or str(e), path) from None
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class Watcher:
         self.echo = echo
         self.state_path = opts.state or os.path.join(self.root, STATE_FILE)
         self.state: dict[str, dict] = self._load_state()
+        self._check_state_writable()
         self.failed: dict[str, str] = {}  # ref -> signature that failed (retried on change)
         #: ref -> the storage error (an outage) its last push met: pushed again next scan
         self.retrying: dict[str, str] = {}
@@ -95,9 +97,28 @@ class Watcher:
                             "object of objects")
         return pushed
 
+    def _check_state_writable(self) -> None:
+        """Refuse to start when the state file cannot be written (a read-only checkpoint
+        folder): the first push would succeed and the watcher stop on recording it."""
+        folder = os.path.dirname(self.state_path) or "."
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
+        except OSError as e:
+            raise self._state_unwritable(e) from None
+        os.close(fd)
+        os.unlink(tmp)
+
+    def _state_unwritable(self, e: OSError) -> SyncError:
+        return SyncError(f"cannot write watch state {self.state_path}: "
+                         f"{e.strerror or e}; choose a writable file with --state")
+
     def _save_state(self) -> None:
         data = json.dumps({"pushed": self.state}, indent=1, sort_keys=True).encode()
-        write_atomic(self.state_path, lambda f: f.write(data))
+        try:
+            write_atomic(self.state_path, lambda f: f.write(data))
+        except OSError as e:
+            raise self._state_unwritable(e) from None
 
     def candidates(self) -> tuple[dict[str, str], int]:
         """ref -> path of every checkpoint-like entry of the folder, and how many entries

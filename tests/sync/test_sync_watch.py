@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from helpers import env_for, local_case, model, tz
+from helpers import env_for, local_case, model, permissions_held, tz
 
 from theta_zarr.remote import RemoteSpec
 from theta_zarr.sync import SyncRemote
@@ -75,6 +75,40 @@ def test_a_damaged_state_file_is_one_line(tmp_path):
         err = proc.stderr.decode()
         assert proc.returncode == 1 and "internal error" not in err, err
         assert err.splitlines()[-1].startswith("theta-zarr: cannot read watch state"), err
+
+
+def test_a_read_only_folder_is_refused_before_a_push_and_named_not_a_temp_file(tmp_path):
+    """A read-only checkpoint folder: the watcher pushed the first checkpoint, then stopped
+    on recording it, naming a random temporary file (``.theta-zarr-mcdd7vqm: Permission
+    denied``); ``pull -o`` into such a folder named one too."""
+    from theta_zarr.watch import STATE_FILE
+
+    case, env, ckpt = _watched(tmp_path)
+    model(ckpt / "step-1.safetensors", seed=1)
+    ckpt.chmod(0o555)
+    held = permissions_held()
+    try:
+        args = ["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--interval", "0.2",
+                "--chunk-size", "16KiB", "--once"]
+        proc = tz(args, env, check=False, prefix=held)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1, err
+        assert err.splitlines()[-1] == (f"theta-zarr: cannot write watch state {ckpt / STATE_FILE}"
+                                        ": Permission denied; choose a writable file with "
+                                        "--state"), err
+        remote = SyncRemote.open(RemoteSpec("t", case.url, {}))
+        assert list(remote.refs.list("run7/")) == []  # refused before anything was pushed
+        state = tmp_path / "state" / "watch.json"  # a folder --state makes
+        tz([*args, "--state", str(state)], env, prefix=held)
+        assert [n for n, _ in remote.refs.list("run7/")] == ["run7/step-1"]
+        out = ckpt / "pulled.safetensors"
+        proc = tz(["pull", case.url, "run7/step-1", "-o", str(out)], env, check=False,
+                  prefix=held)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err == f"theta-zarr: {out}: Permission denied\n", err
+        assert sorted(p.name for p in ckpt.iterdir()) == ["step-1.safetensors"]
+    finally:
+        ckpt.chmod(0o755)
 
 
 def test_a_name_no_ref_can_take_is_skipped_and_the_rest_pushed(tmp_path):
