@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import clean_manifest, settings
 
-from theta_zarr import checkpoint, filewriter
+from theta_zarr import checkpoint, filewriter, streams
 
 
 def _failing_fallocate(code: int):
@@ -25,7 +25,7 @@ def _failing_fallocate(code: int):
     return fallocate, calls
 
 
-@pytest.mark.skipif(filewriter._FALLOCATE is None, reason="no fallocate(2) on this system")
+@pytest.mark.skipif(streams._FALLOCATE is None, reason="no fallocate(2) on this system")
 def test_allocate_gives_the_file_its_blocks(tmp_path):
     with open(tmp_path / "f", "wb") as f:
         filewriter.allocate(f.fileno(), 3 << 20)
@@ -37,7 +37,7 @@ def test_allocate_gives_the_file_its_blocks(tmp_path):
 @pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.ENOSYS])
 def test_a_file_system_without_fallocate_gets_a_sparse_file(code, tmp_path, monkeypatch):
     fake, calls = _failing_fallocate(code)
-    monkeypatch.setattr(filewriter, "_FALLOCATE", fake)
+    monkeypatch.setattr(streams, "_FALLOCATE", fake)
     with open(tmp_path / "f", "wb") as f:
         filewriter.allocate(f.fileno(), 5000)
         assert os.fstat(f.fileno()).st_size == 5000
@@ -48,7 +48,7 @@ def test_a_full_disk_fails_before_any_chunk_is_written(tmp_path, monkeypatch):
     data = b"not a checkpoint\n" + np.random.default_rng(0).bytes(20_000)
     m = clean_manifest(data, tmp_path, name="rng_state.pth")
     fake, calls = _failing_fallocate(errno.ENOSPC)
-    monkeypatch.setattr(filewriter, "_FALLOCATE", fake)
+    monkeypatch.setattr(streams, "_FALLOCATE", fake)
     path = tmp_path / "out.bin"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:

@@ -9,18 +9,14 @@ formats stream through their own ``smudge`` into the same file.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
-import sys
-from collections.abc import Callable
 
 from . import formats, progress
 from .cache import SMALL_OBJECT, Cache
 from .chunkreader import ChunkReader
 from .manifest import Manifest, ManifestError, ParamEntry
 from .objects import batched, bounded_map
-from .streams import pwrite_all
+from .streams import allocate, named, pwrite_all
 
 #: (offset in the file, literal bytes or (digest, length))
 Job = tuple[int, bytes | tuple[str, int]]
@@ -48,43 +44,6 @@ def _jobs(segments: list[bytes | ParamEntry]) -> tuple[list[Job], int]:
     return jobs, pos
 
 
-def allocate(fd: int, size: int) -> None:
-    """Give the empty file ``fd`` its ``size`` bytes, allocated up front where the file system can.
-
-    Allocating first (Linux ``fallocate(2)``, mode 0) makes the chunk copies fill blocks
-    the file already has instead of extending a sparse file (measured here: a 950 MiB
-    safetensors file written in 0.29 s instead of 0.37 s on ext4) and turns a full disk
-    into ENOSPC before any chunk is written.  Where the call is missing or the file
-    system cannot (EOPNOTSUPP: NFS before 4.2, ...) the file is sized with a sparse
-    ``ftruncate``.  The system call is used rather than ``os.posix_fallocate`` because
-    glibc's posix_fallocate falls back to writing a byte into every block, which would
-    write a large checkpoint twice on such file systems.  Raises OSError (ENOSPC: disk full).
-    """
-    if size and _FALLOCATE is not None:
-        if _FALLOCATE(fd, 0, 0, size) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise OSError(err, os.strerror(err))
-    os.ftruncate(fd, size)
-
-
-def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
-    """libc's ``fallocate`` (Linux), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_FALLOCATE = _libc_fallocate()
-
-
 def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
                      name: str = "checkpoint") -> int:
     """Write the file ``manifest`` describes into the empty, writable file ``fd``.
@@ -97,8 +56,8 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
     fmt = formats.get_format(manifest.format_name)
     try:
         segments = fmt.layout(manifest)
-        if segments is None:
-            with os.fdopen(os.dup(fd), "wb", buffering=1 << 20) as out, \
+        if segments is None:  # (an error naming no file is the file's: disk full)
+            with named(name), os.fdopen(os.dup(fd), "wb", buffering=1 << 20) as out, \
                     progress.bar(manifest.nbytes, f"write {name}") as bar:
                 fmt.smudge(manifest, ChunkReader(cache, workers=workers),
                            progress.CountingStream(out, bar), tmp_dir=cache.tmp_dir)

@@ -504,3 +504,32 @@ def test_a_file_rewritten_while_it_is_cleaned_is_one_line_not_sigbus(tmp_path):
     assert proc.stdout.decode().strip() == (
         "model.pt: the file changed while it was read (another process writing it?); "
         "try again once it is complete")
+
+
+@pytest.mark.parametrize("limit", [1000, (256 << 10) + 200])
+def test_scratch_files_that_do_not_fit_say_so_and_where(limit, tmp_path):
+    """A .pt file is rebuilt on a spool (its tensors' bytes) and through a second scratch
+    file (torch.save's output), both in the cache's tmp/.  A file-size limit or a full
+    disk there was a bare "[Errno 27] File too large" (no path), or, when only torch.save's
+    output did not fit, "internal error (RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos ...)".  The spool was a sparse file: on a full
+    disk the stores through its map killed the process with SIGBUS; its blocks are now
+    allocated first.  (1000: the spool does not fit; 256 KiB + 200: it does, and torch.save's
+    output, about 257.5 KiB, does not.)"""
+    import resource
+
+    from theta_zarr.errors import one_line
+
+    data = torch_saved({"w": torch.randn(256, 256)})
+    m = helpers.clean_manifest(data, tmp_path, name="opt.pt")
+    tmp = tmp_path / "cache" / "tmp"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # Python ignores SIGXFSZ
+    try:
+        with pytest.raises(OSError) as e:
+            helpers.smudge(m, tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert one_line(e.value) == f"a scratch file in {tmp}: File too large"
+    assert list(tmp.iterdir()) == []
+    assert helpers.smudge(m, tmp_path) == data

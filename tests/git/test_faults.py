@@ -201,6 +201,30 @@ def test_corrupt_cache_object_is_fetched_again_from_the_remote(repo, tmp_path, d
     assert repo.tz("fsck").returncode == 0
 
 
+def test_a_scratch_file_that_does_not_fit_is_one_line_naming_its_folder(repo):
+    """An .npz (or .pt) file is rebuilt through a scratch file in the cache's tmp/.  When
+    it did not fit (a full disk, a file-size limit) materialize and checkout said a bare
+    "[Errno 27] File too large" (the torch side: tests/formats/test_torch.py)."""
+    import numpy as np
+
+    np.savez(repo.path / "w.npz", w=np.ones((64, 256), np.float32))
+    repo.git("add", "w.npz")
+    repo.git("commit", "-q", "-m", "npz")
+    (repo.path / "w.npz").unlink()
+    repo.git("-c", "theta-zarr.lazy=true", "checkout", "--", "w.npz")
+    before = sorted(p.name for p in repo.path.iterdir())
+    tmp = repo.path / ".git" / "theta-zarr" / "tmp"
+    proc = repo.run("prlimit", "--fsize=1000", "git", "theta-zarr", "materialize", "w.npz",
+                    check=False)
+    line = assert_one_line(proc)
+    assert line == f"theta-zarr: a scratch file in {tmp}: File too large", line
+    assert (repo.path / "w.npz").read_bytes().startswith(b'{"theta_zarr"')  # still lazy
+    assert sorted(p.name for p in repo.path.iterdir()) == before
+    assert list(tmp.iterdir()) == []
+    repo.tz("materialize", "w.npz")
+    assert repo.out("status", "--porcelain") == ""
+
+
 def test_corrupt_cache_object_without_a_remote_leaves_a_direct_write_lazy(repo):
     """A direct write happens after git is done, so git cannot fail the checkout: the file
     stays its manifest (a lazy file, which git status rightly calls clean), and one line

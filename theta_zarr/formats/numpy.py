@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import io
 import shutil
-import tempfile
 import zipfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -19,6 +18,7 @@ from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter
 from ..dtypes import DTypeError, by_name, from_numpy
 from ..manifest import Manifest, ManifestError
+from ..streams import named, scratch_file, scratch_name
 from .base import Format, FormatError, NotWeights, Source, TensorView
 from .zipinfo import first_member
 
@@ -214,11 +214,15 @@ class NpzFormat(Format):
             members = [{"param": n, "fortran_order": False} for n in sorted(manifest.params)]
         compression = zipfile.ZIP_DEFLATED if fmt.get("compressed") else zipfile.ZIP_STORED
         # zipfile writes local headers it patches later, so build the archive on disk.
-        with tempfile.TemporaryFile(dir=tmp_dir) as tmp:
-            with zipfile.ZipFile(tmp, mode="w", compression=compression, allowZip64=True) as zf:
+        scratch = scratch_name(tmp_dir)  # a full disk there says where
+        with scratch_file(tmp_dir) as tmp:
+            with named(scratch), zipfile.ZipFile(tmp, mode="w", compression=compression,
+                                                 allowZip64=True) as zf:
                 for m in members:
                     with zf.open(m["param"] + ".npy", "w", force_zip64=True) as fid:
                         _write_npy(fid, manifest.params[m["param"]],
                                    bool(m.get("fortran_order")), reader, m.get("version"))
+            with named(scratch):
+                tmp.flush()  # what the buffer holds meets the full disk here, not on close
             tmp.seek(0)
             shutil.copyfileobj(tmp, out, 1 << 20)

@@ -27,7 +27,6 @@ import pickle
 import re
 import shutil
 import struct
-import tempfile
 import threading
 import zipfile
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -37,7 +36,7 @@ from ..chunkreader import ChunkReader
 from ..chunkwriter import ChunkWriter, TruncatedInput
 from ..dtypes import DTypeError, by_name, from_torch
 from ..manifest import MAX_NAME_LEN, Manifest, ManifestError, check_name
-from ..streams import ReadInto
+from ..streams import ReadInto, allocate, named, scratch_file, scratch_name
 from .base import Format, FormatError, NotWeights, Source, TensorView, flatten_json
 from .zipinfo import first_member
 
@@ -113,13 +112,16 @@ class TorchFormat(Format):
             total += manifest.params[n].nbytes
             total += -total % 64
         legacy = manifest.format.get("serialization") == "legacy"
-        with tempfile.TemporaryFile(dir=tmp_dir) as spool, \
-                tempfile.TemporaryFile(dir=tmp_dir) as saved:
-            spool.truncate(max(total, 1))
-            with mmap.mmap(spool.fileno(), max(total, 1)) as mm:
-                failed = _save_from_map(mm, manifest, offsets, reader, saved, legacy)
-            if failed is not None:  # raised once the map is closed
-                raise failed
+        with scratch_file(tmp_dir) as spool, scratch_file(tmp_dir) as saved:
+            with named(scratch_name(tmp_dir)):  # a full disk there says where
+                # the spool's blocks up front: a store through the map into a hole the
+                # full disk cannot fill kills the process with SIGBUS
+                allocate(spool.fileno(), max(total, 1))
+                with mmap.mmap(spool.fileno(), max(total, 1)) as mm:
+                    failed = _save_from_map(mm, manifest, offsets, reader, saved, legacy)
+                if failed is not None:  # raised once the map is closed
+                    raise failed
+                saved.flush()  # what the buffer holds meets the full disk here
             saved.seek(0)
             shutil.copyfileobj(saved, out, 1 << 20)
 
@@ -409,6 +411,26 @@ def _describe_tree(node: Any, path: tuple[str, ...], out: dict[str, Any]) -> Non
         out[key] = node
 
 
+class _KeepsWriteErrors:
+    """The file ``torch.save`` writes into, keeping the OSError a write raised (a full
+    disk): torch reports it as a RuntimeError of its own ("[enforce fail at
+    inline_container.cc] unexpected pos ..."), which says neither what nor where."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def _save_from_map(mm: mmap.mmap, manifest: Manifest, offsets: dict[str, int],
                    reader: ChunkReader, saved: BinaryIO, legacy: bool) -> Exception | None:
     """Read every parameter into its place in ``mm``, then ``torch.save`` the tree built
@@ -424,8 +446,14 @@ def _save_from_map(mm: mmap.mmap, manifest: Manifest, offsets: dict[str, int],
         bases = {n: _tensor_from(mm, offsets[n], e) for n, e in manifest.params.items()}
         decoder = _TreeDecoder(bases)
         obj = decoder.decode(manifest.format.get("tree"))
+        sink = _KeepsWriteErrors(saved)
         with _saving_locations(decoder.locations):
-            torch.save(obj, saved, _use_new_zipfile_serialization=not legacy)
+            try:
+                torch.save(obj, sink, _use_new_zipfile_serialization=not legacy)
+            except RuntimeError:
+                if sink.error is not None:  # a full disk, not torch's "unexpected pos"
+                    raise sink.error from None
+                raise
     except Exception as e:
         chain: list[BaseException] = []
         link: BaseException | None = e
