@@ -63,7 +63,8 @@ class Cache(ObjectStore):
     def tmp_dir(self) -> str:
         """The folder for spooled files: ``<cache>/tmp``, or the system's temporary folder
         when the cache cannot be written (a team's pre-filled cache on a read-only mount
-        still serves checkouts, which only read it)."""
+        still serves checkouts, which only read it), its ``tmp/`` included (a copy of a
+        whole cache, made read-only)."""
         path = os.path.join(self.root, "tmp")
         try:
             os.makedirs(path, exist_ok=True)
@@ -71,6 +72,8 @@ class Cache(ObjectStore):
             if not os.path.isdir(self.root):
                 raise StorageError(f"cannot use {self.root} as the cache ({e.strerror}; "
                                    f"{_CHOOSE})") from None
+            return tempfile.gettempdir()
+        if not os.access(path, os.W_OK | os.X_OK):
             return tempfile.gettempdir()
         return path
 

@@ -17,7 +17,14 @@ import subprocess
 import time
 
 import pytest
-from helpers import MODEL, cached_object_path, commit_checkpoint, file_sha, manifest_at
+from helpers import (
+    MODEL,
+    cached_object_path,
+    commit_checkpoint,
+    file_sha,
+    manifest_at,
+    permissions_held,
+)
 
 from theta_zarr.demo import ModelShape, write_model
 from theta_zarr.git.direct import SPOOL_PREFIX
@@ -313,6 +320,31 @@ def test_a_checkout_the_cache_serves_looks_up_no_remote(direct, tmp_path):
     assert "filter-process" in trace and "rev-parse" in trace
     assert "theta-zarr\\.remote" not in trace and "default-remote" not in trace, trace
     assert file_sha(direct.path / MODEL) == h
+
+
+def test_a_read_only_copy_of_a_whole_cache_serves_checkouts(direct, tmp_path):
+    """A team's cache copied whole (objects/ and tmp/) to a read-only place on the working
+    tree's file system: every direct write took the cache's tmp/ for its scratch file,
+    and the checkout failed ("CACHE/tmp/.tmp-checkout-...: Permission denied; left as
+    manifests")."""
+    import shutil
+
+    h = commit_model(direct, "base")
+    shared = tmp_path / "shared"
+    shutil.copytree(direct.path / ".git" / "theta-zarr", shared)
+    assert (shared / "tmp").is_dir()
+    for p in (shared, *shared.rglob("*")):
+        p.chmod(p.stat().st_mode & ~0o222)
+    try:
+        direct.git("config", "theta-zarr.cache", str(shared))
+        (direct.path / MODEL).unlink()
+        proc = direct.run(*permissions_held(), "git", "checkout", "--", MODEL)
+        assert proc.stderr == b""
+        assert file_sha(direct.path / MODEL) == h
+        assert_clean_without_filter(direct)
+    finally:
+        for p in (shared, *shared.rglob("*")):
+            p.chmod(p.stat().st_mode | 0o200)
 
 
 def test_add_checkout_and_materialize_of_safetensors_import_no_numpy(direct):
