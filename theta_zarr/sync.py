@@ -468,12 +468,14 @@ class PushResult:
     total_bytes: int = 0
     seconds: float = 0.0
     base: str | None = None  # the ref whose version gave the delta bases
+    note: str = ""  # said after the figures (what is left to tidy up)
 
     def summary(self) -> str:
         base = f"; delta base {self.base}" if self.base else "; no delta base"
+        note = f"; {self.note}" if self.note else ""
         return (f"{self.action} {self.ref} -> {self.digest[:19]}: "
                 f"{counted(self.stats.objects, 'object')} sent, {self.stats.wire()}; "
-                f"{self.total_bytes / 1e6:.1f} MB total{base}; {self.seconds:.1f} s")
+                f"{self.total_bytes / 1e6:.1f} MB total{base}; {self.seconds:.1f} s{note}")
 
 
 def _needs(cleaned: list[Cleaned]) -> tuple[dict[str, int], dict[str, int], list[bytes]]:
@@ -654,9 +656,16 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
                         f"{remote.url} (first: {sorted(lacking)[0]}); push the shards again")
     digest = remote.put_manifest(fileset.to_bytes())
     _, action = remote.refs.set(ref, digest, force=force)
-    remote.unstage(ref, staged)
+    note = ""
+    try:
+        remote.unstage(ref, staged)
+    except (OSError, StorageError) as e:  # the set is recorded: said, not a failure
+        why = (f"{e.filename}: {e.strerror}" if not isinstance(e, StorageError)
+               and e.filename else str(e))
+        note = (f"the staged shards stay in {remote.url} ({why}); "
+                f"'theta-zarr combine {remote.url} --ref {ref} --abort' drops them")
     return PushResult(ref, digest, f"{action} ({len(staged)} shards)", total_bytes=total,
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, note=note)
 
 
 def abort_combine(remote: SyncRemote, ref: str) -> list[str]:

@@ -8,7 +8,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import CHUNK, SHAPE, Case, env_for, file_sha, local_case, make_case, model, tz
+from helpers import (
+    CHUNK,
+    SHAPE,
+    Case,
+    env_for,
+    file_sha,
+    local_case,
+    make_case,
+    model,
+    permissions_held,
+    tz,
+)
 
 from theta_zarr import sync
 from theta_zarr.manifest import Manifest
@@ -250,6 +261,34 @@ def test_diff_refs_compares_two_folders_file_by_file(case, tmp_path):  # noqa: F
              check=False)
     assert bad.returncode == 1
     assert bad.stderr.decode().startswith("theta-zarr: ref run9/one names one checkpoint")
+
+
+def test_a_combine_that_cannot_remove_the_staged_shards_still_records_the_set(tmp_path):
+    """A staging folder the combining job cannot write (another user's, a read-only
+    share): combine moved the ref, then failed with exit 1 and a bare "PATH: Permission
+    denied", as if nothing had been recorded."""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    ref = "run7/step-6"
+    settings = Settings(cache_dir=str(tmp_path / "rank-cache"), chunk_bytes=16 << 10)
+    sync.push(str(model(tmp_path / "rank-0.safetensors")), case.remote(), ref, settings,
+              shard="rank-0.safetensors")
+    staging = Path(case.url) / "staging"
+    folders = [staging, *(p for p in staging.rglob("*") if p.is_dir())]
+    for p in folders:
+        p.chmod(0o555)
+    try:
+        proc = tz(["combine", case.url, "--ref", ref], env, prefix=permissions_held())
+    finally:
+        for p in folders:
+            p.chmod(0o755)
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith(f"theta-zarr: created (1 shards) {ref} -> blake3:"), line
+    assert line.endswith(f"rank-0.safetensors: Permission denied); 'theta-zarr combine "
+                         f"{case.url} --ref {ref} --abort' drops them"), line
+    assert case.remote().refs.read(ref) is not None
+    assert sync.abort_combine(case.remote(), ref) == ["rank-0.safetensors"]
+    assert not staging.exists()
 
 
 def test_combine_abort_drops_a_dead_attempts_staged_shards(tmp_path):
