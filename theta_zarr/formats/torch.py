@@ -25,7 +25,6 @@ import mmap
 import os
 import pickle
 import re
-import shutil
 import struct
 import threading
 import zipfile
@@ -104,7 +103,8 @@ class TorchFormat(Format):
     def smudge(self, manifest: Manifest, reader: ChunkReader, out: BinaryIO,
                tmp_dir: str | None = None) -> None:
         # Storages are laid out in a private memory-mapped spool so torch.save can
-        # stream them out without the whole checkpoint in RAM.
+        # stream them out, straight into ``out``, without the whole checkpoint in RAM:
+        # the scratch space needed is the tensors' bytes, once.
         names = list(manifest.params)
         offsets, total = {}, 0
         for n in names:
@@ -112,18 +112,18 @@ class TorchFormat(Format):
             total += manifest.params[n].nbytes
             total += -total % 64
         legacy = manifest.format.get("serialization") == "legacy"
-        with scratch_file(tmp_dir) as spool, scratch_file(tmp_dir) as saved:
+        sink = _KeepsWriteErrors(out)
+        with scratch_file(tmp_dir) as spool:
             with named(scratch_name(tmp_dir)):  # a full disk there says where
                 # the spool's blocks up front: a store through the map into a hole the
                 # full disk cannot fill kills the process with SIGBUS
                 allocate(spool.fileno(), max(total, 1))
                 with mmap.mmap(spool.fileno(), max(total, 1)) as mm:
-                    failed = _save_from_map(mm, manifest, offsets, reader, saved, legacy)
-                if failed is not None:  # raised once the map is closed
-                    raise failed
-                saved.flush()  # what the buffer holds meets the full disk here
-            saved.seek(0)
-            shutil.copyfileobj(saved, out, 1 << 20)
+                    failed = _save_from_map(mm, manifest, offsets, reader, sink, legacy)
+                if failed is not None and failed is not sink.error:
+                    raise failed  # once the map is closed
+        if failed is not None:  # out's own (a full disk where the file goes): its name
+            raise failed
 
     def select(self, fmt: dict[str, Any], names: list[str]) -> dict[str, Any]:
         """A flat state dict of every tensor living in the chosen parameters (their tied
@@ -412,9 +412,11 @@ def _describe_tree(node: Any, path: tuple[str, ...], out: dict[str, Any]) -> Non
 
 
 class _KeepsWriteErrors:
-    """The file ``torch.save`` writes into, keeping the OSError a write raised (a full
-    disk): torch reports it as a RuntimeError of its own ("[enforce fail at
-    inline_container.cc] unexpected pos ..."), which says neither what nor where."""
+    """The stream ``torch.save`` writes into (git's pipe, the file being written), keeping
+    the OSError a write raised (a full disk): torch reports it as a RuntimeError of its
+    own ("[enforce fail at inline_container.cc] unexpected pos ..."), which says neither
+    what nor where.  Only ``write`` and ``flush``: without ``fileno`` torch writes every
+    byte through ``write``, in order."""
 
     def __init__(self, f: BinaryIO):
         self._f = f
@@ -422,19 +424,25 @@ class _KeepsWriteErrors:
 
     def write(self, data) -> int:
         try:
-            return self._f.write(data)
+            self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+        return len(memoryview(data).cast("B"))
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
         except OSError as e:
             self.error = e
             raise
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
 
 def _save_from_map(mm: mmap.mmap, manifest: Manifest, offsets: dict[str, int],
-                   reader: ChunkReader, saved: BinaryIO, legacy: bool) -> Exception | None:
+                   reader: ChunkReader, sink: _KeepsWriteErrors, legacy: bool
+                   ) -> Exception | None:
     """Read every parameter into its place in ``mm``, then ``torch.save`` the tree built
-    on those bytes into ``saved``.  Returns the exception that stopped it (a corrupt or
+    on those bytes into ``sink``.  Returns the exception that stopped it (a corrupt or
     missing chunk, ...) instead of raising it: its traceback holds views and tensors of the
     map, and a map with views alive cannot close (BufferError would replace the error)."""
     import torch
@@ -446,7 +454,6 @@ def _save_from_map(mm: mmap.mmap, manifest: Manifest, offsets: dict[str, int],
         bases = {n: _tensor_from(mm, offsets[n], e) for n, e in manifest.params.items()}
         decoder = _TreeDecoder(bases)
         obj = decoder.decode(manifest.format.get("tree"))
-        sink = _KeepsWriteErrors(saved)
         with _saving_locations(decoder.locations):
             try:
                 torch.save(obj, sink, _use_new_zipfile_serialization=not legacy)
