@@ -48,7 +48,14 @@ def write_atomic(dest: str, write: Callable[[BinaryIO], object],
     the file's permission bits (None: 0666 less the umask, as a new file gets)."""
     folder = os.path.dirname(os.path.abspath(dest))
     with named(dest):
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as e:  # said "File exists"
+            blocking = _file_in_the_way(folder)
+            if blocking is None:
+                raise
+            raise NotADirectoryError(errno.ENOTDIR, "a file where a folder of "
+                                     f"{dest} belongs", blocking) from e
         try:
             fd, tmp = tempfile.mkstemp(prefix=".theta-zarr-", dir=folder)
         except OSError as e:  # names its random temporary file, which says nothing to a user
@@ -69,6 +76,16 @@ def write_atomic(dest: str, write: Callable[[BinaryIO], object],
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _file_in_the_way(folder: str) -> str | None:
+    """The nearest of ``folder`` and its parents that exists and is not a folder."""
+    path = folder
+    while path != os.path.dirname(path):
+        if os.path.lexists(path) and not os.path.isdir(path):
+            return path
+        path = os.path.dirname(path)
+    return None
 
 
 @contextlib.contextmanager

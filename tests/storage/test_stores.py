@@ -228,6 +228,22 @@ def test_write_atomic_names_the_path_when_the_disk_is_full(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_write_atomic_names_a_file_where_a_folder_belongs(tmp_path):
+    """pull -o notes/model.safetensors (materialize -o too) where notes is a file said
+    "notes: File exists"."""
+    from theta_zarr.errors import one_line
+    from theta_zarr.streams import write_atomic
+
+    (tmp_path / "notes").write_text("mine")
+    for dest in (tmp_path / "notes" / "model.safetensors",
+                 tmp_path / "notes" / "sub" / "model.safetensors"):
+        with pytest.raises(OSError) as info:
+            write_atomic(str(dest), lambda out: out.write(b"x"))
+        assert one_line(info.value) == (f"{tmp_path / 'notes'}: a file where a folder of "
+                                        f"{dest} belongs")
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
 def test_a_lock_file_removed_by_gc_is_not_locked_twice(tmp_path):
     """A locker that got the lock on a file gc unlinked locks the new file instead."""
     store = LocalStore(str(tmp_path))
