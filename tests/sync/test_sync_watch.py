@@ -93,9 +93,9 @@ def test_a_read_only_folder_is_refused_before_a_push_and_named_not_a_temp_file(t
         proc = tz(args, env, check=False, prefix=held)
         err = proc.stderr.decode()
         assert proc.returncode == 1, err
-        assert err.splitlines()[-1] == (f"theta-zarr: cannot write watch state {ckpt / STATE_FILE}"
-                                        ": Permission denied; choose a writable file with "
-                                        "--state"), err
+        assert err.splitlines() == [f"theta-zarr: cannot write watch state {ckpt / STATE_FILE}"
+                                    ": Permission denied; choose a writable file with --state"
+                                    ], err
         remote = SyncRemote.open(RemoteSpec("t", case.url, {}))
         assert list(remote.refs.list("run7/")) == []  # refused before anything was pushed
         state = tmp_path / "state" / "watch.json"  # a folder --state makes

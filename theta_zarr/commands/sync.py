@@ -357,8 +357,9 @@ def register(main: click.Group) -> None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        watcher = watch.Watcher(folder, remote, settings, opts, say)  # its state file checked
         say(f"watching {folder} every {interval:g} s (SIGTERM or Ctrl-C stops)")
-        code = watch.Watcher(folder, remote, settings, opts, say).run(stop)
+        code = watcher.run(stop)
         say("watch stopped" + (" (signal)" if stop.is_set() else ""))
         sys.exit(code)
 
