@@ -407,10 +407,16 @@ def list_files(folder: str, skip: Callable[[str], bool] = lambda rel: False) -> 
 
     Symbolic links are never followed out of ``folder``: a link to a file outside it
     (``~/.aws/credentials``, ``/etc/shadow``) or a link to a folder is refused with
-    a SyncError naming it, rather than uploaded or silently left out.
+    a SyncError naming it, rather than uploaded or silently left out; so is a folder that
+    cannot be read (another user's, mode 0700).
     """
     out = []
-    for here, dirs, files in os.walk(folder):
+
+    def unreadable(e: OSError) -> None:  # os.walk skipped such a folder without a word
+        raise SyncError(f"{e.filename}: {e.strerror}: a folder that cannot be read would "
+                        "be left out of the checkpoint (nothing was uploaded)")
+
+    for here, dirs, files in os.walk(folder, onerror=unreadable):
         for d in dirs:
             if not d.startswith(".") and os.path.islink(os.path.join(here, d)):
                 raise SyncError(_link_message(folder, os.path.join(here, d), "a folder"))

@@ -29,6 +29,8 @@ from .sync import PushResult, SyncError, SyncRemote, inside, list_files, push
 
 CHECKPOINT_GLOBS = ("*.safetensors", "*.pt", "*.pth", "*.bin", "*.npz", "*.npy")
 STATE_FILE = ".theta-zarr-watch.json"
+#: ``Watcher.failed``'s mark for a checkpoint that could not be listed (never a signature)
+UNREADABLE = "unreadable"
 
 
 @dataclass
@@ -194,6 +196,12 @@ class Watcher:
                 sig = self.signature(path)
             except FileNotFoundError:
                 continue  # removed while we looked
+            except SyncError as e:  # a folder in it cannot be read: said once, the rest go on
+                if self.failed.get(ref) != UNREADABLE:
+                    self.echo(f"{ref}: not pushed: {e}")
+                    self.failed[ref] = UNREADABLE
+                    failures += 1
+                continue
             seen[ref] = sig
             done = self._pushed_here(ref)
             if done is not None:

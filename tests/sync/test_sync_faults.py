@@ -12,7 +12,7 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from helpers import CHUNK, Case, env_for, local_case, model, tz
+from helpers import CHUNK, Case, env_for, local_case, model, permissions_held, tz
 
 from theta_zarr import codecs
 from theta_zarr.cache import Cache, QuarantinedError
@@ -52,6 +52,38 @@ def test_a_link_out_of_the_pushed_folder_is_refused_and_nothing_uploaded(tmp_pat
               env_for(case, tmp_path), check=False)
     _one_line(proc, "notes", "symbolic link")
     assert _uploaded(case) == []
+
+
+def test_a_folder_that_cannot_be_read_is_refused_not_left_out(tmp_path):
+    """A subfolder of the published checkpoint that cannot be read (another user's, mode
+    0700): os.walk skipped it without a word, and the ref was created without its files,
+    exit 0; watch pushed such a folder the same way.  Now publish refuses it, and watch
+    says so once and pushes the others."""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    runs = tmp_path / "runs"
+    ckpt = runs / "step-1"
+    (ckpt / "adapter").mkdir(parents=True)
+    model(ckpt / "model.safetensors")
+    model(ckpt / "adapter" / "adapter_model.safetensors", seed=1)
+    model(runs / "step-2.safetensors", seed=2)
+    held = permissions_held()
+    (ckpt / "adapter").chmod(0)
+    try:
+        proc = tz(["publish", str(ckpt), case.url, "--ref", "r/1", "--chunk-size", CHUNK],
+                  env, check=False, prefix=held)
+        _one_line(proc, f"{ckpt / 'adapter'}: Permission denied", "left out",
+                  "nothing was uploaded")
+        assert _uploaded(case) == []
+        proc = tz(["watch", str(runs), case.url, "--ref-prefix", "w/", "--interval", "0.2",
+                   "--once", "--chunk-size", CHUNK], env, check=False, prefix=held)
+    finally:
+        (ckpt / "adapter").chmod(0o755)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert err.count(f"w/step-1: not pushed: {ckpt / 'adapter'}: Permission denied") == 1, err
+    remote = SyncRemote.open(RemoteSpec("t", case.url, {}))
+    assert [n for n, _ in remote.refs.list("w/")] == ["w/step-2"]
 
 
 def test_a_folder_with_a_file_name_no_set_can_hold_is_refused_before_upload(tmp_path):
