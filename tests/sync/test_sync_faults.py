@@ -371,6 +371,30 @@ def test_gc_keeps_every_manifest_when_a_ref_cannot_be_read(repo, shared):
     assert {p for p in before if "manifests" in p.parts} <= after
 
 
+def test_gc_deletes_nothing_when_a_refs_folder_cannot_be_listed(repo, tmp_path):
+    """Another group's refs/team/ (mode 0700) on a shared folder remote: the listing
+    skipped it without a word, and gc --remote deleted the manifest and the objects its
+    refs named; they then named missing data."""
+    from theta_zarr import sync
+    from theta_zarr.settings import Settings
+
+    case = local_case(tmp_path)
+    settings = Settings(cache_dir=str(tmp_path / "job-cache"), chunk_bytes=16 << 10)
+    sync.push(str(model(tmp_path / "a.safetensors")), case.remote(), "team/step-1", settings)
+    root = Path(case.url)
+    before = sorted(p for p in root.rglob("*") if p.is_file())
+    repo.tz("remote", "add", "shared", case.url)
+    team = root / "refs" / "team"
+    team.chmod(0o000)
+    try:
+        proc = repo.run(*permissions_held(), "git", "theta-zarr", "gc", "--remote", "shared",
+                        "--grace", "0", check=False)
+    finally:
+        team.chmod(0o755)
+    _one_line(proc, f"cannot list refs/team/ in {case.url}: Permission denied")
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == before
+
+
 # -- item 6: debris of killed writers ------------------------------------------------------------
 def test_gc_removes_old_temporary_files_and_keeps_young_ones_and_held_locks(repo, tmp_path):
     import fcntl

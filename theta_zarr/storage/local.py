@@ -172,7 +172,17 @@ class LocalStore(BlobStore):
 
     def _walk(self, prefix: str, temporary: bool) -> Iterator[BlobInfo]:
         top = self._path(prefix.rstrip("/")) if prefix else self.root
-        for folder, dirs, files in os.walk(top):
+
+        def unreadable(e: OSError) -> None:
+            if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+                return  # no such prefix, or a folder removed while we looked
+            # os.walk skipped such a folder without a word: a listing of refs without
+            # another group's refs/team/ let gc delete what they name
+            where = os.path.relpath(e.filename or top, self.root).replace(os.sep, "/")
+            raise StorageError(f"cannot list {where}/ in {self.describe()}: "
+                               f"{_strerror(e)}")
+
+        for folder, dirs, files in os.walk(top, onerror=unreadable):
             dirs.sort()
             rel = os.path.relpath(folder, self.root).replace(os.sep, "/")
             for name in sorted(files):
