@@ -21,7 +21,7 @@ import blake3
 
 from .formats.base import FormatError
 from .manifest import ManifestError
-from .refs import RefError, check_ref_name
+from .refs import RefError, check_ref_name, natural_key
 from .settings import Settings
 from .storage import StorageError
 from .streams import write_atomic
@@ -125,11 +125,16 @@ class Watcher:
     def candidates(self) -> tuple[dict[str, str], int]:
         """ref -> path of every checkpoint-like entry of the folder, and how many entries
         (or sets of entries sharing one ref) were newly found to make no valid ref name or
-        the same ref as another (reported once each, skipped)."""
+        the same ref as another (reported once each, skipped).
+
+        Entries come in natural name order (``checkpoint-9`` before ``checkpoint-10``), the
+        order a run wrote them: a watcher started on a folder holding many steps pushes
+        each after the one before it, so each step's delta base is its predecessor and
+        the ref written last is the run's latest step."""
         out: dict[str, str] = {}
         clashes: dict[str, list[str]] = {}
         bad = 0
-        for name in sorted(os.listdir(self.root)):
+        for name in sorted(os.listdir(self.root), key=lambda n: (natural_key(n), n)):
             path = os.path.join(self.root, name)
             if name.startswith(".") or os.path.abspath(path) == self.state_path:
                 continue

@@ -148,6 +148,23 @@ def test_watch_deltas_each_step_against_the_one_before(tmp_path):
     assert new and forms == {"int-delta"}
 
 
+def test_a_folder_of_many_steps_is_pushed_in_step_order(tmp_path):
+    """A watcher started on a folder that already holds steps 9, 10 and 100 pushed them
+    in byte order (10, 100, 9): step 9 deltaed against step 100, and the ref written
+    last, which the next publish takes as its base, was step 9, not the latest."""
+    case, env, ckpt = _watched(tmp_path)
+    for step in (100, 9, 10):
+        (ckpt / f"checkpoint-{step}").mkdir()
+        model(ckpt / f"checkpoint-{step}" / "model.safetensors", seed=step)
+    err = tz(["watch", str(ckpt), case.url, "--ref-prefix", "run7/", "--interval", "0",
+              "--chunk-size", "16KiB", "--once"], env).stderr.decode()
+    lines = {line.split()[2]: line for line in err.splitlines() if " created " in line}
+    assert list(lines) == ["run7/checkpoint-9", "run7/checkpoint-10", "run7/checkpoint-100"]
+    assert "no delta base" in lines["run7/checkpoint-9"]
+    assert "delta base run7/checkpoint-9;" in lines["run7/checkpoint-10"]
+    assert "delta base run7/checkpoint-10;" in lines["run7/checkpoint-100"]
+
+
 def test_watch_pushes_on_when_its_last_ref_is_gone_from_the_remote(tmp_path):
     """The ref watch pushed last is its next delta base; if it was deleted since, the
     next step is pushed with the default base instead of failing on a missing base."""
