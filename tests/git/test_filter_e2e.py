@@ -179,6 +179,37 @@ def test_one_filter_process_serves_many_files(repo, tmp_path):
     assert log.read_text().count("start") == 1
 
 
+def test_clean_reads_the_index_through_one_git_process(repo, tmp_path):
+    """Each file clean read the manifest git's index holds for it (to keep its chunk
+    shapes) with a ``git cat-file blob :PATH`` process of its own: most of the time of a
+    ``git add`` of many small checkpoints.  One ``cat-file --batch`` now answers them all,
+    and what it answers is still the index's: the chunk shapes of the committed files
+    stay when the chunk-size setting changes, a new file gets the setting's."""
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    names = ["m0.safetensors", "m 1.safetensors", "m2.safetensors"]
+    for i, name in enumerate(names):
+        safetensors.numpy.save_file({"w": np.full((128, 64), i, np.float32)},
+                                    str(repo.path / name))
+    repo.git("add", ".")
+    repo.git("commit", "-q", "-m", "base")
+    repo.git("config", "theta-zarr.chunk-size", "64KiB")
+    for i, name in enumerate([*names, "new file.safetensors"]):
+        safetensors.numpy.save_file({"w": np.full((128, 64), i + 10, np.float32)},
+                                    str(repo.path / name))
+    trace = tmp_path / "trace.json"
+    repo.git("add", ".", env={"GIT_TRACE2_EVENT": str(trace)})
+    argvs = [json.loads(line).get("argv") for line in trace.read_text().splitlines()]
+    assert [a for a in argvs if a and a[1:3] == ["cat-file", "blob"]] == []
+    assert len([a for a in argvs if a and a[1:3] == ["cat-file", "--batch"]]) == 1
+    shapes = {name: Manifest.from_bytes(repo.git("cat-file", "blob", f":{name}").stdout,
+                                        name).params["w"].chunk_shape
+              for name in [*names, "new file.safetensors"]}
+    assert shapes == {**{n: (64, 64) for n in names}, "new file.safetensors": (128, 64)}
+    assert repo.out("status", "--porcelain") == "".join(
+        f'M  "{n}"\n' if " " in n else f"M  {n}\n" for n in sorted(names)) + \
+        'A  "new file.safetensors"\n'
+
+
 def test_lazy_smudge_writes_manifest_and_clean_passes_it_through(repo):
     write_model(str(repo.path / "model.safetensors"), SHAPE)
     repo.git("add", "model.safetensors")

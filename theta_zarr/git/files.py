@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import threading
 from dataclasses import dataclass
 
 from .. import lfs
@@ -115,6 +117,78 @@ def read_blobs(repo: Repo, blobs: list[str]) -> list[bytes]:
         result.append(out[nl + 1:nl + 1 + size])
         pos = nl + 1 + size + 1
     return result
+
+
+class IndexBlobs:
+    """The blobs git's index holds, by path, through one long-running ``git cat-file
+    --batch`` instead of a ``git cat-file blob :PATH`` process per path (the filter asks
+    for every file it cleans; a process each was most of the time of a ``git add`` of
+    many small checkpoints).
+
+    ``cat-file`` reads the index once, at its first ``:PATH``; the process is started
+    again whenever the index file's stat changed since, so each answer is the index as
+    it is on disk, as a process per path gave it.  A path holding a newline (which a
+    ``--batch`` line cannot carry) is asked by a process of its own."""
+
+    def __init__(self, repo: Repo):
+        self.repo = repo
+        self._proc: subprocess.Popen | None = None
+        self._seen: tuple | None = None
+        self._lock = threading.Lock()
+
+    def _index_stat(self) -> tuple | None:
+        try:
+            st = os.stat(self.repo.index_path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+    def get(self, path: str) -> bytes | None:
+        """The blob the index holds for ``path`` (stage 0), None when it holds none."""
+        if "\n" in path or not self.repo.index_path:
+            return self._one(path)
+        with self._lock:
+            seen = self._index_stat()
+            if self._proc is None or seen != self._seen:
+                self.close()
+                self._proc = subprocess.Popen(
+                    ["git", "cat-file", "--batch"], cwd=self.repo.top, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                self._seen = seen
+            proc = self._proc
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(os.fsencode(":" + path) + b"\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+                if line.endswith((b" missing\n", b" ambiguous\n")):
+                    return None  # no stage-0 entry (new, or unmerged)
+                _, kind, size = line.split()
+                data = proc.stdout.read(int(size) + 1)
+                if len(data) == int(size) + 1:
+                    return data[:-1] if kind == b"blob" else None
+            except (OSError, ValueError):
+                pass
+            self.close()  # a batch that broke off: ask once on its own
+        return self._one(path)
+
+    def _one(self, path: str) -> bytes | None:
+        try:
+            return self.repo.git("cat-file", "blob", f":{path}")
+        except GitError:
+            return None
+
+    def close(self) -> None:
+        """End the ``cat-file`` process (it ends on its own when this process does)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass
+            proc.wait()
 
 
 def matches(path: str, spec: str) -> bool:

@@ -33,6 +33,7 @@ from ..manifest import (
 from ..settings import Settings
 from . import lfs as git_lfs
 from .direct import WORKTREE_COMMANDS, Pending, lazy_note, write_repairing
+from .files import IndexBlobs
 from .hooks import CommittedHooks, ensure_hooks
 from .index import GitIndex, IndexUnsupported
 from .parent import parent_git
@@ -60,6 +61,7 @@ class FilterServer:
         self.direct = direct and repo is not None and settings is not None and \
             settings.direct_checkout is not None
         self.index: GitIndex | None = None
+        self.index_blobs: IndexBlobs | None = None  # the index's manifests, for clean
         self.pending: dict[str, Pending] = {}
         self.unwritten: list[str] = []  # direct writes not done (finish failed part-way)
         self.smudged = False  # a smudge came: Ctrl-C then says how to restore a file
@@ -253,10 +255,9 @@ class FilterServer:
         """What git's index holds for ``path`` (its manifest keeps chunk shapes stable)."""
         if self.repo is None:
             return None
-        try:
-            return self.repo.git("cat-file", "blob", f":{path}")
-        except GitError:
-            return None
+        if self.index_blobs is None:
+            self.index_blobs = IndexBlobs(self.repo)
+        return self.index_blobs.get(path)
 
     def clean_lfs_era(self, source, path: str, pointer: lfs.LfsPointer, blob: bytes) -> bytes:
         """A file the index holds as a git-lfs pointer: the same content keeps the pointer
