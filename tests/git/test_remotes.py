@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -320,6 +321,35 @@ def test_pre_push_falls_back_to_the_default_theta_remote(repo, remote_case, tmp_
     m = commit_model(repo, "base")
     repo.git("push", "-q", "origin", "main")
     assert remote_case.objects().missing(m.digests()) == set()
+
+
+def test_a_push_of_many_tags_asks_git_once_not_once_a_tag(repo, tmp_path):
+    """``git push --tags`` of a run's step tags: the pre-push hook started a ``git
+    cat-file -e`` for each pushed ref (and another for each one the remote had), and
+    put every tag's commit on one command line.  One ``cat-file`` now answers for all,
+    the revisions go to git on its standard input, and what is pushed is the same: every
+    chunk of both commits, the fine-tune's as deltas against its parent; tags moved
+    later bound the range by what the remote had, so nothing is sent again."""
+    case = local_case(tmp_path)
+    setup_origin(repo, case, tmp_path)
+    old = commit_model(repo, "base")
+    new = commit_model(repo, "tuned", tuned=REMOTE_SHAPE.layer_names(1))
+    tags = "".join(f"create refs/tags/step-{i} HEAD{'~1' if i % 2 else ''}\n"
+                   for i in range(40))
+    repo.git("update-ref", "--stdin", input=tags.encode())
+    trace = tmp_path / "trace.json"
+    err = repo.git("push", "-q", "origin", "main", "--tags",
+                   env={"GIT_TRACE2_EVENT": str(trace)}).stderr.decode()
+    assert "delta" in err and case.objects().missing(old.digests() | new.digests()) == set()
+    argvs = [json.loads(line).get("argv") or [] for line in trace.read_text().splitlines()]
+    assert len([a for a in argvs if a[:2] == ["git", "cat-file"]]) < 10
+    moved = "".join(f"update refs/tags/step-{i} HEAD\n" for i in range(1, 40, 2))
+    repo.git("update-ref", "--stdin", input=moved.encode())
+    err = repo.git("push", "-q", "-f", "origin", "--tags",
+                   env={"GIT_TRACE2_EVENT": str(trace)}).stderr.decode()
+    assert "uploaded" not in err  # the remote's commits bound the range: nothing to send
+    argvs = [json.loads(line).get("argv") or [] for line in trace.read_text().splitlines()]
+    assert len([a for a in argvs if a[:2] == ["git", "cat-file"]]) < 20
 
 
 @pytest.mark.parametrize("how", [("git", "push", "--dry-run"), ("git", "push", "-fn"),

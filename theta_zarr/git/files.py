@@ -57,16 +57,33 @@ def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str, str]]:
     return items
 
 
-def objects_with_paths(repo: Repo, *rev_list_args: str, unnamed: bool = False
-                       ) -> dict[str, str]:
+def revision_range(include: list[str], exclude: list[str]) -> tuple[list[str], bytes]:
+    """The arguments and standard input of a ``git rev-list`` (or ``git log``) of what
+    ``include`` reaches and ``exclude`` does not: options (``--branches``,
+    ``--remotes=origin``) stay on the command line, revisions go through ``--stdin``
+    once each (``^REV`` for an excluded one), so a push of thousands of tags never makes
+    a command line too long for the system."""
+    def revs(names: list[str]) -> list[str]:
+        return [n for n in dict.fromkeys(names) if not n.startswith("-")]
+    excluded = [n for n in exclude if n.startswith("-")]
+    args = [n for n in include if n.startswith("-")] + ["--stdin"] + \
+        (["--not", *excluded] if excluded else [])
+    lines = revs(include) + ["^" + n for n in revs(exclude)]
+    return args, "".join(n + "\n" for n in lines).encode()
+
+
+def objects_with_paths(repo: Repo, *rev_list_args: str, unnamed: bool = False,
+                       input: bytes | None = None) -> dict[str, str]:
     """{object id: path} from ``git rev-list --objects ARGS`` (trees and blobs with a path;
     with ``unnamed``, every object, those without a path (commits, root trees, a blob a
     tag or a replace ref names) mapped to ``""``).
 
     History is walked as git's own gc and push walk it, without ``git replace``
     replacements: the commits they hide are still on their branches (and pushed), and
-    the replacements are listed through their ``refs/replace/`` refs."""
-    out = repo.git("--no-replace-objects", "rev-list", "--objects", *rev_list_args)
+    the replacements are listed through their ``refs/replace/`` refs.  ``input``: git's
+    standard input (with ``--stdin`` among the arguments, see :func:`revision_range`)."""
+    out = repo.git("--no-replace-objects", "rev-list", "--objects", *rev_list_args,
+                   input=input)
     found: dict[str, str] = {}
     for line in out.decode("utf-8", "replace").splitlines():
         sha, _, path = line.partition(" ")

@@ -16,7 +16,7 @@ from ..remote import (
 )
 from ..settings import Settings
 from ..wording import counted
-from .files import read_blobs, small_blobs
+from .files import object_info, read_blobs, revision_range, small_blobs
 from .install import DRIVER
 from .remotes import configured, for_git_remote, manifests_in_range, require, resolve
 from .repo import GitError, Repo
@@ -28,7 +28,7 @@ def pre_push(repo: Repo, remote_name: str, lines: list[str], url: str | None = N
     and the remote's name (its URL for an unnamed remote) and ``url``.  ``dry_run`` (the
     hook's ``git push`` was given ``-n``/``--dry-run``): say what would be uploaded, upload
     nothing."""
-    include, exclude = [], [f"--remotes={remote_name}"]
+    include, exclude, theirs = [], [f"--remotes={remote_name}"], []
     for line in lines:
         parts = line.split()
         if len(parts) != 4:
@@ -36,9 +36,13 @@ def pre_push(repo: Repo, remote_name: str, lines: list[str], url: str | None = N
         _, local_sha, _, remote_sha = parts
         if local_sha.strip("0"):
             include.append(local_sha)
-        # the remote's current commit, when we have it, bounds the range
-        if remote_sha.strip("0") and _is_commit(repo, remote_sha):
-            exclude.append(remote_sha)
+        if remote_sha.strip("0"):
+            theirs.append(remote_sha)
+    # the remote's current commits, those we have, bound the range: one cat-file asks
+    # about them all (a push of thousands of tags started a process per tag)
+    theirs = list(dict.fromkeys(theirs))
+    exclude += [sha for sha, (kind, _) in zip(theirs, object_info(
+        repo, [f"{sha}^{{commit}}" for sha in theirs]), strict=True) if kind == "commit"]
     manifests = manifests_in_range(repo, include, exclude)
     if not manifests:
         return None
@@ -50,14 +54,6 @@ def pre_push(repo: Repo, remote_name: str, lines: list[str], url: str | None = N
     spec, why = found if found is not None else (require(repo, remote_name), "")
     return push_manifests(repo, spec, manifests, (include, exclude),
                           f"git remote {remote_name!r} -> {why}" if why else "", dry_run)
-
-
-def _is_commit(repo: Repo, sha: str) -> bool:
-    try:
-        repo.git("cat-file", "-e", f"{sha}^{{commit}}")
-    except GitError:
-        return False
-    return True
 
 
 def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
@@ -141,9 +137,10 @@ def parent_bases(repo: Repo, include: list[str], exclude: list[str]) -> dict[str
     against the manifest of the same path in the commit's first parent."""
     if not include:
         return {}
+    args, stdin = revision_range(include, exclude)
     try:
         out = repo.git("log", "--raw", "-r", "--no-renames", "--no-abbrev", "--format=",
-                       "--diff-merges=first-parent", *include, "--not", *exclude)
+                       "--diff-merges=first-parent", *args, input=stdin)
     except GitError:
         return {}  # deltas are an optimisation: without the range, push plain objects
     pairs: list[tuple[str, str, str]] = []

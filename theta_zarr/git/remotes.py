@@ -19,7 +19,7 @@ from ..refs import RefError, check_ref_name
 from ..remote import BOOLEAN_OPTIONS, RemoteError, RemoteSpec
 from ..storage import is_folder, open_store
 from ..storage.local import LocalStore
-from .files import objects_with_paths, read_blobs, small_blobs
+from .files import object_info, objects_with_paths, read_blobs, revision_range, small_blobs
 from .install import DRIVER
 from .repo import GitError, Repo, config_records, git
 
@@ -368,13 +368,16 @@ def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> li
     """Manifests of tracked files in commits reachable from ``include`` but not ``exclude``."""
     if not include:
         return []
-    for rev in include:
-        # any object git has is pushed as git pushes it (a tag of a tree or a blob too: its
-        # objects are listed below); a misspelt revision is the user's, named as such
-        if not rev.startswith("-") and not _has_object(repo, rev):
+    # any object git has is pushed as git pushes it (a tag of a tree or a blob too: its
+    # objects are listed below); a misspelt revision is the user's, named as such.  One
+    # cat-file answers for every revision (git push --tags can name thousands)
+    revs = [r for r in dict.fromkeys(include) if not r.startswith("-")]
+    for rev, (kind, _) in zip(revs, object_info(repo, revs), strict=True):
+        if kind == "missing":
             repo.commit(rev)
+    args, stdin = revision_range(include, exclude)
     try:
-        candidates = objects_with_paths(repo, *include, "--not", *exclude)
+        candidates = objects_with_paths(repo, *args, input=stdin)
     except GitError as e:
         raise GitError(f"cannot list commits to push: {e}") from None
     if not candidates:
