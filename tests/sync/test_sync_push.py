@@ -354,3 +354,39 @@ def test_a_dcp_folder_saved_to_disk_round_trips_with_its_hidden_metadata(tmp_pat
     assert sorted(written) == [str(out / ".metadata"), str(out / "__0_0.distcp")]
     for name in (".metadata", "__0_0.distcp"):
         assert file_sha(out / name) == file_sha(step / name)
+
+
+def test_a_sets_member_manifests_are_read_together_not_one_after_another(tmp_path):
+    """A published folder is a set naming one manifest per file: pull (and gc's walk of
+    what a ref needs, import, diff-refs, a publish's delta bases) read them one after
+    another, a remote round trip per file, which took most of a pull of 200 shards
+    from S3.  Each read of a member here waits until all three are in flight: read one
+    at a time, the first would wait for ever (a broken barrier after 60 s)."""
+    import threading
+
+    case = local_case(tmp_path)
+    settings = Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=16 << 10)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for i in range(3):
+        model(folder / f"model-{i + 1:05d}-of-00003.safetensors", seed=i)
+    sync.push(str(folder), case.remote(), "run7/step-1", settings)
+    remote = case.remote()
+    members = {e.manifest for e in remote.resolve("run7/step-1")[1].files.values()}
+    together = threading.Barrier(len(members), timeout=60)
+    load = remote.load
+
+    def load_together(digest: str):
+        if digest in members:
+            together.wait()
+        return load(digest)
+
+    remote.load = load_together
+    out = tmp_path / "pulled"
+    written = sync.pull(remote, "run7/step-1", str(out), Settings(
+        cache_dir=str(tmp_path / "cache2"), chunk_bytes=16 << 10))
+    assert len(written) == 3
+    for path in folder.iterdir():
+        assert file_sha(out / path.name) == file_sha(path)
+    chunks, manifests, _ = sync.objects_of(remote, remote.resolve("run7/step-1")[1])
+    assert manifests == members and chunks

@@ -565,14 +565,18 @@ def _ref_sides(remote: SyncRemote, old_ref: str, old: Target, new_ref: str,
         raise ManifestError(f"ref {one} names one checkpoint and ref {many} a set of files; "
                             "diff-refs compares two checkpoints or two sets")
 
+    changed = [name for name in sorted(old.files.keys() | new.files.keys())
+               if old.files.get(name) != new.files.get(name)]
+    # the changed files' manifests, read concurrently (a re-sharded model changes them all)
+    loaded = remote.load_many(e.manifest for t in (old, new) for n in changed
+                              if (e := t.files.get(n)) is not None and e.manifest)
+
     def side(entry: FileEntry | None) -> Side:
         if entry is None:
             return None
         if entry.manifest:
-            return remote.load(entry.manifest)
+            return loaded[entry.manifest]
         return Foreign("plain", f"a file stored as it is ({entry.size} bytes)",
                        {"size": entry.size, "chunks": list(entry.chunks)})
 
-    return [(name, side(old.files.get(name)), side(new.files.get(name)))
-            for name in sorted(old.files.keys() | new.files.keys())
-            if old.files.get(name) != new.files.get(name)]
+    return [(name, side(old.files.get(name)), side(new.files.get(name))) for name in changed]

@@ -61,10 +61,11 @@ def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
     if isinstance(target, Manifest):
         entries.append((rel, target.to_bytes()))
     else:
+        loaded = remote.members(target)
         for name, entry in sorted(target.files.items()):
             dest = f"{rel}/{name}" if rel != "." else name
             if entry.manifest is not None:
-                member = remote.load(entry.manifest)
+                member = loaded[name]
                 if not isinstance(member, Manifest):
                     raise ManifestError(f"{ref}: {name} names a set inside a set")
                 entries.append((dest, member.to_bytes()))
