@@ -878,22 +878,47 @@ def ls(remote: SyncRemote, pattern: str = "") -> list[RefRow]:
     literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]  # listed: refs under this prefix
     listed = [item for item in remote.refs.list(literal) if ref_matches(item[0], pattern)]
     stored = {d: n for d, n, _ in remote.objects.iter_digests()} if listed else {}
+    workers = remote.objects.concurrency
 
-    def row(item: tuple[str, BlobInfo]) -> RefRow:
-        name, info = item
-        try:
-            value, target = remote.resolve(name)
-        except (StorageError, ValueError) as e:
-            return RefRow(name, info.mtime, "?", 0, 0, 0, str(e))
-        members = [target] if isinstance(target, Manifest) else [
-            remote.load(e.manifest) if e.manifest else e for e in target.files.values()]
-        nbytes = sum(m.nbytes if isinstance(m, Manifest) else m.size for m in members)
+    def attempt(fn: Callable[[str], Any]) -> Callable[[str], tuple[Any, str | None]]:
+        def run(arg: str) -> tuple[Any, str | None]:
+            try:
+                return fn(arg), None
+            except (StorageError, ValueError) as e:
+                return None, str(e)
+        return run
+
+    # every ref, then every set's member manifests, read concurrently (a set's members
+    # were read one after another); a ref or member that cannot be read is its row's error
+    resolved = dict(bounded_map(attempt(remote.resolve), [n for n, _ in listed], workers))
+    wanted = {e.manifest for (found, _) in resolved.values()
+              if found is not None and isinstance(found[1], FileSet)
+              for e in found[1].files.values() if e.manifest}
+    loaded = dict(bounded_map(attempt(remote.load), wanted, workers))
+
+    def row(name: str, info: BlobInfo) -> RefRow:
+        found, error = resolved[name]
+        if found is None:
+            return RefRow(name, info.mtime, "?", 0, 0, 0, error)
+        value, target = found
+        if isinstance(target, Manifest):
+            members: list[Target | FileEntry] = [target]
+        else:
+            members = []
+            for file, e in target.files.items():
+                member, error = loaded[e.manifest] if e.manifest else (e, None)
+                if error is not None:
+                    return RefRow(name, info.mtime, value.digest, 0, 0, 0, f"{file}: {error}")
+                members.append(member)
+        nbytes = sum(m.nbytes if isinstance(m, Manifest) else m.size for m in members
+                     if isinstance(m, (Manifest, FileEntry)))
         params = sum(_tensor_count(m) for m in members if isinstance(m, Manifest))
         chunks: set[str] = set()
         for m in members:
-            chunks |= m.digests() if isinstance(m, Manifest) else set(m.chunks)
+            if isinstance(m, (Manifest, FileEntry)):
+                chunks |= m.digests() if isinstance(m, Manifest) else set(m.chunks)
         return RefRow(name, info.mtime, value.digest, nbytes, params, len(members),
                       stored=sum(stored.get(d, 0) for d in chunks))
 
-    rows = [r for _, r in bounded_map(row, listed, remote.objects.concurrency)]
+    rows = [row(name, info) for name, info in listed]
     return sorted(rows, key=lambda r: natural_key(r.name))  # step-999 before step-1000

@@ -362,6 +362,33 @@ def test_ls_lists_every_ref_and_fails_when_one_cannot_be_read(repo, shared, tmp_
     assert tz(["ls", shared.url, "good"], env).returncode == 0
 
 
+def test_ls_lists_a_set_whose_member_cannot_be_read_as_an_error_row(tmp_path):
+    """A set whose member manifest is gone (a published folder, one file's manifest
+    deleted by hand): ``ls`` printed no row at all, only the missing manifest's line,
+    naming no ref.  The set's row now says which file cannot be read, every other row
+    is listed, and ls exits 1, as for any ref that cannot be read.  (The members of all
+    sets are read together, after the refs, no longer one after another per row.)"""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    folder = tmp_path / "step"
+    folder.mkdir()
+    model(folder / "a.safetensors", seed=1)
+    model(folder / "b.safetensors", seed=2)
+    tz(["publish", str(folder), case.url, "--ref", "run/set", "--chunk-size", CHUNK], env)
+    tz(["publish", str(model(tmp_path / "c.safetensors", seed=3)), case.url, "--ref",
+        "run/one", "--chunk-size", CHUNK], env)
+    remote = case.remote()
+    member = remote.load(remote.refs.read("run/set").digest).files["b.safetensors"].manifest
+    (Path(case.url) / remote.manifest_key(member)).unlink()
+    proc = tz(["ls", case.url, "run/"], env, check=False)
+    rows = proc.stdout.decode().splitlines()
+    assert [r.split("\t")[0] for r in rows] == ["run/one", "run/set"]
+    assert "error: " not in rows[0]
+    assert f"error: b.safetensors: manifest {member} is missing" in rows[1]
+    _one_line(proc, "1 ref of 2 could not be read", "'error:'")
+    assert proc.returncode == 1
+
+
 def test_gc_keeps_every_manifest_when_a_ref_cannot_be_read(repo, shared):
     before = {p for p in Path(shared.url).rglob("*") if p.is_file()}
     proc = repo.tz("gc", "--remote", "shared", "--grace", "0")
