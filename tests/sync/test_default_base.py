@@ -96,27 +96,10 @@ def test_a_default_base_whose_version_is_unreadable_is_not_claimed(tmp_path):
     assert " deltas " not in err, err
 
 
-def test_ls_lists_a_runs_steps_in_natural_order(tmp_path):
+def test_ls_lists_a_runs_steps_in_natural_order_and_selects_as_git_for_each_ref(tmp_path):
     """Names were sorted as strings: run7/step-10 came before run7/step-2, and the last row
-    (`ls REMOTE run7/ | tail -1`, the step to resume from) was step-9, not step-10."""
-    case = Case("local", str(tmp_path / "bucket"), {}, [])
-    env = env_for(case, tmp_path)
-    tz(["publish", str(model(tmp_path / "a.safetensors")), case.url, "--ref", "run7/step-1",
-        "--chunk-size", CHUNK], env)
-    remote = case.remote()
-    digest = remote.refs.read("run7/step-1").digest
-    for step in (10, 2, 9, 100):
-        remote.refs.set(f"run7/step-{step}", digest)
-    remote.refs.set("run7/latest", digest)
-    remote.refs.set("run70/step-1", digest)
-    rows = tz(["ls", case.url, "run7/"], env).stdout.decode().splitlines()
-    assert [r.split("\t")[0] for r in rows] == [
-        "run7/latest", "run7/step-1", "run7/step-2", "run7/step-9", "run7/step-10",
-        "run7/step-100"]
-
-
-def test_ls_selects_refs_as_git_for_each_ref_does(tmp_path):
-    """``ls REMOTE run7`` listed run70/... too (a string prefix); a pattern now matches a
+    (`ls REMOTE run7/ | tail -1`, the step to resume from) was step-9, not step-10.  And
+    ``ls REMOTE run7`` listed run70/... too (a string prefix); a pattern now matches a
     whole name or up to a slash, and a glob matches whole names."""
     case = Case("local", str(tmp_path / "bucket"), {}, [])
     env = env_for(case, tmp_path)
@@ -124,16 +107,19 @@ def test_ls_selects_refs_as_git_for_each_ref_does(tmp_path):
         "--chunk-size", CHUNK], env)
     remote = case.remote()
     digest = remote.refs.read("run7/step-1").digest
-    for name in ("run7/step-10", "run7/step-2", "run70/step-1", "run7-old"):
+    for name in ("run7/step-10", "run7/step-2", "run7/step-9", "run7/step-100",
+                 "run7/latest", "run70/step-1", "run7-old"):
         remote.refs.set(name, digest)
 
     def names(*pattern: str) -> list[str]:
         out = tz(["ls", case.url, *pattern], env).stdout.decode()
         return [r.split("\t")[0] for r in out.splitlines()]
 
-    assert names("run7") == names("run7/") == ["run7/step-1", "run7/step-2", "run7/step-10"]
+    steps = ["run7/latest", "run7/step-1", "run7/step-2", "run7/step-9", "run7/step-10",
+             "run7/step-100"]
+    assert names("run7/") == names("run7") == steps
     assert names("run7/step-1") == ["run7/step-1"]
-    assert names("run7/step-1*") == ["run7/step-1", "run7/step-10"]
+    assert names("run7/step-1*") == ["run7/step-1", "run7/step-10", "run7/step-100"]
     assert names("run7-*") == ["run7-old"]
     assert names("run70") == ["run70/step-1"]
-    assert names("run") == [] and len(names()) == 5
+    assert names("run") == [] and len(names()) == 8
