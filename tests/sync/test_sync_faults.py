@@ -233,16 +233,23 @@ def test_a_publish_repairs_a_damaged_copy_of_its_manifest_on_the_remote(tmp_path
     assert (tmp_path / "out.safetensors").read_bytes() == f.read_bytes()
 
 
-def test_a_pull_meeting_a_corrupt_object_names_the_file_that_needs_it(tmp_path):
-    """The line named the object and the remote only: with a folder of files the user
-    could not tell which one the remote could not give back."""
+def _published_pair(tmp_path: Path, ref: str) -> tuple[Case, dict[str, str]]:
+    """A folder remote holding ``ref``: a published folder of two models, ``a.safetensors``
+    and ``b.safetensors``; the remote and the environment that reaches it."""
     case = local_case(tmp_path)
     env = env_for(case, tmp_path)
     folder = tmp_path / "ckpt"
     folder.mkdir()
     model(folder / "a.safetensors", seed=1)
     model(folder / "b.safetensors", seed=2)
-    tz(["publish", str(folder), case.url, "--ref", "run/step-1", "--chunk-size", CHUNK], env)
+    tz(["publish", str(folder), case.url, "--ref", ref, "--chunk-size", CHUNK], env)
+    return case, env
+
+
+def test_a_pull_meeting_a_corrupt_object_names_the_file_that_needs_it(tmp_path):
+    """The line named the object and the remote only: with a folder of files the user
+    could not tell which one the remote could not give back."""
+    case, env = _published_pair(tmp_path, "run/step-1")
     remote = case.remote()
     _, files = remote.resolve("run/step-1")
     digest = min(remote.load(files.files["b.safetensors"].manifest).digests())
@@ -368,13 +375,7 @@ def test_ls_lists_a_set_whose_member_cannot_be_read_as_an_error_row(tmp_path):
     naming no ref.  The set's row now says which file cannot be read, every other row
     is listed, and ls exits 1, as for any ref that cannot be read.  (The members of all
     sets are read together, after the refs, no longer one after another per row.)"""
-    case = local_case(tmp_path)
-    env = env_for(case, tmp_path)
-    folder = tmp_path / "step"
-    folder.mkdir()
-    model(folder / "a.safetensors", seed=1)
-    model(folder / "b.safetensors", seed=2)
-    tz(["publish", str(folder), case.url, "--ref", "run/set", "--chunk-size", CHUNK], env)
+    case, env = _published_pair(tmp_path, "run/set")
     tz(["publish", str(model(tmp_path / "c.safetensors", seed=3)), case.url, "--ref",
         "run/one", "--chunk-size", CHUNK], env)
     remote = case.remote()
