@@ -9,6 +9,7 @@ an unchanged chunk is never re-encoded or re-written.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
 import tempfile
@@ -290,3 +291,48 @@ def default_cache_dir(git_common_dir: str) -> str:
     cluster-sync commands, which have no repository, use ``sync.default_cache_dir``.
     """
     return os.path.join(os.path.abspath(git_common_dir), "theta-zarr")
+
+
+#: the folder of a cache that names each repository whose ``theta-zarr.cache`` points at
+#: it (one file per repository, named by the SHA-256 of its git dir, holding that path):
+#: such a cache holds the only copy of those repositories' unpushed commits' chunks
+REPOSITORIES = "repositories"
+
+
+def record_repository(root: str, git_common_dir: str) -> None:
+    """Name the repository of ``git_common_dir`` in the shared cache ``root`` (best
+    effort: a read-only cache is left as it is), so that ``theta-zarr cache prune``,
+    which trims by age alone, refuses a cache holding a repository's chunks."""
+    git_dir = os.path.abspath(git_common_dir)
+    folder = os.path.join(root, REPOSITORIES)
+    path = os.path.join(folder, hashlib.sha256(os.fsencode(git_dir)).hexdigest())
+    if os.path.exists(path):
+        return
+    with contextlib.suppress(OSError):
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(os.fsencode(git_dir) + b"\n")
+        os.replace(tmp, path)
+
+
+def recorded_repositories(root: str) -> list[str]:
+    """The git dirs of the repositories ``record_repository`` named in the cache ``root``
+    that still exist (each still has its ``HEAD``), sorted."""
+    folder = os.path.join(root, REPOSITORIES)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    found = set()
+    for name in names:
+        if name.endswith(".tmp"):
+            continue
+        try:
+            with open(os.path.join(folder, name), "rb") as f:
+                git_dir = os.fsdecode(f.read(1 << 16).rstrip(b"\n"))
+        except OSError:
+            continue
+        if git_dir and os.path.isfile(os.path.join(git_dir, "HEAD")):
+            found.add(git_dir)
+    return sorted(found)

@@ -4,9 +4,12 @@ least recently written first, and never a repository's own cache."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
-from helpers import CHUNK, SHAPE, env_for, file_sha, local_case, model, tz
+import numpy as np
+from helpers import CHUNK, MODEL, SHAPE, env_for, file_sha, local_case, model, tz
+from safetensors.numpy import save_file
 
 from theta_zarr.cache import Cache
 from theta_zarr.objects import object_key
@@ -64,3 +67,27 @@ def test_prune_refuses_a_repository_cache_and_what_is_no_cache(repo, tmp_path):
     assert not (tmp_path / "none").exists()
     bad = tz(["cache", "prune", "--older-than", "soon"], env, check=False)
     assert bad.returncode == 1 and "--older-than: not a duration" in bad.stderr.decode()
+
+
+def test_prune_refuses_a_cache_a_repository_shares(repo, tmp_path):
+    """A repository whose theta-zarr.cache is the node cache (or any folder several
+    repositories share) keeps its unpushed commits' only chunks there: cache prune
+    deleted them by age, and the commit could no longer be checked out."""
+    env = env_for(local_case(tmp_path), tmp_path)
+    shared = env["THETA_ZARR_CACHE"]
+    repo.git("config", "theta-zarr.cache", shared)
+    save_file({"w": np.arange(4096, dtype=np.float32)}, str(repo.path / MODEL))
+    repo.git("add", MODEL)
+    repo.git("commit", "-qm", "unpushed")
+    proc = tz(["cache", "prune", "--older-than", "0"], env, check=False)
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, lines
+    assert "theta-zarr.cache of 1 git repository" in lines[0]
+    assert str(repo.path / ".git") in lines[0]
+    assert len(list(Cache(shared).iter_digests())) == 1  # nothing was deleted
+    (repo.path / MODEL).unlink()
+    repo.git("checkout", "--", MODEL)  # the commit's chunks are still there
+    # a repository that is gone no longer holds the cache
+    shutil.rmtree(repo.path)
+    out = tz(["cache", "prune", "--older-than", "0"], env).stdout.decode()
+    assert "kept 0 objects" in out

@@ -5,7 +5,8 @@ That cache has no roots to keep (no git history names its chunks, and every chun
 publish reported done is on its remote), so it is trimmed by age and size, least
 recently written first, as pip's and the Hugging Face hub's caches are.  A repository's
 own cache is refused: its unpushed commits' chunks exist only there (``git theta-zarr
-gc`` collects it by reachability).
+gc`` collects it by reachability).  So is a folder a repository's ``theta-zarr.cache``
+points at (``cache.record_repository`` names each such repository in it).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def register(main: click.Group) -> None:
         import time
 
         from .. import gc
-        from ..cache import Cache
+        from ..cache import Cache, recorded_repositories
         from ..errors import UserError
         from ..objects import object_key
         from ..settings import parse_size
@@ -82,6 +83,13 @@ def register(main: click.Group) -> None:
             raise UserError(f"cache prune: {root} is a git repository's own cache, whose "
                             "unpushed commits' chunks exist only there: collect it with "
                             "'git theta-zarr gc' in that repository")
+        users = recorded_repositories(root)
+        if users:
+            repos = counted(len(users), "git repository", "git repositories")
+            raise UserError(f"cache prune: {root} is the theta-zarr.cache of {repos} "
+                            f"({users[0]}{', ...' if len(users) > 1 else ''}), whose "
+                            "unpushed commits' chunks exist only there: collect it with "
+                            "'git theta-zarr gc' in each")
         cache = Cache(root)
         sweeps = gc.prune(cache, time.time() - age, max_bytes, dry_run)
         verb = "would delete" if dry_run else "deleted"

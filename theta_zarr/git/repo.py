@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..cache import default_cache_dir
+from ..cache import default_cache_dir, record_repository
 from ..chunking import MIN_CHUNK_BYTES
 from ..codecs import WRITER_NAMES
 from ..delta import DeltaPolicy
@@ -302,6 +302,9 @@ class Repo:
                 main = os.path.dirname(self.common_dir) \
                     if os.path.basename(self.common_dir) == ".git" else self.top
                 cache = os.path.join(main, cache)
+        if cache and os.path.normpath(cache) != default_cache_dir(self.common_dir):
+            # a shared cache holds this repository's unpushed chunks: cache prune refuses it
+            record_repository(cache, self.common_dir)
         kwargs: dict = {"cache_dir": cache or default_cache_dir(self.common_dir)}
         for key, field in (("chunk-size", "chunk_bytes"), ("cache-compression", "cache_codec"),
                            ("concurrency", "concurrency"), ("delta-ratio", "delta_ratio"),
