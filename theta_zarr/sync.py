@@ -22,7 +22,6 @@ Remote layout::
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -857,14 +856,90 @@ def _tensor_count(manifest: Manifest) -> int:
         return len(manifest.params)
 
 
+#: the character classes git's wildmatch knows inside brackets (``[[:digit:]]``)
+_GLOB_CLASSES = {"alnum": "a-zA-Z0-9", "alpha": "a-zA-Z", "blank": " \\t", "digit": "0-9",
+                 "lower": "a-z", "upper": "A-Z", "space": " \\t\\n\\r\\f\\v",
+                 "xdigit": "0-9a-fA-F", "punct": re.escape("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"),
+                 "cntrl": "\\x00-\\x1f\\x7f", "print": "\\x20-\\x7e", "graph": "\\x21-\\x7e"}
+
+
+def _glob_regex(pattern: str) -> str:
+    """``pattern`` as a regular expression matching as git's wildmatch with ``WM_PATHNAME``
+    (what ``git for-each-ref`` uses): ``*``, ``?`` and ``[...]`` never match ``/``, a
+    ``**`` that is a whole component matches any number of them (``a/**/b`` matches
+    ``a/b``), ``\\`` quotes the next character."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+        elif c == "*":
+            j = i
+            while j < n and pattern[j] == "*":
+                j += 1
+            whole = j - i >= 2 and (i == 0 or pattern[i - 1] == "/") and \
+                (j == n or pattern[j] == "/")
+            if not whole:
+                out.append("[^/]*")
+            elif j == n:
+                out.append(".*")  # a/** : everything inside a/
+            else:
+                out.append("(?:.*/)?")  # **/ : any number of folders, none included
+                j += 1
+            i = j
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = i + 1
+            negate = j < n and pattern[j] in "!^"
+            j += negate
+            items: list[str] = []
+            first = True
+            while j < n and (pattern[j] != "]" or first):
+                first = False
+                if pattern.startswith("[:", j) and ":]" in pattern[j + 2:]:
+                    end = pattern.index(":]", j + 2)
+                    if pattern[j + 2:end] in _GLOB_CLASSES:
+                        items.append(_GLOB_CLASSES[pattern[j + 2:end]])
+                        j = end + 2
+                        continue
+                if pattern[j] == "\\" and j + 1 < n:
+                    j += 1
+                if j + 2 < n and pattern[j + 1] == "-" and pattern[j + 2] != "]":
+                    lo, hi = pattern[j], pattern[j + 2]
+                    if hi == "\\" and j + 3 < n:
+                        hi = pattern[j + 3]
+                        j += 1
+                    items.append(f"{re.escape(lo)}-{re.escape(hi)}" if lo <= hi else "")
+                    j += 3
+                else:
+                    items.append(re.escape(pattern[j]))
+                    j += 1
+            if j >= n:  # no closing bracket: git's wildmatch matches nothing
+                return "(?!)"
+            body = "".join(items)
+            out.append(f"[^/{body}]" if negate else (f"(?:(?!/)[{body}])" if body else "(?!)"))
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
 def ref_matches(name: str, pattern: str) -> bool:
     """Whether ``pattern`` selects ref ``name``, as ``git for-each-ref`` matches its
-    patterns: a glob (``*``, ``?``, ``[``) matches the whole name; otherwise the pattern
-    matches the name completely or from its beginning up to a slash (``run7`` selects
-    ``run7`` and ``run7/step-1``, not ``run70/step-1``).  An empty pattern selects all."""
-    if any(c in pattern for c in "*?["):
-        return fnmatch.fnmatchcase(name, pattern)
-    return not pattern or name == pattern or name.startswith(pattern.rstrip("/") + "/")
+    patterns: the pattern matches the name completely or from its beginning up to a slash
+    (``run7`` selects ``run7`` and ``run7/step-1``, not ``run70/step-1``), or, as a glob
+    (``*``, ``?``, ``[``, ``\\``), matches the whole name as git's wildmatch does
+    for paths (``*`` stops at ``/``: ``run7*`` selects ``run7x``, not ``run7/step-1``;
+    ``run7/**`` selects every name under ``run7/``).  An empty pattern selects all."""
+    if not pattern or name == pattern or name.startswith(pattern.rstrip("/") + "/"):
+        return True
+    return any(c in pattern for c in "*?[\\") and \
+        re.fullmatch(_glob_regex(pattern), name, re.DOTALL) is not None
 
 
 def ls(remote: SyncRemote, pattern: str = "") -> list[RefRow]:
@@ -875,7 +950,7 @@ def ls(remote: SyncRemote, pattern: str = "") -> list[RefRow]:
     Stored sizes come from one listing of the remote's objects (a request per
     thousand objects on S3 and GCS), not one request per chunk.
     """
-    literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]  # listed: refs under this prefix
+    literal = re.split(r"[*?\[\\]", pattern, maxsplit=1)[0]  # listed: refs under this prefix
     listed = [item for item in remote.refs.list(literal) if ref_matches(item[0], pattern)]
     stored = {d: n for d, n, _ in remote.objects.iter_digests()} if listed else {}
     workers = remote.objects.concurrency

@@ -100,7 +100,8 @@ def test_ls_lists_a_runs_steps_in_natural_order_and_selects_as_git_for_each_ref(
     """Names were sorted as strings: run7/step-10 came before run7/step-2, and the last row
     (`ls REMOTE run7/ | tail -1`, the step to resume from) was step-9, not step-10.  And
     ``ls REMOTE run7`` listed run70/... too (a string prefix); a pattern now matches a
-    whole name or up to a slash, and a glob matches whole names."""
+    whole name or up to a slash, and a glob matches whole names, its '*' stopping at a
+    slash as git's does."""
     case = Case("local", str(tmp_path / "bucket"), {}, [])
     env = env_for(case, tmp_path)
     tz(["publish", str(model(tmp_path / "a.safetensors")), case.url, "--ref", "run7/step-1",
@@ -123,3 +124,13 @@ def test_ls_lists_a_runs_steps_in_natural_order_and_selects_as_git_for_each_ref(
     assert names("run7-*") == ["run7-old"]
     assert names("run70") == ["run70/step-1"]
     assert names("run") == [] and len(names()) == 8
+    # '*' and '?' stop at '/' as in git's wildmatch ('run7*' listed run7/... and run70/...)
+    assert names("run7*") == ["run7-old"]
+    every = [*steps, "run70/step-1", "run7-old"]
+    for pattern, selected in (("run?/step-1", ["run7/step-1"]),
+                              ("*/step-1", ["run7/step-1", "run70/step-1"]),
+                              ("**/step-1", ["run7/step-1", "run70/step-1"]),
+                              ("run7/**", steps),
+                              ("run7/step-[!1]", ["run7/step-2", "run7/step-9"]),
+                              ("run7\\-old", ["run7-old"])):
+        assert [n for n in every if sync.ref_matches(n, pattern)] == selected, pattern

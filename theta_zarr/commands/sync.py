@@ -267,8 +267,9 @@ def register(main: click.Group) -> None:
         digest.
 
         PATTERN selects as git for-each-ref's patterns do: run7 lists run7 and run7/...
-        (not run70/...), a glob such as 'run7/step-1*' matches whole names.  Rows are in
-        natural name order: run7/step-999 before run7/step-1000."""
+        (not run70/...), a glob such as 'run7/step-1*' matches whole names, its '*' not
+        crossing '/' ('run7/**' does).  Rows are in natural name order: run7/step-999
+        before run7/step-1000."""
         from .. import sync
 
         rows = sync.ls(open_sync_remote(remote_arg, options), pattern)
