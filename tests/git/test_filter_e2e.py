@@ -210,6 +210,37 @@ def test_clean_reads_the_index_through_one_git_process(repo, tmp_path):
         'A  "new file.safetensors"\n'
 
 
+def test_a_resolved_merge_conflict_keeps_the_chunk_shape_of_its_sides(repo):
+    """The clean asked only the index's stage-0 entry for the chunk shapes to keep, and
+    a file in a merge conflict has none: the resolved file, added, was chunked by the
+    current setting, every chunk new though both sides had chunked it alike.  Ours
+    (stage 2) now gives the shapes while the conflict lasts."""
+    def save(value: int) -> None:
+        safetensors.numpy.save_file({"w": np.full((128, 64), value, np.float32)},
+                                    str(repo.path / "m.safetensors"))
+
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    save(0)
+    repo.git("add", "m.safetensors")
+    repo.git("commit", "-q", "-m", "base")
+    repo.git("config", "theta-zarr.chunk-size", "64KiB")
+    repo.git("checkout", "-q", "-b", "side")
+    save(1)
+    repo.git("commit", "-q", "-am", "side")
+    repo.git("checkout", "-q", "-")
+    save(2)
+    repo.git("commit", "-q", "-am", "main")
+    assert repo.git("merge", "side", check=False).returncode != 0
+    assert repo.out("status", "--porcelain") == "UU m.safetensors\n"
+    save(3)
+    repo.git("add", "m.safetensors")
+    manifest = Manifest.from_bytes(repo.git("cat-file", "blob", ":m.safetensors").stdout,
+                                   "m.safetensors")
+    assert manifest.params["w"].chunk_shape == (64, 64)
+    repo.git("commit", "-q", "--no-edit")
+    assert repo.out("status", "--porcelain") == ""
+
+
 def test_lazy_smudge_writes_manifest_and_clean_passes_it_through(repo):
     write_model(str(repo.path / "model.safetensors"), SHAPE)
     repo.git("add", "model.safetensors")

@@ -136,6 +136,11 @@ def read_blobs(repo: Repo, blobs: list[str]) -> list[bytes]:
     return result
 
 
+#: the index entries of a path asked for, in order: merged (stage 0), then, during a merge
+#: conflict, ours (2) and theirs (3), as ``:N:PATH`` names them
+STAGES = (":", ":2:", ":3:")
+
+
 class IndexBlobs:
     """The blobs git's index holds, by path, through one long-running ``git cat-file
     --batch`` instead of a ``git cat-file blob :PATH`` process per path (the filter asks
@@ -161,7 +166,9 @@ class IndexBlobs:
         return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def get(self, path: str) -> bytes | None:
-        """The blob the index holds for ``path`` (stage 0), None when it holds none."""
+        """The blob the index holds for ``path``: its stage-0 entry, else (a merge conflict
+        being resolved) ours, stage 2, else theirs, stage 3, whose manifest the resolved
+        file keeps its chunk shapes from; None when it holds none."""
         if "\n" in path or not self.repo.index_path:
             return self._one(path)
         with self._lock:
@@ -175,25 +182,31 @@ class IndexBlobs:
             proc = self._proc
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                proc.stdin.write(os.fsencode(":" + path) + b"\n")
-                proc.stdin.flush()
-                line = proc.stdout.readline()
-                if line.endswith((b" missing\n", b" ambiguous\n")):
-                    return None  # no stage-0 entry (new, or unmerged)
-                _, kind, size = line.split()
-                data = proc.stdout.read(int(size) + 1)
-                if len(data) == int(size) + 1:
+                for stage in STAGES:
+                    proc.stdin.write(os.fsencode(f"{stage}{path}") + b"\n")
+                    proc.stdin.flush()
+                    line = proc.stdout.readline()
+                    if line.endswith((b" missing\n", b" ambiguous\n")):
+                        continue  # no entry at this stage (new, or unmerged)
+                    _, kind, size = line.split()
+                    data = proc.stdout.read(int(size) + 1)
+                    if len(data) != int(size) + 1:
+                        break
                     return data[:-1] if kind == b"blob" else None
+                else:
+                    return None
             except (OSError, ValueError):
                 pass
             self.close()  # a batch that broke off: ask once on its own
         return self._one(path)
 
     def _one(self, path: str) -> bytes | None:
-        try:
-            return self.repo.git("cat-file", "blob", f":{path}")
-        except GitError:
-            return None
+        for stage in STAGES:
+            try:
+                return self.repo.git("cat-file", "blob", f"{stage}{path}")
+            except GitError:
+                continue
+        return None
 
     def close(self) -> None:
         """End the ``cat-file`` process (it ends on its own when this process does)."""
