@@ -257,7 +257,10 @@ def test_gc_leaves_a_shared_cache_unless_told(repo, make_repo, tmp_path):
     (other.path / "model.safetensors").write_bytes(f.read_bytes())
     other.git("add", "model.safetensors")
     other.git("commit", "-q", "-m", "unpushed")
-    chunks = {p for p in shared.rglob("*") if p.is_file()}
+    def stored() -> set[Path]:  # the chunk objects (the cache also names its repositories)
+        return {p for p in (shared / "objects").rglob("*") if p.is_file()}
+
+    chunks = stored()
     assert chunks
     proc = repo.tz("gc", "--grace", "0", check=False)
     assert proc.returncode == 1 and b"--shared-cache" in proc.stderr
@@ -266,12 +269,12 @@ def test_gc_leaves_a_shared_cache_unless_told(repo, make_repo, tmp_path):
     repo.tz("remote", "add", "origin", case.url)
     out = repo.tz("gc", "--remote", "origin", "--grace", "0")
     assert b"left as it is" in out.stderr
-    assert {p for p in shared.rglob("*") if p.is_file()} >= chunks
+    assert stored() >= chunks
     (other.path / "model.safetensors").unlink()
     other.git("checkout", "--", "model.safetensors")
     assert file_sha(other.path / "model.safetensors") == file_sha(f)
     repo.tz("gc", "--grace", "0", "--shared-cache")  # told: this repository's view decides
-    assert not chunks & {p for p in shared.rglob("*") if p.is_file()}
+    assert not chunks & stored()
 
 
 def test_gc_keeps_what_git_replace_hides_and_what_it_puts_in_place(repo, tmp_path):
