@@ -49,6 +49,18 @@ def _in_folder(folder: str, create: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def writev_all(fd: int, parts: Parts) -> None:
+    """Write every part, in order, at the file position of ``fd``: ``writev`` may write
+    less than asked (a signal, a nearly full disk)."""
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if n:
+            views[0] = views[0][n:]
+
+
 class LocalStore(BlobStore):
     """Blobs as files; writes go to a temporary name in the same folder, then link/rename."""
 
@@ -136,13 +148,7 @@ class LocalStore(BlobStore):
                                f"{_strerror(e)}") from None
         try:
             try:
-                views = [memoryview(p) for p in parts]
-                while views:
-                    n = os.writev(fd, views)
-                    while views and n >= len(views[0]):
-                        n -= len(views.pop(0))
-                    if n:
-                        views[0] = views[0][n:]
+                writev_all(fd, parts)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
