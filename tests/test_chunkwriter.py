@@ -24,9 +24,9 @@ class _Blocking(Cache):
         super().__init__(root)
         self.release = threading.Event()
 
-    def ensure(self, digest, raw, elem=1):
+    def ensure(self, digest, raw, elem=1, packer=None):
         self.release.wait()
-        return super().ensure(digest, raw, elem)
+        return super().ensure(digest, raw, elem, packer)
 
 
 def test_cancelled_chunks_leave_no_callback_traceback(tmp_path, caplog):
@@ -105,7 +105,7 @@ def test_small_chunks_are_stored_in_batches_with_the_same_result(tmp_path):
 
 def test_an_error_inside_a_batch_fails_the_writer(tmp_path):
     class Failing(Cache):
-        def ensure(self, digest, raw, elem=1):
+        def ensure(self, digest, raw, elem=1, packer=None):
             raise OSError("disk on fire")
 
     writer = ChunkWriter(Failing(str(tmp_path)), chunk_bytes=4096, workers=1)

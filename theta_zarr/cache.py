@@ -13,10 +13,12 @@ import hashlib
 import mmap
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
-from . import codecs
+from . import codecs, delta, packs
 from .objects import (
     MissingBaseError,
     MissingObjectError,
@@ -28,6 +30,8 @@ from .objects import (
 from .storage import StorageError
 from .storage.local import TMP_PREFIX, LocalStore
 from .streams import pwrite_all
+
+T = TypeVar("T")
 
 QUARANTINE = "quarantine"
 RAW_HEADER = codecs.header("raw")
@@ -59,6 +63,13 @@ class Cache(ObjectStore):
             raise StorageError(f"cannot use {self.root} as the cache: it is a file, not a "
                                f"folder ({_CHOOSE})")
         super().__init__(LocalStore(self.root), codec=codec, concurrency=concurrency, retries=0)
+        self._packs_dir = os.path.join(self.root, packs.FOLDER)
+        self._packs_lock = threading.Lock()
+        self._packs: dict[str, packs.Pack] = {}  # path -> pack, as last read
+        self._packed: dict[str, packs.Pack] = {}  # digest -> the pack holding it
+        self._packs_stamp: tuple[int, int] | None = None  # the packs folder when read
+        #: packs whose index is malformed (path -> one line), left out of every lookup
+        self.bad_packs: dict[str, str] = {}
 
     @property
     def tmp_dir(self) -> str:
@@ -78,8 +89,12 @@ class Cache(ObjectStore):
             return tempfile.gettempdir()
         return path
 
-    def ensure(self, digest: str, raw: bytes | memoryview, elem: int = 1) -> int:
+    def ensure(self, digest: str, raw: bytes | memoryview, elem: int = 1,
+               packer: Packer | None = None) -> int:
         """Store a chunk unless present; returns the bytes newly written (0 if present).
+
+        With ``packer`` (one clean's, ``Cache.packer``), a new chunk of at most
+        ``packs.SMALL_OBJECT`` bytes goes to it, to be stored in a pack.
 
         A present object older than ``FRESHEN_AFTER`` gets a new mtime, as git freshens a
         loose object it would write again: gc keeps what was written within its grace
@@ -92,11 +107,22 @@ class Cache(ObjectStore):
         (zstd, blosc: written by a repository sharing this cache with another
         ``cache-compression``, or before this one's changed) is a good object, kept.
         """
+        # a clean's packer looked at the packs when it began: no stat of their folder
+        # per chunk (a pack written meanwhile costs at worst a second copy)
+        held = (self._packed if packer is not None else self._load_packs()).get(digest)
+        if held is not None and self._packed_whole(held, digest, raw):
+            stale = time.time() - held.mtime > FRESHEN_AFTER
+            if _freshen(held.path, held.mtime):
+                if stale:  # freshened: once for the whole pack
+                    held.mtime = time.time()
+                return 0
         path = self._object_path(digest)
         try:
             st = os.stat(path)
-        except OSError:
-            return self.put(digest, raw, elem)  # absent (or unreachable: put says why)
+        except OSError:  # absent (or unreachable: put says why)
+            if packer is not None and len(raw) <= packs.SMALL_OBJECT:
+                return packer.add(digest, codecs.encode(raw, self.codec, elem))
+            return self.put(digest, raw, elem)
         if self.codec == "raw" and st.st_size != len(RAW_HEADER) + len(raw) and \
                 _raw_form(path):
             self.quarantine(digest)
@@ -111,7 +137,14 @@ class Cache(ObjectStore):
         answered from its stat record).  Returns the digests not present (deleted, or
         taken by a gc running now): the caller must store them again."""
         gone = set()
+        packed = self._load_packs()
+        fresh: set[str] = set()  # packs freshened already
         for digest in set(digests):
+            held = packed.get(digest)
+            if held is not None:
+                if held.path in fresh or _freshen(held.path, held.mtime):
+                    fresh.add(held.path)
+                    continue
             path = self._object_path(digest)
             try:
                 mtime = os.stat(path).st_mtime
@@ -164,7 +197,13 @@ class Cache(ObjectStore):
 
     def quarantine(self, digest: str) -> str:
         """Move an object out of the store into ``<cache>/quarantine/``; returns where.
-        It is dated by the move (``gc`` deletes it once older than its grace period)."""
+        It is dated by the move (``gc`` deletes it once older than its grace period).
+
+        An object in a pack takes its pack along: the pack's other objects are stored
+        loose first, so nothing else leaves the cache."""
+        held = self._load_packs().get(digest)
+        if held is not None:
+            return self._quarantine_pack(held, digest)
         key = object_key(digest)
         dest = f"{QUARANTINE}/{digest[7:]}"
         try:
@@ -175,16 +214,191 @@ class Cache(ObjectStore):
             os.utime(os.path.join(self.root, dest))
         return os.path.join(self.root, QUARANTINE)
 
+    def _quarantine_pack(self, pack: packs.Pack, bad: str) -> str:
+        for digest, (offset, length) in pack.entries.items():
+            if digest != bad and not os.path.exists(self._object_path(digest)):
+                with contextlib.suppress(OSError):  # the pack is gone: moved already
+                    self.put_encoded(digest, pack.read(offset, length))
+        dest = os.path.join(self.root, QUARANTINE, os.path.basename(pack.path))
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(pack.path, dest)
+            os.utime(dest)
+        self._load_packs(force=True)
+        return os.path.join(self.root, QUARANTINE)
+
+    # -- packs --------------------------------------------------------------------------
+    def packer(self) -> Packer:
+        """A Packer for one clean's new small objects (see ``packs``); the packs present
+        now are read first."""
+        self._load_packs()
+        return Packer(self)
+
+    def _load_packs(self, force: bool = False) -> dict[str, packs.Pack]:
+        """digest -> the pack holding it, read again where the packs folder changed since
+        it was read (or with ``force``: a folder's mtime is coarse, so a reader that finds
+        an object nowhere looks again before it calls the object missing)."""
+        try:
+            st = os.stat(self._packs_dir)
+            stamp = (st.st_mtime_ns, st.st_ino)
+        except OSError:
+            stamp = None
+        if not force and stamp == self._packs_stamp:
+            return self._packed
+        with self._packs_lock:
+            if not force and stamp == self._packs_stamp:
+                return self._packed
+            current: dict[str, packs.Pack] = {}
+            for path in packs.list_packs(self._packs_dir):
+                pack = self._packs.get(path)
+                try:
+                    if pack is None:
+                        pack = packs.read_index(path)
+                    else:  # the same file (packs never change); its mtime may have
+                        pack.mtime = os.stat(path).st_mtime
+                except packs.PackError as e:
+                    self.bad_packs[path] = f"{e} in {self.url}"
+                    continue
+                except OSError:
+                    continue  # removed since it was listed
+                current[path] = pack
+            packed: dict[str, packs.Pack] = {}
+            for pack in current.values():
+                for digest in pack.entries:
+                    packed.setdefault(digest, pack)
+            self._packs, self._packed, self._packs_stamp = current, packed, stamp
+        return packed
+
+    def _from_pack(self, digest: str, size: int | None = None, reload: bool = False
+                   ) -> bytes | None:
+        """The stored object from the pack holding it, None where no pack does.  ``size``
+        (the chunk's raw size) bounds it as ``get_encoded`` does."""
+        held = self._load_packs(force=reload).get(digest)
+        if held is None:
+            return None
+        offset, length = held.entries[digest]
+        if size is not None and length > codecs.encoded_bound(size):
+            raise ObjectError(f"object {digest} in {self.url} is corrupt (its pack gives it "
+                              f"{length} bytes, more than any storage form of its chunk "
+                              f"takes)", digest)
+        try:
+            return held.read(offset, length)
+        except FileNotFoundError:  # a gc replaced the pack: it is read again
+            return None if reload else self._from_pack(digest, size, reload=True)
+        except OSError as e:
+            raise StorageError(f"cannot read {held.path}: {e.strerror}") from None
+
+    def _packed_whole(self, pack: packs.Pack, digest: str, raw: bytes | memoryview) -> bool:
+        """False (the pack moved to quarantine) where the cache writes raw objects and the
+        packed one has the wrong size for ``raw`` while stored raw: ``ensure``'s check of
+        a loose object, for a packed one."""
+        length = pack.entries[digest][1]
+        if self.codec != "raw" or length == len(RAW_HEADER) + len(raw):
+            return True
+        try:
+            name, _ = codecs.split(pack.read(*pack.entries[digest])[:5 + 255])
+        except (codecs.CodecError, OSError):
+            name = "raw"
+        if name != "raw":
+            return True
+        self._quarantine_pack(pack, digest)
+        return False
+
+    def delete_unused_packed(self, digests: Iterable[str], cutoff: float) -> set[str]:
+        """Delete from their packs the objects gc found unreachable (``digests``; those no
+        pack holds are ignored), unless a clean used their pack since ``cutoff``; the
+        digests deleted.
+
+        Each pack holding any is rewritten without them (a new pack of the rest is written
+        first, so a reader never misses a live object), then moved aside and its mtime
+        read again, as ``delete_unused`` does for a loose object: a pack a clean
+        freshened meanwhile goes back (the new pack then only duplicates its objects).
+        """
+        packed = self._load_packs(force=True)
+        dead_by_pack: dict[str, set[str]] = {}
+        for digest in digests:
+            held = packed.get(digest)
+            if held is not None:
+                dead_by_pack.setdefault(held.path, set()).add(digest)
+        gone: set[str] = set()
+        for path, dead in dead_by_pack.items():
+            pack = self._packs[path]
+            live = sorted(d for d in pack.entries if d not in dead)
+            aside = os.path.join(self._packs_dir, f"{TMP_PREFIX}gc-{os.getpid()}-"
+                                                  f"{os.path.basename(path)}")
+            try:
+                if live:
+                    packs.write_pack(self._packs_dir,
+                                     ((d, pack.read(*pack.entries[d])) for d in live))
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue  # another gc took it
+            except OSError as e:
+                raise StorageError(f"cannot rewrite {path}: {e.strerror}") from None
+            if os.stat(aside).st_mtime >= cutoff:
+                os.replace(aside, path)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside)
+            gone |= dead
+        self._load_packs(force=True)
+        return gone
+
+    # -- reads: a pack first (a dictionary lookup), then the loose object ------------
+    def has(self, digest: str) -> bool:
+        return digest in self._load_packs() or super().has(digest) or \
+            digest in self._load_packs(force=True)
+
+    def get_encoded(self, digest: str, size: int | None = None) -> bytes:
+        obj = self._from_pack(digest, size)
+        if obj is not None:
+            return obj
+        try:
+            return super().get_encoded(digest, size)
+        except MissingObjectError:
+            obj = self._from_pack(digest, size, reload=True)
+            if obj is None:
+                raise
+            return obj
+
+    def get_head(self, digest: str, n: int = delta.PREFIX_BYTES) -> bytes:
+        obj = self._from_pack(digest)
+        if obj is not None:
+            return obj[:n]
+        try:
+            return super().get_head(digest, n)
+        except MissingObjectError:
+            obj = self._from_pack(digest, reload=True)
+            if obj is None:
+                raise
+            return obj[:n]
+
+    def iter_digests(self) -> Iterator[tuple[str, int, float | None]]:
+        """(digest, stored size, mtime) of every object, loose then packed (a packed
+        object has its pack's mtime)."""
+        loose = set()
+        for digest, size, mtime in super().iter_digests():
+            loose.add(digest)
+            yield digest, size, mtime
+        for digest, held in self._load_packs(force=True).items():
+            if digest not in loose:
+                yield digest, held.entries[digest][1], held.mtime
 
     def _object_path(self, digest: str) -> str:
         # keys use "/", which every platform's file calls take
         return f"{self.root}/{object_key(digest)}"
 
     def missing(self, digests: Iterable[str]) -> set[str]:
-        """Which of these digests the cache lacks: one ``stat`` each, in this thread (a
-        thread-pool task per digest would cost ten times the ``stat``)."""
+        """Which of these digests the cache lacks: a lookup among the packs, then one
+        ``stat`` each, in this thread (a thread-pool task per digest would cost ten times
+        the ``stat``)."""
         path, exists = self._object_path, os.path.exists
-        return {d for d in set(digests) if not exists(path(d))}
+        packed = self._load_packs()
+        lacking = {d for d in set(digests) if d not in packed and not exists(path(d))}
+        if lacking:  # written into a pack since it was read
+            packed = self._load_packs(force=True)
+            lacking = {d for d in lacking if d not in packed}
+        return lacking
 
     def copy_to(self, digest: str, fd: int, offset: int, length: int) -> None:
         """Put the chunk's raw bytes (``length`` of them) at ``offset`` of the open file ``fd``.
@@ -201,11 +415,26 @@ class Cache(ObjectStore):
         safetensors file took 0.28 s that way on two cores here, 0.16 s written from
         the maps the hash had already touched (``cp`` of the file: 0.22 s).
         """
+        obj = self._from_pack(digest, length)
+        if obj is not None:
+            try:
+                name, payload = codecs.split(obj)
+            except codecs.CodecError:
+                name, payload = "", b""
+            if name == "raw" and len(payload) == length and length:
+                self._verify(digest, payload)
+                pwrite_all(fd, payload, offset)
+            else:
+                self._copy_decoded(digest, fd, offset, length)
+            return
         path = self._object_path(digest)
         try:
             src = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block
         except FileNotFoundError:
-            raise MissingObjectError(f"object {digest} is missing from {self.url}") from None
+            if self._from_pack(digest, length, reload=True) is None:
+                raise MissingObjectError(f"object {digest} is missing from {self.url}"
+                                         ) from None
+            return self.copy_to(digest, fd, offset, length)  # packed since packs were read
         try:
             # a small object is read whole at once; of a large one, enough for its header
             small = length <= SMALL_OBJECT
@@ -219,11 +448,7 @@ class Cache(ObjectStore):
             # known without an fstat, which 10^5 small tensors would pay 10^5 times
             size = len(payload) if small else os.fstat(src).st_size - start
             if name != "raw" or size != length or not length:
-                raw = self.get(digest)
-                if len(raw) != length:
-                    raise ObjectError(f"object {digest} in {self.url} holds {len(raw)} bytes, "
-                                      f"the manifest says {length}")
-                pwrite_all(fd, memoryview(raw), offset)
+                self._copy_decoded(digest, fd, offset, length)
                 return
             if small:  # hashed and written from memory: no map to set up
                 self._verify(digest, payload)
@@ -244,6 +469,15 @@ class Cache(ObjectStore):
         finally:
             os.close(src)
 
+    def _copy_decoded(self, digest: str, fd: int, offset: int, length: int) -> None:
+        """``copy_to`` of an object stored in another form than raw (or of the wrong
+        size): decoded and verified by ``get``."""
+        raw = self.get(digest)
+        if len(raw) != length:
+            raise ObjectError(f"object {digest} in {self.url} holds {len(raw)} bytes, "
+                              f"the manifest says {length}")
+        pwrite_all(fd, memoryview(raw), offset)
+
     def _verify(self, digest: str, raw: bytes | memoryview) -> None:
         """QuarantinedError (the object moved aside) unless ``raw`` hashes to ``digest``."""
         ok = matches(digest, raw)
@@ -252,6 +486,56 @@ class Cache(ObjectStore):
             where = self.quarantine(digest)
             raise QuarantinedError(f"object {digest} in {self.url} is corrupt (content does "
                                    f"not match digest); moved it to {where}", digest)
+
+
+class Packer:
+    """The new small objects of one clean (``Cache.packer``): held in memory until there
+    are ``packs.PACK_MIN`` of them, then written to a pack as they come.  ``commit``
+    (when the clean's chunks are all stored, before its manifest is given out) stores
+    the pack, or the few held objects loose; ``abort`` drops them.  Thread-safe."""
+
+    def __init__(self, cache: Cache):
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._held: dict[str, bytes] = {}
+        self._writer: packs.PackWriter | None = None
+
+    def add(self, digest: str, parts: list[bytes | memoryview]) -> int:
+        """Take one encoded object (its parts, in order); returns its size."""
+        with self._lock:
+            if self._writer is None:
+                if digest in self._held:
+                    return 0
+                self._held[digest] = b"".join(parts)  # the parts' buffers are reused
+                if len(self._held) < packs.PACK_MIN:
+                    return len(self._held[digest])
+                self._writer = packs.PackWriter(self.cache._packs_dir)
+                held, self._held = self._held, {}
+                self._write(lambda: [self._writer.add(d, [o]) for d, o in held.items()])
+                return len(held[digest])
+        return self._write(lambda: self._writer.add(digest, parts))
+
+    def _write(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except OSError as e:
+            raise StorageError(f"cannot write a pack to {self.cache.url}: "
+                               f"{e.strerror}") from None
+
+    def commit(self) -> None:
+        """Store what was added: a pack, or the few objects loose (StorageError)."""
+        with self._lock:
+            held, self._held = self._held, {}
+        for digest, obj in held.items():
+            self.cache.put_encoded(digest, obj)
+        if self._writer is not None:
+            self._write(self._writer.commit)
+
+    def abort(self) -> None:
+        """Drop what was added and not committed."""
+        self._held = {}
+        if self._writer is not None:
+            self._writer.abort()
 
 
 def _raw_form(path: str) -> bool:

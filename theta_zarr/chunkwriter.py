@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from . import chunking
-from .cache import Cache
+from .cache import Cache, Packer
 from .dtypes import DType
 from .manifest import (
     Manifest,
@@ -78,6 +78,8 @@ class ChunkWriter:
         self.chunk_shapes: dict[str, tuple[int, ...]] = dict(chunk_shapes or {})
         self.source = source
         self.stats = WriteStats()
+        # new small chunks go to a pack where one clean stores many (packs.py)
+        self._packer = store.packer()
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tz-clean")
         self._slots = threading.BoundedSemaphore(workers * 2)
         self._lock = threading.Lock()
@@ -213,7 +215,7 @@ class ChunkWriter:
 
     def _store_batch(self, batch: list[tuple[memoryview, int, bool, list, int]]) -> list[str]:
         try:
-            return [self._store_chunk(view, elem) for view, elem, *_ in batch]
+            return [self._store_chunk(view, elem, self._packer) for view, elem, *_ in batch]
         finally:
             for view, _, pooled, *_ in batch:
                 if pooled:
@@ -223,16 +225,18 @@ class ChunkWriter:
         with self._lock:
             self._buffers.setdefault(len(view), []).append(view)
 
-    def _store_chunk(self, view: memoryview, elem: int = 1) -> str:
+    def _store_chunk(self, view: memoryview, elem: int = 1, packer: Packer | None = None
+                     ) -> str:
         """Hash a chunk and store it unless the store has it; ``elem`` (the dtype's item
-        size) lets a store configured with the ``auto`` codec choose by dtype."""
+        size) lets a store configured with the ``auto`` codec choose by dtype; a small
+        chunk goes to ``packer``."""
         d = chunking.digest(view)
         with self._lock:
             self.stats.chunks += 1
             first = d not in self._claimed  # identical chunks (zeros, ties) are written once
             self._claimed.add(d)
         if first:
-            written = self.store.ensure(d, view, elem)
+            written = self.store.ensure(d, view, elem, packer)
             if written:
                 with self._lock:
                     self.stats.new_objects += 1
@@ -261,6 +265,7 @@ class ChunkWriter:
                 else:
                     digests = tuple(s.result() for s in slots)
                     out[name] = ParamEntry(shape, dtype.name, chunk_shape, digests, None)
+            self._packer.commit()  # stored before the manifest naming them is given out
             return out
         finally:
             self.close()
@@ -268,6 +273,7 @@ class ChunkWriter:
     def close(self) -> None:
         """Stop the pool: wait for the running tasks, cancel those not started."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._packer.abort()
 
     def __enter__(self) -> ChunkWriter:
         return self

@@ -234,8 +234,9 @@ def check_objects(store: ObjectStore, roots: Roots, fallback: ObjectStore | None
     return _checked(check, sorted(roots.chunks), store)
 
 
-def check_stored(store: ObjectStore, skip: set[str]) -> list[str]:
-    """Verify every object present in a store (the cache) that ``skip`` has not covered."""
+def check_stored(store: Cache, skip: set[str]) -> list[str]:
+    """Verify every object present in the cache that ``skip`` has not covered; a pack
+    whose index is malformed is a problem too."""
     def check(digest: str) -> str | None:
         try:
             store.get(digest)
@@ -244,7 +245,7 @@ def check_stored(store: ObjectStore, skip: set[str]) -> list[str]:
         return None
 
     digests = [d for d, _, _ in store.iter_digests() if d not in skip]
-    return _checked(check, digests, store)
+    return _checked(check, digests, store) + sorted(store.bad_packs.values())
 
 
 def _checked(check: Callable[[str], str | None], digests: list[str], store: ObjectStore
@@ -336,13 +337,17 @@ def delete(store: ObjectStore, sweep: Sweep) -> None:
 
 def delete_unused(cache: Cache, sweep: Sweep, cutoff: float) -> None:
     """Delete the cache objects of ``sweep`` unless a clean used one since gc listed it
-    (``Cache.delete_unused``); what was kept leaves the sweep."""
+    (``Cache.delete_unused``, and ``Cache.delete_unused_packed`` for those in packs);
+    what was kept leaves the sweep."""
     def one(item: tuple[str, int]) -> bool:
         digest = digest_of_key(item[0])
         return digest is not None and cache.delete_unused(digest, cutoff)
 
-    sweep.keys = [item for item, gone in bounded_map(one, list(sweep.keys), cache.concurrency)
-                  if gone]
+    loose = {item for item, gone in bounded_map(one, list(sweep.keys), cache.concurrency)
+             if gone}
+    packed = cache.delete_unused_packed((digest_of_key(k) for k, _ in sweep.keys), cutoff)
+    sweep.keys = [item for item in sweep.keys
+                  if item in loose or digest_of_key(item[0]) in packed]
 
 
 def delete_debris(blobs: BlobStore, sweep: Sweep) -> None:

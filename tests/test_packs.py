@@ -1,0 +1,232 @@
+"""Pack files in the cache: a clean of many small chunks writes one pack, and every
+cache mechanism (reads, copies, existence, freshening, gc, prune, quarantine, fsck)
+treats a packed object as it treats a loose one."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from theta_zarr import chunking, codecs, gc, packs
+from theta_zarr.cache import QUARANTINE, Cache, QuarantinedError
+from theta_zarr.chunkwriter import ChunkWriter
+from theta_zarr.dtypes import by_name
+from theta_zarr.objects import MissingObjectError, object_key
+
+
+def small_tensors(n: int, seed: int = 0, size: int = 256) -> dict[str, np.ndarray]:
+    """``n`` float32 tensors of ``size`` elements (1 KiB: above the inline limit)."""
+    rng = np.random.default_rng(seed)
+    return {f"experts.{i}.w": rng.standard_normal(size, dtype=np.float32) for i in range(n)}
+
+
+def write(cache: Cache, tensors: dict[str, np.ndarray], workers: int = 2) -> dict:
+    writer = ChunkWriter(cache, workers=workers)
+    with writer:
+        for name, arr in tensors.items():
+            writer.add_buffer(name, by_name("float32"), arr.shape, memoryview(arr).cast("B"))
+        return writer.finish()
+
+
+def loose_objects(cache: Cache) -> list[str]:
+    return [f for _, _, files in os.walk(os.path.join(cache.root, "objects")) for f in files]
+
+
+def pack_files(cache: Cache) -> list[str]:
+    return packs.list_packs(os.path.join(cache.root, packs.FOLDER))
+
+
+def age(path: str, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_a_clean_of_many_small_chunks_writes_one_pack_and_every_read_finds_them(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(packs.PACK_MIN + 50)
+    entries = write(cache, tensors)
+    assert loose_objects(cache) == []
+    assert len(pack_files(cache)) == 1
+    digests = [e.chunks[0] for e in entries.values()]
+
+    fresh = Cache(cache.root)  # another process: reads the pack's index from disk
+    assert fresh.missing(digests) == set()
+    assert all(fresh.has(d) for d in digests)
+    listed = {d: size for d, size, _ in fresh.iter_digests()}
+    assert set(listed) == set(digests)
+    for name, arr in tensors.items():
+        d = entries[name].chunks[0]
+        assert bytes(fresh.get(d)) == arr.tobytes()
+        assert listed[d] == len(codecs.header("raw")) + arr.nbytes
+    out = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    try:
+        for i, (name, arr) in enumerate(tensors.items()):
+            fresh.copy_to(entries[name].chunks[0], out, i * arr.nbytes, arr.nbytes)
+        got = os.pread(out, 1 << 20, 0)
+    finally:
+        os.close(out)
+    assert got == b"".join(a.tobytes() for a in tensors.values())
+    # a second clean of the same tensors writes nothing
+    writer = ChunkWriter(fresh, workers=2)
+    with writer:
+        for name, arr in tensors.items():
+            writer.add_buffer(name, by_name("float32"), arr.shape, memoryview(arr).cast("B"))
+        writer.finish()
+    assert writer.stats.new_objects == 0 and len(pack_files(fresh)) == 1
+
+
+def test_a_few_new_small_chunks_stay_loose(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    entries = write(cache, small_tensors(packs.PACK_MIN - 1))
+    assert pack_files(cache) == []
+    assert len(loose_objects(cache)) == len(entries)
+
+
+def test_a_pack_another_process_wrote_after_this_one_looked_is_found(tmp_path):
+    reader = Cache(str(tmp_path / "cache"))
+    assert reader.missing([chunking.digest(b"x" * 600)]) != set()  # packs read (none)
+    entries = write(Cache(reader.root), small_tensors(packs.PACK_MIN))
+    d = next(iter(entries.values())).chunks[0]
+    assert reader.missing([d]) == set()
+    assert len(bytes(reader.get(d))) == 1024
+
+
+def test_digests_with_zero_bytes_at_either_end_round_trip(tmp_path):
+    """numpy's fixed-width bytes type drops trailing zero bytes: one digest in 256 ends
+    with one, and its object was then missing from its own pack."""
+    folder = str(tmp_path / "packs")
+    digests = ["blake3:" + "00" * 31 + "01", "blake3:" + "ab" * 31 + "00",
+               "blake3:" + "00" * 32, "blake3:" + "ff" * 32]
+    [path] = packs.write_pack(folder, ((d, d.encode()) for d in digests))
+    pack = packs.read_index(path)
+    assert sorted(pack.entries) == sorted(digests)
+    for d in digests:
+        assert pack.read(*pack.entries[d]) == d.encode()
+
+
+def _corrupt_index(path: str, how: str) -> None:
+    data = bytearray(open(path, "rb").read())
+    magic, count, start = packs.TRAILER.unpack(data[-packs.TRAILER.size:])
+    entry = packs.ENTRY.size
+    if how == "offset":  # the first entry points past the objects
+        data[start + 32:start + 40] = struct.pack("<Q", start)
+    elif how == "length":
+        data[start + 40:start + 48] = struct.pack("<Q", packs.MAX_ENTRY + 1)
+    elif how == "order":  # two entries swapped
+        first, second = data[start:start + entry], data[start + entry:start + 2 * entry]
+        data[start:start + 2 * entry] = second + first
+    elif how == "trailer":
+        data[-packs.TRAILER.size:] = packs.TRAILER.pack(magic, count + 1, start)
+    elif how == "cut":
+        data = data[:start + entry]
+    os.chmod(path, 0o644)
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["offset", "length", "order", "trailer", "cut"])
+def test_a_malformed_pack_index_is_refused_and_fsck_names_it(tmp_path, how):
+    cache = Cache(str(tmp_path / "cache"))
+    entries = write(cache, small_tensors(packs.PACK_MIN))
+    [path] = pack_files(cache)
+    _corrupt_index(path, how)
+    with pytest.raises(packs.PackError, match=os.path.basename(path)):
+        packs.read_index(path)
+    fresh = Cache(cache.root)
+    d = next(iter(entries.values())).chunks[0]
+    with pytest.raises(MissingObjectError):
+        fresh.get(d)
+    problems = gc.check_stored(fresh, set())
+    assert len(problems) == 1 and os.path.basename(path) in problems[0]
+
+
+def test_a_corrupt_packed_object_takes_its_pack_to_quarantine_and_the_rest_stay(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(packs.PACK_MIN)
+    entries = write(cache, tensors)
+    [path] = pack_files(cache)
+    pack = packs.read_index(path)
+    bad = entries["experts.7.w"].chunks[0]
+    offset, length = pack.entries[bad]
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset + length - 1)
+        last = f.read(1)
+        f.seek(offset + length - 1)
+        f.write(b"\xff" if last != b"\xff" else b"\x00")
+    reader = Cache(cache.root)
+    with pytest.raises(QuarantinedError, match=bad):
+        reader.get(bad)
+    assert pack_files(reader) == []
+    assert os.listdir(os.path.join(cache.root, QUARANTINE)) == [os.path.basename(path)]
+    assert reader.missing([e.chunks[0] for e in entries.values()]) == {bad}
+    for name, arr in tensors.items():
+        if name != "experts.7.w":
+            assert bytes(reader.get(entries[name].chunks[0])) == arr.tobytes()
+    # the next clean of the file stores the chunk again
+    write(reader, tensors)
+    assert bytes(reader.get(bad)) == tensors["experts.7.w"].tobytes()
+
+
+def test_gc_deletes_dead_packed_objects_and_keeps_the_live_ones(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(packs.PACK_MIN + 20)
+    entries = write(cache, tensors)
+    [path] = pack_files(cache)
+    age(path, 7200)
+    digests = [e.chunks[0] for e in entries.values()]
+    live, dead = set(digests[:30]), set(digests[30:])
+    cutoff = time.time() - 3600
+    sweep = gc.plan_objects(cache, live, cutoff)
+    assert {k for k, _ in sweep.keys} == {object_key(d) for d in dead}
+    gc.delete_unused(cache, sweep, cutoff)
+    assert len(sweep.keys) == len(dead)
+    fresh = Cache(cache.root)
+    assert fresh.missing(digests) == dead
+    for name, e in entries.items():
+        if e.chunks[0] in live:
+            assert bytes(fresh.get(e.chunks[0])) == tensors[name].tobytes()
+    assert path not in pack_files(fresh)
+
+
+def test_gc_keeps_a_pack_a_clean_freshened_since_it_listed_it(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(packs.PACK_MIN)
+    entries = write(cache, tensors)
+    [path] = pack_files(cache)
+    age(path, 7200)
+    cutoff = time.time() - 3600
+    sweep = gc.plan_objects(cache, set(), cutoff)
+    assert len(sweep.keys) == len(entries)
+    write(Cache(cache.root), tensors)  # a clean finds them all: the pack is renewed
+    gc.delete_unused(cache, sweep, cutoff)
+    assert sweep.keys == []
+    assert Cache(cache.root).missing([e.chunks[0] for e in entries.values()]) == set()
+
+
+def test_prune_trims_packs_by_age_as_it_trims_loose_objects(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    old = write(cache, small_tensors(packs.PACK_MIN, seed=1))
+    [old_pack] = pack_files(cache)
+    age(old_pack, 3 * 86400)
+    new = write(cache, small_tensors(packs.PACK_MIN, seed=2))
+    gc.prune(cache, time.time() - 86400)
+    fresh = Cache(cache.root)
+    assert fresh.missing([e.chunks[0] for e in old.values()]) == \
+        {e.chunks[0] for e in old.values()}
+    assert fresh.missing([e.chunks[0] for e in new.values()]) == set()
+    assert len(pack_files(fresh)) == 1
+
+
+def test_a_failed_clean_leaves_no_pack(tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    writer = ChunkWriter(cache, workers=2)
+    with pytest.raises(ValueError), writer:
+        for name, arr in small_tensors(packs.PACK_MIN * 2).items():
+            writer.add_buffer(name, by_name("float32"), arr.shape, memoryview(arr).cast("B"))
+        writer.add_buffer("short", by_name("float32"), (300,), memoryview(b"x" * 8))
+    assert pack_files(cache) == []
+    assert [n for _, _, files in os.walk(cache.root) for n in files] == []
