@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import interrupts
+from .cache import Cache
 
 BLOCK_ELEMS = 1 << 22
 
@@ -131,6 +132,15 @@ def dir_bytes(path: str) -> tuple[int, int]:
     return files, total
 
 
+def cache_size(root: str) -> tuple[int, int]:
+    """(objects, stored bytes) of the cache at ``root``, loose and packed alike."""
+    n = total = 0
+    for _, size, _ in Cache(root).iter_digests():
+        n += 1
+        total += size
+    return n, total
+
+
 def run_demo(size: int, keep: str | None, echo: Callable[[str], None] = print) -> None:
     """The walk-through, in a temporary folder or in ``keep``, which must be new or empty:
     the demo runs ``git init`` there, sets the repository's user, overwrites
@@ -183,7 +193,7 @@ def run_demo(size: int, keep: str | None, echo: Callable[[str], None] = print) -
             git("add", ".gitattributes", "model.safetensors")
             git("commit", "-q", "-m", "base model")
             t_base = time.perf_counter() - t
-            n1, b1 = dir_bytes(os.path.join(objects, "objects"))
+            n1, b1 = cache_size(objects)
             echo(f"commit base:  {t_base:6.2f} s  stored {n1} objects, {human(b1)}")
 
             tuned = shape.layer_names(0) + shape.layer_names(shape.layers - 1)
@@ -192,7 +202,7 @@ def run_demo(size: int, keep: str | None, echo: Callable[[str], None] = print) -
             git("add", "model.safetensors")
             git("commit", "-q", "-m", "fine-tune first and last layer")
             t_tune = time.perf_counter() - t
-            n2, b2 = dir_bytes(os.path.join(objects, "objects"))
+            n2, b2 = cache_size(objects)
             echo(f"commit tuned: {t_tune:6.2f} s  new {n2 - n1} objects, {human(b2 - b1)} "
                  f"(the two tuned layers hold {human(tensor_bytes(shape, tuned))})")
             blob = git("cat-file", "-s", "HEAD:model.safetensors").strip()

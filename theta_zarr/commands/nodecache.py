@@ -57,7 +57,7 @@ def register(main: click.Group) -> None:
         """
         import time
 
-        from .. import gc
+        from .. import gc, packs
         from ..cache import Cache, recorded_repositories
         from ..errors import UserError
         from ..objects import object_key
@@ -76,9 +76,9 @@ def register(main: click.Group) -> None:
         if not os.path.exists(root) or (os.path.isdir(root) and not os.listdir(root)):
             click.echo(f"no cache at {root}: nothing to prune")  # as uv's cache prune says
             return
-        if not os.path.isdir(os.path.join(root, "objects")):
+        if not any(os.path.isdir(os.path.join(root, f)) for f in ("objects", packs.FOLDER)):
             raise UserError(f"cache prune: {root} is no theta-zarr cache (it has no "
-                            "objects/ folder)")
+                            "objects/ or packs/ folder)")
         if _repository_cache(root):
             raise UserError(f"cache prune: {root} is a git repository's own cache, whose "
                             "unpushed commits' chunks exist only there: collect it with "
