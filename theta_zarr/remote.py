@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from . import codecs, delta, progress
+from . import codecs, delta, packs, progress
 from .cache import Cache, QuarantinedError
 from .delta import Base, DeltaPolicy
 from .objects import (
@@ -343,17 +343,27 @@ def transfer(src: ObjectStore, dst: ObjectStore, digests: Iterable[str], desc: s
         digest, (parts, raw_n, saved) = encoded
         return raw_n, dst.put_parts(digest, parts), saved, raw_n
 
+    # a fetch of many small chunks stores them in a pack, as a clean does (packs.py)
+    packer = dst.packer() if isinstance(dst, Cache) else None
+
     def store(fetched: tuple[str, bytes]) -> tuple[int, int, int, int]:
         digest, obj = fetched
         with reading(digest):
             raw = src.decode(digest, obj, bases, size=sizes.get(digest))
-        return len(raw), dst.put(digest, raw, elems.get(digest, 1)), -1, len(obj)
+        elem = elems.get(digest, 1)
+        if packer is not None and len(raw) <= packs.SMALL_OBJECT:
+            return len(raw), packer.add(digest, codecs.encode(raw, dst.codec, elem)), -1, \
+                len(obj)
+        return len(raw), dst.put(digest, raw, elem), -1, len(obj)
 
     with progress.bar(len(todo), desc, unit="obj") as bar, contextlib.ExitStack() as stack:
+        if packer is not None:  # verified objects fetched so far are kept, even on error
+            stack.callback(packer.commit)
         if isinstance(dst, Cache):  # a fetch: requests first, then the cores
             fetched = stack.enter_context(contextlib.closing(
                 bounded_map(get_encoded, todo, src.concurrency)))
-            results = bounded_map(store, fetched, CPU_WORKERS)
+            results = stack.enter_context(contextlib.closing(
+                bounded_map(store, fetched, CPU_WORKERS)))
         else:  # a push: the cores first, then requests
             encoded = stack.enter_context(contextlib.closing(
                 bounded_map(encoder or encode, todo, CPU_WORKERS)))

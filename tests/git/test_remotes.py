@@ -367,3 +367,52 @@ def test_a_dry_run_push_says_what_it_would_upload_and_uploads_nothing(repo, tmp_
     assert repo.git("ls-remote", str(bare)).stdout == b""  # git's own dry run, too
     repo.git("push", "-q", "origin", "main")  # the real push uploads them all
     assert case.objects().missing(m.digests()) == set()
+
+
+def test_a_checkpoint_of_many_small_tensors_is_one_pack_through_git_push_and_gc(
+        repo, make_repo, tmp_path):
+    """10^4-10^5 small tensors (an MoE's experts) made one cache file each; a clean of
+    that many now writes one pack, and push, a clone's checkout, fsck and gc see its
+    objects as loose ones."""
+    import numpy as np
+    from helpers import commit_tensors
+
+    from theta_zarr import packs
+    case = local_case(tmp_path)
+    bare = setup_origin(repo, case, tmp_path)
+    rng = np.random.default_rng(0)
+    n = packs.PACK_MIN + 20
+    tensors = {f"experts.{i}.w": rng.standard_normal(256, dtype=np.float32) for i in range(n)}
+    commit_tensors(repo, tensors, "base")
+    base = manifest_at(repo, "HEAD")
+    pack_dir = repo.path / ".git" / "theta-zarr" / packs.FOLDER
+    assert len(packs.list_packs(str(pack_dir))) == 1 and repo.object_files() == set()
+    assert repo.out("status", "--porcelain") == ""
+    repo.git("push", "-q", "origin", "main")
+    assert case.objects().missing(base.digests()) == set()
+    c = clone(make_repo, bare, "clone")
+    assert file_sha(c.path / "model.safetensors") == file_sha(repo.path / "model.safetensors")
+    # the clone's fetch stored them in a pack too
+    assert len(packs.list_packs(str(c.path / ".git" / "theta-zarr" / packs.FOLDER))) == 1
+    assert c.object_files() == set()
+    (repo.path / "model.safetensors").unlink()
+    repo.git("checkout", "--", "model.safetensors")
+    assert repo.out("status", "--porcelain") == ""
+    assert "ok: " in repo.tz("fsck").stdout.decode()
+    # a new version of a third of the experts, the old version gone from every ref
+    for i in range(0, n, 3):
+        tensors[f"experts.{i}.w"] = tensors[f"experts.{i}.w"] + 1
+    commit_tensors(repo, tensors, "tuned")
+    tuned = manifest_at(repo, "HEAD")
+    repo.git("reset", "-q", "--soft", "HEAD~2")
+    repo.git("commit", "-q", "-m", "only the tuned version")
+    repo.git("update-ref", "-d", "refs/remotes/origin/main")  # the pushed base, unreachable
+    repo.git("reflog", "expire", "--expire=now", "--all")
+    repo.tz("gc", "--grace", "0")
+    from theta_zarr.cache import Cache
+    cache = Cache(str(repo.path / ".git" / "theta-zarr"))
+    assert cache.missing(tuned.digests()) == set()
+    assert cache.missing(base.digests()) == base.digests() - tuned.digests()
+    (repo.path / "model.safetensors").unlink()
+    repo.git("checkout", "--", "model.safetensors")
+    assert repo.out("status", "--porcelain") == ""
