@@ -230,3 +230,52 @@ def test_a_failed_clean_leaves_no_pack(tmp_path):
         writer.add_buffer("short", by_name("float32"), (300,), memoryview(b"x" * 8))
     assert pack_files(cache) == []
     assert [n for _, _, files in os.walk(cache.root) for n in files] == []
+
+
+def test_one_process_cleaning_again_finds_what_its_earlier_clean_packed(tmp_path):
+    """``watch`` keeps one cache for hours: a step's unchanged small chunks must be found
+    in the pack its previous step wrote, not stored again."""
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(packs.PACK_MIN + 10)
+    write(cache, tensors)
+    tensors["experts.0.w"] = tensors["experts.0.w"] + 1
+    writer = ChunkWriter(cache, workers=2)
+    with writer:
+        for name, arr in tensors.items():
+            writer.add_buffer(name, by_name("float32"), arr.shape, memoryview(arr).cast("B"))
+        writer.finish()
+    assert writer.stats.new_objects == 1
+    assert len(pack_files(cache)) == 1 and len(loose_objects(cache)) == 1
+
+
+def test_a_file_of_packed_chunks_is_written_whole_and_verified(tmp_path):
+    """The file writer joins neighbouring packed chunks into one write: the safetensors
+    file comes back byte for byte; a corrupt packed chunk is refused."""
+    from helpers import clean_manifest
+    from safetensors.numpy import save
+
+    from theta_zarr.filewriter import write_checkpoint
+
+    data = save(small_tensors(packs.PACK_MIN + 5))
+    m = clean_manifest(data, tmp_path, "experts.safetensors")
+    cache = Cache(str(tmp_path / "cache"))
+    assert len(pack_files(cache)) == 1 and loose_objects(cache) == []
+
+    def rebuilt() -> bytes:
+        fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        try:
+            write_checkpoint(m, fd, Cache(cache.root), workers=2, name="out")
+            return os.pread(fd, len(data) + 1, 0)
+        finally:
+            os.close(fd)
+
+    assert rebuilt() == data
+    [path] = pack_files(cache)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(100)  # inside the first object's payload
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(QuarantinedError):
+        rebuilt()

@@ -67,7 +67,7 @@ class Cache(ObjectStore):
         self._packs_lock = threading.Lock()
         self._packs: dict[str, packs.Pack] = {}  # path -> pack, as last read
         self._packed: dict[str, packs.Pack] = {}  # digest -> the pack holding it
-        self._packs_stamp: tuple[int, int] | None = None  # the packs folder when read
+        self._packs_read = False  # the packs folder was read once
         #: packs whose index is malformed (path -> one line), left out of every lookup
         self.bad_packs: dict[str, str] = {}
 
@@ -107,9 +107,7 @@ class Cache(ObjectStore):
         (zstd, blosc: written by a repository sharing this cache with another
         ``cache-compression``, or before this one's changed) is a good object, kept.
         """
-        # a clean's packer looked at the packs when it began: no stat of their folder
-        # per chunk (a pack written meanwhile costs at worst a second copy)
-        held = (self._packed if packer is not None else self._load_packs()).get(digest)
+        held = self._load_packs().get(digest)
         if held is not None and self._packed_whole(held, digest, raw):
             stale = time.time() - held.mtime > FRESHEN_AFTER
             if _freshen(held.path, held.mtime):
@@ -230,26 +228,29 @@ class Cache(ObjectStore):
     # -- packs --------------------------------------------------------------------------
     def packer(self) -> Packer:
         """A Packer for one clean's new small objects (see ``packs``); the packs present
-        now are read first."""
-        self._load_packs()
+        now are read first (a long-running process, ``watch``, would otherwise store
+        again what its own earlier cleans packed)."""
+        self._load_packs(force=True)
         return Packer(self)
 
     def _load_packs(self, force: bool = False) -> dict[str, packs.Pack]:
-        """digest -> the pack holding it, read again where the packs folder changed since
-        it was read (or with ``force``: a folder's mtime is coarse, so a reader that finds
-        an object nowhere looks again before it calls the object missing)."""
-        try:
-            st = os.stat(self._packs_dir)
-            stamp = (st.st_mtime_ns, st.st_ino)
-        except OSError:
-            stamp = None
-        if not force and stamp == self._packs_stamp:
+        """digest -> the pack holding it, as read at the first call, or read again with
+        ``force``.  A view older than the folder costs nothing wrong: a pack never
+        changes (one gc replaced still reads, from the map or the file a reader holds),
+        and a reader that finds an object nowhere reads the folder again (``force``)
+        before it calls the object missing; a writer at worst stores a second copy."""
+        if self._packs_read and not force:
             return self._packed
         with self._packs_lock:
-            if not force and stamp == self._packs_stamp:
+            if self._packs_read and not force:
                 return self._packed
             current: dict[str, packs.Pack] = {}
-            for path in packs.list_packs(self._packs_dir):
+            try:
+                listed = packs.list_packs(self._packs_dir)
+            except OSError as e:
+                raise StorageError(f"cannot list the packs of the cache {self.root} "
+                                   f"({e.strerror})") from None
+            for path in listed:
                 pack = self._packs.get(path)
                 try:
                     if pack is None:
@@ -266,7 +267,7 @@ class Cache(ObjectStore):
             for pack in current.values():
                 for digest in pack.entries:
                     packed.setdefault(digest, pack)
-            self._packs, self._packed, self._packs_stamp = current, packed, stamp
+            self._packs, self._packed, self._packs_read = current, packed, True
         return packed
 
     def _from_pack(self, digest: str, size: int | None = None, reload: bool = False
@@ -417,12 +418,8 @@ class Cache(ObjectStore):
         """
         obj = self._from_pack(digest, length)
         if obj is not None:
-            try:
-                name, payload = codecs.split(obj)
-            except codecs.CodecError:
-                name, payload = "", b""
-            if name == "raw" and len(payload) == length and length:
-                self._verify(digest, payload)
+            payload = self._raw_payload(digest, obj, length)
+            if payload is not None:
                 pwrite_all(fd, payload, offset)
             else:
                 self._copy_decoded(digest, fd, offset, length)
@@ -468,6 +465,26 @@ class Cache(ObjectStore):
                 raise failed
         finally:
             os.close(src)
+
+    def read_packed_raw(self, digest: str, length: int) -> bytes | memoryview | None:
+        """The verified raw bytes (``length`` of them) of a chunk a pack holds in the raw
+        form; None where no pack holds it or it is stored in another form (``copy_to``
+        then copies it).  Raises QuarantinedError (the pack moved to quarantine) for a
+        corrupt object.  For a file of many small chunks: its writer joins neighbouring
+        chunks into one write."""
+        obj = self._from_pack(digest, length)
+        return None if obj is None else self._raw_payload(digest, obj, length)
+
+    def _raw_payload(self, digest: str, obj: bytes, length: int) -> memoryview | None:
+        """The verified payload of a raw object of ``length`` bytes, else None."""
+        try:
+            name, payload = codecs.split(obj)
+        except codecs.CodecError:
+            return None
+        if name != "raw" or len(payload) != length or not length:
+            return None
+        self._verify(digest, payload)
+        return payload
 
     def _copy_decoded(self, digest: str, fd: int, offset: int, length: int) -> None:
         """``copy_to`` of an object stored in another form than raw (or of the wrong

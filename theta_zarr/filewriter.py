@@ -67,11 +67,24 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
         raise ManifestError(f"{name}: {e}") from None
 
     def run(batch: list[Job]) -> int:
+        # neighbouring small pieces (header, inline and packed chunks) go out as one write
+        joined, at = bytearray(), 0
         for offset, what in batch:
             if isinstance(what, bytes):
-                pwrite_all(fd, what, offset)
+                piece = what
             else:
-                cache.copy_to(what[0], fd, offset, what[1])
+                piece = cache.read_packed_raw(*what) if what[1] <= SMALL_OBJECT else None
+                if piece is None:
+                    cache.copy_to(what[0], fd, offset, what[1])
+                    continue
+            if joined and at + len(joined) != offset:
+                pwrite_all(fd, joined, at)
+                joined = bytearray()
+            if not joined:
+                at = offset
+            joined += piece
+        if joined:
+            pwrite_all(fd, joined, at)
         return sum(size_of(job) for job in batch)
 
     def size_of(job: Job) -> int:

@@ -123,10 +123,11 @@ def read_index(path: str) -> Pack:
 
 
 def list_packs(folder: str) -> list[str]:
-    """The paths of the pack files in ``folder`` (none where it does not exist), sorted."""
+    """The paths of the pack files in ``folder`` (none where it does not exist), sorted;
+    OSError where it cannot be listed."""
     try:
         names = os.listdir(folder)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none yet (or a cache that is none)
         return []
     return sorted(os.path.join(folder, n) for n in names
                   if n.startswith("pack-") and n.endswith(SUFFIX))
