@@ -70,12 +70,11 @@ class PackError(Exception):
 @dataclass(eq=False)
 class Pack:
     """One pack file as read: ``path``, its ``mtime`` (seconds since the epoch: when it
-    was written or last freshened), ``size`` in bytes, and ``entries``: digest ->
-    (offset, length) of each object in it."""
+    was written or last freshened), and ``entries``: digest -> (offset, length) in bytes
+    of each object in it."""
 
     path: str
     mtime: float
-    size: int
     entries: dict[str, tuple[int, int]]
     _map: mmap.mmap | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -119,7 +118,7 @@ def read_index(path: str) -> Pack:
                             "large, or out of order)")
         entries[key] = (offset, length)
         last = key
-    return Pack(path, st.st_mtime, st.st_size, entries)
+    return Pack(path, st.st_mtime, entries)
 
 
 def list_packs(folder: str) -> list[str]:
@@ -150,9 +149,6 @@ class PackWriter:
         self._offset = 0
         self._buf = bytearray()  # added objects not yet written
         self.committed: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def add(self, digest: str, parts: list[bytes | memoryview]) -> int:
         """Append one object given as parts written in order; returns its size (0 for a
