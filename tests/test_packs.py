@@ -279,3 +279,24 @@ def test_a_file_of_packed_chunks_is_written_whole_and_verified(tmp_path):
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(QuarantinedError):
         rebuilt()
+
+
+def test_a_pack_cut_short_after_it_was_read_is_quarantined_and_its_readable_part_kept(
+        tmp_path):
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(packs.PACK_MIN)
+    entries = write(cache, tensors)
+    [path] = pack_files(cache)
+    reader = Cache(cache.root)
+    assert reader.missing([e.chunks[0] for e in entries.values()]) == set()  # index read
+    pack = packs.read_index(path)
+    order = sorted(pack.entries, key=lambda d: pack.entries[d][0])
+    last = order[-1]
+    os.chmod(path, 0o644)
+    os.truncate(path, pack.entries[last][0] + 10)  # the last object cut, the index gone
+    with pytest.raises(QuarantinedError, match=last):
+        reader.get(last)
+    assert pack_files(reader) == []
+    assert reader.missing(order) == {last}
+    name = next(n for n, e in entries.items() if e.chunks[0] == order[0])
+    assert bytes(reader.get(order[0])) == tensors[name].tobytes()

@@ -187,7 +187,7 @@ class Cache(ObjectStore):
         (QuarantinedError says where), so the next write or fetch replaces it."""
         try:
             return super().get(digest, bases)
-        except (MissingObjectError, MissingBaseError):
+        except (MissingObjectError, MissingBaseError, QuarantinedError):
             raise
         except ObjectError as e:
             where = self.quarantine(digest)
@@ -215,7 +215,8 @@ class Cache(ObjectStore):
     def _quarantine_pack(self, pack: packs.Pack, bad: str) -> str:
         for digest, (offset, length) in pack.entries.items():
             if digest != bad and not os.path.exists(self._object_path(digest)):
-                with contextlib.suppress(OSError):  # the pack is gone: moved already
+                # (gone: moved already; cut short: what is left of it is lost)
+                with contextlib.suppress(OSError, packs.PackError):
                     self.put_encoded(digest, pack.read(offset, length))
         dest = os.path.join(self.root, QUARANTINE, os.path.basename(pack.path))
         with contextlib.suppress(OSError):
@@ -279,13 +280,18 @@ class Cache(ObjectStore):
             return None
         offset, length = held.entries[digest]
         if size is not None and length > codecs.encoded_bound(size):
-            raise ObjectError(f"object {digest} in {self.url} is corrupt (its pack gives it "
-                              f"{length} bytes, more than any storage form of its chunk "
-                              f"takes)", digest)
+            where = self.quarantine(digest)
+            raise QuarantinedError(f"object {digest} in {self.url} is corrupt (its pack gives "
+                                   f"it {length} bytes, more than any storage form of its "
+                                   f"chunk takes); moved the pack to {where}", digest)
         try:
             return held.read(offset, length)
         except FileNotFoundError:  # a gc replaced the pack: it is read again
             return None if reload else self._from_pack(digest, size, reload=True)
+        except packs.PackError as e:  # cut short since its index was read
+            where = self.quarantine(digest)
+            raise QuarantinedError(f"object {digest} in {self.url} is corrupt ({e}); moved "
+                                   f"the pack to {where}", digest) from None
         except OSError as e:
             raise StorageError(f"cannot read {held.path}: {e.strerror}") from None
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import mmap
 import os
 import stat
 import struct
@@ -76,17 +75,28 @@ class Pack:
     path: str
     mtime: float
     entries: dict[str, tuple[int, int]]
-    _map: mmap.mmap | None = field(default=None, repr=False)
+    _fd: int | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset`` (an entry of this pack's index), from a memory
-        map of the file made at the first read; OSError where the file is gone."""
-        with self._lock:
-            if self._map is None:
-                with open(self.path, "rb") as f:
-                    self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return self._map[offset:offset + length]
+        """``length`` bytes at ``offset`` (an entry of this pack's index); OSError where
+        the file is gone.  The file is opened at the first read and kept open while this
+        object lives, so a pack gc replaced meanwhile still reads (``pread``, not a memory
+        map: a map's pages would count in the process's memory for the whole pack)."""
+        if self._fd is None:
+            with self._lock:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise PackError(f"pack {os.path.basename(self.path)} is cut short")
+        return data
+
+    def __del__(self) -> None:
+        # no reader holds this object any more: nobody can be using its descriptor
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
 
 def read_index(path: str) -> Pack:
