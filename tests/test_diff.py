@@ -31,6 +31,17 @@ def test_summary_statuses_read_nothing(store):
     assert edit.chunks_changed == edit.chunks == 4
 
 
+def test_parameters_are_listed_in_natural_order(store):
+    """``layers.2`` before ``layers.10``, as a model's own modules come (byte order put
+    ``layers.10`` first), in the diff and in its textconv lines."""
+    names = ["layers.10.w", "layers.2.w", "layers.1.w", "head"]
+    a = manifest(store, {n: rng_arr(i, (4, 64)) for i, n in enumerate(names)})
+    b = manifest(store, {n: rng_arr(i, (4, 64)) * 2 for i, n in enumerate(names)})
+    want = ["head", "layers.1.w", "layers.2.w", "layers.10.w"]
+    assert [p.name for p in summarize(a, b, "m.safetensors").params] == want
+    assert [line.split()[0] for line in list(textconv_lines(a))[1:]] == want
+
+
 def test_statistics_equal_numpy_and_read_only_changed_chunks(store):
     x = rng_arr(0, (64, 16), BF16)  # 2 KiB in 1 KiB chunks: 2 chunks
     y = x.copy()

@@ -24,7 +24,7 @@ from .commands.reporting import (
 )
 from .logs import setup_logging
 from .redact import redact
-from .wording import counted, human, quote_path, show_name
+from .wording import counted, human, natural_key, quote_path, show_name
 
 
 @click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -267,7 +267,7 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
                 {"name": n, "shape": list(e.shape)[::-1] if n in flipped else list(e.shape),
                  "dtype": e.dtype, "bytes": e.nbytes, "chunks": len(e.chunks),
                  "inline": e.is_inline}
-                for n, e in m.params.items()]
+                for n, e in sorted(m.params.items(), key=lambda ne: natural_key(ne[0]))]
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -30,7 +30,7 @@ from .formats.base import flatten_json
 from .manifest import Manifest, ParamEntry
 from .merge import Key, chunk_keys
 from .shards import Model, format_free_name
-from .wording import counted, quote_path, shell_word, show_name
+from .wording import counted, natural_key, quote_path, shell_word, show_name
 
 JSON_VERSION = 1
 _LOCK = threading.Lock()
@@ -298,7 +298,7 @@ def summarize(old: Side, new: Side, path: str = "checkpoint") -> FileDiff:
     ta, tb = transposed(old), transposed(new)
     blobs_a, blobs_b = _non_tensors(old), _non_tensors(new)
     out.other += _changes(blobs_a, blobs_b)
-    for name in [*a, *(n for n in b if n not in a)]:
+    for name in sorted(a.keys() | b.keys(), key=natural_key):  # layers.2 before layers.10
         ea, eb = a.get(name), b.get(name)
         if name in blobs_a or name in blobs_b:
             continue
@@ -695,7 +695,7 @@ def textconv_lines(manifest: Manifest) -> Iterable[str]:
     yield (f"# theta-zarr {manifest.format_name} checkpoint: {len(manifest.params)} parameters, "
            f"{manifest.nbytes} bytes")
     flipped = transposed(manifest)  # shapes as a reader gets them
-    for name in sorted(manifest.params):
+    for name in sorted(manifest.params, key=natural_key):
         e = manifest.params[name]
         where = "inline" if e.is_inline else counted(len(e.chunks), "chunk")
         yield f"{name} {_shape(_geom(e, name in flipped))} {where} {short_digest(e)}"

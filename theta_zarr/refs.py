@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from .manifest import DIGEST_RE
 from .storage import BlobInfo, BlobNotFound, BlobStore, ConditionFailed, StorageError
+from .wording import natural_key
 
 REFS_PREFIX = "refs/"
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
@@ -106,12 +107,6 @@ def check_ref_name(name: str) -> str:
 def ref_folder(name: str) -> str:
     """The folder of a ref name: ``run7/step-2000`` -> ``run7/``, ``latest`` -> ``""``."""
     return name.rsplit("/", 1)[0] + "/" if "/" in name else ""
-
-
-def natural_key(name: str) -> tuple:
-    """A sort key that orders ``step-999`` before ``step-1000`` (digit runs by value): the
-    order of ``ls`` and of the default delta base's ties."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from .manifest import (
     looks_like_manifest,
 )
 from .objects import ObjectError, ObjectStore, bounded_map
-from .refs import RefError, Refs, RefValue, check_ref_name, natural_key
+from .refs import RefError, Refs, RefValue, check_ref_name
 from .remote import RemoteSpec, TransferStats, fetch_objects, open_remote, push_objects
 from .settings import Settings
 from .storage import (
@@ -56,7 +56,7 @@ from .storage import (
     StorageError,
 )
 from .streams import write_atomic
-from .wording import counted
+from .wording import counted, natural_key
 
 MANIFESTS_PREFIX = "manifests/"
 STAGING_PREFIX = "staging/"

@@ -21,11 +21,12 @@ import blake3
 
 from .formats.base import FormatError
 from .manifest import ManifestError
-from .refs import RefError, check_ref_name, natural_key
+from .refs import RefError, check_ref_name
 from .settings import Settings
 from .storage import StorageError
 from .streams import write_atomic
 from .sync import PushResult, SyncError, SyncRemote, inside, list_files, push
+from .wording import natural_key
 
 CHECKPOINT_GLOBS = ("*.safetensors", "*.pt", "*.pth", "*.bin", "*.npz", "*.npy")
 STATE_FILE = ".theta-zarr-watch.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import unicodedata
 
@@ -79,3 +80,10 @@ def shell_word(path: str) -> str:
                    f"\\u{ord(c):04x}" if unicodedata.category(c) in _UNPRINTED else
                    "\\" + c if c in "\\'" else c for c in path)
     return f"$'{body}'"
+
+
+def natural_key(name: str) -> tuple:
+    """A sort key that orders ``step-999`` before ``step-1000`` and ``layers.2`` before
+    ``layers.10`` (digit runs by value): the order in which refs, steps and parameters
+    are listed to people."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))

@@ -150,7 +150,7 @@ def test_torch_and_npz_checkpoints_round_trip(repo):
 
 def test_ls_files_reports_params_sizes_chunks(repo):
     repo.git("config", "theta-zarr.chunk-size", "16KiB")
-    write_model(str(repo.path / "model.safetensors"), SHAPE)
+    write_model(str(repo.path / "model.safetensors"), ModelShape(hidden=32, layers=11, vocab=64))
     repo.git("add", "model.safetensors")
     repo.git("commit", "-q", "-m", "base")
     text = repo.tz("ls-files").stdout.decode()
@@ -162,7 +162,11 @@ def test_ls_files_reports_params_sizes_chunks(repo):
     rows = json.loads(repo.tz("ls-files", "--json", "--params").stdout)
     assert rows[0]["bytes"] == m.nbytes
     assert rows[0]["cached"] == rows[0]["objects"] == len(m.digests())
-    assert {p["name"] for p in rows[0]["parameters"]} == set(m.params)
+    names = [p["name"] for p in rows[0]["parameters"]]
+    assert set(names) == set(m.params)
+    # in natural order: layers.2 before layers.10, as the model's modules come
+    layers = [int(n.split(".")[1]) for n in names if n.startswith("layers.")]
+    assert layers == sorted(layers) and layers[-1] == 10
 
 
 def test_one_filter_process_serves_many_files(repo, tmp_path):
