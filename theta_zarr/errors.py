@@ -42,10 +42,27 @@ def one_line(exc: BaseException) -> str:
             text = f"cannot write {where}: disk full"
         else:
             text = f"{where}: {exc.strerror}"
+    if _too_many_open_files(exc, text):
+        text += ("; the process ran out of open files: raise the limit (ulimit -n) or "
+                 "lower the transfers in flight (theta-zarr.concurrency, or the remote "
+                 "option concurrency=N)")
     if not isinstance(exc, USER_ERRORS):
         text = (f"internal error ({type(exc).__name__}: {text}); "
                 "set GIT_THETA_ZARR_DEBUG=1 for details")
     return text
+
+
+def _too_many_open_files(exc: BaseException, text: str) -> bool:
+    """EMFILE anywhere in ``exc``'s chain, or in its text (a storage library's wrapped
+    socket error says it only in words)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno == errno.EMFILE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "Too many open files" in text
 
 
 def opaque_note(reason: str) -> str:
