@@ -523,13 +523,14 @@ def _upload(remote: SyncRemote, cache: Cache, sizes: dict[str, int], elems: dict
             policy: delta.DeltaPolicy | None = None) -> TransferStats:
     """Objects (``sizes``: digest -> raw size; ``elems``: digest -> dtype item size),
     then ``manifests``; returns what was sent, which includes the delta bases the
-    uploaded deltas need (``bases_used``).
+    uploaded deltas need (``bases_used``), and the objects the remote had (``present``).
 
     Objects the remote already has are reused; ``settle`` checks them again once the
     ref names them.
     """
     lacking = remote.objects.missing(sizes)
     stats = push_objects(cache, remote.objects, lacking, bases, policy, elems, checked=True)
+    stats.present = set(sizes) - lacking
     _put_manifests(remote, manifests)
     return stats
 
@@ -637,6 +638,13 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
     sizes, elems, documents = _needs(cleaned)
     stats = _upload(remote, cache, sizes, elems, documents, bases, policy)
     total = sum(sizes.values())
+    if bases:  # a delta needs the base's chunk here: a pruned node cache has none
+        absent = cache.missing({b.digest for d, b in bases.items()
+                                if d in sizes and d not in stats.present})
+        if absent:
+            base_ref = (f"{base_ref} ({counted(len(absent), 'chunk')} of it not in the "
+                        "node cache, so not used as delta bases: 'theta-zarr pull' it first "
+                        "to send deltas)")
     if shard is not None:
         remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry, force)
         settle(remote, cache, sizes, elems, documents, stats.bases_used)

@@ -49,6 +49,14 @@ def test_prune_trims_by_age_and_size_and_a_pull_fetches_what_went(tmp_path):
     pulled = tmp_path / "pulled.safetensors"
     tz(["pull", case.url, "run/step-1", "-o", str(pulled)], env)
     assert file_sha(pulled) == file_sha(step1)
+    # a step published onto a pruned cache says its base's chunks were not there to delta
+    # against (they went whole), and how to get deltas again
+    tz(["cache", "prune", "--older-than", "0"], env)
+    step3 = model(tmp_path / "s3.safetensors", tuned=[n for n, _ in SHAPE.tensors()][1::2])
+    line = tz(["publish", str(step3), case.url, "--ref", "run/step-3", "--chunk-size", CHUNK],
+              env).stderr.decode()
+    assert "delta base run/step-2 (" in line and "not in the node cache" in line, line
+    assert "theta-zarr pull" in line
 
 
 def test_prune_refuses_a_repository_cache_and_what_is_no_cache(repo, tmp_path):
