@@ -460,6 +460,16 @@ def test_ensure_rewrites_a_truncated_object(tmp_path):
     path.write_bytes(path.read_bytes()[:100])  # a write cut short by a full disk
     assert cache.ensure(digest, raw) > 0
     assert cache.get(digest) == raw
+    # a FIFO planted where the object belongs (a shared cache) is no object: it goes to
+    # quarantine and the chunk is written again, without blocking on the FIFO
+    path.unlink()
+    os.mkfifo(path)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(cache.ensure(digest, raw)),
+                              daemon=True)
+    worker.start()
+    worker.join(60)  # a hang, not a speed: ensure blocked on the FIFO for good
+    assert done and done[0] > 0 and cache.get(digest) == raw
 
 
 def test_a_cache_configured_auto_chooses_by_dtype_and_raw_stays_the_default(tmp_path):

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import mmap
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -566,10 +567,17 @@ def _raw_form(path: str) -> bool:
     tells whether it is whole.  An object in another storage form (zstd, blosc, ...) is
     not judged by its size (a reader verifies it, as any object, before use)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(5 + 255)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO planted here must not block
     except OSError:
         return True
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return True  # no object at all: judged (and quarantined) by its size
+        head = os.pread(fd, 5 + 255, 0)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
     try:
         name, _ = codecs.split(head)
     except codecs.CodecError:
