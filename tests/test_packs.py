@@ -40,6 +40,17 @@ def pack_files(cache: Cache) -> list[str]:
     return packs.list_packs(os.path.join(cache.root, packs.FOLDER))
 
 
+def flip_last_byte(path: str, entry: tuple[int, int]) -> None:
+    """Corrupt the last byte of the packed object at ``entry`` (offset, length)."""
+    offset, length = entry
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset + length - 1)
+        last = f.read(1)
+        f.seek(offset + length - 1)
+        f.write(b"\xff" if last != b"\xff" else b"\x00")
+
+
 def age(path: str, seconds: float) -> None:
     then = time.time() - seconds
     os.utime(path, (then, then))
@@ -150,13 +161,7 @@ def test_a_corrupt_packed_object_takes_its_pack_to_quarantine_and_the_rest_stay(
     [path] = pack_files(cache)
     pack = packs.read_index(path)
     bad = entries["experts.7.w"].chunks[0]
-    offset, length = pack.entries[bad]
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset + length - 1)
-        last = f.read(1)
-        f.seek(offset + length - 1)
-        f.write(b"\xff" if last != b"\xff" else b"\x00")
+    flip_last_byte(path, pack.entries[bad])
     reader = Cache(cache.root)
     with pytest.raises(QuarantinedError, match=bad):
         reader.get(bad)
@@ -169,6 +174,33 @@ def test_a_corrupt_packed_object_takes_its_pack_to_quarantine_and_the_rest_stay(
     # the next clean of the file stores the chunk again
     write(reader, tensors)
     assert bytes(reader.get(bad)) == tensors["experts.7.w"].tobytes()
+
+
+def test_a_corrupt_packed_object_leaves_its_pack_where_the_rest_cannot_be_stored(tmp_path):
+    """The pack went to quarantine even when its other objects could not be stored loose
+    (a full disk): every object of the pack left the cache with the corrupt one."""
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(packs.PACK_MIN)
+    entries = write(cache, tensors)
+    [path] = pack_files(cache)
+    bad = entries["experts.7.w"].chunks[0]
+    flip_last_byte(path, packs.read_index(path).entries[bad])
+    # a file where the loose objects' folder goes: every loose write fails, as on a full disk
+    with open(os.path.join(cache.root, "objects"), "wb"):
+        pass
+    reader = Cache(cache.root)
+    with pytest.raises(QuarantinedError, match=f"{bad}.*stays in place.*could not be stored"):
+        reader.get(bad)
+    assert pack_files(reader) == [path]
+    assert not os.path.exists(os.path.join(cache.root, QUARANTINE))
+    for name, arr in tensors.items():
+        if name != "experts.7.w":
+            assert bytes(reader.get(entries[name].chunks[0])) == arr.tobytes()
+    # once loose objects can be written, the next read quarantines the pack as usual
+    os.unlink(os.path.join(cache.root, "objects"))
+    with pytest.raises(QuarantinedError, match="moved its pack to"):
+        Cache(cache.root).get(bad)
+    assert Cache(cache.root).missing([e.chunks[0] for e in entries.values()]) == {bad}
 
 
 def test_gc_deletes_dead_packed_objects_and_keeps_the_live_ones(tmp_path):

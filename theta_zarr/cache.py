@@ -192,14 +192,16 @@ class Cache(ObjectStore):
             raise
         except ObjectError as e:
             where = self.quarantine(digest)
-            raise QuarantinedError(f"{e}; moved it to {where}", digest) from None
+            raise QuarantinedError(f"{e}; {where}", digest) from None
 
     def quarantine(self, digest: str) -> str:
-        """Move an object out of the store into ``<cache>/quarantine/``; returns where.
-        It is dated by the move (``gc`` deletes it once older than its grace period).
+        """Move an object out of the store into ``<cache>/quarantine/``; returns what was
+        done, to end an error message ("moved it to <folder>").  It is dated by the move
+        (``gc`` deletes it once older than its grace period).
 
         An object in a pack takes its pack along: the pack's other objects are stored
-        loose first, so nothing else leaves the cache."""
+        loose first, so nothing else leaves the cache; where one of them cannot be (a full
+        disk), the pack stays where it is and the phrase says so."""
         held = self._load_packs().get(digest)
         if held is not None:
             return self._quarantine_pack(held, digest)
@@ -211,21 +213,33 @@ class Cache(ObjectStore):
             pass  # already moved by another reader
         with contextlib.suppress(OSError):
             os.utime(os.path.join(self.root, dest))
-        return os.path.join(self.root, QUARANTINE)
+        return f"moved it to {os.path.join(self.root, QUARANTINE)}"
 
     def _quarantine_pack(self, pack: packs.Pack, bad: str) -> str:
+        where = os.path.join(self.root, QUARANTINE)
         for digest, (offset, length) in pack.entries.items():
-            if digest != bad and not os.path.exists(self._object_path(digest)):
-                # (gone: moved already; cut short: what is left of it is lost)
-                with contextlib.suppress(OSError, packs.PackError):
-                    self.put_encoded(digest, pack.read(offset, length))
-        dest = os.path.join(self.root, QUARANTINE, os.path.basename(pack.path))
+            if digest == bad or os.path.exists(self._object_path(digest)):
+                continue
+            try:
+                obj = pack.read(offset, length)
+            except packs.PackError:
+                continue  # cut short: what is left of it is lost
+            except OSError:  # the pack is gone: another reader moved it, and stored the rest
+                return f"moved its pack to {where}"
+            try:
+                self.put_encoded(digest, obj)
+            except OSError as e:
+                # moving the pack now would take this object (and the others not yet
+                # stored loose) out of the cache with the corrupt one
+                return (f"its pack {pack.path} stays in place: its other objects could not "
+                        f"be stored loose ({e})")
+        dest = os.path.join(where, os.path.basename(pack.path))
         with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.replace(pack.path, dest)
             os.utime(dest)
         self._load_packs(force=True)
-        return os.path.join(self.root, QUARANTINE)
+        return f"moved its pack to {where} (its other objects stay, stored loose)"
 
     # -- packs --------------------------------------------------------------------------
     def packer(self) -> Packer:
@@ -284,15 +298,15 @@ class Cache(ObjectStore):
             where = self.quarantine(digest)
             raise QuarantinedError(f"object {digest} in {self.url} is corrupt (its pack gives "
                                    f"it {length} bytes, more than any storage form of its "
-                                   f"chunk takes); moved the pack to {where}", digest)
+                                   f"chunk takes); {where}", digest)
         try:
             return held.read(offset, length)
         except FileNotFoundError:  # a gc replaced the pack: it is read again
             return None if reload else self._from_pack(digest, size, reload=True)
         except packs.PackError as e:  # cut short since its index was read
             where = self.quarantine(digest)
-            raise QuarantinedError(f"object {digest} in {self.url} is corrupt ({e}); moved "
-                                   f"the pack to {where}", digest) from None
+            raise QuarantinedError(f"object {digest} in {self.url} is corrupt ({e}); {where}",
+                                   digest) from None
         except OSError as e:
             raise StorageError(f"cannot read {held.path}: {e.strerror}") from None
 
@@ -509,7 +523,7 @@ class Cache(ObjectStore):
         if not ok:
             where = self.quarantine(digest)
             raise QuarantinedError(f"object {digest} in {self.url} is corrupt (content does "
-                                   f"not match digest); moved it to {where}", digest)
+                                   f"not match digest); {where}", digest)
 
 
 class Packer:
