@@ -106,6 +106,30 @@ def test_a_pack_another_process_wrote_after_this_one_looked_is_found(tmp_path):
     assert len(bytes(reader.get(d))) == 1024
 
 
+def test_looking_again_for_an_absent_object_reuses_the_table_of_packed_digests(tmp_path):
+    """Every object the cache lacked (a lazy read, ``has``) rebuilt the table of every
+    packed digest from every pack's index: 2,000 misses against 50,000 packed objects
+    took 14 s.  It is rebuilt only when a pack comes or goes."""
+    cache = Cache(str(tmp_path / "cache"))
+    entries = write(cache, small_tensors(packs.PACK_MIN))
+    reader = Cache(cache.root)
+    absent = [chunking.digest(b"absent %d" % i * 100) for i in range(3)]
+    table = reader._load_packs()
+    assert not any(reader.has(d) for d in absent)
+    assert reader.missing(absent) == set(absent)
+    with pytest.raises(MissingObjectError):
+        reader.get(absent[0])
+    assert reader._load_packs(force=True) is table
+    # a pack another process writes is still found, and one it removes is gone
+    more = write(Cache(cache.root), small_tensors(packs.PACK_MIN, seed=1))
+    d = next(iter(more.values())).chunks[0]
+    assert reader.has(d) and reader._load_packs(force=True) is not table
+    for path in pack_files(reader):
+        if d not in packs.read_index(path).entries:
+            os.unlink(path)
+    assert not {e.chunks[0] for e in entries.values()} & set(reader._load_packs(force=True))
+
+
 def test_digests_with_zero_bytes_at_either_end_round_trip(tmp_path):
     """numpy's fixed-width bytes type drops trailing zero bytes: one digest in 256 ends
     with one, and its object was then missing from its own pack."""

@@ -279,10 +279,16 @@ class Cache(ObjectStore):
                 except OSError:
                     continue  # removed since it was listed
                 current[path] = pack
-            packed: dict[str, packs.Pack] = {}
-            for pack in current.values():
-                for digest in pack.entries:
-                    packed.setdefault(digest, pack)
+            if current.keys() == self._packs.keys():
+                # the same packs (a reader that found an object nowhere looks again): the
+                # table of every packed digest is rebuilt only when a pack came or went,
+                # or each object a cache lacks cost a pass over every packed entry
+                packed = self._packed
+            else:
+                packed = {}
+                for pack in current.values():
+                    for digest in pack.entries:
+                        packed.setdefault(digest, pack)
             self._packs, self._packed, self._packs_read = current, packed, True
         return packed
 
