@@ -4,6 +4,7 @@ treats a packed object as it treats a loose one."""
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import time
@@ -176,6 +177,21 @@ def test_a_malformed_pack_index_is_refused_and_fsck_names_it(tmp_path, how):
         fresh.get(d)
     problems = gc.check_stored(fresh, set())
     assert len(problems) == 1 and os.path.basename(path) in problems[0]
+
+
+def test_a_pack_that_cannot_be_opened_is_named_by_fsck(tmp_path):
+    """A pack that cannot be opened (a symlink loop here; permissions, an I/O error) was
+    skipped without a word: its objects read as missing and fsck never named the pack."""
+    cache = Cache(str(tmp_path / "cache"))
+    entries = write(cache, small_tensors(packs.PACK_MIN))
+    [path] = pack_files(cache)
+    os.unlink(path)
+    os.symlink(os.path.basename(path), path)  # points at itself
+    fresh = Cache(cache.root)
+    assert fresh.missing([e.chunks[0] for e in entries.values()]) != set()
+    problems = gc.check_stored(fresh, set())
+    assert problems == [f"cannot read pack {os.path.basename(path)} in {fresh.url}: "
+                        f"{os.strerror(errno.ELOOP)}"]
 
 
 def test_a_corrupt_packed_object_takes_its_pack_to_quarantine_and_the_rest_stay(tmp_path):

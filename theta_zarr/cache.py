@@ -276,8 +276,14 @@ class Cache(ObjectStore):
                 except packs.PackError as e:
                     self.bad_packs[path] = f"{e} in {self.url}"
                     continue
-                except OSError:
-                    continue  # removed since it was listed
+                except OSError as e:
+                    if not os.path.lexists(path):
+                        continue  # removed since it was listed
+                    # unreadable (permissions, a symlink loop or a dangling one, an I/O
+                    # error): its objects read as missing, so fsck must name the pack
+                    self.bad_packs[path] = (f"cannot read pack {os.path.basename(path)} in "
+                                            f"{self.url}: {e.strerror}")
+                    continue
                 current[path] = pack
             if current.keys() == self._packs.keys():
                 # the same packs (a reader that found an object nowhere looks again): the
