@@ -160,9 +160,12 @@ def ensure_local(manifest: Manifest, cache: Cache, fetch: Fetcher | None,
         return
     if fetch is None:
         first = sorted(lacking)[0]
+        # a pack left out of every lookup is the likely reason: say which one
+        bad = sorted(cache.bad_packs.values())
+        why = f"; {len(bad)} pack(s) of the cache are unusable, first: {bad[0]}" if bad else ""
         raise MissingObjectError(
             f"{source}: {len(lacking)} chunk(s) are not in the cache and no remote is "
-            f"configured (first: {first})")
+            f"configured (first: {first}){why}")
     fetch(lacking, manifest.chunk_sizes())
 
 

@@ -183,6 +183,23 @@ def test_a_bad_chunk_of_a_torch_file_is_one_line(repo, fault):
         assert_one_line(checkout_fresh(repo, "opt.pt"), "opt.pt", "not in the cache")
 
 
+def test_a_checkout_that_misses_the_objects_of_an_unusable_pack_names_the_pack(repo):
+    """A pack cut short is left out of every lookup: the checkout said only that 120
+    chunks were not in the cache, and nothing of the pack that held them."""
+    from theta_zarr import packs
+    rng = np.random.default_rng(0)
+    safetensors.numpy.save_file({f"experts.{i}.w": rng.standard_normal(256, dtype=np.float32)
+                                 for i in range(packs.PACK_MIN + 20)},
+                                str(repo.path / "model.safetensors"))
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "experts")
+    [path] = packs.list_packs(str(repo.objects_dir.parent / packs.FOLDER))
+    os.chmod(path, 0o644)
+    os.truncate(path, os.path.getsize(path) - 1)
+    assert_one_line(checkout_fresh(repo, "model.safetensors"), "not in the cache",
+                    f"{os.path.basename(path)} is corrupt")
+
+
 @pytest.mark.parametrize("direct", ["off", "1"], ids=["pipe", "direct"])
 def test_corrupt_cache_object_is_fetched_again_from_the_remote(repo, tmp_path, direct):
     """Through git's pipe and in a direct write (after git is done) alike."""
