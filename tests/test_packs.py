@@ -159,11 +159,24 @@ def _corrupt_index(path: str, how: str) -> None:
         data[-packs.TRAILER.size:] = packs.TRAILER.pack(magic, count + 1, start)
     elif how == "cut":
         data = data[:start + entry]
+    elif how == "empty-entry":  # an object of 0 bytes: none is that small
+        data[start + 40:start + 48] = struct.pack("<Q", 0)
+    elif how == "overlap":  # the first entry spans every object: they add up to too much
+        data[start + 32:start + 48] = struct.pack("<QQ", 0, start)
+    elif how == "oversized":  # a sparse file whose trailer claims more objects than fit
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            size = packs.PACK_MAX + packs.MAX_ENTRY + 1
+            f.truncate(size)
+            f.seek(size)
+            f.write(packs.TRAILER.pack(magic, 0, size))
+        return
     os.chmod(path, 0o644)
     open(path, "wb").write(bytes(data))
 
 
-@pytest.mark.parametrize("how", ["offset", "length", "order", "trailer", "cut"])
+@pytest.mark.parametrize("how", ["offset", "length", "order", "trailer", "cut", "empty-entry",
+                                 "overlap", "oversized"])
 def test_a_malformed_pack_index_is_refused_and_fsck_names_it(tmp_path, how):
     cache = Cache(str(tmp_path / "cache"))
     entries = write(cache, small_tensors(packs.PACK_MIN))

@@ -101,8 +101,10 @@ class Pack:
 
 def read_index(path: str) -> Pack:
     """The pack at ``path`` with its index; PackError where the trailer or the index is
-    malformed (entries out of the file, unsorted or repeated digests, an entry larger
-    than ``MAX_ENTRY``), OSError where the file cannot be read."""
+    malformed (entries out of the file, unsorted or repeated digests, an entry of 0 bytes
+    or larger than ``MAX_ENTRY``, entries that add up to more bytes than the objects take,
+    more objects than ``PACK_MAX`` allows), OSError where the file cannot be read.  The
+    index is read a block at a time and checked as it comes."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO planted here must not block
     try:
         st = os.fstat(fd)
@@ -114,20 +116,30 @@ def read_index(path: str) -> Pack:
         end = st.st_size - TRAILER.size
         if magic != MAGIC or start + count * ENTRY.size != end:
             raise PackError(f"pack {name} is corrupt (its trailer does not match its size)")
-        raw = os.pread(fd, end - start, start)
+        if start > PACK_MAX + MAX_ENTRY:  # no pack holds more: a trailer that lies
+            raise PackError(f"pack {name} is corrupt (its trailer gives {start} bytes of "
+                            f"objects, more than a pack holds)")
+        entries: dict[str, tuple[int, int]] = {}
+        last = ""
+        total = 0  # the objects' bytes: they do not overlap, so at most ``start``
+        # read a block at a time and checked as it comes: a hostile or sparse file's
+        # index (gigabytes of it) is refused at its first bad entry, never read whole
+        step = ENTRY.size * (WRITE_BLOCK // ENTRY.size)
+        for at in range(start, end, step):
+            raw = os.pread(fd, min(step, end - at), at)
+            if len(raw) != min(step, end - at):
+                raise PackError(f"pack {name} is corrupt (its index is cut short)")
+            for digest, offset, length in ENTRY.iter_unpack(raw):
+                key = f"blake3:{digest.hex()}"
+                total += length
+                if not 0 < length <= MAX_ENTRY or offset + length > start or \
+                        total > start or key <= last:
+                    raise PackError(f"pack {name} is corrupt (an index entry is out of the "
+                                    "file, too large, or out of order)")
+                entries[key] = (offset, length)
+                last = key
     finally:
         os.close(fd)
-    if len(raw) != end - start:
-        raise PackError(f"pack {name} is corrupt (its index is cut short)")
-    entries: dict[str, tuple[int, int]] = {}
-    last = ""
-    for digest, offset, length in ENTRY.iter_unpack(raw):
-        key = f"blake3:{digest.hex()}"
-        if length > MAX_ENTRY or offset + length > start or key <= last:
-            raise PackError(f"pack {name} is corrupt (an index entry is out of the file, too "
-                            "large, or out of order)")
-        entries[key] = (offset, length)
-        last = key
     return Pack(path, st.st_mtime, entries)
 
 
