@@ -48,6 +48,7 @@ from .objects import (
 from .redact import credential_part
 from .settings import DEFAULT_WORKERS, parse_bool
 from .storage import StorageError, check_url, credential_hint, open_store
+from .storage.local import LocalStore
 from .wording import counted
 
 #: Option names a remote may carry in git config or .thetazarr (none is a secret).
@@ -227,8 +228,14 @@ def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
     concurrency = int(spec.options.get("concurrency", concurrency))  # checked by RemoteSpec
     check_trusted(spec)  # before the storage library is set up for that endpoint
     blobs = open_store(spec.url, storage_options(spec.url, spec.options, concurrency))
-    store = ObjectStore(blobs, codec=spec.codec, concurrency=concurrency,
-                        retry_timeout=retry_timeout(spec))  # bounds every call, this one too
+    if isinstance(blobs, LocalStore) and os.path.isdir(os.path.join(blobs.root, packs.FOLDER)):
+        # a local repository's own cache (the git remote of 'git clone ../repo' is a work
+        # tree, served from its cache): its small objects are in packs, which only a
+        # Cache reads
+        store: ObjectStore = Cache(blobs.root, codec=spec.codec, concurrency=concurrency)
+    else:
+        store = ObjectStore(blobs, codec=spec.codec, concurrency=concurrency,
+                            retry_timeout=retry_timeout(spec))  # bounds every call, this one too
     if need is not None:
         store.check_root(for_write=need == "write")
     return store

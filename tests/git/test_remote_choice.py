@@ -317,14 +317,25 @@ def test_a_clone_of_a_local_work_tree_reads_and_pushes_its_object_cache(repo, ma
                                                                          tmp_path):
     """``git clone ~/proj ~/proj2``: the chunks are in proj's own cache (.git/theta-zarr);
     they were looked for in proj/theta-zarr (the clone's checkout failed), and a push from
-    the clone dropped them there, an untracked folder in proj's work tree."""
+    the clone dropped them there, an untracked folder in proj's work tree.  A checkpoint
+    of many small tensors is in a pack of that cache, which a folder remote did not read
+    (every chunk of it was missing)."""
+    import numpy as np
+    import safetensors.numpy
+
+    from theta_zarr import packs
+    rng = np.random.default_rng(0)
+    safetensors.numpy.save_file({f"experts.{i}.w": rng.standard_normal(256, dtype=np.float32)
+                                 for i in range(packs.PACK_MIN + 20)},
+                                str(repo.path / "experts.safetensors"))
     m = _commit(repo, 0)
+    assert packs.list_packs(str(repo.path / ".git" / "theta-zarr" / packs.FOLDER))
     repo.run("git", "theta-zarr", "install", "--global")  # the clone gets the filter
     clone = make_repo("proj2")
     clone.path.rmdir()
     GitRepo(tmp_path, repo.env).git("clone", "-q", str(repo.path), "proj2")
-    assert (clone.path / "m.safetensors").read_bytes() == \
-        (repo.path / "m.safetensors").read_bytes()
+    for name in ("m.safetensors", "experts.safetensors"):
+        assert (clone.path / name).read_bytes() == (repo.path / name).read_bytes()
     m2 = _commit(clone, 1)
     repo.git("config", "receive.denyCurrentBranch", "updateInstead")
     err = clone.git("push", "-q", "origin", "main").stderr.decode()
