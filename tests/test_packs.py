@@ -306,6 +306,28 @@ def test_prune_trims_packs_by_age_as_it_trims_loose_objects(tmp_path):
     assert len(pack_files(fresh)) == 1
 
 
+def test_prune_by_size_keeps_the_date_of_the_packed_objects_it_keeps(tmp_path):
+    """A pack rewritten without the objects a prune --max-size dropped was dated now: the
+    old objects it kept looked most recently used, and the next prune evicted a newer
+    checkpoint's chunks instead of them."""
+    cache = Cache(str(tmp_path / "cache"))
+    old = [e.chunks[0] for e in write(cache, small_tensors(packs.PACK_MIN, seed=1)).values()]
+    [old_pack] = pack_files(cache)
+    age(old_pack, 3 * 3600)
+    then = os.stat(old_pack).st_mtime
+    new = [e.chunks[0] for e in write(cache, small_tensors(packs.PACK_MIN, seed=2)).values()]
+    [new_pack] = [p for p in pack_files(cache) if p != old_pack]
+    age(new_pack, 2 * 3600)
+    size = len(codecs.header("raw")) + 1024  # of each object
+    cutoff = time.time() - 3600
+    gc.prune(cache, cutoff, max_bytes=size * (packs.PACK_MIN + packs.PACK_MIN // 2))
+    [kept] = [p for p in pack_files(cache) if p != new_pack]
+    assert os.stat(kept).st_mtime == pytest.approx(then, abs=1)
+    gc.prune(cache, cutoff, max_bytes=size * packs.PACK_MIN)  # the old ones go first
+    fresh = Cache(cache.root)
+    assert fresh.missing(new) == set() and fresh.missing(old) == set(old)
+
+
 def test_a_failed_clean_leaves_no_pack(tmp_path):
     cache = Cache(str(tmp_path / "cache"))
     writer = ChunkWriter(cache, workers=2)

@@ -361,9 +361,12 @@ class Cache(ObjectStore):
             aside = os.path.join(self._packs_dir, f"{TMP_PREFIX}gc-{os.getpid()}-"
                                                   f"{os.path.basename(path)}")
             try:
-                if live:
+                if live:  # as old as the objects it keeps: a new date made them look
+                    # most recently used, and the next prune --max-size evicted a newer
+                    # checkpoint's chunks instead
                     packs.write_pack(self._packs_dir,
-                                     ((d, pack.read(*pack.entries[d])) for d in live))
+                                     ((d, pack.read(*pack.entries[d])) for d in live),
+                                     mtime=pack.mtime)
                 os.rename(path, aside)
             except FileNotFoundError:
                 continue  # another gc took it

@@ -158,11 +158,15 @@ class PackWriter:
     """Objects appended to a temporary file in ``folder``; ``commit`` adds the index and
     renames it to its pack name.  Thread-safe: ``add`` may be called from many threads.
 
+    ``mtime`` (seconds since the epoch), where given, dates each pack before it is
+    renamed into place (gc's rewrite of a pack keeps the date of the objects it keeps).
+
     Raises OSError where the folder or the file cannot be written.
     """
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, mtime: float | None = None):
         self.folder = folder
+        self.mtime = mtime
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._tmp = ""
@@ -230,6 +234,8 @@ class PackWriter:
         os.close(fd)
         path = os.path.join(self.folder, f"pack-{blake3.blake3(index).hexdigest()}{SUFFIX}")
         try:
+            if self.mtime is not None:
+                os.utime(tmp, (self.mtime, self.mtime))
             os.replace(tmp, path)  # the same index names the same objects: same bytes
         except BaseException:
             _unlink(tmp)
@@ -250,10 +256,11 @@ class PackWriter:
             _unlink(self._tmp)
 
 
-def write_pack(folder: str, objects: Iterator[tuple[str, bytes | memoryview]]) -> list[str]:
-    """A pack (or more, past ``PACK_MAX``) of these (digest, stored object) pairs; the
-    paths written."""
-    writer = PackWriter(folder)
+def write_pack(folder: str, objects: Iterator[tuple[str, bytes | memoryview]],
+               mtime: float | None = None) -> list[str]:
+    """A pack (or more, past ``PACK_MAX``) of these (digest, stored object) pairs, dated
+    ``mtime`` where given; the paths written."""
+    writer = PackWriter(folder, mtime)
     try:
         for digest, obj in objects:
             writer.add(digest, [obj])
