@@ -192,6 +192,35 @@ def test_a_malformed_pack_index_is_refused_and_fsck_names_it(tmp_path, how):
     assert len(problems) == 1 and os.path.basename(path) in problems[0]
 
 
+def test_a_malformed_pack_is_read_once_and_forgotten_once_replaced(tmp_path):
+    """A malformed pack's index was read again at every look for an absent object (the
+    whole index, where the fault is at its end), and it stayed among the bad packs of a
+    process after a good pack of the same name replaced it."""
+    cache = Cache(str(tmp_path / "cache"))
+    entries = write(cache, small_tensors(packs.PACK_MIN))
+    digests = [e.chunks[0] for e in entries.values()]
+    [path] = pack_files(cache)
+    good = open(path, "rb").read()
+    _corrupt_index(path, "order")
+    reader = Cache(cache.root)
+    assert reader.missing(digests) == set(digests) and list(reader.bad_packs) == [path]
+    # the good bytes written back in place, the bad file's date kept: not read again
+    st = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(good)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert reader.missing(digests) == set(digests) and list(reader.bad_packs) == [path]
+    os.utime(path)  # a pack written in its place
+    assert reader.missing(digests) == set() and reader.bad_packs == {}
+    junk = os.path.join(os.path.dirname(path), f"pack-junk{packs.SUFFIX}")
+    with open(junk, "wb") as f:
+        f.write(b"junk" * 10)
+    absent = chunking.digest(b"absent" * 200)
+    assert reader.missing([absent]) == {absent} and list(reader.bad_packs) == [junk]
+    os.unlink(junk)
+    assert reader.missing([absent]) == {absent} and reader.bad_packs == {}
+
+
 def test_a_pack_that_cannot_be_opened_is_named_by_fsck(tmp_path):
     """A pack that cannot be opened (a symlink loop here; permissions, an I/O error) was
     skipped without a word: its objects read as missing and fsck never named the pack."""

@@ -69,8 +69,12 @@ class Cache(ObjectStore):
         self._packs: dict[str, packs.Pack] = {}  # path -> pack, as last read
         self._packed: dict[str, packs.Pack] = {}  # digest -> the pack holding it
         self._packs_read = False  # the packs folder was read once
-        #: packs whose index is malformed (path -> one line), left out of every lookup
+        #: packs whose index is malformed or that cannot be opened (path -> one line), as
+        #: the packs were last read: left out of every lookup
         self.bad_packs: dict[str, str] = {}
+        # a malformed pack's (size, mtime, inode) and line: a reader that looks again for
+        # an absent object does not read its index again
+        self._bad_stats: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     @property
     def tmp_dir(self) -> str:
@@ -261,6 +265,7 @@ class Cache(ObjectStore):
             if self._packs_read and not force:
                 return self._packed
             current: dict[str, packs.Pack] = {}
+            bad: dict[str, str] = {}
             try:
                 listed = packs.list_packs(self._packs_dir)
             except OSError as e:
@@ -269,22 +274,32 @@ class Cache(ObjectStore):
             for path in listed:
                 pack = self._packs.get(path)
                 try:
+                    st = os.stat(path)
                     if pack is None:
+                        known = self._bad_stats.get(path)
+                        if known is not None and known[0] == _file_id(st):
+                            bad[path] = known[1]  # the same bad file: not read again
+                            continue
                         pack = packs.read_index(path)
                     else:  # the same file (packs never change); its mtime may have
-                        pack.mtime = os.stat(path).st_mtime
+                        pack.mtime = st.st_mtime
                 except packs.PackError as e:
-                    self.bad_packs[path] = f"{e} in {self.url}"
+                    bad[path] = f"{e} in {self.url}"
+                    self._bad_stats[path] = (_file_id(st), bad[path])
                     continue
                 except OSError as e:
                     if not os.path.lexists(path):
                         continue  # removed since it was listed
                     # unreadable (permissions, a symlink loop or a dangling one, an I/O
                     # error): its objects read as missing, so fsck must name the pack
-                    self.bad_packs[path] = (f"cannot read pack {os.path.basename(path)} in "
-                                            f"{self.url}: {e.strerror}")
+                    bad[path] = (f"cannot read pack {os.path.basename(path)} in "
+                                 f"{self.url}: {e.strerror}")
                     continue
                 current[path] = pack
+            # a bad pack deleted, or replaced by a good one (the next clean or fetch of its
+            # objects writes a pack of the same name), is no longer reported
+            self.bad_packs = bad
+            self._bad_stats = {p: v for p, v in self._bad_stats.items() if p in bad}
             if current.keys() == self._packs.keys():
                 # the same packs (a reader that found an object nowhere looks again): the
                 # table of every packed digest is rebuilt only when a pack came or went,
@@ -589,6 +604,11 @@ class Packer:
         self._held = {}
         if self._writer is not None:
             self._writer.abort()
+
+
+def _file_id(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells a file from one written in its place: size, mtime and inode."""
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _raw_form(path: str) -> bool:
