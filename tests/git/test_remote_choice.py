@@ -347,6 +347,27 @@ def test_a_clone_of_a_local_work_tree_reads_and_pushes_its_object_cache(repo, ma
     assert manifest_at(repo, "HEAD", "m.safetensors") == m2
 
 
+def test_a_clone_of_a_work_tree_with_its_own_cache_setting_reads_that_cache(repo, make_repo,
+                                                                            tmp_path):
+    """``git clone ~/proj`` where proj's config sets ``theta-zarr.cache``: the chunks were
+    looked for in proj/.git/theta-zarr, which holds none (the checkout failed), and a push
+    from the clone put them there, where proj never looks."""
+    repo.git("config", "theta-zarr.cache", "../shared")  # relative: to proj's work tree
+    m = _commit(repo, 0)
+    shared = tmp_path / "shared"
+    assert not (repo.path / ".git" / "theta-zarr" / "objects").exists()
+    repo.run("git", "theta-zarr", "install", "--global")
+    clone = make_repo("proj2")
+    clone.path.rmdir()
+    GitRepo(tmp_path, repo.env).git("clone", "-q", str(repo.path), "proj2")
+    assert (clone.path / "m.safetensors").read_bytes() == \
+        (repo.path / "m.safetensors").read_bytes()
+    m2 = _commit(clone, 1)
+    err = clone.git("push", "-q", "origin", "HEAD:refs/heads/from-clone").stderr.decode()
+    assert f"({shared};" in err, err
+    assert open_remote(RemoteSpec("s", str(shared))).missing(m.digests() | m2.digests()) == set()
+
+
 def test_a_tag_of_a_tree_or_a_blob_is_pushed(repo, tmp_path):
     """``git push origin HEAD^{tree}:refs/tags/t``: the hook refused ("not a commit")."""
     bare = _origin(repo, tmp_path)

@@ -166,11 +166,13 @@ def _git_remote_path(repo: Repo, name: str, url: str | None = None) -> str | Non
     return path if os.path.isdir(path) else None
 
 
-def _beside(path: str) -> str:
+def _beside(repo: Repo, path: str) -> str:
     """The folder remote of a git remote that is the local repository at ``path``: its
     object cache, ``<git-common-dir>/theta-zarr``, as git-lfs serves a local remote from
-    its own store.  A bare repository is its own git dir; a work tree has ``.git`` (a
-    folder, or a ``gitdir:`` file for a linked work tree or a submodule)."""
+    its own store, or the folder its own git config's ``theta-zarr.cache`` names (taken
+    from its main work tree where relative, as that repository takes it).  A bare
+    repository is its own git dir; a work tree has ``.git`` (a folder, or a ``gitdir:``
+    file for a linked work tree or a submodule)."""
     dot_git = os.path.join(path, ".git")
     git_dir = path
     if os.path.isdir(dot_git):
@@ -188,6 +190,17 @@ def _beside(path: str) -> str:
                     git_dir = os.path.join(git_dir, f.readline().strip())
             except OSError:
                 pass  # no commondir: the git dir is its own common dir
+    # 'git clone ~/proj' where proj keeps its chunks in a cache its config names: they
+    # are there, not in its git dir (a setting of every scope but its own is this
+    # repository's too, so this one's cache is that one)
+    config = os.path.join(git_dir, "config")
+    cache = repo.git("config", "--file", config, "--get", "theta-zarr.cache",
+                     check=False).decode().strip() if os.path.isfile(config) else ""
+    if cache:
+        cache = os.path.expanduser(cache)
+        main = os.path.dirname(os.path.normpath(git_dir)) \
+            if os.path.basename(os.path.normpath(git_dir)) == ".git" else path
+        return os.path.normpath(os.path.join(main, cache))  # an absolute one stays
     return os.path.normpath(os.path.join(git_dir, "theta-zarr"))
 
 
@@ -212,7 +225,7 @@ def resolve(repo: Repo, name: str | None = None) -> RemoteSpec | None:
         return specs[name]
     path = _git_remote_path(repo, name)
     if path is not None:
-        return RemoteSpec(name, _beside(path))
+        return RemoteSpec(name, _beside(repo, path))
     return None
 
 
@@ -237,7 +250,7 @@ def for_git_remote(repo: Repo, git_remote: str, url: str | None = None
         return specs[default], f"theta remote {default!r}: theta-zarr.default-remote"
     path = _git_remote_path(repo, git_remote, url)
     if path is not None:
-        return (RemoteSpec(git_remote, _beside(path)), f"next to git remote {git_remote!r}")
+        return (RemoteSpec(git_remote, _beside(repo, path)), f"next to git remote {git_remote!r}")
     if len(specs) == 1:
         spec = next(iter(specs.values()))
         return spec, f"theta remote {spec.name!r}: the only one configured"
