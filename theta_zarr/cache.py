@@ -256,7 +256,7 @@ class Cache(ObjectStore):
     def _load_packs(self, force: bool = False) -> dict[str, packs.Pack]:
         """digest -> the pack holding it, as read at the first call, or read again with
         ``force``.  A view older than the folder costs nothing wrong: a pack never
-        changes (one gc replaced still reads, from the map or the file a reader holds),
+        changes (one gc replaced still reads, from the file a reader holds open),
         and a reader that finds an object nowhere reads the folder again (``force``)
         before it calls the object missing; a writer at worst stores a second copy."""
         if self._packs_read and not force:
