@@ -436,3 +436,20 @@ def test_a_pack_cut_short_after_it_was_read_is_quarantined_and_its_readable_part
     assert reader.missing(order) == {last}
     name = next(n for n, e in entries.items() if e.chunks[0] == order[0])
     assert bytes(reader.get(order[0])) == tensors[name].tobytes()
+
+
+def test_a_pack_holds_at_most_max_objects_and_an_index_claiming_more_is_refused(
+        tmp_path, monkeypatch):
+    """The count is bounded as the bytes are: a hostile index of 3 x 10^7 tiny entries
+    would otherwise cost gigabytes to hold."""
+    folder = str(tmp_path / "packs")
+    digests = [chunking.digest(bytes([i]) * 600) for i in range(5)]
+    monkeypatch.setattr(packs, "MAX_OBJECTS", 3)
+    written = packs.write_pack(folder, ((d, d.encode()) for d in digests))
+    assert len(written) == 2  # the writer closed the first pack at 3 objects
+    assert sorted(d for p in written for d in packs.read_index(p).entries) == sorted(digests)
+    monkeypatch.setattr(packs, "MAX_OBJECTS", 10)
+    [five] = packs.write_pack(str(tmp_path / "more"), ((d, d.encode()) for d in digests))
+    monkeypatch.setattr(packs, "MAX_OBJECTS", 4)
+    with pytest.raises(packs.PackError, match="more than a pack holds"):
+        packs.read_index(five)

@@ -54,6 +54,9 @@ PACK_MIN = 100
 SMALL_OBJECT = 64 << 10
 #: a pack is closed, and another started, once it holds this many bytes
 PACK_MAX = 256 << 20
+#: ... or this many objects (an index of more is refused: a hostile one of 3 x 10^7 tiny
+#: entries would cost gigabytes to hold in memory)
+MAX_OBJECTS = 1 << 20
 #: objects are written to the pack in blocks of about this many bytes
 WRITE_BLOCK = 1 << 20
 #: no object in a pack is larger than this (packs hold small chunks, encoded)
@@ -103,8 +106,8 @@ def read_index(path: str) -> Pack:
     """The pack at ``path`` with its index; PackError where the trailer or the index is
     malformed (entries out of the file, unsorted or repeated digests, an entry of 0 bytes
     or larger than ``MAX_ENTRY``, entries that add up to more bytes than the objects take,
-    more objects than ``PACK_MAX`` allows), OSError where the file cannot be read.  The
-    index is read a block at a time and checked as it comes."""
+    more objects or bytes than ``MAX_OBJECTS`` and ``PACK_MAX`` allow), OSError where the
+    file cannot be read.  The index is read a block at a time and checked as it comes."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO planted here must not block
     try:
         st = os.fstat(fd)
@@ -116,9 +119,9 @@ def read_index(path: str) -> Pack:
         end = st.st_size - TRAILER.size
         if magic != MAGIC or start + count * ENTRY.size != end:
             raise PackError(f"pack {name} is corrupt (its trailer does not match its size)")
-        if start > PACK_MAX + MAX_ENTRY:  # no pack holds more: a trailer that lies
-            raise PackError(f"pack {name} is corrupt (its trailer gives {start} bytes of "
-                            f"objects, more than a pack holds)")
+        if start > PACK_MAX + MAX_ENTRY or count > MAX_OBJECTS:  # a trailer that lies
+            raise PackError(f"pack {name} is corrupt (its trailer gives {count} objects "
+                            f"of {start} bytes, more than a pack holds)")
         entries: dict[str, tuple[int, int]] = {}
         last = ""
         total = 0  # the objects' bytes: they do not overlap, so at most ``start``
@@ -185,7 +188,8 @@ class PackWriter:
             if digest in self._seen:
                 return 0
             self._seen.add(digest)
-            if self._fd is not None and self._offset + size > PACK_MAX:
+            if self._fd is not None and (self._offset + size > PACK_MAX
+                                         or len(self._entries) >= MAX_OBJECTS):
                 self._commit_locked()
             if self._fd is None:
                 self._open()
