@@ -453,3 +453,30 @@ def test_a_pack_holds_at_most_max_objects_and_an_index_claiming_more_is_refused(
     monkeypatch.setattr(packs, "MAX_OBJECTS", 4)
     with pytest.raises(packs.PackError, match="more than a pack holds"):
         packs.read_index(five)
+
+
+def test_a_process_that_handles_large_chunks_only_never_reads_a_packs_index(
+        tmp_path, monkeypatch):
+    """Every git command that starts the filter read every pack index before its first
+    lookup (1 s per 10^6 packed objects): a 4 MiB chunk is never in a pack, so a clean,
+    an existence check and a checkout of large chunks leave the packs unread."""
+    root = str(tmp_path / "cache")
+    write(Cache(root), small_tensors(packs.PACK_MIN))  # a pack in the cache
+    reads = []
+    real = packs.read_index
+    monkeypatch.setattr(packs, "read_index", lambda path: reads.append(path) or real(path))
+    cache = Cache(root)
+    big = {"w": np.arange(1 << 17, dtype=np.float32)}  # one 512 KiB chunk
+    entries = write(cache, big)
+    d = entries["w"].chunks[0]
+    assert cache.missing([d]) == set() and cache.has(d)
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    try:
+        cache.copy_to(d, fd, 0, big["w"].nbytes)
+    finally:
+        os.close(fd)
+    assert bytes(cache.get(d)) == big["w"].tobytes()
+    assert reads == []
+    # a small chunk still finds its pack
+    small = small_tensors(1)["experts.0.w"]
+    assert cache.missing([chunking.digest(small.tobytes())]) == set() and reads

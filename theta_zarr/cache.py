@@ -112,7 +112,9 @@ class Cache(ObjectStore):
         (zstd, blosc: written by a repository sharing this cache with another
         ``cache-compression``, or before this one's changed) is a good object, kept.
         """
-        held = self._load_packs().get(digest)
+        held = None  # a pack holds small chunks only: a large one never reads their indexes
+        if len(raw) <= packs.SMALL_OBJECT:
+            held = (packer.packed() if packer is not None else self._load_packs()).get(digest)
         if held is not None and self._packed_whole(held, digest, raw):
             stale = time.time() - held.mtime > FRESHEN_AFTER
             if _freshen(held.path, held.mtime):
@@ -140,19 +142,17 @@ class Cache(ObjectStore):
         answered from its stat record).  Returns the digests not present (deleted, or
         taken by a gc running now): the caller must store them again."""
         gone = set()
-        packed = self._load_packs()
         fresh: set[str] = set()  # packs freshened already
         for digest in set(digests):
-            held = packed.get(digest)
-            if held is not None:
-                if held.path in fresh or _freshen(held.path, held.mtime):
-                    fresh.add(held.path)
-                    continue
             path = self._object_path(digest)
             try:
                 mtime = os.stat(path).st_mtime
-            except OSError:  # as ``missing`` counts it
-                gone.add(digest)
+            except OSError:  # not loose: in a pack, or as ``missing`` counts it
+                held = self._load_packs().get(digest)
+                if held is not None and (held.path in fresh or _freshen(held.path, held.mtime)):
+                    fresh.add(held.path)
+                else:
+                    gone.add(digest)
                 continue
             if not _freshen(path, mtime):
                 gone.add(digest)
@@ -247,10 +247,7 @@ class Cache(ObjectStore):
 
     # -- packs --------------------------------------------------------------------------
     def packer(self) -> Packer:
-        """A Packer for one clean's new small objects (see ``packs``); the packs present
-        now are read first (a long-running process, ``watch``, would otherwise store
-        again what its own earlier cleans packed)."""
-        self._load_packs(force=True)
+        """A Packer for one clean's new small objects (see ``packs``)."""
         return Packer(self)
 
     def _load_packs(self, force: bool = False) -> dict[str, packs.Pack]:
@@ -316,8 +313,17 @@ class Cache(ObjectStore):
     def _from_pack(self, digest: str, size: int | None = None, reload: bool = False
                    ) -> bytes | None:
         """The stored object from the pack holding it, None where no pack does.  ``size``
-        (the chunk's raw size) bounds it as ``get_encoded`` does."""
-        held = self._load_packs(force=reload).get(digest)
+        (the chunk's raw size) bounds it as ``get_encoded`` does.
+
+        Without ``reload``, only packs already read are asked, and no pack for a chunk too
+        large for one: a process that reads large chunks only never reads a pack's index
+        (the caller tries the loose object next, then asks again with ``reload``)."""
+        if reload:
+            held = self._load_packs(force=True).get(digest)
+        elif size is not None and size > packs.SMALL_OBJECT:
+            return None
+        else:
+            held = self._packed.get(digest)
         if held is None:
             return None
         offset, length = held.entries[digest]
@@ -398,7 +404,7 @@ class Cache(ObjectStore):
 
     # -- reads: a pack first (a dictionary lookup), then the loose object ------------
     def has(self, digest: str) -> bool:
-        return digest in self._load_packs() or super().has(digest) or \
+        return digest in self._packed or super().has(digest) or \
             digest in self._load_packs(force=True)
 
     def get_encoded(self, digest: str, size: int | None = None) -> bytes:
@@ -445,9 +451,9 @@ class Cache(ObjectStore):
         ``stat`` each, in this thread (a thread-pool task per digest would cost ten times
         the ``stat``)."""
         path, exists = self._object_path, os.path.exists
-        packed = self._load_packs()
+        packed = self._packed  # the packs read so far (none: a large checkpoint's reads)
         lacking = {d for d in set(digests) if d not in packed and not exists(path(d))}
-        if lacking:  # written into a pack since it was read
+        if lacking:  # in a pack not read yet, or written since
             packed = self._load_packs(force=True)
             lacking = {d for d in lacking if d not in packed}
         return lacking
@@ -567,6 +573,16 @@ class Packer:
         self._lock = threading.Lock()
         self._held: dict[str, bytes] = {}
         self._writer: packs.PackWriter | None = None
+        self._looked = False
+
+    def packed(self) -> dict[str, packs.Pack]:
+        """digest -> pack of the cache, its packs folder read again at the first call
+        (a long-running process, ``watch``, would otherwise store again what its own
+        earlier cleans packed; a clean of large chunks only never reads it)."""
+        if not self._looked:
+            self.cache._load_packs(force=True)
+            self._looked = True
+        return self.cache._packed
 
     def add(self, digest: str, parts: list[bytes | memoryview]) -> int:
         """Take one encoded object (its parts, in order); returns its size."""
