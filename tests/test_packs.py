@@ -190,6 +190,12 @@ def test_a_malformed_pack_index_is_refused_and_fsck_names_it(tmp_path, how):
         fresh.get(d)
     problems = gc.check_stored(fresh, set())
     assert len(problems) == 1 and os.path.basename(path) in problems[0]
+    # gc (here the node cache's prune, the same step) moves it to quarantine, where it is
+    # kept a grace period as corrupt objects are; fsck no longer names it
+    gc.prune(fresh, time.time() - 3600)
+    assert pack_files(fresh) == []
+    assert os.listdir(os.path.join(cache.root, QUARANTINE)) == [os.path.basename(path)]
+    assert gc.check_stored(Cache(cache.root), set()) == []
 
 
 def test_a_malformed_pack_is_read_once_and_forgotten_once_replaced(tmp_path):

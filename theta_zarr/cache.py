@@ -246,6 +246,26 @@ class Cache(ObjectStore):
         return f"moved its pack to {where} (its other objects stay, stored loose)"
 
     # -- packs --------------------------------------------------------------------------
+    def quarantine_bad_packs(self) -> list[str]:
+        """Move the packs whose index is malformed to ``<cache>/quarantine/``, dated by
+        the move (gc deletes them once older than its grace period, as it does corrupt
+        objects); the names moved.  Their objects were unreadable already (each read as
+        missing); a pack that cannot be opened (permissions) is left where it is."""
+        self._load_packs(force=True)
+        moved = []
+        for path in list(self._bad_stats):
+            dest = os.path.join(self.root, QUARANTINE, os.path.basename(path))
+            try:
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.replace(path, dest)
+                os.utime(dest)
+            except OSError:
+                continue  # gone already, or a read-only cache
+            moved.append(os.path.basename(path))
+        if moved:
+            self._load_packs(force=True)
+        return moved
+
     def packer(self) -> Packer:
         """A Packer for one clean's new small objects (see ``packs``)."""
         return Packer(self)

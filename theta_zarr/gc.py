@@ -534,6 +534,8 @@ def collect(cache: Cache, roots_of: Callable[[], Roots], grace: float,
             sweep.keys = [(k, n) for k, n in sweep.keys if k in gone]
         trash.empty()
         delete_debris(remote.blobs, sweeps[4])
+    if not keep_cache:
+        cache.quarantine_bad_packs()  # unreadable already: kept a grace period, then gone
     delete_unused(cache, sweeps[0], cutoff)
     delete_debris(cache.blobs, sweeps[1])
     delete(cache, quarantined)
@@ -578,6 +580,7 @@ def prune(cache: Cache, cutoff: float, max_bytes: int | None = None,
     sweeps = [plan_prune(cache, cutoff, max_bytes), plan_debris(cache.blobs, cutoff, cache.url)]
     quarantined = plan_quarantine(cache, cutoff)
     if not dry_run:
+        cache.quarantine_bad_packs()
         delete_unused(cache, sweeps[0], cutoff)
         delete_debris(cache.blobs, sweeps[1])
         delete(cache, quarantined)
