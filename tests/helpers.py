@@ -364,9 +364,9 @@ class CountingCache(Cache):
         super().__init__(root)
         self.reads: list[str] = []
 
-    def get(self, digest: str):
+    def get(self, digest: str, bases=None, size: int | None = None):
         self.reads.append(digest)
-        return super().get(digest)
+        return super().get(digest, bases, size)
 
 
 def make_store(tmp_path: Path) -> ReadThrough:

@@ -134,3 +134,30 @@ def test_s3_reads_skip_botocores_response_crc_and_still_refuse_a_corrupt_object(
     remote.blobs.put(object_key(digest), [codecs.header("raw"), raw[:-1] + b"?"])
     with pytest.raises(ObjectError, match="corrupt"):
         remote.get(digest)
+
+
+def test_single_chunk_reads_bound_the_remote_object_by_the_chunks_size(tmp_path):
+    """A lazy read (ReadThrough) and the repair of a corrupt cache object (Healing) fetch
+    one object with its chunk's size from the manifest: an object larger than any storage
+    form of that chunk is refused before it is read (a sparse file of 1 GiB here)."""
+    from theta_zarr.checkpoint import Healing
+    from theta_zarr.remote import ReadThrough
+
+    raw = os.urandom(4096)
+    digest = chunking.digest(raw)
+    remote = remote_at(tmp_path / "remote")
+    planted = tmp_path / "remote" / object_key(digest)
+    planted.parent.mkdir(parents=True)
+    with open(planted, "wb") as f:
+        f.truncate(1 << 30)
+    cache = Cache(str(tmp_path / "cache"))
+    lazy = ReadThrough(cache, lambda: remote)
+    with pytest.raises(ObjectError, match="any storage form of its chunk takes"):
+        lazy.get(digest, size=len(raw))
+    cache.put(digest, raw)
+    held = tmp_path / "cache" / object_key(digest)
+    os.chmod(held, 0o644)
+    held.write_bytes(held.read_bytes()[:-1] + b"!")  # corrupt: quarantined on read
+    with pytest.raises(ObjectError, match="any storage form of its chunk takes"):
+        Healing(cache, lazy.fetch).get(digest, size=len(raw))
+    assert not cache.has(digest)

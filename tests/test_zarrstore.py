@@ -27,8 +27,10 @@ from theta_zarr import checkpoint, zarrdtypes
 from theta_zarr.cache import Cache
 from theta_zarr.dtypes import BY_NAME
 from theta_zarr.manifest import Manifest, ManifestError, ParamEntry
-from theta_zarr.objects import MissingObjectError, ObjectError
+from theta_zarr.objects import MissingObjectError, ObjectError, ObjectStore, object_key
+from theta_zarr.remote import ReadThrough
 from theta_zarr.settings import Settings
+from theta_zarr.storage import open_store
 from theta_zarr.zarrstore import ManifestStore, open_group
 
 PROTO = default_buffer_prototype()
@@ -297,6 +299,24 @@ def test_missing_object_is_an_error_not_zeros(cleaned) -> None:
     group = open_group(manifest, cache)
     with pytest.raises(MissingObjectError, match=digest):
         group["f8_e4m3fn"][0]
+
+
+def test_a_lazy_read_bounds_the_remote_object_by_its_chunk(cleaned, tmp_path) -> None:
+    """A chunk the cache lacks is fetched with its size from the manifest: a remote object
+    larger than any storage form of that chunk is refused before it is read (here a
+    sparse file of 1 GiB, free to plant in a folder remote)."""
+    _, manifest, cache = cleaned
+    digest = manifest.params["f8_e4m3fn"].chunks[0]
+    cached_object_path(cache.root, digest).unlink()
+    remote = ObjectStore(open_store(str(tmp_path / "remote")), retries=0)
+    planted = tmp_path / "remote" / object_key(digest)
+    planted.parent.mkdir(parents=True)
+    with open(planted, "wb") as f:
+        f.truncate(1 << 30)
+    group = open_group(manifest, ReadThrough(cache, lambda: remote))
+    with pytest.raises(ObjectError, match=f"{digest}.*any storage form of its chunk takes"):
+        group["f8_e4m3fn"][0]
+    assert not cache.has(digest)
 
 
 def test_store_keys_ranges_and_listing(cleaned) -> None:

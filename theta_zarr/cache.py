@@ -187,9 +187,16 @@ class Cache(ObjectStore):
             os.unlink(aside)
         return True
 
-    def get(self, digest: str, bases: ObjectStore | None = None) -> bytes | memoryview:
+    def get(self, digest: str, bases: ObjectStore | None = None, size: int | None = None
+            ) -> bytes | memoryview:
         """The verified raw chunk; a corrupt object is moved to quarantine first
-        (QuarantinedError says where), so the next write or fetch replaces it."""
+        (QuarantinedError says where), so the next write or fetch replaces it.
+
+        ``size`` (the chunk's raw size, from a manifest) is taken for the readers' common
+        signature and not applied: the cache's objects were verified as they were stored,
+        and a manifest edited without its chunks must not get a good object quarantined.
+        Readers that fetch (``ReadThrough``, ``checkpoint.Healing``) bound the remote's
+        object with it."""
         try:
             return super().get(digest, bases)
         except (MissingObjectError, MissingBaseError, QuarantinedError):

@@ -178,8 +178,10 @@ class Healing:
         self.fetch = fetch
         self.concurrency = cache.concurrency
 
-    def get(self, digest: str) -> bytes | memoryview:
-        """The verified raw chunk; raises ObjectError when no good copy can be had."""
+    def get(self, digest: str, size: int | None = None) -> bytes | memoryview:
+        """The verified raw chunk; raises ObjectError when no good copy can be had.
+        ``size``, the chunk's raw size from the manifest, bounds the good copy fetched
+        (``Fetcher``)."""
         try:
             return self.cache.get(digest)
         except QuarantinedError as e:
@@ -187,7 +189,7 @@ class Healing:
                 raise ObjectError(f"{e}; no remote to fetch a good copy from: clean the file "
                                   "again (git add --renormalize PATH) to rewrite it") from None
             message = str(e)
-        self.fetch({digest})
+        self.fetch({digest}, {} if size is None else {digest: size})
         log.warning("%s; fetched a good copy again", message)
         return self.cache.get(digest)
 

@@ -53,9 +53,10 @@ class ChunkReader:
     """Reads parameters' raw chunks from ``store``, verified, with ``workers`` threads
     reading ahead.
 
-    ``store`` is anything with ``get(digest)`` returning verified raw bytes (an
+    ``store`` is anything with ``get(digest, size=...)`` returning verified raw bytes (an
     ObjectStore, a Cache, or checkpoint.Healing, which fetches a good copy of a corrupt
-    cache object again); the errors its ``get`` raises pass through.  At most
+    cache object again), handed each chunk's raw size from its entry to bound what a
+    remote's object may decode to; the errors its ``get`` raises pass through.  At most
     ``2 x workers`` reads are in flight, so memory is bounded by the chunk size.
     """
 
@@ -84,7 +85,8 @@ class ChunkReader:
         def load(batch):
             out = []
             for entry, index, item in batch:
-                raw = item if isinstance(item, bytes) else self.store.get(item)
+                raw = item if isinstance(item, bytes) else \
+                    self.store.get(item, size=entry.chunk_nbytes(index))
                 where = "inline chunk" if isinstance(item, bytes) else f"object {item}"
                 entry.check_chunk(index, raw, where)
                 out.append(raw)

@@ -491,7 +491,7 @@ def _load(entry: ParamEntry, job: tuple[int, Key], objects: Any, stats: ReadStat
     its length checked against the entry (a chunk of another size than its entry says,
     an edited dtype or shape, is an error, never numbers computed over the wrong bytes)."""
     i, key = job
-    raw = key if isinstance(key, bytes) else objects.get(key)
+    raw = key if isinstance(key, bytes) else objects.get(key, size=entry.chunk_nbytes(i))
     entry.check_chunk(i, raw, "an inline chunk" if isinstance(key, bytes) else f"object {key}")
     if not isinstance(key, bytes):
         stats.count(len(raw))

@@ -359,7 +359,7 @@ def _resolve(c: ParamConflict, strategy: Strategy, options: MergeOptions, object
             raw = key
         else:
             try:
-                raw = objects.get(key)
+                raw = objects.get(key, size=first.chunk_nbytes(i))
             except ObjectError as e:
                 raise MergeError(f"{where}: chunk {i} of {label} ({key}) cannot be read: "
                                  f"{e}") from None

@@ -553,14 +553,18 @@ class ReadThrough:
         file lacks chunks rather than only how many."""
         return self.fetch if self._open_remote is not None else None
 
-    def get(self, digest: str) -> bytes | memoryview:
+    def get(self, digest: str, size: int | None = None) -> bytes | memoryview:
+        """The verified raw chunk, from the cache or else fetched into it.  ``size``, the
+        chunk's raw size where a manifest gives it, bounds what the remote's object may
+        be and decode to (``ObjectStore.get``); the cache's own copy is not judged by it
+        (``Cache.get``)."""
         try:
             return self.cache.get(digest)
         except (MissingObjectError, QuarantinedError) as e:
             if self._open_remote is None:
                 raise
             corrupt = str(e) if isinstance(e, QuarantinedError) else None
-        raw = self.remote.get(digest, self.cache)
+        raw = self.remote.get(digest, self.cache, size=size)
         self.cache.put(digest, raw)
         if corrupt:
             log.warning("%s; fetched a good copy from %s", corrupt, self.remote.url)

@@ -190,7 +190,7 @@ class ManifestStore(Store):
             with self._reads_lock:
                 self._reads += 1
             try:
-                raw = self._objects.get(digest)
+                raw = self._objects.get(digest, size=entry.chunk_nbytes(index))
             except ObjectError as e:
                 raise type(e)(f"parameter {name!r} chunk {index}: {e}") from None
         try:

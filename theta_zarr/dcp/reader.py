@@ -163,7 +163,7 @@ class ThetaZarrReader(DcpRemote, StorageReader):
         entry = manifest.params[item.storage_index.fqn]
         if entry.inline is not None:
             return entry.inline[gi]
-        return self.objects.get(entry.chunks[gi])
+        return self.objects.get(entry.chunks[gi], size=entry.chunk_nbytes(gi))
 
     def _commit(self, item: ReadItem, buf: Any, planner: LoadPlanner, where: str) -> None:
         fqn = item.storage_index.fqn
