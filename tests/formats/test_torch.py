@@ -538,3 +538,24 @@ def test_scratch_space_is_the_tensors_once_and_a_shortage_says_where(tmp_path):
     assert list(tmp.iterdir()) == []
     assert len(data) > (256 << 10) + 200
     assert smudge_under((256 << 10) + 200) == data
+
+
+def test_a_shortage_while_git_streams_a_file_in_names_the_file_not_the_copy(tmp_path):
+    """git hands the filter a .pt file as a stream, copied to the cache's tmp/ for torch's
+    random access.  A full disk (here a file-size limit) there named the copy by its
+    random name (".tmp-spool-k3j9x2"); it names the checkpoint and the folder."""
+    import resource
+
+    from theta_zarr.errors import one_line
+
+    data = torch_saved({"w": torch.randn(256, 256)})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # Python ignores SIGXFSZ
+    try:
+        with pytest.raises(OSError) as e:
+            helpers.clean(data, tmp_path, name="model.pt", opaque=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    tmp = tmp_path / "cache" / "tmp"
+    assert one_line(e.value) == f"a copy of model.pt in {tmp}: File too large"
+    assert list(tmp.iterdir()) == []

@@ -98,7 +98,9 @@ class Source:
             return
         fd, tmp = tempfile.mkstemp(prefix=".tmp-spool-", dir=self.tmp_dir)
         self._spool = tmp
-        with named(tmp), os.fdopen(fd, "wb") as f:
+        # an error names the copy by what it holds and where: its random name says nothing
+        copy = f"a copy of {self.name} in {os.path.dirname(tmp)}"
+        with named(copy, tmp), os.fdopen(fd, "wb") as f:
             f.write(self.head[self._pos:])
             self._pos = len(self.head)
             shutil.copyfileobj(self.stream, f, 1 << 20)

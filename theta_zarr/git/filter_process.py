@@ -31,6 +31,7 @@ from ..manifest import (
     looks_like_summary,
 )
 from ..settings import Settings
+from ..streams import named
 from . import lfs as git_lfs
 from .direct import WORKTREE_COMMANDS, Pending, lazy_note, write_repairing
 from .files import IndexBlobs
@@ -263,13 +264,15 @@ class FilterServer:
         """A file the index holds as a git-lfs pointer: the same content keeps the pointer
         (a checkout of an LFS-era commit leaves ``git status`` clean); changed content is
         stored by theta-zarr.  ``git theta-zarr migrate`` converts unchanged files too."""
-        with tempfile.TemporaryFile(dir=self.cache.tmp_dir) as spool:
+        with tempfile.TemporaryFile(dir=self.cache.tmp_dir) as spool, \
+                named(f"a copy of {path} in {self.cache.tmp_dir}"):  # a full disk says where
             h, size = hashlib.sha256(), 0
             view = memoryview(bytearray(1 << 20))
             while n := source.readinto(view):
                 h.update(view[:n])
                 spool.write(view[:n])
                 size += n
+            spool.flush()
             if size == pointer.size and h.hexdigest() == pointer.oid:
                 return blob
             spool.seek(0)
