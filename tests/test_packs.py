@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import struct
 import time
 
 import numpy as np
 import pytest
+from helpers import run_python
 
 from theta_zarr import chunking, codecs, gc, packs
 from theta_zarr.cache import QUARANTINE, Cache, QuarantinedError
@@ -372,6 +374,28 @@ def test_a_failed_clean_leaves_no_pack(tmp_path):
         writer.add_buffer("short", by_name("float32"), (300,), memoryview(b"x" * 8))
     assert pack_files(cache) == []
     assert [n for _, _, files in os.walk(cache.root) for n in files] == []
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_clean_ended_by_a_signal_leaves_no_temporary_pack(tmp_path, signame):
+    """Ctrl-C (or a job's timeout) during ``git add`` of many small tensors ends the
+    filter at once: the pack it was writing, up to ``PACK_MAX`` bytes, stayed in the
+    cache's packs folder until gc's grace period ran out."""
+    root = tmp_path / "cache"
+    proc = run_python(f"""
+        import os, signal
+        from theta_zarr import chunking, codecs, interrupts, packs
+        from theta_zarr.cache import Cache
+        interrupts.install()
+        packer = Cache({str(root)!r}).packer()
+        for i in range(packs.PACK_MIN + 10):
+            raw = i.to_bytes(4, "little") * 256
+            packer.add(chunking.digest(raw), codecs.encode(raw, "raw"))
+        os.kill(os.getpid(), signal.{signame})
+        print("unreachable")
+    """)
+    assert proc.returncode == 128 + getattr(signal, signame) and proc.stdout == b""
+    assert os.listdir(root / packs.FOLDER) == []
 
 
 def test_one_process_cleaning_again_finds_what_its_earlier_clean_packed(tmp_path):

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import blake3
 
+from . import interrupts
 from .storage.local import TMP_PREFIX, writev_all
 
 #: the cache's folder of packs
@@ -177,6 +178,9 @@ class PackWriter:
         self._seen: set[str] = set()
         self._offset = 0
         self._buf = bytearray()  # added objects not yet written
+        # the pack being written is removed where a signal ends the process (Ctrl-C in a
+        # filter ends it at once): it was left in the packs folder for gc's grace period
+        self._on_signal = contextlib.ExitStack()
         self.committed: list[str] = []
 
     def add(self, digest: str, parts: list[bytes | memoryview]) -> int:
@@ -205,6 +209,7 @@ class PackWriter:
         os.makedirs(self.folder, exist_ok=True)
         self._tmp = os.path.join(self.folder, f"{TMP_PREFIX}pack-{os.getpid()}-"
                                               f"{threading.get_ident()}-{next(_tmp_names)}")
+        self._on_signal.enter_context(interrupts.removed_on_signal(self._tmp))
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         self._entries, self._offset = [], 0
 
@@ -221,6 +226,12 @@ class PackWriter:
         return self.committed
 
     def _commit_locked(self) -> None:
+        try:
+            self._write_index_locked()
+        finally:
+            self._on_signal.close()
+
+    def _write_index_locked(self) -> None:
         fd, tmp = self._fd, self._tmp
         try:
             self._flush()
@@ -258,6 +269,7 @@ class PackWriter:
             os.close(self._fd)
             self._fd = None
             _unlink(self._tmp)
+        self._on_signal.close()
 
 
 def write_pack(folder: str, objects: Iterator[tuple[str, bytes | memoryview]],
