@@ -398,6 +398,41 @@ def test_a_clean_ended_by_a_signal_leaves_no_temporary_pack(tmp_path, signame):
     assert os.listdir(root / packs.FOLDER) == []
 
 
+def test_a_pack_whose_write_failed_is_never_committed(tmp_path):
+    """A write that failed partway (a full disk: here a file size limit) left part of a
+    block in the pack; a fetch, which commits what it fetched even on error, then wrote
+    an index whose offsets no longer matched the file once there was room again: every
+    object after the failed one was corrupt.  The pack is dropped, and the writer refuses
+    further objects."""
+    folder = tmp_path / "packs"
+    proc = run_python(f"""
+        import os, resource, signal
+        from theta_zarr import chunking, codecs, packs
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-long write fails instead
+        writer = packs.PackWriter({str(folder)!r})
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (packs.WRITE_BLOCK * 3 // 2, hard))
+        for i in range(3 * packs.WRITE_BLOCK // 1024):
+            raw = i.to_bytes(4, "little") * 256
+            try:
+                writer.add(chunking.digest(raw), codecs.encode(raw, "raw"))
+            except OSError:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+                print("failed", flush=True)
+                break
+        for call in (lambda: writer.add(chunking.digest(b"x" * 1024), [b"x" * 1024]),
+                     writer.commit):
+            try:
+                call()
+                print("went on")
+            except OSError:
+                print("refused")
+        print(os.listdir({str(folder)!r}))
+    """)
+    assert proc.stdout.decode().split("\n") == ["failed", "refused", "refused", "[]", ""], \
+        proc.stderr.decode()
+
+
 def test_one_process_cleaning_again_finds_what_its_earlier_clean_packed(tmp_path):
     """``watch`` keeps one cache for hours: a step's unchanged small chunks must be found
     in the pack its previous step wrote, not stored again."""

@@ -181,29 +181,43 @@ class PackWriter:
         # the pack being written is removed where a signal ends the process (Ctrl-C in a
         # filter ends it at once): it was left in the packs folder for gc's grace period
         self._on_signal = contextlib.ExitStack()
+        # a failed write left part of a block in the file, which no index can describe:
+        # that pack is dropped, and the writer refuses to go on (its objects are not stored)
+        self._failed: OSError | None = None
         self.committed: list[str] = []
 
     def add(self, digest: str, parts: list[bytes | memoryview]) -> int:
         """Append one object given as parts written in order; returns its size (0 for a
         digest this writer already holds).  A pack that would pass ``PACK_MAX`` is
-        committed first and a new one begun."""
+        committed first and a new one begun.  After an OSError (a full disk), every
+        later ``add`` and ``commit`` raises one too: the pack being written is gone."""
         size = sum(len(p) for p in parts)
         with self._lock:
+            self._check_failed()
             if digest in self._seen:
                 return 0
+            try:
+                if self._fd is not None and (self._offset + size > PACK_MAX
+                                             or len(self._entries) >= MAX_OBJECTS):
+                    self._commit_locked()
+                if self._fd is None:
+                    self._open()
+                for part in parts:  # in blocks: one syscall per 1 KiB object cost more
+                    self._buf += part
+                if len(self._buf) >= WRITE_BLOCK:
+                    self._flush()
+            except OSError as e:
+                self.abort_locked()
+                self._failed = e
+                raise
             self._seen.add(digest)
-            if self._fd is not None and (self._offset + size > PACK_MAX
-                                         or len(self._entries) >= MAX_OBJECTS):
-                self._commit_locked()
-            if self._fd is None:
-                self._open()
-            for part in parts:  # written in blocks: one syscall per 1 KiB object cost more
-                self._buf += part
-            if len(self._buf) >= WRITE_BLOCK:
-                self._flush()
             self._entries.append((bytes.fromhex(digest[7:]), self._offset, size))
             self._offset += size
         return size
+
+    def _check_failed(self) -> None:
+        if self._failed is not None:
+            raise OSError(self._failed.errno, self._failed.strerror)
 
     def _open(self) -> None:
         os.makedirs(self.folder, exist_ok=True)
@@ -221,6 +235,7 @@ class PackWriter:
         """Write the index and trailer, rename the pack into place; the paths of the packs
         this writer made (none where nothing was added)."""
         with self._lock:
+            self._check_failed()
             if self._fd is not None:
                 self._commit_locked()
         return self.committed
