@@ -169,6 +169,13 @@ def ensure_local(manifest: Manifest, cache: Cache, fetch: Fetcher | None,
     fetch(lacking, manifest.chunk_sizes())
 
 
+def no_good_copy(corrupt: str, missing: MissingObjectError) -> str:
+    """The line for a corrupt cache object (``corrupt``: moved to quarantine) that the
+    remote lacks too (``missing``)."""
+    return (f"{corrupt}; the remote has no copy either ({missing}): clean the file again "
+            "(git add --renormalize PATH) to rewrite it, or push it from a clone that has it")
+
+
 class Healing:
     """The cache as a reader sees it: a corrupt object is quarantined (cache.py), fetched
     again through ``fetch`` when there is a remote, and the repair is logged."""
@@ -189,7 +196,10 @@ class Healing:
                 raise ObjectError(f"{e}; no remote to fetch a good copy from: clean the file "
                                   "again (git add --renormalize PATH) to rewrite it") from None
             message = str(e)
-        self.fetch({digest}, {} if size is None else {digest: size})
+        try:
+            self.fetch({digest}, {} if size is None else {digest: size})
+        except MissingObjectError as missing:  # not pushed: say the cache's copy was bad
+            raise ObjectError(no_good_copy(message, missing)) from None
         log.warning("%s; fetched a good copy again", message)
         return self.cache.get(digest)
 

@@ -218,6 +218,26 @@ def test_corrupt_cache_object_is_fetched_again_from_the_remote(repo, tmp_path, d
     assert repo.tz("fsck").returncode == 0
 
 
+@pytest.mark.parametrize("direct", ["off", "1"], ids=["pipe", "direct"])
+def test_a_corrupt_cache_object_the_remote_lacks_says_it_was_corrupt(repo, tmp_path, direct):
+    """A commit not pushed yet: its corrupt cached chunk was moved to quarantine, then the
+    remote lacked it, and the checkout said only "object ... is missing from BUCKET", as
+    if the push had been forgotten; the line now says the cache's copy was corrupt."""
+    repo.git("config", "theta-zarr.direct-checkout", direct)
+    bucket = tmp_path / "bucket"
+    repo.tz("remote", "add", "origin", str(bucket))
+    commit_blob(repo, "notes.txt", b"first")
+    repo.tz("push", "origin")  # the remote exists, without the next commit's chunks
+    m = small_model(repo)
+    digest = m.params["w"].chunks[0]
+    _corrupt(repo, digest)
+    proc = checkout_fresh(repo, "m.safetensors")
+    [line] = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith("theta-zarr:")]
+    assert (proc.returncode != 0) == (direct == "off")  # a direct write leaves it lazy
+    for fragment in (digest, "is corrupt", "quarantine", "missing from", "renormalize"):
+        assert fragment in line, line
+
+
 def test_a_scratch_file_that_does_not_fit_is_one_line_naming_its_folder(repo):
     """An .npz (or .pt) file is rebuilt through a scratch file in the cache's tmp/.  When
     it did not fit (a full disk, a file-size limit) materialize and checkout said a bare

@@ -42,7 +42,7 @@ from .. import checkpoint
 from ..cache import Cache, QuarantinedError
 from ..filewriter import write_checkpoint
 from ..manifest import Manifest
-from ..objects import ObjectError
+from ..objects import MissingObjectError, ObjectError
 from ..storage.local import TMP_PREFIX
 from .index import GitIndex, IndexUnsupported, Stat, blob_id
 from .repo import Repo
@@ -224,8 +224,11 @@ def write_repairing(repo: Repo, files: list[Pending], cache: Cache, workers: int
                 why = "no remote to fetch a good copy from" if fetch is None else \
                     "the remote had no good copy either"
                 raise ObjectError(f"{e}; {why}; restore the chunk") from None
-            for p in files:
-                checkpoint.ensure_local(p.manifest, cache, fetch, source=p.path)
+            try:
+                for p in files:
+                    checkpoint.ensure_local(p.manifest, cache, fetch, source=p.path)
+            except MissingObjectError as missing:
+                raise ObjectError(checkpoint.no_good_copy(str(e), missing)) from None
             log.warning("%s; fetched a good copy again", e)
 
 
