@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import run_python
+from helpers import cached_object_path, run_python
 
 from theta_zarr import chunking, codecs, gc, packs
 from theta_zarr.cache import QUARANTINE, Cache, QuarantinedError
@@ -264,6 +264,25 @@ def test_a_corrupt_packed_object_takes_its_pack_to_quarantine_and_the_rest_stay(
     # the next clean of the file stores the chunk again
     write(reader, tensors)
     assert bytes(reader.get(bad)) == tensors["experts.7.w"].tobytes()
+
+
+def test_a_corrupt_loose_copy_of_a_packed_object_is_quarantined_alone(tmp_path):
+    """Two cleans running at once can store one object both in a pack and loose.  Where
+    the loose copy went bad, reading it moved the pack to quarantine instead (its good copy
+    of the object with it, the rest exploded loose), and the corrupt file stayed."""
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(packs.PACK_MIN)
+    entries = write(cache, tensors)
+    [path] = pack_files(cache)
+    d = entries["experts.7.w"].chunks[0]
+    Cache(cache.root).put(d, tensors["experts.7.w"].tobytes())  # the other clean's copy
+    loose = cached_object_path(cache.root, d)
+    os.chmod(loose, 0o644)
+    loose.write_bytes(loose.read_bytes()[:-1] + b"\0")
+    with pytest.raises(QuarantinedError, match="moved it to"):
+        Cache(cache.root).get(d)
+    assert pack_files(cache) == [path] and loose_objects(cache) == []
+    assert bytes(Cache(cache.root).get(d)) == tensors["experts.7.w"].tobytes()
 
 
 def test_a_corrupt_packed_object_leaves_its_pack_where_the_rest_cannot_be_stored(tmp_path):

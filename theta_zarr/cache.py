@@ -214,7 +214,7 @@ class Cache(ObjectStore):
         loose first, so nothing else leaves the cache; where one of them cannot be (a full
         disk), the pack stays where it is and the phrase says so."""
         held = self._load_packs().get(digest)
-        if held is not None:
+        if held is not None and not self._loose_corrupt(digest):
             return self._quarantine_pack(held, digest)
         key = object_key(digest)
         dest = f"{QUARANTINE}/{digest[7:]}"
@@ -225,6 +225,18 @@ class Cache(ObjectStore):
         with contextlib.suppress(OSError):
             os.utime(os.path.join(self.root, dest))
         return f"moved it to {os.path.join(self.root, QUARANTINE)}"
+
+    def _loose_corrupt(self, digest: str) -> bool:
+        """A loose copy of ``digest`` exists and fails verification: that copy is the one
+        to move, not a pack holding the same object (two cleans running at once can store
+        one object both ways; the good packed copy went to quarantine with its pack)."""
+        try:
+            self.decode(digest, super().get_encoded(digest))
+        except MissingObjectError:
+            return False
+        except ObjectError:
+            return True
+        return False
 
     def _quarantine_pack(self, pack: packs.Pack, bad: str) -> str:
         where = os.path.join(self.root, QUARANTINE)
