@@ -333,6 +333,27 @@ def test_gc_deletes_dead_packed_objects_and_keeps_the_live_ones(tmp_path):
     assert path not in pack_files(fresh)
 
 
+def test_gc_deletes_an_object_from_every_pack_holding_it(tmp_path):
+    """Two cleans running at once can pack the same objects twice: gc deleted them from
+    the pack its lookup table named, reported them deleted, and left the other copy."""
+    cache = Cache(str(tmp_path / "cache"))
+    entries = write(cache, small_tensors(packs.PACK_MIN))
+    digests = {e.chunks[0] for e in entries.values()}
+    extra = os.urandom(1024)  # the second pack's index differs, so does its name
+    second = [(d, cache.get_encoded(d)) for d in sorted(digests)]
+    second.append((chunking.digest(extra), codecs.header("raw") + extra))
+    packs.write_pack(os.path.join(cache.root, packs.FOLDER), iter(second))
+    assert len(pack_files(cache)) == 2
+    for path in pack_files(cache):
+        age(path, 7200)
+    cutoff = time.time() - 3600
+    sweep = gc.plan_objects(Cache(cache.root), set(), cutoff)
+    gc.delete_unused(Cache(cache.root), sweep, cutoff)
+    assert len(sweep.keys) == len(digests) + 1
+    assert pack_files(cache) == []
+    assert Cache(cache.root).missing(digests) == digests
+
+
 def test_gc_keeps_a_pack_a_clean_freshened_since_it_listed_it(tmp_path):
     cache = Cache(str(tmp_path / "cache"))
     tensors = small_tensors(packs.PACK_MIN)

@@ -408,13 +408,15 @@ class Cache(ObjectStore):
         read again, as ``delete_unused`` does for a loose object: a pack a clean
         freshened meanwhile goes back (the new pack then only duplicates its objects).
         """
-        packed = self._load_packs(force=True)
-        dead_by_pack: dict[str, set[str]] = {}
-        for digest in digests:
-            held = packed.get(digest)
-            if held is not None:
-                dead_by_pack.setdefault(held.path, set()).add(digest)
+        self._load_packs(force=True)
+        wanted = set(digests)
+        # every pack holding one, not only the one the lookup table names: two cleans
+        # running at once can pack the same object twice, and a copy left behind was
+        # reported deleted
+        dead_by_pack = {path: dead for path, pack in self._packs.items()
+                        if (dead := wanted.intersection(pack.entries))}
         gone: set[str] = set()
+        kept: set[str] = set()  # in a pack a clean used meanwhile
         for path, dead in dead_by_pack.items():
             pack = self._packs[path]
             live = sorted(d for d in pack.entries if d not in dead)
@@ -434,12 +436,13 @@ class Cache(ObjectStore):
                 raise StorageError(f"cannot rewrite {path}: {e.strerror}") from None
             if os.stat(aside).st_mtime >= cutoff:
                 os.replace(aside, path)
+                kept |= dead
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(aside)
             gone |= dead
         self._load_packs(force=True)
-        return gone
+        return gone - kept
 
     # -- reads: a pack first (a dictionary lookup), then the loose object ------------
     def has(self, digest: str) -> bool:
