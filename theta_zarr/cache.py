@@ -75,6 +75,8 @@ class Cache(ObjectStore):
         # a malformed pack's (size, mtime, inode) and line: a reader that looks again for
         # an absent object does not read its index again
         self._bad_stats: dict[str, tuple[tuple[int, int, int], str]] = {}
+        #: the names of the malformed packs ``quarantine_bad_packs`` moved (gc reports them)
+        self.packs_moved: list[str] = []
 
     @property
     def tmp_dir(self) -> str:
@@ -283,7 +285,14 @@ class Cache(ObjectStore):
             moved.append(os.path.basename(path))
         if moved:
             self._load_packs(force=True)
+        self.packs_moved += moved
         return moved
+
+    def malformed_packs(self) -> list[str]:
+        """The names of the packs whose index is malformed, which ``quarantine_bad_packs``
+        would move (the packs folder read again)."""
+        self._load_packs(force=True)
+        return sorted(os.path.basename(p) for p in self._bad_stats)
 
     def packer(self) -> Packer:
         """A Packer for one clean's new small objects (see ``packs``)."""

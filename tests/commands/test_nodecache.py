@@ -99,3 +99,32 @@ def test_prune_refuses_a_cache_a_repository_shares(repo, tmp_path):
     shutil.rmtree(repo.path)
     out = tz(["cache", "prune", "--older-than", "0"], env).stdout.decode()
     assert "kept 0 objects" in out
+
+
+def test_prune_names_the_malformed_packs_it_moves_to_quarantine(tmp_path):
+    """A pack whose index is malformed is moved to quarantine by prune (and gc): it said
+    only "deleted 0 blobs", so the move went unseen."""
+    from theta_zarr import chunking, codecs, packs
+
+    env = env_for(local_case(tmp_path), tmp_path)
+    cache = Cache(env["THETA_ZARR_CACHE"])
+    raws = [os.urandom(1024) for _ in range(3)]
+    cache.put(chunking.digest(raws[0]), raws[0])
+    [path] = packs.write_pack(os.path.join(cache.root, packs.FOLDER),
+                              iter([(chunking.digest(r), codecs.header("raw") + r)
+                                    for r in raws[1:]]))
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:  # the trailer's magic: no longer a pack
+        f.seek(-len(packs.MAGIC) - 16, os.SEEK_END)
+        f.write(b"NOTAPACK")
+    name = os.path.basename(path)
+    quarantine = os.path.join(cache.root, "quarantine")
+    out = tz(["cache", "prune", "--older-than", "1d", "--dry-run"], env).stdout.decode()
+    assert f"would move 1 malformed pack (its objects unreadable) to {quarantine}: {name}\n" \
+        in out
+    assert os.path.exists(path)
+    out = tz(["cache", "prune", "--older-than", "1d"], env).stdout.decode()
+    assert f"moved 1 malformed pack (its objects unreadable) to {quarantine}: {name}\n" in out
+    assert os.listdir(quarantine) == [name] and not os.path.exists(path)
+    out = tz(["cache", "prune", "--older-than", "1d"], env).stdout.decode()
+    assert "malformed pack" not in out

@@ -416,3 +416,10 @@ def test_a_checkpoint_of_many_small_tensors_is_one_pack_through_git_push_and_gc(
     (repo.path / "model.safetensors").unlink()
     repo.git("checkout", "--", "model.safetensors")
     assert repo.out("status", "--porcelain") == ""
+    # a malformed pack goes to quarantine, and gc says so
+    junk = pack_dir / f"pack-{'0' * 64}{packs.SUFFIX}"
+    junk.write_bytes(b"junk" * 100)
+    out = repo.tz("gc", "--grace", "0").stdout.decode()
+    assert f"moved 1 malformed pack (its objects unreadable) to {cache.root}/quarantine: " \
+        f"{junk.name}\n" in out
+    assert not junk.exists()

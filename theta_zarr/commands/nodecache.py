@@ -16,7 +16,7 @@ import os
 import click
 
 from ..wording import counted, human
-from .reporting import reports_errors
+from .reporting import echo_moved_packs, reports_errors
 
 
 def _repository_cache(root: str) -> bool:
@@ -99,6 +99,7 @@ def register(main: click.Group) -> None:
                     click.echo(f"{key}\t{n}\t{sweep.where}")
             click.echo(f"{verb} {counted(len(sweep.keys), 'blob')} ({human(sweep.nbytes)}, "
                        f"{sweep.nbytes} bytes) from {sweep.where}")
+        echo_moved_packs(cache, dry_run)
         gone = {key for key, _ in sweeps[0].keys} if dry_run else set()
         left = [n for d, n, _ in cache.iter_digests() if object_key(d) not in gone]
         click.echo(f"{'would keep' if dry_run else 'kept'} {counted(len(left), 'object')} "

@@ -10,19 +10,35 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from ..errors import USER_ERRORS, one_line
 from ..git.repo import GitError
 from ..redact import redact
+from ..wording import counted
+
+if TYPE_CHECKING:
+    from ..cache import Cache
 
 
 def say(message: str) -> None:
     """``theta-zarr: MESSAGE`` on stderr (progress and warnings, not failures); secrets
     in URLs redacted, as ``fail`` does."""
     click.echo(f"theta-zarr: {redact(message)}", err=True)
+
+
+def echo_moved_packs(cache: Cache, dry_run: bool) -> None:
+    """The line of gc and ``cache prune`` naming the malformed packs they moved to the
+    cache's quarantine (or would move, in a dry run); nothing where there were none."""
+    from ..cache import QUARANTINE
+
+    names = cache.malformed_packs() if dry_run else cache.packs_moved
+    if names:
+        verb = "would move" if dry_run else "moved"
+        click.echo(f"{verb} {counted(len(names), 'malformed pack')} (its objects unreadable) "
+                   f"to {os.path.join(cache.root, QUARANTINE)}: {', '.join(names)}")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

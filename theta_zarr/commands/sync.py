@@ -21,7 +21,7 @@ import click
 from ..redact import redact
 from ..wording import counted, human
 from .options import REMOTE_OPTION_HELP, check_output, remote_options
-from .reporting import fail, reports_errors, say
+from .reporting import echo_moved_packs, fail, reports_errors, say
 
 if TYPE_CHECKING:
     from ..foreign import Side
@@ -538,6 +538,8 @@ def register(main: click.Group) -> None:
                     click.echo(f"{key}\t{n}\t{sweep.where}")
             click.echo(f"{verb} {counted(len(sweep.keys), 'blob')} ({human(sweep.nbytes)}, "
                        f"{sweep.nbytes} bytes) from {sweep.where}")
+        if not keep_cache:
+            echo_moved_packs(cache, dry_run)
         if stale:
             click.echo(f"{verb} {stale} stale stat record(s) (of files gone or changed) from "
                        f"{stat_records.root}")
