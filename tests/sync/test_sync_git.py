@@ -273,7 +273,14 @@ def test_gc_leaves_a_shared_cache_unless_told(repo, make_repo, tmp_path):
     (other.path / "model.safetensors").unlink()
     other.git("checkout", "--", "model.safetensors")
     assert file_sha(other.path / "model.safetensors") == file_sha(f)
-    repo.tz("gc", "--grace", "0", "--shared-cache")  # told: this repository's view decides
+    # told to collect it, gc keeps what the other repository named in the cache needs
+    out = repo.tz("gc", "--grace", "0", "--shared-cache").stderr.decode()
+    assert f"what 1 other repository it names need is kept too ({other.path / '.git'})" \
+        in out
+    assert stored() >= chunks
+    assert "ok:" in other.tz("fsck").stdout.decode()
+    shutil.rmtree(other.path)  # gone: what only it needed goes
+    repo.tz("gc", "--grace", "0", "--shared-cache")
     assert not chunks & stored()
 
 

@@ -449,13 +449,15 @@ def register(main: click.Group) -> None:
                        "refs this clone has not fetched")
     @click.option("--shared-cache", is_flag=True,
                   help="collect a cache set by theta-zarr.cache or THETA_ZARR_CACHE too, "
-                       "although other repositories may need what this one does not")
+                       "keeping what the other repositories it names need (each names "
+                       "itself when it reads its settings)")
     @reports_errors
     def gc_cmd(remote_name: str | None, grace: str, dry_run: bool, repack: bool,
                repack_depth: int | None, ignore_stale_refs: bool, shared_cache: bool) -> None:
         """Delete unreachable objects older than --grace from the cache (and the remote)."""
         from .. import checkpoint, gc
         from ..cache import default_cache_dir as own_cache_dir
+        from ..cache import recorded_repositories
         from ..errors import UserError
         from ..git.reachability import (
             git_roots,
@@ -497,11 +499,6 @@ def register(main: click.Group) -> None:
                 say(f"warning: {line}")
         remote = SyncRemote.open(spec, settings.concurrency, need="read") if spec else None
 
-        def roots() -> gc.Roots:
-            r = gc.Roots()
-            git_roots(repo, r)
-            return r
-
         if repack and remote is None:
             raise ValueError("--repack needs --remote (the cache holds no deltas)")
         # a cache of its own is <git-common-dir>/theta-zarr; one set elsewhere may be shared
@@ -511,11 +508,28 @@ def register(main: click.Group) -> None:
         if keep_cache and remote is None:
             raise UserError(f"gc: the cache {cache.root} is set by theta-zarr.cache or "
                             "THETA_ZARR_CACHE, and other repositories using it may need "
-                            "chunks this one does not (unpushed commits); collect it with "
-                            "--shared-cache once none does, or give each its own cache")
+                            "chunks this one does not (unpushed commits); --shared-cache "
+                            "collects it, keeping what those it names need")
         if keep_cache:
             say(f"the cache {cache.root} may be shared (theta-zarr.cache): left as it is; "
                 "--shared-cache collects it too")
+        # other repositories whose theta-zarr.cache points at this cache (each named in it
+        # when it read its settings): their refs, reflogs and indexes keep chunks too
+        mine = os.path.realpath(repo.common_dir)
+        others = [] if keep_cache else [
+            d for d in recorded_repositories(cache.root) if os.path.realpath(d) != mine]
+        if others:
+            users = counted(len(others), "other repository", "other repositories")
+            say(f"the cache {cache.root} is shared: what {users} it names need is kept "
+                f"too ({', '.join(others)})")
+
+        def roots() -> gc.Roots:
+            r = gc.Roots()
+            git_roots(repo, r)
+            for git_dir in others:
+                git_roots(Repo.at_git_dir(git_dir), r)
+            return r
+
         def moved() -> str | None:
             return heads_moved(heads, remote_heads(repo, spec)) if spec is not None else None
 

@@ -270,6 +270,15 @@ class Repo:
                 return line[3:]
         return None
 
+    @classmethod
+    def at_git_dir(cls, git_dir: str) -> Repo:
+        """The repository whose common git dir is ``git_dir`` (one a shared cache names:
+        ``cache.recorded_repositories``), for git commands that read its refs, index and
+        objects, run in that folder.  GitError where git cannot read it."""
+        fmt = git("rev-parse", "--show-object-format", cwd=git_dir).decode().strip()
+        return cls(git_dir, git_dir, git_dir, True, os.path.join(git_dir, "hooks"),
+                   os.path.join(git_dir, "index"), fmt or "sha1")
+
     def git(self, *args: str, input: bytes | None = None, check: bool = True,
             env: dict[str, str] | None = None) -> bytes:
         """``git ARGS`` run at the top of the work tree; its stdout (the module's ``git``:
