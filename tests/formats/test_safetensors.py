@@ -487,6 +487,9 @@ def test_the_canonical_header_is_the_text_json_writes(name):
     from theta_zarr.formats.safetensors import _canonical_header
     fmt = {"header": {"__metadata__": {"format": "pt", "n\u00e4me": 'x"y'}},
            "order": [name, "b." + name]}
-    obj, text = _canonical_header(fmt, {name: ("float32", [2, 3]), "b." + name: ("int8", [])})
+    text = _canonical_header(fmt, {name: ("float32", [2, 3]), "b." + name: ("int8", ())})
+    obj = {"__metadata__": {"format": "pt", "n\u00e4me": 'x"y'},
+           name: {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+           "b." + name: {"dtype": "I8", "shape": [], "data_offsets": [24, 25]}}
     want = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
     assert text.rstrip(b" ") == want and len(text) % 8 == 0

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import struct
+from collections.abc import Sequence
 from typing import Any, BinaryIO
 
 from ..chunkreader import ChunkReader
@@ -56,7 +57,7 @@ class SafetensorsFormat(Format):
         if raw:
             fmt["raw"] = raw
         # Keep the original header only if the canonical one would differ.
-        _, canonical = _canonical_header(fmt, {t[2]: (t[3].name, t[4]) for t in tensors})
+        canonical = _canonical_header(fmt, {t[2]: (t[3].name, t[4]) for t in tensors})
         if canonical != header_bytes:
             fmt["header_text"] = header_bytes.decode("utf-8")
         return fmt
@@ -65,10 +66,11 @@ class SafetensorsFormat(Format):
         """8-byte header length and header, then every tensor's bytes in data order."""
         fmt = manifest.format
         order = _order(manifest)
-        geometry = {n: (manifest.params[n].dtype, list(manifest.params[n].shape)) for n in order}
-        canonical, header = _canonical_header({**fmt, "order": order}, geometry)
+        params = manifest.params
+        header = _canonical_header({**fmt, "order": order},
+                                   {n: (params[n].dtype, params[n].shape) for n in order})
         kept = fmt.get("header_text")
-        if isinstance(kept, str) and _same_tensors(kept, canonical):
+        if isinstance(kept, str) and _same_tensors(kept, json.loads(header)):
             header = kept.encode("utf-8")
         return [struct.pack("<Q", len(header)) + header, *(manifest.params[n] for n in order)]
 
@@ -176,46 +178,53 @@ def _order(manifest: Manifest) -> list[str]:
     return order
 
 
-def _canonical_header(fmt: dict[str, Any], geometry: dict[str, tuple[str, list[int]]]
-                      ) -> tuple[dict[str, Any], bytes]:
-    """The header the safetensors library writes: metadata, then tensors in data order.
+def _canonical_header(fmt: dict[str, Any],
+                      geometry: dict[str, tuple[str, Sequence[int]]]) -> bytes:
+    """The header the safetensors library writes: metadata, then tensors in data order,
+    as the bytes written (compact JSON as ``json.dumps`` writes it, space-padded to a
+    multiple of 8 bytes); ``geometry`` maps each tensor to its dtype name and shape.
+    Raises ManifestError (a bad ``raw`` entry) and FormatError (a dtype safetensors
+    cannot hold).
 
-    Returns it as a JSON object and as the bytes written (compact JSON, space-padded to
-    a multiple of 8 bytes).  Raises ManifestError (a bad ``raw`` entry) and FormatError
-    (a dtype safetensors cannot hold).
+    Written without ``json.dumps`` per tensor, and each (dtype, shape) worked out once:
+    10^5 tensors took 0.3 s with ``json.dumps``, and 0.9 s as objects and text both.
     """
-    obj: dict[str, Any] = {}
-    parts: list[str] = []  # the JSON text, written as json.dumps would (10^5 tensors: 0.3 s)
+    parts: list[str] = []
     meta = (fmt.get("header") or {}).get("__metadata__")
     if meta is not None:
-        obj["__metadata__"] = dict(sorted(meta.items()))
-        parts.append('"__metadata__":' + json.dumps(obj["__metadata__"], separators=(",", ":"),
-                                                    ensure_ascii=False))
+        parts.append('"__metadata__":' + json.dumps(dict(sorted(meta.items())),
+                                                    separators=(",", ":"), ensure_ascii=False))
     raw = fmt.get("raw") if isinstance(fmt.get("raw"), dict) else {}
+    # (dtype name, shape) -> safetensors code, bytes, the shape as JSON
+    known: dict[tuple[str, tuple[int, ...]], tuple[str | None, int, str]] = {}
     pos = 0
     for name in fmt["order"]:
         dtype_name, shape = geometry[name]
-        dtype = by_name(dtype_name)
-        size = dtype.itemsize * math.prod(shape)
-        code = dtype.safetensors
+        geo = (dtype_name, tuple(shape))
+        entry = known.get(geo)
+        if entry is None:
+            dtype = by_name(dtype_name)
+            entry = known[geo] = (dtype.safetensors, dtype.itemsize * math.prod(shape),
+                                  ",".join(map(str, shape)))
+        code, size, dims = entry
         if name in raw:  # packed sub-byte elements: their own code and element shape
             try:
-                code, shape = str(raw[name][0]), [int(s) for s in raw[name][1]]
+                code, packed = str(raw[name][0]), [int(s) for s in raw[name][1]]
             except (TypeError, ValueError, IndexError):
                 raise ManifestError(f"safetensors format: bad raw entry for {name!r}") from None
             if code not in SAFETENSORS_SUBBYTE or \
-                    SAFETENSORS_SUBBYTE[code] * math.prod(shape) != 8 * size:
+                    SAFETENSORS_SUBBYTE[code] * math.prod(packed) != 8 * size:
                 raise ManifestError(f"safetensors format: raw entry for {name!r} does not "
                                     "match its bytes")
+            dims = ",".join(map(str, packed))
         if code is None:
             raise FormatError(f"dtype {dtype_name} of {name!r} cannot be written to safetensors")
-        obj[name] = {"dtype": code, "shape": list(shape), "data_offsets": [pos, pos + size]}
         key = f'"{name}"' if _PLAIN.fullmatch(name) else json.dumps(name, ensure_ascii=False)
-        parts.append(f'{key}:{{"dtype":"{code}","shape":[{",".join(map(str, shape))}],'
+        parts.append(f'{key}:{{"dtype":"{code}","shape":[{dims}],'
                      f'"data_offsets":[{pos},{pos + size}]}}')
         pos += size
     text = ("{" + ",".join(parts) + "}").encode("utf-8")
-    return obj, text + b" " * (-len(text) % 8)
+    return text + b" " * (-len(text) % 8)
 
 
 #: a string JSON writes as it is, between quotes (json.dumps with ensure_ascii=False
