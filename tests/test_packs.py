@@ -15,7 +15,7 @@ import pytest
 from helpers import cached_object_path, run_python
 
 from theta_zarr import chunking, codecs, gc, packs
-from theta_zarr.cache import QUARANTINE, Cache, QuarantinedError
+from theta_zarr.cache import QUARANTINE, RAW_HEADER, Cache, QuarantinedError
 from theta_zarr.chunkwriter import ChunkWriter
 from theta_zarr.dtypes import by_name
 from theta_zarr.objects import MissingObjectError, object_key
@@ -520,6 +520,34 @@ def test_a_file_of_packed_chunks_is_written_whole_and_verified(tmp_path):
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(QuarantinedError):
         rebuilt()
+
+
+def test_a_run_of_packed_chunks_is_read_at_once_and_each_chunk_verified(tmp_path,
+                                                                       monkeypatch):
+    """A checkout of 10^5 small tensors read each packed chunk with a call and a pread of
+    its own; back-to-back objects of one pack are now read together, each still checked
+    against its digest (a bad one, or one not packed, is left to the single read)."""
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(packs.PACK_MIN + 20)
+    entries = write(cache, tensors, workers=1)
+    loose = os.urandom(1024)
+    cache.put(chunking.digest(loose), loose)
+    chunks = [(e.chunks[0], e.nbytes) for e in entries.values()]
+    chunks.append((chunking.digest(loose), len(loose)))
+    [path] = pack_files(cache)
+    flip_last_byte(path, packs.read_index(path).entries[chunks[7][0]])
+    reads = []
+    real = packs.Pack.read
+    monkeypatch.setattr(packs.Pack, "read", lambda self, *a: reads.append(a) or real(self, *a))
+    got = Cache(cache.root).read_packed_raws(chunks)
+    assert len(reads) == 1 and reads[0][1] == sum(n + len(RAW_HEADER) for _, n in chunks[:-1])
+    raws = list(tensors.values())
+    for i, (piece, (_, n)) in enumerate(zip(got, chunks, strict=True)):
+        if i == 7 or i == len(chunks) - 1:  # the corrupt one, the loose one
+            assert piece is None
+        else:
+            assert bytes(piece) == raws[i].tobytes() and len(piece) == n
+    assert os.path.exists(path)  # the corrupt object is for the single read to report
 
 
 def test_a_pack_cut_short_after_it_was_read_is_quarantined_and_its_readable_part_kept(

@@ -72,13 +72,19 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
         raise ManifestError(f"{name}: {e}") from None
 
     def run(batch: list[Job]) -> int:
-        # neighbouring small pieces (header, inline and packed chunks) go out as one write
+        # neighbouring small pieces (header, inline and packed chunks) go out as one write;
+        # packed chunks are read a run of them at a time
+        small = [what for _, what in batch if not isinstance(what, bytes)
+                 and what[1] <= SMALL_OBJECT]
+        read = iter(cache.read_packed_raws(small))
         joined, at = bytearray(), 0
         for offset, what in batch:
             if isinstance(what, bytes):
                 piece = what
             else:
-                piece = cache.read_packed_raw(*what) if what[1] <= SMALL_OBJECT else None
+                piece = None
+                if what[1] <= SMALL_OBJECT:
+                    piece = next(read) or cache.read_packed_raw(*what)
                 if piece is None:
                     cache.copy_to(what[0], fd, offset, what[1])
                     continue
