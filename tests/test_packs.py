@@ -613,3 +613,24 @@ def test_a_process_that_handles_large_chunks_only_never_reads_a_packs_index(
     # a small chunk still finds its pack
     small = small_tensors(1)["experts.0.w"]
     assert cache.missing([chunking.digest(small.tobytes())]) == set() and reads
+
+
+def test_a_manifest_of_many_small_chunks_is_checked_against_the_packs_first(
+        tmp_path, monkeypatch):
+    """A checkout asks which chunks the cache lacks: for 10^5 packed chunks that was a
+    ``stat`` of each one's loose path (none there), 0.35 s, before the packs were read."""
+    from theta_zarr import checkpoint
+    from theta_zarr.manifest import Manifest
+
+    root = str(tmp_path / "cache")
+    entries = write(Cache(root), small_tensors(packs.PACK_MIN))
+    m = Manifest({"name": "safetensors", "order": list(entries)}, entries)
+    many, some = Cache(root), Cache(root)
+    looked = []
+    real = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: looked.append(p) or real(p))
+    assert checkpoint.missing_chunks(m, many) == set()
+    assert looked == []
+    # a few small chunks are looked for loose first (the packs stay unread if all are)
+    assert checkpoint.missing_chunks(m, some, list(entries)[:3]) == set()
+    assert len(looked) == 3

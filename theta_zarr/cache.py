@@ -497,12 +497,16 @@ class Cache(ObjectStore):
         # keys use "/", which every platform's file calls take
         return f"{self.root}/{object_key(digest)}"
 
-    def missing(self, digests: Iterable[str]) -> set[str]:
+    def missing(self, digests: Iterable[str], small: int = 0) -> set[str]:
         """Which of these digests the cache lacks: a lookup among the packs, then one
         ``stat`` each, in this thread (a thread-pool task per digest would cost ten times
-        the ``stat``)."""
+        the ``stat``).  ``small`` says how many are chunks a pack may hold: with
+        ``packs.PACK_MIN`` or more the packs are read first (10^5 packed chunks cost
+        0.35 s of ``stat`` calls on files that do not exist); with fewer, only where some
+        are not loose (a process of large chunks never reads a pack's index)."""
         path, exists = self._object_path, os.path.exists
-        packed = self._packed  # the packs read so far (none: a large checkpoint's reads)
+        # the packs read so far (none: a large checkpoint's reads), or read now
+        packed = self._load_packs() if small >= packs.PACK_MIN else self._packed
         lacking = {d for d in set(digests) if d not in packed and not exists(path(d))}
         if lacking:  # in a pack not read yet, or written since
             packed = self._load_packs(force=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from . import formats, lfs
+from . import formats, lfs, packs
 from .cache import Cache, QuarantinedError
 from .chunkreader import ChunkReader
 from .chunkwriter import ChunkWriter, TruncatedInput, WriteStats
@@ -148,8 +148,15 @@ def select(manifest: Manifest, names: list[str]) -> Manifest:
 def missing_chunks(manifest: Manifest, cache: Cache, names: list[str] | None = None) -> set[str]:
     """The digests of the stored (non-inline) chunks of ``manifest``, or of the parameters
     ``names``, that ``cache`` lacks (existence checks only: nothing is read)."""
-    digests = {d for _, _, d in manifest.iter_chunks(names)}
-    return cache.missing(digests)
+    entries = list(manifest.params.values()) if names is None else \
+        [manifest.params[n] for n in names]
+    digests = {d for e in entries for d in e.chunks}
+    # about how many are chunks a pack may hold (a clean of many of them packed them),
+    # from a sample of the parameters: working out every one's chunk size cost 0.3 s
+    # for 10^5 of them
+    sample = [e for e in entries[::max(1, len(entries) // 64)] if e.chunks]
+    share = sum(e.chunk_nbytes(0) <= packs.SMALL_OBJECT for e in sample) / max(1, len(sample))
+    return cache.missing(digests, round(len(digests) * share))
 
 
 def ensure_local(manifest: Manifest, cache: Cache, fetch: Fetcher | None,
