@@ -172,7 +172,9 @@ def stream_tensors(source: Source, writer: ChunkWriter, header: dict[str, Any],
 
 def _order(manifest: Manifest) -> list[str]:
     order = manifest.format.get("order")
-    if not isinstance(order, list) or sorted(order) != sorted(manifest.params):
+    # the same names once each (equal counts and sets): two sorts of 10^5 names cost 0.1 s
+    if not isinstance(order, list) or len(order) != len(manifest.params) or \
+            not all(isinstance(n, str) for n in order) or set(order) != manifest.params.keys():
         # A manifest made by a merge or by hand: tensors in name order.
         return sorted(manifest.params)
     return order
