@@ -634,3 +634,27 @@ def test_a_manifest_of_many_small_chunks_is_checked_against_the_packs_first(
     # a few small chunks are looked for loose first (the packs stay unread if all are)
     assert checkpoint.missing_chunks(m, some, list(entries)[:3]) == set()
     assert len(looked) == 3
+
+
+def test_a_clean_of_many_new_small_chunks_lists_the_loose_objects_once(tmp_path, monkeypatch):
+    """Each new small chunk was looked for as a loose file before it was packed: 10^5
+    ``stat`` calls on files that do not exist.  Past the first ``PACK_MIN`` the loose
+    objects are listed once; one already stored loose is still found, not packed again."""
+    cache = Cache(str(tmp_path / "cache"))
+    tensors = small_tensors(3 * packs.PACK_MIN)
+    names = list(tensors)
+    late = tensors[names[-1]].tobytes()  # stored loose before the clean that meets it
+    cache.put(chunking.digest(late), late)
+    looked = []
+    real = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **kw: (
+        looked.append(p) if "/objects/" in str(p) else None) or real(p, *a, **kw))
+    fresh = Cache(cache.root)
+    entries = write(fresh, tensors)
+    assert len(looked) <= packs.PACK_MIN + 1
+    monkeypatch.setattr(os, "stat", real)
+    [path] = pack_files(fresh)
+    held = packs.read_index(path).entries
+    assert chunking.digest(late) not in held and len(held) == len(tensors) - 1
+    assert all(bytes(Cache(cache.root).get(e.chunks[0])) == tensors[n].tobytes()
+               for n, e in entries.items())

@@ -115,7 +115,8 @@ class Cache(ObjectStore):
         ``cache-compression``, or before this one's changed) is a good object, kept.
         """
         held = None  # a pack holds small chunks only: a large one never reads their indexes
-        if len(raw) <= packs.SMALL_OBJECT:
+        small = len(raw) <= packs.SMALL_OBJECT
+        if small:
             held = (packer.packed() if packer is not None else self._load_packs()).get(digest)
         if held is not None and self._packed_whole(held, digest, raw):
             stale = time.time() - held.mtime > FRESHEN_AFTER
@@ -123,6 +124,8 @@ class Cache(ObjectStore):
                 if stale:  # freshened: once for the whole pack
                     held.mtime = time.time()
                 return 0
+        if small and packer is not None and not packer.maybe_loose(digest):
+            return packer.add(digest, codecs.encode(raw, self.codec, elem))
         path = self._object_path(digest)
         try:
             st = os.stat(path)
@@ -482,6 +485,25 @@ class Cache(ObjectStore):
                 raise
             return obj[:n]
 
+    def iter_loose_digests(self) -> Iterator[str]:
+        """The digest of every loose object (names only: nothing is stat'ed or read);
+        OSError where a folder of them cannot be listed."""
+        top = os.path.join(self.root, "objects")
+        try:
+            prefixes = os.listdir(top)
+        except FileNotFoundError:  # no loose object yet
+            return
+        for prefix in prefixes:
+            if len(prefix) != 2:
+                continue
+            try:
+                names = os.listdir(os.path.join(top, prefix))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                if not name.startswith(TMP_PREFIX):
+                    yield f"blake3:{prefix}{name}"
+
     def iter_digests(self) -> Iterator[tuple[str, int, float | None]]:
         """(digest, stored size, mtime) of every object, loose then packed (a packed
         object has its pack's mtime)."""
@@ -666,6 +688,8 @@ class Packer:
         self._held: dict[str, bytes] = {}
         self._writer: packs.PackWriter | None = None
         self._looked = False
+        self._asked = 0  # maybe_loose calls so far
+        self._loose: set[str] | None = None  # the loose objects, once listed
 
     def packed(self) -> dict[str, packs.Pack]:
         """digest -> pack of the cache, its packs folder read again at the first call
@@ -675,6 +699,25 @@ class Packer:
             self.cache._load_packs(force=True)
             self._looked = True
         return self.cache._packed
+
+    def maybe_loose(self, digest: str) -> bool:
+        """False where the cache has surely no loose object ``digest`` (``ensure`` then
+        packs a new chunk without a ``stat``).  The first ``packs.PACK_MIN`` answers are
+        True (the caller looks); past that the loose objects are listed once, and a
+        digest listed is True: a file of 10^5 new small chunks cost 10^5 ``stat`` calls
+        on files that do not exist, each giving the GIL away.  An object another process
+        writes loose after the listing gets a packed copy too, which is harmless."""
+        with self._lock:
+            if self._loose is None:
+                self._asked += 1
+                if self._asked <= packs.PACK_MIN:
+                    return True
+                try:
+                    self._loose = set(self.cache.iter_loose_digests())
+                except OSError:  # a folder that cannot be listed: look for each
+                    self._asked = -(1 << 62)
+                    return True
+        return digest in self._loose
 
     def add(self, digest: str, parts: list[bytes | memoryview]) -> int:
         """Take one encoded object (its parts, in order); returns its size."""
