@@ -658,3 +658,28 @@ def test_a_clean_of_many_new_small_chunks_lists_the_loose_objects_once(tmp_path,
     assert chunking.digest(late) not in held and len(held) == len(tensors) - 1
     assert all(bytes(Cache(cache.root).get(e.chunks[0])) == tensors[n].tobytes()
                for n, e in entries.items())
+
+
+def test_a_manifest_answered_from_its_stat_record_freshens_its_packs_without_a_stat_each(
+        tmp_path, monkeypatch):
+    """A re-add answered from the stat record freshens the manifest's chunks: for 10^5
+    packed chunks that was a ``stat`` of each one's loose path first (about 1 s)."""
+    from theta_zarr import checkpoint
+    from theta_zarr.manifest import Manifest
+
+    root = str(tmp_path / "cache")
+    entries = write(Cache(root), small_tensors(packs.PACK_MIN + 10))
+    m = Manifest({"name": "safetensors", "order": list(entries)}, entries)
+    [path] = pack_files(Cache(root))
+    age(path, 2 * 3600)
+    cache = Cache(root)
+    looked = []
+    real = os.stat
+    monkeypatch.setattr(os, "stat", lambda p, *a, **kw: (
+        looked.append(p) if "/objects/" in str(p) else None) or real(p, *a, **kw))
+    assert checkpoint.freshen(cache, m) == set()
+    assert looked == []
+    monkeypatch.setattr(os, "stat", real)
+    assert time.time() - os.stat(path).st_mtime < 60  # freshened: gc keeps it
+    os.unlink(path)  # gone (a gc): the caller is told to store them again
+    assert checkpoint.freshen(Cache(root), m) == m.digests()

@@ -141,14 +141,23 @@ class Cache(ObjectStore):
             return self.put(digest, raw, elem)
         return 0
 
-    def freshen(self, digests: Iterable[str]) -> set[str]:
+    def freshen(self, digests: Iterable[str], small: int = 0) -> set[str]:
         """Give these objects a new mtime where theirs is older than ``FRESHEN_AFTER``, as
         ``ensure`` does: for a manifest answered without storing its chunks again (a clean
         answered from its stat record).  Returns the digests not present (deleted, or
-        taken by a gc running now): the caller must store them again."""
+        taken by a gc running now): the caller must store them again.  ``small`` as for
+        ``missing``: with many chunks a pack may hold, the packs are asked first."""
         gone = set()
         fresh: set[str] = set()  # packs freshened already
-        for digest in set(digests):
+        digests = set(digests)
+        if small >= packs.PACK_MIN:
+            packed = self._load_packs()
+            for digest in [d for d in digests if d in packed]:
+                held = packed[digest]
+                if held.path in fresh or _freshen(held.path, held.mtime):
+                    fresh.add(held.path)
+                    digests.discard(digest)
+        for digest in digests:
             path = self._object_path(digest)
             try:
                 mtime = os.stat(path).st_mtime

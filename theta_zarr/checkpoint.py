@@ -24,6 +24,7 @@ from .formats.opaque import OpaqueFormat
 from .manifest import (
     Manifest,
     ManifestError,
+    ParamEntry,
     looks_like_conflicted_manifest,
     looks_like_manifest,
 )
@@ -151,12 +152,23 @@ def missing_chunks(manifest: Manifest, cache: Cache, names: list[str] | None = N
     entries = list(manifest.params.values()) if names is None else \
         [manifest.params[n] for n in names]
     digests = {d for e in entries for d in e.chunks}
-    # about how many are chunks a pack may hold (a clean of many of them packed them),
-    # from a sample of the parameters: working out every one's chunk size cost 0.3 s
-    # for 10^5 of them
+    return cache.missing(digests, _packable(entries, len(digests)))
+
+
+def freshen(cache: Cache, manifest: Manifest) -> set[str]:
+    """``Cache.freshen`` of ``manifest``'s chunks (a clean answered from its stat record):
+    the digests gone from the cache, which the caller must store again."""
+    digests = manifest.digests()
+    return cache.freshen(digests, _packable(list(manifest.params.values()), len(digests)))
+
+
+def _packable(entries: list[ParamEntry], count: int) -> int:
+    """About how many of the ``count`` chunks of ``entries`` a pack may hold (a clean of
+    many of them packed them), from a sample of the parameters: working out every one's
+    chunk size cost 0.3 s for 10^5 of them."""
     sample = [e for e in entries[::max(1, len(entries) // 64)] if e.chunks]
     share = sum(e.chunk_nbytes(0) <= packs.SMALL_OBJECT for e in sample) / max(1, len(sample))
-    return cache.missing(digests, round(len(digests) * share))
+    return round(count * share)
 
 
 def ensure_local(manifest: Manifest, cache: Cache, fetch: Fetcher | None,

@@ -155,7 +155,7 @@ class FilterServer:
             # the file theta-zarr last cleaned or wrote: no re-hash, unless the cache lost
             # a chunk since (deleted, gc'd, or taken by a gc running now): then the clean
             # below stores it again.  The chunks found get a new mtime, as a clean gives them
-            if cached is not None and not self.cache.freshen(cached[1].digests()):
+            if cached is not None and not checkpoint.freshen(self.cache, cached[1]):
                 log.debug("%s: answered from its stat record, not hashed again", path)
                 content.drain()
                 if content.count == before.st_size and \

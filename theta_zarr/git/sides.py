@@ -66,7 +66,7 @@ def manifest_from_file(repo: Repo, file: str, name: str, objects=None) -> Side:
     cache = objects.cache if objects is not None else checkpoint.open_cache(settings)
     if worktree:
         recorded = StatCache(repo.git_dir).get(name, os.stat(file))
-        if recorded is not None and not cache.freshen(recorded[1].digests()):
+        if recorded is not None and not checkpoint.freshen(cache, recorded[1]):
             log.debug("%s: answered from its stat record, not hashed again", name)
             return recorded[1]
     with open(file, "rb") as f:
