@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from theta_zarr.git.filter_process import READ_BLOCK
 from theta_zarr.git.pktline import MAX_DATA, ContentStream, PktReader
 
 
@@ -43,23 +44,23 @@ def content_of(framed: bytes) -> tuple[ContentStream, threading.Thread]:
     return PktReader(CountingPipe(r, "rb")).content_stream(), writer
 
 
-def test_small_reads_are_served_from_their_packet_and_large_ones_go_straight_through():
-    """Reads of 1 KiB (10^5 small tensors) made a read of the pipe each; now a packet's
-    rest is read at once and served from memory.  Every byte arrives in order, and the
-    count says how many were read."""
+def test_a_buffered_clean_reads_small_pieces_from_few_pipe_reads():
+    """The filter's clean reads git's content through ``io.BufferedReader`` (READ_BLOCK):
+    reads of 1 KiB (10^5 small tensors) made a read of the pipe each.  Every byte arrives
+    in order, large reads included, and the content's count says how many were read."""
     data = os.urandom(5 * MAX_DATA + 1234)
     content, writer = content_of(packets(data))
+    buffered = io.BufferedReader(content, READ_BLOCK)
     got = bytearray()
-    sizes = [1024] * 200 + [3, 1 << 20, 7, 100_000]
-    for n in sizes:
+    for n in [1024] * 200 + [3, 1 << 20, 7, 100_000]:
         buf = bytearray(n)
-        k = content.readinto(buf)
+        k = buffered.readinto(buf)
         got += buf[:k]
-    while chunk := content.read(1 << 20):
+    while chunk := buffered.read(1 << 20):
         got += chunk
     writer.join(10)
     assert bytes(got) == data and content.count == len(data)
-    assert content.readinto(bytearray(10)) == 0
+    assert content.readinto(bytearray(10)) == 0 and not content.closed
     # 200 reads of 1 KiB within the first packets took a few pipe reads, not 200
     assert CountingPipe.reads < 60
 

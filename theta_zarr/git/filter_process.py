@@ -10,6 +10,7 @@ one-line message on stderr; git then fails the command, because
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import signal
@@ -46,6 +47,11 @@ from .statcache import StatCache, stat_key
 
 #: set to 1 by ``migrate``: clean converts a file the index holds as a git-lfs pointer
 CONVERT_LFS_ENV = "GIT_THETA_ZARR_CONVERT_LFS"
+#: a clean reads what git sends (or the file) through a buffer of this size: a read of at
+#: least this many bytes (a large chunk) goes straight into the chunk's buffer, smaller
+#: ones (small tensors: 10^5 of 1 KiB) are served from it, instead of a system call each
+#: that gave the GIL away to the threads hashing chunks (git add 7.0-7.7 s -> 3.8-5.2 s)
+READ_BLOCK = 64 << 10
 log = logging.getLogger(__name__)
 
 
@@ -171,7 +177,8 @@ class FilterServer:
             return
         try:
             with progress.bar(_size(path), f"clean {path}") as bar:
-                source = checkpoint.open_source(progress.CountingStream(content, bar),
+                buffered = io.BufferedReader(content, READ_BLOCK)
+                source = checkpoint.open_source(progress.CountingStream(buffered, bar),
                                                 self.cache, name=path)
                 out = self._clean_source(source, path)
         except Exception as e:  # every failure is reported for this file only
@@ -223,7 +230,7 @@ class FilterServer:
         error: Exception | None = None
         out = b""
         try:
-            with open(full, "rb", buffering=0) as f, \
+            with open(full, "rb", buffering=READ_BLOCK) as f, \
                     progress.bar(before.st_size, f"clean {path}") as bar:
                 source = checkpoint.open_source(progress.CountingStream(f, bar), self.cache,
                                                 name=path, path=full)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import BinaryIO
 
 from ..streams import fill
@@ -73,25 +74,20 @@ class PktReader:
         return ContentStream(self)
 
 
-class ContentStream:
-    """File content sent as data packets up to a flush, read as a stream.
-
-    A read of at least ``SMALL_READ`` bytes goes from the pipe straight into the caller's
-    buffer; a smaller one is served from the rest of its packet, read at once.  A read
-    call each (10^5 tensors of 1 KiB) released the GIL at every call, and took it back
-    from the threads hashing and storing chunks only after they gave it up.
-    """
-
-    SMALL_READ = 16 << 10
+class ContentStream(io.RawIOBase):
+    """File content sent as data packets up to a flush, read as a raw stream: a read is
+    one read of the pipe, straight into the caller's buffer.  A reader of small pieces
+    (a file of 10^5 tensors of 1 KiB) wraps it in ``io.BufferedReader``, so that each
+    piece is not a system call giving the GIL away to the threads hashing chunks.
+    ``close`` leaves git's pipe open."""
 
     def __init__(self, reader: PktReader):
+        super().__init__()
         self.reader = reader
         self.stream = reader.stream
-        self.remaining = 0  # bytes of the current packet not read from the pipe yet
+        self.remaining = 0
         self.done = False
         self.count = 0  # content bytes read so far
-        self._packet: memoryview | None = None  # the buffer small reads are served from
-        self._held = memoryview(b"")  # what of it is not served yet
 
     def _next_packet(self) -> bool:
         size = self.reader.payload_size()
@@ -101,31 +97,23 @@ class ContentStream:
         self.remaining = size
         return True
 
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to close: the pipe is git's, and the protocol goes on after this file."""
+
     def readinto(self, view) -> int:
         view = memoryview(view).cast("B")
-        if not self._held:
-            while self.remaining == 0:
-                if self.done or not self._next_packet():
-                    return 0
-            if len(view) >= min(self.SMALL_READ, self.remaining):
-                got = self._read(view[:min(len(view), self.remaining)])
-                self.count += got
-                return got
-            if self._packet is None:
-                self._packet = memoryview(bytearray(MAX_DATA))
-            self._held = self._packet[:self._read(self._packet[:self.remaining])]
-        n = min(len(view), len(self._held))
-        view[:n] = self._held[:n]
-        self._held = self._held[n:]
-        self.count += n
-        return n
-
-    def _read(self, view: memoryview) -> int:
-        """Up to ``len(view)`` bytes of the current packet from the pipe."""
-        got = self.stream.readinto(view)
+        while self.remaining == 0:
+            if self.done or not self._next_packet():
+                return 0
+        n = min(len(view), self.remaining)
+        got = self.stream.readinto(view[:n])
         if not got:
             raise EOFError("git closed the filter pipe")
         self.remaining -= got
+        self.count += got
         return got
 
     def read(self, n: int = -1) -> bytes:
