@@ -155,6 +155,23 @@ def test_push_errors_are_one_line(tmp_path):
     assert missing.returncode == 1 and "no ref nope" in missing.stderr.decode()
 
 
+def test_a_bare_word_outside_a_repository_says_to_give_a_url_or_a_path(tmp_path):
+    """A REMOTE that is no URL and no folder here is a theta remote's name, which needs a
+    git repository: the line said only "not inside a git repository", as if publish needed
+    one; it names the argument and the path that makes it a folder."""
+    env = env_for(type("C", (), {"env": {}})(), tmp_path)
+    f = model(tmp_path / "m.safetensors")
+    for args in (["publish", str(f), "newremote", "--ref", "run7/step-1"],
+                 ["pull", "newremote", "run7/step-1", "-o", "out.safetensors"],
+                 ["ls", "newremote"]):
+        proc = tz(args, env, check=False, cwd=tmp_path)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("theta-zarr: REMOTE 'newremote' is not a URL or an existing "
+                              "folder") and "(./newremote)" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
 def test_pull_never_writes_over_what_is_there_unless_forced(request, tmp_path, monkeypatch):
     """An existing file, or a folder that is not empty, is refused before anything is
     fetched (as git clone refuses), and so is an --include that matches nothing."""

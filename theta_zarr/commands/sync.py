@@ -51,7 +51,7 @@ def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 1
     """A URL (with --remote-option pairs) or, inside a git repository, a theta remote's name;
     ``need`` ("read" or "write") checks that its bucket or folder exists."""
     from ..git.remotes import option_pairs, require
-    from ..git.repo import Repo
+    from ..git.repo import GitInputError, Repo
     from ..remote import RemoteSpec
     from ..sync import SyncRemote
 
@@ -60,7 +60,14 @@ def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 1
     else:
         if options:
             raise ValueError("--remote-option goes with a URL, not a named remote")
-        spec = require(Repo.discover(), target)
+        try:
+            repo = Repo.discover()
+        except GitInputError:  # a word that is no folder here: a remote name needs a repo
+            raise GitInputError(
+                f"REMOTE {target!r} is not a URL or an existing folder, and outside a git "
+                f"repository ({os.getcwd()}) it names no theta remote: give a URL "
+                f"(s3://BUCKET/PREFIX, gs://...) or a folder's path (./{target})") from None
+        spec = require(repo, target)
     return SyncRemote.open(spec, concurrency, need)
 
 
