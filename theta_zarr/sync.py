@@ -735,8 +735,10 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
     cache = checkpoint.open_cache(settings)
     _, target = remote.resolve(ref)
     if isinstance(target, Manifest):
-        if os.path.isdir(out):  # --force does not make a folder a file
-            raise SyncError(f"{out} is a folder, and {ref} is one checkpoint file: give a "
+        # --force does not make a folder a file; nor does a trailing '/' name a file
+        if os.path.isdir(out) or out.endswith(("/", os.sep)):
+            what = "is a folder" if os.path.isdir(out) else "ends in '/' (a folder)"
+            raise SyncError(f"{out} {what}, and {ref} is one checkpoint file: give a "
                             f"file path (e.g. {os.path.join(out, 'model.safetensors')})")
         if os.path.lexists(out) and not force:
             raise SyncError(f"{out} already exists; pull to a new path, or --force to "

@@ -219,6 +219,13 @@ def test_pull_never_writes_over_what_is_there_unless_forced(request, tmp_path, m
         err = proc.stderr.decode()
         assert proc.returncode == 1 and said in err and "Errno" not in err, err
     assert sorted(p.name for p in clash.iterdir()) == ["model.safetensors"]
+    # a folder not made yet, named with a trailing '/': that line too, before any fetch (it
+    # fetched every chunk, then said only "new/: Not a directory")
+    proc = tz(["pull", local.url, "run7/file", "-o", f"{tmp_path / 'new'}/"], env, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "new/ ends in '/' (a folder), and run7/file is one " \
+        "checkpoint file" in err and "Errno" not in err, err
+    assert not (tmp_path / "new").exists()
 
 
 def test_ctrl_c_is_one_line_and_status_130(tmp_path):
