@@ -799,7 +799,8 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
 
 def _check_paths(dests: list[str], out: str) -> None:
     """SyncError, before anything is written, where a file must go and a folder is, or a
-    folder must go and a file is (a half-written pull otherwise)."""
+    folder must go and a file is (a half-written pull otherwise), or where a file would go
+    in a folder this process cannot write (a read-only share: known before the fetch)."""
     for dest in dests:
         if os.path.isdir(dest):
             raise SyncError(f"{dest} is a folder; the ref has a file there")
@@ -808,6 +809,13 @@ def _check_paths(dests: list[str], out: str) -> None:
         if blocking is not None:
             raise SyncError(f"{os.path.join(out, blocking)} is a file; the ref has a folder "
                             "there")
+    for dest in dests:  # a folder that cannot be written fails now, not after the fetch
+        where = os.path.dirname(os.path.abspath(dest))
+        while not os.path.isdir(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where)  # the nearest that exists: pull makes the rest
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise SyncError(f"cannot write {dest}: {where} is not writable (nothing was "
+                            "fetched)")
 
 
 def _restrict_indexes(items: list[tuple[str, Any]], out: str, cache: Cache

@@ -228,6 +228,39 @@ def test_pull_never_writes_over_what_is_there_unless_forced(request, tmp_path, m
     assert not (tmp_path / "new").exists()
 
 
+def test_a_pull_into_a_folder_it_cannot_write_fails_before_fetching(tmp_path):
+    """A read-only output folder (a share mounted read-only, another user's folder): one
+    line naming the folder, and the cache untouched; it fetched every chunk of the ref
+    into the cache first, then said only "OUT: Permission denied"."""
+    prefix = permissions_held()
+    local = local_case(tmp_path)
+    env = env_for(local, tmp_path)
+    tz(["publish", str(model(tmp_path / "m.safetensors")), local.url, "--ref", "run7/file"], env)
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    model(folder / "model.safetensors", seed=1)
+    tz(["publish", str(folder), local.url, "--ref", "run7/folder"], env)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    fresh = {**env, "THETA_ZARR_CACHE": str(tmp_path / "fresh-cache")}
+    try:
+        for ref, out, first in (("run7/file", ro / "m.safetensors", ro / "m.safetensors"),
+                                ("run7/file", ro / "sub" / "m.safetensors",
+                                 ro / "sub" / "m.safetensors"),
+                                ("run7/folder", ro / "set", ro / "set" / "model.safetensors")):
+            proc = tz(["pull", local.url, ref, "-o", str(out)], fresh, check=False,
+                      prefix=prefix)
+            err = proc.stderr.decode()
+            assert proc.returncode == 1 and err.strip().splitlines() == [
+                f"theta-zarr: cannot write {first}: {ro} is not writable (nothing was "
+                "fetched)"], err
+            assert not (tmp_path / "fresh-cache").exists()
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
 def test_ctrl_c_is_one_line_and_status_130(tmp_path):
     """SIGINT while a publish waits on the network: `theta-zarr: interrupted`, status 130
     (128 + SIGINT, as git and the shell report it), no traceback."""
