@@ -80,6 +80,11 @@ class Watcher:
         self.failed: dict[str, str] = {}  # ref -> signature that failed (retried on change)
         #: ref -> the storage error (an outage) its last push met: pushed again next scan
         self.retrying: dict[str, str] = {}
+        #: refs whose push failed (a broken file) and that no later push (of the file
+        #: changed since: a half-written one completed) has pushed: the exit status counts
+        #: these, not every failure met on the way
+        self.unpushed: set[str] = set()
+        self._push_failures = 0
         #: refs whose record names no remote and whose ref here does not hold its digest
         self._unverified: set[str] = set()
 
@@ -232,9 +237,12 @@ class Watcher:
                 self.echo(f"{ref}: push failed: {e}")
                 self.retrying.pop(ref, None)
                 self.failed[ref] = sig
+                self.unpushed.add(ref)
+                self._push_failures += 1
                 failures += 1
                 continue
             self.retrying.pop(ref, None)
+            self.unpushed.discard(ref)
             seq = 1 + max((e.get("seq", 0) for e in self.state.values()), default=0)
             self.state[ref] = {"signature": sig, "digest": result.digest, "path": path,
                                "seq": seq, "remote": self.remote.url}
@@ -303,7 +311,9 @@ class Watcher:
             stop.wait(pause)
         for ref, error in sorted(self.retrying.items()):
             self.echo(f"{ref}: not pushed ({error})")
-        return 1 if failures or self.retrying else 0
+        # a push that failed and went through later (the file completed) is no failure
+        others = failures - self._push_failures
+        return 1 if others or self.unpushed or self.retrying else 0
 
 
 def _outage(e: BaseException) -> bool:

@@ -227,6 +227,37 @@ def test_a_push_an_outage_stopped_is_pushed_once_the_storage_answers(tmp_path):
 
 
 
+def test_a_file_caught_half_written_and_pushed_once_complete_is_no_failure(tmp_path):
+    """A save that stalls longer than an interval (a slow share) is taken for complete,
+    and its push fails (truncated); once the job finishes the file, it is pushed.  The
+    watcher then exited 1 all the same, though everything was pushed."""
+    import threading
+
+    from theta_zarr.settings import Settings
+    from theta_zarr.watch import Watcher, WatchOptions
+
+    case, _, ckpt = _watched(tmp_path)
+    full = model(tmp_path / "full.safetensors", seed=1).read_bytes()
+    (ckpt / "step-1.safetensors").write_bytes(full[:len(full) // 2])
+    stop = threading.Event()
+    said: list[str] = []
+
+    def echo(line: str) -> None:
+        said.append(line)
+        if "step-1: push failed" in line:  # the job finishes writing the file
+            (ckpt / "step-1.safetensors").write_bytes(full)
+        if line.startswith("created run7/step-1"):
+            stop.set()
+
+    remote = SyncRemote.open(RemoteSpec("t", case.url, {}))
+    watcher = Watcher(str(ckpt), remote,
+                      Settings(cache_dir=str(tmp_path / "cache"), chunk_bytes=16 << 10),
+                      WatchOptions(prefix="run7/", interval=0), echo)
+    assert watcher.run(stop) == 0, said
+    assert sum("push failed" in line for line in said) == 1, said
+    assert [n for n, _ in remote.refs.list("run7/")] == ["run7/step-1"]
+
+
 def test_the_same_folder_watched_into_another_remote_is_pushed_there(tmp_path):
     """The state file said "pushed" whatever the remote: watching the folder into a new
     bucket pushed nothing and exited 0.  A record from before records named their remote
