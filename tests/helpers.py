@@ -692,6 +692,23 @@ class Case:
         return [a for o in self.options for a in ("--option", o)]
 
 
+def put_folder_marker(case: Case, key: str) -> None:
+    """Write the empty object ``key`` (ending in ``/``) under ``case``'s bucket prefix,
+    as the S3 and GCS consoles' "Create folder" (and s3fs or rclone ``mkdir``) leave one;
+    fsspec would drop the trailing ``/``, so it goes over the servers' plain HTTP APIs."""
+    assert key.endswith("/") and case.kind in ("s3", "gcs")
+    endpoint = case.opts()["endpoint-url"]
+    bucket, _, prefix = case.url.split("://", 1)[1].partition("/")
+    name = f"{prefix}/{key}" if prefix else key
+    if case.kind == "s3":
+        status, body = _http("PUT", f"{endpoint}/{bucket}/{urllib.parse.quote(name)}", b"")
+    else:
+        status, body = _http("POST", f"{endpoint}/upload/storage/v1/b/{bucket}/o?uploadType="
+                             f"media&name={urllib.parse.quote(name, safe='')}", b"",
+                             {"Content-Type": "application/octet-stream"})
+    assert status == 200, (status, body[:300])
+
+
 def local_case(tmp_path: Path) -> Case:
     """A folder remote at ``tmp_path/bucket``."""
     return Case("local", str(tmp_path / "bucket"), {}, [])

@@ -12,7 +12,17 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from helpers import CHUNK, Case, env_for, local_case, model, permissions_held, tz
+from helpers import (
+    CHUNK,
+    Case,
+    env_for,
+    local_case,
+    make_case,
+    model,
+    permissions_held,
+    put_folder_marker,
+    tz,
+)
 
 from theta_zarr import codecs
 from theta_zarr.cache import Cache, QuarantinedError
@@ -367,6 +377,32 @@ def test_ls_lists_every_ref_and_fails_when_one_cannot_be_read(repo, shared, tmp_
     _one_line(proc, "2 refs of 3 could not be read", "'error:'")
     assert proc.returncode == 1
     assert tz(["ls", shared.url, "good"], env).returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs"])
+def test_folder_markers_in_a_bucket_are_no_refs(kind, request, tmp_path, monkeypatch):
+    """A bucket browsed in its console, where someone clicked "Create folder" (or a tool
+    ran ``mkdir``), holds empty objects named ``refs/``, ``refs/run7/``: ``ls`` listed
+    them as refs that cannot be read and exited 1, and publish took ``run7/`` for the
+    newest ref of the folder, so its chunks went up whole (``delta base run7/
+    (unreadable: no deltas)``)."""
+    case = make_case(kind, request, tmp_path, monkeypatch)
+    env = env_for(case, tmp_path)
+    opts = case.cli_options()
+    tz(["publish", str(model(tmp_path / "a.safetensors", seed=1)), case.url, *opts, "--ref",
+        "run7/step-1", "--chunk-size", CHUNK], env)
+    for key in ("refs/", "refs/run7/", "manifests/", "objects/"):
+        put_folder_marker(case, key)
+    proc = tz(["ls", case.url, *opts], env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert [r.split("\t")[0] for r in proc.stdout.decode().splitlines()] == ["run7/step-1"]
+    step2 = model(tmp_path / "b.safetensors", seed=1, tuned=["layers.0"])
+    err = tz(["publish", str(step2), case.url, *opts, "--ref", "run7/step-2", "--chunk-size",
+              CHUNK], env).stderr.decode()
+    assert "delta base run7/step-1;" in err, err
+    out = tmp_path / "back.safetensors"
+    tz(["pull", case.url, *opts, "run7/step-2", "-o", str(out)], env)
+    assert out.read_bytes() == step2.read_bytes()
 
 
 def test_ls_lists_a_set_whose_member_cannot_be_read_as_an_error_row(tmp_path):

@@ -110,6 +110,8 @@ class FsspecStore(BlobStore):
             raise self._fail("list", prefix or "/", e) from None
         start = len(self.root) + 1
         for path, info in sorted(found.items()):
+            if path.endswith("/"):  # a folder marker (a console's "Create folder"): no blob
+                continue
             path = path.lstrip("/") if not self.root.startswith("/") else path
             key = path[start:] if path.startswith(self.root + "/") else path.split(
                 self.root.lstrip("/") + "/", 1)[-1]
