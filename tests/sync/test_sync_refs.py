@@ -66,6 +66,29 @@ def test_a_name_is_either_a_ref_or_a_folder_of_refs_on_every_backend(case):  # n
     assert r.set("run7/step-2", D2)[1] == "created"  # siblings are fine
 
 
+def test_a_ref_whose_folder_of_refs_was_deleted_by_hand_can_be_created(tmp_path):
+    """``rm refs/run7/*`` on a folder remote leaves the empty folder ``refs/run7/``; a new
+    ref ``run7`` then failed for good with "created concurrently by another writer (was
+    deleted) ... re-run to try again".  Empty folders in the way go, as git removes them
+    for a new ref; one holding other files is named in one line."""
+    from theta_zarr.storage import StorageError
+
+    root = tmp_path / "remote"
+    r = Refs(open_store(str(root)))
+    r.set("run7/step-1", D1)
+    r.set("a/b/c", D1)
+    (root / "refs" / "run7" / "step-1").unlink()
+    (root / "refs" / "a" / "b" / "c").unlink()
+    assert r.set("run7", D2)[1] == "created"
+    assert r.set("a", D2)[1] == "created"
+    assert (r.read("run7").digest, r.read("a").digest) == (D2, D2)
+    (root / "refs" / "x" / "y").mkdir(parents=True)
+    (root / "refs" / "x" / "y" / ".keep").write_text("")
+    with pytest.raises(StorageError, match="refs/x .* a folder is in the way, holding files"):
+        r.set("x", D1)
+    assert (root / "refs" / "x" / "y" / ".keep").exists()
+
+
 def test_racing_creates_have_one_winner(case):  # noqa: F811
     r = case.remote().refs
     digests = [f"blake3:{i:064x}" for i in range(8)]

@@ -271,7 +271,20 @@ class LocalStore(BlobStore):
                 try:
                     os.link(tmp, path)
                 except FileExistsError:
-                    raise ConditionFailed(f"{key} already exists in {self.describe()}") from None
+                    # empty folders in the way (refs/run7/ once its refs were deleted by
+                    # hand) are removed, as git removes them in the way of a new ref
+                    if not os.path.isdir(path) or os.path.islink(path):
+                        raise ConditionFailed(
+                            f"{key} already exists in {self.describe()}") from None
+                    if not _remove_empty_tree(path):
+                        raise StorageError(f"cannot write {key} to {self.describe()}: a "
+                                           "folder is in the way, holding files that are "
+                                           "no refs; remove it") from None
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        raise ConditionFailed(
+                            f"{key} already exists in {self.describe()}") from None
             else:
                 with self._lock(path):
                     try:
@@ -313,6 +326,15 @@ class LocalStore(BlobStore):
             yield
         finally:
             os.close(fd)
+
+
+def _remove_empty_tree(path: str) -> bool:
+    """rmdir(2) the folder ``path`` and its empty sub-folders, deepest first; False where
+    it holds a file (or cannot be removed)."""
+    for folder, _, _ in os.walk(path, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+    return not os.path.lexists(path)
 
 
 def _kind(mode: int) -> str:
