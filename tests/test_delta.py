@@ -5,6 +5,7 @@ checked by fsck."""
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import ml_dtypes
@@ -255,6 +256,25 @@ def versions_in_cache(cache: Cache, count: int, n: int = 1 << 15, rel: float = 1
         out.append(d)
         x = nudge(x, rel)
     return out
+
+
+def test_a_push_line_says_how_many_bytes_deltas_of_a_few_kilobytes_took(tmp_path):
+    """A fine-tune step whose deltas took a few KB (here about 100 bytes) read "2.6 MB
+    raw -> 0.0 MB (2 deltas 2.6 -> 0.0 MB)", as if nothing had been sent."""
+    cache, remote = Cache(str(tmp_path / "cache")), store_at(tmp_path / "remote")
+    x = RNG.standard_normal(1 << 16).astype(np.float32)
+    v = []
+    for i in range(2):
+        x[7] = i  # one element changes: a delta of a few bytes
+        raw = x.tobytes()
+        v.append(chunking.digest(raw))
+        cache.put(v[-1], raw)
+    push_objects(cache, remote, [v[0]])
+    stats = push_objects(cache, remote, [v[1]], {v[1]: Base(v[0], 4)})
+    assert stats.deltas == 1 and 0 < stats.stored_bytes < 5_000
+    m = re.fullmatch(r"0\.3 MB raw -> ([\d.]+) MB \(1 delta 0\.3 -> \1 MB\)", stats.wire())
+    assert m, stats.wire()
+    assert abs(float(m[1]) * 1e6 - stats.stored_bytes) <= 0.05 * stats.stored_bytes
 
 
 def test_push_writes_deltas_only_over_bases_the_remote_has(tmp_path):

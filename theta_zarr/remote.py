@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -291,7 +292,11 @@ class TransferStats:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f}"
+    """Megabytes to one decimal; below 0.05 MB (which reads 0.0), two significant digits
+    (``0.0021``): a fine-tune step's deltas of a few KB are not said to be nothing."""
+    if not 0 < n < 50_000:
+        return f"{n / 1e6:.1f}"
+    return f"{n / 1e6:.{1 - math.floor(math.log10(n / 1e6))}f}"
 
 
 #: digest -> (the object to store, as parts written in order; its raw bytes; plain size
