@@ -169,6 +169,16 @@ class Refs:
             if name.startswith(prefix) and not name.rsplit("/", 1)[-1].startswith("."):
                 yield name, info
 
+    def delete(self, name: str) -> RefValue | None:
+        """Delete the ref ``name``: the value it held, None where there was none (nothing
+        deleted).  Only the ref: what it named stays until gc finds nothing else names it.
+        Not conditional, as ``git update-ref -d`` without an old value: a push moving the
+        ref at the same moment can be undone (its objects stay, for the grace period)."""
+        value = self.read(name)
+        if value is not None:
+            self.blobs.delete(self._key(name))
+        return value
+
     def _write(self, name: str, digest: str, expect: RefValue | None) -> RefValue:
         """One conditional write; a 412 whose read-back shows our write id is our success."""
         write_id = uuid.uuid4().hex

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from helpers import CHUNK, env_for, model, tz
 
 from theta_zarr import refs
 from theta_zarr.refs import RefConflict, RefError, Refs, check_ref_name
@@ -143,3 +144,29 @@ def test_ref_blob_format():
     assert refs.decode("x", D1.encode(), "t").write_id is None
     with pytest.raises(RefError):
         refs.decode("x", b"../../etc/passwd\n", "t")
+
+
+def test_delete_ref_deletes_the_ref_only_and_says_which_were_not_there(case, tmp_path):
+    """No command deleted a ref: a run's old steps had to be removed from the bucket by
+    hand before gc could collect them."""
+    env = env_for(case, tmp_path)
+    opts = [*case.cli_options(), "--chunk-size", CHUNK]
+    for step in (1, 2):
+        f = model(tmp_path / f"s{step}.safetensors", seed=step)
+        tz(["publish", str(f), case.url, "--ref", f"run7/step-{step}", *opts], env)
+    r = case.remote().refs
+    one = r.read("run7/step-1")
+    dry = tz(["delete-ref", case.url, "run7/step-1", "--dry-run", *case.cli_options()], env)
+    assert dry.stdout.decode() == f"would delete run7/step-1 (was {one.digest[:19]})\n"
+    assert r.read("run7/step-1") == one
+    proc = tz(["delete-ref", case.url, "run7/step-1", "run7/nope", *case.cli_options()],
+              env, check=False)
+    assert proc.returncode == 1
+    assert proc.stdout.decode() == f"deleted run7/step-1 (was {one.digest[:19]})\n"
+    assert proc.stderr.decode().splitlines() == [f"theta-zarr: no ref run7/nope in {case.url}"]
+    assert r.read("run7/step-1") is None and r.read("run7/step-2") is not None
+    # its manifest stays for gc; the name is free for a new publish
+    assert case.remote().load(one.digest) is not None
+    f = model(tmp_path / "s3.safetensors", seed=3)
+    tz(["publish", str(f), case.url, "--ref", "run7/step-1", *opts], env)
+    assert r.read("run7/step-1").digest != one.digest

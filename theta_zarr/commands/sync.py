@@ -78,6 +78,12 @@ def _settings(cache_dir: str | None, chunk_size: str):
     return Settings(cache_dir=default_cache_dir(cache_dir), chunk_bytes=parse_size(chunk_size))
 
 
+def _ref_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+               ) -> tuple[str, ...]:
+    """Click callback: ``_ref_name`` of each of several names."""
+    return tuple(_ref_name(ctx, param, v) or "" for v in value)
+
+
 def _ref_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback: a ref name checked by refs.check_ref_name before the command
     does anything (nothing is cleaned or uploaded for a name a backend would refuse)."""
@@ -295,6 +301,34 @@ def register(main: click.Group) -> None:
             sys.stdout.flush()
             fail(f"{counted(bad, 'ref')} of {len(rows)} could not be read: the rows "
                  "marked 'error:'")
+
+    @main.command("delete-ref")
+    @click.argument("remote_arg", metavar="REMOTE")
+    @click.argument("refs", metavar="REF...", nargs=-1, required=True, callback=_ref_names)
+    @click.option("--dry-run", is_flag=True, help="say which refs would go; delete nothing")
+    @remote_options
+    @reports_errors
+    def delete_ref(remote_arg: str, refs: tuple[str, ...], dry_run: bool,
+                   options: tuple[str, ...]) -> None:
+        """Delete each REF from REMOTE (the ref only, as git push --delete does): a run's
+        old steps, a bad checkpoint.
+
+        The chunks and manifest it named stay until gc finds that nothing else names them
+        and that they are older than its grace period ('git theta-zarr gc --remote NAME'
+        in a clone whose theta remote is REMOTE).  A REF that is not there is said, and
+        the exit status is 1; the others are deleted."""
+        remote = open_sync_remote(remote_arg, options, need="write" if not dry_run else "read")
+        verb = "would delete" if dry_run else "deleted"
+        absent = []
+        for ref in dict.fromkeys(refs):
+            value = remote.refs.read(ref) if dry_run else remote.refs.delete(ref)
+            if value is None:
+                absent.append(ref)
+                continue
+            click.echo(f"{verb} {ref} (was {value.digest[:19]})")
+        if absent:
+            sys.stdout.flush()
+            fail(f"no ref {', '.join(absent)} in {remote.url}")
 
     @main.command("diff-refs")
     @click.argument("remote_arg", metavar="REMOTE")
