@@ -228,7 +228,13 @@ class Refs:
         """RefError when a new ref ``name`` would be a folder of an existing ref, or an
         existing ref a folder of it (``run7`` and ``run7/step-1``): git's rule for refs,
         kept on every backend so a remote copied between them holds the same refs (a
-        folder remote cannot hold both)."""
+        folder remote cannot hold both).  A new name may not begin with '-', which git
+        refuses for a branch: every command would read it as an option (one that exists
+        stays readable)."""
+        if name.startswith("-"):
+            raise RefError(f"ref {name} cannot be created: a name beginning with '-' reads "
+                           "as an option on the command line (git refuses such branch "
+                           "names); choose another")
         parts = name.split("/")
         clash = next((a for a in ("/".join(parts[:i]) for i in range(1, len(parts)))
                       if self.read(a) is not None), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -170,3 +171,16 @@ def test_delete_ref_deletes_the_ref_only_and_says_which_were_not_there(case, tmp
     f = model(tmp_path / "s3.safetensors", seed=3)
     tz(["publish", str(f), case.url, "--ref", "run7/step-1", *opts], env)
     assert r.read("run7/step-1").digest != one.digest
+
+
+def test_a_new_ref_may_not_begin_with_a_dash_and_an_old_one_stays_readable(tmp_path):
+    """publish --ref -n made a ref that every later command read as an option."""
+    r = Refs(open_store(str(tmp_path / "remote")))
+    with pytest.raises(RefError, match="beginning with '-' reads as an option"):
+        r.set("-n", D1)
+    with pytest.raises(RefError, match="beginning with '-'"):
+        r.check_free("-n", D1)
+    (tmp_path / "remote" / "refs").mkdir(parents=True)  # one made by an older version
+    r.set("old", D1)
+    os.rename(tmp_path / "remote" / "refs" / "old", tmp_path / "remote" / "refs" / "-old")
+    assert r.read("-old").digest == D1 and [n for n, _ in r.list()] == ["-old"]
