@@ -292,6 +292,37 @@ def test_materialize_of_a_model_folder_writes_every_tracked_file_under_it(repo):
     assert repo.out("status", "--porcelain") == ""
 
 
+def test_materialize_include_of_a_folder_with_no_index_selects_from_its_files(repo):
+    """A diffusers pipeline (its weights in unet/ and text_encoder/) and a folder of two
+    checkpoints hold no sharded model: `materialize FOLDER --include` selects from each
+    file under them, as with no PATH. It was refused: the pipeline "holds no tracked
+    checkpoint or index", the other "cannot tell which checkpoint is the model"."""
+    from safetensors.torch import load_file, save_file
+
+    pipe = repo.path / "pipe"
+    for sub, name in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        (pipe / sub).mkdir(parents=True)
+        save_file({f"{sub}.weight": torch.ones(4, 4)}, pipe / sub / f"{name}.safetensors")
+    (pipe / "model_index.json").write_text('{"_class_name": "Pipeline"}')
+    (repo.path / "ck").mkdir()
+    torch.save({"w": torch.ones(3)}, repo.path / "ck" / "a.pt")
+    torch.save({"v": torch.ones(3)}, repo.path / "ck" / "b.pt")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "a pipeline and a folder of checkpoints")
+    out = repo.tz("materialize", "pipe", "--include", "unet.*").stdout.decode()
+    partial = pipe / "unet" / "diffusion_pytorch_model.partial.safetensors"
+    assert out.splitlines() == ["pipe/unet/diffusion_pytorch_model.safetensors: 1 of 1 "
+                                "parameter -> pipe/unet/diffusion_pytorch_model.partial"
+                                ".safetensors"]
+    assert list(load_file(partial)) == ["unet.weight"]
+    out = repo.tz("materialize", "ck/", "--include", "w").stdout.decode()
+    assert out.splitlines() == ["ck/a.pt: 1 of 1 parameter -> ck/a.partial.pt"]
+    assert not (repo.path / "ck" / "b.partial.pt").exists()
+    proc = repo.tz("materialize", "pipe", "--include", "nothing.*", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err == "theta-zarr: pipe: no parameter matches nothing.*\n"
+
+
 def _bin_shards(repo, sd: dict, plan: dict[str, list[str]]) -> None:
     folder = repo.path / "bert"
     folder.mkdir(exist_ok=True)

@@ -47,7 +47,10 @@ def _model_at(repo: Repo, rel: str, objects) -> Model | None:
     full = os.path.join(repo.top, rel)
     if not (is_index_name(rel) or os.path.isdir(full)):
         return None
-    model = open_model(repo, "" if rel == "." else rel.replace(os.sep, "/"), INDEX, objects)
+    rel = "" if rel == "." else rel.replace(os.sep, "/")
+    if not is_index_name(rel) and not any(map(is_index_name, list_folder(repo, rel, INDEX) or [])):
+        return None  # no sharded model here: a folder of checkpoints (subfolders, several)
+    model = open_model(repo, rel, INDEX, objects)
     return model if model.index is not None else None
 
 
