@@ -210,6 +210,39 @@ def test_git_diff_of_a_renamed_model_folder_finds_each_shard_in_the_new_folder(s
     assert stat == [f" {model} | renamed", " 1 checkpoint(s) changed"], stat
 
 
+
+def test_git_diff_of_a_shard_deleted_here_compares_with_the_index_not_another_branch(sharded):
+    """A re-save into fewer shards deletes shard files. git's external diff of a deleted
+    shard (`git diff`, and `git diff --cached` once staged) looked for the new side in the
+    commit of any branch that had deleted the same file, and reported that branch's
+    fine-tune as this change's."""
+    repo, model, folder = sharded
+
+    def resave(tuned: str, message: str | None) -> None:
+        with torch.no_grad():
+            tune = {n: p for n, p in model.named_parameters() if n.startswith(tuned)}
+            kept = {n: p.clone() for n, p in tune.items()}
+            for p in tune.values():
+                p.add_(0.25)
+            model.save_pretrained(folder, max_shard_size="12KB")
+            for n, p in tune.items():
+                p.copy_(kept[n])
+        if message:
+            repo.git("add", "-A")
+            repo.git("commit", "-q", "-m", message)
+
+    repo.git("checkout", "-q", "-b", "other")
+    resave("model.layers.0.", "other: layer 0 tuned, fewer shards")
+    repo.git("checkout", "-q", "main")
+    resave("lm_head.", None)
+    assert " D llama/" in repo.out("status", "--porcelain")  # shard files deleted
+    unstaged = repo.out("diff", "--", "llama")
+    repo.git("add", "-A")
+    staged = repo.out("diff", "--cached", "--", "llama")
+    for out in (unstaged, staged):
+        assert "~ model.layers.0." not in out, out
+    assert "~ lm_head.weight" in staged, staged
+
 def test_a_model_cast_to_bf16_that_fits_one_file_diffs_as_that_file(sharded):
     """save_pretrained of the model in bf16 writes one model.safetensors, deletes the shards
     and leaves the index, which names them still. transformers loads model.safetensors;

@@ -456,9 +456,15 @@ def driver_diff(repo: Repo, path: str, old_hex: str, new_hex: str, deleted: bool
         if old is None:
             return None
     if not has_new:
-        out = repo.git("log", "--all", "--format=%H", "--diff-filter=D", "--", path,
-                       check=False).decode().split()
-        new = next((c for c in out if blob_at(repo, path, f"{c}^") == old_hex), None)
+        indexed = blob_at(repo, path, INDEX)
+        if indexed == old_hex and not os.path.lexists(os.path.join(repo.top, path)):
+            return None  # deleted in the working tree (`git diff`): that side is the file
+        if indexed is None and old == "HEAD":
+            new = INDEX  # a deletion `git rm` (or `add -A`) staged: `git diff --cached`
+        else:
+            out = repo.git("log", "--all", "--format=%H", "--diff-filter=D", "--", path,
+                           check=False).decode().split()
+            new = next((c for c in out if blob_at(repo, path, f"{c}^") == old_hex), None)
     elif not has_old:
         old = _parent(repo, new)
     if new is None or old is None:
