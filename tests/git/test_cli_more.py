@@ -163,6 +163,28 @@ def test_untrack_and_uninstall(repo):
     assert "was not installed in the local git config" in again and "removed" not in again
 
 
+def test_track_and_untrack_keep_crlf_lines_and_complete_a_hand_written_line(repo):
+    """A .gitattributes written on Windows lost every '\r' when track or untrack rewrote
+    it (a whole-file diff); a hand-written line routing files through the filter without
+    the diff and merge drivers made track say "Already tracking" and add nothing, so git's
+    plain diff and merge handled those files."""
+    attrs = repo.path / ".gitattributes"
+    attrs.write_bytes(b"*.txt text\r\n*.bin filter=theta-zarr diff=lfs\r\n")
+    out = repo.tz("track", "*.bin", "*.pt").stdout.decode()
+    assert out.splitlines()[:2] == ['Tracking "*.bin"', 'Tracking "*.pt"']
+    assert attrs.read_bytes() == (
+        b"*.txt text\r\n"
+        b"*.bin filter=theta-zarr diff=theta-zarr merge=theta-zarr -text\r\n"
+        b"*.pt filter=theta-zarr diff=theta-zarr merge=theta-zarr -text\r\n")
+    assert repo.out("check-attr", "diff", "merge", "--", "x.bin").splitlines() == [
+        "x.bin: diff: theta-zarr", "x.bin: merge: theta-zarr"]
+    assert 'Already tracking "*.bin"' in repo.tz("track", "*.bin").stdout.decode()
+    repo.tz("untrack", "*.pt")
+    assert attrs.read_bytes() == (
+        b"*.txt text\r\n"
+        b"*.bin filter=theta-zarr diff=theta-zarr merge=theta-zarr -text\r\n")
+
+
 def test_ls_files_takes_folders_and_lists_the_current_folder(repo):
     """As git ls-files: a folder lists the files under it, a subfolder's files are what a
     plain ls-files there lists, and a path no tracked file matches is an error."""

@@ -32,17 +32,34 @@ def escape_pattern(pattern: str) -> str:
 
 
 def _read(path: str) -> list[str]:
+    """The lines of ``path`` without their endings ([] without the file)."""
+    return [line.rstrip("\r\n") for line in _read_ended(path)]
+
+
+def _read_ended(path: str) -> list[str]:
+    """The lines of ``path`` with their endings, as the file has them (CRLF kept)."""
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read().splitlines(keepends=True)
 
 
 def _write(path: str, lines: list[str]) -> None:
+    """Write ``lines`` (each with its ending, as ``_read_ended`` gives them; one without
+    gets the file's own: CRLF where most of its lines end so) under a temporary name,
+    then rename it into place."""
+    crlf = sum(ln.endswith("\r\n") for ln in lines) * 2 > len(lines) and len(lines) > 0
+    eol = "\r\n" if crlf else "\n"
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write("".join(ln if ln.endswith("\n") else ln + eol for ln in lines))
     os.replace(tmp, path)
+
+
+def _attr(word: str) -> str:
+    """The attribute a word of a .gitattributes line sets: ``diff`` of ``diff=x``,
+    ``-diff`` and ``!diff`` (gitattributes(5))."""
+    return word.lstrip("-!").split("=", 1)[0]
 
 
 def _is_ours(line: str) -> bool:
@@ -100,20 +117,37 @@ def check_matches_files(pattern: str) -> None:
 
 
 def track(top: str, patterns: list[str]) -> list[str]:
-    """Add a line per new pattern; returns the patterns newly added.  Raises ValueError
-    for a pattern a .gitattributes line cannot say or that can match no file."""
+    """Add a line per new pattern; returns the patterns newly added, or whose line gained
+    attributes.  A line of the pattern that routes it through the filter but lacks the
+    diff or merge driver (or ``-text``), as a hand-written one may, gets what it lacks:
+    git's plain diff and merge handled those files.  The file keeps its line endings.
+    Raises ValueError for a pattern a .gitattributes line cannot say or that can match
+    no file."""
     path = os.path.join(top, ".gitattributes")
-    lines = _read(path)
-    have = set(tracked_patterns(top))
+    lines = _read_ended(path)
     for pattern in patterns:
         check_matches_files(pattern)
     check_not_forbidden([escape_pattern(p) for p in patterns])
+    ours = {}  # pattern -> index of its (last) line of ours
+    for i, line in enumerate(lines):
+        if line.strip() and not line.lstrip().startswith("#") and _is_ours(line):
+            ours[line.split()[0]] = i
     added = []
     for pattern in patterns:
         esc = escape_pattern(pattern)
-        if esc not in have:
+        at = ours.get(esc)
+        if at is None:
             lines.append(f"{esc} {ATTRS}")
-            have.add(esc)
+            ours[esc] = len(lines) - 1
+            added.append(esc)
+            continue
+        words = lines[at].split()
+        lacking = [a for a in ATTRS.split() if a not in words]
+        if lacking:  # what it sets otherwise for those attributes (diff=lfs, text) goes
+            keys = {_attr(a) for a in lacking}
+            ending = lines[at][len(lines[at].rstrip("\r\n")):]
+            kept = [words[0], *(w for w in words[1:] if _attr(w) not in keys)]
+            lines[at] = " ".join([*kept, *lacking]) + ending
             added.append(esc)
     if added:
         _write(path, lines)
@@ -131,7 +165,7 @@ def untrack(top: str, patterns: list[str]) -> list[str]:
     """
     path = os.path.join(top, ".gitattributes")
     drop = {escape_pattern(p) for p in patterns}
-    lines = _read(path)
+    lines = _read_ended(path)
     keep = [ln for ln in lines if not (ln.strip() and _is_ours(ln) and ln.split()[0] in drop)]
     removed = [ln.split()[0] for ln in lines if ln not in keep]
     if removed:
