@@ -699,6 +699,7 @@ class Packer:
         self._looked = False
         self._asked = 0  # maybe_loose calls so far
         self._loose: set[str] | None = None  # the loose objects, once listed
+        self._unlistable = False  # their folder could not be listed: each is looked for
 
     def packed(self) -> dict[str, packs.Pack]:
         """digest -> pack of the cache, its packs folder read again at the first call
@@ -719,12 +720,12 @@ class Packer:
         with self._lock:
             if self._loose is None:
                 self._asked += 1
-                if self._asked <= packs.PACK_MIN:
+                if self._asked <= packs.PACK_MIN or self._unlistable:
                     return True
                 try:
                     self._loose = set(self.cache.iter_loose_digests())
                 except OSError:  # a folder that cannot be listed: look for each
-                    self._asked = -(1 << 62)
+                    self._unlistable = True
                     return True
         return digest in self._loose
 
