@@ -215,6 +215,23 @@ def untrack(patterns: tuple[str, ...]) -> None:
 
 
 # -- inspection -------------------------------------------------------------------------
+def _model_files(repo, rel: str, rev: str | None) -> list[str]:
+    """What a path given to ls-files selects: the shards a sharded model's index names
+    (in the index, or at ``rev``) for an ``*.index.json``, else the path itself."""
+    from .git.models import load_index
+    from .git.sides import INDEX
+    from .manifest import ManifestError
+    from .shards import is_index_name
+
+    if not is_index_name(rel):
+        return [rel]
+    try:
+        index = load_index(repo, rel, rev or INDEX)
+    except ManifestError:
+        return [rel]
+    return [rel] if index is None else index.shards
+
+
 @main.command("ls-files")
 @click.argument("paths", nargs=-1)
 @click.option("--rev", default=None, help="a revision instead of the index")
@@ -223,7 +240,7 @@ def untrack(patterns: tuple[str, ...]) -> None:
 @reports_errors
 def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json: bool) -> None:
     """Tracked checkpoints: format, parameters, size, chunks, and how many are cached."""
-    from .checkpoint import open_cache
+    from .checkpoint import missing_chunks, open_cache
     from .git.files import (
         link_description,
         matches,
@@ -235,12 +252,14 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
 
     repo = Repo.discover()
     cache = open_cache(repo.settings())
-    # as git ls-files: paths may be folders, and in a subfolder only its files are listed
-    rel = [repo.relative(p).replace(os.sep, "/")
+    # as git ls-files: paths may be folders, and in a subfolder only its files are listed;
+    # a sharded model's *.index.json stands for its shards, as in diff and the API
+    rel = [_model_files(repo, repo.relative(p).replace(os.sep, "/"), rev)
            for p in paths or ["."]]
-    files = tracked_files(repo, rev, rel)
-    for p, r in zip(paths, rel, strict=False):
-        if r != "." and not any(matches(f.path, r) for f in files):
+    files = tracked_files(repo, rev, [s for selectors in rel for s in selectors])
+    for p, selectors in zip(paths, rel, strict=False):
+        if selectors != ["."] and not any(matches(f.path, s) for f in files
+                                          for s in selectors):
             fail(f"{p}: no file theta-zarr tracks matches it")
     sparse = outside_sparse_checkout(repo) if files else set()
     rows = []
@@ -252,7 +271,7 @@ def ls_files(paths: tuple[str, ...], rev: str | None, show_params: bool, as_json
             continue
         m = f.manifest
         digests = m.digests()
-        cached = len(digests) - len(cache.missing(digests))
+        cached = len(digests) - len(missing_chunks(m, cache))
         state = worktree_state(repo, f.path, sparse)
         row: dict[str, Any] = {
             "path": f.path, "format": m.format_name, "params": len(m.params),

@@ -55,6 +55,21 @@ def test_load_state_dict_of_folder_and_index_selects_across_shards(sharded):
         {"lm_head.weight"}
 
 
+def test_ls_files_of_an_index_lists_the_models_shards(sharded):
+    """load_state_dict and diff take a sharded model's index for the model; ls-files said
+    the index matched no file theta-zarr tracks."""
+    repo, model, folder = sharded
+    index = "llama/model.safetensors.index.json"
+    shards = sorted(set(json.loads((folder / "model.safetensors.index.json").read_text())
+                        ["weight_map"].values()))
+    listed = [ln.split()[0] for ln in repo.tz("ls-files", index).stdout.decode().splitlines()]
+    assert listed == [f"llama/{s}" for s in shards]
+    params = json.loads(repo.tz("ls-files", "--params", "--json", index, "--rev",
+                                "HEAD").stdout)
+    assert {p["name"] for row in params for p in row["parameters"]} == \
+        set(model.state_dict())
+
+
 def test_a_folder_with_no_model_says_which_files_it_found(sharded):
     repo, _, folder = sharded
     (repo.path / "two").mkdir()
