@@ -26,7 +26,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .manifest import DIGEST_RE
-from .storage import BlobInfo, BlobNotFound, BlobStore, ConditionFailed, StorageError
+from .storage import (
+    BlobInfo,
+    BlobNotFound,
+    BlobStore,
+    BlobTooLarge,
+    ConditionFailed,
+    StorageError,
+)
 from .wording import natural_key
 
 REFS_PREFIX = "refs/"
@@ -169,15 +176,29 @@ class Refs:
             if name.startswith(prefix) and not name.rsplit("/", 1)[-1].startswith("."):
                 yield name, info
 
-    def delete(self, name: str) -> RefValue | None:
-        """Delete the ref ``name``: the value it held, None where there was none (nothing
-        deleted).  Only the ref: what it named stays until gc finds nothing else names it.
-        Not conditional, as ``git update-ref -d`` without an old value: a push moving the
-        ref at the same moment can be undone (its objects stay, for the grace period)."""
-        value = self.read(name)
-        if value is not None:
+    def held(self, name: str) -> str | None:
+        """What the ref ``name`` holds: the digest it names, ``"unreadable"`` for one that
+        cannot be read (garbage bytes, another tool's file, which ``ls`` marks 'error:'),
+        None where there is none."""
+        key = self._key(name)  # a bad name is refused, not taken for an unreadable ref
+        try:
+            data, token = self.blobs.get_versioned(key, MAX_REF_FILE)
+            return decode(name, data, token).digest
+        except BlobNotFound:
+            return None
+        except (RefError, BlobTooLarge):
+            return "unreadable"
+
+    def delete(self, name: str) -> str | None:
+        """Delete the ref ``name``, an unreadable one too: what it held (``held``), None
+        where there was none (nothing deleted).  Only the ref: what it named stays until gc
+        finds nothing else names it.  Not conditional, as ``git update-ref -d`` without an
+        old value: a push moving the ref at the same moment can be undone (its objects
+        stay, for the grace period)."""
+        held = self.held(name)
+        if held is not None:
             self.blobs.delete(self._key(name))
-        return value
+        return held
 
     def _write(self, name: str, digest: str, expect: RefValue | None) -> RefValue:
         """One conditional write; a 412 whose read-back shows our write id is our success."""

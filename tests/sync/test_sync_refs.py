@@ -184,3 +184,22 @@ def test_a_new_ref_may_not_begin_with_a_dash_and_an_old_one_stays_readable(tmp_p
     r.set("old", D1)
     os.rename(tmp_path / "remote" / "refs" / "old", tmp_path / "remote" / "refs" / "-old")
     assert r.read("-old").digest == D1 and [n for n, _ in r.list()] == ["-old"]
+
+
+def test_delete_ref_deletes_a_ref_that_cannot_be_read(case, tmp_path):  # noqa: F811
+    """A ref ls marks 'error:' (garbage bytes, another tool's file), which makes gc keep
+    every manifest, could not be deleted: delete-ref failed on reading it."""
+    env = env_for(case, tmp_path)
+    f = model(tmp_path / "s1.safetensors", seed=1)
+    tz(["publish", str(f), case.url, "--ref", "run7/step-1", "--chunk-size", CHUNK,
+        *case.cli_options()], env)
+    r = case.remote().refs
+    r.blobs.put("refs/run7/junk", [b"garbage\n"])
+    r.blobs.put("refs/run7/big", [b"x" * (refs.MAX_REF_FILE + 1)])
+    dry = tz(["delete-ref", case.url, "run7/junk", "--dry-run", *case.cli_options()], env)
+    assert dry.stdout.decode() == "would delete run7/junk (was unreadable)\n"
+    proc = tz(["delete-ref", case.url, "run7/junk", "run7/big", *case.cli_options()], env)
+    assert proc.stdout.decode().splitlines() == ["deleted run7/junk (was unreadable)",
+                                                 "deleted run7/big (was unreadable)"]
+    assert [n for n, _ in r.list()] == ["run7/step-1"]
+    assert tz(["ls", case.url, *case.cli_options()], env).returncode == 0

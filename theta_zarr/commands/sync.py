@@ -321,11 +321,11 @@ def register(main: click.Group) -> None:
         verb = "would delete" if dry_run else "deleted"
         absent = []
         for ref in dict.fromkeys(refs):
-            value = remote.refs.read(ref) if dry_run else remote.refs.delete(ref)
-            if value is None:
+            held = remote.refs.held(ref) if dry_run else remote.refs.delete(ref)
+            if held is None:
                 absent.append(ref)
                 continue
-            click.echo(f"{verb} {ref} (was {value.digest[:19]})")
+            click.echo(f"{verb} {ref} (was {held[:19]})")
         if absent:
             sys.stdout.flush()
             fail(f"no ref {', '.join(absent)} in {remote.url}")
