@@ -245,6 +245,13 @@ class Refs:
             self._check_no_clash(name)
         return current
 
+    def check_new(self, name: str) -> None:
+        """What ``set`` refuses of a name that does not exist (one beginning with '-', a
+        folder of an existing ref), checked before anything is uploaded by a writer that
+        may move a ref (``--force``) or stages shards for it: RefError."""
+        if self.read(name) is None:
+            self._check_no_clash(name)
+
     def _check_no_clash(self, name: str) -> None:
         """RefError when a new ref ``name`` would be a folder of an existing ref, or an
         existing ref a folder of it (``run7`` and ``run7/step-1``): git's rule for refs,

@@ -618,8 +618,10 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
         raise SyncError(f"{path}: no such file or directory")
     if shard is None and not force:  # a taken ref fails before anything is uploaded
         remote.refs.check_free(ref, chunking.digest(target))
-    elif not force:  # so does a shard name another rank's file holds
-        remote.check_stage_free(ref, names[0], cleaned[0].entry)
+    else:  # so does a name no ref can take, and a shard name another rank's file holds
+        remote.refs.check_new(ref)
+        if not force and shard is not None:
+            remote.check_stage_free(ref, names[0], cleaned[0].entry)
     # delta bases: the version this one continues (``base_ref``, which must exist), else
     # the default (Refs.base_of); a default that cannot be read is no base, not a failure
     if base_ref:

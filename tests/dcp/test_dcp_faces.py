@@ -350,6 +350,15 @@ def test_racing_saves_have_one_winner_and_the_loser_says_so(tmp_path):
     assert set(case.remote().objects.iter_digests()) == before
 
 
+def test_a_ref_name_no_ref_can_take_fails_the_save_before_any_upload(case):
+    """A new ref beginning with '-', or the folder of an existing ref, was refused when
+    the ref moved, after every rank's chunks had gone up."""
+    before = set(case.remote().objects.iter_digests())
+    for ref in ("-x", "run"):
+        with pytest.raises(CheckpointException, match=f"ref {ref} cannot be created"):
+            save(case, ref, 5)
+    assert set(case.remote().objects.iter_digests()) == before
+
 def test_a_name_no_manifest_can_hold_fails_the_save_before_any_upload(tmp_path):
     """A non-tensor item's name is checked while planning, as a tensor's is; it was
     checked in finish, after every chunk had gone up."""

@@ -6,7 +6,7 @@ import os
 import threading
 
 import pytest
-from helpers import CHUNK, env_for, model, tz
+from helpers import CHUNK, Case, env_for, model, tz
 
 from theta_zarr import refs
 from theta_zarr.refs import RefConflict, RefError, Refs, check_ref_name
@@ -203,3 +203,23 @@ def test_delete_ref_deletes_a_ref_that_cannot_be_read(case, tmp_path):  # noqa: 
                                                  "deleted run7/big (was unreadable)"]
     assert [n for n, _ in r.list()] == ["run7/step-1"]
     assert tz(["ls", case.url, *case.cli_options()], env).returncode == 0
+
+
+def test_a_name_no_ref_can_take_is_refused_before_a_forced_publish_or_a_shard_uploads(
+        tmp_path):
+    """publish --force and --shard checked a name set refuses ('-x', the folder of an
+    existing ref) only when the ref moved: after every chunk had gone up, or at combine."""
+    remote = tmp_path / "remote"
+    env = env_for(Case("local", str(remote), {}, []), tmp_path)
+    f = model(tmp_path / "s1.safetensors", seed=1)
+    tz(["publish", str(f), str(remote), "--ref", "run7/step-1", "--chunk-size", CHUNK], env)
+    objects = sorted(p.name for p in (remote / "objects").rglob("*"))
+    g = model(tmp_path / "s2.safetensors", seed=2)
+    for ref, flag in (("-x", "--force"), ("-x", "--shard"), ("run7", "--force"),
+                      ("run7", "--shard")):
+        proc = tz(["publish", str(g), str(remote), f"--ref={ref}", flag, "--chunk-size",
+                   CHUNK], env, check=False)
+        assert proc.returncode == 1 and proc.stderr.decode().startswith(
+            f"theta-zarr: ref {ref} cannot be created"), proc.stderr.decode()
+    assert sorted(p.name for p in (remote / "objects").rglob("*")) == objects
+    assert not (remote / "staging").exists()

@@ -173,6 +173,8 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         if current is not None and not self.force:
             raise RefConflict(f"ref {self.ref} already exists in {self.sync.url} and points "
                               f"at {current.digest}; pass force=True to move it")
+        if current is None:
+            self.sync.refs.check_new(self.ref)  # a name set would refuse, before uploads
         boxes: dict[str, list[layout.Box]] = {}
         geometry: dict[str, tuple[tuple[int, ...], int]] = {}
         for plan in plans:
