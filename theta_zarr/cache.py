@@ -841,6 +841,16 @@ def record_repository(root: str, git_common_dir: str) -> None:
         os.replace(tmp, path)
 
 
+def owning_repository(root: str) -> str | None:
+    """The git dir whose own cache ``root`` is, ``<git-dir>/theta-zarr`` (its parent holds
+    ``HEAD`` and ``refs/`` as every git dir does, a bare one too); None for any other."""
+    parent = os.path.dirname(os.path.realpath(root))
+    if os.path.isfile(os.path.join(parent, "HEAD")) and \
+            os.path.isdir(os.path.join(parent, "refs")):
+        return parent
+    return None
+
+
 def recorded_repositories(root: str) -> list[str]:
     """The git dirs of the repositories ``record_repository`` named in the cache ``root``
     that still exist (each still has its ``HEAD``), sorted."""

@@ -284,6 +284,31 @@ def test_gc_leaves_a_shared_cache_unless_told(repo, make_repo, tmp_path):
     assert not chunks & stored()
 
 
+def test_gc_in_a_repository_pointed_at_anothers_own_cache_keeps_that_ones_chunks(
+        repo, make_repo, tmp_path):
+    """B's theta-zarr.cache is A's own cache (A/.git/theta-zarr), where A, which sets no
+    theta-zarr.cache, names itself nowhere: gc --shared-cache in B deleted the chunks of
+    A's unpushed commit, and A could no longer check it out."""
+    other = make_repo("other")
+    other.git("init", "-q", "-b", "main")
+    other.tz("install")
+    other.tz("track", "*.safetensors")
+    own = repo.path / ".git" / "theta-zarr"
+    other.git("config", "theta-zarr.cache", str(own))
+    f = model(tmp_path / "m.safetensors", seed=3)
+    (repo.path / "model.safetensors").write_bytes(f.read_bytes())
+    repo.git("add", "model.safetensors")
+    repo.git("commit", "-q", "-m", "unpushed")
+    chunks = {p for p in (own / "objects").rglob("*") if p.is_file()}
+    assert chunks
+    out = other.tz("gc", "--grace", "0", "--shared-cache").stderr.decode()
+    assert f"what 1 other repository it names need is kept too ({repo.path / '.git'})" \
+        in out
+    assert {p for p in (own / "objects").rglob("*") if p.is_file()} >= chunks
+    (repo.path / "model.safetensors").unlink()
+    repo.git("checkout", "--", "model.safetensors")
+    assert file_sha(repo.path / "model.safetensors") == file_sha(f)
+
 def test_gc_keeps_what_git_replace_hides_and_what_it_puts_in_place(repo, tmp_path):
     """A commit hidden by ``git replace`` is still on its branch, and git's own gc and
     push walk past replacements: gc walked through them, deleted the hidden commit's

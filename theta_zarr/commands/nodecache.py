@@ -22,9 +22,9 @@ from .reporting import echo_moved_packs, reports_errors
 def _repository_cache(root: str) -> bool:
     """Whether ``root`` is a git repository's own cache, ``<git-dir>/theta-zarr``: its
     parent holds ``HEAD`` and ``refs/`` as every git dir does (a bare one too)."""
-    parent = os.path.dirname(os.path.realpath(root))
-    return os.path.isfile(os.path.join(parent, "HEAD")) and \
-        os.path.isdir(os.path.join(parent, "refs"))
+    from ..cache import owning_repository
+
+    return owning_repository(root) is not None
 
 
 def register(main: click.Group) -> None:

@@ -498,7 +498,7 @@ def register(main: click.Group) -> None:
         """Delete unreachable objects older than --grace from the cache (and the remote)."""
         from .. import checkpoint, gc
         from ..cache import default_cache_dir as own_cache_dir
-        from ..cache import recorded_repositories
+        from ..cache import owning_repository, recorded_repositories
         from ..errors import UserError
         from ..git.reachability import (
             git_roots,
@@ -555,10 +555,13 @@ def register(main: click.Group) -> None:
             say(f"the cache {cache.root} may be shared (theta-zarr.cache): left as it is; "
                 "--shared-cache collects it too")
         # other repositories whose theta-zarr.cache points at this cache (each named in it
-        # when it read its settings): their refs, reflogs and indexes keep chunks too
+        # when it read its settings), and the one whose own cache it is (which names
+        # itself nowhere): their refs, reflogs and indexes keep chunks too
         mine = os.path.realpath(repo.common_dir)
+        owner = owning_repository(cache.root)
         others = [] if keep_cache else [
-            d for d in recorded_repositories(cache.root) if os.path.realpath(d) != mine]
+            d for d in dict.fromkeys([*recorded_repositories(cache.root), *filter(None, [owner])])
+            if os.path.realpath(d) != mine]
         if others:
             users = counted(len(others), "other repository", "other repositories")
             say(f"the cache {cache.root} is shared: what {users} it names need is kept "
