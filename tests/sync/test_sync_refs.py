@@ -6,7 +6,7 @@ import os
 import threading
 
 import pytest
-from helpers import CHUNK, Case, env_for, model, tz
+from helpers import CHUNK, Case, env_for, local_case, model, tz
 
 from theta_zarr import refs
 from theta_zarr.refs import RefConflict, RefError, Refs, check_ref_name
@@ -219,7 +219,26 @@ def test_a_name_no_ref_can_take_is_refused_before_a_forced_publish_or_a_shard_up
                       ("run7", "--shard")):
         proc = tz(["publish", str(g), str(remote), f"--ref={ref}", flag, "--chunk-size",
                    CHUNK], env, check=False)
-        assert proc.returncode == 1 and proc.stderr.decode().startswith(
-            f"theta-zarr: ref {ref} cannot be created"), proc.stderr.decode()
+        want = "theta-zarr: --ref: a ref name beginning with '-'" if ref.startswith("-") \
+            else f"theta-zarr: ref {ref} cannot be created"
+        assert proc.returncode == 1 and proc.stderr.decode().startswith(want), \
+            proc.stderr.decode()
     assert sorted(p.name for p in (remote / "objects").rglob("*")) == objects
     assert not (remote / "staging").exists()
+
+
+def test_ref_names_on_the_command_line_are_refused_once_under_their_own_label(tmp_path):
+    """watch --ref-prefix=- started and failed every checkpoint it found; delete-ref's
+    bad name was labelled 'REFS:' where its usage says REF."""
+    env = env_for(local_case(tmp_path), tmp_path)
+    (tmp_path / "w" / "a").mkdir(parents=True)
+    model(tmp_path / "w" / "a" / "model.safetensors")
+    proc = tz(["watch", str(tmp_path / "w"), str(tmp_path / "r"), "--ref-prefix=-",
+               "--once"], env, check=False)
+    assert proc.returncode == 1 and proc.stderr.decode().splitlines() == [
+        "theta-zarr: --ref-prefix: a ref name beginning with '-' reads as an option on "
+        "the command line (git refuses such branch names); choose another"]
+    assert not (tmp_path / "r").exists()
+    proc = tz(["delete-ref", str(tmp_path / "r"), "bad..name"], env, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().startswith("theta-zarr: REF: invalid ref name 'bad..name'")

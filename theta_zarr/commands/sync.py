@@ -86,16 +86,24 @@ def _ref_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...
 
 def _ref_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback: a ref name checked by refs.check_ref_name before the command
-    does anything (nothing is cleaned or uploaded for a name a backend would refuse)."""
+    does anything (nothing is cleaned or uploaded for a name a backend would refuse).  A
+    name that --ref or --ref-prefix gives a new ref may not begin with '-' (as
+    ``Refs.set`` refuses it), said once here, not for every checkpoint a watch finds."""
     from ..refs import RefError, check_ref_name
 
     if value is None:
         return None
+    label = param.opts[0] if param.opts[0].startswith("-") else \
+        (param.metavar or param.name.upper()).rstrip(".")
+    if param.name in ("ref", "ref_prefix") and param.opts[0].startswith("-") and \
+            value.startswith("-"):
+        fail(f"{label}: a ref name beginning with '-' reads as an option on the command "
+             "line (git refuses such branch names); choose another")
     probe = value + "x" if param.name == "ref_prefix" else value  # a prefix of names
     try:
         check_ref_name(probe)
     except RefError as e:
-        fail(f"{param.opts[0] if param.opts[0].startswith('-') else param.name.upper()}: {e}")
+        fail(f"{label}: {e}")
     return value
 
 
