@@ -10,6 +10,7 @@ from helpers import REMOTE_SHAPE, GitRepo, clone, init_bare, manifest_at
 
 from theta_zarr.demo import write_model
 from theta_zarr.manifest import Manifest
+from theta_zarr.objects import object_key
 from theta_zarr.remote import RemoteSpec, open_remote
 
 
@@ -429,3 +430,27 @@ def test_a_committed_endpoint_for_a_gcs_remote_needs_the_users_own_config(repo, 
             "endpoint-url=http://gcs.example:4443", "--shared")
     assert repo.out("config", "--local", "theta-zarr.remote.mirror.endpoint-url").strip() == \
         "http://gcs.example:4443"
+
+
+def test_a_url_in_git_config_replaces_the_committed_remote_of_that_name_whole(
+        repo, tmp_path, s3_server):
+    """.thetazarr gives origin the team's S3-compatible endpoint; a user who points origin
+    at another bucket in their own config (`remote add origin s3://mine/m`, reached through
+    their own AWS_ENDPOINT_URL_S3) had the committed endpoint-url applied to that URL, so
+    the push went to the team's server."""
+    repo.env.update(s3_server.env)
+    bucket = s3_server.new_bucket()
+    _origin(repo, tmp_path)
+    (repo.path / ".thetazarr").write_text(
+        '[theta-zarr "remote.origin"]\n\turl = s3://team/m\n'
+        "\tendpoint-url = http://127.0.0.1:9\n\tretry-timeout = 1\n")
+    repo.tz("remote", "add", "origin", f"{bucket}/m")
+    listed = repo.tz("remote", "list").stdout.decode()
+    assert f"origin\t{bucket}/m" in listed and "127.0.0.1:9" not in listed
+    m = _commit(repo, 0)
+    repo.git("push", "-q", "origin", "main")
+    stored = {k.split("/", 1)[1] for k in s3_server.objects(f"{bucket}/m")}
+    assert {f"m/{object_key(d)}" for d in m.digests() - {None}} <= stored
+    # the same URL in git config keeps the file's options for it
+    repo.git("config", "theta-zarr.remote.origin.url", "s3://team/m")
+    assert "endpoint-url=http://127.0.0.1:9" in repo.tz("remote", "list").stdout.decode()

@@ -91,7 +91,8 @@ def without_url(repo: Repo) -> dict[str, list[str]]:
 
 def merged_options(repo: Repo, committed: dict[str, set[str]] | None = None
                    ) -> dict[str, dict[str, str]]:
-    """Every theta remote's keys: .thetazarr first, then git config on top.  ``committed``,
+    """Every theta remote's keys: .thetazarr first, then git config on top (a URL there
+    other than the file's replaces the file's remote whole).  ``committed``,
     when given, is filled with each remote's keys whose value is the file's (git config
     did not set them).
 
@@ -122,6 +123,12 @@ def merged_options(repo: Repo, committed: dict[str, set[str]] | None = None
                 committed.setdefault(name, set()).update(opts)
     out = repo.git("config", "-z", "--get-regexp", r"^theta-zarr\.remote\.", check=False)
     for name, opts in _parse(out).items():
+        if opts.get("url") and opts["url"] != merged.get(name, {}).get("url", opts["url"]):
+            # another store under the file's name replaces the file's remote whole: its
+            # options (an endpoint-url above all) are not the new URL's
+            merged[name] = {}
+            if committed is not None:
+                committed.pop(name, None)
         merged.setdefault(name, {}).update(opts)
         if committed is not None:
             committed.get(name, set()).difference_update(opts)
