@@ -48,7 +48,7 @@ from .objects import (
 )
 from .redact import credential_part
 from .settings import DEFAULT_WORKERS, parse_bool
-from .storage import StorageError, check_url, credential_hint, open_store
+from .storage import RootMissing, StorageError, check_url, credential_hint, open_store
 from .storage.local import LocalStore
 from .wording import counted
 
@@ -569,7 +569,11 @@ class ReadThrough:
             if self._open_remote is None:
                 raise
             corrupt = str(e) if isinstance(e, QuarantinedError) else None
-        raw = self.remote.get(digest, self.cache, size=size)
+        try:
+            raw = self.remote.get(digest, self.cache, size=size)
+        except MissingObjectError:
+            self._root_missing()
+            raise
         self.cache.put(digest, raw)
         if corrupt:
             log.warning("%s; fetched a good copy from %s", corrupt, self.remote.url)
@@ -581,7 +585,22 @@ class ReadThrough:
         if self._open_remote is None:
             raise MissingObjectError(f"{len(digests)} chunk(s) are not in the cache and no "
                                      f"remote is configured (first: {sorted(digests)[0]})")
-        fetch_objects(self.remote, self.cache, digests, sizes)
+        try:
+            fetch_objects(self.remote, self.cache, digests, sizes)
+        except MissingObjectError:
+            self._root_missing()
+            raise
+
+    def _root_missing(self) -> None:
+        """Raise RootMissing ("bucket X does not exist") when the remote's bucket or folder
+        is not there: its objects are missing because its URL is wrong (a typo in
+        .thetazarr), not because a push was incomplete."""
+        try:
+            self.remote.check_root()
+        except RootMissing:
+            raise
+        except StorageError:
+            pass  # the object's own error says enough
 
 
 __all__ = ["ObjectError", "ReadThrough", "RemoteSpec", "TransferStats", "fetch_objects",

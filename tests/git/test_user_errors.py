@@ -349,3 +349,37 @@ def test_paths_from_outside_the_work_tree_are_taken_from_its_top(repo, tmp_path)
     assert outside.tz("materialize", "sub/m.safetensors").stdout.decode() == \
         "sub/m.safetensors: materialized (35 parameters)\n"
     assert repo.out("status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3"])
+def test_a_clone_whose_thetazarr_names_no_such_bucket_says_so(repo, make_repo, tmp_path,
+                                                              request, kind):
+    """A typo in the committed remote's bucket or folder: a clone's checkout and materialize
+    said 'object … is missing from URL', as if a push had been incomplete."""
+    if kind == "s3":
+        server = request.getfixturevalue("s3_server")
+        repo.env.update(server.env)
+        url = server.new_bucket()
+        typo, words = url + "x/m", (f"bucket {url[5:]}x does not exist",)
+    else:
+        url, typo = str(tmp_path / "store"), str(tmp_path / "stor" / "m")
+        words = (f"folder {typo} does not exist",)
+    bare = init_bare(tmp_path / "o.git", repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    repo.tz("remote", "add", "origin", url, "--shared")
+    write_model(str(repo.path / "m.safetensors"), REMOTE_SHAPE)
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "m")
+    repo.git("push", "-q", "origin", "main")
+    repo.tz("remote", "add", "origin", typo, "--shared")
+    repo.git("commit", "-q", "-am", "typo")
+    repo.git("push", "-q", "origin", "main")
+    parent = GitRepo(tmp_path, repo.env)
+    parent.tz("install", "--global")
+    proc = parent.git("clone", "-q", str(bare), "b", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "Traceback" not in err and "is missing from" not in err
+    assert f"theta-zarr: m.safetensors: {words[0]}" in err, err
+    lazy = make_repo("lazy")
+    parent.git("clone", "-q", str(bare), str(lazy.path), env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+    assert_user_error(lazy.tz("materialize", check=False), *words)
