@@ -56,6 +56,16 @@ def test_remote_list_and_remove(repo):
     assert repo.tz("remote", "list").stdout.decode() == ""
     proc = repo.tz("remote", "remove", "origin", check=False)
     assert proc.returncode == 1 and "no remote 'origin' in git config" in proc.stderr.decode()
+    # a remote recorded in the other place is named there: `remove` alone left a user who
+    # had cloned a repository with a .thetazarr with no idea where the remote was
+    repo.tz("remote", "add", "team", "gs://c/m", "--shared")
+    repo.tz("remote", "add", "mine", "/srv/m")
+    err = repo.tz("remote", "remove", "team", check=False).stderr.decode()
+    assert err == "theta-zarr: no remote 'team' in git config (it is in the committed " \
+                  ".thetazarr: add --shared to remove it there)\n"
+    err = repo.tz("remote", "remove", "mine", "--shared", check=False).stderr.decode()
+    assert err == "theta-zarr: no remote 'mine' in .thetazarr (it is in git config: drop " \
+                  "--shared)\n"
 
 
 def test_remote_add_of_a_bucket_opens_no_storage_library(repo):
