@@ -435,7 +435,7 @@ def remote_remove(name: str, shared: bool) -> None:
 
     repo = Repo.discover()
     if not remotes.remove(repo, name, shared):
-        elsewhere = remotes._recorded(repo, name, not shared)
+        elsewhere = remotes.recorded(repo, name, not shared)
         fail(f"no remote {name!r} in {'.thetazarr' if shared else 'git config'}" + (
             "" if not elsewhere else " (it is in git config: drop --shared)" if shared else
             " (it is in the committed .thetazarr: add --shared to remove it there)"))

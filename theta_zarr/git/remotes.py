@@ -339,7 +339,7 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
     target = _config_target(repo, shared)
     # a remote of that name there is replaced whole, never merged key by key: its old
     # options (an endpoint-url above all) would otherwise apply to the new URL
-    replaced = _recorded(repo, name, shared)
+    replaced = recorded(repo, name, shared)
     if replaced:
         repo.git("config", *target, "--remove-section", f"theta-zarr.remote.{name}")
     repo.git("config", *target, f"{PREFIX}{name}.url", stored)
@@ -363,7 +363,7 @@ def _config_target(repo: Repo, shared: bool) -> list[str]:
     return ["-f", _writable_thetazarr(repo)] if shared else ["--local"]
 
 
-def _recorded(repo: Repo, name: str, shared: bool) -> dict[str, str]:
+def recorded(repo: Repo, name: str, shared: bool) -> dict[str, str]:
     """The keys remote ``name`` has in the repository's own git config (in ``.thetazarr``
     when ``shared``), as written there; empty when it has none there."""
     if shared and not os.path.lexists(os.path.join(repo.top, THETAZARR_FILE)):
