@@ -388,6 +388,29 @@ def test_non_tensor_values_of_a_torch_file_merge_leaf_by_leaf(repo):
         [{"lr": 0.5, "m": 2}]
 
 
+def test_resolve_summary_counts_a_value_kept_by_a_tensor_strategy_as_ours(repo):
+    """A non-tensor value that a value strategy (average) cannot combine keeps ours's;
+    the summary line counted it 'by average' as if it had been averaged."""
+    def save_pt(w: float, lr: float, message: str) -> None:
+        torch.save({"w": torch.full((4,), w), "lr": lr}, repo.path / "x.pt")
+        repo.git("add", "x.pt")
+        repo.git("commit", "-q", "-m", message)
+
+    save_pt(0.0, 0.1, "base")
+    repo.git("checkout", "-q", "-b", "other")
+    save_pt(2.0, 0.5, "theirs")
+    repo.git("checkout", "-q", "main", env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+    save_pt(1.0, 0.7, "ours")
+    assert repo.git("merge", "--no-edit", "other", check=False).returncode != 0
+    proc = repo.tz("resolve", "x.pt", "--strategy", "average")
+    err, out = proc.stderr.decode(), proc.stdout.decode()
+    assert "lr: a non-tensor value changed differently" in err and "kept ours's" in err
+    assert "1 conflicting non-tensor value(s) (0 chunk by chunk, 1 by average, 1 by ours)" \
+        in out
+    merged = torch.load(repo.path / "x.pt", weights_only=True)
+    assert merged["lr"] == 0.7 and merged["w"].tolist() == [1.5] * 4
+
+
 def test_conflict_report_then_resolve_average(repo):
     rng = np.random.default_rng(1)
     base = {k: rng.standard_normal((64, 32), dtype=np.float32).astype(BF16)

@@ -311,8 +311,10 @@ def _one_side_only(c: ParamConflict) -> str:
 def summary_line(path: str, p: MergePlan, table: StrategyTable, merged: Manifest) -> str:
     """One line: how many parameters the merged file holds, and how they were merged."""
     by: dict[str, int] = {}
-    for name in p.conflicts:
-        s = table.lookup(name)[0].name
+    for name, c in p.conflicts.items():
+        strategy = table.lookup(name)[0]
+        # a value strategy combines tensors only: a non-tensor value keeps ours's (execute)
+        s = "ours" if c.info is not None and strategy.takes is None else strategy.name
         by[s] = by.get(s, 0) + 1
     how = "".join(f", {n} by {s}" for s, n in sorted(by.items()))
     values = sum(c.info is not None for c in p.conflicts.values())
