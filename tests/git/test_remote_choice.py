@@ -454,3 +454,44 @@ def test_a_url_in_git_config_replaces_the_committed_remote_of_that_name_whole(
     # the same URL in git config keeps the file's options for it
     repo.git("config", "theta-zarr.remote.origin.url", "s3://team/m")
     assert "endpoint-url=http://127.0.0.1:9" in repo.tz("remote", "list").stdout.decode()
+
+
+def test_gc_remote_refuses_while_another_repository_pushes_to_the_same_remote(
+        repo, make_repo, tmp_path):
+    """Two model repositories pushed to one bucket prefix: gc --remote in one deleted the
+    chunks only the other's commits named.  Each push now leaves a marker of its history's
+    root commits there, and gc refuses while one names history this clone lacks."""
+    shared = tmp_path / "team-models"
+    x_bare, y_bare = tmp_path / "x.git", tmp_path / "y.git"
+    other = make_repo("other")
+    other.git("init", "-q", "-b", "main")
+    other.tz("install")
+    other.tz("track", "*.safetensors")
+    for r, bare in ((repo, x_bare), (other, y_bare)):
+        init_bare(bare, r.env)
+        r.git("remote", "add", "origin", str(bare))
+        r.tz("remote", "add", "origin", str(shared))
+    _commit(repo, 0)
+    repo.git("push", "-q", "origin", "main")
+    theirs = _commit(other, 1)
+    other.git("push", "-q", "origin", "main")
+    roots = {r.out("rev-list", "--max-parents=0", "HEAD").strip() for r in (repo, other)}
+    assert {p.name for p in (shared / "repositories").iterdir()} == roots
+    store = open_remote(RemoteSpec("o", str(shared)))
+    proc = repo.tz("gc", "--remote", "origin", "--grace", "0", check=False)
+    their_root = other.out("rev-list", "--max-parents=0", "HEAD").strip()
+    assert proc.returncode == 1 and proc.stderr.decode() == (
+        f"theta-zarr: gc --remote origin: {shared} also holds the chunks of 1 other git "
+        f"repository (root commit {their_root[:12]}), whose commits this clone does not "
+        "have: gc would delete them. Give each repository its own remote prefix, or pass "
+        "--ignore-other-repositories if that history is gone for good\n")
+    assert store.missing(theirs.digests()) == set()
+    # a clone of the other repository has its history: only this one's is foreign there
+    c = clone(make_repo, y_bare, "y-clone", env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+    c.tz("remote", "add", "origin", str(shared))
+    our_root = repo.out("rev-list", "--max-parents=0", "HEAD").strip()
+    err = c.tz("gc", "--remote", "origin", "--grace", "0", check=False).stderr.decode()
+    assert f"root commit {our_root[:12]}" in err and their_root[:12] not in err
+    # told that the other history is gone, gc collects as before
+    repo.tz("gc", "--remote", "origin", "--grace", "0", "--ignore-other-repositories")
+    assert store.missing(theirs.digests()) == theirs.digests()

@@ -496,19 +496,25 @@ def register(main: click.Group) -> None:
     @click.option("--ignore-stale-refs", is_flag=True,
                   help="with --remote: collect even though git remotes that push there have "
                        "refs this clone has not fetched")
+    @click.option("--ignore-other-repositories", is_flag=True,
+                  help="with --remote: collect it even though other git repositories "
+                       "push there (their chunks are deleted: only for histories gone "
+                       "for good)")
     @click.option("--shared-cache", is_flag=True,
                   help="collect a cache set by theta-zarr.cache or THETA_ZARR_CACHE too, "
                        "keeping what the other repositories it names need (each names "
                        "itself when it reads its settings)")
     @reports_errors
     def gc_cmd(remote_name: str | None, grace: str, dry_run: bool, repack: bool,
-               repack_depth: int | None, ignore_stale_refs: bool, shared_cache: bool) -> None:
+               repack_depth: int | None, ignore_stale_refs: bool,
+               ignore_other_repositories: bool, shared_cache: bool) -> None:
         """Delete unreachable objects older than --grace from the cache (and the remote)."""
         from .. import checkpoint, gc
         from ..cache import default_cache_dir as own_cache_dir
         from ..cache import owning_repository, recorded_repositories
         from ..errors import UserError
         from ..git.reachability import (
+            foreign_repositories,
             git_roots,
             heads_moved,
             is_shallow,
@@ -547,6 +553,14 @@ def register(main: click.Group) -> None:
             for line in stale:
                 say(f"warning: {line}")
         remote = SyncRemote.open(spec, settings.concurrency, need="read") if spec else None
+        foreign = foreign_repositories(repo, remote.blobs) if remote is not None else []
+        if foreign and not ignore_other_repositories:
+            others = counted(len(foreign), "other git repository", "other git repositories")
+            raise UserError(f"gc --remote {remote_name}: {remote.url} also holds the chunks of "
+                            f"{others} (root commit {foreign[0][:12]}), whose commits this clone "
+                            "does not have: gc would delete them. Give each repository its "
+                            "own remote prefix, or pass --ignore-other-repositories if that "
+                            "history is gone for good")
 
         if repack and remote is None:
             raise ValueError("--repack needs --remote (the cache holds no deltas)")

@@ -18,6 +18,7 @@ from ..settings import Settings
 from ..wording import counted
 from .files import object_info, read_blobs, revision_range, small_blobs
 from .install import DRIVER
+from .reachability import mark_repository
 from .remotes import configured, for_git_remote, manifests_in_range, require, resolve
 from .repo import GitError, Repo
 
@@ -98,6 +99,8 @@ def push_manifests(repo: Repo, spec: RemoteSpec, manifests: list[Manifest],
     vanished = remote.missing(stats.present | (stats.bases_used - digests))
     if vanished:
         push_objects(cache, remote, vanished, elems=elems, checked=True)
+    if commits:  # which histories this remote holds chunks of: gc --remote asks
+        mark_repository(repo, remote.blobs, commits[0])
     print(f"theta-zarr: {stats.summary('uploaded', where)}", file=sys.stderr)
     return stats
 

@@ -5,10 +5,13 @@ gc and fsck keep these manifests' chunks; the core gc module never runs git itse
 
 from __future__ import annotations
 
+import re
+
 from ..chunking import digest
 from ..gc import _DIGEST_BYTES, Roots
 from ..manifest import MAGIC, Manifest, ManifestError
 from ..remote import RemoteSpec
+from ..storage import BlobStore
 from ..wording import quote_path
 from .files import objects_with_paths, read_blobs, small_blobs
 from .remotes import feeding_git_remotes
@@ -122,3 +125,34 @@ def _reached(repo: Repo, sha: str) -> bool:
         return False
     return repo.git("--no-replace-objects", "rev-list", "-n", "1", sha, "--not", "--all",
                     "--reflog", check=False).strip() == b""
+
+
+#: where on a remote each git repository that pushes to it leaves a marker per root
+#: commit of its history (``repositories/<root commit id>``): gc --remote in a clone
+#: that lacks one of those histories would delete the chunks only it names
+REPOSITORIES_PREFIX = "repositories/"
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def mark_repository(repo: Repo, blobs: BlobStore, tips: list[str]) -> None:
+    """Leave on the remote ``blobs`` a marker of each root commit of ``tips``' history (a
+    request to see it is there; a put where it is not).  Commit ids only: no path, name
+    or URL of the repository goes to the remote."""
+    out = repo.git("rev-list", "--max-parents=0", *tips, "--", check=False).decode().split()
+    for root in out:
+        key = REPOSITORIES_PREFIX + root
+        if _COMMIT_ID.fullmatch(root) and not blobs.exists(key):
+            blobs.put(key, [root.encode() + b"\n"])
+
+
+def foreign_repositories(repo: Repo, blobs: BlobStore) -> list[str]:
+    """The root commits marked on the remote ``blobs`` (``mark_repository``) that no ref
+    of this clone reaches: other repositories push to the same remote, and gc here would
+    delete the chunks only their commits name."""
+    marked = [info.key[len(REPOSITORIES_PREFIX):] for info in blobs.list(REPOSITORIES_PREFIX)]
+    marked = [m for m in marked if _COMMIT_ID.fullmatch(m)]
+    if not marked:
+        return []
+    ours = set(repo.git("rev-list", "--max-parents=0", "--all", "--",
+                        check=False).decode().split())
+    return sorted(m for m in marked if m not in ours)
