@@ -30,6 +30,7 @@ from .manifest import (
 )
 from .objects import MissingObjectError, ObjectError
 from .settings import Settings
+from .storage import RootMissing
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +189,10 @@ def ensure_local(manifest: Manifest, cache: Cache, fetch: Fetcher | None,
     fetch(lacking, manifest.chunk_sizes())
 
 
-def no_good_copy(corrupt: str, missing: MissingObjectError) -> str:
+def no_good_copy(corrupt: str, missing: Exception) -> str:
     """The line for a corrupt cache object (``corrupt``: moved to quarantine) that the
-    remote lacks too (``missing``)."""
+    remote lacks too (``missing``: MissingObjectError, or RootMissing where the remote's
+    bucket or folder does not exist)."""
     return (f"{corrupt}; the remote has no copy either ({missing}): clean the file again "
             "(git add --renormalize PATH) to rewrite it, or push it from a clone that has it")
 
@@ -217,7 +219,7 @@ class Healing:
             message = str(e)
         try:
             self.fetch({digest}, {} if size is None else {digest: size})
-        except MissingObjectError as missing:  # not pushed: say the cache's copy was bad
+        except (MissingObjectError, RootMissing) as missing:  # not pushed: the cache's was bad
             raise ObjectError(no_good_copy(message, missing)) from None
         log.warning("%s; fetched a good copy again", message)
         return self.cache.get(digest)

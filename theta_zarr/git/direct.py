@@ -43,6 +43,7 @@ from ..cache import Cache, QuarantinedError
 from ..filewriter import write_checkpoint
 from ..manifest import Manifest
 from ..objects import MissingObjectError, ObjectError
+from ..storage import RootMissing
 from ..storage.local import TMP_PREFIX
 from .index import GitIndex, IndexUnsupported, Stat, blob_id
 from .repo import Repo
@@ -227,7 +228,7 @@ def write_repairing(repo: Repo, files: list[Pending], cache: Cache, workers: int
             try:
                 for p in files:
                     checkpoint.ensure_local(p.manifest, cache, fetch, source=p.path)
-            except MissingObjectError as missing:
+            except (MissingObjectError, RootMissing) as missing:
                 raise ObjectError(checkpoint.no_good_copy(str(e), missing)) from None
             log.warning("%s; fetched a good copy again", e)
 
