@@ -170,6 +170,23 @@ def check_trusted(spec: RemoteSpec) -> None:
             f".endpoint-url {endpoint}")
 
 
+#: the options each storage library takes (``storage_options``); others are theta-zarr's
+#: own and apply to every remote
+STORAGE_OPTIONS = {"s3": ("endpoint-url", "region", "requester-pays", "anon"),
+                   "gs": ("endpoint-url", "project", "requester-pays", "anon")}
+
+
+def unused_options(url: str, options: dict[str, str]) -> list[str]:
+    """The options that no storage library takes for ``url``'s kind of remote (a region
+    for a folder, a project for S3): ``remote add`` refuses them, as they would do
+    nothing."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    kind = {"s3a": "s3", "gcs": "gs"}.get(protocol, protocol)
+    takes = STORAGE_OPTIONS.get(kind, ())
+    storage = {key for names in STORAGE_OPTIONS.values() for key in names}
+    return sorted(k for k in options if k in storage and k not in takes)
+
+
 def storage_options(url: str, options: dict[str, str], concurrency: int) -> dict:
     """fsspec keyword arguments for a URL from our option names."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"

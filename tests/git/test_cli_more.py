@@ -39,6 +39,28 @@ def test_demo_without_keep_names_no_deleted_folder(repo):
     assert "theta-zarr-demo-" not in text and "removed at the end" in text
 
 
+def test_remote_add_refuses_options_that_do_nothing_for_its_url(repo):
+    """A folder remote took --remote-option endpoint-url=... and region=..., and every
+    later command ignored them (a MinIO endpoint meant for an s3:// URL, a region on
+    GCS); remote add now refuses them, and takes what the URL's storage library uses."""
+    cases = (("/tmp/nowhere", "endpoint-url=http://127.0.0.1:9000",
+              "; an S3-compatible server (MinIO) is s3://BUCKET/PREFIX with endpoint-url"),
+             ("s3://b/m", "project=p1", ""), ("gs://b/m", "region=eu-west-1", ""))
+    for url, option, hint in cases:
+        key = option.split("=")[0]
+        takes = "gs://" if key == "project" else "s3://" if key == "region" else \
+            "s3:// and gs://"
+        proc = repo.tz("remote", "add", "x", url, "--remote-option", option, check=False)
+        assert proc.returncode == 1 and proc.stderr.decode() == (
+            f"theta-zarr: remote 'x': option {key!r} does nothing for {url} (it is for "
+            f"{takes} remotes): drop it, or give the URL it is meant for{hint}\n")
+    assert repo.tz("remote", "list").stdout.decode() == ""
+    repo.tz("remote", "add", "x", "gs://b/m", "--remote-option", "project=p1",
+            "--remote-option", "compression=zstd")
+    assert repo.tz("remote", "list").stdout.decode().splitlines() == [
+        "x\tgs://b/m  compression=zstd project=p1"]
+
+
 def test_remote_list_and_remove(repo):
     repo.tz("remote", "add", "origin", "s3://b/models", "--remote-option", "region=eu-west-1")
     repo.tz("remote", "add", "team", "gs://c/m", "--shared")

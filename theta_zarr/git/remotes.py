@@ -16,7 +16,13 @@ import os
 
 from ..manifest import Manifest, looks_like_manifest
 from ..refs import RefError, check_ref_name
-from ..remote import BOOLEAN_OPTIONS, RemoteError, RemoteSpec
+from ..remote import (
+    BOOLEAN_OPTIONS,
+    STORAGE_OPTIONS,
+    RemoteError,
+    RemoteSpec,
+    unused_options,
+)
 from ..storage import is_folder, open_store
 from ..storage.local import LocalStore
 from .files import object_info, objects_with_paths, read_blobs, revision_range, small_blobs
@@ -326,6 +332,13 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
     except RefError as e:
         raise RemoteError(f"remote name: {e} (name it like the git remote it serves)") from None
     spec = RemoteSpec(name, url, options)
+    unused = unused_options(spec.url, options)
+    if unused:  # silently ignored by every later command
+        hint = "; an S3-compatible server (MinIO) is s3://BUCKET/PREFIX with endpoint-url" \
+            if unused[0] == "endpoint-url" else ""
+        raise RemoteError(f"remote {name!r}: option {unused[0]!r} does nothing for "
+                          f"{spec.url} (it is for {_remotes_taking(unused[0])} remotes): drop "
+                          f"it, or give the URL it is meant for{hint}")
     # a relative folder typed here is recorded relative to the top
     stored = repo.relative(spec.url) if _is_relative_folder(spec.url) else spec.url
     spec = RemoteSpec(name, _from_top(repo, stored), options)
@@ -411,6 +424,12 @@ def manifests_in_range(repo: Repo, include: list[str], exclude: list[str]) -> li
         if looks_like_manifest(data[:64]):
             manifests.append(Manifest.from_bytes(data, f"{candidates[sha]} ({sha[:10]})"))
     return manifests
+
+
+def _remotes_taking(option: str) -> str:
+    """'s3:// and gs://' for an option both take: the kinds of remote ``option`` is for."""
+    return " and ".join(f"{kind}://" for kind, names in STORAGE_OPTIONS.items()
+                        if option in names)
 
 
 def option_pairs(values: tuple[str, ...]) -> dict[str, str]:
