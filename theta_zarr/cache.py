@@ -130,7 +130,7 @@ class Cache(ObjectStore):
         try:
             st = os.stat(path)
         except OSError:  # absent (or unreachable: put says why)
-            if packer is not None and len(raw) <= packs.SMALL_OBJECT:
+            if small and packer is not None:
                 return packer.add(digest, codecs.encode(raw, self.codec, elem))
             return self.put(digest, raw, elem)
         if self.codec == "raw" and st.st_size != len(RAW_HEADER) + len(raw) and \
@@ -149,23 +149,23 @@ class Cache(ObjectStore):
         ``missing``: with many chunks a pack may hold, the packs are asked first."""
         gone = set()
         fresh: set[str] = set()  # packs freshened already
+
+        def in_fresh_pack(digest: str) -> bool:  # a pack holds it (freshened once)
+            held = self._load_packs().get(digest)
+            if held is None or not (held.path in fresh or _freshen(held.path, held.mtime)):
+                return False
+            fresh.add(held.path)
+            return True
+
         digests = set(digests)
         if small >= packs.PACK_MIN:
-            packed = self._load_packs()
-            for digest in [d for d in digests if d in packed]:
-                held = packed[digest]
-                if held.path in fresh or _freshen(held.path, held.mtime):
-                    fresh.add(held.path)
-                    digests.discard(digest)
+            digests = {d for d in digests if not in_fresh_pack(d)}
         for digest in digests:
             path = self._object_path(digest)
             try:
                 mtime = os.stat(path).st_mtime
             except OSError:  # not loose: in a pack, or as ``missing`` counts it
-                held = self._load_packs().get(digest)
-                if held is not None and (held.path in fresh or _freshen(held.path, held.mtime)):
-                    fresh.add(held.path)
-                else:
+                if not in_fresh_pack(digest):
                     gone.add(digest)
                 continue
             if not _freshen(path, mtime):
