@@ -27,7 +27,7 @@ from ..storage import is_folder, open_store
 from ..storage.local import LocalStore
 from .files import object_info, objects_with_paths, read_blobs, revision_range, small_blobs
 from .install import DRIVER
-from .repo import GitError, Repo, config_records, git
+from .repo import GitError, Repo, cache_folder, config_records, git
 
 THETAZARR_FILE = ".thetazarr"
 PREFIX = "theta-zarr.remote."
@@ -210,10 +210,7 @@ def _beside(repo: Repo, path: str) -> str:
     cache = repo.git("config", "--file", config, "--get", "theta-zarr.cache",
                      check=False).decode().strip() if os.path.isfile(config) else ""
     if cache:
-        cache = os.path.expanduser(cache)
-        main = os.path.dirname(os.path.normpath(git_dir)) \
-            if os.path.basename(os.path.normpath(git_dir)) == ".git" else path
-        return os.path.normpath(os.path.join(main, cache))  # an absolute one stays
+        return os.path.normpath(cache_folder(cache, git_dir, path))
     return os.path.normpath(os.path.join(git_dir, "theta-zarr"))
 
 

@@ -177,6 +177,16 @@ def _outside(path: str, top: str) -> bool:
     return rel == os.pardir or rel.startswith(os.pardir + os.sep)
 
 
+def cache_folder(value: str, common_dir: str, top: str) -> str:
+    """The folder a ``theta-zarr.cache`` value names for the repository of ``common_dir``
+    (work tree ``top``): ``~`` expanded, a relative one taken from the main work tree
+    (linked ones share it; ``top`` for a bare repository), as every command takes it."""
+    value = os.path.expanduser(value)
+    common = os.path.normpath(common_dir)
+    main = os.path.dirname(common) if os.path.basename(common) == ".git" else top
+    return os.path.join(main, value)  # an absolute one stays
+
+
 @dataclass
 class Repo:
     """A git repository as theta-zarr's git face sees it, from one ``git rev-parse``
@@ -306,11 +316,7 @@ class Repo:
         share_as_git_does(cfg.get("core.sharedrepository", ""))
         cache = cfg.get("theta-zarr.cache")
         if cache:
-            cache = os.path.expanduser(cache)
-            if not os.path.isabs(cache):  # from the main work tree: linked ones share it
-                main = os.path.dirname(self.common_dir) \
-                    if os.path.basename(self.common_dir) == ".git" else self.top
-                cache = os.path.join(main, cache)
+            cache = cache_folder(cache, self.common_dir, self.top)
         if cache and os.path.normpath(cache) != default_cache_dir(self.common_dir):
             # a shared cache holds this repository's unpushed chunks: cache prune refuses it
             record_repository(cache, self.common_dir)
