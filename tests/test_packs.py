@@ -609,6 +609,17 @@ def test_a_process_that_handles_large_chunks_only_never_reads_a_packs_index(
     finally:
         os.close(fd)
     assert bytes(cache.get(d)) == big["w"].tobytes()
+    # the file writer's batches of large chunks look in no pack either
+    from theta_zarr.filewriter import write_checkpoint
+    from theta_zarr.manifest import Manifest
+
+    m = Manifest({"name": "safetensors", "order": ["w"]}, entries)
+    fd = os.open(tmp_path / "out.safetensors", os.O_RDWR | os.O_CREAT)
+    try:
+        size = write_checkpoint(m, fd, cache, workers=2, name="out.safetensors")
+        assert os.pread(fd, size, 0)[-big["w"].nbytes:] == big["w"].tobytes()
+    finally:
+        os.close(fd)
     assert reads == []
     # a small chunk still finds its pack
     small = small_tensors(1)["experts.0.w"]

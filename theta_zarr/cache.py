@@ -625,7 +625,10 @@ class Cache(ObjectStore):
         against its digest.  None for a chunk not read so (in no pack read yet, stored in
         another form, or failing a check): the caller reads that one alone
         (``read_packed_raw``, ``copy_to``), whose errors say what is wrong.  For a file of
-        10^5 small tensors: one call each cost more than the copy."""
+        10^5 small tensors: one call each cost more than the copy.  The packs are read
+        at the first small chunk, as a clean reads them: none, no index."""
+        if not chunks:  # a batch of large chunks (or header bytes) only
+            return []
         packed, head = self._load_packs(), len(RAW_HEADER)
         out: list[memoryview | None] = [None] * len(chunks)
         runs: list[list] = []  # [pack, start, end, [(index, offset, digest, length)]]

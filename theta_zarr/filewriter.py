@@ -76,7 +76,7 @@ def write_checkpoint(manifest: Manifest, fd: int, cache: Cache, workers: int,
         # packed chunks are read a run of them at a time
         small = [what for _, what in batch if not isinstance(what, bytes)
                  and what[1] <= SMALL_OBJECT]
-        read = iter(cache.read_packed_raws(small))
+        read = iter(cache.read_packed_raws(small))  # nothing read for large chunks
         joined, at = bytearray(), 0
         for offset, what in batch:
             if isinstance(what, bytes):
