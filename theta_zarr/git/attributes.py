@@ -63,7 +63,8 @@ def _attr(word: str) -> str:
 
 
 def _is_ours(line: str) -> bool:
-    return f"filter={DRIVER}" in line.split()[1:]
+    """A line (no comment) that routes its pattern through theta-zarr's filter."""
+    return not line.lstrip().startswith("#") and f"filter={DRIVER}" in line.split()[1:]
 
 
 def tracked_patterns(top: str) -> list[str]:
@@ -72,7 +73,7 @@ def tracked_patterns(top: str) -> list[str]:
     the file.  Only the top-level file is read, and comment lines are skipped
     (gitattributes(5))."""
     return [line.split()[0] for line in _read(os.path.join(top, ".gitattributes"))
-            if line.strip() and not line.lstrip().startswith("#") and _is_ours(line)]
+            if _is_ours(line)]
 
 
 #: files git (and theta-zarr) read from the work tree as text: routed through the filter,
@@ -130,7 +131,7 @@ def track(top: str, patterns: list[str]) -> list[str]:
     check_not_forbidden([escape_pattern(p) for p in patterns])
     ours = {}  # pattern -> index of its (last) line of ours
     for i, line in enumerate(lines):
-        if line.strip() and not line.lstrip().startswith("#") and _is_ours(line):
+        if _is_ours(line):
             ours[line.split()[0]] = i
     added = []
     for pattern in patterns:
@@ -166,7 +167,7 @@ def untrack(top: str, patterns: list[str]) -> list[str]:
     path = os.path.join(top, ".gitattributes")
     drop = {escape_pattern(p) for p in patterns}
     lines = _read_ended(path)
-    keep = [ln for ln in lines if not (ln.strip() and _is_ours(ln) and ln.split()[0] in drop)]
+    keep = [ln for ln in lines if not (_is_ours(ln) and ln.split()[0] in drop)]
     removed = [ln.split()[0] for ln in lines if ln not in keep]
     if removed:
         _write(path, keep)
