@@ -37,6 +37,9 @@ from .storage import (
 from .wording import natural_key
 
 REFS_PREFIX = "refs/"
+#: why a new ref may not begin with '-' (``Refs.set``, and the commands' --ref first)
+LEADING_DASH = ("a ref name beginning with '-' reads as an option on the command line "
+                "(git refuses such branch names); choose another")
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 #: Bytes (UTF-8) a whole ref name and one of its components may have.  A component
 #: becomes a file name in a folder remote (NAME_MAX is 255 bytes on every common file
@@ -260,9 +263,7 @@ class Refs:
         refuses for a branch: every command would read it as an option (one that exists
         stays readable)."""
         if name.startswith("-"):
-            raise RefError(f"ref {name} cannot be created: a name beginning with '-' reads "
-                           "as an option on the command line (git refuses such branch "
-                           "names); choose another")
+            raise RefError(f"ref {name} cannot be created: {LEADING_DASH}")
         parts = name.split("/")
         clash = next((a for a in ("/".join(parts[:i]) for i in range(1, len(parts)))
                       if self.read(a) is not None), None)

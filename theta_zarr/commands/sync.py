@@ -89,7 +89,7 @@ def _ref_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     does anything (nothing is cleaned or uploaded for a name a backend would refuse).  A
     name that --ref or --ref-prefix gives a new ref may not begin with '-' (as
     ``Refs.set`` refuses it), said once here, not for every checkpoint a watch finds."""
-    from ..refs import RefError, check_ref_name
+    from ..refs import LEADING_DASH, RefError, check_ref_name
 
     if value is None:
         return None
@@ -97,8 +97,7 @@ def _ref_name(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         (param.metavar or param.name.upper()).rstrip(".")
     if param.name in ("ref", "ref_prefix") and param.opts[0].startswith("-") and \
             value.startswith("-"):
-        fail(f"{label}: a ref name beginning with '-' reads as an option on the command "
-             "line (git refuses such branch names); choose another")
+        fail(f"{label}: {LEADING_DASH}")
     probe = value + "x" if param.name == "ref_prefix" else value  # a prefix of names
     try:
         check_ref_name(probe)
