@@ -84,7 +84,6 @@ class Watcher:
         #: changed since: a half-written one completed) has pushed: the exit status counts
         #: these, not every failure met on the way
         self.unpushed: set[str] = set()
-        self._push_failures = 0
         #: refs whose record names no remote and whose ref here does not hold its digest
         self._unverified: set[str] = set()
 
@@ -196,7 +195,8 @@ class Watcher:
         return os.path.isdir(path) and any(self._is_marker(r) for r in list_files(path))
 
     def scan(self, previous: dict[str, str], stop) -> tuple[dict[str, str], int]:
-        """One pass: push what is complete; returns (signatures seen, failures)."""
+        """One pass: push what is complete; returns (signatures seen, failures other than
+        a push's, which ``unpushed`` holds until a later push of the ref succeeds)."""
         seen = {}
         found, failures = self.candidates()
         self.remote.objects.revive()  # an outage during the last scan may be over
@@ -238,8 +238,6 @@ class Watcher:
                 self.retrying.pop(ref, None)
                 self.failed[ref] = sig
                 self.unpushed.add(ref)
-                self._push_failures += 1
-                failures += 1
                 continue
             self.retrying.pop(ref, None)
             self.unpushed.discard(ref)
@@ -312,8 +310,7 @@ class Watcher:
         for ref, error in sorted(self.retrying.items()):
             self.echo(f"{ref}: not pushed ({error})")
         # a push that failed and went through later (the file completed) is no failure
-        others = failures - self._push_failures
-        return 1 if others or self.unpushed or self.retrying else 0
+        return 1 if failures or self.unpushed or self.retrying else 0
 
 
 def _outage(e: BaseException) -> bool:
