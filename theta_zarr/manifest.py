@@ -201,6 +201,11 @@ def check_name(name: object, where: str = "manifest") -> str:
     """Parameter names: printable Unicode text, no path tricks (they become Zarr keys)."""
     if not isinstance(name, str) or not name:
         raise ManifestError(f"{where}: empty or non-string parameter name")
+    if "/" not in name:  # one path part (most names): the checks below, done cheaply
+        if len(name) <= MAX_NAME_LEN and name not in (".", "..", "zarr.json") and \
+                _BAD_NAME_CHAR.search(name) is None:
+            return name
+        raise ManifestError(f"{where}: invalid parameter name {name[:80]!r}")
     bad = (
         len(name) > MAX_NAME_LEN
         or _BAD_NAME_CHAR.search(name) is not None
