@@ -74,24 +74,29 @@ def test_span_length_matches_the_spans():
             [n for _, n in spans]
 
 
-def test_small_chunks_are_stored_in_batches_with_the_same_result(tmp_path):
-    """10^4 tiny tensors: every chunk stored and named in order, a few pool tasks."""
+@pytest.mark.parametrize("codec", ["raw", "zstd"])
+def test_small_chunks_are_stored_in_batches_with_the_same_result(tmp_path, codec):
+    """3000 tiny tensors: every chunk stored and named in order; a raw cache stores them
+    on the writer's thread (no pool task), a compressing one in a few pool tasks."""
     rng = np.random.default_rng(0)
     tensors = {f"expert.{i}.w": rng.integers(0, 255, 600 + i % 7, dtype=np.uint8)
                for i in range(3000)}
     tensors["dup"] = tensors["expert.0.w"].copy()  # identical chunk: written once
-    store = Cache(str(tmp_path / "cache"))
+    store = Cache(str(tmp_path / "cache"), codec=codec)
     writer = ChunkWriter(store, chunk_bytes=4096, workers=2)
     submitted = []
     submit = writer._pool.submit
     writer._pool.submit = lambda *a: submitted.append(a) or submit(*a)
-    half = len(tensors) // 2
-    for i, (name, arr) in enumerate(tensors.items()):
-        if i < half:
-            writer.add_buffer(name, by_name("uint8"), arr.shape, memoryview(arr))
-        else:
-            data = memoryview(arr.tobytes())
-            writer.add_stream(name, by_name("uint8"), arr.shape, _reader(data))
+    items = list(tensors.items())
+    third = len(items) // 3
+    for name, arr in items[:third]:
+        writer.add_buffer(name, by_name("uint8"), arr.shape, memoryview(arr))
+    for name, arr in items[third:2 * third]:
+        data = memoryview(arr.tobytes())
+        writer.add_stream(name, by_name("uint8"), arr.shape, _reader(data))
+    rest = items[2 * third:]
+    writer.add_streams([(name, by_name("uint8"), arr.shape) for name, arr in rest],
+                       _reader(memoryview(b"".join(arr.tobytes() for _, arr in rest))))
     entries = writer.finish()
     assert list(entries) == list(tensors)
     for name, arr in tensors.items():
@@ -100,7 +105,35 @@ def test_small_chunks_are_stored_in_batches_with_the_same_result(tmp_path):
         assert bytes(store.get(d)) == arr.tobytes()
     assert entries["dup"].chunks == entries["expert.0.w"].chunks
     assert writer.stats.new_objects == len(tensors) - 1
-    assert len(submitted) <= len(tensors) // BATCH_ITEMS + 2
+    if codec == "raw":
+        assert submitted == []
+    else:
+        assert 0 < len(submitted) <= len(tensors) // BATCH_ITEMS + 2
+
+
+def test_streamed_runs_of_small_tensors_give_what_one_by_one_gives(tmp_path):
+    """``add_streams`` reads small tensors in runs and large ones chunk by chunk; the
+    entries equal ``add_stream``'s of each tensor in turn."""
+    rng = np.random.default_rng(1)
+    sizes = [10, 700, SMALL_CHUNK, SMALL_CHUNK + 1, 3, 0, 5 * SMALL_CHUNK, 2000] * 3
+    tensors = {f"t{i}": rng.integers(0, 255, n, dtype=np.uint8) for i, n in enumerate(sizes)}
+    data = memoryview(b"".join(a.tobytes() for a in tensors.values()))
+    one_by_one = ChunkWriter(Cache(str(tmp_path / "a")), chunk_bytes=8192, workers=2)
+    read = _reader(data)
+    for name, arr in tensors.items():
+        one_by_one.add_stream(name, by_name("uint8"), arr.shape, read)
+    runs = ChunkWriter(Cache(str(tmp_path / "b")), chunk_bytes=8192, workers=2)
+    runs.add_streams([(n, by_name("uint8"), a.shape) for n, a in tensors.items()],
+                     _reader(data))
+    assert runs.finish() == one_by_one.finish()
+
+
+def test_a_stream_ending_inside_a_run_names_the_tensor_it_ends_in(tmp_path):
+    writer = ChunkWriter(Cache(str(tmp_path)), chunk_bytes=4096, workers=1)
+    tensors = [(name, by_name("uint8"), (1000,)) for name in ("a", "b", "c")]
+    with pytest.raises(TruncatedInput, match=r"inside tensor 'b' \(expected 500 more"):
+        writer.add_streams(tensors, _reader(memoryview(bytes(1500))))
+    writer.close()
 
 
 def test_an_error_inside_a_batch_fails_the_writer(tmp_path):

@@ -93,6 +93,26 @@ def test_a_clean_of_many_small_chunks_writes_one_pack_and_every_read_finds_them(
     assert writer.stats.new_objects == 0 and len(pack_files(fresh)) == 1
 
 
+def test_objects_added_together_across_the_pack_threshold_are_all_packed(tmp_path):
+    """A batch that starts the pack part way, with a repeat of a held object and one
+    inside the batch: each is stored once, and its size is said once."""
+    cache = Cache(str(tmp_path / "cache"))
+    packer = cache.packer()
+    objects = {chunking.digest(bytes([i % 256, i // 256]) * 600): bytes([i % 256]) * 640
+               for i in range(packs.PACK_MIN + 5)}
+    items = list(objects.items())
+    held = items[:packs.PACK_MIN - 2]
+    assert packer.add_many([(d, [o]) for d, o in held]) == [640] * len(held)
+    rest = items[packs.PACK_MIN - 2:]
+    batch = [(d, [o]) for d, o in rest[:3]] + [(held[0][0], [held[0][1]])] + \
+        [(d, [o]) for d, o in rest[3:]] + [(rest[0][0], [rest[0][1]])]
+    assert packer.add_many(batch) == [640] * 3 + [0] + [640] * (len(rest) - 3) + [0]
+    packer.commit()
+    assert loose_objects(cache) == [] and len(pack_files(cache)) == 1
+    fresh = Cache(cache.root)
+    assert fresh.missing(list(objects)) == set()
+
+
 def test_a_few_new_small_chunks_stay_loose(tmp_path):
     cache = Cache(str(tmp_path / "cache"))
     entries = write(cache, small_tensors(packs.PACK_MIN - 1))

@@ -141,6 +141,26 @@ class Cache(ObjectStore):
             return self.put(digest, raw, elem)
         return 0
 
+    def ensure_small(self, chunks: list[tuple[str, memoryview, int]], packer: Packer
+                     ) -> list[int]:
+        """``ensure`` of each (digest, raw, elem), of at most ``packs.SMALL_OBJECT``
+        bytes, with ``packer``; the bytes newly written for each.  A chunk surely new
+        (in no pack, not loose) goes to the packer with the others in one call: 10^5
+        chunks of 1 KiB spent more in taking locks one by one than in hashing."""
+        packed = packer.packed()
+        sizes = [0] * len(chunks)
+        new: list[tuple[str, list[bytes | memoryview]]] = []
+        where: list[int] = []
+        for i, (digest, raw, elem) in enumerate(chunks):
+            if digest in packed or packer.maybe_loose(digest):
+                sizes[i] = self.ensure(digest, raw, elem, packer)
+            else:
+                new.append((digest, codecs.encode(raw, self.codec, elem)))
+                where.append(i)
+        for i, size in zip(where, packer.add_many(new), strict=True):
+            sizes[i] = size
+        return sizes
+
     def freshen(self, digests: Iterable[str], small: int = 0) -> set[str]:
         """Give these objects a new mtime where theirs is older than ``FRESHEN_AFTER``, as
         ``ensure`` does: for a manifest answered without storing its chunks again (a clean
@@ -734,18 +754,30 @@ class Packer:
 
     def add(self, digest: str, parts: list[bytes | memoryview]) -> int:
         """Take one encoded object (its parts, in order); returns its size."""
+        return self.add_many([(digest, parts)])[0]
+
+    def add_many(self, objects: list[tuple[str, list[bytes | memoryview]]]) -> list[int]:
+        """``add`` of each (digest, parts), in order; their sizes."""
         with self._lock:
             if self._writer is None:
-                if digest in self._held:
-                    return 0
-                self._held[digest] = b"".join(parts)  # the parts' buffers are reused
-                if len(self._held) < packs.PACK_MIN:
-                    return len(self._held[digest])
-                self._writer = packs.PackWriter(self.cache._packs_dir)
-                held, self._held = self._held, {}
-                self._write(lambda: [self._writer.add(d, [o]) for d, o in held.items()])
-                return len(held[digest])
-        return self._write(lambda: self._writer.add(digest, parts))
+                sizes = []
+                for i, (digest, parts) in enumerate(objects):
+                    if len(self._held) >= packs.PACK_MIN - 1:  # this one begins the pack
+                        return sizes + self._begin_pack(objects[i:])
+                    if digest in self._held:
+                        sizes.append(0)
+                        continue
+                    self._held[digest] = b"".join(parts)  # the parts' buffers are reused
+                    sizes.append(len(self._held[digest]))
+                return sizes
+        return self._write(lambda: self._writer.add_many(objects))
+
+    def _begin_pack(self, objects: list[tuple[str, list[bytes | memoryview]]]) -> list[int]:
+        """Under the lock: start the pack with the held objects, then ``objects``."""
+        self._writer = packs.PackWriter(self.cache._packs_dir)
+        held, self._held = self._held, {}
+        self._write(lambda: self._writer.add_many([(d, [o]) for d, o in held.items()]))
+        return self._write(lambda: self._writer.add_many(objects))
 
     def _write(self, fn: Callable[[], T]) -> T:
         try:

@@ -5,18 +5,21 @@ are hashed straight from it, no copy) or as a stream (git's pipe: each chunk is
 read into its own buffer).  At most ``2 x workers`` tasks are in flight, so
 memory is bounded by the chunk size, not the checkpoint (invariant 5).  Chunks of
 at most ``SMALL_CHUNK`` bytes (the biases, norms and experts of a checkpoint with
-10^4 to 10^5 tensors) go to the pool in batches of up to ``BATCH_BYTES`` or
+10^4 to 10^5 tensors) are stored in batches of up to ``BATCH_BYTES`` or
 ``BATCH_ITEMS``: one task per chunk would cost more than hashing and storing it.
+Into a raw cache (the default) a batch is stored on the caller's thread: hashing
+1 KiB holds the GIL, so a pool adds no parallelism there, only hand-offs.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import chunking
-from .cache import Cache, Packer
+from .cache import Cache
 from .dtypes import DType
 from .manifest import (
     Manifest,
@@ -32,6 +35,8 @@ from .streams import ReadInto, fill
 #: chunks of at most this many bytes are stored in batches (one pool task per batch, of
 #: objects.BATCH_BYTES or BATCH_ITEMS chunks, as the readers batch them)
 SMALL_CHUNK = 64 << 10
+#: ``add_streams`` reads runs of small tensors of up to this many bytes in one call
+RUN_BYTES = 1 << 20
 
 
 class TruncatedInput(ValueError):
@@ -119,6 +124,42 @@ class ChunkWriter:
                                      f"(expected {length - got} more bytes)")
             self._submit(slots, count, view, pooled=True, elem=dtype.itemsize)
 
+    def add_streams(self, tensors: Sequence[tuple[str, DType, tuple[int, ...]]],
+                    read_into: ReadInto) -> None:
+        """Tensors whose raw bytes follow one another in a stream, in this order, each
+        as ``add_stream`` takes it.  Runs of small tensors (at most ``SMALL_CHUNK`` bytes
+        each, up to ``RUN_BYTES`` together) are read with one call and added as buffers:
+        a file of 10^5 tensors of 1 KiB made 10^5 reads of git's pipe."""
+        run: list[tuple[str, DType, tuple[int, ...], int]] = []
+        run_bytes = 0
+        for name, dtype, shape in tensors:
+            nbytes = _nbytes(dtype, shape)
+            if nbytes > SMALL_CHUNK:
+                self._add_run(run, run_bytes, read_into)
+                run, run_bytes = [], 0
+                self.add_stream(name, dtype, shape, read_into)
+                continue
+            run.append((name, dtype, shape, nbytes))
+            run_bytes += nbytes
+            if run_bytes >= RUN_BYTES:
+                self._add_run(run, run_bytes, read_into)
+                run, run_bytes = [], 0
+        self._add_run(run, run_bytes, read_into)
+
+    def _add_run(self, run: list[tuple[str, DType, tuple[int, ...], int]], run_bytes: int,
+                 read_into: ReadInto) -> None:
+        if not run:
+            return
+        buf = memoryview(bytearray(run_bytes))
+        got = fill(read_into, buf)
+        offset = 0
+        for name, dtype, shape, nbytes in run:
+            if offset + nbytes > got:
+                raise TruncatedInput(f"{self.source}: truncated inside tensor {name!r} "
+                                     f"(expected {offset + nbytes - got} more bytes)")
+            self.add_buffer(name, dtype, shape, buf[offset:offset + nbytes])
+            offset += nbytes
+
     def _buffer(self, length: int) -> memoryview:
         """A chunk buffer, reused once its chunk is stored: fresh memory is slow to
         fault in, and at most ``2 x workers`` buffers are ever in use."""
@@ -132,7 +173,7 @@ class ChunkWriter:
         check_name(name, self.source)
         if name in self._entries:
             raise ManifestError(f"{self.source}: parameter {name!r} appears twice")
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(map(int, shape))
         geometry = (shape, dtype.itemsize)
         if geometry not in self._policy:
             # the limits smudge applies, checked before anything is built per chunk
@@ -150,6 +191,8 @@ class ChunkWriter:
         self._entries[name] = (dtype, shape, chunk_shape, [])
         self.stats.params += 1
         self.stats.total_bytes += nbytes
+        if chunk_shape == shape and nbytes:  # one chunk: most tensors
+            return ((0, nbytes),), count
         # spans are generated as the data comes: a truncated stream stops after one chunk
         return chunking.iter_spans(shape, dtype.itemsize, chunk_shape), count
 
@@ -199,10 +242,18 @@ class ChunkWriter:
         slots.append(fut)
 
     def _flush_batch(self) -> None:
-        """Send the pending small chunks to the pool as one task."""
+        """Send the pending small chunks to the pool as one task; into a raw cache, store
+        them here instead: hashing 1 KiB holds the GIL, so a thread would add no
+        parallelism, only GIL hand-offs that stall this thread's reads of git's pipe
+        (10^5 tensors: about 2 s)."""
         if not self._batch:
             return
         batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if self.store.codec == "raw":
+            digests = self._store_batch(batch)
+            for digest, (_, _, _, slots, index) in zip(digests, batch, strict=True):
+                slots[index] = digest
+            return
         self._slots.acquire()
         try:
             fut = self._pool.submit(self._store_batch, batch)
@@ -214,8 +265,22 @@ class ChunkWriter:
             slots[index] = _Batched(fut, i)
 
     def _store_batch(self, batch: list[tuple[memoryview, int, bool, list, int]]) -> list[str]:
+        """Hash and store a batch of small chunks (``_store_chunk`` of each, the locks
+        taken once); their digests."""
         try:
-            return [self._store_chunk(view, elem, self._packer) for view, elem, *_ in batch]
+            digests = [chunking.digest(view) for view, *_ in batch]
+            with self._lock:
+                self.stats.chunks += len(batch)
+                first = []
+                for d, (view, elem, *_) in zip(digests, batch, strict=True):
+                    if d not in self._claimed:  # identical chunks are written once
+                        self._claimed.add(d)
+                        first.append((d, view, elem))
+            written = [n for n in self.store.ensure_small(first, self._packer) if n]
+            with self._lock:
+                self.stats.new_objects += len(written)
+                self.stats.new_bytes += sum(written)
+            return digests
         finally:
             for view, _, pooled, *_ in batch:
                 if pooled:
@@ -225,18 +290,16 @@ class ChunkWriter:
         with self._lock:
             self._buffers.setdefault(len(view), []).append(view)
 
-    def _store_chunk(self, view: memoryview, elem: int = 1, packer: Packer | None = None
-                     ) -> str:
+    def _store_chunk(self, view: memoryview, elem: int = 1) -> str:
         """Hash a chunk and store it unless the store has it; ``elem`` (the dtype's item
-        size) lets a store configured with the ``auto`` codec choose by dtype; a small
-        chunk goes to ``packer``."""
+        size) lets a store configured with the ``auto`` codec choose by dtype."""
         d = chunking.digest(view)
         with self._lock:
             self.stats.chunks += 1
             first = d not in self._claimed  # identical chunks (zeros, ties) are written once
             self._claimed.add(d)
         if first:
-            written = self.store.ensure(d, view, elem, packer)
+            written = self.store.ensure(d, view, elem)
             if written:
                 with self._lock:
                     self.stats.new_objects += 1
@@ -263,7 +326,7 @@ class ChunkWriter:
                 if slots and all(isinstance(s, bytes) for s in slots):
                     out[name] = ParamEntry(shape, dtype.name, chunk_shape, (), tuple(slots))
                 else:
-                    digests = tuple(s.result() for s in slots)
+                    digests = tuple(s if isinstance(s, str) else s.result() for s in slots)
                     out[name] = ParamEntry(shape, dtype.name, chunk_shape, digests, None)
             self._packer.commit()  # stored before the manifest naming them is given out
             return out

@@ -191,29 +191,39 @@ class PackWriter:
         digest this writer already holds).  A pack that would pass ``PACK_MAX`` is
         committed first and a new one begun.  After an OSError (a full disk), every
         later ``add`` and ``commit`` raises one too: the pack being written is gone."""
-        size = sum(len(p) for p in parts)
+        return self.add_many([(digest, parts)])[0]
+
+    def add_many(self, objects: list[tuple[str, list[bytes | memoryview]]]) -> list[int]:
+        """``add`` of each (digest, parts), in order, under one lock; their sizes."""
+        sizes = []
         with self._lock:
             self._check_failed()
-            if digest in self._seen:
-                return 0
-            try:
-                if self._fd is not None and (self._offset + size > PACK_MAX
-                                             or len(self._entries) >= MAX_OBJECTS):
-                    self._commit_locked()
-                if self._fd is None:
-                    self._open()
-                for part in parts:  # in blocks: one syscall per 1 KiB object cost more
-                    self._buf += part
-                if len(self._buf) >= WRITE_BLOCK:
-                    self._flush()
-            except OSError as e:
-                self.abort_locked()
-                self._failed = e
-                raise
-            self._seen.add(digest)
-            self._entries.append((bytes.fromhex(digest[7:]), self._offset, size))
-            self._offset += size
-        return size
+            for digest, parts in objects:
+                if digest in self._seen:
+                    sizes.append(0)
+                    continue
+                size = 0
+                try:
+                    for part in parts:
+                        size += len(part)
+                    if self._fd is not None and (self._offset + size > PACK_MAX
+                                                 or len(self._entries) >= MAX_OBJECTS):
+                        self._commit_locked()
+                    if self._fd is None:
+                        self._open()
+                    for part in parts:  # in blocks: one syscall per 1 KiB object cost more
+                        self._buf += part
+                    if len(self._buf) >= WRITE_BLOCK:
+                        self._flush()
+                except OSError as e:
+                    self.abort_locked()
+                    self._failed = e
+                    raise
+                self._seen.add(digest)
+                self._entries.append((bytes.fromhex(digest[7:]), self._offset, size))
+                self._offset += size
+                sizes.append(size)
+        return sizes
 
     def _check_failed(self) -> None:
         if self._failed is not None:

@@ -156,15 +156,15 @@ def stream_tensors(source: Source, writer: ChunkWriter, header: dict[str, Any],
     pos = 0
     for begin, end, name, dtype, shape in tensors:
         need = dtype.itemsize * math.prod(shape)
-        if begin != pos or end - begin != need or any(s < 0 for s in shape):
+        if begin != pos or end - begin != need or min(shape, default=0) < 0:
             raise FormatError(
                 f"{source.name}: tensor {name!r} has offsets [{begin}, {end}] that do not "
                 "tile the data (holes, overlaps or a wrong size)")
         pos = end
-        try:
-            writer.add_stream(name, dtype, tuple(shape), source.readinto)
-        except ManifestError as e:
-            raise FormatError(str(e)) from None
+    try:
+        writer.add_streams([(t[2], t[3], tuple(t[4])) for t in tensors], source.readinto)
+    except ManifestError as e:
+        raise FormatError(str(e)) from None
     if not source.at_end():
         raise FormatError(f"{source.name}: data continues past the last tensor")
     return tensors
