@@ -25,6 +25,7 @@ from .reporting import echo_moved_packs, fail, reports_errors, say
 
 if TYPE_CHECKING:
     from ..foreign import Side
+    from ..git.reachability import NotPushed, Pushed
     from ..sync import FileEntry, SyncRemote, Target
 
 
@@ -69,6 +70,34 @@ def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 1
                 f"(s3://BUCKET/PREFIX, gs://...) or a folder's path (./{target})") from None
         spec = require(repo, target)
     return SyncRemote.open(spec, concurrency, need)
+
+
+def _not_pushed_lines(found: NotPushed, pushed: Pushed, remote: str) -> list[str]:
+    """fsck --remote's lines for the chunks ``remote`` lacks that no pushed commit needs:
+    by the branches and tags to push (with the command), a detached HEAD's commits, and
+    what no push sends (the index, stashes, reflogs, another git remote's branches)."""
+    # where no git remote pushes there, every branch, tag and HEAD counts as pushed: only
+    # the last group can have chunks
+    to = pushed.git_remotes[0] if pushed.git_remotes else remote
+    lines = []
+    if found.chunks:
+        names = ", ".join(found.refs[:5]) + (f" and {len(found.refs) - 5} more"
+                                              if len(found.refs) > 5 else "")
+        command = (f"git push {to} {' '.join(found.refs)}" if len(found.refs) <= 5 else
+                   f"git push {to} --all, and git push {to} --tags")
+        lines.append(f"{counted(len(found.chunks), 'chunk')} of "
+                     f"{counted(len(found.commits), 'commit')} not pushed yet ({names}): "
+                     f"{command}")
+    if found.detached_chunks:
+        lines.append(f"{counted(len(found.detached_chunks), 'chunk')} of "
+                     f"{counted(len(found.detached), 'commit')} not pushed yet (detached HEAD): "
+                     f"'git switch -c BRANCH', then 'git push {to} BRANCH'")
+    if found.elsewhere:
+        lines.append(f"{counted(len(found.elsewhere), 'chunk')} that no branch or tag needs "
+                     f"(the index, stashes, reflogs, another git remote's branches) "
+                     f"{'is' if len(found.elsewhere) == 1 else 'are'} not on {remote}: "
+                     "no push sends them")
+    return lines
 
 
 def _settings(cache_dir: str | None, chunk_size: str):
@@ -435,14 +464,19 @@ def register(main: click.Group) -> None:
             click.echo(f"imported {ref} -> {p}")
 
     @main.command("fsck")
-    @click.option("--remote", "remote_name", default=None,
-                  help="check that this remote holds every reachable object, intact")
+    @click.option("--remote", "remote_name", default=None, metavar="NAME",
+                  help="check that this remote holds, intact, every object of the commits "
+                       "pushed to it (those its git remote's remote-tracking refs reach)")
     @reports_errors
     def fsck(remote_name: str | None) -> None:
-        """Find missing or corrupt objects reachable from git refs, reflogs, stashes, index."""
+        """Find missing or corrupt objects reachable from git refs, reflogs, stashes, index.
+
+        With --remote NAME, chunks NAME lacks that only commits not pushed yet need (or
+        the index, stashes, reflogs) are counted apart, with the branches to push, and
+        do not fail the check."""
         from .. import checkpoint, gc
         from ..errors import one_line
-        from ..git.reachability import git_roots
+        from ..git.reachability import git_roots, not_pushed, pushed_revs, split_roots
         from ..git.remotes import require, resolve
         from ..git.repo import Repo
         from ..remote import open_remote
@@ -453,15 +487,33 @@ def register(main: click.Group) -> None:
         settings = repo.settings()
         cache = checkpoint.open_cache(settings)
         roots = gc.Roots()
-        git_roots(repo, roots, parse=True)
-        problems: list[str] = list(roots.problems)
+        unpushed: list[str] = []
         if remote_name:
-            remote = SyncRemote.open(require(repo, remote_name), settings.concurrency,
-                                     need="read")
+            spec = require(repo, remote_name)
+            remote = SyncRemote.open(spec, settings.concurrency, need="read")
+            pushed = pushed_revs(repo, spec)
+            local = gc.Roots()
+            split_roots(repo, pushed, roots, local)
+            problems = list(local.problems)
             problems += gc.remote_roots(remote, roots, young_after=0.0, strict=True)
             problems += gc.check_objects(remote.objects, roots)
+            rest = {d: where for d, where in local.chunks.items() if d not in roots.chunks}
+            lacking = remote.objects.missing(rest)
+            # what the remote holds of them is read and verified too: a push skips an
+            # object that is there, so a corrupt one would never be replaced
+            problems += gc.check_objects(remote.objects, gc.Roots(
+                {d: where for d, where in rest.items() if d not in lacking}))
+            unpushed = _not_pushed_lines(not_pushed(repo, pushed, lacking), pushed, spec.name)
+            checked = len(roots.chunks) + len(rest) - len(lacking)
             problems += gc.check_stored(cache, set())
+            if not pushed.git_remotes and any(p.startswith("missing ") for p in problems):
+                say(f"no git remote sends its chunks to {spec.name!r} (a git remote of that "
+                    "name, or one theta-zarr.default-remote points there), so every "
+                    "branch's and tag's are expected there: 'git theta-zarr push "
+                    f"{spec.name} --all' uploads them")
         else:
+            git_roots(repo, roots, parse=True)
+            problems = list(roots.problems)
             spec = resolve(repo)
             fallback = open_remote(spec, settings.concurrency) if spec else None
             if fallback is not None:
@@ -473,12 +525,13 @@ def register(main: click.Group) -> None:
                     fallback = None
             problems += gc.check_objects(cache, roots, fallback)
             problems += gc.check_stored(cache, set(roots.chunks))
-        for line in problems:
+            checked = len(roots.chunks)
+        for line in problems + unpushed:
             click.echo(line)
         if problems:
             say(f"{len(problems)} problem(s) found")
             sys.exit(1)
-        click.echo(f"ok: {len(roots.chunks)} reachable objects checked")
+        click.echo(f"ok: {checked} reachable objects checked")
 
     @main.command("gc")
     @click.option("--remote", "remote_name", default=None,

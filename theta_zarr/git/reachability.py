@@ -6,6 +6,8 @@ gc and fsck keep these manifests' chunks; the core gc module never runs git itse
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from ..chunking import digest
 from ..gc import _DIGEST_BYTES, Roots
@@ -17,6 +19,9 @@ from .files import objects_with_paths, read_blobs, small_blobs
 from .remotes import feeding_git_remotes
 from .repo import GitError, Repo
 
+#: what gc and fsck walk: every ref (HEAD too), every reflog entry (stashes too), the index
+ALL_ROOTS = ("--all", "--reflog", "--indexed-objects")
+
 
 def git_roots(repo: Repo, roots: Roots, parse: bool = False) -> None:
     """Every manifest blob reachable from refs, reflogs (stashes) and the index, the
@@ -26,7 +31,17 @@ def git_roots(repo: Repo, roots: Roots, parse: bool = False) -> None:
     chunks; with ``parse`` (fsck) each blob is also parsed and validated, and one
     that a checkout would refuse is recorded in ``roots.problems``.
     """
-    paths = objects_with_paths(repo, "--all", "--reflog", "--indexed-objects", unnamed=True)
+    for sha, name, data in _manifest_blobs(repo, roots.problems if parse else None):
+        roots.add_chunks((d.decode() for d in _DIGEST_BYTES.findall(data)),
+                         f"{name} (git blob {sha[:10]})")
+        roots.manifests.add(digest(data))
+
+
+def _manifest_blobs(repo: Repo, problems: list[str] | None
+                    ) -> Iterator[tuple[str, str, bytes]]:
+    """(blob id, its path as git lists it, its bytes) of every manifest blob ``ALL_ROOTS``
+    reach; with ``problems``, each is parsed and one a checkout would refuse is named there."""
+    paths = objects_with_paths(repo, *ALL_ROOTS, unnamed=True)
     if not paths:
         return
     blobs = small_blobs(repo, list(paths))
@@ -37,14 +52,130 @@ def git_roots(repo: Repo, roots: Roots, parse: bool = False) -> None:
             if MAGIC in head or b'"theta_zarr"' in head:
                 # a path as git lists it: a tab, newline or non-UTF-8 byte quoted
                 name = quote_path(paths[sha]) if paths[sha] else "a blob a ref names"
-                where = f"{name} (git blob {sha[:10]})"
-                if parse:
+                if problems is not None:
                     try:
-                        Manifest.from_bytes(data, where)
+                        Manifest.from_bytes(data, f"{name} (git blob {sha[:10]})")
                     except ManifestError as e:
-                        roots.problems.append(f"unusable manifest {e}")
-                roots.add_chunks((d.decode() for d in _DIGEST_BYTES.findall(data)), where)
-                roots.manifests.add(digest(data))
+                        problems.append(f"unusable manifest {e}")
+                yield sha, name, data
+
+
+# -- what a remote should hold: fsck --remote ----------------------------------------------
+@dataclass
+class Pushed:
+    """What of this clone's history a theta remote should hold, as ``git lfs push`` and
+    the pre-push hook decide it: the chunks of the commits ``revs`` (rev-list arguments)
+    reach.  ``git_remotes``: the git remotes whose pushes send chunks there; their
+    remote-tracking refs (``refs/remotes/<name>/*``) are ``revs``.  Where none does
+    (chunks go there only through ``git theta-zarr push``), ``revs`` are every branch
+    and tag and HEAD: what this clone cannot tell apart is expected there."""
+
+    revs: list[str]
+    git_remotes: list[str]
+
+
+def pushed_revs(repo: Repo, spec: RemoteSpec) -> Pushed:
+    """The commits whose chunks the theta remote ``spec`` should hold (:class:`Pushed`)."""
+    names = feeding_git_remotes(repo, spec)
+    if names:
+        return Pushed([f"--remotes={name}" for name in names], names)
+    head = repo.git("rev-parse", "--verify", "--quiet", "HEAD", check=False).strip()
+    return Pushed(["--branches", "--tags"] + (["HEAD"] if head else []), [])
+
+
+def split_roots(repo: Repo, pushed: Pushed, needed: Roots, local: Roots) -> None:
+    """The manifest blobs :func:`git_roots` walks, parsed (problems in ``local``), in two:
+    those a commit ``pushed.revs`` reach holds go to ``needed`` (each chunk's user named
+    with the oldest such commit that adds the blob), the rest (commits not pushed yet, the
+    index, stashes, reflogs) to ``local``."""
+    theirs = set(objects_with_paths(repo, *pushed.revs, unnamed=True)) if pushed.revs else set()
+    adds = commits_adding(repo, pushed.revs) if theirs else {}
+    for sha, name, data in _manifest_blobs(repo, local.problems):
+        chunks = (d.decode() for d in _DIGEST_BYTES.findall(data))
+        if sha in theirs:
+            commit = f" in commit {adds[sha][-1][:10]}" if adds.get(sha) else ""
+            needed.add_chunks(chunks, f"{name}{commit} (git blob {sha[:10]})")
+            needed.manifests.add(digest(data))
+        else:
+            local.add_chunks(chunks, f"{name} (git blob {sha[:10]})")
+            local.manifests.add(digest(data))
+
+
+def commits_adding(repo: Repo, revs: list[str]) -> dict[str, list[str]]:
+    """{blob id: the ids of the commits ``revs`` reach whose change (against the first
+    parent; a root commit's whole tree) puts that blob at a path}, newest first."""
+    if not revs:
+        return {}
+    out = repo.git("--no-replace-objects", "log", "--no-color", "--no-show-signature", "--raw",
+                   "-r", "--root", "--no-renames", "--no-abbrev", "--diff-merges=first-parent",
+                   "--format=%x00%H", *revs, "--")
+    found: dict[str, list[str]] = {}
+    commit = ""
+    for line in out.decode("utf-8", "replace").splitlines():
+        if line.startswith("\0"):
+            commit = line[1:].strip()
+            continue
+        fields = line.partition("\t")[0].split()
+        if commit and len(fields) == 5 and fields[3].strip("0"):
+            found.setdefault(fields[3], []).append(commit)
+    return found
+
+
+@dataclass
+class NotPushed:
+    """Chunks a theta remote lacks that no pushed commit needs, by where they come from:
+    ``refs`` (branches and tags, short names) hold the ``commits`` that add the
+    ``chunks``; ``detached`` commits only a detached HEAD reaches add ``detached_chunks``;
+    ``elsewhere``: chunks that no commit of a branch, tag or HEAD adds (the index,
+    stashes, reflogs, another git remote's branches)."""
+
+    refs: list[str] = field(default_factory=list)
+    commits: set[str] = field(default_factory=set)
+    chunks: set[str] = field(default_factory=set)
+    detached: set[str] = field(default_factory=set)
+    detached_chunks: set[str] = field(default_factory=set)
+    elsewhere: set[str] = field(default_factory=set)
+
+
+def not_pushed(repo: Repo, pushed: Pushed, lacking: set[str]) -> NotPushed:
+    """Which commits, branches and tags need ``lacking`` (chunks a remote lacks that no
+    commit ``pushed.revs`` reach needs): :class:`NotPushed`."""
+    result = NotPushed()
+    if not lacking:
+        return result
+    adds = commits_adding(repo, ["--all", "--not", *pushed.revs])
+    shas = small_blobs(repo, sorted(adds))
+    by_commit: dict[str, set[str]] = {}
+    for sha, data in zip(shas, read_blobs(repo, shas), strict=True):
+        named = {d.decode() for d in _DIGEST_BYTES.findall(data)} & lacking
+        for commit in adds[sha] if named else ():
+            by_commit.setdefault(commit, set()).update(named)
+
+    def reached(*revs: str) -> set[str]:
+        return set(repo.git("--no-replace-objects", "rev-list", *revs, "--not", *pushed.revs,
+                            "--").decode().split())
+
+    on_refs = reached("--branches", "--tags") & by_commit.keys()
+    detached = not repo.git("symbolic-ref", "--quiet", "HEAD", check=False).strip()
+    head = repo.git("rev-parse", "--verify", "--quiet", "HEAD", check=False).strip()
+    on_head = (reached("HEAD") & by_commit.keys()) - on_refs if detached and head else set()
+    for commit in on_refs:
+        result.commits.add(commit)
+        result.chunks |= by_commit[commit]
+    for commit in on_head:
+        result.detached.add(commit)
+        result.detached_chunks |= by_commit[commit]
+    result.detached_chunks -= result.chunks
+    result.elsewhere = lacking - result.chunks - result.detached_chunks
+    ordered = sorted(on_refs)
+    refs: dict[str, None] = {}
+    for start in range(0, len(ordered), 256):  # a short command line however many there are
+        contains = [a for c in ordered[start:start + 256] for a in ("--contains", c)]
+        refs.update(dict.fromkeys(repo.git(
+            "for-each-ref", "--format=%(refname:short)", *contains, "refs/heads",
+            "refs/tags").decode().split()))
+    result.refs = list(refs)
+    return result
 
 
 def is_shallow(repo: Repo) -> bool:
