@@ -15,9 +15,9 @@ Merges
     ``CountingCache``, ``make_store``, ``manifest``, ``read``, ``rng_arr``, ``table``;
     numpy references of the merge methods: ``f32``, ``topk_mask``, ``ties_ref``,
     ``dare_mask``.
-Object-storage servers (moto S3, fake-gcs-server)
+Object-storage servers (moto S3, fake-gcs-server), and a static HTTP server
     ``Backend``, ``ServerProcess``, ``s3_backend``, ``gcs_backend``,
-    ``unique_bucket_name``.
+    ``unique_bucket_name``; ``HttpFolder`` (a folder served read-only over HTTP).
 Cluster sync (``theta-zarr`` outside git) and bucket remotes
     ``Case`` (a folder, S3 or GCS remote), ``local_case``, ``make_case``; ``SHAPE``,
     ``CHUNK``, ``env_for``, ``tz``, ``model``.
@@ -33,6 +33,7 @@ torch.distributed checkpoints
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -580,6 +581,48 @@ class ServerProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._stderr.close()
+
+
+class HttpFolder:
+    """``folder`` served over loopback HTTP at ``url`` by Python's ``http.server`` in a
+    thread of this process, as a static server or a mirror serves files: GET and HEAD
+    only (a PUT, POST or DELETE is answered 501).  ``requests`` holds every request's
+    ``(method, path)``, in order, so a test can tell that a command sent nothing."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.requests: list[tuple[str, str]] = []
+        seen = self.requests
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: Any, **kwargs: Any):
+                super().__init__(*args, directory=str(folder), **kwargs)
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()
+                if ok:
+                    seen.append((self.command, self.path))
+                return ok
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        name="http-folder")
+        self._thread.start()
+
+    def files(self) -> dict[str, bytes]:
+        """Every file under the folder (relative path -> bytes)."""
+        return {p.relative_to(self.folder).as_posix(): p.read_bytes()
+                for p in self.folder.rglob("*") if p.is_file()}
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
 
 
 def _http(method: str, url: str, body: bytes | None = None, headers=None) -> tuple[int, bytes]:

@@ -1,4 +1,5 @@
-"""Pytest plugin: real S3 (moto) and GCS (fake-gcs-server) servers on loopback.
+"""Pytest plugin: real S3 (moto) and GCS (fake-gcs-server) servers on loopback, and a
+static HTTP server.
 
 Load it with ``tests`` on ``sys.path`` (``pythonpath = ["tests"]`` in the
 pytest configuration) and ``pytest_plugins = ["servers"]`` in the root
@@ -18,6 +19,9 @@ Fixtures
 ``object_store`` (function, parametrized ``s3`` / ``gcs``)
     The :class:`Backend` of each server in turn, for tests that should run
     against both.
+``http_folder`` (function)
+    An :class:`HttpFolder`: the empty folder ``tmp_path/served`` served read-only
+    over loopback HTTP (Python's ``http.server``), recording every request.
 
 gcsfs reads ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT`` once, when it is first
 imported; left at its default (true), every new bucket is first probed over
@@ -32,7 +36,7 @@ import os
 import sys
 
 import pytest
-from helpers import Backend, ServerProcess, gcs_backend, s3_backend
+from helpers import Backend, HttpFolder, ServerProcess, gcs_backend, s3_backend
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
@@ -86,6 +90,18 @@ def s3_bucket(s3_server: Backend) -> str:
 def gcs_bucket(gcs_server: Backend) -> str:
     """A fresh empty bucket on the GCS server: ``gs://tz-<hex>``."""
     return gcs_server.new_bucket()
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """``tmp_path/served``, served read-only over loopback HTTP: an :class:`HttpFolder`."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    server = HttpFolder(folder)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=["s3", "gcs"])

@@ -390,9 +390,12 @@ def remote() -> None:
               help="write to .thetazarr (commit it so clones find the remote)")
 @reports_errors
 def remote_add(name: str, url: str, options: tuple[str, ...], shared: bool) -> None:
-    """Add remote NAME at URL (credentials come from the storage library, never from here)."""
+    """Add remote NAME at URL (credentials come from the storage library, never from here).
+
+    An http(s) URL is read-only (clones and fetches read from it; push refuses it)."""
     from .git import remotes
     from .git.repo import Repo
+    from .storage import is_read_only, read_only_hint
 
     repo = Repo.discover()
     spec, before = remotes.add(repo, name, url, remotes.option_pairs(options), shared)
@@ -402,6 +405,9 @@ def remote_add(name: str, url: str, options: tuple[str, ...], shared: bool) -> N
                        [f"{k}={v}" for k, v in sorted(before.items()) if k != "url"])
         replaces = f" (replaces {old})"
     click.echo(redact(f"theta-zarr remote {name} -> {spec.url}{replaces}"))
+    if is_read_only(spec.url):  # a mirror serves clones; MinIO's URL is the usual mistake
+        say(f"warning: remote {name!r}: {read_only_hint(spec.url)}")
+        return  # no push can copy anything there
     # git push uploads the chunks of the commits it sends, as git-lfs does: commits the git
     # remote already has would never reach the new store, and every clone would fail
     pushed = [g for g in remotes.feeding_git_remotes(repo, spec)

@@ -48,7 +48,15 @@ from .objects import (
 )
 from .redact import credential_part
 from .settings import DEFAULT_WORKERS, parse_bool
-from .storage import RootMissing, StorageError, check_url, credential_hint, open_store
+from .storage import (
+    RootMissing,
+    StorageError,
+    check_url,
+    credential_hint,
+    is_read_only,
+    open_store,
+    read_only_hint,
+)
 from .storage.local import LocalStore
 from .wording import counted
 
@@ -170,6 +178,17 @@ def check_trusted(spec: RemoteSpec) -> None:
             f".endpoint-url {endpoint}")
 
 
+def check_writable(spec: RemoteSpec) -> None:
+    """Refuse, before anything is read or sent, a remote no one can write to: an
+    ``http://`` or ``https://`` URL (a static server or mirror serves clones and fetches;
+    fsspec's HTTP file system has no writes, and the server answers a PUT with 403 or
+    501).  Raises RemoteError naming the remote, with the S3-compatible spelling of the
+    URL (MinIO at ``http://host:9000`` is the usual case)."""
+    if is_read_only(spec.url):
+        raise RemoteError(f"remote {spec.name!r} ({spec.url}) cannot be written: "
+                          f"{read_only_hint(spec.url)}")
+
+
 #: the options each storage library takes (``storage_options``); others are theta-zarr's
 #: own and apply to every remote
 STORAGE_OPTIONS = {"s3": ("endpoint-url", "region", "requester-pays", "anon"),
@@ -242,8 +261,11 @@ def retry_timeout(spec: RemoteSpec) -> float:
 def open_remote(spec: RemoteSpec, concurrency: int = 16, need: str | None = None
                 ) -> ObjectStore:
     """The object store of a remote.  ``need`` ("read" or "write") first checks that its
-    bucket or folder exists (raises storage.RootMissing: "bucket X does not exist")."""
+    bucket or folder exists (raises storage.RootMissing: "bucket X does not exist"); "write"
+    first refuses a read-only remote (``check_writable``)."""
     concurrency = int(spec.options.get("concurrency", concurrency))  # checked by RemoteSpec
+    if need == "write":
+        check_writable(spec)
     check_trusted(spec)  # before the storage library is set up for that endpoint
     blobs = open_store(spec.url, storage_options(spec.url, spec.options, concurrency))
     if isinstance(blobs, LocalStore) and os.path.isdir(os.path.join(blobs.root, packs.FOLDER)):
@@ -620,5 +642,5 @@ class ReadThrough:
             pass  # the object's own error says enough
 
 
-__all__ = ["ObjectError", "ReadThrough", "RemoteSpec", "TransferStats", "fetch_objects",
-           "open_remote", "push_objects", "storage_options", "transfer"]
+__all__ = ["ObjectError", "ReadThrough", "RemoteSpec", "TransferStats", "check_writable",
+           "fetch_objects", "open_remote", "push_objects", "storage_options", "transfer"]

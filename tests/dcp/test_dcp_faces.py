@@ -27,6 +27,7 @@ from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
 from theta_zarr.dcp import writer as writer_module
 from theta_zarr.objects import ObjectStore, object_key
 from theta_zarr.refs import Refs
+from theta_zarr.remote import RemoteError
 from theta_zarr.sync import SyncError, SyncRemote
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -407,6 +408,20 @@ def test_a_save_to_a_folder_that_is_not_there_fails_and_creates_nothing(tmp_path
     (tmp_path / "mnt").mkdir()
     save(Case("local", str(tmp_path / "mnt" / "models"), {}, []), "run/step-1", 1)
     assert (tmp_path / "mnt" / "models" / "refs").is_dir()
+
+
+def test_a_writer_to_an_http_url_is_refused_when_made(http_folder):
+    """An HTTP remote is read-only (MinIO given by its HTTP URL): refused by the writer's
+    constructor on every rank in one line, with the s3:// spelling, not inside dcp.save
+    after the ranks planned; the server is asked nothing."""
+    url = f"{http_folder.url}/models/llm"
+    with pytest.raises(RemoteError) as refused:
+        ThetaZarrWriter(url, "run/step-1")
+    assert str(refused.value) == (
+        f"remote 'dcp' ({url}) cannot be written: HTTP remotes are read-only (git clones "
+        f"and fetches only); an S3-compatible server (MinIO) is s3://models/llm "
+        f"--remote-option endpoint-url={http_folder.url}")
+    assert http_folder.requests == []
 
 
 def test_a_base_ref_that_does_not_exist_fails_the_save_and_a_forced_move_continues_itself(

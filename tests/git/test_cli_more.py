@@ -42,9 +42,14 @@ def test_demo_without_keep_names_no_deleted_folder(repo):
 def test_remote_add_refuses_options_that_do_nothing_for_its_url(repo):
     """A folder remote took --remote-option endpoint-url=... and region=..., and every
     later command ignored them (a MinIO endpoint meant for an s3:// URL, a region on
-    GCS); remote add now refuses them, and takes what the URL's storage library uses."""
+    GCS); remote add now refuses them, and takes what the URL's storage library uses.
+    MinIO's own URL with its endpoint is spelt the s3:// way from the URL given."""
     cases = (("/tmp/nowhere", "endpoint-url=http://127.0.0.1:9000",
-              "; an S3-compatible server (MinIO) is s3://BUCKET/PREFIX with endpoint-url"),
+              "; an S3-compatible server (MinIO) is s3://BUCKET/PREFIX --remote-option "
+              "endpoint-url=http://127.0.0.1:9000"),
+             ("http://127.0.0.1:9000/models/team", "endpoint-url=http://127.0.0.1:9000",
+              "; an S3-compatible server (MinIO) is s3://models/team --remote-option "
+              "endpoint-url=http://127.0.0.1:9000"),
              ("s3://b/m", "project=p1", ""), ("gs://b/m", "region=eu-west-1", ""))
     for url, option, hint in cases:
         key = option.split("=")[0]

@@ -423,3 +423,43 @@ def test_a_checkpoint_of_many_small_tensors_is_one_pack_through_git_push_and_gc(
     assert f"moved 1 malformed pack (its objects unreadable) to {cache.root}/quarantine: " \
         f"{junk.name}\n" in out
     assert not junk.exists()
+
+
+def test_an_http_remote_serves_clones_and_refuses_writes_before_sending_anything(
+        repo, make_repo, tmp_path, http_folder):
+    """A static server or a mirror over HTTP, or MinIO given by its HTTP URL (the usual
+    mistake): remote add warns in one line with the s3:// spelling; a clone fetches from
+    it; push and gc --remote refuse, naming the remote, before a request is made."""
+    repo.git("config", "theta-zarr.chunk-size", "16KiB")
+    bare = init_bare(tmp_path / "origin.git", repo.env)
+    repo.git("remote", "add", "origin", str(bare))
+    repo.tz("remote", "add", "origin", str(http_folder.folder))  # the mirror's source
+    commit_model(repo, "base")
+    original = file_sha(repo.path / "model.safetensors")
+    repo.git("push", "-q", "origin", "main")
+    c = clone(make_repo, bare, "clone", env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
+    added = c.tz("remote", "add", "origin", http_folder.url).stderr.decode()
+    assert added == (f"theta-zarr: warning: remote 'origin': HTTP remotes are read-only (git "
+                     f"clones and fetches only); an S3-compatible server (MinIO) is "
+                     f"s3://BUCKET/PREFIX --remote-option endpoint-url={http_folder.url}\n")
+    assert c.git("config", "theta-zarr.remote.origin.url").stdout.decode().strip() == \
+        http_folder.url
+    c.tz("materialize")  # reads over HTTP
+    assert file_sha(c.path / "model.safetensors") == original
+    assert any(m == "GET" and p.startswith("/objects/") for m, p in http_folder.requests)
+    served = http_folder.files()
+    heads = c.git("ls-remote", str(bare)).stdout
+    commit_model(c, "tuned", tuned=REMOTE_SHAPE.layer_names(1))
+    before = len(http_folder.requests)
+    for args in (("git", "push", "origin", "main"), ("git", "theta-zarr", "push", "origin"),
+                 ("git", "theta-zarr", "gc", "--remote", "origin", "--grace", "0")):
+        out = c.run(*args, check=False)
+        assert out.returncode != 0, args
+        assert f"theta-zarr: remote 'origin' ({http_folder.url}) cannot be written: HTTP " \
+               f"remotes are read-only (git clones and fetches only); an S3-compatible " \
+               f"server (MinIO) is s3://BUCKET/PREFIX --remote-option endpoint-url=" \
+               f"{http_folder.url}\n" in out.stderr.decode(), args
+        assert b"Traceback" not in out.stderr
+    assert http_folder.requests[before:] == []  # refused before anything was asked
+    assert http_folder.files() == served
+    assert c.git("ls-remote", str(bare)).stdout == heads  # the hook stopped git's push too

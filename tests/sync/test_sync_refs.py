@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import pytest
 from helpers import CHUNK, Case, env_for, local_case, model, tz
 
+import theta_zarr
 from theta_zarr import refs
 from theta_zarr.refs import RefConflict, RefError, Refs, check_ref_name
 from theta_zarr.storage import ConditionalWritesUnsupported, ConditionFailed, open_store
@@ -136,6 +138,44 @@ def test_backend_without_conditional_writes_makes_no_refs():
     assert not store.conditional_writes
     with pytest.raises(ConditionalWritesUnsupported, match="refs need"):
         Refs(store).set("x", D1)
+
+
+def test_every_ref_command_refuses_an_http_url_in_one_line_before_any_request(
+        tmp_path, http_folder):
+    """An HTTP server (a mirror of a folder remote, or MinIO by its HTTP URL) holds no
+    refs theta-zarr can read, and takes no writes: each command says so in one line with
+    the s3:// spelling, asking the server nothing; ls printed an error row per ref."""
+    env = env_for(local_case(tmp_path), tmp_path)
+    ckpt = model(tmp_path / "m.safetensors")
+    tz(["publish", str(ckpt), str(http_folder.folder), "--ref", "run/step-1"], env)
+    url = f"{http_folder.url}/models/team"
+    hint = (f"HTTP remotes are read-only (git clones and fetches only); an S3-compatible "
+            f"server (MinIO) is s3://models/team --remote-option endpoint-url="
+            f"{http_folder.url}\n")
+    (tmp_path / "watched").mkdir()
+    writes = (["publish", str(ckpt), url, "--ref", "run/step-2"],
+              ["combine", url, "--ref", "run/step-2"], ["delete-ref", url, "run/step-1"],
+              ["watch", str(tmp_path / "watched"), url, "--ref-prefix", "run/", "--once",
+               "--interval", "0"])
+    reads = (["ls", url], ["pull", url, "run/step-1", "-o", str(tmp_path / "out")],
+             ["diff-refs", url, "run/step-1", "run/step-1"],
+             ["delete-ref", url, "run/step-1", "--dry-run"])
+    for args, what in [(a, "cannot be written:") for a in writes] + \
+                      [(a, "holds no refs theta-zarr can read (refs need S3, GCS or a "
+                           "folder):") for a in reads]:
+        proc = tz(args, env, check=False)
+        assert proc.returncode == 1, args
+        assert proc.stdout == b"", args
+        assert proc.stderr.decode() == \
+            f"theta-zarr: remote 'command line' ({url}) {what} {hint}", args
+    assert http_folder.requests == []
+    assert not (tmp_path / "out").exists()
+    # the API reads refs as ls does: the same words
+    with pytest.raises(ConditionalWritesUnsupported, match=re.escape(
+            f"{http_folder.url} holds no refs theta-zarr can read (refs need S3, GCS or a "
+            f"folder): {hint.rstrip().replace('models/team', 'BUCKET/PREFIX')}")):
+        theta_zarr.load_state_dict(http_folder.url, ref="run/step-1",
+                                   cache=str(tmp_path / "cache"))
 
 
 def test_ref_blob_format():

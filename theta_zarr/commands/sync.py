@@ -50,10 +50,13 @@ def _is_url(text: str) -> bool:
 def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 16,
                      need: str = "read"):
     """A URL (with --remote-option pairs) or, inside a git repository, a theta remote's name;
-    ``need`` ("read" or "write") checks that its bucket or folder exists."""
+    ``need`` ("read" or "write") checks that its bucket or folder exists.  An http(s) remote
+    is refused in one line: every command here reads refs, which it cannot hold (and a
+    write is refused as such, ``remote.check_writable``)."""
     from ..git.remotes import option_pairs, require
     from ..git.repo import GitInputError, Repo
-    from ..remote import RemoteSpec
+    from ..remote import RemoteError, RemoteSpec
+    from ..storage import NO_REFS, is_read_only, read_only_hint
     from ..sync import SyncRemote
 
     if _is_url(target):
@@ -69,6 +72,9 @@ def open_sync_remote(target: str, options: tuple[str, ...], concurrency: int = 1
                 f"repository ({os.getcwd()}) it names no theta remote: give a URL "
                 f"(s3://BUCKET/PREFIX, gs://...) or a folder's path (./{target})") from None
         spec = require(repo, target)
+    if need != "write" and is_read_only(spec.url):  # one line, not an error row per ref
+        raise RemoteError(f"remote {spec.name!r} ({spec.url}) {NO_REFS}: "
+                          f"{read_only_hint(spec.url)}")
     return SyncRemote.open(spec, concurrency, need)
 
 
@@ -576,6 +582,7 @@ def register(main: click.Group) -> None:
         from ..git.remotes import require
         from ..git.repo import Repo
         from ..git.statcache import StatCache
+        from ..remote import check_writable
         from ..sync import SyncRemote
 
         try:
@@ -588,6 +595,8 @@ def register(main: click.Group) -> None:
         settings = repo.settings()
         cache = checkpoint.open_cache(settings)
         spec = require(repo, remote_name) if remote_name else None
+        if spec is not None and not dry_run:  # an HTTP remote: before anything is planned
+            check_writable(spec)
         if spec is not None and is_shallow(repo):
             raise UserError(f"gc --remote {remote_name}: this clone is shallow (git clone "
                             "--depth): the objects of every commit before its boundary "

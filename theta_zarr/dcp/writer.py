@@ -49,7 +49,7 @@ from ..dtypes import by_name, from_torch
 from ..manifest import Manifest, ManifestError, ParamEntry, check_name
 from ..objects import ObjectError, bounded_map
 from ..refs import RefConflict, check_ref_name
-from ..remote import _delta_encoder
+from ..remote import _delta_encoder, check_writable
 from ..sync import SyncError
 from . import layout
 from .meta import to_format
@@ -127,6 +127,7 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
                  chunk_size: int = chunking.DEFAULT_CHUNK_BYTES, concurrency: int = 16,
                  delta: bool = True) -> None:
         DcpRemote.__init__(self, remote, options, concurrency)
+        check_writable(self.spec)  # here, not inside dcp.save, which wraps every error
         self.ref = check_ref_name(ref)
         self.base_ref = check_ref_name(base_ref) if base_ref else None
         self.force = force

@@ -23,7 +23,7 @@ from ..remote import (
     RemoteSpec,
     unused_options,
 )
-from ..storage import is_folder, open_store
+from ..storage import is_folder, open_store, s3_compatible_hint
 from ..storage.local import LocalStore
 from .files import object_info, objects_with_paths, read_blobs, revision_range, small_blobs
 from .install import DRIVER
@@ -331,7 +331,7 @@ def add(repo: Repo, name: str, url: str, options: dict[str, str], shared: bool
     spec = RemoteSpec(name, url, options)
     unused = unused_options(spec.url, options)
     if unused:  # silently ignored by every later command
-        hint = "; an S3-compatible server (MinIO) is s3://BUCKET/PREFIX with endpoint-url" \
+        hint = f"; {s3_compatible_hint(spec.url, options['endpoint-url'])}" \
             if unused[0] == "endpoint-url" else ""
         raise RemoteError(f"remote {name!r}: option {unused[0]!r} does nothing for "
                           f"{spec.url} (it is for {_remotes_taking(unused[0])} remotes): drop "

@@ -15,8 +15,20 @@ from .base import (
     RootMissing,
     StorageError,
 )
-from .open import BadURL, check_url, credential_hint, has_scheme, is_folder, open_store
+from .open import (
+    NO_REFS,
+    BadURL,
+    check_url,
+    credential_hint,
+    has_scheme,
+    is_folder,
+    is_read_only,
+    open_store,
+    read_only_hint,
+    s3_compatible_hint,
+)
 
-__all__ = ["BadURL", "BlobInfo", "BlobNotFound", "BlobStore", "BlobTooLarge", "ConditionFailed",
-           "ConditionalWritesUnsupported", "NotABlob", "RootMissing", "StorageError", "check_url",
-           "credential_hint", "has_scheme", "is_folder", "open_store"]
+__all__ = ["NO_REFS", "BadURL", "BlobInfo", "BlobNotFound", "BlobStore", "BlobTooLarge",
+           "ConditionFailed", "ConditionalWritesUnsupported", "NotABlob", "RootMissing",
+           "StorageError", "check_url", "credential_hint", "has_scheme", "is_folder",
+           "is_read_only", "open_store", "read_only_hint", "s3_compatible_hint"]

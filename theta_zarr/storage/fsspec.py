@@ -10,7 +10,15 @@ from typing import Any
 import fsspec
 from fsspec.exceptions import FSTimeoutError
 
-from .base import BlobInfo, BlobNotFound, BlobStore, Parts, StorageError, too_large
+from .base import (
+    BlobInfo,
+    BlobNotFound,
+    BlobStore,
+    ConditionalWritesUnsupported,
+    Parts,
+    StorageError,
+    too_large,
+)
 
 
 class FsspecStore(BlobStore):
@@ -71,6 +79,16 @@ class FsspecStore(BlobStore):
         if max_bytes is not None and len(data) > max_bytes:
             raise too_large(self.describe(), key, max_bytes)
         return data
+
+    def get_versioned(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """Refused, as ``BlobStore`` refuses it; for an http(s) URL the message says what
+        such a remote is for (refs are read with their version, which HTTP gives none of)."""
+        from .open import NO_REFS, is_read_only, read_only_hint  # here: open.py imports us
+
+        if is_read_only(self.url):
+            raise ConditionalWritesUnsupported(
+                f"{self.describe()} {NO_REFS}: {read_only_hint(self.url)}")
+        return super().get_versioned(key, max_bytes)
 
     def put(self, key: str, parts: Parts) -> None:
         data = b"".join(parts)

@@ -16,6 +16,12 @@ from .base import BlobStore, StorageError
 
 #: Protocols whose first path segment is a bucket (a bucket name is required).
 BUCKET_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs"})
+#: Protocols a store can only read (fsspec's HTTP file system has no writes): a static
+#: server or mirror serves clones and fetches, never a push.
+READ_ONLY_PROTOCOLS = frozenset({"http", "https"})
+#: What such a store lacks for cluster sync: a ref is read with its version (an ETag, a
+#: generation), which a plain HTTP server gives none of.
+NO_REFS = "holds no refs theta-zarr can read (refs need S3, GCS or a folder)"
 _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*):(?P<rest>.*)$", re.DOTALL)
 #: Where each protocol's storage library looks for credentials (docs/remotes.md).
 CREDENTIAL_HINTS = {
@@ -39,6 +45,34 @@ def credential_hint(url: str) -> str:
     protocol = {"s3a": "s3", "gcs": "gs"}.get(_protocol(url), _protocol(url))
     return CREDENTIAL_HINTS.get(protocol, "the storage library's environment or config "
                                           "(for http(s): ~/.netrc)")
+
+
+def is_read_only(url: str) -> bool:
+    """True for a URL whose store can only be read (``http://``, ``https://``)."""
+    return _protocol(url) in READ_ONLY_PROTOCOLS
+
+
+def read_only_hint(url: str) -> str:
+    """The one-line fix for a read-only ``url`` given where a store is written: HTTP
+    remotes are read-only, and an S3-compatible server (MinIO) is an ``s3://`` URL with
+    its ``endpoint-url``, both spelt from ``url`` where it names them
+    (``http://host:9000/models/team`` -> ``s3://models/team --remote-option
+    endpoint-url=http://host:9000``)."""
+    return f"HTTP remotes are read-only (git clones and fetches only); " \
+           f"{s3_compatible_hint(url)}"
+
+
+def s3_compatible_hint(url: str, endpoint: str | None = None) -> str:
+    """'an S3-compatible server (MinIO) is s3://BUCKET/PREFIX --remote-option
+    endpoint-url=http://HOST:PORT', with the bucket and prefix of an http(s) ``url`` and
+    ``endpoint`` (else the URL's scheme and host) in place of the capitals where known."""
+    path = "BUCKET/PREFIX"
+    m = re.match(r"^(https?://[^/?#]+)(/[^?#]*)?", url.strip(), re.IGNORECASE)
+    if m is not None:
+        endpoint = endpoint or m.group(1)
+        path = "/".join(p for p in (m.group(2) or "").split("/") if p) or path
+    return f"an S3-compatible server (MinIO) is s3://{path} --remote-option " \
+           f"endpoint-url={endpoint or 'http://HOST:PORT'}"
 
 
 def has_scheme(text: str) -> bool:
