@@ -80,3 +80,24 @@ def test_rank_killed_mid_save_leaves_ref_then_next_save_completes(request, tmp_p
     assert refs.read("run/step-1").digest == first
     check_ranks(run_job("save", 2, case, tmp_path, "run/step-2", 2))
     assert bit_exact(load_here(case, "run/step-2"), 2)
+
+
+def test_a_save_to_a_ref_that_exists_fails_on_every_rank_in_one_catchable_line(
+        request, tmp_path, monkeypatch):
+    """torch wraps what a rank raises in its CheckpointException, every rank's traceback;
+    theta_zarr.dcp.save raises the writer's own RefConflict on every rank instead, one
+    line naming the ref and the remote and the way out, before any chunk went up."""
+    case = make_case("local", request, tmp_path, monkeypatch)
+    check_ranks(run_job("save", 2, case, tmp_path, "run/step-1", 1))
+    first = case.remote().refs.read("run/step-1").digest
+    before = stored_objects(case)
+    procs = run_job("save", 2, case, tmp_path, "run/step-1", 2, unwrap=True)
+    assert [p.returncode for p in procs] == [3, 3], [p.stderr.decode()[-2000:] for p in procs]
+    for p in procs:
+        assert p.stdout.decode() == (
+            f"RefConflict: ref run/step-1 already exists in {case.url} and points at "
+            f"{first}; nothing was uploaded: pass force=True to ThetaZarrWriter to move it, "
+            "or save under a new ref\n")
+        assert p.stderr.decode() == ""
+    assert stored_objects(case) == before
+    assert case.remote().refs.read("run/step-1").digest == first

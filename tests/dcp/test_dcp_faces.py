@@ -23,10 +23,11 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 
 import theta_zarr
+import theta_zarr.dcp
 from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
 from theta_zarr.dcp import writer as writer_module
 from theta_zarr.objects import ObjectStore, object_key
-from theta_zarr.refs import Refs
+from theta_zarr.refs import RefConflict, Refs
 from theta_zarr.remote import RemoteError
 from theta_zarr.sync import SyncError, SyncRemote
 
@@ -281,6 +282,35 @@ def test_a_failed_metadata_read_is_not_retried_as_rank_local_metadata(case, monk
         dcp.load({"emb": torch.zeros(MODEL["emb"][0], dtype=MODEL["emb"][1])},
                  storage_reader=ThetaZarrReader(case.url, "run/step-2"))
     assert calls == ["run/step-2"]
+
+
+def test_theta_zarr_dcp_save_raises_theta_zarrs_own_one_line_error(case, monkeypatch):
+    """dcp.save wraps what a rank raises in torch's CheckpointException (a BaseException,
+    every rank's traceback in its text); theta_zarr.dcp.save raises theta-zarr's error
+    itself, one line, before any upload, and torch's when something else failed."""
+    remote = case.remote()
+    before, first = set(remote.objects.iter_digests()), remote.refs.read("run/step-2").digest
+    line = (f"ref run/step-2 already exists in {case.url} and points at {first}; nothing "
+            "was uploaded: pass force=True to ThetaZarrWriter to move it, or save under a "
+            "new ref")
+    state = {"emb": torch.randn(MODEL["emb"][0]).to(MODEL["emb"][1]), "step": 9}
+    with pytest.raises(CheckpointException) as wrapped:
+        dcp.save(state, storage_writer=ThetaZarrWriter(case.url, "run/step-2"))
+    assert str(wrapped.value).splitlines()[-1] == f"theta_zarr.refs.RefConflict: {line}"
+    assert str(theta_zarr.dcp.own_error(wrapped.value)) == line
+    with pytest.raises(RefConflict) as taken:
+        theta_zarr.dcp.save(state, storage_writer=ThetaZarrWriter(case.url, "run/step-2"))
+    assert str(taken.value) == line
+    assert set(remote.objects.iter_digests()) == before
+    assert remote.refs.read("run/step-2").digest == first
+
+    def hiccup(self, name):
+        raise OSError("storage hiccup")
+
+    monkeypatch.setattr(Refs, "read", hiccup)  # not theta-zarr's: torch's report stays
+    with pytest.raises(CheckpointException, match="storage hiccup") as other:
+        theta_zarr.dcp.save(state, storage_writer=ThetaZarrWriter(case.url, "run/step-3"))
+    assert theta_zarr.dcp.own_error(other.value) is None
 
 
 def test_a_reader_and_a_writer_used_again_start_afresh(tmp_path):

@@ -173,7 +173,8 @@ class ThetaZarrWriter(DcpRemote, StorageWriter):
         current = self.sync.refs.read(self.ref)
         if current is not None and not self.force:
             raise RefConflict(f"ref {self.ref} already exists in {self.sync.url} and points "
-                              f"at {current.digest}; pass force=True to move it")
+                              f"at {current.digest}; nothing was uploaded: pass force=True "
+                              "to ThetaZarrWriter to move it, or save under a new ref")
         if current is None:
             self.sync.refs.check_new(self.ref)  # a name set would refuse, before uploads
         boxes: dict[str, list[layout.Box]] = {}
