@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from theta_zarr.wording import counted, human, shell_word, show_name
+from theta_zarr.wording import counted, human, quote_path, shell_word, show_name, unquote_c
 
 
 @pytest.mark.parametrize("n, noun, plural, said", [
@@ -35,3 +35,25 @@ def test_names_never_carry_controls_or_format_characters_to_a_terminal():
     assert show_name("a\\u0041") == "a\\\\u0041"
     assert shell_word("w\u009b\u202eX") == "$'w\\u009b\\u202eX'"
     assert shell_word("my model") == "'my model'"
+
+
+
+@pytest.mark.parametrize("quoted, name", [
+    ('"a b.pt"', "a b.pt"),
+    ('"a\\"b\\\\c\\t\\001.pt"', 'a"b\\c\t\x01.pt'),
+    ('"\\351t\\351.pt"', "\udce9t\udce9.pt"),  # not UTF-8: surrogate escapes
+    ('"\\303\\251 \\303\\274.pt"', "é ü.pt"),
+    ('"é.pt"', "é.pt"),
+])
+def test_unquote_c_reads_git_quoting(quoted, name):
+    """What follows the closing quote is handed back (a .gitattributes line's attributes);
+    what ``quote_path`` writes reads back as the name."""
+    assert unquote_c(quoted + " rest") == (name, " rest")
+    assert unquote_c(quote_path(name) if quote_path(name) != name else f'"{name}"') == (name, "")
+
+
+@pytest.mark.parametrize("text", ['"open', '"bad\\q"', '"\\400"', '"\\12"', "plain"])
+def test_unquote_c_gives_up_where_git_does(text):
+    """git's ``unquote_c_style``: no closing quote, an unknown escape, an octal escape
+    over \\377 or short of three digits; and no opening quote."""
+    assert unquote_c(text) is None

@@ -140,7 +140,7 @@ def _say_patterns_left(repo: Any) -> None:
 def track(patterns: tuple[str, ...]) -> None:
     """Track files matching PATTERNS (.gitattributes); with none, list tracked patterns."""
     from .git import lfs as git_lfs
-    from .git.attributes import escape_pattern, tracked_patterns
+    from .git.attributes import pattern_key, tracked_patterns
     from .git.attributes import track as do_track
     from .git.install import configured_executable
     from .git.repo import Repo
@@ -151,11 +151,11 @@ def track(patterns: tuple[str, ...]) -> None:
             click.echo(p)
         return
     patterns = tuple(from_top(repo, p) for p in patterns)
-    lfs_routed = set(git_lfs.routed_patterns(repo.top))  # before our lines are added
+    lfs_routed = {pattern_key(p) for p in git_lfs.routed_patterns(repo.top)}  # before ours
     was_lfs = git_lfs.lfs_files(repo)
     added = set(do_track(repo.top, list(patterns)))
     for p in patterns:
-        verb = "Tracking" if escape_pattern(p) in added else "Already tracking"
+        verb = "Tracking" if p in added else "Already tracking"
         click.echo(f'{verb} "{p}"')
     if configured_executable(repo.top) is None:
         # git skips a filter it has no command for: the file would go into git as it is
@@ -167,9 +167,9 @@ def track(patterns: tuple[str, ...]) -> None:
     if taken:
         click.echo(f"theta-zarr: {git_lfs.takeover_warning(list(patterns), taken)}", err=True)
         return
-    routed = [p for p in patterns if escape_pattern(p) in lfs_routed]
-    now_ours = [p for p in routed if escape_pattern(p) in added]
-    still_lfs = [p for p in routed if escape_pattern(p) not in added]
+    routed = [p for p in patterns if pattern_key(p) in lfs_routed]
+    now_ours = [p for p in routed if p in added]
+    still_lfs = [p for p in routed if p not in added]
     if now_ours:
         click.echo(f"theta-zarr: warning: {', '.join(now_ours)} was routed to git-lfs in "
                    ".gitattributes; theta-zarr's line now comes later and wins for new commits "
@@ -203,7 +203,6 @@ def from_top(repo, pattern: str) -> str:
 @reports_errors
 def untrack(patterns: tuple[str, ...]) -> None:
     """Stop tracking PATTERNS (files already committed keep their manifests)."""
-    from .git.attributes import escape_pattern
     from .git.attributes import untrack as do_untrack
     from .git.repo import Repo
 
@@ -211,7 +210,7 @@ def untrack(patterns: tuple[str, ...]) -> None:
     patterns = tuple(from_top(repo, p) for p in patterns)
     removed = do_untrack(repo.top, list(patterns))
     for p in patterns:
-        click.echo(f'{"Untracking" if escape_pattern(p) in removed else "Not tracked:"} "{p}"')
+        click.echo(f'{"Untracking" if p in removed else "Not tracked:"} "{p}"')
 
 
 # -- inspection -------------------------------------------------------------------------

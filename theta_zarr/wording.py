@@ -39,6 +39,38 @@ def quote_path(path: str) -> str:
     return f'"{body}"'
 
 
+_C_UNESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, '"': 34, "\\": 92}
+
+
+def unquote_c(text: str) -> tuple[str, str] | None:
+    """Read a C-quoted string at the start of ``text`` as git does (``unquote_c_style``):
+    the string between the opening and the closing double quote, with ``\\a \\b \\f \\n
+    \\r \\t \\v \\\\ \\"`` and three-digit octal escapes (bytes, read as UTF-8; one that is
+    not, as a surrogate escape), and the text after the closing quote.  None where git
+    gives up: no opening or closing quote, or another escape."""
+    if not text.startswith('"'):
+        return None
+    out, i = bytearray(), 1
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            return out.decode("utf-8", "surrogateescape"), text[i + 1:]
+        if c != "\\":
+            out += c.encode("utf-8", "surrogateescape")
+            i += 1
+            continue
+        nxt = text[i + 1:i + 2]
+        if nxt in _C_UNESCAPES:
+            out.append(_C_UNESCAPES[nxt])
+            i += 2
+        elif re.fullmatch("[0-3][0-7][0-7]", text[i + 1:i + 4]):
+            out.append(int(text[i + 1:i + 4], 8))
+            i += 4
+        else:
+            return None
+    return None
+
+
 def _octal(c: str) -> int | None:
     """The byte a character of a path is written as in octal: a control character, DEL,
     or an undecodable byte (surrogate escapes U+DC80..U+DCFF); None for the rest."""

@@ -185,10 +185,11 @@ def test_untrack_and_uninstall(repo):
     hooks = repo.path / ".git" / "hooks"
     names = ("pre-push", "post-checkout", "post-merge")
     assert all((hooks / n).exists() for n in names)
-    # a pattern with a space is written as git-lfs writes it, and said as the user typed it
+    # a pattern with a space is written C-quoted, and said as the user typed it
     repo.tz("track", "my run/*.pt")
+    assert '"my run/*.pt" filter=theta-zarr' in (repo.path / ".gitattributes").read_text()
     assert 'Untracking "my run/*.pt"' in repo.tz("untrack", "my run/*.pt").stdout.decode()
-    assert "space" not in (repo.path / ".gitattributes").read_text()
+    assert "my run" not in (repo.path / ".gitattributes").read_text()
     out = repo.tz("uninstall").stdout.decode()
     assert "filter removed" in out
     # the patterns stay, and git now commits those files whole: said, as git-lfs does not

@@ -163,17 +163,21 @@ def test_track_warns_about_a_pattern_git_lfs_already_routes(repo):
     which line wins (ours when just added after the lfs line; lfs when its line is later)."""
     attrs = repo.path / ".gitattributes"
     attrs.write_text(attrs.read_text() + "my[[:space:]]model.bin filter=lfs diff=lfs merge=lfs"
-                     " -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n")
-    proc = repo.tz("track", "my model.bin", "*.pt", "*.gguf")
+                     ' -text\n"my run.bin" filter=lfs -text\n'
+                     "*.pt filter=lfs diff=lfs merge=lfs -text\n")
+    proc = repo.tz("track", "my model.bin", "my run.bin", "*.pt", "*.gguf")
     out, err = proc.stdout.decode(), proc.stderr.decode()
     assert 'Tracking "my model.bin"' in out and 'Already tracking "*.pt"' in out
     assert 'Tracking "*.gguf"' in out
     lines = err.splitlines()
     assert len(lines) == 2 and all(ln.startswith("theta-zarr: warning: ") for ln in lines)
-    assert "my model.bin was routed to git-lfs" in lines[0] and "now comes later" in lines[0]
+    assert "my model.bin, my run.bin was routed to git-lfs" in lines[0], lines[0]
+    assert "now comes later" in lines[0]
     assert "*.pt is routed to git-lfs by a later .gitattributes line" in lines[1]
     assert "*.gguf" not in err
-    assert attrs.read_text().splitlines()[-2].startswith("my[[:space:]]model.bin filter=theta-zarr")
+    assert attrs.read_text().splitlines()[-3].startswith('"my model.bin" filter=theta-zarr')
+    assert repo.out("check-attr", "filter", "--", "my model.bin", "my run.bin").splitlines() == [
+        "my model.bin: filter: theta-zarr", "my run.bin: filter: theta-zarr"]
     again = repo.tz("track", "*.gguf")
     assert again.stderr == b""
 
@@ -183,6 +187,27 @@ def test_migrate_without_lfs_patterns_says_so(repo):
     assert proc.returncode == 1
     assert proc.stderr.decode().startswith("theta-zarr: no pattern of .gitattributes is routed")
     assert b"Traceback" not in proc.stderr
+
+
+def test_migrate_reads_and_writes_quoted_lfs_patterns(repo):
+    """A quoted ``filter=lfs`` line (gitattributes(5)) was read as the pattern ``"my``:
+    migrate named no file under it, and its line stayed beside ours."""
+    from theta_zarr.git.lfs import routed_patterns
+    from theta_zarr.git.migrate import rewrite_attributes
+
+    ours = "filter=theta-zarr diff=theta-zarr merge=theta-zarr -text"
+    text = ('*.txt text\r\n"my model.bin" filter=lfs diff=lfs merge=lfs -text\r\n'
+            "run[[:space:]]1.bin filter=lfs -text\n")
+    attrs = repo.path / ".gitattributes"
+    attrs.write_text(text)
+    patterns = routed_patterns(str(repo.path))
+    assert patterns == ["my model.bin", "run[[:space:]]1.bin"]
+    new = rewrite_attributes(text, patterns)
+    assert new == f'*.txt text\n"my model.bin" {ours}\nrun[[:space:]]1.bin {ours}\n'
+    assert rewrite_attributes(text, ["run 1.bin"]).count("filter=lfs") == 1  # same pattern
+    attrs.write_text(new)
+    assert repo.out("check-attr", "filter", "--", "my model.bin", "run 1.bin").splitlines() == [
+        "my model.bin: filter: theta-zarr", "run 1.bin: filter: theta-zarr"]
 
 
 def test_diffs_across_a_file_committed_before_tracking_never_die(make_repo):

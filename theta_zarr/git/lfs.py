@@ -14,6 +14,7 @@ import tempfile
 from typing import BinaryIO
 
 from ..lfs import parse
+from .attributes import pattern_key, read_lines
 from .repo import Repo
 
 #: what the messages tell a user who lacks git-lfs
@@ -68,22 +69,16 @@ def smudge(top: str, path: str, text: bytes, out: BinaryIO, block: int = 1 << 20
 
 
 def routed_patterns(top: str) -> list[str]:
-    """Patterns of the top-level .gitattributes whose last filter setting is ``lfs``."""
-    path = os.path.join(top, ".gitattributes")
-    if not os.path.exists(path):
-        return []
-    last: dict[str, str] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            parts = line.split()
-            if not parts or parts[0].startswith("#"):
-                continue
-            for attr in parts[1:]:
-                if attr.startswith("filter="):
-                    last[parts[0]] = attr.split("=", 1)[1]
-                elif attr in ("-filter", "!filter"):
-                    last[parts[0]] = ""
-    return [p for p, f in last.items() if f == "lfs"]
+    """Patterns of the top-level .gitattributes whose last filter setting is ``lfs``, as
+    git reads them (a quoted one unquoted), in the order of their first lines."""
+    last: dict[str, tuple[str, str]] = {}  # pattern_key -> (pattern, filter)
+    for line in read_lines(top):
+        for attr in line.words:
+            if attr.startswith("filter="):
+                last[pattern_key(line.pattern)] = (line.pattern, attr.split("=", 1)[1])
+            elif attr in ("-filter", "!filter"):
+                last[pattern_key(line.pattern)] = (line.pattern, "")
+    return [p for p, f in last.values() if f == "lfs"]
 
 
 def lfs_files(repo: Repo, paths: list[str] | None = None) -> list[str]:

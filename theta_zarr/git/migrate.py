@@ -26,7 +26,7 @@ from ..manifest import looks_like_manifest
 from ..streams import write_atomic
 from ..wording import quote_path
 from . import lfs as git_lfs
-from .attributes import ATTRS, escape_pattern
+from .attributes import ATTRS, escape_pattern, parse_line, pattern_key
 from .files import read_blobs, small_blobs
 from .filter_process import CONVERT_LFS_ENV
 from .install import DRIVER
@@ -40,16 +40,21 @@ class MigrateError(ValueError):
 
 
 def rewrite_attributes(text: str, patterns: list[str]) -> str:
-    """.gitattributes text with the patterns' ``filter=lfs`` lines replaced by theta-zarr's."""
-    wanted = [escape_pattern(p) for p in patterns]
+    """.gitattributes text with the patterns' ``filter=lfs`` lines replaced by theta-zarr's
+    (a pattern is matched however a line spells it: ``parse_line``, ``pattern_key``)."""
+    wanted = {pattern_key(p): p for p in patterns}
+    given = text.split("\n")  # only LF ends a line for git
+    if given[-1] == "":
+        given.pop()
     lines = []
-    for line in text.splitlines():
-        parts = line.split()
-        if parts and parts[0] in wanted and "filter=lfs" in parts[1:]:
+    for line in (ln.removesuffix("\r") for ln in given):
+        parsed = parse_line(line)
+        if parsed and pattern_key(parsed.pattern) in wanted and "filter=lfs" in parsed.words:
             continue
         lines.append(line)
-    have = {ln.split()[0] for ln in lines if ln.split() and f"filter={DRIVER}" in ln.split()[1:]}
-    lines += [f"{p} {ATTRS}" for p in wanted if p not in have]
+    have = {pattern_key(parsed.pattern) for parsed in map(parse_line, lines)
+            if parsed and f"filter={DRIVER}" in parsed.words}
+    lines += [f"{escape_pattern(p)} {ATTRS}" for key, p in wanted.items() if key not in have]
     return "".join(ln + "\n" for ln in lines)
 
 
