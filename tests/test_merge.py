@@ -91,6 +91,22 @@ def test_average_equals_numpy(store, dtype):
     assert read(store, merged, "w").tobytes() == expect.tobytes()
 
 
+@pytest.mark.parametrize("strategy, values, words", [
+    ("average", {"alpha": 1.5}, "average: 'alpha' must be in [0, 1], from ours (0) to "
+                                "theirs (1), not 1.5"),
+    ("average", {"alpha": -0.1}, "'alpha' must be in [0, 1]"),
+    ("average", {"alpha": float("nan")}, "average: 'alpha' must be a finite number, not nan"),
+    ("task-arithmetic", {"scale": float("inf")}, "'scale' must be a finite number, not inf"),
+])
+def test_a_weight_out_of_its_range_is_refused_through_the_api(store, strategy, values, words):
+    """``merge_manifests`` with ``alpha=1.5`` extrapolated past theirs, and a NaN weight
+    wrote NaN into every merged element."""
+    m = [manifest(store, {"w": np.full(16, x, np.float32)}) for x in (0, 2, 1)]
+    with pytest.raises(MergeError) as e:
+        merge_manifests(*m, table(strategy, **values), store)
+    assert str(e.value).startswith("merge: parameter 'w': ") and words in str(e.value)
+
+
 @pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float32)])
 def test_task_arithmetic_equals_numpy(store, dtype):
     b, o, t = (rng_arr(i, (32, 40), dtype) for i in range(3))

@@ -38,6 +38,13 @@ def test_assignments():
         parse_assignments(["density"])
     with pytest.raises(ConfigError, match="unknown merge parameter 'densty'"):
         parse_assignments(["densty=1"])
+    with pytest.raises(ConfigError, match=r"--set alpha: must be in \[0, 1\], from ours"):
+        parse_assignments(["alpha=1.01"])
+    with pytest.raises(ConfigError, match=r"--set gamma: must be in \[0, 1\]"):
+        parse_assignments(["gamma=0.1,-0.1"])
+    # weights and scales may be any finite number: a negative one subtracts a task vector
+    assert parse_assignments(["weight=-1,2", "lambda=-0.5", "scale=3"]).values == {
+        "weight": (-1.0, 2.0), "lambda": -0.5, "scale": 3.0}
 
 
 def test_config_lookup_per_tensor_and_per_model():
@@ -72,6 +79,20 @@ def test_config_lookup_per_tensor_and_per_model():
      "(its parameters: scale)"),
     ("merge_method: slerp\nmodels: [a, b]\nparameters: {density: 0.5, lambda: 2}\n",
      "parameters: strategy 'slerp' does not read 'density', 'lambda'"),
+    # an interpolation weight outside [0, 1] extrapolated, a NaN made NaN weights
+    ("merge_method: average\nmodels: [a, b]\nparameters: {alpha: 2}\n",
+     "parameters alpha: must be in [0, 1], from ours (0) to theirs (1), not 2"),
+    ("merge_method: slerp\nmodels: [a, b]\nparameters: {t: -0.25}\n",
+     "parameters t: must be in [0, 1], from the first model (0) to the second (1), not -0.25"),
+    ("merge_method: slerp\nmodels: [a, b]\nparameters: {t: .nan}\n",
+     "parameters t: not a finite number"),
+    ("merge_method: ties\nmodels: [a, {model: b, parameters: {density: "
+     "[{filter: 'x*', value: 0.5}, {value: 1.5}]}}]\n",
+     "models[1].parameters density: must be in [0, 1], the share of each task vector kept"),
+    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: -.inf}}, b]\n",
+     "models[0].parameters weight: not a finite number"),
+    ("merge_method: task-arithmetic\nmodels: [a, b]\nparameters: {scale: 'nan'}\n",
+     "parameters scale: not a finite number"),
 ])
 def test_config_errors_name_file_and_key(text, message):
     with pytest.raises(ConfigError) as e:

@@ -20,7 +20,7 @@ import yaml
 
 from .merge import Rule, StrategyTable
 from .merges import MergeOptions, Strategy, get_strategy, parameter_names
-from .merges.base import Value
+from .merges.base import Value, value_problem
 
 WORDS = {"true": 1.0, "yes": 1.0, "on": 1.0, "false": 0.0, "no": 0.0, "off": 0.0}
 
@@ -47,6 +47,17 @@ def parse_value(text: str, where: str) -> Value:
     return out[0] if len(out) == 1 else tuple(out)
 
 
+def check_param(name: str, value: Value | list[tuple[str | None, Value]], where: str) -> None:
+    """Refuse a value parameter ``name`` cannot take (``merges.base.value_problem``: not
+    finite, or a fraction outside [0, 1]); ``value`` may be a list of ``(filter, value)``
+    entries, as a YAML parameter is."""
+    for _, v in value if isinstance(value, list) else [(None, value)]:
+        for x in v if isinstance(v, tuple) else (v,):
+            problem = value_problem(name, x)
+            if problem is not None:
+                raise ConfigError(f"{where}: {problem}, not {x:g}")
+
+
 def check_name(name: str, where: str) -> None:
     """Refuse a parameter name no strategy reads (a typo would otherwise be ignored)."""
     known = parameter_names()
@@ -65,6 +76,7 @@ def parse_assignments(items: list[str], where: str = "--set") -> MergeOptions:
             raise ConfigError(f"{where}: expected NAME=VALUE, got {item!r}")
         check_name(name, f"{where} {name}")
         values[name] = parse_value(text, f"{where} {name}")
+        check_param(name, values[name], f"{where} {name}")
     return MergeOptions(values)
 
 
@@ -106,6 +118,7 @@ def _params(d: Any, where: str) -> dict[str, Any]:
     for name, v in d.items():
         check_name(str(name), f"{where} {name}")
         out[str(name)] = _yaml_value(v, f"{where} {name}")
+        check_param(str(name), out[str(name)], f"{where} {name}")
     return out
 
 

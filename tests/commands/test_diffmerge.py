@@ -174,3 +174,63 @@ def test_a_file_added_with_intent_to_add_is_a_new_file(repo):
     assert out[1:] == ["  new file (torch)", "  * step: (none) -> 7"], out
     assert repo.tz("diff", "--stat").stdout.decode().splitlines()[0] == \
         " sched.pt | new file, 1 other (non-tensor)"
+
+
+@pytest.fixture
+def conflicted(repo):
+    """A merge of two branches that changed parameter ``a`` differently, left conflicted."""
+    base = {"a": np.zeros((8, 8), np.float32), "b": np.ones(300, np.float32)}
+    commit_tensors(repo, base, "base")
+    repo.git("checkout", "-q", "-b", "other")
+    commit_tensors(repo, {**base, "a": base["a"] + 1}, "other")
+    repo.git("checkout", "-q", "main")
+    commit_tensors(repo, {**base, "a": base["a"] + 2}, "ours")
+    assert repo.git("merge", "other", "-m", "m", check=False).returncode == 1
+    return repo
+
+
+@pytest.mark.parametrize("args, words", [
+    (["average", "--alpha", "2"], "'--alpha': '2' must be in [0, 1], from ours (0) to theirs"),
+    (["average", "--alpha", "-0.5"], "'--alpha': '-0.5' must be in [0, 1]"),
+    (["average", "--alpha", "nan"], "'--alpha': 'nan' must be a finite number"),
+    (["task-arithmetic", "--scale", "inf"], "'--scale': 'inf' must be a finite number"),
+    (["task-arithmetic", "--scale", "-nan"], "'--scale': '-nan' must be a finite number"),
+    (["average", "--set", "alpha=1.5"], "--set alpha: must be in [0, 1], from ours (0)"),
+    (["slerp", "--set", "t=-1"], "--set t: must be in [0, 1], from the first model (0)"),
+    (["linear", "--set", "weight=1,nan"], "--set weight: not a finite number: '1,nan'"),
+])
+def test_resolve_refuses_a_weight_that_is_not_finite_or_out_of_its_range(conflicted, args,
+                                                                           words):
+    """``--alpha 2`` extrapolated past theirs and ``--alpha nan`` wrote NaN weights: both
+    merged and staged without a word.  One line now, and the conflict is left as it was."""
+    before = conflicted.out("ls-files", "-u")
+    proc = conflicted.tz("resolve", "model.safetensors", "--strategy", *args, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and err.count("\n") == 1, err
+    assert err.startswith("theta-zarr: ") and words in err, err
+    assert conflicted.out("ls-files", "-u") == before
+
+
+def test_resolve_takes_the_ends_of_the_range_and_negative_scales(conflicted):
+    """alpha 1 is theirs, exactly; a scale may be negative (task arithmetic's negation)."""
+    from helpers import read_tensors
+
+    conflicted.tz("resolve", "model.safetensors", "--strategy", "average", "--alpha", "1")
+    got = read_tensors(conflicted.path / "model.safetensors")["a"]
+    assert (got == 1).all() and not conflicted.out("ls-files", "-u")
+    conflicted.git("reset", "-q", "--hard", "HEAD")
+    assert conflicted.git("merge", "other", "-m", "m", check=False).returncode == 1
+    conflicted.tz("resolve", "model.safetensors", "--strategy", "task-arithmetic",
+                  "--scale", "-1")
+    got = read_tensors(conflicted.path / "model.safetensors")["a"]
+    assert (got == -3).all()  # 0 - ((2 - 0) + (1 - 0))
+
+
+def test_resolve_help_gives_the_ranges():
+    from click.testing import CliRunner
+
+    from theta_zarr.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["resolve", "--help"]).output.split())
+    assert "alpha in [0, 1]" in text and "any finite number (default 1)" in text
+    assert "t, density and gamma in [0, 1]" in text

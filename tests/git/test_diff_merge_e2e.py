@@ -6,6 +6,7 @@ import functools
 import json
 
 import numpy as np
+import pytest
 import torch
 from helpers import BF16, commit_checkpoint, commit_tensors, file_sha, manifest_at, read_tensors
 from safetensors.torch import load_file, save_file
@@ -336,6 +337,24 @@ def test_a_misspelt_strategy_in_the_merge_rules_is_named_by_its_key(repo):
     assert proc.returncode != 0 and want in proc.stderr.decode()
     proc = repo.tz("resolve", "m.safetensors", "-s", "average", check=False)
     assert proc.returncode != 0 and proc.stderr.decode().startswith(want)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("alpha", "2", "theta-zarr-merge.w*.alpha: must be in [0, 1], from ours (0) to theirs (1), "
+                   "not 2"),
+    ("alpha", "nan", "theta-zarr-merge.w*.alpha: not a finite number: 'nan'"),
+])
+def test_a_merge_rule_weight_out_of_its_range_is_named_by_its_key(repo, key, value, words):
+    """``alpha = 2`` in a merge rule extrapolated past theirs, silently."""
+    w = np.zeros((4, 4), np.float32)
+    conflicting_branches(repo, {"w": w}, {"w": w + 2}, {"w": w + 1})
+    repo.git("config", "theta-zarr-merge.w*.strategy", "average")
+    repo.git("config", f"theta-zarr-merge.w*.{key}", value)
+    proc = repo.git("merge", "--no-edit", "other", check=False)
+    assert proc.returncode != 0 and f"theta-zarr: {words}" in proc.stderr.decode()
+    assert repo.out("ls-files", "-u")  # left conflicted
+    proc = repo.tz("resolve", "m.safetensors", "-s", "average", check=False)
+    assert proc.returncode == 1 and proc.stderr.decode() == f"theta-zarr: {words}\n"
 
 
 def test_the_merge_summary_counts_the_parameters_of_the_merged_file(repo):

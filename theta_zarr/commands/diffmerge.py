@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -25,6 +25,30 @@ class _RawArgsCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["raw_args"] = list(args)
         return super().parse_args(ctx, args)
+
+
+class _Parameter(click.ParamType):
+    """The number of a merge parameter: finite, and in [0, 1] for a fraction
+    (``merges.base.value_problem``): ``--alpha 2`` extrapolated past theirs, and
+    ``--alpha nan`` made every merged element NaN."""
+
+    name = "float"
+
+    def __init__(self, parameter: str) -> None:
+        self.parameter = parameter
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float:
+        from ..merges.base import value_problem
+
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        problem = value_problem(self.parameter, x)
+        if problem is not None:
+            self.fail(f"{value!r} {problem}", param, ctx)
+        return x
 
 
 def _ambiguous(arg: str, why: str) -> NoReturn:
@@ -276,13 +300,16 @@ def register(main: click.Group) -> None:
     @click.option("--param", "globs", multiple=True, metavar="GLOB",
                   help="apply STRATEGY only to conflicting parameters matching GLOB "
                        "(repeatable; the rest follow git config)")
-    @click.option("--alpha", type=float, default=None,
-                  help="average: (1-alpha)*ours + alpha*theirs (default 0.5)")
-    @click.option("--scale", type=float, default=None,
-                  help="task-arithmetic: base + scale*((ours-base)+(theirs-base)) (default 1)")
+    @click.option("--alpha", type=_Parameter("alpha"), default=None,
+                  help="average: (1-alpha)*ours + alpha*theirs, alpha in [0, 1] "
+                       "(default 0.5)")
+    @click.option("--scale", type=_Parameter("scale"), default=None,
+                  help="task-arithmetic: base + scale*((ours-base)+(theirs-base)), any "
+                       "finite number (default 1)")
     @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
                   help="a strategy parameter (weight, density, lambda, t, gamma, normalize, "
-                       "rescale...); VALUE a number, true/false, or OURS,THEIRS (repeatable)")
+                       "rescale...); VALUE a finite number (t, density and gamma in [0, 1]), "
+                       "true/false, or OURS,THEIRS (repeatable)")
     @reports_errors
     def resolve_cmd(path: str, strategy: str, globs: tuple[str, ...], alpha: float | None,
                     scale: float | None, assignments: tuple[str, ...]) -> None:

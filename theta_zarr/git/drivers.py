@@ -34,7 +34,7 @@ from ..merge import (
     refusal,
     unresolved,
 )
-from ..mergeconfig import parse_value
+from ..mergeconfig import check_param, parse_value
 from ..merges import (
     MergeOptions,
     StrategyError,
@@ -233,6 +233,8 @@ def config_rules(repo: Repo) -> list[Rule]:
             except StrategyError as e:
                 raise ValueError(f"{where}.strategy: {e}") from None
         values = {k: parse_value(v, f"{where}.{k}") for k, v in settings.items()}
+        for k, v in values.items():
+            check_param(k, v, f"{where}.{k}")
         rules.append(Rule(glob, strategy, MergeOptions(values)))
     return rules
 

@@ -15,6 +15,7 @@ as the strategy asks, one chunk at a time: memory stays bounded by the chunk siz
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -154,10 +155,9 @@ class Strategy:
                     raise StrategyError(f"{self.name}: {name!r} has {len(v)} values for "
                                         f"{n_models} models")
             for x in v if isinstance(v, tuple) else (v,):
-                if not np.isfinite(x):
-                    raise StrategyError(f"{self.name}: {name!r} must be a finite number")
-                if name in UNIT_INTERVAL and not 0.0 <= x <= 1.0:
-                    raise StrategyError(f"{self.name}: {name!r} must be in [0, 1], not {x}")
+                problem = value_problem(name, x)
+                if problem is not None:
+                    raise StrategyError(f"{self.name}: {name!r} {problem}, not {x:g}")
 
     def check_names(self, names: Iterable[str]) -> None:
         """Refuse parameters this strategy does not read (StrategyError, one line): given
@@ -192,8 +192,24 @@ class Strategy:
         raise NotImplementedError(f"strategy {self.name!r} does not combine chunks")
 
 
-#: parameters that are fractions
-UNIT_INTERVAL = frozenset({"density", "gamma", "t"})
+#: parameters that are fractions, in [0, 1], and what they say: the interpolation weights
+#: (``average``'s ``alpha``, ``slerp``'s ``t``: values outside would extrapolate past a
+#: side, as mergekit's and git-theta's interpolations never do) and shares of a task vector
+UNIT_INTERVAL = {"alpha": "from ours (0) to theirs (1)",
+                 "t": "from the first model (0) to the second (1)",
+                 "density": "the share of each task vector kept",
+                 "gamma": "the share of each task vector's largest magnitudes dropped"}
+
+
+def value_problem(name: str, x: float) -> str | None:
+    """What is wrong with ``x`` as the value of merge parameter ``name`` (``must be ...``),
+    None if nothing: every value is a finite number (NaN or infinity would make every
+    merged element NaN or infinite), and a fraction (``UNIT_INTERVAL``) lies in [0, 1]."""
+    if not math.isfinite(x):
+        return "must be a finite number"
+    if name in UNIT_INTERVAL and not 0.0 <= x <= 1.0:
+        return f"must be in [0, 1], {UNIT_INTERVAL[name]}"
+    return None
 
 
 def float32_compute(dtype: str) -> np.dtype:

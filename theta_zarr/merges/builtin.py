@@ -43,7 +43,7 @@ class Base(Strategy):
 
 
 class Average(Strategy):
-    """(1 - alpha) * ours + alpha * theirs (alpha 0.5: the plain mean)."""
+    """(1 - alpha) * ours + alpha * theirs, alpha in [0, 1] (0.5: the plain mean)."""
 
     name = "average"
     parameters = {"alpha": 0.5}
@@ -55,7 +55,8 @@ class Average(Strategy):
 
 
 class TaskArithmetic(Strategy):
-    """base + scale * ((M_1 - base) + (M_2 - base) + ...): add every side's task vector."""
+    """base + scale * ((M_1 - base) + (M_2 - base) + ...): add every side's task vector
+    (scale any finite number: a negative one subtracts them)."""
 
     name = "task-arithmetic"
     needs_base = True
