@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -270,3 +271,20 @@ def test_a_repository_without_lfs_files_does_not_chain_git_lfs_hooks(make_repo):
     hooks = r.path / ".git" / "hooks"
     assert (hooks / "post-checkout").exists()
     assert not list(hooks.glob("*.theta-zarr-chained"))
+
+
+@pytest.mark.parametrize("name", ["plain.bin", "my model.bin", "run é.bin", 'say "hi".bin',
+                                  "tab\there.bin", "back\\slash.bin"])
+def test_migrate_reads_the_paths_git_quotes_in_its_fast_export_stream(tmp_path, name):
+    """fast-export C-quotes a path with a quote, a control character or a non-ASCII byte;
+    ``migrate`` reads them back with the one C-unquoting the .gitattributes reader uses."""
+    from theta_zarr.git.migrate import _unquote
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / name).write_bytes(b"x")
+    subprocess.run(["git", "add", "--", name], cwd=tmp_path, check=True)
+    subprocess.run(["git", "commit", "-qm", "m"], cwd=tmp_path, check=True)
+    stream = subprocess.run(["git", "fast-export", "HEAD"], cwd=tmp_path, check=True,
+                            capture_output=True).stdout
+    (line,) = [ln for ln in stream.split(b"\n") if ln.startswith(b"M ")]
+    assert _unquote(line.split(b" ", 3)[3]) == name

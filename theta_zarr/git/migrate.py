@@ -24,7 +24,7 @@ from .. import checkpoint
 from ..lfs import LfsPointer, parse
 from ..manifest import looks_like_manifest
 from ..streams import write_atomic
-from ..wording import quote_path
+from ..wording import quote_path, unquote_c
 from . import lfs as git_lfs
 from .attributes import ATTRS, escape_pattern, parse_line, pattern_key
 from .files import read_blobs, small_blobs
@@ -244,22 +244,10 @@ def _command_lines(stream: bytes) -> list[bytes]:
 
 def _unquote(raw: bytes) -> str:
     """A fast-export path: plain, or C-quoted (``"a\\tb"``, octal escapes for bytes)."""
-    if not raw.startswith(b'"'):
-        return raw.decode("utf-8", "surrogateescape")
-    body, out, i = raw[1:-1], bytearray(), 0
-    simple = {ord("n"): 10, ord("t"): 9, ord('"'): 34, ord("\\"): 92, ord("a"): 7,
-              ord("b"): 8, ord("f"): 12, ord("r"): 13, ord("v"): 11}
-    while i < len(body):
-        c = body[i]
-        if c == 92 and i + 1 < len(body):
-            nxt = body[i + 1]
-            if nxt in simple:
-                out.append(simple[nxt])
-                i += 2
-                continue
-            out.append(int(body[i + 1:i + 4], 8))
-            i += 4
-            continue
-        out.append(c)
-        i += 1
-    return out.decode("utf-8", "surrogateescape")
+    text = raw.decode("utf-8", "surrogateescape")
+    quoted = unquote_c(text)
+    if quoted is None:
+        if text.startswith('"'):  # git writes no other quoting
+            raise MigrateError(f"git fast-export wrote a path theta-zarr cannot read: {text}")
+        return text
+    return quoted[0]
