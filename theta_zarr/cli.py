@@ -171,12 +171,14 @@ def track(patterns: tuple[str, ...]) -> None:
     now_ours = [p for p in routed if p in added]
     still_lfs = [p for p in routed if p not in added]
     if now_ours:
-        click.echo(f"theta-zarr: warning: {', '.join(now_ours)} was routed to git-lfs in "
+        click.echo(f"theta-zarr: warning: {', '.join(now_ours)} "
+                   f"{'was' if len(now_ours) == 1 else 'were'} routed to git-lfs in "
                    ".gitattributes; theta-zarr's line now comes later and wins for new commits "
                    "(files git-lfs stored stay pointers until migrated); see "
                    "docs/migrate-from-lfs.md", err=True)
     if still_lfs:
-        click.echo(f"theta-zarr: warning: {', '.join(still_lfs)} is routed to git-lfs by a "
+        click.echo(f"theta-zarr: warning: {', '.join(still_lfs)} "
+                   f"{'is' if len(still_lfs) == 1 else 'are'} routed to git-lfs by a "
                    "later .gitattributes line, which wins over theta-zarr's: remove that line "
                    "to store these files with theta-zarr; see docs/migrate-from-lfs.md",
                    err=True)

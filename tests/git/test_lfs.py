@@ -172,7 +172,7 @@ def test_track_warns_about_a_pattern_git_lfs_already_routes(repo):
     assert 'Tracking "*.gguf"' in out
     lines = err.splitlines()
     assert len(lines) == 2 and all(ln.startswith("theta-zarr: warning: ") for ln in lines)
-    assert "my model.bin, my run.bin was routed to git-lfs" in lines[0], lines[0]
+    assert "my model.bin, my run.bin were routed to git-lfs" in lines[0], lines[0]
     assert "now comes later" in lines[0]
     assert "*.pt is routed to git-lfs by a later .gitattributes line" in lines[1]
     assert "*.gguf" not in err
