@@ -199,6 +199,50 @@ def test_a_merge_finds_the_base_of_tensors_a_re_save_moved_to_another_shard(repo
     assert load_file(folder / b_shard)["b"].tolist() == [3.0] * 8
 
 
+def test_a_merge_finds_the_base_of_a_shard_git_paired_with_a_renamed_one(repo):
+    """One branch re-saved the model into differently named shards (another
+    max_shard_size), so git paired ours's shard with theirs's new file as a rename and
+    handed the merge driver the base version of the old name under the new name.  The
+    driver looked for that base under the new name only, found none, and so took 'a',
+    which a re-save moved into the shard and only ours tuned, for added on both sides:
+    the conflict report offered to average ours's 'a' with theirs's untouched copy."""
+    from safetensors.torch import load_file, save_file
+
+    folder = repo.path / "m"
+    folder.mkdir()
+
+    def save(shards, tuned, message):
+        for old in folder.glob("model-*.safetensors"):
+            old.unlink()
+        for shard, names in shards.items():
+            save_file({n: torch.arange(64.0) + tuned.get(n, 0.0) for n in names},
+                      folder / shard)
+        weight_map = {n: shard for shard, names in shards.items() for n in names}
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+        repo.git("add", "-A")
+        repo.git("commit", "-q", "-m", message)
+
+    many = [f"t{i}" for i in range(8)]
+    save({"model-1.safetensors": ["a"], "model-2.safetensors": ["b", *many]}, {}, "base")
+    repo.git("checkout", "-q", "-b", "other")
+    save({"model-1.safetensors": ["b"], "model-x.safetensors": ["a", *many]}, {"t0": 1.0},
+         "theirs: re-saved into other shard files")
+    repo.git("checkout", "-q", "main")
+    save({"model-1.safetensors": ["b"], "model-2.safetensors": ["a", *many]}, {"a": 2.0},
+         "ours: re-saved, 'a' tuned")
+    merged = repo.git("-c", "theta-zarr-merge.*.strategy=average", "merge", "--no-edit",
+                      "other", check=False)
+    out = merged.stdout.decode() + merged.stderr.decode()
+    assert "model-x.safetensors" in out and "added on both sides" not in out, out
+    assert not repo.out("ls-files", "-u", "--", "m/model-x.safetensors"), out
+    sd = load_file(folder / "model-x.safetensors")
+    assert set(sd) == {"a", *many}
+    assert torch.equal(sd["a"], torch.arange(64.0) + 2.0)  # ours's: only ours tuned it
+    assert torch.equal(sd["t0"], torch.arange(64.0) + 1.0)  # theirs's
+    assert torch.equal(sd["t5"], torch.arange(64.0))
+
+
 def test_git_diff_of_a_renamed_model_folder_finds_each_shard_in_the_new_folder(sharded):
     """`git mv llama llama-v2`: git's rename detection hands each shard's pair to the diff
     driver, which looked the new side up in the old folder's model and printed every

@@ -332,6 +332,7 @@ def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
         ever_indexed,
         merge_bases,
         moved_names,
+        renamed_base,
         side_of_blob,
         with_moved_base,
     )
@@ -352,13 +353,18 @@ def merge_driver(base_file: str, ours_file: str, theirs_file: str, path: str,
     if moved and ever_indexed(repo, path):
         # a shard a re-save filled with tensors of another shard: their base is there, in
         # the revision holding this base (a shard file new on both sides: the merge base)
+        base_path = path
         if base is None:
             rev = next(iter(merge_bases(repo)), None)
         else:
             blob = repo.git("hash-object", "--no-filters", "--",
                             os.path.abspath(base_file)).decode().strip()
             rev = side_of_blob(repo, path, blob, merge_bases(repo))
-        base = with_moved_base(repo, path, shard, moved, rev, objects)
+            if rev is None:
+                # git paired this shard with a file of another name (a re-save into
+                # other shard files, a folder moved): its base is that file's
+                rev, base_path = renamed_base(repo, blob, merge_bases(repo))
+        base = with_moved_base(repo, path, shard, moved, rev, objects, base_path=base_path)
     merged, p = merge_manifests(base, ours, theirs, table, objects, repo.settings().workers,
                                 path)
     if merged is None:

@@ -367,6 +367,19 @@ def side_of_blob(repo: Repo, path: str, blob: str, prefer: list[object]) -> obje
     return next((c for c in out if blob_at(repo, path, c) == blob), None)
 
 
+def renamed_base(repo: Repo, blob: str, revs: Sequence[str]) -> tuple[str | None, str]:
+    """The first of ``revs`` whose tree holds ``blob``, and the path it has there
+    (``(None, "")`` when none does): where the base git hands a merge driver under a
+    file's new name sat under its old one (git's rename detection)."""
+    for rev in revs:
+        out = repo.git("ls-tree", "-r", "-z", rev, check=False).split(b"\0")
+        for entry in out:
+            info, _, name = entry.partition(b"\t")
+            if info.split()[2:3] == [blob.encode()]:
+                return rev, name.decode()
+    return None, ""
+
+
 def merge_bases(repo: Repo) -> list[str]:
     """The merge bases of HEAD and each commit ``git merge`` is merging (git names them
     to merge drivers in ``GITHEAD_<id>`` variables); none outside a ``git merge``."""
@@ -385,7 +398,8 @@ def moved_names(base: Manifest, sides: Sequence[Manifest]) -> list[str]:
 
 
 def with_moved_base(repo: Repo, path: str, base: Manifest, moved: list[str],
-                    rev: object | None, objects=None, holder: object = "HEAD") -> Manifest:
+                    rev: object | None, objects=None, holder: object = "HEAD",
+                    base_path: str | None = None) -> Manifest:
     """``base`` (shard ``path`` at ``rev``) with the base version of each parameter in
     ``moved`` (:func:`moved_names`: every side holds it in ``path``, ``base`` lacks it): a
     re-save (``save_pretrained``) moved it there from another shard of the model at
@@ -394,11 +408,13 @@ def with_moved_base(repo: Repo, path: str, base: Manifest, moved: list[str],
     other's untouched copy).  ``base`` as it is when ``path`` is no shard of a model at
     ``rev`` or ``rev`` is None.  A shard file the re-save added has an empty ``base``
     (the sides' format, as a plan without a base takes), and its model is found on
-    ``holder``, a side that holds it (ours)."""
+    ``holder``, a side that holds it (ours).  ``base_path``: the name ``base`` has at
+    ``rev`` where git paired ``path`` with a file of another name (a rename), whose model
+    at ``rev`` holds the base versions."""
     if not moved or rev is None:
         return base
-    key = model_keys(repo, path, rev, {}) or model_keys(repo, path, holder, {})
-    if key is None or key == path:
+    key = model_keys(repo, base_path or path, rev, {}) or model_keys(repo, path, holder, {})
+    if key is None or key in (path, base_path):
         return base
     try:
         model = open_side(repo, key, rev, objects)
