@@ -220,7 +220,7 @@ def _model_files(repo, rel: str, rev: str | None) -> list[str]:
     """What a path given to ls-files selects: the shards a sharded model's index names
     (in the index, or at ``rev``) for an ``*.index.json``, else the path itself."""
     from .git.models import load_index
-    from .git.sides import INDEX
+    from .git.sides import INDEX, tracked_by_us
     from .manifest import ManifestError
     from .shards import is_index_name
 
@@ -229,7 +229,9 @@ def _model_files(repo, rel: str, rev: str | None) -> list[str]:
     try:
         index = load_index(repo, rel, rev or INDEX)
     except ManifestError:
-        return [rel]
+        if tracked_by_us(repo, [rel]):
+            return [rel]  # a tracked index that cannot be rebuilt: listed as the file it is
+        raise  # a damaged index names what is wrong with it, not "no file matches"
     return [rel] if index is None else index.shards
 
 

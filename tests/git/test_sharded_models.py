@@ -70,6 +70,25 @@ def test_ls_files_of_an_index_lists_the_models_shards(sharded):
         set(model.state_dict())
 
 
+def test_ls_files_of_a_damaged_index_says_what_is_wrong_with_it(sharded):
+    """A committed index cut short (a hand edit, a copy that stopped): ls-files of it said
+    "no file theta-zarr tracks matches it", as if the path were misspelt."""
+    repo, _, folder = sharded
+    index = folder / "model.safetensors.index.json"
+    index.write_text(index.read_text()[:200])
+    repo.git("commit", "-q", "-am", "damaged index")
+    for args in ([], ["--rev", "HEAD"]):
+        r = repo.tz("ls-files", *args, "llama/model.safetensors.index.json", check=False)
+        err = r.stderr.decode()
+        assert r.returncode != 0
+        assert err.startswith("theta-zarr: llama/model.safetensors.index.json: index is not "
+                              "valid JSON"), err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+    # the model's shards are still listed by folder
+    listed = repo.tz("ls-files", "llama").stdout.decode()
+    assert "model-00001-of-" in listed
+
+
 def test_a_folder_with_no_model_says_which_files_it_found(sharded):
     repo, _, folder = sharded
     (repo.path / "two").mkdir()
