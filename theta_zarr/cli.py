@@ -412,9 +412,11 @@ def remote_add(name: str, url: str, options: tuple[str, ...], shared: bool) -> N
         say(f"warning: remote {name!r}: {read_only_hint(spec.url)}")
         return  # no push can copy anything there
     # git push uploads the chunks of the commits it sends, as git-lfs does: commits the git
-    # remote already has would never reach the new store, and every clone would fail
+    # remote already has would never reach the new store, and every clone would fail.
+    # Commits that name no chunk (a history on git-lfs before `migrate`) need no copy
     pushed = [g for g in remotes.feeding_git_remotes(repo, spec)
-              if repo.git("for-each-ref", "--count=1", f"refs/remotes/{g}/").strip()]
+              if repo.git("for-each-ref", "--count=1", f"refs/remotes/{g}/").strip()
+              and remotes.manifests_in_range(repo, [f"--remotes={g}"], [])]
     if pushed:
         say(f"git remote {pushed[0]!r} already has commits, whose chunks 'git push' will "
             f"not send again: run 'git theta-zarr push {name} --all' to copy them to "

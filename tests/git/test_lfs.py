@@ -128,6 +128,27 @@ def test_migrate_current_tree_then_diff_and_log_across_it(lfs_repo):
 
 
 @needs_lfs
+def test_remote_add_after_migrate_asks_no_copy_of_the_lfs_history(lfs_repo, tmp_path):
+    """The git remote held only the history on git-lfs, which names no chunk: remote add
+    still said its commits' chunks would never be sent and to run 'push --all'.  Once the
+    migration commit is pushed there, a new theta remote for that git remote needs them."""
+    r, _ = lfs_repo
+    r.git("init", "-q", "--bare", "-b", "main", str(tmp_path / "hub.git"))
+    r.git("remote", "add", "origin", str(tmp_path / "hub.git"))
+    r.git("push", "-q", "origin", "main")
+    r.tz("migrate")
+    (tmp_path / "chunks").mkdir()
+    added = r.tz("remote", "add", "origin", str(tmp_path / "chunks"))
+    assert b"already has commits" not in added.stderr, added.stderr
+    r.git("push", "-q", "origin", "main")
+    assert any((tmp_path / "chunks" / "objects").iterdir())  # the migration's chunks
+    (tmp_path / "mirror").mkdir()
+    again = r.tz("remote", "add", "origin", str(tmp_path / "mirror")).stderr.decode()
+    assert "git remote 'origin' already has commits" in again, again
+    assert "git theta-zarr push origin --all" in again
+
+
+@needs_lfs
 def test_migrate_names_a_path_that_is_not_utf8_as_git_quotes_it(lfs_repo):
     """Its lines printed such a name as ``\\udce9``; git writes the byte in octal."""
     r, _ = lfs_repo
