@@ -722,3 +722,113 @@ def test_a_variant_index_and_a_diffusers_folder_are_one_model(repo):
     gd = repo.out("diff", "HEAD~1", "HEAD", "--", "llama")
     assert "(in llama/model.safetensors.index.fp16.json)" in gd
     assert "\n  + " not in gd and "\n  - " not in gd
+
+
+def _edit_index(folder, edit) -> None:
+    """Rewrite ``folder``'s model.safetensors.index.json with ``edit(obj)`` applied."""
+    path = folder / "model.safetensors.index.json"
+    obj = json.loads(path.read_text())
+    edit(obj)
+    path.write_text(json.dumps(obj, indent=2))
+
+
+def test_a_change_to_the_index_alone_is_reported_for_every_form_of_diff(sharded):
+    """A commit that changed only the index (its metadata) printed nothing and exited 0
+    from diff, --stat and --exit-code: the index is no tracked file, and no shard
+    changed to bring its model into the diff."""
+    repo, _, folder = sharded
+    index = "llama/model.safetensors.index.json"
+
+    def edit(obj):
+        obj["metadata"]["total_size"] += 1
+        obj["metadata"]["note"] = "hand edit"
+
+    def reported(*args: str, staged: bool = False) -> None:
+        text = repo.tz("diff", *args).stdout.decode()
+        assert text.startswith(f"{index}: 0 changed, 0 reshaped, 0 added, 0 removed"), text
+        assert "; 2 other (non-tensor) change(s)" in text
+        assert "index: metadata.total_size" in text and "index: metadata.note" in text
+        stat = repo.tz("diff", "--stat", *args).stdout.decode().splitlines()
+        assert stat == [f" {index} | 2 other (non-tensor)",
+                        " 1 checkpoint(s) changed: 2 other (non-tensor)"], stat
+        assert repo.tz("diff", "--name-only", *args).stdout.decode().split() == [index]
+        assert repo.tz("diff", "--exit-code", *args, check=False).returncode == 1
+        (f,) = json.loads(repo.tz("diff", "--json", *args).stdout)["files"]
+        assert {o["key"] for o in f["other"]} == {"index: metadata.total_size",
+                                                  "index: metadata.note"}
+
+    def silent(*args: str) -> None:
+        r = repo.tz("diff", "--exit-code", *args, check=False)
+        assert (r.returncode, r.stdout) == (0, b""), r
+
+    _edit_index(folder, edit)
+    reported()  # the working tree against the index
+    reported("HEAD")
+    silent("--cached")
+    repo.git("add", "-A")
+    silent()
+    reported("--cached")
+    repo.git("commit", "-q", "-m", "index metadata only")
+    reported("HEAD~1", "HEAD")
+    reported("HEAD~1", "HEAD", "--", index)  # the path the model is reported under
+    reported("HEAD~1", "HEAD", "--", "llama")
+    silent("HEAD")
+
+
+def test_a_weight_map_change_alone_names_the_tensor_and_its_shards(repo):
+    """A tensor both shards hold, moved in the weight map only: reported as moved, from
+    one shard to the other; an entry dropped from the map, as the tensor removed."""
+    folder = repo.path / "llama"
+    folder.mkdir()
+    one, two = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    save_file({"a": torch.ones(4, 4), "x": torch.zeros(4)}, folder / one)
+    save_file({"b": torch.ones(4, 4), "x": torch.zeros(4)}, folder / two)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": 160}, "weight_map": {"a": one, "b": two, "x": one}}))
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "two shards")
+    _edit_index(folder, lambda obj: obj["weight_map"].update(x=two))
+    repo.git("commit", "-q", "-am", "x read from the second shard")
+    (f,) = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)["files"]
+    assert f["moved"] == [{"name": "x", "from": f"llama/{one}", "to": f"llama/{two}"}]
+    assert f["params"] == [] and f["summary"]["moved"] == 1
+    stat = repo.tz("diff", "--stat", "HEAD~1", "HEAD").stdout.decode()
+    assert " | 1 moved to another shard\n" in stat, stat
+    assert repo.tz("diff", "--exit-code", "HEAD~1", "HEAD", check=False).returncode == 1
+    _edit_index(folder, lambda obj: obj["weight_map"].pop("b"))
+    text = repo.tz("diff", "HEAD").stdout.decode()
+    assert "0 added, 1 removed" in text and "\n  - b " in text, text
+
+
+def test_a_damaged_index_alone_is_one_line_naming_the_file_and_where(sharded):
+    """An index made invalid JSON (or a weight map that names a shard lacking the tensor),
+    and nothing else changed: the diff was silent and exited 0."""
+    repo, _, folder = sharded
+    path = folder / "model.safetensors.index.json"
+    good = path.read_text()
+    index = "llama/model.safetensors.index.json"
+
+    def refused(where: str, *args: str, says: str = "index is not valid JSON") -> None:
+        for form in ([], ["--stat"], ["--exit-code"], ["--name-only"]):
+            r = repo.tz("diff", *form, *args, check=False)
+            err = r.stderr.decode()
+            assert r.returncode != 0 and r.stdout == b"", (form, r)
+            assert err.startswith(f"theta-zarr: {index}: {says}"), err
+            assert err.rstrip().endswith(f"({where})"), err
+            assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+    path.write_text(good[:200])
+    refused("in the working tree")
+    refused("in the working tree", "HEAD")
+    repo.git("add", "-A")
+    refused("in the index", "--cached")
+    repo.git("commit", "-q", "-m", "damaged index")
+    refused("at HEAD", "HEAD~1", "HEAD")
+    path.write_text(good[:100])  # still damaged, on both sides: the first one said
+    refused("at HEAD", "HEAD")
+    path.write_text(good)
+    shard = json.loads(good)["weight_map"]["lm_head.weight"]
+    other = next(s for s in json.loads(good)["weight_map"].values() if s != shard)
+    _edit_index(folder, lambda obj: obj["weight_map"].update({"lm_head.weight": other}))
+    refused("in the working tree", "HEAD~2",
+            says=f"'lm_head.weight' is not in shard {other}")

@@ -141,7 +141,7 @@ def _diff_cmd(args: tuple[str, ...], raw: list[str], cached: bool, as_json: bool
         old, new, labels = sides.INDEX, sides.WORKTREE, ["index", "worktree"]
     # a model is reported under its index's path: that path selects its shards too
     rel = models.with_shards(repo, rel, [old, new])
-    targets, renamed = drivers.changed_paths(repo, revs, cached, rel)
+    targets, renamed = drivers.changed_paths(repo, revs, cached, rel, [old, new])
     # a conflicted path has no index side to compare: said as git says it, never read
     # as a file added (or deleted) whole
     unmerged = drivers.unmerged_paths(repo, rel) if sides.INDEX in (old, new) else []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from glob import escape
 
 from .. import checkpoint, lfs
@@ -76,13 +76,18 @@ def unmerged_paths(repo: Repo, paths: list[str]) -> list[str]:
     return tracked_by_us(repo, sorted({name for name, _, _ in _unmerged(repo, paths)}))
 
 
-def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]
-                  ) -> tuple[list[str], dict[str, str]]:
+def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str],
+                  sides: Sequence[object] = ()) -> tuple[list[str], dict[str, str]]:
     """Tracked checkpoints that differ between the two sides, in path order, and old name
     -> new name of those git sees renamed: one name-status diff by git, with git's own
     rename detection (``diff.renames``, as ``git diff`` shows it: a file converted from
     ``pytorch_model.bin`` to ``model.safetensors`` keeps its chunks, so its manifest).
-    A rename's two names both differ (one side each); a copy's source does not."""
+    A rename's two names both differ (one side each); a copy's source does not.
+
+    The index of a sharded model (``*.index.json``, a plain file unless tracked too) that
+    differs is one of them when it is the index of a model theta-zarr stores on one of
+    ``sides`` (``models.model_indexes``): a commit that changes only the index (its
+    metadata, its weight map) changes the model."""
     args = ["diff", "--name-status", "-z", "--no-ext-diff", "--no-textconv"]
     if cached:
         args.append("--cached")
@@ -101,6 +106,10 @@ def changed_paths(repo: Repo, revs: list[str], cached: bool, paths: list[str]
             i += 2
     ours = tracked_by_us(repo, sorted(changed))
     tracked = set(ours)
+    if sides:
+        from .models import model_indexes  # models builds on this module
+
+        ours = sorted(ours + model_indexes(repo, sorted(changed - tracked), sides))
     return ours, {a: b for a, b in pairs.items() if a in tracked and b in tracked}
 
 

@@ -79,7 +79,7 @@ def load_index(repo: Repo, path: str, side: object, objects=None) -> Index | Non
     An index under a pattern theta-zarr tracks is stored as a manifest (opaque bytes):
     its text is rebuilt from its chunks first, with ``objects`` (a ReadThrough; the
     repository's cache and remote when None).  Raises ManifestError for a file that is
-    no index.
+    no index, naming where it was read (``at REV``, ``in the index``...).
     """
     data = read_file(repo, path, side)
     if data is None:
@@ -87,7 +87,10 @@ def load_index(repo: Repo, path: str, side: object, objects=None) -> Index | Non
     if looks_like_manifest(data[:64]):
         data = _rebuilt(repo, Manifest.from_bytes(data, f"{path} ({_side_name(side)})"),
                         path, objects)
-    return parse_index(data, path)
+    try:
+        return parse_index(data, path)
+    except ManifestError as e:
+        raise type(e)(f"{e} ({_where(side)})") from None
 
 
 def _rebuilt(repo: Repo, manifest: Manifest, path: str, objects=None) -> bytes:
@@ -132,7 +135,10 @@ def open_model(repo: Repo, path: str, side: object, objects=None) -> Model:
                 shards[s] = _manifest(repo, s, side, objects)
             except ManifestError as e:
                 raise type(e)(f"{path}: shard {e}") from None
-        return combine(index, shards)
+        try:
+            return combine(index, shards)
+        except ManifestError as e:  # a weight map that does not match its shards
+            raise type(e)(f"{e} ({_where(side)})") from None
     names = list_folder(repo, path, side)
     if names is None:
         return single(path, _manifest(repo, path, side, objects))
@@ -291,6 +297,39 @@ def with_shards(repo: Repo, paths: list[str], sides: Sequence[object]) -> list[s
             if index is not None:
                 out += [f":(literal){s}" for s in index.shards
                         if f":(literal){s}" not in out]
+    return out
+
+
+def model_indexes(repo: Repo, paths: Sequence[str], sides: Sequence[object]) -> list[str]:
+    """The indexes (``*.index.json``) among ``paths`` (files theta-zarr does not track)
+    of models theta-zarr stores: each names a tracked shard on one of ``sides``.
+
+    Raises ManifestError naming the file and the side when no side reads as an index
+    and its folder holds tracked files there: a damaged index is said, not left out.
+    """
+    out = []
+    for path in paths:
+        if not is_index_name(path):
+            continue
+        shards: set[str] = set()
+        damaged: list[tuple[object, ManifestError]] = []
+        for side in sides:
+            try:
+                index = load_index(repo, path, side)
+            except ManifestError as e:
+                damaged.append((side, e))
+                continue
+            if index is not None:
+                shards.update(index.shards)
+        if shards:
+            if tracked_by_us(repo, sorted(shards)):
+                out.append(path)
+            continue
+        folder = posixpath.dirname(path)
+        for side, error in damaged:
+            names = list_folder(repo, folder, side) or []
+            if tracked_by_us(repo, [posixpath.join(folder, n) for n in names]):
+                raise error
     return out
 
 
