@@ -594,6 +594,11 @@ def test_a_model_whose_old_shards_theta_zarr_did_not_store_diffs_file_by_file(re
     assert text.count("committed before it was tracked") == len(shards)
     out = json.loads(repo.tz("diff", "--json", "HEAD~1", "HEAD").stdout)
     assert sum(f["summary"]["added"] for f in out["files"]) == len(model.state_dict())
+    # an index changed with them is no file "committed before it was tracked"
+    _edit_index(folder, lambda obj: obj["metadata"].update(note="hand edit"))
+    repo.git("commit", "-q", "-am", "index edited")
+    text = repo.tz("diff", "HEAD~2", "HEAD").stdout.decode()
+    assert "index.json" not in text and text.count("committed before") == len(shards)
 
 
 def test_bin_shards_converted_to_safetensors_shards_diff_as_one_model(repo):

@@ -370,7 +370,9 @@ def diff_groups(repo: Repo, groups: dict[str, list[str]], old: object, new: obje
             a, b = open_side(repo, key, old, objects), open_side(repo, new_key, new, objects)
         except ForeignShard:
             # a side theta-zarr does not store whole (git-lfs shards, shards committed
-            # before tracking): file by file, as for any file not stored by theta-zarr
+            # before tracking): file by file, as for any file not stored by theta-zarr;
+            # an index theta-zarr does not track is no such file
+            files = tracked_by_us(repo, files)
             out.extend(diff_sides(repo, files, old, new, numbers, full_norm,
                                   objects=objects, workers=workers))
             continue
