@@ -107,17 +107,11 @@ def test_resolve_help_names_every_built_in_strategy():
     assert set(listed.split(", ")) == (set(BUILTINS) | set(METHODS)) - {"fail"}
 
 
-def test_a_conflicted_path_is_unmerged_not_added_or_removed(repo):
+def test_a_conflicted_path_is_unmerged_not_added_or_removed(conflicted):
     """During a conflicted merge the index holds stages 1-3 and no stage 0: the diff of
     the index with the working tree said every parameter was added, ``--cached`` that
     every one was removed.  Both say ``unmerged`` as git does, and count it as changed."""
-    base = {"a": np.zeros((8, 8), np.float32), "b": np.ones(300, np.float32)}
-    commit_tensors(repo, base, "base")
-    repo.git("checkout", "-q", "-b", "other")
-    commit_tensors(repo, {**base, "a": base["a"] + 1}, "other")
-    repo.git("checkout", "-q", "main")
-    commit_tensors(repo, {**base, "a": base["a"] + 2}, "ours")
-    assert repo.git("merge", "other", "-m", "m", check=False).returncode == 1
+    repo = conflicted
     line = ("model.safetensors: unmerged; finish with: git theta-zarr resolve "
             "model.safetensors --strategy STRATEGY\n")
     for cached in ([], ["--cached"]):

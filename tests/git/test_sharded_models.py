@@ -167,6 +167,24 @@ def test_tensors_moved_between_shards_of_the_same_names_are_no_layout_change(rep
     assert "file layout" not in text and "other (non-tensor)" not in text
 
 
+def commit_shards(repo, folder, shards: dict[str, list[str]], base: torch.Tensor,
+                  tuned: dict[str, float], message: str) -> None:
+    """Save a sharded safetensors model into ``folder`` (shard file -> tensor names; each
+    tensor ``base`` plus its ``tuned`` offset), replacing its old shards, with its index;
+    commit everything."""
+    from safetensors.torch import save_file
+
+    for old in folder.glob("model-*.safetensors"):
+        old.unlink()
+    for shard, names in shards.items():
+        save_file({n: base + tuned.get(n, 0.0) for n in names}, folder / shard)
+    weight_map = {n: shard for shard, names in shards.items() for n in names}
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", message)
+
+
 @pytest.mark.parametrize("resaved", [
     {"model-1.safetensors": ["a", "b"], "model-2.safetensors": ["c"]},
     # a shard file the base did not have: no base version of the file at all
@@ -178,22 +196,13 @@ def test_a_merge_finds_the_base_of_tensors_a_re_save_moved_to_another_shard(repo
     'b' added on both sides: an 'average' rule averaged ours's 'b' with theirs's untouched
     copy, and TIES refused it for want of a base.  Its base is read from the base's other
     shard."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     folder = repo.path / "m"
     folder.mkdir()
 
     def save(shards, tuned, message):
-        for old in folder.glob("model-*.safetensors"):
-            old.unlink()
-        for shard, names in shards.items():
-            save_file({n: torch.full((8,), 1.0 + tuned.get(n, 0.0)) for n in names},
-                      folder / shard)
-        weight_map = {n: shard for shard, names in shards.items() for n in names}
-        (folder / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {}, "weight_map": weight_map}))
-        repo.git("add", "-A")
-        repo.git("commit", "-q", "-m", message)
+        commit_shards(repo, folder, shards, torch.ones(8), tuned, message)
 
     save({"model-1.safetensors": ["a"], "model-2.safetensors": ["b", "c"]}, {}, "base")
     repo.git("checkout", "-q", "-b", "other")
@@ -225,22 +234,13 @@ def test_a_merge_finds_the_base_of_a_shard_git_paired_with_a_renamed_one(repo):
     driver looked for that base under the new name only, found none, and so took 'a',
     which a re-save moved into the shard and only ours tuned, for added on both sides:
     the conflict report offered to average ours's 'a' with theirs's untouched copy."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     folder = repo.path / "m"
     folder.mkdir()
 
     def save(shards, tuned, message):
-        for old in folder.glob("model-*.safetensors"):
-            old.unlink()
-        for shard, names in shards.items():
-            save_file({n: torch.arange(64.0) + tuned.get(n, 0.0) for n in names},
-                      folder / shard)
-        weight_map = {n: shard for shard, names in shards.items() for n in names}
-        (folder / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
-        repo.git("add", "-A")
-        repo.git("commit", "-q", "-m", message)
+        commit_shards(repo, folder, shards, torch.arange(64.0), tuned, message)
 
     many = [f"t{i}" for i in range(8)]
     save({"model-1.safetensors": ["a"], "model-2.safetensors": ["b", *many]}, {}, "base")
