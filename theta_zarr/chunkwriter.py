@@ -7,8 +7,8 @@ memory is bounded by the chunk size, not the checkpoint (invariant 5).  Chunks o
 at most ``SMALL_CHUNK`` bytes (the biases, norms and experts of a checkpoint with
 10^4 to 10^5 tensors) are stored in batches of up to ``BATCH_BYTES`` or
 ``BATCH_ITEMS``: one task per chunk would cost more than hashing and storing it.
-Into a raw cache (the default) a batch is stored on the caller's thread: hashing
-1 KiB holds the GIL, so a pool adds no parallelism there, only hand-offs.
+Into a raw cache (the default) a batch is stored on the caller's thread: blake3 holds
+the GIL for short inputs, so a pool adds no parallelism there, only hand-offs.
 """
 
 from __future__ import annotations
@@ -243,9 +243,9 @@ class ChunkWriter:
 
     def _flush_batch(self) -> None:
         """Send the pending small chunks to the pool as one task; into a raw cache, store
-        them here instead: hashing 1 KiB holds the GIL, so a thread would add no
-        parallelism, only GIL hand-offs that stall this thread's reads of git's pipe
-        (10^5 tensors: about 2 s)."""
+        them here instead: blake3 holds the GIL for short inputs (blake3-py 0.3.1's
+        release notes), so a thread would add no parallelism, only GIL hand-offs that
+        stall this thread's reads of git's pipe (10^5 tensors: about 2 s)."""
         if not self._batch:
             return
         batch, self._batch, self._batch_bytes = self._batch, [], 0
