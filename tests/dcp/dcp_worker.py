@@ -34,7 +34,7 @@ from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
 import theta_zarr.dcp
 from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
-from theta_zarr.refs import RefConflict
+from theta_zarr.refs import RefConflict, RefError
 
 #: name -> (shape, dtype, placement)
 MODEL = {
@@ -108,8 +108,17 @@ def main(action: str, spec: dict) -> int:
         state = {n: distribute_tensor(torch.zeros(MODEL[n][0], dtype=MODEL[n][1]), mesh,
                                       [MODEL[n][2]]) for n in MODEL}
         state["step"] = -1
-        dcp.load(state, storage_reader=ThetaZarrReader(spec["url"], spec["ref"],
-                                                       options=spec["options"]))
+        reader = ThetaZarrReader(spec["url"], spec.get("rank_refs", {}).get(str(rank),
+                                                                             spec["ref"]),
+                                 options=spec["options"])
+        if spec.get("unwrap"):  # theta_zarr.dcp.load: a missing ref is caught as such
+            try:
+                theta_zarr.dcp.load(state, storage_reader=reader)
+            except RefError as e:
+                print(f"RefError: {e}")
+                return 3
+        else:
+            dcp.load(state, storage_reader=reader)
         want = expected(step)
         bad = [n for n in MODEL if not torch.equal(state[n].full_tensor().view(torch.uint8),
                                                    want[n].view(torch.uint8))]

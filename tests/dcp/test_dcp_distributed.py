@@ -82,11 +82,13 @@ def test_rank_killed_mid_save_leaves_ref_then_next_save_completes(request, tmp_p
     assert bit_exact(load_here(case, "run/step-2"), 2)
 
 
-def test_a_save_to_a_ref_that_exists_fails_on_every_rank_in_one_catchable_line(
+def test_a_taken_ref_to_save_and_a_missing_ref_to_load_fail_every_rank_in_one_line(
         request, tmp_path, monkeypatch):
     """torch wraps what a rank raises in its CheckpointException, every rank's traceback;
     theta_zarr.dcp.save raises the writer's own RefConflict on every rank instead, one
-    line naming the ref and the remote and the way out, before any chunk went up."""
+    line naming the ref and the remote and the way out, before any chunk went up.
+    theta_zarr.dcp.load raises RefError for a ref that does not exist, on every rank even
+    when only one rank's read failed (no rank is left waiting in DCP's collectives)."""
     case = make_case("local", request, tmp_path, monkeypatch)
     check_ranks(run_job("save", 2, case, tmp_path, "run/step-1", 1))
     first = case.remote().refs.read("run/step-1").digest
@@ -101,3 +103,12 @@ def test_a_save_to_a_ref_that_exists_fails_on_every_rank_in_one_catchable_line(
         assert p.stderr.decode() == ""
     assert stored_objects(case) == before
     assert case.remote().refs.read("run/step-1").digest == first
+    # loads through theta_zarr.dcp.load: one that works, then one whose rank 1 names a
+    # ref that does not exist (rank 0's read succeeds, and it raises rank 1's error)
+    check_ranks(run_job("load", 2, case, tmp_path, "run/step-1", 1, unwrap=True))
+    procs = run_job("load", 2, case, tmp_path, "run/step-1", 1, unwrap=True,
+                    rank_refs={"1": "run/nope"})
+    assert [p.returncode for p in procs] == [3, 3], [p.stderr.decode()[-2000:] for p in procs]
+    for p in procs:
+        assert p.stdout.decode() == f"RefError: no ref run/nope in {case.url}\n"
+        assert "Traceback" not in p.stderr.decode()

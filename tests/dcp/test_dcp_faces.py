@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -26,8 +27,8 @@ import theta_zarr
 import theta_zarr.dcp
 from theta_zarr.dcp import ThetaZarrReader, ThetaZarrWriter
 from theta_zarr.dcp import writer as writer_module
-from theta_zarr.objects import ObjectStore, object_key
-from theta_zarr.refs import RefConflict, Refs
+from theta_zarr.objects import MissingObjectError, ObjectStore, object_key
+from theta_zarr.refs import RefConflict, RefError, Refs
 from theta_zarr.remote import RemoteError
 from theta_zarr.sync import SyncError, SyncRemote
 
@@ -311,6 +312,50 @@ def test_theta_zarr_dcp_save_raises_theta_zarrs_own_one_line_error(case, monkeyp
     with pytest.raises(CheckpointException, match="storage hiccup") as other:
         theta_zarr.dcp.save(state, storage_writer=ThetaZarrWriter(case.url, "run/step-3"))
     assert theta_zarr.dcp.own_error(other.value) is None
+
+
+def test_theta_zarr_dcp_load_raises_theta_zarrs_own_one_line_error(case, capfd, caplog):
+    """dcp.load logs a missing ref's traceback as a warning, then raises an AssertionError
+    inside torch's CheckpointException; theta_zarr.dcp.load raises the RefError itself and
+    prints nothing, reads the ref once per load (checkpoint_id names it too), and raises a
+    missing chunk's error as theta-zarr's own."""
+    state = {"emb": torch.zeros(MODEL["emb"][0], dtype=MODEL["emb"][1]), "step": -1}
+    def logged_tracebacks() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info]
+
+    with pytest.raises(CheckpointException):
+        dcp.load(state, storage_reader=ThetaZarrReader(case.url, "run/nope"))
+    assert logged_tracebacks()
+    caplog.clear()
+    capfd.readouterr()
+    with pytest.raises(RefError) as missing:
+        theta_zarr.dcp.load(state, storage_reader=ThetaZarrReader(case.url, "run/nope"))
+    assert str(missing.value) == f"no ref run/nope in {case.url}"
+    assert not logged_tracebacks() and capfd.readouterr().err == ""
+
+    reader = ThetaZarrReader(case.url, "run/nope")
+    reads = []
+    real_resolve = SyncRemote.resolve
+
+    def counted(self, ref):
+        reads.append(ref)
+        return real_resolve(self, ref)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SyncRemote, "resolve", counted)
+        theta_zarr.dcp.load(state, storage_reader=reader, checkpoint_id="run/step-2")
+    assert reads == ["run/step-2"]
+    assert torch.equal(state["emb"], expected(2)["emb"]) and state["step"] == 2
+
+    remote = case.remote()
+    _, manifest = remote.resolve("run/step-1")
+    lost = manifest.params["emb"].chunks[0]
+    (Path(case.url) / object_key(lost)).unlink()
+    with pytest.raises(MissingObjectError, match=f"object {lost} is missing from"):
+        theta_zarr.dcp.load(state, storage_reader=ThetaZarrReader(case.url, "run/step-1"))
+    with pytest.raises(CheckpointException, match="Missing key"):  # torch's own: unchanged
+        theta_zarr.dcp.load({"nope": torch.zeros(2)},
+                            storage_reader=ThetaZarrReader(case.url, "run/step-2"))
 
 
 def test_a_reader_and_a_writer_used_again_start_afresh(tmp_path):

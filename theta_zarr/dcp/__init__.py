@@ -8,8 +8,9 @@
     dcp.save(state_dict, storage_writer=ThetaZarrWriter("s3://bucket/llm", ref="run7/step-3000"))
     dcp.load(state_dict, storage_reader=ThetaZarrReader("s3://bucket/llm", ref="run7/step-3000"))
 
-``theta_zarr.dcp.save`` is the same call, raising theta-zarr's own one-line errors
-(``RefConflict``: the ref exists) rather than torch's ``CheckpointException`` (api.py).
+``theta_zarr.dcp.save`` and ``theta_zarr.dcp.load`` are the same calls, raising
+theta-zarr's own one-line errors (``RefConflict``: the ref exists; ``RefError``: no such
+ref) rather than torch's ``CheckpointException`` (api.py).
 
 This package is the only part of theta-zarr that imports ``torch.distributed``;
 it is one more face over the object, ref and manifest layers, like git/ and the CLI.
@@ -18,9 +19,9 @@ A saved checkpoint is a ref like any other (ls, pull, import, fsck, gc, diff).
 
 from __future__ import annotations
 
-from .api import own_error, save
+from .api import load, own_error, save
 from .reader import DcpLoadError, ThetaZarrReader
 from .writer import SaveResult, ThetaZarrWriter
 
-__all__ = ["DcpLoadError", "SaveResult", "ThetaZarrReader", "ThetaZarrWriter", "own_error",
-           "save"]
+__all__ = ["DcpLoadError", "SaveResult", "ThetaZarrReader", "ThetaZarrWriter", "load",
+           "own_error", "save"]

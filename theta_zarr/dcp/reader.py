@@ -68,11 +68,23 @@ class ThetaZarrReader(DcpRemote, StorageReader):
         self.ref = check_ref_name(ref)
         self.manifest: Manifest | None = None
         self.digest: str | None = None  # the manifest's, as this rank read the ref
+        self._prepared: Metadata | None = None  # read by prepare, for the next load only
 
     def reset(self, checkpoint_id: Any = None) -> None:
         if checkpoint_id:
             self.ref = check_ref_name(str(checkpoint_id))
         self.manifest = None
+        self._prepared = None
+
+    def prepare(self) -> None:
+        """Read the ref and its checkpoint's metadata now, before a load
+        (``theta_zarr.dcp.load``), so that a ref that does not exist or names no
+        checkpoint raises theta-zarr's own error here (``RefError``, ``ManifestError``,
+        ``RemoteError``), outside DCP's collectives.  The next ``read_metadata`` returns
+        what this read instead of reading the ref again.
+        """
+        self.manifest = None
+        self._prepared = from_manifest(self._manifest(), f"{self.sync.url} ref {self.ref}")
 
     def _manifest(self) -> Manifest:
         if self.manifest is None:
@@ -107,8 +119,12 @@ class ThetaZarrReader(DcpRemote, StorageReader):
         No ``rank`` keyword: a ref has one global metadata and no per-rank copy.  DCP
         retries a failed read as "rank local metadata" when the reader takes keywords,
         and a rank whose retry succeeds plans alone while the others wait for it.
-        Each load begins here, so the ref is read again: it may have moved since.
+        Each load begins here, so the ref is read again (it may have moved since), unless
+        ``prepare`` has just read it for this load.
         """
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None:
+            return prepared
         self.manifest = None
         return from_manifest(self._manifest(), f"{self.sync.url} ref {self.ref}")
 
