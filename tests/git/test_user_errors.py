@@ -355,7 +355,9 @@ def test_paths_from_outside_the_work_tree_are_taken_from_its_top(repo, tmp_path)
 def test_a_clone_whose_thetazarr_names_no_such_bucket_says_so(repo, make_repo, tmp_path,
                                                               request, kind):
     """A typo in the committed remote's bucket or folder: a clone's checkout and materialize
-    said 'object … is missing from URL', as if a push had been incomplete."""
+    said 'object … is missing from URL', as if a push had been incomplete.  The clone's
+    line says how to finish it: git's own "git restore --source=HEAD :/" left every file
+    staged as deleted."""
     if kind == "s3":
         server = request.getfixturevalue("s3_server")
         repo.env.update(server.env)
@@ -379,7 +381,15 @@ def test_a_clone_whose_thetazarr_names_no_such_bucket_says_so(repo, make_repo, t
     proc = parent.git("clone", "-q", str(bare), "b", check=False)
     err = proc.stderr.decode()
     assert proc.returncode != 0 and "Traceback" not in err and "is missing from" not in err
-    assert f"theta-zarr: m.safetensors: {words[0]}" in err, err
+    line = next(x for x in err.splitlines() if x.startswith("theta-zarr: m.safetensors: "))
+    assert line.startswith(f"theta-zarr: m.safetensors: {words[0]}"), err
+    assert line.endswith("; once that is fixed, run 'git reset --hard' in this new work tree "
+                         "to check its files out"), err
+    clone = GitRepo(tmp_path / "b", repo.env)
+    clone.tz("remote", "add", "origin", url)  # this clone's own setting wins
+    clone.git("reset", "-q", "--hard")
+    assert file_sha(clone.path / "m.safetensors") == file_sha(repo.path / "m.safetensors")
+    assert clone.out("status", "--porcelain") == ""
     lazy = make_repo("lazy")
     parent.git("clone", "-q", str(bare), str(lazy.path), env={"GIT_THETA_ZARR_SKIP_SMUDGE": "1"})
     assert_user_error(lazy.tz("materialize", check=False), *words)

@@ -135,11 +135,20 @@ class FilterServer:
                 self._error(path, f"unsupported filter command {command!r}")
 
     def _error(self, path: str, message: str) -> None:
+        if self._in_smudge and not self.smudge_failed and self._first_checkout():
+            message += FIRST_CHECKOUT_HINT
         self.smudge_failed = self.smudge_failed or self._in_smudge
         print(f"theta-zarr: {message}" if path in message else f"theta-zarr: {path}: {message}",
               file=sys.stderr, flush=True)
         self.writer.text("status=error")
         self.writer.flush()
+
+    def _first_checkout(self) -> bool:
+        """This work tree has no index yet: git is checking it out for the first time
+        (``git clone``, ``git worktree add``, a checkout after ``clone --no-checkout``), so
+        nothing in it is the user's."""
+        return self.repo is not None and not self.repo.bare and bool(self.repo.index_path) \
+            and not os.path.exists(self.repo.index_path)
 
     def _reply(self, data: bytes) -> None:
         self.writer.text("status=success")
@@ -448,6 +457,14 @@ class FilterServer:
         write_repairing(self.repo, files, self.cache, self.settings.workers,
                         lambda: self.fetch, self.index, touch_index=not self.smudge_failed)
         self.unwritten = []
+
+
+#: said after the first smudge that fails in a work tree's first checkout: git then dies
+#: without writing an index, and the "git restore --source=HEAD :/" it suggests writes the
+#: files but leaves every one staged as deleted; ``git reset --hard`` writes both (nothing
+#: in a new clone is the user's to lose)
+FIRST_CHECKOUT_HINT = ("; once that is fixed, run 'git reset --hard' in this new work tree "
+                       "to check its files out")
 
 
 def _as_manifest(blob: bytes | None, path: str) -> Manifest | None:
