@@ -41,7 +41,6 @@ from .index import GitIndex, IndexUnsupported
 from .parent import parent_git
 from .pending import Record
 from .pktline import PktReader, PktWriter, ProtocolError
-from .push import read_through
 from .repo import GitError, Repo
 from .statcache import StatCache, stat_key
 
@@ -516,6 +515,8 @@ def _start(stdin: BinaryIO, stdout: BinaryIO) -> FilterServer:
                   and "GIT_INDEX_FILE" not in os.environ)
 
         def find_fetch() -> checkpoint.Fetcher | None:
+            from .push import read_through  # the transfer machinery: only for a fetch
+
             objects = read_through(repo, cache=server.cache, settings=settings)
             return objects.fetcher
 
