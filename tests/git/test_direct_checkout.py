@@ -351,8 +351,9 @@ def test_add_checkout_and_materialize_of_safetensors_import_no_numpy(direct):
     """The filter starts in every git command: clean and smudge of a safetensors file
     (direct write included) need names and item sizes only, not NumPy or ml_dtypes
     (35-70 ms of imports), and with every chunk in the cache no transfer machinery
-    (``remote``, ``git.push``: 30-60 ms); materialize loads no diff or merge machinery
-    either.  Python
+    (``remote``, ``git.push``: 30-60 ms), nor scan the installed packages' entry points
+    for format plug-ins when a built-in format claims the file; materialize loads no diff
+    or merge machinery either.  Python
     reports every import it makes on stderr under ``PYTHONPROFILEIMPORTTIME``, and git
     passes the filter's stderr through."""
     env = {"PYTHONPROFILEIMPORTTIME": "1"}
@@ -373,7 +374,8 @@ def test_add_checkout_and_materialize_of_safetensors_import_no_numpy(direct):
         assert "theta_zarr.filewriter" in imported  # the filter's imports are reported
         assert not {"numpy", "ml_dtypes", "theta_zarr.diff"} & imported
         if stderr is not materialized:  # the command line's options name remote options
-            assert not {"theta_zarr.remote", "theta_zarr.git.push"} & imported
+            assert not {"theta_zarr.remote", "theta_zarr.git.push",
+                        "importlib.metadata"} & imported
 
 
 USER_HOOK = """#!/bin/sh

@@ -73,8 +73,14 @@ def get_format(name: str) -> Format:
 
 
 def detect(head: bytes, name: str = "checkpoint") -> Format:
-    """The format whose ``sniff`` claims these first bytes."""
-    for fmt in all_formats():
+    """The format whose ``sniff`` claims these first bytes, in ``all_formats`` order: a
+    built-in that claims them is found without scanning the entry points (10-20 ms of
+    every filter start that cleans a file)."""
+    builtins = _builtin_formats()
+    for fmt in builtins.values():
+        if fmt.sniff(head):
+            return fmt
+    for fmt in all_formats()[len(builtins):]:
         if fmt.sniff(head):
             return fmt
     kinds = ", ".join(f.name for f in all_formats() if f.name != "opaque")
