@@ -14,9 +14,10 @@ and a job can handle it on every rank alike.
 metadata (a ref that does not exist) is logged with its traceback as a warning, then
 replaced by an ``AssertionError`` holding only its text.  ``load`` therefore reads the
 ref on every rank before DCP starts (``ThetaZarrReader.prepare``; DCP's own
-``read_metadata`` then uses what it read), the ranks agree on the outcome with one
-``all_gather_object``, and every rank raises the same error when any rank's read failed,
-so that no rank waits in DCP's collectives for one that gave up.
+``read_metadata`` then uses what it read), the ranks share the outcome with one
+``all_gather_object``, and every rank raises when any rank's read failed (its own error,
+or the lowest failed rank's), so that no rank waits in DCP's collectives for one that
+gave up.
 """
 
 from __future__ import annotations
@@ -93,11 +94,17 @@ def load(state_dict: dict[str, Any], *, storage_reader: ThetaZarrReader,
 def _gather_failures(mine: BaseException | None, group: dist.ProcessGroup | None
                      ) -> list[tuple[int, BaseException | str]]:
     """Every rank's failure to read the ref, lowest rank first: theta-zarr's own errors as
-    themselves (each is made from its message alone, so it pickles), any other as its
-    one-line text."""
+    themselves, any other (or one that would not survive pickling: every rank must be able
+    to read what the others sent) as its one-line text."""
     sent: BaseException | str | None = mine
-    if mine is not None and not type(mine).__module__.startswith("theta_zarr."):
+    if mine is not None:
         sent = f"{type(mine).__name__}: {mine}"
+        if type(mine).__module__.startswith("theta_zarr."):
+            try:  # what unpickling it on the other ranks does (BaseException.__reduce__)
+                type(mine)(*mine.args)
+                sent = mine
+            except Exception:  # a class whose constructor takes other arguments
+                pass
     gathered: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(gathered, sent, group=group)
     return [(rank, got) for rank, got in enumerate(gathered) if got is not None]
