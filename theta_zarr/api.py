@@ -132,6 +132,35 @@ def load_state_dict(path: str, rev: str | None = "HEAD",
                                  workers=repo.settings().workers, source=os.fspath(path))
 
 
+def newest_ref(url: str, folder: str = "", options: dict[str, str] | None = None
+               ) -> str | None:
+    """The newest ref in ``folder`` of the remote ``url`` (``options``: its non-secret
+    options), or None when the folder holds none: where a training job resumes from::
+
+        ref = theta_zarr.newest_ref("s3://team-models/llm", "run7/")
+        if ref is not None:
+            theta_zarr.dcp.load(state, storage_reader=ThetaZarrReader(REMOTE, ref=ref))
+
+    ``folder`` is a ref folder (``run7/``, ``run7``; ``""``: the refs with no folder);
+    its subfolders are not looked into.  Newest is by the time the remote last wrote the
+    ref, ties broken by natural name order (``step-1000`` after ``step-999``): the ref a
+    ``publish`` to that folder takes as its delta base.  ``theta-zarr ls URL run7/`` lists
+    them.  Raises ``RefError`` for a folder that is no valid ref name and theta-zarr's
+    ``StorageError`` (a ``RemoteError``, ``bucket ... does not exist``) when the remote
+    cannot be read: a missing bucket is never taken for a first start.
+    """
+    from .refs import check_ref_name
+    from .refs import newest_ref as newest
+    from .remote import RemoteSpec
+    from .sync import SyncRemote
+
+    name = folder.strip("/")
+    if name:
+        check_ref_name(name)
+    remote = SyncRemote.open(RemoteSpec("newest_ref", url, dict(options or {})), need="read")
+    return newest(remote.refs, f"{name}/" if name else "")
+
+
 def read_ref(url: str, ref: str, options: dict[str, str] | None = None,
              cache: str | None = None) -> tuple[Manifest, ReadThrough]:
     """The manifest a remote ref names and its objects (cache + remote)."""

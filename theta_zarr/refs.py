@@ -306,23 +306,30 @@ def _conflict_message(name: str, digest: str, now: RefValue | None,
 
 def default_base_ref(refs: Refs | Iterable[tuple[str, object]], ref: str) -> str | None:
     """The delta base a push to ``ref`` uses when none is named: the newest other ref in
-    ``ref``'s folder (``run7/step-2000`` for ``run7/step-3000``); None when the folder
-    holds no other ref.
+    ``ref``'s folder (``run7/step-2000`` for ``run7/step-3000``, by :func:`newest_ref`);
+    None when the folder holds no other ref.  ``ref`` itself is ignored (a caller moving
+    an existing ref decides whether it continues itself).  Raises RefError for an invalid
+    ``ref``.
+    """
+    check_ref_name(ref)
+    return newest_ref(refs, ref_folder(ref), skip=ref)
+
+
+def newest_ref(refs: Refs | Iterable[tuple[str, object]], folder: str,
+               skip: str | None = None) -> str | None:
+    """The newest ref directly in ``folder`` (``run7/``; ``""``: the refs with no folder),
+    ``skip`` aside; None when there is none.
 
     ``refs`` is a remote's Refs (its folder is listed) or (name, when) pairs, ``when``
     being a BlobInfo as ``Refs.list`` yields, a modification time in seconds, or None.
-    Refs of other folders, subfolders included, and ``ref`` itself are ignored (a
-    caller moving an existing ref decides whether it continues itself).  Newest is by
-    the time the store last wrote the ref; ties and unknown times are broken by
-    natural name order (``step-1000`` after ``step-999``).  Raises RefError for an
-    invalid ``ref``.
+    Refs of other folders, subfolders included, are ignored.  Newest is by the time the
+    store last wrote the ref; ties and unknown times are broken by natural name order
+    (``step-1000`` after ``step-999``).
     """
-    check_ref_name(ref)
-    folder = ref_folder(ref)
     pairs = refs.list(folder) if isinstance(refs, Refs) else refs
     best: tuple | None = None
     for name, when in pairs:
-        if name == ref or ref_folder(name) != folder:
+        if name == skip or ref_folder(name) != folder:
             continue
         mtime = getattr(when, "mtime", when)
         key = (mtime if isinstance(mtime, (int, float)) else float("-inf"), natural_key(name))

@@ -358,6 +358,28 @@ def test_theta_zarr_dcp_load_raises_theta_zarrs_own_one_line_error(case, capfd, 
                             storage_reader=ThetaZarrReader(case.url, "run/step-2"))
 
 
+def test_a_job_resumes_from_the_newest_ref_of_its_folder(case, tmp_path):
+    """theta_zarr.newest_ref names the checkpoint a restarted job loads (the docs' resume
+    pattern): the newest ref directly in the folder, natural order within a second, None
+    for a first start; a remote that does not exist is an error, never a first start."""
+    assert theta_zarr.newest_ref(case.url, "run/") == "run/step-2"
+    save(case, "run/step-10", 3)  # written last; by name alone it would sort before 2
+    save(case, "run/eval/step-99", 4)  # a subfolder: another series
+    assert theta_zarr.newest_ref(case.url, "run") == "run/step-10"
+    state = {n: torch.zeros(shape, dtype=dtype) for n, (shape, dtype, _) in MODEL.items()}
+    state["step"] = -1
+    theta_zarr.dcp.load(state, storage_reader=ThetaZarrReader(
+        case.url, theta_zarr.newest_ref(case.url, "run/")))
+    assert state["step"] == 3
+    assert theta_zarr.newest_ref(case.url, "run/eval") == "run/eval/step-99"
+    assert theta_zarr.newest_ref(case.url, "run7/") is None
+    assert theta_zarr.newest_ref(case.url) is None  # no ref outside a folder
+    with pytest.raises(RefError, match="invalid ref name"):
+        theta_zarr.newest_ref(case.url, "run 7/")
+    with pytest.raises(OSError, match="does not exist"):
+        theta_zarr.newest_ref(str(tmp_path / "no-such-folder"), "run/")
+
+
 def test_a_reader_and_a_writer_used_again_start_afresh(tmp_path):
     """An eval job reloading "run/latest" with one reader, which the training job moves
     with one forced writer: each load reads the ref as it is then (the first manifest
