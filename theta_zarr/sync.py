@@ -725,6 +725,21 @@ def select_params(manifest: Manifest, include: list[str] | None) -> Manifest:
     return checkpoint.select(manifest, checkpoint.matching_params(manifest, include))
 
 
+#: file name endings torch.load's users give pickled checkpoints
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+def _check_consolidated_name(manifest: Manifest, ref: str, out: str) -> None:
+    """Refuse (SyncError) to write a distributed checkpoint, whose file form is a
+    safetensors file, under a name that says PyTorch pickle: ``torch.load`` of it fails
+    and its message suggests ``weights_only=False``."""
+    stem, suffix = os.path.splitext(out)
+    if manifest.format_name == "dcp" and suffix.lower() in PICKLE_SUFFIXES:
+        raise SyncError(f"{ref} is a distributed checkpoint, which pull writes as one "
+                        f"safetensors file, not a PyTorch pickle: name it {stem}.safetensors "
+                        "and read it with safetensors.torch.load_file")
+
+
 def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
          include: list[str] | None = None, force: bool = False) -> list[str]:
     """Rebuild the checkpoint (or directory) a ref names at ``out``; bit-exact, verified.
@@ -745,6 +760,7 @@ def pull(remote: SyncRemote, ref: str, out: str, settings: Settings,
         if os.path.lexists(out) and not force:
             raise SyncError(f"{out} already exists; pull to a new path, or --force to "
                             "overwrite it")
+        _check_consolidated_name(target, ref, out)
         items: list[tuple[str, Any]] = [(out, select_params(target, include))]
         selected = bool(items[0][1].params)
     else:

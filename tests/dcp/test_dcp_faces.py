@@ -68,6 +68,15 @@ def test_pull_writes_one_consolidated_safetensors_file(case, tmp_path):
     part = tmp_path / "emb.safetensors"
     tz(["pull", case.url, "run/step-2", "-o", str(part), "--include", "emb"], env)
     assert set(load_file(str(part))) == {"emb"}
+    # a pickle's name for that safetensors file: torch.load of it would fail, and its
+    # message suggests weights_only=False
+    proc = tz(["pull", case.url, "run/step-2", "-o", str(tmp_path / "model.pt")], env,
+              check=False)
+    assert proc.returncode == 1 and not (tmp_path / "model.pt").exists()
+    assert proc.stderr.decode() == (
+        "theta-zarr: run/step-2 is a distributed checkpoint, which pull writes as one "
+        f"safetensors file, not a PyTorch pickle: name it {tmp_path / 'model'}.safetensors "
+        "and read it with safetensors.torch.load_file\n")
 
 
 def test_load_state_dict_reads_only_selected_parameters(case, tmp_path):
