@@ -200,3 +200,42 @@ def test_sigterm_removes_what_an_open_block_would_have_cleaned_up(tmp_path):
     assert proc.returncode == 143 and proc.stdout == b""
     assert proc.stderr.decode() == "theta-zarr: terminated (SIGTERM)\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_after_publish_moved_its_ref_reports_the_publish(tmp_path):
+    """A Ctrl-C between the ref's move and the line that says so: 'interrupted' and exit
+    130 for a publish that was done (the ref there, complete), so a job's script took it
+    for failed.  Past that commit point the command finishes and reports; before it, a
+    Ctrl-C still stops it."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    ckpt = tmp_path / "m.safetensors"
+    save_file({"w": np.arange(64, dtype=np.float32)}, str(ckpt))
+    store = tmp_path / "store"
+
+    def publish(ref: str, at: str) -> subprocess.CompletedProcess:
+        return run_python(f"""
+            import os, signal, sys
+            from theta_zarr import refs
+            real = refs.Refs.{at}
+            def then_ctrl_c(self, *args, **kw):
+                out = real(self, *args, **kw)
+                os.kill(os.getpid(), signal.SIGINT)
+                return out
+            refs.Refs.{at} = then_ctrl_c
+            sys.argv = ["theta-zarr", "publish", {str(ckpt)!r}, {str(store)!r}, "--ref", {ref!r},
+                        "--cache", {str(tmp_path / "cache")!r}]
+            from theta_zarr.launch import main
+            main()
+        """)
+
+    done = publish("run/step-1", "set")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.decode().startswith("theta-zarr: created run/step-1 "), done.stderr
+    assert "interrupted" not in done.stderr.decode()
+    # before the commit point (the base ref is looked up first): stopped, no ref moved
+    stopped = publish("run/step-2", "list")
+    assert stopped.returncode == 130 and stopped.stderr == b"theta-zarr: interrupted\n"
+    assert not (store / "refs" / "run" / "step-2").exists()
+    assert (store / "refs" / "run" / "step-1").exists()

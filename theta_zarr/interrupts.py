@@ -35,6 +35,8 @@ _litter: dict[int, str] = {}  # what removed_on_signal blocks have open: removed
 _pending = 0  # the signal that arrived inside one (0: none)
 _note: Callable[[], str] | None = None  # what the line adds (files left lazy...)
 _installed = False
+_held_handler: list = []  # SIGINT's handler while hold_sigint holds it (at most one)
+_sigint_came = False  # a SIGINT came while it was held
 #: the signals that end the process through :func:`_leave`, and the line's word for each
 SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)",
            signal.SIGHUP: "hung up (SIGHUP)"}
@@ -80,6 +82,36 @@ def _on_signal(signum: int, frame: object) -> None:
             _pending = _pending or signum
             return
     _leave(signum)
+
+
+def hold_sigint() -> None:
+    """A command's commit point (a ref about to move): from here until
+    :func:`release_sigint`, a Ctrl-C (SIGINT) is noted, not raised, so that the command
+    finishes and says what it did instead of reporting "interrupted" for a ref it moved.
+    Only in the main thread of a process that called :func:`install` (the CLI); in
+    library use (a training job's own handler) nothing changes."""
+    global _sigint_came
+    if not _installed or _held_handler or \
+            threading.current_thread() is not threading.main_thread():
+        return
+    _sigint_came = False
+    _held_handler.append(signal.getsignal(signal.SIGINT))
+    signal.signal(signal.SIGINT, _note_sigint)
+
+
+def release_sigint() -> bool:
+    """End a :func:`hold_sigint` (once the command reported what it committed): Ctrl-C
+    interrupts again.  True when one came while it was held (a loop such as ``watch``
+    then stops)."""
+    if not _held_handler:
+        return False
+    signal.signal(signal.SIGINT, _held_handler.pop())
+    return _sigint_came
+
+
+def _note_sigint(signum: int, frame: object) -> None:
+    global _sigint_came
+    _sigint_came = True
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import checkpoint, chunking, delta, formats, shards
+from . import checkpoint, chunking, delta, formats, interrupts, shards
 from .cache import Cache
 from .chunkreader import ordered_map
 from .formats.base import FormatError, NotWeights
@@ -647,6 +647,7 @@ def push(path: str, remote: SyncRemote, ref: str, settings: Settings, force: boo
             base_ref = (f"{base_ref} ({counted(len(absent), 'chunk')} of it not in the "
                         "node cache, so not used as delta bases: 'theta-zarr pull' it first "
                         "to send deltas)")
+    interrupts.hold_sigint()  # staging or moving the ref commits: reported, not cut short
     if shard is not None:
         remote.stage(ref, check_name(names[0], "shard name"), cleaned[0].entry, force)
         settle(remote, cache, sizes, elems, documents, stats.bases_used)
@@ -689,6 +690,7 @@ def combine(remote: SyncRemote, ref: str, force: bool = False,
         raise SyncError(f"{len(lacking)} object(s) of the staged shards are missing from "
                         f"{remote.url} (first: {sorted(lacking)[0]}); push the shards again")
     digest = remote.put_manifest(fileset.to_bytes())
+    interrupts.hold_sigint()  # moving the ref commits: reported, not cut short
     _, action = remote.refs.set(ref, digest, force=force)
     note = ""
     try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import blake3
 
+from . import interrupts
 from .formats.base import FormatError
 from .manifest import ManifestError
 from .refs import RefError, check_ref_name
@@ -229,6 +230,7 @@ class Watcher:
             try:
                 result = self._push(path, ref)
             except (StorageError, ManifestError, FormatError, OSError, ValueError) as e:
+                _stop_if_interrupted()
                 if _outage(e):  # the storage did not answer: try again at the next scan
                     if ref not in self.retrying:  # said once per outage, not every scan
                         self.echo(f"{ref}: push failed: {e}; trying again every scan")
@@ -246,6 +248,7 @@ class Watcher:
                                "seq": seq, "remote": self.remote.url}
             self._save_state()
             self.echo(result.summary())
+            _stop_if_interrupted()
         return seen, failures
 
     def _pushed_here(self, ref: str) -> dict | None:
@@ -319,3 +322,8 @@ def _outage(e: BaseException) -> bool:
     return type(e) is StorageError
 
 
+def _stop_if_interrupted() -> None:
+    """After a push has reported: Ctrl-C interrupts again, and one that came while the
+    push committed (``interrupts.hold_sigint``) stops the watch now."""
+    if interrupts.release_sigint():
+        raise KeyboardInterrupt

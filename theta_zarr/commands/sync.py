@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .. import interrupts
 from ..redact import redact
 from ..wording import counted, human
 from .options import REMOTE_OPTION_HELP, check_output, remote_options
@@ -196,6 +197,7 @@ def register(main: click.Group) -> None:
         result = sync.push(path, remote, ref, settings, force=force, shard=name,
                            base_ref=base_ref)
         say(result.summary())
+        interrupts.release_sigint()  # a Ctrl-C after the ref moved: the publish is done
 
     @main.command("combine")
     @click.argument("remote_arg", metavar="REMOTE")
@@ -226,6 +228,7 @@ def register(main: click.Group) -> None:
             return
         result = sync.combine(remote, ref, force, expect)
         say(result.summary())
+        interrupts.release_sigint()  # a Ctrl-C after the ref moved: the set is recorded
 
     @main.command("push", help=git_push.help, short_help=git_push.short_help)
     @click.argument("args", nargs=-1, metavar="[REMOTE] [REFS]...")
