@@ -49,8 +49,9 @@ def test_import_commit_then_plain_checkout_elsewhere(repo, make_repo, tmp_path):
 
 
 def test_import_refuses_to_overwrite_local_content_git_does_not_have(repo, tmp_path):
-    """An untracked file, a modified tracked one, or a file where the set's folder must go:
-    refused before anything is staged, unless --force; a clean tracked file is replaced."""
+    """An untracked file, a modified tracked one (a damaged one too), or a file where the
+    set's folder must go: refused before anything is staged, unless --force; a clean
+    tracked file is replaced."""
     case = local_case(tmp_path)
     _push(case, tmp_path, model(tmp_path / "m.safetensors", seed=3), "run/a")
     _push(case, tmp_path, model(tmp_path / "n.safetensors", seed=4), "run/b")
@@ -66,6 +67,11 @@ def test_import_refuses_to_overwrite_local_content_git_does_not_have(repo, tmp_p
     repo.git("commit", "-q", "-m", "mine")
     target.write_bytes(model(tmp_path / "edit.safetensors", seed=6).read_bytes())  # modified
     assert repo.tz("import", case.url, "run/a", "model.safetensors", check=False).returncode == 1
+    with target.open("ab") as f:  # damaged: the filter cannot read it (it said its parse error)
+        f.write(b"junk")
+    proc = repo.tz("import", case.url, "run/a", "model.safetensors", check=False)
+    assert proc.returncode == 1 and proc.stderr.decode().startswith(
+        "theta-zarr: model.safetensors: local content git does not have"), proc.stderr
     repo.git("checkout", "--", "model.safetensors")  # clean again: git has it, so replaced
     repo.tz("import", case.url, "run/a", "model.safetensors")
     assert file_sha(target) == file_sha(tmp_path / "m.safetensors")

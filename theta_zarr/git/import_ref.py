@@ -12,7 +12,7 @@ from ..manifest import Manifest, ManifestError
 from ..remote import fetch_objects
 from ..settings import Settings
 from ..sync import FileEntry, SyncError, SyncRemote, file_in_the_way
-from .repo import Repo
+from .repo import GitError, Repo
 
 
 def _would_overwrite(repo: Repo, dests: list[str]) -> list[str]:
@@ -31,9 +31,21 @@ def _would_overwrite(repo: Repo, dests: list[str]) -> list[str]:
         lose += [d for d in present if d not in tracked]
         known = [d for d in present if d in tracked]
         if known:
-            changed = os.fsdecode(repo.git("diff", "--name-only", "-z", "--", *known))
-            lose += [d for d in changed.split("\0") if d]
+            try:
+                changed = os.fsdecode(repo.git("diff", "--name-only", "-z", "--", *known))
+                lose += [d for d in changed.split("\0") if d]
+            except GitError:  # the filter cannot read one: one by one
+                lose += [d for d in known if _modified(repo, d)]
     return sorted(set(lose))
+
+
+def _modified(repo: Repo, path: str) -> bool:
+    """The tracked ``path`` differs from what git has; a file the clean filter cannot read
+    (a damaged checkpoint) is not what git has either."""
+    try:
+        return bool(repo.git("diff", "--name-only", "-z", "--", path))
+    except GitError:
+        return True
 
 
 def import_ref(repo: Repo, remote: SyncRemote, ref: str, path: str,
