@@ -44,7 +44,7 @@ from .manifest import (
     looks_like_manifest,
 )
 from .objects import ObjectError, ObjectStore, bounded_map
-from .refs import RefError, Refs, RefValue, check_ref_name
+from .refs import RefError, Refs, RefValue, check_ref_name, ref_folder
 from .remote import RemoteSpec, TransferStats, fetch_objects, open_remote, push_objects
 from .settings import Settings
 from .storage import (
@@ -246,9 +246,16 @@ class SyncRemote:
                 for name, e in target.files.items()}
 
     def resolve(self, ref: str) -> tuple[RefValue, Target]:
+        """What ``ref`` names: its value and the manifest or set it points at.  RefError
+        when there is no such ref; when its folder holds no ref either (a typo in the
+        URL's prefix, which no storage refuses), the message says so."""
         value = self.refs.read(ref)
         if value is None:
-            raise RefError(f"no ref {ref} in {self.url}")
+            folder = ref_folder(ref)
+            empty = bool(folder) and next(iter(self.refs.list(folder)), None) is None
+            hint = (f" (nor any ref in {folder}: is the URL right? 'theta-zarr ls {self.url}' "
+                    "lists its refs)") if empty else ""
+            raise RefError(f"no ref {ref} in {self.url}{hint}")
         return value, self.load(value.digest)
 
     def iter_manifests(self) -> Iterator[tuple[str, BlobInfo]]:

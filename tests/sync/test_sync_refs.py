@@ -187,6 +187,30 @@ def test_ref_blob_format():
         refs.decode("x", b"../../etc/passwd\n", "t")
 
 
+def test_a_remote_whose_folder_holds_no_ref_says_so(tmp_path):
+    """A typo in a bucket URL's prefix (s3://team-models/lm for .../llm) is a place no
+    storage refuses: ls printed nothing and exited 0, pull said only 'no ref'."""
+    case = local_case(tmp_path)
+    env = env_for(case, tmp_path)
+    tz(["publish", str(model(tmp_path / "m.safetensors")), case.url, "--ref", "run7/step-1"],
+       env)
+    typo = tmp_path / "lm"
+    typo.mkdir()  # there, and empty: as a bucket prefix nothing was written under
+    ls = tz(["ls", str(typo)], env)
+    assert ls.stdout == b"" and ls.stderr.decode() == f"theta-zarr: no refs in {typo}\n"
+    assert tz(["ls", case.url, "run8/"], env).stderr.decode() == \
+        f"theta-zarr: no refs match run8/ in {case.url}\n"
+    proc = tz(["pull", str(typo), "run7/step-1", "-o", str(tmp_path / "o.safetensors")], env,
+              check=False)
+    assert proc.returncode == 1 and proc.stderr.decode() == (
+        f"theta-zarr: no ref run7/step-1 in {typo} (nor any ref in run7/: is the URL right? "
+        f"'theta-zarr ls {typo}' lists its refs)\n")
+    # a step not saved yet, in a folder that has others: no more than that
+    proc = tz(["pull", case.url, "run7/step-2", "-o", str(tmp_path / "o.safetensors")], env,
+              check=False)
+    assert proc.stderr.decode() == f"theta-zarr: no ref run7/step-2 in {case.url}\n"
+
+
 def test_delete_ref_deletes_the_ref_only_and_says_which_were_not_there(case, tmp_path):
     """No command deleted a ref: a run's old steps had to be removed from the bucket by
     hand before gc could collect them."""

@@ -330,7 +330,10 @@ def register(main: click.Group) -> None:
         before run7/step-1000."""
         from .. import sync
 
-        rows = sync.ls(open_sync_remote(remote_arg, options), pattern)
+        remote = open_sync_remote(remote_arg, options)
+        rows = sync.ls(remote, pattern)
+        if not rows:  # on stderr: a script reading the rows still reads none
+            say(f"no refs{f' match {pattern}' if pattern else ''} in {remote.url}")
         for row in rows:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.mtime)) \
                 if row.mtime else "-"
