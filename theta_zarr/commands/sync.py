@@ -565,7 +565,7 @@ def register(main: click.Group) -> None:
                        "push there (their chunks are deleted: only for histories gone "
                        "for good)")
     @click.option("--shared-cache", is_flag=True,
-                  help="collect a cache set by theta-zarr.cache or THETA_ZARR_CACHE too, "
+                  help="collect a cache set by theta-zarr.cache too, "
                        "keeping what the other repositories it names need (each names "
                        "itself when it reads its settings)")
     @reports_errors
@@ -636,8 +636,8 @@ def register(main: click.Group) -> None:
         own = os.path.realpath(own_cache_dir(repo.common_dir))
         keep_cache = os.path.realpath(cache.root) != own and not shared_cache
         if keep_cache and remote is None:
-            raise UserError(f"gc: the cache {cache.root} is set by theta-zarr.cache or "
-                            "THETA_ZARR_CACHE, and other repositories using it may need "
+            raise UserError(f"gc: the cache {cache.root} is set by theta-zarr.cache, "
+                            "and other repositories using it may need "
                             "chunks this one does not (unpushed commits); --shared-cache "
                             "collects it, keeping what those it names need")
         if keep_cache:
