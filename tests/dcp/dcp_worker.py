@@ -79,6 +79,21 @@ class DyingWriter(ThetaZarrWriter):
         return super().write_data(plan, planner)
 
 
+def caught(spec: dict, plain, ours, error: type[Exception], *args, **kwargs) -> bool:
+    """torch's ``plain`` save or load, or theta_zarr.dcp's (``ours``) when the job says
+    ``unwrap``: then ``error`` (a taken or missing ref) is caught as such and printed as
+    ``NAME: message`` on stdout; True when it was."""
+    if not spec.get("unwrap"):
+        plain(*args, **kwargs)
+        return False
+    try:
+        ours(*args, **kwargs)
+    except error as e:
+        print(f"{type(e).__name__}: {e}")
+        return True
+    return False
+
+
 def main(action: str, spec: dict) -> int:
     """One rank's job; its exit code."""
     faulthandler.enable()  # a rank that aborts (SIGABRT) prints every thread's stack
@@ -93,14 +108,9 @@ def main(action: str, spec: dict) -> int:
                              chunk_size=4096, die=rank == spec.get("die_rank"))
         if spec.get("async"):
             dcp.async_save(state, storage_writer=writer).result()
-        elif spec.get("unwrap"):  # theta_zarr.dcp.save: a taken ref is caught as such
-            try:
-                theta_zarr.dcp.save(state, storage_writer=writer)
-            except RefConflict as e:
-                print(f"RefConflict: {e}")
-                return 3
-        else:
-            dcp.save(state, storage_writer=writer)
+        elif caught(spec, dcp.save, theta_zarr.dcp.save, RefConflict, state,
+                    storage_writer=writer):
+            return 3
         if rank == 0:
             with open(spec["out"], "w") as f:
                 json.dump(writer.result.__dict__, f)
@@ -111,14 +121,9 @@ def main(action: str, spec: dict) -> int:
         reader = ThetaZarrReader(spec["url"], spec.get("rank_refs", {}).get(str(rank),
                                                                              spec["ref"]),
                                  options=spec["options"])
-        if spec.get("unwrap"):  # theta_zarr.dcp.load: a missing ref is caught as such
-            try:
-                theta_zarr.dcp.load(state, storage_reader=reader)
-            except RefError as e:
-                print(f"RefError: {e}")
-                return 3
-        else:
-            dcp.load(state, storage_reader=reader)
+        if caught(spec, dcp.load, theta_zarr.dcp.load, RefError, state,
+                  storage_reader=reader):
+            return 3
         want = expected(step)
         bad = [n for n in MODEL if not torch.equal(state[n].full_tensor().view(torch.uint8),
                                                    want[n].view(torch.uint8))]
