@@ -138,6 +138,20 @@ def test_different_chunkings_still_compare(store):
     p = diff(a, b, store, "m").params[0]
     assert p.chunks_changed == p.chunks == 2
     assert p.elements_changed == x.size and math.isclose(p.max_abs, 1.0, rel_tol=1e-6)
+    assert not p.rechunked
+
+
+def test_the_same_values_in_chunks_of_another_shape_are_said_to_be_so(store):
+    """One checkpoint saved with two chunk sizes (or by jobs of two world sizes): every
+    chunk digest differs, and the line read '|B-A| 0 ... elements 0.0%' as a change."""
+    x = rng_arr(0, (64, 16))
+    fd = diff(manifest(store, {"x": x}, chunk_bytes=1024),
+              manifest(store, {"x": x}, chunk_bytes=2048), store, "m")
+    p = fd.params[0]
+    assert (p.status, p.elements_changed, p.rechunked) == ("changed", 0, True)
+    assert fd.to_json()["params"][0]["rechunked"] is True
+    assert format_text(fd)[1] == "  ~ x  float32[64, 16]  chunks 2/2  same values, in chunks " \
+        "of another shape"
 
 
 def test_json_is_finite_and_documented_keys(store):

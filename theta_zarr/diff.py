@@ -60,6 +60,9 @@ class ParamDiff:
     #: an added parameter holding exactly the values of a removed one (a renamed
     #: parameter): the removed one's name
     same_as: str | None = None
+    #: the same values, bit for bit, in chunks of another shape (saved with another chunk
+    #: size, or by a job of another world size); set by ``compute``
+    rechunked: bool = False
 
 
 
@@ -473,7 +476,7 @@ def compute(fd: FileDiff, objects: Any, workers: int = 4, full_norm: bool = Fals
         for k, a, b, differs in ordered_map(load_pair, jobs(), max(1, workers // 2),
                                             pool=pool):
             accs[k].add(a, b, dtypes[k], differs)
-    for p, acc in zip(changed, accs, strict=True):
+    for p, acc, (ea, eb) in zip(changed, accs, entries, strict=True):
         p.elements_changed = acc.changed
         p.fraction_changed = acc.changed / p.numel if p.numel else 0.0
         p.l2 = math.sqrt(acc.sq_diff)
@@ -482,6 +485,7 @@ def compute(fd: FileDiff, objects: Any, workers: int = 4, full_norm: bool = Fals
         p.rel_change = p.l2 / p.norm_old if p.norm_old else (0.0 if p.l2 == 0 else math.inf)
         whole = full_norm or p.chunks_changed == p.chunks
         p.norm_scope = "tensor" if whole else "changed-chunks"
+        p.rechunked = acc.changed == 0 and ea.chunk_shape != eb.chunk_shape
     return fd
 
 
@@ -645,6 +649,8 @@ def format_text(fd: FileDiff) -> list[str]:
             text = f"  ~ {name:<{width}}  {_shape(p.new)}  chunks {p.chunks_changed}/{p.chunks}"
             if p.relaid:
                 text += "  stored in the other order now (C <-> Fortran); values not compared"
+            elif p.rechunked:
+                text += "  same values, in chunks of another shape"
             elif p.l2 is not None:
                 frac = "n/a" if p.fraction_changed is None else _percent(p.fraction_changed)
                 scope = "" if p.norm_scope == "tensor" else " (of changed chunks)"
