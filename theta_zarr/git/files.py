@@ -34,7 +34,7 @@ class TrackedFile:
 LINK_MODE = "120000"
 
 
-def _entries(repo: Repo, rev: str | None) -> list[tuple[str, str, str]]:
+def tree_entries(repo: Repo, rev: str | None) -> list[tuple[str, str, str]]:
     """(path, blob id, mode) for every file in the index (rev None) or a revision's tree."""
     if rev is None:
         raw = repo.git("ls-files", "-z", "-s")
@@ -232,7 +232,7 @@ def tracked_files(repo: Repo, rev: str | None = None, paths: list[str] | None = 
                   ) -> list[TrackedFile]:
     """The files theta-zarr tracks in the index (or at ``rev``), each with its manifest
     when its blob is one; ``paths`` keeps those :func:`matches` (files, folders)."""
-    entries = _entries(repo, rev)
+    entries = tree_entries(repo, rev)
     if paths:
         entries = [e for e in entries if any(matches(e[0], p) for p in paths)]
     attrs = repo.attribute([p for p, _, _ in entries], "filter")

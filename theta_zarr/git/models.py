@@ -26,6 +26,7 @@ from ..shards import (
     parse_index,
     single,
 )
+from .files import tree_entries
 from .repo import GitError, Repo
 from .sides import INDEX, WORKTREE, manifest_of, tracked_by_us
 
@@ -413,11 +414,9 @@ def renamed_base(repo: Repo, blob: str, revs: Sequence[str]) -> tuple[str | None
     (``(None, "")`` when none does): where the base git hands a merge driver under a
     file's new name sat under its old one (git's rename detection)."""
     for rev in revs:
-        out = repo.git("ls-tree", "-r", "-z", rev, check=False).split(b"\0")
-        for entry in out:
-            info, _, name = entry.partition(b"\t")
-            if info.split()[2:3] == [blob.encode()]:
-                return rev, name.decode()
+        for name, held, _ in tree_entries(repo, rev):
+            if held == blob:
+                return rev, name
     return None, ""
 
 
