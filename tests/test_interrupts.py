@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from helpers import run_python
+from helpers import model, run_python
 
 
 def test_sigint_in_a_thread_pool_ends_the_process_with_one_line():
@@ -207,11 +207,7 @@ def test_ctrl_c_after_publish_moved_its_ref_reports_the_publish(tmp_path):
     130 for a publish that was done (the ref there, complete), so a job's script took it
     for failed.  Past that commit point the command finishes and reports; before it, a
     Ctrl-C still stops it."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    ckpt = tmp_path / "m.safetensors"
-    save_file({"w": np.arange(64, dtype=np.float32)}, str(ckpt))
+    ckpt = model(tmp_path / "m.safetensors")
     store = tmp_path / "store"
 
     def publish(ref: str, at: str) -> subprocess.CompletedProcess:
