@@ -43,10 +43,12 @@ def save(case: Case, ref: str, step: int, writer_cls=ThetaZarrWriter, **kw) -> T
     return writer
 
 
-def load(case: Case, ref: str) -> dict:
+def load(case: Case, ref: str, loader=dcp.load) -> dict:
+    """The state dict ``loader`` (torch's ``dcp.load`` or ``theta_zarr.dcp.load``) reads
+    from ``ref``."""
     state = {n: torch.zeros(shape, dtype=dtype) for n, (shape, dtype, _) in MODEL.items()}
     state.update(step=-1, opt={"lr": 0.0})
-    dcp.load(state, storage_reader=ThetaZarrReader(case.url, ref))
+    loader(state, storage_reader=ThetaZarrReader(case.url, ref))
     return state
 
 
@@ -375,11 +377,7 @@ def test_a_job_resumes_from_the_newest_ref_of_its_folder(case, tmp_path):
     save(case, "run/step-10", 3)  # written last; by name alone it would sort before 2
     save(case, "run/eval/step-99", 4)  # a subfolder: another series
     assert theta_zarr.newest_ref(case.url, "run") == "run/step-10"
-    state = {n: torch.zeros(shape, dtype=dtype) for n, (shape, dtype, _) in MODEL.items()}
-    state["step"] = -1
-    theta_zarr.dcp.load(state, storage_reader=ThetaZarrReader(
-        case.url, theta_zarr.newest_ref(case.url, "run/")))
-    assert state["step"] == 3
+    assert load(case, theta_zarr.newest_ref(case.url, "run/"), theta_zarr.dcp.load)["step"] == 3
     assert theta_zarr.newest_ref(case.url, "run/eval") == "run/eval/step-99"
     assert theta_zarr.newest_ref(case.url, "run7/") is None
     assert theta_zarr.newest_ref(case.url) is None  # no ref outside a folder
